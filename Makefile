@@ -1,0 +1,39 @@
+# Patchwarden developer entry points. Every target sets up what it needs by itself (scripts/bootstrap).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PATCHCTL := $(VENV)/bin/patchctl
+
+.DEFAULT_GOAL := help
+.PHONY: help install test lint crds verify bench demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+install: ## virtualenv + system and Python packages (idempotent)
+	@scripts/bootstrap
+
+demo: install ## the main job on the embedded example: evaluate the example fleet's inventories
+	$(PATCHCTL) validate examples/
+	$(PATCHCTL) evaluate --source examples/ --inventory examples/inventories/
+
+test: install ## the whole test suite (what CI runs)
+	$(PY) -m pytest -q
+
+lint: install ## ruff, mypy --strict on reconciler/, import-linter contracts
+	$(VENV)/bin/ruff check reconciler tests bench
+	$(VENV)/bin/ruff format --check reconciler tests bench
+	$(VENV)/bin/mypy reconciler
+	$(VENV)/bin/lint-imports
+
+crds: install ## regenerate crds/ from reconciler/api
+	$(PATCHCTL) crds --out crds/
+
+verify: install ## fail when crds/ or docs/inventory.schema.json are stale
+	$(PATCHCTL) crds --out crds/ --check
+	$(PATCHCTL) schema inventory --check docs/inventory.schema.json
+
+bench: install ## benchmarks (not part of make test); results go to docs/benchmarks.md
+	$(PY) bench/evaluate_fleet.py
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

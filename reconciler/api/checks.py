@@ -1,0 +1,141 @@
+"""Stage: api. Checks of one PatchBaseline that depend on its operating system's vocabulary.
+
+The pydantic models check shape and SSM's numeric limits; these checks add what SSM validates per
+operating system: which filter keys and values exist, which fields are Linux- or Windows-only,
+whether a rule needs a date, and the approved/rejected id formats (reference §1.4-§1.6). Each
+problem names the path inside the document, so the caller can attach ``file:line``. Pure.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator, Sequence
+
+from reconciler.api.enums import (
+    APT_SYSTEMS,
+    LINUX_SYSTEMS,
+    VALID_FILTERS,
+    Family,
+    OperatingSystem,
+    family_of,
+)
+from reconciler.api.resources import PatchBaselineSpec, PatchFilterGroup
+
+Path = tuple[str | int, ...]
+Issue = tuple[Path, str]
+
+CVE_ID = re.compile(r"^CVE-\d{4}-\d{4,}$", re.IGNORECASE)
+BUGZILLA_ID = re.compile(r"^\d+$")
+# RHSA-2024:1234, ALAS-2018-123, ALAS2023-2024-123, ELSA-2024-1234, RLSA-2024:1234, FEDORA-2024-abc
+ADVISORY_ID = re.compile(r"^[A-Z][A-Z0-9]*-\d{4}[:-][0-9A-Za-z]+$")
+WINDOWS_ID = re.compile(r"^(KB\d+|MS\d{2}-\d{3})$", re.IGNORECASE)
+
+
+def did_you_mean(value: str, choices: Sequence[str]) -> str:
+    """' (did you mean X?)' when a choice is close to ``value``, else ''."""
+    lowered = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(value.lower(), list(lowered), n=1, cutoff=0.6)
+    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
+
+
+def baseline_issues(spec: PatchBaselineSpec) -> list[Issue]:
+    """Every OS-specific problem of a baseline spec, with its path under ``spec``."""
+    issues: list[Issue] = []
+    os = spec.operating_system
+    if spec.global_filters is not None:
+        issues += _filter_issues(os, spec.global_filters, ("spec", "globalFilters"))
+    for index, rule in enumerate(spec.approval_rules):
+        path: Path = ("spec", "approvalRules", index)
+        issues += _filter_issues(os, rule.patch_filter_group, (*path, "patchFilterGroup"))
+        dated = (rule.approve_after_days is not None) + (rule.approve_until_date is not None)
+        if os in APT_SYSTEMS and dated:
+            field = "approveAfterDays" if rule.approve_after_days is not None else "approveUntilDate"
+            issues.append(
+                ((*path, field), f"{os} packages carry no release dates; remove {field} "
+                 "(Debian-family rules approve immediately)")
+            )
+        elif os not in APT_SYSTEMS and dated == 0:
+            issues.append((path, "give approveAfterDays or approveUntilDate"))
+        elif dated == 2:
+            issues.append((path, "give approveAfterDays or approveUntilDate, not both"))
+        if rule.enable_non_security and os not in LINUX_SYSTEMS:
+            issues.append(((*path, "enableNonSecurity"), f"applies to Linux only, not {os}"))
+    if spec.approved_patches_enable_non_security and os not in LINUX_SYSTEMS:
+        issues.append(
+            (("spec", "approvedPatchesEnableNonSecurity"), f"applies to Linux only, not {os}")
+        )
+    if spec.sources and os not in LINUX_SYSTEMS:
+        issues.append((("spec", "sources"), f"alternative sources apply to Linux only, not {os}"))
+    if (
+        spec.available_security_updates_compliance_status is not None
+        and os is not OperatingSystem.WINDOWS
+    ):
+        issues.append(
+            (("spec", "availableSecurityUpdatesComplianceStatus"), "applies to WINDOWS only")
+        )
+    issues += _id_issues(os, spec.approved_patches, "approvedPatches", rejected=False)
+    issues += _id_issues(os, spec.rejected_patches, "rejectedPatches", rejected=True)
+    return issues
+
+
+def _filter_issues(os: OperatingSystem, group: PatchFilterGroup, path: Path) -> Iterator[Issue]:
+    valid = VALID_FILTERS[os]
+    seen: set[str] = set()
+    for index, patch_filter in enumerate(group.patch_filters):
+        here: Path = (*path, "patchFilters", index)
+        key = patch_filter.key
+        if key not in valid:
+            names = [str(k) for k in valid]
+            yield (
+                (*here, "key"),
+                f"{key} is not a filter key for {os}; use one of {', '.join(names)}"
+                + did_you_mean(str(key), names),
+            )
+            continue
+        if key in seen:
+            yield ((*here, "key"), f"{key} appears twice in this filter group; merge the values")
+        seen.add(key)
+        allowed = valid[key]
+        if allowed is None:
+            continue
+        lowered = {a.lower() for a in allowed}
+        for vindex, value in enumerate(patch_filter.values):
+            if value != "*" and value.lower() not in lowered:
+                yield (
+                    (*here, "values", vindex),
+                    f"{value!r} is not a {key} value for {os}; use one of "
+                    f"{', '.join(allowed)} or '*'" + did_you_mean(value, allowed),
+                )
+
+
+def _id_issues(
+    os: OperatingSystem, ids: Sequence[str], field: str, *, rejected: bool
+) -> Iterator[Issue]:
+    family = family_of(os)
+    for index, patch_id in enumerate(ids):
+        path: Path = ("spec", field, index)
+        stars = patch_id.count("*")
+        if family is Family.WINDOWS:
+            if not WINDOWS_ID.match(patch_id):
+                yield (path, f"{patch_id!r}: Windows patch ids are KB ids (KB5034439) or "
+                       "bulletin ids (MS17-010)")
+            continue
+        if family is Family.MACOS and stars:
+            yield (path, f"{patch_id!r}: wildcards are not supported on MACOS; give full names")
+        elif stars > 1:
+            yield (path, f"{patch_id!r}: at most one '*' wildcard is allowed")
+        if family is Family.RPM and rejected and _is_notice_id(patch_id):
+            yield (
+                path,
+                f"{patch_id!r}: rejectedPatches takes package names on {os}; CVE, advisory and "
+                "Bugzilla ids are accepted in approvedPatches only",
+            )
+        if family in (Family.APT, Family.MACOS) and _is_notice_id(patch_id) and "*" not in patch_id:
+            yield (path, f"{patch_id!r}: {os} patch ids are package names, not CVE or advisory ids")
+
+
+def _is_notice_id(patch_id: str) -> bool:
+    return bool(
+        CVE_ID.match(patch_id) or BUGZILLA_ID.match(patch_id) or ADVISORY_ID.match(patch_id)
+    )

@@ -1,0 +1,486 @@
+"""Stage: api (the schema). The five resource kinds users write, once for Git and Kubernetes alike.
+
+Documents are Kubernetes-shaped (``apiVersion``, ``kind``, ``metadata``, ``spec``, ``status``) and
+their ``spec`` uses SSM's field names in camelCase with SSM's enums and limits (DESIGN §3). These
+models check one document's shape and limits; checks that need the operating system's vocabulary
+live in :mod:`reconciler.api.checks`, and checks across documents in :mod:`reconciler.api.snapshot`.
+May not import anything outside ``reconciler.api``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StringConstraints, field_validator, model_validator
+
+from reconciler.api._base import Model
+from reconciler.api.enums import (
+    ComplianceLevel,
+    ComplianceStatus,
+    Operation,
+    OperatingSystem,
+    PatchFilterKey,
+    RebootOption,
+    RejectedPatchesAction,
+)
+
+API_VERSION = "patchwarden.io/v1alpha1"
+GROUP = "patchwarden.io"
+VERSION = "v1alpha1"
+
+# Kubernetes object names (DNS-1123 subdomain), so one file works in Git and with kubectl apply.
+_K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+Name = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=_K8S_NAME)]
+PatchId = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+FilterValue = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+LabelValue = Annotated[str, StringConstraints(max_length=63)]
+
+
+class ObjectMeta(Model):
+    """Standard Kubernetes object metadata (the fields Patchwarden reads, plus server-set ones)."""
+
+    name: Name
+    """Object name: lowercase letters, digits, '-' and '.' (Kubernetes DNS-1123 subdomain)."""
+    namespace: str | None = None
+    """Kubernetes namespace; ignored for Git and directory sources."""
+    labels: dict[str, LabelValue] = Field(default_factory=dict)
+    """Labels. On a ManagedInstance these are its tags, which patch groups and windows select."""
+    annotations: dict[str, str] = Field(default_factory=dict)
+    """Free-form annotations."""
+    # Set by the Kubernetes API server; accepted so that `kubectl get -o yaml` output validates.
+    uid: str | None = None
+    resource_version: str | None = None
+    generation: int | None = None
+    creation_timestamp: str | None = None
+    deletion_timestamp: str | None = None
+    managed_fields: list[dict[str, Any]] | None = None
+    finalizers: list[str] | None = None
+    owner_references: list[dict[str, Any]] | None = None
+
+
+class LabelSelectorRequirement(Model):
+    key: str
+    """The label key the requirement applies to."""
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    """How the key relates to the values."""
+    values: list[str] = Field(default_factory=list)
+    """Values for In and NotIn; must be empty for Exists and DoesNotExist."""
+
+    @model_validator(mode="after")
+    def _values_match_operator(self) -> LabelSelectorRequirement:
+        if self.operator in ("In", "NotIn") and not self.values:
+            raise ValueError(f"operator {self.operator} needs at least one value")
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            raise ValueError(f"operator {self.operator} takes no values")
+        return self
+
+
+class LabelSelector(Model):
+    """A Kubernetes label selector: all matchLabels and all matchExpressions must hold."""
+
+    match_labels: dict[str, LabelValue] = Field(default_factory=dict)
+    """Labels the instance must carry with exactly these values."""
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+    """Set-based requirements, all of which must hold."""
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        if any(labels.get(k) != v for k, v in self.match_labels.items()):
+            return False
+        for req in self.match_expressions:
+            present = req.key in labels
+            if req.operator == "Exists" and not present:
+                return False
+            if req.operator == "DoesNotExist" and present:
+                return False
+            if req.operator == "In" and labels.get(req.key) not in req.values:
+                return False
+            if req.operator == "NotIn" and present and labels[req.key] in req.values:
+                return False
+        return True
+
+
+# ---------------------------------------------------------------------------------------------
+# PatchBaseline
+
+
+class PatchFilter(Model):
+    """One filter: the patch matches when its property equals any of the values (OR)."""
+
+    key: PatchFilterKey
+    """The patch property; which keys are valid depends on the baseline's operatingSystem."""
+    values: list[FilterValue] = Field(min_length=1, max_length=20)
+    """1-20 values, matched case-insensitively; '*' matches every value."""
+
+
+class PatchFilterGroup(Model):
+    """Up to four filters, all of which must match (AND)."""
+
+    patch_filters: list[PatchFilter] = Field(default_factory=list, max_length=4)
+    """0-4 filters; a patch must match every one of them."""
+
+
+class PatchRule(Model):
+    """An approval rule: patches matching its filters are approved after a delay or up to a date."""
+
+    patch_filter_group: PatchFilterGroup
+    """Which patches the rule approves."""
+    approve_after_days: int | None = Field(default=None, ge=0, le=360)
+    """Approve this many days (0-360) after the patch's release date, counted in UTC days."""
+    approve_until_date: date | None = None
+    """Approve patches released on or before this UTC date (YYYY-MM-DD)."""
+    compliance_level: ComplianceLevel = ComplianceLevel.UNSPECIFIED
+    """Severity reported when a patch approved by this rule is missing."""
+    enable_non_security: bool = False
+    """Linux only: also approve updates that come from non-security repositories."""
+
+    @field_validator("approve_until_date", mode="before")
+    @classmethod
+    def _strict_date(cls, value: object) -> object:
+        if isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError("must be a date written YYYY-MM-DD")
+        return value
+
+
+class PatchSource(Model):
+    """An alternative repository used instead of the machine's configured ones (Linux only)."""
+
+    name: Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_\-.]{3,50}$")]
+    """3-50 letters, digits, '_', '-' or '.'."""
+    products: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(
+        min_length=1, max_length=20
+    )
+    """1-20 products (for example Ubuntu22.04) the source applies to; '*' for all."""
+    configuration: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    """The repository definition: a yum/dnf ini block, or one-line 'deb ...' entries for apt."""
+
+
+class PatchBaselineSpec(Model):
+    """Which patches are approved for one operating system (SSM's CreatePatchBaseline fields)."""
+
+    operating_system: OperatingSystem
+    """The operating system the baseline applies to (one of SSM's 15 values)."""
+    description: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
+    """Free text."""
+    global_filters: PatchFilterGroup | None = None
+    """Filters every patch must pass before approval rules are considered."""
+    approval_rules: list[PatchRule] = Field(default_factory=list, max_length=10)
+    """Up to 10 rules; a patch matched by any one rule is approved."""
+    approved_patches: list[PatchId] = Field(default_factory=list, max_length=50)
+    """Up to 50 patch ids approved even when filters and rules would not approve them."""
+    approved_patches_compliance_level: ComplianceLevel = ComplianceLevel.UNSPECIFIED
+    """Severity reported when an explicitly approved patch is missing."""
+    approved_patches_enable_non_security: bool = False
+    """Linux only: approvedPatches may name updates from non-security repositories."""
+    rejected_patches: list[PatchId] = Field(default_factory=list, max_length=50)
+    """Up to 50 patch ids never approved; rejection wins over any approval."""
+    rejected_patches_action: RejectedPatchesAction = RejectedPatchesAction.ALLOW_AS_DEPENDENCY
+    """ALLOW_AS_DEPENDENCY installs a rejected package only as a dependency; BLOCK never installs
+    it nor anything that needs it."""
+    sources: list[PatchSource] = Field(default_factory=list, max_length=20)
+    """Linux only: alternative repositories used instead of the configured ones."""
+    available_security_updates_compliance_status: ComplianceStatus | None = None
+    """Windows only: the status of security updates that are available but not approved."""
+    default_baseline: bool = False
+    """Use this baseline for instances whose group names no baseline for their OS, replacing the
+    predefined default (at most one per operatingSystem)."""
+
+
+class PatchBaseline(Model):
+    """A patch baseline (SSM PatchBaseline): approval rules and lists for one operating system."""
+
+    api_version: Literal["patchwarden.io/v1alpha1"]
+    kind: Literal["PatchBaseline"]
+    metadata: ObjectMeta
+    spec: PatchBaselineSpec
+    status: dict[str, Any] | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# PatchGroup
+
+
+class PatchGroupSpec(Model):
+    """Which instances belong together and which baseline each of their OSes uses."""
+
+    selector: LabelSelector | None = None
+    """Instances whose labels match; when omitted, those labelled
+    patchwarden.io/patch-group=<group name>."""
+    baselines: dict[OperatingSystem, Name] = Field(default_factory=dict)
+    """operatingSystem -> PatchBaseline name; one baseline per operating system."""
+    description: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
+    """Free text."""
+
+
+class PatchGroup(Model):
+    """A patch group: instances selected by labels, and the baseline per OS that applies to them."""
+
+    api_version: Literal["patchwarden.io/v1alpha1"]
+    kind: Literal["PatchGroup"]
+    metadata: ObjectMeta
+    spec: PatchGroupSpec = Field(default_factory=PatchGroupSpec)
+    status: dict[str, Any] | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# MaintenanceWindow
+
+_CONCURRENCY = r"^([1-9][0-9]*|[1-9][0-9]%|[1-9]%|100%)$"
+_ERRORS = r"^([1-9][0-9]*|[0]|[1-9][0-9]%|[0-9]%|100%)$"
+
+
+def _as_text(value: object) -> object:
+    # SSM writes these as strings ("10", "10%"); integers are accepted for convenience.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class WindowTargets(Model):
+    """Which instances a window's tasks run on: members of these groups, or matching labels."""
+
+    patch_groups: list[Name] = Field(default_factory=list)
+    """Names of PatchGroups whose members are targeted."""
+    selector: LabelSelector | None = None
+    """Instances whose labels match this selector are targeted too."""
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> WindowTargets:
+        if not self.patch_groups and self.selector is None:
+            raise ValueError("name at least one patch group or give a selector")
+        return self
+
+
+class WindowTask(Model):
+    """A patching task run in the window (SSM: AWS-RunPatchBaseline registered as a task)."""
+
+    name: Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_\-.]{3,128}$")]
+    """3-128 letters, digits, '_', '-' or '.'."""
+    operation: Operation
+    """Scan reports compliance only; Install installs approved missing patches."""
+    reboot_option: RebootOption = RebootOption.REBOOT_IF_NEEDED
+    """RebootIfNeeded reboots when the machine needs it after installing; NoReboot never does."""
+    max_concurrency: Annotated[str, StringConstraints(pattern=_CONCURRENCY)] = "1"
+    """How many targets run at once: a count ("10") or a percentage ("10%")."""
+    max_errors: Annotated[str, StringConstraints(pattern=_ERRORS)] = "1"
+    """Failed targets after which no new target starts: a count or a percentage."""
+    priority: int = Field(default=1, ge=0)
+    """Lower runs first; tasks of equal priority run in parallel."""
+    cutoff_behavior: Literal["CONTINUE_TASK", "CANCEL_TASK"] = "CONTINUE_TASK"
+    """What happens to running invocations when the cutoff is reached."""
+
+    @field_validator("max_concurrency", "max_errors", mode="before")
+    @classmethod
+    def _integers_as_text(cls, value: object) -> object:
+        return _as_text(value)
+
+
+_SCHEDULE = re.compile(
+    r"^(cron\((?P<cron>[^)]*)\)|rate\((?P<rate>[^)]*)\)|at\((?P<at>[^)]*)\)|(?P<plain>[^()]+))$"
+)
+_RATE = re.compile(r"^(?P<n>[1-9][0-9]*) (?P<unit>minute|minutes|hour|hours|day|days)$")
+
+
+class MaintenanceWindowSpec(Model):
+    """When patching may happen (SSM CreateMaintenanceWindow fields) and what runs then."""
+
+    schedule: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    """cron(...) in AWS's 6-field form (optional leading seconds), plain 5-field cron,
+    rate(N unit) or at(YYYY-MM-DDThh:mm:ss)."""
+    schedule_timezone: str = "UTC"
+    """IANA time zone the schedule is read in, for example America/Los_Angeles."""
+    schedule_offset: int | None = Field(default=None, ge=1, le=6)
+    """Days (1-6) to wait after each cron match, for example Patch Tuesday + 3."""
+    start_date: datetime | None = None
+    """The window does not run before this ISO-8601 time."""
+    end_date: datetime | None = None
+    """The window does not run after this ISO-8601 time."""
+    duration: int = Field(ge=1, le=24)
+    """Window length in hours (1-24)."""
+    cutoff: int = Field(ge=0, le=23)
+    """No new task starts when fewer than this many hours (0-23) remain."""
+    enabled: bool = True
+    """A disabled window never opens."""
+    description: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    """Free text."""
+    targets: WindowTargets
+    """Which instances the tasks run on."""
+    tasks: list[WindowTask] = Field(min_length=1)
+    """What runs in the window."""
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_syntax(cls, value: str) -> str:
+        match = _SCHEDULE.match(value.strip())
+        if match is None:
+            raise ValueError("must be cron(...), rate(...), at(...) or a 5-field cron expression")
+        if match["cron"] is not None and len(match["cron"].split()) not in (6, 7):
+            raise ValueError("cron(...) takes 6 fields (7 with seconds), for example cron(0 2 ? * TUE *)")
+        if match["plain"] is not None and len(match["plain"].split()) != 5:
+            raise ValueError("a plain cron expression has 5 fields, for example '0 2 * * 2'")
+        if match["rate"] is not None:
+            rate = _RATE.match(match["rate"].strip())
+            if rate is None:
+                raise ValueError("rate(...) takes 'N minutes|hours|days', for example rate(7 days)")
+            singular = rate["unit"] in ("minute", "hour", "day")
+            if singular != (rate["n"] == "1"):
+                raise ValueError("use a singular unit for 1 and a plural one otherwise: rate(1 day), rate(2 days)")
+        if match["at"] is not None:
+            try:
+                datetime.fromisoformat(match["at"])
+            except ValueError:
+                raise ValueError("at(...) takes a time YYYY-MM-DDThh:mm:ss") from None
+        return value
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import available_timezones
+
+        if value not in available_timezones():
+            raise ValueError(f"unknown IANA time zone {value!r}, for example Europe/Berlin or UTC")
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> MaintenanceWindowSpec:
+        if self.cutoff >= self.duration:
+            raise ValueError(f"cutoff ({self.cutoff} h) must be less than duration ({self.duration} h)")
+        if self.schedule_offset is not None and not self.schedule.startswith("cron("):
+            raise ValueError("scheduleOffset applies to cron(...) schedules only")
+        if self.start_date and self.end_date and self.end_date <= self.start_date:
+            raise ValueError("endDate must be after startDate")
+        return self
+
+
+class MaintenanceWindow(Model):
+    """A maintenance window: a schedule, its targets and the patching tasks run inside it."""
+
+    api_version: Literal["patchwarden.io/v1alpha1"]
+    kind: Literal["MaintenanceWindow"]
+    metadata: ObjectMeta
+    spec: MaintenanceWindowSpec
+    status: dict[str, Any] | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# ManagedInstance
+
+
+class LocalConnection(Model):
+    """This host, or a system whose filesystem is rooted at a directory (DESIGN §5)."""
+
+    type: Literal["local"]
+    root: str | None = None
+    """Absolute path of a directory holding a whole system; omitted for this host."""
+
+    @field_validator("root")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("must be an absolute path")
+        return value
+
+
+class SshConnection(Model):
+    """A machine reached over SSH; the agent is copied and run there."""
+
+    type: Literal["ssh"]
+    host: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    """Host name or address."""
+    port: int = Field(default=22, ge=1, le=65535)
+    """SSH port."""
+    user: str = "root"
+    """Login user (root, or a user allowed to run the agent with sudo)."""
+    identity_file: str | None = None
+    """Private key file."""
+    known_hosts_file: str | None = None
+    """known_hosts file used for strict host-key checking."""
+
+
+class ManagedInstanceSpec(Model):
+    """How to reach one machine."""
+
+    connection: LocalConnection | SshConnection = Field(discriminator="type")
+    """How the agent reaches the machine: {type: local[, root]} or {type: ssh, host, ...}."""
+    description: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
+    """Free text."""
+
+
+class ManagedInstance(Model):
+    """One managed machine; its labels are its tags."""
+
+    api_version: Literal["patchwarden.io/v1alpha1"]
+    kind: Literal["ManagedInstance"]
+    metadata: ObjectMeta
+    spec: ManagedInstanceSpec
+    status: dict[str, Any] | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# ComplianceReport
+
+
+class ReportScope(Model):
+    """Which instances a report covers; everything when empty."""
+
+    patch_groups: list[Name] = Field(default_factory=list)
+    """Only members of these groups."""
+    selector: LabelSelector | None = None
+    """Only instances whose labels match."""
+
+
+class ComplianceReportSpec(Model):
+    """A compliance report exported on a schedule."""
+
+    schedule: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    """When to export: cron(...), rate(...) or a 5-field cron expression."""
+    schedule_timezone: str = "UTC"
+    """IANA time zone of the schedule."""
+    destination: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    """A directory path or s3://bucket/prefix."""
+    format: Literal["csv", "json", "html"] = "csv"
+    """csv has SSM's columns; json is for machines; html is a self-contained dashboard."""
+    scope: ReportScope = Field(default_factory=ReportScope)
+    """Which instances the report covers."""
+
+    @field_validator("destination")
+    @classmethod
+    def _destination(cls, value: str) -> str:
+        if value.startswith("s3://"):
+            if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?", value):
+                raise ValueError("an S3 destination is s3://bucket[/prefix] with a valid bucket name")
+        elif "://" in value:
+            raise ValueError("must be a directory path or s3://bucket/prefix")
+        return value
+
+
+class ComplianceReport(Model):
+    """Scheduled export of compliance data to a directory or S3."""
+
+    api_version: Literal["patchwarden.io/v1alpha1"]
+    kind: Literal["ComplianceReport"]
+    metadata: ObjectMeta
+    spec: ComplianceReportSpec
+    status: dict[str, Any] | None = None
+
+
+Resource = PatchBaseline | PatchGroup | MaintenanceWindow | ManagedInstance | ComplianceReport
+
+KINDS: dict[str, type[Resource]] = {
+    "PatchBaseline": PatchBaseline,
+    "PatchGroup": PatchGroup,
+    "MaintenanceWindow": MaintenanceWindow,
+    "ManagedInstance": ManagedInstance,
+    "ComplianceReport": ComplianceReport,
+}
+
+# Plural and short names, used for the CRDs and by kubectl.
+NAMES: dict[str, tuple[str, list[str]]] = {
+    "PatchBaseline": ("patchbaselines", ["pb"]),
+    "PatchGroup": ("patchgroups", ["pg"]),
+    "MaintenanceWindow": ("maintenancewindows", ["mw"]),
+    "ManagedInstance": ("managedinstances", ["mi"]),
+    "ComplianceReport": ("compliancereports", ["creport"]),
+}
+
+GROUP_LABEL = "patchwarden.io/patch-group"
+"""The label that puts an instance in a group whose selector is omitted."""

@@ -1,0 +1,344 @@
+"""Stage: api. A snapshot: every resource of one revision, validated together or refused whole.
+
+``build_snapshot`` takes the files of one directory or Git revision as (relative path, bytes) and
+returns a :class:`Snapshot`, or raises :class:`SnapshotInvalid` carrying *every* problem found, each
+as ``file:line: field.path: message``. Checks run in order: YAML, each document against its schema,
+OS-specific baseline checks, then references across documents. Pure: reading the files is the
+sources' job.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from reconciler.api.checks import baseline_issues, did_you_mean
+from reconciler.api.enums import OperatingSystem
+from reconciler.api.resources import (
+    API_VERSION,
+    GROUP_LABEL,
+    KINDS,
+    ComplianceReport,
+    ManagedInstance,
+    MaintenanceWindow,
+    PatchBaseline,
+    PatchGroup,
+    Resource,
+)
+from reconciler.api.yamldocs import Document, Path, YamlError, decode, documents
+
+MAX_DOCUMENTS = 10_000
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One thing wrong with the input, located precisely."""
+
+    file: str
+    line: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class SnapshotInvalid(Exception):
+    """The snapshot was refused; nothing of it may be applied."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a resource was written."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The validated desired state of one revision."""
+
+    baselines: Mapping[str, PatchBaseline] = field(default_factory=dict)
+    groups: Mapping[str, PatchGroup] = field(default_factory=dict)
+    windows: Mapping[str, MaintenanceWindow] = field(default_factory=dict)
+    instances: Mapping[str, ManagedInstance] = field(default_factory=dict)
+    reports: Mapping[str, ComplianceReport] = field(default_factory=dict)
+    predefined: Mapping[str, PatchBaseline] = field(default_factory=dict)
+    """The shipped default baselines, available by name to every group."""
+    locations: Mapping[tuple[str, str], Located] = field(default_factory=dict)
+    """(kind, name) -> where the resource's metadata.name was written."""
+    documents: Mapping[tuple[str, str], Document] = field(default_factory=dict, repr=False)
+    """(kind, name) -> the parsed document, to locate any field of it."""
+
+    def baseline(self, name: str) -> PatchBaseline | None:
+        """A user baseline by name, else a predefined one."""
+        return self.baselines.get(name) or self.predefined.get(name)
+
+    def default_baseline(self, os: OperatingSystem) -> PatchBaseline | None:
+        """The baseline for instances whose group names none for ``os``: a user document marked
+        defaultBaseline, else the predefined one."""
+        for baseline in self.baselines.values():
+            if baseline.spec.operating_system is os and baseline.spec.default_baseline:
+                return baseline
+        for baseline in self.predefined.values():
+            if baseline.spec.operating_system is os and baseline.spec.default_baseline:
+                return baseline
+        return None
+
+    def groups_of(self, labels: Mapping[str, str]) -> list[PatchGroup]:
+        """Every group whose selector matches ``labels`` (valid snapshots give at most one)."""
+        return [g for g in self.groups.values() if group_selects(g, labels)]
+
+
+def group_selects(group: PatchGroup, labels: Mapping[str, str]) -> bool:
+    """Whether ``group`` selects an instance with ``labels``."""
+    if group.spec.selector is None:
+        return labels.get(GROUP_LABEL) == group.metadata.name
+    return group.spec.selector.matches(dict(labels))
+
+
+def build_snapshot(
+    files: Iterable[tuple[str, bytes]],
+    predefined: Mapping[str, PatchBaseline] | None = None,
+) -> Snapshot:
+    """Parse and validate ``files`` as one snapshot; raise SnapshotInvalid with every problem."""
+    problems: list[Problem] = []
+    parsed: list[tuple[str, Document, Resource]] = []
+    count = 0
+    for relpath, raw in files:
+        try:
+            docs = list(documents(decode(raw)))
+        except YamlError as exc:
+            problems.append(Problem(relpath, exc.line, "", exc.message))
+            continue
+        for doc in docs:
+            count += 1
+            if count > MAX_DOCUMENTS:
+                problems.append(Problem(relpath, doc.line, "", f"more than {MAX_DOCUMENTS} documents"))
+                raise SnapshotInvalid(problems)
+            resource = _validate_document(relpath, doc, problems)
+            if resource is not None:
+                parsed.append((relpath, doc, resource))
+    snapshot = _assemble(parsed, dict(predefined or {}), problems)
+    _check_references(snapshot, problems)
+    if problems:
+        raise SnapshotInvalid(problems)
+    return snapshot
+
+
+def _validate_document(relpath: str, doc: Document, problems: list[Problem]) -> Resource | None:
+    def problem(path: Path, message: str) -> None:
+        problems.append(Problem(relpath, doc.line_of(path), format_path(path), message))
+
+    data = doc.data
+    if not isinstance(data, dict):
+        problem((), f"expected a resource (a mapping with apiVersion and kind), got {type(data).__name__}")
+        return None
+    api_version, kind = data.get("apiVersion"), data.get("kind")
+    if api_version != API_VERSION:
+        if api_version is None:
+            problem(("apiVersion",), f"missing; set apiVersion: {API_VERSION}")
+        else:
+            problem(("apiVersion",), f"{api_version!r} is not supported; use {API_VERSION}")
+        return None
+    if kind not in KINDS:
+        hint = did_you_mean(str(kind), list(KINDS)) if kind is not None else ""
+        label = "missing" if kind is None else f"unknown kind {kind!r}"
+        problem(("kind",), f"{label}; one of {', '.join(KINDS)}{hint}")
+        return None
+    model = KINDS[kind]
+    try:
+        resource = model.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            path = _clean_loc(data, error["loc"])
+            problem(path, _message(model, data, path, error))
+        return None
+    if isinstance(resource, PatchBaseline):
+        for path, message in baseline_issues(resource.spec):
+            problem(path, message)
+    return resource
+
+
+def _assemble(
+    parsed: list[tuple[str, Document, Resource]],
+    predefined: dict[str, PatchBaseline],
+    problems: list[Problem],
+) -> Snapshot:
+    tables: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+    locations: dict[tuple[str, str], Located] = {}
+    docs: dict[tuple[str, str], Document] = {}
+    for relpath, doc, resource in parsed:
+        key = (resource.kind, resource.metadata.name)
+        line = doc.line_of(("metadata", "name"))
+        if key in locations:
+            problems.append(
+                Problem(relpath, line, "metadata.name",
+                        f"{resource.kind} {key[1]!r} is already defined at {locations[key]}")
+            )
+            continue
+        locations[key] = Located(relpath, line)
+        docs[key] = doc
+        tables[resource.kind][key[1]] = resource
+    return Snapshot(
+        baselines=tables["PatchBaseline"],
+        groups=tables["PatchGroup"],
+        windows=tables["MaintenanceWindow"],
+        instances=tables["ManagedInstance"],
+        reports=tables["ComplianceReport"],
+        predefined=predefined,
+        locations=locations,
+        documents=docs,
+    )
+
+
+def _check_references(snap: Snapshot, problems: list[Problem]) -> None:
+    def problem(kind: str, name: str, path: Path, message: str) -> None:
+        where, doc = snap.locations[(kind, name)], snap.documents[(kind, name)]
+        problems.append(Problem(where.file, doc.line_of(path), format_path(path), message))
+
+    known_baselines = sorted({*snap.baselines, *snap.predefined})
+    for gname, group in snap.groups.items():
+        for os, bname in group.spec.baselines.items():
+            path: Path = ("spec", "baselines", str(os))
+            baseline = snap.baseline(bname)
+            if baseline is None:
+                problem("PatchGroup", gname, path,
+                        f"no PatchBaseline named {bname!r}" + did_you_mean(bname, known_baselines))
+            elif baseline.spec.operating_system is not os:
+                problem("PatchGroup", gname, path,
+                        f"baseline {bname!r} is for {baseline.spec.operating_system}, not {os}")
+    for iname, instance in snap.instances.items():
+        member_of = [g.metadata.name for g in snap.groups_of(instance.metadata.labels)]
+        if len(member_of) > 1:
+            problem("ManagedInstance", iname, ("metadata", "labels"),
+                    f"selected by patch groups {', '.join(member_of)}; an instance belongs to at "
+                    "most one group: change its labels or the groups' selectors")
+    for wname, window in snap.windows.items():
+        for index, gname in enumerate(window.spec.targets.patch_groups):
+            if gname not in snap.groups:
+                problem("MaintenanceWindow", wname, ("spec", "targets", "patchGroups", index),
+                        f"no PatchGroup named {gname!r}" + did_you_mean(gname, list(snap.groups)))
+    for rname, report in snap.reports.items():
+        for index, gname in enumerate(report.spec.scope.patch_groups):
+            if gname not in snap.groups:
+                problem("ComplianceReport", rname, ("spec", "scope", "patchGroups", index),
+                        f"no PatchGroup named {gname!r}" + did_you_mean(gname, list(snap.groups)))
+    defaults: dict[OperatingSystem, str] = {}
+    for bname, baseline in snap.baselines.items():
+        if not baseline.spec.default_baseline:
+            continue
+        os = baseline.spec.operating_system
+        if os in defaults:
+            problem("PatchBaseline", bname, ("spec", "defaultBaseline"),
+                    f"{defaults[os]!r} is already the default baseline for {os}")
+        defaults[os] = bname
+
+
+def format_path(path: Path) -> str:
+    """``spec.approvalRules[0].approveAfterDays`` from a path tuple."""
+    out = ""
+    for element in path:
+        if isinstance(element, int):
+            out += f"[{element}]"
+        else:
+            out += f".{element}" if out else str(element)
+    return out
+
+
+def _clean_loc(data: Any, loc: tuple[int | str, ...]) -> Path:
+    """The path of an error inside the data, without pydantic's union-member and key markers."""
+    path: list[str | int] = []
+    current = data
+    for position, element in enumerate(loc):
+        last = position == len(loc) - 1
+        if isinstance(current, dict) and element in current:
+            path.append(element)
+            current = current[element]
+        elif isinstance(current, list) and isinstance(element, int) and element < len(current):
+            path.append(element)
+            current = current[element]
+        elif last and element != "[key]":
+            path.append(element)
+    return tuple(path)
+
+
+def _message(model: type[Resource], data: Any, path: Path, error: ErrorDetails) -> str:
+    kind, ctx = error["type"], error.get("ctx", {})
+    value = error.get("input")
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        name = str(path[-1]) if path else ""
+        return f"unknown field {name!r}" + did_you_mean(name, _fields_at(model, path[:-1]))
+    if kind in ("enum", "literal_error"):
+        choices = _choices(ctx.get("expected", ""))
+        return f"{value!r} is not one of {', '.join(choices)}" + did_you_mean(str(value), choices)
+    if kind == "less_than_equal":
+        return f"must be ≤ {ctx['le']} (got {value!r})"
+    if kind == "greater_than_equal":
+        return f"must be ≥ {ctx['ge']} (got {value!r})"
+    if kind == "too_long":
+        return f"at most {ctx['max_length']} allowed (got {ctx.get('actual_length')})"
+    if kind == "too_short":
+        return f"at least {ctx['min_length']} required"
+    if kind == "string_pattern_mismatch":
+        return f"{value!r} does not match {ctx['pattern']}"
+    if kind == "string_too_long":
+        return f"at most {ctx['max_length']} characters"
+    if kind == "string_too_short":
+        return f"at least {ctx['min_length']} character(s)"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return str(error["msg"]) + (f" (got {value!r})" if not isinstance(value, dict | list) else "")
+
+
+def _choices(expected: str) -> list[str]:
+    # pydantic writes "'A', 'B' or 'C'"
+    return [c.strip().strip("'") for c in expected.replace(" or ", ", ").split(",") if c.strip()]
+
+
+@functools.cache
+def _schema(model: type[Resource]) -> dict[str, Any]:
+    return model.model_json_schema(by_alias=True)
+
+
+def _fields_at(model: type[Resource], path: Path) -> list[str]:
+    """Field names the schema allows at ``path`` (for 'did you mean')."""
+    root = _schema(model)
+    defs = root.get("$defs", {})
+
+    def resolve(node: dict[str, Any]) -> list[dict[str, Any]]:
+        if "$ref" in node:
+            return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+        options = node.get("anyOf") or node.get("oneOf")
+        if options:
+            return [r for option in options for r in resolve(option)]
+        return [node]
+
+    nodes = resolve(root)
+    for element in path:
+        nxt: list[dict[str, Any]] = []
+        for node in nodes:
+            if isinstance(element, int) and "items" in node:
+                nxt += resolve(node["items"])
+            elif isinstance(element, str) and element in node.get("properties", {}):
+                nxt += resolve(node["properties"][element])
+            elif isinstance(element, str) and isinstance(node.get("additionalProperties"), dict):
+                nxt += resolve(node["additionalProperties"])
+        nodes = nxt
+    return sorted({name for node in nodes for name in node.get("properties", {})})

@@ -1,0 +1,229 @@
+"""Stage: cli — ``patchctl``, the composition root: the only place adapters are chosen.
+
+Exit codes (DESIGN §6): 0 ok, 1 invalid input or failed operation, 2 usage error, 3 non-compliant
+when ``--fail-on-noncompliant`` is given. No traceback reaches a user: bad input is reported as
+``file:line: field: message``; anything unexpected as one line (PATCHWARDEN_DEBUG=1 shows the
+traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from reconciler import __version__
+from reconciler.api.crd import custom_resource_definitions
+from reconciler.api.enums import ComplianceStatus
+from reconciler.api.inventory import Inventory
+from reconciler.api.resources import PatchBaseline
+from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot
+from reconciler.evaluation import DecisionCache, InstanceEvaluation, evaluate, resolve
+from reconciler.report import render
+from reconciler.sources import read_inventories, read_snapshot
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_NONCOMPLIANT = 0, 1, 2, 3
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, exit 1."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except SnapshotInvalid as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"refused: {len(exc.problems)} problem(s); nothing was applied", file=sys.stderr)
+        return EXIT_INVALID
+    except UserError as exc:
+        print(f"patchctl: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the last line of defence: never a traceback for users
+        if os.environ.get("PATCHWARDEN_DEBUG"):
+            traceback.print_exc()
+        print(f"patchctl: internal error: {type(exc).__name__}: {exc} "
+              "(set PATCHWARDEN_DEBUG=1 for details and report it)", file=sys.stderr)
+        return EXIT_INVALID
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="patchctl", description="GitOps patch management with SSM Patch Manager semantics."
+    )
+    parser.add_argument("--version", action="version", version=f"patchctl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="validate a directory of resources (or one file)")
+    p.add_argument("path", nargs="?", default=".", type=Path)
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
+    p.set_defaults(handler=_validate)
+
+    p = sub.add_parser("evaluate", help="evaluate saved inventories against a baseline or a snapshot")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--baseline", type=Path, help="a YAML file holding one PatchBaseline")
+    which.add_argument("--source", type=Path, help="a snapshot directory: each instance gets its effective baseline")
+    p.add_argument("--inventory", type=Path, required=True, help="an inventory JSON file or a directory of them")
+    _common_evaluation_args(p)
+    p.add_argument("--all", action="store_true", help="tables: list every patch, not only those needing attention")
+    p.add_argument("--fail-on-noncompliant", action="store_true", help="exit 3 when an instance is non-compliant")
+    p.set_defaults(handler=_evaluate)
+
+    p = sub.add_parser("explain", help="which group and baseline apply to an instance, and why each patch is in its state")
+    p.add_argument("instance")
+    p.add_argument("patch", nargs="?")
+    p.add_argument("--source", type=Path, required=True)
+    p.add_argument("--inventory", type=Path, required=True)
+    _common_evaluation_args(p)
+    p.set_defaults(handler=_explain)
+
+    p = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the schema")
+    p.add_argument("--out", type=Path, default=Path("crds"))
+    p.add_argument("--check", action="store_true", help="fail when the files differ from the schema")
+    p.set_defaults(handler=_crds)
+
+    p = sub.add_parser("schema", help="print or check the JSON Schema of a document")
+    p.add_argument("document", choices=("inventory",))
+    p.add_argument("--check", type=Path, help="fail when this file differs from the schema")
+    p.set_defaults(handler=_schema)
+    return parser
+
+
+def _common_evaluation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--now", type=_timestamp, default=None,
+                   help="evaluate as of this ISO-8601 time (default: now, UTC)")
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO-8601 time (2026-11-28T10:00:00Z)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _format(args: argparse.Namespace) -> str:
+    return str(args.output or ("table" if sys.stdout.isatty() else "json"))
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def _validate(args: argparse.Namespace) -> int:
+    snapshot = read_snapshot(args.path)
+    counts = {
+        "PatchBaseline": len(snapshot.baselines),
+        "PatchGroup": len(snapshot.groups),
+        "MaintenanceWindow": len(snapshot.windows),
+        "ManagedInstance": len(snapshot.instances),
+        "ComplianceReport": len(snapshot.reports),
+    }
+    if (args.output or "table") == "table":
+        listed = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        print(f"{args.path}: valid ({listed or 'no resources'})")
+    else:
+        render.dump({"path": str(args.path), "valid": True, "resources": counts}, args.output, sys.stdout)
+    return EXIT_OK
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    now = args.now or datetime.now(UTC)
+    inventories = read_inventories(args.inventory)
+    if not inventories:
+        raise UserError(f"{args.inventory}: no inventory documents (*.json) found")
+    results: list[InstanceEvaluation] = []
+    cache = DecisionCache()
+    if args.baseline is not None:
+        baseline = _single_baseline(args.baseline)
+        for inventory in inventories:
+            _check_os(baseline, inventory)
+            results.append(evaluate(baseline, inventory, now, cache=cache))
+    else:
+        snapshot = read_snapshot(args.source)
+        for inventory in inventories:
+            results.append(_evaluate_in_snapshot(snapshot, inventory, now, cache)[0])
+    render.evaluations(results, _format(args), sys.stdout, show_all=args.all)
+    noncompliant = any(r.summary.compliance_status is ComplianceStatus.NON_COMPLIANT for r in results)
+    return EXIT_NONCOMPLIANT if noncompliant and args.fail_on_noncompliant else EXIT_OK
+
+
+def _explain(args: argparse.Namespace) -> int:
+    now = args.now or datetime.now(UTC)
+    snapshot = read_snapshot(args.source)
+    inventories = [i for i in read_inventories(args.inventory) if i.instance_id == args.instance]
+    if not inventories:
+        raise UserError(f"no inventory for instance {args.instance!r} under {args.inventory}")
+    result, resolution = _evaluate_in_snapshot(snapshot, inventories[0], now, DecisionCache())
+    render.explanation(result, resolution, args.patch, _format(args), sys.stdout)
+    return EXIT_OK
+
+
+def _evaluate_in_snapshot(snapshot: Snapshot, inventory: Inventory, now: datetime, cache: DecisionCache):  # type: ignore[no-untyped-def]
+    instance = snapshot.instances.get(inventory.instance_id)
+    labels = dict(instance.metadata.labels) if instance else {}
+    resolution = resolve(snapshot, labels, inventory.facts.operating_system)
+    if resolution.baseline is None:
+        raise UserError(f"{inventory.instance_id}: {resolution.baseline_reason}")
+    group = resolution.group.metadata.name if resolution.group else None
+    return evaluate(resolution.baseline, inventory, now, patch_group=group, cache=cache), resolution
+
+
+def _single_baseline(path: Path) -> PatchBaseline:
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    snapshot = build_snapshot([(str(path), path.read_bytes())])
+    if len(snapshot.baselines) != 1 or len(snapshot.locations) != 1:
+        raise SnapshotInvalid([Problem(str(path), 1, "", "expected exactly one PatchBaseline document")])
+    return next(iter(snapshot.baselines.values()))
+
+
+def _check_os(baseline: PatchBaseline, inventory: Inventory) -> None:
+    if baseline.spec.operating_system is not inventory.facts.operating_system:
+        raise UserError(
+            f"{inventory.instance_id} runs {inventory.facts.operating_system} but baseline "
+            f"{baseline.metadata.name!r} is for {baseline.spec.operating_system}"
+        )
+
+
+def _crds(args: argparse.Namespace) -> int:
+    stale = []
+    for name, document in custom_resource_definitions().items():
+        text = "# Generated by `make crds` from reconciler/api; do not edit.\n" + yaml.safe_dump(
+            document, sort_keys=False, width=100
+        )
+        target = args.out / name
+        if args.check:
+            if not target.is_file() or target.read_text() != text:
+                stale.append(str(target))
+            continue
+        args.out.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    if stale:
+        print("stale CRDs (run `make crds` and commit): " + ", ".join(stale), file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    import json
+
+    text = json.dumps(Inventory.model_json_schema(by_alias=True), indent=2) + "\n"
+    if args.check is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    if not args.check.is_file() or args.check.read_text() != text:
+        print(f"{args.check} is stale: run `patchctl schema inventory > {args.check}`", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK

@@ -1,0 +1,30 @@
+"""Stage: evaluation — the pure decision engine.
+
+``evaluate(baseline, inventory, now)`` gives every patch's SSM state with its reason and the
+instance's SSM counts; ``resolve(snapshot, labels, os)`` says which group and baseline apply. No
+I/O and no clock of its own: callers pass ``now``. May import ``reconciler.api`` only.
+"""
+
+from reconciler.evaluation.engine import DecisionCache, Decider, evaluate, summarize
+from reconciler.evaluation.resolve import Resolution, resolve
+from reconciler.evaluation.results import (
+    Approval,
+    InstanceEvaluation,
+    NotApproved,
+    PatchResult,
+    Summary,
+)
+
+__all__ = [
+    "Approval",
+    "DecisionCache",
+    "Decider",
+    "InstanceEvaluation",
+    "NotApproved",
+    "PatchResult",
+    "Resolution",
+    "Summary",
+    "evaluate",
+    "resolve",
+    "summarize",
+]

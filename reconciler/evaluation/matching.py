@@ -1,0 +1,191 @@
+"""Stage: evaluation. How one filter, one patch id and one date rule match one package version.
+
+SSM's matching rules (reference §1.4-§1.6, §3.3): filter values are OR'ed and compared without
+regard to case, ``*`` matches everything (even a missing property); patch ids follow each family's
+formats with at most one ``*``; dates are UTC days with per-OS sources and fallbacks. Pure.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from reconciler.api.checks import BUGZILLA_ID, CVE_ID, WINDOWS_ID
+from reconciler.api.enums import (
+    AMAZON_LINUX_SYSTEMS,
+    BUILD_TIME_FALLBACK_SYSTEMS,
+    Family,
+    OperatingSystem,
+    PatchFilterKey,
+)
+from reconciler.api.inventory import PackageFacts
+from reconciler.api.resources import PatchFilter
+
+_EPOCH_DAY = date(1970, 1, 1)
+# AL2022/AL2023 report Moderate as Medium; SSM treats the two as one level there (§3.1).
+_SEVERITY_ALIASES = {"moderate": "medium"}
+
+
+@dataclass(frozen=True, slots=True)
+class FilterMatcher:
+    """One compiled PatchFilter."""
+
+    key: PatchFilterKey
+    values: frozenset[str] | None  # lower-cased; None when '*' is among them
+    text: str  # for reasons: "CLASSIFICATION=Security,Bugfix"
+
+    def matches(self, properties: tuple[str, ...]) -> bool:
+        if self.values is None:
+            return True
+        return any(p in self.values for p in properties)
+
+
+def compile_filter(patch_filter: PatchFilter, os: OperatingSystem) -> FilterMatcher:
+    text = f"{patch_filter.key}={','.join(patch_filter.values)}"
+    if "*" in patch_filter.values:
+        return FilterMatcher(patch_filter.key, None, text)
+    values = {v.lower() for v in patch_filter.values}
+    if os in AMAZON_LINUX_SYSTEMS and patch_filter.key is PatchFilterKey.SEVERITY:
+        values = {_SEVERITY_ALIASES.get(v, v) for v in values}
+    return FilterMatcher(patch_filter.key, frozenset(values), text)
+
+
+def properties(
+    key: PatchFilterKey, pkg: PackageFacts, product: str, os: OperatingSystem
+) -> tuple[str, ...]:
+    """The lower-cased values of ``key`` for ``pkg`` (empty when it has none)."""
+    raw = _PROPERTY[key](pkg, product)
+    values = tuple(v.lower() for v in raw if v)
+    if key is PatchFilterKey.SEVERITY and os in AMAZON_LINUX_SYSTEMS:
+        values = tuple(_SEVERITY_ALIASES.get(v, v) for v in values)
+    return values
+
+
+def _product(pkg: PackageFacts, product: str) -> tuple[str | None, ...]:
+    # Windows updates name their own product; on Linux the product is the machine's.
+    return (pkg.product or product,)
+
+
+def _epoch(pkg: PackageFacts) -> str:
+    head, sep, _ = pkg.version.partition(":")
+    return head if sep and head.isdigit() else "0"
+
+
+def _release(pkg: PackageFacts) -> str:
+    return pkg.version.rpartition("-")[2] if "-" in pkg.version else ""
+
+
+_PROPERTY: dict[PatchFilterKey, Callable[[PackageFacts, str], tuple[str | None, ...]]] = {
+    PatchFilterKey.PRODUCT: _product,
+    PatchFilterKey.PRODUCT_FAMILY: lambda p, _: (p.product_family,),
+    PatchFilterKey.PATCH_SET: lambda p, _: (p.patch_set or "OS",),
+    PatchFilterKey.CLASSIFICATION: lambda p, _: (p.classification,),
+    PatchFilterKey.SEVERITY: lambda p, _: (p.severity,),
+    PatchFilterKey.MSRC_SEVERITY: lambda p, _: (p.severity,),
+    PatchFilterKey.PRIORITY: lambda p, _: (p.priority,),
+    PatchFilterKey.SECTION: lambda p, _: (p.section,),
+    PatchFilterKey.NAME: lambda p, _: (p.name,),
+    PatchFilterKey.ARCH: lambda p, _: (p.arch,),
+    PatchFilterKey.REPOSITORY: lambda p, _: (p.repository,),
+    PatchFilterKey.ADVISORY_ID: lambda p, _: p.advisory_ids,
+    PatchFilterKey.CVE_ID: lambda p, _: p.cves,
+    PatchFilterKey.BUGZILLA_ID: lambda p, _: p.bugzilla_ids,
+    PatchFilterKey.PATCH_ID: lambda p, _: (p.kb_id or p.name,),
+    PatchFilterKey.VERSION: lambda p, _: (p.version,),
+    PatchFilterKey.RELEASE: lambda p, _: (_release(p),),
+    PatchFilterKey.EPOCH: lambda p, _: (_epoch(p),),
+    PatchFilterKey.SECURITY: lambda p, _: ("yes" if p.security else "no",),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Patch ids (approvedPatches / rejectedPatches)
+
+
+@dataclass(frozen=True, slots=True)
+class IdMatcher:
+    """One compiled approved/rejected patch id."""
+
+    text: str
+    kind: str  # "name", "cve", "bugzilla", "advisory", "kb"
+    pattern: re.Pattern[str]
+
+    def matches(self, pkg: PackageFacts, family: Family) -> bool:
+        if self.kind == "cve":
+            return any(self.pattern.match(c) for c in pkg.cves)
+        if self.kind == "bugzilla":
+            return any(self.pattern.match(b) for b in pkg.bugzilla_ids)
+        if self.kind == "advisory":
+            return any(self.pattern.match(a) for a in pkg.advisory_ids)
+        if self.kind == "kb":
+            return any(self.pattern.match(x) for x in (pkg.kb_id, pkg.name, *pkg.advisory_ids) if x)
+        return any(self.pattern.match(n) for n in package_names(pkg, family))
+
+    def matches_name(self, name: str) -> bool:
+        """Whether the id names the package ``name`` (for dependencies known by name only)."""
+        return self.kind == "name" and bool(self.pattern.match(name))
+
+
+def compile_id(patch_id: str, family: Family) -> IdMatcher:
+    pattern = re.compile(
+        "^" + ".*".join(re.escape(part) for part in patch_id.split("*")) + "$", re.IGNORECASE
+    )
+    if family is Family.WINDOWS and WINDOWS_ID.match(patch_id):
+        return IdMatcher(patch_id, "kb", pattern)
+    if family is Family.RPM:
+        if CVE_ID.match(patch_id):
+            return IdMatcher(patch_id, "cve", pattern)
+        if BUGZILLA_ID.match(patch_id):  # numbers-only ids are Bugzilla ids on RPM systems
+            return IdMatcher(patch_id, "bugzilla", pattern)
+        if _looks_like_advisory(patch_id):
+            return IdMatcher(patch_id, "advisory", pattern)
+    return IdMatcher(patch_id, "name", pattern)
+
+
+def _looks_like_advisory(patch_id: str) -> bool:
+    return bool(re.match(r"^[A-Z][A-Z0-9]*-\d{4}[:-][0-9A-Za-z]+$", patch_id))
+
+
+def package_names(pkg: PackageFacts, family: Family) -> tuple[str, ...]:
+    """The names a patch id may give for ``pkg`` in ``family``."""
+    if family is Family.RPM or family is Family.SUSE:
+        evr = pkg.version
+        plain = evr.split(":", 1)[1] if ":" in evr else evr
+        names = [pkg.name, f"{pkg.name}.{pkg.arch}", f"{pkg.name}-{plain}.{pkg.arch}"]
+        if plain != evr:
+            names.append(f"{pkg.name}-{evr}.{pkg.arch}")
+        if family is Family.SUSE:
+            names += [f"{pkg.name}-{plain}.{pkg.arch}.rpm", *pkg.advisory_ids]
+        return tuple(names)
+    return (pkg.name,)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dates
+
+
+def release_day(pkg: PackageFacts, os: OperatingSystem) -> tuple[date | None, str]:
+    """The UTC day approve-after-days counts from for ``pkg`` on ``os``, and what it is.
+
+    Amazon Linux counts from the notice's updated date; SSM falls back to the build time on Amazon
+    Linux, RHEL and CentOS and otherwise treats a missing date as a zero delay (None here). Windows
+    gets 1970-01-01 when Microsoft gives no date (reference §3.3).
+    """
+    if os in AMAZON_LINUX_SYSTEMS and pkg.updated is not None:
+        return pkg.updated, "updated"
+    if pkg.issued is not None:
+        return pkg.issued, "released"
+    if os in BUILD_TIME_FALLBACK_SYSTEMS and pkg.build_time is not None:
+        return utc_day(pkg.build_time), "built"
+    if os is OperatingSystem.WINDOWS:
+        return _EPOCH_DAY, "released"
+    return None, "no release date"
+
+
+def utc_day(moment: datetime) -> date:
+    """The UTC calendar day of ``moment`` (naive times are taken as UTC)."""
+    if moment.tzinfo is None:
+        return moment.date()
+    return moment.astimezone(UTC).date()
