@@ -24,7 +24,13 @@ from reconciler.api.enums import ComplianceStatus
 from reconciler.api.inventory import Inventory
 from reconciler.api.resources import PatchBaseline
 from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot
-from reconciler.evaluation import DecisionCache, InstanceEvaluation, evaluate, resolve
+from reconciler.evaluation import (
+    DecisionCache,
+    InstanceEvaluation,
+    Resolution,
+    evaluate,
+    resolve,
+)
 from reconciler.report import render
 from reconciler.sources import read_inventories, read_snapshot
 
@@ -50,11 +56,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INVALID
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into head & co.: not an error of ours
+        sys.stderr.close()
+        return EXIT_OK
     except Exception as exc:  # the last line of defence: never a traceback for users
         if os.environ.get("PATCHWARDEN_DEBUG"):
             traceback.print_exc()
-        print(f"patchctl: internal error: {type(exc).__name__}: {exc} "
-              "(set PATCHWARDEN_DEBUG=1 for details and report it)", file=sys.stderr)
+        print(
+            f"patchctl: internal error: {type(exc).__name__}: {exc} "
+            "(set PATCHWARDEN_DEBUG=1 for details and report it)",
+            file=sys.stderr,
+        )
         return EXIT_INVALID
 
 
@@ -70,17 +82,39 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
     p.set_defaults(handler=_validate)
 
-    p = sub.add_parser("evaluate", help="evaluate saved inventories against a baseline or a snapshot")
+    p = sub.add_parser(
+        "evaluate", help="evaluate saved inventories against a baseline or a snapshot"
+    )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--baseline", type=Path, help="a YAML file holding one PatchBaseline")
-    which.add_argument("--source", type=Path, help="a snapshot directory: each instance gets its effective baseline")
-    p.add_argument("--inventory", type=Path, required=True, help="an inventory JSON file or a directory of them")
+    which.add_argument(
+        "--source",
+        type=Path,
+        help="a snapshot directory: each instance gets its effective baseline",
+    )
+    p.add_argument(
+        "--inventory",
+        type=Path,
+        required=True,
+        help="an inventory JSON file or a directory of them",
+    )
     _common_evaluation_args(p)
-    p.add_argument("--all", action="store_true", help="tables: list every patch, not only those needing attention")
-    p.add_argument("--fail-on-noncompliant", action="store_true", help="exit 3 when an instance is non-compliant")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="tables: list every patch, not only those needing attention",
+    )
+    p.add_argument(
+        "--fail-on-noncompliant",
+        action="store_true",
+        help="exit 3 when an instance is non-compliant",
+    )
     p.set_defaults(handler=_evaluate)
 
-    p = sub.add_parser("explain", help="which group and baseline apply to an instance, and why each patch is in its state")
+    p = sub.add_parser(
+        "explain",
+        help="which group and baseline apply to an instance, and why each patch is in its state",
+    )
     p.add_argument("instance")
     p.add_argument("patch", nargs="?")
     p.add_argument("--source", type=Path, required=True)
@@ -90,7 +124,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the schema")
     p.add_argument("--out", type=Path, default=Path("crds"))
-    p.add_argument("--check", action="store_true", help="fail when the files differ from the schema")
+    p.add_argument(
+        "--check", action="store_true", help="fail when the files differ from the schema"
+    )
     p.set_defaults(handler=_crds)
 
     p = sub.add_parser("schema", help="print or check the JSON Schema of a document")
@@ -101,8 +137,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _common_evaluation_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--now", type=_timestamp, default=None,
-                   help="evaluate as of this ISO-8601 time (default: now, UTC)")
+    p.add_argument(
+        "--now",
+        type=_timestamp,
+        default=None,
+        help="evaluate as of this ISO-8601 time (default: now, UTC)",
+    )
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
 
 
@@ -110,7 +150,9 @@ def _timestamp(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO-8601 time (2026-11-28T10:00:00Z)") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO-8601 time (2026-11-28T10:00:00Z)"
+        ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -134,7 +176,9 @@ def _validate(args: argparse.Namespace) -> int:
         listed = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
         print(f"{args.path}: valid ({listed or 'no resources'})")
     else:
-        render.dump({"path": str(args.path), "valid": True, "resources": counts}, args.output, sys.stdout)
+        render.dump(
+            {"path": str(args.path), "valid": True, "resources": counts}, args.output, sys.stdout
+        )
     return EXIT_OK
 
 
@@ -155,7 +199,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         for inventory in inventories:
             results.append(_evaluate_in_snapshot(snapshot, inventory, now, cache)[0])
     render.evaluations(results, _format(args), sys.stdout, show_all=args.all)
-    noncompliant = any(r.summary.compliance_status is ComplianceStatus.NON_COMPLIANT for r in results)
+    noncompliant = any(
+        r.summary.compliance_status is ComplianceStatus.NON_COMPLIANT for r in results
+    )
     return EXIT_NONCOMPLIANT if noncompliant and args.fail_on_noncompliant else EXIT_OK
 
 
@@ -170,7 +216,9 @@ def _explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _evaluate_in_snapshot(snapshot: Snapshot, inventory: Inventory, now: datetime, cache: DecisionCache):  # type: ignore[no-untyped-def]
+def _evaluate_in_snapshot(
+    snapshot: Snapshot, inventory: Inventory, now: datetime, cache: DecisionCache
+) -> tuple[InstanceEvaluation, Resolution]:
     instance = snapshot.instances.get(inventory.instance_id)
     labels = dict(instance.metadata.labels) if instance else {}
     resolution = resolve(snapshot, labels, inventory.facts.operating_system)
@@ -185,7 +233,9 @@ def _single_baseline(path: Path) -> PatchBaseline:
         raise UserError(f"{path}: no such file")
     snapshot = build_snapshot([(str(path), path.read_bytes())])
     if len(snapshot.baselines) != 1 or len(snapshot.locations) != 1:
-        raise SnapshotInvalid([Problem(str(path), 1, "", "expected exactly one PatchBaseline document")])
+        raise SnapshotInvalid(
+            [Problem(str(path), 1, "", "expected exactly one PatchBaseline document")]
+        )
     return next(iter(snapshot.baselines.values()))
 
 
@@ -224,6 +274,9 @@ def _schema(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return EXIT_OK
     if not args.check.is_file() or args.check.read_text() != text:
-        print(f"{args.check} is stale: run `patchctl schema inventory > {args.check}`", file=sys.stderr)
+        print(
+            f"{args.check} is stale: run `patchctl schema inventory > {args.check}`",
+            file=sys.stderr,
+        )
         return EXIT_INVALID
     return EXIT_OK

@@ -1,4 +1,4 @@
-"""Stage: api. The base every schema model shares: frozen, camelCase on the wire, unknown fields refused."""
+"""Stage: api. The base of every schema model: frozen, camelCase on the wire, no unknown fields."""
 
 from __future__ import annotations
 

@@ -50,10 +50,15 @@ def baseline_issues(spec: PatchBaselineSpec) -> list[Issue]:
         issues += _filter_issues(os, rule.patch_filter_group, (*path, "patchFilterGroup"))
         dated = (rule.approve_after_days is not None) + (rule.approve_until_date is not None)
         if os in APT_SYSTEMS and dated:
-            field = "approveAfterDays" if rule.approve_after_days is not None else "approveUntilDate"
+            field = (
+                "approveAfterDays" if rule.approve_after_days is not None else "approveUntilDate"
+            )
             issues.append(
-                ((*path, field), f"{os} packages carry no release dates; remove {field} "
-                 "(Debian-family rules approve immediately)")
+                (
+                    (*path, field),
+                    f"{os} packages carry no release dates; remove {field} "
+                    "(Debian-family rules approve immediately)",
+                )
             )
         elif os not in APT_SYSTEMS and dated == 0:
             issues.append((path, "give approveAfterDays or approveUntilDate"))
@@ -118,8 +123,11 @@ def _id_issues(
         stars = patch_id.count("*")
         if family is Family.WINDOWS:
             if not WINDOWS_ID.match(patch_id):
-                yield (path, f"{patch_id!r}: Windows patch ids are KB ids (KB5034439) or "
-                       "bulletin ids (MS17-010)")
+                yield (
+                    path,
+                    f"{patch_id!r}: Windows patch ids are KB ids (KB5034439) or "
+                    "bulletin ids (MS17-010)",
+                )
             continue
         if family is Family.MACOS and stars:
             yield (path, f"{patch_id!r}: wildcards are not supported on MACOS; give full names")

@@ -69,7 +69,9 @@ def custom_resource_definitions() -> dict[str, dict[str, Any]]:
         }
         structural["properties"]["apiVersion"] = {"type": "string"}
         structural["properties"]["kind"] = {"type": "string"}
-        structural["required"] = [r for r in structural.get("required", []) if r not in ("apiVersion", "kind", "metadata")]
+        structural["required"] = [
+            r for r in structural.get("required", []) if r not in ("apiVersion", "kind", "metadata")
+        ]
         out[f"{GROUP}_{plural}.yaml"] = {
             "apiVersion": "apiextensions.k8s.io/v1",
             "kind": "CustomResourceDefinition",
@@ -104,8 +106,15 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     node = _inline(node, defs)
     options = node.get("anyOf") or node.get("oneOf")
     if options:
-        return _union(node, [o for o in (_inline(o, defs) for o in options) if o.get("type") != "null"], defs)
-    out: dict[str, Any] = {k: v for k, v in node.items() if k not in _DROP and k not in ("$defs", "properties", "items", "additionalProperties", "const", "$ref")}
+        return _union(
+            node, [o for o in (_inline(o, defs) for o in options) if o.get("type") != "null"], defs
+        )
+    out: dict[str, Any] = {
+        k: v
+        for k, v in node.items()
+        if k not in _DROP
+        and k not in ("$defs", "properties", "items", "additionalProperties", "const", "$ref")
+    }
     if "const" in node:
         out["enum"] = [node["const"]]
         out.setdefault("type", "string")
@@ -119,12 +128,13 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         out["x-kubernetes-preserve-unknown-fields"] = True
     if "items" in node:
         out["items"] = _structural(node["items"], defs)
-    if "propertyNames" in out:  # dict keys constrained by an enum: not expressible, keep in text
-        del out["propertyNames"]
+    out.pop("propertyNames", None)  # enum-constrained map keys are not expressible in a CRD
     return out
 
 
-def _union(parent: dict[str, Any], options: list[dict[str, Any]], defs: dict[str, Any]) -> dict[str, Any]:
+def _union(
+    parent: dict[str, Any], options: list[dict[str, Any]], defs: dict[str, Any]
+) -> dict[str, Any]:
     description = parent.get("description")
     if len(options) == 1:
         merged = _structural(options[0], defs)
@@ -135,8 +145,16 @@ def _union(parent: dict[str, Any], options: list[dict[str, Any]], defs: dict[str
         for option in options:
             sub = _structural(option, defs)
             merged["properties"].update(sub.get("properties", {}))
-            required = set(sub.get("required", [])) if required is None else required & set(sub.get("required", []))
-        type_enum = [e for o in options for e in _structural(o, defs)["properties"].get("type", {}).get("enum", [])]
+            required = (
+                set(sub.get("required", []))
+                if required is None
+                else required & set(sub.get("required", []))
+            )
+        type_enum = [
+            e
+            for o in options
+            for e in _structural(o, defs)["properties"].get("type", {}).get("enum", [])
+        ]
         if type_enum:
             merged["properties"]["type"] = {"type": "string", "enum": type_enum}
         if required:

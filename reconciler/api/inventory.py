@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field
 
 from reconciler.api._base import Model
-from reconciler.api.enums import Operation, OperatingSystem
+from reconciler.api.enums import OperatingSystem, Operation
 
 INVENTORY_KIND = "Inventory"
 

@@ -19,8 +19,8 @@ from reconciler.api._base import Model
 from reconciler.api.enums import (
     ComplianceLevel,
     ComplianceStatus,
-    Operation,
     OperatingSystem,
+    Operation,
     PatchFilterKey,
     RebootOption,
     RejectedPatchesAction,
@@ -314,7 +314,9 @@ class MaintenanceWindowSpec(Model):
         if match is None:
             raise ValueError("must be cron(...), rate(...), at(...) or a 5-field cron expression")
         if match["cron"] is not None and len(match["cron"].split()) not in (6, 7):
-            raise ValueError("cron(...) takes 6 fields (7 with seconds), for example cron(0 2 ? * TUE *)")
+            raise ValueError(
+                "cron(...) takes 6 fields (7 with seconds), for example cron(0 2 ? * TUE *)"
+            )
         if match["plain"] is not None and len(match["plain"].split()) != 5:
             raise ValueError("a plain cron expression has 5 fields, for example '0 2 * * 2'")
         if match["rate"] is not None:
@@ -323,7 +325,9 @@ class MaintenanceWindowSpec(Model):
                 raise ValueError("rate(...) takes 'N minutes|hours|days', for example rate(7 days)")
             singular = rate["unit"] in ("minute", "hour", "day")
             if singular != (rate["n"] == "1"):
-                raise ValueError("use a singular unit for 1 and a plural one otherwise: rate(1 day), rate(2 days)")
+                raise ValueError(
+                    "use a singular unit for 1, a plural one otherwise: rate(1 day), rate(2 days)"
+                )
         if match["at"] is not None:
             try:
                 datetime.fromisoformat(match["at"])
@@ -343,7 +347,9 @@ class MaintenanceWindowSpec(Model):
     @model_validator(mode="after")
     def _coherent(self) -> MaintenanceWindowSpec:
         if self.cutoff >= self.duration:
-            raise ValueError(f"cutoff ({self.cutoff} h) must be less than duration ({self.duration} h)")
+            raise ValueError(
+                f"cutoff ({self.cutoff} h) must be less than duration ({self.duration} h)"
+            )
         if self.schedule_offset is not None and not self.schedule.startswith("cron("):
             raise ValueError("scheduleOffset applies to cron(...) schedules only")
         if self.start_date and self.end_date and self.end_date <= self.start_date:
@@ -447,7 +453,9 @@ class ComplianceReportSpec(Model):
     def _destination(cls, value: str) -> str:
         if value.startswith("s3://"):
             if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?", value):
-                raise ValueError("an S3 destination is s3://bucket[/prefix] with a valid bucket name")
+                raise ValueError(
+                    "an S3 destination is s3://bucket[/prefix] with a valid bucket name"
+                )
         elif "://" in value:
             raise ValueError("must be a directory path or s3://bucket/prefix")
         return value

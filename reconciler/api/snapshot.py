@@ -24,8 +24,8 @@ from reconciler.api.resources import (
     GROUP_LABEL,
     KINDS,
     ComplianceReport,
-    ManagedInstance,
     MaintenanceWindow,
+    ManagedInstance,
     PatchBaseline,
     PatchGroup,
     Resource,
@@ -128,7 +128,9 @@ def build_snapshot(
         for doc in docs:
             count += 1
             if count > MAX_DOCUMENTS:
-                problems.append(Problem(relpath, doc.line, "", f"more than {MAX_DOCUMENTS} documents"))
+                problems.append(
+                    Problem(relpath, doc.line, "", f"more than {MAX_DOCUMENTS} documents")
+                )
                 raise SnapshotInvalid(problems)
             resource = _validate_document(relpath, doc, problems)
             if resource is not None:
@@ -146,7 +148,10 @@ def _validate_document(relpath: str, doc: Document, problems: list[Problem]) -> 
 
     data = doc.data
     if not isinstance(data, dict):
-        problem((), f"expected a resource (a mapping with apiVersion and kind), got {type(data).__name__}")
+        problem(
+            (),
+            f"expected a resource (a mapping with apiVersion and kind), got {type(data).__name__}",
+        )
         return None
     api_version, kind = data.get("apiVersion"), data.get("kind")
     if api_version != API_VERSION:
@@ -187,8 +192,12 @@ def _assemble(
         line = doc.line_of(("metadata", "name"))
         if key in locations:
             problems.append(
-                Problem(relpath, line, "metadata.name",
-                        f"{resource.kind} {key[1]!r} is already defined at {locations[key]}")
+                Problem(
+                    relpath,
+                    line,
+                    "metadata.name",
+                    f"{resource.kind} {key[1]!r} is already defined at {locations[key]}",
+                )
             )
             continue
         locations[key] = Located(relpath, line)
@@ -217,35 +226,59 @@ def _check_references(snap: Snapshot, problems: list[Problem]) -> None:
             path: Path = ("spec", "baselines", str(os))
             baseline = snap.baseline(bname)
             if baseline is None:
-                problem("PatchGroup", gname, path,
-                        f"no PatchBaseline named {bname!r}" + did_you_mean(bname, known_baselines))
+                problem(
+                    "PatchGroup",
+                    gname,
+                    path,
+                    f"no PatchBaseline named {bname!r}" + did_you_mean(bname, known_baselines),
+                )
             elif baseline.spec.operating_system is not os:
-                problem("PatchGroup", gname, path,
-                        f"baseline {bname!r} is for {baseline.spec.operating_system}, not {os}")
+                problem(
+                    "PatchGroup",
+                    gname,
+                    path,
+                    f"baseline {bname!r} is for {baseline.spec.operating_system}, not {os}",
+                )
     for iname, instance in snap.instances.items():
         member_of = [g.metadata.name for g in snap.groups_of(instance.metadata.labels)]
         if len(member_of) > 1:
-            problem("ManagedInstance", iname, ("metadata", "labels"),
-                    f"selected by patch groups {', '.join(member_of)}; an instance belongs to at "
-                    "most one group: change its labels or the groups' selectors")
+            problem(
+                "ManagedInstance",
+                iname,
+                ("metadata", "labels"),
+                f"selected by patch groups {', '.join(member_of)}; an instance belongs to at "
+                "most one group: change its labels or the groups' selectors",
+            )
     for wname, window in snap.windows.items():
         for index, gname in enumerate(window.spec.targets.patch_groups):
             if gname not in snap.groups:
-                problem("MaintenanceWindow", wname, ("spec", "targets", "patchGroups", index),
-                        f"no PatchGroup named {gname!r}" + did_you_mean(gname, list(snap.groups)))
+                problem(
+                    "MaintenanceWindow",
+                    wname,
+                    ("spec", "targets", "patchGroups", index),
+                    f"no PatchGroup named {gname!r}" + did_you_mean(gname, list(snap.groups)),
+                )
     for rname, report in snap.reports.items():
         for index, gname in enumerate(report.spec.scope.patch_groups):
             if gname not in snap.groups:
-                problem("ComplianceReport", rname, ("spec", "scope", "patchGroups", index),
-                        f"no PatchGroup named {gname!r}" + did_you_mean(gname, list(snap.groups)))
+                problem(
+                    "ComplianceReport",
+                    rname,
+                    ("spec", "scope", "patchGroups", index),
+                    f"no PatchGroup named {gname!r}" + did_you_mean(gname, list(snap.groups)),
+                )
     defaults: dict[OperatingSystem, str] = {}
     for bname, baseline in snap.baselines.items():
         if not baseline.spec.default_baseline:
             continue
         os = baseline.spec.operating_system
         if os in defaults:
-            problem("PatchBaseline", bname, ("spec", "defaultBaseline"),
-                    f"{defaults[os]!r} is already the default baseline for {os}")
+            problem(
+                "PatchBaseline",
+                bname,
+                ("spec", "defaultBaseline"),
+                f"{defaults[os]!r} is already the default baseline for {os}",
+            )
         defaults[os] = bname
 
 
@@ -266,10 +299,9 @@ def _clean_loc(data: Any, loc: tuple[int | str, ...]) -> Path:
     current = data
     for position, element in enumerate(loc):
         last = position == len(loc) - 1
-        if isinstance(current, dict) and element in current:
-            path.append(element)
-            current = current[element]
-        elif isinstance(current, list) and isinstance(element, int) and element < len(current):
+        if (isinstance(current, dict) and element in current) or (
+            isinstance(current, list) and isinstance(element, int) and 0 <= element < len(current)
+        ):
             path.append(element)
             current = current[element]
         elif last and element != "[key]":

@@ -3,7 +3,8 @@
 Input is text a user committed, so it is treated as hostile: size, nesting depth and alias
 expansion are bounded, duplicate keys are errors (PyYAML would silently keep the last one), only
 the standard tags are accepted, and YAML 1.1 timestamps stay text so that the schema decides what a
-date is. Every value's line is recorded so errors can say ``file:line``. Pure: takes text, not paths.
+date is.
+Every value's line is recorded so errors can say ``file:line``. Pure: takes text, not paths.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ class Document:
 def decode(raw: bytes) -> str:
     """UTF-8 text, or a YamlError saying why the bytes are not a YAML file."""
     if len(raw) > MAX_BYTES:
-        raise YamlError(1, f"file is {len(raw)} bytes; documents over {MAX_BYTES} bytes are refused")
+        raise YamlError(
+            1, f"file is {len(raw)} bytes; documents over {MAX_BYTES} bytes are refused"
+        )
     if b"\x00" in raw:
         raise YamlError(1, "binary file (contains NUL bytes), not YAML")
     try:

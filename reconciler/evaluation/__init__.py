@@ -5,7 +5,7 @@ instance's SSM counts; ``resolve(snapshot, labels, os)`` says which group and ba
 I/O and no clock of its own: callers pass ``now``. May import ``reconciler.api`` only.
 """
 
-from reconciler.evaluation.engine import DecisionCache, Decider, evaluate, summarize
+from reconciler.evaluation.engine import Decider, DecisionCache, evaluate, summarize
 from reconciler.evaluation.resolve import Resolution, resolve
 from reconciler.evaluation.results import (
     Approval,
@@ -17,8 +17,8 @@ from reconciler.evaluation.results import (
 
 __all__ = [
     "Approval",
-    "DecisionCache",
     "Decider",
+    "DecisionCache",
     "InstanceEvaluation",
     "NotApproved",
     "PatchResult",

@@ -3,8 +3,8 @@
 SSM's order on the machine (reference §1.9): global filters, then approval rules (with the implicit
 "security repositories only" rule unless enableNonSecurity), then approvedPatches, then
 rejectedPatches (rejection always wins); when several versions of a package are approved the latest
-wins. The result of a decision depends on the baseline and the package version, not on the
-instance, so a :class:`Decider` caches decisions and is shared across a fleet (:class:`DecisionCache`).
+wins. A decision depends on the baseline and the package version, not on the instance, so a
+:class:`Decider` caches decisions and is shared across a fleet (:class:`DecisionCache`).
 
 Pure: no I/O, and the clock is an argument. May import ``reconciler.api`` only.
 """
@@ -22,8 +22,8 @@ from reconciler.api.enums import (
     ComplianceLevel,
     ComplianceStatus,
     Family,
-    Operation,
     OperatingSystem,
+    Operation,
     PatchState,
     RejectedPatchesAction,
     family_of,
@@ -115,8 +115,11 @@ class Decider:
         if rejected_by is not None:
             action = "BLOCK" if self.block else "ALLOW_AS_DEPENDENCY"
             return Approval(
-                False, True, ComplianceLevel.UNSPECIFIED,
-                f"rejected by rejectedPatches entry {rejected_by.text!r} ({action})", security,
+                False,
+                True,
+                ComplianceLevel.UNSPECIFIED,
+                f"rejected by rejectedPatches entry {rejected_by.text!r} ({action})",
+                security,
             )
         why_not = "no approval rule matches"
         excluded = self._failed_filter(self._global, pkg)
@@ -135,22 +138,32 @@ class Decider:
         if listed is not None:
             if eligible or self._approved_non_security:
                 return Approval(
-                    True, False, self._approved_level,
-                    f"approved by approvedPatches entry {listed.text!r}", security,
+                    True,
+                    False,
+                    self._approved_level,
+                    f"approved by approvedPatches entry {listed.text!r}",
+                    security,
                 )
             why_not = (
                 f"listed in approvedPatches ({listed.text!r}) but not a security update; "
                 "set approvedPatchesEnableNonSecurity to allow it"
             )
-        return Approval(False, False, ComplianceLevel.UNSPECIFIED, f"not approved: {why_not}", security)
+        return Approval(
+            False, False, ComplianceLevel.UNSPECIFIED, f"not approved: {why_not}", security
+        )
 
-    def _rule_verdict(self, rule: _Rule, pkg: PackageFacts, eligible: bool) -> tuple[bool, str] | None:
+    def _rule_verdict(
+        self, rule: _Rule, pkg: PackageFacts, eligible: bool
+    ) -> tuple[bool, str] | None:
         """None when the rule's filters do not match; else (approved, reason)."""
         if self._failed_filter(rule.filters, pkg) is not None:
             return None
         name = f"approvalRules[{rule.index}]"
         if self._linux and not rule.enable_non_security and not eligible:
-            return False, f"{name} matches but {_not_security(self.family)} and enableNonSecurity is false"
+            return (
+                False,
+                f"{name} matches but {_not_security(self.family)} and enableNonSecurity is false",
+            )
         released, source = release_day(pkg, self.os)
         criteria = ", ".join(f.text for f in rule.filters) or "all patches"
         if rule.approve_after_days is not None:
@@ -158,17 +171,31 @@ class Decider:
                 return True, f"approved by {name} ({criteria}; {source}, so no delay)"
             approve_on = released + timedelta(days=rule.approve_after_days)
             if self.today >= approve_on:
-                return True, (f"approved by {name} ({criteria}; {source} {released}, "
-                              f"approved since {approve_on})")
-            return False, f"{name} approves it on {approve_on} ({source} {released} + {rule.approve_after_days} days)"
+                return True, (
+                    f"approved by {name} ({criteria}; {source} {released}, "
+                    f"approved since {approve_on})"
+                )
+            return (
+                False,
+                f"{name} approves it on {approve_on} "
+                f"({source} {released} + {rule.approve_after_days} days)",
+            )
         if rule.approve_until_date is not None and released is not None:
             if released <= rule.approve_until_date:
-                return True, (f"approved by {name} ({criteria}; {source} {released}, "
-                              f"on or before {rule.approve_until_date})")
-            return False, f"{name} approves patches released until {rule.approve_until_date}; {source} {released}"
+                return True, (
+                    f"approved by {name} ({criteria}; {source} {released}, "
+                    f"on or before {rule.approve_until_date})"
+                )
+            return (
+                False,
+                f"{name} approves patches released until {rule.approve_until_date}; "
+                f"{source} {released}",
+            )
         return True, f"approved by {name} ({criteria})"
 
-    def _failed_filter(self, filters: tuple[FilterMatcher, ...], pkg: PackageFacts) -> FilterMatcher | None:
+    def _failed_filter(
+        self, filters: tuple[FilterMatcher, ...], pkg: PackageFacts
+    ) -> FilterMatcher | None:
         for matcher in filters:
             if not matcher.matches(properties(matcher.key, pkg, self.product, self.os)):
                 return matcher
@@ -204,7 +231,9 @@ def _first(matchers: tuple[IdMatcher, ...], pkg: PackageFacts, family: Family) -
     return next((m for m in matchers if m.matches(pkg, family)), None)
 
 
-def _compile_group(group: PatchFilterGroup | None, os: OperatingSystem) -> tuple[FilterMatcher, ...]:
+def _compile_group(
+    group: PatchFilterGroup | None, os: OperatingSystem
+) -> tuple[FilterMatcher, ...]:
     if group is None:
         return ()
     return tuple(compile_filter(f, os) for f in group.patch_filters)
@@ -282,7 +311,9 @@ def evaluate(
         not_approved.append(NotApproved(update.name, update.arch, update.version, approval.reason))
         if asu is not None and approval.security and not approval.rejected and key not in seen_asu:
             seen_asu.add(key)
-            rows.append(_row(update, PatchState.AVAILABLE_SECURITY_UPDATE, approval, approval.reason))
+            rows.append(
+                _row(update, PatchState.AVAILABLE_SECURITY_UPDATE, approval, approval.reason)
+            )
     return InstanceEvaluation(
         instance_id=inventory.instance_id,
         operating_system=str(facts.operating_system),
@@ -310,9 +341,17 @@ def _update_row(
         return _row(update, state, approval, reason, installable=False)
     failure = failed.get((update.name, update.arch, update.version))
     if failure is not None:
-        return _row(update, PatchState.FAILED, approval, f"{approval.reason}; install failed: {failure}")
-    if not update.applicable or (update.installed_version is None and decider.family is not Family.WINDOWS):
-        why = "does not apply to this machine" if not update.applicable else "package is not installed"
+        return _row(
+            update, PatchState.FAILED, approval, f"{approval.reason}; install failed: {failure}"
+        )
+    if not update.applicable or (
+        update.installed_version is None and decider.family is not Family.WINDOWS
+    ):
+        why = (
+            "does not apply to this machine"
+            if not update.applicable
+            else "package is not installed"
+        )
         return _row(update, PatchState.NOT_APPLICABLE, approval, f"{approval.reason}; {why}")
     return _row(update, PatchState.MISSING, approval, approval.reason)
 
@@ -325,8 +364,12 @@ def _installed_row(decider: Decider, pkg: InstalledPackage, facts: Facts) -> Pat
     if not approval.approved:
         return _row(pkg, PatchState.INSTALLED_OTHER, approval, approval.reason)
     if _awaits_reboot(pkg, facts):
-        return _row(pkg, PatchState.INSTALLED_PENDING_REBOOT, approval,
-                    f"{approval.reason}; installed, the machine needs a reboot to use it")
+        return _row(
+            pkg,
+            PatchState.INSTALLED_PENDING_REBOOT,
+            approval,
+            f"{approval.reason}; installed, the machine needs a reboot to use it",
+        )
     return _row(pkg, PatchState.INSTALLED, approval, approval.reason)
 
 
@@ -354,9 +397,7 @@ def _row(
     *,
     installable: bool = True,
 ) -> PatchResult:
-    installed_version = (
-        pkg.installed_version if isinstance(pkg, AvailableUpdate) else pkg.version
-    )
+    installed_version = pkg.installed_version if isinstance(pkg, AvailableUpdate) else pkg.version
     return PatchResult(
         name=pkg.name,
         arch=pkg.arch,
@@ -403,6 +444,8 @@ def summarize(rows: Iterable[PatchResult], *, asu_non_compliant: bool = False) -
         critical_non_compliant_count=critical,
         security_non_compliant_count=security,
         other_non_compliant_count=other,
-        compliance_status=ComplianceStatus.NON_COMPLIANT if worst is not None else ComplianceStatus.COMPLIANT,
+        compliance_status=ComplianceStatus.NON_COMPLIANT
+        if worst is not None
+        else ComplianceStatus.COMPLIANT,
         compliance_severity=COMPLIANCE_LEVEL_ORDER[worst] if worst is not None else None,
     )

@@ -38,14 +38,24 @@ def resolve(snapshot: Snapshot, labels: Mapping[str, str], os: OperatingSystem) 
     named = group.spec.baselines.get(os) if group else None
     if named is not None:
         baseline = snapshot.baseline(named)
-        return Resolution(group, group_reason, baseline,
-                          f"patch group {group.metadata.name!r} names {named!r} for {os}"
-                          if group else "")
+        return Resolution(
+            group,
+            group_reason,
+            baseline,
+            f"patch group {group.metadata.name!r} names {named!r} for {os}" if group else "",
+        )
     baseline = snapshot.default_baseline(os)
-    where = (f"patch group {group.metadata.name!r} names no baseline for {os}"
-             if group else "no patch group")
+    where = (
+        f"patch group {group.metadata.name!r} names no baseline for {os}"
+        if group
+        else "no patch group"
+    )
     if baseline is None:
         return Resolution(group, group_reason, None, f"{where}, and there is no default for {os}")
     kind = "user default" if baseline.metadata.name in snapshot.baselines else "predefined default"
-    return Resolution(group, group_reason, baseline,
-                      f"{where}: the {kind} baseline for {os}, {baseline.metadata.name!r}")
+    return Resolution(
+        group,
+        group_reason,
+        baseline,
+        f"{where}: the {kind} baseline for {os}, {baseline.metadata.name!r}",
+    )

@@ -68,7 +68,12 @@ class NotApproved:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "arch": self.arch, "version": self.version, "reason": self.reason}
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "version": self.version,
+            "reason": self.reason,
+        }
 
 
 NON_COMPLIANT_STATES = frozenset(

@@ -39,7 +39,9 @@ def dump(data: Any, fmt: str, out: IO[str]) -> None:
         yaml.safe_dump(data, out, sort_keys=False, allow_unicode=True)
 
 
-def evaluations(results: Sequence[InstanceEvaluation], fmt: str, out: IO[str], *, show_all: bool = False) -> None:
+def evaluations(
+    results: Sequence[InstanceEvaluation], fmt: str, out: IO[str], *, show_all: bool = False
+) -> None:
     """Render evaluation results in ``fmt`` (table, json or yaml)."""
     if fmt != "table":
         data = [r.to_dict() for r in results]
@@ -55,18 +57,39 @@ def evaluations(results: Sequence[InstanceEvaluation], fmt: str, out: IO[str], *
 
 def _summary_table(results: Sequence[InstanceEvaluation]) -> Table:
     table = Table(title="Patch compliance", title_justify="left")
-    for column in ("Instance", "OS", "Group", "Baseline", "Status", "Severity", "Missing",
-                   "Failed", "Pending reboot", "Rejected", "Installed", "Other", "N/A"):
+    for column in (
+        "Instance",
+        "OS",
+        "Group",
+        "Baseline",
+        "Status",
+        "Severity",
+        "Missing",
+        "Failed",
+        "Pending reboot",
+        "Rejected",
+        "Installed",
+        "Other",
+        "N/A",
+    ):
         table.add_column(column, justify="right" if column in _NUMERIC else "left")
     for r in results:
         s = r.summary
         status = str(s.compliance_status)
         table.add_row(
-            r.instance_id, r.operating_system, r.patch_group or "-", r.baseline,
+            r.instance_id,
+            r.operating_system,
+            r.patch_group or "-",
+            r.baseline,
             f"[green]{status}[/]" if status == "COMPLIANT" else f"[bold red]{status}[/]",
-            str(s.compliance_severity or "-"), str(s.missing_count), str(s.failed_count),
-            str(s.installed_pending_reboot_count), str(s.installed_rejected_count),
-            str(s.installed_count), str(s.installed_other_count), str(s.not_applicable_count),
+            str(s.compliance_severity or "-"),
+            str(s.missing_count),
+            str(s.failed_count),
+            str(s.installed_pending_reboot_count),
+            str(s.installed_rejected_count),
+            str(s.installed_count),
+            str(s.installed_other_count),
+            str(s.not_applicable_count),
         )
     return table
 
@@ -76,15 +99,30 @@ _NUMERIC = {"Missing", "Failed", "Pending reboot", "Rejected", "Installed", "Oth
 
 def _patch_table(result: InstanceEvaluation, rows: Sequence[PatchResult]) -> Table:
     table = Table(title=f"{result.instance_id} — baseline {result.baseline}", title_justify="left")
-    for column in ("Patch", "Installed", "Version", "State", "Classification", "Severity",
-                   "Compliance level", "CVEs", "Reason"):
+    for column in (
+        "Patch",
+        "Installed",
+        "Version",
+        "State",
+        "Classification",
+        "Severity",
+        "Compliance level",
+        "CVEs",
+        "Reason",
+    ):
         table.add_column(column, overflow="fold")
     for p in rows:
         style = _STATE_STYLE.get(p.state, "")
         table.add_row(
-            f"{p.name}.{p.arch}" if p.arch else p.name, p.installed_version or "-", p.version,
-            f"[{style}]{p.state}[/]" if style else str(p.state), p.classification or "-",
-            p.severity or "-", str(p.compliance_level), ", ".join(p.cves) or "-", p.reason,
+            f"{p.name}.{p.arch}" if p.arch else p.name,
+            p.installed_version or "-",
+            p.version,
+            f"[{style}]{p.state}[/]" if style else str(p.state),
+            p.classification or "-",
+            p.severity or "-",
+            str(p.compliance_level),
+            ", ".join(p.cves) or "-",
+            p.reason,
         )
     return table
 

@@ -37,7 +37,9 @@ def read_inventories(path: Path) -> list[Inventory]:
         except ValidationError as exc:
             for error in exc.errors():
                 where = ".".join(str(p) for p in error["loc"])
-                problems.append(Problem(relpath, _json_line(raw, error["loc"]), where, error["msg"]))
+                problems.append(
+                    Problem(relpath, _json_line(raw, error["loc"]), where, error["msg"])
+                )
     if problems:
         raise SnapshotInvalid(problems)
     return inventories
