@@ -298,15 +298,20 @@ def _clean_loc(data: Any, loc: tuple[int | str, ...]) -> Path:
     path: list[str | int] = []
     current = data
     for position, element in enumerate(loc):
-        last = position == len(loc) - 1
-        if (isinstance(current, dict) and element in current) or (
-            isinstance(current, list) and isinstance(element, int) and 0 <= element < len(current)
-        ):
+        if _has(current, element):
             path.append(element)
             current = current[element]
-        elif last and element != "[key]":
-            path.append(element)
+        elif position == len(loc) - 1 and element != "[key]":
+            path.append(element)  # a missing or unknown field: name it
     return tuple(path)
+
+
+def _has(container: Any, element: int | str) -> bool:
+    if isinstance(container, dict):
+        return element in container
+    return (
+        isinstance(container, list) and isinstance(element, int) and 0 <= element < len(container)
+    )
 
 
 def _message(model: type[Resource], data: Any, path: Path, error: ErrorDetails) -> str:
