@@ -25,11 +25,12 @@ def rpmvercmp(a: str, b: str) -> int:
     for x, y in zip(sa, sb, strict=False):
         if x == y:
             continue
-        # '~' sorts before everything, even the end of the string; '^' after the end only.
+        # '~' sorts before everything, even the end of the string; '^' sorts before any other
+        # segment but after the end of the string (handled below).
         if x == "~" or y == "~":
             return -1 if x == "~" else 1
         if x == "^" or y == "^":
-            return 1 if x == "^" else -1
+            return -1 if x == "^" else 1
         x_num, y_num = x.isdigit(), y.isdigit()
         if x_num != y_num:
             return 1 if x_num else -1  # a number is newer than letters

@@ -1,0 +1,223 @@
+"""Decision engine, Debian family (UBUNTU, DEBIAN, RASPBIAN): one case per documented SSM rule.
+
+Facts from shared/reference/ssm-patch-manager.md §1.4-§1.9, §2 and §3.1: security means "the
+candidate comes from the security pocket", filters are PRIORITY/SECTION/PRODUCT, patch ids are
+package names, there are no release dates.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from reconciler.defaults import predefined_baselines
+from reconciler.evaluation import evaluate
+from tests.factories import NOW, baseline, inventory, rule, states
+
+ALL_PRIORITIES = ["Required", "Important", "Standard", "Optional", "Extra"]
+
+
+def _ssl(version: str = "3.0.2-0ubuntu1.18", *, security: bool = True, **extra: object) -> dict[str, object]:
+    return {"name": "openssl", "version": version, "installedVersion": "3.0.2-0ubuntu1.15",
+            "security": security, "priority": "optional", "section": "utils", **extra}
+
+
+INSTALLED_SSL = {"name": "openssl", "version": "3.0.2-0ubuntu1.15", "priority": "optional"}
+
+
+def test_predefined_ubuntu_default_approves_security_pocket_immediately() -> None:
+    default = predefined_baselines()["aws-ubuntu-default"]
+    result = evaluate(default, inventory("UBUNTU", [INSTALLED_SSL], [_ssl()]), NOW)
+    (patch,) = result.patches
+    assert (patch.name, str(patch.state), patch.version) == ("openssl", "MISSING", "3.0.2-0ubuntu1.18")
+    assert str(patch.compliance_level) == "UNSPECIFIED"  # predefined baselines never set a level
+    assert str(result.summary.compliance_status) == "NON_COMPLIANT"
+
+
+def test_non_security_update_is_not_approved_without_enable_non_security() -> None:
+    b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)))
+    result = evaluate(b, inventory("UBUNTU", [INSTALLED_SSL], [_ssl(security=False)]), NOW)
+    assert states(result) == {"openssl": "INSTALLED_OTHER"}
+    assert "not from the security repository" in result.not_approved[0].reason
+    assert str(result.summary.compliance_status) == "COMPLIANT"
+
+
+def test_enable_non_security_approves_updates_from_other_repositories() -> None:
+    b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES), non_security=True))
+    result = evaluate(b, inventory("UBUNTU", [INSTALLED_SSL], [_ssl(security=False)]), NOW)
+    assert states(result) == {"openssl": "MISSING"}
+
+
+def test_priority_filter_excludes_other_priorities() -> None:
+    b = baseline("UBUNTU", rule(("PRIORITY", ["Required", "Important"])))
+    result = evaluate(b, inventory("UBUNTU", [INSTALLED_SSL], [_ssl()]), NOW)
+    assert states(result) == {"openssl": "INSTALLED_OTHER"}
+    assert result.not_approved[0].reason == "not approved: no approval rule matches"
+
+
+def test_filter_values_match_case_insensitively_and_star_matches_all() -> None:
+    upper = baseline("UBUNTU", rule(("PRIORITY", ["OPTIONAL"])))
+    star = baseline("UBUNTU", rule(("SECTION", ["*"])))
+    inv = inventory("UBUNTU", [INSTALLED_SSL], [_ssl()])
+    assert states(evaluate(upper, inv, NOW)) == {"openssl": "MISSING"}
+    assert states(evaluate(star, inv, NOW)) == {"openssl": "MISSING"}
+
+
+def test_filters_within_a_rule_are_anded_and_rules_are_ored() -> None:
+    both = baseline("UBUNTU", rule(("PRIORITY", ["Optional"]), ("SECTION", ["libs"])))
+    either = baseline("UBUNTU", rule(("SECTION", ["libs"])), rule(("PRIORITY", ["Optional"])))
+    inv = inventory("UBUNTU", [INSTALLED_SSL], [_ssl()])  # section utils
+    assert states(evaluate(both, inv, NOW)) == {"openssl": "INSTALLED_OTHER"}
+    result = evaluate(either, inv, NOW)
+    assert states(result) == {"openssl": "MISSING"}
+    assert result.patches[0].reason.startswith("approved by approvalRules[1]")
+
+
+def test_product_filter_matches_the_machine_product() -> None:
+    jammy = baseline("UBUNTU", rule(("PRODUCT", ["Ubuntu22.04"])))
+    noble = baseline("UBUNTU", rule(("PRODUCT", ["Ubuntu24.04"])))
+    inv = inventory("UBUNTU", [INSTALLED_SSL], [_ssl()])
+    assert states(evaluate(jammy, inv, NOW)) == {"openssl": "MISSING"}
+    assert states(evaluate(noble, inv, NOW)) == {"openssl": "INSTALLED_OTHER"}
+
+
+def test_global_filters_exclude_before_rules() -> None:
+    b = baseline(
+        "UBUNTU",
+        rule(("PRIORITY", ALL_PRIORITIES)),
+        globalFilters={"patchFilters": [{"key": "SECTION", "values": ["kernel"]}]},
+    )
+    result = evaluate(b, inventory("UBUNTU", [INSTALLED_SSL], [_ssl()]), NOW)
+    assert states(result) == {"openssl": "INSTALLED_OTHER"}
+    assert "excluded by globalFilters (SECTION=kernel)" in result.not_approved[0].reason
+
+
+def test_approved_patches_take_names_and_cover_every_version() -> None:
+    b = baseline("UBUNTU", approvedPatches=["openssl"], approvedPatchesComplianceLevel="HIGH")
+    result = evaluate(b, inventory("UBUNTU", [INSTALLED_SSL], [_ssl()]), NOW)
+    (patch,) = result.patches
+    assert (str(patch.state), str(patch.compliance_level)) == ("MISSING", "HIGH")
+    assert patch.reason == "approved by approvedPatches entry 'openssl'"
+
+
+def test_approved_patches_need_enable_non_security_for_non_security_updates() -> None:
+    inv = inventory("UBUNTU", [INSTALLED_SSL], [_ssl(security=False)])
+    strict = baseline("UBUNTU", approvedPatches=["openssl"])
+    lenient = baseline("UBUNTU", approvedPatches=["openssl"], approvedPatchesEnableNonSecurity=True)
+    assert states(evaluate(strict, inv, NOW)) == {"openssl": "INSTALLED_OTHER"}
+    assert states(evaluate(lenient, inv, NOW)) == {"openssl": "MISSING"}
+
+
+def test_approved_patches_apply_even_when_global_filters_discard_the_patch() -> None:
+    b = baseline(
+        "UBUNTU",
+        approvedPatches=["openssl"],
+        globalFilters={"patchFilters": [{"key": "SECTION", "values": ["kernel"]}]},
+    )
+    assert states(evaluate(b, inventory("UBUNTU", [INSTALLED_SSL], [_ssl()]), NOW)) == {
+        "openssl": "MISSING"
+    }
+
+
+def test_rejected_wins_over_approved() -> None:
+    b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)), approvedPatches=["openssl"],
+                 rejectedPatches=["openssl"])
+    result = evaluate(b, inventory("UBUNTU", [INSTALLED_SSL], [_ssl()]), NOW)
+    assert states(result) == {"openssl": "INSTALLED_OTHER"}  # ALLOW_AS_DEPENDENCY by default
+    assert "rejected by rejectedPatches entry 'openssl'" in result.patches[0].reason
+
+
+def test_installed_rejected_package_is_other_with_allow_as_dependency_and_rejected_with_block() -> None:
+    telnetd = {"name": "telnetd", "version": "0.17-44", "priority": "optional"}
+    allow = baseline("UBUNTU", rejectedPatches=["telnetd"])
+    block = baseline("UBUNTU", rejectedPatches=["telnetd"], rejectedPatchesAction="BLOCK")
+    inv = inventory("UBUNTU", [telnetd])
+    assert states(evaluate(allow, inv, NOW)) == {"telnetd": "INSTALLED_OTHER"}
+    result = evaluate(block, inv, NOW)
+    assert states(result) == {"telnetd": "INSTALLED_REJECTED"}
+    assert result.summary.installed_rejected_count == 1
+    assert str(result.summary.compliance_status) == "NON_COMPLIANT"
+
+
+def test_update_needing_a_blocked_package_is_missing_on_scan_and_failed_on_install() -> None:
+    b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)), rejectedPatches=["telnetd"],
+                 rejectedPatchesAction="BLOCK")
+    inetd = {"name": "openbsd-inetd", "version": "0.2-5ubuntu0.1", "installedVersion": "0.2-5",
+             "security": True, "priority": "optional", "requires": ["telnetd"]}
+    installed = [{"name": "openbsd-inetd", "version": "0.2-5"}]
+    scan = evaluate(b, inventory("UBUNTU", installed, [inetd]), NOW)
+    assert states(scan) == {"openbsd-inetd": "MISSING"}
+    assert not scan.patches[0].installable
+    assert "needs telnetd, rejected with BLOCK" in scan.patches[0].reason
+    install = evaluate(b, inventory("UBUNTU", installed, [inetd], operation="Install"), NOW)
+    assert states(install) == {"openbsd-inetd": "FAILED"}
+
+
+def test_allow_as_dependency_does_not_block_updates_that_need_the_rejected_package() -> None:
+    b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)), rejectedPatches=["telnetd"])
+    inetd = {"name": "openbsd-inetd", "version": "0.2-5ubuntu0.1", "installedVersion": "0.2-5",
+             "security": True, "priority": "optional", "requires": ["telnetd"]}
+    result = evaluate(b, inventory("UBUNTU", [{"name": "openbsd-inetd", "version": "0.2-5"}], [inetd]), NOW)
+    assert result.patches[0].installable
+
+
+def test_latest_approved_version_wins_in_dpkg_order() -> None:
+    b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)))
+    updates = [_ssl("3.0.2-0ubuntu1.18~esm1"), _ssl("3.0.2-0ubuntu1.18"), _ssl("3.0.2-0ubuntu1.9")]
+    (patch,) = evaluate(b, inventory("UBUNTU", [INSTALLED_SSL], updates), NOW).patches
+    assert patch.version == "3.0.2-0ubuntu1.18"  # '~' sorts before the plain version, 1.9 < 1.18
+
+
+def test_security_version_shadowed_by_newer_non_security_candidate_still_gets_installed() -> None:
+    b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)))
+    updates = [_ssl("3.0.2-0ubuntu1.18"), _ssl("3.0.2-0ubuntu1.19", security=False)]
+    result = evaluate(b, inventory("UBUNTU", [INSTALLED_SSL], updates), NOW)
+    (patch,) = result.patches
+    assert (str(patch.state), patch.version) == ("MISSING", "3.0.2-0ubuntu1.18")
+    assert [n.version for n in result.not_approved] == []  # a chosen package is not listed again
+
+
+def test_approved_update_for_a_package_that_is_not_installed_is_not_applicable() -> None:
+    b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)))
+    new = {"name": "libnew1", "version": "1.0-1", "security": True, "priority": "optional"}
+    result = evaluate(b, inventory("UBUNTU", [], [new]), NOW)
+    assert states(result) == {"libnew1": "NOT_APPLICABLE"}
+    assert str(result.summary.compliance_status) == "COMPLIANT"
+
+
+def test_installed_approved_package_awaiting_reboot_is_pending_reboot() -> None:
+    b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)))
+    kernel = {"name": "linux-image-6.8.0-50-generic", "version": "6.8.0-50.51", "security": True,
+              "priority": "optional"}
+    pending = inventory("UBUNTU", [kernel], rebootRequired=True,
+                        rebootRequiredPackages=["linux-image-6.8.0-50-generic"])
+    rebooted = inventory("UBUNTU", [kernel])
+    assert states(evaluate(b, pending, NOW)) == {kernel["name"]: "INSTALLED_PENDING_REBOOT"}
+    assert states(evaluate(b, rebooted, NOW)) == {kernel["name"]: "INSTALLED"}
+    summary = evaluate(b, pending, NOW).summary
+    assert (summary.installed_pending_reboot_count, str(summary.compliance_status)) == (1, "NON_COMPLIANT")
+
+
+def test_package_installed_after_last_boot_is_pending_reboot_when_a_reboot_is_required() -> None:
+    b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)))
+    libc = {"name": "libc6", "version": "2.35-0ubuntu3.8", "security": True, "priority": "required",
+            "installedTime": "2026-11-27T02:00:00Z"}
+    older = {**libc, "name": "zlib1g", "installedTime": "2026-10-01T00:00:00Z"}
+    inv = inventory("UBUNTU", [libc, older], rebootRequired=True,
+                    bootTime=datetime(2026, 11, 1, tzinfo=UTC).isoformat())
+    assert states(evaluate(b, inv, NOW)) == {"libc6": "INSTALLED_PENDING_REBOOT", "zlib1g": "INSTALLED"}
+
+
+def test_cves_are_reported_on_every_state() -> None:
+    b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)))
+    inv = inventory("UBUNTU", [{**INSTALLED_SSL, "security": True, "cves": ["CVE-2026-0001"]}])
+    assert evaluate(b, inv, NOW).patches[0].cves == ("CVE-2026-0001",)
+
+
+def test_debian_predefined_default_treats_debian_security_as_security() -> None:
+    default = predefined_baselines()["aws-debian-default"]
+    inv = inventory("DEBIAN", [{"name": "libc6", "version": "2.36-9+deb12u8"}],
+                    [{"name": "libc6", "version": "2.36-9+deb12u9", "installedVersion": "2.36-9+deb12u8",
+                      "security": True, "priority": "required",
+                      "origins": [{"origin": "Debian", "label": "Debian-Security",
+                                   "codename": "bookworm-security"}]}])
+    assert states(evaluate(default, inv, NOW)) == {"libc6": "MISSING"}
