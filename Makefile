@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PATCHCTL := $(VENV)/bin/patchctl
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint crds verify bench demo clean
+.PHONY: help install test lint crds verify bench demo agent clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -24,6 +24,10 @@ lint: install ## ruff, mypy --strict on reconciler/, import-linter contracts
 	$(VENV)/bin/ruff format --check reconciler tests bench
 	$(VENV)/bin/mypy reconciler
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/vermin --no-tips --violations -t=3.6- --eval-annotations --backport typing reconciler/agent
+
+agent: install ## build/patchwarden-agent.pyz: the agent as one file for any python3 >= 3.6
+	$(PY) scripts/build-agent build/patchwarden-agent.pyz
 
 crds: install ## regenerate crds/ from reconciler/api
 	$(PATCHCTL) crds --out crds/

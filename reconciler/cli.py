@@ -20,10 +20,12 @@ import yaml
 
 from reconciler import __version__
 from reconciler.api.crd import custom_resource_definitions
-from reconciler.api.enums import ComplianceStatus
-from reconciler.api.inventory import Inventory
+from reconciler.api.enums import ComplianceStatus, Operation, PatchState, RejectedPatchesAction
+from reconciler.api.inventory import FailedPatch, Inventory
 from reconciler.api.resources import PatchBaseline
 from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot
+from reconciler.defaults import predefined_baselines
+from reconciler.dispatch import AgentFailed, LocalTransport
 from reconciler.evaluation import (
     DecisionCache,
     InstanceEvaluation,
@@ -31,6 +33,7 @@ from reconciler.evaluation import (
     evaluate,
     resolve,
 )
+from reconciler.evaluation.results import PatchResult
 from reconciler.report import render
 from reconciler.sources import read_inventories, read_snapshot
 
@@ -50,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         print(f"refused: {len(exc.problems)} problem(s); nothing was applied", file=sys.stderr)
+        return EXIT_INVALID
+    except AgentFailed as exc:
+        print(f"patchctl: the agent failed: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_INVALID
     except UserError as exc:
         print(f"patchctl: {exc}", file=sys.stderr)
@@ -122,6 +128,28 @@ def _parser() -> argparse.ArgumentParser:
     _common_evaluation_args(p)
     p.set_defaults(handler=_explain)
 
+    p = sub.add_parser(
+        "scan", help="inventory this host (or a root) and evaluate it against its baseline"
+    )
+    _machine_args(p)
+    p.set_defaults(handler=_scan)
+
+    p = sub.add_parser("install", help="scan, install the approved missing patches, rescan")
+    _machine_args(p)
+    p.add_argument(
+        "--reboot-option", choices=("RebootIfNeeded", "NoReboot"), default="RebootIfNeeded"
+    )
+    p.add_argument(
+        "--allow-reboot",
+        action="store_true",
+        help="let the agent reboot the host when it needs it (never for a --root)",
+    )
+    p.add_argument(
+        "--simulate", action="store_true", help="show what would be installed; change nothing"
+    )
+    p.add_argument("--lock-timeout", type=int, default=60, help="seconds to wait for the dpkg lock")
+    p.set_defaults(handler=_install)
+
     p = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the schema")
     p.add_argument("--out", type=Path, default=Path("crds"))
     p.add_argument(
@@ -144,6 +172,21 @@ def _common_evaluation_args(p: argparse.ArgumentParser) -> None:
         help="evaluate as of this ISO-8601 time (default: now, UTC)",
     )
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
+
+
+def _machine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--root", type=Path, help="a system rooted at this directory (default: this host)"
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--baseline", type=Path, help="a YAML file holding one PatchBaseline")
+    which.add_argument(
+        "--source", type=Path, help="a snapshot directory: the instance's effective baseline"
+    )
+    p.add_argument("--instance", help="instance name (default: the machine's host name)")
+    p.add_argument("--no-refresh", action="store_true", help="do not refresh package lists first")
+    p.add_argument("--fail-on-noncompliant", action="store_true", help="exit 3 when non-compliant")
+    _common_evaluation_args(p)
 
 
 def _timestamp(text: str) -> datetime:
@@ -199,10 +242,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         for inventory in inventories:
             results.append(_evaluate_in_snapshot(snapshot, inventory, now, cache)[0])
     render.evaluations(results, _format(args), sys.stdout, show_all=args.all)
-    noncompliant = any(
-        r.summary.compliance_status is ComplianceStatus.NON_COMPLIANT for r in results
-    )
-    return EXIT_NONCOMPLIANT if noncompliant and args.fail_on_noncompliant else EXIT_OK
+    return _exit_for(results, args.fail_on_noncompliant)
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -245,6 +285,114 @@ def _check_os(baseline: PatchBaseline, inventory: Inventory) -> None:
             f"{inventory.instance_id} runs {inventory.facts.operating_system} but baseline "
             f"{baseline.metadata.name!r} is for {baseline.spec.operating_system}"
         )
+
+
+def _scan(args: argparse.Namespace) -> int:
+    transport = LocalTransport(str(args.root) if args.root else None)
+    with render.progress("Scanning packages" + ("" if args.no_refresh else " (refreshing lists)")):
+        inventory = transport.scan(instance_id=args.instance, refresh=not args.no_refresh)
+    result = _evaluate_machine(args, inventory)
+    render.evaluations([result], _format(args), sys.stdout, show_all=False)
+    return _exit_for([result], args.fail_on_noncompliant)
+
+
+def _install(args: argparse.Namespace) -> int:
+    transport = LocalTransport(str(args.root) if args.root else None)
+    with render.progress("Scanning packages" + ("" if args.no_refresh else " (refreshing lists)")):
+        inventory = transport.scan(instance_id=args.instance, refresh=not args.no_refresh)
+    before = _evaluate_machine(args, inventory)
+    baseline = _baseline_of(args, inventory)[0]
+    pins = [
+        _pin(p, inventory.facts.arch)
+        for p in before.patches
+        if p.state is PatchState.MISSING and p.installable
+    ]
+    blocked = (
+        list(baseline.spec.rejected_patches)
+        if baseline.spec.rejected_patches_action is RejectedPatchesAction.BLOCK
+        else []
+    )
+    outcome: dict[str, object] = {"changed": False, "patches": [], "dependencies": []}
+    if pins:
+        with render.progress(f"Installing {len(pins)} patch(es)"):
+            outcome = transport.install(
+                pins,
+                blocked=blocked,
+                simulate=args.simulate,
+                reboot_option=args.reboot_option,
+                allow_reboot=args.allow_reboot,
+                lock_timeout=args.lock_timeout,
+            )
+    if args.simulate or not pins:
+        after = before
+    else:
+        with render.progress("Rescanning"):
+            rescanned = transport.scan(instance_id=inventory.instance_id, refresh=False)
+        after = _evaluate_machine(args, _with_failures(rescanned, outcome))
+    render.installation(after, outcome, _format(args), sys.stdout)
+    failed = any(p.get("result") == "FAILED" for p in _patch_outcomes(outcome))
+    return EXIT_INVALID if failed else _exit_for([after], args.fail_on_noncompliant)
+
+
+def _evaluate_machine(args: argparse.Namespace, inventory: Inventory) -> InstanceEvaluation:
+    baseline, group = _baseline_of(args, inventory)
+    return evaluate(baseline, inventory, args.now or datetime.now(UTC), patch_group=group)
+
+
+def _baseline_of(
+    args: argparse.Namespace, inventory: Inventory
+) -> tuple[PatchBaseline, str | None]:
+    """The baseline for a scanned machine: --baseline, else its effective one in --source, else
+    the predefined default for its OS."""
+    if args.baseline is not None:
+        baseline = _single_baseline(args.baseline)
+        _check_os(baseline, inventory)
+        return baseline, None
+    snapshot = (
+        read_snapshot(args.source) if args.source else Snapshot(predefined=predefined_baselines())
+    )
+    instance = snapshot.instances.get(inventory.instance_id)
+    labels = dict(instance.metadata.labels) if instance else {}
+    resolution = resolve(snapshot, labels, inventory.facts.operating_system)
+    if resolution.baseline is None:
+        raise UserError(f"{inventory.instance_id}: {resolution.baseline_reason}")
+    return resolution.baseline, resolution.group.metadata.name if resolution.group else None
+
+
+def _pin(patch: PatchResult, native_arch: str) -> str:
+    qualified = (
+        patch.name if patch.arch in ("", "all", native_arch) else f"{patch.name}:{patch.arch}"
+    )
+    return f"{qualified}={patch.version}"
+
+
+def _patch_outcomes(outcome: dict[str, object]) -> list[dict[str, object]]:
+    patches = outcome.get("patches", [])
+    return [p for p in patches if isinstance(p, dict)] if isinstance(patches, list) else []
+
+
+def _with_failures(inventory: Inventory, outcome: dict[str, object]) -> Inventory:
+    """The rescanned inventory, marked as following an Install, with what could not be installed."""
+    failed = [
+        FailedPatch(
+            name=str(p["name"]),
+            arch=str(p.get("arch") or ""),
+            version=str(p["version"]),
+            reason=str(p.get("message", "")),
+        )
+        for p in _patch_outcomes(outcome)
+        if p.get("result") == "FAILED"
+    ]
+    return inventory.model_copy(
+        update={"operation": Operation.INSTALL, "failed": (*inventory.failed, *failed)}
+    )
+
+
+def _exit_for(results: list[InstanceEvaluation], fail_on_noncompliant: bool) -> int:
+    noncompliant = any(
+        r.summary.compliance_status is ComplianceStatus.NON_COMPLIANT for r in results
+    )
+    return EXIT_NONCOMPLIANT if noncompliant and fail_on_noncompliant else EXIT_OK
 
 
 def _crds(args: argparse.Namespace) -> int:

@@ -62,8 +62,12 @@ _FACTS = {
     "ORACLE_LINUX": {"osId": "ol", "osVersion": "9.4", "arch": "x86_64"},
     "ROCKY_LINUX": {"osId": "rocky", "osVersion": "9.4", "arch": "x86_64"},
     "SUSE": {"osId": "sles", "osVersion": "15.5", "arch": "x86_64"},
-    "WINDOWS": {"osId": "windows", "osVersion": "2022", "arch": "x86_64",
-                "product": "WindowsServer2022"},
+    "WINDOWS": {
+        "osId": "windows",
+        "osVersion": "2022",
+        "arch": "x86_64",
+        "product": "WindowsServer2022",
+    },
     "MACOS": {"osId": "macos", "osVersion": "14.5", "arch": "arm64"},
 }
 

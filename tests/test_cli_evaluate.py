@@ -11,18 +11,51 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = "2026-11-28T12:00:00Z"
-CONTRACT_KEYS = {"instanceId", "operatingSystem", "baseline", "patchGroup", "operation", "patches", "summary"}
-PATCH_KEYS = {"name", "arch", "installedVersion", "version", "state", "classification", "severity",
-              "complianceLevel", "cves", "reason"}
+CONTRACT_KEYS = {
+    "instanceId",
+    "operatingSystem",
+    "baseline",
+    "patchGroup",
+    "operation",
+    "patches",
+    "summary",
+}
+PATCH_KEYS = {
+    "name",
+    "arch",
+    "installedVersion",
+    "version",
+    "state",
+    "classification",
+    "severity",
+    "complianceLevel",
+    "cves",
+    "reason",
+}
 
 
 def patchctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "reconciler", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def test_evaluate_the_example_fleet_as_json() -> None:
-    run = patchctl("evaluate", "--source", "examples", "--inventory", "examples/inventories", "--now", NOW, "-o", "json")
+    run = patchctl(
+        "evaluate",
+        "--source",
+        "examples",
+        "--inventory",
+        "examples/inventories",
+        "--now",
+        NOW,
+        "-o",
+        "json",
+    )
     assert run.returncode == 0, run.stderr
     results = {r["instanceId"]: r for r in json.loads(run.stdout)}
     assert set(results) == {"web-1", "web-2", "web-3", "db-1", "db-2", "build-1"}
@@ -32,41 +65,90 @@ def test_evaluate_the_example_fleet_as_json() -> None:
         assert result["summary"]["complianceStatus"] in ("COMPLIANT", "NON_COMPLIANT")
     web1 = {p["name"]: p for p in results["web-1"]["patches"]}
     assert (results["web-1"]["patchGroup"], results["web-1"]["baseline"]) == ("web", "ubuntu-prod")
-    assert web1["openssl"]["state"] == "MISSING" and web1["openssl"]["cves"] == ["CVE-2026-0101", "CVE-2026-0102"]
+    assert web1["openssl"]["state"] == "MISSING" and web1["openssl"]["cves"] == [
+        "CVE-2026-0101",
+        "CVE-2026-0102",
+    ]
     assert web1["telnetd"]["state"] == "INSTALLED_REJECTED"
     assert web1["linux-image-5.15.0-91-generic"]["state"] == "INSTALLED_PENDING_REBOOT"
     assert "curl" not in web1 or web1["curl"]["state"] == "INSTALLED"  # jammy-updates: not approved
     assert results["build-1"]["baseline"] == "aws-debian-default"
     assert results["build-1"]["summary"]["complianceStatus"] == "COMPLIANT"
     db1 = {p["name"]: p["state"] for p in results["db-1"]["patches"]}
-    assert db1 == {"kernel": "MISSING", "openssh": "MISSING", "tzdata": "FAILED", "bash": "INSTALLED_OTHER"}
+    assert db1 == {
+        "kernel": "MISSING",
+        "openssh": "MISSING",
+        "tzdata": "FAILED",
+        "bash": "INSTALLED_OTHER",
+    }
 
 
 def test_fail_on_noncompliant_exits_3_and_yaml_output_parses() -> None:
-    run = patchctl("evaluate", "--source", "examples", "--inventory", "examples/inventories/web-1.json",
-                   "--now", NOW, "-o", "yaml", "--fail-on-noncompliant")
+    run = patchctl(
+        "evaluate",
+        "--source",
+        "examples",
+        "--inventory",
+        "examples/inventories/web-1.json",
+        "--now",
+        NOW,
+        "-o",
+        "yaml",
+        "--fail-on-noncompliant",
+    )
     assert run.returncode == 3
     assert yaml.safe_load(run.stdout)["instanceId"] == "web-1"  # one instance: one object
 
 
 def test_evaluate_with_a_single_baseline_file() -> None:
-    run = patchctl("evaluate", "--baseline", "examples/baselines/al2023-prod.yaml",
-                   "--inventory", "examples/inventories/web-2.json", "--now", NOW, "-o", "json")
+    run = patchctl(
+        "evaluate",
+        "--baseline",
+        "examples/baselines/al2023-prod.yaml",
+        "--inventory",
+        "examples/inventories/web-2.json",
+        "--now",
+        NOW,
+        "-o",
+        "json",
+    )
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     assert result["baseline"] == "al2023-prod" and result["patchGroup"] is None
     states = {p["name"]: p["state"] for p in result["patches"]}
     # curl's notice was updated 2026-11-25: a 7-day rule approves it on 2026-12-02.
-    assert states == {"openssl-libs": "MISSING", "glibc": "MISSING", "kernel-debug": "INSTALLED_REJECTED",
-                      "curl-minimal": "INSTALLED_OTHER"}
-    later = patchctl("evaluate", "--baseline", "examples/baselines/al2023-prod.yaml",
-                     "--inventory", "examples/inventories/web-2.json", "--now", "2026-12-02T00:00:00Z", "-o", "json")
-    assert {p["name"]: p["state"] for p in json.loads(later.stdout)["patches"]}["curl-minimal"] == "MISSING"
+    assert states == {
+        "openssl-libs": "MISSING",
+        "glibc": "MISSING",
+        "kernel-debug": "INSTALLED_REJECTED",
+        "curl-minimal": "INSTALLED_OTHER",
+    }
+    later = patchctl(
+        "evaluate",
+        "--baseline",
+        "examples/baselines/al2023-prod.yaml",
+        "--inventory",
+        "examples/inventories/web-2.json",
+        "--now",
+        "2026-12-02T00:00:00Z",
+        "-o",
+        "json",
+    )
+    assert {p["name"]: p["state"] for p in json.loads(later.stdout)["patches"]}[
+        "curl-minimal"
+    ] == "MISSING"
 
 
 def test_baseline_for_another_os_is_a_clear_error() -> None:
-    run = patchctl("evaluate", "--baseline", "examples/baselines/al2023-prod.yaml",
-                   "--inventory", "examples/inventories/web-1.json", "-o", "json")
+    run = patchctl(
+        "evaluate",
+        "--baseline",
+        "examples/baselines/al2023-prod.yaml",
+        "--inventory",
+        "examples/inventories/web-1.json",
+        "-o",
+        "json",
+    )
     assert run.returncode == 1
     assert "web-1 runs UBUNTU but baseline 'al2023-prod' is for AMAZON_LINUX_2023" in run.stderr
     assert "Traceback" not in run.stderr
@@ -83,8 +165,19 @@ def test_broken_inventory_names_file_and_field(tmp_path: Path) -> None:
 
 
 def test_explain_says_which_group_baseline_and_rule_decided() -> None:
-    run = patchctl("explain", "web-1", "openbsd-inetd", "--source", "examples",
-                   "--inventory", "examples/inventories", "--now", NOW, "-o", "json")
+    run = patchctl(
+        "explain",
+        "web-1",
+        "openbsd-inetd",
+        "--source",
+        "examples",
+        "--inventory",
+        "examples/inventories",
+        "--now",
+        NOW,
+        "-o",
+        "json",
+    )
     assert run.returncode == 0, run.stderr
     data = json.loads(run.stdout)
     assert data["patchGroupReason"] == "labels match the selector of patch group 'web'"
@@ -95,19 +188,47 @@ def test_explain_says_which_group_baseline_and_rule_decided() -> None:
 
 
 def test_explain_lists_updates_that_are_not_approved_and_why() -> None:
-    run = patchctl("explain", "web-1", "curl", "--source", "examples", "--inventory", "examples/inventories",
-                   "--now", NOW, "-o", "json")
+    run = patchctl(
+        "explain",
+        "web-1",
+        "curl",
+        "--source",
+        "examples",
+        "--inventory",
+        "examples/inventories",
+        "--now",
+        NOW,
+        "-o",
+        "json",
+    )
     (skipped,) = json.loads(run.stdout)["notApproved"]
     assert "not from the security repository" in skipped["reason"]
 
 
 def test_explain_table_for_people() -> None:
-    run = patchctl("explain", "build-1", "--source", "examples", "--inventory", "examples/inventories",
-                   "--now", NOW, "-o", "table")
+    run = patchctl(
+        "explain",
+        "build-1",
+        "--source",
+        "examples",
+        "--inventory",
+        "examples/inventories",
+        "--now",
+        NOW,
+        "-o",
+        "table",
+    )
     assert run.returncode == 0
-    assert "the predefined default baseline for DEBIAN, 'aws-debian-default'" in " ".join(run.stdout.split())
+    assert "the predefined default baseline for DEBIAN, 'aws-debian-default'" in " ".join(
+        run.stdout.split()
+    )
 
 
 def test_usage_errors_exit_2() -> None:
     assert patchctl("evaluate", "--inventory", "x").returncode == 2
-    assert patchctl("evaluate", "--source", "examples", "--inventory", "x", "--now", "yesterday").returncode == 2
+    assert (
+        patchctl(
+            "evaluate", "--source", "examples", "--inventory", "x", "--now", "yesterday"
+        ).returncode
+        == 2
+    )

@@ -16,9 +16,18 @@ from tests.factories import NOW, baseline, inventory, rule, states
 ALL_PRIORITIES = ["Required", "Important", "Standard", "Optional", "Extra"]
 
 
-def _ssl(version: str = "3.0.2-0ubuntu1.18", *, security: bool = True, **extra: object) -> dict[str, object]:
-    return {"name": "openssl", "version": version, "installedVersion": "3.0.2-0ubuntu1.15",
-            "security": security, "priority": "optional", "section": "utils", **extra}
+def _ssl(
+    version: str = "3.0.2-0ubuntu1.18", *, security: bool = True, **extra: object
+) -> dict[str, object]:
+    return {
+        "name": "openssl",
+        "version": version,
+        "installedVersion": "3.0.2-0ubuntu1.15",
+        "security": security,
+        "priority": "optional",
+        "section": "utils",
+        **extra,
+    }
 
 
 INSTALLED_SSL = {"name": "openssl", "version": "3.0.2-0ubuntu1.15", "priority": "optional"}
@@ -28,7 +37,11 @@ def test_predefined_ubuntu_default_approves_security_pocket_immediately() -> Non
     default = predefined_baselines()["aws-ubuntu-default"]
     result = evaluate(default, inventory("UBUNTU", [INSTALLED_SSL], [_ssl()]), NOW)
     (patch,) = result.patches
-    assert (patch.name, str(patch.state), patch.version) == ("openssl", "MISSING", "3.0.2-0ubuntu1.18")
+    assert (patch.name, str(patch.state), patch.version) == (
+        "openssl",
+        "MISSING",
+        "3.0.2-0ubuntu1.18",
+    )
     assert str(patch.compliance_level) == "UNSPECIFIED"  # predefined baselines never set a level
     assert str(result.summary.compliance_status) == "NON_COMPLIANT"
 
@@ -119,14 +132,20 @@ def test_approved_patches_apply_even_when_global_filters_discard_the_patch() -> 
 
 
 def test_rejected_wins_over_approved() -> None:
-    b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)), approvedPatches=["openssl"],
-                 rejectedPatches=["openssl"])
+    b = baseline(
+        "UBUNTU",
+        rule(("PRIORITY", ALL_PRIORITIES)),
+        approvedPatches=["openssl"],
+        rejectedPatches=["openssl"],
+    )
     result = evaluate(b, inventory("UBUNTU", [INSTALLED_SSL], [_ssl()]), NOW)
     assert states(result) == {"openssl": "INSTALLED_OTHER"}  # ALLOW_AS_DEPENDENCY by default
     assert "rejected by rejectedPatches entry 'openssl'" in result.patches[0].reason
 
 
-def test_installed_rejected_package_is_other_with_allow_as_dependency_and_rejected_with_block() -> None:
+def test_installed_rejected_package_is_other_with_allow_as_dependency_and_rejected_with_block() -> (
+    None
+):
     telnetd = {"name": "telnetd", "version": "0.17-44", "priority": "optional"}
     allow = baseline("UBUNTU", rejectedPatches=["telnetd"])
     block = baseline("UBUNTU", rejectedPatches=["telnetd"], rejectedPatchesAction="BLOCK")
@@ -139,10 +158,20 @@ def test_installed_rejected_package_is_other_with_allow_as_dependency_and_reject
 
 
 def test_update_needing_a_blocked_package_is_missing_on_scan_and_failed_on_install() -> None:
-    b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)), rejectedPatches=["telnetd"],
-                 rejectedPatchesAction="BLOCK")
-    inetd = {"name": "openbsd-inetd", "version": "0.2-5ubuntu0.1", "installedVersion": "0.2-5",
-             "security": True, "priority": "optional", "requires": ["telnetd"]}
+    b = baseline(
+        "UBUNTU",
+        rule(("PRIORITY", ALL_PRIORITIES)),
+        rejectedPatches=["telnetd"],
+        rejectedPatchesAction="BLOCK",
+    )
+    inetd = {
+        "name": "openbsd-inetd",
+        "version": "0.2-5ubuntu0.1",
+        "installedVersion": "0.2-5",
+        "security": True,
+        "priority": "optional",
+        "requires": ["telnetd"],
+    }
     installed = [{"name": "openbsd-inetd", "version": "0.2-5"}]
     scan = evaluate(b, inventory("UBUNTU", installed, [inetd]), NOW)
     assert states(scan) == {"openbsd-inetd": "MISSING"}
@@ -154,9 +183,17 @@ def test_update_needing_a_blocked_package_is_missing_on_scan_and_failed_on_insta
 
 def test_allow_as_dependency_does_not_block_updates_that_need_the_rejected_package() -> None:
     b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)), rejectedPatches=["telnetd"])
-    inetd = {"name": "openbsd-inetd", "version": "0.2-5ubuntu0.1", "installedVersion": "0.2-5",
-             "security": True, "priority": "optional", "requires": ["telnetd"]}
-    result = evaluate(b, inventory("UBUNTU", [{"name": "openbsd-inetd", "version": "0.2-5"}], [inetd]), NOW)
+    inetd = {
+        "name": "openbsd-inetd",
+        "version": "0.2-5ubuntu0.1",
+        "installedVersion": "0.2-5",
+        "security": True,
+        "priority": "optional",
+        "requires": ["telnetd"],
+    }
+    result = evaluate(
+        b, inventory("UBUNTU", [{"name": "openbsd-inetd", "version": "0.2-5"}], [inetd]), NOW
+    )
     assert result.patches[0].installable
 
 
@@ -186,25 +223,48 @@ def test_approved_update_for_a_package_that_is_not_installed_is_not_applicable()
 
 def test_installed_approved_package_awaiting_reboot_is_pending_reboot() -> None:
     b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)))
-    kernel = {"name": "linux-image-6.8.0-50-generic", "version": "6.8.0-50.51", "security": True,
-              "priority": "optional"}
-    pending = inventory("UBUNTU", [kernel], rebootRequired=True,
-                        rebootRequiredPackages=["linux-image-6.8.0-50-generic"])
+    kernel = {
+        "name": "linux-image-6.8.0-50-generic",
+        "version": "6.8.0-50.51",
+        "security": True,
+        "priority": "optional",
+    }
+    pending = inventory(
+        "UBUNTU",
+        [kernel],
+        rebootRequired=True,
+        rebootRequiredPackages=["linux-image-6.8.0-50-generic"],
+    )
     rebooted = inventory("UBUNTU", [kernel])
     assert states(evaluate(b, pending, NOW)) == {kernel["name"]: "INSTALLED_PENDING_REBOOT"}
     assert states(evaluate(b, rebooted, NOW)) == {kernel["name"]: "INSTALLED"}
     summary = evaluate(b, pending, NOW).summary
-    assert (summary.installed_pending_reboot_count, str(summary.compliance_status)) == (1, "NON_COMPLIANT")
+    assert (summary.installed_pending_reboot_count, str(summary.compliance_status)) == (
+        1,
+        "NON_COMPLIANT",
+    )
 
 
 def test_package_installed_after_last_boot_is_pending_reboot_when_a_reboot_is_required() -> None:
     b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)))
-    libc = {"name": "libc6", "version": "2.35-0ubuntu3.8", "security": True, "priority": "required",
-            "installedTime": "2026-11-27T02:00:00Z"}
+    libc = {
+        "name": "libc6",
+        "version": "2.35-0ubuntu3.8",
+        "security": True,
+        "priority": "required",
+        "installedTime": "2026-11-27T02:00:00Z",
+    }
     older = {**libc, "name": "zlib1g", "installedTime": "2026-10-01T00:00:00Z"}
-    inv = inventory("UBUNTU", [libc, older], rebootRequired=True,
-                    bootTime=datetime(2026, 11, 1, tzinfo=UTC).isoformat())
-    assert states(evaluate(b, inv, NOW)) == {"libc6": "INSTALLED_PENDING_REBOOT", "zlib1g": "INSTALLED"}
+    inv = inventory(
+        "UBUNTU",
+        [libc, older],
+        rebootRequired=True,
+        bootTime=datetime(2026, 11, 1, tzinfo=UTC).isoformat(),
+    )
+    assert states(evaluate(b, inv, NOW)) == {
+        "libc6": "INSTALLED_PENDING_REBOOT",
+        "zlib1g": "INSTALLED",
+    }
 
 
 def test_cves_are_reported_on_every_state() -> None:
@@ -215,9 +275,24 @@ def test_cves_are_reported_on_every_state() -> None:
 
 def test_debian_predefined_default_treats_debian_security_as_security() -> None:
     default = predefined_baselines()["aws-debian-default"]
-    inv = inventory("DEBIAN", [{"name": "libc6", "version": "2.36-9+deb12u8"}],
-                    [{"name": "libc6", "version": "2.36-9+deb12u9", "installedVersion": "2.36-9+deb12u8",
-                      "security": True, "priority": "required",
-                      "origins": [{"origin": "Debian", "label": "Debian-Security",
-                                   "codename": "bookworm-security"}]}])
+    inv = inventory(
+        "DEBIAN",
+        [{"name": "libc6", "version": "2.36-9+deb12u8"}],
+        [
+            {
+                "name": "libc6",
+                "version": "2.36-9+deb12u9",
+                "installedVersion": "2.36-9+deb12u8",
+                "security": True,
+                "priority": "required",
+                "origins": [
+                    {
+                        "origin": "Debian",
+                        "label": "Debian-Security",
+                        "codename": "bookworm-security",
+                    }
+                ],
+            }
+        ],
+    )
     assert states(evaluate(default, inv, NOW)) == {"libc6": "MISSING"}

@@ -31,7 +31,9 @@ APPROVED_STATES = {
     PatchState.NOT_APPLICABLE,
 }
 
-days = st.integers(min_value=0, max_value=400).map(lambda d: (date(2026, 11, 28) - timedelta(days=d)).isoformat())
+days = st.integers(min_value=0, max_value=400).map(
+    lambda d: (date(2026, 11, 28) - timedelta(days=d)).isoformat()
+)
 
 
 @st.composite
@@ -42,7 +44,9 @@ def packages(draw: st.DrawFn, *, update: bool) -> dict[str, Any]:
         "version": f"{draw(st.integers(1, 5))}.{draw(st.integers(0, 9))}-{draw(st.integers(1, 9))}.el9",
         "classification": draw(st.sampled_from(CLASSIFICATIONS)),
         "severity": draw(st.sampled_from(SEVERITIES)),
-        "advisoryIds": draw(st.lists(st.sampled_from(["RHSA-2026:1", "RHBA-2026:2", "RHEA-2026:3"]), max_size=1)),
+        "advisoryIds": draw(
+            st.lists(st.sampled_from(["RHSA-2026:1", "RHBA-2026:2", "RHEA-2026:3"]), max_size=1)
+        ),
         "cves": draw(st.lists(st.sampled_from(["CVE-2026-1", "CVE-2026-2"]), max_size=2)),
         "issued": draw(st.none() | days),
         "updated": draw(st.none() | days),
@@ -60,17 +64,28 @@ def inventories(draw: st.DrawFn, os: str) -> Inventory:
             "instanceId": "i-prop",
             "collectedAt": "2026-11-28T00:00:00Z",
             "operation": draw(st.sampled_from(["Scan", "Install"])),
-            "facts": {"osId": "x", "osVersion": "9", "operatingSystem": os, "arch": "x86_64",
-                      "rebootRequired": draw(st.booleans()),
-                      "rebootRequiredPackages": draw(st.lists(st.sampled_from(NAMES), max_size=2))},
-            "installed": draw(st.lists(packages(update=False), max_size=6, unique_by=lambda p: p["name"])),
+            "facts": {
+                "osId": "x",
+                "osVersion": "9",
+                "operatingSystem": os,
+                "arch": "x86_64",
+                "rebootRequired": draw(st.booleans()),
+                "rebootRequiredPackages": draw(st.lists(st.sampled_from(NAMES), max_size=2)),
+            },
+            "installed": draw(
+                st.lists(packages(update=False), max_size=6, unique_by=lambda p: p["name"])
+            ),
             "updates": draw(st.lists(packages(update=True), max_size=10)),
         }
     )
 
 
 def _values(key: str) -> st.SearchStrategy[list[str]]:
-    pool = ["Security", "Bugfix", "Enhancement", "*"] if key == "CLASSIFICATION" else ["Critical", "Important", "Moderate", "Low", "*"]
+    pool = (
+        ["Security", "Bugfix", "Enhancement", "*"]
+        if key == "CLASSIFICATION"
+        else ["Critical", "Important", "Moderate", "Low", "*"]
+    )
     return st.lists(st.sampled_from(pool), min_size=1, max_size=3, unique=True)
 
 
@@ -78,7 +93,9 @@ def _values(key: str) -> st.SearchStrategy[list[str]]:
 def rules(draw: st.DrawFn) -> dict[str, Any]:
     keys = draw(st.lists(st.sampled_from(["CLASSIFICATION", "SEVERITY"]), unique=True, max_size=2))
     out: dict[str, Any] = {
-        "patchFilterGroup": {"patchFilters": [{"key": k, "values": draw(_values(k))} for k in keys]},
+        "patchFilterGroup": {
+            "patchFilters": [{"key": k, "values": draw(_values(k))} for k in keys]
+        },
         "enableNonSecurity": draw(st.booleans()),
         "complianceLevel": draw(st.sampled_from(["CRITICAL", "HIGH", "LOW", "UNSPECIFIED"])),
     }
@@ -95,7 +112,9 @@ def cases(draw: st.DrawFn) -> tuple[PatchBaseline, Inventory, dict[str, Any]]:
     spec: dict[str, Any] = {
         "operatingSystem": os,
         "approvalRules": draw(st.lists(rules(), max_size=3)),
-        "approvedPatches": draw(st.lists(st.sampled_from([*NAMES, "CVE-2026-1", "RHBA-2026:2"]), max_size=2)),
+        "approvedPatches": draw(
+            st.lists(st.sampled_from([*NAMES, "CVE-2026-1", "RHBA-2026:2"]), max_size=2)
+        ),
         "rejectedPatches": draw(st.lists(st.sampled_from(NAMES), max_size=2)),
         "rejectedPatchesAction": draw(st.sampled_from(["ALLOW_AS_DEPENDENCY", "BLOCK"])),
         "approvedPatchesEnableNonSecurity": draw(st.booleans()),
@@ -105,7 +124,12 @@ def cases(draw: st.DrawFn) -> tuple[PatchBaseline, Inventory, dict[str, Any]]:
 
 def _baseline(spec: dict[str, Any]) -> PatchBaseline:
     return PatchBaseline.model_validate(
-        {"apiVersion": "patchwarden.io/v1alpha1", "kind": "PatchBaseline", "metadata": {"name": "p"}, "spec": spec}
+        {
+            "apiVersion": "patchwarden.io/v1alpha1",
+            "kind": "PatchBaseline",
+            "metadata": {"name": "p"},
+            "spec": spec,
+        }
     )
 
 
@@ -121,12 +145,16 @@ def test_evaluation_is_deterministic(case: tuple[PatchBaseline, Inventory, dict[
 
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(cases())
-def test_counts_add_up_to_the_patches_reported(case: tuple[PatchBaseline, Inventory, dict[str, Any]]) -> None:
+def test_counts_add_up_to_the_patches_reported(
+    case: tuple[PatchBaseline, Inventory, dict[str, Any]],
+) -> None:
     baseline, inventory, _ = case
     result = evaluate(baseline, inventory, NOW)
     assert result.summary.total == len(result.patches)
     non_compliant = result.summary.missing_count + result.summary.failed_count
-    non_compliant += result.summary.installed_rejected_count + result.summary.installed_pending_reboot_count
+    non_compliant += (
+        result.summary.installed_rejected_count + result.summary.installed_pending_reboot_count
+    )
     assert (str(result.summary.compliance_status) == "NON_COMPLIANT") == (non_compliant > 0)
     # every patch is reported once: one row per (name, arch)
     keys = [(p.name, p.arch) for p in result.patches]
@@ -135,9 +163,13 @@ def test_counts_add_up_to_the_patches_reported(case: tuple[PatchBaseline, Invent
 
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(cases(), st.sampled_from(NAMES))
-def test_a_rejected_id_always_wins(case: tuple[PatchBaseline, Inventory, dict[str, Any]], name: str) -> None:
+def test_a_rejected_id_always_wins(
+    case: tuple[PatchBaseline, Inventory, dict[str, Any]], name: str
+) -> None:
     _, inventory, spec = case
-    rejected = _baseline({**spec, "rejectedPatches": [name], "approvedPatches": [*spec["approvedPatches"], name]})
+    rejected = _baseline(
+        {**spec, "rejectedPatches": [name], "approvedPatches": [*spec["approvedPatches"], name]}
+    )
     for patch in evaluate(rejected, inventory, NOW).patches:
         if patch.name == name:
             assert patch.state not in APPROVED_STATES, patch
@@ -145,11 +177,21 @@ def test_a_rejected_id_always_wins(case: tuple[PatchBaseline, Inventory, dict[st
 
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(cases(), rules())
-def test_adding_a_rule_never_unapproves(case: tuple[PatchBaseline, Inventory, dict[str, Any]], extra: dict[str, Any]) -> None:
+def test_adding_a_rule_never_unapproves(
+    case: tuple[PatchBaseline, Inventory, dict[str, Any]], extra: dict[str, Any]
+) -> None:
     baseline, inventory, spec = case
     if len(spec["approvalRules"]) >= 10:
         return
     wider = _baseline({**spec, "approvalRules": [*spec["approvalRules"], extra]})
-    before = {(p.name, p.arch): p for p in evaluate(baseline, inventory, NOW).patches if p.state in APPROVED_STATES}
-    after = {(p.name, p.arch): p for p in evaluate(wider, inventory, NOW).patches if p.state in APPROVED_STATES}
+    before = {
+        (p.name, p.arch): p
+        for p in evaluate(baseline, inventory, NOW).patches
+        if p.state in APPROVED_STATES
+    }
+    after = {
+        (p.name, p.arch): p
+        for p in evaluate(wider, inventory, NOW).patches
+        if p.state in APPROVED_STATES
+    }
     assert set(before) <= set(after)

@@ -37,7 +37,9 @@ def _state(b: object, when: datetime, os: str = "REDHAT_ENTERPRISE_LINUX", **fie
     return states(result)["kernel"]
 
 
-SECURITY_7_DAYS = rule(("CLASSIFICATION", ["Security"]), ("SEVERITY", ["Critical", "Important"]), days=7)
+SECURITY_7_DAYS = rule(
+    ("CLASSIFICATION", ["Security"]), ("SEVERITY", ["Critical", "Important"]), days=7
+)
 
 
 @pytest.mark.parametrize(
@@ -64,10 +66,14 @@ def test_pending_rule_says_when_it_will_approve() -> None:
     )
 
 
-@pytest.mark.parametrize(("issued", "expected"), [("2023-07-07", "MISSING"), ("2023-07-08", "INSTALLED_OTHER")])
+@pytest.mark.parametrize(
+    ("issued", "expected"), [("2023-07-07", "MISSING"), ("2023-07-08", "INSTALLED_OTHER")]
+)
 def test_approve_until_date_includes_the_cutoff_day(issued: str, expected: str) -> None:
     # SSM's example: cutoff July 7, 2023 approves everything released that day or before.
-    b = baseline("REDHAT_ENTERPRISE_LINUX", rule(("CLASSIFICATION", ["Security"]), until="2023-07-07"))
+    b = baseline(
+        "REDHAT_ENTERPRISE_LINUX", rule(("CLASSIFICATION", ["Security"]), until="2023-07-07")
+    )
     assert _state(b, NOW, issued=issued) == expected
 
 
@@ -105,15 +111,22 @@ def test_oracle_does_not_use_build_time() -> None:
 def test_update_without_a_notice_needs_enable_non_security() -> None:
     bare = {"classification": None, "severity": None, "advisoryIds": [], "cves": []}
     strict = baseline("REDHAT_ENTERPRISE_LINUX", rule(("PRODUCT", ["*"]), days=0))
-    lenient = baseline("REDHAT_ENTERPRISE_LINUX", rule(("PRODUCT", ["*"]), days=0, non_security=True))
+    lenient = baseline(
+        "REDHAT_ENTERPRISE_LINUX", rule(("PRODUCT", ["*"]), days=0, non_security=True)
+    )
     assert _state(strict, NOW, **bare) == "INSTALLED_OTHER"
     assert _state(lenient, NOW, **bare) == "MISSING"
 
 
 def test_centos_default_approves_non_security_updates_after_seven_days() -> None:
     default = predefined_baselines()["aws-centos-default"]
-    bare = {"classification": None, "severity": None, "advisoryIds": [], "issued": None,
-            "buildTime": "2026-11-10T00:00:00Z"}
+    bare = {
+        "classification": None,
+        "severity": None,
+        "advisoryIds": [],
+        "issued": None,
+        "buildTime": "2026-11-10T00:00:00Z",
+    }
     assert _state(default, NOW, "CENTOS", **bare) == "MISSING"
     # Before the seven days the update waits, and the installed version (no date: no delay) is
     # itself approved, so the package counts as INSTALLED.
@@ -146,36 +159,67 @@ def test_rpm_approved_patch_id_formats(patch_id: str, approved: bool) -> None:
 
 
 def test_rejected_wildcard_blocks_every_matching_package() -> None:
-    b = baseline("AMAZON_LINUX_2023", rule(("CLASSIFICATION", ["Security"]), days=0),
-                 rejectedPatches=["kernel-debug*"], rejectedPatchesAction="BLOCK")
+    b = baseline(
+        "AMAZON_LINUX_2023",
+        rule(("CLASSIFICATION", ["Security"]), days=0),
+        rejectedPatches=["kernel-debug*"],
+        rejectedPatchesAction="BLOCK",
+    )
     inv = inventory(
         "AMAZON_LINUX_2023",
-        [{"name": "kernel-debug", "version": "6.1.1-1.amzn2023"}, {"name": "kernel", "version": "6.1.1-1.amzn2023"}],
-        [_update(name="kernel-debug", version="6.1.2-1.amzn2023", installedVersion="6.1.1-1.amzn2023"),
-         _update(name="kernel", version="6.1.2-1.amzn2023", installedVersion="6.1.1-1.amzn2023")],
+        [
+            {"name": "kernel-debug", "version": "6.1.1-1.amzn2023"},
+            {"name": "kernel", "version": "6.1.1-1.amzn2023"},
+        ],
+        [
+            _update(
+                name="kernel-debug", version="6.1.2-1.amzn2023", installedVersion="6.1.1-1.amzn2023"
+            ),
+            _update(name="kernel", version="6.1.2-1.amzn2023", installedVersion="6.1.1-1.amzn2023"),
+        ],
     )
-    assert states(evaluate(b, inv, NOW)) == {"kernel": "MISSING", "kernel-debug": "INSTALLED_REJECTED"}
+    assert states(evaluate(b, inv, NOW)) == {
+        "kernel": "MISSING",
+        "kernel-debug": "INSTALLED_REJECTED",
+    }
 
 
 def test_amazon_linux_2023_treats_medium_and_moderate_as_one_severity() -> None:
-    b = baseline("AMAZON_LINUX_2023", rule(("CLASSIFICATION", ["Security"]), ("SEVERITY", ["Moderate"]), days=0))
+    b = baseline(
+        "AMAZON_LINUX_2023",
+        rule(("CLASSIFICATION", ["Security"]), ("SEVERITY", ["Moderate"]), days=0),
+    )
     assert _state(b, NOW, "AMAZON_LINUX_2023", severity="Medium") == "MISSING"
-    rhel = baseline("REDHAT_ENTERPRISE_LINUX", rule(("CLASSIFICATION", ["Security"]), ("SEVERITY", ["Moderate"]), days=0))
+    rhel = baseline(
+        "REDHAT_ENTERPRISE_LINUX",
+        rule(("CLASSIFICATION", ["Security"]), ("SEVERITY", ["Moderate"]), days=0),
+    )
     assert _state(rhel, NOW, severity="Medium") == "INSTALLED_OTHER"
 
 
 def test_latest_approved_version_wins_in_rpm_order_with_epochs() -> None:
     b = baseline("REDHAT_ENTERPRISE_LINUX", rule(("CLASSIFICATION", ["Security"]), days=0))
-    updates = [_update(version="5.14.0-503.1.el9"), _update(version="1:5.14.0-1.el9"),
-               _update(version="5.14.0-427.42.1.el9_4")]
+    updates = [
+        _update(version="5.14.0-503.1.el9"),
+        _update(version="1:5.14.0-1.el9"),
+        _update(version="5.14.0-427.42.1.el9_4"),
+    ]
     (patch,) = evaluate(b, inventory("REDHAT_ENTERPRISE_LINUX", [KERNEL], updates), NOW).patches
     assert patch.version == "1:5.14.0-1.el9"
 
 
 def test_failed_install_is_failed_and_counts_as_non_compliant() -> None:
-    b = baseline("REDHAT_ENTERPRISE_LINUX", rule(("CLASSIFICATION", ["Security"]), days=0, level="HIGH"))
-    inv = inventory("REDHAT_ENTERPRISE_LINUX", [KERNEL], [_update()],
-                    failed=[{"name": "kernel", "version": "5.14.0-427.42.1.el9_4", "reason": "scriptlet failed"}])
+    b = baseline(
+        "REDHAT_ENTERPRISE_LINUX", rule(("CLASSIFICATION", ["Security"]), days=0, level="HIGH")
+    )
+    inv = inventory(
+        "REDHAT_ENTERPRISE_LINUX",
+        [KERNEL],
+        [_update()],
+        failed=[
+            {"name": "kernel", "version": "5.14.0-427.42.1.el9_4", "reason": "scriptlet failed"}
+        ],
+    )
     result = evaluate(b, inv, NOW)
     assert states(result) == {"kernel": "FAILED"}
     assert "install failed: scriptlet failed" in result.patches[0].reason
@@ -191,32 +235,64 @@ def test_compliance_counts_follow_ssm_definitions() -> None:
     inv = inventory(
         "REDHAT_ENTERPRISE_LINUX",
         [KERNEL, {"name": "bash", "version": "5.1-1.el9"}, {"name": "vim", "version": "9.0-1.el9"}],
-        [_update(), _update(name="bash", version="5.1-2.el9", installedVersion="5.1-1.el9",
-                            classification="Bugfix", advisoryIds=["RHBA-2026:1"])],
+        [
+            _update(),
+            _update(
+                name="bash",
+                version="5.1-2.el9",
+                installedVersion="5.1-1.el9",
+                classification="Bugfix",
+                advisoryIds=["RHBA-2026:1"],
+            ),
+        ],
     )
     s = evaluate(b, inv, NOW).summary
     assert (s.missing_count, s.installed_other_count) == (2, 1)
-    assert (s.critical_non_compliant_count, s.security_non_compliant_count, s.other_non_compliant_count) == (1, 1, 1)
+    assert (
+        s.critical_non_compliant_count,
+        s.security_non_compliant_count,
+        s.other_non_compliant_count,
+    ) == (1, 1, 1)
     assert str(s.compliance_severity) == "CRITICAL"
 
 
 def test_suse_patch_name_and_category() -> None:
-    b = baseline("SUSE", rule(("CLASSIFICATION", ["Security"]), ("SEVERITY", ["Important"]), days=0))
+    b = baseline(
+        "SUSE", rule(("CLASSIFICATION", ["Security"]), ("SEVERITY", ["Important"]), days=0)
+    )
     by_name = baseline("SUSE", approvedPatches=["SUSE-SLE-Module-Basesystem-15-SP5-2026-4010"])
     inv = inventory(
         "SUSE",
-        [{"name": "libopenssl3", "version": "3.0.8-1.1"}, {"name": "systemd", "version": "249-1.1"}],
         [
-            {"name": "libopenssl3", "version": "3.0.8-2.1", "installedVersion": "3.0.8-1.1",
-             "classification": "Security", "severity": "Important",
-             "advisoryIds": ["SUSE-SLE-Module-Basesystem-15-SP5-2026-4001"], "issued": "2026-11-01"},
-            {"name": "systemd", "version": "249-2.1", "installedVersion": "249-1.1",
-             "classification": "Recommended", "severity": "Low",
-             "advisoryIds": ["SUSE-SLE-Module-Basesystem-15-SP5-2026-4010"], "issued": "2026-11-03"},
+            {"name": "libopenssl3", "version": "3.0.8-1.1"},
+            {"name": "systemd", "version": "249-1.1"},
+        ],
+        [
+            {
+                "name": "libopenssl3",
+                "version": "3.0.8-2.1",
+                "installedVersion": "3.0.8-1.1",
+                "classification": "Security",
+                "severity": "Important",
+                "advisoryIds": ["SUSE-SLE-Module-Basesystem-15-SP5-2026-4001"],
+                "issued": "2026-11-01",
+            },
+            {
+                "name": "systemd",
+                "version": "249-2.1",
+                "installedVersion": "249-1.1",
+                "classification": "Recommended",
+                "severity": "Low",
+                "advisoryIds": ["SUSE-SLE-Module-Basesystem-15-SP5-2026-4010"],
+                "issued": "2026-11-03",
+            },
         ],
     )
     assert states(evaluate(b, inv, NOW)) == {"libopenssl3": "MISSING", "systemd": "INSTALLED_OTHER"}
-    assert states(evaluate(by_name, inv, NOW)) == {"libopenssl3": "INSTALLED_OTHER", "systemd": "MISSING"}
+    assert states(evaluate(by_name, inv, NOW)) == {
+        "libopenssl3": "INSTALLED_OTHER",
+        "systemd": "MISSING",
+    }
 
 
 @pytest.mark.parametrize(
@@ -232,7 +308,9 @@ def test_suse_patch_name_and_category() -> None:
         ("aws-suse-default", "Recommended", "Important", False),
     ],
 )
-def test_predefined_rpm_defaults(name: str, classification: str, severity: str | None, approved: bool) -> None:
+def test_predefined_rpm_defaults(
+    name: str, classification: str, severity: str | None, approved: bool
+) -> None:
     b = predefined_baselines()[name]
     os = str(b.spec.operating_system)
     fields = {"classification": classification, "severity": severity, "issued": "2026-11-01"}

@@ -23,15 +23,30 @@ WINDOWS_RULE = rule(
 
 
 def _kb(kb: str, **fields: object) -> dict[str, object]:
-    return {"name": kb, "kbId": kb, "version": "1", "product": "WindowsServer2022",
-            "productFamily": "Windows", "classification": "SecurityUpdates",
-            "severity": "Critical", "issued": "2026-11-01", **fields}
+    return {
+        "name": kb,
+        "kbId": kb,
+        "version": "1",
+        "product": "WindowsServer2022",
+        "productFamily": "Windows",
+        "classification": "SecurityUpdates",
+        "severity": "Critical",
+        "issued": "2026-11-01",
+        **fields,
+    }
 
 
 def test_windows_rule_approves_by_product_classification_and_msrc_severity() -> None:
     b = baseline("WINDOWS", WINDOWS_RULE)
-    inv = inventory("WINDOWS", [_kb("KB1000001")], [_kb("KB1000002"), _kb("KB1000003", severity="Low"),
-                                                   _kb("KB1000004", product="WindowsServer2019")])
+    inv = inventory(
+        "WINDOWS",
+        [_kb("KB1000001")],
+        [
+            _kb("KB1000002"),
+            _kb("KB1000003", severity="Low"),
+            _kb("KB1000004", product="WindowsServer2019"),
+        ],
+    )
     result = evaluate(b, inv, NOW)
     assert states(result) == {"KB1000001": "INSTALLED", "KB1000002": "MISSING"}
     assert str(result.summary.compliance_severity) == "CRITICAL"
@@ -58,8 +73,12 @@ def test_windows_update_that_does_not_apply_is_not_applicable() -> None:
     assert result.summary.not_applicable_count == 1
 
 
-@pytest.mark.parametrize(("status", "compliance"), [("NON_COMPLIANT", "NON_COMPLIANT"), ("COMPLIANT", "COMPLIANT")])
-def test_available_security_update_follows_the_baseline_setting(status: str, compliance: str) -> None:
+@pytest.mark.parametrize(
+    ("status", "compliance"), [("NON_COMPLIANT", "NON_COMPLIANT"), ("COMPLIANT", "COMPLIANT")]
+)
+def test_available_security_update_follows_the_baseline_setting(
+    status: str, compliance: str
+) -> None:
     b = baseline("WINDOWS", WINDOWS_RULE, availableSecurityUpdatesComplianceStatus=status)
     waiting = _kb("KB1000009", issued="2026-11-26")  # approved on 2026-12-03
     result = evaluate(b, inventory("WINDOWS", [], [waiting]), NOW)
@@ -85,12 +104,35 @@ def test_macos_classification_is_the_package_manager() -> None:
     b = baseline("MACOS", rule(("CLASSIFICATION", ["brew"]), days=0))
     inv = inventory(
         "MACOS",
-        [{"name": "git", "version": "2.45.0", "classification": "brew"},
-         {"name": "XProtectPlistConfigData", "version": "2180", "classification": "softwareupdate"}],
-        [{"name": "git", "version": "2.47.1", "installedVersion": "2.45.0", "classification": "brew"},
-         {"name": "XProtectPlistConfigData", "version": "2190", "installedVersion": "2180",
-          "classification": "softwareupdate"}],
+        [
+            {"name": "git", "version": "2.45.0", "classification": "brew"},
+            {
+                "name": "XProtectPlistConfigData",
+                "version": "2180",
+                "classification": "softwareupdate",
+            },
+        ],
+        [
+            {
+                "name": "git",
+                "version": "2.47.1",
+                "installedVersion": "2.45.0",
+                "classification": "brew",
+            },
+            {
+                "name": "XProtectPlistConfigData",
+                "version": "2190",
+                "installedVersion": "2180",
+                "classification": "softwareupdate",
+            },
+        ],
     )
-    assert states(evaluate(b, inv, NOW)) == {"git": "MISSING", "XProtectPlistConfigData": "INSTALLED_OTHER"}
+    assert states(evaluate(b, inv, NOW)) == {
+        "git": "MISSING",
+        "XProtectPlistConfigData": "INSTALLED_OTHER",
+    }
     default = predefined_baselines()["aws-macos-default"]
-    assert states(evaluate(default, inv, NOW)) == {"git": "MISSING", "XProtectPlistConfigData": "MISSING"}
+    assert states(evaluate(default, inv, NOW)) == {
+        "git": "MISSING",
+        "XProtectPlistConfigData": "MISSING",
+    }

@@ -48,10 +48,34 @@ def snapshot():  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(
     ("labels", "os", "group", "baseline", "reason"),
     [
-        ({"role": "web"}, "UBUNTU", "web", "ubuntu-web", "patch group 'web' names 'ubuntu-web' for UBUNTU"),
-        ({"patchwarden.io/patch-group": "db"}, "UBUNTU", "db", "aws-ubuntu-default", "names 'aws-ubuntu-default'"),
-        ({}, "UBUNTU", None, "aws-ubuntu-default", "no patch group: the predefined default baseline"),
-        ({"role": "web"}, "REDHAT_ENTERPRISE_LINUX", "web", "aws-redhat-default", "names no baseline for REDHAT"),
+        (
+            {"role": "web"},
+            "UBUNTU",
+            "web",
+            "ubuntu-web",
+            "patch group 'web' names 'ubuntu-web' for UBUNTU",
+        ),
+        (
+            {"patchwarden.io/patch-group": "db"},
+            "UBUNTU",
+            "db",
+            "aws-ubuntu-default",
+            "names 'aws-ubuntu-default'",
+        ),
+        (
+            {},
+            "UBUNTU",
+            None,
+            "aws-ubuntu-default",
+            "no patch group: the predefined default baseline",
+        ),
+        (
+            {"role": "web"},
+            "REDHAT_ENTERPRISE_LINUX",
+            "web",
+            "aws-redhat-default",
+            "names no baseline for REDHAT",
+        ),
         ({}, "DEBIAN", None, "my-debian-default", "the user default baseline for DEBIAN"),
     ],
 )

@@ -155,6 +155,9 @@ class AvailableUpdate(PackageFacts):
     """Packages installing this version would also install or upgrade."""
     applicable: bool = True
     """Windows: false when the update does not apply (feature absent, superseded)."""
+    candidate: bool = True
+    """apt: the version apt itself would install; false for a security version that a newer
+    non-security candidate shadows (it is listed so a security-only baseline can approve it)."""
 
 
 class FailedPatch(Model):

@@ -9,11 +9,15 @@ May not import anything outside ``reconciler.api``.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import re
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
+from zoneinfo import available_timezones
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import BeforeValidator, Field, StringConstraints, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from reconciler.api._base import Model
 from reconciler.api.enums import (
@@ -33,7 +37,15 @@ VERSION = "v1alpha1"
 # Kubernetes object names (DNS-1123 subdomain), so one file works in Git and with kubectl apply.
 _K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 Name = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=_K8S_NAME)]
-PatchId = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+# SSM's names for patch sources and window tasks.
+_SOURCE_NAME = r"^[a-zA-Z0-9_\-.]{3,50}$"
+_TASK_NAME = r"^[a-zA-Z0-9_\-.]{3,128}$"
+# Bugzilla ids are numbers (1234567), which YAML reads as integers: take them as text.
+PatchId = Annotated[
+    str,
+    BeforeValidator(lambda v: _as_text(v)),
+    StringConstraints(min_length=1, max_length=100),
+]
 FilterValue = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 LabelValue = Annotated[str, StringConstraints(max_length=63)]
 
@@ -126,7 +138,7 @@ class PatchRule(Model):
 
     patch_filter_group: PatchFilterGroup
     """Which patches the rule approves."""
-    approve_after_days: int | None = Field(default=None, ge=0, le=360)
+    approve_after_days: int | None = Field(default=None, ge=0, le=360, strict=True)
     """Approve this many days (0-360) after the patch's release date, counted in UTC days."""
     approve_until_date: date | None = None
     """Approve patches released on or before this UTC date (YYYY-MM-DD)."""
@@ -146,7 +158,7 @@ class PatchRule(Model):
 class PatchSource(Model):
     """An alternative repository used instead of the machine's configured ones (Linux only)."""
 
-    name: Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_\-.]{3,50}$")]
+    name: Annotated[str, StringConstraints(pattern=_SOURCE_NAME)]
     """3-50 letters, digits, '_', '-' or '.'."""
     products: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(
         min_length=1, max_length=20
@@ -229,6 +241,23 @@ class PatchGroup(Model):
 _CONCURRENCY = r"^([1-9][0-9]*|[1-9][0-9]%|[1-9]%|100%)$"
 _ERRORS = r"^([1-9][0-9]*|[0]|[1-9][0-9]%|[0-9]%|100%)$"
 
+PATTERN_HELP: dict[str, str] = {
+    _K8S_NAME: "use lowercase letters, digits, '-' and '.', starting and ending with a letter or "
+    "digit (a Kubernetes object name)",
+    _SOURCE_NAME: "use 3-50 letters, digits, '_', '-' or '.'",
+    _TASK_NAME: "use 3-128 letters, digits, '_', '-' or '.'",
+    _CONCURRENCY: 'give a number of targets of at least 1 ("10") or a percentage from 1% to 100% '
+    '("10%")',
+    _ERRORS: 'give a number of errors ("0", "3") or a percentage from 0% to 100% ("10%")',
+}
+"""Regular expression -> what it means in words, for error messages."""
+
+
+def conflict(field: str, message: str) -> PydanticCustomError:
+    """A validation error of a model that belongs to one of its fields (``field`` is the wire
+    name); snapshot errors then point at that field's line instead of the model's."""
+    return PydanticCustomError("conflict", "{message}", {"message": message, "field": field})
+
 
 def _as_text(value: object) -> object:
     # SSM writes these as strings ("10", "10%"); integers are accepted for convenience.
@@ -253,7 +282,7 @@ class WindowTargets(Model):
 class WindowTask(Model):
     """A patching task run in the window (SSM: AWS-RunPatchBaseline registered as a task)."""
 
-    name: Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_\-.]{3,128}$")]
+    name: Annotated[str, StringConstraints(pattern=_TASK_NAME)]
     """3-128 letters, digits, '_', '-' or '.'."""
     operation: Operation
     """Scan reports compliance only; Install installs approved missing patches."""
@@ -263,7 +292,7 @@ class WindowTask(Model):
     """How many targets run at once: a count ("10") or a percentage ("10%")."""
     max_errors: Annotated[str, StringConstraints(pattern=_ERRORS)] = "1"
     """Failed targets after which no new target starts: a count or a percentage."""
-    priority: int = Field(default=1, ge=0)
+    priority: int = Field(default=1, ge=0, strict=True)
     """Lower runs first; tasks of equal priority run in parallel."""
     cutoff_behavior: Literal["CONTINUE_TASK", "CANCEL_TASK"] = "CONTINUE_TASK"
     """What happens to running invocations when the cutoff is reached."""
@@ -280,6 +309,52 @@ _SCHEDULE = re.compile(
 _RATE = re.compile(r"^(?P<n>[1-9][0-9]*) (?P<unit>minute|minutes|hour|hours|day|days)$")
 
 
+def check_schedule(value: str) -> str:
+    """``value`` if it is a schedule expression SSM accepts, else ValueError saying why."""
+    match = _SCHEDULE.match(value.strip())
+    if match is None:
+        raise ValueError("must be cron(...), rate(...), at(...) or a 5-field cron expression")
+    if match["cron"] is not None and len(match["cron"].split()) not in (6, 7):
+        raise ValueError(
+            "cron(...) takes 6 fields (7 with seconds), for example cron(0 2 ? * TUE *)"
+        )
+    if match["plain"] is not None and len(match["plain"].split()) != 5:
+        raise ValueError("a plain cron expression has 5 fields, for example '0 2 * * 2'")
+    if match["rate"] is not None:
+        rate = _RATE.match(match["rate"].strip())
+        if rate is None:
+            raise ValueError("rate(...) takes 'N minutes|hours|days', for example rate(7 days)")
+        singular = rate["unit"] in ("minute", "hour", "day")
+        if singular != (rate["n"] == "1"):
+            raise ValueError(
+                "use a singular unit for 1, a plural one otherwise: rate(1 day), rate(2 days)"
+            )
+    if match["at"] is not None:
+        try:
+            datetime.fromisoformat(match["at"])
+        except ValueError:
+            raise ValueError("at(...) takes a time YYYY-MM-DDThh:mm:ss") from None
+    return value
+
+
+@functools.cache
+def _timezones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def check_timezone(value: str) -> str:
+    """``value`` if it is an IANA time zone name, else ValueError (with a close match)."""
+    known = _timezones()
+    if value not in known:
+        lowered = {name.lower(): name for name in known}
+        close = difflib.get_close_matches(value.lower(), list(lowered), n=1, cutoff=0.6)
+        hint = f" (did you mean {lowered[close[0]]!r}?)" if close else ""
+        raise ValueError(
+            f"unknown IANA time zone {value!r}, for example Europe/Berlin or UTC{hint}"
+        )
+    return value
+
+
 class MaintenanceWindowSpec(Model):
     """When patching may happen (SSM CreateMaintenanceWindow fields) and what runs then."""
 
@@ -288,15 +363,15 @@ class MaintenanceWindowSpec(Model):
     rate(N unit) or at(YYYY-MM-DDThh:mm:ss)."""
     schedule_timezone: str = "UTC"
     """IANA time zone the schedule is read in, for example America/Los_Angeles."""
-    schedule_offset: int | None = Field(default=None, ge=1, le=6)
+    schedule_offset: int | None = Field(default=None, ge=1, le=6, strict=True)
     """Days (1-6) to wait after each cron match, for example Patch Tuesday + 3."""
     start_date: datetime | None = None
     """The window does not run before this ISO-8601 time."""
     end_date: datetime | None = None
     """The window does not run after this ISO-8601 time."""
-    duration: int = Field(ge=1, le=24)
+    duration: int = Field(ge=1, le=24, strict=True)
     """Window length in hours (1-24)."""
-    cutoff: int = Field(ge=0, le=23)
+    cutoff: int = Field(ge=0, le=23, strict=True)
     """No new task starts when fewer than this many hours (0-23) remain."""
     enabled: bool = True
     """A disabled window never opens."""
@@ -310,50 +385,25 @@ class MaintenanceWindowSpec(Model):
     @field_validator("schedule")
     @classmethod
     def _schedule_syntax(cls, value: str) -> str:
-        match = _SCHEDULE.match(value.strip())
-        if match is None:
-            raise ValueError("must be cron(...), rate(...), at(...) or a 5-field cron expression")
-        if match["cron"] is not None and len(match["cron"].split()) not in (6, 7):
-            raise ValueError(
-                "cron(...) takes 6 fields (7 with seconds), for example cron(0 2 ? * TUE *)"
-            )
-        if match["plain"] is not None and len(match["plain"].split()) != 5:
-            raise ValueError("a plain cron expression has 5 fields, for example '0 2 * * 2'")
-        if match["rate"] is not None:
-            rate = _RATE.match(match["rate"].strip())
-            if rate is None:
-                raise ValueError("rate(...) takes 'N minutes|hours|days', for example rate(7 days)")
-            singular = rate["unit"] in ("minute", "hour", "day")
-            if singular != (rate["n"] == "1"):
-                raise ValueError(
-                    "use a singular unit for 1, a plural one otherwise: rate(1 day), rate(2 days)"
-                )
-        if match["at"] is not None:
-            try:
-                datetime.fromisoformat(match["at"])
-            except ValueError:
-                raise ValueError("at(...) takes a time YYYY-MM-DDThh:mm:ss") from None
-        return value
+        return check_schedule(value)
 
     @field_validator("schedule_timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        from zoneinfo import available_timezones
-
-        if value not in available_timezones():
-            raise ValueError(f"unknown IANA time zone {value!r}, for example Europe/Berlin or UTC")
-        return value
+        return check_timezone(value)
 
     @model_validator(mode="after")
     def _coherent(self) -> MaintenanceWindowSpec:
         if self.cutoff >= self.duration:
-            raise ValueError(
-                f"cutoff ({self.cutoff} h) must be less than duration ({self.duration} h)"
+            raise conflict(
+                "cutoff",
+                f"cutoff ({self.cutoff} h) must be less than duration ({self.duration} h): no task "
+                "could start in the window",
             )
-        if self.schedule_offset is not None and not self.schedule.startswith("cron("):
-            raise ValueError("scheduleOffset applies to cron(...) schedules only")
+        if self.schedule_offset is not None and not self.schedule.strip().startswith("cron("):
+            raise conflict("scheduleOffset", "scheduleOffset applies to cron(...) schedules only")
         if self.start_date and self.end_date and self.end_date <= self.start_date:
-            raise ValueError("endDate must be after startDate")
+            raise conflict("endDate", "endDate must be after startDate")
         return self
 
 
@@ -392,7 +442,7 @@ class SshConnection(Model):
     type: Literal["ssh"]
     host: Annotated[str, StringConstraints(min_length=1, max_length=253)]
     """Host name or address."""
-    port: int = Field(default=22, ge=1, le=65535)
+    port: int = Field(default=22, ge=1, le=65535, strict=True)
     """SSH port."""
     user: str = "root"
     """Login user (root, or a user allowed to run the agent with sudo)."""
@@ -447,6 +497,16 @@ class ComplianceReportSpec(Model):
     """csv has SSM's columns; json is for machines; html is a self-contained dashboard."""
     scope: ReportScope = Field(default_factory=ReportScope)
     """Which instances the report covers."""
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_syntax(cls, value: str) -> str:
+        return check_schedule(value)
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        return check_timezone(value)
 
     @field_validator("destination")
     @classmethod

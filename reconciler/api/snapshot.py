@@ -10,6 +10,7 @@ sources' job.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from reconciler.api.resources import (
     API_VERSION,
     GROUP_LABEL,
     KINDS,
+    PATTERN_HELP,
     ComplianceReport,
     MaintenanceWindow,
     ManagedInstance,
@@ -118,6 +120,7 @@ def build_snapshot(
     """Parse and validate ``files`` as one snapshot; raise SnapshotInvalid with every problem."""
     problems: list[Problem] = []
     parsed: list[tuple[str, Document, Resource]] = []
+    invalid: set[tuple[str, str]] = set()
     count = 0
     for relpath, raw in files:
         try:
@@ -135,8 +138,10 @@ def build_snapshot(
             resource = _validate_document(relpath, doc, problems)
             if resource is not None:
                 parsed.append((relpath, doc, resource))
+            elif (named := _kind_and_name(doc.data)) is not None:
+                invalid.add(named)
     snapshot = _assemble(parsed, dict(predefined or {}), problems)
-    _check_references(snapshot, problems)
+    _check_references(snapshot, invalid, problems)
     if problems:
         raise SnapshotInvalid(problems)
     return snapshot
@@ -160,8 +165,8 @@ def _validate_document(relpath: str, doc: Document, problems: list[Problem]) -> 
         else:
             problem(("apiVersion",), f"{api_version!r} is not supported; use {API_VERSION}")
         return None
-    if kind not in KINDS:
-        hint = did_you_mean(str(kind), list(KINDS)) if kind is not None else ""
+    if not isinstance(kind, str) or kind not in KINDS:
+        hint = did_you_mean(str(kind), list(KINDS)) if isinstance(kind, str) else ""
         label = "missing" if kind is None else f"unknown kind {kind!r}"
         problem(("kind",), f"{label}; one of {', '.join(KINDS)}{hint}")
         return None
@@ -171,6 +176,9 @@ def _validate_document(relpath: str, doc: Document, problems: list[Problem]) -> 
     except ValidationError as exc:
         for error in exc.errors():
             path = _clean_loc(data, error["loc"])
+            at_field = error.get("ctx", {}).get("field") if error["type"] == "conflict" else None
+            if isinstance(at_field, str):
+                path = (*path, at_field)  # a model-level check that belongs to one field
             problem(path, _message(model, data, path, error))
         return None
     if isinstance(resource, PatchBaseline):
@@ -215,16 +223,41 @@ def _assemble(
     )
 
 
-def _check_references(snap: Snapshot, problems: list[Problem]) -> None:
+def _kind_and_name(data: Any) -> tuple[str, str] | None:
+    """(kind, metadata.name) of a document that was refused, when it says them."""
+    if not isinstance(data, dict):
+        return None
+    kind, metadata = data.get("kind"), data.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return (kind, name) if isinstance(kind, str) and isinstance(name, str) else None
+
+
+def _check_references(
+    snap: Snapshot, invalid: set[tuple[str, str]], problems: list[Problem]
+) -> None:
+    """Checks across documents. A reference to a document that exists but was refused (``invalid``)
+    is not reported again: that document's own errors say what to fix."""
+
     def problem(kind: str, name: str, path: Path, message: str) -> None:
         where, doc = snap.locations[(kind, name)], snap.documents[(kind, name)]
         problems.append(Problem(where.file, doc.line_of(path), format_path(path), message))
 
+    for bname in snap.baselines:
+        if bname in snap.predefined:
+            problem(
+                "PatchBaseline",
+                bname,
+                ("metadata", "name"),
+                f"{bname!r} is the name of a predefined baseline; choose another name (set "
+                "spec.defaultBaseline: true to replace the default for an operating system)",
+            )
     known_baselines = sorted({*snap.baselines, *snap.predefined})
     for gname, group in snap.groups.items():
         for os, bname in group.spec.baselines.items():
             path: Path = ("spec", "baselines", str(os))
             baseline = snap.baseline(bname)
+            if baseline is None and ("PatchBaseline", bname) in invalid:
+                continue
             if baseline is None:
                 problem(
                     "PatchGroup",
@@ -251,7 +284,7 @@ def _check_references(snap: Snapshot, problems: list[Problem]) -> None:
             )
     for wname, window in snap.windows.items():
         for index, gname in enumerate(window.spec.targets.patch_groups):
-            if gname not in snap.groups:
+            if gname not in snap.groups and ("PatchGroup", gname) not in invalid:
                 problem(
                     "MaintenanceWindow",
                     wname,
@@ -260,7 +293,7 @@ def _check_references(snap: Snapshot, problems: list[Problem]) -> None:
                 )
     for rname, report in snap.reports.items():
         for index, gname in enumerate(report.spec.scope.patch_groups):
-            if gname not in snap.groups:
+            if gname not in snap.groups and ("PatchGroup", gname) not in invalid:
                 problem(
                     "ComplianceReport",
                     rname,
@@ -334,14 +367,46 @@ def _message(model: type[Resource], data: Any, path: Path, error: ErrorDetails) 
     if kind == "too_short":
         return f"at least {ctx['min_length']} required"
     if kind == "string_pattern_mismatch":
-        return f"{value!r} does not match {ctx['pattern']}"
+        pattern = str(ctx["pattern"])
+        meaning = PATTERN_HELP.get(pattern)
+        if meaning is None:
+            return f"{value!r} does not match {pattern}"
+        hint = ""
+        if isinstance(value, str) and value != value.lower():
+            lowered = value.lower()
+            if re.fullmatch(pattern, lowered):
+                hint = f" (did you mean {lowered!r}?)"
+        return f"{value!r} is not valid: {meaning}{hint}"
+    if kind == "conflict":
+        return str(ctx.get("message", error["msg"]))
     if kind == "string_too_long":
         return f"at most {ctx['max_length']} characters"
     if kind == "string_too_short":
         return f"at least {ctx['min_length']} character(s)"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"must be a mapping of fields, got {_describe(value)}"
+    if kind == "list_type":
+        return f"must be a list, got {_describe(value)}"
+    if kind == "int_type":
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
+            return f"must be a number, got the text {value!r}: write it without quotes"
+        return f"must be a whole number, got {_describe(value)}"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     return str(error["msg"]) + (f" (got {value!r})" if not isinstance(value, dict | list) else "")
+
+
+def _describe(value: Any) -> str:
+    """What a YAML value is, in a user's words."""
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
 
 
 def _choices(expected: str) -> list[str]:

@@ -21,6 +21,13 @@ MAX_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 48
 MAX_NODES = 200_000  # after alias expansion: refuses "billion laughs" documents
 
+_STANDARD = "tag:yaml.org,2002:"
+# The tags plain YAML resolves to; anything else (!!python/object, !!set, !Ref, ...) is refused.
+_SCALAR_TAGS = frozenset(
+    _STANDARD + name for name in ("str", "int", "float", "bool", "null", "timestamp")
+)
+_UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
+
 Path = tuple[str | int, ...]
 
 
@@ -53,9 +60,12 @@ class Document:
 def decode(raw: bytes) -> str:
     """UTF-8 text, or a YamlError saying why the bytes are not a YAML file."""
     if len(raw) > MAX_BYTES:
+        # Sources read at most one byte past the limit, so the real size is not known here.
         raise YamlError(
-            1, f"file is {len(raw)} bytes; documents over {MAX_BYTES} bytes are refused"
+            1, f"file is larger than {MAX_BYTES // (1024 * 1024)} MiB ({MAX_BYTES} bytes); refused"
         )
+    if raw.startswith(_UTF16_32_BOMS):
+        raise YamlError(1, "UTF-16 or UTF-32 text; save the file as UTF-8")
     if b"\x00" in raw:
         raise YamlError(1, "binary file (contains NUL bytes), not YAML")
     try:
@@ -109,6 +119,7 @@ class _Builder:
         if isinstance(node, MappingNode):
             return self._mapping(node, path, depth)
         if isinstance(node, SequenceNode):
+            _check_tag(node, frozenset({_STANDARD + "seq"}))
             out = []
             for index, item in enumerate(node.value):
                 self.lines[(*path, index)] = item.start_mark.line + 1
@@ -118,6 +129,7 @@ class _Builder:
         return self._scalar(node)
 
     def _mapping(self, node: MappingNode, path: Path, depth: int) -> dict[Any, Any]:
+        _check_tag(node, frozenset({_STANDARD + "map"}))
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             line = key_node.start_mark.line + 1
@@ -135,10 +147,26 @@ class _Builder:
         return out
 
     def _scalar(self, node: ScalarNode) -> Any:
-        if node.tag == "tag:yaml.org,2002:timestamp":
+        _check_tag(node, _SCALAR_TAGS)
+        if node.tag == _STANDARD + "timestamp":
             # Dates stay text: the schema decides whether a date, a time or a string is meant.
             return node.value
         try:
             return self.scalars.construct_object(node)
         except ConstructorError as exc:
             raise YamlError(node.start_mark.line + 1, f"unsupported YAML: {exc.problem}") from None
+        except (ValueError, KeyError, IndexError):  # an explicit tag on a value it can't read
+            tag = node.tag.replace(_STANDARD, "!!", 1)
+            raise YamlError(
+                node.start_mark.line + 1, f"{node.value!r} is not a valid {tag} value"
+            ) from None
+
+
+def _check_tag(node: Node, allowed: frozenset[str]) -> None:
+    if node.tag not in allowed:
+        tag = node.tag.replace(_STANDARD, "!!", 1)
+        raise YamlError(
+            node.start_mark.line + 1,
+            f"unsupported tag {tag}: only plain YAML (mappings, lists, strings, numbers, "
+            "booleans, null) is accepted",
+        )

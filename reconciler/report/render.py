@@ -7,8 +7,9 @@ to the stream it is given.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 import yaml
@@ -30,6 +31,12 @@ _STATE_STYLE = {
 }
 
 
+def _console(out: IO[str]) -> Console:
+    probe = Console(file=out)
+    # Piped tables are read in files and CI logs: give them room instead of 80 columns.
+    return probe if probe.is_terminal else Console(file=out, width=180)
+
+
 def dump(data: Any, fmt: str, out: IO[str]) -> None:
     """Write ``data`` as JSON or YAML."""
     if fmt == "json":
@@ -47,7 +54,7 @@ def evaluations(
         data = [r.to_dict() for r in results]
         dump(data[0] if len(data) == 1 else data, fmt, out)
         return
-    console = Console(file=out, width=max(100, Console(file=out).width))
+    console = _console(out)
     console.print(_summary_table(results))
     for result in results:
         rows = [p for p in result.patches if show_all or p.state not in QUIET_STATES]
@@ -141,7 +148,7 @@ def explanation(
         data["baselineReason"] = resolution.baseline_reason
         dump(data, fmt, out)
         return
-    console = Console(file=out, width=max(100, Console(file=out).width))
+    console = _console(out)
     console.print(f"[bold]{result.instance_id}[/] ({result.operating_system})")
     console.print(f"  patch group: {result.patch_group or '-'} — {resolution.group_reason}")
     console.print(f"  baseline:    {result.baseline} — {resolution.baseline_reason}")
@@ -157,3 +164,56 @@ def explanation(
         console.print(table)
     if not patches and not skipped:
         console.print(f"  no patch named {patch!r} on this instance")
+
+
+@contextlib.contextmanager
+def progress(message: str) -> Iterator[None]:
+    """A spinner on stderr while long work runs, only when stderr is a terminal."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield
+        return
+    with console.status(message):
+        yield
+
+
+def installation(
+    result: InstanceEvaluation, outcome: dict[str, Any], fmt: str, out: IO[str]
+) -> None:
+    """The evaluation after an Install, with what the install did."""
+    install = {
+        "simulate": outcome.get("simulate", False),
+        "changed": outcome.get("changed", False),
+        "patches": outcome.get("patches", []),
+        "dependencies": outcome.get("dependencies", []),
+        "recovery": outcome.get("recovery", []),
+        "reboot": outcome.get("reboot", {"required": False, "performed": False}),
+    }
+    if fmt != "table":
+        data = result.to_dict()
+        data["install"] = install
+        dump(data, fmt, out)
+        return
+    console = _console(out)
+    table = Table(title="Install", title_justify="left")
+    for column in ("Patch", "Version", "Result", "Message"):
+        table.add_column(column, overflow="fold")
+    for p in install["patches"]:
+        table.add_row(
+            p.get("name", ""), p.get("version", ""), p.get("result", ""), p.get("message", "")
+        )
+    for d in install["dependencies"]:
+        table.add_row(
+            d.get("name", ""),
+            d.get("version", ""),
+            "DEPENDENCY",
+            f"pulled in (from {d.get('from')})",
+        )
+    if install["patches"]:
+        console.print(table)
+    else:
+        console.print("Nothing to install: no approved patch is missing.")
+    reboot = install["reboot"]
+    if reboot.get("required"):
+        console.print(f"Reboot: {reboot.get('reason') or 'required'}")
+    evaluations([result], fmt, out)

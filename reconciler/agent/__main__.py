@@ -1,0 +1,266 @@
+"""Stage: agent. ``python3 -m reconciler.agent`` (or the zipapp): scan and install on this machine.
+
+``scan`` prints the inventory document; ``install`` installs exact pins and prints an install
+result with ``changed`` and a per-package outcome. Errors are JSON too (``{"error": {...}}``, exit
+1), never a traceback. Standard library only.
+"""
+
+import argparse
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+from reconciler.agent import AGENT_VERSION
+from reconciler.agent.apt import Apt, dumps, parse_pin
+from reconciler.agent.errors import AgentError, UnsupportedSystem
+from reconciler.agent.facts import facts, operating_system, read_os_release
+
+APT_SYSTEMS = {"DEBIAN", "UBUNTU", "RASPBIAN"}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _system(root: str, lock_timeout: int, private_state: Optional[str] = None) -> Apt:
+    os_name = operating_system(read_os_release(root))
+    if os_name not in APT_SYSTEMS:
+        raise UnsupportedSystem(
+            "{} is not supported by this agent yet (apt systems only)".format(os_name)
+        )
+    return Apt(root, lock_timeout=lock_timeout, private_state=private_state)
+
+
+def scan(
+    root: str,
+    instance_id: Optional[str],
+    refresh: bool,
+    operation: str = "Scan",
+    private_state: Optional[str] = None,
+) -> Dict[str, object]:
+    """The inventory document of the system at ``root``."""
+    system = _system(root, lock_timeout=60, private_state=private_state)
+    if refresh:
+        system.refresh()
+    installed, updates, broken = system.inventory()
+    machine = facts(root, system.architecture())
+    document = {
+        "apiVersion": "patchwarden.io/v1alpha1",
+        "kind": "Inventory",
+        "instanceId": instance_id or str(machine.get("hostname") or root),
+        "collectedAt": _now(),
+        "agentVersion": AGENT_VERSION,
+        "operation": operation,
+        "facts": machine,
+        "installed": installed,
+        "updates": updates,
+    }  # type: Dict[str, object]
+    if broken:
+        document["failed"] = [
+            {
+                "name": b["name"],
+                "arch": b["arch"],
+                "version": b["version"],
+                "reason": "dpkg left the package {}".format(b["state"]),
+            }
+            for b in broken
+            if b["name"]
+        ]
+    return document
+
+
+def install(
+    root: str,
+    pin_texts: List[str],
+    blocked: List[str],
+    simulate: bool,
+    reboot_option: str,
+    allow_reboot: bool,
+    lock_timeout: int,
+) -> Dict[str, object]:
+    """Install exact pins; the result says what changed, per package."""
+    pins = [parse_pin(p) for p in pin_texts]  # refuses invalid pins before anything runs
+    system = _system(root, lock_timeout)
+    result = {
+        "apiVersion": "patchwarden.io/v1alpha1",
+        "kind": "InstallResult",
+        "simulate": simulate,
+        "startedAt": _now(),
+    }  # type: Dict[str, object]
+    before = system.versions_now([p[0] for p in pins])
+    result["recovery"] = [] if simulate else system.recover()
+    plan = system.simulate(pins, blocked)
+    result["dependencies"] = plan.dependencies
+    if simulate:
+        result["patches"] = [_planned(p, before) for p in pins]
+        result["changed"] = False
+        result["reboot"] = {"required": False, "performed": False}
+        return result
+    outcome = system.install(pins)
+    after = system.versions_now([p[0] for p in pins] + [d["name"] for d in plan.dependencies])
+    patches = [_outcome(p, before, after, outcome.stdout + "\n" + outcome.stderr) for p in pins]
+    result["patches"] = patches
+    result["changed"] = any(p["changed"] for p in patches) or bool(result["recovery"])
+    result["reboot"] = _reboot(system, reboot_option, allow_reboot, bool(result["changed"]))
+    result["finishedAt"] = _now()
+    return result
+
+
+Pin = Tuple[str, str, str]
+Versions = Dict[Tuple[str, str], Tuple[str, str]]
+
+
+def _planned(pin: Pin, before: Versions) -> Dict[str, object]:
+    name, arch, version = pin
+    current = _lookup(before, name, arch)
+    already = current is not None and current[0] == version
+    return {
+        "name": name,
+        "arch": arch,
+        "version": version,
+        "result": "UNCHANGED" if already else "WOULD_INSTALL",
+        "changed": False,
+    }
+
+
+def _outcome(pin: Pin, before: Versions, after: Versions, output: str) -> Dict[str, object]:
+    name, arch, version = pin
+    was, now = _lookup(before, name, arch), _lookup(after, name, arch)
+    if now is not None and now[0] == version and now[1] == "ii":
+        changed = was is None or was[0] != version
+        return {
+            "name": name,
+            "arch": arch or "",
+            "version": version,
+            "result": "INSTALLED" if changed else "UNCHANGED",
+            "changed": changed,
+        }
+    message = _package_errors(name, output) or "not installed: apt/dpkg reported no specific error"
+    state = "{} {}".format(now[0], now[1]) if now else "absent"
+    return {
+        "name": name,
+        "arch": arch or "",
+        "version": version,
+        "result": "FAILED",
+        "changed": now != was,
+        "message": message,
+        "stateAfter": state,
+    }
+
+
+def _lookup(table: Versions, name: str, arch: str) -> Optional[Tuple[str, str]]:
+    for (n, a), value in table.items():
+        if n == name and (not arch or a == arch):
+            return value
+    return None
+
+
+def _package_errors(name: str, output: str) -> str:
+    lines = output.splitlines()
+    found = []  # type: List[str]
+    for index, line in enumerate(lines):
+        if "error processing" in line and " {} ".format(name) in line + " ":
+            found.append(line.strip())
+            found.extend(nxt.strip() for nxt in lines[index + 1 : index + 3] if nxt.startswith(" "))
+        elif line.startswith("E:") and name in line:
+            found.append(line.strip())
+    return " / ".join(found)
+
+
+def _reboot(system: Apt, option: str, allow: bool, changed: bool) -> Dict[str, object]:
+    pending = system.reboot_pending()
+    if option == "NoReboot" or not pending:
+        return {"required": bool(pending), "performed": False}
+    why = ", ".join(p for p in pending if p) or "the machine asked for it"
+    if not system.is_host:
+        return {
+            "required": True,
+            "performed": False,
+            "recorded": True,
+            "reason": "directory root: reboot recorded, not executed ({})".format(why),
+        }
+    if not allow:
+        return {
+            "required": True,
+            "performed": False,
+            "reason": "reboot needed ({}); pass --allow-reboot to let the agent reboot it".format(
+                why
+            ),
+        }
+    from reconciler.agent.runner import run
+
+    done = run(["/sbin/shutdown", "-r", "+1", "patchwarden: reboot after patching"], timeout=60)
+    return {"required": True, "performed": done.rc == 0, "reason": why}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="patchwarden-agent", description="Patchwarden agent (scan, install)"
+    )
+    parser.add_argument("--version", action="version", version=AGENT_VERSION)
+    sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("scan", help="print this machine's inventory document")
+    p.add_argument("--root", default="/")
+    p.add_argument("--instance-id")
+    p.add_argument("--no-refresh", action="store_true", help="do not refresh package lists first")
+    p.add_argument(
+        "--private-state",
+        metavar="DIR",
+        help="host only: keep package lists and cache in DIR (read-only scan of the host)",
+    )
+    p = sub.add_parser("install", help="install exact pins name=version")
+    p.add_argument("--root", default="/")
+    p.add_argument("--pin", action="append", default=[], required=True)
+    p.add_argument(
+        "--block", action="append", default=[], help="package name patterns rejected with BLOCK"
+    )
+    p.add_argument("--simulate", action="store_true")
+    p.add_argument(
+        "--reboot-option", choices=("RebootIfNeeded", "NoReboot"), default="RebootIfNeeded"
+    )
+    p.add_argument("--allow-reboot", action="store_true", help="allow rebooting the host")
+    p.add_argument("--lock-timeout", type=int, default=60)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        return 2
+    try:
+        if args.command == "scan":
+            document = scan(
+                args.root,
+                args.instance_id,
+                refresh=not args.no_refresh,
+                private_state=args.private_state,
+            )
+        else:
+            document = install(
+                args.root,
+                args.pin,
+                args.block,
+                args.simulate,
+                args.reboot_option,
+                args.allow_reboot,
+                args.lock_timeout,
+            )
+    except AgentError as exc:
+        sys.stdout.write(dumps({"error": exc.to_dict()}) + "\n")
+        return 1
+    except Exception as exc:  # the agent never prints a traceback
+        sys.stdout.write(
+            dumps(
+                {
+                    "error": {
+                        "code": "InternalError",
+                        "message": "{}: {}".format(type(exc).__name__, exc),
+                    }
+                }
+            )
+            + "\n"
+        )
+        return 1
+    sys.stdout.write(dumps(document) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

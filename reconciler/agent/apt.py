@@ -1,0 +1,757 @@
+"""Stage: agent. Debian-family systems through apt and dpkg: refresh, inventory, exact-pin install.
+
+apt decides candidates (pinning included): we only ask it — ``apt-cache policy`` for installed and
+candidate versions with their package files, ``apt-cache policy`` without arguments for what each
+package file's Release says, ``apt-cache show`` for Priority/Section/Source/Depends. A system rooted
+at a directory is driven through ``APT_CONFIG`` pointing at a file inside the root, so none of the
+host's apt configuration is read, and dpkg gets ``--root``/``--log`` so nothing is written outside
+it (shared/testbeds/apt.md §2.3).
+"""
+
+import fnmatch
+import json
+import os
+import re
+import time
+from typing import Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
+
+from reconciler.agent.errors import (
+    CommandFailed,
+    InstallRefused,
+    InvalidPin,
+    PackageManagerBusy,
+    RecoveryFailed,
+    RepositoryError,
+)
+from reconciler.agent.facts import below, reboot_required
+from reconciler.agent.runner import Result, run
+
+APT_GET = "/usr/bin/apt-get"
+APT_CACHE = "/usr/bin/apt-cache"
+DPKG = "/usr/bin/dpkg"
+DPKG_QUERY = "/usr/bin/dpkg-query"
+
+# Debian policy §5.6.1 and §5.6.12: what a package name and a version may contain.
+PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+VERSION = re.compile(r"^([0-9]+:)?[0-9][A-Za-z0-9.+~-]*$")
+ARCH = re.compile(r"^[a-z0-9-]+$")
+
+_QUERY_FORMAT = (
+    "\\t".join(
+        [
+            "${Package}",
+            "${Architecture}",
+            "${Version}",
+            "${db:Status-Abbrev}",
+            "${Priority}",
+            "${Section}",
+            "${Source}",
+        ]
+    )
+    + "\\n"
+)
+_LOCK_HOLDER = re.compile(r"held by process (\d+) \(([^)]*)\)")
+_INSTALLED_STATES = {"i", "W", "t"}  # installed, triggers-awaited, triggers-pending
+_BROKEN_STATES = {"U": "unpacked", "F": "half-configured", "H": "half-installed"}
+
+
+class PackageFile(NamedTuple):
+    """What a package file's Release says (``apt-cache policy`` 'release' line)."""
+
+    origin: str
+    label: str
+    suite: str
+    codename: str
+    component: str
+    site: str
+
+
+class VersionInfo(NamedTuple):
+    version: str
+    files: List[str]  # keys into the package-file table
+
+
+class Plan(NamedTuple):
+    """What apt's simulation says an install would do."""
+
+    actions: List[Dict[str, object]]
+    dependencies: List[Dict[str, str]]  # packages pulled in beyond the pins
+
+
+class PolicyEntry(NamedTuple):
+    installed: Optional[str]
+    candidate: Optional[str]
+    versions: List[VersionInfo]
+
+
+def is_security(files: List[PackageFile]) -> bool:
+    """The version is offered by a security pocket: Debian's <codename>-security (label
+    Debian-Security) or Ubuntu's <codename>-security suite."""
+    return any(
+        f.codename.endswith("-security")
+        or f.suite.endswith("-security")
+        or f.label == "Debian-Security"
+        for f in files
+    )
+
+
+def parse_pin(text: str) -> Tuple[str, str, str]:
+    """``name[:arch]=version`` -> (name, arch, version); InvalidPin before anything runs."""
+    name, sep, version = text.partition("=")
+    arch = ""
+    if ":" in name:
+        name, _, arch = name.partition(":")
+    if (
+        not sep
+        or not PACKAGE_NAME.match(name)
+        or not VERSION.match(version)
+        or (arch and not ARCH.match(arch))
+    ):
+        raise InvalidPin(
+            "{!r} is not a valid pin: expected name=version with a Debian package name "
+            "([a-z0-9][a-z0-9+.-]+) and version ([epoch:]upstream[-revision])".format(text)
+        )
+    return name, arch, version
+
+
+class Apt:
+    """One Debian-family system: the host (``root="/"``) or a system rooted at a directory."""
+
+    def __init__(
+        self,
+        root: str = "/",
+        lock_timeout: int = 60,
+        http_timeout: int = 20,
+        private_state: Optional[str] = None,
+    ) -> None:
+        self.root = os.path.abspath(root)
+        self.is_host = self.root == "/"
+        self.lock_timeout = lock_timeout
+        self.http_timeout = http_timeout
+        self.unprivileged = os.geteuid() != 0
+        self._env = {}  # type: Dict[str, str]
+        self._options = [
+            "-o",
+            "Acquire::Retries=0",
+            "-o",
+            "Acquire::http::Timeout={}".format(http_timeout),
+            "-o",
+            "Acquire::https::Timeout={}".format(http_timeout),
+            "-o",
+            "APT::Get::Show-User-Simulation-Note=false",
+        ]  # type: List[str]
+        if not self.is_host:
+            self._prepare_root()
+        elif self.unprivileged or private_state:
+            self._prepare_private_state(private_state)
+
+    # -- setup -----------------------------------------------------------------------------
+
+    @property
+    def state_dir(self) -> str:
+        return below(self.root, "/var/lib/patchwarden")
+
+    def _prepare_root(self) -> None:
+        for path in (
+            "/var/lib/apt/lists/partial",
+            "/var/cache/apt/archives/partial",
+            "/var/log/apt",
+            "/var/lib/dpkg/info",
+            "/var/lib/dpkg/updates",
+            "/etc/apt/apt.conf.d",
+            "/etc/apt/preferences.d",
+            "/etc/apt/sources.list.d",
+            "/var/lib/patchwarden/tmp",
+        ):
+            os.makedirs(below(self.root, path), exist_ok=True)
+        status = below(self.root, "/var/lib/dpkg/status")
+        if not os.path.exists(status):
+            open(status, "a").close()
+        dpkg_options = [
+            '"--root={}"'.format(self.root),
+            '"--log={}"'.format(below(self.root, "/var/log/dpkg.log")),
+        ]
+        if not os.path.exists(below(self.root, "/bin/sh")):
+            # No shell inside: maintainer scripts run outside with DPKG_ROOT set (apt.md §2.4).
+            dpkg_options.append('"--force-script-chrootless"')
+        if self.unprivileged:
+            dpkg_options.insert(0, '"--force-not-root"')
+        config = "\n".join(
+            [
+                'Dir "{}/";'.format(self.root),
+                'Dir::State::status "{}";'.format(status),
+                'APT::Sandbox::User "root";',
+                'Acquire::Languages "none";',
+                "DPkg::Options {{ {}; }};".format("; ".join(dpkg_options)),
+                'DPkg::Use-Pty "false";',
+                'Dpkg::Progress-Fancy "false";',
+                "",
+            ]
+        )
+        path = os.path.join(self.state_dir, "apt.conf")
+        _write_if_changed(path, config)
+        tmp = os.path.join(self.state_dir, "tmp")
+        self._env = {"APT_CONFIG": path, "TMPDIR": tmp, "HOME": self.state_dir}
+
+    def _prepare_private_state(self, base: Optional[str]) -> None:
+        # A read-only scan of the host: the host's configuration and status, private lists and
+        # cache, so the host's own package lists are never rewritten.
+        base = base or os.path.join(os.path.expanduser("~"), ".cache", "patchwarden", "apt")
+        for sub in ("lists/partial", "cache/archives/partial"):
+            os.makedirs(os.path.join(base, sub), exist_ok=True)
+        self._options += [
+            "-o",
+            "Dir::State::Lists={}/lists/".format(base),
+            "-o",
+            "Dir::Cache={}/cache/".format(base),
+            "-o",
+            "Debug::NoLocking=1",
+        ]
+
+    def _dpkg_args(self) -> List[str]:
+        args = [
+            "--root={}".format(self.root),
+            "--log={}".format(below(self.root, "/var/log/dpkg.log")),
+        ]
+        if not self.is_host and not os.path.exists(below(self.root, "/bin/sh")):
+            args.append("--force-script-chrootless")
+        if self.unprivileged:
+            args.insert(0, "--force-not-root")
+        return args if not self.is_host else []
+
+    def apt_get(self, *args: str, timeout: float = 1800.0) -> Result:
+        return run([APT_GET, *self._options, *args], self._env, timeout=timeout)
+
+    def apt_cache(self, *args: str) -> Result:
+        return run([APT_CACHE, *self._options, *args], self._env, timeout=600.0)
+
+    # -- facts ------------------------------------------------------------------------------
+
+    def architecture(self) -> str:
+        result = run([DPKG, "--print-architecture"], self._env, timeout=30)
+        return result.stdout.strip() or "amd64"
+
+    # -- refresh ----------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """``apt-get update``; RepositoryError naming every repository that failed (apt exits 0
+        on an unreachable repository unless told otherwise)."""
+        result = self.apt_get("-o", "APT::Update::Error-Mode=any", "update", timeout=900.0)
+        failures = list(_repository_failures(result.stdout + "\n" + result.stderr))
+        if result.rc != 0 or failures:
+            raise RepositoryError(
+                "refreshing package lists failed: "
+                + (
+                    "; ".join("{} ({})".format(f["repository"], f["reason"]) for f in failures)
+                    or _last_error(result)
+                ),
+                {"repositories": failures},
+            )
+
+    # -- inventory --------------------------------------------------------------------------
+
+    def inventory(
+        self,
+    ) -> Tuple[List[Dict[str, object]], List[Dict[str, object]], List[Dict[str, str]]]:
+        """(installed, updates, broken): the inventory's package lists and packages dpkg left
+        in an unfinished state."""
+        native = self.architecture()
+        installed, broken = self._installed()
+        files = self._package_files()
+        policy = self._policy([_apt_name(p["name"], p["arch"], native) for p in installed])
+        wanted = []  # type: List[Tuple[Dict[str, object], VersionInfo, bool]]
+        for pkg in installed:
+            entry = policy.get(_apt_name(pkg["name"], pkg["arch"], native))
+            if entry is None:
+                continue
+            current = next((v for v in entry.versions if v.version == pkg["version"]), None)
+            if current is not None:
+                pkg["security"] = is_security([files[k] for k in current.files if k in files])
+            for info, is_candidate in _newer_versions(entry, files):
+                wanted.append((pkg, info, is_candidate))
+        details = self._show(
+            {(str(p["name"]), str(p["arch"]), i.version) for p, i, _ in wanted}, native
+        )
+        updates = [
+            _update(
+                pkg, info, is_candidate, files, details.get((str(pkg["name"]), info.version), {})
+            )
+            for pkg, info, is_candidate in wanted
+        ]
+        return [_clean(p) for p in installed], updates, broken
+
+    def _installed(self) -> Tuple[List[Dict[str, object]], List[Dict[str, str]]]:
+        fmt = _QUERY_FORMAT
+        result = run(
+            [
+                DPKG_QUERY,
+                "--admindir={}".format(below(self.root, "/var/lib/dpkg")),
+                "-W",
+                "-f",
+                fmt,
+            ],
+            self._env,
+            timeout=120,
+        )
+        if result.rc not in (0, 1):
+            raise CommandFailed("dpkg-query failed: " + _last_error(result))
+        info = below(self.root, "/var/lib/dpkg/info")
+        installed, broken = [], []  # type: List[Dict[str, object]], List[Dict[str, str]]
+        for line in result.stdout.splitlines():
+            fields = line.split("\t")
+            if len(fields) < 7 or len(fields[3]) < 2:
+                continue
+            name, arch, version, abbrev, priority, section, source = fields[:7]
+            state = abbrev[1]
+            if state in _BROKEN_STATES or (len(abbrev) > 2 and abbrev[2] == "R"):
+                broken.append(
+                    {
+                        "name": name,
+                        "arch": arch,
+                        "version": version,
+                        "state": _BROKEN_STATES.get(state, "reinstall-required"),
+                    }
+                )
+            if state not in _INSTALLED_STATES:
+                continue
+            pkg = {
+                "name": name,
+                "arch": arch,
+                "version": version,
+                "priority": priority or None,
+                "section": section or None,
+                "sourcePackage": (source.split(" ")[0] if source else name),
+                "installedTime": _installed_time(info, name, arch),
+            }  # type: Dict[str, object]
+            installed.append(pkg)
+        return installed, broken
+
+    def _package_files(self) -> Dict[str, PackageFile]:
+        result = self.apt_cache("policy")
+        if result.rc != 0:
+            raise CommandFailed("apt-cache policy failed: " + _last_error(result))
+        return parse_package_files(result.stdout)
+
+    def _policy(self, names: List[str]) -> Dict[str, PolicyEntry]:
+        entries = {}  # type: Dict[str, PolicyEntry]
+        for chunk in _chunks(names, 2000):
+            result = self.apt_cache("policy", *chunk)
+            if result.rc != 0:
+                raise CommandFailed("apt-cache policy failed: " + _last_error(result))
+            entries.update(parse_policy(result.stdout))
+        return entries
+
+    def _show(
+        self, versions: Set[Tuple[str, str, str]], native: str
+    ) -> Dict[Tuple[str, str], Dict[str, str]]:
+        if not versions:
+            return {}
+        args = sorted("{}={}".format(_apt_name(n, a, native), v) for n, a, v in versions)
+        out = {}  # type: Dict[Tuple[str, str], Dict[str, str]]
+        for chunk in _chunks(args, 1000):
+            result = self.apt_cache("show", "--no-all-versions", *chunk)
+            for stanza in parse_stanzas(result.stdout):
+                key = (stanza.get("Package", ""), stanza.get("Version", ""))
+                out.setdefault(key, stanza)
+        return out
+
+    # -- dpkg state -------------------------------------------------------------------------
+
+    def interrupted(self) -> List[Dict[str, str]]:
+        """Packages an interrupted dpkg left unfinished (``dpkg --audit`` exits 0 even then, so
+        the status database and the journal are read instead)."""
+        _, broken = self._installed()
+        updates = below(self.root, "/var/lib/dpkg/updates")
+        if not broken and os.path.isdir(updates) and any(f.isdigit() for f in os.listdir(updates)):
+            broken.append({"name": "", "arch": "", "version": "", "state": "journal-pending"})
+        return broken
+
+    def recover(self) -> List[Dict[str, object]]:
+        """Finish what an interrupted dpkg left: replay the journal, configure what is unpacked,
+        and reinstall what is half-installed (``dpkg --configure -a`` alone does not fix that)."""
+        broken = self.interrupted()
+        if not broken:
+            return []
+        actions = []  # type: List[Dict[str, object]]
+        result = run([DPKG, *self._dpkg_args(), "--configure", "-a"], self._env, timeout=1800)
+        actions.append({"action": "dpkg --configure -a", "rc": result.rc})
+        still = [b for b in self.interrupted() if b["name"]]
+        # Reinstall the version dpkg was working on, not whatever apt would pick now.
+        reinstall = sorted(
+            {
+                "{}={}".format(b["name"], b["version"])
+                for b in still
+                if b["state"] in ("half-installed", "reinstall-required")
+            }
+        )
+        if reinstall:
+            result = self._locked(
+                self.apt_get, "-y", "--reinstall", "--allow-downgrades", "install", *reinstall
+            )
+            actions.append(
+                {"action": "apt-get install --reinstall", "packages": reinstall, "rc": result.rc}
+            )
+        left = self.interrupted()
+        if left:
+            raise RecoveryFailed(
+                "dpkg was interrupted and could not be repaired: "
+                + ", ".join("{} ({})".format(b["name"] or "journal", b["state"]) for b in left)
+                + "; repair the machine by hand (dpkg --configure -a, apt-get install --reinstall)",
+                {"packages": left, "actions": actions},
+            )
+        return actions
+
+    # -- install ----------------------------------------------------------------------------
+
+    def simulate(self, pins: List[Tuple[str, str, str]], blocked: List[str]) -> "Plan":
+        """What installing ``pins`` would do, refused when it would install a BLOCKed package or
+        remove anything."""
+        result = self.apt_get("-s", "-y", "--no-install-recommends", "install", *_pin_args(pins))
+        if result.rc != 0:
+            raise InstallRefused(
+                "apt cannot install the pins: " + _last_error(result), {"output": _errors(result)}
+            )
+        actions = parse_simulation(result.stdout)
+        removals = [a for a in actions if a["action"] == "Remv"]
+        if removals:
+            raise InstallRefused(
+                "installing the pins would remove " + ", ".join(str(a["name"]) for a in removals),
+                {"removals": removals},
+            )
+        pinned = {p[0] for p in pins}
+        for action in actions:
+            name = str(action["name"])
+            hit = next((b for b in blocked if fnmatch.fnmatchcase(name, b)), None)
+            if hit is not None and action["action"] == "Inst":
+                why = "it is a pin" if name in pinned else "a pin depends on it"
+                raise InstallRefused(
+                    "refusing to install {} ({}): rejected with BLOCK by {!r}".format(
+                        name, why, hit
+                    ),
+                    {"package": name, "rejectedBy": hit},
+                )
+        dependencies = [
+            {"name": str(a["name"]), "version": str(a["version"]), "from": str(a["from"] or "")}
+            for a in actions
+            if a["action"] == "Inst" and a["name"] not in pinned
+        ]
+        return Plan(actions, dependencies)
+
+    def install(self, pins: List[Tuple[str, str, str]]) -> Result:
+        return self._locked(
+            self.apt_get,
+            "-y",
+            "--no-install-recommends",
+            "-o",
+            "Dpkg::Options::=--force-confdef",
+            "-o",
+            "Dpkg::Options::=--force-confold",
+            "install",
+            *_pin_args(pins),
+        )
+
+    def _locked(self, command, *args: str) -> Result:  # type: ignore[no-untyped-def]
+        result = command("-o", "DPkg::Lock::Timeout={}".format(self.lock_timeout), *args)  # type: Result
+        holder = _LOCK_HOLDER.search(result.stdout + result.stderr)
+        if result.rc != 0 and holder and "Could not get lock" in result.stdout + result.stderr:
+            raise PackageManagerBusy(
+                "the dpkg lock is held by process {} ({}); waited {}s; try again when it is "
+                "done".format(holder.group(1), holder.group(2), self.lock_timeout),
+                {"pid": int(holder.group(1)), "command": holder.group(2)},
+            )
+        return result
+
+    def versions_now(self, names: List[str]) -> Dict[Tuple[str, str], Tuple[str, str]]:
+        """(name, arch) -> (version, status abbreviation) for installed packages among ``names``."""
+        installed, broken = self._installed()
+        out = {
+            (str(p["name"]), str(p["arch"])): (str(p["version"]), "ii")
+            for p in installed
+            if p["name"] in names
+        }
+        for b in broken:
+            if b["name"] in names:
+                out[(b["name"], b["arch"])] = (b["version"], b["state"])
+        return out
+
+    def reboot_pending(self) -> List[str]:
+        return reboot_required(self.root)
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def parse_package_files(text: str) -> Dict[str, PackageFile]:
+    """``apt-cache policy`` (no arguments): package file key -> its Release fields."""
+    files = {}  # type: Dict[str, PackageFile]
+    key = None  # type: Optional[str]
+    for line in text.splitlines():
+        stripped = line.strip()
+        head = re.match(r"^ *-?\d+ (.+)$", line)
+        if head and not stripped.startswith(("release", "origin")):
+            key = head.group(1).strip()
+            files[key] = PackageFile("", "", "", "", "", "")
+        elif key and stripped.startswith("release "):
+            fields = dict(
+                f.split("=", 1) for f in stripped[len("release ") :].split(",") if "=" in f
+            )
+            files[key] = files[key]._replace(
+                origin=fields.get("o", ""),
+                label=fields.get("l", ""),
+                suite=fields.get("a", ""),
+                codename=fields.get("n", ""),
+                component=fields.get("c", ""),
+            )
+        elif key and stripped.startswith("origin "):
+            files[key] = files[key]._replace(site=stripped[len("origin ") :].strip())
+        elif not line.startswith(" "):
+            key = None
+    return files
+
+
+def parse_policy(text: str) -> Dict[str, PolicyEntry]:
+    """``apt-cache policy NAME...``: name -> installed, candidate and every version's files."""
+    entries = {}  # type: Dict[str, PolicyEntry]
+    name = None  # type: Optional[str]
+    installed = candidate = None  # type: Optional[str]
+    versions = []  # type: List[VersionInfo]
+
+    def flush() -> None:
+        if name is not None:
+            entries[name] = PolicyEntry(installed, candidate, list(versions))
+
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            flush()
+            name, installed, candidate, versions = line[:-1], None, None, []
+            continue
+        stripped = line.strip()
+        if stripped.startswith("Installed:"):
+            installed = _none(stripped.split(":", 1)[1].strip())
+        elif stripped.startswith("Candidate:"):
+            candidate = _none(stripped.split(":", 1)[1].strip())
+        elif stripped.startswith("Version table:"):
+            continue
+        else:
+            version_line = re.match(r"^ (?:\*\*\*| {3}) (\S+) -?\d+$", line)
+            file_line = re.match(r"^ {8}-?\d+ (.+)$", line)
+            if version_line:
+                versions.append(VersionInfo(version_line.group(1), []))
+            elif file_line and versions:
+                versions[-1].files.append(file_line.group(1).strip())
+    flush()
+    return entries
+
+
+def parse_stanzas(text: str) -> Iterator[Dict[str, str]]:
+    """deb822 stanzas (``apt-cache show``) as dicts; continuation lines are kept."""
+    stanza = {}  # type: Dict[str, str]
+    last = None  # type: Optional[str]
+    for line in text.splitlines():
+        if not line.strip():
+            if stanza:
+                yield stanza
+            stanza, last = {}, None
+        elif line[0] in " \t" and last:
+            stanza[last] += "\n" + line.strip()
+        elif ":" in line:
+            last, _, value = line.partition(":")
+            stanza[last] = value.strip()
+    if stanza:
+        yield stanza
+
+
+def parse_simulation(text: str) -> List[Dict[str, object]]:
+    """``apt-get -s`` Inst/Conf/Remv lines."""
+    actions = []  # type: List[Dict[str, object]]
+    pattern = re.compile(
+        r"^(Inst|Conf|Remv) (\S+)(?: \[([^\]]+)\])?(?: \((\S+)(?: ([^\[]*?))?(?: \[(\S+)\])?\))?"
+    )
+    for line in text.splitlines():
+        match = pattern.match(line)
+        if not match:
+            continue
+        action, name, old, new, origins, arch = match.groups()
+        if action == "Conf":
+            continue
+        base, _, qualifier = name.partition(":")
+        actions.append(
+            {
+                "action": action,
+                "name": base,
+                "arch": qualifier or arch or "",
+                "from": old,
+                "version": new,
+                "origins": (origins or "").strip(),
+            }
+        )
+    return actions
+
+
+def dependency_names(stanza: Dict[str, str]) -> List[str]:
+    """Package names from Depends and Pre-Depends (every alternative)."""
+    names = []  # type: List[str]
+    for field in ("Pre-Depends", "Depends"):
+        for clause in stanza.get(field, "").replace("\n", " ").split(","):
+            for alternative in clause.split("|"):
+                name = alternative.strip().split(" ")[0].split(":")[0]
+                if name and name not in names:
+                    names.append(name)
+    return names
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _newer_versions(
+    entry: PolicyEntry, files: Dict[str, PackageFile]
+) -> Iterator[Tuple[VersionInfo, bool]]:
+    """The candidate when it differs from what is installed, and any security version between
+    the two that a newer non-security candidate shadows."""
+    if entry.installed is None or entry.candidate is None or entry.candidate == entry.installed:
+        return
+    names = [v.version for v in entry.versions]
+    if entry.candidate not in names or entry.installed not in names:
+        return
+    candidate_index, installed_index = names.index(entry.candidate), names.index(entry.installed)
+    if candidate_index > installed_index:
+        return  # the table is newest first: the candidate is older (a downgrade pin)
+    candidate = entry.versions[candidate_index]
+    yield candidate, True
+    if is_security([files[k] for k in candidate.files if k in files]):
+        return
+    for info in entry.versions[candidate_index + 1 : installed_index]:
+        if is_security([files[k] for k in info.files if k in files]):
+            yield info, False
+            return
+
+
+def _update(
+    pkg: Dict[str, object],
+    info: VersionInfo,
+    is_candidate: bool,
+    files: Dict[str, PackageFile],
+    stanza: Dict[str, str],
+) -> Dict[str, object]:
+    origins = [files[k] for k in info.files if k in files]
+    update = {
+        "name": pkg["name"],
+        "arch": pkg["arch"],
+        "version": info.version,
+        "installedVersion": pkg["version"],
+        "candidate": is_candidate,
+        "repository": origins[0].suite if origins else None,
+        "origins": [_origin(o) for o in origins],
+        "security": is_security(origins),
+        "priority": stanza.get("Priority") or pkg.get("priority"),
+        "section": stanza.get("Section") or pkg.get("section"),
+        "sourcePackage": (stanza.get("Source") or str(pkg["name"])).split(" ")[0],
+        "requires": dependency_names(stanza),
+    }  # type: Dict[str, object]
+    if update["security"]:
+        update["classification"] = "Security"
+    return _clean(update)
+
+
+def _origin(f: PackageFile) -> Dict[str, str]:
+    return {
+        k: v
+        for k, v in (
+            ("origin", f.origin),
+            ("label", f.label),
+            ("suite", f.suite),
+            ("codename", f.codename),
+            ("site", f.site),
+            ("component", f.component),
+        )
+        if v
+    }
+
+
+def _clean(item: Dict[str, object]) -> Dict[str, object]:
+    return {k: v for k, v in item.items() if v is not None}
+
+
+def _apt_name(name: object, arch: object, native: str) -> str:
+    return str(name) if arch in (native, "all", "", None) else "{}:{}".format(name, arch)
+
+
+def _pin_args(pins: List[Tuple[str, str, str]]) -> List[str]:
+    return ["{}{}={}".format(n, ":" + a if a else "", v) for n, a, v in pins]
+
+
+def _none(value: str) -> Optional[str]:
+    return None if value in ("(none)", "") else value
+
+
+def _installed_time(info_dir: str, name: str, arch: str) -> Optional[str]:
+    # dpkg keeps no install time; its file list is (re)written when the package is unpacked.
+    for candidate in ("{}:{}.list".format(name, arch), "{}.list".format(name)):
+        try:
+            mtime = os.stat(os.path.join(info_dir, candidate)).st_mtime
+        except OSError:
+            continue
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime))
+    return None
+
+
+def _chunks(items: List[str], size: int) -> Iterator[List[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _repository_failures(output: str) -> Iterator[Dict[str, str]]:
+    seen = set()  # type: Set[str]
+    for line in output.splitlines():
+        match = re.match(r"^[WE]: Failed to fetch (\S+)\s+(.*)$", line)
+        if match:
+            repo = re.sub(r"/(dists|pool)/.*$", "", match.group(1))
+            key = repo
+            reason = match.group(2).strip() or "download failed"
+        else:
+            match = re.match(
+                r"^E: The repository '([^']+)' (is not signed|does not have a Release file)", line
+            )
+            if not match:
+                match = re.match(r"^W: GPG error: (\S+) .*?: (.*)$", line)
+            if not match:
+                continue
+            key, reason = match.group(1), match.group(2)
+        if key not in seen:
+            seen.add(key)
+            yield {"repository": key, "reason": reason}
+
+
+def _errors(result: Result) -> List[str]:
+    return [
+        line
+        for line in (result.stdout + "\n" + result.stderr).splitlines()
+        if line.startswith(("E:", "dpkg: error", " ")) and line.strip()
+    ][:40]
+
+
+def _last_error(result: Result) -> str:
+    lines = [
+        line
+        for line in (result.stderr + "\n" + result.stdout).splitlines()
+        if line.startswith("E:")
+    ]
+    if lines:
+        return " ".join(line[2:].strip() for line in lines)
+    text = (result.stderr or result.stdout).strip().splitlines()
+    return text[-1] if text else "exit status {}".format(result.rc)
+
+
+def _write_if_changed(path: str, text: str) -> None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if handle.read() == text:
+                return
+    except OSError:
+        pass
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def dumps(document: object) -> str:
+    return json.dumps(document, indent=2, sort_keys=False)

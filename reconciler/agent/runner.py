@@ -1,0 +1,66 @@
+"""Stage: agent. Running package-manager commands: argv lists, absolute paths, a pinned environment.
+
+Never a shell. Every command gets ``LC_ALL=C.UTF-8`` (stable messages to parse) and
+``DEBIAN_FRONTEND=noninteractive``; callers add what their tool needs (``APT_CONFIG``). A timeout
+kills the whole process group, because maintainer scripts may outlive dpkg and hold our pipes.
+"""
+
+import os
+import signal
+import subprocess
+from typing import Dict, List, NamedTuple, Optional
+
+BASE_ENV = {
+    "LC_ALL": "C.UTF-8",
+    "LANG": "C.UTF-8",
+    "DEBIAN_FRONTEND": "noninteractive",
+    "APT_LISTCHANGES_FRONTEND": "none",
+    "NEEDRESTART_MODE": "l",
+    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+}
+
+
+class Result(NamedTuple):
+    argv: List[str]
+    rc: int
+    stdout: str
+    stderr: str
+
+
+def run(
+    argv: List[str],
+    env: Optional[Dict[str, str]] = None,
+    timeout: float = 600.0,
+    cwd: Optional[str] = None,
+) -> Result:
+    """Run ``argv`` with the pinned environment (plus ``env``) and return its outcome."""
+    full_env = dict(BASE_ENV)
+    for key in ("HOME", "TMPDIR"):
+        if key in os.environ:
+            full_env[key] = os.environ[key]
+    full_env.update(env or {})
+    proc = subprocess.Popen(  # noqa: S603 - argv list with absolute paths, never a shell
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        env=full_env,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid)
+        out, err = proc.communicate()
+        err += "\n[patchwarden] command timed out after {}s and was killed".format(timeout)
+        return Result(argv, 124, out, err)
+    return Result(argv, proc.returncode, out, err)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass

@@ -1,0 +1,98 @@
+"""Stage: dispatch. The ``local`` transport: the agent runs as a subprocess on this machine, for
+the host (``root=None``) or for a system rooted at a directory.
+
+The agent is run with this interpreter (``python -m reconciler.agent``), exactly as it would run
+from its zipapp elsewhere, so what is tested here is what ships. Its JSON output is validated into
+:class:`reconciler.api.inventory.Inventory`; an agent error becomes :class:`AgentFailed`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from reconciler.api.inventory import Inventory
+
+
+class AgentFailed(Exception):
+    """The agent reported an error (or its output could not be read)."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+@dataclass(frozen=True)
+class LocalTransport:
+    """Runs the agent on this machine; ``root`` selects a system rooted at a directory."""
+
+    root: str | None = None
+    timeout: float = 3600.0
+    python: str = field(default=sys.executable)
+
+    def scan(self, *, instance_id: str | None = None, refresh: bool = True) -> Inventory:
+        args = ["scan"]
+        if instance_id:
+            args += ["--instance-id", instance_id]
+        if not refresh:
+            args.append("--no-refresh")
+        document = self._run(args)
+        try:
+            return Inventory.model_validate(document)
+        except ValidationError as exc:
+            raise AgentFailed(
+                "BadInventory", f"the agent's inventory does not match the schema: {exc}"
+            ) from None
+
+    def install(
+        self,
+        pins: Sequence[str],
+        *,
+        blocked: Sequence[str] = (),
+        simulate: bool = False,
+        reboot_option: str = "RebootIfNeeded",
+        allow_reboot: bool = False,
+        lock_timeout: int = 60,
+    ) -> dict[str, Any]:
+        args = ["install", "--reboot-option", reboot_option, "--lock-timeout", str(lock_timeout)]
+        for pin in pins:
+            args += ["--pin", pin]
+        for pattern in blocked:
+            args += ["--block", pattern]
+        if simulate:
+            args.append("--simulate")
+        if allow_reboot:
+            args.append("--allow-reboot")
+        return self._run(args)
+
+    def _run(self, args: list[str]) -> dict[str, Any]:
+        argv = [self.python, "-m", "reconciler.agent", *args, "--root", self.root or "/"]
+        try:
+            proc = subprocess.run(  # noqa: S603 - argv list, our own interpreter and module
+                argv, capture_output=True, text=True, timeout=self.timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise AgentFailed(
+                "Timeout", f"the agent did not finish within {self.timeout:.0f}s"
+            ) from None
+        try:
+            document: dict[str, Any] = json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [
+                f"exit {proc.returncode}"
+            ]
+            raise AgentFailed("AgentCrashed", f"the agent printed no result: {tail[0]}") from None
+        error = document.get("error")
+        if error:
+            raise AgentFailed(
+                error.get("code", "AgentError"), error.get("message", ""), error.get("details")
+            )
+        return document

@@ -1,0 +1,159 @@
+"""`patchctl scan` and `patchctl install` end to end: agent -> engine -> output, on real roots."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.aptlab import dpkg_state
+from tests.conftest import needs_apt
+
+pytestmark = needs_apt
+
+BASELINE = """\
+apiVersion: patchwarden.io/v1alpha1
+kind: PatchBaseline
+metadata: {name: debian-prod}
+spec:
+  operatingSystem: DEBIAN
+  approvalRules:
+    - patchFilterGroup:
+        patchFilters: [{key: PRIORITY, values: [Required, Important, Standard, Optional, Extra]}]
+      complianceLevel: HIGH
+  rejectedPatches: [pwtest-telnetd]
+  rejectedPatchesAction: BLOCK
+"""
+
+
+@pytest.fixture
+def baseline_file(tmp_path: Path) -> Path:
+    path = tmp_path / "debian-prod.yaml"
+    path.write_text(BASELINE)
+    return path
+
+
+def patchctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def _states(document: dict) -> dict[str, tuple[str, str]]:  # type: ignore[type-arg]
+    return {p["name"]: (p["state"], p["version"]) for p in document["patches"]}
+
+
+def test_scan_a_root_gives_ssm_states(system_root: Path, baseline_file: Path) -> None:
+    run = patchctl(
+        "scan", "--root", str(system_root), "--baseline", str(baseline_file), "-o", "json"
+    )
+    assert run.returncode == 0, run.stderr
+    document = json.loads(run.stdout)
+    assert (document["instanceId"], document["baseline"], document["operation"]) == (
+        "node-1",
+        "debian-prod",
+        "Scan",
+    )
+    assert _states(document) == {
+        "pwtest-lib": ("MISSING", "1.0-2"),
+        "pwtest-tool": ("MISSING", "2.1-1"),
+        "pwtest-shadow": ("MISSING", "1.0-2"),  # the security version, not the newer 1.1-1
+        "pwtest-fail": ("MISSING", "1.0-2"),
+        "pwtest-kernel": ("MISSING", "1.0-2"),
+        "pwtest-inetd": ("MISSING", "1.0-2"),  # needs pwtest-telnetd, rejected with BLOCK
+        "pwtest-other": ("INSTALLED_OTHER", "1.0-1"),  # 1.1-1 is not a security update
+    }
+    assert document["summary"]["missingCount"] == 6
+    assert str(document["summary"]["complianceSeverity"]) == "HIGH"
+
+
+def test_scan_without_baseline_uses_the_predefined_default(system_root: Path) -> None:
+    run = patchctl("scan", "--root", str(system_root), "--no-refresh", "-o", "yaml")
+    assert run.returncode == 0, run.stderr
+    assert "baseline: aws-debian-default" in run.stdout
+
+
+def test_install_installs_exactly_the_approved_missing_patches(
+    system_root: Path, baseline_file: Path
+) -> None:
+    run = patchctl(
+        "install", "--root", str(system_root), "--baseline", str(baseline_file), "-o", "json"
+    )
+    document = json.loads(run.stdout)
+    assert run.returncode == 1, run.stderr  # one patch failed
+    assert document["operation"] == "Install"
+    assert _states(document) == {
+        "pwtest-lib": ("INSTALLED", "1.0-2"),
+        "pwtest-tool": ("INSTALLED", "2.1-1"),
+        "pwtest-shadow": ("INSTALLED", "1.0-2"),
+        "pwtest-kernel": ("INSTALLED_PENDING_REBOOT", "1.0-2"),
+        "pwtest-fail": ("FAILED", "1.0-2"),
+        # SSM: an update needing a package rejected with BLOCK is MISSING on Scan, FAILED on Install.
+        "pwtest-inetd": ("FAILED", "1.0-2"),
+        "pwtest-other": ("INSTALLED_OTHER", "1.0-1"),
+    }
+    install = document["install"]
+    assert install["changed"] is True
+    assert {p["name"]: p["result"] for p in install["patches"]} == {
+        "pwtest-lib": "INSTALLED",
+        "pwtest-tool": "INSTALLED",
+        "pwtest-shadow": "INSTALLED",
+        "pwtest-kernel": "INSTALLED",
+        "pwtest-fail": "FAILED",
+    }
+    assert install["reboot"]["required"] is True and install["reboot"]["performed"] is False
+    state = dpkg_state(system_root)
+    assert "pwtest-telnetd" not in state  # BLOCKed: never installed, not even as a dependency
+    assert state["pwtest-other"][0] == "1.0-1"
+    assert state["pwtest-inetd"][0] == "1.0-1"
+
+
+def test_install_simulate_changes_nothing(system_root: Path, baseline_file: Path) -> None:
+    before = (system_root / "var/lib/dpkg/status").read_text()
+    run = patchctl(
+        "install",
+        "--root",
+        str(system_root),
+        "--baseline",
+        str(baseline_file),
+        "--simulate",
+        "-o",
+        "json",
+    )
+    assert run.returncode == 0, run.stderr
+    install = json.loads(run.stdout)["install"]
+    assert install["simulate"] is True and install["changed"] is False
+    assert {p["result"] for p in install["patches"]} == {"WOULD_INSTALL"}
+    assert (system_root / "var/lib/dpkg/status").read_text() == before
+
+
+def test_scan_of_a_broken_repository_is_an_error_not_a_compliant_result(
+    tmp_path: Path, apt_repo
+) -> None:  # type: ignore[no-untyped-def]
+    from tests.aptlab import make_root
+    from tests.conftest import INSTALLED
+
+    root = make_root(tmp_path / "r", "http://127.0.0.1:9", ["stable"], installed=INSTALLED)
+    run = patchctl("scan", "--root", str(root), "-o", "json")
+    assert run.returncode == 1
+    assert run.stdout == ""
+    assert "RepositoryError" in run.stderr and "http://127.0.0.1:9" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_table_output_for_people(system_root: Path, baseline_file: Path) -> None:
+    run = patchctl(
+        "scan",
+        "--root",
+        str(system_root),
+        "--baseline",
+        str(baseline_file),
+        "--no-refresh",
+        "-o",
+        "table",
+    )
+    assert run.returncode == 0
+    assert "NON_COMPLIANT" in run.stdout and "pwtest-inetd" in run.stdout
