@@ -605,7 +605,7 @@ ERRORS = [
         ),
     ),
     Edit(
-        "RHEL severity on SUSE-only vocabulary",
+        "a severity is not an APT priority",
         UBUNTU,
         "values: [Required, Important]",
         "values: [Required, Critical]",
@@ -985,6 +985,12 @@ BOUNDARIES = [
         AL2023,
         "approvedPatches: [CVE-2024-1234]",
         "approvedPatches: " + ids(50, "CVE-2024-{}0000"),
+    ),
+    Edit(
+        "numeric Bugzilla id (a YAML integer)",
+        AL2023,
+        "approvedPatches: [CVE-2024-1234]",
+        "approvedPatches: [1234567, RHSA-2024:1234, ALAS2023-2024-123]",
     ),
     Edit("filter values are case-insensitive", AL2023, "[Security]", "[security]"),
     Edit("wildcard value", AL2023, "values: [Critical, Important]", "values: ['*']"),

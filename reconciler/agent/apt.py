@@ -24,7 +24,7 @@ from reconciler.agent.errors import (
     RepositoryError,
 )
 from reconciler.agent.facts import below, reboot_required
-from reconciler.agent.runner import Result, run
+from reconciler.agent.runner import Result, Running, run
 
 APT_GET = "/usr/bin/apt-get"
 APT_CACHE = "/usr/bin/apt-cache"
@@ -130,6 +130,8 @@ class Apt:
         self.http_timeout = http_timeout
         self.unprivileged = os.geteuid() != 0
         self._env = {}  # type: Dict[str, str]
+        self._arch = None  # type: Optional[str]
+        self.read_only = False
         self._options = [
             "-o",
             "Acquire::Retries=0",
@@ -194,19 +196,31 @@ class Apt:
         self._env = {"APT_CONFIG": path, "TMPDIR": tmp, "HOME": self.state_dir}
 
     def _prepare_private_state(self, base: Optional[str]) -> None:
-        # A read-only scan of the host: the host's configuration and status, private lists and
-        # cache, so the host's own package lists are never rewritten.
-        base = base or os.path.join(os.path.expanduser("~"), ".cache", "patchwarden", "apt")
-        for sub in ("lists/partial", "cache/archives/partial"):
+        # A read-only scan of the host: the host's configuration and status, but private lists
+        # and cache, and none of the host's hooks (an update would otherwise notify PackageKit or
+        # refresh the host's AppStream cache). apt reads APT_CONFIG before its parts directory,
+        # so the parts are included here, the hooks cleared, and the parts directory emptied.
+        base = os.path.abspath(base or os.path.join(os.path.expanduser("~"), ".cache", "patchwarden", "apt"))
+        for sub in ("lists/partial", "cache/archives/partial", "empty-parts"):
             os.makedirs(os.path.join(base, sub), exist_ok=True)
-        self._options += [
-            "-o",
-            "Dir::State::Lists={}/lists/".format(base),
-            "-o",
-            "Dir::Cache={}/cache/".format(base),
-            "-o",
-            "Debug::NoLocking=1",
-        ]
+        config = "\n".join([
+            '#include "/etc/apt/apt.conf.d/";',
+            "#clear APT::Update::Post-Invoke-Success;",
+            "#clear APT::Update::Post-Invoke;",
+            "#clear APT::Update::Pre-Invoke;",
+            "#clear DPkg::Pre-Invoke;",
+            "#clear DPkg::Post-Invoke;",
+            "#clear DPkg::Pre-Install-Pkgs;",
+            'Dir::Etc::Parts "{}/empty-parts/";'.format(base),
+            'Dir::State::Lists "{}/lists/";'.format(base),
+            'Dir::Cache "{}/cache/";'.format(base),
+            'Debug::NoLocking "true";',
+            "",
+        ])
+        path = os.path.join(base, "apt.conf")
+        _write_if_changed(path, config)
+        self._env = {"APT_CONFIG": path}
+        self.read_only = True
 
     def _dpkg_args(self) -> List[str]:
         args = [
@@ -228,8 +242,10 @@ class Apt:
     # -- facts ------------------------------------------------------------------------------
 
     def architecture(self) -> str:
-        result = run([DPKG, "--print-architecture"], self._env, timeout=30)
-        return result.stdout.strip() or "amd64"
+        if self._arch is None:
+            result = run([DPKG, "--print-architecture"], self._env, timeout=30)
+            self._arch = result.stdout.strip() or "amd64"
+        return self._arch
 
     # -- refresh ----------------------------------------------------------------------------
 
@@ -256,9 +272,12 @@ class Apt:
         """(installed, updates, broken): the inventory's package lists and packages dpkg left
         in an unfinished state."""
         native = self.architecture()
+        # Read-only queries run side by side: the package files' Release data while dpkg-query
+        # and then the per-package policy run.
+        files_query = Running([APT_CACHE, *self._options, "policy"], self._env)
         installed, broken = self._installed()
-        files = self._package_files()
         policy = self._policy([_apt_name(p["name"], p["arch"], native) for p in installed])
+        files = self._package_files(files_query.result())
         wanted = []  # type: List[Tuple[Dict[str, object], VersionInfo, bool]]
         for pkg in installed:
             entry = policy.get(_apt_name(pkg["name"], pkg["arch"], native))
@@ -312,8 +331,8 @@ class Apt:
                         "state": _BROKEN_STATES.get(state, "reinstall-required"),
                     }
                 )
-            if state not in _INSTALLED_STATES:
-                continue
+            if state not in _INSTALLED_STATES and state not in _BROKEN_STATES:
+                continue  # not installed, or only its configuration files are left
             pkg = {
                 "name": name,
                 "arch": arch,
@@ -326,8 +345,7 @@ class Apt:
             installed.append(pkg)
         return installed, broken
 
-    def _package_files(self) -> Dict[str, PackageFile]:
-        result = self.apt_cache("policy")
+    def _package_files(self, result: Result) -> Dict[str, PackageFile]:
         if result.rc != 0:
             raise CommandFailed("apt-cache policy failed: " + _last_error(result))
         return parse_package_files(result.stdout)

@@ -34,12 +34,38 @@ def run(
     cwd: Optional[str] = None,
 ) -> Result:
     """Run ``argv`` with the pinned environment (plus ``env``) and return its outcome."""
+    return Running(argv, env, cwd).result(timeout)
+
+
+class Running:
+    """A started command; ``result()`` waits for it. Lets read-only queries run side by side."""
+
+    def __init__(
+        self, argv: List[str], env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None
+    ):
+        self.argv = argv
+        self.proc = _start(argv, env, cwd)
+
+    def result(self, timeout: float = 600.0) -> Result:
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(self.proc.pid)
+            out, err = self.proc.communicate()
+            err += "\n[patchwarden] command timed out after {}s and was killed".format(timeout)
+            return Result(self.argv, 124, out, err)
+        return Result(self.argv, self.proc.returncode, out, err)
+
+
+def _start(
+    argv: List[str], env: Optional[Dict[str, str]], cwd: Optional[str]
+) -> "subprocess.Popen[str]":
     full_env = dict(BASE_ENV)
     for key in ("HOME", "TMPDIR"):
         if key in os.environ:
             full_env[key] = os.environ[key]
     full_env.update(env or {})
-    proc = subprocess.Popen(  # noqa: S603 - argv list with absolute paths, never a shell
+    return subprocess.Popen(  # noqa: S603 - argv list with absolute paths, never a shell
         argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -49,14 +75,6 @@ def run(
         cwd=cwd,
         start_new_session=True,
     )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc.pid)
-        out, err = proc.communicate()
-        err += "\n[patchwarden] command timed out after {}s and was killed".format(timeout)
-        return Result(argv, 124, out, err)
-    return Result(argv, proc.returncode, out, err)
 
 
 def _kill_group(pid: int) -> None:
