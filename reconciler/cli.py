@@ -328,7 +328,7 @@ def _install(args: argparse.Namespace) -> int:
     else:
         with render.progress("Rescanning"):
             rescanned = transport.scan(instance_id=inventory.instance_id, refresh=False)
-        after = _evaluate_machine(args, _with_failures(rescanned, outcome))
+        after = _evaluate_machine(args, _with_failures(rescanned, outcome, before))
     render.installation(after, outcome, _format(args), sys.stdout)
     failed = any(p.get("result") == "FAILED" for p in _patch_outcomes(outcome))
     return EXIT_INVALID if failed else _exit_for([after], args.fail_on_noncompliant)
@@ -371,14 +371,18 @@ def _patch_outcomes(outcome: dict[str, object]) -> list[dict[str, object]]:
     return [p for p in patches if isinstance(p, dict)] if isinstance(patches, list) else []
 
 
-def _with_failures(inventory: Inventory, outcome: dict[str, object]) -> Inventory:
-    """The rescanned inventory, marked as following an Install, with what could not be installed."""
+def _with_failures(
+    inventory: Inventory, outcome: dict[str, object], before: InstanceEvaluation
+) -> Inventory:
+    """The rescanned inventory, marked as following an Install, with what could not be installed
+    (named with the architecture of the patch it was pinned from)."""
+    arch = {(p.name, p.version): p.arch for p in before.patches}
     failed = [
         FailedPatch(
             name=str(p["name"]),
-            arch=str(p.get("arch") or ""),
+            arch=arch.get((str(p["name"]), str(p["version"])), str(p.get("arch") or "")),
             version=str(p["version"]),
-            reason=str(p.get("message", "")),
+            reason=" ".join(str(p.get(k, "")) for k in ("message", "rollback")).strip(),
         )
         for p in _patch_outcomes(outcome)
         if p.get("result") == "FAILED"

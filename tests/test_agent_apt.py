@@ -302,10 +302,19 @@ def test_host_security_classification_matches_apt_on_the_real_archive(tmp_path: 
         pytest.skip(f"the Debian archive is not reachable here: {exc.message}")
     ours = {u["name"] for u in document["updates"] if u["security"] and u["candidate"]}
     env = {**os.environ, "APT_CONFIG": str(state / "apt.conf"), "LC_ALL": "C.UTF-8"}
-    simulated = subprocess.run(["/usr/bin/apt-get", "-s", "dist-upgrade"], capture_output=True, text=True,
-                               env=env, timeout=300, check=True).stdout
-    theirs = {name for name, origins in _inst_lines(simulated).items()
-              if "-security" in origins or "Debian-Security" in origins}
+    simulated = subprocess.run(
+        ["/usr/bin/apt-get", "-s", "dist-upgrade"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=True,
+    ).stdout
+    theirs = {
+        name
+        for name, origins in _inst_lines(simulated).items()
+        if "-security" in origins or "Debian-Security" in origins
+    }
     upgradable = {u["name"] for u in document["updates"] if u["candidate"]}
     if not theirs:
         pytest.skip("the host has no pending security update: nothing to compare")
@@ -313,13 +322,23 @@ def test_host_security_classification_matches_apt_on_the_real_archive(tmp_path: 
     assert sorted(p.name for p in Path("/var/lib/apt/lists").glob("*")) == host_lists
 
 
-def test_zipapp_scans_a_root_with_nothing_but_the_standard_library(tmp_path: Path, system_root: Path) -> None:
+def test_zipapp_scans_a_root_with_nothing_but_the_standard_library(
+    tmp_path: Path, system_root: Path
+) -> None:
     pyz = tmp_path / "agent.pyz"
-    subprocess.run([sys.executable, "scripts/build-agent", str(pyz)], check=True, capture_output=True,
-                   cwd=Path(__file__).resolve().parent.parent)
+    subprocess.run(
+        [sys.executable, "scripts/build-agent", str(pyz)],
+        check=True,
+        capture_output=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     # -I -S: no site-packages, so nothing but the standard library is importable.
-    run = subprocess.run([sys.executable, "-I", "-S", str(pyz), "scan", "--root", str(system_root), "--no-refresh"],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-I", "-S", str(pyz), "scan", "--root", str(system_root), "--no-refresh"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     from reconciler.api.inventory import Inventory
 

@@ -99,6 +99,9 @@ def install(
     outcome = system.install(pins)
     after = system.versions_now([p[0] for p in pins] + [d["name"] for d in plan.dependencies])
     patches = [_outcome(p, before, after, outcome.stdout + "\n" + outcome.stderr) for p in pins]
+    for pin, patch in zip(pins, patches):
+        if patch["result"] == "FAILED" and str(patch.get("stateAfter", "")).split(" ")[-1] != "ii":
+            patch.update(_roll_back(system, pin, before))
     result["patches"] = patches
     result["changed"] = any(p["changed"] for p in patches) or bool(result["recovery"])
     result["reboot"] = _reboot(system, reboot_option, allow_reboot, bool(result["changed"]))
@@ -108,6 +111,31 @@ def install(
 
 Pin = Tuple[str, str, str]
 Versions = Dict[Tuple[str, str], Tuple[str, str]]
+
+
+def _roll_back(system: Apt, pin: Pin, before: Versions) -> Dict[str, object]:
+    """Put back the version that was installed before a failed upgrade, so the machine is not
+    left with a half-configured package that makes every later apt run fail."""
+    name, arch, _ = pin
+    was = _lookup(before, name, arch)
+    if was is None:
+        return {"rolledBack": False, "rollback": "nothing to restore: it was not installed before"}
+    done = system.downgrade(name, arch, was[0])
+    now = _lookup(system.versions_now([name]), name, arch)
+    if done.rc == 0 and now is not None and now == (was[0], "ii"):
+        return {
+            "rolledBack": True,
+            "stateAfter": "{} ii".format(was[0]),
+            "rollback": "restored {} {}".format(name, was[0]),
+        }
+    state = "{} {}".format(*now) if now else "absent"
+    return {
+        "rolledBack": False,
+        "stateAfter": state,
+        "rollback": "could not restore {} {}: the package is left {}; repair it by hand".format(
+            name, was[0], state
+        ),
+    }
 
 
 def _planned(pin: Pin, before: Versions) -> Dict[str, object]:

@@ -200,23 +200,27 @@ class Apt:
         # and cache, and none of the host's hooks (an update would otherwise notify PackageKit or
         # refresh the host's AppStream cache). apt reads APT_CONFIG before its parts directory,
         # so the parts are included here, the hooks cleared, and the parts directory emptied.
-        base = os.path.abspath(base or os.path.join(os.path.expanduser("~"), ".cache", "patchwarden", "apt"))
+        base = os.path.abspath(
+            base or os.path.join(os.path.expanduser("~"), ".cache", "patchwarden", "apt")
+        )
         for sub in ("lists/partial", "cache/archives/partial", "empty-parts"):
             os.makedirs(os.path.join(base, sub), exist_ok=True)
-        config = "\n".join([
-            '#include "/etc/apt/apt.conf.d/";',
-            "#clear APT::Update::Post-Invoke-Success;",
-            "#clear APT::Update::Post-Invoke;",
-            "#clear APT::Update::Pre-Invoke;",
-            "#clear DPkg::Pre-Invoke;",
-            "#clear DPkg::Post-Invoke;",
-            "#clear DPkg::Pre-Install-Pkgs;",
-            'Dir::Etc::Parts "{}/empty-parts/";'.format(base),
-            'Dir::State::Lists "{}/lists/";'.format(base),
-            'Dir::Cache "{}/cache/";'.format(base),
-            'Debug::NoLocking "true";',
-            "",
-        ])
+        config = "\n".join(
+            [
+                '#include "/etc/apt/apt.conf.d/";',
+                "#clear APT::Update::Post-Invoke-Success;",
+                "#clear APT::Update::Post-Invoke;",
+                "#clear APT::Update::Pre-Invoke;",
+                "#clear DPkg::Pre-Invoke;",
+                "#clear DPkg::Post-Invoke;",
+                "#clear DPkg::Pre-Install-Pkgs;",
+                'Dir::Etc::Parts "{}/empty-parts/";'.format(base),
+                'Dir::State::Lists "{}/lists/";'.format(base),
+                'Dir::Cache "{}/cache/";'.format(base),
+                'Debug::NoLocking "true";',
+                "",
+            ]
+        )
         path = os.path.join(base, "apt.conf")
         _write_if_changed(path, config)
         self._env = {"APT_CONFIG": path}
@@ -454,6 +458,21 @@ class Apt:
             if a["action"] == "Inst" and a["name"] not in pinned
         ]
         return Plan(actions, dependencies)
+
+    def downgrade(self, name: str, arch: str, version: str) -> Result:
+        """Install exactly ``version`` again (a rollback after a failed upgrade)."""
+        return self._locked(
+            self.apt_get,
+            "-y",
+            "--no-install-recommends",
+            "--allow-downgrades",
+            "-o",
+            "Dpkg::Options::=--force-confdef",
+            "-o",
+            "Dpkg::Options::=--force-confold",
+            "install",
+            *_pin_args([(name, arch, version)]),
+        )
 
     def install(self, pins: List[Tuple[str, str, str]]) -> Result:
         return self._locked(
