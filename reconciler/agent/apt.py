@@ -217,6 +217,12 @@ class Apt:
                 'Dir::Etc::Parts "{}/empty-parts/";'.format(base),
                 'Dir::State::Lists "{}/lists/";'.format(base),
                 'Dir::Cache "{}/cache/";'.format(base),
+                # Images often disable apt's binary cache; in our private cache it saves every
+                # apt-cache call from re-reading all package lists.
+                'Dir::Cache::pkgcache "pkgcache.bin";',
+                'Dir::Cache::srcpkgcache "srcpkgcache.bin";',
+                # ... and compressed lists make every record lookup (apt-cache show) decompress.
+                'Acquire::GzipIndexes "false";',
                 'Debug::NoLocking "true";',
                 "",
             ]
