@@ -6,15 +6,23 @@ rejectedPatches (rejection always wins); when several versions of a package are 
 wins. A decision depends on the baseline and the package version, not on the instance, so a
 :class:`Decider` caches decisions and is shared across a fleet (:class:`DecisionCache`).
 
+Speed (docs/benchmarks.md): a fleet reports the same package versions over and over, so a Decider
+also caches, per package-version object, the finished result rows and their share of the counts
+(:class:`_UpdateEntry`, :class:`_InstalledEntry`). Evaluating one more instance is then mostly
+looking its packages up: only what depends on the instance (which update wins, failures, pending
+reboots) is worked out per instance, and the counts are one ``sum`` of packed integers.
+
 Pure: no I/O, and the clock is an argument. May import ``reconciler.api`` only.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from operator import attrgetter
+from typing import TypeVar
 
 from reconciler.api.enums import (
     COMPLIANCE_LEVEL_ORDER,
@@ -41,6 +49,7 @@ from reconciler.evaluation.matching import (
     IdMatcher,
     compile_filter,
     compile_id,
+    package_names,
     properties,
     release_day,
     utc_day,
@@ -56,6 +65,8 @@ from reconciler.evaluation.results import (
 from reconciler.evaluation.versions import comparator
 
 _SECURITY_CLASSIFICATIONS = frozenset({"security", "securityupdates", "criticalupdates"})
+_P = TypeVar("_P", bound=PackageFacts)
+_E = TypeVar("_E")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +109,23 @@ class Decider:
         self._approved_non_security = spec.approved_patches_enable_non_security
         self._cache: dict[PackageFacts, Approval] = {}
         self._blocked_names: dict[str, str | None] = {}
+        asu = spec.available_security_updates_compliance_status
+        self.asu = asu is not None
+        self.asu_non_compliant = asu is ComplianceStatus.NON_COMPLIANT
+        self._compare = comparator(self.family)
+        self._newer: dict[tuple[str, str], bool] = {}
+        # Finished rows per package version. The identity maps (id(obj) -> entry) are the fast
+        # path: a fleet's inventories repeat the same versions, and identity needs no hashing of a
+        # 25-field model. The value maps share the work between equal objects (inventories parsed
+        # one by one). _pinned keeps each id() key's object alive, so that no id is reused.
+        self._update_ids: dict[int, _UpdateEntry] = {}
+        self._installed_ids: dict[int, _InstalledEntry] = {}
+        self._update_values: dict[AvailableUpdate, _UpdateEntry] = {}
+        self._installed_values: dict[InstalledPackage, _InstalledEntry] = {}
+        self._pinned: list[PackageFacts] = []
+        # One small object per (name, arch): the key of "which update wins" and of "an update row
+        # reports this installed package", hashed by identity rather than by two strings.
+        self._packages: dict[tuple[str, str], object] = {}
 
     # -- one package version ------------------------------------------------------------------
 
@@ -226,9 +254,167 @@ class Decider:
                 return name
         return None
 
+    # -- finished rows, per package-version object ----------------------------------------------
+
+    def select(
+        self, updates: Sequence[AvailableUpdate]
+    ) -> tuple[dict[object, _UpdateEntry], list[_UpdateEntry]]:
+        """The latest approved update per package (name, arch), and the updates not approved, in
+        order."""
+        chosen: dict[object, _UpdateEntry] = {}
+        passed_over: list[_UpdateEntry] = []
+        for entry in self._entries(updates, self._update_ids, self._update_entry):
+            if not entry.approved:
+                passed_over.append(entry)
+                continue
+            best = chosen.get(entry.package)
+            if best is None or self._is_newer(entry.version, best.version):
+                chosen[entry.package] = entry  # the latest approved version wins
+        return chosen, passed_over
+
+    def installed_entries(self, installed: Sequence[InstalledPackage]) -> list[_InstalledEntry]:
+        """Each installed package's entry, in order."""
+        return self._entries(installed, self._installed_ids, self._installed_entry)
+
+    @staticmethod
+    def _entries(
+        packages: Sequence[_P], by_id: dict[int, _E], make: Callable[[_P], _E]
+    ) -> list[_E]:
+        try:  # map() keeps the common case (every object seen before) out of the interpreter loop
+            return list(map(by_id.__getitem__, map(id, packages)))
+        except KeyError:
+            return [by_id.get(id(pkg)) or make(pkg) for pkg in packages]
+
+    def _update_entry(self, update: AvailableUpdate) -> _UpdateEntry:
+        entry = self._update_values.get(update)
+        if entry is None:
+            entry = self._update_values[update] = _UpdateEntry.of(self, update)
+        self._pin(update)
+        self._update_ids[id(update)] = entry
+        return entry
+
+    def _installed_entry(self, pkg: InstalledPackage) -> _InstalledEntry:
+        entry = self._installed_values.get(pkg)
+        if entry is None:
+            entry = self._installed_values[pkg] = _InstalledEntry.of(self, pkg)
+        self._pin(pkg)
+        self._installed_ids[id(pkg)] = entry
+        return entry
+
+    def _pin(self, pkg: PackageFacts) -> None:
+        """Keep ``pkg`` (an id() key) alive; forget the identity maps when they outgrow the values
+        many times over, as they do when equal versions arrive as distinct objects."""
+        values = len(self._update_values) + len(self._installed_values)
+        if len(self._pinned) >= max(_IDENTITY_MIN, 4 * values):
+            self._update_ids.clear()
+            self._installed_ids.clear()
+            self._pinned.clear()
+        self._pinned.append(pkg)
+
+    def package(self, name: str, arch: str) -> object:
+        """The key standing for package (name, arch)."""
+        return self._packages.setdefault((name, arch), object())
+
+    def _is_newer(self, version: str, than: str) -> bool:
+        key = (version, than)
+        found = self._newer.get(key)
+        if found is None:
+            found = self._newer[key] = self._compare(version, than) > 0
+        return found
+
+
+_IDENTITY_MIN = 1 << 16  # identity-map entries a Decider may always keep
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _UpdateEntry:
+    """One available update as one Decider sees it: its decision and its finished rows."""
+
+    update: AvailableUpdate  # one of the equal objects that share this entry
+    package: object  # Decider.package(name, arch)
+    version: str
+    approval: Approval
+    approved: bool
+    scan_row: PatchResult | None  # approved: its row on a Scan, when no install failed
+    scan_weight: int
+    install_row: PatchResult | None  # the same on an Install
+    install_weight: int
+    not_approved: NotApproved | None  # not approved: what explain lists
+    asu_row: PatchResult | None  # a security update not approved, when the baseline reports those
+    asu_weight: int
+
+    @classmethod
+    def of(cls, decider: Decider, update: AvailableUpdate) -> _UpdateEntry:
+        approval = decider._decide(update)  # cached as this entry (decide() would hash again)
+        scan = install = asu = None
+        not_approved = None
+        blocked = approval.approved and decider.blocked_dependency(update) is not None
+        if approval.approved:
+            scan = _update_row(decider, update, approval, {}, False)
+            # Only a blocked update's row depends on the operation.
+            install = _update_row(decider, update, approval, {}, True) if blocked else scan
+        else:
+            not_approved = NotApproved(update.name, update.arch, update.version, approval.reason)
+            if decider.asu and approval.security and not approval.rejected:
+                state = PatchState.AVAILABLE_SECURITY_UPDATE
+                asu = _row(update, state, approval, approval.reason)
+        return cls(
+            update=update,
+            package=decider.package(update.name, update.arch),
+            version=update.version,
+            approval=approval,
+            approved=approval.approved,
+            scan_row=scan,
+            scan_weight=_weight(scan, False),
+            install_row=install,
+            install_weight=_weight(install, False),
+            not_approved=not_approved,
+            asu_row=asu,
+            asu_weight=_weight(asu, decider.asu_non_compliant),
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _InstalledEntry:
+    """One installed package as one Decider sees it: its decision and its finished rows."""
+
+    package: object  # Decider.package(name, arch)
+    name: str
+    row: PatchResult  # its row unless the machine awaits a reboot because of it
+    weight: int
+    pending_row: PatchResult | None  # approved: its row when the machine awaits that reboot
+    pending_weight: int
+    installed_at: datetime | None  # UTC
+
+    @classmethod
+    def of(cls, decider: Decider, pkg: InstalledPackage) -> _InstalledEntry:
+        approval = decider._decide(pkg)  # cached as this entry (decide() would hash again)
+        pending = None
+        if approval.rejected:
+            state = PatchState.INSTALLED_REJECTED if decider.block else PatchState.INSTALLED_OTHER
+        elif not approval.approved:
+            state = PatchState.INSTALLED_OTHER
+        else:
+            state = PatchState.INSTALLED
+            why = f"{approval.reason}; installed, the machine needs a reboot to use it"
+            pending = _row(pkg, PatchState.INSTALLED_PENDING_REBOOT, approval, why)
+        row = _row(pkg, state, approval, approval.reason)
+        return cls(
+            package=decider.package(pkg.name, pkg.arch),
+            name=pkg.name,
+            row=row,
+            weight=_weight(row, False),
+            pending_row=pending,
+            pending_weight=_weight(pending, False),
+            installed_at=None if pkg.installed_time is None else _utc(pkg.installed_time),
+        )
+
 
 def _first(matchers: tuple[IdMatcher, ...], pkg: PackageFacts, family: Family) -> IdMatcher | None:
-    return next((m for m in matchers if m.matches(pkg, family)), None)
+    if not matchers:
+        return None
+    names = package_names(pkg, family)  # once for the whole list
+    return next((m for m in matchers if m.matches(pkg, family, names)), None)
 
 
 def _compile_group(
@@ -275,45 +461,18 @@ def evaluate(
 ) -> InstanceEvaluation:
     """Every patch's state on ``inventory``'s machine under ``baseline`` at ``now``."""
     facts = inventory.facts
-    today = utc_day(now)
     product = facts.effective_product()
-    decider = (cache or DecisionCache()).decider(baseline, product, today)
-    compare = comparator(decider.family)
-    install = inventory.operation is Operation.INSTALL
-    failed = {(f.name, f.arch, f.version): f.reason for f in inventory.failed}
-
-    chosen: dict[tuple[str, str], tuple[AvailableUpdate, Approval]] = {}
-    passed_over: list[tuple[AvailableUpdate, Approval]] = []
-    for update in inventory.updates:
-        approval = decider.decide(update)
-        key = (update.name, update.arch)
-        if not approval.approved:
-            passed_over.append((update, approval))
-            continue
-        best = chosen.get(key)
-        if best is None or compare(update.version, best[0].version) > 0:
-            chosen[key] = (update, approval)  # the latest approved version wins
-
-    rows: list[PatchResult] = [
-        _update_row(decider, update, approval, failed, install)
-        for update, approval in chosen.values()
-    ]
-    for pkg in inventory.installed:
-        if (pkg.name, pkg.arch) not in chosen:
-            rows.append(_installed_row(decider, pkg, facts))
-    not_approved = []
-    asu = baseline.spec.available_security_updates_compliance_status
-    seen_asu: set[tuple[str, str]] = set()
-    for update, approval in passed_over:
-        key = (update.name, update.arch)
-        if key in chosen:
-            continue
-        not_approved.append(NotApproved(update.name, update.arch, update.version, approval.reason))
-        if asu is not None and approval.security and not approval.rejected and key not in seen_asu:
-            seen_asu.add(key)
-            rows.append(
-                _row(update, PatchState.AVAILABLE_SECURITY_UPDATE, approval, approval.reason)
-            )
+    decider = (cache or DecisionCache()).decider(baseline, product, utc_day(now))
+    chosen, passed_over = decider.select(inventory.updates)
+    update_rows, weight = _update_rows(decider, chosen.values(), inventory)
+    installed_rows, installed_weight = _installed_rows(decider, inventory.installed, chosen, facts)
+    missed = [entry for entry in passed_over if entry.package not in chosen]
+    asu_rows, asu_weight = _asu_rows(missed) if decider.asu else ([], 0)
+    patches = (*update_rows, *installed_rows, *asu_rows)
+    if len(patches) < _FIELD_LIMIT:
+        summary = _summary(weight + installed_weight + asu_weight, len(patches))
+    else:  # too many rows for the packed counts
+        summary = summarize(patches, asu_non_compliant=decider.asu_non_compliant)
     return InstanceEvaluation(
         instance_id=inventory.instance_id,
         operating_system=str(facts.operating_system),
@@ -321,10 +480,77 @@ def evaluate(
         patch_group=patch_group,
         operation=str(inventory.operation),
         evaluated_at=now,
-        patches=tuple(rows),
-        summary=summarize(rows, asu_non_compliant=asu is ComplianceStatus.NON_COMPLIANT),
-        not_approved=tuple(not_approved),
+        patches=patches,
+        summary=summary,
+        not_approved=tuple(map(_NOT_APPROVED, missed)),  # set on every entry not approved
     )
+
+
+_SCAN_ROW = attrgetter("scan_row")
+_SCAN_WEIGHT = attrgetter("scan_weight")
+_INSTALL_ROW = attrgetter("install_row")
+_INSTALL_WEIGHT = attrgetter("install_weight")
+_ROW = attrgetter("row")
+_WEIGHT = attrgetter("weight")
+_NOT_APPROVED = attrgetter("not_approved")
+
+
+def _update_rows(
+    decider: Decider, chosen: Collection[_UpdateEntry], inventory: Inventory
+) -> tuple[list[PatchResult], int]:
+    """The rows of the updates that won, and their weight."""
+    install = inventory.operation is Operation.INSTALL
+    if inventory.failed:  # the last Install failed somewhere: work the rows out here
+        failed = {(f.name, f.arch, f.version): f.reason for f in inventory.failed}
+        rows = [_update_row(decider, e.update, e.approval, failed, install) for e in chosen]
+        return rows, sum(_weight(row, False) for row in rows)
+    if install:
+        return list(map(_INSTALL_ROW, chosen)), sum(map(_INSTALL_WEIGHT, chosen))
+    return list(map(_SCAN_ROW, chosen)), sum(map(_SCAN_WEIGHT, chosen))
+
+
+def _installed_rows(
+    decider: Decider,
+    installed: Sequence[InstalledPackage],
+    chosen: dict[object, _UpdateEntry],
+    facts: Facts,
+) -> tuple[list[PatchResult], int]:
+    """The rows of the installed packages no update row reports, and their weight."""
+    entries = decider.installed_entries(installed)
+    if chosen:
+        entries = [entry for entry in entries if entry.package not in chosen]
+    rows = list(map(_ROW, entries))
+    weight = sum(map(_WEIGHT, entries))
+    if facts.reboot_required:
+        boot = None if facts.boot_time is None else _utc(facts.boot_time)
+        for index, entry in enumerate(entries):
+            if entry.pending_row is not None and _awaits_reboot(entry, facts, boot):
+                rows[index] = entry.pending_row
+                weight += entry.pending_weight - entry.weight
+    return rows, weight
+
+
+def _awaits_reboot(entry: _InstalledEntry, facts: Facts, boot: datetime | None) -> bool:
+    """On a machine that needs a reboot, whether this package is why: it asked for it, or it was
+    installed after the last boot (``boot``, UTC)."""
+    if entry.name in facts.reboot_required_packages:
+        return True
+    if boot is None or entry.installed_at is None:
+        return False
+    return entry.installed_at > boot
+
+
+def _asu_rows(missed: Iterable[_UpdateEntry]) -> tuple[list[PatchResult], int]:
+    """One AVAILABLE_SECURITY_UPDATE row per package with a security update not approved."""
+    rows: list[PatchResult] = []
+    weight = 0
+    seen: set[object] = set()
+    for entry in missed:
+        if entry.asu_row is not None and entry.package not in seen:
+            seen.add(entry.package)
+            rows.append(entry.asu_row)
+            weight += entry.asu_weight
+    return rows, weight
 
 
 def _update_row(
@@ -354,35 +580,6 @@ def _update_row(
         )
         return _row(update, PatchState.NOT_APPLICABLE, approval, f"{approval.reason}; {why}")
     return _row(update, PatchState.MISSING, approval, approval.reason)
-
-
-def _installed_row(decider: Decider, pkg: InstalledPackage, facts: Facts) -> PatchResult:
-    approval = decider.decide(pkg)
-    if approval.rejected:
-        state = PatchState.INSTALLED_REJECTED if decider.block else PatchState.INSTALLED_OTHER
-        return _row(pkg, state, approval, approval.reason)
-    if not approval.approved:
-        return _row(pkg, PatchState.INSTALLED_OTHER, approval, approval.reason)
-    if _awaits_reboot(pkg, facts):
-        return _row(
-            pkg,
-            PatchState.INSTALLED_PENDING_REBOOT,
-            approval,
-            f"{approval.reason}; installed, the machine needs a reboot to use it",
-        )
-    return _row(pkg, PatchState.INSTALLED, approval, approval.reason)
-
-
-def _awaits_reboot(pkg: InstalledPackage, facts: Facts) -> bool:
-    """The machine needs a reboot and this package is why: it asked for it, or it was installed
-    after the last boot."""
-    if not facts.reboot_required:
-        return False
-    if pkg.name in facts.reboot_required_packages:
-        return True
-    if facts.boot_time is None or pkg.installed_time is None:
-        return False
-    return _utc(pkg.installed_time) > _utc(facts.boot_time)
 
 
 def _utc(moment: datetime) -> datetime:
@@ -444,6 +641,84 @@ def summarize(rows: Iterable[PatchResult], *, asu_non_compliant: bool = False) -
         critical_non_compliant_count=critical,
         security_non_compliant_count=security,
         other_non_compliant_count=other,
+        compliance_status=ComplianceStatus.NON_COMPLIANT
+        if worst is not None
+        else ComplianceStatus.COMPLIANT,
+        compliance_severity=COMPLIANCE_LEVEL_ORDER[worst] if worst is not None else None,
+    )
+
+
+# Counts, packed. Each row's share of its instance's Summary is one int (its weight) made of
+# 15-bit fields, one count each, so that an instance's counts are a sum() of cached ints rather
+# than a loop over its rows. INSTALLED_OTHER, the commonest state, has no field (it is the rows
+# left over) and weighs 0; the fields an installed row needs come first, so that the installed
+# rows' weights sum in a machine word, sum()'s fast path. An instance with _FIELD_LIMIT rows or
+# more is counted by summarize() instead.
+_BITS = 15
+_FIELD_LIMIT = 1 << _BITS
+_STATE_FIELD: dict[PatchState, int | None] = {
+    PatchState.INSTALLED: 0,
+    PatchState.INSTALLED_REJECTED: 1,
+    PatchState.INSTALLED_OTHER: None,
+    PatchState.INSTALLED_PENDING_REBOOT: 4,
+    PatchState.MISSING: 5,
+    PatchState.FAILED: 6,
+    PatchState.NOT_APPLICABLE: 7,
+    PatchState.AVAILABLE_SECURITY_UPDATE: 8,
+}
+_SECURITY_FIELD = 2  # violations that are security updates
+_LEVEL_FIELD: dict[ComplianceLevel, int] = {  # violations per compliance level
+    ComplianceLevel.UNSPECIFIED: 3,  # (the level of every INSTALLED_REJECTED row)
+    ComplianceLevel.CRITICAL: 9,
+    ComplianceLevel.HIGH: 10,
+    ComplianceLevel.MEDIUM: 11,
+    ComplianceLevel.LOW: 12,
+    ComplianceLevel.INFORMATIONAL: 13,
+}
+_CRITICAL_SECURITY_FIELD = 14  # violations both CRITICAL and security (counted once as "other")
+_FIELDS = 15
+
+
+def _weight(row: PatchResult | None, asu_non_compliant: bool) -> int:
+    """``row``'s share of the counts (0 for no row): 1 in each field it counts in."""
+    if row is None:
+        return 0
+    fields = [_STATE_FIELD[row.state]]
+    if row.state in NON_COMPLIANT_STATES or (
+        asu_non_compliant and row.state is PatchState.AVAILABLE_SECURITY_UPDATE
+    ):
+        fields.append(_LEVEL_FIELD[row.compliance_level])
+        if row.security:
+            fields.append(_SECURITY_FIELD)
+            if row.compliance_level is ComplianceLevel.CRITICAL:
+                fields.append(_CRITICAL_SECURITY_FIELD)
+    return sum(1 << (field * _BITS) for field in fields if field is not None)
+
+
+def _summary(weight: int, rows: int) -> Summary:
+    """The Summary of ``rows`` rows (fewer than _FIELD_LIMIT) whose weights sum to ``weight``;
+    the same as summarize() over those rows."""
+    count = [(weight >> (field * _BITS)) & (_FIELD_LIMIT - 1) for field in range(_FIELDS)]
+    states = {state: count[f] for state, f in _STATE_FIELD.items() if f is not None}
+    by_level = [count[_LEVEL_FIELD[level]] for level in COMPLIANCE_LEVEL_ORDER]
+    worst = next((index for index, n in enumerate(by_level) if n), None)
+    critical = count[_LEVEL_FIELD[ComplianceLevel.CRITICAL]]
+    security = count[_SECURITY_FIELD]
+    return Summary(
+        installed_count=states[PatchState.INSTALLED],
+        installed_other_count=rows - sum(states.values()),
+        installed_pending_reboot_count=states[PatchState.INSTALLED_PENDING_REBOOT],
+        installed_rejected_count=states[PatchState.INSTALLED_REJECTED],
+        missing_count=states[PatchState.MISSING],
+        failed_count=states[PatchState.FAILED],
+        not_applicable_count=states[PatchState.NOT_APPLICABLE],
+        available_security_update_count=states[PatchState.AVAILABLE_SECURITY_UPDATE],
+        critical_non_compliant_count=critical,
+        security_non_compliant_count=security,
+        other_non_compliant_count=sum(by_level)
+        - critical
+        - security
+        + count[_CRITICAL_SECURITY_FIELD],
         compliance_status=ComplianceStatus.NON_COMPLIANT
         if worst is not None
         else ComplianceStatus.COMPLIANT,

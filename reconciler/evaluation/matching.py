@@ -112,7 +112,11 @@ class IdMatcher:
     kind: str  # "name", "cve", "bugzilla", "advisory", "kb"
     pattern: re.Pattern[str]
 
-    def matches(self, pkg: PackageFacts, family: Family) -> bool:
+    def matches(
+        self, pkg: PackageFacts, family: Family, names: tuple[str, ...] | None = None
+    ) -> bool:
+        """Whether the id names ``pkg``; ``names`` saves working out package_names(pkg, family)
+        again for every id of a list."""
         if self.kind == "cve":
             return any(self.pattern.match(c) for c in pkg.cves)
         if self.kind == "bugzilla":
@@ -121,7 +125,9 @@ class IdMatcher:
             return any(self.pattern.match(a) for a in pkg.advisory_ids)
         if self.kind == "kb":
             return any(self.pattern.match(x) for x in (pkg.kb_id, pkg.name, *pkg.advisory_ids) if x)
-        return any(self.pattern.match(n) for n in package_names(pkg, family))
+        if names is None:
+            names = package_names(pkg, family)
+        return any(self.pattern.match(n) for n in names)
 
     def matches_name(self, name: str) -> bool:
         """Whether the id names the package ``name`` (for dependencies known by name only)."""
