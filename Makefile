@@ -9,8 +9,11 @@ PATCHCTL := $(VENV)/bin/patchctl
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
+# Debian packages the tests drive for real (apt/dpkg come with the system).
+SYSTEM_PACKAGES ?= git gnupg openssh-server openssh-client
+
 install: ## virtualenv + system and Python packages (idempotent)
-	@scripts/bootstrap
+	@SYSTEM_PACKAGES="$(SYSTEM_PACKAGES)" scripts/bootstrap
 
 demo: install ## the main job on the embedded example: evaluate the example fleet's inventories
 	$(PATCHCTL) validate examples/

@@ -450,6 +450,9 @@ class SshConnection(Model):
     """Private key file."""
     known_hosts_file: str | None = None
     """known_hosts file used for strict host-key checking."""
+    root: str | None = None
+    """A system rooted at this directory on the remote machine (chroots, test fleets); omitted
+    for the remote machine itself."""
 
 
 class ManagedInstanceSpec(Model):
