@@ -426,7 +426,7 @@ class LocalConnection(Model):
 
     type: Literal["local"]
     root: str | None = None
-    """Absolute path of a directory holding a whole system; omitted for this host."""
+    """Absolute path of a directory holding a whole system; omitted for the machine itself."""
 
     @field_validator("root")
     @classmethod
@@ -451,8 +451,7 @@ class SshConnection(Model):
     known_hosts_file: str | None = None
     """known_hosts file used for strict host-key checking."""
     root: str | None = None
-    """A system rooted at this directory on the remote machine (chroots, test fleets); omitted
-    for the remote machine itself."""
+    """Absolute path of a directory holding a whole system; omitted for the machine itself."""
 
 
 class ManagedInstanceSpec(Model):
