@@ -9,23 +9,25 @@ traceback).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import traceback
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import yaml
 
 from reconciler import __version__
 from reconciler.api.crd import custom_resource_definitions
-from reconciler.api.enums import ComplianceStatus, Operation, PatchState, RejectedPatchesAction
-from reconciler.api.inventory import FailedPatch, Inventory
+from reconciler.api.enums import ComplianceStatus, RejectedPatchesAction
+from reconciler.api.inventory import Inventory
 from reconciler.api.resources import PatchBaseline
 from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot
 from reconciler.defaults import predefined_baselines
-from reconciler.dispatch import AgentFailed, LocalTransport
+from reconciler.dispatch import AgentFailed, LocalTransport, SshPool, transport_for
+from reconciler.dispatch.outcomes import after_install, architectures, install_failed, pins_for
 from reconciler.evaluation import (
     DecisionCache,
     InstanceEvaluation,
@@ -33,9 +35,19 @@ from reconciler.evaluation import (
     evaluate,
     resolve,
 )
-from reconciler.evaluation.results import PatchResult
+from reconciler.loop import Reconciler, configure_logging, serve
+from reconciler.plan import Settings
 from reconciler.report import render
-from reconciler.sources import read_inventories, read_snapshot
+from reconciler.schedule import describe, openings
+from reconciler.sources import (
+    DirectorySource,
+    GitSource,
+    SignatureVerification,
+    Source,
+    read_inventories,
+    read_snapshot,
+)
+from reconciler.state import StateStore
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_NONCOMPLIANT = 0, 1, 2, 3
 
@@ -150,6 +162,42 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lock-timeout", type=int, default=60, help="seconds to wait for the dpkg lock")
     p.set_defaults(handler=_install)
 
+    p = sub.add_parser("plan", help="what the next reconcile would do now, and why the rest waits")
+    _loop_args(p)
+    p.add_argument("--now", type=_timestamp, default=None, help="plan as of this ISO-8601 time")
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
+    p.set_defaults(handler=_plan)
+
+    p = sub.add_parser(
+        "reconcile", help="run the reconcile loop until nothing more can be done now"
+    )
+    _loop_args(p)
+    p.add_argument(
+        "--once", action="store_true", help="stop when converged or only waiting (the default)"
+    )
+    p.add_argument("--workers", type=int, default=10, help="jobs run at once, at most")
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
+    p.set_defaults(handler=_reconcile)
+
+    p = sub.add_parser(
+        "run", help="the reconcile loop as a service (poll/watch, /healthz, /metrics)"
+    )
+    _loop_args(p)
+    p.add_argument("--workers", type=int, default=10)
+    p.add_argument(
+        "--interval", type=float, default=60.0, help="seconds between passes / Git polls"
+    )
+    p.add_argument("--listen", default="127.0.0.1:9469", help="HOST:PORT for /healthz and /metrics")
+    p.set_defaults(handler=_run)
+
+    p = sub.add_parser("windows", help="the next openings of each maintenance window, per target")
+    p.add_argument("--source", required=True, help="a snapshot directory or Git URL")
+    p.add_argument("--ref", default="main")
+    p.add_argument("--count", type=int, default=3, help="openings to list per window")
+    p.add_argument("--now", type=_timestamp, default=None)
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
+    p.set_defaults(handler=_windows)
+
     p = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the schema")
     p.add_argument("--out", type=Path, default=Path("crds"))
     p.add_argument(
@@ -187,6 +235,36 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-refresh", action="store_true", help="do not refresh package lists first")
     p.add_argument("--fail-on-noncompliant", action="store_true", help="exit 3 when non-compliant")
     _common_evaluation_args(p)
+
+
+def _loop_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--source",
+        required=True,
+        help="a snapshot directory, or a Git URL (file://, git://, https://, ssh://)",
+    )
+    p.add_argument("--ref", default="main", help="Git branch, tag or commit (default main)")
+    p.add_argument("--identity-file", type=Path, help="SSH key for ssh:// Git URLs")
+    p.add_argument("--known-hosts", type=Path, help="known_hosts for ssh:// Git URLs (strict)")
+    verify = p.add_mutually_exclusive_group()
+    verify.add_argument(
+        "--verify-gpg",
+        type=Path,
+        metavar="GNUPGHOME",
+        help="refuse revisions whose head commit is not signed by a key in this keyring",
+    )
+    verify.add_argument(
+        "--verify-ssh",
+        type=Path,
+        metavar="ALLOWED_SIGNERS",
+        help="refuse revisions whose head commit is not SSH-signed by an allowed signer",
+    )
+    p.add_argument(
+        "--state", type=Path, help="the observed-state database (default: the user's state dir)"
+    )
+    p.add_argument(
+        "--stale-after", type=float, default=24.0, help="hours after which a scan is redone"
+    )
 
 
 def _timestamp(text: str) -> datetime:
@@ -302,11 +380,7 @@ def _install(args: argparse.Namespace) -> int:
         inventory = transport.scan(instance_id=args.instance, refresh=not args.no_refresh)
     before = _evaluate_machine(args, inventory)
     baseline = _baseline_of(args, inventory)[0]
-    pins = [
-        _pin(p, inventory.facts.arch)
-        for p in before.patches
-        if p.state is PatchState.MISSING and p.installable
-    ]
+    pins = list(pins_for(before, inventory.facts.arch))
     blocked = (
         list(baseline.spec.rejected_patches)
         if baseline.spec.rejected_patches_action is RejectedPatchesAction.BLOCK
@@ -328,9 +402,9 @@ def _install(args: argparse.Namespace) -> int:
     else:
         with render.progress("Rescanning"):
             rescanned = transport.scan(instance_id=inventory.instance_id, refresh=False)
-        after = _evaluate_machine(args, _with_failures(rescanned, outcome, before))
+        after = _evaluate_machine(args, after_install(rescanned, outcome, architectures(before)))
     render.installation(after, outcome, _format(args), sys.stdout)
-    failed = any(p.get("result") == "FAILED" for p in _patch_outcomes(outcome))
+    failed = install_failed(outcome)
     return EXIT_INVALID if failed else _exit_for([after], args.fail_on_noncompliant)
 
 
@@ -359,44 +433,120 @@ def _baseline_of(
     return resolution.baseline, resolution.group.metadata.name if resolution.group else None
 
 
-def _pin(patch: PatchResult, native_arch: str) -> str:
-    qualified = (
-        patch.name if patch.arch in ("", "all", native_arch) else f"{patch.name}:{patch.arch}"
-    )
-    return f"{qualified}={patch.version}"
-
-
-def _patch_outcomes(outcome: dict[str, object]) -> list[dict[str, object]]:
-    patches = outcome.get("patches", [])
-    return [p for p in patches if isinstance(p, dict)] if isinstance(patches, list) else []
-
-
-def _with_failures(
-    inventory: Inventory, outcome: dict[str, object], before: InstanceEvaluation
-) -> Inventory:
-    """The rescanned inventory, marked as following an Install, with what could not be installed
-    (named with the architecture of the patch it was pinned from)."""
-    arch = {(p.name, p.version): p.arch for p in before.patches}
-    failed = [
-        FailedPatch(
-            name=str(p["name"]),
-            arch=arch.get((str(p["name"]), str(p["version"])), str(p.get("arch") or "")),
-            version=str(p["version"]),
-            reason=" ".join(str(p.get(k, "")) for k in ("message", "rollback")).strip(),
-        )
-        for p in _patch_outcomes(outcome)
-        if p.get("result") == "FAILED"
-    ]
-    return inventory.model_copy(
-        update={"operation": Operation.INSTALL, "failed": (*inventory.failed, *failed)}
-    )
-
-
 def _exit_for(results: list[InstanceEvaluation], fail_on_noncompliant: bool) -> int:
     noncompliant = any(
         r.summary.compliance_status is ComplianceStatus.NON_COMPLIANT for r in results
     )
     return EXIT_NONCOMPLIANT if noncompliant and fail_on_noncompliant else EXIT_OK
+
+
+def _store(args: argparse.Namespace) -> StateStore:
+    return StateStore(args.state or StateStore.default_path())
+
+
+def _source(args: argparse.Namespace, store_path: Path) -> Source:
+    """A directory or a Git URL; Git clones live beside the state database."""
+    text = str(args.source)
+    if "://" not in text:
+        path = Path(text)
+        if not path.is_dir():
+            raise UserError(f"{text}: not a directory (give a directory or a Git URL)")
+        return DirectorySource(path)
+    verify = None
+    if getattr(args, "verify_gpg", None):
+        verify = SignatureVerification("gpg", args.verify_gpg)
+    elif getattr(args, "verify_ssh", None):
+        verify = SignatureVerification("ssh", args.verify_ssh)
+    workdir = (
+        store_path.parent / "git" / hashlib.sha256(f"{text}#{args.ref}".encode()).hexdigest()[:16]
+    )
+    return GitSource(
+        text,
+        ref=args.ref,
+        workdir=workdir,
+        identity_file=getattr(args, "identity_file", None),
+        known_hosts_file=getattr(args, "known_hosts", None),
+        verify=verify,
+    )
+
+
+def _reconciler(args: argparse.Namespace, store: StateStore, pool: SshPool) -> Reconciler:
+    configure_logging()
+    settings = Settings(stale_after=timedelta(hours=args.stale_after))
+    return Reconciler(
+        _source(args, Path(store.path)),
+        store,
+        lambda instance: transport_for(instance.spec.connection, pool=pool),
+        settings=settings,
+        workers=getattr(args, "workers", 10),
+    )
+
+
+def _plan(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        reconciler = _reconciler(args, store, SshPool())
+        if args.now is not None:
+            reconciler.clock = lambda: args.now
+        reconciler.refresh()
+        current = reconciler.plan()
+        if current is None:
+            raise UserError("no valid snapshot: nothing to plan (see the refusal above)")
+        render.plan(current, _format(args), sys.stdout)
+    return EXIT_OK
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    pool = SshPool()
+    with _store(args) as store:
+        reconciler = _reconciler(args, store, pool)
+        reconciler.recover()
+        with render.job_progress() as progress:
+            reconciler.on_job_done = progress
+            summary = reconciler.reconcile(until_idle=True)
+        render.reconcile_summary(summary, store.latest_scans(), _format(args), sys.stdout)
+    pool.close()
+    return EXIT_OK if summary.revision is not None else EXIT_INVALID
+
+
+def _run(args: argparse.Namespace) -> int:
+    host, _, port = args.listen.rpartition(":")
+    pool = SshPool()
+    with _store(args) as store:
+        reconciler = _reconciler(args, store, pool)
+        serve(reconciler, interval=args.interval, host=host or "127.0.0.1", port=int(port))
+    pool.close()
+    return EXIT_OK
+
+
+def _windows(args: argparse.Namespace) -> int:
+    snapshot = read_snapshot(Path(args.source)) if "://" not in args.source else None
+    if snapshot is None:
+        with _store(argparse.Namespace(state=None)) as store:
+            _, snapshot = _source(args, Path(store.path)).snapshot()
+    now = args.now or datetime.now(UTC)
+    rows = []
+    for name in sorted(snapshot.windows):
+        window = snapshot.windows[name]
+        targets = ", ".join(
+            [
+                *window.spec.targets.patch_groups,
+                *(["selector"] if window.spec.targets.selector else []),
+            ]
+        )
+        for opening in openings(window.spec, now, limit=args.count):
+            rows.append(
+                {
+                    "window": name,
+                    "targets": targets,
+                    "start": opening.start.isoformat(),
+                    "end": opening.end.isoformat(),
+                    "cutoff": opening.cutoff_at.isoformat(),
+                    "tasks": ", ".join(f"{t.name} ({t.operation})" for t in window.spec.tasks),
+                    "schedule": describe(window.spec),
+                }
+            )
+    render.windows(rows, _format(args), sys.stdout)
+    return EXIT_OK
 
 
 def _crds(args: argparse.Namespace) -> int:

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 import yaml
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from reconciler.api.enums import PatchState
 from reconciler.evaluation.resolve import Resolution
 from reconciler.evaluation.results import InstanceEvaluation, PatchResult
+from reconciler.plan import Plan
 
 QUIET_STATES = frozenset({PatchState.INSTALLED, PatchState.INSTALLED_OTHER})
 _STATE_STYLE = {
@@ -217,3 +219,174 @@ def installation(
     if reboot.get("required"):
         console.print(f"Reboot: {reboot.get('reason') or 'required'}")
     evaluations([result], fmt, out)
+
+
+def plan(current: Plan, fmt: str, out: IO[str]) -> None:
+    """What the next reconcile would do now, and why every other instance waits."""
+    actions = [
+        {
+            "instance": a.instance,
+            "operation": a.operation,
+            "reason": a.reason,
+            "window": a.window,
+            "task": a.task,
+            "baseline": a.baseline,
+            "pins": list(a.pins),
+        }
+        for a in current.actions
+    ]
+    waits = [
+        {
+            "instance": w.instance,
+            "reason": w.reason,
+            "until": w.until.isoformat() if w.until else None,
+        }
+        for w in current.waits
+    ]
+    if fmt != "table":
+        dump(
+            {
+                "revision": current.revision,
+                "now": current.now.isoformat(),
+                "actions": actions,
+                "waits": waits,
+            },
+            fmt,
+            out,
+        )
+        return
+    console = _console(out)
+    console.print(f"Plan for revision [bold]{current.revision}[/] at {current.now.isoformat()}")
+    table = Table(title="Would start now", title_justify="left")
+    for column in ("Instance", "Operation", "Window / task", "Patches", "Why"):
+        table.add_column(column, overflow="fold")
+    for a in current.actions:
+        table.add_row(
+            a.instance,
+            a.operation,
+            f"{a.window}/{a.task}" if a.window else "-",
+            str(len(a.pins)) if a.pins else "-",
+            a.reason,
+        )
+    console.print(table if current.actions else "Nothing to start now.")
+    if current.waits:
+        table = Table(title="Waiting", title_justify="left")
+        for column in ("Instance", "Why", "Until"):
+            table.add_column(column, overflow="fold")
+        for w in current.waits:
+            table.add_row(w.instance, w.reason, w.until.isoformat() if w.until else "-")
+        console.print(table)
+
+
+@contextlib.contextmanager
+def job_progress() -> Iterator[Callable[[Any], None]]:
+    """A live count of finished jobs on stderr (terminals only); yields the per-job callback."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield lambda job: None
+        return
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True
+    ) as bar:
+        task = bar.add_task("reconciling", total=None)
+        done: dict[str, int] = {}
+
+        def update(job: Any) -> None:
+            key = f"{job.operation} {job.status}"
+            done[key] = done.get(key, 0) + 1
+            bar.update(
+                task,
+                description="reconciling: "
+                + ", ".join(f"{v} {k}" for k, v in sorted(done.items())),
+            )
+
+        yield update
+
+
+def reconcile_summary(summary: Any, scans: Mapping[str, Any], fmt: str, out: IO[str]) -> None:
+    """The end of ``patchctl reconcile``: jobs run, waits, refusals, and compliance per instance."""
+    rows = [_compliance_row(name, record) for name, record in sorted(scans.items())]
+    data = {
+        "revision": summary.revision,
+        "converged": summary.converged,
+        "refused": summary.refused,
+        "jobs": summary.jobs,
+        "waits": [{"instance": i, "reason": r} for i, r in summary.waits],
+        "instances": rows,
+    }
+    if fmt != "table":
+        dump(data, fmt, out)
+        return
+    console = _console(out)
+    jobs = ", ".join(f"{count} {key}" for key, count in sorted(summary.jobs.items())) or "no jobs"
+    console.print(f"Revision {summary.revision or '(none accepted)'}: {jobs}.")
+    for refused in summary.refused:
+        console.print(f"[bold red]Refused[/] {refused}: kept acting on the last good revision.")
+    table = Table(title="Compliance", title_justify="left")
+    for column in (
+        "Instance",
+        "Baseline",
+        "Status",
+        "Severity",
+        "Missing",
+        "Failed",
+        "Pending reboot",
+        "Installed",
+        "Last operation",
+        "Revision",
+    ):
+        table.add_column(column, justify="right" if column in _NUMERIC else "left", overflow="fold")
+    for row in rows:
+        status = row["complianceStatus"]
+        table.add_row(
+            row["instance"],
+            row["baseline"],
+            f"[green]{status}[/]" if status == "COMPLIANT" else f"[bold red]{status}[/]",
+            row["complianceSeverity"] or "-",
+            str(row["missingCount"]),
+            str(row["failedCount"]),
+            str(row["installedPendingRebootCount"]),
+            str(row["installedCount"]),
+            f"{row['operation']} {row['finishedAt']}",
+            row["revision"],
+        )
+    console.print(table)
+    if summary.waits:
+        console.print("Waiting: " + "; ".join(f"{i}: {r}" for i, r in summary.waits))
+
+
+def _compliance_row(name: str, record: Any) -> dict[str, Any]:
+    summary = record.evaluation.get("summary", {})
+    return {
+        "instance": name,
+        "baseline": record.baseline,
+        "operation": record.operation,
+        "finishedAt": record.finished_at.isoformat(timespec="seconds"),
+        "revision": record.revision,
+        **{
+            k: summary.get(k)
+            for k in (
+                "complianceStatus",
+                "complianceSeverity",
+                "missingCount",
+                "failedCount",
+                "installedPendingRebootCount",
+                "installedCount",
+            )
+        },
+    }
+
+
+def windows(rows: Sequence[Mapping[str, str]], fmt: str, out: IO[str]) -> None:
+    """Upcoming window openings."""
+    if fmt != "table":
+        dump(list(rows), fmt, out)
+        return
+    table = Table(title="Upcoming window openings (UTC)", title_justify="left")
+    for column in ("Window", "Targets", "Opens", "No new task after", "Closes", "Tasks"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            row["window"], row["targets"], row["start"], row["cutoff"], row["end"], row["tasks"]
+        )
+    _console(out).print(table if rows else "No window opens.")

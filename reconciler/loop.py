@@ -1,0 +1,468 @@
+"""Stage: loop. The reconcile loop: level-based, an ordered list of small steps per pass.
+
+Each pass re-reads desired state (the source) and observed state (the store) and runs, in order:
+``refresh`` (a new revision is accepted whole or refused whole; the last good one stays in force),
+``plan`` (pure), ``dispatch`` (jobs claimed by idempotency key, run concurrently on transports),
+``record`` (every result with its provenance). Nothing is edge-triggered: a restart simply
+re-reads both states; jobs a crash left "running" are marked abandoned and their machines
+rescanned, so a snapshot is never installed twice and no result is lost.
+
+The loop is where I/O meets the pure stages; it decides nothing itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import structlog
+
+from reconciler.api.enums import OperatingSystem, Operation
+from reconciler.api.inventory import Inventory
+from reconciler.api.resources import ManagedInstance
+from reconciler.api.snapshot import Snapshot, SnapshotInvalid
+from reconciler.dispatch import AgentFailed
+from reconciler.dispatch.base import Transport
+from reconciler.dispatch.outcomes import after_install, install_failed, pins_for
+from reconciler.evaluation import InstanceEvaluation, evaluate, resolve
+from reconciler.plan import (
+    INSTALL,
+    Action,
+    Observed,
+    ObservedJob,
+    ObservedScan,
+    Plan,
+    Settings,
+    baseline_digest,
+    plan,
+)
+from reconciler.report.metrics import LoopMetrics
+from reconciler.sources.base import Source, SourceError
+from reconciler.state import JobRecord, ScanRecord, StateStore
+
+Clock = Callable[[], datetime]
+TransportFor = Callable[[ManagedInstance], Transport]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class PassSummary:
+    """What one reconcile run did."""
+
+    revision: str | None = None
+    refused: list[str] = field(default_factory=list)
+    jobs: dict[str, int] = field(default_factory=dict)  # "Scan succeeded" -> count
+    waits: list[tuple[str, str]] = field(default_factory=list)
+    converged: bool = False
+
+    def count(self, operation: str, status: str) -> None:
+        key = f"{operation} {status}"
+        self.jobs[key] = self.jobs.get(key, 0) + 1
+
+
+class Reconciler:
+    """Desired state from a source, observed state in a store, jobs on transports."""
+
+    def __init__(
+        self,
+        source: Source,
+        store: StateStore,
+        transport_for: TransportFor,
+        *,
+        settings: Settings = Settings(),  # noqa: B008 - frozen value
+        clock: Clock = utc_now,
+        workers: int = 10,
+        log: Any = None,
+    ) -> None:
+        self.source, self.store, self.transport_for = source, store, transport_for
+        self.settings, self.clock, self.workers = settings, clock, workers
+        self.log = log or structlog.get_logger("patchwarden")
+        self.snapshot: Snapshot | None = None
+        self.revision: str | None = None
+        self.stopping = threading.Event()
+        self.on_job_done: Callable[[JobRecord], None] | None = None
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def refresh(self, summary: PassSummary | None = None) -> None:
+        """Fetch the source; accept the new revision whole or keep the last good one."""
+        try:
+            revision, snapshot = self.source.snapshot()
+        except SnapshotInvalid as exc:
+            self._refuse(
+                getattr(exc, "revision", None) or "unknown", [str(p) for p in exc.problems], summary
+            )
+            return
+        except SourceError as exc:
+            self._refuse(str(getattr(exc, "revision", "") or "unreachable"), [str(exc)], summary)
+            return
+        if str(revision) != self.revision:
+            self.store.record_revision(
+                revision=str(revision), accepted=True, problems=[], now=self.clock()
+            )
+            self.log.info(
+                "snapshot accepted", revision=str(revision), instances=len(snapshot.instances)
+            )
+        self.revision, self.snapshot = str(revision), snapshot
+
+    def _refuse(self, revision: str, problems: list[str], summary: PassSummary | None) -> None:
+        self.store.record_revision(
+            revision=revision, accepted=False, problems=problems, now=self.clock()
+        )
+        self.log.warning(
+            "snapshot refused", refused=revision, keeping=self.revision, problems=problems[:20]
+        )
+        if summary is not None:
+            summary.refused.append(revision)
+
+    def observe(self) -> Observed:
+        scans = {name: _observed_scan(record) for name, record in self.store.latest_scans().items()}
+        jobs = [_observed_job(job) for job in self.store.jobs()]
+        return Observed(scans={k: v for k, v in scans.items() if v is not None}, jobs=jobs)
+
+    def plan(self) -> Plan | None:
+        if self.snapshot is None or self.revision is None:
+            return None
+        return plan(self.snapshot, self.revision, self.observe(), self.clock(), self.settings)
+
+    def recover(self) -> list[JobRecord]:
+        """Jobs a crash left running: mark them abandoned; the planner rescans their machines."""
+        abandoned = self.store.abandon_running_jobs(self.clock())
+        for job in abandoned:
+            self.log.warning(
+                "job left in flight by a previous run",
+                job=job.id,
+                key=job.key,
+                instance=job.instance,
+            )
+        return abandoned
+
+    # -- running ------------------------------------------------------------------------------
+
+    def reconcile(self, *, until_idle: bool = True, max_jobs: int | None = None) -> PassSummary:
+        """Refresh, then plan and dispatch until nothing more can start now (``until_idle``), or
+        one planning round otherwise. Jobs run concurrently; each completion triggers a re-plan,
+        so budgets are refilled as soon as a slot frees."""
+        summary = PassSummary()
+        self.refresh(summary)
+        summary.revision = self.revision
+        started = 0
+        running: dict[Future[JobRecord | None], Action] = {}
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="job") as pool:
+            while not self.stopping.is_set():
+                current = self.plan()
+                fresh = [
+                    a
+                    for a in (current.actions if current else ())
+                    if a.key not in {r.key for r in running.values()}
+                ]
+                for action in fresh:
+                    if max_jobs is not None and started >= max_jobs:
+                        break
+                    if self._claimable(action):
+                        running[pool.submit(self.execute, action)] = action
+                        started += 1
+                if not running:
+                    summary.waits = [
+                        (w.instance, w.reason) for w in (current.waits if current else ())
+                    ]
+                    summary.converged = current is not None and current.idle
+                    break
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in done:
+                    action = running.pop(future)
+                    job = future.result()
+                    if job is not None:
+                        summary.count(action.operation, job.status)
+                if not until_idle and not running:
+                    break
+        return summary
+
+    def _claimable(self, action: Action) -> bool:
+        return self.store.job_by_key(action.key) is None
+
+    def execute(self, action: Action) -> JobRecord | None:
+        """Run one action: claim it (exactly once), run it on the machine, record the result."""
+        assert self.snapshot is not None and self.revision is not None
+        instance = self.snapshot.instances[action.instance]
+        now = self.clock()
+        job = self.store.claim_job(
+            key=action.key,
+            instance=action.instance,
+            operation=action.operation,
+            window=action.window,
+            task=action.task,
+            opening=action.opening,
+            revision=self.revision,
+            payload=asdict(action),
+            now=now,
+        )
+        if job is None:
+            return None  # another pass or process already owns this key
+        log = self.log.bind(
+            instance=action.instance, revision=self.revision, job=job.id, operation=action.operation
+        )
+        log.info("job started", reason=action.reason, window=action.window, pins=len(action.pins))
+        try:
+            transport = self.transport_for(instance)
+            if action.operation == INSTALL:
+                status, result = self._install(instance, action, transport, job, now)
+            else:
+                status, result = self._scan(instance, transport, job, now)
+        except AgentFailed as exc:
+            status, result = "failed", {"error": {"code": exc.code, "message": exc.message}}
+        except Exception as exc:  # a job must always finish; the loop goes on
+            log.exception("job crashed")
+            status, result = "failed", {"error": {"code": type(exc).__name__, "message": str(exc)}}
+        finished = self.store.finish_job(job.id, status=status, result=result, now=self.clock())
+        log.info("job finished", status=status, error=result.get("error"))
+        if self.on_job_done is not None:
+            self.on_job_done(finished)
+        return finished
+
+    def _scan(
+        self, instance: ManagedInstance, transport: Transport, job: JobRecord, started: datetime
+    ) -> tuple[str, dict[str, Any]]:
+        inventory = transport.scan(instance_id=instance.metadata.name, refresh=True)
+        evaluation = self._record(instance, inventory, job, started, Operation.SCAN)
+        return "succeeded", {"summary": evaluation.summary.to_dict()}
+
+    def _install(
+        self,
+        instance: ManagedInstance,
+        action: Action,
+        transport: Transport,
+        job: JobRecord,
+        started: datetime,
+    ) -> tuple[str, dict[str, Any]]:
+        allow_reboot = (
+            instance.spec.connection.type == "ssh" and action.reboot_option == "RebootIfNeeded"
+        )
+        outcome = transport.install(
+            list(action.pins),
+            blocked=action.blocked,
+            reboot_option=action.reboot_option,
+            allow_reboot=allow_reboot,
+        )
+        before = self.store.latest_scan(instance.metadata.name)
+        rescanned = transport.scan(instance_id=instance.metadata.name, refresh=False)
+        arch = {
+            (p["name"], p["version"]): p.get("arch", "")
+            for p in (before.evaluation.get("patches", []) if before else [])
+        }
+        inventory = after_install(rescanned, outcome, arch)
+        evaluation = self._record(instance, inventory, job, started, Operation.INSTALL)
+        status = "failed" if install_failed(outcome) else "succeeded"
+        return status, {
+            "install": {
+                k: outcome.get(k)
+                for k in ("changed", "patches", "dependencies", "recovery", "reboot")
+            },
+            "summary": evaluation.summary.to_dict(),
+        }
+
+    def _record(
+        self,
+        instance: ManagedInstance,
+        inventory: Inventory,
+        job: JobRecord,
+        started: datetime,
+        operation: Operation,
+    ) -> InstanceEvaluation:
+        assert self.snapshot is not None and self.revision is not None
+        resolution = resolve(
+            self.snapshot, instance.metadata.labels, inventory.facts.operating_system
+        )
+        if resolution.baseline is None:
+            raise AgentFailed("NoBaseline", resolution.baseline_reason)
+        group = resolution.group.metadata.name if resolution.group else None
+        inventory = inventory.model_copy(update={"operation": operation})
+        now = self.clock()
+        result = evaluate(resolution.baseline, inventory, now, patch_group=group)
+        evaluation = result.to_dict()
+        evaluation["pins"] = list(pins_for(result, inventory.facts.arch))
+        self.store.record_scan(
+            instance=instance.metadata.name,
+            operation=str(operation),
+            revision=self.revision,
+            baseline=resolution.baseline.metadata.name,
+            baseline_hash=baseline_digest(resolution.baseline),
+            job_id=job.id,
+            started_at=started,
+            finished_at=now,
+            inventory=inventory.model_dump(mode="json", by_alias=True),
+            evaluation=evaluation,
+        )
+        return result
+
+
+def _observed_scan(record: ScanRecord) -> ObservedScan | None:
+    try:
+        os = OperatingSystem(record.inventory["facts"]["operatingSystem"])
+    except (KeyError, ValueError, TypeError):
+        return None
+    summary = record.evaluation.get("summary", {})
+    return ObservedScan(
+        finished_at=record.finished_at,
+        operating_system=os,
+        baseline_hash=record.baseline_hash,
+        pins=tuple(record.evaluation.get("pins", ())),
+        non_compliant=summary.get("complianceStatus") == "NON_COMPLIANT",
+    )
+
+
+def _observed_job(job: JobRecord) -> ObservedJob:
+    return ObservedJob(
+        key=job.key,
+        instance=job.instance,
+        operation=job.operation,
+        status=job.status,
+        created_at=job.created_at,
+        window=job.window,
+        task=job.task,
+        opening=job.opening,
+    )
+
+
+def jobs_summary(jobs: Iterable[JobRecord]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for job in jobs:
+        key = f"{job.operation} {job.status}"
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Running as a service
+
+
+def configure_logging(stream: Any = None) -> None:
+    """JSON lines on stderr, every line with its time and level (revision, instance and job are
+    bound by the loop)."""
+    import logging
+    import sys
+
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def serve(
+    reconciler: Reconciler,
+    *,
+    interval: float,
+    host: str,
+    port: int,
+    metrics: LoopMetrics | None = None,
+    ready: threading.Event | None = None,
+) -> None:
+    """``patchctl run``: reconcile every ``interval`` seconds (and at once when a watched
+    directory changes), serve /healthz and /metrics, stop gracefully on SIGTERM/SIGINT: running
+    jobs finish, nothing new starts."""
+    import signal
+
+    metrics = metrics or LoopMetrics()
+    wake = threading.Event()
+    last_pass: list[float] = [0.0]
+
+    def stop(*_: object) -> None:
+        reconciler.stopping.set()
+        wake.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    reconciler.on_job_done = lambda job: _count_job(metrics, job)
+    server = _http(host, port, metrics, lambda: _healthy(last_pass[0], interval))
+    unwatch = _watch(reconciler.source, wake)
+    if ready is not None:
+        ready.set()
+    reconciler.recover()
+    try:
+        while not reconciler.stopping.is_set():
+            started = time.monotonic()
+            summary = reconciler.reconcile(until_idle=True)
+            metrics.passes.inc()
+            metrics.reconcile_seconds.observe(time.monotonic() - started)
+            for _ in summary.refused:
+                metrics.refusals.inc()
+            metrics.observe_scans(
+                {k: v.evaluation for k, v in reconciler.store.latest_scans().items()}
+            )
+            if summary.revision is not None:
+                metrics.last_success.set_to_current_time()
+                last_pass[0] = time.time()
+            wake.wait(interval)
+            wake.clear()
+    finally:
+        unwatch()
+        server.shutdown()
+        server.server_close()
+        reconciler.log.info("stopped")
+
+
+def _count_job(metrics: LoopMetrics, job: JobRecord) -> None:
+    metrics.jobs.labels(operation=job.operation, status=job.status).inc()
+    if job.finished_at is not None:
+        metrics.job_seconds.labels(operation=job.operation).observe(
+            (job.finished_at - job.created_at).total_seconds()
+        )
+
+
+def _healthy(last: float, interval: float) -> bool:
+    return last > 0 and time.time() - last < max(3 * interval, 300)
+
+
+def _watch(source: Source, wake: threading.Event) -> Callable[[], None]:
+    watch = getattr(source, "watch", None)
+    if watch is None:
+        return lambda: None
+    stopper: Callable[[], None] = watch(wake.set)
+    return stopper
+
+
+def _http(
+    host: str, port: int, metrics: LoopMetrics, healthy: Callable[[], bool]
+) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                body, code, kind = metrics.render(), 200, "text/plain; version=0.0.4"
+            elif self.path == "/healthz":
+                ok = healthy()
+                body, code, kind = (
+                    (b"ok\n" if ok else b"no successful reconcile yet\n"),
+                    (200 if ok else 503),
+                    "text/plain",
+                )
+            else:
+                body, code, kind = b"not found\n", 404, "text/plain"
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True, name="http").start()
+    return server

@@ -1,0 +1,489 @@
+"""Stage: plan. The pure planner: desired state + observed state + now -> what to do now, and why
+everything else waits.
+
+Inputs are values (the validated snapshot, what the store observed, the clock); the output is a
+:class:`Plan` of actions and waits. No I/O, no clock of its own, deterministic: the same inputs
+give the same plan, in the same order, so a retry after a crash picks the same machines. May
+import ``reconciler.api``, ``reconciler.evaluation`` and ``reconciler.schedule``; never the store,
+the transports or the loop.
+
+Rules (issue "reconcile loop" §4):
+- **Scan** when an instance was never scanned, its scan is older than ``stale_after``, its
+  effective baseline changed since the scan (content hash), a job was left in flight by a crash,
+  or a window's Scan task opens and the instance was not scanned since that opening began.
+- **Install** when the latest scan has approved patches MISSING (installable) or FAILED and an
+  Install task of a window that accepts new tasks now targets the instance. The pins are exactly
+  that scan's, so what was reviewed is what is installed.
+- Per task and window opening, ``maxConcurrency`` caps running jobs and ``maxErrors`` halts the
+  rollout once more jobs than allowed have failed; lower ``priority`` tasks finish first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from reconciler.api.enums import OperatingSystem, RejectedPatchesAction
+from reconciler.api.resources import (
+    MaintenanceWindow,
+    ManagedInstance,
+    PatchBaseline,
+    WindowTask,
+)
+from reconciler.api.snapshot import Snapshot, group_selects
+from reconciler.evaluation.resolve import resolve
+from reconciler.schedule import Opening, current_opening, openings
+
+SCAN, INSTALL = "Scan", "Install"
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedScan:
+    """What the store knows from an instance's latest scan."""
+
+    finished_at: datetime
+    operating_system: OperatingSystem
+    baseline_hash: str
+    pins: tuple[str, ...]  # name[:arch]=version of approved, installable MISSING/FAILED patches
+    non_compliant: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedJob:
+    key: str
+    instance: str
+    operation: str
+    status: str  # running | succeeded | failed | abandoned
+    created_at: datetime
+    window: str | None = None
+    task: str | None = None
+    opening: str | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    scans: Mapping[str, ObservedScan] = field(default_factory=dict)
+    jobs: Sequence[ObservedJob] = ()
+
+
+@dataclass(frozen=True)
+class Settings:
+    stale_after: timedelta = timedelta(days=1)
+    max_scans: int = 10
+    """Scans started per plan outside any window (they change nothing on the machine)."""
+    retry_after: timedelta = timedelta(minutes=10)
+    """After a failed scan, wait this long before trying that machine again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    operation: str
+    instance: str
+    key: str  # idempotency key: never dispatched twice
+    reason: str
+    baseline: str
+    baseline_hash: str
+    window: str | None = None
+    task: str | None = None
+    opening: str | None = None
+    pins: tuple[str, ...] = ()
+    blocked: tuple[str, ...] = ()
+    reboot_option: str = "RebootIfNeeded"
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    instance: str
+    reason: str
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    revision: str
+    now: datetime
+    actions: tuple[Action, ...]
+    waits: tuple[Wait, ...]
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to start now (everything converged or waiting)."""
+        return not self.actions
+
+
+def baseline_digest(baseline: PatchBaseline) -> str:
+    """Content hash of a baseline's spec: a change of approvals changes it, a rename does not."""
+    canonical = json.dumps(baseline.spec.to_wire(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def snapshot_digest(pins: Iterable[str], baseline_hash: str) -> str:
+    """Identity of an install snapshot: the exact pins under one baseline."""
+    text = baseline_hash + "\n" + "\n".join(sorted(pins))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def plan(
+    snapshot: Snapshot,
+    revision: str,
+    observed: Observed,
+    now: datetime,
+    settings: Settings = Settings(),
+) -> Plan:
+    """Everything that should start now, and why each other instance waits."""
+    state = _State(snapshot, observed, now, settings)
+    for name in sorted(snapshot.instances):
+        state.consider(name)
+    return Plan(revision, now, tuple(state.actions), tuple(state.waits))
+
+
+class _State:
+    """One planning pass: accumulates actions while tracking budgets already consumed."""
+
+    def __init__(
+        self, snapshot: Snapshot, observed: Observed, now: datetime, settings: Settings
+    ) -> None:
+        self.snapshot, self.observed, self.now, self.settings = snapshot, observed, now, settings
+        self.actions: list[Action] = []
+        self.waits: list[Wait] = []
+        self.keys = {job.key for job in observed.jobs}
+        self.running = {job.instance for job in observed.jobs if job.status == "running"}
+        self.scans_planned = 0
+        self.budget = _Budgets(observed.jobs)
+        self.target_counts: dict[str, int] = {}
+
+    def consider(self, name: str) -> None:
+        instance = self.snapshot.instances[name]
+        if name in self.running:
+            self.wait(name, "a job is running on it")
+            return
+        scan = self.observed.scans.get(name)
+        failed = self.recent_failure(name, scan)
+        if failed is not None:
+            self.wait(
+                name,
+                f"its last scan failed ({failed.key}); retrying after "
+                f"{(failed.created_at + self.settings.retry_after).isoformat()}",
+                failed.created_at + self.settings.retry_after,
+            )
+            return
+        if scan is None:
+            self.scan(name, "never scanned", "", "")
+            return
+        resolution = resolve(self.snapshot, instance.metadata.labels, scan.operating_system)
+        baseline = resolution.baseline
+        if baseline is None:
+            self.wait(name, f"no baseline: {resolution.baseline_reason}")
+            return
+        digest = baseline_digest(baseline)
+        group = resolution.group.metadata.name if resolution.group else None
+        why = self.rescan_reason(name, scan, digest)
+        if why:
+            self.scan(name, why, baseline.metadata.name, digest)
+            return
+        if self.window_scan(name, instance, group, scan, baseline, digest):
+            return
+        if not scan.pins:
+            self.wait(
+                name,
+                "compliant: no approved patch is missing"
+                if not scan.non_compliant
+                else "nothing installable: the remaining violations need a reboot or a decision",
+            )
+            return
+        self.install(name, instance, group, scan, baseline, digest)
+
+    # -- scans --------------------------------------------------------------------------------
+
+    def recent_failure(self, name: str, scan: ObservedScan | None) -> ObservedJob | None:
+        """The instance's latest failed scan job, while it is newer than its last good scan and
+        younger than ``retry_after`` (so an unreachable machine is not hammered)."""
+        failures = [
+            j
+            for j in self.observed.jobs
+            if j.instance == name
+            and j.operation == SCAN
+            and j.status == "failed"
+            and (scan is None or j.created_at > scan.finished_at)
+        ]
+        if not failures:
+            return None
+        latest = max(failures, key=lambda j: j.created_at)
+        return latest if self.now - latest.created_at < self.settings.retry_after else None
+
+    def rescan_reason(self, name: str, scan: ObservedScan, digest: str) -> str:
+        if scan.baseline_hash != digest:
+            return "its baseline changed since the last scan"
+        if self.now - scan.finished_at > self.settings.stale_after:
+            return f"last scan is older than {self.settings.stale_after}"
+        left = [
+            j
+            for j in self.observed.jobs
+            if j.instance == name and j.status == "abandoned" and j.created_at >= scan.finished_at
+        ]
+        if left:
+            return f"job {left[-1].key} was left in flight; rescan to learn what happened"
+        return ""
+
+    def scan(
+        self,
+        name: str,
+        reason: str,
+        baseline: str,
+        digest: str,
+        *,
+        window: str | None = None,
+        task: str | None = None,
+        opening: str | None = None,
+    ) -> None:
+        if window is None and self.scans_planned >= self.settings.max_scans:
+            self.wait(name, f"needs a scan ({reason}); other scans go first")
+            return
+        key = (
+            f"{name}:Scan:{window}:{opening}"
+            if window
+            else f"{name}:Scan:{digest}:{self.now.isoformat()}"
+        )
+        self.scans_planned += window is None
+        self.actions.append(
+            Action(SCAN, name, key, reason, baseline, digest, window, task, opening)
+        )
+
+    def window_scan(
+        self,
+        name: str,
+        instance: ManagedInstance,
+        group: str | None,
+        scan: ObservedScan,
+        baseline: PatchBaseline,
+        digest: str,
+    ) -> bool:
+        for window, task, opening in self.open_tasks(instance, group, "Scan"):
+            key = f"{name}:Scan:{window.metadata.name}:{opening.id}"
+            if scan.finished_at >= opening.start or key in self.keys:
+                continue
+            if not self.budget.allows(window, task, opening, self.targets(window)):
+                continue
+            self.budget.take(window, task, opening)
+            self.actions.append(
+                Action(
+                    SCAN,
+                    name,
+                    key,
+                    f"{task.name} of window {window.metadata.name}",
+                    baseline.metadata.name,
+                    digest,
+                    window.metadata.name,
+                    task.name,
+                    opening.id,
+                )
+            )
+            return True
+        return False
+
+    # -- installs -----------------------------------------------------------------------------
+
+    def install(
+        self,
+        name: str,
+        instance: ManagedInstance,
+        group: str | None,
+        scan: ObservedScan,
+        baseline: PatchBaseline,
+        digest: str,
+    ) -> None:
+        candidates = self.open_tasks(instance, group, "Install")
+        if not candidates:
+            self.wait_for_window(name, instance, group)
+            return
+        snapshot = snapshot_digest(scan.pins, digest)
+        reasons = []
+        for window, task, opening in candidates:
+            key = f"{name}:Install:{snapshot}:{window.metadata.name}:{opening.id}"
+            if key in self.keys:
+                reasons.append(
+                    f"this snapshot was already dispatched in window {window.metadata.name} "
+                    f"(opening {opening.id}); waiting for the next opening"
+                )
+                continue
+            if not self.priority_turn(window, task, opening):
+                reasons.append(
+                    f"task {task.name} waits for lower-priority tasks of {window.metadata.name}"
+                )
+                continue
+            verdict = self.budget.verdict(window, task, opening, self.targets(window))
+            if verdict:
+                reasons.append(verdict)
+                continue
+            self.budget.take(window, task, opening)
+            blocked = (
+                tuple(baseline.spec.rejected_patches)
+                if baseline.spec.rejected_patches_action is RejectedPatchesAction.BLOCK
+                else ()
+            )
+            self.actions.append(
+                Action(
+                    INSTALL,
+                    name,
+                    key,
+                    f"{len(scan.pins)} approved patch(es) missing; {task.name} of window "
+                    f"{window.metadata.name} is open",
+                    baseline.metadata.name,
+                    digest,
+                    window.metadata.name,
+                    task.name,
+                    opening.id,
+                    scan.pins,
+                    blocked,
+                    str(task.reboot_option),
+                )
+            )
+            return
+        self.wait(name, "; ".join(reasons))
+
+    def wait_for_window(self, name: str, instance: ManagedInstance, group: str | None) -> None:
+        upcoming: list[tuple[Opening, MaintenanceWindow]] = []
+        closing: list[str] = []
+        for window in self.targeting(instance, group):
+            if not any(t.operation == "Install" for t in window.spec.tasks):
+                continue
+            now_open = current_opening(window.spec, self.now)
+            if now_open is not None and not now_open.accepts_new_tasks(self.now):
+                closing.append(
+                    f"window {window.metadata.name} is past its cutoff "
+                    f"({now_open.cutoff_at.isoformat()})"
+                )
+            nxt = openings(window.spec, self.now, limit=1)
+            if nxt:
+                upcoming.append((nxt[0], window))
+        if not upcoming and not closing:
+            self.wait(
+                name,
+                "approved patches missing, but no enabled window with an Install task targets it",
+            )
+            return
+        if upcoming:
+            opening, window = min(upcoming, key=lambda pair: (pair[0].start, pair[1].metadata.name))
+            text = f"window {window.metadata.name} closed until {opening.start.isoformat()}"
+            self.wait(name, "; ".join([*closing, text]), opening.start)
+        else:
+            self.wait(name, "; ".join(closing))
+
+    # -- windows and budgets ------------------------------------------------------------------
+
+    def targeting(self, instance: ManagedInstance, group: str | None) -> list[MaintenanceWindow]:
+        out = []
+        for window in sorted(self.snapshot.windows.values(), key=lambda w: w.metadata.name):
+            targets = window.spec.targets
+            by_group = group is not None and group in targets.patch_groups
+            by_label = targets.selector is not None and targets.selector.matches(
+                dict(instance.metadata.labels)
+            )
+            if window.spec.enabled and (by_group or by_label):
+                out.append(window)
+        return out
+
+    def open_tasks(
+        self, instance: ManagedInstance, group: str | None, operation: str
+    ) -> list[tuple[MaintenanceWindow, WindowTask, Opening]]:
+        out = []
+        for window in self.targeting(instance, group):
+            opening = current_opening(window.spec, self.now)
+            if opening is None or not opening.accepts_new_tasks(self.now):
+                continue
+            for task in sorted(window.spec.tasks, key=lambda t: (t.priority, t.name)):
+                if task.operation == operation:
+                    out.append((window, task, opening))
+        return out
+
+    def targets(self, window: MaintenanceWindow) -> int:
+        """How many instances the window targets (the base of percentage budgets); cached."""
+        name = window.metadata.name
+        if name not in self.target_counts:
+            self.target_counts[name] = self.count_targets(window)
+        return self.target_counts[name]
+
+    def count_targets(self, window: MaintenanceWindow) -> int:
+        count = 0
+        for instance in self.snapshot.instances.values():
+            groups = [
+                g.metadata.name
+                for g in self.snapshot.groups.values()
+                if group_selects(g, instance.metadata.labels)
+            ]
+            targets = window.spec.targets
+            if any(g in targets.patch_groups for g in groups) or (
+                targets.selector is not None
+                and targets.selector.matches(dict(instance.metadata.labels))
+            ):
+                count += 1
+        return count
+
+    def priority_turn(self, window: MaintenanceWindow, task: WindowTask, opening: Opening) -> bool:
+        """Lower priority numbers run first: a task starts only when no task of its window with a
+        lower number still has jobs running in this opening."""
+        earlier = {t.name for t in window.spec.tasks if t.priority < task.priority}
+        return not any(
+            j.window == window.metadata.name
+            and j.task in earlier
+            and j.opening == opening.id
+            and j.status == "running"
+            for j in self.observed.jobs
+        )
+
+    def wait(self, name: str, reason: str, until: datetime | None = None) -> None:
+        self.waits.append(Wait(name, reason, until))
+
+
+class _Budgets:
+    """maxConcurrency and maxErrors per (window, task, opening), counting this pass's actions."""
+
+    def __init__(self, jobs: Sequence[ObservedJob]) -> None:
+        self.running: dict[tuple[str, str, str], int] = {}
+        self.errors: dict[tuple[str, str, str], int] = {}
+        for job in jobs:
+            if job.window is None or job.task is None or job.opening is None:
+                continue
+            key = (job.window, job.task, job.opening)
+            if job.status == "running":
+                self.running[key] = self.running.get(key, 0) + 1
+            elif job.status in ("failed", "abandoned"):
+                self.errors[key] = self.errors.get(key, 0) + 1
+
+    def verdict(
+        self, window: MaintenanceWindow, task: WindowTask, opening: Opening, targets: int
+    ) -> str:
+        key = (window.metadata.name, task.name, opening.id)
+        allowed_errors = _amount(task.max_errors, targets, minimum=0)
+        errors = self.errors.get(key, 0)
+        if errors > allowed_errors:
+            return (
+                f"rollout halted: {errors} failed job(s) in {task.name} of window "
+                f"{window.metadata.name} exceed maxErrors {task.max_errors}"
+            )
+        concurrency = _amount(task.max_concurrency, targets, minimum=1)
+        if self.running.get(key, 0) >= concurrency:
+            return (
+                f"maxConcurrency {task.max_concurrency} of {task.name} reached; waiting for a slot"
+            )
+        return ""
+
+    def allows(
+        self, window: MaintenanceWindow, task: WindowTask, opening: Opening, targets: int
+    ) -> bool:
+        return not self.verdict(window, task, opening, targets)
+
+    def take(self, window: MaintenanceWindow, task: WindowTask, opening: Opening) -> None:
+        key = (window.metadata.name, task.name, opening.id)
+        self.running[key] = self.running.get(key, 0) + 1
+
+
+def _amount(text: str, targets: int, *, minimum: int) -> int:
+    """SSM's "10" or "10%" of the targets, never below ``minimum``."""
+    if text.endswith("%"):
+        return max(minimum, math.floor(int(text[:-1]) * targets / 100))
+    return max(minimum, int(text))

@@ -1,0 +1,115 @@
+"""Stage: sources. What every snapshot source shares: revisions, errors, and which files count.
+
+A source turns "where the desired state lives" (a directory, a Git URL) into the files of one
+revision, and those into a validated :class:`~reconciler.api.snapshot.Snapshot`. Only I/O lives
+here; what is valid is decided by :mod:`reconciler.api`. May import ``api`` and ``defaults``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import PurePosixPath
+from typing import Protocol
+
+from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot
+from reconciler.defaults import predefined_baselines
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+Files = list[tuple[str, bytes]]
+"""(relative posix path, content) of every resource file of one revision, in walk order."""
+
+# A hex digest's length names its algorithm; Git's SHA-256 object format gives 64 too.
+_ALGORITHMS = {40: "sha1", 64: "sha256"}
+
+
+@dataclass(frozen=True)
+class Revision:
+    """Which content a snapshot was built from: ``main@sha1:<commit>`` or ``dir@sha256:<digest>``.
+
+    ``source`` says where (a URL without credentials, or a directory), ``ref`` what was asked for
+    (a branch, tag or commit; ``dir`` for directories), ``sha`` the content's hex digest.
+    """
+
+    source: str
+    ref: str
+    sha: str
+
+    def __str__(self) -> str:
+        algorithm = _ALGORITHMS.get(len(self.sha))
+        return f"{self.ref}@{algorithm}:{self.sha}" if algorithm else f"{self.ref}@{self.sha}"
+
+
+class SourceError(Exception):
+    """The source could not be read: unreachable, refused, unknown ref. Nothing was fetched."""
+
+
+class Refusal(StrEnum):
+    """Why a revision's signature was not accepted; each needs a different fix."""
+
+    UNSIGNED = "unsigned"
+    UNTRUSTED_KEY = "signed by a key that is not trusted"
+    BAD_SIGNATURE = "bad signature"
+    EXPIRED_OR_REVOKED = "signed by an expired or revoked key"
+    WRONG_FORMAT = "signature format does not match the verification mode"
+    CANNOT_CHECK = "signature could not be checked"
+
+
+class SignatureRefused(SourceError):
+    """The revision was fetched but its head commit is not signed by a trusted key."""
+
+    def __init__(self, revision: Revision, reason: Refusal, detail: str = "") -> None:
+        self.revision = revision
+        self.reason = reason
+        self.detail = detail
+        message = f"{revision} refused: {reason.value}"
+        super().__init__(f"{message} ({detail})" if detail else message)
+
+
+class RevisionInvalid(SnapshotInvalid):
+    """A SnapshotInvalid that also says which revision was refused, for the loop's report."""
+
+    def __init__(self, revision: Revision, problems: list[Problem]) -> None:
+        super().__init__(problems)
+        self.revision = revision
+
+
+class Source(Protocol):
+    """Where snapshots come from. Each call reads the source's *current* revision."""
+
+    def fetch(self) -> tuple[Revision, Files]:
+        """The resource files of the current revision; SourceError when it cannot be read."""
+        ...
+
+    def snapshot(self) -> tuple[Revision, Snapshot]:
+        """The current revision, validated; SnapshotInvalid (a RevisionInvalid) when it is not."""
+        ...
+
+
+def is_resource(relpath: str, suffixes: tuple[str, ...] = YAML_SUFFIXES) -> bool:
+    """Whether a file at ``relpath`` (posix, relative to the source root) belongs to a snapshot.
+
+    The one rule for every source: the suffix matches, and no part is hidden, so ``.git``,
+    ``.github`` and editors' ``.foo.yaml.swp`` never become resources.
+    """
+    path = PurePosixPath(relpath)
+    return (
+        bool(path.parts)
+        and not any(part.startswith(".") for part in path.parts)
+        and path.suffix in suffixes
+    )
+
+
+def walk_order(relpath: str) -> tuple[str, ...]:
+    """Sort key giving every source the same file order (by path parts, as pathlib sorts)."""
+    return PurePosixPath(relpath).parts
+
+
+def validated(revision: Revision, files: Iterable[tuple[str, bytes]]) -> tuple[Revision, Snapshot]:
+    """Build the snapshot of ``files`` with the predefined baselines, or refuse it whole."""
+    try:
+        return revision, build_snapshot(files, predefined_baselines())
+    except SnapshotInvalid as exc:
+        raise RevisionInvalid(revision, exc.problems) from None

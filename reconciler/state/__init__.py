@@ -1,0 +1,34 @@
+"""Stage: state — the observed state: what each machine had and what was done to it, in one
+SQLite file (scan/install history, jobs and their idempotency keys, window executions, source
+revisions). See ``docs/state.md`` for the schema.
+
+An I/O edge, like ``sources`` and ``dispatch``: it owns its file and touches nothing else (no
+network, no subprocess, no other file). It decides nothing; callers pass ``now``. May import
+``reconciler.api`` only.
+"""
+
+from reconciler.state.records import (
+    InstanceRecord,
+    JobNotRunning,
+    JobRecord,
+    PatchStateRecord,
+    RevisionRecord,
+    ScanRecord,
+    StateError,
+    UnknownJob,
+)
+from reconciler.state.schema import LATEST as SCHEMA_VERSION
+from reconciler.state.store import StateStore
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "InstanceRecord",
+    "JobNotRunning",
+    "JobRecord",
+    "PatchStateRecord",
+    "RevisionRecord",
+    "ScanRecord",
+    "StateError",
+    "StateStore",
+    "UnknownJob",
+]

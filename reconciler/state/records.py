@@ -1,0 +1,210 @@
+"""Stage: state. The values the store hands out (frozen records), its errors, and the encoding of
+times and documents in SQLite. Pure: no I/O and nothing from ``reconciler`` outside ``state``.
+
+Times are stored as UTC ISO 8601 text with microseconds (``2024-05-01T12:00:00.000000+00:00``):
+every value has the same width, so SQLite's text order is time order and ``ORDER BY`` and
+``min``/``max`` on these columns are correct. Documents are stored as JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+JOB_STATUSES = ("running", "succeeded", "failed", "abandoned")
+FINISHED_STATUSES = ("succeeded", "failed", "abandoned")
+WINDOW_STATUSES = ("PENDING", "IN_PROGRESS", "SUCCESS", "FAILED", "TIMED_OUT", "CANCELLED")
+
+
+class StateError(Exception):
+    """The state store cannot do what was asked (the file, or the history, forbids it)."""
+
+
+class UnknownJob(StateError, LookupError):
+    """No job has this id."""
+
+
+class JobNotRunning(StateError):
+    """The job already finished: its outcome is history and is not overwritten."""
+
+
+def to_text(moment: datetime) -> str:
+    """A tz-aware datetime as sortable UTC text; naive datetimes are refused, not guessed."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"naive datetime {moment!r}: pass a tz-aware (UTC) time")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def from_text(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def maybe_from_text(text: str | None) -> datetime | None:
+    return None if text is None else from_text(text)
+
+
+def to_json(document: Any) -> str:
+    """JSON text; raises TypeError/ValueError before anything is written when it is not JSON."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def from_json(text: str) -> Any:
+    return json.loads(text)
+
+
+@dataclass(frozen=True)
+class ScanRecord:
+    """One scan or install of one instance, as evaluated: a row of append-only history."""
+
+    id: int
+    instance: str
+    operation: str
+    revision: str
+    baseline: str
+    baseline_hash: str
+    job_id: str | None
+    started_at: datetime
+    finished_at: datetime
+    inventory: dict[str, Any]
+    evaluation: dict[str, Any]
+
+    COLUMNS: ClassVar[str] = (
+        "id, instance, operation, revision, baseline, baseline_hash, job_id,"
+        " started_at, finished_at, inventory, evaluation"
+    )
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> ScanRecord:
+        scan_id, instance, operation, revision, baseline, baseline_hash, job_id = row[:7]
+        return cls(
+            id=scan_id,
+            instance=instance,
+            operation=operation,
+            revision=revision,
+            baseline=baseline,
+            baseline_hash=baseline_hash,
+            job_id=job_id,
+            started_at=from_text(row[7]),
+            finished_at=from_text(row[8]),
+            inventory=from_json(row[9]),
+            evaluation=from_json(row[10]),
+        )
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A dispatched scan or install, keyed by its idempotency key."""
+
+    id: str
+    key: str
+    instance: str
+    operation: str
+    window: str | None
+    task: str | None
+    opening: str | None
+    revision: str
+    status: str
+    payload: dict[str, Any]
+    result: dict[str, Any] | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    COLUMNS: ClassVar[str] = (
+        "id, key, instance, operation, window, task, opening, revision, status,"
+        " payload, result, created_at, finished_at"
+    )
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
+        job_id, key, instance, operation, window, task, opening, revision, status = row[:9]
+        return cls(
+            id=job_id,
+            key=key,
+            instance=instance,
+            operation=operation,
+            window=window,
+            task=task,
+            opening=opening,
+            revision=revision,
+            status=status,
+            payload=from_json(row[9]),
+            result=None if row[10] is None else from_json(row[10]),
+            created_at=from_text(row[11]),
+            finished_at=maybe_from_text(row[12]),
+        )
+
+
+@dataclass(frozen=True)
+class RevisionRecord:
+    """A source revision the loop saw, and whether its snapshot was accepted."""
+
+    revision: str
+    accepted: bool
+    problems: list[str]
+    seen_at: datetime
+
+    COLUMNS: ClassVar[str] = "revision, accepted, problems, seen_at"
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> RevisionRecord:
+        return cls(row[0], bool(row[1]), from_json(row[2]), from_text(row[3]))
+
+
+@dataclass(frozen=True)
+class PatchStateRecord:
+    """One patch of one recorded scan (a row of ``evaluation["patches"]``)."""
+
+    scan_id: int
+    instance: str
+    name: str
+    arch: str | None
+    installed_version: str | None
+    version: str | None
+    state: str
+    classification: str | None
+    severity: str | None
+    compliance_level: str | None
+    cves: list[str]
+    reason: str | None
+
+    COLUMNS: ClassVar[str] = (
+        "scan_id, instance, name, arch, installed_version, version, state,"
+        " classification, severity, compliance_level, cves, reason"
+    )
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> PatchStateRecord:
+        scan_id, instance, name, arch, installed_version, version, state = row[:7]
+        return cls(
+            scan_id=scan_id,
+            instance=instance,
+            name=name,
+            arch=arch,
+            installed_version=installed_version,
+            version=version,
+            state=state,
+            classification=row[7],
+            severity=row[8],
+            compliance_level=row[9],
+            cves=from_json(row[10]),
+            reason=row[11],
+        )
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """An instance's latest reported facts, and when it was first and last scanned."""
+
+    instance: str
+    facts: dict[str, Any]
+    first_seen: datetime
+    last_seen: datetime
+    last_scan_id: int
+
+    COLUMNS: ClassVar[str] = "instance, facts, first_seen, last_seen, last_scan_id"
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> InstanceRecord:
+        return cls(row[0], from_json(row[1]), from_text(row[2]), from_text(row[3]), row[4])

@@ -1,0 +1,285 @@
+"""Stage: state. The SQLite schema as an ordered list of migrations, and the code that applies
+them. Touches only the connection it is given; imports nothing from ``reconciler``.
+
+The schema version is SQLite's ``PRAGMA user_version``: it lives in the database header, so it
+is written in the same transaction as the DDL it describes and can never disagree with it.
+Migration ``n`` (1-based) takes a file at version ``n - 1`` to version ``n``. Released
+migrations are never edited: a change of schema is a new function appended to ``MIGRATIONS``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from reconciler.state.records import StateError
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+@contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction. ``BEGIN IMMEDIATE`` takes SQLite's write lock at the start, so a
+    read-then-write inside it cannot be interleaved with another writer (thread or process),
+    and waiting for the lock goes through the busy timeout instead of failing mid-way."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        # Some errors (disk full, I/O) already rolled back; a second ROLLBACK would hide them.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _run(conn: sqlite3.Connection, statements: Iterable[str]) -> None:
+    # One execute() per statement: executescript() would COMMIT the migration's transaction.
+    for statement in statements:
+        conn.execute(statement)
+
+
+def _append_only(table: str) -> list[str]:
+    """Triggers that make a history table refuse updates and deletes, whoever writes to it."""
+    return [
+        f"""CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table}
+            BEGIN SELECT RAISE(ABORT, '{table} is append-only history'); END""",
+        f"""CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table}
+            BEGIN SELECT RAISE(ABORT, '{table} is append-only history'); END""",
+    ]
+
+
+def _v1_history(conn: sqlite3.Connection) -> None:
+    """Jobs, scan/install history, window executions and source revisions."""
+    _run(
+        conn,
+        [
+            """CREATE TABLE jobs (
+                id TEXT PRIMARY KEY,
+                key TEXT NOT NULL UNIQUE,
+                instance TEXT NOT NULL,
+                operation TEXT NOT NULL,
+                window TEXT,
+                task TEXT,
+                opening TEXT,
+                revision TEXT NOT NULL,
+                status TEXT NOT NULL
+                    CHECK (status IN ('running', 'succeeded', 'failed', 'abandoned')),
+                payload TEXT NOT NULL,
+                result TEXT,
+                created_at TEXT NOT NULL,
+                finished_at TEXT
+            )""",
+            "CREATE INDEX jobs_by_status ON jobs (status)",
+            "CREATE INDEX jobs_by_instance ON jobs (instance)",
+            "CREATE INDEX jobs_by_window ON jobs (window, opening)",
+            # A job changes once, from running to finished; its identity never changes.
+            """CREATE TRIGGER jobs_finish_once BEFORE UPDATE ON jobs
+                WHEN OLD.status <> 'running' OR NEW.id IS NOT OLD.id OR NEW.key IS NOT OLD.key
+                BEGIN SELECT RAISE(ABORT, 'a job is finished once and keeps its key'); END""",
+            """CREATE TRIGGER jobs_no_delete BEFORE DELETE ON jobs
+                BEGIN SELECT RAISE(ABORT, 'jobs are history'); END""",
+            """CREATE TABLE scans (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                instance TEXT NOT NULL,
+                operation TEXT NOT NULL CHECK (operation IN ('Scan', 'Install')),
+                revision TEXT NOT NULL,
+                baseline TEXT NOT NULL,
+                baseline_hash TEXT NOT NULL,
+                job_id TEXT REFERENCES jobs (id),
+                started_at TEXT NOT NULL,
+                finished_at TEXT NOT NULL,
+                inventory TEXT NOT NULL,
+                evaluation TEXT NOT NULL
+            )""",
+            # Serves latest_scan, latest_scans and scan_history without a sort.
+            "CREATE INDEX scans_latest ON scans (instance, finished_at DESC, id DESC)",
+            "CREATE INDEX scans_by_job ON scans (job_id)",
+            *_append_only("scans"),
+            """CREATE TABLE window_executions (
+                window TEXT NOT NULL,
+                opening TEXT NOT NULL,
+                status TEXT NOT NULL CHECK (status IN
+                    ('PENDING', 'IN_PROGRESS', 'SUCCESS', 'FAILED', 'TIMED_OUT', 'CANCELLED')),
+                started_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                PRIMARY KEY (window, opening)
+            )""",
+            """CREATE TABLE revisions (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                revision TEXT NOT NULL,
+                accepted INTEGER NOT NULL CHECK (accepted IN (0, 1)),
+                problems TEXT NOT NULL,
+                seen_at TEXT NOT NULL
+            )""",
+            "CREATE INDEX revisions_by_time ON revisions (seen_at DESC, id DESC)",
+            *_append_only("revisions"),
+        ],
+    )
+
+
+PATCH_COLUMNS = (
+    "name",
+    "arch",
+    "installed_version",
+    "version",
+    "state",
+    "classification",
+    "severity",
+    "compliance_level",
+    "cves",
+    "reason",
+)
+
+
+def _v2_patches_and_instances(conn: sqlite3.Connection) -> None:
+    """Per-patch states and per-instance facts as queryable rows, backfilled from v1 scans."""
+    _run(
+        conn,
+        [
+            """CREATE TABLE patch_states (
+                scan_id INTEGER NOT NULL REFERENCES scans (id),
+                instance TEXT NOT NULL,
+                name TEXT NOT NULL,
+                arch TEXT,
+                installed_version TEXT,
+                version TEXT,
+                state TEXT NOT NULL,
+                classification TEXT,
+                severity TEXT,
+                compliance_level TEXT,
+                cves TEXT NOT NULL,
+                reason TEXT
+            )""",
+            "CREATE INDEX patch_states_by_scan ON patch_states (scan_id)",
+            "CREATE INDEX patch_states_by_patch ON patch_states (name, state)",
+            *_append_only("patch_states"),
+            """CREATE TABLE instances (
+                instance TEXT PRIMARY KEY,
+                facts TEXT NOT NULL,
+                first_seen TEXT NOT NULL,
+                last_seen TEXT NOT NULL,
+                last_scan_id INTEGER NOT NULL REFERENCES scans (id)
+            )""",
+        ],
+    )
+    rows = conn.execute(
+        "SELECT id, instance, finished_at, inventory, evaluation FROM scans"
+        " ORDER BY finished_at, id"
+    ).fetchall()
+    for scan_id, instance, finished_at, inventory, evaluation in rows:
+        evaluation_doc = json.loads(evaluation)
+        facts = facts_of(json.loads(inventory), evaluation_doc)
+        insert_patch_states(conn, scan_id, instance, evaluation_doc)
+        upsert_instance(conn, scan_id, instance, finished_at, facts)
+
+
+def facts_of(inventory: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any] | None:
+    """The instance's facts as reported with a scan: the evaluation's, else the inventory's."""
+    facts = evaluation.get("facts") or inventory.get("facts")
+    return facts if isinstance(facts, dict) else None
+
+
+def _patch_row(patch: dict[str, Any]) -> tuple[Any, ...]:
+    # The -o json CONTRACT spells fields in camelCase; accept snake_case from Python callers too.
+    def field(camel: str, snake: str) -> Any:
+        return patch.get(camel, patch.get(snake))
+
+    return (
+        patch["name"],
+        patch.get("arch"),
+        field("installedVersion", "installed_version"),
+        patch.get("version"),
+        patch["state"],
+        patch.get("classification"),
+        patch.get("severity"),
+        field("complianceLevel", "compliance_level"),
+        json.dumps(list(patch.get("cves") or [])),
+        patch.get("reason"),
+    )
+
+
+def insert_patch_states(
+    conn: sqlite3.Connection, scan_id: int, instance: str, evaluation: dict[str, Any]
+) -> None:
+    """One patch_states row per entry of ``evaluation["patches"]``."""
+    patches = evaluation.get("patches") or []
+    for index, patch in enumerate(patches):
+        if not isinstance(patch, dict) or "name" not in patch or "state" not in patch:
+            raise ValueError(f"evaluation.patches[{index}] needs at least a name and a state")
+    rows = [(scan_id, instance, *_patch_row(patch)) for patch in patches]
+    placeholders = ", ".join("?" * (len(PATCH_COLUMNS) + 2))
+    conn.executemany(
+        f"INSERT INTO patch_states (scan_id, instance, {', '.join(PATCH_COLUMNS)})"
+        f" VALUES ({placeholders})",
+        rows,
+    )
+
+
+def upsert_instance(
+    conn: sqlite3.Connection,
+    scan_id: int,
+    instance: str,
+    finished_at: str,
+    facts: dict[str, Any] | None,
+) -> None:
+    """Keep the facts of the newest scan and the time of the first one.
+
+    Scans can be recorded out of order (parallel workers), so "newest" is decided by
+    ``finished_at``, not by arrival; a scan without facts keeps the facts already known.
+    """
+    conn.execute(
+        """INSERT INTO instances (instance, facts, first_seen, last_seen, last_scan_id)
+           VALUES (?, ?, ?, ?, ?)
+           ON CONFLICT (instance) DO UPDATE SET
+             first_seen = min(first_seen, excluded.first_seen),
+             facts = CASE WHEN excluded.last_seen >= last_seen AND ? THEN excluded.facts
+                          ELSE facts END,
+             last_scan_id = CASE WHEN excluded.last_seen >= last_seen
+                                 THEN excluded.last_scan_id ELSE last_scan_id END,
+             last_seen = max(last_seen, excluded.last_seen)""",
+        (
+            instance,
+            json.dumps(facts or {}, sort_keys=True),
+            finished_at,
+            finished_at,
+            scan_id,
+            facts is not None,
+        ),
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_history, _v2_patches_and_instances)
+LATEST = len(MIGRATIONS)
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def migrate(conn: sqlite3.Connection, target: int = LATEST) -> int:
+    """Bring the file to ``target`` in one write transaction; returns the version it had.
+
+    ``BEGIN IMMEDIATE`` takes the write lock before the version is read, so two processes
+    opening a new file at once cannot both run migration 1: the second waits, then finds
+    nothing to do.
+    """
+    if not 0 <= target <= LATEST:
+        raise ValueError(f"schema version {target} does not exist (latest is {LATEST})")
+    with immediate(conn):
+        found = user_version(conn)
+        if found > LATEST:
+            raise StateError(
+                f"the state file has schema version {found}, newer than this program's {LATEST}:"
+                " upgrade patchwarden rather than risk writing an older schema into it"
+            )
+        for version in range(found + 1, target + 1):
+            MIGRATIONS[version - 1](conn)
+        if target > found:
+            # PRAGMA takes no parameters; target is an int checked above.
+            conn.execute(f"PRAGMA user_version = {int(target)}")
+    return found

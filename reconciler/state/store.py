@@ -1,0 +1,419 @@
+"""Stage: state. :class:`StateStore`, the observed state in one SQLite file: scan and install
+history, jobs with idempotency keys, window executions and source revisions.
+
+An I/O edge: it reads and writes its own file and nothing else. It decides nothing (callers pass
+``now`` and every value) and imports only ``reconciler.api`` from the rest of the project.
+
+Concurrency. One connection per store, shared by the threads of the process and serialised by a
+lock: SQLite serialises writers anyway, the store's calls are short, and one connection is one
+thing to close (per-thread connections would outlive their threads). Between processes, SQLite's
+own file locks do the work: WAL lets readers run beside the one writer, every read-then-write
+runs in ``BEGIN IMMEDIATE`` (the write lock is taken first, so nothing interleaves), and a busy
+timeout makes a second process wait instead of failing. Job claiming rests on a UNIQUE key, so
+it is exclusive across threads, processes and restarts alike. Do not share a store across
+``fork()``; open one per process.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from reconciler.api.enums import Operation
+from reconciler.state.records import (
+    FINISHED_STATUSES,
+    JOB_STATUSES,
+    WINDOW_STATUSES,
+    InstanceRecord,
+    JobNotRunning,
+    JobRecord,
+    PatchStateRecord,
+    RevisionRecord,
+    ScanRecord,
+    StateError,
+    UnknownJob,
+    from_text,
+    to_json,
+    to_text,
+)
+from reconciler.state.schema import (
+    facts_of,
+    immediate,
+    insert_patch_states,
+    migrate,
+    upsert_instance,
+    user_version,
+)
+
+BUSY_TIMEOUT = 30.0
+"""Seconds a write waits for another process's write lock before giving up."""
+
+JOB_FILTERS = ("status", "instance", "window", "task", "opening")
+
+
+class StateStore:
+    """The observed-state store. Safe to share between the threads of one process."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        # 0700: the XDG state directory is private to the user; existing parents are left alone.
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = _connect(self.path)
+        try:
+            migrate(self._conn)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    @staticmethod
+    def default_path() -> Path:
+        """``$XDG_STATE_HOME/patchwarden/state.db``, else ``~/.local/state/patchwarden/...``."""
+        base = os.environ.get("XDG_STATE_HOME", "")
+        # The XDG spec says a relative value is invalid and must be ignored.
+        root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"
+        return root / "patchwarden" / "state.db"
+
+    def schema_version(self) -> int:
+        with self._use() as conn:
+            return user_version(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def _use(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._conn is None:
+                raise StateError(f"the state store {self.path} is closed")
+            yield self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._use() as conn, immediate(conn):
+            yield conn
+
+    # Scans and installs: append-only history.
+
+    def record_scan(
+        self,
+        *,
+        instance: str,
+        operation: str,
+        revision: str,
+        baseline: str,
+        baseline_hash: str,
+        job_id: str | None,
+        started_at: datetime,
+        finished_at: datetime,
+        inventory: dict[str, Any],
+        evaluation: dict[str, Any],
+    ) -> ScanRecord:
+        """Append one scan or install, its per-patch states, and the instance's latest facts."""
+        operation = str(Operation(operation))
+        started, finished = to_text(started_at), to_text(finished_at)
+        inventory_text, evaluation_text = to_json(inventory), to_json(evaluation)
+        identity = (instance, operation, revision, baseline, baseline_hash, job_id)
+        with self._write() as conn:
+            scan_id = conn.execute(
+                "INSERT INTO scans (instance, operation, revision, baseline, baseline_hash,"
+                " job_id, started_at, finished_at, inventory, evaluation)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*identity, started, finished, inventory_text, evaluation_text),
+            ).lastrowid
+            assert scan_id is not None  # an INSERT into a rowid table always has one
+            insert_patch_states(conn, scan_id, instance, evaluation)
+            upsert_instance(conn, scan_id, instance, finished, facts_of(inventory, evaluation))
+        # Built from the stored text, so the record equals what a later read returns.
+        row = (scan_id, *identity, started, finished, inventory_text, evaluation_text)
+        return ScanRecord.from_row(row)
+
+    def latest_scan(self, instance: str) -> ScanRecord | None:
+        history = self.scan_history(instance, limit=1)
+        return history[0] if history else None
+
+    def latest_scans(self) -> dict[str, ScanRecord]:
+        """The newest scan (by ``finished_at``) of every instance, in one query."""
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {ScanRecord.COLUMNS} FROM ("
+                f"  SELECT *, row_number() OVER ("
+                f"    PARTITION BY instance ORDER BY finished_at DESC, id DESC) AS newest"
+                f"  FROM scans)"
+                f" WHERE newest = 1 ORDER BY instance"
+            ).fetchall()
+        return {row[1]: ScanRecord.from_row(row) for row in rows}
+
+    def scan_history(self, instance: str, limit: int = 100) -> list[ScanRecord]:
+        """The instance's scans and installs, newest first."""
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {ScanRecord.COLUMNS} FROM scans WHERE instance = ?"
+                " ORDER BY finished_at DESC, id DESC LIMIT ?",
+                (instance, limit),
+            ).fetchall()
+        return [ScanRecord.from_row(row) for row in rows]
+
+    def patch_states(self, scan_id: int) -> list[PatchStateRecord]:
+        """The per-patch rows stored with one scan, in the evaluation's order."""
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {PatchStateRecord.COLUMNS} FROM patch_states WHERE scan_id = ?"
+                " ORDER BY rowid",
+                (scan_id,),
+            ).fetchall()
+        return [PatchStateRecord.from_row(row) for row in rows]
+
+    def instance(self, instance: str) -> InstanceRecord | None:
+        with self._use() as conn:
+            row = conn.execute(
+                f"SELECT {InstanceRecord.COLUMNS} FROM instances WHERE instance = ?", (instance,)
+            ).fetchone()
+        return None if row is None else InstanceRecord.from_row(row)
+
+    def instances(self) -> list[InstanceRecord]:
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {InstanceRecord.COLUMNS} FROM instances ORDER BY instance"
+            ).fetchall()
+        return [InstanceRecord.from_row(row) for row in rows]
+
+    # Jobs, with idempotency keys.
+
+    def claim_job(
+        self,
+        *,
+        key: str,
+        instance: str,
+        operation: str,
+        window: str | None,
+        task: str | None,
+        opening: str | None,
+        revision: str,
+        payload: dict[str, Any],
+        now: datetime,
+    ) -> JobRecord | None:
+        """Insert a running job for ``key``, or return None when the key was ever claimed.
+
+        The UNIQUE constraint on ``key`` decides, inside SQLite: of any number of threads or
+        processes claiming one key, exactly one inserts. A key stays taken whatever becomes of
+        its job (even abandoned), so a job is never dispatched twice for it; retrying means a
+        new key.
+        """
+        job_id, created, payload_text = uuid.uuid4().hex, to_text(now), to_json(payload)
+        row = (job_id, key, instance, operation, window, task, opening, revision, "running")
+        with self._use() as conn:
+            inserted = conn.execute(
+                f"INSERT INTO jobs ({JobRecord.COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (key) DO NOTHING",
+                (*row, payload_text, None, created, None),
+            ).rowcount
+        if inserted != 1:
+            return None
+        return JobRecord.from_row((*row, payload_text, None, created, None))
+
+    def finish_job(
+        self, job_id: str, *, status: str, result: dict[str, Any], now: datetime
+    ) -> JobRecord:
+        """Record a running job's outcome; a finished job's outcome is never replaced."""
+        if status not in FINISHED_STATUSES:
+            raise ValueError(f"status {status!r}: a job finishes as one of {FINISHED_STATUSES}")
+        result_text, finished = to_json(result), to_text(now)
+        with self._write() as conn:
+            changed = conn.execute(
+                "UPDATE jobs SET status = ?, result = ?, finished_at = ?"
+                " WHERE id = ? AND status = 'running'",
+                (status, result_text, finished, job_id),
+            ).rowcount
+            row = conn.execute(
+                f"SELECT {JobRecord.COLUMNS} FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        if row is None:
+            raise UnknownJob(f"no job has id {job_id!r}")
+        if changed != 1:
+            raise JobNotRunning(f"job {job_id} already finished as {row[8]!r}")
+        return JobRecord.from_row(row)
+
+    def job(self, job_id: str) -> JobRecord | None:
+        return self._one_job("id", job_id)
+
+    def job_by_key(self, key: str) -> JobRecord | None:
+        return self._one_job("key", key)
+
+    def _one_job(self, column: str, value: str) -> JobRecord | None:
+        with self._use() as conn:
+            row = conn.execute(
+                f"SELECT {JobRecord.COLUMNS} FROM jobs WHERE {column} = ?", (value,)
+            ).fetchone()
+        return None if row is None else JobRecord.from_row(row)
+
+    def jobs(
+        self,
+        *,
+        status: str | None = None,
+        instance: str | None = None,
+        window: str | None = None,
+        task: str | None = None,
+        opening: str | None = None,
+    ) -> list[JobRecord]:
+        """Jobs matching every given filter, oldest first."""
+        if status is not None and status not in JOB_STATUSES:
+            raise ValueError(f"status {status!r}: one of {JOB_STATUSES}")
+        given = dict(zip(JOB_FILTERS, (status, instance, window, task, opening), strict=True))
+        wanted = {column: value for column, value in given.items() if value is not None}
+        # Column names come from JOB_FILTERS, never from the caller; values are parameters.
+        where = " AND ".join(f"{column} = ?" for column in wanted) or "1"
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {JobRecord.COLUMNS} FROM jobs WHERE {where} ORDER BY created_at, rowid",
+                tuple(wanted.values()),
+            ).fetchall()
+        return [JobRecord.from_row(row) for row in rows]
+
+    def abandon_running_jobs(self, now: datetime) -> list[JobRecord]:
+        """Mark every running job abandoned and return them (oldest first).
+
+        For start-up after a crash: their outcome is unknown, and their keys stay taken so the
+        planner decides afresh rather than re-dispatching blindly. Only call it while no other
+        process runs jobs from this file: it cannot tell their jobs from a dead process's.
+        """
+        finished = to_text(now)
+        with self._write() as conn:
+            rows = conn.execute(
+                f"SELECT {JobRecord.COLUMNS} FROM jobs WHERE status = 'running'"
+                " ORDER BY created_at, rowid"
+            ).fetchall()
+            conn.execute(
+                "UPDATE jobs SET status = 'abandoned', finished_at = ? WHERE status = 'running'",
+                (finished,),
+            )
+        # The write lock was held from the SELECT to the UPDATE: these are exactly the rows.
+        return [
+            replace(JobRecord.from_row(row), status="abandoned", finished_at=from_text(finished))
+            for row in rows
+        ]
+
+    # Maintenance window executions.
+
+    def record_window_execution(
+        self, *, window: str, opening: str, status: str, now: datetime
+    ) -> None:
+        """Set the status of one opening of a window; the first record's time stays its start."""
+        if status not in WINDOW_STATUSES:
+            raise ValueError(f"status {status!r}: one of {WINDOW_STATUSES}")
+        moment = to_text(now)
+        with self._use() as conn:
+            conn.execute(
+                "INSERT INTO window_executions (window, opening, status, started_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (window, opening) DO UPDATE SET"
+                " status = excluded.status, updated_at = excluded.updated_at",
+                (window, opening, status, moment, moment),
+            )
+
+    def window_executions(self, window: str | None = None) -> list[dict[str, Any]]:
+        """``{window, opening, status, started_at, updated_at}`` per execution, oldest first."""
+        where, params = ("WHERE window = ?", (window,)) if window is not None else ("", ())
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT window, opening, status, started_at, updated_at FROM window_executions"
+                f" {where} ORDER BY started_at, window, opening",
+                params,
+            ).fetchall()
+        return [
+            {
+                "window": row[0],
+                "opening": row[1],
+                "status": row[2],
+                "started_at": from_text(row[3]),
+                "updated_at": from_text(row[4]),
+            }
+            for row in rows
+        ]
+
+    # Source revisions.
+
+    def record_revision(
+        self, *, revision: str, accepted: bool, problems: list[str], now: datetime
+    ) -> None:
+        """Append the verdict on a revision, unless it repeats the newest one.
+
+        The loop re-reads its source every tick; repeating the same verdict would bury the
+        history in copies, so ``seen_at`` is when the revision became current.
+        """
+        entry = (revision, int(accepted), to_json(list(problems)))
+        with self._write() as conn:
+            newest = conn.execute(
+                "SELECT revision, accepted, problems FROM revisions"
+                " ORDER BY seen_at DESC, id DESC LIMIT 1"
+            ).fetchone()
+            if newest != entry:
+                conn.execute(
+                    "INSERT INTO revisions (revision, accepted, problems, seen_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (*entry, to_text(now)),
+                )
+
+    def last_good_revision(self) -> RevisionRecord | None:
+        """The newest accepted revision: the one the loop acts on while newer ones are refused."""
+        with self._use() as conn:
+            row = conn.execute(
+                f"SELECT {RevisionRecord.COLUMNS} FROM revisions WHERE accepted = 1"
+                " ORDER BY seen_at DESC, id DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else RevisionRecord.from_row(row)
+
+    def revisions(self, limit: int = 50) -> list[RevisionRecord]:
+        """Revisions seen, newest first."""
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {RevisionRecord.COLUMNS} FROM revisions"
+                " ORDER BY seen_at DESC, id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [RevisionRecord.from_row(row) for row in rows]
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: the store writes BEGIN/COMMIT itself (see schema.immediate) instead
+    # of the sqlite3 module's implicit deferred transactions, which can fail with SQLITE_BUSY
+    # mid-transaction under WAL. check_same_thread=False: the store's lock serialises use.
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+    )
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StateError(f"{path}: SQLite refused WAL mode (journal_mode is {mode!r})")
+        # Per connection, not stored in the file: must be set every time.
+        conn.execute("PRAGMA foreign_keys = ON")
+        # FULL rather than WAL's usual NORMAL: a claimed job must survive a power cut too,
+        # or it could be dispatched again after the reboot. Writes here are few.
+        conn.execute("PRAGMA synchronous = FULL")
+    except BaseException:
+        conn.close()
+        raise
+    return conn

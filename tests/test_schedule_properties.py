@@ -1,0 +1,334 @@
+"""Properties of the schedule engine (hypothesis).
+
+The main one: for random AWS cron expressions, time zones, offsets and valid periods,
+``openings()`` equals a brute-force oracle that walks real minutes one by one, looks at each in
+the window's time zone and checks the AWS field semantics directly, from the structure the
+expression was generated from (never from the engine's parser). Walking real minutes gives the
+DST rules for free: a wall-clock time exists iff some minute shows it, and opens at the first
+minute that does. Plain 5-field cron is checked against croniter in UTC.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reconciler.schedule import current_opening, openings
+from tests.test_schedule import window
+
+MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+DAYS = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
+ZONES = (
+    "UTC",
+    "Europe/Berlin",
+    "America/New_York",
+    "Australia/Lord_Howe",  # DST moves the clock by 30 minutes
+    "Asia/Kolkata",  # +05:30, no DST
+    "Pacific/Chatham",  # +12:45 / +13:45
+)
+# Starting points near the 2026 DST transitions of those zones (and one far from any).
+BASES = tuple(
+    datetime(2026, m, d, tzinfo=UTC)
+    for m, d in ((3, 1), (3, 24), (4, 1), (9, 22), (10, 1), (10, 21), (10, 28), (1, 10))
+)
+HORIZON = timedelta(days=16)
+
+
+@dataclass(frozen=True)
+class Field:
+    """A generated field: its text and the values it means, computed without the engine."""
+
+    text: str
+    values: frozenset[int]
+
+
+@st.composite
+def fields(
+    draw: st.DrawFn, low: int, high: int, names: tuple[str, ...] = (), base: int = 0
+) -> Field:
+    def token(value: int) -> str:
+        return names[value - base] if names and draw(st.booleans()) else str(value)
+
+    value = st.integers(low, high)
+    kind = draw(st.sampled_from(["star", "one", "list", "range", "range_step", "start_step"]))
+    if kind == "star":
+        step = draw(st.sampled_from([None, None, 2, 3, 7, 15]))
+        if step is None:
+            return Field("*", frozenset(range(low, high + 1)))
+        return Field(f"*/{step}", frozenset(range(low, high + 1, step)))
+    if kind == "one":
+        v = draw(value)
+        return Field(token(v), frozenset({v}))
+    if kind == "list":
+        vs = draw(st.lists(value, min_size=2, max_size=4))
+        return Field(",".join(token(v) for v in vs), frozenset(vs))
+    a, b = sorted((draw(value), draw(value)))
+    if kind == "range":
+        return Field(f"{token(a)}-{token(b)}", frozenset(range(a, b + 1)))
+    step = draw(st.integers(1, max(1, (high - low) // 2)))
+    if kind == "range_step":
+        return Field(f"{token(a)}-{token(b)}/{step}", frozenset(range(a, b + 1, step)))
+    return Field(f"{token(a)}/{step}", frozenset(range(a, high + 1, step)))
+
+
+DayPredicate = Callable[[date], bool]
+
+
+def last_day(day: date) -> int:
+    return calendar.monthrange(day.year, day.month)[1]
+
+
+def aws_day_number(day: date) -> int:
+    return day.isoweekday() % 7 + 1  # AWS: 1 = SUN ... 7 = SAT
+
+
+def nearest_weekday(n: int) -> DayPredicate:
+    def matches(day: date) -> bool:
+        if n > last_day(day):
+            return False
+        weekdays = [x for x in range(1, last_day(day) + 1) if day.replace(day=x).weekday() < 5]
+        return day.day == min(weekdays, key=lambda x: abs(x - n))
+
+    return matches
+
+
+@st.composite
+def day_of_month(draw: st.DrawFn) -> tuple[str, DayPredicate]:
+    kind = draw(st.sampled_from(["values", "values", "L", "LW", "W"]))
+    if kind == "L":
+        return "L", lambda day: day.day == last_day(day)
+    if kind == "LW":
+        return "LW", lambda day: day.weekday() < 5 and all(
+            day.replace(day=x).weekday() >= 5 for x in range(day.day + 1, last_day(day) + 1)
+        )
+    if kind == "W":
+        n = draw(st.integers(1, 31))
+        return f"{n}W", nearest_weekday(n)
+    field = draw(fields(1, 31))
+    return field.text, lambda day: day.day in field.values
+
+
+@st.composite
+def day_of_week(draw: st.DrawFn) -> tuple[str, DayPredicate]:
+    kind = draw(st.sampled_from(["values", "values", "L", "nL", "#"]))
+    weekday = draw(st.integers(1, 7))
+    name = DAYS[weekday - 1] if draw(st.booleans()) else str(weekday)
+    if kind == "L":
+        return "L", lambda day: aws_day_number(day) == 7
+    if kind == "nL":
+        return f"{name}L", lambda day: (
+            aws_day_number(day) == weekday and day.day + 7 > last_day(day)
+        )
+    if kind == "#":
+        n = draw(st.integers(1, 5))
+        return f"{name}#{n}", lambda day: (
+            aws_day_number(day) == weekday and (day.day - 1) // 7 + 1 == n
+        )
+    field = draw(fields(1, 7, DAYS, 1))
+    return field.text, lambda day: aws_day_number(day) in field.values
+
+
+@dataclass(frozen=True)
+class Case:
+    """A window and the question asked of it, with what the oracle needs to answer."""
+
+    spec: dict[str, Any]
+    after: datetime
+    seconds: frozenset[int]
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    months: frozenset[int]
+    years: frozenset[int]
+    day: DayPredicate
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> Case:
+    seconds = draw(st.sampled_from([None, Field("0", frozenset({0})), Field("*/20", frozenset({0, 20, 40}))]))
+    minutes = draw(fields(0, 59))
+    hours = draw(fields(0, 23))
+    month = draw(st.one_of(st.just(Field("*", frozenset(range(1, 13)))), fields(1, 12, MONTHS, 1)))
+    year = draw(
+        st.sampled_from(
+            [
+                Field("*", frozenset(range(1970, 2200))),
+                Field("2026", frozenset({2026})),
+                Field("2025-2027", frozenset({2025, 2026, 2027})),
+                Field("2020/2", frozenset(range(2020, 2200, 2))),
+                Field("2027", frozenset({2027})),
+            ]
+        )
+    )
+    if draw(st.booleans()):
+        dom_text, predicate = draw(day_of_month())
+        dow_text = "?"
+    else:
+        dow_text, predicate = draw(day_of_week())
+        dom_text = "?"
+    parts = [minutes.text, hours.text, dom_text, month.text, dow_text, year.text]
+    if seconds is not None:
+        parts.insert(0, seconds.text)
+    after = draw(st.sampled_from(BASES)) + timedelta(seconds=draw(st.integers(0, 10 * 86400)))
+    spec: dict[str, Any] = {
+        "schedule": f"cron({' '.join(parts)})",
+        "scheduleTimezone": draw(st.sampled_from(ZONES)),
+    }
+    offset = draw(st.one_of(st.none(), st.integers(1, 6)))
+    if offset is not None:
+        spec["scheduleOffset"] = offset
+    start = draw(st.one_of(st.none(), st.integers(-3 * 86400, 8 * 86400)))
+    if start is not None:
+        spec["startDate"] = (after + timedelta(seconds=start)).isoformat()
+    end = draw(st.one_of(st.none(), st.integers(1, 12 * 86400)))
+    if end is not None:
+        spec["endDate"] = (after + timedelta(seconds=max(start or 0, 0) + end)).isoformat()
+    return Case(
+        spec=spec,
+        after=after,
+        seconds=seconds.values if seconds is not None else frozenset({0}),
+        minutes=minutes.values,
+        hours=hours.values,
+        months=month.values,
+        years=year.values,
+        day=predicate,
+    )
+
+
+def first_seen(zone: ZoneInfo, begin: datetime, end: datetime) -> dict[datetime, datetime]:
+    """Every wall-clock minute shown in ``zone`` between two instants -> the first real minute
+    that shows it. Missing keys are the wall-clock times DST skips."""
+    seen: dict[datetime, datetime] = {}
+    minute = begin.replace(second=0, microsecond=0)
+    while minute <= end:
+        seen.setdefault(minute.astimezone(zone).replace(tzinfo=None), minute)
+        minute += timedelta(minutes=1)
+    return seen
+
+
+def oracle(case: Case) -> list[datetime]:
+    """Opening starts in (after, after + HORIZON], by brute force over every minute."""
+    zone = ZoneInfo(case.spec["scheduleTimezone"])
+    shift = timedelta(days=case.spec.get("scheduleOffset", 0))
+    start_date = _date(case.spec.get("startDate"))
+    end_date = _date(case.spec.get("endDate"))
+    horizon = case.after + HORIZON
+    # A day of margin before `after`, so a repeated hour's first occurrence is seen.
+    seen = first_seen(zone, case.after - timedelta(days=1), horizon)
+    found = []
+    for wall, instant in seen.items():
+        match = wall - shift  # the cron match that opens at this wall-clock time
+        if not _matches_minute(case, match):
+            continue
+        if start_date is not None and match < start_date.astimezone(zone).replace(tzinfo=None):
+            continue  # that period's cron day is before startDate
+        for second in sorted(case.seconds):
+            start = instant + timedelta(seconds=second)
+            if start_date is not None and start < start_date:
+                continue
+            if end_date is not None and start > end_date:
+                continue
+            if case.after < start <= horizon:
+                found.append(start)
+    return sorted(found)
+
+
+def _matches_minute(case: Case, wall: datetime) -> bool:
+    return (
+        wall.minute in case.minutes
+        and wall.hour in case.hours
+        and wall.month in case.months
+        and wall.year in case.years
+        and case.day(wall.date())
+    )
+
+
+def _date(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+@settings(max_examples=120, deadline=None, derandomize=True)
+@given(cases())
+def test_cron_openings_equal_the_brute_force_oracle(case: Case) -> None:
+    expected = oracle(case)
+    got = [o.start for o in openings(window(**case.spec), case.after, limit=len(expected) + 1)]
+    assert got[: len(expected)] == expected, case.spec
+    assert len(got) == len(expected) or got[-1] > case.after + HORIZON, case.spec
+
+
+def _consecutive(schedule: str, zone: str, after: datetime, count: int) -> Iterator[datetime]:
+    for opening in openings(window(schedule, scheduleTimezone=zone), after, count):
+        yield opening.start
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(cases(), st.integers(1, 20))
+def test_openings_ascend_and_resume_where_they_left_off(case: Case, count: int) -> None:
+    win = window(**case.spec)
+    listed = openings(win, case.after, count)
+    starts = [o.start for o in listed]
+    assert starts == sorted(set(starts)) and all(s > case.after for s in starts)
+    for index, opening in enumerate(listed[:-1]):
+        assert openings(win, opening.start, 1) == [listed[index + 1]]
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(cases(), st.integers(0, 30 * 86400), st.integers(1, 24))
+def test_current_opening_is_the_latest_open_one(case: Case, later: int, duration: int) -> None:
+    win = window(**case.spec, duration=duration, cutoff=0)
+    now = case.after + timedelta(seconds=later)
+    earlier = [o for o in openings(win, now - timedelta(hours=duration), 10_000) if o.start <= now]
+    current = current_opening(win, now)
+    assert current == (earlier[-1] if earlier else None)
+    assert current is None or current.is_open(now)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    st.sampled_from(["rate(5 minutes)", "rate(1 hour)", "rate(7 hours)", "rate(1 day)", "rate(3 days)"]),
+    st.one_of(st.none(), st.integers(0, 400 * 86400)),
+    st.integers(0, 800 * 86400),
+)
+def test_rate_openings_are_whole_steps_from_the_anchor(
+    schedule: str, start: int | None, after_seconds: int
+) -> None:
+    base = datetime(2025, 1, 1, tzinfo=UTC)
+    spec = {} if start is None else {"startDate": (base + timedelta(seconds=start)).isoformat()}
+    anchor = base + timedelta(seconds=start) if start is not None else datetime(1970, 1, 1, tzinfo=UTC)
+    after = base + timedelta(seconds=after_seconds)
+    starts = [o.start for o in openings(window(schedule, **spec), after, 5)]
+    step = starts[1] - starts[0]
+    assert all(b - a == step for a, b in zip(starts, starts[1:], strict=False))
+    assert (starts[0] - anchor) % step == timedelta(0) and starts[0] >= anchor
+    assert starts[0] > after and (starts[0] - step <= after or starts[0] == anchor)
+
+
+@st.composite
+def plain_crons(draw: st.DrawFn) -> str:
+    minute = draw(fields(0, 59)).text
+    hour = draw(fields(0, 23)).text
+    month = draw(st.one_of(st.just("*"), fields(1, 12, MONTHS, 1).map(lambda f: f.text)))
+    # croniter widens with both day fields whenever neither is exactly '*', where Vixie cron (and
+    # this engine) treats any '*'-led field as unrestricted: generate fields they agree on.
+    def star_free(field: Field) -> bool:
+        return not field.text.startswith("*")
+
+    dom = draw(st.one_of(st.just("*"), fields(1, 31).filter(star_free).map(lambda f: f.text)))
+    dow = draw(st.one_of(st.just("*"), fields(0, 7, DAYS, 0).filter(star_free).map(lambda f: f.text)))
+    return f"{minute} {hour} {dom} {month} {dow}"
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(plain_crons(), st.integers(0, 365 * 86400))
+def test_plain_cron_agrees_with_croniter(expression: str, after_seconds: int) -> None:
+    after = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=after_seconds)
+    reference = croniter(expression, after)
+    expected = [reference.get_next(datetime) for _ in range(5)]
+    assert [o.start for o in openings(window(expression), after, 5)] == expected

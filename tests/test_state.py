@@ -1,0 +1,563 @@
+"""The observed-state store on real SQLite files: round trips, append-only history, exclusive job
+claims across threads and processes, reopening, and schema migrations."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sqlite3
+import threading
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.state import (
+    SCHEMA_VERSION,
+    JobNotRunning,
+    StateError,
+    StateStore,
+    UnknownJob,
+)
+from reconciler.state.schema import migrate
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def facts(hostname: str = "web-1", kernel: str = "6.1.0-18") -> dict[str, Any]:
+    return {"osId": "debian", "operatingSystem": "DEBIAN", "hostname": hostname, "kernel": kernel}
+
+
+def evaluation(instance: str, *states: str) -> dict[str, Any]:
+    """An evaluation document as `-o json` writes it, one patch per state."""
+    return {
+        "instanceId": instance,
+        "operatingSystem": "DEBIAN",
+        "baseline": "debian-prod",
+        "patches": [
+            {
+                "name": f"pkg{i}",
+                "arch": "amd64",
+                "installedVersion": "1.0-1",
+                "version": "1.0-2",
+                "state": state,
+                "classification": "Security",
+                "severity": "Critical",
+                "complianceLevel": "CRITICAL",
+                "cves": [f"CVE-2024-000{i}"],
+                "reason": "approved by rule 0",
+            }
+            for i, state in enumerate(states)
+        ],
+        "summary": {"missingCount": states.count("MISSING")},
+    }
+
+
+def scan(store: StateStore, instance: str = "web-1", minutes: float = 0, **overrides: Any) -> Any:
+    fields: dict[str, Any] = {
+        "instance": instance,
+        "operation": "Scan",
+        "revision": "rev-a",
+        "baseline": "debian-prod",
+        "baseline_hash": "sha256:aa",
+        "job_id": None,
+        "started_at": at(minutes - 1),
+        "finished_at": at(minutes),
+        "inventory": {"instanceId": instance, "facts": facts(instance)},
+        "evaluation": evaluation(instance, "MISSING", "INSTALLED"),
+    }
+    return store.record_scan(**{**fields, **overrides})
+
+
+def claim(store: StateStore, key: str, instance: str = "web-1", **overrides: Any) -> Any:
+    fields: dict[str, Any] = {
+        "key": key,
+        "instance": instance,
+        "operation": "Install",
+        "window": "nightly",
+        "task": "patch",
+        "opening": "2024-05-01T02:00:00+00:00",
+        "revision": "rev-a",
+        "payload": {"pins": ["pkg0=1.0-2"]},
+        "now": T0,
+    }
+    return store.claim_job(**{**fields, **overrides})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    with StateStore(tmp_path / "state.db") as opened:
+        yield opened
+
+
+# The file
+
+
+def test_new_file_is_created_in_wal_mode_at_the_latest_version(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "dir" / "state.db"
+    with StateStore(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION == 2
+    assert path.is_file()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_foreign_keys_are_enforced(store: StateStore) -> None:
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        scan(store, job_id="no-such-job")
+    assert store.latest_scan("web-1") is None
+
+
+def test_default_path_honours_xdg_state_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert StateStore.default_path() == tmp_path / "xdg" / "patchwarden" / "state.db"
+
+
+@pytest.mark.parametrize("xdg", [None, "", "relative/dir"])
+def test_default_path_falls_back_to_local_state(
+    xdg: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    if xdg is None:
+        monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    else:
+        monkeypatch.setenv("XDG_STATE_HOME", xdg)
+    expected = tmp_path / ".local" / "state" / "patchwarden" / "state.db"
+    assert StateStore.default_path() == expected
+
+
+def test_closed_store_refuses_use(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    store.close()
+    store.close()  # closing twice is harmless
+    with pytest.raises(StateError, match="closed"):
+        store.latest_scans()
+
+
+def test_reopening_keeps_everything(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with StateStore(path) as store:
+        recorded = scan(store)
+        job = claim(store, "k1")
+        assert job is not None
+        finished = store.finish_job(job.id, status="succeeded", result={"ok": True}, now=at(5))
+        store.record_window_execution(window="nightly", opening="o1", status="SUCCESS", now=T0)
+        store.record_revision(revision="rev-a", accepted=True, problems=[], now=T0)
+        executions = store.window_executions()
+    with StateStore(path) as store:
+        assert store.latest_scan("web-1") == recorded
+        assert store.job(job.id) == finished
+        assert claim(store, "k1") is None
+        assert store.window_executions() == executions
+        assert store.last_good_revision() is not None
+
+
+# Scans and installs
+
+
+def test_record_scan_round_trip(store: StateStore) -> None:
+    recorded = scan(store, operation="Install", baseline_hash="sha256:bb")
+    assert recorded.id > 0
+    assert recorded.operation == "Install"
+    assert recorded.started_at == at(-1) and recorded.finished_at.tzinfo == UTC
+    assert recorded.evaluation == evaluation("web-1", "MISSING", "INSTALLED")
+    assert store.latest_scan("web-1") == recorded
+    assert store.scan_history("web-1") == [recorded]
+    assert store.latest_scan("db-1") is None
+
+
+def test_record_scan_stores_one_row_per_patch(store: StateStore) -> None:
+    recorded = scan(store, evaluation=evaluation("web-1", "MISSING", "INSTALLED", "FAILED"))
+    rows = store.patch_states(recorded.id)
+    assert [(row.name, row.state) for row in rows] == [
+        ("pkg0", "MISSING"),
+        ("pkg1", "INSTALLED"),
+        ("pkg2", "FAILED"),
+    ]
+    first = rows[0]
+    assert (first.installed_version, first.version, first.compliance_level) == (
+        "1.0-1",
+        "1.0-2",
+        "CRITICAL",
+    )
+    assert first.cves == ["CVE-2024-0000"] and first.instance == "web-1"
+
+
+def test_record_scan_keeps_latest_facts_and_first_seen(store: StateStore) -> None:
+    scan(store, minutes=0)
+    newest = scan(store, minutes=10, inventory={"facts": facts(kernel="6.1.0-20")}, evaluation={})
+    # Recorded late but finished earlier: older facts must not replace newer ones.
+    scan(store, minutes=-30, inventory={"facts": facts(kernel="5.10")}, evaluation={})
+    # No facts at all keeps what is known.
+    scan(store, minutes=20, inventory={}, evaluation={})
+    instance = store.instance("web-1")
+    assert instance is not None
+    assert instance.facts["kernel"] == "6.1.0-20"
+    assert instance.first_seen == at(-30)
+    assert instance.last_seen == at(20)
+    assert instance.last_scan_id > newest.id
+    assert [i.instance for i in store.instances()] == ["web-1"]
+    assert store.instance("db-1") is None
+
+
+def test_facts_may_come_with_the_evaluation(store: StateStore) -> None:
+    doc = {**evaluation("web-1"), "facts": facts(hostname="from-evaluation")}
+    scan(store, inventory={}, evaluation=doc)
+    instance = store.instance("web-1")
+    assert instance is not None and instance.facts["hostname"] == "from-evaluation"
+
+
+def test_history_is_append_only(store: StateStore, tmp_path: Path) -> None:
+    first = scan(store, minutes=0)
+    second = scan(store, minutes=60, revision="rev-b")
+    assert store.scan_history("web-1") == [second, first]
+    assert store.latest_scan("web-1") == second
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        for statement in (
+            "UPDATE scans SET revision = 'forged'",
+            "DELETE FROM scans",
+            "UPDATE patch_states SET state = 'INSTALLED'",
+            "DELETE FROM patch_states",
+        ):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                conn.execute(statement)
+    assert store.scan_history("web-1") == [second, first]
+
+
+def test_latest_is_decided_by_finish_time_not_arrival(store: StateStore) -> None:
+    newer = scan(store, minutes=60)
+    scan(store, minutes=0)
+    assert store.latest_scan("web-1") == newer
+    assert store.latest_scans()["web-1"] == newer
+
+
+def test_latest_scans_picks_the_newest_per_instance(store: StateStore) -> None:
+    expected = {}
+    for instance, finishes in {"web-1": [5, 50, 20], "db-1": [30], "web-2": [1, 2]}.items():
+        records = [scan(store, instance, minutes=m) for m in finishes]
+        expected[instance] = max(records, key=lambda record: record.finished_at)
+    assert store.latest_scans() == expected
+    assert list(store.latest_scans()) == ["db-1", "web-1", "web-2"]
+
+
+def test_scan_history_is_newest_first_and_limited(store: StateStore) -> None:
+    records = [scan(store, minutes=m) for m in range(5)]
+    scan(store, "other", minutes=100)
+    assert store.scan_history("web-1") == records[::-1]
+    assert store.scan_history("web-1", limit=2) == [records[4], records[3]]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        ({"operation": "Reboot"}, ValueError),
+        ({"started_at": datetime(2024, 5, 1)}, ValueError),
+        ({"inventory": {"when": T0}}, TypeError),
+        ({"evaluation": {"score": float("nan")}}, ValueError),
+        ({"evaluation": {"patches": [{"name": "pkg"}]}}, ValueError),
+    ],
+)
+def test_bad_scans_are_refused_and_nothing_is_written(
+    store: StateStore, overrides: dict[str, Any], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        scan(store, **overrides)
+    assert store.latest_scans() == {}
+    assert store.instances() == []
+
+
+def test_times_are_stored_in_utc(store: StateStore) -> None:
+    paris = timezone(timedelta(hours=2))
+    recorded = scan(store, finished_at=datetime(2024, 5, 1, 14, 0, tzinfo=paris))
+    assert recorded.finished_at == T0
+    assert recorded.finished_at.utcoffset() == timedelta(0)
+
+
+def test_scan_links_to_its_job(store: StateStore) -> None:
+    job = claim(store, "k1")
+    assert job is not None
+    recorded = scan(store, operation="Install", job_id=job.id)
+    assert store.latest_scan("web-1") == recorded and recorded.job_id == job.id
+
+
+# Jobs
+
+
+def test_claim_job_round_trip(store: StateStore) -> None:
+    job = claim(store, "web-1/rev-a/Install")
+    assert job is not None
+    assert len(job.id) == 32 and int(job.id, 16) >= 0
+    assert (job.status, job.result, job.finished_at, job.created_at) == ("running", None, None, T0)
+    assert job.payload == {"pins": ["pkg0=1.0-2"]}
+    assert store.job(job.id) == job
+    assert store.job_by_key("web-1/rev-a/Install") == job
+    assert store.job("nope") is None and store.job_by_key("nope") is None
+
+
+@pytest.mark.parametrize("outcome", [None, "succeeded", "failed", "abandoned"])
+def test_a_key_is_claimed_once_whatever_its_job_became(
+    store: StateStore, outcome: str | None
+) -> None:
+    job = claim(store, "k")
+    assert job is not None
+    if outcome:
+        store.finish_job(job.id, status=outcome, result={}, now=at(1))
+    assert claim(store, "k", instance="other", now=at(2)) is None
+    assert [j.id for j in store.jobs()] == [job.id]
+
+
+def test_finish_job(store: StateStore) -> None:
+    job = claim(store, "k")
+    assert job is not None
+    done = store.finish_job(job.id, status="failed", result={"error": "apt"}, now=at(3))
+    assert (done.status, done.result, done.finished_at) == ("failed", {"error": "apt"}, at(3))
+    assert done.key == job.key and done.created_at == job.created_at
+    assert store.job(job.id) == done
+
+
+def test_finished_jobs_are_not_overwritten(store: StateStore, tmp_path: Path) -> None:
+    job = claim(store, "k")
+    assert job is not None
+    done = store.finish_job(job.id, status="succeeded", result={"n": 1}, now=at(1))
+    with pytest.raises(JobNotRunning, match="succeeded"):
+        store.finish_job(job.id, status="failed", result={"n": 2}, now=at(2))
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        with pytest.raises(sqlite3.IntegrityError, match="finished once"):
+            conn.execute("UPDATE jobs SET status = 'running'")
+        with pytest.raises(sqlite3.IntegrityError, match="history"):
+            conn.execute("DELETE FROM jobs")
+    assert store.job(job.id) == done
+
+
+def test_finish_job_refuses_unknown_jobs_and_statuses(store: StateStore) -> None:
+    with pytest.raises(UnknownJob):
+        store.finish_job("missing", status="succeeded", result={}, now=T0)
+    job = claim(store, "k")
+    assert job is not None
+    with pytest.raises(ValueError, match="running"):
+        store.finish_job(job.id, status="running", result={}, now=T0)
+    assert store.job(job.id) == job
+
+
+def ids(jobs: list[Any]) -> list[str]:
+    return [job.id for job in jobs]
+
+
+def test_jobs_filters_and_order(store: StateStore) -> None:
+    a = claim(store, "a", now=at(3))
+    b = claim(store, "b", instance="db-1", window="weekly", now=at(1))
+    c = claim(store, "c", task="scan", opening="o2", now=at(2))
+    assert a and b and c
+    store.finish_job(c.id, status="succeeded", result={}, now=at(4))
+    assert ids(store.jobs()) == [b.id, c.id, a.id]
+    assert ids(store.jobs(status="running")) == [b.id, a.id]
+    assert ids(store.jobs(instance="web-1")) == [c.id, a.id]
+    assert ids(store.jobs(window="nightly", task="patch")) == [a.id]
+    assert ids(store.jobs(opening="o2", status="succeeded")) == [c.id]
+    assert store.jobs(instance="nobody") == []
+    with pytest.raises(ValueError):
+        store.jobs(status="done")
+
+
+def test_abandon_running_jobs(store: StateStore) -> None:
+    first, second, done = (claim(store, key, now=at(i)) for i, key in enumerate("abc"))
+    assert first and second and done
+    store.finish_job(done.id, status="succeeded", result={}, now=at(5))
+    abandoned = store.abandon_running_jobs(at(10))
+    assert [job.id for job in abandoned] == [first.id, second.id]
+    assert all(job.status == "abandoned" and job.finished_at == at(10) for job in abandoned)
+    assert [store.job(job.id) for job in abandoned] == abandoned
+    assert store.jobs(status="succeeded") == [store.job(done.id)]
+    assert store.jobs(status="running") == []
+    assert store.abandon_running_jobs(at(11)) == []
+    assert claim(store, "a") is None  # abandoned keys stay taken
+
+
+def _claim_from_threads(stores: list[StateStore], keys: list[str]) -> dict[str, int]:
+    """Every thread claims every key at the same moment; how many claims won per key."""
+    barrier = threading.Barrier(len(stores))
+    wins: dict[str, int] = dict.fromkeys(keys, 0)
+    count = threading.Lock()
+
+    def race(store: StateStore, worker: int) -> None:
+        for key in keys:
+            barrier.wait()  # per key, so that every key is really contended
+            if claim(store, key, instance=f"worker-{worker}") is not None:
+                with count:
+                    wins[key] += 1
+
+    threads = [threading.Thread(target=race, args=(s, i)) for i, s in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return wins
+
+
+def test_claim_is_exclusive_across_threads_sharing_a_store(store: StateStore) -> None:
+    keys = [f"key-{i}" for i in range(25)]
+    assert _claim_from_threads([store] * 8, keys) == dict.fromkeys(keys, 1)
+    assert len(store.jobs()) == 25
+
+
+def test_claim_is_exclusive_across_threads_with_their_own_stores(tmp_path: Path) -> None:
+    stores = [StateStore(tmp_path / "state.db") for _ in range(8)]
+    try:
+        keys = [f"key-{i}" for i in range(25)]
+        assert _claim_from_threads(stores, keys) == dict.fromkeys(keys, 1)
+    finally:
+        for opened in stores:
+            opened.close()
+
+
+def _claim_in_process(path: str, keys: list[str], barrier: Any, won: Any) -> None:
+    # Spawned child. The processes create and migrate the new file together, then meet before
+    # every key: without that, the first process to start claims most keys unopposed.
+    barrier.wait()
+    with StateStore(path) as store:
+        wins = []
+        for key in keys:
+            barrier.wait()
+            if claim(store, key) is not None:
+                wins.append(key)
+        won.put(wins)
+
+
+def test_claim_is_exclusive_across_processes(tmp_path: Path) -> None:
+    # spawn, not fork: a fresh interpreter per process, as separate controllers would be.
+    context = multiprocessing.get_context("spawn")
+    processes, keys = 4, [f"key-{i}" for i in range(20)]
+    barrier, won = context.Barrier(processes), context.Queue()
+    path = str(tmp_path / "state.db")
+    workers = [
+        context.Process(target=_claim_in_process, args=(path, keys, barrier, won))
+        for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    results = [won.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert sorted(key for result in results for key in result) == sorted(keys)
+    with StateStore(path) as store:
+        assert len(store.jobs()) == len(keys)
+        assert store.schema_version() == SCHEMA_VERSION
+
+
+# Window executions
+
+
+def test_window_executions_upsert_keeps_start_time(store: StateStore) -> None:
+    store.record_window_execution(window="nightly", opening="o1", status="PENDING", now=at(0))
+    store.record_window_execution(window="weekly", opening="w1", status="IN_PROGRESS", now=at(1))
+    store.record_window_execution(window="nightly", opening="o1", status="SUCCESS", now=at(9))
+    assert store.window_executions() == [
+        {
+            "window": "nightly",
+            "opening": "o1",
+            "status": "SUCCESS",
+            "started_at": at(0),
+            "updated_at": at(9),
+        },
+        {
+            "window": "weekly",
+            "opening": "w1",
+            "status": "IN_PROGRESS",
+            "started_at": at(1),
+            "updated_at": at(1),
+        },
+    ]
+    assert [e["opening"] for e in store.window_executions("weekly")] == ["w1"]
+    assert store.window_executions("none") == []
+    with pytest.raises(ValueError):
+        store.record_window_execution(window="nightly", opening="o1", status="DONE", now=T0)
+
+
+# Source revisions
+
+
+def test_revisions_and_last_good(store: StateStore) -> None:
+    assert store.last_good_revision() is None and store.revisions() == []
+    store.record_revision(revision="a", accepted=True, problems=[], now=at(0))
+    store.record_revision(revision="b", accepted=False, problems=["x.yaml:3: bad"], now=at(1))
+    good = store.last_good_revision()
+    assert good is not None and (good.revision, good.accepted, good.seen_at) == ("a", True, at(0))
+    newest = store.revisions()[0]
+    assert (newest.revision, newest.accepted, newest.problems) == ("b", False, ["x.yaml:3: bad"])
+    assert [r.revision for r in store.revisions(limit=1)] == ["b"]
+
+
+def test_revisions_collapse_repeats_but_keep_reverts(store: StateStore) -> None:
+    for minute, revision in enumerate(["a", "a", "c", "c", "a"]):
+        store.record_revision(revision=revision, accepted=True, problems=[], now=at(minute))
+    assert [(r.revision, r.seen_at) for r in store.revisions()] == [
+        ("a", at(4)),
+        ("c", at(2)),
+        ("a", at(0)),
+    ]
+    good = store.last_good_revision()
+    assert good is not None and good.seen_at == at(4)
+
+
+# Migrations
+
+
+def test_migrates_an_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.touch()
+    with StateStore(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert scan(store).id == 1
+
+
+def test_migrates_a_version_1_file_and_backfills(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    doc = {**evaluation("web-1", "MISSING", "INSTALLED"), "facts": facts(kernel="old")}
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        migrate(conn, target=1)
+        conn.execute(
+            "INSERT INTO scans (instance, operation, revision, baseline, baseline_hash, job_id,"
+            " started_at, finished_at, inventory, evaluation)"
+            " VALUES ('web-1', 'Scan', 'rev-a', 'debian-prod', 'h', NULL,"
+            " '2024-05-01T11:00:00.000000+00:00', '2024-05-01T12:00:00.000000+00:00', '{}', ?)",
+            (json.dumps(doc),),
+        )
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.close()
+    with StateStore(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        old = store.latest_scan("web-1")
+        assert old is not None and old.evaluation == doc and old.finished_at == T0
+        assert [row.state for row in store.patch_states(old.id)] == ["MISSING", "INSTALLED"]
+        instance = store.instance("web-1")
+        assert instance is not None and instance.facts["kernel"] == "old"
+        assert instance.first_seen == T0 and instance.last_scan_id == old.id
+        newer = scan(store, minutes=5)
+        assert store.latest_scans() == {"web-1": newer}
+
+
+def test_migration_is_a_no_op_at_the_latest_version(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    StateStore(path).close()
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        assert migrate(conn) == SCHEMA_VERSION
+    conn.close()
+
+
+def test_a_file_from_a_newer_program_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    StateStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StateError, match="newer"):
+        StateStore(path)
