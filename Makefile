@@ -15,9 +15,8 @@ SYSTEM_PACKAGES ?= git gnupg openssh-server openssh-client
 install: ## virtualenv + system and Python packages (idempotent)
 	@SYSTEM_PACKAGES="$(SYSTEM_PACKAGES)" scripts/bootstrap
 
-demo: install ## the main job on the embedded example: evaluate the example fleet's inventories
-	$(PATCHCTL) validate examples/
-	$(PATCHCTL) evaluate --source examples/ --inventory examples/inventories/
+demo: install ## the main job: a local fleet of Debian roots patched by the reconciler from a Git repo
+	$(PY) scripts/demo.py
 
 test: install ## the whole test suite (what CI runs)
 	$(PY) -m pytest -q

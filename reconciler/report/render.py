@@ -348,11 +348,20 @@ def reconcile_summary(summary: Any, scans: Mapping[str, Any], fmt: str, out: IO[
             str(row["installedPendingRebootCount"]),
             str(row["installedCount"]),
             f"{row['operation']} {row['finishedAt']}",
-            row["revision"],
+            _short(row["revision"]),
         )
     console.print(table)
-    if summary.waits:
-        console.print("Waiting: " + "; ".join(f"{i}: {r}" for i, r in summary.waits))
+    waiting = [(i, r) for i, r in summary.waits if not r.startswith("compliant")]
+    if waiting:
+        console.print("Waiting: " + "; ".join(f"{i}: {r}" for i, r in waiting))
+    elif summary.converged:
+        console.print("[green]Converged:[/] every instance is compliant.")
+
+
+def _short(revision: str) -> str:
+    """main@sha1:0123456789ab (12 hex digits are plenty for people)."""
+    head, sep, digest = revision.rpartition(":")
+    return f"{head}{sep}{digest[:12]}" if sep else revision
 
 
 def _compliance_row(name: str, record: Any) -> dict[str, Any]:
