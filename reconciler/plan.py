@@ -154,7 +154,17 @@ class _State:
         self.running = {job.instance for job in observed.jobs if job.status == "running"}
         self.scans_planned = 0
         self.budget = _Budgets(observed.jobs)
+        self.jobs_of: dict[str, list[ObservedJob]] = {}
+        for job in observed.jobs:
+            self.jobs_of.setdefault(job.instance, []).append(job)
+        self.running_jobs = [job for job in observed.jobs if job.status == "running"]
         self.target_counts: dict[str, int] = {}
+        # Per-pass memos: windows, baselines and label sets are shared by many instances.
+        self.openings: dict[str, Opening | None] = {}
+        self.digests: dict[str, str] = {}
+        self.windows_for: dict[
+            tuple[str | None, frozenset[tuple[str, str]]], list[MaintenanceWindow]
+        ] = {}
 
     def consider(self, name: str) -> None:
         instance = self.snapshot.instances[name]
@@ -179,7 +189,7 @@ class _State:
         if baseline is None:
             self.wait(name, f"no baseline: {resolution.baseline_reason}")
             return
-        digest = baseline_digest(baseline)
+        digest = self.digest(baseline)
         group = resolution.group.metadata.name if resolution.group else None
         why = self.rescan_reason(name, scan, digest)
         if why:
@@ -204,9 +214,8 @@ class _State:
         younger than ``retry_after`` (so an unreachable machine is not hammered)."""
         failures = [
             j
-            for j in self.observed.jobs
-            if j.instance == name
-            and j.operation == SCAN
+            for j in self.jobs_of.get(name, ())
+            if j.operation == SCAN
             and j.status == "failed"
             and (scan is None or j.created_at > scan.finished_at)
         ]
@@ -222,8 +231,8 @@ class _State:
             return f"last scan is older than {self.settings.stale_after}"
         left = [
             j
-            for j in self.observed.jobs
-            if j.instance == name and j.status == "abandoned" and j.created_at >= scan.finished_at
+            for j in self.jobs_of.get(name, ())
+            if j.status == "abandoned" and j.created_at >= scan.finished_at
         ]
         if left:
             return f"job {left[-1].key} was left in flight; rescan to learn what happened"
@@ -351,7 +360,7 @@ class _State:
         for window in self.targeting(instance, group):
             if not any(t.operation == "Install" for t in window.spec.tasks):
                 continue
-            now_open = current_opening(window.spec, self.now)
+            now_open = self.opening(window)
             if now_open is not None and not now_open.accepts_new_tasks(self.now):
                 closing.append(
                     f"window {window.metadata.name} is past its cutoff "
@@ -375,7 +384,28 @@ class _State:
 
     # -- windows and budgets ------------------------------------------------------------------
 
+    def digest(self, baseline: PatchBaseline) -> str:
+        name = baseline.metadata.name
+        if name not in self.digests:
+            self.digests[name] = baseline_digest(baseline)
+        return self.digests[name]
+
+    def opening(self, window: MaintenanceWindow) -> Opening | None:
+        """The window's opening containing now, computed once per pass."""
+        name = window.metadata.name
+        if name not in self.openings:
+            self.openings[name] = current_opening(window.spec, self.now)
+        return self.openings[name]
+
     def targeting(self, instance: ManagedInstance, group: str | None) -> list[MaintenanceWindow]:
+        key = (group, frozenset(instance.metadata.labels.items()))
+        if key not in self.windows_for:
+            self.windows_for[key] = self.find_targeting(instance, group)
+        return self.windows_for[key]
+
+    def find_targeting(
+        self, instance: ManagedInstance, group: str | None
+    ) -> list[MaintenanceWindow]:
         out = []
         for window in sorted(self.snapshot.windows.values(), key=lambda w: w.metadata.name):
             targets = window.spec.targets
@@ -392,7 +422,7 @@ class _State:
     ) -> list[tuple[MaintenanceWindow, WindowTask, Opening]]:
         out = []
         for window in self.targeting(instance, group):
-            opening = current_opening(window.spec, self.now)
+            opening = self.opening(window)
             if opening is None or not opening.accepts_new_tasks(self.now):
                 continue
             for task in sorted(window.spec.tasks, key=lambda t: (t.priority, t.name)):
@@ -428,11 +458,8 @@ class _State:
         lower number still has jobs running in this opening."""
         earlier = {t.name for t in window.spec.tasks if t.priority < task.priority}
         return not any(
-            j.window == window.metadata.name
-            and j.task in earlier
-            and j.opening == opening.id
-            and j.status == "running"
-            for j in self.observed.jobs
+            j.window == window.metadata.name and j.task in earlier and j.opening == opening.id
+            for j in self.running_jobs
         )
 
     def wait(self, name: str, reason: str, until: datetime | None = None) -> None:

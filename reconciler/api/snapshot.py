@@ -34,7 +34,7 @@ from reconciler.api.resources import (
 )
 from reconciler.api.yamldocs import Document, Path, YamlError, decode, documents
 
-MAX_DOCUMENTS = 10_000
+MAX_DOCUMENTS = 100_000
 
 
 @dataclass(frozen=True, order=True)
