@@ -82,14 +82,19 @@ class Reconciler:
         clock: Clock = utc_now,
         workers: int = 10,
         log: Any = None,
+        pinned: Callable[[str], Source] | None = None,
     ) -> None:
+        """``pinned(revision)`` is a source reading exactly that earlier revision (a Git commit):
+        after a restart, it brings back the last good revision when the current one is refused."""
         self.source, self.store, self.transport_for = source, store, transport_for
+        self.pinned = pinned
         self.settings, self.clock, self.workers = settings, clock, workers
         self.log = log or structlog.get_logger("patchwarden")
         self.snapshot: Snapshot | None = None
         self.revision: str | None = None
         self.stopping = threading.Event()
         self.on_job_done: Callable[[JobRecord], None] | None = None
+        self.submitted: dict[str, Action] = {}
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -98,11 +103,16 @@ class Reconciler:
         try:
             revision, snapshot = self.source.snapshot()
         except SnapshotInvalid as exc:
+            self._restore_last_good()
+            # A source's RevisionInvalid names the refused revision as a Revision value.
             self._refuse(
-                getattr(exc, "revision", None) or "unknown", [str(p) for p in exc.problems], summary
+                str(getattr(exc, "revision", None) or "unknown"),
+                [str(p) for p in exc.problems],
+                summary,
             )
             return
         except SourceError as exc:
+            self._restore_last_good()
             self._refuse(str(getattr(exc, "revision", "") or "unreachable"), [str(exc)], summary)
             return
         if str(revision) != self.revision:
@@ -113,6 +123,29 @@ class Reconciler:
                 "snapshot accepted", revision=str(revision), instances=len(snapshot.instances)
             )
         self.revision, self.snapshot = str(revision), snapshot
+
+    def _restore_last_good(self) -> None:
+        """A fresh process (``patchctl reconcile``, a restarted ``run``) has no good snapshot in
+        memory when the current revision is refused: read the store's last good one again."""
+        if self.snapshot is not None or self.pinned is None:
+            return
+        good = self.store.last_good_revision()
+        if good is None:
+            return
+        try:
+            revision, snapshot = self.pinned(good.revision).snapshot()
+        except (SnapshotInvalid, SourceError) as exc:
+            self.log.warning(
+                "last good revision unavailable", revision=good.revision, error=str(exc)
+            )
+            return
+        if revision.sha != good.revision.rpartition(":")[2]:
+            self.log.warning(
+                "last good revision unavailable", revision=good.revision, got=str(revision)
+            )
+            return
+        self.revision, self.snapshot = good.revision, snapshot
+        self.log.info("last good revision restored", revision=good.revision)
 
     def _refuse(self, revision: str, problems: list[str], summary: PassSummary | None) -> None:
         self.store.record_revision(
@@ -127,6 +160,14 @@ class Reconciler:
     def observe(self) -> Observed:
         scans = {name: _observed_scan(record) for name, record in self.store.latest_scans().items()}
         jobs = [_observed_job(job) for job in self.store.jobs()]
+        # Submitted jobs hold their budget slot before their worker has claimed them in the store.
+        claimed = {job.key for job in jobs}
+        now = self.clock()
+        jobs += [
+            ObservedJob(a.key, a.instance, a.operation, "running", now, a.window, a.task, a.opening)
+            for a in list(self.submitted.values())
+            if a.key not in claimed
+        ]
         return Observed(scans={k: v for k, v in scans.items() if v is not None}, jobs=jobs)
 
     def plan(self) -> Plan | None:
@@ -160,15 +201,15 @@ class Reconciler:
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="job") as pool:
             while not self.stopping.is_set():
                 current = self.plan()
-                fresh = [
-                    a
-                    for a in (current.actions if current else ())
-                    if a.key not in {r.key for r in running.values()}
-                ]
+                # One job per machine at a time: a submitted job may not have claimed its key yet,
+                # so the planner cannot see it; skip its machine here.
+                busy = {r.instance for r in running.values()}
+                fresh = [a for a in (current.actions if current else ()) if a.instance not in busy]
                 for action in fresh:
                     if max_jobs is not None and started >= max_jobs:
                         break
                     if self._claimable(action):
+                        self.submitted[action.key] = action
                         running[pool.submit(self.execute, action)] = action
                         started += 1
                 if not running:
@@ -180,6 +221,7 @@ class Reconciler:
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for future in done:
                     action = running.pop(future)
+                    self.submitted.pop(action.key, None)
                     job = future.result()
                     if job is not None:
                         summary.count(action.operation, job.status)
