@@ -48,37 +48,125 @@ def ids(win: MaintenanceWindowSpec, after: str, limit: int = 3) -> list[str]:
 
 CRON_EXAMPLES = [
     # AWS doc examples.
-    ("cron(0 2 ? * THU#3 *)", {}, ["2026-01-15T02:00:00Z", "2026-02-19T02:00:00Z", "2026-03-19T02:00:00Z"]),
-    ("cron(15 10 ? * MON-FRI *)", {}, ["2026-01-01T10:15:00Z", "2026-01-02T10:15:00Z", "2026-01-05T10:15:00Z"]),
-    ("cron(0 2 L * ? *)", {}, ["2026-01-31T02:00:00Z", "2026-02-28T02:00:00Z", "2026-03-31T02:00:00Z"]),
-    ("cron(15 10 ? * 6L *)", {}, ["2026-01-30T10:15:00Z", "2026-02-27T10:15:00Z", "2026-03-27T10:15:00Z"]),
+    (
+        "cron(0 2 ? * THU#3 *)",
+        {},
+        ["2026-01-15T02:00:00Z", "2026-02-19T02:00:00Z", "2026-03-19T02:00:00Z"],
+    ),
+    (
+        "cron(15 10 ? * MON-FRI *)",
+        {},
+        ["2026-01-01T10:15:00Z", "2026-01-02T10:15:00Z", "2026-01-05T10:15:00Z"],
+    ),
+    (
+        "cron(0 2 L * ? *)",
+        {},
+        ["2026-01-31T02:00:00Z", "2026-02-28T02:00:00Z", "2026-03-31T02:00:00Z"],
+    ),
+    (
+        "cron(15 10 ? * 6L *)",
+        {},
+        ["2026-01-30T10:15:00Z", "2026-02-27T10:15:00Z", "2026-03-27T10:15:00Z"],
+    ),
     # Third Tuesday at 23:30, plus 2 days: the Thursday after (Jan 20 -> 22, Feb 17 -> 19).
-    ("cron(30 23 ? * TUE#3 *)", {"scheduleOffset": 2}, ["2026-01-22T23:30:00Z", "2026-02-19T23:30:00Z", "2026-03-19T23:30:00Z"]),
+    (
+        "cron(30 23 ? * TUE#3 *)",
+        {"scheduleOffset": 2},
+        ["2026-01-22T23:30:00Z", "2026-02-19T23:30:00Z", "2026-03-19T23:30:00Z"],
+    ),
     # Patch Tuesday (second Tuesday) + 3 days: the Friday after (Jan 13 -> 16, Feb 10 -> 13).
-    ("cron(0 2 ? * TUE#2 *)", {"scheduleOffset": 3}, ["2026-01-16T02:00:00Z", "2026-02-13T02:00:00Z", "2026-03-13T02:00:00Z"]),
+    (
+        "cron(0 2 ? * TUE#2 *)",
+        {"scheduleOffset": 3},
+        ["2026-01-16T02:00:00Z", "2026-02-13T02:00:00Z", "2026-03-13T02:00:00Z"],
+    ),
     # AWS's association example: second Thursday + 3 = the Sunday after.
-    ("cron(0 0 ? * THU#2 *)", {"scheduleOffset": 3}, ["2026-01-11T00:00:00Z", "2026-02-15T00:00:00Z", "2026-03-15T00:00:00Z"]),
+    (
+        "cron(0 0 ? * THU#2 *)",
+        {"scheduleOffset": 3},
+        ["2026-01-11T00:00:00Z", "2026-02-15T00:00:00Z", "2026-03-15T00:00:00Z"],
+    ),
     # Lists, steps, names, the year field and the optional seconds field.
-    ("cron(0/20 8 ? JAN SAT,SUN *)", {}, ["2026-01-03T08:00:00Z", "2026-01-03T08:20:00Z", "2026-01-03T08:40:00Z"]),
-    ("cron(0 6 1,15 */3 ? *)", {}, ["2026-01-01T06:00:00Z", "2026-01-15T06:00:00Z", "2026-04-01T06:00:00Z"]),
+    (
+        "cron(0/20 8 ? JAN SAT,SUN *)",
+        {},
+        ["2026-01-03T08:00:00Z", "2026-01-03T08:20:00Z", "2026-01-03T08:40:00Z"],
+    ),
+    (
+        "cron(0 6 1,15 */3 ? *)",
+        {},
+        ["2026-01-01T06:00:00Z", "2026-01-15T06:00:00Z", "2026-04-01T06:00:00Z"],
+    ),
     ("cron(0 2 1 JAN ? 2027-2028)", {}, ["2027-01-01T02:00:00Z", "2028-01-01T02:00:00Z"]),
-    ("cron(30 0 2 ? * SUN *)", {}, ["2026-01-04T02:00:30Z", "2026-01-11T02:00:30Z", "2026-01-18T02:00:30Z"]),
-    ("cron(0 2 ? * 1 *)", {}, ["2026-01-04T02:00:00Z", "2026-01-11T02:00:00Z", "2026-01-18T02:00:00Z"]),
-    ("cron(0 2 ? * 7 *)", {}, ["2026-01-03T02:00:00Z", "2026-01-10T02:00:00Z", "2026-01-17T02:00:00Z"]),
-    ("cron(0 2 ? * fri-sat *)", {}, ["2026-01-02T02:00:00Z", "2026-01-03T02:00:00Z", "2026-01-09T02:00:00Z"]),
+    (
+        "cron(30 0 2 ? * SUN *)",
+        {},
+        ["2026-01-04T02:00:30Z", "2026-01-11T02:00:30Z", "2026-01-18T02:00:30Z"],
+    ),
+    (
+        "cron(0 2 ? * 1 *)",
+        {},
+        ["2026-01-04T02:00:00Z", "2026-01-11T02:00:00Z", "2026-01-18T02:00:00Z"],
+    ),
+    (
+        "cron(0 2 ? * 7 *)",
+        {},
+        ["2026-01-03T02:00:00Z", "2026-01-10T02:00:00Z", "2026-01-17T02:00:00Z"],
+    ),
+    (
+        "cron(0 2 ? * fri-sat *)",
+        {},
+        ["2026-01-02T02:00:00Z", "2026-01-03T02:00:00Z", "2026-01-09T02:00:00Z"],
+    ),
     # L alone in Day-of-week is the last day of the week: Saturday.
-    ("cron(0 2 ? * L *)", {}, ["2026-01-03T02:00:00Z", "2026-01-10T02:00:00Z", "2026-01-17T02:00:00Z"]),
+    (
+        "cron(0 2 ? * L *)",
+        {},
+        ["2026-01-03T02:00:00Z", "2026-01-10T02:00:00Z", "2026-01-17T02:00:00Z"],
+    ),
     # W: the weekday nearest the day, within the month. Feb 1 and Mar 1 2026 are Sundays, Aug 1 a
     # Saturday (so the Monday after, not July 31), Jan 31 a Saturday, May 31 a Sunday.
-    ("cron(0 9 1W * ? *)", {}, ["2026-01-01T09:00:00Z", "2026-02-02T09:00:00Z", "2026-03-02T09:00:00Z"]),
-    ("cron(0 9 1W AUG ? *)", {}, ["2026-08-03T09:00:00Z", "2027-08-02T09:00:00Z", "2028-08-01T09:00:00Z"]),
-    ("cron(0 9 15W * ? *)", {}, ["2026-01-15T09:00:00Z", "2026-02-16T09:00:00Z", "2026-03-16T09:00:00Z"]),
-    ("cron(0 9 31W JAN,MAY ? *)", {}, ["2026-01-30T09:00:00Z", "2026-05-29T09:00:00Z", "2027-01-29T09:00:00Z"]),
-    ("cron(0 9 LW * ? *)", {}, ["2026-01-30T09:00:00Z", "2026-02-27T09:00:00Z", "2026-03-31T09:00:00Z"]),
+    (
+        "cron(0 9 1W * ? *)",
+        {},
+        ["2026-01-01T09:00:00Z", "2026-02-02T09:00:00Z", "2026-03-02T09:00:00Z"],
+    ),
+    (
+        "cron(0 9 1W AUG ? *)",
+        {},
+        ["2026-08-03T09:00:00Z", "2027-08-02T09:00:00Z", "2028-08-01T09:00:00Z"],
+    ),
+    (
+        "cron(0 9 15W * ? *)",
+        {},
+        ["2026-01-15T09:00:00Z", "2026-02-16T09:00:00Z", "2026-03-16T09:00:00Z"],
+    ),
+    (
+        "cron(0 9 31W JAN,MAY ? *)",
+        {},
+        ["2026-01-30T09:00:00Z", "2026-05-29T09:00:00Z", "2027-01-29T09:00:00Z"],
+    ),
+    (
+        "cron(0 9 LW * ? *)",
+        {},
+        ["2026-01-30T09:00:00Z", "2026-02-27T09:00:00Z", "2026-03-31T09:00:00Z"],
+    ),
     # A day a month lacks selects nothing that month; TUE#5 only where there are five Tuesdays.
-    ("cron(0 9 31 * ? *)", {}, ["2026-01-31T09:00:00Z", "2026-03-31T09:00:00Z", "2026-05-31T09:00:00Z"]),
-    ("cron(0 9 ? * TUE#5 *)", {}, ["2026-03-31T09:00:00Z", "2026-06-30T09:00:00Z", "2026-09-29T09:00:00Z"]),
-    ("cron(0 9 29 FEB ? *)", {}, ["2028-02-29T09:00:00Z", "2032-02-29T09:00:00Z", "2036-02-29T09:00:00Z"]),
+    (
+        "cron(0 9 31 * ? *)",
+        {},
+        ["2026-01-31T09:00:00Z", "2026-03-31T09:00:00Z", "2026-05-31T09:00:00Z"],
+    ),
+    (
+        "cron(0 9 ? * TUE#5 *)",
+        {},
+        ["2026-03-31T09:00:00Z", "2026-06-30T09:00:00Z", "2026-09-29T09:00:00Z"],
+    ),
+    (
+        "cron(0 9 29 FEB ? *)",
+        {},
+        ["2028-02-29T09:00:00Z", "2032-02-29T09:00:00Z", "2036-02-29T09:00:00Z"],
+    ),
     # Plain 5-field cron is standard cron: 0 and 7 are Sunday.
     ("0 2 * * 2", {}, ["2026-01-06T02:00:00Z", "2026-01-13T02:00:00Z", "2026-01-20T02:00:00Z"]),
     ("0 2 * * 7", {}, ["2026-01-04T02:00:00Z", "2026-01-11T02:00:00Z", "2026-01-18T02:00:00Z"]),
@@ -144,7 +232,9 @@ def test_rate_counts_from_start_date_and_opens_at_it() -> None:
 
 def test_rate_is_elapsed_time_whatever_the_time_zone_and_dst() -> None:
     # 02:00 in Berlin the day before DST starts; 24 hours later it is 03:00 local.
-    win = window("rate(1 day)", scheduleTimezone="Europe/Berlin", startDate="2026-03-28T02:00:00+01:00")
+    win = window(
+        "rate(1 day)", scheduleTimezone="Europe/Berlin", startDate="2026-03-28T02:00:00+01:00"
+    )
     assert ids(win, "2026-03-01T00:00:00", 2) == ["2026-03-28T01:00:00Z", "2026-03-29T01:00:00Z"]
 
 
@@ -157,7 +247,10 @@ def test_at_opens_once_in_utc_whatever_the_time_zone() -> None:
     win = window("at(2026-11-13T01:00:00)", scheduleTimezone="Europe/Berlin")
     assert ids(win, "2026-01-01T00:00:00") == ["2026-11-13T01:00:00Z"]
     assert ids(win, "2026-11-13T01:00:00") == []
-    assert current_opening(win, utc("2026-11-13T02:00:00")) == openings(win, utc("2026-01-01T00:00:00"))[0]
+    assert (
+        current_opening(win, utc("2026-11-13T02:00:00"))
+        == openings(win, utc("2026-01-01T00:00:00"))[0]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,11 +353,16 @@ def test_cutoff_stops_new_tasks_before_the_end() -> None:
         ("2026-06-01T18:00:00", False, False),
     ]
     for now, is_open, accepts in table:
-        assert (opening.is_open(utc(now)), opening.accepts_new_tasks(utc(now))) == (is_open, accepts), now
+        assert (opening.is_open(utc(now)), opening.accepts_new_tasks(utc(now))) == (
+            is_open,
+            accepts,
+        ), now
 
 
 def test_zero_cutoff_accepts_tasks_until_the_end() -> None:
-    opening = openings(window("cron(0 15 * * ? *)", duration=2, cutoff=0), utc("2026-06-01T00:00:00"), 1)[0]
+    opening = openings(
+        window("cron(0 15 * * ? *)", duration=2, cutoff=0), utc("2026-06-01T00:00:00"), 1
+    )[0]
     assert opening.cutoff_at == opening.end
 
 
@@ -281,7 +379,9 @@ def test_current_opening_is_the_latest_of_overlapping_ones() -> None:
     win = window("rate(5 minutes)", duration=1, cutoff=0)
     now = utc("2026-06-01T10:07:00")
     assert current_opening(win, now) == Opening(
-        start=utc("2026-06-01T10:05:00"), end=utc("2026-06-01T11:05:00"), cutoff_at=utc("2026-06-01T11:05:00")
+        start=utc("2026-06-01T10:05:00"),
+        end=utc("2026-06-01T11:05:00"),
+        cutoff_at=utc("2026-06-01T11:05:00"),
     )
 
 
@@ -297,7 +397,9 @@ def test_current_opening_accepts_any_time_zone_for_now() -> None:
 
 
 def test_start_and_end_dates_bound_the_openings() -> None:
-    win = window("cron(0 2 * * ? *)", startDate="2026-05-03T02:00:00Z", endDate="2026-05-05T02:00:00Z")
+    win = window(
+        "cron(0 2 * * ? *)", startDate="2026-05-03T02:00:00Z", endDate="2026-05-05T02:00:00Z"
+    )
     # An opening exactly at startDate or exactly at endDate is inside the valid period.
     assert ids(win, "2026-01-01T00:00:00", 10) == [
         "2026-05-03T02:00:00Z",
@@ -308,7 +410,9 @@ def test_start_and_end_dates_bound_the_openings() -> None:
 
 
 def test_start_date_without_offset_is_utc() -> None:
-    win = window("cron(0 2 * * ? *)", scheduleTimezone="Asia/Tokyo", startDate="2026-05-03T00:00:00")
+    win = window(
+        "cron(0 2 * * ? *)", scheduleTimezone="Asia/Tokyo", startDate="2026-05-03T00:00:00"
+    )
     # 02:00 JST is 17:00Z the day before; the first one at or after 2026-05-03T00:00Z is 05-03 17:00Z.
     assert ids(win, "2026-01-01T00:00:00", 1) == ["2026-05-03T17:00:00Z"]
 

@@ -23,6 +23,13 @@ class FieldSpec:
     names: tuple[str, ...] = ()
     """``names[i]`` stands for the value ``name_base + i`` (``JAN`` is 1, AWS's ``SUN`` is 1)."""
     name_base: int = 0
+    open_high: int | None = None
+    """Where ``*`` and ``N/STEP`` end, when that is below ``high`` (cron's 7 is only a name)."""
+
+    @property
+    def top(self) -> int:
+        """The last value an open-ended item reaches."""
+        return self.high if self.open_high is None else self.open_high
 
     def error(self, text: str, problem: str) -> ValueError:
         """A user-facing error that names this field and what was written in it."""
@@ -43,8 +50,9 @@ MONTH = FieldSpec(
 _DAY_NAMES = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
 AWS_DAY_OF_WEEK = FieldSpec("Day-of-week", 1, 7, _DAY_NAMES, 1)
 """AWS numbers the days 1 (SUN) to 7 (SAT)."""
-PLAIN_DAY_OF_WEEK = FieldSpec("Day-of-week", 0, 7, _DAY_NAMES, 0)
-"""Standard cron numbers them 0 (SUN) to 6 (SAT), and accepts 7 for Sunday too."""
+PLAIN_DAY_OF_WEEK = FieldSpec("Day-of-week", 0, 7, _DAY_NAMES, 0, open_high=6)
+"""Standard cron numbers them 0 (SUN) to 6 (SAT), and accepts 7 for Sunday too; ``1/2`` is
+MON, WED, FRI (as croniter reads it), not Sunday again as 7."""
 YEAR = FieldSpec("Year", 1970, 2199)
 
 
@@ -79,7 +87,7 @@ def _parse_item(spec: FieldSpec, text: str, item: str) -> range:
     base, slash, step_text = item.partition("/")
     step = _parse_step(spec, text, step_text) if slash else 1
     if base == "*":
-        return range(spec.low, spec.high + 1, step)
+        return range(spec.low, spec.top + 1, step)
     first_text, dash, last_text = base.partition("-")
     first = parse_value(spec, text, first_text)
     if dash:
@@ -88,7 +96,7 @@ def _parse_item(spec: FieldSpec, text: str, item: str) -> range:
             raise spec.error(text, f"the range {base!r} runs backwards; write it low-high")
         return range(first, last + 1, step)
     # "5/15" means every 15 from 5 to the end of the range, as in AWS's "0/15".
-    return range(first, (spec.high if slash else first) + 1, step)
+    return range(first, (max(spec.top, first) if slash else first) + 1, step)
 
 
 def _parse_step(spec: FieldSpec, text: str, step_text: str) -> int:

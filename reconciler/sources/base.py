@@ -2,19 +2,21 @@
 
 A source turns "where the desired state lives" (a directory, a Git URL) into the files of one
 revision, and those into a validated :class:`~reconciler.api.snapshot.Snapshot`. Only I/O lives
-here; what is valid is decided by :mod:`reconciler.api`. May import ``api`` and ``defaults``.
+here; what is valid is decided by :mod:`reconciler.api` (and, for schedules,
+:mod:`reconciler.schedule`). May import ``api``, ``defaults`` and ``schedule``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import PurePosixPath
-from typing import Protocol
+from typing import Any, Protocol
 
-from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot
+from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot, format_path
 from reconciler.defaults import predefined_baselines
+from reconciler.schedule import parse_schedule
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -110,6 +112,34 @@ def walk_order(relpath: str) -> tuple[str, ...]:
 def validated(revision: Revision, files: Iterable[tuple[str, bytes]]) -> tuple[Revision, Snapshot]:
     """Build the snapshot of ``files`` with the predefined baselines, or refuse it whole."""
     try:
-        return revision, build_snapshot(files, predefined_baselines())
+        return revision, snapshot_of(files)
     except SnapshotInvalid as exc:
         raise RevisionInvalid(revision, exc.problems) from None
+
+
+def snapshot_of(files: Iterable[tuple[str, bytes]]) -> Snapshot:
+    """The one way every source validates files: the api's checks, then every schedule parsed by
+    the schedule engine (the schema only checks a schedule's shape), each problem at file:line."""
+    snapshot = build_snapshot(files, predefined_baselines())
+    problems = [
+        *_schedule_problems(snapshot, "MaintenanceWindow", snapshot.windows),
+        *_schedule_problems(snapshot, "ComplianceReport", snapshot.reports),
+    ]
+    if problems:
+        raise SnapshotInvalid(problems)
+    return snapshot
+
+
+def _schedule_problems(
+    snapshot: Snapshot, kind: str, resources: Mapping[str, Any]
+) -> list[Problem]:
+    problems = []
+    for name, resource in resources.items():
+        try:
+            parse_schedule(resource.spec.schedule)
+        except ValueError as exc:
+            where = snapshot.locations[(kind, name)]
+            path = ("spec", "schedule")
+            line = snapshot.documents[(kind, name)].line_of(path)
+            problems.append(Problem(where.file, line, format_path(path), str(exc)))
+    return problems

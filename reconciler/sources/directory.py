@@ -26,15 +26,15 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from reconciler.api.inventory import Inventory
-from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot
+from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid
 from reconciler.api.yamldocs import MAX_BYTES
-from reconciler.defaults import predefined_baselines
 from reconciler.sources.base import (
     YAML_SUFFIXES,
     Files,
     Revision,
     SourceError,
     is_resource,
+    snapshot_of,
     validated,
     walk_order,
 )
@@ -47,7 +47,7 @@ _CHANGES = frozenset({"created", "modified", "deleted", "moved"})
 
 def read_snapshot(path: Path) -> Snapshot:
     """The validated snapshot of a directory (or one YAML file); SnapshotInvalid lists problems."""
-    return build_snapshot(walk(path, YAML_SUFFIXES), predefined_baselines())
+    return snapshot_of(walk(path, YAML_SUFFIXES))
 
 
 def read_inventories(path: Path) -> list[Inventory]:
