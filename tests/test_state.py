@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import sqlite3
 import threading
+import traceback
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -420,34 +421,46 @@ def test_claim_is_exclusive_across_threads_with_their_own_stores(tmp_path: Path)
 
 def _claim_in_process(path: str, keys: list[str], barrier: Any, won: Any) -> None:
     # Spawned child. The processes create and migrate the new file together, then meet before
-    # every key: without that, the first process to start claims most keys unopposed.
-    barrier.wait()
-    with StateStore(path) as store:
-        wins = []
-        for key in keys:
-            barrier.wait()
-            if claim(store, key) is not None:
-                wins.append(key)
+    # every key: without that, the first process to start claims most keys unopposed. Errors
+    # go back as text, so that a failing child fails the test instead of hanging it.
+    try:
+        barrier.wait()
+        with StateStore(path) as store:
+            wins = []
+            for key in keys:
+                barrier.wait()
+                if claim(store, key) is not None:
+                    wins.append(key)
         won.put(wins)
+    except BaseException:
+        barrier.abort()
+        won.put(traceback.format_exc())
 
 
 def test_claim_is_exclusive_across_processes(tmp_path: Path) -> None:
     # spawn, not fork: a fresh interpreter per process, as separate controllers would be.
+    # The processes also race to create the file (which found SQLite's WAL switch not waiting).
     context = multiprocessing.get_context("spawn")
     processes, keys = 4, [f"key-{i}" for i in range(20)]
-    barrier, won = context.Barrier(processes), context.Queue()
+    barrier, won = context.Barrier(processes, timeout=60), context.Queue()
     path = str(tmp_path / "state.db")
     workers = [
-        context.Process(target=_claim_in_process, args=(path, keys, barrier, won))
+        context.Process(target=_claim_in_process, args=(path, keys, barrier, won), daemon=True)
         for _ in range(processes)
     ]
-    for worker in workers:
-        worker.start()
-    results = [won.get(timeout=60) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=60)
-        assert worker.exitcode == 0
+    try:
+        for worker in workers:
+            worker.start()
+        results = [won.get(timeout=120) for _ in workers]
+    finally:
+        for worker in workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.terminate()
+    failures = [result for result in results if isinstance(result, str)]
+    assert not failures, "\n".join(failures)
     assert sorted(key for result in results for key in result) == sorted(keys)
+    assert [worker.exitcode for worker in workers] == [0] * processes
     with StateStore(path) as store:
         assert len(store.jobs()) == len(keys)
         assert store.schema_version() == SCHEMA_VERSION

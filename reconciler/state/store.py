@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -405,9 +406,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
     )
     try:
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StateError(f"{path}: SQLite refused WAL mode (journal_mode is {mode!r})")
+        _enable_wal(conn, path)
         # Per connection, not stored in the file: must be set every time.
         conn.execute("PRAGMA foreign_keys = ON")
         # FULL rather than WAL's usual NORMAL: a claimed job must survive a power cut too,
@@ -417,3 +416,20 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _enable_wal(conn: sqlite3.Connection, path: Path) -> None:
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            break
+        except sqlite3.OperationalError as exc:
+            # SQLite does not call the busy handler for this switch: when another process is
+            # switching a new file to WAL at the same moment, it fails at once with SQLITE_BUSY.
+            # Found by the test that opens one new file from several processes at once.
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    if str(mode).lower() != "wal":
+        raise StateError(f"{path}: SQLite refused WAL mode (journal_mode is {mode!r})")
