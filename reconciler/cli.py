@@ -444,8 +444,9 @@ def _store(args: argparse.Namespace) -> StateStore:
     return StateStore(args.state or StateStore.default_path())
 
 
-def _source(args: argparse.Namespace, store_path: Path) -> Source:
-    """A directory or a Git URL; Git clones live beside the state database."""
+def _source(args: argparse.Namespace, store_path: Path, ref: str | None = None) -> Source:
+    """A directory or a Git URL; Git clones live beside the state database. ``ref`` pins a Git
+    source to one commit (the clone is the same)."""
     text = str(args.source)
     if "://" not in text:
         path = Path(text)
@@ -462,7 +463,7 @@ def _source(args: argparse.Namespace, store_path: Path) -> Source:
     )
     return GitSource(
         text,
-        ref=args.ref,
+        ref=ref or args.ref,
         workdir=workdir,
         identity_file=getattr(args, "identity_file", None),
         known_hosts_file=getattr(args, "known_hosts", None),
@@ -473,12 +474,20 @@ def _source(args: argparse.Namespace, store_path: Path) -> Source:
 def _reconciler(args: argparse.Namespace, store: StateStore, pool: SshPool) -> Reconciler:
     configure_logging()
     settings = Settings(stale_after=timedelta(hours=args.stale_after))
+    git = "://" in str(args.source)
     return Reconciler(
         _source(args, Path(store.path)),
         store,
         lambda instance: transport_for(instance.spec.connection, pool=pool),
         settings=settings,
         workers=getattr(args, "workers", 10),
+        # After a restart, a refused head falls back to the last good commit (Git only: a
+        # directory keeps no earlier content).
+        pinned=(
+            (lambda revision: _source(args, Path(store.path), revision.rpartition(":")[2]))
+            if git
+            else None
+        ),
     )
 
 

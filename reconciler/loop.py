@@ -216,7 +216,7 @@ class Reconciler:
                     summary.waits = [
                         (w.instance, w.reason) for w in (current.waits if current else ())
                     ]
-                    summary.converged = current is not None and current.idle
+                    summary.converged = current is not None and current.converged
                     break
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for future in done:

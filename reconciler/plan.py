@@ -100,6 +100,8 @@ class Wait:
     instance: str
     reason: str
     until: datetime | None = None
+    compliant: bool = False
+    """Nothing to do because the instance is compliant (rather than held back)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,11 @@ class Plan:
     def idle(self) -> bool:
         """Nothing to start now (everything converged or waiting)."""
         return not self.actions
+
+    @property
+    def converged(self) -> bool:
+        """Nothing to start, and every instance waits only because it is compliant."""
+        return self.idle and all(w.compliant for w in self.waits)
 
 
 def baseline_digest(baseline: PatchBaseline) -> str:
@@ -203,6 +210,7 @@ class _State:
                 "compliant: no approved patch is missing"
                 if not scan.non_compliant
                 else "nothing installable: the remaining violations need a reboot or a decision",
+                compliant=not scan.non_compliant,
             )
             return
         self.install(name, instance, group, scan, baseline, digest)
@@ -462,8 +470,10 @@ class _State:
             for j in self.running_jobs
         )
 
-    def wait(self, name: str, reason: str, until: datetime | None = None) -> None:
-        self.waits.append(Wait(name, reason, until))
+    def wait(
+        self, name: str, reason: str, until: datetime | None = None, *, compliant: bool = False
+    ) -> None:
+        self.waits.append(Wait(name, reason, until, compliant))
 
 
 class _Budgets:

@@ -84,10 +84,24 @@ class Servers:
             "ssh": f"ssh://root@127.0.0.1:{self.ssh.port}{upstream.bare}",
         }[transport]
 
-    def source(self, transport: str, upstream: Upstream, workdir: Path, **kw: object) -> GitSource:
-        ssh = {"identity_file": self.ssh.client_key, "known_hosts_file": self.ssh.known_hosts}
-        options = {**(ssh if transport == "ssh" else {}), **kw}
-        return GitSource(self.url(transport, upstream), workdir=workdir, timeout=20, **options)  # type: ignore[arg-type]
+    def source(
+        self,
+        transport: str,
+        upstream: Upstream,
+        workdir: Path,
+        *,
+        known_hosts_file: Path | None = None,
+        verify: SignatureVerification | None = None,
+    ) -> GitSource:
+        ssh = transport == "ssh"
+        return GitSource(
+            self.url(transport, upstream),
+            workdir=workdir,
+            identity_file=self.ssh.client_key if ssh else None,
+            known_hosts_file=known_hosts_file or (self.ssh.known_hosts if ssh else None),
+            verify=verify,
+            timeout=20,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +194,19 @@ def test_hidden_directories_symlinks_and_other_files_are_not_resources(
 
     names = [name for name, _ in files]
     assert names == [name for name, _ in DirectorySource(EXAMPLES).fetch()[1]]
+
+
+def test_an_oversized_file_is_refused_and_the_files_after_it_read_intact(
+    servers: Servers, upstream: Upstream, tmp_path: Path
+) -> None:
+    upstream.write("a-huge.yaml", "# padding\n" * 500_000)  # 5 MB, more than the 4 MiB limit
+    upstream.commit("oversized")
+
+    with pytest.raises(SnapshotInvalid) as caught:
+        servers.source("file", upstream, tmp_path / "clone").snapshot()
+
+    assert [p.file for p in caught.value.problems] == ["a-huge.yaml"]
+    assert "larger than 4 MiB" in str(caught.value)
 
 
 @pytest.mark.parametrize("known_hosts", ["empty", "another host key"])

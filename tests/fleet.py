@@ -1,0 +1,224 @@
+"""Fleets for end-to-end tests of the reconcile loop: Debian systems rooted in directories (real
+apt and dpkg, tests/aptlab.py), the resources that manage them committed to a real Git repository
+(tests/git_servers.py), and what a user looks at afterwards (dpkg's status and log, the store).
+
+Nothing here decides anything for the tests: it builds inputs and reads outputs.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from reconciler.api.inventory import Inventory
+from reconciler.api.resources import ManagedInstance
+from reconciler.dispatch.base import Transport
+from tests.aptlab import Pkg, Repo, dpkg_state, make_root
+
+API = "apiVersion: patchwarden.io/v1alpha1"
+GROUP = "fleet"
+BASELINE = "debian-security"
+
+# The security baseline every test fleet uses: every priority, security updates only (the
+# implicit rule of SSM's Debian baselines), so non-security updates must stay where they are.
+BASELINE_YAML = f"""\
+{API}
+kind: PatchBaseline
+metadata:
+  name: {BASELINE}
+spec:
+  operatingSystem: DEBIAN
+  approvalRules:
+    - patchFilterGroup:
+        patchFilters:
+          - key: PRIORITY
+            values: [Required, Important, Standard, Optional, Extra]
+      complianceLevel: HIGH
+---
+{API}
+kind: PatchGroup
+metadata:
+  name: {GROUP}
+spec:
+  selector:
+    matchLabels: {{fleet: e2e}}
+  baselines:
+    DEBIAN: {BASELINE}
+"""
+
+
+def window_yaml(
+    name: str,
+    schedule: str,
+    *,
+    duration: int = 4,
+    cutoff: int = 1,
+    max_concurrency: str = "100%",
+    max_errors: str = "100%",
+) -> str:
+    """A window with one Install task targeting the fleet's patch group."""
+    return f"""\
+{API}
+kind: MaintenanceWindow
+metadata:
+  name: {name}
+spec:
+  schedule: {schedule}
+  duration: {duration}
+  cutoff: {cutoff}
+  targets:
+    patchGroups: [{GROUP}]
+  tasks:
+    - name: install-security
+      operation: Install
+      rebootOption: NoReboot
+      maxConcurrency: "{max_concurrency}"
+      maxErrors: "{max_errors}"
+"""
+
+
+def open_window_yaml(name: str = "open-now", **options: Any) -> str:
+    """A window that opened an hour ago (real time) and stays open a day: for runs on the wall
+    clock (the CLI), whose opening id does not change in the middle of a test."""
+    start = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    options.setdefault("duration", 24)
+    options.setdefault("cutoff", 0)
+    return window_yaml(name, f"at({start})", **options)
+
+
+def local_instance_yaml(name: str, root: Path) -> str:
+    return f"""\
+{API}
+kind: ManagedInstance
+metadata:
+  name: {name}
+  labels: {{fleet: e2e}}
+spec:
+  connection: {{type: local, root: {root}}}
+"""
+
+
+def ssh_instance_yaml(
+    name: str, root: Path, *, port: int, identity_file: Path, known_hosts_file: Path
+) -> str:
+    return f"""\
+{API}
+kind: ManagedInstance
+metadata:
+  name: {name}
+  labels: {{fleet: e2e}}
+spec:
+  connection:
+    type: ssh
+    host: 127.0.0.1
+    port: {port}
+    user: root
+    identityFile: {identity_file}
+    knownHostsFile: {known_hosts_file}
+    root: {root}
+"""
+
+
+def documents(*texts: str) -> str:
+    return "---\n".join(texts)
+
+
+# --- machines --------------------------------------------------------------------------------
+
+
+def make_fleet(
+    directory: Path, repo: Repo, names: Sequence[str], installed: Sequence[Pkg]
+) -> dict[str, Path]:
+    """One fresh Debian root per name under ``directory``, with ``installed`` seeded."""
+    return {
+        name: make_root(
+            directory / name, repo.uri, ["stable", "stable-security"], installed=list(installed)
+        )
+        for name in names
+    }
+
+
+def versions(root: Path) -> dict[str, str]:
+    """name -> version of what dpkg has fully installed in ``root``."""
+
+    return {
+        name: version
+        for name, (version, status) in dpkg_state(root).items()
+        if status == "install ok installed"
+    }
+
+
+def dpkg_installs(root: Path) -> Counter[tuple[str, str]]:
+    """(package, version) -> how many times dpkg logged it reaching "installed" in ``root``."""
+    log = root / "var/log/dpkg.log"
+    counts: Counter[tuple[str, str]] = Counter()
+    if not log.exists():
+        return counts
+    for line in log.read_text().splitlines():
+        fields = line.split()
+        if len(fields) == 6 and fields[2:4] == ["status", "installed"]:
+            counts[(fields[4].split(":")[0], fields[5])] += 1
+    return counts
+
+
+# --- time and transports ---------------------------------------------------------------------
+
+
+@dataclass
+class ManualClock:
+    """A clock the test moves: the Reconciler calls it, a job callback may advance it."""
+
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance_to(self, moment: datetime) -> None:
+        self.now = moment
+
+
+@dataclass
+class Spy:
+    """Wraps the transports a Reconciler uses and records what they were asked to do, and how
+    many installs ran at the same time (the concurrency cap as the machines saw it)."""
+
+    inner: Callable[[ManagedInstance], Transport]
+    installs: list[str] = field(default_factory=list)
+    peak: int = 0
+    _active: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, instance: ManagedInstance) -> Transport:
+        return _SpyTransport(self, instance.metadata.name, self.inner(instance))
+
+    def enter(self, name: str) -> None:
+        with self._lock:
+            self.installs.append(name)
+            self._active += 1
+            self.peak = max(self.peak, self._active)
+
+    def leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+
+@dataclass
+class _SpyTransport:
+    spy: Spy
+    name: str
+    inner: Transport
+
+    def scan(self, *, instance_id: str | None = None, refresh: bool = True) -> Inventory:
+        return self.inner.scan(instance_id=instance_id, refresh=refresh)
+
+    def install(self, pins: Sequence[str], **options: Any) -> dict[str, Any]:
+        self.spy.enter(self.name)
+        try:
+            return self.inner.install(pins, **options)
+        finally:
+            self.spy.leave()
