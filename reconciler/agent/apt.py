@@ -9,7 +9,6 @@ it (shared/testbeds/apt.md §2.3).
 """
 
 import fnmatch
-import json
 import os
 import re
 import time
@@ -794,7 +793,3 @@ def _write_if_changed(path: str, text: str) -> None:
         pass
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
-
-
-def dumps(document: object) -> str:
-    return json.dumps(document, indent=2, sort_keys=False)

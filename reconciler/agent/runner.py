@@ -5,6 +5,7 @@ Never a shell. Every command gets ``LC_ALL=C.UTF-8`` (stable messages to parse) 
 kills the whole process group, because maintainer scripts may outlive dpkg and hold our pipes.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -82,3 +83,8 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except OSError:
         pass
+
+
+def dumps(document: object) -> str:
+    """The JSON the agent prints."""
+    return json.dumps(document, indent=2, sort_keys=False)
