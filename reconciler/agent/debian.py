@@ -10,7 +10,6 @@ from reconciler.agent.apt import Apt, parse_pin
 from reconciler.agent.facts import facts
 
 
-
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
