@@ -10,7 +10,8 @@ help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 # Debian packages the tests drive for real (apt/dpkg come with the system).
-SYSTEM_PACKAGES ?= git gnupg openssh-server openssh-client
+SYSTEM_PACKAGES ?= git gnupg openssh-server openssh-client \
+	rpm dnf python3-dnf zypper createrepo-c libsolv-tools busybox-static
 
 install: ## virtualenv + system and Python packages (idempotent)
 	@SYSTEM_PACKAGES="$(SYSTEM_PACKAGES)" scripts/bootstrap
