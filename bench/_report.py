@@ -20,6 +20,12 @@ def record(name: str, description: str, columns: list[str], row: list[str]) -> N
         f"<!-- /bench:{name} -->"
     )
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nRun with `make bench`.\n"
-    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
-    text = pattern.sub(lambda _: body, text) if pattern.search(text) else text.rstrip() + "\n\n" + body + "\n"
+    pattern = re.compile(
+        rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S
+    )
+    text = (
+        pattern.sub(lambda _: body, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + body + "\n"
+    )
     DOC.write_text(text)

@@ -72,10 +72,14 @@ def build(base: Path, count: int) -> Path:
     config.mkdir()
     docs = []
     for i in range(count):
-        root = make_root(base / "fleet" / f"node-{i:03d}", repo.uri, ["stable", "stable-security"], installed=OLD)
-        docs.append(f"apiVersion: patchwarden.io/v1alpha1\nkind: ManagedInstance\n"
-                    f"metadata: {{name: node-{i:03d}, labels: {{app: bench}}}}\n"
-                    f"spec: {{connection: {{type: local, root: {root}}}}}\n")
+        root = make_root(
+            base / "fleet" / f"node-{i:03d}", repo.uri, ["stable", "stable-security"], installed=OLD
+        )
+        docs.append(
+            f"apiVersion: patchwarden.io/v1alpha1\nkind: ManagedInstance\n"
+            f"metadata: {{name: node-{i:03d}, labels: {{app: bench}}}}\n"
+            f"spec: {{connection: {{type: local, root: {root}}}}}\n"
+        )
     (config / "fleet.yaml").write_text(FLEET_YAML)
     (config / "instances.yaml").write_text("---\n".join(docs))
     return config
@@ -87,16 +91,23 @@ def convergence(count: int) -> tuple[float, float, int]:
         config = build(base, count)
         (config / "window.yaml").write_text(WINDOW_YAML)
         with StateStore(base / "state.db") as store:
-            reconciler = Reconciler(DirectorySource(config), store,
-                                    lambda i: LocalTransport(i.spec.connection.root), workers=10)
+            reconciler = Reconciler(
+                DirectorySource(config),
+                store,
+                lambda i: LocalTransport(i.spec.connection.root),
+                workers=10,
+            )
             reconciler.log = _Quiet()
             start = time.perf_counter()
             summary = reconciler.reconcile(until_idle=True)
             wall = time.perf_counter() - start
             jobs = store.jobs()
-            busy = sum((j.finished_at - j.created_at).total_seconds() for j in jobs if j.finished_at)
+            busy = sum(
+                (j.finished_at - j.created_at).total_seconds() for j in jobs if j.finished_at
+            )
             assert summary.converged and all(
-                r.evaluation["summary"]["complianceStatus"] == "COMPLIANT" for r in store.latest_scans().values()
+                r.evaluation["summary"]["complianceStatus"] == "COMPLIANT"
+                for r in store.latest_scans().values()
             ), summary
     return wall, busy, len(jobs)
 
@@ -106,9 +117,17 @@ def commit_to_dispatch() -> float:
         base = Path(tmp)
         config = build(base, 3)
         bare, work = base / "config.git", base / "work"
-        env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "b",
-               "GIT_COMMITTER_EMAIL": "b@x"}
-        run = lambda *a, cwd=base: subprocess.run(["git", *a], cwd=cwd, env=env, check=True, capture_output=True)  # noqa: E731
+        env = {
+            **os.environ,
+            "GIT_AUTHOR_NAME": "b",
+            "GIT_AUTHOR_EMAIL": "b@x",
+            "GIT_COMMITTER_NAME": "b",
+            "GIT_COMMITTER_EMAIL": "b@x",
+        }
+
+        def run(*args: str, cwd: Path = base) -> None:
+            subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
+
         run("init", "--bare", "--initial-branch=main", str(bare))
         run("clone", str(bare), str(work))
         for f in config.iterdir():
@@ -117,17 +136,38 @@ def commit_to_dispatch() -> float:
         run("commit", "-m", "fleet", cwd=work)
         run("push", "origin", "HEAD:main", cwd=work)
         log = (base / "run.log").open("w+")
-        service = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--source", f"file://{bare}",
-                                    "--state", str(base / "state.db"), "--interval", "1", "--listen", "127.0.0.1:0"],
-                                   stderr=log, stdout=subprocess.DEVNULL)
+        service = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "reconciler",
+                "run",
+                "--source",
+                f"file://{bare}",
+                "--state",
+                str(base / "state.db"),
+                "--interval",
+                "1",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            stderr=log,
+            stdout=subprocess.DEVNULL,
+        )
         try:
-            _wait_for(log, lambda e: e.get("event") == "job finished" and e.get("operation") == "Scan", count=3)
+            _wait_for(
+                log,
+                lambda e: e.get("event") == "job finished" and e.get("operation") == "Scan",
+                count=3,
+            )
             (work / "window.yaml").write_text(WINDOW_YAML)
             run("add", ".", cwd=work)
             run("commit", "-m", "open a window", cwd=work)
             pushed = time.time()
             run("push", "origin", "HEAD:main", cwd=work)
-            first = _wait_for(log, lambda e: e.get("event") == "job started" and e.get("operation") == "Install")
+            first = _wait_for(
+                log, lambda e: e.get("event") == "job started" and e.get("operation") == "Install"
+            )
             return datetime.fromisoformat(first["timestamp"]).timestamp() - pushed
         finally:
             service.terminate()
@@ -168,8 +208,10 @@ def main() -> int:
     wall, busy, jobs = convergence(args.instances)
     overhead = wall / (busy / 10)
     verdict = "PASS" if overhead <= 1.15 else "FAIL"
-    print(f"convergence: {args.instances} roots, {jobs} jobs in {wall:.1f} s, sum of job times {busy:.1f} s, "
-          f"overhead {overhead:.2f} (target <= 1.15) {verdict}")
+    print(
+        f"convergence: {args.instances} roots, {jobs} jobs in {wall:.1f} s, sum of job times {busy:.1f} s, "
+        f"overhead {overhead:.2f} (target <= 1.15) {verdict}"
+    )
     machine = f"{os.cpu_count()} cores, Python {platform.python_version()}"
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     record(
@@ -177,8 +219,26 @@ def main() -> int:
         f"{args.instances} directory-root Debian systems, 5 approved patches missing on each, a window open now "
         "with maxConcurrency 10, 10 workers; the loop scans and patches everything. Overhead = wall time ÷ "
         "(sum of job times ÷ 10), job times measured by the store from claim to finish.",
-        ["date", "jobs", "wall (s)", "sum of job times (s)", "overhead", "target", "result", "machine"],
-        [today, str(jobs), f"{wall:.1f}", f"{busy:.1f}", f"{overhead:.2f}", "≤ 1.15", verdict, machine],
+        [
+            "date",
+            "jobs",
+            "wall (s)",
+            "sum of job times (s)",
+            "overhead",
+            "target",
+            "result",
+            "machine",
+        ],
+        [
+            today,
+            str(jobs),
+            f"{wall:.1f}",
+            f"{busy:.1f}",
+            f"{overhead:.2f}",
+            "≤ 1.15",
+            verdict,
+            machine,
+        ],
     )
     latency = commit_to_dispatch()
     verdict = "PASS" if latency <= 2.0 else "FAIL"

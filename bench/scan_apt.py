@@ -38,9 +38,19 @@ def build(base: Path, count: int) -> Path:
     repo = Repo(base / "repo")
     stable = [Pkg(f"bench-pkg{i:03d}", "1.0-1", section="libs") for i in range(count)]
     newer = [Pkg(f"bench-pkg{i:03d}", "1.0-2", section="libs") for i in range(count)]
-    repo.add("stable", *stable, *[p for i, p in enumerate(newer) if i % 2], label="Debian", codename="bookworm")
-    repo.add("stable-security", *[p for i, p in enumerate(newer) if not i % 2], label="Debian-Security",
-             codename="bookworm-security")
+    repo.add(
+        "stable",
+        *stable,
+        *[p for i, p in enumerate(newer) if i % 2],
+        label="Debian",
+        codename="bookworm",
+    )
+    repo.add(
+        "stable-security",
+        *[p for i, p in enumerate(newer) if not i % 2],
+        label="Debian-Security",
+        codename="bookworm-security",
+    )
     repo.publish()
     return make_root(base / "root", repo.uri, ["stable", "stable-security"], installed=stable)
 
@@ -60,13 +70,21 @@ def main() -> int:
         root = build(Path(tmp), args.packages)
         env = dict(os.environ)
         pyz = Path(tmp) / "patchwarden-agent.pyz"
-        subprocess.run([sys.executable, str(ROOT / "scripts/build-agent"), str(pyz)], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts/build-agent"), str(pyz)],
+            check=True,
+            capture_output=True,
+        )
         ours_argv = [sys.executable, "-I", str(pyz), "scan", "--root", str(root)]
         _, out = timed(ours_argv, env)  # warm-up; also writes the root's apt.conf
         document = json.loads(out)
         upgradable = len(document["updates"])
         security = sum(1 for u in document["updates"] if u["security"])
-        apt_env = {**env, "APT_CONFIG": str(root / "var/lib/patchwarden/apt.conf"), "LC_ALL": "C.UTF-8"}
+        apt_env = {
+            **env,
+            "APT_CONFIG": str(root / "var/lib/patchwarden/apt.conf"),
+            "LC_ALL": "C.UTF-8",
+        }
         ours, reference = [], []
         for _ in range(args.rounds):
             ours.append(timed(ours_argv, env)[0])
@@ -77,9 +95,11 @@ def main() -> int:
     ours_s, ref_s = statistics.median(ours), statistics.median(reference)
     ratio = ours_s / ref_s
     verdict = "PASS" if ratio <= TARGET else "FAIL"
-    print(f"scan: ours {ours_s * 1000:.0f} ms, apt-get update + -s dist-upgrade {ref_s * 1000:.0f} ms, "
-          f"ratio {ratio:.2f} (target <= {TARGET}) {verdict}; {upgradable} updates ({security} security), "
-          f"apt simulated {inst} upgrades")
+    print(
+        f"scan: ours {ours_s * 1000:.0f} ms, apt-get update + -s dist-upgrade {ref_s * 1000:.0f} ms, "
+        f"ratio {ratio:.2f} (target <= {TARGET}) {verdict}; {upgradable} updates ({security} security), "
+        f"apt simulated {inst} upgrades"
+    )
     record(
         "apt scan",
         f"Root with {args.packages} installed and {upgradable} upgradable packages ({security} from the "
@@ -87,8 +107,15 @@ def main() -> int:
         "scan --root R` (the zipapp: refresh + inventory, as shipped). Reference: `apt-get update` + "
         "`apt-get -s dist-upgrade` on the same root and APT_CONFIG.",
         ["date", "ours (ms)", "reference (ms)", "ratio", "target", "result", "machine"],
-        [datetime.now(UTC).strftime("%Y-%m-%d"), f"{ours_s * 1000:.0f}", f"{ref_s * 1000:.0f}", f"{ratio:.2f}",
-         f"≤ {TARGET}", verdict, f"{os.cpu_count()} cores, Python {platform.python_version()}"],
+        [
+            datetime.now(UTC).strftime("%Y-%m-%d"),
+            f"{ours_s * 1000:.0f}",
+            f"{ref_s * 1000:.0f}",
+            f"{ratio:.2f}",
+            f"≤ {TARGET}",
+            verdict,
+            f"{os.cpu_count()} cores, Python {platform.python_version()}",
+        ],
     )
     return 0
 

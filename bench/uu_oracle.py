@@ -65,7 +65,14 @@ Unattended-Upgrade::Mail "";
 def prepare(tmp: Path, state: Path) -> tuple[Path, Path]:
     """The unpacked unattended-upgrades and an oracle root sharing ``state``'s lists."""
     rootdir = tmp / "oracle"
-    for sub in ("etc/apt/apt.conf.d", "var/lib/dpkg", "usr/bin", "run", "cache/archives/partial", "periodic"):
+    for sub in (
+        "etc/apt/apt.conf.d",
+        "var/lib/dpkg",
+        "usr/bin",
+        "run",
+        "cache/archives/partial",
+        "periodic",
+    ):
         (rootdir / sub).mkdir(parents=True, exist_ok=True)
     shutil.copy("/var/lib/dpkg/status", rootdir / "var/lib/dpkg/status")
     if Path("/var/lib/apt/extended_states").exists():
@@ -77,31 +84,53 @@ def prepare(tmp: Path, state: Path) -> tuple[Path, Path]:
         shutil.copy("/etc/apt/sources.list", rootdir / "etc/apt/sources.list")
     shutil.copytree("/etc/apt/sources.list.d", rootdir / "etc/apt/sources.list.d")
     config = (state / "apt.conf").read_text()
-    config += (f'Dir::State "{rootdir}/";\nDir::State::Lists "{state}/lists/";\n'
-               f'Dir::State::extended_states "{rootdir}/extended_states";\n'
-               f'Dir::Cache "{rootdir}/cache/";\nAPT::Sandbox::User "root";\n'
-               'Dir::Etc::Trusted "/etc/apt/trusted.gpg";\nDir::Etc::TrustedParts "/etc/apt/trusted.gpg.d/";\n')
+    config += (
+        f'Dir::State "{rootdir}/";\nDir::State::Lists "{state}/lists/";\n'
+        f'Dir::State::extended_states "{rootdir}/extended_states";\n'
+        f'Dir::Cache "{rootdir}/cache/";\nAPT::Sandbox::User "root";\n'
+        'Dir::Etc::Trusted "/etc/apt/trusted.gpg";\nDir::Etc::TrustedParts "/etc/apt/trusted.gpg.d/";\n'
+    )
     (rootdir / "apt.conf").write_text(config)
     unpacked = tmp / "uu"
     env = {**os.environ, "APT_CONFIG": str(rootdir / "apt.conf")}
-    subprocess.run(["/usr/bin/apt-get", "download", "unattended-upgrades", "python3-distro-info", "distro-info-data"],
-                   cwd=tmp, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            "/usr/bin/apt-get",
+            "download",
+            "unattended-upgrades",
+            "python3-distro-info",
+            "distro-info-data",
+        ],
+        cwd=tmp,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     for deb in tmp.glob("*.deb"):
         subprocess.run(["/usr/bin/dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
     return unpacked, rootdir
 
 
 def main() -> int:
-    if not Path(SYSTEM_PYTHON).exists() or subprocess.run([SYSTEM_PYTHON, "-c", "import apt"]).returncode:
+    if (
+        not Path(SYSTEM_PYTHON).exists()
+        or subprocess.run([SYSTEM_PYTHON, "-c", "import apt"]).returncode
+    ):
         print("skipped: needs Debian's python3 with python3-apt")
         return 0
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         pyz = tmp / "patchwarden-agent.pyz"
-        subprocess.run([sys.executable, str(ROOT / "scripts/build-agent"), str(pyz)], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts/build-agent"), str(pyz)],
+            check=True,
+            capture_output=True,
+        )
         state = tmp / "state"
         agent = [sys.executable, "-I", str(pyz), "scan", "--private-state", str(state)]
-        subprocess.run(agent, check=True, capture_output=True)  # warm-up: first download of the lists
+        subprocess.run(
+            agent, check=True, capture_output=True
+        )  # warm-up: first download of the lists
         start = time.perf_counter()
         inventory = subprocess.run(agent, check=True, capture_output=True, text=True).stdout
         ours = missing_under_default_baseline(inventory)
@@ -112,8 +141,12 @@ def main() -> int:
         runner.write_text(RUNNER)
         env = {**os.environ, "APT_CONFIG": str(rootdir / "apt.conf"), "LC_ALL": "C.UTF-8"}
         start = time.perf_counter()
-        uu = subprocess.run([SYSTEM_PYTHON, str(runner), str(unpacked), str(rootdir)], env=env,
-                            capture_output=True, text=True)
+        uu = subprocess.run(
+            [SYSTEM_PYTHON, str(runner), str(unpacked), str(rootdir)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         t_uu = time.perf_counter() - start
         log = uu.stdout + uu.stderr
         theirs = packages_to_upgrade(log)
@@ -122,8 +155,10 @@ def main() -> int:
     same = ours == theirs
     ratio = t_ours / t_uu
     verdict = "PASS" if same and ratio <= TARGET else "FAIL"
-    print(f"host: ours {t_ours:.2f} s ({len(ours)} packages), unattended-upgrade --dry-run {t_uu:.2f} s "
-          f"({len(theirs)} packages), same packages: {same}, ratio {ratio:.3f} (target <= {TARGET}) {verdict}")
+    print(
+        f"host: ours {t_ours:.2f} s ({len(ours)} packages), unattended-upgrade --dry-run {t_uu:.2f} s "
+        f"({len(theirs)} packages), same packages: {same}, ratio {ratio:.3f} (target <= {TARGET}) {verdict}"
+    )
     if not same:
         print("only ours:", sorted(ours - theirs)[:20], "only theirs:", sorted(theirs - ours)[:20])
     record(
@@ -132,10 +167,28 @@ def main() -> int:
         "under the predefined Debian baseline (packages MISSING). Reference: Debian's `unattended-upgrade "
         "--dry-run` (2.9.1, unpacked, not installed) with a security-only Origins-Pattern, on a copy of "
         "the host's dpkg status and the same lists.",
-        ["date", "ours (s)", "unattended-upgrades (s)", "ratio", "target", "same packages", "packages", "result",
-         "machine"],
-        [datetime.now(UTC).strftime("%Y-%m-%d"), f"{t_ours:.2f}", f"{t_uu:.2f}", f"{ratio:.3f}", f"≤ {TARGET}",
-         "yes" if same else "no", str(len(ours)), verdict, f"{os.cpu_count()} cores, {platform.platform(terse=True)}"],
+        [
+            "date",
+            "ours (s)",
+            "unattended-upgrades (s)",
+            "ratio",
+            "target",
+            "same packages",
+            "packages",
+            "result",
+            "machine",
+        ],
+        [
+            datetime.now(UTC).strftime("%Y-%m-%d"),
+            f"{t_ours:.2f}",
+            f"{t_uu:.2f}",
+            f"{ratio:.3f}",
+            f"≤ {TARGET}",
+            "yes" if same else "no",
+            str(len(ours)),
+            verdict,
+            f"{os.cpu_count()} cores, {platform.platform(terse=True)}",
+        ],
     )
     return 0
 

@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @needs_apt
 def test_demo_converges_the_fleet() -> None:
-    run = subprocess.run([sys.executable, "scripts/demo.py"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "scripts/demo.py"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     before, after = run.stdout.split("=== After", 1)
     assert before.count("NON_COMPLIANT") == 6  # scanned, nothing installed without a window

@@ -42,7 +42,9 @@ spec:
 """
 
 
-def window(*, concurrency: str = "10", errors: str = "1", enabled: bool = True, extra_tasks: str = "") -> str:
+def window(
+    *, concurrency: str = "10", errors: str = "1", enabled: bool = True, extra_tasks: str = ""
+) -> str:
     return f"""
 apiVersion: patchwarden.io/v1alpha1
 kind: MaintenanceWindow
@@ -70,8 +72,13 @@ def snap(*docs: str) -> Snapshot:
     return build_snapshot([("fleet.yaml", "\n---\n".join(docs).encode())], predefined_baselines())
 
 
-def scanned(snapshot: Snapshot, *, pins: tuple[str, ...] = ("openssl=3.0.15-1~deb12u2",), age: timedelta = timedelta(hours=1),
-            baseline: str = "debian-prod") -> ObservedScan:
+def scanned(
+    snapshot: Snapshot,
+    *,
+    pins: tuple[str, ...] = ("openssl=3.0.15-1~deb12u2",),
+    age: timedelta = timedelta(hours=1),
+    baseline: str = "debian-prod",
+) -> ObservedScan:
     digest = baseline_digest(snapshot.baseline(baseline))  # type: ignore[arg-type]
     return ObservedScan(NOON - age, OperatingSystem.DEBIAN, digest, pins, non_compliant=bool(pins))
 
@@ -97,7 +104,12 @@ def test_missing_patches_in_an_open_window_are_installed_with_exactly_the_scanne
     snapshot = snap(BASELINE, window(), instances(1))
     scan = scanned(snapshot, pins=("openssl=3.0.15-1~deb12u2", "libc6=2.36-9+deb12u9"))
     (action,) = plan(snapshot, "r1", Observed(scans={"node-1": scan}), NOON).actions
-    assert (action.operation, action.window, action.task, action.opening) == ("Install", "noon", "install", OPENING)
+    assert (action.operation, action.window, action.task, action.opening) == (
+        "Install",
+        "noon",
+        "install",
+        OPENING,
+    )
     assert action.pins == scan.pins
     assert action.blocked == ("telnetd",)  # rejected with BLOCK: the agent refuses to install it
     digest = snapshot_digest(scan.pins, scan.baseline_hash)
@@ -154,14 +166,18 @@ def test_running_jobs_hold_their_slots() -> None:
 @pytest.mark.parametrize(("failed", "halted"), [(1, False), (2, True)])
 def test_max_errors_halts_the_rollout(failed: int, halted: bool) -> None:
     snapshot = snap(BASELINE, window(errors="1"), instances(4))
-    jobs = [ObservedJob(f"k{i}", f"node-{i}", "Install", "failed", NOON, "noon", "install", OPENING)
-            for i in range(1, failed + 1)]
+    jobs = [
+        ObservedJob(f"k{i}", f"node-{i}", "Install", "failed", NOON, "noon", "install", OPENING)
+        for i in range(1, failed + 1)
+    ]
     scans = all_scanned(snapshot)
     result = plan(snapshot, "r1", Observed(scans=scans, jobs=jobs), NOON)
     if halted:
         assert result.idle
-        assert all("rollout halted: 2 failed job(s) in install of window noon exceed maxErrors 1" in r
-                   for r in reasons(result).values())
+        assert all(
+            "rollout halted: 2 failed job(s) in install of window noon exceed maxErrors 1" in r
+            for r in reasons(result).values()
+        )
     else:
         assert result.actions
 
@@ -170,8 +186,16 @@ def test_a_snapshot_is_never_dispatched_twice_in_one_opening() -> None:
     snapshot = snap(BASELINE, window(), instances(1))
     scans = all_scanned(snapshot)
     digest = snapshot_digest(scans["node-1"].pins, scans["node-1"].baseline_hash)
-    done = ObservedJob(f"node-1:Install:{digest}:noon:{OPENING}", "node-1", "Install", "succeeded", NOON,
-                       "noon", "install", OPENING)
+    done = ObservedJob(
+        f"node-1:Install:{digest}:noon:{OPENING}",
+        "node-1",
+        "Install",
+        "succeeded",
+        NOON,
+        "noon",
+        "install",
+        OPENING,
+    )
     result = plan(snapshot, "r1", Observed(scans=scans, jobs=[done]), NOON)
     assert result.idle
     assert "already dispatched in window noon" in reasons(result)["node-1"]
@@ -179,7 +203,9 @@ def test_a_snapshot_is_never_dispatched_twice_in_one_opening() -> None:
 
 def test_baseline_change_rescans_before_installing() -> None:
     snapshot = snap(BASELINE, window(), instances(1))
-    scan = ObservedScan(NOON - timedelta(hours=1), OperatingSystem.DEBIAN, "an-older-baseline", ("a=1",), True)
+    scan = ObservedScan(
+        NOON - timedelta(hours=1), OperatingSystem.DEBIAN, "an-older-baseline", ("a=1",), True
+    )
     (action,) = plan(snapshot, "r1", Observed(scans={"node-1": scan}), NOON).actions
     assert (action.operation, action.reason) == ("Scan", "its baseline changed since the last scan")
 
@@ -187,14 +213,25 @@ def test_baseline_change_rescans_before_installing() -> None:
 def test_stale_scans_are_redone() -> None:
     snapshot = snap(BASELINE, window(), instances(1))
     scans = all_scanned(snapshot, age=timedelta(hours=30), pins=())
-    (action,) = plan(snapshot, "r1", Observed(scans=scans), NOON, Settings(stale_after=timedelta(hours=24))).actions
+    (action,) = plan(
+        snapshot, "r1", Observed(scans=scans), NOON, Settings(stale_after=timedelta(hours=24))
+    ).actions
     assert action.operation == "Scan" and "older than" in action.reason
 
 
 def test_a_job_left_in_flight_is_resolved_by_a_rescan() -> None:
     snapshot = snap(BASELINE, window(), instances(1))
     scans = all_scanned(snapshot)
-    abandoned = ObservedJob("k-lost", "node-1", "Install", "abandoned", NOON - timedelta(minutes=5), "noon", "install", OPENING)
+    abandoned = ObservedJob(
+        "k-lost",
+        "node-1",
+        "Install",
+        "abandoned",
+        NOON - timedelta(minutes=5),
+        "noon",
+        "install",
+        OPENING,
+    )
     (action,) = plan(snapshot, "r1", Observed(scans=scans, jobs=[abandoned]), NOON).actions
     assert action.operation == "Scan"
     assert action.reason == "job k-lost was left in flight; rescan to learn what happened"
@@ -203,7 +240,9 @@ def test_a_job_left_in_flight_is_resolved_by_a_rescan() -> None:
 def test_a_failed_scan_is_retried_only_after_a_while() -> None:
     snapshot = snap(BASELINE, window(), instances(1))
     failed = ObservedJob("k-scan", "node-1", "Scan", "failed", NOON - timedelta(minutes=2))
-    result = plan(snapshot, "r1", Observed(jobs=[failed]), NOON, Settings(retry_after=timedelta(minutes=10)))
+    result = plan(
+        snapshot, "r1", Observed(jobs=[failed]), NOON, Settings(retry_after=timedelta(minutes=10))
+    )
     assert result.idle and result.waits[0].until == NOON + timedelta(minutes=8)
     later = plan(snapshot, "r1", Observed(jobs=[failed]), NOON + timedelta(minutes=9))
     assert [a.operation for a in later.actions] == ["Scan"]
@@ -224,7 +263,11 @@ def test_a_window_scan_task_scans_once_per_opening() -> None:
     snapshot = snap(BASELINE, window(extra_tasks=scan_task), instances(1))
     before_opening = all_scanned(snapshot, age=timedelta(hours=2))
     (action,) = plan(snapshot, "r1", Observed(scans=before_opening), NOON).actions
-    assert (action.operation, action.task, action.key) == ("Scan", "scan-first", f"node-1:Scan:noon:{OPENING}")
+    assert (action.operation, action.task, action.key) == (
+        "Scan",
+        "scan-first",
+        f"node-1:Scan:noon:{OPENING}",
+    )
     after_opening = all_scanned(snapshot, age=timedelta(minutes=10))
     (action,) = plan(snapshot, "r1", Observed(scans=after_opening), NOON).actions
     assert action.operation == "Install"

@@ -26,8 +26,12 @@ def test_bad_schedule_is_reported_at_its_line(tmp_path: Path, schedule: str, mes
     windows = tmp_path / "fleet" / "windows.yaml"
     windows.write_text(windows.read_text().replace("cron(30 1 * * ? *)", schedule))
     line = next(i for i, text in enumerate(windows.read_text().splitlines(), 1) if schedule in text)
-    run = subprocess.run([sys.executable, "-m", "reconciler", "validate", str(tmp_path / "fleet")],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "reconciler", "validate", str(tmp_path / "fleet")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 1
     assert f"windows.yaml:{line}: spec.schedule:" in run.stderr
     assert message in run.stderr
