@@ -1,0 +1,708 @@
+"""Stage: agent. dnf (and yum 3) on the host or on a directory root: what is installed, which
+updates are offered with their update notices, and exact-NEVRA installs. Standard library only.
+
+Only commands and flags both dnf 4 and yum 3 accept are used (``check-update``, ``updateinfo list
+updates``, ``install``, ``--assumeno``, ``--setopt``, ``-C``), so the yum path (Amazon Linux 2,
+RHEL/CentOS/Oracle 7) is the same code. Notice details dnf's text output does not show (issued
+date, reboot_suggested, references) and build times come from the repository metadata dnf/yum
+already downloaded into the root's cache (``repomd.xml`` -> ``updateinfo``/``primary``).
+"""
+
+import fcntl
+import fnmatch
+import gzip
+import lzma
+import os
+import platform
+import re
+import shutil
+import time
+import xml.etree.ElementTree as ET
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+from reconciler.agent.errors import (
+    CommandFailed,
+    InstallRefused,
+    InvalidPin,
+    PackageManagerBusy,
+    RepositoryError,
+)
+from reconciler.agent.facts import below
+from reconciler.agent.runner import Result, run
+
+RPM = "/usr/bin/rpm"
+# rpm's own NAME, VERSION and RELEASE syntax (no whitespace, no "-" in version/release).
+_NAME = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9_.+-]*$")
+_VERSION = re.compile(r"^(?:([0-9]+):)?([A-Za-z0-9._+~^]+)-([A-Za-z0-9._+~^]+)$")
+_ARCH = re.compile(r"^[A-Za-z0-9_]+$")
+_QUERY = "\\t".join(
+    ("%{NAME}", "%{EPOCHNUM}", "%{VERSION}", "%{RELEASE}", "%{ARCH}", "%{INSTALLTIME}",
+     "%{BUILDTIME}", "%{SOURCERPM}")
+) + "\\n"  # fmt: skip
+CLASSIFICATION = {
+    "security": "Security",
+    "bugfix": "Bugfix",
+    "enhancement": "Enhancement",
+    "newpackage": "Newpackage",
+    "recommended": "Recommended",
+}
+# What ``needs-restarting -r`` treats as needing a reboot (dnf-plugins-core NEED_REBOOT).
+CORE_PACKAGES = frozenset(
+    (
+        "kernel", "kernel-core", "kernel-rt", "kernel-rt-core", "glibc", "linux-firmware",
+        "systemd", "dbus", "dbus-broker", "dbus-daemon", "udev", "gnutls", "openssl-libs",
+        "zlib", "microcode_ctl",
+    )
+)  # fmt: skip
+_NS = {
+    "repo": "http://linux.duke.edu/metadata/repo",
+    "common": "http://linux.duke.edu/metadata/common",
+    "rpm": "http://linux.duke.edu/metadata/rpm",
+}
+
+Pin = Tuple[str, str, str]  # name, arch ("" = native), [epoch:]version-release
+Key = Tuple[str, str]  # name, arch
+
+
+def parse_pin(text: str) -> Pin:
+    """``name[:arch]=[epoch:]version-release`` -> (name, arch, evr); InvalidPin before anything
+    runs, so nothing that is not a plain NEVRA ever reaches dnf's argv."""
+    name, sep, evr = text.partition("=")
+    arch = ""
+    if ":" in name:
+        name, _, arch = name.partition(":")
+    if (
+        not sep
+        or not _NAME.match(name)
+        or not _VERSION.match(evr)
+        or (arch and not _ARCH.match(arch))
+    ):
+        raise InvalidPin(
+            "{!r} is not a valid pin: expected name[:arch]=[epoch:]version-release with an RPM "
+            "name and version".format(text)
+        )
+    return name, arch, evr
+
+
+def nevra(pin: Pin) -> str:
+    """dnf's spelling of an exact package: name-[epoch:]version-release[.arch]."""
+    name, arch, evr = pin
+    return "{}-{}{}".format(name, evr, "." + arch if arch else "")
+
+
+def evr_text(epoch: str, version: str, release: str) -> str:
+    return "{}{}-{}".format(
+        epoch + ":" if epoch not in ("", "0", "(none)") else "", version, release
+    )
+
+
+def split_nevra(text: str) -> Optional[Tuple[str, str, str]]:
+    """``name-[epoch:]version-release.arch`` -> (name, arch, evr)."""
+    base, dot, arch = text.rpartition(".")
+    parts = base.rsplit("-", 2)
+    if not dot or len(parts) != 3:
+        return None
+    name, version, release = parts
+    epoch = ""
+    if ":" in version:
+        epoch, _, version = version.partition(":")
+    return name, arch, evr_text(epoch, version, release)
+
+
+class Plan(NamedTuple):
+    packages: List[Dict[str, str]]  # {name, arch, version, action}
+    output: str
+
+
+class Dnf:
+    """dnf (or yum 3, ``tool="yum"``) on the host (``root="/"``) or a directory root."""
+
+    def __init__(self, root: str, version_id: str, tool: str = "dnf", lock_timeout: int = 60):
+        self.root = os.path.abspath(root)
+        self.is_host = self.root == "/"
+        self.tool = tool
+        self.lock_timeout = lock_timeout
+        self.version_id = version_id
+        found = shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/bin:/bin")
+        if not found:
+            raise CommandFailed("{} is not installed on this machine".format(tool))
+        # Absolute path, but not resolved: a yum name for dnf must keep its name.
+        self.binary = os.path.abspath(found)
+        self._env = {}  # type: Dict[str, str]
+        if not self.is_host:
+            self._prepare_root()
+
+    def state_dir(self) -> str:
+        return below(self.root, "/var/lib/patchwarden")
+
+    def _prepare_root(self) -> None:
+        # A private HOME whose .rpmmacros puts the rpm database where RHEL has it (Debian's rpm
+        # defaults to ~/.rpmdb, which would write outside the root); TMPDIR inside the root.
+        home = os.path.join(self.state_dir(), "home")
+        tmp = os.path.join(self.state_dir(), "tmp")
+        for path in (home, tmp):
+            os.makedirs(path, exist_ok=True)
+        macros = os.path.join(home, ".rpmmacros")
+        if not os.path.isfile(macros):
+            with open(macros, "w", encoding="utf-8") as handle:
+                handle.write("%_dbpath /var/lib/rpm\n")
+        self._env = {"HOME": home, "TMPDIR": tmp}
+
+    def _base(self) -> List[str]:
+        argv = [self.binary, "--setopt=skip_if_unavailable=False"]
+        if self.is_host:
+            return argv
+        config = below(self.root, "/etc/yum.conf") if self.tool == "yum" else ""
+        if not config or not os.path.isfile(config):
+            config = below(self.root, "/etc/dnf/dnf.conf")
+        argv += [
+            "--installroot=" + self.root,
+            "--releasever=" + (self.version_id or "0"),
+            "--setopt=reposdir=" + below(self.root, "/etc/yum.repos.d"),
+        ]
+        if os.path.isfile(config):
+            argv.append("--config=" + config)
+        return argv
+
+    def command(self, *args: str, timeout: float = 1800.0) -> Result:
+        return run(self._base() + list(args), self._env, timeout=timeout)
+
+    def _rpm(self, *args: str) -> Result:
+        root = [] if self.is_host else ["--root", self.root, "--dbpath", "/var/lib/rpm"]
+        return run([RPM] + root + list(args), self._env, timeout=300)
+
+    # -- scan ------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Expire the metadata so the next query downloads it again; a repository that cannot
+        be fetched then fails the scan (skip_if_unavailable=False) instead of going stale."""
+        self.command("-q", "clean", "expire-cache")
+
+    def installed(self) -> List[Dict[str, object]]:
+        result = self._rpm("-qa", "--queryformat", _QUERY)
+        if result.rc != 0:
+            raise CommandFailed("rpm -qa failed: " + _last_line(result))
+        out = []  # type: List[Dict[str, object]]
+        for line in sorted(result.stdout.splitlines()):
+            fields = line.split("\t")
+            if len(fields) < 8 or fields[0] == "gpg-pubkey":
+                continue  # gpg-pubkey entries are imported keys, not packages
+            name, epoch, version, release, arch, itime, btime, srpm = fields[:8]
+            out.append(
+                {
+                    "name": name,
+                    "arch": arch,
+                    "version": evr_text(epoch, version, release),
+                    "sourcePackage": _source_name(srpm),
+                    "installedTime": _iso(itime),
+                    "buildTime": _iso(btime),
+                }
+            )
+        return out
+
+    def updates(self, cache_only: bool) -> List[Dict[str, object]]:
+        """Every update the tool offers, with the notices that reference it."""
+        extra = ["-C"] if cache_only else []
+        # Both queries read the same metadata; the second starts once the first has refreshed
+        # it, so they never race on the cache.
+        check = self.command(*(extra + ["-q", "check-update"]))
+        if cache_only and "no cache for" in check.stderr:
+            # Nothing downloaded yet: --no-refresh cannot mean "report nothing".
+            check = self.command("-q", "check-update")
+        if check.rc not in (0, 100):
+            raise _repository_error(check)
+        notices = self.command("-C", "-q", "updateinfo", "list", "updates")
+        if notices.rc != 0:
+            raise _repository_error(notices)
+        metadata = read_cache(self.cache_dirs())
+        by_nevra = {}  # type: Dict[Tuple[str, str, str], List[Tuple[str, str]]]
+        for advisory, kind, target in parse_updateinfo_list(notices.stdout):
+            by_nevra.setdefault(target, []).append((advisory, kind))
+        installed = {}  # type: Dict[Key, str]
+        for pkg in self.installed():
+            installed[(str(pkg["name"]), str(pkg["arch"]))] = str(pkg["version"])
+        out = []  # type: List[Dict[str, object]]
+        for name, arch, evr, repo in parse_check_update(check.stdout):
+            update = {
+                "name": name,
+                "arch": arch,
+                "version": evr,
+                "repository": repo,
+                "installedVersion": installed.get((name, arch)),
+                "security": False,
+                "rebootSuggested": False,
+            }  # type: Dict[str, object]
+            meta = metadata.packages.get((name, arch, evr))
+            if meta:
+                update["buildTime"] = meta.get("buildTime")
+                update["sourcePackage"] = meta.get("sourcePackage")
+                update["requires"] = meta.get("requires") or []
+            _apply_notices(update, by_nevra.get((name, arch, evr), []), metadata.notices)
+            out.append({k: v for k, v in update.items() if v is not None})
+        return out
+
+    def cache_dirs(self) -> List[str]:
+        """Directories under the cache that hold a repomd.xml (dnf: ``<repo>-<hash>/repodata``,
+        yum 3: ``<basearch>/<releasever>/<repo>``)."""
+        found = []  # type: List[str]
+        for base in ("/var/cache/dnf", "/var/cache/yum"):
+            top = below(self.root, base)
+            for dirpath, _dirs, files in os.walk(top):
+                if "repomd.xml" in files:
+                    found.append(dirpath)
+        return sorted(found)
+
+    # -- install ---------------------------------------------------------------------------
+
+    def plan(self, pins: List[Pin], blocked: List[str]) -> Plan:
+        """What installing ``pins`` would do, from the tool's own transaction summary; refused
+        when it would remove anything or install a package matching a BLOCK pattern."""
+        self.wait_for_locks()
+        result = self.command("--assumeno", "install", *[nevra(p) for p in pins])
+        text = result.stdout + "\n" + result.stderr
+        packages = parse_transaction(result.stdout)
+        # --assumeno answers "no" and exits 1 ("Operation aborted."): that is success when a
+        # transaction summary was printed; rc 0 means there was nothing to do.
+        if result.rc != 0 and not packages:
+            raise InstallRefused(
+                "{} cannot install {}: {}".format(
+                    self.tool, ", ".join(nevra(p) for p in pins), _errors(text)
+                ),
+                {"output": text[-2000:]},
+            )
+        removals = [p for p in packages if p["action"] in ("remove", "downgrade", "obsolete")]
+        if removals:
+            raise InstallRefused(
+                "the install would {} {}; refused".format(
+                    removals[0]["action"], ", ".join(p["name"] for p in removals)
+                ),
+                {"packages": removals},
+            )
+        for pkg in packages:
+            hit = next((b for b in blocked if fnmatch.fnmatchcase(pkg["name"], b)), None)
+            if hit:
+                raise InstallRefused(
+                    "the install would install {} {}, which the baseline rejects (BLOCK {!r}); "
+                    "refused before anything was installed".format(
+                        pkg["name"], pkg["version"], hit
+                    ),
+                    {"package": pkg, "pattern": hit},
+                )
+        return Plan(packages, text)
+
+    def install(self, pins: List[Pin]) -> Result:
+        self.wait_for_locks()
+        return self.command("-y", "install", *[nevra(p) for p in pins])
+
+    def versions_now(self, names: List[str]) -> Dict[Key, List[str]]:
+        """(name, arch) -> installed versions (several for installonly packages like kernel)."""
+        if not names:
+            return {}
+        result = self._rpm("-q", "--queryformat", _QUERY, *sorted(set(names)))
+        out = {}  # type: Dict[Key, List[str]]
+        for line in result.stdout.splitlines():
+            fields = line.split("\t")
+            if len(fields) >= 5:
+                key = (fields[0], fields[4])
+                out.setdefault(key, []).append(evr_text(fields[1], fields[2], fields[3]))
+        return out
+
+    def wait_for_locks(self) -> None:
+        """Wait up to lock_timeout for rpm's transaction lock and dnf's pid locks, then fail
+        naming the holder (rpm and dnf would otherwise wait forever, or give up unclearly)."""
+        deadline = time.time() + self.lock_timeout
+        while True:
+            holder = self.lock_holder()
+            if holder is None:
+                return
+            if time.time() >= deadline:
+                pid, command, path = holder
+                raise PackageManagerBusy(
+                    "the package manager lock {} is held by process {} ({}); waited {}s; try "
+                    "again when it is done".format(path, pid, command, self.lock_timeout),
+                    {"pid": pid, "command": command, "lock": path},
+                )
+            time.sleep(0.2)
+
+    def lock_holder(self) -> Optional[Tuple[int, str, str]]:
+        rpm_lock = below(self.root, "/var/lib/rpm/.rpm.lock")
+        if os.path.exists(rpm_lock):
+            pid = _fcntl_holder(rpm_lock)
+            if pid:
+                return pid, _comm(pid), rpm_lock
+        for base in ("/var/cache/dnf", "/var/lib/dnf", "/var/run", "/run"):
+            top = below(self.root, base)
+            if not os.path.isdir(top):
+                continue
+            for entry in os.listdir(top):
+                if entry.endswith("_lock.pid") or entry == "yum.pid":
+                    path = os.path.join(top, entry)
+                    try:
+                        with open(path, encoding="ascii") as handle:
+                            pid = int(handle.read().strip() or "0")
+                    except (OSError, ValueError):
+                        continue
+                    if pid and pid != os.getpid() and os.path.exists("/proc/{}".format(pid)):
+                        return pid, _comm(pid), path
+        return None
+
+    def running_kernel_outdated(self) -> bool:
+        """Host only: the most recently installed kernel is not the running one (``uname -r``
+        is version-release.arch on every RPM-family system)."""
+        if not self.is_host:
+            return False
+        result = self._rpm(
+            "-q", "--queryformat", "%{INSTALLTIME} %{VERSION}-%{RELEASE}.%{ARCH}\\n",
+            "kernel", "kernel-core",
+        )  # fmt: skip
+        installed = []  # type: List[Tuple[int, str]]
+        for line in result.stdout.splitlines():
+            fields = line.split()
+            if len(fields) == 2 and fields[0].isdigit():
+                installed.append((int(fields[0]), fields[1]))
+        return bool(installed) and max(installed)[1] != platform.release()
+
+
+class Metadata(NamedTuple):
+    packages: Dict[Tuple[str, str, str], Dict[str, object]]
+    notices: Dict[str, Dict[str, object]]
+
+
+def read_cache(directories: List[str]) -> Metadata:
+    """Build times, source packages, requirements and update notices from cached repodata."""
+    packages = {}  # type: Dict[Tuple[str, str, str], Dict[str, object]]
+    notices = {}  # type: Dict[str, Dict[str, object]]
+    for directory in directories:
+        try:
+            repomd = ET.parse(os.path.join(directory, "repomd.xml")).getroot()
+        except (OSError, ET.ParseError):
+            continue
+        for data in repomd.findall("repo:data", _NS):
+            kind = data.get("type")
+            location = data.find("repo:location", _NS)
+            if kind not in ("primary", "updateinfo") or location is None:
+                continue
+            path = _cached_file(directory, os.path.basename(location.get("href", "")))
+            if path is None:
+                continue
+            try:
+                root = ET.fromstring(_read_compressed(path))
+            except (OSError, ET.ParseError, EOFError, lzma.LZMAError):
+                continue
+            if kind == "primary":
+                packages.update(_primary(root))
+            else:
+                notices.update(_updateinfo(root))
+    return Metadata(packages, notices)
+
+
+def _cached_file(directory: str, name: str) -> Optional[str]:
+    for candidate in (os.path.join(directory, name), os.path.join(directory, "..", name)):
+        if name and os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _read_compressed(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if data[:2] == b"\x1f\x8b":
+        return gzip.decompress(data)
+    if data[:6] == b"\xfd7zXZ\x00":
+        return lzma.decompress(data)
+    if path.endswith(".bz2"):
+        import bz2
+
+        return bz2.decompress(data)
+    return data
+
+
+def _primary(root: ET.Element) -> Iterator[Tuple[Tuple[str, str, str], Dict[str, object]]]:
+    for pkg in root.findall("common:package", _NS):
+        name = pkg.findtext("common:name", "", _NS)
+        arch = pkg.findtext("common:arch", "", _NS)
+        version = pkg.find("common:version", _NS)
+        if version is None:
+            continue
+        evr = evr_text(version.get("epoch", "0"), version.get("ver", ""), version.get("rel", ""))
+        built = pkg.find("common:time", _NS)
+        fmt = pkg.find("common:format", _NS)
+        requires = []  # type: List[str]
+        source = None
+        if fmt is not None:
+            source = _source_name(fmt.findtext("rpm:sourcerpm", "", _NS))
+            for entry in fmt.findall("rpm:requires/rpm:entry", _NS):
+                req = entry.get("name", "")
+                # File and rpmlib() capabilities are not packages a BLOCK pattern names.
+                if req and not req.startswith("/") and "(" not in req and req not in requires:
+                    requires.append(req)
+        yield (
+            (name, arch, evr),
+            {
+                "buildTime": _iso(built.get("build", "") if built is not None else ""),
+                "sourcePackage": source,
+                "requires": requires,
+            },
+        )
+
+
+def _updateinfo(root: ET.Element) -> Iterator[Tuple[str, Dict[str, object]]]:
+    for update in root.iter("update"):
+        advisory = (update.findtext("id") or "").strip()
+        if not advisory:
+            continue
+        refs = update.findall("references/reference")
+        issued = update.find("issued")
+        updated = update.find("updated")
+        yield (
+            advisory,
+            {
+                "type": update.get("type", ""),
+                "severity": (update.findtext("severity") or "").strip() or None,
+                "issued": _day(issued.get("date", "") if issued is not None else ""),
+                "updated": _day(updated.get("date", "") if updated is not None else ""),
+                "cves": [r.get("id", "") for r in refs if r.get("type") == "cve" and r.get("id")],
+                "bugzillaIds": [
+                    r.get("id", "") for r in refs if r.get("type") == "bugzilla" and r.get("id")
+                ],
+                "rebootSuggested": {
+                    (p.get("name", ""), p.get("arch", ""), _pkg_evr(p))
+                    for p in update.iter("package")
+                    if (p.findtext("reboot_suggested") or "").strip().lower()
+                    in ("true", "1", "yes")
+                },
+            },
+        )
+
+
+def _pkg_evr(p: ET.Element) -> str:
+    return evr_text(p.get("epoch", "0"), p.get("version", ""), p.get("release", ""))
+
+
+def _apply_notices(
+    update: Dict[str, object], found: List[Tuple[str, str]], notices: Dict[str, Dict[str, object]]
+) -> None:
+    """Fill classification, severity, ids and dates from the notices that reference the
+    update; the most severe security notice wins the classification."""
+    if not found:
+        return
+    key = (update["name"], update["arch"], update["version"])
+    ids, cves, bugs = [], [], []  # type: List[str], List[str], List[str]
+    issued, updated = [], []  # type: List[str], List[str]
+    best = None  # type: Optional[Tuple[int, str, Optional[str]]]
+    for advisory, kind in found:
+        detail = notices.get(advisory, {})
+        notice_type = str(detail.get("type") or _type_from_list(kind))
+        severity = detail.get("severity") or _severity_from_list(kind)
+        rank = (0 if notice_type == "security" else 1) * 10 + _SEVERITY_RANK.get(
+            str(severity or "").lower(), 9
+        )
+        if best is None or rank < best[0]:
+            best = (rank, notice_type, str(severity) if severity else None)
+        ids.append(advisory)
+        cves.extend(c for c in _strs(detail.get("cves")) if c not in cves)
+        bugs.extend(b for b in _strs(detail.get("bugzillaIds")) if b not in bugs)
+        if detail.get("issued"):
+            issued.append(str(detail["issued"]))
+        if detail.get("updated"):
+            updated.append(str(detail["updated"]))
+        reboot = detail.get("rebootSuggested")
+        if isinstance(reboot, set) and key in reboot:
+            update["rebootSuggested"] = True
+    assert best is not None
+    update["classification"] = CLASSIFICATION.get(best[1], best[1].title() or None)
+    update["severity"] = best[2]
+    update["advisoryIds"] = sorted(set(ids))
+    update["cves"] = cves
+    update["bugzillaIds"] = bugs
+    # SSM counts from the notice's release date (updated date on Amazon Linux): the latest of
+    # the notices' dates, so a re-issued notice does not approve early. A missing date stays
+    # missing: the engine owns the fallbacks (issued, then build time).
+    update["issued"] = max(issued) if issued else None
+    update["updated"] = max(updated) if updated else None
+    update["security"] = True
+
+
+_SEVERITY_RANK = {"critical": 0, "important": 1, "moderate": 2, "medium": 2, "low": 3}
+
+
+def _strs(value: object) -> List[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _type_from_list(kind: str) -> str:
+    return "security" if kind.endswith("/Sec.") or kind == "security" else kind.lower()
+
+
+def _severity_from_list(kind: str) -> Optional[str]:
+    return kind.split("/")[0] if kind.endswith("/Sec.") and kind != "/Sec." else None
+
+
+def parse_check_update(text: str) -> List[Tuple[str, str, str, str]]:
+    """``name.arch  evr  repo`` rows of check-update (a long name wraps onto its own line, so
+    the text is read as a stream of tokens); stops at "Obsoleting Packages"."""
+    tokens = []  # type: List[str]
+    for line in text.splitlines():
+        if line.startswith("Obsoleting") or line.startswith("Security:"):
+            if line.startswith("Obsoleting"):
+                break
+            continue
+        tokens.extend(line.split())
+    rows = []  # type: List[Tuple[str, str, str, str]]
+    i = 0
+    while i + 2 < len(tokens):
+        first, evr, repo = tokens[i : i + 3]
+        name, dot, arch = first.rpartition(".")
+        if dot and name and "-" in evr and _VERSION.match(evr):
+            rows.append((name, arch, evr_text(*_split_evr(evr)), repo))
+            i += 3
+        else:
+            i += 1
+    return rows
+
+
+def _split_evr(evr: str) -> Tuple[str, str, str]:
+    match = _VERSION.match(evr)
+    assert match is not None
+    return match.group(1) or "", match.group(2), match.group(3)
+
+
+def parse_updateinfo_list(text: str) -> List[Tuple[str, str, Tuple[str, str, str]]]:
+    """``ADVISORY  Severity/Sec.|type  NEVRA`` rows -> (advisory, kind, (name, arch, evr))."""
+    rows = []  # type: List[Tuple[str, str, Tuple[str, str, str]]]
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        parsed = split_nevra(fields[-1])
+        if parsed:
+            rows.append((fields[0], fields[1], parsed))
+    return rows
+
+
+_SECTIONS = (
+    ("removing", "remove"),
+    ("erasing", "remove"),
+    ("downgrading", "downgrade"),
+    ("obsoleting", "obsolete"),
+    ("replacing", "obsolete"),
+    ("reinstalling", "reinstall"),
+    ("upgrading", "upgrade"),
+    ("updating", "upgrade"),
+    ("installing", "install"),
+)
+
+
+def parse_transaction(text: str) -> List[Dict[str, str]]:
+    """The packages of a transaction summary table (dnf 4 and yum 3 print the same columns:
+    Package Arch Version Repository Size, under "Installing:", "Upgrading:", "Removing:"...)."""
+    out = []  # type: List[Dict[str, str]]
+    action = None  # type: Optional[str]
+    pending = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("=") or stripped.startswith("Package "):
+            continue
+        if stripped.startswith("Transaction Summary"):
+            break
+        if stripped.endswith(":") and not line.startswith(" "):
+            lowered = stripped.lower()
+            action = next((a for word, a in _SECTIONS if lowered.startswith(word)), None)
+            continue
+        if action is None or not line.startswith(" "):
+            continue
+        fields = (pending + " " + stripped).split()
+        if len(fields) < 4:
+            pending = " ".join(fields)  # a long name wraps onto its own line
+            continue
+        pending = ""
+        if fields[0] == "replacing":
+            out.append({"name": fields[1].rsplit(".", 1)[0], "arch": "", "version": fields[2],
+                        "action": "obsolete"})  # fmt: skip
+            continue
+        out.append({"name": fields[0], "arch": fields[1], "version": fields[2], "action": action})
+    return out
+
+
+def _source_name(srpm: str) -> Optional[str]:
+    """``demo-lib-1.0-2.src.rpm`` -> ``demo-lib``."""
+    if not srpm or srpm == "(none)":
+        return None
+    parts = srpm.rsplit("-", 2)
+    return parts[0] if len(parts) == 3 else srpm
+
+
+def _iso(seconds: str) -> Optional[str]:
+    try:
+        value = int(seconds)
+    except ValueError:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value)) if value > 0 else None
+
+
+def _day(text: str) -> Optional[str]:
+    """A notice date ("2024-01-15 00:00:00", "2024-01-15", or epoch seconds) -> YYYY-MM-DD."""
+    text = text.strip()
+    if re.match(r"^\d{4}-\d{2}-\d{2}", text):
+        return text[:10]
+    if text.isdigit():
+        return time.strftime("%Y-%m-%d", time.gmtime(int(text)))
+    return None
+
+
+def _fcntl_holder(path: str) -> Optional[int]:
+    """The pid holding a POSIX lock on ``path`` (from /proc/locks), or None when it is free."""
+    try:
+        inode = os.stat(path).st_ino
+        with open("/proc/locks", encoding="ascii") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        lines, inode = [], 0
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 5 and fields[5].split(":")[-1] == str(inode):
+            try:
+                return int(fields[4])
+            except ValueError:
+                continue
+    if not lines:
+        # No /proc/locks: probe by taking the lock ourselves and letting it go at once.
+        try:
+            with open(path, "a") as handle:
+                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(handle, fcntl.LOCK_UN)
+        except OSError:
+            return -1
+    return None
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open("/proc/{}/comm".format(pid), encoding="utf-8", errors="replace") as handle:
+            return handle.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def _errors(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("Error") or "No match" in ln or "Problem" in ln]
+    return " / ".join(errors[:5]) or (lines[-1] if lines else "no output")
+
+
+def _last_line(result: Result) -> str:
+    return _errors(result.stderr + "\n" + result.stdout)
+
+
+_REPO = re.compile(r"repo(?:sitory)? '?([^' :]+)'?")
+
+
+def _repository_error(result: Result) -> Exception:
+    text = result.stderr + "\n" + result.stdout
+    match = re.search(r"(?:metadata for repo|repo) '([^']+)'", text) or _REPO.search(text)
+    if match:
+        return RepositoryError(
+            "repository {} could not be read: {}".format(match.group(1), _errors(text)),
+            {"repository": match.group(1)},
+        )
+    return CommandFailed("{} failed (exit {}): {}".format(result.argv[0], result.rc, _errors(text)))

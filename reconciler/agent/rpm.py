@@ -1,0 +1,229 @@
+"""Stage: agent. RPM-family systems (Amazon Linux, RHEL, CentOS, Oracle, Rocky, Alma): the scan
+and install operations on top of :mod:`reconciler.agent.dnf`. Standard library only.
+
+dnf drives RHEL/Oracle/Rocky/Alma 8+, CentOS Stream and Amazon Linux 2022/2023; yum 3 drives
+Amazon Linux (1 and 2) and RHEL/CentOS/Oracle 7. ``PATCHWARDEN_RPM_TOOL=dnf|yum`` overrides the
+choice (a machine upgraded in place, or tests driving the yum path through a ``yum`` name for dnf).
+"""
+
+import os
+import platform
+import time
+from typing import Dict, List, Optional
+
+from reconciler.agent import AGENT_VERSION
+from reconciler.agent.dnf import CORE_PACKAGES, Dnf, Key, Pin, parse_pin
+from reconciler.agent.facts import facts, operating_system, read_os_release
+
+_YUM_SYSTEMS = ("AMAZON_LINUX", "AMAZON_LINUX_2")
+_YUM_MAJOR = ("REDHAT_ENTERPRISE_LINUX", "CENTOS", "ORACLE_LINUX")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def tool_for(root: str) -> str:
+    """dnf or yum for the system at ``root``, by OS and version."""
+    override = os.environ.get("PATCHWARDEN_RPM_TOOL", "")
+    if override in ("dnf", "yum"):
+        return override
+    release = read_os_release(root)
+    os_name = operating_system(release)
+    major = release.get("VERSION_ID", "").split(".")[0]
+    if os_name in _YUM_SYSTEMS or (os_name in _YUM_MAJOR and major in ("5", "6", "7")):
+        return "yum"
+    return "dnf"
+
+
+def _system(root: str, lock_timeout: int) -> Dnf:
+    release = read_os_release(root)
+    return Dnf(root, release.get("VERSION_ID", ""), tool_for(root), lock_timeout)
+
+
+def scan(
+    root: str,
+    instance_id: Optional[str],
+    refresh: bool,
+    operation: str = "Scan",
+    private_state: Optional[str] = None,
+) -> Dict[str, object]:
+    """The inventory document of the system at ``root``. (``private_state`` is accepted for the
+    contract; dnf's cache of a directory root is inside the root already.)"""
+    system = _system(root, lock_timeout=60)
+    if refresh:
+        system.refresh()
+    updates = system.updates(cache_only=not refresh)
+    installed = system.installed()
+    machine = facts(root, platform.machine() or "x86_64")
+    # needs-restarting -r's rule on the host: a core package installed after the boot, or a
+    # newer kernel than the running one. A directory root never booted: nothing pending.
+    booted = str(machine.get("bootTime") or "")
+    pending = sorted(
+        {
+            str(p["name"])
+            for p in installed
+            if booted and p["name"] in CORE_PACKAGES and str(p.get("installedTime") or "") > booted
+        }
+    )
+    if system.running_kernel_outdated() and "kernel" not in pending:
+        pending.append("kernel")
+    if pending:
+        machine["rebootRequired"] = True
+        machine["rebootRequiredPackages"] = pending
+    return {
+        "apiVersion": "patchwarden.io/v1alpha1",
+        "kind": "Inventory",
+        "instanceId": instance_id or str(machine.get("hostname") or root),
+        "collectedAt": _now(),
+        "agentVersion": AGENT_VERSION,
+        "operation": operation,
+        "facts": machine,
+        "installed": installed,
+        "updates": updates,
+    }
+
+
+def install(
+    root: str,
+    pin_texts: List[str],
+    blocked: List[str],
+    simulate: bool,
+    reboot_option: str,
+    allow_reboot: bool,
+    lock_timeout: int,
+) -> Dict[str, object]:
+    """Install exact pins; the result says what changed, per package."""
+    pins = [parse_pin(p) for p in pin_texts]  # refuses invalid pins before anything runs
+    system = _system(root, lock_timeout)
+    result = {
+        "apiVersion": "patchwarden.io/v1alpha1",
+        "kind": "InstallResult",
+        "simulate": simulate,
+        "startedAt": _now(),
+        "recovery": [],
+    }  # type: Dict[str, object]
+    names = [p[0] for p in pins]
+    before = system.versions_now(names)
+    plan = system.plan(pins, blocked)
+    result["dependencies"] = [
+        {"name": p["name"], "arch": p["arch"], "version": p["version"], "action": p["action"]}
+        for p in plan.packages
+        if p["name"] not in names
+    ]
+    if simulate:
+        result["patches"] = [_planned(p, before) for p in pins]
+        result["changed"] = False
+        result["reboot"] = {"required": False, "performed": False}
+        return result
+    outcome = system.install(pins)
+    output = outcome.stdout + "\n" + outcome.stderr
+    after = system.versions_now(names + [str(d["name"]) for d in plan.packages])
+    patches = [_outcome(p, before, after, output, outcome.rc) for p in pins]
+    result["patches"] = patches
+    result["changed"] = any(p["changed"] for p in patches)
+    changed_names = [str(p["name"]) for p in plan.packages]
+    result["reboot"] = _reboot(system, reboot_option, allow_reboot, changed_names, output)
+    result["finishedAt"] = _now()
+    return result
+
+
+def _lookup(table: Dict[Key, List[str]], name: str, arch: str) -> List[str]:
+    found = []  # type: List[str]
+    for (n, a), versions in table.items():
+        if n == name and (not arch or a == arch):
+            found.extend(versions)
+    return found
+
+
+def _planned(pin: Pin, before: Dict[Key, List[str]]) -> Dict[str, object]:
+    name, arch, version = pin
+    already = version in _lookup(before, name, arch)
+    return {
+        "name": name,
+        "arch": arch,
+        "version": version,
+        "result": "UNCHANGED" if already else "WOULD_INSTALL",
+        "changed": False,
+    }
+
+
+def _outcome(
+    pin: Pin, before: Dict[Key, List[str]], after: Dict[Key, List[str]], output: str, rc: int
+) -> Dict[str, object]:
+    name, arch, version = pin
+    was, now = _lookup(before, name, arch), _lookup(after, name, arch)
+    failure = _scriptlet_failure(name, output)
+    if version in now and not failure:
+        changed = version not in was
+        return {
+            "name": name,
+            "arch": arch,
+            "version": version,
+            "result": "INSTALLED" if changed else "UNCHANGED",
+            "changed": changed,
+        }
+    message = failure or _tool_errors(output) or "not installed (exit {})".format(rc)
+    return {
+        "name": name,
+        "arch": arch,
+        "version": version,
+        "result": "FAILED",
+        "changed": sorted(now) != sorted(was),
+        "message": message,
+        "stateAfter": " ".join(now) or "absent",
+    }
+
+
+def _scriptlet_failure(name: str, output: str) -> str:
+    """rpm keeps a package whose %post failed installed; dnf and yum only say so in their
+    output ("Error in POSTIN scriptlet in rpm package NAME", "%post(NAME-V-R.A) scriptlet
+    failed"), so the result has to come from there."""
+    found = []  # type: List[str]
+    for line in output.splitlines():
+        text = line.strip()
+        if "scriptlet" not in text.lower():
+            continue
+        if (
+            text.endswith("package " + name)
+            or "({}-".format(name) in text
+            or " {} ".format(name) in text + " "
+        ) and ("fail" in text.lower() or "error" in text.lower()):
+            found.append(text)
+    return " / ".join(found)
+
+
+def _tool_errors(output: str) -> str:
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    return " / ".join(ln for ln in lines if ln.startswith("Error"))[:1000]
+
+
+def _reboot(
+    system: Dnf, option: str, allow: bool, changed: List[str], output: str
+) -> Dict[str, object]:
+    """needs-restarting -r's rule: a reboot is needed when a core package (kernel, glibc,
+    systemd...) changed, or the running kernel is not the newest installed one (host only)."""
+    core = sorted({n for n in changed if n in CORE_PACKAGES})
+    pending = core + (["kernel"] if system.running_kernel_outdated() and not core else [])
+    if option == "NoReboot" or not pending:
+        return {"required": bool(pending), "performed": False}
+    why = "updated: " + ", ".join(pending)
+    if not system.is_host:
+        return {
+            "required": True,
+            "performed": False,
+            "recorded": True,
+            "reason": "directory root: reboot recorded, not executed ({})".format(why),
+        }
+    if not allow:
+        return {
+            "required": True,
+            "performed": False,
+            "reason": "reboot needed ({}); pass --allow-reboot to let the agent reboot it".format(
+                why
+            ),
+        }
+    from reconciler.agent.runner import run
+
+    done = run(["/sbin/shutdown", "-r", "+1", "patchwarden: reboot after patching"], timeout=60)
+    return {"required": True, "performed": done.rc == 0, "reason": why}

@@ -1,0 +1,391 @@
+"""The agent on real rpm and dnf (and the yum path): scan and install on installroots built by the
+test suite (tests/rpmlab.py). The repositories carry an updateinfo.xml with security notices of
+every severity, a bugfix and an enhancement; nothing touches the host's rpm database (every
+command gets a private HOME with ``%_dbpath /var/lib/rpm``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.agent import dnf as dnf_module
+from reconciler.agent import rpm as rpm_backend
+from reconciler.agent.__main__ import install, scan
+from reconciler.agent.dnf import parse_check_update, parse_pin, parse_transaction
+from reconciler.agent.errors import (
+    InstallRefused,
+    InvalidPin,
+    PackageManagerBusy,
+    RepositoryError,
+)
+from reconciler.api.inventory import Inventory
+from reconciler.evaluation import evaluate
+from tests.factories import baseline, rule, states
+from tests.rpmlab import Notice, Rpm, build_rpms, dnf_argv, make_repo, make_rpm_root, rpm_env
+
+pytestmark = pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("rpm", "rpmbuild", "dnf", "createrepo_c", "modifyrepo_c")),
+    reason="needs rpm, rpmbuild, dnf and createrepo_c",
+)
+
+NAMES = [
+    "demo-lib", "demo-net", "demo-web", "demo-doc", "demo-util", "demo-tool", "demo-plain", "glibc",
+]  # fmt: skip
+OLD = [Rpm(n, "1.0") for n in NAMES[:-1]] + [Rpm("glibc", "2.34", "1"), Rpm("demo-bad", "1.0")]
+NEW = {
+    "demo-lib": Rpm("demo-lib", "1.0", "2"),
+    "demo-net": Rpm("demo-net", "1.0", "2"),
+    "demo-web": Rpm("demo-web", "1.0", "2"),
+    "demo-doc": Rpm("demo-doc", "1.0", "2"),
+    "demo-util": Rpm("demo-util", "1.0", "2"),
+    "demo-tool": Rpm("demo-tool", "1.1", "1", requires="demo-lib >= 1.0-2"),
+    "glibc": Rpm("glibc", "2.34", "2"),
+    "demo-plain": Rpm("demo-plain", "1.0", "2"),  # an update no notice references
+    "demo-bad": Rpm("demo-bad", "1.0", "2", post="echo failing on purpose >&2; exit 3"),
+}
+SHELL = Rpm("busybox-sh", "1.0", provides="/bin/sh")
+NOTICES = [
+    Notice("DEMO-2024-0001", "security", (NEW["demo-lib"],), "Critical",
+           issued="2024-01-15 00:00:00", updated="2024-02-01 00:00:00",
+           cves=("CVE-2024-1001",), bugs=("1001",), reboot=True),
+    Notice("DEMO-2024-0002", "security", (NEW["demo-net"],), "Important",
+           cves=("CVE-2024-1002", "CVE-2024-1003")),
+    Notice("DEMO-2024-0003", "security", (NEW["demo-web"],), "Moderate"),
+    Notice("DEMO-2024-0004", "security", (NEW["demo-doc"],), "Low", bugs=("1004",)),
+    Notice("DEMO-2024-0005", "bugfix", (NEW["demo-util"],)),
+    Notice("DEMO-2024-0006", "enhancement", (NEW["demo-tool"],)),
+    Notice("DEMO-2024-0007", "security", (NEW["glibc"],), "Important", reboot=True),
+]  # fmt: skip
+SEVERITIES = ["Critical", "Important", "Moderate", "Low"]
+
+
+@pytest.fixture(scope="module")
+def repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    work = tmp_path_factory.mktemp("rpmrepos")
+    built = build_rpms(work / "build", [*OLD, *NEW.values(), SHELL])
+    base = make_repo(work / "base", [built[r] for r in [*OLD, SHELL]])
+    updates = make_repo(work / "updates", [built[r] for r in NEW.values()], NOTICES)
+    return {"base": f"file://{base}", "updates": f"file://{updates}"}
+
+
+def _root(path: Path, os_release: str, repos: dict[str, str], with_shell: bool = False) -> Path:
+    """A root with the old versions installed (from base only), then both repos configured."""
+    make_rpm_root(path, os_release, {"base": repos["base"]}, shell=with_shell)
+    names = [*NAMES, "demo-bad", "busybox-sh"] if with_shell else NAMES
+    subprocess.run(
+        [*dnf_argv(path), "-y", "-q", "install", *names],
+        check=True,
+        capture_output=True,
+        env=rpm_env(path.parent / f"{path.name}-home"),
+    )
+    make_rpm_root(path, os_release, repos)
+    return path
+
+
+@pytest.fixture(scope="module")
+def rhel(repos: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A RHEL 9 root shared by read-only tests."""
+    return _root(tmp_path_factory.mktemp("rhel") / "root", "rhel9", repos)
+
+
+@pytest.fixture(scope="module")
+def al2023(repos: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _root(tmp_path_factory.mktemp("al2023") / "root", "al2023", repos)
+
+
+@pytest.fixture
+def fresh(repos: dict[str, str], tmp_path: Path) -> Path:
+    """A RHEL 9 root of this test's own, for installs."""
+    return _root(tmp_path / "root", "rhel9", repos)
+
+
+def _rpm_q(root: Path, *names: str) -> dict[str, str]:
+    out = subprocess.run(
+        ["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm", "-q", "--qf",
+         "%{NAME} %{VERSION}-%{RELEASE}\\n", *names],
+        capture_output=True, text=True, env=rpm_env(root.parent / "q-home"),
+    ).stdout  # fmt: skip
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+def _by_name(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {u["name"]: u for u in document["updates"]}
+
+
+def test_scan_reports_installed_and_updates_with_notice_data(rhel: Path) -> None:
+    document = scan(str(rhel), "rhel-1", refresh=True)
+    Inventory.model_validate(document)  # the document is what the engine accepts
+    facts = document["facts"]
+    assert (facts["operatingSystem"], facts["osVersion"], facts["product"]) == (
+        "REDHAT_ENTERPRISE_LINUX",
+        "9.4",
+        "RedhatEnterpriseLinux9.4",
+    )
+    installed = {p["name"]: p for p in document["installed"]}
+    assert set(installed) == set(NAMES)
+    assert installed["demo-lib"]["version"] == "1.0-1"
+    assert installed["demo-lib"]["buildTime"] and installed["demo-lib"]["installedTime"]
+    updates = _by_name(document)
+    assert set(updates) == set(NAMES)
+    lib = updates["demo-lib"]
+    assert {k: lib[k] for k in (
+        "arch", "version", "installedVersion", "repository", "classification", "severity",
+        "advisoryIds", "cves", "bugzillaIds", "issued", "updated", "rebootSuggested", "security",
+    )} == {
+        "arch": "noarch", "version": "1.0-2", "installedVersion": "1.0-1", "repository": "updates",
+        "classification": "Security", "severity": "Critical", "advisoryIds": ["DEMO-2024-0001"],
+        "cves": ["CVE-2024-1001"], "bugzillaIds": ["1001"], "issued": "2024-01-15",
+        "updated": "2024-02-01", "rebootSuggested": True, "security": True,
+    }  # fmt: skip
+    assert lib["buildTime"].endswith("Z")
+    assert updates["demo-net"]["cves"] == ["CVE-2024-1002", "CVE-2024-1003"]
+    assert updates["demo-doc"]["bugzillaIds"] == ["1004"]
+    assert updates["demo-util"]["classification"] == "Bugfix"
+    assert updates["demo-tool"]["classification"] == "Enhancement"
+    assert updates["demo-tool"]["requires"] == ["demo-lib"]
+    assert "severity" not in updates["demo-util"] or updates["demo-util"]["severity"] is None
+    plain = updates["demo-plain"]
+    assert plain["security"] is False and plain["buildTime"]
+    assert "classification" not in plain and "issued" not in plain and "advisoryIds" not in plain
+    # Nothing of the scan lands outside the root: dnf's cache and rpm's HOME are inside.
+    assert (rhel / "var/cache/dnf").is_dir()
+    assert (rhel / "var/lib/patchwarden/home/.rpmmacros").is_file()
+
+
+def test_engine_gives_ssm_states_on_the_scanned_inventory(rhel: Path) -> None:
+    inv = Inventory.model_validate(scan(str(rhel), "rhel-1", refresh=False))
+    b = baseline(
+        "REDHAT_ENTERPRISE_LINUX",
+        rule(("CLASSIFICATION", ["Security"]), ("SEVERITY", ["Critical", "Important"]), days=7),
+    )
+    result = states(evaluate(b, inv, datetime(2026, 11, 28, tzinfo=UTC)))
+    assert result["demo-lib"] == "MISSING"
+    assert result["demo-net"] == "MISSING"
+    assert result["glibc"] == "MISSING"
+    assert all(result.get(n) in (None, "INSTALLED_OTHER") for n in ("demo-web", "demo-util"))
+
+
+def _oracle(root: Path, severity: str) -> set[str]:
+    """What dnf itself lists for security notices of one severity. (dnf 4 ORs its filters:
+    ``--security --sec-severity X`` lists every security notice, so ``--sec-severity`` alone is
+    the "security AND severity X" query; every notice with a severity here is a security one.)"""
+    out = subprocess.run(
+        [*dnf_argv(root), "-q", "-C", "updateinfo", "list", "--sec-severity", severity],
+        check=True, capture_output=True, text=True,
+        env=rpm_env(root / "var/lib/patchwarden/home"),
+    ).stdout  # fmt: skip
+    names = set()
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) == 3:
+            names.add(fields[2].rsplit(".", 1)[0].rsplit("-", 2)[0])
+    return names
+
+
+@pytest.mark.parametrize("severity", SEVERITIES)
+@pytest.mark.parametrize("system", ["rhel", "al2023"])
+def test_oracle_security_severity_baseline_matches_dnf(
+    system: str, severity: str, request: pytest.FixtureRequest
+) -> None:
+    root: Path = request.getfixturevalue(system)
+    inv = Inventory.model_validate(scan(str(root), system, refresh=False))
+    os_name = inv.facts.operating_system.value
+    b = baseline(os_name, rule(("CLASSIFICATION", ["Security"]), ("SEVERITY", [severity]), days=0))
+    result = evaluate(b, inv, datetime(2026, 11, 28, tzinfo=UTC))
+    approved = {p.name for p in result.patches if str(p.state) == "MISSING"}
+    expected = _oracle(root, severity)
+    assert expected, "the oracle must list something for every severity"
+    assert approved == expected
+
+
+def test_amazon_linux_counts_from_updated_date_and_rhel_from_issued(
+    rhel: Path, al2023: Path
+) -> None:
+    # DEMO-2024-0001 was issued 2024-01-15 and updated 2024-02-01: on 2024-02-05 a 7-day rule has
+    # approved it on RHEL (from release) but not on Amazon Linux (from the update date).
+    when = datetime(2024, 2, 5, 12, tzinfo=UTC)
+    seven = rule(("CLASSIFICATION", ["Security"]), ("SEVERITY", ["Critical"]), days=7)
+    for root, os_name, expected in (
+        (rhel, "REDHAT_ENTERPRISE_LINUX", "MISSING"),
+        (al2023, "AMAZON_LINUX_2023", "INSTALLED_OTHER"),
+    ):
+        inv = Inventory.model_validate(scan(str(root), "x", refresh=False))
+        lib = next(u for u in inv.updates if u.name == "demo-lib")
+        assert (str(lib.issued), str(lib.updated), lib.build_time is not None) == (
+            "2024-01-15", "2024-02-01", True,
+        )  # fmt: skip
+        assert states(evaluate(baseline(os_name, seven), inv, when))["demo-lib"] == expected
+
+
+def test_update_without_a_notice_counts_from_its_build_time(rhel: Path) -> None:
+    inv = Inventory.model_validate(scan(str(rhel), "x", refresh=False))
+    plain = next(u for u in inv.updates if u.name == "demo-plain")
+    assert plain.build_time is not None and plain.issued is None
+    b = baseline("REDHAT_ENTERPRISE_LINUX", rule(("PRODUCT", ["*"]), days=7, non_security=True))
+    built = plain.build_time
+    assert states(evaluate(b, inv, built + timedelta(days=1)))["demo-plain"] == "INSTALLED_OTHER"
+    assert states(evaluate(b, inv, built + timedelta(days=8)))["demo-plain"] == "MISSING"
+
+
+def test_install_exact_pins_and_record_reboot_in_a_root(fresh: Path) -> None:
+    result = install(
+        str(fresh),
+        ["demo-net:noarch=1.0-2", "glibc:noarch=2.34-2", "demo-doc:noarch=1.0-1"],
+        [], False, "RebootIfNeeded", False, 30,
+    )  # fmt: skip
+    by = {p["name"]: p for p in result["patches"]}
+    assert (by["demo-net"]["result"], by["glibc"]["result"], by["demo-doc"]["result"]) == (
+        "INSTALLED", "INSTALLED", "UNCHANGED",
+    )  # fmt: skip
+    assert result["changed"] is True
+    assert _rpm_q(fresh, "demo-net", "glibc", "demo-lib") == {
+        "demo-net": "1.0-2", "glibc": "2.34-2", "demo-lib": "1.0-1",
+    }  # fmt: skip
+    reboot = result["reboot"]
+    assert (reboot["required"], reboot["performed"], reboot["recorded"]) == (True, False, True)
+    assert "glibc" in reboot["reason"]
+    # A rescan sees the new versions and no longer offers them.
+    after = _by_name(scan(str(fresh), "x", refresh=False))
+    assert "demo-net" not in after and "glibc" not in after
+
+
+def test_simulate_changes_nothing(fresh: Path) -> None:
+    before = _rpm_q(fresh, *NAMES)
+    result = install(str(fresh), ["demo-tool:noarch=1.1-1"], [], True, "NoReboot", False, 30)
+    assert [p["result"] for p in result["patches"]] == ["WOULD_INSTALL"]
+    assert result["dependencies"] == [
+        {"name": "demo-lib", "arch": "noarch", "version": "1.0-2", "action": "upgrade"}
+    ]
+    assert result["changed"] is False
+    assert _rpm_q(fresh, *NAMES) == before
+
+
+@pytest.mark.parametrize(
+    "pin",
+    ["demo-lib=1.0", "demo-lib=1.0-2; rm -rf /", "demo-lib", "-y=1.0-2", "demo lib=1.0-2",
+     "demo-lib:no arch=1.0-2", "demo-lib=--x-2"],
+)  # fmt: skip
+def test_invalid_nevra_is_refused_before_any_command(
+    pin: str, rhel: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_commands(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a command ran for an invalid pin")
+
+    monkeypatch.setattr(dnf_module, "run", no_commands)
+    with pytest.raises(InvalidPin):
+        install(str(rhel), ["demo-net=1.0-2", pin], [], False, "NoReboot", False, 30)
+
+
+def test_pins_become_nevras() -> None:
+    assert parse_pin("demo-lib:noarch=1:1.0-2") == ("demo-lib", "noarch", "1:1.0-2")
+    assert dnf_module.nevra(parse_pin("demo-lib:noarch=1:1.0-2")) == "demo-lib-1:1.0-2.noarch"
+    assert dnf_module.nevra(parse_pin("kernel=5.14.0-427.el9")) == "kernel-5.14.0-427.el9"
+
+
+def test_blocked_dependency_is_refused_before_install(fresh: Path) -> None:
+    with pytest.raises(InstallRefused, match=r"demo-lib.*BLOCK"):
+        install(str(fresh), ["demo-tool:noarch=1.1-1"], ["demo-l*"], False, "NoReboot", False, 30)
+    assert _rpm_q(fresh, "demo-tool", "demo-lib") == {"demo-tool": "1.0-1", "demo-lib": "1.0-1"}
+
+
+def test_unknown_version_is_refused(fresh: Path) -> None:
+    with pytest.raises(InstallRefused, match=r"demo-net-9\.9-9"):
+        install(str(fresh), ["demo-net:noarch=9.9-9"], [], False, "NoReboot", False, 30)
+
+
+def test_failing_post_is_failed_and_the_rest_is_reported(
+    repos: dict[str, str], tmp_path: Path
+) -> None:
+    root = _root(tmp_path / "root", "rhel9", repos, with_shell=True)
+    result = install(
+        str(root), ["demo-bad:noarch=1.0-2", "demo-net:noarch=1.0-2"], [], False, "NoReboot",
+        False, 30,
+    )  # fmt: skip
+    by = {p["name"]: p for p in result["patches"]}
+    assert by["demo-net"]["result"] == "INSTALLED"
+    assert by["demo-bad"]["result"] == "FAILED"
+    assert "demo-bad" in by["demo-bad"]["message"]
+    assert "scriptlet" in by["demo-bad"]["message"].lower()
+    assert by["demo-bad"]["stateAfter"] == "1.0-2"  # rpm keeps it installed: FAILED says why
+
+
+def test_held_rpm_lock_fails_naming_the_holder(fresh: Path) -> None:
+    lock = fresh / "var/lib/rpm/.rpm.lock"
+    with open(lock, "a") as handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX)
+        with pytest.raises(PackageManagerBusy) as caught:
+            install(str(fresh), ["demo-net:noarch=1.0-2"], [], False, "NoReboot", False, 1)
+    assert caught.value.details["pid"] == os.getpid()
+    assert _rpm_q(fresh, "demo-net") == {"demo-net": "1.0-1"}
+
+
+def test_unreachable_repository_fails_the_scan_naming_it(fresh: Path) -> None:
+    (fresh / "etc/yum.repos.d/gone.repo").write_text(
+        "[gone]\nname=gone\nbaseurl=file:///nonexistent/patchwarden/repo\nenabled=1\n"
+        "gpgcheck=0\nmetadata_expire=0\n"
+    )
+    with pytest.raises(RepositoryError, match="gone") as caught:
+        scan(str(fresh), "x", refresh=True)
+    assert caught.value.details["repository"] == "gone"
+
+
+def test_yum_path_through_a_yum_name_for_dnf(
+    repos: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _root(tmp_path / "root", "al2", repos)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "yum").symlink_to(shutil.which("dnf") or "/usr/bin/dnf")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    seen: list[list[str]] = []
+    real_run = dnf_module.run
+
+    def recording(argv: list[str], *args: Any, **kwargs: Any) -> Any:
+        seen.append(list(argv))
+        return real_run(argv, *args, **kwargs)
+
+    monkeypatch.setattr(dnf_module, "run", recording)
+    assert rpm_backend.tool_for(str(root)) == "yum"
+    document = scan(str(root), "al2", refresh=True)
+    assert document["facts"]["operatingSystem"] == "AMAZON_LINUX_2"
+    updates = _by_name(document)
+    assert updates["demo-lib"]["advisoryIds"] == ["DEMO-2024-0001"]
+    assert updates["demo-lib"]["severity"] == "Critical"
+    result = install(str(root), ["demo-lib:noarch=1.0-2"], [], False, "NoReboot", False, 30)
+    assert result["patches"][0]["result"] == "INSTALLED"
+    tools = [a for a in seen if not a[0].endswith("rpm")]
+    assert tools and all(a[0] == str(bin_dir / "yum") for a in tools)
+    # Only what yum 3 accepts: no dnf-only commands or flags.
+    dnf_only = {"repoquery", "--json", "--refresh", "upgrade-minimal", "--advisory", "--nobest"}
+    assert not dnf_only & {word for argv in tools for word in argv}
+
+
+def test_parsers_handle_wrapped_and_obsoleting_output() -> None:
+    text = (
+        "a-very-long-package-name-that-wraps.x86_64\n"
+        "                     1:2.0-3.el9             appstream\n"
+        "short.noarch   1.0-2   updates\n"
+        "Obsoleting Packages\n"
+        "new.noarch  1.0-1  updates\n"
+    )
+    assert parse_check_update(text) == [
+        ("a-very-long-package-name-that-wraps", "x86_64", "1:2.0-3.el9", "appstream"),
+        ("short", "noarch", "1.0-2", "updates"),
+    ]
+    table = (
+        "Upgrading:\n demo-lib   noarch   1.0-2   updates   6.0 k\n"
+        "Removing:\n old-thing  noarch   1.0-1   @System   0\n"
+        "\nTransaction Summary\n"
+    )
+    assert [(p["name"], p["action"]) for p in parse_transaction(table)] == [
+        ("demo-lib", "upgrade"),
+        ("old-thing", "remove"),
+    ]
