@@ -121,6 +121,7 @@ class Dnf:
         self.root = os.path.abspath(root)
         self.is_host = self.root == "/"
         self.tool = tool
+        self._expired = False
         self.lock_timeout = lock_timeout
         self.version_id = version_id
         found = shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/bin:/bin")
@@ -175,8 +176,13 @@ class Dnf:
 
     def refresh(self) -> None:
         """Expire the metadata so the next query downloads it again; a repository that cannot
-        be fetched then fails the scan (skip_if_unavailable=False) instead of going stale."""
-        self.command("-q", "clean", "expire-cache")
+        be fetched then fails the scan (skip_if_unavailable=False) instead of going stale.
+        dnf does it within the next query (``--refresh``), saving a whole dnf start; yum 3 has
+        no such flag and needs its own ``clean expire-cache``."""
+        if self.tool == "yum":
+            self.command("-q", "clean", "expire-cache")
+        else:
+            self._expired = True
 
     def installed(self) -> List[Dict[str, object]]:
         result = self._rpm("-qa", "--queryformat", _QUERY)
@@ -202,7 +208,7 @@ class Dnf:
 
     def updates(self, cache_only: bool) -> List[Dict[str, object]]:
         """Every update the tool offers, with the notices that reference it."""
-        extra = ["-C"] if cache_only else []
+        extra = ["-C"] if cache_only else (["--refresh"] if self._expired else [])
         # Both queries read the same metadata; the second starts once the first has refreshed
         # it, so they never race on the cache.
         check = self.command(*(extra + ["-q", "check-update"]))
@@ -394,6 +400,37 @@ def read_cache(directories: List[str]) -> Metadata:
             else:
                 notices.update(_updateinfo(root))
     return Metadata(packages, notices)
+
+
+def updateinfo_packages(directories: List[str]) -> Dict[str, List[Tuple[str, str, str]]]:
+    """advisory -> [(name, arch, [epoch:]version-release)] from cached updateinfo.xml files
+    (rpm-md repodata, as dnf, yum and zypper all keep it)."""
+    out = {}  # type: Dict[str, List[Tuple[str, str, str]]]
+    for directory in directories:
+        try:
+            repomd = ET.parse(os.path.join(directory, "repomd.xml")).getroot()
+        except (OSError, ET.ParseError):
+            continue
+        for data in repomd.findall("repo:data", _NS):
+            location = data.find("repo:location", _NS)
+            if data.get("type") != "updateinfo" or location is None:
+                continue
+            path = _cached_file(directory, os.path.basename(location.get("href", "")))
+            if path is None:
+                continue
+            try:
+                root = ET.fromstring(_read_compressed(path))
+            except (OSError, ET.ParseError, EOFError, lzma.LZMAError):
+                continue
+            for update in root.iter("update"):
+                advisory = (update.findtext("id") or "").strip()
+                packages = [
+                    (p.get("name", ""), p.get("arch", ""), _pkg_evr(p))
+                    for p in update.iter("package")
+                ]
+                if advisory:
+                    out.setdefault(advisory, []).extend(packages)
+    return out
 
 
 def _cached_file(directory: str, name: str) -> Optional[str]:
