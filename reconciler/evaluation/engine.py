@@ -17,6 +17,7 @@ Pure: no I/O, and the clock is an argument. May import ``reconciler.api`` only.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from reconciler.evaluation.matching import (
     IdMatcher,
     compile_filter,
     compile_id,
+    names_pattern,
     package_names,
     properties,
     release_day,
@@ -105,6 +107,8 @@ class Decider:
         )
         self._approved = tuple(compile_id(i, self.family) for i in spec.approved_patches)
         self._rejected = tuple(compile_id(i, self.family) for i in spec.rejected_patches)
+        self._approved_names = names_pattern(self._approved)
+        self._rejected_names = names_pattern(self._rejected)
         self._approved_level = spec.approved_patches_compliance_level
         self._approved_non_security = spec.approved_patches_enable_non_security
         self._cache: dict[PackageFacts, Approval] = {}
@@ -139,7 +143,7 @@ class Decider:
     def _decide(self, pkg: PackageFacts) -> Approval:
         security = self._is_security_advisory(pkg)
         eligible = self._security_eligible(pkg)
-        rejected_by = _first(self._rejected, pkg, self.family)
+        rejected_by = _first(self._rejected, self._rejected_names, pkg, self.family)
         if rejected_by is not None:
             action = "BLOCK" if self.block else "ALLOW_AS_DEPENDENCY"
             return Approval(
@@ -162,7 +166,7 @@ class Decider:
                 if approved:
                     return Approval(True, False, rule.compliance_level, text, security)
                 why_not = text
-        listed = _first(self._approved, pkg, self.family)
+        listed = _first(self._approved, self._approved_names, pkg, self.family)
         if listed is not None:
             if eligible or self._approved_non_security:
                 return Approval(
@@ -410,10 +414,18 @@ class _InstalledEntry:
         )
 
 
-def _first(matchers: tuple[IdMatcher, ...], pkg: PackageFacts, family: Family) -> IdMatcher | None:
+def _first(
+    matchers: tuple[IdMatcher, ...],
+    any_name: re.Pattern[str] | None,
+    pkg: PackageFacts,
+    family: Family,
+) -> IdMatcher | None:
+    """The first of ``matchers`` naming ``pkg``; ``any_name`` is their names_pattern()."""
     if not matchers:
         return None
     names = package_names(pkg, family)  # once for the whole list
+    if any_name is not None and not any(any_name.match(name) for name in names):
+        return None
     return next((m for m in matchers if m.matches(pkg, family, names)), None)
 
 
