@@ -296,3 +296,33 @@ def test_debian_predefined_default_treats_debian_security_as_security() -> None:
         ],
     )
     assert states(evaluate(default, inv, NOW)) == {"libc6": "MISSING"}
+
+
+def test_approved_version_dpkg_left_half_configured_is_failed_not_installed() -> None:
+    # The agent lists such a package as installed (it is on disk) and in `failed` (it does not
+    # work); the engine must not call the machine compliant.
+    b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)))
+    broken = {
+        "name": "openssl",
+        "version": "3.0.2-0ubuntu1.18",
+        "security": True,
+        "priority": "optional",
+    }
+    inv = inventory(
+        "UBUNTU",
+        [broken],
+        failed=[
+            {
+                "name": "openssl",
+                "version": "3.0.2-0ubuntu1.18",
+                "reason": "dpkg left the package half-configured",
+            }
+        ],
+    )
+    result = evaluate(b, inv, NOW)
+    assert states(result) == {"openssl": "FAILED"}
+    assert "not working: dpkg left the package half-configured" in result.patches[0].reason
+    assert (result.summary.failed_count, str(result.summary.compliance_status)) == (
+        1,
+        "NON_COMPLIANT",
+    )

@@ -433,11 +433,6 @@ def slow_repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="a package dpkg left half-configured is evaluated INSTALLED: reconciler/evaluation "
-    "ignores the inventory's `failed` entries at the installed version (see the loop e2e report)",
-)
 def test_a_machine_left_half_configured_by_a_killed_reconcile_is_not_reported_compliant(
     tmp_path: Path, slow_repo: Repo, upstream: Upstream
 ) -> None:

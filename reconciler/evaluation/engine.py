@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from operator import attrgetter
 from typing import TypeVar
@@ -40,6 +40,7 @@ from reconciler.api.enums import (
 from reconciler.api.inventory import (
     AvailableUpdate,
     Facts,
+    FailedPatch,
     InstalledPackage,
     Inventory,
     PackageFacts,
@@ -478,6 +479,8 @@ def evaluate(
     chosen, passed_over = decider.select(inventory.updates)
     update_rows, weight = _update_rows(decider, chosen.values(), inventory)
     installed_rows, installed_weight = _installed_rows(decider, inventory.installed, chosen, facts)
+    if inventory.failed:
+        installed_weight += _failed_installed(installed_rows, inventory.failed)
     missed = [entry for entry in passed_over if entry.package not in chosen]
     asu_rows, asu_weight = _asu_rows(missed) if decider.asu else ([], 0)
     patches = (*update_rows, *installed_rows, *asu_rows)
@@ -540,6 +543,26 @@ def _installed_rows(
                 rows[index] = entry.pending_row
                 weight += entry.pending_weight - entry.weight
     return rows, weight
+
+
+def _failed_installed(rows: list[PatchResult], failed: Sequence[FailedPatch]) -> int:
+    """Mark FAILED the approved installed versions the agent reports as not properly installed
+    (dpkg left them half-configured, an install of exactly that version failed): on disk, but
+    not a working patch. Rewrites ``rows`` in place; returns the change of weight."""
+    reasons = {(f.name, f.arch, f.version): f.reason for f in failed}
+    change = 0
+    for index, row in enumerate(rows):
+        reason = reasons.get((row.name, row.arch, row.version))
+        if reason is None or row.state not in _WORKING_INSTALLED:
+            continue
+        rows[index] = replace(
+            row, state=PatchState.FAILED, reason=f"{row.reason}; not working: {reason}"
+        )
+        change += _weight(rows[index], False) - _weight(row, False)
+    return change
+
+
+_WORKING_INSTALLED = frozenset({PatchState.INSTALLED, PatchState.INSTALLED_PENDING_REBOOT})
 
 
 def _awaits_reboot(entry: _InstalledEntry, facts: Facts, boot: datetime | None) -> bool:
