@@ -41,6 +41,11 @@ verify: install ## fail when crds/ or docs/inventory.schema.json are stale
 
 bench: install ## benchmarks (not part of make test); results go to docs/benchmarks.md
 	$(PY) bench/evaluate_fleet.py
+	$(PY) bench/plan_fleet.py
+	$(PY) bench/fleet_convergence.py
+	$(PY) bench/scan_apt.py
+	$(PY) bench/scan_rpm.py
+	$(PY) bench/uu_oracle.py
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
