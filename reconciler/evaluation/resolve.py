@@ -36,14 +36,9 @@ def resolve(snapshot: Snapshot, labels: Mapping[str, str], os: OperatingSystem) 
     else:
         group_reason = f"labels match the selector of patch group {group.metadata.name!r}"
     named = group.spec.baselines.get(os) if group else None
-    if named is not None:
-        baseline = snapshot.baseline(named)
-        return Resolution(
-            group,
-            group_reason,
-            baseline,
-            f"patch group {group.metadata.name!r} names {named!r} for {os}" if group else "",
-        )
+    if group is not None and named is not None:
+        why = f"patch group {group.metadata.name!r} names {named!r} for {os}"
+        return Resolution(group, group_reason, snapshot.baseline(named), why)
     baseline = snapshot.default_baseline(os)
     where = (
         f"patch group {group.metadata.name!r} names no baseline for {os}"
