@@ -2,16 +2,12 @@
 operations on top of :mod:`reconciler.agent.apt`. Standard library only.
 """
 
-import time
 from typing import Dict, List, Optional, Tuple
 
 from reconciler.agent import AGENT_VERSION
 from reconciler.agent.apt import Apt, parse_pin
 from reconciler.agent.facts import facts
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+from reconciler.agent.outcome import now, reboot
 
 
 def _system(root: str, lock_timeout: int, private_state: Optional[str] = None) -> Apt:
@@ -35,7 +31,7 @@ def scan(
         "apiVersion": "patchwarden.io/v1alpha1",
         "kind": "Inventory",
         "instanceId": instance_id or str(machine.get("hostname") or root),
-        "collectedAt": _now(),
+        "collectedAt": now(),
         "agentVersion": AGENT_VERSION,
         "operation": operation,
         "facts": machine,
@@ -72,7 +68,7 @@ def install(
         "apiVersion": "patchwarden.io/v1alpha1",
         "kind": "InstallResult",
         "simulate": simulate,
-        "startedAt": _now(),
+        "startedAt": now(),
     }  # type: Dict[str, object]
     before = system.versions_now([p[0] for p in pins])
     result["recovery"] = [] if simulate else system.recover()
@@ -91,8 +87,15 @@ def install(
             patch.update(_roll_back(system, pin, before))
     result["patches"] = patches
     result["changed"] = any(p["changed"] for p in patches) or bool(result["recovery"])
-    result["reboot"] = _reboot(system, reboot_option, allow_reboot, bool(result["changed"]))
-    result["finishedAt"] = _now()
+    pending = system.reboot_pending()
+    result["reboot"] = reboot(
+        bool(pending),
+        ", ".join(p for p in pending if p) or "the machine asked for it",
+        reboot_option,
+        system.is_host,
+        allow_reboot,
+    )
+    result["finishedAt"] = now()
     return result
 
 
@@ -180,29 +183,3 @@ def _package_errors(name: str, output: str) -> str:
         elif line.startswith("E:") and name in line:
             found.append(line.strip())
     return " / ".join(found)
-
-
-def _reboot(system: Apt, option: str, allow: bool, changed: bool) -> Dict[str, object]:
-    pending = system.reboot_pending()
-    if option == "NoReboot" or not pending:
-        return {"required": bool(pending), "performed": False}
-    why = ", ".join(p for p in pending if p) or "the machine asked for it"
-    if not system.is_host:
-        return {
-            "required": True,
-            "performed": False,
-            "recorded": True,
-            "reason": "directory root: reboot recorded, not executed ({})".format(why),
-        }
-    if not allow:
-        return {
-            "required": True,
-            "performed": False,
-            "reason": "reboot needed ({}); pass --allow-reboot to let the agent reboot it".format(
-                why
-            ),
-        }
-    from reconciler.agent.runner import run
-
-    done = run(["/sbin/shutdown", "-r", "+1", "patchwarden: reboot after patching"], timeout=60)
-    return {"required": True, "performed": done.rc == 0, "reason": why}

@@ -8,19 +8,15 @@ choice (a machine upgraded in place, or tests driving the yum path through a ``y
 
 import os
 import platform
-import time
 from typing import Dict, List, Optional
 
 from reconciler.agent import AGENT_VERSION
 from reconciler.agent.dnf import CORE_PACKAGES, Dnf, Key, Pin, parse_pin
 from reconciler.agent.facts import facts, operating_system, read_os_release
+from reconciler.agent.outcome import now, reboot
 
 _YUM_SYSTEMS = ("AMAZON_LINUX", "AMAZON_LINUX_2")
 _YUM_MAJOR = ("REDHAT_ENTERPRISE_LINUX", "CENTOS", "ORACLE_LINUX")
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def tool_for(root: str) -> str:
@@ -75,7 +71,7 @@ def scan(
         "apiVersion": "patchwarden.io/v1alpha1",
         "kind": "Inventory",
         "instanceId": instance_id or str(machine.get("hostname") or root),
-        "collectedAt": _now(),
+        "collectedAt": now(),
         "agentVersion": AGENT_VERSION,
         "operation": operation,
         "facts": machine,
@@ -100,7 +96,7 @@ def install(
         "apiVersion": "patchwarden.io/v1alpha1",
         "kind": "InstallResult",
         "simulate": simulate,
-        "startedAt": _now(),
+        "startedAt": now(),
         "recovery": [],
     }  # type: Dict[str, object]
     names = [p[0] for p in pins]
@@ -124,7 +120,7 @@ def install(
     result["changed"] = any(p["changed"] for p in patches)
     changed_names = [str(p["name"]) for p in plan.packages]
     result["reboot"] = _reboot(system, reboot_option, allow_reboot, changed_names, output)
-    result["finishedAt"] = _now()
+    result["finishedAt"] = now()
     return result
 
 
@@ -205,25 +201,5 @@ def _reboot(
     systemd...) changed, or the running kernel is not the newest installed one (host only)."""
     core = sorted({n for n in changed if n in CORE_PACKAGES})
     pending = core + (["kernel"] if system.running_kernel_outdated() and not core else [])
-    if option == "NoReboot" or not pending:
-        return {"required": bool(pending), "performed": False}
     why = "updated: " + ", ".join(pending)
-    if not system.is_host:
-        return {
-            "required": True,
-            "performed": False,
-            "recorded": True,
-            "reason": "directory root: reboot recorded, not executed ({})".format(why),
-        }
-    if not allow:
-        return {
-            "required": True,
-            "performed": False,
-            "reason": "reboot needed ({}); pass --allow-reboot to let the agent reboot it".format(
-                why
-            ),
-        }
-    from reconciler.agent.runner import run
-
-    done = run(["/sbin/shutdown", "-r", "+1", "patchwarden: reboot after patching"], timeout=60)
-    return {"required": True, "performed": done.rc == 0, "reason": why}
+    return reboot(bool(pending), why, option, system.is_host, allow)

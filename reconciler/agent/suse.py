@@ -8,12 +8,12 @@ per package version, with the patches that ship it in ``advisoryIds``.
 
 import fnmatch
 import platform
-import time
 from typing import Dict, List, Optional, Tuple
 
 from reconciler.agent import AGENT_VERSION
 from reconciler.agent.errors import InstallRefused
 from reconciler.agent.facts import facts
+from reconciler.agent.outcome import now, reboot
 from reconciler.agent.zypper import (
     CLASSIFICATIONS,
     EXIT_INFO_REBOOT_NEEDED,
@@ -32,10 +32,6 @@ from reconciler.agent.zypper import (
 )
 
 _SEVERITY_RANK = {"Critical": 4, "Important": 3, "Moderate": 2, "Low": 1}
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def scan(
@@ -63,7 +59,7 @@ def scan(
         "apiVersion": "patchwarden.io/v1alpha1",
         "kind": "Inventory",
         "instanceId": instance_id or str(machine.get("hostname") or root),
-        "collectedAt": _now(),
+        "collectedAt": now(),
         "agentVersion": AGENT_VERSION,
         "operation": operation,
         "facts": machine,
@@ -157,7 +153,7 @@ def install(
         "apiVersion": "patchwarden.io/v1alpha1",
         "kind": "InstallResult",
         "simulate": simulate,
-        "startedAt": _now(),
+        "startedAt": now(),
         "recovery": [],
     }  # type: Dict[str, object]
     names = [p[0] for p in pins]
@@ -195,11 +191,11 @@ def install(
     result["patches"] = [_outcome(p, before, after, output, errors(outcome)) for p in pins]
     result["exitCode"] = outcome.rc
     result["changed"] = any(p["changed"] for p in result["patches"])  # type: ignore[attr-defined]
-    reboot = outcome.rc == EXIT_INFO_REBOOT_NEEDED
+    needs_reboot = outcome.rc == EXIT_INFO_REBOOT_NEEDED
     result["reboot"] = _reboot(
-        system, reboot, [p.name for p in patches if p.reboot], reboot_option, allow_reboot
+        system, needs_reboot, [p.name for p in patches if p.reboot], reboot_option, allow_reboot
     )
-    result["finishedAt"] = _now()
+    result["finishedAt"] = now()
     return result
 
 
@@ -302,23 +298,5 @@ def _reboot(
 ) -> Dict[str, object]:
     if needed and not system.is_host:
         system.record_reboot(why or ["zypper exit code 102"])
-    if option == "NoReboot" or not needed:
-        return {"required": needed, "performed": False}
     reason = "patches ask for a reboot: {}".format(", ".join(why) or "zypper exit code 102")
-    if not system.is_host:
-        return {
-            "required": True,
-            "performed": False,
-            "recorded": True,
-            "reason": "directory root: reboot recorded, not executed ({})".format(reason),
-        }
-    if not allow:
-        return {
-            "required": True,
-            "performed": False,
-            "reason": reason + "; pass --allow-reboot to let the agent reboot it",
-        }
-    from reconciler.agent.runner import run
-
-    done = run(["/sbin/shutdown", "-r", "+1", "patchwarden: reboot after patching"], timeout=60)
-    return {"required": True, "performed": done.rc == 0, "reason": reason}
+    return reboot(needed, reason, option, system.is_host, allow)

@@ -1,0 +1,39 @@
+"""Stage: agent. What every backend's results share: timestamps and the reboot decision.
+
+``RebootIfNeeded`` reboots only when the machine needs it, only the host, and only when allowed
+(``--allow-reboot``); in a directory root the reboot is recorded, never executed. Standard library
+only.
+"""
+
+import time
+from typing import Dict
+
+from reconciler.agent.runner import run
+
+
+def now() -> str:
+    """The current time, UTC, as the documents write it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def reboot(needed: bool, why: str, option: str, is_host: bool, allow: bool) -> Dict[str, object]:
+    """The ``reboot`` part of an install result; reboots the host when all conditions hold."""
+    if option == "NoReboot" or not needed:
+        return {"required": needed, "performed": False}
+    if not is_host:
+        return {
+            "required": True,
+            "performed": False,
+            "recorded": True,
+            "reason": "directory root: reboot recorded, not executed ({})".format(why),
+        }
+    if not allow:
+        return {
+            "required": True,
+            "performed": False,
+            "reason": "reboot needed ({}); pass --allow-reboot to let the agent reboot it".format(
+                why
+            ),
+        }
+    done = run(["/sbin/shutdown", "-r", "+1", "patchwarden: reboot after patching"], timeout=60)
+    return {"required": True, "performed": done.rc == 0, "reason": why}
