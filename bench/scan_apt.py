@@ -3,7 +3,7 @@
 A Debian root with 300 installed packages, all 300 upgradable (half from the security suite), is
 built with tests/aptlab.py. Measured, alternating, N rounds each (median):
 
-- ours: ``python3 -I patchwarden-agent.pyz scan --root R`` (the zipapp of ``make agent``: refresh
+- ours: ``python3 -I -S patchwarden-agent.pyz scan --root R`` (the zipapp of ``make agent``: refresh
   + full inventory, as shipped);
 - reference: ``apt-get update`` + ``apt-get -s dist-upgrade`` on the same root with the same
   APT_CONFIG.
@@ -75,7 +75,7 @@ def main() -> int:
             check=True,
             capture_output=True,
         )
-        ours_argv = [sys.executable, "-I", str(pyz), "scan", "--root", str(root)]
+        ours_argv = [sys.executable, "-I", "-S", str(pyz), "scan", "--root", str(root)]
         _, out = timed(ours_argv, env)  # warm-up; also writes the root's apt.conf
         document = json.loads(out)
         upgradable = len(document["updates"])
@@ -103,7 +103,7 @@ def main() -> int:
     record(
         "apt scan",
         f"Root with {args.packages} installed and {upgradable} upgradable packages ({security} from the "
-        f"security suite); median of {args.rounds} alternating rounds. Ours: `python3 -I patchwarden-agent.pyz "
+        f"security suite); median of {args.rounds} alternating rounds. Ours: `python3 -I -S patchwarden-agent.pyz "
         "scan --root R` (the zipapp: refresh + inventory, as shipped). Reference: `apt-get update` + "
         "`apt-get -s dist-upgrade` on the same root and APT_CONFIG.",
         ["date", "ours (ms)", "reference (ms)", "ratio", "target", "result", "machine"],

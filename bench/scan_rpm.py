@@ -130,7 +130,7 @@ def main() -> int:
             zenv = {**env, "ZYPP_LOGFILE": str(base / "zypper.log")}
             ours, theirs = compare(
                 name,
-                [sys.executable, "-I", str(pyz), "scan", "--root", str(root)],
+                [sys.executable, "-I", "-S", str(pyz), "scan", "--root", str(root)],
                 reference,
                 zenv,
                 args.rounds,

@@ -127,7 +127,7 @@ def main() -> int:
             capture_output=True,
         )
         state = tmp / "state"
-        agent = [sys.executable, "-I", str(pyz), "scan", "--private-state", str(state)]
+        agent = [sys.executable, "-I", "-S", str(pyz), "scan", "--private-state", str(state)]
         subprocess.run(
             agent, check=True, capture_output=True
         )  # warm-up: first download of the lists

@@ -285,8 +285,21 @@ class Apt:
         # and then the per-package policy run.
         files_query = Running([APT_CACHE, *self._options, "policy"], self._env)
         installed, broken = self._installed()
-        policy = self._policy([_apt_name(p["name"], p["arch"], native) for p in installed])
+        names = [_apt_name(p["name"], p["arch"], native) for p in installed]
+        # The candidates' records (Priority, Section, Source, Depends) are read while the policy
+        # runs: a candidate is what `show --no-all-versions NAME` shows. Shadowed security
+        # versions, which are not candidates, are asked for afterwards.
+        records_query = (
+            Running([APT_CACHE, *self._options, "show", "--no-all-versions", *names], self._env)
+            if 0 < len(names) <= 5000
+            else None
+        )
+        policy = self._policy(names)
         files = self._package_files(files_query.result())
+        records = {}  # type: Dict[Tuple[str, str], Dict[str, str]]
+        if records_query is not None:
+            for stanza in parse_stanzas(records_query.result().stdout):
+                records.setdefault((stanza.get("Package", ""), stanza.get("Version", "")), stanza)
         wanted = []  # type: List[Tuple[Dict[str, object], VersionInfo, bool]]
         for pkg in installed:
             entry = policy.get(_apt_name(pkg["name"], pkg["arch"], native))
@@ -298,8 +311,14 @@ class Apt:
             for info, is_candidate in _newer_versions(entry, files):
                 wanted.append((pkg, info, is_candidate))
         details = self._show(
-            {(str(p["name"]), str(p["arch"]), i.version) for p, i, _ in wanted}, native
+            {
+                (str(p["name"]), str(p["arch"]), i.version)
+                for p, i, _ in wanted
+                if (str(p["name"]), i.version) not in records
+            },
+            native,
         )
+        details.update(records)
         updates = [
             _update(
                 pkg, info, is_candidate, files, details.get((str(pkg["name"]), info.version), {})

@@ -229,7 +229,7 @@ class SshPool:
                     self._agent_on(endpoint, conn, slot, call), call.connect_timeout
                 )
                 async with slot.sessions:
-                    command = shlex.join([call.python, "-I", remote, *call.args])
+                    command = shlex.join([call.python, "-I", "-S", remote, *call.args])
                     # exec: the agent replaces the login shell, so a TERM on timeout reaches it.
                     process = await conn.create_process("exec " + command, encoding="utf-8")
                     completed = await _finish(process, call, endpoint)
