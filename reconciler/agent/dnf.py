@@ -247,6 +247,24 @@ class Dnf:
             out.append({k: v for k, v in update.items() if v is not None})
         return out
 
+    def annotate_installed(self, installed: List[Dict[str, object]]) -> None:
+        """Give installed versions their update notices (type, severity, ids, dates), as
+        ``updateinfo list --installed`` would, from the cached metadata: an installed version a
+        security notice shipped is an approved, INSTALLED patch, not just "other"."""
+        dirs = self.cache_dirs()
+        shipped = {}  # type: Dict[Tuple[str, str, str], List[Tuple[str, str]]]
+        for advisory, packages in updateinfo_packages(dirs).items():
+            for package in packages:
+                shipped.setdefault(package, []).append((advisory, ""))
+        if not shipped:
+            return
+        notices = read_cache(dirs).notices
+        for pkg in installed:
+            found = shipped.get((str(pkg["name"]), str(pkg["arch"]), str(pkg["version"])))
+            if found:
+                pkg["security"] = True
+                _apply_notices(pkg, found, notices)
+
     def cache_dirs(self) -> List[str]:
         """Directories under the cache that hold a repomd.xml (dnf: ``<repo>-<hash>/repodata``,
         yum 3: ``<basearch>/<releasever>/<repo>``)."""

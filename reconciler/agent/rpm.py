@@ -51,6 +51,7 @@ def scan(
         system.refresh()
     updates = system.updates(cache_only=not refresh)
     installed = system.installed()
+    system.annotate_installed(installed)
     machine = facts(root, platform.machine() or "x86_64")
     # needs-restarting -r's rule on the host: a core package installed after the boot, or a
     # newer kernel than the running one. A directory root never booted: nothing pending.
