@@ -252,6 +252,14 @@ def test_install_exact_pins_and_record_reboot_in_a_root(fresh: Path) -> None:
     reboot = result["reboot"]
     assert (reboot["required"], reboot["performed"], reboot["recorded"]) == (True, False, True)
     assert "glibc" in reboot["reason"]
+    # What changed, as dnf's own history recorded it.
+    altered = {(c["action"], c["package"]) for c in result["history"]["altered"]}
+    assert {
+        ("Upgrade", "demo-net-1.0-2.noarch"),
+        ("Upgraded", "demo-net-1.0-1.noarch"),
+        ("Upgrade", "glibc-2.34-2.noarch"),
+    } <= altered
+    assert result["history"]["returnCode"] == "Success"
     # A rescan sees the new versions and no longer offers them.
     after = _by_name(scan(str(fresh), "x", refresh=False))
     assert "demo-net" not in after and "glibc" not in after

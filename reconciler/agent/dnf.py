@@ -247,6 +247,13 @@ class Dnf:
             out.append({k: v for k, v in update.items() if v is not None})
         return out
 
+    def last_transaction(self) -> Dict[str, object]:
+        """The tool's own record of its latest transaction (``history info``): its id, return
+        code and every package it altered; {} when there is none."""
+        # yum 3 shows the latest transaction without an argument; dnf needs "last".
+        result = self.command(*(["history", "info"] + (["last"] if self.tool == "dnf" else [])))
+        return parse_history_info(result.stdout) if result.rc == 0 else {}
+
     def annotate_installed(self, installed: List[Dict[str, object]]) -> None:
         """Give installed versions their update notices (type, severity, ids, dates), as
         ``updateinfo list --installed`` would, from the cached metadata: an installed version a
@@ -761,3 +768,35 @@ def _repository_error(result: Result) -> Exception:
             {"repository": match.group(1)},
         )
     return CommandFailed("{} failed (exit {}): {}".format(result.argv[0], result.rc, _errors(text)))
+
+
+_ALTERED = re.compile(r"^\s+(\S+(?: \S+)?)\s+(\S+)\s+(@\S+)\s*$")
+
+
+def parse_history_info(text: str) -> Dict[str, object]:
+    """``history info``: {"id", "returnCode", "altered": [{"action", "package", "from"}]}."""
+    out = {}  # type: Dict[str, object]
+    altered = []  # type: List[Dict[str, str]]
+    in_altered = False
+    for line in text.splitlines():
+        if line.startswith("Transaction ID"):
+            out["id"] = line.split(":", 1)[1].strip()
+        elif line.startswith("Return-Code"):
+            out["returnCode"] = line.split(":", 1)[1].strip()
+        elif line.startswith("Packages Altered"):
+            in_altered = True
+        elif in_altered:
+            match = _ALTERED.match(line)
+            if match:
+                altered.append(
+                    {
+                        "action": match.group(1),
+                        "package": match.group(2),
+                        "from": match.group(3).lstrip("@"),
+                    }
+                )
+            elif line.strip() and not line.startswith(" "):
+                in_altered = False
+    if out:
+        out["altered"] = altered
+    return out

@@ -113,8 +113,12 @@ def install(
         result["changed"] = False
         result["reboot"] = {"required": False, "performed": False}
         return result
+    previous = system.last_transaction().get("id")
     outcome = system.install(pins)
     output = outcome.stdout + "\n" + outcome.stderr
+    # What changed, as the tool itself recorded it (not only what rpm shows afterwards).
+    history = system.last_transaction()
+    result["history"] = history if history.get("id") not in (None, previous) else {}
     after = system.versions_now(names + [str(d["name"]) for d in plan.packages])
     patches = [_outcome(p, before, after, output, outcome.rc) for p in pins]
     result["patches"] = patches
