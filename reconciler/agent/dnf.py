@@ -122,6 +122,7 @@ class Dnf:
         self.is_host = self.root == "/"
         self.tool = tool
         self._expired = False
+        self._metadata = None  # type: Optional[Metadata]
         self.lock_timeout = lock_timeout
         self.version_id = version_id
         found = shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/bin:/bin")
@@ -220,7 +221,7 @@ class Dnf:
         notices = self.command("-C", "-q", "updateinfo", "list", "updates")
         if notices.rc != 0:
             raise _repository_error(notices)
-        metadata = read_cache(self.cache_dirs())
+        metadata = self.metadata()
         by_nevra = {}  # type: Dict[Tuple[str, str, str], List[Tuple[str, str]]]
         for advisory, kind, target in parse_updateinfo_list(notices.stdout):
             by_nevra.setdefault(target, []).append((advisory, kind))
@@ -254,18 +255,23 @@ class Dnf:
         result = self.command(*(["history", "info"] + (["last"] if self.tool == "dnf" else [])))
         return parse_history_info(result.stdout) if result.rc == 0 else {}
 
+    def metadata(self) -> "Metadata":
+        """The cached repository metadata, parsed once per scan."""
+        if self._metadata is None:
+            self._metadata = read_cache(self.cache_dirs())
+        return self._metadata
+
     def annotate_installed(self, installed: List[Dict[str, object]]) -> None:
         """Give installed versions their update notices (type, severity, ids, dates), as
         ``updateinfo list --installed`` would, from the cached metadata: an installed version a
         security notice shipped is an approved, INSTALLED patch, not just "other"."""
-        dirs = self.cache_dirs()
         shipped = {}  # type: Dict[Tuple[str, str, str], List[Tuple[str, str]]]
-        for advisory, packages in updateinfo_packages(dirs).items():
+        for advisory, packages in updateinfo_packages(self.cache_dirs()).items():
             for package in packages:
                 shipped.setdefault(package, []).append((advisory, ""))
         if not shipped:
             return
-        notices = read_cache(dirs).notices
+        notices = self.metadata().notices
         for pkg in installed:
             found = shipped.get((str(pkg["name"]), str(pkg["arch"]), str(pkg["version"])))
             if found:
