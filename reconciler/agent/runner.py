@@ -33,23 +33,30 @@ def run(
     env: Optional[Dict[str, str]] = None,
     timeout: float = 600.0,
     cwd: Optional[str] = None,
+    stdin: Optional[str] = None,
 ) -> Result:
-    """Run ``argv`` with the pinned environment (plus ``env``) and return its outcome."""
-    return Running(argv, env, cwd).result(timeout)
+    """Run ``argv`` with the pinned environment (plus ``env``) and return its outcome;
+    ``stdin`` is fed to the command (for tools that take commands on standard input)."""
+    return Running(argv, env, cwd, stdin).result(timeout)
 
 
 class Running:
     """A started command; ``result()`` waits for it. Lets read-only queries run side by side."""
 
     def __init__(
-        self, argv: List[str], env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None
+        self,
+        argv: List[str],
+        env: Optional[Dict[str, str]] = None,
+        cwd: Optional[str] = None,
+        stdin: Optional[str] = None,
     ):
         self.argv = argv
-        self.proc = _start(argv, env, cwd)
+        self.stdin = stdin
+        self.proc = _start(argv, env, cwd, stdin is not None)
 
     def result(self, timeout: float = 600.0) -> Result:
         try:
-            out, err = self.proc.communicate(timeout=timeout)
+            out, err = self.proc.communicate(input=self.stdin, timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill_group(self.proc.pid)
             out, err = self.proc.communicate()
@@ -59,7 +66,7 @@ class Running:
 
 
 def _start(
-    argv: List[str], env: Optional[Dict[str, str]], cwd: Optional[str]
+    argv: List[str], env: Optional[Dict[str, str]], cwd: Optional[str], with_stdin: bool = False
 ) -> "subprocess.Popen[str]":
     full_env = dict(BASE_ENV)
     for key in ("HOME", "TMPDIR"):
@@ -68,7 +75,7 @@ def _start(
     full_env.update(env or {})
     return subprocess.Popen(  # noqa: S603 - argv list with absolute paths, never a shell
         argv,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         universal_newlines=True,

@@ -44,11 +44,10 @@ def scan(
     """The inventory document of the system at ``root``. ``private_state`` is not needed: a
     directory root keeps zypper's state inside the root, and on the host zypper needs root."""
     system = Zypper(root)
-    if refresh:
-        system.refresh()  # fails naming the repository: no inventory from stale data
     rpm = system.rpm_query()  # rpm reads the db while zypper runs (zypper's lock is its own)
-    candidates = system.updates()
-    patches = [p for p in system.patches() if p.status in ("needed", "optional")]
+    # A failed refresh fails the scan naming the repository: no inventory from stale data.
+    candidates, all_patches = system.updates_and_patches(refresh)
+    patches = [p for p in all_patches if p.status in ("needed", "optional")]
     contents = system.patch_packages([p.name for p in patches])
     rpm_result = rpm.result(300)
     installed = parse_rpm_query(rpm_result.stdout) if rpm_result.rc == 0 else system.installed()

@@ -181,10 +181,7 @@ class Zypper:
         result = self.zypper("--xmlout", "refresh")
         if result.rc == 0:
             return
-        failed = sorted(set(re.findall(r"Repository '([^']+)' is invalid", _messages(result))))
-        failed += sorted(
-            set(re.findall(r"Skipping repository '([^']+)'", _messages(result))) - set(failed)
-        )
+        failed = _refresh_failures(_messages(result))
         raise RepositoryError(
             "could not refresh repositor{} {}".format(
                 "y" if len(failed) == 1 else "ies", ", ".join(failed) or "(unknown)"
@@ -197,6 +194,35 @@ class Zypper:
         if result.rc != 0:
             raise CommandFailed("rpm -qa failed: " + _last_line(result.stderr))
         return parse_rpm_query(result.stdout)
+
+    def updates_and_patches(self, refresh: bool) -> Tuple[List[Update], List[Patch]]:
+        """(refresh,) list-updates and list-patches from ONE zypper run (its shell reads the
+        commands from standard input), so the repositories and the rpm database are loaded
+        once. A repository that fails to refresh fails the scan, named, as ``refresh()`` does."""
+        commands = ("refresh\n" if refresh else "") + "list-updates\nlist-patches\n"
+        args = ("--xmlout", "shell") if refresh else ("--no-refresh", "--xmlout", "shell")
+        result = run(self._argv(*args), self._env, timeout=1800, stdin=commands)
+        if refresh:
+            failed = _refresh_failures(_messages(result))
+            if failed:
+                raise RepositoryError(
+                    "could not refresh repositor{} {}".format(
+                        "y" if len(failed) == 1 else "ies", ", ".join(failed)
+                    ),
+                    {"repositories": failed, "output": _messages(result)[-2000:]},
+                )
+        if result.rc == EXIT_LOCKED:
+            raise PackageManagerBusy(
+                "zypper is locked by another process: {}".format(
+                    _last_line(result.stdout + result.stderr)
+                ),
+                {"holder": _lock_holder(self.root)},
+            )
+        if result.rc not in _OK_CODES or "<update-status" not in result.stdout:
+            if refresh:
+                self.refresh()  # the plain commands report what went wrong
+            return self.updates(), self.patches()
+        return parse_updates(result.stdout), parse_patches(result.stdout)
 
     def updates(self) -> List[Update]:
         result = self.zypper("--no-refresh", "--xmlout", "list-updates")
@@ -393,6 +419,13 @@ def errors(result: Result) -> List[str]:
         found = [(m.text or "").strip() for m in root.iter("message") if m.get("type") == "error"]
     found += [line.strip() for line in result.stderr.splitlines() if line.strip()]
     return [f for f in found if "use Alien" not in f and "assuming you know" not in f]
+
+
+def _refresh_failures(messages: str) -> List[str]:
+    """Repositories zypper says it could not refresh."""
+    failed = sorted(set(re.findall(r"Repository '([^']+)' is invalid", messages)))
+    failed += sorted(set(re.findall(r"Skipping repository '([^']+)'", messages)) - set(failed))
+    return failed
 
 
 def _messages(result: Result) -> str:

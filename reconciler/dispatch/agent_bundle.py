@@ -11,10 +11,14 @@ Standard library only, and it never imports the agent (it is packaged as files, 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
+import json
 import os
 import stat
+import subprocess
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -40,7 +44,40 @@ def _members(source: Path) -> list[tuple[str, bytes]]:
         for path in files
     ]
     members += [("reconciler/__init__.py", _PACKAGE_INIT.encode()), ("__main__.py", _MAIN.encode())]
+    sources = {n: d for n, d in members if n.endswith(".py") and n != "__main__.py"}
+    members += [(name[:-3] + ".pyc", code) for name, code in _bytecode(sources).items()]
     return sorted(members)
+
+
+# Compiled in a fresh interpreter: marshal's output depends on the process's interned strings,
+# so compiling in a long-lived process would make the archive's bytes (and name) vary.
+_COMPILER = """
+import base64, importlib.util, json, marshal, sys
+out = {}
+for name, text in json.load(sys.stdin).items():
+    source = base64.b64decode(text)
+    code = compile(source, name, "exec", dont_inherit=True)
+    header = importlib.util.MAGIC_NUMBER + (1).to_bytes(4, "little")
+    pyc = header + importlib.util.source_hash(source) + marshal.dumps(code)
+    out[name] = base64.b64encode(pyc).decode()
+json.dump(out, sys.stdout)
+"""
+
+
+def _bytecode(sources: dict[str, bytes]) -> dict[str, bytes]:
+    """Each source compiled for this interpreter as an unchecked hash-based .pyc (PEP 552) that
+    zipimport loads beside the source: a zip cannot cache bytecode, so without it every run
+    would compile the whole agent again. Another Python version ignores it (its magic number
+    differs) and compiles the source."""
+    request = json.dumps({n: base64.b64encode(d).decode() for n, d in sources.items()})
+    done = subprocess.run(  # noqa: S603 - this interpreter, a fixed script
+        [sys.executable, "-I", "-S", "-c", _COMPILER],
+        input=request,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {n: base64.b64decode(t) for n, t in json.loads(done.stdout).items()}
 
 
 def agent_bytes(source: Path = AGENT_SOURCE) -> bytes:
