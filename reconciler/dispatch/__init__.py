@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler.api.resources import LocalConnection, SshConnection
-from reconciler.dispatch.base import Transport
-from reconciler.dispatch.local import AgentFailed, LocalTransport
+from reconciler.dispatch.base import AgentFailed, Transport
+from reconciler.dispatch.local import LocalTransport
 
 if TYPE_CHECKING:
     from reconciler.dispatch.ssh import SshPool, SshTransport

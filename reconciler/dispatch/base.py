@@ -6,7 +6,57 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from reconciler.api.inventory import Inventory
+
+
+class AgentFailed(Exception):
+    """The agent reported an error (or its output could not be read)."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+def scan_args(instance_id: str | None, refresh: bool) -> list[str]:
+    """The agent's command line for a scan (every transport runs the same agent)."""
+    return [
+        "scan",
+        *(["--instance-id", instance_id] if instance_id else []),
+        *([] if refresh else ["--no-refresh"]),
+    ]
+
+
+def install_args(
+    pins: Sequence[str],
+    blocked: Sequence[str],
+    simulate: bool,
+    reboot_option: str,
+    allow_reboot: bool,
+    lock_timeout: int,
+) -> list[str]:
+    """The agent's command line for an install."""
+    args = ["install", "--reboot-option", reboot_option, "--lock-timeout", str(lock_timeout)]
+    for pin in pins:
+        args += ["--pin", pin]
+    for pattern in blocked:
+        args += ["--block", pattern]
+    return (
+        args + (["--simulate"] if simulate else []) + (["--allow-reboot"] if allow_reboot else [])
+    )
+
+
+def inventory_of(document: dict[str, Any]) -> Inventory:
+    """The agent's scan output as the schema's Inventory, or AgentFailed saying why not."""
+    try:
+        return Inventory.model_validate(document)
+    except ValidationError as exc:
+        raise AgentFailed(
+            "BadInventory", f"the agent's inventory does not match the schema: {exc}"
+        ) from None
 
 
 class Transport(Protocol):

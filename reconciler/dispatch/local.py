@@ -15,19 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from reconciler.api.inventory import Inventory
-
-
-class AgentFailed(Exception):
-    """The agent reported an error (or its output could not be read)."""
-
-    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.details = details or {}
+from reconciler.dispatch.base import AgentFailed, install_args, inventory_of, scan_args
 
 
 @dataclass(frozen=True)
@@ -39,18 +28,7 @@ class LocalTransport:
     python: str = field(default=sys.executable)
 
     def scan(self, *, instance_id: str | None = None, refresh: bool = True) -> Inventory:
-        args = ["scan"]
-        if instance_id:
-            args += ["--instance-id", instance_id]
-        if not refresh:
-            args.append("--no-refresh")
-        document = self._run(args)
-        try:
-            return Inventory.model_validate(document)
-        except ValidationError as exc:
-            raise AgentFailed(
-                "BadInventory", f"the agent's inventory does not match the schema: {exc}"
-            ) from None
+        return inventory_of(self._run(scan_args(instance_id, refresh)))
 
     def install(
         self,
@@ -62,16 +40,9 @@ class LocalTransport:
         allow_reboot: bool = False,
         lock_timeout: int = 60,
     ) -> dict[str, Any]:
-        args = ["install", "--reboot-option", reboot_option, "--lock-timeout", str(lock_timeout)]
-        for pin in pins:
-            args += ["--pin", pin]
-        for pattern in blocked:
-            args += ["--block", pattern]
-        if simulate:
-            args.append("--simulate")
-        if allow_reboot:
-            args.append("--allow-reboot")
-        return self._run(args)
+        return self._run(
+            install_args(pins, blocked, simulate, reboot_option, allow_reboot, lock_timeout)
+        )
 
     def _run(self, args: list[str]) -> dict[str, Any]:
         argv = [self.python, "-m", "reconciler.agent", *args, "--root", self.root or "/"]

@@ -35,11 +35,10 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import asyncssh
-from pydantic import ValidationError
 
 from reconciler.api.inventory import Inventory
 from reconciler.dispatch.agent_bundle import agent_zipapp
-from reconciler.dispatch.local import AgentFailed
+from reconciler.dispatch.base import AgentFailed, install_args, inventory_of, scan_args
 
 CONNECT_TIMEOUT = 15.0
 """Seconds to open and authenticate a connection, and to put the agent in place."""
@@ -477,18 +476,7 @@ class SshTransport:
         return f"SshTransport({self.endpoint}, root={self.root!r})"
 
     def scan(self, *, instance_id: str | None = None, refresh: bool = True) -> Inventory:
-        args = ["scan"]
-        if instance_id:
-            args += ["--instance-id", instance_id]
-        if not refresh:
-            args.append("--no-refresh")
-        document = self._run(args)
-        try:
-            return Inventory.model_validate(document)
-        except ValidationError as exc:
-            raise AgentFailed(
-                "BadInventory", f"the agent's inventory does not match the schema: {exc}"
-            ) from None
+        return inventory_of(self._run(scan_args(instance_id, refresh)))
 
     def install(
         self,
@@ -500,16 +488,9 @@ class SshTransport:
         allow_reboot: bool = False,
         lock_timeout: int = 60,
     ) -> dict[str, Any]:
-        args = ["install", "--reboot-option", reboot_option, "--lock-timeout", str(lock_timeout)]
-        for pin in pins:
-            args += ["--pin", pin]
-        for pattern in blocked:
-            args += ["--block", pattern]
-        if simulate:
-            args.append("--simulate")
-        if allow_reboot:
-            args.append("--allow-reboot")
-        return self._run(args)
+        return self._run(
+            install_args(pins, blocked, simulate, reboot_option, allow_reboot, lock_timeout)
+        )
 
     def close(self) -> None:
         """Close the transport's connections (only when its pool is its own)."""
