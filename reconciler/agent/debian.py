@@ -4,10 +4,9 @@ operations on top of :mod:`reconciler.agent.apt`. Standard library only.
 
 from typing import Dict, List, Optional, Tuple
 
-from reconciler.agent import AGENT_VERSION
 from reconciler.agent.apt import Apt, parse_pin
 from reconciler.agent.facts import facts
-from reconciler.agent.outcome import now, reboot
+from reconciler.agent.outcome import install_result, inventory, now, reboot
 
 
 def _system(root: str, lock_timeout: int, private_state: Optional[str] = None) -> Apt:
@@ -27,17 +26,7 @@ def scan(
         system.refresh()
     installed, updates, broken = system.inventory()
     machine = facts(root, system.architecture())
-    document = {
-        "apiVersion": "patchwarden.io/v1alpha1",
-        "kind": "Inventory",
-        "instanceId": instance_id or str(machine.get("hostname") or root),
-        "collectedAt": now(),
-        "agentVersion": AGENT_VERSION,
-        "operation": operation,
-        "facts": machine,
-        "installed": installed,
-        "updates": updates,
-    }  # type: Dict[str, object]
+    document = inventory(root, instance_id, operation, machine, installed, updates)
     if broken:
         document["failed"] = [
             {
@@ -64,12 +53,7 @@ def install(
     """Install exact pins; the result says what changed, per package."""
     pins = [parse_pin(p) for p in pin_texts]  # refuses invalid pins before anything runs
     system = _system(root, lock_timeout)
-    result = {
-        "apiVersion": "patchwarden.io/v1alpha1",
-        "kind": "InstallResult",
-        "simulate": simulate,
-        "startedAt": now(),
-    }  # type: Dict[str, object]
+    result = install_result(simulate)
     before = system.versions_now([p[0] for p in pins])
     result["recovery"] = [] if simulate else system.recover()
     plan = system.simulate(pins, blocked)

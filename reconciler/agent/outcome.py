@@ -6,9 +6,12 @@ only.
 """
 
 import time
-from typing import Dict
+from typing import Dict, List, Optional
 
+from reconciler.agent import AGENT_VERSION
 from reconciler.agent.runner import run
+
+API_VERSION = "patchwarden.io/v1alpha1"
 
 
 def now() -> str:
@@ -37,3 +40,36 @@ def reboot(needed: bool, why: str, option: str, is_host: bool, allow: bool) -> D
         }
     done = run(["/sbin/shutdown", "-r", "+1", "patchwarden: reboot after patching"], timeout=60)
     return {"required": True, "performed": done.rc == 0, "reason": why}
+
+
+def inventory(
+    root: str,
+    instance_id: Optional[str],
+    operation: str,
+    machine: Dict[str, object],
+    installed: List[Dict[str, object]],
+    updates: List[Dict[str, object]],
+) -> Dict[str, object]:
+    """The inventory document (``reconciler/api/inventory.py``), as every backend reports it."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Inventory",
+        "instanceId": instance_id or str(machine.get("hostname") or root),
+        "collectedAt": now(),
+        "agentVersion": AGENT_VERSION,
+        "operation": operation,
+        "facts": machine,
+        "installed": installed,
+        "updates": updates,
+    }
+
+
+def install_result(simulate: bool) -> Dict[str, object]:
+    """The start of an install result document; the backend fills in what happened."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "InstallResult",
+        "simulate": simulate,
+        "startedAt": now(),
+        "recovery": [],
+    }

@@ -10,10 +10,9 @@ import os
 import platform
 from typing import Dict, List, Optional
 
-from reconciler.agent import AGENT_VERSION
 from reconciler.agent.dnf import CORE_PACKAGES, Dnf, Key, Pin, parse_pin
 from reconciler.agent.facts import facts, operating_system, read_os_release
-from reconciler.agent.outcome import now, reboot
+from reconciler.agent.outcome import install_result, inventory, now, reboot
 
 _YUM_SYSTEMS = ("AMAZON_LINUX", "AMAZON_LINUX_2")
 _YUM_MAJOR = ("REDHAT_ENTERPRISE_LINUX", "CENTOS", "ORACLE_LINUX")
@@ -68,17 +67,7 @@ def scan(
     if pending:
         machine["rebootRequired"] = True
         machine["rebootRequiredPackages"] = pending
-    return {
-        "apiVersion": "patchwarden.io/v1alpha1",
-        "kind": "Inventory",
-        "instanceId": instance_id or str(machine.get("hostname") or root),
-        "collectedAt": now(),
-        "agentVersion": AGENT_VERSION,
-        "operation": operation,
-        "facts": machine,
-        "installed": installed,
-        "updates": updates,
-    }
+    return inventory(root, instance_id, operation, machine, installed, updates)
 
 
 def install(
@@ -93,13 +82,7 @@ def install(
     """Install exact pins; the result says what changed, per package."""
     pins = [parse_pin(p) for p in pin_texts]  # refuses invalid pins before anything runs
     system = _system(root, lock_timeout)
-    result = {
-        "apiVersion": "patchwarden.io/v1alpha1",
-        "kind": "InstallResult",
-        "simulate": simulate,
-        "startedAt": now(),
-        "recovery": [],
-    }  # type: Dict[str, object]
+    result = install_result(simulate)
     names = [p[0] for p in pins]
     before = system.versions_now(names)
     plan = system.plan(pins, blocked)

@@ -10,10 +10,9 @@ import fnmatch
 import platform
 from typing import Dict, List, Optional, Tuple
 
-from reconciler.agent import AGENT_VERSION
 from reconciler.agent.errors import InstallRefused
 from reconciler.agent.facts import facts
-from reconciler.agent.outcome import now, reboot
+from reconciler.agent.outcome import install_result, inventory, now, reboot
 from reconciler.agent.zypper import (
     CLASSIFICATIONS,
     EXIT_INFO_REBOOT_NEEDED,
@@ -54,17 +53,14 @@ def scan(
     machine = facts(root, platform.machine() or "x86_64")
     if system.reboot_pending():
         machine["rebootRequired"] = True
-    return {
-        "apiVersion": "patchwarden.io/v1alpha1",
-        "kind": "Inventory",
-        "instanceId": instance_id or str(machine.get("hostname") or root),
-        "collectedAt": now(),
-        "agentVersion": AGENT_VERSION,
-        "operation": operation,
-        "facts": machine,
-        "installed": installed,
-        "updates": _updates(installed, candidates, patches, contents),
-    }
+    return inventory(
+        root,
+        instance_id,
+        operation,
+        machine,
+        installed,
+        _updates(installed, candidates, patches, contents),
+    )
 
 
 def _updates(
@@ -148,13 +144,7 @@ def install(
     """Install exact pins (and the patches they complete); the result says what changed."""
     pins = [parse_pin(p) for p in pin_texts]  # refuses invalid pins before anything runs
     system = Zypper(root, lock_timeout)
-    result = {
-        "apiVersion": "patchwarden.io/v1alpha1",
-        "kind": "InstallResult",
-        "simulate": simulate,
-        "startedAt": now(),
-        "recovery": [],
-    }  # type: Dict[str, object]
+    result = install_result(simulate)
     names = [p[0] for p in pins]
     before = system.rpm_versions(names)
     patches = _completed_patches(system, pins, before)
