@@ -38,7 +38,7 @@ from reconciler.evaluation import (
 )
 from reconciler.loop import Reconciler, configure_logging, serve
 from reconciler.plan import Settings
-from reconciler.report import render
+from reconciler.report import compliance, render
 from reconciler.schedule import describe, openings
 from reconciler.sources import (
     DirectorySource,
@@ -201,6 +201,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--now", type=_timestamp, default=None)
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
     p.set_defaults(handler=_windows)
+
+    p = sub.add_parser(
+        "compliance", help="compliance per instance, per patch, per group, or its history"
+    )
+    p.add_argument(
+        "instance", nargs="?", help="one instance: every patch with its state and reason"
+    )
+    p.add_argument("--group", help="SSM's patch group state: instances with patches in each state")
+    p.add_argument(
+        "--history", action="store_true", help="how the instance's compliance changed, and why"
+    )
+    p.add_argument(
+        "--state", type=Path, help="the observed-state database (default: the user's state dir)"
+    )
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml", "csv"), default=None)
+    p.set_defaults(handler=_compliance)
 
     p = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the schema")
     p.add_argument("--out", type=Path, default=Path("crds"))
@@ -566,6 +582,41 @@ def _windows(args: argparse.Namespace) -> int:
                 }
             )
     render.windows(rows, _format(args), sys.stdout)
+    return EXIT_OK
+
+
+def _compliance(args: argparse.Namespace) -> int:
+    fmt = _format(args)
+    with _store(args) as store:
+        latest = store.latest_scans()
+        if args.group:
+            render.rows(
+                [compliance.group_state(args.group, latest.values())],
+                fmt,
+                sys.stdout,
+                title=f"Patch group {args.group}",
+            )
+        elif args.instance and args.history:
+            render.rows(
+                compliance.history(store.scan_history(args.instance, limit=1000)),
+                fmt,
+                sys.stdout,
+                title=f"Compliance history of {args.instance}",
+            )
+        elif args.instance:
+            scan = latest.get(args.instance)
+            if scan is None:
+                raise UserError(f"no scan of {args.instance!r} is recorded in {store.path}")
+            render.rows(
+                compliance.patches(scan),
+                fmt,
+                sys.stdout,
+                title=f"{args.instance}: {scan.operation} under {scan.baseline} at {scan.revision}",
+            )
+        elif args.history:
+            raise UserError("--history needs an instance: patchctl compliance INSTANCE --history")
+        else:
+            render.rows(compliance.instances(latest), fmt, sys.stdout, title="Compliance")
     return EXIT_OK
 
 

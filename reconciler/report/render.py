@@ -8,6 +8,7 @@ to the stream it is given.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any
@@ -399,3 +400,22 @@ def windows(rows: Sequence[Mapping[str, str]], fmt: str, out: IO[str]) -> None:
             row["window"], row["targets"], row["start"], row["cutoff"], row["end"], row["tasks"]
         )
     _console(out).print(table if rows else "No window opens.")
+
+
+def rows(data: Sequence[Mapping[str, Any]], fmt: str, out: IO[str], *, title: str) -> None:
+    """Flat rows for people (a table), spreadsheets (CSV) or machines (JSON, YAML)."""
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=list(data[0]) if data else [], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(data)
+        return
+    if fmt != "table":
+        dump(list(data), fmt, out)
+        return
+    table = Table(title=title, title_justify="left")
+    columns = list(data[0]) if data else []
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in data:
+        table.add_row(*("-" if row.get(c) is None else str(row.get(c)) for c in columns))
+    _console(out).print(table if data else f"{title}: nothing recorded yet.")

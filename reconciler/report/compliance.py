@@ -1,0 +1,132 @@
+"""Stage: report. Compliance views over the observed state: per instance, per patch, per group,
+and the history of an instance's compliance with the revision that decided each change.
+
+Pure functions from the store's scan records to rows (dicts with SSM's camelCase names), so the
+same rows feed tables, JSON, YAML and CSV. Reads results; decides nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from reconciler.state import ScanRecord
+
+COUNTS = (
+    "installedCount",
+    "installedOtherCount",
+    "installedPendingRebootCount",
+    "installedRejectedCount",
+    "missingCount",
+    "failedCount",
+    "notApplicableCount",
+    "criticalNonCompliantCount",
+    "securityNonCompliantCount",
+    "otherNonCompliantCount",
+)
+
+
+Scan = ScanRecord
+
+
+def instances(scans: Mapping[str, Scan]) -> list[dict[str, Any]]:
+    """One row per instance: group, baseline, status, severity, SSM counts, last operation and
+    the revision it ran under."""
+    rows = []
+    for name in sorted(scans):
+        scan = scans[name]
+        summary = scan.evaluation.get("summary", {})
+        rows.append(
+            {
+                "instanceId": name,
+                "patchGroup": scan.evaluation.get("patchGroup"),
+                "baseline": scan.baseline,
+                "complianceStatus": summary.get("complianceStatus"),
+                "complianceSeverity": summary.get("complianceSeverity"),
+                **{key: summary.get(key, 0) for key in COUNTS},
+                "operation": scan.operation,
+                "operationEndTime": scan.finished_at.isoformat(timespec="seconds"),
+                "revision": scan.revision,
+            }
+        )
+    return rows
+
+
+def patches(scan: Scan) -> list[dict[str, Any]]:
+    """Every patch of one instance: state, classification, severity, compliance level, CVEs,
+    installed time and the reason behind the state."""
+    installed_at = {
+        (p.get("name"), p.get("arch")): p.get("installedTime")
+        for p in scan.inventory.get("installed", [])
+    }
+    return [
+        {
+            "name": p["name"],
+            "arch": p.get("arch", ""),
+            "installedVersion": p.get("installedVersion"),
+            "version": p.get("version"),
+            "state": p["state"],
+            "classification": p.get("classification"),
+            "severity": p.get("severity"),
+            "complianceLevel": p.get("complianceLevel"),
+            "cves": ", ".join(p.get("cves") or []),
+            "installedTime": installed_at.get((p["name"], p.get("arch"))),
+            "reason": p.get("reason", ""),
+        }
+        for p in sorted(scan.evaluation.get("patches", []), key=lambda p: (p["state"], p["name"]))
+    ]
+
+
+def group_state(group: str, scans: Iterable[Scan]) -> dict[str, Any]:
+    """SSM's DescribePatchGroupState for ``group``: how many instances have patches in each
+    state (an instance counts once per state it has any patch in)."""
+    members = [s for s in scans if s.evaluation.get("patchGroup") == group]
+    state: dict[str, Any] = {"patchGroup": group, "instances": len(members)}
+    fields = {
+        "installedCount": "instancesWithInstalledPatches",
+        "installedOtherCount": "instancesWithInstalledOtherPatches",
+        "installedPendingRebootCount": "instancesWithInstalledPendingRebootPatches",
+        "installedRejectedCount": "instancesWithInstalledRejectedPatches",
+        "missingCount": "instancesWithMissingPatches",
+        "failedCount": "instancesWithFailedPatches",
+        "notApplicableCount": "instancesWithNotApplicablePatches",
+        "criticalNonCompliantCount": "instancesWithCriticalNonCompliantPatches",
+        "securityNonCompliantCount": "instancesWithSecurityNonCompliantPatches",
+        "otherNonCompliantCount": "instancesWithOtherNonCompliantPatches",
+        "availableSecurityUpdateCount": "instancesWithAvailableSecurityUpdates",
+    }
+    for count, field in fields.items():
+        state[field] = sum(1 for s in members if s.evaluation.get("summary", {}).get(count, 0) > 0)
+    return state
+
+
+def history(scans: Sequence[Scan]) -> list[dict[str, Any]]:
+    """How an instance's compliance changed over time (oldest first): one row per recorded scan
+    or install whose status, severity or missing/failed counts differ from the one before, with
+    the revision and baseline that produced it."""
+    rows: list[dict[str, Any]] = []
+    previous: tuple[Any, ...] | None = None
+    for scan in sorted(scans, key=lambda s: s.finished_at):
+        summary = scan.evaluation.get("summary", {})
+        key = (
+            summary.get("complianceStatus"),
+            summary.get("complianceSeverity"),
+            summary.get("missingCount"),
+            summary.get("failedCount"),
+        )
+        if key == previous:
+            continue
+        previous = key
+        rows.append(
+            {
+                "time": scan.finished_at.isoformat(timespec="seconds"),
+                "operation": scan.operation,
+                "complianceStatus": key[0],
+                "complianceSeverity": key[1],
+                "missingCount": key[2],
+                "failedCount": key[3],
+                "baseline": scan.baseline,
+                "revision": scan.revision,
+            }
+        )
+    return rows

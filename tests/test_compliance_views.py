@@ -1,0 +1,173 @@
+"""`patchctl compliance`: per instance, per patch, per group (SSM's DescribePatchGroupState) and the
+history of an instance's compliance with the revision behind each change, read from a real state
+database, in every output format."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reconciler.state import StateStore
+
+T0 = datetime(2026, 11, 28, 10, tzinfo=UTC)
+
+
+def _evaluation(group: str, missing: int, failed: int = 0) -> dict[str, object]:
+    status = "NON_COMPLIANT" if missing or failed else "COMPLIANT"
+    patches = [
+        {
+            "name": f"pkg{i}",
+            "arch": "amd64",
+            "version": "2",
+            "installedVersion": "1",
+            "state": "MISSING",
+            "classification": "Security",
+            "severity": "High",
+            "complianceLevel": "HIGH",
+            "cves": [f"CVE-2026-{i:04d}"],
+            "reason": "approved by approvalRules[0]",
+        }
+        for i in range(missing)
+    ]
+    patches += [
+        {
+            "name": "bash",
+            "arch": "amd64",
+            "version": "5.2",
+            "installedVersion": "5.2",
+            "state": "INSTALLED",
+            "complianceLevel": "UNSPECIFIED",
+            "cves": [],
+            "reason": "approved",
+        }
+    ]
+    return {
+        "patchGroup": group,
+        "patches": patches,
+        "summary": {
+            "complianceStatus": status,
+            "complianceSeverity": "HIGH" if missing else None,
+            "missingCount": missing,
+            "failedCount": failed,
+            "installedCount": 1,
+            "securityNonCompliantCount": missing,
+        },
+    }
+
+
+def _inventory() -> dict[str, object]:
+    return {
+        "facts": {"operatingSystem": "DEBIAN"},
+        "installed": [
+            {
+                "name": "bash",
+                "arch": "amd64",
+                "version": "5.2",
+                "installedTime": "2026-11-01T00:00:00Z",
+            }
+        ],
+    }
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    path = tmp_path / "state.db"
+    with StateStore(path) as store:
+
+        def record(
+            instance: str,
+            minutes: int,
+            revision: str,
+            evaluation: dict[str, object],
+            op: str = "Scan",
+        ) -> None:
+            store.record_scan(
+                instance=instance,
+                operation=op,
+                revision=revision,
+                baseline="debian-prod",
+                baseline_hash="h",
+                job_id=None,
+                started_at=T0 + timedelta(minutes=minutes),
+                finished_at=T0 + timedelta(minutes=minutes, seconds=5),
+                inventory=_inventory(),
+                evaluation=evaluation,
+            )
+
+        record("web-1", 0, "main@sha1:aaa", _evaluation("web", 2))
+        record("web-1", 10, "main@sha1:aaa", _evaluation("web", 2))  # no change: not a history row
+        record("web-1", 20, "main@sha1:bbb", _evaluation("web", 0), "Install")
+        record("web-2", 0, "main@sha1:aaa", _evaluation("web", 1))
+        record("db-1", 0, "main@sha1:aaa", _evaluation("db", 0))
+    return path
+
+
+def patchctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_one_row_per_instance_with_its_latest_operation_and_revision(state: Path) -> None:
+    run = patchctl("compliance", "--state", str(state), "-o", "json")
+    assert run.returncode == 0, run.stderr
+    rows = {r["instanceId"]: r for r in json.loads(run.stdout)}
+    assert set(rows) == {"web-1", "web-2", "db-1"}
+    assert (
+        rows["web-1"]["complianceStatus"],
+        rows["web-1"]["operation"],
+        rows["web-1"]["revision"],
+    ) == ("COMPLIANT", "Install", "main@sha1:bbb")
+    assert (
+        rows["web-2"]["complianceStatus"],
+        rows["web-2"]["missingCount"],
+        rows["web-2"]["patchGroup"],
+    ) == ("NON_COMPLIANT", 1, "web")
+
+
+def test_csv_has_a_header_and_one_line_per_instance(state: Path) -> None:
+    run = patchctl("compliance", "--state", str(state), "-o", "csv")
+    rows = list(csv.DictReader(io.StringIO(run.stdout)))
+    assert [r["instanceId"] for r in rows] == ["db-1", "web-1", "web-2"]
+    assert rows[2]["missingCount"] == "1" and rows[2]["complianceSeverity"] == "HIGH"
+
+
+def test_one_instance_lists_every_patch_with_cves_and_installed_time(state: Path) -> None:
+    run = patchctl("compliance", "web-2", "--state", str(state), "-o", "yaml")
+    patches = {p["name"]: p for p in yaml.safe_load(run.stdout)}
+    assert patches["pkg0"]["state"] == "MISSING" and patches["pkg0"]["cves"] == "CVE-2026-0000"
+    assert patches["bash"]["installedTime"] == "2026-11-01T00:00:00Z"
+
+
+def test_group_state_counts_instances_as_ssm_does(state: Path) -> None:
+    run = patchctl("compliance", "--group", "web", "--state", str(state), "-o", "json")
+    (group,) = json.loads(run.stdout)
+    assert (
+        group["instances"],
+        group["instancesWithMissingPatches"],
+        group["instancesWithInstalledPatches"],
+    ) == (2, 1, 2)
+    assert group["instancesWithSecurityNonCompliantPatches"] == 1
+
+
+def test_history_shows_each_change_and_the_revision_that_made_it(state: Path) -> None:
+    run = patchctl("compliance", "web-1", "--history", "--state", str(state), "-o", "json")
+    history = json.loads(run.stdout)
+    assert [(h["complianceStatus"], h["revision"], h["operation"]) for h in history] == [
+        ("NON_COMPLIANT", "main@sha1:aaa", "Scan"),
+        ("COMPLIANT", "main@sha1:bbb", "Install"),
+    ]
+
+
+def test_unknown_instance_is_a_clear_error(state: Path) -> None:
+    run = patchctl("compliance", "nope", "--state", str(state))
+    assert run.returncode == 1 and "no scan of 'nope' is recorded" in run.stderr
+    assert "Traceback" not in run.stderr
