@@ -38,7 +38,7 @@ from reconciler.evaluation import (
 )
 from reconciler.loop import Reconciler, configure_logging, serve
 from reconciler.plan import Settings
-from reconciler.report import compliance, render
+from reconciler.report import compliance, csvreport, render
 from reconciler.schedule import describe, openings
 from reconciler.sources import (
     DirectorySource,
@@ -217,6 +217,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", choices=("table", "json", "yaml", "csv"), default=None)
     p.set_defaults(handler=_compliance)
+
+    p = sub.add_parser(
+        "report", help="write compliance reports (CSV with SSM's columns) to a directory"
+    )
+    p.add_argument("--to", type=Path, required=True, help="the directory to write into")
+    p.add_argument("--instance", help="only this instance: its summary and detail")
+    p.add_argument(
+        "--state", type=Path, help="the observed-state database (default: the user's state dir)"
+    )
+    p.set_defaults(handler=_report)
 
     p = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the schema")
     p.add_argument("--out", type=Path, default=Path("crds"))
@@ -617,6 +627,30 @@ def _compliance(args: argparse.Namespace) -> int:
             raise UserError("--history needs an instance: patchctl compliance INSTANCE --history")
         else:
             render.rows(compliance.instances(latest), fmt, sys.stdout, title="Compliance")
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        latest = store.latest_scans()
+    if args.instance is not None:
+        if args.instance not in latest:
+            raise UserError(f"no scan of {args.instance!r} is recorded")
+        latest = {args.instance: latest[args.instance]}
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    files = {
+        f"compliance-summary-{stamp}.csv": csvreport.to_csv(
+            csvreport.summary_rows(latest), csvreport.SUMMARY_COLUMNS
+        )
+    }
+    if args.instance is not None:
+        files[f"compliance-detail-{args.instance}-{stamp}.csv"] = csvreport.to_csv(
+            csvreport.detail_rows(latest[args.instance]), csvreport.DETAIL_COLUMNS
+        )
+    args.to.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (args.to / name).write_text(text)
+        print(args.to / name)
     return EXIT_OK
 
 

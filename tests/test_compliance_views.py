@@ -171,3 +171,68 @@ def test_unknown_instance_is_a_clear_error(state: Path) -> None:
     run = patchctl("compliance", "nope", "--state", str(state))
     assert run.returncode == 1 and "no scan of 'nope' is recorded" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_csv_reports_have_exactly_ssms_columns(state: Path, tmp_path: Path) -> None:
+    out = tmp_path / "reports"
+    run = patchctl("report", "--to", str(out), "--state", str(state), "--instance", "web-2")
+    assert run.returncode == 0, run.stderr
+    (summary,) = out.glob("compliance-summary-*.csv")
+    (detail,) = out.glob("compliance-detail-web-2-*.csv")
+    with summary.open() as handle:
+        reader = csv.DictReader(handle)
+        assert reader.fieldnames == [
+            "Index",
+            "Instance ID",
+            "Instance name",
+            "Instance IP",
+            "Platform name",
+            "Platform version",
+            "SSM Agent version",
+            "Patch baseline",
+            "Patch group",
+            "Compliance status",
+            "Compliance severity",
+            "Noncompliant Critical severity patch count",
+            "Noncompliant High severity patch count",
+            "Noncompliant Medium severity patch count",
+            "Noncompliant Low severity patch count",
+            "Noncompliant Informational severity patch count",
+            "Noncompliant Unspecified severity patch count",
+        ]
+        (row,) = list(reader)
+    assert (row["Compliance status"], row["Noncompliant High severity patch count"]) == (
+        "NON_COMPLIANT",
+        "1",
+    )
+    with detail.open() as handle:
+        reader = csv.DictReader(handle)
+        assert reader.fieldnames == [
+            "Index",
+            "Instance ID",
+            "Instance name",
+            "Patch name",
+            "KB ID/Patch ID",
+            "Patch state",
+            "Last report time",
+            "Compliance level",
+            "Patch severity",
+            "Patch classification",
+            "CVE ID",
+            "Patch baseline",
+            "Logs URL",
+            "Instance IP",
+            "Platform name",
+            "Platform version",
+            "SSM Agent version",
+        ]
+        rows = {r["Patch name"]: r for r in reader}
+    assert rows["pkg0"]["Patch state"] == "MISSING" and rows["pkg0"]["CVE ID"] == "CVE-2026-0000"
+    assert rows["pkg0"]["KB ID/Patch ID"] == "pkg0.amd64"
+
+
+def test_report_of_all_instances_is_one_summary(state: Path, tmp_path: Path) -> None:
+    out = tmp_path / "all"
+    assert patchctl("report", "--to", str(out), "--state", str(state)).returncode == 0
+    (summary,) = out.glob("*.csv")
+    assert [r["Instance ID"] for r in csv.DictReader(summary.open())] == ["db-1", "web-1", "web-2"]

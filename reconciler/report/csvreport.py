@@ -1,0 +1,138 @@
+"""Stage: report. Compliance reports as CSV with exactly the columns of SSM's reports (reference
+§7.7): the all-instances summary, and per instance a summary and a detail (one row per patch).
+
+Pure: rows from the store's scan records; writing them is the caller's business. Values keep the
+API's spelling (NON_COMPLIANT, MISSING, CRITICAL). Facts SSM has and Patchwarden does not (the
+instance's IP, a logs URL) are left empty rather than invented.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from reconciler.state import ScanRecord
+
+SUMMARY_COLUMNS = (
+    "Index",
+    "Instance ID",
+    "Instance name",
+    "Instance IP",
+    "Platform name",
+    "Platform version",
+    "SSM Agent version",
+    "Patch baseline",
+    "Patch group",
+    "Compliance status",
+    "Compliance severity",
+    "Noncompliant Critical severity patch count",
+    "Noncompliant High severity patch count",
+    "Noncompliant Medium severity patch count",
+    "Noncompliant Low severity patch count",
+    "Noncompliant Informational severity patch count",
+    "Noncompliant Unspecified severity patch count",
+)
+DETAIL_COLUMNS = (
+    "Index",
+    "Instance ID",
+    "Instance name",
+    "Patch name",
+    "KB ID/Patch ID",
+    "Patch state",
+    "Last report time",
+    "Compliance level",
+    "Patch severity",
+    "Patch classification",
+    "CVE ID",
+    "Patch baseline",
+    "Logs URL",
+    "Instance IP",
+    "Platform name",
+    "Platform version",
+    "SSM Agent version",
+)
+NON_COMPLIANT = frozenset({"MISSING", "FAILED", "INSTALLED_REJECTED", "INSTALLED_PENDING_REBOOT"})
+LEVELS = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "INFORMATIONAL", "UNSPECIFIED")
+
+
+def summary_rows(scans: Mapping[str, ScanRecord]) -> list[dict[str, Any]]:
+    """The all-instances summary (also the single-instance summary, with one scan)."""
+    return [_summary(index, scans[name]) for index, name in enumerate(sorted(scans), 1)]
+
+
+def detail_rows(scan: ScanRecord) -> list[dict[str, Any]]:
+    """One row per patch of one instance."""
+    platform = _platform(scan)
+    rows = []
+    for index, patch in enumerate(scan.evaluation.get("patches", []), 1):
+        rows.append(
+            {
+                "Index": index,
+                "Instance ID": scan.instance,
+                "Instance name": _hostname(scan),
+                "Patch name": patch["name"],
+                "KB ID/Patch ID": _patch_id(patch),
+                "Patch state": patch["state"],
+                "Last report time": scan.finished_at.isoformat(timespec="seconds"),
+                "Compliance level": patch.get("complianceLevel") or "UNSPECIFIED",
+                "Patch severity": patch.get("severity") or "",
+                "Patch classification": patch.get("classification") or "",
+                "CVE ID": ",".join(patch.get("cves") or []),
+                "Patch baseline": scan.baseline,
+                "Logs URL": "",
+                "Instance IP": "",
+                **platform,
+            }
+        )
+    return rows
+
+
+def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _summary(index: int, scan: ScanRecord) -> dict[str, Any]:
+    summary = scan.evaluation.get("summary", {})
+    levels = dict.fromkeys(LEVELS, 0)
+    for patch in scan.evaluation.get("patches", []):
+        if patch.get("state") in NON_COMPLIANT:
+            levels[patch.get("complianceLevel") or "UNSPECIFIED"] += 1
+    return {
+        "Index": index,
+        "Instance ID": scan.instance,
+        "Instance name": _hostname(scan),
+        "Instance IP": "",
+        **_platform(scan),
+        "Patch baseline": scan.baseline,
+        "Patch group": scan.evaluation.get("patchGroup") or "",
+        "Compliance status": summary.get("complianceStatus") or "",
+        "Compliance severity": summary.get("complianceSeverity") or "",
+        **{
+            f"Noncompliant {level.capitalize()} severity patch count": levels[level]
+            for level in LEVELS
+        },
+    }
+
+
+def _platform(scan: ScanRecord) -> dict[str, Any]:
+    facts = scan.inventory.get("facts", {})
+    return {
+        "Platform name": facts.get("osId", ""),
+        "Platform version": facts.get("osVersion", ""),
+        "SSM Agent version": scan.inventory.get("agentVersion", ""),
+    }
+
+
+def _hostname(scan: ScanRecord) -> str:
+    return str(scan.inventory.get("facts", {}).get("hostname") or scan.instance)
+
+
+def _patch_id(patch: Mapping[str, Any]) -> str:
+    arch = patch.get("arch")
+    return f"{patch['name']}.{arch}" if arch else str(patch["name"])
