@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -195,6 +195,7 @@ class Reconciler:
         so budgets are refilled as soon as a slot frees."""
         summary = PassSummary()
         self.refresh(summary)
+        self.close_window_executions()
         summary.revision = self.revision
         started = 0
         running: dict[Future[JobRecord | None], Action] = {}
@@ -208,10 +209,9 @@ class Reconciler:
                 for action in fresh:
                     if max_jobs is not None and started >= max_jobs:
                         break
-                    if self._claimable(action):
-                        self.submitted[action.key] = action
-                        running[pool.submit(self.execute, action)] = action
-                        started += 1
+                    self.submitted[action.key] = action
+                    running[pool.submit(self.execute, action)] = action
+                    started += 1
                 if not running:
                     summary.waits = [
                         (w.instance, w.reason) for w in (current.waits if current else ())
@@ -229,8 +229,32 @@ class Reconciler:
                     break
         return summary
 
-    def _claimable(self, action: Action) -> bool:
-        return self.store.job_by_key(action.key) is None
+    def _window_started(self, window: str, opening: str) -> None:
+        """An opening's first job makes its execution IN_PROGRESS (a FAILED one stays FAILED)."""
+        known = {e["opening"]: e["status"] for e in self.store.window_executions(window)}
+        if opening not in known:
+            self.store.record_window_execution(
+                window=window, opening=opening, status="IN_PROGRESS", now=self.clock()
+            )
+
+    def close_window_executions(self) -> None:
+        """Executions whose opening has ended without a failed job end as SUCCESS (SSM reports a
+        window execution's outcome when the window closes)."""
+        if self.snapshot is None:
+            return
+        now = self.clock()
+        for execution in self.store.window_executions():
+            window = self.snapshot.windows.get(execution["window"])
+            if window is None or execution["status"] != "IN_PROGRESS":
+                continue
+            start = datetime.fromisoformat(execution["opening"].replace("Z", "+00:00"))
+            if start + timedelta(hours=window.spec.duration) <= now:
+                self.store.record_window_execution(
+                    window=execution["window"],
+                    opening=execution["opening"],
+                    status="SUCCESS",
+                    now=now,
+                )
 
     def execute(self, action: Action) -> JobRecord | None:
         """Run one action: claim it (exactly once), run it on the machine, record the result."""
@@ -250,6 +274,8 @@ class Reconciler:
         )
         if job is None:
             return None  # another pass or process already owns this key
+        if action.window and action.opening:
+            self._window_started(action.window, action.opening)
         log = self.log.bind(
             instance=action.instance, revision=self.revision, job=job.id, operation=action.operation
         )
@@ -266,6 +292,10 @@ class Reconciler:
             log.exception("job crashed")
             status, result = "failed", {"error": {"code": type(exc).__name__, "message": str(exc)}}
         finished = self.store.finish_job(job.id, status=status, result=result, now=self.clock())
+        if action.window and action.opening and status == "failed":
+            self.store.record_window_execution(
+                window=action.window, opening=action.opening, status="FAILED", now=self.clock()
+            )
         log.info("job finished", status=status, error=result.get("error"))
         if self.on_job_done is not None:
             self.on_job_done(finished)
@@ -373,14 +403,6 @@ def _observed_job(job: JobRecord) -> ObservedJob:
         task=job.task,
         opening=job.opening,
     )
-
-
-def jobs_summary(jobs: Iterable[JobRecord]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for job in jobs:
-        key = f"{job.operation} {job.status}"
-        out[key] = out.get(key, 0) + 1
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

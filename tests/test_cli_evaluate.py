@@ -71,7 +71,9 @@ def test_evaluate_the_example_fleet_as_json() -> None:
     ]
     assert web1["telnetd"]["state"] == "INSTALLED_REJECTED"
     assert web1["linux-image-5.15.0-91-generic"]["state"] == "INSTALLED_PENDING_REBOOT"
-    assert "curl" not in web1 or web1["curl"]["state"] == "INSTALLED"  # jammy-updates: not approved
+    # curl's update comes from jammy-updates, so it is not approved; the installed version (from
+    # the security pocket) is, so curl is INSTALLED, not MISSING.
+    assert web1["curl"]["state"] == "INSTALLED" and web1["curl"]["version"] == "7.81.0-1ubuntu1.14"
     assert results["build-1"]["baseline"] == "aws-debian-default"
     assert results["build-1"]["summary"]["complianceStatus"] == "COMPLIANT"
     db1 = {p["name"]: p["state"] for p in results["db-1"]["patches"]}
