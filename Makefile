@@ -11,7 +11,9 @@ help: ## list the targets
 
 # Debian packages the tests drive for real (apt/dpkg come with the system).
 SYSTEM_PACKAGES ?= git gnupg openssh-server openssh-client \
-	rpm dnf python3-dnf zypper createrepo-c libsolv-tools busybox-static
+	rpm dnf python3-dnf zypper createrepo-c libsolv-tools busybox-static \
+	chromium swift swift-proxy swift-account swift-container swift-object \
+	etcd-server golang-1.19-go rsync golang-github-modern-go-reflect2-dev dpkg-dev
 
 install: ## virtualenv + system and Python packages (idempotent)
 	@SYSTEM_PACKAGES="$(SYSTEM_PACKAGES)" scripts/bootstrap
