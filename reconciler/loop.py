@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -43,6 +43,7 @@ from reconciler.plan import (
     plan,
 )
 from reconciler.report.metrics import LoopMetrics
+from reconciler.report.occurrences import Kind, Observer, Occurrence
 from reconciler.sources.base import Source, SourceError
 from reconciler.state import JobRecord, ScanRecord, StateStore
 
@@ -83,18 +84,49 @@ class Reconciler:
         workers: int = 10,
         log: Any = None,
         pinned: Callable[[str], Source] | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         """``pinned(revision)`` is a source reading exactly that earlier revision (a Git commit):
-        after a restart, it brings back the last good revision when the current one is refused."""
+        after a restart, it brings back the last good revision when the current one is refused.
+        ``observers`` receive every Occurrence (audit log, events, metrics)."""
         self.source, self.store, self.transport_for = source, store, transport_for
         self.pinned = pinned
         self.settings, self.clock, self.workers = settings, clock, workers
         self.log = log or structlog.get_logger("patchwarden")
         self.snapshot: Snapshot | None = None
         self.revision: str | None = None
+        self.author = ""
+        self.observers = list(observers)
+        self._last_refused: str | None = None
         self.stopping = threading.Event()
         self.on_job_done: Callable[[JobRecord], None] | None = None
         self.submitted: dict[str, Action] = {}
+
+    def emit(
+        self,
+        kind: Kind,
+        *,
+        instance: str | None = None,
+        job: str | None = None,
+        revision: str | None = None,
+        author: str | None = None,
+        **detail: Any,
+    ) -> None:
+        """Tell every observer what happened; an observer's failure is logged, never raised."""
+        occurrence = Occurrence(
+            kind=kind,
+            time=self.clock(),
+            revision=revision if revision is not None else self.revision,
+            author=author if author is not None else self.author,
+            instance=instance,
+            job=job,
+            detail=detail,
+        )
+        for observer in self.observers:
+            try:
+                observer(occurrence)
+            except Exception:
+                self.log.exception("observer failed", observer=repr(observer), kind=str(kind))
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -105,10 +137,12 @@ class Reconciler:
         except SnapshotInvalid as exc:
             self._restore_last_good()
             # A source's RevisionInvalid names the refused revision as a Revision value.
+            refused = getattr(exc, "revision", None)
             self._refuse(
-                str(getattr(exc, "revision", None) or "unknown"),
+                str(refused or "unknown"),
                 [str(p) for p in exc.problems],
                 summary,
+                author=getattr(refused, "author", ""),
             )
             return
         except SourceError as exc:
@@ -122,7 +156,14 @@ class Reconciler:
             self.log.info(
                 "snapshot accepted", revision=str(revision), instances=len(snapshot.instances)
             )
-        self.revision, self.snapshot = str(revision), snapshot
+            self.emit(
+                Kind.SNAPSHOT_ACCEPTED,
+                revision=str(revision),
+                author=revision.author,
+                previous=self.revision,
+                instances=len(snapshot.instances),
+            )
+        self.revision, self.snapshot, self.author = str(revision), snapshot, revision.author
 
     def _restore_last_good(self) -> None:
         """A fresh process (``patchctl reconcile``, a restarted ``run``) has no good snapshot in
@@ -147,7 +188,23 @@ class Reconciler:
         self.revision, self.snapshot = good.revision, snapshot
         self.log.info("last good revision restored", revision=good.revision)
 
-    def _refuse(self, revision: str, problems: list[str], summary: PassSummary | None) -> None:
+    def _refuse(
+        self,
+        revision: str,
+        problems: list[str],
+        summary: PassSummary | None,
+        author: str = "",
+    ) -> None:
+        if revision != self._last_refused:
+            # A refused revision stays current until the next commit: tell people once.
+            self._last_refused = revision
+            self.emit(
+                Kind.SNAPSHOT_REFUSED,
+                revision=revision,
+                author=author,
+                keeping=self.revision,
+                problems=problems[:50],
+            )
         self.store.record_revision(
             revision=revision, accepted=False, problems=problems, now=self.clock()
         )
@@ -233,8 +290,19 @@ class Reconciler:
         """An opening's first job makes its execution IN_PROGRESS (a FAILED one stays FAILED)."""
         known = {e["opening"]: e["status"] for e in self.store.window_executions(window)}
         if opening not in known:
-            self.store.record_window_execution(
-                window=window, opening=opening, status="IN_PROGRESS", now=self.clock()
+            self._window_execution(window, opening, "IN_PROGRESS", None)
+
+    def _window_execution(self, window: str, opening: str, status: str, before: str | None) -> None:
+        self.store.record_window_execution(
+            window=window, opening=opening, status=status, now=self.clock()
+        )
+        if status != before:
+            self.emit(
+                Kind.WINDOW_EXECUTION_CHANGED,
+                window=window,
+                opening=opening,
+                status=status,
+                previous=before,
             )
 
     def close_window_executions(self) -> None:
@@ -249,11 +317,8 @@ class Reconciler:
                 continue
             start = datetime.fromisoformat(execution["opening"].replace("Z", "+00:00"))
             if start + timedelta(hours=window.spec.duration) <= now:
-                self.store.record_window_execution(
-                    window=execution["window"],
-                    opening=execution["opening"],
-                    status="SUCCESS",
-                    now=now,
+                self._window_execution(
+                    execution["window"], execution["opening"], "SUCCESS", "IN_PROGRESS"
                 )
 
     def execute(self, action: Action) -> JobRecord | None:
@@ -280,6 +345,17 @@ class Reconciler:
             instance=action.instance, revision=self.revision, job=job.id, operation=action.operation
         )
         log.info("job started", reason=action.reason, window=action.window, pins=len(action.pins))
+        self.emit(
+            Kind.JOB_DISPATCHED,
+            instance=action.instance,
+            job=job.id,
+            operation=action.operation,
+            reason=action.reason,
+            window=action.window,
+            task=action.task,
+            opening=action.opening,
+            pins=list(action.pins),
+        )
         try:
             transport = self.transport_for(instance)
             if action.operation == INSTALL:
@@ -293,10 +369,23 @@ class Reconciler:
             status, result = "failed", {"error": {"code": type(exc).__name__, "message": str(exc)}}
         finished = self.store.finish_job(job.id, status=status, result=result, now=self.clock())
         if action.window and action.opening and status == "failed":
-            self.store.record_window_execution(
-                window=action.window, opening=action.opening, status="FAILED", now=self.clock()
+            known = {e["opening"]: e["status"] for e in self.store.window_executions(action.window)}
+            self._window_execution(
+                action.window, action.opening, "FAILED", known.get(action.opening)
             )
         log.info("job finished", status=status, error=result.get("error"))
+        self.emit(
+            Kind.JOB_FINISHED,
+            instance=action.instance,
+            job=job.id,
+            operation=action.operation,
+            status=status,
+            window=action.window,
+            error=result.get("error"),
+            seconds=(finished.finished_at - finished.created_at).total_seconds()
+            if finished.finished_at
+            else None,
+        )
         if self.on_job_done is not None:
             self.on_job_done(finished)
         return finished
@@ -333,6 +422,7 @@ class Reconciler:
         }
         inventory = after_install(rescanned, outcome, arch)
         evaluation = self._record(instance, inventory, job, started, Operation.INSTALL)
+        self._report_install(instance.metadata.name, job.id, outcome)
         status = "failed" if install_failed(outcome) else "succeeded"
         return status, {
             "install": {
@@ -341,6 +431,19 @@ class Reconciler:
             },
             "summary": evaluation.summary.to_dict(),
         }
+
+    def _report_install(self, instance: str, job: str, outcome: dict[str, Any]) -> None:
+        if outcome.get("changed"):
+            self.emit(
+                Kind.PATCHES_INSTALLED,
+                instance=instance,
+                job=job,
+                patches=outcome.get("patches") or [],
+                dependencies=outcome.get("dependencies") or [],
+            )
+        reboot = outcome.get("reboot") or {}
+        if reboot.get("required"):
+            self.emit(Kind.REBOOT, instance=instance, job=job, **reboot)
 
     def _record(
         self,
@@ -362,6 +465,7 @@ class Reconciler:
         result = evaluate(resolution.baseline, inventory, now, patch_group=group)
         evaluation = result.to_dict()
         evaluation["pins"] = list(pins_for(result, inventory.facts.arch))
+        previous = self.store.latest_scan(instance.metadata.name)
         self.store.record_scan(
             instance=instance.metadata.name,
             operation=str(operation),
@@ -374,6 +478,22 @@ class Reconciler:
             inventory=inventory.model_dump(mode="json", by_alias=True),
             evaluation=evaluation,
         )
+        before = (
+            previous.evaluation.get("summary", {}).get("complianceStatus") if previous else None
+        )
+        summary = evaluation["summary"]
+        if summary.get("complianceStatus") != before:
+            self.emit(
+                Kind.COMPLIANCE_CHANGED,
+                instance=instance.metadata.name,
+                job=job.id,
+                status=summary.get("complianceStatus"),
+                previous=before,
+                group=group,
+                baseline=resolution.baseline.metadata.name,
+                operation=str(operation),
+                summary=summary,
+            )
         return result
 
 

@@ -9,7 +9,7 @@ here; what is valid is decided by :mod:`reconciler.api` (and, for schedules,
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Any, Protocol
@@ -38,6 +38,8 @@ class Revision:
     source: str
     ref: str
     sha: str
+    author: str = field(default="", compare=False)
+    """Who made the revision (a Git commit's author as ``Name <email>``); empty when unknown."""
 
     def __str__(self) -> str:
         algorithm = _ALGORITHMS.get(len(self.sha))

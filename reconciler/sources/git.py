@@ -74,7 +74,12 @@ class GitSource:
         with self._open() as repo:
             self._git(repo, "fetch", "--prune", "origin", *_REFSPECS)
             commit = self._resolve(repo)
-            revision = Revision(self.public_url, self.ref, commit.hexsha)
+            revision = Revision(
+                self.public_url,
+                self.ref,
+                commit.hexsha,
+                author=f"{commit.author.name} <{commit.author.email}>",
+            )
             if self.verify is not None:
                 check_signature(repo, commit, self.verify, revision, self.timeout)
             return revision, files_at(commit)

@@ -1,0 +1,83 @@
+"""Stage: report. What happened, as one stream: the loop emits an ``Occurrence`` for every action it
+takes and every state change it records; the audit log, events, metrics and Kubernetes Events
+subscribe to that stream instead of each poking into the loop.
+
+Values only: this module decides nothing and does no I/O. Sinks live beside it in ``report/``.
+Every occurrence carries its provenance (the revision that was in force and who made it), so an
+audit line or an event can always say which commit caused it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Kind(StrEnum):
+    """What happened. ``transition`` below says which of these are state changes."""
+
+    SNAPSHOT_ACCEPTED = "snapshot.accepted"
+    """A new revision was validated and is now in force (once per revision)."""
+    SNAPSHOT_REFUSED = "snapshot.refused"
+    """A revision was refused whole; the last good one stays in force (once per revision)."""
+    JOB_DISPATCHED = "job.dispatched"
+    """A scan or install was claimed and sent to a machine."""
+    JOB_FINISHED = "job.finished"
+    """A job ended; ``detail.status`` is ``succeeded`` or ``failed``."""
+    PATCHES_INSTALLED = "patches.installed"
+    """An install changed the machine; ``detail.patches`` lists what was installed."""
+    REBOOT = "reboot"
+    """An install needed a reboot; ``detail.performed`` says whether it happened."""
+    COMPLIANCE_CHANGED = "compliance.changed"
+    """An instance's compliance status differs from its previous scan (or it had none)."""
+    WINDOW_EXECUTION_CHANGED = "window.execution"
+    """A window opening's execution started (IN_PROGRESS) or ended (SUCCESS, FAILED)."""
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """One thing that happened, with its provenance."""
+
+    kind: Kind
+    time: datetime
+    revision: str | None
+    """The revision in force (for refusals: the refused revision)."""
+    author: str = ""
+    """Who made ``revision`` (a Git commit's author), empty when the source does not say."""
+    instance: str | None = None
+    job: str | None = None
+    """The job's id in the state store."""
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    """Kind-specific facts, JSON-ready (see ``Kind``)."""
+
+    @property
+    def transition(self) -> bool:
+        """State changes worth telling people about (events): compliance and window execution
+        changes, failed jobs, refused snapshots. Everything is audited; only these are events."""
+        if self.kind is Kind.JOB_FINISHED:
+            return self.detail.get("status") == "failed"
+        return self.kind in _TRANSITIONS
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the audit log's line and the payload events carry."""
+        return {
+            "time": self.time.isoformat().replace("+00:00", "Z"),
+            "kind": str(self.kind),
+            "revision": self.revision,
+            "author": self.author,
+            "instance": self.instance,
+            "job": self.job,
+            "detail": dict(self.detail),
+        }
+
+
+_TRANSITIONS = frozenset(
+    {Kind.SNAPSHOT_REFUSED, Kind.COMPLIANCE_CHANGED, Kind.WINDOW_EXECUTION_CHANGED}
+)
+
+Observer = Callable[[Occurrence], None]
+"""A subscriber. It must return quickly (queue slow work) and should not raise; the loop logs and
+ignores an observer's exception, because reporting must never stop patching."""
