@@ -25,7 +25,7 @@ import structlog
 
 from reconciler.api.enums import OperatingSystem, Operation
 from reconciler.api.inventory import Inventory
-from reconciler.api.resources import ManagedInstance
+from reconciler.api.resources import ComplianceReport, ManagedInstance
 from reconciler.api.snapshot import Snapshot, SnapshotInvalid
 from reconciler.dispatch import AgentFailed
 from reconciler.dispatch.base import Transport
@@ -42,8 +42,11 @@ from reconciler.plan import (
     baseline_digest,
     plan,
 )
+from reconciler.report import export
 from reconciler.report.metrics import LoopMetrics
 from reconciler.report.occurrences import Kind, Observer, Occurrence
+from reconciler.report.publish import PublishError, publish
+from reconciler.report.scheduled import report_files, reports_due, scope_instances
 from reconciler.sources.base import Source, SourceError
 from reconciler.state import JobRecord, ScanRecord, StateStore
 
@@ -101,6 +104,8 @@ class Reconciler:
         self.stopping = threading.Event()
         self.on_job_done: Callable[[JobRecord], None] | None = None
         self.submitted: dict[str, Action] = {}
+        self.s3_endpoint_url: str | None = None
+        """Where scheduled reports to s3:// go when not the configured endpoint."""
 
     def emit(
         self,
@@ -147,9 +152,15 @@ class Reconciler:
             return
         except SourceError as exc:
             self._restore_last_good()
-            self._refuse(str(getattr(exc, "revision", "") or "unreachable"), [str(exc)], summary)
+            refused = getattr(exc, "revision", None)
+            self._refuse(
+                str(refused or "unreachable"),
+                [str(exc)],
+                summary,
+                author=getattr(refused, "author", ""),
+            )
             return
-        if str(revision) != self.revision:
+        if str(revision) != self.revision and not self._already_accepted(str(revision)):
             self.store.record_revision(
                 revision=str(revision), accepted=True, problems=[], now=self.clock()
             )
@@ -164,6 +175,12 @@ class Reconciler:
                 instances=len(snapshot.instances),
             )
         self.revision, self.snapshot, self.author = str(revision), snapshot, revision.author
+        self._last_refused = None  # a refusal seen again after a good revision is news again
+
+    def _already_accepted(self, revision: str) -> bool:
+        """A restarted process meets the revision its predecessor accepted: not news."""
+        newest = self.store.revisions(limit=1)
+        return bool(newest) and newest[0].revision == revision and newest[0].accepted
 
     def _restore_last_good(self) -> None:
         """A fresh process (``patchctl reconcile``, a restarted ``run``) has no good snapshot in
@@ -284,7 +301,54 @@ class Reconciler:
                         summary.count(action.operation, job.status)
                 if not until_idle and not running:
                     break
+        if not self.stopping.is_set():
+            # After dispatch, so that a report shows this pass's results.
+            self.export_reports()
         return summary
+
+    def export_reports(self) -> None:
+        """Scheduled ComplianceReports: export each one due now (an opening of its schedule not
+        exported yet, see ``report.scheduled``) and record the attempt. A failure is logged and
+        recorded, and retried on the next pass; it never stops the loop."""
+        if self.snapshot is None or not self.snapshot.reports:
+            return
+        now = self.clock()
+        for due in reports_due(self.snapshot.reports, self.store.last_exported_openings(), now):
+            self._export_report(due.report, due.opening, now)
+
+    def _export_report(self, report: ComplianceReport, opening: str, now: datetime) -> None:
+        assert self.snapshot is not None
+        name, spec = report.metadata.name, report.spec
+        locations: list[str] = []
+        error: str | None = None
+        try:
+            data = export.read_input(self.store, spec.format)
+            scope = scope_instances(self.snapshot, spec.scope)
+            files = export.build_report(data, spec.format, now=now, instances=scope)
+            locations = publish(
+                report_files(name, files), spec.destination, endpoint_url=self.s3_endpoint_url
+            )
+        except (PublishError, export.ReportError) as exc:
+            error = str(exc)
+        except Exception as exc:  # a report must never stop patching
+            self.log.exception("report export crashed", report=name)
+            error = f"{type(exc).__name__}: {exc}"
+        self.store.record_report_run(
+            report=name,
+            opening=opening,
+            destination=spec.destination,
+            format=spec.format,
+            revision=self.revision,
+            status="FAILED" if error else "SUCCESS",
+            locations=locations,
+            error=error,
+            started_at=now,
+            finished_at=self.clock(),
+        )
+        if error:
+            self.log.warning("report export failed", report=name, opening=opening, error=error)
+        else:
+            self.log.info("report exported", report=name, opening=opening, locations=locations)
 
     def _window_started(self, window: str, opening: str) -> None:
         """An opening's first job makes its execution IN_PROGRESS (a FAILED one stays FAILED)."""
@@ -405,8 +469,11 @@ class Reconciler:
         job: JobRecord,
         started: datetime,
     ) -> tuple[str, dict[str, Any]]:
+        # Machines of their own may reboot; this host (local) never reboots under the loop. A
+        # node's transport drains it first and waits for it to come back.
         allow_reboot = (
-            instance.spec.connection.type == "ssh" and action.reboot_option == "RebootIfNeeded"
+            instance.spec.connection.type in ("ssh", "kubernetes")
+            and action.reboot_option == "RebootIfNeeded"
         )
         outcome = transport.install(
             list(action.pins),
@@ -563,7 +630,11 @@ def serve(
     jobs finish, nothing new starts."""
     import signal
 
-    metrics = metrics or LoopMetrics()
+    metrics = metrics or LoopMetrics(reconciler.store)
+    metrics.store = metrics.store or reconciler.store
+    if metrics not in reconciler.observers:
+        # Jobs, refusals, installs and reboots are counted from the occurrence stream.
+        reconciler.observers.append(metrics)
     wake = threading.Event()
     last_pass: list[float] = [0.0]
 
@@ -573,7 +644,7 @@ def serve(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
-    reconciler.on_job_done = lambda job: _count_job(metrics, job)
+    metrics.refresh()  # what a previous run recorded, before the first pass ends
     server = _http(host, port, metrics, lambda: _healthy(last_pass[0], interval))
     unwatch = _watch(reconciler.source, wake)
     if ready is not None:
@@ -585,11 +656,7 @@ def serve(
             summary = reconciler.reconcile(until_idle=True)
             metrics.passes.inc()
             metrics.reconcile_seconds.observe(time.monotonic() - started)
-            for _ in summary.refused:
-                metrics.refusals.inc()
-            metrics.observe_scans(
-                {k: v.evaluation for k, v in reconciler.store.latest_scans().items()}
-            )
+            metrics.refresh()
             if summary.revision is not None:
                 metrics.last_success.set_to_current_time()
                 last_pass[0] = time.time()
@@ -600,14 +667,6 @@ def serve(
         server.shutdown()
         server.server_close()
         reconciler.log.info("stopped")
-
-
-def _count_job(metrics: LoopMetrics, job: JobRecord) -> None:
-    metrics.jobs.labels(operation=job.operation, status=job.status).inc()
-    if job.finished_at is not None:
-        metrics.job_seconds.labels(operation=job.operation).observe(
-            (job.finished_at - job.created_at).total_seconds()
-        )
 
 
 def _healthy(last: float, interval: float) -> bool:

@@ -1,63 +1,205 @@
 """Stage: report. Prometheus metrics of the reconcile loop, on their own registry.
 
-Counters and gauges are updated by the loop's callbacks; ``/metrics`` serves them. Reads results;
-decides nothing.
+``LoopMetrics`` is an observer of the loop's occurrence stream (jobs, refusals, installs,
+reboots) and reads the observed-state store for the fleet's compliance (instances by status and
+patch group, missing patches by severity); ``serve()`` adds pass durations and the last
+successful reconcile, and serves ``/metrics``. Reads results; decides nothing. Names follow
+Prometheus' conventions: units in the name, ``_total`` added by the client to counters.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import Counter as Tally
 from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from reconciler.report.csvreport import LEVELS
+from reconciler.report.occurrences import Kind, Occurrence
+from reconciler.state import ScanRecord, StateStore
+
+STATUSES = ("COMPLIANT", "NON_COMPLIANT")
+OUTSTANDING = frozenset({"MISSING", "FAILED"})
+"""Patch states that still need an install: what ``patchwarden_missing_patches`` counts."""
+
 
 class LoopMetrics:
-    """The loop's metrics; one instance per process (tests make their own)."""
+    """The loop's metrics; one instance per process (tests make their own).
 
-    def __init__(self) -> None:
+    Call it with every occurrence (it is an ``Observer``). With a ``store``, each finished job
+    re-reads that instance's latest scan, so the compliance gauges follow a rollout job by job
+    instead of pass by pass; ``observe_scans`` refreshes the whole fleet (serve() does it after
+    each pass)."""
+
+    def __init__(self, store: StateStore | None = None) -> None:
+        self.store = store
         self.registry = CollectorRegistry()
-        self.passes = Counter(
-            "patchwarden_reconcile_passes", "Reconcile passes run.", registry=self.registry
+        self._lock = threading.Lock()
+        self._fleet: dict[str, tuple[str, str, Tally[str]]] = {}
+        """instance -> (compliance status, patch group, outstanding patches by level)."""
+        self._series: set[tuple[str, str]] = set()
+        r = self.registry
+        self.passes = Counter("patchwarden_reconcile_passes", "Reconcile passes run.", registry=r)
+        self.jobs_started = Counter(
+            "patchwarden_jobs_started", "Jobs dispatched to machines.", ["operation"], registry=r
         )
         self.jobs = Counter(
-            "patchwarden_jobs", "Jobs finished.", ["operation", "status"], registry=self.registry
+            "patchwarden_jobs",
+            "Jobs finished, by operation (Scan, Install) and status (succeeded, failed).",
+            ["operation", "status"],
+            registry=r,
         )
         self.job_seconds = Histogram(
             "patchwarden_job_duration_seconds",
-            "Job durations.",
+            "Job durations, from claim to result.",
             ["operation"],
-            registry=self.registry,
+            registry=r,
             buckets=(1, 5, 15, 60, 300, 900, 3600),
         )
         self.reconcile_seconds = Histogram(
             "patchwarden_reconcile_duration_seconds",
             "Reconcile pass durations.",
-            registry=self.registry,
+            registry=r,
             buckets=(0.1, 1, 5, 30, 120, 600, 3600),
         )
         self.last_success = Gauge(
             "patchwarden_last_successful_reconcile_timestamp_seconds",
-            "When the last reconcile pass completed.",
-            registry=self.registry,
+            "When the last reconcile pass with a valid snapshot completed (Unix time).",
+            registry=r,
+        )
+        self.accepted = Counter(
+            "patchwarden_snapshots_accepted", "Revisions accepted and put in force.", registry=r
         )
         self.refusals = Counter(
-            "patchwarden_snapshot_refusals", "Snapshots refused.", registry=self.registry
+            "patchwarden_snapshot_refusals",
+            "Revisions refused whole (invalid or unsigned); each refused revision counts once.",
+            registry=r,
+        )
+        self.patches_installed = Counter(
+            "patchwarden_patches_installed",
+            "Patches installed by install jobs (pins whose result is INSTALLED; dependencies "
+            "pulled in are not counted).",
+            registry=r,
+        )
+        self.reboots = Counter(
+            "patchwarden_reboots",
+            "Installs that needed a reboot, by whether the reboot was performed.",
+            ["performed"],
+            registry=r,
         )
         self.instances = Gauge(
             "patchwarden_instances",
-            "Instances by compliance status.",
-            ["status"],
-            registry=self.registry,
+            "Instances by compliance status and patch group (latest scan; group empty if none).",
+            ["status", "group"],
+            registry=r,
         )
+        self.missing = Gauge(
+            "patchwarden_missing_patches",
+            "Approved patches missing or failed on the fleet (latest scans), by compliance "
+            "severity (the approving rule's compliance level).",
+            ["severity"],
+            registry=r,
+        )
+        self.event_deliveries = Counter(
+            "patchwarden_event_deliveries",
+            "Events handed to a sink (eventbridge, webhook), by result (delivered, failed, "
+            "dropped).",
+            ["sink", "result"],
+            registry=r,
+        )
+        for level in LEVELS:
+            self.missing.labels(severity=level).set(0)
+
+    # -- the occurrence stream ----------------------------------------------------------------
+
+    def __call__(self, occurrence: Occurrence) -> None:
+        detail = occurrence.detail
+        if occurrence.kind is Kind.SNAPSHOT_ACCEPTED:
+            self.accepted.inc()
+        elif occurrence.kind is Kind.SNAPSHOT_REFUSED:
+            # The loop emits a refusal once per refused revision, not once per pass.
+            self.refusals.inc()
+        elif occurrence.kind is Kind.JOB_DISPATCHED:
+            self.jobs_started.labels(operation=str(detail.get("operation"))).inc()
+        elif occurrence.kind is Kind.JOB_FINISHED:
+            operation = str(detail.get("operation"))
+            self.jobs.labels(operation=operation, status=str(detail.get("status"))).inc()
+            seconds = detail.get("seconds")
+            if isinstance(seconds, int | float):
+                self.job_seconds.labels(operation=operation).observe(seconds)
+            if self.store is not None and occurrence.instance is not None:
+                self._refresh_instance(occurrence.instance)
+        elif occurrence.kind is Kind.PATCHES_INSTALLED:
+            installed = [p for p in detail.get("patches") or () if _installed(p)]
+            self.patches_installed.inc(len(installed))
+        elif occurrence.kind is Kind.REBOOT:
+            performed = "true" if detail.get("performed") else "false"
+            self.reboots.labels(performed=performed).inc()
+
+    def event_delivery(self, sink: str, result: str) -> None:
+        """The hook event sinks call for each event: ``result`` is delivered, failed (gave up
+        after retries) or dropped (the bounded queue was full)."""
+        self.event_deliveries.labels(sink=sink, result=result).inc()
+
+    # -- the fleet, from the store ------------------------------------------------------------
 
     def observe_scans(self, evaluations: Mapping[str, Mapping[str, Any]]) -> None:
-        counts: dict[str, int] = {"COMPLIANT": 0, "NON_COMPLIANT": 0}
-        for evaluation in evaluations.values():
-            status = str(evaluation.get("summary", {}).get("complianceStatus", "UNKNOWN"))
-            counts[status] = counts.get(status, 0) + 1
-        for status, count in counts.items():
-            self.instances.labels(status=status).set(count)
+        """The whole fleet from the latest evaluation of each instance (the store's
+        ``latest_scans()``, evaluations only)."""
+        fleet = {name: _standing(evaluation) for name, evaluation in evaluations.items()}
+        with self._lock:
+            self._fleet = fleet
+            self._publish()
+
+    def refresh(self) -> None:
+        """Re-read the whole fleet from the store."""
+        if self.store is not None:
+            self.observe_scans({k: v.evaluation for k, v in self.store.latest_scans().items()})
+
+    def _refresh_instance(self, instance: str) -> None:
+        assert self.store is not None
+        record: ScanRecord | None = self.store.latest_scan(instance)
+        if record is None:
+            return
+        with self._lock:
+            self._fleet[instance] = _standing(record.evaluation)
+            self._publish()
+
+    def _publish(self) -> None:
+        """Set every gauge from ``_fleet``; a series that no longer has instances goes to 0
+        rather than keeping its last value (held: ``_lock``)."""
+        instances: Tally[tuple[str, str]] = Tally()
+        missing: Tally[str] = Tally()
+        for status, group, outstanding in self._fleet.values():
+            instances[(status, group)] += 1
+            missing.update(outstanding)
+        groups = {group for _, group in instances} | {group for _, group in self._series}
+        series = {(status, group) for status in STATUSES for group in groups} | set(instances)
+        for status, group in sorted(series):
+            self.instances.labels(status=status, group=group).set(instances[(status, group)])
+        self._series = series
+        for level in {*LEVELS, *missing}:
+            self.missing.labels(severity=level).set(missing[level])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _standing(evaluation: Mapping[str, Any]) -> tuple[str, str, Tally[str]]:
+    summary = evaluation.get("summary") or {}
+    outstanding: Tally[str] = Tally(
+        str(patch.get("complianceLevel") or "UNSPECIFIED")
+        for patch in evaluation.get("patches") or ()
+        if patch.get("state") in OUTSTANDING
+    )
+    return (
+        str(summary.get("complianceStatus") or "UNKNOWN"),
+        str(evaluation.get("patchGroup") or ""),
+        outstanding,
+    )
+
+
+def _installed(patch: Any) -> bool:
+    return isinstance(patch, Mapping) and patch.get("result") == "INSTALLED"

@@ -1,0 +1,57 @@
+"""Stage: report. Events to a webhook as CloudEvents 1.0 over HTTP, structured mode (one
+``application/cloudevents+json`` POST per event), with httpx. A 2xx answer is delivered; 408, 425,
+429, 5xx and transport errors (refused, timed out) are retried with backoff; any other answer is
+final (the receiver said no). Decides nothing about what an event says (that is ``shapes``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from reconciler.report.events.delivery import Failure, Sink
+from reconciler.report.events.shapes import SOURCE, Event, structured
+
+RETRYABLE_STATUS = frozenset({408, 425, 429})
+
+
+class WebhookSink(Sink):
+    """An Observer POSTing transitions to ``url``; ``headers`` (e.g. ``Authorization``) are sent
+    with every request; ``timeout`` bounds each attempt."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+        source: str = SOURCE,
+        **options: Any,
+    ) -> None:
+        self.url, self.source = url, source
+        self.client = httpx.Client(
+            headers=dict(headers or {}), timeout=timeout, follow_redirects=False
+        )
+        super().__init__(f"webhook:{_redacted(url)}", **options)
+
+    def deliver(self, batch: Sequence[Event]) -> Sequence[Failure]:
+        failures = []
+        for event in batch:
+            message = structured(event, source=self.source)
+            response = self.client.post(self.url, content=message.body, headers=message.headers)
+            if not response.is_success:
+                status = response.status_code
+                retryable = status in RETRYABLE_STATUS or status >= 500
+                failures.append(Failure(event, f"HTTP {status}", retryable=retryable))
+        return failures
+
+    def _close(self) -> None:
+        self.client.close()
+
+
+def _redacted(url: str) -> str:
+    """The URL without credentials or query (tokens live there sometimes): for logs and names."""
+    parsed = httpx.URL(url)
+    return str(parsed.copy_with(username=None, password=None, query=None, fragment=None))
