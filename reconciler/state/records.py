@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 JOB_STATUSES = ("running", "succeeded", "failed", "abandoned")
 FINISHED_STATUSES = ("succeeded", "failed", "abandoned")
 WINDOW_STATUSES = ("PENDING", "IN_PROGRESS", "SUCCESS", "FAILED", "TIMED_OUT", "CANCELLED")
+REPORT_RUN_STATUSES = ("SUCCESS", "FAILED")
 
 
 class StateError(Exception):
@@ -208,3 +209,45 @@ class InstanceRecord:
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> InstanceRecord:
         return cls(row[0], from_json(row[1]), from_text(row[2]), from_text(row[3]), row[4])
+
+
+@dataclass(frozen=True)
+class ReportRunRecord:
+    """One attempt to export a scheduled ComplianceReport for one opening of its schedule."""
+
+    id: int
+    report: str
+    opening: str
+    """The opening's id: its start in UTC, ``2026-11-28T06:00:00Z``."""
+    destination: str
+    format: str
+    revision: str | None
+    """The revision in force when the report was built."""
+    status: str
+    """SUCCESS or FAILED."""
+    locations: tuple[str, ...]
+    """Where the files were written (paths or s3:// URLs); empty when the run failed."""
+    error: str | None
+    started_at: datetime
+    finished_at: datetime
+
+    COLUMNS: ClassVar[str] = (
+        "id, report, opening, destination, format, revision, status, locations, error,"
+        " started_at, finished_at"
+    )
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> ReportRunRecord:
+        return cls(
+            id=row[0],
+            report=row[1],
+            opening=row[2],
+            destination=row[3],
+            format=row[4],
+            revision=row[5],
+            status=row[6],
+            locations=tuple(from_json(row[7])),
+            error=row[8],
+            started_at=from_text(row[9]),
+            finished_at=from_text(row[10]),
+        )

@@ -252,7 +252,34 @@ def upsert_instance(
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_history, _v2_patches_and_instances)
+def _v3_report_runs(conn: sqlite3.Connection) -> None:
+    """Scheduled report exports: one row per attempt, append-only. At most one SUCCESS per
+    (report, opening): the loop exports each opening of a report's schedule once."""
+    _run(
+        conn,
+        [
+            """CREATE TABLE report_runs (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                report TEXT NOT NULL,
+                opening TEXT NOT NULL,
+                destination TEXT NOT NULL,
+                format TEXT NOT NULL,
+                revision TEXT,
+                status TEXT NOT NULL CHECK (status IN ('SUCCESS', 'FAILED')),
+                locations TEXT NOT NULL,
+                error TEXT,
+                started_at TEXT NOT NULL,
+                finished_at TEXT NOT NULL
+            )""",
+            "CREATE INDEX report_runs_by_report ON report_runs (report, finished_at DESC, id DESC)",
+            """CREATE UNIQUE INDEX report_runs_one_success ON report_runs (report, opening)
+                WHERE status = 'SUCCESS'""",
+            *_append_only("report_runs"),
+        ],
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_history, _v2_patches_and_instances, _v3_report_runs)
 LATEST = len(MIGRATIONS)
 
 

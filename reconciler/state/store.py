@@ -33,11 +33,13 @@ from reconciler.api.enums import Operation
 from reconciler.state.records import (
     FINISHED_STATUSES,
     JOB_STATUSES,
+    REPORT_RUN_STATUSES,
     WINDOW_STATUSES,
     InstanceRecord,
     JobNotRunning,
     JobRecord,
     PatchStateRecord,
+    ReportRunRecord,
     RevisionRecord,
     ScanRecord,
     StateError,
@@ -396,6 +398,72 @@ class StateStore:
                 (limit,),
             ).fetchall()
         return [RevisionRecord.from_row(row) for row in rows]
+
+    # Scheduled report exports: append-only history.
+
+    def record_report_run(
+        self,
+        *,
+        report: str,
+        opening: str,
+        destination: str,
+        format: str,
+        revision: str | None,
+        status: str,
+        locations: list[str],
+        error: str | None,
+        started_at: datetime,
+        finished_at: datetime,
+    ) -> ReportRunRecord | None:
+        """Append one export attempt; returns None when nothing was appended.
+
+        A second SUCCESS for the same (report, opening) is not appended (another process
+        exported that opening already), and neither is a failure that repeats the report's
+        newest row exactly (same opening, destination and error): the loop retries every pass,
+        and copies of one failure would bury the history, as with revisions.
+        """
+        if status not in REPORT_RUN_STATUSES:
+            raise ValueError(f"status {status!r}: one of {REPORT_RUN_STATUSES}")
+        entry = (report, opening, destination, format, revision, status, to_json(list(locations)))
+        times = (to_text(started_at), to_text(finished_at))
+        with self._write() as conn:
+            newest = conn.execute(
+                "SELECT opening, destination, status, error FROM report_runs WHERE report = ?"
+                " ORDER BY finished_at DESC, id DESC LIMIT 1",
+                (report,),
+            ).fetchone()
+            if status == "FAILED" and newest == (opening, destination, status, error):
+                return None
+            cursor = conn.execute(
+                "INSERT INTO report_runs (report, opening, destination, format, revision,"
+                " status, locations, error, started_at, finished_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (*entry, error, *times),
+            )
+            row_id = cursor.lastrowid if cursor.rowcount == 1 else None
+        if row_id is None:
+            return None
+        return ReportRunRecord.from_row((row_id, *entry, error, *times))
+
+    def report_runs(self, report: str | None = None, limit: int = 100) -> list[ReportRunRecord]:
+        """Export attempts (of one report, or all), newest first."""
+        where, params = ("WHERE report = ?", (report,)) if report is not None else ("", ())
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {ReportRunRecord.COLUMNS} FROM report_runs {where}"
+                " ORDER BY finished_at DESC, id DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        return [ReportRunRecord.from_row(row) for row in rows]
+
+    def last_exported_openings(self) -> dict[str, str]:
+        """Per report, the latest opening exported successfully."""
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT report, max(opening) FROM report_runs WHERE status = 'SUCCESS'"
+                " GROUP BY report"
+            ).fetchall()
+        return {report: opening for report, opening in rows}
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -1,0 +1,136 @@
+"""Stage: state. Observed state written where Kubernetes users look: the ``/status`` subresource of
+the custom resources, once per reconcile, only when it changed.
+
+:class:`StatusWriter` takes the status a pass computed for one object (the controller computes
+it) and writes it with a JSON merge patch guarded by the object's resourceVersion: fields it names
+are set (``None`` removes one), fields others own are left alone. A condition keeps its
+``lastTransitionTime`` unless its status flips (kstatus); nothing is sent when every field already
+holds the value, so an idle controller writes nothing. A conflict (409: the object changed since it
+was read) re-reads it and retries once; an object deleted meanwhile (404) is skipped.
+
+An I/O edge: the Kubernetes API only, decides nothing. May import ``reconciler.api`` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import structlog
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from reconciler.api.resources import GROUP, NAMES, VERSION
+
+log = structlog.get_logger("patchwarden")
+
+
+class Written(StrEnum):
+    """What became of one status update."""
+
+    WRITTEN = "written"
+    UNCHANGED = "unchanged"
+    GONE = "gone"
+    """The object was deleted meanwhile (404)."""
+    CONFLICT = "conflict"
+    """It changed again between the re-read and the retry; the next pass writes it."""
+
+
+def timestamp(moment: datetime) -> str:
+    """Kubernetes' metav1.Time: RFC 3339 in UTC, whole seconds."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_conditions(
+    old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]], now: datetime
+) -> list[dict[str, Any]]:
+    """``new`` conditions with ``lastTransitionTime`` set: the old one when the condition's status
+    did not change, ``now`` when it did (or the condition is new)."""
+    before = {c.get("type"): c for c in old}
+    merged = []
+    for condition in new:
+        previous = before.get(condition["type"])
+        same = previous is not None and previous.get("status") == condition["status"]
+        since = previous.get("lastTransitionTime") if same and previous else None
+        merged.append({**condition, "lastTransitionTime": since or timestamp(now)})
+    return merged
+
+
+def desired(current: Mapping[str, Any], wanted: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """``wanted`` as it will be written over ``current`` (conditions with their times)."""
+    result = dict(wanted)
+    if "conditions" in wanted:
+        result["conditions"] = merge_conditions(
+            current.get("conditions") or [], wanted["conditions"], now
+        )
+    return result
+
+
+def unchanged(current: Mapping[str, Any], update: Mapping[str, Any]) -> bool:
+    """Whether writing ``update`` would change nothing (an absent field equals ``None``)."""
+    return all(current.get(key) == value for key, value in update.items())
+
+
+class StatusWriter:
+    """Writes the status of the custom resources of one namespace."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.namespace = namespace
+        self.clock = clock
+
+    def write(
+        self,
+        kind: str,
+        name: str,
+        wanted: Mapping[str, Any],
+        *,
+        current: Mapping[str, Any],
+        resource_version: str,
+    ) -> Written:
+        """Write ``wanted`` into the status of ``kind/name``, read at ``resource_version`` with
+        status ``current``, unless it already says so."""
+        now = self.clock()
+        for attempt in range(2):
+            update = desired(current, wanted, now)
+            if unchanged(current, update):
+                return Written.UNCHANGED
+            try:
+                self._patch(kind, name, update, resource_version)
+                return Written.WRITTEN
+            except ApiException as exc:
+                if exc.status == 404:
+                    return Written.GONE
+                if exc.status != 409:
+                    raise
+                if attempt == 1:
+                    log.info("status conflict again; next pass writes it", kind=kind, name=name)
+                    return Written.CONFLICT
+            try:
+                # The object itself, not /status: reading it needs only the ``get`` the
+                # controller has anyway.
+                fresh: Any = self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, NAMES[kind][0], name
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return Written.GONE
+                raise
+            current = fresh.get("status") or {}
+            resource_version = fresh["metadata"]["resourceVersion"]
+        return Written.CONFLICT
+
+    def _patch(
+        self, kind: str, name: str, update: Mapping[str, Any], resource_version: str
+    ) -> None:
+        body = {"metadata": {"resourceVersion": resource_version}, "status": dict(update)}
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, self.namespace, NAMES[kind][0], name, body
+        )
