@@ -563,6 +563,35 @@ def test_a_webhook_gets_valid_cloud_events_and_a_503_is_retried(receiver: Receiv
     assert event.get_data()["compliance-status"] == "non_compliant"
 
 
+def test_delivery_counts_reach_metrics(receiver: Receiver, tmp_path: Path) -> None:
+    """What each sink delivered, gave up and dropped is on /metrics, under the sink's name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from reconciler.report.metrics import LoopMetrics
+
+    receiver.failures, receiver.failure_status = 1, 400
+    sink = WebhookSink(receiver.url, retry=FAST)
+    sink(noncompliant("web-1"))  # refused for good: failed
+    sink(noncompliant("web-2"))  # delivered
+    sink.close(10)
+    with StateStore(tmp_path / "state.db") as store:
+        metrics = LoopMetrics(store)
+        metrics.track_event_sinks([sink])
+        text = metrics.render().decode()
+    samples = {
+        (s.labels["sink"], s.labels["result"]): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "patchwarden_event_deliveries"
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
+    assert samples == {
+        (sink.name, "delivered"): 1.0,
+        (sink.name, "failed"): 1.0,
+        (sink.name, "dropped"): 0.0,
+    }
+
+
 def test_a_webhook_that_refuses_an_event_is_not_retried(receiver: Receiver) -> None:
     receiver.failures, receiver.failure_status = 1, 400
     warnings = Warnings()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.report.occurrences import Kind, Occurrence
+from reconciler.report.render import short_revision
 
 FILENAME = "audit.jsonl"
 """The default audit log's name, beside the state database."""
@@ -245,8 +246,4 @@ def _patch(patch: Any) -> str:
 
 
 def _short(revision: Any) -> str | None:
-    """main@sha1:0123456789ab: 12 hex digits are plenty for people."""
-    if not revision:
-        return None
-    head, sep, digest = str(revision).rpartition(":")
-    return f"{head}{sep}{digest[:12]}" if sep else str(revision)
+    return short_revision(str(revision)) if revision else None

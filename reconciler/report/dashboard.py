@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
-from reconciler.report.render import _short as short_revision
+from reconciler.report.render import short_revision
 
 LEVELS = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "INFORMATIONAL", "UNSPECIFIED")
 RED, GREEN, GREY, INK = "#c62828", "#2e7d32", "#9e9e9e", "#1d2330"

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import threading
 from collections import Counter as Tally
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from reconciler.report.csvreport import LEVELS
 from reconciler.report.occurrences import Kind, Occurrence
@@ -102,13 +104,8 @@ class LoopMetrics:
             ["severity"],
             registry=r,
         )
-        self.event_deliveries = Counter(
-            "patchwarden_event_deliveries",
-            "Events handed to a sink (eventbridge, webhook), by result (delivered, failed, "
-            "dropped).",
-            ["sink", "result"],
-            registry=r,
-        )
+        self._deliveries = _Deliveries()
+        r.register(self._deliveries)
         for level in LEVELS:
             self.missing.labels(severity=level).set(0)
 
@@ -138,10 +135,10 @@ class LoopMetrics:
             performed = "true" if detail.get("performed") else "false"
             self.reboots.labels(performed=performed).inc()
 
-    def event_delivery(self, sink: str, result: str) -> None:
-        """The hook event sinks call for each event: ``result`` is delivered, failed (gave up
-        after retries) or dropped (the bounded queue was full)."""
-        self.event_deliveries.labels(sink=sink, result=result).inc()
+    def track_event_sinks(self, sinks: Sequence[DeliveryCounts]) -> None:
+        """Export the event sinks' own counters (read at scrape time, so the sinks stay free of
+        metrics code)."""
+        self._deliveries.sinks = list(sinks)
 
     # -- the fleet, from the store ------------------------------------------------------------
 
@@ -203,3 +200,43 @@ def _standing(evaluation: Mapping[str, Any]) -> tuple[str, str, Tally[str]]:
 
 def _installed(patch: Any) -> bool:
     return isinstance(patch, Mapping) and patch.get("result") == "INSTALLED"
+
+
+class DeliveryCounts(Protocol):
+    """What an event sink counts (``reconciler.report.events.Sink``)."""
+
+    name: str
+    sent: int
+    failed: int
+    dropped: int
+
+    @property
+    def queued(self) -> int: ...
+
+
+class _Deliveries(Collector):
+    """``patchwarden_event_deliveries_total{sink,result}`` and the queue depth per sink."""
+
+    def __init__(self) -> None:
+        self.sinks: list[DeliveryCounts] = []
+
+    def collect(self) -> Iterator[Metric]:
+        total = CounterMetricFamily(
+            "patchwarden_event_deliveries",
+            "Events handed to a sink (eventbridge, webhook), by result: delivered, failed "
+            "(gave up after retries) or dropped (the bounded queue was full).",
+            labels=["sink", "result"],
+        )
+        queued = GaugeMetricFamily(
+            "patchwarden_event_queue_depth", "Events waiting in a sink's queue.", labels=["sink"]
+        )
+        for sink in self.sinks:
+            for result, value in (
+                ("delivered", sink.sent),
+                ("failed", sink.failed),
+                ("dropped", sink.dropped),
+            ):
+                total.add_metric([sink.name, result], value)
+            queued.add_metric([sink.name], sink.queued)
+        yield total
+        yield queued

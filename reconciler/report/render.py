@@ -349,7 +349,7 @@ def reconcile_summary(summary: Any, scans: Mapping[str, Any], fmt: str, out: IO[
             str(row["installedPendingRebootCount"]),
             str(row["installedCount"]),
             f"{row['operation']} {row['finishedAt']}",
-            _short(row["revision"]),
+            short_revision(row["revision"]),
         )
     console.print(table)
     waiting = [(i, r) for i, r in summary.waits if not r.startswith("compliant")]
@@ -359,7 +359,7 @@ def reconcile_summary(summary: Any, scans: Mapping[str, Any], fmt: str, out: IO[
         console.print("[green]Converged:[/] every instance is compliant.")
 
 
-def _short(revision: str) -> str:
+def short_revision(revision: str) -> str:
     """main@sha1:0123456789ab (12 hex digits are plenty for people)."""
     head, sep, digest = revision.rpartition(":")
     return f"{head}{sep}{digest[:12]}" if sep else revision
