@@ -9,14 +9,16 @@ traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import json
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -24,7 +26,7 @@ from reconciler import __version__
 from reconciler.api.crd import custom_resource_definitions
 from reconciler.api.enums import ComplianceStatus, RejectedPatchesAction
 from reconciler.api.inventory import Inventory
-from reconciler.api.resources import PatchBaseline
+from reconciler.api.resources import ManagedInstance, PatchBaseline
 from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot
 from reconciler.defaults import predefined_baselines
 from reconciler.dispatch import AgentFailed, LocalTransport, transport_for
@@ -38,7 +40,9 @@ from reconciler.evaluation import (
 )
 from reconciler.loop import Reconciler, configure_logging, serve
 from reconciler.plan import Settings
-from reconciler.report import compliance, csvreport, render
+from reconciler.report import audit, compliance, export, findings, render
+from reconciler.report.metrics import LoopMetrics
+from reconciler.report.publish import PublishError, publish
 from reconciler.schedule import describe, openings
 from reconciler.sources import (
     DirectorySource,
@@ -51,7 +55,9 @@ from reconciler.sources import (
 from reconciler.state import StateStore
 
 if TYPE_CHECKING:
+    from reconciler.dispatch.base import Transport
     from reconciler.dispatch.ssh import SshPool
+    from reconciler.report.events import Sink
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_NONCOMPLIANT = 0, 1, 2, 3
 
@@ -181,6 +187,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=10, help="jobs run at once, at most")
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
+    _audit_log_arg(p)
+    _events_args(p)
     p.set_defaults(handler=_reconcile)
 
     p = sub.add_parser(
@@ -192,7 +200,18 @@ def _parser() -> argparse.ArgumentParser:
         "--interval", type=float, default=60.0, help="seconds between passes / Git polls"
     )
     p.add_argument("--listen", default="127.0.0.1:9469", help="HOST:PORT for /healthz and /metrics")
+    _audit_log_arg(p)
+    _events_args(p)
     p.set_defaults(handler=_run)
+
+    p = sub.add_parser(
+        "controller",
+        help="the Kubernetes controller: the loop on a namespace's resources, status, leader lease",
+    )
+    _controller_args(p)
+    _audit_log_arg(p)
+    _events_args(p)
+    p.set_defaults(handler=_controller)
 
     p = sub.add_parser("windows", help="the next openings of each maintenance window, per target")
     p.add_argument("--source", required=True, help="a snapshot directory or Git URL")
@@ -219,14 +238,73 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_compliance)
 
     p = sub.add_parser(
-        "report", help="write compliance reports (CSV with SSM's columns) to a directory"
+        "report",
+        help="write a compliance report (CSV with SSM's columns, JSON, or an HTML dashboard)",
     )
-    p.add_argument("--to", type=Path, required=True, help="the directory to write into")
+    p.add_argument(
+        "--to",
+        required=True,
+        metavar="DIR|s3://BUCKET/PREFIX",
+        help="a directory, or an S3 bucket and prefix (credentials, region: the AWS ways)",
+    )
+    _s3_endpoint_arg(p)
+    p.add_argument(
+        "--format",
+        choices=export.FORMATS,
+        default="csv",
+        help="csv: SSM's report columns (default); json: for machines; html: a dashboard",
+    )
     p.add_argument("--instance", help="only this instance: its summary and detail")
+    p.add_argument("--group", help="only the instances of this patch group")
     p.add_argument(
         "--state", type=Path, help="the observed-state database (default: the user's state dir)"
     )
     p.set_defaults(handler=_report)
+
+    p = sub.add_parser("audit", help="what the loop did: the audit log, filtered")
+    p.add_argument(
+        "--since", type=_since, help="from this ISO-8601 time, or this long ago (30m, 12h, 7d)"
+    )
+    p.add_argument("--instance", help="only what concerns this instance")
+    p.add_argument(
+        "--kind",
+        choices=audit.kinds(),
+        metavar="KIND",
+        help="only this kind (job.dispatched) or family (job): " + ", ".join(audit.kinds()),
+    )
+    p.add_argument("--revision", help="only under this revision (or a commit's short sha)")
+    _audit_log_arg(p)
+    p.add_argument(
+        "--state", type=Path, help="the observed-state database (default: the user's state dir)"
+    )
+    p.add_argument("-o", "--output", choices=("table", "json", "jsonl", "yaml"), default=None)
+    p.set_defaults(handler=_audit)
+
+    p = sub.add_parser(
+        "findings",
+        help="non-compliant instances as AWS Security Finding Format (ASFF) findings",
+    )
+    p.add_argument(
+        "--account-id",
+        default=findings.DEFAULT_ACCOUNT,
+        help=f"the AWS account the findings belong to (default {findings.DEFAULT_ACCOUNT})",
+    )
+    p.add_argument(
+        "--region",
+        default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        help=f"default: $AWS_REGION, $AWS_DEFAULT_REGION, else {findings.DEFAULT_REGION}",
+    )
+    p.add_argument(
+        "--product-arn",
+        help="default: the account's custom-findings product, "
+        "arn:aws:securityhub:REGION:ACCOUNT:product/ACCOUNT/default",
+    )
+    p.add_argument("--to", type=Path, help="write the findings (a JSON list) to this file")
+    p.add_argument(
+        "--state", type=Path, help="the observed-state database (default: the user's state dir)"
+    )
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
+    p.set_defaults(handler=_findings)
 
     p = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the schema")
     p.add_argument("--out", type=Path, default=Path("crds"))
@@ -234,6 +312,30 @@ def _parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="fail when the files differ from the schema"
     )
     p.set_defaults(handler=_crds)
+
+    p = sub.add_parser(
+        "node-agent",
+        help="(inside a node Job) run the agent on the node's host and store its result in a "
+        "ConfigMap",
+    )
+    p.add_argument("--result-configmap", required=True, help="the ConfigMap to write")
+    p.add_argument("--namespace", required=True, help="the ConfigMap's namespace")
+    p.add_argument("--node", required=True, help="the node's name (recorded with the result)")
+    p.add_argument("--agent", type=Path, default=Path("/opt/patchwarden/agent.pyz"))
+    p.add_argument(
+        "--host-dir",
+        type=Path,
+        default=Path("/var/lib/patchwarden"),
+        help="host directory mounted at the same path, where the agent is put for the host",
+    )
+    p.add_argument(
+        "--no-nsenter",
+        action="store_true",
+        help="run the agent in this container instead of in the host's namespaces",
+    )
+    p.add_argument("--kubeconfig", help="default: the pod's ServiceAccount, else ~/.kube/config")
+    p.add_argument("agent_args", nargs=argparse.REMAINDER, help="-- then the agent's arguments")
+    p.set_defaults(handler=_node_agent)
 
     p = sub.add_parser("schema", help="print or check the JSON Schema of a document")
     p.add_argument("document", choices=("inventory",))
@@ -295,6 +397,145 @@ def _loop_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stale-after", type=float, default=24.0, help="hours after which a scan is redone"
     )
+    _s3_endpoint_arg(p)
+
+
+def _s3_endpoint_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--s3-endpoint-url",
+        metavar="URL",
+        help="S3 endpoint for s3:// reports (Swift, MinIO...; path-style addressing); "
+        "default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or AWS's own",
+    )
+
+
+def _audit_log_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--audit-log",
+        type=Path,
+        metavar="PATH",
+        help=f"the audit log (JSON lines; default: {audit.FILENAME} beside the state database)",
+    )
+
+
+def _events_args(p: argparse.ArgumentParser) -> None:
+    """Where transitions are announced (docs/events.md)."""
+    p.add_argument(
+        "--events-eventbridge",
+        metavar="BUS",
+        help="send events to this EventBridge bus (name or ARN; 'default' is the account's)",
+    )
+    p.add_argument(
+        "--events-webhook",
+        metavar="URL",
+        action="append",
+        default=[],
+        help="POST events as CloudEvents to this URL (repeatable)",
+    )
+    p.add_argument(
+        "--events-webhook-header",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        type=_header,
+        help=f"a header for every webhook request (repeatable); ${WEBHOOK_TOKEN_ENV} gives a "
+        "bearer token without showing it in the process list",
+    )
+    p.add_argument(
+        "--events-queue-size",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="events held per destination while it is slow or down (oldest dropped beyond)",
+    )
+    p.add_argument(
+        "--aws-endpoint-url",
+        metavar="URL",
+        help="AWS API endpoint (an emulator, a VPC endpoint); default: the AWS configuration",
+    )
+
+
+WEBHOOK_TOKEN_ENV = "PATCHWARDEN_WEBHOOK_TOKEN"
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or any(c in name for c in " :\t\r\n"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE (e.g. X-Team=ops)")
+    return name.strip(), value
+
+
+def _since(text: str) -> datetime:
+    """An ISO-8601 time, or a duration back from now: 30m, 12h, 7d."""
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    if text[-1:] in units and text[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(**{units[text[-1]]: int(text[:-1])})
+    return _timestamp(text)
+
+
+def _controller_args(p: argparse.ArgumentParser) -> None:
+    """``patchctl controller`` (docs/controller.md)."""
+    p.add_argument(
+        "--kubeconfig",
+        type=Path,
+        help="kubeconfig file (default: the Pod's service account in a cluster, else "
+        "$KUBECONFIG or ~/.kube/config)",
+    )
+    p.add_argument("--context", help="kubeconfig context (default: the current one)")
+    p.add_argument(
+        "--namespace",
+        help="the namespace whose resources are the desired state, where mirrors, Events and the "
+        "Lease live (default: $POD_NAMESPACE, the Pod's, the context's, else default)",
+    )
+    p.add_argument(
+        "--source",
+        default="kubernetes",
+        help="kubernetes (the default: the namespace's custom resources), or a directory or Git "
+        "URL as for `patchctl run` (no status is written then)",
+    )
+    p.add_argument("--ref", default="main", help="Git branch, tag or commit (Git sources)")
+    p.add_argument("--identity-file", type=Path, help="SSH key for ssh:// Git URLs")
+    p.add_argument("--known-hosts", type=Path, help="known_hosts for ssh:// Git URLs (strict)")
+    p.add_argument(
+        "--state", type=Path, help="the observed-state database (default: the user's state dir)"
+    )
+    p.add_argument(
+        "--stale-after", type=float, default=24.0, help="hours after which a scan is redone"
+    )
+    p.add_argument("--workers", type=int, default=10, help="jobs run at once, at most")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=60.0,
+        help="seconds between passes when nothing changes (a change wakes it at once)",
+    )
+    p.add_argument("--listen", default="0.0.0.0:9469", help="HOST:PORT for /healthz and /metrics")
+    p.add_argument(
+        "--nodes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="mirror every Node into a ManagedInstance (default: on)",
+    )
+    p.add_argument(
+        "--node-selector",
+        default="",
+        metavar="SELECTOR",
+        help="only Nodes matching this label selector are instances (e.g. kubernetes.io/os=linux)",
+    )
+    p.add_argument(
+        "--node-job-config",
+        type=Path,
+        metavar="PATH",
+        help="YAML with the node Job settings (the chart's nodeJobs values)",
+    )
+    p.add_argument("--lease-name", default="patchwarden-controller", help="the leader Lease")
+    p.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS")
+    p.add_argument("--renew-deadline", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("--retry-period", type=float, default=2.0, metavar="SECONDS")
+    p.add_argument(
+        "--identity", help="this replica's name in the Lease (default: $POD_NAME or host, and pid)"
+    )
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
 
 def _timestamp(text: str) -> datetime:
@@ -512,7 +753,7 @@ def _reconciler(args: argparse.Namespace, store: StateStore, pool: SshPool) -> R
     configure_logging()
     settings = Settings(stale_after=timedelta(hours=args.stale_after))
     git = "://" in str(args.source)
-    return Reconciler(
+    reconciler = Reconciler(
         _source(args, Path(store.path)),
         store,
         lambda instance: transport_for(instance.spec.connection, pool=pool),
@@ -526,6 +767,8 @@ def _reconciler(args: argparse.Namespace, store: StateStore, pool: SshPool) -> R
             else None
         ),
     )
+    reconciler.s3_endpoint_url = getattr(args, "s3_endpoint_url", None)
+    return reconciler
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -543,8 +786,14 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _reconcile(args: argparse.Namespace) -> int:
     pool = _ssh_pool()
-    with _store(args) as store:
+    with (
+        _store(args) as store,
+        _audit_log(args, store) as audit_log,
+        _event_sinks(args) as sinks,
+    ):
         reconciler = _reconciler(args, store, pool)
+        reconciler.observers.append(audit_log)
+        reconciler.observers.extend(sinks)
         reconciler.recover()
         with render.job_progress() as progress:
             reconciler.on_job_done = progress
@@ -557,10 +806,267 @@ def _reconcile(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     pool = _ssh_pool()
-    with _store(args) as store:
+    with (
+        _store(args) as store,
+        _audit_log(args, store) as audit_log,
+        _event_sinks(args) as sinks,
+    ):
         reconciler = _reconciler(args, store, pool)
-        serve(reconciler, interval=args.interval, host=host or "127.0.0.1", port=int(port))
+        reconciler.observers.append(audit_log)
+        reconciler.observers.extend(sinks)
+        metrics = LoopMetrics(store)
+        metrics.track_event_sinks(sinks)
+        serve(
+            reconciler,
+            interval=args.interval,
+            host=host or "127.0.0.1",
+            port=int(port),
+            metrics=metrics,
+        )
     pool.close()
+    return EXIT_OK
+
+
+def _controller(args: argparse.Namespace) -> int:
+    # The Kubernetes client costs every other command ~0.5 s to import.
+    import dataclasses
+    import logging
+
+    import structlog
+
+    from reconciler.controller import (
+        ControllerReconciler,
+        EventSink,
+        LeaderElector,
+        LeaseConfig,
+        NodeMirror,
+        default_identity,
+        run,
+    )
+    from reconciler.dispatch.nodes import NodeSettings, resume_nodes
+    from reconciler.sources.kubernetes import KubernetesSource
+    from reconciler.state.kubernetes import StatusWriter
+
+    api, namespace = _kubernetes(args)
+    host, _, port = args.listen.rpartition(":")
+    try:
+        lease = LeaseConfig(
+            name=args.lease_name,
+            namespace=namespace,
+            identity=args.identity or default_identity(),
+            lease_duration=args.lease_duration,
+            renew_deadline=args.renew_deadline,
+            retry_period=args.retry_period,
+        )
+        values = yaml.safe_load(args.node_job_config.read_text()) if args.node_job_config else {}
+        node_settings = NodeSettings.from_values(values or {})
+    except (ValueError, OSError, yaml.YAMLError) as exc:
+        raise UserError(str(exc)) from None
+    if os.environ.get("POD_NAME") and os.environ.get("POD_NAMESPACE"):
+        # Draining the controller's own node must not evict the controller doing the draining.
+        own = f"{os.environ['POD_NAMESPACE']}/{os.environ['POD_NAME']}"
+        node_settings = dataclasses.replace(
+            node_settings, keep_pods=(*node_settings.keep_pods, own)
+        )
+    pool = _ssh_pool()
+
+    def transports(instance: ManagedInstance) -> Transport:
+        return transport_for(
+            instance.spec.connection, pool=pool, kubernetes=api, node_settings=node_settings
+        )
+
+    with (
+        _store(args) as store,
+        _audit_log(args, store) as audit_log,
+        _event_sinks(args) as sinks,
+    ):
+        events: EventSink | None = None
+        reconciler: Reconciler
+        if args.source == "kubernetes":
+            configure_logging()
+            source = KubernetesSource(
+                api, namespace, watch_nodes=args.nodes, node_selector=args.node_selector
+            )
+
+            def uid_of(kind: str, name: str) -> str | None:
+                info = source.listing.get((kind, name))
+                return info.uid if info else None
+
+            events = EventSink(api, namespace, uid_of=uid_of, object_of=source.object_of)
+            reconciler = ControllerReconciler(
+                source,
+                store,
+                transports,
+                writer=StatusWriter(api, namespace),
+                mirror=NodeMirror(api, namespace, args.node_selector) if args.nodes else None,
+                settings=Settings(stale_after=timedelta(hours=args.stale_after)),
+                workers=args.workers,
+                observers=[events],
+            )
+        else:
+            reconciler = _reconciler(args, store, pool)
+            reconciler.transport_for = transports
+        structlog.configure(
+            wrapper_class=structlog.make_filtering_bound_logger(
+                getattr(logging, args.log_level.upper())
+            )
+        )
+        reconciler.observers.append(audit_log)
+        reconciler.observers.extend(sinks)
+        code = run(
+            reconciler,
+            LeaderElector(api, lease),
+            interval=args.interval,
+            host=host or "0.0.0.0",  # a Pod's probes and Prometheus reach it
+            port=int(port),
+            events=events,
+            resume=lambda: resume_nodes(api, node_settings),
+            sinks=sinks,
+        )
+    pool.close()
+    return code
+
+
+def _kubernetes(args: argparse.Namespace) -> tuple[Any, str]:
+    """The API client and the namespace: --kubeconfig, else the Pod's service account, else
+    $KUBECONFIG or ~/.kube/config."""
+    from kubernetes import client, config
+
+    service_account = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    namespace = args.namespace or os.environ.get("POD_NAMESPACE")
+    try:
+        if args.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            configuration = client.Configuration()
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            api = client.ApiClient(configuration)
+            if namespace is None and service_account.is_file():
+                namespace = service_account.read_text().strip()
+        else:
+            path = str(args.kubeconfig) if args.kubeconfig else None
+            if args.kubeconfig is not None and not args.kubeconfig.is_file():
+                raise UserError(f"{args.kubeconfig}: no such kubeconfig file")
+            api = config.new_client_from_config(config_file=path, context=args.context)  # type: ignore[no-untyped-call]
+            if namespace is None:
+                contexts, active = config.list_kube_config_contexts(config_file=path)  # type: ignore[no-untyped-call]
+                if args.context:
+                    active = next((c for c in contexts if c["name"] == args.context), active)
+                namespace = (active or {}).get("context", {}).get("namespace")
+    except config.ConfigException as exc:
+        raise UserError(f"cannot reach Kubernetes: {exc}") from None
+    return api, namespace or "default"
+
+
+def _audit_path(args: argparse.Namespace) -> Path:
+    if args.audit_log is not None:
+        return Path(args.audit_log)
+    return audit.default_path(Path(args.state or StateStore.default_path()))
+
+
+def _audit_log(args: argparse.Namespace, store: StateStore) -> audit.AuditLog:
+    path = args.audit_log or audit.default_path(Path(store.path))
+    try:
+        return audit.AuditLog(path)
+    except OSError as exc:
+        raise UserError(
+            f"cannot open the audit log {path}: {exc.strerror or exc} (choose another with "
+            "--audit-log PATH)"
+        ) from None
+
+
+@contextlib.contextmanager
+def _event_sinks(args: argparse.Namespace) -> Iterator[list[Sink]]:
+    """The event sinks the options ask for; on exit each gets EVENTS_FLUSH_SECONDS to deliver
+    what is still queued."""
+    # Imported only when asked for: boto3 and httpx cost every other command time to load.
+    from reconciler.report import events
+
+    if args.events_queue_size < 1:
+        raise UserError(f"--events-queue-size must be at least 1 (got {args.events_queue_size})")
+    headers = dict(args.events_webhook_header)
+    token = os.environ.get(WEBHOOK_TOKEN_ENV)
+    if token:
+        headers.setdefault("Authorization", f"Bearer {token}")
+    options = {"capacity": args.events_queue_size}
+    sinks: list[Sink] = []
+    try:
+        if args.events_eventbridge:
+            sinks.append(
+                events.EventBridgeSink(_events_client(args), bus=args.events_eventbridge, **options)
+            )
+        for url in args.events_webhook:
+            if not url.startswith(("http://", "https://")):
+                raise UserError(f"--events-webhook {url}: give an http:// or https:// URL")
+            sinks.append(events.WebhookSink(url, headers=headers, **options))
+        yield sinks
+    finally:
+        for sink in sinks:
+            sink.close(EVENTS_FLUSH_SECONDS)
+
+
+EVENTS_FLUSH_SECONDS = 10.0
+
+
+def _events_client(args: argparse.Namespace) -> object:
+    from botocore.exceptions import BotoCoreError
+
+    from reconciler.report.events import events_client
+
+    try:
+        return events_client(endpoint_url=args.aws_endpoint_url)
+    except BotoCoreError as exc:
+        raise UserError(
+            f"--events-eventbridge: {exc} (set AWS_REGION, or a region in the AWS profile)"
+        ) from None
+
+
+def _audit(args: argparse.Namespace) -> int:
+    path = _audit_path(args)
+    query = audit.Query(
+        since=args.since, instance=args.instance, kind=args.kind, revision=args.revision
+    )
+    try:
+        entries, corrupt = audit.read(path, query)
+    except OSError as exc:
+        raise UserError(f"cannot read the audit log {path}: {exc.strerror or exc}") from None
+    for problem in corrupt:
+        print(f"patchctl: {problem}", file=sys.stderr)
+    fmt = _format(args)
+    if fmt == "jsonl":
+        for entry in entries:
+            sys.stdout.write(json.dumps(entry) + "\n")
+    elif fmt == "table":
+        render.rows(audit.table_rows(entries), fmt, sys.stdout, title=f"Audit log {path}")
+    else:
+        render.dump(entries, fmt, sys.stdout)
+    return EXIT_OK
+
+
+def _findings(args: argparse.Namespace) -> int:
+    settings = findings.Settings(
+        account=args.account_id,
+        region=args.region or findings.DEFAULT_REGION,
+        product_arn=args.product_arn,
+    )
+    if not (settings.account.isdigit() and len(settings.account) == 12):
+        raise UserError(f"--account-id {settings.account!r}: an AWS account id is 12 digits")
+    with _store(args) as store:
+        latest = store.latest_scans()
+        histories = {
+            name: store.scan_history(name, limit=1000)
+            for name, scan in latest.items()
+            if scan.evaluation.get("summary", {}).get("complianceStatus") == "NON_COMPLIANT"
+        }
+    found = findings.findings(latest, histories, settings)
+    if args.to is not None:
+        args.to.parent.mkdir(parents=True, exist_ok=True)
+        args.to.write_text(json.dumps(found, indent=2) + "\n")
+        print(f"{args.to}: {len(found)} finding(s)", file=sys.stderr)
+        return EXIT_OK
+    fmt = _format(args)
+    if fmt == "table":
+        render.rows(findings.rows(found), fmt, sys.stdout, title="Non-compliant instances (ASFF)")
+    else:
+        render.dump(found, fmt, sys.stdout)
     return EXIT_OK
 
 
@@ -632,25 +1138,19 @@ def _compliance(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     with _store(args) as store:
-        latest = store.latest_scans()
-    if args.instance is not None:
-        if args.instance not in latest:
-            raise UserError(f"no scan of {args.instance!r} is recorded")
-        latest = {args.instance: latest[args.instance]}
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    files = {
-        f"compliance-summary-{stamp}.csv": csvreport.to_csv(
-            csvreport.summary_rows(latest), csvreport.SUMMARY_COLUMNS
+        data = export.read_input(store, args.format)
+    try:
+        files = export.build_report(
+            data, args.format, now=datetime.now(UTC), instance=args.instance, group=args.group
         )
-    }
-    if args.instance is not None:
-        files[f"compliance-detail-{args.instance}-{stamp}.csv"] = csvreport.to_csv(
-            csvreport.detail_rows(latest[args.instance]), csvreport.DETAIL_COLUMNS
-        )
-    args.to.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (args.to / name).write_text(text)
-        print(args.to / name)
+    except export.ReportError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        locations = publish(files, args.to, endpoint_url=args.s3_endpoint_url)
+    except PublishError as exc:
+        raise UserError(str(exc)) from None
+    for location in locations:
+        print(location)
     return EXIT_OK
 
 
@@ -671,6 +1171,26 @@ def _crds(args: argparse.Namespace) -> int:
         print("stale CRDs (run `make crds` and commit): " + ", ".join(stale), file=sys.stderr)
         return EXIT_INVALID
     return EXIT_OK
+
+
+def _node_agent(args: argparse.Namespace) -> int:
+    from reconciler.dispatch.nodes.agent_job import NodeAgentCall, parse_agent_args, run_node_agent
+
+    agent_args = parse_agent_args(args.agent_args)
+    if not agent_args:
+        raise UserError("node-agent: give the agent's arguments after --, e.g. -- scan")
+    return run_node_agent(
+        NodeAgentCall(
+            configmap=args.result_configmap,
+            namespace=args.namespace,
+            node=args.node,
+            agent=args.agent,
+            host_dir=args.host_dir,
+            agent_args=agent_args,
+            nsenter=not args.no_nsenter,
+            kubeconfig=args.kubeconfig,
+        )
+    )
 
 
 def _schema(args: argparse.Namespace) -> int:

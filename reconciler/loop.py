@@ -3,7 +3,8 @@
 Each pass re-reads desired state (the source) and observed state (the store) and runs, in order:
 ``refresh`` (a new revision is accepted whole or refused whole; the last good one stays in force),
 ``plan`` (pure), ``dispatch`` (jobs claimed by idempotency key, run concurrently on transports),
-``record`` (every result with its provenance). Nothing is edge-triggered: a restart simply
+``record`` (every result with its provenance), ``reports`` (scheduled ComplianceReports due now,
+exported and recorded). Nothing is edge-triggered: a restart simply
 re-reads both states; jobs a crash left "running" are marked abandoned and their machines
 rescanned, so a snapshot is never installed twice and no result is lost.
 
@@ -645,7 +646,7 @@ def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
     metrics.refresh()  # what a previous run recorded, before the first pass ends
-    server = _http(host, port, metrics, lambda: _healthy(last_pass[0], interval))
+    server = http_endpoints(host, port, metrics, lambda: _healthy(last_pass[0], interval))
     unwatch = _watch(reconciler.source, wake)
     if ready is not None:
         ready.set()
@@ -681,9 +682,11 @@ def _watch(source: Source, wake: threading.Event) -> Callable[[], None]:
     return stopper
 
 
-def _http(
+def http_endpoints(
     host: str, port: int, metrics: LoopMetrics, healthy: Callable[[], bool]
 ) -> ThreadingHTTPServer:
+    """/metrics and /healthz on HOST:PORT, served from a daemon thread; ``shutdown()`` stops it."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/metrics":

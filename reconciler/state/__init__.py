@@ -2,9 +2,10 @@
 SQLite file (scan/install history, jobs and their idempotency keys, window executions, source
 revisions). See ``docs/state.md`` for the schema.
 
-An I/O edge, like ``sources`` and ``dispatch``: it owns its file and touches nothing else (no
-network, no subprocess, no other file). It decides nothing; callers pass ``now``. May import
-``reconciler.api`` only.
+An I/O edge, like ``sources`` and ``dispatch``: the SQLite store owns its file and touches
+nothing else; ``state.kubernetes`` writes the same observed state into the custom resources'
+``/status`` (the only module here that talks to the network). It decides nothing; callers pass
+``now``.
 """
 
 from reconciler.state.records import (

@@ -1,0 +1,203 @@
+"""Stage: controller. Kubernetes Events for the loop's transitions, on the object they concern.
+
+:class:`EventSink` is an observer of the loop's occurrence stream (:mod:`reconciler.report.
+occurrences`). Only transitions become Events (``Occurrence.transition``: compliance changed, a
+snapshot refused, a job failed, a window execution changed), so a steady fleet posts nothing; the
+rest is for the audit log and metrics. Posting never blocks the loop: occurrences go into a bounded
+queue that a background thread drains; when the API is slow and the queue is full, the newest are
+dropped and counted (an Event is a notification, the status and the store hold the truth).
+
+What each becomes (core/v1 Event, ``reason`` in CamelCase, type Normal or Warning):
+
+- ``compliance.changed`` on the ManagedInstance: ``Compliant`` (Normal) or ``NonCompliant``
+  (Warning);
+- ``snapshot.refused`` on each object a problem names: ``SnapshotRefused`` (Warning);
+- ``job.finished`` with status failed, on the ManagedInstance: ``ScanFailed`` or ``InstallFailed``
+  (Warning);
+- ``window.execution`` on the MaintenanceWindow: ``ExecutionInProgress``, ``ExecutionSucceeded``
+  (Normal) or ``ExecutionFailed`` (Warning).
+"""
+
+from __future__ import annotations
+
+import queue
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import structlog
+from kubernetes import client
+
+from reconciler.api.resources import API_VERSION
+from reconciler.dispatch.nodes.kube import Kube
+from reconciler.report.occurrences import Kind, Occurrence
+from reconciler.state.kubernetes import timestamp
+
+log = structlog.get_logger("patchwarden")
+
+COMPONENT = "patchwarden-controller"
+MAX_MESSAGE = 1024  # the API refuses longer Event messages
+MAX_OBJECTS = 20  # a refusal with problems in many objects posts at most this many Events
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One Event to post."""
+
+    kind: str
+    name: str
+    type: str
+    reason: str
+    message: str
+
+
+def notices(
+    occurrence: Occurrence, object_of: Callable[[str], tuple[str, str] | None]
+) -> Iterator[Notice]:
+    """The Events one occurrence becomes (none unless it is a transition). ``object_of`` maps a
+    problem's file to the (kind, name) rendered into it."""
+    if not occurrence.transition:
+        return
+    detail = occurrence.detail
+    at = f" (revision {occurrence.revision})" if occurrence.revision else ""
+    if occurrence.kind is Kind.COMPLIANCE_CHANGED and occurrence.instance:
+        status = detail.get("status")
+        summary = detail.get("summary") or {}
+        bad = status == "NON_COMPLIANT"
+        yield Notice(
+            "ManagedInstance",
+            occurrence.instance,
+            "Warning" if bad else "Normal",
+            "NonCompliant" if bad else "Compliant",
+            f"{detail.get('previous') or 'not scanned'} -> {status} after "
+            f"{detail.get('operation')} under baseline {detail.get('baseline')}: "
+            f"{summary.get('missingCount', 0)} missing, "
+            f"{summary.get('failedCount', 0)} failed{at}",
+        )
+    elif occurrence.kind is Kind.JOB_FINISHED and occurrence.instance:
+        error = detail.get("error") or {}
+        operation = detail.get("operation") or "Job"
+        yield Notice(
+            "ManagedInstance",
+            occurrence.instance,
+            "Warning",
+            f"{operation}Failed",
+            f"{operation} job {occurrence.job} failed: {error.get('code')}: "
+            f"{error.get('message')}{at}",
+        )
+    elif occurrence.kind is Kind.WINDOW_EXECUTION_CHANGED and detail.get("window"):
+        status = str(detail.get("status"))
+        reason = {
+            "IN_PROGRESS": "ExecutionInProgress",
+            "SUCCESS": "ExecutionSucceeded",
+            "FAILED": "ExecutionFailed",
+        }.get(status, "ExecutionChanged")
+        yield Notice(
+            "MaintenanceWindow",
+            str(detail["window"]),
+            "Warning" if status == "FAILED" else "Normal",
+            reason,
+            f"execution of the opening {detail.get('opening')}: "
+            f"{detail.get('previous') or 'none'} -> {status}{at}",
+        )
+    elif occurrence.kind is Kind.SNAPSHOT_REFUSED:
+        yield from _refusal(occurrence, object_of)
+
+
+def _refusal(
+    occurrence: Occurrence, object_of: Callable[[str], tuple[str, str] | None]
+) -> Iterator[Notice]:
+    problems = [str(p) for p in occurrence.detail.get("problems") or []]
+    by_object: dict[tuple[str, str], list[str]] = {}
+    for problem in problems:
+        key = object_of(problem.partition(":")[0])
+        if key is not None:
+            by_object.setdefault(key, []).append(problem)
+    keeping = occurrence.detail.get("keeping")
+    tail = f"; keeping {keeping}" if keeping else "; nothing is in force yet"
+    for (kind, name), own in sorted(by_object.items())[:MAX_OBJECTS]:
+        yield Notice(kind, name, "Warning", "SnapshotRefused", "; ".join(own) + tail)
+
+
+class EventSink:
+    """An occurrence observer posting Events from a background thread."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        *,
+        uid_of: Callable[[str, str], str | None],
+        object_of: Callable[[str], tuple[str, str] | None],
+        capacity: int = 1000,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.kube = Kube(api)
+        self.namespace = namespace
+        self.uid_of, self.object_of, self.clock = uid_of, object_of, clock
+        self.queue: queue.Queue[Notice | None] = queue.Queue(maxsize=capacity)
+        self.dropped = 0
+        self.posted = 0
+        self._thread = threading.Thread(target=self._drain, name="events", daemon=True)
+        self._thread.start()
+
+    def __call__(self, occurrence: Occurrence) -> None:
+        """The observer: enqueue, never wait."""
+        for notice in notices(occurrence, self.object_of):
+            try:
+                self.queue.put_nowait(notice)
+            except queue.Full:
+                self.dropped += 1
+                log.warning("event queue full; dropped", reason=notice.reason, name=notice.name)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Post what is queued (for at most ``timeout`` seconds), then stop."""
+        try:
+            self.queue.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self._thread.join(timeout=timeout)
+
+    def _drain(self) -> None:
+        while (notice := self.queue.get()) is not None:
+            try:
+                self._post(notice)
+                self.posted += 1
+            except Exception as exc:  # an Event is best effort: the status holds the truth
+                log.warning(
+                    "could not post event", reason=notice.reason, name=notice.name, error=str(exc)
+                )
+
+    def _post(self, notice: Notice) -> None:
+        now = timestamp(self.clock())
+        involved: dict[str, Any] = {
+            "apiVersion": API_VERSION,
+            "kind": notice.kind,
+            "name": notice.name,
+            "namespace": self.namespace,
+        }
+        uid = self.uid_of(notice.kind, notice.name)
+        if uid:
+            involved["uid"] = uid
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{notice.name}.{secrets.token_hex(8)}",
+                "namespace": self.namespace,
+            },
+            "involvedObject": involved,
+            "reason": notice.reason,
+            "message": notice.message[:MAX_MESSAGE],
+            "type": notice.type,
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self.kube.create(f"/api/v1/namespaces/{quote(self.namespace)}/events", body)

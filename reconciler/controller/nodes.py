@@ -1,0 +1,156 @@
+"""Stage: controller. Every Node is an instance: each selected Node is mirrored into a
+ManagedInstance of the same name in the controller's namespace.
+
+A mirror has ``spec.connection: {type: kubernetes, node: NAME}``, the Node's labels (its tags,
+which patch groups and windows select) plus ``patchwarden.io/node: NAME``, and an owner reference
+to the Node so Kubernetes' garbage collector removes it with the Node. The controller also deletes
+mirrors of Nodes that are gone or no longer selected itself: the collector may not run (or lag),
+and a stale instance would be scanned forever. A ManagedInstance a user wrote under a Node's name
+is never touched. Only mirrors' labels are kept in step; a Node's status (heartbeats) is ignored.
+
+I/O against the Kubernetes API; the decisions (:func:`mirror_of`, :func:`changes`) are pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import structlog
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from reconciler.api.resources import API_VERSION, GROUP, NAMES, VERSION
+from reconciler.dispatch.nodes.kube import Kube
+from reconciler.sources.kubernetes import NODE_LABEL
+
+log = structlog.get_logger("patchwarden")
+
+_PLURAL = NAMES["ManagedInstance"][0]
+
+
+def mirror_of(node: Mapping[str, Any], namespace: str) -> dict[str, Any]:
+    """The ManagedInstance that stands for ``node`` (a Node as the API's JSON)."""
+    metadata = node["metadata"]
+    name = metadata["name"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ManagedInstance",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {**(metadata.get("labels") or {}), NODE_LABEL: name},
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "name": name,
+                    "uid": metadata["uid"],
+                }
+            ],
+        },
+        "spec": {
+            "connection": {"type": "kubernetes", "node": name},
+            "description": f"Node {name} (mirrored by the Patchwarden controller)",
+        },
+    }
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What to do to the mirrors."""
+
+    create: list[dict[str, Any]] = field(default_factory=list)
+    relabel: list[tuple[str, dict[str, str], str]] = field(default_factory=list)
+    """(name, labels, resourceVersion) of mirrors whose Node's labels changed."""
+    delete: list[tuple[str, str]] = field(default_factory=list)
+    """(name, uid) of mirrors whose Node is gone."""
+    skipped: list[str] = field(default_factory=list)
+    """Nodes whose name a user's ManagedInstance already has."""
+
+
+def changes(
+    nodes: list[Mapping[str, Any]], instances: list[Mapping[str, Any]], namespace: str
+) -> Changes:
+    """Compare the selected Nodes with the namespace's ManagedInstances."""
+    result = Changes()
+    by_name = {i["metadata"]["name"]: i for i in instances}
+    wanted = {n["metadata"]["name"]: n for n in nodes}
+    for name, node in sorted(wanted.items()):
+        mirror = mirror_of(node, namespace)
+        existing = by_name.get(name)
+        if existing is None:
+            result.create.append(mirror)
+        elif not _is_mirror(existing):
+            result.skipped.append(name)
+        elif (existing["metadata"].get("labels") or {}) != mirror["metadata"]["labels"]:
+            version = existing["metadata"].get("resourceVersion", "")
+            result.relabel.append((name, mirror["metadata"]["labels"], version))
+    for name, instance in sorted(by_name.items()):
+        if _is_mirror(instance) and name not in wanted:
+            result.delete.append((name, instance["metadata"].get("uid", "")))
+    return result
+
+
+def _is_mirror(instance: Mapping[str, Any]) -> bool:
+    return NODE_LABEL in (instance["metadata"].get("labels") or {})
+
+
+class NodeMirror:
+    """Keeps the mirrors of one namespace in step with the cluster's Nodes."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, node_selector: str = "") -> None:
+        self.kube = Kube(api)
+        self.namespace = namespace
+        self.node_selector = node_selector
+        self.collection = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{_PLURAL}"
+        self._warned: set[str] = set()
+
+    def sync(self) -> Changes:
+        """Create, relabel and delete mirrors; return what was done. A 404 or 409 means another
+        writer got there first: the next pass sees the outcome."""
+        query = [("labelSelector", self.node_selector)] if self.node_selector else []
+        nodes = self.kube.request("GET", "/api/v1/nodes", query=query).get("items") or []
+        instances = self.kube.request("GET", self.collection).get("items") or []
+        todo = changes(nodes, instances, self.namespace)
+        for name in todo.skipped:
+            if name not in self._warned:
+                self._warned.add(name)
+                log.warning(
+                    "node not mirrored: a ManagedInstance of that name already exists", node=name
+                )
+        for body in todo.create:
+            with _tolerating(409):
+                self.kube.create(self.collection, body)
+        for name, labels, version in todo.relabel:
+            with _tolerating(404, 409):
+                self._relabel(name, labels, version)
+        for name, uid in todo.delete:
+            with _tolerating(404, 409):
+                self.kube.request(
+                    "DELETE",
+                    f"{self.collection}/{quote(name)}",
+                    body={"preconditions": {"uid": uid}} if uid else None,
+                )
+        return todo
+
+    def _relabel(self, name: str, labels: dict[str, str], version: str) -> None:
+        path = f"{self.collection}/{quote(name)}"
+        current = self.kube.request("GET", path)
+        # A merge patch cannot drop a label by leaving it out: name the removed ones as null.
+        update: dict[str, str | None] = dict(labels)
+        for key in current["metadata"].get("labels") or {}:
+            update.setdefault(key, None)
+        self.kube.merge_patch(path, {"metadata": {"labels": update, "resourceVersion": version}})
+
+
+@contextmanager
+def _tolerating(*statuses: int) -> Iterator[None]:
+    try:
+        yield
+    except ApiException as exc:
+        if exc.status not in statuses:
+            raise

@@ -1,0 +1,295 @@
+"""Stage: controller. What the status of each custom resource says after a pass (kstatus style).
+
+Pure: from what the pass saw (the objects listed, the set in force, why a set was refused, the
+store's latest scans, jobs and window executions, the planner's reasons to wait) to one status
+document per object. Writing it is :mod:`reconciler.state.kubernetes`'s job.
+
+Every status has ``observedGeneration`` (the generation this pass read) and the conditions
+``Ready``, ``Reconciling`` and ``Stalled``; negative-polarity domain conditions where they mean
+something: ``NonCompliant`` (ManagedInstance, PatchGroup), ``PatchFailed`` (ManagedInstance),
+``ExecutionFailed`` (MaintenanceWindow). Values are SSM's names and counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from reconciler.api.enums import OperatingSystem
+from reconciler.api.snapshot import Problem, Snapshot
+from reconciler.evaluation import resolve
+from reconciler.plan import baseline_digest
+from reconciler.report import compliance
+from reconciler.schedule import current_opening, openings
+from reconciler.sources.kubernetes import ObjectInfo
+from reconciler.state import JobRecord, ScanRecord
+from reconciler.state.kubernetes import timestamp
+
+Key = tuple[str, str]
+"""(kind, name)."""
+
+MAX_MESSAGE = 2000  # a condition message stays readable in `kubectl describe`
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What one pass saw: the inputs of every status."""
+
+    now: datetime
+    listing: Mapping[Key, ObjectInfo]
+    """Every object listed by the pass."""
+    snapshot: Snapshot | None
+    """The set in force (the last good one when the current set is refused)."""
+    revision: str | None
+    applied: frozenset[Key]
+    """Objects whose current spec and labels are the ones in force."""
+    problems: Sequence[Problem] = ()
+    """Why the current set was refused (empty when it was accepted)."""
+    scans: Mapping[str, ScanRecord] = field(default_factory=dict)
+    jobs: Mapping[str, JobRecord] = field(default_factory=dict)
+    """The latest job of each instance."""
+    executions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """The latest execution of each window (``opening``, ``status``)."""
+    waits: Mapping[str, str] = field(default_factory=dict)
+    """Why the planner left an instance alone."""
+
+
+def condition(
+    kind: str, status: bool, reason: str, message: str, generation: int
+) -> dict[str, Any]:
+    """A metav1.Condition without its transition time (the writer keeps or sets it)."""
+    return {
+        "type": kind,
+        "status": "True" if status else "False",
+        "reason": reason,
+        "message": message[:MAX_MESSAGE],
+        "observedGeneration": generation,
+    }
+
+
+def statuses(seen: Seen) -> dict[Key, dict[str, Any]]:
+    """The status of every listed object."""
+    return {key: status_of(seen, info) for key, info in seen.listing.items()}
+
+
+def status_of(seen: Seen, info: ObjectInfo) -> dict[str, Any]:
+    generation = info.generation
+    stalled = _stalled(seen, info)
+    if stalled is not None:
+        reason, message = stalled
+        return {
+            "observedGeneration": generation,
+            "conditions": [
+                condition("Ready", False, reason, message, generation),
+                condition("Reconciling", False, reason, "", generation),
+                condition("Stalled", True, reason, message, generation),
+            ],
+        }
+    build = _BUILDERS[info.kind]
+    fields, conditions = build(seen, info.name, generation)
+    return {"observedGeneration": generation, **fields, "conditions": conditions}
+
+
+def _stalled(seen: Seen, info: ObjectInfo) -> tuple[str, str] | None:
+    """(reason, message) when the object's current spec is not in force."""
+    own = [p for p in seen.problems if p.file == info.path]
+    if own:
+        return "InvalidSpec", "; ".join(_without_file(p) for p in own)
+    if (info.kind, info.name) in seen.applied:
+        return None
+    if seen.problems:
+        first = seen.problems[0]
+        return (
+            "SnapshotRefused",
+            f"not applied: the namespace's resources were refused whole "
+            f"({len(seen.problems)} problem(s), in {first.file}: {_without_file(first)}); "
+            f"the last good revision stays in force",
+        )
+    return "NotApplied", "not in the set in force yet"
+
+
+def _without_file(problem: Problem) -> str:
+    where = f"line {problem.line}: " if problem.line else ""
+    return f"{where}{problem.path}: {problem.message}" if problem.path else where + problem.message
+
+
+def _accepted(seen: Seen, generation: int) -> list[dict[str, Any]]:
+    message = f"in force at revision {seen.revision}"
+    return [
+        condition("Ready", True, "Accepted", message, generation),
+        condition("Reconciling", False, "Accepted", "", generation),
+        condition("Stalled", False, "Accepted", "", generation),
+    ]
+
+
+Built = tuple[dict[str, Any], list[dict[str, Any]]]
+
+
+def _baseline(seen: Seen, name: str, generation: int) -> Built:
+    using = sum(1 for scan in _members(seen).values() if scan.baseline == name)
+    return {"revision": seen.revision, "instances": using}, _accepted(seen, generation)
+
+
+def _report(seen: Seen, name: str, generation: int) -> Built:
+    return {"revision": seen.revision}, _accepted(seen, generation)
+
+
+def _group(seen: Seen, name: str, generation: int) -> Built:
+    members = _members(seen)
+    state = compliance.group_state(name, members.values())
+    del state["patchGroup"]
+    bad = [
+        s.instance
+        for s in members.values()
+        if s.evaluation.get("patchGroup") == name
+        and s.evaluation.get("summary", {}).get("complianceStatus") == "NON_COMPLIANT"
+    ]
+    state["instancesNonCompliant"] = len(bad)
+    conditions = _accepted(seen, generation)
+    if bad:
+        message = f"{len(bad)} of {state['instances']} instance(s) non-compliant: " + ", ".join(
+            sorted(bad)
+        )
+        conditions.append(condition("NonCompliant", True, "MissingPatches", message, generation))
+    else:
+        message = f"all {state['instances']} scanned instance(s) compliant"
+        conditions.append(condition("NonCompliant", False, "Compliant", message, generation))
+    return {"revision": seen.revision, **state}, conditions
+
+
+def _window(seen: Seen, name: str, generation: int) -> Built:
+    assert seen.snapshot is not None  # an applied object is in the set in force
+    spec = seen.snapshot.windows[name].spec
+    upcoming = openings(spec, seen.now, limit=1)
+    now_open = current_opening(spec, seen.now)
+    execution = seen.executions.get(name)
+    fields: dict[str, Any] = {
+        "revision": seen.revision,
+        "nextExecutionTime": timestamp(upcoming[0].start) if upcoming else None,
+        "currentOpening": now_open.id if now_open else None,
+        "lastExecution": dict(execution) if execution else None,
+    }
+    conditions = _accepted(seen, generation)
+    failed = bool(execution and execution.get("status") == "FAILED")
+    conditions.append(
+        condition(
+            "ExecutionFailed",
+            failed,
+            "JobFailed" if failed else "NoFailure",
+            f"a job of the opening {execution['opening']} failed" if failed and execution else "",
+            generation,
+        )
+    )
+    return fields, conditions
+
+
+def _instance(seen: Seen, name: str, generation: int) -> Built:
+    scan = seen.scans.get(name)
+    job = seen.jobs.get(name)
+    waiting = seen.waits.get(name)
+    fields: dict[str, Any] = {"revision": None, "waiting": waiting}
+    if scan is not None:
+        row = compliance.instances({name: scan})[0]
+        del row["instanceId"]
+        fields.update(row)
+        facts = scan.inventory.get("facts", {})
+        fields["operatingSystem"] = facts.get("operatingSystem")
+        fields["operationEndTime"] = timestamp(scan.finished_at)
+    failure = _failure(job)
+    fresh = scan is not None and _scanned_with_current_baseline(seen, name, scan)
+    reconciling = not fresh and failure is None
+    if failure is not None:
+        reason, message = failure
+        ready = condition("Ready", False, reason, message, generation)
+    elif not fresh:
+        reason = "NotScanned" if scan is None else "BaselineChanged"
+        ready = condition("Ready", False, reason, waiting or "a scan is due", generation)
+    else:
+        assert scan is not None
+        status = scan.evaluation.get("summary", {}).get("complianceStatus")
+        at = timestamp(scan.finished_at)
+        message = f"{status} under baseline {scan.baseline} ({scan.operation} at {at})"
+        ready = condition("Ready", True, "Scanned", message, generation)
+    conditions = [
+        ready,
+        condition(
+            "Reconciling",
+            reconciling,
+            ready["reason"] if reconciling else "Scanned",
+            (waiting or "") if reconciling else "",
+            generation,
+        ),
+        condition("Stalled", False, "Accepted", "", generation),
+    ]
+    if scan is not None:
+        summary = scan.evaluation.get("summary", {})
+        bad = summary.get("complianceStatus") == "NON_COMPLIANT"
+        conditions.append(
+            condition(
+                "NonCompliant",
+                bad,
+                "MissingPatches" if bad else "Compliant",
+                f"{summary.get('missingCount', 0)} missing, {summary.get('failedCount', 0)} "
+                f"failed, severity {summary.get('complianceSeverity')}"
+                if bad
+                else "",
+                generation,
+            )
+        )
+    install_failed = job is not None and job.operation == "Install" and job.status == "failed"
+    conditions.append(
+        condition(
+            "PatchFailed",
+            install_failed,
+            "InstallFailed" if install_failed else "NoFailure",
+            _error(job) if install_failed and job else "",
+            generation,
+        )
+    )
+    return fields, conditions
+
+
+def _failure(job: JobRecord | None) -> tuple[str, str] | None:
+    if job is None or job.status != "failed":
+        return None
+    return f"{job.operation}Failed", _error(job)
+
+
+def _error(job: JobRecord) -> str:
+    error = (job.result or {}).get("error") or {}
+    if error:
+        return f"job {job.id}: {error.get('code')}: {error.get('message')}"
+    return f"job {job.id} failed"
+
+
+def _scanned_with_current_baseline(seen: Seen, name: str, scan: ScanRecord) -> bool:
+    """Whether the latest scan judged the instance with the baseline now in force for it."""
+    snapshot = seen.snapshot
+    if snapshot is None or name not in snapshot.instances:
+        return False
+    try:
+        os = OperatingSystem(scan.inventory["facts"]["operatingSystem"])
+    except (KeyError, ValueError, TypeError):
+        return False
+    resolution = resolve(snapshot, snapshot.instances[name].metadata.labels, os)
+    if resolution.baseline is None:
+        return False
+    return scan.baseline_hash == baseline_digest(resolution.baseline)
+
+
+def _members(seen: Seen) -> dict[str, ScanRecord]:
+    """Latest scans of the instances in force (a deleted instance's history stays in the store
+    but no longer counts)."""
+    instances = seen.snapshot.instances if seen.snapshot else {}
+    return {name: scan for name, scan in seen.scans.items() if name in instances}
+
+
+_BUILDERS = {
+    "PatchBaseline": _baseline,
+    "PatchGroup": _group,
+    "MaintenanceWindow": _window,
+    "ManagedInstance": _instance,
+    "ComplianceReport": _report,
+}

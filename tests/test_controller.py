@@ -1,0 +1,753 @@
+"""``patchctl controller`` against a real kube-apiserver (tests/kubeapi.py: v1.20 built from
+Debian's source, with Debian's etcd) on real Debian systems rooted in directories (real apt and
+dpkg, tests/aptlab.py): the custom resources are the desired state, their status is the report.
+
+The controller runs as a real process where a user would see it run (reconciling, status, Events,
+two replicas and their Lease) and in-process where a test needs to count what one pass did
+(status left alone when nothing changed, a 409, Node mirrors). Nothing runs pods here, so Node
+patching itself is tested elsewhere (tests/test_nodes*.py); Nodes here are API objects only.
+
+The first tests need no server: the pure rules (who may take a Lease, when a condition's
+transition time moves, which occurrences become Events, what a Node's mirror looks like).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+import yaml
+
+from reconciler.api.snapshot import Problem
+from reconciler.controller.events import notices
+from reconciler.controller.leader import Holder, LeaseConfig, may_acquire
+from reconciler.controller.nodes import NodeMirror, changes, mirror_of
+from reconciler.controller.run import ControllerReconciler
+from reconciler.controller.status import Seen, statuses
+from reconciler.dispatch import transport_for
+from reconciler.report.occurrences import Kind, Occurrence
+from reconciler.sources.kubernetes import NODE_LABEL, KubernetesSource, ObjectInfo, _Watcher
+from reconciler.state import StateStore
+from reconciler.state.kubernetes import StatusWriter, Written, merge_conditions, unchanged
+from tests.conftest import needs_apt
+from tests.fleet import BASELINE, BASELINE_YAML, GROUP, local_instance_yaml, window_yaml
+from tests.kubeapi import KubeApi, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+G, V = "patchwarden.io", "v1alpha1"
+PLURAL = {
+    "PatchBaseline": "patchbaselines",
+    "PatchGroup": "patchgroups",
+    "MaintenanceWindow": "maintenancewindows",
+    "ManagedInstance": "managedinstances",
+    "ComplianceReport": "compliancereports",
+}
+# The fleet's baseline changed so that it approves nothing these systems have: compliant.
+NOTHING_APPROVED = BASELINE_YAML.replace(
+    "values: [Required, Important, Standard, Optional, Extra]", "values: [Required]"
+)
+T0 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+
+
+# --- pure rules --------------------------------------------------------------------------------
+
+
+def holder(identity: str, duration: float = 15.0) -> Holder:
+    return Holder(identity, duration, "2026-11-28T09:00:00.000000Z", "", 0, "1")
+
+
+def test_a_lease_is_taken_only_when_free_mine_or_unrenewed_for_its_duration() -> None:
+    assert may_acquire(None, "b", observed_at=0.0, now=0.0)
+    assert may_acquire(holder(""), "b", observed_at=0.0, now=0.0)  # released
+    assert may_acquire(holder("b"), "b", observed_at=0.0, now=0.0)  # renewing my own
+    assert not may_acquire(holder("a"), "b", observed_at=100.0, now=114.9)
+    assert may_acquire(holder("a"), "b", observed_at=100.0, now=115.0)
+
+
+def test_lease_timings_must_nest() -> None:
+    with pytest.raises(ValueError, match="retry period < renew deadline < lease duration"):
+        LeaseConfig("l", "ns", "me", lease_duration=10, renew_deadline=10, retry_period=2)
+
+
+def test_a_condition_keeps_its_transition_time_until_its_status_flips() -> None:
+    old = [
+        {"type": "Ready", "status": "True", "reason": "A", "lastTransitionTime": "then"},
+        {"type": "Stalled", "status": "False", "reason": "A", "lastTransitionTime": "then"},
+    ]
+    new = [
+        {"type": "Ready", "status": "True", "reason": "B", "message": "other words"},
+        {"type": "Stalled", "status": "True", "reason": "InvalidSpec"},
+        {"type": "NonCompliant", "status": "True", "reason": "MissingPatches"},
+    ]
+    merged = {c["type"]: c for c in merge_conditions(old, new, T0)}
+    assert merged["Ready"]["lastTransitionTime"] == "then"
+    assert merged["Ready"]["reason"] == "B"
+    assert merged["Stalled"]["lastTransitionTime"] == "2026-11-28T09:00:00Z"
+    assert merged["NonCompliant"]["lastTransitionTime"] == "2026-11-28T09:00:00Z"
+    assert unchanged({"a": 1, "conditions": old}, {"a": 1, "gone": None, "conditions": old})
+    assert not unchanged({"a": 1}, {"a": 2})
+
+
+def occurrence(kind: Kind, **detail: Any) -> Occurrence:
+    return Occurrence(kind, T0, "namespace/ns@sha256:" + "0" * 64, instance="web-1", detail=detail)
+
+
+def test_only_transitions_become_events_on_the_object_they_concern() -> None:
+    def object_of(path: str) -> tuple[str, str] | None:
+        return {"MaintenanceWindow/ns/bad.yaml": ("MaintenanceWindow", "bad")}.get(path)
+
+    quiet = [
+        occurrence(Kind.JOB_DISPATCHED, operation="Scan"),
+        occurrence(Kind.JOB_FINISHED, operation="Scan", status="succeeded"),
+        occurrence(Kind.SNAPSHOT_ACCEPTED),
+        occurrence(Kind.PATCHES_INSTALLED, patches=[]),
+    ]
+    assert [n for o in quiet for n in notices(o, object_of)] == []
+    (changed,) = notices(
+        occurrence(
+            Kind.COMPLIANCE_CHANGED,
+            status="NON_COMPLIANT",
+            previous=None,
+            operation="Scan",
+            baseline=BASELINE,
+            summary={"missingCount": 3, "failedCount": 0},
+        ),
+        object_of,
+    )
+    assert (changed.kind, changed.name, changed.type, changed.reason) == (
+        "ManagedInstance",
+        "web-1",
+        "Warning",
+        "NonCompliant",
+    )
+    assert "3 missing" in changed.message
+    (failed,) = notices(
+        occurrence(
+            Kind.JOB_FINISHED,
+            operation="Install",
+            status="failed",
+            error={"code": "X", "message": "y"},
+        ),
+        object_of,
+    )
+    assert (failed.reason, failed.type) == ("InstallFailed", "Warning")
+    (refused,) = notices(
+        occurrence(
+            Kind.SNAPSHOT_REFUSED,
+            problems=["MaintenanceWindow/ns/bad.yaml:8: spec.cutoff: cutoff (3 h) must be less"],
+            keeping=None,
+        ),
+        object_of,
+    )
+    assert (refused.kind, refused.name, refused.reason) == (
+        "MaintenanceWindow",
+        "bad",
+        "SnapshotRefused",
+    )
+    assert "spec.cutoff" in refused.message
+
+
+def test_only_objects_whose_current_spec_is_not_in_force_are_stalled() -> None:
+    """A refused set: the object with the problem is Stalled with the loader's words, another
+    changed object with the refusal, an unchanged one (still in force) not at all."""
+
+    def info(kind: str, name: str) -> ObjectInfo:
+        return ObjectInfo(kind, name, "uid", 2, "7", {}, f"{kind}/ns/{name}.yaml")
+
+    bad, changed, steady = (
+        info("MaintenanceWindow", "bad"),
+        info("PatchGroup", "fleet"),
+        info("PatchBaseline", "base"),
+    )
+    problem = Problem(bad.path, 9, "spec.cutoff", "cutoff (3 h) must be less than duration (2 h)")
+    seen = Seen(
+        now=T0,
+        listing={(i.kind, i.name): i for i in (bad, changed, steady)},
+        snapshot=None,
+        revision="namespace/ns@sha256:" + "1" * 64,
+        applied=frozenset({("PatchBaseline", "base")}),
+        problems=[problem],
+    )
+    got = {key: {c["type"]: c for c in s["conditions"]} for key, s in statuses(seen).items()}
+    window = got[("MaintenanceWindow", "bad")]
+    assert (window["Stalled"]["status"], window["Stalled"]["reason"]) == ("True", "InvalidSpec")
+    assert window["Stalled"]["message"] == (
+        "line 9: spec.cutoff: cutoff (3 h) must be less than duration (2 h)"
+    )
+    assert window["Ready"]["status"] == "False"
+    group = got[("PatchGroup", "fleet")]
+    assert (group["Stalled"]["status"], group["Stalled"]["reason"]) == ("True", "SnapshotRefused")
+    assert "MaintenanceWindow/ns/bad.yaml" in group["Stalled"]["message"]
+    assert got[("PatchBaseline", "base")]["Stalled"]["status"] == "False"
+    assert all(s["observedGeneration"] == 2 for s in statuses(seen).values())
+
+
+def node(name: str, labels: dict[str, str], uid: str = "u-1") -> dict[str, Any]:
+    return {"metadata": {"name": name, "uid": uid, "labels": labels}}
+
+
+def test_a_node_mirror_carries_the_nodes_labels_connection_and_owner() -> None:
+    mirror = mirror_of(node("n1", {"zone": "a"}), "ns")
+    assert mirror["metadata"]["labels"] == {"zone": "a", NODE_LABEL: "n1"}
+    assert mirror["spec"]["connection"] == {"type": "kubernetes", "node": "n1"}
+    assert mirror["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    mine = {"metadata": {"name": "n2", "labels": {NODE_LABEL: "n2"}, "uid": "m2"}}
+    users = {"metadata": {"name": "n3", "labels": {}}}
+    todo = changes(
+        [node("n1", {"zone": "a"}), node("n3", {})], [mine, users], "ns"
+    )  # n1 new, n2's node gone, n3 is a user's instance
+    assert [m["metadata"]["name"] for m in todo.create] == ["n1"]
+    assert todo.delete == [("n2", "m2")]
+    assert todo.skipped == ["n3"]
+
+
+# --- with the API server -----------------------------------------------------------------------
+
+
+def custom(kube_api: KubeApi) -> Any:
+    return kubernetes.client.CustomObjectsApi(kube_api.client())
+
+
+def apply(kube_api: KubeApi, namespace: str, text: str) -> None:
+    """Create or replace every document of ``text`` in ``namespace``."""
+    api = custom(kube_api)
+    for document in yaml.safe_load_all(text):
+        plural, name = PLURAL[document["kind"]], document["metadata"]["name"]
+        try:
+            current = api.get_namespaced_custom_object(G, V, namespace, plural, name)
+        except kubernetes.client.ApiException as exc:
+            assert exc.status == 404
+            api.create_namespaced_custom_object(G, V, namespace, plural, document)
+            continue
+        document["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        api.replace_namespaced_custom_object(G, V, namespace, plural, name, document)
+
+
+def get(kube_api: KubeApi, namespace: str, kind: str, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = custom(kube_api).get_namespaced_custom_object(
+        G, V, namespace, PLURAL[kind], name
+    )
+    return result
+
+
+def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0) -> Any:
+    """Poll ``check`` until it returns something true; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except kubernetes.client.ApiException as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.3)
+    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
+
+
+def events(kube_api: KubeApi, namespace: str) -> list[tuple[str, str, str]]:
+    """(involved kind/name, reason, type) of every Event in the namespace, oldest first."""
+    core = kubernetes.client.CoreV1Api(kube_api.client())
+    items = core.list_namespaced_event(namespace).items
+    items.sort(key=lambda e: (e.first_timestamp or T0, e.metadata.name))
+    return [(f"{e.involved_object.kind}/{e.involved_object.name}", e.reason, e.type) for e in items]
+
+
+def ready_instance(kube_api: KubeApi, namespace: str, name: str, status: str) -> Callable[[], Any]:
+    """Check: the instance's status reports ``status`` for its current generation, Ready."""
+
+    def check() -> dict[str, Any] | None:
+        obj = get(kube_api, namespace, "ManagedInstance", name)
+        s = obj.get("status") or {}
+        ready = conditions(obj).get("Ready", {})
+        if (
+            s.get("complianceStatus") == status
+            and s.get("observedGeneration") == obj["metadata"]["generation"]
+            and ready.get("status") == "True"
+        ):
+            return obj
+        return None
+
+    return check
+
+
+@dataclass
+class Controller:
+    """A ``patchctl controller`` process."""
+
+    process: subprocess.Popen[bytes]
+    identity: str
+    state: Path
+    log: Path
+    port: int
+
+    def jobs(self) -> int:
+        if not self.state.exists():
+            return 0
+        with sqlite3.connect(self.state) as db:
+            try:
+                return int(db.execute("SELECT count(*) FROM jobs").fetchone()[0])
+            except sqlite3.OperationalError:
+                return 0
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        return int(self.process.returncode)
+
+
+@pytest.fixture
+def controllers(kube_api: KubeApi, tmp_path: Path) -> Iterator[Callable[..., Controller]]:
+    """Start controllers (each its own state and log); all are stopped at the end."""
+    started: list[Controller] = []
+
+    def start(namespace: str, identity: str = "one", *extra: str) -> Controller:
+        state = tmp_path / identity / "state.db"
+        state.parent.mkdir(parents=True, exist_ok=True)
+        log = tmp_path / identity / "controller.log"
+        port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "reconciler",
+            "controller",
+            "--kubeconfig",
+            str(kube_api.kubeconfig),
+            "--namespace",
+            namespace,
+            "--state",
+            str(state),
+            "--no-nodes",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--identity",
+            identity,
+            "--lease-duration",
+            "4",
+            "--renew-deadline",
+            "3",
+            "--retry-period",
+            "0.5",
+            *extra,
+        ]
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("wb")
+        )
+        controller = Controller(process, identity, state, log, port)
+        started.append(controller)
+        return controller
+
+    yield start
+    for controller in started:
+        controller.stop(signal.SIGKILL)
+
+
+def fleet_yaml(root: Path, name: str = "web-1") -> str:
+    return BASELINE_YAML + "---\n" + local_instance_yaml(name, root)
+
+
+@pytest.mark.apiserver
+@needs_apt
+def test_the_controller_reconciles_resources_and_reports_on_them(
+    kube_api: KubeApi, controllers: Callable[..., Controller], system_root: Path
+) -> None:
+    """Created resources are scanned and their status written; a changed baseline changes it;
+    a deleted instance leaves the group's counts; Events only on transitions. The interval is
+    long: every reaction here comes from the watch."""
+    ns = kube_api.namespace()
+    apply(kube_api, ns, fleet_yaml(system_root))
+    controller = controllers(ns, "one", "--interval", "600")
+
+    obj = wait_for(
+        "web-1 scanned NON_COMPLIANT", ready_instance(kube_api, ns, "web-1", "NON_COMPLIANT")
+    )
+    status = obj["status"]
+    assert status["baseline"] == BASELINE and status["patchGroup"] == GROUP
+    assert status["operation"] == "Scan" and status["operatingSystem"] == "DEBIAN"
+    assert status["missingCount"] > 0
+    for count in ("installedCount", "installedOtherCount", "installedPendingRebootCount"):
+        assert isinstance(status[count], int)
+    for count in ("installedRejectedCount", "failedCount", "notApplicableCount"):
+        assert isinstance(status[count], int)
+    assert status["revision"].startswith(f"namespace/{ns}@sha256:")
+    assert conditions(obj)["NonCompliant"]["status"] == "True"
+    assert conditions(obj)["Stalled"]["status"] == "False"
+    group = get(kube_api, ns, "PatchGroup", GROUP)["status"]
+    assert (group["instances"], group["instancesNonCompliant"]) == (1, 1)
+    assert group["instancesWithMissingPatches"] == 1
+    baseline = get(kube_api, ns, "PatchBaseline", BASELINE)
+    assert conditions(baseline)["Ready"]["status"] == "True"
+    assert baseline["status"]["observedGeneration"] == baseline["metadata"]["generation"]
+    assert events(kube_api, ns) == [("ManagedInstance/web-1", "NonCompliant", "Warning")]
+
+    # A new baseline generation: rescanned (the baseline's content changed) and compliant.
+    apply(kube_api, ns, NOTHING_APPROVED)
+    obj = wait_for("web-1 COMPLIANT", ready_instance(kube_api, ns, "web-1", "COMPLIANT"))
+    assert conditions(obj)["NonCompliant"]["status"] == "False"
+    baseline = get(kube_api, ns, "PatchBaseline", BASELINE)
+    assert baseline["metadata"]["generation"] == 2
+    assert baseline["status"]["observedGeneration"] == 2
+    assert wait_for(
+        "the group compliant",
+        lambda: get(kube_api, ns, "PatchGroup", GROUP)["status"]["instancesNonCompliant"] == 0,
+    )
+    assert events(kube_api, ns) == [
+        ("ManagedInstance/web-1", "NonCompliant", "Warning"),
+        ("ManagedInstance/web-1", "Compliant", "Normal"),
+    ]
+
+    # Deleted: the instance no longer counts in its group.
+    custom(kube_api).delete_namespaced_custom_object(G, V, ns, PLURAL["ManagedInstance"], "web-1")
+    wait_for(
+        "the group empty",
+        lambda: get(kube_api, ns, "PatchGroup", GROUP)["status"]["instances"] == 0,
+    )
+    assert controller.process.poll() is None, controller.logs()
+    assert controller.stop() == 0
+    assert '"released lease"' in controller.logs() or "released lease" in controller.logs()
+
+
+@pytest.mark.apiserver
+@needs_apt
+def test_a_set_the_loader_refuses_stalls_the_object_with_its_message(
+    kube_api: KubeApi, controllers: Callable[..., Controller], system_root: Path
+) -> None:
+    """cutoff >= duration passes the CRD schema (no cross-field rules on this server) but not the
+    loader: the window is Stalled with the loader's words, one Event says so, and the rest of
+    the fleet keeps being reconciled under the last good set."""
+    ns = kube_api.namespace()
+    apply(kube_api, ns, fleet_yaml(system_root))
+    controllers(ns, "one", "--interval", "600")
+    wait_for("web-1 scanned", ready_instance(kube_api, ns, "web-1", "NON_COMPLIANT"))
+
+    apply(kube_api, ns, window_yaml("nightly", "cron(0 2 * * ? *)", duration=2, cutoff=3))
+
+    def stalled() -> dict[str, Any] | None:
+        window = get(kube_api, ns, "MaintenanceWindow", "nightly")
+        stall = conditions(window).get("Stalled", {})
+        return window if stall.get("status") == "True" else None
+
+    window = wait_for("the window Stalled", stalled)
+    stall = conditions(window)["Stalled"]
+    assert stall["reason"] == "InvalidSpec"
+    assert "spec.cutoff: cutoff (3 h) must be less than duration (2 h)" in stall["message"]
+    assert conditions(window)["Ready"]["status"] == "False"
+    assert window["status"]["observedGeneration"] == window["metadata"]["generation"]
+    # What was in force stays in force and is not Stalled.
+    instance = get(kube_api, ns, "ManagedInstance", "web-1")
+    assert conditions(instance)["Stalled"]["status"] == "False"
+    assert ("MaintenanceWindow/nightly", "SnapshotRefused", "Warning") in events(kube_api, ns)
+
+    # Fixed: accepted, the Stalled condition flips back.
+    apply(kube_api, ns, window_yaml("nightly", "cron(0 2 * * ? *)", duration=4, cutoff=1))
+
+    def accepted() -> dict[str, Any] | None:
+        window = get(kube_api, ns, "MaintenanceWindow", "nightly")
+        ok = conditions(window).get("Ready", {}).get("status") == "True"
+        return window if ok else None
+
+    window = wait_for("the window accepted", accepted)
+    assert conditions(window)["Stalled"]["status"] == "False"
+    assert window["status"]["nextExecutionTime"].endswith("T02:00:00Z")
+    assert window["status"]["observedGeneration"] == 2
+
+
+@pytest.mark.apiserver
+@needs_apt
+def test_status_is_written_once_and_left_alone_when_nothing_changed(
+    kube_api: KubeApi, system_root: Path, tmp_path: Path
+) -> None:
+    """Two passes in-process over an unchanged namespace: the second writes nothing, so no
+    object's resourceVersion moves (no write storms, no self-triggered watch events)."""
+    ns = kube_api.namespace()
+    apply(kube_api, ns, fleet_yaml(system_root))
+    api = kube_api.client()
+    with StateStore(tmp_path / "state.db") as store:
+        reconciler = ControllerReconciler(
+            KubernetesSource(api, ns, watch_nodes=False),
+            store,
+            lambda instance: transport_for(instance.spec.connection),
+            writer=StatusWriter(api, ns),
+        )
+        reconciler.reconcile()
+        assert reconciler.written == {"written": 3}
+        versions = {
+            kind: get(kube_api, ns, kind, name)["metadata"]["resourceVersion"]
+            for kind, name in [
+                ("PatchBaseline", BASELINE),
+                ("PatchGroup", GROUP),
+                ("ManagedInstance", "web-1"),
+            ]
+        }
+        revision = reconciler.revision
+        reconciler.reconcile()
+        assert reconciler.written == {"unchanged": 3}
+        assert reconciler.revision == revision  # our own status writes are not a new revision
+        for kind, name in [("PatchBaseline", BASELINE), ("PatchGroup", GROUP)]:
+            assert get(kube_api, ns, kind, name)["metadata"]["resourceVersion"] == versions[kind]
+        instance = get(kube_api, ns, "ManagedInstance", "web-1")
+        assert instance["metadata"]["resourceVersion"] == versions["ManagedInstance"]
+
+
+@pytest.mark.apiserver
+def test_a_status_conflict_is_retried_on_the_fresh_object_and_a_deleted_one_skipped(
+    kube_api: KubeApi, system_root: Path
+) -> None:
+    """409: the object changed after it was read (here: a user relabelled it). The writer reads
+    it again and writes on top of the new version; the user's change stays."""
+    ns = kube_api.namespace()
+    apply(kube_api, ns, local_instance_yaml("web-1", system_root))
+    stale = get(kube_api, ns, "ManagedInstance", "web-1")
+    obj = dict(stale, metadata={**stale["metadata"], "labels": {"fleet": "e2e", "tier": "web"}})
+    custom(kube_api).replace_namespaced_custom_object(
+        G, V, ns, PLURAL["ManagedInstance"], "web-1", obj
+    )
+    writer = StatusWriter(kube_api.client(), ns, clock=lambda: T0)
+    wanted = {
+        "observedGeneration": 1,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Scanned", "message": ""}],
+    }
+    outcome = writer.write(
+        "ManagedInstance",
+        "web-1",
+        wanted,
+        current={},
+        resource_version=stale["metadata"]["resourceVersion"],
+    )
+    assert outcome is Written.WRITTEN
+    now = get(kube_api, ns, "ManagedInstance", "web-1")
+    assert now["metadata"]["labels"]["tier"] == "web"
+    assert conditions(now)["Ready"]["lastTransitionTime"] == "2026-11-28T09:00:00Z"
+    assert (
+        writer.write("ManagedInstance", "gone", wanted, current={}, resource_version="1")
+        is Written.GONE
+    )
+
+
+@pytest.mark.apiserver
+def test_nodes_are_mirrored_and_their_heartbeats_change_nothing(
+    kube_api: KubeApi, tmp_path: Path
+) -> None:
+    """Every selected Node becomes a ManagedInstance with its labels; a label change follows,
+    a heartbeat (status) does not change the revision, a deleted Node's mirror goes (no garbage
+    collector runs on this server, so the controller does it)."""
+    ns = kube_api.namespace()
+    core = kubernetes.client.CoreV1Api(kube_api.client())
+    mark = ns  # only this test's Nodes (Nodes are cluster-wide)
+    name = f"node-{ns}"
+    core.create_node({"metadata": {"name": name, "labels": {"pw-test": mark, "zone": "a"}}})
+    try:
+        api = kube_api.client()
+        mirror = NodeMirror(api, ns, f"pw-test={mark}")
+        assert [m["metadata"]["name"] for m in mirror.sync().create] == [name]
+        instance = get(kube_api, ns, "ManagedInstance", name)
+        assert instance["spec"]["connection"] == {"type": "kubernetes", "node": name}
+        assert instance["metadata"]["labels"] == {"pw-test": mark, "zone": "a", NODE_LABEL: name}
+        assert instance["metadata"]["ownerReferences"][0]["kind"] == "Node"
+        source = KubernetesSource(api, ns, node_selector=f"pw-test={mark}")
+        revision, snapshot = source.snapshot()
+        assert name in snapshot.instances
+
+        # A heartbeat: the Node's status moves, nothing else does.
+        core.patch_node_status(
+            name,
+            {"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Beat"}]}},
+        )
+        assert mirror.sync().create == [] and mirror.sync().relabel == []
+        assert source.snapshot()[0] == revision
+
+        # Relabelled (a label dropped, one changed): the mirror follows; a new revision.
+        core.patch_node(name, {"metadata": {"labels": {"zone": "b"}}})
+        assert [r[0] for r in mirror.sync().relabel] == [name]
+        labels = get(kube_api, ns, "ManagedInstance", name)["metadata"]["labels"]
+        assert labels == {"pw-test": mark, "zone": "b", NODE_LABEL: name}
+        assert source.snapshot()[0] != revision
+        node_json = core.read_node(name)
+        node_json.metadata.labels.pop("zone")
+        core.replace_node(name, node_json)
+        mirror.sync()
+        labels = get(kube_api, ns, "ManagedInstance", name)["metadata"]["labels"]
+        assert labels == {"pw-test": mark, NODE_LABEL: name}
+    finally:
+        core.delete_node(name)
+    assert mirror.sync().delete
+    with pytest.raises(kubernetes.client.ApiException) as gone:
+        get(kube_api, ns, "ManagedInstance", name)
+    assert gone.value.status == 404
+
+
+@pytest.mark.apiserver
+def test_the_watch_wakes_on_changes_but_not_on_status_writes(
+    kube_api: KubeApi, system_root: Path
+) -> None:
+    """What wakes the loop: an object created, its spec changed, deleted. What does not: a status
+    write (the controller's own, every pass), which would otherwise wake it forever."""
+    ns = kube_api.namespace()
+    wakes = threading.Semaphore(0)
+    source = KubernetesSource(kube_api.client(), ns, watch_nodes=False)
+    stop = source.watch(wakes.release)
+    try:
+
+        def woken(timeout: float = 10.0) -> bool:
+            return wakes.acquire(timeout=timeout)
+
+        time.sleep(1)  # the watches have listed and are waiting
+        apply(kube_api, ns, local_instance_yaml("web-1", system_root))
+        assert woken()
+        while wakes.acquire(timeout=1):
+            pass  # one create may wake more than once; level-based, that is harmless
+        custom(kube_api).patch_namespaced_custom_object_status(
+            G, V, ns, PLURAL["ManagedInstance"], "web-1", {"status": {"waiting": "x"}}
+        )
+        assert not woken(timeout=3)
+        apply(kube_api, ns, BASELINE_YAML)
+        assert woken()
+        custom(kube_api).delete_namespaced_custom_object(
+            G, V, ns, PLURAL["ManagedInstance"], "web-1"
+        )
+        assert woken()
+    finally:
+        stop()
+
+
+@pytest.mark.apiserver
+def test_a_watch_that_expired_lists_again_and_keeps_watching(kube_api: KubeApi) -> None:
+    """410 Gone (the watch's resourceVersion is older than the server keeps): list again and
+    watch from there, without losing the change that happens next."""
+    ns = kube_api.namespace()
+
+    class Expiring(_Watcher):
+        lists = 0
+
+        def _relist(self, *, wake: bool) -> str:
+            version = super()._relist(wake=wake)
+            self.lists += 1
+            return "1" if self.lists == 1 else version  # the first watch starts far too old
+
+    wakes = threading.Semaphore(0)
+    source = KubernetesSource(kube_api.client(), ns, watch_nodes=False)
+    stop = threading.Event()
+    watcher = Expiring(source._lister("PatchBaseline"), wakes.release, stop, name="expiring")
+    watcher.start()
+    try:
+        wait_for("a second list after 410 Gone", lambda: watcher.lists >= 2, timeout=15)
+        time.sleep(0.5)
+        apply(kube_api, ns, BASELINE_YAML.split("---")[0])
+        assert wakes.acquire(timeout=10)
+    finally:
+        stop.set()
+        watcher.stop()
+
+
+def lease_holder(kube_api: KubeApi, namespace: str, name: str = "patchwarden-controller") -> str:
+    coordination = kubernetes.client.CoordinationV1Api(kube_api.client())
+    try:
+        return str(coordination.read_namespaced_lease(name, namespace).spec.holder_identity or "")
+    except kubernetes.client.ApiException:
+        return ""
+
+
+@pytest.mark.apiserver
+@needs_apt
+def test_two_replicas_one_leader_and_a_takeover_when_it_dies(
+    kube_api: KubeApi,
+    controllers: Callable[..., Controller],
+    system_root: Path,
+) -> None:
+    """Two controller processes on one namespace: one holds the Lease and is the only one that
+    runs jobs and writes status; SIGKILL it and the other takes over within the lease duration."""
+    ns = kube_api.namespace()
+    apply(kube_api, ns, fleet_yaml(system_root))
+    first = controllers(ns, "alpha", "--interval", "2")
+    wait_for("alpha leads", lambda: lease_holder(kube_api, ns) == "alpha")
+    second = controllers(ns, "beta", "--interval", "2")
+    scanned = wait_for("web-1 scanned", ready_instance(kube_api, ns, "web-1", "NON_COMPLIANT"))
+    time.sleep(5)  # alpha passes every 2 s; beta has been waiting for several retry periods
+    # Idle passes write nothing and announce nothing.
+    again = get(kube_api, ns, "ManagedInstance", "web-1")
+    assert again["metadata"]["resourceVersion"] == scanned["metadata"]["resourceVersion"]
+    assert events(kube_api, ns) == [("ManagedInstance/web-1", "NonCompliant", "Warning")]
+    assert lease_holder(kube_api, ns) == "alpha"
+    assert first.jobs() >= 1
+    assert second.jobs() == 0, second.logs()
+    assert second.process.poll() is None  # a standby waits, healthy
+
+    first.stop(signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for("beta leads", lambda: lease_holder(kube_api, ns) == "beta", timeout=30)
+    assert time.monotonic() - killed < 4 + 3  # lease duration + retries
+    # The new leader has no history of its own: it scans the instance again.
+    wait_for("beta ran a job", lambda: second.jobs() >= 1, timeout=60)
+    assert second.stop() == 0
+    assert lease_holder(kube_api, ns) == ""  # released on SIGTERM
+
+
+@pytest.mark.apiserver
+def test_losing_the_lease_stops_the_controller_with_an_error(
+    kube_api: KubeApi, controllers: Callable[..., Controller]
+) -> None:
+    """Someone else takes the Lease (here: the test writes itself into it): the controller stops
+    starting jobs and exits non-zero, so its Pod restarts as a follower."""
+    ns = kube_api.namespace()
+    controller = controllers(ns, "alpha", "--interval", "2")
+    wait_for("alpha leads", lambda: lease_holder(kube_api, ns) == "alpha")
+    coordination = kubernetes.client.CoordinationV1Api(kube_api.client())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and controller.process.poll() is None:
+        lease = coordination.read_namespaced_lease("patchwarden-controller", ns)
+        lease.spec.holder_identity = "intruder"
+        lease.spec.renew_time = datetime.now(UTC)
+        lease.spec.lease_duration_seconds = 60
+        with contextlib.suppress(kubernetes.client.ApiException):  # alpha renewed: again
+            coordination.replace_namespaced_lease("patchwarden-controller", ns, lease)
+        time.sleep(0.2)
+    assert controller.process.wait(timeout=30) == 1, controller.logs()
+    assert "lost the leader lease" in controller.logs()
+    assert lease_holder(kube_api, ns) == "intruder"
+
+
+@pytest.mark.apiserver
+@needs_apt
+def test_with_a_directory_or_git_source_it_still_leads_and_reconciles(
+    kube_api: KubeApi,
+    controllers: Callable[..., Controller],
+    system_root: Path,
+    tmp_path: Path,
+) -> None:
+    """The chart can point the controller at Git instead of the cluster's resources: the same
+    Lease, the same loop, no status (there are no objects to write it on)."""
+    ns = kube_api.namespace()
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    (fleet / "fleet.yaml").write_text(fleet_yaml(system_root))
+    controller = controllers(ns, "solo", "--interval", "2", "--source", str(fleet))
+    wait_for("solo leads", lambda: lease_holder(kube_api, ns) == "solo")
+    wait_for("a scan", lambda: controller.jobs() >= 1)
+    with StateStore(controller.state) as store:
+        wait_for("web-1 scanned", lambda: "web-1" in store.latest_scans())
+        assert store.latest_scans()["web-1"].revision.startswith("dir@sha256:")
+    assert controller.stop() == 0, controller.logs()
