@@ -449,9 +449,9 @@ def _events_args(p: argparse.ArgumentParser) -> None:
         help="events held per destination while it is slow or down (oldest dropped beyond)",
     )
     p.add_argument(
-        "--aws-endpoint-url",
+        "--events-endpoint-url",
         metavar="URL",
-        help="AWS API endpoint (an emulator, a VPC endpoint); default: the AWS configuration",
+        help="EventBridge endpoint (an emulator, a VPC endpoint); default: the AWS configuration",
     )
 
 
@@ -1012,7 +1012,7 @@ def _events_client(args: argparse.Namespace) -> object:
     from reconciler.report.events import events_client
 
     try:
-        return events_client(endpoint_url=args.aws_endpoint_url)
+        return events_client(endpoint_url=args.events_endpoint_url)
     except BotoCoreError as exc:
         raise UserError(
             f"--events-eventbridge: {exc} (set AWS_REGION, or a region in the AWS profile)"

@@ -724,7 +724,7 @@ def test_patchctl_reconcile_announces_to_eventbridge_and_a_webhook(
             "json",
             "--events-eventbridge",
             "patching",
-            "--aws-endpoint-url",
+            "--events-endpoint-url",
             aws.url,
             "--events-webhook",
             receiver.url,
