@@ -4,10 +4,10 @@ PY := $(VENV)/bin/python
 PATCHCTL := $(VENV)/bin/patchctl
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint crds verify bench demo agent clean
+.PHONY: help install kube-apiserver test lint crds verify bench demo agent clean
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 # Debian packages the tests drive for real (apt/dpkg come with the system).
 SYSTEM_PACKAGES ?= git gnupg openssh-server openssh-client \
@@ -21,7 +21,10 @@ install: ## virtualenv + system and Python packages (idempotent)
 demo: install ## the main job: a local fleet of Debian roots patched by the reconciler from a Git repo
 	$(PY) scripts/demo.py
 
-test: install ## the whole test suite (what CI runs)
+kube-apiserver: install ## build (once, ~4 min; cached) the real kube-apiserver the apiserver tests run
+	scripts/kube-apiserver build
+
+test: install kube-apiserver ## the whole test suite (what CI runs)
 	$(PY) -m pytest -q
 
 lint: install ## ruff, mypy --strict on reconciler/, import-linter contracts
@@ -34,11 +37,13 @@ lint: install ## ruff, mypy --strict on reconciler/, import-linter contracts
 agent: install ## build/patchwarden-agent.pyz: the agent as one file for any python3 >= 3.6
 	$(PY) scripts/build-agent build/patchwarden-agent.pyz
 
-crds: install ## regenerate crds/ from reconciler/api
+crds: install ## regenerate crds/ (and the Helm chart's copy) from reconciler/api
 	$(PATCHCTL) crds --out crds/
+	$(PATCHCTL) crds --out charts/patchwarden/crds/
 
 verify: install ## fail when crds/ or docs/inventory.schema.json are stale
 	$(PATCHCTL) crds --out crds/ --check
+	$(PATCHCTL) crds --out charts/patchwarden/crds/ --check
 	$(PATCHCTL) schema inventory --check docs/inventory.schema.json
 
 bench: install ## benchmarks (not part of make test); results go to docs/benchmarks.md

@@ -9,6 +9,7 @@ import pytest
 
 from reconciler.agent.apt import Apt
 from tests.aptlab import HttpRepo, Pkg, Repo, make_root
+from tests.kubeapi import kube_api  # noqa: F401  (session fixture: the real kube-apiserver)
 
 HAVE_APT = all(shutil.which(tool) for tool in ("apt-get", "apt-cache", "dpkg", "dpkg-query"))
 needs_apt = pytest.mark.skipif(not HAVE_APT, reason="apt and dpkg are not installed")

@@ -1,0 +1,625 @@
+"""The Helm chart charts/patchwarden, through the Helm v4 SDK (PyPI ``helm-python-sdk``): it lints
+clean, renders with defaults and with values, its values.schema.json refuses bad values, its
+Deployment is hardened, what it passes the controller is what the controller parses; and, on the
+real kube-apiserver (tests/kubeapi.py), it installs and its ServiceAccount can do exactly what the
+controller needs: every call it makes succeeds, and the rest is refused with 403."""
+
+from __future__ import annotations
+
+import filecmp
+import secrets
+import shlex
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes
+import pytest
+import yaml
+from kubernetes.client import ApiException
+
+from reconciler.api.resources import GROUP, VERSION
+from reconciler.cli import _parser
+from reconciler.dispatch.nodes import NodeSettings
+from tests.kubeapi import KubeApi
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "charts" / "patchwarden"
+RELEASE, NAMESPACE = "pw", "patchwarden"
+FULLNAME = "pw-patchwarden"
+
+Doc = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+def render(chart: helm.Chart, values: Doc | None = None, namespace: str = NAMESPACE) -> list[Doc]:
+    out = chart.render(values or {}, name=RELEASE, namespace=namespace, is_install=True)
+    return [
+        doc
+        for path, text in sorted(out.items())
+        if not path.endswith("NOTES.txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
+def one(docs: list[Doc], kind: str, name: str | None = None) -> Doc:
+    found = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(found) == 1, f"{kind} {name}: {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def controller(docs: list[Doc]) -> Doc:
+    container: Doc = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+# --- offline: files, lint, render, schema ------------------------------------------------------
+
+
+def test_chart_crds_are_the_generated_crds() -> None:
+    """`make crds` writes both copies; a hand edit or a forgotten regeneration fails here."""
+    generated = sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
+    copied = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    assert copied == generated
+    _, mismatch, errors = filecmp.cmpfiles(REPO / "crds", CHART / "crds", generated, shallow=False)
+    assert mismatch == [] and errors == [], (
+        f"charts/patchwarden/crds differ: {mismatch} (run make crds)"
+    )
+
+
+def test_chart_ships_the_crds(chart: helm.Chart) -> None:
+    kinds = {yaml.safe_load(c["data"])["spec"]["names"]["kind"] for c in chart.crds}
+    assert kinds == {
+        "PatchBaseline",
+        "PatchGroup",
+        "MaintenanceWindow",
+        "ManagedInstance",
+        "ComplianceReport",
+    }
+
+
+def test_lints_clean() -> None:
+    report = helm.lint(str(CHART), strict=True)
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == [], report
+
+
+def test_renders_with_defaults(chart: helm.Chart) -> None:
+    docs = render(chart)
+    kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
+    assert kinds == sorted(
+        [
+            ("ConfigMap", FULLNAME),
+            ("Deployment", FULLNAME),
+            ("Service", f"{FULLNAME}-metrics"),
+            ("ServiceAccount", FULLNAME),
+            ("ServiceAccount", f"{FULLNAME}-node-agent"),
+            ("ClusterRole", FULLNAME),
+            ("ClusterRoleBinding", FULLNAME),
+            ("Role", FULLNAME),
+            ("RoleBinding", FULLNAME),
+            ("Role", f"{FULLNAME}-node-jobs"),
+            ("RoleBinding", f"{FULLNAME}-node-jobs"),
+            ("Role", f"{FULLNAME}-node-agent"),
+            ("RoleBinding", f"{FULLNAME}-node-agent"),
+        ]
+    ), "no ServiceMonitor by default"
+    container = controller(docs)
+    assert container["image"] == "ghcr.io/patchwarden/patchwarden:0.1.0"
+    assert not any(a.startswith("--source") for a in container["args"]), "default source: the CRs"
+    service = one(docs, "Service")
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+
+
+def test_renders_with_values(chart: helm.Chart) -> None:
+    docs = render(
+        chart,
+        {
+            "image": {"repository": "registry.example/pw", "tag": "1.2.3"},
+            "logLevel": "debug",
+            "intervals": {"resyncSeconds": 30},
+            "git": {
+                "url": "ssh://git@git.example/fleet.git",
+                "ref": "prod",
+                "existingSecret": "fleet-git",
+            },
+            "nodes": {"selector": "kubernetes.io/os=linux"},
+            "nodeJobs": {
+                "namespace": "patch-jobs",
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db"}],
+                "drainTimeoutSeconds": 120,
+            },
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+            "extraArgs": ["--workers=3"],
+        },
+    )
+    args = controller(docs)["args"]
+    for expected in (
+        "--source=ssh://git@git.example/fleet.git",
+        "--ref=prod",
+        "--identity-file=/etc/patchwarden/git/ssh-privatekey",
+        "--known-hosts=/etc/patchwarden/git/known_hosts",
+        "--interval=30",
+        "--log-level=debug",
+        "--node-selector=kubernetes.io/os=linux",
+        "--workers=3",
+    ):
+        assert expected in args
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    git = next(v for v in pod["volumes"] if v["name"] == "git")
+    assert git["secret"]["secretName"] == "fleet-git"
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    # Jobs, their ConfigMaps and the agent's identity move to the Jobs' namespace; the Lease stays.
+    assert one(docs, "Role", f"{FULLNAME}-node-jobs")["metadata"]["namespace"] == "patch-jobs"
+    assert one(docs, "Role", f"{FULLNAME}-node-agent")["metadata"]["namespace"] == "patch-jobs"
+    assert one(docs, "Role", FULLNAME)["metadata"]["namespace"] == NAMESPACE
+    settings = _node_settings(docs)
+    assert settings.namespace == "patch-jobs"
+    assert settings.image == "registry.example/pw:1.2.3", (
+        "the agent image defaults to the controller's"
+    )
+    assert settings.drain_timeout == 120
+    assert settings.tolerations == ({"key": "dedicated", "operator": "Equal", "value": "db"},)
+
+
+def _node_settings(docs: list[Doc]) -> NodeSettings:
+    config = one(docs, "ConfigMap", FULLNAME)["data"]["node-job.yaml"]
+    return NodeSettings.from_values(yaml.safe_load(config))
+
+
+def test_node_job_config_is_what_the_controller_reads(chart: helm.Chart) -> None:
+    """The ConfigMap is parsed by the controller's own NodeSettings (unknown keys are errors)."""
+    settings = _node_settings(render(chart))
+    assert settings.namespace == NAMESPACE
+    assert settings.service_account == f"{FULLNAME}-node-agent"
+    assert settings.agent_path == "/opt/patchwarden/agent.pyz"
+    assert settings.tolerations == ({"operator": "Exists"},)
+    assert settings.drain_timeout == 600
+
+
+def test_controller_args_are_what_patchctl_parses(chart: helm.Chart) -> None:
+    container = controller(
+        render(chart, {"git": {"url": "https://git.example/fleet.git"}, "nodes": {"mirror": False}})
+    )
+    env = {"POD_NAMESPACE": NAMESPACE}
+    args = [a.replace("$(POD_NAMESPACE)", env["POD_NAMESPACE"]) for a in container["args"]]
+    parsed = _parser().parse_args(args)
+    assert parsed.command == "controller"
+    assert parsed.namespace == NAMESPACE
+    assert parsed.listen == "0.0.0.0:8080"
+    assert parsed.lease_name == FULLNAME
+    assert parsed.source == "https://git.example/fleet.git"
+    assert parsed.nodes is False
+    assert str(parsed.node_job_config) == "/etc/patchwarden/config/node-job.yaml", shlex.join(args)
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert str(parsed.node_job_config.parent) in mounts
+    assert str(parsed.state.parent) in mounts, "the state database lives on a writable volume"
+
+
+def test_deployment_is_hardened(chart: helm.Chart) -> None:
+    docs = render(chart)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = controller(docs)
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["privileged"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    # Writable places are emptyDirs: /tmp and the state directory.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    writable = {
+        m["mountPath"]: m["name"] for m in container["volumeMounts"] if not m.get("readOnly")
+    }
+    assert set(writable) == {"/tmp", "/var/lib/patchwarden"}
+    assert all("emptyDir" in volumes[name] for name in writable.values())
+    assert container["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert not pod.get("hostPID") and not pod.get("hostNetwork")
+
+
+def test_rbac_has_no_wildcards_and_no_secrets(chart: helm.Chart) -> None:
+    for doc in render(chart, {"serviceMonitor": {"enabled": True}}):
+        for rule in doc.get("rules", []):
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule.get(field, []), (doc["metadata"]["name"], rule)
+            assert "secrets" not in rule["resources"], (doc["metadata"]["name"], rule)
+            assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
+
+
+BAD_VALUES: list[tuple[Doc, str]] = [
+    ({"logLevel": "loud"}, "/logLevel"),
+    ({"metrics": {"port": 80}}, "/metrics/port"),
+    ({"nodeJobs": {"drainTimeoutSeconds": 0}}, "/nodeJobs/drainTimeoutSeconds"),
+    ({"nodeJobs": {"namespace": "Not_A_Namespace"}}, "/nodeJobs/namespace"),
+    (
+        {"nodeJobs": {"tolerations": [{"operator": "Sometimes"}]}},
+        "/nodeJobs/tolerations/0/operator",
+    ),
+    (
+        {"nodeJobs": {"resources": {"limits": {"memory": "lots"}}}},
+        "/nodeJobs/resources/limits/memory",
+    ),
+    ({"git": {"url": "not a url"}}, "/git/url"),
+    ({"intervals": {"resyncSeconds": "often"}}, "/intervals/resyncSeconds"),
+    ({"serviceMonitor": {"enabled": "yes"}}, "/serviceMonitor/enabled"),
+    ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+    ({"replicas": 2}, "replicas"),
+]
+
+
+@pytest.mark.parametrize(("values", "named"), BAD_VALUES, ids=[n for _, n in BAD_VALUES])
+def test_schema_rejects_bad_values(chart: helm.Chart, values: Doc, named: str) -> None:
+    with pytest.raises(helm.HelmValuesError) as refused:
+        chart.validate_schema(values)
+    assert named in str(refused.value)
+    with pytest.raises(helm.HelmError):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_schema_accepts_the_documented_values(chart: helm.Chart) -> None:
+    chart.validate_schema({})
+    chart.validate_schema(yaml.safe_load((CHART / "values.yaml").read_text()))
+    chart.validate_schema(
+        {
+            "git": {"url": "ssh://git@git.example/fleet.git", "existingSecret": "fleet-git"},
+            "nodeJobs": {"resources": {"limits": {"cpu": 1, "memory": "1Gi"}}},
+            "serviceMonitor": {"enabled": True, "interval": "1m"},
+        }
+    )
+
+
+# --- against the real API server ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def installed(kube_api: KubeApi, chart: helm.Chart) -> Iterator[str]:
+    """The chart installed with defaults into a fresh namespace; yields the namespace."""
+    ns = kube_api.namespace("chart")
+    with helm.Config(kubeconfig_path=str(kube_api.kubeconfig), namespace=ns) as config:
+        release = config.install(chart, RELEASE, {}, namespace=ns, timeout=60)
+        assert release["manifest"]
+        yield ns
+
+
+@pytest.mark.apiserver
+def test_installs_into_a_real_server(kube_api: KubeApi, installed: str) -> None:
+    with helm.Config(kubeconfig_path=str(kube_api.kubeconfig), namespace=installed) as config:
+        releases = config.list()
+        assert [(r["name"], r["status"]) for r in releases] == [(RELEASE, "deployed")]
+    apps = kubernetes.client.AppsV1Api(kube_api.client())
+    deployment = apps.read_namespaced_deployment(FULLNAME, installed)
+    assert deployment.spec.template.spec.security_context.run_as_non_root is True
+    assert deployment.spec.template.spec.containers[0].security_context.read_only_root_filesystem
+    rbac = kubernetes.client.RbacAuthorizationV1Api(kube_api.client())
+    assert rbac.read_cluster_role(FULLNAME).rules
+    assert {r.metadata.name for r in rbac.list_namespaced_role(installed).items} == {
+        FULLNAME,
+        f"{FULLNAME}-node-jobs",
+        f"{FULLNAME}-node-agent",
+    }
+
+
+class Cluster:
+    """What the tests act on: an admin client to set the scene, and the chart's ServiceAccounts."""
+
+    def __init__(self, kube_api: KubeApi, ns: str) -> None:
+        self.ns = ns
+        self.admin = kube_api.client()
+        self.controller = kube_api.client(f"system:serviceaccount:{ns}:{FULLNAME}")
+        self.agent = kube_api.client(f"system:serviceaccount:{ns}:{FULLNAME}-node-agent")
+        self.other_ns = kube_api.namespace("other")
+        self.suffix = secrets.token_hex(3)
+        core = kubernetes.client.CoreV1Api(self.admin)
+        self.node = f"node-{self.suffix}"
+        core.create_node({"metadata": {"name": self.node, "labels": {"kubernetes.io/os": "linux"}}})
+        self.pod = f"app-{self.suffix}"
+        core.create_namespaced_pod(
+            self.other_ns,
+            {
+                "metadata": {"name": self.pod},
+                "spec": {"nodeName": self.node, "containers": [{"name": "c", "image": "app"}]},
+            },
+        )
+        core.create_namespaced_config_map(ns, {"metadata": {"name": f"result-{self.suffix}"}})
+        core.create_namespaced_secret(ns, {"metadata": {"name": "git"}, "stringData": {"k": "v"}})
+        custom = kubernetes.client.CustomObjectsApi(self.admin)
+        self.baseline = f"ubuntu-{self.suffix}"
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            ns,
+            "patchbaselines",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "PatchBaseline",
+                "metadata": {"name": self.baseline},
+                "spec": {"operatingSystem": "UBUNTU"},
+            },
+        )
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            self.other_ns,
+            "patchbaselines",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "PatchBaseline",
+                "metadata": {"name": self.baseline},
+                "spec": {"operatingSystem": "UBUNTU"},
+            },
+        )
+
+
+@pytest.fixture(scope="module")
+def cluster(kube_api: KubeApi, installed: str) -> Cluster:
+    return Cluster(kube_api, installed)
+
+
+def _job(name: str) -> Doc:
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "agent", "image": "pw", "command": ["true"]}],
+                }
+            }
+        },
+    }
+
+
+def _lease(name: str, holder: str) -> Doc:
+    return {
+        "metadata": {"name": name},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15},
+    }
+
+
+def _watch_once(list_call: Callable[..., Any], *args: Any) -> None:
+    """A real watch request (it is authorized before it streams); one second, then closed."""
+    stream = kubernetes.watch.Watch().stream(list_call, *args, timeout_seconds=1)
+    for _ in stream:
+        break
+
+
+# Each callable takes the Cluster and acts as the controller's ServiceAccount (c.controller) or
+# the node agent's (c.agent).
+ALLOWED: dict[str, Callable[[Cluster], Any]] = {
+    "list nodes": lambda c: kubernetes.client.CoreV1Api(c.controller).list_node(),
+    "watch nodes": lambda c: _watch_once(kubernetes.client.CoreV1Api(c.controller).list_node),
+    "get a node": lambda c: kubernetes.client.CoreV1Api(c.controller).read_node(c.node),
+    "cordon a node": lambda c: kubernetes.client.CoreV1Api(c.controller).patch_node(
+        c.node, {"spec": {"unschedulable": True}}
+    ),
+    "annotate a node": lambda c: kubernetes.client.CoreV1Api(c.controller).patch_node(
+        c.node, {"metadata": {"annotations": {"patchwarden.io/rollout": "draining"}}}
+    ),
+    "list pods on a node, all namespaces": lambda c: kubernetes.client.CoreV1Api(
+        c.controller
+    ).list_pod_for_all_namespaces(field_selector=f"spec.nodeName={c.node}"),
+    "evict a pod": lambda c: kubernetes.client.CoreV1Api(
+        c.controller
+    ).create_namespaced_pod_eviction(
+        c.pod,
+        c.other_ns,
+        {
+            "apiVersion": "policy/v1beta1",
+            "kind": "Eviction",
+            "metadata": {"name": c.pod, "namespace": c.other_ns},
+        },
+    ),
+    "create, get, list, watch, delete a job in its namespace": lambda c: _job_lifecycle(c),
+    "read and delete a result configmap": lambda c: _configmap_read_delete(c),
+    "take and renew the lease": lambda c: _lease_lifecycle(c),
+    "list and watch its custom resources": lambda c: _custom_read(c),
+    "patch a custom resource's status": lambda c: kubernetes.client.CustomObjectsApi(
+        c.controller
+    ).patch_namespaced_custom_object_status(
+        GROUP, VERSION, c.ns, "patchbaselines", c.baseline, {"status": {"observedGeneration": 1}}
+    ),
+    "mirror a node into a ManagedInstance": lambda c: _mirror_lifecycle(c),
+    "create an event": lambda c: kubernetes.client.CoreV1Api(c.controller).create_namespaced_event(
+        c.ns,
+        {
+            "metadata": {"name": f"ev-{c.suffix}"},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "PatchBaseline",
+                "name": c.baseline,
+                "namespace": c.ns,
+            },
+            "reason": "Ready",
+            "message": "baseline accepted",
+            "type": "Normal",
+        },
+    ),
+    "the agent writes its result configmap": lambda c: _agent_result(c),
+}
+
+
+def _job_lifecycle(c: Cluster) -> None:
+    batch = kubernetes.client.BatchV1Api(c.controller)
+    name = f"scan-{c.suffix}"
+    batch.create_namespaced_job(c.ns, _job(name))
+    assert batch.read_namespaced_job(name, c.ns).metadata.name == name
+    assert [j.metadata.name for j in batch.list_namespaced_job(c.ns).items] == [name]
+    _watch_once(batch.list_namespaced_job, c.ns)
+    batch.delete_namespaced_job(name, c.ns, propagation_policy="Background")
+
+
+def _configmap_read_delete(c: Cluster) -> None:
+    core = kubernetes.client.CoreV1Api(c.controller)
+    name = f"result-{c.suffix}"
+    core.read_namespaced_config_map(name, c.ns)
+    core.delete_namespaced_config_map(name, c.ns)
+
+
+def _lease_lifecycle(c: Cluster) -> None:
+    coordination = kubernetes.client.CoordinationV1Api(c.controller)
+    coordination.create_namespaced_lease(c.ns, _lease(FULLNAME, "replica-a"))
+    lease = coordination.read_namespaced_lease(FULLNAME, c.ns)
+    lease.spec.holder_identity = "replica-b"
+    coordination.replace_namespaced_lease(FULLNAME, c.ns, lease)
+
+
+def _custom_read(c: Cluster) -> None:
+    custom = kubernetes.client.CustomObjectsApi(c.controller)
+    for plural in (
+        "patchbaselines",
+        "patchgroups",
+        "maintenancewindows",
+        "managedinstances",
+        "compliancereports",
+    ):
+        custom.list_namespaced_custom_object(GROUP, VERSION, c.ns, plural)
+    custom.get_namespaced_custom_object(GROUP, VERSION, c.ns, "patchbaselines", c.baseline)
+    _watch_once(custom.list_namespaced_custom_object, GROUP, VERSION, c.ns, "patchbaselines")
+
+
+def _mirror_lifecycle(c: Cluster) -> None:
+    custom = kubernetes.client.CustomObjectsApi(c.controller)
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ManagedInstance",
+        "metadata": {"name": c.node, "labels": {"kubernetes.io/os": "linux"}},
+        "spec": {"connection": {"type": "kubernetes", "node": c.node}},
+    }
+    custom.create_namespaced_custom_object(GROUP, VERSION, c.ns, "managedinstances", body)
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, c.ns, "managedinstances", c.node, {"metadata": {"labels": {"role": "db"}}}
+    )
+    custom.delete_namespaced_custom_object(GROUP, VERSION, c.ns, "managedinstances", c.node)
+
+
+def _agent_result(c: Cluster) -> None:
+    core = kubernetes.client.CoreV1Api(c.agent)
+    name = f"agent-{c.suffix}"
+    core.create_namespaced_config_map(c.ns, {"metadata": {"name": name}, "data": {"result": "{}"}})
+    core.replace_namespaced_config_map(
+        name, c.ns, {"metadata": {"name": name}, "data": {"result": '{"ok": true}'}}
+    )
+
+
+@pytest.mark.apiserver
+@pytest.mark.parametrize("action", list(ALLOWED))
+def test_service_account_can_do_what_the_controller_needs(cluster: Cluster, action: str) -> None:
+    ALLOWED[action](cluster)
+
+
+REFUSED: dict[str, Callable[[Cluster], Any]] = {
+    "read a secret in its namespace": lambda c: kubernetes.client.CoreV1Api(
+        c.controller
+    ).read_namespaced_secret("git", c.ns),
+    "list secrets cluster-wide": lambda c: kubernetes.client.CoreV1Api(
+        c.controller
+    ).list_secret_for_all_namespaces(),
+    "delete a node": lambda c: kubernetes.client.CoreV1Api(c.controller).delete_node(c.node),
+    "create a node": lambda c: kubernetes.client.CoreV1Api(c.controller).create_node(
+        {"metadata": {"name": f"rogue-{c.suffix}"}}
+    ),
+    "delete a pod instead of evicting it": lambda c: kubernetes.client.CoreV1Api(
+        c.controller
+    ).delete_namespaced_pod(c.pod, c.other_ns),
+    "create a pod": lambda c: kubernetes.client.CoreV1Api(c.controller).create_namespaced_pod(
+        c.ns, {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
+    ),
+    "create a job in another namespace": lambda c: kubernetes.client.BatchV1Api(
+        c.controller
+    ).create_namespaced_job(c.other_ns, _job("elsewhere")),
+    "create a configmap (only the agent writes results)": lambda c: kubernetes.client.CoreV1Api(
+        c.controller
+    ).create_namespaced_config_map(c.ns, {"metadata": {"name": "x"}}),
+    "create a CRD": lambda c: kubernetes.client.ApiextensionsV1Api(
+        c.controller
+    ).create_custom_resource_definition(
+        yaml.safe_load((CHART / "crds" / "patchwarden.io_patchgroups.yaml").read_text())
+        | {"metadata": {"name": f"patchgroups.{c.suffix}.example"}}
+    ),
+    "change a baseline's spec": lambda c: kubernetes.client.CustomObjectsApi(
+        c.controller
+    ).patch_namespaced_custom_object(
+        GROUP, VERSION, c.ns, "patchbaselines", c.baseline, {"spec": {"description": "mine now"}}
+    ),
+    "read custom resources in another namespace": lambda c: kubernetes.client.CustomObjectsApi(
+        c.controller
+    ).list_namespaced_custom_object(GROUP, VERSION, c.other_ns, "patchbaselines"),
+    "write a status in another namespace": lambda c: kubernetes.client.CustomObjectsApi(
+        c.controller
+    ).patch_namespaced_custom_object_status(
+        GROUP, VERSION, c.other_ns, "patchbaselines", c.baseline, {"status": {"x": 1}}
+    ),
+    "delete the lease": lambda c: kubernetes.client.CoordinationV1Api(
+        c.controller
+    ).delete_namespaced_lease(FULLNAME, c.ns),
+    "take a lease in another namespace": lambda c: kubernetes.client.CoordinationV1Api(
+        c.controller
+    ).create_namespaced_lease(c.other_ns, _lease("steal", "me")),
+    "grant itself more (bind cluster-admin)": lambda c: kubernetes.client.RbacAuthorizationV1Api(
+        c.controller
+    ).create_cluster_role_binding(
+        {
+            "metadata": {"name": f"escalate-{c.suffix}"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "cluster-admin",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": c.ns}],
+        }
+    ),
+    "the agent reads configmaps": lambda c: kubernetes.client.CoreV1Api(
+        c.agent
+    ).list_namespaced_config_map(c.ns),
+    "the agent lists nodes": lambda c: kubernetes.client.CoreV1Api(c.agent).list_node(),
+    "the agent creates a job": lambda c: kubernetes.client.BatchV1Api(
+        c.agent
+    ).create_namespaced_job(c.ns, _job("agent-job")),
+}
+
+
+@pytest.mark.apiserver
+@pytest.mark.parametrize("action", list(REFUSED))
+def test_service_account_is_refused_the_rest(cluster: Cluster, action: str) -> None:
+    with pytest.raises(ApiException) as refused:
+        REFUSED[action](cluster)
+    assert refused.value.status == 403, refused.value.body
+    assert "forbidden" in refused.value.body
+
+
+def test_chart_and_dockerfile_agree(chart: helm.Chart) -> None:
+    """No image can be built here (no registry), so the image the chart runs is checked where the
+    two meet: the user, the agent's path and the metrics port."""
+    instructions = [
+        line.split(None, 1)
+        for line in (REPO / "Dockerfile").read_text().splitlines()
+        if line and not line.startswith(("#", " "))
+    ]
+    by_name: dict[str, list[str]] = {}
+    for name, *rest in instructions:
+        by_name.setdefault(name, []).append(rest[0] if rest else "")
+    docs = render(chart)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert by_name["USER"] == [
+        f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
+    ]
+    assert by_name["ENTRYPOINT"] == ['["patchctl"]']
+    assert by_name["EXPOSE"] == [str(controller(docs)["ports"][0]["containerPort"])]
+    agent_path = _node_settings(docs).agent_path
+    assert any(line.endswith(f" {agent_path}") for line in by_name["COPY"]), by_name["COPY"]
+    assert len(by_name["FROM"]) == 2, "multi-stage: build, then a runtime without the build tools"
