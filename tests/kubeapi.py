@@ -397,6 +397,9 @@ def _start_apiserver(
             f"--service-account-signing-key-file={files['sa_key']}",
             "--service-cluster-ip-range=10.96.0.0/24",
             "--endpoint-reconciler-type=none",
+            # As in every real cluster (kubeadm, kind, k3s, managed): node install Jobs are
+            # privileged, and the default (false) refuses them at admission.
+            "--allow-privileged=true",
             # No token controller runs, so the ServiceAccount plugin would refuse every pod.
             "--disable-admission-plugins=ServiceAccount",
         ],

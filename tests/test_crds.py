@@ -245,7 +245,7 @@ def test_specific_descriptions() -> None:
     assert "hours" in _node("MaintenanceWindow", "spec.duration")["description"]
     connection = _node("ManagedInstance", "spec.connection")
     assert "type: ssh" in connection["description"]
-    assert set(connection["properties"]["type"]["enum"]) == {"local", "ssh"}
+    assert set(connection["properties"]["type"]["enum"]) == {"local", "ssh", "kubernetes"}
 
 
 def _spec_properties(node: Doc, path: str) -> Iterator[tuple[str, Doc]]:

@@ -454,11 +454,23 @@ class SshConnection(Model):
     """Absolute path of a directory holding a whole system; omitted for the machine itself."""
 
 
+class KubernetesConnection(Model):
+    """A Kubernetes Node: the agent runs in a Job pinned to it; an install cordons and drains the
+    node first, reboots it when needed and uncordons it (docs/nodes.md)."""
+
+    type: Literal["kubernetes"]
+    node: Name
+    """The Node's name (metadata.name)."""
+
+
 class ManagedInstanceSpec(Model):
     """How to reach one machine."""
 
-    connection: LocalConnection | SshConnection = Field(discriminator="type")
-    """How the agent reaches the machine: {type: local[, root]} or {type: ssh, host, ...}."""
+    connection: LocalConnection | SshConnection | KubernetesConnection = Field(
+        discriminator="type"
+    )
+    """How the agent reaches the machine: {type: local[, root]}, {type: ssh, host, ...} or
+    {type: kubernetes, node}."""
     description: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
     """Free text."""
 

@@ -1,24 +1,35 @@
-"""Stage: dispatch — running the agent where the machine is (local and SSH now; Kubernetes Jobs
-and SSM later), behind one protocol. Turns the agent's JSON into api documents; decides nothing.
+"""Stage: dispatch — running the agent where the machine is (local, SSH, a Kubernetes Node
+through a Job; SSM later), behind one protocol. Turns the agent's JSON into api documents;
+decides nothing.
 
-``transport_for`` picks the transport for a ManagedInstance's connection. The SSH names are
-imported on first use: asyncssh (and cryptography under it) costs ~80 ms at import, which every
-``patchctl`` command would pay otherwise.
+``transport_for`` picks the transport for a ManagedInstance's connection. The SSH and Kubernetes
+names are imported on first use: asyncssh (and cryptography under it) costs ~80 ms at import,
+the Kubernetes client ~0.5 s, which every ``patchctl`` command would pay otherwise.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from reconciler.api.resources import LocalConnection, SshConnection
+from reconciler.api.resources import KubernetesConnection, LocalConnection, SshConnection
 from reconciler.dispatch.base import AgentFailed, Transport
 from reconciler.dispatch.local import LocalTransport
 
 if TYPE_CHECKING:
+    from reconciler.dispatch.nodes import NodeSettings, NodeTransport
     from reconciler.dispatch.ssh import SshPool, SshTransport
 
-__all__ = ["AgentFailed", "LocalTransport", "SshPool", "SshTransport", "Transport", "transport_for"]
+__all__ = [
+    "AgentFailed",
+    "LocalTransport",
+    "NodeSettings",
+    "NodeTransport",
+    "SshPool",
+    "SshTransport",
+    "Transport",
+    "transport_for",
+]
 
 
 def __getattr__(name: str) -> object:
@@ -26,20 +37,40 @@ def __getattr__(name: str) -> object:
         from reconciler.dispatch import ssh
 
         return getattr(ssh, name)
+    if name in ("NodeSettings", "NodeTransport"):
+        from reconciler.dispatch import nodes
+
+        return getattr(nodes, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def transport_for(
-    connection: LocalConnection | SshConnection,
+    connection: LocalConnection | SshConnection | KubernetesConnection,
     *,
     pool: SshPool | None = None,
     connect_timeout: float | None = None,
     command_timeout: float | None = None,
     agent: Path | None = None,
+    kubernetes: Any = None,
+    node_settings: NodeSettings | None = None,
 ) -> Transport:
     """The transport that reaches ``connection``'s machine. ``pool`` shares SSH connections
     between transports (give every SSH transport of a reconcile the same one, and close it at the
-    end); timeouts left out take the transport's defaults; ``agent`` is the zipapp to copy."""
+    end); timeouts left out take the transport's defaults; ``agent`` is the zipapp to copy.
+    ``kubernetes`` is the API client (``kubernetes.client.ApiClient``) that reaches Nodes, with
+    ``node_settings`` for their Jobs (defaults when left out)."""
+    if isinstance(connection, KubernetesConnection):
+        if kubernetes is None:
+            raise AgentFailed(
+                "NoKubernetesClient",
+                f"node {connection.node}: a kubernetes connection needs the Kubernetes API: "
+                "run `patchctl controller` (or give the reconciler an API client)",
+            )
+        from reconciler.dispatch import nodes
+
+        return nodes.NodeTransport(
+            kubernetes, connection.node, node_settings or nodes.NodeSettings()
+        )
     if isinstance(connection, LocalConnection):
         if command_timeout is None:
             return LocalTransport(connection.root)

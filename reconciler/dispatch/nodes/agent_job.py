@@ -1,0 +1,129 @@
+"""Stage: dispatch — an I/O edge, run inside a node Job's container (``patchctl node-agent``).
+Runs the agent on the node's host and leaves its JSON document, exit code and the end of its
+stderr in a ConfigMap, where the controller reads it: a pod's logs would need a kubelet
+connection and more permissions, a ConfigMap only ``create`` and ``update`` in one namespace.
+
+On the host: the agent zipapp is copied into the host directory mounted into the container
+(once per version, under its SHA-256), then run by the host's own ``python3`` inside the host's
+mount, UTS, IPC, network and PID namespaces (``nsenter -t 1``), so it uses the host's apt, dnf
+or zypper and their configuration exactly as on a machine reached over SSH. ``--no-nsenter``
+runs it in this container instead (with the agent's own ``--root`` to pick a system).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from reconciler.dispatch.nodes.kube import Kube
+from reconciler.dispatch.nodes.model import result_configmap
+
+NSENTER = ("nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--")
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class NodeAgentCall:
+    """One run of the wrapper, from its command line."""
+
+    configmap: str
+    namespace: str
+    node: str
+    agent: Path
+    host_dir: Path
+    agent_args: tuple[str, ...]
+    nsenter: bool = True
+    kubeconfig: str | None = None
+
+
+def _on_host(agent: Path, host_dir: Path) -> Path:
+    """The agent's path in ``host_dir`` (the same path on the host), copied there if needed."""
+    data = agent.read_bytes()
+    target = host_dir / f"agent-{hashlib.sha256(data).hexdigest()[:16]}.pyz"
+    if not target.is_file() or target.stat().st_size != len(data):
+        host_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=host_dir)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)  # a concurrent Job never runs half a file
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return target
+
+
+def agent_argv(call: NodeAgentCall) -> tuple[list[str], dict[str, str] | None]:
+    """The command that runs the agent, and its environment (None: inherit)."""
+    if not call.nsenter:
+        return [sys.executable, "-I", "-S", str(call.agent), *call.agent_args], None
+    path = _on_host(call.agent, call.host_dir)
+    # -I -S: none of the host's PYTHON* variables or site-packages reach the agent; a minimal
+    # environment keeps the container's variables off the host.
+    argv = [*NSENTER, "/usr/bin/env", "python3", "-I", "-S", str(path), *call.agent_args]
+    return argv, {"PATH": HOST_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
+
+
+def _api(kubeconfig: str | None) -> Any:
+    """An ApiClient: the pod's ServiceAccount in a cluster, else the kubeconfig."""
+    configuration = kubernetes.client.Configuration()
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration
+        )
+    else:
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration
+        )
+    return kubernetes.client.ApiClient(configuration)
+
+
+def store(kube: Kube, configmap: dict[str, object], namespace: str, name: str) -> None:
+    """Create the result ConfigMap, or replace one of that name."""
+    path = f"/api/v1/namespaces/{namespace}/configmaps"
+    try:
+        kube.create(path, configmap)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        kube.request("PUT", f"{path}/{name}", body=configmap)
+
+
+def run_node_agent(call: NodeAgentCall) -> int:
+    """Run the agent and store its result; 0 once stored (the agent's own exit code travels in
+    the ConfigMap), 1 when it could not be stored (the Job then fails)."""
+    try:
+        argv, env = agent_argv(call)
+        done = subprocess.run(  # noqa: S603 - argv list: nsenter or this interpreter, our agent
+            argv, capture_output=True, text=True, env=env, check=False
+        )
+        stdout, stderr, code = done.stdout, done.stderr, done.returncode
+    except OSError as exc:  # no nsenter, no python3 on the host, unwritable host directory
+        stdout, stderr, code = "", f"cannot run the agent: {exc}", 127
+    configmap = result_configmap(call.configmap, call.namespace, call.node, stdout, code, stderr)
+    try:
+        with _api(call.kubeconfig) as api:
+            store(Kube(api), configmap, call.namespace, call.configmap)
+    except (ApiException, OSError, kubernetes.config.ConfigException) as exc:
+        print(
+            f"node-agent: cannot store the result in ConfigMap {call.configmap}: {exc}",
+            file=sys.stderr,
+        )
+        sys.stderr.write(stderr[-4096:])
+        return 1
+    return 0
+
+
+def parse_agent_args(argv: Sequence[str]) -> tuple[str, ...]:
+    return tuple(argv[1:] if argv and argv[0] == "--" else argv)

@@ -1,0 +1,183 @@
+"""Stage: dispatch — an I/O edge (the Kubernetes API). The few REST calls node patching makes,
+on the official client's ApiClient (its authentication, TLS and retries), with plain JSON dicts
+in and out: merge patches with a resourceVersion precondition and Evictions of either policy
+version need control the typed API methods do not give, and dicts keep the pure rules in
+``model`` free of the client. Decides nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
+
+REQUEST_TIMEOUT = 30.0
+"""Seconds one API request may take (watches add their own server-side timeout)."""
+WATCH_SECONDS = 60
+"""Longest single watch request; waits longer than this watch again from the last version."""
+
+JsonObject = dict[str, Any]
+
+
+class Kube:
+    """The Kubernetes REST API as JSON dicts. Thread-safe (the ApiClient's pool is)."""
+
+    def __init__(self, api: ApiClient) -> None:
+        self.api = api
+        self._eviction_version: str | None = None
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Iterable[tuple[str, str]] = (),
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> JsonObject:
+        """One call; ApiException (with ``.status``) on anything but 2xx."""
+        response = self._call(method, path, query, body, content_type, timeout)
+        data = response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiException(
+                status=response.status, reason=response.reason, http_resp=response.response
+            )
+        parsed: JsonObject = json.loads(data) if data else {}
+        return parsed
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        query: Iterable[tuple[str, str]],
+        body: Any,
+        content_type: str,
+        timeout: float,
+    ) -> Any:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        method, url, headers, body, post = self.api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=list(query),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        return self.api.call_api(method, url, headers, body, post, _request_timeout=timeout)
+
+    def get(self, path: str) -> JsonObject | None:
+        """The object, or None when it does not exist."""
+        try:
+            return self.request("GET", path)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create(self, path: str, body: Mapping[str, Any]) -> JsonObject:
+        return self.request("POST", path, body=dict(body))
+
+    def delete(self, path: str, *, propagation: str | None = None) -> None:
+        """Delete; an object already gone is not an error."""
+        body = {"propagationPolicy": propagation} if propagation else None
+        try:
+            self.request("DELETE", path, body=body)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def merge_patch(self, path: str, patch: Mapping[str, Any]) -> JsonObject:
+        """A JSON merge patch; with ``metadata.resourceVersion`` in it the server applies it only
+        to that version (409 otherwise)."""
+        return self.request(
+            "PATCH", path, body=dict(patch), content_type="application/merge-patch+json"
+        )
+
+    def eviction_version(self) -> str:
+        """policy/v1 where the server offers it (1.22+), else policy/v1beta1."""
+        if self._eviction_version is None:
+            group = self.get("/apis/policy") or {}
+            versions = {v.get("groupVersion") for v in group.get("versions") or []}
+            self._eviction_version = "policy/v1" if "policy/v1" in versions else "policy/v1beta1"
+        return self._eviction_version
+
+    def wait(
+        self,
+        collection: str,
+        name: str,
+        done: Callable[[JsonObject | None], bool],
+        deadline: float,
+    ) -> JsonObject | None:
+        """Watch the object ``name`` of ``collection`` until ``done(object)`` (None: it does not
+        exist) or the monotonic ``deadline``; returns the last state seen either way."""
+        while True:
+            current = self.get(f"{collection}/{quote(name)}")
+            if done(current) or time.monotonic() >= deadline:
+                return current
+            version = (current or {}).get("metadata", {}).get("resourceVersion")
+            if version is None:  # absent: list to learn where to watch from
+                version = self.request(
+                    "GET", collection, query=[("fieldSelector", f"metadata.name={name}")]
+                )["metadata"]["resourceVersion"]
+            seconds = max(1, min(WATCH_SECONDS, int(deadline - time.monotonic()) + 1))
+            for kind, obj in self._events(collection, name, str(version), seconds):
+                if kind == "ERROR":
+                    break  # e.g. 410 Gone: read again and watch from there
+                if done(None if kind == "DELETED" else obj):
+                    return None if kind == "DELETED" else obj
+                if time.monotonic() >= deadline:
+                    break
+
+    def _events(
+        self, collection: str, name: str, version: str, seconds: int
+    ) -> Iterable[tuple[str, JsonObject]]:
+        query = [
+            ("watch", "true"),
+            ("fieldSelector", f"metadata.name={name}"),
+            ("resourceVersion", version),
+            ("timeoutSeconds", str(seconds)),
+            ("allowWatchBookmarks", "false"),
+        ]
+        response = self._call(
+            "GET", collection, query, None, "application/json", seconds + REQUEST_TIMEOUT
+        )
+        try:
+            if not 200 <= response.status <= 299:
+                response.read()
+                raise ApiException(
+                    status=response.status, reason=response.reason, http_resp=response.response
+                )
+            for line in _lines(response.response):
+                event = json.loads(line)
+                yield str(event.get("type")), event.get("object") or {}
+        finally:
+            # Closed, not just released: a watch left half-read must not go back to the pool.
+            response.response.close()
+            response.response.release_conn()
+
+
+def _lines(response: Any) -> Iterable[bytes]:
+    """The non-empty lines of a streamed (chunked) response, as they arrive: one watch event
+    per line."""
+    buffer = b""
+    for chunk in response.stream(amt=None, decode_content=False):
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        yield from (line for line in lines if line.strip())
+    if buffer.strip():
+        yield buffer
+
+
+def status_message(exc: ApiException) -> str:
+    """The API's own message for a failed call (its Status object), else the HTTP reason."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        body = {}
+    return str(body.get("message") or exc.reason or exc.status)

@@ -1,0 +1,226 @@
+"""Stage: dispatch — an I/O edge (the Kubernetes API). The ``kubernetes`` transport: a Node is
+a machine; the agent runs in a Job pinned to it. An install cordons and drains the node, runs
+the install Job, waits for the reboot the agent started (when it did), and uncordons the node.
+Each step is recorded on the Node before it starts, so ``resume_nodes`` can finish or roll back
+whatever a controller that died mid-way left behind. Decides nothing about patches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import structlog
+from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
+
+from reconciler.api.inventory import Inventory
+from reconciler.dispatch.base import AgentFailed, install_args, inventory_of, scan_args
+from reconciler.dispatch.nodes import drain, jobs
+from reconciler.dispatch.nodes.kube import JsonObject, Kube, status_message
+from reconciler.dispatch.nodes.model import (
+    NodeSettings,
+    NodeState,
+    boot_id,
+    document_of,
+    job_finished,
+    job_name,
+    node_ready,
+    node_state,
+    rebooted,
+)
+
+_log = structlog.get_logger("patchwarden")
+_ACTIVE: set[str] = set()
+"""Nodes a transport of this process is working on: resume_nodes leaves them alone."""
+_LOCKS: dict[str, threading.Lock] = {}
+_REGISTRY = threading.Lock()
+
+
+@contextlib.contextmanager
+def _holding(node: str) -> Iterator[None]:
+    """One operation per node at a time in this process (the loop never asks for more; this
+    keeps two callers from reading and removing each other's Job)."""
+    with _REGISTRY:
+        lock = _LOCKS.setdefault(node, threading.Lock())
+    with lock:
+        with _REGISTRY:
+            _ACTIVE.add(node)
+        try:
+            yield
+        finally:
+            with _REGISTRY:
+                _ACTIVE.discard(node)
+
+
+@contextlib.contextmanager
+def _api_errors(node: str) -> Iterator[None]:
+    """An API failure is this job's failure, said in the API's words."""
+    try:
+        yield
+    except ApiException as exc:
+        raise AgentFailed(
+            "KubernetesApiError", f"node {node}: {exc.status}: {status_message(exc)}"
+        ) from None
+
+
+class NodeTransport:
+    """Runs the agent on the Kubernetes Node ``node`` (see docs/nodes.md). Blocking; safe to
+    use from threads (one install per node at a time in a process)."""
+
+    def __init__(
+        self,
+        api_client: ApiClient,
+        node: str,
+        settings: NodeSettings = NodeSettings(),  # noqa: B008 - frozen value
+    ) -> None:
+        self.kube = Kube(api_client)
+        self.node = node
+        self.settings = settings
+
+    def scan(self, *, instance_id: str | None = None, refresh: bool = True) -> Inventory:
+        args = scan_args(instance_id or self.node, refresh)
+        name = job_name("Scan", self.node, args)
+        with _api_errors(self.node), _holding(self.node):
+            self._require_ready(drain.read_node(self.kube, self.node))
+            return inventory_of(jobs.run(self.kube, "Scan", self.node, args, self.settings, name))
+
+    def install(
+        self,
+        pins: Sequence[str],
+        *,
+        blocked: Sequence[str] = (),
+        simulate: bool = False,
+        reboot_option: str = "RebootIfNeeded",
+        allow_reboot: bool = False,
+        lock_timeout: int = 60,
+    ) -> dict[str, Any]:
+        args = install_args(pins, blocked, simulate, reboot_option, allow_reboot, lock_timeout)
+        name = job_name("Install", self.node, args)
+        with _api_errors(self.node), _holding(self.node):
+            if simulate:  # changes nothing: no reason to disturb the node's pods
+                self._require_ready(drain.read_node(self.kube, self.node))
+                return jobs.run(self.kube, "Install", self.node, args, self.settings, name)
+            return self._patch(name, args)
+
+    # -- the node's lifecycle ------------------------------------------------------------------
+
+    def _patch(self, name: str, args: Sequence[str]) -> dict[str, Any]:
+        kube, node, settings = self.kube, self.node, self.settings
+        current = drain.read_node(kube, node)
+        state = node_state(current)
+        if state.phase is not None and not (state.phase == "patching" and state.job == name):
+            raise AgentFailed(
+                "NodeBusy",
+                f"node {node} is still in phase {state.phase!r} of an earlier run "
+                f"(job {state.job or '-'}); resume_nodes finishes it first",
+            )
+        if state.phase is None:  # a fresh start; otherwise attach to the same install
+            self._require_ready(current)
+            self._prepare(name)
+        try:
+            jobs.start(kube, name, "Install", node, args, settings)
+            document = jobs.collect(kube, name, node, settings)
+        except AgentFailed:
+            # Nothing more will run on the node: put it back as it was.
+            jobs.remove(kube, name, settings)
+            drain.uncordon(kube, node)
+            raise
+        return self._after(name, document)
+
+    def _require_ready(self, node: JsonObject) -> None:
+        """A node that is not Ready would never run the Job: say so now, before disturbing it,
+        rather than after the Job's deadline."""
+        if not node_ready(node):
+            raise AgentFailed("NodeNotReady", f"node {self.node} is not Ready")
+
+    def _prepare(self, name: str) -> None:
+        """Cordon, drain, and record the boot ID and the Job before it is created: the agent may
+        reboot the host any time after it starts."""
+        kube, node, settings = self.kube, self.node, self.settings
+        drain.cordon(kube, node)
+        try:
+            drain.set_phase(kube, node, "draining")
+            drain.drain(kube, node, settings)
+            drain.set_phase(
+                kube, node, "patching", job=name, boot_id=drain.current_boot_id(kube, node)
+            )
+        except BaseException:
+            drain.uncordon(kube, node)  # no Job was created: roll back
+            raise
+
+    def _after(self, name: str, document: dict[str, Any]) -> dict[str, Any]:
+        kube, node, settings = self.kube, self.node, self.settings
+        reboot = document.get("reboot") or {}
+        if reboot.get("performed"):
+            before = drain.set_phase(kube, node, "rebooting")
+            jobs.remove(kube, name, settings)
+            if not drain.wait_rebooted(
+                kube, node, node_state(before).boot_id, settings.reboot_timeout
+            ):
+                # Left cordoned and recorded: resume_nodes uncordons it once it is back.
+                raise AgentFailed(
+                    "RebootTimeout",
+                    f"node {node} did not come back Ready with a new boot ID within "
+                    f"{settings.reboot_timeout:.0f}s after the reboot; it stays cordoned until "
+                    "it does (resume_nodes uncordons it then)",
+                )
+        else:
+            jobs.remove(kube, name, settings)
+        drain.uncordon(kube, node)
+        return document
+
+
+# --- after a restart --------------------------------------------------------------------------
+
+
+def resume_nodes(api_client: ApiClient, settings: NodeSettings = NodeSettings()) -> list[str]:  # noqa: B008
+    """Finish or roll back what a controller that stopped mid-way left on Nodes, without
+    waiting: nodes cordoned or draining are put back; a node patching keeps its Job running (a
+    later call reads its result); a node rebooting is uncordoned once it is Ready with a new
+    boot ID. Returns the nodes whose patching state was cleared (and, if we cordoned them,
+    uncordoned) by this call. Nodes a transport of this process works on are left alone.
+
+    Call it when the controller starts (after winning leader election) and on every pass."""
+    kube = Kube(api_client)
+    finished: list[str] = []
+    listing = kube.request("GET", drain.NODES)
+    for node in listing.get("items") or []:
+        name = str(node["metadata"]["name"])
+        state = node_state(node)
+        if state.phase is None:
+            continue
+        with _REGISTRY:
+            if name in _ACTIVE:
+                continue
+        try:
+            if _resume(kube, node, state, settings):
+                finished.append(name)
+        except (AgentFailed, ApiException) as exc:  # one node's trouble must not stall the rest
+            _log.warning("node not resumed", node=name, phase=state.phase, error=str(exc))
+    return finished
+
+
+def _resume(kube: Kube, node: JsonObject, state: NodeState, settings: NodeSettings) -> bool:
+    name = str(node["metadata"]["name"])
+    if state.phase == "patching" and state.job:
+        job = kube.get(f"{jobs.jobs_path(settings.namespace)}/{state.job}")
+        if job is not None and job_finished(job) is None:
+            return False  # still installing; its activeDeadlineSeconds bounds this
+        configmap = kube.get(jobs.configmap_path(settings.namespace, state.job))
+        try:
+            document = document_of(configmap, name) if configmap is not None else {}
+        except AgentFailed:
+            document = {}
+        performed = bool((document.get("reboot") or {}).get("performed"))
+        if performed or (configmap is None and boot_id(node) not in ("", state.boot_id)):
+            drain.set_phase(kube, name, "rebooting")
+            state = NodeState("rebooting", state.job, state.cordoned_by_us, state.boot_id, None)
+    if state.phase == "rebooting" and not rebooted(node, state.boot_id):
+        return False
+    if state.job:
+        jobs.remove(kube, state.job, settings)
+    drain.uncordon(kube, name)
+    return True
