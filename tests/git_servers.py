@@ -92,9 +92,7 @@ class Upstream:
         path.write_text(text)
 
     def copy_examples(self) -> None:
-        for file in EXAMPLES.glob("*.yaml"):
-            shutil.copy(file, self.work / file.name)
-        shutil.copytree(EXAMPLES / "baselines", self.work / "baselines", dirs_exist_ok=True)
+        shutil.copytree(EXAMPLES, self.work, dirs_exist_ok=True)
 
     def commit(self, message: str, signer: Signer | None = None, branch: str = "main") -> str:
         """Commit everything in the work tree and push it to ``branch``; the new commit's id."""

@@ -265,7 +265,8 @@ def events(kube_api: KubeApi, namespace: str) -> list[tuple[str, str, str]]:
     """(involved kind/name, reason, type) of every Event in the namespace, oldest first."""
     core = kubernetes.client.CoreV1Api(kube_api.client())
     items = core.list_namespaced_event(namespace).items
-    items.sort(key=lambda e: (e.first_timestamp or T0, e.metadata.name))
+    # Names end in the posting time (hex nanoseconds): the order within one second.
+    items.sort(key=lambda e: (e.first_timestamp or T0, e.metadata.name.rpartition(".")[2]))
     return [(f"{e.involved_object.kind}/{e.involved_object.name}", e.reason, e.type) for e in items]
 
 

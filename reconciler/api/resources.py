@@ -466,9 +466,7 @@ class KubernetesConnection(Model):
 class ManagedInstanceSpec(Model):
     """How to reach one machine."""
 
-    connection: LocalConnection | SshConnection | KubernetesConnection = Field(
-        discriminator="type"
-    )
+    connection: LocalConnection | SshConnection | KubernetesConnection = Field(discriminator="type")
     """How the agent reaches the machine: {type: local[, root]}, {type: ssh, host, ...} or
     {type: kubernetes, node}."""
     description: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None

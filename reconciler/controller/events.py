@@ -21,8 +21,8 @@ What each becomes (core/v1 Event, ``reason`` in CamelCase, type Normal or Warnin
 from __future__ import annotations
 
 import queue
-import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -187,7 +187,9 @@ class EventSink:
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {
-                "name": f"{notice.name}.{secrets.token_hex(8)}",
+                # As client-go names them: the object and the time in hex nanoseconds, so
+                # names sort in the order the events were posted.
+                "name": f"{notice.name}.{time.time_ns():x}",
                 "namespace": self.namespace,
             },
             "involvedObject": involved,
