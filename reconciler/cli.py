@@ -1030,6 +1030,8 @@ def _audit(args: argparse.Namespace) -> int:
         raise UserError(f"cannot read the audit log {path}: {exc.strerror or exc}") from None
     for problem in corrupt:
         print(f"patchctl: {problem}", file=sys.stderr)
+    if not path.exists():  # nothing audited yet, or a mistyped path: say which file was read
+        print(f"patchctl: no audit log at {path} (yet)", file=sys.stderr)
     fmt = _format(args)
     if fmt == "jsonl":
         for entry in entries:
