@@ -239,14 +239,25 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "report",
-        help="write a compliance report (CSV with SSM's columns, JSON, or an HTML dashboard)",
+        help="write a compliance report (CSV with SSM's columns, JSON, or an HTML dashboard), "
+        "or list the scheduled reports' runs (--runs)",
     )
-    p.add_argument(
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument(
         "--to",
-        required=True,
         metavar="DIR|s3://BUCKET/PREFIX",
         help="a directory, or an S3 bucket and prefix (credentials, region: the AWS ways)",
     )
+    what.add_argument(
+        "--runs",
+        action="store_true",
+        help="list the recorded exports of scheduled ComplianceReports, newest first",
+    )
+    p.add_argument("--report", metavar="NAME", help="with --runs: only this ComplianceReport")
+    p.add_argument(
+        "--limit", type=int, default=100, help="with --runs: at most this many (default 100)"
+    )
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
     _s3_endpoint_arg(p)
     p.add_argument(
         "--format",
@@ -798,6 +809,7 @@ def _reconcile(args: argparse.Namespace) -> int:
         with render.job_progress() as progress:
             reconciler.on_job_done = progress
             summary = reconciler.reconcile(until_idle=True)
+            reconciler.wait_for_exports()  # a one-shot run exports what is due before it exits
         render.reconcile_summary(summary, store.latest_scans(), _format(args), sys.stdout)
     pool.close()
     return EXIT_OK if summary.revision is not None else EXIT_INVALID
@@ -902,6 +914,7 @@ def _controller(args: argparse.Namespace) -> int:
                 settings=Settings(stale_after=timedelta(hours=args.stale_after)),
                 workers=args.workers,
                 observers=[events],
+                resume=lambda: resume_nodes(api, node_settings),
             )
         else:
             reconciler = _reconciler(args, store, pool)
@@ -1139,6 +1152,10 @@ def _compliance(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    if args.runs:
+        return _report_runs(args)
+    if args.report is not None or args.output is not None:
+        raise UserError("--report and -o go with --runs: patchctl report --runs --report NAME")
     with _store(args) as store:
         data = export.read_input(store, args.format)
     try:
@@ -1153,6 +1170,51 @@ def _report(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     for location in locations:
         print(location)
+    return EXIT_OK
+
+
+def _report_runs(args: argparse.Namespace) -> int:
+    if args.instance is not None or args.group is not None:
+        raise UserError("--instance and --group go with --to; --runs lists every run (--report)")
+    if args.limit < 1:
+        raise UserError(f"--limit {args.limit}: give a positive number")
+    with _store(args) as store:
+        runs = store.report_runs(args.report, limit=args.limit)
+    data = [
+        {
+            "report": run.report,
+            "opening": run.opening,
+            "status": run.status,
+            "destination": run.destination,
+            "format": run.format,
+            "locations": list(run.locations),
+            "error": run.error,
+            "revision": run.revision,
+            "startedAt": run.started_at.isoformat(),
+            "finishedAt": run.finished_at.isoformat(),
+        }
+        for run in runs
+    ]
+    fmt = _format(args)
+    if fmt == "table":
+        # For people: one time (when it finished), the files one per line.
+        table = [
+            {
+                "report": run.report,
+                "opening": run.opening,
+                "status": run.status,
+                "destination": run.destination,
+                "locations": "\n".join(run.locations) or None,
+                "error": run.error,
+                "revision": run.revision,
+                "finished": run.finished_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            for run in runs
+        ]
+        title = f"Report runs{f' of {args.report}' if args.report else ''}"
+        render.rows(table, fmt, sys.stdout, title=title)
+    else:
+        render.dump(data, fmt, sys.stdout)
     return EXIT_OK
 
 

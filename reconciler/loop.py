@@ -13,12 +13,14 @@ The loop is where I/O meets the pure stages; it decides nothing itself.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -41,6 +43,7 @@ from reconciler.plan import (
     Plan,
     Settings,
     baseline_digest,
+    history_scope,
     plan,
 )
 from reconciler.report import export
@@ -53,6 +56,13 @@ from reconciler.state import JobRecord, ScanRecord, StateStore
 
 Clock = Callable[[], datetime]
 TransportFor = Callable[[ManagedInstance], Transport]
+
+EXPORT_GRACE = 5.0
+"""Seconds a pass waits for the report exports it started: a directory or a reachable bucket
+is done by then, so the attempt is recorded (and in the controller's status) in the same pass;
+a destination that does not answer goes on in the background and holds no pass longer."""
+EXPORT_STOP_WAIT = 30.0
+"""Seconds ``serve`` waits, on stop, for exports still running."""
 
 
 def utc_now() -> datetime:
@@ -107,6 +117,12 @@ class Reconciler:
         self.submitted: dict[str, Action] = {}
         self.s3_endpoint_url: str | None = None
         """Where scheduled reports to s3:// go when not the configured endpoint."""
+        self.export_grace = EXPORT_GRACE
+        """Seconds a pass waits for the exports it started before it ends (see export_reports)."""
+        self._exports: queue.SimpleQueue[tuple[str, Callable[[], None]]] = queue.SimpleQueue()
+        self._exporter: threading.Thread | None = None
+        self._exporting: set[str] = set()  # reports queued or being exported
+        self._exports_done = threading.Condition()
 
     def emit(
         self,
@@ -232,15 +248,25 @@ class Reconciler:
         if summary is not None:
             summary.refused.append(revision)
 
-    def observe(self) -> Observed:
+    def observe(self, now: datetime | None = None) -> Observed:
+        """Observed state for a plan at ``now``: the latest scans, and only the jobs the planner
+        can still act on (``plan.history_scope``), never the whole history: this runs after
+        every job completion, and a fleet accumulates a year of jobs."""
+        now = self.clock() if now is None else now
         scans = {name: _observed_scan(record) for name, record in self.store.latest_scans().items()}
-        jobs = [_observed_job(job) for job in self.store.jobs()]
+        openings: tuple[tuple[str, str], ...] = ()
+        failed_since = now - self.settings.retry_after
+        if self.snapshot is not None:
+            scope = history_scope(self.snapshot, now, self.settings)
+            openings, failed_since = scope.openings, scope.failed_scans_since
+        records = self.store.planning_jobs(openings=openings, failed_scans_since=failed_since)
+        jobs = [_observed_job(job) for job in records]
         # Submitted jobs hold their budget slot before their worker has claimed them in the store.
-        claimed = {job.key for job in jobs}
-        now = self.clock()
+        pending = list(self.submitted.values())
+        claimed = self.store.claimed_keys(a.key for a in pending) if pending else set()
         jobs += [
             ObservedJob(a.key, a.instance, a.operation, "running", now, a.window, a.task, a.opening)
-            for a in list(self.submitted.values())
+            for a in pending
             if a.key not in claimed
         ]
         return Observed(scans={k: v for k, v in scans.items() if v is not None}, jobs=jobs)
@@ -248,7 +274,8 @@ class Reconciler:
     def plan(self) -> Plan | None:
         if self.snapshot is None or self.revision is None:
             return None
-        return plan(self.snapshot, self.revision, self.observe(), self.clock(), self.settings)
+        now = self.clock()  # one reading: the jobs observed are the ones this plan looks at
+        return plan(self.snapshot, self.revision, self.observe(now), now, self.settings)
 
     def recover(self) -> list[JobRecord]:
         """Jobs a crash left running: mark them abandoned; the planner rescans their machines."""
@@ -305,26 +332,77 @@ class Reconciler:
         if not self.stopping.is_set():
             # After dispatch, so that a report shows this pass's results.
             self.export_reports()
+            self.wait_for_exports(self.export_grace)
         return summary
 
     def export_reports(self) -> None:
-        """Scheduled ComplianceReports: export each one due now (an opening of its schedule not
-        exported yet, see ``report.scheduled``) and record the attempt. A failure is logged and
-        recorded, and retried on the next pass; it never stops the loop."""
+        """Scheduled ComplianceReports: start exporting each one due now (an opening of its
+        schedule not exported yet, see ``report.scheduled``) on the Reconciler's one export
+        thread, and return without waiting: an unreachable destination costs its timeouts there,
+        not in the pass. A report whose export is still queued or running is not started again;
+        each attempt is recorded, a failure retried on the next pass; it never stops the loop.
+        ``wait_for_exports`` waits for them (a one-shot run, a stop, a test)."""
         if self.snapshot is None or not self.snapshot.reports:
             return
+        snapshot, revision = self.snapshot, self.revision
+        # Read what is in flight before what the store says was exported: an export leaves the
+        # in-flight set only after recording its run, so a report is either seen busy here or
+        # seen exported below, never neither (which would export an opening twice).
+        with self._exports_done:
+            busy = set(self._exporting)
         now = self.clock()
-        for due in reports_due(self.snapshot.reports, self.store.last_exported_openings(), now):
-            self._export_report(due.report, due.opening, now)
+        for due in reports_due(snapshot.reports, self.store.last_exported_openings(), now):
+            name = due.report.metadata.name
+            if name in busy:
+                self.log.info("report export still running", report=name, opening=due.opening)
+                continue
+            with self._exports_done:
+                self._exporting.add(name)
+            job = partial(self._export_report, due.report, due.opening, now, snapshot, revision)
+            self._exports.put((name, job))
+            self._start_exporter()
 
-    def _export_report(self, report: ComplianceReport, opening: str, now: datetime) -> None:
-        assert self.snapshot is not None
+    def wait_for_exports(self, timeout: float | None = None) -> bool:
+        """Wait until no export is queued or running, at most ``timeout`` seconds (None: no
+        limit); True when none is left."""
+        with self._exports_done:
+            return self._exports_done.wait_for(lambda: not self._exporting, timeout)
+
+    def _start_exporter(self) -> None:
+        if self._exporter is None or not self._exporter.is_alive():
+            # A daemon: a process that stops waits for exports a bounded time
+            # (wait_for_exports), never for a destination that does not answer.
+            self._exporter = threading.Thread(
+                target=self._export_worker, name="report-export", daemon=True
+            )
+            self._exporter.start()
+
+    def _export_worker(self) -> None:
+        while True:
+            name, job = self._exports.get()
+            try:
+                job()
+            except Exception:  # recording failed (store closed?); the next pass retries
+                self.log.exception("report export crashed", report=name)
+            finally:
+                with self._exports_done:
+                    self._exporting.discard(name)
+                    self._exports_done.notify_all()
+
+    def _export_report(
+        self,
+        report: ComplianceReport,
+        opening: str,
+        now: datetime,
+        snapshot: Snapshot,
+        revision: str | None,
+    ) -> None:
         name, spec = report.metadata.name, report.spec
         locations: list[str] = []
         error: str | None = None
         try:
             data = export.read_input(self.store, spec.format)
-            scope = scope_instances(self.snapshot, spec.scope)
+            scope = scope_instances(snapshot, spec.scope)
             files = export.build_report(data, spec.format, now=now, instances=scope)
             locations = publish(
                 report_files(name, files), spec.destination, endpoint_url=self.s3_endpoint_url
@@ -339,7 +417,7 @@ class Reconciler:
             opening=opening,
             destination=spec.destination,
             format=spec.format,
-            revision=self.revision,
+            revision=revision,
             status="FAILED" if error else "SUCCESS",
             locations=locations,
             error=error,
@@ -667,6 +745,8 @@ def serve(
         unwatch()
         server.shutdown()
         server.server_close()
+        if not reconciler.wait_for_exports(EXPORT_STOP_WAIT):
+            reconciler.log.warning("stopped with a report export still running")
         reconciler.log.info("stopped")
 
 

@@ -134,6 +134,36 @@ def snapshot_digest(pins: Iterable[str], baseline_hash: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class HistoryScope:
+    """The part of the job history a plan at ``now`` can look at; older jobs change nothing.
+
+    A plan over the jobs below equals a plan over the whole history (``test_loop_history``):
+    - every ``running`` job (machines busy, ``maxConcurrency``, priorities);
+    - every job of a window opening open now, ``openings`` as (window, opening id): the
+      idempotency keys the planner checks and the ``maxErrors`` counts are all of such openings
+      (the loop claims a window job under a key naming its window and opening);
+    - ``failed`` Scans created after ``failed_scans_since``: an older failure no longer holds a
+      machine back (``retry_after``);
+    - ``abandoned`` jobs created at or after their instance's latest scan (rescan after a crash).
+    """
+
+    openings: tuple[tuple[str, str], ...]
+    failed_scans_since: datetime
+
+
+def history_scope(
+    snapshot: Snapshot, now: datetime, settings: Settings = Settings()
+) -> HistoryScope:
+    """Which jobs :func:`plan` needs at ``now`` (see :class:`HistoryScope`)."""
+    current = (
+        (name, opening.id)
+        for name, window in sorted(snapshot.windows.items())
+        if (opening := current_opening(window.spec, now)) is not None
+    )
+    return HistoryScope(tuple(current), now - settings.retry_after)
+
+
 def plan(
     snapshot: Snapshot,
     revision: str,

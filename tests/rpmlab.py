@@ -57,6 +57,10 @@ class Rpm:
     provides: str = ""
     post: str = ""
     """Body of a %post scriptlet (needs /bin/sh in the root)."""
+    pre: str = ""
+    """Body of a %pre scriptlet (runs before the files are unpacked; needs /bin/sh)."""
+    posttrans: str = ""
+    """Body of a %posttrans scriptlet (runs after the whole transaction; needs /bin/sh)."""
     epoch: int | None = None
 
     @property
@@ -104,8 +108,9 @@ def build_rpms(workdir: Path, rpms: list[Rpm]) -> dict[Rpm, Path]:
     out: dict[Rpm, Path] = {}
     for rpm in rpms:
         text = SPEC
-        if rpm.post:
-            text += f"\n%post\n{rpm.post}\n"
+        for section, body in (("pre", rpm.pre), ("post", rpm.post), ("posttrans", rpm.posttrans)):
+            if body:
+                text += f"\n%{section}\n{body}\n"
         own = workdir / f"{rpm.name}-{rpm.version}-{rpm.release}.spec"
         own.write_text(text)
         argv = ["rpmbuild", "-bb", "--quiet", "--define", f"_topdir {top}"]

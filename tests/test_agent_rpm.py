@@ -37,9 +37,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 NAMES = [
-    "demo-lib", "demo-net", "demo-web", "demo-doc", "demo-util", "demo-tool", "demo-plain", "glibc",
+    "demo-lib", "demo-net", "demo-web", "demo-doc", "demo-util", "demo-tool", "demo-plain",
+    "demo-shadow", "glibc",
 ]  # fmt: skip
-OLD = [Rpm(n, "1.0") for n in NAMES[:-1]] + [Rpm("glibc", "2.34", "1"), Rpm("demo-bad", "1.0")]
+SCRIPTED = ["demo-bad", "demo-pre", "demo-ptx"]  # installed only in roots with a /bin/sh
+OLD = (
+    [Rpm(n, "1.0") for n in NAMES[:-1]]
+    + [Rpm("glibc", "2.34", "1")]
+    + [Rpm(n, "1.0") for n in SCRIPTED]
+)
 NEW = {
     "demo-lib": Rpm("demo-lib", "1.0", "2"),
     "demo-net": Rpm("demo-net", "1.0", "2"),
@@ -49,8 +55,12 @@ NEW = {
     "demo-tool": Rpm("demo-tool", "1.1", "1", requires="demo-lib >= 1.0-2"),
     "glibc": Rpm("glibc", "2.34", "2"),
     "demo-plain": Rpm("demo-plain", "1.0", "2"),  # an update no notice references
+    "demo-shadow": Rpm("demo-shadow", "1.0", "2"),  # a security fix, shadowed by SHADOWING
     "demo-bad": Rpm("demo-bad", "1.0", "2", post="echo failing on purpose >&2; exit 3"),
+    "demo-pre": Rpm("demo-pre", "1.0", "2", pre="echo pre fails on purpose >&2; exit 4"),
+    "demo-ptx": Rpm("demo-ptx", "1.0", "2", posttrans="echo posttrans fails >&2; exit 5"),
 }
+SHADOWING = Rpm("demo-shadow", "1.0", "3")  # newer than the security fix, in no notice
 SHELL = Rpm("busybox-sh", "1.0", provides="/bin/sh")
 NOTICES = [
     Notice("DEMO-2024-0001", "security", (NEW["demo-lib"],), "Critical",
@@ -63,6 +73,8 @@ NOTICES = [
     Notice("DEMO-2024-0005", "bugfix", (NEW["demo-util"],)),
     Notice("DEMO-2024-0006", "enhancement", (NEW["demo-tool"],)),
     Notice("DEMO-2024-0007", "security", (NEW["glibc"],), "Important", reboot=True),
+    Notice("DEMO-2024-0008", "security", (NEW["demo-shadow"],), "Moderate",
+           cves=("CVE-2024-1008",)),
 ]  # fmt: skip
 SEVERITIES = ["Critical", "Important", "Moderate", "Low"]
 
@@ -70,16 +82,16 @@ SEVERITIES = ["Critical", "Important", "Moderate", "Low"]
 @pytest.fixture(scope="module")
 def repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     work = tmp_path_factory.mktemp("rpmrepos")
-    built = build_rpms(work / "build", [*OLD, *NEW.values(), SHELL])
+    built = build_rpms(work / "build", [*OLD, *NEW.values(), SHADOWING, SHELL])
     base = make_repo(work / "base", [built[r] for r in [*OLD, SHELL]])
-    updates = make_repo(work / "updates", [built[r] for r in NEW.values()], NOTICES)
+    updates = make_repo(work / "updates", [built[r] for r in [*NEW.values(), SHADOWING]], NOTICES)
     return {"base": f"file://{base}", "updates": f"file://{updates}"}
 
 
 def _root(path: Path, os_release: str, repos: dict[str, str], with_shell: bool = False) -> Path:
     """A root with the old versions installed (from base only), then both repos configured."""
     make_rpm_root(path, os_release, {"base": repos["base"]}, shell=with_shell)
-    names = [*NAMES, "demo-bad", "busybox-sh"] if with_shell else NAMES
+    names = [*NAMES, *SCRIPTED, "busybox-sh"] if with_shell else NAMES
     subprocess.run(
         [*dnf_argv(path), "-y", "-q", "install", *names],
         check=True,
@@ -117,7 +129,8 @@ def _rpm_q(root: Path, *names: str) -> dict[str, str]:
 
 
 def _by_name(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {u["name"]: u for u in document["updates"]}
+    """name -> the candidate update (shadowed security versions left out)."""
+    return {u["name"]: u for u in document["updates"] if u.get("candidate", True)}
 
 
 def test_scan_reports_installed_and_updates_with_notice_data(rhel: Path) -> None:
@@ -235,6 +248,70 @@ def test_update_without_a_notice_counts_from_its_build_time(rhel: Path) -> None:
     assert states(evaluate(b, inv, built + timedelta(days=8)))["demo-plain"] == "MISSING"
 
 
+def test_security_version_shadowed_by_a_newer_candidate_is_reported(fresh: Path) -> None:
+    # check-update offers demo-shadow 1.0-3 (no notice); the security fix 1.0-2 sits between it
+    # and the installed 1.0-1. As on apt, both are reported so a security baseline can act.
+    scan_one = scan(str(fresh), "x", refresh=True)
+    shadow = {u["version"]: u for u in scan_one["updates"] if u["name"] == "demo-shadow"}
+    assert set(shadow) == {"1.0-2", "1.0-3"}
+    assert shadow["1.0-3"].get("candidate", True) and shadow["1.0-3"]["security"] is False
+    assert {k: shadow["1.0-2"][k] for k in (
+        "candidate", "classification", "severity", "advisoryIds", "cves", "installedVersion",
+        "repository", "security",
+    )} == {
+        "candidate": False, "classification": "Security", "severity": "Moderate",
+        "advisoryIds": ["DEMO-2024-0008"], "cves": ["CVE-2024-1008"], "installedVersion": "1.0-1",
+        "repository": "updates", "security": True,
+    }  # fmt: skip
+    assert shadow["1.0-2"]["buildTime"]
+    # A security baseline approves the notice's version, not the newer candidate; it installs.
+    inv = Inventory.model_validate(scan_one)
+    b = baseline("REDHAT_ENTERPRISE_LINUX", rule(("CLASSIFICATION", ["Security"]), days=0))
+    verdict = next(
+        p for p in evaluate(b, inv, datetime(2026, 11, 28, tzinfo=UTC)).patches
+        if p.name == "demo-shadow"
+    )  # fmt: skip
+    assert (verdict.version, str(verdict.state)) == ("1.0-2", "MISSING")
+    result = install(str(fresh), ["demo-shadow:noarch=1.0-2"], [], False, "NoReboot", False, 30)
+    assert result["patches"][0]["result"] == "INSTALLED"
+    assert _rpm_q(fresh, "demo-shadow") == {"demo-shadow": "1.0-2"}
+    after = [
+        u for u in scan(str(fresh), "x", refresh=False)["updates"] if u["name"] == "demo-shadow"
+    ]
+    assert [(u["version"], u.get("candidate", True)) for u in after] == [("1.0-3", True)]
+
+
+def test_a_shadowed_version_no_repository_offers_is_not_reported(fresh: Path) -> None:
+    # The notice still names demo-shadow 1.0-2, but only 1.0-3 is offered: nothing to approve.
+    mirror = fresh.parent / "updates-without-the-fix"
+    repo = (fresh / "etc/yum.repos.d/updates.repo").read_text()
+    source = Path(repo.split("baseurl=file://", 1)[1].split("\n", 1)[0])
+    shutil.copytree(source, mirror)
+    (mirror / "demo-shadow-1.0-2.noarch.rpm").unlink()
+    subprocess.run(
+        ["createrepo_c", "-q", "--update", "--keep-all-metadata", str(mirror)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (fresh / "etc/yum.repos.d/updates.repo").write_text(repo.replace(str(source), str(mirror)))
+    updates = scan(str(fresh), "x", refresh=True)["updates"]
+    assert [u["version"] for u in updates if u["name"] == "demo-shadow"] == ["1.0-3"]
+
+
+def test_agent_version_order_is_rpms() -> None:
+    """The agent's own rpm version comparison (it imports nothing from reconciler) agrees with
+    the engine's on rpm's tricky cases."""
+    from reconciler.evaluation.versions import rpm_compare
+
+    pairs = [
+        ("1.0-1", "1.0-2"), ("1.0-10", "1.0-9"), ("1.0~rc1-1", "1.0-1"), ("1.0^git1-1", "1.0-1"),
+        ("1.0^git1-1", "1.0.1-1"), ("1:1.0-1", "2.0-1"), ("1.0a-1", "1.0-1"), ("1.0-1.el9", "1.0-1"),
+        ("2.34-2", "2.34-100"), ("1.0-1", "1.0-1"), ("1.01-1", "1.1-1"), ("a-1", "1-1"),
+    ]  # fmt: skip
+    for a, b in pairs:
+        assert dnf_module.compare_evr(a, b) == rpm_compare(a, b), (a, b)
+        assert dnf_module.compare_evr(b, a) == rpm_compare(b, a), (b, a)
+
+
 def test_install_exact_pins_and_record_reboot_in_a_root(fresh: Path) -> None:
     result = install(
         str(fresh),
@@ -309,9 +386,11 @@ def test_unknown_version_is_refused(fresh: Path) -> None:
         install(str(fresh), ["demo-net:noarch=9.9-9"], [], False, "NoReboot", False, 30)
 
 
-def test_failing_post_is_failed_and_the_rest_is_reported(
+def test_failing_post_is_rolled_back_and_the_rest_is_kept(
     repos: dict[str, str], tmp_path: Path
 ) -> None:
+    # rpm keeps a package whose %post failed installed and dnf exits 0: the agent must notice,
+    # report FAILED, and put the previous version back (the Debian backend does the same).
     root = _root(tmp_path / "root", "rhel9", repos, with_shell=True)
     result = install(
         str(root), ["demo-bad:noarch=1.0-2", "demo-net:noarch=1.0-2"], [], False, "NoReboot",
@@ -319,10 +398,58 @@ def test_failing_post_is_failed_and_the_rest_is_reported(
     )  # fmt: skip
     by = {p["name"]: p for p in result["patches"]}
     assert by["demo-net"]["result"] == "INSTALLED"
-    assert by["demo-bad"]["result"] == "FAILED"
-    assert "demo-bad" in by["demo-bad"]["message"]
-    assert "scriptlet" in by["demo-bad"]["message"].lower()
-    assert by["demo-bad"]["stateAfter"] == "1.0-2"  # rpm keeps it installed: FAILED says why
+    bad = by["demo-bad"]
+    assert bad["result"] == "FAILED"
+    assert "%post(demo-bad-1.0-2.noarch) scriptlet failed" in bad["message"]
+    assert (bad["rolledBack"], bad["rollback"], bad["stateAfter"]) == (
+        True, "restored demo-bad 1.0-1", "1.0-1",
+    )  # fmt: skip
+    assert _rpm_q(root, "demo-bad", "demo-net") == {"demo-bad": "1.0-1", "demo-net": "1.0-2"}
+    # The rescan offers the update again: an approved patch is MISSING, not INSTALLED.
+    inv = Inventory.model_validate(scan(str(root), "x", refresh=False))
+    every = baseline("REDHAT_ENTERPRISE_LINUX", rule(("PRODUCT", ["*"]), days=0, non_security=True))
+    after = states(evaluate(every, inv, datetime(2026, 11, 28, tzinfo=UTC)))
+    assert (after["demo-bad"], after["demo-net"]) == ("MISSING", "INSTALLED")
+
+
+def test_failing_pre_keeps_the_old_version_and_posttrans_is_rolled_back(
+    repos: dict[str, str], tmp_path: Path
+) -> None:
+    # A failed %pre: rpm installs nothing of that package and the transaction fails (exit 1),
+    # but the rest of it is done, including a package whose %posttrans then fails.
+    root = _root(tmp_path / "root", "rhel9", repos, with_shell=True)
+    result = install(
+        str(root), ["demo-pre:noarch=1.0-2", "demo-ptx:noarch=1.0-2", "demo-net:noarch=1.0-2"],
+        [], False, "NoReboot", False, 30,
+    )  # fmt: skip
+    by = {p["name"]: p for p in result["patches"]}
+    pre, ptx = by["demo-pre"], by["demo-ptx"]
+    assert (pre["result"], pre["rolledBack"], pre["stateAfter"]) == ("FAILED", False, "1.0-1")
+    assert "%prein(demo-pre-1.0-2.noarch) scriptlet failed" in pre["message"]
+    assert pre["rollback"] == "nothing to roll back: rpm did not change demo-pre (1.0-1)"
+    assert (ptx["result"], ptx["rolledBack"], ptx["stateAfter"]) == ("FAILED", True, "1.0-1")
+    assert "%posttrans(demo-ptx-1.0-2.noarch) scriptlet failed" in ptx["message"]
+    assert by["demo-net"]["result"] == "INSTALLED"
+    assert _rpm_q(root, "demo-pre", "demo-ptx", "demo-net") == {
+        "demo-pre": "1.0-1", "demo-ptx": "1.0-1", "demo-net": "1.0-2",
+    }  # fmt: skip
+    assert result["changed"] is True  # demo-net
+
+
+def test_rollback_impossible_when_the_old_version_is_gone_says_why(
+    repos: dict[str, str], tmp_path: Path
+) -> None:
+    root = _root(tmp_path / "root", "rhel9", repos, with_shell=True)
+    (root / "etc/yum.repos.d/base.repo").unlink()  # only the updates are offered now
+    result = install(str(root), ["demo-bad:noarch=1.0-2"], [], False, "NoReboot", False, 30)
+    bad = result["patches"][0]
+    assert (bad["result"], bad["rolledBack"], bad["stateAfter"]) == ("FAILED", False, "1.0-2")
+    assert bad["rollback"] == (
+        "could not roll back demo-bad: demo-bad 1.0-1 is in no enabled repository any more "
+        "(they offer 1.0-2), so there is nothing to downgrade to; it is left at 1.0-2; repair "
+        "it by hand"
+    )
+    assert _rpm_q(root, "demo-bad") == {"demo-bad": "1.0-2"}
 
 
 def test_held_rpm_lock_fails_naming_the_holder(fresh: Path) -> None:
@@ -348,7 +475,7 @@ def test_unreachable_repository_fails_the_scan_naming_it(fresh: Path) -> None:
 def test_yum_path_through_a_yum_name_for_dnf(
     repos: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = _root(tmp_path / "root", "al2", repos)
+    root = _root(tmp_path / "root", "al2", repos, with_shell=True)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "yum").symlink_to(shutil.which("dnf") or "/usr/bin/dnf")
@@ -367,9 +494,16 @@ def test_yum_path_through_a_yum_name_for_dnf(
     updates = _by_name(document)
     assert updates["demo-lib"]["advisoryIds"] == ["DEMO-2024-0001"]
     assert updates["demo-lib"]["severity"] == "Critical"
-    result = install(str(root), ["demo-lib:noarch=1.0-2"], [], False, "NoReboot", False, 30)
-    assert result["patches"][0]["result"] == "INSTALLED"
+    result = install(
+        str(root), ["demo-lib:noarch=1.0-2", "demo-bad:noarch=1.0-2"], [], False, "NoReboot",
+        False, 30,
+    )  # fmt: skip
+    lib, bad = result["patches"]
+    assert lib["result"] == "INSTALLED"
+    assert (bad["result"], bad["rolledBack"]) == ("FAILED", True)  # rolled back with yum's commands
+    assert _rpm_q(root, "demo-lib", "demo-bad") == {"demo-lib": "1.0-2", "demo-bad": "1.0-1"}
     tools = [a for a in seen if not a[0].endswith("rpm")]
+    assert any("downgrade" in argv for argv in tools)
     assert tools and all(a[0] == str(bin_dir / "yum") for a in tools)
     # Only what yum 3 accepts: no dnf-only commands or flags.
     dnf_only = {"repoquery", "--json", "--refresh", "upgrade-minimal", "--advisory", "--nobest"}

@@ -212,14 +212,42 @@ def test_unreachable_repository_fails_the_scan(root: Path, tmp_path: Path) -> No
     assert caught.value.details["repositories"] == ["gone-repo"]
 
 
-def test_failing_post_marks_that_patch_failed(tmp_path: Path, repos: Path) -> None:
+def test_failing_post_is_rolled_back_and_the_rest_is_kept(tmp_path: Path, repos: Path) -> None:
+    # rpm keeps a package whose %post failed (zypper exits 107); zypper has no history undo, so
+    # the agent installs the previous version again by exact version.
     r = make_root(tmp_path / "root", repos, ["demo-bad-1.0-1", "demo-util-1.0-1"], with_shell=True)
     result = _install(r, "demo-bad=1.0-2", "demo-util=1.0-2", reboot_option="NoReboot")
     got = _by_name(result)
-    assert got["demo-bad"]["result"] == "FAILED"
-    assert "scriptlet failed" in str(got["demo-bad"]["message"])
+    bad = got["demo-bad"]
+    assert bad["result"] == "FAILED"
+    assert "%post(demo-bad-1.0-2.noarch) scriptlet failed" in str(bad["message"])
+    assert (bad["rolledBack"], bad["rollback"], bad["stateAfter"]) == (
+        True,
+        "restored demo-bad 1.0-1",
+        "1.0-1",
+    )
     assert got["demo-util"]["result"] == "INSTALLED"
     assert result["exitCode"] == 107  # ZYPPER_EXIT_INF_RPM_SCRIPT_FAILED
+    assert rpm_q(r, "demo-bad", "demo-util") == {"demo-bad": "1.0-1", "demo-util": "1.0-2"}
+    # The rescan shows the security patch needed again: MISSING, not INSTALLED.
+    inv = Inventory.model_validate(agent.scan(str(r), None, refresh=False))
+    sec = baseline("SUSE", rule(("CLASSIFICATION", ["Security"]), days=0))
+    assert states(evaluate(sec, inv, NOW))["demo-bad"] == "MISSING"
+
+
+def test_rollback_impossible_when_the_old_version_is_gone_says_why(
+    tmp_path: Path, repos: Path
+) -> None:
+    r = make_root(tmp_path / "root", repos, ["demo-bad-1.0-1"], with_shell=True)
+    assert zypper(r, "rr", "demo-base").returncode == 0  # only the updates are offered now
+    bad = _by_name(_install(r, "demo-bad=1.0-2", reboot_option="NoReboot"))["demo-bad"]
+    assert (bad["result"], bad["rolledBack"], bad["stateAfter"]) == ("FAILED", False, "1.0-2")
+    assert str(bad["rollback"]) == (
+        "could not roll back demo-bad: demo-bad 1.0-1 is in no enabled repository any more "
+        "(zypper: No provider of 'demo-bad.noarch=1.0-1' found); it is left at 1.0-2; repair it "
+        "by hand"
+    ), bad["rollback"]
+    assert rpm_q(r, "demo-bad") == {"demo-bad": "1.0-2"}
 
 
 def test_held_lock_waits_then_fails(root: Path) -> None:

@@ -109,6 +109,7 @@ def test_renders_with_defaults(chart: helm.Chart) -> None:
             ("RoleBinding", f"{FULLNAME}-node-jobs"),
             ("Role", f"{FULLNAME}-node-agent"),
             ("RoleBinding", f"{FULLNAME}-node-agent"),
+            ("PersistentVolumeClaim", f"{FULLNAME}-state"),
         ]
     ), "no ServiceMonitor by default"
     container = controller(docs)
@@ -219,13 +220,16 @@ def test_deployment_is_hardened(chart: helm.Chart) -> None:
     assert security["allowPrivilegeEscalation"] is False
     assert security["privileged"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
-    # Writable places are emptyDirs: /tmp and the state directory.
+    # Writable places: /tmp (an emptyDir) and the state directory (its own claim).
     volumes = {v["name"]: v for v in pod["volumes"]}
     writable = {
         m["mountPath"]: m["name"] for m in container["volumeMounts"] if not m.get("readOnly")
     }
     assert set(writable) == {"/tmp", "/var/lib/patchwarden"}
-    assert all("emptyDir" in volumes[name] for name in writable.values())
+    assert "emptyDir" in volumes[writable["/tmp"]]
+    assert volumes[writable["/var/lib/patchwarden"]]["persistentVolumeClaim"] == {
+        "claimName": f"{FULLNAME}-state"
+    }
     assert container["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}]
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
@@ -239,6 +243,99 @@ def test_rbac_has_no_wildcards_and_no_secrets(chart: helm.Chart) -> None:
                 assert "*" not in rule.get(field, []), (doc["metadata"]["name"], rule)
             assert "secrets" not in rule["resources"], (doc["metadata"]["name"], rule)
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
+
+
+# --- persistence of the state database -------------------------------------------------------
+
+
+def _state_volume(docs: list[Doc]) -> Doc:
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    mount = next(m for m in controller(docs)["volumeMounts"] if m["name"] == "state")
+    assert mount["mountPath"] == "/var/lib/patchwarden", "where --state points"
+    volume: Doc = next(v for v in pod["volumes"] if v["name"] == "state")
+    return volume
+
+
+def test_state_is_persisted_by_default(chart: helm.Chart) -> None:
+    """A restarted pod finds its history and job claims: the state directory is a claim, and the
+    old pod lets go of it before the new one starts."""
+    docs = render(chart)
+    claim = one(docs, "PersistentVolumeClaim")
+    assert claim["metadata"]["name"] == f"{FULLNAME}-state"
+    assert claim["metadata"]["namespace"] == NAMESPACE
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"] == {"requests": {"storage": "1Gi"}}
+    assert "storageClassName" not in claim["spec"], "the cluster's default StorageClass"
+    assert _state_volume(docs) == {
+        "name": "state",
+        "persistentVolumeClaim": {"claimName": f"{FULLNAME}-state"},
+    }
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == 65532, (
+        "the volume is writable by the non-root controller"
+    )
+
+
+def test_persistence_values(chart: helm.Chart) -> None:
+    docs = render(
+        chart,
+        {
+            "persistence": {
+                "size": "5Gi",
+                "storageClassName": "fast-ssd",
+                "accessModes": ["ReadWriteOncePod"],
+                "annotations": {"helm.sh/resource-policy": "keep"},
+            }
+        },
+    )
+    claim = one(docs, "PersistentVolumeClaim")
+    assert claim["spec"]["storageClassName"] == "fast-ssd"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOncePod"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    assert claim["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    no_class = one(
+        render(chart, {"persistence": {"storageClassName": "-"}}), "PersistentVolumeClaim"
+    )
+    assert no_class["spec"]["storageClassName"] == "", "'-': bind a pre-provisioned volume"
+
+
+def test_existing_claim_is_mounted_and_none_is_created(chart: helm.Chart) -> None:
+    docs = render(chart, {"persistence": {"existingClaim": "patchwarden-state"}})
+    assert [d for d in docs if d["kind"] == "PersistentVolumeClaim"] == []
+    assert _state_volume(docs)["persistentVolumeClaim"] == {"claimName": "patchwarden-state"}
+    assert one(docs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_without_persistence_the_state_is_an_empty_dir(chart: helm.Chart) -> None:
+    docs = render(chart, {"persistence": {"enabled": False}, "replicaCount": 3})
+    assert [d for d in docs if d["kind"] == "PersistentVolumeClaim"] == []
+    assert _state_volume(docs) == {"name": "state", "emptyDir": {}}
+    deployment = one(docs, "Deployment")
+    assert "strategy" not in deployment["spec"], "standbys roll as usual"
+    assert deployment["spec"]["replicas"] == 3
+    notes = chart.render(
+        {"persistence": {"enabled": False}}, name=RELEASE, namespace=NAMESPACE, is_install=True
+    )["patchwarden/templates/NOTES.txt"]
+    assert "emptyDir: a restarted pod forgets it" in notes
+
+
+@pytest.mark.parametrize("access", [["ReadWriteOnce"], ["ReadWriteMany"]])
+def test_several_replicas_cannot_share_the_persisted_state(
+    chart: helm.Chart, access: list[str]
+) -> None:
+    """SQLite's WAL needs every process on one host, so even a ReadWriteMany volume is refused
+    for standbys; the message says what to set."""
+    with pytest.raises(helm.HelmError) as refused:
+        chart.render(
+            {"replicaCount": 2, "persistence": {"accessModes": access}},
+            name=RELEASE,
+            namespace=NAMESPACE,
+            is_install=True,
+        )
+    message = str(refused.value)
+    assert "replicaCount is 2 but persistence.enabled is true" in message
+    assert "Set replicaCount: 1" in message and "persistence.enabled: false" in message
 
 
 BAD_VALUES: list[tuple[Doc, str]] = [
@@ -259,6 +356,10 @@ BAD_VALUES: list[tuple[Doc, str]] = [
     ({"serviceMonitor": {"enabled": "yes"}}, "/serviceMonitor/enabled"),
     ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     ({"replicas": 2}, "replicas"),
+    ({"persistence": {"accessModes": ["ReadOnlyMany"]}}, "/persistence/accessModes/0"),
+    ({"persistence": {"size": "lots"}}, "/persistence/size"),
+    ({"persistence": {"existingClaim": "Bad_Claim"}}, "/persistence/existingClaim"),
+    ({"persistence": {"enabled": "yes"}}, "/persistence/enabled"),
 ]
 
 
@@ -305,6 +406,14 @@ def test_installs_into_a_real_server(kube_api: KubeApi, installed: str) -> None:
     deployment = apps.read_namespaced_deployment(FULLNAME, installed)
     assert deployment.spec.template.spec.security_context.run_as_non_root is True
     assert deployment.spec.template.spec.containers[0].security_context.read_only_root_filesystem
+    assert deployment.spec.strategy.type == "Recreate"
+    claim = kubernetes.client.CoreV1Api(kube_api.client()).read_namespaced_persistent_volume_claim(
+        f"{FULLNAME}-state", installed
+    )
+    assert claim.spec.access_modes == ["ReadWriteOnce"]
+    assert claim.spec.resources.requests == {"storage": "1Gi"}
+    state = next(v for v in deployment.spec.template.spec.volumes if v.name == "state")
+    assert state.persistent_volume_claim.claim_name == claim.metadata.name
     rbac = kubernetes.client.RbacAuthorizationV1Api(kube_api.client())
     assert rbac.read_cluster_role(FULLNAME).rules
     assert {r.metadata.name for r in rbac.list_namespaced_role(installed).items} == {
@@ -425,7 +534,7 @@ ALLOWED: dict[str, Callable[[Cluster], Any]] = {
         },
     ),
     "create, get, list, watch, delete a job in its namespace": lambda c: _job_lifecycle(c),
-    "read and delete a result configmap": lambda c: _configmap_read_delete(c),
+    "list, read and delete result configmaps": lambda c: _configmap_read_delete(c),
     "take and renew the lease": lambda c: _lease_lifecycle(c),
     "list and watch its custom resources": lambda c: _custom_read(c),
     "patch a custom resource's status": lambda c: kubernetes.client.CustomObjectsApi(
@@ -466,6 +575,8 @@ def _job_lifecycle(c: Cluster) -> None:
 def _configmap_read_delete(c: Cluster) -> None:
     core = kubernetes.client.CoreV1Api(c.controller)
     name = f"result-{c.suffix}"
+    selector = "app.kubernetes.io/component=node-agent,app.kubernetes.io/managed-by=patchwarden"
+    core.list_namespaced_config_map(c.ns, label_selector=selector)  # orphaned results
     core.read_namespaced_config_map(name, c.ns)
     core.delete_namespaced_config_map(name, c.ns)
 

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -752,3 +752,99 @@ def test_with_a_directory_or_git_source_it_still_leads_and_reconciles(
         wait_for("web-1 scanned", lambda: "web-1" in store.latest_scans())
         assert store.latest_scans()["web-1"].revision.startswith("dir@sha256:")
     assert controller.stop() == 0, controller.logs()
+
+
+def report_yaml(name: str, destination: Path) -> str:
+    return (
+        "apiVersion: patchwarden.io/v1alpha1\nkind: ComplianceReport\n"
+        f"metadata: {{name: {name}}}\n"
+        f"spec: {{schedule: 'rate(1 hour)', destination: '{destination}', format: json}}\n"
+    )
+
+
+@pytest.mark.apiserver
+def test_a_reports_last_export_is_its_status(kube_api: KubeApi, tmp_path: Path) -> None:
+    """A ComplianceReport exported to a directory: its status says SUCCESS, when, for which
+    opening and where the files are; the next pass (nothing new) writes nothing."""
+    ns = kube_api.namespace()
+    out = tmp_path / "reports"
+    apply(kube_api, ns, report_yaml("hourly", out))
+    api = kube_api.client()
+    with StateStore(tmp_path / "state.db") as store:
+        reconciler = ControllerReconciler(
+            KubernetesSource(api, ns, watch_nodes=False),
+            store,
+            lambda instance: pytest.fail("no instance, no job"),
+            writer=StatusWriter(api, ns),
+        )
+        reconciler.reconcile()
+        assert reconciler.written == {"written": 1}
+        report = get(kube_api, ns, "ComplianceReport", "hourly")
+        last = report["status"]["lastExport"]
+        (written,) = out.iterdir()
+        assert written.name.startswith("hourly-compliance-report-")
+        assert last["status"] == "SUCCESS"
+        assert last["locations"] == [str(written)]
+        assert "error" not in last
+        (run,) = store.report_runs("hourly")
+        assert last["opening"] == run.opening and last["time"] == run.finished_at.strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
+        assert report["status"]["lastExportTime"] == last["time"]
+        failed = conditions(report)["ExportFailed"]
+        assert (failed["status"], failed["reason"]) == ("False", "NoFailure")
+        assert conditions(report)["Ready"]["status"] == "True"
+
+        reconciler.reconcile()  # the opening is exported: nothing due, nothing to write
+        assert reconciler.written == {"unchanged": 1}
+        again = get(kube_api, ns, "ComplianceReport", "hourly")
+        assert again["metadata"]["resourceVersion"] == report["metadata"]["resourceVersion"]
+
+
+@pytest.mark.apiserver
+def test_a_failed_export_sets_export_failed_until_an_export_succeeds(
+    kube_api: KubeApi, tmp_path: Path
+) -> None:
+    """An unwritable destination: ExportFailed=True with the error, lastExport FAILED and no
+    lastExportTime; once the destination is writable the retry succeeds, the condition flips and
+    no stale error is left in lastExport."""
+    ns = kube_api.namespace()
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the report directory should be")
+    apply(kube_api, ns, report_yaml("hourly", blocker / "reports"))
+    api = kube_api.client()
+    clock = [datetime.now(UTC)]
+    with StateStore(tmp_path / "state.db") as store:
+        reconciler = ControllerReconciler(
+            KubernetesSource(api, ns, watch_nodes=False),
+            store,
+            lambda instance: pytest.fail("no instance, no job"),
+            writer=StatusWriter(api, ns, clock=lambda: clock[0]),
+        )
+        reconciler.reconcile()
+        report = get(kube_api, ns, "ComplianceReport", "hourly")
+        last = report["status"]["lastExport"]
+        assert (last["status"], last["locations"]) == ("FAILED", [])
+        assert last["error"].startswith(f"{blocker / 'reports'}: cannot")
+        assert "lastExportTime" not in report["status"]
+        failed = conditions(report)["ExportFailed"]
+        assert (failed["status"], failed["reason"]) == ("True", "ExportFailed")
+        assert failed["message"] == (
+            f"exporting the opening {last['opening']} to {blocker / 'reports'} failed: "
+            + last["error"]
+        )
+        assert conditions(report)["Ready"]["status"] == "True", "the spec itself is in force"
+        reconciler.reconcile()  # failing the same way: recorded once, written once
+        assert reconciler.written == {"unchanged": 1}
+
+        blocker.unlink()
+        clock[0] = clock[0].replace(microsecond=0) + timedelta(seconds=5)
+        reconciler.reconcile()
+        report = get(kube_api, ns, "ComplianceReport", "hourly")
+        last = report["status"]["lastExport"]
+        assert last["status"] == "SUCCESS" and "error" not in last
+        assert last["locations"] == [str(p) for p in (blocker / "reports").iterdir()]
+        ok = conditions(report)["ExportFailed"]
+        assert (ok["status"], ok["message"]) == ("False", "")
+        assert ok["lastTransitionTime"] != failed["lastTransitionTime"]
+        assert report["status"]["lastExportTime"] == last["time"]

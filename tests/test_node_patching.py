@@ -265,7 +265,7 @@ CONTROLLER_NAMESPACE_RULES = [
         "resources": ["jobs"],
         "verbs": ["get", "list", "watch", "create", "delete"],
     },
-    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "delete"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "delete"]},
 ]
 NODE_AGENT_RULES = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "update"]}]
 """Exactly what docs/nodes.md says the controller and the node Jobs need."""
@@ -933,6 +933,86 @@ def test_resume_finishes_a_controller_killed_while_patching_then_rebooting(
     assert cluster.jobs() == [] and cluster.configmaps() == []
     assert dpkg_state(root)["pwtest-kernel"][0] == "1.0-2"
     assert len(kubelet.created) == 1  # installed once
+
+
+@pytest.mark.apiserver
+def test_the_controller_uncordons_a_node_back_late_from_its_reboot_on_its_next_pass(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """An install whose reboot outlasted rebootTimeoutSeconds leaves the node cordoned in phase
+    `rebooting`. When it comes back, the running controller's next pass puts it back: no
+    restart needed."""
+    from reconciler.controller import ControllerReconciler
+    from reconciler.sources.kubernetes import KubernetesSource
+    from reconciler.state.kubernetes import StatusWriter
+
+    node = cluster.node("late", boot="boot-1")
+    cluster.admin.merge_patch(
+        f"/api/v1/nodes/{node}",
+        {
+            "metadata": {
+                "annotations": {
+                    ANNOTATION_PHASE: "rebooting",
+                    ANNOTATION_BOOT_ID: "boot-1",
+                    ANNOTATION_CORDONED: "true",
+                }
+            },
+            "spec": {"unschedulable": True},
+        },
+    )
+    cluster.node_status(node, ready=False, boot="boot-1")
+    settings = cluster.settings()
+    with StateStore(tmp_path / "state.db") as store:
+        reconciler = ControllerReconciler(
+            KubernetesSource(cluster.controller, cluster.namespace, watch_nodes=False),
+            store,
+            lambda instance: pytest.fail("no instance, no job"),
+            writer=StatusWriter(cluster.controller, cluster.namespace),
+            resume=lambda: resume_nodes(cluster.controller, settings),
+        )
+        reconciler.reconcile()  # still down: stays cordoned, still ours to finish
+        assert cluster.get_node(node)["spec"]["unschedulable"] is True
+        assert _annotations(cluster.get_node(node))[ANNOTATION_PHASE] == "rebooting"
+        cluster.node_status(node, ready=True, boot="boot-2")  # back, after a real reboot
+        reconciler.reconcile()
+    after = cluster.get_node(node)
+    assert not after["spec"].get("unschedulable") and _annotations(after) == {}
+
+
+@pytest.mark.apiserver
+def test_resume_removes_results_of_deleted_nodes_whose_job_is_gone(cluster: Cluster) -> None:
+    """A crash between a Job's end and the removal of its result, then the Node deleted (scaled
+    away): nothing names that ConfigMap any more, so resume deletes it. A result whose Job still
+    exists, a live Node's result, and a ConfigMap that is not ours stay."""
+    live = cluster.node("live")
+    settings = cluster.settings()
+    path = f"/api/v1/namespaces/{cluster.namespace}/configmaps"
+    names = {
+        key: f"pw-scan-{key}-{cluster.tag}" for key in ("orphan", "job-left", "live", "foreign")
+    }
+    for key, node in (
+        ("orphan", f"gone-{cluster.tag}"),
+        ("job-left", f"gone-{cluster.tag}"),
+        ("live", live),
+    ):
+        cluster.admin.create(
+            path, result_configmap(names[key], cluster.namespace, node, "{}", 0, "")
+        )
+    cluster.admin.create(
+        f"/apis/batch/v1/namespaces/{cluster.namespace}/jobs",
+        job_manifest(names["job-left"], "Scan", f"gone-{cluster.tag}", ["scan"], settings),
+    )
+    foreign = result_configmap(
+        names["foreign"], cluster.namespace, f"gone-{cluster.tag}", "", 0, ""
+    )
+    foreign["metadata"]["labels"] = {"app": "someone-else"}
+    cluster.admin.create(path, foreign)
+
+    assert resume_nodes(cluster.controller, settings) == []  # no Node was mid-patch
+    assert sorted(cluster.configmaps()) == sorted(
+        names[key] for key in ("job-left", "live", "foreign")
+    )
+    assert cluster.get_node(live)["metadata"].get("annotations") in (None, {})
 
 
 @pytest.mark.apiserver

@@ -10,6 +10,9 @@ the planner has nothing to do and each pass is refresh, plan, and the report ste
 from __future__ import annotations
 
 import csv
+import socket
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -116,6 +119,8 @@ class Fleet:
             self.now = moment
             summary = self.loop.reconcile(until_idle=True)
             assert summary.revision is not None and not summary.jobs
+            # Exports run on the loop's export thread; a slow machine may outlast the pass's grace.
+            assert self.loop.wait_for_exports(60)
 
     def runs(self, report: str) -> list[tuple[str, str]]:
         """(opening, status) of every recorded attempt, oldest first."""
@@ -289,3 +294,85 @@ def test_report_runs_are_history_with_one_success_per_opening(tmp_path: Path) ->
         ]
     with sqlite3.connect(tmp_path / "state.db") as conn, pytest.raises(sqlite3.IntegrityError):
         conn.execute("DELETE FROM report_runs")
+
+
+class Blackhole:
+    """An S3 endpoint that accepts connections and answers nothing until released, then drops
+    every connection: an unreachable destination, on a real socket."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.released = threading.Event()
+        self.accepted = 0
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.released.is_set():
+                conn.close()
+            else:
+                self.held.append(conn)
+
+    def release(self) -> None:
+        self.released.set()
+        for conn in self.held:
+            conn.close()
+
+    def close(self) -> None:
+        self.release()
+        self.server.close()
+
+
+def test_an_unreachable_destination_does_not_hold_up_the_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export runs on the loop's export thread: the pass ends after its grace, the next pass
+    does not start a second export of the report while the first one runs, and once the
+    destination fails the attempt is recorded once and retried on the next pass."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    blackhole = Blackhole()
+    yaml = report_yaml("hourly", "s3://compliance/hourly", "rate(1 hour)", format="json")
+    fleet = Fleet(tmp_path, yaml, at("2026-11-28T10:20:00"))
+    fleet.loop.s3_endpoint_url = f"http://127.0.0.1:{blackhole.port}"
+    fleet.loop.export_grace = 0.5
+    try:
+        for moment in ("2026-11-28T10:20:00", "2026-11-28T10:21:00", "2026-11-28T11:05:00"):
+            fleet.now = at(moment)
+            started = time.monotonic()
+            fleet.loop.reconcile(until_idle=True)
+            assert time.monotonic() - started < 5, "a pass waited for the export"
+        assert blackhole.accepted == 1  # one export in flight, the same one, across 3 passes
+        assert fleet.store.report_runs("hourly") == []
+        assert not fleet.loop.wait_for_exports(0.1)
+        blackhole.release()
+        assert fleet.loop.wait_for_exports(60)
+        (failed,) = fleet.store.report_runs("hourly")
+        assert (failed.opening, failed.status) == ("2026-11-28T10:00:00Z", "FAILED")
+        assert f"127.0.0.1:{blackhole.port}" in (failed.error or "")
+        # The next pass retries: the newest opening is due, exported (and failing) once.
+        fleet.now = at("2026-11-28T11:10:00")
+        fleet.loop.reconcile(until_idle=True)
+        assert fleet.loop.wait_for_exports(60)
+        assert fleet.runs("hourly") == [
+            ("2026-11-28T10:00:00Z", "FAILED"),
+            ("2026-11-28T11:00:00Z", "FAILED"),
+        ]
+    finally:
+        blackhole.close()
+        fleet.loop.wait_for_exports(60)
+        fleet.store.close()

@@ -102,7 +102,7 @@ def store(tmp_path: Path) -> Any:
 def test_new_file_is_created_in_wal_mode_at_the_latest_version(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "dir" / "state.db"
     with StateStore(path) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.schema_version() == SCHEMA_VERSION == 4
     assert path.is_file()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -380,6 +380,75 @@ def test_abandon_running_jobs(store: StateStore) -> None:
     assert store.jobs(status="running") == []
     assert store.abandon_running_jobs(at(11)) == []
     assert claim(store, "a") is None  # abandoned keys stay taken
+
+
+def test_planning_jobs_reads_only_what_the_planner_can_act_on(store: StateStore) -> None:
+    """Running jobs, jobs of the openings given, recent failed Scans, and abandoned jobs not
+    followed by a scan of their machine; oldest first, like jobs()."""
+    now_opening = ("nightly", "2024-05-02T02:00:00+00:00")
+    old_done = claim(store, "old-done", now=at(0))
+    old_failed = claim(store, "old-failed", now=at(1))
+    open_done = claim(store, "open-done", opening=now_opening[1], now=at(2))
+    open_failed = claim(store, "open-failed", opening=now_opening[1], now=at(3))
+    assert claim(store, "running", window=None, task=None, opening=None, now=at(4))
+    scan_args = {"operation": "Scan", "window": None, "task": None, "opening": None}
+    stale_scan = claim(store, "scan-stale", **scan_args, now=at(5))
+    fresh_scan = claim(store, "scan-fresh", **scan_args, now=at(20))
+    for job, status in (
+        (old_done, "succeeded"),
+        (old_failed, "failed"),
+        (open_done, "succeeded"),
+        (open_failed, "failed"),
+        (stale_scan, "failed"),
+        (fresh_scan, "failed"),
+    ):
+        store.finish_job(job.id, status=status, result={}, now=at(21))
+    assert claim(store, "lost", instance="db-1", now=at(22))
+    rescanned = claim(store, "rescanned", instance="web-2", now=at(22))
+    store.abandon_running_jobs(at(23))  # also abandons "running"
+    scan(store, "web-2", minutes=24)  # web-2 was rescanned since; db-1 was not
+    again = claim(store, "running-again", instance="web-3", now=at(25))
+    got = store.planning_jobs(openings=[now_opening], failed_scans_since=at(10))
+    assert [job.key for job in got] == [
+        "open-done",
+        "open-failed",
+        "running",  # abandoned, and web-1 has no scan at all
+        "scan-fresh",
+        "lost",
+        "running-again",
+    ]
+    assert got == [store.job(job.id) for job in got]
+    assert rescanned and again
+    assert [j.key for j in store.planning_jobs(openings=[], failed_scans_since=at(30))] == [
+        "running",
+        "lost",
+        "running-again",
+    ]
+
+
+def test_claimed_keys_checks_existence_in_sql(store: StateStore) -> None:
+    assert claim(store, "a") and claim(store, "b")
+    assert store.claimed_keys(["a", "c", "b", "a"]) == {"a", "b"}
+    assert store.claimed_keys([]) == set()
+
+
+def test_planning_jobs_use_indexes_not_a_scan_of_the_history(store: StateStore) -> None:
+    """The planner's read must not grow with the history: every part is an index search."""
+    statements: list[str] = []
+    with store._use() as conn:
+        conn.set_trace_callback(statements.append)
+    try:
+        store.planning_jobs(openings=[("nightly", "o")], failed_scans_since=T0)
+    finally:
+        with store._use() as conn:
+            conn.set_trace_callback(None)
+    (query,) = [s for s in statements if "FROM jobs" in s]
+    with store._use() as conn:
+        plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + query)]
+    scans = [step for step in plan if step.startswith("SCAN") and "json_each" not in step]
+    assert not [s for s in scans if "jobs" in s and "USING" not in s], plan
+    assert any("jobs_by_status_time" in step for step in plan), plan
+    assert any("jobs_by_window" in step for step in plan), plan
 
 
 def _claim_from_threads(stores: list[StateStore], keys: list[str]) -> dict[str, int]:

@@ -241,6 +241,55 @@ class Dnf:
                 update["requires"] = meta.get("requires") or []
             _apply_notices(update, by_nevra.get((name, arch, evr), []), metadata.notices)
             out.append({k: v for k, v in update.items() if v is not None})
+        out.extend(self._shadowed(out, by_nevra, metadata))
+        return out
+
+    def _shadowed(
+        self,
+        updates: List[Dict[str, object]],
+        by_nevra: Dict[Tuple[str, str, str], List[Tuple[str, str]]],
+        metadata: "Metadata",
+    ) -> List[Dict[str, object]]:
+        """Security versions a newer candidate that no security notice ships hides: check-update
+        shows only the newest version, so a security-only baseline would see nothing to
+        approve. As the apt backend does, the newest such version between the installed one and
+        the candidate is reported too (``candidate: false``), when a repository still offers
+        it; the engine decides."""
+        shipped = {}  # type: Dict[Key, List[str]]
+        for (name, arch, evr), found in by_nevra.items():
+            if any(_notice_type(a, kind, metadata.notices) == "security" for a, kind in found):
+                shipped.setdefault((name, arch), []).append(evr)
+        wanted = {}  # type: Dict[Key, Tuple[Dict[str, object], List[str]]]
+        for update in updates:
+            key = (str(update["name"]), str(update["arch"]))
+            installed = str(update.get("installedVersion") or "")
+            if update.get("classification") == "Security" or not installed:
+                continue
+            between = [
+                v
+                for v in shipped.get(key, [])
+                if compare_evr(v, installed) > 0 and compare_evr(v, str(update["version"])) < 0
+            ]
+            if between:
+                wanted[key] = (update, between)
+        if not wanted:
+            return []
+        offered = self.available_versions([name for name, _ in wanted])
+        out = []  # type: List[Dict[str, object]]
+        for key, (candidate, between) in sorted(wanted.items()):
+            available = offered.get(key, {})
+            versions = sorted((v for v in between if v in available), key=_EvrKey, reverse=True)
+            if not versions:
+                continue
+            version = versions[0]
+            entry = dict(candidate, version=version, repository=available[version])
+            entry.update(candidate=False, security=False, rebootSuggested=False)
+            for field in ("buildTime", "sourcePackage", "requires"):
+                entry.pop(field, None)
+            meta = metadata.packages.get((key[0], key[1], version)) or {}
+            entry.update({k: v for k, v in meta.items() if v is not None})
+            _apply_notices(entry, by_nevra[(key[0], key[1], version)], metadata.notices)
+            out.append({k: v for k, v in entry.items() if v is not None})
         return out
 
     def last_transaction(self) -> Dict[str, object]:
@@ -343,6 +392,23 @@ class Dnf:
     def install(self, pins: List[Pin]) -> Result:
         self.wait_for_locks()
         return self.command("-y", "install", *[nevra(p) for p in pins])
+
+    def downgrade(self, pins: List[Pin]) -> Result:
+        """Put back exact earlier versions, in one transaction (a rollback after a failed
+        upgrade); ``downgrade`` is the command dnf 4 and yum 3 both have for it."""
+        self.wait_for_locks()
+        return self.command("-y", "downgrade", *[nevra(p) for p in pins])
+
+    def available_versions(self, names: List[str]) -> Dict[Key, Dict[str, str]]:
+        """(name, arch) -> {version: repository} of every version the enabled repositories
+        offer now, as the tool sees them (``--showduplicates list``, from the metadata already
+        loaded). The cache on disk would not do: it keeps repositories no longer configured."""
+        result = self.command("-C", "-q", "--showduplicates", "list", *sorted(set(names)))
+        out = {}  # type: Dict[Key, Dict[str, str]]
+        available = result.stdout.partition("Available Packages")[2]
+        for name, arch, evr, repo in parse_check_update(available):
+            out.setdefault((name, arch), {})[evr] = repo
+        return out
 
     def versions_now(self, names: List[str]) -> Dict[Key, List[str]]:
         """(name, arch) -> installed versions (several for installonly packages like kernel)."""
@@ -573,7 +639,7 @@ def _apply_notices(
     best = None  # type: Optional[Tuple[int, str, Optional[str]]]
     for advisory, kind in found:
         detail = notices.get(advisory, {})
-        notice_type = str(detail.get("type") or _type_from_list(kind))
+        notice_type = _notice_type(advisory, kind, notices)
         severity = detail.get("severity") or _severity_from_list(kind)
         rank = (0 if notice_type == "security" else 1) * 10 + _SEVERITY_RANK.get(
             str(severity or "").lower(), 9
@@ -611,12 +677,70 @@ def _strs(value: object) -> List[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
+def _notice_type(advisory: str, kind: str, notices: Dict[str, Dict[str, object]]) -> str:
+    return str(notices.get(advisory, {}).get("type") or _type_from_list(kind))
+
+
 def _type_from_list(kind: str) -> str:
     return "security" if kind.endswith("/Sec.") or kind == "security" else kind.lower()
 
 
 def _severity_from_list(kind: str) -> Optional[str]:
     return kind.split("/")[0] if kind.endswith("/Sec.") and kind != "/Sec." else None
+
+
+_SEGMENT = re.compile(r"~|\^|[0-9]+|[a-zA-Z]+")
+
+
+def _vercmp(a: str, b: str) -> int:
+    """rpm's rpmvercmp of one version or release string: -1, 0 or 1. (The agent imports nothing
+    from reconciler, so this is rpm's algorithm a second time, next to
+    reconciler/evaluation/versions.py; tests/test_agent_rpm.py checks the two agree.)"""
+    if a == b:
+        return 0
+    sa, sb = _SEGMENT.findall(a), _SEGMENT.findall(b)
+    for x, y in zip(sa, sb):
+        if x == y:
+            continue
+        for mark in ("~", "^"):  # "~" sorts before anything, "^" before any other segment
+            if mark in (x, y):
+                return -1 if x == mark else 1
+        if x.isdigit() != y.isdigit():
+            return 1 if x.isdigit() else -1  # a number is newer than letters
+        if x.isdigit() and int(x) != int(y):
+            return 1 if int(x) > int(y) else -1
+        if not x.isdigit():
+            return 1 if x > y else -1
+    rest_a, rest_b = sa[len(sb) :], sb[len(sa) :]
+    if not rest_a and not rest_b:
+        return 0
+    longer_is_newer = (rest_a or rest_b)[0] != "~"
+    return (1 if longer_is_newer else -1) * (1 if rest_a else -1)
+
+
+def compare_evr(a: str, b: str) -> int:
+    """Compare two ``[epoch:]version-release`` strings as rpm does: -1, 0 or 1."""
+    ea, va, ra = _evr_parts(a)
+    eb, vb, rb = _evr_parts(b)
+    if ea != eb:
+        return 1 if ea > eb else -1
+    return _vercmp(va, vb) or _vercmp(ra, rb)
+
+
+def _evr_parts(evr: str) -> Tuple[int, str, str]:
+    epoch, _, rest = evr.rpartition(":")
+    version, _, release = rest.rpartition("-") if "-" in rest else (rest, "", "")
+    return int(epoch) if epoch.isdigit() else 0, version, release
+
+
+class _EvrKey:
+    """A sort key ordering versions as rpm does."""
+
+    def __init__(self, evr: str) -> None:
+        self.evr = evr
+
+    def __lt__(self, other: "_EvrKey") -> bool:
+        return compare_evr(self.evr, other.evr) < 0
 
 
 def parse_check_update(text: str) -> List[Tuple[str, str, str, str]]:

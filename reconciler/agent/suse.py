@@ -8,11 +8,13 @@ per package version, with the patches that ship it in ``advisoryIds``.
 
 import fnmatch
 import platform
+import re
 from typing import Dict, List, Optional, Tuple
 
 from reconciler.agent.errors import InstallRefused
 from reconciler.agent.facts import facts
 from reconciler.agent.outcome import install_result, inventory, now, reboot
+from reconciler.agent.rpm import not_rolled_back, nothing_to_roll_back
 from reconciler.agent.zypper import (
     CLASSIFICATIONS,
     EXIT_INFO_REBOOT_NEEDED,
@@ -177,15 +179,72 @@ def install(
         outcome = system.install(specs, dry_run=False)  # zypper updated itself: run it again
     output = outcome.stdout + "\n" + outcome.stderr
     after = system.rpm_versions(names)
-    result["patches"] = [_outcome(p, before, after, output, errors(outcome)) for p in pins]
+    outcomes = [_outcome(p, before, after, output, errors(outcome)) for p in pins]
+    failed = [(p, r) for p, r in zip(pins, outcomes) if r["result"] == "FAILED"]
+    if failed:
+        _roll_back(system, failed, before)
+    result["patches"] = outcomes
     result["exitCode"] = outcome.rc
-    result["changed"] = any(p["changed"] for p in result["patches"])  # type: ignore[attr-defined]
+    result["changed"] = any(p["changed"] for p in outcomes)
     needs_reboot = outcome.rc == EXIT_INFO_REBOOT_NEEDED
     result["reboot"] = _reboot(
         system, needs_reboot, [p.name for p in patches if p.reboot], reboot_option, allow_reboot
     )
     result["finishedAt"] = now()
     return result
+
+
+def _roll_back(
+    system: Zypper, failed: List[Tuple[Pin, Dict[str, object]]], before: Dict[Tuple[str, str], str]
+) -> None:
+    """Put back the versions installed before the failed pins, as the dnf backend does: rpm
+    keeps a package whose %post failed installed (zypper exits 107). zypper has no history to
+    undo, so the previous versions are installed again by exact version (``--oldpackage``),
+    after a dry run that sorts out those no enabled repository offers any more."""
+    current = system.rpm_versions([pin[0] for pin, _ in failed])
+    targets = {}  # type: Dict[str, Tuple[Pin, Dict[str, object], Tuple[str, str, str]]]
+    for pin, patch in failed:
+        name, arch, _ = pin
+        was, now_at = _lookup(before, name, arch), _lookup(current, name, arch)
+        if was == now_at:
+            patch.update(
+                rolledBack=False, rollback=nothing_to_roll_back(name, [was] if was else [])
+            )
+        elif was is None:
+            why = "nothing to restore: it was not installed before"
+            patch.update(rolledBack=False, rollback=not_rolled_back(name, [str(now_at)], why))
+        else:
+            key_arch = next(a for (n, a), v in before.items() if n == name and v == was)
+            targets[name] = (pin, patch, (name, key_arch, was))
+    if not targets:
+        return
+    plan = system.install([zypper_spec(t[2]) for t in targets.values()], dry_run=True)
+    for message in errors(plan):
+        if message.startswith("No provider of"):
+            # "No provider of 'NAME.ARCH=VERSION' found." (or 'NAME=VERSION')
+            for name in [n for n in targets if re.search("'{}[.= ]".format(re.escape(n)), message)]:
+                pin, patch, (_, _, was) = targets.pop(name)
+                why = "{} {} is in no enabled repository any more (zypper: {})".format(
+                    name, was, message.rstrip(".")
+                )
+                state = [_lookup(current, name, pin[1]) or ""]
+                patch.update(rolledBack=False, rollback=not_rolled_back(name, state, why))
+    if not targets:
+        return
+    done = system.install([zypper_spec(t[2]) for t in targets.values()], dry_run=False)
+    restored = system.rpm_versions(list(targets))
+    for name, (_pin, patch, (_, arch, was)) in targets.items():
+        now_at = _lookup(restored, name, arch)
+        patch["stateAfter"] = now_at or "absent"
+        if now_at == was:
+            patch.update(
+                rolledBack=True, changed=False, rollback="restored {} {}".format(name, was)
+            )
+        else:
+            why = "zypper install --oldpackage failed (exit {}): {}".format(
+                done.rc, " / ".join(errors(done)) or "no error"
+            )
+            patch.update(rolledBack=False, rollback=not_rolled_back(name, [now_at or ""], why))
 
 
 def _completed_patches(

@@ -30,6 +30,8 @@ from reconciler.state import JobRecord
 from reconciler.state.kubernetes import StatusWriter, Written
 
 EXIT_OK, EXIT_LOST_LEASE = 0, 1
+REPORT_RUNS_READ = 100
+"""Attempts read per report each pass to find its newest successful export."""
 
 
 class ControllerReconciler(Reconciler):
@@ -44,14 +46,24 @@ class ControllerReconciler(Reconciler):
         writer: StatusWriter,
         mirror: NodeMirror | None = None,
         leading: Callable[[], bool] = lambda: True,
+        resume: Callable[[], object] | None = None,
         **kwargs: Any,
     ) -> None:
+        """``resume`` finishes node operations left half-done (``resume_nodes``); it runs at the
+        start of every pass, when no job of this process is in flight, so a node that came back
+        late from a reboot is uncordoned without waiting for a restart."""
         super().__init__(source, *args, **kwargs)
         self.writer, self.mirror, self.leading = writer, mirror, leading
+        self.resume = resume
         self.written: dict[str, int] = {}
         """How the last pass's status updates went, by :class:`Written` value."""
 
     def reconcile(self, *, until_idle: bool = True, max_jobs: int | None = None) -> PassSummary:
+        if self.resume is not None and self.leading():
+            try:
+                self.resume()
+            except Exception:  # logged loudly; patching the other machines goes on
+                self.log.exception("resuming interrupted node operations failed")
         if self.mirror is not None and self.leading():
             try:
                 self.mirror.sync()
@@ -77,6 +89,10 @@ class ControllerReconciler(Reconciler):
                 "opening": execution["opening"],
                 "status": execution["status"],
             }
+        # Per report: the newest attempts are enough for the newest run and the newest success
+        # (a failure repeated every pass is recorded once, see StateStore.record_report_run).
+        reports = [name for kind, name in source.listing if kind == "ComplianceReport"]
+        runs = {name: self.store.report_runs(name, limit=REPORT_RUNS_READ) for name in reports}
         return Seen(
             now=self.clock(),
             listing=dict(source.listing),
@@ -88,6 +104,7 @@ class ControllerReconciler(Reconciler):
             jobs=latest,
             executions=executions,
             waits=dict(summary.waits),
+            report_runs=runs,
         )
 
     def write_status(self, summary: PassSummary) -> dict[str, int]:

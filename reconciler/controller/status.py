@@ -7,7 +7,8 @@ document per object. Writing it is :mod:`reconciler.state.kubernetes`'s job.
 Every status has ``observedGeneration`` (the generation this pass read) and the conditions
 ``Ready``, ``Reconciling`` and ``Stalled``; negative-polarity domain conditions where they mean
 something: ``NonCompliant`` (ManagedInstance, PatchGroup), ``PatchFailed`` (ManagedInstance),
-``ExecutionFailed`` (MaintenanceWindow). Values are SSM's names and counts.
+``ExecutionFailed`` (MaintenanceWindow), ``ExportFailed`` (ComplianceReport). Values are SSM's
+names and counts.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from reconciler.plan import baseline_digest
 from reconciler.report import compliance
 from reconciler.schedule import current_opening, openings
 from reconciler.sources.kubernetes import ObjectInfo
-from reconciler.state import JobRecord, ScanRecord
+from reconciler.state import JobRecord, ReportRunRecord, ScanRecord
 from reconciler.state.kubernetes import timestamp
 
 Key = tuple[str, str]
@@ -54,6 +55,9 @@ class Seen:
     """The latest execution of each window (``opening``, ``status``)."""
     waits: Mapping[str, str] = field(default_factory=dict)
     """Why the planner left an instance alone."""
+    report_runs: Mapping[str, Sequence[ReportRunRecord]] = field(default_factory=dict)
+    """Each report's recorded export attempts, newest first (the newest and the newest
+    successful one are enough)."""
 
 
 def condition(
@@ -133,7 +137,43 @@ def _baseline(seen: Seen, name: str, generation: int) -> Built:
 
 
 def _report(seen: Seen, name: str, generation: int) -> Built:
-    return {"revision": seen.revision}, _accepted(seen, generation)
+    runs = seen.report_runs.get(name, ())
+    newest = runs[0] if runs else None
+    exported = next((run for run in runs if run.status == "SUCCESS"), None)
+    fields: dict[str, Any] = {
+        "revision": seen.revision,
+        "lastExport": _export(newest) if newest else None,
+        # The CRD's "Last export" column: the newest export that was written.
+        "lastExportTime": timestamp(exported.finished_at) if exported else None,
+    }
+    failed = newest is not None and newest.status == "FAILED"
+    message = ""
+    if failed and newest is not None:
+        message = f"exporting the opening {newest.opening} to {newest.destination} failed: "
+        message += newest.error or "no error recorded"
+    conditions = _accepted(seen, generation)
+    conditions.append(
+        condition(
+            "ExportFailed",
+            failed,
+            "ExportFailed" if failed else "NoFailure",
+            message,
+            generation,
+        )
+    )
+    return fields, conditions
+
+
+def _export(run: ReportRunRecord) -> dict[str, Any]:
+    """``status.lastExport``. ``error`` is None (removed by the merge patch) after a success,
+    so a fixed destination leaves no stale error behind."""
+    return {
+        "opening": run.opening,
+        "time": timestamp(run.finished_at),
+        "status": run.status,
+        "locations": list(run.locations),
+        "error": run.error,
+    }
 
 
 def _group(seen: Seen, name: str, generation: int) -> Built:

@@ -1,11 +1,18 @@
 """Stage: evaluation — the pure decision engine.
 
 ``evaluate(baseline, inventory, now)`` gives every patch's SSM state with its reason and the
-instance's SSM counts; ``resolve(snapshot, labels, os)`` says which group and baseline apply. No
-I/O and no clock of its own: callers pass ``now``. May import ``reconciler.api`` only.
+instance's SSM counts; ``evaluate_summary`` the same counts alone, faster; ``resolve(snapshot,
+labels, os)`` says which group and baseline apply. No I/O and no clock of its own: callers pass
+``now``. May import ``reconciler.api`` only.
 """
 
-from reconciler.evaluation.engine import Decider, DecisionCache, evaluate, summarize
+from reconciler.evaluation.engine import (
+    Decider,
+    DecisionCache,
+    evaluate,
+    evaluate_summary,
+    summarize,
+)
 from reconciler.evaluation.resolve import Resolution, resolve
 from reconciler.evaluation.results import (
     Approval,
@@ -25,6 +32,7 @@ __all__ = [
     "Resolution",
     "Summary",
     "evaluate",
+    "evaluate_summary",
     "resolve",
     "summarize",
 ]

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
+from itertools import compress, filterfalse
 from operator import attrgetter
 from typing import TypeVar
 
@@ -316,6 +317,61 @@ class Decider:
             self._pinned.clear()
         self._pinned.append(pkg)
 
+    # -- counts only, per instance ---------------------------------------------------------------
+
+    def summary(self, inventory: Inventory) -> Summary | None:
+        """``evaluate(...).summary`` for ``inventory`` without building its rows, or None when the
+        instance needs the full path (a failed Install, a package with three or more approved
+        updates, too many rows for the packed counts). The per-row work is ``map``/``filter``/
+        ``sum`` over the cached entries, so it runs in C rather than in a loop per row."""
+        if inventory.failed:
+            return None
+        updates = self._entries(inventory.updates, self._update_ids, self._update_entry)
+        chosen = self._chosen(updates)
+        if chosen is None:
+            return None
+        weights = _INSTALL_WEIGHT if inventory.operation is Operation.INSTALL else _SCAN_WEIGHT
+        weight = sum(map(weights, chosen.values()))
+        entries = self.installed_entries(inventory.installed)
+        weight += sum(map(_WEIGHT, entries))
+        rows = len(chosen) + len(entries)
+        reported: list[_InstalledEntry] = []  # installed packages an update row reports instead
+        if chosen:
+            reported = list(compress(entries, map(chosen.__contains__, map(_PACKAGE, entries))))
+            weight -= sum(map(_WEIGHT, reported))
+            rows -= len(reported)
+        if inventory.facts.reboot_required:
+            shown = [e for e in entries if e.package not in chosen] if reported else entries
+            weight += _pending_change(shown, inventory.facts)
+        if self.asu:
+            passed_over = list(filterfalse(_APPROVED, updates))
+            asu_rows, asu_weight = _asu_rows(e for e in passed_over if e.package not in chosen)
+            rows += len(asu_rows)
+            weight += asu_weight
+        if rows >= _FIELD_LIMIT:
+            return None
+        return _summary(weight, rows)
+
+    def _chosen(self, updates: list[_UpdateEntry]) -> dict[object, _UpdateEntry] | None:
+        """What select() chooses (the latest approved update per package), without a Python loop
+        per update when no package has more than two approved updates; None otherwise."""
+        approved = list(filter(_APPROVED, updates))
+        packages = list(map(_PACKAGE, approved))
+        last = dict(zip(packages, approved, strict=True))  # a repeated key keeps its last entry
+        extra = len(approved) - len(last)
+        if not extra:
+            return last
+        first = dict(zip(reversed(packages), reversed(approved), strict=True))
+        differing = last.items() - first.items()  # the packages with two approved updates
+        if len(differing) != extra:
+            return None  # some package has three or more: let select() order them
+        for package, later in differing:
+            earlier = first[package]
+            # select(): a later entry replaces the chosen one only when strictly newer
+            if not self._is_newer(later.version, earlier.version):
+                last[package] = earlier
+        return last
+
     def package(self, name: str, arch: str) -> object:
         """The key standing for package (name, arch)."""
         return self._packages.setdefault((name, arch), object())
@@ -501,6 +557,24 @@ def evaluate(
     )
 
 
+def evaluate_summary(
+    baseline: PatchBaseline,
+    inventory: Inventory,
+    now: datetime,
+    *,
+    cache: DecisionCache | None = None,
+) -> Summary:
+    """``evaluate(baseline, inventory, now, cache=cache).summary``, without the rows: for callers
+    that keep only the counts. Most instances are counted from the cached entries at C speed
+    (Decider.summary); the others take the full path."""
+    cache = cache or DecisionCache()
+    decider = cache.decider(baseline, inventory.facts.effective_product(), utc_day(now))
+    found = decider.summary(inventory)
+    if found is None:
+        found = evaluate(baseline, inventory, now, cache=cache).summary
+    return found
+
+
 _SCAN_ROW = attrgetter("scan_row")
 _SCAN_WEIGHT = attrgetter("scan_weight")
 _INSTALL_ROW = attrgetter("install_row")
@@ -508,6 +582,8 @@ _INSTALL_WEIGHT = attrgetter("install_weight")
 _ROW = attrgetter("row")
 _WEIGHT = attrgetter("weight")
 _NOT_APPROVED = attrgetter("not_approved")
+_PACKAGE = attrgetter("package")
+_APPROVED = attrgetter("approved")
 
 
 def _update_rows(
@@ -543,6 +619,17 @@ def _installed_rows(
                 rows[index] = entry.pending_row
                 weight += entry.pending_weight - entry.weight
     return rows, weight
+
+
+def _pending_change(shown: Iterable[_InstalledEntry], facts: Facts) -> int:
+    """The change of weight when the entries ``shown`` (as installed rows) whose package the
+    machine awaits a reboot for become INSTALLED_PENDING_REBOOT; as _installed_rows() does."""
+    boot = None if facts.boot_time is None else _utc(facts.boot_time)
+    return sum(
+        entry.pending_weight - entry.weight
+        for entry in shown
+        if entry.pending_row is not None and _awaits_reboot(entry, facts, boot)
+    )
 
 
 def _failed_installed(rows: list[PatchResult], failed: Sequence[FailedPatch]) -> int:

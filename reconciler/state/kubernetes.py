@@ -68,9 +68,24 @@ def desired(current: Mapping[str, Any], wanted: Mapping[str, Any], now: datetime
     return result
 
 
+def merge_patch(target: Any, patch: Any) -> Any:
+    """``patch`` applied to ``target`` as a JSON merge patch does it (RFC 7386): objects merge
+    key by key, ``None`` removes a key, anything else (lists included) replaces."""
+    if not isinstance(patch, Mapping):
+        return patch
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
 def unchanged(current: Mapping[str, Any], update: Mapping[str, Any]) -> bool:
-    """Whether writing ``update`` would change nothing (an absent field equals ``None``)."""
-    return all(current.get(key) == value for key, value in update.items())
+    """Whether writing ``update`` would change nothing: what the server would store equals what
+    it has (an absent field equals ``None``, at any depth)."""
+    return bool(merge_patch(current, update) == dict(current))
 
 
 class StatusWriter:

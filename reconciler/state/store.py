@@ -16,12 +16,13 @@ it is exclusive across threads, processes and restarts alike. Do not share a sto
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -159,14 +160,15 @@ class StateStore:
         return history[0] if history else None
 
     def latest_scans(self) -> dict[str, ScanRecord]:
-        """The newest scan (by ``finished_at``) of every instance, in one query."""
+        """The newest scan (by ``finished_at``, then id) of every instance, in one query.
+
+        ``instances.last_scan_id`` is kept on exactly that rule as scans are recorded, so this
+        reads one scan per instance instead of ranking the whole history (observe() runs it
+        after every job)."""
         with self._use() as conn:
             rows = conn.execute(
-                f"SELECT {ScanRecord.COLUMNS} FROM ("
-                f"  SELECT *, row_number() OVER ("
-                f"    PARTITION BY instance ORDER BY finished_at DESC, id DESC) AS newest"
-                f"  FROM scans)"
-                f" WHERE newest = 1 ORDER BY instance"
+                f"SELECT {ScanRecord.COLUMNS} FROM scans"
+                " WHERE id IN (SELECT last_scan_id FROM instances) ORDER BY instance"
             ).fetchall()
         return {row[1]: ScanRecord.from_row(row) for row in rows}
 
@@ -296,6 +298,44 @@ class StateStore:
                 tuple(wanted.values()),
             ).fetchall()
         return [JobRecord.from_row(row) for row in rows]
+
+    def planning_jobs(
+        self, *, openings: Iterable[tuple[str, str]], failed_scans_since: datetime
+    ) -> list[JobRecord]:
+        """The jobs the planner can still act on, oldest first (the order of :meth:`jobs`).
+
+        Every running job; every job of the given (window, opening) pairs; failed Scans created
+        after ``failed_scans_since``; abandoned jobs created at or after their instance's latest
+        scan. Each part is an index lookup (``jobs_by_status_time``, ``jobs_by_window``), so the
+        cost follows what is current, not how long the history is (``plan.HistoryScope``).
+        """
+        pairs = json.dumps([[window, opening] for window, opening in openings])
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {JobRecord.COLUMNS} FROM jobs WHERE rowid IN ("
+                "  SELECT rowid FROM jobs WHERE status = 'running'"
+                "  UNION SELECT rowid FROM jobs"
+                "    WHERE status = 'failed' AND created_at > ? AND operation = 'Scan'"
+                "  UNION SELECT jobs.rowid FROM json_each(?) AS pair JOIN jobs"
+                "    ON jobs.window = json_extract(pair.value, '$[0]')"
+                "    AND jobs.opening = json_extract(pair.value, '$[1]')"
+                "  UNION SELECT rowid FROM jobs WHERE status = 'abandoned' AND created_at >="
+                "    coalesce((SELECT scans.finished_at FROM instances JOIN scans"
+                "      ON scans.id = instances.last_scan_id"
+                "      WHERE instances.instance = jobs.instance), '')"
+                ") ORDER BY created_at, rowid",
+                (to_text(failed_scans_since), pairs),
+            ).fetchall()
+        return [JobRecord.from_row(row) for row in rows]
+
+    def claimed_keys(self, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` were ever claimed, checked in SQL (the UNIQUE index on ``key``)."""
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT key FROM jobs WHERE key IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(keys)),),
+            ).fetchall()
+        return {row[0] for row in rows}
 
     def abandon_running_jobs(self, now: datetime) -> list[JobRecord]:
         """Mark every running job abandoned and return them (oldest first).

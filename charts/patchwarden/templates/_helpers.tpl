@@ -86,3 +86,17 @@ resources:
 tolerations:
 {{- toYaml .Values.nodeJobs.tolerations | nindent 2 }}
 {{- end }}
+
+{{/* The PersistentVolumeClaim holding the state database: the user's, else the chart's. */}}
+{{- define "patchwarden.stateClaimName" -}}
+{{- default (printf "%s-state" (include "patchwarden.fullname" .) | trunc 63 | trimSuffix "-") .Values.persistence.existingClaim }}
+{{- end }}
+
+{{/* Value combinations values.schema.json cannot say clearly. SQLite's WAL (the store's journal)
+     works only when every process using the file is on one host, so a persisted store is never
+     shared between replicas (https://www.sqlite.org/wal.html). */}}
+{{- define "patchwarden.validate" -}}
+{{- if and .Values.persistence.enabled (gt (int .Values.replicaCount) 1) }}
+{{- fail (printf "replicaCount is %d but persistence.enabled is true: the controller's SQLite state cannot be shared between replicas (its WAL journal needs every process on one host, even on a ReadWriteMany volume). Set replicaCount: 1 (a restarted pod keeps its history on the volume), or persistence.enabled: false for standby replicas that start without history." (int .Values.replicaCount)) }}
+{{- end }}
+{{- end }}

@@ -11,6 +11,7 @@ import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 from kubernetes.client import ApiClient
@@ -21,6 +22,10 @@ from reconciler.dispatch.base import AgentFailed, install_args, inventory_of, sc
 from reconciler.dispatch.nodes import drain, jobs
 from reconciler.dispatch.nodes.kube import JsonObject, Kube, status_message
 from reconciler.dispatch.nodes.model import (
+    ANNOTATION_NODE,
+    COMPONENT,
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
     NodeSettings,
     NodeState,
     boot_id,
@@ -182,11 +187,18 @@ def resume_nodes(api_client: ApiClient, settings: NodeSettings = NodeSettings())
     later call reads its result); a node rebooting is uncordoned once it is Ready with a new
     boot ID. Returns the nodes whose patching state was cleared (and, if we cordoned them,
     uncordoned) by this call. Nodes a transport of this process works on are left alone.
+    Result ConfigMaps of Nodes that no longer exist, whose Job is gone too, are deleted (no
+    Node's annotations name them any more, so nothing else would).
 
     Call it when the controller starts (after winning leader election) and on every pass."""
     kube = Kube(api_client)
     finished: list[str] = []
     listing = kube.request("GET", drain.NODES)
+    nodes = {str(node["metadata"]["name"]) for node in listing.get("items") or []}
+    try:
+        _remove_orphaned_results(kube, nodes, settings)
+    except ApiException as exc:  # e.g. an older chart's RBAC without `list`: not worth stopping
+        _log.warning("orphaned result ConfigMaps not removed", error=str(exc))
     for node in listing.get("items") or []:
         name = str(node["metadata"]["name"])
         state = node_state(node)
@@ -201,6 +213,27 @@ def resume_nodes(api_client: ApiClient, settings: NodeSettings = NodeSettings())
         except (AgentFailed, ApiException) as exc:  # one node's trouble must not stall the rest
             _log.warning("node not resumed", node=name, phase=state.phase, error=str(exc))
     return finished
+
+
+def _remove_orphaned_results(kube: Kube, nodes: set[str], settings: NodeSettings) -> None:
+    """Delete the agents' result ConfigMaps left by a crash for Nodes deleted since: neither the
+    Node (gone) nor the Job (gone) can lead anyone to them. A live Node's result is its resume's
+    business, and a ConfigMap whose Job still exists is still to be read."""
+    path = f"/api/v1/namespaces/{quote(settings.namespace)}/configmaps"
+    selector = f"{LABEL_COMPONENT}={COMPONENT},{LABEL_MANAGED_BY}=patchwarden"
+    listing = kube.request("GET", path, query=[("labelSelector", selector)])
+    for configmap in listing.get("items") or []:
+        meta = configmap["metadata"]
+        node = (meta.get("annotations") or {}).get(ANNOTATION_NODE)
+        with _REGISTRY:
+            busy = node in _ACTIVE
+        if not node or node in nodes or busy:
+            continue
+        name = str(meta["name"])
+        if kube.get(f"{jobs.jobs_path(settings.namespace)}/{quote(name)}") is not None:
+            continue
+        kube.delete(jobs.configmap_path(settings.namespace, name))
+        _log.info("removed an orphaned result ConfigMap", configmap=name, node=node)
 
 
 def _resume(kube: Kube, node: JsonObject, state: NodeState, settings: NodeSettings) -> bool:
