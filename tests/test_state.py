@@ -426,6 +426,23 @@ def test_planning_jobs_reads_only_what_the_planner_can_act_on(store: StateStore)
     ]
 
 
+def test_latest_jobs_is_the_newest_job_of_each_instance(store: StateStore) -> None:
+    """What the controller shows per instance: equal to the last of jobs() per instance, ties on
+    creation time broken the same way (the later claim wins)."""
+    assert store.latest_jobs() == {}
+    claim(store, "w1-old", instance="web-1", now=at(0))
+    claim(store, "d1-only", instance="db-1", now=at(1))
+    claim(store, "w1-tie-a", instance="web-1", now=at(5))
+    claim(store, "w1-tie-b", instance="web-1", now=at(5))
+    claim(store, "w2-new", instance="web-2", now=at(6))
+    claim(store, "w2-older", instance="web-2", now=at(2))  # claimed later, created earlier
+    expected: dict[str, str] = {}
+    for job in store.jobs():
+        expected[job.instance] = job.key
+    assert {k: j.key for k, j in store.latest_jobs().items()} == expected
+    assert expected == {"web-1": "w1-tie-b", "db-1": "d1-only", "web-2": "w2-new"}
+
+
 def test_claimed_keys_checks_existence_in_sql(store: StateStore) -> None:
     assert claim(store, "a") and claim(store, "b")
     assert store.claimed_keys(["a", "c", "b", "a"]) == {"a", "b"}

@@ -26,7 +26,6 @@ from reconciler.controller.status import Seen, statuses
 from reconciler.loop import PassSummary, Reconciler, http_endpoints, serve
 from reconciler.report.metrics import DeliveryCounts, LoopMetrics
 from reconciler.sources.kubernetes import KubernetesSource
-from reconciler.state import JobRecord
 from reconciler.state.kubernetes import StatusWriter, Written
 
 EXIT_OK, EXIT_LOST_LEASE = 0, 1
@@ -80,9 +79,7 @@ class ControllerReconciler(Reconciler):
         applied = frozenset(
             key for key, content in source.current.items() if source.accepted.get(key) == content
         )
-        latest: dict[str, JobRecord] = {}
-        for job in self.store.jobs():  # oldest first: the last one per instance wins
-            latest[job.instance] = job
+        latest = self.store.latest_jobs()
         executions: dict[str, dict[str, Any]] = {}
         for execution in self.store.window_executions():  # oldest first
             executions[execution["window"]] = {

@@ -282,12 +282,16 @@ def _v3_report_runs(conn: sqlite3.Connection) -> None:
 def _v4_planning_indexes(conn: sqlite3.Connection) -> None:
     """Indexes for the planner's read of the job history (``StateStore.planning_jobs``): by
     status and time, so running, recently failed and abandoned jobs are found without reading a
-    year of finished ones. It replaces the status-only index, which it covers."""
+    year of finished ones; and by instance and time, so each instance's newest job is one index
+    step (``StateStore.latest_jobs``). They replace the status-only and instance-only indexes,
+    which they cover."""
     _run(
         conn,
         [
             "CREATE INDEX jobs_by_status_time ON jobs (status, created_at)",
             "DROP INDEX jobs_by_status",
+            "CREATE INDEX jobs_by_instance_time ON jobs (instance, created_at)",
+            "DROP INDEX jobs_by_instance",
         ],
     )
 
