@@ -61,6 +61,8 @@ EXPORT_GRACE = 5.0
 """Seconds a pass waits for the report exports it started: a directory or a reachable bucket
 is done by then, so the attempt is recorded (and in the controller's status) in the same pass;
 a destination that does not answer goes on in the background and holds no pass longer."""
+EXPORTER_IDLE = 60.0
+"""Seconds the export thread waits for work before it ends (a new one starts when needed)."""
 EXPORT_STOP_WAIT = 30.0
 """Seconds ``serve`` waits, on stop, for exports still running."""
 
@@ -369,17 +371,27 @@ class Reconciler:
             return self._exports_done.wait_for(lambda: not self._exporting, timeout)
 
     def _start_exporter(self) -> None:
-        if self._exporter is None or not self._exporter.is_alive():
-            # A daemon: a process that stops waits for exports a bounded time
-            # (wait_for_exports), never for a destination that does not answer.
-            self._exporter = threading.Thread(
-                target=self._export_worker, name="report-export", daemon=True
-            )
-            self._exporter.start()
+        with self._exports_done:
+            if self._exporter is None:
+                # A daemon: a process that stops waits for exports a bounded time
+                # (wait_for_exports), never for a destination that does not answer.
+                self._exporter = threading.Thread(
+                    target=self._export_worker, name="report-export", daemon=True
+                )
+                self._exporter.start()
 
     def _export_worker(self) -> None:
         while True:
-            name, job = self._exports.get()
+            try:
+                name, job = self._exports.get(timeout=EXPORTER_IDLE)
+            except queue.Empty:
+                with self._exports_done:
+                    # A report is marked before it is queued: nothing marked, nothing coming;
+                    # the next export_reports() starts a new thread.
+                    if not self._exporting:
+                        self._exporter = None
+                        return
+                continue
             try:
                 job()
             except Exception:  # recording failed (store closed?); the next pass retries
