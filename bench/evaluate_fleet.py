@@ -6,11 +6,14 @@ Builds the fleet of bench/synthetic_fleet.py (default 10,000 instances x 300 ava
 1. times two references on the same fleet, the floor any engine pays: a loop over every
    instance's updates doing one dict lookup per update, and the same over updates and installed
    packages (best of three each);
-2. times ``evaluate`` over the whole fleet with one fresh ``DecisionCache`` (so the figure includes
-   compiling the baselines and deciding every distinct package version once), keeping only each
-   instance's summary, as a reconciler writing reports would;
-3. measures memory: the process's peak RSS, and with tracemalloc (a second, untimed pass with a
-   fresh cache) the peak allocated by the evaluation phase alone.
+2. times ``evaluate_summary`` (the counts without the rows) over the whole fleet with one fresh
+   ``DecisionCache`` (so the figure includes compiling the baselines and deciding every distinct
+   package version once), keeping each instance's summary, as a reconciler writing compliance
+   counts would: the headline; then again with the same cache (warm);
+3. times ``evaluate`` (every row built, then dropped) the same two ways, reported in its own
+   column, and checks that both paths give the same summaries (same digest);
+4. measures memory: the process's peak RSS, and with tracemalloc (a separate, untimed pass of
+   ``evaluate_summary`` with a fresh cache) the peak allocated by the evaluation phase alone.
 
 Results are printed and a row is added to docs/benchmarks.md. The target (2,000,000 instance x
 update decisions per second) is reported as PASS/FAIL with the ratio to the reference; the script
@@ -40,7 +43,12 @@ sys.path.insert(0, str(ROOT))
 
 from synthetic_fleet import NOW, Member, build_fleet  # noqa: E402
 
-from reconciler.evaluation import DecisionCache, Summary, evaluate  # noqa: E402
+from reconciler.evaluation import (  # noqa: E402
+    DecisionCache,
+    Summary,
+    evaluate,
+    evaluate_summary,
+)
 
 TARGET = 2_000_000  # instance x update decisions per second, on one core
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -76,16 +84,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reference, 1 dict lookup per update:                 {ref_updates:.3f} s")
     print(f"reference, 1 dict lookup per update and installed:   {ref_all:.3f} s")
 
-    print("evaluating the fleet with a fresh DecisionCache...", flush=True)
+    print("summaries (evaluate_summary), fresh DecisionCache, then the same cache...", flush=True)
     cache = DecisionCache()
-    cold = _time_engine(fleet, cache)
-    rss_peak = _max_rss()
-    print("evaluating it again with the same cache...", flush=True)
-    warm = _time_engine(fleet, cache)
+    cold = _time_engine(fleet, cache, rows=False)
+    warm = _time_engine(fleet, cache, rows=False)
     del cache
+    print("full evaluations (evaluate), fresh DecisionCache, then the same cache...", flush=True)
+    cache = DecisionCache()
+    full_cold = _time_engine(fleet, cache, rows=True)
+    full_warm = _time_engine(fleet, cache, rows=True)
+    del cache
+    rss_peak = _max_rss()
+    if len({cold.digest, warm.digest, full_cold.digest, full_warm.digest}) != 1:
+        print("ERROR: evaluate_summary and evaluate disagree on some summary", file=sys.stderr)
+        return 1
     traced = None if args.no_tracemalloc else _traced_peak(fleet)
     result = Result(
-        args.instances, cold, warm, ref_updates, ref_all, rss_fleet, rss_peak, traced, args.note
+        args.instances,
+        cold,
+        warm,
+        full_cold,
+        full_warm,
+        ref_updates,
+        ref_all,
+        rss_fleet,
+        rss_peak,
+        traced,
+        args.note,
     )
     print(result.describe(cpu))
     if not args.no_record:
@@ -97,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
 @dataclass(frozen=True)
 class Result:
     instances: int
-    cold: EngineRun  # fresh DecisionCache: the headline, as `patchctl evaluate` runs
+    cold: EngineRun  # evaluate_summary, fresh DecisionCache: the headline
     warm: EngineRun  # the same fleet again with the same cache (a re-evaluation the same day)
+    full_cold: EngineRun  # evaluate (rows built), fresh DecisionCache, as `patchctl evaluate` runs
+    full_warm: EngineRun
     ref_updates: float
     ref_all: float
     rss_fleet: int
@@ -117,9 +144,9 @@ class Result:
     def describe(self, cpu: int | str) -> str:
         cold, warm = self.cold, self.warm
         lines = [
-            f"fresh cache: {cold.wall:.3f} s wall, {cold.cpu:.3f} s CPU (pinned to cpu {cpu}); "
+            f"summaries, fresh cache: {cold.wall:.3f} s wall, {cold.cpu:.3f} s CPU (pinned to cpu {cpu}); "
             f"{cold.decisions:,} decisions, {cold.installed_rows:,} installed rows, "
-            f"{cold.patches:,} patch rows, {cold.noncompliant:,} non-compliant instances, "
+            f"{cold.noncompliant:,} non-compliant instances, "
             f"{cold.gc_collections} gc collections",
             f"  {self.rate:,.0f} decisions/s (target {TARGET:,}): {self.verdict}",
             f"  {cold.installed_rows / cold.wall:,.0f} installed rows/s",
@@ -130,6 +157,9 @@ class Result:
             f"{warm.wall / self.ref_all:.1f}x",
             f"reference floors: {cold.decisions / self.ref_updates:,.0f} decisions/s (updates), "
             f"{cold.decisions / self.ref_all:,.0f} (updates and installed)",
+            f"full evaluate: fresh cache {self.full_cold.wall:.3f} s, "
+            f"{_rate(self.full_cold):,.0f} decisions/s; warm cache {self.full_warm.wall:.3f} s, "
+            f"{_rate(self.full_warm):,.0f} decisions/s; {self.full_cold.patches:,} patch rows",
             f"peak RSS {_mib(self.rss_peak)} (fleet alone {_mib(self.rss_fleet)})",
         ]
         if self.traced is not None:
@@ -185,18 +215,23 @@ def _reference(fleet: list[Member], *, installed: bool) -> float:
     return elapsed
 
 
-def _time_engine(fleet: list[Member], cache: DecisionCache) -> EngineRun:
+def _time_engine(fleet: list[Member], cache: DecisionCache, *, rows: bool) -> EngineRun:
+    """One timed pass: ``evaluate`` (rows built, counted, dropped) or ``evaluate_summary``."""
     summaries: list[Summary] = []
     patches = 0
     collections_before = sum(s["collections"] for s in gc.get_stats())
     cpu_started = time.process_time()
     started = time.perf_counter()
-    for member in fleet:
-        result = evaluate(
-            member.baseline, member.inventory, NOW, patch_group=member.patch_group, cache=cache
-        )
-        summaries.append(result.summary)
-        patches += len(result.patches)
+    if rows:
+        for member in fleet:
+            result = evaluate(
+                member.baseline, member.inventory, NOW, patch_group=member.patch_group, cache=cache
+            )
+            summaries.append(result.summary)
+            patches += len(result.patches)
+    else:
+        for member in fleet:
+            summaries.append(evaluate_summary(member.baseline, member.inventory, NOW, cache=cache))
     wall = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
     collections = sum(s["collections"] for s in gc.get_stats()) - collections_before
@@ -205,7 +240,7 @@ def _time_engine(fleet: list[Member], cache: DecisionCache) -> EngineRun:
         cpu=cpu,
         decisions=sum(len(m.inventory.updates) for m in fleet),
         installed_rows=sum(len(m.inventory.installed) for m in fleet),
-        patches=patches,
+        patches=patches if rows else sum(s.total for s in summaries),
         noncompliant=sum(s.compliance_status == "NON_COMPLIANT" for s in summaries),
         gc_collections=collections,
         digest=hashlib.sha256(repr([s.to_dict() for s in summaries]).encode()).hexdigest()[:16],
@@ -213,15 +248,19 @@ def _time_engine(fleet: list[Member], cache: DecisionCache) -> EngineRun:
 
 
 def _traced_peak(fleet: list[Member]) -> int:
-    """Peak bytes allocated while evaluating the fleet (fresh cache; results dropped as made)."""
+    """Peak bytes allocated while counting the fleet (fresh cache; summaries dropped as made)."""
     gc.collect()
     tracemalloc.start()
     cache = DecisionCache()
     for member in fleet:
-        evaluate(member.baseline, member.inventory, NOW, cache=cache)
+        evaluate_summary(member.baseline, member.inventory, NOW, cache=cache)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return peak
+
+
+def _rate(run: EngineRun) -> float:
+    return run.decisions / run.wall
 
 
 def _best_of(times: int, measure: Callable[[], float]) -> float:
@@ -251,7 +290,8 @@ BEGIN = "<!-- bench:evaluate fleet -->"
 END = "<!-- /bench:evaluate fleet -->"
 HEADER = (
     "| date (UTC) | commit | instances | decisions/s | target | result "
-    "| reference floor, decisions/s | decisions/s, warm cache | wall (CPU) "
+    "| reference floor, decisions/s | decisions/s, warm cache "
+    "| full evaluate: decisions/s (warm cache) | wall (CPU) "
     "| engine / reference: updates "
     "| engine / reference: updates + installed | peak RSS (fleet alone) | evaluation peak "
     "| machine | digest | note |"
@@ -260,7 +300,7 @@ RULE = "|---" * HEADER.count(" | ") + "|---|"
 
 SECTION = f"""## Fleet evaluation
 
-`bench/evaluate_fleet.py` times the decision engine (`reconciler.evaluation.evaluate`) over a
+`bench/evaluate_fleet.py` times the decision engine (`reconciler.evaluation`) over a
 synthetic fleet of 10,000 instances, each with 300 available updates and 2,000 installed packages,
 under 5 baselines: `ubuntu-prod` and `ubuntu-dev` (Ubuntu 22.04, apt), `al2023-prod` (Amazon Linux
 2023), `rhel-prod` (RHEL 9) and `suse-prod` (SLES 15), with approval rules, global filters, approved
@@ -275,19 +315,27 @@ that report it, as an inventory parser followed by an interning step would give;
 fleet is not timed.
 
 *Decisions* are instance x available update pairs (10,000 x 300 = 3,000,000); the installed
-packages of every instance are evaluated as well (20,000,000 rows). *decisions/s* is one pass over
-the whole fleet with a fresh `DecisionCache`, as `patchctl evaluate` runs (so it includes deciding
-every distinct package version once per baseline), `time.perf_counter` wall time, pinned to one
-CPU, each instance's summary kept and its rows dropped; *warm cache* is a second pass with the same
-cache (a re-evaluation the same UTC day). The *reference* runs in the same process on the same
-fleet: a loop doing one dict lookup per available update in a per-baseline table (the floor any
-engine pays), and the same per update and installed package; the ratios are engine time /
-reference time, and the *reference floor* is the decisions/s of the first reference alone: a
-target above it cannot be met by an engine that looks each update up once. *Peak RSS* is
-`ru_maxrss` (fleet included); *evaluation peak* is the peak traced by `tracemalloc` during a
-separate pass with a fresh cache (caches and transient results, the fleet excluded). The static
-fleet is moved out of the collector's way with `gc.freeze()`. The summary digest changes only when
-the engine's results do.
+packages of every instance are counted as well (20,000,000 of them). *decisions/s* is one pass
+over the whole fleet with a fresh `DecisionCache` through `evaluate_summary`, the path for callers
+that keep only each instance's SSM counts (it counts from the cached per-version entries with
+`map`/`filter`/`sum` instead of building rows; instances it cannot count exactly, such as one
+whose last Install failed, go through `evaluate`), `time.perf_counter` wall time, pinned to one
+CPU, each instance's summary kept; it includes deciding every distinct package version once per
+baseline. *warm cache* is a second pass with the same cache (a re-evaluation the same UTC day).
+*full evaluate* is the same two passes through `evaluate`, which builds every row (each instance's
+summary kept, its rows dropped), as `patchctl evaluate` and the reconcile loop run; the bench
+stops with an error unless both paths give the same summaries (the digest). Rows recorded before
+`evaluate_summary` existed measured `evaluate` alone: their decisions/s are full evaluations. The
+*reference* runs in the same process on the same fleet: a loop doing one dict lookup per available
+update in a per-baseline table (the floor any engine pays), and the same per update and installed
+package; the ratios are engine (summary path) time / reference time, and the *reference floor* is
+the decisions/s of the first reference alone: a target above it cannot be met by an engine that
+looks each update up once. A summary also needs every installed package's state, so the second
+reference (updates and installed) is the floor of any engine that looks each package up once.
+*Peak RSS* is `ru_maxrss` (fleet included); *evaluation peak* is the peak traced by `tracemalloc`
+during a separate summary pass with a fresh cache (caches and transient results, the fleet
+excluded). The static fleet is moved out of the collector's way with `gc.freeze()`. The summary
+digest changes only when the engine's results do.
 
 Target: at least {TARGET:,} decisions per second on one core. Run `make bench`
 (`.venv/bin/python bench/evaluate_fleet.py --instances 1000 --no-record` for a quick look).
@@ -300,12 +348,26 @@ def _record(result: Result) -> None:
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         block, tail = rest.split(END, 1)
-        rows = [line for line in block.splitlines() if line.startswith("| ") and line != HEADER]
+        rows = [
+            _migrated(line)
+            for line in block.splitlines()
+            if line.startswith("| ") and not line.startswith("| date (UTC) |")
+        ]
     else:
         head, tail = text.rstrip("\n") + "\n\n", "\n"
     rows.append(_row(result))
     block = "\n".join([SECTION, HEADER, RULE, *rows])
     DOC.write_text(f"{head}{BEGIN}\n{block}\n{END}{tail}")
+
+
+def _migrated(row: str) -> str:
+    """A row recorded before the summary path existed (one column fewer): its decisions/s were
+    full evaluations, so they fill the full-evaluate column too."""
+    cells = [cell.strip() for cell in row.strip().strip("|").split(" | ")]
+    if len(cells) != HEADER.count(" | "):
+        return row
+    cells.insert(8, f"{cells[3]} ({cells[7]})")
+    return "| " + " | ".join(cells) + " |"
 
 
 def _row(result: Result) -> str:
@@ -320,6 +382,7 @@ def _row(result: Result) -> str:
         f"**{result.verdict}**",
         f"{cold.decisions / result.ref_updates:,.0f}",
         f"{warm.decisions / warm.wall:,.0f}",
+        f"{_rate(result.full_cold):,.0f} ({_rate(result.full_warm):,.0f})",
         f"{cold.wall:.1f} s ({cold.cpu:.1f} s)",
         f"{cold.wall / result.ref_updates:.1f}x",
         f"{cold.wall / result.ref_all:.1f}x",

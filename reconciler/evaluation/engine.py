@@ -11,6 +11,8 @@ also caches, per package-version object, the finished result rows and their shar
 (:class:`_UpdateEntry`, :class:`_InstalledEntry`). Evaluating one more instance is then mostly
 looking its packages up: only what depends on the instance (which update wins, failures, pending
 reboots) is worked out per instance, and the counts are one ``sum`` of packed integers.
+:func:`evaluate_summary` gives those counts without building the rows, with no Python loop per
+row for most instances (:meth:`Decider.summary`).
 
 Pure: no I/O, and the clock is an argument. May import ``reconciler.api`` only.
 """
@@ -113,7 +115,10 @@ class Decider:
         self._rejected_names = names_pattern(self._rejected)
         self._approved_level = spec.approved_patches_compliance_level
         self._approved_non_security = spec.approved_patches_enable_non_security
-        self._cache: dict[PackageFacts, Approval] = {}
+        # Decisions keyed by the version's PackageFacts fields alone: the update to one version
+        # from each older installed version, and the installed package of that version, differ
+        # only in fields a decision does not read (installedVersion, installedTime, requires...).
+        self._cache: dict[tuple[object, ...], Approval] = {}
         self._blocked_names: dict[str, str | None] = {}
         asu = spec.available_security_updates_compliance_status
         self.asu = asu is not None
@@ -137,9 +142,10 @@ class Decider:
 
     def decide(self, pkg: PackageFacts) -> Approval:
         """Whether the baseline approves this package version, and why (cached)."""
-        found = self._cache.get(pkg)
+        key = _FACTS_KEY(pkg)
+        found = self._cache.get(key)
         if found is None:
-            found = self._cache[pkg] = self._decide(pkg)
+            found = self._cache[key] = self._decide(pkg)
         return found
 
     def _decide(self, pkg: PackageFacts) -> Approval:
@@ -385,6 +391,8 @@ class Decider:
 
 
 _IDENTITY_MIN = 1 << 16  # identity-map entries a Decider may always keep
+# The fields of a package version a decision may read (_decide() takes a PackageFacts).
+_FACTS_KEY = attrgetter(*PackageFacts.model_fields)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -406,7 +414,7 @@ class _UpdateEntry:
 
     @classmethod
     def of(cls, decider: Decider, update: AvailableUpdate) -> _UpdateEntry:
-        approval = decider._decide(update)  # cached as this entry (decide() would hash again)
+        approval = decider.decide(update)
         scan = install = asu = None
         not_approved = None
         blocked = approval.approved and decider.blocked_dependency(update) is not None
@@ -449,7 +457,7 @@ class _InstalledEntry:
 
     @classmethod
     def of(cls, decider: Decider, pkg: InstalledPackage) -> _InstalledEntry:
-        approval = decider._decide(pkg)  # cached as this entry (decide() would hash again)
+        approval = decider.decide(pkg)
         pending = None
         if approval.rejected:
             state = PatchState.INSTALLED_REJECTED if decider.block else PatchState.INSTALLED_OTHER
@@ -814,7 +822,13 @@ def _weight(row: PatchResult | None, asu_non_compliant: bool) -> int:
             fields.append(_SECURITY_FIELD)
             if row.compliance_level is ComplianceLevel.CRITICAL:
                 fields.append(_CRITICAL_SECURITY_FIELD)
-    return sum(1 << (field * _BITS) for field in fields if field is not None)
+    weight = sum(1 << (field * _BITS) for field in fields if field is not None)
+    return _WEIGHTS.setdefault(weight, weight)
+
+
+# One int object per distinct weight (a few dozen): summing an instance's weights then reads a
+# few hot objects rather than one object per cached entry scattered over the heap.
+_WEIGHTS: dict[int, int] = {}
 
 
 def _summary(weight: int, rows: int) -> Summary:
