@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -199,7 +199,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--interval", type=float, default=60.0, help="seconds between passes / Git polls"
     )
-    p.add_argument("--listen", default="127.0.0.1:9469", help="HOST:PORT for /healthz and /metrics")
+    p.add_argument(
+        "--listen",
+        type=_listen,
+        default="127.0.0.1:9469",
+        help="HOST:PORT for /healthz and /metrics",
+    )
     _audit_log_arg(p)
     _events_args(p)
     p.set_defaults(handler=_run)
@@ -469,6 +474,15 @@ def _events_args(p: argparse.ArgumentParser) -> None:
 WEBHOOK_TOKEN_ENV = "PATCHWARDEN_WEBHOOK_TOKEN"
 
 
+def webhook_headers(given: Iterable[tuple[str, str]], token: str | None) -> dict[str, str]:
+    """The webhook's headers: the given ones, plus a bearer token from the environment unless an
+    Authorization header was given (HTTP header names are case-insensitive: never send two)."""
+    headers = dict(given)
+    if token and not any(name.lower() == "authorization" for name in headers):
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
 def _header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip() or any(c in name for c in " :\t\r\n"):
@@ -520,7 +534,12 @@ def _controller_args(p: argparse.ArgumentParser) -> None:
         default=60.0,
         help="seconds between passes when nothing changes (a change wakes it at once)",
     )
-    p.add_argument("--listen", default="0.0.0.0:9469", help="HOST:PORT for /healthz and /metrics")
+    p.add_argument(
+        "--listen",
+        type=_listen,
+        default="0.0.0.0:9469",
+        help="HOST:PORT for /healthz and /metrics",
+    )
     p.add_argument(
         "--nodes",
         action=argparse.BooleanOptionalAction,
@@ -547,6 +566,14 @@ def _controller_args(p: argparse.ArgumentParser) -> None:
         "--identity", help="this replica's name in the Lease (default: $POD_NAME or host, and pid)"
     )
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+
+
+def _listen(text: str) -> str:
+    """HOST:PORT (HOST may be empty), checked here so a typo is a usage error."""
+    port = text.rpartition(":")[2]
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 0.0.0.0:9469)")
+    return text
 
 
 def _timestamp(text: str) -> datetime:
@@ -966,6 +993,9 @@ def _kubernetes(args: argparse.Namespace) -> tuple[Any, str]:
                 namespace = (active or {}).get("context", {}).get("namespace")
     except config.ConfigException as exc:
         raise UserError(f"cannot reach Kubernetes: {exc}") from None
+    except (yaml.YAMLError, TypeError, AttributeError) as exc:  # the client reads any YAML
+        where = args.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        raise UserError(f"{where}: not a kubeconfig: {exc}") from None
     return api, namespace or "default"
 
 
@@ -995,10 +1025,7 @@ def _event_sinks(args: argparse.Namespace) -> Iterator[list[Sink]]:
 
     if args.events_queue_size < 1:
         raise UserError(f"--events-queue-size must be at least 1 (got {args.events_queue_size})")
-    headers = dict(args.events_webhook_header)
-    token = os.environ.get(WEBHOOK_TOKEN_ENV)
-    if token:
-        headers.setdefault("Authorization", f"Bearer {token}")
+    headers = webhook_headers(args.events_webhook_header, os.environ.get(WEBHOOK_TOKEN_ENV))
     options = {"capacity": args.events_queue_size}
     sinks: list[Sink] = []
     try:
@@ -1007,7 +1034,7 @@ def _event_sinks(args: argparse.Namespace) -> Iterator[list[Sink]]:
                 events.EventBridgeSink(_events_client(args), bus=args.events_eventbridge, **options)
             )
         for url in args.events_webhook:
-            if not url.startswith(("http://", "https://")):
+            if not url.startswith(("http://", "https://")) or not _has_host(url):
                 raise UserError(f"--events-webhook {url}: give an http:// or https:// URL")
             sinks.append(events.WebhookSink(url, headers=headers, **options))
         yield sinks
@@ -1017,6 +1044,16 @@ def _event_sinks(args: argparse.Namespace) -> Iterator[list[Sink]]:
 
 
 EVENTS_FLUSH_SECONDS = 10.0
+
+
+def _has_host(url: str) -> bool:
+    """Whether ``url`` parses and names a host (``http://`` or ``http://[::1`` do not)."""
+    import httpx
+
+    try:
+        return bool(httpx.URL(url).host)
+    except httpx.InvalidURL:
+        return False
 
 
 def _events_client(args: argparse.Namespace) -> object:
@@ -1029,6 +1066,10 @@ def _events_client(args: argparse.Namespace) -> object:
     except BotoCoreError as exc:
         raise UserError(
             f"--events-eventbridge: {exc} (set AWS_REGION, or a region in the AWS profile)"
+        ) from None
+    except ValueError as exc:  # botocore: "Invalid endpoint: ..."
+        raise UserError(
+            f"--events-endpoint-url: {exc}: give the endpoint as http(s)://host[:port]"
         ) from None
 
 
@@ -1073,8 +1114,14 @@ def _findings(args: argparse.Namespace) -> int:
         }
     found = findings.findings(latest, histories, settings)
     if args.to is not None:
-        args.to.parent.mkdir(parents=True, exist_ok=True)
-        args.to.write_text(json.dumps(found, indent=2) + "\n")
+        try:
+            args.to.parent.mkdir(parents=True, exist_ok=True)
+            args.to.write_text(json.dumps(found, indent=2) + "\n")
+        except OSError as exc:
+            raise UserError(
+                f"--to {args.to}: cannot write the findings ({exc.strerror or exc}): "
+                "choose a file this user may write"
+            ) from None
         print(f"{args.to}: {len(found)} finding(s)", file=sys.stderr)
         return EXIT_OK
     fmt = _format(args)

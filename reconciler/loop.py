@@ -125,6 +125,10 @@ class Reconciler:
         self._exporter: threading.Thread | None = None
         self._exporting: set[str] = set()  # reports queued or being exported
         self._exports_done = threading.Condition()
+        # Jobs of one opening run concurrently: its execution status is read, then written and
+        # announced, one job at a time (else two jobs both announce IN_PROGRESS, or a job that
+        # starts late turns a FAILED execution back to IN_PROGRESS).
+        self._window_lock = threading.Lock()
 
     def emit(
         self,
@@ -443,9 +447,10 @@ class Reconciler:
 
     def _window_started(self, window: str, opening: str) -> None:
         """An opening's first job makes its execution IN_PROGRESS (a FAILED one stays FAILED)."""
-        known = {e["opening"]: e["status"] for e in self.store.window_executions(window)}
-        if opening not in known:
-            self._window_execution(window, opening, "IN_PROGRESS", None)
+        with self._window_lock:
+            known = {e["opening"]: e["status"] for e in self.store.window_executions(window)}
+            if opening not in known:
+                self._window_execution(window, opening, "IN_PROGRESS", None)
 
     def _window_execution(self, window: str, opening: str, status: str, before: str | None) -> None:
         self.store.record_window_execution(
@@ -524,10 +529,12 @@ class Reconciler:
             status, result = "failed", {"error": {"code": type(exc).__name__, "message": str(exc)}}
         finished = self.store.finish_job(job.id, status=status, result=result, now=self.clock())
         if action.window and action.opening and status == "failed":
-            known = {e["opening"]: e["status"] for e in self.store.window_executions(action.window)}
-            self._window_execution(
-                action.window, action.opening, "FAILED", known.get(action.opening)
-            )
+            with self._window_lock:
+                executions = self.store.window_executions(action.window)
+                known = {e["opening"]: e["status"] for e in executions}
+                self._window_execution(
+                    action.window, action.opening, "FAILED", known.get(action.opening)
+                )
         log.info("job finished", status=status, error=result.get("error"))
         self.emit(
             Kind.JOB_FINISHED,

@@ -219,6 +219,24 @@ def test_a_damaged_line_is_reported_with_file_and_line_and_skipped(tmp_path: Pat
     assert "Traceback" not in run.stderr
 
 
+def test_a_line_whose_detail_is_not_an_object_is_reported_not_a_crash(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    with AuditLog(log) as audit:
+        audit(_occurrence(Kind.REBOOT, 1))
+    with log.open("ab") as damage:
+        damage.write(
+            b'{"time": "2026-11-28T12:00:00Z", "kind": "reboot", "revision": null,'
+            b' "instance": "web-1", "job": null, "detail": ["performed"]}\n'
+        )
+
+    run = patchctl("audit", "--audit-log", str(log), "-o", "table")
+
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == (
+        f"patchctl: {log}:2: detail: expected a JSON object, got list; line skipped\n"
+    )
+
+
 def test_lines_from_concurrent_jobs_and_processes_never_interleave_and_each_is_synced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

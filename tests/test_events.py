@@ -10,6 +10,7 @@ directories (real apt and dpkg), a directory source and the SQLite store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -502,6 +503,51 @@ def test_transitions_of_a_real_loop_reach_sqs_through_an_eventbridge_rule(
     assert aws.received(queue) == []
 
 
+class InterleavingStore(StateStore):
+    """The real store, except that two jobs reading one window's executions wait for each other
+    once, so that both read before either writes: the interleaving concurrent jobs of one
+    opening meet by chance in production, made certain."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.meet = threading.Barrier(2, timeout=3)
+
+    def window_executions(self, window: str | None = None) -> list[dict[str, Any]]:
+        executions = super().window_executions(window)
+        if window is not None:
+            # Broken when the other job could not get here meanwhile (it waited its turn).
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self.meet.wait()
+        return executions
+
+
+@needs_apt
+def test_concurrent_jobs_of_one_opening_announce_its_start_once(
+    tmp_path: Path, apt_repo: Repo
+) -> None:
+    roots = make_fleet(tmp_path / "fleet", apt_repo, ["web-1", "web-2"], BEFORE)
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "fleet.yaml").write_text(documents(BASELINE_YAML, window_yaml("noon", NOON)))
+    (config / "instances.yaml").write_text(
+        documents(*(local_instance_yaml(name, roots[name]) for name in ("web-1", "web-2")))
+    )
+    seen: list[Occurrence] = []
+    with InterleavingStore(tmp_path / "state.db") as store:
+        loop = Reconciler(
+            DirectorySource(config),
+            store,
+            lambda instance: transport_for(instance.spec.connection),
+            clock=lambda: IN_WINDOW,
+            observers=[seen.append],
+        )
+        assert loop.reconcile().jobs == {"Scan succeeded": 2, "Install succeeded": 2}
+        executions = store.window_executions()
+    started = [o.detail["status"] for o in seen if o.kind is Kind.WINDOW_EXECUTION_CHANGED]
+    assert started == ["IN_PROGRESS"]
+    assert [e["status"] for e in executions] == ["IN_PROGRESS"]
+
+
 def test_an_endpoint_that_comes_back_gets_the_event(aws: Aws) -> None:
     """EventBridge is down at first (nothing listens on the port), then up: a second moto
     server on that port, sharing the first one's state (bus, rule, queue)."""
@@ -759,6 +805,19 @@ def test_patchctl_reconcile_announces_to_eventbridge_and_a_webhook(
     assert len(bridged) == 3
 
 
+def test_an_explicit_authorization_header_wins_over_the_token_in_any_case() -> None:
+    from reconciler.cli import webhook_headers
+
+    assert webhook_headers([("X-Team", "ops")], "s3cret") == {
+        "X-Team": "ops",
+        "Authorization": "Bearer s3cret",
+    }
+    assert webhook_headers([("authorization", "Basic abc")], "s3cret") == {
+        "authorization": "Basic abc"
+    }
+    assert webhook_headers([], None) == {}
+
+
 def test_patchctl_refuses_bad_event_options(tmp_path: Path) -> None:
     (tmp_path / "config").mkdir()
     state = str(tmp_path / "state.db")
@@ -798,3 +857,20 @@ def test_patchctl_refuses_bad_event_options(tmp_path: Path) -> None:
     assert no_region.returncode == 1
     assert "set AWS_REGION" in no_region.stderr
     assert "Traceback" not in bad_url.stderr + bad_header.stderr + no_region.stderr
+    # URLs that do not parse or name no host are refused up front, not an internal error.
+    for url in ("http://[::1", "http://"):
+        broken = patchctl("--events-webhook", url)
+        assert broken.returncode == 1, broken.stderr
+        assert (
+            broken.stderr == f"patchctl: --events-webhook {url}: give an http:// or https:// URL\n"
+        )
+    bad_endpoint = patchctl(
+        "--events-eventbridge",
+        "default",
+        "--events-endpoint-url",
+        "not-a-url",
+        env={**env, "AWS_DEFAULT_REGION": "us-east-1"},
+    )
+    assert bad_endpoint.returncode == 1
+    assert bad_endpoint.stderr.startswith("patchctl: --events-endpoint-url: Invalid endpoint")
+    assert "internal error" not in bad_endpoint.stderr

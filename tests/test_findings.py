@@ -276,3 +276,11 @@ def test_a_finding_is_dated_from_when_the_instance_last_became_non_compliant() -
         "2026-11-28T04:00:00.000Z",
     )
     assert findings.findings({"web-1": history[1]}, {"web-1": history}) == []  # compliant
+
+
+def test_an_unwritable_findings_file_is_a_one_line_error(tmp_path: Path) -> None:
+    """``--to`` a directory (or anywhere not writable) says so; no internal error."""
+    run = patchctl("findings", "--state", str(tmp_path / "state.db"), "--to", str(tmp_path))
+    assert run.returncode == 1
+    assert run.stderr.startswith(f"patchctl: --to {tmp_path}: cannot write the findings")
+    assert "internal error" not in run.stderr and len(run.stderr.splitlines()) == 1

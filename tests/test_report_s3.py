@@ -326,6 +326,22 @@ def test_endpoint_down_names_the_endpoint(state: Path, aws_env: dict[str, str]) 
     assert f"patchctl: s3://b/p: cannot reach the S3 endpoint {dead}" in run.stderr
 
 
+def test_a_malformed_endpoint_is_one_clear_line(state: Path, aws_env: dict[str, str]) -> None:
+    run = patchctl(
+        "report",
+        "--state",
+        str(state),
+        "--to",
+        "s3://b/p",
+        "--s3-endpoint-url",
+        "not-a-url",
+        env={**aws_env, **MOTO_KEYS},
+    )
+    assert run.returncode == 1 and run.stderr.count("\n") == 1
+    assert run.stderr.startswith("patchctl: s3://b/p: Invalid endpoint: not-a-url")
+    assert "internal error" not in run.stderr
+
+
 def test_a_directory_failure_half_way_leaves_no_file_behind(tmp_path: Path) -> None:
     out = tmp_path / "out"
     (out / "b.csv").mkdir(parents=True)  # a directory where the second file should go

@@ -178,6 +178,8 @@ def _parse(raw: bytes) -> tuple[dict[str, Any] | None, datetime | None, str | No
     missing = [key for key in REQUIRED if key not in entry]
     if missing:
         return None, None, "missing " + ", ".join(missing)
+    if not isinstance(entry["detail"], dict | None):
+        return None, None, f"detail: expected a JSON object, got {type(entry['detail']).__name__}"
     try:
         time = datetime.fromisoformat(str(entry["time"]).replace("Z", "+00:00"))
     except ValueError:

@@ -85,7 +85,16 @@ def publish(
     location = s3_location(destination)
     if location is None:
         return _to_directory(files, Path(destination))
-    client = s3_client if s3_client is not None else make_s3_client(endpoint_url=endpoint_url)
+    if s3_client is not None:
+        client = s3_client
+    else:
+        try:
+            client = make_s3_client(endpoint_url=endpoint_url)
+        except ValueError as exc:  # botocore: "Invalid endpoint: ..."
+            raise PublishError(
+                f"{destination}: {exc}: give the S3 endpoint as http(s)://host[:port] "
+                "(--s3-endpoint-url, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL)"
+            ) from None
     return _to_s3(files, location, client, destination)
 
 
