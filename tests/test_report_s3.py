@@ -346,9 +346,21 @@ def test_a_directory_failure_half_way_leaves_no_file_behind(tmp_path: Path) -> N
     out = tmp_path / "out"
     (out / "b.csv").mkdir(parents=True)  # a directory where the second file should go
     (out / "b.csv" / "keep").write_text("x")
-    with pytest.raises(PublishError, match=r"writing the report failed .*nothing was published"):
+    with pytest.raises(PublishError, match=r"b.csv is already there"):
         publish({"a.csv": b"1\n", "b.csv": b"2\n"}, str(out))
     assert sorted(p.name for p in out.iterdir()) == ["b.csv"]  # no a.csv, no temporary file
+
+
+def test_a_published_report_is_never_overwritten_nor_removed_by_a_later_one(
+    tmp_path: Path,
+) -> None:
+    """The same names in the same second: the first report stays exactly as published, and the
+    second one, refused, leaves nothing of itself behind."""
+    out = tmp_path / "out"
+    publish({"summary.csv": b"first\n"}, str(out))
+    with pytest.raises(PublishError, match=r"summary.csv is already there.*never overwritten"):
+        publish({"detail.csv": b"second\n", "summary.csv": b"second\n"}, str(out))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {"summary.csv": b"first\n"}
 
 
 def test_a_directory_is_created_and_written_whole(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ is a :class:`PublishError`, one line naming the destination and what to do.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -115,9 +116,16 @@ def _to_directory(files: Mapping[str, bytes], directory: Path) -> list[str]:
         for name, content in files.items():
             staged.append((_stage(directory, name, content), directory / name))
         for temporary, final in staged:
-            os.replace(temporary, final)
+            _place(temporary, final)
             placed.append(final)
         _sync_directory(directory)
+    except FileExistsError as exc:
+        for path in [*placed, *(t for t, _ in staged)]:
+            path.unlink(missing_ok=True)
+        raise PublishError(
+            f"{directory}: {Path(exc.filename or '').name} is already there and reports are never "
+            "overwritten: publish again in a moment (names carry the time to the second)"
+        ) from None
     except OSError as exc:
         # Nothing half-published: the files renamed so far go again, with the temporary ones.
         for path in [*placed, *(t for t, _ in staged)]:
@@ -127,6 +135,20 @@ def _to_directory(files: Mapping[str, bytes], directory: Path) -> list[str]:
             "check the space and permissions there; nothing was published"
         ) from None
     return [str(path) for path in placed]
+
+
+def _place(temporary: Path, final: Path) -> None:
+    """Give ``temporary`` its final name, never replacing a file: a report already published
+    (the same name in the same second) stays as it was, and a rollback only removes what this
+    call made."""
+    try:
+        os.link(temporary, final)
+    except OSError as exc:
+        if isinstance(exc, FileExistsError) or final.exists():
+            raise FileExistsError(errno.EEXIST, "exists", str(final)) from None
+        os.replace(temporary, final)  # no hard links on this filesystem (some network, FAT)
+        return
+    temporary.unlink()
 
 
 def _stage(directory: Path, name: str, content: bytes) -> Path:
