@@ -675,6 +675,9 @@ REFUSED: dict[str, Callable[[Cluster], Any]] = {
     ).patch_namespaced_custom_object_status(
         GROUP, VERSION, c.other_ns, "patchbaselines", c.baseline, {"status": {"x": 1}}
     ),
+    "rewrite an event (it only creates them)": lambda c: kubernetes.client.CoreV1Api(
+        c.controller
+    ).patch_namespaced_event(f"ev-{c.suffix}", c.ns, {"message": "rewritten"}),
     "delete the lease": lambda c: kubernetes.client.CoordinationV1Api(
         c.controller
     ).delete_namespaced_lease(FULLNAME, c.ns),

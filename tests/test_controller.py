@@ -32,7 +32,7 @@ import yaml
 
 from reconciler.api.snapshot import Problem
 from reconciler.controller.events import notices
-from reconciler.controller.leader import Holder, LeaseConfig, may_acquire
+from reconciler.controller.leader import Holder, LeaderElector, LeaseConfig, may_acquire
 from reconciler.controller.nodes import NodeMirror, changes, mirror_of
 from reconciler.controller.run import ControllerReconciler
 from reconciler.controller.status import Seen, statuses
@@ -79,6 +79,62 @@ def test_a_lease_is_taken_only_when_free_mine_or_unrenewed_for_its_duration() ->
 def test_lease_timings_must_nest() -> None:
     with pytest.raises(ValueError, match="retry period < renew deadline < lease duration"):
         LeaseConfig("l", "ns", "me", lease_duration=10, renew_deadline=10, retry_period=2)
+
+
+def test_a_leader_whose_renewal_hangs_stops_leading_within_the_renew_deadline() -> None:
+    """An API server that accepts the connection and never answers (a partition, an overloaded
+    apiserver): the renewal is not waited for beyond the renew deadline, so this replica stops
+    leading before a standby may take the Lease (lease duration after its last renewal)."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    configuration = kubernetes.client.Configuration()
+    configuration.host = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    config = LeaseConfig("l", "ns", "me", lease_duration=2.0, renew_deadline=1.0, retry_period=0.2)
+    elector = LeaderElector(kubernetes.client.ApiClient(configuration), config)
+    elector.leading.set()
+    lost = threading.Event()
+    started = time.monotonic()
+    try:
+        elector.keep(on_lost=lost.set)
+        assert lost.wait(timeout=config.lease_duration), "still leading after the lease duration"
+        assert time.monotonic() - started < config.lease_duration
+        assert not elector.leading.is_set()
+    finally:
+        elector.release()
+        silent.close()
+
+
+@pytest.mark.parametrize(
+    ("kubeconfig", "extra", "said"),
+    [
+        ("garbage: [", (), "not a kubeconfig"),
+        ("just a string", (), "not a kubeconfig"),
+        (None, ("--listen", "metrics"), "argument --listen: 'metrics' is not HOST:PORT"),
+    ],
+)
+def test_a_bad_kubeconfig_or_listen_address_is_a_clear_error(
+    tmp_path: Path, kubeconfig: str | None, extra: tuple[str, ...], said: str
+) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        kubeconfig
+        if kubeconfig is not None
+        else "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n"
+    )
+    command = [sys.executable, "-m", "reconciler", "controller", "--kubeconfig", str(path)]
+    done = subprocess.run(
+        [*command, "--state", str(tmp_path / "state.db"), *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert said in done.stderr, done.stderr
+    assert "internal error" not in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_condition_keeps_its_transition_time_until_its_status_flips() -> None:
@@ -512,6 +568,38 @@ def test_status_is_written_once_and_left_alone_when_nothing_changed(
             assert get(kube_api, ns, kind, name)["metadata"]["resourceVersion"] == versions[kind]
         instance = get(kube_api, ns, "ManagedInstance", "web-1")
         assert instance["metadata"]["resourceVersion"] == versions["ManagedInstance"]
+
+
+class _RefusingBaselines(StatusWriter):
+    """The real writer, except that the API's refusal of PatchBaseline status (as an older
+    chart's RBAC without patchbaselines/status would answer) is simulated here."""
+
+    def write(self, kind: str, name: str, *args: Any, **kwargs: Any) -> Written:
+        if kind == "PatchBaseline":
+            raise kubernetes.client.ApiException(status=403, reason="Forbidden")
+        return super().write(kind, name, *args, **kwargs)
+
+
+@pytest.mark.apiserver
+@needs_apt
+def test_one_object_whose_status_is_refused_does_not_cost_the_others_theirs(
+    kube_api: KubeApi, system_root: Path, tmp_path: Path
+) -> None:
+    ns = kube_api.namespace()
+    apply(kube_api, ns, fleet_yaml(system_root))
+    api = kube_api.client()
+    with StateStore(tmp_path / "state.db") as store:
+        reconciler = ControllerReconciler(
+            KubernetesSource(api, ns, watch_nodes=False),
+            store,
+            lambda instance: transport_for(instance.spec.connection),
+            writer=_RefusingBaselines(api, ns),
+        )
+        reconciler.reconcile()
+    assert reconciler.written == {"failed": 1, "written": 2}
+    assert "status" not in get(kube_api, ns, "PatchBaseline", BASELINE)
+    assert get(kube_api, ns, "PatchGroup", GROUP)["status"]["observedGeneration"] == 1
+    assert get(kube_api, ns, "ManagedInstance", "web-1")["status"]["observedGeneration"] == 1
 
 
 @pytest.mark.apiserver

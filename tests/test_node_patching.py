@@ -20,6 +20,7 @@ controller-manager), so the test plays those parts:
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import json
 import os
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from reconciler.api.resources import KubernetesConnection, ManagedInstance
 from reconciler.dispatch import AgentFailed, transport_for
 from reconciler.dispatch.agent_bundle import agent_zipapp
 from reconciler.dispatch.base import install_args
-from reconciler.dispatch.nodes import NodeTransport, resume_nodes
+from reconciler.dispatch.nodes import NodeTransport, drain, jobs, resume_nodes
 from reconciler.dispatch.nodes.agent_job import NodeAgentCall, agent_argv
 from reconciler.dispatch.nodes.kube import Kube
 from reconciler.dispatch.nodes.model import (
@@ -60,6 +61,7 @@ from reconciler.dispatch.nodes.model import (
     NodeSettings,
     document_of,
     drain_disposition,
+    job_labels,
     job_manifest,
     job_name,
     rebooted,
@@ -138,6 +140,11 @@ def test_which_pods_a_drain_evicts() -> None:
     assert action(_pod("going", meta={"deletionTimestamp": "2026-01-01T00:00:00Z"})) == WAIT
     assert action(_pod("bare", owner=None)) == REFUSE
     assert action(_pod("bare", owner=None), unmanaged=True) == EVICT
+    # Our node Jobs' pods stay; another product's pod that merely shares the (common)
+    # component label is drained like any other.
+    assert action(_pod("pw-install-n1", meta={"labels": job_labels("Install")})) == SKIP
+    other = _pod("backup-agent", meta={"labels": {"app.kubernetes.io/component": "node-agent"}})
+    assert action(other) == EVICT
 
 
 def test_settings_from_helm_values() -> None:
@@ -217,6 +224,92 @@ def test_node_agent_runs_the_agent_with_the_hosts_python_in_the_hosts_namespaces
     assert env is not None and "KUBERNETES_SERVICE_HOST" not in env  # nothing of the pod leaks
     stamp = copied.stat().st_mtime_ns
     assert agent_argv(call)[0] == argv and copied.stat().st_mtime_ns == stamp  # copied once
+
+
+def _kubeconfig(path: Path, server: str) -> str:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    return str(path)
+
+
+def _printing_agent(tmp_path: Path) -> Path:
+    agent = tmp_path / "agent.py"
+    agent.write_text('print(\'{"reboot": {"performed": true}}\')\n')
+    return agent
+
+
+def test_node_agent_retries_storing_its_result_and_says_when_it_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The install has run (a reboot may be a minute away): an API that fails once must not
+    lose its result, and an API that cannot be reached ends the wrapper with a message, not a
+    traceback. (A tiny HTTP server stands in for the API: only its answers matter here.)"""
+    import http.server
+
+    from reconciler.dispatch.nodes import agent_job
+
+    monkeypatch.setattr(agent_job, "STORE_DELAYS", (0.0, 0.0))
+    posts: list[int] = []
+
+    class FlakyApi(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append(500 if not posts else 201)
+            self.send_response(posts[-1])
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    call = NodeAgentCall(
+        configmap="pw-install-n1-x",
+        namespace="ops",
+        node="n1",
+        agent=_printing_agent(tmp_path),
+        host_dir=tmp_path / "host",
+        agent_args=("install",),
+        nsenter=False,
+        kubeconfig=_kubeconfig(
+            tmp_path / "flaky.yaml", f"http://127.0.0.1:{server.server_address[1]}"
+        ),
+    )
+    try:
+        assert agent_job.run_node_agent(call) == 0
+    finally:
+        server.shutdown()
+    assert posts == [500, 201]
+
+    with socket_closed() as port:
+        away = _kubeconfig(tmp_path / "away.yaml", f"http://127.0.0.1:{port}")
+        unreachable = NodeAgentCall(**{**call.__dict__, "kubeconfig": away})
+        assert agent_job.run_node_agent(unreachable) == 1
+    assert "cannot store the result in ConfigMap pw-install-n1-x" in capsys.readouterr().err
+
+
+@contextlib.contextmanager
+def socket_closed() -> Iterator[int]:
+    """A local port nothing listens on."""
+    import socket
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    yield port
 
 
 def test_a_node_is_back_when_ready_with_another_boot_id() -> None:
@@ -737,6 +830,34 @@ def test_install_cordons_drains_past_a_pdb_patches_and_uncordons(
 
 
 @pytest.mark.apiserver
+def test_a_node_uncordoned_during_its_drain_is_not_patched(
+    cluster: Cluster, node_root: Callable[[str], Path]
+) -> None:
+    """While a PDB holds the drain, the node's cordon and state are cleared (what a new leader's
+    resume_nodes does after this replica lost its Lease, or an administrator's uncordon): once
+    the drain ends, no install Job runs on a node that takes pods again."""
+    node = cluster.node("handover")
+    cluster.pod("web-0", node, labels={"app": "web"})
+    cluster.pdb("web", {"app": "web"}, allowed=0)
+    transport = NodeTransport(cluster.controller, node, cluster.settings())
+    with Kubelet(cluster, {node: node_root("handover")}) as kubelet:
+        thread, outcome = _in_thread(lambda: transport.install([LIB_PIN]))
+        _until(
+            lambda: _annotations(cluster.get_node(node)).get(ANNOTATION_PHASE) == "draining",
+            what="draining",
+        )
+        drain.uncordon(Kube(cluster.controller), node)
+        cluster.pdb_allows("web", 1)
+        thread.join(timeout=120)
+        assert kubelet.created == []
+    assert isinstance(outcome.get("error"), AgentFailed), outcome
+    assert outcome["error"].code == "NodeChanged"
+    after = cluster.get_node(node)
+    assert not after["spec"].get("unschedulable") and _annotations(after) == {}
+    assert cluster.jobs() == []
+
+
+@pytest.mark.apiserver
 def test_reboot_when_required_waits_for_a_new_boot_id(
     cluster: Cluster, node_root: Callable[[str], Path]
 ) -> None:
@@ -817,6 +938,45 @@ def test_a_failed_job_fails_the_install_and_puts_the_node_back(
     after = cluster.get_node(node)
     assert not after["spec"].get("unschedulable") and _annotations(after) == {}
     assert cluster.jobs() == []
+
+
+@pytest.mark.apiserver
+def test_a_job_the_api_refuses_puts_the_drained_node_back_at_once(cluster: Cluster) -> None:
+    """Node Job settings the API rejects (400: here an invalid memory quantity from the Helm
+    values): the node was cordoned and drained for nothing and is put back before the install
+    reports its failure, not left cordoned until a later pass."""
+    node = cluster.node("refused")
+    settings = cluster.settings(resources={"limits": {"memory": "lots"}})
+    with pytest.raises(AgentFailed, match=r"400: Job .* cannot be handled") as caught:
+        NodeTransport(cluster.controller, node, settings).install([LIB_PIN])
+    assert caught.value.code == "KubernetesApiError"
+    after = cluster.get_node(node)
+    assert not after["spec"].get("unschedulable") and _annotations(after) == {}
+    assert cluster.jobs() == []
+
+
+@pytest.mark.apiserver
+def test_a_lost_job_does_not_uncordon_a_node_another_run_moved_on_to_rebooting(
+    cluster: Cluster,
+) -> None:
+    """Two runs attached to one install Job (an old leader still finishing after it lost the
+    Lease, and the new one): the other run read the result first, recorded ``rebooting`` and
+    removed the Job. This run then finds the Job gone; it must not uncordon a node that is
+    about to reboot (resume_nodes does once it is back)."""
+    node = cluster.node("shared")
+    thread, outcome = _in_thread(
+        lambda: NodeTransport(cluster.controller, node, cluster.settings()).install([LIB_PIN])
+    )
+    _until(lambda: cluster.jobs() != [], what="the install Job")
+    (job,) = cluster.jobs()
+    drain.set_phase(Kube(cluster.controller), node, "rebooting")
+    jobs.remove(Kube(cluster.controller), job, cluster.settings())
+    thread.join(timeout=60)
+    assert isinstance(outcome.get("error"), AgentFailed), outcome
+    assert outcome["error"].code == "JobLost"
+    after = cluster.get_node(node)
+    assert after["spec"]["unschedulable"] is True
+    assert _annotations(after)[ANNOTATION_PHASE] == "rebooting"
 
 
 @pytest.mark.apiserver

@@ -114,6 +114,7 @@ class LeaderElector:
         self._observed_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pending: threading.Thread | None = None
 
     # -- one attempt ------------------------------------------------------------------------
 
@@ -210,6 +211,20 @@ class LeaderElector:
             log.warning("lease attempt failed", lease=self.config.name, error=str(exc))
             return False
 
+    def _attempt_within(self, seconds: float) -> bool:
+        """``_attempt`` in a thread, given up (False) after ``seconds``; one that is still
+        running is not started again."""
+        if self._pending is not None and self._pending.is_alive():
+            self._pending.join(max(0.0, seconds))
+            return False
+        outcome: list[bool] = []
+        self._pending = threading.Thread(
+            target=lambda: outcome.append(self._attempt()), name="lease-attempt", daemon=True
+        )
+        self._pending.start()
+        self._pending.join(max(0.0, seconds))
+        return bool(outcome and outcome[0])
+
     # -- the lifecycle -------------------------------------------------------------------------
 
     def acquire(self, stop: threading.Event) -> bool:
@@ -228,8 +243,13 @@ class LeaderElector:
         def renew() -> None:
             last = self.clock()
             while not self._stop.wait(self.config.retry_period):
-                if self._attempt():
-                    last = self.clock()
+                # An attempt may hang far longer than the lease lasts (the request timeout, and
+                # urllib3's retries of it): wait for it only until the renew deadline, so this
+                # leader stops before a standby may take over. A renewal counts from when its
+                # attempt began (the server may have written it any time after that).
+                started = self.clock()
+                if self._attempt_within(last + self.config.renew_deadline - started):
+                    last = started
                 elif self.clock() - last >= self.config.renew_deadline:
                     log.error(
                         "lost lease: not renewed within the renew deadline",

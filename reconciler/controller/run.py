@@ -108,20 +108,25 @@ class ControllerReconciler(Reconciler):
         """Write every object's status (only what changed); API errors are logged, the next
         pass tries again."""
         counts: dict[str, int] = {}
-        try:
-            seen = self.seen(summary)
-            for (kind, name), status in statuses(seen).items():
-                info = seen.listing[(kind, name)]
-                outcome = self.writer.write(
-                    kind,
-                    name,
-                    status,
-                    current=info.status,
-                    resource_version=info.resource_version,
+        seen = self.seen(summary)
+        for (kind, name), status in statuses(seen).items():
+            info = seen.listing[(kind, name)]
+            try:
+                outcome = str(
+                    self.writer.write(
+                        kind,
+                        name,
+                        status,
+                        current=info.status,
+                        resource_version=info.resource_version,
+                    )
                 )
-                counts[str(outcome)] = counts.get(str(outcome), 0) + 1
-        except (ApiException, HTTPError, OSError) as exc:
-            self.log.warning("writing status failed", error=str(exc))
+            except (ApiException, HTTPError, OSError) as exc:
+                # One object refused (403 of an older chart's RBAC, 422 of its schema) must not
+                # cost every object after it its status.
+                self.log.warning("writing status failed", kind=kind, name=name, error=str(exc))
+                outcome = "failed"
+            counts[outcome] = counts.get(outcome, 0) + 1
         if counts.get(Written.WRITTEN):
             self.log.info("status written", **counts)
         self.written = counts

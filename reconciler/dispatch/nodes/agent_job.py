@@ -17,19 +17,25 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import kubernetes
+import yaml
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from reconciler.dispatch.nodes.kube import Kube
 from reconciler.dispatch.nodes.model import result_configmap
 
 NSENTER = ("nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--")
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+STORE_DELAYS = (1.0, 2.0, 4.0, 8.0)
+"""Seconds between attempts to store the result: the install has happened (and a reboot may be
+a minute away), so an API blip must not lose its result."""
 
 
 @dataclass(frozen=True)
@@ -112,17 +118,25 @@ def run_node_agent(call: NodeAgentCall) -> int:
     except OSError as exc:  # no nsenter, no python3 on the host, unwritable host directory
         stdout, stderr, code = "", f"cannot run the agent: {exc}", 127
     configmap = result_configmap(call.configmap, call.namespace, call.node, stdout, code, stderr)
-    try:
-        with _api(call.kubeconfig) as api:
-            store(Kube(api), configmap, call.namespace, call.configmap)
-    except (ApiException, OSError, kubernetes.config.ConfigException) as exc:
-        print(
-            f"node-agent: cannot store the result in ConfigMap {call.configmap}: {exc}",
-            file=sys.stderr,
-        )
-        sys.stderr.write(stderr[-4096:])
-        return 1
-    return 0
+    for delay in (*STORE_DELAYS, None):
+        try:
+            with _api(call.kubeconfig) as api:
+                store(Kube(api), configmap, call.namespace, call.configmap)
+            return 0
+        except (kubernetes.config.ConfigException, yaml.YAMLError) as exc:
+            error: Exception = exc
+            break  # no kubeconfig: trying again changes nothing
+        except (ApiException, HTTPError, OSError) as exc:  # HTTPError: the API unreachable
+            error = exc
+            if delay is None:
+                break
+            time.sleep(delay)
+    print(
+        f"node-agent: cannot store the result in ConfigMap {call.configmap}: {error}",
+        file=sys.stderr,
+    )
+    sys.stderr.write(stderr[-4096:])
+    return 1
 
 
 def parse_agent_args(argv: Sequence[str]) -> tuple[str, ...]:

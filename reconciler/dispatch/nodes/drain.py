@@ -102,9 +102,34 @@ def set_phase(kube: Kube, name: str, phase: str, **notes: str) -> JsonObject:
     return update_node(kube, name, lambda _node: {"metadata": {"annotations": dict(notes_now)}})
 
 
-def uncordon(kube: Kube, name: str) -> bool:
+def start_patching(kube: Kube, name: str, job: str) -> JsonObject:
+    """Record phase ``patching`` (the Job, and the boot ID before it), only if the node is still
+    cordoned and draining as this drain left it. Someone who uncordoned it meanwhile (an
+    administrator, or a new leader's resume_nodes after this replica lost its Lease) must not
+    see an install, and perhaps a reboot, on a node that takes pods again: AgentFailed."""
+
+    def change(node: JsonObject) -> dict[str, Any]:
+        if node_state(node).phase != "draining" or not unschedulable(node):
+            raise AgentFailed(
+                "NodeChanged",
+                f"node {name} was uncordoned or its patching state cleared during the drain; "
+                "not patching it",
+            )
+        notes = {
+            ANNOTATION_PHASE: "patching",
+            ANNOTATION_SINCE: _now(),
+            ANNOTATION_JOB: job,
+            ANNOTATION_BOOT_ID: boot_id(node),
+        }
+        return {"metadata": {"annotations": notes}}
+
+    return update_node(kube, name, change)
+
+
+def uncordon(kube: Kube, name: str, *, job: str | None = None) -> bool:
     """Clear the state annotations, and uncordon the node if (and only if) we cordoned it; says
-    whether it was uncordoned."""
+    whether it was uncordoned. With ``job``: only while the node is still patching with that
+    Job (a rollback must not undo a step someone else has recorded since, such as a reboot)."""
     done = False
 
     def change(node: JsonObject) -> dict[str, Any] | None:
@@ -112,6 +137,8 @@ def uncordon(kube: Kube, name: str) -> bool:
         state = node_state(node)
         notes = (node.get("metadata") or {}).get("annotations") or {}
         if not any(key in notes for key in clear_state_patch()["metadata"]["annotations"]):
+            return None
+        if job is not None and (state.phase, state.job) != ("patching", job):
             return None
         patch = clear_state_patch()
         done = state.cordoned_by_us
@@ -242,7 +269,3 @@ def wait_rebooted(kube: Kube, name: str, before: str | None, timeout: float) -> 
         NODES, name, lambda n: rebooted(n, before), time.monotonic() + max(0.0, timeout)
     )
     return rebooted(node, before)
-
-
-def current_boot_id(kube: Kube, name: str) -> str:
-    return boot_id(read_node(kube, name))

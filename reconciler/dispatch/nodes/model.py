@@ -406,7 +406,9 @@ def drain_disposition(
         return SKIP, "DaemonSet pod"
     if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
         return SKIP, "finished"
-    if (meta.get("labels") or {}).get(LABEL_COMPONENT) == COMPONENT:
+    labels = meta.get("labels") or {}
+    # Both labels: "node-agent" alone is a common component name (other products' pods too).
+    if labels.get(LABEL_COMPONENT) == COMPONENT and labels.get(LABEL_MANAGED_BY) == "patchwarden":
         return SKIP, "Patchwarden node Job"
     if meta.get("deletionTimestamp"):
         return WAIT, "already terminating"

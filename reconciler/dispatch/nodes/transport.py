@@ -38,6 +38,8 @@ from reconciler.dispatch.nodes.model import (
 )
 
 _log = structlog.get_logger("patchwarden")
+_REFUSED = (400, 403, 422)
+"""Answers that say the Job was not created (bad Job settings, RBAC), so no install runs."""
 _ACTIVE: set[str] = set()
 """Nodes a transport of this process is working on: resume_nodes leaves them alone."""
 _LOCKS: dict[str, threading.Lock] = {}
@@ -126,12 +128,20 @@ class NodeTransport:
             self._require_ready(current)
             self._prepare(name)
         try:
-            jobs.start(kube, name, "Install", node, args, settings)
+            try:
+                jobs.start(kube, name, "Install", node, args, settings)
+            except ApiException as exc:
+                if exc.status in _REFUSED:  # no Job exists: roll back now, not a pass later
+                    raise AgentFailed(
+                        "KubernetesApiError", f"node {node}: {exc.status}: {status_message(exc)}"
+                    ) from None
+                raise  # the Job may exist: resume_nodes finds out
             document = jobs.collect(kube, name, node, settings)
         except AgentFailed:
-            # Nothing more will run on the node: put it back as it was.
+            # Nothing more will run on the node: put it back as it was, unless another run
+            # (a new leader attached to the same Job) has moved it on to rebooting meanwhile.
             jobs.remove(kube, name, settings)
-            drain.uncordon(kube, node)
+            drain.uncordon(kube, node, job=name)
             raise
         return self._after(name, document)
 
@@ -149,9 +159,7 @@ class NodeTransport:
         try:
             drain.set_phase(kube, node, "draining")
             drain.drain(kube, node, settings)
-            drain.set_phase(
-                kube, node, "patching", job=name, boot_id=drain.current_boot_id(kube, node)
-            )
+            drain.start_patching(kube, node, name)
         except BaseException:
             drain.uncordon(kube, node)  # no Job was created: roll back
             raise
