@@ -12,6 +12,7 @@ import struct
 import subprocess
 import zlib
 from collections import Counter
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,12 @@ def test_rendered_dom_holds_the_charts(dashboard: Path, tmp_path: Path) -> None:
     assert set(charts) == {"by-group", "by-severity", "over-time"}
     assert charts["by-group"].count('<rect class="bar"') == 5  # 4 groups, web has two statuses
     assert charts["by-severity"].count('<rect class="bar"') == 6  # one per compliance level
-    assert charts["over-time"].count('<circle class="point"') == 4  # one per day
+    # One point per day from the first scan (2026-11-25) to the day the report is made (the CLI
+    # uses the real clock), each also a row of the chart's table.
+    days = min(30, (datetime.now(UTC).date() - date(2026, 11, 25)).days + 1)
+    assert charts["over-time"].count('<circle class="point"') == days
+    trend = re.search(r'<section class="panel" id="over-time".*?<tbody>(.*?)</tbody>', dom, re.S)
+    assert trend is not None and trend.group(1).count("<tr>") == days
     assert "<script" not in dom and "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
 
 

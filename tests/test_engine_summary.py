@@ -57,9 +57,11 @@ def _fast(
 
 def _may_decline(inventory: Inventory) -> bool:
     """The fast path declines only a failed Install, a package with 3+ approved updates, or one
-    update object listed twice (it cannot tell those two apart without a loop)."""
+    update listed twice, as the same object or as two equal ones (it cannot tell those apart
+    without a loop)."""
     names = [(u.name, u.arch) for u in inventory.updates]
-    twice = len({id(u) for u in inventory.updates}) < len(inventory.updates)
+    versions = {(u.name, u.arch, u.version) for u in inventory.updates}
+    twice = len(versions) < len(inventory.updates)
     return bool(inventory.failed) or twice or any(names.count(n) >= 3 for n in set(names))
 
 
