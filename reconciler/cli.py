@@ -822,16 +822,24 @@ def _plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _reconcile(args: argparse.Namespace) -> int:
-    pool = _ssh_pool()
+@contextlib.contextmanager
+def _observed_loop(
+    args: argparse.Namespace, pool: SshPool
+) -> Iterator[tuple[Reconciler, StateStore, list[Sink]]]:
+    """The loop of `reconcile` and `run` with its state store, audit log and event sinks."""
     with (
         _store(args) as store,
         _audit_log(args, store) as audit_log,
         _event_sinks(args) as sinks,
     ):
         reconciler = _reconciler(args, store, pool)
-        reconciler.observers.append(audit_log)
-        reconciler.observers.extend(sinks)
+        reconciler.observers += [audit_log, *sinks]
+        yield reconciler, store, sinks
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    pool = _ssh_pool()
+    with _observed_loop(args, pool) as (reconciler, store, _):
         reconciler.recover()
         with render.job_progress() as progress:
             reconciler.on_job_done = progress
@@ -845,14 +853,7 @@ def _reconcile(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     pool = _ssh_pool()
-    with (
-        _store(args) as store,
-        _audit_log(args, store) as audit_log,
-        _event_sinks(args) as sinks,
-    ):
-        reconciler = _reconciler(args, store, pool)
-        reconciler.observers.append(audit_log)
-        reconciler.observers.extend(sinks)
+    with _observed_loop(args, pool) as (reconciler, store, sinks):
         metrics = LoopMetrics(store)
         metrics.track_event_sinks(sinks)
         serve(

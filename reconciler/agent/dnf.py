@@ -303,12 +303,8 @@ class Dnf:
         """(name, arch, evr) -> [(advisory, kind)]. A notice applies to the versions it ships:
         read from the updateinfo the tool cached, which saves a whole second dnf run; when the
         cache has none readable (zchunk, sqlite), ``updateinfo list updates`` answers instead."""
-        by_nevra = {}  # type: Dict[Tuple[str, str, str], List[Tuple[str, str]]]
-        shipped = updateinfo_packages(self.cache_dirs())
-        if shipped:
-            for advisory, packages in shipped.items():
-                for package in packages:
-                    by_nevra.setdefault(package, []).append((advisory, ""))
+        by_nevra = _by_package(self.metadata().shipped)
+        if by_nevra:
             return by_nevra
         notices = self.command("-C", "-q", "updateinfo", "list", "updates")
         if notices.rc != 0:
@@ -327,13 +323,11 @@ class Dnf:
         """Give installed versions their update notices (type, severity, ids, dates), as
         ``updateinfo list --installed`` would, from the cached metadata: an installed version a
         security notice shipped is an approved, INSTALLED patch, not just "other"."""
-        shipped = {}  # type: Dict[Tuple[str, str, str], List[Tuple[str, str]]]
-        for advisory, packages in updateinfo_packages(self.cache_dirs()).items():
-            for package in packages:
-                shipped.setdefault(package, []).append((advisory, ""))
+        metadata = self.metadata()
+        shipped = _by_package(metadata.shipped)
         if not shipped:
             return
-        notices = self.metadata().notices
+        notices = metadata.notices
         for pkg in installed:
             found = shipped.get((str(pkg["name"]), str(pkg["arch"]), str(pkg["version"])))
             if found:
@@ -482,48 +476,55 @@ class Dnf:
 class Metadata(NamedTuple):
     packages: Dict[Tuple[str, str, str], Dict[str, object]]
     notices: Dict[str, Dict[str, object]]
+    shipped: Dict[str, List[Tuple[str, str, str]]]
+    """advisory -> the (name, arch, evr) it ships, as :func:`updateinfo_packages` gives it."""
 
 
 def read_cache(directories: List[str]) -> Metadata:
-    """Build times, source packages, requirements and update notices from cached repodata."""
+    """Build times, source packages, requirements and update notices from cached repodata
+    (each file parsed once per scan)."""
     packages = {}  # type: Dict[Tuple[str, str, str], Dict[str, object]]
     notices = {}  # type: Dict[str, Dict[str, object]]
-    for directory in directories:
-        try:
-            repomd = ET.parse(os.path.join(directory, "repomd.xml")).getroot()
-        except (OSError, ET.ParseError):
-            continue
-        for data in repomd.findall("repo:data", _NS):
-            kind = data.get("type")
-            location = data.find("repo:location", _NS)
-            if kind not in ("primary", "updateinfo") or location is None:
-                continue
-            path = _cached_file(directory, os.path.basename(location.get("href", "")))
-            if path is None:
-                continue
-            try:
-                root = ET.fromstring(_read_compressed(path))
-            except (OSError, ET.ParseError, EOFError, lzma.LZMAError):
-                continue
-            if kind == "primary":
-                packages.update(_primary(root))
-            else:
-                notices.update(_updateinfo(root))
-    return Metadata(packages, notices)
+    shipped = {}  # type: Dict[str, List[Tuple[str, str, str]]]
+    for kind, root in _repodata(directories, ("primary", "updateinfo")):
+        if kind == "primary":
+            packages.update(_primary(root))
+        else:
+            notices.update(_updateinfo(root))
+            _add_shipped(shipped, root)
+    return Metadata(packages, notices, shipped)
 
 
 def updateinfo_packages(directories: List[str]) -> Dict[str, List[Tuple[str, str, str]]]:
     """advisory -> [(name, arch, [epoch:]version-release)] from cached updateinfo.xml files
     (rpm-md repodata, as dnf, yum and zypper all keep it)."""
     out = {}  # type: Dict[str, List[Tuple[str, str, str]]]
+    for _, root in _repodata(directories, ("updateinfo",)):
+        _add_shipped(out, root)
+    return out
+
+
+def _add_shipped(out: Dict[str, List[Tuple[str, str, str]]], root: ET.Element) -> None:
+    for update in root.iter("update"):
+        advisory = (update.findtext("id") or "").strip()
+        packages = [
+            (p.get("name", ""), p.get("arch", ""), _pkg_evr(p)) for p in update.iter("package")
+        ]
+        if advisory:
+            out.setdefault(advisory, []).extend(packages)
+
+
+def _repodata(directories: List[str], kinds: Tuple[str, ...]) -> Iterator[Tuple[str, ET.Element]]:
+    """(type, parsed XML) of every readable cached repodata file of the given types."""
     for directory in directories:
         try:
             repomd = ET.parse(os.path.join(directory, "repomd.xml")).getroot()
         except (OSError, ET.ParseError):
             continue
         for data in repomd.findall("repo:data", _NS):
+            kind = data.get("type") or ""
             location = data.find("repo:location", _NS)
-            if data.get("type") != "updateinfo" or location is None:
+            if kind not in kinds or location is None:
                 continue
             path = _cached_file(directory, os.path.basename(location.get("href", "")))
             if path is None:
@@ -532,14 +533,17 @@ def updateinfo_packages(directories: List[str]) -> Dict[str, List[Tuple[str, str
                 root = ET.fromstring(_read_compressed(path))
             except (OSError, ET.ParseError, EOFError, lzma.LZMAError):
                 continue
-            for update in root.iter("update"):
-                advisory = (update.findtext("id") or "").strip()
-                packages = [
-                    (p.get("name", ""), p.get("arch", ""), _pkg_evr(p))
-                    for p in update.iter("package")
-                ]
-                if advisory:
-                    out.setdefault(advisory, []).extend(packages)
+            yield kind, root
+
+
+def _by_package(
+    shipped: Dict[str, List[Tuple[str, str, str]]],
+) -> Dict[Tuple[str, str, str], List[Tuple[str, str]]]:
+    """(name, arch, evr) -> [(advisory, "")]: the notices that ship each version."""
+    out = {}  # type: Dict[Tuple[str, str, str], List[Tuple[str, str]]]
+    for advisory, packages in shipped.items():
+        for package in packages:
+            out.setdefault(package, []).append((advisory, ""))
     return out
 
 
