@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PATCHCTL := $(VENV)/bin/patchctl
 
 .DEFAULT_GOAL := help
-.PHONY: help install kube-apiserver test lint crds verify bench demo agent clean
+.PHONY: help install lock kube-apiserver test lint crds verify bench demo agent clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -13,7 +13,7 @@ help: ## list the targets
 SYSTEM_PACKAGES ?= git gnupg openssh-server openssh-client \
 	rpm dnf python3-dnf zypper createrepo-c libsolv-tools busybox-static \
 	chromium swift swift-proxy swift-account swift-container swift-object \
-	etcd-server golang-1.19-go rsync golang-github-modern-go-reflect2-dev dpkg-dev
+	etcd-server golang-1.19-go rsync golang-github-modern-go-reflect2-dev dpkg-dev faketime
 
 install: ## virtualenv + system and Python packages (idempotent)
 	@SYSTEM_PACKAGES="$(SYSTEM_PACKAGES)" scripts/bootstrap
@@ -24,15 +24,21 @@ demo: install ## the main job: a local fleet of Debian roots patched by the reco
 kube-apiserver: install ## build (once, ~4 min; cached) the real kube-apiserver the apiserver tests run
 	scripts/kube-apiserver build
 
-test: install kube-apiserver ## the whole test suite (what CI runs)
+test: install kube-apiserver lint verify ## lint and verify, then the whole test suite (what CI runs)
 	$(PY) -m pytest -q
 
-lint: install ## ruff, mypy --strict on reconciler/, import-linter contracts
+lock: install ## re-resolve pyproject.toml's ranges to today's newest into requirements.lock (PyPI)
+	$(PY) scripts/lock update
+	$(PY) scripts/lock check
+
+lint: install ## the house rules: lock agrees, ruff, mypy --strict, import-linter, vermin, sizes
+	$(PY) scripts/lock check
 	$(VENV)/bin/ruff check reconciler tests bench
 	$(VENV)/bin/ruff format --check reconciler tests bench
 	$(VENV)/bin/mypy reconciler
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/vermin --no-tips --violations -t=3.6- --eval-annotations --backport typing reconciler/agent
+	$(PY) scripts/sizes
 
 agent: install ## build/patchwarden-agent.pyz: the agent as one file for any python3 >= 3.6
 	$(PY) scripts/build-agent build/patchwarden-agent.pyz

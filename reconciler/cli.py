@@ -12,9 +12,11 @@ import argparse
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -67,6 +69,7 @@ class UserError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _library_words_off_stderr()
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -96,6 +99,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INVALID
+
+
+def _library_words_off_stderr() -> None:
+    """stderr carries only patchctl's own words. Libraries talk to their own developers there:
+    asyncssh under a newer cryptography warns "DSA is deprecated" four times on import, and
+    urllib3/botocore log retries through the logging module's last-resort handler. Both are
+    dropped here, at the entry point, unless PATCHWARDEN_DEBUG is set; a warning raised in (or
+    attributed by a library to) our own code still shows, because it is ours to fix."""
+    if os.environ.get("PATCHWARDEN_DEBUG"):
+        logging.basicConfig(level=logging.DEBUG)
+        return
+    warnings.filterwarnings("ignore", module=r"(?!reconciler(\.|$))")
+    # With a handler on the root logger, library records no longer reach logging.lastResort.
+    logging.getLogger().addHandler(logging.NullHandler())
 
 
 def _parser() -> argparse.ArgumentParser:

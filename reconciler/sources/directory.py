@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import structlog
 from pydantic import ValidationError
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -39,7 +39,7 @@ from reconciler.sources.base import (
     walk_order,
 )
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger("patchwarden")
 
 # Only these change what a directory holds; watchdog also reports opens, closes and attributes.
 _CHANGES = frozenset({"created", "modified", "deleted", "moved"})
@@ -223,7 +223,7 @@ class _Debouncer:
                 self._action()
             except Exception:
                 # A failing callback must not end the watch: the next edit deserves a reconcile.
-                log.exception("directory watch callback failed")
+                log.exception("directory_watch_callback_failed")
 
     def _burst_ended(self) -> bool:
         """Block until a burst has been quiet for the delay: True; False once stopped."""
