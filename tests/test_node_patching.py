@@ -47,7 +47,6 @@ from reconciler.dispatch.agent_bundle import agent_zipapp
 from reconciler.dispatch.base import install_args
 from reconciler.dispatch.nodes import NodeTransport, drain, jobs, resume_nodes
 from reconciler.dispatch.nodes.agent_job import NodeAgentCall, agent_argv
-from reconciler.dispatch.nodes.kube import Kube
 from reconciler.dispatch.nodes.model import (
     ANNOTATION_BOOT_ID,
     ANNOTATION_CORDONED,
@@ -67,6 +66,7 @@ from reconciler.dispatch.nodes.model import (
     rebooted,
     result_configmap,
 )
+from reconciler.kube import Kube
 from reconciler.loop import Reconciler
 from reconciler.sources import DirectorySource
 from reconciler.state import StateStore
