@@ -1,19 +1,19 @@
 """Stage: sources. Snapshots from the custom resources of one Kubernetes namespace.
 
 :class:`KubernetesSource` lists the five kinds (PatchBaseline, PatchGroup, MaintenanceWindow,
-ManagedInstance, ComplianceReport; namespaced, as ``crds/`` declares them) with the official
-client and renders each object as one YAML document in a virtual file named after it
-(``MaintenanceWindow/NAMESPACE/NAME.yaml``), so a refusal points at the object. The set is judged by
-the one validation every source uses (:func:`reconciler.sources.base.validated`): accepted whole or
-refused whole.
+ManagedInstance, ComplianceReport; namespaced, as ``crds/`` declares them) through
+:mod:`reconciler.kube` and renders each object as one YAML document in a virtual file named
+after it (``MaintenanceWindow/NAMESPACE/NAME.yaml``), so a refusal points at the object. The set
+is judged by the one validation every source uses (:func:`reconciler.sources.base.validated`):
+accepted whole or refused whole.
 
 The revision is a digest of what the loader reads (kind, name, uid, generation, labels,
 annotations, spec), so status writes, heartbeats and resourceVersion bumps never make a new
 revision, while a delete-and-recreate does. :meth:`KubernetesSource.watch` only wakes the loop:
 level-based, a wake means "read everything again".
 
-I/O only (the Kubernetes API); decides nothing. May import ``api``, ``defaults``, ``schedule``
-and the other sources.
+I/O only (the Kubernetes API, through :mod:`reconciler.kube`); decides nothing. May import
+``api``, ``defaults``, ``schedule``, ``kube`` and the other sources.
 """
 
 from __future__ import annotations
