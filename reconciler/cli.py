@@ -41,9 +41,10 @@ from reconciler.evaluation import (
 )
 from reconciler.loop import Reconciler, configure_logging, serve
 from reconciler.plan import Settings
-from reconciler.report import audit, compliance, export, findings, render
-from reconciler.report.metrics import LoopMetrics
+from reconciler.report.notify import audit
+from reconciler.report.notify.metrics import LoopMetrics
 from reconciler.report.publish import PublishError, publish
+from reconciler.report.views import compliance, export, findings, render
 from reconciler.schedule import describe, openings
 from reconciler.sources import (
     DirectorySource,
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
     from reconciler.dispatch.base import Transport
     from reconciler.dispatch.nodes import NodeSettings
     from reconciler.dispatch.ssh import SshPool
-    from reconciler.report.events import Sink
+    from reconciler.report.notify.events import Sink
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_NONCOMPLIANT = 0, 1, 2, 3
 
@@ -1036,7 +1037,7 @@ def _event_sinks(args: argparse.Namespace) -> Iterator[list[Sink]]:
     """The event sinks the options ask for; on exit each gets EVENTS_FLUSH_SECONDS to deliver
     what is still queued."""
     # Imported only when asked for: boto3 and httpx cost every other command time to load.
-    from reconciler.report import events
+    from reconciler.report.notify import events
 
     if args.events_queue_size < 1:
         raise UserError(f"--events-queue-size must be at least 1 (got {args.events_queue_size})")
@@ -1074,7 +1075,7 @@ def _has_host(url: str) -> bool:
 def _events_client(args: argparse.Namespace) -> object:
     from botocore.exceptions import BotoCoreError
 
-    from reconciler.report.events import events_client
+    from reconciler.report.notify.events import events_client
 
     try:
         return events_client(endpoint_url=args.events_endpoint_url)

@@ -37,7 +37,7 @@ from reconciler.controller.nodes import NodeMirror, changes, mirror_of
 from reconciler.controller.run import ControllerReconciler
 from reconciler.controller.status import Seen, statuses
 from reconciler.dispatch import transport_for
-from reconciler.report.occurrences import Kind, Occurrence
+from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.sources.kubernetes import NODE_LABEL, KubernetesSource, ObjectInfo, _Watcher
 from reconciler.state import StateStore
 from reconciler.state.kubernetes import StatusWriter, Written, merge_conditions, unchanged

@@ -33,7 +33,7 @@ import structlog
 
 from reconciler.api.resources import API_VERSION
 from reconciler.kube import ApiClient, Kube
-from reconciler.report.occurrences import Kind, Occurrence
+from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.state.kubernetes import timestamp
 
 log = structlog.get_logger("patchwarden")

@@ -22,7 +22,7 @@ from reconciler.controller.nodes import NodeMirror
 from reconciler.controller.status import Seen, statuses
 from reconciler.kube import API_FAILURES
 from reconciler.loop import PassSummary, Reconciler, http_endpoints, serve
-from reconciler.report.metrics import DeliveryCounts, LoopMetrics
+from reconciler.report.notify.metrics import DeliveryCounts, LoopMetrics
 from reconciler.sources.kubernetes import KubernetesSource
 from reconciler.state.kubernetes import StatusWriter, Written
 

@@ -22,7 +22,7 @@ from reconciler.api.enums import OperatingSystem
 from reconciler.api.snapshot import Problem, Snapshot
 from reconciler.evaluation import resolve
 from reconciler.plan import baseline_digest
-from reconciler.report import compliance
+from reconciler.report.views import compliance
 from reconciler.schedule import current_opening, openings
 from reconciler.sources.kubernetes import ObjectInfo
 from reconciler.state import JobRecord, ReportRunRecord, ScanRecord

@@ -1,4 +1,4 @@
-"""Stage: report. Prometheus metrics of the reconcile loop, on their own registry.
+"""Stage: report — notifications. Prometheus metrics of the reconcile loop, on their own registry.
 
 ``LoopMetrics`` is an observer of the loop's occurrence stream (jobs, refusals, installs,
 reboots) and reads the observed-state store for the fleet's compliance (instances by status and
@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from reconciler.report.csvreport import LEVELS
-from reconciler.report.occurrences import Kind, Occurrence
+from reconciler.report.notify.occurrences import Kind, Occurrence
+from reconciler.report.views.csvreport import LEVELS
 from reconciler.state import ScanRecord, StateStore
 
 STATUSES = ("COMPLIANT", "NON_COMPLIANT")
@@ -214,7 +214,7 @@ def _installed(patch: Any) -> bool:
 
 
 class DeliveryCounts(Protocol):
-    """What an event sink counts (``reconciler.report.events.Sink``)."""
+    """What an event sink counts (``reconciler.report.notify.events.Sink``)."""
 
     name: str
     sent: int
