@@ -300,6 +300,33 @@ def test_node_agent_retries_storing_its_result_and_says_when_it_cannot(
     assert "cannot store the result in ConfigMap pw-install-n1-x" in capsys.readouterr().err
 
 
+def test_node_agent_with_a_broken_kubeconfig_says_so_without_retrying(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kubeconfig that is not one (here a YAML string) cannot get better by waiting: the
+    wrapper gives up at once with a message naming the file, never a traceback."""
+    from reconciler.dispatch.nodes import agent_job
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("just a string\n")
+    call = NodeAgentCall(
+        configmap="pw-scan-n1-x",
+        namespace="ops",
+        node="n1",
+        agent=_printing_agent(tmp_path),
+        host_dir=tmp_path / "host",
+        agent_args=("scan",),
+        nsenter=False,
+        kubeconfig=str(broken),
+    )
+    started = time.monotonic()
+    assert agent_job.run_node_agent(call) == 1
+    assert time.monotonic() - started < agent_job.STORE_DELAYS[0]
+    err = capsys.readouterr().err
+    assert f"cannot store the result in ConfigMap pw-scan-n1-x: {broken}: not a kubeconfig" in err
+    assert "Traceback" not in err
+
+
 @contextlib.contextmanager
 def socket_closed() -> Iterator[int]:
     """A local port nothing listens on."""
