@@ -17,7 +17,8 @@ import os
 import sys
 import traceback
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,9 +43,10 @@ from reconciler.evaluation import (
 )
 from reconciler.loop import Reconciler, configure_logging, serve
 from reconciler.plan import Settings
-from reconciler.report import audit, compliance, export, findings, render
-from reconciler.report.metrics import LoopMetrics
+from reconciler.report.notify import audit
+from reconciler.report.notify.metrics import LoopMetrics
 from reconciler.report.publish import PublishError, publish
+from reconciler.report.views import compliance, export, findings, render
 from reconciler.schedule import describe, openings
 from reconciler.sources import (
     DirectorySource,
@@ -57,9 +59,11 @@ from reconciler.sources import (
 from reconciler.state import StateStore
 
 if TYPE_CHECKING:
+    from reconciler.controller import EventSink, LeaseConfig
     from reconciler.dispatch.base import Transport
+    from reconciler.dispatch.nodes import NodeSettings
     from reconciler.dispatch.ssh import SshPool
-    from reconciler.report.events import Sink
+    from reconciler.report.notify.events import Sink
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_NONCOMPLIANT = 0, 1, 2, 3
 
@@ -886,26 +890,62 @@ def _run(args: argparse.Namespace) -> int:
 
 def _controller(args: argparse.Namespace) -> int:
     # The Kubernetes client costs every other command ~0.5 s to import.
-    import dataclasses
-    import logging
-
-    import structlog
-
-    from reconciler.controller import (
-        ControllerReconciler,
-        EventSink,
-        LeaderElector,
-        LeaseConfig,
-        NodeMirror,
-        default_identity,
-        run,
-    )
-    from reconciler.dispatch.nodes import NodeSettings, resume_nodes
-    from reconciler.sources.kubernetes import KubernetesSource
-    from reconciler.state.kubernetes import StatusWriter
+    from reconciler.controller import LeaderElector, run
+    from reconciler.dispatch.nodes import resume_nodes
 
     api, namespace = _kubernetes(args)
     host, _, port = args.listen.rpartition(":")
+    lease, node_settings = _lease_and_node_settings(args, namespace)
+    pool = _ssh_pool()
+
+    def transports(instance: ManagedInstance) -> Transport:
+        return transport_for(
+            instance.spec.connection, pool=pool, kubernetes=api, node_settings=node_settings
+        )
+
+    with (
+        _store(args) as store,
+        _audit_log(args, store) as audit_log,
+        _event_sinks(args) as sinks,
+    ):
+        reconciler, events = _controller_reconciler(
+            args, _Cluster(api, namespace, node_settings), store, pool, transports
+        )
+        _log_level(args.log_level)
+        reconciler.observers.append(audit_log)
+        reconciler.observers.extend(sinks)
+        code = run(
+            reconciler,
+            LeaderElector(api, lease),
+            interval=args.interval,
+            host=host or "0.0.0.0",  # a Pod's probes and Prometheus reach it
+            port=int(port),
+            events=events,
+            resume=lambda: resume_nodes(api, node_settings),
+            sinks=sinks,
+        )
+    pool.close()
+    return code
+
+
+@dataclass(frozen=True)
+class _Cluster:
+    """What the controller works on: the API, its namespace and how Nodes are patched."""
+
+    api: Any
+    namespace: str
+    node_settings: NodeSettings
+
+
+def _lease_and_node_settings(
+    args: argparse.Namespace, namespace: str
+) -> tuple[LeaseConfig, NodeSettings]:
+    """The leader Lease and the node Jobs' settings the command line asks for."""
+    import dataclasses
+
+    from reconciler.controller import LeaseConfig, default_identity
+    from reconciler.dispatch.nodes import NodeSettings
+
     try:
         lease = LeaseConfig(
             name=args.lease_name,
@@ -925,96 +965,71 @@ def _controller(args: argparse.Namespace) -> int:
         node_settings = dataclasses.replace(
             node_settings, keep_pods=(*node_settings.keep_pods, own)
         )
-    pool = _ssh_pool()
+    return lease, node_settings
 
-    def transports(instance: ManagedInstance) -> Transport:
-        return transport_for(
-            instance.spec.connection, pool=pool, kubernetes=api, node_settings=node_settings
-        )
 
-    with (
-        _store(args) as store,
-        _audit_log(args, store) as audit_log,
-        _event_sinks(args) as sinks,
-    ):
-        events: EventSink | None = None
-        reconciler: Reconciler
-        if args.source == "kubernetes":
-            configure_logging()
-            source = KubernetesSource(
-                api, namespace, watch_nodes=args.nodes, node_selector=args.node_selector
-            )
+def _controller_reconciler(
+    args: argparse.Namespace,
+    cluster: _Cluster,
+    store: StateStore,
+    pool: SshPool,
+    transports: Callable[[ManagedInstance], Transport],
+) -> tuple[Reconciler, EventSink | None]:
+    """The namespace's custom resources as the desired state, with status, Events and Node
+    mirrors written back; or, for another --source, the plain reconciler (no status)."""
+    if args.source != "kubernetes":
+        reconciler = _reconciler(args, store, pool)
+        reconciler.transport_for = transports
+        return reconciler, None
+    from reconciler.controller import ControllerReconciler, EventSink, NodeMirror
+    from reconciler.dispatch.nodes import resume_nodes
+    from reconciler.sources.kubernetes import KubernetesSource
+    from reconciler.state.kubernetes import StatusWriter
 
-            def uid_of(kind: str, name: str) -> str | None:
-                info = source.listing.get((kind, name))
-                return info.uid if info else None
+    configure_logging()
+    api, namespace = cluster.api, cluster.namespace
+    source = KubernetesSource(
+        api, namespace, watch_nodes=args.nodes, node_selector=args.node_selector
+    )
 
-            events = EventSink(api, namespace, uid_of=uid_of, object_of=source.object_of)
-            reconciler = ControllerReconciler(
-                source,
-                store,
-                transports,
-                writer=StatusWriter(api, namespace),
-                mirror=NodeMirror(api, namespace, args.node_selector) if args.nodes else None,
-                settings=Settings(stale_after=timedelta(hours=args.stale_after)),
-                workers=args.workers,
-                observers=[events],
-                resume=lambda: resume_nodes(api, node_settings),
-            )
-        else:
-            reconciler = _reconciler(args, store, pool)
-            reconciler.transport_for = transports
-        structlog.configure(
-            wrapper_class=structlog.make_filtering_bound_logger(
-                getattr(logging, args.log_level.upper())
-            )
-        )
-        reconciler.observers.append(audit_log)
-        reconciler.observers.extend(sinks)
-        code = run(
-            reconciler,
-            LeaderElector(api, lease),
-            interval=args.interval,
-            host=host or "0.0.0.0",  # a Pod's probes and Prometheus reach it
-            port=int(port),
-            events=events,
-            resume=lambda: resume_nodes(api, node_settings),
-            sinks=sinks,
-        )
-    pool.close()
-    return code
+    def uid_of(kind: str, name: str) -> str | None:
+        info = source.listing.get((kind, name))
+        return info.uid if info else None
+
+    events = EventSink(api, namespace, uid_of=uid_of, object_of=source.object_of)
+    controller = ControllerReconciler(
+        source,
+        store,
+        transports,
+        writer=StatusWriter(api, namespace),
+        mirror=NodeMirror(api, namespace, args.node_selector) if args.nodes else None,
+        settings=Settings(stale_after=timedelta(hours=args.stale_after)),
+        workers=args.workers,
+        observers=[events],
+        resume=lambda: resume_nodes(api, cluster.node_settings),
+    )
+    return controller, events
+
+
+def _log_level(level: str) -> None:
+    """Log at ``level`` and above only (debug, info, warning or error)."""
+    import logging
+
+    import structlog
+
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper()))
+    )
 
 
 def _kubernetes(args: argparse.Namespace) -> tuple[Any, str]:
-    """The API client and the namespace: --kubeconfig, else the Pod's service account, else
-    $KUBECONFIG or ~/.kube/config."""
-    from kubernetes import client, config
+    """The API client and the namespace (see :func:`reconciler.kube.connect`)."""
+    from reconciler.kube import Kubeconfig, KubeconfigError, connect
 
-    service_account = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-    namespace = args.namespace or os.environ.get("POD_NAMESPACE")
     try:
-        if args.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            configuration = client.Configuration()
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            api = client.ApiClient(configuration)
-            if namespace is None and service_account.is_file():
-                namespace = service_account.read_text().strip()
-        else:
-            path = str(args.kubeconfig) if args.kubeconfig else None
-            if args.kubeconfig is not None and not args.kubeconfig.is_file():
-                raise UserError(f"{args.kubeconfig}: no such kubeconfig file")
-            api = config.new_client_from_config(config_file=path, context=args.context)  # type: ignore[no-untyped-call]
-            if namespace is None:
-                contexts, active = config.list_kube_config_contexts(config_file=path)  # type: ignore[no-untyped-call]
-                if args.context:
-                    active = next((c for c in contexts if c["name"] == args.context), active)
-                namespace = (active or {}).get("context", {}).get("namespace")
-    except config.ConfigException as exc:
-        raise UserError(f"cannot reach Kubernetes: {exc}") from None
-    except (yaml.YAMLError, TypeError, AttributeError) as exc:  # the client reads any YAML
-        where = args.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
-        raise UserError(f"{where}: not a kubeconfig: {exc}") from None
-    return api, namespace or "default"
+        return connect(Kubeconfig(args.kubeconfig, args.context), args.namespace)
+    except KubeconfigError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _audit_path(args: argparse.Namespace) -> Path:
@@ -1039,7 +1054,7 @@ def _event_sinks(args: argparse.Namespace) -> Iterator[list[Sink]]:
     """The event sinks the options ask for; on exit each gets EVENTS_FLUSH_SECONDS to deliver
     what is still queued."""
     # Imported only when asked for: boto3 and httpx cost every other command time to load.
-    from reconciler.report import events
+    from reconciler.report.notify import events
 
     if args.events_queue_size < 1:
         raise UserError(f"--events-queue-size must be at least 1 (got {args.events_queue_size})")
@@ -1077,7 +1092,7 @@ def _has_host(url: str) -> bool:
 def _events_client(args: argparse.Namespace) -> object:
     from botocore.exceptions import BotoCoreError
 
-    from reconciler.report.events import events_client
+    from reconciler.report.notify.events import events_client
 
     try:
         return events_client(endpoint_url=args.events_endpoint_url)

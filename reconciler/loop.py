@@ -46,11 +46,11 @@ from reconciler.plan import (
     history_scope,
     plan,
 )
-from reconciler.report import export
-from reconciler.report.metrics import LoopMetrics
-from reconciler.report.occurrences import Kind, Observer, Occurrence
+from reconciler.report.notify.metrics import LoopMetrics
+from reconciler.report.notify.occurrences import Kind, Observer, Occurrence
 from reconciler.report.publish import PublishError, publish
-from reconciler.report.scheduled import report_files, reports_due, scope_instances
+from reconciler.report.publish.scheduled import report_files, reports_due, scope_instances
+from reconciler.report.views import export
 from reconciler.sources.base import Source, SourceError
 from reconciler.state import JobRecord, ScanRecord, StateStore
 

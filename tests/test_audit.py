@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.report.audit import AuditLog, read
-from reconciler.report.occurrences import Kind, Occurrence
+from reconciler.report.notify.audit import AuditLog, read
+from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.state import StateStore
 from tests.aptlab import Repo
 from tests.conftest import INSTALLED, needs_apt

@@ -37,7 +37,7 @@ from reconciler.controller.nodes import NodeMirror, changes, mirror_of
 from reconciler.controller.run import ControllerReconciler
 from reconciler.controller.status import Seen, statuses
 from reconciler.dispatch import transport_for
-from reconciler.report.occurrences import Kind, Occurrence
+from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.sources.kubernetes import NODE_LABEL, KubernetesSource, ObjectInfo, _Watcher
 from reconciler.state import StateStore
 from reconciler.state.kubernetes import StatusWriter, Written, merge_conditions, unchanged
@@ -135,6 +135,20 @@ def test_a_bad_kubeconfig_or_listen_address_is_a_clear_error(
     assert done.returncode != 0
     assert said in done.stderr, done.stderr
     assert "internal error" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_kubeconfig_that_does_not_exist_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "kubeconfig"
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler", "controller", "--kubeconfig", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert f"{missing}: no such kubeconfig file" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_a_condition_keeps_its_transition_time_until_its_status_flips() -> None:

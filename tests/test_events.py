@@ -33,11 +33,16 @@ from moto.server import ThreadedMotoServer
 
 from reconciler.dispatch import transport_for
 from reconciler.loop import Reconciler
-from reconciler.report.events import EventBridgeSink, Retry, WebhookSink, to_event
-from reconciler.report.events.delivery import Failure, Sink
-from reconciler.report.events.eventbridge import events_client, failed_entries
-from reconciler.report.events.shapes import DETAIL_TYPES, Event, eventbridge_entry, structured
-from reconciler.report.occurrences import Kind, Occurrence
+from reconciler.report.notify.events import EventBridgeSink, Retry, WebhookSink, to_event
+from reconciler.report.notify.events.delivery import Failure, Sink
+from reconciler.report.notify.events.eventbridge import events_client, failed_entries
+from reconciler.report.notify.events.shapes import (
+    DETAIL_TYPES,
+    Event,
+    eventbridge_entry,
+    structured,
+)
+from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.sources import DirectorySource
 from reconciler.state import StateStore
 from tests.aptlab import Repo
@@ -613,7 +618,7 @@ def test_delivery_counts_reach_metrics(receiver: Receiver, tmp_path: Path) -> No
     """What each sink delivered, gave up and dropped is on /metrics, under the sink's name."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from reconciler.report.metrics import LoopMetrics
+    from reconciler.report.notify.metrics import LoopMetrics
 
     receiver.failures, receiver.failure_status = 1, 400
     sink = WebhookSink(receiver.url, retry=FAST)

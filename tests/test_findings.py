@@ -23,7 +23,7 @@ import pytest
 from botocore.model import Shape
 from botocore.validate import ParamValidator
 
-from reconciler.report import findings
+from reconciler.report.views import findings
 from reconciler.state import ScanRecord, StateStore
 from tests.aptlab import Pkg, Repo
 from tests.conftest import INSTALLED, needs_apt

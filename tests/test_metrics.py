@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler.report.csvreport import LEVELS
-from reconciler.report.metrics import LoopMetrics
+from reconciler.report.notify.metrics import LoopMetrics
+from reconciler.report.views.csvreport import LEVELS
 from reconciler.state import StateStore
 from tests.aptlab import Pkg, Repo, make_root
 from tests.conftest import INSTALLED, needs_apt

@@ -47,7 +47,6 @@ from reconciler.dispatch.agent_bundle import agent_zipapp
 from reconciler.dispatch.base import install_args
 from reconciler.dispatch.nodes import NodeTransport, drain, jobs, resume_nodes
 from reconciler.dispatch.nodes.agent_job import NodeAgentCall, agent_argv
-from reconciler.dispatch.nodes.kube import Kube
 from reconciler.dispatch.nodes.model import (
     ANNOTATION_BOOT_ID,
     ANNOTATION_CORDONED,
@@ -67,6 +66,7 @@ from reconciler.dispatch.nodes.model import (
     rebooted,
     result_configmap,
 )
+from reconciler.kube import Kube
 from reconciler.loop import Reconciler
 from reconciler.sources import DirectorySource
 from reconciler.state import StateStore
@@ -298,6 +298,33 @@ def test_node_agent_retries_storing_its_result_and_says_when_it_cannot(
         unreachable = NodeAgentCall(**{**call.__dict__, "kubeconfig": away})
         assert agent_job.run_node_agent(unreachable) == 1
     assert "cannot store the result in ConfigMap pw-install-n1-x" in capsys.readouterr().err
+
+
+def test_node_agent_with_a_broken_kubeconfig_says_so_without_retrying(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kubeconfig that is not one (here a YAML string) cannot get better by waiting: the
+    wrapper gives up at once with a message naming the file, never a traceback."""
+    from reconciler.dispatch.nodes import agent_job
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("just a string\n")
+    call = NodeAgentCall(
+        configmap="pw-scan-n1-x",
+        namespace="ops",
+        node="n1",
+        agent=_printing_agent(tmp_path),
+        host_dir=tmp_path / "host",
+        agent_args=("scan",),
+        nsenter=False,
+        kubeconfig=str(broken),
+    )
+    started = time.monotonic()
+    assert agent_job.run_node_agent(call) == 1
+    assert time.monotonic() - started < agent_job.STORE_DELAYS[0]
+    err = capsys.readouterr().err
+    assert f"cannot store the result in ConfigMap pw-scan-n1-x: {broken}: not a kubeconfig" in err
+    assert "Traceback" not in err
 
 
 @contextlib.contextmanager

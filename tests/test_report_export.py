@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.report import export
+from reconciler.report.views import export
 from reconciler.state import StateStore
 from tests.test_compliance_views import T0, _evaluation, _inventory, patchctl
 

@@ -23,7 +23,7 @@ from reconciler.api.enums import OperatingSystem
 from reconciler.evaluation import resolve
 from reconciler.loop import Reconciler
 from reconciler.plan import Settings, baseline_digest
-from reconciler.report.scheduled import latest_opening, reports_due, scope_instances
+from reconciler.report.publish.scheduled import latest_opening, reports_due, scope_instances
 from reconciler.sources import DirectorySource, read_snapshot
 from reconciler.state import StateStore
 

@@ -4,7 +4,8 @@
 resources once per pass (:mod:`reconciler.state.kubernetes`), Kubernetes Events for transitions,
 and leader election with a Lease so that one replica acts at a time.
 
-Sits between ``cli`` (which chooses the adapters) and ``loop``; may import every stage below.
+Sits between ``cli`` (which chooses the adapters) and ``loop``; may import every stage below,
+and reaches the API server only through :mod:`reconciler.kube`.
 """
 
 from reconciler.controller.events import EventSink

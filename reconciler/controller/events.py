@@ -30,11 +30,10 @@ from typing import Any
 from urllib.parse import quote
 
 import structlog
-from kubernetes import client
 
 from reconciler.api.resources import API_VERSION
-from reconciler.dispatch.nodes.kube import Kube
-from reconciler.report.occurrences import Kind, Occurrence
+from reconciler.kube import ApiClient, Kube
+from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.state.kubernetes import timestamp
 
 log = structlog.get_logger("patchwarden")
@@ -128,7 +127,7 @@ class EventSink:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        api: ApiClient,
         namespace: str,
         *,
         uid_of: Callable[[str, str], str | None],

@@ -29,11 +29,8 @@ from typing import Any
 from urllib.parse import quote
 
 import structlog
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
 
-from reconciler.dispatch.nodes.kube import Kube
+from reconciler.kube import API_FAILURES, ApiClient, ApiException, Kube
 
 log = structlog.get_logger("patchwarden")
 
@@ -95,7 +92,7 @@ class LeaderElector:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        api: ApiClient,
         config: LeaseConfig,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -207,7 +204,7 @@ class LeaderElector:
         """An attempt where the API being away counts as a failure, not a crash."""
         try:
             return self.try_acquire_or_renew()
-        except (ApiException, HTTPError, OSError) as exc:
+        except API_FAILURES as exc:
             log.warning("lease attempt failed", lease=self.config.name, error=str(exc))
             return False
 
@@ -285,5 +282,5 @@ class LeaderElector:
             }
             self._replace(spec, holder.resource_version)
             log.info("released lease", lease=self.config.name)
-        except (ApiException, HTTPError, OSError) as exc:
+        except API_FAILURES as exc:
             log.warning("could not release lease", lease=self.config.name, error=str(exc))

@@ -20,16 +20,12 @@ from typing import Any
 from urllib.parse import quote
 
 import structlog
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from reconciler.api.resources import API_VERSION, GROUP, NAMES, VERSION
-from reconciler.dispatch.nodes.kube import Kube
+from reconciler.api.resources import API_VERSION
+from reconciler.kube import ApiClient, ApiException, Kube, resource_path
 from reconciler.sources.kubernetes import NODE_LABEL
 
 log = structlog.get_logger("patchwarden")
-
-_PLURAL = NAMES["ManagedInstance"][0]
 
 
 def mirror_of(node: Mapping[str, Any], namespace: str) -> dict[str, Any]:
@@ -102,11 +98,11 @@ def _is_mirror(instance: Mapping[str, Any]) -> bool:
 class NodeMirror:
     """Keeps the mirrors of one namespace in step with the cluster's Nodes."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, node_selector: str = "") -> None:
+    def __init__(self, api: ApiClient, namespace: str, node_selector: str = "") -> None:
         self.kube = Kube(api)
         self.namespace = namespace
         self.node_selector = node_selector
-        self.collection = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{_PLURAL}"
+        self.collection = resource_path(namespace, "ManagedInstance")
         self._warned: set[str] = set()
 
     def sync(self) -> Changes:

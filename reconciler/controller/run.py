@@ -16,15 +16,13 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
-
 from reconciler.controller.events import EventSink
 from reconciler.controller.leader import LeaderElector
 from reconciler.controller.nodes import NodeMirror
 from reconciler.controller.status import Seen, statuses
+from reconciler.kube import API_FAILURES
 from reconciler.loop import PassSummary, Reconciler, http_endpoints, serve
-from reconciler.report.metrics import DeliveryCounts, LoopMetrics
+from reconciler.report.notify.metrics import DeliveryCounts, LoopMetrics
 from reconciler.sources.kubernetes import KubernetesSource
 from reconciler.state.kubernetes import StatusWriter, Written
 
@@ -66,7 +64,7 @@ class ControllerReconciler(Reconciler):
         if self.mirror is not None and self.leading():
             try:
                 self.mirror.sync()
-            except (ApiException, HTTPError, OSError) as exc:
+            except API_FAILURES as exc:
                 self.log.warning("mirroring nodes failed", error=str(exc))
         summary = super().reconcile(until_idle=until_idle, max_jobs=max_jobs)
         if self.leading() and not self.stopping.is_set():
@@ -121,7 +119,7 @@ class ControllerReconciler(Reconciler):
                         resource_version=info.resource_version,
                     )
                 )
-            except (ApiException, HTTPError, OSError) as exc:
+            except API_FAILURES as exc:
                 # One object refused (403 of an older chart's RBAC, 422 of its schema) must not
                 # cost every object after it its status.
                 self.log.warning("writing status failed", kind=kind, name=name, error=str(exc))

@@ -22,7 +22,7 @@ from reconciler.api.enums import OperatingSystem
 from reconciler.api.snapshot import Problem, Snapshot
 from reconciler.evaluation import resolve
 from reconciler.plan import baseline_digest
-from reconciler.report import compliance
+from reconciler.report.views import compliance
 from reconciler.schedule import current_opening, openings
 from reconciler.sources.kubernetes import ObjectInfo
 from reconciler.state import JobRecord, ReportRunRecord, ScanRecord
@@ -229,29 +229,7 @@ def _instance(seen: Seen, name: str, generation: int) -> Built:
     scan = seen.scans.get(name)
     job = seen.jobs.get(name)
     waiting = seen.waits.get(name)
-    fields: dict[str, Any] = {"revision": None, "waiting": waiting}
-    if scan is not None:
-        row = compliance.instances({name: scan})[0]
-        del row["instanceId"]
-        fields.update(row)
-        facts = scan.inventory.get("facts", {})
-        fields["operatingSystem"] = facts.get("operatingSystem")
-        fields["operationEndTime"] = timestamp(scan.finished_at)
-    failure = _failure(job)
-    fresh = scan is not None and _scanned_with_current_baseline(seen, name, scan)
-    reconciling = not fresh and failure is None
-    if failure is not None:
-        reason, message = failure
-        ready = condition("Ready", False, reason, message, generation)
-    elif not fresh:
-        reason = "NotScanned" if scan is None else "BaselineChanged"
-        ready = condition("Ready", False, reason, waiting or "a scan is due", generation)
-    else:
-        assert scan is not None
-        status = scan.evaluation.get("summary", {}).get("complianceStatus")
-        at = timestamp(scan.finished_at)
-        message = f"{status} under baseline {scan.baseline} ({scan.operation} at {at})"
-        ready = condition("Ready", True, "Scanned", message, generation)
+    ready, reconciling = _readiness(seen, name, generation)
     conditions = [
         ready,
         condition(
@@ -264,31 +242,61 @@ def _instance(seen: Seen, name: str, generation: int) -> Built:
         condition("Stalled", False, "Accepted", "", generation),
     ]
     if scan is not None:
-        summary = scan.evaluation.get("summary", {})
-        bad = summary.get("complianceStatus") == "NON_COMPLIANT"
-        conditions.append(
-            condition(
-                "NonCompliant",
-                bad,
-                "MissingPatches" if bad else "Compliant",
-                f"{summary.get('missingCount', 0)} missing, {summary.get('failedCount', 0)} "
-                f"failed, severity {summary.get('complianceSeverity')}"
-                if bad
-                else "",
-                generation,
-            )
-        )
-    install_failed = job is not None and job.operation == "Install" and job.status == "failed"
-    conditions.append(
-        condition(
-            "PatchFailed",
-            install_failed,
-            "InstallFailed" if install_failed else "NoFailure",
-            _error(job) if install_failed and job else "",
-            generation,
-        )
+        conditions.append(_non_compliant(scan, generation))
+    conditions.append(_patch_failed(job, generation))
+    return _instance_fields(scan, name, waiting), conditions
+
+
+def _instance_fields(scan: ScanRecord | None, name: str, waiting: str | None) -> dict[str, Any]:
+    """The instance's compliance row (as ``patchctl compliance`` shows it) and its last scan."""
+    fields: dict[str, Any] = {"revision": None, "waiting": waiting}
+    if scan is not None:
+        row = compliance.instances({name: scan})[0]
+        del row["instanceId"]
+        fields.update(row)
+        facts = scan.inventory.get("facts", {})
+        fields["operatingSystem"] = facts.get("operatingSystem")
+        fields["operationEndTime"] = timestamp(scan.finished_at)
+    return fields
+
+
+def _readiness(seen: Seen, name: str, generation: int) -> tuple[dict[str, Any], bool]:
+    """The Ready condition (scanned under the baseline in force, its last job not failed), and
+    whether the instance is still being reconciled."""
+    scan = seen.scans.get(name)
+    waiting = seen.waits.get(name)
+    failure = _failure(seen.jobs.get(name))
+    fresh = scan is not None and _scanned_with_current_baseline(seen, name, scan)
+    reconciling = not fresh and failure is None
+    if failure is not None:
+        reason, message = failure
+        return condition("Ready", False, reason, message, generation), reconciling
+    if scan is None or not fresh:
+        reason = "NotScanned" if scan is None else "BaselineChanged"
+        message = waiting or "a scan is due"
+        return condition("Ready", False, reason, message, generation), reconciling
+    status = scan.evaluation.get("summary", {}).get("complianceStatus")
+    at = timestamp(scan.finished_at)
+    message = f"{status} under baseline {scan.baseline} ({scan.operation} at {at})"
+    return condition("Ready", True, "Scanned", message, generation), reconciling
+
+
+def _non_compliant(scan: ScanRecord, generation: int) -> dict[str, Any]:
+    summary = scan.evaluation.get("summary", {})
+    bad = summary.get("complianceStatus") == "NON_COMPLIANT"
+    message = (
+        f"{summary.get('missingCount', 0)} missing, {summary.get('failedCount', 0)} "
+        f"failed, severity {summary.get('complianceSeverity')}"
     )
-    return fields, conditions
+    reason = "MissingPatches" if bad else "Compliant"
+    return condition("NonCompliant", bad, reason, message if bad else "", generation)
+
+
+def _patch_failed(job: JobRecord | None, generation: int) -> dict[str, Any]:
+    install_failed = job is not None and job.operation == "Install" and job.status == "failed"
+    reason = "InstallFailed" if install_failed else "NoFailure"
+    message = _error(job) if install_failed and job else ""
+    return condition("PatchFailed", install_failed, reason, message, generation)
 
 
 def _failure(job: JobRecord | None) -> tuple[str, str] | None:

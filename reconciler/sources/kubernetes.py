@@ -1,24 +1,23 @@
 """Stage: sources. Snapshots from the custom resources of one Kubernetes namespace.
 
 :class:`KubernetesSource` lists the five kinds (PatchBaseline, PatchGroup, MaintenanceWindow,
-ManagedInstance, ComplianceReport; namespaced, as ``crds/`` declares them) with the official
-client and renders each object as one YAML document in a virtual file named after it
-(``MaintenanceWindow/NAMESPACE/NAME.yaml``), so a refusal points at the object. The set is judged by
-the one validation every source uses (:func:`reconciler.sources.base.validated`): accepted whole or
-refused whole.
+ManagedInstance, ComplianceReport; namespaced, as ``crds/`` declares them) through
+:mod:`reconciler.kube` and renders each object as one YAML document in a virtual file named
+after it (``MaintenanceWindow/NAMESPACE/NAME.yaml``), so a refusal points at the object. The set
+is judged by the one validation every source uses (:func:`reconciler.sources.base.validated`):
+accepted whole or refused whole.
 
 The revision is a digest of what the loader reads (kind, name, uid, generation, labels,
 annotations, spec), so status writes, heartbeats and resourceVersion bumps never make a new
 revision, while a delete-and-recreate does. :meth:`KubernetesSource.watch` only wakes the loop:
 level-based, a wake means "read everything again".
 
-I/O only (the Kubernetes API); decides nothing. May import ``api``, ``defaults``, ``schedule``
-and the other sources.
+I/O only (the Kubernetes API, through :mod:`reconciler.kube`); decides nothing. May import
+``api``, ``defaults``, ``schedule``, ``kube`` and the other sources.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,12 +25,10 @@ from typing import Any
 
 import structlog
 import yaml
-from kubernetes import client, watch
-from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
 
-from reconciler.api.resources import API_VERSION, GROUP, KINDS, NAMES, VERSION
+from reconciler.api.resources import API_VERSION, KINDS, NAMES
 from reconciler.api.snapshot import Problem, Snapshot
+from reconciler.kube import API_FAILURES, ApiClient, ApiException, Collection, Kube, resource_path
 from reconciler.sources.base import Files, Revision, RevisionInvalid, SourceError, validated
 from reconciler.sources.directory import content_digest
 
@@ -96,7 +93,7 @@ class KubernetesSource:
     force, so status can say which objects are applied and which are not.
     """
 
-    api: client.ApiClient
+    api: ApiClient
     namespace: str
     watch_nodes: bool = True
     node_selector: str = ""
@@ -108,14 +105,11 @@ class KubernetesSource:
 
     def fetch(self) -> tuple[Revision, Files]:
         """Every object of the five kinds, rendered; SourceError when the API cannot be read."""
-        custom = client.CustomObjectsApi(self.api)
         files: Files = []
         listing: dict[tuple[str, str], ObjectInfo] = {}
         for kind in KINDS:
             try:
-                answer: Any = custom.list_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, NAMES[kind][0]
-                )
+                answer = self._lister(kind).list()
             except ApiException as exc:
                 hint = (
                     " (are the CRDs installed? kubectl apply -f crds/)" if exc.status == 404 else ""
@@ -124,7 +118,7 @@ class KubernetesSource:
                     f"cannot list {NAMES[kind][0]} in namespace {self.namespace}: "
                     f"{exc.status} {exc.reason}{hint}"
                 ) from None
-            except HTTPError as exc:
+            except API_FAILURES as exc:  # not an answer: the server is away
                 raise SourceError(f"Kubernetes API unreachable: {exc}") from None
             for item in sorted(answer.get("items", []), key=lambda i: i["metadata"]["name"]):
                 metadata = item["metadata"]
@@ -188,13 +182,8 @@ class KubernetesSource:
             for kind in KINDS
         ]
         if self.watch_nodes:
-            core = client.CoreV1Api(self.api)
-            selector = self.node_selector
-
-            def list_nodes(**kwargs: Any) -> Any:
-                return core.list_node(label_selector=selector, **kwargs)
-
-            watchers.append(_Watcher(list_nodes, on_change, stop, name="watch-nodes"))
+            nodes = Collection(Kube(self.api), "/api/v1/nodes", self.node_selector)
+            watchers.append(_Watcher(nodes, on_change, stop, name="watch-nodes"))
         for watcher in watchers:
             watcher.start()
 
@@ -211,16 +200,8 @@ class KubernetesSource:
         if self._wake is not None:
             self._wake()
 
-    def _lister(self, kind: str) -> Callable[..., Any]:
-        custom = client.CustomObjectsApi(self.api)
-        plural = NAMES[kind][0]
-
-        def list_objects(**kwargs: Any) -> Any:
-            return custom.list_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, plural, **kwargs
-            )
-
-        return list_objects
+    def _lister(self, kind: str) -> Collection:
+        return Collection(Kube(self.api), resource_path(self.namespace, kind))
 
 
 def _significant(item: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -240,7 +221,7 @@ class _Watcher:
 
     def __init__(
         self,
-        lister: Callable[..., Any],
+        lister: Collection,
         on_change: Callable[[], None],
         stop: threading.Event,
         *,
@@ -248,14 +229,13 @@ class _Watcher:
     ) -> None:
         self.lister, self.on_change, self.stopped = lister, on_change, stop
         self.known: dict[str, tuple[Any, ...]] = {}
-        self.watch = watch.Watch()  # type: ignore[no-untyped-call]
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
         self.thread.start()
 
     def stop(self) -> None:
-        self.watch.stop()  # type: ignore[no-untyped-call]
+        # The watch ends at its next event (or the server's timeout): the thread is a daemon.
         self.thread.join(timeout=2)
 
     def _run(self) -> None:
@@ -280,8 +260,7 @@ class _Watcher:
                 backoff = min(backoff * 2, _MAX_BACKOFF)
 
     def _relist(self, *, wake: bool) -> str:
-        answer = self.lister(_preload_content=False)
-        body = json.loads(answer.data)
+        body = self.lister.list()
         fresh = {
             item["metadata"]["uid"]: _significant(item) for item in body.get("items", []) or []
         }
@@ -292,16 +271,10 @@ class _Watcher:
         return str(body.get("metadata", {}).get("resourceVersion", ""))
 
     def _follow(self, version: str) -> None:
-        for event in self.watch.stream(  # type: ignore[no-untyped-call]
-            self.lister,
-            resource_version=version,
-            timeout_seconds=_WATCH_SECONDS,
-            allow_watch_bookmarks=True,
-        ):
-            # The client raises ApiException for ERROR events (410 Gone included).
+        # An ERROR event (410 Gone included) raises ApiException: _run lists again.
+        for kind, item in self.lister.watch(version, _WATCH_SECONDS):
             if self.stopped.is_set():
                 return
-            kind, item = event.get("type"), event.get("raw_object") or {}
             if kind == "BOOKMARK":
                 continue
             uid = str((item.get("metadata") or {}).get("uid"))

@@ -8,7 +8,8 @@ are set (``None`` removes one), fields others own are left alone. A condition ke
 holds the value, so an idle controller writes nothing. A conflict (409: the object changed since it
 was read) re-reads it and retries once; an object deleted meanwhile (404) is skipped.
 
-An I/O edge: the Kubernetes API only, decides nothing. May import ``reconciler.api`` only.
+An I/O edge: the Kubernetes API only (through :mod:`reconciler.kube`), decides nothing. May
+import ``reconciler.api`` and ``reconciler.kube`` only.
 """
 
 from __future__ import annotations
@@ -19,10 +20,8 @@ from enum import StrEnum
 from typing import Any
 
 import structlog
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from reconciler.api.resources import GROUP, NAMES, VERSION
+from reconciler.kube import ApiClient, ApiException, Kube, resource_path
 
 log = structlog.get_logger("patchwarden")
 
@@ -93,11 +92,11 @@ class StatusWriter:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        api: ApiClient,
         namespace: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.custom = client.CustomObjectsApi(api)
+        self.kube = Kube(api)
         self.namespace = namespace
         self.clock = clock
 
@@ -128,16 +127,11 @@ class StatusWriter:
                 if attempt == 1:
                     log.info("status conflict again; next pass writes it", kind=kind, name=name)
                     return Written.CONFLICT
-            try:
-                # The object itself, not /status: reading it needs only the ``get`` the
-                # controller has anyway.
-                fresh: Any = self.custom.get_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, NAMES[kind][0], name
-                )
-            except ApiException as exc:
-                if exc.status == 404:
-                    return Written.GONE
-                raise
+            # The object itself, not /status: reading it needs only the ``get`` the
+            # controller has anyway.
+            fresh = self.kube.get(resource_path(self.namespace, kind, name))
+            if fresh is None:
+                return Written.GONE
             current = fresh.get("status") or {}
             resource_version = fresh["metadata"]["resourceVersion"]
         return Written.CONFLICT
@@ -146,6 +140,4 @@ class StatusWriter:
         self, kind: str, name: str, update: Mapping[str, Any], resource_version: str
     ) -> None:
         body = {"metadata": {"resourceVersion": resource_version}, "status": dict(update)}
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, self.namespace, NAMES[kind][0], name, body
-        )
+        self.kube.merge_patch(f"{resource_path(self.namespace, kind, name)}/status", body)

@@ -2,7 +2,8 @@
 agent in a Job pinned to a node; an install cordons and drains the node first, waits for the
 reboot the agent starts when one is needed, and uncordons it; ``resume_nodes`` finishes what a
 controller that stopped mid-way left behind. ``patchctl node-agent`` (``agent_job``) is what runs
-inside the Job. May import ``reconciler.api``; decides nothing about patches.
+inside the Job. May import ``reconciler.api`` and ``reconciler.kube`` (its only way to the API);
+decides nothing about patches.
 """
 
 from reconciler.dispatch.nodes.model import NodeSettings

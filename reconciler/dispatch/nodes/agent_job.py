@@ -21,15 +21,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import kubernetes
-import yaml
-from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
-
-from reconciler.dispatch.nodes.kube import Kube
 from reconciler.dispatch.nodes.model import result_configmap
+from reconciler.kube import (
+    API_FAILURES,
+    ApiException,
+    Kube,
+    Kubeconfig,
+    KubeconfigError,
+    api_client,
+)
 
 NSENTER = ("nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--")
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -81,20 +82,6 @@ def agent_argv(call: NodeAgentCall) -> tuple[list[str], dict[str, str] | None]:
     return argv, {"PATH": HOST_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
 
 
-def _api(kubeconfig: str | None) -> Any:
-    """An ApiClient: the pod's ServiceAccount in a cluster, else the kubeconfig."""
-    configuration = kubernetes.client.Configuration()
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
-            client_configuration=configuration
-        )
-    else:
-        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig, client_configuration=configuration
-        )
-    return kubernetes.client.ApiClient(configuration)
-
-
 def store(kube: Kube, configmap: dict[str, object], namespace: str, name: str) -> None:
     """Create the result ConfigMap, or replace one of that name."""
     path = f"/api/v1/namespaces/{namespace}/configmaps"
@@ -120,13 +107,14 @@ def run_node_agent(call: NodeAgentCall) -> int:
     configmap = result_configmap(call.configmap, call.namespace, call.node, stdout, code, stderr)
     for delay in (*STORE_DELAYS, None):
         try:
-            with _api(call.kubeconfig) as api:
+            where = Kubeconfig(Path(call.kubeconfig) if call.kubeconfig else None)
+            with api_client(where) as api:
                 store(Kube(api), configmap, call.namespace, call.configmap)
             return 0
-        except (kubernetes.config.ConfigException, yaml.YAMLError) as exc:
+        except KubeconfigError as exc:
             error: Exception = exc
             break  # no kubeconfig: trying again changes nothing
-        except (ApiException, HTTPError, OSError) as exc:  # HTTPError: the API unreachable
+        except API_FAILURES as exc:  # refused, or the API unreachable
             error = exc
             if delay is None:
                 break

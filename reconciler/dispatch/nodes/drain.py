@@ -14,10 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from kubernetes.client.exceptions import ApiException
-
 from reconciler.dispatch.base import AgentFailed
-from reconciler.dispatch.nodes.kube import JsonObject, Kube, status_message
 from reconciler.dispatch.nodes.model import (
     ANNOTATION_BOOT_ID,
     ANNOTATION_CORDONED,
@@ -38,6 +35,7 @@ from reconciler.dispatch.nodes.model import (
     rebooted,
     unschedulable,
 )
+from reconciler.kube import ApiException, JsonObject, Kube, status_message
 
 NODES = "/api/v1/nodes"
 CONFLICT_RETRIES = 10

@@ -11,10 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-from kubernetes.client.exceptions import ApiException
-
 from reconciler.dispatch.base import AgentFailed
-from reconciler.dispatch.nodes.kube import JsonObject, Kube
 from reconciler.dispatch.nodes.model import (
     NodeSettings,
     document_of,
@@ -22,6 +19,7 @@ from reconciler.dispatch.nodes.model import (
     job_finished,
     job_manifest,
 )
+from reconciler.kube import ApiException, JsonObject, Kube
 
 RESULT_GRACE = 30.0
 """Seconds a finished Job's ConfigMap may lag behind it (the wrapper writes it before exiting,

@@ -205,25 +205,36 @@ def job_manifest(
     """The batch/v1 Job that runs the agent once on ``node``: never retried (an install must
     not run twice), pinned by node name, tolerating the cordon, in the host's PID namespace."""
     labels = job_labels(operation)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": settings.namespace,
+            "labels": labels,
+            "annotations": {ANNOTATION_NODE: node},
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": max(1, int(settings.job_timeout)),
+            "ttlSecondsAfterFinished": settings.job_ttl_seconds,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": _agent_pod_spec(name, operation, node, agent_args, settings),
+            },
+        },
+    }
+
+
+def _agent_pod_spec(
+    name: str, operation: str, node: str, agent_args: Sequence[str], settings: NodeSettings
+) -> dict[str, Any]:
+    """The Job's pod: the agent container on ``node``, with the host directory mounted."""
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": settings.service_account,
         "hostPID": True,
-        # matchFields on metadata.name, as DaemonSets do: the hostname label may differ from
-        # the node's name on some providers.
-        "affinity": {
-            "nodeAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": {
-                    "nodeSelectorTerms": [
-                        {
-                            "matchFields": [
-                                {"key": "metadata.name", "operator": "In", "values": [node]}
-                            ]
-                        }
-                    ]
-                }
-            }
-        },
+        "affinity": _pinned_to(node),
         "tolerations": [dict(t) for t in settings.tolerations],
         "containers": [
             {
@@ -247,21 +258,17 @@ def job_manifest(
         pod_spec["priorityClassName"] = settings.priority_class_name
     if settings.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s} for s in settings.image_pull_secrets]
+    return pod_spec
+
+
+def _pinned_to(node: str) -> dict[str, Any]:
+    """Node affinity for ``node`` alone: matchFields on metadata.name, as DaemonSets do, since
+    the hostname label may differ from the node's name on some providers."""
+    term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
     return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": settings.namespace,
-            "labels": labels,
-            "annotations": {ANNOTATION_NODE: node},
-        },
-        "spec": {
-            "backoffLimit": 0,
-            "activeDeadlineSeconds": max(1, int(settings.job_timeout)),
-            "ttlSecondsAfterFinished": settings.job_ttl_seconds,
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
-        },
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}
+        }
     }
 
 

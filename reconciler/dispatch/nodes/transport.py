@@ -14,13 +14,10 @@ from typing import Any
 from urllib.parse import quote
 
 import structlog
-from kubernetes.client import ApiClient
-from kubernetes.client.exceptions import ApiException
 
 from reconciler.api.inventory import Inventory
 from reconciler.dispatch.base import AgentFailed, install_args, inventory_of, scan_args
 from reconciler.dispatch.nodes import drain, jobs
-from reconciler.dispatch.nodes.kube import JsonObject, Kube, status_message
 from reconciler.dispatch.nodes.model import (
     ANNOTATION_NODE,
     COMPONENT,
@@ -36,6 +33,7 @@ from reconciler.dispatch.nodes.model import (
     node_state,
     rebooted,
 )
+from reconciler.kube import ApiClient, ApiException, JsonObject, Kube, status_message
 
 _log = structlog.get_logger("patchwarden")
 _REFUSED = (400, 403, 422)

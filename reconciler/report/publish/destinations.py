@@ -1,4 +1,5 @@
-"""Stage: report. Publishing report files: to a directory, or to S3 (``s3://bucket/prefix``).
+"""Stage: report — publishing. Publishing report files: to a directory, or to S3
+(``s3://bucket/prefix``).
 
 An I/O edge, like ``state`` for its file: it writes the files it is given where it is told and
 decides nothing about their content. All or nothing: a destination holds every file of a report

@@ -1,8 +1,8 @@
-"""Stage: report. What happened, as one stream: the loop emits an ``Occurrence`` for every action it
-takes and every state change it records; the audit log, events, metrics and Kubernetes Events
-subscribe to that stream instead of each poking into the loop.
+"""Stage: report — notifications. What happened, as one stream: the loop emits an ``Occurrence`` for
+every action it takes and every state change it records; the audit log, events, metrics and
+Kubernetes Events subscribe to that stream instead of each poking into the loop.
 
-Values only: this module decides nothing and does no I/O. Sinks live beside it in ``report/``.
+Values only: this module decides nothing and does no I/O. Sinks live beside it in ``notify``.
 Every occurrence carries its provenance (the revision that was in force and who made it), so an
 audit line or an event can always say which commit caused it.
 """

@@ -1,5 +1,5 @@
-"""Stage: report. Compliance views over the observed state: per instance, per patch, per group,
-and the history of an instance's compliance with the revision that decided each change.
+"""Stage: report — views. Compliance views over the observed state: per instance, per patch, per
+group, and the history of an instance's compliance with the revision that decided each change.
 
 Pure functions from the store's scan records to rows (dicts with SSM's camelCase names), so the
 same rows feed tables, JSON, YAML and CSV. Reads results; decides nothing.

@@ -1,6 +1,6 @@
-"""Stage: report. Scheduled ComplianceReports: which are due now, which instances each covers, and
-the names its files get. Pure: no clock of its own (callers pass ``now``), no I/O; the loop reads
-the store, builds the report, publishes it and records the run.
+"""Stage: report — publishing. Scheduled ComplianceReports: which are due now, which instances each
+covers, and the names its files get. Pure: no clock of its own (callers pass ``now``), no I/O; the
+loop reads the store, builds the report, publishes it and records the run.
 
 When a report is due (DESIGN §3, ComplianceReport):
 

@@ -1,5 +1,6 @@
-"""Stage: report. Non-compliant instances as AWS Security Finding Format (ASFF) findings, for teams
-that feed AWS Security Hub (``aws securityhub batch-import-findings``) or another security hub.
+"""Stage: report — views. Non-compliant instances as AWS Security Finding Format (ASFF) findings,
+for teams that feed AWS Security Hub (``aws securityhub batch-import-findings``) or another security
+hub.
 
 Shaped as SSM Patch Manager's own Security Hub integration shapes them (reference §9,
 [UG: patch-manager-security-hub-integration]): one finding per non-compliant instance, type

@@ -1,5 +1,5 @@
-"""Stage: report. The audit log: every occurrence of the loop as one JSON line in an append-only
-file, and the reader behind ``patchctl audit``.
+"""Stage: report — notifications. The audit log: every occurrence of the loop as one JSON line in an
+append-only file, and the reader behind ``patchctl audit``.
 
 An I/O edge of the report stage: it owns its one file and touches nothing else. Durability over
 speed: each line is written with a single ``write`` on an ``O_APPEND`` descriptor and fsync'd
@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler.report.occurrences import Kind, Occurrence
-from reconciler.report.render import short_revision
+from reconciler.report.notify.occurrences import Kind, Occurrence
+from reconciler.report.views.render import short_revision
 
 FILENAME = "audit.jsonl"
 """The default audit log's name, beside the state database."""

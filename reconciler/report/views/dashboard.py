@@ -1,4 +1,4 @@
-"""Stage: report. The compliance dashboard: one self-contained HTML page drawn from the
+"""Stage: report — views. The compliance dashboard: one self-contained HTML page drawn from the
 ComplianceReportData document (``export.report_document``), for people and for printing.
 
 Works offline by construction: inline CSS, charts as inline SVG drawn here, no script, no font or
@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
-from reconciler.report.render import short_revision
+from reconciler.report.views.render import short_revision
 
 LEVELS = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "INFORMATIONAL", "UNSPECIFIED")
 RED, GREEN, GREY, INK = "#c62828", "#2e7d32", "#9e9e9e", "#1d2330"

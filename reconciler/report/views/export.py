@@ -1,5 +1,5 @@
-"""Stage: report. Compliance reports as files: CSV with SSM's columns, one JSON document, or a
-self-contained HTML dashboard, built from the observed state the caller read from the store.
+"""Stage: report — views. Compliance reports as files: CSV with SSM's columns, one JSON document, or
+a self-contained HTML dashboard, built from the observed state the caller read from the store.
 
 ``build_report`` is pure (the clock is injected, data comes in as scan records) and returns file
 name → content; writing them to a directory or S3 is ``publish``'s business. The views come from
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
-from reconciler.report import compliance, csvreport, dashboard
+from reconciler.report.views import compliance, csvreport, dashboard
 from reconciler.state import ScanRecord, StateStore
 
 Format = Literal["csv", "json", "html"]

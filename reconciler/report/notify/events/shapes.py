@@ -1,6 +1,7 @@
-"""Stage: report. What an event looks like: pure functions from an ``Occurrence`` to an ``Event``
-and from an ``Event`` to an EventBridge ``PutEvents`` entry or a CloudEvent. No I/O, no clock: the
-same occurrence always gives the same event (its id too), so a retried delivery is recognisable.
+"""Stage: report — notifications. What an event looks like: pure functions from an ``Occurrence`` to
+an ``Event`` and from an ``Event`` to an EventBridge ``PutEvents`` entry or a CloudEvent. No I/O, no
+clock: the same occurrence always gives the same event (its id too), so a retried delivery is
+recognisable.
 
 Only transitions become events (``Occurrence.transition``). Where SSM emits an EventBridge event
 for the same change, the ``detail-type`` and the ``detail`` keys are SSM's (reference
@@ -20,7 +21,7 @@ from typing import Any
 from cloudevents.core.bindings.http import HTTPMessage, to_structured_event
 from cloudevents.core.v1.event import CloudEvent
 
-from reconciler.report.occurrences import Kind, Occurrence
+from reconciler.report.notify.occurrences import Kind, Occurrence
 
 SOURCE = "patchwarden"
 """EventBridge ``Source`` and CloudEvents ``source`` (SSM's is ``aws.ssm``; EventBridge refuses

@@ -1,8 +1,7 @@
-"""Stage: report. Events to a webhook as CloudEvents 1.0 over HTTP, structured mode (one
-``application/cloudevents+json`` POST per event), with httpx. A 2xx answer is delivered; 408, 425,
-429, 5xx and transport errors (refused, timed out) are retried with backoff; any other answer is
-final (the receiver said no). Decides nothing about what an event says (that is ``shapes``).
-"""
+"""Stage: report — notifications. Events to a webhook as CloudEvents 1.0 over HTTP, structured mode
+(one ``application/cloudevents+json`` POST per event), with httpx. A 2xx answer is delivered; 408,
+425, 429, 5xx and transport errors (refused, timed out) are retried with backoff; any other answer
+is final (the receiver said no). Decides nothing about what an event says (that is ``shapes``)."""
 
 from __future__ import annotations
 
@@ -11,8 +10,8 @@ from typing import Any
 
 import httpx
 
-from reconciler.report.events.delivery import Failure, Sink
-from reconciler.report.events.shapes import SOURCE, Event, structured
+from reconciler.report.notify.events.delivery import Failure, Sink
+from reconciler.report.notify.events.shapes import SOURCE, Event, structured
 
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 

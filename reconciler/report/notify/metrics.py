@@ -1,4 +1,4 @@
-"""Stage: report. Prometheus metrics of the reconcile loop, on their own registry.
+"""Stage: report — notifications. Prometheus metrics of the reconcile loop, on their own registry.
 
 ``LoopMetrics`` is an observer of the loop's occurrence stream (jobs, refusals, installs,
 reboots) and reads the observed-state store for the fleet's compliance (instances by status and
@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from reconciler.report.csvreport import LEVELS
-from reconciler.report.occurrences import Kind, Occurrence
+from reconciler.report.notify.occurrences import Kind, Occurrence
+from reconciler.report.views.csvreport import LEVELS
 from reconciler.state import ScanRecord, StateStore
 
 STATUSES = ("COMPLIANT", "NON_COMPLIANT")
@@ -42,24 +42,17 @@ class LoopMetrics:
         self._fleet: dict[str, tuple[str, str, Tally[str]]] = {}
         """instance -> (compliance status, patch group, outstanding patches by level)."""
         self._series: set[tuple[str, str]] = set()
-        r = self.registry
+        self._declare_pass_metrics(self.registry)
+        self._declare_job_metrics(self.registry)
+        self._declare_fleet_metrics(self.registry)
+        self._deliveries = _Deliveries()
+        self.registry.register(self._deliveries)
+        for level in LEVELS:
+            self.missing.labels(severity=level).set(0)
+
+    def _declare_pass_metrics(self, r: CollectorRegistry) -> None:
+        """Reconcile passes and the revisions they accepted or refused."""
         self.passes = Counter("patchwarden_reconcile_passes", "Reconcile passes run.", registry=r)
-        self.jobs_started = Counter(
-            "patchwarden_jobs_started", "Jobs dispatched to machines.", ["operation"], registry=r
-        )
-        self.jobs = Counter(
-            "patchwarden_jobs",
-            "Jobs finished, by operation (Scan, Install) and status (succeeded, failed).",
-            ["operation", "status"],
-            registry=r,
-        )
-        self.job_seconds = Histogram(
-            "patchwarden_job_duration_seconds",
-            "Job durations, from claim to result.",
-            ["operation"],
-            registry=r,
-            buckets=(1, 5, 15, 60, 300, 900, 3600),
-        )
         self.reconcile_seconds = Histogram(
             "patchwarden_reconcile_duration_seconds",
             "Reconcile pass durations.",
@@ -79,6 +72,25 @@ class LoopMetrics:
             "Revisions refused whole (invalid or unsigned); each refused revision counts once.",
             registry=r,
         )
+
+    def _declare_job_metrics(self, r: CollectorRegistry) -> None:
+        """Jobs run on machines and what their installs did."""
+        self.jobs_started = Counter(
+            "patchwarden_jobs_started", "Jobs dispatched to machines.", ["operation"], registry=r
+        )
+        self.jobs = Counter(
+            "patchwarden_jobs",
+            "Jobs finished, by operation (Scan, Install) and status (succeeded, failed).",
+            ["operation", "status"],
+            registry=r,
+        )
+        self.job_seconds = Histogram(
+            "patchwarden_job_duration_seconds",
+            "Job durations, from claim to result.",
+            ["operation"],
+            registry=r,
+            buckets=(1, 5, 15, 60, 300, 900, 3600),
+        )
         self.patches_installed = Counter(
             "patchwarden_patches_installed",
             "Patches installed by install jobs (pins whose result is INSTALLED; dependencies "
@@ -91,6 +103,9 @@ class LoopMetrics:
             ["performed"],
             registry=r,
         )
+
+    def _declare_fleet_metrics(self, r: CollectorRegistry) -> None:
+        """The fleet as its latest scans show it."""
         self.instances = Gauge(
             "patchwarden_instances",
             "Instances by compliance status and patch group (latest scan; group empty if none).",
@@ -104,10 +119,6 @@ class LoopMetrics:
             ["severity"],
             registry=r,
         )
-        self._deliveries = _Deliveries()
-        r.register(self._deliveries)
-        for level in LEVELS:
-            self.missing.labels(severity=level).set(0)
 
     # -- the occurrence stream ----------------------------------------------------------------
 
@@ -203,7 +214,7 @@ def _installed(patch: Any) -> bool:
 
 
 class DeliveryCounts(Protocol):
-    """What an event sink counts (``reconciler.report.events.Sink``)."""
+    """What an event sink counts (``reconciler.report.notify.events.Sink``)."""
 
     name: str
     sent: int

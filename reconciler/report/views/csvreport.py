@@ -1,5 +1,6 @@
-"""Stage: report. Compliance reports as CSV with exactly the columns of SSM's reports (reference
-§7.7): the all-instances summary, and per instance a summary and a detail (one row per patch).
+"""Stage: report — views. Compliance reports as CSV with exactly the columns of SSM's reports
+(reference §7.7): the all-instances summary, and per instance a summary and a detail (one row per
+patch).
 
 Pure: rows from the store's scan records; writing them is the caller's business. Values keep the
 API's spelling (NON_COMPLIANT, MISSING, CRITICAL). Facts SSM has and Patchwarden does not (the

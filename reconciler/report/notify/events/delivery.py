@@ -1,7 +1,7 @@
-"""Stage: report. Delivery that never blocks patching: a sink is an ``Observer`` whose call only
-turns a transition into an ``Event`` and appends it to a bounded in-memory queue; one background
-thread per sink drains the queue, with retries (exponential backoff, full jitter, bounded
-attempts). A dead endpoint therefore costs the loop nothing but queue space.
+"""Stage: report — notifications. Delivery that never blocks patching: a sink is an ``Observer``
+whose call only turns a transition into an ``Event`` and appends it to a bounded in-memory queue;
+one background thread per sink drains the queue, with retries (exponential backoff, full jitter,
+bounded attempts). A dead endpoint therefore costs the loop nothing but queue space.
 
 When the queue is full the OLDEST event is dropped: the newest say what is true now (an
 instance's latest compliance, a window's latest status), which is what an alert should show when
@@ -24,8 +24,8 @@ from typing import Any
 
 import structlog
 
-from reconciler.report.events.shapes import Event, to_event
-from reconciler.report.occurrences import Occurrence
+from reconciler.report.notify.events.shapes import Event, to_event
+from reconciler.report.notify.occurrences import Occurrence
 
 Monotonic = Callable[[], float]
 

@@ -1,10 +1,9 @@
-"""Stage: report. Events to Amazon EventBridge (or anything speaking its API) with boto3's
-``PutEvents``: up to 10 entries per call, and the entries a call reports as failed
-(``FailedEntryCount``) retried on their own. Region, credentials and endpoint come the standard
-AWS ways (``AWS_DEFAULT_REGION`` or ``AWS_REGION``, a profile, ``AWS_ENDPOINT_URL_EVENTBRIDGE``...)
-unless given here. Decides nothing about what an event says (that is ``shapes``); touches no
-other AWS service.
-"""
+"""Stage: report — notifications. Events to Amazon EventBridge (or anything speaking its API) with
+boto3's ``PutEvents``: up to 10 entries per call, and the entries a call reports as failed
+(``FailedEntryCount``) retried on their own. Region, credentials and endpoint come the standard AWS
+ways (``AWS_DEFAULT_REGION`` or ``AWS_REGION``, a profile, ``AWS_ENDPOINT_URL_EVENTBRIDGE``...)
+unless given here. Decides nothing about what an event says (that is ``shapes``); touches no other
+AWS service."""
 
 from __future__ import annotations
 
@@ -15,8 +14,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from reconciler.report.events.delivery import Failure, Sink
-from reconciler.report.events.shapes import SOURCE, Event, eventbridge_entry
+from reconciler.report.notify.events.delivery import Failure, Sink
+from reconciler.report.notify.events.shapes import SOURCE, Event, eventbridge_entry
 
 MAX_ENTRIES = 10
 """PutEvents takes at most 10 entries per call."""

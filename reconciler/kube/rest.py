@@ -1,20 +1,23 @@
-"""Stage: dispatch — an I/O edge (the Kubernetes API). The few REST calls node patching makes,
-on the official client's ApiClient (its authentication, TLS and retries), with plain JSON dicts
-in and out: merge patches with a resourceVersion precondition and Evictions of either policy
-version need control the typed API methods do not give, and dicts keep the pure rules in
-``model`` free of the client. Decides nothing.
+"""Stage: kube — an I/O edge (the Kubernetes API). The REST calls Patchwarden makes, on the
+official client's ApiClient (its authentication, TLS and retries), with plain JSON dicts in and
+out: merge patches with a resourceVersion precondition and Evictions of either policy version
+need control the typed API methods do not give, and dicts keep the pure rules of the callers
+free of the client. Decides nothing; may import ``reconciler.api`` only.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 from kubernetes.client import ApiClient
-from kubernetes.client.exceptions import ApiException
+
+from reconciler.api.resources import GROUP, NAMES, VERSION
+from reconciler.kube.errors import ApiException, watch_error
 
 REQUEST_TIMEOUT = 30.0
 """Seconds one API request may take (watches add their own server-side timeout)."""
@@ -22,6 +25,13 @@ WATCH_SECONDS = 60
 """Longest single watch request; waits longer than this watch again from the last version."""
 
 JsonObject = dict[str, Any]
+
+
+def resource_path(namespace: str, kind: str, name: str | None = None) -> str:
+    """The REST path of Patchwarden's custom resources of ``kind`` in ``namespace`` (the
+    collection), or of the one named ``name``."""
+    collection = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{NAMES[kind][0]}"
+    return collection if name is None else f"{collection}/{quote(name)}"
 
 
 class Kube:
@@ -116,17 +126,18 @@ class Kube:
     ) -> JsonObject | None:
         """Watch the object ``name`` of ``collection`` until ``done(object)`` (None: it does not
         exist) or the monotonic ``deadline``; returns the last state seen either way."""
+        selector = [("fieldSelector", f"metadata.name={name}")]
         while True:
             current = self.get(f"{collection}/{quote(name)}")
             if done(current) or time.monotonic() >= deadline:
                 return current
             version = (current or {}).get("metadata", {}).get("resourceVersion")
             if version is None:  # absent: list to learn where to watch from
-                version = self.request(
-                    "GET", collection, query=[("fieldSelector", f"metadata.name={name}")]
-                )["metadata"]["resourceVersion"]
+                version = self.request("GET", collection, query=selector)["metadata"][
+                    "resourceVersion"
+                ]
             seconds = max(1, min(WATCH_SECONDS, int(deadline - time.monotonic()) + 1))
-            for kind, obj in self._events(collection, name, str(version), seconds):
+            for kind, obj in self.events(collection, selector, str(version), seconds):
                 if kind == "ERROR":
                     break  # e.g. 410 Gone: read again and watch from there
                 if done(None if kind == "DELETED" else obj):
@@ -134,15 +145,23 @@ class Kube:
                 if time.monotonic() >= deadline:
                     break
 
-    def _events(
-        self, collection: str, name: str, version: str, seconds: int
-    ) -> Iterable[tuple[str, JsonObject]]:
+    def events(
+        self,
+        collection: str,
+        selectors: Iterable[tuple[str, str]],
+        version: str,
+        seconds: int,
+        *,
+        bookmarks: bool = False,
+    ) -> Iterator[tuple[str, JsonObject]]:
+        """The events of one watch request on ``collection`` from ``version``, as they arrive,
+        as (type, object) pairs; it ends when the server ends the watch (after ``seconds``)."""
         query = [
             ("watch", "true"),
-            ("fieldSelector", f"metadata.name={name}"),
+            *selectors,
             ("resourceVersion", version),
             ("timeoutSeconds", str(seconds)),
-            ("allowWatchBookmarks", "false"),
+            ("allowWatchBookmarks", "true" if bookmarks else "false"),
         ]
         response = self._call(
             "GET", collection, query, None, "application/json", seconds + REQUEST_TIMEOUT
@@ -174,10 +193,28 @@ def _lines(response: Any) -> Iterable[bytes]:
         yield buffer
 
 
-def status_message(exc: ApiException) -> str:
-    """The API's own message for a failed call (its Status object), else the HTTP reason."""
-    try:
-        body = json.loads(exc.body or "{}")
-    except (TypeError, ValueError):
-        body = {}
-    return str(body.get("message") or exc.reason or exc.status)
+@dataclass(frozen=True)
+class Collection:
+    """One collection to list and watch (a kind in a namespace, or Nodes), optionally narrowed
+    by a label selector."""
+
+    kube: Kube
+    path: str
+    label_selector: str = ""
+
+    def _selectors(self) -> list[tuple[str, str]]:
+        return [("labelSelector", self.label_selector)] if self.label_selector else []
+
+    def list(self) -> JsonObject:
+        """The collection now (``items`` and ``metadata.resourceVersion``)."""
+        return self.kube.request("GET", self.path, query=self._selectors())
+
+    def watch(self, version: str, seconds: int) -> Iterator[tuple[str, JsonObject]]:
+        """Changes since ``version`` as (type, object), bookmarks included, until the server ends
+        the watch; an ERROR event (410 Gone: ``version`` is too old) raises ApiException."""
+        for kind, obj in self.kube.events(
+            self.path, self._selectors(), version, seconds, bookmarks=True
+        ):
+            if kind == "ERROR":
+                raise watch_error(obj)
+            yield kind, obj
