@@ -29,7 +29,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._report import record  # noqa: E402
-from tests.rpmlab import Notice, Rpm, build_rpms, dnf_argv, make_repo, make_rpm_root, rpm_env  # noqa: E402
+from tests.rpmlab import (  # noqa: E402
+    Notice,
+    Rpm,
+    base_and_updates,
+    build_rpms,
+    dnf_argv,
+    make_rpm_root,
+    rpm_env,
+    seed_rpm_root,
+)
 
 TARGET = 1.3
 LISTINGS = {
@@ -48,19 +57,9 @@ def build(base: Path, count: int, os_release: str) -> Path:
     ]
     notices += [Notice(f"BENCH-2024-{i:04d}", "bugfix", (new[i],)) for i in range(1, count, 4)]
     built = build_rpms(base / "build", [*old, *new])
-    repos = {
-        "base": f"file://{make_repo(base / 'base', [built[r] for r in old])}",
-        "updates": f"file://{make_repo(base / 'updates', [built[r] for r in new], notices)}",
-    }
-    root = base / f"root-{os_release}"
-    make_rpm_root(root, os_release, {"base": repos["base"]})
-    subprocess.run(
-        [*dnf_argv(root), "-y", "-q", "install", *(r.name for r in old)],
-        check=True,
-        capture_output=True,
-        env=rpm_env(base / "seed-home"),
-    )
-    return make_rpm_root(root, os_release, repos)
+    repos = base_and_updates(base, [built[r] for r in old], [built[r] for r in new], notices)
+    names = [r.name for r in old]
+    return seed_rpm_root(base / f"root-{os_release}", os_release, repos, names)
 
 
 def timed(argv: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> float:

@@ -1,12 +1,22 @@
-"""Real RPM repositories and installroots for tests (dnf, yum path, zypper).
+"""Real RPM packages, repositories and system roots for the tests of the dnf and zypper backends.
 
 ``build_rpms`` builds tiny noarch packages from one parameterized spec with rpmbuild (about 0.1 s
 each) in a private ``_topdir``; ``make_repo`` runs createrepo_c and attaches an updateinfo.xml
 with modifyrepo_c; ``make_rpm_root`` creates an empty system root with an os-release, a repo
 configuration inside the root (dnf: ``etc/yum.repos.d`` + ``etc/dnf/dnf.conf``; zypper:
-``etc/zypp/repos.d``) and, optionally, a static ``/bin/sh`` (busybox) so ``%post`` scriptlets run.
+``etc/zypp/repos.d``) and, optionally, a static ``/bin/sh`` (busybox) so ``%post`` scriptlets run;
+``rpm_q`` says what a root has installed.
+
+The zypper tests' SUSE 15 SP5 systems are built from the same pieces: ``build_suse_repos`` makes
+``base`` (the -1 versions), ``updates`` (the new ones, with SUSE patches of every category and
+severity) and ``extra`` (a package providing /bin/sh); ``make_suse_root`` adds them with
+``zypper ar`` and installs the old versions; ``zypper`` runs zypper on a root the way the tests'
+oracle does, with ``zypper_env`` (private HOME, zypper's log inside the root, nothing else of the
+host's environment).
+
 Recipe and gotchas: shared/testbeds/README.md §1 (Debian's rpm keeps its database in
-``~/.rpmdb`` unless ``HOME/.rpmmacros`` says ``%_dbpath /var/lib/rpm``: ``rpm_env`` does that).
+``~/.rpmdb`` unless ``HOME/.rpmmacros`` says ``%_dbpath /var/lib/rpm``: ``rpm_env`` and
+``zypper_env`` do that).
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 SPEC = """\
@@ -45,6 +56,11 @@ OS_RELEASES = {
     "al2023": 'NAME="Amazon Linux"\nID="amzn"\nID_LIKE="fedora"\nVERSION_ID="2023"\n',
     "al2": 'NAME="Amazon Linux"\nID="amzn"\nID_LIKE="centos rhel fedora"\nVERSION_ID="2"\n',
     "sles15": 'NAME="SLES"\nID="sles"\nID_LIKE="suse"\nVERSION_ID="15.5"\n',
+    # the zypper tests' roots (make_suse_root): the full file of SLES 15 SP5
+    "sles15sp5": (
+        'NAME="SLES"\nVERSION="15-SP5"\nVERSION_ID="15.5"\n'
+        'PRETTY_NAME="SUSE Linux Enterprise Server 15 SP5"\nID="sles"\nID_LIKE="suse"\n'
+    ),
 }
 
 
@@ -92,9 +108,25 @@ class Notice:
 def rpm_env(home: Path) -> dict[str, str]:
     """Environment for rpm/rpmbuild/dnf: a private HOME whose .rpmmacros puts the database where
     RHEL has it (inside the root), never in the host's ~/.rpmdb."""
+    return {**os.environ, "HOME": _rpm_home(home), "LC_ALL": "C.UTF-8"}
+
+
+def zypper_env(root: Path) -> dict[str, str]:
+    """Environment for zypper/rpm on ``root``: a private HOME (as rpm_env's) and zypper's log
+    inside the root, and nothing else of the host's environment."""
+    state = root / "var/lib/patchwarden"
+    return {
+        "HOME": _rpm_home(state / "home"),
+        "ZYPP_LOGFILE": str(state / "zypper.log"),
+        "LC_ALL": "C.UTF-8",
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    }
+
+
+def _rpm_home(home: Path) -> str:
     home.mkdir(parents=True, exist_ok=True)
     (home / ".rpmmacros").write_text("%_dbpath /var/lib/rpm\n")
-    return {**os.environ, "HOME": str(home), "LC_ALL": "C.UTF-8"}
+    return str(home)
 
 
 def build_rpms(workdir: Path, rpms: list[Rpm]) -> dict[Rpm, Path]:
@@ -213,6 +245,39 @@ def make_rpm_root(path: Path, os_release: str, repos: dict[str, str], shell: boo
     return path
 
 
+def base_and_updates(
+    work: Path, base: list[Path], updates: list[Path], notices: list[Notice]
+) -> dict[str, str]:
+    """Repositories ``work/base`` (the versions to install first) and ``work/updates`` (with the
+    update notices), as {repo id: baseurl} for make_rpm_root and seed_rpm_root."""
+    return {
+        "base": f"file://{make_repo(work / 'base', base)}",
+        "updates": f"file://{make_repo(work / 'updates', updates, notices)}",
+    }
+
+
+def seed_rpm_root(
+    path: Path,
+    os_release: str,
+    repos: dict[str, str],
+    names: list[str],
+    *,
+    shell: bool = False,
+    seed_release: str | None = None,
+) -> Path:
+    """A root with ``names`` installed by dnf from ``repos["base"]`` alone, then every repo of
+    ``repos`` configured, so that the newer versions are updates. dnf installs under
+    ``seed_release`` when given (a root for zypper is seeded as a RHEL one), else ``os_release``."""
+    make_rpm_root(path, seed_release or os_release, {"base": repos["base"]}, shell=shell)
+    subprocess.run(
+        [*dnf_argv(path), "-y", "-q", "install", *names],
+        check=True,
+        capture_output=True,
+        env=rpm_env(path.parent / f"{path.name}-home"),
+    )
+    return make_rpm_root(path, os_release, repos)
+
+
 def dnf_argv(root: Path) -> list[str]:
     """dnf on ``root`` the way the recipe runs it (for seeding and oracles)."""
     release = (root / "etc/os-release").read_text()
@@ -231,3 +296,123 @@ def dnf_argv(root: Path) -> list[str]:
         f"--config={root}/etc/dnf/dnf.conf",
         f"--setopt=reposdir={root}/etc/yum.repos.d",
     ]
+
+
+def rpm_q(root: Path, *names: str) -> dict[str, str]:
+    """name -> version-release installed in ``root``: of ``names`` (absent ones are left out), or
+    of every package when no name is given."""
+    query = ["-q", *names] if names else ["-qa"]
+    out = subprocess.run(
+        ["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm", "--qf",
+         "%{NAME} %{VERSION}-%{RELEASE}\\n", *query],
+        capture_output=True, text=True, env=rpm_env(root.parent / "q-home"),
+    ).stdout  # fmt: skip
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+# -- SUSE 15 SP5, for the zypper backend -------------------------------------------------------
+
+# (name, old version-release, new version-release)
+SUSE_PACKAGES = [
+    ("demo-lib", "1.0-1", "1.0-2"),
+    ("demo-tool", "1.0-1", "1.1-1"),
+    ("demo-util", "1.0-1", "1.0-2"),
+    ("demo-net", "1.0-1", "1.0-2"),
+    ("demo-web", "1.0-1", "1.0-2"),
+    ("demo-doc", "1.0-1", "1.0-2"),
+    ("demo-feat", "1.0-1", "1.0-2"),
+    ("demo-bad", "1.0-1", "1.0-2"),
+]
+
+SUSE_PREFIX = "SUSE-SLE-Module-Demo-15-SP5-2024-"
+
+# (patch id, category, severity, package, CVEs, reboot suggested, issued)
+SUSE_PATCHES = [
+    (SUSE_PREFIX + "1", "security", "critical", "demo-lib", ["CVE-2024-1001"], True, "2024-01-15"),
+    (
+        SUSE_PREFIX + "2",
+        "security",
+        "important",
+        "demo-net",
+        ["CVE-2024-1002", "CVE-2024-1003"],
+        False,
+        "2024-02-01",
+    ),
+    (SUSE_PREFIX + "3", "security", "moderate", "demo-web", ["CVE-2024-1004"], False, "2024-02-10"),
+    (SUSE_PREFIX + "4", "security", "low", "demo-doc", [], False, "2024-03-01"),
+    (SUSE_PREFIX + "5", "recommended", "moderate", "demo-util", [], False, "2024-03-05"),
+    (SUSE_PREFIX + "6", "optional", "low", "demo-tool", [], False, "2024-03-07"),
+    (SUSE_PREFIX + "7", "feature", "low", "demo-feat", [], False, "2024-03-09"),
+    (
+        SUSE_PREFIX + "8",
+        "security",
+        "important",
+        "demo-bad",
+        ["CVE-2024-1008"],
+        False,
+        "2024-03-11",
+    ),
+]
+
+
+def _suse_rpm(name: str, evr: str, post: str = "") -> Rpm:
+    version, release = evr.split("-")
+    requires = "demo-lib >= 1.0" if name == "demo-tool" else ""
+    return Rpm(name, version, release, requires=requires, post=post)
+
+
+def _issued(day: str) -> str:
+    """SUSE's updateinfo gives issue dates as seconds since the epoch."""
+    return str(int(datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()))
+
+
+def build_suse_repos(where: Path) -> Path:
+    """``where/base`` (old versions), ``where/updates`` (new versions, with SUSE_PATCHES as
+    updateinfo) and ``where/extra`` (sh-stub, which provides /bin/sh)."""
+    old = [_suse_rpm(name, evr) for name, evr, _ in SUSE_PACKAGES]
+    fails = 'echo "post of demo-bad fails on purpose" >&2; exit 1'
+    new = {
+        name: _suse_rpm(name, evr, post=fails if name == "demo-bad" else "")
+        for name, _, evr in SUSE_PACKAGES
+    }
+    # Provides /bin/sh (busybox supplies the shell) so %post scriptlets can run.
+    stub = Rpm("sh-stub", "1.0", "1", provides="/bin/sh")
+    built = build_rpms(where / "build", [*old, *new.values(), stub])
+    notices = [
+        Notice(pid, category, (new[pkg],), severity, _issued(day), cves=tuple(cves), reboot=reboot)
+        for pid, category, severity, pkg, cves, reboot, day in SUSE_PATCHES
+    ]
+    make_repo(where / "base", [built[r] for r in old])
+    make_repo(where / "updates", [built[r] for r in new.values()], notices)
+    make_repo(where / "extra", [built[stub]])
+    return where
+
+
+def zypper(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run zypper on ``root`` the way the tests' oracle does."""
+    argv = ["zypper", "--non-interactive", "--root", str(root), *args]
+    return subprocess.run(argv, env=zypper_env(root), capture_output=True, text=True, check=False)
+
+
+def make_suse_root(
+    root: Path,
+    repos: Path,
+    installed: list[str] | None = None,
+    with_updates: bool = True,
+    with_shell: bool = False,
+) -> Path:
+    """A SLES 15 SP5 root with ``installed`` (name-version-release) from the base repo; the
+    repositories are added with gpgcheck off (they are unsigned; the agent keeps the repo's own
+    gpgcheck setting)."""
+    make_rpm_root(root, "sles15sp5", {}, shell=with_shell)
+    for alias, sub in (("demo-base", "base"), ("demo-extra", "extra")):
+        done = zypper(root, "ar", "-G", f"file://{repos / sub}", alias)
+        assert done.returncode == 0, done.stderr
+    if installed or with_shell:
+        pkgs = (["sh-stub"] if with_shell else []) + list(installed or [])
+        done = zypper(root, "in", "--no-recommends", *pkgs)
+        assert done.returncode == 0, done.stdout + done.stderr
+    if with_updates:
+        done = zypper(root, "ar", "-G", f"file://{repos / 'updates'}", "demo-updates")
+        assert done.returncode == 0, done.stderr
+    return root

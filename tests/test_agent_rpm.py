@@ -29,7 +29,16 @@ from reconciler.agent.errors import (
 from reconciler.api.inventory import Inventory
 from reconciler.evaluation import evaluate
 from tests.factories import baseline, rule, states
-from tests.rpmlab import Notice, Rpm, build_rpms, dnf_argv, make_repo, make_rpm_root, rpm_env
+from tests.rpmlab import (
+    Notice,
+    Rpm,
+    base_and_updates,
+    build_rpms,
+    dnf_argv,
+    rpm_env,
+    rpm_q,
+    seed_rpm_root,
+)
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("rpm", "rpmbuild", "dnf", "createrepo_c", "modifyrepo_c")),
@@ -83,23 +92,14 @@ SEVERITIES = ["Critical", "Important", "Moderate", "Low"]
 def repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     work = tmp_path_factory.mktemp("rpmrepos")
     built = build_rpms(work / "build", [*OLD, *NEW.values(), SHADOWING, SHELL])
-    base = make_repo(work / "base", [built[r] for r in [*OLD, SHELL]])
-    updates = make_repo(work / "updates", [built[r] for r in [*NEW.values(), SHADOWING]], NOTICES)
-    return {"base": f"file://{base}", "updates": f"file://{updates}"}
+    base = [built[r] for r in [*OLD, SHELL]]
+    return base_and_updates(work, base, [built[r] for r in [*NEW.values(), SHADOWING]], NOTICES)
 
 
 def _root(path: Path, os_release: str, repos: dict[str, str], with_shell: bool = False) -> Path:
     """A root with the old versions installed (from base only), then both repos configured."""
-    make_rpm_root(path, os_release, {"base": repos["base"]}, shell=with_shell)
     names = [*NAMES, *SCRIPTED, "busybox-sh"] if with_shell else NAMES
-    subprocess.run(
-        [*dnf_argv(path), "-y", "-q", "install", *names],
-        check=True,
-        capture_output=True,
-        env=rpm_env(path.parent / f"{path.name}-home"),
-    )
-    make_rpm_root(path, os_release, repos)
-    return path
+    return seed_rpm_root(path, os_release, repos, names, shell=with_shell)
 
 
 @pytest.fixture(scope="module")
@@ -117,15 +117,6 @@ def al2023(repos: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> P
 def fresh(repos: dict[str, str], tmp_path: Path) -> Path:
     """A RHEL 9 root of this test's own, for installs."""
     return _root(tmp_path / "root", "rhel9", repos)
-
-
-def _rpm_q(root: Path, *names: str) -> dict[str, str]:
-    out = subprocess.run(
-        ["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm", "-q", "--qf",
-         "%{NAME} %{VERSION}-%{RELEASE}\\n", *names],
-        capture_output=True, text=True, env=rpm_env(root.parent / "q-home"),
-    ).stdout  # fmt: skip
-    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
 
 def _by_name(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -274,7 +265,7 @@ def test_security_version_shadowed_by_a_newer_candidate_is_reported(fresh: Path)
     assert (verdict.version, str(verdict.state)) == ("1.0-2", "MISSING")
     result = install(str(fresh), ["demo-shadow:noarch=1.0-2"], [], False, "NoReboot", False, 30)
     assert result["patches"][0]["result"] == "INSTALLED"
-    assert _rpm_q(fresh, "demo-shadow") == {"demo-shadow": "1.0-2"}
+    assert rpm_q(fresh, "demo-shadow") == {"demo-shadow": "1.0-2"}
     after = [
         u for u in scan(str(fresh), "x", refresh=False)["updates"] if u["name"] == "demo-shadow"
     ]
@@ -323,7 +314,7 @@ def test_install_exact_pins_and_record_reboot_in_a_root(fresh: Path) -> None:
         "INSTALLED", "INSTALLED", "UNCHANGED",
     )  # fmt: skip
     assert result["changed"] is True
-    assert _rpm_q(fresh, "demo-net", "glibc", "demo-lib") == {
+    assert rpm_q(fresh, "demo-net", "glibc", "demo-lib") == {
         "demo-net": "1.0-2", "glibc": "2.34-2", "demo-lib": "1.0-1",
     }  # fmt: skip
     reboot = result["reboot"]
@@ -343,14 +334,14 @@ def test_install_exact_pins_and_record_reboot_in_a_root(fresh: Path) -> None:
 
 
 def test_simulate_changes_nothing(fresh: Path) -> None:
-    before = _rpm_q(fresh, *NAMES)
+    before = rpm_q(fresh, *NAMES)
     result = install(str(fresh), ["demo-tool:noarch=1.1-1"], [], True, "NoReboot", False, 30)
     assert [p["result"] for p in result["patches"]] == ["WOULD_INSTALL"]
     assert result["dependencies"] == [
         {"name": "demo-lib", "arch": "noarch", "version": "1.0-2", "action": "upgrade"}
     ]
     assert result["changed"] is False
-    assert _rpm_q(fresh, *NAMES) == before
+    assert rpm_q(fresh, *NAMES) == before
 
 
 @pytest.mark.parametrize(
@@ -378,7 +369,7 @@ def test_pins_become_nevras() -> None:
 def test_blocked_dependency_is_refused_before_install(fresh: Path) -> None:
     with pytest.raises(InstallRefused, match=r"demo-lib.*BLOCK"):
         install(str(fresh), ["demo-tool:noarch=1.1-1"], ["demo-l*"], False, "NoReboot", False, 30)
-    assert _rpm_q(fresh, "demo-tool", "demo-lib") == {"demo-tool": "1.0-1", "demo-lib": "1.0-1"}
+    assert rpm_q(fresh, "demo-tool", "demo-lib") == {"demo-tool": "1.0-1", "demo-lib": "1.0-1"}
 
 
 def test_unknown_version_is_refused(fresh: Path) -> None:
@@ -404,7 +395,7 @@ def test_failing_post_is_rolled_back_and_the_rest_is_kept(
     assert (bad["rolledBack"], bad["rollback"], bad["stateAfter"]) == (
         True, "restored demo-bad 1.0-1", "1.0-1",
     )  # fmt: skip
-    assert _rpm_q(root, "demo-bad", "demo-net") == {"demo-bad": "1.0-1", "demo-net": "1.0-2"}
+    assert rpm_q(root, "demo-bad", "demo-net") == {"demo-bad": "1.0-1", "demo-net": "1.0-2"}
     # The rescan offers the update again: an approved patch is MISSING, not INSTALLED.
     inv = Inventory.model_validate(scan(str(root), "x", refresh=False))
     every = baseline("REDHAT_ENTERPRISE_LINUX", rule(("PRODUCT", ["*"]), days=0, non_security=True))
@@ -431,7 +422,7 @@ def test_failing_pre_keeps_the_old_version_and_posttrans_is_rolled_back(
     assert (ptx["result"], ptx["rolledBack"], ptx["stateAfter"]) == ("FAILED", True, "1.0-1")
     assert "%posttrans(demo-ptx-1.0-2.noarch) scriptlet failed" in ptx["message"]
     assert by["demo-net"]["result"] == "INSTALLED"
-    assert _rpm_q(root, "demo-pre", "demo-ptx", "demo-net") == {
+    assert rpm_q(root, "demo-pre", "demo-ptx", "demo-net") == {
         "demo-pre": "1.0-1", "demo-ptx": "1.0-1", "demo-net": "1.0-2",
     }  # fmt: skip
     assert result["changed"] is True  # demo-net
@@ -450,7 +441,7 @@ def test_rollback_impossible_when_the_old_version_is_gone_says_why(
         "(they offer 1.0-2), so there is nothing to downgrade to; it is left at 1.0-2; repair "
         "it by hand"
     )
-    assert _rpm_q(root, "demo-bad") == {"demo-bad": "1.0-2"}
+    assert rpm_q(root, "demo-bad") == {"demo-bad": "1.0-2"}
 
 
 def test_held_rpm_lock_fails_naming_the_holder(fresh: Path) -> None:
@@ -460,7 +451,7 @@ def test_held_rpm_lock_fails_naming_the_holder(fresh: Path) -> None:
         with pytest.raises(PackageManagerBusy) as caught:
             install(str(fresh), ["demo-net:noarch=1.0-2"], [], False, "NoReboot", False, 1)
     assert caught.value.details["pid"] == os.getpid()
-    assert _rpm_q(fresh, "demo-net") == {"demo-net": "1.0-1"}
+    assert rpm_q(fresh, "demo-net") == {"demo-net": "1.0-1"}
 
 
 def test_unreachable_repository_fails_the_scan_naming_it(fresh: Path) -> None:
@@ -502,7 +493,7 @@ def test_yum_path_through_a_yum_name_for_dnf(
     lib, bad = result["patches"]
     assert lib["result"] == "INSTALLED"
     assert (bad["result"], bad["rolledBack"]) == ("FAILED", True)  # rolled back with yum's commands
-    assert _rpm_q(root, "demo-lib", "demo-bad") == {"demo-lib": "1.0-2", "demo-bad": "1.0-1"}
+    assert rpm_q(root, "demo-lib", "demo-bad") == {"demo-lib": "1.0-2", "demo-bad": "1.0-1"}
     tools = [a for a in seen if not a[0].endswith("rpm")]
     assert any("downgrade" in argv for argv in tools)
     assert tools and all(a[0] == str(bin_dir / "yum") for a in tools)

@@ -1,4 +1,4 @@
-"""The SUSE backend (zypper) with real zypper and rpm, in per-test roots (tests/susebuild.py).
+"""The SUSE backend (zypper) with real zypper and rpm, in per-test roots (tests/rpmlab.py).
 
 The repositories hold SUSE patches of every category and severity; one of them suggests a reboot
 (zypper treats it as interactive) and one ships a package whose %post fails.
@@ -22,9 +22,8 @@ from reconciler.agent.errors import (
 )
 from reconciler.api.inventory import Inventory
 from reconciler.evaluation import evaluate
-from tests import susebuild
 from tests.factories import NOW, baseline, rule, states
-from tests.susebuild import PREFIX, make_root, rpm_q, zypper
+from tests.rpmlab import SUSE_PACKAGES, SUSE_PREFIX, build_suse_repos, make_suse_root, rpm_q, zypper
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(["which", "zypper", "rpmbuild", "createrepo_c"], capture_output=True).returncode
@@ -32,17 +31,17 @@ pytestmark = pytest.mark.skipif(
     reason="needs zypper, rpmbuild and createrepo_c",
 )
 
-OLD = [f"{name}-{old}" for name, old, _ in susebuild.PACKAGES if name != "demo-bad"]
+OLD = [f"{name}-{old}" for name, old, _ in SUSE_PACKAGES if name != "demo-bad"]
 
 
 @pytest.fixture(scope="session")
 def repos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return susebuild.build_repos(tmp_path_factory.mktemp("suse-repos"))
+    return build_suse_repos(tmp_path_factory.mktemp("suse-repos"))
 
 
 @pytest.fixture
 def root(tmp_path: Path, repos: Path) -> Path:
-    return make_root(tmp_path / "root", repos, OLD)
+    return make_suse_root(tmp_path / "root", repos, OLD)
 
 
 def _install(root: Path, *pins: str, **kw: object) -> dict[str, object]:
@@ -67,7 +66,7 @@ def test_scan_reports_installed_and_patch_metadata(root: Path) -> None:
     assert inv.facts.operating_system == "SUSE"
     assert inv.facts.effective_product() == "Suse15.5"
     assert {p.name: p.version for p in inv.installed} == {
-        name: old for name, old, _ in susebuild.PACKAGES if name != "demo-bad"
+        name: old for name, old, _ in SUSE_PACKAGES if name != "demo-bad"
     }
     updates = {u.name: u for u in inv.updates}
     assert set(updates) == {
@@ -81,7 +80,7 @@ def test_scan_reports_installed_and_patch_metadata(root: Path) -> None:
     }
     lib = updates["demo-lib"]
     assert (lib.version, lib.installed_version, lib.arch) == ("1.0-2", "1.0-1", "noarch")
-    assert lib.advisory_ids == (PREFIX + "1",)
+    assert lib.advisory_ids == (SUSE_PREFIX + "1",)
     assert (lib.classification, lib.severity, str(lib.issued)) == (
         "Security",
         "Critical",
@@ -108,7 +107,7 @@ def test_engine_states_on_scanned_inventory(root: Path) -> None:
     got = states(evaluate(security, inv, NOW))
     assert {n for n, s in got.items() if s == "MISSING"} == {"demo-lib", "demo-net"}
     assert got["demo-util"] == "INSTALLED_OTHER"
-    by_patch = baseline("SUSE", approvedPatches=[PREFIX + "5"])
+    by_patch = baseline("SUSE", approvedPatches=[SUSE_PREFIX + "5"])
     got = states(evaluate(by_patch, inv, NOW))
     assert {n for n, s in got.items() if s == "MISSING"} == {"demo-util"}
     by_name = baseline("SUSE", approvedPatches=["demo-feat-1.0-2.noarch.rpm"])
@@ -149,14 +148,14 @@ def test_install_exact_versions(root: Path) -> None:
         "UNCHANGED",
     ]
     assert result["changed"] is True
-    assert set(result["includedPatches"]) == {PREFIX + "2", PREFIX + "3"}  # type: ignore[call-overload]
+    assert set(result["includedPatches"]) == {SUSE_PREFIX + "2", SUSE_PREFIX + "3"}  # type: ignore[call-overload]
     assert rpm_q(root, "demo-net", "demo-web", "demo-doc") == {
         "demo-net": "1.0-2",
         "demo-web": "1.0-2",
         "demo-doc": "1.0-1",
     }
     assert result["reboot"] == {"required": False, "performed": False}
-    assert PREFIX + "2" not in _listed_patches(root)  # the patch is applied now
+    assert SUSE_PREFIX + "2" not in _listed_patches(root)  # the patch is applied now
     # the next scan no longer offers them
     names = {u["name"] for u in agent.scan(str(root), None, refresh=False)["updates"]}  # type: ignore[attr-defined]
     assert "demo-net" not in names and "demo-lib" in names
@@ -176,13 +175,13 @@ def test_simulate_changes_nothing(root: Path) -> None:
 def test_reboot_suggested_patch_is_installed_and_reboot_recorded(root: Path) -> None:
     result = _install(root, "demo-lib=1.0-2")
     assert _by_name(result)["demo-lib"]["result"] == "INSTALLED"
-    assert result["includedPatches"] == [PREFIX + "1"]
+    assert result["includedPatches"] == [SUSE_PREFIX + "1"]
     assert result["exitCode"] == 102
     reboot = result["reboot"]
     assert reboot["required"] is True and reboot["recorded"] is True  # type: ignore[index]
     assert reboot["performed"] is False  # type: ignore[index]
     assert (root / "run/reboot-needed").exists()
-    assert PREFIX + "1" not in _listed_patches(root)
+    assert SUSE_PREFIX + "1" not in _listed_patches(root)
     assert agent.scan(str(root), None, refresh=False)["facts"]["rebootRequired"] is True  # type: ignore[index]
 
 
@@ -215,7 +214,9 @@ def test_unreachable_repository_fails_the_scan(root: Path, tmp_path: Path) -> No
 def test_failing_post_is_rolled_back_and_the_rest_is_kept(tmp_path: Path, repos: Path) -> None:
     # rpm keeps a package whose %post failed (zypper exits 107); zypper has no history undo, so
     # the agent installs the previous version again by exact version.
-    r = make_root(tmp_path / "root", repos, ["demo-bad-1.0-1", "demo-util-1.0-1"], with_shell=True)
+    r = make_suse_root(
+        tmp_path / "root", repos, ["demo-bad-1.0-1", "demo-util-1.0-1"], with_shell=True
+    )
     result = _install(r, "demo-bad=1.0-2", "demo-util=1.0-2", reboot_option="NoReboot")
     got = _by_name(result)
     bad = got["demo-bad"]
@@ -238,7 +239,7 @@ def test_failing_post_is_rolled_back_and_the_rest_is_kept(tmp_path: Path, repos:
 def test_rollback_impossible_when_the_old_version_is_gone_says_why(
     tmp_path: Path, repos: Path
 ) -> None:
-    r = make_root(tmp_path / "root", repos, ["demo-bad-1.0-1"], with_shell=True)
+    r = make_suse_root(tmp_path / "root", repos, ["demo-bad-1.0-1"], with_shell=True)
     assert zypper(r, "rr", "demo-base").returncode == 0  # only the updates are offered now
     bad = _by_name(_install(r, "demo-bad=1.0-2", reboot_option="NoReboot"))["demo-bad"]
     assert (bad["result"], bad["rolledBack"], bad["stateAfter"]) == ("FAILED", False, "1.0-2")

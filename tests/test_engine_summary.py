@@ -1,6 +1,6 @@
 """``evaluate_summary`` (the counts without the rows) equals ``evaluate(...).summary``, always.
 
-The fast path (``Decider.summary``) counts from cached entries with ``map``/``sum`` instead of a
+The fast path (``fast_summary``) counts from cached entries with ``map``/``sum`` instead of a
 loop per row and hands some instances back to the full path; these tests compare it with the full
 engine on the benchmark's synthetic fleet at several clocks, on every case of the engine's own
 tests (they are re-run here with their ``evaluate`` checked), and on generated baselines and
@@ -30,6 +30,7 @@ from reconciler.evaluation import (
     evaluate_summary,
 )
 from reconciler.evaluation.matching import utc_day
+from reconciler.evaluation.summary import fast_summary
 from tests import test_engine_apt, test_engine_rpm, test_engine_windows_macos
 from tests.test_engine_properties import NOW, cases
 
@@ -52,7 +53,7 @@ def _fast(
 ) -> Summary | None:
     """The fast path alone (None when it hands the instance to the full path)."""
     product = inventory.facts.effective_product()
-    return cache.decider(baseline, product, utc_day(now)).summary(inventory)
+    return fast_summary(cache.decider(baseline, product, utc_day(now)), inventory)
 
 
 def _may_decline(inventory: Inventory) -> bool:

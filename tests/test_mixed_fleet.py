@@ -14,7 +14,14 @@ import pytest
 
 from tests.aptlab import Repo, dpkg_state, make_root
 from tests.conftest import INSTALLED, needs_apt
-from tests.rpmlab import Notice, Rpm, build_rpms, dnf_argv, make_repo, make_rpm_root, rpm_env
+from tests.rpmlab import (
+    Notice,
+    Rpm,
+    base_and_updates,
+    build_rpms,
+    rpm_q,
+    seed_rpm_root,
+)
 
 pytestmark = [
     needs_apt,
@@ -89,40 +96,16 @@ def patchctl(*args: str) -> subprocess.CompletedProcess[str]:
 def rpm_repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     work = tmp_path_factory.mktemp("mixrepos")
     built = build_rpms(work / "build", [*OLD, *NEW])
-    return {
-        "base": f"file://{make_repo(work / 'base', [built[r] for r in OLD])}",
-        "updates": f"file://{make_repo(work / 'updates', [built[r] for r in NEW], NOTICES)}",
-    }
+    return base_and_updates(work, [built[r] for r in OLD], [built[r] for r in NEW], NOTICES)
 
 
 def rpm_root(path: Path, os_release: str, repos: dict[str, str]) -> Path:
-    make_rpm_root(path, "rhel9", {"base": repos["base"]})
-    subprocess.run(
-        [*dnf_argv(path), "-y", "-q", "install", *(r.name for r in OLD)],
-        check=True,
-        capture_output=True,
-        env=rpm_env(path.parent / f"{path.name}-home"),
-    )
-    return make_rpm_root(path, os_release, repos)  # now the real OS and both repositories
+    names = [r.name for r in OLD]
+    return seed_rpm_root(path, os_release, repos, names, seed_release="rhel9")
 
 
 def rpm_versions(root: Path) -> dict[str, str]:
-    out = subprocess.run(
-        [
-            "rpm",
-            "--root",
-            str(root),
-            "--dbpath",
-            "/var/lib/rpm",
-            "-qa",
-            "--qf",
-            "%{NAME} %{VERSION}-%{RELEASE}\\n",
-        ],
-        capture_output=True,
-        text=True,
-        env=rpm_env(root.parent / "q-home"),
-    ).stdout
-    return dict(line.split(" ", 1) for line in out.splitlines() if line.startswith("mix-"))
+    return {name: evr for name, evr in rpm_q(root).items() if name.startswith("mix-")}
 
 
 @pytest.fixture

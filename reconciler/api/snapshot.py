@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -232,25 +233,45 @@ def _kind_and_name(data: Any) -> tuple[str, str] | None:
     return (kind, name) if isinstance(kind, str) and isinstance(name, str) else None
 
 
-def _check_references(
-    snap: Snapshot, invalid: set[tuple[str, str]], problems: list[Problem]
-) -> None:
-    """Checks across documents. A reference to a document that exists but was refused (``invalid``)
-    is not reported again: that document's own errors say what to fix."""
+@dataclass(frozen=True)
+class _Finding:
+    """A problem across documents, in the document (kind, name) at ``path``."""
 
-    def problem(kind: str, name: str, path: Path, message: str) -> None:
-        where, doc = snap.locations[(kind, name)], snap.documents[(kind, name)]
-        problems.append(Problem(where.file, doc.line_of(path), format_path(path), message))
+    kind: str
+    name: str
+    path: Path
+    message: str
 
+
+Refused = AbstractSet[tuple[str, str]]  # (kind, name) of the documents that were refused
+
+
+def _check_references(snap: Snapshot, invalid: Refused, problems: list[Problem]) -> None:
+    """Checks across documents, one rule at a time (_REFERENCE_RULES, in order). A reference to a
+    document that exists but was refused (``invalid``) is not reported again: that document's own
+    errors say what to fix."""
+    for rule in _REFERENCE_RULES:
+        for found in rule(snap, invalid):
+            key = (found.kind, found.name)
+            where, doc = snap.locations[key], snap.documents[key]
+            problems.append(
+                Problem(where.file, doc.line_of(found.path), format_path(found.path), found.message)
+            )
+
+
+def _no_predefined_baseline_name(snap: Snapshot, invalid: Refused) -> Iterator[_Finding]:
     for bname in snap.baselines:
         if bname in snap.predefined:
-            problem(
+            yield _Finding(
                 "PatchBaseline",
                 bname,
                 ("metadata", "name"),
                 f"{bname!r} is the name of a predefined baseline; choose another name (set "
                 "spec.defaultBaseline: true to replace the default for an operating system)",
             )
+
+
+def _group_baselines_exist_for_their_os(snap: Snapshot, invalid: Refused) -> Iterator[_Finding]:
     known_baselines = sorted({*snap.baselines, *snap.predefined})
     for gname, group in snap.groups.items():
         for os, bname in group.spec.baselines.items():
@@ -259,60 +280,88 @@ def _check_references(
             if baseline is None and ("PatchBaseline", bname) in invalid:
                 continue
             if baseline is None:
-                problem(
+                yield _Finding(
                     "PatchGroup",
                     gname,
                     path,
                     f"no PatchBaseline named {bname!r}" + did_you_mean(bname, known_baselines),
                 )
             elif baseline.spec.operating_system is not os:
-                problem(
+                yield _Finding(
                     "PatchGroup",
                     gname,
                     path,
                     f"baseline {bname!r} is for {baseline.spec.operating_system}, not {os}",
                 )
+
+
+def _instance_in_one_group_at_most(snap: Snapshot, invalid: Refused) -> Iterator[_Finding]:
     for iname, instance in snap.instances.items():
         member_of = [g.metadata.name for g in snap.groups_of(instance.metadata.labels)]
         if len(member_of) > 1:
-            problem(
+            yield _Finding(
                 "ManagedInstance",
                 iname,
                 ("metadata", "labels"),
                 f"selected by patch groups {', '.join(member_of)}; an instance belongs to at "
                 "most one group: change its labels or the groups' selectors",
             )
+
+
+def _window_target_groups_exist(snap: Snapshot, invalid: Refused) -> Iterator[_Finding]:
     for wname, window in snap.windows.items():
-        for index, gname in enumerate(window.spec.targets.patch_groups):
-            if gname not in snap.groups and ("PatchGroup", gname) not in invalid:
-                problem(
-                    "MaintenanceWindow",
-                    wname,
-                    ("spec", "targets", "patchGroups", index),
-                    f"no PatchGroup named {gname!r}" + did_you_mean(gname, list(snap.groups)),
-                )
+        path: Path = ("spec", "targets", "patchGroups")
+        yield from _groups_exist(
+            snap, invalid, "MaintenanceWindow", wname, path, window.spec.targets.patch_groups
+        )
+
+
+def _report_scope_groups_exist(snap: Snapshot, invalid: Refused) -> Iterator[_Finding]:
     for rname, report in snap.reports.items():
-        for index, gname in enumerate(report.spec.scope.patch_groups):
-            if gname not in snap.groups and ("PatchGroup", gname) not in invalid:
-                problem(
-                    "ComplianceReport",
-                    rname,
-                    ("spec", "scope", "patchGroups", index),
-                    f"no PatchGroup named {gname!r}" + did_you_mean(gname, list(snap.groups)),
-                )
+        path: Path = ("spec", "scope", "patchGroups")
+        yield from _groups_exist(
+            snap, invalid, "ComplianceReport", rname, path, report.spec.scope.patch_groups
+        )
+
+
+def _groups_exist(
+    snap: Snapshot, invalid: Refused, kind: str, name: str, path: Path, groups: Iterable[str]
+) -> Iterator[_Finding]:
+    """The entries of the list ``groups`` (at ``path``) that name no PatchGroup."""
+    for index, gname in enumerate(groups):
+        if gname not in snap.groups and ("PatchGroup", gname) not in invalid:
+            yield _Finding(
+                kind,
+                name,
+                (*path, index),
+                f"no PatchGroup named {gname!r}" + did_you_mean(gname, list(snap.groups)),
+            )
+
+
+def _one_default_baseline_per_os(snap: Snapshot, invalid: Refused) -> Iterator[_Finding]:
     defaults: dict[OperatingSystem, str] = {}
     for bname, baseline in snap.baselines.items():
         if not baseline.spec.default_baseline:
             continue
         os = baseline.spec.operating_system
         if os in defaults:
-            problem(
+            yield _Finding(
                 "PatchBaseline",
                 bname,
                 ("spec", "defaultBaseline"),
                 f"{defaults[os]!r} is already the default baseline for {os}",
             )
         defaults[os] = bname
+
+
+_REFERENCE_RULES: tuple[Callable[[Snapshot, Refused], Iterable[_Finding]], ...] = (
+    _no_predefined_baseline_name,
+    _group_baselines_exist_for_their_os,
+    _instance_in_one_group_at_most,
+    _window_target_groups_exist,
+    _report_scope_groups_exist,
+    _one_default_baseline_per_os,
+)
 
 
 def format_path(path: Path) -> str:

@@ -6,13 +6,8 @@ labels, os)`` says which group and baseline apply. No I/O and no clock of its ow
 ``now``. May import ``reconciler.api`` only.
 """
 
-from reconciler.evaluation.engine import (
-    Decider,
-    DecisionCache,
-    evaluate,
-    evaluate_summary,
-    summarize,
-)
+from reconciler.evaluation.counts import summarize
+from reconciler.evaluation.engine import Decider, DecisionCache, evaluate
 from reconciler.evaluation.resolve import Resolution, resolve
 from reconciler.evaluation.results import (
     Approval,
@@ -21,6 +16,7 @@ from reconciler.evaluation.results import (
     PatchResult,
     Summary,
 )
+from reconciler.evaluation.summary import evaluate_summary
 
 __all__ = [
     "Approval",

@@ -8,11 +8,11 @@ wins. A decision depends on the baseline and the package version, not on the ins
 
 Speed (docs/benchmarks.md): a fleet reports the same package versions over and over, so a Decider
 also caches, per package-version object, the finished result rows and their share of the counts
-(:class:`_UpdateEntry`, :class:`_InstalledEntry`). Evaluating one more instance is then mostly
+(:class:`UpdateEntry`, :class:`InstalledEntry`). Evaluating one more instance is then mostly
 looking its packages up: only what depends on the instance (which update wins, failures, pending
-reboots) is worked out per instance, and the counts are one ``sum`` of packed integers.
-:func:`evaluate_summary` gives those counts without building the rows, with no Python loop per
-row for most instances (:meth:`Decider.summary`).
+reboots) is worked out per instance, and the counts are one ``sum`` of packed integers
+(:mod:`reconciler.evaluation.counts`). The counts without the rows, with no Python loop per row,
+are :mod:`reconciler.evaluation.summary`'s: it reads the entries, this module decides them.
 
 Pure: no I/O, and the clock is an argument. May import ``reconciler.api`` only.
 """
@@ -20,16 +20,13 @@ Pure: no I/O, and the clock is an argument. May import ``reconciler.api`` only.
 from __future__ import annotations
 
 import re
-from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
-from itertools import compress, filterfalse
 from operator import attrgetter
 from typing import TypeVar
 
 from reconciler.api.enums import (
-    COMPLIANCE_LEVEL_ORDER,
     LINUX_SYSTEMS,
     ComplianceLevel,
     ComplianceStatus,
@@ -49,6 +46,7 @@ from reconciler.api.inventory import (
     PackageFacts,
 )
 from reconciler.api.resources import PatchBaseline, PatchFilterGroup
+from reconciler.evaluation import counts
 from reconciler.evaluation.matching import (
     FilterMatcher,
     IdMatcher,
@@ -61,12 +59,10 @@ from reconciler.evaluation.matching import (
     utc_day,
 )
 from reconciler.evaluation.results import (
-    NON_COMPLIANT_STATES,
     Approval,
     InstanceEvaluation,
     NotApproved,
     PatchResult,
-    Summary,
 )
 from reconciler.evaluation.versions import comparator
 
@@ -129,10 +125,10 @@ class Decider:
         # path: a fleet's inventories repeat the same versions, and identity needs no hashing of a
         # 25-field model. The value maps share the work between equal objects (inventories parsed
         # one by one). _pinned keeps each id() key's object alive, so that no id is reused.
-        self._update_ids: dict[int, _UpdateEntry] = {}
-        self._installed_ids: dict[int, _InstalledEntry] = {}
-        self._update_values: dict[AvailableUpdate, _UpdateEntry] = {}
-        self._installed_values: dict[InstalledPackage, _InstalledEntry] = {}
+        self._update_ids: dict[int, UpdateEntry] = {}
+        self._installed_ids: dict[int, InstalledEntry] = {}
+        self._update_values: dict[AvailableUpdate, UpdateEntry] = {}
+        self._installed_values: dict[InstalledPackage, InstalledEntry] = {}
         self._pinned: list[PackageFacts] = []
         # One small object per (name, arch): the key of "which update wins" and of "an update row
         # reports this installed package", hashed by identity rather than by two strings.
@@ -270,21 +266,25 @@ class Decider:
 
     def select(
         self, updates: Sequence[AvailableUpdate]
-    ) -> tuple[dict[object, _UpdateEntry], list[_UpdateEntry]]:
+    ) -> tuple[dict[object, UpdateEntry], list[UpdateEntry]]:
         """The latest approved update per package (name, arch), and the updates not approved, in
         order."""
-        chosen: dict[object, _UpdateEntry] = {}
-        passed_over: list[_UpdateEntry] = []
-        for entry in self._entries(updates, self._update_ids, self._update_entry):
+        chosen: dict[object, UpdateEntry] = {}
+        passed_over: list[UpdateEntry] = []
+        for entry in self.update_entries(updates):
             if not entry.approved:
                 passed_over.append(entry)
                 continue
             best = chosen.get(entry.package)
-            if best is None or self._is_newer(entry.version, best.version):
+            if best is None or self.is_newer(entry.version, best.version):
                 chosen[entry.package] = entry  # the latest approved version wins
         return chosen, passed_over
 
-    def installed_entries(self, installed: Sequence[InstalledPackage]) -> list[_InstalledEntry]:
+    def update_entries(self, updates: Sequence[AvailableUpdate]) -> list[UpdateEntry]:
+        """Each update's entry, in order."""
+        return self._entries(updates, self._update_ids, self._update_entry)
+
+    def installed_entries(self, installed: Sequence[InstalledPackage]) -> list[InstalledEntry]:
         """Each installed package's entry, in order."""
         return self._entries(installed, self._installed_ids, self._installed_entry)
 
@@ -297,18 +297,18 @@ class Decider:
         except KeyError:
             return [by_id.get(id(pkg)) or make(pkg) for pkg in packages]
 
-    def _update_entry(self, update: AvailableUpdate) -> _UpdateEntry:
+    def _update_entry(self, update: AvailableUpdate) -> UpdateEntry:
         entry = self._update_values.get(update)
         if entry is None:
-            entry = self._update_values[update] = _UpdateEntry.of(self, update)
+            entry = self._update_values[update] = UpdateEntry.of(self, update)
         self._pin(update)
         self._update_ids[id(update)] = entry
         return entry
 
-    def _installed_entry(self, pkg: InstalledPackage) -> _InstalledEntry:
+    def _installed_entry(self, pkg: InstalledPackage) -> InstalledEntry:
         entry = self._installed_values.get(pkg)
         if entry is None:
-            entry = self._installed_values[pkg] = _InstalledEntry.of(self, pkg)
+            entry = self._installed_values[pkg] = InstalledEntry.of(self, pkg)
         self._pin(pkg)
         self._installed_ids[id(pkg)] = entry
         return entry
@@ -323,66 +323,12 @@ class Decider:
             self._pinned.clear()
         self._pinned.append(pkg)
 
-    # -- counts only, per instance ---------------------------------------------------------------
-
-    def summary(self, inventory: Inventory) -> Summary | None:
-        """``evaluate(...).summary`` for ``inventory`` without building its rows, or None when the
-        instance needs the full path (a failed Install, a package with three or more approved
-        updates, too many rows for the packed counts). The per-row work is ``map``/``filter``/
-        ``sum`` over the cached entries, so it runs in C rather than in a loop per row."""
-        if inventory.failed:
-            return None
-        updates = self._entries(inventory.updates, self._update_ids, self._update_entry)
-        chosen = self._chosen(updates)
-        if chosen is None:
-            return None
-        weights = _INSTALL_WEIGHT if inventory.operation is Operation.INSTALL else _SCAN_WEIGHT
-        weight = sum(map(weights, chosen.values()))
-        entries = self.installed_entries(inventory.installed)
-        weight += sum(map(_WEIGHT, entries))
-        rows = len(chosen) + len(entries)
-        reported: list[_InstalledEntry] = []  # installed packages an update row reports instead
-        if chosen:
-            reported = list(compress(entries, map(chosen.__contains__, map(_PACKAGE, entries))))
-            weight -= sum(map(_WEIGHT, reported))
-            rows -= len(reported)
-        if inventory.facts.reboot_required:
-            shown = [e for e in entries if e.package not in chosen] if reported else entries
-            weight += _pending_change(shown, inventory.facts)
-        if self.asu:
-            passed_over = list(filterfalse(_APPROVED, updates))
-            asu_rows, asu_weight = _asu_rows(e for e in passed_over if e.package not in chosen)
-            rows += len(asu_rows)
-            weight += asu_weight
-        if rows >= _FIELD_LIMIT:
-            return None
-        return _summary(weight, rows)
-
-    def _chosen(self, updates: list[_UpdateEntry]) -> dict[object, _UpdateEntry] | None:
-        """What select() chooses (the latest approved update per package), without a Python loop
-        per update when no package has more than two approved updates; None otherwise."""
-        approved = list(filter(_APPROVED, updates))
-        packages = list(map(_PACKAGE, approved))
-        last = dict(zip(packages, approved, strict=True))  # a repeated key keeps its last entry
-        extra = len(approved) - len(last)
-        if not extra:
-            return last
-        first = dict(zip(reversed(packages), reversed(approved), strict=True))
-        differing = last.items() - first.items()  # the packages with two approved updates
-        if len(differing) != extra:
-            return None  # some package has three or more: let select() order them
-        for package, later in differing:
-            earlier = first[package]
-            # select(): a later entry replaces the chosen one only when strictly newer
-            if not self._is_newer(later.version, earlier.version):
-                last[package] = earlier
-        return last
-
     def package(self, name: str, arch: str) -> object:
         """The key standing for package (name, arch)."""
         return self._packages.setdefault((name, arch), object())
 
-    def _is_newer(self, version: str, than: str) -> bool:
+    def is_newer(self, version: str, than: str) -> bool:
+        """Whether ``version`` is newer than ``than`` in this family's order (cached)."""
         key = (version, than)
         found = self._newer.get(key)
         if found is None:
@@ -396,7 +342,7 @@ _FACTS_KEY = attrgetter(*PackageFacts.model_fields)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class _UpdateEntry:
+class UpdateEntry:
     """One available update as one Decider sees it: its decision and its finished rows."""
 
     update: AvailableUpdate  # one of the equal objects that share this entry
@@ -413,7 +359,7 @@ class _UpdateEntry:
     asu_weight: int
 
     @classmethod
-    def of(cls, decider: Decider, update: AvailableUpdate) -> _UpdateEntry:
+    def of(cls, decider: Decider, update: AvailableUpdate) -> UpdateEntry:
         approval = decider.decide(update)
         scan = install = asu = None
         not_approved = None
@@ -434,17 +380,17 @@ class _UpdateEntry:
             approval=approval,
             approved=approval.approved,
             scan_row=scan,
-            scan_weight=_weight(scan, False),
+            scan_weight=counts.weight(scan, False),
             install_row=install,
-            install_weight=_weight(install, False),
+            install_weight=counts.weight(install, False),
             not_approved=not_approved,
             asu_row=asu,
-            asu_weight=_weight(asu, decider.asu_non_compliant),
+            asu_weight=counts.weight(asu, decider.asu_non_compliant),
         )
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class _InstalledEntry:
+class InstalledEntry:
     """One installed package as one Decider sees it: its decision and its finished rows."""
 
     package: object  # Decider.package(name, arch)
@@ -456,7 +402,7 @@ class _InstalledEntry:
     installed_at: datetime | None  # UTC
 
     @classmethod
-    def of(cls, decider: Decider, pkg: InstalledPackage) -> _InstalledEntry:
+    def of(cls, decider: Decider, pkg: InstalledPackage) -> InstalledEntry:
         approval = decider.decide(pkg)
         pending = None
         if approval.rejected:
@@ -472,9 +418,9 @@ class _InstalledEntry:
             package=decider.package(pkg.name, pkg.arch),
             name=pkg.name,
             row=row,
-            weight=_weight(row, False),
+            weight=counts.weight(row, False),
             pending_row=pending,
-            pending_weight=_weight(pending, False),
+            pending_weight=counts.weight(pending, False),
             installed_at=None if pkg.installed_time is None else _utc(pkg.installed_time),
         )
 
@@ -546,12 +492,12 @@ def evaluate(
     if inventory.failed:
         installed_weight += _failed_installed(installed_rows, inventory.failed)
     missed = [entry for entry in passed_over if entry.package not in chosen]
-    asu_rows, asu_weight = _asu_rows(missed) if decider.asu else ([], 0)
+    asu_rows, asu_weight = available_security_rows(missed) if decider.asu else ([], 0)
     patches = (*update_rows, *installed_rows, *asu_rows)
-    if len(patches) < _FIELD_LIMIT:
-        summary = _summary(weight + installed_weight + asu_weight, len(patches))
+    if len(patches) < counts.FIELD_LIMIT:
+        summary = counts.unpack(weight + installed_weight + asu_weight, len(patches))
     else:  # too many rows for the packed counts
-        summary = summarize(patches, asu_non_compliant=decider.asu_non_compliant)
+        summary = counts.summarize(patches, asu_non_compliant=decider.asu_non_compliant)
     return InstanceEvaluation(
         instance_id=inventory.instance_id,
         operating_system=str(facts.operating_system),
@@ -561,83 +507,66 @@ def evaluate(
         evaluated_at=now,
         patches=patches,
         summary=summary,
-        not_approved=tuple(map(_NOT_APPROVED, missed)),  # set on every entry not approved
+        not_approved=tuple(map(NOT_APPROVED, missed)),  # set on every entry not approved
     )
 
 
-def evaluate_summary(
-    baseline: PatchBaseline,
-    inventory: Inventory,
-    now: datetime,
-    *,
-    cache: DecisionCache | None = None,
-) -> Summary:
-    """``evaluate(baseline, inventory, now, cache=cache).summary``, without the rows: for callers
-    that keep only the counts. Most instances are counted from the cached entries at C speed
-    (Decider.summary); the others take the full path."""
-    cache = cache or DecisionCache()
-    decider = cache.decider(baseline, inventory.facts.effective_product(), utc_day(now))
-    found = decider.summary(inventory)
-    if found is None:
-        found = evaluate(baseline, inventory, now, cache=cache).summary
-    return found
-
-
-_SCAN_ROW = attrgetter("scan_row")
-_SCAN_WEIGHT = attrgetter("scan_weight")
-_INSTALL_ROW = attrgetter("install_row")
-_INSTALL_WEIGHT = attrgetter("install_weight")
-_ROW = attrgetter("row")
-_WEIGHT = attrgetter("weight")
-_NOT_APPROVED = attrgetter("not_approved")
-_PACKAGE = attrgetter("package")
-_APPROVED = attrgetter("approved")
+# Getters of the entries' fields, for map()/filter(): as attrgetters they run in C. They are
+# public for the counting fast path (reconciler.evaluation.summary), which reads the same fields.
+SCAN_ROW = attrgetter("scan_row")
+SCAN_WEIGHT = attrgetter("scan_weight")
+INSTALL_ROW = attrgetter("install_row")
+INSTALL_WEIGHT = attrgetter("install_weight")
+ROW = attrgetter("row")
+WEIGHT = attrgetter("weight")
+NOT_APPROVED = attrgetter("not_approved")
+PACKAGE = attrgetter("package")
+APPROVED = attrgetter("approved")
 
 
 def _update_rows(
-    decider: Decider, chosen: Collection[_UpdateEntry], inventory: Inventory
+    decider: Decider, chosen: Collection[UpdateEntry], inventory: Inventory
 ) -> tuple[list[PatchResult], int]:
     """The rows of the updates that won, and their weight."""
     install = inventory.operation is Operation.INSTALL
     if inventory.failed:  # the last Install failed somewhere: work the rows out here
         failed = {(f.name, f.arch, f.version): f.reason for f in inventory.failed}
         rows = [_update_row(decider, e.update, e.approval, failed, install) for e in chosen]
-        return rows, sum(_weight(row, False) for row in rows)
+        return rows, sum(counts.weight(row, False) for row in rows)
     if install:
-        return list(map(_INSTALL_ROW, chosen)), sum(map(_INSTALL_WEIGHT, chosen))
-    return list(map(_SCAN_ROW, chosen)), sum(map(_SCAN_WEIGHT, chosen))
+        return list(map(INSTALL_ROW, chosen)), sum(map(INSTALL_WEIGHT, chosen))
+    return list(map(SCAN_ROW, chosen)), sum(map(SCAN_WEIGHT, chosen))
 
 
 def _installed_rows(
     decider: Decider,
     installed: Sequence[InstalledPackage],
-    chosen: dict[object, _UpdateEntry],
+    chosen: dict[object, UpdateEntry],
     facts: Facts,
 ) -> tuple[list[PatchResult], int]:
     """The rows of the installed packages no update row reports, and their weight."""
     entries = decider.installed_entries(installed)
     if chosen:
         entries = [entry for entry in entries if entry.package not in chosen]
-    rows = list(map(_ROW, entries))
-    weight = sum(map(_WEIGHT, entries))
-    if facts.reboot_required:
-        boot = None if facts.boot_time is None else _utc(facts.boot_time)
-        for index, entry in enumerate(entries):
-            if entry.pending_row is not None and _awaits_reboot(entry, facts, boot):
-                rows[index] = entry.pending_row
-                weight += entry.pending_weight - entry.weight
+    rows = list(map(ROW, entries))
+    weight = sum(map(WEIGHT, entries))
+    for index, pending in pending_reboot(entries, facts):
+        rows[index] = pending
+        weight += entries[index].pending_weight - entries[index].weight
     return rows, weight
 
 
-def _pending_change(shown: Iterable[_InstalledEntry], facts: Facts) -> int:
-    """The change of weight when the entries ``shown`` (as installed rows) whose package the
-    machine awaits a reboot for become INSTALLED_PENDING_REBOOT; as _installed_rows() does."""
+def pending_reboot(
+    shown: Sequence[InstalledEntry], facts: Facts
+) -> Iterator[tuple[int, PatchResult]]:
+    """(index, INSTALLED_PENDING_REBOOT row) for each entry of ``shown`` (installed rows) whose
+    package the machine awaits a reboot for; none when it needs no reboot."""
+    if not facts.reboot_required:
+        return
     boot = None if facts.boot_time is None else _utc(facts.boot_time)
-    return sum(
-        entry.pending_weight - entry.weight
-        for entry in shown
-        if entry.pending_row is not None and _awaits_reboot(entry, facts, boot)
-    )
+    for index, entry in enumerate(shown):
+        if entry.pending_row is not None and _awaits_reboot(entry, facts, boot):
+            yield index, entry.pending_row
 
 
 def _failed_installed(rows: list[PatchResult], failed: Sequence[FailedPatch]) -> int:
@@ -653,14 +582,14 @@ def _failed_installed(rows: list[PatchResult], failed: Sequence[FailedPatch]) ->
         rows[index] = replace(
             row, state=PatchState.FAILED, reason=f"{row.reason}; not working: {reason}"
         )
-        change += _weight(rows[index], False) - _weight(row, False)
+        change += counts.weight(rows[index], False) - counts.weight(row, False)
     return change
 
 
 _WORKING_INSTALLED = frozenset({PatchState.INSTALLED, PatchState.INSTALLED_PENDING_REBOOT})
 
 
-def _awaits_reboot(entry: _InstalledEntry, facts: Facts, boot: datetime | None) -> bool:
+def _awaits_reboot(entry: InstalledEntry, facts: Facts, boot: datetime | None) -> bool:
     """On a machine that needs a reboot, whether this package is why: it asked for it, or it was
     installed after the last boot (``boot``, UTC)."""
     if entry.name in facts.reboot_required_packages:
@@ -670,7 +599,7 @@ def _awaits_reboot(entry: _InstalledEntry, facts: Facts, boot: datetime | None) 
     return entry.installed_at > boot
 
 
-def _asu_rows(missed: Iterable[_UpdateEntry]) -> tuple[list[PatchResult], int]:
+def available_security_rows(missed: Iterable[UpdateEntry]) -> tuple[list[PatchResult], int]:
     """One AVAILABLE_SECURITY_UPDATE row per package with a security update not approved."""
     rows: list[PatchResult] = []
     weight = 0
@@ -738,125 +667,4 @@ def _row(
         reason=reason,
         security=approval.security,
         installable=installable,
-    )
-
-
-def summarize(rows: Iterable[PatchResult], *, asu_non_compliant: bool = False) -> Summary:
-    """SSM's counts for one instance's patch results."""
-    states: Counter[PatchState] = Counter()
-    critical = security = other = 0
-    worst: int | None = None
-    for row in rows:
-        states[row.state] += 1
-        violation = row.state in NON_COMPLIANT_STATES or (
-            asu_non_compliant and row.state is PatchState.AVAILABLE_SECURITY_UPDATE
-        )
-        if not violation:
-            continue
-        level = COMPLIANCE_LEVEL_ORDER.index(row.compliance_level)
-        worst = level if worst is None else min(worst, level)
-        is_critical = row.compliance_level is ComplianceLevel.CRITICAL
-        critical += is_critical
-        security += row.security
-        other += not (is_critical or row.security)
-    return Summary(
-        installed_count=states[PatchState.INSTALLED],
-        installed_other_count=states[PatchState.INSTALLED_OTHER],
-        installed_pending_reboot_count=states[PatchState.INSTALLED_PENDING_REBOOT],
-        installed_rejected_count=states[PatchState.INSTALLED_REJECTED],
-        missing_count=states[PatchState.MISSING],
-        failed_count=states[PatchState.FAILED],
-        not_applicable_count=states[PatchState.NOT_APPLICABLE],
-        available_security_update_count=states[PatchState.AVAILABLE_SECURITY_UPDATE],
-        critical_non_compliant_count=critical,
-        security_non_compliant_count=security,
-        other_non_compliant_count=other,
-        compliance_status=ComplianceStatus.NON_COMPLIANT
-        if worst is not None
-        else ComplianceStatus.COMPLIANT,
-        compliance_severity=COMPLIANCE_LEVEL_ORDER[worst] if worst is not None else None,
-    )
-
-
-# Counts, packed. Each row's share of its instance's Summary is one int (its weight) made of
-# 15-bit fields, one count each, so that an instance's counts are a sum() of cached ints rather
-# than a loop over its rows. INSTALLED_OTHER, the commonest state, has no field (it is the rows
-# left over) and weighs 0; the fields an installed row needs come first, so that the installed
-# rows' weights sum in a machine word, sum()'s fast path. An instance with _FIELD_LIMIT rows or
-# more is counted by summarize() instead.
-_BITS = 15
-_FIELD_LIMIT = 1 << _BITS
-_STATE_FIELD: dict[PatchState, int | None] = {
-    PatchState.INSTALLED: 0,
-    PatchState.INSTALLED_REJECTED: 1,
-    PatchState.INSTALLED_OTHER: None,
-    PatchState.INSTALLED_PENDING_REBOOT: 4,
-    PatchState.MISSING: 5,
-    PatchState.FAILED: 6,
-    PatchState.NOT_APPLICABLE: 7,
-    PatchState.AVAILABLE_SECURITY_UPDATE: 8,
-}
-_SECURITY_FIELD = 2  # violations that are security updates
-_LEVEL_FIELD: dict[ComplianceLevel, int] = {  # violations per compliance level
-    ComplianceLevel.UNSPECIFIED: 3,  # (the level of every INSTALLED_REJECTED row)
-    ComplianceLevel.CRITICAL: 9,
-    ComplianceLevel.HIGH: 10,
-    ComplianceLevel.MEDIUM: 11,
-    ComplianceLevel.LOW: 12,
-    ComplianceLevel.INFORMATIONAL: 13,
-}
-_CRITICAL_SECURITY_FIELD = 14  # violations both CRITICAL and security (counted once as "other")
-_FIELDS = 15
-
-
-def _weight(row: PatchResult | None, asu_non_compliant: bool) -> int:
-    """``row``'s share of the counts (0 for no row): 1 in each field it counts in."""
-    if row is None:
-        return 0
-    fields = [_STATE_FIELD[row.state]]
-    if row.state in NON_COMPLIANT_STATES or (
-        asu_non_compliant and row.state is PatchState.AVAILABLE_SECURITY_UPDATE
-    ):
-        fields.append(_LEVEL_FIELD[row.compliance_level])
-        if row.security:
-            fields.append(_SECURITY_FIELD)
-            if row.compliance_level is ComplianceLevel.CRITICAL:
-                fields.append(_CRITICAL_SECURITY_FIELD)
-    weight = sum(1 << (field * _BITS) for field in fields if field is not None)
-    return _WEIGHTS.setdefault(weight, weight)
-
-
-# One int object per distinct weight (a few dozen): summing an instance's weights then reads a
-# few hot objects rather than one object per cached entry scattered over the heap.
-_WEIGHTS: dict[int, int] = {}
-
-
-def _summary(weight: int, rows: int) -> Summary:
-    """The Summary of ``rows`` rows (fewer than _FIELD_LIMIT) whose weights sum to ``weight``;
-    the same as summarize() over those rows."""
-    count = [(weight >> (field * _BITS)) & (_FIELD_LIMIT - 1) for field in range(_FIELDS)]
-    states = {state: count[f] for state, f in _STATE_FIELD.items() if f is not None}
-    by_level = [count[_LEVEL_FIELD[level]] for level in COMPLIANCE_LEVEL_ORDER]
-    worst = next((index for index, n in enumerate(by_level) if n), None)
-    critical = count[_LEVEL_FIELD[ComplianceLevel.CRITICAL]]
-    security = count[_SECURITY_FIELD]
-    return Summary(
-        installed_count=states[PatchState.INSTALLED],
-        installed_other_count=rows - sum(states.values()),
-        installed_pending_reboot_count=states[PatchState.INSTALLED_PENDING_REBOOT],
-        installed_rejected_count=states[PatchState.INSTALLED_REJECTED],
-        missing_count=states[PatchState.MISSING],
-        failed_count=states[PatchState.FAILED],
-        not_applicable_count=states[PatchState.NOT_APPLICABLE],
-        available_security_update_count=states[PatchState.AVAILABLE_SECURITY_UPDATE],
-        critical_non_compliant_count=critical,
-        security_non_compliant_count=security,
-        other_non_compliant_count=sum(by_level)
-        - critical
-        - security
-        + count[_CRITICAL_SECURITY_FIELD],
-        compliance_status=ComplianceStatus.NON_COMPLIANT
-        if worst is not None
-        else ComplianceStatus.COMPLIANT,
-        compliance_severity=COMPLIANCE_LEVEL_ORDER[worst] if worst is not None else None,
     )

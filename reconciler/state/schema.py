@@ -52,12 +52,10 @@ def _append_only(table: str) -> list[str]:
     ]
 
 
-def _v1_history(conn: sqlite3.Connection) -> None:
-    """Jobs, scan/install history, window executions and source revisions."""
-    _run(
-        conn,
-        [
-            """CREATE TABLE jobs (
+# Migration 1, split by table. The SQL is released: it is never edited, and the lines inside its
+# strings keep their first indentation, because SQLite stores that text as written (sqlite_master).
+_V1_JOBS: tuple[str, ...] = (
+    """CREATE TABLE jobs (
                 id TEXT PRIMARY KEY,
                 key TEXT NOT NULL UNIQUE,
                 instance TEXT NOT NULL,
@@ -73,16 +71,18 @@ def _v1_history(conn: sqlite3.Connection) -> None:
                 created_at TEXT NOT NULL,
                 finished_at TEXT
             )""",
-            "CREATE INDEX jobs_by_status ON jobs (status)",
-            "CREATE INDEX jobs_by_instance ON jobs (instance)",
-            "CREATE INDEX jobs_by_window ON jobs (window, opening)",
-            # A job changes once, from running to finished; its identity never changes.
-            """CREATE TRIGGER jobs_finish_once BEFORE UPDATE ON jobs
+    "CREATE INDEX jobs_by_status ON jobs (status)",
+    "CREATE INDEX jobs_by_instance ON jobs (instance)",
+    "CREATE INDEX jobs_by_window ON jobs (window, opening)",
+    # A job changes once, from running to finished; its identity never changes.
+    """CREATE TRIGGER jobs_finish_once BEFORE UPDATE ON jobs
                 WHEN OLD.status <> 'running' OR NEW.id IS NOT OLD.id OR NEW.key IS NOT OLD.key
                 BEGIN SELECT RAISE(ABORT, 'a job is finished once and keeps its key'); END""",
-            """CREATE TRIGGER jobs_no_delete BEFORE DELETE ON jobs
+    """CREATE TRIGGER jobs_no_delete BEFORE DELETE ON jobs
                 BEGIN SELECT RAISE(ABORT, 'jobs are history'); END""",
-            """CREATE TABLE scans (
+)
+_V1_SCANS: tuple[str, ...] = (
+    """CREATE TABLE scans (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
                 instance TEXT NOT NULL,
                 operation TEXT NOT NULL CHECK (operation IN ('Scan', 'Install')),
@@ -95,11 +95,13 @@ def _v1_history(conn: sqlite3.Connection) -> None:
                 inventory TEXT NOT NULL,
                 evaluation TEXT NOT NULL
             )""",
-            # Serves latest_scan, latest_scans and scan_history without a sort.
-            "CREATE INDEX scans_latest ON scans (instance, finished_at DESC, id DESC)",
-            "CREATE INDEX scans_by_job ON scans (job_id)",
-            *_append_only("scans"),
-            """CREATE TABLE window_executions (
+    # Serves latest_scan, latest_scans and scan_history without a sort.
+    "CREATE INDEX scans_latest ON scans (instance, finished_at DESC, id DESC)",
+    "CREATE INDEX scans_by_job ON scans (job_id)",
+    *_append_only("scans"),
+)
+_V1_WINDOW_EXECUTIONS: tuple[str, ...] = (
+    """CREATE TABLE window_executions (
                 window TEXT NOT NULL,
                 opening TEXT NOT NULL,
                 status TEXT NOT NULL CHECK (status IN
@@ -108,17 +110,23 @@ def _v1_history(conn: sqlite3.Connection) -> None:
                 updated_at TEXT NOT NULL,
                 PRIMARY KEY (window, opening)
             )""",
-            """CREATE TABLE revisions (
+)
+_V1_REVISIONS: tuple[str, ...] = (
+    """CREATE TABLE revisions (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
                 revision TEXT NOT NULL,
                 accepted INTEGER NOT NULL CHECK (accepted IN (0, 1)),
                 problems TEXT NOT NULL,
                 seen_at TEXT NOT NULL
             )""",
-            "CREATE INDEX revisions_by_time ON revisions (seen_at DESC, id DESC)",
-            *_append_only("revisions"),
-        ],
-    )
+    "CREATE INDEX revisions_by_time ON revisions (seen_at DESC, id DESC)",
+    *_append_only("revisions"),
+)
+
+
+def _v1_history(conn: sqlite3.Connection) -> None:
+    """Jobs, scan/install history, window executions and source revisions."""
+    _run(conn, (*_V1_JOBS, *_V1_SCANS, *_V1_WINDOW_EXECUTIONS, *_V1_REVISIONS))
 
 
 PATCH_COLUMNS = (
