@@ -14,7 +14,7 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from reconciler.agent import AGENT_VERSION
-from reconciler.agent.errors import AgentError, UnsupportedSystem
+from reconciler.agent.errors import AgentError, InternalError, UnsupportedSystem
 from reconciler.agent.facts import operating_system, read_os_release
 from reconciler.agent.runner import dumps
 
@@ -39,11 +39,18 @@ def backend(root: str) -> Any:
     """The backend module for the system at ``root``."""
     os_name = operating_system(read_os_release(root))
     name = BACKENDS.get(os_name)
+    if name is None:
+        raise UnsupportedSystem("{} is not supported by this agent yet".format(os_name))
+    module = "reconciler.agent." + name
     try:
-        return importlib.import_module("reconciler.agent." + str(name)) if name else None
-    except ImportError:
-        pass
-    raise UnsupportedSystem("{} is not supported by this agent yet".format(os_name))
+        return importlib.import_module(module)
+    except ImportError as exc:
+        # The backend exists: failing to load it is a bug or a Python built without a module
+        # it needs (lzma, say), which the machine's owner must hear about as such.
+        raise InternalError(
+            "the agent's {} backend cannot be loaded: {}".format(name, exc),
+            {"backend": module, "module": exc.name or module},
+        ) from exc
 
 
 def scan(
@@ -74,7 +81,7 @@ def install(
     return dict(result)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="patchwarden-agent", description="Patchwarden agent (scan, install)"
     )
@@ -101,46 +108,43 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     p.add_argument("--allow-reboot", action="store_true", help="allow rebooting the host")
     p.add_argument("--lock-timeout", type=int, default=60)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> Dict[str, object]:
+    if args.command == "scan":
+        return scan(
+            args.root,
+            args.instance_id,
+            refresh=not args.no_refresh,
+            private_state=args.private_state,
+        )
+    return install(
+        args.root,
+        args.pin,
+        args.block,
+        args.simulate,
+        args.reboot_option,
+        args.allow_reboot,
+        args.lock_timeout,
+    )
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_usage(sys.stderr)
         return 2
     try:
-        if args.command == "scan":
-            document = scan(
-                args.root,
-                args.instance_id,
-                refresh=not args.no_refresh,
-                private_state=args.private_state,
-            )
-        else:
-            document = install(
-                args.root,
-                args.pin,
-                args.block,
-                args.simulate,
-                args.reboot_option,
-                args.allow_reboot,
-                args.lock_timeout,
-            )
+        document, status = _run(args), 0
     except AgentError as exc:
-        sys.stdout.write(dumps({"error": exc.to_dict()}) + "\n")
-        return 1
+        document, status = {"error": exc.to_dict()}, 1
     except Exception as exc:  # the agent never prints a traceback
-        sys.stdout.write(
-            dumps(
-                {
-                    "error": {
-                        "code": "InternalError",
-                        "message": "{}: {}".format(type(exc).__name__, exc),
-                    }
-                }
-            )
-            + "\n"
-        )
-        return 1
+        message = "{}: {}".format(type(exc).__name__, exc)
+        document, status = {"error": InternalError(message).to_dict()}, 1
     sys.stdout.write(dumps(document) + "\n")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

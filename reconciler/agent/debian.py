@@ -2,11 +2,14 @@
 operations on top of :mod:`reconciler.agent.apt`. Standard library only.
 """
 
+import functools
 from typing import Dict, List, Optional, Tuple
 
+from reconciler.agent import install as flow
 from reconciler.agent.apt import Apt, parse_pin
 from reconciler.agent.facts import facts
-from reconciler.agent.outcome import install_result, inventory, now, reboot
+from reconciler.agent.install import Applied, Backend, Patch, Pin, Plan
+from reconciler.agent.outcome import inventory
 
 
 def _system(root: str, lock_timeout: int, private_state: Optional[str] = None) -> Apt:
@@ -41,50 +44,57 @@ def scan(
     return document
 
 
-def install(
-    root: str,
-    pin_texts: List[str],
-    blocked: List[str],
-    simulate: bool,
-    reboot_option: str,
-    allow_reboot: bool,
-    lock_timeout: int,
-) -> Dict[str, object]:
-    """Install exact pins; the result says what changed, per package."""
-    pins = [parse_pin(p) for p in pin_texts]  # refuses invalid pins before anything runs
-    system = _system(root, lock_timeout)
-    result = install_result(simulate)
-    before = system.versions_now([p[0] for p in pins])
-    result["recovery"] = [] if simulate else system.recover()
-    plan = system.simulate(pins, blocked)
-    result["dependencies"] = plan.dependencies
-    if simulate:
-        result["patches"] = [_planned(p, before) for p in pins]
-        result["changed"] = False
-        result["reboot"] = {"required": False, "performed": False}
-        return result
-    outcome = system.install(pins)
-    after = system.versions_now([p[0] for p in pins] + [d["name"] for d in plan.dependencies])
-    patches = [_outcome(p, before, after, outcome.stdout + "\n" + outcome.stderr) for p in pins]
-    for pin, patch in zip(pins, patches):
-        if patch["result"] == "FAILED" and str(patch.get("stateAfter", "")).split(" ")[-1] != "ii":
-            patch.update(_roll_back(system, pin, before))
-    result["patches"] = patches
-    result["changed"] = any(p["changed"] for p in patches) or bool(result["recovery"])
-    pending = system.reboot_pending()
-    result["reboot"] = reboot(
-        bool(pending),
-        ", ".join(p for p in pending if p) or "the machine asked for it",
-        reboot_option,
-        system.is_host,
-        allow_reboot,
-    )
-    result["finishedAt"] = now()
-    return result
+# Install exact pins; the result says what changed, per package (install.py has the flow).
+install = functools.partial(
+    flow.install, parse_pin, lambda root, lock_timeout: AptInstall(_system(root, lock_timeout))
+)
 
 
-Pin = Tuple[str, str, str]
-Versions = Dict[Tuple[str, str], Tuple[str, str]]
+Versions = Dict[Tuple[str, str], Tuple[str, str]]  # (name, arch) -> (version, dpkg status)
+
+
+class AptInstall(Backend):
+    """The install flow's steps on apt and dpkg: recovery of an interrupted dpkg, apt's
+    simulation, dpkg's status read back, and rollback of a pin dpkg left unconfigured."""
+
+    system: Apt  # the driver Backend.__init__ keeps, typed
+
+    def versions_now(self, names: List[str]) -> Versions:
+        return self.system.versions_now(names)
+
+    def state(self, table: Versions, pin: Pin) -> List[str]:
+        found = _lookup(table, pin[0], pin[1])
+        return list(found) if found else []
+
+    def recover(self) -> List[Dict[str, object]]:
+        return self.system.recover()
+
+    def plan(self, pins: List[Pin], blocked: List[str], before: Versions) -> Plan:
+        plan = self.system.simulate(pins, blocked)
+        return Plan(plan.dependencies, {}, plan)
+
+    def apply(self, pins: List[Pin], plan: Plan) -> Applied:
+        outcome = self.system.install(pins)
+        return Applied(outcome.rc, outcome.stdout + "\n" + outcome.stderr, {}, None)
+
+    def failure(self, pin: Pin, after: Versions, applied: Applied) -> str:
+        if self.state(after, pin) == [pin[2], "ii"]:
+            return ""
+        return (
+            _package_errors(pin[0], applied.output)
+            or "not installed: apt/dpkg reported no specific error"
+        )
+
+    def roll_back(self, failed: List[Tuple[Pin, Patch]], before: Versions) -> None:
+        # A pin dpkg configured stays: only a half-configured or half-installed one breaks
+        # every later apt run.
+        for pin, patch in failed:
+            if str(patch.get("stateAfter", "")).split(" ")[-1] != "ii":
+                patch.update(_roll_back(self.system, pin, before))
+
+    def reboot_needed(self, plan: Plan, applied: Applied) -> Tuple[bool, str]:
+        pending = self.system.reboot_pending()
+        return bool(pending), ", ".join(p for p in pending if p) or "the machine asked for it"
 
 
 def _roll_back(system: Apt, pin: Pin, before: Versions) -> Dict[str, object]:
@@ -109,44 +119,6 @@ def _roll_back(system: Apt, pin: Pin, before: Versions) -> Dict[str, object]:
         "rollback": "could not restore {} {}: the package is left {}; repair it by hand".format(
             name, was[0], state
         ),
-    }
-
-
-def _planned(pin: Pin, before: Versions) -> Dict[str, object]:
-    name, arch, version = pin
-    current = _lookup(before, name, arch)
-    already = current is not None and current[0] == version
-    return {
-        "name": name,
-        "arch": arch,
-        "version": version,
-        "result": "UNCHANGED" if already else "WOULD_INSTALL",
-        "changed": False,
-    }
-
-
-def _outcome(pin: Pin, before: Versions, after: Versions, output: str) -> Dict[str, object]:
-    name, arch, version = pin
-    was, now = _lookup(before, name, arch), _lookup(after, name, arch)
-    if now is not None and now[0] == version and now[1] == "ii":
-        changed = was is None or was[0] != version
-        return {
-            "name": name,
-            "arch": arch or "",
-            "version": version,
-            "result": "INSTALLED" if changed else "UNCHANGED",
-            "changed": changed,
-        }
-    message = _package_errors(name, output) or "not installed: apt/dpkg reported no specific error"
-    state = "{} {}".format(now[0], now[1]) if now else "absent"
-    return {
-        "name": name,
-        "arch": arch or "",
-        "version": version,
-        "result": "FAILED",
-        "changed": now != was,
-        "message": message,
-        "stateAfter": state,
     }
 
 

@@ -5,20 +5,18 @@ Only commands and flags both dnf 4 and yum 3 accept are used (``check-update``, 
 updates``, ``install``, ``--assumeno``, ``--setopt``, ``-C``), so the yum path (Amazon Linux 2,
 RHEL/CentOS/Oracle 7) is the same code. Notice details dnf's text output does not show (issued
 date, reboot_suggested, references) and build times come from the repository metadata dnf/yum
-already downloaded into the root's cache (``repomd.xml`` -> ``updateinfo``/``primary``).
+already downloaded into the root's cache (:mod:`reconciler.agent.rpmmd`); versions are ordered
+as rpm orders them (:mod:`reconciler.agent.rpmvercmp`).
 """
 
 import fcntl
 import fnmatch
-import gzip
-import lzma
 import os
 import platform
 import re
 import shutil
 import time
-import xml.etree.ElementTree as ET
-from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from reconciler.agent.errors import (
     CommandFailed,
@@ -28,6 +26,8 @@ from reconciler.agent.errors import (
     RepositoryError,
 )
 from reconciler.agent.facts import below
+from reconciler.agent.rpmmd import Metadata, by_package, iso_time, read_cache, source_name
+from reconciler.agent.rpmvercmp import EvrKey, compare_evr, evr_text
 from reconciler.agent.runner import Result, run
 
 RPM = "/usr/bin/rpm"
@@ -54,12 +54,6 @@ CORE_PACKAGES = frozenset(
         "zlib", "microcode_ctl",
     )
 )  # fmt: skip
-_NS = {
-    "repo": "http://linux.duke.edu/metadata/repo",
-    "common": "http://linux.duke.edu/metadata/common",
-    "rpm": "http://linux.duke.edu/metadata/rpm",
-}
-
 Pin = Tuple[str, str, str]  # name, arch ("" = native), [epoch:]version-release
 Key = Tuple[str, str]  # name, arch
 
@@ -88,12 +82,6 @@ def nevra(pin: Pin) -> str:
     """dnf's spelling of an exact package: name-[epoch:]version-release[.arch]."""
     name, arch, evr = pin
     return "{}-{}{}".format(name, evr, "." + arch if arch else "")
-
-
-def evr_text(epoch: str, version: str, release: str) -> str:
-    return "{}{}-{}".format(
-        epoch + ":" if epoch not in ("", "0", "(none)") else "", version, release
-    )
 
 
 def split_nevra(text: str) -> Optional[Tuple[str, str, str]]:
@@ -200,9 +188,9 @@ class Dnf:
                     "name": name,
                     "arch": arch,
                     "version": evr_text(epoch, version, release),
-                    "sourcePackage": _source_name(srpm),
-                    "installedTime": _iso(itime),
-                    "buildTime": _iso(btime),
+                    "sourcePackage": source_name(srpm),
+                    "installedTime": iso_time(itime),
+                    "buildTime": iso_time(btime),
                 }
             )
         return out
@@ -219,7 +207,7 @@ class Dnf:
         if check.rc not in (0, 100):
             raise _repository_error(check)
         metadata = self.metadata()
-        by_nevra = self._notices_by_package()
+        by_nevra = self._noticesby_package()
         installed = {}  # type: Dict[Key, str]
         for pkg in self.installed():
             installed[(str(pkg["name"]), str(pkg["arch"]))] = str(pkg["version"])
@@ -248,7 +236,7 @@ class Dnf:
         self,
         updates: List[Dict[str, object]],
         by_nevra: Dict[Tuple[str, str, str], List[Tuple[str, str]]],
-        metadata: "Metadata",
+        metadata: Metadata,
     ) -> List[Dict[str, object]]:
         """Security versions a newer candidate that no security notice ships hides: check-update
         shows only the newest version, so a security-only baseline would see nothing to
@@ -278,7 +266,7 @@ class Dnf:
         out = []  # type: List[Dict[str, object]]
         for key, (candidate, between) in sorted(wanted.items()):
             available = offered.get(key, {})
-            versions = sorted((v for v in between if v in available), key=_EvrKey, reverse=True)
+            versions = sorted((v for v in between if v in available), key=EvrKey, reverse=True)
             if not versions:
                 continue
             version = versions[0]
@@ -299,11 +287,11 @@ class Dnf:
         result = self.command(*(["history", "info"] + (["last"] if self.tool == "dnf" else [])))
         return parse_history_info(result.stdout) if result.rc == 0 else {}
 
-    def _notices_by_package(self) -> Dict[Tuple[str, str, str], List[Tuple[str, str]]]:
+    def _noticesby_package(self) -> Dict[Tuple[str, str, str], List[Tuple[str, str]]]:
         """(name, arch, evr) -> [(advisory, kind)]. A notice applies to the versions it ships:
         read from the updateinfo the tool cached, which saves a whole second dnf run; when the
         cache has none readable (zchunk, sqlite), ``updateinfo list updates`` answers instead."""
-        by_nevra = _by_package(self.metadata().shipped)
+        by_nevra = by_package(self.metadata().shipped)
         if by_nevra:
             return by_nevra
         notices = self.command("-C", "-q", "updateinfo", "list", "updates")
@@ -313,7 +301,7 @@ class Dnf:
             by_nevra.setdefault(target, []).append((advisory, kind))
         return by_nevra
 
-    def metadata(self) -> "Metadata":
+    def metadata(self) -> Metadata:
         """The cached repository metadata, parsed once per scan."""
         if self._metadata is None:
             self._metadata = read_cache(self.cache_dirs())
@@ -324,7 +312,7 @@ class Dnf:
         ``updateinfo list --installed`` would, from the cached metadata: an installed version a
         security notice shipped is an approved, INSTALLED patch, not just "other"."""
         metadata = self.metadata()
-        shipped = _by_package(metadata.shipped)
+        shipped = by_package(metadata.shipped)
         if not shipped:
             return
         notices = metadata.notices
@@ -473,163 +461,6 @@ class Dnf:
         return bool(installed) and max(installed)[1] != platform.release()
 
 
-class Metadata(NamedTuple):
-    packages: Dict[Tuple[str, str, str], Dict[str, object]]
-    notices: Dict[str, Dict[str, object]]
-    shipped: Dict[str, List[Tuple[str, str, str]]]
-    """advisory -> the (name, arch, evr) it ships, as :func:`updateinfo_packages` gives it."""
-
-
-def read_cache(directories: List[str]) -> Metadata:
-    """Build times, source packages, requirements and update notices from cached repodata
-    (each file parsed once per scan)."""
-    packages = {}  # type: Dict[Tuple[str, str, str], Dict[str, object]]
-    notices = {}  # type: Dict[str, Dict[str, object]]
-    shipped = {}  # type: Dict[str, List[Tuple[str, str, str]]]
-    for kind, root in _repodata(directories, ("primary", "updateinfo")):
-        if kind == "primary":
-            packages.update(_primary(root))
-        else:
-            notices.update(_updateinfo(root))
-            _add_shipped(shipped, root)
-    return Metadata(packages, notices, shipped)
-
-
-def updateinfo_packages(directories: List[str]) -> Dict[str, List[Tuple[str, str, str]]]:
-    """advisory -> [(name, arch, [epoch:]version-release)] from cached updateinfo.xml files
-    (rpm-md repodata, as dnf, yum and zypper all keep it)."""
-    out = {}  # type: Dict[str, List[Tuple[str, str, str]]]
-    for _, root in _repodata(directories, ("updateinfo",)):
-        _add_shipped(out, root)
-    return out
-
-
-def _add_shipped(out: Dict[str, List[Tuple[str, str, str]]], root: ET.Element) -> None:
-    for update in root.iter("update"):
-        advisory = (update.findtext("id") or "").strip()
-        packages = [
-            (p.get("name", ""), p.get("arch", ""), _pkg_evr(p)) for p in update.iter("package")
-        ]
-        if advisory:
-            out.setdefault(advisory, []).extend(packages)
-
-
-def _repodata(directories: List[str], kinds: Tuple[str, ...]) -> Iterator[Tuple[str, ET.Element]]:
-    """(type, parsed XML) of every readable cached repodata file of the given types."""
-    for directory in directories:
-        try:
-            repomd = ET.parse(os.path.join(directory, "repomd.xml")).getroot()
-        except (OSError, ET.ParseError):
-            continue
-        for data in repomd.findall("repo:data", _NS):
-            kind = data.get("type") or ""
-            location = data.find("repo:location", _NS)
-            if kind not in kinds or location is None:
-                continue
-            path = _cached_file(directory, os.path.basename(location.get("href", "")))
-            if path is None:
-                continue
-            try:
-                root = ET.fromstring(_read_compressed(path))
-            except (OSError, ET.ParseError, EOFError, lzma.LZMAError):
-                continue
-            yield kind, root
-
-
-def _by_package(
-    shipped: Dict[str, List[Tuple[str, str, str]]],
-) -> Dict[Tuple[str, str, str], List[Tuple[str, str]]]:
-    """(name, arch, evr) -> [(advisory, "")]: the notices that ship each version."""
-    out = {}  # type: Dict[Tuple[str, str, str], List[Tuple[str, str]]]
-    for advisory, packages in shipped.items():
-        for package in packages:
-            out.setdefault(package, []).append((advisory, ""))
-    return out
-
-
-def _cached_file(directory: str, name: str) -> Optional[str]:
-    for candidate in (os.path.join(directory, name), os.path.join(directory, "..", name)):
-        if name and os.path.isfile(candidate):
-            return candidate
-    return None
-
-
-def _read_compressed(path: str) -> bytes:
-    with open(path, "rb") as handle:
-        data = handle.read()
-    if data[:2] == b"\x1f\x8b":
-        return gzip.decompress(data)
-    if data[:6] == b"\xfd7zXZ\x00":
-        return lzma.decompress(data)
-    if path.endswith(".bz2"):
-        import bz2
-
-        return bz2.decompress(data)
-    return data
-
-
-def _primary(root: ET.Element) -> Iterator[Tuple[Tuple[str, str, str], Dict[str, object]]]:
-    for pkg in root.findall("common:package", _NS):
-        name = pkg.findtext("common:name", "", _NS)
-        arch = pkg.findtext("common:arch", "", _NS)
-        version = pkg.find("common:version", _NS)
-        if version is None:
-            continue
-        evr = evr_text(version.get("epoch", "0"), version.get("ver", ""), version.get("rel", ""))
-        built = pkg.find("common:time", _NS)
-        fmt = pkg.find("common:format", _NS)
-        requires = []  # type: List[str]
-        source = None
-        if fmt is not None:
-            source = _source_name(fmt.findtext("rpm:sourcerpm", "", _NS))
-            for entry in fmt.findall("rpm:requires/rpm:entry", _NS):
-                req = entry.get("name", "")
-                # File and rpmlib() capabilities are not packages a BLOCK pattern names.
-                if req and not req.startswith("/") and "(" not in req and req not in requires:
-                    requires.append(req)
-        yield (
-            (name, arch, evr),
-            {
-                "buildTime": _iso(built.get("build", "") if built is not None else ""),
-                "sourcePackage": source,
-                "requires": requires,
-            },
-        )
-
-
-def _updateinfo(root: ET.Element) -> Iterator[Tuple[str, Dict[str, object]]]:
-    for update in root.iter("update"):
-        advisory = (update.findtext("id") or "").strip()
-        if not advisory:
-            continue
-        refs = update.findall("references/reference")
-        issued = update.find("issued")
-        updated = update.find("updated")
-        yield (
-            advisory,
-            {
-                "type": update.get("type", ""),
-                "severity": (update.findtext("severity") or "").strip() or None,
-                "issued": _day(issued.get("date", "") if issued is not None else ""),
-                "updated": _day(updated.get("date", "") if updated is not None else ""),
-                "cves": [r.get("id", "") for r in refs if r.get("type") == "cve" and r.get("id")],
-                "bugzillaIds": [
-                    r.get("id", "") for r in refs if r.get("type") == "bugzilla" and r.get("id")
-                ],
-                "rebootSuggested": {
-                    (p.get("name", ""), p.get("arch", ""), _pkg_evr(p))
-                    for p in update.iter("package")
-                    if (p.findtext("reboot_suggested") or "").strip().lower()
-                    in ("true", "1", "yes")
-                },
-            },
-        )
-
-
-def _pkg_evr(p: ET.Element) -> str:
-    return evr_text(p.get("epoch", "0"), p.get("version", ""), p.get("release", ""))
-
-
 def _apply_notices(
     update: Dict[str, object], found: List[Tuple[str, str]], notices: Dict[str, Dict[str, object]]
 ) -> None:
@@ -691,60 +522,6 @@ def _type_from_list(kind: str) -> str:
 
 def _severity_from_list(kind: str) -> Optional[str]:
     return kind.split("/")[0] if kind.endswith("/Sec.") and kind != "/Sec." else None
-
-
-_SEGMENT = re.compile(r"~|\^|[0-9]+|[a-zA-Z]+")
-
-
-def _vercmp(a: str, b: str) -> int:
-    """rpm's rpmvercmp of one version or release string: -1, 0 or 1. (The agent imports nothing
-    from reconciler, so this is rpm's algorithm a second time, next to
-    reconciler/evaluation/versions.py; tests/test_agent_rpm.py checks the two agree.)"""
-    if a == b:
-        return 0
-    sa, sb = _SEGMENT.findall(a), _SEGMENT.findall(b)
-    for x, y in zip(sa, sb):
-        if x == y:
-            continue
-        for mark in ("~", "^"):  # "~" sorts before anything, "^" before any other segment
-            if mark in (x, y):
-                return -1 if x == mark else 1
-        if x.isdigit() != y.isdigit():
-            return 1 if x.isdigit() else -1  # a number is newer than letters
-        if x.isdigit() and int(x) != int(y):
-            return 1 if int(x) > int(y) else -1
-        if not x.isdigit():
-            return 1 if x > y else -1
-    rest_a, rest_b = sa[len(sb) :], sb[len(sa) :]
-    if not rest_a and not rest_b:
-        return 0
-    longer_is_newer = (rest_a or rest_b)[0] != "~"
-    return (1 if longer_is_newer else -1) * (1 if rest_a else -1)
-
-
-def compare_evr(a: str, b: str) -> int:
-    """Compare two ``[epoch:]version-release`` strings as rpm does: -1, 0 or 1."""
-    ea, va, ra = _evr_parts(a)
-    eb, vb, rb = _evr_parts(b)
-    if ea != eb:
-        return 1 if ea > eb else -1
-    return _vercmp(va, vb) or _vercmp(ra, rb)
-
-
-def _evr_parts(evr: str) -> Tuple[int, str, str]:
-    epoch, _, rest = evr.rpartition(":")
-    version, _, release = rest.rpartition("-") if "-" in rest else (rest, "", "")
-    return int(epoch) if epoch.isdigit() else 0, version, release
-
-
-class _EvrKey:
-    """A sort key ordering versions as rpm does."""
-
-    def __init__(self, evr: str) -> None:
-        self.evr = evr
-
-    def __lt__(self, other: "_EvrKey") -> bool:
-        return compare_evr(self.evr, other.evr) < 0
 
 
 def parse_check_update(text: str) -> List[Tuple[str, str, str, str]]:
@@ -831,32 +608,6 @@ def parse_transaction(text: str) -> List[Dict[str, str]]:
             continue
         out.append({"name": fields[0], "arch": fields[1], "version": fields[2], "action": action})
     return out
-
-
-def _source_name(srpm: str) -> Optional[str]:
-    """``demo-lib-1.0-2.src.rpm`` -> ``demo-lib``."""
-    if not srpm or srpm == "(none)":
-        return None
-    parts = srpm.rsplit("-", 2)
-    return parts[0] if len(parts) == 3 else srpm
-
-
-def _iso(seconds: str) -> Optional[str]:
-    try:
-        value = int(seconds)
-    except ValueError:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value)) if value > 0 else None
-
-
-def _day(text: str) -> Optional[str]:
-    """A notice date ("2024-01-15 00:00:00", "2024-01-15", or epoch seconds) -> YYYY-MM-DD."""
-    text = text.strip()
-    if re.match(r"^\d{4}-\d{2}-\d{2}", text):
-        return text[:10]
-    if text.isdigit():
-        return time.strftime("%Y-%m-%d", time.gmtime(int(text)))
-    return None
 
 
 def _fcntl_holder(path: str) -> Optional[int]:

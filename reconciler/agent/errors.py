@@ -58,3 +58,9 @@ class RecoveryFailed(AgentError):
 
 class CommandFailed(AgentError):
     code = "CommandFailed"
+
+
+class InternalError(AgentError):
+    """A bug in the agent, or a standard library module this Python lacks: never "unsupported"."""
+
+    code = "InternalError"

@@ -6,16 +6,18 @@ Amazon Linux (1 and 2) and RHEL/CentOS/Oracle 7. ``PATCHWARDEN_RPM_TOOL=dnf|yum`
 choice (a machine upgraded in place, or tests driving the yum path through a ``yum`` name for dnf).
 """
 
+import functools
 import os
 import platform
 from typing import Dict, List, Optional, Tuple
 
+from reconciler.agent import install as flow
 from reconciler.agent.dnf import CORE_PACKAGES, Dnf, Key, Pin, parse_pin
 from reconciler.agent.facts import facts, operating_system, read_os_release
-from reconciler.agent.outcome import install_result, inventory, now, reboot
+from reconciler.agent.install import Applied, Plan, Target, VersionRollback
+from reconciler.agent.outcome import inventory
 
 Versions = Dict[Key, List[str]]
-Patch = Dict[str, object]
 
 _YUM_SYSTEMS = ("AMAZON_LINUX", "AMAZON_LINUX_2")
 _YUM_MAJOR = ("REDHAT_ENTERPRISE_LINUX", "CENTOS", "ORACLE_LINUX")
@@ -73,184 +75,98 @@ def scan(
     return inventory(root, instance_id, operation, machine, installed, updates)
 
 
-def install(
-    root: str,
-    pin_texts: List[str],
-    blocked: List[str],
-    simulate: bool,
-    reboot_option: str,
-    allow_reboot: bool,
-    lock_timeout: int,
-) -> Dict[str, object]:
-    """Install exact pins; the result says what changed, per package."""
-    pins = [parse_pin(p) for p in pin_texts]  # refuses invalid pins before anything runs
-    system = _system(root, lock_timeout)
-    result = install_result(simulate)
-    names = [p[0] for p in pins]
-    before = system.versions_now(names)
-    plan = system.plan(pins, blocked)
-    result["dependencies"] = [
-        {"name": p["name"], "arch": p["arch"], "version": p["version"], "action": p["action"]}
-        for p in plan.packages
-        if p["name"] not in names
-    ]
-    if simulate:
-        result["patches"] = [_planned(p, before) for p in pins]
-        result["changed"] = False
-        result["reboot"] = {"required": False, "performed": False}
-        return result
-    previous = system.last_transaction().get("id")
-    outcome = system.install(pins)
-    output = outcome.stdout + "\n" + outcome.stderr
-    # What changed, as the tool itself recorded it (not only what rpm shows afterwards).
-    history = system.last_transaction()
-    result["history"] = history if history.get("id") not in (None, previous) else {}
-    after = system.versions_now(names + [str(d["name"]) for d in plan.packages])
-    patches = [_outcome(p, before, after, output, outcome.rc) for p in pins]
-    failed = [(pin, patch) for pin, patch in zip(pins, patches) if patch["result"] == "FAILED"]
-    if failed:
-        _roll_back(system, failed, before)
-    result["patches"] = patches
-    result["changed"] = any(p["changed"] for p in patches)
-    changed_names = [str(p["name"]) for p in plan.packages]
-    result["reboot"] = _reboot(system, reboot_option, allow_reboot, changed_names, output)
-    result["finishedAt"] = now()
-    return result
+# Install exact pins; the result says what changed, per package (install.py has the flow).
+install = functools.partial(
+    flow.install, parse_pin, lambda root, lock_timeout: DnfInstall(_system(root, lock_timeout))
+)
 
 
-def _roll_back(system: Dnf, failed: List[Tuple[Pin, Patch]], before: Versions) -> None:
-    """Put back the versions installed before the failed pins, as the Debian backend does. rpm
-    keeps a package whose %post or %posttrans failed installed (set up halfway, and dnf exits 0
-    after a failed %post); a failed %pre leaves the old version. Only the failed pins go back,
-    in one ``downgrade`` transaction: the pins that installed cleanly stay (``history undo`` of
-    the whole transaction would take those security fixes back out too). Each patch gets
-    ``rolledBack``, ``rollback`` (what happened, or precisely why not) and ``stateAfter``."""
-    names = [pin[0] for pin, _ in failed]
-    current = system.versions_now(names)
-    offered = None  # type: Optional[Dict[Key, Dict[str, str]]]
-    targets = []  # type: List[Tuple[Pin, Patch, Key, str]]
-    for pin, patch in failed:
+class DnfInstall(VersionRollback):
+    """The install flow's steps on dnf or yum: a dry run with ``--assumeno``, the tool's own
+    history of the transaction, and rollback with ``downgrade``."""
+
+    system: Dnf  # the driver Backend.__init__ keeps, typed
+
+    def versions_now(self, names: List[str]) -> Versions:
+        return self.system.versions_now(names)
+
+    def state(self, table: Versions, pin: Pin) -> List[str]:
+        return _lookup(table, pin[0], pin[1])
+
+    def plan(self, pins: List[Pin], blocked: List[str], before: Versions) -> Plan:
+        plan = self.system.plan(pins, blocked)
+        names = [p[0] for p in pins]
+        dependencies = [
+            {"name": p["name"], "arch": p["arch"], "version": p["version"], "action": p["action"]}
+            for p in plan.packages
+            if p["name"] not in names
+        ]
+        return Plan(dependencies, {}, plan)
+
+    def apply(self, pins: List[Pin], plan: Plan) -> Applied:
+        previous = self.system.last_transaction().get("id")
+        outcome = self.system.install(pins)
+        # What changed, as the tool itself recorded it (not only what rpm shows afterwards).
+        history = self.system.last_transaction()
+        fields = {"history": history if history.get("id") not in (None, previous) else {}}
+        return Applied(outcome.rc, outcome.stdout + "\n" + outcome.stderr, fields, None)
+
+    def failure(self, pin: Pin, after: Versions, applied: Applied) -> str:
+        failure = _scriptlet_failure(pin, applied.output)
+        if pin[2] in self.state(after, pin) and not failure:
+            return ""
+        return (
+            failure or _tool_errors(applied.output) or "not installed (exit {})".format(applied.rc)
+        )
+
+    def previous(
+        self, before: Versions, now: Versions, pin: Pin
+    ) -> Tuple[str, List[str], List[str]]:
+        """The (name, arch) a pin names as rpm has it (a pin may leave the arch out), with its
+        versions before and now."""
         name, arch, _ = pin
-        key, was, is_now = _installed_key(before, current, name, arch)
-        if sorted(is_now) == sorted(was):
-            patch.update(rolledBack=False, rollback=nothing_to_roll_back(name, was))
-            continue
-        why = _not_restorable(name, was, is_now)
-        if not why:
-            if offered is None:
-                offered = system.available_versions(names)
-            if was[0] not in offered.get(key, {}):
-                why = (
+        keys = sorted(
+            k for k in set(before) | set(now) if k[0] == name and (not arch or k[1] == arch)
+        )
+        key = keys[0] if keys else (name, arch)
+        return key[1], before.get(key, []), now.get(key, [])
+
+    def not_offered(self, targets: List[Target]) -> Dict[str, str]:
+        offered = self.system.available_versions([t.pin[0] for t in targets])
+        refused = {}  # type: Dict[str, str]
+        for target in targets:
+            name, arch, was = target.previous
+            versions = offered.get((name, arch), {})
+            if was not in versions:
+                refused[name] = (
                     "{} {} is in no enabled repository any more (they offer {}), so there is "
                     "nothing to downgrade to".format(
-                        name, was[0], ", ".join(offered.get(key, {})) or "no version of it"
+                        name, was, ", ".join(versions) or "no version of it"
                     )
                 )
-        if why:
-            patch.update(rolledBack=False, rollback=not_rolled_back(name, is_now, why))
-            continue
-        targets.append((pin, patch, key, was[0]))
-    if not targets:
-        return
-    done = system.downgrade([(key[0], key[1], version) for _, _, key, version in targets])
-    restored = system.versions_now([key[0] for _, _, key, _ in targets])
-    for pin, patch, key, version in targets:
-        state = restored.get(key, [])
-        patch["stateAfter"] = " ".join(state) or "absent"
-        if state == [version]:
-            patch.update(
-                rolledBack=True,
-                changed=False,
-                rollback="restored {} {}".format(pin[0], version),
-            )
-        else:
-            why = "{} downgrade failed (exit {}): {}".format(
-                system.tool, done.rc, _tool_errors(done.stdout + "\n" + done.stderr) or "no error"
-            )
-            patch.update(rolledBack=False, rollback=not_rolled_back(pin[0], state, why))
+        return refused
 
-
-def _installed_key(
-    before: Versions, now: Versions, name: str, arch: str
-) -> Tuple[Key, List[str], List[str]]:
-    """The (name, arch) a pin names as rpm has it (a pin may leave the arch out), with its
-    versions before and now."""
-    keys = sorted(k for k in set(before) | set(now) if k[0] == name and (not arch or k[1] == arch))
-    key = keys[0] if keys else (name, arch)
-    return key, before.get(key, []), now.get(key, [])
-
-
-def _not_restorable(name: str, was: List[str], now: List[str]) -> str:
-    if not was:
-        return "nothing to restore: it was not installed before"
-    if len(was) > 1 or len(now) > 1:
-        # Install-only packages (kernel) keep old versions side by side: the old one is still
-        # there to boot, and removing the new one is a decision for a person.
-        return "{} is install-only ({} installed side by side); {} is still installed".format(
-            name, " ".join(now), " ".join(was)
+    def put_back(self, previous: List[Pin]) -> str:
+        done = self.system.downgrade(previous)
+        return "{} downgrade failed (exit {}): {}".format(
+            self.system.tool, done.rc, _tool_errors(done.stdout + "\n" + done.stderr) or "no error"
         )
-    return ""
+
+    def reboot_needed(self, plan: Plan, applied: Applied) -> Tuple[bool, str]:
+        """needs-restarting -r's rule: a reboot is needed when a core package (kernel, glibc,
+        systemd...) changed, or the running kernel is not the newest installed one (host only)."""
+        changed = [str(p["name"]) for p in plan.detail.packages]
+        core = sorted({n for n in changed if n in CORE_PACKAGES})
+        pending = core + (["kernel"] if self.system.running_kernel_outdated() and not core else [])
+        return bool(pending), "updated: " + ", ".join(pending)
 
 
-def nothing_to_roll_back(name: str, versions: List[str]) -> str:
-    """The ``rollback`` text of a failed pin rpm did not install (its %pre failed, say)."""
-    return "nothing to roll back: rpm did not change {} ({})".format(
-        name, " ".join(versions) or "not installed"
-    )
-
-
-def not_rolled_back(name: str, state: List[str], why: str) -> str:
-    """The ``rollback`` text of a failed pin whose previous version could not be put back."""
-    return "could not roll back {}: {}; it is left at {}; repair it by hand".format(
-        name, why, " ".join(state) or "absent"
-    )
-
-
-def _lookup(table: Dict[Key, List[str]], name: str, arch: str) -> List[str]:
+def _lookup(table: Versions, name: str, arch: str) -> List[str]:
     found = []  # type: List[str]
     for (n, a), versions in table.items():
         if n == name and (not arch or a == arch):
             found.extend(versions)
     return found
-
-
-def _planned(pin: Pin, before: Dict[Key, List[str]]) -> Dict[str, object]:
-    name, arch, version = pin
-    already = version in _lookup(before, name, arch)
-    return {
-        "name": name,
-        "arch": arch,
-        "version": version,
-        "result": "UNCHANGED" if already else "WOULD_INSTALL",
-        "changed": False,
-    }
-
-
-def _outcome(
-    pin: Pin, before: Dict[Key, List[str]], after: Dict[Key, List[str]], output: str, rc: int
-) -> Dict[str, object]:
-    name, arch, version = pin
-    was, now = _lookup(before, name, arch), _lookup(after, name, arch)
-    failure = _scriptlet_failure(pin, output)
-    if version in now and not failure:
-        changed = version not in was
-        return {
-            "name": name,
-            "arch": arch,
-            "version": version,
-            "result": "INSTALLED" if changed else "UNCHANGED",
-            "changed": changed,
-        }
-    message = failure or _tool_errors(output) or "not installed (exit {})".format(rc)
-    return {
-        "name": name,
-        "arch": arch,
-        "version": version,
-        "result": "FAILED",
-        "changed": sorted(now) != sorted(was),
-        "message": message,
-        "stateAfter": " ".join(now) or "absent",
-    }
 
 
 def _scriptlet_failure(pin: Pin, output: str) -> str:
@@ -276,14 +192,3 @@ def _scriptlet_failure(pin: Pin, output: str) -> str:
 def _tool_errors(output: str) -> str:
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
     return " / ".join(ln for ln in lines if ln.startswith("Error"))[:1000]
-
-
-def _reboot(
-    system: Dnf, option: str, allow: bool, changed: List[str], output: str
-) -> Dict[str, object]:
-    """needs-restarting -r's rule: a reboot is needed when a core package (kernel, glibc,
-    systemd...) changed, or the running kernel is not the newest installed one (host only)."""
-    core = sorted({n for n in changed if n in CORE_PACKAGES})
-    pending = core + (["kernel"] if system.running_kernel_outdated() and not core else [])
-    why = "updated: " + ", ".join(pending)
-    return reboot(bool(pending), why, option, system.is_host, allow)

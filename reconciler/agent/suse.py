@@ -7,14 +7,16 @@ per package version, with the patches that ship it in ``advisoryIds``.
 """
 
 import fnmatch
+import functools
 import platform
 import re
 from typing import Dict, List, Optional, Tuple
 
+from reconciler.agent import install as flow
 from reconciler.agent.errors import InstallRefused
 from reconciler.agent.facts import facts
-from reconciler.agent.outcome import install_result, inventory, now, reboot
-from reconciler.agent.rpm import not_rolled_back, nothing_to_roll_back
+from reconciler.agent.install import Applied, Plan, Target, VersionRollback
+from reconciler.agent.outcome import inventory
 from reconciler.agent.zypper import (
     CLASSIFICATIONS,
     EXIT_INFO_REBOOT_NEEDED,
@@ -32,6 +34,7 @@ from reconciler.agent.zypper import (
     zypper_spec,
 )
 
+Versions = Dict[Tuple[str, str], str]
 _SEVERITY_RANK = {"Critical": 4, "Important": 3, "Moderate": 2, "Low": 1}
 
 
@@ -134,117 +137,113 @@ def _add_patch(entry: Dict[str, object], patch: Patch) -> None:
         entry["rebootSuggested"] = True
 
 
-def install(
-    root: str,
-    pin_texts: List[str],
-    blocked: List[str],
-    simulate: bool,
-    reboot_option: str,
-    allow_reboot: bool,
-    lock_timeout: int,
-) -> Dict[str, object]:
-    """Install exact pins (and the patches they complete); the result says what changed."""
-    pins = [parse_pin(p) for p in pin_texts]  # refuses invalid pins before anything runs
-    system = Zypper(root, lock_timeout)
-    result = install_result(simulate)
-    names = [p[0] for p in pins]
-    before = system.rpm_versions(names)
-    patches = _completed_patches(system, pins, before)
-    # Naming a patch installs it even when it is interactive (reboot-suggested): zypper only
-    # skips those in `zypper patch` without --with-interactive. Naming exactly the patches the
-    # approved versions complete is what records them as applied, and yields exit code 102.
-    specs = [zypper_spec(p) for p in pins] + ["patch:" + p.name for p in patches]
-    plan = system.install(specs, dry_run=True)
-    refuse_unknown(plan)
-    summary = parse_install_summary(plan.stdout)
-    _refuse_blocked(summary, blocked)
-    result["dependencies"] = [
-        {"name": s.get("name", ""), "arch": s.get("arch", ""), "version": s.get("edition", "")}
-        for kind in ("to-install", "to-upgrade", "to-downgrade")
-        for s in summary.get(kind, [])
-        if s.get("type", "package") == "package" and s.get("name") not in names
-    ]
-    result["includedPatches"] = [p.name for p in patches]
-    if simulate:
-        result["patches"] = [_planned(p, before) for p in pins]
-        result["changed"] = False
-        result["reboot"] = {
+# Install exact pins; the result says what changed, per package (install.py has the flow).
+install = functools.partial(
+    flow.install, parse_pin, lambda root, lock_timeout: ZypperInstall(Zypper(root, lock_timeout))
+)
+
+
+class ZypperInstall(VersionRollback):
+    """The install flow's steps on zypper: a ``--dry-run`` naming the patches the pins complete,
+    zypper's exit codes, and rollback with ``install --oldpackage``."""
+
+    system: Zypper  # the driver Backend.__init__ keeps, typed
+
+    def versions_now(self, names: List[str]) -> Versions:
+        return self.system.rpm_versions(names)
+
+    def state(self, table: Versions, pin: Pin) -> List[str]:
+        found = _lookup(table, pin[0], pin[1])
+        return [found] if found else []
+
+    def plan(self, pins: List[Pin], blocked: List[str], before: Versions) -> Plan:
+        names = [p[0] for p in pins]
+        patches = _completed_patches(self.system, pins, before)
+        # Naming a patch installs it even when it is interactive (reboot-suggested): zypper only
+        # skips those in `zypper patch` without --with-interactive. Naming exactly the patches
+        # the approved versions complete is what records them as applied, and yields exit 102.
+        specs = [zypper_spec(p) for p in pins] + ["patch:" + p.name for p in patches]
+        plan = self.system.install(specs, dry_run=True)
+        refuse_unknown(plan)
+        summary = parse_install_summary(plan.stdout)
+        _refuse_blocked(summary, blocked)
+        dependencies = [
+            {"name": s.get("name", ""), "arch": s.get("arch", ""), "version": s.get("edition", "")}
+            for kind in ("to-install", "to-upgrade", "to-downgrade")
+            for s in summary.get(kind, [])
+            if s.get("type", "package") == "package" and s.get("name") not in names
+        ]
+        return Plan(dependencies, {"includedPatches": [p.name for p in patches]}, (specs, patches))
+
+    def simulated_reboot(self, plan: Plan) -> Dict[str, object]:
+        _, patches = plan.detail
+        return {
             "required": False,
             "performed": False,
             "wouldBeRequired": any(p.reboot or p.interactive for p in patches),
         }
-        return result
-    outcome = system.install(specs, dry_run=False)
-    if outcome.rc == EXIT_INFO_RESTART_NEEDED:
-        outcome = system.install(specs, dry_run=False)  # zypper updated itself: run it again
-    output = outcome.stdout + "\n" + outcome.stderr
-    after = system.rpm_versions(names)
-    outcomes = [_outcome(p, before, after, output, errors(outcome)) for p in pins]
-    failed = [(p, r) for p, r in zip(pins, outcomes) if r["result"] == "FAILED"]
-    if failed:
-        _roll_back(system, failed, before)
-    result["patches"] = outcomes
-    result["exitCode"] = outcome.rc
-    result["changed"] = any(p["changed"] for p in outcomes)
-    needs_reboot = outcome.rc == EXIT_INFO_REBOOT_NEEDED
-    result["reboot"] = _reboot(
-        system, needs_reboot, [p.name for p in patches if p.reboot], reboot_option, allow_reboot
-    )
-    result["finishedAt"] = now()
-    return result
 
+    def apply(self, pins: List[Pin], plan: Plan) -> Applied:
+        specs, _ = plan.detail
+        outcome = self.system.install(specs, dry_run=False)
+        if outcome.rc == EXIT_INFO_RESTART_NEEDED:
+            outcome = self.system.install(specs, dry_run=False)  # zypper updated itself: again
+        output = outcome.stdout + "\n" + outcome.stderr
+        return Applied(outcome.rc, output, {"exitCode": outcome.rc}, errors(outcome))
 
-def _roll_back(
-    system: Zypper, failed: List[Tuple[Pin, Dict[str, object]]], before: Dict[Tuple[str, str], str]
-) -> None:
-    """Put back the versions installed before the failed pins, as the dnf backend does: rpm
-    keeps a package whose %post failed installed (zypper exits 107). zypper has no history to
-    undo, so the previous versions are installed again by exact version (``--oldpackage``),
-    after a dry run that sorts out those no enabled repository offers any more."""
-    current = system.rpm_versions([pin[0] for pin, _ in failed])
-    targets = {}  # type: Dict[str, Tuple[Pin, Dict[str, object], Tuple[str, str, str]]]
-    for pin, patch in failed:
+    def failure(self, pin: Pin, after: Versions, applied: Applied) -> str:
+        # rpm keeps a package whose %post fails installed, and zypper exits 107: the package is
+        # there but not set up, so the patch counts as FAILED with rpm's message.
+        script = [
+            line.strip()
+            for line in applied.output.splitlines()
+            if "scriptlet failed" in line and "({}-".format(pin[0]) in line
+        ]
+        if self.state(after, pin) == [pin[2]] and not script:
+            return ""
+        return (
+            " / ".join(script)
+            or " / ".join(applied.detail)
+            or "not installed: zypper reported no error"
+        )
+
+    def previous(
+        self, before: Versions, now: Versions, pin: Pin
+    ) -> Tuple[str, List[str], List[str]]:
         name, arch, _ = pin
-        was, now_at = _lookup(before, name, arch), _lookup(current, name, arch)
-        if was == now_at:
-            patch.update(
-                rolledBack=False, rollback=nothing_to_roll_back(name, [was] if was else [])
-            )
-        elif was is None:
-            why = "nothing to restore: it was not installed before"
-            patch.update(rolledBack=False, rollback=not_rolled_back(name, [str(now_at)], why))
-        else:
-            key_arch = next(a for (n, a), v in before.items() if n == name and v == was)
-            targets[name] = (pin, patch, (name, key_arch, was))
-    if not targets:
-        return
-    plan = system.install([zypper_spec(t[2]) for t in targets.values()], dry_run=True)
-    for message in errors(plan):
-        if message.startswith("No provider of"):
+        was = _lookup(before, name, arch)
+        installed_arch = next((a for (n, a), v in before.items() if n == name and v == was), arch)
+        return installed_arch, self.state(before, pin), self.state(now, pin)
+
+    def not_offered(self, targets: List[Target]) -> Dict[str, str]:
+        """A dry run sorts out the previous versions no enabled repository offers any more."""
+        plan = self.system.install([zypper_spec(t.previous) for t in targets], dry_run=True)
+        refused = {}  # type: Dict[str, str]
+        for message in errors(plan):
+            if not message.startswith("No provider of"):
+                continue
             # "No provider of 'NAME.ARCH=VERSION' found." (or 'NAME=VERSION')
-            for name in [n for n in targets if re.search("'{}[.= ]".format(re.escape(n)), message)]:
-                pin, patch, (_, _, was) = targets.pop(name)
-                why = "{} {} is in no enabled repository any more (zypper: {})".format(
-                    name, was, message.rstrip(".")
-                )
-                state = [_lookup(current, name, pin[1]) or ""]
-                patch.update(rolledBack=False, rollback=not_rolled_back(name, state, why))
-    if not targets:
-        return
-    done = system.install([zypper_spec(t[2]) for t in targets.values()], dry_run=False)
-    restored = system.rpm_versions(list(targets))
-    for name, (_pin, patch, (_, arch, was)) in targets.items():
-        now_at = _lookup(restored, name, arch)
-        patch["stateAfter"] = now_at or "absent"
-        if now_at == was:
-            patch.update(
-                rolledBack=True, changed=False, rollback="restored {} {}".format(name, was)
-            )
-        else:
-            why = "zypper install --oldpackage failed (exit {}): {}".format(
-                done.rc, " / ".join(errors(done)) or "no error"
-            )
-            patch.update(rolledBack=False, rollback=not_rolled_back(name, [now_at or ""], why))
+            for name, _, was in [t.previous for t in targets]:
+                if re.search("'{}[.= ]".format(re.escape(name)), message):
+                    why = "{} {} is in no enabled repository any more (zypper: {})"
+                    refused.setdefault(name, why.format(name, was, message.rstrip(".")))
+        return refused
+
+    def put_back(self, previous: List[Pin]) -> str:
+        done = self.system.install([zypper_spec(p) for p in previous], dry_run=False)
+        return "zypper install --oldpackage failed (exit {}): {}".format(
+            done.rc, " / ".join(errors(done)) or "no error"
+        )
+
+    def reboot_needed(self, plan: Plan, applied: Applied) -> Tuple[bool, str]:
+        _, patches = plan.detail
+        why = [p.name for p in patches if p.reboot]
+        needed = applied.rc == EXIT_INFO_REBOOT_NEEDED
+        if needed and not self.system.is_host:
+            self.system.record_reboot(why or ["zypper exit code 102"])
+        return needed, "patches ask for a reboot: {}".format(
+            ", ".join(why) or "zypper exit code 102"
+        )
 
 
 def _completed_patches(
@@ -294,57 +293,3 @@ def _lookup(table: Dict[Tuple[str, str], str], name: str, arch: str) -> Optional
         if n == name and (not arch or a == arch):
             return version
     return None
-
-
-def _planned(pin: Pin, before: Dict[Tuple[str, str], str]) -> Dict[str, object]:
-    name, arch, version = pin
-    already = _lookup(before, name, arch) == version
-    return {
-        "name": name,
-        "arch": arch,
-        "version": version,
-        "result": "UNCHANGED" if already else "WOULD_INSTALL",
-        "changed": False,
-    }
-
-
-def _outcome(
-    pin: Pin,
-    before: Dict[Tuple[str, str], str],
-    after: Dict[Tuple[str, str], str],
-    output: str,
-    errs: List[str],
-) -> Dict[str, object]:
-    name, arch, version = pin
-    was, now = _lookup(before, name, arch), _lookup(after, name, arch)
-    entry = {"name": name, "arch": arch, "version": version}  # type: Dict[str, object]
-    # rpm keeps a package whose %post fails installed, and zypper exits 107: the package is
-    # there but not set up, so the patch counts as FAILED with rpm's message.
-    script = [
-        line.strip()
-        for line in output.splitlines()
-        if "scriptlet failed" in line and "({}-".format(name) in line
-    ]
-    if now == version and not script:
-        changed = was != version
-        entry.update({"result": "INSTALLED" if changed else "UNCHANGED", "changed": changed})
-        return entry
-    message = " / ".join(script) or " / ".join(errs) or "not installed: zypper reported no error"
-    entry.update(
-        {
-            "result": "FAILED",
-            "changed": now != was,
-            "message": message,
-            "stateAfter": now or "absent",
-        }
-    )
-    return entry
-
-
-def _reboot(
-    system: Zypper, needed: bool, why: List[str], option: str, allow: bool
-) -> Dict[str, object]:
-    if needed and not system.is_host:
-        system.record_reboot(why or ["zypper exit code 102"])
-    reason = "patches ask for a reboot: {}".format(", ".join(why) or "zypper exit code 102")
-    return reboot(needed, reason, option, system.is_host, allow)

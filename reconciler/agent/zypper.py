@@ -17,7 +17,6 @@ import time
 import xml.etree.ElementTree as ET
 from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
-from reconciler.agent.dnf import updateinfo_packages
 from reconciler.agent.errors import (
     CommandFailed,
     InstallRefused,
@@ -26,6 +25,8 @@ from reconciler.agent.errors import (
     RepositoryError,
 )
 from reconciler.agent.facts import below
+from reconciler.agent.rpmmd import updateinfo_packages
+from reconciler.agent.rpmvercmp import evr_text
 from reconciler.agent.runner import Result, Running, run
 
 ZYPPER = "/usr/bin/zypper"
@@ -291,9 +292,7 @@ def parse_rpm_query(text: str) -> List[Dict[str, object]]:
         pkg = {
             "name": name,
             "arch": arch,
-            "version": "{}{}-{}".format(
-                "" if epoch in ("0", "") else epoch + ":", version, release
-            ),
+            "version": evr_text(epoch, version, release),
         }  # type: Dict[str, object]
         if when.isdigit():
             pkg["installedTime"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(when)))

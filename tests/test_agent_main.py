@@ -1,0 +1,59 @@
+"""The agent program itself (``python -m reconciler.agent``): which backend a root gets, and how a
+failure to load one is reported. Only an os-release file is needed: no package manager runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _root(path: Path, os_release: str) -> Path:
+    (path / "etc").mkdir(parents=True)
+    (path / "etc/os-release").write_text(os_release)
+    return path
+
+
+def _agent(root: Path, python_path: Path | None = None) -> tuple[int, dict[str, Any], str]:
+    env = dict(os.environ)
+    if python_path is not None:
+        env["PYTHONPATH"] = str(python_path)
+    run = subprocess.run(
+        [sys.executable, "-m", "reconciler.agent", "scan", "--no-refresh", "--root", str(root)],
+        capture_output=True, text=True, timeout=60, env=env, cwd=REPO,
+    )  # fmt: skip
+    return run.returncode, json.loads(run.stdout), run.stderr
+
+
+def test_a_backend_that_cannot_be_loaded_is_an_internal_error_naming_the_module(
+    tmp_path: Path,
+) -> None:
+    """A Python built without liblzma has an ``lzma`` module whose ``_lzma`` is missing: the
+    rpm backend then fails to import. That is the agent's problem on this machine, not an
+    operating system it does not support, and the error says which module is missing."""
+    root = _root(tmp_path / "rhel", 'ID="rhel"\nVERSION_ID="9.4"\n')
+    no_lzma = tmp_path / "python-without-lzma"
+    no_lzma.mkdir()
+    (no_lzma / "_lzma.py").write_text(
+        "raise ModuleNotFoundError(\"No module named '_lzma'\", name='_lzma')\n"
+    )
+    rc, document, stderr = _agent(root, python_path=no_lzma)
+    error = document["error"]
+    assert rc == 1 and "Traceback" not in stderr
+    assert error["code"] == "InternalError"
+    assert "_lzma" in error["message"] and "not supported" not in error["message"]
+    assert error["details"] == {"backend": "reconciler.agent.rpm", "module": "_lzma"}
+
+
+def test_an_operating_system_without_a_backend_is_unsupported(tmp_path: Path) -> None:
+    root = _root(tmp_path / "gentoo", 'ID="gentoo"\n')
+    rc, document, _ = _agent(root)
+    assert rc == 1
+    assert document["error"]["code"] == "UnsupportedSystem"
+    assert "gentoo" in document["error"]["message"]
