@@ -151,7 +151,9 @@ def _free_ports(count: int) -> list[int]:
 def _environment() -> dict[str, str]:
     # Debian's Swift runs under /usr/bin/python3 with its own site-packages: nothing of the
     # test virtualenv (PYTHONPATH, VIRTUAL_ENV) may leak into it.
-    keep = ("PATH", "HOME", "LANG", "TMPDIR")
+    # libfaketime's variables (`make test-clock`) do reach it: Swift shares the tests' clock, as a
+    # real S3 endpoint shares the client's (it refuses requests signed 15 minutes off).
+    keep = ("PATH", "HOME", "LANG", "TMPDIR", "LD_PRELOAD", "FAKETIME", "FAKETIME_SHARED")
     env = {k: v for k, v in os.environ.items() if k in keep}
     env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
     return env
