@@ -294,6 +294,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--instance", help="only this instance: its summary and detail")
     p.add_argument("--group", help="only the instances of this patch group")
     p.add_argument(
+        "--now",
+        type=_timestamp,
+        default=None,
+        help="report as of this ISO-8601 time: the files' time stamp, generatedAt and the "
+        "trend's last day (default: now, UTC)",
+    )
+    p.add_argument(
         "--state", type=Path, help="the observed-state database (default: the user's state dir)"
     )
     p.set_defaults(handler=_report)
@@ -1240,7 +1247,11 @@ def _report(args: argparse.Namespace) -> int:
         data = export.read_input(store, args.format)
     try:
         files = export.build_report(
-            data, args.format, now=datetime.now(UTC), instance=args.instance, group=args.group
+            data,
+            args.format,
+            now=args.now or datetime.now(UTC),
+            instance=args.instance,
+            group=args.group,
         )
     except export.ReportError as exc:
         raise UserError(str(exc)) from None
@@ -1256,6 +1267,8 @@ def _report(args: argparse.Namespace) -> int:
 def _report_runs(args: argparse.Namespace) -> int:
     if args.instance is not None or args.group is not None:
         raise UserError("--instance and --group go with --to; --runs lists every run (--report)")
+    if args.now is not None:  # the runs are listed as recorded: no time to report them as of
+        raise UserError("--now goes with --to; --runs lists the runs as recorded")
     if args.limit < 1:
         raise UserError(f"--limit {args.limit}: give a positive number")
     with _store(args) as store:

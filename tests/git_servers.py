@@ -13,13 +13,14 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from tests.waiting import accepting, tail_of, wait_until
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -128,15 +129,19 @@ def free_port() -> int:
 
 
 def wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"server exited {process.returncode}: {log.read_text()}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.02)
-    raise RuntimeError(f"server not listening on {port}: {log.read_text()}")
+        return accepting(port)
+
+    wait_until(
+        f"a server on port {port}",
+        listening,
+        timeout=10,
+        every=0.02,
+        error=RuntimeError,
+        detail=tail_of(log),
+    )
 
 
 @dataclass

@@ -32,7 +32,6 @@ import secrets
 import socket
 import ssl
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -47,6 +46,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 CRD_DIR = REPO / "crds"
@@ -290,19 +291,22 @@ def _wait_ready(
     url: str, context: ssl.SSLContext, process: subprocess.Popen[bytes], log: Path
 ) -> None:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-    deadline = time.monotonic() + START_TIMEOUT
-    last = ""
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"kube-apiserver exited with {process.returncode}:\n{_tail(log)}")
-        try:
-            with urllib.request.urlopen(request, context=context, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError) as error:
-            last = str(error)
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready after {START_TIMEOUT}s ({last}):\n{_tail(log)}")
+        with urllib.request.urlopen(request, context=context, timeout=2) as response:
+            return bool(response.status == 200)
+
+    wait_until(
+        url,
+        ready,
+        timeout=START_TIMEOUT,
+        every=0.2,
+        ignore=(OSError,),  # urllib's URLError is one
+        error=RuntimeError,
+        detail=lambda: _tail(log),
+    )
 
 
 def _spawn(log: Path, argv: list[str]) -> subprocess.Popen[bytes]:
@@ -332,19 +336,27 @@ def _start_etcd(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
         ],
     )
     url = f"http://127.0.0.1:{client}"
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
+
+    def healthy() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"etcd exited with {process.returncode}:\n{_tail(log)}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if b'"true"' in response.read():
-                    return process, url
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.1)
-    _stop(process)
-    raise RuntimeError(f"etcd not healthy after {START_TIMEOUT}s:\n{_tail(log)}")
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return b'"true"' in response.read()
+
+    try:
+        wait_until(
+            "etcd healthy",
+            healthy,
+            timeout=START_TIMEOUT,
+            every=0.1,
+            ignore=(OSError,),
+            error=RuntimeError,
+            detail=lambda: _tail(log),
+        )
+    except RuntimeError:
+        _stop(process)
+        raise
+    return process, url
 
 
 def _write_secrets(directory: Path, ca: _Ca) -> dict[str, Path]:
@@ -437,17 +449,24 @@ def install_crds(api: KubeApi, timeout: float = 30.0) -> list[str]:
             current = ext.read_custom_resource_definition(name)
             body["metadata"]["resourceVersion"] = current.metadata.resource_version
             ext.replace_custom_resource_definition(name, body)
-    deadline = time.monotonic() + timeout
-    pending = set(names)
-    while pending and time.monotonic() < deadline:
-        for name in sorted(pending):
-            conditions = ext.read_custom_resource_definition(name).status.conditions or []
-            if any(c.type == "Established" and c.status == "True" for c in conditions):
-                pending.discard(name)
-        time.sleep(0.1)
-    if pending:
-        raise RuntimeError(f"CRDs not Established after {timeout}s: {sorted(pending)}")
+
+    def unestablished() -> list[str]:
+        return [name for name in sorted(names) if not _established(ext, name)]
+
+    wait_until(
+        "the CRDs Established",
+        lambda: not unestablished(),
+        timeout=timeout,
+        every=0.1,
+        error=RuntimeError,
+        detail=lambda: ", ".join(unestablished()),
+    )
     return names
+
+
+def _established(ext: Any, name: str) -> bool:
+    conditions = ext.read_custom_resource_definition(name).status.conditions or []
+    return any(c.type == "Established" and c.status == "True" for c in conditions)
 
 
 @pytest.fixture(scope="session")

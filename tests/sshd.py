@@ -8,15 +8,17 @@ Recipe: shared/testbeds/README.md (SSH).
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
+
+from tests.waiting import accepting, wait_until
 
 SSHD = "/usr/sbin/sshd"
 HAVE_SSHD = os.path.exists(SSHD) and hasattr(os, "geteuid") and os.geteuid() == 0
@@ -77,6 +79,12 @@ class Sshd:
             self.process.wait()
 
 
+def _listening(process: subprocess.Popen[bytes], port: int) -> bool:
+    if process.poll() is not None:
+        raise RuntimeError(f"sshd exited {process.returncode}")
+    return accepting(port)
+
+
 def start_sshd(directory: Path, *, attempts: int = 3) -> Sshd:
     """Start sshd with its keys and files under ``directory``; returns once the port accepts."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -112,19 +120,22 @@ def start_sshd(directory: Path, *, attempts: int = 3) -> Sshd:
             [SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
         )
         log.close()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            except OSError:
-                time.sleep(0.02)
-                continue
-            known_hosts = directory / "known_hosts"
-            known_hosts.write_text(known_hosts_line(port, host_key))
-            return Sshd(directory, port, host_key, client_key_file, known_hosts, log_file, process)
-        if process.poll() is None:
-            process.kill()
-        process.wait()
+        try:
+            wait_until(
+                "sshd to listen",
+                functools.partial(_listening, process, port),
+                timeout=10,
+                every=0.02,
+                error=RuntimeError,
+            )
+        except RuntimeError:  # exited (its port taken?) or hung: another port
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            continue
+        known_hosts = directory / "known_hosts"
+        known_hosts.write_text(known_hosts_line(port, host_key))
+        return Sshd(directory, port, host_key, client_key_file, known_hosts, log_file, process)
     raise RuntimeError(f"sshd did not start: {log_file.read_text(errors='replace')[-2000:]}")
 
 

@@ -16,10 +16,11 @@ import pwd
 import shutil
 import socket
 import subprocess
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.waiting import accepting, wait_until
 
 SERVERS = ("account", "container", "object")
 ACCESS_KEY, SECRET_KEY = "test:tester", "testing"
@@ -151,7 +152,9 @@ def _free_ports(count: int) -> list[int]:
 def _environment() -> dict[str, str]:
     # Debian's Swift runs under /usr/bin/python3 with its own site-packages: nothing of the
     # test virtualenv (PYTHONPATH, VIRTUAL_ENV) may leak into it.
-    keep = ("PATH", "HOME", "LANG", "TMPDIR")
+    # libfaketime's variables (`make test-clock`) do reach it: Swift shares the tests' clock, as a
+    # real S3 endpoint shares the client's (it refuses requests signed 15 minutes off).
+    keep = ("PATH", "HOME", "LANG", "TMPDIR", "LD_PRELOAD", "FAKETIME", "FAKETIME_SHARED")
     env = {k: v for k, v in os.environ.items() if k in keep}
     env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
     return env
@@ -238,24 +241,21 @@ def _start(directory: Path, timeout: float) -> Swift:
 
 
 def _wait_ready(swift: Swift, ports: dict[str, int], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    pending = set(ports)
-    while pending and time.monotonic() < deadline:
+    def pending() -> list[str]:
         for name, process in swift.processes.items():
             if process.poll() is not None:
                 raise RuntimeError(
                     f"swift-{name}-server exited with {process.returncode}: {swift.log(name)[-3000:]}"
                 )
-        for name in sorted(pending):
-            try:
-                socket.create_connection(("127.0.0.1", ports[name]), timeout=0.5).close()
-            except OSError:
-                continue
-            pending.discard(name)
-        time.sleep(0.05)
-    if pending:
-        logs = "; ".join(f"{n}: {swift.log(n)[-1500:]}" for n in sorted(pending))
-        raise RuntimeError(f"Swift did not start within {timeout} s ({sorted(pending)}): {logs}")
+        return [name for name in sorted(ports) if not accepting(ports[name])]
+
+    wait_until(
+        "Swift's servers to listen",
+        lambda: not pending(),
+        timeout=timeout,
+        error=RuntimeError,
+        detail=lambda: "; ".join(f"{n}: {swift.log(n)[-1500:]}" for n in pending()),
+    )
     try:
         with urllib.request.urlopen(f"{swift.endpoint}/healthcheck", timeout=5) as answer:
             if answer.read() != b"OK":

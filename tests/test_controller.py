@@ -30,6 +30,7 @@ import kubernetes
 import pytest
 import yaml
 
+from reconciler.api.resources import KINDS
 from reconciler.api.snapshot import Problem
 from reconciler.controller.events import notices
 from reconciler.controller.leader import Holder, LeaderElector, LeaseConfig, may_acquire
@@ -44,6 +45,8 @@ from reconciler.state.kubernetes import StatusWriter, Written, merge_conditions,
 from tests.conftest import needs_apt
 from tests.fleet import BASELINE, BASELINE_YAML, GROUP, local_instance_yaml, window_yaml
 from tests.kubeapi import KubeApi, free_port
+from tests.test_metrics import scrape
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 G, V = "patchwarden.io", "v1alpha1"
@@ -317,18 +320,10 @@ def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0) -> Any:
-    """Poll ``check`` until it returns something true; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except kubernetes.client.ApiException as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.3)
-    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
+    """Poll ``check`` until it returns something true; an ApiException is polled past."""
+    return wait_until(
+        what, check, timeout=timeout, every=0.3, ignore=(kubernetes.client.ApiException,)
+    )
 
 
 def events(kube_api: KubeApi, namespace: str) -> list[tuple[str, str, str]]:
@@ -705,20 +700,22 @@ def test_nodes_are_mirrored_and_their_heartbeats_change_nothing(
 
 @pytest.mark.apiserver
 def test_the_watch_wakes_on_changes_but_not_on_status_writes(
-    kube_api: KubeApi, system_root: Path
+    kube_api: KubeApi, system_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What wakes the loop: an object created, its spec changed, deleted. What does not: a status
     write (the controller's own, every pass), which would otherwise wake it forever."""
     ns = kube_api.namespace()
     wakes = threading.Semaphore(0)
     source = KubernetesSource(kube_api.client(), ns, watch_nodes=False)
+    listed = _listed_kinds(source, monkeypatch)
     stop = source.watch(wakes.release)
     try:
 
         def woken(timeout: float = 10.0) -> bool:
             return wakes.acquire(timeout=timeout)
 
-        time.sleep(1)  # the watches have listed and are waiting
+        # The first list wakes nobody: what is created before it is simply there.
+        wait_until("the watches to list", lambda: len(listed) == len(KINDS))
         apply(kube_api, ns, local_instance_yaml("web-1", system_root))
         assert woken()
         while wakes.acquire(timeout=1):
@@ -726,7 +723,13 @@ def test_the_watch_wakes_on_changes_but_not_on_status_writes(
         custom(kube_api).patch_namespaced_custom_object_status(
             G, V, ns, PLURAL["ManagedInstance"], "web-1", {"status": {"waiting": "x"}}
         )
-        assert not woken(timeout=3)
+        # A label change after it, on the same watch: its events arrive in order, so when the
+        # label's wake is in, the status write's would be too. Exactly one wake: the label's.
+        custom(kube_api).patch_namespaced_custom_object(
+            G, V, ns, PLURAL["ManagedInstance"], "web-1", {"metadata": {"labels": {"seen": "1"}}}
+        )
+        assert woken()
+        assert not wakes.acquire(blocking=False)
         apply(kube_api, ns, BASELINE_YAML)
         assert woken()
         custom(kube_api).delete_namespaced_custom_object(
@@ -735,6 +738,27 @@ def test_the_watch_wakes_on_changes_but_not_on_status_writes(
         assert woken()
     finally:
         stop()
+
+
+def _listed_kinds(source: KubernetesSource, monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The kinds ``source``'s watches have listed (not watched) so far: each lists once before
+    it watches from the list's resourceVersion, so a change made after that is never missed."""
+    listed: set[str] = set()
+    lister = source._lister
+
+    def recording(kind: str) -> Callable[..., Any]:
+        real = lister(kind)
+
+        def list_objects(**kwargs: Any) -> Any:
+            answer = real(**kwargs)
+            if not kwargs.get("watch"):
+                listed.add(kind)
+            return answer
+
+        return list_objects
+
+    monkeypatch.setattr(source, "_lister", recording)
+    return listed
 
 
 @pytest.mark.apiserver
@@ -757,8 +781,9 @@ def test_a_watch_that_expired_lists_again_and_keeps_watching(kube_api: KubeApi) 
     watcher = Expiring(source._lister("PatchBaseline"), wakes.release, stop, name="expiring")
     watcher.start()
     try:
+        # Listed again: the watch goes on from that list's resourceVersion, so the change
+        # made next is delivered whenever the watch request reaches the server.
         wait_for("a second list after 410 Gone", lambda: watcher.lists >= 2, timeout=15)
-        time.sleep(0.5)
         apply(kube_api, ns, BASELINE_YAML.split("---")[0])
         assert wakes.acquire(timeout=10)
     finally:
@@ -789,7 +814,15 @@ def test_two_replicas_one_leader_and_a_takeover_when_it_dies(
     wait_for("alpha leads", lambda: lease_holder(kube_api, ns) == "alpha")
     second = controllers(ns, "beta", "--interval", "2")
     scanned = wait_for("web-1 scanned", ready_instance(kube_api, ns, "web-1", "NON_COMPLIANT"))
-    time.sleep(5)  # alpha passes every 2 s; beta has been waiting for several retry periods
+    # Two whole passes of alpha after the one that scanned (every 2 s: beta has been waiting
+    # through several retry periods of 0.5 s meanwhile).
+    alpha = f"http://127.0.0.1:{first.port}"
+    passes = scrape(alpha).value("patchwarden_reconcile_passes_total")
+    wait_for(
+        "two idle passes of alpha",
+        lambda: scrape(alpha).value("patchwarden_reconcile_passes_total") >= passes + 3,
+        timeout=60,
+    )
     # Idle passes write nothing and announce nothing.
     again = get(kube_api, ns, "ManagedInstance", "web-1")
     assert again["metadata"]["resourceVersion"] == scanned["metadata"]["resourceVersion"]
@@ -819,15 +852,20 @@ def test_losing_the_lease_stops_the_controller_with_an_error(
     controller = controllers(ns, "alpha", "--interval", "2")
     wait_for("alpha leads", lambda: lease_holder(kube_api, ns) == "alpha")
     coordination = kubernetes.client.CoordinationV1Api(kube_api.client())
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and controller.process.poll() is None:
+
+    def intrude() -> bool:
+        """Take the lease for an intruder; whether alpha has given up (exited) by now."""
+        if controller.process.poll() is not None:
+            return True
         lease = coordination.read_namespaced_lease("patchwarden-controller", ns)
         lease.spec.holder_identity = "intruder"
         lease.spec.renew_time = datetime.now(UTC)
         lease.spec.lease_duration_seconds = 60
         with contextlib.suppress(kubernetes.client.ApiException):  # alpha renewed: again
             coordination.replace_namespaced_lease("patchwarden-controller", ns, lease)
-        time.sleep(0.2)
+        return False
+
+    wait_until("alpha to give up", intrude, timeout=40, every=0.2, detail=controller.logs)
     assert controller.process.wait(timeout=30) == 1, controller.logs()
     assert "lost the leader lease" in controller.logs()
     assert lease_holder(kube_api, ns) == "intruder"

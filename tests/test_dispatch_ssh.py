@@ -25,6 +25,7 @@ from reconciler.dispatch.agent_bundle import agent_bytes, agent_zipapp, build_ag
 from tests.aptlab import Repo, make_root
 from tests.conftest import INSTALLED, needs_apt
 from tests.sshd import Sshd, have_sshd, known_hosts_line, start_sshd, write_key
+from tests.waiting import wait_until
 
 pytestmark = [
     needs_apt,
@@ -163,9 +164,7 @@ def test_a_dropped_connection_is_reopened(
     # What a server restart or an idle timeout does: sshd's per-connection process goes away.
     for pid in sshd.connection_pids():
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while sshd.connection_pids() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until("sshd's connections to end", lambda: not sshd.connection_pids(), timeout=10)
     assert remote.scan(refresh=False).updates
     assert pool.connections_opened == 2 and pool.uploads == 1
 

@@ -17,8 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,6 +57,7 @@ from tests.fleet import (
     open_window_yaml,
     window_yaml,
 )
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PATCHCTL = [sys.executable, "-m", "reconciler"]
@@ -99,14 +99,6 @@ def noncompliant(instance: str = "web-1") -> Occurrence:
         operation="Scan",
         summary={"complianceStatus": "NON_COMPLIANT", "complianceSeverity": "HIGH"},
     )
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Poll for a condition another thread brings about (a generous bound, not a benchmark)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
 
 
 @dataclass
@@ -563,7 +555,7 @@ def test_an_endpoint_that_comes_back_gets_the_event(aws: Aws) -> None:
     )
     sink = EventBridgeSink(client, bus="patching", retry=Retry(attempts=500, base=0.01, cap=0.05))
     sink(noncompliant())
-    wait_until(lambda: sink.retries >= 1)  # the first PutEvents failed: connection refused
+    wait_until("a retried PutEvents", lambda: sink.retries >= 1, timeout=20)  # refused
     assert sink.sent == 0
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -672,7 +664,9 @@ def test_a_dead_endpoint_does_not_hold_up_the_loop_and_drops_are_counted() -> No
     assert sink.dropped >= 10_000 - 100 - 1 - sink.failed
     sink.close(0.2)
     assert sink.sent == 0
-    wait_until(lambda: sink.dropped + sink.failed == 10_000)
+    wait_until(
+        "every event dropped or failed", lambda: sink.dropped + sink.failed == 10_000, timeout=20
+    )
     dropped = [f for m, f in warnings.lines if m.startswith("event queue full")]
     assert len(dropped) == 1 and dropped[0]["sink"].startswith("webhook:http://127.0.0.1:")
 
@@ -686,7 +680,8 @@ def test_an_endpoint_that_never_answers_holds_one_event_and_no_more() -> None:
         url = f"http://127.0.0.1:{hole.getsockname()[1]}/"
         sink = WebhookSink(url, capacity=50, timeout=60, retry=FAST, log=Warnings())
         sink(noncompliant("first"))
-        wait_until(lambda: sink.queued == 0)  # the worker took it and is stuck sending it
+        # The worker took it and is stuck sending it.
+        wait_until("the queue taken", lambda: sink.queued == 0, timeout=20)
         for i in range(10_000):
             sink(noncompliant(f"web-{i}"))
         assert (sink.queued, sink.dropped, sink.sent, sink.failed) == (50, 9_950, 0, 0)
@@ -698,7 +693,7 @@ def test_a_full_queue_drops_its_oldest_events(receiver: Receiver) -> None:
     receiver.gate.clear()  # the receiver holds the first request until the queue has overflowed
     sink = WebhookSink(receiver.url, capacity=3, retry=FAST, log=Warnings())
     sink(noncompliant("web-0"))
-    wait_until(lambda: sink.queued == 0)  # web-0 is on its way
+    wait_until("web-0 on its way", lambda: sink.queued == 0, timeout=20)
     for i in range(1, 10):
         sink(noncompliant(f"web-{i}"))
     receiver.gate.set()

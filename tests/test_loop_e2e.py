@@ -46,6 +46,7 @@ from tests.fleet import (
 )
 from tests.git_servers import SshSigningKeys, Upstream, free_port, git_daemon
 from tests.sshd import Sshd, have_sshd, start_sshd
+from tests.waiting import tail_of, wait_until
 
 pytestmark = needs_apt
 
@@ -339,16 +340,20 @@ def _kill_at_first_install(command: list[str], stderr: Path, timeout: float = 60
         process = subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
         )
-    deadline = time.monotonic() + timeout
+
+    def install_started() -> str | None:
+        for entry in log_lines(stderr.read_text().rpartition("\n")[0]):
+            if entry.get("event") == "job started" and entry.get("operation") == "Install":
+                return str(entry["instance"])
+        assert process.poll() is None, "the rollout ended before it could be interrupted"
+        return None
+
     try:
-        while time.monotonic() < deadline:
-            for entry in log_lines(stderr.read_text().rpartition("\n")[0]):
-                if entry.get("event") == "job started" and entry.get("operation") == "Install":
-                    os.killpg(process.pid, signal.SIGKILL)
-                    return str(entry["instance"])
-            assert process.poll() is None, "the rollout ended before it could be interrupted"
-            time.sleep(0.01)
-        raise AssertionError("no Install job started: " + stderr.read_text()[-2000:])
+        instance = wait_until(
+            "an Install job", install_started, timeout=timeout, every=0.01, detail=tail_of(stderr)
+        )
+        os.killpg(process.pid, signal.SIGKILL)
+        return instance
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -448,11 +453,11 @@ def test_a_machine_left_half_configured_by_a_killed_reconcile_is_not_reported_co
         start_new_session=True,
     )
     try:
-        _wait_for(
+        wait_until(
             "dpkg to configure pwtest-slow",
             lambda: log.exists() and "half-configured pwtest-slow:all 1.0-2" in log.read_text(),
-            60,
-            log,
+            timeout=60,
+            detail=tail_of(log),
         )
     finally:
         if process.poll() is None:
@@ -527,16 +532,6 @@ def _get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
-def _wait_for(what: str, check: Callable[[], bool], timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    tail = log.read_text()[-3000:] if log.exists() else f"(no {log})"
-    raise AssertionError(f"timed out waiting for {what}: {tail}")
-
-
 @pytest.fixture
 def served_upstream(tmp_path: Path) -> Iterator[tuple[Upstream, str]]:
     """The fleet's repository served by ``git daemon`` on loopback: (upstream, git:// URL)."""
@@ -565,7 +560,12 @@ def test_patchctl_run_serves_health_and_metrics_follows_commits_and_stops_gracef
             start_new_session=True,
         )
     try:
-        _wait_for("/healthz to be 200", lambda: _get(f"{base}/healthz")[0] == 200, 30, log)
+        wait_until(
+            "/healthz to be 200",
+            lambda: _get(f"{base}/healthz")[0] == 200,
+            timeout=30,
+            detail=tail_of(log),
+        )
         status, metrics = _get(f"{base}/metrics")
         assert status == 200
         assert 'patchwarden_jobs_total{operation="Scan",status="succeeded"} 2.0' in metrics
@@ -584,7 +584,9 @@ def test_patchctl_run_serves_health_and_metrics_follows_commits_and_stops_gracef
                 for e in log_lines(log.read_text().rpartition("\n")[0])
             )
 
-        _wait_for("an Install job of the new commit", install_started, 15, log)
+        wait_until(
+            "an Install job of the new commit", install_started, timeout=15, detail=tail_of(log)
+        )
         assert time.monotonic() - committed < 10  # polled every second
 
         # SIGTERM in the middle of the rollout: the running job finishes, nothing new starts.

@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from tests.aptlab import Pkg, Repo, make_root
 from tests.conftest import INSTALLED, needs_apt
 from tests.fleet import API, documents, open_window_yaml, versions
 from tests.git_servers import free_port
+from tests.waiting import tail_of, wait_until
 
 pytestmark = needs_apt
 
@@ -125,15 +126,6 @@ def healthy(base: str) -> bool:
         return False
 
 
-def wait_for(what: str, check: Callable[[], bool], log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}: {log.read_text()[-3000:]}")
-
-
 def patchctl_json(*args: str) -> Any:
     run = subprocess.run(
         [*PATCHCTL, *args, "-o", "json"], cwd=ROOT, capture_output=True, text=True, timeout=60
@@ -218,7 +210,7 @@ def test_metrics_of_patchctl_run_equal_the_fleets_real_state(
     started = time.time()
 
     # 1. The first pass scans everyone; no window, so nothing is installed.
-    wait_for("/healthz", lambda: healthy(base), log)
+    wait_until("/healthz", lambda: healthy(base), timeout=60, detail=tail_of(log))
     first = scrape(base)
     assert first.value("patchwarden_jobs_total", operation="Scan", status="succeeded") == 4
     assert first.value("patchwarden_jobs_started_total", operation="Scan") == 4
@@ -252,12 +244,13 @@ def test_metrics_of_patchctl_run_equal_the_fleets_real_state(
         jobs = scrape(base).samples.get("patchwarden_jobs_total", [])
         return any(labels["operation"] == "Install" for labels, _ in jobs)
 
-    wait_for("the install on db-1", installed, log)
+    wait_until("the install on db-1", installed, timeout=60, detail=tail_of(log))
     passes = scrape(base).value("patchwarden_reconcile_passes_total")
-    wait_for(
+    wait_until(
         "the pass of the install to end",
         lambda: scrape(base).value("patchwarden_reconcile_passes_total") > passes,
-        log,
+        timeout=60,
+        detail=tail_of(log),
     )
     second = scrape(base)
     assert versions(roots["db-1"]) == {"pwtest-lib": "1.0-2", "pwtest-kernel": "1.0-2"}
@@ -276,16 +269,18 @@ def test_metrics_of_patchctl_run_equal_the_fleets_real_state(
 
     # 3. A broken file: the revision is refused once, however many passes see it.
     (source / "broken.yaml").write_text(f"{API}\nkind: PatchBaseline\nmetadata: {{}}\n")
-    wait_for(
+    wait_until(
         "the refusal",
         lambda: scrape(base).value("patchwarden_snapshot_refusals_total") == 1,
-        log,
+        timeout=60,
+        detail=tail_of(log),
     )
     passes = scrape(base).value("patchwarden_reconcile_passes_total")
-    wait_for(
+    wait_until(
         "three more passes",
         lambda: scrape(base).value("patchwarden_reconcile_passes_total") >= passes + 3,
-        log,
+        timeout=60,
+        detail=tail_of(log),
     )
     third = scrape(base)
     assert third.value("patchwarden_snapshot_refusals_total") == 1

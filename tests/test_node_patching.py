@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,7 @@ from reconciler.state import StateStore
 from tests.aptlab import dpkg_state, environ_without_apt, make_root
 from tests.conftest import INSTALLED
 from tests.fleet import BASELINE_YAML, documents, dpkg_installs, open_window_yaml
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -617,7 +619,7 @@ class Kubelet:
                 self._step()
             except Exception as exc:  # reported by __exit__
                 self.errors.append(f"{type(exc).__name__}: {exc}")
-            time.sleep(0.1)
+            self._stop.wait(0.1)  # a kubelet's sync period; ends at once on stop
 
     def _step(self) -> None:
         listing = self.cluster.admin.request(
@@ -739,7 +741,7 @@ class PhaseLog:
         self.phases: list[str | None] = []
         self.unschedulable: list[bool] = []
         self._core = kubernetes.client.CoreV1Api(cluster.api.client())
-        self._node = node
+        self._cluster, self._node = cluster, node
         self._done = threading.Event()
         start = cluster.admin.get(f"/api/v1/nodes/{node}")
         assert start is not None
@@ -754,6 +756,10 @@ class PhaseLog:
             self.phases.append(phase)
             self.unschedulable.append(bool((node.get("spec") or {}).get("unschedulable")))
 
+    def _caught_up(self) -> bool:
+        node = self._cluster.admin.get(f"/api/v1/nodes/{self._node}")
+        return node is not None and node["metadata"]["resourceVersion"] == self._version
+
     def _watch(self) -> None:
         watch = kubernetes.watch.Watch()
         while not self._done.is_set():
@@ -767,7 +773,8 @@ class PhaseLog:
                 self._version = event["raw_object"]["metadata"]["resourceVersion"]
 
     def stop(self) -> list[str | None]:
-        time.sleep(1.5)
+        """The phases, once the watch has delivered the node's latest change."""
+        wait_until("the phase watch to catch up", self._caught_up)
         self._done.set()
         self._thread.join(timeout=10)
         return self.phases
@@ -779,6 +786,25 @@ def _annotations(node: dict[str, Any]) -> dict[str, str]:
         for k, v in (node["metadata"].get("annotations") or {}).items()
         if k.startswith("patchwarden.io/")
     }
+
+
+class Requests:
+    """The requests an ApiClient sent (they still reach the API server), so a test can wait
+    until the code under test got to one: a refused eviction retried, a watch on a Job."""
+
+    def __init__(self, api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sent: list[str] = []
+        call_api = api.call_api
+
+        def recording(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            self.sent.append(f"{method} {urllib.parse.unquote(url)}")
+            return call_api(method, url, *args, **kwargs)
+
+        monkeypatch.setattr(api, "call_api", recording)
+
+    def count(self, *parts: str) -> int:
+        """How many requests held every one of ``parts`` (method, path, query)."""
+        return sum(all(part in line for part in parts) for line in list(self.sent))
 
 
 def _in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
@@ -793,13 +819,6 @@ def _in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, outcome
-
-
-def _until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @pytest.mark.apiserver
@@ -819,7 +838,7 @@ def test_scan_runs_the_agent_in_a_job_on_the_node(
 
 @pytest.mark.apiserver
 def test_install_cordons_drains_past_a_pdb_patches_and_uncordons(
-    cluster: Cluster, node_root: Callable[[str], Path]
+    cluster: Cluster, node_root: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     node = cluster.node("worker")
     other = cluster.node("other")
@@ -830,12 +849,14 @@ def test_install_cordons_drains_past_a_pdb_patches_and_uncordons(
     cluster.pod("web-1", other, labels={"app": "web"})
     cluster.pdb("web", {"app": "web"}, allowed=0)
     log = PhaseLog(cluster, node)
+    requests = Requests(cluster.controller, monkeypatch)
     transport = NodeTransport(cluster.controller, node, cluster.settings())
     with Kubelet(cluster, {node: root}) as kubelet:
         thread, outcome = _in_thread(lambda: transport.install([LIB_PIN], allow_reboot=True))
-        # The PDB refuses web-0: the node waits cordoned, draining, with no Job yet.
-        _until(lambda: "cache-0" not in cluster.pods(), what="cache-0 evicted")
-        time.sleep(1.0)
+        # The PDB refuses web-0: the node waits cordoned, draining, with no Job yet, however
+        # often the drain asks again.
+        wait_until("cache-0 evicted", lambda: "cache-0" not in cluster.pods())
+        wait_until("web-0's eviction asked 3 times", lambda: requests.count("/web-0/eviction") >= 3)
         assert "web-0" in cluster.pods() and kubelet.created == []
         state = cluster.get_node(node)
         assert state["spec"]["unschedulable"] is True
@@ -869,9 +890,9 @@ def test_a_node_uncordoned_during_its_drain_is_not_patched(
     transport = NodeTransport(cluster.controller, node, cluster.settings())
     with Kubelet(cluster, {node: node_root("handover")}) as kubelet:
         thread, outcome = _in_thread(lambda: transport.install([LIB_PIN]))
-        _until(
+        wait_until(
+            "draining",
             lambda: _annotations(cluster.get_node(node)).get(ANNOTATION_PHASE) == "draining",
-            what="draining",
         )
         drain.uncordon(Kube(cluster.controller), node)
         cluster.pdb_allows("web", 1)
@@ -994,7 +1015,7 @@ def test_a_lost_job_does_not_uncordon_a_node_another_run_moved_on_to_rebooting(
     thread, outcome = _in_thread(
         lambda: NodeTransport(cluster.controller, node, cluster.settings()).install([LIB_PIN])
     )
-    _until(lambda: cluster.jobs() != [], what="the install Job")
+    wait_until("the install Job", lambda: cluster.jobs() != [])
     (job,) = cluster.jobs()
     drain.set_phase(Kube(cluster.controller), node, "rebooting")
     jobs.remove(Kube(cluster.controller), job, cluster.settings())
@@ -1072,9 +1093,9 @@ def test_resume_rolls_back_a_controller_killed_while_draining(
     cluster.pdb("api", {"app": "api"}, allowed=0)
     process = _controller_process(cluster, node, [LIB_PIN], cluster.settings(drain_timeout=300))
     try:
-        _until(
+        wait_until(
+            "draining",
             lambda: _annotations(cluster.get_node(node)).get(ANNOTATION_PHASE) == "draining",
-            what="draining",
         )
     finally:
         _kill(process)
@@ -1097,7 +1118,7 @@ def test_resume_finishes_a_controller_killed_while_patching_then_rebooting(
         kubelet.rebooting.add(node)
         process = _controller_process(cluster, node, [KERNEL_PIN], settings)
         try:
-            _until(lambda: len(kubelet.created) == 1, what="the install Job")
+            wait_until("the install Job", lambda: len(kubelet.created) == 1)
         finally:
             _kill(process)
         notes = _annotations(cluster.get_node(node))
@@ -1105,15 +1126,15 @@ def test_resume_finishes_a_controller_killed_while_patching_then_rebooting(
         assert notes[ANNOTATION_JOB] == kubelet.created[0]
         assert resume_nodes(cluster.controller, settings) == []  # the Job still runs: leave it
         kubelet.release(node)  # the install finishes; the host starts its reboot
-        _until(lambda: "pw-" in "".join(cluster.configmaps()), what="the result")
-        _until(
+        wait_until("the result", lambda: "pw-" in "".join(cluster.configmaps()))
+        wait_until(
+            "node down",
             lambda: cluster.get_node(node)["status"]["conditions"][0]["status"] == "False",
-            what="node down",
         )
         assert node not in resume_nodes(cluster.controller, settings)  # rebooting: not back yet
         assert _annotations(cluster.get_node(node))[ANNOTATION_PHASE] == "rebooting"
         assert cluster.get_node(node)["spec"]["unschedulable"] is True
-        _until(lambda: rebooted(cluster.get_node(node), "boot-1"), what="node back")
+        wait_until("node back", lambda: rebooted(cluster.get_node(node), "boot-1"))
         assert node in resume_nodes(cluster.controller, settings)
     after = cluster.get_node(node)
     assert not after["spec"].get("unschedulable") and _annotations(after) == {}
@@ -1204,7 +1225,7 @@ def test_resume_removes_results_of_deleted_nodes_whose_job_is_gone(cluster: Clus
 
 @pytest.mark.apiserver
 def test_jobs_already_there_are_attached_to_not_run_twice(
-    cluster: Cluster, node_root: Callable[[str], Path]
+    cluster: Cluster, node_root: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A controller that died left its install Job running (and the node recorded as patching):
     the next install of the same pins attaches to it; a scan attaches to a running scan Job."""
@@ -1214,7 +1235,13 @@ def test_jobs_already_there_are_attached_to_not_run_twice(
     jobs_path = f"/apis/batch/v1/namespaces/{cluster.namespace}/jobs"
     args = install_args([LIB_PIN], (), False, "RebootIfNeeded", False, 60)
     name = job_name("Install", node, args)
+    requests = Requests(cluster.controller, monkeypatch)
     transport = NodeTransport(cluster.controller, node, settings)
+
+    def watching(job: str) -> Callable[[], bool]:
+        """Whether the transport waits on the running ``job`` (attached to it)."""
+        return lambda: requests.count("watch=true", f"metadata.name={job}&") > 0
+
     with Kubelet(cluster, {node: root}) as kubelet:
         kubelet.held.add(node)
         cluster.admin.merge_patch(
@@ -1233,7 +1260,7 @@ def test_jobs_already_there_are_attached_to_not_run_twice(
         )
         cluster.admin.create(jobs_path, job_manifest(name, "Install", node, args, settings))
         thread, outcome = _in_thread(lambda: transport.install([LIB_PIN]))
-        time.sleep(1.0)
+        wait_until("the install to wait on its Job", watching(name))
         kubelet.release(node)
         thread.join(timeout=120)
         assert "error" not in outcome, outcome.get("error")
@@ -1244,7 +1271,7 @@ def test_jobs_already_there_are_attached_to_not_run_twice(
         kubelet.held.add(node)
         cluster.admin.create(jobs_path, job_manifest(scan_name, "Scan", node, scan_args, settings))
         thread, scanned = _in_thread(lambda: transport.scan(refresh=False))
-        time.sleep(1.0)
+        wait_until("the scan to wait on its Job", watching(scan_name))
         kubelet.release(node)
         thread.join(timeout=120)
     assert "error" not in scanned, scanned.get("error")

@@ -147,6 +147,15 @@ def test_json_for_one_instance_has_every_patch_and_its_history(state: Path, tmp_
     assert [h["missingCount"] for h in document["history"]["web-1"]] == [3, 2, 0]
 
 
+def test_report_now_is_the_files_time_and_the_trends_last_day(state: Path, tmp_path: Path) -> None:
+    """`patchctl report --now`: the report as it would have been made then, whatever the date."""
+    (path,) = _report(state, tmp_path / "out", "--format", "json", "--now", "2026-11-27T08:00:00Z")
+    assert path.name == "compliance-report-20261127T080000Z.json"
+    document = json.loads(path.read_text())
+    assert document["generatedAt"] == "2026-11-27T08:00:00+00:00"
+    assert [p["date"] for p in document["trend"]] == ["2026-11-25", "2026-11-26", "2026-11-27"]
+
+
 def test_trend_sums_each_instances_newest_scan_per_day(state: Path) -> None:
     (content,) = _build(state, "json").values()
     trend = json.loads(content)["trend"]

@@ -99,3 +99,5 @@ def test_bad_combinations_are_refused_with_what_to_do(tmp_path: Path) -> None:
     )
     scoped = patchctl("report", "--runs", "--group", "web", "--state", state)
     assert scoped.returncode == 1 and "--instance and --group go with --to" in scoped.stderr
+    as_of = patchctl("report", "--runs", "--now", "2026-11-28T10:00:00Z", "--state", state)
+    assert as_of.returncode == 1 and "--now goes with --to" in as_of.stderr

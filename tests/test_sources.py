@@ -425,11 +425,13 @@ class Calls:
 
     def __init__(self) -> None:
         self.count = 0
+        self.threads: set[threading.Thread] = set()  # the threads the calls came from
         self._cond = threading.Condition()
 
     def __call__(self) -> None:
         with self._cond:
             self.count += 1
+            self.threads.add(threading.current_thread())
             self._cond.notify_all()
 
     def wait_for(self, n: int, timeout: float = 5) -> int:
@@ -447,6 +449,7 @@ def test_watch_fires_once_per_burst_of_resource_edits(fleet_dir: Path) -> None:
             groups.write_text(groups.read_text() + f"# edit {i}\n")
             time.sleep(0.01)
         assert calls.wait_for(1) == 1
+        # The debounce is a quiet period in real time (no clock to inject): let it pass again.
         time.sleep(debounce * 3)
         assert calls.count == 1  # the burst is over: one call, not five
 
@@ -462,8 +465,9 @@ def test_watch_fires_once_per_burst_of_resource_edits(fleet_dir: Path) -> None:
         assert calls.wait_for(3) == 3
     finally:
         stop()
+    # stop() returns once the thread that calls back has ended: no call can come after it.
+    assert calls.threads and not any(thread.is_alive() for thread in calls.threads)
     (fleet_dir / "instances.yaml").unlink()
-    time.sleep(debounce * 3)
     assert calls.count == 3  # stopped: no more calls
 
 
