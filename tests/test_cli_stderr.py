@@ -29,15 +29,21 @@ OWN_LINE = re.compile(
 FOREIGN = ("Warning", "warn(", "site-packages", "Traceback", "DeprecationWarning", ".py:")
 
 
-def patchctl(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def python(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -W default ARGS`` in the checkout, as a user's shell would start it."""
     return subprocess.run(
-        [sys.executable, "-W", "default", "-m", "reconciler", *args],
-        cwd=cwd,
+        [sys.executable, "-W", "default", *args],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=180,
         check=False,
+        env=env,
     )
+
+
+def patchctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return python("-m", "reconciler", *args, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -143,22 +149,7 @@ def test_a_loop_verb_loads_asyncssh_and_still_says_nothing_of_it(workdir: Path) 
         "print('asyncssh' in sys.modules)\n"
         "sys.exit(code)\n"
     )
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-W",
-            "default",
-            "-c",
-            probe,
-            str(workdir / "empty"),
-            str(workdir / "s.db"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    run = python("-c", probe, str(workdir / "empty"), str(workdir / "s.db"))
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[-1] == "True"
     assert run.stderr == ""
@@ -167,36 +158,11 @@ def test_a_loop_verb_loads_asyncssh_and_still_says_nothing_of_it(workdir: Path) 
 def test_patchwarden_debug_lets_library_warnings_through(workdir: Path) -> None:
     """The switch developers use to see what the libraries say: the same command under
     PATCHWARDEN_DEBUG shows them (or nothing at all when the installed wheels say nothing)."""
-    plain = subprocess.run(
-        [sys.executable, "-W", "default", "-c", "import asyncssh"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    plain = python("-c", "import asyncssh")
     library_said = [line for line in plain.stderr.splitlines() if "Warning" in line]
     env = {**os.environ, "PATCHWARDEN_DEBUG": "1"}
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-W",
-            "default",
-            "-m",
-            "reconciler",
-            "reconcile",
-            "--source",
-            str(workdir / "empty"),
-            "--state",
-            str(workdir / "s.db"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-        env=env,
-    )
+    empty, state = str(workdir / "empty"), str(workdir / "s.db")
+    run = patchctl("reconcile", "--source", empty, "--state", state, env=env)
     assert run.returncode == 0, run.stderr
     for line in library_said:
         assert line in run.stderr

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reconciler.report.files import sync_directory
 from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.report.views.render import short_revision
 
@@ -69,7 +70,7 @@ class AuditLog:
         # 0600: the log names machines, commits and their authors.
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         if created:
-            _fsync_directory(self.path.parent)  # the new file's name is durable too
+            sync_directory(self.path.parent)  # the new file's name is durable too
         return fd
 
     def close(self) -> None:
@@ -81,14 +82,6 @@ class AuditLog:
 
     def __exit__(self, *_: object) -> None:
         self.close()
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- reading ----------------------------------------------------------------------------------

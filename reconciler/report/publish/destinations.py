@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reconciler.report.files import sync_directory
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
@@ -119,7 +121,7 @@ def _to_directory(files: Mapping[str, bytes], directory: Path) -> list[str]:
         for temporary, final in staged:
             _place(temporary, final)
             placed.append(final)
-        _sync_directory(directory)
+        sync_directory(directory)
     except FileExistsError as exc:
         for path in [*placed, *(t for t, _ in staged)]:
             path.unlink(missing_ok=True)
@@ -166,15 +168,6 @@ def _stage(directory: Path, name: str, content: bytes) -> Path:
         temporary.unlink(missing_ok=True)
         raise
     return temporary
-
-
-def _sync_directory(directory: Path) -> None:
-    # The renames are durable once the directory itself is flushed.
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 # -- S3 -------------------------------------------------------------------------------------------
