@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +38,7 @@ from reconciler.evaluation import (
     evaluate,
     resolve,
 )
-from reconciler.loop import Reconciler, configure_logging, serve
+from reconciler.loop import Clock, Reconciler, TransportFor, configure_logging, serve, utc_now
 from reconciler.plan import Settings
 from reconciler.report import audit, compliance, export, findings, render
 from reconciler.report.metrics import LoopMetrics
@@ -55,9 +55,13 @@ from reconciler.sources import (
 from reconciler.state import StateStore
 
 if TYPE_CHECKING:
+    from reconciler.controller import EventSink, LeaseConfig
     from reconciler.dispatch.base import Transport
+    from reconciler.dispatch.nodes import NodeSettings
     from reconciler.dispatch.ssh import SshPool
     from reconciler.report.events import Sink
+    from reconciler.report.occurrences import Observer
+    from reconciler.state import JobRecord
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_NONCOMPLIANT = 0, 1, 2, 3
 
@@ -787,14 +791,27 @@ def _source(args: argparse.Namespace, store_path: Path, ref: str | None = None) 
     )
 
 
-def _reconciler(args: argparse.Namespace, store: StateStore, pool: SshPool) -> Reconciler:
+def _transports(pool: SshPool) -> TransportFor:
+    """Each instance's transport; SSH ones share ``pool``."""
+    return lambda instance: transport_for(instance.spec.connection, pool=pool)
+
+
+def _reconciler(
+    args: argparse.Namespace,
+    store: StateStore,
+    transports: TransportFor,
+    *,
+    clock: Clock = utc_now,
+    observers: Sequence[Observer] = (),
+    on_job_done: Callable[[JobRecord], None] | None = None,
+) -> Reconciler:
     configure_logging()
     settings = Settings(stale_after=timedelta(hours=args.stale_after))
     git = "://" in str(args.source)
-    reconciler = Reconciler(
+    return Reconciler(
         _source(args, Path(store.path)),
         store,
-        lambda instance: transport_for(instance.spec.connection, pool=pool),
+        transports,
         settings=settings,
         workers=getattr(args, "workers", 10),
         # After a restart, a refused head falls back to the last good commit (Git only: a
@@ -804,16 +821,18 @@ def _reconciler(args: argparse.Namespace, store: StateStore, pool: SshPool) -> R
             if git
             else None
         ),
+        s3_endpoint_url=getattr(args, "s3_endpoint_url", None),
+        clock=clock,
+        observers=observers,
+        on_job_done=on_job_done,
     )
-    reconciler.s3_endpoint_url = getattr(args, "s3_endpoint_url", None)
-    return reconciler
 
 
 def _plan(args: argparse.Namespace) -> int:
     with _store(args) as store:
-        reconciler = _reconciler(args, store, _ssh_pool())
-        if args.now is not None:
-            reconciler.clock = lambda: args.now
+        now = args.now
+        clock = utc_now if now is None else lambda: now
+        reconciler = _reconciler(args, store, _transports(_ssh_pool()), clock=clock)
         reconciler.refresh()
         current = reconciler.plan()
         if current is None:
@@ -823,28 +842,46 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _observed_loop(
-    args: argparse.Namespace, pool: SshPool
-) -> Iterator[tuple[Reconciler, StateStore, list[Sink]]]:
-    """The loop of `reconcile` and `run` with its state store, audit log and event sinks."""
+def _observed_store(
+    args: argparse.Namespace, *, serving: bool
+) -> Iterator[tuple[StateStore, list[Observer], LoopMetrics]]:
+    """The state store and the loop's observers: the audit log, the event sinks and, when
+    ``serving``, the metrics served (a one-shot run serves none)."""
     with (
         _store(args) as store,
         _audit_log(args, store) as audit_log,
         _event_sinks(args) as sinks,
     ):
-        reconciler = _reconciler(args, store, pool)
-        reconciler.observers += [audit_log, *sinks]
-        yield reconciler, store, sinks
+        metrics = LoopMetrics(store)
+        metrics.track_event_sinks(sinks)
+        yield store, [audit_log, *sinks, *([metrics] if serving else [])], metrics
+
+
+@contextlib.contextmanager
+def _observed_loop(
+    args: argparse.Namespace,
+    pool: SshPool,
+    *,
+    serving: bool = False,
+    on_job_done: Callable[[JobRecord], None] | None = None,
+) -> Iterator[tuple[Reconciler, StateStore, LoopMetrics]]:
+    """The loop of `reconcile` and `run` with its state store and observers."""
+    with _observed_store(args, serving=serving) as (store, observers, metrics):
+        reconciler = _reconciler(
+            args, store, _transports(pool), observers=observers, on_job_done=on_job_done
+        )
+        yield reconciler, store, metrics
 
 
 def _reconcile(args: argparse.Namespace) -> int:
     pool = _ssh_pool()
-    with _observed_loop(args, pool) as (reconciler, store, _):
+    with (
+        render.job_progress() as progress,
+        _observed_loop(args, pool, on_job_done=progress) as (reconciler, store, _),
+    ):
         reconciler.recover()
-        with render.job_progress() as progress:
-            reconciler.on_job_done = progress
-            summary = reconciler.reconcile(until_idle=True)
-            reconciler.wait_for_exports()  # a one-shot run exports what is due before it exits
+        summary = reconciler.reconcile(until_idle=True)
+        reconciler.wait_for_exports()  # a one-shot run exports what is due before it exits
         render.reconcile_summary(summary, store.latest_scans(), _format(args), sys.stdout)
     pool.close()
     return EXIT_OK if summary.revision is not None else EXIT_INVALID
@@ -853,9 +890,7 @@ def _reconcile(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     pool = _ssh_pool()
-    with _observed_loop(args, pool) as (reconciler, store, sinks):
-        metrics = LoopMetrics(store)
-        metrics.track_event_sinks(sinks)
+    with _observed_loop(args, pool, serving=True) as (reconciler, _, metrics):
         serve(
             reconciler,
             interval=args.interval,
@@ -869,26 +904,60 @@ def _run(args: argparse.Namespace) -> int:
 
 def _controller(args: argparse.Namespace) -> int:
     # The Kubernetes client costs every other command ~0.5 s to import.
-    import dataclasses
     import logging
 
     import structlog
 
-    from reconciler.controller import (
-        ControllerReconciler,
-        EventSink,
-        LeaderElector,
-        LeaseConfig,
-        NodeMirror,
-        default_identity,
-        run,
-    )
-    from reconciler.dispatch.nodes import NodeSettings, resume_nodes
-    from reconciler.sources.kubernetes import KubernetesSource
-    from reconciler.state.kubernetes import StatusWriter
+    from reconciler.controller import LeaderElector, run
 
     api, namespace = _kubernetes(args)
     host, _, port = args.listen.rpartition(":")
+    lease, node_settings = _controller_settings(args, namespace)
+    pool = _ssh_pool()
+    transports, resume = _node_access(api, node_settings, pool)
+    elector = LeaderElector(api, lease)
+    with _observed_store(args, serving=True) as (store, observers, metrics):
+        if args.source == "kubernetes":
+            reconciler, events = _controller_reconciler(
+                args,
+                api,
+                namespace,
+                store,
+                transports,
+                observers=observers,
+                leading=elector.leading.is_set,
+                resume=resume,
+            )
+        else:
+            reconciler, events = _reconciler(args, store, transports, observers=observers), None
+        structlog.configure(
+            wrapper_class=structlog.make_filtering_bound_logger(
+                getattr(logging, args.log_level.upper())
+            )
+        )
+        code = run(
+            reconciler,
+            elector,
+            interval=args.interval,
+            host=host or "0.0.0.0",  # a Pod's probes and Prometheus reach it
+            port=int(port),
+            metrics=metrics,
+            events=events,
+            resume=resume,
+        )
+    pool.close()
+    return code
+
+
+def _controller_settings(
+    args: argparse.Namespace, namespace: str
+) -> tuple[LeaseConfig, NodeSettings]:
+    """The leader Lease and the settings of node Jobs, from the command line."""
+    import dataclasses
+
+    from reconciler.controller import LeaseConfig, default_identity
+    from reconciler.dispatch.nodes import NodeSettings
+
     try:
         lease = LeaseConfig(
             name=args.lease_name,
@@ -908,64 +977,72 @@ def _controller(args: argparse.Namespace) -> int:
         node_settings = dataclasses.replace(
             node_settings, keep_pods=(*node_settings.keep_pods, own)
         )
-    pool = _ssh_pool()
+    return lease, node_settings
+
+
+def _node_access(
+    api: Any, node_settings: NodeSettings, pool: SshPool
+) -> tuple[TransportFor, Callable[[], object]]:
+    """The controller's transports and its ``resume_nodes``, sharing one set of node locks (a
+    node a transport works on is left alone by resume)."""
+    from reconciler.dispatch.nodes import NodeLocks, resume_nodes
+
+    locks = NodeLocks()
 
     def transports(instance: ManagedInstance) -> Transport:
         return transport_for(
-            instance.spec.connection, pool=pool, kubernetes=api, node_settings=node_settings
+            instance.spec.connection,
+            pool=pool,
+            kubernetes=api,
+            node_settings=node_settings,
+            node_locks=locks,
         )
 
-    with (
-        _store(args) as store,
-        _audit_log(args, store) as audit_log,
-        _event_sinks(args) as sinks,
-    ):
-        events: EventSink | None = None
-        reconciler: Reconciler
-        if args.source == "kubernetes":
-            configure_logging()
-            source = KubernetesSource(
-                api, namespace, watch_nodes=args.nodes, node_selector=args.node_selector
-            )
+    def resume() -> object:
+        return resume_nodes(api, node_settings, locks)
 
-            def uid_of(kind: str, name: str) -> str | None:
-                info = source.listing.get((kind, name))
-                return info.uid if info else None
+    return transports, resume
 
-            events = EventSink(api, namespace, uid_of=uid_of, object_of=source.object_of)
-            reconciler = ControllerReconciler(
-                source,
-                store,
-                transports,
-                writer=StatusWriter(api, namespace),
-                mirror=NodeMirror(api, namespace, args.node_selector) if args.nodes else None,
-                settings=Settings(stale_after=timedelta(hours=args.stale_after)),
-                workers=args.workers,
-                observers=[events],
-                resume=lambda: resume_nodes(api, node_settings),
-            )
-        else:
-            reconciler = _reconciler(args, store, pool)
-            reconciler.transport_for = transports
-        structlog.configure(
-            wrapper_class=structlog.make_filtering_bound_logger(
-                getattr(logging, args.log_level.upper())
-            )
-        )
-        reconciler.observers.append(audit_log)
-        reconciler.observers.extend(sinks)
-        code = run(
-            reconciler,
-            LeaderElector(api, lease),
-            interval=args.interval,
-            host=host or "0.0.0.0",  # a Pod's probes and Prometheus reach it
-            port=int(port),
-            events=events,
-            resume=lambda: resume_nodes(api, node_settings),
-            sinks=sinks,
-        )
-    pool.close()
-    return code
+
+def _controller_reconciler(
+    args: argparse.Namespace,
+    api: Any,
+    namespace: str,
+    store: StateStore,
+    transports: TransportFor,
+    *,
+    observers: list[Observer],
+    leading: Callable[[], bool],
+    resume: Callable[[], object],
+) -> tuple[Reconciler, EventSink]:
+    """The controller's loop on the namespace's custom resources, with its Kubernetes Events."""
+    from reconciler.controller import ControllerReconciler, EventSink, NodeMirror
+    from reconciler.sources.kubernetes import KubernetesSource
+    from reconciler.state.kubernetes import StatusWriter
+
+    configure_logging()
+    source = KubernetesSource(
+        api, namespace, watch_nodes=args.nodes, node_selector=args.node_selector
+    )
+
+    def uid_of(kind: str, name: str) -> str | None:
+        info = source.listing.get((kind, name))
+        return info.uid if info else None
+
+    events = EventSink(api, namespace, uid_of=uid_of, object_of=source.object_of)
+    reconciler = ControllerReconciler(
+        source,
+        store,
+        transports,
+        writer=StatusWriter(api, namespace),
+        mirror=NodeMirror(api, namespace, args.node_selector) if args.nodes else None,
+        leading=leading,
+        resume=resume,
+        settings=Settings(stale_after=timedelta(hours=args.stale_after)),
+        workers=args.workers,
+        observers=[events, *observers],
+    )
+    return reconciler, events
 
 
 def _kubernetes(args: argparse.Namespace) -> tuple[Any, str]:

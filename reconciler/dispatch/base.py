@@ -9,9 +9,10 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from reconciler.api.inventory import Inventory
+from reconciler.errors import PermanentError
 
 
-class AgentFailed(Exception):
+class AgentFailed(PermanentError):
     """The agent reported an error (or its output could not be read)."""
 
     def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:

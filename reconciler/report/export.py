@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
+from reconciler.errors import PermanentError
 from reconciler.report import compliance, csvreport, dashboard
 from reconciler.state import ScanRecord, StateStore
 
@@ -31,7 +32,7 @@ plus window scans and installs, so this covers the trend with room to spare."""
 WORST_LIMIT = 10
 
 
-class ReportError(ValueError):
+class ReportError(PermanentError, ValueError):
     """The report asked for cannot be built (an unknown instance, an empty group)."""
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reconciler.errors import TemporaryError
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
@@ -36,7 +38,7 @@ _AWS_HOSTS = re.compile(r"^https?://([^/]*\.)?amazonaws\.com(\.cn)?(:\d+)?(/|$)"
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-class PublishError(Exception):
+class PublishError(TemporaryError):
     """A report could not be published; the message names the destination and what to do."""
 
 

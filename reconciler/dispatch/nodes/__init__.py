@@ -6,6 +6,6 @@ inside the Job. May import ``reconciler.api``; decides nothing about patches.
 """
 
 from reconciler.dispatch.nodes.model import NodeSettings
-from reconciler.dispatch.nodes.transport import NodeTransport, resume_nodes
+from reconciler.dispatch.nodes.transport import NodeLocks, NodeTransport, resume_nodes
 
-__all__ = ["NodeSettings", "NodeTransport", "resume_nodes"]
+__all__ = ["NodeLocks", "NodeSettings", "NodeTransport", "resume_nodes"]
