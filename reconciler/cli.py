@@ -30,6 +30,7 @@ from reconciler.api.resources import ManagedInstance, PatchBaseline
 from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot
 from reconciler.defaults import predefined_baselines
 from reconciler.dispatch import AgentFailed, LocalTransport, transport_for
+from reconciler.dispatch.base import install_result_of
 from reconciler.dispatch.outcomes import after_install, architectures, install_failed, pins_for
 from reconciler.evaluation import (
     DecisionCache,
@@ -715,9 +716,10 @@ def _install(args: argparse.Namespace) -> int:
     else:
         with render.progress("Rescanning"):
             rescanned = transport.scan(instance_id=inventory.instance_id, refresh=False)
-        after = _evaluate_machine(args, after_install(rescanned, outcome, architectures(before)))
+        result = install_result_of(outcome)
+        after = _evaluate_machine(args, after_install(rescanned, result, architectures(before)))
     render.installation(after, outcome, _format(args), sys.stdout)
-    failed = install_failed(outcome)
+    failed = install_failed(install_result_of(outcome))
     return EXIT_INVALID if failed else _exit_for([after], args.fail_on_noncompliant)
 
 
@@ -1188,7 +1190,7 @@ def _findings(args: argparse.Namespace) -> int:
         histories = {
             name: store.scan_history(name, limit=1000)
             for name, scan in latest.items()
-            if scan.evaluation.get("summary", {}).get("complianceStatus") == "NON_COMPLIANT"
+            if scan.compliance_status == ComplianceStatus.NON_COMPLIANT
         }
     found = findings.findings(latest, histories, settings)
     if args.to is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime, timedelta
 
+from reconciler.api.enums import ExecutionStatus
 from reconciler.loop.common import Clock, Emitter, InForce
 from reconciler.report.occurrences import Kind
 from reconciler.state import StateStore
@@ -30,12 +31,12 @@ class WindowExecutions:
         """An opening's first job makes its execution IN_PROGRESS (a FAILED one stays FAILED)."""
         with self._lock:
             if opening not in self._known(window):
-                self._change(window, opening, "IN_PROGRESS", None)
+                self._change(window, opening, ExecutionStatus.IN_PROGRESS, None)
 
     def failed(self, window: str, opening: str) -> None:
         """A failed job fails its opening's execution."""
         with self._lock:
-            self._change(window, opening, "FAILED", self._known(window).get(opening))
+            self._change(window, opening, ExecutionStatus.FAILED, self._known(window).get(opening))
 
     def close(self) -> None:
         """Executions whose opening has ended without a failed job end as SUCCESS."""
@@ -45,16 +46,23 @@ class WindowExecutions:
         now = self.clock()
         for execution in self.store.window_executions():
             window = snapshot.windows.get(execution["window"])
-            if window is None or execution["status"] != "IN_PROGRESS":
+            if window is None or execution["status"] != ExecutionStatus.IN_PROGRESS:
                 continue
             start = datetime.fromisoformat(execution["opening"].replace("Z", "+00:00"))
             if start + timedelta(hours=window.spec.duration) <= now:
-                self._change(execution["window"], execution["opening"], "SUCCESS", "IN_PROGRESS")
+                self._change(
+                    execution["window"],
+                    execution["opening"],
+                    ExecutionStatus.SUCCESS,
+                    ExecutionStatus.IN_PROGRESS,
+                )
 
     def _known(self, window: str) -> dict[str, str]:
         return {e["opening"]: e["status"] for e in self.store.window_executions(window)}
 
-    def _change(self, window: str, opening: str, status: str, before: str | None) -> None:
+    def _change(
+        self, window: str, opening: str, status: ExecutionStatus, before: str | None
+    ) -> None:
         self.store.record_window_execution(
             window=window, opening=opening, status=status, now=self.clock()
         )

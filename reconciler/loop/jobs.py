@@ -12,11 +12,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from reconciler.api.enums import Operation
+from reconciler.api.enums import JobStatus, Operation
+from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
 from reconciler.api.resources import ManagedInstance
 from reconciler.dispatch import AgentFailed
-from reconciler.dispatch.base import Transport
+from reconciler.dispatch.base import Transport, install_result_of
 from reconciler.dispatch.outcomes import after_install, install_failed, pins_for
 from reconciler.evaluation import InstanceEvaluation, evaluate, resolve
 from reconciler.loop.common import Clock, Emitter, InForce, Log, TransportFor
@@ -27,7 +28,7 @@ from reconciler.report.occurrences import Kind
 from reconciler.state import JobRecord, StateStore
 
 JobDone = Callable[[JobRecord], None]
-Result = tuple[str, dict[str, Any]]
+Result = tuple[JobStatus, dict[str, Any]]
 """A job's status and its result document."""
 
 
@@ -71,10 +72,10 @@ class JobRunner:
         try:
             status, result = self._run(claimed)
         except AgentFailed as exc:  # the agent (or the loop) refused: the job fails with its code
-            status, result = "failed", {"error": job_error(exc)}
+            status, result = JobStatus.FAILED, {"error": job_error(exc)}
         except Exception as exc:  # a bug: a job must always finish, and the loop goes on
             claimed.log.exception("job crashed")
-            status, result = "failed", {"error": job_error(exc)}
+            status, result = JobStatus.FAILED, {"error": job_error(exc)}
         return self._finish(claimed, status, result)
 
     def _claim(self, action: Action) -> Claimed | None:
@@ -127,10 +128,10 @@ class JobRunner:
             return self._install(claimed, transport)
         return self._scan(claimed, transport)
 
-    def _finish(self, claimed: Claimed, status: str, result: dict[str, Any]) -> JobRecord:
+    def _finish(self, claimed: Claimed, status: JobStatus, result: dict[str, Any]) -> JobRecord:
         action, job = claimed.action, claimed.job
         finished = self.store.finish_job(job.id, status=status, result=result, now=self.clock())
-        if action.window and action.opening and status == "failed":
+        if action.window and action.opening and status == JobStatus.FAILED:
             self.executions.failed(action.window, action.opening)
         claimed.log.info("job finished", status=status, error=result.get("error"))
         self.emit(
@@ -153,7 +154,7 @@ class JobRunner:
         name = claimed.instance.metadata.name
         inventory = transport.scan(instance_id=name, refresh=True)
         evaluation = self._record(claimed, inventory, Operation.SCAN)
-        return "succeeded", {"summary": evaluation.summary.to_dict()}
+        return JobStatus.SUCCEEDED, {"summary": evaluation.summary.to_dict()}
 
     def _install(self, claimed: Claimed, transport: Transport) -> Result:
         instance, action = claimed.instance, claimed.action
@@ -163,42 +164,36 @@ class JobRunner:
             instance.spec.connection.type in ("ssh", "kubernetes")
             and action.reboot_option == "RebootIfNeeded"
         )
-        outcome = transport.install(
+        document = transport.install(
             list(action.pins),
             blocked=action.blocked,
             reboot_option=action.reboot_option,
             allow_reboot=allow_reboot,
         )
+        outcome = install_result_of(document)
         before = self.store.latest_scan(instance.metadata.name)
         rescanned = transport.scan(instance_id=instance.metadata.name, refresh=False)
         arch = {
-            (p["name"], p["version"]): p.get("arch", "")
-            for p in (before.evaluation.get("patches", []) if before else [])
+            (p["name"], p["version"]): p.get("arch", "") for p in (before.patches if before else [])
         }
         inventory = after_install(rescanned, outcome, arch)
         evaluation = self._record(claimed, inventory, Operation.INSTALL)
         self._report_install(instance.metadata.name, claimed.job.id, outcome)
-        status = "failed" if install_failed(outcome) else "succeeded"
-        return status, {
-            "install": {
-                k: outcome.get(k)
-                for k in ("changed", "patches", "dependencies", "recovery", "reboot")
-            },
-            "summary": evaluation.summary.to_dict(),
-        }
+        status = JobStatus.FAILED if install_failed(outcome) else JobStatus.SUCCEEDED
+        return status, {"install": outcome.stored(), "summary": evaluation.summary.to_dict()}
 
-    def _report_install(self, instance: str, job: str, outcome: dict[str, Any]) -> None:
-        if outcome.get("changed"):
+    def _report_install(self, instance: str, job: str, outcome: InstallResult) -> None:
+        stored = outcome.stored()
+        if outcome.changed:
             self.emit(
                 Kind.PATCHES_INSTALLED,
                 instance=instance,
                 job=job,
-                patches=outcome.get("patches") or [],
-                dependencies=outcome.get("dependencies") or [],
+                patches=stored["patches"] or [],
+                dependencies=stored["dependencies"] or [],
             )
-        reboot = outcome.get("reboot") or {}
-        if reboot.get("required"):
-            self.emit(Kind.REBOOT, instance=instance, job=job, **reboot)
+        if outcome.reboot is not None and outcome.reboot.required:
+            self.emit(Kind.REBOOT, instance=instance, job=job, **outcome.reboot.document())
 
     def _record(
         self, claimed: Claimed, inventory: Inventory, operation: Operation
@@ -217,7 +212,7 @@ class JobRunner:
         previous = self.store.latest_scan(instance.metadata.name)
         self.store.record_scan(
             instance=instance.metadata.name,
-            operation=str(operation),
+            operation=operation,
             revision=claimed.revision,
             baseline=resolution.baseline.metadata.name,
             baseline_hash=baseline_digest(resolution.baseline),
@@ -227,9 +222,7 @@ class JobRunner:
             inventory=inventory.model_dump(mode="json", by_alias=True),
             evaluation=evaluation,
         )
-        before = (
-            previous.evaluation.get("summary", {}).get("complianceStatus") if previous else None
-        )
+        before = previous.compliance_status if previous else None
         summary = evaluation["summary"]
         if summary.get("complianceStatus") != before:
             self.emit(

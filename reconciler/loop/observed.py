@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from reconciler.api.enums import OperatingSystem
+from reconciler.api.enums import ComplianceStatus, JobStatus
 from reconciler.loop.common import Clock, InForce
 from reconciler.plan import (
     Action,
@@ -50,7 +50,9 @@ class Observation:
         pending = list(self.submitted.values())
         claimed = self.store.claimed_keys(a.key for a in pending) if pending else set()
         jobs += [
-            ObservedJob(a.key, a.instance, a.operation, "running", now, a.window, a.task, a.opening)
+            ObservedJob(
+                a.key, a.instance, a.operation, JobStatus.RUNNING, now, a.window, a.task, a.opening
+            )
             for a in pending
             if a.key not in claimed
         ]
@@ -65,17 +67,15 @@ class Observation:
 
 
 def _observed_scan(record: ScanRecord) -> ObservedScan | None:
-    try:
-        os = OperatingSystem(record.inventory["facts"]["operatingSystem"])
-    except (KeyError, ValueError, TypeError):  # a damaged record: as if never scanned (rescan)
-        return None
-    summary = record.evaluation.get("summary", {})
+    os = record.operating_system
+    if os is None:
+        return None  # a damaged record: as if never scanned (rescan)
     return ObservedScan(
         finished_at=record.finished_at,
         operating_system=os,
         baseline_hash=record.baseline_hash,
-        pins=tuple(record.evaluation.get("pins", ())),
-        non_compliant=summary.get("complianceStatus") == "NON_COMPLIANT",
+        pins=record.pins,
+        non_compliant=record.compliance_status == ComplianceStatus.NON_COMPLIANT,
     )
 
 

@@ -91,7 +91,7 @@ def _scope(
 ) -> dict[str, ScanRecord]:
     scoped = {n: s for n, s in latest.items() if instances is None or n in instances}
     if group is not None:
-        scoped = {n: s for n, s in scoped.items() if s.evaluation.get("patchGroup") == group}
+        scoped = {n: s for n, s in scoped.items() if s.patch_group == group}
         if not scoped:
             raise ReportError(f"no instance of patch group {group!r} has a recorded scan")
     if instance is None:
@@ -207,7 +207,7 @@ def trend(
     for day in _days(first, today):
         end = datetime.combine(day + timedelta(days=1), time(), UTC)
         while index < len(scans) and scans[index].finished_at < end:
-            newest[scans[index].instance] = scans[index].evaluation.get("summary", {})
+            newest[scans[index].instance] = scans[index].summary
             index += 1
         points.append(_point(day, newest))
     return points

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from reconciler.api.enums import Operation
+from reconciler.api.enums import ExecutionStatus, JobStatus, Operation
 from reconciler.state.records import (
     FINISHED_STATUSES,
     JOB_STATUSES,
@@ -126,7 +126,7 @@ class StateStore:
         self,
         *,
         instance: str,
-        operation: str,
+        operation: Operation,
         revision: str,
         baseline: str,
         baseline_hash: str,
@@ -137,7 +137,7 @@ class StateStore:
         evaluation: dict[str, Any],
     ) -> ScanRecord:
         """Append one scan or install, its per-patch states, and the instance's latest facts."""
-        operation = str(Operation(operation))
+        operation = Operation(operation)  # callers outside the loop give the value as text
         started, finished = to_text(started_at), to_text(finished_at)
         inventory_text, evaluation_text = to_json(inventory), to_json(evaluation)
         identity = (instance, operation, revision, baseline, baseline_hash, job_id)
@@ -213,7 +213,7 @@ class StateStore:
         *,
         key: str,
         instance: str,
-        operation: str,
+        operation: Operation,
         window: str | None,
         task: str | None,
         opening: str | None,
@@ -229,7 +229,7 @@ class StateStore:
         new key.
         """
         job_id, created, payload_text = uuid.uuid4().hex, to_text(now), to_json(payload)
-        row = (job_id, key, instance, operation, window, task, opening, revision, "running")
+        row = (job_id, key, instance, operation, window, task, opening, revision, JobStatus.RUNNING)
         with self._use() as conn:
             inserted = conn.execute(
                 f"INSERT INTO jobs ({JobRecord.COLUMNS})"
@@ -242,7 +242,7 @@ class StateStore:
         return JobRecord.from_row((*row, payload_text, None, created, None))
 
     def finish_job(
-        self, job_id: str, *, status: str, result: dict[str, Any], now: datetime
+        self, job_id: str, *, status: JobStatus, result: dict[str, Any], now: datetime
     ) -> JobRecord:
         """Record a running job's outcome; a finished job's outcome is never replaced."""
         if status not in FINISHED_STATUSES:
@@ -369,14 +369,16 @@ class StateStore:
             )
         # The write lock was held from the SELECT to the UPDATE: these are exactly the rows.
         return [
-            replace(JobRecord.from_row(row), status="abandoned", finished_at=from_text(finished))
+            replace(
+                JobRecord.from_row(row), status=JobStatus.ABANDONED, finished_at=from_text(finished)
+            )
             for row in rows
         ]
 
     # Maintenance window executions.
 
     def record_window_execution(
-        self, *, window: str, opening: str, status: str, now: datetime
+        self, *, window: str, opening: str, status: ExecutionStatus, now: datetime
     ) -> None:
         """Set the status of one opening of a window; the first record's time stays its start."""
         if status not in WINDOW_STATUSES:

@@ -17,6 +17,7 @@ import structlog
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
+from reconciler.api.enums import Operation
 from reconciler.api.inventory import Inventory
 from reconciler.dispatch.base import AgentFailed, install_args, inventory_of, scan_args
 from reconciler.dispatch.nodes import drain, jobs
@@ -107,10 +108,11 @@ class NodeTransport:
 
     def scan(self, *, instance_id: str | None = None, refresh: bool = True) -> Inventory:
         args = scan_args(instance_id or self.node, refresh)
-        name = job_name("Scan", self.node, args)
+        name = job_name(Operation.SCAN, self.node, args)
         with _api_errors(self.node), self.locks.holding(self.node):
             self._require_ready(drain.read_node(self.kube, self.node))
-            return inventory_of(jobs.run(self.kube, "Scan", self.node, args, self.settings, name))
+            document = jobs.run(self.kube, Operation.SCAN, self.node, args, self.settings, name)
+            return inventory_of(document)
 
     def install(
         self,
@@ -123,11 +125,11 @@ class NodeTransport:
         lock_timeout: int = 60,
     ) -> dict[str, Any]:
         args = install_args(pins, blocked, simulate, reboot_option, allow_reboot, lock_timeout)
-        name = job_name("Install", self.node, args)
+        name = job_name(Operation.INSTALL, self.node, args)
         with _api_errors(self.node), self.locks.holding(self.node):
             if simulate:  # changes nothing: no reason to disturb the node's pods
                 self._require_ready(drain.read_node(self.kube, self.node))
-                return jobs.run(self.kube, "Install", self.node, args, self.settings, name)
+                return jobs.run(self.kube, Operation.INSTALL, self.node, args, self.settings, name)
             return self._patch(name, args)
 
     # -- the node's lifecycle ------------------------------------------------------------------
@@ -147,7 +149,7 @@ class NodeTransport:
             self._prepare(name)
         try:
             try:
-                jobs.start(kube, name, "Install", node, args, settings)
+                jobs.start(kube, name, Operation.INSTALL, node, args, settings)
             except ApiException as exc:
                 if exc.status in _REFUSED:  # no Job exists: roll back now, not a pass later
                     raise AgentFailed(
