@@ -122,6 +122,17 @@ class JobResult(TypedDict, total=False):
     summary: StoredSummary
 
 
+class WindowExecution(TypedDict):
+    """The execution of one window opening."""
+
+    window: str
+    opening: str
+    status: ExecutionStatus
+    started_at: datetime
+    """When the opening's first job made it IN_PROGRESS."""
+    updated_at: datetime
+
+
 @dataclass(frozen=True)
 class ScanRecord:
     """One scan or install of one instance, as evaluated: a row of append-only history."""

@@ -45,6 +45,7 @@ from reconciler.state.records import (
     ScanRecord,
     StateError,
     UnknownJob,
+    WindowExecution,
     from_text,
     to_json,
     to_text,
@@ -392,8 +393,8 @@ class StateStore:
                 (window, opening, status, moment, moment),
             )
 
-    def window_executions(self, window: str | None = None) -> list[dict[str, Any]]:
-        """``{window, opening, status, started_at, updated_at}`` per execution, oldest first."""
+    def window_executions(self, window: str | None = None) -> list[WindowExecution]:
+        """Every execution (of ``window``), oldest first."""
         where, params = ("WHERE window = ?", (window,)) if window is not None else ("", ())
         with self._use() as conn:
             rows = conn.execute(
@@ -402,13 +403,13 @@ class StateStore:
                 params,
             ).fetchall()
         return [
-            {
-                "window": row[0],
-                "opening": row[1],
-                "status": row[2],
-                "started_at": from_text(row[3]),
-                "updated_at": from_text(row[4]),
-            }
+            WindowExecution(
+                window=row[0],
+                opening=row[1],
+                status=ExecutionStatus(row[2]),
+                started_at=from_text(row[3]),
+                updated_at=from_text(row[4]),
+            )
             for row in rows
         ]
 
