@@ -711,15 +711,15 @@ def _install(args: argparse.Namespace) -> int:
                 allow_reboot=args.allow_reboot,
                 lock_timeout=args.lock_timeout,
             )
+    result = install_result_of(outcome)
     if args.simulate or not pins:
         after = before
     else:
         with render.progress("Rescanning"):
             rescanned = transport.scan(instance_id=inventory.instance_id, refresh=False)
-        result = install_result_of(outcome)
         after = _evaluate_machine(args, after_install(rescanned, result, architectures(before)))
     render.installation(after, outcome, _format(args), sys.stdout)
-    failed = install_failed(install_result_of(outcome))
+    failed = install_failed(result)
     return EXIT_INVALID if failed else _exit_for([after], args.fail_on_noncompliant)
 
 
