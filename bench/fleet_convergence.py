@@ -96,8 +96,8 @@ def convergence(count: int) -> tuple[float, float, int]:
                 store,
                 lambda i: LocalTransport(i.spec.connection.root),
                 workers=10,
+                log=_Quiet(),
             )
-            reconciler.log = _Quiet()
             start = time.perf_counter()
             summary = reconciler.reconcile(until_idle=True)
             wall = time.perf_counter() - start

@@ -18,7 +18,6 @@ import sys
 import traceback
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,7 @@ from reconciler.api.resources import ManagedInstance, PatchBaseline
 from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot
 from reconciler.defaults import predefined_baselines
 from reconciler.dispatch import AgentFailed, LocalTransport, transport_for
+from reconciler.dispatch.base import install_result_of
 from reconciler.dispatch.outcomes import after_install, architectures, install_failed, pins_for
 from reconciler.evaluation import (
     DecisionCache,
@@ -41,7 +41,7 @@ from reconciler.evaluation import (
     evaluate,
     resolve,
 )
-from reconciler.loop import Reconciler, configure_logging, serve
+from reconciler.loop import Clock, Reconciler, TransportFor, configure_logging, serve, utc_now
 from reconciler.plan import Settings
 from reconciler.report.notify import audit
 from reconciler.report.notify.metrics import LoopMetrics
@@ -64,6 +64,8 @@ if TYPE_CHECKING:
     from reconciler.dispatch.nodes import NodeSettings
     from reconciler.dispatch.ssh import SshPool
     from reconciler.report.notify.events import Sink
+    from reconciler.report.notify.occurrences import Observer
+    from reconciler.state import JobRecord
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_NONCOMPLIANT = 0, 1, 2, 3
 
@@ -734,14 +736,15 @@ def _install(args: argparse.Namespace) -> int:
                 allow_reboot=args.allow_reboot,
                 lock_timeout=args.lock_timeout,
             )
+    result = install_result_of(outcome)
     if args.simulate or not pins:
         after = before
     else:
         with render.progress("Rescanning"):
             rescanned = transport.scan(instance_id=inventory.instance_id, refresh=False)
-        after = _evaluate_machine(args, after_install(rescanned, outcome, architectures(before)))
+        after = _evaluate_machine(args, after_install(rescanned, result, architectures(before)))
     render.installation(after, outcome, _format(args), sys.stdout)
-    failed = install_failed(outcome)
+    failed = install_failed(result)
     return EXIT_INVALID if failed else _exit_for([after], args.fail_on_noncompliant)
 
 
@@ -815,14 +818,27 @@ def _source(args: argparse.Namespace, store_path: Path, ref: str | None = None) 
     )
 
 
-def _reconciler(args: argparse.Namespace, store: StateStore, pool: SshPool) -> Reconciler:
+def _transports(pool: SshPool) -> TransportFor:
+    """Each instance's transport; SSH ones share ``pool``."""
+    return lambda instance: transport_for(instance.spec.connection, pool=pool)
+
+
+def _reconciler(
+    args: argparse.Namespace,
+    store: StateStore,
+    transports: TransportFor,
+    *,
+    clock: Clock = utc_now,
+    observers: Sequence[Observer] = (),
+    on_job_done: Callable[[JobRecord], None] | None = None,
+) -> Reconciler:
     configure_logging()
     settings = Settings(stale_after=timedelta(hours=args.stale_after))
     git = "://" in str(args.source)
-    reconciler = Reconciler(
+    return Reconciler(
         _source(args, Path(store.path)),
         store,
-        lambda instance: transport_for(instance.spec.connection, pool=pool),
+        transports,
         settings=settings,
         workers=getattr(args, "workers", 10),
         # After a restart, a refused head falls back to the last good commit (Git only: a
@@ -832,16 +848,18 @@ def _reconciler(args: argparse.Namespace, store: StateStore, pool: SshPool) -> R
             if git
             else None
         ),
+        s3_endpoint_url=getattr(args, "s3_endpoint_url", None),
+        clock=clock,
+        observers=observers,
+        on_job_done=on_job_done,
     )
-    reconciler.s3_endpoint_url = getattr(args, "s3_endpoint_url", None)
-    return reconciler
 
 
 def _plan(args: argparse.Namespace) -> int:
     with _store(args) as store:
-        reconciler = _reconciler(args, store, _ssh_pool())
-        if args.now is not None:
-            reconciler.clock = lambda: args.now
+        now = args.now
+        clock = utc_now if now is None else lambda: now
+        reconciler = _reconciler(args, store, _transports(_ssh_pool()), clock=clock)
         reconciler.refresh()
         current = reconciler.plan()
         if current is None:
@@ -851,28 +869,46 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _observed_loop(
-    args: argparse.Namespace, pool: SshPool
-) -> Iterator[tuple[Reconciler, StateStore, list[Sink]]]:
-    """The loop of `reconcile` and `run` with its state store, audit log and event sinks."""
+def _observed_store(
+    args: argparse.Namespace, *, serving: bool
+) -> Iterator[tuple[StateStore, list[Observer], LoopMetrics]]:
+    """The state store and the loop's observers: the audit log, the event sinks and, when
+    ``serving``, the metrics served (a one-shot run serves none)."""
     with (
         _store(args) as store,
         _audit_log(args, store) as audit_log,
         _event_sinks(args) as sinks,
     ):
-        reconciler = _reconciler(args, store, pool)
-        reconciler.observers += [audit_log, *sinks]
-        yield reconciler, store, sinks
+        metrics = LoopMetrics(store)
+        metrics.track_event_sinks(sinks)
+        yield store, [audit_log, *sinks, *([metrics] if serving else [])], metrics
+
+
+@contextlib.contextmanager
+def _observed_loop(
+    args: argparse.Namespace,
+    pool: SshPool,
+    *,
+    serving: bool = False,
+    on_job_done: Callable[[JobRecord], None] | None = None,
+) -> Iterator[tuple[Reconciler, StateStore, LoopMetrics]]:
+    """The loop of `reconcile` and `run` with its state store and observers."""
+    with _observed_store(args, serving=serving) as (store, observers, metrics):
+        reconciler = _reconciler(
+            args, store, _transports(pool), observers=observers, on_job_done=on_job_done
+        )
+        yield reconciler, store, metrics
 
 
 def _reconcile(args: argparse.Namespace) -> int:
     pool = _ssh_pool()
-    with _observed_loop(args, pool) as (reconciler, store, _):
+    with (
+        render.job_progress() as progress,
+        _observed_loop(args, pool, on_job_done=progress) as (reconciler, store, _),
+    ):
         reconciler.recover()
-        with render.job_progress() as progress:
-            reconciler.on_job_done = progress
-            summary = reconciler.reconcile(until_idle=True)
-            reconciler.wait_for_exports()  # a one-shot run exports what is due before it exits
+        summary = reconciler.reconcile(until_idle=True)
+        reconciler.wait_for_exports()  # a one-shot run exports what is due before it exits
         render.reconcile_summary(summary, store.latest_scans(), _format(args), sys.stdout)
     pool.close()
     return EXIT_OK if summary.revision is not None else EXIT_INVALID
@@ -881,9 +917,7 @@ def _reconcile(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     pool = _ssh_pool()
-    with _observed_loop(args, pool) as (reconciler, store, sinks):
-        metrics = LoopMetrics(store)
-        metrics.track_event_sinks(sinks)
+    with _observed_loop(args, pool, serving=True) as (reconciler, _, metrics):
         serve(
             reconciler,
             interval=args.interval,
@@ -898,56 +932,46 @@ def _run(args: argparse.Namespace) -> int:
 def _controller(args: argparse.Namespace) -> int:
     # The Kubernetes client costs every other command ~0.5 s to import.
     from reconciler.controller import LeaderElector, run
-    from reconciler.dispatch.nodes import resume_nodes
 
     api, namespace = _kubernetes(args)
     host, _, port = args.listen.rpartition(":")
-    lease, node_settings = _lease_and_node_settings(args, namespace)
+    lease, node_settings = _controller_settings(args, namespace)
     pool = _ssh_pool()
-
-    def transports(instance: ManagedInstance) -> Transport:
-        return transport_for(
-            instance.spec.connection, pool=pool, kubernetes=api, node_settings=node_settings
-        )
-
-    with (
-        _store(args) as store,
-        _audit_log(args, store) as audit_log,
-        _event_sinks(args) as sinks,
-    ):
-        reconciler, events = _controller_reconciler(
-            args, _Cluster(api, namespace, node_settings), store, pool, transports
-        )
+    transports, resume = _node_access(api, node_settings, pool)
+    elector = LeaderElector(api, lease)
+    with _observed_store(args, serving=True) as (store, observers, metrics):
+        if args.source == "kubernetes":
+            reconciler, events = _controller_reconciler(
+                args,
+                api,
+                namespace,
+                store,
+                transports,
+                observers=observers,
+                leading=elector.leading.is_set,
+                resume=resume,
+            )
+        else:
+            reconciler, events = _reconciler(args, store, transports, observers=observers), None
         _log_level(args.log_level)
-        reconciler.observers.append(audit_log)
-        reconciler.observers.extend(sinks)
         code = run(
             reconciler,
-            LeaderElector(api, lease),
+            elector,
             interval=args.interval,
             host=host or "0.0.0.0",  # a Pod's probes and Prometheus reach it
             port=int(port),
+            metrics=metrics,
             events=events,
-            resume=lambda: resume_nodes(api, node_settings),
-            sinks=sinks,
+            resume=resume,
         )
     pool.close()
     return code
 
 
-@dataclass(frozen=True)
-class _Cluster:
-    """What the controller works on: the API, its namespace and how Nodes are patched."""
-
-    api: Any
-    namespace: str
-    node_settings: NodeSettings
-
-
-def _lease_and_node_settings(
+def _controller_settings(
     args: argparse.Namespace, namespace: str
 ) -> tuple[LeaseConfig, NodeSettings]:
-    """The leader Lease and the node Jobs' settings the command line asks for."""
+    """The leader Lease and the settings of node Jobs, from the command line."""
     import dataclasses
 
     from reconciler.controller import LeaseConfig, default_identity
@@ -975,26 +999,47 @@ def _lease_and_node_settings(
     return lease, node_settings
 
 
+def _node_access(
+    api: Any, node_settings: NodeSettings, pool: SshPool
+) -> tuple[TransportFor, Callable[[], object]]:
+    """The controller's transports and its ``resume_nodes``, sharing one set of node locks (a
+    node a transport works on is left alone by resume)."""
+    from reconciler.dispatch.nodes import NodeLocks, resume_nodes
+
+    locks = NodeLocks()
+
+    def transports(instance: ManagedInstance) -> Transport:
+        return transport_for(
+            instance.spec.connection,
+            pool=pool,
+            kubernetes=api,
+            node_settings=node_settings,
+            node_locks=locks,
+        )
+
+    def resume() -> object:
+        return resume_nodes(api, node_settings, locks)
+
+    return transports, resume
+
+
 def _controller_reconciler(
     args: argparse.Namespace,
-    cluster: _Cluster,
+    api: Any,
+    namespace: str,
     store: StateStore,
-    pool: SshPool,
-    transports: Callable[[ManagedInstance], Transport],
-) -> tuple[Reconciler, EventSink | None]:
-    """The namespace's custom resources as the desired state, with status, Events and Node
-    mirrors written back; or, for another --source, the plain reconciler (no status)."""
-    if args.source != "kubernetes":
-        reconciler = _reconciler(args, store, pool)
-        reconciler.transport_for = transports
-        return reconciler, None
+    transports: TransportFor,
+    *,
+    observers: list[Observer],
+    leading: Callable[[], bool],
+    resume: Callable[[], object],
+) -> tuple[Reconciler, EventSink]:
+    """The controller's loop on the namespace's custom resources, with its Kubernetes Events."""
     from reconciler.controller import ControllerReconciler, EventSink, NodeMirror
-    from reconciler.dispatch.nodes import resume_nodes
     from reconciler.sources.kubernetes import KubernetesSource
     from reconciler.state.kubernetes import StatusWriter
 
     configure_logging()
-    api, namespace = cluster.api, cluster.namespace
     source = KubernetesSource(
         api, namespace, watch_nodes=args.nodes, node_selector=args.node_selector
     )
@@ -1004,18 +1049,19 @@ def _controller_reconciler(
         return info.uid if info else None
 
     events = EventSink(api, namespace, uid_of=uid_of, object_of=source.object_of)
-    controller = ControllerReconciler(
+    reconciler = ControllerReconciler(
         source,
         store,
         transports,
         writer=StatusWriter(api, namespace),
         mirror=NodeMirror(api, namespace, args.node_selector) if args.nodes else None,
+        leading=leading,
+        resume=resume,
         settings=Settings(stale_after=timedelta(hours=args.stale_after)),
         workers=args.workers,
-        observers=[events],
-        resume=lambda: resume_nodes(api, cluster.node_settings),
+        observers=[events, *observers],
     )
-    return controller, events
+    return reconciler, events
 
 
 def _log_level(level: str) -> None:
@@ -1150,7 +1196,7 @@ def _findings(args: argparse.Namespace) -> int:
         histories = {
             name: store.scan_history(name, limit=1000)
             for name, scan in latest.items()
-            if scan.evaluation.get("summary", {}).get("complianceStatus") == "NON_COMPLIANT"
+            if scan.compliance_status == ComplianceStatus.NON_COMPLIANT
         }
     found = findings.findings(latest, histories, settings)
     if args.to is not None:

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from reconciler.api.enums import OperatingSystem, RejectedPatchesAction
+from reconciler.api.enums import JobStatus, OperatingSystem, Operation, RejectedPatchesAction
 from reconciler.api.resources import (
     MaintenanceWindow,
     ManagedInstance,
@@ -38,7 +38,7 @@ from reconciler.api.snapshot import Snapshot, group_selects
 from reconciler.evaluation.resolve import resolve
 from reconciler.schedule import Opening, current_opening, openings
 
-SCAN, INSTALL = "Scan", "Install"
+SCAN, INSTALL = Operation.SCAN, Operation.INSTALL  # the names the planner and its tests use
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +56,8 @@ class ObservedScan:
 class ObservedJob:
     key: str
     instance: str
-    operation: str
-    status: str  # running | succeeded | failed | abandoned
+    operation: Operation
+    status: JobStatus
     created_at: datetime
     window: str | None = None
     task: str | None = None
@@ -81,7 +81,7 @@ class Settings:
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    operation: str
+    operation: Operation
     instance: str
     key: str  # idempotency key: never dispatched twice
     reason: str
@@ -188,13 +188,13 @@ class _State:
         self.actions: list[Action] = []
         self.waits: list[Wait] = []
         self.keys = {job.key for job in observed.jobs}
-        self.running = {job.instance for job in observed.jobs if job.status == "running"}
+        self.running = {job.instance for job in observed.jobs if job.status == JobStatus.RUNNING}
         self.scans_planned = 0
         self.budget = _Budgets(observed.jobs)
         self.jobs_of: dict[str, list[ObservedJob]] = {}
         for job in observed.jobs:
             self.jobs_of.setdefault(job.instance, []).append(job)
-        self.running_jobs = [job for job in observed.jobs if job.status == "running"]
+        self.running_jobs = [job for job in observed.jobs if job.status == JobStatus.RUNNING]
         self.target_counts: dict[str, int] = {}
         # Per-pass memos: windows, baselines and label sets are shared by many instances.
         self.openings: dict[str, Opening | None] = {}
@@ -254,7 +254,7 @@ class _State:
             j
             for j in self.jobs_of.get(name, ())
             if j.operation == SCAN
-            and j.status == "failed"
+            and j.status == JobStatus.FAILED
             and (scan is None or j.created_at > scan.finished_at)
         ]
         if not failures:
@@ -270,7 +270,7 @@ class _State:
         left = [
             j
             for j in self.jobs_of.get(name, ())
-            if j.status == "abandoned" and j.created_at >= scan.finished_at
+            if j.status == JobStatus.ABANDONED and j.created_at >= scan.finished_at
         ]
         if left:
             return f"job {left[-1].key} was left in flight; rescan to learn what happened"
@@ -309,7 +309,7 @@ class _State:
         baseline: PatchBaseline,
         digest: str,
     ) -> bool:
-        for window, task, opening in self.open_tasks(instance, group, "Scan"):
+        for window, task, opening in self.open_tasks(instance, group, SCAN):
             key = f"{name}:Scan:{window.metadata.name}:{opening.id}"
             if scan.finished_at >= opening.start or key in self.keys:
                 continue
@@ -343,7 +343,7 @@ class _State:
         baseline: PatchBaseline,
         digest: str,
     ) -> None:
-        candidates = self.open_tasks(instance, group, "Install")
+        candidates = self.open_tasks(instance, group, INSTALL)
         if not candidates:
             self.wait_for_window(name, instance, group)
             return
@@ -396,7 +396,7 @@ class _State:
         upcoming: list[tuple[Opening, MaintenanceWindow]] = []
         closing: list[str] = []
         for window in self.targeting(instance, group):
-            if not any(t.operation == "Install" for t in window.spec.tasks):
+            if not any(t.operation == INSTALL for t in window.spec.tasks):
                 continue
             now_open = self.opening(window)
             if now_open is not None and not now_open.accepts_new_tasks(self.now):
@@ -456,7 +456,7 @@ class _State:
         return out
 
     def open_tasks(
-        self, instance: ManagedInstance, group: str | None, operation: str
+        self, instance: ManagedInstance, group: str | None, operation: Operation
     ) -> list[tuple[MaintenanceWindow, WindowTask, Opening]]:
         out = []
         for window in self.targeting(instance, group):
@@ -516,9 +516,9 @@ class _Budgets:
             if job.window is None or job.task is None or job.opening is None:
                 continue
             key = (job.window, job.task, job.opening)
-            if job.status == "running":
+            if job.status == JobStatus.RUNNING:
                 self.running[key] = self.running.get(key, 0) + 1
-            elif job.status in ("failed", "abandoned"):
+            elif job.status in (JobStatus.FAILED, JobStatus.ABANDONED):
                 self.errors[key] = self.errors.get(key, 0) + 1
 
     def verdict(

@@ -101,13 +101,14 @@ def loop(
     clock: Callable[[], datetime],
     *,
     spy: Spy | None = None,
+    on_job_done: Callable[[JobRecord], None] | None = None,
 ) -> Reconciler:
     """A Reconciler on ``url``'s main branch with a fresh store, on the local and ssh transports
     (watched by ``spy``), at the time ``clock`` says."""
     store = StateStore(tmp_path / "state" / "state.db")
     source = GitSource(url, ref="main", workdir=tmp_path / "state" / "clone")
     transports = spy or Spy(lambda instance: transport_for(instance.spec.connection))
-    return Reconciler(source, store, transports, clock=clock)
+    return Reconciler(source, store, transports, clock=clock, on_job_done=on_job_done)
 
 
 def patchctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -260,13 +261,18 @@ def test_no_job_starts_after_the_window_cutoff_and_the_plan_says_why(
     commit_fleet(upstream, roots, window_yaml("noon", NOON_WINDOW, max_concurrency="1"))
     clock = ManualClock(IN_WINDOW)
     spy = Spy(lambda instance: transport_for(instance.spec.connection))
-    reconciler = loop(tmp_path, file_url(upstream), clock, spy=spy)
 
     def first_install_takes_until_the_cutoff(job: JobRecord) -> None:
         if job.operation == "Install":
             clock.advance_to(CUTOFF)
 
-    reconciler.on_job_done = first_install_takes_until_the_cutoff
+    reconciler = loop(
+        tmp_path,
+        file_url(upstream),
+        clock,
+        spy=spy,
+        on_job_done=first_install_takes_until_the_cutoff,
+    )
 
     summary = reconciler.reconcile()
 

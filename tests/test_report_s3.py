@@ -536,8 +536,8 @@ def test_the_loop_exports_a_scheduled_report_to_s3_once_per_opening(
             lambda i: pytest.fail("no job may run"),
             settings=Settings(stale_after=timedelta(days=365)),
             clock=lambda: now[0],
+            s3_endpoint_url=endpoint,
         )
-        loop.s3_endpoint_url = endpoint
         loop.refresh()
         loop.export_reports()
         loop.export_reports()  # the first may still run: not started again, nor due after it

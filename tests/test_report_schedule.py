@@ -21,7 +21,7 @@ import pytest
 
 from reconciler.api.enums import OperatingSystem
 from reconciler.evaluation import resolve
-from reconciler.loop import Reconciler
+from reconciler.loop import EXPORT_GRACE, Reconciler
 from reconciler.plan import Settings, baseline_digest
 from reconciler.report.publish.scheduled import latest_opening, reports_due, scope_instances
 from reconciler.sources import DirectorySource, read_snapshot
@@ -103,7 +103,9 @@ class Fleet:
     def write(self, reports: str) -> None:
         (self.config / "fleet.yaml").write_text(FLEET + reports)
 
-    def new_loop(self) -> Reconciler:
+    def new_loop(
+        self, s3_endpoint_url: str | None = None, export_grace: float = EXPORT_GRACE
+    ) -> Reconciler:
         """A Reconciler as a fresh process would build it (nothing in memory)."""
         return Reconciler(
             DirectorySource(self.config),
@@ -111,6 +113,8 @@ class Fleet:
             lambda instance: pytest.fail(f"no job may run ({instance.metadata.name})"),
             settings=Settings(stale_after=timedelta(days=3650)),
             clock=lambda: self.now,
+            s3_endpoint_url=s3_endpoint_url,
+            export_grace=export_grace,
         )
 
     def passes(self, *moments: datetime) -> None:
@@ -348,8 +352,9 @@ def test_an_unreachable_destination_does_not_hold_up_the_passes(
     blackhole = Blackhole()
     yaml = report_yaml("hourly", "s3://compliance/hourly", "rate(1 hour)", format="json")
     fleet = Fleet(tmp_path, yaml, at("2026-11-28T10:20:00"))
-    fleet.loop.s3_endpoint_url = f"http://127.0.0.1:{blackhole.port}"
-    fleet.loop.export_grace = 0.5
+    fleet.loop = fleet.new_loop(
+        s3_endpoint_url=f"http://127.0.0.1:{blackhole.port}", export_grace=0.5
+    )
     try:
         for moment in ("2026-11-28T10:20:00", "2026-11-28T10:21:00", "2026-11-28T11:05:00"):
             fleet.now = at(moment)

@@ -40,8 +40,8 @@ def test_window_executions_follow_their_openings(tmp_path: Path) -> None:
             clock=lambda: now[0],
         )
         loop.refresh()
-        loop._window_started("noon", "2026-11-28T12:00:00Z")
-        loop._window_started("noon", "2026-11-27T12:00:00Z")
+        loop.parts.executions.started("noon", "2026-11-28T12:00:00Z")
+        loop.parts.executions.started("noon", "2026-11-27T12:00:00Z")
         store.record_window_execution(
             window="noon", opening="2026-11-27T12:00:00Z", status="FAILED", now=now[0]
         )

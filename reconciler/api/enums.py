@@ -146,6 +146,27 @@ class Operation(StrEnum):
     INSTALL = "Install"
 
 
+class JobStatus(StrEnum):
+    """A job's status, as the state store holds it."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ABANDONED = "abandoned"
+    """Left running by a process that stopped; its machine is rescanned."""
+
+
+class ExecutionStatus(StrEnum):
+    """A maintenance window execution's status (SSM's names)."""
+
+    PENDING = "PENDING"
+    IN_PROGRESS = "IN_PROGRESS"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+    CANCELLED = "CANCELLED"
+
+
 class RebootOption(StrEnum):
     REBOOT_IF_NEEDED = "RebootIfNeeded"
     NO_REBOOT = "NoReboot"

@@ -34,6 +34,7 @@ from reconciler.api.resources import (
     Resource,
 )
 from reconciler.api.yamldocs import Document, Path, YamlError, decode, documents
+from reconciler.errors import RefusedInput
 
 MAX_DOCUMENTS = 100_000
 
@@ -52,12 +53,15 @@ class Problem:
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 
-class SnapshotInvalid(Exception):
+class SnapshotInvalid(RefusedInput):
     """The snapshot was refused; nothing of it may be applied."""
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = sorted(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+    def reasons(self) -> list[str]:
+        return [str(p) for p in self.problems]
 
 
 @dataclass(frozen=True)

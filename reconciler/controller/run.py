@@ -1,29 +1,43 @@
 """Stage: controller. ``patchctl controller``: the reconcile loop with a Kubernetes namespace as
 its source and the custom resources' status as its report, behind a leader Lease.
 
-:class:`ControllerReconciler` is the loop's :class:`~reconciler.loop.Reconciler` with two steps
-around each pass: before it, Nodes are mirrored into ManagedInstances; after it, the status of
-every object is written (once per pass, only what changed). :func:`run` waits for the Lease
-(answering ``/healthz`` as a standby meanwhile), then runs the loop's :func:`~reconciler.loop.serve`
-(watch wakes, interval, ``/metrics``, SIGTERM) while renewing the Lease; losing the Lease stops new
-jobs at once and makes :func:`run` return non-zero so the Pod restarts as a follower.
+:class:`ControllerReconciler` is the loop's :class:`~reconciler.loop.Reconciler` with steps
+around the loop's own (:data:`~reconciler.loop.STEPS`): before them, node operations left
+half-done are resumed and Nodes mirrored into ManagedInstances; after them, the status of every
+object is written (once per pass, only what changed). Its dependencies (the status writer, the
+mirror, whether this replica leads) come through its constructor.
+
+:func:`run` waits for the Lease (answering ``/healthz`` as a standby meanwhile), then runs the
+loop's :class:`~reconciler.loop.Service` (watch wakes, interval, ``/metrics``, SIGTERM) while
+renewing the Lease; losing the Lease stops new jobs at once and makes :func:`run` return non-zero
+so the Pod restarts as a follower.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Unpack
 
 from reconciler.controller.events import EventSink
 from reconciler.controller.leader import LeaderElector
 from reconciler.controller.nodes import NodeMirror
 from reconciler.controller.status import Seen, statuses
 from reconciler.kube import API_FAILURES
-from reconciler.loop import PassSummary, Reconciler, http_endpoints, serve
-from reconciler.report.notify.metrics import DeliveryCounts, LoopMetrics
+from reconciler.loop import (
+    STEPS,
+    PassContext,
+    PassSummary,
+    Reconciler,
+    Service,
+    TransportFor,
+    http_endpoints,
+)
+from reconciler.loop.reconciler import LoopOptions
+from reconciler.report.notify.metrics import LoopMetrics
 from reconciler.sources.kubernetes import KubernetesSource
+from reconciler.state import StateStore
 from reconciler.state.kubernetes import StatusWriter, Written
 
 EXIT_OK, EXIT_LOST_LEASE = 0, 1
@@ -32,44 +46,53 @@ REPORT_RUNS_READ = 100
 
 
 class ControllerReconciler(Reconciler):
-    """The reconcile loop on a :class:`KubernetesSource`, writing status after each pass."""
+    """The reconcile loop on a :class:`KubernetesSource`, its pass with three steps more:
+    resume node operations and mirror Nodes before it, write status after it."""
 
     source: KubernetesSource
 
     def __init__(
         self,
         source: KubernetesSource,
-        *args: Any,
+        store: StateStore,
+        transport_for: TransportFor,
+        *,
         writer: StatusWriter,
         mirror: NodeMirror | None = None,
         leading: Callable[[], bool] = lambda: True,
         resume: Callable[[], object] | None = None,
-        **kwargs: Any,
+        **options: Unpack[LoopOptions],
     ) -> None:
         """``resume`` finishes node operations left half-done (``resume_nodes``); it runs at the
         start of every pass, when no job of this process is in flight, so a node that came back
-        late from a reboot is uncordoned without waiting for a restart."""
-        super().__init__(source, *args, **kwargs)
+        late from a reboot is uncordoned without waiting for a restart. ``leading`` says whether
+        this replica holds the leader Lease (only a leader changes Nodes and writes status)."""
         self.writer, self.mirror, self.leading = writer, mirror, leading
         self.resume = resume
         self.written: dict[str, int] = {}
         """How the last pass's status updates went, by :class:`Written` value."""
+        steps = (self._resume_nodes, self._mirror_nodes, *STEPS, self._write_status)
+        super().__init__(source, store, transport_for, steps=steps, **options)
 
-    def reconcile(self, *, until_idle: bool = True, max_jobs: int | None = None) -> PassSummary:
-        if self.resume is not None and self.leading():
-            try:
-                self.resume()
-            except Exception:  # logged loudly; patching the other machines goes on
-                self.log.exception("resuming interrupted node operations failed")
-        if self.mirror is not None and self.leading():
-            try:
-                self.mirror.sync()
-            except API_FAILURES as exc:
-                self.log.warning("mirroring nodes failed", error=str(exc))
-        summary = super().reconcile(until_idle=until_idle, max_jobs=max_jobs)
+    def _resume_nodes(self, context: PassContext) -> None:
+        if self.resume is None or not self.leading():
+            return
+        try:
+            self.resume()
+        except Exception:  # an API failure or a bug: logged loudly; the other machines go on
+            self.log.exception("resuming interrupted node operations failed")
+
+    def _mirror_nodes(self, context: PassContext) -> None:
+        if self.mirror is None or not self.leading():
+            return
+        try:
+            self.mirror.sync()
+        except API_FAILURES as exc:  # the API is away: the next pass retries
+            self.log.warning("mirroring nodes failed", error=str(exc))
+
+    def _write_status(self, context: PassContext) -> None:
         if self.leading() and not self.stopping.is_set():
-            self.write_status(summary)
-        return summary
+            self.write_status(context.summary)
 
     def seen(self, summary: PassSummary) -> Seen:
         """What this pass saw, for the status."""
@@ -138,32 +161,24 @@ def run(
     interval: float,
     host: str,
     port: int,
+    metrics: LoopMetrics,
     events: EventSink | None = None,
     resume: Callable[[], object] = lambda: None,
-    sinks: Sequence[DeliveryCounts] = (),
 ) -> int:
     """Wait for the Lease, then reconcile until SIGTERM (exit 0, Lease released) or until the
-    Lease is lost (exit 1: no new job starts; running ones finish)."""
-    metrics = LoopMetrics(reconciler.store)
-    metrics.track_event_sinks(sinks)
+    Lease is lost (exit 1: no new job starts; running ones finish). ``metrics`` observes the
+    reconciler's occurrences; ``reconciler`` was built with ``leading=elector.leading.is_set``
+    (a :class:`ControllerReconciler`) so that only the leader writes."""
     if not _standby(elector, host, port, metrics):
         return EXIT_OK
-
-    def lost() -> None:
-        reconciler.stopping.set()
-        poke = getattr(reconciler.source, "poke", None)
-        if poke is not None:
-            poke()  # wake serve() now rather than after the interval
-
-    if isinstance(reconciler, ControllerReconciler):
-        reconciler.leading = elector.leading.is_set
-    elector.keep(on_lost=lost)
+    service = Service(reconciler, metrics, interval=interval, host=host, port=port)
+    elector.keep(on_lost=service.stop)  # no new job once the Lease is lost; wake the loop now
     try:
         try:
             resume()
-        except Exception:  # logged loudly; patching the other machines goes on
+        except Exception:  # an API failure or a bug: logged loudly; the other machines go on
             reconciler.log.exception("resuming interrupted node operations failed")
-        serve(reconciler, interval=interval, host=host, port=port, metrics=metrics)
+        service.run()
     finally:
         if not elector.lost.is_set():
             elector.release()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from reconciler.api.enums import OperatingSystem
+from reconciler.api.enums import ComplianceStatus, ExecutionStatus, JobStatus, Operation
 from reconciler.api.snapshot import Problem, Snapshot
 from reconciler.evaluation import resolve
 from reconciler.plan import baseline_digest
@@ -183,8 +183,7 @@ def _group(seen: Seen, name: str, generation: int) -> Built:
     bad = [
         s.instance
         for s in members.values()
-        if s.evaluation.get("patchGroup") == name
-        and s.evaluation.get("summary", {}).get("complianceStatus") == "NON_COMPLIANT"
+        if s.patch_group == name and s.compliance_status == ComplianceStatus.NON_COMPLIANT
     ]
     state["instancesNonCompliant"] = len(bad)
     conditions = _accepted(seen, generation)
@@ -212,7 +211,7 @@ def _window(seen: Seen, name: str, generation: int) -> Built:
         "lastExecution": dict(execution) if execution else None,
     }
     conditions = _accepted(seen, generation)
-    failed = bool(execution and execution.get("status") == "FAILED")
+    failed = bool(execution and execution.get("status") == ExecutionStatus.FAILED)
     conditions.append(
         condition(
             "ExecutionFailed",
@@ -254,7 +253,7 @@ def _instance_fields(scan: ScanRecord | None, name: str, waiting: str | None) ->
         row = compliance.instances({name: scan})[0]
         del row["instanceId"]
         fields.update(row)
-        facts = scan.inventory.get("facts", {})
+        facts = scan.facts
         fields["operatingSystem"] = facts.get("operatingSystem")
         fields["operationEndTime"] = timestamp(scan.finished_at)
     return fields
@@ -275,15 +274,15 @@ def _readiness(seen: Seen, name: str, generation: int) -> tuple[dict[str, Any], 
         reason = "NotScanned" if scan is None else "BaselineChanged"
         message = waiting or "a scan is due"
         return condition("Ready", False, reason, message, generation), reconciling
-    status = scan.evaluation.get("summary", {}).get("complianceStatus")
+    status = scan.compliance_status
     at = timestamp(scan.finished_at)
     message = f"{status} under baseline {scan.baseline} ({scan.operation} at {at})"
     return condition("Ready", True, "Scanned", message, generation), reconciling
 
 
 def _non_compliant(scan: ScanRecord, generation: int) -> dict[str, Any]:
-    summary = scan.evaluation.get("summary", {})
-    bad = summary.get("complianceStatus") == "NON_COMPLIANT"
+    summary = scan.summary
+    bad = scan.compliance_status == ComplianceStatus.NON_COMPLIANT
     message = (
         f"{summary.get('missingCount', 0)} missing, {summary.get('failedCount', 0)} "
         f"failed, severity {summary.get('complianceSeverity')}"
@@ -293,20 +292,22 @@ def _non_compliant(scan: ScanRecord, generation: int) -> dict[str, Any]:
 
 
 def _patch_failed(job: JobRecord | None, generation: int) -> dict[str, Any]:
-    install_failed = job is not None and job.operation == "Install" and job.status == "failed"
+    install_failed = (
+        job is not None and job.operation == Operation.INSTALL and job.status == JobStatus.FAILED
+    )
     reason = "InstallFailed" if install_failed else "NoFailure"
     message = _error(job) if install_failed and job else ""
     return condition("PatchFailed", install_failed, reason, message, generation)
 
 
 def _failure(job: JobRecord | None) -> tuple[str, str] | None:
-    if job is None or job.status != "failed":
+    if job is None or job.status != JobStatus.FAILED:
         return None
     return f"{job.operation}Failed", _error(job)
 
 
 def _error(job: JobRecord) -> str:
-    error = (job.result or {}).get("error") or {}
+    error = job.error
     if error:
         return f"job {job.id}: {error.get('code')}: {error.get('message')}"
     return f"job {job.id} failed"
@@ -317,9 +318,8 @@ def _scanned_with_current_baseline(seen: Seen, name: str, scan: ScanRecord) -> b
     snapshot = seen.snapshot
     if snapshot is None or name not in snapshot.instances:
         return False
-    try:
-        os = OperatingSystem(scan.inventory["facts"]["operatingSystem"])
-    except (KeyError, ValueError, TypeError):
+    os = scan.operating_system
+    if os is None:
         return False
     resolution = resolve(snapshot, snapshot.instances[name].metadata.labels, os)
     if resolution.baseline is None:

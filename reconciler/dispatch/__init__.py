@@ -17,7 +17,7 @@ from reconciler.dispatch.base import AgentFailed, Transport
 from reconciler.dispatch.local import LocalTransport
 
 if TYPE_CHECKING:
-    from reconciler.dispatch.nodes import NodeSettings, NodeTransport
+    from reconciler.dispatch.nodes import NodeLocks, NodeSettings, NodeTransport
     from reconciler.dispatch.ssh import SshPool, SshTransport
 
 __all__ = [
@@ -53,12 +53,14 @@ def transport_for(
     agent: Path | None = None,
     kubernetes: Any = None,
     node_settings: NodeSettings | None = None,
+    node_locks: NodeLocks | None = None,
 ) -> Transport:
     """The transport that reaches ``connection``'s machine. ``pool`` shares SSH connections
     between transports (give every SSH transport of a reconcile the same one, and close it at the
     end); timeouts left out take the transport's defaults; ``agent`` is the zipapp to copy.
     ``kubernetes`` is the API client (``kubernetes.client.ApiClient``) that reaches Nodes, with
-    ``node_settings`` for their Jobs (defaults when left out)."""
+    ``node_settings`` for their Jobs (defaults when left out) and ``node_locks`` shared by every
+    node transport and ``resume_nodes`` of the caller (the process's when left out)."""
     if isinstance(connection, KubernetesConnection):
         if kubernetes is None:
             raise AgentFailed(
@@ -68,9 +70,8 @@ def transport_for(
             )
         from reconciler.dispatch import nodes
 
-        return nodes.NodeTransport(
-            kubernetes, connection.node, node_settings or nodes.NodeSettings()
-        )
+        settings = node_settings or nodes.NodeSettings()
+        return nodes.NodeTransport(kubernetes, connection.node, settings, node_locks)
     if isinstance(connection, LocalConnection):
         if command_timeout is None:
             return LocalTransport(connection.root)

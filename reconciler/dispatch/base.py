@@ -4,14 +4,18 @@ Jobs and SSM): run the agent's scan or install where the machine is and return i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
+from reconciler.errors import PermanentError
+
+M = TypeVar("M", bound=BaseModel)
 
 
-class AgentFailed(Exception):
+class AgentFailed(PermanentError):
     """The agent reported an error (or its output could not be read)."""
 
     def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
@@ -51,12 +55,19 @@ def install_args(
 
 def inventory_of(document: dict[str, Any]) -> Inventory:
     """The agent's scan output as the schema's Inventory, or AgentFailed saying why not."""
+    return _read(Inventory, document, "BadInventory", "inventory")
+
+
+def install_result_of(document: dict[str, Any]) -> InstallResult:
+    """The agent's install result as the schema's InstallResult, or AgentFailed saying why not."""
+    return _read(InstallResult, document, "BadInstallResult", "install result")
+
+
+def _read(model: type[M], document: dict[str, Any], code: str, what: str) -> M:
     try:
-        return Inventory.model_validate(document)
-    except ValidationError as exc:
-        raise AgentFailed(
-            "BadInventory", f"the agent's inventory does not match the schema: {exc}"
-        ) from None
+        return model.model_validate(document)
+    except ValidationError as exc:  # the agent's fault, not the loop's: this job fails
+        raise AgentFailed(code, f"the agent's {what} does not match the schema: {exc}") from None
 
 
 class Transport(Protocol):

@@ -5,9 +5,9 @@ and what an install result means for the next inventory. Pure; one way for the C
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from reconciler.api.enums import Operation, PatchState
+from reconciler.api.install import InstallResult
 from reconciler.api.inventory import FailedPatch, Inventory
 from reconciler.evaluation.results import InstanceEvaluation, PatchResult
 
@@ -31,14 +31,8 @@ def _pin(patch: PatchResult, native_arch: str) -> str:
     return f"{qualified}={patch.version}"
 
 
-def patch_outcomes(outcome: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The per-patch entries of an agent install result."""
-    patches = outcome.get("patches", [])
-    return [p for p in patches if isinstance(p, dict)] if isinstance(patches, list) else []
-
-
-def install_failed(outcome: Mapping[str, Any]) -> bool:
-    return any(p.get("result") == "FAILED" for p in patch_outcomes(outcome))
+def install_failed(outcome: InstallResult) -> bool:
+    return bool(outcome.failed)
 
 
 def architectures(result: InstanceEvaluation) -> dict[tuple[str, str], str]:
@@ -47,19 +41,18 @@ def architectures(result: InstanceEvaluation) -> dict[tuple[str, str], str]:
 
 
 def after_install(
-    inventory: Inventory, outcome: Mapping[str, Any], arch: Mapping[tuple[str, str], str]
+    inventory: Inventory, outcome: InstallResult, arch: Mapping[tuple[str, str], str]
 ) -> Inventory:
     """The inventory taken after an install, marked as such, with what could not be installed
     (named with the architecture of the patch it was pinned from, from ``arch``)."""
     failed = [
         FailedPatch(
-            name=str(p["name"]),
-            arch=arch.get((str(p["name"]), str(p["version"])), str(p.get("arch") or "")),
-            version=str(p["version"]),
-            reason=" ".join(str(p.get(k, "")) for k in ("message", "rollback")).strip(),
+            name=p.name,
+            arch=arch.get((p.name, p.version), p.arch or ""),
+            version=p.version,
+            reason=f"{p.message} {p.rollback}".strip(),
         )
-        for p in patch_outcomes(outcome)
-        if p.get("result") == "FAILED"
+        for p in outcome.failed
     ]
     return inventory.model_copy(
         update={"operation": Operation.INSTALL, "failed": (*inventory.failed, *failed)}

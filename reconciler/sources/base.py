@@ -8,7 +8,7 @@ here; what is valid is decided by :mod:`reconciler.api` (and, for schedules,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import PurePosixPath
@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot, format_path
 from reconciler.defaults import predefined_baselines
+from reconciler.errors import RefusedInput, TemporaryError
 from reconciler.schedule import parse_schedule
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -46,7 +47,7 @@ class Revision:
         return f"{self.ref}@{algorithm}:{self.sha}" if algorithm else f"{self.ref}@{self.sha}"
 
 
-class SourceError(Exception):
+class SourceError(TemporaryError):
     """The source could not be read: unreachable, refused, unknown ref. Nothing was fetched."""
 
 
@@ -61,7 +62,7 @@ class Refusal(StrEnum):
     CANNOT_CHECK = "signature could not be checked"
 
 
-class SignatureRefused(SourceError):
+class SignatureRefused(RefusedInput, SourceError):
     """The revision was fetched but its head commit is not signed by a trusted key."""
 
     def __init__(self, revision: Revision, reason: Refusal, detail: str = "") -> None:
@@ -89,6 +90,11 @@ class Source(Protocol):
 
     def snapshot(self) -> tuple[Revision, Snapshot]:
         """The current revision, validated; SnapshotInvalid (a RevisionInvalid) when it is not."""
+        ...
+
+    def watch(self, on_change: Callable[[], None]) -> Callable[[], None]:
+        """Call ``on_change`` when the current revision may have changed; returns ``stop()``.
+        A source that cannot tell (Git: it is fetched on every pass) never calls it."""
         ...
 
 

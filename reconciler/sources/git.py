@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import re
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -87,6 +88,11 @@ class GitSource:
     def snapshot(self) -> tuple[Revision, Snapshot]:
         """The validated snapshot of the current revision; RevisionInvalid when it is refused."""
         return validated(*self.fetch())
+
+    def watch(self, on_change: Callable[[], None]) -> Callable[[], None]:
+        """Never calls ``on_change``: a remote repository says nothing when it changes, so the
+        loop fetches it on every pass instead."""
+        return lambda: None
 
     def _open(self) -> Repo:
         """The workdir's bare clone, created on first use and pointed at ``url``."""

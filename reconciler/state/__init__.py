@@ -10,14 +10,20 @@ nothing else; ``state.kubernetes`` writes the same observed state into the custo
 
 from reconciler.state.records import (
     InstanceRecord,
+    JobError,
     JobNotRunning,
     JobRecord,
+    JobResult,
     PatchStateRecord,
     ReportRunRecord,
     RevisionRecord,
     ScanRecord,
     StateError,
+    StoredEvaluation,
+    StoredPatch,
+    StoredSummary,
     UnknownJob,
+    WindowExecution,
 )
 from reconciler.state.schema import LATEST as SCHEMA_VERSION
 from reconciler.state.store import StateStore
@@ -25,13 +31,19 @@ from reconciler.state.store import StateStore
 __all__ = [
     "SCHEMA_VERSION",
     "InstanceRecord",
+    "JobError",
     "JobNotRunning",
     "JobRecord",
+    "JobResult",
     "PatchStateRecord",
     "ReportRunRecord",
     "RevisionRecord",
     "ScanRecord",
     "StateError",
     "StateStore",
+    "StoredEvaluation",
+    "StoredPatch",
+    "StoredSummary",
     "UnknownJob",
+    "WindowExecution",
 ]

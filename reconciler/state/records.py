@@ -1,5 +1,6 @@
 """Stage: state. The values the store hands out (frozen records), its errors, and the encoding of
-times and documents in SQLite. Pure: no I/O and nothing from ``reconciler`` outside ``state``.
+times and documents in SQLite. Pure: no I/O and nothing from ``reconciler`` outside ``state`` but
+the schema's enumerations (``api.enums``).
 
 Times are stored as UTC ISO 8601 text with microseconds (``2024-05-01T12:00:00.000000+00:00``):
 every value has the same width, so SQLite's text order is time order and ``ORDER BY`` and
@@ -9,13 +10,16 @@ every value has the same width, so SQLite's text order is time order and ``ORDER
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict, cast
 
-JOB_STATUSES = ("running", "succeeded", "failed", "abandoned")
-FINISHED_STATUSES = ("succeeded", "failed", "abandoned")
-WINDOW_STATUSES = ("PENDING", "IN_PROGRESS", "SUCCESS", "FAILED", "TIMED_OUT", "CANCELLED")
+from reconciler.api.enums import ExecutionStatus, JobStatus, OperatingSystem, Operation
+
+JOB_STATUSES = tuple(status.value for status in JobStatus)
+FINISHED_STATUSES = tuple(s.value for s in JobStatus if s is not JobStatus.RUNNING)
+WINDOW_STATUSES = tuple(status.value for status in ExecutionStatus)
 REPORT_RUN_STATUSES = ("SUCCESS", "FAILED")
 
 
@@ -55,13 +59,87 @@ def from_json(text: str) -> Any:
     return json.loads(text)
 
 
+class StoredSummary(TypedDict, total=False):
+    """A scan's summary as stored (``evaluation.Summary.to_dict``): SSM's counts and status."""
+
+    installedCount: int
+    installedOtherCount: int
+    installedPendingRebootCount: int
+    installedRejectedCount: int
+    missingCount: int
+    failedCount: int
+    notApplicableCount: int
+    availableSecurityUpdateCount: int
+    criticalNonCompliantCount: int
+    securityNonCompliantCount: int
+    otherNonCompliantCount: int
+    complianceStatus: str
+    complianceSeverity: str | None
+
+
+class StoredPatch(TypedDict, total=False):
+    """One patch's verdict as stored (``evaluation.PatchResult.to_dict``)."""
+
+    name: str
+    arch: str
+    installedVersion: str | None
+    version: str
+    state: str
+    classification: str
+    severity: str
+    complianceLevel: str
+    cves: list[str]
+    reason: str
+
+
+class StoredEvaluation(TypedDict, total=False):
+    """A scan's evaluation as stored: ``InstanceEvaluation.to_dict`` and the pins it yields."""
+
+    instanceId: str
+    operatingSystem: str
+    baseline: str
+    patchGroup: str | None
+    operation: str
+    evaluatedAt: str
+    patches: list[StoredPatch]
+    summary: StoredSummary
+    pins: list[str]
+
+
+class JobError(TypedDict):
+    """Why a job failed: the agent's code (or the exception's type) and message."""
+
+    code: str
+    message: str
+
+
+class JobResult(TypedDict, total=False):
+    """A finished job's result: its error, or the scan's summary (and what an install did, see
+    ``api.install.InstallResult.stored``)."""
+
+    error: JobError
+    install: dict[str, Any]
+    summary: StoredSummary
+
+
+class WindowExecution(TypedDict):
+    """The execution of one window opening."""
+
+    window: str
+    opening: str
+    status: ExecutionStatus
+    started_at: datetime
+    """When the opening's first job made it IN_PROGRESS."""
+    updated_at: datetime
+
+
 @dataclass(frozen=True)
 class ScanRecord:
     """One scan or install of one instance, as evaluated: a row of append-only history."""
 
     id: int
     instance: str
-    operation: str
+    operation: Operation
     revision: str
     baseline: str
     baseline_hash: str
@@ -69,7 +147,7 @@ class ScanRecord:
     started_at: datetime
     finished_at: datetime
     inventory: dict[str, Any]
-    evaluation: dict[str, Any]
+    evaluation: StoredEvaluation
 
     COLUMNS: ClassVar[str] = (
         "id, instance, operation, revision, baseline, baseline_hash, job_id,"
@@ -82,7 +160,7 @@ class ScanRecord:
         return cls(
             id=scan_id,
             instance=instance,
-            operation=operation,
+            operation=Operation(operation),
             revision=revision,
             baseline=baseline,
             baseline_hash=baseline_hash,
@@ -93,6 +171,45 @@ class ScanRecord:
             evaluation=from_json(row[10]),
         )
 
+    @property
+    def summary(self) -> StoredSummary:
+        return self.evaluation.get("summary", {})
+
+    @property
+    def compliance_status(self) -> str | None:
+        return self.summary.get("complianceStatus")
+
+    @property
+    def patch_group(self) -> str | None:
+        return self.evaluation.get("patchGroup")
+
+    @property
+    def patches(self) -> list[StoredPatch]:
+        return self.evaluation.get("patches", [])
+
+    @property
+    def pins(self) -> tuple[str, ...]:
+        """What an install after this scan would pin (``name[:arch]=version``)."""
+        return tuple(self.evaluation.get("pins", ()))
+
+    def count(self, name: str) -> int:
+        """One of the summary's counts by its stored name (0 when absent)."""
+        summary: Mapping[str, Any] = cast(Mapping[str, Any], self.summary)
+        return int(summary.get(name) or 0)
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        facts: dict[str, Any] = self.inventory.get("facts", {})
+        return facts
+
+    @property
+    def operating_system(self) -> OperatingSystem | None:
+        """None when the stored inventory names none this version knows (a damaged record)."""
+        try:
+            return OperatingSystem(self.facts["operatingSystem"])
+        except (KeyError, ValueError, TypeError):  # unreadable: callers treat it as unscanned
+            return None
+
 
 @dataclass(frozen=True)
 class JobRecord:
@@ -101,14 +218,14 @@ class JobRecord:
     id: str
     key: str
     instance: str
-    operation: str
+    operation: Operation
     window: str | None
     task: str | None
     opening: str | None
     revision: str
-    status: str
+    status: JobStatus
     payload: dict[str, Any]
-    result: dict[str, Any] | None
+    result: JobResult | None
     created_at: datetime
     finished_at: datetime | None
 
@@ -124,17 +241,22 @@ class JobRecord:
             id=job_id,
             key=key,
             instance=instance,
-            operation=operation,
+            operation=Operation(operation),
             window=window,
             task=task,
             opening=opening,
             revision=revision,
-            status=status,
+            status=JobStatus(status),
             payload=from_json(row[9]),
             result=None if row[10] is None else from_json(row[10]),
             created_at=from_text(row[11]),
             finished_at=maybe_from_text(row[12]),
         )
+
+    @property
+    def error(self) -> JobError | None:
+        """Why the job failed (None when it did not, or nothing was recorded)."""
+        return (self.result or {}).get("error") or None
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from reconciler.api.enums import Operation
+from reconciler.api.enums import ExecutionStatus, JobStatus, Operation
 from reconciler.state.records import (
     FINISHED_STATUSES,
     JOB_STATUSES,
@@ -45,6 +45,7 @@ from reconciler.state.records import (
     ScanRecord,
     StateError,
     UnknownJob,
+    WindowExecution,
     from_text,
     to_json,
     to_text,
@@ -126,7 +127,7 @@ class StateStore:
         self,
         *,
         instance: str,
-        operation: str,
+        operation: Operation,
         revision: str,
         baseline: str,
         baseline_hash: str,
@@ -137,7 +138,7 @@ class StateStore:
         evaluation: dict[str, Any],
     ) -> ScanRecord:
         """Append one scan or install, its per-patch states, and the instance's latest facts."""
-        operation = str(Operation(operation))
+        operation = Operation(operation)  # callers outside the loop give the value as text
         started, finished = to_text(started_at), to_text(finished_at)
         inventory_text, evaluation_text = to_json(inventory), to_json(evaluation)
         identity = (instance, operation, revision, baseline, baseline_hash, job_id)
@@ -213,7 +214,7 @@ class StateStore:
         *,
         key: str,
         instance: str,
-        operation: str,
+        operation: Operation,
         window: str | None,
         task: str | None,
         opening: str | None,
@@ -229,7 +230,7 @@ class StateStore:
         new key.
         """
         job_id, created, payload_text = uuid.uuid4().hex, to_text(now), to_json(payload)
-        row = (job_id, key, instance, operation, window, task, opening, revision, "running")
+        row = (job_id, key, instance, operation, window, task, opening, revision, JobStatus.RUNNING)
         with self._use() as conn:
             inserted = conn.execute(
                 f"INSERT INTO jobs ({JobRecord.COLUMNS})"
@@ -242,7 +243,7 @@ class StateStore:
         return JobRecord.from_row((*row, payload_text, None, created, None))
 
     def finish_job(
-        self, job_id: str, *, status: str, result: dict[str, Any], now: datetime
+        self, job_id: str, *, status: JobStatus, result: dict[str, Any], now: datetime
     ) -> JobRecord:
         """Record a running job's outcome; a finished job's outcome is never replaced."""
         if status not in FINISHED_STATUSES:
@@ -369,14 +370,16 @@ class StateStore:
             )
         # The write lock was held from the SELECT to the UPDATE: these are exactly the rows.
         return [
-            replace(JobRecord.from_row(row), status="abandoned", finished_at=from_text(finished))
+            replace(
+                JobRecord.from_row(row), status=JobStatus.ABANDONED, finished_at=from_text(finished)
+            )
             for row in rows
         ]
 
     # Maintenance window executions.
 
     def record_window_execution(
-        self, *, window: str, opening: str, status: str, now: datetime
+        self, *, window: str, opening: str, status: ExecutionStatus, now: datetime
     ) -> None:
         """Set the status of one opening of a window; the first record's time stays its start."""
         if status not in WINDOW_STATUSES:
@@ -390,8 +393,8 @@ class StateStore:
                 (window, opening, status, moment, moment),
             )
 
-    def window_executions(self, window: str | None = None) -> list[dict[str, Any]]:
-        """``{window, opening, status, started_at, updated_at}`` per execution, oldest first."""
+    def window_executions(self, window: str | None = None) -> list[WindowExecution]:
+        """Every execution (of ``window``), oldest first."""
         where, params = ("WHERE window = ?", (window,)) if window is not None else ("", ())
         with self._use() as conn:
             rows = conn.execute(
@@ -400,13 +403,13 @@ class StateStore:
                 params,
             ).fetchall()
         return [
-            {
-                "window": row[0],
-                "opening": row[1],
-                "status": row[2],
-                "started_at": from_text(row[3]),
-                "updated_at": from_text(row[4]),
-            }
+            WindowExecution(
+                window=row[0],
+                opening=row[1],
+                status=ExecutionStatus(row[2]),
+                started_at=from_text(row[3]),
+                updated_at=from_text(row[4]),
+            )
             for row in rows
         ]
 

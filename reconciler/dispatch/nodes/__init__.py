@@ -7,6 +7,6 @@ decides nothing about patches.
 """
 
 from reconciler.dispatch.nodes.model import NodeSettings
-from reconciler.dispatch.nodes.transport import NodeTransport, resume_nodes
+from reconciler.dispatch.nodes.transport import NodeLocks, NodeTransport, resume_nodes
 
-__all__ = ["NodeSettings", "NodeTransport", "resume_nodes"]
+__all__ = ["NodeLocks", "NodeSettings", "NodeTransport", "resume_nodes"]

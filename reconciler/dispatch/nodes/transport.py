@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import structlog
 
+from reconciler.api.enums import Operation
 from reconciler.api.inventory import Inventory
 from reconciler.dispatch.base import AgentFailed, install_args, inventory_of, scan_args
 from reconciler.dispatch.nodes import drain, jobs
@@ -38,26 +39,41 @@ from reconciler.kube import ApiClient, ApiException, JsonObject, Kube, status_me
 _log = structlog.get_logger("patchwarden")
 _REFUSED = (400, 403, 422)
 """Answers that say the Job was not created (bad Job settings, RBAC), so no install runs."""
-_ACTIVE: set[str] = set()
-"""Nodes a transport of this process is working on: resume_nodes leaves them alone."""
-_LOCKS: dict[str, threading.Lock] = {}
-_REGISTRY = threading.Lock()
 
 
-@contextlib.contextmanager
-def _holding(node: str) -> Iterator[None]:
-    """One operation per node at a time in this process (the loop never asks for more; this
-    keeps two callers from reading and removing each other's Job)."""
-    with _REGISTRY:
-        lock = _LOCKS.setdefault(node, threading.Lock())
-    with lock:
-        with _REGISTRY:
-            _ACTIVE.add(node)
-        try:
-            yield
-        finally:
-            with _REGISTRY:
-                _ACTIVE.discard(node)
+class NodeLocks:
+    """One operation per node at a time, and which nodes are being worked on. Every transport
+    of a process and its ``resume_nodes`` must share one (the loop never asks for two operations
+    on a node; this keeps two callers from reading and removing each other's Job, and resume
+    from rolling back a node a transport is patching)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, threading.Lock] = {}
+        self._active: set[str] = set()
+        self._registry = threading.Lock()
+
+    @contextlib.contextmanager
+    def holding(self, node: str) -> Iterator[None]:
+        with self._registry:
+            lock = self._locks.setdefault(node, threading.Lock())
+        with lock:
+            with self._registry:
+                self._active.add(node)
+            try:
+                yield
+            finally:
+                with self._registry:
+                    self._active.discard(node)
+
+    def busy(self, node: str | None) -> bool:
+        """Whether a transport sharing these locks is working on ``node`` now."""
+        with self._registry:
+            return node in self._active
+
+
+PROCESS_LOCKS = NodeLocks()
+"""The locks of callers that give none: one set per process, so that they still exclude each
+other (a program wiring its parts itself passes its own to every transport and to resume)."""
 
 
 @contextlib.contextmanager
@@ -80,17 +96,21 @@ class NodeTransport:
         api_client: ApiClient,
         node: str,
         settings: NodeSettings = NodeSettings(),  # noqa: B008 - frozen value
+        locks: NodeLocks | None = None,
     ) -> None:
+        """``locks``: shared with the caller's other node transports and ``resume_nodes``."""
         self.kube = Kube(api_client)
         self.node = node
         self.settings = settings
+        self.locks = locks or PROCESS_LOCKS
 
     def scan(self, *, instance_id: str | None = None, refresh: bool = True) -> Inventory:
         args = scan_args(instance_id or self.node, refresh)
-        name = job_name("Scan", self.node, args)
-        with _api_errors(self.node), _holding(self.node):
+        name = job_name(Operation.SCAN, self.node, args)
+        with _api_errors(self.node), self.locks.holding(self.node):
             self._require_ready(drain.read_node(self.kube, self.node))
-            return inventory_of(jobs.run(self.kube, "Scan", self.node, args, self.settings, name))
+            document = jobs.run(self.kube, Operation.SCAN, self.node, args, self.settings, name)
+            return inventory_of(document)
 
     def install(
         self,
@@ -103,11 +123,11 @@ class NodeTransport:
         lock_timeout: int = 60,
     ) -> dict[str, Any]:
         args = install_args(pins, blocked, simulate, reboot_option, allow_reboot, lock_timeout)
-        name = job_name("Install", self.node, args)
-        with _api_errors(self.node), _holding(self.node):
+        name = job_name(Operation.INSTALL, self.node, args)
+        with _api_errors(self.node), self.locks.holding(self.node):
             if simulate:  # changes nothing: no reason to disturb the node's pods
                 self._require_ready(drain.read_node(self.kube, self.node))
-                return jobs.run(self.kube, "Install", self.node, args, self.settings, name)
+                return jobs.run(self.kube, Operation.INSTALL, self.node, args, self.settings, name)
             return self._patch(name, args)
 
     # -- the node's lifecycle ------------------------------------------------------------------
@@ -127,7 +147,7 @@ class NodeTransport:
             self._prepare(name)
         try:
             try:
-                jobs.start(kube, name, "Install", node, args, settings)
+                jobs.start(kube, name, Operation.INSTALL, node, args, settings)
             except ApiException as exc:
                 if exc.status in _REFUSED:  # no Job exists: roll back now, not a pass later
                     raise AgentFailed(
@@ -187,7 +207,11 @@ class NodeTransport:
 # --- after a restart --------------------------------------------------------------------------
 
 
-def resume_nodes(api_client: ApiClient, settings: NodeSettings = NodeSettings()) -> list[str]:  # noqa: B008
+def resume_nodes(
+    api_client: ApiClient,
+    settings: NodeSettings = NodeSettings(),  # noqa: B008 - frozen value
+    locks: NodeLocks | None = None,
+) -> list[str]:
     """Finish or roll back what a controller that stopped mid-way left on Nodes, without
     waiting: nodes cordoned or draining are put back; a node patching keeps its Job running (a
     later call reads its result); a node rebooting is uncordoned once it is Ready with a new
@@ -196,13 +220,15 @@ def resume_nodes(api_client: ApiClient, settings: NodeSettings = NodeSettings())
     Result ConfigMaps of Nodes that no longer exist, whose Job is gone too, are deleted (no
     Node's annotations name them any more, so nothing else would).
 
-    Call it when the controller starts (after winning leader election) and on every pass."""
+    Call it when the controller starts (after winning leader election) and on every pass, with
+    the ``locks`` its transports share."""
     kube = Kube(api_client)
+    locks = locks or PROCESS_LOCKS
     finished: list[str] = []
     listing = kube.request("GET", drain.NODES)
     nodes = {str(node["metadata"]["name"]) for node in listing.get("items") or []}
     try:
-        _remove_orphaned_results(kube, nodes, settings)
+        _remove_orphaned_results(kube, nodes, settings, locks)
     except ApiException as exc:  # e.g. an older chart's RBAC without `list`: not worth stopping
         _log.warning("orphaned result ConfigMaps not removed", error=str(exc))
     for node in listing.get("items") or []:
@@ -210,9 +236,8 @@ def resume_nodes(api_client: ApiClient, settings: NodeSettings = NodeSettings())
         state = node_state(node)
         if state.phase is None:
             continue
-        with _REGISTRY:
-            if name in _ACTIVE:
-                continue
+        if locks.busy(name):
+            continue
         try:
             if _resume(kube, node, state, settings):
                 finished.append(name)
@@ -221,7 +246,9 @@ def resume_nodes(api_client: ApiClient, settings: NodeSettings = NodeSettings())
     return finished
 
 
-def _remove_orphaned_results(kube: Kube, nodes: set[str], settings: NodeSettings) -> None:
+def _remove_orphaned_results(
+    kube: Kube, nodes: set[str], settings: NodeSettings, locks: NodeLocks
+) -> None:
     """Delete the agents' result ConfigMaps left by a crash for Nodes deleted since: neither the
     Node (gone) nor the Job (gone) can lead anyone to them. A live Node's result is its resume's
     business, and a ConfigMap whose Job still exists is still to be read."""
@@ -231,9 +258,7 @@ def _remove_orphaned_results(kube: Kube, nodes: set[str], settings: NodeSettings
     for configmap in listing.get("items") or []:
         meta = configmap["metadata"]
         node = (meta.get("annotations") or {}).get(ANNOTATION_NODE)
-        with _REGISTRY:
-            busy = node in _ACTIVE
-        if not node or node in nodes or busy:
+        if not node or node in nodes or locks.busy(node):
             continue
         name = str(meta["name"])
         if kube.get(f"{jobs.jobs_path(settings.namespace)}/{quote(name)}") is not None:

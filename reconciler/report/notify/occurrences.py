@@ -15,6 +15,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from reconciler.api.enums import JobStatus
+
 
 class Kind(StrEnum):
     """What happened. ``transition`` below says which of these are state changes."""
@@ -58,7 +60,7 @@ class Occurrence:
         """State changes worth telling people about (events): compliance and window execution
         changes, failed jobs, refused snapshots. Everything is audited; only these are events."""
         if self.kind is Kind.JOB_FINISHED:
-            return self.detail.get("status") == "failed"
+            return self.detail.get("status") == JobStatus.FAILED
         return self.kind in _TRANSITIONS
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reconciler.errors import TemporaryError
 from reconciler.report.files import sync_directory
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ _AWS_HOSTS = re.compile(r"^https?://([^/]*\.)?amazonaws\.com(\.cn)?(:\d+)?(/|$)"
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-class PublishError(Exception):
+class PublishError(TemporaryError):
     """A report could not be published; the message names the destination and what to do."""
 
 

@@ -35,11 +35,11 @@ def instances(scans: Mapping[str, Scan]) -> list[dict[str, Any]]:
     rows = []
     for name in sorted(scans):
         scan = scans[name]
-        summary = scan.evaluation.get("summary", {})
+        summary = scan.summary
         rows.append(
             {
                 "instanceId": name,
-                "patchGroup": scan.evaluation.get("patchGroup"),
+                "patchGroup": scan.patch_group,
                 "baseline": scan.baseline,
                 "complianceStatus": summary.get("complianceStatus"),
                 "complianceSeverity": summary.get("complianceSeverity"),
@@ -73,14 +73,14 @@ def patches(scan: Scan) -> list[dict[str, Any]]:
             "installedTime": installed_at.get((p["name"], p.get("arch"))),
             "reason": p.get("reason", ""),
         }
-        for p in sorted(scan.evaluation.get("patches", []), key=lambda p: (p["state"], p["name"]))
+        for p in sorted(scan.patches, key=lambda p: (p["state"], p["name"]))
     ]
 
 
 def group_state(group: str, scans: Iterable[Scan]) -> dict[str, Any]:
     """SSM's DescribePatchGroupState for ``group``: how many instances have patches in each
     state (an instance counts once per state it has any patch in)."""
-    members = [s for s in scans if s.evaluation.get("patchGroup") == group]
+    members = [s for s in scans if s.patch_group == group]
     state: dict[str, Any] = {"patchGroup": group, "instances": len(members)}
     fields = {
         "installedCount": "instancesWithInstalledPatches",
@@ -96,7 +96,7 @@ def group_state(group: str, scans: Iterable[Scan]) -> dict[str, Any]:
         "availableSecurityUpdateCount": "instancesWithAvailableSecurityUpdates",
     }
     for count, field in fields.items():
-        state[field] = sum(1 for s in members if s.evaluation.get("summary", {}).get(count, 0) > 0)
+        state[field] = sum(1 for s in members if s.count(count) > 0)
     return state
 
 
@@ -107,7 +107,7 @@ def history(scans: Sequence[Scan]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     previous: tuple[Any, ...] | None = None
     for scan in sorted(scans, key=lambda s: s.finished_at):
-        summary = scan.evaluation.get("summary", {})
+        summary = scan.summary
         key = (
             summary.get("complianceStatus"),
             summary.get("complianceSeverity"),

@@ -67,7 +67,7 @@ def detail_rows(scan: ScanRecord) -> list[dict[str, Any]]:
     """One row per patch of one instance."""
     platform = _platform(scan)
     rows = []
-    for index, patch in enumerate(scan.evaluation.get("patches", []), 1):
+    for index, patch in enumerate(scan.patches, 1):
         rows.append(
             {
                 "Index": index,
@@ -99,9 +99,9 @@ def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
 
 
 def _summary(index: int, scan: ScanRecord) -> dict[str, Any]:
-    summary = scan.evaluation.get("summary", {})
+    summary = scan.summary
     levels = dict.fromkeys(LEVELS, 0)
-    for patch in scan.evaluation.get("patches", []):
+    for patch in scan.patches:
         if patch.get("state") in NON_COMPLIANT:
             levels[patch.get("complianceLevel") or "UNSPECIFIED"] += 1
     return {
@@ -111,7 +111,7 @@ def _summary(index: int, scan: ScanRecord) -> dict[str, Any]:
         "Instance IP": "",
         **_platform(scan),
         "Patch baseline": scan.baseline,
-        "Patch group": scan.evaluation.get("patchGroup") or "",
+        "Patch group": scan.patch_group or "",
         "Compliance status": summary.get("complianceStatus") or "",
         "Compliance severity": summary.get("complianceSeverity") or "",
         **{
@@ -122,7 +122,7 @@ def _summary(index: int, scan: ScanRecord) -> dict[str, Any]:
 
 
 def _platform(scan: ScanRecord) -> dict[str, Any]:
-    facts = scan.inventory.get("facts", {})
+    facts = scan.facts
     return {
         "Platform name": facts.get("osId", ""),
         "Platform version": facts.get("osVersion", ""),
@@ -131,7 +131,7 @@ def _platform(scan: ScanRecord) -> dict[str, Any]:
 
 
 def _hostname(scan: ScanRecord) -> str:
-    return str(scan.inventory.get("facts", {}).get("hostname") or scan.instance)
+    return str(scan.facts.get("hostname") or scan.instance)
 
 
 def _patch_id(patch: Mapping[str, Any]) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
+from reconciler.errors import PermanentError
 from reconciler.report.views import compliance, csvreport, dashboard
 from reconciler.state import ScanRecord, StateStore
 
@@ -31,7 +32,7 @@ plus window scans and installs, so this covers the trend with room to spare."""
 WORST_LIMIT = 10
 
 
-class ReportError(ValueError):
+class ReportError(PermanentError, ValueError):
     """The report asked for cannot be built (an unknown instance, an empty group)."""
 
 
@@ -90,7 +91,7 @@ def _scope(
 ) -> dict[str, ScanRecord]:
     scoped = {n: s for n, s in latest.items() if instances is None or n in instances}
     if group is not None:
-        scoped = {n: s for n, s in scoped.items() if s.evaluation.get("patchGroup") == group}
+        scoped = {n: s for n, s in scoped.items() if s.patch_group == group}
         if not scoped:
             raise ReportError(f"no instance of patch group {group!r} has a recorded scan")
     if instance is None:
@@ -206,7 +207,7 @@ def trend(
     for day in _days(first, today):
         end = datetime.combine(day + timedelta(days=1), time(), UTC)
         while index < len(scans) and scans[index].finished_at < end:
-            newest[scans[index].instance] = scans[index].evaluation.get("summary", {})
+            newest[scans[index].instance] = scans[index].summary
             index += 1
         points.append(_point(day, newest))
     return points

@@ -93,10 +93,9 @@ def noncompliant_since(latest: ScanRecord, history: Sequence[ScanRecord]) -> dat
 
 def finding(scan: ScanRecord, since: datetime, settings: Settings) -> dict[str, Any]:
     """The ASFF finding of one non-compliant instance."""
-    evaluation, summary = scan.evaluation, scan.evaluation.get("summary", {})
-    severity = str(summary.get("complianceSeverity") or "UNSPECIFIED")
-    group = evaluation.get("patchGroup")
-    missing, failed = int(summary.get("missingCount", 0)), int(summary.get("failedCount", 0))
+    severity = str(scan.summary.get("complianceSeverity") or "UNSPECIFIED")
+    group = scan.patch_group
+    missing, failed = scan.count("missingCount"), scan.count("failedCount")
     ec2 = bool(_EC2_ID.fullmatch(scan.instance))
     resource = {
         "Type": "AwsEc2Instance" if ec2 else "Other",
@@ -171,7 +170,6 @@ def _product_fields(scan: ScanRecord, group: Any) -> dict[str, str]:
 
 
 def _patch_summary(scan: ScanRecord) -> dict[str, Any]:
-    summary = scan.evaluation.get("summary", {})
     counts = {
         "InstalledCount": "installedCount",
         "MissingCount": "missingCount",
@@ -182,7 +180,7 @@ def _patch_summary(scan: ScanRecord) -> dict[str, Any]:
     }
     return {
         "Id": scan.baseline,
-        **{asff: int(summary.get(ours, 0)) for asff, ours in counts.items()},
+        **{asff: scan.count(ours) for asff, ours in counts.items()},
         "OperationStartTime": _time(scan.started_at),
         "OperationEndTime": _time(scan.finished_at),
         "Operation": scan.operation.upper(),
@@ -190,7 +188,7 @@ def _patch_summary(scan: ScanRecord) -> dict[str, Any]:
 
 
 def _status(scan: ScanRecord) -> str:
-    return str(scan.evaluation.get("summary", {}).get("complianceStatus") or "")
+    return str(scan.compliance_status or "")
 
 
 def _time(moment: datetime) -> str:

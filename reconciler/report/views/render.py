@@ -366,7 +366,7 @@ def short_revision(revision: str) -> str:
 
 
 def _compliance_row(name: str, record: Any) -> dict[str, Any]:
-    summary = record.evaluation.get("summary", {})
+    summary = record.summary
     return {
         "instance": name,
         "baseline": record.baseline,

@@ -1,0 +1,239 @@
+"""Stage: loop, steps ``dispatch`` and ``record`` for one job: claim an action (exactly once),
+run it on its machine's transport, record the scan and the job's result with its provenance.
+
+Touches transports and the store's jobs and scans; decides nothing (the plan did), and may not
+read the source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from reconciler.api.enums import JobStatus, Operation
+from reconciler.api.install import InstallResult
+from reconciler.api.inventory import Inventory
+from reconciler.api.resources import ManagedInstance
+from reconciler.dispatch import AgentFailed
+from reconciler.dispatch.base import Transport, install_result_of
+from reconciler.dispatch.outcomes import after_install, install_failed, pins_for
+from reconciler.evaluation import InstanceEvaluation, evaluate, resolve
+from reconciler.loop.common import Clock, Emitter, InForce, Log, TransportFor
+from reconciler.loop.executions import WindowExecutions
+from reconciler.loop.failures import job_error
+from reconciler.plan import INSTALL, Action, baseline_digest
+from reconciler.report.notify.occurrences import Kind
+from reconciler.state import JobRecord, StateStore
+
+JobDone = Callable[[JobRecord], None]
+Result = tuple[JobStatus, dict[str, Any]]
+"""A job's status and its result document."""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """An action this process owns, with what it runs against."""
+
+    action: Action
+    job: JobRecord
+    instance: ManagedInstance
+    revision: str
+    started: datetime
+    log: Log
+
+
+class JobRunner:
+    """Runs actions on transports, one call per action, from any worker thread."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        in_force: InForce,
+        transport_for: TransportFor,
+        executions: WindowExecutions,
+        *,
+        clock: Clock,
+        log: Log,
+        emit: Emitter,
+        on_job_done: JobDone | None = None,
+    ) -> None:
+        """``on_job_done`` is called with each finished job (the CLI's progress)."""
+        self.store, self.in_force, self.transport_for = store, in_force, transport_for
+        self.executions, self.clock, self.log, self.emit = executions, clock, log, emit
+        self.on_job_done = on_job_done
+
+    def execute(self, action: Action) -> JobRecord | None:
+        """Run one action: claim it (exactly once), run it on the machine, record the result."""
+        claimed = self._claim(action)
+        if claimed is None:
+            return None  # another pass or process already owns this key
+        try:
+            status, result = self._run(claimed)
+        except AgentFailed as exc:  # the agent (or the loop) refused: the job fails with its code
+            status, result = JobStatus.FAILED, {"error": job_error(exc)}
+        except Exception as exc:  # a bug: a job must always finish, and the loop goes on
+            claimed.log.exception("job crashed")
+            status, result = JobStatus.FAILED, {"error": job_error(exc)}
+        return self._finish(claimed, status, result)
+
+    def _claim(self, action: Action) -> Claimed | None:
+        snapshot, revision = self.in_force.snapshot, self.in_force.revision
+        assert snapshot is not None and revision is not None
+        instance = snapshot.instances[action.instance]
+        now = self.clock()
+        job = self.store.claim_job(
+            key=action.key,
+            instance=action.instance,
+            operation=action.operation,
+            window=action.window,
+            task=action.task,
+            opening=action.opening,
+            revision=revision,
+            payload=asdict(action),
+            now=now,
+        )
+        if job is None:
+            return None
+        if action.window and action.opening:
+            self.executions.started(action.window, action.opening)
+        log = self.log.bind(
+            instance=action.instance, revision=revision, job=job.id, operation=action.operation
+        )
+        claimed = Claimed(action, job, instance, revision, now, log)
+        self._announce(claimed)
+        return claimed
+
+    def _announce(self, claimed: Claimed) -> None:
+        action = claimed.action
+        claimed.log.info(
+            "job started", reason=action.reason, window=action.window, pins=len(action.pins)
+        )
+        self.emit(
+            Kind.JOB_DISPATCHED,
+            instance=action.instance,
+            job=claimed.job.id,
+            operation=action.operation,
+            reason=action.reason,
+            window=action.window,
+            task=action.task,
+            opening=action.opening,
+            pins=list(action.pins),
+        )
+
+    def _run(self, claimed: Claimed) -> Result:
+        transport = self.transport_for(claimed.instance)
+        if claimed.action.operation == INSTALL:
+            return self._install(claimed, transport)
+        return self._scan(claimed, transport)
+
+    def _finish(self, claimed: Claimed, status: JobStatus, result: dict[str, Any]) -> JobRecord:
+        action, job = claimed.action, claimed.job
+        finished = self.store.finish_job(job.id, status=status, result=result, now=self.clock())
+        if action.window and action.opening and status == JobStatus.FAILED:
+            self.executions.failed(action.window, action.opening)
+        claimed.log.info("job finished", status=status, error=result.get("error"))
+        self.emit(
+            Kind.JOB_FINISHED,
+            instance=action.instance,
+            job=job.id,
+            operation=action.operation,
+            status=status,
+            window=action.window,
+            error=result.get("error"),
+            seconds=(finished.finished_at - finished.created_at).total_seconds()
+            if finished.finished_at
+            else None,
+        )
+        if self.on_job_done is not None:
+            self.on_job_done(finished)
+        return finished
+
+    def _scan(self, claimed: Claimed, transport: Transport) -> Result:
+        name = claimed.instance.metadata.name
+        inventory = transport.scan(instance_id=name, refresh=True)
+        evaluation = self._record(claimed, inventory, Operation.SCAN)
+        return JobStatus.SUCCEEDED, {"summary": evaluation.summary.to_dict()}
+
+    def _install(self, claimed: Claimed, transport: Transport) -> Result:
+        instance, action = claimed.instance, claimed.action
+        # Machines of their own may reboot; this host (local) never reboots under the loop. A
+        # node's transport drains it first and waits for it to come back.
+        allow_reboot = (
+            instance.spec.connection.type in ("ssh", "kubernetes")
+            and action.reboot_option == "RebootIfNeeded"
+        )
+        document = transport.install(
+            list(action.pins),
+            blocked=action.blocked,
+            reboot_option=action.reboot_option,
+            allow_reboot=allow_reboot,
+        )
+        outcome = install_result_of(document)
+        before = self.store.latest_scan(instance.metadata.name)
+        rescanned = transport.scan(instance_id=instance.metadata.name, refresh=False)
+        arch = {
+            (p["name"], p["version"]): p.get("arch", "") for p in (before.patches if before else [])
+        }
+        inventory = after_install(rescanned, outcome, arch)
+        evaluation = self._record(claimed, inventory, Operation.INSTALL)
+        self._report_install(instance.metadata.name, claimed.job.id, outcome)
+        status = JobStatus.FAILED if install_failed(outcome) else JobStatus.SUCCEEDED
+        return status, {"install": outcome.stored(), "summary": evaluation.summary.to_dict()}
+
+    def _report_install(self, instance: str, job: str, outcome: InstallResult) -> None:
+        stored = outcome.stored()
+        if outcome.changed:
+            self.emit(
+                Kind.PATCHES_INSTALLED,
+                instance=instance,
+                job=job,
+                patches=stored["patches"] or [],
+                dependencies=stored["dependencies"] or [],
+            )
+        if outcome.reboot is not None and outcome.reboot.required:
+            self.emit(Kind.REBOOT, instance=instance, job=job, **outcome.reboot.document())
+
+    def _record(
+        self, claimed: Claimed, inventory: Inventory, operation: Operation
+    ) -> InstanceEvaluation:
+        snapshot, instance = self.in_force.snapshot, claimed.instance
+        assert snapshot is not None
+        resolution = resolve(snapshot, instance.metadata.labels, inventory.facts.operating_system)
+        if resolution.baseline is None:
+            raise AgentFailed("NoBaseline", resolution.baseline_reason)
+        group = resolution.group.metadata.name if resolution.group else None
+        inventory = inventory.model_copy(update={"operation": operation})
+        now = self.clock()
+        result = evaluate(resolution.baseline, inventory, now, patch_group=group)
+        evaluation = result.to_dict()
+        evaluation["pins"] = list(pins_for(result, inventory.facts.arch))
+        previous = self.store.latest_scan(instance.metadata.name)
+        self.store.record_scan(
+            instance=instance.metadata.name,
+            operation=operation,
+            revision=claimed.revision,
+            baseline=resolution.baseline.metadata.name,
+            baseline_hash=baseline_digest(resolution.baseline),
+            job_id=claimed.job.id,
+            started_at=claimed.started,
+            finished_at=now,
+            inventory=inventory.model_dump(mode="json", by_alias=True),
+            evaluation=evaluation,
+        )
+        before = previous.compliance_status if previous else None
+        summary = evaluation["summary"]
+        if summary.get("complianceStatus") != before:
+            self.emit(
+                Kind.COMPLIANCE_CHANGED,
+                instance=instance.metadata.name,
+                job=claimed.job.id,
+                status=summary.get("complianceStatus"),
+                previous=before,
+                group=group,
+                baseline=resolution.baseline.metadata.name,
+                operation=str(operation),
+                summary=summary,
+            )
+        return result

@@ -1,0 +1,138 @@
+"""Stage: loop. One pass is an ordered tuple of small steps (:data:`STEPS`) over an explicit
+:class:`PassContext`: ``refresh`` (the revision in force), ``close_executions`` (openings that
+ended), ``dispatch`` (plan, run jobs concurrently, re-plan on each completion), ``export``
+(scheduled reports). Another loop (the controller's) adds its own steps around these.
+
+Calls the loop's parts in order; may not touch the source, the store or transports itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from reconciler.loop.common import InForce, PassSummary
+from reconciler.loop.desired import Refresher
+from reconciler.loop.executions import WindowExecutions
+from reconciler.loop.exports import ReportExporter
+from reconciler.loop.jobs import JobRunner
+from reconciler.loop.observed import Observation
+from reconciler.plan import Action, Plan
+from reconciler.state import JobRecord
+
+Running = dict[Future[JobRecord | None], Action]
+
+
+@dataclass(frozen=True)
+class LoopParts:
+    """The parts a pass runs, built once with the loop."""
+
+    in_force: InForce
+    refresher: Refresher
+    observation: Observation
+    jobs: JobRunner
+    executions: WindowExecutions
+    exporter: ReportExporter
+    stopping: threading.Event
+    """Set to stop: running jobs finish, nothing new starts, no report is started."""
+    workers: int
+    export_grace: float
+    """Seconds a pass waits for the report exports it started (see :func:`export`)."""
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """One pass: the loop's parts, what the caller asked for, and what the pass did so far."""
+
+    parts: LoopParts
+    summary: PassSummary
+    until_idle: bool = True
+    max_jobs: int | None = None
+
+
+Step = Callable[[PassContext], None]
+
+
+def refresh(context: PassContext) -> None:
+    """Accept the source's revision whole, or keep the last good one."""
+    context.parts.refresher.refresh(context.summary)
+    context.summary.revision = context.parts.in_force.revision
+
+
+def close_executions(context: PassContext) -> None:
+    """Window executions whose opening has ended without a failure end as SUCCESS."""
+    context.parts.executions.close()
+
+
+def dispatch(context: PassContext) -> None:
+    """Plan and start jobs until nothing more can start now (``until_idle``), or one planning
+    round otherwise. Each completion triggers a re-plan, so budgets refill as soon as a slot
+    frees."""
+    parts = context.parts
+    running: Running = {}
+    with ThreadPoolExecutor(max_workers=parts.workers, thread_name_prefix="job") as pool:
+        started = 0
+        while not parts.stopping.is_set():
+            current = parts.observation.plan()
+            started += _submit(context, pool, running, current, started)
+            if not running:
+                _settle(context.summary, current)
+                break
+            _collect(context, running)
+            if not context.until_idle and not running:
+                break
+
+
+def export(context: PassContext) -> None:
+    """After dispatch, so that a report shows this pass's results. A directory or a reachable
+    bucket is done within the grace, so the attempt is recorded in the same pass; a destination
+    that does not answer goes on in the background and holds no pass longer."""
+    parts = context.parts
+    if not parts.stopping.is_set():
+        parts.exporter.start(parts.in_force)
+        parts.exporter.wait(parts.export_grace)
+
+
+STEPS: tuple[Step, ...] = (refresh, close_executions, dispatch, export)
+
+
+def _submit(
+    context: PassContext,
+    pool: ThreadPoolExecutor,
+    running: Running,
+    current: Plan | None,
+    started: int,
+) -> int:
+    """Start the plan's actions; how many were started."""
+    parts, max_jobs = context.parts, context.max_jobs
+    # One job per machine at a time: a submitted job may not have claimed its key yet, so the
+    # planner cannot see it; skip its machine here.
+    busy = {action.instance for action in running.values()}
+    fresh = [a for a in (current.actions if current else ()) if a.instance not in busy]
+    count = 0
+    for action in fresh:
+        if max_jobs is not None and started + count >= max_jobs:
+            break
+        parts.observation.submitted[action.key] = action
+        running[pool.submit(parts.jobs.execute, action)] = action
+        count += 1
+    return count
+
+
+def _collect(context: PassContext, running: Running) -> None:
+    """Wait for at least one job to finish and count the finished ones."""
+    done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+    for future in done:
+        action = running.pop(future)
+        context.parts.observation.submitted.pop(action.key, None)
+        job = future.result()
+        if job is not None:
+            context.summary.count(action.operation, job.status)
+
+
+def _settle(summary: PassSummary, current: Plan | None) -> None:
+    """Nothing runs and nothing more can start: why each instance waits."""
+    summary.waits = [(w.instance, w.reason) for w in (current.waits if current else ())]
+    summary.converged = current is not None and current.converged
