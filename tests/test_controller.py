@@ -746,18 +746,21 @@ def _listed_kinds(source: KubernetesSource, monkeypatch: pytest.MonkeyPatch) -> 
     listed: set[str] = set()
     lister = source._lister
 
-    def recording(kind: str) -> Callable[..., Any]:
-        real = lister(kind)
+    class Recording:
+        """The kind's collection, noting each list; the requests still reach the server."""
 
-        def list_objects(**kwargs: Any) -> Any:
-            answer = real(**kwargs)
-            if not kwargs.get("watch"):
-                listed.add(kind)
+        def __init__(self, kind: str) -> None:
+            self.kind, self.real = kind, lister(kind)
+
+        def list(self) -> Any:
+            answer = self.real.list()
+            listed.add(self.kind)
             return answer
 
-        return list_objects
+        def watch(self, version: str, seconds: int) -> Any:
+            return self.real.watch(version, seconds)
 
-    monkeypatch.setattr(source, "_lister", recording)
+    monkeypatch.setattr(source, "_lister", Recording)
     return listed
 
 
