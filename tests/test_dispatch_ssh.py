@@ -20,7 +20,14 @@ import pytest
 from reconciler.agent.apt import Apt
 from reconciler.api.inventory import Inventory
 from reconciler.api.resources import LocalConnection, SshConnection
-from reconciler.dispatch import AgentFailed, LocalTransport, SshPool, SshTransport, transport_for
+from reconciler.dispatch import (
+    AgentFailed,
+    InstallRequest,
+    LocalTransport,
+    SshPool,
+    SshTransport,
+    transport_for,
+)
 from reconciler.dispatch.agent_bundle import agent_bytes, agent_zipapp, build_agent
 from tests.aptlab import Repo, make_root
 from tests.conftest import INSTALLED, needs_apt
@@ -94,9 +101,9 @@ def test_install_over_ssh_installs_the_pin(
     sshd: Sshd, agent: Path, pool: SshPool, remote_dir: str, system_root: Path
 ) -> None:
     remote = ssh(sshd, agent, pool, remote_dir, root=str(system_root))
-    result = remote.install(["pwtest-lib=1.0-2"], reboot_option="NoReboot")
-    assert result["kind"] == "InstallResult" and result["changed"] is True
-    assert [(p["name"], p["result"]) for p in result["patches"]] == [("pwtest-lib", "INSTALLED")]
+    result = remote.install(InstallRequest(("pwtest-lib=1.0-2",), reboot_option="NoReboot"))
+    assert result.document()["kind"] == "InstallResult" and result.changed is True
+    assert [(p.name, p.result) for p in result.patches] == [("pwtest-lib", "INSTALLED")]
     installed = {p.name: p.version for p in remote.scan(refresh=False).installed}
     assert installed["pwtest-lib"] == "1.0-2"
 
@@ -175,7 +182,7 @@ def test_an_agent_error_comes_back_as_agent_failed(
     remote = ssh(sshd, agent, pool, remote_dir, root=str(system_root))
     with pytest.raises(AgentFailed) as failed:
         # Unquoted, the remote shell would run the touch and hand the agent a valid pin.
-        remote.install([f"pwtest-lib=1.0-2; touch {tmp_path}/pwned"])
+        remote.install(InstallRequest((f"pwtest-lib=1.0-2; touch {tmp_path}/pwned",)))
     assert failed.value.code == "InvalidPin" and "pwned" in failed.value.message
     assert not (tmp_path / "pwned").exists()
     with pytest.raises(AgentFailed) as missing:
