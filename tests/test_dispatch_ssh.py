@@ -29,6 +29,7 @@ from reconciler.dispatch import (
     transport_for,
 )
 from reconciler.dispatch.agent_bundle import agent_bytes, agent_zipapp, build_agent
+from reconciler.dispatch.base import install_result_of
 from tests.aptlab import Repo, make_root
 from tests.conftest import INSTALLED, needs_apt
 from tests.sshd import Sshd, have_sshd, known_hosts_line, start_sshd, write_key
@@ -188,6 +189,28 @@ def test_an_agent_error_comes_back_as_agent_failed(
     with pytest.raises(AgentFailed) as missing:
         ssh(sshd, agent, pool, remote_dir, root=str(system_root / "nothing")).scan()
     assert missing.value.code == "UnsupportedSystem"
+
+
+def test_an_install_result_the_schema_cannot_read_is_agent_failed() -> None:
+    """Every transport reads the agent's install result with install_result_of: one it cannot
+    read (a patch without a name) fails the job as AgentFailed, and what it can read keeps the
+    fields the reconciler does not read, so the store keeps the agent's document."""
+    with pytest.raises(AgentFailed) as bad:
+        install_result_of({"kind": "InstallResult", "patches": [{"version": "1.0-2"}]})
+    assert bad.value.code == "BadInstallResult"
+    assert "does not match the schema" in bad.value.message
+    patches = [{"name": "pwtest-lib", "version": "1.0-2", "result": "INSTALLED", "extra": 1}]
+    reboot = {"required": True, "performed": False, "reason": "reboot-required"}
+    document = {"kind": "InstallResult", "changed": True, "patches": patches, "reboot": reboot}
+    result = install_result_of(document)
+    assert result.document() == document
+    assert result.stored() == {
+        "changed": True,
+        "patches": patches,
+        "dependencies": None,
+        "recovery": None,
+        "reboot": reboot,
+    }
 
 
 def test_a_command_timeout_is_reported_and_the_pool_still_works(
