@@ -7,6 +7,7 @@ a scan over SSH must equal the local transport's scan of that root.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -194,23 +195,28 @@ def test_an_agent_error_comes_back_as_agent_failed(
 def test_an_install_result_the_schema_cannot_read_is_agent_failed() -> None:
     """Every transport reads the agent's install result with install_result_of: one it cannot
     read (a patch without a name) fails the job as AgentFailed, and what it can read keeps the
-    fields the reconciler does not read, so the store keeps the agent's document."""
+    fields the reconciler does not read, in the agent's order (what `patchctl install -o json`
+    prints and the audit log records), so the store keeps the agent's document."""
     with pytest.raises(AgentFailed) as bad:
         install_result_of({"kind": "InstallResult", "patches": [{"version": "1.0-2"}]})
     assert bad.value.code == "BadInstallResult"
     assert "does not match the schema" in bad.value.message
-    patches = [{"name": "pwtest-lib", "version": "1.0-2", "result": "INSTALLED", "extra": 1}]
+    patches = [
+        {"name": "pwtest-lib", "arch": "all", "version": "1.0-2", "result": "INSTALLED", "x": 1}
+    ]
     reboot = {"required": True, "performed": False, "reason": "reboot-required"}
     document = {"kind": "InstallResult", "changed": True, "patches": patches, "reboot": reboot}
     result = install_result_of(document)
-    assert result.document() == document
-    assert result.stored() == {
-        "changed": True,
-        "patches": patches,
-        "dependencies": None,
-        "recovery": None,
-        "reboot": reboot,
-    }
+    assert json.dumps(result.document()) == json.dumps(document)
+    assert json.dumps(result.stored()) == json.dumps(
+        {
+            "changed": True,
+            "patches": patches,
+            "dependencies": None,
+            "recovery": None,
+            "reboot": reboot,
+        }
+    )
 
 
 def test_a_command_timeout_is_reported_and_the_pool_still_works(
