@@ -27,12 +27,12 @@ import yaml
 from reconciler import __version__
 from reconciler.api.crd import custom_resource_definitions
 from reconciler.api.enums import ComplianceStatus, RejectedPatchesAction
+from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
 from reconciler.api.resources import ManagedInstance, PatchBaseline
 from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot
 from reconciler.defaults import predefined_baselines
-from reconciler.dispatch import AgentFailed, LocalTransport, transport_for
-from reconciler.dispatch.base import install_result_of
+from reconciler.dispatch import AgentFailed, InstallRequest, LocalTransport, transport_for
 from reconciler.dispatch.outcomes import after_install, architectures, install_failed, pins_for
 from reconciler.evaluation import (
     DecisionCache,
@@ -719,31 +719,32 @@ def _install(args: argparse.Namespace) -> int:
         inventory = transport.scan(instance_id=args.instance, refresh=not args.no_refresh)
     before = _evaluate_machine(args, inventory)
     baseline = _baseline_of(args, inventory)[0]
-    pins = list(pins_for(before, inventory.facts.arch))
+    pins = tuple(pins_for(before, inventory.facts.arch))
     blocked = (
-        list(baseline.spec.rejected_patches)
+        tuple(baseline.spec.rejected_patches)
         if baseline.spec.rejected_patches_action is RejectedPatchesAction.BLOCK
-        else []
+        else ()
     )
-    outcome: dict[str, object] = {"changed": False, "patches": [], "dependencies": []}
+    result = InstallResult(changed=False, patches=(), dependencies=())
     if pins:
         with render.progress(f"Installing {len(pins)} patch(es)"):
-            outcome = transport.install(
-                pins,
-                blocked=blocked,
-                simulate=args.simulate,
-                reboot_option=args.reboot_option,
-                allow_reboot=args.allow_reboot,
-                lock_timeout=args.lock_timeout,
+            result = transport.install(
+                InstallRequest(
+                    pins,
+                    blocked=blocked,
+                    simulate=args.simulate,
+                    reboot_option=args.reboot_option,
+                    allow_reboot=args.allow_reboot,
+                    lock_timeout=args.lock_timeout,
+                )
             )
-    result = install_result_of(outcome)
     if args.simulate or not pins:
         after = before
     else:
         with render.progress("Rescanning"):
             rescanned = transport.scan(instance_id=inventory.instance_id, refresh=False)
         after = _evaluate_machine(args, after_install(rescanned, result, architectures(before)))
-    render.installation(after, outcome, _format(args), sys.stdout)
+    render.installation(after, result.document(), _format(args), sys.stdout)
     failed = install_failed(result)
     return EXIT_INVALID if failed else _exit_for([after], args.fail_on_noncompliant)
 

@@ -15,9 +15,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
 from reconciler.api.resources import ManagedInstance
-from reconciler.dispatch.base import Transport
+from reconciler.dispatch.base import InstallRequest, Transport
 from tests.aptlab import Pkg, Repo, dpkg_state, make_root
 
 API = "apiVersion: patchwarden.io/v1alpha1"
@@ -216,9 +217,9 @@ class _SpyTransport:
     def scan(self, *, instance_id: str | None = None, refresh: bool = True) -> Inventory:
         return self.inner.scan(instance_id=instance_id, refresh=refresh)
 
-    def install(self, pins: Sequence[str], **options: Any) -> dict[str, Any]:
+    def install(self, request: InstallRequest) -> InstallResult:
         self.spy.enter(self.name)
         try:
-            return self.inner.install(pins, **options)
+            return self.inner.install(request)
         finally:
             self.spy.leave()

@@ -7,6 +7,7 @@ a scan over SSH must equal the local transport's scan of that root.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,8 +21,16 @@ import pytest
 from reconciler.agent.apt import Apt
 from reconciler.api.inventory import Inventory
 from reconciler.api.resources import LocalConnection, SshConnection
-from reconciler.dispatch import AgentFailed, LocalTransport, SshPool, SshTransport, transport_for
+from reconciler.dispatch import (
+    AgentFailed,
+    InstallRequest,
+    LocalTransport,
+    SshPool,
+    SshTransport,
+    transport_for,
+)
 from reconciler.dispatch.agent_bundle import agent_bytes, agent_zipapp, build_agent
+from reconciler.dispatch.base import install_result_of
 from tests.aptlab import Repo, make_root
 from tests.conftest import INSTALLED, needs_apt
 from tests.sshd import Sshd, have_sshd, known_hosts_line, start_sshd, write_key
@@ -94,9 +103,9 @@ def test_install_over_ssh_installs_the_pin(
     sshd: Sshd, agent: Path, pool: SshPool, remote_dir: str, system_root: Path
 ) -> None:
     remote = ssh(sshd, agent, pool, remote_dir, root=str(system_root))
-    result = remote.install(["pwtest-lib=1.0-2"], reboot_option="NoReboot")
-    assert result["kind"] == "InstallResult" and result["changed"] is True
-    assert [(p["name"], p["result"]) for p in result["patches"]] == [("pwtest-lib", "INSTALLED")]
+    result = remote.install(InstallRequest(("pwtest-lib=1.0-2",), reboot_option="NoReboot"))
+    assert result.document()["kind"] == "InstallResult" and result.changed is True
+    assert [(p.name, p.result) for p in result.patches] == [("pwtest-lib", "INSTALLED")]
     installed = {p.name: p.version for p in remote.scan(refresh=False).installed}
     assert installed["pwtest-lib"] == "1.0-2"
 
@@ -175,12 +184,39 @@ def test_an_agent_error_comes_back_as_agent_failed(
     remote = ssh(sshd, agent, pool, remote_dir, root=str(system_root))
     with pytest.raises(AgentFailed) as failed:
         # Unquoted, the remote shell would run the touch and hand the agent a valid pin.
-        remote.install([f"pwtest-lib=1.0-2; touch {tmp_path}/pwned"])
+        remote.install(InstallRequest((f"pwtest-lib=1.0-2; touch {tmp_path}/pwned",)))
     assert failed.value.code == "InvalidPin" and "pwned" in failed.value.message
     assert not (tmp_path / "pwned").exists()
     with pytest.raises(AgentFailed) as missing:
         ssh(sshd, agent, pool, remote_dir, root=str(system_root / "nothing")).scan()
     assert missing.value.code == "UnsupportedSystem"
+
+
+def test_an_install_result_the_schema_cannot_read_is_agent_failed() -> None:
+    """Every transport reads the agent's install result with install_result_of: one it cannot
+    read (a patch without a name) fails the job as AgentFailed, and what it can read keeps the
+    fields the reconciler does not read, in the agent's order (what `patchctl install -o json`
+    prints and the audit log records), so the store keeps the agent's document."""
+    with pytest.raises(AgentFailed) as bad:
+        install_result_of({"kind": "InstallResult", "patches": [{"version": "1.0-2"}]})
+    assert bad.value.code == "BadInstallResult"
+    assert "does not match the schema" in bad.value.message
+    patches = [
+        {"name": "pwtest-lib", "arch": "all", "version": "1.0-2", "result": "INSTALLED", "x": 1}
+    ]
+    reboot = {"required": True, "performed": False, "reason": "reboot-required"}
+    document = {"kind": "InstallResult", "changed": True, "patches": patches, "reboot": reboot}
+    result = install_result_of(document)
+    assert json.dumps(result.document()) == json.dumps(document)
+    assert json.dumps(result.stored()) == json.dumps(
+        {
+            "changed": True,
+            "patches": patches,
+            "dependencies": None,
+            "recovery": None,
+            "reboot": reboot,
+        }
+    )
 
 
 def test_a_command_timeout_is_reported_and_the_pool_still_works(

@@ -45,7 +45,7 @@ from reconciler.agent.apt import Apt
 from reconciler.api.resources import KubernetesConnection, ManagedInstance
 from reconciler.dispatch import AgentFailed, transport_for
 from reconciler.dispatch.agent_bundle import agent_zipapp
-from reconciler.dispatch.base import install_args
+from reconciler.dispatch.base import InstallRequest, install_args
 from reconciler.dispatch.nodes import NodeTransport, drain, jobs, resume_nodes
 from reconciler.dispatch.nodes.agent_job import NodeAgentCall, agent_argv
 from reconciler.dispatch.nodes.model import (
@@ -852,7 +852,9 @@ def test_install_cordons_drains_past_a_pdb_patches_and_uncordons(
     requests = Requests(cluster.controller, monkeypatch)
     transport = NodeTransport(cluster.controller, node, cluster.settings())
     with Kubelet(cluster, {node: root}) as kubelet:
-        thread, outcome = _in_thread(lambda: transport.install([LIB_PIN], allow_reboot=True))
+        thread, outcome = _in_thread(
+            lambda: transport.install(InstallRequest((LIB_PIN,), allow_reboot=True))
+        )
         # The PDB refuses web-0: the node waits cordoned, draining, with no Job yet, however
         # often the drain asks again.
         wait_until("cache-0 evicted", lambda: "cache-0" not in cluster.pods())
@@ -866,7 +868,7 @@ def test_install_cordons_drains_past_a_pdb_patches_and_uncordons(
         thread.join(timeout=120)
     assert "error" not in outcome, outcome.get("error")
     result = outcome["value"]
-    assert [(p["name"], p["result"]) for p in result["patches"]] == [("pwtest-lib", "INSTALLED")]
+    assert [(p.name, p.result) for p in result.patches] == [("pwtest-lib", "INSTALLED")]
     assert dpkg_state(root)["pwtest-lib"][0] == "1.0-2"
     assert log.stop() == [None, "cordoned", "draining", "patching", None]
     assert log.unschedulable == [False, True, True, True, False]
@@ -889,7 +891,7 @@ def test_a_node_uncordoned_during_its_drain_is_not_patched(
     cluster.pdb("web", {"app": "web"}, allowed=0)
     transport = NodeTransport(cluster.controller, node, cluster.settings())
     with Kubelet(cluster, {node: node_root("handover")}) as kubelet:
-        thread, outcome = _in_thread(lambda: transport.install([LIB_PIN]))
+        thread, outcome = _in_thread(lambda: transport.install(InstallRequest((LIB_PIN,))))
         wait_until(
             "draining",
             lambda: _annotations(cluster.get_node(node)).get(ANNOTATION_PHASE) == "draining",
@@ -914,8 +916,10 @@ def test_reboot_when_required_waits_for_a_new_boot_id(
     transport = NodeTransport(cluster.controller, node, cluster.settings())
     with Kubelet(cluster, {node: node_root("kernel")}) as kubelet:
         kubelet.rebooting.add(node)
-        result = transport.install([KERNEL_PIN], reboot_option="RebootIfNeeded", allow_reboot=True)
-    assert result["reboot"]["performed"] is True
+        result = transport.install(
+            InstallRequest((KERNEL_PIN,), reboot_option="RebootIfNeeded", allow_reboot=True)
+        )
+    assert result.reboot is not None and result.reboot.performed is True
     assert "--allow-reboot" in kubelet.agent_runs[0]
     back = cluster.get_node(node)
     assert back["status"]["nodeInfo"]["bootID"] == "boot-2"  # returned only once it was back
@@ -929,7 +933,9 @@ def test_a_node_an_administrator_cordoned_stays_cordoned(
 ) -> None:
     node = cluster.node("held", unschedulable=True)
     with Kubelet(cluster, {node: node_root("held")}):
-        NodeTransport(cluster.controller, node, cluster.settings()).install([LIB_PIN])
+        NodeTransport(cluster.controller, node, cluster.settings()).install(
+            InstallRequest((LIB_PIN,))
+        )
     after = cluster.get_node(node)
     assert after["spec"]["unschedulable"] is True and _annotations(after) == {}
 
@@ -944,7 +950,7 @@ def test_drain_timeout_starts_no_job_and_uncordons(
     settings = cluster.settings(drain_timeout=3.0)
     with Kubelet(cluster, {node: node_root("blocked")}) as kubelet:
         with pytest.raises(AgentFailed) as caught:
-            NodeTransport(cluster.controller, node, settings).install([LIB_PIN])
+            NodeTransport(cluster.controller, node, settings).install(InstallRequest((LIB_PIN,)))
         assert kubelet.created == []
     assert caught.value.code == "DrainTimeout"
     assert f"{cluster.namespace}/db-0" in caught.value.message
@@ -968,7 +974,9 @@ def test_an_unmanaged_pod_stops_the_drain(
         },
     )
     with pytest.raises(AgentFailed, match=f"{cluster.namespace}/debug") as caught:
-        NodeTransport(cluster.controller, node, cluster.settings()).install([LIB_PIN])
+        NodeTransport(cluster.controller, node, cluster.settings()).install(
+            InstallRequest((LIB_PIN,))
+        )
     assert caught.value.code == "DrainRefused"
     assert "debug" in cluster.pods() and _annotations(cluster.get_node(node)) == {}
 
@@ -981,7 +989,9 @@ def test_a_failed_job_fails_the_install_and_puts_the_node_back(
     with Kubelet(cluster, {node: node_root("deadline")}) as kubelet:
         kubelet.failing.add(node)
         with pytest.raises(AgentFailed, match="DeadlineExceeded") as caught:
-            NodeTransport(cluster.controller, node, cluster.settings()).install([LIB_PIN])
+            NodeTransport(cluster.controller, node, cluster.settings()).install(
+                InstallRequest((LIB_PIN,))
+            )
     assert caught.value.code == "JobFailed"
     after = cluster.get_node(node)
     assert not after["spec"].get("unschedulable") and _annotations(after) == {}
@@ -996,7 +1006,7 @@ def test_a_job_the_api_refuses_puts_the_drained_node_back_at_once(cluster: Clust
     node = cluster.node("refused")
     settings = cluster.settings(resources={"limits": {"memory": "lots"}})
     with pytest.raises(AgentFailed, match=r"400: Job .* cannot be handled") as caught:
-        NodeTransport(cluster.controller, node, settings).install([LIB_PIN])
+        NodeTransport(cluster.controller, node, settings).install(InstallRequest((LIB_PIN,)))
     assert caught.value.code == "KubernetesApiError"
     after = cluster.get_node(node)
     assert not after["spec"].get("unschedulable") and _annotations(after) == {}
@@ -1013,7 +1023,9 @@ def test_a_lost_job_does_not_uncordon_a_node_another_run_moved_on_to_rebooting(
     about to reboot (resume_nodes does once it is back)."""
     node = cluster.node("shared")
     thread, outcome = _in_thread(
-        lambda: NodeTransport(cluster.controller, node, cluster.settings()).install([LIB_PIN])
+        lambda: NodeTransport(cluster.controller, node, cluster.settings()).install(
+            InstallRequest((LIB_PIN,))
+        )
     )
     wait_until("the install Job", lambda: cluster.jobs() != [])
     (job,) = cluster.jobs()
@@ -1033,7 +1045,7 @@ def test_a_node_that_is_not_ready_is_left_alone(cluster: Cluster) -> None:
     cluster.node_status(node, ready=False, boot="boot-1")
     transport = NodeTransport(cluster.controller, node, cluster.settings())
     with pytest.raises(AgentFailed, match="not Ready") as caught:
-        transport.install([LIB_PIN])
+        transport.install(InstallRequest((LIB_PIN,)))
     with pytest.raises(AgentFailed, match="not Ready"):
         transport.scan()
     assert caught.value.code == "NodeNotReady"
@@ -1048,10 +1060,13 @@ def _controller_process(
     """A controller in its own process, so that it can really die (SIGKILL) mid-way."""
     script = (
         "import json, sys, kubernetes\n"
+        "from reconciler.dispatch.base import InstallRequest\n"
         "from reconciler.dispatch.nodes import NodeSettings, NodeTransport\n"
         "api = kubernetes.config.new_client_from_config(config_file=sys.argv[1])\n"
         "settings = NodeSettings(**json.loads(sys.argv[2]))\n"
-        "NodeTransport(api, sys.argv[3], settings).install(sys.argv[4:], allow_reboot=True)\n"
+        "NodeTransport(api, sys.argv[3], settings).install(\n"
+        "    InstallRequest(tuple(sys.argv[4:]), allow_reboot=True)\n"
+        ")\n"
     )
     values = {
         k: getattr(settings, k)
@@ -1233,7 +1248,7 @@ def test_jobs_already_there_are_attached_to_not_run_twice(
     root = node_root("attach")
     settings = cluster.settings()
     jobs_path = f"/apis/batch/v1/namespaces/{cluster.namespace}/jobs"
-    args = install_args([LIB_PIN], (), False, "RebootIfNeeded", False, 60)
+    args = install_args(InstallRequest((LIB_PIN,)))
     name = job_name("Install", node, args)
     requests = Requests(cluster.controller, monkeypatch)
     transport = NodeTransport(cluster.controller, node, settings)
@@ -1259,12 +1274,12 @@ def test_jobs_already_there_are_attached_to_not_run_twice(
             },
         )
         cluster.admin.create(jobs_path, job_manifest(name, "Install", node, args, settings))
-        thread, outcome = _in_thread(lambda: transport.install([LIB_PIN]))
+        thread, outcome = _in_thread(lambda: transport.install(InstallRequest((LIB_PIN,))))
         wait_until("the install to wait on its Job", watching(name))
         kubelet.release(node)
         thread.join(timeout=120)
         assert "error" not in outcome, outcome.get("error")
-        assert outcome["value"]["patches"][0]["result"] == "INSTALLED"
+        assert outcome["value"].patches[0].result == "INSTALLED"
 
         scan_args = ["scan", "--instance-id", node, "--no-refresh"]
         scan_name = job_name("Scan", node, scan_args)

@@ -1,17 +1,25 @@
 """Stage: api (the schema). The agent's install result, as the reconciler reads it: one model
-between the transports (which hand over the agent's document), the loop and the store (which
-keeps the parts a job's result names).
+between the transports (which read the agent's document into it), the loop and the store
+(which keeps the parts a job's result names).
 
-Fields the reconciler does not read are kept as they came (each backend adds its own details,
-see ``reconciler/agent``), so a stored result is the agent's document, not a rewrite of it. This
-module may not import anything from the rest of ``reconciler`` but the api.
+Fields the reconciler does not read are kept as they came, and every key where the agent put it
+(each backend adds its own details, see ``reconciler/agent``), so a stored or printed result is
+the agent's document, not a rewrite of it. This module may not import anything from the rest
+of ``reconciler`` but the api.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
-from pydantic import ConfigDict
+from pydantic import (
+    ConfigDict,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from reconciler.api._base import Model
 
@@ -25,6 +33,23 @@ class _AgentDocument(Model):
     """A part of an agent document: what the reconciler reads is typed, the rest is kept."""
 
     model_config = ConfigDict(extra="allow")
+    _keys: tuple[str, ...] = PrivateAttr(default=())
+    """The keys in the order the agent wrote them."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_order(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        part = handler(data)
+        if isinstance(data, dict):
+            part._keys = tuple(data)
+        return part
+
+    @model_serializer(mode="wrap")
+    def _in_written_order(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Declared fields would come first: keep the agent's order, which `patchctl install`
+        # prints and the audit log records as it came.
+        dumped: dict[str, Any] = handler(self)
+        return {**{k: dumped[k] for k in self._keys if k in dumped}, **dumped}
 
     def document(self) -> dict[str, Any]:
         """The part as the agent wrote it (fields it left out stay out)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.api.resources import KubernetesConnection, LocalConnection, SshConnection
-from reconciler.dispatch.base import AgentFailed, Transport
+from reconciler.dispatch.base import AgentFailed, InstallRequest, Transport
 from reconciler.dispatch.local import LocalTransport
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AgentFailed",
+    "InstallRequest",
     "LocalTransport",
     "NodeSettings",
     "NodeTransport",

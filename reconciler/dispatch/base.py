@@ -1,9 +1,13 @@
-"""Stage: dispatch. The one protocol every transport implements (local, ssh; later Kubernetes
-Jobs and SSM): run the agent's scan or install where the machine is and return its documents."""
+"""Stage: dispatch. The one protocol every transport implements (local, ssh, Kubernetes Jobs;
+later SSM): run the agent's scan or install where the machine is and return its documents, read
+into the schema's models here, at the edge (an unreadable one is an AgentFailed, the job's
+failure). What to install is one value, :class:`InstallRequest`, the same for every transport.
+Decides nothing about patches."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -34,22 +38,39 @@ def scan_args(instance_id: str | None, refresh: bool) -> list[str]:
     ]
 
 
-def install_args(
-    pins: Sequence[str],
-    blocked: Sequence[str],
-    simulate: bool,
-    reboot_option: str,
-    allow_reboot: bool,
-    lock_timeout: int,
-) -> list[str]:
+@dataclass(frozen=True)
+class InstallRequest:
+    """What an install asks the agent to do on one machine (the same for every transport)."""
+
+    pins: tuple[str, ...]
+    """``name[:arch]=version`` of each patch to install."""
+    blocked: tuple[str, ...] = ()
+    """Package name patterns the install may not touch (not even as a dependency)."""
+    simulate: bool = False
+    reboot_option: str = "RebootIfNeeded"
+    allow_reboot: bool = False
+    """Whether the agent may reboot the machine itself (never this host under the loop)."""
+    lock_timeout: int = 60
+    """Seconds to wait for the package manager's lock."""
+
+
+def install_args(request: InstallRequest) -> list[str]:
     """The agent's command line for an install."""
-    args = ["install", "--reboot-option", reboot_option, "--lock-timeout", str(lock_timeout)]
-    for pin in pins:
+    args = [
+        "install",
+        "--reboot-option",
+        request.reboot_option,
+        "--lock-timeout",
+        str(request.lock_timeout),
+    ]
+    for pin in request.pins:
         args += ["--pin", pin]
-    for pattern in blocked:
+    for pattern in request.blocked:
         args += ["--block", pattern]
     return (
-        args + (["--simulate"] if simulate else []) + (["--allow-reboot"] if allow_reboot else [])
+        args
+        + (["--simulate"] if request.simulate else [])
+        + (["--allow-reboot"] if request.allow_reboot else [])
     )
 
 
@@ -77,15 +98,21 @@ class Transport(Protocol):
         """The machine's inventory document (raises AgentFailed)."""
         ...
 
-    def install(
-        self,
-        pins: Sequence[str],
-        *,
-        blocked: Sequence[str] = (),
-        simulate: bool = False,
-        reboot_option: str = "RebootIfNeeded",
-        allow_reboot: bool = False,
-        lock_timeout: int = 60,
-    ) -> dict[str, Any]:
-        """The agent's install result document (raises AgentFailed)."""
+    def install(self, request: InstallRequest) -> InstallResult:
+        """The agent's install result (raises AgentFailed, BadInstallResult when unreadable)."""
         ...
+
+
+class AgentCommand(ABC):
+    """A transport that runs the agent as one command and gets its JSON document back (local,
+    ssh): scan and install are the same for each, only how the command runs differs."""
+
+    def scan(self, *, instance_id: str | None = None, refresh: bool = True) -> Inventory:
+        return inventory_of(self._run(scan_args(instance_id, refresh)))
+
+    def install(self, request: InstallRequest) -> InstallResult:
+        return install_result_of(self._run(install_args(request)))
+
+    @abstractmethod
+    def _run(self, args: list[str]) -> dict[str, Any]:
+        """The agent's document for ``args`` (raises AgentFailed when it reports an error)."""

@@ -3,7 +3,8 @@ the host (``root=None``) or for a system rooted at a directory.
 
 The agent is run with this interpreter (``python -m reconciler.agent``), exactly as it would run
 from its zipapp elsewhere, so what is tested here is what ships. Its JSON output is validated into
-:class:`reconciler.api.inventory.Inventory`; an agent error becomes :class:`AgentFailed`.
+:class:`reconciler.api.inventory.Inventory` or :class:`reconciler.api.install.InstallResult`; an
+agent error becomes :class:`AgentFailed`.
 """
 
 from __future__ import annotations
@@ -11,38 +12,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.api.inventory import Inventory
-from reconciler.dispatch.base import AgentFailed, install_args, inventory_of, scan_args
+from reconciler.dispatch.base import AgentCommand, AgentFailed
 
 
 @dataclass(frozen=True)
-class LocalTransport:
+class LocalTransport(AgentCommand):
     """Runs the agent on this machine; ``root`` selects a system rooted at a directory."""
 
     root: str | None = None
     timeout: float = 3600.0
     python: str = field(default=sys.executable)
-
-    def scan(self, *, instance_id: str | None = None, refresh: bool = True) -> Inventory:
-        return inventory_of(self._run(scan_args(instance_id, refresh)))
-
-    def install(
-        self,
-        pins: Sequence[str],
-        *,
-        blocked: Sequence[str] = (),
-        simulate: bool = False,
-        reboot_option: str = "RebootIfNeeded",
-        allow_reboot: bool = False,
-        lock_timeout: int = 60,
-    ) -> dict[str, Any]:
-        return self._run(
-            install_args(pins, blocked, simulate, reboot_option, allow_reboot, lock_timeout)
-        )
 
     def _run(self, args: list[str]) -> dict[str, Any]:
         argv = [self.python, "-m", "reconciler.agent", *args, "--root", self.root or "/"]

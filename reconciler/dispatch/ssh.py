@@ -36,9 +36,8 @@ from typing import Any, TypeVar
 
 import asyncssh
 
-from reconciler.api.inventory import Inventory
 from reconciler.dispatch.agent_bundle import agent_zipapp
-from reconciler.dispatch.base import AgentFailed, install_args, inventory_of, scan_args
+from reconciler.dispatch.base import AgentCommand, AgentFailed
 
 CONNECT_TIMEOUT = 15.0
 """Seconds to open and authenticate a connection, and to put the agent in place."""
@@ -436,7 +435,7 @@ def _document(
     return document
 
 
-class SshTransport:
+class SshTransport(AgentCommand):
     """Runs the agent on a machine over SSH (``root``: a system rooted at a directory there).
 
     ``agent`` is the local zipapp to copy; by default it is built from this installation's agent
@@ -474,23 +473,6 @@ class SshTransport:
 
     def __repr__(self) -> str:
         return f"SshTransport({self.endpoint}, root={self.root!r})"
-
-    def scan(self, *, instance_id: str | None = None, refresh: bool = True) -> Inventory:
-        return inventory_of(self._run(scan_args(instance_id, refresh)))
-
-    def install(
-        self,
-        pins: Sequence[str],
-        *,
-        blocked: Sequence[str] = (),
-        simulate: bool = False,
-        reboot_option: str = "RebootIfNeeded",
-        allow_reboot: bool = False,
-        lock_timeout: int = 60,
-    ) -> dict[str, Any]:
-        return self._run(
-            install_args(pins, blocked, simulate, reboot_option, allow_reboot, lock_timeout)
-        )
 
     def close(self) -> None:
         """Close the transport's connections (only when its pool is its own)."""

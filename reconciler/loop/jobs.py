@@ -17,7 +17,7 @@ from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
 from reconciler.api.resources import ManagedInstance
 from reconciler.dispatch import AgentFailed
-from reconciler.dispatch.base import Transport, install_result_of
+from reconciler.dispatch.base import InstallRequest, Transport
 from reconciler.dispatch.outcomes import after_install, install_failed, pins_for
 from reconciler.evaluation import InstanceEvaluation, evaluate, resolve
 from reconciler.loop.common import Clock, Emitter, InForce, Log, TransportFor
@@ -164,13 +164,14 @@ class JobRunner:
             instance.spec.connection.type in ("ssh", "kubernetes")
             and action.reboot_option == "RebootIfNeeded"
         )
-        document = transport.install(
-            list(action.pins),
-            blocked=action.blocked,
-            reboot_option=action.reboot_option,
-            allow_reboot=allow_reboot,
+        outcome = transport.install(
+            InstallRequest(
+                action.pins,
+                blocked=action.blocked,
+                reboot_option=action.reboot_option,
+                allow_reboot=allow_reboot,
+            )
         )
-        outcome = install_result_of(document)
         before = self.store.latest_scan(instance.metadata.name)
         rescanned = transport.scan(instance_id=instance.metadata.name, refresh=False)
         arch = {

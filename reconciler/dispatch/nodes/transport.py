@@ -16,8 +16,16 @@ from urllib.parse import quote
 import structlog
 
 from reconciler.api.enums import Operation
+from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
-from reconciler.dispatch.base import AgentFailed, install_args, inventory_of, scan_args
+from reconciler.dispatch.base import (
+    AgentFailed,
+    InstallRequest,
+    install_args,
+    install_result_of,
+    inventory_of,
+    scan_args,
+)
 from reconciler.dispatch.nodes import drain, jobs
 from reconciler.dispatch.nodes.model import (
     ANNOTATION_NODE,
@@ -112,23 +120,20 @@ class NodeTransport:
             document = jobs.run(self.kube, Operation.SCAN, self.node, args, self.settings, name)
             return inventory_of(document)
 
-    def install(
-        self,
-        pins: Sequence[str],
-        *,
-        blocked: Sequence[str] = (),
-        simulate: bool = False,
-        reboot_option: str = "RebootIfNeeded",
-        allow_reboot: bool = False,
-        lock_timeout: int = 60,
-    ) -> dict[str, Any]:
-        args = install_args(pins, blocked, simulate, reboot_option, allow_reboot, lock_timeout)
+    def install(self, request: InstallRequest) -> InstallResult:
+        args = install_args(request)
         name = job_name(Operation.INSTALL, self.node, args)
         with _api_errors(self.node), self.locks.holding(self.node):
-            if simulate:  # changes nothing: no reason to disturb the node's pods
+            if request.simulate:  # changes nothing: no reason to disturb the node's pods
                 self._require_ready(drain.read_node(self.kube, self.node))
-                return jobs.run(self.kube, Operation.INSTALL, self.node, args, self.settings, name)
-            return self._patch(name, args)
+                document = jobs.run(
+                    self.kube, Operation.INSTALL, self.node, args, self.settings, name
+                )
+            else:
+                document = self._patch(name, args)
+        # Read only once the node is back in service: an unreadable result fails the job, it
+        # must not also leave the node cordoned.
+        return install_result_of(document)
 
     # -- the node's lifecycle ------------------------------------------------------------------
 
