@@ -1324,7 +1324,7 @@ def _report_runs(args: argparse.Namespace) -> int:
         {
             "report": run.report,
             "opening": run.opening,
-            "status": run.status,
+            "status": run.status.value,
             "destination": run.destination,
             "format": run.format,
             "locations": list(run.locations),
@@ -1342,7 +1342,7 @@ def _report_runs(args: argparse.Namespace) -> int:
             {
                 "report": run.report,
                 "opening": run.opening,
-                "status": run.status,
+                "status": run.status.value,
                 "destination": run.destination,
                 "locations": "\n".join(run.locations) or None,
                 "error": run.error,

@@ -167,6 +167,13 @@ class ExecutionStatus(StrEnum):
     CANCELLED = "CANCELLED"
 
 
+class ReportRunStatus(StrEnum):
+    """How one export of a scheduled ComplianceReport ended."""
+
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+
+
 class RebootOption(StrEnum):
     REBOOT_IF_NEEDED = "RebootIfNeeded"
     NO_REBOOT = "NoReboot"

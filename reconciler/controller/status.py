@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from reconciler.api.enums import ComplianceStatus, ExecutionStatus, JobStatus, Operation
+from reconciler.api.enums import (
+    ComplianceStatus,
+    ExecutionStatus,
+    JobStatus,
+    Operation,
+    ReportRunStatus,
+)
 from reconciler.api.snapshot import Problem, Snapshot
 from reconciler.evaluation import resolve
 from reconciler.plan import baseline_digest
@@ -139,7 +145,7 @@ def _baseline(seen: Seen, name: str, generation: int) -> Built:
 def _report(seen: Seen, name: str, generation: int) -> Built:
     runs = seen.report_runs.get(name, ())
     newest = runs[0] if runs else None
-    exported = next((run for run in runs if run.status == "SUCCESS"), None)
+    exported = next((run for run in runs if run.status == ReportRunStatus.SUCCESS), None)
     fields: dict[str, Any] = {
         "revision": seen.revision,
         "lastExport": _export(newest) if newest else None,
@@ -170,7 +176,7 @@ def _export(run: ReportRunRecord) -> dict[str, Any]:
     return {
         "opening": run.opening,
         "time": timestamp(run.finished_at),
-        "status": run.status,
+        "status": run.status.value,
         "locations": list(run.locations),
         "error": run.error,
     }

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 
+from reconciler.api.enums import ReportRunStatus
 from reconciler.api.resources import ComplianceReport
 from reconciler.api.snapshot import Snapshot
 from reconciler.errors import PermanentError, TemporaryError
@@ -146,7 +147,7 @@ class ReportExporter:
             destination=spec.destination,
             format=spec.format,
             revision=revision,
-            status="FAILED" if error else "SUCCESS",
+            status=ReportRunStatus.FAILED if error else ReportRunStatus.SUCCESS,
             locations=locations,
             error=error,
             started_at=now,

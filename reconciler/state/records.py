@@ -15,12 +15,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypedDict, cast
 
-from reconciler.api.enums import ExecutionStatus, JobStatus, OperatingSystem, Operation
+from reconciler.api.enums import (
+    ExecutionStatus,
+    JobStatus,
+    OperatingSystem,
+    Operation,
+    ReportRunStatus,
+)
 
 JOB_STATUSES = tuple(status.value for status in JobStatus)
 FINISHED_STATUSES = tuple(s.value for s in JobStatus if s is not JobStatus.RUNNING)
 WINDOW_STATUSES = tuple(status.value for status in ExecutionStatus)
-REPORT_RUN_STATUSES = ("SUCCESS", "FAILED")
+REPORT_RUN_STATUSES = tuple(status.value for status in ReportRunStatus)
 
 
 class StateError(Exception):
@@ -198,6 +204,16 @@ class ScanRecord:
         return int(summary.get(name) or 0)
 
     @property
+    def installed(self) -> list[dict[str, Any]]:
+        """The packages the scanned inventory lists as installed."""
+        installed: list[dict[str, Any]] = self.inventory.get("installed", [])
+        return installed
+
+    @property
+    def agent_version(self) -> str:
+        return str(self.inventory.get("agentVersion") or "")
+
+    @property
     def facts(self) -> dict[str, Any]:
         facts: dict[str, Any] = self.inventory.get("facts", {})
         return facts
@@ -345,8 +361,7 @@ class ReportRunRecord:
     format: str
     revision: str | None
     """The revision in force when the report was built."""
-    status: str
-    """SUCCESS or FAILED."""
+    status: ReportRunStatus
     locations: tuple[str, ...]
     """Where the files were written (paths or s3:// URLs); empty when the run failed."""
     error: str | None
@@ -367,7 +382,7 @@ class ReportRunRecord:
             destination=row[3],
             format=row[4],
             revision=row[5],
-            status=row[6],
+            status=ReportRunStatus(row[6]),
             locations=tuple(from_json(row[7])),
             error=row[8],
             started_at=from_text(row[9]),

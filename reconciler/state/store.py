@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from reconciler.api.enums import ExecutionStatus, JobStatus, Operation
+from reconciler.api.enums import ExecutionStatus, JobStatus, Operation, ReportRunStatus
 from reconciler.state.records import (
     FINISHED_STATUSES,
     JOB_STATUSES,
@@ -465,7 +465,7 @@ class StateStore:
         destination: str,
         format: str,
         revision: str | None,
-        status: str,
+        status: ReportRunStatus,
         locations: list[str],
         error: str | None,
         started_at: datetime,

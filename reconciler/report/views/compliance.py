@@ -55,10 +55,7 @@ def instances(scans: Mapping[str, Scan]) -> list[dict[str, Any]]:
 def patches(scan: Scan) -> list[dict[str, Any]]:
     """Every patch of one instance: state, classification, severity, compliance level, CVEs,
     installed time and the reason behind the state."""
-    installed_at = {
-        (p.get("name"), p.get("arch")): p.get("installedTime")
-        for p in scan.inventory.get("installed", [])
-    }
+    installed_at = {(p.get("name"), p.get("arch")): p.get("installedTime") for p in scan.installed}
     return [
         {
             "name": p["name"],

@@ -126,7 +126,7 @@ def _platform(scan: ScanRecord) -> dict[str, Any]:
     return {
         "Platform name": facts.get("osId", ""),
         "Platform version": facts.get("osVersion", ""),
-        "SSM Agent version": scan.inventory.get("agentVersion", ""),
+        "SSM Agent version": scan.agent_version,
     }
 
 
