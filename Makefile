@@ -47,7 +47,7 @@ FAKETIME_AHEAD ?= +365d
 test-clock: install ## the date-sensitive tests under faketime, a year ahead
 	faketime -f '$(FAKETIME_AHEAD)' $(PY) -m pytest -q $(CLOCK_TESTS)
 
-lock: install ## re-resolve pyproject.toml's ranges to today's newest into requirements.lock (PyPI)
+lock: install ## re-resolve pyproject.toml's ranges to today's newest into requirements.txt (PyPI)
 	$(PY) scripts/lock update
 	$(PY) scripts/lock check
 
