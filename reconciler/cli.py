@@ -32,7 +32,13 @@ from reconciler.api.inventory import Inventory
 from reconciler.api.resources import ManagedInstance, PatchBaseline
 from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot
 from reconciler.defaults import predefined_baselines
-from reconciler.dispatch import AgentFailed, InstallRequest, LocalTransport, transport_for
+from reconciler.dispatch import (
+    AgentFailed,
+    InstallRequest,
+    LocalTransport,
+    default_ssh_dir,
+    transport_for,
+)
 from reconciler.dispatch.outcomes import after_install, architectures, install_failed, pins_for
 from reconciler.evaluation import (
     DecisionCache,
@@ -444,6 +450,26 @@ def _loop_args(p: argparse.ArgumentParser) -> None:
         "--stale-after", type=float, default=24.0, help="hours after which a scan is redone"
     )
     _s3_endpoint_arg(p)
+    _resource_file_args(p)
+
+
+def _resource_file_args(p: argparse.ArgumentParser) -> None:
+    """The directories files named by resources must be in (docs/security.md)."""
+    p.add_argument(
+        "--ssh-dir",
+        type=Path,
+        default=default_ssh_dir(),
+        metavar="DIR",
+        help="ManagedInstances' identityFile and knownHostsFile are read only inside this "
+        "directory (relative names are read in it; default: ~/.ssh of this user)",
+    )
+    p.add_argument(
+        "--report-dir",
+        type=Path,
+        metavar="DIR",
+        help="ComplianceReports' directory destinations are written only inside this directory "
+        "(relative names are written in it; default: reports/ beside the state database)",
+    )
 
 
 def _s3_endpoint_arg(p: argparse.ArgumentParser) -> None:
@@ -558,6 +584,7 @@ def _controller_args(p: argparse.ArgumentParser) -> None:
         "--stale-after", type=float, default=24.0, help="hours after which a scan is redone"
     )
     p.add_argument("--workers", type=int, default=10, help="jobs run at once, at most")
+    _resource_file_args(p)
     p.add_argument(
         "--interval",
         type=float,
@@ -819,9 +846,11 @@ def _source(args: argparse.Namespace, store_path: Path, ref: str | None = None) 
     )
 
 
-def _transports(pool: SshPool) -> TransportFor:
-    """Each instance's transport; SSH ones share ``pool``."""
-    return lambda instance: transport_for(instance.spec.connection, pool=pool)
+def _transports(pool: SshPool, ssh_dir: Path) -> TransportFor:
+    """Each instance's transport; SSH ones share ``pool`` and read their files in ``ssh_dir``."""
+    return lambda instance: transport_for(
+        instance.spec.connection, pool=pool, ssh_dir=ssh_dir, name=instance.metadata.name
+    )
 
 
 def _reconciler(
@@ -850,6 +879,7 @@ def _reconciler(
             else None
         ),
         s3_endpoint_url=getattr(args, "s3_endpoint_url", None),
+        report_dir=args.report_dir,
         clock=clock,
         observers=observers,
         on_job_done=on_job_done,
@@ -860,7 +890,7 @@ def _plan(args: argparse.Namespace) -> int:
     with _store(args) as store:
         now = args.now
         clock = utc_now if now is None else lambda: now
-        reconciler = _reconciler(args, store, _transports(_ssh_pool()), clock=clock)
+        reconciler = _reconciler(args, store, _transports(_ssh_pool(), args.ssh_dir), clock=clock)
         reconciler.refresh()
         current = reconciler.plan()
         if current is None:
@@ -896,7 +926,11 @@ def _observed_loop(
     """The loop of `reconcile` and `run` with its state store and observers."""
     with _observed_store(args, serving=serving) as (store, observers, metrics):
         reconciler = _reconciler(
-            args, store, _transports(pool), observers=observers, on_job_done=on_job_done
+            args,
+            store,
+            _transports(pool, args.ssh_dir),
+            observers=observers,
+            on_job_done=on_job_done,
         )
         yield reconciler, store, metrics
 
@@ -938,7 +972,7 @@ def _controller(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     lease, node_settings = _controller_settings(args, namespace)
     pool = _ssh_pool()
-    transports, resume = _node_access(api, node_settings, pool)
+    transports, resume = _node_access(api, node_settings, pool, args.ssh_dir)
     elector = LeaderElector(api, lease)
     with _observed_store(args, serving=True) as (store, observers, metrics):
         if args.source == "kubernetes":
@@ -1001,7 +1035,7 @@ def _controller_settings(
 
 
 def _node_access(
-    api: Any, node_settings: NodeSettings, pool: SshPool
+    api: Any, node_settings: NodeSettings, pool: SshPool, ssh_dir: Path
 ) -> tuple[TransportFor, Callable[[], object]]:
     """The controller's transports and its ``resume_nodes``, sharing one set of node locks (a
     node a transport works on is left alone by resume)."""
@@ -1016,6 +1050,8 @@ def _node_access(
             kubernetes=api,
             node_settings=node_settings,
             node_locks=locks,
+            ssh_dir=ssh_dir,
+            name=instance.metadata.name,
         )
 
     def resume() -> object:
@@ -1060,6 +1096,7 @@ def _controller_reconciler(
         resume=resume,
         settings=Settings(stale_after=timedelta(hours=args.stale_after)),
         workers=args.workers,
+        report_dir=args.report_dir,
         observers=[events, *observers],
     )
     return reconciler, events

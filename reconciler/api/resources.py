@@ -16,7 +16,14 @@ from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import available_timezones
 
-from pydantic import BeforeValidator, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from reconciler.api._base import Model
@@ -29,6 +36,7 @@ from reconciler.api.enums import (
     RebootOption,
     RejectedPatchesAction,
 )
+from reconciler.paths import climbs, control_character
 
 API_VERSION = "patchwarden.io/v1alpha1"
 GROUP = "patchwarden.io"
@@ -421,36 +429,64 @@ class MaintenanceWindow(Model):
 # ManagedInstance
 
 
+def _plain(value: str) -> str:
+    """``value`` unless it holds a control character: one in a host, user or path would reach a
+    shell, a log line or an SSH command line as something else than it looks."""
+    found = control_character(value)
+    if found is not None:
+        raise ValueError(f"must not contain control characters (found {found})")
+    return value
+
+
+def _absolute(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return value
+
+
+def _named_file(value: str) -> str:
+    """A file a resource names is read inside a directory the operator configures (--ssh-dir,
+    --report-dir; docs/security.md): a ``..`` could leave it, whichever directory that is."""
+    if climbs(value):
+        raise ValueError(
+            "must not contain '..': name the file by its path inside the directory the "
+            "controller is configured with (--ssh-dir for SSH files, --report-dir for reports)"
+        )
+    return value
+
+
+PlainText = Annotated[str, AfterValidator(_plain)]
+RootPath = Annotated[str, AfterValidator(_plain), AfterValidator(_absolute)]
+"""An absolute directory path holding a whole system."""
+NamedFile = Annotated[str, AfterValidator(_plain), AfterValidator(_named_file)]
+"""A file or directory resolved inside a directory the operator configures."""
+
+
 class LocalConnection(Model):
     """This host, or a system whose filesystem is rooted at a directory (DESIGN §5)."""
 
     type: Literal["local"]
-    root: str | None = None
+    root: RootPath | None = None
     """Absolute path of a directory holding a whole system; omitted for the machine itself."""
-
-    @field_validator("root")
-    @classmethod
-    def _absolute(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("/"):
-            raise ValueError("must be an absolute path")
-        return value
 
 
 class SshConnection(Model):
     """A machine reached over SSH; the agent is copied and run there."""
 
     type: Literal["ssh"]
-    host: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    host: Annotated[PlainText, StringConstraints(min_length=1, max_length=253)]
     """Host name or address."""
     port: int = Field(default=22, ge=1, le=65535, strict=True)
     """SSH port."""
-    user: str = "root"
+    user: PlainText = "root"
     """Login user (root, or a user allowed to run the agent with sudo)."""
-    identity_file: str | None = None
-    """Private key file."""
-    known_hosts_file: str | None = None
-    """known_hosts file used for strict host-key checking."""
-    root: str | None = None
+    identity_file: NamedFile | None = None
+    """Private key file, inside the controller's SSH directory (--ssh-dir): relative to it, or
+    an absolute path within it."""
+    known_hosts_file: NamedFile | None = None
+    """known_hosts file used for strict host-key checking, inside the controller's SSH directory
+    (--ssh-dir): relative to it, or an absolute path within it."""
+    root: RootPath | None = None
     """Absolute path of a directory holding a whole system; omitted for the machine itself."""
 
 
@@ -503,8 +539,9 @@ class ComplianceReportSpec(Model):
     """When to export: cron(...), rate(...) or a 5-field cron expression."""
     schedule_timezone: str = "UTC"
     """IANA time zone of the schedule."""
-    destination: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
-    """A directory path or s3://bucket/prefix."""
+    destination: Annotated[NamedFile, StringConstraints(min_length=1, max_length=1024)]
+    """A directory inside the controller's report directory (--report-dir: relative to it, or an
+    absolute path within it), or s3://bucket/prefix."""
     format: Literal["csv", "json", "html"] = "csv"
     """csv has SSM's columns; json is for machines; html is a self-contained dashboard."""
     scope: ReportScope = Field(default_factory=ReportScope)

@@ -328,6 +328,16 @@ def _reason(exc: BaseException) -> str:
     return str(getattr(exc, "reason", "") or exc) or type(exc).__name__
 
 
+def _unreadable(endpoint: Endpoint, field: str, path: str, exc: Exception, kind: str) -> str:
+    """Why a file could not be used, in our words only: asyncssh's parse errors quote the line
+    they could not read, and that line may be a secret (a resource may name any file)."""
+    if isinstance(exc, OSError):
+        why = f"cannot read it ({exc.strerror or type(exc).__name__})"
+    else:
+        why = f"it is not an OpenSSH {kind} file"
+    return f"{endpoint}: spec.connection.{field} {path}: {why}: check the file and the field"
+
+
 async def _open(endpoint: Endpoint, connect_timeout: float) -> asyncssh.SSHClientConnection:
     if not endpoint.known_hosts_file:
         raise AgentFailed(
@@ -342,7 +352,7 @@ async def _open(endpoint: Endpoint, connect_timeout: float) -> asyncssh.SSHClien
     except (OSError, ValueError) as exc:
         raise AgentFailed(
             "SshHostKeyRejected",
-            f"{endpoint}: cannot read known_hosts file {endpoint.known_hosts_file}: {exc}",
+            _unreadable(endpoint, "knownHostsFile", endpoint.known_hosts_file, exc, "known_hosts"),
         ) from None
     keys: Sequence[asyncssh.SSHKey] | tuple[()] = ()
     if endpoint.identity_file:
@@ -351,7 +361,9 @@ async def _open(endpoint: Endpoint, connect_timeout: float) -> asyncssh.SSHClien
         except (OSError, ValueError) as exc:
             raise AgentFailed(
                 "SshAuthFailed",
-                f"{endpoint}: cannot read identity file {endpoint.identity_file}: {exc}",
+                _unreadable(
+                    endpoint, "identityFile", endpoint.identity_file, exc, "unencrypted private key"
+                ),
             ) from None
     try:
         return await asyncssh.connect(

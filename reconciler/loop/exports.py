@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
+from pathlib import Path
 
 from reconciler.api.enums import ReportRunStatus
 from reconciler.api.resources import ComplianceReport
@@ -29,15 +30,29 @@ EXPORTER_IDLE = 60.0
 """Seconds the export thread waits for work before it ends (a new one starts when needed)."""
 
 
+def default_report_dir(store_path: Path) -> Path:
+    """Where scheduled reports may be written when the operator says nothing: ``reports/``
+    beside the state database (the audit log's place too)."""
+    return store_path.parent / "reports"
+
+
 class ReportExporter:
     """The loop's one export thread and what is queued on it."""
 
     def __init__(
-        self, store: StateStore, clock: Clock, log: Log, s3_endpoint_url: str | None = None
+        self,
+        store: StateStore,
+        clock: Clock,
+        log: Log,
+        s3_endpoint_url: str | None = None,
+        report_dir: Path | None = None,
     ) -> None:
-        """``s3_endpoint_url``: where reports to s3:// go when not the configured endpoint."""
+        """``s3_endpoint_url``: where reports to s3:// go when not the configured endpoint;
+        ``report_dir``: the directory every directory destination must be in (default:
+        :func:`default_report_dir` of the store)."""
         self.store, self.clock, self.log = store, clock, log
         self.s3_endpoint_url = s3_endpoint_url
+        self.report_dir = report_dir or default_report_dir(Path(store.path))
         self._queue: queue.SimpleQueue[tuple[str, Callable[[], None]]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._exporting: set[str] = set()  # reports queued or being exported
@@ -122,7 +137,10 @@ class ReportExporter:
             scope = scope_instances(snapshot, spec.scope)
             files = export.build_report(data, spec.format, now=now, instances=scope)
             locations = publish(
-                report_files(name, files), spec.destination, endpoint_url=self.s3_endpoint_url
+                report_files(name, files),
+                spec.destination,
+                endpoint_url=self.s3_endpoint_url,
+                report_dir=self.report_dir,
             )
         except (TemporaryError, PermanentError) as exc:  # destination down, report unbuildable:
             error = export_error(exc)  # recorded FAILED, retried on the next pass

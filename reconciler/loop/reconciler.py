@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import TypedDict
 
 import structlog
@@ -43,6 +44,7 @@ class LoopOptions(TypedDict, total=False):
     observers: Sequence[Observer]
     on_job_done: JobDone | None
     s3_endpoint_url: str | None
+    report_dir: Path | None
     export_grace: float
 
 
@@ -63,6 +65,7 @@ class Reconciler:
         observers: Sequence[Observer] = (),
         on_job_done: JobDone | None = None,
         s3_endpoint_url: str | None = None,
+        report_dir: Path | None = None,
         export_grace: float = EXPORT_GRACE,
         steps: Sequence[Step] = STEPS,
     ) -> None:
@@ -70,7 +73,9 @@ class Reconciler:
         after a restart, it brings back the last good revision when the current one is refused.
         ``observers`` receive every Occurrence (audit log, events, metrics); ``on_job_done``
         each finished job; ``s3_endpoint_url`` is where scheduled reports to s3:// go when not
-        the configured endpoint; ``steps`` are the steps of a pass, in order."""
+        the configured endpoint; ``report_dir`` the directory scheduled reports' directory
+        destinations must be in (default: ``reports/`` beside the store); ``steps`` are the
+        steps of a pass, in order."""
         self.source, self.store, self.settings, self.clock = source, store, settings, clock
         self.log: Log = log or structlog.get_logger("patchwarden")
         self.stopping = threading.Event()
@@ -97,7 +102,7 @@ class Reconciler:
             observation=Observation(store, in_force, settings, clock),
             jobs=jobs,
             executions=executions,
-            exporter=ReportExporter(store, clock, self.log, s3_endpoint_url),
+            exporter=ReportExporter(store, clock, self.log, s3_endpoint_url, report_dir),
             stopping=self.stopping,
             workers=workers,
             export_grace=export_grace,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import TemporaryError
+from reconciler.paths import OutsideDirectory, confine
 from reconciler.report.files import sync_directory
 
 if TYPE_CHECKING:
@@ -75,12 +76,15 @@ def publish(
     *,
     s3_client: S3Client | None = None,
     endpoint_url: str | None = None,
+    report_dir: Path | None = None,
 ) -> list[str]:
     """Write ``files`` (name → content) to ``destination``, a directory or ``s3://bucket/prefix``;
     returns where each file was written (paths, or ``s3://`` URLs), in the order given.
 
     ``s3_client`` is used as given; otherwise one is made with :func:`make_s3_client`
-    (``endpoint_url`` overrides the configured endpoint).
+    (``endpoint_url`` overrides the configured endpoint). ``report_dir``, given for destinations
+    a resource names, is the directory a directory destination must be in (a relative one is
+    read inside it); one outside is refused and nothing is written.
     """
     for name in files:
         if not _FILE_NAME.fullmatch(name) or name.startswith("."):
@@ -89,7 +93,7 @@ def publish(
         raise PublishError(f"{destination}: give a directory or s3://bucket[/prefix]")
     location = s3_location(destination)
     if location is None:
-        return _to_directory(files, Path(destination))
+        return _to_directory(files, _directory(destination, report_dir))
     if s3_client is not None:
         client = s3_client
     else:
@@ -104,6 +108,19 @@ def publish(
 
 
 # -- directories ----------------------------------------------------------------------------------
+
+
+def _directory(destination: str, report_dir: Path | None) -> Path:
+    if report_dir is None:
+        return Path(destination)
+    try:
+        return confine(destination, report_dir)
+    except OutsideDirectory:
+        raise PublishError(
+            f"spec.destination {destination} is outside the report directory {report_dir}: "
+            "give a directory inside it (a relative name is written there), or start patchctl "
+            "with --report-dir naming a directory that holds it"
+        ) from None
 
 
 def _to_directory(files: Mapping[str, bytes], directory: Path) -> list[str]:
