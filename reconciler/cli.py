@@ -454,7 +454,7 @@ def _loop_args(p: argparse.ArgumentParser) -> None:
 
 
 def _resource_file_args(p: argparse.ArgumentParser) -> None:
-    """The directories files named by resources must be in (docs/security.md)."""
+    """The directories files named by resources must be in (docs/loop.md)."""
     p.add_argument(
         "--ssh-dir",
         type=Path,

@@ -206,6 +206,20 @@ def test_controller_args_are_what_patchctl_parses(chart: helm.Chart) -> None:
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert str(parsed.node_job_config.parent) in mounts
     assert str(parsed.state.parent) in mounts, "the state database lives on a writable volume"
+    # Files named by resources: the ssh Secret's mount, reports on the state volume.
+    assert str(parsed.ssh_dir) == "/etc/patchwarden/ssh"
+    assert parsed.report_dir.parent == parsed.state.parent
+
+
+def test_the_ssh_secret_is_mounted_as_the_ssh_dir(chart: helm.Chart) -> None:
+    docs = render(chart, {"ssh": {"existingSecret": "fleet-ssh"}})
+    container = controller(docs)
+    parsed = _parser().parse_args(container["args"])
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "ssh"]
+    assert (mount["mountPath"], mount["readOnly"]) == (str(parsed.ssh_dir), True)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "ssh"]
+    assert volume["secret"]["secretName"] == "fleet-ssh"
 
 
 def test_deployment_is_hardened(chart: helm.Chart) -> None:

@@ -918,6 +918,7 @@ def test_a_reports_last_export_is_its_status(kube_api: KubeApi, tmp_path: Path) 
             KubernetesSource(api, ns, watch_nodes=False),
             store,
             lambda instance: pytest.fail("no instance, no job"),
+            report_dir=tmp_path,
             writer=StatusWriter(api, ns),
         )
         reconciler.reconcile()
@@ -962,6 +963,7 @@ def test_a_failed_export_sets_export_failed_until_an_export_succeeds(
             KubernetesSource(api, ns, watch_nodes=False),
             store,
             lambda instance: pytest.fail("no instance, no job"),
+            report_dir=tmp_path,
             writer=StatusWriter(api, ns, clock=lambda: clock[0]),
         )
         reconciler.reconcile()

@@ -319,7 +319,9 @@ def test_transport_for_picks_the_transport(sshd: Sshd, agent: Path, pool: SshPoo
         known_hosts_file=str(sshd.known_hosts_file),
         root="/srv/node",
     )
-    remote = transport_for(connection, pool=pool, agent=agent, connect_timeout=3)
+    remote = transport_for(
+        connection, pool=pool, agent=agent, connect_timeout=3, ssh_dir=sshd.directory
+    )
     assert isinstance(remote, SshTransport)
     assert remote.pool is pool and remote.root == "/srv/node" and remote.connect_timeout == 3
     assert (remote.endpoint.port, remote.endpoint.user) == (sshd.port, "root")

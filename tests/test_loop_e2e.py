@@ -658,7 +658,11 @@ def test_the_ssh_transport_converges_a_machine_as_the_local_one_does(
     sha = upstream.commit("one local and one ssh machine")
     logins = sshd.accepted_logins()
     with SshPool() as pool:
-        spy = Spy(lambda instance: transport_for(instance.spec.connection, pool=pool))
+        spy = Spy(
+            lambda instance: transport_for(
+                instance.spec.connection, pool=pool, ssh_dir=sshd.directory
+            )
+        )
         reconciler = loop(tmp_path, file_url(upstream), ManualClock(IN_WINDOW), spy=spy)
         summary = reconciler.reconcile()
 

@@ -72,6 +72,7 @@ class Fleet:
         self.config.mkdir()
         self.write(reports)
         self.now = now
+        self.report_dir = tmp_path  # the tests' destinations are all under it
         self.store = StateStore(tmp_path / "state.db")
         snapshot = read_snapshot(self.config)
         for minutes, (name, instance) in enumerate(sorted(snapshot.instances.items())):
@@ -114,6 +115,7 @@ class Fleet:
             settings=Settings(stale_after=timedelta(days=3650)),
             clock=lambda: self.now,
             s3_endpoint_url=s3_endpoint_url,
+            report_dir=self.report_dir,
             export_grace=export_grace,
         )
 

@@ -446,7 +446,7 @@ def _absolute(value: str) -> str:
 
 def _named_file(value: str) -> str:
     """A file a resource names is read inside a directory the operator configures (--ssh-dir,
-    --report-dir; docs/security.md): a ``..`` could leave it, whichever directory that is."""
+    --report-dir; docs/loop.md): a ``..`` could leave it, whichever directory that is."""
     if climbs(value):
         raise ValueError(
             "must not contain '..': name the file by its path inside the directory the "
