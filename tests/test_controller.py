@@ -993,3 +993,42 @@ def test_a_failed_export_sets_export_failed_until_an_export_succeeds(
         assert (ok["status"], ok["message"]) == ("False", "")
         assert ok["lastTransitionTime"] != failed["lastTransitionTime"]
         assert report["status"]["lastExportTime"] == last["time"]
+
+
+@pytest.mark.apiserver
+def test_a_known_hosts_file_outside_the_ssh_dir_reaches_no_status(
+    kube_api: KubeApi, tmp_path: Path
+) -> None:
+    """Issue 12 item 2 under the controller: a file outside --ssh-dir is never read, one inside
+    that is not a known_hosts file is not quoted; the status names the field, never the secret."""
+    ns = kube_api.namespace()
+    secret = "root:$6$pw-status-secret$x:19000:0:99999:7:::\n"
+    (tmp_path / "token").write_text(secret)
+    ssh_dir = tmp_path / "ssh"
+    ssh_dir.mkdir()
+    (ssh_dir / "copied").write_text(secret)
+    instances = [
+        f"apiVersion: patchwarden.io/v1alpha1\nkind: ManagedInstance\nmetadata: {{name: {name}}}\n"
+        f"spec: {{connection: {{type: ssh, host: 127.0.0.1, port: 9, knownHostsFile: '{path}'}}}}\n"
+        for name, path in (("outside", tmp_path / "token"), ("garbage", "copied"))
+    ]
+    apply(kube_api, ns, "---\n".join(instances))
+    api = kube_api.client()
+    with StateStore(tmp_path / "state.db") as store:
+        reconciler = ControllerReconciler(
+            KubernetesSource(api, ns, watch_nodes=False),
+            store,
+            lambda i: transport_for(i.spec.connection, ssh_dir=ssh_dir, name=i.metadata.name),
+            writer=StatusWriter(api, ns),
+        )
+        reconciler.reconcile()
+    outside = conditions(get(kube_api, ns, "ManagedInstance", "outside"))["Ready"]
+    garbage = conditions(get(kube_api, ns, "ManagedInstance", "garbage"))["Ready"]
+    assert (
+        "SshFileRefused: ManagedInstance outside: spec.connection.knownHostsFile"
+        in (outside["message"])
+    )
+    assert "SshHostKeyRejected" in garbage["message"]
+    assert "not an OpenSSH known_hosts file" in garbage["message"]
+    for name in ("outside", "garbage"):
+        assert "pw-status-secret" not in str(get(kube_api, ns, "ManagedInstance", name))

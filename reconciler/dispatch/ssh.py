@@ -5,6 +5,9 @@ the machine once per agent version and run there with the machine's own ``python
 - **Host keys are checked strictly**: only keys in the connection's known_hosts file are
   accepted; with no known_hosts file we refuse to connect (no trust on first use), and neither
   ``~/.ssh/known_hosts`` nor ``~/.ssh/config`` is ever consulted behind the caller's back.
+- **A file's content never reaches an error**: a known_hosts or key file that cannot be parsed
+  is reported in our words, naming the field and the path (``transport_for`` has already kept
+  the paths inside the operator's SSH directory).
 - **The agent is copied once per version**: it is stored as
   ``~/.cache/patchwarden/agent-<sha256[:16]>.pyz``; one command checks for it, SFTP uploads it
   (to a private name, renamed into place, so a concurrent run never executes half a file).
