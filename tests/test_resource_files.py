@@ -27,8 +27,6 @@ from tests.test_report_schedule import Fleet, report_yaml
 
 SECRET = "root:$6$pw-secret-7f3a9c$Zq0xLeakedHashThatMustNeverBeShown:19000:0:99999:7:::"
 
-pytestmark = pytest.mark.skipif(not have_sshd(), reason="needs root, sshd and python3")
-
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
@@ -53,6 +51,7 @@ def patchctl(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.skipif(not have_sshd(), reason="needs root, sshd and python3")
 def test_a_known_hosts_file_naming_a_secret_leaks_it_nowhere(
     sshd: Sshd, tmp_path: Path, system_root: Path
 ) -> None:

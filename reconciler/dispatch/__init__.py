@@ -114,7 +114,7 @@ def default_ssh_dir() -> Path:
 def _in_ssh_dir(path: str | None, field: str, ssh_dir: Path, name: str | None) -> str | None:
     """``path`` resolved inside ``ssh_dir``; AgentFailed (the job fails, nothing is read) when
     it lies outside."""
-    if path is None:
+    if not path:  # none given: the transport says what is missing
         return None
     try:
         return str(confine(path, ssh_dir))
