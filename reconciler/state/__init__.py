@@ -8,6 +8,7 @@ nothing else; ``state.kubernetes`` writes the same observed state into the custo
 ``now``.
 """
 
+from reconciler.state.lock import FileLock, Holder, WriterLock, lock_path
 from reconciler.state.records import (
     InstanceRecord,
     JobError,
@@ -22,6 +23,9 @@ from reconciler.state.records import (
     StoredEvaluation,
     StoredPatch,
     StoredSummary,
+    StoreLocked,
+    StoreUnusable,
+    StoreWriteFailed,
     UnknownJob,
     WindowExecution,
 )
@@ -30,6 +34,8 @@ from reconciler.state.store import StateStore
 
 __all__ = [
     "SCHEMA_VERSION",
+    "FileLock",
+    "Holder",
     "InstanceRecord",
     "JobError",
     "JobNotRunning",
@@ -41,9 +47,14 @@ __all__ = [
     "ScanRecord",
     "StateError",
     "StateStore",
+    "StoreLocked",
+    "StoreUnusable",
+    "StoreWriteFailed",
     "StoredEvaluation",
     "StoredPatch",
     "StoredSummary",
     "UnknownJob",
     "WindowExecution",
+    "WriterLock",
+    "lock_path",
 ]

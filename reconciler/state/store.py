@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from reconciler.api.enums import ExecutionStatus, JobStatus, Operation, ReportRunStatus
+from reconciler.state.lock import FileLock, Holder, WriterLock, lock_path
 from reconciler.state.records import (
     FINISHED_STATUSES,
     JOB_STATUSES,
@@ -44,6 +45,8 @@ from reconciler.state.records import (
     RevisionRecord,
     ScanRecord,
     StateError,
+    StoreUnusable,
+    StoreWriteFailed,
     UnknownJob,
     WindowExecution,
     from_text,
@@ -68,16 +71,21 @@ JOB_FILTERS = ("status", "instance", "window", "task", "opening")
 class StateStore:
     """The observed-state store. Safe to share between the threads of one process."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, writer: Holder | None = None) -> None:
+        """``writer``: this process writes and dispatches, so it takes the store's writer lock
+        first (:mod:`reconciler.state.lock`) and holds it until :meth:`close`; a second writer
+        is refused with :class:`StoreLocked`. Readers pass None and read beside the writer."""
         self.path = Path(path)
-        # 0700: the XDG state directory is private to the user; existing parents are left alone.
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = _connect(self.path)
+        self._writer: WriterLock | None = None
+        if writer is not None:
+            _make_parent(self.path)
+            self._writer = FileLock(lock_path(self.path), str(self.path))
+            self._writer.acquire(writer)
         try:
-            migrate(self._conn)
+            self._conn: sqlite3.Connection | None = _open(self.path)
         except BaseException:
-            self._conn.close()
+            self._release_writer()
             raise
 
     @staticmethod
@@ -97,6 +105,12 @@ class StateStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            self._release_writer()
+
+    def _release_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
 
     def __enter__(self) -> Self:
         return self
@@ -114,7 +128,15 @@ class StateStore:
         with self._lock:
             if self._conn is None:
                 raise StateError(f"the state store {self.path} is closed")
-            yield self._conn
+            try:
+                yield self._conn
+            except sqlite3.OperationalError as exc:
+                if _primary(exc) not in TRANSIENT:
+                    raise
+                raise StoreWriteFailed(
+                    f"cannot write the state store {self.path}: {exc} (free space or fix the"
+                    " file system under it; patchctl run retries)"
+                ) from exc
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -520,6 +542,79 @@ class StateStore:
                 " GROUP BY report"
             ).fetchall()
         return {report: opening for report, opening in rows}
+
+
+TRANSIENT = frozenset(
+    {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_BUSY}
+)
+"""SQLite's primary result codes for a write that may succeed later, unchanged: a full disk, an
+I/O error, a file system remounted read-only, another process's write lock held too long."""
+
+
+def _primary(exc: sqlite3.Error) -> int | None:
+    """SQLite's primary result code of ``exc`` (the low byte of its extended code)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        # 0700: the XDG state directory is private to the user; existing parents are left alone.
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        why = "it is a file" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
+        raise StoreUnusable(
+            f"cannot create the state store's directory {path.parent}: {why}"
+            " (give --state a file in a directory this user may write)"
+        ) from None
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """A connection to the migrated store, or :class:`StoreUnusable` saying what to do."""
+    _make_parent(path)
+    if path.is_dir():
+        raise StoreUnusable(
+            f"the state store {path} is a directory: --state takes the database file"
+            f" (e.g. {path / 'state.db'})"
+        )
+    try:
+        conn = _connect(path)
+    except sqlite3.Error as exc:
+        raise _unusable(path, exc) from None
+    try:
+        migrate(conn)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _unusable(path, exc) from None
+    except StoreUnusable as exc:  # a newer schema: name the file
+        conn.close()
+        raise StoreUnusable(f"{path}: {exc}") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _unusable(path: Path, exc: sqlite3.Error) -> StoreUnusable:
+    """Why SQLite cannot open or migrate ``path``, and what to do about it."""
+    code = _primary(exc)
+    if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+        what = (
+            "is not a Patchwarden state database, or is damaged: restore it from a backup, or"
+            " move it aside to start a new history"
+        )
+    elif code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_CANTOPEN):
+        what = (
+            "cannot be opened for writing: give this user write access to the file and its"
+            " directory (SQLite keeps -wal and -shm files beside it), or another --state"
+        )
+    elif code == sqlite3.SQLITE_FULL:
+        what = "cannot be written: its file system is full; free space and try again"
+    elif code == sqlite3.SQLITE_BUSY:
+        what = "is locked by another process for too long: try again when it is done"
+    else:
+        what = "cannot be opened: check the file and the file system under it"
+    return StoreUnusable(f"the state store {path} {what} (SQLite: {exc})")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
