@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.state import StateStore
+from tests.filesystems import remount_read_only, tmpfs
 from tests.git_servers import free_port
 from tests.waiting import accepting, tail_of, wait_until
 
@@ -144,19 +145,12 @@ def test_a_newer_schema_is_one_line_asking_for_an_upgrade(work: Path) -> None:
 
 @pytest.fixture
 def read_only(work: Path) -> Iterator[Path]:
-    """A store written by a reconcile on a tmpfs, then the tmpfs remounted read-only (root may
-    write any file, so a read-only mode would not stop the tests' user)."""
-    mount = work / "ro"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)]).returncode:
-        pytest.skip("cannot mount a tmpfs (the tests run as root on CI)")
-    try:
+    """A store written by a reconcile on a tmpfs, then the tmpfs remounted read-only."""
+    with tmpfs(work / "ro") as mount:
         done = patchctl("reconcile", "--source", "empty", "--state", "ro/state.db", cwd=work)
         assert done.returncode == 0, done.stderr
-        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        remount_read_only(mount)
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_a_read_only_store_is_one_line_asking_for_write_access(work: Path, read_only: Path) -> None:
