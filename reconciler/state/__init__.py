@@ -6,6 +6,10 @@ An I/O edge, like ``sources`` and ``dispatch``: the SQLite store owns its file a
 nothing else; ``state.kubernetes`` writes the same observed state into the custom resources'
 ``/status`` (the only module here that talks to the network). It decides nothing; callers pass
 ``now``.
+
+One process writes and dispatches from a store at a time: ``state.lock`` is that lock's interface
+(:class:`WriterLock`) and SQLite's implementation (:class:`FileLock`, ``flock`` on
+``<state>.lock``); readers take none.
 """
 
 from reconciler.state.lock import FileLock, Holder, WriterLock, lock_path

@@ -12,6 +12,12 @@ runs in ``BEGIN IMMEDIATE`` (the write lock is taken first, so nothing interleav
 timeout makes a second process wait instead of failing. Job claiming rests on a UNIQUE key, so
 it is exclusive across threads, processes and restarts alike. Do not share a store across
 ``fork()``; open one per process.
+
+One writer. SQLite's locks make each write safe, not two dispatching processes: a process that
+writes and dispatches opens the store with ``writer=`` and holds its writer lock
+(:mod:`reconciler.state.lock`) until it closes it. Errors. Opening a file SQLite cannot use
+raises :class:`StoreUnusable` saying what to do; a write that fails for a reason that passes
+(a full disk) raises :class:`StoreWriteFailed` and keeps nothing of that write.
 """
 
 from __future__ import annotations
