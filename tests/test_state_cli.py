@@ -131,7 +131,8 @@ def test_a_directory_is_one_line_naming_the_file_to_give(work: Path) -> None:
     (work / "states").mkdir()
     line = one_line_error(patchctl("reconcile", "--source", "empty", "--state", "states", cwd=work))
     assert "states is a directory: --state takes the database file" in line
-    assert list((work / "states").iterdir()) == []  # not even a lock file left inside
+    assert list((work / "states").iterdir()) == []  # nothing written inside
+    assert not (work / "states.lock").exists()  # refused before the lock is taken
 
 
 def test_a_newer_schema_is_one_line_asking_for_an_upgrade(work: Path) -> None:

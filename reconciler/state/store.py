@@ -84,8 +84,8 @@ class StateStore:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._writer: WriterLock | None = None
+        _check_place(self.path)
         if writer is not None:
-            _make_parent(self.path)
             self._writer = FileLock(lock_path(self.path), str(self.path))
             self._writer.acquire(writer)
         try:
@@ -575,14 +575,18 @@ def _make_parent(path: Path) -> None:
         ) from None
 
 
-def _open(path: Path) -> sqlite3.Connection:
-    """A connection to the migrated store, or :class:`StoreUnusable` saying what to do."""
+def _check_place(path: Path) -> None:
+    """The database's directory exists (made if need be) and the path is not a directory."""
     _make_parent(path)
     if path.is_dir():
         raise StoreUnusable(
             f"the state store {path} is a directory: --state takes the database file"
             f" (e.g. {path / 'state.db'})"
         )
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """A connection to the migrated store, or :class:`StoreUnusable` saying what to do."""
     try:
         conn = _connect(path)
     except sqlite3.Error as exc:
@@ -657,4 +661,7 @@ def _enable_wal(conn: sqlite3.Connection, path: Path) -> None:
                 raise
             time.sleep(0.01)
     if str(mode).lower() != "wal":
-        raise StateError(f"{path}: SQLite refused WAL mode (journal_mode is {mode!r})")
+        raise StoreUnusable(
+            f"the state store {path}: SQLite refused WAL mode (journal_mode is {mode!r}):"
+            " put the state on a local file system this user may write"
+        )
