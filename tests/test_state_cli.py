@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.state import StateStore
-from tests.filesystems import remount_read_only, tmpfs
+from tests.filesystems import fill, remount_read_only, tmpfs
 from tests.git_servers import free_port
 from tests.waiting import accepting, tail_of, wait_until
 
@@ -161,6 +161,18 @@ def test_a_read_only_store_is_one_line_asking_for_write_access(work: Path, read_
         patchctl("reconcile", "--source", "empty", "--state", "ro/state.db", cwd=work)
     )
     assert "ro/state.db.lock: Read-only file system" in line
+
+
+def test_a_store_on_a_full_file_system_is_one_line_asking_for_space(work: Path) -> None:
+    with tmpfs(work / "small", "1m"):
+        done = patchctl("reconcile", "--source", "empty", "--state", "small/state.db", cwd=work)
+        assert done.returncode == 0, done.stderr
+        fill(work / "small")
+        line = one_line_error(
+            patchctl("reconcile", "--source", "empty", "--state", "small/state.db", cwd=work)
+        )
+        assert "small/state.db cannot be written: its file system is full" in line
+        assert "free space" in line
 
 
 @pytest.mark.parametrize(

@@ -140,8 +140,8 @@ class StateStore:
                 if _primary(exc) not in TRANSIENT:
                     raise
                 raise StoreWriteFailed(
-                    f"cannot write the state store {self.path}: {exc} (free space or fix the"
-                    " file system under it; patchctl run retries)"
+                    f"cannot write the state store {self.path}: {exc} (free space on its file"
+                    " system, or fix it, and try again; a running service retries by itself)"
                 ) from exc
 
     @contextmanager
@@ -618,8 +618,12 @@ def _unusable(path: Path, exc: sqlite3.Error) -> StoreUnusable:
             "cannot be opened for writing: give this user write access to the file and its"
             " directory (SQLite keeps -wal and -shm files beside it), or another --state"
         )
-    elif code == sqlite3.SQLITE_FULL:
-        what = "cannot be written: its file system is full; free space and try again"
+    elif code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+        # Opening a store on a full file system fails creating its -shm file, as an I/O error.
+        what = (
+            "cannot be written: its file system is full or failing; free space (or fix it)"
+            " and try again"
+        )
     elif code == sqlite3.SQLITE_BUSY:
         what = "is locked by another process for too long: try again when it is done"
     else:
