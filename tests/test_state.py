@@ -8,6 +8,7 @@ import multiprocessing
 import sqlite3
 import threading
 import traceback
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -674,7 +675,7 @@ def test_one_writer_at_a_time_and_readers_beside_it(tmp_path: Path) -> None:
         with StateStore(path) as reader:  # readers take no lock
             scan(writer, "web-1")
             assert reader.latest_scan("web-1") is not None
-        assert json.loads(lock_path(path).read_text()) == first.__dict__
+        assert json.loads(lock_path(path).read_text()) == asdict(first)
     # Closed: the lock is free for the next writer, which the file then names.
     with StateStore(path, writer=Holder.this_process("patchctl reconcile")) as second:
         assert second.latest_scan("web-1") is not None

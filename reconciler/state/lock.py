@@ -19,7 +19,7 @@ import fcntl
 import json
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -73,7 +73,7 @@ class FileLock:
             raise
         # Written only once the lock is ours, so the file names whoever holds it.
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder.__dict__).encode() + b"\n", 0)
+        os.pwrite(fd, json.dumps(asdict(holder)).encode() + b"\n", 0)
         self._fd = fd
 
     def release(self) -> None:

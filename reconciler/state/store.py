@@ -384,7 +384,8 @@ class StateStore:
 
         For start-up after a crash: their outcome is unknown, and their keys stay taken so the
         planner decides afresh rather than re-dispatching blindly. Only call it while no other
-        process runs jobs from this file: it cannot tell their jobs from a dead process's.
+        process runs jobs from this file (it cannot tell their jobs from a dead process's): as
+        the holder of the writer lock, between passes.
         """
         finished = to_text(now)
         with self._write() as conn:
