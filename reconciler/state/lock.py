@@ -7,10 +7,11 @@ them read beside the writer.
 :class:`WriterLock` is the interface; :class:`FileLock` is SQLite's: ``fcntl.flock`` on
 ``<state>.lock`` beside the database, holding the holder's pid, host and command. The kernel
 releases a flock when its process exits, however it exits (SIGKILL included), so a crash never
-leaves a stale lock behind. A server-side store (issue 16, PostgreSQL) implements the same
+leaves a stale lock behind; the descriptor is close-on-exec, so no child (the agent, git, ssh)
+keeps it after its parent is gone. A server-side store (issue 16, PostgreSQL) implements the same
 interface with an advisory lock on its own connection.
 
-Touches only its lock file; imports nothing from ``reconciler`` outside ``state`` but the errors.
+Touches only its lock file; imports only the store's errors (``state.records``).
 """
 
 from __future__ import annotations
