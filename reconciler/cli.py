@@ -62,7 +62,7 @@ from reconciler.sources import (
     read_inventories,
     read_snapshot,
 )
-from reconciler.state import StateStore
+from reconciler.state import Holder, StateStore, StoreUnusable, StoreWriteFailed
 
 if TYPE_CHECKING:
     from reconciler.controller import EventSink, LeaseConfig
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AgentFailed as exc:
         print(f"patchctl: the agent failed: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_INVALID
-    except UserError as exc:
+    except (UserError, StoreUnusable, StoreWriteFailed) as exc:
         print(f"patchctl: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt:
@@ -265,9 +265,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--history", action="store_true", help="how the instance's compliance changed, and why"
     )
-    p.add_argument(
-        "--state", type=Path, help="the observed-state database (default: the user's state dir)"
-    )
+    _state_arg(p)
     p.add_argument("-o", "--output", choices=("table", "json", "yaml", "csv"), default=None)
     p.set_defaults(handler=_compliance)
 
@@ -308,9 +306,7 @@ def _parser() -> argparse.ArgumentParser:
         help="report as of this ISO-8601 time: the files' time stamp, generatedAt and the "
         "trend's last day (default: now, UTC)",
     )
-    p.add_argument(
-        "--state", type=Path, help="the observed-state database (default: the user's state dir)"
-    )
+    _state_arg(p)
     p.set_defaults(handler=_report)
 
     p = sub.add_parser("audit", help="what the loop did: the audit log, filtered")
@@ -326,9 +322,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--revision", help="only under this revision (or a commit's short sha)")
     _audit_log_arg(p)
-    p.add_argument(
-        "--state", type=Path, help="the observed-state database (default: the user's state dir)"
-    )
+    _state_arg(p)
     p.add_argument("-o", "--output", choices=("table", "json", "jsonl", "yaml"), default=None)
     p.set_defaults(handler=_audit)
 
@@ -352,9 +346,7 @@ def _parser() -> argparse.ArgumentParser:
         "arn:aws:securityhub:REGION:ACCOUNT:product/ACCOUNT/default",
     )
     p.add_argument("--to", type=Path, help="write the findings (a JSON list) to this file")
-    p.add_argument(
-        "--state", type=Path, help="the observed-state database (default: the user's state dir)"
-    )
+    _state_arg(p)
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
     p.set_defaults(handler=_findings)
 
@@ -443,9 +435,7 @@ def _loop_args(p: argparse.ArgumentParser) -> None:
         metavar="ALLOWED_SIGNERS",
         help="refuse revisions whose head commit is not SSH-signed by an allowed signer",
     )
-    p.add_argument(
-        "--state", type=Path, help="the observed-state database (default: the user's state dir)"
-    )
+    _state_arg(p)
     p.add_argument(
         "--stale-after", type=float, default=24.0, help="hours after which a scan is redone"
     )
@@ -469,6 +459,14 @@ def _resource_file_args(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="ComplianceReports' directory destinations are written only inside this directory "
         "(relative names are written in it; default: reports/ beside the state database)",
+    )
+
+
+def _state_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--state",
+        metavar="PATH|sqlite:///PATH",
+        help="the observed-state database (default: the user's state dir)",
     )
 
 
@@ -577,9 +575,7 @@ def _controller_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ref", default="main", help="Git branch, tag or commit (Git sources)")
     p.add_argument("--identity-file", type=Path, help="SSH key for ssh:// Git URLs")
     p.add_argument("--known-hosts", type=Path, help="known_hosts for ssh:// Git URLs (strict)")
-    p.add_argument(
-        "--state", type=Path, help="the observed-state database (default: the user's state dir)"
-    )
+    _state_arg(p)
     p.add_argument(
         "--stale-after", type=float, default=24.0, help="hours after which a scan is redone"
     )
@@ -815,8 +811,38 @@ def _ssh_pool() -> SshPool:
     return SshPool()
 
 
-def _store(args: argparse.Namespace) -> StateStore:
-    return StateStore(args.state or StateStore.default_path())
+def _store(args: argparse.Namespace, *, writer: bool = False) -> StateStore:
+    """The state store of ``--state``; a ``writer`` (a verb that writes and dispatches) holds
+    its writer lock until it closes it, and is refused while another process holds it."""
+    holder = Holder.this_process(f"patchctl {args.command}") if writer else None
+    return StateStore(_state_path(args), writer=holder)
+
+
+def _state_path(args: argparse.Namespace) -> Path:
+    """``--state`` as a file: a path, or ``sqlite:///ABSOLUTE/PATH``. Another URL is refused,
+    never taken for a relative path (``postgresql://h/db`` would be ``postgresql:/h/db``)."""
+    text: str | None = args.state
+    if not text:
+        return StateStore.default_path()
+    if "://" not in text:
+        return Path(text)
+    scheme, _, rest = text.partition("://")
+    if scheme.lower() in ("postgresql", "postgres"):
+        raise UserError(
+            f"--state {scheme}://...: PostgreSQL state is not supported yet (issue 16); give"
+            " a file path or sqlite:///ABSOLUTE/PATH"
+        )
+    if scheme.lower() != "sqlite":
+        raise UserError(
+            f"--state {text}: {scheme}:// is not a state store; give a file path or"
+            " sqlite:///ABSOLUTE/PATH"
+        )
+    if not rest.startswith("/") or "?" in rest or "#" in rest:
+        raise UserError(
+            f"--state {text}: a SQLite URL names an absolute file and nothing else,"
+            " e.g. sqlite:///var/lib/patchwarden/state.db"
+        )
+    return Path("/" + rest.lstrip("/"))
 
 
 def _source(args: argparse.Namespace, store_path: Path, ref: str | None = None) -> Source:
@@ -906,7 +932,7 @@ def _observed_store(
     """The state store and the loop's observers: the audit log, the event sinks and, when
     ``serving``, the metrics served (a one-shot run serves none)."""
     with (
-        _store(args) as store,
+        _store(args, writer=True) as store,
         _audit_log(args, store) as audit_log,
         _event_sinks(args) as sinks,
     ):
@@ -1126,7 +1152,7 @@ def _kubernetes(args: argparse.Namespace) -> tuple[Any, str]:
 def _audit_path(args: argparse.Namespace) -> Path:
     if args.audit_log is not None:
         return Path(args.audit_log)
-    return audit.default_path(Path(args.state or StateStore.default_path()))
+    return audit.default_path(_state_path(args))
 
 
 def _audit_log(args: argparse.Namespace, store: StateStore) -> audit.AuditLog:

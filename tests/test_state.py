@@ -8,6 +8,7 @@ import multiprocessing
 import sqlite3
 import threading
 import traceback
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,13 @@ import pytest
 
 from reconciler.state import (
     SCHEMA_VERSION,
+    Holder,
     JobNotRunning,
     StateError,
     StateStore,
+    StoreLocked,
     UnknownJob,
+    lock_path,
 )
 from reconciler.state.schema import migrate
 
@@ -660,3 +664,18 @@ def test_a_file_from_a_newer_program_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StateError, match="newer"):
         StateStore(path)
+
+
+def test_one_writer_at_a_time_and_readers_beside_it(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    first = Holder(pid=4242, host="ctl-1", command="patchctl run")
+    with StateStore(path, writer=first) as writer:
+        with pytest.raises(StoreLocked, match=r"patchctl run \(pid 4242 on ctl-1\)"):
+            StateStore(path, writer=Holder.this_process("patchctl reconcile"))
+        with StateStore(path) as reader:  # readers take no lock
+            scan(writer, "web-1")
+            assert reader.latest_scan("web-1") is not None
+        assert json.loads(lock_path(path).read_text()) == asdict(first)
+    # Closed: the lock is free for the next writer, which the file then names.
+    with StateStore(path, writer=Holder.this_process("patchctl reconcile")) as second:
+        assert second.latest_scan("web-1") is not None

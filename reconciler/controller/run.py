@@ -196,7 +196,7 @@ def _standby(elector: LeaderElector, host: str, port: int, metrics: LoopMetrics)
     previous = {
         sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)
     }
-    server = http_endpoints(host, port, metrics, lambda: True)
+    server = http_endpoints(host, port, metrics, lambda: None)
     try:
         return elector.acquire(stop)
     finally:

@@ -24,7 +24,7 @@ from reconciler.loop.failures import export_error
 from reconciler.report.publish import publish
 from reconciler.report.publish.scheduled import report_files, reports_due, scope_instances
 from reconciler.report.views import export
-from reconciler.state import StateStore
+from reconciler.state import StateStore, StoreWriteFailed
 
 EXPORTER_IDLE = 60.0
 """Seconds the export thread waits for work before it ends (a new one starts when needed)."""
@@ -114,6 +114,8 @@ class ReportExporter:
                 continue
             try:
                 job()
+            except StoreWriteFailed as exc:  # the file system is full: the next pass retries
+                self.log.warning("report export not recorded", report=name, error=str(exc))
             except Exception:  # a bug, or recording failed (store closed?): the next pass retries
                 self.log.exception("report export crashed", report=name)
             finally:

@@ -25,7 +25,7 @@ from reconciler.loop.executions import WindowExecutions
 from reconciler.loop.failures import job_error
 from reconciler.plan import INSTALL, Action, baseline_digest
 from reconciler.report.notify.occurrences import Kind
-from reconciler.state import JobRecord, StateStore
+from reconciler.state import JobRecord, StateStore, StoreWriteFailed
 
 JobDone = Callable[[JobRecord], None]
 Result = tuple[JobStatus, dict[str, Any]]
@@ -73,6 +73,8 @@ class JobRunner:
             status, result = self._run(claimed)
         except AgentFailed as exc:  # the agent (or the loop) refused: the job fails with its code
             status, result = JobStatus.FAILED, {"error": job_error(exc)}
+        except StoreWriteFailed:  # cannot be recorded now: the job stays running in the store,
+            raise  # and the service abandons it once writes succeed (the machine is rescanned)
         except Exception as exc:  # a bug: a job must always finish, and the loop goes on
             claimed.log.exception("job crashed")
             status, result = JobStatus.FAILED, {"error": job_error(exc)}

@@ -72,17 +72,23 @@ def dispatch(context: PassContext) -> None:
     frees."""
     parts = context.parts
     running: Running = {}
-    with ThreadPoolExecutor(max_workers=parts.workers, thread_name_prefix="job") as pool:
-        started = 0
-        while not parts.stopping.is_set():
-            current = parts.observation.plan()
-            started += _submit(context, pool, running, current, started)
-            if not running:
-                _settle(context.summary, current)
-                break
-            _collect(context, running)
-            if not context.until_idle and not running:
-                break
+    try:
+        with ThreadPoolExecutor(max_workers=parts.workers, thread_name_prefix="job") as pool:
+            started = 0
+            while not parts.stopping.is_set():
+                current = parts.observation.plan()
+                started += _submit(context, pool, running, current, started)
+                if not running:
+                    _settle(context.summary, current)
+                    break
+                _collect(context, running)
+                if not context.until_idle and not running:
+                    break
+    finally:
+        # A pass ended by an error (the store cannot write): its jobs have all returned now,
+        # and an action that never claimed its key must not hold its budget slot forever.
+        for action in running.values():
+            parts.observation.submitted.pop(action.key, None)
 
 
 def export(context: PassContext) -> None:

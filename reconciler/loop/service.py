@@ -20,9 +20,19 @@ import structlog
 
 from reconciler.loop.reconciler import Reconciler
 from reconciler.report.notify.metrics import LoopMetrics
+from reconciler.state import StoreWriteFailed
 
 EXPORT_STOP_WAIT = 30.0
 """Seconds the service waits, on stop, for exports still running."""
+
+STORE_RETRY_FIRST = 1.0
+"""Seconds before the first retry after a state store write failed; doubled on each failure
+that follows, up to the pass interval."""
+
+
+def store_backoff(failures: int, interval: float) -> float:
+    """Seconds to wait after the ``failures``-th state store failure in a row (1, 2, ...)."""
+    return min(interval, STORE_RETRY_FIRST * 2.0 ** min(failures - 1, 30))
 
 
 def configure_logging(stream: TextIO | None = None) -> None:
@@ -64,6 +74,14 @@ class Service:
         self.wake = threading.Event()
         self.last_pass = 0.0
         """time.time() of the last pass that had a revision in force (0: none yet)."""
+        self.store_failure: str | None = None
+        """Why the state store could not be written, until a pass succeeds again."""
+        self.store_failures = 0
+        """State store failures in a row (the back-off grows with them)."""
+        self.recovering = True
+        """Jobs may be left running in the store by a crash or a failed write: abandon them
+        before the next pass (this process runs none between passes; the writer lock says no
+        other process does)."""
 
     def stop(self, *_: object) -> None:
         """Stop after the running jobs (a signal handler, a lost leader lease)."""
@@ -71,22 +89,28 @@ class Service:
         self.wake.set()
 
     def healthy(self) -> bool:
-        return self.last_pass > 0 and time.time() - self.last_pass < max(3 * self.interval, 300)
+        return self.problem() is None
+
+    def problem(self) -> str | None:
+        """Why the service is not healthy (what /healthz says with its 503), or None."""
+        if self.store_failure is not None:
+            return f"the state store cannot be written: {self.store_failure}"
+        if self.last_pass > 0 and time.time() - self.last_pass < max(3 * self.interval, 300):
+            return None
+        return "no successful reconcile yet"
 
     def run(self, ready: threading.Event | None = None) -> None:
         reconciler = self.reconciler
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.stop)
         self.metrics.refresh()  # what a previous run recorded, before the first pass ends
-        server = http_endpoints(self.host, self.port, self.metrics, self.healthy)
+        server = http_endpoints(self.host, self.port, self.metrics, self.problem)
         unwatch = reconciler.source.watch(self.wake.set)
         if ready is not None:
             ready.set()
-        reconciler.recover()
         try:
             while not reconciler.stopping.is_set():
-                self._pass()
-                self.wake.wait(self.interval)
+                self.wake.wait(self._attempt())
                 self.wake.clear()
         finally:
             unwatch()
@@ -95,6 +119,28 @@ class Service:
             if not reconciler.wait_for_exports(EXPORT_STOP_WAIT):
                 reconciler.log.warning("stopped with a report export still running")
             reconciler.log.info("stopped")
+
+    def _attempt(self) -> float:
+        """One pass, after recovering the jobs a crash (or a failed write) left running; the
+        seconds to wait before the next. A state store that cannot be written (a full disk)
+        ends the pass, never the service: logged, counted, unhealthy, retried with back-off."""
+        try:
+            if self.recovering:
+                self.reconciler.recover()
+                self.recovering = False
+            self._pass()
+        except StoreWriteFailed as exc:
+            self.recovering = True
+            self.store_failures += 1
+            self.store_failure = str(exc)
+            self.metrics.store_errors.inc()
+            self.metrics.store_writable.set(0)
+            retry = store_backoff(self.store_failures, self.interval)
+            self.reconciler.log.error("state store write failed", error=str(exc), retry_in=retry)
+            return retry
+        self.store_failures, self.store_failure = 0, None
+        self.metrics.store_writable.set(1)
+        return self.interval
 
     def _pass(self) -> None:
         metrics = self.metrics
@@ -122,21 +168,19 @@ def serve(
 
 
 def http_endpoints(
-    host: str, port: int, metrics: LoopMetrics, healthy: Callable[[], bool]
+    host: str, port: int, metrics: LoopMetrics, problem: Callable[[], str | None]
 ) -> ThreadingHTTPServer:
-    """/metrics and /healthz on HOST:PORT, served from a daemon thread; ``shutdown()`` stops it."""
+    """/metrics and /healthz on HOST:PORT, served from a daemon thread; ``shutdown()`` stops it.
+    /healthz is 200 while ``problem()`` is None, else 503 with the problem."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/metrics":
                 body, code, kind = metrics.render(), 200, "text/plain; version=0.0.4"
             elif self.path == "/healthz":
-                ok = healthy()
-                body, code, kind = (
-                    (b"ok\n" if ok else b"no successful reconcile yet\n"),
-                    (200 if ok else 503),
-                    "text/plain",
-                )
+                why = problem()
+                body = b"ok\n" if why is None else f"{why}\n".encode()
+                code, kind = (200 if why is None else 503), "text/plain"
             else:
                 body, code, kind = b"not found\n", 404, "text/plain"
             self.send_response(code)

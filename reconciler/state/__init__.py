@@ -6,8 +6,13 @@ An I/O edge, like ``sources`` and ``dispatch``: the SQLite store owns its file a
 nothing else; ``state.kubernetes`` writes the same observed state into the custom resources'
 ``/status`` (the only module here that talks to the network). It decides nothing; callers pass
 ``now``.
+
+One process writes and dispatches from a store at a time: ``state.lock`` is that lock's interface
+(:class:`WriterLock`) and SQLite's implementation (:class:`FileLock`, ``flock`` on
+``<state>.lock``); readers take none.
 """
 
+from reconciler.state.lock import FileLock, Holder, WriterLock, lock_path
 from reconciler.state.records import (
     InstanceRecord,
     JobError,
@@ -22,6 +27,9 @@ from reconciler.state.records import (
     StoredEvaluation,
     StoredPatch,
     StoredSummary,
+    StoreLocked,
+    StoreUnusable,
+    StoreWriteFailed,
     UnknownJob,
     WindowExecution,
 )
@@ -30,6 +38,8 @@ from reconciler.state.store import StateStore
 
 __all__ = [
     "SCHEMA_VERSION",
+    "FileLock",
+    "Holder",
     "InstanceRecord",
     "JobError",
     "JobNotRunning",
@@ -41,9 +51,14 @@ __all__ = [
     "ScanRecord",
     "StateError",
     "StateStore",
+    "StoreLocked",
+    "StoreUnusable",
+    "StoreWriteFailed",
     "StoredEvaluation",
     "StoredPatch",
     "StoredSummary",
     "UnknownJob",
     "WindowExecution",
+    "WriterLock",
+    "lock_path",
 ]

@@ -1,6 +1,6 @@
 """Stage: state. The values the store hands out (frozen records), its errors, and the encoding of
 times and documents in SQLite. Pure: no I/O and nothing from ``reconciler`` outside ``state`` but
-the schema's enumerations (``api.enums``).
+the schema's enumerations (``api.enums``) and the error taxonomy (``errors``).
 
 Times are stored as UTC ISO 8601 text with microseconds (``2024-05-01T12:00:00.000000+00:00``):
 every value has the same width, so SQLite's text order is time order and ``ORDER BY`` and
@@ -22,6 +22,7 @@ from reconciler.api.enums import (
     Operation,
     ReportRunStatus,
 )
+from reconciler.errors import PermanentError, TemporaryError
 
 JOB_STATUSES = tuple(status.value for status in JobStatus)
 FINISHED_STATUSES = tuple(s.value for s in JobStatus if s is not JobStatus.RUNNING)
@@ -31,6 +32,20 @@ REPORT_RUN_STATUSES = tuple(status.value for status in ReportRunStatus)
 
 class StateError(Exception):
     """The state store cannot do what was asked (the file, or the history, forbids it)."""
+
+
+class StoreUnusable(StateError, PermanentError):
+    """The store cannot be used as asked until somebody acts (a corrupt or read-only file, a
+    newer schema, a lock held by another process); the message says what to do, in one line."""
+
+
+class StoreLocked(StoreUnusable):
+    """Another process holds the store's writer lock (:mod:`reconciler.state.lock`)."""
+
+
+class StoreWriteFailed(StateError, TemporaryError):
+    """A write failed for a reason that passes (a full disk, an I/O error): nothing of it was
+    written, and the same write may succeed later. The service backs off and retries."""
 
 
 class UnknownJob(StateError, LookupError):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from reconciler.state.records import StateError
+from reconciler.state.records import StoreUnusable
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -28,12 +28,14 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
         # Some errors (disk full, I/O) already rolled back; a second ROLLBACK would hide them.
+        # A COMMIT that failed (disk full) may leave the transaction open: roll it back, or
+        # every later BEGIN fails with "cannot start a transaction within a transaction".
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 def _run(conn: sqlite3.Connection, statements: Iterable[str]) -> None:
@@ -330,7 +332,7 @@ def migrate(conn: sqlite3.Connection, target: int = LATEST) -> int:
     with immediate(conn):
         found = user_version(conn)
         if found > LATEST:
-            raise StateError(
+            raise StoreUnusable(
                 f"the state file has schema version {found}, newer than this program's {LATEST}:"
                 " upgrade patchwarden rather than risk writing an older schema into it"
             )

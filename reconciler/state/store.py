@@ -12,6 +12,12 @@ runs in ``BEGIN IMMEDIATE`` (the write lock is taken first, so nothing interleav
 timeout makes a second process wait instead of failing. Job claiming rests on a UNIQUE key, so
 it is exclusive across threads, processes and restarts alike. Do not share a store across
 ``fork()``; open one per process.
+
+One writer. SQLite's locks make each write safe, not two dispatching processes: a process that
+writes and dispatches opens the store with ``writer=`` and holds its writer lock
+(:mod:`reconciler.state.lock`) until it closes it. Errors. Opening a file SQLite cannot use
+raises :class:`StoreUnusable` saying what to do; a write that fails for a reason that passes
+(a full disk) raises :class:`StoreWriteFailed` and keeps nothing of that write.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from reconciler.api.enums import ExecutionStatus, JobStatus, Operation, ReportRunStatus
+from reconciler.state.lock import FileLock, Holder, WriterLock, lock_path
 from reconciler.state.records import (
     FINISHED_STATUSES,
     JOB_STATUSES,
@@ -44,6 +51,8 @@ from reconciler.state.records import (
     RevisionRecord,
     ScanRecord,
     StateError,
+    StoreUnusable,
+    StoreWriteFailed,
     UnknownJob,
     WindowExecution,
     from_text,
@@ -68,16 +77,21 @@ JOB_FILTERS = ("status", "instance", "window", "task", "opening")
 class StateStore:
     """The observed-state store. Safe to share between the threads of one process."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, writer: Holder | None = None) -> None:
+        """``writer``: this process writes and dispatches, so it takes the store's writer lock
+        first (:mod:`reconciler.state.lock`) and holds it until :meth:`close`; a second writer
+        is refused with :class:`StoreLocked`. Readers pass None and read beside the writer."""
         self.path = Path(path)
-        # 0700: the XDG state directory is private to the user; existing parents are left alone.
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = _connect(self.path)
+        self._writer: WriterLock | None = None
+        _check_place(self.path)
+        if writer is not None:
+            self._writer = FileLock(lock_path(self.path), str(self.path))
+            self._writer.acquire(writer)
         try:
-            migrate(self._conn)
+            self._conn: sqlite3.Connection | None = _open(self.path)
         except BaseException:
-            self._conn.close()
+            self._release_writer()
             raise
 
     @staticmethod
@@ -97,6 +111,12 @@ class StateStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            self._release_writer()
+
+    def _release_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
 
     def __enter__(self) -> Self:
         return self
@@ -114,7 +134,15 @@ class StateStore:
         with self._lock:
             if self._conn is None:
                 raise StateError(f"the state store {self.path} is closed")
-            yield self._conn
+            try:
+                yield self._conn
+            except sqlite3.OperationalError as exc:
+                if _primary(exc) not in TRANSIENT:
+                    raise
+                raise StoreWriteFailed(
+                    f"cannot write the state store {self.path}: {exc} (free space on its file"
+                    " system, or fix it, and try again; a running service retries by itself)"
+                ) from exc
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -356,7 +384,8 @@ class StateStore:
 
         For start-up after a crash: their outcome is unknown, and their keys stay taken so the
         planner decides afresh rather than re-dispatching blindly. Only call it while no other
-        process runs jobs from this file: it cannot tell their jobs from a dead process's.
+        process runs jobs from this file (it cannot tell their jobs from a dead process's): as
+        the holder of the writer lock, between passes.
         """
         finished = to_text(now)
         with self._write() as conn:
@@ -522,6 +551,87 @@ class StateStore:
         return {report: opening for report, opening in rows}
 
 
+TRANSIENT = frozenset(
+    {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_BUSY}
+)
+"""SQLite's primary result codes for a write that may succeed later, unchanged: a full disk, an
+I/O error, a file system remounted read-only, another process's write lock held too long."""
+
+
+def _primary(exc: sqlite3.Error) -> int | None:
+    """SQLite's primary result code of ``exc`` (the low byte of its extended code)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        # 0700: the XDG state directory is private to the user; existing parents are left alone.
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        why = "it is a file" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
+        raise StoreUnusable(
+            f"cannot create the state store's directory {path.parent}: {why}"
+            " (give --state a file in a directory this user may write)"
+        ) from None
+
+
+def _check_place(path: Path) -> None:
+    """The database's directory exists (made if need be) and the path is not a directory."""
+    _make_parent(path)
+    if path.is_dir():
+        raise StoreUnusable(
+            f"the state store {path} is a directory: --state takes the database file"
+            f" (e.g. {path / 'state.db'})"
+        )
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """A connection to the migrated store, or :class:`StoreUnusable` saying what to do."""
+    try:
+        conn = _connect(path)
+    except sqlite3.Error as exc:
+        raise _unusable(path, exc) from None
+    try:
+        migrate(conn)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _unusable(path, exc) from None
+    except StoreUnusable as exc:  # a newer schema: name the file
+        conn.close()
+        raise StoreUnusable(f"{path}: {exc}") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _unusable(path: Path, exc: sqlite3.Error) -> StoreUnusable:
+    """Why SQLite cannot open or migrate ``path``, and what to do about it."""
+    code = _primary(exc)
+    if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+        what = (
+            "is not a Patchwarden state database, or is damaged: restore it from a backup, or"
+            " move it aside to start a new history"
+        )
+    elif code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_CANTOPEN):
+        what = (
+            "cannot be opened for writing: give this user write access to the file and its"
+            " directory (SQLite keeps -wal and -shm files beside it), or another --state"
+        )
+    elif code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+        # Opening a store on a full file system fails creating its -shm file, as an I/O error.
+        what = (
+            "cannot be written: its file system is full or failing; free space (or fix it)"
+            " and try again"
+        )
+    elif code == sqlite3.SQLITE_BUSY:
+        what = "is locked by another process for too long: try again when it is done"
+    else:
+        what = "cannot be opened: check the file and the file system under it"
+    return StoreUnusable(f"the state store {path} {what} (SQLite: {exc})")
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     # isolation_level=None: the store writes BEGIN/COMMIT itself (see schema.immediate) instead
     # of the sqlite3 module's implicit deferred transactions, which can fail with SQLITE_BUSY
@@ -556,4 +666,7 @@ def _enable_wal(conn: sqlite3.Connection, path: Path) -> None:
                 raise
             time.sleep(0.01)
     if str(mode).lower() != "wal":
-        raise StateError(f"{path}: SQLite refused WAL mode (journal_mode is {mode!r})")
+        raise StoreUnusable(
+            f"the state store {path}: SQLite refused WAL mode (journal_mode is {mode!r}):"
+            " put the state on a local file system this user may write"
+        )

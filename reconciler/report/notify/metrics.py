@@ -72,6 +72,17 @@ class LoopMetrics:
             "Revisions refused whole (invalid or unsigned); each refused revision counts once.",
             registry=r,
         )
+        self.store_errors = Counter(
+            "patchwarden_state_store_errors",
+            "Passes ended because the state store could not be written (disk full, I/O error).",
+            registry=r,
+        )
+        self.store_writable = Gauge(
+            "patchwarden_state_store_writable",
+            "1 while the state store takes writes, 0 since a write failed until one succeeds.",
+            registry=r,
+        )
+        self.store_writable.set(1)
 
     def _declare_job_metrics(self, r: CollectorRegistry) -> None:
         """Jobs run on machines and what their installs did."""
