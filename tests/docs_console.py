@@ -74,7 +74,7 @@ def not_run_reason(example: Example) -> str | None:
     """The reason given in a ``<!-- docs: not-run ... -->`` comment right before the block."""
     before = example.document.text[: example.start]
     found = NOT_RUN.search(before.rstrip("\n").rsplit("\n\n", 1)[-1] + "\n")
-    return found.group("reason").strip() if found else None
+    return found.group("reason").strip(" :\n") if found else None
 
 
 # -- running a command --------------------------------------------------------------------------
@@ -192,6 +192,8 @@ def evaluate(example: Example) -> str | None:
     namespace holds the ``Workspace`` under ``"workspace"``."""
     workspace: Workspace = example.namespace["workspace"]
     reason = not_run_reason(example)
+    if reason == "":
+        return f"line {example.line}: say why the block cannot run: <!-- docs: not-run: WHY -->"
     for command in transcript(example.parsed, example.line + 1):
         if reason is None:
             problem = run(command, workspace.cwd, workspace.env)
