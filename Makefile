@@ -16,11 +16,17 @@ SYSTEM_PACKAGES ?= git gnupg openssh-server openssh-client \
 	etcd-server golang-1.19-go rsync golang-github-modern-go-reflect2-dev dpkg-dev \
 	faketime
 
+# patchctl lives in the virtualenv, which a new shell does not have on PATH: say how to get it,
+# as the last line of the targets a newcomer runs first (absolute, so it works from anywhere).
+ON_PATH = @echo "To run patchctl in a new shell: . $(abspath $(VENV))/bin/activate   (or, for every shell: pipx install $(CURDIR))"
+
 install: ## virtualenv + system and Python packages (idempotent)
 	@SYSTEM_PACKAGES="$(SYSTEM_PACKAGES)" scripts/bootstrap
+	$(ON_PATH)
 
 demo: install ## the main job: a local fleet of Debian roots patched by the reconciler from a Git repo
 	$(PY) scripts/demo.py
+	$(ON_PATH)
 
 kube-apiserver: install ## build (once, ~4 min; cached) the real kube-apiserver the apiserver tests run
 	scripts/kube-apiserver build

@@ -1,9 +1,9 @@
 """Stage: cli — ``patchctl``, the composition root: the only place adapters are chosen.
 
-Exit codes (DESIGN §6): 0 ok, 1 invalid input or failed operation, 2 usage error, 3 non-compliant
-when ``--fail-on-noncompliant`` is given. No traceback reaches a user: bad input is reported as
-``file:line: field: message``; anything unexpected as one line (PATCHWARDEN_DEBUG=1 shows the
-traceback).
+Exit codes (README.md, "Using it"): 0 ok, 1 invalid input or failed operation, 2 usage error,
+3 non-compliant when ``--fail-on-noncompliant`` is given. No traceback reaches a user: bad input
+is reported as ``file:line: field: message``; anything unexpected as one line
+(PATCHWARDEN_DEBUG=1 shows the traceback).
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="validate a directory of resources (or one file)")
     p.add_argument("path", nargs="?", default=".", type=Path)
-    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
+    _output_arg(p, "table", "json", "yaml")
     p.set_defaults(handler=_validate)
 
     p = sub.add_parser(
@@ -204,7 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="what the next reconcile would do now, and why the rest waits")
     _loop_args(p)
     p.add_argument("--now", type=_timestamp, default=None, help="plan as of this ISO-8601 time")
-    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
+    _output_arg(p, "table", "json", "yaml")
     p.set_defaults(handler=_plan)
 
     p = sub.add_parser(
@@ -215,7 +215,7 @@ def _parser() -> argparse.ArgumentParser:
         "--once", action="store_true", help="stop when converged or only waiting (the default)"
     )
     p.add_argument("--workers", type=int, default=10, help="jobs run at once, at most")
-    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
+    _output_arg(p, "table", "json", "yaml")
     _audit_log_arg(p)
     _events_args(p)
     p.set_defaults(handler=_reconcile)
@@ -252,7 +252,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", default="main")
     p.add_argument("--count", type=int, default=3, help="openings to list per window")
     p.add_argument("--now", type=_timestamp, default=None)
-    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
+    _output_arg(p, "table", "json", "yaml")
     p.set_defaults(handler=_windows)
 
     p = sub.add_parser(
@@ -266,7 +266,7 @@ def _parser() -> argparse.ArgumentParser:
         "--history", action="store_true", help="how the instance's compliance changed, and why"
     )
     _state_arg(p)
-    p.add_argument("-o", "--output", choices=("table", "json", "yaml", "csv"), default=None)
+    _output_arg(p, "table", "json", "yaml", "csv")
     p.set_defaults(handler=_compliance)
 
     p = sub.add_parser(
@@ -289,7 +289,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--limit", type=int, default=100, help="with --runs: at most this many (default 100)"
     )
-    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
+    _output_arg(p, "table", "json", "yaml", when="with --runs: ")
     _s3_endpoint_arg(p)
     p.add_argument(
         "--format",
@@ -323,7 +323,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="only under this revision (or a commit's short sha)")
     _audit_log_arg(p)
     _state_arg(p)
-    p.add_argument("-o", "--output", choices=("table", "json", "jsonl", "yaml"), default=None)
+    _output_arg(p, "table", "json", "jsonl", "yaml")
     p.set_defaults(handler=_audit)
 
     p = sub.add_parser(
@@ -347,7 +347,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--to", type=Path, help="write the findings (a JSON list) to this file")
     _state_arg(p)
-    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
+    _output_arg(p, "table", "json", "yaml")
     p.set_defaults(handler=_findings)
 
     p = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the schema")
@@ -395,7 +395,15 @@ def _common_evaluation_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="evaluate as of this ISO-8601 time (default: now, UTC)",
     )
-    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
+    _output_arg(p, "table", "json", "yaml")
+
+
+def _output_arg(p: argparse.ArgumentParser, *choices: str, when: str = "") -> None:
+    # A table unless -o says otherwise, piped or not (as kubectl): a script asks for what it
+    # parses, and `patchctl ... | less` shows what the terminal shows. None, not "table", so
+    # a command can tell whether -o was given (report: only with --runs).
+    text = f"{when}output format (default: table, also when piped)"
+    p.add_argument("-o", "--output", choices=choices, default=None, help=text)
 
 
 def _machine_args(p: argparse.ArgumentParser) -> None:
@@ -640,7 +648,7 @@ def _timestamp(text: str) -> datetime:
 
 
 def _format(args: argparse.Namespace) -> str:
-    return str(args.output or ("table" if sys.stdout.isatty() else "json"))
+    return str(args.output or "table")
 
 
 # -- commands -----------------------------------------------------------------------------------

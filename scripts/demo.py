@@ -9,12 +9,14 @@
    patched within the window's budgets (at most 50% at once) until it converges, and the
    before/after compliance is shown.
 
-Everything lives under build/demo (state database, Git clones, logs); run it again to start over.
+Everything lives under build/demo, or the directory given as the only argument (state database,
+Git clones, logs); run it again to start over.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -88,10 +90,10 @@ spec:
 """
 
 
-def instance(name: str) -> str:
+def instance(name: str, demo: Path) -> str:
     return (f"apiVersion: patchwarden.io/v1alpha1\nkind: ManagedInstance\nmetadata:\n  name: {name}\n"
             f"  labels: {{app: demo, tier: {name.split('-')[0]}}}\nspec:\n"
-            f"  connection: {{type: local, root: {DEMO / 'fleet' / name}}}\n")
+            f"  connection: {{type: local, root: {demo / 'fleet' / name}}}\n")
 
 
 def git(*args: str, cwd: Path) -> None:
@@ -100,44 +102,47 @@ def git(*args: str, cwd: Path) -> None:
     subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
 
 
-def reconcile(url: str, title: str) -> None:
+def reconcile(url: str, title: str, demo: Path) -> None:
     print(f"\n=== {title} ===", flush=True)
-    with (DEMO / "reconcile.log").open("a") as log:
-        subprocess.run([*PATCHCTL, "reconcile", "--source", url, "--state", str(DEMO / "state.db"), "-o", "table"],
+    with (demo / "reconcile.log").open("a") as log:
+        subprocess.run([*PATCHCTL, "reconcile", "--source", url, "--state", str(demo / "state.db"), "-o", "table"],
                        check=True, stderr=log)
 
 
-def main() -> int:
-    shutil.rmtree(DEMO, ignore_errors=True)
-    DEMO.mkdir(parents=True)
-    repo = Repo(DEMO / "repo")
+def main(argv: list[str]) -> int:
+    demo = Path(argv[1]).resolve() if len(argv) > 1 else DEMO
+    shutil.rmtree(demo, ignore_errors=True)
+    demo.mkdir(parents=True)
+    repo = Repo(demo / "repo")
     repo.add("stable", *OLD, *UPDATES, origin="Debian", label="Debian", codename="bookworm")
     repo.add("stable-security", *SECURITY, origin="Debian", label="Debian-Security", codename="bookworm-security")
     repo.publish()
     for name in FLEET:
-        make_root(DEMO / "fleet" / name, repo.uri, ["stable", "stable-security"], installed=OLD)
-    print(f"Built an apt repository and {len(FLEET)} Debian systems in {DEMO / 'fleet'}.")
+        make_root(demo / "fleet" / name, repo.uri, ["stable", "stable-security"], installed=OLD)
+    print(f"Built an apt repository and {len(FLEET)} Debian systems in {demo / 'fleet'}.")
 
-    bare, work = DEMO / "config.git", DEMO / "config"
-    git("init", "--bare", "--initial-branch=main", str(bare), cwd=DEMO)
-    git("clone", str(bare), str(work), cwd=DEMO)
+    bare, work = demo / "config.git", demo / "config"
+    git("init", "--bare", "--initial-branch=main", str(bare), cwd=demo)
+    git("clone", str(bare), str(work), cwd=demo)
     (work / "fleet.yaml").write_text(BASELINE)
-    (work / "instances.yaml").write_text("---\n".join(instance(n) for n in FLEET))
+    (work / "instances.yaml").write_text("---\n".join(instance(n, demo) for n in FLEET))
     git("add", ".", cwd=work)
     git("commit", "-m", "Baseline, group and instances", cwd=work)
     git("push", "origin", "HEAD:main", cwd=work)
     url = f"file://{bare}"
-    reconcile(url, "Before: the fleet as committed, no maintenance window yet (scan only)")
+    reconcile(url, "Before: the fleet as committed, no maintenance window yet (scan only)", demo)
 
     (work / "window.yaml").write_text(WINDOW)
     git("add", ".", cwd=work)
     git("commit", "-m", "Open a maintenance window", cwd=work)
     git("push", "origin", "HEAD:main", cwd=work)
-    reconcile(url, "After: a window is committed; the reconciler patches the fleet inside it")
-    print(f"\nState: {DEMO / 'state.db'}; JSON logs: {DEMO / 'reconcile.log'}.")
-    print("Try: patchctl plan --source", url, "--state", DEMO / "state.db")
+    reconcile(url, "After: a window is committed; the reconciler patches the fleet inside it", demo)
+    print(f"\nState: {demo / 'state.db'}; JSON logs: {demo / 'reconcile.log'}.")
+    # The virtualenv's patchctl by its full path: a new shell has no activated virtualenv.
+    patchctl = Path(sys.executable).parent / "patchctl"
+    print("Try:", shlex.join([str(patchctl), "plan", "--source", url, "--state", str(demo / "state.db")]))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv))

@@ -1,4 +1,5 @@
-"""`patchctl evaluate` and `patchctl explain` end to end on the example fleet (DESIGN §4, §6)."""
+"""`patchctl evaluate` and `patchctl explain` end to end on the example fleet (the evaluation
+document of docs/ssm-semantics.md; the exit codes of README.md)."""
 
 from __future__ import annotations
 
@@ -234,3 +235,13 @@ def test_usage_errors_exit_2() -> None:
         ).returncode
         == 2
     )
+
+
+def test_piped_output_is_the_table_unless_o_asks_for_json() -> None:
+    """As kubectl: `patchctl ... | less` shows what the terminal shows; scripts ask with -o."""
+    source = ("--source", "examples", "--inventory", "examples/inventories", "--now", NOW)
+    table = patchctl("evaluate", *source)
+    assert table.returncode == 0, table.stderr
+    assert "┃ Instance" in table.stdout and not table.stdout.startswith(("[", "{"))
+    as_json = patchctl("evaluate", *source, "-o", "json")
+    assert {r["instanceId"] for r in json.loads(as_json.stdout)} >= {"web-1", "db-1"}

@@ -1,6 +1,6 @@
 """Decision engine, Debian family (UBUNTU, DEBIAN, RASPBIAN): one case per documented SSM rule.
 
-Facts from shared/reference/ssm-patch-manager.md §1.4-§1.9, §2 and §3.1: security means "the
+Facts from docs/ssm-semantics.md §1.4-§1.9, §2 and §3.1: security means "the
 candidate comes from the security pocket", filters are PRIORITY/SECTION/PRODUCT, patch ids are
 package names, there are no release dates.
 """

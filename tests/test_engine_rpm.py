@@ -1,6 +1,6 @@
 """Decision engine, RPM family (Amazon Linux, RHEL, CentOS, Oracle, Rocky, Alma) and SUSE.
 
-One case per documented SSM rule (shared/reference/ssm-patch-manager.md §1.4-§1.9, §2, §3.1, §3.3):
+One case per documented SSM rule (docs/ssm-semantics.md §1.4-§1.9, §2, §3.1, §3.3):
 update notices make a version eligible, approve-after-days/approve-until-date count UTC days from
 each OS's date source with SSM's fallbacks, patch ids may be CVE, advisory, Bugzilla or full names.
 """

@@ -218,7 +218,7 @@ def test_metrics_of_patchctl_run_equal_the_fleets_real_state(
     assert first.value("patchwarden_snapshots_accepted_total") == 1
     assert first.value("patchwarden_snapshot_refusals_total") == 0
     assert first.value("patchwarden_patches_installed_total") == 0
-    assert first.samples.get("patchwarden_reboots_total", []) == []
+    assert first.by("patchwarden_reboots_total", "performed") == {"true": 0, "false": 0}
     assert first.value("patchwarden_reconcile_passes_total") >= 1
     assert first.value("patchwarden_reconcile_duration_seconds_count") >= 1
     last = first.value("patchwarden_last_successful_reconcile_timestamp_seconds")
@@ -290,6 +290,39 @@ def test_metrics_of_patchctl_run_equal_the_fleets_real_state(
 
     # The sample dashboard asks only for what this endpoint serves.
     assert_dashboard_queries_exist(third)
+
+
+def test_every_labelled_counter_is_served_at_zero_before_its_first_event(tmp_path: Path) -> None:
+    """increase() sees a counter's first increment only if the series was there, at 0, before
+    it: a fleet with no instances yet (no job, no install, no reboot) already serves them."""
+    source = tmp_path / "source"
+    source.mkdir()
+    port, log = free_port(), tmp_path / "run.log"
+    argv = ["run", "--source", str(source), "--state", str(tmp_path / "state.db")]
+    with log.open("wb") as err:
+        process = subprocess.Popen(
+            [*PATCHCTL, *argv, "--listen", f"127.0.0.1:{port}"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until("/healthz", lambda: healthy(base), timeout=60, detail=tail_of(log))
+        metrics = scrape(base)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    for operation in ("Scan", "Install"):
+        assert metrics.value("patchwarden_jobs_started_total", operation=operation) == 0
+        assert metrics.value("patchwarden_job_duration_seconds_count", operation=operation) == 0
+        for status in ("succeeded", "failed"):
+            jobs = metrics.value("patchwarden_jobs_total", operation=operation, status=status)
+            assert jobs == 0
+    assert metrics.by("patchwarden_reboots_total", "performed") == {"true": 0, "false": 0}
+    assert metrics.value("patchwarden_patches_installed_total") == 0
+    assert metrics.by("patchwarden_missing_patches", "severity") == dict.fromkeys(LEVELS, 0.0)
 
 
 # --- the Grafana dashboard ---------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Stage: agent. What the machine is: OS, version, architecture, kernel, pending reboot.
 
 Everything is read below the system root (``/`` for the host, a directory for a system rooted
-there), so the same code describes the host and an isolated root (DESIGN §5).
+there), so the same code describes the host and an isolated root (docs/agent.md, --root).
 """
 
 import os

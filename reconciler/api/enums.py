@@ -2,7 +2,7 @@
 
 Everything here is data: the 15 ``OperatingSystem`` values, the patch filter keys, which keys and
 values each OS accepts in a baseline, and the families that share one package manager. Facts come
-from the SSM API model and user guide (see ``shared/reference/ssm-patch-manager.md`` §1.3, §1.4).
+from the SSM API model and user guide (see docs/ssm-semantics.md §1.3, §1.4).
 This module may not import anything from the rest of ``reconciler``.
 """
 

@@ -1,7 +1,8 @@
 """Stage: api (the schema). The five resource kinds users write, once for Git and Kubernetes alike.
 
 Documents are Kubernetes-shaped (``apiVersion``, ``kind``, ``metadata``, ``spec``, ``status``) and
-their ``spec`` uses SSM's field names in camelCase with SSM's enums and limits (DESIGN §3). These
+their ``spec`` uses SSM's field names in camelCase with SSM's enums and limits
+(docs/ssm-semantics.md §1). These
 models check one document's shape and limits; checks that need the operating system's vocabulary
 live in :mod:`reconciler.api.checks`, and checks across documents in :mod:`reconciler.api.snapshot`.
 May not import anything outside ``reconciler.api``.
@@ -463,7 +464,7 @@ NamedFile = Annotated[str, AfterValidator(_plain), AfterValidator(_named_file)]
 
 
 class LocalConnection(Model):
-    """This host, or a system whose filesystem is rooted at a directory (DESIGN §5)."""
+    """This host, or a system whose filesystem is rooted at a directory (docs/agent.md, --root)."""
 
     type: Literal["local"]
     root: RootPath | None = None

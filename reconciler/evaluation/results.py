@@ -1,7 +1,8 @@
 """Stage: evaluation. The engine's outputs: per-patch results and SSM's per-instance counts.
 
 Plain frozen dataclasses (the engine creates millions of them in a fleet evaluation, so they are
-slotted and cheap). ``to_dict`` gives the CONTRACT shape of DESIGN §4 with camelCase keys. Pure.
+slotted and cheap). ``to_dict`` gives the evaluation document (docs/ssm-semantics.md) with
+camelCase keys. Pure.
 """
 
 from __future__ import annotations

@@ -18,11 +18,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from reconciler.api.enums import JobStatus, Operation
 from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.report.views.csvreport import LEVELS
 from reconciler.state import ScanRecord, StateStore
 
 STATUSES = ("COMPLIANT", "NON_COMPLIANT")
+FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED)
+"""The statuses a job finishes with (``Kind.JOB_FINISHED``)."""
 OUTSTANDING = frozenset({"MISSING", "FAILED"})
 """Patch states that still need an install: what ``patchwarden_missing_patches`` counts."""
 
@@ -47,6 +50,21 @@ class LoopMetrics:
         self._declare_fleet_metrics(self.registry)
         self._deliveries = _Deliveries()
         self.registry.register(self._deliveries)
+        self._start_at_zero()
+
+    def _start_at_zero(self) -> None:
+        """Create every labelled series for each known label value, at 0, before any event.
+
+        A labelled series otherwise appears only with its first increment, already at 1, and
+        Prometheus' increase() and rate() need an earlier sample to see a rise: the first failed
+        job or reboot would never show."""
+        for operation in Operation:
+            self.jobs_started.labels(operation=operation.value)
+            self.job_seconds.labels(operation=operation.value)
+            for status in FINISHED:
+                self.jobs.labels(operation=operation.value, status=status.value)
+        for performed in ("true", "false"):
+            self.reboots.labels(performed=performed)
         for level in LEVELS:
             self.missing.labels(severity=level).set(0)
 

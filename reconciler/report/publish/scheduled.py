@@ -2,7 +2,7 @@
 covers, and the names its files get. Pure: no clock of its own (callers pass ``now``), no I/O; the
 loop reads the store, builds the report, publishes it and records the run.
 
-When a report is due (DESIGN §3, ComplianceReport):
+When a report is due (docs/reports.md, ComplianceReport):
 
 - Its ``schedule`` and ``scheduleTimezone`` are read exactly as a MaintenanceWindow's (cron as
   wall-clock time in the zone, DST gaps skipped; ``rate`` from the epoch; ``at`` once, in UTC):

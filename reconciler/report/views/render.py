@@ -1,6 +1,7 @@
 """Stage: report — views. Rendering evaluations for people (rich tables) and machines (JSON, YAML).
 
-The JSON/YAML shape is the CONTRACT of DESIGN §4: one object per instance, a list when several
+The JSON/YAML shape is the evaluation document of docs/ssm-semantics.md: one object per instance,
+a list when several
 instances are reported. Tables show the counts, then the patches that need attention. Writes only
 to the stream it is given.
 """
