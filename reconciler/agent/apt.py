@@ -12,7 +12,7 @@ import fnmatch
 import os
 import re
 import time
-from typing import Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from reconciler.agent.errors import (
     CommandFailed,
@@ -23,7 +23,7 @@ from reconciler.agent.errors import (
     RepositoryError,
 )
 from reconciler.agent.facts import below, reboot_required
-from reconciler.agent.runner import Result, Running, run
+from reconciler.agent.runner import Result, Running, note, private_dir, run
 
 APT_GET = "/usr/bin/apt-get"
 APT_CACHE = "/usr/bin/apt-cache"
@@ -159,7 +159,6 @@ class Apt:
             "/var/log/apt",
             "/var/lib/dpkg/info",
             "/var/lib/dpkg/updates",
-            "/etc/apt/apt.conf.d",
             "/etc/apt/preferences.d",
             "/etc/apt/sources.list.d",
             "/var/lib/patchwarden/tmp",
@@ -168,66 +167,52 @@ class Apt:
         status = below(self.root, "/var/lib/dpkg/status")
         if not os.path.exists(status):
             open(status, "a").close()
-        dpkg_options = [
-            '"--root={}"'.format(self.root),
-            '"--log={}"'.format(below(self.root, "/var/log/dpkg.log")),
+        _note_ignored_configuration(self.root)
+        # Our configuration, apt's HOME (dpkg reads $HOME/.dpkg.cfg, whose pre-invoke hooks run
+        # unchrooted) and the empty parts directory live outside the root: the root supplies
+        # sources, preferences, keyrings and dpkg's status, never configuration.
+        private = private_dir()
+        config = hardened_config(os.path.join(private, "empty")) + [
+            'Dir "{}/";'.format(self.root),
+            'Dir::State::status "{}";'.format(status),
+            'APT::Sandbox::User "root";',
+            'Acquire::Languages "none";',
+            "DPkg::Options {{ {}; }};".format(
+                "; ".join('"{}"'.format(a) for a in self._dpkg_args())
+            ),
+            'DPkg::Use-Pty "false";',
+            'Dpkg::Progress-Fancy "false";',
+            "",
         ]
-        if not os.path.exists(below(self.root, "/bin/sh")):
-            # No shell inside: maintainer scripts run outside with DPKG_ROOT set (apt.md §2.4).
-            dpkg_options.append('"--force-script-chrootless"')
-        if self.unprivileged:
-            dpkg_options.insert(0, '"--force-not-root"')
-        config = "\n".join(
-            [
-                'Dir "{}/";'.format(self.root),
-                'Dir::State::status "{}";'.format(status),
-                'APT::Sandbox::User "root";',
-                'Acquire::Languages "none";',
-                "DPkg::Options {{ {}; }};".format("; ".join(dpkg_options)),
-                'DPkg::Use-Pty "false";',
-                'Dpkg::Progress-Fancy "false";',
-                "",
-            ]
-        )
-        path = os.path.join(self.state_dir, "apt.conf")
-        _write_if_changed(path, config)
+        path = os.path.join(private, "apt.conf")
+        _write_if_changed(path, "\n".join(config))
         tmp = os.path.join(self.state_dir, "tmp")
-        self._env = {"APT_CONFIG": path, "TMPDIR": tmp, "HOME": self.state_dir}
+        self._env = {"APT_CONFIG": path, "TMPDIR": tmp, "HOME": private}
 
     def _prepare_private_state(self, base: Optional[str]) -> None:
         # A read-only scan of the host: the host's configuration and status, but private lists
         # and cache, and none of the host's hooks (an update would otherwise notify PackageKit or
-        # refresh the host's AppStream cache). apt reads APT_CONFIG before its parts directory,
-        # so the parts are included here, the hooks cleared, and the parts directory emptied.
+        # refresh the host's AppStream cache).
         base = os.path.abspath(
             base or os.path.join(os.path.expanduser("~"), ".cache", "patchwarden", "apt")
         )
-        for sub in ("lists/partial", "cache/archives/partial", "empty-parts"):
+        for sub in ("lists/partial", "cache/archives/partial"):
             os.makedirs(os.path.join(base, sub), exist_ok=True)
-        config = "\n".join(
-            [
-                '#include "/etc/apt/apt.conf.d/";',
-                "#clear APT::Update::Post-Invoke-Success;",
-                "#clear APT::Update::Post-Invoke;",
-                "#clear APT::Update::Pre-Invoke;",
-                "#clear DPkg::Pre-Invoke;",
-                "#clear DPkg::Post-Invoke;",
-                "#clear DPkg::Pre-Install-Pkgs;",
-                'Dir::Etc::Parts "{}/empty-parts/";'.format(base),
-                'Dir::State::Lists "{}/lists/";'.format(base),
-                'Dir::Cache "{}/cache/";'.format(base),
-                # Images often disable apt's binary cache; in our private cache it saves every
-                # apt-cache call from re-reading all package lists.
-                'Dir::Cache::pkgcache "pkgcache.bin";',
-                'Dir::Cache::srcpkgcache "srcpkgcache.bin";',
-                # ... and compressed lists make every record lookup (apt-cache show) decompress.
-                'Acquire::GzipIndexes "false";',
-                'Debug::NoLocking "true";',
-                "",
-            ]
-        )
+        host = [p for p in ("/etc/apt/apt.conf.d/", "/etc/apt/apt.conf") if os.path.exists(p)]
+        config = hardened_config(os.path.join(base, "empty-parts"), host) + [
+            'Dir::State::Lists "{}/lists/";'.format(base),
+            'Dir::Cache "{}/cache/";'.format(base),
+            # Images often disable apt's binary cache; in our private cache it saves every
+            # apt-cache call from re-reading all package lists.
+            'Dir::Cache::pkgcache "pkgcache.bin";',
+            'Dir::Cache::srcpkgcache "srcpkgcache.bin";',
+            # ... and compressed lists make every record lookup (apt-cache show) decompress.
+            'Acquire::GzipIndexes "false";',
+            'Debug::NoLocking "true";',
+            "",
+        ]
         path = os.path.join(base, "apt.conf")
-        _write_if_changed(path, config)
+        _write_if_changed(path, "\n".join(config))
         self._env = {"APT_CONFIG": path}
         self.read_only = True
 
@@ -537,6 +522,53 @@ class Apt:
 
     def reboot_pending(self) -> List[str]:
         return reboot_required(self.root)
+
+
+# Every apt option that names a command for apt or dpkg to run (apt.conf(5); apt 2.6's own list).
+APT_HOOKS = (
+    "APT::Update::Pre-Invoke",
+    "APT::Update::Post-Invoke",
+    "APT::Update::Post-Invoke-Success",
+    "APT::Update::Post-Invoke-Stats",
+    "APT::Install::Pre-Invoke",
+    "APT::Install::Post-Invoke-Success",
+    "DPkg::Pre-Invoke",
+    "DPkg::Post-Invoke",
+    "DPkg::Pre-Install-Pkgs",
+)
+
+
+def hardened_config(empty: str, includes: Sequence[str] = ()) -> List[str]:
+    """The first lines of every apt configuration the agent writes (scan and install alike):
+    ``includes`` (the host's own files, on a private-state scan of the host; never a root's),
+    every hook cleared, and apt's configuration files pointed at ``empty``, a private empty
+    directory. apt reads APT_CONFIG first, then Dir::Etc::Parts, then Dir::Etc::Main: left
+    alone, those two would be read from the root (``Dir``) and could add hooks back."""
+    os.makedirs(empty, exist_ok=True)
+    return (
+        ['#include "{}";'.format(path) for path in includes]
+        + ["#clear {};".format(hook) for hook in APT_HOOKS]
+        + [
+            'Dir::Etc::Parts "{}/";'.format(empty),
+            'Dir::Etc::Main "{}/apt.conf";'.format(empty),
+        ]
+    )
+
+
+def _note_ignored_configuration(root: str) -> None:
+    parts = below(root, "/etc/apt/apt.conf.d")
+    found = (
+        [below(root, "/etc/apt/apt.conf")]
+        if os.path.exists(below(root, "/etc/apt/apt.conf"))
+        else []
+    )
+    if os.path.isdir(parts):
+        found += [os.path.join(parts, name) for name in sorted(os.listdir(parts))]
+    if found:
+        note(
+            "ignored {} (a root's apt configuration is never read: its hooks would run on "
+            "this host; its sources, preferences and keyrings are used)".format(", ".join(found))
+        )
 
 
 # -- parsing ---------------------------------------------------------------------------------
