@@ -23,7 +23,15 @@ from reconciler.agent.errors import (
 from reconciler.api.inventory import Inventory
 from reconciler.evaluation import evaluate
 from tests.factories import NOW, baseline, rule, states
-from tests.rpmlab import SUSE_PACKAGES, SUSE_PREFIX, build_suse_repos, make_suse_root, rpm_q, zypper
+from tests.rpmlab import (
+    SUSE_PACKAGES,
+    SUSE_PREFIX,
+    build_suse_repos,
+    make_suse_root,
+    plant_hooks,
+    rpm_q,
+    zypper,
+)
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(["which", "zypper", "rpmbuild", "createrepo_c"], capture_output=True).returncode
@@ -159,6 +167,16 @@ def test_install_exact_versions(root: Path) -> None:
     # the next scan no longer offers them
     names = {u["name"] for u in agent.scan(str(root), None, refresh=False)["updates"]}  # type: ignore[attr-defined]
     assert "demo-net" not in names and "demo-lib" in names
+
+
+def test_a_roots_configuration_runs_no_code_on_the_host(root: Path, tmp_path: Path) -> None:
+    """An .rpmmacros where the agent used to put rpm's HOME, or a libzypp commit plugin in the
+    root, would run as root on the host."""
+    marker = tmp_path / "ran-on-the-host"
+    plant_hooks(root, marker)
+    assert "demo-net" in {u["name"] for u in agent.scan(str(root), None, refresh=True)["updates"]}  # type: ignore[attr-defined]
+    assert _by_name(_install(root, "demo-net=1.0-2"))["demo-net"]["result"] == "INSTALLED"
+    assert not marker.exists(), marker.read_text()
 
 
 def test_simulate_changes_nothing(root: Path) -> None:

@@ -3,9 +3,11 @@
 apt decides candidates (pinning included): we only ask it — ``apt-cache policy`` for installed and
 candidate versions with their package files, ``apt-cache policy`` without arguments for what each
 package file's Release says, ``apt-cache show`` for Priority/Section/Source/Depends. A system rooted
-at a directory is driven through ``APT_CONFIG`` pointing at a file inside the root, so none of the
-host's apt configuration is read, and dpkg gets ``--root``/``--log`` so nothing is written outside
-it (shared/testbeds/apt.md §2.3).
+at a directory is driven through ``APT_CONFIG`` pointing at the agent's own file (outside the
+root), so none of the host's apt configuration is read, and dpkg gets ``--root``/``--log`` so
+nothing is written outside it (shared/testbeds/apt.md §2.3). A root supplies data only (sources,
+preferences, keyrings, dpkg's status): never its apt.conf(.d), whose hooks would run on this host
+(:func:`hardened_config`), nor a download method that is a path (``Apt._check_methods``).
 """
 
 import fnmatch
@@ -34,6 +36,8 @@ DPKG_QUERY = "/usr/bin/dpkg-query"
 PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 VERSION = re.compile(r"^([0-9]+:)?[0-9][A-Za-z0-9.+~-]*$")
 ARCH = re.compile(r"^[a-z0-9-]+$")
+# A download method's name (http, https, file, mirror+http, tor+https...): never a path.
+_METHOD = re.compile(r"^[a-z0-9][a-z0-9+-]*$")
 
 _QUERY_FORMAT = (
     "\\t".join(
@@ -143,6 +147,7 @@ class Apt:
         ]  # type: List[str]
         if not self.is_host:
             self._prepare_root()
+            self._check_methods()
         elif self.unprivileged or private_state:
             self._prepare_private_state(private_state)
 
@@ -215,6 +220,31 @@ class Apt:
         _write_if_changed(path, "\n".join(config))
         self._env = {"APT_CONFIG": path}
         self.read_only = True
+
+    def _check_methods(self) -> None:
+        """Refuse a root whose sources name a download method that is not a method name: apt
+        runs ``/usr/lib/apt/methods/<scheme>`` and takes a scheme such as ``../../x`` as it is,
+        so a sources line could make it run any program on this host."""
+        listed = self.apt_get(
+            "indextargets", "--no-release-info", "--format", "$(REPO_URI)\t$(SOURCESENTRY)",
+            timeout=120,
+        )  # fmt: skip
+        for line in listed.stdout.splitlines():
+            uri, _, entry = line.partition("\t")
+            scheme = uri.partition(":")[0]
+            if not _METHOD.match(scheme):
+                raise RepositoryError(
+                    "{}: the repository {} names the download method {!r}, which is not a "
+                    "method name (a root may not make apt run a program); fix the root's "
+                    "sources".format(entry, uri, scheme),
+                    {"repository": uri, "source": entry},
+                )
+
+    @property
+    def environment(self) -> Dict[str, str]:
+        """What every apt and dpkg command on this system runs with (APT_CONFIG...), for
+        oracles and benchmarks that run apt itself the same way."""
+        return dict(self._env)
 
     def _dpkg_args(self) -> List[str]:
         args = [

@@ -115,6 +115,16 @@ def private_dir() -> str:
     return tempfile.mkdtemp(dir=_PRIVATE[0])
 
 
+def private_home() -> str:
+    """A :func:`private_dir` for rpm (dnf, yum, zypper) as HOME: its ``.rpmmacros`` keeps rpm's
+    database where RHEL and SUSE have it (Debian's rpm, used by the tests, defaults to
+    ``~/.rpmdb``, which would write outside the root)."""
+    home = private_dir()
+    with open(os.path.join(home, ".rpmmacros"), "w", encoding="utf-8") as handle:
+        handle.write("%_dbpath /var/lib/rpm\n")
+    return home
+
+
 def note(text: str) -> None:
     """One line for the agent's operator on stderr (stdout carries only the result document)."""
     sys.stderr.write("patchwarden-agent: {}\n".format(text))
