@@ -25,7 +25,7 @@ from reconciler.agent.errors import (
     RepositoryError,
 )
 from reconciler.agent.facts import below, reboot_required
-from reconciler.agent.runner import Result, Running, note, private_dir, run
+from reconciler.agent.runner import Result, Running, empty_dir, note, private_dir, run
 
 APT_GET = "/usr/bin/apt-get"
 APT_CACHE = "/usr/bin/apt-cache"
@@ -177,7 +177,7 @@ class Apt:
         # unchrooted) and the empty parts directory live outside the root: the root supplies
         # sources, preferences, keyrings and dpkg's status, never configuration.
         private = private_dir()
-        config = hardened_config(os.path.join(private, "empty")) + [
+        config = hardened_config(empty_dir(private)) + [
             'Dir "{}/";'.format(self.root),
             'Dir::State::status "{}";'.format(status),
             'APT::Sandbox::User "root";',

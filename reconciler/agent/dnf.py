@@ -26,10 +26,10 @@ from reconciler.agent.errors import (
     RepositoryError,
 )
 from reconciler.agent.facts import below
-from reconciler.agent.rootconf import empty_dir, private_config
+from reconciler.agent.rootconf import private_config
 from reconciler.agent.rpmmd import Metadata, by_package, iso_time, read_cache, source_name
 from reconciler.agent.rpmvercmp import EvrKey, compare_evr, evr_text
-from reconciler.agent.runner import Result, private_home, run
+from reconciler.agent.runner import Result, empty_dir, private_home, run
 
 RPM = "/usr/bin/rpm"
 # rpm's own NAME, VERSION and RELEASE syntax (no whitespace, no "-" in version/release).

@@ -11,7 +11,6 @@ every other option is left out (and named on stderr), and the agent adds what it
 """
 
 import configparser
-import os
 from typing import Dict, FrozenSet
 
 from reconciler.agent.errors import CommandFailed
@@ -50,13 +49,6 @@ def private_config(
     with open(target, "w", encoding="utf-8") as handle:
         out.write(handle, space_around_delimiters=False)
     return target
-
-
-def empty_dir(private: str) -> str:
-    """An empty directory inside ``private`` (to pin a plugin or configuration path to)."""
-    path = os.path.join(private, "empty")
-    os.makedirs(path, exist_ok=True)
-    return path
 
 
 def _parser() -> configparser.RawConfigParser:

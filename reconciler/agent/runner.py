@@ -115,6 +115,13 @@ def private_dir() -> str:
     return tempfile.mkdtemp(dir=_PRIVATE[0])
 
 
+def empty_dir(private: str) -> str:
+    """An empty directory inside ``private``, to pin a plugin or configuration path to."""
+    path = os.path.join(private, "empty")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def private_home() -> str:
     """A :func:`private_dir` for rpm (dnf, yum, zypper) as HOME: its ``.rpmmacros`` keeps rpm's
     database where RHEL and SUSE have it (Debian's rpm, used by the tests, defaults to
