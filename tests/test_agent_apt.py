@@ -88,7 +88,7 @@ def test_scan_without_refresh_uses_existing_lists(system_root: Path) -> None:
 
 
 def test_a_roots_apt_configuration_runs_nothing_on_the_host(
-    system_root: Path, tmp_path: Path
+    system_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Whoever is root inside a root must not run commands on the host through apt's or dpkg's
     hooks; the root's sources and preferences still count."""
@@ -103,6 +103,9 @@ def test_a_roots_apt_configuration_runs_nothing_on_the_host(
     result = install(str(system_root), ["pwtest-lib=1.0-2"], [], False, "NoReboot", False, 5)
     assert result["patches"][0]["result"] == "INSTALLED"
     assert not marker.exists(), marker.read_text()
+    assert (
+        "apt.conf.d/99hostile (a root's apt configuration is never read" in capsys.readouterr().err
+    )
 
 
 def test_a_download_method_outside_apts_methods_is_refused(tmp_path: Path, apt_repo: Repo) -> None:

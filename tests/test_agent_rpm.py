@@ -335,7 +335,9 @@ def test_install_exact_pins_and_record_reboot_in_a_root(fresh: Path) -> None:
     assert "demo-net" not in after and "glibc" not in after
 
 
-def test_a_roots_configuration_runs_no_code_on_the_host(fresh: Path, tmp_path: Path) -> None:
+def test_a_roots_configuration_runs_no_code_on_the_host(
+    fresh: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A plugin on the root's dnf.conf pluginpath, or an .rpmmacros where the agent used to put
     rpm's HOME, would run as root on the host; the root's repositories and excludes still count."""
     marker = tmp_path / "ran-on-the-host"
@@ -347,6 +349,8 @@ def test_a_roots_configuration_runs_no_code_on_the_host(fresh: Path, tmp_path: P
     result = install(str(fresh), ["demo-net:noarch=1.0-2"], [], False, "NoReboot", False, 30)
     assert [p["result"] for p in result["patches"]] == ["INSTALLED"]
     assert not marker.exists(), marker.read_text()
+    # The agent says what it ignored (its stderr; the scan goes on).
+    assert f"ignored from {conf}: pluginconfpath, pluginpath, plugins" in capsys.readouterr().err
 
 
 def test_simulate_changes_nothing(fresh: Path) -> None:

@@ -169,14 +169,21 @@ def test_install_exact_versions(root: Path) -> None:
     assert "demo-net" not in names and "demo-lib" in names
 
 
-def test_a_roots_configuration_runs_no_code_on_the_host(root: Path, tmp_path: Path) -> None:
+def test_a_roots_configuration_runs_no_code_on_the_host(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """An .rpmmacros where the agent used to put rpm's HOME, or a libzypp commit plugin in the
     root, would run as root on the host."""
     marker = tmp_path / "ran-on-the-host"
     plant_hooks(root, marker)
+    # libzypp runs this command for a package's update message; zypper --root would read it.
+    (root / "etc/zypp/zypp.conf").write_text(
+        f"[main]\nsolver.onlyRequires = true\nupdate.messages.notify = single | echo >> {marker}\n"
+    )
     assert "demo-net" in {u["name"] for u in agent.scan(str(root), None, refresh=True)["updates"]}  # type: ignore[attr-defined]
     assert _by_name(_install(root, "demo-net=1.0-2"))["demo-net"]["result"] == "INSTALLED"
     assert not marker.exists(), marker.read_text()
+    assert "zypp.conf: update.messages.notify (a root may not" in capsys.readouterr().err
 
 
 def test_simulate_changes_nothing(root: Path) -> None:
