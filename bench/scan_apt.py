@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._report import record  # noqa: E402
+from reconciler.agent.apt import Apt  # noqa: E402
 from tests.aptlab import Pkg, Repo, make_root  # noqa: E402
 
 TARGET = 1.3
@@ -76,15 +77,13 @@ def main() -> int:
             capture_output=True,
         )
         ours_argv = [sys.executable, "-I", "-S", str(pyz), "scan", "--root", str(root)]
-        _, out = timed(ours_argv, env)  # warm-up; also writes the root's apt.conf
+        _, out = timed(ours_argv, env)  # warm-up
         document = json.loads(out)
         upgradable = len(document["updates"])
         security = sum(1 for u in document["updates"] if u["security"])
-        apt_env = {
-            **env,
-            "APT_CONFIG": str(root / "var/lib/patchwarden/apt.conf"),
-            "LC_ALL": "C.UTF-8",
-        }
+        # The configuration the agent runs apt with lives in its private directory, gone when
+        # it exits: the reference gets the same one, made here.
+        apt_env = {**env, **Apt(str(root)).environment, "LC_ALL": "C.UTF-8"}
         ours, reference = [], []
         for _ in range(args.rounds):
             ours.append(timed(ours_argv, env)[0])

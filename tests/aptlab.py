@@ -238,3 +238,33 @@ def environ_without_apt() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("APT_CONFIG", None)
     return env
+
+
+# Every apt and dpkg option that runs a command, as a hostile root would set them.
+APT_HOOKS = (
+    "APT::Update::Pre-Invoke",
+    "APT::Update::Post-Invoke",
+    "APT::Update::Post-Invoke-Success",
+    "APT::Install::Pre-Invoke",
+    "APT::Install::Post-Invoke-Success",
+    "DPkg::Pre-Invoke",
+    "DPkg::Post-Invoke",
+    "DPkg::Pre-Install-Pkgs",
+)
+
+
+def plant_hooks(root: Path, marker: Path) -> None:
+    """What whoever is root inside ``root`` could write to run commands on the host: hooks in
+    apt.conf.d and apt.conf, and a dpkg pre-invoke in the HOME the agent used to give dpkg.
+    Each appends its name to ``marker`` (outside the root) when it runs."""
+    parts = root / "etc/apt/apt.conf.d"
+    parts.mkdir(parents=True, exist_ok=True)
+    (parts / "99hostile").write_text(
+        "".join(f'{hook} {{ "echo {hook} >> {marker}"; }};\n' for hook in APT_HOOKS)
+    )
+    (root / "etc/apt/apt.conf").write_text(
+        f'APT::Update::Pre-Invoke {{ "echo apt.conf >> {marker}"; }};\n'
+    )
+    home = root / "var/lib/patchwarden"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".dpkg.cfg").write_text(f'pre-invoke="echo .dpkg.cfg >> {marker}"\n')

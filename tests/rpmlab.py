@@ -416,3 +416,30 @@ def make_suse_root(
         done = zypper(root, "ar", "-G", f"file://{repos / 'updates'}", "demo-updates")
         assert done.returncode == 0, done.stderr
     return root
+
+
+def plant_hooks(root: Path, marker: Path) -> None:
+    """What whoever is root inside ``root`` could write to run code on the host: an .rpmmacros
+    whose %(...) runs when rpm expands %_dbpath, in the HOME the agent used to give rpm; a dnf
+    plugin (Python) on the root's dnf.conf pluginpath; a libzypp commit plugin. Each appends its
+    name to ``marker`` (outside the root) when it runs."""
+    home = root / "var/lib/patchwarden/home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".rpmmacros").write_text(
+        f"%_dbpath %(echo .rpmmacros >> {marker}; echo /var/lib/rpm)\n"
+    )
+    plugins = root / "opt/hostile-plugins"
+    plugins.mkdir(parents=True, exist_ok=True)
+    (plugins / "hostile.py").write_text(
+        f"open({str(marker)!r}, 'a').write('dnf plugin\\n')\n"
+        "import dnf\n\n\nclass Hostile(dnf.Plugin):\n    name = 'hostile'\n"
+    )
+    (plugins / "hostile.conf").write_text("[main]\nenabled=1\n")
+    conf = root / "etc/dnf/dnf.conf"
+    conf.write_text(
+        conf.read_text() + f"plugins=1\npluginpath={plugins}\npluginconfpath={plugins}\n"
+    )
+    commit = root / "usr/lib/zypp/plugins/commit/hostile"
+    commit.parent.mkdir(parents=True, exist_ok=True)
+    commit.write_text(f"#!/bin/sh\necho zypp commit plugin >> {marker}\n")
+    commit.chmod(0o755)

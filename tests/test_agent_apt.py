@@ -24,7 +24,7 @@ from reconciler.agent.errors import (
     PackageManagerBusy,
     RepositoryError,
 )
-from tests.aptlab import HttpRepo, Pkg, Repo, dpkg_state, make_root, seed
+from tests.aptlab import HttpRepo, Pkg, Repo, dpkg_state, make_root, plant_hooks, seed
 from tests.conftest import INSTALLED, needs_apt
 
 pytestmark = needs_apt
@@ -85,6 +85,44 @@ def test_scan_respects_apt_pinning(system_root: Path) -> None:
 def test_scan_without_refresh_uses_existing_lists(system_root: Path) -> None:
     assert scan(str(system_root), "n", refresh=True)["updates"]
     assert scan(str(system_root), "n", refresh=False)["updates"]
+
+
+def test_a_roots_apt_configuration_runs_nothing_on_the_host(
+    system_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Whoever is root inside a root must not run commands on the host through apt's or dpkg's
+    hooks; the root's sources and preferences still count."""
+    marker = tmp_path / "ran-on-the-host"
+    plant_hooks(system_root, marker)
+    prefs = system_root / "etc/apt/preferences.d/hold-other"
+    prefs.parent.mkdir(parents=True, exist_ok=True)
+    prefs.write_text("Package: pwtest-other\nPin: version 1.0-1\nPin-Priority: 1001\n")
+    document = scan(str(system_root), "node-1", refresh=True)
+    assert ("pwtest-lib", "1.0-2") in _updates(document)
+    assert "pwtest-other" not in {u["name"] for u in document["updates"]}
+    result = install(str(system_root), ["pwtest-lib=1.0-2"], [], False, "NoReboot", False, 5)
+    assert result["patches"][0]["result"] == "INSTALLED"
+    assert not marker.exists(), marker.read_text()
+    assert (
+        "apt.conf.d/99hostile (a root's apt configuration is never read" in capsys.readouterr().err
+    )
+
+
+def test_a_download_method_outside_apts_methods_is_refused(tmp_path: Path, apt_repo: Repo) -> None:
+    """apt runs /usr/lib/apt/methods/<scheme>, path and all: a root's sources line with a
+    scheme of ../../x would run any program on the host."""
+    marker = tmp_path / "ran-on-the-host"
+    program = tmp_path / "method"
+    program.write_text(f"#!/bin/sh\necho method >> {marker}\n")
+    program.chmod(0o755)
+    root = make_root(tmp_path / "r", apt_repo.uri, ["stable"], installed=INSTALLED)
+    hostile = "../" * 8 + str(program).lstrip("/") + ":/x"
+    with (root / "etc/apt/sources.list").open("a") as handle:
+        handle.write(f"deb [trusted=yes] {hostile} stable main\n")
+    with pytest.raises(RepositoryError) as caught:
+        scan(str(root), "r", refresh=True)
+    assert not marker.exists(), marker.read_text()
+    assert f"{root}/etc/apt/sources.list:2" in caught.value.message
 
 
 def test_unreachable_repository_fails_the_scan_naming_it(tmp_path: Path, apt_repo: Repo) -> None:

@@ -36,6 +36,7 @@ from tests.rpmlab import (
     base_and_updates,
     build_rpms,
     dnf_argv,
+    plant_hooks,
     rpm_env,
     rpm_q,
     seed_rpm_root,
@@ -160,9 +161,9 @@ def test_scan_reports_installed_and_updates_with_notice_data(rhel: Path) -> None
     plain = updates["demo-plain"]
     assert plain["security"] is False and plain["buildTime"]
     assert "classification" not in plain and "issued" not in plain and "advisoryIds" not in plain
-    # Nothing of the scan lands outside the root: dnf's cache and rpm's HOME are inside.
+    # dnf's cache is inside the root (rpm's HOME is the agent's own, outside it: see
+    # test_a_roots_configuration_runs_no_code_on_the_host).
     assert (rhel / "var/cache/dnf").is_dir()
-    assert (rhel / "var/lib/patchwarden/home/.rpmmacros").is_file()
 
 
 def test_engine_gives_ssm_states_on_the_scanned_inventory(rhel: Path) -> None:
@@ -332,6 +333,24 @@ def test_install_exact_pins_and_record_reboot_in_a_root(fresh: Path) -> None:
     # A rescan sees the new versions and no longer offers them.
     after = _by_name(scan(str(fresh), "x", refresh=False))
     assert "demo-net" not in after and "glibc" not in after
+
+
+def test_a_roots_configuration_runs_no_code_on_the_host(
+    fresh: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plugin on the root's dnf.conf pluginpath, or an .rpmmacros where the agent used to put
+    rpm's HOME, would run as root on the host; the root's repositories and excludes still count."""
+    marker = tmp_path / "ran-on-the-host"
+    plant_hooks(fresh, marker)
+    conf = fresh / "etc/dnf/dnf.conf"
+    conf.write_text(conf.read_text() + "exclude=demo-web\n")
+    updates = _by_name(scan(str(fresh), "x", refresh=True))
+    assert "demo-lib" in updates and "demo-web" not in updates
+    result = install(str(fresh), ["demo-net:noarch=1.0-2"], [], False, "NoReboot", False, 30)
+    assert [p["result"] for p in result["patches"]] == ["INSTALLED"]
+    assert not marker.exists(), marker.read_text()
+    # The agent says what it ignored (its stderr; the scan goes on).
+    assert f"ignored from {conf}: pluginconfpath, pluginpath, plugins" in capsys.readouterr().err
 
 
 def test_simulate_changes_nothing(fresh: Path) -> None:

@@ -23,7 +23,15 @@ from reconciler.agent.errors import (
 from reconciler.api.inventory import Inventory
 from reconciler.evaluation import evaluate
 from tests.factories import NOW, baseline, rule, states
-from tests.rpmlab import SUSE_PACKAGES, SUSE_PREFIX, build_suse_repos, make_suse_root, rpm_q, zypper
+from tests.rpmlab import (
+    SUSE_PACKAGES,
+    SUSE_PREFIX,
+    build_suse_repos,
+    make_suse_root,
+    plant_hooks,
+    rpm_q,
+    zypper,
+)
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(["which", "zypper", "rpmbuild", "createrepo_c"], capture_output=True).returncode
@@ -159,6 +167,23 @@ def test_install_exact_versions(root: Path) -> None:
     # the next scan no longer offers them
     names = {u["name"] for u in agent.scan(str(root), None, refresh=False)["updates"]}  # type: ignore[attr-defined]
     assert "demo-net" not in names and "demo-lib" in names
+
+
+def test_a_roots_configuration_runs_no_code_on_the_host(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An .rpmmacros where the agent used to put rpm's HOME, or a libzypp commit plugin in the
+    root, would run as root on the host."""
+    marker = tmp_path / "ran-on-the-host"
+    plant_hooks(root, marker)
+    # libzypp runs this command for a package's update message; zypper --root would read it.
+    (root / "etc/zypp/zypp.conf").write_text(
+        f"[main]\nsolver.onlyRequires = true\nupdate.messages.notify = single | echo >> {marker}\n"
+    )
+    assert "demo-net" in {u["name"] for u in agent.scan(str(root), None, refresh=True)["updates"]}  # type: ignore[attr-defined]
+    assert _by_name(_install(root, "demo-net=1.0-2"))["demo-net"]["result"] == "INSTALLED"
+    assert not marker.exists(), marker.read_text()
+    assert "zypp.conf: update.messages.notify (a root may not" in capsys.readouterr().err
 
 
 def test_simulate_changes_nothing(root: Path) -> None:

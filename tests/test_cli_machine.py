@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.aptlab import dpkg_state
+from tests.aptlab import dpkg_state, plant_hooks
 from tests.conftest import needs_apt
 
 pytestmark = needs_apt
@@ -109,6 +109,21 @@ def test_install_installs_exactly_the_approved_missing_patches(
     assert "pwtest-telnetd" not in state  # BLOCKed: never installed, not even as a dependency
     assert state["pwtest-other"][0] == "1.0-1"
     assert state["pwtest-inetd"][0] == "1.0-1"
+
+
+def test_scan_and_install_of_a_hostile_root_run_none_of_its_hooks(
+    system_root: Path, baseline_file: Path, tmp_path: Path
+) -> None:
+    """patchctl scan/install --root go through the local transport, as a reconcile does."""
+    marker = tmp_path / "ran-on-the-host"
+    plant_hooks(system_root, marker)
+    scanned = patchctl("scan", "--root", str(system_root), "-o", "json")
+    assert scanned.returncode == 0, scanned.stderr
+    installed = patchctl(
+        "install", "--root", str(system_root), "--baseline", str(baseline_file), "-o", "json"
+    )
+    assert json.loads(installed.stdout)["install"]["changed"] is True, installed.stderr
+    assert not marker.exists(), marker.read_text()
 
 
 def test_install_simulate_changes_nothing(system_root: Path, baseline_file: Path) -> None:

@@ -3,16 +3,18 @@
 apt decides candidates (pinning included): we only ask it — ``apt-cache policy`` for installed and
 candidate versions with their package files, ``apt-cache policy`` without arguments for what each
 package file's Release says, ``apt-cache show`` for Priority/Section/Source/Depends. A system rooted
-at a directory is driven through ``APT_CONFIG`` pointing at a file inside the root, so none of the
-host's apt configuration is read, and dpkg gets ``--root``/``--log`` so nothing is written outside
-it (shared/testbeds/apt.md §2.3).
+at a directory is driven through ``APT_CONFIG`` pointing at the agent's own file (outside the
+root), so none of the host's apt configuration is read, and dpkg gets ``--root``/``--log`` so
+nothing is written outside it (shared/testbeds/apt.md §2.3). A root supplies data only (sources,
+preferences, keyrings, dpkg's status): never its apt.conf(.d), whose hooks would run on this host
+(:func:`hardened_config`), nor a download method that is a path (``Apt._check_methods``).
 """
 
 import fnmatch
 import os
 import re
 import time
-from typing import Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from reconciler.agent.errors import (
     CommandFailed,
@@ -23,7 +25,7 @@ from reconciler.agent.errors import (
     RepositoryError,
 )
 from reconciler.agent.facts import below, reboot_required
-from reconciler.agent.runner import Result, Running, run
+from reconciler.agent.runner import Result, Running, empty_dir, note, private_dir, run
 
 APT_GET = "/usr/bin/apt-get"
 APT_CACHE = "/usr/bin/apt-cache"
@@ -34,6 +36,8 @@ DPKG_QUERY = "/usr/bin/dpkg-query"
 PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 VERSION = re.compile(r"^([0-9]+:)?[0-9][A-Za-z0-9.+~-]*$")
 ARCH = re.compile(r"^[a-z0-9-]+$")
+# A download method's name (http, https, file, mirror+http, tor+https...): never a path.
+_METHOD = re.compile(r"^[a-z0-9][a-z0-9+-]*$")
 
 _QUERY_FORMAT = (
     "\\t".join(
@@ -143,6 +147,7 @@ class Apt:
         ]  # type: List[str]
         if not self.is_host:
             self._prepare_root()
+            self._check_methods()
         elif self.unprivileged or private_state:
             self._prepare_private_state(private_state)
 
@@ -159,7 +164,6 @@ class Apt:
             "/var/log/apt",
             "/var/lib/dpkg/info",
             "/var/lib/dpkg/updates",
-            "/etc/apt/apt.conf.d",
             "/etc/apt/preferences.d",
             "/etc/apt/sources.list.d",
             "/var/lib/patchwarden/tmp",
@@ -168,68 +172,79 @@ class Apt:
         status = below(self.root, "/var/lib/dpkg/status")
         if not os.path.exists(status):
             open(status, "a").close()
-        dpkg_options = [
-            '"--root={}"'.format(self.root),
-            '"--log={}"'.format(below(self.root, "/var/log/dpkg.log")),
+        _note_ignored_configuration(self.root)
+        # Our configuration, apt's HOME (dpkg reads $HOME/.dpkg.cfg, whose pre-invoke hooks run
+        # unchrooted) and the empty parts directory live outside the root: the root supplies
+        # sources, preferences, keyrings and dpkg's status, never configuration.
+        private = private_dir()
+        config = hardened_config(empty_dir(private)) + [
+            'Dir "{}/";'.format(self.root),
+            'Dir::State::status "{}";'.format(status),
+            'APT::Sandbox::User "root";',
+            'Acquire::Languages "none";',
+            "DPkg::Options {{ {}; }};".format(
+                "; ".join('"{}"'.format(a) for a in self._dpkg_args())
+            ),
+            'DPkg::Use-Pty "false";',
+            'Dpkg::Progress-Fancy "false";',
+            "",
         ]
-        if not os.path.exists(below(self.root, "/bin/sh")):
-            # No shell inside: maintainer scripts run outside with DPKG_ROOT set (apt.md §2.4).
-            dpkg_options.append('"--force-script-chrootless"')
-        if self.unprivileged:
-            dpkg_options.insert(0, '"--force-not-root"')
-        config = "\n".join(
-            [
-                'Dir "{}/";'.format(self.root),
-                'Dir::State::status "{}";'.format(status),
-                'APT::Sandbox::User "root";',
-                'Acquire::Languages "none";',
-                "DPkg::Options {{ {}; }};".format("; ".join(dpkg_options)),
-                'DPkg::Use-Pty "false";',
-                'Dpkg::Progress-Fancy "false";',
-                "",
-            ]
-        )
-        path = os.path.join(self.state_dir, "apt.conf")
-        _write_if_changed(path, config)
+        path = os.path.join(private, "apt.conf")
+        _write_if_changed(path, "\n".join(config))
         tmp = os.path.join(self.state_dir, "tmp")
-        self._env = {"APT_CONFIG": path, "TMPDIR": tmp, "HOME": self.state_dir}
+        self._env = {"APT_CONFIG": path, "TMPDIR": tmp, "HOME": private}
 
     def _prepare_private_state(self, base: Optional[str]) -> None:
         # A read-only scan of the host: the host's configuration and status, but private lists
         # and cache, and none of the host's hooks (an update would otherwise notify PackageKit or
-        # refresh the host's AppStream cache). apt reads APT_CONFIG before its parts directory,
-        # so the parts are included here, the hooks cleared, and the parts directory emptied.
+        # refresh the host's AppStream cache).
         base = os.path.abspath(
             base or os.path.join(os.path.expanduser("~"), ".cache", "patchwarden", "apt")
         )
-        for sub in ("lists/partial", "cache/archives/partial", "empty-parts"):
+        for sub in ("lists/partial", "cache/archives/partial"):
             os.makedirs(os.path.join(base, sub), exist_ok=True)
-        config = "\n".join(
-            [
-                '#include "/etc/apt/apt.conf.d/";',
-                "#clear APT::Update::Post-Invoke-Success;",
-                "#clear APT::Update::Post-Invoke;",
-                "#clear APT::Update::Pre-Invoke;",
-                "#clear DPkg::Pre-Invoke;",
-                "#clear DPkg::Post-Invoke;",
-                "#clear DPkg::Pre-Install-Pkgs;",
-                'Dir::Etc::Parts "{}/empty-parts/";'.format(base),
-                'Dir::State::Lists "{}/lists/";'.format(base),
-                'Dir::Cache "{}/cache/";'.format(base),
-                # Images often disable apt's binary cache; in our private cache it saves every
-                # apt-cache call from re-reading all package lists.
-                'Dir::Cache::pkgcache "pkgcache.bin";',
-                'Dir::Cache::srcpkgcache "srcpkgcache.bin";',
-                # ... and compressed lists make every record lookup (apt-cache show) decompress.
-                'Acquire::GzipIndexes "false";',
-                'Debug::NoLocking "true";',
-                "",
-            ]
-        )
+        host = [p for p in ("/etc/apt/apt.conf.d/", "/etc/apt/apt.conf") if os.path.exists(p)]
+        config = hardened_config(os.path.join(base, "empty-parts"), host) + [
+            'Dir::State::Lists "{}/lists/";'.format(base),
+            'Dir::Cache "{}/cache/";'.format(base),
+            # Images often disable apt's binary cache; in our private cache it saves every
+            # apt-cache call from re-reading all package lists.
+            'Dir::Cache::pkgcache "pkgcache.bin";',
+            'Dir::Cache::srcpkgcache "srcpkgcache.bin";',
+            # ... and compressed lists make every record lookup (apt-cache show) decompress.
+            'Acquire::GzipIndexes "false";',
+            'Debug::NoLocking "true";',
+            "",
+        ]
         path = os.path.join(base, "apt.conf")
-        _write_if_changed(path, config)
+        _write_if_changed(path, "\n".join(config))
         self._env = {"APT_CONFIG": path}
         self.read_only = True
+
+    def _check_methods(self) -> None:
+        """Refuse a root whose sources name a download method that is not a method name: apt
+        runs ``/usr/lib/apt/methods/<scheme>`` and takes a scheme such as ``../../x`` as it is,
+        so a sources line could make it run any program on this host."""
+        listed = self.apt_get(
+            "indextargets", "--no-release-info", "--format", "$(REPO_URI)\t$(SOURCESENTRY)",
+            timeout=120,
+        )  # fmt: skip
+        for line in listed.stdout.splitlines():
+            uri, _, entry = line.partition("\t")
+            scheme = uri.partition(":")[0]
+            if not _METHOD.match(scheme):
+                raise RepositoryError(
+                    "{}: the repository {} names the download method {!r}, which is not a "
+                    "method name (a root may not make apt run a program); fix the root's "
+                    "sources".format(entry, uri, scheme),
+                    {"repository": uri, "source": entry},
+                )
+
+    @property
+    def environment(self) -> Dict[str, str]:
+        """What every apt and dpkg command on this system runs with (APT_CONFIG...), for
+        oracles and benchmarks that run apt itself the same way."""
+        return dict(self._env)
 
     def _dpkg_args(self) -> List[str]:
         args = [
@@ -537,6 +552,53 @@ class Apt:
 
     def reboot_pending(self) -> List[str]:
         return reboot_required(self.root)
+
+
+# Every apt option that names a command for apt or dpkg to run (apt.conf(5); apt 2.6's own list).
+APT_HOOKS = (
+    "APT::Update::Pre-Invoke",
+    "APT::Update::Post-Invoke",
+    "APT::Update::Post-Invoke-Success",
+    "APT::Update::Post-Invoke-Stats",
+    "APT::Install::Pre-Invoke",
+    "APT::Install::Post-Invoke-Success",
+    "DPkg::Pre-Invoke",
+    "DPkg::Post-Invoke",
+    "DPkg::Pre-Install-Pkgs",
+)
+
+
+def hardened_config(empty: str, includes: Sequence[str] = ()) -> List[str]:
+    """The first lines of every apt configuration the agent writes (scan and install alike):
+    ``includes`` (the host's own files, on a private-state scan of the host; never a root's),
+    every hook cleared, and apt's configuration files pointed at ``empty``, a private empty
+    directory. apt reads APT_CONFIG first, then Dir::Etc::Parts, then Dir::Etc::Main: left
+    alone, those two would be read from the root (``Dir``) and could add hooks back."""
+    os.makedirs(empty, exist_ok=True)
+    return (
+        ['#include "{}";'.format(path) for path in includes]
+        + ["#clear {};".format(hook) for hook in APT_HOOKS]
+        + [
+            'Dir::Etc::Parts "{}/";'.format(empty),
+            'Dir::Etc::Main "{}/apt.conf";'.format(empty),
+        ]
+    )
+
+
+def _note_ignored_configuration(root: str) -> None:
+    parts = below(root, "/etc/apt/apt.conf.d")
+    found = (
+        [below(root, "/etc/apt/apt.conf")]
+        if os.path.exists(below(root, "/etc/apt/apt.conf"))
+        else []
+    )
+    if os.path.isdir(parts):
+        found += [os.path.join(parts, name) for name in sorted(os.listdir(parts))]
+    if found:
+        note(
+            "ignored {} (a root's apt configuration is never read: its hooks would run on "
+            "this host; its sources, preferences and keyrings are used)".format(", ".join(found))
+        )
 
 
 # -- parsing ---------------------------------------------------------------------------------

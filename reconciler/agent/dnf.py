@@ -26,9 +26,10 @@ from reconciler.agent.errors import (
     RepositoryError,
 )
 from reconciler.agent.facts import below
+from reconciler.agent.rootconf import private_config
 from reconciler.agent.rpmmd import Metadata, by_package, iso_time, read_cache, source_name
 from reconciler.agent.rpmvercmp import EvrKey, compare_evr, evr_text
-from reconciler.agent.runner import Result, run
+from reconciler.agent.runner import Result, empty_dir, private_home, run
 
 RPM = "/usr/bin/rpm"
 # rpm's own NAME, VERSION and RELEASE syntax (no whitespace, no "-" in version/release).
@@ -97,6 +98,25 @@ def split_nevra(text: str) -> Optional[Tuple[str, str, str]]:
     return name, arch, evr_text(epoch, version, release)
 
 
+# The [main] options of a root's dnf.conf (yum.conf) the agent keeps: which packages, and how
+# to fetch and check them. Every other option is the agent's to choose: plugins, pluginpath and
+# pluginconfpath load Python from this host; cachedir, logdir, persistdir, reposdir and varsdir
+# move reading and writing outside the root; protected_packages, ssl*cert/key and the like name
+# files on this host.
+ROOT_MAIN_OPTIONS = frozenset(
+    (
+        "gpgcheck", "localpkg_gpgcheck", "repo_gpgcheck", "best", "obsoletes", "strict",
+        "installonly_limit", "installonlypkgs", "clean_requirements_on_remove", "exclude",
+        "excludepkgs", "includepkgs", "exclude_from_weak", "install_weak_deps", "multilib_policy",
+        "exactarch", "distroverpkg", "keepcache", "metadata_expire", "proxy", "proxy_username",
+        "proxy_password", "proxy_auth_method", "username", "password", "timeout", "minrate",
+        "throttle", "bandwidth", "retries", "ip_resolve", "max_parallel_downloads",
+        "fastestmirror", "sslverify", "deltarpm", "zchunk", "module_platform_id", "debuglevel",
+        "errorlevel", "diskspacecheck", "user_agent",
+    )
+)  # fmt: skip
+
+
 class Plan(NamedTuple):
     packages: List[Dict[str, str]]  # {name, arch, version, action}
     output: str
@@ -119,6 +139,7 @@ class Dnf:
         # Absolute path, but not resolved: a yum name for dnf must keep its name.
         self.binary = os.path.abspath(found)
         self._env = {}  # type: Dict[str, str]
+        self._config = ""
         if not self.is_host:
             self._prepare_root()
 
@@ -126,33 +147,32 @@ class Dnf:
         return below(self.root, "/var/lib/patchwarden")
 
     def _prepare_root(self) -> None:
-        # A private HOME whose .rpmmacros puts the rpm database where RHEL has it (Debian's rpm
-        # defaults to ~/.rpmdb, which would write outside the root); TMPDIR inside the root.
-        home = os.path.join(self.state_dir(), "home")
+        # HOME (rpm reads ~/.rpmmacros, whose %(...) runs a command) and the configuration dnf
+        # is run with are the agent's own, outside the root; TMPDIR inside the root.
+        home = private_home()
         tmp = os.path.join(self.state_dir(), "tmp")
-        for path in (home, tmp):
-            os.makedirs(path, exist_ok=True)
-        macros = os.path.join(home, ".rpmmacros")
-        if not os.path.isfile(macros):
-            with open(macros, "w", encoding="utf-8") as handle:
-                handle.write("%_dbpath /var/lib/rpm\n")
+        os.makedirs(tmp, exist_ok=True)
+        source = below(self.root, "/etc/yum.conf") if self.tool == "yum" else ""
+        if not source or not os.path.isfile(source):
+            source = below(self.root, "/etc/dnf/dnf.conf")
+        empty = empty_dir(home)
+        pinned = {"plugins": "0", "pluginpath": empty, "pluginconfpath": empty}
+        self._config = private_config(
+            source, os.path.join(home, "dnf.conf"), ROOT_MAIN_OPTIONS, pinned
+        )
         self._env = {"HOME": home, "TMPDIR": tmp}
 
     def _base(self) -> List[str]:
         argv = [self.binary, "--setopt=skip_if_unavailable=False"]
         if self.is_host:
             return argv
-        config = below(self.root, "/etc/yum.conf") if self.tool == "yum" else ""
-        if not config or not os.path.isfile(config):
-            config = below(self.root, "/etc/dnf/dnf.conf")
-        argv += [
+        return argv + [
             "--installroot=" + self.root,
             "--releasever=" + (self.version_id or "0"),
             "--setopt=reposdir=" + below(self.root, "/etc/yum.repos.d"),
+            "--config=" + self._config,
+            "--noplugins",
         ]
-        if os.path.isfile(config):
-            argv.append("--config=" + config)
-        return argv
 
     def command(self, *args: str, timeout: float = 1800.0) -> Result:
         return run(self._base() + list(args), self._env, timeout=timeout)

@@ -3,12 +3,20 @@
 Never a shell. Every command gets ``LC_ALL=C.UTF-8`` (stable messages to parse) and
 ``DEBIAN_FRONTEND=noninteractive``; callers add what their tool needs (``APT_CONFIG``). A timeout
 kills the whole process group, because maintainer scripts may outlive dpkg and hold our pipes.
+Nothing of the caller's environment passes but HOME and TMPDIR (so no ``ZYPP_CONF``,
+``RPM_CONFIGDIR`` or ``PYTHONPATH`` reaches a package manager). :func:`private_dir` is where the
+configuration the agent writes for a directory root lives: outside the root, which may not
+supply any.
 """
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 from typing import Dict, List, NamedTuple, Optional
 
 BASE_ENV = {
@@ -90,6 +98,43 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except OSError:
         pass
+
+
+_PRIVATE = []  # type: List[str]
+
+
+def private_dir() -> str:
+    """A new directory of this agent run's own (mode 0700, outside any system root, removed when
+    the agent exits): the package managers' HOME and the configuration the agent writes for a
+    root live there. Never inside the root: whoever is root in it could put hooks, ``.dpkg.cfg``
+    or ``.rpmmacros`` there, and the package managers run on this host."""
+    if not _PRIVATE:
+        base = tempfile.mkdtemp(prefix="patchwarden-agent-")
+        atexit.register(shutil.rmtree, base, True)
+        _PRIVATE.append(base)
+    return tempfile.mkdtemp(dir=_PRIVATE[0])
+
+
+def empty_dir(private: str) -> str:
+    """An empty directory inside ``private``, to pin a plugin or configuration path to."""
+    path = os.path.join(private, "empty")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def private_home() -> str:
+    """A :func:`private_dir` for rpm (dnf, yum, zypper) as HOME: its ``.rpmmacros`` keeps rpm's
+    database where RHEL and SUSE have it (Debian's rpm, used by the tests, defaults to
+    ``~/.rpmdb``, which would write outside the root)."""
+    home = private_dir()
+    with open(os.path.join(home, ".rpmmacros"), "w", encoding="utf-8") as handle:
+        handle.write("%_dbpath /var/lib/rpm\n")
+    return home
+
+
+def note(text: str) -> None:
+    """One line for the agent's operator on stderr (stdout carries only the result document)."""
+    sys.stderr.write("patchwarden-agent: {}\n".format(text))
 
 
 def dumps(document: object) -> str:

@@ -4,9 +4,12 @@ Everything runs as argv lists through :mod:`reconciler.agent.runner`. Machine-re
 from ``zypper --xmlout``; the one thing it does not give as data (the packages a patch updates) is
 read from ``info -t patch``, whose XML mode wraps the text view in ``<message>`` elements.
 
-A directory root (``--root DIR``) gets a private ``HOME`` with an ``.rpmmacros`` that sets
-``%_dbpath /var/lib/rpm`` (Debian's rpm, used by the tests, defaults to ``~/.rpmdb``) and
-``ZYPP_LOGFILE`` inside the root: without it zypper appends to the host's /var/log/zypper.log.
+A directory root (``--root DIR``) gets a private ``HOME`` outside the root
+(:func:`reconciler.agent.runner.private_home`: an ``.rpmmacros`` from the root would run its
+``%(...)`` on this host) and ``ZYPP_LOGFILE`` inside the root: without it zypper appends to the
+host's /var/log/zypper.log. ``ZYPP_CONF`` names the agent's own zypp.conf, with only the root's
+options in ROOT_ZYPP_OPTIONS (:mod:`reconciler.agent.rootconf`); libzypp runs no commit plugin in
+a root.
 GPG checking is left as each repository configures it: the agent never passes ``--no-gpg-checks``.
 """
 
@@ -25,9 +28,10 @@ from reconciler.agent.errors import (
     RepositoryError,
 )
 from reconciler.agent.facts import below
+from reconciler.agent.rootconf import private_config
 from reconciler.agent.rpmmd import updateinfo_packages
 from reconciler.agent.rpmvercmp import evr_text
-from reconciler.agent.runner import Result, Running, run
+from reconciler.agent.runner import Result, Running, private_home, run
 
 ZYPPER = "/usr/bin/zypper"
 RPM = "/usr/bin/rpm"
@@ -111,6 +115,24 @@ def zypper_spec(pin: Pin) -> str:
     return "{}{}={}".format(name, "." + arch if arch else "", evr)
 
 
+# The zypp.conf options of a root the agent keeps: how to solve, download and install. Every
+# other one is left out: update.messages.notify names a command, credentials.*, vendordir,
+# locksfile.path and solver.checkSystemFile* read files on this host, history.logfile, cachedir
+# and the like move writes, and commit.* and techpreview.* change how libzypp runs rpm.
+ROOT_ZYPP_OPTIONS = frozenset(
+    (
+        "solver.onlyRequires", "solver.allowVendorChange", "solver.dupAllowVendorChange",
+        "solver.dupAllowDowngrade", "solver.dupAllowNameChange", "solver.dupAllowArchChange",
+        "solver.cleandepsOnRemove", "solver.upgradeRemoveDroppedPackages", "solver.focus",
+        "multiversion", "multiversion.kernels", "rpm.install.excludedocs", "download.use_deltarpm",
+        "download.use_deltarpm.always", "download.max_concurrent_connections",
+        "download.min_download_speed", "download.max_download_speed", "download.max_silent_tries",
+        "download.transfer_timeout", "download.connect_timeout", "repo.refresh.delay",
+        "repo.refresh.locales", "arch",
+    )
+)  # fmt: skip
+
+
 class Patch(NamedTuple):
     name: str
     status: str  # needed, optional (applicable but not needed by default)
@@ -141,15 +163,24 @@ class Zypper:
         self.lock_timeout = lock_timeout
         self._env = {"ZYPP_LOCK_TIMEOUT": str(lock_timeout)}  # libzypp waits this long for its lock
         if not self.is_host:
+            # HOME outside the root: rpm reads ~/.rpmmacros, whose %(...) runs a command here.
             state = below(self.root, "/var/lib/patchwarden")
-            home = os.path.join(state, "home")
-            os.makedirs(home, exist_ok=True)
-            macros = os.path.join(home, ".rpmmacros")
-            if not os.path.isfile(macros):
-                with open(macros, "w", encoding="utf-8") as handle:
-                    handle.write("%_dbpath /var/lib/rpm\n")
+            os.makedirs(state, exist_ok=True)
+            home = private_home()
+            # zypper --root reads the root's zypp.conf unless ZYPP_CONF names one.
+            conf = private_config(
+                below(self.root, "/etc/zypp/zypp.conf"),
+                os.path.join(home, "zypp.conf"),
+                ROOT_ZYPP_OPTIONS,
+                {},
+            )
             self._env.update(
-                {"HOME": home, "TMPDIR": state, "ZYPP_LOGFILE": os.path.join(state, "zypper.log")}
+                {
+                    "HOME": home,
+                    "TMPDIR": state,
+                    "ZYPP_CONF": conf,
+                    "ZYPP_LOGFILE": os.path.join(state, "zypper.log"),
+                }
             )
 
     def _argv(self, *args: str) -> List[str]:
