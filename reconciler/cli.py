@@ -78,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _library_words_off_stderr()
     parser = _parser()
     args = parser.parse_args(argv)
+    # Warnings (a skipped symlink) go to stderr as JSON lines in every verb: stdout is the output.
+    configure_logging()
     try:
         return int(args.handler(args))
     except SnapshotInvalid as exc:

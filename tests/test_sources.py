@@ -5,15 +5,19 @@ watched with watchdog."""
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from reconciler.api.snapshot import SnapshotInvalid
 from reconciler.sources import (
@@ -28,6 +32,7 @@ from reconciler.sources import (
     SourceError,
     read_snapshot,
 )
+from reconciler.sources.directory import SKIPPED_OUTSIDE
 from tests.git_servers import (
     EXAMPLES,
     Daemon,
@@ -411,6 +416,41 @@ def test_directory_revision_is_a_digest_of_paths_and_contents(fleet_dir: Path) -
 
     groups.rename(fleet_dir / "groups2.yaml")
     assert source.fetch()[0] not in (revision, edited)
+
+
+def test_symlinks_to_files_outside_the_directory_are_skipped_with_a_warning(
+    fleet_dir: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("root:$6$not-for-snapshots: [\n")  # would be echoed if parsed
+    (fleet_dir / "stolen.yaml").symlink_to(secret)
+    (fleet_dir / "baselines" / "escape.yaml").symlink_to("../../secret.yaml")
+    # A ConfigMap volume's layout: links into a hidden directory of the same volume stay read.
+    (fleet_dir / "..data").mkdir()
+    (fleet_dir / "..data" / "extra.yaml").write_text(EXTRA_BASELINE)
+    (fleet_dir / "extra.yaml").symlink_to("..data/extra.yaml")
+
+    with structlog.testing.capture_logs() as logs:
+        _, files = DirectorySource(fleet_dir).fetch()
+        _, snapshot = DirectorySource(fleet_dir).snapshot()
+
+    names = [name for name, _ in files]
+    assert "extra.yaml" in names and "extra" in snapshot.baselines
+    assert "stolen.yaml" not in names and "baselines/escape.yaml" not in names
+    warned = {entry["file"] for entry in logs if entry["log_level"] == "warning"}
+    assert warned == {"stolen.yaml", "baselines/escape.yaml"}
+    assert all(entry["event"] == SKIPPED_OUTSIDE for entry in logs)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler", "validate", "-o", "json", str(fleet_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    json.loads(done.stdout)  # the warning stays off stdout
+    assert "stolen.yaml" in done.stderr and "skipped" in done.stderr
+    assert "not-for-snapshots" not in done.stdout + done.stderr
 
 
 def test_a_missing_directory_is_a_source_error(tmp_path: Path) -> None:
