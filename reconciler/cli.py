@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import traceback
@@ -43,6 +44,7 @@ from reconciler.evaluation import (
 )
 from reconciler.loop import Clock, Reconciler, TransportFor, configure_logging, serve, utc_now
 from reconciler.plan import Settings
+from reconciler.redaction import redacted
 from reconciler.report.notify import audit
 from reconciler.report.notify.metrics import LoopMetrics
 from reconciler.report.publish import PublishError, publish
@@ -194,7 +196,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--simulate", action="store_true", help="show what would be installed; change nothing"
     )
-    p.add_argument("--lock-timeout", type=int, default=60, help="seconds to wait for the dpkg lock")
+    p.add_argument(
+        "--lock-timeout",
+        type=_seconds_or_zero,
+        default=60,
+        help="seconds to wait for the package manager's lock (0: do not wait)",
+    )
     p.set_defaults(handler=_install)
 
     p = sub.add_parser("plan", help="what the next reconcile would do now, and why the rest waits")
@@ -210,7 +217,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--once", action="store_true", help="stop when converged or only waiting (the default)"
     )
-    p.add_argument("--workers", type=int, default=10, help="jobs run at once, at most")
+    p.add_argument("--workers", type=_positive_int, default=10, help="jobs run at once, at most")
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
     _audit_log_arg(p)
     _events_args(p)
@@ -220,9 +227,9 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="the reconcile loop as a service (poll/watch, /healthz, /metrics)"
     )
     _loop_args(p)
-    p.add_argument("--workers", type=int, default=10)
+    p.add_argument("--workers", type=_positive_int, default=10, help="jobs run at once, at most")
     p.add_argument(
-        "--interval", type=float, default=60.0, help="seconds between passes / Git polls"
+        "--interval", type=_seconds, default=60.0, help="seconds between passes / Git polls"
     )
     p.add_argument(
         "--listen",
@@ -246,7 +253,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("windows", help="the next openings of each maintenance window, per target")
     p.add_argument("--source", required=True, help="a snapshot directory or Git URL")
     p.add_argument("--ref", default="main")
-    p.add_argument("--count", type=int, default=3, help="openings to list per window")
+    p.add_argument("--count", type=_positive_int, default=3, help="openings to list per window")
     p.add_argument("--now", type=_timestamp, default=None)
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
     p.set_defaults(handler=_windows)
@@ -285,7 +292,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--report", metavar="NAME", help="with --runs: only this ComplianceReport")
     p.add_argument(
-        "--limit", type=int, default=100, help="with --runs: at most this many (default 100)"
+        "--limit",
+        type=_positive_int,
+        default=100,
+        help="with --runs: at most this many (default 100)",
     )
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=None)
     _s3_endpoint_arg(p)
@@ -443,7 +453,7 @@ def _loop_args(p: argparse.ArgumentParser) -> None:
         "--state", type=Path, help="the observed-state database (default: the user's state dir)"
     )
     p.add_argument(
-        "--stale-after", type=float, default=24.0, help="hours after which a scan is redone"
+        "--stale-after", type=_hours, default=24.0, help="hours after which a scan is redone"
     )
     _s3_endpoint_arg(p)
 
@@ -491,7 +501,7 @@ def _events_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--events-queue-size",
-        type=int,
+        type=_positive_int,
         default=1000,
         metavar="N",
         help="events held per destination while it is slow or down (oldest dropped beyond)",
@@ -557,12 +567,12 @@ def _controller_args(p: argparse.ArgumentParser) -> None:
         "--state", type=Path, help="the observed-state database (default: the user's state dir)"
     )
     p.add_argument(
-        "--stale-after", type=float, default=24.0, help="hours after which a scan is redone"
+        "--stale-after", type=_hours, default=24.0, help="hours after which a scan is redone"
     )
-    p.add_argument("--workers", type=int, default=10, help="jobs run at once, at most")
+    p.add_argument("--workers", type=_positive_int, default=10, help="jobs run at once, at most")
     p.add_argument(
         "--interval",
-        type=float,
+        type=_seconds,
         default=60.0,
         help="seconds between passes when nothing changes (a change wakes it at once)",
     )
@@ -591,9 +601,9 @@ def _controller_args(p: argparse.ArgumentParser) -> None:
         help="YAML with the node Job settings (the chart's nodeJobs values)",
     )
     p.add_argument("--lease-name", default="patchwarden-controller", help="the leader Lease")
-    p.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS")
-    p.add_argument("--renew-deadline", type=float, default=10.0, metavar="SECONDS")
-    p.add_argument("--retry-period", type=float, default=2.0, metavar="SECONDS")
+    p.add_argument("--lease-duration", type=_seconds, default=15.0, metavar="SECONDS")
+    p.add_argument("--renew-deadline", type=_seconds, default=10.0, metavar="SECONDS")
+    p.add_argument("--retry-period", type=_seconds, default=2.0, metavar="SECONDS")
     p.add_argument(
         "--identity", help="this replica's name in the Lease (default: $POD_NAME or host, and pid)"
     )
@@ -606,6 +616,49 @@ def _listen(text: str) -> str:
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 0.0.0.0:9469)")
     return text
+
+
+# Numbers on the command line: one family of argparse types, so every count and duration is
+# refused the same way (argparse's "argument --x: …", exit 2) before anything starts. A zero or
+# negative interval spins, a zero staleness rescans forever, zero workers never run a job.
+_YEAR = 366 * 24 * 3600.0  # the longest duration taken: beyond it timers and timedelta overflow
+
+
+def _number(
+    text: str, parse: Callable[[str], float], what: str, low: float, high: float = math.inf
+) -> float:
+    """``text`` parsed, finite, with ``low <= value <= high`` (``low`` excluded for floats:
+    a duration of 0 is never meant)."""
+    try:
+        value = parse(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    exclusive = parse is float
+    if not math.isfinite(value) or value < low or (exclusive and value == low) or value > high:
+        bound = f"more than {low:g}" if exclusive else f"{low:g} or more"
+        most = f", at most {high:.0f}" if high < math.inf else ""
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: give {what}, {bound}{most}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """A count: workers, openings, rows, queued events."""
+    return int(_number(text, int, "a whole number", 1))
+
+
+def _seconds(text: str) -> float:
+    """A duration in seconds: an interval, a lease's timings."""
+    return _number(text, float, "a number of seconds", 0, _YEAR)
+
+
+def _seconds_or_zero(text: str) -> int:
+    """A wait in whole seconds, where 0 means "do not wait"."""
+    return int(_number(text, int, "a whole number of seconds", 0, _YEAR))
+
+
+def _hours(text: str) -> float:
+    """A duration in hours: how old a scan may get."""
+    return _number(text, float, "a number of hours", 0, _YEAR / 3600)
 
 
 def _timestamp(text: str) -> datetime:
@@ -808,9 +861,10 @@ def _source(args: argparse.Namespace, store_path: Path, ref: str | None = None) 
         verify = SignatureVerification("gpg", args.verify_gpg)
     elif getattr(args, "verify_ssh", None):
         verify = SignatureVerification("ssh", args.verify_ssh)
-    workdir = (
-        store_path.parent / "git" / hashlib.sha256(f"{text}#{args.ref}".encode()).hexdigest()[:16]
-    )
+    # Named after the URL without credentials: a new token reuses the clone, and the name
+    # gives no hash of a password to guess at.
+    key = f"{redacted(text)}#{args.ref}"
+    workdir = store_path.parent / "git" / hashlib.sha256(key.encode()).hexdigest()[:16]
     return GitSource(
         text,
         ref=ref or args.ref,
