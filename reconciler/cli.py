@@ -55,6 +55,7 @@ from reconciler.sources import (
     GitSource,
     SignatureVerification,
     Source,
+    SourceError,
     read_inventories,
     read_snapshot,
 )
@@ -514,6 +515,8 @@ def _events_args(p: argparse.ArgumentParser) -> None:
 
 
 WEBHOOK_TOKEN_ENV = "PATCHWARDEN_WEBHOOK_TOKEN"
+# An http(s) Git source's credentials, kept out of the process list (--source shows there).
+GIT_USERNAME_ENV, GIT_PASS_ENV = "PATCHWARDEN_GIT_USERNAME", "PATCHWARDEN_GIT_PASSWORD"
 
 
 def webhook_headers(given: Iterable[tuple[str, str]], token: str | None) -> dict[str, str]:
@@ -865,14 +868,19 @@ def _source(args: argparse.Namespace, store_path: Path, ref: str | None = None) 
     # gives no hash of a password to guess at.
     key = f"{redacted(text)}#{args.ref}"
     workdir = store_path.parent / "git" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    return GitSource(
-        text,
-        ref=ref or args.ref,
-        workdir=workdir,
-        identity_file=getattr(args, "identity_file", None),
-        known_hosts_file=getattr(args, "known_hosts", None),
-        verify=verify,
-    )
+    username = os.environ.get(GIT_USERNAME_ENV)
+    try:
+        return GitSource(
+            text,
+            ref=ref or args.ref,
+            workdir=workdir,
+            identity_file=getattr(args, "identity_file", None),
+            known_hosts_file=getattr(args, "known_hosts", None),
+            verify=verify,
+            credentials=None if username is None else (username, os.environ.get(GIT_PASS_ENV, "")),
+        )
+    except SourceError as exc:  # a URL or ref refused before anything is fetched
+        raise UserError(str(exc)) from None
 
 
 def _transports(pool: SshPool) -> TransportFor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import shutil
 import socket
@@ -281,8 +282,8 @@ def test_passwords_in_urls_stay_out_of_revisions_and_errors(userinfo: str, tmp_p
 TOKEN = "ghp_s3cretT0KEN0123456789"
 
 
-def patchctl_umask_0(*args: str) -> subprocess.CompletedProcess[str]:
-    """``patchctl ARGS`` as a user with umask 000 runs it."""
+def patchctl_umask_0(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``patchctl ARGS`` as a user with umask 000 runs it, with ``env`` added."""
     return subprocess.run(
         [sys.executable, "-m", "reconciler", *args],
         capture_output=True,
@@ -290,16 +291,24 @@ def patchctl_umask_0(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=180,
         check=False,
         umask=0,
+        env={**os.environ, **env},
     )
 
 
+FROM_ENVIRONMENT = {"PATCHWARDEN_GIT_USERNAME": "deploy", "PATCHWARDEN_GIT_PASSWORD": TOKEN}
+
+
 @pytest.mark.parametrize(
-    ("userinfo", "credentials"),
-    [(f"deploy:{TOKEN}", ("deploy", TOKEN)), (TOKEN, (TOKEN, ""))],
-    ids=["user-and-password", "token-as-user"],
+    ("userinfo", "env", "credentials"),
+    [
+        (f"deploy:{TOKEN}@", {}, ("deploy", TOKEN)),
+        (f"{TOKEN}@", {}, (TOKEN, "")),
+        ("", FROM_ENVIRONMENT, ("deploy", TOKEN)),  # kept out of the process list
+    ],
+    ids=["user-and-password", "token-as-user", "from-the-environment"],
 )
 def test_url_credentials_fetch_yet_reach_no_output_record_or_file_and_the_clone_is_private(
-    userinfo: str, credentials: tuple[str, str], tmp_path: Path
+    userinfo: str, env: dict[str, str], credentials: tuple[str, str], tmp_path: Path
 ) -> None:
     root = tmp_path / "srv"
     root.mkdir()
@@ -307,18 +316,19 @@ def test_url_credentials_fetch_yet_reach_no_output_record_or_file_and_the_clone_
     upstream.write("baselines/extra.yaml", EXTRA_BASELINE)
     good = upstream.commit("one baseline")
     state = tmp_path / "state" / "state.db"
+    wrong = {name: value.replace(TOKEN, "wrong-token") for name, value in env.items()}
     with HttpBackend(root, credentials) as http:
         where = f"127.0.0.1:{http.port}/fleet.git"
-        reconcile = ["reconcile", "--source", f"http://{userinfo}@{where}", "--state", str(state)]
+        reconcile = ["reconcile", "--source", f"http://{userinfo}{where}", "--state", str(state)]
         runs = [
-            patchctl_umask_0(*reconcile, "-o", "json"),
+            patchctl_umask_0(*reconcile, "-o", "json", env=env),
             # Failures quote the URL: into the log, the revisions table and the audit log.
-            patchctl_umask_0(*reconcile, "--ref", "no-such-branch"),
-            patchctl_umask_0(*[a.replace(TOKEN, "wrong-token") for a in reconcile]),
+            patchctl_umask_0(*reconcile, "--ref", "no-such-branch", env=env),
+            patchctl_umask_0(*[a.replace(TOKEN, "wrong-token") for a in reconcile], env=wrong),
         ]
         with pytest.raises(SourceError, match="could not read Username"):
             GitSource(f"http://{where}", workdir=tmp_path / "anonymous", timeout=10).fetch()
-    runs.append(patchctl_umask_0("audit", "--state", str(state), "-o", "json"))
+    runs.append(patchctl_umask_0("audit", "--state", str(state), "-o", "json", env={}))
 
     assert runs[0].returncode == 0, runs[0].stderr
     assert json.loads(runs[0].stdout)["revision"] == f"main@sha1:{good}"  # fetched with it
@@ -326,7 +336,7 @@ def test_url_credentials_fetch_yet_reach_no_output_record_or_file_and_the_clone_
     assert "no branch, tag or commit named 'no-such-branch'" in said
     assert "Authentication failed" in said
     assert TOKEN not in said and "wrong-token" not in said
-    assert f"http://***@{where}" in said
+    assert f"http://{'***@' if userinfo else ''}{where}" in said
     files = [path for path in state.parent.rglob("*") if path.is_file()]
     assert {"state.db", "audit.jsonl", "config", "FETCH_HEAD"} <= {path.name for path in files}
     for path in files:
@@ -335,6 +345,19 @@ def test_url_credentials_fetch_yet_reach_no_output_record_or_file_and_the_clone_
     for path in [clones, *clones.rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == 0o700 if path.is_dir() else mode & 0o077 == 0, (path, oct(mode))
+
+
+def test_credentials_given_twice_or_for_another_scheme_are_refused(tmp_path: Path) -> None:
+    given = ("deploy", "s3cret")
+    for url, reason in [
+        ("https://me:other@git.example/f.git", "credentials given twice"),
+        ("ssh://git@git.example/f.git", "only used with http"),
+        ("https://git.example/f.git", "line break"),
+    ]:
+        credentials = ("deploy", "s3cret\n") if reason == "line break" else given
+        with pytest.raises(SourceError, match=reason) as caught:
+            GitSource(url, workdir=tmp_path / "clone", credentials=credentials)
+        assert "s3cret" not in str(caught.value) and "other" not in str(caught.value)
 
 
 def test_a_clone_made_before_with_credentials_in_its_config_is_cleaned_and_made_private(

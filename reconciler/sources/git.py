@@ -77,8 +77,12 @@ class GitSource:
         known_hosts_file: Path | None = None,
         verify: SignatureVerification | None = None,
         timeout: float = 60,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
-        self.url, self._credentials = _split_credentials(_checked_url(url))
+        """``credentials`` (user, password) for an http(s) URL, instead of putting them in it
+        (where a process list shows them)."""
+        self.url, in_url = _split_credentials(_checked_url(url))
+        self._credentials = _given_once(self.url, in_url, credentials)
         self.ref = _checked_ref(ref)
         self.workdir = workdir
         self.identity_file = identity_file
@@ -251,10 +255,21 @@ def _split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
             f"{redacted(url)!r}: credentials in a {parts.scheme}:// URL are not used "
             "(http(s) URLs take user:password@ or TOKEN@; ssh uses --identity-file)"
         )
-    credentials = (unquote(user), unquote(password))
-    if any(char in "\r\n\0" for value in credentials for char in value):
-        raise SourceError(f"{redacted(url)!r}: the URL's credentials hold a line break")
-    return urlunsplit(parts._replace(netloc=host)), credentials
+    return urlunsplit(parts._replace(netloc=host)), (unquote(user), unquote(password))
+
+
+def _given_once(
+    url: str, in_url: tuple[str, str] | None, given: tuple[str, str] | None
+) -> tuple[str, str] | None:
+    """The credentials to fetch ``url`` (already without them) with, from the URL or given."""
+    if in_url is not None and given is not None:
+        raise SourceError(f"{url!r}: credentials given twice (in the URL and apart): give one")
+    if given is not None and urlsplit(url).scheme not in ("http", "https"):
+        raise SourceError(f"{url!r}: credentials are only used with http(s):// URLs")
+    credentials = in_url or given
+    if credentials and any(char in "\r\n\0" for value in credentials for char in value):
+        raise SourceError(f"{url!r}: the credentials hold a line break")
+    return credentials
 
 
 def _private_dirs(path: Path) -> None:
