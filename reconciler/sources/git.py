@@ -273,12 +273,13 @@ def _given_once(
 
 
 def _private_dirs(path: Path) -> None:
-    """Create ``path`` and its missing parents 0700, whatever the umask (existing ones are
-    left as they are: they may be shared directories such as /var/lib)."""
+    """``path`` 0700 (an empty directory given is taken over), and its missing parents created
+    0700, whatever the umask. Existing parents stay as they are: they may be shared, /var/lib."""
     missing = [p for p in (path, *path.parents) if not p.exists()]
     for directory in reversed(missing):
         directory.mkdir(mode=0o700)
         os.chmod(directory, 0o700)  # mkdir's mode is filtered through the umask
+    os.chmod(path, 0o700)
 
 
 def _make_private(workdir: Path) -> None:
