@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import traceback
@@ -49,6 +50,7 @@ from reconciler.evaluation import (
 )
 from reconciler.loop import Clock, Reconciler, TransportFor, configure_logging, serve, utc_now
 from reconciler.plan import Settings
+from reconciler.redaction import redacted
 from reconciler.report.notify import audit
 from reconciler.report.notify.metrics import LoopMetrics
 from reconciler.report.publish import PublishError, publish
@@ -59,6 +61,7 @@ from reconciler.sources import (
     GitSource,
     SignatureVerification,
     Source,
+    SourceError,
     read_inventories,
     read_snapshot,
 )
@@ -84,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _library_words_off_stderr()
     parser = _parser()
     args = parser.parse_args(argv)
+    # Warnings (a skipped symlink) go to stderr as JSON lines in every verb: stdout is the output.
+    configure_logging()
     try:
         return int(args.handler(args))
     except SnapshotInvalid as exc:
@@ -198,7 +203,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--simulate", action="store_true", help="show what would be installed; change nothing"
     )
-    p.add_argument("--lock-timeout", type=int, default=60, help="seconds to wait for the dpkg lock")
+    p.add_argument(
+        "--lock-timeout",
+        type=_seconds_or_zero,
+        default=60,
+        help="seconds to wait for the package manager's lock (0: do not wait)",
+    )
     p.set_defaults(handler=_install)
 
     p = sub.add_parser("plan", help="what the next reconcile would do now, and why the rest waits")
@@ -214,7 +224,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--once", action="store_true", help="stop when converged or only waiting (the default)"
     )
-    p.add_argument("--workers", type=int, default=10, help="jobs run at once, at most")
+    p.add_argument("--workers", type=_positive_int, default=10, help="jobs run at once, at most")
     _output_arg(p, "table", "json", "yaml")
     _audit_log_arg(p)
     _events_args(p)
@@ -224,9 +234,9 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="the reconcile loop as a service (poll/watch, /healthz, /metrics)"
     )
     _loop_args(p)
-    p.add_argument("--workers", type=int, default=10)
+    p.add_argument("--workers", type=_positive_int, default=10, help="jobs run at once, at most")
     p.add_argument(
-        "--interval", type=float, default=60.0, help="seconds between passes / Git polls"
+        "--interval", type=_seconds, default=60.0, help="seconds between passes / Git polls"
     )
     p.add_argument(
         "--listen",
@@ -250,7 +260,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("windows", help="the next openings of each maintenance window, per target")
     p.add_argument("--source", required=True, help="a snapshot directory or Git URL")
     p.add_argument("--ref", default="main")
-    p.add_argument("--count", type=int, default=3, help="openings to list per window")
+    p.add_argument("--count", type=_positive_int, default=3, help="openings to list per window")
     p.add_argument("--now", type=_timestamp, default=None)
     _output_arg(p, "table", "json", "yaml")
     p.set_defaults(handler=_windows)
@@ -287,7 +297,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--report", metavar="NAME", help="with --runs: only this ComplianceReport")
     p.add_argument(
-        "--limit", type=int, default=100, help="with --runs: at most this many (default 100)"
+        "--limit",
+        type=_positive_int,
+        default=100,
+        help="with --runs: at most this many (default 100)",
     )
     _output_arg(p, "table", "json", "yaml", when="with --runs: ")
     _s3_endpoint_arg(p)
@@ -445,7 +458,7 @@ def _loop_args(p: argparse.ArgumentParser) -> None:
     )
     _state_arg(p)
     p.add_argument(
-        "--stale-after", type=float, default=24.0, help="hours after which a scan is redone"
+        "--stale-after", type=_hours, default=24.0, help="hours after which a scan is redone"
     )
     _s3_endpoint_arg(p)
     _resource_file_args(p)
@@ -521,7 +534,7 @@ def _events_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--events-queue-size",
-        type=int,
+        type=_positive_int,
         default=1000,
         metavar="N",
         help="events held per destination while it is slow or down (oldest dropped beyond)",
@@ -534,6 +547,8 @@ def _events_args(p: argparse.ArgumentParser) -> None:
 
 
 WEBHOOK_TOKEN_ENV = "PATCHWARDEN_WEBHOOK_TOKEN"
+# An http(s) Git source's credentials, kept out of the process list (--source shows there).
+GIT_USERNAME_ENV, GIT_PASS_ENV = "PATCHWARDEN_GIT_USERNAME", "PATCHWARDEN_GIT_PASSWORD"
 
 
 def webhook_headers(given: Iterable[tuple[str, str]], token: str | None) -> dict[str, str]:
@@ -585,13 +600,13 @@ def _controller_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--known-hosts", type=Path, help="known_hosts for ssh:// Git URLs (strict)")
     _state_arg(p)
     p.add_argument(
-        "--stale-after", type=float, default=24.0, help="hours after which a scan is redone"
+        "--stale-after", type=_hours, default=24.0, help="hours after which a scan is redone"
     )
-    p.add_argument("--workers", type=int, default=10, help="jobs run at once, at most")
+    p.add_argument("--workers", type=_positive_int, default=10, help="jobs run at once, at most")
     _resource_file_args(p)
     p.add_argument(
         "--interval",
-        type=float,
+        type=_seconds,
         default=60.0,
         help="seconds between passes when nothing changes (a change wakes it at once)",
     )
@@ -620,9 +635,9 @@ def _controller_args(p: argparse.ArgumentParser) -> None:
         help="YAML with the node Job settings (the chart's nodeJobs values)",
     )
     p.add_argument("--lease-name", default="patchwarden-controller", help="the leader Lease")
-    p.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS")
-    p.add_argument("--renew-deadline", type=float, default=10.0, metavar="SECONDS")
-    p.add_argument("--retry-period", type=float, default=2.0, metavar="SECONDS")
+    p.add_argument("--lease-duration", type=_seconds, default=15.0, metavar="SECONDS")
+    p.add_argument("--renew-deadline", type=_seconds, default=10.0, metavar="SECONDS")
+    p.add_argument("--retry-period", type=_seconds, default=2.0, metavar="SECONDS")
     p.add_argument(
         "--identity", help="this replica's name in the Lease (default: $POD_NAME or host, and pid)"
     )
@@ -635,6 +650,49 @@ def _listen(text: str) -> str:
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 0.0.0.0:9469)")
     return text
+
+
+# Numbers on the command line: one family of argparse types, so every count and duration is
+# refused the same way (argparse's "argument --x: …", exit 2) before anything starts. A zero or
+# negative interval spins, a zero staleness rescans forever, zero workers never run a job.
+_YEAR = 366 * 24 * 3600.0  # the longest duration taken: beyond it timers and timedelta overflow
+
+
+def _number(
+    text: str, parse: Callable[[str], float], what: str, low: float, high: float = math.inf
+) -> float:
+    """``text`` parsed, finite, with ``low <= value <= high`` (``low`` excluded for floats:
+    a duration of 0 is never meant)."""
+    try:
+        value = parse(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    exclusive = parse is float
+    if not math.isfinite(value) or value < low or (exclusive and value == low) or value > high:
+        bound = f"more than {low:g}" if exclusive else f"{low:g} or more"
+        most = f", at most {high:.0f}" if high < math.inf else ""
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: give {what}, {bound}{most}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """A count: workers, openings, rows, queued events."""
+    return int(_number(text, int, "a whole number", 1))
+
+
+def _seconds(text: str) -> float:
+    """A duration in seconds: an interval, a lease's timings."""
+    return _number(text, float, "a number of seconds", 0, _YEAR)
+
+
+def _seconds_or_zero(text: str) -> int:
+    """A wait in whole seconds, where 0 means "do not wait"."""
+    return int(_number(text, int, "a whole number of seconds", 0, _YEAR))
+
+
+def _hours(text: str) -> float:
+    """A duration in hours: how old a scan may get."""
+    return _number(text, float, "a number of hours", 0, _YEAR / 3600)
 
 
 def _timestamp(text: str) -> datetime:
@@ -867,17 +925,23 @@ def _source(args: argparse.Namespace, store_path: Path, ref: str | None = None) 
         verify = SignatureVerification("gpg", args.verify_gpg)
     elif getattr(args, "verify_ssh", None):
         verify = SignatureVerification("ssh", args.verify_ssh)
-    workdir = (
-        store_path.parent / "git" / hashlib.sha256(f"{text}#{args.ref}".encode()).hexdigest()[:16]
-    )
-    return GitSource(
-        text,
-        ref=ref or args.ref,
-        workdir=workdir,
-        identity_file=getattr(args, "identity_file", None),
-        known_hosts_file=getattr(args, "known_hosts", None),
-        verify=verify,
-    )
+    # Named after the URL without credentials: a new token reuses the clone, and the name
+    # gives no hash of a password to guess at.
+    key = f"{redacted(text)}#{args.ref}"
+    workdir = store_path.parent / "git" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    username = os.environ.get(GIT_USERNAME_ENV)
+    try:
+        return GitSource(
+            text,
+            ref=ref or args.ref,
+            workdir=workdir,
+            identity_file=getattr(args, "identity_file", None),
+            known_hosts_file=getattr(args, "known_hosts", None),
+            verify=verify,
+            credentials=None if username is None else (username, os.environ.get(GIT_PASS_ENV, "")),
+        )
+    except SourceError as exc:  # a URL or ref refused before anything is fetched
+        raise UserError(str(exc)) from None
 
 
 def _transports(pool: SshPool, ssh_dir: Path) -> TransportFor:

@@ -1,5 +1,6 @@
-"""Real Git servers on 127.0.0.1 for the source tests: git daemon, smart HTTP, sshd; plus
-upstream repositories to commit to, and throwaway GPG and SSH signing keys.
+"""Real Git servers on 127.0.0.1 for the source tests: git daemon, smart HTTP (optionally behind
+HTTP basic auth), sshd; plus upstream repositories to commit to, and throwaway GPG and SSH signing
+keys.
 
 Every server serves a whole directory of bare repositories, so one server per test module is
 enough and each test makes its own repository in it. Processes are started as argv lists and
@@ -8,6 +9,7 @@ stopped by their own PID; nothing here touches the host's Git, SSH or GnuPG conf
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
@@ -196,10 +198,19 @@ _CGI_FROM_REQUEST = (
 )
 
 
-def http_backend_app(root: Path) -> Callable[..., Iterable[bytes]]:
-    """A WSGI app running ``git http-backend`` (smart HTTP) for every request, CGI-style."""
+def http_backend_app(
+    root: Path, credentials: tuple[str, str] | None = None
+) -> Callable[..., Iterable[bytes]]:
+    """A WSGI app running ``git http-backend`` (smart HTTP) for every request, CGI-style; with
+    ``credentials`` (user, password), only for requests carrying them as HTTP basic auth."""
+    expected = None
+    if credentials is not None:
+        expected = "Basic " + base64.b64encode(":".join(credentials).encode()).decode()
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if expected is not None and environ.get("HTTP_AUTHORIZATION") != expected:
+            start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="git"')])
+            return [b"authentication required\n"]
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         cgi = {key: str(environ[key]) for key in _CGI_FROM_REQUEST if key in environ}
@@ -232,11 +243,11 @@ def _split_cgi(out: bytes) -> tuple[bytes, bytes]:
 class HttpBackend:
     """Smart HTTP on an ephemeral loopback port, served from a thread."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, credentials: tuple[str, str] | None = None) -> None:
         self.server = make_server(
             "127.0.0.1",
             0,
-            http_backend_app(root),
+            http_backend_app(root, credentials),
             server_class=_ThreadingWSGIServer,
             handler_class=_QuietHandler,
         )

@@ -5,15 +5,21 @@ watched with watchdog."""
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import re
 import shutil
 import socket
+import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from reconciler.api.snapshot import SnapshotInvalid
 from reconciler.sources import (
@@ -28,6 +34,7 @@ from reconciler.sources import (
     SourceError,
     read_snapshot,
 )
+from reconciler.sources.directory import SKIPPED_OUTSIDE
 from tests.git_servers import (
     EXAMPLES,
     Daemon,
@@ -40,6 +47,7 @@ from tests.git_servers import (
     Upstream,
     free_port,
     git_daemon,
+    run,
     ssh_keygen,
 )
 
@@ -258,15 +266,123 @@ def test_a_server_that_never_answers_times_out(tmp_path: Path) -> None:
     assert time.monotonic() - started < 5
 
 
-def test_passwords_in_urls_stay_out_of_revisions_and_errors(tmp_path: Path) -> None:
-    url = f"http://deploy:s3cret@127.0.0.1:{free_port()}/fleet.git"
+@pytest.mark.parametrize("userinfo", ["deploy:s3cret", "s3cret", "s3cret:x-oauth-basic"])
+def test_passwords_in_urls_stay_out_of_revisions_and_errors(userinfo: str, tmp_path: Path) -> None:
+    url = f"http://{userinfo}@127.0.0.1:{free_port()}/fleet.git"
     source = GitSource(url, workdir=tmp_path / "clone", timeout=10)
 
     with pytest.raises(SourceError) as caught:
         source.fetch()
 
     assert "s3cret" not in str(caught.value)
-    assert source.public_url == url.replace("s3cret", "***")
+    # The whole user part goes: a token is as often the user name as the password.
+    assert source.public_url == url.replace(userinfo, "***")
+
+
+TOKEN = "ghp_s3cretT0KEN0123456789"
+
+
+def patchctl_umask_0(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``patchctl ARGS`` as a user with umask 000 runs it, with ``env`` added."""
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        umask=0,
+        env={**os.environ, **env},
+    )
+
+
+FROM_ENVIRONMENT = {"PATCHWARDEN_GIT_USERNAME": "deploy", "PATCHWARDEN_GIT_PASSWORD": TOKEN}
+
+
+@pytest.mark.parametrize(
+    ("userinfo", "env", "credentials"),
+    [
+        (f"deploy:{TOKEN}@", {}, ("deploy", TOKEN)),
+        (f"{TOKEN}@", {}, (TOKEN, "")),
+        ("", FROM_ENVIRONMENT, ("deploy", TOKEN)),  # kept out of the process list
+    ],
+    ids=["user-and-password", "token-as-user", "from-the-environment"],
+)
+def test_url_credentials_fetch_yet_reach_no_output_record_or_file_and_the_clone_is_private(
+    userinfo: str, env: dict[str, str], credentials: tuple[str, str], tmp_path: Path
+) -> None:
+    root = tmp_path / "srv"
+    root.mkdir()
+    upstream = Upstream.create(root, "fleet", tmp_path / "upstream")
+    upstream.write("baselines/extra.yaml", EXTRA_BASELINE)
+    good = upstream.commit("one baseline")
+    state = tmp_path / "state" / "state.db"
+    wrong = {name: value.replace(TOKEN, "wrong-token") for name, value in env.items()}
+    with HttpBackend(root, credentials) as http:
+        where = f"127.0.0.1:{http.port}/fleet.git"
+        reconcile = ["reconcile", "--source", f"http://{userinfo}{where}", "--state", str(state)]
+        runs = [
+            patchctl_umask_0(*reconcile, "-o", "json", env=env),
+            # Failures quote the URL: into the log, the revisions table and the audit log.
+            patchctl_umask_0(*reconcile, "--ref", "no-such-branch", env=env),
+            patchctl_umask_0(*[a.replace(TOKEN, "wrong-token") for a in reconcile], env=wrong),
+        ]
+        with pytest.raises(SourceError, match="could not read Username"):
+            GitSource(f"http://{where}", workdir=tmp_path / "anonymous", timeout=10).fetch()
+    runs.append(patchctl_umask_0("audit", "--state", str(state), "-o", "json", env={}))
+
+    assert runs[0].returncode == 0, runs[0].stderr
+    assert json.loads(runs[0].stdout)["revision"] == f"main@sha1:{good}"  # fetched with it
+    said = "".join(run.stdout + run.stderr for run in runs)
+    assert "no branch, tag or commit named 'no-such-branch'" in said
+    assert "Authentication failed" in said
+    assert TOKEN not in said and "wrong-token" not in said
+    assert f"http://{'***@' if userinfo else ''}{where}" in said
+    files = [path for path in state.parent.rglob("*") if path.is_file()]
+    assert {"state.db", "audit.jsonl", "config", "FETCH_HEAD"} <= {path.name for path in files}
+    for path in files:
+        assert TOKEN.encode() not in path.read_bytes(), path
+    clones = state.parent / "git"
+    for path in [clones, *clones.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == 0o700 if path.is_dir() else mode & 0o077 == 0, (path, oct(mode))
+
+
+def test_credentials_given_twice_or_for_another_scheme_are_refused(tmp_path: Path) -> None:
+    given = ("deploy", "s3cret")
+    for url, reason in [
+        ("https://me:other@git.example/f.git", "credentials given twice"),
+        ("ssh://git@git.example/f.git", "only used with http"),
+        ("https://git.example/f.git", "line break"),
+    ]:
+        credentials = ("deploy", "s3cret\n") if reason == "line break" else given
+        with pytest.raises(SourceError, match=reason) as caught:
+            GitSource(url, workdir=tmp_path / "clone", credentials=credentials)
+        assert "s3cret" not in str(caught.value) and "other" not in str(caught.value)
+
+
+def test_a_clone_made_before_with_credentials_in_its_config_is_cleaned_and_made_private(
+    servers: Servers, upstream: Upstream, tmp_path: Path
+) -> None:
+    clone = tmp_path / "clone"
+    run(["git", "init", "--quiet", "--bare", str(clone)])  # 0755/0644, as older versions made
+    token_url = f"http://{TOKEN}@127.0.0.1:{servers.http.port}/{upstream.bare.name}"
+    run(["git", "config", "remote.origin.url", token_url], cwd=clone)
+
+    GitSource(token_url, workdir=clone, timeout=20).fetch()
+
+    assert TOKEN not in (clone / "config").read_text()
+    for path in [clone, *clone.rglob("*")]:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ssh://git:s3cret@host/fleet.git", "git://deploy:s3cret@host/fleet.git", "file://u@/srv/f"],
+)
+def test_credentials_git_would_ignore_are_refused(url: str, tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=r"credentials in a \w+:// URL are not used") as caught:
+        GitSource(url, workdir=tmp_path / "clone")
+    assert "s3cret" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -411,6 +527,41 @@ def test_directory_revision_is_a_digest_of_paths_and_contents(fleet_dir: Path) -
 
     groups.rename(fleet_dir / "groups2.yaml")
     assert source.fetch()[0] not in (revision, edited)
+
+
+def test_symlinks_to_files_outside_the_directory_are_skipped_with_a_warning(
+    fleet_dir: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("root:$6$not-for-snapshots: [\n")  # would be echoed if parsed
+    (fleet_dir / "stolen.yaml").symlink_to(secret)
+    (fleet_dir / "baselines" / "escape.yaml").symlink_to("../../secret.yaml")
+    # A ConfigMap volume's layout: links into a hidden directory of the same volume stay read.
+    (fleet_dir / "..data").mkdir()
+    (fleet_dir / "..data" / "extra.yaml").write_text(EXTRA_BASELINE)
+    (fleet_dir / "extra.yaml").symlink_to("..data/extra.yaml")
+
+    with structlog.testing.capture_logs() as logs:
+        _, files = DirectorySource(fleet_dir).fetch()
+        _, snapshot = DirectorySource(fleet_dir).snapshot()
+
+    names = [name for name, _ in files]
+    assert "extra.yaml" in names and "extra" in snapshot.baselines
+    assert "stolen.yaml" not in names and "baselines/escape.yaml" not in names
+    warned = {entry["file"] for entry in logs if entry["log_level"] == "warning"}
+    assert warned == {"stolen.yaml", "baselines/escape.yaml"}
+    assert all(entry["event"] == SKIPPED_OUTSIDE for entry in logs)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler", "validate", "-o", "json", str(fleet_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    json.loads(done.stdout)  # the warning stays off stdout
+    assert "stolen.yaml" in done.stderr and "skipped" in done.stderr
+    assert "not-for-snapshots" not in done.stdout + done.stderr
 
 
 def test_a_missing_directory_is_a_source_error(tmp_path: Path) -> None:

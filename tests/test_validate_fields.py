@@ -872,6 +872,22 @@ ERRORS = [
         ("'0%' is not valid",),
     ),
     Edit(
+        "maxConcurrency of 8 digits (SSM takes 7 characters)",
+        WINDOW,
+        'maxConcurrency: "25%"',
+        "maxConcurrency: 10000000",
+        "spec.tasks[0].maxConcurrency",
+        ("at most 7 characters",),
+    ),
+    Edit(
+        "maxErrors of 8 digits",
+        WINDOW,
+        'maxErrors: "1"',
+        'maxErrors: "10000000"',
+        "spec.tasks[0].maxErrors",
+        ("at most 7 characters",),
+    ),
+    Edit(
         'maxErrors "101%"',
         WINDOW,
         'maxErrors: "1"',
@@ -1081,6 +1097,12 @@ BOUNDARIES = [
         "duration: 24\n  cutoff: 23",
     ),
     Edit("duration 1, cutoff 0", WINDOW, "duration: 4\n  cutoff: 1", "duration: 1\n  cutoff: 0"),
+    Edit(
+        "maxConcurrency and maxErrors of 7 digits",
+        WINDOW,
+        'maxConcurrency: "25%"\n      maxErrors: "1"',
+        'maxConcurrency: "9999999"\n      maxErrors: 9999999',
+    ),
     Edit("scheduleOffset 1", WINDOW, "scheduleOffset: 3", "scheduleOffset: 1"),
     Edit("scheduleOffset 6", WINDOW, "scheduleOffset: 3", "scheduleOffset: 6"),
     Edit(

@@ -297,9 +297,10 @@ class WindowTask(Model):
     """Scan reports compliance only; Install installs approved missing patches."""
     reboot_option: RebootOption = RebootOption.REBOOT_IF_NEEDED
     """RebootIfNeeded reboots when the machine needs it after installing; NoReboot never does."""
-    max_concurrency: Annotated[str, StringConstraints(pattern=_CONCURRENCY)] = "1"
-    """How many targets run at once: a count ("10") or a percentage ("10%")."""
-    max_errors: Annotated[str, StringConstraints(pattern=_ERRORS)] = "1"
+    # SSM's limit: at most 7 characters, so a count is at most 9,999,999.
+    max_concurrency: Annotated[str, StringConstraints(pattern=_CONCURRENCY, max_length=7)] = "1"
+    """How many targets run at once: a count ("10", at most 7 digits) or a percentage ("10%")."""
+    max_errors: Annotated[str, StringConstraints(pattern=_ERRORS, max_length=7)] = "1"
     """Failed targets after which no new target starts: a count or a percentage."""
     priority: int = Field(default=1, ge=0, strict=True)
     """Lower runs first; tasks of equal priority run in parallel."""

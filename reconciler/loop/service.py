@@ -14,11 +14,12 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 
 from reconciler.loop.reconciler import Reconciler
+from reconciler.redaction import redacted
 from reconciler.report.notify.metrics import LoopMetrics
 from reconciler.state import StoreWriteFailed
 
@@ -45,11 +46,18 @@ def configure_logging(stream: TextIO | None = None) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
+            _redacted_line,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def _redacted_line(_logger: object, _method: str, line: Any) -> str:
+    """The rendered line (after the JSON renderer: a str, though structlog types it as the
+    event dict) without URL credentials, whichever field or exception carried them."""
+    return redacted(str(line))
 
 
 class Service:

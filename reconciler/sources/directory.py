@@ -2,9 +2,10 @@
 
 Every ``*.yaml``/``*.yml`` file under the directory is part of the snapshot (hidden directories such
 as ``.git`` are skipped, see :func:`reconciler.sources.base.is_resource`); paths in errors are
-relative to the directory given. Inventories are JSON files (``*.json``). Files are read as bytes
-and judged by ``reconciler.api``; nothing here decides what is valid. May import ``api`` and
-``defaults``.
+relative to the directory given. Nothing outside the directory is read: a symbolic link to a file
+outside it is skipped with a warning naming the link. Inventories are JSON files (``*.json``).
+Files are read as bytes and judged by ``reconciler.api``; nothing here decides what is valid. May
+import ``api`` and ``defaults``.
 
 :class:`DirectorySource` is the reconcile loop's view of a directory: its revision is a digest of
 the files' paths and contents, and :meth:`DirectorySource.watch` reports edits as they happen.
@@ -78,13 +79,25 @@ def walk(path: Path, suffixes: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
     if path.is_file():
         yield path.name, _read(path)
         return
+    root = path.resolve()
     for relpath in sorted(_relpaths(path, suffixes), key=walk_order):
-        yield relpath, _read(path / relpath)
+        target = (path / relpath).resolve()
+        if target.is_relative_to(root):
+            yield relpath, _read(target)
+        else:
+            # What a symlink points at outside the directory is not the directory's to give:
+            # reading it would put any file the controller can read into a snapshot or an error.
+            log.warning(SKIPPED_OUTSIDE, file=relpath)
+
+
+SKIPPED_OUTSIDE = "symbolic link to a file outside the source directory skipped"
 
 
 def _relpaths(root: Path, suffixes: tuple[str, ...]) -> Iterator[str]:
     # os.walk lets hidden directories be pruned before descending: a big .git is never listed.
-    # Symlinked directories are not followed (as pathlib's rglob did), symlinked files are read.
+    # Symlinked directories are not followed (as pathlib's rglob did). Symlinked files are
+    # listed; walk() reads those whose target lies inside the directory (a Kubernetes ConfigMap
+    # volume is made of such links) and skips the rest.
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         base = Path(dirpath).relative_to(root)

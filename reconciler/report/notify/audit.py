@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reconciler.redaction import redacted
 from reconciler.report.files import sync_directory
 from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.report.views.render import short_revision
@@ -52,7 +53,8 @@ class AuditLog:
         self.write(occurrence.to_dict())
 
     def write(self, entry: Mapping[str, Any]) -> None:
-        line = (json.dumps(entry, sort_keys=False, default=str) + "\n").encode()
+        # A message quoting a URL (a fetch that failed) keeps no credentials on disk.
+        line = (redacted(json.dumps(entry, sort_keys=False, default=str)) + "\n").encode()
         with self._lock:
             if self._closed:
                 raise ValueError(f"the audit log {self.path} is closed")

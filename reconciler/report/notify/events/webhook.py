@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from reconciler.redaction import redacted
 from reconciler.report.notify.events.delivery import Failure, Sink
 from reconciler.report.notify.events.shapes import SOURCE, Event, structured
 
@@ -33,7 +34,7 @@ class WebhookSink(Sink):
         self.client = httpx.Client(
             headers=dict(headers or {}), timeout=timeout, follow_redirects=False
         )
-        super().__init__(f"webhook:{_redacted(url)}", **options)
+        super().__init__(f"webhook:{redacted(url)}", **options)
 
     def deliver(self, batch: Sequence[Event]) -> Sequence[Failure]:
         failures = []
@@ -48,9 +49,3 @@ class WebhookSink(Sink):
 
     def _close(self) -> None:
         self.client.close()
-
-
-def _redacted(url: str) -> str:
-    """The URL without credentials or query (tokens live there sometimes): for logs and names."""
-    parsed = httpx.URL(url)
-    return str(parsed.copy_with(username=None, password=None, query=None, fragment=None))
