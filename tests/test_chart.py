@@ -20,7 +20,7 @@ import yaml
 from kubernetes.client import ApiException
 
 from reconciler.api.resources import GROUP, VERSION
-from reconciler.cli import _parser
+from reconciler.cli import _parser, _state_path
 from reconciler.dispatch.nodes import NodeSettings
 from tests.kubeapi import KubeApi
 
@@ -174,6 +174,29 @@ def test_renders_with_values(chart: helm.Chart) -> None:
     assert settings.tolerations == ({"key": "dedicated", "operator": "Equal", "value": "db"},)
 
 
+def test_git_credentials_come_from_a_secret_through_the_environment(chart: helm.Chart) -> None:
+    """A token never appears in the pod's args (readable by anyone who may get the Deployment)."""
+    container = controller(
+        render(
+            chart,
+            {"git": {"url": "https://git.example/fleet.git", "credentialsSecret": "fleet-token"}},
+        )
+    )
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert refs == {
+        "PATCHWARDEN_GIT_USERNAME": {"name": "fleet-token", "key": "username"},
+        "PATCHWARDEN_GIT_PASSWORD": {"name": "fleet-token", "key": "password"},
+    }
+    assert "--source=https://git.example/fleet.git" in container["args"]
+    assert not any("fleet-token" in a for a in container["args"])
+    plain = controller(render(chart, {"git": {"url": "https://git.example/fleet.git"}}))
+    assert not any(e["name"].startswith("PATCHWARDEN_GIT") for e in plain["env"])
+
+
 def _node_settings(docs: list[Doc]) -> NodeSettings:
     config = one(docs, "ConfigMap", FULLNAME)["data"]["node-job.yaml"]
     return NodeSettings.from_values(yaml.safe_load(config))
@@ -205,10 +228,11 @@ def test_controller_args_are_what_patchctl_parses(chart: helm.Chart) -> None:
     assert str(parsed.node_job_config) == "/etc/patchwarden/config/node-job.yaml", shlex.join(args)
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert str(parsed.node_job_config.parent) in mounts
-    assert str(parsed.state.parent) in mounts, "the state database lives on a writable volume"
+    state = _state_path(parsed)
+    assert str(state.parent) in mounts, "the state database lives on a writable volume"
     # Files named by resources: the ssh Secret's mount, reports on the state volume.
     assert str(parsed.ssh_dir) == "/etc/patchwarden/ssh"
-    assert parsed.report_dir.parent == parsed.state.parent
+    assert parsed.report_dir.parent == state.parent
 
 
 def test_the_ssh_secret_is_mounted_as_the_ssh_dir(chart: helm.Chart) -> None:
