@@ -165,7 +165,7 @@ def test_a_busy_port_is_one_line_naming_the_address(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("listen", ["::1:9469", "[::1]", "host:99999", "[::1:9469"])
+@pytest.mark.parametrize("listen", ["::1:9469", "[::1]", "[]:9469", "host:99999", "[::1:9469"])
 def test_a_malformed_listen_address_is_a_usage_error(tmp_path: Path, listen: str) -> None:
     run = subprocess.run(
         [*PATCHCTL, "run", "--source", str(tmp_path), "--listen", listen],

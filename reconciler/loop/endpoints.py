@@ -44,7 +44,7 @@ Handler = Callable[[socket.socket, Any, Any], object]
 """A ``BaseHTTPRequestHandler`` class: constructed with (connection, address, server), it
 answers the request."""
 
-_LISTEN = re.compile(r"(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})")
+_LISTEN = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})")
 
 
 class ListenError(PermanentError):
