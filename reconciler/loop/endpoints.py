@@ -160,8 +160,12 @@ class EndpointServer:
                 connection, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:  # out of descriptors, a client gone before accept: try later
-                return
+            except (ConnectionAbortedError, ConnectionResetError):
+                continue  # the client left before it was accepted
+            except OSError:  # out of descriptors: an idle client makes room, or the backlog waits
+                if not self._evict_oldest():
+                    return
+                continue
             with self._lock:
                 full = self._open >= self.max_connections
                 self._open += 1
