@@ -49,6 +49,7 @@ from reconciler.evaluation import (
     resolve,
 )
 from reconciler.loop import Clock, Reconciler, TransportFor, configure_logging, serve, utc_now
+from reconciler.loop.endpoints import ListenError, parse_listen
 from reconciler.plan import Settings
 from reconciler.redaction import redacted
 from reconciler.report.notify import audit
@@ -644,12 +645,12 @@ def _controller_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
 
-def _listen(text: str) -> str:
-    """HOST:PORT (HOST may be empty), checked here so a typo is a usage error."""
-    port = text.rpartition(":")[2]
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 0.0.0.0:9469)")
-    return text
+def _listen(text: str) -> tuple[str, int]:
+    """HOST:PORT or [IPv6]:PORT (HOST may be empty), checked here so a typo is a usage error."""
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # Numbers on the command line: one family of argparse types, so every count and duration is
@@ -1048,15 +1049,11 @@ def _reconcile(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    host, _, port = args.listen.rpartition(":")
+    host, port = args.listen
     pool = _ssh_pool()
-    with _observed_loop(args, pool, serving=True) as (reconciler, _, metrics):
+    with _observed_loop(args, pool, serving=True) as (reconciler, _, metrics), _listening():
         serve(
-            reconciler,
-            interval=args.interval,
-            host=host or "127.0.0.1",
-            port=int(port),
-            metrics=metrics,
+            reconciler, interval=args.interval, host=host or "127.0.0.1", port=port, metrics=metrics
         )
     pool.close()
     return EXIT_OK
@@ -1067,7 +1064,7 @@ def _controller(args: argparse.Namespace) -> int:
     from reconciler.controller import LeaderElector, run
 
     api, namespace = _kubernetes(args)
-    host, _, port = args.listen.rpartition(":")
+    host, port = args.listen
     lease, node_settings = _controller_settings(args, namespace)
     pool = _ssh_pool()
     transports, resume = _node_access(api, node_settings, pool, args.ssh_dir)
@@ -1087,18 +1084,29 @@ def _controller(args: argparse.Namespace) -> int:
         else:
             reconciler, events = _reconciler(args, store, transports, observers=observers), None
         _log_level(args.log_level)
-        code = run(
-            reconciler,
-            elector,
-            interval=args.interval,
-            host=host or "0.0.0.0",  # a Pod's probes and Prometheus reach it
-            port=int(port),
-            metrics=metrics,
-            events=events,
-            resume=resume,
-        )
+        with _listening():
+            code = run(
+                reconciler,
+                elector,
+                interval=args.interval,
+                host=host or "0.0.0.0",  # a Pod's probes and Prometheus reach it
+                port=port,
+                metrics=metrics,
+                events=events,
+                resume=resume,
+            )
     pool.close()
     return code
+
+
+@contextlib.contextmanager
+def _listening() -> Iterator[None]:
+    """A --listen address that cannot be served (in use, not this machine's) is the user's to
+    fix: one line naming it, exit 1."""
+    try:
+        yield
+    except ListenError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _controller_settings(

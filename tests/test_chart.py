@@ -221,7 +221,7 @@ def test_controller_args_are_what_patchctl_parses(chart: helm.Chart) -> None:
     parsed = _parser().parse_args(args)
     assert parsed.command == "controller"
     assert parsed.namespace == NAMESPACE
-    assert parsed.listen == "0.0.0.0:8080"
+    assert parsed.listen == ("0.0.0.0", 8080)
     assert parsed.lease_name == FULLNAME
     assert parsed.source == "https://git.example/fleet.git"
     assert parsed.nodes is False

@@ -31,7 +31,7 @@ from tests.aptlab import Pkg, Repo, make_root
 from tests.conftest import INSTALLED, needs_apt
 from tests.fleet import API, documents, open_window_yaml, versions
 from tests.git_servers import free_port
-from tests.waiting import tail_of, wait_until
+from tests.waiting import healthy, tail_of, wait_until
 
 pytestmark = needs_apt
 
@@ -116,14 +116,6 @@ def scrape(base: str) -> Scrape:
         for sample in family.samples:
             samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
     return Scrape(samples, families)
-
-
-def healthy(base: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def patchctl_json(*args: str) -> Any:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -60,3 +62,12 @@ def accepting(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def healthy(base: str) -> bool:
+    """Whether a service at ``base`` (``http://127.0.0.1:9469``) answers 200 on /healthz."""
+    try:
+        with urllib.request.urlopen(f"{base}/healthz", timeout=5) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False

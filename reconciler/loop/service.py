@@ -13,11 +13,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, TextIO
 
 import structlog
 
+from reconciler.loop.endpoints import EndpointServer
 from reconciler.loop.reconciler import Reconciler
 from reconciler.redaction import redacted
 from reconciler.report.notify.metrics import LoopMetrics
@@ -177,9 +178,11 @@ def serve(
 
 def http_endpoints(
     host: str, port: int, metrics: LoopMetrics, problem: Callable[[], str | None]
-) -> ThreadingHTTPServer:
-    """/metrics and /healthz on HOST:PORT, served from a daemon thread; ``shutdown()`` stops it.
-    /healthz is 200 while ``problem()`` is None, else 503 with the problem."""
+) -> EndpointServer:
+    """/metrics and /healthz on HOST:PORT, served from daemon threads (bounded, with timeouts:
+    :mod:`~reconciler.loop.endpoints`); ``shutdown()`` stops it. /healthz is 200 while
+    ``problem()`` is None, else 503 with the problem. Raises
+    :class:`~reconciler.loop.endpoints.ListenError` when HOST:PORT cannot be served."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -200,6 +203,4 @@ def http_endpoints(
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True, name="http").start()
-    return server
+    return EndpointServer(host, port, Handler).start()

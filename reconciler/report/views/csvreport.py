@@ -5,14 +5,18 @@ patch).
 Pure: rows from the store's scan records; writing them is the caller's business. Values keep the
 API's spelling (NON_COMPLIANT, MISSING, CRITICAL). Facts SSM has and Patchwarden does not (the
 instance's IP, a logs URL) are left empty rather than invented.
+
+:func:`write_csv` is the one CSV writer of Patchwarden (these reports and every ``-o csv``): it
+defuses formula injection, because host names, package names and CVE fields come from managed
+machines, which may be hostile.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import IO, Any
 
 from reconciler.state import ScanRecord
 
@@ -90,12 +94,37 @@ def detail_rows(scan: ScanRecord) -> list[dict[str, Any]]:
     return rows
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet read a cell as a formula (OWASP, CSV Injection)."""
+
+
 def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    write_csv(rows, columns, out)
     return out.getvalue()
+
+
+def write_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], out: IO[str]) -> None:
+    """A header and one line per row, every cell through :func:`neutralised`. Text is always
+    quoted (numbers are not): the csv module quotes a bare carriage return only when it is in
+    the line terminator, and an unquoted one starts a new row in a spreadsheet."""
+    writer = csv.DictWriter(
+        out, fieldnames=list(columns), lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC
+    )
+    writer.writeheader()
+    writer.writerows({key: neutralised(value) for key, value in row.items()} for row in rows)
+
+
+def neutralised(value: object) -> object:
+    """``value`` as a spreadsheet shows it and never runs it: text starting with ``=``, ``+``,
+    ``-``, ``@``, a tab or a carriage return gets a leading single quote, as OWASP recommends;
+    the rest of the text is kept. Every text is treated so, ``-1`` included: a version or a name
+    is text, and which text is safe is the spreadsheet's guess, not ours. Numbers Patchwarden
+    computed (counts, indexes) and empty cells are written as they are."""
+    if value is None or isinstance(value, int | float):
+        return value
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def _summary(index: int, scan: ScanRecord) -> dict[str, Any]:

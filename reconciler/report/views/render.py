@@ -4,13 +4,18 @@ The JSON/YAML shape is the evaluation document of docs/ssm-semantics.md: one obj
 a list when several
 instances are reported. Tables show the counts, then the patches that need attention. Writes only
 to the stream it is given.
+
+Every value shown is text, never markup: names, host names and reasons come from managed machines
+and commits, so rich reads no ``[...]`` markup or ``:emoji:`` code in them and control characters
+(a terminal's escape sequences) are shown as ``\\xNN``. :class:`PlainConsole` does this for every
+string it renders; styles are applied only by :func:`styled`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
@@ -18,11 +23,13 @@ import yaml
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from reconciler.api.enums import PatchState
 from reconciler.evaluation.resolve import Resolution
 from reconciler.evaluation.results import InstanceEvaluation, PatchResult
 from reconciler.plan import Plan
+from reconciler.report.views import csvreport
 
 QUIET_STATES = frozenset({PatchState.INSTALLED, PatchState.INSTALLED_OTHER})
 _STATE_STYLE = {
@@ -35,10 +42,39 @@ _STATE_STYLE = {
 }
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+"""C0 and C1 control characters but tab and newline: ESC starts a terminal's escape sequences."""
+
+
+def visible(text: str) -> str:
+    """``text`` with each control character written as ``\\xNN``, so a terminal shows it."""
+    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+
+
+def styled(text: str, style: str) -> Text:
+    """``text`` as it is, in ``style``: the one way a style reaches a rendered value."""
+    return Text(visible(text), style=style)
+
+
+class PlainConsole(Console):
+    """A rich console that renders every string (cells, titles, printed lines) as plain text:
+    no markup, no emoji codes, control characters made visible."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(markup=False, emoji=False, **options)
+
+    def render_str(self, text: str, **options: Any) -> Text:
+        return super().render_str(visible(text), **{**options, "markup": False, "emoji": False})
+
+
 def _console(out: IO[str]) -> Console:
-    probe = Console(file=out)
+    probe = PlainConsole(file=out)
     # Piped tables are read in files and CI logs: give them room instead of 80 columns.
-    return probe if probe.is_terminal else Console(file=out, width=180)
+    return probe if probe.is_terminal else PlainConsole(file=out, width=180)
+
+
+def _status(status: str) -> Text:
+    return styled(status, "green" if status == "COMPLIANT" else "bold red")
 
 
 def dump(data: Any, fmt: str, out: IO[str]) -> None:
@@ -92,7 +128,7 @@ def _summary_table(results: Sequence[InstanceEvaluation]) -> Table:
             r.operating_system,
             r.patch_group or "-",
             r.baseline,
-            f"[green]{status}[/]" if status == "COMPLIANT" else f"[bold red]{status}[/]",
+            _status(status),
             str(s.compliance_severity or "-"),
             str(s.missing_count),
             str(s.failed_count),
@@ -128,7 +164,7 @@ def _patch_table(result: InstanceEvaluation, rows: Sequence[PatchResult]) -> Tab
             f"{p.name}.{p.arch}" if p.arch else p.name,
             p.installed_version or "-",
             p.version,
-            f"[{style}]{p.state}[/]" if style else str(p.state),
+            styled(str(p.state), style),
             p.classification or "-",
             p.severity or "-",
             str(p.compliance_level),
@@ -153,7 +189,7 @@ def explanation(
         dump(data, fmt, out)
         return
     console = _console(out)
-    console.print(f"[bold]{result.instance_id}[/] ({result.operating_system})")
+    console.print(styled(result.instance_id, "bold"), f"({result.operating_system})")
     console.print(f"  patch group: {result.patch_group or '-'} — {resolution.group_reason}")
     console.print(f"  baseline:    {result.baseline} — {resolution.baseline_reason}")
     console.print(f"  status:      {result.summary.compliance_status}")
@@ -173,11 +209,11 @@ def explanation(
 @contextlib.contextmanager
 def progress(message: str) -> Iterator[None]:
     """A spinner on stderr while long work runs, only when stderr is a terminal."""
-    console = Console(stderr=True)
+    console = PlainConsole(stderr=True)
     if not console.is_terminal:
         yield
         return
-    with console.status(message):
+    with console.status(styled(message, "")):
         yield
 
 
@@ -258,7 +294,9 @@ def plan(current: Plan, fmt: str, out: IO[str]) -> None:
         )
         return
     console = _console(out)
-    console.print(f"Plan for revision [bold]{current.revision}[/] at {current.now.isoformat()}")
+    console.print(
+        "Plan for revision", styled(current.revision, "bold"), f"at {current.now.isoformat()}"
+    )
     table = Table(title="Would start now", title_justify="left")
     for column in ("Instance", "Operation", "Window / task", "Patches", "Why"):
         table.add_column(column, overflow="fold")
@@ -283,12 +321,15 @@ def plan(current: Plan, fmt: str, out: IO[str]) -> None:
 @contextlib.contextmanager
 def job_progress() -> Iterator[Callable[[Any], None]]:
     """A live count of finished jobs on stderr (terminals only); yields the per-job callback."""
-    console = Console(stderr=True)
+    console = PlainConsole(stderr=True)
     if not console.is_terminal:
         yield lambda job: None
         return
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True
+        SpinnerColumn(),
+        TextColumn("{task.description}", markup=False),
+        console=console,
+        transient=True,
     ) as bar:
         task = bar.add_task("reconciling", total=None)
         done: dict[str, int] = {}
@@ -323,7 +364,9 @@ def reconcile_summary(summary: Any, scans: Mapping[str, Any], fmt: str, out: IO[
     jobs = ", ".join(f"{count} {key}" for key, count in sorted(summary.jobs.items())) or "no jobs"
     console.print(f"Revision {summary.revision or '(none accepted)'}: {jobs}.")
     for refused in summary.refused:
-        console.print(f"[bold red]Refused[/] {refused}: kept acting on the last good revision.")
+        console.print(
+            styled("Refused", "bold red"), f"{refused}: kept acting on the last good revision."
+        )
     table = Table(title="Compliance", title_justify="left")
     for column in (
         "Instance",
@@ -343,7 +386,7 @@ def reconcile_summary(summary: Any, scans: Mapping[str, Any], fmt: str, out: IO[
         table.add_row(
             row["instance"],
             row["baseline"],
-            f"[green]{status}[/]" if status == "COMPLIANT" else f"[bold red]{status}[/]",
+            _status(status),
             row["complianceSeverity"] or "-",
             str(row["missingCount"]),
             str(row["failedCount"]),
@@ -357,7 +400,7 @@ def reconcile_summary(summary: Any, scans: Mapping[str, Any], fmt: str, out: IO[
     if waiting:
         console.print("Waiting: " + "; ".join(f"{i}: {r}" for i, r in waiting))
     elif summary.converged:
-        console.print("[green]Converged:[/] every instance is compliant.")
+        console.print(styled("Converged:", "green"), "every instance is compliant.")
 
 
 def short_revision(revision: str) -> str:
@@ -406,9 +449,7 @@ def windows(rows: Sequence[Mapping[str, str]], fmt: str, out: IO[str]) -> None:
 def rows(data: Sequence[Mapping[str, Any]], fmt: str, out: IO[str], *, title: str) -> None:
     """Flat rows for people (a table), spreadsheets (CSV) or machines (JSON, YAML)."""
     if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=list(data[0]) if data else [], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(data)
+        csvreport.write_csv(data, list(data[0]) if data else [], out)
         return
     if fmt != "table":
         dump(list(data), fmt, out)
