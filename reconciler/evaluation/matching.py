@@ -2,7 +2,8 @@
 
 SSM's matching rules (reference §1.4-§1.6, §3.3): filter values are OR'ed and compared without
 regard to case, ``*`` matches everything (even a missing property); patch ids follow each family's
-formats with at most one ``*``; dates are UTC days with per-OS sources and fallbacks. Pure.
+formats with at most one ``*`` (every name form AWS documents: :func:`package_names`); dates are
+UTC days with per-OS sources and fallbacks. Pure.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from reconciler.api.enums import (
     PatchFilterKey,
 )
 from reconciler.api.inventory import PackageFacts
+from reconciler.api.names import COMPONENTS, FORMS, key_template
 from reconciler.api.resources import PatchFilter
 
 _EPOCH_DAY = date(1970, 1, 1)
@@ -163,17 +165,46 @@ def _looks_like_advisory(patch_id: str) -> bool:
 
 
 def package_names(pkg: PackageFacts, family: Family) -> tuple[str, ...]:
-    """The names a patch id may give for ``pkg`` in ``family``."""
-    if family is Family.RPM or family is Family.SUSE:
-        evr = pkg.version
-        plain = evr.split(":", 1)[1] if ":" in evr else evr
-        names = [pkg.name, f"{pkg.name}.{pkg.arch}", f"{pkg.name}-{plain}.{pkg.arch}"]
-        if plain != evr:
-            names.append(f"{pkg.name}-{evr}.{pkg.arch}")
-        if family is Family.SUSE:
-            names += [f"{pkg.name}-{plain}.{pkg.arch}.rpm", *pkg.advisory_ids]
-        return tuple(names)
-    return (pkg.name,)
+    """The keys a patch id may name ``pkg`` by in ``family``: each documented form
+    (:mod:`reconciler.api.names`) filled with the package's components, built once per package
+    version so that matching one id is one regex over a handful of strings."""
+    templates = _TEMPLATES.get(family)
+    if templates is None:  # apt, macOS, Windows: the name alone
+        return (pkg.name,)
+    parts = _components(pkg)
+    keys = [t.format_map(parts) for t, needs in templates if all(parts[c] for c in needs)]
+    if family is Family.SUSE:
+        keys += pkg.advisory_ids  # zypper patch names (SUSE-SLE-...)
+    return tuple(dict.fromkeys(keys))
+
+
+def _components(pkg: PackageFacts) -> dict[str, str]:
+    """name, arch, epoch, version and release of an RPM package version; an RPM without an epoch
+    has epoch 0, which is how rpm itself writes it in name.arch:epoch:version-release."""
+    epoch, colon, plain = pkg.version.partition(":")
+    if not colon or not epoch.isdigit():
+        epoch, plain = "0", pkg.version
+    version, dash, release = plain.rpartition("-")
+    if not dash:
+        version, release = plain, ""
+    return {
+        "name": pkg.name,
+        "arch": pkg.arch,
+        "epoch": epoch,
+        "version": version,
+        "release": release,
+    }
+
+
+def _compile_templates(forms: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(str.format template, components it needs) per form."""
+    return tuple(
+        (key_template(form), tuple(c for c in COMPONENTS if re.search(rf"\b{c}\b", form)))
+        for form in forms
+    )
+
+
+_TEMPLATES = {family: _compile_templates(FORMS[family]) for family in (Family.RPM, Family.SUSE)}
 
 
 # ---------------------------------------------------------------------------------------------
