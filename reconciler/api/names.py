@@ -44,13 +44,13 @@ FORMS: dict[Family, tuple[str, ...]] = {
     Family.WINDOWS: (),
 }
 
-# What each component may contain; '*' stands for part of any component (one per entry).
+# What each component may contain: (its first character, the rest).
 _CHARACTERS = {
-    "name": r"[A-Za-z0-9_+*][A-Za-z0-9_.+*-]*",
-    "arch": r"[A-Za-z0-9_*]+",
-    "epoch": r"[0-9*]+",
-    "version": r"[A-Za-z0-9*][A-Za-z0-9_.+~^*]*",
-    "release": r"[A-Za-z0-9*][A-Za-z0-9_.+~^*]*",
+    "name": ("[A-Za-z0-9_+]", "[A-Za-z0-9_.+-]"),
+    "arch": ("[A-Za-z0-9_]", "[A-Za-z0-9_]"),
+    "epoch": ("[0-9]", "[0-9]"),
+    "version": ("[A-Za-z0-9]", "[A-Za-z0-9_.+~^]"),
+    "release": ("[A-Za-z0-9]", "[A-Za-z0-9_.+~^]"),
 }
 # Debian policy: lower-case letters, digits, '+', '-', '.', starting alphanumeric (AWS's own
 # example, ExamplePkg33, has capitals and matching ignores case, so capitals are allowed).
@@ -64,21 +64,50 @@ def key_template(form: str) -> str:
     return _COMPONENT.sub(lambda m: "{" + m.group() + "}", form)
 
 
-def _form_pattern(form: str) -> re.Pattern[str]:
-    parts = re.split(r"(\b(?:" + "|".join(COMPONENTS) + r")\b)", form)
-    return re.compile("".join(_CHARACTERS[p] if p in _CHARACTERS else re.escape(p) for p in parts))
+def _tokens(form: str) -> list[tuple[str, str]]:
+    """(the regex of the whole token, the regex of any part of it) per component or character."""
+    tokens: list[tuple[str, str]] = []
+    for piece in re.split(r"(\b(?:" + "|".join(COMPONENTS) + r")\b)", form):
+        if piece in _CHARACTERS:
+            first, rest = _CHARACTERS[piece]
+            tokens.append((f"{first}{rest}*", f"{rest}*"))  # rest: every character first allows
+        else:
+            tokens += [(re.escape(c), "") for c in piece]
+    return tokens
 
 
-_RPM_PATTERNS = tuple(_form_pattern(f) for f in RPM_FORMS)
-_SUSE_PATTERNS = tuple(_form_pattern(f) for f in SUSE_FORMS)
+def _form_patterns(form: str) -> tuple[str, str]:
+    """The regex of ``form`` itself, and of ``form`` with one '*' standing for any part of it: a
+    prefix of the form (ending inside token i), '*', a suffix (starting inside token j >= i)."""
+    tokens = _tokens(form)
+    whole = "".join(t for t, _ in tokens)
+    ends = len(tokens)
+    starred = [
+        "".join(t for t, _ in tokens[:i])
+        + (tokens[i][1] if i < ends else "")
+        + r"\*"
+        + (tokens[j][1] if j < ends else "")
+        + "".join(t for t, _ in tokens[j + 1 :])
+        for i in range(ends + 1)
+        for j in range(i, ends + 1)
+    ]
+    return whole, "|".join(f"(?:{s})" for s in starred)
+
+
+def _family_pattern(forms: tuple[str, ...]) -> re.Pattern[str]:
+    alternatives = [p for form in forms for p in _form_patterns(form)]
+    return re.compile("|".join(f"(?:{a})" for a in alternatives))
+
+
+_PATTERNS = {family: _family_pattern(FORMS[family]) for family in (Family.RPM, Family.SUSE)}
 
 
 def fits_a_form(entry: str, family: Family) -> bool:
-    """Whether ``entry`` can be a package named in one of ``family``'s forms (ids aside)."""
-    if family is Family.RPM:
-        return any(p.fullmatch(entry) for p in _RPM_PATTERNS)
-    if family is Family.SUSE:
-        return any(p.fullmatch(entry) for p in _SUSE_PATTERNS)
+    """Whether ``entry`` (with at most one '*', checked before) names a package in one of
+    ``family``'s forms (notice and KB ids aside)."""
+    pattern = _PATTERNS.get(family)
+    if pattern is not None:
+        return bool(pattern.fullmatch(entry))
     if family is Family.APT:
         return bool(_APT_NAME.fullmatch(entry))
     if family is Family.MACOS:
