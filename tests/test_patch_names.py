@@ -9,10 +9,14 @@ whose RPM example is dbus.x86_64:1:1.12.28-1.amzn2023.0.1; the tables below use 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
+from reconciler.api.enums import Family
+from reconciler.api.names import COMPONENTS, FORMS, key_template
 from reconciler.evaluation import evaluate
+from reconciler.evaluation.matching import package_names
 from tests.factories import NOW, baseline, inventory
 from tests.test_validate_fields import FILE, problems, validate
 
@@ -177,6 +181,29 @@ def test_apt_names_cover_every_version_and_architecture(
     )
     approved = evaluate(baseline(os, approvedPatches=[entry]), inv, NOW)
     assert {p.name for p in approved.patches if str(p.state) == "MISSING"} == named
+
+
+@pytest.mark.parametrize(
+    ("version", "arch"),
+    [(DBUS, "x86_64"), (LIBS, "noarch"), ("1.0", "x86_64"), ("1:2.0-1", ""), ("2.0-1", "")],
+)
+def test_the_engine_keys_are_the_documented_forms_filled_in(version: str, arch: str) -> None:
+    """The engine writes the RPM keys out for speed; they must be names.FORMS, filled in."""
+    (pkg,) = inventory(
+        "SUSE", [{"name": "dbus", "version": version, "arch": arch, "advisoryIds": [SUSE_PATCH]}]
+    ).installed
+    epoch, _, plain = version.rpartition(":") if ":" in version else ("0", "", version)
+    ver, _, rel = plain.rpartition("-") if "-" in plain else (plain, "", "")
+    parts = {"name": "dbus", "arch": arch, "epoch": epoch, "version": ver, "release": rel}
+    for family in (Family.RPM, Family.SUSE):
+        expected = [
+            key_template(form).format_map(parts)
+            for form in FORMS[family]
+            if all(parts[c] for c in COMPONENTS if re.search(rf"\b{c}\b", form))
+        ]
+        if family is Family.SUSE:
+            expected.append(SUSE_PATCH)
+        assert list(package_names(pkg, family)) == expected
 
 
 # -- validation: an entry in no documented form is refused, with the forms that are accepted ----
