@@ -13,6 +13,7 @@ import re
 
 import pytest
 
+from reconciler.agent.patchnames import blocked_by, rpm_names
 from reconciler.api.enums import Family
 from reconciler.api.names import COMPONENTS, FORMS, key_template
 from reconciler.evaluation import evaluate
@@ -204,6 +205,17 @@ def test_the_engine_keys_are_the_documented_forms_filled_in(version: str, arch: 
         if family is Family.SUSE:
             expected.append(SUSE_PATCH)
         assert list(package_names(pkg, family)) == expected
+
+
+@pytest.mark.parametrize("version", [DBUS, LIBS, "1.0", "2.0-1"])
+def test_the_agent_blocks_by_the_engines_keys(version: str) -> None:
+    """The agent (standard library only) writes the keys a second time, to refuse a BLOCKed
+    package a transaction would pull in; they are the engine's SUSE keys (the RPM ones and the
+    file name), or the name alone when the version is not a full rpm one."""
+    (pkg,) = inventory("SUSE", [{"name": "dbus", "version": version}]).installed
+    assert rpm_names(pkg.name, pkg.arch, pkg.version) == list(package_names(pkg, Family.SUSE))
+    assert blocked_by(["x", "DBUS.X86_64"], rpm_names("dbus", "x86_64", "1.0-1")) == "DBUS.X86_64"
+    assert blocked_by(["dbus?", "[d]bus"], rpm_names("dbus", "x86_64", "1.0-1")) is None
 
 
 # -- validation: an entry in no documented form is refused, with the forms that are accepted ----

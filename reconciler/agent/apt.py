@@ -8,7 +8,6 @@ host's apt configuration is read, and dpkg gets ``--root``/``--log`` so nothing 
 it (shared/testbeds/apt.md §2.3).
 """
 
-import fnmatch
 import os
 import re
 import time
@@ -23,6 +22,7 @@ from reconciler.agent.errors import (
     RepositoryError,
 )
 from reconciler.agent.facts import below, reboot_required
+from reconciler.agent.patchnames import blocked_by
 from reconciler.agent.runner import Result, Running, run
 
 APT_GET = "/usr/bin/apt-get"
@@ -467,7 +467,7 @@ class Apt:
         pinned = {p[0] for p in pins}
         for action in actions:
             name = str(action["name"])
-            hit = next((b for b in blocked if fnmatch.fnmatchcase(name, b)), None)
+            hit = blocked_by(blocked, [name])  # apt entries are names only
             if hit is not None and action["action"] == "Inst":
                 why = "it is a pin" if name in pinned else "a pin depends on it"
                 raise InstallRefused(
