@@ -386,9 +386,21 @@ def test_pins_become_nevras() -> None:
     assert dnf_module.nevra(parse_pin("kernel=5.14.0-427.el9")) == "kernel-5.14.0-427.el9"
 
 
-def test_blocked_dependency_is_refused_before_install(fresh: Path) -> None:
+@pytest.mark.parametrize(
+    "pattern",
+    # every name form a rejectedPatches entry may take (docs/decision-engine.md), not just names
+    [
+        "demo-l*",
+        "demo-lib.noarch",
+        "DEMO-LIB",
+        "demo-lib-1.0-2",
+        "demo-lib.noarch:0:*",
+        "0:demo-lib-1.0-2.noarch",
+    ],
+)
+def test_blocked_dependency_is_refused_before_install(fresh: Path, pattern: str) -> None:
     with pytest.raises(InstallRefused, match=r"demo-lib.*BLOCK"):
-        install(str(fresh), ["demo-tool:noarch=1.1-1"], ["demo-l*"], False, "NoReboot", False, 30)
+        install(str(fresh), ["demo-tool:noarch=1.1-1"], [pattern], False, "NoReboot", False, 30)
     assert rpm_q(fresh, "demo-tool", "demo-lib") == {"demo-tool": "1.0-1", "demo-lib": "1.0-1"}
 
 

@@ -30,7 +30,7 @@ from reconciler.dispatch import (
     transport_for,
 )
 from reconciler.dispatch.agent_bundle import agent_bytes, agent_zipapp, build_agent
-from reconciler.dispatch.base import install_result_of
+from reconciler.dispatch.base import AgentCommand, install_result_of
 from tests.aptlab import Repo, make_root
 from tests.conftest import INSTALLED, needs_apt
 from tests.sshd import Sshd, have_sshd, known_hosts_line, start_sshd, write_key
@@ -107,6 +107,32 @@ def test_install_over_ssh_installs_the_pin(
     assert result.document()["kind"] == "InstallResult" and result.changed is True
     assert [(p.name, p.result) for p in result.patches] == [("pwtest-lib", "INSTALLED")]
     installed = {p.name: p.version for p in remote.scan(refresh=False).installed}
+    assert installed["pwtest-lib"] == "1.0-2"
+
+
+@pytest.mark.parametrize("over", ["local", "ssh"])
+def test_values_that_look_like_options_reach_the_agent_as_values(
+    over: str, sshd: Sshd, agent: Path, pool: SshPool, remote_dir: str, system_root: Path
+) -> None:
+    """Issue 12.9: a rejectedPatches entry ``--simulate`` (BLOCK) used to reach the agent as
+    ``--block --simulate``, which its argparse read as an option, so every install failed. Each
+    value now travels as one ``--block=VALUE`` word: the odd pattern blocks nothing, the install
+    happens for real, and a pattern after it still blocks."""
+    transport: AgentCommand = (
+        LocalTransport(str(system_root))
+        if over == "local"
+        else ssh(sshd, agent, pool, remote_dir, root=str(system_root))
+    )
+    pins = ("pwtest-lib=1.0-2",)
+    with pytest.raises(AgentFailed) as refused:
+        transport.install(InstallRequest(pins, blocked=("--simulate", "pwtest-lib")))
+    assert refused.value.code == "InstallRefused" and "'pwtest-lib'" in refused.value.message
+    result = transport.install(
+        InstallRequest(pins, blocked=("--simulate", "-x"), reboot_option="NoReboot")
+    )
+    assert result.changed is True and result.document()["simulate"] is False
+    assert [(p.name, p.result) for p in result.patches] == [("pwtest-lib", "INSTALLED")]
+    installed = {p.name: p.version for p in transport.scan(refresh=False).installed}
     assert installed["pwtest-lib"] == "1.0-2"
 
 

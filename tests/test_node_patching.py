@@ -93,9 +93,7 @@ def test_job_names_are_deterministic_short_and_differ_by_arguments() -> None:
 
 def test_job_manifest_pins_the_node_never_retries_and_grants_installs_privilege() -> None:
     settings = NodeSettings(namespace="ops", image="reg/pw:1", job_timeout=900)
-    install = job_manifest(
-        "pw-install-n1-x", "Install", "n1", ["install", "--pin", "a=1"], settings
-    )
+    install = job_manifest("pw-install-n1-x", "Install", "n1", ["install", "--pin=a=1"], settings)
     scan = job_manifest("pw-scan-n1-x", "Scan", "n1", ["scan"], settings)
     spec = install["spec"]
     assert (spec["backoffLimit"], spec["activeDeadlineSeconds"]) == (0, 900)
@@ -106,11 +104,7 @@ def test_job_manifest_pins_the_node_never_retries_and_grants_installs_privilege(
     assert {"operator": "Exists"} in pod["tolerations"]  # runs on the node we cordoned
     container = pod["containers"][0]
     assert container["command"][:2] == ["patchctl", "node-agent"]
-    assert container["command"][container["command"].index("--") + 1 :] == [
-        "install",
-        "--pin",
-        "a=1",
-    ]
+    assert container["command"][container["command"].index("--") + 1 :] == ["install", "--pin=a=1"]
     assert container["securityContext"]["privileged"] is True
     scan_context = scan["spec"]["template"]["spec"]["containers"][0]["securityContext"]
     assert scan_context["privileged"] is False
@@ -831,7 +825,7 @@ def test_scan_runs_the_agent_in_a_job_on_the_node(
     assert inventory.instance_id == node
     assert {p.name for p in inventory.installed} >= {"pwtest-lib", "pwtest-kernel"}
     assert any(u.name == "pwtest-lib" and u.version == "1.0-2" for u in inventory.updates)
-    assert kubelet.agent_runs == [["scan", "--instance-id", node]]
+    assert kubelet.agent_runs == [["scan", f"--instance-id={node}"]]
     assert cluster.jobs() == [] and cluster.configmaps() == []  # cleaned up
     assert not cluster.get_node(node).get("spec", {}).get("unschedulable")  # a scan never cordons
 
@@ -1281,7 +1275,7 @@ def test_jobs_already_there_are_attached_to_not_run_twice(
         assert "error" not in outcome, outcome.get("error")
         assert outcome["value"].patches[0].result == "INSTALLED"
 
-        scan_args = ["scan", "--instance-id", node, "--no-refresh"]
+        scan_args = ["scan", f"--instance-id={node}", "--no-refresh"]
         scan_name = job_name("Scan", node, scan_args)
         kubelet.held.add(node)
         cluster.admin.create(jobs_path, job_manifest(scan_name, "Scan", node, scan_args, settings))

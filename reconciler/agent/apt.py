@@ -10,7 +10,6 @@ preferences, keyrings, dpkg's status): never its apt.conf(.d), whose hooks would
 (:func:`hardened_config`), nor a download method that is a path (``Apt._check_methods``).
 """
 
-import fnmatch
 import os
 import re
 import time
@@ -25,6 +24,7 @@ from reconciler.agent.errors import (
     RepositoryError,
 )
 from reconciler.agent.facts import below, reboot_required
+from reconciler.agent.patchnames import blocked_by
 from reconciler.agent.runner import Result, Running, empty_dir, note, private_dir, run
 
 APT_GET = "/usr/bin/apt-get"
@@ -482,7 +482,7 @@ class Apt:
         pinned = {p[0] for p in pins}
         for action in actions:
             name = str(action["name"])
-            hit = next((b for b in blocked if fnmatch.fnmatchcase(name, b)), None)
+            hit = blocked_by(blocked, [name])  # apt entries are names only
             if hit is not None and action["action"] == "Inst":
                 why = "it is a pin" if name in pinned else "a pin depends on it"
                 raise InstallRefused(

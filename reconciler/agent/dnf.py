@@ -10,7 +10,6 @@ as rpm orders them (:mod:`reconciler.agent.rpmvercmp`).
 """
 
 import fcntl
-import fnmatch
 import os
 import platform
 import re
@@ -26,6 +25,7 @@ from reconciler.agent.errors import (
     RepositoryError,
 )
 from reconciler.agent.facts import below
+from reconciler.agent.patchnames import blocked_by, rpm_names
 from reconciler.agent.rootconf import private_config
 from reconciler.agent.rpmmd import Metadata, by_package, iso_time, read_cache, source_name
 from reconciler.agent.rpmvercmp import EvrKey, compare_evr, evr_text
@@ -380,7 +380,7 @@ class Dnf:
                 {"packages": removals},
             )
         for pkg in packages:
-            hit = next((b for b in blocked if fnmatch.fnmatchcase(pkg["name"], b)), None)
+            hit = blocked_by(blocked, rpm_names(pkg["name"], pkg["arch"], pkg["version"]))
             if hit:
                 raise InstallRefused(
                     "the install would install {} {}, which the baseline rejects (BLOCK {!r}); "

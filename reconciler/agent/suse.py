@@ -6,7 +6,6 @@ patch's category is the classification and its severity the severity. So each up
 per package version, with the patches that ship it in ``advisoryIds``.
 """
 
-import fnmatch
 import functools
 import platform
 import re
@@ -17,6 +16,7 @@ from reconciler.agent.errors import InstallRefused
 from reconciler.agent.facts import facts
 from reconciler.agent.install import Applied, Plan, Target, VersionRollback
 from reconciler.agent.outcome import inventory
+from reconciler.agent.patchnames import blocked_by, rpm_names
 from reconciler.agent.zypper import (
     CLASSIFICATIONS,
     EXIT_INFO_REBOOT_NEEDED,
@@ -274,18 +274,14 @@ def _refuse_blocked(summary: Dict[str, List[Dict[str, str]]], blocked: List[str]
                 continue
             name = s.get("name", "")
             full = "{}-{}.{}".format(name, s.get("edition", ""), s.get("arch", ""))
-            for pattern in blocked:
-                if (
-                    fnmatch.fnmatchcase(name, pattern)
-                    or fnmatch.fnmatchcase(full, pattern)
-                    or fnmatch.fnmatchcase(full + ".rpm", pattern)
-                ):
-                    raise InstallRefused(
-                        "the install would install {}, which is rejected with BLOCK ({})".format(
-                            full, pattern
-                        ),
-                        {"package": name, "pattern": pattern},
-                    )
+            pattern = blocked_by(blocked, rpm_names(name, s.get("arch", ""), s.get("edition", "")))
+            if pattern is not None:
+                raise InstallRefused(
+                    "the install would install {}, which is rejected with BLOCK ({})".format(
+                        full, pattern
+                    ),
+                    {"package": name, "pattern": pattern},
+                )
 
 
 def _lookup(table: Dict[Tuple[str, str], str], name: str, arch: str) -> Optional[str]:

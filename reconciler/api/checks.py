@@ -2,8 +2,9 @@
 
 The pydantic models check shape and SSM's numeric limits; these checks add what SSM validates per
 operating system: which filter keys and values exist, which fields are Linux- or Windows-only,
-whether a rule needs a date, and the approved/rejected id formats (reference §1.4-§1.6). Each
-problem names the path inside the document, so the caller can attach ``file:line``. Pure.
+whether a rule needs a date, and the approved/rejected id formats (reference §1.4-§1.6; the
+package-name forms are :mod:`reconciler.api.names`'s). Each problem names the path inside the
+document, so the caller can attach ``file:line``. Pure.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from reconciler.api.enums import (
     OperatingSystem,
     family_of,
 )
+from reconciler.api.names import accepted_forms, fits_a_form
 from reconciler.api.resources import PatchBaselineSpec, PatchFilterGroup
 
 Path = tuple[str | int, ...]
@@ -119,28 +121,42 @@ def _id_issues(
 ) -> Iterator[Issue]:
     family = family_of(os)
     for index, patch_id in enumerate(ids):
-        path: Path = ("spec", field, index)
-        stars = patch_id.count("*")
-        if family is Family.WINDOWS:
-            if not WINDOWS_ID.match(patch_id):
-                yield (
-                    path,
-                    f"{patch_id!r}: Windows patch ids are KB ids (KB5034439) or "
-                    "bulletin ids (MS17-010)",
-                )
-            continue
-        if family is Family.MACOS and stars:
-            yield (path, f"{patch_id!r}: wildcards are not supported on MACOS; give full names")
-        elif stars > 1:
-            yield (path, f"{patch_id!r}: at most one '*' wildcard is allowed")
-        if family is Family.RPM and rejected and _is_notice_id(patch_id):
-            yield (
-                path,
-                f"{patch_id!r}: rejectedPatches takes package names on {os}; CVE, advisory and "
-                "Bugzilla ids are accepted in approvedPatches only",
-            )
-        if family in (Family.APT, Family.MACOS) and _is_notice_id(patch_id) and "*" not in patch_id:
-            yield (path, f"{patch_id!r}: {os} patch ids are package names, not CVE or advisory ids")
+        problem = _id_problem(os, family, patch_id, rejected=rejected)
+        if problem is not None:
+            yield (("spec", field, index), problem)
+
+
+def _id_problem(
+    os: OperatingSystem, family: Family, patch_id: str, *, rejected: bool
+) -> str | None:
+    """Why ``patch_id`` is not an entry SSM accepts on ``os``, or None when it is: an entry in no
+    documented form would match nothing, and an option-like one must never reach a command line."""
+    if family is Family.WINDOWS:
+        if WINDOWS_ID.fullmatch(patch_id):
+            return None
+        return f"{patch_id!r}: Windows patch ids are KB ids (KB5034439) or bulletin ids (MS17-010)"
+    stars = patch_id.count("*")
+    if family is Family.MACOS and stars:
+        return f"{patch_id!r}: wildcards are not supported on MACOS; give full names"
+    if stars > 1:
+        return f"{patch_id!r}: at most one '*' wildcard is allowed"
+    notice = _is_notice_id(patch_id)
+    if family is Family.RPM and notice:
+        if not rejected:
+            return None
+        return (
+            f"{patch_id!r}: rejectedPatches takes package names on {os}; CVE, advisory and "
+            "Bugzilla ids are accepted in approvedPatches only"
+        )
+    if family in (Family.APT, Family.MACOS) and notice:
+        return f"{patch_id!r}: {os} patch ids are package names, not CVE or advisory ids"
+    if family is Family.SUSE and CVE_ID.match(patch_id):
+        return f"{patch_id!r}: {os} patch ids are package or patch names, not CVE ids"
+    if fits_a_form(patch_id, family):
+        return None
+    return f"{patch_id!r} is in none of the forms {os} accepts; give " + accepted_forms(
+        family, rejected=rejected
+    )
 
 
 def _is_notice_id(patch_id: str) -> bool:

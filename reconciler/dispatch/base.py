@@ -29,11 +29,19 @@ class AgentFailed(PermanentError):
         self.details = details or {}
 
 
+def option(name: str, value: str) -> str:
+    """One word ``--name=value`` of the agent's command line: the one way every value reaches the
+    agent. argparse reads a separate word that starts with '-' as an option, so a package name or
+    pattern like ``--simulate`` (from a baseline or a machine's report) would otherwise become one;
+    joined, it is always the value."""
+    return f"{name}={value}"
+
+
 def scan_args(instance_id: str | None, refresh: bool) -> list[str]:
     """The agent's command line for a scan (every transport runs the same agent)."""
     return [
         "scan",
-        *(["--instance-id", instance_id] if instance_id else []),
+        *([option("--instance-id", instance_id)] if instance_id else []),
         *([] if refresh else ["--no-refresh"]),
     ]
 
@@ -56,22 +64,20 @@ class InstallRequest:
 
 def install_args(request: InstallRequest) -> list[str]:
     """The agent's command line for an install."""
-    args = [
+    return [
         "install",
-        "--reboot-option",
-        request.reboot_option,
-        "--lock-timeout",
-        str(request.lock_timeout),
+        option("--reboot-option", request.reboot_option),
+        option("--lock-timeout", str(request.lock_timeout)),
+        *(option("--pin", pin) for pin in request.pins),
+        *(option("--block", pattern) for pattern in request.blocked),
+        *(["--simulate"] if request.simulate else []),
+        *(["--allow-reboot"] if request.allow_reboot else []),
     ]
-    for pin in request.pins:
-        args += ["--pin", pin]
-    for pattern in request.blocked:
-        args += ["--block", pattern]
-    return (
-        args
-        + (["--simulate"] if request.simulate else [])
-        + (["--allow-reboot"] if request.allow_reboot else [])
-    )
+
+
+def root_args(root: str | None) -> list[str]:
+    """The agent's ``--root`` (the host's / when None), appended by the command transports."""
+    return [option("--root", root or "/")]
 
 
 def inventory_of(document: dict[str, Any]) -> Inventory:

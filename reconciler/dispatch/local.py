@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.dispatch.base import AgentCommand, AgentFailed
+from reconciler.dispatch.base import AgentCommand, AgentFailed, root_args
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class LocalTransport(AgentCommand):
     python: str = field(default=sys.executable)
 
     def _run(self, args: list[str]) -> dict[str, Any]:
-        argv = [self.python, "-m", "reconciler.agent", *args, "--root", self.root or "/"]
+        argv = [self.python, "-m", "reconciler.agent", *args, *root_args(self.root)]
         try:
             proc = subprocess.run(  # noqa: S603 - argv list, our own interpreter and module
                 argv, capture_output=True, text=True, timeout=self.timeout, check=False

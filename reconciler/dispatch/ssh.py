@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 import asyncssh
 
 from reconciler.dispatch.agent_bundle import agent_zipapp
-from reconciler.dispatch.base import AgentCommand, AgentFailed
+from reconciler.dispatch.base import AgentCommand, AgentFailed, root_args
 
 CONNECT_TIMEOUT = 15.0
 """Seconds to open and authenticate a connection, and to put the agent in place."""
@@ -521,7 +521,7 @@ class SshTransport(AgentCommand):
     def _run(self, args: list[str]) -> dict[str, Any]:
         call = AgentCall(
             agent=self._agent_file(),
-            args=(*args, "--root", self.root or "/"),
+            args=(*args, *root_args(self.root)),
             python=self.python,
             remote_dir=self.remote_dir,
             connect_timeout=self.connect_timeout,

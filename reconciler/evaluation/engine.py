@@ -109,6 +109,7 @@ class Decider:
         self._rejected = tuple(compile_id(i, self.family) for i in spec.rejected_patches)
         self._approved_names = names_pattern(self._approved)
         self._rejected_names = names_pattern(self._rejected)
+        self._named = bool(self._approved or self._rejected)
         self._approved_level = spec.approved_patches_compliance_level
         self._approved_non_security = spec.approved_patches_enable_non_security
         # Decisions keyed by the version's PackageFacts fields alone: the update to one version
@@ -147,7 +148,9 @@ class Decider:
     def _decide(self, pkg: PackageFacts) -> Approval:
         security = self._is_security_advisory(pkg)
         eligible = self._security_eligible(pkg)
-        rejected_by = _first(self._rejected, self._rejected_names, pkg, self.family)
+        # The keys every name form gives this version, built once for both lists.
+        names = package_names(pkg, self.family) if self._named else ()
+        rejected_by = _first(self._rejected, self._rejected_names, pkg, self.family, names)
         if rejected_by is not None:
             action = "BLOCK" if self.block else "ALLOW_AS_DEPENDENCY"
             return Approval(
@@ -170,7 +173,7 @@ class Decider:
                 if approved:
                     return Approval(True, False, rule.compliance_level, text, security)
                 why_not = text
-        listed = _first(self._approved, self._approved_names, pkg, self.family)
+        listed = _first(self._approved, self._approved_names, pkg, self.family, names)
         if listed is not None:
             if eligible or self._approved_non_security:
                 return Approval(
@@ -430,11 +433,12 @@ def _first(
     any_name: re.Pattern[str] | None,
     pkg: PackageFacts,
     family: Family,
+    names: tuple[str, ...],
 ) -> IdMatcher | None:
-    """The first of ``matchers`` naming ``pkg``; ``any_name`` is their names_pattern()."""
+    """The first of ``matchers`` naming ``pkg``; ``any_name`` is their names_pattern() and
+    ``names`` the package_names() of ``pkg``."""
     if not matchers:
         return None
-    names = package_names(pkg, family)  # once for the whole list
     if any_name is not None and not any(any_name.match(name) for name in names):
         return None
     return next((m for m in matchers if m.matches(pkg, family, names)), None)

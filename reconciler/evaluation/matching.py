@@ -2,7 +2,8 @@
 
 SSM's matching rules (reference §1.4-§1.6, §3.3): filter values are OR'ed and compared without
 regard to case, ``*`` matches everything (even a missing property); patch ids follow each family's
-formats with at most one ``*``; dates are UTC days with per-OS sources and fallbacks. Pure.
+formats with at most one ``*`` (every name form AWS documents: :func:`package_names`); dates are
+UTC days with per-OS sources and fallbacks. Pure.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from reconciler.api.enums import (
     PatchFilterKey,
 )
 from reconciler.api.inventory import PackageFacts
+from reconciler.api.names import COMPONENTS, RPM_FORMS, key_template
 from reconciler.api.resources import PatchFilter
 
 _EPOCH_DAY = date(1970, 1, 1)
@@ -163,17 +165,68 @@ def _looks_like_advisory(patch_id: str) -> bool:
 
 
 def package_names(pkg: PackageFacts, family: Family) -> tuple[str, ...]:
-    """The names a patch id may give for ``pkg`` in ``family``."""
-    if family is Family.RPM or family is Family.SUSE:
-        evr = pkg.version
-        plain = evr.split(":", 1)[1] if ":" in evr else evr
-        names = [pkg.name, f"{pkg.name}.{pkg.arch}", f"{pkg.name}-{plain}.{pkg.arch}"]
-        if plain != evr:
-            names.append(f"{pkg.name}-{evr}.{pkg.arch}")
-        if family is Family.SUSE:
-            names += [f"{pkg.name}-{plain}.{pkg.arch}.rpm", *pkg.advisory_ids]
-        return tuple(names)
-    return (pkg.name,)
+    """The keys a patch id may name ``pkg`` by in ``family``: each documented form
+    (:mod:`reconciler.api.names`) filled with the package's components, built once per package
+    version so that matching one id is one regex over a handful of strings."""
+    if family is not Family.RPM and family is not Family.SUSE:  # apt, macOS, Windows
+        return (pkg.name,)
+    parts = _components(pkg)
+    whole = bool(parts["arch"] and parts["release"])
+    keys = _rpm_keys(**parts) if whole else _partial_keys(parts)
+    if family is Family.SUSE:  # the file name, and zypper's patch names (SUSE-SLE-...)
+        return (*keys, *([f"{keys[4]}.rpm"] if whole else []), *pkg.advisory_ids)
+    return keys
+
+
+def _partial_keys(parts: dict[str, str]) -> tuple[str, ...]:
+    """The forms a package without an arch or a release can fill (rare: rpm always has both)."""
+    return tuple(t.format_map(parts) for t, needs in _TEMPLATES if all(map(parts.get, needs)))
+
+
+def _rpm_keys(name: str, arch: str, epoch: str, version: str, release: str) -> tuple[str, ...]:
+    """names.RPM_FORMS filled in, in their order, as f-strings: a few times faster than filling
+    the templates (tests/test_patch_names.py checks that the two agree)."""
+    vr = f"{version}-{release}"
+    evr = f"{epoch}:{vr}"
+    return (
+        name,
+        f"{name}.{arch}",
+        f"{name}-{version}",
+        f"{name}-{vr}",
+        f"{name}-{vr}.{arch}",
+        version,
+        vr,
+        evr,
+        f"{name}-{evr}",
+        f"{name}-{evr}.{arch}",
+        f"{epoch}:{name}-{vr}.{arch}",
+        f"{name}.{arch}:{evr}",
+    )
+
+
+def _components(pkg: PackageFacts) -> dict[str, str]:
+    """name, arch, epoch, version and release of an RPM package version; an RPM without an epoch
+    has epoch 0, which is how rpm itself writes it in name.arch:epoch:version-release."""
+    epoch, colon, plain = pkg.version.partition(":")
+    if not colon or not epoch.isdigit():
+        epoch, plain = "0", pkg.version
+    version, dash, release = plain.rpartition("-")
+    if not dash:
+        version, release = plain, ""
+    return {
+        "name": pkg.name,
+        "arch": pkg.arch,
+        "epoch": epoch,
+        "version": version,
+        "release": release,
+    }
+
+
+# (str.format template, the components it needs) per RPM form.
+_TEMPLATES = tuple(
+    (key_template(form), tuple(c for c in COMPONENTS if re.search(rf"\b{c}\b", form)))
+    for form in RPM_FORMS
+)
 
 
 # ---------------------------------------------------------------------------------------------
