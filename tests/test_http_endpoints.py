@@ -9,20 +9,29 @@ to serve) and talks to it over real sockets on loopback.
 from __future__ import annotations
 
 import json
+import select
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
-from reconciler.loop.endpoints import IDLE_TIMEOUT, MAX_CONNECTIONS, READ_TIMEOUT, WORKERS
+from reconciler.loop.endpoints import (
+    IDLE_TIMEOUT,
+    MAX_CONNECTIONS,
+    READ_TIMEOUT,
+    WORKERS,
+    EndpointServer,
+)
 from tests.git_servers import free_port
 from tests.waiting import healthy, tail_of, wait_until
 
@@ -178,3 +187,44 @@ def test_a_malformed_listen_address_is_a_usage_error(tmp_path: Path, listen: str
     assert f"argument --listen: {listen!r} is not HOST:PORT" in run.stderr
     if listen.count(":") > 1:  # an IPv6 address: the message shows how to write one
         assert "an IPv6 address goes in brackets: [::1]:9469" in run.stderr
+
+
+class _Hello(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "3")
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_client_trickling_one_byte_at_a_time_is_cut_off_at_the_request_deadline() -> None:
+    """Each byte arrives well inside the per-read timeout, so only the deadline on the whole
+    request can free the worker (four such clients used to hold every worker for as long as
+    they liked)."""
+    server = EndpointServer(
+        "127.0.0.1", 0, _Hello, workers=1, read_timeout=5.0, request_deadline=1.0
+    ).start()
+    try:
+        client = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        trickle = iter(b"GET / HTTP/1.0\r\n" + b"X-Slow: " + b"a" * 10_000)
+        started, closed = time.monotonic(), False
+        # Paced by select's timeout on the reply, not by sleeps; per-read timeout is never hit.
+        while not closed and time.monotonic() - started < 4.0:
+            try:
+                client.send(bytes([next(trickle)]))
+            except OSError:
+                closed = True
+                break
+            readable, _, _ = select.select([client], [], [], 0.2)
+            closed = bool(readable) and client.recv(1) == b""
+        assert closed, "a trickling client must not hold a worker past the request deadline"
+        client.close()
+        # The one worker is free again: a normal request is answered.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as normal:
+            normal.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            assert normal.recv(64).startswith(b"HTTP/1.0 200")
+    finally:
+        server.server_close()

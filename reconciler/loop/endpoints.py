@@ -6,9 +6,11 @@ Anyone who can reach the port is a client, so a client costs a bounded amount: o
 for new connections and for their first bytes (an idle connection costs a socket, not a thread),
 and only then hands the connection to one of :data:`WORKERS` threads; at most
 :data:`MAX_CONNECTIONS` are open (the oldest idle one is closed to admit a new one), an idle
-connection is closed after :data:`IDLE_TIMEOUT` seconds and every read or write of a request
-gives up after :data:`READ_TIMEOUT`. A client that goes away is its own business: nothing is
-logged; a failure of the handler is logged as one line. Serves what the handler answers; may not
+connection is closed after :data:`IDLE_TIMEOUT` seconds, every read or write of a request
+gives up after :data:`READ_TIMEOUT`, and a whole request is cut off after
+:data:`REQUEST_DEADLINE` (a client that trickles one byte at a time cannot hold a worker). A
+client that goes away is its own business: nothing is logged; a failure of the handler is
+logged as one line. Serves what the handler answers; may not
 touch the store or decide anything.
 """
 
@@ -37,6 +39,8 @@ IDLE_TIMEOUT = 10.0
 """Seconds a connection may stay open without sending a byte."""
 READ_TIMEOUT = 5.0
 """Seconds a worker waits on one read or write of a request before it drops the client."""
+REQUEST_DEADLINE = 15.0
+"""Seconds a worker spends on one request at most, however slowly its bytes arrive."""
 POLL = 0.5
 """Seconds between checks of the stop flag (the longest ``shutdown()`` waits for the loop)."""
 
@@ -102,14 +106,18 @@ class EndpointServer:
         workers: int = WORKERS,
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout: float = IDLE_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
+        request_deadline: float = REQUEST_DEADLINE,
     ) -> None:
         self.handler = handler
         self.max_connections, self.idle_timeout = max_connections, idle_timeout
+        self.read_timeout, self.request_deadline = read_timeout, request_deadline
         self.listener = _bind(host, port)
         self.port: int = self.listener.getsockname()[1]
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.listener, selectors.EVENT_READ)
         self._idle: dict[socket.socket, float] = {}  # connection → deadline; oldest first
+        self._busy: dict[socket.socket, float] = {}  # being answered → deadline; oldest first
         self._open = 0  # idle, waiting for a worker, or being answered
         self._lock = threading.Lock()
         # Daemon threads: a request being answered never holds up the process's exit.
@@ -149,6 +157,7 @@ class EndpointServer:
                 elif key.fileobj in self._idle:  # not closed to admit another in this round
                     self._dispatch(key.fileobj)
             self._expire(time.monotonic())
+            self._cut_off(time.monotonic())
 
     def _wait(self) -> float:
         oldest = next(iter(self._idle.values()), None)
@@ -187,10 +196,23 @@ class EndpointServer:
                 return  # deadlines grow with the order of arrival
             self._drop(connection)
 
+    def _cut_off(self, now: float) -> None:
+        """Requests past their deadline: the socket is shut, so the worker's read or write
+        fails at once and the worker closes it."""
+        with self._lock:
+            overdue = [c for c, deadline in self._busy.items() if deadline <= now]
+            for connection in overdue:
+                del self._busy[connection]
+        for connection in overdue:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
     def _dispatch(self, connection: socket.socket) -> None:
         self._selector.unregister(connection)
         del self._idle[connection]
-        connection.settimeout(READ_TIMEOUT)
+        connection.settimeout(self.read_timeout)
+        with self._lock:
+            self._busy[connection] = time.monotonic() + self.request_deadline
         self._ready.put(connection)
 
     def _work(self) -> None:
@@ -207,6 +229,8 @@ class EndpointServer:
                 "http request failed", error=f"{type(exc).__name__}: {exc}"
             )
         finally:
+            with self._lock:
+                self._busy.pop(connection, None)
             self._drop(connection, registered=False)
 
     def _drop(self, connection: socket.socket, *, registered: bool = True) -> None:
