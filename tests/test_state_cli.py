@@ -200,3 +200,32 @@ def test_a_sqlite_url_names_the_same_file_as_its_path(work: Path) -> None:
         assert len(store.revisions()) == 1
     listed = patchctl("compliance", "--state", str(work / "kept" / "state.db"), cwd=work)
     assert listed.returncode == 0, listed.stderr
+
+
+def test_a_new_store_is_private_whatever_the_umask(work: Path) -> None:
+    """Every machine's inventory and job errors are in the store: no other user may read it,
+    even when patchctl runs under umask 000 (it was created 0644, beside an 0600 audit log)."""
+    done = subprocess.run(
+        [
+            "sh",
+            "-c",
+            'umask 000 && exec "$@"',
+            "sh",
+            *PATCHCTL,
+            "reconcile",
+            "--source",
+            "empty",
+            "--state",
+            str(work / "new" / "state.db"),
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    modes = {
+        p.name: p.stat().st_mode & 0o777 for p in (work / "new").iterdir() if "state" in p.name
+    }
+    assert modes and all(mode == 0o600 for mode in modes.values()), modes
+    assert (work / "new").stat().st_mode & 0o077 == 0

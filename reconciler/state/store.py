@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -586,9 +586,19 @@ def _check_place(path: Path) -> None:
         )
 
 
+def _create_private(path: Path) -> None:
+    """A new store starts as an empty 0600 file whatever the umask: it holds every machine's
+    inventory and job errors, and SQLite gives its -wal and -shm files the database's mode."""
+    # Any failure (it exists, a read-only file system...) is left for SQLite to report.
+    with suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.chmod(path, 0o600)  # os.open's mode passes through the umask
+
+
 def _open(path: Path) -> sqlite3.Connection:
     """A connection to the migrated store, or :class:`StoreUnusable` saying what to do."""
     try:
+        _create_private(path)
         conn = _connect(path)
     except sqlite3.Error as exc:
         raise _unusable(path, exc) from None
