@@ -94,14 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except SnapshotInvalid as exc:
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"refused: {len(exc.problems)} problem(s); nothing was applied", file=sys.stderr)
+            _say(str(problem))
+        _say(f"refused: {len(exc.problems)} problem(s); nothing was applied")
         return EXIT_INVALID
     except AgentFailed as exc:
-        print(f"patchctl: the agent failed: {exc.code}: {exc.message}", file=sys.stderr)
+        _say(f"patchctl: the agent failed: {exc.code}: {exc.message}")
         return EXIT_INVALID
     except (UserError, StoreUnusable, StoreWriteFailed) as exc:
-        print(f"patchctl: {exc}", file=sys.stderr)
+        _say(f"patchctl: {exc}")
         return EXIT_INVALID
     except KeyboardInterrupt:
         return 130
@@ -111,12 +111,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the last line of defence: never a traceback for users
         if os.environ.get("PATCHWARDEN_DEBUG"):
             traceback.print_exc()
-        print(
+        _say(
             f"patchctl: internal error: {type(exc).__name__}: {exc} "
-            "(set PATCHWARDEN_DEBUG=1 for details and report it)",
-            file=sys.stderr,
+            "(set PATCHWARDEN_DEBUG=1 for details and report it)"
         )
         return EXIT_INVALID
+
+
+def _say(line: str) -> None:
+    """One line of ours on stderr. What it quotes may come from a machine (an agent's error) or a
+    commit: control characters are shown as ``\\xNN``, never sent to the terminal as escapes."""
+    print(render.visible(line), file=sys.stderr)
 
 
 def _library_words_off_stderr() -> None:

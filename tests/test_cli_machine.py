@@ -172,3 +172,15 @@ def test_table_output_for_people(system_root: Path, baseline_file: Path) -> None
     )
     assert run.returncode == 0
     assert "NON_COMPLIANT" in run.stdout and "pwtest-inetd" in run.stdout
+
+
+def test_words_an_error_quotes_reach_the_terminal_as_text_not_escapes(tmp_path: Path) -> None:
+    """Errors quote what others wrote: an agent's message, a root's paths, a commit's values. A
+    directory whose name carries terminal escapes (retitle the window, colour the rest red)
+    stands in for all of them: patchctl prints the escapes as text."""
+    root = tmp_path / "r\x1b]0;owned\x07\x1b[31m"
+    root.mkdir()
+    run = patchctl("scan", "--root", str(root), "-o", "json")
+    assert run.returncode == 1, run.stderr
+    assert "\x1b" not in run.stderr and "\x07" not in run.stderr, run.stderr
+    assert "\\x1b]0;owned\\x07" in run.stderr, run.stderr
