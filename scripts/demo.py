@@ -126,6 +126,8 @@ def main(argv: list[str]) -> int:
     for name in FLEET:
         make_root(demo / "fleet" / name, repo.uri, ["stable", "stable-security"], installed=OLD)
     print(f"Built an apt repository and {len(FLEET)} Debian systems in {demo / 'fleet'}.")
+    print("They have no /bin/sh, so dpkg runs their maintainer scripts on this host: the demo "
+          "trusts its own roots (PATCHWARDEN_TRUST_ROOT_SCRIPTS=1, docs/agent.md).")
 
     bare, work = demo / "config.git", demo / "config"
     git("init", "--bare", "--initial-branch=main", str(bare), cwd=demo)
