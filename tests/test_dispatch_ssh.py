@@ -112,6 +112,17 @@ def test_install_over_ssh_installs_the_pin(
     assert installed["pwtest-lib"] == "1.0-2"
 
 
+def test_over_ssh_a_shell_less_root_is_refused_without_the_operators_trust(
+    sshd: Sshd, agent: Path, pool: SshPool, remote_dir: str, system_root: Path
+) -> None:
+    status = (system_root / "var/lib/dpkg/status").read_text()
+    remote = ssh(sshd, agent, pool, remote_dir, root=str(system_root), trust_root_scripts=False)
+    with pytest.raises(AgentFailed) as refused:
+        remote.install(InstallRequest(("pwtest-lib=1.0-2",), reboot_option="NoReboot"))
+    assert refused.value.code == "UntrustedRoot" and str(system_root) in refused.value.message
+    assert (system_root / "var/lib/dpkg/status").read_text() == status
+
+
 def test_the_agent_is_copied_once_per_version(
     sshd: Sshd, agent: Path, pool: SshPool, remote_dir: str, system_root: Path
 ) -> None:
