@@ -94,7 +94,7 @@ def convergence(count: int) -> tuple[float, float, int]:
             reconciler = Reconciler(
                 DirectorySource(config),
                 store,
-                lambda i: LocalTransport(i.spec.connection.root),
+                lambda i: LocalTransport(i.spec.connection.root, trust_root_scripts=True),
                 workers=10,
                 log=_Quiet(),
             )

@@ -91,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Warnings (a skipped symlink) go to stderr as JSON lines in every verb: stdout is the output.
     configure_logging()
     try:
+        args.trust_root_scripts = _root_scripts_trusted(args)
         return int(args.handler(args))
     except SnapshotInvalid as exc:
         for problem in exc.problems:
@@ -122,6 +123,22 @@ def _say(line: str) -> None:
     """One line of ours on stderr. What it quotes may come from a machine (an agent's error) or a
     commit: control characters are shown as ``\\xNN``, never sent to the terminal as escapes."""
     print(render.visible(line), file=sys.stderr)
+
+
+TRUST_ROOT_SCRIPTS_ENV = "PATCHWARDEN_TRUST_ROOT_SCRIPTS"
+
+
+def _root_scripts_trusted(args: argparse.Namespace) -> bool:
+    """The operator's word, and only the operator's (never a resource's), that directory roots
+    may have their maintainer scripts run on their machine (docs/agent.md): ``install
+    --trust-root-scripts`` or $PATCHWARDEN_TRUST_ROOT_SCRIPTS=1, read here once and passed down."""
+    value = os.environ.get(TRUST_ROOT_SCRIPTS_ENV, "")
+    if value not in ("", "0", "1"):
+        raise UserError(
+            f"{TRUST_ROOT_SCRIPTS_ENV}={value!r}: expected 1 (trust directory roots' maintainer "
+            "scripts) or 0; unset it to keep them refused"
+        )
+    return bool(getattr(args, "trust_root_scripts", False)) or value == "1"
 
 
 def _library_words_off_stderr() -> None:
@@ -214,6 +231,12 @@ def _parser() -> argparse.ArgumentParser:
         type=_seconds_or_zero,
         default=60,
         help="seconds to wait for the package manager's lock (0: do not wait)",
+    )
+    p.add_argument(
+        "--trust-root-scripts",
+        action="store_true",
+        help="you trust the --root and its repositories: a Debian root without /bin/sh may run "
+        f"its maintainer scripts on this host (refused otherwise; or {TRUST_ROOT_SCRIPTS_ENV}=1)",
     )
     p.set_defaults(handler=_install)
 
@@ -809,7 +832,9 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _install(args: argparse.Namespace) -> int:
-    transport = LocalTransport(str(args.root) if args.root else None)
+    transport = LocalTransport(
+        str(args.root) if args.root else None, trust_root_scripts=args.trust_root_scripts
+    )
     with render.progress("Scanning packages" + ("" if args.no_refresh else " (refreshing lists)")):
         inventory = transport.scan(instance_id=args.instance, refresh=not args.no_refresh)
     before = _evaluate_machine(args, inventory)
@@ -950,10 +975,15 @@ def _source(args: argparse.Namespace, store_path: Path, ref: str | None = None) 
         raise UserError(str(exc)) from None
 
 
-def _transports(pool: SshPool, ssh_dir: Path) -> TransportFor:
-    """Each instance's transport; SSH ones share ``pool`` and read their files in ``ssh_dir``."""
+def _transports(pool: SshPool, ssh_dir: Path, trust_root_scripts: bool) -> TransportFor:
+    """Each instance's transport; SSH ones share ``pool`` and read their files in ``ssh_dir``;
+    ``trust_root_scripts`` is the operator's (:func:`_root_scripts_trusted`)."""
     return lambda instance: transport_for(
-        instance.spec.connection, pool=pool, ssh_dir=ssh_dir, name=instance.metadata.name
+        instance.spec.connection,
+        pool=pool,
+        ssh_dir=ssh_dir,
+        name=instance.metadata.name,
+        trust_root_scripts=trust_root_scripts,
     )
 
 
@@ -994,7 +1024,12 @@ def _plan(args: argparse.Namespace) -> int:
     with _store(args) as store:
         now = args.now
         clock = utc_now if now is None else lambda: now
-        reconciler = _reconciler(args, store, _transports(_ssh_pool(), args.ssh_dir), clock=clock)
+        reconciler = _reconciler(
+            args,
+            store,
+            _transports(_ssh_pool(), args.ssh_dir, args.trust_root_scripts),
+            clock=clock,
+        )
         reconciler.refresh()
         current = reconciler.plan()
         if current is None:
@@ -1032,7 +1067,7 @@ def _observed_loop(
         reconciler = _reconciler(
             args,
             store,
-            _transports(pool, args.ssh_dir),
+            _transports(pool, args.ssh_dir, args.trust_root_scripts),
             observers=observers,
             on_job_done=on_job_done,
         )
@@ -1072,7 +1107,9 @@ def _controller(args: argparse.Namespace) -> int:
     host, port = args.listen
     lease, node_settings = _controller_settings(args, namespace)
     pool = _ssh_pool()
-    transports, resume = _node_access(api, node_settings, pool, args.ssh_dir)
+    transports, resume = _node_access(
+        api, node_settings, pool, args.ssh_dir, args.trust_root_scripts
+    )
     elector = LeaderElector(api, lease)
     with _observed_store(args, serving=True) as (store, observers, metrics):
         if args.source == "kubernetes":
@@ -1146,7 +1183,7 @@ def _controller_settings(
 
 
 def _node_access(
-    api: Any, node_settings: NodeSettings, pool: SshPool, ssh_dir: Path
+    api: Any, node_settings: NodeSettings, pool: SshPool, ssh_dir: Path, trust_root_scripts: bool
 ) -> tuple[TransportFor, Callable[[], object]]:
     """The controller's transports and its ``resume_nodes``, sharing one set of node locks (a
     node a transport works on is left alone by resume)."""
@@ -1163,6 +1200,7 @@ def _node_access(
             node_locks=locks,
             ssh_dir=ssh_dir,
             name=instance.metadata.name,
+            trust_root_scripts=trust_root_scripts,
         )
 
     def resume() -> object:

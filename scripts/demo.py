@@ -102,11 +102,17 @@ def git(*args: str, cwd: Path) -> None:
     subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
 
 
+# The demo's roots have no /bin/sh (tests/aptlab.py), so dpkg runs their maintainer scripts on
+# this host: patchctl refuses that unless the operator trusts the roots. These roots and their
+# repository are the demo's own, built just above, so the demo says it trusts them.
+TRUSTED = {**os.environ, "PATCHWARDEN_TRUST_ROOT_SCRIPTS": "1"}
+
+
 def reconcile(url: str, title: str, demo: Path) -> None:
     print(f"\n=== {title} ===", flush=True)
     with (demo / "reconcile.log").open("a") as log:
         subprocess.run([*PATCHCTL, "reconcile", "--source", url, "--state", str(demo / "state.db"), "-o", "table"],
-                       check=True, stderr=log)
+                       check=True, stderr=log, env=TRUSTED)
 
 
 def main(argv: list[str]) -> int:
@@ -120,6 +126,8 @@ def main(argv: list[str]) -> int:
     for name in FLEET:
         make_root(demo / "fleet" / name, repo.uri, ["stable", "stable-security"], installed=OLD)
     print(f"Built an apt repository and {len(FLEET)} Debian systems in {demo / 'fleet'}.")
+    print("They have no /bin/sh, so dpkg runs their maintainer scripts on this host: the demo "
+          "trusts its own roots (PATCHWARDEN_TRUST_ROOT_SCRIPTS=1, docs/agent.md).")
 
     bare, work = demo / "config.git", demo / "config"
     git("init", "--bare", "--initial-branch=main", str(bare), cwd=demo)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,13 @@ import pytest
 from reconciler.agent.apt import Apt
 from tests.aptlab import HttpRepo, Pkg, Repo, make_root
 from tests.kubeapi import kube_api  # noqa: F401  (session fixture: the real kube-apiserver)
+
+# The labs' roots have no /bin/sh (tests/aptlab.py), so dpkg runs their maintainer scripts on
+# this host, which patchctl refuses unless the operator trusts the roots. The suite builds them
+# itself: it trusts them once here, at import, so every patchctl subprocess inherits it; tests
+# that build transports directly pass trust_root_scripts=True, and the tests of the refusal
+# remove the variable.
+os.environ["PATCHWARDEN_TRUST_ROOT_SCRIPTS"] = "1"
 
 HAVE_APT = all(shutil.which(tool) for tool in ("apt-get", "apt-cache", "dpkg", "dpkg-query"))
 needs_apt = pytest.mark.skipif(not HAVE_APT, reason="apt and dpkg are not installed")

@@ -556,7 +556,7 @@ def test_status_is_written_once_and_left_alone_when_nothing_changed(
         reconciler = ControllerReconciler(
             KubernetesSource(api, ns, watch_nodes=False),
             store,
-            lambda instance: transport_for(instance.spec.connection),
+            lambda instance: transport_for(instance.spec.connection, trust_root_scripts=True),
             writer=StatusWriter(api, ns),
         )
         reconciler.reconcile()
@@ -601,7 +601,7 @@ def test_one_object_whose_status_is_refused_does_not_cost_the_others_theirs(
         reconciler = ControllerReconciler(
             KubernetesSource(api, ns, watch_nodes=False),
             store,
-            lambda instance: transport_for(instance.spec.connection),
+            lambda instance: transport_for(instance.spec.connection, trust_root_scripts=True),
             writer=_RefusingBaselines(api, ns),
         )
         reconciler.reconcile()

@@ -80,6 +80,8 @@ def ssh(sshd: Sshd, agent: Path, pool: SshPool, remote_dir: str, **options: obje
         # Debian's python3, as the brief's machines have; root's login PATH here may put a pyenv
         # shim first, which works too (the scan-equality test uses the default "python3").
         "python": "/usr/bin/python3",
+        # The lab roots have no /bin/sh: their installs need the operator's trust (conftest.py).
+        "trust_root_scripts": True,
     }
     settings.update(options)
     return SshTransport("127.0.0.1", **settings)  # type: ignore[arg-type]
@@ -119,7 +121,7 @@ def test_values_that_look_like_options_reach_the_agent_as_values(
     value now travels as one ``--block=VALUE`` word: the odd pattern blocks nothing, the install
     happens for real, and a pattern after it still blocks."""
     transport: AgentCommand = (
-        LocalTransport(str(system_root))
+        LocalTransport(str(system_root), trust_root_scripts=True)
         if over == "local"
         else ssh(sshd, agent, pool, remote_dir, root=str(system_root))
     )
@@ -134,6 +136,17 @@ def test_values_that_look_like_options_reach_the_agent_as_values(
     assert [(p.name, p.result) for p in result.patches] == [("pwtest-lib", "INSTALLED")]
     installed = {p.name: p.version for p in transport.scan(refresh=False).installed}
     assert installed["pwtest-lib"] == "1.0-2"
+
+
+def test_over_ssh_a_shell_less_root_is_refused_without_the_operators_trust(
+    sshd: Sshd, agent: Path, pool: SshPool, remote_dir: str, system_root: Path
+) -> None:
+    status = (system_root / "var/lib/dpkg/status").read_text()
+    remote = ssh(sshd, agent, pool, remote_dir, root=str(system_root), trust_root_scripts=False)
+    with pytest.raises(AgentFailed) as refused:
+        remote.install(InstallRequest(("pwtest-lib=1.0-2",), reboot_option="NoReboot"))
+    assert refused.value.code == "UntrustedRoot" and str(system_root) in refused.value.message
+    assert (system_root / "var/lib/dpkg/status").read_text() == status
 
 
 def test_the_agent_is_copied_once_per_version(

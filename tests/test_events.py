@@ -434,7 +434,7 @@ def test_transitions_of_a_real_loop_reach_sqs_through_an_eventbridge_rule(
         loop = Reconciler(
             DirectorySource(config),
             store,
-            lambda instance: transport_for(instance.spec.connection),
+            lambda instance: transport_for(instance.spec.connection, trust_root_scripts=True),
             clock=clock,
             observers=[sink],
         )
@@ -534,7 +534,7 @@ def test_concurrent_jobs_of_one_opening_announce_its_start_once(
         loop = Reconciler(
             DirectorySource(config),
             store,
-            lambda instance: transport_for(instance.spec.connection),
+            lambda instance: transport_for(instance.spec.connection, trust_root_scripts=True),
             clock=lambda: IN_WINDOW,
             observers=[seen.append],
         )
@@ -716,7 +716,7 @@ def test_a_refused_snapshot_is_announced_once_however_many_passes_see_it(
         loop = Reconciler(
             DirectorySource(config),
             store,
-            lambda instance: transport_for(instance.spec.connection),
+            lambda instance: transport_for(instance.spec.connection, trust_root_scripts=True),
             clock=lambda: IN_WINDOW,
             observers=[sink],
         )

@@ -107,7 +107,9 @@ def loop(
     (watched by ``spy``), at the time ``clock`` says."""
     store = StateStore(tmp_path / "state" / "state.db")
     source = GitSource(url, ref="main", workdir=tmp_path / "state" / "clone")
-    transports = spy or Spy(lambda instance: transport_for(instance.spec.connection))
+    transports = spy or Spy(
+        lambda instance: transport_for(instance.spec.connection, trust_root_scripts=True)
+    )
     return Reconciler(source, store, transports, clock=clock, on_job_done=on_job_done)
 
 
@@ -260,7 +262,7 @@ def test_no_job_starts_after_the_window_cutoff_and_the_plan_says_why(
     roots = make_fleet(tmp_path / "fleet", apt_repo, ["web-1", "web-2", "web-3"], BEFORE)
     commit_fleet(upstream, roots, window_yaml("noon", NOON_WINDOW, max_concurrency="1"))
     clock = ManualClock(IN_WINDOW)
-    spy = Spy(lambda instance: transport_for(instance.spec.connection))
+    spy = Spy(lambda instance: transport_for(instance.spec.connection, trust_root_scripts=True))
 
     def first_install_takes_until_the_cutoff(job: JobRecord) -> None:
         if job.operation == "Install":
@@ -310,7 +312,7 @@ def test_max_errors_halts_the_rollout_after_a_failed_install_which_is_rolled_bac
     roots = make_fleet(tmp_path / "fleet", apt_repo, ["db-1", "db-2", "db-3"], WITH_FAIL)
     window = window_yaml("noon", NOON_WINDOW, max_concurrency="1", max_errors="0")
     commit_fleet(upstream, roots, window)
-    spy = Spy(lambda instance: transport_for(instance.spec.connection))
+    spy = Spy(lambda instance: transport_for(instance.spec.connection, trust_root_scripts=True))
     reconciler = loop(tmp_path, file_url(upstream), ManualClock(IN_WINDOW), spy=spy)
 
     summary = reconciler.reconcile()
@@ -660,7 +662,10 @@ def test_the_ssh_transport_converges_a_machine_as_the_local_one_does(
     with SshPool() as pool:
         spy = Spy(
             lambda instance: transport_for(
-                instance.spec.connection, pool=pool, ssh_dir=sshd.directory
+                instance.spec.connection,
+                pool=pool,
+                ssh_dir=sshd.directory,
+                trust_root_scripts=True,
             )
         )
         reconciler = loop(tmp_path, file_url(upstream), ManualClock(IN_WINDOW), spy=spy)

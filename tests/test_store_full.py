@@ -107,7 +107,9 @@ def test_a_full_disk_neither_stops_the_service_nor_leaves_a_job_running(
         reconciler = Reconciler(
             DirectorySource(tmp_path / "desired"),
             store,
-            lambda instance: FillsTheDisk(transport_for(instance.spec.connection), mount, ballast),
+            lambda instance: FillsTheDisk(
+                transport_for(instance.spec.connection, trust_root_scripts=True), mount, ballast
+            ),
             observers=[metrics],
             log=log,
         )

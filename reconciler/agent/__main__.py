@@ -73,10 +73,19 @@ def install(
     reboot_option: str,
     allow_reboot: bool,
     lock_timeout: int,
+    trust_root_scripts: bool = False,
 ) -> Dict[str, object]:
-    """Install exact pins; the result says what changed, per package."""
+    """Install exact pins; the result says what changed, per package. A root whose packages'
+    maintainer scripts would run on this host is refused unless ``trust_root_scripts``."""
     result = backend(root).install(
-        root, pin_texts, blocked, simulate, reboot_option, allow_reboot, lock_timeout
+        root,
+        pin_texts,
+        blocked,
+        simulate,
+        reboot_option,
+        allow_reboot,
+        lock_timeout,
+        trust_root_scripts,
     )
     return dict(result)
 
@@ -108,6 +117,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--allow-reboot", action="store_true", help="allow rebooting the host")
     p.add_argument("--lock-timeout", type=int, default=60)
+    p.add_argument(
+        "--trust-root-scripts",
+        action="store_true",
+        help="the operator trusts the --root and its repositories: a Debian root without /bin/sh "
+        "may have its maintainer scripts run on this host (refused without this)",
+    )
     return parser
 
 
@@ -127,6 +142,7 @@ def _run(args: argparse.Namespace) -> Dict[str, object]:
         args.reboot_option,
         args.allow_reboot,
         args.lock_timeout,
+        args.trust_root_scripts,
     )
 
 

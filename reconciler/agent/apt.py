@@ -22,6 +22,7 @@ from reconciler.agent.errors import (
     PackageManagerBusy,
     RecoveryFailed,
     RepositoryError,
+    UntrustedRoot,
 )
 from reconciler.agent.facts import below, reboot_required
 from reconciler.agent.patchnames import blocked_by
@@ -98,6 +99,32 @@ def is_security(files: List[PackageFile]) -> bool:
     )
 
 
+def scripts_run_on_host(root: str) -> bool:
+    """Whether dpkg would run the maintainer scripts of ``root``'s packages on this host: it
+    runs them chrooted through the root's own ``/bin/sh``, so a root without one needs
+    ``--force-script-chrootless`` (scripts on the host, as root, with ``DPKG_ROOT`` set)."""
+    root = os.path.abspath(root)
+    return root != "/" and not os.path.exists(below(root, "/bin/sh"))
+
+
+def check_scripts_trusted(root: str, trusted: bool) -> None:
+    """UntrustedRoot, before the root is touched, for an install whose maintainer scripts would
+    run on this host without the operator's ``--trust-root-scripts``: whoever controls the root
+    or its repositories would run code here."""
+    if trusted or not scripts_run_on_host(root):
+        return
+    raise UntrustedRoot(
+        "{}: the root has no /bin/sh, so dpkg would run its packages' maintainer scripts on "
+        "this host as root (--force-script-chrootless), not inside the root; nothing was "
+        "changed. Give the root a /bin/sh so they run chrooted, or, only if you trust the root "
+        "and its repositories, install with --trust-root-scripts (patchctl: "
+        "PATCHWARDEN_TRUST_ROOT_SCRIPTS=1, or `patchctl install --trust-root-scripts`)".format(
+            os.path.abspath(root)
+        ),
+        {"root": os.path.abspath(root)},
+    )
+
+
 def parse_pin(text: str) -> Tuple[str, str, str]:
     """``name[:arch]=version`` -> (name, arch, version); InvalidPin before anything runs."""
     name, sep, version = text.partition("=")
@@ -126,8 +153,10 @@ class Apt:
         lock_timeout: int = 60,
         http_timeout: int = 20,
         private_state: Optional[str] = None,
+        trust_root_scripts: bool = False,
     ) -> None:
         self.root = os.path.abspath(root)
+        self.trust_root_scripts = trust_root_scripts
         self.is_host = self.root == "/"
         self.lock_timeout = lock_timeout
         self.http_timeout = http_timeout
@@ -251,7 +280,9 @@ class Apt:
             "--root={}".format(self.root),
             "--log={}".format(below(self.root, "/var/log/dpkg.log")),
         ]
-        if not self.is_host and not os.path.exists(below(self.root, "/bin/sh")):
+        if self.trust_root_scripts and scripts_run_on_host(self.root):
+            # Only with the operator's word (check_scripts_trusted): without it dpkg is never
+            # told to run a root's scripts here, so even a stray dpkg call would fail, not run.
             args.append("--force-script-chrootless")
         if self.unprivileged:
             args.insert(0, "--force-not-root")

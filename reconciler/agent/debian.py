@@ -6,7 +6,7 @@ import functools
 from typing import Dict, List, Optional, Tuple
 
 from reconciler.agent import install as flow
-from reconciler.agent.apt import Apt, parse_pin
+from reconciler.agent.apt import Apt, check_scripts_trusted, parse_pin
 from reconciler.agent.facts import facts
 from reconciler.agent.install import Applied, Backend, Patch, Pin, Plan
 from reconciler.agent.outcome import inventory
@@ -44,10 +44,13 @@ def scan(
     return document
 
 
+def _installer(root: str, lock_timeout: int, trust_root_scripts: bool) -> "AptInstall":
+    check_scripts_trusted(root, trust_root_scripts)  # before anything in the root changes
+    return AptInstall(Apt(root, lock_timeout=lock_timeout, trust_root_scripts=trust_root_scripts))
+
+
 # Install exact pins; the result says what changed, per package (install.py has the flow).
-install = functools.partial(
-    flow.install, parse_pin, lambda root, lock_timeout: AptInstall(_system(root, lock_timeout))
-)
+install = functools.partial(flow.install, parse_pin, _installer)
 
 
 Versions = Dict[Tuple[str, str], Tuple[str, str]]  # (name, arch) -> (version, dpkg status)

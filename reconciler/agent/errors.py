@@ -50,6 +50,13 @@ class InstallRefused(AgentError):
     code = "InstallRefused"
 
 
+class UntrustedRoot(AgentError):
+    """An install into a root whose packages' maintainer scripts would run on this host (a
+    Debian root without /bin/sh), without the operator's ``--trust-root-scripts``."""
+
+    code = "UntrustedRoot"
+
+
 class RecoveryFailed(AgentError):
     """An interrupted dpkg run was found and could not be repaired."""
 

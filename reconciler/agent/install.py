@@ -90,7 +90,7 @@ class Backend:
 
 def install(
     parse_pin: Callable[[str], Pin],
-    open_backend: Callable[[str, int], Backend],
+    open_backend: Callable[[str, int, bool], Backend],
     root: str,
     pin_texts: List[str],
     blocked: List[str],
@@ -98,11 +98,14 @@ def install(
     reboot_option: str,
     allow_reboot: bool,
     lock_timeout: int,
+    trust_root_scripts: bool = False,
 ) -> Dict[str, object]:
     """Install exact pins; the result says what changed, per package. A backend module's
-    ``install`` is this with its ``parse_pin`` and ``open_backend(root, lock_timeout)``."""
+    ``install`` is this with its ``parse_pin`` and ``open_backend(root, lock_timeout,
+    trust_root_scripts)``; the backend refuses a root whose maintainer scripts would run on this
+    host unless ``trust_root_scripts`` (the operator's ``--trust-root-scripts``)."""
     pins = [parse_pin(p) for p in pin_texts]  # refuses invalid pins before anything runs
-    backend = open_backend(root, lock_timeout)
+    backend = open_backend(root, lock_timeout, trust_root_scripts)
     result = install_result(simulate)
     before = backend.versions_now([p[0] for p in pins])
     result["recovery"] = [] if simulate else backend.recover()

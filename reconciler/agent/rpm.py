@@ -76,8 +76,10 @@ def scan(
 
 
 # Install exact pins; the result says what changed, per package (install.py has the flow).
+# rpm runs every scriptlet chrooted into the root (--installroot), never on this host, so
+# there is nothing for trust_root_scripts to allow.
 install = functools.partial(
-    flow.install, parse_pin, lambda root, lock_timeout: DnfInstall(_system(root, lock_timeout))
+    flow.install, parse_pin, lambda root, lock_timeout, _: DnfInstall(_system(root, lock_timeout))
 )
 
 

@@ -138,8 +138,12 @@ def _add_patch(entry: Dict[str, object], patch: Patch) -> None:
 
 
 # Install exact pins; the result says what changed, per package (install.py has the flow).
+# zypper's rpm runs every scriptlet chrooted into the root, never on this host, so there is
+# nothing for trust_root_scripts to allow.
 install = functools.partial(
-    flow.install, parse_pin, lambda root, lock_timeout: ZypperInstall(Zypper(root, lock_timeout))
+    flow.install,
+    parse_pin,
+    lambda root, lock_timeout, _: ZypperInstall(Zypper(root, lock_timeout)),
 )
 
 

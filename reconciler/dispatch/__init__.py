@@ -63,6 +63,7 @@ def transport_for(
     node_locks: NodeLocks | None = None,
     ssh_dir: Path | None = None,
     name: str | None = None,
+    trust_root_scripts: bool = False,
 ) -> Transport:
     """The transport that reaches ``connection``'s machine. ``pool`` shares SSH connections
     between transports (give every SSH transport of a reconcile the same one, and close it at the
@@ -71,7 +72,9 @@ def transport_for(
     ``node_settings`` for their Jobs (defaults when left out) and ``node_locks`` shared by every
     node transport and ``resume_nodes`` of the caller (the process's when left out).
     ``ssh_dir`` is where an SSH connection's files must be (:func:`default_ssh_dir` when left
-    out); ``name``, the ManagedInstance's, is named in errors."""
+    out); ``name``, the ManagedInstance's, is named in errors. ``trust_root_scripts`` (the
+    operator's, from the CLI) lets a local or SSH connection's directory root run maintainer
+    scripts on its machine; a node's agent works on the host itself and never needs it."""
     if isinstance(connection, KubernetesConnection):
         if kubernetes is None:
             raise AgentFailed(
@@ -85,8 +88,10 @@ def transport_for(
         return nodes.NodeTransport(kubernetes, connection.node, settings, node_locks)
     if isinstance(connection, LocalConnection):
         if command_timeout is None:
-            return LocalTransport(connection.root)
-        return LocalTransport(connection.root, timeout=command_timeout)
+            return LocalTransport(connection.root, trust_root_scripts=trust_root_scripts)
+        return LocalTransport(
+            connection.root, timeout=command_timeout, trust_root_scripts=trust_root_scripts
+        )
     from reconciler.dispatch import ssh
 
     directory = default_ssh_dir() if ssh_dir is None else ssh_dir
@@ -103,6 +108,7 @@ def transport_for(
         command_timeout=ssh.COMMAND_TIMEOUT if command_timeout is None else command_timeout,
         agent=agent,
         pool=pool,
+        trust_root_scripts=trust_root_scripts,
     )
 
 

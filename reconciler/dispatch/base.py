@@ -62,9 +62,11 @@ class InstallRequest:
     """Seconds to wait for the package manager's lock."""
 
 
-def install_args(request: InstallRequest) -> list[str]:
-    """The agent's command line for an install."""
-    return [
+def install_args(request: InstallRequest, *, trust_root_scripts: bool = False) -> list[str]:
+    """The agent's command line for an install; ``trust_root_scripts`` is the operator's word
+    (never the configuration repository's) that a directory root may have its maintainer
+    scripts run on the host (docs/agent.md)."""
+    args = [
         "install",
         option("--reboot-option", request.reboot_option),
         option("--lock-timeout", str(request.lock_timeout)),
@@ -73,6 +75,7 @@ def install_args(request: InstallRequest) -> list[str]:
         *(["--simulate"] if request.simulate else []),
         *(["--allow-reboot"] if request.allow_reboot else []),
     ]
+    return args + (["--trust-root-scripts"] if trust_root_scripts else [])
 
 
 def root_args(root: str | None) -> list[str]:
@@ -111,13 +114,20 @@ class Transport(Protocol):
 
 class AgentCommand(ABC):
     """A transport that runs the agent as one command and gets its JSON document back (local,
-    ssh): scan and install are the same for each, only how the command runs differs."""
+    ssh): scan and install are the same for each, only how the command runs differs.
+    ``trust_root_scripts``: the operator trusts the transport's directory root (and its
+    repositories) to run maintainer scripts on the machine itself; off unless the operator says
+    so at the CLI (``PATCHWARDEN_TRUST_ROOT_SCRIPTS=1``, ``patchctl install --trust-root-scripts``).
+    """
+
+    trust_root_scripts: bool = False
 
     def scan(self, *, instance_id: str | None = None, refresh: bool = True) -> Inventory:
         return inventory_of(self._run(scan_args(instance_id, refresh)))
 
     def install(self, request: InstallRequest) -> InstallResult:
-        return install_result_of(self._run(install_args(request)))
+        args = install_args(request, trust_root_scripts=self.trust_root_scripts)
+        return install_result_of(self._run(args))
 
     @abstractmethod
     def _run(self, args: list[str]) -> dict[str, Any]:

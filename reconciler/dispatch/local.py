@@ -20,11 +20,13 @@ from reconciler.dispatch.base import AgentCommand, AgentFailed, root_args
 
 @dataclass(frozen=True)
 class LocalTransport(AgentCommand):
-    """Runs the agent on this machine; ``root`` selects a system rooted at a directory."""
+    """Runs the agent on this machine; ``root`` selects a system rooted at a directory, whose
+    maintainer scripts may run on this host only with ``trust_root_scripts`` (AgentCommand)."""
 
     root: str | None = None
     timeout: float = 3600.0
     python: str = field(default=sys.executable)
+    trust_root_scripts: bool = False
 
     def _run(self, args: list[str]) -> dict[str, Any]:
         argv = [self.python, "-m", "reconciler.agent", *args, *root_args(self.root)]

@@ -473,9 +473,11 @@ class SshTransport(AgentCommand):
         python: str = "python3",
         remote_dir: str = REMOTE_DIR,
         pool: SshPool | None = None,
+        trust_root_scripts: bool = False,
     ) -> None:
         self.endpoint = Endpoint(host, port, user, identity_file, known_hosts_file)
         self.root = root
+        self.trust_root_scripts = trust_root_scripts
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.python = python
