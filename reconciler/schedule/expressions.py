@@ -50,8 +50,8 @@ def parse_schedule(expression: str) -> Schedule:
 
 def parse_window_schedule(expression: str) -> Schedule:
     """A MaintenanceWindow's schedule: ``parse_schedule``, and a cron expression that fires
-    less than 5 minutes apart is refused too, as SSM refuses it for windows (the loop cannot
-    open a window, plan and dispatch more often anyway)."""
+    less than 5 minutes apart is refused too, as SSM refuses it for windows. A report's
+    schedule is not a window's, so ``parse_schedule`` leaves cron unbounded."""
     schedule = parse_schedule(expression)
     if isinstance(schedule, CronSchedule):
         gap = schedule.gap_under(SHORTEST_RATE)

@@ -5,9 +5,9 @@ A field is a comma-separated list of items; an item is ``*``, ``N``, ``N-M`` or 
 handled by ``cron.py`` before a field reaches this grammar.
 
 AWS's ``cron(...)`` is Quartz's grammar (``quartz=True`` fields), which differs from standard cron
-in two ways: a range may wrap past the end of its field (``20-2`` hours is 20-23 and 0-2,
-``FRI-MON``, ``NOV-FEB``, as AWS's example ``cron(0/30 20-2 ? * MON-FRI *)`` runs from 20:00 to
-02:00), Year excepted; and a step may not exceed the field's largest value (``*/60`` minutes).
+in two ways: a range may wrap past the end of its field (``20-2`` hours is 20-23 and 0-2, as in
+AWS's example ``cron(0/30 20-2 ? * MON-FRI *)``; ``FRI-MON``; ``NOV-FEB``), Year excepted; and a
+step may not exceed the field's largest value (``*/60`` minutes).
 Pure; imports nothing from reconciler.
 """
 
