@@ -19,6 +19,7 @@ from reconciler.schedule import (
     describe,
     openings,
     parse_schedule,
+    parse_window_schedule,
 )
 
 
@@ -499,8 +500,23 @@ INVALID = [
     ("cron(0 2 ? * FUN *)", "Day-of-week field 'FUN': 'FUN' is not a number (or one of SUN-SAT)"),
     ("cron(0 2 ? FOO MON *)", "Month field 'FOO': 'FOO' is not a number (or one of JAN-DEC)"),
     ("cron(0 2 ? * MON 1969)", "Year field '1969': 1969 is outside 1970-2199"),
-    ("cron(0 2 ? * MON-SUN *)", "the range 'MON-SUN' runs backwards"),
+    # Year is the one AWS field whose range cannot wrap; plain cron's ranges never do.
+    ("cron(0 2 1 JAN ? 2030-2027)", "Year field '2030-2027': the range '2030-2027' runs backwards"),
+    ("0 22-2 * * *", "only AWS's cron(...) form wraps a range"),
     ("cron(*/0 2 ? * MON *)", "the step after '/' must be a positive number"),
+    # A step past the field's largest value is refused, as AWS (Quartz) refuses it, not read as
+    # "once": https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-cron-expressions.html
+    # gives each field's values; the bound is Quartz's ("Increment > 60" for */60 minutes).
+    ("cron(*/60 * * * ? *)", "Minutes field '*/60': the step 60 is larger than the field"),
+    ("cron(0/60 * * * ? *)", "Minutes runs 0-59, so a step is at most 59"),
+    ("cron(*/60 0 2 ? * MON *)", "Seconds field '*/60': the step 60"),
+    ("cron(0 */24 ? * MON *)", "Hours runs 0-23, so a step is at most 23"),
+    ("cron(0 2 1/32 * ? *)", "Day-of-month runs 1-31, so a step is at most 31"),
+    ("cron(0 2 1 */13 ? *)", "Month runs 1-12, so a step is at most 12"),
+    ("cron(0 2 ? * 2/8 *)", "Day-of-week runs 1-7, so a step is at most 7"),
+    ("cron(0 2 L-31 * ? *)", "'L-n' counts 0-30 days back from the last day"),
+    ("cron(0 2 L-3W * ? *)", "L, W and # stand alone"),
+    ("cron(0 2 L-1,15 * ? *)", "L, W and # stand alone"),
     ("cron(0 2 ? * TUE#6 *)", "'#' takes an occurrence 1-5"),
     ("cron(0 2 ? * TUE# *)", "L, W and # stand alone"),
     ("cron(0 2 L,15 * ? *)", "Day-of-month field 'L,15': L, W and # stand alone"),
@@ -535,6 +551,165 @@ def test_invalid_expressions_say_what_is_wrong(expression: str, message: str) ->
     with pytest.raises(ValueError) as error:
         parse_schedule(expression)
     assert message in str(error.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# AWS's (Quartz's) ranges that wrap, steps, L-n
+
+
+# AWS's own example (the cron example table of the scheduled-rules page,
+# https://docs.aws.amazon.com/AmazonCloudWatch/latest/events/ScheduledEvents.html) reads
+# cron(0/30 20-2 ? * MON-FRI *) as every half hour on weekdays from the evening to 02:00 the next
+# morning: the hours 20-2 wrap past midnight. The day field is read for each time on its own, as
+# every field is: Friday 20:00-23:30 opens, Saturday 00:00-02:30 does not (SAT is not MON-FRI),
+# Monday 00:00-02:30 does.
+WRAPPED = [
+    (
+        "cron(0/30 20-2 ? * MON-FRI *)",
+        "2026-01-02T19:00:00",  # a Friday
+        [
+            "2026-01-02T20:00:00Z",
+            "2026-01-02T20:30:00Z",
+            "2026-01-02T21:00:00Z",
+            "2026-01-02T21:30:00Z",
+            "2026-01-02T22:00:00Z",
+            "2026-01-02T22:30:00Z",
+            "2026-01-02T23:00:00Z",
+            "2026-01-02T23:30:00Z",
+            "2026-01-05T00:00:00Z",
+        ],
+    ),
+    (
+        "cron(0/30 20-2 ? * MON-FRI *)",
+        "2026-01-06T01:00:00",  # a Tuesday: the night goes on to 02:30, then 20:00
+        [
+            "2026-01-06T01:30:00Z",
+            "2026-01-06T02:00:00Z",
+            "2026-01-06T02:30:00Z",
+            "2026-01-06T20:00:00Z",
+        ],
+    ),
+    # Day-of-week FRI-MON: Friday to Monday (2026-01-02 is a Friday).
+    (
+        "cron(0 1 ? * FRI-MON *)",
+        "2026-01-01T00:00:00",
+        [
+            "2026-01-02T01:00:00Z",
+            "2026-01-03T01:00:00Z",
+            "2026-01-04T01:00:00Z",
+            "2026-01-05T01:00:00Z",
+            "2026-01-09T01:00:00Z",
+        ],
+    ),
+    # MON-SUN was refused as running backwards; wrapped, it is Monday to Saturday and Sunday.
+    (
+        "cron(0 1 ? * MON-SUN *)",
+        "2026-01-01T00:00:00",
+        ["2026-01-01T01:00:00Z", "2026-01-02T01:00:00Z", "2026-01-03T01:00:00Z"],
+    ),
+    # Month NOV-FEB: November to February.
+    (
+        "cron(0 1 1 NOV-FEB ? *)",
+        "2026-01-01T02:00:00",
+        [
+            "2026-02-01T01:00:00Z",
+            "2026-11-01T01:00:00Z",
+            "2026-12-01T01:00:00Z",
+            "2027-01-01T01:00:00Z",
+        ],
+    ),
+    # Day-of-month 28-2 counts 28 to 31 then 1 and 2; February 2026 has no 29th to 31st.
+    (
+        "cron(0 1 28-2 * ? *)",
+        "2026-01-27T00:00:00",
+        [
+            "2026-01-28T01:00:00Z",
+            "2026-01-29T01:00:00Z",
+            "2026-01-30T01:00:00Z",
+            "2026-01-31T01:00:00Z",
+            "2026-02-01T01:00:00Z",
+            "2026-02-02T01:00:00Z",
+            "2026-02-28T01:00:00Z",
+            "2026-03-01T01:00:00Z",
+        ],
+    ),
+    # A step carries on across the wrap: 50-10/10 is 50, 0, 10; 20-2/3 hours is 20, 23, 2.
+    (
+        "cron(50-10/10 * * * ? *)",
+        "2026-01-01T00:00:00",
+        ["2026-01-01T00:10:00Z", "2026-01-01T00:50:00Z", "2026-01-01T01:00:00Z"],
+    ),
+    (
+        "cron(0 20-2/3 * * ? *)",
+        "2026-01-01T00:00:00",
+        ["2026-01-01T02:00:00Z", "2026-01-01T20:00:00Z", "2026-01-01T23:00:00Z"],
+    ),
+    # Quartz's L-n (https://www.quartz-scheduler.org/documentation/quartz-2.3.0/tutorials/
+    # crontrigger.html: L-3 is the third-to-last day of the month): 2026-01-29, 02-26, 03-29.
+    (
+        "cron(0 2 L-2 * ? *)",
+        "2026-01-01T00:00:00",
+        ["2026-01-29T02:00:00Z", "2026-02-26T02:00:00Z", "2026-03-29T02:00:00Z"],
+    ),
+    ("cron(0 2 L-0 * ? *)", "2026-01-01T00:00:00", ["2026-01-31T02:00:00Z"]),
+    # L-30 is the 1st of a 31-day month and no day of a shorter one.
+    (
+        "cron(0 2 L-30 * ? *)",
+        "2026-01-01T00:00:00",
+        ["2026-01-01T02:00:00Z", "2026-03-01T02:00:00Z", "2026-05-01T02:00:00Z"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("schedule", "after", "expected"), WRAPPED)
+def test_wrapped_ranges_steps_and_l_minus_n(schedule: str, after: str, expected: list[str]) -> None:
+    assert ids(window(schedule), after, len(expected)) == expected
+
+
+def test_largest_steps_are_accepted() -> None:
+    cron = parse_schedule("cron(*/59 */23 1/31 */12 ? *)")
+    assert isinstance(cron, CronSchedule)
+    assert (cron.minutes, cron.hours, cron.months) == ((0, 59), (0, 23), (1,))
+    assert isinstance(parse_schedule("cron(0 2 ? * 1/7 *)"), CronSchedule)
+
+
+# SSM refuses a maintenance window whose schedule fires more often than every 5 minutes
+# (https://docs.aws.amazon.com/systems-manager/latest/userguide/reference-cron-and-rate-expressions.html:
+# rates faster than 5 minutes are not supported). rate() was held to it everywhere; cron now is
+# too, in windows: the gap is measured between consecutive times, across midnight when two days
+# in a row match.
+TOO_FREQUENT = [
+    ("cron(* * * * ? *)", "fires 1 minute apart"),
+    ("cron(0/4 * * * ? *)", "fires 4 minutes apart"),
+    ("cron(0,3 2 ? * TUE *)", "fires 3 minutes apart"),
+    ("cron(0/30 0 2 ? * TUE *)", "fires 30 seconds apart"),
+    ("cron(0 0/1 20-2 ? * MON-FRI *)", "fires 1 minute apart"),
+    ("cron(58 23,0 ? * SAT,SUN *)", ""),  # 23:58 to 00:58: an hour, accepted
+    ("cron(58,2 23,0 1,2 * ? *)", "fires 4 minutes apart"),  # 1st 23:58, 2nd 00:02
+    ("cron(58,2 23,0 1,31 * ? *)", "fires 4 minutes apart"),  # 31st 23:58, next 1st 00:02
+    ("cron(58,2 23,0 ? * MON *)", ""),  # Monday 23:58 and the next 00:02 are days apart
+    ("cron(0/5 * * * ? *)", ""),
+    ("*/4 * * * *", "fires 4 minutes apart"),
+    ("*/5 * * * *", ""),
+    ("rate(5 minutes)", ""),
+    ("rate(4 minutes)", "faster than every 5 minutes"),
+]
+
+
+@pytest.mark.parametrize(("schedule", "message"), TOO_FREQUENT)
+def test_window_schedules_fire_at_most_every_five_minutes(schedule: str, message: str) -> None:
+    if not message:
+        assert parse_window_schedule(schedule) == parse_schedule(schedule)
+        return
+    with pytest.raises(ValueError, match=r"at most every 5 minutes|faster than") as error:
+        parse_window_schedule(schedule)
+    assert message in str(error.value)
+
+
+def test_other_schedules_may_fire_more_often() -> None:
+    # A ComplianceReport's schedule is an EventBridge rule's at AWS, which has no 5-minute floor.
+    cron = parse_schedule("cron(0/1 * * * ? *)")
+    assert isinstance(cron, CronSchedule) and len(cron.minutes) == 60
 
 
 # ---------------------------------------------------------------------------------------------

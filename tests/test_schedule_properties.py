@@ -23,7 +23,7 @@ from croniter import croniter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.schedule import current_opening, openings
+from reconciler.schedule import current_opening, openings, parse_window_schedule
 from tests.test_schedule import window
 
 MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
@@ -48,6 +48,18 @@ class Field:
     values: frozenset[int]
 
 
+def wrapped_values(low: int, high: int, first: int, last: int, step: int) -> frozenset[int]:
+    """``first-last/step`` with ``first > last``: walking forward from ``first`` round the field,
+    every ``step``-th value up to ``last``."""
+    size = high - low + 1
+    span = (last - first) % size
+    return frozenset(
+        v
+        for v in range(low, high + 1)
+        if (v - first) % size <= span and (v - first) % size % step == 0
+    )
+
+
 @st.composite
 def fields(
     draw: st.DrawFn,
@@ -56,6 +68,7 @@ def fields(
     names: tuple[str, ...] = (),
     base: int = 0,
     degenerate_ranges: bool = True,
+    wrap: bool = True,
 ) -> Field:
     def token(value: int) -> str:
         named = 0 <= value - base < len(names) and draw(st.booleans())
@@ -64,7 +77,10 @@ def fields(
     value = st.integers(low, high)
     kind = draw(st.sampled_from(["star", "one", "list", "range", "range_step", "start_step"]))
     if kind == "star":
-        step = draw(st.sampled_from([None, None, 2, 3, 7, 15]))
+        # A step is at most the field's largest value (AWS refuses */60 minutes).
+        step = draw(
+            st.sampled_from([s for s in (None, None, 2, 3, 7, 15, high) if s is None or s <= high])
+        )
         if step is None:
             return Field("*", frozenset(range(low, high + 1)))
         return Field(f"*/{step}", frozenset(range(low, high + 1, step)))
@@ -78,9 +94,12 @@ def fields(
     if a == b and not degenerate_ranges:
         b = a + 1 if a < high else b
         a = b - 1
+    step = draw(st.integers(1, max(1, (high - low) // 2))) if kind != "range" else 1
+    if kind != "start_step" and wrap and a < b and draw(st.booleans()):
+        text = f"{token(b)}-{token(a)}" + (f"/{step}" if kind == "range_step" else "")
+        return Field(text, wrapped_values(low, high, b, a, step))
     if kind == "range":
         return Field(f"{token(a)}-{token(b)}", frozenset(range(a, b + 1)))
-    step = draw(st.integers(1, max(1, (high - low) // 2)))
     if kind == "range_step":
         return Field(f"{token(a)}-{token(b)}/{step}", frozenset(range(a, b + 1, step)))
     return Field(f"{token(a)}/{step}", frozenset(range(a, high + 1, step)))
@@ -113,9 +132,12 @@ def nearest_weekday(n: int) -> DayPredicate:
 
 @st.composite
 def day_of_month(draw: st.DrawFn) -> tuple[str, DayPredicate]:
-    kind = draw(st.sampled_from(["values", "values", "L", "LW", "W"]))
+    kind = draw(st.sampled_from(["values", "values", "L", "L-n", "LW", "W"]))
     if kind == "L":
         return "L", lambda day: day.day == last_day(day)
+    if kind == "L-n":
+        n = draw(st.integers(0, 30))
+        return f"L-{n}", lambda day: day.day == last_day(day) - n
     if kind == "LW":
         return (
             "LW",
@@ -404,10 +426,11 @@ def test_rate_openings_are_whole_steps_from_the_anchor(
 @st.composite
 def plain_crons(draw: st.DrawFn) -> str:
     # croniter 7 reads a one-value range such as 2-2 as '*': ranges here span two values or more.
+    # Standard cron's ranges do not wrap (only AWS's cron(...) form does).
     def ranged(
         low: int, high: int, names: tuple[str, ...] = (), base: int = 0
     ) -> st.SearchStrategy[Field]:
-        return fields(low, high, names, base, degenerate_ranges=False)
+        return fields(low, high, names, base, degenerate_ranges=False, wrap=False)
 
     # croniter widens with both day fields whenever neither is exactly '*', where Vixie cron (and
     # this engine) treats any '*'-led field as unrestricted: generate day fields both agree on.
@@ -431,3 +454,60 @@ def test_plain_cron_agrees_with_croniter(expression: str, after_seconds: int) ->
     reference = croniter(expression, after)
     expected = [reference.get_next(datetime) for _ in range(5)]
     assert [o.start for o in openings(window(expression), after, 5)] == expected
+
+
+@st.composite
+def window_crons(draw: st.DrawFn) -> tuple[str, Case]:
+    """Expressions with every day or some weekdays, near the 5-minute floor: few minutes and
+    hours, often close to midnight so a gap runs over into the next day."""
+    seconds = draw(st.sampled_from([Field("0", frozenset({0})), Field("0,30", frozenset({0, 30}))]))
+    minutes = draw(
+        st.one_of(
+            fields(0, 59),
+            st.lists(st.integers(0, 59), min_size=1, max_size=3).map(
+                lambda vs: Field(",".join(map(str, vs)), frozenset(vs))
+            ),
+        )
+    )
+    hours = draw(
+        st.one_of(
+            fields(0, 23),
+            st.sampled_from([Field("23,0", frozenset({23, 0})), Field("0", frozenset({0}))]),
+        )
+    )
+    weekdays = draw(st.one_of(st.just(Field("*", frozenset(range(1, 8)))), fields(1, 7, DAYS, 1)))
+    text = f"cron({seconds.text} {minutes.text} {hours.text} ? * {weekdays.text} *)"
+    case = Case(
+        spec={},
+        after=datetime(2026, 1, 5, tzinfo=UTC),  # a Monday: the next 8 days hold every pair
+        seconds=seconds.values,
+        minutes=minutes.values,
+        hours=hours.values,
+        months=EVERY_MONTH.values,
+        years=EVERY_YEAR.values,
+        day=lambda day: aws_day_number(day) in weekdays.values,
+    )
+    return text, case
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(window_crons())
+def test_the_five_minute_floor_agrees_with_brute_force(generated: tuple[str, Case]) -> None:
+    # SSM: a maintenance window's schedule may not fire more often than every 5 minutes
+    # (https://docs.aws.amazon.com/systems-manager/latest/userguide/reference-cron-and-rate-expressions.html).
+    text, case = generated
+    minute = case.after
+    matches = []
+    while minute < case.after + timedelta(days=8):
+        wall = minute.replace(tzinfo=None)
+        if _matches_minute(case, wall) and case.day(wall.date()):
+            matches.extend(minute + timedelta(seconds=s) for s in sorted(case.seconds))
+        minute += timedelta(minutes=1)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(matches)]
+    too_often = bool(gaps) and min(gaps) < timedelta(minutes=5)
+    try:
+        parse_window_schedule(text)
+    except ValueError as error:
+        assert too_often, (text, str(error))
+    else:
+        assert not too_often, text

@@ -3,7 +3,8 @@
 ``openings(window, after)`` lists the next openings of a ``MaintenanceWindowSpec`` in UTC;
 ``current_opening(window, now)`` is the one open now, if any; an ``Opening`` says whether it is
 open and whether it still accepts new tasks (the cutoff). ``parse_schedule`` turns the schedule
-text into a value, or a ValueError naming the bad field. The semantics, DST and scheduleOffset
+text into a value, or a ValueError naming the bad field; ``parse_window_schedule`` also holds a
+window's cron to SSM's 5-minute floor. The semantics, DST and scheduleOffset
 included, are written down in ``windows.py``.
 
 Pure functions: no clock of their own (callers pass ``after``/``now``), no I/O, no rendering.
@@ -11,7 +12,13 @@ May import ``reconciler.api`` only.
 """
 
 from reconciler.schedule.cron import CronSchedule
-from reconciler.schedule.expressions import AtSchedule, RateSchedule, Schedule, parse_schedule
+from reconciler.schedule.expressions import (
+    AtSchedule,
+    RateSchedule,
+    Schedule,
+    parse_schedule,
+    parse_window_schedule,
+)
 from reconciler.schedule.windows import Opening, current_opening, describe, openings
 
 __all__ = [
@@ -24,4 +31,5 @@ __all__ = [
     "describe",
     "openings",
     "parse_schedule",
+    "parse_window_schedule",
 ]

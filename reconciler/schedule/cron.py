@@ -2,9 +2,11 @@
 
 ``cron(...)`` takes ``Minutes Hours Day-of-month Month Day-of-week Year``, optionally preceded by
 ``Seconds``. Exactly one of the day fields is ``?``. Days of the week are 1 (SUN) to 7 (SAT).
-Day-of-month also takes ``L`` (last day), ``LW`` (last weekday) and ``15W`` (the weekday nearest
-the 15th); Day-of-week takes ``L`` (Saturday, the last day of the week), ``6L`` (the last Friday)
-and ``TUE#3`` (the third Tuesday). Each of these special tokens is the whole field.
+Day-of-month also takes ``L`` (last day), ``L-3`` (three days before it; Quartz allows 0-30),
+``LW`` (last weekday) and ``15W`` (the weekday nearest the 15th); Day-of-week takes ``L``
+(Saturday, the last day of the week), ``6L`` (the last Friday) and ``TUE#3`` (the third Tuesday).
+Each of these special tokens is the whole field. Ranges wrap and steps are bounded as
+``fields.py`` says (AWS's fields are Quartz's).
 
 A plain expression (``0 2 * * 2``) is standard (Vixie) cron: ``Minute Hour Day-of-month Month
 Day-of-week`` with 0 or 7 = Sunday; when both day fields are restricted a day matching either one
@@ -16,20 +18,25 @@ Expressions only say which wall-clock times match; turning them into instants in
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from reconciler.schedule import days as d
 from reconciler.schedule.fields import (
+    AWS_DAY_OF_MONTH,
     AWS_DAY_OF_WEEK,
+    AWS_HOURS,
+    AWS_MINUTES,
+    AWS_MONTH,
+    AWS_SECONDS,
     DAY_OF_MONTH,
     HOURS,
     MINUTES,
     MONTH,
     PLAIN_DAY_OF_WEEK,
-    SECONDS,
     YEAR,
     FieldSpec,
     parse_value,
@@ -40,10 +47,15 @@ _AWS_FIELDS = "Minutes Hours Day-of-month Month Day-of-week Year"
 _NEAREST = re.compile(r"^([0-9]+)W$")
 _NTH = re.compile(r"^([0-9A-Z]+)#([0-9]+)$")
 _LAST_OF = re.compile(r"^([0-9A-Z]+)L$")
+_BEFORE_LAST = re.compile(r"^L-([0-9]+)$")
+_LAST_OFFSET_MAX = 30
+"""Quartz's bound for ``L-n``: "Offset from last day must be <= 30"."""
 _SPECIAL_HINT = (
-    "L, W and # stand alone in their field: Day-of-month takes 'L', 'LW' or '15W', "
+    "L, W and # stand alone in their field: Day-of-month takes 'L', 'L-3', 'LW' or '15W', "
     "Day-of-week 'L', '6L' or 'TUE#3'"
 )
+_DAY = 86400
+_ONE_DAY = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +74,26 @@ class CronSchedule:
         """Matching wall-clock times at or after the naive ``since``, ascending (lazily)."""
         for day in self._days_from(since.date()):
             yield from self._times_on(day, since)
+
+    def gap_under(self, limit: timedelta) -> timedelta | None:
+        """The shortest time between two matches when it is shorter than ``limit``, else None.
+
+        Measured on the wall clock, as the expression reads (a DST jump that puts 01:59 and
+        03:00 a minute apart does not count): within a day, and from a day's last match to the
+        next day's first when two days in a row match."""
+        times = sorted(
+            h * 3600 + m * 60 + s for h in self.hours for m in self.minutes for s in self.seconds
+        )
+        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+        overnight = times[0] + _DAY - times[-1]
+        if overnight < limit.total_seconds() and self._two_days_in_a_row():
+            gaps.append(overnight)
+        shortest = timedelta(seconds=min(gaps, default=_DAY))
+        return shortest if shortest < limit else None
+
+    def _two_days_in_a_row(self) -> bool:
+        days = self._days_from(date(self.years[0], 1, 1))
+        return any(later - earlier == _ONE_DAY for earlier, later in itertools.pairwise(days))
 
     def _days_from(self, first: date) -> Iterator[date]:
         for year in self.years:
@@ -97,10 +129,10 @@ def parse_aws_cron(expression: str, body: str) -> CronSchedule:
     seconds, minutes, hours, day_of_month, month, day_of_week, year = fields
     return CronSchedule(
         expression=expression,
-        seconds=_sorted(SECONDS, seconds),
-        minutes=_sorted(MINUTES, minutes),
-        hours=_sorted(HOURS, hours),
-        months=_sorted(MONTH, month),
+        seconds=_sorted(AWS_SECONDS, seconds),
+        minutes=_sorted(AWS_MINUTES, minutes),
+        hours=_sorted(AWS_HOURS, hours),
+        months=_sorted(AWS_MONTH, month),
         years=_sorted(YEAR, year),
         day_rule=_aws_day_rule(day_of_month, day_of_week),
     )
@@ -147,11 +179,14 @@ def _aws_day_of_month(text: str) -> d.DayRule:
         return d.LastDay()
     if upper == "LW":
         return d.LastWeekday()
+    before_last = _BEFORE_LAST.match(upper)
+    if before_last:
+        return d.BeforeLastDay(_last_offset(text, before_last[1]))
     nearest = _NEAREST.match(upper)
     if nearest:
-        return d.NearestWeekday(parse_value(DAY_OF_MONTH, text, nearest[1]))
-    _refuse_special(DAY_OF_MONTH, text, "LW#")
-    return d.MonthDays(parse_values(DAY_OF_MONTH, text))
+        return d.NearestWeekday(parse_value(AWS_DAY_OF_MONTH, text, nearest[1]))
+    _refuse_special(AWS_DAY_OF_MONTH, text, "LW#")
+    return d.MonthDays(parse_values(AWS_DAY_OF_MONTH, text))
 
 
 def _aws_day_of_week(text: str) -> d.DayRule:
@@ -183,6 +218,17 @@ def _plain_day_rule(day_of_month: str, day_of_week: str) -> d.DayRule:
 def _refuse_special(spec: FieldSpec, text: str, letters: str) -> None:
     if any(letter in text.upper() for letter in letters):
         raise spec.error(text, _SPECIAL_HINT)
+
+
+def _last_offset(text: str, digits: str) -> int:
+    n = int(digits)
+    if n > _LAST_OFFSET_MAX:
+        raise AWS_DAY_OF_MONTH.error(
+            text,
+            f"'L-n' counts 0-{_LAST_OFFSET_MAX} days back from the last day of the month "
+            f"(L-3 = three days before it), not {n}",
+        )
+    return n
 
 
 def _occurrence(text: str, digits: str) -> int:

@@ -63,6 +63,18 @@ class LastDay:
 
 
 @dataclass(frozen=True, slots=True)
+class BeforeLastDay:
+    """``L-3`` in Day-of-month: ``days`` before the last day; none in a month too short for it
+    (``L-30`` in February), as a plain 31 selects nothing in April."""
+
+    days_before: int
+
+    def days(self, year: int, month: int) -> frozenset[int]:
+        day = month_length(year, month) - self.days_before
+        return frozenset({day}) if day >= 1 else frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class LastWeekday:
     """``LW``: the last Monday-to-Friday day of the month."""
 

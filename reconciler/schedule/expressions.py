@@ -2,7 +2,9 @@
 
 ``cron(...)`` and plain cron are in ``cron.py``; here are ``rate(N unit)`` (SSM: units minutes,
 hours or days, singular exactly when N is 1, nothing faster than every 5 minutes) and the one-time
-``at(YYYY-MM-DDThh:mm:ss)``, which SSM reads in UTC. Pure; imports nothing from reconciler.
+``at(YYYY-MM-DDThh:mm:ss)``, which SSM reads in UTC. ``parse_window_schedule`` adds SSM's
+maintenance-window floor for cron: no two openings less than 5 minutes apart. Pure; imports
+nothing from reconciler.
 """
 
 from __future__ import annotations
@@ -44,6 +46,29 @@ Schedule: TypeAlias = CronSchedule | RateSchedule | AtSchedule
 def parse_schedule(expression: str) -> Schedule:
     """The schedule ``expression`` describes, or ValueError saying which part is wrong and how."""
     return _parse(expression.strip())
+
+
+def parse_window_schedule(expression: str) -> Schedule:
+    """A MaintenanceWindow's schedule: ``parse_schedule``, and a cron expression that fires
+    less than 5 minutes apart is refused too, as SSM refuses it for windows. A report's
+    schedule is not a window's, so ``parse_schedule`` leaves cron unbounded."""
+    schedule = parse_schedule(expression)
+    if isinstance(schedule, CronSchedule):
+        gap = schedule.gap_under(SHORTEST_RATE)
+        if gap is not None:
+            raise ValueError(
+                f"{schedule.expression} fires {_spoken(gap)} apart at its closest; SSM opens a "
+                "maintenance window at most every 5 minutes: space its times 5 minutes or more "
+                "apart, as cron(0/5 * * * ? *) does"
+            )
+    return schedule
+
+
+def _spoken(gap: timedelta) -> str:
+    seconds = int(gap.total_seconds())
+    if seconds % 60:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    return f"{seconds // 60} minute{'s' if seconds != 60 else ''}"
 
 
 @functools.lru_cache(maxsize=1024)

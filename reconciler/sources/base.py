@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot, format_path
 from reconciler.defaults import predefined_baselines
 from reconciler.errors import RefusedInput, TemporaryError
-from reconciler.schedule import parse_schedule
+from reconciler.schedule import parse_schedule, parse_window_schedule
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -130,8 +130,8 @@ def snapshot_of(files: Iterable[tuple[str, bytes]]) -> Snapshot:
     the schedule engine (the schema only checks a schedule's shape), each problem at file:line."""
     snapshot = build_snapshot(files, predefined_baselines())
     problems = [
-        *_schedule_problems(snapshot, "MaintenanceWindow", snapshot.windows),
-        *_schedule_problems(snapshot, "ComplianceReport", snapshot.reports),
+        *_schedule_problems(snapshot, "MaintenanceWindow", snapshot.windows, parse_window_schedule),
+        *_schedule_problems(snapshot, "ComplianceReport", snapshot.reports, parse_schedule),
     ]
     if problems:
         raise SnapshotInvalid(problems)
@@ -139,12 +139,14 @@ def snapshot_of(files: Iterable[tuple[str, bytes]]) -> Snapshot:
 
 
 def _schedule_problems(
-    snapshot: Snapshot, kind: str, resources: Mapping[str, Any]
+    snapshot: Snapshot, kind: str, resources: Mapping[str, Any], parse: Callable[[str], object]
 ) -> list[Problem]:
+    # SSM's 5-minute floor for cron is a maintenance-window rule; AWS schedules report exports
+    # with EventBridge, whose cron floor is one minute, so a report's cron is not held to it.
     problems = []
     for name, resource in resources.items():
         try:
-            parse_schedule(resource.spec.schedule)
+            parse(resource.spec.schedule)
         except ValueError as exc:
             where = snapshot.locations[(kind, name)]
             path = ("spec", "schedule")
