@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -64,6 +65,8 @@ def test_evaluate_the_example_fleet_as_json() -> None:
         assert CONTRACT_KEYS <= set(result)
         assert all(PATCH_KEYS <= set(p) for p in result["patches"])
         assert result["summary"]["complianceStatus"] in ("COMPLIANT", "NON_COMPLIANT")
+        # every NOT_APPLICABLE patch is named, so none is counted as unreported
+        assert result["summary"]["unreportedNotApplicableCount"] == 0
     web1 = {p["name"]: p for p in results["web-1"]["patches"]}
     assert (results["web-1"]["patchGroup"], results["web-1"]["baseline"]) == ("web", "ubuntu-prod")
     assert web1["openssl"]["state"] == "MISSING" and web1["openssl"]["cves"] == [
@@ -206,6 +209,56 @@ def test_explain_lists_updates_that_are_not_approved_and_why() -> None:
     )
     (skipped,) = json.loads(run.stdout)["notApproved"]
     assert "not from the security repository" in skipped["reason"]
+
+
+def _example_inventory(tmp_path: Path, name: str, edit: Callable[[dict], None]) -> Path:  # type: ignore[type-arg]
+    """A copy of examples/inventories/NAME.json, changed by ``edit``, alone in a directory."""
+    document = json.loads((ROOT / f"examples/inventories/{name}.json").read_text())
+    edit(document)
+    (tmp_path / f"{name}.json").write_text(json.dumps(document, indent=2))
+    return tmp_path
+
+
+def test_explain_says_a_shadowed_security_version_is_not_the_candidate(tmp_path: Path) -> None:
+    # AWS's implicit rule on Ubuntu: the candidate version must come from the security pocket.
+    # Here jammy-updates offers a newer openssl than jammy-security, so apt's candidate is not a
+    # security update, and the agent reports the security version with candidate: false.
+    def shadow(document: dict) -> None:  # type: ignore[type-arg]
+        (ssl,) = [u for u in document["updates"] if u["name"] == "openssl"]
+        newer = {**ssl, "version": "3.0.2-0ubuntu1.19", "repository": "jammy-updates"}
+        newer.update(security=False, cves=[], advisoryIds=[])
+        ssl["candidate"] = False
+        document["updates"].append(newer)
+
+    inventories = _example_inventory(tmp_path, "web-1", shadow)
+    run = patchctl(
+        "explain", "web-1", "openssl", "--source", "examples", "--inventory", str(inventories),
+        "--now", NOW, "-o", "json",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    data = json.loads(run.stdout)
+    assert [p["state"] for p in data["patches"]] != ["MISSING"]
+    reasons = {n["version"]: n["reason"] for n in data["notApproved"]}
+    assert "a newer non-security version is the candidate" in reasons["3.0.2-0ubuntu1.18"]
+    assert "not from the security repository" in reasons["3.0.2-0ubuntu1.19"]
+
+
+def test_a_missing_critical_update_is_not_a_security_violation(tmp_path: Path) -> None:
+    # Microsoft: CriticalUpdates fix non-security bugs; windows-prod still approves them.
+    def reclassify(document: dict) -> None:  # type: ignore[type-arg]
+        (kb,) = [u for u in document["updates"] if u["name"] == "KB5032198"]
+        kb["classification"] = "CriticalUpdates"
+
+    inventories = _example_inventory(tmp_path, "web-3", reclassify)
+    run = patchctl(
+        "evaluate", "--source", "examples", "--inventory", str(inventories), "--now", NOW,
+        "-o", "json",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)["summary"]
+    assert (summary["missingCount"], summary["criticalNonCompliantCount"]) == (1, 1)
+    # only the waiting SecurityUpdates patch (AVAILABLE_SECURITY_UPDATE, NON_COMPLIANT) is left
+    assert (summary["securityNonCompliantCount"], summary["availableSecurityUpdateCount"]) == (1, 1)
 
 
 def test_explain_table_for_people() -> None:

@@ -131,6 +131,8 @@ def test_one_row_per_instance_with_its_latest_operation_and_revision(state: Path
         rows["web-2"]["missingCount"],
         rows["web-2"]["patchGroup"],
     ) == ("NON_COMPLIANT", 1, "web")
+    # InstancePatchState's count; 0, since Patchwarden names every NOT_APPLICABLE patch
+    assert rows["web-2"]["unreportedNotApplicableCount"] == 0
 
 
 def test_csv_has_a_header_and_one_line_per_instance(state: Path) -> None:
@@ -156,6 +158,7 @@ def test_group_state_counts_instances_as_ssm_does(state: Path) -> None:
         group["instancesWithInstalledPatches"],
     ) == (2, 1, 2)
     assert group["instancesWithSecurityNonCompliantPatches"] == 1
+    assert group["instancesWithUnreportedNotApplicablePatches"] == 0
 
 
 def test_history_shows_each_change_and_the_revision_that_made_it(state: Path) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from reconciler.defaults import predefined_baselines
-from reconciler.evaluation import evaluate
+from reconciler.evaluation import DecisionCache, evaluate
 from tests.factories import NOW, baseline, inventory, rule, states
 
 ALL_PRIORITIES = ["Required", "Important", "Standard", "Optional", "Extra"]
@@ -204,13 +206,82 @@ def test_latest_approved_version_wins_in_dpkg_order() -> None:
     assert patch.version == "3.0.2-0ubuntu1.18"  # '~' sorts before the plain version, 1.9 < 1.18
 
 
-def test_security_version_shadowed_by_newer_non_security_candidate_still_gets_installed() -> None:
-    b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)))
-    updates = [_ssl("3.0.2-0ubuntu1.18"), _ssl("3.0.2-0ubuntu1.19", security=False)]
-    result = evaluate(b, inventory("UBUNTU", [INSTALLED_SSL], updates), NOW)
+# AWS's implicit rule for Debian and Ubuntu: the *candidate* version must come from a security
+# repository (https://docs.aws.amazon.com/systems-manager/latest/userguide/patch-manager-installing-patches.html).
+# The agent reports a security version that a newer non-security candidate shadows with
+# candidate: false (docs/agent.md, Scan step 4); the implicit rule does not approve it.
+SHADOWED = _ssl("3.0.2-0ubuntu1.18", candidate=False)
+CANDIDATE = _ssl("3.0.2-0ubuntu1.19", security=False)
+SHADOW_REASON = "a newer non-security version is the candidate"
+
+
+@pytest.mark.parametrize(
+    ("spec", "state", "version", "reason"),
+    [
+        # security only: neither version passes, the installed one stays
+        (
+            {"approvalRules": [rule(("PRIORITY", ALL_PRIORITIES))]},
+            "INSTALLED_OTHER",
+            "3.0.2-0ubuntu1.15",
+            f"approvalRules[0] matches but {SHADOW_REASON} and enableNonSecurity is false",
+        ),
+        (
+            {"approvedPatches": ["openssl"]},
+            "INSTALLED_OTHER",
+            "3.0.2-0ubuntu1.15",
+            f"listed in approvedPatches ('openssl') but {SHADOW_REASON}; "
+            "set approvedPatchesEnableNonSecurity to allow it",
+        ),
+        # non-security allowed: the candidate is approved and, being the latest, wins
+        (
+            {"approvalRules": [rule(("PRIORITY", ALL_PRIORITIES), non_security=True)]},
+            "MISSING",
+            "3.0.2-0ubuntu1.19",
+            None,
+        ),
+        (
+            {"approvedPatches": ["openssl"], "approvedPatchesEnableNonSecurity": True},
+            "MISSING",
+            "3.0.2-0ubuntu1.19",
+            None,
+        ),
+    ],
+)
+def test_security_version_shadowed_by_a_newer_non_security_candidate(
+    spec: dict[str, object], state: str, version: str, reason: str | None
+) -> None:
+    result = evaluate(
+        baseline("UBUNTU", **spec), inventory("UBUNTU", [INSTALLED_SSL], [SHADOWED, CANDIDATE]), NOW
+    )
     (patch,) = result.patches
+    assert (str(patch.state), patch.version) == (state, version)
+    skipped = {n.version: n.reason for n in result.not_approved}
+    if reason is None:
+        assert skipped == {}  # a chosen package is not listed again
+    else:
+        assert skipped["3.0.2-0ubuntu1.18"] == f"not approved: {reason}"
+        assert str(result.summary.compliance_status) == "COMPLIANT"
+
+
+def test_a_security_version_that_is_the_candidate_is_approved() -> None:
+    b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)))
+    updates = [_ssl("3.0.2-0ubuntu1.18", candidate=True)]
+    (patch,) = evaluate(b, inventory("UBUNTU", [INSTALLED_SSL], updates), NOW).patches
     assert (str(patch.state), patch.version) == ("MISSING", "3.0.2-0ubuntu1.18")
-    assert [n.version for n in result.not_approved] == []  # a chosen package is not listed again
+
+
+def test_a_shadowed_decision_does_not_stick_to_the_same_version_installed_elsewhere() -> None:
+    # Decisions are cached per package version across a fleet: the version installed on one
+    # machine is judged as installed (from the security pocket), not as the shadowed update
+    # another machine reports.
+    b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)))
+    cache = DecisionCache()
+    shadowed = inventory("UBUNTU", [INSTALLED_SSL], [SHADOWED, CANDIDATE])
+    assert states(evaluate(b, shadowed, NOW, cache=cache)) == {"openssl": "INSTALLED_OTHER"}
+    patched = {**INSTALLED_SSL, "version": "3.0.2-0ubuntu1.18", "security": True}
+    assert states(evaluate(b, inventory("UBUNTU", [patched], [CANDIDATE]), NOW, cache=cache)) == {
+        "openssl": "INSTALLED"
+    }
 
 
 def test_approved_update_for_a_package_that_is_not_installed_is_not_applicable() -> None:

@@ -195,3 +195,74 @@ def test_adding_a_rule_never_unapproves(
         if p.state in APPROVED_STATES
     }
     assert set(before) <= set(after)
+
+
+# -- apt: the candidate rule -------------------------------------------------------------------
+
+
+@st.composite
+def apt_cases(draw: st.DrawFn) -> tuple[PatchBaseline, Inventory, dict[str, Any]]:
+    """Ubuntu inventories whose updates come from the security pocket or not and are apt's
+    candidate or not (the agent's ``candidate: false``), under security-only or wider baselines."""
+    spec: dict[str, Any] = {
+        "operatingSystem": "UBUNTU",
+        "approvalRules": [
+            {
+                "patchFilterGroup": {"patchFilters": [{"key": "PRIORITY", "values": ["*"]}]},
+                "enableNonSecurity": non_security,
+            }
+            for non_security in draw(st.lists(st.booleans(), max_size=2))
+        ],
+        "approvedPatches": draw(st.lists(st.sampled_from(NAMES), max_size=2, unique=True)),
+        "approvedPatchesEnableNonSecurity": draw(st.booleans()),
+    }
+    version = st.integers(2, 9).map(lambda n: f"1.{n}-1")
+    flags = {"security": st.booleans(), "priority": st.just("optional")}
+    installed = [
+        {"name": name, "version": "1.0-1", **{k: draw(v) for k, v in flags.items()}}
+        for name in draw(st.lists(st.sampled_from(NAMES), max_size=4, unique=True))
+    ]
+    offered = draw(st.sets(st.tuples(st.sampled_from(NAMES), version), max_size=8))
+    updates = [
+        {
+            "name": name,
+            "version": number,
+            "installedVersion": "1.0-1",
+            "candidate": draw(st.booleans()),
+            **{k: draw(v) for k, v in flags.items()},
+        }
+        for name, number in sorted(offered)
+    ]
+    inventory = Inventory.model_validate(
+        {
+            "instanceId": "i-apt",
+            "collectedAt": "2026-11-28T00:00:00Z",
+            "facts": {
+                "osId": "ubuntu",
+                "osVersion": "24.04",
+                "operatingSystem": "UBUNTU",
+                "arch": "amd64",
+            },
+            "installed": installed,
+            "updates": updates,
+        }
+    )
+    return _baseline(spec), inventory, spec
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(apt_cases())
+def test_apt_security_only_never_approves_a_version_that_is_not_the_candidate(
+    case: tuple[PatchBaseline, Inventory, dict[str, Any]],
+) -> None:
+    """AWS: on Debian and Ubuntu the implicit rule approves a package only when its candidate
+    version is from a security repository; non-security updates need enableNonSecurity."""
+    baseline, inventory, spec = case
+    wider = spec["approvedPatchesEnableNonSecurity"] or any(
+        r["enableNonSecurity"] for r in spec["approvalRules"]
+    )
+    offered = {(u.name, u.version): u for u in inventory.updates}
+    for patch in evaluate(baseline, inventory, NOW).patches:
+        update = offered.get((patch.name, patch.version))
+        if update is not None and patch.state in APPROVED_STATES and not wider:
+            assert update.security and update.candidate, patch

@@ -32,7 +32,7 @@ from reconciler.evaluation import (
 from reconciler.evaluation.matching import utc_day
 from reconciler.evaluation.summary import fast_summary
 from tests import test_engine_apt, test_engine_rpm, test_engine_windows_macos
-from tests.test_engine_properties import NOW, cases
+from tests.test_engine_properties import NOW, apt_cases, cases
 
 ENGINE_TEST_MODULES = (test_engine_apt, test_engine_rpm, test_engine_windows_macos)
 # The engine's own tests, collected here a second time with their `evaluate` checked (below).
@@ -189,4 +189,13 @@ def test_summary_equals_full_evaluation_on_generated_cases(
     case: tuple[PatchBaseline, Inventory], days: int
 ) -> None:
     baseline, inventory = case
+    _assert_same(baseline, inventory, NOW + timedelta(days=days))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(apt_cases(), st.integers(-3, 3))
+def test_summary_equals_full_evaluation_with_shadowed_apt_versions(
+    case: tuple[PatchBaseline, Inventory, dict[str, Any]], days: int
+) -> None:
+    baseline, inventory, _ = case
     _assert_same(baseline, inventory, NOW + timedelta(days=days))

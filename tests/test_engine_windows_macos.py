@@ -136,3 +136,49 @@ def test_macos_classification_is_the_package_manager() -> None:
         "git": "MISSING",
         "XProtectPlistConfigData": "MISSING",
     }
+
+
+# Microsoft's CriticalUpdates fix critical bugs that are not security bugs
+# (https://learn.microsoft.com/en-us/troubleshoot/windows-client/installing-updates-features-roles/standard-terminology-software-updates);
+# SSM's SecurityNonCompliantCount counts the patches a notice calls Security
+# (https://docs.aws.amazon.com/systems-manager/latest/APIReference/API_InstancePatchState.html).
+@pytest.mark.parametrize(
+    ("classification", "security", "other"),
+    [("SecurityUpdates", 1, 0), ("CriticalUpdates", 0, 1), ("Updates", 0, 1)],
+)
+def test_only_security_updates_count_as_security_violations(
+    classification: str, security: int, other: int
+) -> None:
+    b = baseline(
+        "WINDOWS",
+        rule(("CLASSIFICATION", [classification]), days=7, level="HIGH"),
+    )
+    missing = _kb("KB1000002", classification=classification)
+    summary = evaluate(b, inventory("WINDOWS", [], [missing]), NOW).summary
+    assert (summary.missing_count, summary.critical_non_compliant_count) == (1, 0)
+    assert (summary.security_non_compliant_count, summary.other_non_compliant_count) == (
+        security,
+        other,
+    )
+
+
+@pytest.mark.parametrize(
+    ("classification", "reported"), [("SecurityUpdates", 1), ("CriticalUpdates", 0)]
+)
+def test_an_unapproved_critical_update_is_not_an_available_security_update(
+    classification: str, reported: int
+) -> None:
+    b = baseline("WINDOWS", WINDOWS_RULE, availableSecurityUpdatesComplianceStatus="NON_COMPLIANT")
+    waiting = _kb("KB1000009", classification=classification, issued="2026-11-26")
+    result = evaluate(b, inventory("WINDOWS", [], [waiting]), NOW)
+    assert result.summary.available_security_update_count == reported
+    assert str(result.summary.compliance_status) == ("NON_COMPLIANT" if reported else "COMPLIANT")
+    assert [n.name for n in result.not_approved] == ["KB1000009"]
+
+
+def test_every_not_applicable_patch_is_named_so_none_is_unreported() -> None:
+    b = baseline("WINDOWS", WINDOWS_RULE)
+    updates = [_kb(f"KB100000{n}", applicable=False) for n in range(3)]
+    result = evaluate(b, inventory("WINDOWS", [], updates), NOW)
+    assert result.summary.not_applicable_count == len(result.patches) == 3
+    assert result.summary.to_dict()["unreportedNotApplicableCount"] == 0

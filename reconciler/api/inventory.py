@@ -157,7 +157,9 @@ class AvailableUpdate(PackageFacts):
     """Windows: false when the update does not apply (feature absent, superseded)."""
     candidate: bool = True
     """apt: the version apt itself would install; false for a security version that a newer
-    non-security candidate shadows (it is listed so a security-only baseline can approve it)."""
+    non-security candidate shadows. AWS's implicit security rule asks for a candidate from a
+    security repository, so the engine does not approve such a version without enableNonSecurity;
+    it is listed so that explain can say why."""
 
 
 class FailedPatch(Model):

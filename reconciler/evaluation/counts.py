@@ -56,6 +56,8 @@ def _summary(
         missing_count=states[PatchState.MISSING],
         failed_count=states[PatchState.FAILED],
         not_applicable_count=states[PatchState.NOT_APPLICABLE],
+        # Every NOT_APPLICABLE patch has a row, so none goes unreported (Summary's docstring).
+        unreported_not_applicable_count=0,
         available_security_update_count=states[PatchState.AVAILABLE_SECURITY_UPDATE],
         critical_non_compliant_count=critical,
         security_non_compliant_count=security,

@@ -66,7 +66,10 @@ from reconciler.evaluation.results import (
 )
 from reconciler.evaluation.versions import comparator
 
-_SECURITY_CLASSIFICATIONS = frozenset({"security", "securityupdates", "criticalupdates"})
+# Microsoft's CriticalUpdates fix critical *non-security* bugs, so they are not security updates
+# (https://learn.microsoft.com/en-us/troubleshoot/windows-client/installing-updates-features-roles/standard-terminology-software-updates);
+# SecurityNonCompliantCount counts patches a notice calls Security (API: InstancePatchState).
+_SECURITY_CLASSIFICATIONS = frozenset({"security", "securityupdates"})
 _P = TypeVar("_P", bound=PackageFacts)
 _E = TypeVar("_E")
 
@@ -139,15 +142,28 @@ class Decider:
 
     def decide(self, pkg: PackageFacts) -> Approval:
         """Whether the baseline approves this package version, and why (cached)."""
-        key = _FACTS_KEY(pkg)
+        shadowed = self._shadowed(pkg)
+        key = (*_FACTS_KEY(pkg), shadowed)
         found = self._cache.get(key)
         if found is None:
-            found = self._cache[key] = self._decide(pkg)
+            found = self._cache[key] = self._decide(pkg, shadowed)
         return found
 
-    def _decide(self, pkg: PackageFacts) -> Approval:
+    def _shadowed(self, pkg: PackageFacts) -> bool:
+        """apt: a security version that is not apt's candidate (a newer non-security version is).
+        AWS's implicit rule asks that the candidate be from a security repository, so such a
+        version fails it (docs/ssm-semantics.md §3.1)."""
+        return (
+            self.family is Family.APT
+            and isinstance(pkg, AvailableUpdate)
+            and not pkg.candidate
+            and pkg.security
+        )
+
+    def _decide(self, pkg: PackageFacts, shadowed: bool) -> Approval:
         security = self._is_security_advisory(pkg)
-        eligible = self._security_eligible(pkg)
+        eligible = self._security_eligible(pkg) and not shadowed
+        not_security = _SHADOWED if shadowed else _not_security(self.family)
         # The keys every name form gives this version, built once for both lists.
         names = package_names(pkg, self.family) if self._named else ()
         rejected_by = _first(self._rejected, self._rejected_names, pkg, self.family, names)
@@ -166,7 +182,7 @@ class Decider:
             why_not = f"excluded by globalFilters ({excluded.text})"
         else:
             for rule in self._rules:
-                verdict = self._rule_verdict(rule, pkg, eligible)
+                verdict = self._rule_verdict(rule, pkg, eligible, not_security)
                 if verdict is None:
                     continue
                 approved, text = verdict
@@ -184,7 +200,8 @@ class Decider:
                     security,
                 )
             why_not = (
-                f"listed in approvedPatches ({listed.text!r}) but not a security update; "
+                f"listed in approvedPatches ({listed.text!r}) but "
+                f"{_SHADOWED if shadowed else 'not a security update'}; "
                 "set approvedPatchesEnableNonSecurity to allow it"
             )
         return Approval(
@@ -192,17 +209,15 @@ class Decider:
         )
 
     def _rule_verdict(
-        self, rule: _Rule, pkg: PackageFacts, eligible: bool
+        self, rule: _Rule, pkg: PackageFacts, eligible: bool, not_security: str
     ) -> tuple[bool, str] | None:
-        """None when the rule's filters do not match; else (approved, reason)."""
+        """None when the rule's filters do not match; else (approved, reason). ``not_security``
+        says why a version that is not ``eligible`` fails the implicit security rule."""
         if self._failed_filter(rule.filters, pkg) is not None:
             return None
         name = f"approvalRules[{rule.index}]"
         if self._linux and not rule.enable_non_security and not eligible:
-            return (
-                False,
-                f"{name} matches but {_not_security(self.family)} and enableNonSecurity is false",
-            )
+            return False, f"{name} matches but {not_security} and enableNonSecurity is false"
         released, source = release_day(pkg, self.os)
         criteria = ", ".join(f.text for f in rule.filters) or "all patches"
         if rule.approve_after_days is not None:
@@ -450,6 +465,9 @@ def _compile_group(
     if group is None:
         return ()
     return tuple(compile_filter(f, os) for f in group.patch_filters)
+
+
+_SHADOWED = "a newer non-security version is the candidate"
 
 
 def _not_security(family: Family) -> str:

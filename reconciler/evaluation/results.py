@@ -98,6 +98,9 @@ class Summary:
     missing_count: int = 0
     failed_count: int = 0
     not_applicable_count: int = 0
+    unreported_not_applicable_count: int = 0
+    """NOT_APPLICABLE patches beyond a limit, counted but not named. AWS's Inventory names only so
+    many; Patchwarden names every one (a row each), so this is 0 (API: InstancePatchState)."""
     available_security_update_count: int = 0
     critical_non_compliant_count: int = 0
     security_non_compliant_count: int = 0
@@ -127,6 +130,7 @@ class Summary:
             "missingCount": self.missing_count,
             "failedCount": self.failed_count,
             "notApplicableCount": self.not_applicable_count,
+            "unreportedNotApplicableCount": self.unreported_not_applicable_count,
             "availableSecurityUpdateCount": self.available_security_update_count,
             "criticalNonCompliantCount": self.critical_non_compliant_count,
             "securityNonCompliantCount": self.security_non_compliant_count,

@@ -90,6 +90,7 @@ class StoredSummary(TypedDict, total=False):
     missingCount: int
     failedCount: int
     notApplicableCount: int
+    unreportedNotApplicableCount: int
     availableSecurityUpdateCount: int
     criticalNonCompliantCount: int
     securityNonCompliantCount: int
