@@ -77,8 +77,8 @@ NOTICES = [
     Notice("DEMO-2024-0001", "security", (NEW["demo-lib"],), "Critical",
            issued="2024-01-15 08:30:00", updated="2024-02-01 17:45:12",
            cves=("CVE-2024-1001",), bugs=("1001",), reboot=True),
-    Notice("DEMO-2024-0002", "security", (NEW["demo-net"],), "Important",
-           cves=("CVE-2024-1002", "CVE-2024-1003")),
+    Notice("DEMO-2024-0002", "security", (NEW["demo-net"],), "Important", issued="2024-01-20",
+           cves=("CVE-2024-1002", "CVE-2024-1003")),  # a day alone: midnight UTC
     Notice("DEMO-2024-0003", "security", (NEW["demo-web"],), "Moderate"),
     Notice("DEMO-2024-0004", "security", (NEW["demo-doc"],), "Low", bugs=("1004",)),
     Notice("DEMO-2024-0005", "bugfix", (NEW["demo-util"],)),
@@ -153,6 +153,7 @@ def test_scan_reports_installed_and_updates_with_notice_data(rhel: Path) -> None
     }  # fmt: skip
     assert lib["buildTime"].endswith("Z")
     assert updates["demo-net"]["cves"] == ["CVE-2024-1002", "CVE-2024-1003"]
+    assert updates["demo-net"]["issued"] == "2024-01-20T00:00:00Z"
     assert updates["demo-doc"]["bugzillaIds"] == ["1004"]
     assert updates["demo-util"]["classification"] == "Bugfix"
     assert updates["demo-tool"]["classification"] == "Enhancement"
