@@ -61,6 +61,7 @@ _FACTS = {
     "CENTOS": {"osId": "centos", "osVersion": "9", "arch": "x86_64"},
     "ORACLE_LINUX": {"osId": "ol", "osVersion": "9.4", "arch": "x86_64"},
     "ROCKY_LINUX": {"osId": "rocky", "osVersion": "9.4", "arch": "x86_64"},
+    "ALMA_LINUX": {"osId": "almalinux", "osVersion": "9.4", "arch": "x86_64"},
     "SUSE": {"osId": "sles", "osVersion": "15.5", "arch": "x86_64"},
     "WINDOWS": {
         "osId": "windows",

@@ -97,7 +97,7 @@ class Notice:
     type: str  # security, bugfix, enhancement, newpackage
     packages: tuple[Rpm, ...]
     severity: str = ""
-    issued: str = "2024-01-15 00:00:00"
+    issued: str = "2024-01-15 00:00:00"  # as createrepo writes it: UTC, with the time of day
     updated: str = ""
     cves: tuple[str, ...] = ()
     bugs: tuple[str, ...] = ()
@@ -326,9 +326,17 @@ SUSE_PACKAGES = [
 
 SUSE_PREFIX = "SUSE-SLE-Module-Demo-15-SP5-2024-"
 
-# (patch id, category, severity, package, CVEs, reboot suggested, issued)
+# (patch id, category, severity, package, CVEs, reboot suggested, issued (UTC))
 SUSE_PATCHES = [
-    (SUSE_PREFIX + "1", "security", "critical", "demo-lib", ["CVE-2024-1001"], True, "2024-01-15"),
+    (
+        SUSE_PREFIX + "1",
+        "security",
+        "critical",
+        "demo-lib",
+        ["CVE-2024-1001"],
+        True,
+        "2024-01-15 09:30:00",  # a time of day: the agent must keep it
+    ),
     (
         SUSE_PREFIX + "2",
         "security",
@@ -361,9 +369,11 @@ def _suse_rpm(name: str, evr: str, post: str = "") -> Rpm:
     return Rpm(name, version, release, requires=requires, post=post)
 
 
-def _issued(day: str) -> str:
-    """SUSE's updateinfo gives issue dates as seconds since the epoch."""
-    return str(int(datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()))
+def _issued(moment: str) -> str:
+    """SUSE's updateinfo gives issue times as seconds since the epoch; ``moment`` is UTC,
+    "YYYY-MM-DD" or "YYYY-MM-DD HH:MM:SS"."""
+    form = "%Y-%m-%d %H:%M:%S" if " " in moment else "%Y-%m-%d"
+    return str(int(datetime.strptime(moment, form).replace(tzinfo=UTC).timestamp()))
 
 
 def build_suse_repos(where: Path) -> Path:

@@ -75,10 +75,10 @@ SHADOWING = Rpm("demo-shadow", "1.0", "3")  # newer than the security fix, in no
 SHELL = Rpm("busybox-sh", "1.0", provides="/bin/sh")
 NOTICES = [
     Notice("DEMO-2024-0001", "security", (NEW["demo-lib"],), "Critical",
-           issued="2024-01-15 00:00:00", updated="2024-02-01 00:00:00",
+           issued="2024-01-15 08:30:00", updated="2024-02-01 17:45:12",
            cves=("CVE-2024-1001",), bugs=("1001",), reboot=True),
-    Notice("DEMO-2024-0002", "security", (NEW["demo-net"],), "Important",
-           cves=("CVE-2024-1002", "CVE-2024-1003")),
+    Notice("DEMO-2024-0002", "security", (NEW["demo-net"],), "Important", issued="2024-01-20",
+           cves=("CVE-2024-1002", "CVE-2024-1003")),  # a day alone: midnight UTC
     Notice("DEMO-2024-0003", "security", (NEW["demo-web"],), "Moderate"),
     Notice("DEMO-2024-0004", "security", (NEW["demo-doc"],), "Low", bugs=("1004",)),
     Notice("DEMO-2024-0005", "bugfix", (NEW["demo-util"],)),
@@ -148,11 +148,12 @@ def test_scan_reports_installed_and_updates_with_notice_data(rhel: Path) -> None
     )} == {
         "arch": "noarch", "version": "1.0-2", "installedVersion": "1.0-1", "repository": "updates",
         "classification": "Security", "severity": "Critical", "advisoryIds": ["DEMO-2024-0001"],
-        "cves": ["CVE-2024-1001"], "bugzillaIds": ["1001"], "issued": "2024-01-15",
-        "updated": "2024-02-01", "rebootSuggested": True, "security": True,
+        "cves": ["CVE-2024-1001"], "bugzillaIds": ["1001"], "issued": "2024-01-15T08:30:00Z",
+        "updated": "2024-02-01T17:45:12Z", "rebootSuggested": True, "security": True,
     }  # fmt: skip
     assert lib["buildTime"].endswith("Z")
     assert updates["demo-net"]["cves"] == ["CVE-2024-1002", "CVE-2024-1003"]
+    assert updates["demo-net"]["issued"] == "2024-01-20T00:00:00Z"
     assert updates["demo-doc"]["bugzillaIds"] == ["1004"]
     assert updates["demo-util"]["classification"] == "Bugfix"
     assert updates["demo-tool"]["classification"] == "Enhancement"
@@ -212,23 +213,26 @@ def test_oracle_security_severity_baseline_matches_dnf(
     assert approved == expected
 
 
-def test_amazon_linux_counts_from_updated_date_and_rhel_from_issued(
+def test_notice_timestamps_reach_the_inventory_and_count_to_the_second(
     rhel: Path, al2023: Path
 ) -> None:
-    # DEMO-2024-0001 was issued 2024-01-15 and updated 2024-02-01: on 2024-02-05 a 7-day rule has
-    # approved it on RHEL (from release) but not on Amazon Linux (from the update date).
-    when = datetime(2024, 2, 5, 12, tzinfo=UTC)
+    # DEMO-2024-0001 was issued 2024-01-15 08:30:00 and updated 2024-02-01 17:45:12 (UTC). Amazon
+    # Linux counts from the updated date, RHEL from the later of the two: the same here, so a
+    # 7-day rule approves it from 2024-02-08 17:45:12 on both, not from the start of the day.
+    approval = datetime(2024, 2, 8, 17, 45, 12, tzinfo=UTC)
+    second = timedelta(seconds=1)
     seven = rule(("CLASSIFICATION", ["Security"]), ("SEVERITY", ["Critical"]), days=7)
-    for root, os_name, expected in (
-        (rhel, "REDHAT_ENTERPRISE_LINUX", "MISSING"),
-        (al2023, "AMAZON_LINUX_2023", "INSTALLED_OTHER"),
-    ):
+    for root, os_name in ((rhel, "REDHAT_ENTERPRISE_LINUX"), (al2023, "AMAZON_LINUX_2023")):
         inv = Inventory.model_validate(scan(str(root), "x", refresh=False))
         lib = next(u for u in inv.updates if u.name == "demo-lib")
-        assert (str(lib.issued), str(lib.updated), lib.build_time is not None) == (
-            "2024-01-15", "2024-02-01", True,
-        )  # fmt: skip
-        assert states(evaluate(baseline(os_name, seven), inv, when))["demo-lib"] == expected
+        assert (lib.issued, lib.updated) == (
+            datetime(2024, 1, 15, 8, 30, tzinfo=UTC),
+            datetime(2024, 2, 1, 17, 45, 12, tzinfo=UTC),
+        )
+        assert lib.build_time is not None
+        b = baseline(os_name, seven)
+        assert states(evaluate(b, inv, approval - second))["demo-lib"] == "INSTALLED_OTHER"
+        assert states(evaluate(b, inv, approval + second))["demo-lib"] == "MISSING"
 
 
 def test_update_without_a_notice_counts_from_its_build_time(rhel: Path) -> None:
@@ -236,9 +240,16 @@ def test_update_without_a_notice_counts_from_its_build_time(rhel: Path) -> None:
     plain = next(u for u in inv.updates if u.name == "demo-plain")
     assert plain.build_time is not None and plain.issued is None
     b = baseline("REDHAT_ENTERPRISE_LINUX", rule(("PRODUCT", ["*"]), days=7, non_security=True))
-    built = plain.build_time
-    assert states(evaluate(b, inv, built + timedelta(days=1)))["demo-plain"] == "INSTALLED_OTHER"
-    assert states(evaluate(b, inv, built + timedelta(days=8)))["demo-plain"] == "MISSING"
+    approval = plain.build_time + timedelta(days=7)
+    second = timedelta(seconds=1)
+    # A second early the update waits (the installed 1.0-1, built moments before, may already
+    # count as approved and INSTALLED); a second late it is MISSING.
+    waiting = evaluate(b, inv, approval - second)
+    assert "demo-plain" in {n.name for n in waiting.not_approved}
+    assert states(waiting)["demo-plain"] != "MISSING"
+    assert states(evaluate(b, inv, approval + second))["demo-plain"] == "MISSING"
+    (row,) = (p for p in evaluate(b, inv, approval).patches if p.name == "demo-plain")
+    assert "; build time " in row.reason
 
 
 def test_security_version_shadowed_by_a_newer_candidate_is_reported(fresh: Path) -> None:

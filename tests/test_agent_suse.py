@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -89,10 +90,11 @@ def test_scan_reports_installed_and_patch_metadata(root: Path) -> None:
     lib = updates["demo-lib"]
     assert (lib.version, lib.installed_version, lib.arch) == ("1.0-2", "1.0-1", "noarch")
     assert lib.advisory_ids == (SUSE_PREFIX + "1",)
-    assert (lib.classification, lib.severity, str(lib.issued)) == (
+    # zypper's patch issue time arrives whole (SUSE_PATCHES: 2024-01-15 09:30:00 UTC).
+    assert (lib.classification, lib.severity, lib.issued) == (
         "Security",
         "Critical",
-        "2024-01-15",
+        datetime(2024, 1, 15, 9, 30, tzinfo=UTC),
     )
     assert lib.cves == ("CVE-2024-1001",) and lib.reboot_suggested and lib.security
     assert updates["demo-net"].cves == ("CVE-2024-1002", "CVE-2024-1003")
@@ -122,6 +124,19 @@ def test_engine_states_on_scanned_inventory(root: Path) -> None:
     assert {n for n, s in states(evaluate(by_name, inv, NOW)).items() if s == "MISSING"} == {
         "demo-feat"
     }
+
+
+def test_approve_after_days_counts_from_the_patch_issue_time(root: Path) -> None:
+    # SUSE-...-1 (demo-lib) was issued 2024-01-15 09:30:00 UTC: a 7-day rule approves it from
+    # 2024-01-22 09:30:00 UTC, to the second, not from the start of that day.
+    inv = Inventory.model_validate(agent.scan(str(root), "i-suse", refresh=True))
+    seven = baseline("SUSE", rule(("CLASSIFICATION", ["Security"]), days=7))
+    approval = datetime(2024, 1, 22, 9, 30, tzinfo=UTC)
+    second = timedelta(seconds=1)
+    assert states(evaluate(seven, inv, approval - second))["demo-lib"] == "INSTALLED_OTHER"
+    assert states(evaluate(seven, inv, approval + second))["demo-lib"] == "MISSING"
+    installed = {p.name: p for p in inv.installed}
+    assert installed["demo-lib"].build_time is not None  # rpm's BUILDTIME
 
 
 def _listed_patches(root: Path, *args: str) -> set[str]:

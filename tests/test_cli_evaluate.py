@@ -298,3 +298,41 @@ def test_piped_output_is_the_table_unless_o_asks_for_json() -> None:
     assert "┃ Instance" in table.stdout and not table.stdout.startswith(("[", "{"))
     as_json = patchctl("evaluate", *source, "-o", "json")
     assert {r["instanceId"] for r in json.loads(as_json.stdout)} >= {"web-1", "db-1"}
+
+
+def _explain_json(inventories: Path, now: str) -> dict[str, object]:
+    run = patchctl(
+        "explain",
+        "web-2",
+        "curl-minimal",
+        "--source",
+        "examples",
+        "--inventory",
+        str(inventories),
+        "--now",
+        now,
+        "-o",
+        "json",
+    )
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)  # type: ignore[no-any-return]
+
+
+def test_explain_shows_the_timestamp_it_counted_from_and_which_date_it_was(
+    tmp_path: Path,
+) -> None:
+    # web-2 runs Amazon Linux 2023: approve-after-days counts from the notice's updated time.
+    document = json.loads(Path("examples/inventories/web-2.json").read_text())
+    (curl,) = (u for u in document["updates"] if u["name"] == "curl-minimal")
+    curl["updated"] = "2026-11-25T09:15:00Z"
+    (tmp_path / "web-2.json").write_text(json.dumps(document))
+    early = _explain_json(tmp_path, "2026-12-02T09:14:59Z")
+    (skipped,) = early["notApproved"]  # type: ignore[misc]
+    assert skipped["reason"] == (
+        "not approved: approvalRules[0] approves it from 2026-12-02T09:15:00Z "
+        "(updated 2026-11-25T09:15:00Z + 7 days)"
+    )
+    late = _explain_json(tmp_path, "2026-12-02T09:15:01Z")
+    (row,) = late["patches"]  # type: ignore[misc]
+    assert row["state"] == "MISSING"
+    assert "; updated 2026-11-25T09:15:00Z, approved since 2026-12-02T09:15:00Z)" in row["reason"]

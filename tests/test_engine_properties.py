@@ -34,6 +34,11 @@ APPROVED_STATES = {
 days = st.integers(min_value=0, max_value=400).map(
     lambda d: (date(2026, 11, 28) - timedelta(days=d)).isoformat()
 )
+# Timestamps (notices and build times carry the time of day), around NOW to the second, so
+# approve-after-days is exercised at its boundaries as well as the date-only form.
+moments = st.integers(min_value=0, max_value=400 * 86400).map(
+    lambda s: (datetime(2026, 11, 28, 12, tzinfo=UTC) - timedelta(seconds=s)).isoformat()
+)
 
 
 @st.composite
@@ -48,8 +53,9 @@ def packages(draw: st.DrawFn, *, update: bool) -> dict[str, Any]:
             st.lists(st.sampled_from(["RHSA-2026:1", "RHBA-2026:2", "RHEA-2026:3"]), max_size=1)
         ),
         "cves": draw(st.lists(st.sampled_from(["CVE-2026-1", "CVE-2026-2"]), max_size=2)),
-        "issued": draw(st.none() | days),
-        "updated": draw(st.none() | days),
+        "issued": draw(st.none() | days | moments),
+        "updated": draw(st.none() | days | moments),
+        "buildTime": draw(st.none() | moments),
     }
     if update:
         out["installedVersion"] = draw(st.none() | st.just("1.0-1.el9"))

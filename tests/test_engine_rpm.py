@@ -1,8 +1,9 @@
 """Decision engine, RPM family (Amazon Linux, RHEL, CentOS, Oracle, Rocky, Alma) and SUSE.
 
 One case per documented SSM rule (docs/ssm-semantics.md §1.4-§1.9, §2, §3.1, §3.3):
-update notices make a version eligible, approve-after-days/approve-until-date count UTC days from
-each OS's date source with SSM's fallbacks, patch ids may be CVE, advisory, Bugzilla or full names.
+update notices make a version eligible, approve-after-days counts whole 24 hours from a
+UTC timestamp (approve-until-date a whole UTC day) taken from each OS's date source with SSM's
+fallbacks, patch ids may be CVE, advisory, Bugzilla or full names.
 """
 
 from __future__ import annotations
@@ -42,70 +43,149 @@ SECURITY_7_DAYS = rule(
 )
 
 
+# AWS's PatchRule text: "If a patch is released at 2025-11-09T18:00:00Z and ApproveAfterDays is
+# set to 7, the patch will be approved after 2025-11-16T18:00:00Z".
+AWS_RELEASE = "2025-11-09T18:00:00Z"
+AWS_APPROVAL = datetime(2025, 11, 16, 18, 0, tzinfo=UTC)
+SECOND = timedelta(seconds=1)
+
+
 @pytest.mark.parametrize(
     ("now", "expected"),
     [
-        # SSM's example: a critical patch released July 7 is approved July 14 by a 7-day rule.
-        (datetime(2026, 7, 13, 23, 59, 59, tzinfo=UTC), "INSTALLED_OTHER"),
-        (datetime(2026, 7, 14, 0, 0, 0, tzinfo=UTC), "MISSING"),
-        # Days are UTC days: 01:00 in UTC+2 on July 14 is still July 13 in UTC.
-        (datetime(2026, 7, 14, 1, 0, tzinfo=timezone(timedelta(hours=2))), "INSTALLED_OTHER"),
+        (AWS_APPROVAL - SECOND, "INSTALLED_OTHER"),
+        (AWS_APPROVAL + SECOND, "MISSING"),
+        # The same moments written in UTC+2: the instant counts, not the clock's day.
+        (
+            datetime(2025, 11, 16, 19, 59, 59, tzinfo=timezone(timedelta(hours=2))),
+            "INSTALLED_OTHER",
+        ),
+        (datetime(2025, 11, 16, 20, 0, 1, tzinfo=timezone(timedelta(hours=2))), "MISSING"),
     ],
 )
-def test_approve_after_days_counts_utc_days_from_release(now: datetime, expected: str) -> None:
+def test_approve_after_days_counts_whole_24_hours_from_the_release_timestamp(
+    now: datetime, expected: str
+) -> None:
     b = baseline("REDHAT_ENTERPRISE_LINUX", SECURITY_7_DAYS)
-    assert _state(b, now, issued="2026-07-07", updated="2026-07-07") == expected
+    assert _state(b, now, issued=AWS_RELEASE) == expected
 
 
-def test_pending_rule_says_when_it_will_approve() -> None:
+def test_pending_rule_says_when_it_will_approve_and_which_date_it_used() -> None:
     b = baseline("REDHAT_ENTERPRISE_LINUX", SECURITY_7_DAYS)
-    inv = inventory("REDHAT_ENTERPRISE_LINUX", [KERNEL], [_update(issued="2026-11-25")])
+    dates = {"issued": "2026-11-20T08:00:00Z", "updated": "2026-11-25T09:30:00Z"}
+    inv = inventory("REDHAT_ENTERPRISE_LINUX", [KERNEL], [_update(**dates)])
     (skipped,) = evaluate(b, inv, NOW).not_approved
     assert skipped.reason == (
-        "not approved: approvalRules[0] approves it on 2026-12-02 (released 2026-11-25 + 7 days)"
+        "not approved: approvalRules[0] approves it from 2026-12-02T09:30:00Z "
+        "(updated 2026-11-25T09:30:00Z + 7 days)"
     )
+    (row,) = evaluate(b, inv, datetime(2026, 12, 2, 9, 30, 1, tzinfo=UTC)).patches
+    assert row.reason.endswith("updated 2026-11-25T09:30:00Z, approved since 2026-12-02T09:30:00Z)")
 
 
 @pytest.mark.parametrize(
-    ("issued", "expected"), [("2023-07-07", "MISSING"), ("2023-07-08", "INSTALLED_OTHER")]
+    ("issued", "expected"),
+    [
+        ("2023-07-07", "MISSING"),
+        ("2023-07-07T23:59:59Z", "MISSING"),
+        ("2023-07-08T00:00:00Z", "INSTALLED_OTHER"),
+        ("2023-07-08", "INSTALLED_OTHER"),
+    ],
 )
-def test_approve_until_date_includes_the_cutoff_day(issued: str, expected: str) -> None:
-    # SSM's example: cutoff July 7, 2023 approves everything released that day or before.
+def test_approve_until_date_includes_the_whole_cutoff_day(issued: str, expected: str) -> None:
+    # SSM's example: cutoff July 7, 2023 approves everything released that UTC day or before.
     b = baseline(
         "REDHAT_ENTERPRISE_LINUX", rule(("CLASSIFICATION", ["Security"]), until="2023-07-07")
     )
     assert _state(b, NOW, issued=issued) == expected
 
 
-def test_amazon_linux_counts_from_the_notice_updated_date() -> None:
-    # Notice issued July 1, updated July 7: on July 13 a 7-day rule has approved it on RHEL
-    # (counts from release) but not on Amazon Linux (counts from the update date).
-    when = datetime(2026, 7, 13, 12, tzinfo=UTC)
-    dates = {"issued": "2026-07-01", "updated": "2026-07-07"}
+# Notice released July 1 00:00, updated July 7 12:00: a 7-day rule approves from July 8 00:00
+# when the release counts, from July 14 12:00 when the update does.
+RELEASED_THEN_UPDATED = {"issued": "2026-07-01T00:00:00Z", "updated": "2026-07-07T12:00:00Z"}
+BY_RELEASE = datetime(2026, 7, 14, 11, 59, 59, tzinfo=UTC)  # approved only if the release counts
+
+
+@pytest.mark.parametrize(
+    ("os", "counts_from"),
+    [
+        ("AMAZON_LINUX_2", "updated"),
+        ("AMAZON_LINUX_2023", "updated"),
+        ("REDHAT_ENTERPRISE_LINUX", "updated"),
+        ("CENTOS", "updated"),
+        ("ORACLE_LINUX", "updated"),
+        ("ROCKY_LINUX", "updated"),
+        ("ALMA_LINUX", "updated"),
+        ("SUSE", "updated"),
+    ],
+)
+def test_each_family_counts_from_its_documented_date(os: str, counts_from: str) -> None:
+    # Amazon Linux: the notice's updated date; RHEL, CentOS, Oracle, Rocky, Alma and SUSE: the
+    # later of released and updated ("7 days after they are released or updated").
+    b = baseline(os, SECURITY_7_DAYS)
+    assert _state(b, BY_RELEASE, os, **RELEASED_THEN_UPDATED) == "INSTALLED_OTHER"
+    later = datetime(2026, 7, 14, 12, 0, 1, tzinfo=UTC)
+    assert _state(b, later, os, **RELEASED_THEN_UPDATED) == "MISSING"
+    result = evaluate(b, inventory(os, [KERNEL], [_update(**RELEASED_THEN_UPDATED)]), later)
+    assert f"; {counts_from} 2026-07-07T12:00:00Z," in result.patches[0].reason
+
+
+def test_an_update_date_before_the_release_counts_only_on_amazon_linux() -> None:
+    # A notice whose updated date is older than its release: the later one (the release) counts
+    # on RHEL; Amazon Linux takes the updated date as it is.
+    dates = {"issued": "2026-07-07T12:00:00Z", "updated": "2026-07-01T00:00:00Z"}
     rhel = baseline("REDHAT_ENTERPRISE_LINUX", SECURITY_7_DAYS)
     al2 = baseline("AMAZON_LINUX_2", SECURITY_7_DAYS)
-    assert _state(rhel, when, **dates) == "MISSING"
-    assert _state(al2, when, "AMAZON_LINUX_2", **dates) == "INSTALLED_OTHER"
-    assert _state(al2, when + timedelta(days=1), "AMAZON_LINUX_2", **dates) == "MISSING"
+    assert _state(rhel, BY_RELEASE, **dates) == "INSTALLED_OTHER"
+    assert _state(al2, BY_RELEASE, "AMAZON_LINUX_2", **dates) == "MISSING"
+
+
+@pytest.mark.parametrize("os", ["AMAZON_LINUX_2", "REDHAT_ENTERPRISE_LINUX", "ORACLE_LINUX"])
+def test_a_notice_with_only_a_release_date_counts_from_it(os: str) -> None:
+    b = baseline(os, SECURITY_7_DAYS)
+    assert _state(b, AWS_APPROVAL - SECOND, os, issued=AWS_RELEASE) == "INSTALLED_OTHER"
+    assert _state(b, AWS_APPROVAL + SECOND, os, issued=AWS_RELEASE) == "MISSING"
 
 
 @pytest.mark.parametrize("os", ["AMAZON_LINUX_2", "REDHAT_ENTERPRISE_LINUX", "CENTOS"])
 def test_missing_release_date_falls_back_to_build_time(os: str) -> None:
     b = baseline(os, SECURITY_7_DAYS)
-    built = "2026-11-25T10:00:00Z"
-    assert _state(b, NOW, os, buildTime=built) == "INSTALLED_OTHER"
-    assert _state(b, NOW + timedelta(days=4), os, buildTime=built) == "MISSING"
+    built = "2026-11-25T10:00:00Z"  # approved from 2026-12-02T10:00:00Z
+    approval = datetime(2026, 12, 2, 10, tzinfo=UTC)
+    assert _state(b, approval - SECOND, os, buildTime=built) == "INSTALLED_OTHER"
+    assert _state(b, approval + SECOND, os, buildTime=built) == "MISSING"
+    result = evaluate(b, inventory(os, [KERNEL], [_update(buildTime=built)]), approval)
+    assert "; build time 2026-11-25T10:00:00Z, approved since" in result.patches[0].reason
 
 
-@pytest.mark.parametrize("os", ["ORACLE_LINUX", "ROCKY_LINUX", "AMAZON_LINUX_2"])
+def test_a_notice_date_wins_over_the_build_time() -> None:
+    b = baseline("REDHAT_ENTERPRISE_LINUX", SECURITY_7_DAYS)
+    dated = {"issued": AWS_RELEASE, "buildTime": "2025-01-01T00:00:00Z"}
+    assert _state(b, AWS_APPROVAL - SECOND, **dated) == "INSTALLED_OTHER"
+
+
+@pytest.mark.parametrize("os", ["ORACLE_LINUX", "ROCKY_LINUX", "ALMA_LINUX", "AMAZON_LINUX_2"])
 def test_no_date_at_all_means_no_delay(os: str) -> None:
     # SSM: without a release date or build time the auto-approval delay is treated as zero.
     assert _state(baseline(os, SECURITY_7_DAYS), NOW, os) == "MISSING"
+    result = evaluate(baseline(os, SECURITY_7_DAYS), inventory(os, [KERNEL], [_update()]), NOW)
+    assert result.patches[0].reason.endswith("; no release date, so no delay)")
 
 
-def test_oracle_does_not_use_build_time() -> None:
-    b = baseline("ORACLE_LINUX", SECURITY_7_DAYS)
-    assert _state(b, NOW, "ORACLE_LINUX", buildTime="2026-11-27T00:00:00Z") == "MISSING"
+@pytest.mark.parametrize("os", ["ORACLE_LINUX", "ROCKY_LINUX", "ALMA_LINUX", "SUSE"])
+def test_build_time_is_not_a_release_date_outside_amazon_linux_rhel_and_centos(os: str) -> None:
+    b = baseline(os, SECURITY_7_DAYS)
+    assert _state(b, NOW, os, buildTime="2026-11-27T00:00:00Z") == "MISSING"
+
+
+def test_an_old_inventory_with_dates_only_still_evaluates_from_midnight_utc() -> None:
+    # Inventories written before timestamps carry YYYY-MM-DD: the day's midnight UTC counts.
+    b = baseline("REDHAT_ENTERPRISE_LINUX", SECURITY_7_DAYS)
+    approval = datetime(2026, 12, 2, tzinfo=UTC)
+    assert _state(b, approval - SECOND, issued="2026-11-25") == "INSTALLED_OTHER"
+    assert _state(b, approval, issued="2026-11-25") == "MISSING"
+    old = inventory("REDHAT_ENTERPRISE_LINUX", [KERNEL], [_update(issued="2026-11-25")])
+    assert old.updates[0].issued == approval - timedelta(days=7)
 
 
 def test_update_without_a_notice_needs_enable_non_security() -> None:

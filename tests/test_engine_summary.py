@@ -29,7 +29,6 @@ from reconciler.evaluation import (
     evaluate,
     evaluate_summary,
 )
-from reconciler.evaluation.matching import utc_day
 from reconciler.evaluation.summary import fast_summary
 from tests import test_engine_apt, test_engine_rpm, test_engine_windows_macos
 from tests.test_engine_properties import NOW, apt_cases, cases
@@ -53,7 +52,7 @@ def _fast(
 ) -> Summary | None:
     """The fast path alone (None when it hands the instance to the full path)."""
     product = inventory.facts.effective_product()
-    return fast_summary(cache.decider(baseline, product, utc_day(now)), inventory)
+    return fast_summary(cache.decider(baseline, product, now), inventory)
 
 
 def _may_decline(inventory: Inventory) -> bool:

@@ -158,8 +158,8 @@ def _updateinfo(root: ET.Element) -> Iterator[Tuple[str, Dict[str, object]]]:
             {
                 "type": update.get("type", ""),
                 "severity": (update.findtext("severity") or "").strip() or None,
-                "issued": _day(issued.get("date", "") if issued is not None else ""),
-                "updated": _day(updated.get("date", "") if updated is not None else ""),
+                "issued": _moment(issued.get("date", "") if issued is not None else ""),
+                "updated": _moment(updated.get("date", "") if updated is not None else ""),
                 "cves": [r.get("id", "") for r in refs if r.get("type") == "cve" and r.get("id")],
                 "bugzillaIds": [
                     r.get("id", "") for r in refs if r.get("type") == "bugzilla" and r.get("id")
@@ -194,11 +194,13 @@ def iso_time(seconds: str) -> Optional[str]:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value)) if value > 0 else None
 
 
-def _day(text: str) -> Optional[str]:
-    """A notice date ("2024-01-15 00:00:00", "2024-01-15", or epoch seconds) -> YYYY-MM-DD."""
+def _moment(text: str) -> Optional[str]:
+    """A notice date -> YYYY-MM-DDTHH:MM:SSZ, keeping its time of day: SSM's approve-after-days
+    counts whole 24 hours from it. createrepo writes "2024-01-15 08:30:00" (UTC, as libsolv reads
+    it), SUSE seconds since the epoch; a day alone ("2024-01-15") is midnight UTC."""
     text = text.strip()
-    if re.match(r"^\d{4}-\d{2}-\d{2}", text):
-        return text[:10]
-    if text.isdigit():
-        return time.strftime("%Y-%m-%d", time.gmtime(int(text)))
-    return None
+    found = re.match(r"^(\d{4}-\d{2}-\d{2})(?:[ T](\d{2}:\d{2}(?::\d{2})?))?", text)
+    if found:
+        clock = found.group(2) or "00:00:00"
+        return "{}T{}Z".format(found.group(1), clock if len(clock) == 8 else clock + ":00")
+    return iso_time(text) if text.isdigit() else None

@@ -16,7 +16,6 @@ GPG checking is left as each repository configures it: the agent never passes ``
 import glob
 import os
 import re
-import time
 import xml.etree.ElementTree as ET
 from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
@@ -29,7 +28,7 @@ from reconciler.agent.errors import (
 )
 from reconciler.agent.facts import below
 from reconciler.agent.rootconf import private_config
-from reconciler.agent.rpmmd import updateinfo_packages
+from reconciler.agent.rpmmd import iso_time, updateinfo_packages
 from reconciler.agent.rpmvercmp import evr_text
 from reconciler.agent.runner import Result, Running, private_home, run
 
@@ -138,7 +137,7 @@ class Patch(NamedTuple):
     status: str  # needed, optional (applicable but not needed by default)
     category: str
     severity: str
-    issued: Optional[str]  # YYYY-MM-DD (UTC)
+    issued: Optional[str]  # YYYY-MM-DDTHH:MM:SSZ (UTC)
     cves: List[str]
     bugzilla: List[str]
     reboot: bool  # restart="true": the patch suggests a reboot
@@ -309,7 +308,8 @@ class Zypper:
 
 
 _RPM_FORMAT = (
-    "%{NAME}\\t%{EPOCHNUM}\\t%{VERSION}\\t%{RELEASE}\\t%{ARCH}\\t%{INSTALLTIME}\\t%{SOURCERPM}\\n"
+    "%{NAME}\\t%{EPOCHNUM}\\t%{VERSION}\\t%{RELEASE}\\t%{ARCH}\\t%{INSTALLTIME}\\t%{SOURCERPM}"
+    "\\t%{BUILDTIME}\\n"
 )
 
 
@@ -317,19 +317,19 @@ def parse_rpm_query(text: str) -> List[Dict[str, object]]:
     out = []  # type: List[Dict[str, object]]
     for line in text.splitlines():
         fields = line.split("\t")
-        if len(fields) != 7 or fields[0].startswith("gpg-pubkey"):
+        if len(fields) != 8 or fields[0].startswith("gpg-pubkey"):
             continue  # gpg-pubkey entries are imported keys, not packages
-        name, epoch, version, release, arch, when, source = fields
+        name, epoch, version, release, arch, when, source, built = fields
         pkg = {
             "name": name,
             "arch": arch,
             "version": evr_text(epoch, version, release),
+            "installedTime": iso_time(when),
+            "buildTime": iso_time(built),
         }  # type: Dict[str, object]
-        if when.isdigit():
-            pkg["installedTime"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(when)))
         if source and source != "(none)":
             pkg["sourcePackage"] = re.sub(r"-[^-]+-[^-]+\.(no)?src\.rpm$", "", source)
-        out.append(pkg)
+        out.append({k: v for k, v in pkg.items() if v is not None})
     return out
 
 
@@ -366,11 +366,9 @@ def parse_patches(text: str) -> List[Patch]:
     for node in root.iter("update"):
         if node.get("kind") != "patch":
             continue
-        issued = None
         date = node.find("issue-date")
-        stamp = date.get("time_t", "0") if date is not None else "0"
-        if stamp.isdigit() and int(stamp) > 0:
-            issued = time.strftime("%Y-%m-%d", time.gmtime(int(stamp)))
+        # The whole time: SSM's approve-after-days counts 24-hour periods from it.
+        issued = iso_time(date.get("time_t", "") if date is not None else "")
         issues = node.findall("issue-list/issue")
         source = node.find("source")
         out.append(

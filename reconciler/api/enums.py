@@ -63,6 +63,18 @@ RPM_SYSTEMS = AMAZON_LINUX_SYSTEMS | frozenset(
 BUILD_TIME_FALLBACK_SYSTEMS = AMAZON_LINUX_SYSTEMS | frozenset(
     {OperatingSystem.REDHAT_ENTERPRISE_LINUX, OperatingSystem.CENTOS}
 )
+# AWS's predefined baselines for these approve "7 days after they are released or updated": the
+# later of a notice's two dates counts (§3.3). Amazon Linux counts from the updated date alone.
+LATER_DATE_SYSTEMS = frozenset(
+    {
+        OperatingSystem.REDHAT_ENTERPRISE_LINUX,
+        OperatingSystem.CENTOS,
+        OperatingSystem.ORACLE_LINUX,
+        OperatingSystem.ROCKY_LINUX,
+        OperatingSystem.ALMA_LINUX,
+        OperatingSystem.SUSE,
+    }
+)
 LINUX_SYSTEMS = frozenset(OperatingSystem) - {OperatingSystem.WINDOWS, OperatingSystem.MACOS}
 
 

@@ -8,15 +8,39 @@ only; it never says whether a patch is approved. May not import anything outside
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from typing import Literal
+from datetime import UTC, date, datetime
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
 
 from reconciler.api._base import Model
 from reconciler.api.enums import OperatingSystem, Operation
 
 INVENTORY_KIND = "Inventory"
+
+
+def _midnight(value: object) -> object:
+    """A date without a time (inventories from before timestamps, a notice that gives only a
+    day) stands for midnight UTC of that day."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return value
+
+
+def _in_utc(value: datetime) -> datetime:
+    """Naive times are UTC (rpm and updateinfo write UTC without saying so)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UtcTimestamp = Annotated[
+    datetime,
+    BeforeValidator(_midnight),
+    AfterValidator(_in_utc),
+    WithJsonSchema(
+        {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "format": "date"}]}
+    ),
+]
+"""A moment in UTC; a date alone (YYYY-MM-DD) is read as midnight UTC of that day."""
 
 
 class Facts(Model):
@@ -119,12 +143,13 @@ class PackageFacts(Model):
     """CVE ids fixed by this version."""
     bugzilla_ids: tuple[str, ...] = ()
     """Bugzilla ids referenced by the update notice."""
-    issued: date | None = None
-    """Release date of the update notice (UTC)."""
-    updated: date | None = None
-    """Last update date of the update notice (UTC)."""
-    build_time: datetime | None = None
-    """Package build time."""
+    issued: UtcTimestamp | None = None
+    """When the update notice (zypper: the patch) was released, UTC with the time of day; a date
+    alone (older inventories) is midnight UTC of that day."""
+    updated: UtcTimestamp | None = None
+    """When the update notice was last updated, UTC; a date alone is midnight UTC."""
+    build_time: UtcTimestamp | None = None
+    """When the package was built (rpm's BUILDTIME), UTC."""
     first_seen: datetime | None = None
     """When this version was first seen available on the machine."""
     reboot_suggested: bool = False

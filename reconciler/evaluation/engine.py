@@ -55,8 +55,8 @@ from reconciler.evaluation.matching import (
     names_pattern,
     package_names,
     properties,
-    release_day,
-    utc_day,
+    release_time,
+    stamp,
 )
 from reconciler.evaluation.results import (
     Approval,
@@ -85,15 +85,15 @@ class _Rule:
 
 
 class Decider:
-    """One baseline compiled for one product and one UTC day, with a cache of its decisions."""
+    """One baseline compiled for one product and one moment, with a cache of its decisions."""
 
-    def __init__(self, baseline: PatchBaseline, product: str, today: date) -> None:
+    def __init__(self, baseline: PatchBaseline, product: str, now: datetime) -> None:
         spec = baseline.spec
         self.baseline = baseline
         self.os = spec.operating_system
         self.family = family_of(self.os)
         self.product = product
-        self.today = today
+        self.now = _utc(now)
         self.block = spec.rejected_patches_action is RejectedPatchesAction.BLOCK
         self._linux = self.os in LINUX_SYSTEMS
         self._global = _compile_group(spec.global_filters, self.os)
@@ -181,8 +181,9 @@ class Decider:
         if excluded is not None:
             why_not = f"excluded by globalFilters ({excluded.text})"
         else:
+            released = release_time(pkg, self.os)  # once per version, whatever the rules
             for rule in self._rules:
-                verdict = self._rule_verdict(rule, pkg, eligible, not_security)
+                verdict = self._rule_verdict(rule, pkg, eligible, not_security, released)
                 if verdict is None:
                     continue
                 approved, text = verdict
@@ -209,41 +210,48 @@ class Decider:
         )
 
     def _rule_verdict(
-        self, rule: _Rule, pkg: PackageFacts, eligible: bool, not_security: str
+        self,
+        rule: _Rule,
+        pkg: PackageFacts,
+        eligible: bool,
+        not_security: str,
+        release: tuple[datetime | None, str],
     ) -> tuple[bool, str] | None:
         """None when the rule's filters do not match; else (approved, reason). ``not_security``
-        says why a version that is not ``eligible`` fails the implicit security rule."""
+        says why a version that is not ``eligible`` fails the implicit security rule.
+        ``release`` is release_time(pkg): approve-after-days counts whole 24-hour periods from
+        that moment; approve-until-date compares its UTC day."""
         if self._failed_filter(rule.filters, pkg) is not None:
             return None
         name = f"approvalRules[{rule.index}]"
         if self._linux and not rule.enable_non_security and not eligible:
             return False, f"{name} matches but {not_security} and enableNonSecurity is false"
-        released, source = release_day(pkg, self.os)
+        released, source = release
         criteria = ", ".join(f.text for f in rule.filters) or "all patches"
         if rule.approve_after_days is not None:
             if released is None:
                 return True, f"approved by {name} ({criteria}; {source}, so no delay)"
-            approve_on = released + timedelta(days=rule.approve_after_days)
-            if self.today >= approve_on:
+            approve_at = released + timedelta(days=rule.approve_after_days)
+            if self.now >= approve_at:
                 return True, (
-                    f"approved by {name} ({criteria}; {source} {released}, "
-                    f"approved since {approve_on})"
+                    f"approved by {name} ({criteria}; {source} {stamp(released)}, "
+                    f"approved since {stamp(approve_at)})"
                 )
             return (
                 False,
-                f"{name} approves it on {approve_on} "
-                f"({source} {released} + {rule.approve_after_days} days)",
+                f"{name} approves it from {stamp(approve_at)} "
+                f"({source} {stamp(released)} + {rule.approve_after_days} days)",
             )
         if rule.approve_until_date is not None and released is not None:
-            if released <= rule.approve_until_date:
+            if released.date() <= rule.approve_until_date:  # release_time() gives UTC
                 return True, (
-                    f"approved by {name} ({criteria}; {source} {released}, "
+                    f"approved by {name} ({criteria}; {source} {stamp(released)}, "
                     f"on or before {rule.approve_until_date})"
                 )
             return (
                 False,
                 f"{name} approves patches released until {rule.approve_until_date}; "
-                f"{source} {released}",
+                f"{source} {stamp(released)}",
             )
         return True, f"approved by {name} ({criteria})"
 
@@ -477,17 +485,18 @@ def _not_security(family: Family) -> str:
 
 
 class DecisionCache:
-    """Deciders shared across instances: one per (baseline, product, UTC day)."""
+    """Deciders shared across instances: one per (baseline, product, moment). A fleet is
+    evaluated at one ``now``, so its instances share one Decider per baseline and product."""
 
     def __init__(self) -> None:
-        self._deciders: dict[tuple[int, str, date], Decider] = {}
+        self._deciders: dict[tuple[int, str, datetime], Decider] = {}
         self._keep: list[PatchBaseline] = []  # keeps id() keys valid
 
-    def decider(self, baseline: PatchBaseline, product: str, today: date) -> Decider:
-        key = (id(baseline), product, today)
+    def decider(self, baseline: PatchBaseline, product: str, now: datetime) -> Decider:
+        key = (id(baseline), product, now)
         found = self._deciders.get(key)
         if found is None:
-            found = self._deciders[key] = Decider(baseline, product, today)
+            found = self._deciders[key] = Decider(baseline, product, now)
             self._keep.append(baseline)
         return found
 
@@ -507,7 +516,7 @@ def evaluate(
     """Every patch's state on ``inventory``'s machine under ``baseline`` at ``now``."""
     facts = inventory.facts
     product = facts.effective_product()
-    decider = (cache or DecisionCache()).decider(baseline, product, utc_day(now))
+    decider = (cache or DecisionCache()).decider(baseline, product, now)
     chosen, passed_over = decider.select(inventory.updates)
     update_rows, weight = _update_rows(decider, chosen.values(), inventory)
     installed_rows, installed_weight = _installed_rows(decider, inventory.installed, chosen, facts)

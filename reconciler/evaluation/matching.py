@@ -2,8 +2,9 @@
 
 SSM's matching rules (reference §1.4-§1.6, §3.3): filter values are OR'ed and compared without
 regard to case, ``*`` matches everything (even a missing property); patch ids follow each family's
-formats with at most one ``*`` (every name form AWS documents: :func:`package_names`); dates are
-UTC days with per-OS sources and fallbacks. Pure.
+formats with at most one ``*`` (every name form AWS documents: :func:`package_names`); the moment
+approve-after-days counts from is a UTC timestamp with per-OS sources and fallbacks
+(:func:`release_time`). Pure.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from reconciler.api.checks import BUGZILLA_ID, CVE_ID, WINDOWS_ID
 from reconciler.api.enums import (
     AMAZON_LINUX_SYSTEMS,
     BUILD_TIME_FALLBACK_SYSTEMS,
+    LATER_DATE_SYSTEMS,
     Family,
     OperatingSystem,
     PatchFilterKey,
@@ -25,7 +27,7 @@ from reconciler.api.inventory import PackageFacts
 from reconciler.api.names import COMPONENTS, RPM_FORMS, key_template
 from reconciler.api.resources import PatchFilter
 
-_EPOCH_DAY = date(1970, 1, 1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # AL2022/AL2023 report Moderate as Medium; SSM treats the two as one level there (§3.1).
 _SEVERITY_ALIASES = {"moderate": "medium"}
 
@@ -233,22 +235,33 @@ _TEMPLATES = tuple(
 # Dates
 
 
-def release_day(pkg: PackageFacts, os: OperatingSystem) -> tuple[date | None, str]:
-    """The UTC day approve-after-days counts from for ``pkg`` on ``os``, and what it is.
+def release_time(pkg: PackageFacts, os: OperatingSystem) -> tuple[datetime | None, str]:
+    """The UTC moment approve-after-days counts from for ``pkg`` on ``os``, and which date it is
+    ("updated", "released" or "build time"); None means SSM's zero delay.
 
-    Amazon Linux counts from the notice's updated date; SSM falls back to the build time on Amazon
-    Linux, RHEL and CentOS and otherwise treats a missing date as a zero delay (None here). Windows
-    gets 1970-01-01 when Microsoft gives no date (reference §3.3).
+    Amazon Linux counts from the notice's updated date (AWS's "How package release dates and
+    update dates are calculated"); RHEL, CentOS, Oracle, Rocky, Alma and SUSE from the later of
+    released and updated ("released or updated"); the others from the release date. Without a
+    date SSM uses the build time on Amazon Linux, RHEL and CentOS, and otherwise no delay;
+    Windows gets 1970-01-01 when Microsoft gives no date (reference §3.3). The inventory holds
+    the timestamps already parsed and in UTC, so this is a few comparisons per package version.
     """
-    if os in AMAZON_LINUX_SYSTEMS and pkg.updated is not None:
-        return pkg.updated, "updated"
-    if pkg.issued is not None:
-        return pkg.issued, "released"
+    released, updated = pkg.issued, pkg.updated
+    later = updated is not None and (released is None or updated > released)
+    if updated is not None and (os in AMAZON_LINUX_SYSTEMS or (later and os in LATER_DATE_SYSTEMS)):
+        return updated, "updated"
+    if released is not None:
+        return released, "released"
     if os in BUILD_TIME_FALLBACK_SYSTEMS and pkg.build_time is not None:
-        return utc_day(pkg.build_time), "built"
+        return pkg.build_time, "build time"
     if os is OperatingSystem.WINDOWS:
-        return _EPOCH_DAY, "released"
+        return _EPOCH, "released"
     return None, "no release date"
+
+
+def stamp(moment: datetime) -> str:
+    """``moment`` as reasons show it: 2025-11-09T18:00:00Z."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def utc_day(moment: datetime) -> date:

@@ -34,7 +34,6 @@ from reconciler.evaluation.engine import (
     evaluate,
     pending_reboot,
 )
-from reconciler.evaluation.matching import utc_day
 from reconciler.evaluation.results import Summary
 
 
@@ -49,7 +48,7 @@ def evaluate_summary(
     that keep only the counts. Most instances are counted from the cached entries at C speed
     (fast_summary); the others take the full path."""
     cache = cache or DecisionCache()
-    decider = cache.decider(baseline, inventory.facts.effective_product(), utc_day(now))
+    decider = cache.decider(baseline, inventory.facts.effective_product(), now)
     found = fast_summary(decider, inventory)
     if found is None:
         found = evaluate(baseline, inventory, now, cache=cache).summary
