@@ -1,7 +1,8 @@
 """Stage: schedule — maintenance windows: cron/rate/at, time zone, offset, duration, cutoff.
 
 ``openings(window, after)`` lists the next openings of a ``MaintenanceWindowSpec`` in UTC;
-``current_opening(window, now)`` is the one open now, if any; an ``Opening`` says whether it is
+``current_opening(window, now)`` is the one open now, if any (``open_openings`` all of them
+when openings overlap); an ``Opening`` says whether it is
 open and whether it still accepts new tasks (the cutoff). ``parse_schedule`` turns the schedule
 text into a value, or a ValueError naming the bad field. The semantics, DST and scheduleOffset
 included, are written down in ``windows.py``.
@@ -12,7 +13,13 @@ May import ``reconciler.api`` only.
 
 from reconciler.schedule.cron import CronSchedule
 from reconciler.schedule.expressions import AtSchedule, RateSchedule, Schedule, parse_schedule
-from reconciler.schedule.windows import Opening, current_opening, describe, openings
+from reconciler.schedule.windows import (
+    Opening,
+    current_opening,
+    describe,
+    open_openings,
+    openings,
+)
 
 __all__ = [
     "AtSchedule",
@@ -22,6 +29,7 @@ __all__ = [
     "Schedule",
     "current_opening",
     "describe",
+    "open_openings",
     "openings",
     "parse_schedule",
 ]
