@@ -499,6 +499,10 @@ class _State:
         if late:
             self.skip(name, fresh, late[-1])
             return None
+        if now_open and not fresh:
+            self.overlapped[name] = (
+                f"window {name}'s open opening(s) were skipped (SKIPPED_OVERLAPPING)"
+            )
         return fresh[-1] if fresh else None
 
     def skip(self, name: str, later: list[Opening], running: str) -> None:
