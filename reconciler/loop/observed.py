@@ -64,12 +64,11 @@ class Observation:
 
     def _skipped(self, openings: tuple[tuple[str, str], ...]) -> frozenset[tuple[str, str]]:
         """The openings open now already recorded SKIPPED_OVERLAPPING (they stay skipped)."""
+        statuses = self.store.execution_statuses(openings) if openings else {}
         return frozenset(
-            (e["window"], e["opening"])
-            for window in sorted({window for window, _ in openings})
-            for e in self.store.window_executions(window)
-            if e["status"] == ExecutionStatus.SKIPPED_OVERLAPPING
-            and (e["window"], e["opening"]) in openings
+            pair
+            for pair, status in statuses.items()
+            if status == ExecutionStatus.SKIPPED_OVERLAPPING
         )
 
     def plan(self) -> Plan | None:
