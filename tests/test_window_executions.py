@@ -78,6 +78,40 @@ def test_window_executions_follow_their_openings(tmp_path: Path) -> None:
         assert status == {"2026-11-28T12:00:00Z": "SUCCESS", "2026-11-27T12:00:00Z": "FAILED"}
 
 
+def test_an_execution_whose_job_still_runs_when_the_opening_ends_is_timed_out(
+    tmp_path: Path,
+) -> None:
+    """Another process's job (or one this process lost track of) still running at the end."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "fleet.yaml").write_text(WINDOW)
+    now = [datetime(2026, 11, 28, 12, 30, tzinfo=UTC)]
+    with StateStore(tmp_path / "state.db") as store:
+        loop = Reconciler(
+            DirectorySource(tmp_path / "config"),
+            store,
+            lambda i: None,  # type: ignore[arg-type,return-value]
+            clock=lambda: now[0],
+        )
+        loop.refresh()
+        for opening in ("2026-11-28T12:00:00Z", "2026-11-27T12:00:00Z"):
+            loop.parts.executions.started("noon", opening)
+        store.claim_job(
+            key="k",
+            instance="web-1",
+            operation="Install",
+            window="noon",
+            task="install",
+            opening="2026-11-28T12:00:00Z",
+            revision="r",
+            payload={},
+            now=now[0],
+        )
+        now[0] += timedelta(hours=3)  # 15:30: the opening has ended, its job still runs
+        loop.close_window_executions()
+        status = {e["opening"]: e["status"] for e in store.window_executions("noon")}
+        assert status == {"2026-11-28T12:00:00Z": "TIMED_OUT", "2026-11-27T12:00:00Z": "SUCCESS"}
+
+
 # --- On real Debian roots (apt and dpkg), with a clock the test moves -------------------------
 # A long install is an install during which the clock moves: the transport below runs the real
 # apt/dpkg transaction to its end, then sets the clock to when that "long" run finished. No
