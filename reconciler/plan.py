@@ -17,8 +17,8 @@ Rules (issue "reconcile loop" §4):
 - Per task and window opening, ``maxConcurrency`` caps running jobs and ``maxErrors`` halts the
   rollout once more jobs than allowed have failed; lower ``priority`` tasks finish first.
 - No job starts at or after an opening's cutoff, whatever the task's ``cutoffBehavior``. An
-  opening past its cutoff with installs not started by a ``CANCEL_TASK`` task is listed in
-  ``Plan.cancelled`` (its execution becomes CANCELLED).
+  opening past its cutoff with installs or window scans not started by a ``CANCEL_TASK`` task
+  is listed in ``Plan.cancelled`` (its execution becomes CANCELLED).
 - One execution of a window at a time (SSM): the opening in force is the oldest open one that
   has jobs; an opening that began while an earlier one ran (open with jobs, or a job of it still
   running) is listed in ``Plan.skipped`` (SKIPPED_OVERLAPPING) and never runs anything.
@@ -123,8 +123,8 @@ class Plan:
     """(window, opening id) of openings that began while an earlier execution of their window
     still ran: SSM's SKIPPED_OVERLAPPING."""
     cancelled: tuple[tuple[str, str], ...] = ()
-    """(window, opening id) of openings past their cutoff with installs of a CANCEL_TASK task
-    not started: the execution is CANCELLED."""
+    """(window, opening id) of openings past their cutoff with jobs of a CANCEL_TASK task not
+    started: the execution is CANCELLED."""
 
     @property
     def idle(self) -> bool:
@@ -359,7 +359,20 @@ class _State:
                 )
             )
             return True
+        self.scans_cut_off(name, instance, group, scan)
         return False
+
+    def scans_cut_off(
+        self, name: str, instance: ManagedInstance, group: str | None, scan: ObservedScan
+    ) -> None:
+        """Window scans of ``name`` that the cutoff kept from starting in their opening."""
+        for window in self.targeting(instance, group):
+            opening = self.opening(window)
+            if opening is None or opening.accepts_new_tasks(self.now):
+                continue
+            if scan.finished_at < opening.start:
+                key = f"{name}:Scan:{window.metadata.name}:{opening.id}"
+                self.cut_off(window, opening, key, SCAN)
 
     # -- installs -----------------------------------------------------------------------------
 
@@ -431,7 +444,8 @@ class _State:
                 continue
             now_open = self.opening(window)
             if now_open is not None and not now_open.accepts_new_tasks(self.now):
-                self.cut_off(name, window, now_open, snapshot)
+                key = f"{name}:Install:{snapshot}:{window.metadata.name}:{now_open.id}"
+                self.cut_off(window, now_open, key, INSTALL)
                 closing.append(
                     f"window {window.metadata.name} is past its cutoff "
                     f"({now_open.cutoff_at.isoformat()})"
@@ -463,13 +477,13 @@ class _State:
         return self.digests[name]
 
     def cut_off(
-        self, name: str, window: MaintenanceWindow, opening: Opening, snapshot: str
+        self, window: MaintenanceWindow, opening: Opening, key: str, operation: Operation
     ) -> None:
-        """The install ``name`` needs was not started before the cutoff: with CANCEL_TASK, SSM
-        cancels what has not started, so the opening's execution is CANCELLED."""
-        key = f"{name}:Install:{snapshot}:{window.metadata.name}:{opening.id}"
+        """The job ``key`` was not started before the cutoff: with CANCEL_TASK, SSM cancels what
+        has not started, so the opening's execution is CANCELLED."""
         if key not in self.keys and any(
-            t.operation == INSTALL and t.cutoff_behavior == "CANCEL_TASK" for t in window.spec.tasks
+            t.operation == operation and t.cutoff_behavior == "CANCEL_TASK"
+            for t in window.spec.tasks
         ):
             self.cancelled.add((window.metadata.name, opening.id))
 

@@ -340,6 +340,20 @@ def test_a_window_scan_task_scans_once_per_opening() -> None:
     assert action.operation == "Install"
 
 
+@pytest.mark.parametrize(("behaviour", "cancelled"), [("CANCEL_TASK", 1), ("CONTINUE_TASK", 0)])
+def test_a_window_scan_not_started_by_a_cancel_task_cutoff_cancels_the_execution(
+    behaviour: str, cancelled: int
+) -> None:
+    scan_task = (
+        f"    - {{name: scan-first, operation: Scan, priority: 1, cutoffBehavior: {behaviour}}}\n"
+    )
+    snapshot = snap(BASELINE, window(extra_tasks=scan_task), instances(1))
+    before_opening = all_scanned(snapshot, age=timedelta(hours=3), pins=())
+    result = plan(snapshot, "r1", Observed(scans=before_opening), NOON + timedelta(hours=2))
+    assert result.idle
+    assert result.cancelled == (("noon", OPENING),) * cancelled
+
+
 def test_planning_is_deterministic() -> None:
     snapshot = snap(BASELINE, window(concurrency="3"), instances(12))
     observed = Observed(scans=all_scanned(snapshot))

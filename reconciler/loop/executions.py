@@ -1,6 +1,6 @@
 """Stage: loop, step ``record`` (window executions). Each window opening that ran jobs has an
 execution, with SSM's statuses: IN_PROGRESS from its first job; FAILED when a job of it fails;
-CANCELLED when its cutoff passed with installs of a CANCEL_TASK task not started; TIMED_OUT when
+CANCELLED when its cutoff passed with jobs of a CANCEL_TASK task not started; TIMED_OUT when
 a job of it was still running when the opening ended; SUCCESS once the opening has ended with
 none of these. An opening that began while the window's previous execution still ran is
 SKIPPED_OVERLAPPING and runs nothing (the planner decides both CANCELLED and SKIPPED_OVERLAPPING;
@@ -60,7 +60,7 @@ class WindowExecutions:
 
     def follow(self, plan: Plan | None) -> None:
         """What the planner saw: openings skipped because an earlier execution still runs, and
-        executions whose cutoff cancelled installs not started."""
+        executions whose cutoff cancelled jobs not started."""
         for window, opening in plan.skipped if plan else ():
             with self._lock:
                 if opening not in self._known(window):
