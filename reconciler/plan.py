@@ -156,9 +156,9 @@ class HistoryScope:
     A plan over the jobs below equals a plan over the whole history (``test_loop_history``):
     - every ``running`` job (machines busy, ``maxConcurrency``, priorities, overlaps);
     - every job of a window opening open now (all of them when openings overlap), ``openings``
-      as (window, opening id): the
-      idempotency keys the planner checks and the ``maxErrors`` counts are all of such openings
-      (the loop claims a window job under a key naming its window and opening);
+      as (window, opening id): the idempotency keys the planner checks, the ``maxErrors``
+      counts and the openings that ran jobs (overlaps) are all of such openings (the loop
+      claims a window job under a key naming its window and opening);
     - ``failed`` Scans created after ``failed_scans_since``: an older failure no longer holds a
       machine back (``retry_after``);
     - ``abandoned`` jobs created at or after their instance's latest scan (rescan after a crash).

@@ -1,8 +1,9 @@
 """Stage: loop, steps ``dispatch`` and ``record`` for one job: claim an action (exactly once),
 run it on its machine's transport, record the scan and the job's result with its provenance.
 
-Touches transports and the store's jobs and scans; decides nothing (the plan did), and may not
-read the source.
+Touches transports and the store's jobs and scans; decides nothing (the plan did) beyond
+checking, as it claims a window's job, that the opening still takes new jobs (a job queued for a
+worker past the cutoff never starts); may not read the source.
 """
 
 from __future__ import annotations
