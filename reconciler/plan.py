@@ -16,6 +16,12 @@ Rules (issue "reconcile loop" §4):
   that scan's, so what was reviewed is what is installed.
 - Per task and window opening, ``maxConcurrency`` caps running jobs and ``maxErrors`` halts the
   rollout once more jobs than allowed have failed; lower ``priority`` tasks finish first.
+- No job starts at or after an opening's cutoff, whatever the task's ``cutoffBehavior``. An
+  opening past its cutoff with installs or window scans not started by a ``CANCEL_TASK`` task
+  is listed in ``Plan.cancelled`` (its execution becomes CANCELLED).
+- One execution of a window at a time (SSM): the opening in force is the oldest open one that
+  has jobs; an opening that began while an earlier one ran (open with jobs, or a job of it still
+  running) is listed in ``Plan.skipped`` (SKIPPED_OVERLAPPING) and never runs anything.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from reconciler.api.resources import (
 )
 from reconciler.api.snapshot import Snapshot, group_selects
 from reconciler.evaluation.resolve import resolve
-from reconciler.schedule import Opening, current_opening, openings
+from reconciler.schedule import Opening, open_openings, openings
 
 SCAN, INSTALL = Operation.SCAN, Operation.INSTALL  # the names the planner and its tests use
 
@@ -68,6 +74,9 @@ class ObservedJob:
 class Observed:
     scans: Mapping[str, ObservedScan] = field(default_factory=dict)
     jobs: Sequence[ObservedJob] = ()
+    skipped: frozenset[tuple[str, str]] = frozenset()
+    """(window, opening id) already recorded SKIPPED_OVERLAPPING: such an opening stays skipped
+    even after the execution it overlapped has ended."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,12 @@ class Plan:
     now: datetime
     actions: tuple[Action, ...]
     waits: tuple[Wait, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+    """(window, opening id) of openings that began while an earlier execution of their window
+    still ran: SSM's SKIPPED_OVERLAPPING."""
+    cancelled: tuple[tuple[str, str], ...] = ()
+    """(window, opening id) of openings past their cutoff with jobs of a CANCEL_TASK task not
+    started: the execution is CANCELLED."""
 
     @property
     def idle(self) -> bool:
@@ -139,10 +154,11 @@ class HistoryScope:
     """The part of the job history a plan at ``now`` can look at; older jobs change nothing.
 
     A plan over the jobs below equals a plan over the whole history (``test_loop_history``):
-    - every ``running`` job (machines busy, ``maxConcurrency``, priorities);
-    - every job of a window opening open now, ``openings`` as (window, opening id): the
-      idempotency keys the planner checks and the ``maxErrors`` counts are all of such openings
-      (the loop claims a window job under a key naming its window and opening);
+    - every ``running`` job (machines busy, ``maxConcurrency``, priorities, overlaps);
+    - every job of a window opening open now (all of them when openings overlap), ``openings``
+      as (window, opening id): the idempotency keys the planner checks, the ``maxErrors``
+      counts and the openings that ran jobs (overlaps) are all of such openings (the loop
+      claims a window job under a key naming its window and opening);
     - ``failed`` Scans created after ``failed_scans_since``: an older failure no longer holds a
       machine back (``retry_after``);
     - ``abandoned`` jobs created at or after their instance's latest scan (rescan after a crash).
@@ -159,7 +175,7 @@ def history_scope(
     current = (
         (name, opening.id)
         for name, window in sorted(snapshot.windows.items())
-        if (opening := current_opening(window.spec, now)) is not None
+        for opening in open_openings(window.spec, now)
     )
     return HistoryScope(tuple(current), now - settings.retry_after)
 
@@ -175,7 +191,16 @@ def plan(
     state = _State(snapshot, observed, now, settings)
     for name in sorted(snapshot.instances):
         state.consider(name)
-    return Plan(revision, now, tuple(state.actions), tuple(state.waits))
+    for window in snapshot.windows.values():
+        state.opening(window)  # a skipped opening is reported even when nothing targets it
+    return Plan(
+        revision,
+        now,
+        tuple(state.actions),
+        tuple(state.waits),
+        tuple(sorted(state.skipped)),
+        tuple(sorted(state.cancelled)),
+    )
 
 
 class _State:
@@ -198,6 +223,10 @@ class _State:
         self.target_counts: dict[str, int] = {}
         # Per-pass memos: windows, baselines and label sets are shared by many instances.
         self.openings: dict[str, Opening | None] = {}
+        self.skipped: set[tuple[str, str]] = set()
+        self.cancelled: set[tuple[str, str]] = set()
+        self.overlapped: dict[str, str] = {}
+        """window -> why its openings open now are all skipped."""
         self.digests: dict[str, str] = {}
         self.windows_for: dict[
             tuple[str | None, frozenset[tuple[str, str]]], list[MaintenanceWindow]
@@ -330,7 +359,20 @@ class _State:
                 )
             )
             return True
+        self.scans_cut_off(name, instance, group, scan)
         return False
+
+    def scans_cut_off(
+        self, name: str, instance: ManagedInstance, group: str | None, scan: ObservedScan
+    ) -> None:
+        """Window scans of ``name`` that the cutoff kept from starting in their opening."""
+        for window in self.targeting(instance, group):
+            opening = self.opening(window)
+            if opening is None or opening.accepts_new_tasks(self.now):
+                continue
+            if scan.finished_at < opening.start:
+                key = f"{name}:Scan:{window.metadata.name}:{opening.id}"
+                self.cut_off(window, opening, key, SCAN)
 
     # -- installs -----------------------------------------------------------------------------
 
@@ -344,10 +386,10 @@ class _State:
         digest: str,
     ) -> None:
         candidates = self.open_tasks(instance, group, INSTALL)
-        if not candidates:
-            self.wait_for_window(name, instance, group)
-            return
         snapshot = snapshot_digest(scan.pins, digest)
+        if not candidates:
+            self.wait_for_window(name, instance, group, snapshot)
+            return
         reasons = []
         for window, task, opening in candidates:
             key = f"{name}:Install:{snapshot}:{window.metadata.name}:{opening.id}"
@@ -392,7 +434,9 @@ class _State:
             return
         self.wait(name, "; ".join(reasons))
 
-    def wait_for_window(self, name: str, instance: ManagedInstance, group: str | None) -> None:
+    def wait_for_window(
+        self, name: str, instance: ManagedInstance, group: str | None, snapshot: str
+    ) -> None:
         upcoming: list[tuple[Opening, MaintenanceWindow]] = []
         closing: list[str] = []
         for window in self.targeting(instance, group):
@@ -400,10 +444,14 @@ class _State:
                 continue
             now_open = self.opening(window)
             if now_open is not None and not now_open.accepts_new_tasks(self.now):
+                key = f"{name}:Install:{snapshot}:{window.metadata.name}:{now_open.id}"
+                self.cut_off(window, now_open, key, INSTALL)
                 closing.append(
                     f"window {window.metadata.name} is past its cutoff "
                     f"({now_open.cutoff_at.isoformat()})"
                 )
+            if window.metadata.name in self.overlapped:
+                closing.append(self.overlapped[window.metadata.name])
             nxt = openings(window.spec, self.now, limit=1)
             if nxt:
                 upcoming.append((nxt[0], window))
@@ -428,12 +476,56 @@ class _State:
             self.digests[name] = baseline_digest(baseline)
         return self.digests[name]
 
+    def cut_off(
+        self, window: MaintenanceWindow, opening: Opening, key: str, operation: Operation
+    ) -> None:
+        """The job ``key`` was not started before the cutoff: with CANCEL_TASK, SSM cancels what
+        has not started, so the opening's execution is CANCELLED."""
+        if key not in self.keys and any(
+            t.operation == operation and t.cutoff_behavior == "CANCEL_TASK"
+            for t in window.spec.tasks
+        ):
+            self.cancelled.add((window.metadata.name, opening.id))
+
     def opening(self, window: MaintenanceWindow) -> Opening | None:
-        """The window's opening containing now, computed once per pass."""
+        """The window's opening in force now, computed once per pass."""
         name = window.metadata.name
         if name not in self.openings:
-            self.openings[name] = current_opening(window.spec, self.now)
+            self.openings[name] = self.in_force(window)
         return self.openings[name]
+
+    def in_force(self, window: MaintenanceWindow) -> Opening | None:
+        """The open opening whose execution runs: the oldest one with jobs, else the newest. An
+        opening that began while an earlier execution ran is skipped for good (SSM's
+        SKIPPED_OVERLAPPING), so a window never runs two executions at once."""
+        name = window.metadata.name
+        now_open = open_openings(window.spec, self.now)
+        ids = {opening.id for opening in now_open}
+        ran = {job.opening for job in self.observed.jobs if job.window == name}
+        fresh = [o for o in now_open if (name, o.id) not in self.observed.skipped]
+        running = next((o for o in fresh if o.id in ran), None)
+        if running is not None:
+            self.skip(name, [o for o in fresh if o.start > running.start], running.id)
+            return running
+        # A job of an opening that has ended still runs (it will be TIMED_OUT).
+        late = sorted(j.opening for j in self.running_jobs if j.window == name and j.opening)
+        late = [opening for opening in late if opening not in ids]
+        if late:
+            self.skip(name, fresh, late[-1])
+            return None
+        if now_open and not fresh:
+            self.overlapped[name] = (
+                f"window {name}'s open opening(s) were skipped (SKIPPED_OVERLAPPING)"
+            )
+        return fresh[-1] if fresh else None
+
+    def skip(self, name: str, later: list[Opening], running: str) -> None:
+        for opening in later:
+            self.skipped.add((name, opening.id))
+            self.overlapped[name] = (
+                f"opening {opening.id} of window {name} is skipped (SKIPPED_OVERLAPPING): "
+                f"the execution of opening {running} still runs"
+            )
 
     def targeting(self, instance: ManagedInstance, group: str | None) -> list[MaintenanceWindow]:
         key = (group, frozenset(instance.metadata.labels.items()))

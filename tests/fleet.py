@@ -61,6 +61,7 @@ def window_yaml(
     cutoff: int = 1,
     max_concurrency: str = "100%",
     max_errors: str = "100%",
+    cutoff_behavior: str = "CONTINUE_TASK",
 ) -> str:
     """A window with one Install task targeting the fleet's patch group."""
     return f"""\
@@ -80,6 +81,7 @@ spec:
       rebootOption: NoReboot
       maxConcurrency: "{max_concurrency}"
       maxErrors: "{max_errors}"
+      cutoffBehavior: {cutoff_behavior}
 """
 
 

@@ -332,6 +332,20 @@ def test_event_shapes_follow_ssm_and_carry_provenance() -> None:
     assert (failed.detail["command-id"], failed.detail["error-code"]) == ("17", "X")
 
 
+@pytest.mark.parametrize("status", ["TIMED_OUT", "CANCELLED", "SKIPPED_OVERLAPPING"])
+def test_the_execution_statuses_of_cutoffs_timeouts_and_overlaps_end_the_execution(
+    status: str,
+) -> None:
+    event = to_event(
+        occurrence(
+            Kind.WINDOW_EXECUTION_CHANGED, None, window="noon", opening=OPENING, status=status
+        )
+    )
+    assert event is not None
+    assert event.detail_type == "Maintenance Window Execution State-change Notification"
+    assert (event.detail["status"], event.detail["end-time"]) == (status, "2026-11-28T12:00:00Z")
+
+
 def test_the_same_occurrence_always_gives_the_same_event_id() -> None:
     first, again, other = (
         to_event(noncompliant()),

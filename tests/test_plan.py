@@ -43,20 +43,26 @@ spec:
 
 
 def window(
-    *, concurrency: str = "10", errors: str = "1", enabled: bool = True, extra_tasks: str = ""
+    *,
+    concurrency: str = "10",
+    errors: str = "1",
+    enabled: bool = True,
+    extra_tasks: str = "",
+    schedule: str = "cron(0 12 * * ? *)",
+    behaviour: str = "CONTINUE_TASK",
 ) -> str:
     return f"""
 apiVersion: patchwarden.io/v1alpha1
 kind: MaintenanceWindow
 metadata: {{name: noon}}
 spec:
-  schedule: cron(0 12 * * ? *)
+  schedule: {schedule}
   duration: 3
   cutoff: 1
   enabled: {str(enabled).lower()}
   targets: {{patchGroups: [web]}}
   tasks:
-    - {{name: install, operation: Install, maxConcurrency: "{concurrency}", maxErrors: "{errors}", priority: 2}}
+    - {{name: install, operation: Install, maxConcurrency: "{concurrency}", maxErrors: "{errors}", priority: 2, cutoffBehavior: {behaviour}}}
 {extra_tasks}"""
 
 
@@ -137,6 +143,67 @@ def test_no_job_starts_after_the_cutoff() -> None:
     result = plan(snapshot, "r1", Observed(scans=all_scanned(snapshot)), NOON + timedelta(hours=2))
     assert result.idle
     assert "window noon is past its cutoff (2026-11-28T14:00:00+00:00)" in reasons(result)["node-1"]
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "cancelled"), [("CANCEL_TASK", (("noon", OPENING),)), ("CONTINUE_TASK", ())]
+)
+def test_past_a_cancel_task_cutoff_installs_not_started_cancel_the_execution(
+    behaviour: str, cancelled: tuple[tuple[str, str], ...]
+) -> None:
+    snapshot = snap(BASELINE, window(behaviour=behaviour), instances(2))
+    scans = all_scanned(snapshot)
+    digest = snapshot_digest(scans["node-1"].pins, scans["node-1"].baseline_hash)
+    key = f"node-1:Install:{digest}:noon:{OPENING}"
+    done = ObservedJob(key, "node-1", "Install", "succeeded", NOON, "noon", "install", OPENING)
+    late = NOON + timedelta(hours=2)  # 14:30, past the 14:00 cutoff
+    result = plan(snapshot, "r1", Observed(scans=scans, jobs=[done]), late)
+    assert result.idle and result.cancelled == cancelled  # node-2's install never started
+    both_done = [
+        done,
+        ObservedJob(
+            key.replace("node-1", "node-2"),
+            "node-2",
+            "Install",
+            "succeeded",
+            NOON,
+            "noon",
+            "install",
+            OPENING,
+        ),
+    ]
+    assert plan(snapshot, "r1", Observed(scans=scans, jobs=both_done), late).cancelled == ()
+
+
+def test_an_opening_that_begins_while_the_previous_execution_runs_is_skipped() -> None:
+    # Openings at 12:00 and 13:00, 3 h each; at 13:30 both are open.
+    snapshot = snap(BASELINE, window(schedule="cron(0 12,13 * * ? *)"), instances(2))
+    scans = all_scanned(snapshot)
+    at_1330 = NOON + timedelta(hours=1)
+    later = "2026-11-28T13:00:00Z"
+    (fresh,) = plan(snapshot, "r1", Observed(scans=scans), at_1330).actions[:1]
+    assert fresh.opening == later  # no execution runs: the newest opening is in force
+    ran = ObservedJob("k1", "node-1", "Install", "succeeded", NOON, "noon", "install", OPENING)
+    result = plan(snapshot, "r1", Observed(scans=scans, jobs=[ran]), at_1330)
+    assert [a.opening for a in result.actions] == [OPENING, OPENING]  # the running execution's
+    assert result.skipped == (("noon", later),)
+    # 15:30: the 12:00 opening has ended, 13:00's is open but stays skipped.
+    after = plan(
+        snapshot,
+        "r1",
+        Observed(scans=scans, skipped=frozenset({("noon", later)})),
+        NOON + timedelta(hours=3),
+    )
+    assert after.idle
+    assert "SKIPPED_OVERLAPPING" in reasons(after)["node-1"]
+
+
+def test_a_job_outlasting_its_opening_skips_the_next_one() -> None:
+    snapshot = snap(BASELINE, window(schedule="rate(3 hours)"), instances(2))
+    ended = "2026-11-28T09:00:00Z"  # rate(3 hours) from the epoch: 09:00, 12:00, ...
+    running = ObservedJob("k1", "node-1", "Install", "running", NOON, "noon", "install", ended)
+    result = plan(snapshot, "r1", Observed(scans=all_scanned(snapshot), jobs=[running]), NOON)
+    assert result.idle and result.skipped == (("noon", OPENING),)
 
 
 def test_disabled_window_never_installs() -> None:
@@ -271,6 +338,20 @@ def test_a_window_scan_task_scans_once_per_opening() -> None:
     after_opening = all_scanned(snapshot, age=timedelta(minutes=10))
     (action,) = plan(snapshot, "r1", Observed(scans=after_opening), NOON).actions
     assert action.operation == "Install"
+
+
+@pytest.mark.parametrize(("behaviour", "cancelled"), [("CANCEL_TASK", 1), ("CONTINUE_TASK", 0)])
+def test_a_window_scan_not_started_by_a_cancel_task_cutoff_cancels_the_execution(
+    behaviour: str, cancelled: int
+) -> None:
+    scan_task = (
+        f"    - {{name: scan-first, operation: Scan, priority: 1, cutoffBehavior: {behaviour}}}\n"
+    )
+    snapshot = snap(BASELINE, window(extra_tasks=scan_task), instances(1))
+    before_opening = all_scanned(snapshot, age=timedelta(hours=3), pins=())
+    result = plan(snapshot, "r1", Observed(scans=before_opening), NOON + timedelta(hours=2))
+    assert result.idle
+    assert result.cancelled == (("noon", OPENING),) * cancelled
 
 
 def test_planning_is_deterministic() -> None:

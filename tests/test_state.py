@@ -106,7 +106,7 @@ def store(tmp_path: Path) -> Any:
 def test_new_file_is_created_in_wal_mode_at_the_latest_version(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "dir" / "state.db"
     with StateStore(path) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 4
+        assert store.schema_version() == SCHEMA_VERSION == 5
     assert path.is_file()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -583,6 +583,30 @@ def test_window_executions_upsert_keeps_start_time(store: StateStore) -> None:
     assert store.window_executions("none") == []
     with pytest.raises(ValueError):
         store.record_window_execution(window="nightly", opening="o1", status="DONE", now=T0)
+
+
+def test_a_version_4_file_keeps_its_executions_and_takes_skipped_overlapping(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        migrate(conn, target=4)
+        conn.execute(
+            "INSERT INTO window_executions VALUES ('nightly', 'o1', 'FAILED', ?, ?)",
+            (T0.isoformat(), T0.isoformat()),
+        )
+    conn.close()
+    with StateStore(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        store.record_window_execution(
+            window="nightly", opening="o2", status="SKIPPED_OVERLAPPING", now=at(1)
+        )
+        assert [(e["opening"], e["status"]) for e in store.window_executions()] == [
+            ("o1", "FAILED"),
+            ("o2", "SKIPPED_OVERLAPPING"),
+        ]
+        wanted = [("nightly", "o2"), ("nightly", "o3"), ("weekly", "o1")]
+        assert store.execution_statuses(wanted) == {("nightly", "o2"): "SKIPPED_OVERLAPPING"}
 
 
 # Source revisions

@@ -169,14 +169,20 @@ class JobStatus(StrEnum):
 
 
 class ExecutionStatus(StrEnum):
-    """A maintenance window execution's status (SSM's names)."""
+    """A maintenance window execution's status (SSM's ``MaintenanceWindowExecutionStatus`` names;
+    Patchwarden never sets ``CANCELLING``, which SSM shows while it waits for a cancel to land:
+    nothing running is interrupted here, see docs/loop.md)."""
 
     PENDING = "PENDING"
     IN_PROGRESS = "IN_PROGRESS"
     SUCCESS = "SUCCESS"
     FAILED = "FAILED"
     TIMED_OUT = "TIMED_OUT"
+    """A job of the opening was still running when the opening ended."""
     CANCELLED = "CANCELLED"
+    """The cutoff passed with work of a CANCEL_TASK task not started."""
+    SKIPPED_OVERLAPPING = "SKIPPED_OVERLAPPING"
+    """The opening began while the window's previous execution still ran; it ran nothing."""
 
 
 class ReportRunStatus(StrEnum):

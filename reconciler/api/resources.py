@@ -305,7 +305,8 @@ class WindowTask(Model):
     priority: int = Field(default=1, ge=0, strict=True)
     """Lower runs first; tasks of equal priority run in parallel."""
     cutoff_behavior: Literal["CONTINUE_TASK", "CANCEL_TASK"] = "CONTINUE_TASK"
-    """What happens to running invocations when the cutoff is reached."""
+    """At the cutoff no new job starts and running ones finish, either way; CANCEL_TASK also
+    cancels the installs not started (the execution ends CANCELLED)."""
 
     @field_validator("max_concurrency", "max_errors", mode="before")
     @classmethod

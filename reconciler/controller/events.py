@@ -94,11 +94,16 @@ def notices(
             "IN_PROGRESS": "ExecutionInProgress",
             "SUCCESS": "ExecutionSucceeded",
             "FAILED": "ExecutionFailed",
+            "TIMED_OUT": "ExecutionTimedOut",
+            "CANCELLED": "ExecutionCancelled",
+            "SKIPPED_OVERLAPPING": "ExecutionSkipped",
         }.get(status, "ExecutionChanged")
+        # A timed-out or cancelled execution left work undone or running past the window.
+        warning = status in ("FAILED", "TIMED_OUT", "CANCELLED")
         yield Notice(
             "MaintenanceWindow",
             str(detail["window"]),
-            "Warning" if status == "FAILED" else "Normal",
+            "Warning" if warning else "Normal",
             reason,
             f"execution of the opening {detail.get('opening')}: "
             f"{detail.get('previous') or 'none'} -> {status}{at}",

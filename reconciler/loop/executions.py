@@ -1,9 +1,13 @@
 """Stage: loop, step ``record`` (window executions). Each window opening that ran jobs has an
-execution: IN_PROGRESS from its first job, FAILED when a job of it fails, SUCCESS once the
-opening has ended without a failure (SSM reports a window execution's outcome when it closes).
+execution, with SSM's statuses: IN_PROGRESS from its first job; FAILED when a job of it fails;
+CANCELLED when its cutoff passed with jobs of a CANCEL_TASK task not started; TIMED_OUT when
+a job of it was still running when the opening ended; SUCCESS once the opening has ended with
+none of these. An opening that began while the window's previous execution still ran is
+SKIPPED_OVERLAPPING and runs nothing (the planner decides both CANCELLED and SKIPPED_OVERLAPPING;
+see ``reconciler.plan``).
 
-Reads and writes the store's window executions and announces changes; may not touch jobs'
-records, the source or transports.
+Reads the store's jobs, reads and writes its window executions, and announces changes; may not
+write jobs' records, nor touch the source or transports.
 """
 
 from __future__ import annotations
@@ -11,10 +15,21 @@ from __future__ import annotations
 import threading
 from datetime import datetime, timedelta
 
-from reconciler.api.enums import ExecutionStatus
+from reconciler.api.enums import ExecutionStatus, JobStatus
+from reconciler.api.resources import MaintenanceWindow
 from reconciler.loop.common import Clock, Emitter, InForce
+from reconciler.plan import Plan
 from reconciler.report.notify.occurrences import Kind
 from reconciler.state import StateStore
+
+# An execution shows the most serious thing that happened to it: a status only ever moves up
+# this ladder (a job that fails after the cutoff cancelled the rest leaves it FAILED).
+_RANK = {
+    ExecutionStatus.IN_PROGRESS: 0,
+    ExecutionStatus.CANCELLED: 1,
+    ExecutionStatus.FAILED: 2,
+    ExecutionStatus.TIMED_OUT: 3,
+}
 
 
 class WindowExecutions:
@@ -35,27 +50,56 @@ class WindowExecutions:
 
     def failed(self, window: str, opening: str) -> None:
         """A failed job fails its opening's execution."""
-        with self._lock:
-            self._change(window, opening, ExecutionStatus.FAILED, self._known(window).get(opening))
+        self._escalate(window, opening, ExecutionStatus.FAILED)
+
+    def finished(self, window: str, opening: str, at: datetime) -> None:
+        """A job that finished after its opening had ended times the execution out."""
+        ends = self._end(window, opening)
+        if ends is not None and at >= ends:
+            self._escalate(window, opening, ExecutionStatus.TIMED_OUT)
+
+    def follow(self, plan: Plan | None) -> None:
+        """What the planner saw: openings skipped because an earlier execution still runs, and
+        executions whose cutoff cancelled jobs not started."""
+        for window, opening in plan.skipped if plan else ():
+            with self._lock:
+                if opening not in self._known(window):
+                    self._change(window, opening, ExecutionStatus.SKIPPED_OVERLAPPING, None)
+        for window, opening in plan.cancelled if plan else ():
+            self._escalate(window, opening, ExecutionStatus.CANCELLED)
 
     def close(self) -> None:
-        """Executions whose opening has ended without a failed job end as SUCCESS."""
-        snapshot = self.in_force.snapshot
-        if snapshot is None:
-            return
-        now = self.clock()
+        """Executions whose opening has ended: TIMED_OUT while a job of it still runs, else
+        SUCCESS unless something worse happened to them."""
         for execution in self.store.window_executions():
-            window = snapshot.windows.get(execution["window"])
-            if window is None or execution["status"] != ExecutionStatus.IN_PROGRESS:
+            if execution["status"] != ExecutionStatus.IN_PROGRESS:
                 continue
-            start = datetime.fromisoformat(execution["opening"].replace("Z", "+00:00"))
-            if start + timedelta(hours=window.spec.duration) <= now:
-                self._change(
-                    execution["window"],
-                    execution["opening"],
-                    ExecutionStatus.SUCCESS,
-                    ExecutionStatus.IN_PROGRESS,
-                )
+            ends = self._end(execution["window"], execution["opening"])
+            if ends is None or ends > self.clock():
+                continue
+            window, opening = execution["window"], execution["opening"]
+            if self.store.jobs(status=JobStatus.RUNNING, window=window, opening=opening):
+                self._escalate(window, opening, ExecutionStatus.TIMED_OUT)
+            else:
+                self._change(window, opening, ExecutionStatus.SUCCESS, ExecutionStatus.IN_PROGRESS)
+
+    def _end(self, window: str, opening: str) -> datetime | None:
+        """When ``opening`` of ``window`` ends, by the revision in force (None: no such window)."""
+        snapshot = self.in_force.snapshot
+        found: MaintenanceWindow | None = snapshot.windows.get(window) if snapshot else None
+        if found is None:
+            return None
+        start = datetime.fromisoformat(opening.replace("Z", "+00:00"))
+        return start + timedelta(hours=found.spec.duration)
+
+    def _escalate(self, window: str, opening: str, status: ExecutionStatus) -> None:
+        """Move an execution up to ``status``; never down, never out of a final status, and
+        never one that did not start (an opening that ran no job has no execution)."""
+        with self._lock:
+            before = self._known(window).get(opening)
+            rank = _RANK.get(ExecutionStatus(before)) if before else None
+            if rank is not None and rank < _RANK[status]:
+                self._change(window, opening, status, before)
 
     def _known(self, window: str) -> dict[str, str]:
         return {e["opening"]: e["status"] for e in self.store.window_executions(window)}

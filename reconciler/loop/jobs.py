@@ -1,8 +1,9 @@
 """Stage: loop, steps ``dispatch`` and ``record`` for one job: claim an action (exactly once),
 run it on its machine's transport, record the scan and the job's result with its provenance.
 
-Touches transports and the store's jobs and scans; decides nothing (the plan did), and may not
-read the source.
+Touches transports and the store's jobs and scans; decides nothing (the plan did) beyond
+checking, as it claims a window's job, that the opening still takes new jobs (a job queued for a
+worker past the cutoff never starts); may not read the source.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from reconciler.api.enums import JobStatus, Operation
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
 from reconciler.api.resources import ManagedInstance
+from reconciler.api.snapshot import Snapshot
 from reconciler.dispatch import AgentFailed
 from reconciler.dispatch.base import InstallRequest, Transport
 from reconciler.dispatch.outcomes import after_install, install_failed, pins_for
@@ -25,6 +27,7 @@ from reconciler.loop.executions import WindowExecutions
 from reconciler.loop.failures import job_error
 from reconciler.plan import INSTALL, Action, baseline_digest
 from reconciler.report.notify.occurrences import Kind
+from reconciler.schedule import open_openings
 from reconciler.state import JobRecord, StateStore, StoreWriteFailed
 
 JobDone = Callable[[JobRecord], None]
@@ -85,6 +88,16 @@ class JobRunner:
         assert snapshot is not None and revision is not None
         instance = snapshot.instances[action.instance]
         now = self.clock()
+        if not _may_start(snapshot, action, now):
+            # Planned before the cutoff, but its worker was free only after it (queued behind
+            # other jobs): it never starts, whatever the task's cutoffBehavior.
+            self.log.info(
+                "job not started: its window opening is past its cutoff",
+                instance=action.instance,
+                window=action.window,
+                opening=action.opening,
+            )
+            return None
         job = self.store.claim_job(
             key=action.key,
             instance=action.instance,
@@ -133,8 +146,12 @@ class JobRunner:
     def _finish(self, claimed: Claimed, status: JobStatus, result: dict[str, Any]) -> JobRecord:
         action, job = claimed.action, claimed.job
         finished = self.store.finish_job(job.id, status=status, result=result, now=self.clock())
-        if action.window and action.opening and status == JobStatus.FAILED:
-            self.executions.failed(action.window, action.opening)
+        if action.window and action.opening:
+            if status == JobStatus.FAILED:
+                self.executions.failed(action.window, action.opening)
+            self.executions.finished(
+                action.window, action.opening, finished.finished_at or self.clock()
+            )
         claimed.log.info("job finished", status=status, error=result.get("error"))
         self.emit(
             Kind.JOB_FINISHED,
@@ -240,3 +257,15 @@ class JobRunner:
                 summary=summary,
             )
         return result
+
+
+def _may_start(snapshot: Snapshot, action: Action, now: datetime) -> bool:
+    """Whether a window's job may still start at ``now``: its opening is open and before its
+    cutoff (a job outside any window always may)."""
+    window = snapshot.windows.get(action.window) if action.window else None
+    if window is None:
+        return True
+    return any(
+        opening.id == action.opening and opening.accepts_new_tasks(now)
+        for opening in open_openings(window.spec, now)
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from reconciler.api.enums import ComplianceStatus, JobStatus
+from reconciler.api.enums import ComplianceStatus, ExecutionStatus, JobStatus
 from reconciler.loop.common import Clock, InForce
 from reconciler.plan import (
     Action,
@@ -56,7 +56,20 @@ class Observation:
             for a in pending
             if a.key not in claimed
         ]
-        return Observed(scans={k: v for k, v in scans.items() if v is not None}, jobs=jobs)
+        return Observed(
+            scans={k: v for k, v in scans.items() if v is not None},
+            jobs=jobs,
+            skipped=self._skipped(openings),
+        )
+
+    def _skipped(self, openings: tuple[tuple[str, str], ...]) -> frozenset[tuple[str, str]]:
+        """The openings open now already recorded SKIPPED_OVERLAPPING (they stay skipped)."""
+        statuses = self.store.execution_statuses(openings) if openings else {}
+        return frozenset(
+            pair
+            for pair, status in statuses.items()
+            if status == ExecutionStatus.SKIPPED_OVERLAPPING
+        )
 
     def plan(self) -> Plan | None:
         snapshot, revision = self.in_force.snapshot, self.in_force.revision

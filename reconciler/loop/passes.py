@@ -62,14 +62,14 @@ def refresh(context: PassContext) -> None:
 
 
 def close_executions(context: PassContext) -> None:
-    """Window executions whose opening has ended without a failure end as SUCCESS."""
+    """Window executions whose opening has ended: SUCCESS, or TIMED_OUT while a job of it runs."""
     context.parts.executions.close()
 
 
 def dispatch(context: PassContext) -> None:
     """Plan and start jobs until nothing more can start now (``until_idle``), or one planning
     round otherwise. Each completion triggers a re-plan, so budgets refill as soon as a slot
-    frees."""
+    frees; each plan's skipped and cancelled openings are recorded."""
     parts = context.parts
     running: Running = {}
     try:
@@ -77,6 +77,7 @@ def dispatch(context: PassContext) -> None:
             started = 0
             while not parts.stopping.is_set():
                 current = parts.observation.plan()
+                parts.executions.follow(current)
                 started += _submit(context, pool, running, current, started)
                 if not running:
                     _settle(context.summary, current)

@@ -1,7 +1,8 @@
 """Stage: schedule — maintenance windows: cron/rate/at, time zone, offset, duration, cutoff.
 
 ``openings(window, after)`` lists the next openings of a ``MaintenanceWindowSpec`` in UTC;
-``current_opening(window, now)`` is the one open now, if any; an ``Opening`` says whether it is
+``current_opening(window, now)`` is the one open now, if any (``open_openings`` all of them
+when openings overlap); an ``Opening`` says whether it is
 open and whether it still accepts new tasks (the cutoff). ``parse_schedule`` turns the schedule
 text into a value, or a ValueError naming the bad field; ``parse_window_schedule`` also holds a
 window's cron to SSM's 5-minute floor. The semantics, DST and scheduleOffset
@@ -19,7 +20,13 @@ from reconciler.schedule.expressions import (
     parse_schedule,
     parse_window_schedule,
 )
-from reconciler.schedule.windows import Opening, current_opening, describe, openings
+from reconciler.schedule.windows import (
+    Opening,
+    current_opening,
+    describe,
+    open_openings,
+    openings,
+)
 
 __all__ = [
     "AtSchedule",
@@ -29,6 +36,7 @@ __all__ = [
     "Schedule",
     "current_opening",
     "describe",
+    "open_openings",
     "openings",
     "parse_schedule",
     "parse_window_schedule",

@@ -71,15 +71,22 @@ def openings(window: MaintenanceWindowSpec, after: datetime, limit: int = 10) ->
 
 def current_opening(window: MaintenanceWindowSpec, now: datetime) -> Opening | None:
     """The opening open at ``now`` (start <= now < end); the latest one if several overlap."""
+    now_open = open_openings(window, now)
+    return now_open[-1] if now_open else None
+
+
+def open_openings(window: MaintenanceWindowSpec, now: datetime) -> list[Opening]:
+    """Every opening open at ``now``, oldest first: more than one when a window opens again
+    before its previous opening has ended (``rate(1 hour)`` with a 3-hour duration)."""
     _require_aware(now, "now")
     now = now.astimezone(UTC)
-    latest: datetime | None = None
+    found = []
     # An opening still open at `now` started less than `duration` hours before it.
     for start in _starts_after(window, now - timedelta(hours=window.duration)):
         if start > now:
             break
-        latest = start
-    return None if latest is None else _opening(window, latest)
+        found.append(_opening(window, start))
+    return found
 
 
 def describe(window: MaintenanceWindowSpec) -> str:

@@ -306,11 +306,37 @@ def _v4_planning_indexes(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v5_execution_statuses(conn: sqlite3.Connection) -> None:
+    """Window executions may be SKIPPED_OVERLAPPING (SSM's status for an opening that began while
+    the previous execution still ran). SQLite cannot change a CHECK constraint in place, so the
+    table is copied into one that allows it."""
+    _run(
+        conn,
+        [
+            """CREATE TABLE window_executions_v5 (
+                window TEXT NOT NULL,
+                opening TEXT NOT NULL,
+                status TEXT NOT NULL CHECK (status IN
+                    ('PENDING', 'IN_PROGRESS', 'SUCCESS', 'FAILED', 'TIMED_OUT', 'CANCELLED',
+                     'SKIPPED_OVERLAPPING')),
+                started_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                PRIMARY KEY (window, opening)
+            )""",
+            "INSERT INTO window_executions_v5 SELECT window, opening, status, started_at,"
+            " updated_at FROM window_executions",
+            "DROP TABLE window_executions",
+            "ALTER TABLE window_executions_v5 RENAME TO window_executions",
+        ],
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_history,
     _v2_patches_and_instances,
     _v3_report_runs,
     _v4_planning_indexes,
+    _v5_execution_statuses,
 )
 LATEST = len(MIGRATIONS)
 

@@ -442,6 +442,21 @@ class StateStore:
             for row in rows
         ]
 
+    def execution_statuses(
+        self, openings: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], ExecutionStatus]:
+        """The status of each given (window, opening) that has an execution: one primary-key
+        lookup per pair, however long the history."""
+        pairs = json.dumps([[window, opening] for window, opening in openings])
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT window, opening, status FROM json_each(?) AS pair JOIN window_executions"
+                " ON window = json_extract(pair.value, '$[0]')"
+                " AND opening = json_extract(pair.value, '$[1]')",
+                (pairs,),
+            ).fetchall()
+        return {(row[0], row[1]): ExecutionStatus(row[2]) for row in rows}
+
     # Source revisions.
 
     def record_revision(

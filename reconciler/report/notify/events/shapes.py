@@ -35,7 +35,7 @@ SNAPSHOT_REFUSED = "Snapshot Refused Notification"
 
 DETAIL_TYPES = (COMPLIANCE, WINDOW_EXECUTION, COMMAND_INVOCATION, SNAPSHOT_REFUSED)
 
-_ENDED = frozenset({"SUCCESS", "FAILED", "TIMED_OUT", "CANCELLED"})
+_ENDED = frozenset({"SUCCESS", "FAILED", "TIMED_OUT", "CANCELLED", "SKIPPED_OVERLAPPING"})
 # Event ids are name-based UUIDs (v5) under this namespace: stable across retries and restarts.
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://patchwarden.io/events")
 
