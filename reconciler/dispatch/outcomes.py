@@ -4,12 +4,14 @@ and what an install result means for the next inventory. Pure; one way for the C
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from reconciler.api.enums import Operation, PatchState
+from reconciler.api.enums import Family, Operation, PatchState, family_of
 from reconciler.api.install import InstallResult
-from reconciler.api.inventory import FailedPatch, Inventory
+from reconciler.api.inventory import AvailableUpdate, FailedPatch, Inventory
+from reconciler.evaluation.matching import compile_id, package_names
 from reconciler.evaluation.results import InstanceEvaluation, PatchResult
+from reconciler.evaluation.versions import comparator
 
 INSTALLABLE_STATES = frozenset({PatchState.MISSING, PatchState.FAILED})
 
@@ -24,11 +26,37 @@ def pins_for(result: InstanceEvaluation, native_arch: str) -> tuple[str, ...]:
     )
 
 
-def _pin(patch: PatchResult, native_arch: str) -> str:
+def _pin(patch: PatchResult | AvailableUpdate, native_arch: str) -> str:
     qualified = (
         patch.name if patch.arch in ("", "all", native_arch) else f"{patch.name}:{patch.arch}"
     )
     return f"{qualified}={patch.version}"
+
+
+def override_pins(patch_ids: Sequence[str], inventory: Inventory) -> tuple[str, ...]:
+    """SSM's InstallOverrideList: pins of the newest update of each installed package that one
+    of ``patch_ids`` names (in the approvedPatches forms), whatever the baseline approves.
+    Packages not installed are left alone, as a baseline's approvals leave them."""
+    family = family_of(inventory.facts.operating_system)
+    matchers = [compile_id(patch_id, family) for patch_id in patch_ids]
+    newer = comparator(family)
+    best: dict[tuple[str, str], AvailableUpdate] = {}
+    for update in inventory.updates:
+        if not _installable(update, family):
+            continue
+        names = package_names(update, family)
+        if not any(m.matches(update, family, names) for m in matchers):
+            continue
+        key = (update.name, update.arch)
+        if key not in best or newer(update.version, best[key].version) > 0:
+            best[key] = update
+    return tuple(_pin(update, inventory.facts.arch) for update in best.values())
+
+
+def _installable(update: AvailableUpdate, family: Family) -> bool:
+    # apt installs its candidate only; other versions are listed for the security rule.
+    installed = update.installed_version is not None or family is Family.WINDOWS
+    return installed and update.applicable and update.candidate
 
 
 def install_failed(outcome: InstallResult) -> bool:
