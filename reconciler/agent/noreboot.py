@@ -3,7 +3,7 @@
 SSM keeps such a record on the node (its patch-states configuration file) so that the patches a
 NoReboot Install installed stay ``INSTALLED_PENDING_REBOOT`` until the node boots, and reports
 ``LastNoRebootInstallOperationTime``
-(https://docs.aws.amazon.com/systems-manager/latest/userguide/patch-manager-about-aws-runpatchbaseline.html).
+(https://docs.aws.amazon.com/systems-manager/latest/userguide/patch-manager-aws-runpatchbaseline.html).
 Ours is one JSON file in the agent's own state directory below the root: an Install with NoReboot
 adds the patches it changed, a scan reports the file as the inventory's ``noRebootInstall``, and
 the engine compares its time with the boot time. Writes only that file; standard library only.

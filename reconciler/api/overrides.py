@@ -4,7 +4,7 @@
 AWS-RunPatchBaseline's InstallOverrideList is a YAML document ``patches: [{id: ...}]`` naming the
 patches an Install installs instead of the baseline's approvals; they are then reported
 ``INSTALLED_OTHER`` unless the baseline approves them
-(https://docs.aws.amazon.com/systems-manager/latest/userguide/patch-manager-about-aws-runpatchbaseline.html).
+(https://docs.aws.amazon.com/systems-manager/latest/userguide/patch-manager-aws-runpatchbaseline.html).
 An ``id`` takes the forms ``approvedPatches`` takes. AWS's optional ``title`` (a version pattern)
 is not implemented and so refused, never ignored. Pure: takes text, not paths.
 """

@@ -1,7 +1,7 @@
 """Stage: evaluation. Which exact versions an Install sends to the agent (``name[:arch]=version``
 pins): the approved missing patches of an evaluation, or SSM's InstallOverrideList, which names
 the patches to install instead of the baseline's approvals
-(https://docs.aws.amazon.com/systems-manager/latest/userguide/patch-manager-about-aws-runpatchbaseline.html).
+(https://docs.aws.amazon.com/systems-manager/latest/userguide/patch-manager-aws-runpatchbaseline.html).
 Pure: no I/O, no clock. May import ``reconciler.api`` and the engine's own modules only.
 """
 
