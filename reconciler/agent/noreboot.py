@@ -9,6 +9,7 @@ adds the patches it changed, a scan reports the file as the inventory's ``noRebo
 the engine compares its time with the boot time. Writes only that file; standard library only.
 """
 
+import calendar
 import json
 import os
 import time
@@ -62,4 +63,4 @@ def record(
 
 
 def _seconds(stamp: str) -> float:
-    return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))  # UTC, not local time
