@@ -30,6 +30,7 @@ from reconciler.api.crd import custom_resource_definitions
 from reconciler.api.enums import ComplianceStatus, RejectedPatchesAction
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
+from reconciler.api.overrides import read_install_override_list
 from reconciler.api.resources import ManagedInstance, PatchBaseline
 from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot
 from reconciler.defaults import predefined_baselines
@@ -40,7 +41,13 @@ from reconciler.dispatch import (
     default_ssh_dir,
     transport_for,
 )
-from reconciler.dispatch.outcomes import after_install, architectures, install_failed, pins_for
+from reconciler.dispatch.outcomes import (
+    after_install,
+    architectures,
+    install_failed,
+    override_pins,
+    pins_for,
+)
 from reconciler.evaluation import (
     DecisionCache,
     InstanceEvaluation,
@@ -225,6 +232,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--simulate", action="store_true", help="show what would be installed; change nothing"
+    )
+    p.add_argument(
+        "--install-override-list",
+        type=Path,
+        metavar="FILE",
+        help="SSM's InstallOverrideList (patches: [{id: NAME}]): install the newest update of "
+        "these packages instead of the baseline's approvals",
     )
     p.add_argument(
         "--lock-timeout",
@@ -839,7 +853,7 @@ def _install(args: argparse.Namespace) -> int:
         inventory = transport.scan(instance_id=args.instance, refresh=not args.no_refresh)
     before = _evaluate_machine(args, inventory)
     baseline = _baseline_of(args, inventory)[0]
-    pins = tuple(pins_for(before, inventory.facts.arch))
+    pins = _pins_to_install(args, before, inventory)
     blocked = (
         tuple(baseline.spec.rejected_patches)
         if baseline.spec.rejected_patches_action is RejectedPatchesAction.BLOCK
@@ -867,6 +881,18 @@ def _install(args: argparse.Namespace) -> int:
     render.installation(after, result.document(), _format(args), sys.stdout)
     failed = install_failed(result)
     return EXIT_INVALID if failed else _exit_for([after], args.fail_on_noncompliant)
+
+
+def _pins_to_install(
+    args: argparse.Namespace, before: InstanceEvaluation, inventory: Inventory
+) -> tuple[str, ...]:
+    """The baseline's approved missing patches, or those of --install-override-list."""
+    path: Path | None = args.install_override_list
+    if path is None:
+        return tuple(pins_for(before, inventory.facts.arch))
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    return override_pins(read_install_override_list(str(path), path.read_bytes()), inventory)
 
 
 def _evaluate_machine(args: argparse.Namespace, inventory: Inventory) -> InstanceEvaluation:

@@ -32,8 +32,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from reconciler.api.enums import JobStatus, OperatingSystem, Operation, RejectedPatchesAction
+from reconciler.api.inventory import Inventory
 from reconciler.api.resources import (
     MaintenanceWindow,
     ManagedInstance,
@@ -41,6 +43,8 @@ from reconciler.api.resources import (
     WindowTask,
 )
 from reconciler.api.snapshot import Snapshot, group_selects
+from reconciler.evaluation.engine import evaluate
+from reconciler.evaluation.pins import override_pins, pins_for
 from reconciler.evaluation.resolve import resolve
 from reconciler.schedule import Opening, open_openings, openings
 
@@ -56,6 +60,17 @@ class ObservedScan:
     baseline_hash: str
     pins: tuple[str, ...]  # name[:arch]=version of approved, installable MISSING/FAILED patches
     non_compliant: bool = False
+    inventory: Mapping[str, Any] | None = None
+    """The scan's inventory document, read only for tasks with an override."""
+
+    def parsed_inventory(self) -> Inventory | None:
+        """The inventory as a model; None when absent or unreadable (then nothing is pinned)."""
+        if self.inventory is None:
+            return None
+        try:
+            return Inventory.model_validate(self.inventory)
+        except ValueError:
+            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +278,7 @@ class _State:
             return
         if self.window_scan(name, instance, group, scan, baseline, digest):
             return
-        if not scan.pins:
+        if not scan.pins and not self.overriding_tasks(instance, group):
             self.wait(
                 name,
                 "compliant: no approved patch is missing"
@@ -386,12 +401,17 @@ class _State:
         digest: str,
     ) -> None:
         candidates = self.open_tasks(instance, group, INSTALL)
-        snapshot = snapshot_digest(scan.pins, digest)
         if not candidates:
-            self.wait_for_window(name, instance, group, snapshot)
+            # The key a cut-off install of the baseline's approvals would have had.
+            self.wait_for_window(name, instance, group, snapshot_digest(scan.pins, digest))
             return
         reasons = []
         for window, task, opening in candidates:
+            chosen = self.task_install(task, scan, baseline)
+            if not chosen.pins:
+                reasons.append(f"task {task.name} of {window.metadata.name}: {chosen.nothing}")
+                continue
+            snapshot = snapshot_digest(chosen.pins, self.digest(chosen.baseline) + chosen.salt)
             key = f"{name}:Install:{snapshot}:{window.metadata.name}:{opening.id}"
             if key in self.keys:
                 reasons.append(
@@ -409,30 +429,43 @@ class _State:
                 reasons.append(verdict)
                 continue
             self.budget.take(window, task, opening)
-            blocked = (
-                tuple(baseline.spec.rejected_patches)
-                if baseline.spec.rejected_patches_action is RejectedPatchesAction.BLOCK
-                else ()
-            )
-            self.actions.append(
-                Action(
-                    INSTALL,
-                    name,
-                    key,
-                    f"{len(scan.pins)} approved patch(es) missing; {task.name} of window "
-                    f"{window.metadata.name} is open",
-                    baseline.metadata.name,
-                    digest,
-                    window.metadata.name,
-                    task.name,
-                    opening.id,
-                    scan.pins,
-                    blocked,
-                    str(task.reboot_option),
-                )
-            )
+            self.actions.append(_install_action(name, key, window, task, opening, chosen))
             return
         self.wait(name, "; ".join(reasons))
+
+    def overriding_tasks(self, instance: ManagedInstance, group: str | None) -> bool:
+        """Whether an open Install task installs something other than the baseline's approvals
+        (SSM's InstallOverrideList or BaselineOverride): it may have work on a compliant machine."""
+        return any(
+            task.install_override_list is not None or task.baseline_override is not None
+            for _, task, _ in self.open_tasks(instance, group, INSTALL)
+        )
+
+    def task_install(
+        self, task: WindowTask, scan: ObservedScan, baseline: PatchBaseline
+    ) -> _TaskInstall:
+        """What ``task`` installs on the scanned machine: the approved missing patches of its
+        baseline, of the task's baselineOverride (for machines running that baseline's OS), or
+        the newest updates of the packages its installOverrideList names."""
+        override = self.snapshot.baseline(task.baseline_override or "")
+        if task.install_override_list is None and (
+            override is None or override.spec.operating_system is not scan.operating_system
+        ):
+            return _TaskInstall(scan.pins, baseline, "", "no approved patch is missing")
+        inventory = scan.parsed_inventory()
+        if task.install_override_list is not None:
+            ids = task.install_override_list
+            pins = override_pins(ids, inventory) if inventory else ()
+            nothing = "its installOverrideList names no package with an update"
+            return _TaskInstall(pins, baseline, "\n".join(ids), nothing)
+        assert override is not None
+        pins = (
+            pins_for(evaluate(override, inventory, self.now), inventory.facts.arch)
+            if inventory
+            else ()
+        )
+        nothing = f"no patch approved by its baselineOverride {override.metadata.name} is missing"
+        return _TaskInstall(pins, override, "", nothing)
 
     def wait_for_window(
         self, name: str, instance: ManagedInstance, group: str | None, snapshot: str
@@ -596,6 +629,51 @@ class _State:
         self, name: str, reason: str, until: datetime | None = None, *, compliant: bool = False
     ) -> None:
         self.waits.append(Wait(name, reason, until, compliant))
+
+
+@dataclass(frozen=True)
+class _TaskInstall:
+    """What one Install task would install on one machine."""
+
+    pins: tuple[str, ...]
+    baseline: PatchBaseline  # whose approvals (and BLOCK list) apply
+    salt: str  # the installOverrideList: another list is another snapshot
+    nothing: str  # why nothing is pinned, when nothing is
+
+
+def _install_action(
+    name: str,
+    key: str,
+    window: MaintenanceWindow,
+    task: WindowTask,
+    opening: Opening,
+    chosen: _TaskInstall,
+) -> Action:
+    spec = chosen.baseline.spec
+    blocked = (
+        tuple(spec.rejected_patches)
+        if spec.rejected_patches_action is RejectedPatchesAction.BLOCK
+        else ()
+    )
+    what = (
+        f"{len(chosen.pins)} patch(es) of its installOverrideList"
+        if task.install_override_list is not None
+        else f"{len(chosen.pins)} approved patch(es) missing"
+    )
+    return Action(
+        INSTALL,
+        name,
+        key,
+        f"{what}; {task.name} of window {window.metadata.name} is open",
+        chosen.baseline.metadata.name,
+        baseline_digest(chosen.baseline),
+        window.metadata.name,
+        task.name,
+        opening.id,
+        chosen.pins,
+        blocked,
+        str(task.reboot_option),
+    )
 
 
 class _Budgets:

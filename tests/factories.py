@@ -80,6 +80,7 @@ def inventory(
     *,
     failed: list[dict[str, Any]] | None = None,
     operation: str = "Scan",
+    no_reboot_install: dict[str, Any] | None = None,
     **facts: Any,
 ) -> Inventory:
     """An inventory for ``os``; package dicts in camelCase, arch defaults to the machine's."""
@@ -87,6 +88,7 @@ def inventory(
     arch = base["arch"]
     return Inventory.model_validate(
         {
+            "noRebootInstall": no_reboot_install,
             "instanceId": "i-test",
             "collectedAt": "2026-11-28T06:00:00Z",
             "operation": operation,

@@ -62,8 +62,13 @@ def window_yaml(
     max_concurrency: str = "100%",
     max_errors: str = "100%",
     cutoff_behavior: str = "CONTINUE_TASK",
+    reboot_option: str = "RebootIfNeeded",
+    task_fields: str = "",
 ) -> str:
-    """A window with one Install task targeting the fleet's patch group."""
+    """A window with one Install task targeting the fleet's patch group. The loop never reboots
+    a local root, and RebootIfNeeded reboots only a machine that needs it, so the fleet converges;
+    with NoReboot its patches stay INSTALLED_PENDING_REBOOT (SSM's rule). ``task_fields`` are
+    further YAML lines of the task."""
     return f"""\
 {API}
 kind: MaintenanceWindow
@@ -78,11 +83,11 @@ spec:
   tasks:
     - name: install-security
       operation: Install
-      rebootOption: NoReboot
+      rebootOption: {reboot_option}
       maxConcurrency: "{max_concurrency}"
       maxErrors: "{max_errors}"
       cutoffBehavior: {cutoff_behavior}
-"""
+{task_fields}"""
 
 
 def open_window_yaml(name: str = "open-now", **options: Any) -> str:

@@ -57,3 +57,33 @@ def test_an_operating_system_without_a_backend_is_unsupported(tmp_path: Path) ->
     assert rc == 1
     assert document["error"]["code"] == "UnsupportedSystem"
     assert "gentoo" in document["error"]["message"]
+
+
+def test_the_noreboot_record_keeps_what_was_installed_since_the_last_boot(tmp_path: Path) -> None:
+    """What Installs with NoReboot installed accumulates until the machine boots; a boot after
+    the record drops it at the next NoReboot Install; unchanged or failed pins are not recorded."""
+    from reconciler.agent import noreboot
+
+    def patch(name: str, result: str = "INSTALLED") -> dict[str, object]:
+        return {"name": name, "arch": "", "version": "1.0-2", "result": result,
+                "changed": result == "INSTALLED"}  # fmt: skip
+
+    assert noreboot.read(str(tmp_path)) is None
+    noreboot.record(str(tmp_path), "2026-11-27T02:00:00Z", None, [patch("a"), patch("b", "FAILED")])
+    noreboot.record(str(tmp_path), "2026-11-27T03:00:00Z", "2026-11-01T00:00:00Z", [patch("c")])
+    assert noreboot.read(str(tmp_path)) == {
+        "time": "2026-11-27T03:00:00Z",
+        "patches": [
+            {"name": "a", "arch": "", "version": "1.0-2"},
+            {"name": "c", "arch": "", "version": "1.0-2"},
+        ],
+    }
+    noreboot.record(str(tmp_path), "2026-11-28T03:00:00Z", "2026-11-28T01:00:00Z", [patch("d")])
+    assert noreboot.read(str(tmp_path)) == {
+        "time": "2026-11-28T03:00:00Z",
+        "patches": [{"name": "d", "arch": "", "version": "1.0-2"}],
+    }
+    noreboot.record(str(tmp_path), "2026-11-28T04:00:00Z", None, [patch("e", "UNCHANGED")])
+    assert noreboot.read(str(tmp_path))["time"] == "2026-11-28T03:00:00Z"  # type: ignore[index]
+    (tmp_path / "var/lib/patchwarden/no-reboot-install.json").write_text("{not json")
+    assert noreboot.read(str(tmp_path)) is None  # a damaged record never stops a scan

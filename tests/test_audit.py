@@ -68,7 +68,7 @@ def test_the_audit_log_records_what_the_loop_did_with_revision_author_instance_a
     upstream = Upstream.create(tmp_path / "srv", "fleet", tmp_path / "scratch")
     roots = make_fleet(tmp_path / "fleet", apt_repo, ["web-1"], WITH_KERNEL)
     roots |= make_fleet(tmp_path / "fleet", apt_repo, ["web-2"], WITH_TOOL)
-    window = open_window_yaml().replace("NoReboot", "RebootIfNeeded")
+    window = open_window_yaml()
     upstream.write("fleet.yaml", documents(BASELINE_YAML, window))
     upstream.write(
         "instances.yaml", documents(*(local_instance_yaml(n, r) for n, r in roots.items()))

@@ -186,3 +186,83 @@ def test_words_an_error_quotes_reach_the_terminal_as_text_not_escapes(tmp_path: 
     assert run.returncode == 1, run.stderr
     assert "\x1b" not in run.stderr and "\x07" not in run.stderr, run.stderr
     assert "\\x1b]0;owned\\x07" in run.stderr, run.stderr
+
+
+def test_a_noreboot_install_leaves_its_patches_pending_reboot_and_records_the_time(
+    system_root: Path, baseline_file: Path
+) -> None:
+    """SSM: patches a NoReboot Install installed are INSTALLED_PENDING_REBOOT until the machine
+    boots, and LastNoRebootInstallOperationTime is recorded; a directory root never boots."""
+    run = patchctl(
+        "install", "--root", str(system_root), "--baseline", str(baseline_file),
+        "--reboot-option", "NoReboot", "-o", "json",
+    )  # fmt: skip
+    document = json.loads(run.stdout)
+    installed = {"pwtest-lib", "pwtest-tool", "pwtest-shadow", "pwtest-kernel"}
+    # Without NoReboot only pwtest-kernel (it asked for the reboot) is pending.
+    assert {n for n, (s, _) in _states(document).items() if s == "INSTALLED_PENDING_REBOOT"} == (
+        installed
+    )
+    recorded = document["lastNoRebootInstallOperationTime"]
+    assert recorded.endswith("+00:00")
+    scanned = patchctl(
+        "scan", "--root", str(system_root), "--baseline", str(baseline_file), "--no-refresh",
+        "-o", "json",
+    )  # fmt: skip
+    again = json.loads(scanned.stdout)
+    assert {n for n, (s, _) in _states(again).items() if s == "INSTALLED_PENDING_REBOOT"} == (
+        installed
+    )
+    assert again["lastNoRebootInstallOperationTime"] == recorded
+    assert again["summary"]["complianceStatus"] == "NON_COMPLIANT"
+    table = patchctl(
+        "scan", "--root", str(system_root), "--baseline", str(baseline_file), "--no-refresh"
+    )
+    assert f"node-1: last Install with NoReboot at {recorded}" in table.stdout
+
+
+def test_an_install_override_list_installs_its_patches_instead_of_the_approved_ones(
+    system_root: Path, baseline_file: Path, tmp_path: Path
+) -> None:
+    """SSM's InstallOverrideList: the listed patches are installed whatever the baseline says,
+    and reported INSTALLED_OTHER (the baseline does not approve them); approvals wait."""
+    overrides = tmp_path / "override.yaml"
+    overrides.write_text("patches:\n  - id: pwtest-oth*\n")
+    run = patchctl(
+        "install", "--root", str(system_root), "--baseline", str(baseline_file),
+        "--install-override-list", str(overrides), "-o", "json",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    document = json.loads(run.stdout)
+    assert [(p["name"], p["result"]) for p in document["install"]["patches"]] == [
+        ("pwtest-other", "INSTALLED")
+    ]
+    states = _states(document)
+    assert states["pwtest-other"] == ("INSTALLED_OTHER", "1.1-1")
+    assert states["pwtest-lib"] == ("MISSING", "1.0-2")  # approved, but not on the list
+    assert dpkg_state(system_root)["pwtest-other"][0] == "1.1-1"
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("patches:\n  - id: pwtest-other\n    title: '*1.1*'\n", ":3: patches[0].title: title"),
+        ("patches: []\n", ":1: patches: List should have at least 1 item"),
+        ("- id: pwtest-other\n", ":1: Input should be a valid dictionary"),
+        ("patches:\n  - name: x\n", ":2: patches[0]"),
+    ],
+)
+def test_a_bad_install_override_list_is_refused_with_its_line(
+    system_root: Path, baseline_file: Path, tmp_path: Path, text: str, error: str
+) -> None:
+    overrides = tmp_path / "override.yaml"
+    overrides.write_text(text)
+    before = (system_root / "var/lib/dpkg/status").read_text()
+    run = patchctl(
+        "install", "--root", str(system_root), "--baseline", str(baseline_file), "--no-refresh",
+        "--install-override-list", str(overrides),
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert f"{overrides}{error}" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+    assert (system_root / "var/lib/dpkg/status").read_text() == before

@@ -338,6 +338,57 @@ def test_package_installed_after_last_boot_is_pending_reboot_when_a_reboot_is_re
     }
 
 
+def test_patches_of_a_noreboot_install_are_pending_reboot_until_the_machine_boots() -> None:
+    """SSM (AWS-RunPatchBaseline, RebootOption): with NoReboot, the patches the Install installed
+    are INSTALLED_PENDING_REBOOT until the machine reboots, whatever the machine says about
+    needing a reboot; LastNoRebootInstallOperationTime is reported."""
+    b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)))
+    libc = {"name": "libc6", "version": "2.35-0ubuntu3.8", "security": True, "priority": "required"}
+    zlib = {**libc, "name": "zlib1g", "version": "1:1.2.11.dfsg-2ubuntu9.2"}
+    curl = {"name": "curl", "version": "7.81.0-1ubuntu1.16", "priority": "optional"}  # not approved
+    record = {
+        "time": "2026-11-27T02:00:00Z",
+        "patches": [{"name": n["name"], "version": n["version"]} for n in (libc, curl)],
+    }
+
+    def booted(at: str) -> dict[str, str]:
+        inv = inventory("UBUNTU", [libc, zlib, curl], bootTime=at, no_reboot_install=record)
+        return states(evaluate(b, inv, NOW))
+
+    before = booted("2026-11-01T00:00:00Z")
+    # curl stays INSTALLED_OTHER: the baseline does not approve it, so no reboot makes it a patch.
+    assert before == {
+        "libc6": "INSTALLED_PENDING_REBOOT",
+        "zlib1g": "INSTALLED",
+        "curl": "INSTALLED_OTHER",
+    }
+    assert booted("2026-11-27T02:05:00Z")["libc6"] == "INSTALLED"
+    never_booted = inventory("UBUNTU", [libc, zlib, curl], no_reboot_install=record)
+    result = evaluate(b, never_booted, NOW)
+    assert states(result)["libc6"] == "INSTALLED_PENDING_REBOOT"
+    assert "installed by an Install with NoReboot at 2026-11-27T02:00:00+00:00" in next(
+        p.reason for p in result.patches if p.name == "libc6"
+    )
+    assert result.summary.installed_pending_reboot_count == 1
+    assert str(result.summary.compliance_status) == "NON_COMPLIANT"
+    assert result.to_dict()["lastNoRebootInstallOperationTime"] == "2026-11-27T02:00:00+00:00"
+
+
+def test_another_version_than_the_noreboot_install_put_there_is_not_pending() -> None:
+    b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)))
+    libc = {"name": "libc6", "version": "2.35-0ubuntu3.9", "security": True, "priority": "required"}
+    record = {
+        "time": "2026-11-27T02:00:00Z",
+        "patches": [{"name": "libc6", "version": "2.35-0ubuntu3.8"}],
+    }
+    inv = inventory("UBUNTU", [libc], no_reboot_install=record)
+    assert states(evaluate(b, inv, NOW)) == {"libc6": "INSTALLED"}
+    assert (
+        "lastNoRebootInstallOperationTime"
+        not in evaluate(b, inventory("UBUNTU", [libc]), NOW).to_dict()
+    )
+
+
 def test_cves_are_reported_on_every_state() -> None:
     b = baseline("UBUNTU", rule(("PRIORITY", ALL_PRIORITIES)))
     inv = inventory("UBUNTU", [{**INSTALLED_SSL, "security": True, "cves": ["CVE-2026-0001"]}])

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from bench.synthetic_fleet import NOW as FLEET_NOW
 from bench.synthetic_fleet import Member, build_fleet
-from reconciler.api.inventory import FailedPatch, Inventory
+from reconciler.api.inventory import FailedPatch, Inventory, NoRebootInstall, PatchRef
 from reconciler.api.resources import PatchBaseline
 from reconciler.evaluation import (
     DecisionCache,
@@ -150,7 +150,7 @@ def test_engine_tests_are_collected_here_and_checked() -> None:
 @st.composite
 def varied_cases(draw: st.DrawFn) -> tuple[PatchBaseline, Inventory]:
     """cases() of test_engine_properties, plus boot and install times (pending reboot), a
-    failed install, and an update object listed twice."""
+    NoReboot Install's record, a failed install, and an update object listed twice."""
     baseline, inventory, _ = draw(cases())
     boot = NOW - timedelta(days=draw(st.integers(0, 5)))
     installed = tuple(
@@ -173,11 +173,19 @@ def varied_cases(draw: st.DrawFn) -> tuple[PatchBaseline, Inventory]:
         bad = draw(st.sampled_from(updates))
         failed = (FailedPatch(name=bad.name, arch=bad.arch, version=bad.version, reason="E"),)
     facts = inventory.facts.model_copy(update={"boot_time": draw(st.none() | st.just(boot))})
+    no_reboot = None
+    if installed and draw(st.booleans()):  # a NoReboot Install before or after the boot
+        chosen = draw(st.lists(st.sampled_from(installed), max_size=3))
+        no_reboot = NoRebootInstall(
+            time=boot + timedelta(hours=draw(st.integers(-48, 48))),
+            patches=tuple(PatchRef(name=p.name, arch=p.arch, version=p.version) for p in chosen),
+        )
     update: dict[str, Any] = {
         "installed": installed,
         "updates": updates,
         "facts": facts,
         "failed": failed,
+        "no_reboot_install": no_reboot,
     }
     return baseline, inventory.model_copy(update=update)
 

@@ -206,6 +206,54 @@ def test_reconcile_converges_a_fleet_inside_an_open_window(
     assert all(dpkg_installs(root)[("pwtest-lib", "1.0-2")] == 1 for root in roots.values())
 
 
+def test_a_noreboot_window_leaves_its_patches_pending_reboot_and_records_the_time(
+    tmp_path: Path, apt_repo: Repo, upstream: Upstream
+) -> None:
+    """SSM: an Install task with NoReboot leaves what it installed INSTALLED_PENDING_REBOOT (the
+    machine NON_COMPLIANT) until a reboot, and records LastNoRebootInstallOperationTime."""
+    roots = make_fleet(tmp_path / "fleet", apt_repo, ["web-1"], BEFORE)
+    commit_fleet(upstream, roots, open_window_yaml(reboot_option="NoReboot"))
+    state = tmp_path / "state" / "state.db"
+
+    report = reconcile_cli(file_url(upstream), state)
+
+    assert report["jobs"] == {"Scan succeeded": 1, "Install succeeded": 1}
+    assert report["converged"] is False  # waiting for a reboot, which only the machine can do
+    assert versions(roots["web-1"]) == AFTER
+    with StateStore(state) as store:
+        record = store.latest_scans()["web-1"]
+    states = {p["name"]: p["state"] for p in record.evaluation["patches"]}
+    assert states["pwtest-lib"] == states["pwtest-tool"] == "INSTALLED_PENDING_REBOOT"
+    assert record.evaluation["summary"]["complianceStatus"] == "NON_COMPLIANT"
+    assert record.evaluation["lastNoRebootInstallOperationTime"]
+    shown = patchctl("compliance", "--state", str(state), "-o", "json")
+    (row,) = json.loads(shown.stdout)
+    expected = record.evaluation["lastNoRebootInstallOperationTime"]
+    assert row["lastNoRebootInstallOperationTime"] == expected
+
+
+def test_an_install_override_list_task_installs_its_packages_reported_installed_other(
+    tmp_path: Path, apt_repo: Repo, upstream: Upstream
+) -> None:
+    """SSM's InstallOverrideList on a window task: pwtest-other's non-security update, which the
+    baseline does not approve, is installed, and reported INSTALLED_OTHER; the approved security
+    updates are not installed by that task."""
+    roots = make_fleet(tmp_path / "fleet", apt_repo, ["web-1"], BEFORE)
+    task = "      installOverrideList: [pwtest-other]\n"
+    commit_fleet(upstream, roots, open_window_yaml(task_fields=task))
+    state = tmp_path / "state" / "state.db"
+
+    report = reconcile_cli(file_url(upstream), state)
+
+    assert report["jobs"] == {"Scan succeeded": 1, "Install succeeded": 1}
+    assert versions(roots["web-1"]) == {**UNPATCHED, "pwtest-other": "1.1-1"}
+    with StateStore(state) as store:
+        record = store.latest_scans()["web-1"]
+    states = {p["name"]: (p["state"], p["version"]) for p in record.evaluation["patches"]}
+    assert states["pwtest-other"] == ("INSTALLED_OTHER", "1.1-1")
+    assert states["pwtest-lib"] == ("MISSING", "1.0-2")
+
+
 # --- 2. a broken commit ----------------------------------------------------------------------
 
 

@@ -1306,7 +1306,7 @@ def test_the_reconcile_loop_patches_a_node_and_lets_it_reboot(
     root = node_root("looped")
     source = tmp_path / "desired"
     source.mkdir()
-    window = open_window_yaml().replace("rebootOption: NoReboot", "rebootOption: RebootIfNeeded")
+    window = open_window_yaml()
     instance = (
         f"apiVersion: patchwarden.io/v1alpha1\nkind: ManagedInstance\nmetadata:\n  name: {node}\n"
         f"  labels: {{fleet: e2e}}\nspec:\n  connection: {{type: kubernetes, node: {node}}}\n"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from reconciler.api.enums import OperatingSystem
+from reconciler.api.enums import JobStatus, OperatingSystem
 from reconciler.api.snapshot import Snapshot, build_snapshot
 from reconciler.defaults import predefined_baselines
 from reconciler.plan import (
@@ -18,6 +19,7 @@ from reconciler.plan import (
     plan,
     snapshot_digest,
 )
+from tests.factories import inventory
 
 NOON = datetime(2026, 11, 28, 12, 30, tzinfo=UTC)
 OPENING = "2026-11-28T12:00:00Z"
@@ -358,3 +360,76 @@ def test_planning_is_deterministic() -> None:
     snapshot = snap(BASELINE, window(concurrency="3"), instances(12))
     observed = Observed(scans=all_scanned(snapshot))
     assert plan(snapshot, "r1", observed, NOON) == plan(snapshot, "r1", observed, NOON)
+
+
+def _with_curl_update(scan: ObservedScan) -> ObservedScan:
+    """``scan`` with an inventory: curl 7.88.1-10+deb12u8 installed, a non-security update (the
+    baseline's implicit security rule does not approve it) and an older one offered."""
+    curl = {"name": "curl", "priority": "optional"}
+    document = inventory(
+        "DEBIAN",
+        [{**curl, "version": "7.88.1-10+deb12u8"}],
+        [
+            {**curl, "version": "7.88.1-10+deb12u9", "installedVersion": "7.88.1-10+deb12u8"},
+            {**curl, "version": "7.88.1-10+deb12u10", "installedVersion": "7.88.1-10+deb12u8"},
+        ],
+    ).model_dump(mode="json", by_alias=True)
+    return replace(scan, inventory=document)
+
+
+OVERRIDE_TASK = (
+    "    - {name: curl-now, operation: Install, installOverrideList: [curl, 'nothing*']}\n"
+)
+# debian-prod without its BLOCK list, approving curl whether or not it is a security update.
+NON_SECURITY = "\n---\n" + BASELINE.split("---")[0].replace(
+    "debian-prod", "debian-everything"
+).replace(
+    "  rejectedPatches: [telnetd]\n  rejectedPatchesAction: BLOCK\n",
+    "  approvedPatches: [curl]\n  approvedPatchesEnableNonSecurity: true\n",
+)
+
+
+def test_an_install_override_list_task_installs_its_packages_on_a_compliant_machine() -> None:
+    """SSM's InstallOverrideList: the listed packages' newest updates are installed although
+    the baseline approves none of them (the machine is compliant)."""
+    snapshot = snap(BASELINE, window(extra_tasks=OVERRIDE_TASK), instances(1))
+    scan = _with_curl_update(scanned(snapshot, pins=()))
+    (action,) = plan(snapshot, "r1", Observed(scans={"node-1": scan}), NOON).actions
+    assert (action.operation, action.task, action.pins) == (
+        "Install",
+        "curl-now",
+        ("curl=7.88.1-10+deb12u10",),
+    )
+    assert (
+        action.reason == "1 patch(es) of its installOverrideList; curl-now of window noon is open"
+    )
+    assert action.blocked == ("telnetd",)  # the baseline's BLOCK list still holds
+    done = ObservedJob(action.key, "node-1", "Install", JobStatus.SUCCEEDED, NOON, "noon",
+                       "curl-now", OPENING)  # fmt: skip
+    again = plan(snapshot, "r1", Observed(scans={"node-1": scan}, jobs=[done]), NOON)
+    assert again.idle  # the same list on the same inventory is not dispatched twice
+
+
+def test_an_install_override_list_naming_no_update_leaves_the_machine_waiting() -> None:
+    snapshot = snap(BASELINE, window(extra_tasks=OVERRIDE_TASK), instances(1))
+    result = plan(snapshot, "r1", Observed(scans=all_scanned(snapshot, pins=())), NOON)
+    assert result.idle
+    assert (
+        "curl-now of noon: its installOverrideList names no package with an update"
+        in (reasons(result)["node-1"])
+    )
+
+
+def test_a_baseline_override_task_installs_what_that_baseline_approves() -> None:
+    """SSM's BaselineOverride: the task installs by another baseline's approvals (and its BLOCK
+    list) on the machines of that baseline's operating system."""
+    task = "    - {name: everything, operation: Install, baselineOverride: debian-everything}\n"
+    snapshot = snap(BASELINE + NON_SECURITY, window(extra_tasks=task), instances(1))
+    scan = _with_curl_update(scanned(snapshot, pins=()))
+    (action,) = plan(snapshot, "r1", Observed(scans={"node-1": scan}), NOON).actions
+    assert (action.task, action.pins, action.baseline, action.blocked) == (
+        "everything",
+        ("curl=7.88.1-10+deb12u10",),
+        "debian-everything",
+        (),
+    )

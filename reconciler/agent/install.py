@@ -6,7 +6,7 @@ installs are checked, simulated, run, read back, rolled back and reported the sa
    left is repaired (apt only). 4. The package manager simulates the install, refused when it
    would install a BLOCKed package or remove anything; ``--simulate`` stops there. 5. The install
    runs. 6. Each pin is read back: INSTALLED, UNCHANGED or FAILED. 7. FAILED pins are rolled back.
-8. The reboot decision.
+8. The reboot decision; a NoReboot Install records what it installed (:mod:`noreboot`).
 
 Standard library only. It runs no command itself: every step that touches the machine is a
 method of the backend (:class:`Backend`), which holds only what its package manager does its own
@@ -15,6 +15,8 @@ way. The result's fields are those of docs/agent.md, in one order for every back
 
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Sequence, Tuple
 
+from reconciler.agent import noreboot
+from reconciler.agent.facts import boot_time
 from reconciler.agent.outcome import install_result, now, reboot
 
 Pin = Tuple[str, str, str]  # name, arch ("" = native), version as the package manager spells it
@@ -129,6 +131,8 @@ def install(
     needed, why = backend.reboot_needed(plan, applied)
     result["reboot"] = reboot(needed, why, reboot_option, backend.is_host, allow_reboot)
     result["finishedAt"] = now()
+    if reboot_option == "NoReboot":  # what it installed awaits a boot (SSM's pending reboot)
+        noreboot.record(root, str(result["finishedAt"]), boot_time(root), patches)
     return _in_order(result)
 
 

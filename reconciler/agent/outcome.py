@@ -8,7 +8,7 @@ only.
 import time
 from typing import Dict, List, Optional
 
-from reconciler.agent import AGENT_VERSION
+from reconciler.agent import AGENT_VERSION, noreboot
 from reconciler.agent.runner import run
 
 API_VERSION = "patchwarden.io/v1alpha1"
@@ -51,7 +51,7 @@ def inventory(
     updates: List[Dict[str, object]],
 ) -> Dict[str, object]:
     """The inventory document (``reconciler/api/inventory.py``), as every backend reports it."""
-    return {
+    document = {
         "apiVersion": API_VERSION,
         "kind": "Inventory",
         "instanceId": instance_id or str(machine.get("hostname") or root),
@@ -61,7 +61,11 @@ def inventory(
         "facts": machine,
         "installed": installed,
         "updates": updates,
-    }
+    }  # type: Dict[str, object]
+    pending = noreboot.read(root)
+    if pending is not None:
+        document["noRebootInstall"] = pending
+    return document
 
 
 def install_result(simulate: bool) -> Dict[str, object]:

@@ -197,6 +197,26 @@ class FailedPatch(Model):
     """What the package manager said."""
 
 
+class PatchRef(Model):
+    """One package version, by name, architecture and version."""
+
+    name: str = Field(min_length=1)
+    arch: str = ""
+    version: str = Field(min_length=1)
+
+
+class NoRebootInstall(Model):
+    """What Installs with RebootOption NoReboot did since the machine last booted (SSM:
+    ``LastNoRebootInstallOperationTime``); the agent keeps it on the machine until a later boot
+    makes it stale."""
+
+    time: datetime
+    """When the latest NoReboot Install finished (UTC): SSM's LastNoRebootInstallOperationTime."""
+    patches: tuple[PatchRef, ...] = ()
+    """The patches those Installs installed: INSTALLED_PENDING_REBOOT until the machine boots
+    after ``time``."""
+
+
 class Inventory(Model):
     """Everything an agent reports for one machine: facts, installed packages, available updates."""
 
@@ -218,3 +238,5 @@ class Inventory(Model):
     when several repositories offer different versions."""
     failed: tuple[FailedPatch, ...] = ()
     """Patches the last Install could not install."""
+    no_reboot_install: NoRebootInstall | None = None
+    """The NoReboot Installs since the last boot, when there were any."""

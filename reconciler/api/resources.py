@@ -307,11 +307,37 @@ class WindowTask(Model):
     cutoff_behavior: Literal["CONTINUE_TASK", "CANCEL_TASK"] = "CONTINUE_TASK"
     """At the cutoff no new job starts and running ones finish, either way; CANCEL_TASK also
     cancels the installs not started (the execution ends CANCELLED)."""
+    install_override_list: list[PatchId] | None = Field(default=None, min_length=1, max_length=50)
+    """SSM's InstallOverrideList (Install tasks only): install the newest update of each package
+    named here (approvedPatches forms) instead of the baseline's approvals; compliance is still
+    judged by the baseline, so patches it does not approve are reported INSTALLED_OTHER."""
+    baseline_override: Name | None = None
+    """SSM's BaselineOverride (Install tasks only): the PatchBaseline whose approvals this task
+    installs on targets running its operating system, instead of their patch group's; compliance
+    is still recorded against the patch group's baseline."""
 
     @field_validator("max_concurrency", "max_errors", mode="before")
     @classmethod
     def _integers_as_text(cls, value: object) -> object:
         return _as_text(value)
+
+    @model_validator(mode="after")
+    def _overrides(self) -> WindowTask:
+        for field, value in (
+            ("installOverrideList", self.install_override_list),
+            ("baselineOverride", self.baseline_override),
+        ):
+            if value is not None and self.operation is not Operation.INSTALL:
+                raise conflict(
+                    field, f"{field} applies to Install tasks only; remove it from this Scan task"
+                )
+        if self.install_override_list is not None and self.baseline_override is not None:
+            raise conflict(
+                "baselineOverride",
+                "give installOverrideList or baselineOverride, not both (SSM fails a task "
+                "given both)",
+            )
+        return self
 
 
 _SCHEDULE = re.compile(

@@ -320,6 +320,21 @@ def _window_target_groups_exist(snap: Snapshot, invalid: Refused) -> Iterator[_F
         )
 
 
+def _baseline_overrides_exist(snap: Snapshot, invalid: Refused) -> Iterator[_Finding]:
+    known = sorted({*snap.baselines, *snap.predefined})
+    for wname, window in snap.windows.items():
+        for index, task in enumerate(window.spec.tasks):
+            bname = task.baseline_override
+            if bname is None or bname in known or ("PatchBaseline", bname) in invalid:
+                continue
+            yield _Finding(
+                "MaintenanceWindow",
+                wname,
+                ("spec", "tasks", index, "baselineOverride"),
+                f"no PatchBaseline named {bname!r}" + did_you_mean(bname, known),
+            )
+
+
 def _report_scope_groups_exist(snap: Snapshot, invalid: Refused) -> Iterator[_Finding]:
     for rname, report in snap.reports.items():
         path: Path = ("spec", "scope", "patchGroups")
@@ -363,6 +378,7 @@ _REFERENCE_RULES: tuple[Callable[[Snapshot, Refused], Iterable[_Finding]], ...] 
     _group_baselines_exist_for_their_os,
     _instance_in_one_group_at_most,
     _window_target_groups_exist,
+    _baseline_overrides_exist,
     _report_scope_groups_exist,
     _one_default_baseline_per_os,
 )

@@ -6,29 +6,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from reconciler.api.enums import Operation, PatchState
+from reconciler.api.enums import Operation
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import FailedPatch, Inventory
-from reconciler.evaluation.results import InstanceEvaluation, PatchResult
+from reconciler.evaluation.pins import override_pins, pins_for
+from reconciler.evaluation.results import InstanceEvaluation
 
-INSTALLABLE_STATES = frozenset({PatchState.MISSING, PatchState.FAILED})
-
-
-def pins_for(result: InstanceEvaluation, native_arch: str) -> tuple[str, ...]:
-    """``name[:arch]=version`` for every approved patch to install: MISSING, or FAILED before
-    (tried again), unless it needs a package rejected with BLOCK."""
-    return tuple(
-        _pin(p, native_arch)
-        for p in result.patches
-        if p.state in INSTALLABLE_STATES and p.installable
-    )
-
-
-def _pin(patch: PatchResult, native_arch: str) -> str:
-    qualified = (
-        patch.name if patch.arch in ("", "all", native_arch) else f"{patch.name}:{patch.arch}"
-    )
-    return f"{qualified}={patch.version}"
+__all__ = [  # the pins are the engine's (the planner needs them too); sent from here
+    "after_install",
+    "architectures",
+    "install_failed",
+    "override_pins",
+    "pins_for",
+]
 
 
 def install_failed(outcome: InstallResult) -> bool:

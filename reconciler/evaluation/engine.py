@@ -43,6 +43,7 @@ from reconciler.api.inventory import (
     FailedPatch,
     InstalledPackage,
     Inventory,
+    NoRebootInstall,
     PackageFacts,
 )
 from reconciler.api.resources import PatchBaseline, PatchFilterGroup
@@ -421,6 +422,7 @@ class InstalledEntry:
 
     package: object  # Decider.package(name, arch)
     name: str
+    version: str
     row: PatchResult  # its row unless the machine awaits a reboot because of it
     weight: int
     pending_row: PatchResult | None  # approved: its row when the machine awaits that reboot
@@ -443,6 +445,7 @@ class InstalledEntry:
         return cls(
             package=decider.package(pkg.name, pkg.arch),
             name=pkg.name,
+            version=pkg.version,
             row=row,
             weight=counts.weight(row, False),
             pending_row=pending,
@@ -519,7 +522,7 @@ def evaluate(
     decider = (cache or DecisionCache()).decider(baseline, product, now)
     chosen, passed_over = decider.select(inventory.updates)
     update_rows, weight = _update_rows(decider, chosen.values(), inventory)
-    installed_rows, installed_weight = _installed_rows(decider, inventory.installed, chosen, facts)
+    installed_rows, installed_weight = _installed_rows(decider, inventory, chosen)
     if inventory.failed:
         installed_weight += _failed_installed(installed_rows, inventory.failed)
     missed = [entry for entry in passed_over if entry.package not in chosen]
@@ -539,6 +542,9 @@ def evaluate(
         patches=patches,
         summary=summary,
         not_approved=tuple(map(NOT_APPROVED, missed)),  # set on every entry not approved
+        last_no_reboot_install_time=(
+            _utc(inventory.no_reboot_install.time) if inventory.no_reboot_install else None
+        ),
     )
 
 
@@ -570,34 +576,51 @@ def _update_rows(
 
 
 def _installed_rows(
-    decider: Decider,
-    installed: Sequence[InstalledPackage],
-    chosen: dict[object, UpdateEntry],
-    facts: Facts,
+    decider: Decider, inventory: Inventory, chosen: dict[object, UpdateEntry]
 ) -> tuple[list[PatchResult], int]:
     """The rows of the installed packages no update row reports, and their weight."""
-    entries = decider.installed_entries(installed)
+    entries = decider.installed_entries(inventory.installed)
     if chosen:
         entries = [entry for entry in entries if entry.package not in chosen]
     rows = list(map(ROW, entries))
     weight = sum(map(WEIGHT, entries))
-    for index, pending in pending_reboot(entries, facts):
+    for index, pending in pending_reboot(entries, inventory.facts, inventory.no_reboot_install):
         rows[index] = pending
         weight += entries[index].pending_weight - entries[index].weight
     return rows, weight
 
 
 def pending_reboot(
-    shown: Sequence[InstalledEntry], facts: Facts
+    shown: Sequence[InstalledEntry], facts: Facts, no_reboot: NoRebootInstall | None
 ) -> Iterator[tuple[int, PatchResult]]:
-    """(index, INSTALLED_PENDING_REBOOT row) for each entry of ``shown`` (installed rows) whose
-    package the machine awaits a reboot for; none when it needs no reboot."""
-    if not facts.reboot_required:
-        return
+    """(index, INSTALLED_PENDING_REBOOT row) for each approved entry of ``shown`` (installed
+    rows) the machine awaits a reboot for: SSM's rule, a NoReboot Install installed it and the
+    machine has not booted since (``no_reboot``); and ours, the machine says it needs a reboot
+    and the package asked for it or was installed after the last boot."""
     boot = None if facts.boot_time is None else _utc(facts.boot_time)
+    awaiting = _installed_without_reboot(no_reboot, boot)
+    if not facts.reboot_required and not awaiting:
+        return
     for index, entry in enumerate(shown):
-        if entry.pending_row is not None and _awaits_reboot(entry, facts, boot):
+        if entry.pending_row is None:
+            continue
+        if (entry.name, entry.version) in awaiting:
+            assert no_reboot is not None  # awaiting is empty without it
+            why = f"installed by an Install with NoReboot at {_utc(no_reboot.time).isoformat()}"
+            yield index, replace(entry.pending_row, reason=f"{entry.row.reason}; {why}")
+        elif facts.reboot_required and _awaits_reboot(entry, facts, boot):
             yield index, entry.pending_row
+
+
+def _installed_without_reboot(
+    no_reboot: NoRebootInstall | None, boot: datetime | None
+) -> frozenset[tuple[str, str]]:
+    """(name, version) of the patches NoReboot Installs installed since the last boot: SSM
+    reports them INSTALLED_PENDING_REBOOT until the machine boots (a root that never booted
+    keeps them pending)."""
+    if no_reboot is None or (boot is not None and boot >= _utc(no_reboot.time)):
+        return frozenset()
+    return frozenset((p.name, p.version) for p in no_reboot.patches)
 
 
 def _failed_installed(rows: list[PatchResult], failed: Sequence[FailedPatch]) -> int:

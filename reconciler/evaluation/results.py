@@ -155,6 +155,8 @@ class InstanceEvaluation:
     patches: tuple[PatchResult, ...]
     summary: Summary
     not_approved: tuple[NotApproved, ...] = ()
+    last_no_reboot_install_time: datetime | None = None
+    """SSM's LastNoRebootInstallOperationTime: the latest Install with NoReboot (UTC)."""
 
     def to_dict(self, *, explain: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -167,6 +169,8 @@ class InstanceEvaluation:
             "patches": [p.to_dict() for p in self.patches],
             "summary": self.summary.to_dict(),
         }
+        if self.last_no_reboot_install_time is not None:
+            out["lastNoRebootInstallOperationTime"] = self.last_no_reboot_install_time.isoformat()
         if explain:
             out["notApproved"] = [n.to_dict() for n in self.not_approved]
         return out

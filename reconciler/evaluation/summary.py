@@ -76,9 +76,9 @@ def fast_summary(decider: Decider, inventory: Inventory) -> Summary | None:
         reported = list(compress(entries, map(chosen.__contains__, map(PACKAGE, entries))))
         weight -= sum(map(WEIGHT, reported))
         rows -= len(reported)
-    if inventory.facts.reboot_required:
+    if inventory.facts.reboot_required or inventory.no_reboot_install is not None:
         shown = [e for e in entries if e.package not in chosen] if reported else entries
-        pending = pending_reboot(shown, inventory.facts)
+        pending = pending_reboot(shown, inventory.facts, inventory.no_reboot_install)
         weight += sum(shown[i].pending_weight - shown[i].weight for i, _ in pending)
     if decider.asu:
         passed_over = list(filterfalse(APPROVED, updates))

@@ -89,6 +89,7 @@ def _observed_scan(record: ScanRecord) -> ObservedScan | None:
         baseline_hash=record.baseline_hash,
         pins=record.pins,
         non_compliant=record.compliance_status == ComplianceStatus.NON_COMPLIANT,
+        inventory=record.inventory,
     )
 
 

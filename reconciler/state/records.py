@@ -126,6 +126,7 @@ class StoredEvaluation(TypedDict, total=False):
     patches: list[StoredPatch]
     summary: StoredSummary
     pins: list[str]
+    lastNoRebootInstallOperationTime: str
 
 
 class JobError(TypedDict):

@@ -31,8 +31,8 @@ Scan = ScanRecord
 
 
 def instances(scans: Mapping[str, Scan]) -> list[dict[str, Any]]:
-    """One row per instance: group, baseline, status, severity, SSM counts, last operation and
-    the revision it ran under."""
+    """One row per instance: group, baseline, status, severity, SSM counts, last operation, the
+    last Install with NoReboot (SSM's LastNoRebootInstallOperationTime) and the revision."""
     rows = []
     for name in sorted(scans):
         scan = scans[name]
@@ -47,6 +47,9 @@ def instances(scans: Mapping[str, Scan]) -> list[dict[str, Any]]:
                 **{key: summary.get(key, 0) for key in COUNTS},
                 "operation": scan.operation,
                 "operationEndTime": scan.finished_at.isoformat(timespec="seconds"),
+                "lastNoRebootInstallOperationTime": scan.evaluation.get(
+                    "lastNoRebootInstallOperationTime"
+                ),
                 "revision": scan.revision,
             }
         )

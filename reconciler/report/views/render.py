@@ -97,6 +97,11 @@ def evaluations(
     console = _console(out)
     console.print(_summary_table(results))
     for result in results:
+        if result.last_no_reboot_install_time is not None:
+            console.print(
+                f"{result.instance_id}: last Install with NoReboot at "
+                f"{result.last_no_reboot_install_time.isoformat()}"
+            )
         rows = [p for p in result.patches if show_all or p.state not in QUIET_STATES]
         if rows:
             console.print(_patch_table(result, rows))
