@@ -52,6 +52,25 @@ def test_windows_rule_approves_by_product_classification_and_msrc_severity() -> 
     assert str(result.summary.compliance_severity) == "CRITICAL"
 
 
+def test_windows_patch_set_and_product_family_select_application_updates() -> None:
+    # SSM's PATCH_SET tells OS updates from Microsoft application updates; an update that
+    # reports no patch set is an OS update, as SSM's default PATCH_SET value says.
+    b = baseline(
+        "WINDOWS", rule(("PATCH_SET", ["APPLICATION"]), ("PRODUCT_FAMILY", ["Office"]), days=0)
+    )
+    office = {"product": "Office 2016", "productFamily": "Office", "classification": "Updates"}
+    inv = inventory(
+        "WINDOWS",
+        [],
+        [
+            _kb("KB2000001", patchSet="APPLICATION", **office),
+            _kb("KB2000002", **office),
+            _kb("KB2000003", patchSet="APPLICATION", productFamily="Windows"),
+        ],
+    )
+    assert states(evaluate(b, inv, NOW)) == {"KB2000001": "MISSING"}
+
+
 def test_windows_missing_release_date_is_1970_so_any_delay_has_passed() -> None:
     b = baseline("WINDOWS", WINDOWS_RULE)
     assert states(evaluate(b, inventory("WINDOWS", [], [_kb("KB1000002", issued=None)]), NOW)) == {

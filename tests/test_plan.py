@@ -433,3 +433,16 @@ def test_a_baseline_override_task_installs_what_that_baseline_approves() -> None
         "debian-everything",
         (),
     )
+
+
+def test_window_targets_select_instances_by_labels_as_well_as_by_group() -> None:
+    by_labels = window().replace(
+        "targets: {patchGroups: [web]}", "targets: {selector: {matchLabels: {rack: r1}}}"
+    )
+    fleet = instances(2).replace(
+        "node-1, labels: {role: web}", "node-1, labels: {role: web, rack: r1}"
+    )
+    snapshot = snap(BASELINE, by_labels, fleet)
+    result = plan(snapshot, "r1", Observed(scans=all_scanned(snapshot)), NOON)
+    assert [(a.operation, a.instance) for a in result.actions] == [("Install", "node-1")]
+    assert "no enabled window with an Install task targets it" in reasons(result)["node-2"]

@@ -654,6 +654,34 @@ ERRORS = [
         ("at most one '*' wildcard is allowed",),
     ),
     # names
+    # descriptions: SSM's lengths (1-1024 for a baseline, 1-128 for a window)
+    Edit(
+        "baseline description over 1024 characters",
+        AL2023,
+        "  rejectedPatchesAction: BLOCK",
+        "  rejectedPatchesAction: BLOCK\n  description: " + "d" * 1025,
+        "spec.description",
+        ("at most 1024 characters",),
+        at="description:",
+    ),
+    Edit(
+        "window description over 128 characters",
+        WINDOW,
+        "  duration: 4",
+        "  duration: 4\n  description: " + "d" * 129,
+        "spec.description",
+        ("at most 128 characters",),
+        at="description:",
+    ),
+    Edit(
+        "group description over 1024 characters",
+        GROUP,
+        "    UBUNTU: aws-ubuntu-default",
+        "    UBUNTU: aws-ubuntu-default\n  description: " + "d" * 1025,
+        "spec.description",
+        ("at most 1024 characters",),
+        at="description:",
+    ),
     Edit(
         "baseline name with upper-case letters",
         AL2023,
