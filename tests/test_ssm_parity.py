@@ -43,6 +43,7 @@ SECTIONS: dict[str, tuple[str, tuple[type[BaseModel], ...]]] = {
     "Window targets": ("MaintenanceWindow", (resources.WindowTargets,)),
     "Window tasks": ("MaintenanceWindow", (resources.WindowTask,)),
     "AWS-RunPatchBaseline parameters": ("MaintenanceWindow", ()),
+    "Rules SSM applies without a field": ("PatchBaseline", ()),
 }
 
 BASES = {
