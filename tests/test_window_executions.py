@@ -6,7 +6,8 @@ store; real apt and dpkg on directory roots)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,10 +53,12 @@ spec: {}
 """
 
 
-def test_window_executions_follow_their_openings(tmp_path: Path) -> None:
+@contextmanager
+def _noon_window(tmp_path: Path, now: list[datetime]) -> Iterator[tuple[StateStore, Reconciler]]:
+    """The WINDOW snapshot refreshed into a fresh store, under the clock ``now[0]``; no jobs
+    run (no transport)."""
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "fleet.yaml").write_text(WINDOW)
-    now = [datetime(2026, 11, 28, 12, 30, tzinfo=UTC)]
     with StateStore(tmp_path / "state.db") as store:
         loop = Reconciler(
             DirectorySource(tmp_path / "config"),
@@ -64,6 +67,12 @@ def test_window_executions_follow_their_openings(tmp_path: Path) -> None:
             clock=lambda: now[0],
         )
         loop.refresh()
+        yield store, loop
+
+
+def test_window_executions_follow_their_openings(tmp_path: Path) -> None:
+    now = [datetime(2026, 11, 28, 12, 30, tzinfo=UTC)]
+    with _noon_window(tmp_path, now) as (store, loop):
         loop.parts.executions.started("noon", "2026-11-28T12:00:00Z")
         loop.parts.executions.started("noon", "2026-11-27T12:00:00Z")
         store.record_window_execution(
@@ -82,17 +91,8 @@ def test_an_execution_whose_job_still_runs_when_the_opening_ends_is_timed_out(
     tmp_path: Path,
 ) -> None:
     """Another process's job (or one this process lost track of) still running at the end."""
-    (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "fleet.yaml").write_text(WINDOW)
     now = [datetime(2026, 11, 28, 12, 30, tzinfo=UTC)]
-    with StateStore(tmp_path / "state.db") as store:
-        loop = Reconciler(
-            DirectorySource(tmp_path / "config"),
-            store,
-            lambda i: None,  # type: ignore[arg-type,return-value]
-            clock=lambda: now[0],
-        )
-        loop.refresh()
+    with _noon_window(tmp_path, now) as (store, loop):
         for opening in ("2026-11-28T12:00:00Z", "2026-11-27T12:00:00Z"):
             loop.parts.executions.started("noon", opening)
         store.claim_job(
