@@ -79,7 +79,9 @@ def scan(store: StateStore, instance: str = "web-1", minutes: float = 0, **overr
     return store.record_scan(**{**fields, **overrides})
 
 
-def offering(instance: str, *archives: tuple[str, str], version: str = "3.0.11-1") -> dict[str, Any]:
+def offering(
+    instance: str, *archives: tuple[str, str], version: str = "3.0.11-1"
+) -> dict[str, Any]:
     """An inventory document offering openssl ``version`` from each (origin, suite)."""
     origins = [{"origin": origin, "suite": suite} for origin, suite in archives]
     update = {"name": "openssl", "arch": "amd64", "version": version, "origins": origins}

@@ -261,7 +261,9 @@ def first_seen_keys(
 
 
 def package_first_seen_keys(pkg: PackageFacts) -> tuple[FirstSeenKey, ...]:
-    return first_seen_keys(pkg.name, pkg.arch, pkg.version, ((o.origin, o.suite) for o in pkg.origins))
+    return first_seen_keys(
+        pkg.name, pkg.arch, pkg.version, ((o.origin, o.suite) for o in pkg.origins)
+    )
 
 
 def with_first_seen(inventory: Inventory, times: Mapping[FirstSeenKey, datetime]) -> Inventory:
