@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.api.inventory import Inventory
 from reconciler.state import (
     SCHEMA_VERSION,
     Holder,
@@ -730,3 +731,18 @@ def test_one_writer_at_a_time_and_readers_beside_it(tmp_path: Path) -> None:
     # Closed: the lock is free for the next writer, which the file then names.
     with StateStore(path, writer=Holder.this_process("patchctl reconcile")) as second:
         assert second.latest_scan("web-1") is not None
+
+
+def test_with_first_seen_gives_recorded_times_and_now_for_versions_not_recorded_yet(
+    store: StateStore,
+) -> None:
+    security = ("Debian", "bookworm-security")
+    scan(store, "db-1", minutes=10, inventory=offering("db-1", security))
+    document = offering("web-1", security)
+    document["updates"].append({**document["updates"][0], "version": "3.0.13-1"})
+    document.update(
+        collectedAt=at(0).isoformat(),
+        facts={"osId": "debian", "osVersion": "12", "operatingSystem": "DEBIAN", "arch": "amd64"},
+    )
+    merged = store.with_first_seen(Inventory.model_validate(document), at(60))
+    assert [u.first_seen for u in merged.updates] == [at(10), at(60)]

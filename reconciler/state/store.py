@@ -37,7 +37,13 @@ from types import TracebackType
 from typing import Any, Self
 
 from reconciler.api.enums import ExecutionStatus, JobStatus, Operation, ReportRunStatus
-from reconciler.api.inventory import FirstSeenKey, first_seen_keys
+from reconciler.api.inventory import (
+    FirstSeenKey,
+    Inventory,
+    first_seen_keys,
+    package_first_seen_keys,
+    with_first_seen,
+)
 from reconciler.state.lock import FileLock, Holder, WriterLock, lock_path
 from reconciler.state.records import (
     FINISHED_STATUSES,
@@ -204,6 +210,15 @@ class StateStore:
                 ).fetchall()
                 found.update({tuple(row[:4]): from_text(row[4]) for row in rows})
         return found
+
+    def with_first_seen(self, inventory: Inventory, now: datetime) -> Inventory:
+        """``inventory`` with each offered version's first-seen time: the recorded one, or ``now``
+        for a version no scan recorded yet (the scan being recorded at ``now`` records it)."""
+        packages = (*inventory.updates, *inventory.installed)
+        keys = [key for pkg in packages for key in package_first_seen_keys(pkg)]
+        found = self.first_seen(keys)
+        offered = {key for pkg in inventory.updates for key in package_first_seen_keys(pkg)}
+        return with_first_seen(inventory, {k: found.get(k, now) for k in offered} | found)
 
     def latest_scan(self, instance: str) -> ScanRecord | None:
         history = self.scan_history(instance, limit=1)
