@@ -211,12 +211,14 @@ class StateStore:
                 found.update({tuple(row[:4]): from_text(row[4]) for row in rows})
         return found
 
-    def with_first_seen(self, inventory: Inventory, now: datetime) -> Inventory:
-        """``inventory`` with each offered version's first-seen time: the recorded one, or ``now``
-        for a version no scan recorded yet (the scan being recorded at ``now`` records it)."""
+    def with_first_seen(self, inventory: Inventory, now: datetime | None) -> Inventory:
+        """``inventory`` with each version's recorded first-seen time. A scan being recorded at
+        ``now`` gives ``now`` to the offered versions no scan recorded yet (it records them);
+        a reader (``now`` None) leaves them without one."""
         packages = (*inventory.updates, *inventory.installed)
-        keys = [key for pkg in packages for key in package_first_seen_keys(pkg)]
-        found = self.first_seen(keys)
+        found = self.first_seen(key for pkg in packages for key in package_first_seen_keys(pkg))
+        if now is None:
+            return with_first_seen(inventory, found)
         offered = {key for pkg in inventory.updates for key in package_first_seen_keys(pkg)}
         return with_first_seen(inventory, {k: found.get(k, now) for k in offered} | found)
 
