@@ -211,6 +211,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("patch", nargs="?")
     p.add_argument("--source", type=Path, required=True)
     p.add_argument("--inventory", type=Path, required=True)
+    p.add_argument(
+        "--state",
+        metavar="PATH|sqlite:///PATH",
+        help="take apt versions' first-seen times from this state database "
+        "(for baselines with approveAfterDaysFrom: FirstSeen)",
+    )
     _common_evaluation_args(p)
     p.set_defaults(handler=_explain)
 
@@ -800,9 +806,22 @@ def _explain(args: argparse.Namespace) -> int:
     inventories = [i for i in read_inventories(args.inventory) if i.instance_id == args.instance]
     if not inventories:
         raise UserError(f"no inventory for instance {args.instance!r} under {args.inventory}")
-    result, resolution = _evaluate_in_snapshot(snapshot, inventories[0], now, DecisionCache())
+    inventory = inventories[0]
+    if args.state:
+        inventory = _recorded_first_seen(args, inventory)
+    result, resolution = _evaluate_in_snapshot(snapshot, inventory, now, DecisionCache())
     render.explanation(result, resolution, args.patch, _format(args), sys.stdout)
     return EXIT_OK
+
+
+def _recorded_first_seen(args: argparse.Namespace, inventory: Inventory) -> Inventory:
+    """``inventory`` with the first-seen times the state store recorded (versions it never
+    recorded stay without one: explain records nothing)."""
+    path = _state_path(args)
+    if not path.is_file():  # never create an empty store for a mistyped path
+        raise UserError(f"--state {path}: no such file")
+    with StateStore(path) as store:
+        return store.with_first_seen(inventory, None)
 
 
 def _evaluate_in_snapshot(

@@ -4,12 +4,16 @@ document of docs/ssm-semantics.md; the exit codes of README.md)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
+
+from reconciler.state import StateStore
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = "2026-11-28T12:00:00Z"
@@ -336,3 +340,46 @@ def test_explain_shows_the_timestamp_it_counted_from_and_which_date_it_was(
     (row,) = late["patches"]  # type: ignore[misc]
     assert row["state"] == "MISSING"
     assert "; updated 2026-11-25T09:15:00Z, approved since 2026-12-02T09:15:00Z)" in row["reason"]
+
+
+def test_explain_with_state_counts_approve_after_days_from_first_seen(tmp_path: Path) -> None:
+    # Patchwarden extension: an Ubuntu baseline that opts into approveAfterDaysFrom: FirstSeen
+    # waits 7 days from the first scan the state store recorded for the version.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "examples", source, ignore=shutil.ignore_patterns("kubernetes"))
+    ubuntu = source / "baselines/ubuntu-prod.yaml"
+    ubuntu.write_text(
+        ubuntu.read_text().replace(
+            "      complianceLevel: HIGH\n",
+            "      approveAfterDays: 7\n      complianceLevel: HIGH\n"
+            "  approveAfterDaysFrom: FirstSeen\n",
+        )
+    )
+    document = json.loads((ROOT / "examples/inventories/web-1.json").read_text())
+    state = tmp_path / "state.db"
+    seen = datetime(2026, 11, 25, 8, 15, 30, tzinfo=UTC)
+    with StateStore(state) as store:
+        store.record_scan(
+            instance="db-9", operation="Scan", revision="r", baseline="b", baseline_hash="h",
+            job_id=None, started_at=seen, finished_at=seen, inventory=document, evaluation={},
+        )  # fmt: skip
+
+    def explain(*extra: str) -> subprocess.CompletedProcess[str]:
+        return patchctl(
+            "explain", "web-1", "openssl", "--source", str(source), "--inventory",
+            "examples/inventories", "--now", NOW, "-o", "json", *extra,
+        )  # fmt: skip
+
+    run = explain("--state", str(state))
+    assert run.returncode == 0, run.stderr
+    reasons = {n["version"]: n["reason"] for n in json.loads(run.stdout)["notApproved"]}
+    assert reasons["3.0.2-0ubuntu1.18"] == (
+        "not approved: approvalRules[0] approves it from 2026-12-02T08:15:30Z "
+        "(first seen 2026-11-25T08:15:30Z + 7 days)"
+    )
+    # Without the store no first-seen time is known, and explain says so.
+    reasons = {n["version"]: n["reason"] for n in json.loads(explain().stdout)["notApproved"]}
+    assert "no scan has recorded this version yet" in reasons["3.0.2-0ubuntu1.18"]
+    missing = explain("--state", str(tmp_path / "nope.db"))
+    assert missing.returncode != 0 and "no such file" in missing.stderr
+    assert "Traceback" not in missing.stderr and not (tmp_path / "nope.db").exists()

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from reconciler.api.inventory import with_first_seen
+from reconciler.api.resources import PatchBaseline
 from reconciler.defaults import predefined_baselines
 from reconciler.evaluation import DecisionCache, evaluate
 from tests.factories import NOW, baseline, inventory, rule, states
@@ -448,3 +450,68 @@ def test_approved_version_dpkg_left_half_configured_is_failed_not_installed() ->
         1,
         "NON_COMPLIANT",
     )
+
+
+# -- Patchwarden extension: approveAfterDays counted from the first scan that saw the version ----
+
+SEEN = "2026-11-20T09:30:15Z"
+SEEN_AT = datetime(2026, 11, 20, 9, 30, 15, tzinfo=UTC)
+
+
+def _first_seen_baseline(days: int = 7) -> PatchBaseline:
+    return baseline(
+        "DEBIAN", rule(("PRIORITY", ALL_PRIORITIES), days=days), approveAfterDaysFrom="FirstSeen"
+    )
+
+
+@pytest.mark.parametrize(
+    ("now", "state"),
+    [
+        (datetime(2026, 11, 27, 9, 30, 14, tzinfo=UTC), "INSTALLED_OTHER"),  # 1 s before 7 x 24 h
+        (datetime(2026, 11, 27, 9, 30, 15, tzinfo=UTC), "MISSING"),  # exactly 7 x 24 h
+    ],
+)
+def test_first_seen_opt_in_approves_at_first_seen_plus_days_to_the_second(
+    now: datetime, state: str
+) -> None:
+    inv = inventory("DEBIAN", [INSTALLED_SSL], [_ssl(firstSeen=SEEN)])
+    result = evaluate(_first_seen_baseline(), inv, now)
+    assert states(result) == {"openssl": state}
+    reasons = [p.reason for p in result.patches] + [n.reason for n in result.not_approved]
+    assert any(f"first seen {SEEN}" in (r or "") for r in reasons)
+    if state == "INSTALLED_OTHER":
+        assert result.not_approved[0].reason == (
+            "not approved: approvalRules[0] approves it from 2026-11-27T09:30:15Z "
+            f"(first seen {SEEN} + 7 days)"
+        )
+
+
+def test_first_seen_opt_in_without_a_recorded_time_does_not_approve_and_says_why() -> None:
+    inv = inventory("DEBIAN", [INSTALLED_SSL], [_ssl()])
+    result = evaluate(_first_seen_baseline(), inv, NOW)
+    assert states(result) == {"openssl": "INSTALLED_OTHER"}
+    assert result.not_approved[0].reason == (
+        "not approved: approvalRules[0] approves it 7 days after it is first seen; "
+        "no scan has recorded this version yet"
+    )
+
+
+def test_without_the_opt_in_a_first_seen_time_changes_nothing() -> None:
+    # SSM's rule: Debian-family rules take no date and approve at once, whatever was recorded.
+    b = baseline("DEBIAN", rule(("PRIORITY", ALL_PRIORITIES)))
+    inv = inventory("DEBIAN", [INSTALLED_SSL], [_ssl(firstSeen=SEEN)])
+    assert states(evaluate(b, inv, SEEN_AT)) == {"openssl": "MISSING"}
+
+
+def test_store_times_merge_into_the_inventory_as_the_earliest_over_the_archives() -> None:
+    origins = [
+        {"origin": "Debian", "suite": "bookworm-security"},
+        {"origin": "Debian", "suite": "bookworm"},
+    ]
+    inv = inventory("DEBIAN", [INSTALLED_SSL], [_ssl(arch="amd64", origins=origins)])
+    key = ("openssl", "amd64", "3.0.2-0ubuntu1.18", "Debian/bookworm-security")
+    other = ("openssl", "amd64", "3.0.2-0ubuntu1.18", "Debian/bookworm")
+    merged = with_first_seen(inv, {key: SEEN_AT, other: NOW})
+    assert merged.updates[0].first_seen == SEEN_AT
+    assert merged.installed[0].first_seen is None  # no origins: nothing recorded for it
+    assert states(evaluate(_first_seen_baseline(), merged, NOW)) == {"openssl": "MISSING"}

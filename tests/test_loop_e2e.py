@@ -18,12 +18,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from reconciler.api.inventory import Inventory
 from reconciler.dispatch import SshPool, transport_for
 from reconciler.loop import Reconciler
 from reconciler.sources import GitSource
@@ -728,4 +729,45 @@ def test_the_ssh_transport_converges_a_machine_as_the_local_one_does(
     assert remote.evaluation["summary"] == local.evaluation["summary"]
     assert remote.evaluation["patches"] == local.evaluation["patches"]
     assert dpkg_installs(roots["remote-1"]) == dpkg_installs(roots["local-1"])
+    reconciler.store.close()
+
+
+# --- first-seen dates on Debian (a Patchwarden extension) ------------------------------------
+
+
+def test_first_seen_delays_debian_security_updates_by_approve_after_days(
+    tmp_path: Path, apt_repo: Repo, upstream: Upstream
+) -> None:
+    """With approveAfterDaysFrom: FirstSeen and approveAfterDays: 7, the first scan that sees the
+    security updates starts their clock: the window's openings install nothing for 7 days, then
+    install them."""
+    roots = make_fleet(tmp_path / "fleet", apt_repo, ["web-1"], BEFORE)
+    delayed = BASELINE_YAML.replace(
+        "      complianceLevel: HIGH\n",
+        "      approveAfterDays: 7\n      complianceLevel: HIGH\n  approveAfterDaysFrom: FirstSeen\n",
+    )
+    upstream.write("fleet.yaml", documents(delayed, window_yaml("noon", NOON_WINDOW)))
+    upstream.write("instances.yaml", local_instance_yaml("web-1", roots["web-1"]))
+    upstream.commit("fleet")
+    clock = ManualClock(IN_WINDOW)
+    reconciler = loop(tmp_path, file_url(upstream), clock)
+
+    reconciler.reconcile()
+    assert versions(roots["web-1"]) == UNPATCHED
+    # The scan was evaluated (and stored) with the time it first saw each offered version.
+    scanned = Inventory.model_validate(reconciler.store.latest_scans()["web-1"].inventory)
+    assert {u.name: u.first_seen for u in scanned.updates} == {
+        "pwtest-lib": IN_WINDOW,
+        "pwtest-tool": IN_WINDOW,
+        "pwtest-other": IN_WINDOW,
+    }
+
+    clock.advance_to(IN_WINDOW + timedelta(days=6))  # the sixth opening after: still waiting
+    assert reconciler.reconcile().jobs == {"Scan succeeded": 1}
+    assert versions(roots["web-1"]) == UNPATCHED
+
+    # A minute later, so that the day-old scan is stale and the planner scans again.
+    clock.advance_to(IN_WINDOW + timedelta(days=7, minutes=1))
+    assert reconciler.reconcile().jobs == {"Scan succeeded": 1, "Install succeeded": 1}
+    assert versions(roots["web-1"]) == AFTER
     reconciler.store.close()

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.api.inventory import Inventory
 from reconciler.state import (
     SCHEMA_VERSION,
     Holder,
@@ -79,6 +80,15 @@ def scan(store: StateStore, instance: str = "web-1", minutes: float = 0, **overr
     return store.record_scan(**{**fields, **overrides})
 
 
+def offering(
+    instance: str, *archives: tuple[str, str], version: str = "3.0.11-1"
+) -> dict[str, Any]:
+    """An inventory document offering openssl ``version`` from each (origin, suite)."""
+    origins = [{"origin": origin, "suite": suite} for origin, suite in archives]
+    update = {"name": "openssl", "arch": "amd64", "version": version, "origins": origins}
+    return {"instanceId": instance, "facts": facts(instance), "updates": [update]}
+
+
 def claim(store: StateStore, key: str, instance: str = "web-1", **overrides: Any) -> Any:
     fields: dict[str, Any] = {
         "key": key,
@@ -106,7 +116,7 @@ def store(tmp_path: Path) -> Any:
 def test_new_file_is_created_in_wal_mode_at_the_latest_version(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "dir" / "state.db"
     with StateStore(path) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 5
+        assert store.schema_version() == SCHEMA_VERSION == 6
     assert path.is_file()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -194,6 +204,24 @@ def test_record_scan_stores_one_row_per_patch(store: StateStore) -> None:
         "CRITICAL",
     )
     assert first.cves == ["CVE-2024-0000"] and first.instance == "web-1"
+
+
+def test_first_seen_is_the_earliest_scan_of_any_instance_per_archive(store: StateStore) -> None:
+    security = ("Debian", "bookworm-security")
+    updates = ("Debian", "bookworm-updates")
+    key = ("openssl", "amd64", "3.0.11-1", "Debian/bookworm-security")
+    later = ("openssl", "amd64", "3.0.11-1", "Debian/bookworm-updates")
+    scan(store, "web-1", minutes=60, inventory=offering("web-1", security))
+    # Another instance saw it earlier (its scan recorded later): the time moves earlier.
+    scan(store, "db-1", minutes=10, inventory=offering("db-1", security))
+    # A later scan never moves it later; the same version in a new suite starts its own clock.
+    scan(store, "web-1", minutes=500, inventory=offering("web-1", security, updates))
+    # Another version of the same package is a different key.
+    scan(store, "web-1", minutes=5, inventory=offering("web-1", security, version="3.0.12-1"))
+    assert store.first_seen([key, later, ("openssl", "amd64", "9", "Debian/sid")]) == {
+        key: at(10),
+        later: at(500),
+    }
 
 
 def test_record_scan_keeps_latest_facts_and_first_seen(store: StateStore) -> None:
@@ -703,3 +731,18 @@ def test_one_writer_at_a_time_and_readers_beside_it(tmp_path: Path) -> None:
     # Closed: the lock is free for the next writer, which the file then names.
     with StateStore(path, writer=Holder.this_process("patchctl reconcile")) as second:
         assert second.latest_scan("web-1") is not None
+
+
+def test_with_first_seen_gives_recorded_times_and_now_for_versions_not_recorded_yet(
+    store: StateStore,
+) -> None:
+    security = ("Debian", "bookworm-security")
+    scan(store, "db-1", minutes=10, inventory=offering("db-1", security))
+    document = offering("web-1", security)
+    document["updates"].append({**document["updates"][0], "version": "3.0.13-1"})
+    document.update(
+        collectedAt=at(0).isoformat(),
+        facts={"osId": "debian", "osVersion": "12", "operatingSystem": "DEBIAN", "arch": "amd64"},
+    )
+    merged = store.with_first_seen(Inventory.model_validate(document), at(60))
+    assert [u.first_seen for u in merged.updates] == [at(10), at(60)]

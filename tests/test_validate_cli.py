@@ -296,8 +296,8 @@ def test_every_error_in_every_file_is_reported_at_once(tmp_path: Path) -> None:
         "spec.approvalRules[0].patchFilterGroup.patchFilters[0].key: SEVERITY is not a filter "
         "key for UBUNTU; use one of PRODUCT, PRIORITY, SECTION",
         f"{at(baselines, 'approveAfterDays: 7')}: spec.approvalRules[0].approveAfterDays: UBUNTU "
-        "packages carry no release dates; remove approveAfterDays (Debian-family rules approve "
-        "immediately)",
+        "packages carry no release dates; remove approveAfterDays, or set "
+        "spec.approveAfterDaysFrom: FirstSeen (Debian-family rules approve immediately)",
         # groups.yaml names ubuntu-prod, which is refused above: not reported a second time.
         f"{at(windows, 'Nightly')}: metadata.name: 'Nightly' is not valid: use lowercase "
         "letters, digits, '-' and '.', starting and ending with a letter or digit (a Kubernetes "

@@ -564,7 +564,36 @@ ERRORS = [
         "      complianceLevel: HIGH",
         "      approveAfterDays: 7\n      complianceLevel: HIGH",
         "spec.approvalRules[0].approveAfterDays",
-        ("UBUNTU packages carry no release dates; remove approveAfterDays",),
+        (
+            "UBUNTU packages carry no release dates; remove approveAfterDays, or set "
+            "spec.approveAfterDaysFrom: FirstSeen",
+        ),
+    ),
+    Edit(
+        "approveUntilDate on UBUNTU with approveAfterDaysFrom: FirstSeen",
+        UBUNTU,
+        "      complianceLevel: HIGH",
+        "      approveUntilDate: 2024-01-01\n      complianceLevel: HIGH\n"
+        "  approveAfterDaysFrom: FirstSeen",
+        "spec.approvalRules[0].approveUntilDate",
+        ("UBUNTU packages carry no release dates; remove approveUntilDate",),
+        absent=("FirstSeen",),
+    ),
+    Edit(
+        "approveAfterDaysFrom on WINDOWS",
+        WINDOWS,
+        "  approvedPatches: [KB5034439]",
+        "  approveAfterDaysFrom: FirstSeen\n  approvedPatches: [KB5034439]",
+        "spec.approveAfterDaysFrom",
+        ("applies to DEBIAN, UBUNTU and RASPBIAN only, not WINDOWS",),
+    ),
+    Edit(
+        "approveAfterDaysFrom misspelt",
+        UBUNTU,
+        "  rejectedPatches: [telnetd]",
+        "  approveAfterDaysFrom: FirstSeem\n  rejectedPatches: [telnetd]",
+        "spec.approveAfterDaysFrom",
+        ("FirstSeen",),
     ),
     Edit(
         "approveUntilDate on DEBIAN",
@@ -1127,6 +1156,12 @@ def test_one_precise_problem(case: Edit) -> None:
 # -- SSM's limits are inclusive: the largest allowed value is accepted ----------------------
 
 BOUNDARIES = [
+    Edit(
+        "approveAfterDays on UBUNTU with approveAfterDaysFrom: FirstSeen",
+        UBUNTU,
+        "      complianceLevel: HIGH\n",
+        "      approveAfterDays: 7\n      complianceLevel: HIGH\n  approveAfterDaysFrom: FirstSeen\n",
+    ),
     Edit("approveAfterDays 0", AL2023, "approveAfterDays: 7", "approveAfterDays: 0"),
     Edit("approveAfterDays 360", AL2023, "approveAfterDays: 7", "approveAfterDays: 360"),
     Edit("approveUntilDate plain", AL2023, "approveAfterDays: 7", "approveUntilDate: 2024-01-01"),

@@ -17,12 +17,13 @@ from reconciler.api.enums import (
     APT_SYSTEMS,
     LINUX_SYSTEMS,
     VALID_FILTERS,
+    ApproveAfterDaysFrom,
     Family,
     OperatingSystem,
     family_of,
 )
 from reconciler.api.names import accepted_forms, fits_a_form
-from reconciler.api.resources import PatchBaselineSpec, PatchFilterGroup
+from reconciler.api.resources import PatchBaselineSpec, PatchFilterGroup, PatchRule
 
 Path = tuple[str | int, ...]
 Issue = tuple[Path, str]
@@ -50,24 +51,17 @@ def baseline_issues(spec: PatchBaselineSpec) -> list[Issue]:
     for index, rule in enumerate(spec.approval_rules):
         path: Path = ("spec", "approvalRules", index)
         issues += _filter_issues(os, rule.patch_filter_group, (*path, "patchFilterGroup"))
-        dated = (rule.approve_after_days is not None) + (rule.approve_until_date is not None)
-        if os in APT_SYSTEMS and dated:
-            field = (
-                "approveAfterDays" if rule.approve_after_days is not None else "approveUntilDate"
-            )
-            issues.append(
-                (
-                    (*path, field),
-                    f"{os} packages carry no release dates; remove {field} "
-                    "(Debian-family rules approve immediately)",
-                )
-            )
-        elif os not in APT_SYSTEMS and dated == 0:
-            issues.append((path, "give approveAfterDays or approveUntilDate"))
-        elif dated == 2:
-            issues.append((path, "give approveAfterDays or approveUntilDate, not both"))
+        issues += _date_issues(spec, rule, path)
         if rule.enable_non_security and os not in LINUX_SYSTEMS:
             issues.append(((*path, "enableNonSecurity"), f"applies to Linux only, not {os}"))
+    if spec.approve_after_days_from is not None and os not in APT_SYSTEMS:
+        issues.append(
+            (
+                ("spec", "approveAfterDaysFrom"),
+                f"applies to DEBIAN, UBUNTU and RASPBIAN only, not {os}; {os} rules count "
+                "approveAfterDays from the release date",
+            )
+        )
     if spec.approved_patches_enable_non_security and os not in LINUX_SYSTEMS:
         issues.append(
             (("spec", "approvedPatchesEnableNonSecurity"), f"applies to Linux only, not {os}")
@@ -84,6 +78,32 @@ def baseline_issues(spec: PatchBaselineSpec) -> list[Issue]:
     issues += _id_issues(os, spec.approved_patches, "approvedPatches", rejected=False)
     issues += _id_issues(os, spec.rejected_patches, "rejectedPatches", rejected=True)
     return issues
+
+
+def _date_issues(spec: PatchBaselineSpec, rule: PatchRule, path: Path) -> list[Issue]:
+    """SSM: apt packages carry no release dates, so Debian-family rules take no date, and every
+    other rule takes exactly one. Patchwarden's ``approveAfterDaysFrom: FirstSeen`` lets
+    Debian-family rules give approveAfterDays (docs/decision-engine.md)."""
+    os = spec.operating_system
+    after, until = rule.approve_after_days is not None, rule.approve_until_date is not None
+    if os in APT_SYSTEMS:
+        first_seen = spec.approve_after_days_from is ApproveAfterDaysFrom.FIRST_SEEN
+        if until or (after and not first_seen):
+            field = "approveUntilDate" if until else "approveAfterDays"
+            hint = "" if until else ", or set spec.approveAfterDaysFrom: FirstSeen"
+            return [
+                (
+                    (*path, field),
+                    f"{os} packages carry no release dates; remove {field}{hint} "
+                    "(Debian-family rules approve immediately)",
+                )
+            ]
+        return []
+    if not after and not until:
+        return [(path, "give approveAfterDays or approveUntilDate")]
+    if after and until:
+        return [(path, "give approveAfterDays or approveUntilDate, not both")]
+    return []
 
 
 def _filter_issues(os: OperatingSystem, group: PatchFilterGroup, path: Path) -> Iterator[Issue]:

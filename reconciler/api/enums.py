@@ -135,6 +135,12 @@ class RejectedPatchesAction(StrEnum):
     BLOCK = "BLOCK"
 
 
+class ApproveAfterDaysFrom(StrEnum):
+    """Patchwarden extension: what approve-after-days counts from on Debian-family systems."""
+
+    FIRST_SEEN = "FirstSeen"
+
+
 class ComplianceStatus(StrEnum):
     COMPLIANT = "COMPLIANT"
     NON_COMPLIANT = "NON_COMPLIANT"

@@ -8,8 +8,9 @@ only; it never says whether a patch is approved. May not import anything outside
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
 
@@ -150,8 +151,10 @@ class PackageFacts(Model):
     """When the update notice was last updated, UTC; a date alone is midnight UTC."""
     build_time: UtcTimestamp | None = None
     """When the package was built (rpm's BUILDTIME), UTC."""
-    first_seen: datetime | None = None
-    """When this version was first seen available on the machine."""
+    first_seen: UtcTimestamp | None = None
+    """apt: when any instance's scan first saw this version in one of its archives (the state
+    store's record, merged in before evaluation; agents do not report it). A baseline with
+    ``approveAfterDaysFrom: FirstSeen`` counts approve-after-days from it."""
     reboot_suggested: bool = False
     """The update notice suggests a reboot after installing."""
     product: str | None = None
@@ -240,3 +243,40 @@ class Inventory(Model):
     """Patches the last Install could not install."""
     no_reboot_install: NoRebootInstall | None = None
     """The NoReboot Installs since the last boot, when there were any."""
+
+
+_P = TypeVar("_P", bound=PackageFacts)
+
+FirstSeenKey = tuple[str, str, str, str]
+"""(name, arch, version, archive): what the state store keeps a first-seen time for."""
+
+
+def first_seen_keys(
+    name: str, arch: str, version: str, origins: Iterable[tuple[str | None, str | None]]
+) -> tuple[FirstSeenKey, ...]:
+    """One key per archive (``origin/suite``) offering this version; none without origins (only
+    apt reports them). Takes plain values so that stored JSON and models share it."""
+    archives = sorted({f"{origin or ''}/{suite or ''}" for origin, suite in origins})
+    return tuple((name, arch, version, archive) for archive in archives)
+
+
+def package_first_seen_keys(pkg: PackageFacts) -> tuple[FirstSeenKey, ...]:
+    return first_seen_keys(
+        pkg.name, pkg.arch, pkg.version, ((o.origin, o.suite) for o in pkg.origins)
+    )
+
+
+def with_first_seen(inventory: Inventory, times: Mapping[FirstSeenKey, datetime]) -> Inventory:
+    """``inventory`` with each package's ``first_seen`` set to the earliest recorded time over its
+    archives (left unset when none is recorded). Pure: the caller looks the times up."""
+
+    def merged(pkg: _P) -> _P:
+        found = [times[key] for key in package_first_seen_keys(pkg) if key in times]
+        return pkg.model_copy(update={"first_seen": min(found)}) if found else pkg
+
+    return inventory.model_copy(
+        update={
+            "installed": tuple(merged(p) for p in inventory.installed),
+            "updates": tuple(merged(p) for p in inventory.updates),
+        }
+    )

@@ -29,6 +29,7 @@ from pydantic_core import PydanticCustomError
 
 from reconciler.api._base import Model
 from reconciler.api.enums import (
+    ApproveAfterDaysFrom,
     ComplianceLevel,
     ComplianceStatus,
     OperatingSystem,
@@ -188,6 +189,10 @@ class PatchBaselineSpec(Model):
     """Filters every patch must pass before approval rules are considered."""
     approval_rules: list[PatchRule] = Field(default_factory=list, max_length=10)
     """Up to 10 rules; a patch matched by any one rule is approved."""
+    approve_after_days_from: ApproveAfterDaysFrom | None = None
+    """Patchwarden extension, DEBIAN/UBUNTU/RASPBIAN only: ``FirstSeen`` lets approval rules give
+    approveAfterDays, counted from the first time any instance's scan saw the version (apt
+    archives carry no release dates, so SSM refuses approveAfterDays there)."""
     approved_patches: list[PatchId] = Field(default_factory=list, max_length=50)
     """Up to 50 patch ids approved even when filters and rules would not approve them."""
     approved_patches_compliance_level: ComplianceLevel = ComplianceLevel.UNSPECIFIED

@@ -28,6 +28,7 @@ from typing import TypeVar
 
 from reconciler.api.enums import (
     LINUX_SYSTEMS,
+    ApproveAfterDaysFrom,
     ComplianceLevel,
     ComplianceStatus,
     Family,
@@ -116,6 +117,13 @@ class Decider:
         self._named = bool(self._approved or self._rejected)
         self._approved_level = spec.approved_patches_compliance_level
         self._approved_non_security = spec.approved_patches_enable_non_security
+        # Patchwarden extension: apt archives carry no release dates, so an opted-in baseline
+        # counts approve-after-days from the first scan that saw the version (the caller merges
+        # the state store's times into the inventory as first_seen; the engine does no I/O).
+        self._first_seen = (
+            self.family is Family.APT
+            and spec.approve_after_days_from is ApproveAfterDaysFrom.FIRST_SEEN
+        )
         # Decisions keyed by the version's PackageFacts fields alone: the update to one version
         # from each older installed version, and the installed package of that version, differ
         # only in fields a decision does not read (installedVersion, installedTime, requires...).
@@ -182,7 +190,7 @@ class Decider:
         if excluded is not None:
             why_not = f"excluded by globalFilters ({excluded.text})"
         else:
-            released = release_time(pkg, self.os)  # once per version, whatever the rules
+            released = self._release_time(pkg)  # once per version, whatever the rules
             for rule in self._rules:
                 verdict = self._rule_verdict(rule, pkg, eligible, not_security, released)
                 if verdict is None:
@@ -210,6 +218,13 @@ class Decider:
             False, False, ComplianceLevel.UNSPECIFIED, f"not approved: {why_not}", security
         )
 
+    def _release_time(self, pkg: PackageFacts) -> tuple[datetime | None, str]:
+        if self._first_seen:
+            return pkg.first_seen, (
+                "first seen" if pkg.first_seen else "no scan has recorded this version yet"
+            )
+        return release_time(pkg, self.os)
+
     def _rule_verdict(
         self,
         rule: _Rule,
@@ -230,6 +245,9 @@ class Decider:
         released, source = release
         criteria = ", ".join(f.text for f in rule.filters) or "all patches"
         if rule.approve_after_days is not None:
+            if released is None and self._first_seen:
+                days = rule.approve_after_days
+                return False, f"{name} approves it {days} days after it is first seen; {source}"
             if released is None:
                 return True, f"approved by {name} ({criteria}; {source}, so no delay)"
             approve_at = released + timedelta(days=rule.approve_after_days)

@@ -226,6 +226,8 @@ class JobRunner:
         group = resolution.group.metadata.name if resolution.group else None
         inventory = inventory.model_copy(update={"operation": operation})
         now = self.clock()
+        if resolution.baseline.spec.approve_after_days_from is not None:
+            inventory = self.store.with_first_seen(inventory, now)
         result = evaluate(resolution.baseline, inventory, now, patch_group=group)
         evaluation = result.to_dict()
         evaluation["pins"] = list(pins_for(result, inventory.facts.arch))

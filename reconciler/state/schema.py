@@ -331,12 +331,46 @@ def _v5_execution_statuses(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v6_package_first_seen(conn: sqlite3.Connection) -> None:
+    """The first time any instance's scan saw each package version in each archive (origin and
+    suite): apt archives carry no release dates, so a baseline that opts in
+    (``approveAfterDaysFrom: FirstSeen``) counts approve-after-days from this moment instead."""
+    _run(
+        conn,
+        [
+            """CREATE TABLE package_first_seen (
+                name TEXT NOT NULL,
+                arch TEXT NOT NULL,
+                version TEXT NOT NULL,
+                archive TEXT NOT NULL,
+                first_seen TEXT NOT NULL,
+                PRIMARY KEY (name, arch, version, archive)
+            ) WITHOUT ROWID""",
+        ],
+    )
+
+
+def record_first_seen(
+    conn: sqlite3.Connection, keys: Iterable[tuple[str, str, str, str]], seen_at: str
+) -> None:
+    """Keep the earliest time each (name, arch, version, archive) was seen: scans arrive out of
+    order (parallel workers), so a later arrival with an earlier time moves it earlier, never
+    later."""
+    conn.executemany(
+        "INSERT INTO package_first_seen (name, arch, version, archive, first_seen)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (name, arch, version, archive)"
+        " DO UPDATE SET first_seen = min(first_seen, excluded.first_seen)",
+        [(*key, seen_at) for key in keys],
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_history,
     _v2_patches_and_instances,
     _v3_report_runs,
     _v4_planning_indexes,
     _v5_execution_statuses,
+    _v6_package_first_seen,
 )
 LATEST = len(MIGRATIONS)
 

@@ -37,6 +37,13 @@ from types import TracebackType
 from typing import Any, Self
 
 from reconciler.api.enums import ExecutionStatus, JobStatus, Operation, ReportRunStatus
+from reconciler.api.inventory import (
+    FirstSeenKey,
+    Inventory,
+    first_seen_keys,
+    package_first_seen_keys,
+    with_first_seen,
+)
 from reconciler.state.lock import FileLock, Holder, WriterLock, lock_path
 from reconciler.state.records import (
     FINISHED_STATUSES,
@@ -64,6 +71,7 @@ from reconciler.state.schema import (
     immediate,
     insert_patch_states,
     migrate,
+    record_first_seen,
     upsert_instance,
     user_version,
 )
@@ -180,9 +188,39 @@ class StateStore:
             assert scan_id is not None  # an INSERT into a rowid table always has one
             insert_patch_states(conn, scan_id, instance, evaluation)
             upsert_instance(conn, scan_id, instance, finished, facts_of(inventory, evaluation))
+            record_first_seen(conn, _offered(inventory), finished)
         # Built from the stored text, so the record equals what a later read returns.
         row = (scan_id, *identity, started, finished, inventory_text, evaluation_text)
         return ScanRecord.from_row(row)
+
+    def first_seen(self, keys: Iterable[FirstSeenKey]) -> dict[FirstSeenKey, datetime]:
+        """The recorded first-seen time of each of ``keys`` that has one (``record_scan`` writes
+        them: the earliest scan of any instance that offered the version in that archive)."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[FirstSeenKey, datetime] = {}
+        with self._use() as conn:
+            for start in range(0, len(wanted), 200):  # SQLite's bound on parameters
+                chunk = wanted[start : start + 200]
+                rows = conn.execute(
+                    "SELECT name, arch, version, archive, first_seen FROM package_first_seen"
+                    " WHERE (name, arch, version, archive) IN (VALUES "
+                    + ", ".join(["(?, ?, ?, ?)"] * len(chunk))
+                    + ")",
+                    [part for key in chunk for part in key],
+                ).fetchall()
+                found.update({tuple(row[:4]): from_text(row[4]) for row in rows})
+        return found
+
+    def with_first_seen(self, inventory: Inventory, now: datetime | None) -> Inventory:
+        """``inventory`` with each version's recorded first-seen time. A scan being recorded at
+        ``now`` gives ``now`` to the offered versions no scan recorded yet (it records them);
+        a reader (``now`` None) leaves them without one."""
+        packages = (*inventory.updates, *inventory.installed)
+        found = self.first_seen(key for pkg in packages for key in package_first_seen_keys(pkg))
+        if now is None:
+            return with_first_seen(inventory, found)
+        offered = {key for pkg in inventory.updates for key in package_first_seen_keys(pkg)}
+        return with_first_seen(inventory, {k: found.get(k, now) for k in offered} | found)
 
     def latest_scan(self, instance: str) -> ScanRecord | None:
         history = self.scan_history(instance, limit=1)
@@ -571,6 +609,16 @@ TRANSIENT = frozenset(
 )
 """SQLite's primary result codes for a write that may succeed later, unchanged: a full disk, an
 I/O error, a file system remounted read-only, another process's write lock held too long."""
+
+
+def _offered(inventory: dict[str, Any]) -> list[FirstSeenKey]:
+    """The (name, arch, version, archive) keys of the updates an inventory document offers."""
+    keys: list[FirstSeenKey] = []
+    for update in inventory.get("updates") or []:
+        origins = [(o.get("origin"), o.get("suite")) for o in update.get("origins") or []]
+        arch = update.get("arch") or ""
+        keys += first_seen_keys(update["name"], arch, update["version"], origins)
+    return keys
 
 
 def _primary(exc: sqlite3.Error) -> int | None:
