@@ -17,13 +17,14 @@ import threading
 import traceback
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
+from reconciler.api.resources import PatchSource
 from reconciler.dispatch import transport_for
 from reconciler.dispatch.base import InstallRequest, Transport
 from reconciler.loop import Reconciler, Service
@@ -63,8 +64,14 @@ class FillsTheDisk:
     mount: Path
     ballast: list[Path]
 
-    def scan(self, *, instance_id: str | None = None, refresh: bool = True) -> Inventory:
-        inventory = self.inner.scan(instance_id=instance_id, refresh=refresh)
+    def scan(
+        self,
+        *,
+        instance_id: str | None = None,
+        refresh: bool = True,
+        sources: Sequence[PatchSource] = (),
+    ) -> Inventory:
+        inventory = self.inner.scan(instance_id=instance_id, refresh=refresh, sources=sources)
         if not self.ballast:
             self.ballast.append(fill(self.mount))
         return inventory

@@ -13,9 +13,9 @@ import importlib
 import sys
 from typing import Any, Dict, List, Optional
 
-from reconciler.agent import AGENT_VERSION
+from reconciler.agent import AGENT_VERSION, sources
 from reconciler.agent.errors import AgentError, InternalError, UnsupportedSystem
-from reconciler.agent.facts import operating_system, read_os_release
+from reconciler.agent.facts import operating_system, product, read_os_release
 from reconciler.agent.runner import dumps
 
 BACKENDS = {
@@ -100,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="/")
     p.add_argument("--instance-id")
     p.add_argument("--no-refresh", action="store_true", help="do not refresh package lists first")
+    _sources_option(p)
     p.add_argument(
         "--private-state",
         metavar="DIR",
@@ -117,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--allow-reboot", action="store_true", help="allow rebooting the host")
     p.add_argument("--lock-timeout", type=int, default=60)
+    _sources_option(p)
     p.add_argument(
         "--trust-root-scripts",
         action="store_true",
@@ -126,7 +128,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sources_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sources",
+        metavar="BASE64",
+        help="the baseline's sources, base64 of a JSON list of {name, products, configuration}: "
+        "those for this machine's product replace its repositories for this run",
+    )
+
+
 def _run(args: argparse.Namespace) -> Dict[str, object]:
+    if args.sources:
+        release = read_os_release(args.root)
+        machine = product(operating_system(release), release.get("VERSION_ID", ""))
+        sources.use(args.sources, machine)
     if args.command == "scan":
         return scan(
             args.root,

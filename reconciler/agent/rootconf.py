@@ -22,10 +22,12 @@ def private_config(
     target: str,
     allowed: FrozenSet[str],
     pinned: Dict[str, str],
+    repos: bool = True,
 ) -> str:
     """Write ``target`` from ``source`` (a root's configuration file; absent is fine): its
     sections other than [main] as they are (repository definitions), the [main] options in
-    ``allowed``, then ``pinned``. Returns ``target``; an unreadable ``source`` is an error
+    ``allowed``, then ``pinned`` (without the repository sections when not ``repos``: a
+    baseline's sources replace them). Returns ``target``; an unreadable ``source`` is an error
     naming it."""
     parser = _parser()
     try:
@@ -44,7 +46,7 @@ def private_config(
     out = _parser()
     out.read_dict({"main": kept})
     for section in parser.sections():
-        if section != "main":
+        if repos and section != "main":
             out.read_dict({section: dict(parser.items(section))})
     with open(target, "w", encoding="utf-8") as handle:
         out.write(handle, space_around_delimiters=False)

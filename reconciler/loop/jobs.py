@@ -16,7 +16,7 @@ from typing import Any
 from reconciler.api.enums import JobStatus, Operation
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
-from reconciler.api.resources import ManagedInstance
+from reconciler.api.resources import ManagedInstance, PatchSource
 from reconciler.api.snapshot import Snapshot
 from reconciler.dispatch import AgentFailed
 from reconciler.dispatch.base import InstallRequest, Transport
@@ -171,7 +171,8 @@ class JobRunner:
 
     def _scan(self, claimed: Claimed, transport: Transport) -> Result:
         name = claimed.instance.metadata.name
-        inventory = transport.scan(instance_id=name, refresh=True)
+        sources = self._sources(claimed)
+        inventory = transport.scan(instance_id=name, refresh=True, sources=sources)
         evaluation = self._record(claimed, inventory, Operation.SCAN)
         return JobStatus.SUCCEEDED, {"summary": evaluation.summary.to_dict()}
 
@@ -183,16 +184,20 @@ class JobRunner:
             instance.spec.connection.type in ("ssh", "kubernetes")
             and action.reboot_option == "RebootIfNeeded"
         )
+        sources = self._sources(claimed)
         outcome = transport.install(
             InstallRequest(
                 action.pins,
                 blocked=action.blocked,
                 reboot_option=action.reboot_option,
                 allow_reboot=allow_reboot,
+                sources=sources,
             )
         )
         before = self.store.latest_scan(instance.metadata.name)
-        rescanned = transport.scan(instance_id=instance.metadata.name, refresh=False)
+        rescanned = transport.scan(
+            instance_id=instance.metadata.name, refresh=False, sources=sources
+        )
         arch = {
             (p["name"], p["version"]): p.get("arch", "") for p in (before.patches if before else [])
         }
@@ -214,6 +219,18 @@ class JobRunner:
             )
         if outcome.reboot is not None and outcome.reboot.required:
             self.emit(Kind.REBOOT, instance=instance, job=job, **outcome.reboot.document())
+
+    def _sources(self, claimed: Claimed) -> tuple[PatchSource, ...]:
+        """The sources of the machine's baseline. Which baseline applies depends on the
+        operating system a scan reports, so it is the one the last scan resolved to: a machine
+        never scanned is scanned from its own repositories first."""
+        snapshot, instance = self.in_force.snapshot, claimed.instance
+        previous = self.store.latest_scan(instance.metadata.name)
+        if snapshot is None or previous is None:
+            return ()
+        system = Inventory.model_validate(previous.inventory).facts.operating_system
+        baseline = resolve(snapshot, instance.metadata.labels, system).baseline
+        return tuple(baseline.spec.sources) if baseline else ()
 
     def _record(
         self, claimed: Claimed, inventory: Inventory, operation: Operation

@@ -1,0 +1,122 @@
+"""Stage: agent. A baseline's alternative repositories (SSM's PatchSource): read from the one
+``--sources`` word (base64 of a JSON list of ``{name, products, configuration}``), kept when one
+of their products is this machine's (or ``*``), checked, and written as repository definitions
+into the agent's private directory. Standard library only; may not write the machine's own
+repository files or run commands.
+
+As in SSM, the sources that apply replace the machine's configured repositories for the
+operation; the private directory (runner.private_dir) goes when the agent exits, so nothing is
+left to restore. A source's text comes from the configuration repository, and the package
+managers run on this host as root: only the repository options in :data:`REPO_OPTIONS` are
+accepted, anything else (a plugin, a command, a client key or CA file on this host) refuses the
+whole operation, naming the source and the option.
+"""
+
+import base64
+import binascii
+import configparser
+import json
+import os
+from typing import Dict, List, NamedTuple
+
+from reconciler.agent.errors import CommandFailed
+from reconciler.agent.runner import private_dir
+
+# The options of a dnf/yum/zypper repository section a source may set: where the packages are,
+# whether to use it, and how to check what it serves. gpgkey is allowed for URLs only (a file://
+# key would read this host's files).
+REPO_OPTIONS = frozenset(
+    (
+        "name", "baseurl", "mirrorlist", "metalink", "enabled", "gpgcheck", "repo_gpgcheck",
+        "gpgkey", "priority", "cost", "exclude", "excludepkgs", "includepkgs",
+        "skip_if_unavailable", "metadata_expire", "module_hotfixes", "sslverify", "timeout",
+        "retries", "autorefresh", "type", "keeppackages",
+    )
+)  # fmt: skip
+
+
+class Source(NamedTuple):
+    name: str
+    products: List[str]
+    configuration: str
+
+
+_SELECTED = []  # type: List[Source]
+
+
+def use(encoded: str, product: str) -> None:
+    """Remember the sources of ``encoded`` that apply to ``product`` for this agent run."""
+    del _SELECTED[:]
+    _SELECTED.extend(s for s in decode(encoded) if "*" in s.products or product in s.products)
+
+
+def selected() -> List[Source]:
+    """The sources this run uses (none: the machine's own repositories)."""
+    return list(_SELECTED)
+
+
+def decode(encoded: str) -> List[Source]:
+    """The sources in ``--sources``'s word, or an error saying what is wrong with it."""
+    try:
+        items = json.loads(base64.b64decode(encoded.encode("ascii"), validate=True).decode())
+        return [
+            Source(str(i["name"]), [str(p) for p in i["products"]], str(i["configuration"]))
+            for i in items
+        ]
+    except (ValueError, binascii.Error, KeyError, TypeError, UnicodeError):
+        raise CommandFailed(
+            "--sources is not base64 of a JSON list of {name, products, configuration}"
+        ) from None
+
+
+def repo_sections(source: Source) -> Dict[str, Dict[str, str]]:
+    """The repository sections of a dnf/yum/zypper source: each section of its INI text, the
+    one SSM's examples call ``[main]`` named after the source; refused when it has none or sets
+    an option outside :data:`REPO_OPTIONS`."""
+    parser = configparser.RawConfigParser(strict=False, default_section="\0")
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        parser.read_string(source.configuration)
+    except configparser.Error as exc:
+        raise _refused(source, "is not an INI section: " + str(exc).splitlines()[0]) from None
+    if not parser.sections():
+        raise _refused(source, "has no [section] with a baseurl")
+    out = {}  # type: Dict[str, Dict[str, str]]
+    for section in parser.sections():
+        options = dict(parser.items(section))
+        for key, value in options.items():
+            if key not in REPO_OPTIONS or (key == "gpgkey" and not _url(value)):
+                raise _refused(source, "sets {}= (a source may set only {})".format(key, _names()))
+        out[source.name if section == "main" else section] = options
+    return out
+
+
+def write_repo_files(suffix: str = ".repo") -> str:
+    """A private directory holding one repository file per selected source (dnf, yum and
+    zypper read ``*.repo``); an empty string when no source applies."""
+    if not _SELECTED:
+        return ""
+    directory = private_dir()
+    for source in _SELECTED:
+        parser = configparser.RawConfigParser(default_section="\0")
+        parser.optionxform = str  # type: ignore[assignment,method-assign]
+        parser.read_dict(repo_sections(source))
+        path = os.path.join(directory, source.name + suffix)
+        with open(path, "w", encoding="utf-8") as handle:
+            parser.write(handle, space_around_delimiters=False)
+    return directory
+
+
+def _url(value: str) -> bool:
+    return all(v.startswith(("https://", "http://")) for v in value.split())
+
+
+def _names() -> str:
+    return ", ".join(sorted(REPO_OPTIONS))
+
+
+def _refused(source: Source, what: str) -> CommandFailed:
+    return CommandFailed(
+        "baseline source {!r} {}; fix its configuration".format(source.name, what),
+        {"source": source.name},
+    )
