@@ -138,10 +138,11 @@ def _sources_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> Dict[str, object]:
+    machine = ""
     if args.sources:
         release = read_os_release(args.root)
         machine = product(operating_system(release), release.get("VERSION_ID", ""))
-        sources.use(args.sources, machine)
+    sources.use(args.sources or "", machine)
     if args.command == "scan":
         return scan(
             args.root,

@@ -17,7 +17,8 @@ import binascii
 import configparser
 import json
 import os
-from typing import Dict, List, NamedTuple
+import re
+from typing import Dict, FrozenSet, Iterable, List, NamedTuple
 
 from reconciler.agent.errors import CommandFailed
 from reconciler.agent.runner import private_dir
@@ -35,6 +36,21 @@ REPO_OPTIONS = frozenset(
 )  # fmt: skip
 
 
+# The options of an apt sources entry a source may set ("[key=value]" on a one-line entry, the
+# same names as deb822 fields, where Types, URIs, Suites and Components say what the line says).
+APT_OPTIONS = frozenset(
+    (
+        "arch", "architectures", "lang", "languages", "target", "targets", "pdiffs", "by-hash",
+        "trusted", "signed-by", "check-valid-until", "check-date", "valid-until-min",
+        "valid-until-max", "date-max-future", "enabled", "types", "uris", "suites",
+        "components", "x-repolib-name",
+    )
+)  # fmt: skip
+_ONE_LINE = re.compile(r"^deb(-src)?\s+(\[(?P<options>[^\]]*)\]\s+)?(?P<uri>\S+)\s+\S+(\s+\S+)*$")
+_FIELD = re.compile(r"^(?P<key>[A-Za-z][A-Za-z0-9-]*):")
+_SCHEME = re.compile(r"^[a-z0-9][a-z0-9+-]*:")
+
+
 class Source(NamedTuple):
     name: str
     products: List[str]
@@ -45,8 +61,11 @@ _SELECTED = []  # type: List[Source]
 
 
 def use(encoded: str, product: str) -> None:
-    """Remember the sources of ``encoded`` that apply to ``product`` for this agent run."""
+    """Remember the sources of ``encoded`` (none when empty) that apply to ``product`` for this
+    agent run."""
     del _SELECTED[:]
+    if not encoded:
+        return
     _SELECTED.extend(s for s in decode(encoded) if "*" in s.products or product in s.products)
 
 
@@ -86,9 +105,63 @@ def repo_sections(source: Source) -> Dict[str, Dict[str, str]]:
         options = dict(parser.items(section))
         for key, value in options.items():
             if key not in REPO_OPTIONS or (key == "gpgkey" and not _url(value)):
-                raise _refused(source, "sets {}= (a source may set only {})".format(key, _names()))
+                raise _refused(
+                    source, "sets {}= (a source may set only {})".format(key, _names(REPO_OPTIONS))
+                )
         out[source.name if section == "main" else section] = options
     return out
+
+
+def apt_entries(source: Source) -> str:
+    """A source's apt text, checked: one-line ``deb``/``deb-src`` entries or deb822 stanzas,
+    with only :data:`APT_OPTIONS` and a download method that is a method name (apt runs
+    ``/usr/lib/apt/methods/<scheme>``); anything else refuses the operation."""
+    text = source.configuration.strip() + "\n"
+    lines = [x.strip() for x in text.splitlines() if x.strip() and not x.startswith("#")]
+    if all(_ONE_LINE.match(x) for x in lines):
+        for line in lines:
+            match = _ONE_LINE.match(line)
+            assert match is not None
+            _check_apt(source, (o.split("=")[0] for o in (match.group("options") or "").split()))
+            _check_uri(source, match.group("uri"))
+        return text
+    heads = [x for x in text.splitlines() if x.strip() and x[0] not in " \t#"]
+    fields = [_FIELD.match(x) for x in heads]
+    if not all(fields) or not lines:
+        raise _refused(source, "is neither 'deb ...' lines nor deb822 stanzas")
+    _check_apt(source, (f.group("key") for f in fields if f))
+    for line in text.splitlines():
+        if line.lower().startswith("uris:"):
+            for uri in line.split(":", 1)[1].split():
+                _check_uri(source, uri)
+    return text
+
+
+def _check_apt(source: Source, keys: Iterable[str]) -> None:
+    for key in keys:
+        if key.lower() not in APT_OPTIONS:
+            raise _refused(
+                source, "sets {} (a source may set only {})".format(key, _names(APT_OPTIONS))
+            )
+
+
+def _check_uri(source: Source, uri: str) -> None:
+    if not _SCHEME.match(uri):
+        raise _refused(source, "names {}, which is not a method:URI (apt would run it)".format(uri))
+
+
+def write_apt_parts() -> str:
+    """A private sources.list.d holding each selected source's entries (``.list`` or deb822
+    ``.sources``); an empty string when no source applies."""
+    if not _SELECTED:
+        return ""
+    directory = private_dir()
+    for source in _SELECTED:
+        text = apt_entries(source)
+        suffix = ".list" if text.lstrip().startswith("deb") else ".sources"
+        with open(os.path.join(directory, source.name + suffix), "w", encoding="utf-8") as f:
+            f.write(text)
+    return directory
 
 
 def write_repo_files(suffix: str = ".repo") -> str:
@@ -111,8 +184,8 @@ def _url(value: str) -> bool:
     return all(v.startswith(("https://", "http://")) for v in value.split())
 
 
-def _names() -> str:
-    return ", ".join(sorted(REPO_OPTIONS))
+def _names(allowed: FrozenSet[str]) -> str:
+    return ", ".join(sorted(allowed))
 
 
 def _refused(source: Source, what: str) -> CommandFailed:
