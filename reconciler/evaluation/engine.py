@@ -116,6 +116,8 @@ class Decider:
         self._named = bool(self._approved or self._rejected)
         self._approved_level = spec.approved_patches_compliance_level
         self._approved_non_security = spec.approved_patches_enable_non_security
+        # SSM: with a source for this product the machine's repositories are the baseline's.
+        self._sourced = any("*" in s.products or product in s.products for s in spec.sources)
         # Decisions keyed by the version's PackageFacts fields alone: the update to one version
         # from each older installed version, and the installed package of that version, differ
         # only in fields a decision does not read (installedVersion, installedTime, requires...).
@@ -230,6 +232,13 @@ class Decider:
         released, source = release
         criteria = ", ".join(f.text for f in rule.filters) or "all patches"
         if rule.approve_after_days is not None:
+            if self._sourced and not rule.enable_non_security and source == "build time":
+                released, source = None, "no release date"
+            if released is None and self._sourced and not rule.enable_non_security:
+                return False, (
+                    f"{name} matches but the baseline's sources give it no release date: "
+                    "approveAfterDays drops such patches unless enableNonSecurity is true"
+                )
             if released is None:
                 return True, f"approved by {name} ({criteria}; {source}, so no delay)"
             approve_at = released + timedelta(days=rule.approve_after_days)
