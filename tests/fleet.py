@@ -17,8 +17,8 @@ from typing import Any
 
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
-from reconciler.api.resources import ManagedInstance, PatchSource
-from reconciler.dispatch.base import InstallRequest, Transport
+from reconciler.api.resources import ManagedInstance
+from reconciler.dispatch.base import BaselineSource, InstallRequest, Transport
 from tests.aptlab import Pkg, Repo, dpkg_state, make_root
 
 API = "apiVersion: patchwarden.io/v1alpha1"
@@ -226,7 +226,7 @@ class _SpyTransport:
         *,
         instance_id: str | None = None,
         refresh: bool = True,
-        sources: Sequence[PatchSource] = (),
+        sources: Sequence[BaselineSource] = (),
     ) -> Inventory:
         return self.inner.scan(instance_id=instance_id, refresh=refresh, sources=sources)
 

@@ -8,13 +8,17 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reconciler.agent.__main__ import main
+from reconciler.api.enums import OperatingSystem
 from reconciler.api.resources import PatchSource
+from reconciler.dispatch.base import BaselineSource
 from reconciler.dispatch.local import LocalTransport
 from tests.aptlab import Pkg, Repo, dpkg_state, make_root
 from tests.conftest import needs_apt
@@ -123,9 +127,12 @@ def test_the_local_transport_carries_the_baseline_sources_to_the_agent(
     source = PatchSource(
         name="extra-repo", products=["*"], configuration=_extra(repos).replace("[main]", "[x]")
     )
-    inventory = LocalTransport(str(root)).scan(sources=[source])
+    rhel = BaselineSource(OperatingSystem.REDHAT_ENTERPRISE_LINUX, source)
+    inventory = LocalTransport(str(root)).scan(sources=[rhel])
     assert [(u.name, u.version) for u in inventory.updates] == [("demo-src", "2.0-1")]
-    assert LocalTransport(str(root)).scan().updates == ()
+    # The Rocky Linux baseline's source for every product is not this RHEL machine's.
+    rocky = BaselineSource(OperatingSystem.ROCKY_LINUX, source)
+    assert LocalTransport(str(root)).scan(sources=[rocky]).updates == ()
 
 
 # -- apt ---------------------------------------------------------------------------------------
@@ -207,3 +214,36 @@ def test_a_zypper_source_is_scanned_and_installed_and_root_files_stay(
     assert (status, result["changed"]) == (0, True), result
     assert rpm_q(root, "demo-lib") == {"demo-lib": "1.0-2"}
     assert _repo_files(root) == before
+
+
+@needs_dnf
+def test_patchctl_scan_with_a_baseline_file_uses_its_sources(
+    root: Path, repos: dict[str, str], tmp_path: Path
+) -> None:
+    spec = {
+        "operatingSystem": "REDHAT_ENTERPRISE_LINUX",
+        "approvalRules": [
+            {
+                "patchFilterGroup": {"patchFilters": []},
+                "enableNonSecurity": True,
+                "approveAfterDays": 0,
+            }
+        ],
+        "sources": [{"name": "extra-repo", "products": ["*"], "configuration": _extra(repos)}],
+    }
+    document = {
+        "apiVersion": "patchwarden.io/v1alpha1",
+        "kind": "PatchBaseline",
+        "metadata": {"name": "b"},
+        "spec": spec,
+    }
+    (tmp_path / "b.yaml").write_text(json.dumps(document))
+    args = [f"--root={root}", "--instance=rhel-1", f"--baseline={tmp_path / 'b.yaml'}"]
+    run = subprocess.run(
+        [sys.executable, "-m", "reconciler", "scan", *args, "-o", "json"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    evaluation = json.loads(run.stdout)
+    states = {(p["name"], p["version"]): p["state"] for p in evaluation["patches"]}
+    assert states[("demo-src", "2.0-1")] == "MISSING"

@@ -24,9 +24,8 @@ from typing import Any
 
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
-from reconciler.api.resources import PatchSource
 from reconciler.dispatch import transport_for
-from reconciler.dispatch.base import InstallRequest, Transport
+from reconciler.dispatch.base import BaselineSource, InstallRequest, Transport
 from reconciler.loop import Reconciler, Service
 from reconciler.loop.service import STORE_RETRY_FIRST, store_backoff
 from reconciler.report.notify.metrics import LoopMetrics
@@ -69,7 +68,7 @@ class FillsTheDisk:
         *,
         instance_id: str | None = None,
         refresh: bool = True,
-        sources: Sequence[PatchSource] = (),
+        sources: Sequence[BaselineSource] = (),
     ) -> Inventory:
         inventory = self.inner.scan(instance_id=instance_id, refresh=refresh, sources=sources)
         if not self.ballast:

@@ -16,9 +16,9 @@ import pytest
 
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
-from reconciler.api.resources import ManagedInstance, PatchSource
+from reconciler.api.resources import ManagedInstance
 from reconciler.dispatch import transport_for
-from reconciler.dispatch.base import InstallRequest, Transport
+from reconciler.dispatch.base import BaselineSource, InstallRequest, Transport
 from reconciler.loop import Reconciler
 from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.sources import DirectorySource
@@ -149,7 +149,7 @@ class _Long:
         *,
         instance_id: str | None = None,
         refresh: bool = True,
-        sources: Sequence[PatchSource] = (),
+        sources: Sequence[BaselineSource] = (),
     ) -> Inventory:
         return self.inner.scan(instance_id=instance_id, refresh=refresh, sources=sources)
 

@@ -132,17 +132,19 @@ def _sources_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sources",
         metavar="BASE64",
-        help="the baseline's sources, base64 of a JSON list of {name, products, configuration}: "
-        "those for this machine's product replace its repositories for this run",
+        help="the baselines' sources, base64 of a JSON list of {name, products, configuration, "
+        "operatingSystem}: those for this machine's system and product replace its "
+        "repositories for this run",
     )
 
 
 def _run(args: argparse.Namespace) -> Dict[str, object]:
-    machine = ""
+    system = machine = ""
     if args.sources:
         release = read_os_release(args.root)
-        machine = product(operating_system(release), release.get("VERSION_ID", ""))
-    sources.use(args.sources or "", machine)
+        system = operating_system(release)
+        machine = product(system, release.get("VERSION_ID", ""))
+    sources.use(args.sources or "", system, machine)
     if args.command == "scan":
         return scan(
             args.root,
@@ -175,6 +177,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as exc:  # the agent never prints a traceback
         message = "{}: {}".format(type(exc).__name__, exc)
         document, status = {"error": InternalError(message).to_dict()}, 1
+    finally:
+        sources.use("", "", "")  # one run's sources, even when the agent runs in-process
     sys.stdout.write(dumps(document) + "\n")
     return status
 

@@ -29,7 +29,7 @@ def private_config(
     ``allowed``, then ``pinned`` (without the repository sections when not ``repos``: a
     baseline's sources replace them). Returns ``target``; an unreadable ``source`` is an error
     naming it."""
-    parser = _parser()
+    parser = ini_parser()
     try:
         parser.read(source, encoding="utf-8")
     except (configparser.Error, UnicodeDecodeError) as exc:
@@ -43,7 +43,7 @@ def private_config(
         note("ignored from {}: {} (a root may not choose them)".format(source, ", ".join(ignored)))
     kept = {k: v for k, v in main.items() if k in allowed}
     kept.update(pinned)
-    out = _parser()
+    out = ini_parser()
     out.read_dict({"main": kept})
     for section in parser.sections():
         if repos and section != "main":
@@ -53,7 +53,8 @@ def private_config(
     return target
 
 
-def _parser() -> configparser.RawConfigParser:
+def ini_parser() -> configparser.RawConfigParser:
+    """A parser for dnf, yum and zypper INI files, reading them as the tools do."""
     # No [DEFAULT] magic, duplicate keys as the tools take them (the last wins), names as written.
     parser = configparser.RawConfigParser(strict=False, default_section="\0")
     parser.optionxform = str  # type: ignore[assignment,method-assign]

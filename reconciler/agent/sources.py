@@ -1,8 +1,9 @@
 """Stage: agent. A baseline's alternative repositories (SSM's PatchSource): read from the one
-``--sources`` word (base64 of a JSON list of ``{name, products, configuration}``), kept when one
-of their products is this machine's (or ``*``), checked, and written as repository definitions
-into the agent's private directory. Standard library only; may not write the machine's own
-repository files or run commands.
+``--sources`` word (base64 of a JSON list of ``{name, products, configuration,
+operatingSystem}``), kept when they are from the baseline for this machine's operating system
+and one of their products is this machine's (or ``*``), checked, and written as repository
+definitions into the agent's private directory. Standard library only; may not write the
+machine's own repository files or run commands.
 
 As in SSM, the sources that apply replace the machine's configured repositories for the
 operation; the private directory (runner.private_dir) goes when the agent exits, so nothing is
@@ -21,6 +22,7 @@ import re
 from typing import Dict, FrozenSet, Iterable, List, NamedTuple
 
 from reconciler.agent.errors import CommandFailed
+from reconciler.agent.rootconf import ini_parser
 from reconciler.agent.runner import private_dir
 
 # The options of a dnf/yum/zypper repository section a source may set: where the packages are,
@@ -55,18 +57,23 @@ class Source(NamedTuple):
     name: str
     products: List[str]
     configuration: str
+    system: str  # the operating system of the baseline it is from ("" for any)
 
 
 _SELECTED = []  # type: List[Source]
 
 
-def use(encoded: str, product: str) -> None:
-    """Remember the sources of ``encoded`` (none when empty) that apply to ``product`` for this
-    agent run."""
+def use(encoded: str, system: str, product: str) -> None:
+    """Remember the sources of ``encoded`` (none when empty) for this agent run: those of the
+    baseline for ``system`` (SSM's operating system) whose products name ``product`` or ``*``."""
     del _SELECTED[:]
     if not encoded:
         return
-    _SELECTED.extend(s for s in decode(encoded) if "*" in s.products or product in s.products)
+    _SELECTED.extend(
+        s
+        for s in decode(encoded)
+        if s.system in ("", system) and ("*" in s.products or product in s.products)
+    )
 
 
 def selected() -> List[Source]:
@@ -79,12 +86,18 @@ def decode(encoded: str) -> List[Source]:
     try:
         items = json.loads(base64.b64decode(encoded.encode("ascii"), validate=True).decode())
         return [
-            Source(str(i["name"]), [str(p) for p in i["products"]], str(i["configuration"]))
+            Source(
+                str(i["name"]),
+                [str(p) for p in i["products"]],
+                str(i["configuration"]),
+                str(i.get("operatingSystem") or ""),
+            )
             for i in items
         ]
     except (ValueError, binascii.Error, KeyError, TypeError, UnicodeError):
         raise CommandFailed(
-            "--sources is not base64 of a JSON list of {name, products, configuration}"
+            "--sources is not base64 of a JSON list of {name, products, configuration, "
+            "operatingSystem}"
         ) from None
 
 
@@ -92,8 +105,7 @@ def repo_sections(source: Source) -> Dict[str, Dict[str, str]]:
     """The repository sections of a dnf/yum/zypper source: each section of its INI text, the
     one SSM's examples call ``[main]`` named after the source; refused when it has none or sets
     an option outside :data:`REPO_OPTIONS`."""
-    parser = configparser.RawConfigParser(strict=False, default_section="\0")
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser = ini_parser()
     try:
         parser.read_string(source.configuration)
     except configparser.Error as exc:
@@ -171,8 +183,7 @@ def write_repo_files(suffix: str = ".repo") -> str:
         return ""
     directory = private_dir()
     for source in _SELECTED:
-        parser = configparser.RawConfigParser(default_section="\0")
-        parser.optionxform = str  # type: ignore[assignment,method-assign]
+        parser = ini_parser()
         parser.read_dict(repo_sections(source))
         path = os.path.join(directory, source.name + suffix)
         with open(path, "w", encoding="utf-8") as handle:

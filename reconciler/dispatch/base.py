@@ -9,16 +9,19 @@ from __future__ import annotations
 import base64
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from reconciler.api.enums import LINUX_SYSTEMS, OperatingSystem
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
 from reconciler.api.resources import PatchSource
+from reconciler.api.snapshot import Snapshot
 from reconciler.errors import PermanentError
+from reconciler.evaluation import resolve
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -41,19 +44,42 @@ def option(name: str, value: str) -> str:
     return f"{name}={value}"
 
 
-def sources_args(sources: Sequence[PatchSource]) -> list[str]:
-    """The baseline's sources as the agent's one ``--sources`` word (none without sources): a
+@dataclass(frozen=True)
+class BaselineSource:
+    """One source of the baseline for ``operating_system``: which baseline applies depends on
+    the machine's system, known on the machine before any scan, so the agent picks."""
+
+    operating_system: OperatingSystem
+    source: PatchSource
+
+
+def baseline_sources(snapshot: Snapshot, labels: Mapping[str, str]) -> tuple[BaselineSource, ...]:
+    """The sources of every baseline a machine with ``labels`` could resolve to, one per Linux
+    system: which one applies depends on the system the machine runs, which the agent knows
+    before its scan (and picks by)."""
+    found: list[BaselineSource] = []
+    for system in sorted(LINUX_SYSTEMS):
+        baseline = resolve(snapshot, labels, system).baseline
+        found += [BaselineSource(system, s) for s in (baseline.spec.sources if baseline else ())]
+    return tuple(found)
+
+
+def sources_args(sources: Sequence[BaselineSource]) -> list[str]:
+    """The baselines' sources as the agent's one ``--sources`` word (none without sources): a
     source's configuration is multi-line text, so the list travels as base64 of JSON, one word
     that a shell, SSH and a Job's command all carry unchanged. The agent keeps those for its
-    own product: the product is the machine's fact, known there before any scan."""
+    own operating system and product."""
     if not sources:
         return []
-    items = [s.model_dump(mode="json", by_alias=True) for s in sources]
+    items = [
+        {**s.source.model_dump(mode="json", by_alias=True), "operatingSystem": s.operating_system}
+        for s in sources
+    ]
     return [option("--sources", base64.b64encode(json.dumps(items).encode()).decode("ascii"))]
 
 
 def scan_args(
-    instance_id: str | None, refresh: bool, sources: Sequence[PatchSource] = ()
+    instance_id: str | None, refresh: bool, sources: Sequence[BaselineSource] = ()
 ) -> list[str]:
     """The agent's command line for a scan (every transport runs the same agent)."""
     return [
@@ -78,8 +104,9 @@ class InstallRequest:
     """Whether the agent may reboot the machine itself (never this host under the loop)."""
     lock_timeout: int = 60
     """Seconds to wait for the package manager's lock."""
-    sources: tuple[PatchSource, ...] = ()
-    """The baseline's alternative repositories (the agent uses those for its product)."""
+    sources: tuple[BaselineSource, ...] = ()
+    """The baselines' alternative repositories (the agent uses those for its system and
+    product)."""
 
 
 def install_args(request: InstallRequest, *, trust_root_scripts: bool = False) -> list[str]:
@@ -129,7 +156,7 @@ class Transport(Protocol):
         *,
         instance_id: str | None = None,
         refresh: bool = True,
-        sources: Sequence[PatchSource] = (),
+        sources: Sequence[BaselineSource] = (),
     ) -> Inventory:
         """The machine's inventory document (raises AgentFailed)."""
         ...
@@ -154,7 +181,7 @@ class AgentCommand(ABC):
         *,
         instance_id: str | None = None,
         refresh: bool = True,
-        sources: Sequence[PatchSource] = (),
+        sources: Sequence[BaselineSource] = (),
     ) -> Inventory:
         return inventory_of(self._run(scan_args(instance_id, refresh, sources)))
 

@@ -16,10 +16,15 @@ from typing import Any
 from reconciler.api.enums import JobStatus, Operation
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
-from reconciler.api.resources import ManagedInstance, PatchSource
+from reconciler.api.resources import ManagedInstance
 from reconciler.api.snapshot import Snapshot
 from reconciler.dispatch import AgentFailed
-from reconciler.dispatch.base import InstallRequest, Transport
+from reconciler.dispatch.base import (
+    BaselineSource,
+    InstallRequest,
+    Transport,
+    baseline_sources,
+)
 from reconciler.dispatch.outcomes import after_install, install_failed, pins_for
 from reconciler.evaluation import InstanceEvaluation, evaluate, resolve
 from reconciler.loop.common import Clock, Emitter, InForce, Log, TransportFor
@@ -220,17 +225,10 @@ class JobRunner:
         if outcome.reboot is not None and outcome.reboot.required:
             self.emit(Kind.REBOOT, instance=instance, job=job, **outcome.reboot.document())
 
-    def _sources(self, claimed: Claimed) -> tuple[PatchSource, ...]:
-        """The sources of the machine's baseline. Which baseline applies depends on the
-        operating system a scan reports, so it is the one the last scan resolved to: a machine
-        never scanned is scanned from its own repositories first."""
-        snapshot, instance = self.in_force.snapshot, claimed.instance
-        previous = self.store.latest_scan(instance.metadata.name)
-        if snapshot is None or previous is None:
-            return ()
-        system = Inventory.model_validate(previous.inventory).facts.operating_system
-        baseline = resolve(snapshot, instance.metadata.labels, system).baseline
-        return tuple(baseline.spec.sources) if baseline else ()
+    def _sources(self, claimed: Claimed) -> tuple[BaselineSource, ...]:
+        snapshot = self.in_force.snapshot
+        labels = claimed.instance.metadata.labels
+        return baseline_sources(snapshot, labels) if snapshot is not None else ()
 
     def _record(
         self, claimed: Claimed, inventory: Inventory, operation: Operation

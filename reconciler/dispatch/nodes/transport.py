@@ -18,9 +18,9 @@ import structlog
 from reconciler.api.enums import Operation
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
-from reconciler.api.resources import PatchSource
 from reconciler.dispatch.base import (
     AgentFailed,
+    BaselineSource,
     InstallRequest,
     install_args,
     install_result_of,
@@ -118,7 +118,7 @@ class NodeTransport:
         *,
         instance_id: str | None = None,
         refresh: bool = True,
-        sources: Sequence[PatchSource] = (),
+        sources: Sequence[BaselineSource] = (),
     ) -> Inventory:
         args = scan_args(instance_id or self.node, refresh, sources)
         name = job_name(Operation.SCAN, self.node, args)
