@@ -41,6 +41,7 @@ from reconciler.dispatch import (
     default_ssh_dir,
     transport_for,
 )
+from reconciler.dispatch.base import BaselineSource, baseline_sources
 from reconciler.dispatch.outcomes import (
     after_install,
     architectures,
@@ -855,10 +856,25 @@ def _check_os(baseline: PatchBaseline, inventory: Inventory) -> None:
         )
 
 
+def _sources(args: argparse.Namespace) -> tuple[BaselineSource, ...]:
+    """The sources of the baseline(s) the machine may get (the agent picks its system's)."""
+    if args.baseline is not None:
+        baseline = _single_baseline(args.baseline)
+        system = baseline.spec.operating_system
+        return tuple(BaselineSource(system, s) for s in baseline.spec.sources)
+    if not args.source:
+        return ()
+    snapshot = read_snapshot(args.source)
+    instance = snapshot.instances.get(args.instance or "")
+    return baseline_sources(snapshot, dict(instance.metadata.labels) if instance else {})
+
+
 def _scan(args: argparse.Namespace) -> int:
     transport = LocalTransport(str(args.root) if args.root else None)
     with render.progress("Scanning packages" + ("" if args.no_refresh else " (refreshing lists)")):
-        inventory = transport.scan(instance_id=args.instance, refresh=not args.no_refresh)
+        inventory = transport.scan(
+            instance_id=args.instance, refresh=not args.no_refresh, sources=_sources(args)
+        )
     result = _evaluate_machine(args, inventory)
     render.evaluations([result], _format(args), sys.stdout, show_all=False)
     return _exit_for([result], args.fail_on_noncompliant)
@@ -868,8 +884,11 @@ def _install(args: argparse.Namespace) -> int:
     transport = LocalTransport(
         str(args.root) if args.root else None, trust_root_scripts=args.trust_root_scripts
     )
+    sources = _sources(args)
     with render.progress("Scanning packages" + ("" if args.no_refresh else " (refreshing lists)")):
-        inventory = transport.scan(instance_id=args.instance, refresh=not args.no_refresh)
+        inventory = transport.scan(
+            instance_id=args.instance, refresh=not args.no_refresh, sources=sources
+        )
     before = _evaluate_machine(args, inventory)
     baseline = _baseline_of(args, inventory)[0]
     pins = _pins_to_install(args, before, inventory)
@@ -889,13 +908,16 @@ def _install(args: argparse.Namespace) -> int:
                     reboot_option=args.reboot_option,
                     allow_reboot=args.allow_reboot,
                     lock_timeout=args.lock_timeout,
+                    sources=sources,
                 )
             )
     if args.simulate or not pins:
         after = before
     else:
         with render.progress("Rescanning"):
-            rescanned = transport.scan(instance_id=inventory.instance_id, refresh=False)
+            rescanned = transport.scan(
+                instance_id=inventory.instance_id, refresh=False, sources=sources
+            )
         after = _evaluate_machine(args, after_install(rescanned, result, architectures(before)))
     render.installation(after, result.document(), _format(args), sys.stdout)
     failed = install_failed(result)

@@ -18,7 +18,7 @@ from typing import Any
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
 from reconciler.api.resources import ManagedInstance
-from reconciler.dispatch.base import InstallRequest, Transport
+from reconciler.dispatch.base import BaselineSource, InstallRequest, Transport
 from tests.aptlab import Pkg, Repo, dpkg_state, make_root
 
 API = "apiVersion: patchwarden.io/v1alpha1"
@@ -221,8 +221,14 @@ class _SpyTransport:
     name: str
     inner: Transport
 
-    def scan(self, *, instance_id: str | None = None, refresh: bool = True) -> Inventory:
-        return self.inner.scan(instance_id=instance_id, refresh=refresh)
+    def scan(
+        self,
+        *,
+        instance_id: str | None = None,
+        refresh: bool = True,
+        sources: Sequence[BaselineSource] = (),
+    ) -> Inventory:
+        return self.inner.scan(instance_id=instance_id, refresh=refresh, sources=sources)
 
     def install(self, request: InstallRequest) -> InstallResult:
         self.spy.enter(self.name)

@@ -17,7 +17,7 @@ import threading
 import traceback
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from typing import Any
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
 from reconciler.dispatch import transport_for
-from reconciler.dispatch.base import InstallRequest, Transport
+from reconciler.dispatch.base import BaselineSource, InstallRequest, Transport
 from reconciler.loop import Reconciler, Service
 from reconciler.loop.service import STORE_RETRY_FIRST, store_backoff
 from reconciler.report.notify.metrics import LoopMetrics
@@ -63,8 +63,14 @@ class FillsTheDisk:
     mount: Path
     ballast: list[Path]
 
-    def scan(self, *, instance_id: str | None = None, refresh: bool = True) -> Inventory:
-        inventory = self.inner.scan(instance_id=instance_id, refresh=refresh)
+    def scan(
+        self,
+        *,
+        instance_id: str | None = None,
+        refresh: bool = True,
+        sources: Sequence[BaselineSource] = (),
+    ) -> Inventory:
+        inventory = self.inner.scan(instance_id=instance_id, refresh=refresh, sources=sources)
         if not self.ballast:
             self.ballast.append(fill(self.mount))
         return inventory

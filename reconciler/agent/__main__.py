@@ -13,9 +13,9 @@ import importlib
 import sys
 from typing import Any, Dict, List, Optional
 
-from reconciler.agent import AGENT_VERSION
+from reconciler.agent import AGENT_VERSION, sources
 from reconciler.agent.errors import AgentError, InternalError, UnsupportedSystem
-from reconciler.agent.facts import operating_system, read_os_release
+from reconciler.agent.facts import operating_system, product, read_os_release
 from reconciler.agent.runner import dumps
 
 BACKENDS = {
@@ -100,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="/")
     p.add_argument("--instance-id")
     p.add_argument("--no-refresh", action="store_true", help="do not refresh package lists first")
+    _sources_option(p)
     p.add_argument(
         "--private-state",
         metavar="DIR",
@@ -117,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--allow-reboot", action="store_true", help="allow rebooting the host")
     p.add_argument("--lock-timeout", type=int, default=60)
+    _sources_option(p)
     p.add_argument(
         "--trust-root-scripts",
         action="store_true",
@@ -126,7 +128,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sources_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sources",
+        metavar="BASE64",
+        help="the baselines' sources, base64 of a JSON list of {name, products, configuration, "
+        "operatingSystem}: those for this machine's system and product replace its "
+        "repositories for this run",
+    )
+
+
 def _run(args: argparse.Namespace) -> Dict[str, object]:
+    system = machine = ""
+    if args.sources:
+        release = read_os_release(args.root)
+        system = operating_system(release)
+        machine = product(system, release.get("VERSION_ID", ""))
+    sources.use(args.sources or "", system, machine)
     if args.command == "scan":
         return scan(
             args.root,
@@ -159,6 +177,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as exc:  # the agent never prints a traceback
         message = "{}: {}".format(type(exc).__name__, exc)
         document, status = {"error": InternalError(message).to_dict()}, 1
+    finally:
+        sources.use("", "", "")  # one run's sources, even when the agent runs in-process
     sys.stdout.write(dumps(document) + "\n")
     return status
 

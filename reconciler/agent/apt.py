@@ -27,6 +27,7 @@ from reconciler.agent.errors import (
 from reconciler.agent.facts import below, reboot_required
 from reconciler.agent.patchnames import blocked_by
 from reconciler.agent.runner import Result, Running, empty_dir, note, private_dir, run
+from reconciler.agent.sources import write_apt_parts
 
 APT_GET = "/usr/bin/apt-get"
 APT_CACHE = "/usr/bin/apt-cache"
@@ -174,6 +175,14 @@ class Apt:
             "-o",
             "APT::Get::Show-User-Simulation-Note=false",
         ]  # type: List[str]
+        parts = write_apt_parts()
+        if parts:  # a baseline's sources replace the machine's for this run (sources.py)
+            self._options += [
+                "-o",
+                "Dir::Etc::SourceList=" + os.path.join(parts, "none.list"),
+                "-o",
+                "Dir::Etc::SourceParts=" + parts + "/",
+            ]
         if not self.is_host:
             self._prepare_root()
             self._check_methods()

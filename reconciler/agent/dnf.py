@@ -30,6 +30,7 @@ from reconciler.agent.rootconf import private_config
 from reconciler.agent.rpmmd import Metadata, by_package, iso_time, read_cache, source_name
 from reconciler.agent.rpmvercmp import EvrKey, compare_evr, evr_text
 from reconciler.agent.runner import Result, empty_dir, private_home, run
+from reconciler.agent.sources import write_repo_files
 
 RPM = "/usr/bin/rpm"
 # rpm's own NAME, VERSION and RELEASE syntax (no whitespace, no "-" in version/release).
@@ -140,6 +141,8 @@ class Dnf:
         self.binary = os.path.abspath(found)
         self._env = {}  # type: Dict[str, str]
         self._config = ""
+        # A baseline's sources replace the machine's repositories (reposdir) for this run.
+        self._sources = write_repo_files()
         if not self.is_host:
             self._prepare_root()
 
@@ -158,18 +161,23 @@ class Dnf:
         empty = empty_dir(home)
         pinned = {"plugins": "0", "pluginpath": empty, "pluginconfpath": empty}
         self._config = private_config(
-            source, os.path.join(home, "dnf.conf"), ROOT_MAIN_OPTIONS, pinned
+            source,
+            os.path.join(home, "dnf.conf"),
+            ROOT_MAIN_OPTIONS,
+            pinned,
+            repos=not self._sources,
         )
         self._env = {"HOME": home, "TMPDIR": tmp}
 
     def _base(self) -> List[str]:
         argv = [self.binary, "--setopt=skip_if_unavailable=False"]
+        reposdir = self._sources or below(self.root, "/etc/yum.repos.d")
         if self.is_host:
-            return argv
+            return argv + (["--setopt=reposdir=" + self._sources] if self._sources else [])
         return argv + [
             "--installroot=" + self.root,
             "--releasever=" + (self.version_id or "0"),
-            "--setopt=reposdir=" + below(self.root, "/etc/yum.repos.d"),
+            "--setopt=reposdir=" + reposdir,
             "--config=" + self._config,
             "--noplugins",
         ]

@@ -22,12 +22,14 @@ def private_config(
     target: str,
     allowed: FrozenSet[str],
     pinned: Dict[str, str],
+    repos: bool = True,
 ) -> str:
     """Write ``target`` from ``source`` (a root's configuration file; absent is fine): its
     sections other than [main] as they are (repository definitions), the [main] options in
-    ``allowed``, then ``pinned``. Returns ``target``; an unreadable ``source`` is an error
+    ``allowed``, then ``pinned`` (without the repository sections when not ``repos``: a
+    baseline's sources replace them). Returns ``target``; an unreadable ``source`` is an error
     naming it."""
-    parser = _parser()
+    parser = ini_parser()
     try:
         parser.read(source, encoding="utf-8")
     except (configparser.Error, UnicodeDecodeError) as exc:
@@ -41,17 +43,18 @@ def private_config(
         note("ignored from {}: {} (a root may not choose them)".format(source, ", ".join(ignored)))
     kept = {k: v for k, v in main.items() if k in allowed}
     kept.update(pinned)
-    out = _parser()
+    out = ini_parser()
     out.read_dict({"main": kept})
     for section in parser.sections():
-        if section != "main":
+        if repos and section != "main":
             out.read_dict({section: dict(parser.items(section))})
     with open(target, "w", encoding="utf-8") as handle:
         out.write(handle, space_around_delimiters=False)
     return target
 
 
-def _parser() -> configparser.RawConfigParser:
+def ini_parser() -> configparser.RawConfigParser:
+    """A parser for dnf, yum and zypper INI files, reading them as the tools do."""
     # No [DEFAULT] magic, duplicate keys as the tools take them (the last wins), names as written.
     parser = configparser.RawConfigParser(strict=False, default_section="\0")
     parser.optionxform = str  # type: ignore[assignment,method-assign]

@@ -31,6 +31,7 @@ from reconciler.agent.rootconf import private_config
 from reconciler.agent.rpmmd import iso_time, updateinfo_packages
 from reconciler.agent.rpmvercmp import evr_text
 from reconciler.agent.runner import Result, Running, private_home, run
+from reconciler.agent.sources import write_repo_files
 
 ZYPPER = "/usr/bin/zypper"
 RPM = "/usr/bin/rpm"
@@ -161,6 +162,8 @@ class Zypper:
         self.is_host = self.root == "/"
         self.lock_timeout = lock_timeout
         self._env = {"ZYPP_LOCK_TIMEOUT": str(lock_timeout)}  # libzypp waits this long for its lock
+        # A baseline's sources replace the machine's repositories for this run (sources.py).
+        self._sources = write_repo_files()
         if not self.is_host:
             # HOME outside the root: rpm reads ~/.rpmmacros, whose %(...) runs a command here.
             state = below(self.root, "/var/lib/patchwarden")
@@ -186,6 +189,8 @@ class Zypper:
         argv = [ZYPPER, "--non-interactive"]
         if not self.is_host:
             argv += ["--root", self.root]
+        if self._sources:
+            argv += ["--reposd-dir", self._sources]
         return argv + list(args)
 
     def zypper(self, *args: str, timeout: float = 1800.0) -> Result:

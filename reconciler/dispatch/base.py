@@ -6,15 +6,22 @@ Decides nothing about patches."""
 
 from __future__ import annotations
 
+import base64
+import json
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from reconciler.api.enums import LINUX_SYSTEMS, OperatingSystem
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
+from reconciler.api.resources import PatchSource
+from reconciler.api.snapshot import Snapshot
 from reconciler.errors import PermanentError
+from reconciler.evaluation import resolve
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -37,12 +44,49 @@ def option(name: str, value: str) -> str:
     return f"{name}={value}"
 
 
-def scan_args(instance_id: str | None, refresh: bool) -> list[str]:
+@dataclass(frozen=True)
+class BaselineSource:
+    """One source of the baseline for ``operating_system``: which baseline applies depends on
+    the machine's system, known on the machine before any scan, so the agent picks."""
+
+    operating_system: OperatingSystem
+    source: PatchSource
+
+
+def baseline_sources(snapshot: Snapshot, labels: Mapping[str, str]) -> tuple[BaselineSource, ...]:
+    """The sources of every baseline a machine with ``labels`` could resolve to, one per Linux
+    system: which one applies depends on the system the machine runs, which the agent knows
+    before its scan (and picks by)."""
+    found: list[BaselineSource] = []
+    for system in sorted(LINUX_SYSTEMS):
+        baseline = resolve(snapshot, labels, system).baseline
+        found += [BaselineSource(system, s) for s in (baseline.spec.sources if baseline else ())]
+    return tuple(found)
+
+
+def sources_args(sources: Sequence[BaselineSource]) -> list[str]:
+    """The baselines' sources as the agent's one ``--sources`` word (none without sources): a
+    source's configuration is multi-line text, so the list travels as base64 of JSON, one word
+    that a shell, SSH and a Job's command all carry unchanged. The agent keeps those for its
+    own operating system and product."""
+    if not sources:
+        return []
+    items = [
+        {**s.source.model_dump(mode="json", by_alias=True), "operatingSystem": s.operating_system}
+        for s in sources
+    ]
+    return [option("--sources", base64.b64encode(json.dumps(items).encode()).decode("ascii"))]
+
+
+def scan_args(
+    instance_id: str | None, refresh: bool, sources: Sequence[BaselineSource] = ()
+) -> list[str]:
     """The agent's command line for a scan (every transport runs the same agent)."""
     return [
         "scan",
         *([option("--instance-id", instance_id)] if instance_id else []),
         *([] if refresh else ["--no-refresh"]),
+        *sources_args(sources),
     ]
 
 
@@ -60,6 +104,9 @@ class InstallRequest:
     """Whether the agent may reboot the machine itself (never this host under the loop)."""
     lock_timeout: int = 60
     """Seconds to wait for the package manager's lock."""
+    sources: tuple[BaselineSource, ...] = ()
+    """The baselines' alternative repositories (the agent uses those for its system and
+    product)."""
 
 
 def install_args(request: InstallRequest, *, trust_root_scripts: bool = False) -> list[str]:
@@ -74,6 +121,7 @@ def install_args(request: InstallRequest, *, trust_root_scripts: bool = False) -
         *(option("--block", pattern) for pattern in request.blocked),
         *(["--simulate"] if request.simulate else []),
         *(["--allow-reboot"] if request.allow_reboot else []),
+        *sources_args(request.sources),
     ]
     return args + (["--trust-root-scripts"] if trust_root_scripts else [])
 
@@ -103,7 +151,13 @@ def _read(model: type[M], document: dict[str, Any], code: str, what: str) -> M:
 class Transport(Protocol):
     """Runs the agent on one machine. Methods block; transports are safe to use from threads."""
 
-    def scan(self, *, instance_id: str | None = None, refresh: bool = True) -> Inventory:
+    def scan(
+        self,
+        *,
+        instance_id: str | None = None,
+        refresh: bool = True,
+        sources: Sequence[BaselineSource] = (),
+    ) -> Inventory:
         """The machine's inventory document (raises AgentFailed)."""
         ...
 
@@ -122,8 +176,14 @@ class AgentCommand(ABC):
 
     trust_root_scripts: bool = False
 
-    def scan(self, *, instance_id: str | None = None, refresh: bool = True) -> Inventory:
-        return inventory_of(self._run(scan_args(instance_id, refresh)))
+    def scan(
+        self,
+        *,
+        instance_id: str | None = None,
+        refresh: bool = True,
+        sources: Sequence[BaselineSource] = (),
+    ) -> Inventory:
+        return inventory_of(self._run(scan_args(instance_id, refresh, sources)))
 
     def install(self, request: InstallRequest) -> InstallResult:
         args = install_args(request, trust_root_scripts=self.trust_root_scripts)

@@ -124,6 +124,8 @@ class Decider:
             self.family is Family.APT
             and spec.approve_after_days_from is ApproveAfterDaysFrom.FIRST_SEEN
         )
+        # SSM: with a source for this product the machine's repositories are the baseline's.
+        self._sourced = any("*" in s.products or product in s.products for s in spec.sources)
         # Decisions keyed by the version's PackageFacts fields alone: the update to one version
         # from each older installed version, and the installed package of that version, differ
         # only in fields a decision does not read (installedVersion, installedTime, requires...).
@@ -248,6 +250,13 @@ class Decider:
             if released is None and self._first_seen:
                 days = rule.approve_after_days
                 return False, f"{name} approves it {days} days after it is first seen; {source}"
+            if self._sourced and not rule.enable_non_security and source == "build time":
+                released, source = None, "no release date"
+            if released is None and self._sourced and not rule.enable_non_security:
+                return False, (
+                    f"{name} matches but the baseline's sources give it no release date: "
+                    "approveAfterDays drops such patches unless enableNonSecurity is true"
+                )
             if released is None:
                 return True, f"approved by {name} ({criteria}; {source}, so no delay)"
             approve_at = released + timedelta(days=rule.approve_after_days)

@@ -19,7 +19,12 @@ from reconciler.api.inventory import Inventory
 from reconciler.api.resources import ManagedInstance
 from reconciler.api.snapshot import Snapshot
 from reconciler.dispatch import AgentFailed
-from reconciler.dispatch.base import InstallRequest, Transport
+from reconciler.dispatch.base import (
+    BaselineSource,
+    InstallRequest,
+    Transport,
+    baseline_sources,
+)
 from reconciler.dispatch.outcomes import after_install, install_failed, pins_for
 from reconciler.evaluation import InstanceEvaluation, evaluate, resolve
 from reconciler.loop.common import Clock, Emitter, InForce, Log, TransportFor
@@ -171,7 +176,8 @@ class JobRunner:
 
     def _scan(self, claimed: Claimed, transport: Transport) -> Result:
         name = claimed.instance.metadata.name
-        inventory = transport.scan(instance_id=name, refresh=True)
+        sources = self._sources(claimed)
+        inventory = transport.scan(instance_id=name, refresh=True, sources=sources)
         evaluation = self._record(claimed, inventory, Operation.SCAN)
         return JobStatus.SUCCEEDED, {"summary": evaluation.summary.to_dict()}
 
@@ -183,16 +189,20 @@ class JobRunner:
             instance.spec.connection.type in ("ssh", "kubernetes")
             and action.reboot_option == "RebootIfNeeded"
         )
+        sources = self._sources(claimed)
         outcome = transport.install(
             InstallRequest(
                 action.pins,
                 blocked=action.blocked,
                 reboot_option=action.reboot_option,
                 allow_reboot=allow_reboot,
+                sources=sources,
             )
         )
         before = self.store.latest_scan(instance.metadata.name)
-        rescanned = transport.scan(instance_id=instance.metadata.name, refresh=False)
+        rescanned = transport.scan(
+            instance_id=instance.metadata.name, refresh=False, sources=sources
+        )
         arch = {
             (p["name"], p["version"]): p.get("arch", "") for p in (before.patches if before else [])
         }
@@ -214,6 +224,11 @@ class JobRunner:
             )
         if outcome.reboot is not None and outcome.reboot.required:
             self.emit(Kind.REBOOT, instance=instance, job=job, **outcome.reboot.document())
+
+    def _sources(self, claimed: Claimed) -> tuple[BaselineSource, ...]:
+        snapshot = self.in_force.snapshot
+        labels = claimed.instance.metadata.labels
+        return baseline_sources(snapshot, labels) if snapshot is not None else ()
 
     def _record(
         self, claimed: Claimed, inventory: Inventory, operation: Operation

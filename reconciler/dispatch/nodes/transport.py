@@ -20,6 +20,7 @@ from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
 from reconciler.dispatch.base import (
     AgentFailed,
+    BaselineSource,
     InstallRequest,
     install_args,
     install_result_of,
@@ -112,8 +113,14 @@ class NodeTransport:
         self.settings = settings
         self.locks = locks or PROCESS_LOCKS
 
-    def scan(self, *, instance_id: str | None = None, refresh: bool = True) -> Inventory:
-        args = scan_args(instance_id or self.node, refresh)
+    def scan(
+        self,
+        *,
+        instance_id: str | None = None,
+        refresh: bool = True,
+        sources: Sequence[BaselineSource] = (),
+    ) -> Inventory:
+        args = scan_args(instance_id or self.node, refresh, sources)
         name = job_name(Operation.SCAN, self.node, args)
         with _api_errors(self.node), self.locks.holding(self.node):
             self._require_ready(drain.read_node(self.kube, self.node))
