@@ -522,6 +522,21 @@ class SshConnection(Model):
     (--ssh-dir): relative to it, or an absolute path within it."""
     root: RootPath | None = None
     """Absolute path of a directory holding a whole system; omitted for the machine itself."""
+    become: Literal["sudo"] | None = None
+    """How a non-root login runs the agent as root: ``sudo`` (non-interactive, ``sudo -n``, so
+    a rule that asks for a password fails at once instead of hanging). An Install for a
+    non-root user without it is refused before connecting."""
+    become_user: PlainText | None = None
+    """The user sudo runs the agent as (default root); only with ``become``."""
+    proxy_jump: Annotated[PlainText, StringConstraints(min_length=1, max_length=512)] | None = None
+    """A bastion to connect through, as OpenSSH's ProxyJump: ``[user@]host[:port]``; its host
+    key is checked against the same known_hosts file."""
+
+    @model_validator(mode="after")
+    def _become_user_needs_become(self) -> SshConnection:
+        if self.become_user is not None and self.become is None:
+            raise conflict("becomeUser", "becomeUser needs become: sudo")
+        return self
 
 
 class KubernetesConnection(Model):
