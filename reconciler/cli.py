@@ -42,6 +42,7 @@ from reconciler.dispatch import (
     transport_for,
 )
 from reconciler.dispatch.base import BaselineSource, baseline_sources
+from reconciler.dispatch.local import TRUST_HOOKS_ENV
 from reconciler.dispatch.outcomes import (
     after_install,
     architectures,
@@ -140,13 +141,8 @@ def _root_scripts_trusted(args: argparse.Namespace) -> bool:
     """The operator's word, and only the operator's (never a resource's), that directory roots
     may have their maintainer scripts run on their machine (docs/agent.md): ``install
     --trust-root-scripts`` or $PATCHWARDEN_TRUST_ROOT_SCRIPTS=1, read here once and passed down."""
-    value = os.environ.get(TRUST_ROOT_SCRIPTS_ENV, "")
-    if value not in ("", "0", "1"):
-        raise UserError(
-            f"{TRUST_ROOT_SCRIPTS_ENV}={value!r}: expected 1 (trust directory roots' maintainer "
-            "scripts) or 0; unset it to keep them refused"
-        )
-    return bool(getattr(args, "trust_root_scripts", False)) or value == "1"
+    trusted = _switch(TRUST_ROOT_SCRIPTS_ENV, "trust directory roots' maintainer scripts")
+    return bool(getattr(args, "trust_root_scripts", False)) or trusted
 
 
 def _library_words_off_stderr() -> None:
@@ -1044,14 +1040,27 @@ def _source(args: argparse.Namespace, store_path: Path, ref: str | None = None) 
 
 def _transports(pool: SshPool, ssh_dir: Path, trust_root_scripts: bool) -> TransportFor:
     """Each instance's transport; SSH ones share ``pool`` and read their files in ``ssh_dir``;
-    ``trust_root_scripts`` is the operator's (:func:`_root_scripts_trusted`)."""
+    ``trust_root_scripts`` is the operator's (:func:`_root_scripts_trusted`), and so is
+    $PATCHWARDEN_TRUST_LOCAL_HOOKS=1 (docs/hooks.md)."""
+    trust_local_hooks = _switch(TRUST_HOOKS_ENV, "run window tasks' hooks on this host")
     return lambda instance: transport_for(
         instance.spec.connection,
         pool=pool,
         ssh_dir=ssh_dir,
         name=instance.metadata.name,
         trust_root_scripts=trust_root_scripts,
+        trust_local_hooks=trust_local_hooks,
     )
+
+
+def _switch(name: str, what: str) -> bool:
+    """An operator's on/off environment variable: 1 or 0 (or unset), else a UserError."""
+    value = os.environ.get(name, "")
+    if value not in ("", "0", "1"):
+        raise UserError(
+            f"{name}={value!r}: expected 1 ({what}) or 0; unset it to keep them refused"
+        )
+    return value == "1"
 
 
 def _reconciler(

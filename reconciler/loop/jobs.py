@@ -8,6 +8,7 @@ worker past the cutoff never starts); may not read the source.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -30,6 +31,7 @@ from reconciler.evaluation import InstanceEvaluation, evaluate, resolve
 from reconciler.loop.common import Clock, Emitter, InForce, Log, TransportFor
 from reconciler.loop.executions import WindowExecutions
 from reconciler.loop.failures import job_error
+from reconciler.loop.hooks import JobHooks, Wait, task_of
 from reconciler.plan import INSTALL, Action, baseline_digest
 from reconciler.report.notify.occurrences import Kind
 from reconciler.schedule import open_openings
@@ -66,11 +68,13 @@ class JobRunner:
         log: Log,
         emit: Emitter,
         on_job_done: JobDone | None = None,
+        wait: Wait = time.sleep,
     ) -> None:
-        """``on_job_done`` is called with each finished job (the CLI's progress)."""
+        """``on_job_done`` is called with each finished job (the CLI's progress); ``wait``
+        waits between a health check's attempts."""
         self.store, self.in_force, self.transport_for = store, in_force, transport_for
         self.executions, self.clock, self.log, self.emit = executions, clock, log, emit
-        self.on_job_done = on_job_done
+        self.on_job_done, self.wait = on_job_done, wait
 
     def execute(self, action: Action) -> JobRecord | None:
         """Run one action: claim it (exactly once), run it on the machine, record the result."""
@@ -182,6 +186,22 @@ class JobRunner:
         return JobStatus.SUCCEEDED, {"summary": evaluation.summary.to_dict()}
 
     def _install(self, claimed: Claimed, transport: Transport) -> Result:
+        task = task_of(self.in_force.snapshot, claimed.action)
+        hooks = JobHooks(
+            task, claimed.instance, transport, job=claimed.job.id, emit=self.emit, wait=self.wait
+        )
+        try:
+            hooks.refuse_unsupported()
+            status, result = self._install_patches(claimed, transport, hooks)
+            hooks.after_install()
+        except AgentFailed as exc:  # the install did not run (a failed preInstall), or broke
+            hooks.install_failed(exc)
+            status, result = JobStatus.FAILED, {"error": job_error(exc)}
+        hooks.at_exit(rebooted=False)  # after the reboot, once the loop waits for it
+        failed, result = hooks.result(result)
+        return (JobStatus.FAILED if failed else status), result
+
+    def _install_patches(self, claimed: Claimed, transport: Transport, hooks: JobHooks) -> Result:
         instance, action = claimed.instance, claimed.action
         # Machines of their own may reboot; this host (local) never reboots under the loop. A
         # node's transport drains it first and waits for it to come back.
@@ -197,8 +217,11 @@ class JobRunner:
                 reboot_option=action.reboot_option,
                 allow_reboot=allow_reboot,
                 sources=sources,
+                pre_install=hooks.pre_install,
+                post_install=hooks.post_install,
             )
         )
+        hooks.installed(outcome)
         before = self.store.latest_scan(instance.metadata.name)
         rescanned = transport.scan(
             instance_id=instance.metadata.name, refresh=False, sources=sources

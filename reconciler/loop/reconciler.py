@@ -19,6 +19,7 @@ from reconciler.loop.common import Clock, Emitter, InForce, Log, PassSummary, Tr
 from reconciler.loop.desired import Pinned, Refresher
 from reconciler.loop.executions import WindowExecutions
 from reconciler.loop.exports import ReportExporter
+from reconciler.loop.hooks import Wait
 from reconciler.loop.jobs import JobDone, JobRunner
 from reconciler.loop.observed import Observation
 from reconciler.loop.passes import STEPS, LoopParts, PassContext, Step
@@ -68,6 +69,7 @@ class Reconciler:
         report_dir: Path | None = None,
         export_grace: float = EXPORT_GRACE,
         steps: Sequence[Step] = STEPS,
+        wait: Wait | None = None,
     ) -> None:
         """``pinned(revision)`` is a source reading exactly that earlier revision (a Git commit):
         after a restart, it brings back the last good revision when the current one is refused.
@@ -75,7 +77,8 @@ class Reconciler:
         each finished job; ``s3_endpoint_url`` is where scheduled reports to s3:// go when not
         the configured endpoint; ``report_dir`` the directory scheduled reports' directory
         destinations must be in (default: ``reports/`` beside the store); ``steps`` are the
-        steps of a pass, in order."""
+        steps of a pass, in order; ``wait`` waits between health check attempts (default: until
+        the loop stops or the time passes)."""
         self.source, self.store, self.settings, self.clock = source, store, settings, clock
         self.log: Log = log or structlog.get_logger("patchwarden")
         self.stopping = threading.Event()
@@ -95,6 +98,7 @@ class Reconciler:
             log=self.log,
             emit=self.emit,
             on_job_done=on_job_done,
+            wait=wait or self.stopping.wait,
         )
         self.parts = LoopParts(
             in_force=in_force,

@@ -29,6 +29,9 @@ class Kind(StrEnum):
     """A scan or install was claimed and sent to a machine."""
     JOB_FINISHED = "job.finished"
     """A job ended; ``detail.status`` is ``succeeded`` or ``failed``."""
+    HOOK_RAN = "job.hook"
+    """A window task's hook stage or health check ran for a job; ``detail.ok`` says whether it
+    passed, with the end of its output (docs/hooks.md)."""
     PATCHES_INSTALLED = "patches.installed"
     """An install changed the machine; ``detail.patches`` lists what was installed."""
     REBOOT = "reboot"
