@@ -1525,7 +1525,10 @@ def _compliance(args: argparse.Namespace) -> int:
             )
         elif args.instance and args.history:
             render.rows(
-                compliance.history(store.scan_history(args.instance, limit=1000)),
+                compliance.history(
+                    store.scan_history(args.instance, limit=1000),
+                    store.jobs(instance=args.instance),
+                ),
                 fmt,
                 sys.stdout,
                 title=f"Compliance history of {args.instance}",

@@ -24,6 +24,7 @@ from typing import Any
 from reconciler.redaction import redacted
 from reconciler.report.files import sync_directory
 from reconciler.report.notify.occurrences import Kind, Occurrence
+from reconciler.report.views import hooks
 from reconciler.report.views.render import short_revision
 
 FILENAME = "audit.jsonl"
@@ -221,6 +222,8 @@ def describe(entry: Mapping[str, Any]) -> str:
         error = d.get("error") or {}
         failed = f": {error.get('code')}: {error.get('message')}" if error else ""
         return f"{d.get('operation')} {d.get('status')}{failed}"
+    if kind == Kind.HOOK_RAN:
+        return hooks.describe(d)
     if kind == Kind.PATCHES_INSTALLED:
         return ", ".join(_patch(p) for p in d.get("patches") or []) or "-"
     if kind == Kind.REBOOT:
