@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import subprocess
 import sys
 import threading
@@ -597,3 +598,81 @@ def test_over_ssh_hooks_and_a_command_check_run_on_the_machine_and_a_failing_che
         "\"$PATCHWARDEN_ROOT/hooks.log\"; echo 'app down' >&2; exit 1 exited 1: app down",
     }
     assert lab.waits == [10]  # the default interval, once between the two attempts
+
+
+@needs_apt
+def test_a_failed_post_install_fails_the_job_after_the_install_and_on_exit_still_runs(
+    lab_factory: Any,
+) -> None:
+    broken = ["/bin/sh", "-c", "echo 'migration failed' >&2; exit 2"]
+    lab = lab_factory(
+        ["web-1"],
+        f"""\
+      hooks:
+        postInstall: [{{argv: {json.dumps(broken)}}}, {{argv: {logs("never")}}}]
+        onExit: [{{argv: {logs("exit")}}}]
+""",
+    )
+
+    summary = lab.loop.reconcile()
+
+    root = lab.roots["web-1"]
+    assert summary.jobs == {"Scan succeeded": 1, "Install failed": 1}
+    assert versions(root) == PATCHED  # installed, then the hook failed
+    assert hook_lines(root) == ["exit onExit 1.0-2"]  # the second postInstall command never ran
+    job = lab.job_of("web-1")
+    assert job.result is not None and job.result["install"]["changed"] is True
+    assert job.result["error"] == {
+        "code": "PostInstallFailed",
+        "message": "postInstall command /bin/sh -c echo 'migration failed' >&2; exit 2 "
+        "exited 2: migration failed",
+    }
+
+
+@pytest.fixture
+def https_server(tmp_path: Path, http_server: Any) -> Any:
+    """The test HTTP server behind TLS with a self-signed certificate for 127.0.0.1."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    http_server.socket = context.wrap_socket(http_server.socket, server_side=True)
+    return http_server
+
+
+@needs_apt
+@pytest.mark.parametrize("skip_verify", [False, True], ids=["verified", "insecure"])
+def test_an_https_check_verifies_the_certificate_unless_told_not_to(
+    lab_factory: Any, https_server: Any, skip_verify: bool
+) -> None:
+    port = https_server.server_address[1]
+    lab = lab_factory(
+        ["web-1"],
+        f"""\
+      healthChecks:
+        - name: tls
+          http: {{url: "https://{{host}}:{port}/", insecureSkipTlsVerify: {str(skip_verify).lower()}}}
+""",
+    )
+
+    summary = lab.loop.reconcile()
+
+    job = lab.job_of("web-1")
+    assert job.result is not None
+    (check,) = job.result["hooks"]
+    if skip_verify:
+        assert summary.jobs == {"Scan succeeded": 1, "Install succeeded": 1}
+        assert check["http"]["status"] == 200
+    else:  # a self-signed certificate is not in the controller's trust store
+        assert summary.jobs == {"Scan succeeded": 1, "Install failed": 1}
+        assert check["http"]["status"] is None
+        assert "CERTIFICATE_VERIFY_FAILED" in check["http"]["error"]
+        assert https_server.paths == []  # the request never reached the server
