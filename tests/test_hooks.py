@@ -27,8 +27,9 @@ import pytest
 
 from reconciler.api.snapshot import SnapshotInvalid, build_snapshot
 from reconciler.defaults import predefined_baselines
-from reconciler.dispatch import SshPool, transport_for
+from reconciler.dispatch import LocalTransport, SshPool, transport_for
 from reconciler.loop import Reconciler
+from reconciler.loop.hooks import JobHooks
 from reconciler.report.notify.audit import AuditLog, default_path
 from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.sources import DirectorySource
@@ -676,3 +677,73 @@ def test_an_https_check_verifies_the_certificate_unless_told_not_to(
         assert check["http"]["status"] is None
         assert "CERTIFICATE_VERIFY_FAILED" in check["http"]["error"]
         assert https_server.paths == []  # the request never reached the server
+
+
+@needs_apt
+def test_a_hooks_terminal_escapes_reach_history_and_audit_tables_as_text(
+    lab_factory: Any,
+) -> None:
+    """A machine's output is shown, never interpreted: an OSC 8 hyperlink a hook prints."""
+    escape = "printf '\\033]8;;http://evil.invalid\\007click\\033]8;;\\007' >&2; exit 1"
+    lab = lab_factory(
+        ["web-1"],
+        f"      hooks: {{preInstall: [{{argv: {json.dumps(['/bin/sh', '-c', escape])}}}]}}\n",
+    )
+    lab.loop.reconcile()
+    lab.store.close()
+
+    for run in (
+        patchctl("compliance", "web-1", "--history", "--state", str(lab.state)),
+        patchctl("audit", "--instance", "web-1", "--state", str(lab.state)),
+    ):
+        assert run.returncode == 0, run.stderr
+        assert "\x1b" not in run.stdout and "\x07" not in run.stdout
+        assert "\\x1b" in run.stdout and "\\x07" in run.stdout  # shown as text
+
+
+def test_after_a_reboot_the_checks_run_again_then_on_exit(tmp_path: Path) -> None:
+    """What the loop calls once it has waited for a machine's reboot (issue 14 item 3): the
+    checks again, marked ``after: reboot``, then onExit; on a real root through the local
+    transport."""
+    root = tmp_path / "machine"
+    root.mkdir()
+    snapshot = build_snapshot(
+        [
+            (
+                "w.yaml",
+                (
+                    TASK.replace("OPERATION", "Install")
+                    + """\
+      hooks: {onExit: [{argv: [/bin/sh, -c, 'echo exit >> "$PATCHWARDEN_ROOT/log"']}]}
+      healthChecks:
+        - {name: up, command: {argv: [/bin/sh, -c, 'echo check >> "$PATCHWARDEN_ROOT/log"']}}
+"""
+                ).encode(),
+            ),
+            ("i.yaml", local_instance_yaml("web-1", root).encode()),
+        ],
+        predefined_baselines(),
+    )
+    (task,) = snapshot.windows["noon"].spec.tasks
+    heard: list[tuple[Kind, dict[str, Any]]] = []
+    hooks = JobHooks(
+        task,
+        snapshot.instances["web-1"],
+        LocalTransport(str(root), trust_hooks=True),
+        job="job-1",
+        emit=lambda kind, **detail: heard.append((kind, detail)),  # type: ignore[arg-type]
+        wait=lambda seconds: None,
+    )
+
+    hooks.after_install()
+    hooks.at_exit(rebooted=True)
+
+    assert (root / "log").read_text() == "check\ncheck\nexit\n"
+    failed, result = hooks.result({"summary": {}})
+    assert not failed and "error" not in result
+    assert [(e["stage"], e.get("after")) for e in result["hooks"]] == [
+        ("healthCheck", "install"),
+        ("healthCheck", "reboot"),
+        ("onExit", None),
+    ]
+    assert [kind for kind, _ in heard] == [Kind.HOOK_RAN] * 3
