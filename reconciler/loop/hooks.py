@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from reconciler.api.hooks import CommandRun, HealthCheck, StageRun
+from reconciler.api.hooks import CommandRun, HealthCheck, HookCommand, StageRun
 from reconciler.api.install import InstallResult
 from reconciler.api.resources import (
     KubernetesConnection,
@@ -82,11 +82,13 @@ class JobHooks:
         self.error: dict[str, str] | None = None
 
     @property
-    def pre_install(self) -> tuple[Any, ...]:
+    def pre_install(self) -> tuple[HookCommand, ...]:
+        """What the agent runs before the install (InstallRequest.pre_install)."""
         return tuple(self.hooks.pre_install) if self.hooks else ()
 
     @property
-    def post_install(self) -> tuple[Any, ...]:
+    def post_install(self) -> tuple[HookCommand, ...]:
+        """What the agent runs after the install, before its reboot."""
         return tuple(self.hooks.post_install) if self.hooks else ()
 
     def refuse_unsupported(self) -> None:
