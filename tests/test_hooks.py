@@ -27,7 +27,7 @@ import pytest
 
 from reconciler.api.snapshot import SnapshotInvalid, build_snapshot
 from reconciler.defaults import predefined_baselines
-from reconciler.dispatch import LocalTransport, SshPool, transport_for
+from reconciler.dispatch import AgentFailed, LocalTransport, SshPool, transport_for
 from reconciler.loop import Reconciler
 from reconciler.loop.hooks import JobHooks
 from reconciler.report.notify.audit import AuditLog, default_path
@@ -747,3 +747,31 @@ def test_after_a_reboot_the_checks_run_again_then_on_exit(tmp_path: Path) -> Non
         ("onExit", None),
     ]
     assert [kind for kind, _ in heard] == [Kind.HOOK_RAN] * 3
+
+
+def test_a_kubernetes_node_refuses_hooks_before_anything_is_drained_or_installed() -> None:
+    """A node's agent runs in a Job's pod: hooks there would run in the pod, not on the node."""
+    node = """\
+apiVersion: patchwarden.io/v1alpha1
+kind: ManagedInstance
+metadata: {name: node-1, labels: {role: web}}
+spec: {connection: {type: kubernetes, node: node-1}}
+"""
+    text = TASK.replace("OPERATION", "Install") + "      hooks: {onExit: [{argv: [/bin/true]}]}\n"
+    snapshot = build_snapshot(
+        [("w.yaml", text.encode()), ("n.yaml", node.encode())], predefined_baselines()
+    )
+    (task,) = snapshot.windows["noon"].spec.tasks
+    untouched: Any = object()  # no transport method may be called
+    hooks = JobHooks(
+        task,
+        snapshot.instances["node-1"],
+        untouched,
+        job="j",
+        emit=print,
+        wait=print,  # type: ignore[arg-type]
+    )
+    with pytest.raises(AgentFailed) as refused:
+        hooks.refuse_unsupported()
+    assert refused.value.code == "HooksUnsupported"
+    assert "use http health checks, or remove them" in refused.value.message
