@@ -1,8 +1,10 @@
 """Stage: dispatch — an I/O edge (network). A window task's HTTP(S) health check, made from the
 controller (docs/hooks.md): one GET per attempt, redirects not followed, TLS verified against the
-controller's trust store unless the check says ``insecureSkipTlsVerify``, and only the first
-:data:`BODY_LIMIT` bytes of the answer read (a server sending gigabytes costs nothing). Decides
-nothing: the loop judges the attempt and retries.
+controller's trust store unless the check says ``insecureSkipTlsVerify``, and the answer's body
+never read: only its status is kept. The URL comes from the configuration repository, which may
+not learn what the controller can reach and it cannot (a cloud metadata endpoint's credentials
+would otherwise land in the job's result and the audit log). Decides nothing: the loop judges
+the attempt and retries.
 """
 
 from __future__ import annotations
@@ -14,21 +16,17 @@ import httpx
 from reconciler.api.hooks import HOST, HttpCheck
 from reconciler.redaction import redacted
 
-BODY_LIMIT = 4096
-"""Bytes of an answer's body kept for the job's result: its start, where a status page says why."""
-
 
 @dataclass(frozen=True)
 class HttpAttempt:
-    """One GET: the status (None when no answer came) and the start of the body, or the error."""
+    """One GET: the status (None when no answer came), or the error."""
 
     url: str
     status: int | None
-    body: str = ""
     error: str = ""
 
     def document(self) -> dict[str, object]:
-        return {"url": self.url, "status": self.status, "body": self.body, "error": self.error}
+        return {"url": self.url, "status": self.status, "error": self.error}
 
 
 def url_for(check: HttpCheck, address: str) -> str:
@@ -48,15 +46,6 @@ def http_get(check: HttpCheck, address: str) -> HttpAttempt:
             trust_env=False,  # the controller's proxy settings are not the machine's network
         )
         with client, client.stream("GET", url) as answer:
-            return HttpAttempt(url, answer.status_code, _start_of(answer))
+            return HttpAttempt(url, answer.status_code)
     except httpx.HTTPError as exc:
         return HttpAttempt(url, None, error=redacted(f"{type(exc).__name__}: {exc}"))
-
-
-def _start_of(answer: httpx.Response) -> str:
-    body = b""
-    for chunk in answer.iter_bytes():
-        body += chunk
-        if len(body) >= BODY_LIMIT:
-            break
-    return body[:BODY_LIMIT].decode("utf-8", "replace")
