@@ -30,6 +30,7 @@ from reconciler.evaluation import InstanceEvaluation, evaluate, resolve
 from reconciler.loop.common import Clock, Emitter, InForce, Log, TransportFor
 from reconciler.loop.executions import WindowExecutions
 from reconciler.loop.failures import job_error
+from reconciler.loop.oneoffs import OneOffOpenings, is_one_off
 from reconciler.plan import INSTALL, Action, baseline_digest
 from reconciler.report.notify.occurrences import Kind
 from reconciler.schedule import open_openings
@@ -66,11 +67,14 @@ class JobRunner:
         log: Log,
         emit: Emitter,
         on_job_done: JobDone | None = None,
+        one_offs: OneOffOpenings | None = None,
     ) -> None:
-        """``on_job_done`` is called with each finished job (the CLI's progress)."""
+        """``on_job_done`` is called with each finished job (the CLI's progress); ``one_offs``
+        keeps the one-off openings' statuses (patch now)."""
         self.store, self.in_force, self.transport_for = store, in_force, transport_for
         self.executions, self.clock, self.log, self.emit = executions, clock, log, emit
         self.on_job_done = on_job_done
+        self.one_offs = one_offs or OneOffOpenings(store, clock, emit)
 
     def execute(self, action: Action) -> JobRecord | None:
         """Run one action: claim it (exactly once), run it on the machine, record the result."""
@@ -103,6 +107,10 @@ class JobRunner:
                 opening=action.opening,
             )
             return None
+        if is_one_off(action) and not self.one_offs.may_start(action, now):
+            # Cancelled or expired after it was planned: a job not started never starts.
+            self.log.info("job not started: its one-off opening ended", opening=action.opening)
+            return None
         job = self.store.claim_job(
             key=action.key,
             instance=action.instance,
@@ -118,6 +126,8 @@ class JobRunner:
             return None
         if action.window and action.opening:
             self.executions.started(action.window, action.opening)
+        elif is_one_off(action):
+            self.one_offs.started(action.opening or "")
         log = self.log.bind(
             instance=action.instance, revision=revision, job=job.id, operation=action.operation
         )
