@@ -17,10 +17,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from reconciler.api._base import Model
+from reconciler.api.enums import Operation
 from reconciler.api.resources import (
+    PATTERN_HELP,
     LabelSelector,
     LabelSelectorRequirement,
     ManagedInstance,
@@ -96,6 +98,18 @@ class OneOffOpening(Model):
     created_at: datetime
     expires_at: datetime
     """No job starts at or after this instant; an opening that started none by then EXPIRES."""
+
+
+def check_budget(field: str, value: str) -> str:
+    """``value`` if a WindowTask takes it as ``field`` (``max_concurrency``, ``max_errors``),
+    else ValueError saying what it takes."""
+    try:
+        WindowTask.model_validate({"name": TASK_NAME, "operation": Operation.SCAN, field: value})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        pattern = str(error.get("ctx", {}).get("pattern", ""))
+        raise ValueError(PATTERN_HELP.get(pattern, error["msg"])) from None
+    return value
 
 
 def targeted(targets: OneOffTargets, snapshot: Snapshot) -> list[str]:
