@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import structlog
 import yaml
 
 from reconciler import __version__
@@ -63,6 +64,7 @@ from reconciler.dispatch.outcomes import (
     override_pins,
     pins_for,
 )
+from reconciler.errors import RefusedInput, TemporaryError
 from reconciler.evaluation import (
     DecisionCache,
     InstanceEvaluation,
@@ -71,6 +73,7 @@ from reconciler.evaluation import (
     resolve,
 )
 from reconciler.loop import Clock, Reconciler, TransportFor, configure_logging, serve, utc_now
+from reconciler.loop.common import Emitter, InForce
 from reconciler.loop.endpoints import ListenError, parse_listen
 from reconciler.paths import control_character
 from reconciler.plan import Settings
@@ -1793,11 +1796,24 @@ def _patch_now(args: argparse.Namespace) -> int:
     if args.wait:
         return _patch_now_wait(args)
     with _store(args) as store, _audit_log(args, store) as log:
-        transports = _transports(_ssh_pool(), args.ssh_dir, args.trust_root_scripts)
-        loop = _reconciler(args, store, transports, observers=[log])
-        record, instances = _record_one_off(args, loop, store)
+        in_force = _current_snapshot(args, store)
+        emit = Emitter([log], utc_now, structlog.get_logger("patchwarden"), in_force)
+        assert in_force.snapshot is not None
+        record, instances = _record_one_off(args, in_force.snapshot, store, emit)
     patchnow.recorded(record, instances, _format(args), sys.stdout)
     return EXIT_OK
+
+
+def _current_snapshot(args: argparse.Namespace, store: StateStore) -> InForce:
+    """The source's current revision, validated, without the loop: a request only reads it (a
+    refused one is reported, as by ``validate``, and nothing is recorded)."""
+    try:
+        revision, snapshot = _source(args, Path(store.path)).snapshot()
+    except SnapshotInvalid:
+        raise
+    except (RefusedInput, TemporaryError) as exc:
+        raise UserError(f"--source {redacted(str(args.source))}: {exc}; nothing recorded") from None
+    return InForce(snapshot, str(revision), revision.author)
 
 
 def _patch_now_wait(args: argparse.Namespace) -> int:
@@ -1807,7 +1823,10 @@ def _patch_now_wait(args: argparse.Namespace) -> int:
         _observed_loop(args, pool, on_job_done=progress) as (loop, store, _),
     ):
         loop.recover()  # this process holds the writer lock: what runs was left by a crash
-        record, _ = _record_one_off(args, loop, store)
+        loop.refresh()
+        if loop.snapshot is None:
+            raise UserError("no valid snapshot: nothing recorded (see the refusal above)")
+        record, _ = _record_one_off(args, loop.snapshot, store, loop.emit)
         final = _run_one_off(loop, store, record.id)
         patchnow.outcome(final, store.one_off_jobs([record.id]), _format(args), sys.stdout)
     pool.close()
@@ -1837,18 +1856,14 @@ def _run_one_off(loop: Reconciler, store: StateStore, opening_id: str) -> OneOff
 
 
 def _record_one_off(
-    args: argparse.Namespace, loop: Reconciler, store: StateStore
+    args: argparse.Namespace, snapshot: Snapshot, store: StateStore, emit: Emitter
 ) -> tuple[OneOffRecord, list[str]]:
-    """Check the request against the snapshot in force, record it and audit it; nothing is
-    recorded when anything is wrong."""
-    loop.refresh()
-    snapshot = loop.snapshot
-    if snapshot is None:
-        raise UserError("no valid snapshot: nothing recorded (see the refusal above)")
+    """Check the request against ``snapshot``, record it and audit it; nothing is recorded
+    when anything is wrong."""
     opening = _one_off_opening(args, snapshot, utc_now())
     record = store.record_one_off(opening, now=opening.created_at)
     instances = targeted(opening.targets, snapshot)
-    loop.emit(
+    emit(
         Kind.PATCH_NOW_REQUESTED,
         author=opening.requested_by,
         id=opening.id,

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.api.enums import Operation
 from reconciler.api.install import InstallResult
 from reconciler.api.oneoff import (
     OneOffOpening,
@@ -30,6 +31,8 @@ from reconciler.api.resources import LabelSelector, ManagedInstance, WindowTask
 from reconciler.dispatch import transport_for
 from reconciler.dispatch.base import InstallRequest, Transport
 from reconciler.loop import Reconciler
+from reconciler.loop.oneoffs import OneOffOpenings
+from reconciler.plan import Action
 from reconciler.sources import DirectorySource
 from reconciler.state import StateStore
 from tests.aptlab import Repo
@@ -134,6 +137,20 @@ def test_the_selector_takes_kubectls_syntax_as_a_windows_label_selector() -> Non
     for bad in ("env=prod,", "role in (web", "a b"):
         with pytest.raises(ValueError):
             parse_selector(bad)
+
+
+def test_a_one_off_job_runs_the_task_stored_with_its_opening(tmp_path: Path) -> None:
+    """The hooks and health checks --hooks-from copies travel in the stored task."""
+    opening = one_off(OneOffTargets(instances=["web-1"]), NOW, concurrency="3")
+    with StateStore(tmp_path / "state.db") as store:
+        store.record_one_off(opening, now=NOW)
+        runner = OneOffOpenings(store, ManualClock(NOW), lambda *a, **k: None)  # type: ignore[arg-type]
+        action = Action(
+            Operation.INSTALL, "web-1", "k", "why", "b", "h", None, "patch-now", opening.id
+        )
+        assert runner.task_for(action) == opening.task
+        window_job = Action(Operation.INSTALL, "web-1", "k", "why", "b", "h", "noon", "t", "o")
+        assert runner.task_for(window_job) is None
 
 
 # --- through patchctl ------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from reconciler.api.oneoff import ACTIVE, OneOffStatus
+from reconciler.api.resources import WindowTask
 from reconciler.loop.common import Clock, Emitter
 from reconciler.plan import Action, Plan
 from reconciler.report.notify.occurrences import Kind
@@ -35,6 +36,12 @@ class OneOffOpenings:
         if record is None or record.status not in ACTIVE:
             return False
         return record.status is OneOffStatus.IN_PROGRESS or now < record.opening.expires_at
+
+    def task_for(self, action: Action) -> WindowTask | None:
+        """The task a one-off job runs (the stored document's: hooks and health checks with
+        it), where a window's job takes its task from the snapshot; None for other jobs."""
+        record = self.store.one_off(action.opening or "") if is_one_off(action) else None
+        return record.opening.task if record else None
 
     def started(self, opening: str) -> None:
         """Its first job makes the opening IN_PROGRESS."""

@@ -45,7 +45,7 @@ class OneOffRecord:
         return {
             **self.opening.to_wire(),
             "status": str(self.status),
-            "updatedAt": to_text(self.updated_at),
+            "updatedAt": self.updated_at.isoformat().replace("+00:00", "Z"),
         }
 
 
