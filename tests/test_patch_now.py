@@ -274,6 +274,26 @@ def test_wait_runs_the_opening_here_and_prints_its_outcome(tmp_path: Path, apt_r
 
 
 @needs_apt
+def test_wait_exits_1_when_the_opening_failed(tmp_path: Path, apt_repo: Repo) -> None:
+    roots = make_fleet(tmp_path / "fleet", apt_repo, ["db-1", "db-2"], WITH_FAIL)
+    config, state = write_config(tmp_path / "config", roots), tmp_path / "state" / "state.db"
+
+    run = patchctl(
+        "patch-now", "--group", "fleet", "--max-errors", "0", "--wait", "--source", str(config),
+        "--state", str(state), "-o", "json",
+    )  # fmt: skip
+
+    assert run.returncode == 1, run.stderr
+    outcome = json.loads(run.stdout)
+    assert outcome["status"] == "FAILED"
+    assert [(j["instance"], j["operation"], j["status"]) for j in outcome["jobs"]] == [
+        ("db-1", "Scan", "succeeded"),
+        ("db-1", "Install", "failed"),
+    ]
+    assert versions(roots["db-2"]) == {"pwtest-lib": "1.0-1", "pwtest-fail": "1.0-1"}
+
+
+@needs_apt
 def test_cancel_stops_what_has_not_started(tmp_path: Path, apt_repo: Repo) -> None:
     roots = make_fleet(tmp_path / "fleet", apt_repo, ["web-1", "web-2"], BEFORE)
     config, state = write_config(tmp_path / "config", roots), tmp_path / "state" / "state.db"
