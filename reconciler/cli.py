@@ -1781,7 +1781,44 @@ def _budget(field: str, text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not valid: {exc}") from None
 
 
+# What each form of patch-now reads, beyond --state and -o: an option another form needs is
+# refused there rather than accepted and ignored.
+_SOURCE_OPTIONS = ("source", "ref", "identity_file", "known_hosts", "verify_gpg", "verify_ssh")
+_REQUEST_OPTIONS = (
+    *("operation", "reboot_option", "max_concurrency", "max_errors", "hooks_from", "note"),
+    *("start_within", "wait", *_SOURCE_OPTIONS),
+)
+_WAIT_OPTIONS = (
+    *("workers", "stale_after", "s3_endpoint_url", "ssh_dir", "report_dir"),
+    *("events_eventbridge", "events_webhook", "events_webhook_header", "events_queue_size"),
+    "events_endpoint_url",
+)
+
+
+def _patch_now_unused(args: argparse.Namespace) -> None:
+    """Refuse the options this form of patch-now would not read."""
+    unused: tuple[str, ...]
+    if args.list:
+        form, unused = "--list", (*_REQUEST_OPTIONS, *_WAIT_OPTIONS, "requested_by", "audit_log")
+    elif args.cancel:
+        form, unused = "--cancel", (*_REQUEST_OPTIONS, *_WAIT_OPTIONS)
+    elif not args.wait:
+        form, unused = "a request without --wait", _WAIT_OPTIONS
+    else:
+        return
+    probe = argparse.ArgumentParser()
+    _patch_now_args(probe)
+    given = [
+        "--" + dest.replace("_", "-")
+        for dest in unused
+        if getattr(args, dest) != probe.get_default(dest)
+    ]
+    if given:
+        raise UserError(f"patch-now: {form} takes no {', '.join(given)}")
+
+
 def _patch_now(args: argparse.Namespace) -> int:
+    _patch_now_unused(args)
     if args.list:
         with _store(args) as store:
             patchnow.listing(store.one_offs(), _format(args), sys.stdout)
@@ -1822,11 +1859,11 @@ def _patch_now_wait(args: argparse.Namespace) -> int:
         render.job_progress() as progress,
         _observed_loop(args, pool, on_job_done=progress) as (loop, store, _),
     ):
-        loop.recover()  # this process holds the writer lock: what runs was left by a crash
         loop.refresh()
         if loop.snapshot is None:
             raise UserError("no valid snapshot: nothing recorded (see the refusal above)")
         record, _ = _record_one_off(args, loop.snapshot, store, loop.emit)
+        loop.recover()  # this process holds the writer lock: what runs was left by a crash
         final = _run_one_off(loop, store, record.id)
         patchnow.outcome(final, store.one_off_jobs([record.id]), _format(args), sys.stdout)
     pool.close()

@@ -156,6 +156,22 @@ def test_a_one_off_job_runs_the_task_stored_with_its_opening(tmp_path: Path) -> 
 # --- through patchctl ------------------------------------------------------------------------
 
 
+def test_options_another_form_needs_are_refused_not_ignored(tmp_path: Path) -> None:
+    state = ("--state", str(tmp_path / "state.db"))
+    cases = {
+        ("--list", "--operation", "Scan"): "--list takes no --operation",
+        ("--list", "--requested-by", "bob"): "--list takes no --requested-by",
+        ("--cancel", "pn-1", "--max-errors", "3", "--wait"): "--cancel takes no --max-errors, "
+        "--wait",
+        ("--group", "web", "--source", "examples", "--workers", "3"): "a request without --wait "
+        "takes no --workers",
+    }
+    for args, message in cases.items():
+        run = patchctl("patch-now", *args, *state)
+        assert (run.returncode, run.stderr) == (1, f"patchctl: patch-now: {message}\n"), args
+    assert not (tmp_path / "state.db").exists()
+
+
 @needs_apt
 def test_bad_targets_are_refused_with_the_known_ones_and_nothing_is_recorded(
     tmp_path: Path, apt_repo: Repo
