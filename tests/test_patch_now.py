@@ -28,6 +28,7 @@ from reconciler.api.oneoff import (
     selector_text,
 )
 from reconciler.api.resources import LabelSelector, ManagedInstance, WindowTask
+from reconciler.api.snapshot import Snapshot
 from reconciler.dispatch import transport_for
 from reconciler.dispatch.base import InstallRequest, Transport
 from reconciler.loop import Reconciler
@@ -148,9 +149,9 @@ def test_a_one_off_job_runs_the_task_stored_with_its_opening(tmp_path: Path) -> 
         action = Action(
             Operation.INSTALL, "web-1", "k", "why", "b", "h", None, "patch-now", opening.id
         )
-        assert runner.task_for(action) == opening.task
+        assert runner.task_for(action, Snapshot()) == opening.task
         window_job = Action(Operation.INSTALL, "web-1", "k", "why", "b", "h", "noon", "t", "o")
-        assert runner.task_for(window_job) is None
+        assert runner.task_for(window_job, Snapshot()) is None
 
 
 # --- through patchctl ------------------------------------------------------------------------
@@ -445,4 +446,26 @@ def test_an_opening_not_started_before_its_expiry_is_dropped(
         assert record.status is OneOffStatus.EXPIRED
         assert store.one_off_jobs([opening.id]) == []
     assert summary.jobs == {"Scan succeeded": 1}  # the loop's own first scan, nothing else
+    assert versions(roots["web-1"]) == UNPATCHED
+
+
+@needs_apt
+def test_hooks_the_window_task_no_longer_has_are_refused_before_anything_runs(
+    tmp_path: Path, apt_repo: Repo
+) -> None:
+    """The commands a machine runs come from the configuration, never from the state database
+    alone: a stored request whose hooks are not (or no longer) its window task's fails."""
+    roots = make_fleet(tmp_path / "fleet", apt_repo, ["web-1"], BEFORE)
+    config = write_config(tmp_path / "config", roots)
+    with StateStore(tmp_path / "state.db") as store:
+        opening = one_off(OneOffTargets(instances=["web-1"]), NOW).model_copy(
+            update={"hooks_from": "new-year/install-security"}
+        )
+        store.record_one_off(opening, now=NOW)
+        loop(config, store, ManualClock(NOW)).reconcile()
+        (job,) = store.one_off_jobs([opening.id])
+        (record,) = store.one_offs()
+    assert (job.operation, job.status, record.status) == ("Scan", "failed", "FAILED")
+    assert job.error is not None and job.error["code"] == "HooksRefused"
+    assert "no hooks or health checks to copy" in job.error["message"]
     assert versions(roots["web-1"]) == UNPATCHED

@@ -170,18 +170,45 @@ def hook_fields(snapshot: Snapshot, reference: str) -> tuple[str, dict[str, Any]
     task = tasks.get(task_name) if task_name else next(iter(tasks.values()))
     if task is None:
         raise ValueError(f"window {window_name} has no task {task_name!r}; {_listing(tasks)}")
-    wire = task.model_dump(mode="json", by_alias=True, exclude_none=True)
-    aliases = {name: info.alias or name for name, info in WindowTask.model_fields.items()}
-    copied = {
-        aliases[name]: wire[aliases[name]]
-        for name in HOOK_FIELDS
-        if name in aliases and wire.get(aliases[name])
-    }
+    copied = task_hooks(task)
     if not copied:
         raise ValueError(
             f"task {task.name} of window {window_name} has no hooks or health checks to copy"
         )
     return f"{window_name}/{task.name}", copied
+
+
+def task_hooks(task: WindowTask) -> dict[str, Any]:
+    """The hook and health-check fields ``task`` sets, by wire name (empty when none)."""
+    wire = task.model_dump(mode="json", by_alias=True, exclude_none=True)
+    aliases = {name: info.alias or name for name, info in WindowTask.model_fields.items()}
+    return {
+        aliases[name]: wire[aliases[name]]
+        for name in HOOK_FIELDS
+        if name in aliases and wire.get(aliases[name])
+    }
+
+
+def checked_task(opening: OneOffOpening, snapshot: Snapshot) -> WindowTask:
+    """The task a job of ``opening`` may run in ``snapshot``: its hooks and health checks must
+    still be those of the window task named by ``hooksFrom`` (none without it). The commands a
+    machine runs come from the reviewed configuration, never from the state database alone.
+    ValueError says why not."""
+    stored = task_hooks(opening.task)
+    if opening.hooks_from is None:
+        if stored:
+            raise ValueError("it carries hooks or health checks that no window task gave it")
+        return opening.task
+    try:
+        _, current = hook_fields(snapshot, opening.hooks_from)
+    except ValueError as exc:
+        raise ValueError(f"--hooks-from {opening.hooks_from}: {exc}") from None
+    if current != stored:
+        raise ValueError(
+            f"the hooks and health checks of {opening.hooks_from} changed since it was "
+            "requested: request it again"
+        )
+    return opening.task
 
 
 # -- label selectors as text (kubectl's syntax) ---------------------------------------------------

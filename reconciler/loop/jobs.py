@@ -153,6 +153,9 @@ class JobRunner:
         )
 
     def _run(self, claimed: Claimed) -> Result:
+        if self.in_force.snapshot is not None:
+            # A one-off job's hooks must still be its window task's: refused before it runs.
+            self.one_offs.task_for(claimed.action, self.in_force.snapshot)
         transport = self.transport_for(claimed.instance)
         if claimed.action.operation == INSTALL:
             return self._install(claimed, transport)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from reconciler.api.oneoff import ACTIVE, OneOffStatus
+from reconciler.api.oneoff import ACTIVE, OneOffStatus, checked_task
 from reconciler.api.resources import WindowTask
+from reconciler.api.snapshot import Snapshot
+from reconciler.dispatch import AgentFailed
 from reconciler.loop.common import Clock, Emitter
 from reconciler.plan import Action, Plan
 from reconciler.report.notify.occurrences import Kind
@@ -37,11 +39,17 @@ class OneOffOpenings:
             return False
         return record.status is OneOffStatus.IN_PROGRESS or now < record.opening.expires_at
 
-    def task_for(self, action: Action) -> WindowTask | None:
-        """The task a one-off job runs (the stored document's: hooks and health checks with
-        it), where a window's job takes its task from the snapshot; None for other jobs."""
+    def task_for(self, action: Action, snapshot: Snapshot) -> WindowTask | None:
+        """The task a one-off job runs (the stored document's, with its hooks and health
+        checks), where a window's job takes its task from the snapshot; None for other jobs.
+        AgentFailed (the job fails) when its hooks are no longer the window task's."""
         record = self.store.one_off(action.opening or "") if is_one_off(action) else None
-        return record.opening.task if record else None
+        if record is None:
+            return None
+        try:
+            return checked_task(record.opening, snapshot)
+        except ValueError as exc:
+            raise AgentFailed("HooksRefused", f"{record.id}: {exc}") from None
 
     def started(self, opening: str) -> None:
         """Its first job makes the opening IN_PROGRESS."""
