@@ -310,7 +310,7 @@ def plan(current: Plan, fmt: str, out: IO[str]) -> None:
         table.add_row(
             a.instance,
             a.operation,
-            f"{a.window}/{a.task}" if a.window else "-",
+            f"{a.window}/{a.task}" if a.window else a.opening or "-",  # one-off: its id
             str(len(a.pins)) if a.pins else "-",
             a.reason,
         )
