@@ -166,11 +166,17 @@ def test_options_another_form_needs_are_refused_not_ignored(tmp_path: Path) -> N
         "--wait",
         ("--group", "web", "--source", "examples", "--workers", "3"): "a request without --wait "
         "takes no --workers",
+        ("--group", "web", "--source", "examples", "--note", "a\x1b[2Jb"): "--note: contains "
+        "\\x1b; nothing recorded",
+        ("--group", "web", "--source", "examples", "--requested-by", " "): "--requested-by: give "
+        "1 to 128 characters on one line; nothing recorded",
     }
     for args, message in cases.items():
         run = patchctl("patch-now", *args, *state)
-        assert (run.returncode, run.stderr) == (1, f"patchctl: patch-now: {message}\n"), args
-    assert not (tmp_path / "state.db").exists()
+        assert run.returncode == 1, args
+        assert run.stderr.endswith(f"{message}\n") and run.stderr.count("\n") == 1, args
+    listed = patchctl("patch-now", "--list", *state, "-o", "json")
+    assert json.loads(listed.stdout) == []
 
 
 @needs_apt
