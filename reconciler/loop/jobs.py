@@ -17,7 +17,7 @@ from typing import Any
 from reconciler.api.enums import JobStatus, Operation
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
-from reconciler.api.resources import ManagedInstance
+from reconciler.api.resources import ManagedInstance, WindowTask
 from reconciler.api.snapshot import Snapshot
 from reconciler.dispatch import AgentFailed
 from reconciler.dispatch.base import (
@@ -32,6 +32,7 @@ from reconciler.loop.common import Clock, Emitter, InForce, Log, TransportFor
 from reconciler.loop.executions import WindowExecutions
 from reconciler.loop.failures import job_error
 from reconciler.loop.hooks import JobHooks, Wait, task_of
+from reconciler.loop.oneoffs import OneOffOpenings, is_one_off
 from reconciler.plan import INSTALL, Action, baseline_digest
 from reconciler.report.notify.occurrences import Kind
 from reconciler.schedule import open_openings
@@ -69,12 +70,15 @@ class JobRunner:
         emit: Emitter,
         on_job_done: JobDone | None = None,
         wait: Wait = time.sleep,
+        one_offs: OneOffOpenings | None = None,
     ) -> None:
         """``on_job_done`` is called with each finished job (the CLI's progress); ``wait``
-        waits between a health check's attempts."""
+        waits between a health check's attempts; ``one_offs`` keeps the one-off openings'
+        statuses (patch now)."""
         self.store, self.in_force, self.transport_for = store, in_force, transport_for
         self.executions, self.clock, self.log, self.emit = executions, clock, log, emit
         self.on_job_done, self.wait = on_job_done, wait
+        self.one_offs = one_offs or OneOffOpenings(store, clock, emit)
 
     def execute(self, action: Action) -> JobRecord | None:
         """Run one action: claim it (exactly once), run it on the machine, record the result."""
@@ -107,6 +111,10 @@ class JobRunner:
                 opening=action.opening,
             )
             return None
+        if is_one_off(action) and not self.one_offs.may_start(action, now):
+            # Cancelled or expired after it was planned: a job not started never starts.
+            self.log.info("job not started: its one-off opening ended", opening=action.opening)
+            return None
         job = self.store.claim_job(
             key=action.key,
             instance=action.instance,
@@ -122,6 +130,8 @@ class JobRunner:
             return None
         if action.window and action.opening:
             self.executions.started(action.window, action.opening)
+        elif is_one_off(action):
+            self.one_offs.started(action.opening or "")
         log = self.log.bind(
             instance=action.instance, revision=revision, job=job.id, operation=action.operation
         )
@@ -147,6 +157,9 @@ class JobRunner:
         )
 
     def _run(self, claimed: Claimed) -> Result:
+        if self.in_force.snapshot is not None:
+            # A one-off job's hooks must still be its window task's: refused before it runs.
+            self.one_offs.task_for(claimed.action, self.in_force.snapshot)
         transport = self.transport_for(claimed.instance)
         if claimed.action.operation == INSTALL:
             return self._install(claimed, transport)
@@ -185,8 +198,16 @@ class JobRunner:
         evaluation = self._record(claimed, inventory, Operation.SCAN)
         return JobStatus.SUCCEEDED, {"summary": evaluation.summary.to_dict()}
 
+    def _task(self, action: Action) -> WindowTask | None:
+        """The task a job runs for: a one-off opening's stored one (patch now), else its
+        window's in the snapshot in force."""
+        snapshot = self.in_force.snapshot
+        if is_one_off(action) and snapshot is not None:
+            return self.one_offs.task_for(action, snapshot)
+        return task_of(snapshot, action)
+
     def _install(self, claimed: Claimed, transport: Transport) -> Result:
-        task = task_of(self.in_force.snapshot, claimed.action)
+        task = self._task(claimed.action)
         hooks = JobHooks(
             task, claimed.instance, transport, job=claimed.job.id, emit=self.emit, wait=self.wait
         )

@@ -233,6 +233,12 @@ def describe(entry: Mapping[str, Any]) -> str:
         return f"{d.get('previous') or 'unknown'} -> {d.get('status')} ({d.get('operation')})"
     if kind == Kind.WINDOW_EXECUTION_CHANGED:
         return f"{d.get('window')} {d.get('opening')}: {d.get('status')}"
+    if kind == Kind.PATCH_NOW_REQUESTED:
+        return f"{d.get('id')}: {d.get('operation')} on {d.get('targets')}"
+    if kind == Kind.PATCH_NOW_CHANGED:
+        return f"{d.get('id')}: {d.get('status')}" + (
+            f" ({d['reason']})" if d.get("reason") else ""
+        )
     return json.dumps(d, default=str)[:200]
 
 

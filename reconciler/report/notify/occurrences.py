@@ -40,6 +40,10 @@ class Kind(StrEnum):
     """An instance's compliance status differs from its previous scan (or it had none)."""
     WINDOW_EXECUTION_CHANGED = "window.execution"
     """A window opening's execution started (IN_PROGRESS) or ended (SUCCESS, FAILED)."""
+    PATCH_NOW_REQUESTED = "patchnow.requested"
+    """``patchctl patch-now`` recorded a one-off opening; ``author`` is who asked."""
+    PATCH_NOW_CHANGED = "patchnow.status"
+    """A one-off opening started, ended or was cancelled (``author``: who cancelled it)."""
 
 
 @dataclass(frozen=True)
