@@ -489,7 +489,31 @@ def _named_file(value: str) -> str:
     return value
 
 
+_JUMP = re.compile(
+    r"(?:(?P<user>[^@\s]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^@\s:\[\],/]+)(?::(?P<port>\d{1,5}))?"
+)
+
+
+def parse_jump(value: str) -> tuple[str | None, str, int | None]:
+    """``[user@]host[:port]`` (OpenSSH's ProxyJump, one bastion) as user, host and port
+    (``[...]`` around an IPv6 address is removed); ValueError saying the form otherwise."""
+    match = _JUMP.fullmatch(value)
+    port = int(match["port"]) if match and match["port"] else None
+    if match is None or (port is not None and not 1 <= port <= 65535):
+        raise ValueError(
+            "must be one bastion as [user@]host[:port] (a port from 1 to 65535; no list of hops)"
+        )
+    return match["user"], match["host"].strip("[]"), port
+
+
+def _jump(value: str) -> str:
+    parse_jump(value)
+    return value
+
+
 PlainText = Annotated[str, AfterValidator(_plain)]
+JumpSpec = Annotated[str, AfterValidator(_plain), AfterValidator(_jump)]
+"""OpenSSH's ProxyJump for one bastion: ``[user@]host[:port]``."""
 RootPath = Annotated[str, AfterValidator(_plain), AfterValidator(_absolute)]
 """An absolute directory path holding a whole system."""
 NamedFile = Annotated[str, AfterValidator(_plain), AfterValidator(_named_file)]
@@ -528,7 +552,7 @@ class SshConnection(Model):
     non-root user without it is refused before connecting."""
     become_user: PlainText | None = None
     """The user sudo runs the agent as (default root); only with ``become``."""
-    proxy_jump: Annotated[PlainText, StringConstraints(min_length=1, max_length=512)] | None = None
+    proxy_jump: Annotated[JumpSpec, StringConstraints(min_length=1, max_length=512)] | None = None
     """A bastion to connect through, as OpenSSH's ProxyJump: ``[user@]host[:port]``; its host
     key is checked against the same known_hosts file."""
 
