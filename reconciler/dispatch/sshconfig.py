@@ -65,8 +65,10 @@ def reach(connection: SshConnection, ssh_dir: Path, name: str | None) -> Reach:
             in_ssh_dir(connection.identity_file, "spec.connection.identityFile", ssh_dir, name),
         )
     else:
-        where = f"IdentityFile in {ssh_dir / CONFIG} (Host {connection.host})"
-        keys = tuple(in_ssh_dir(path, where, ssh_dir, name) for path in entry.identity_files)
+        where = f" in {ssh_dir / CONFIG} (Host {connection.host})"
+        keys = tuple(
+            in_ssh_dir(path, "IdentityFile", ssh_dir, name, where) for path in entry.identity_files
+        )
     known = connection.known_hosts_file
     return Reach(
         host=entry.hostname or connection.host,
@@ -122,16 +124,17 @@ def host_entry(ssh_dir: Path, host: str, name: str | None) -> HostEntry:
     )
 
 
-def in_ssh_dir(path: str, field: str, ssh_dir: Path, name: str | None) -> str:
+def in_ssh_dir(path: str, field: str, ssh_dir: Path, name: str | None, where: str = "") -> str:
     """``path`` (``~`` expanded; relative: inside ``ssh_dir``) resolved inside ``ssh_dir``;
-    AgentFailed (the job fails, nothing is read) when it lies outside."""
+    AgentFailed (the job fails, nothing is read) when it lies outside. ``where`` says which
+    file named it, when not the resource."""
     try:
         return str(confine(str(Path(path).expanduser()), ssh_dir))
     except OutsideDirectory:
         resource = f"ManagedInstance {name}: " if name else ""
         raise AgentFailed(
             "SshFileRefused",
-            f"{resource}{field} {path} is outside the SSH directory {ssh_dir}: put the file "
+            f"{resource}{field} {path}{where} is outside the SSH directory {ssh_dir}: put the file "
             "there (a relative name is read inside it), or start patchctl with --ssh-dir "
             "naming the directory that holds it",
         ) from None
@@ -224,3 +227,11 @@ class _Confined(asyncssh.config.SSHClientConfig):
             confine(str(path), self._ssh_dir)
         except OutsideDirectory:
             self._error(f"Include {pattern} leaves the SSH directory {self._ssh_dir}")
+
+
+# asyncssh dispatches each keyword through this table of plain functions, not through methods.
+_Confined._handlers = {
+    **asyncssh.config.SSHClientConfig._handlers,
+    "include": ("Include", _Confined._include),
+    "match": ("Match", _Confined._match),
+}
