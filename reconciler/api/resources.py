@@ -533,14 +533,16 @@ class SshConnection(Model):
 
     type: Literal["ssh"]
     host: Annotated[PlainText, StringConstraints(min_length=1, max_length=253)]
-    """Host name or address."""
+    """Host name or address, or a Host alias of the controller's SSH client configuration
+    (config in --ssh-dir), which may give its HostName, Port, User, IdentityFile, ProxyJump."""
     port: int = Field(default=22, ge=1, le=65535, strict=True)
-    """SSH port."""
+    """SSH port (not written: the SSH configuration's Port, else 22)."""
     user: PlainText = "root"
-    """Login user (root, or a user allowed to run the agent with sudo)."""
+    """Login user: root, or a user allowed to run the agent with sudo (become). Not written:
+    the SSH configuration's User, else root."""
     identity_file: NamedFile | None = None
     """Private key file, inside the controller's SSH directory (--ssh-dir): relative to it, or
-    an absolute path within it."""
+    an absolute path within it (not written: the SSH configuration's IdentityFile entries)."""
     known_hosts_file: NamedFile | None = None
     """known_hosts file used for strict host-key checking, inside the controller's SSH directory
     (--ssh-dir): relative to it, or an absolute path within it."""
@@ -554,7 +556,8 @@ class SshConnection(Model):
     """The user sudo runs the agent as (default root); only with ``become``."""
     proxy_jump: Annotated[JumpSpec, StringConstraints(min_length=1, max_length=512)] | None = None
     """A bastion to connect through, as OpenSSH's ProxyJump: ``[user@]host[:port]``; its host
-    key is checked against the same known_hosts file."""
+    key is checked against the same known_hosts file and it is authenticated with the same key
+    (not written: the SSH configuration's ProxyJump)."""
 
     @model_validator(mode="after")
     def _become_user_needs_become(self) -> SshConnection:
