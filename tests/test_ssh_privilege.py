@@ -10,7 +10,10 @@ zipapp installing from a real apt repository into real directory roots (tests/ap
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +24,11 @@ from reconciler.agent.apt import Apt
 from reconciler.api.resources import SshConnection
 from reconciler.dispatch import AgentFailed, InstallRequest, SshPool, transport_for
 from reconciler.dispatch.ssh import SshTransport
+from reconciler.state import StateStore
 from tests import test_dispatch_ssh
 from tests.aptlab import Repo, dpkg_state, make_root
 from tests.conftest import INSTALLED, needs_apt
+from tests.fleet import API, BASELINE_YAML, documents, open_window_yaml, versions
 from tests.sshd import have_sshd
 from tests.sudolab import (
     LOGIN,
@@ -346,3 +351,42 @@ def test_a_config_that_leaves_the_ssh_dir_or_cannot_be_read_is_refused_without_c
     assert words.format(outside=outside, ssh_dir=ssh_dir) in message and secret not in message
     assert pool.connections_opened == 0 and lab.sshd.accepted_logins() == logins
     assert not (tmp_path / "outside-key-ran").exists()  # no command ran
+
+
+def test_patchctl_reconcile_installs_through_sudo_on_an_ssh_config_alias(
+    lab: SudoLab, machine_root: str, tmp_path: Path
+) -> None:
+    """End to end: a window's Install on ``host: web-sudo``, which only --ssh-dir's config
+    resolves (HostName, Port, User pwlogin, IdentityFile), with become: sudo. The job scans and
+    installs as root and the root's dpkg shows the security update."""
+    config = (
+        f"Host web-sudo\n  HostName 127.0.0.1\n  Port {lab.sshd.port}\n  User {LOGIN}\n"
+        "  IdentityFile lab_key\n"
+    )
+    ssh_dir = ssh_dir_of(lab, tmp_path / "ssh", config)
+    source = tmp_path / "source"
+    source.mkdir()
+    instance = (
+        f"{API}\nkind: ManagedInstance\nmetadata:\n  name: web-sudo\n  labels: {{fleet: e2e}}\n"
+        "spec:\n  connection:\n    type: ssh\n    host: web-sudo\n    become: sudo\n"
+        f"    knownHostsFile: known_hosts\n    root: {machine_root}\n"
+    )
+    (source / "fleet.yaml").write_text(documents(BASELINE_YAML, open_window_yaml(), instance))
+    state = tmp_path / "state.db"
+    argv = ["reconcile", "--source", str(source), "--state", str(state), "--ssh-dir", str(ssh_dir)]
+    run = subprocess.run(
+        [sys.executable, "-m", "reconciler", *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PATCHWARDEN_TRUST_ROOT_SCRIPTS": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    with StateStore(state) as store:
+        jobs = store.latest_jobs()
+    install = (jobs["web-sudo"].result or {})["install"]
+    results = {p["name"]: p["result"] for p in install["patches"]}
+    # pwtest-fail's new version fails its maintainer script on purpose (tests/conftest.py).
+    assert results == {**dict.fromkeys(results, "INSTALLED"), "pwtest-fail": "FAILED"}
+    assert versions(lab.srv / Path(machine_root).name)["pwtest-lib"] == "1.0-2"
+    assert cached_agents(lab, LOGIN)
