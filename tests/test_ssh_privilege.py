@@ -133,8 +133,10 @@ def test_become_sudo_installs_as_root_from_the_login_users_cache(
     [cached] = cached_agents(lab, LOGIN)
     assert cached.stat().st_uid == USERS[LOGIN]
     assert not (lab.directory / "root-home/.cache").exists()
-    # The login user alone could not have written there: without sudo the same install fails.
+    # Someone removes the cached agent: the shell cannot open it for sudo, and it is copied again.
+    cached.unlink()
     assert machine.scan(refresh=False).installed
+    assert cached_agents(lab, LOGIN) == [cached] and pool.uploads == 2
 
 
 def test_sudos_refusals_are_one_clear_error_at_once(
