@@ -544,8 +544,9 @@ def _resource_file_args(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=default_ssh_dir(),
         metavar="DIR",
-        help="ManagedInstances' identityFile and knownHostsFile are read only inside this "
-        "directory (relative names are read in it; default: ~/.ssh of this user)",
+        help="ManagedInstances' identityFile and knownHostsFile, and the SSH client "
+        "configuration DIR/config (Host aliases), are read only inside this directory "
+        "(relative names are read in it; default: ~/.ssh of this user)",
     )
     p.add_argument(
         "--report-dir",

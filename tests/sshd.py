@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,14 +80,29 @@ class Sshd:
             self.process.wait()
 
 
-def _listening(process: subprocess.Popen[bytes], port: int) -> bool:
+def _listening(
+    process: subprocess.Popen[bytes], port: int, log_file: Path, private_network: bool
+) -> bool:
     if process.poll() is not None:
         raise RuntimeError(f"sshd exited {process.returncode}")
+    if private_network:  # not reachable from here: sshd says when it listens
+        return f"port {port}." in log_file.read_text(errors="replace")
     return accepting(port)
 
 
-def start_sshd(directory: Path, *, attempts: int = 3) -> Sshd:
-    """Start sshd with its keys and files under ``directory``; returns once the port accepts."""
+def start_sshd(
+    directory: Path,
+    *,
+    attempts: int = 3,
+    wrap: Sequence[str] = (),
+    authorized_keys_file: str | None = None,
+    private_network: bool = False,
+) -> Sshd:
+    """Start sshd with its keys and files under ``directory``; returns once the port accepts.
+    ``wrap`` is a command that runs sshd's argv (tests/sudolab.py's namespaces);
+    ``authorized_keys_file`` replaces the one shared key file (sshd reads it as the user);
+    ``private_network``: sshd listens in a network namespace of its own, so readiness is read
+    from its log."""
     directory.mkdir(parents=True, exist_ok=True)
     host_key_file, client_key_file = directory / "host_ed25519", directory / "id_ed25519"
     host_key = write_key(host_key_file)
@@ -105,7 +121,7 @@ def start_sshd(directory: Path, *, attempts: int = 3) -> Sshd:
             f"Port {port}\n"
             "ListenAddress 127.0.0.1\n"
             f"HostKey {host_key_file}\n"
-            f"AuthorizedKeysFile {authorized}\n"
+            f"AuthorizedKeysFile {authorized_keys_file or authorized}\n"
             f"PidFile {directory / 'sshd.pid'}\n"
             "PermitRootLogin prohibit-password\n"
             "PasswordAuthentication no\n"
@@ -117,13 +133,16 @@ def start_sshd(directory: Path, *, attempts: int = 3) -> Sshd:
         )
         log = log_file.open("ab")
         process = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            [*wrap, SSHD, "-D", "-e", "-f", str(config)],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
         )
         log.close()
         try:
             wait_until(
                 "sshd to listen",
-                functools.partial(_listening, process, port),
+                functools.partial(_listening, process, port, log_file, private_network),
                 timeout=10,
                 every=0.02,
                 error=RuntimeError,

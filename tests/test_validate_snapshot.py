@@ -346,3 +346,46 @@ def test_every_cross_document_problem_at_once() -> None:
         "i.yaml",  # in two groups (the empty selector selects everything)
         "w.yaml",  # missing group
     ], found
+
+
+def ssh_instance(name: str, labels: str, connection: str) -> str:
+    return instance(name, labels).replace(
+        "{type: local}", f"{{type: ssh, host: {name}, {connection}}}"
+    )
+
+
+def test_an_install_window_on_a_non_root_login_without_become_is_refused_at_its_line() -> None:
+    """Issue 14 item 2: such installs would all fail (InstallNeedsRoot), so validate says so
+    before the window; a Scan window, become: sudo, root or a disabled window are fine."""
+    groups = group("web") + "---\n" + group("db")
+    insts = "---\n".join(
+        [
+            ssh_instance("web-1", "patchwarden.io/patch-group: web", "user: ubuntu"),
+            ssh_instance("web-2", "patchwarden.io/patch-group: web", "user: ubuntu, become: sudo"),
+            ssh_instance(
+                "web-3",
+                "patchwarden.io/patch-group: web",
+                "user: ubuntu, become: sudo, becomeUser: postgres",
+            ),
+            ssh_instance("web-4", "patchwarden.io/patch-group: web", "user: root"),
+            ssh_instance("db-1", "patchwarden.io/patch-group: db", "user: ubuntu"),
+        ]
+    )
+    scans = window("scans", "db").replace("operation: Install", "operation: Scan")
+    off = window("paused", "db").replace("cutoff: 1\n", "cutoff: 1\n  enabled: false\n")
+    found = problems(
+        [
+            ("groups.yaml", groups),
+            ("instances.yaml", insts),
+            ("w.yaml", window("tuesday", "web") + "---\n" + scans + "---\n" + off),
+        ]
+    )
+    assert found == [
+        f"instances.yaml:{line_of(insts, 'user: ubuntu}')}: spec.connection.user: window "
+        "tuesday installs here (task install) and an Install needs root, but the agent would "
+        "run as ubuntu: add become: sudo (and a sudoers rule for ubuntu on the machine), or "
+        "log in as root",
+        f"instances.yaml:{line_of(insts, 'becomeUser')}: spec.connection.becomeUser: window "
+        "tuesday installs here (task install) and an Install needs root, but the agent would "
+        "run as postgres: remove becomeUser (sudo's default is root)",
+    ]

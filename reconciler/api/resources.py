@@ -511,7 +511,31 @@ def _named_file(value: str) -> str:
     return value
 
 
+_JUMP = re.compile(
+    r"(?:(?P<user>[^@\s]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^@\s:\[\],/]+)(?::(?P<port>\d{1,5}))?"
+)
+
+
+def parse_jump(value: str) -> tuple[str | None, str, int | None]:
+    """``[user@]host[:port]`` (OpenSSH's ProxyJump, one bastion) as user, host and port
+    (``[...]`` around an IPv6 address is removed); ValueError saying the form otherwise."""
+    match = _JUMP.fullmatch(value)
+    port = int(match["port"]) if match and match["port"] else None
+    if match is None or (port is not None and not 1 <= port <= 65535):
+        raise ValueError(
+            "must be one bastion as [user@]host[:port] (a port from 1 to 65535; no list of hops)"
+        )
+    return match["user"], match["host"].strip("[]"), port
+
+
+def _jump(value: str) -> str:
+    parse_jump(value)
+    return value
+
+
 PlainText = Annotated[str, AfterValidator(_plain)]
+JumpSpec = Annotated[str, AfterValidator(_plain), AfterValidator(_jump)]
+"""OpenSSH's ProxyJump for one bastion: ``[user@]host[:port]``."""
 RootPath = Annotated[str, AfterValidator(_plain), AfterValidator(_absolute)]
 """An absolute directory path holding a whole system."""
 NamedFile = Annotated[str, AfterValidator(_plain), AfterValidator(_named_file)]
@@ -531,14 +555,16 @@ class SshConnection(Model):
 
     type: Literal["ssh"]
     host: Annotated[PlainText, StringConstraints(min_length=1, max_length=253)]
-    """Host name or address."""
+    """Host name or address, or a Host alias of the controller's SSH client configuration
+    (config in --ssh-dir), which may give its HostName, Port, User, IdentityFile, ProxyJump."""
     port: int = Field(default=22, ge=1, le=65535, strict=True)
-    """SSH port."""
+    """SSH port (not written: the SSH configuration's Port, else 22)."""
     user: PlainText = "root"
-    """Login user (root, or a user allowed to run the agent with sudo)."""
+    """Login user: root, or a user allowed to run the agent with sudo (become). Not written:
+    the SSH configuration's User, else root."""
     identity_file: NamedFile | None = None
     """Private key file, inside the controller's SSH directory (--ssh-dir): relative to it, or
-    an absolute path within it."""
+    an absolute path within it (not written: the SSH configuration's IdentityFile entries)."""
     known_hosts_file: NamedFile | None = None
     """known_hosts file used for strict host-key checking, inside the controller's SSH directory
     (--ssh-dir): relative to it, or an absolute path within it."""
@@ -550,9 +576,10 @@ class SshConnection(Model):
     non-root user without it is refused before connecting."""
     become_user: PlainText | None = None
     """The user sudo runs the agent as (default root); only with ``become``."""
-    proxy_jump: Annotated[PlainText, StringConstraints(min_length=1, max_length=512)] | None = None
+    proxy_jump: Annotated[JumpSpec, StringConstraints(min_length=1, max_length=512)] | None = None
     """A bastion to connect through, as OpenSSH's ProxyJump: ``[user@]host[:port]``; its host
-    key is checked against the same known_hosts file."""
+    key is checked against the same known_hosts file and it is authenticated with the same key
+    (not written: the SSH configuration's ProxyJump)."""
 
     @model_validator(mode="after")
     def _become_user_needs_become(self) -> SshConnection:

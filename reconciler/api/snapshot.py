@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from reconciler.api.checks import baseline_issues, did_you_mean
-from reconciler.api.enums import OperatingSystem
+from reconciler.api.enums import OperatingSystem, Operation
 from reconciler.api.resources import (
     API_VERSION,
     GROUP_LABEL,
@@ -32,6 +32,7 @@ from reconciler.api.resources import (
     PatchBaseline,
     PatchGroup,
     Resource,
+    SshConnection,
 )
 from reconciler.api.yamldocs import Document, Path, YamlError, decode, documents
 from reconciler.errors import RefusedInput
@@ -373,6 +374,44 @@ def _one_default_baseline_per_os(snap: Snapshot, invalid: Refused) -> Iterator[_
         defaults[os] = bname
 
 
+def _installs_run_as_root(snap: Snapshot, invalid: Refused) -> Iterator[_Finding]:
+    """An SSH instance an Install task targets must run the agent as root: as written, a
+    non-root login without ``become`` (or a non-root ``becomeUser``) would fail every install
+    (InstallNeedsRoot), so say it now rather than in the window. A User that only the
+    controller's SSH configuration gives is checked when the job starts."""
+    for iname, instance in snap.instances.items():
+        connection = instance.spec.connection
+        if not isinstance(connection, SshConnection):
+            continue
+        runs_as = (connection.become_user or "root") if connection.become else connection.user
+        labels = dict(instance.metadata.labels)
+        groups = {g.metadata.name for g in snap.groups_of(labels)}
+        for wname, window in sorted(snap.windows.items()):
+            targets = window.spec.targets
+            selected = targets.selector is not None and targets.selector.matches(labels)
+            installs = [t.name for t in window.spec.tasks if t.operation is Operation.INSTALL]
+            if runs_as == "root" or not window.spec.enabled or not installs:
+                continue
+            if selected or groups & set(targets.patch_groups):
+                field, fix = (
+                    ("becomeUser", "remove becomeUser (sudo's default is root)")
+                    if connection.become
+                    else (
+                        "user",
+                        f"add become: sudo (and a sudoers rule for {runs_as} on the "
+                        "machine), or log in as root",
+                    )
+                )
+                yield _Finding(
+                    "ManagedInstance",
+                    iname,
+                    ("spec", "connection", field),
+                    f"window {wname} installs here (task {installs[0]}) and an Install needs "
+                    f"root, but the agent would run as {runs_as}: {fix}",
+                )
+                break
+
+
 _REFERENCE_RULES: tuple[Callable[[Snapshot, Refused], Iterable[_Finding]], ...] = (
     _no_predefined_baseline_name,
     _group_baselines_exist_for_their_os,
@@ -381,6 +420,7 @@ _REFERENCE_RULES: tuple[Callable[[Snapshot, Refused], Iterable[_Finding]], ...] 
     _baseline_overrides_exist,
     _report_scope_groups_exist,
     _one_default_baseline_per_os,
+    _installs_run_as_root,
 )
 
 

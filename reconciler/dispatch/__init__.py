@@ -6,8 +6,9 @@ decides nothing.
 names are imported on first use: asyncssh (and cryptography under it) costs ~80 ms at import,
 the Kubernetes client ~0.5 s, which every ``patchctl`` command would pay otherwise.
 
-The files an SSH connection names (``identityFile``, ``knownHostsFile``) are read only inside the
-operator's SSH directory (``ssh_dir``, ``--ssh-dir``; :mod:`reconciler.paths`): a resource comes
+The files an SSH connection names (``identityFile``, ``knownHostsFile``, and the SSH client
+configuration ``config`` with the files it names) are read only inside the operator's SSH
+directory (``ssh_dir``, ``--ssh-dir``; :mod:`reconciler.dispatch.sshconfig`): a resource comes
 from whoever may commit, and must not make the controller read its other files.
 """
 
@@ -19,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 from reconciler.api.resources import KubernetesConnection, LocalConnection, SshConnection
 from reconciler.dispatch.base import AgentFailed, InstallRequest, Transport
 from reconciler.dispatch.local import LocalTransport
-from reconciler.paths import OutsideDirectory, confine
 
 if TYPE_CHECKING:
     from reconciler.dispatch.nodes import NodeLocks, NodeSettings, NodeTransport
@@ -92,17 +92,35 @@ def transport_for(
         timeout = LocalTransport.timeout if command_timeout is None else command_timeout
         return LocalTransport(connection.root, timeout, trust_root_scripts=trust_root_scripts,
                               trust_hooks=trust_local_hooks)  # fmt: skip
-    from reconciler.dispatch import ssh
-
     directory = default_ssh_dir() if ssh_dir is None else ssh_dir
+    timeouts = (connect_timeout, command_timeout)
+    return _ssh_transport(connection, directory, name, timeouts, agent, pool, trust_root_scripts)
+
+
+def _ssh_transport(
+    connection: SshConnection,
+    ssh_dir: Path,
+    name: str | None,
+    timeouts: tuple[float | None, float | None],
+    agent: Path | None,
+    pool: SshPool | None,
+    trust_root_scripts: bool,
+) -> SshTransport:
+    """The SSH transport, with what ``<ssh_dir>/config`` adds to the connection's fields."""
+    from reconciler.dispatch import ssh, sshconfig
+
+    reach = sshconfig.reach(connection, ssh_dir, name)
+    connect_timeout, command_timeout = timeouts
     return ssh.SshTransport(
-        connection.host,
-        port=connection.port,
-        user=connection.user,
-        identity_file=_in_ssh_dir(connection.identity_file, "identityFile", directory, name),
-        known_hosts_file=_in_ssh_dir(
-            connection.known_hosts_file, "knownHostsFile", directory, name
-        ),
+        reach.host,
+        port=reach.port,
+        user=reach.user,
+        identity_file=reach.identity_files,
+        known_hosts_file=reach.known_hosts_file,
+        jump=reach.jump,
+        become=connection.become == "sudo",
+        become_user=connection.become_user,
+        name=name,
         root=connection.root,
         connect_timeout=ssh.CONNECT_TIMEOUT if connect_timeout is None else connect_timeout,
         command_timeout=ssh.COMMAND_TIMEOUT if command_timeout is None else command_timeout,
@@ -115,20 +133,3 @@ def transport_for(
 def default_ssh_dir() -> Path:
     """The SSH directory of the user running patchctl, ``~/.ssh``: where its own keys are."""
     return Path.home() / ".ssh"
-
-
-def _in_ssh_dir(path: str | None, field: str, ssh_dir: Path, name: str | None) -> str | None:
-    """``path`` resolved inside ``ssh_dir``; AgentFailed (the job fails, nothing is read) when
-    it lies outside."""
-    if not path:  # none given: the transport says what is missing
-        return None
-    try:
-        return str(confine(path, ssh_dir))
-    except OutsideDirectory:
-        resource = f"ManagedInstance {name}: " if name else ""
-        raise AgentFailed(
-            "SshFileRefused",
-            f"{resource}spec.connection.{field} {path} is outside the SSH directory {ssh_dir}: "
-            "put the file there (a relative name is read inside it), or start patchctl with "
-            "--ssh-dir naming the directory that holds it",
-        ) from None

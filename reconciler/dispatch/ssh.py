@@ -3,8 +3,16 @@ the machine once per agent version and run there with the machine's own ``python
 ``reconciler.api``; decides nothing.
 
 - **Host keys are checked strictly**: only keys in the connection's known_hosts file are
-  accepted; with no known_hosts file we refuse to connect (no trust on first use), and neither
-  ``~/.ssh/known_hosts`` nor ``~/.ssh/config`` is ever consulted behind the caller's back.
+  accepted (a bastion's too); with no known_hosts file we refuse to connect (no trust on first
+  use), and ``~/.ssh/known_hosts`` is never consulted. The SSH client configuration is read
+  only as ``<--ssh-dir>/config``, by :mod:`reconciler.dispatch.sshconfig`, never by asyncssh.
+- **Privilege**: with ``become`` the agent runs as ``sudo -n [-u USER] -- python3 ...``; its
+  zipapp stays in the login user's cache and reaches it on standard input (``/dev/stdin``), so a
+  non-root ``becomeUser`` needs no access to the login user's home. sudo's refusals (no rule, a
+  password asked for, ``requiretty``) are ``BecomeRefused``; an Install whose agent would not run
+  as root is ``InstallNeedsRoot`` before any connection.
+- **Bastions**: ``jump`` is reached first (same known_hosts and keys), pooled like any
+  endpoint, and the machine is reached through asyncssh's tunnel over it.
 - **A file's content never reaches an error**: a known_hosts or key file that cannot be parsed
   is reported in our words, naming the field and the path (``transport_for`` has already kept
   the paths inside the operator's SSH directory).
@@ -18,7 +26,8 @@ the machine once per agent version and run there with the machine's own ``python
 - **Failures are AgentFailed**, as with the local transport: ``SshUnreachable`` (refused, no
   route, no handshake within the connect timeout, connection lost), ``SshHostKeyRejected``,
   ``SshAuthFailed``, ``Timeout`` (the agent ran longer than the command timeout),
-  ``AgentUploadFailed``, and the agent's own error codes.
+  ``AgentUploadFailed``, ``BecomeRefused``, ``InstallNeedsRoot``, and the agent's own error
+  codes.
 """
 
 from __future__ import annotations
@@ -39,8 +48,9 @@ from typing import Any, TypeVar
 
 import asyncssh
 
+from reconciler.api.install import InstallResult
 from reconciler.dispatch.agent_bundle import agent_zipapp
-from reconciler.dispatch.base import AgentCommand, AgentFailed, root_args
+from reconciler.dispatch.base import AgentCommand, AgentFailed, InstallRequest, root_args
 
 CONNECT_TIMEOUT = 15.0
 """Seconds to open and authenticate a connection, and to put the agent in place."""
@@ -62,11 +72,23 @@ class Endpoint:
     host: str
     port: int
     user: str
-    identity_file: str | None
+    identity_files: tuple[str, ...]
     known_hosts_file: str | None
+    jump: Endpoint | None = None
+    """The bastion this endpoint is reached through (its own pooled connection)."""
 
     def __str__(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}"
+        via = f" via {self.jump}" if self.jump else ""
+        return f"{self.user}@{self.host}:{self.port}{via}"
+
+
+@dataclass(frozen=True)
+class JumpHost:
+    """A bastion (OpenSSH's ProxyJump), authenticated with the machine's own keys."""
+
+    host: str
+    port: int
+    user: str
 
 
 @dataclass(frozen=True)
@@ -91,6 +113,20 @@ class AgentCall:
     remote_dir: str
     connect_timeout: float
     command_timeout: float
+    become: Become | None = None
+
+
+@dataclass(frozen=True)
+class Become:
+    """How the agent gains privilege (``connection.become``): sudo, non-interactively, as
+    ``user`` (root when None). ``instance`` names the ManagedInstance in sudo's refusals."""
+
+    user: str | None = None
+    instance: str | None = None
+
+    def prefix(self) -> list[str]:
+        # -n: a rule that asks for a password fails at once instead of waiting for a terminal.
+        return ["sudo", "-n", *(["-u", self.user] if self.user else []), "--"]
 
 
 @dataclass
@@ -211,9 +247,23 @@ class SshPool:
             if slot.conn is not None and not slot.conn.is_closed():
                 return slot.conn, slot, True
             slot.conn, slot.agents = None, {}
-            slot.conn = await _open(endpoint, connect_timeout)
+            tunnel = await self._tunnel(endpoint, connect_timeout)
+            slot.conn = await _open(endpoint, connect_timeout, tunnel)
             self.connections_opened += 1
             return slot.conn, slot, False
+
+    async def _tunnel(
+        self, endpoint: Endpoint, connect_timeout: float
+    ) -> asyncssh.SSHClientConnection | None:
+        """The pooled connection to the endpoint's bastion (None without one): every machine
+        behind the same bastion shares it."""
+        if endpoint.jump is None:
+            return None
+        try:
+            conn, _, _ = await self._connection(endpoint.jump, connect_timeout)
+        except AgentFailed as exc:
+            raise AgentFailed(exc.code, f"{endpoint}: the bastion: {exc.message}") from None
+        return conn
 
     @staticmethod
     def _forget(slot: _Slot, conn: asyncssh.SSHClientConnection) -> None:
@@ -230,9 +280,8 @@ class SshPool:
                     self._agent_on(endpoint, conn, slot, call), call.connect_timeout
                 )
                 async with slot.sessions:
-                    command = shlex.join([call.python, "-I", "-S", remote, *call.args])
                     # exec: the agent replaces the login shell, so a TERM on timeout reaches it.
-                    process = await conn.create_process("exec " + command, encoding="utf-8")
+                    process = await conn.create_process(_command(call, remote), encoding="utf-8")
                     completed = await _finish(process, call, endpoint)
             except _LINK_ERRORS as exc:
                 self._forget(slot, conn)
@@ -247,15 +296,12 @@ class SshPool:
                     f"{call.connect_timeout:.0f}s",
                 ) from None
             stdout, stderr = str(completed.stdout or ""), str(completed.stderr or "")
-            if (
-                missing_retry
-                and completed.exit_status == 2
-                and f"can't open file '{remote}'" in stderr
-            ):
+            if missing_retry and _agent_missing(call, remote, stdout, stderr, completed):
                 # Someone removed the cached agent since we checked: check (and copy) again.
                 missing_retry = False
                 slot.agents.pop(call.agent.sha256, None)
                 continue
+            _check_become(endpoint, call, stdout, stderr, completed)
             return _document(endpoint, stdout, stderr, completed)
 
     async def _agent_on(
@@ -307,6 +353,9 @@ class SshPool:
         try:
             async with slot.sessions, conn.start_sftp_client() as sftp:
                 await sftp.put(str(agent.path), part)
+                # Readable by a becomeUser through the descriptor sudo hands on (its 0700
+                # directory still keeps others from finding it by name).
+                await sftp.chmod(part, 0o644)
                 try:
                     await sftp.posix_rename(part, path)
                 except asyncssh.SFTPOpUnsupported:
@@ -316,6 +365,26 @@ class SshPool:
                 "AgentUploadFailed", f"{endpoint}: copying the agent to {path}: {exc}"
             ) from None
         self.uploads += 1
+
+
+def _command(call: AgentCall, remote: str) -> str:
+    """The remote shell line that runs the agent, as the login user or through sudo."""
+    if call.become is None:
+        return "exec " + shlex.join([call.python, "-I", "-S", remote, *call.args])
+    # The login user opens the zipapp (in its own cache) and sudo hands the open file on as
+    # standard input: the agent's user needs no access to the login user's home.
+    words = [*call.become.prefix(), call.python, "-I", "-S", "/dev/stdin", *call.args]
+    return f"exec {shlex.join(words)} < {shlex.quote(remote)}"
+
+
+def _agent_missing(
+    call: AgentCall, remote: str, stdout: str, stderr: str, completed: asyncssh.SSHCompletedProcess
+) -> bool:
+    """Whether the cached agent was gone when the command ran (python, or the shell opening it
+    for sudo, said so)."""
+    if call.become is None:
+        return completed.exit_status == 2 and f"can't open file '{remote}'" in stderr
+    return not stdout and completed.exit_status in (1, 2) and remote in stderr
 
 
 def _shell_path(path: str) -> str:
@@ -341,7 +410,47 @@ def _unreadable(endpoint: Endpoint, field: str, path: str, exc: Exception, kind:
     return f"{endpoint}: spec.connection.{field} {path}: {why}: check the file and the field"
 
 
-async def _open(endpoint: Endpoint, connect_timeout: float) -> asyncssh.SSHClientConnection:
+def _check_become(
+    endpoint: Endpoint,
+    call: AgentCall,
+    stdout: str,
+    stderr: str,
+    completed: asyncssh.SSHCompletedProcess,
+) -> None:
+    """BecomeRefused when sudo, not the agent, ended the command: no rule, a password asked
+    for (``-n``), ``requiretty``, or no sudo at all. sudo's own line is kept, after ours."""
+    become = call.become
+    if become is None or stdout.strip() or completed.exit_status not in (1, 127):
+        return
+    text = stderr.strip()
+    said = text.splitlines()[-1] if text else f"exit {completed.exit_status}"
+    if completed.exit_status == 127:
+        if "sudo" not in text:
+            return
+        fix = "install sudo on the machine, or log in as root"
+    elif not (text.startswith("sudo:") or "sudoers" in text or "not allowed to" in text):
+        return  # the agent's python failed before printing: _document reports it
+    elif "tty" in text:
+        fix = f"add 'Defaults:{endpoint.user} !requiretty' to /etc/sudoers.d/ on the machine"
+    else:
+        python = call.python if call.python.startswith("/") else "/usr/bin/python3"
+        fix = (
+            "add a rule that needs no password to /etc/sudoers.d/ on the machine, e.g. "
+            f"'{endpoint.user} ALL=({become.user or 'root'}) NOPASSWD: {python}'"
+        )
+    who = f"ManagedInstance {become.instance} ({endpoint})" if become.instance else str(endpoint)
+    raise AgentFailed(
+        "BecomeRefused",
+        f"{who}: sudo would not run the agent as {become.user or 'root'} for the login user "
+        f"{endpoint.user}: {fix} (sudo said: {said})",
+    )
+
+
+async def _open(
+    endpoint: Endpoint,
+    connect_timeout: float,
+    tunnel: asyncssh.SSHClientConnection | None = None,
+) -> asyncssh.SSHClientConnection:
     if not endpoint.known_hosts_file:
         raise AgentFailed(
             "SshHostKeyRejected",
@@ -357,29 +466,21 @@ async def _open(endpoint: Endpoint, connect_timeout: float) -> asyncssh.SSHClien
             "SshHostKeyRejected",
             _unreadable(endpoint, "knownHostsFile", endpoint.known_hosts_file, exc, "known_hosts"),
         ) from None
-    keys: Sequence[asyncssh.SSHKey] | tuple[()] = ()
-    if endpoint.identity_file:
-        try:
-            keys = [asyncssh.read_private_key(endpoint.identity_file)]
-        except (OSError, ValueError) as exc:
-            raise AgentFailed(
-                "SshAuthFailed",
-                _unreadable(
-                    endpoint, "identityFile", endpoint.identity_file, exc, "unencrypted private key"
-                ),
-            ) from None
+    keys = _client_keys(endpoint)
     try:
         return await asyncssh.connect(
             endpoint.host,
             endpoint.port,
+            tunnel=() if tunnel is None else tunnel,
             username=endpoint.user,
             known_hosts=known_hosts,
             x509_trusted_certs=None,  # trust comes from known_hosts only
-            config=None,  # ~/.ssh/config must not redirect host, port, user or keys
+            # asyncssh would read ~/.ssh/config itself: sshconfig.py has read <--ssh-dir>/config.
+            config=None,
             client_keys=keys,
             # An explicit identity is the only key offered (IdentitiesOnly); without one,
             # asyncssh's defaults apply (~/.ssh/id_* and the ssh-agent).
-            agent_path=None if endpoint.identity_file else (),
+            agent_path=None if endpoint.identity_files else (),
             password_auth=False,  # unattended: nobody is there to type a password
             kbdint_auth=False,
             connect_timeout=connect_timeout,
@@ -398,6 +499,21 @@ async def _open(endpoint: Endpoint, connect_timeout: float) -> asyncssh.SSHClien
         ) from None
     except (OSError, asyncssh.Error) as exc:
         raise AgentFailed("SshUnreachable", f"{endpoint}: {_reason(exc)}") from None
+
+
+def _client_keys(endpoint: Endpoint) -> Sequence[asyncssh.SSHKey] | tuple[()]:
+    """The endpoint's identity files read as keys, offered in order (``()``: asyncssh's
+    defaults)."""
+    keys = []
+    for path in endpoint.identity_files:
+        try:
+            keys.append(asyncssh.read_private_key(path))
+        except (OSError, ValueError) as exc:
+            raise AgentFailed(
+                "SshAuthFailed",
+                _unreadable(endpoint, "identityFile", path, exc, "unencrypted private key"),
+            ) from None
+    return keys or ()
 
 
 async def _finish(
@@ -455,7 +571,10 @@ class SshTransport(AgentCommand):
 
     ``agent`` is the local zipapp to copy; by default it is built from this installation's agent
     sources (cached by content hash). Transports given the same ``pool`` share connections; a
-    transport without one gets a private pool, closed by :meth:`close`.
+    transport without one gets a private pool, closed by :meth:`close`. ``identity_file`` is
+    one key file or several, offered in order; ``jump`` a bastion; ``become`` runs the agent
+    through sudo (as ``become_user``, root by default); ``name``, the ManagedInstance's, is
+    named in refusals.
     """
 
     def __init__(
@@ -464,8 +583,12 @@ class SshTransport(AgentCommand):
         *,
         port: int = 22,
         user: str = "root",
-        identity_file: str | None = None,
+        identity_file: str | tuple[str, ...] | None = None,
         known_hosts_file: str | None = None,
+        jump: JumpHost | None = None,
+        become: bool = False,
+        become_user: str | None = None,
+        name: str | None = None,
         root: str | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         command_timeout: float = COMMAND_TIMEOUT,
@@ -475,7 +598,13 @@ class SshTransport(AgentCommand):
         pool: SshPool | None = None,
         trust_root_scripts: bool = False,
     ) -> None:
-        self.endpoint = Endpoint(host, port, user, identity_file, known_hosts_file)
+        keys = (identity_file,) if isinstance(identity_file, str) else identity_file or ()
+        bastion = None
+        if jump is not None:
+            bastion = Endpoint(jump.host, jump.port, jump.user, keys, known_hosts_file)
+        self.endpoint = Endpoint(host, port, user, keys, known_hosts_file, bastion)
+        self.name = name
+        self.become = Become(become_user, name) if become else None
         self.root = root
         self.trust_root_scripts = trust_root_scripts
         self.connect_timeout = connect_timeout
@@ -520,6 +649,26 @@ class SshTransport(AgentCommand):
                 self._agent = AgentFile(path, digest)
             return self._agent
 
+    def install(self, request: InstallRequest) -> InstallResult:
+        """Refused before connecting (``InstallNeedsRoot``) unless the agent will run as root:
+        installing needs it, and a job that could only fail half-way must not start."""
+        runs_as = (self.become.user or "root") if self.become else self.endpoint.user
+        if runs_as != "root":
+            who = f"ManagedInstance {self.name}: " if self.name else ""
+            if self.become:
+                why = (
+                    f"become runs the agent as {runs_as}: drop becomeUser (sudo's default is root)"
+                )
+            else:
+                why = (
+                    f"the login user is {runs_as}: set spec.connection.become: sudo (with a "
+                    f"sudoers rule for {runs_as}), or log in as root"
+                )
+            raise AgentFailed(
+                "InstallNeedsRoot", f"{who}{self.endpoint}: an Install needs root; {why}"
+            )
+        return super().install(request)
+
     def _run(self, args: list[str]) -> dict[str, Any]:
         call = AgentCall(
             agent=self._agent_file(),
@@ -528,5 +677,6 @@ class SshTransport(AgentCommand):
             remote_dir=self.remote_dir,
             connect_timeout=self.connect_timeout,
             command_timeout=self.command_timeout,
+            become=self.become,
         )
         return self.pool.run_agent(self.endpoint, call)
