@@ -58,6 +58,7 @@ from reconciler.evaluation import (
 )
 from reconciler.loop import Clock, Reconciler, TransportFor, configure_logging, serve, utc_now
 from reconciler.loop.endpoints import ListenError, parse_listen
+from reconciler.loop.reboots import RebootSettings
 from reconciler.plan import Settings
 from reconciler.redaction import redacted
 from reconciler.report.notify import audit
@@ -275,6 +276,7 @@ def _parser() -> argparse.ArgumentParser:
         "--once", action="store_true", help="stop when converged or only waiting (the default)"
     )
     p.add_argument("--workers", type=_positive_int, default=10, help="jobs run at once, at most")
+    _reboot_args(p)
     _output_arg(p, "table", "json", "yaml")
     _audit_log_arg(p)
     _events_args(p)
@@ -285,6 +287,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _loop_args(p)
     p.add_argument("--workers", type=_positive_int, default=10, help="jobs run at once, at most")
+    _reboot_args(p)
     p.add_argument(
         "--interval", type=_seconds, default=60.0, help="seconds between passes / Git polls"
     )
@@ -512,6 +515,17 @@ def _loop_args(p: argparse.ArgumentParser) -> None:
     )
     _s3_endpoint_arg(p)
     _resource_file_args(p)
+
+
+def _reboot_args(p: argparse.ArgumentParser) -> None:
+    """How long an SSH machine the loop rebooted may take to come back (docs/reboots.md)."""
+    p.add_argument(
+        "--reboot-timeout",
+        type=_seconds,
+        default=RebootSettings().timeout.total_seconds(),
+        help="seconds an SSH machine may take to come back with a new boot id after the loop "
+        "rebooted it; then its job fails (RebootTimeout)",
+    )
 
 
 def _resource_file_args(p: argparse.ArgumentParser) -> None:
@@ -1084,6 +1098,11 @@ def _reconciler(
         clock=clock,
         observers=observers,
         on_job_done=on_job_done,
+        reboot_settings=RebootSettings(
+            timeout=timedelta(
+                seconds=getattr(args, "reboot_timeout", RebootSettings().timeout.total_seconds())
+            )
+        ),
     )
 
 

@@ -11,7 +11,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
@@ -166,6 +166,29 @@ class Transport(Protocol):
         ...
 
 
+@runtime_checkable
+class Rebooting(Protocol):
+    """A transport that can reboot its machine for the loop and read its boot id (ssh), so that
+    the loop, not the agent, reboots and waits (docs/reboots.md)."""
+
+    def boot_id(self) -> str:
+        """The machine's current boot id (raises AgentFailed, SshUnreachable while it is down)."""
+        ...
+
+    def reboot(self, if_boot_id: str) -> bool:
+        """Start a reboot, detached, unless the machine booted since ``if_boot_id``; whether it
+        was started (raises AgentFailed)."""
+        ...
+
+
+def boot_id_of(document: dict[str, Any]) -> str:
+    """The boot id in the agent's ``boot-id`` or ``reboot`` document, or AgentFailed."""
+    found = document.get("bootId")
+    if not isinstance(found, str) or not found:
+        raise AgentFailed("BadBootId", f"the agent's answer has no bootId: {str(document)[:200]}")
+    return found
+
+
 class AgentCommand(ABC):
     """A transport that runs the agent as one command and gets its JSON document back (local,
     ssh): scan and install are the same for each, only how the command runs differs.
@@ -188,6 +211,14 @@ class AgentCommand(ABC):
     def install(self, request: InstallRequest) -> InstallResult:
         args = install_args(request, trust_root_scripts=self.trust_root_scripts)
         return install_result_of(self._run(args))
+
+    def boot_id(self) -> str:
+        return boot_id_of(self._run(["boot-id"]))
+
+    def reboot(self, if_boot_id: str) -> bool:
+        document = self._run(["reboot", option("--if-boot-id", if_boot_id)])
+        boot_id_of(document)
+        return document.get("started") is True
 
     @abstractmethod
     def _run(self, args: list[str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ worker past the cutoff never starts); may not read the source.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -30,14 +31,38 @@ from reconciler.evaluation import InstanceEvaluation, evaluate, resolve
 from reconciler.loop.common import Clock, Emitter, InForce, Log, TransportFor
 from reconciler.loop.executions import WindowExecutions
 from reconciler.loop.failures import job_error
+from reconciler.loop.reboots import (
+    RebootJob,
+    Reboots,
+    RebootStopped,
+    pending_reboot_outcome,
+    reboot_only,
+    resumed_outcome,
+    with_awaited,
+)
 from reconciler.plan import INSTALL, Action, baseline_digest
 from reconciler.report.notify.occurrences import Kind
 from reconciler.schedule import open_openings
-from reconciler.state import JobRecord, StateStore, StoreWriteFailed
+from reconciler.state import JobPhase, JobRecord, StateStore, StoreWriteFailed
 
 JobDone = Callable[[JobRecord], None]
 Result = tuple[JobStatus, dict[str, Any]]
 """A job's status and its result document."""
+
+
+@dataclass(frozen=True)
+class Resumption:
+    """A job left running in a phase (``rebooting``) by an earlier run, and its action."""
+
+    job: JobRecord
+    phase: JobPhase
+    action: Action
+
+
+_GONE = (
+    "{} is no longer in the configuration in force: its reboot was not awaited and nothing "
+    "was rescanned"
+)
 
 
 @dataclass(frozen=True)
@@ -66,19 +91,70 @@ class JobRunner:
         log: Log,
         emit: Emitter,
         on_job_done: JobDone | None = None,
+        reboots: Reboots | None = None,
     ) -> None:
-        """``on_job_done`` is called with each finished job (the CLI's progress)."""
+        """``on_job_done`` is called with each finished job (the CLI's progress); ``reboots``
+        reboots SSH machines after installs and waits for them (default settings, pausing on
+        the wall clock, when left out)."""
         self.store, self.in_force, self.transport_for = store, in_force, transport_for
         self.executions, self.clock, self.log, self.emit = executions, clock, log, emit
         self.on_job_done = on_job_done
+        self.reboots = reboots or Reboots(store, clock, threading.Event().wait)
 
     def execute(self, action: Action) -> JobRecord | None:
         """Run one action: claim it (exactly once), run it on the machine, record the result."""
         claimed = self._claim(action)
         if claimed is None:
             return None  # another pass or process already owns this key
+        return self._complete(claimed, lambda: self._run(claimed))
+
+    def resumable(self) -> list[Resumption]:
+        """Jobs a stopped or killed run left waiting for their machine's reboot (running, in
+        phase ``rebooting``): this process finishes them (:meth:`resume`)."""
+        return [
+            Resumption(job, phase, action_of(job.payload))
+            for job, phase in self.store.rebooting_jobs()
+        ]
+
+    def resume(self, resumption: Resumption) -> JobRecord | None:
+        """Finish a job left waiting for its machine's reboot: wait for the new boot id (or see
+        it has changed already), rescan, record, finish; never install again."""
+        claimed = self._reclaim(resumption)
+        if claimed is None:
+            return None
+        claimed.log.info("job resumed", phase=resumption.phase.phase)
+
+        def run() -> Result:
+            transport = self.transport_for(claimed.instance)
+            job = self._reboot_job(claimed)
+            awaited = self.reboots.wait(job, transport, resumption.phase, asked=False)
+            outcome = with_awaited(resumed_outcome(resumption.phase), awaited)
+            return self._rescan_after_install(claimed, transport, outcome, self._sources(claimed))
+
+        return self._complete(claimed, run)
+
+    def _reclaim(self, resumption: Resumption) -> Claimed | None:
+        job, action = resumption.job, resumption.action
+        snapshot, revision = self.in_force.snapshot, self.in_force.revision
+        if snapshot is None or revision is None:
+            return None  # no revision in force yet: a later pass resumes it
+        log = self.log.bind(
+            instance=job.instance, revision=revision, job=job.id, operation=job.operation
+        )
+        instance = snapshot.instances.get(job.instance)
+        if instance is None:
+            claimed = Claimed(action, job, _unknown(job.instance), revision, job.created_at, log)
+            error = {"code": "InstanceGone", "message": _GONE.format(job.instance)}
+            self._finish(claimed, JobStatus.FAILED, {"error": error})
+            return None
+        return Claimed(action, job, instance, revision, job.created_at, log)
+
+    def _complete(self, claimed: Claimed, run: Callable[[], Result]) -> JobRecord | None:
         try:
-            status, result = self._run(claimed)
+            status, result = run()
+        except RebootStopped:  # the loop stops: the job stays running in phase rebooting
+            claimed.log.info("job left waiting for its reboot; the next start resumes it")
+            return None
         except AgentFailed as exc:  # the agent (or the loop) refused: the job fails with its code
             status, result = JobStatus.FAILED, {"error": job_error(exc)}
         except StoreWriteFailed:  # cannot be recorded now: the job stays running in the store,
@@ -182,15 +258,30 @@ class JobRunner:
         return JobStatus.SUCCEEDED, {"summary": evaluation.summary.to_dict()}
 
     def _install(self, claimed: Claimed, transport: Transport) -> Result:
-        instance, action = claimed.instance, claimed.action
-        # Machines of their own may reboot; this host (local) never reboots under the loop. A
-        # node's transport drains it first and waits for it to come back.
+        sources = self._sources(claimed)
+        # (preInstall hooks run here, before the install)
+        if reboot_only(claimed.action):
+            outcome = pending_reboot_outcome(claimed.action.reason)
+        else:
+            outcome = self._install_patches(claimed, transport, sources)
+        outcome = self.reboots.after_install(
+            self._reboot_job(claimed), self.in_force.snapshot, transport, outcome
+        )
+        # (onExit hooks and health checks run here: after the reboot wait, before the rescan)
+        return self._rescan_after_install(claimed, transport, outcome, sources)
+
+    def _install_patches(
+        self, claimed: Claimed, transport: Transport, sources: tuple[BaselineSource, ...]
+    ) -> InstallResult:
+        action = claimed.action
+        # A node's transport drains it, lets its agent reboot it and waits for it to come back;
+        # an SSH machine is rebooted by the loop (reboots.py); this host (local) never reboots
+        # under the loop.
         allow_reboot = (
-            instance.spec.connection.type in ("ssh", "kubernetes")
+            claimed.instance.spec.connection.type == "kubernetes"
             and action.reboot_option == "RebootIfNeeded"
         )
-        sources = self._sources(claimed)
-        outcome = transport.install(
+        return transport.install(
             InstallRequest(
                 action.pins,
                 blocked=action.blocked,
@@ -199,6 +290,16 @@ class JobRunner:
                 sources=sources,
             )
         )
+
+    def _rescan_after_install(
+        self,
+        claimed: Claimed,
+        transport: Transport,
+        outcome: InstallResult,
+        sources: tuple[BaselineSource, ...],
+    ) -> Result:
+        """Rescan, then record the install's outcome (after the reboot, when there was one)."""
+        instance = claimed.instance
         before = self.store.latest_scan(instance.metadata.name)
         rescanned = transport.scan(
             instance_id=instance.metadata.name, refresh=False, sources=sources
@@ -211,6 +312,9 @@ class JobRunner:
         self._report_install(instance.metadata.name, claimed.job.id, outcome)
         status = JobStatus.FAILED if install_failed(outcome) else JobStatus.SUCCEEDED
         return status, {"install": outcome.stored(), "summary": evaluation.summary.to_dict()}
+
+    def _reboot_job(self, claimed: Claimed) -> RebootJob:
+        return RebootJob(claimed.job.id, claimed.instance, claimed.action, claimed.log)
 
     def _report_install(self, instance: str, job: str, outcome: InstallResult) -> None:
         stored = outcome.stored()
@@ -274,6 +378,27 @@ class JobRunner:
                 summary=summary,
             )
         return result
+
+
+def action_of(payload: dict[str, Any]) -> Action:
+    """The action a job was claimed for, from its stored payload (``asdict(action)``)."""
+    fields = {**payload, "operation": Operation(payload["operation"])}
+    fields.update(
+        pins=tuple(payload.get("pins") or ()), blocked=tuple(payload.get("blocked") or ())
+    )
+    return Action(**fields)
+
+
+def _unknown(name: str) -> ManagedInstance:
+    """A stand-in for an instance no longer configured, to name it in the job's record."""
+    return ManagedInstance.model_validate(
+        {
+            "apiVersion": "patchwarden.io/v1alpha1",
+            "kind": "ManagedInstance",
+            "metadata": {"name": name},
+            "spec": {"connection": {"type": "local"}},
+        }
+    )
 
 
 def _may_start(snapshot: Snapshot, action: Action, now: datetime) -> bool:

@@ -22,6 +22,7 @@ from reconciler.loop.exports import ReportExporter
 from reconciler.loop.jobs import JobDone, JobRunner
 from reconciler.loop.observed import Observation
 from reconciler.loop.passes import STEPS, LoopParts, PassContext, Step
+from reconciler.loop.reboots import Pause, Reboots, RebootSettings
 from reconciler.plan import Action, Observed, Plan, Settings
 from reconciler.report.notify.occurrences import Observer
 from reconciler.sources.base import Source
@@ -46,6 +47,8 @@ class LoopOptions(TypedDict, total=False):
     s3_endpoint_url: str | None
     report_dir: Path | None
     export_grace: float
+    reboot_settings: RebootSettings
+    pause: Pause | None
 
 
 class Reconciler:
@@ -68,6 +71,8 @@ class Reconciler:
         report_dir: Path | None = None,
         export_grace: float = EXPORT_GRACE,
         steps: Sequence[Step] = STEPS,
+        reboot_settings: RebootSettings = RebootSettings(),  # noqa: B008 - frozen value
+        pause: Pause | None = None,
     ) -> None:
         """``pinned(revision)`` is a source reading exactly that earlier revision (a Git commit):
         after a restart, it brings back the last good revision when the current one is refused.
@@ -75,7 +80,8 @@ class Reconciler:
         each finished job; ``s3_endpoint_url`` is where scheduled reports to s3:// go when not
         the configured endpoint; ``report_dir`` the directory scheduled reports' directory
         destinations must be in (default: ``reports/`` beside the store); ``steps`` are the
-        steps of a pass, in order."""
+        steps of a pass, in order. ``reboot_settings`` bound the wait for an SSH machine's
+        reboot; ``pause`` waits between its polls (default: until the loop stops)."""
         self.source, self.store, self.settings, self.clock = source, store, settings, clock
         self.log: Log = log or structlog.get_logger("patchwarden")
         self.stopping = threading.Event()
@@ -95,6 +101,7 @@ class Reconciler:
             log=self.log,
             emit=self.emit,
             on_job_done=on_job_done,
+            reboots=Reboots(store, clock, pause or self.stopping.wait, reboot_settings),
         )
         self.parts = LoopParts(
             in_force=in_force,
