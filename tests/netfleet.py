@@ -440,6 +440,7 @@ class Machine:
     netns: str
     directory: Path
     host_key: asyncssh.SSHKey
+    seed: Path
     scheduled_delay: float = 3.0
     """Seconds a scheduled reboot (``shutdown -r +1``, the agent's) waits before it happens."""
     boots: int = 0
@@ -447,6 +448,8 @@ class Machine:
     _held: int = 0
     _due: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _busy: threading.Lock = field(default_factory=threading.Lock)
+    """Held by the supervisor's look at the machine and by :meth:`reset`."""
 
     @property
     def root(self) -> Path:
@@ -514,6 +517,37 @@ class Machine:
         )
         self.wait_up(timeout)
 
+    def reset(self) -> None:
+        """Power the machine off, throw away everything it changed (its overlay's upper layer: the
+        packages the fleet started with are back) and boot it again; keeps name, address, host
+        key and the count of boots (this is one more)."""
+        with self._busy:
+            self.halt()
+            _run("umount", str(self.root))
+            for part in ("upper", "work"):
+                shutil.rmtree(self.directory / part)
+            (self.control / "request").unlink(missing_ok=True)
+            self._due = None
+            self.fresh_root()
+            self.boot()
+            self.wait_listening()
+
+    def fresh_root(self) -> None:
+        """Mount the machine's overlay over an empty upper layer, with its own host key and name."""
+        for part in ("upper", "work", "merged"):
+            (self.directory / part).mkdir(exist_ok=True)
+        _mount_overlay(
+            self.root,
+            [self.seed, self.fleet.base],
+            self.directory / "upper",
+            self.directory / "work",
+        )
+        key_file = self.root / "etc/ssh/ssh_host_ed25519_key"
+        self.host_key.write_private_key(str(key_file))
+        key_file.chmod(0o600)
+        (self.root / "etc/hostname").write_text(self.name + "\n")
+        (self.root / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {self.name}\n")
+
     def _request(self, delay: str) -> None:
         part = self.control / f"request.{os.getpid()}"
         part.write_text(delay + "\n")
@@ -567,6 +601,10 @@ class Machine:
     def tick(self, now: float) -> None:
         """One look by the supervisor: take a reboot request, carry out a due one, boot a machine
         that is down and no longer held."""
+        with self._busy:
+            self._look(now)
+
+    def _look(self, now: float) -> None:
         request = self.control / "request"
         if request.exists():
             what = request.read_text().strip()
@@ -690,13 +728,8 @@ class Fleet:
 
     def _machine(self, index: int, name: str, seed: Path, bridge: str) -> Machine:
         directory = self.directory / "machines" / name
-        for part in ("upper", "work", "merged", "control"):
-            (directory / part).mkdir(parents=True)
-        root = directory / "merged"
-        _mount_overlay(root, [seed, self.base], directory / "upper", directory / "work")
-        host_key = write_key(root / "etc/ssh/ssh_host_ed25519_key")
-        (root / "etc/hostname").write_text(name + "\n")
-        (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {name}\n")
+        (directory / "control").mkdir(parents=True)
+        host_key = asyncssh.generate_private_key("ssh-ed25519")
         address = f"10.213.{self.claim.subnet}.{11 + index}"
         netns = f"{self.prefix}m{index}"
         veth = f"{self.prefix}v{index}"
@@ -706,12 +739,19 @@ class Fleet:
         _run("ip", "-n", netns, "addr", "add", f"{address}/24", "dev", "eth0")
         _run("ip", "-n", netns, "link", "set", "eth0", "up")
         _run("ip", "-n", netns, "link", "set", "lo", "up")
-        return Machine(self, name, address, netns, directory, host_key)
+        machine = Machine(self, name, address, netns, directory, host_key, seed)
+        machine.fresh_root()
+        return machine
 
     def _supervise(self) -> None:
         while not self._stop.wait(0.05):
             for machine in self.machines:
                 machine.tick(time.monotonic())
+
+    def reset(self) -> None:
+        """Every machine back to how the fleet started it (:meth:`Machine.reset`)."""
+        for machine in self.machines:
+            machine.reset()
 
     def close(self) -> None:
         """Stop every machine and remove the fleet's namespaces, links and mounts."""
@@ -782,6 +822,21 @@ class Fleet:
         ]
         path.write_text("\n".join(lines))
         return path
+
+
+def ansible_environment(directory: Path) -> dict[str, str]:
+    """Environment for Ansible run against a fleet: its own files under ``directory`` (no
+    ~/.ansible, no ansible.cfg from the working directory), no color, no retry files."""
+    config = directory / "ansible.cfg"
+    config.write_text("[defaults]\nhost_key_checking = True\n")
+    return {
+        "ANSIBLE_CONFIG": str(config),
+        "ANSIBLE_HOME": str(directory / "ansible-home"),
+        "ANSIBLE_LOCAL_TEMP": str(directory / "ansible-tmp"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "ANSIBLE_DEPRECATION_WARNINGS": "0",
+    }
 
 
 def _readable(directory: Path) -> None:

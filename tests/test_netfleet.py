@@ -9,7 +9,9 @@ Debian's, and the agent scans them over SSH as the controller would.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import pytest
 
 from reconciler.dispatch import AgentFailed, InstallRequest, SshPool, SshTransport
 from reconciler.dispatch.agent_bundle import build_agent
-from tests.netfleet import ADMIN, FLEET_SKIP, INSTALLED, Fleet
+from tests.netfleet import ADMIN, FLEET_SKIP, INSTALLED, Fleet, ansible_environment
 
 pytestmark = pytest.mark.skipif(bool(FLEET_SKIP), reason=FLEET_SKIP or "-")
 HOST_STATUS = Path("/var/lib/dpkg/status")
@@ -149,7 +151,17 @@ def test_an_install_over_ssh_changes_only_that_machine(fleet: Fleet, agent: Path
     assert fleet["m02"].versions()["pwtest-lib"] == "1.0-1"
 
 
-def test_an_ansible_inventory_lists_the_machines(fleet: Fleet, tmp_path: Path) -> None:
+def test_a_reset_machine_is_back_to_where_the_fleet_started(fleet: Fleet) -> None:
+    machine = fleet["m03"]
+    machine.ssh("apt-get update -qq && apt-get install -y -qq pwtest-other=1.1-1 >/dev/null")
+    boots = machine.boots
+    machine.reset()
+    assert machine.boots == boots + 1 and machine.up
+    assert machine.versions()["pwtest-other"] == "1.0-1"
+    assert machine.ssh("dpkg-query -W -f '${Version}' pwtest-other") == "1.0-1"
+
+
+def test_ansible_reaches_the_machines_through_the_inventory(fleet: Fleet, tmp_path: Path) -> None:
     path = fleet.ansible_inventory(
         tmp_path / "hosts.ini",
         {"web": fleet.machines[:2], "db": fleet.machines[2:]},
@@ -158,8 +170,21 @@ def test_an_ansible_inventory_lists_the_machines(fleet: Fleet, tmp_path: Path) -
     )
     text = path.read_text()
     assert "[web]\nm01 ansible_host=" in text and "[db]\nm03 ansible_host=" in text
-    assert f"ansible_user={ADMIN} ansible_become=true" in text
-    assert f"ansible_ssh_private_key_file={fleet.key_file}" in text
+    ansible = Path(sys.executable).with_name("ansible")
+    if not ansible.exists():
+        pytest.skip("ansible-core is not installed (the ansible extra)")
+    done = subprocess.run(
+        [str(ansible), "web", "-i", str(path), "-m", "command", "-a", "id -u", "-o"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ansible_environment(tmp_path)},
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = sorted(done.stdout.splitlines())
+    assert [line.split(" |")[0] for line in lines] == ["m01", "m02"]
+    assert all(line.endswith("(stdout) 0") for line in lines), lines  # admin became root
 
 
 def test_the_hosts_packages_are_untouched(fleet: Fleet, host_dpkg: str) -> None:
