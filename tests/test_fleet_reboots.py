@@ -10,7 +10,6 @@ Machines are held down while the test looks (Machine.held_down), so nothing depe
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -30,6 +29,7 @@ from tests.aptlab import Pkg
 from tests.fleet import BASELINE_YAML, documents, dpkg_installs, open_window_yaml
 from tests.git_servers import free_port
 from tests.netfleet import FLEET_SKIP, INSTALLED, REBOOTING, Fleet, Machine, default_repo
+from tests.test_loop_e2e import reconcile_cli
 from tests.waiting import tail_of, wait_until
 
 pytestmark = pytest.mark.skipif(bool(FLEET_SKIP), reason=FLEET_SKIP or "-")
@@ -171,16 +171,7 @@ def test_a_controller_killed_mid_reboot_is_restarted_and_finishes_without_a_seco
         [left] = [j for j in store.jobs() if j.operation == "Install"]
         assert (left.instance, left.status) == (rebooted.name, JobStatus.RUNNING)
 
-    done = subprocess.run(
-        _patchctl("reconcile", *common, "-o", "json"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(done.stdout)
+    report = reconcile_cli(str(config), state, "--ssh-dir", str(fleet.directory))
     assert report["converged"], report
     with StateStore(state) as store:
         finished = store.job(left.id)
