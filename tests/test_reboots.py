@@ -58,6 +58,8 @@ class Machine:
     down: int = 0
     down_for: int = 2
     comes_back: bool = True
+    drops_when_asked: bool = False
+    """The connection drops as the reboot is asked for (sshd stopped before the answer left)."""
     installs: list[tuple[str, ...]] = field(default_factory=list)
     reboots: list[str] = field(default_factory=list)
     on_read: Callable[[], None] = lambda: None
@@ -102,6 +104,8 @@ class Machine:
             return False
         self.reboots.append(if_boot_id)
         self.down = self.down_for if self.comes_back else 10**9
+        if self.drops_when_asked:
+            raise AgentFailed("SshUnreachable", "connection lost while the agent ran")
         return True
 
     def _up(self) -> None:
@@ -486,3 +490,19 @@ def test_a_reboot_only_job_reboots_and_installs_nothing(tmp_path: Path, store: S
     job = _install(store, "web-1")
     assert job.key == f"web-1:Reboot:noon:{OPENING}"
     assert job.result["install"]["reboot"]["awaited"] is True
+
+
+def test_a_connection_dropped_while_asking_for_the_reboot_is_the_reboot(
+    tmp_path: Path, store: StateStore
+) -> None:
+    machine = Machine(drops_when_asked=True)
+    fleet = Fleet(
+        tmp_path,
+        {"web-1": machine},
+        window_yaml("noon", "cron(0 12 * * ? *)"),
+        ssh_instance("web-1"),
+    )
+    summary = fleet.loop(store).reconcile()
+
+    assert summary.jobs == {"Scan succeeded": 1, "Install succeeded": 1}
+    assert _install(store, "web-1").result["install"]["reboot"]["bootId"] == "boot-2"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -181,11 +182,15 @@ class Rebooting(Protocol):
         ...
 
 
+_BOOT_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
+
+
 def boot_id_of(document: dict[str, Any]) -> str:
     """The boot id in the agent's ``boot-id`` or ``reboot`` document, or AgentFailed."""
     found = document.get("bootId")
-    if not isinstance(found, str) or not found:
-        raise AgentFailed("BadBootId", f"the agent's answer has no bootId: {str(document)[:200]}")
+    # The kernel's is a UUID; anything else (a machine that lies) never reaches a record.
+    if not isinstance(found, str) or not _BOOT_ID.fullmatch(found):
+        raise AgentFailed("BadBootId", "the agent's answer has no bootId of letters, digits and -")
     return found
 
 

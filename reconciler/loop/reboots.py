@@ -156,7 +156,7 @@ class Reboots:
             now=self.clock(),
         )
         job.log.info("rebooting", boot_id=before)
-        transport.reboot(before)
+        _ask(transport, before)
         return with_awaited(outcome, self.wait(job, transport, phase, asked=True))
 
     def wait(
@@ -180,7 +180,7 @@ class Reboots:
                     return self._back(job, phase, current)
                 if not asked:
                     asked = True
-                    transport.reboot(phase.boot_id)
+                    _ask(transport, phase.boot_id)
                 last = f"boot id still {current}"
             if self.clock() >= deadline:
                 raise AgentFailed(
@@ -205,6 +205,16 @@ class Reboots:
             started_at=phase.since,
             back_at=now,
         )
+
+
+def _ask(transport: Rebooting, boot_id: str) -> None:
+    """Ask for the reboot; a connection that drops meanwhile may be the reboot itself (the
+    wait tells), while a refusal (a directory root, no shutdown) fails the job now."""
+    try:
+        transport.reboot(boot_id)
+    except AgentFailed as exc:
+        if exc.code not in ("SshUnreachable", "Timeout"):
+            raise
 
 
 def with_awaited(outcome: InstallResult, awaited: Awaited) -> InstallResult:
