@@ -155,6 +155,16 @@ class Fleet:
         return [o.detail for o in self.occurrences if o.kind is Kind.REBOOT]
 
 
+def _one(tmp_path: Path, machine: Machine, **window: Any) -> Fleet:
+    """web-1 (``machine``) in the noon window."""
+    return Fleet(
+        tmp_path,
+        {"web-1": machine},
+        window_yaml("noon", "cron(0 12 * * ? *)", **window),
+        ssh_instance("web-1"),
+    )
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[StateStore]:
     with StateStore(tmp_path / "state.db") as opened:
@@ -246,8 +256,7 @@ def test_no_reboot_starts_after_the_window_end_the_job_says_it_is_left_pending(
     tmp_path: Path, store: StateStore
 ) -> None:
     machine = Machine()
-    fleet = Fleet(tmp_path, {"web-1": machine}, window_yaml("noon", "cron(0 12 * * ? *)"))
-    fleet.config.joinpath("web.yaml").write_text(ssh_instance("web-1"))
+    fleet = _one(tmp_path, machine)
     original = machine.install
 
     def long_install(request: InstallRequest) -> InstallResult:
@@ -274,12 +283,7 @@ def test_no_reboot_starts_after_the_cutoff_of_a_cancel_task_task(
     tmp_path: Path, store: StateStore
 ) -> None:
     machine = Machine()
-    fleet = Fleet(
-        tmp_path,
-        {"web-1": machine},
-        window_yaml("noon", "cron(0 12 * * ? *)", cutoff_behavior="CANCEL_TASK"),
-        ssh_instance("web-1"),
-    )
+    fleet = _one(tmp_path, machine, cutoff_behavior="CANCEL_TASK")
     original = machine.install
 
     def install_past_cutoff(request: InstallRequest) -> InstallResult:
@@ -317,12 +321,7 @@ def test_a_restarted_loop_resumes_the_reboot_wait_without_installing_again(
     tmp_path: Path,
 ) -> None:
     machine = Machine(down_for=3)
-    fleet = Fleet(
-        tmp_path,
-        {"web-1": machine},
-        window_yaml("noon", "cron(0 12 * * ? *)"),
-        ssh_instance("web-1"),
-    )
+    fleet = _one(tmp_path, machine)
     fleet.stop_at_pause = 1  # the service is stopped (or killed) while the machine is down
     with StateStore(fleet.path) as store:
         first = fleet.loop(store)
@@ -356,12 +355,7 @@ def test_a_restart_before_the_reboot_was_asked_for_asks_again(tmp_path: Path) ->
     """The phase is recorded before the reboot is asked for: a crash in between leaves the boot
     id unchanged, and the resumed job asks (once) for the reboot it is waiting for."""
     machine = Machine()
-    fleet = Fleet(
-        tmp_path,
-        {"web-1": machine},
-        window_yaml("noon", "cron(0 12 * * ? *)"),
-        ssh_instance("web-1"),
-    )
+    fleet = _one(tmp_path, machine)
     with StateStore(fleet.path) as store:
         loop = fleet.loop(store)
         loop.refresh()
@@ -476,12 +470,7 @@ def test_a_pending_reboot_is_left_alone_under_no_reboot_or_on_a_directory_root(
 
 def test_a_reboot_only_job_reboots_and_installs_nothing(tmp_path: Path, store: StateStore) -> None:
     machine = Machine(version=NEW, pending=True)
-    fleet = Fleet(
-        tmp_path,
-        {"web-1": machine},
-        window_yaml("noon", "cron(0 12 * * ? *)"),
-        ssh_instance("web-1"),
-    )
+    fleet = _one(tmp_path, machine)
     summary = fleet.loop(store).reconcile()
 
     assert summary.jobs == {"Scan succeeded": 1, "Install succeeded": 1}
@@ -496,12 +485,7 @@ def test_a_connection_dropped_while_asking_for_the_reboot_is_the_reboot(
     tmp_path: Path, store: StateStore
 ) -> None:
     machine = Machine(drops_when_asked=True)
-    fleet = Fleet(
-        tmp_path,
-        {"web-1": machine},
-        window_yaml("noon", "cron(0 12 * * ? *)"),
-        ssh_instance("web-1"),
-    )
+    fleet = _one(tmp_path, machine)
     summary = fleet.loop(store).reconcile()
 
     assert summary.jobs == {"Scan succeeded": 1, "Install succeeded": 1}
