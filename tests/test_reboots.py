@@ -24,6 +24,8 @@ from reconciler.dispatch.base import AgentFailed, BaselineSource, InstallRequest
 from reconciler.loop import Reconciler
 from reconciler.loop.reboots import RebootSettings
 from reconciler.plan import Observed, ObservedJob, ObservedScan, baseline_digest, plan
+from reconciler.report.notify.audit import describe
+from reconciler.report.notify.metrics import LoopMetrics
 from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.sources import DirectorySource
 from reconciler.state import StateStore
@@ -130,7 +132,7 @@ class Fleet:
         self.stop_at_pause: int | None = None
         self.during_pause: Callable[[Reconciler], None] = lambda loop: None
 
-    def loop(self, store: StateStore) -> Reconciler:
+    def loop(self, store: StateStore, workers: int = 10) -> Reconciler:
         def transport(instance: ManagedInstance) -> Machine:
             return self.machines[instance.metadata.name]
 
@@ -145,6 +147,7 @@ class Fleet:
             store,
             transport,  # type: ignore[arg-type,return-value]
             clock=self.clock,
+            workers=workers,
             observers=[self.occurrences.append],
             reboot_settings=RebootSettings(timeout=timedelta(minutes=10), poll=30.0),
             pause=pause,
@@ -198,7 +201,9 @@ def test_the_loop_reboots_after_the_install_holds_the_slot_and_rescans_after_the
         seen.append((rebooting, {w.instance: w.reason for w in current.waits}))
 
     fleet.during_pause = look
-    summary = fleet.loop(store).reconcile()
+    # One worker: web-2's scan is done before web-1's install runs, so what the plan says of
+    # web-2 during web-1's reboot is about the slot, not a scan still running.
+    summary = fleet.loop(store, workers=1).reconcile()
 
     assert summary.jobs == {"Scan succeeded": 2, "Install succeeded": 2}
     assert summary.converged
@@ -224,6 +229,17 @@ def test_the_loop_reboots_after_the_install_holds_the_slot_and_rescans_after_the
     assert latest.count("installedPendingRebootCount") == 0
     assert [e["awaited"] for e in fleet.reboot_events()] == [True, True]
     assert fleet.reboot_events()[0]["seconds"] == 60.0  # down at two reads, 30 s apart
+    # What the audit log and /metrics say of it.
+    metrics = LoopMetrics()
+    for occurrence in fleet.occurrences:
+        metrics(occurrence)
+    assert metrics.registry.get_sample_value("patchwarden_reboot_wait_seconds_count") == 2
+    assert metrics.registry.get_sample_value("patchwarden_reboot_wait_seconds_sum") == 120
+    entry = {"kind": Kind.REBOOT, "detail": fleet.reboot_events()[0]}
+    assert describe(entry) == (
+        "reboot required, performed and awaited (back after 60.0 s with a new boot id): "
+        "reboot needed (pwtest-lib)"
+    )
 
 
 def test_a_machine_that_does_not_come_back_fails_its_job_which_counts_against_max_errors(
