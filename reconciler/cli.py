@@ -306,6 +306,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the Kubernetes controller: the loop on a namespace's resources, status, leader lease",
     )
     _controller_args(p)
+    _reboot_args(p)
     _audit_log_arg(p)
     _events_args(p)
     p.set_defaults(handler=_controller)
@@ -526,6 +527,11 @@ def _reboot_args(p: argparse.ArgumentParser) -> None:
         help="seconds an SSH machine may take to come back with a new boot id after the loop "
         "rebooted it; then its job fails (RebootTimeout)",
     )
+
+
+def _reboot_settings(args: argparse.Namespace) -> RebootSettings:
+    default = RebootSettings().timeout.total_seconds()
+    return RebootSettings(timeout=timedelta(seconds=getattr(args, "reboot_timeout", default)))
 
 
 def _resource_file_args(p: argparse.ArgumentParser) -> None:
@@ -1098,11 +1104,7 @@ def _reconciler(
         clock=clock,
         observers=observers,
         on_job_done=on_job_done,
-        reboot_settings=RebootSettings(
-            timeout=timedelta(
-                seconds=getattr(args, "reboot_timeout", RebootSettings().timeout.total_seconds())
-            )
-        ),
+        reboot_settings=_reboot_settings(args),
     )
 
 
@@ -1333,6 +1335,7 @@ def _controller_reconciler(
         workers=args.workers,
         report_dir=args.report_dir,
         observers=[events, *observers],
+        reboot_settings=_reboot_settings(args),
     )
     return reconciler, events
 

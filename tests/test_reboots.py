@@ -506,3 +506,26 @@ def test_a_connection_dropped_while_asking_for_the_reboot_is_the_reboot(
 
     assert summary.jobs == {"Scan succeeded": 1, "Install succeeded": 1}
     assert _install(store, "web-1").result["install"]["reboot"]["bootId"] == "boot-2"
+
+
+def test_a_job_whose_instance_left_the_configuration_during_its_reboot_fails_saying_so(
+    tmp_path: Path,
+) -> None:
+    machine = Machine(down_for=3)
+    fleet = _one(tmp_path, machine)
+    fleet.stop_at_pause = 1
+    with StateStore(fleet.path) as store:
+        fleet.loop(store).reconcile()
+        [(job, _)] = store.rebooting_jobs()
+    fleet.config.joinpath("fleet.yaml").write_text(
+        documents(BASELINE_YAML, window_yaml("noon", "cron(0 12 * * ? *)"))
+    )
+    with StateStore(fleet.path) as store:
+        fleet.loop(store).reconcile()
+        finished = store.job(job.id)
+        assert finished is not None and finished.status == JobStatus.FAILED
+        assert finished.error == {
+            "code": "InstanceGone",
+            "message": "web-1 is no longer in the configuration in force: its reboot was not "
+            "awaited and nothing was rescanned",
+        }
