@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import hashlib
 import json
 import logging
@@ -17,12 +18,14 @@ import math
 import os
 import sys
 import traceback
+import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import structlog
 import yaml
 
 from reconciler import __version__
@@ -30,8 +33,20 @@ from reconciler.api.crd import custom_resource_definitions
 from reconciler.api.enums import ComplianceStatus, RejectedPatchesAction
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
+from reconciler.api.oneoff import ACTIVE as ONE_OFF_ACTIVE
+from reconciler.api.oneoff import TASK_NAME as ONE_OFF_TASK
+from reconciler.api.oneoff import (
+    OneOffOpening,
+    OneOffStatus,
+    OneOffTargets,
+    check_budget,
+    hook_fields,
+    parse_selector,
+    refused_targets,
+    targeted,
+)
 from reconciler.api.overrides import read_install_override_list
-from reconciler.api.resources import ManagedInstance, PatchBaseline
+from reconciler.api.resources import ManagedInstance, PatchBaseline, WindowTask
 from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot
 from reconciler.defaults import predefined_baselines
 from reconciler.dispatch import (
@@ -42,6 +57,7 @@ from reconciler.dispatch import (
     transport_for,
 )
 from reconciler.dispatch.base import BaselineSource, baseline_sources
+from reconciler.dispatch.local import TRUST_HOOKS_ENV
 from reconciler.dispatch.outcomes import (
     after_install,
     architectures,
@@ -49,6 +65,7 @@ from reconciler.dispatch.outcomes import (
     override_pins,
     pins_for,
 )
+from reconciler.errors import RefusedInput, TemporaryError
 from reconciler.evaluation import (
     DecisionCache,
     InstanceEvaluation,
@@ -57,14 +74,17 @@ from reconciler.evaluation import (
     resolve,
 )
 from reconciler.loop import Clock, Reconciler, TransportFor, configure_logging, serve, utc_now
+from reconciler.loop.common import Emitter, InForce
 from reconciler.loop.endpoints import ListenError, parse_listen
 from reconciler.loop.reboots import RebootSettings
+from reconciler.paths import control_character
 from reconciler.plan import Settings
 from reconciler.redaction import redacted
 from reconciler.report.notify import audit
 from reconciler.report.notify.metrics import LoopMetrics
+from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.report.publish import PublishError, publish
-from reconciler.report.views import compliance, export, findings, render
+from reconciler.report.views import compliance, export, findings, patchnow, render
 from reconciler.schedule import describe, openings
 from reconciler.sources import (
     DirectorySource,
@@ -75,7 +95,7 @@ from reconciler.sources import (
     read_inventories,
     read_snapshot,
 )
-from reconciler.state import Holder, StateStore, StoreUnusable, StoreWriteFailed
+from reconciler.state import Holder, OneOffRecord, StateStore, StoreUnusable, StoreWriteFailed
 
 if TYPE_CHECKING:
     from reconciler.controller import EventSink, LeaseConfig
@@ -141,13 +161,8 @@ def _root_scripts_trusted(args: argparse.Namespace) -> bool:
     """The operator's word, and only the operator's (never a resource's), that directory roots
     may have their maintainer scripts run on their machine (docs/agent.md): ``install
     --trust-root-scripts`` or $PATCHWARDEN_TRUST_ROOT_SCRIPTS=1, read here once and passed down."""
-    value = os.environ.get(TRUST_ROOT_SCRIPTS_ENV, "")
-    if value not in ("", "0", "1"):
-        raise UserError(
-            f"{TRUST_ROOT_SCRIPTS_ENV}={value!r}: expected 1 (trust directory roots' maintainer "
-            "scripts) or 0; unset it to keep them refused"
-        )
-    return bool(getattr(args, "trust_root_scripts", False)) or value == "1"
+    trusted = _switch(TRUST_ROOT_SCRIPTS_ENV, "trust directory roots' maintainer scripts")
+    return bool(getattr(args, "trust_root_scripts", False)) or trusted
 
 
 def _library_words_off_stderr() -> None:
@@ -310,6 +325,14 @@ def _parser() -> argparse.ArgumentParser:
     _audit_log_arg(p)
     _events_args(p)
     p.set_defaults(handler=_controller)
+
+    p = sub.add_parser(
+        "patch-now",
+        help="patch chosen instances now under a task's budgets (a one-off opening the loop "
+        "runs), or list or cancel such requests",
+    )
+    _patch_now_args(p)
+    p.set_defaults(handler=_patch_now)
 
     p = sub.add_parser("windows", help="the next openings of each maintenance window, per target")
     p.add_argument("--source", required=True, help="a snapshot directory or Git URL")
@@ -488,10 +511,10 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
     _common_evaluation_args(p)
 
 
-def _loop_args(p: argparse.ArgumentParser) -> None:
+def _loop_args(p: argparse.ArgumentParser, *, source_required: bool = True) -> None:
     p.add_argument(
         "--source",
-        required=True,
+        required=source_required,
         help="a snapshot directory, or a Git URL (file://, git://, https://, ssh://)",
     )
     p.add_argument("--ref", default="main", help="Git branch, tag or commit (default main)")
@@ -758,6 +781,11 @@ def _seconds(text: str) -> float:
 def _seconds_or_zero(text: str) -> int:
     """A wait in whole seconds, where 0 means "do not wait"."""
     return int(_number(text, int, "a whole number of seconds", 0, _YEAR))
+
+
+def _minutes(text: str) -> int:
+    """A wait in whole minutes, at most a week: how long a one-off opening may wait to start."""
+    return int(_number(text, int, "a whole number of minutes", 1, 7 * 24 * 60))
 
 
 def _hours(text: str) -> float:
@@ -1064,14 +1092,27 @@ def _source(args: argparse.Namespace, store_path: Path, ref: str | None = None) 
 
 def _transports(pool: SshPool, ssh_dir: Path, trust_root_scripts: bool) -> TransportFor:
     """Each instance's transport; SSH ones share ``pool`` and read their files in ``ssh_dir``;
-    ``trust_root_scripts`` is the operator's (:func:`_root_scripts_trusted`)."""
+    ``trust_root_scripts`` is the operator's (:func:`_root_scripts_trusted`), and so is
+    $PATCHWARDEN_TRUST_LOCAL_HOOKS=1 (docs/hooks.md)."""
+    trust_local_hooks = _switch(TRUST_HOOKS_ENV, "run window tasks' hooks on this host")
     return lambda instance: transport_for(
         instance.spec.connection,
         pool=pool,
         ssh_dir=ssh_dir,
         name=instance.metadata.name,
         trust_root_scripts=trust_root_scripts,
+        trust_local_hooks=trust_local_hooks,
     )
+
+
+def _switch(name: str, what: str) -> bool:
+    """An operator's on/off environment variable: 1 or 0 (or unset), else a UserError."""
+    value = os.environ.get(name, "")
+    if value not in ("", "0", "1"):
+        raise UserError(
+            f"{name}={value!r}: expected 1 ({what}) or 0; unset it to keep them refused"
+        )
+    return value == "1"
 
 
 def _reconciler(
@@ -1538,7 +1579,10 @@ def _compliance(args: argparse.Namespace) -> int:
             )
         elif args.instance and args.history:
             render.rows(
-                compliance.history(store.scan_history(args.instance, limit=1000)),
+                compliance.history(
+                    store.scan_history(args.instance, limit=1000),
+                    store.jobs(instance=args.instance),
+                ),
                 fmt,
                 sys.stdout,
                 title=f"Compliance history of {args.instance}",
@@ -1685,4 +1729,310 @@ def _schema(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INVALID
+    return EXIT_OK
+
+
+# -- patch now: one-off openings (docs/patch-now.md) ---------------------------------------------
+
+START_WITHIN_MINUTES = 60
+"""Default of ``patch-now --start-within``: a request no loop started by then is dropped
+(EXPIRED), so a forgotten one never patches machines hours later by surprise."""
+
+
+def _patch_now_args(p: argparse.ArgumentParser) -> None:
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--group", metavar="G", help="the instances of this patch group")
+    what.add_argument("--instance", metavar="I", help="this instance")
+    what.add_argument(
+        "--selector",
+        metavar="S",
+        help="the instances whose labels match this selector, as a window's targets.selector "
+        "written as kubectl's -l (env=prod,role in (web,api),!canary)",
+    )
+    what.add_argument("--list", action="store_true", help="list the one-off openings, newest first")
+    what.add_argument(
+        "--cancel",
+        metavar="ID",
+        help="cancel a one-off opening: jobs not started never start, running ones finish",
+    )
+    _patch_now_task_args(p)
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="run the loop here until the opening has ended, then print its outcome "
+        "(exit 1 unless it succeeded)",
+    )
+    p.add_argument("--workers", type=_positive_int, default=10, help="with --wait: jobs at once")
+    _loop_args(p, source_required=False)
+    _output_arg(p, "table", "json", "yaml")
+    _audit_log_arg(p)
+    _events_args(p)
+
+
+def _patch_now_task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--operation", choices=("Scan", "Install"), default="Install")
+    p.add_argument(
+        "--reboot-option", choices=("RebootIfNeeded", "NoReboot"), default="RebootIfNeeded"
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=lambda text: _budget("max_concurrency", text),
+        default="1",
+        metavar="N|N%",
+        help="targets patched at once (default 1), as a window task's maxConcurrency",
+    )
+    p.add_argument(
+        "--max-errors",
+        type=lambda text: _budget("max_errors", text),
+        default="1",
+        metavar="N|N%",
+        help="failed targets after which no new target starts (default 1), as maxErrors",
+    )
+    p.add_argument(
+        "--hooks-from",
+        metavar="WINDOW[/TASK]",
+        help="copy the hooks and health checks of this window's task",
+    )
+    p.add_argument("--note", metavar="TEXT", help="why (kept with the request and audited)")
+    p.add_argument(
+        "--requested-by",
+        metavar="NAME",
+        help="who asks, when not the operating-system user (both are recorded)",
+    )
+    p.add_argument(
+        "--start-within",
+        type=_minutes,
+        default=START_WITHIN_MINUTES,
+        metavar="MINUTES",
+        help=f"drop the request if no job of it started by then (default {START_WITHIN_MINUTES})",
+    )
+
+
+def _budget(field: str, text: str) -> str:
+    try:
+        return check_budget(field, text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid: {exc}") from None
+
+
+# What each form of patch-now reads, beyond --state and -o: an option another form needs is
+# refused there rather than accepted and ignored.
+_SOURCE_OPTIONS = ("source", "ref", "identity_file", "known_hosts", "verify_gpg", "verify_ssh")
+_REQUEST_OPTIONS = (
+    *("operation", "reboot_option", "max_concurrency", "max_errors", "hooks_from", "note"),
+    *("start_within", "wait", *_SOURCE_OPTIONS),
+)
+_WAIT_OPTIONS = (
+    *("workers", "stale_after", "s3_endpoint_url", "ssh_dir", "report_dir"),
+    *("events_eventbridge", "events_webhook", "events_webhook_header", "events_queue_size"),
+    "events_endpoint_url",
+)
+
+
+def _patch_now_unused(args: argparse.Namespace) -> None:
+    """Refuse the options this form of patch-now would not read."""
+    unused: tuple[str, ...]
+    if args.list:
+        form, unused = "--list", (*_REQUEST_OPTIONS, *_WAIT_OPTIONS, "requested_by", "audit_log")
+    elif args.cancel:
+        form, unused = "--cancel", (*_REQUEST_OPTIONS, *_WAIT_OPTIONS)
+    elif not args.wait:
+        form, unused = "a request without --wait", _WAIT_OPTIONS
+    else:
+        return
+    probe = argparse.ArgumentParser()
+    _patch_now_args(probe)
+    given = [
+        "--" + dest.replace("_", "-")
+        for dest in unused
+        if getattr(args, dest) != probe.get_default(dest)
+    ]
+    if given:
+        raise UserError(f"patch-now: {form} takes no {', '.join(given)}")
+
+
+def _patch_now(args: argparse.Namespace) -> int:
+    _patch_now_unused(args)
+    if args.list:
+        with _store(args) as store:
+            patchnow.listing(store.one_offs(), _format(args), sys.stdout)
+        return EXIT_OK
+    if args.cancel:
+        return _patch_now_cancel(args)
+    if not args.source:
+        raise UserError(
+            "patch-now: give --source, the desired state its targets and --hooks-from are "
+            "checked against; nothing recorded"
+        )
+    if args.wait:
+        return _patch_now_wait(args)
+    with _store(args) as store, _audit_log(args, store) as log:
+        in_force = _current_snapshot(args, store)
+        emit = Emitter([log], utc_now, structlog.get_logger("patchwarden"), in_force)
+        assert in_force.snapshot is not None
+        record, instances = _record_one_off(args, in_force.snapshot, store, emit)
+    patchnow.recorded(record, instances, _format(args), sys.stdout)
+    return EXIT_OK
+
+
+def _current_snapshot(args: argparse.Namespace, store: StateStore) -> InForce:
+    """The source's current revision, validated, without the loop: a request only reads it (a
+    refused one is reported, as by ``validate``, and nothing is recorded)."""
+    try:
+        revision, snapshot = _source(args, Path(store.path)).snapshot()
+    except SnapshotInvalid:
+        raise
+    except (RefusedInput, TemporaryError) as exc:
+        raise UserError(f"--source {redacted(str(args.source))}: {exc}; nothing recorded") from None
+    return InForce(snapshot, str(revision), revision.author)
+
+
+def _patch_now_wait(args: argparse.Namespace) -> int:
+    pool = _ssh_pool()
+    with (
+        render.job_progress() as progress,
+        _observed_loop(args, pool, on_job_done=progress) as (loop, store, _),
+    ):
+        loop.refresh()
+        if loop.snapshot is None:
+            raise UserError("no valid snapshot: nothing recorded (see the refusal above)")
+        record, _ = _record_one_off(args, loop.snapshot, store, loop.emit)
+        loop.recover()  # this process holds the writer lock: what runs was left by a crash
+        final = _run_one_off(loop, store, record.id)
+        patchnow.outcome(final, store.one_off_jobs([record.id]), _format(args), sys.stdout)
+    pool.close()
+    return EXIT_OK if final.status is OneOffStatus.SUCCESS else EXIT_INVALID
+
+
+def _run_one_off(loop: Reconciler, store: StateStore, opening_id: str) -> OneOffRecord:
+    """Passes until the opening has ended. A pass runs until nothing more can start, so one
+    that starts no job and leaves it active means it waits on what no pass here changes."""
+    while True:
+        summary = loop.reconcile(until_idle=True)
+        record = store.one_off(opening_id)
+        assert record is not None  # recorded above; the store never deletes one
+        if record.status not in ONE_OFF_ACTIVE:
+            return record
+        if not summary.jobs:
+            current = loop.plan()
+            why = (
+                next((p.reason for p in current.one_offs if p.id == opening_id), "")
+                if current
+                else ""
+            )
+            raise UserError(
+                f"{opening_id} is still {record.status} ({why}): it stays recorded for a running"
+                f" loop; cancel it with patchctl patch-now --cancel {opening_id}"
+            )
+
+
+def _record_one_off(
+    args: argparse.Namespace, snapshot: Snapshot, store: StateStore, emit: Emitter
+) -> tuple[OneOffRecord, list[str]]:
+    """Check the request against ``snapshot``, record it and audit it; nothing is recorded
+    when anything is wrong."""
+    opening = _one_off_opening(args, snapshot, utc_now())
+    record = store.record_one_off(opening, now=opening.created_at)
+    instances = targeted(opening.targets, snapshot)
+    emit(
+        Kind.PATCH_NOW_REQUESTED,
+        author=opening.requested_by,
+        id=opening.id,
+        operation=str(opening.task.operation),
+        targets=opening.targets.describe(),
+        instances=instances,
+        document=dict(opening.to_wire()),
+    )
+    return record, instances
+
+
+def _one_off_opening(args: argparse.Namespace, snapshot: Snapshot, now: datetime) -> OneOffOpening:
+    targets = _one_off_targets(args)
+    refused = refused_targets(targets, snapshot)
+    if refused:
+        raise UserError(f"patch-now: {refused}; nothing recorded")
+    hooks_from: str | None = None
+    hooks: dict[str, Any] = {}
+    if args.hooks_from:
+        try:
+            hooks_from, hooks = hook_fields(snapshot, args.hooks_from)
+        except ValueError as exc:
+            raise UserError(f"--hooks-from {args.hooks_from}: {exc}; nothing recorded") from None
+    task = WindowTask.model_validate(
+        {
+            "name": ONE_OFF_TASK,
+            "operation": args.operation,
+            "rebootOption": args.reboot_option,
+            "maxConcurrency": args.max_concurrency,
+            "maxErrors": args.max_errors,
+            **hooks,
+        }
+    )
+    os_user = _os_user()
+    return OneOffOpening(
+        id=f"pn-{uuid.uuid4().hex[:10]}",
+        targets=targets,
+        task=task,
+        hooks_from=hooks_from,
+        requested_by=_words("--requested-by", args.requested_by, 128) or os_user,
+        os_user=os_user,
+        note=_words("--note", args.note, 500),
+        created_at=now,
+        expires_at=now + timedelta(minutes=args.start_within),
+    )
+
+
+def _one_off_targets(args: argparse.Namespace) -> OneOffTargets:
+    if args.group:
+        return OneOffTargets(patch_groups=[args.group])
+    if args.instance:
+        return OneOffTargets(instances=[args.instance])
+    try:
+        return OneOffTargets(selector=parse_selector(args.selector))
+    except ValueError as exc:
+        raise UserError(f"--selector {args.selector}: {exc}; nothing recorded") from None
+
+
+def _words(option: str, text: str | None, most: int) -> str | None:
+    """A person's words for the record: one line, not empty, at most ``most`` characters."""
+    if text is None:
+        return None
+    bad = control_character(text)
+    if not text.strip() or bad or len(text) > most:
+        why = f"contains {bad}" if bad else f"give 1 to {most} characters on one line"
+        raise UserError(f"{option}: {why}; nothing recorded")
+    return text
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no $USER and no passwd entry (a container's random uid)
+        return f"uid {os.getuid()}"
+
+
+def _patch_now_cancel(args: argparse.Namespace) -> int:
+    with _store(args) as store, _audit_log(args, store) as log:
+        record = store.one_off(args.cancel)
+        if record is None:
+            active = ", ".join(r.id for r in store.one_offs(ONE_OFF_ACTIVE)) or "none"
+            raise UserError(f"no one-off opening {args.cancel}; pending or running: {active}")
+        who = _words("--requested-by", args.requested_by, 128) or _os_user()
+        now = utc_now()
+        if not store.change_one_off(
+            record.id, status=OneOffStatus.CANCELLED, now=now, only_from=ONE_OFF_ACTIVE
+        ):
+            ended = store.one_off(record.id) or record
+            raise UserError(f"{record.id} already ended {ended.status}: nothing to cancel")
+        log(
+            Occurrence(
+                kind=Kind.PATCH_NOW_CHANGED,
+                time=now,
+                revision=None,
+                author=who,
+                detail={"id": record.id, "status": "CANCELLED", "reason": f"cancelled by {who}"},
+            )
+        )
+        final = store.one_off(record.id) or record
+        patchnow.outcome(final, store.one_off_jobs([record.id]), _format(args), sys.stdout)
     return EXIT_OK

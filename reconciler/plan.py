@@ -22,6 +22,11 @@ Rules (issue "reconcile loop" §4):
 - One execution of a window at a time (SSM): the opening in force is the oldest open one that
   has jobs; an opening that began while an earlier one ran (open with jobs, or a job of it still
   running) is listed in ``Plan.skipped`` (SKIPPED_OVERLAPPING) and never runs anything.
+- A one-off opening (``patchctl patch-now``) goes first: its targets get its task's jobs under
+  its task's budgets, as a window's (an Install scans each target first unless it was scanned
+  since the request); targets it has not reached wait for it. It is listed in
+  ``Plan.one_offs`` with its outcome once nothing of it runs or can start, or EXPIRED when no
+  job of it started before its ``expiresAt``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from typing import Any
 
 from reconciler.api.enums import JobStatus, OperatingSystem, Operation, RejectedPatchesAction
 from reconciler.api.inventory import Inventory
+from reconciler.api.oneoff import TASK_NAME, OneOffOpening, OneOffStatus, targeted
 from reconciler.api.resources import (
     MaintenanceWindow,
     ManagedInstance,
@@ -95,6 +101,8 @@ class Observed:
     skipped: frozenset[tuple[str, str]] = frozenset()
     """(window, opening id) already recorded SKIPPED_OVERLAPPING: such an opening stays skipped
     even after the execution it overlapped has ended."""
+    one_offs: Sequence[OneOffOpening] = ()
+    """One-off openings PENDING or IN_PROGRESS, oldest first (``jobs`` holds all their jobs)."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,8 @@ class Plan:
     cancelled: tuple[tuple[str, str], ...] = ()
     """(window, opening id) of openings past their cutoff with jobs of a CANCEL_TASK task not
     started: the execution is CANCELLED."""
+    one_offs: tuple[OneOffProgress, ...] = ()
+    """Where each active one-off opening stands, in ``Observed.one_offs``'s order."""
 
     @property
     def idle(self) -> bool:
@@ -215,8 +225,10 @@ def plan(
 ) -> Plan:
     """Everything that should start now, and why each other instance waits."""
     state = _State(snapshot, observed, now, settings)
+    progress = tuple(_OneOffs(state).plan(opening) for opening in observed.one_offs)
     for name in sorted(snapshot.instances):
-        state.consider(name)
+        if name not in state.one_off_held:
+            state.consider(name)
     for window in snapshot.windows.values():
         state.opening(window)  # a skipped opening is reported even when nothing targets it
     return Plan(
@@ -226,6 +238,7 @@ def plan(
         tuple(state.waits),
         tuple(sorted(state.skipped)),
         tuple(sorted(state.cancelled)),
+        progress,
     )
 
 
@@ -257,6 +270,8 @@ class _State:
         self.windows_for: dict[
             tuple[str | None, frozenset[tuple[str, str]]], list[MaintenanceWindow]
         ] = {}
+        self.one_off_held: set[str] = set()
+        """Instances a one-off opening started a job on or holds for its next one."""
 
     def consider(self, name: str) -> None:
         instance = self.snapshot.instances[name]
@@ -702,12 +717,7 @@ def _install_action(
     opening: Opening,
     chosen: _TaskInstall,
 ) -> Action:
-    spec = chosen.baseline.spec
-    blocked = (
-        tuple(spec.rejected_patches)
-        if spec.rejected_patches_action is RejectedPatchesAction.BLOCK
-        else ()
-    )
+    blocked = _blocked(chosen.baseline)
     what = (
         f"{len(chosen.pins)} patch(es) of its installOverrideList"
         if task.install_override_list is not None
@@ -727,6 +737,14 @@ def _install_action(
         blocked,
         str(task.reboot_option),
     )
+
+
+def _blocked(baseline: PatchBaseline) -> tuple[str, ...]:
+    """The rejected patches an install must not bring in (SSM's BLOCK)."""
+    spec = baseline.spec
+    if spec.rejected_patches_action is RejectedPatchesAction.BLOCK:
+        return tuple(spec.rejected_patches)
+    return ()
 
 
 class _Budgets:
@@ -777,3 +795,161 @@ def _amount(text: str, targets: int, *, minimum: int) -> int:
     if text.endswith("%"):
         return max(minimum, math.floor(int(text[:-1]) * targets / 100))
     return max(minimum, int(text))
+
+
+# -- one-off openings (patch now) -------------------------------------------------------------
+
+
+def one_off_key(instance: str, operation: Operation, opening: str) -> str:
+    """The idempotency key of a one-off opening's job: one scan and one install per target."""
+    return f"{instance}:{operation}:{TASK_NAME}:{opening}"
+
+
+@dataclass(frozen=True, slots=True)
+class OneOffProgress:
+    """Where a one-off opening stands in this plan."""
+
+    id: str
+    targets: tuple[str, ...]
+    running: int
+    """Jobs of it running, those this plan starts included."""
+    done: int
+    """Targets finished without a failure (nothing to install counts)."""
+    failed: int
+    """Targets whose job failed (or was abandoned): what maxErrors counts."""
+    outcome: OneOffStatus | None
+    """SUCCESS or FAILED once nothing of it runs or can start; EXPIRED when no job of it started
+    before its expiresAt; None while it goes on."""
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """What one target of a one-off opening needs next: ``running``, ``done``, ``failed``,
+    ``scan`` or ``install`` (then with the baseline and pins)."""
+
+    kind: str
+    why: str = ""
+    baseline: PatchBaseline | None = None
+    pins: tuple[str, ...] = ()
+
+
+class _OneOffs:
+    """Plans one one-off opening at a time into a planning pass (:class:`_State`)."""
+
+    def __init__(self, state: _State) -> None:
+        self.state = state
+
+    def plan(self, opening: OneOffOpening) -> OneOffProgress:
+        state, names = self.state, tuple(targeted(opening.targets, self.state.snapshot))
+        jobs = {
+            job.key: job
+            for job in state.observed.jobs
+            if job.window is None and job.opening == opening.id
+        }
+        if not jobs and state.now >= opening.expires_at:
+            why = f"no job started before it expired at {opening.expires_at.isoformat()}"
+            return OneOffProgress(opening.id, names, 0, 0, 0, OneOffStatus.EXPIRED, why)
+        steps = {name: self.step(opening, name, jobs) for name in names}
+        budget = _OneOffBudget(opening, len(names), jobs.values())
+        # A target between its scan and its install goes first: SSM's budgets count targets.
+        for name in sorted(names, key=lambda n: (steps[n].kind != INSTALL, n)):
+            if steps[name].kind in (SCAN, INSTALL):
+                self.start(opening, name, steps[name], budget)
+        return self.progress(opening, names, steps, budget)
+
+    def step(self, opening: OneOffOpening, name: str, jobs: Mapping[str, ObservedJob]) -> _Step:
+        operation = opening.task.operation
+        scan_key = one_off_key(name, SCAN, opening.id)
+        install_key = one_off_key(name, INSTALL, opening.id)
+        last = jobs.get(install_key) or jobs.get(scan_key)
+        if last is not None and last.status == JobStatus.RUNNING:
+            return _Step("running")
+        if last is not None and last.status != JobStatus.SUCCEEDED:
+            return _Step("failed", f"its {last.operation} {last.status}")
+        if install_key in jobs or (operation == SCAN and scan_key in jobs):
+            return _Step("done")
+        scan = self.state.observed.scans.get(name)
+        if operation == SCAN or scan is None or scan.finished_at < opening.created_at:
+            # An Install installs what is missing now: a scan older than the request rescans.
+            if scan_key in jobs:
+                return _Step("failed", "its scan recorded no result")
+            return _Step(SCAN)
+        return self.install_step(name, scan)
+
+    def install_step(self, name: str, scan: ObservedScan) -> _Step:
+        instance = self.state.snapshot.instances[name]
+        resolution = resolve(self.state.snapshot, instance.metadata.labels, scan.operating_system)
+        if resolution.baseline is None:
+            return _Step("done", f"no baseline: {resolution.baseline_reason}")
+        if not scan.pins:
+            return _Step("done", "no approved patch is missing")
+        return _Step(INSTALL, baseline=resolution.baseline, pins=scan.pins)
+
+    def start(self, opening: OneOffOpening, name: str, step: _Step, budget: _OneOffBudget) -> None:
+        state = self.state
+        state.one_off_held.add(name)
+        if name in state.running or any(a.instance == name for a in state.actions):
+            state.wait(name, f"patch now {opening.id} waits: a job is running on it")
+            return
+        verdict = budget.verdict()
+        if verdict:
+            state.wait(name, f"patch now {opening.id}: {verdict}")
+            return
+        budget.running += 1
+        operation = Operation(step.kind)
+        baseline = step.baseline
+        state.actions.append(
+            Action(
+                operation,
+                name,
+                one_off_key(name, operation, opening.id),
+                f"patch now {opening.id} asked by {opening.requested_by}: {operation}",
+                baseline.metadata.name if baseline else "",
+                state.digest(baseline) if baseline else "",
+                None,
+                opening.task.name,
+                opening.id,
+                step.pins,
+                _blocked(baseline) if baseline else (),
+                str(opening.task.reboot_option),
+            )
+        )
+
+    def progress(
+        self,
+        opening: OneOffOpening,
+        names: tuple[str, ...],
+        steps: Mapping[str, _Step],
+        budget: _OneOffBudget,
+    ) -> OneOffProgress:
+        done = sum(step.kind == "done" for step in steps.values())
+        failed = sum(step.kind == "failed" for step in steps.values())
+        halted = budget.halted()
+        outcome: OneOffStatus | None = None
+        if budget.running == 0 and (halted or done + failed == len(names)):
+            outcome = OneOffStatus.FAILED if failed or halted else OneOffStatus.SUCCESS
+        reason = halted or f"{done} done, {failed} failed of {len(names)} target(s)"
+        return OneOffProgress(opening.id, names, budget.running, done, failed, outcome, reason)
+
+
+class _OneOffBudget:
+    """maxConcurrency and maxErrors of a one-off opening's task, over its targets."""
+
+    def __init__(self, opening: OneOffOpening, targets: int, jobs: Iterable[ObservedJob]) -> None:
+        self.task, self.targets = opening.task, targets
+        statuses = [job.status for job in jobs]
+        self.running = statuses.count(JobStatus.RUNNING)
+        self.errors = statuses.count(JobStatus.FAILED) + statuses.count(JobStatus.ABANDONED)
+
+    def halted(self) -> str:
+        """Why no new target starts (more failures than maxErrors allows), or ''."""
+        if self.errors > _amount(self.task.max_errors, self.targets, minimum=0):
+            return f"halted: {self.errors} failed job(s) exceed maxErrors {self.task.max_errors}"
+        return ""
+
+    def verdict(self) -> str:
+        concurrency = _amount(self.task.max_concurrency, self.targets, minimum=1)
+        if not self.halted() and self.running >= concurrency:
+            return f"maxConcurrency {self.task.max_concurrency} reached; waiting for a slot"
+        return self.halted()

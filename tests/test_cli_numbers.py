@@ -42,6 +42,10 @@ OPTIONS = [
     (["controller"], "--reboot-timeout", "0.5"),
     (["windows", *LOOP], "--count", "1"),
     (["report", "--runs"], "--limit", "1"),
+    (["patch-now", "--list"], "--workers", "1"),
+    (["patch-now", "--list"], "--stale-after", "0.5"),
+    (["patch-now", "--list"], "--events-queue-size", "1"),
+    (["patch-now", "--list"], "--start-within", "1"),
 ]
 # Below the smallest, not a number, not finite, absurdly large (timers and timedelta overflow).
 BAD = ["-1", "0", "", "ten", "nan", "inf", "1e300"]
@@ -93,7 +97,7 @@ def test_the_smallest_good_numbers_run(tmp_path: Path) -> None:
 
 def test_every_numeric_option_is_checked_here() -> None:
     """A new numeric option must use the checked types and be listed in OPTIONS."""
-    family = {cli._positive_int, cli._seconds, cli._seconds_or_zero, cli._hours}
+    family = {cli._positive_int, cli._seconds, cli._seconds_or_zero, cli._hours, cli._minutes}
     numeric = set()
     parser = cli._parser()
     (verbs,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]

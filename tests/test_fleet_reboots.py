@@ -101,7 +101,7 @@ def test_the_loop_reboots_each_machine_holds_its_slot_and_rescans_after_the_new_
             DirectorySource(config),
             store,
             lambda i: transport_for(i.spec.connection, pool=pool, ssh_dir=fleet.directory),
-            pause=pause,
+            wait=pause,
             workers=1,  # the second machine's scan is done before the first one's install
         )
         summary = reconciler.reconcile()

@@ -150,7 +150,7 @@ class Fleet:
             workers=workers,
             observers=[self.occurrences.append],
             reboot_settings=RebootSettings(timeout=timedelta(minutes=10), poll=30.0),
-            pause=pause,
+            wait=pause,
         )
         return reconciler
 

@@ -1,11 +1,13 @@
 """Stage: agent. ``python3 -m reconciler.agent`` (or the zipapp): scan and install on this machine.
 
 ``scan`` prints the inventory document; ``install`` installs exact pins and prints an install
-result with ``changed`` and a per-package outcome. The work is done by the backend of the
-machine's package-manager family (``debian``: apt and dpkg; ``rpm``: dnf/yum; ``suse``: zypper),
-chosen from ``ROOT/etc/os-release``; each backend module has ``scan`` and ``install`` with the
-signatures below. Errors are JSON too (``{"error": {...}}``, exit 1), never a traceback.
-Standard library only.
+result with ``changed`` and a per-package outcome (between a window task's preInstall and
+postInstall commands when ``--hooks`` names them); ``hooks`` runs one stage's commands (onExit,
+a command health check) and prints what they did (:mod:`reconciler.agent.hooks`). The work is
+done by the backend of the machine's package-manager family (``debian``: apt and dpkg; ``rpm``:
+dnf/yum; ``suse``: zypper), chosen from ``ROOT/etc/os-release``; each backend module has
+``scan`` and ``install`` with the signatures below. Errors are JSON too (``{"error": {...}}``,
+exit 1), never a traceback. Standard library only.
 """
 
 import argparse
@@ -13,7 +15,7 @@ import importlib
 import sys
 from typing import Any, Dict, List, Optional
 
-from reconciler.agent import AGENT_VERSION, reboot, sources
+from reconciler.agent import AGENT_VERSION, hooks, reboot, sources
 from reconciler.agent.errors import AgentError, InternalError, UnsupportedSystem
 from reconciler.agent.facts import operating_system, product, read_os_release
 from reconciler.agent.runner import dumps
@@ -74,20 +76,31 @@ def install(
     allow_reboot: bool,
     lock_timeout: int,
     trust_root_scripts: bool = False,
+    stages: Optional[Dict[str, object]] = None,
 ) -> Dict[str, object]:
     """Install exact pins; the result says what changed, per package. A root whose packages'
-    maintainer scripts would run on this host is refused unless ``trust_root_scripts``."""
-    result = backend(root).install(
-        root,
-        pin_texts,
-        blocked,
-        simulate,
-        reboot_option,
-        allow_reboot,
-        lock_timeout,
-        trust_root_scripts,
-    )
-    return dict(result)
+    maintainer scripts would run on this host is refused unless ``trust_root_scripts``.
+    ``stages`` (preInstall, postInstall commands) run around it (:mod:`hooks`)."""
+
+    def run(may_reboot: bool) -> Dict[str, object]:
+        return dict(
+            backend(root).install(
+                root,
+                pin_texts,
+                blocked,
+                simulate,
+                reboot_option,
+                may_reboot,
+                lock_timeout,
+                trust_root_scripts,
+            )
+        )
+
+    if not stages:
+        return run(allow_reboot)
+    if simulate:
+        raise hooks.BadHooks("hooks do not run with --simulate: nothing is installed to hook")
+    return hooks.install_with_hooks(run, stages, root, reboot_option, allow_reboot)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -125,6 +138,22 @@ def _parser() -> argparse.ArgumentParser:
         help="the operator trusts the --root and its repositories: a Debian root without /bin/sh "
         "may have its maintainer scripts run on this host (refused without this)",
     )
+    p.add_argument(
+        "--hooks",
+        metavar="BASE64",
+        help="base64 of JSON {preInstall: [...], postInstall: [...]}: commands {argv, "
+        "timeoutSeconds} run before and after the install (before a reboot)",
+    )
+    p = sub.add_parser("hooks", help="run one stage's commands (onExit, a health check)")
+    p.add_argument("--root", default="/")
+    p.add_argument("--stage", choices=hooks.STAGES, required=True)
+    p.add_argument(
+        "--commands",
+        metavar="BASE64",
+        required=True,
+        help="base64 of a JSON list of commands {argv, timeoutSeconds}, run in order until one "
+        "fails",
+    )
     _reboot_commands(sub)
     return parser
 
@@ -155,6 +184,9 @@ def _run(args: argparse.Namespace) -> Dict[str, object]:
         return reboot.boot_document()
     if args.command == "reboot":
         return reboot.reboot(args.root, args.if_boot_id)
+    if args.command == "hooks":
+        commands = hooks.commands_of(hooks.decode(args.commands, "--commands"), "--commands")
+        return hooks.run_stage(args.stage, commands, args.root)
     system = machine = ""
     if args.sources:
         release = read_os_release(args.root)
@@ -177,6 +209,7 @@ def _run(args: argparse.Namespace) -> Dict[str, object]:
         args.allow_reboot,
         args.lock_timeout,
         args.trust_root_scripts,
+        hooks.decode(args.hooks, "--hooks") if args.hooks else None,
     )
 
 

@@ -66,7 +66,7 @@ class Running:
         try:
             out, err = self.proc.communicate(input=self.stdin, timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(self.proc.pid)
+            kill_group(self.proc.pid)
             out, err = self.proc.communicate()
             err += "\n[patchwarden] command timed out after {}s and was killed".format(timeout)
             return Result(self.argv, 124, out, err)
@@ -76,11 +76,7 @@ class Running:
 def _start(
     argv: List[str], env: Optional[Dict[str, str]], cwd: Optional[str], with_stdin: bool = False
 ) -> "subprocess.Popen[str]":
-    full_env = dict(BASE_ENV)
-    for key in ("HOME", "TMPDIR"):
-        if key in os.environ:
-            full_env[key] = os.environ[key]
-    full_env.update(env or {})
+    full_env = pinned_env(env)
     return subprocess.Popen(  # noqa: S603 - argv list with absolute paths, never a shell
         argv,
         stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
@@ -93,7 +89,18 @@ def _start(
     )
 
 
-def _kill_group(pid: int) -> None:
+def pinned_env(env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """Every command's environment: BASE_ENV, the caller's HOME and TMPDIR, then ``env``."""
+    full_env = dict(BASE_ENV)
+    for key in ("HOME", "TMPDIR"):
+        if key in os.environ:
+            full_env[key] = os.environ[key]
+    full_env.update(env or {})
+    return full_env
+
+
+def kill_group(pid: int) -> None:
+    """Kill a command started in its own session and everything it started."""
     try:
         os.killpg(pid, signal.SIGKILL)
     except OSError:

@@ -38,6 +38,7 @@ from reconciler.api.enums import (
     RebootOption,
     RejectedPatchesAction,
 )
+from reconciler.api.hooks import HealthCheck, Hooks
 from reconciler.paths import climbs, control_character
 
 API_VERSION = "patchwarden.io/v1alpha1"
@@ -320,6 +321,13 @@ class WindowTask(Model):
     """SSM's BaselineOverride (Install tasks only): the PatchBaseline whose approvals this task
     installs on targets running its operating system, instead of their patch group's; compliance
     is still recorded against the patch group's baseline."""
+    hooks: Hooks | None = None
+    """Install tasks only: commands the agent runs on each target before the install
+    (preInstall), after it and before a reboot (postInstall) and at the end (onExit), as SSM's
+    AWS-RunPatchBaselineWithHooks (docs/hooks.md)."""
+    health_checks: list[HealthCheck] = Field(default_factory=list, max_length=10)
+    """Install tasks only: up to 10 checks run after the install and again after a reboot; a
+    failed one fails the job, which counts against maxErrors (docs/hooks.md)."""
 
     @field_validator("max_concurrency", "max_errors", mode="before")
     @classmethod
@@ -342,6 +350,20 @@ class WindowTask(Model):
                 "give installOverrideList or baselineOverride, not both (SSM fails a task "
                 "given both)",
             )
+        return self
+
+    @model_validator(mode="after")
+    def _hooks_on_install(self) -> WindowTask:
+        given = (("hooks", self.hooks is not None), ("healthChecks", bool(self.health_checks)))
+        for field, present in given:
+            if present and self.operation is not Operation.INSTALL:
+                raise conflict(
+                    field, f"{field} apply to Install tasks only; remove them from this Scan task"
+                )
+        names = [check.name for check in self.health_checks]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise conflict("healthChecks", f"health check names must be unique: {', '.join(twice)}")
         return self
 
 

@@ -64,6 +64,7 @@ def transport_for(
     ssh_dir: Path | None = None,
     name: str | None = None,
     trust_root_scripts: bool = False,
+    trust_local_hooks: bool = False,
 ) -> Transport:
     """The transport that reaches ``connection``'s machine. ``pool`` shares SSH connections
     between transports (give every SSH transport of a reconcile the same one, and close it at the
@@ -74,7 +75,8 @@ def transport_for(
     ``ssh_dir`` is where an SSH connection's files must be (:func:`default_ssh_dir` when left
     out); ``name``, the ManagedInstance's, is named in errors. ``trust_root_scripts`` (the
     operator's, from the CLI) lets a local or SSH connection's directory root run maintainer
-    scripts on its machine; a node's agent works on the host itself and never needs it."""
+    scripts on its machine; a node's agent works on the host itself and never needs it.
+    ``trust_local_hooks`` (the operator's) lets a local connection run window tasks' hooks."""
     if isinstance(connection, KubernetesConnection):
         if kubernetes is None:
             raise AgentFailed(
@@ -87,11 +89,9 @@ def transport_for(
         settings = node_settings or nodes.NodeSettings()
         return nodes.NodeTransport(kubernetes, connection.node, settings, node_locks)
     if isinstance(connection, LocalConnection):
-        if command_timeout is None:
-            return LocalTransport(connection.root, trust_root_scripts=trust_root_scripts)
-        return LocalTransport(
-            connection.root, timeout=command_timeout, trust_root_scripts=trust_root_scripts
-        )
+        timeout = LocalTransport.timeout if command_timeout is None else command_timeout
+        return LocalTransport(connection.root, timeout, trust_root_scripts=trust_root_scripts,
+                              trust_hooks=trust_local_hooks)  # fmt: skip
     from reconciler.dispatch import ssh
 
     directory = default_ssh_dir() if ssh_dir is None else ssh_dir

@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from pydantic import BaseModel, ValidationError
 
 from reconciler.api.enums import LINUX_SYSTEMS, OperatingSystem
+from reconciler.api.hooks import HookCommand, StageRun
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
 from reconciler.api.resources import PatchSource
@@ -76,7 +77,7 @@ def sources_args(sources: Sequence[BaselineSource]) -> list[str]:
         {**s.source.model_dump(mode="json", by_alias=True), "operatingSystem": s.operating_system}
         for s in sources
     ]
-    return [option("--sources", base64.b64encode(json.dumps(items).encode()).decode("ascii"))]
+    return [option("--sources", _word(items))]
 
 
 def scan_args(
@@ -108,6 +109,15 @@ class InstallRequest:
     sources: tuple[BaselineSource, ...] = ()
     """The baselines' alternative repositories (the agent uses those for its system and
     product)."""
+    pre_install: tuple[HookCommand, ...] = ()
+    """A window task's preInstall commands, run by the agent before the install."""
+    post_install: tuple[HookCommand, ...] = ()
+    """A window task's postInstall commands, run by the agent after the install and before
+    its reboot."""
+
+    @property
+    def hooked(self) -> bool:
+        return bool(self.pre_install or self.post_install)
 
 
 def install_args(request: InstallRequest, *, trust_root_scripts: bool = False) -> list[str]:
@@ -123,8 +133,31 @@ def install_args(request: InstallRequest, *, trust_root_scripts: bool = False) -
         *(["--simulate"] if request.simulate else []),
         *(["--allow-reboot"] if request.allow_reboot else []),
         *sources_args(request.sources),
+        *hooks_args(request),
     ]
     return args + (["--trust-root-scripts"] if trust_root_scripts else [])
+
+
+def _commands(commands: Sequence[HookCommand]) -> list[dict[str, Any]]:
+    return [c.model_dump(mode="json", by_alias=True) for c in commands]
+
+
+def _word(document: object) -> str:
+    """A JSON document as one word (base64), which a shell, SSH and a Job carry unchanged."""
+    return base64.b64encode(json.dumps(document).encode()).decode("ascii")
+
+
+def hooks_args(request: InstallRequest) -> list[str]:
+    """The install's ``--hooks`` word: its preInstall and postInstall commands (none without)."""
+    if not request.hooked:
+        return []
+    stages = {"preInstall": request.pre_install, "postInstall": request.post_install}
+    return [option("--hooks", _word({k: _commands(v) for k, v in stages.items() if v}))]
+
+
+def stage_args(stage: str, commands: Sequence[HookCommand]) -> list[str]:
+    """The agent's command line for one stage of hooks (onExit) or a command health check."""
+    return ["hooks", option("--stage", stage), option("--commands", _word(_commands(commands)))]
 
 
 def root_args(root: str | None) -> list[str]:
@@ -140,6 +173,11 @@ def inventory_of(document: dict[str, Any]) -> Inventory:
 def install_result_of(document: dict[str, Any]) -> InstallResult:
     """The agent's install result as the schema's InstallResult, or AgentFailed saying why not."""
     return _read(InstallResult, document, "BadInstallResult", "install result")
+
+
+def stage_run_of(document: dict[str, Any]) -> StageRun:
+    """The agent's report of a stage of hooks, or AgentFailed saying why not."""
+    return _read(StageRun, document, "BadHookResult", "hooks result")
 
 
 def _read(model: type[M], document: dict[str, Any], code: str, what: str) -> M:
@@ -164,6 +202,11 @@ class Transport(Protocol):
 
     def install(self, request: InstallRequest) -> InstallResult:
         """The agent's install result (raises AgentFailed, BadInstallResult when unreadable)."""
+        ...
+
+    def run_stage(self, stage: str, commands: Sequence[HookCommand]) -> StageRun:
+        """Run a stage of a window task's commands on the machine (onExit, a command health
+        check): what each did, up to the first that failed (raises AgentFailed)."""
         ...
 
 
@@ -214,6 +257,8 @@ class AgentCommand(ABC):
         return inventory_of(self._run(scan_args(instance_id, refresh, sources)))
 
     def install(self, request: InstallRequest) -> InstallResult:
+        if request.hooked:
+            self._may_run_hooks()
         args = install_args(request, trust_root_scripts=self.trust_root_scripts)
         return install_result_of(self._run(args))
 
@@ -224,6 +269,14 @@ class AgentCommand(ABC):
         document = self._run(["reboot", option("--if-boot-id", if_boot_id)])
         boot_id_of(document)
         return document.get("started") is True
+
+    def run_stage(self, stage: str, commands: Sequence[HookCommand]) -> StageRun:
+        self._may_run_hooks()
+        return stage_run_of(self._run(stage_args(stage, commands)))
+
+    def _may_run_hooks(self) -> None:
+        """Raises AgentFailed where a window task's commands may not run (see LocalTransport)."""
+        return None
 
     @abstractmethod
     def _run(self, args: list[str]) -> dict[str, Any]:

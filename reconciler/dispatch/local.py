@@ -17,6 +17,9 @@ from typing import Any
 
 from reconciler.dispatch.base import AgentCommand, AgentFailed, root_args
 
+TRUST_HOOKS_ENV = "PATCHWARDEN_TRUST_LOCAL_HOOKS"
+"""The operator's switch (patchctl's environment) for :attr:`LocalTransport.trust_hooks`."""
+
 
 @dataclass(frozen=True)
 class LocalTransport(AgentCommand):
@@ -27,6 +30,19 @@ class LocalTransport(AgentCommand):
     timeout: float = 3600.0
     python: str = field(default=sys.executable)
     trust_root_scripts: bool = False
+    trust_hooks: bool = False
+    """The operator's word that a window task's hooks and command health checks, which come from
+    the configuration repository, may run here: on this machine, the controller's own."""
+
+    def _may_run_hooks(self) -> None:
+        if not self.trust_hooks:
+            raise AgentFailed(
+                "HooksRefused",
+                "a local connection's hooks and command health checks would run on the "
+                "controller itself, which the configuration repository may not make it do: run "
+                f"them on machines reached over SSH, or start patchctl with {TRUST_HOOKS_ENV}=1 "
+                "if this host is yours to run them on",
+            )
 
     def _run(self, args: list[str]) -> dict[str, Any]:
         argv = [self.python, "-m", "reconciler.agent", *args, *root_args(self.root)]

@@ -8,7 +8,7 @@ worker past the cutoff never starts); may not read the source.
 
 from __future__ import annotations
 
-import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -17,7 +17,7 @@ from typing import Any
 from reconciler.api.enums import JobStatus, Operation
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
-from reconciler.api.resources import ManagedInstance
+from reconciler.api.resources import ManagedInstance, WindowTask
 from reconciler.api.snapshot import Snapshot
 from reconciler.dispatch import AgentFailed
 from reconciler.dispatch.base import (
@@ -31,10 +31,14 @@ from reconciler.evaluation import InstanceEvaluation, evaluate, resolve
 from reconciler.loop.common import Clock, Emitter, InForce, Log, TransportFor
 from reconciler.loop.executions import WindowExecutions
 from reconciler.loop.failures import job_error
+from reconciler.loop.hooks import JobHooks, Wait, task_of
+from reconciler.loop.oneoffs import OneOffOpenings, is_one_off
 from reconciler.loop.reboots import (
     RebootJob,
     Reboots,
+    RebootSettings,
     RebootStopped,
+    awaited,
     pending_reboot_outcome,
     reboot_only,
     resumed_outcome,
@@ -91,15 +95,19 @@ class JobRunner:
         log: Log,
         emit: Emitter,
         on_job_done: JobDone | None = None,
-        reboots: Reboots | None = None,
+        wait: Wait = time.sleep,
+        one_offs: OneOffOpenings | None = None,
+        reboot_settings: RebootSettings = RebootSettings(),  # noqa: B008 - frozen value
     ) -> None:
-        """``on_job_done`` is called with each finished job (the CLI's progress); ``reboots``
-        reboots SSH machines after installs and waits for them (default settings, pausing on
-        the wall clock, when left out)."""
+        """``on_job_done`` is called with each finished job (the CLI's progress); ``wait``
+        waits between a health check's attempts and between reads of a rebooting machine's
+        boot id; ``one_offs`` keeps the one-off openings' statuses (patch now);
+        ``reboot_settings`` bound the wait for an SSH machine's reboot (docs/reboots.md)."""
         self.store, self.in_force, self.transport_for = store, in_force, transport_for
         self.executions, self.clock, self.log, self.emit = executions, clock, log, emit
-        self.on_job_done = on_job_done
-        self.reboots = reboots or Reboots(store, clock, threading.Event().wait)
+        self.on_job_done, self.wait = on_job_done, wait
+        self.one_offs = one_offs or OneOffOpenings(store, clock, emit)
+        self.reboots = Reboots(store, clock, wait, reboot_settings)
 
     def execute(self, action: Action) -> JobRecord | None:
         """Run one action: claim it (exactly once), run it on the machine, record the result."""
@@ -126,10 +134,14 @@ class JobRunner:
 
         def run() -> Result:
             transport = self.transport_for(claimed.instance)
+            hooks = self._hooks(claimed, transport)
             job = self._reboot_job(claimed)
-            awaited = self.reboots.wait(job, transport, resumption.phase, asked=False)
-            outcome = with_awaited(resumed_outcome(resumption.phase), awaited)
-            return self._rescan_after_install(claimed, transport, outcome, self._sources(claimed))
+            try:
+                back = self.reboots.wait(job, transport, resumption.phase, asked=False)
+            except AgentFailed as exc:
+                return _failed(hooks, exc)
+            outcome = with_awaited(resumed_outcome(resumption.phase), back)
+            return self._exit(claimed, transport, hooks, outcome)
 
         return self._complete(claimed, run)
 
@@ -179,6 +191,10 @@ class JobRunner:
                 opening=action.opening,
             )
             return None
+        if is_one_off(action) and not self.one_offs.may_start(action, now):
+            # Cancelled or expired after it was planned: a job not started never starts.
+            self.log.info("job not started: its one-off opening ended", opening=action.opening)
+            return None
         job = self.store.claim_job(
             key=action.key,
             instance=action.instance,
@@ -194,6 +210,8 @@ class JobRunner:
             return None
         if action.window and action.opening:
             self.executions.started(action.window, action.opening)
+        elif is_one_off(action):
+            self.one_offs.started(action.opening or "")
         log = self.log.bind(
             instance=action.instance, revision=revision, job=job.id, operation=action.operation
         )
@@ -219,6 +237,9 @@ class JobRunner:
         )
 
     def _run(self, claimed: Claimed) -> Result:
+        if self.in_force.snapshot is not None:
+            # A one-off job's hooks must still be its window task's: refused before it runs.
+            self.one_offs.task_for(claimed.action, self.in_force.snapshot)
         transport = self.transport_for(claimed.instance)
         if claimed.action.operation == INSTALL:
             return self._install(claimed, transport)
@@ -257,21 +278,49 @@ class JobRunner:
         evaluation = self._record(claimed, inventory, Operation.SCAN)
         return JobStatus.SUCCEEDED, {"summary": evaluation.summary.to_dict()}
 
+    def _task(self, action: Action) -> WindowTask | None:
+        """The task a job runs for: a one-off opening's stored one (patch now), else its
+        window's in the snapshot in force."""
+        snapshot = self.in_force.snapshot
+        if is_one_off(action) and snapshot is not None:
+            return self.one_offs.task_for(action, snapshot)
+        return task_of(snapshot, action)
+
     def _install(self, claimed: Claimed, transport: Transport) -> Result:
+        hooks = self._hooks(claimed, transport)
+        try:
+            hooks.refuse_unsupported()
+            if reboot_only(claimed.action):
+                outcome = pending_reboot_outcome(claimed.action.reason)
+            else:
+                outcome = self._install_patches(claimed, transport, hooks)
+            hooks.after_install()
+            outcome = self.reboots.after_install(
+                self._reboot_job(claimed), self.in_force.snapshot, transport, outcome
+            )
+        except AgentFailed as exc:  # the install did not run (a failed preInstall), broke, or
+            return _failed(hooks, exc)  # the machine did not come back from its reboot
+        return self._exit(claimed, transport, hooks, outcome)
+
+    def _exit(
+        self, claimed: Claimed, transport: Transport, hooks: JobHooks, outcome: InstallResult
+    ) -> Result:
+        """After the install and its reboot: the health checks again when the machine rebooted,
+        onExit, then the rescan that records the install."""
+        hooks.at_exit(rebooted=awaited(outcome))
         sources = self._sources(claimed)
-        # (preInstall hooks run here, before the install)
-        if reboot_only(claimed.action):
-            outcome = pending_reboot_outcome(claimed.action.reason)
-        else:
-            outcome = self._install_patches(claimed, transport, sources)
-        outcome = self.reboots.after_install(
-            self._reboot_job(claimed), self.in_force.snapshot, transport, outcome
+        status, result = self._rescan_after_install(claimed, transport, outcome, sources)
+        failed, result = hooks.result(result)
+        return (JobStatus.FAILED if failed else status), result
+
+    def _hooks(self, claimed: Claimed, transport: Transport) -> JobHooks:
+        task = self._task(claimed.action)
+        return JobHooks(
+            task, claimed.instance, transport, job=claimed.job.id, emit=self.emit, wait=self.wait
         )
-        # (onExit hooks and health checks run here: after the reboot wait, before the rescan)
-        return self._rescan_after_install(claimed, transport, outcome, sources)
 
     def _install_patches(
-        self, claimed: Claimed, transport: Transport, sources: tuple[BaselineSource, ...]
+        self, claimed: Claimed, transport: Transport, hooks: JobHooks
     ) -> InstallResult:
         action = claimed.action
         # A node's transport drains it, lets its agent reboot it and waits for it to come back;
@@ -281,15 +330,19 @@ class JobRunner:
             claimed.instance.spec.connection.type == "kubernetes"
             and action.reboot_option == "RebootIfNeeded"
         )
-        return transport.install(
+        outcome = transport.install(
             InstallRequest(
                 action.pins,
                 blocked=action.blocked,
                 reboot_option=action.reboot_option,
                 allow_reboot=allow_reboot,
-                sources=sources,
+                sources=self._sources(claimed),
+                pre_install=hooks.pre_install,
+                post_install=hooks.post_install,
             )
         )
+        hooks.installed(outcome)
+        return outcome
 
     def _rescan_after_install(
         self,
@@ -378,6 +431,15 @@ class JobRunner:
                 summary=summary,
             )
         return result
+
+
+def _failed(hooks: JobHooks, exc: AgentFailed) -> Result:
+    """A job that failed before its rescan: what the hooks ran, then onExit (which always
+    runs), and the failure."""
+    hooks.install_failed(exc)
+    hooks.at_exit(rebooted=False)
+    _, result = hooks.result({"error": job_error(exc)})
+    return JobStatus.FAILED, result
 
 
 def action_of(payload: dict[str, Any]) -> Action:

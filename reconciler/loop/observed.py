@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from reconciler.api.enums import ComplianceStatus, ExecutionStatus, JobStatus
+from reconciler.api.oneoff import ACTIVE
 from reconciler.loop.common import Clock, InForce
 from reconciler.plan import (
     Action,
@@ -45,6 +46,13 @@ class Observation:
             scope = history_scope(self.in_force.snapshot, now, self.settings)
             openings, failed_since = scope.openings, scope.failed_scans_since
         records = self.store.planning_jobs(openings=openings, failed_scans_since=failed_since)
+        # Oldest first: an earlier request goes first. Their jobs, finished ones too, say which
+        # targets each has reached (running ones are in both lists).
+        one_offs = [record.opening for record in reversed(self.store.one_offs(ACTIVE))]
+        keys = {job.key for job in records}
+        records += [
+            job for job in self.store.one_off_jobs(o.id for o in one_offs) if job.key not in keys
+        ]
         jobs = [_observed_job(job) for job in records]
         # Submitted jobs hold their budget slot before their worker has claimed them in the store.
         pending = list(self.submitted.values())
@@ -60,6 +68,7 @@ class Observation:
             scans={k: v for k, v in scans.items() if v is not None},
             jobs=jobs,
             skipped=self._skipped(openings),
+            one_offs=one_offs,
         )
 
     def _skipped(self, openings: tuple[tuple[str, str], ...]) -> frozenset[tuple[str, str]]:

@@ -79,6 +79,7 @@ def dispatch(context: PassContext) -> None:
             while not parts.stopping.is_set():
                 current = parts.observation.plan()
                 parts.executions.follow(current)
+                parts.jobs.one_offs.follow(current)
                 started += _submit(context, pool, running, current, started)
                 if not running:
                     _settle(context.summary, current)

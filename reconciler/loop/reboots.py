@@ -28,9 +28,9 @@ from reconciler.state import JobPhase, StateStore
 
 REBOOTING = "rebooting"
 
-Pause = Callable[[float], bool]
-"""Waits up to the given seconds between polls; True when the loop is stopping (the service's
-stop event's ``wait``; tests pass one that moves their clock)."""
+Pause = Callable[[float], object]
+"""Waits up to the given seconds between polls; a true answer means the loop is stopping (the
+loop's ``wait``: its stop event's in production; tests pass one that moves their clock)."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +220,11 @@ def _ask(transport: Rebooting, boot_id: str) -> None:
 def with_awaited(outcome: InstallResult, awaited: Awaited) -> InstallResult:
     """``outcome`` with its ``reboot`` part saying what the loop did."""
     return outcome.model_copy(update={"reboot": Reboot.model_validate(awaited.document())})
+
+
+def awaited(outcome: InstallResult) -> bool:
+    """Whether the loop rebooted the machine after this install and saw it come back."""
+    return outcome.reboot is not None and outcome.reboot.document().get("awaited") is True
 
 
 def resumed_outcome(phase: JobPhase) -> InstallResult:

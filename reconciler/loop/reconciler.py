@@ -19,10 +19,11 @@ from reconciler.loop.common import Clock, Emitter, InForce, Log, PassSummary, Tr
 from reconciler.loop.desired import Pinned, Refresher
 from reconciler.loop.executions import WindowExecutions
 from reconciler.loop.exports import ReportExporter
+from reconciler.loop.hooks import Wait
 from reconciler.loop.jobs import JobDone, JobRunner
 from reconciler.loop.observed import Observation
 from reconciler.loop.passes import STEPS, LoopParts, PassContext, Step
-from reconciler.loop.reboots import Pause, Reboots, RebootSettings
+from reconciler.loop.reboots import RebootSettings
 from reconciler.plan import Action, Observed, Plan, Settings
 from reconciler.report.notify.occurrences import Observer
 from reconciler.sources.base import Source
@@ -48,7 +49,6 @@ class LoopOptions(TypedDict, total=False):
     report_dir: Path | None
     export_grace: float
     reboot_settings: RebootSettings
-    pause: Pause | None
 
 
 class Reconciler:
@@ -71,17 +71,16 @@ class Reconciler:
         report_dir: Path | None = None,
         export_grace: float = EXPORT_GRACE,
         steps: Sequence[Step] = STEPS,
+        wait: Wait | None = None,
         reboot_settings: RebootSettings = RebootSettings(),  # noqa: B008 - frozen value
-        pause: Pause | None = None,
     ) -> None:
         """``pinned(revision)`` is a source reading exactly that earlier revision (a Git commit):
         after a restart, it brings back the last good revision when the current one is refused.
-        ``observers`` receive every Occurrence (audit log, events, metrics); ``on_job_done``
-        each finished job; ``s3_endpoint_url`` is where scheduled reports to s3:// go when not
-        the configured endpoint; ``report_dir`` the directory scheduled reports' directory
-        destinations must be in (default: ``reports/`` beside the store); ``steps`` are the
-        steps of a pass, in order. ``reboot_settings`` bound the wait for an SSH machine's
-        reboot; ``pause`` waits between its polls (default: until the loop stops)."""
+        ``observers`` receive every Occurrence (audit log, events, metrics); ``on_job_done`` each
+        finished job; ``s3_endpoint_url`` is where reports to s3:// go when not the configured
+        endpoint; ``report_dir`` the directory reports' directory destinations must be in
+        (default: ``reports/`` beside the store); ``steps`` are a pass's steps, in order; ``wait``
+        waits between health check attempts and boot id reads (default: until the loop stops)."""
         self.source, self.store, self.settings, self.clock = source, store, settings, clock
         self.log: Log = log or structlog.get_logger("patchwarden")
         self.stopping = threading.Event()
@@ -101,7 +100,8 @@ class Reconciler:
             log=self.log,
             emit=self.emit,
             on_job_done=on_job_done,
-            reboots=Reboots(store, clock, pause or self.stopping.wait, reboot_settings),
+            wait=wait or self.stopping.wait,
+            reboot_settings=reboot_settings,
         )
         self.parts = LoopParts(
             in_force=in_force,

@@ -13,6 +13,7 @@ One process writes and dispatches from a store at a time: ``state.lock`` is that
 """
 
 from reconciler.state.lock import FileLock, Holder, WriterLock, lock_path
+from reconciler.state.oneoffs import OneOffRecord
 from reconciler.state.records import (
     InstanceRecord,
     JobError,
@@ -47,6 +48,7 @@ __all__ = [
     "JobPhase",
     "JobRecord",
     "JobResult",
+    "OneOffRecord",
     "PatchStateRecord",
     "ReportRunRecord",
     "RevisionRecord",

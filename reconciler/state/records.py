@@ -143,6 +143,8 @@ class JobResult(TypedDict, total=False):
     error: JobError
     install: dict[str, Any]
     summary: StoredSummary
+    hooks: list[dict[str, Any]]
+    """What the window task's hooks and health checks did (docs/hooks.md)."""
 
 
 class WindowExecution(TypedDict):

@@ -384,6 +384,34 @@ def _v7_job_phases(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v8_one_off_openings(conn: sqlite3.Connection) -> None:
+    """Patch now's one-off openings (``patchctl patch-now``): the document (targets, task, who
+    asked, until when it may start) never changes; the status moves from PENDING or IN_PROGRESS
+    to one final status, once."""
+    _run(
+        conn,
+        [
+            """CREATE TABLE one_off_openings (
+                id TEXT PRIMARY KEY,
+                document TEXT NOT NULL,
+                status TEXT NOT NULL CHECK (status IN ('PENDING', 'IN_PROGRESS', 'SUCCESS',
+                    'FAILED', 'CANCELLED', 'EXPIRED')),
+                created_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL
+            )""",
+            "CREATE INDEX one_off_openings_by_status ON one_off_openings (status, created_at)",
+            """CREATE TRIGGER one_off_openings_final BEFORE UPDATE ON one_off_openings
+                WHEN OLD.status NOT IN ('PENDING', 'IN_PROGRESS') OR NEW.id IS NOT OLD.id
+                  OR NEW.document IS NOT OLD.document
+                BEGIN SELECT RAISE(ABORT, 'a one-off opening ends once; its document is kept');
+                END""",
+            """CREATE TRIGGER one_off_openings_no_delete BEFORE DELETE ON one_off_openings
+                BEGIN SELECT RAISE(ABORT, 'one-off openings are history'); END""",
+        ],
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_history,
     _v2_patches_and_instances,
@@ -392,6 +420,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v5_execution_statuses,
     _v6_package_first_seen,
     _v7_job_phases,
+    _v8_one_off_openings,
 )
 LATEST = len(MIGRATIONS)
 

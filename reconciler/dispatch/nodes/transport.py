@@ -16,6 +16,7 @@ from urllib.parse import quote
 import structlog
 
 from reconciler.api.enums import Operation
+from reconciler.api.hooks import HookCommand, StageRun
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
 from reconciler.dispatch.base import (
@@ -96,6 +97,16 @@ def _api_errors(node: str) -> Iterator[None]:
         ) from None
 
 
+def _no_hooks(node: str) -> AgentFailed:
+    # A node's agent runs in a Job's pod: hooks there are not built yet, and must not be
+    # accepted and then skipped.
+    return AgentFailed(
+        "HooksUnsupported",
+        f"node {node}: hooks and command health checks do not run on Kubernetes nodes yet; "
+        "use http health checks, or remove them from the window task",
+    )
+
+
 class NodeTransport:
     """Runs the agent on the Kubernetes Node ``node`` (see docs/nodes.md). Blocking; safe to
     use from threads (one install per node at a time in a process)."""
@@ -128,6 +139,8 @@ class NodeTransport:
             return inventory_of(document)
 
     def install(self, request: InstallRequest) -> InstallResult:
+        if request.hooked:
+            raise _no_hooks(self.node)
         args = install_args(request)
         name = job_name(Operation.INSTALL, self.node, args)
         with _api_errors(self.node), self.locks.holding(self.node):
@@ -141,6 +154,9 @@ class NodeTransport:
         # Read only once the node is back in service: an unreadable result fails the job, it
         # must not also leave the node cordoned.
         return install_result_of(document)
+
+    def run_stage(self, stage: str, commands: Sequence[HookCommand]) -> StageRun:
+        raise _no_hooks(self.node)
 
     # -- the node's lifecycle ------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from typing import Any
 from reconciler.redaction import redacted
 from reconciler.report.files import sync_directory
 from reconciler.report.notify.occurrences import Kind, Occurrence
+from reconciler.report.views import hooks
 from reconciler.report.views.render import short_revision
 
 FILENAME = "audit.jsonl"
@@ -221,6 +222,8 @@ def describe(entry: Mapping[str, Any]) -> str:
         error = d.get("error") or {}
         failed = f": {error.get('code')}: {error.get('message')}" if error else ""
         return f"{d.get('operation')} {d.get('status')}{failed}"
+    if kind == Kind.HOOK_RAN:
+        return hooks.describe(d)
     if kind == Kind.PATCHES_INSTALLED:
         return ", ".join(_patch(p) for p in d.get("patches") or []) or "-"
     if kind == Kind.REBOOT:
@@ -232,6 +235,12 @@ def describe(entry: Mapping[str, Any]) -> str:
         return f"{d.get('previous') or 'unknown'} -> {d.get('status')} ({d.get('operation')})"
     if kind == Kind.WINDOW_EXECUTION_CHANGED:
         return f"{d.get('window')} {d.get('opening')}: {d.get('status')}"
+    if kind == Kind.PATCH_NOW_REQUESTED:
+        return f"{d.get('id')}: {d.get('operation')} on {d.get('targets')}"
+    if kind == Kind.PATCH_NOW_CHANGED:
+        return f"{d.get('id')}: {d.get('status')}" + (
+            f" ({d['reason']})" if d.get("reason") else ""
+        )
     return json.dumps(d, default=str)[:200]
 
 

@@ -29,6 +29,9 @@ class Kind(StrEnum):
     """A scan or install was claimed and sent to a machine."""
     JOB_FINISHED = "job.finished"
     """A job ended; ``detail.status`` is ``succeeded`` or ``failed``."""
+    HOOK_RAN = "job.hook"
+    """A window task's hook stage or health check ran for a job; ``detail.ok`` says whether it
+    passed, with the end of its output (docs/hooks.md)."""
     PATCHES_INSTALLED = "patches.installed"
     """An install changed the machine; ``detail.patches`` lists what was installed."""
     REBOOT = "reboot"
@@ -37,6 +40,10 @@ class Kind(StrEnum):
     """An instance's compliance status differs from its previous scan (or it had none)."""
     WINDOW_EXECUTION_CHANGED = "window.execution"
     """A window opening's execution started (IN_PROGRESS) or ended (SUCCESS, FAILED)."""
+    PATCH_NOW_REQUESTED = "patchnow.requested"
+    """``patchctl patch-now`` recorded a one-off opening; ``author`` is who asked."""
+    PATCH_NOW_CHANGED = "patchnow.status"
+    """A one-off opening started, ended or was cancelled (``author``: who cancelled it)."""
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,11 @@ same rows feed tables, JSON, YAML and CSV. Reads results; decides nothing.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
-from reconciler.state import ScanRecord
+from reconciler.report.views import hooks
+from reconciler.state import JobRecord, ScanRecord
 
 COUNTS = (
     "installedCount",
@@ -102,13 +104,16 @@ def group_state(group: str, scans: Iterable[Scan]) -> dict[str, Any]:
     return state
 
 
-def history(scans: Sequence[Scan]) -> list[dict[str, Any]]:
+def history(scans: Sequence[Scan], jobs: Sequence[JobRecord] | None = None) -> list[dict[str, Any]]:
     """How an instance's compliance changed over time (oldest first): one row per recorded scan
     or install whose status, severity or missing/failed counts differ from the one before, with
-    the revision and baseline that produced it."""
-    rows: list[dict[str, Any]] = []
+    the revision and baseline that produced it. Given the instance's ``jobs``, each row also says
+    what its job's hooks and health checks did (``hooks``), and every job that ran them is a
+    row, even one that changed nothing or never got to its scan (a failed preInstall)."""
+    hooked = {job.id: job for job in jobs or () if job.result and job.result.get("hooks")}
+    rows: list[tuple[datetime, dict[str, Any]]] = []
     previous: tuple[Any, ...] | None = None
-    for scan in sorted(scans, key=lambda s: s.finished_at):
+    for scan in sorted(scans, key=lambda s: (s.finished_at, s.id)):  # ids break ties
         summary = scan.summary
         key = (
             summary.get("complianceStatus"),
@@ -116,19 +121,39 @@ def history(scans: Sequence[Scan]) -> list[dict[str, Any]]:
             summary.get("missingCount"),
             summary.get("failedCount"),
         )
-        if key == previous:
+        job = hooked.pop(scan.job_id or "", None)
+        if key == previous and job is None:
             continue
         previous = key
-        rows.append(
-            {
-                "time": scan.finished_at.isoformat(timespec="seconds"),
-                "operation": scan.operation,
-                "complianceStatus": key[0],
-                "complianceSeverity": key[1],
-                "missingCount": key[2],
-                "failedCount": key[3],
-                "baseline": scan.baseline,
-                "revision": scan.revision,
-            }
-        )
-    return rows
+        row = _history_row(scan.finished_at, scan.operation, key, scan.baseline, scan.revision)
+        rows.append((scan.finished_at, _with_hooks(row, job, jobs)))
+    for job in hooked.values():  # no scan: the install never ran
+        when = job.finished_at or job.created_at
+        row = _history_row(when, job.operation, (None,) * 4, None, job.revision)
+        rows.append((when, _with_hooks(row, job, jobs)))
+    return [row for _, row in sorted(rows, key=lambda pair: pair[0])]
+
+
+def _history_row(
+    when: datetime, operation: str, key: tuple[Any, ...], baseline: str | None, revision: str
+) -> dict[str, Any]:
+    status, severity, missing, failed = key
+    return {
+        "time": when.isoformat(timespec="seconds"),
+        "operation": operation,
+        "complianceStatus": status,
+        "complianceSeverity": severity,
+        "missingCount": missing,
+        "failedCount": failed,
+        "baseline": baseline,
+        "revision": revision,
+    }
+
+
+def _with_hooks(
+    row: dict[str, Any], job: JobRecord | None, jobs: Sequence[JobRecord] | None
+) -> dict[str, Any]:
+    if jobs is None:
+        return row
+    entries = job.result.get("hooks") if job and job.result else None
+    return {**row, "hooks": hooks.summary(entries) or None}

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
 from reconciler.errors import PermanentError
 from reconciler.report.views import compliance, csvreport, dashboard
-from reconciler.state import ScanRecord, StateStore
+from reconciler.state import JobRecord, ScanRecord, StateStore
 
 Format = Literal["csv", "json", "html"]
 FORMATS: tuple[Format, ...] = ("csv", "json", "html")
@@ -42,6 +42,8 @@ class ReportInput:
 
     latest: Mapping[str, ScanRecord]
     histories: Mapping[str, Sequence[ScanRecord]]
+    jobs: Mapping[str, Sequence[JobRecord]] = field(default_factory=dict)
+    """Each instance's jobs, for what their hooks and health checks did (JSON and HTML)."""
 
 
 def read_input(store: StateStore, fmt: str, *, history_limit: int = HISTORY_LIMIT) -> ReportInput:
@@ -51,7 +53,8 @@ def read_input(store: StateStore, fmt: str, *, history_limit: int = HISTORY_LIMI
     if fmt == "csv":
         return ReportInput(latest=latest, histories={})
     histories = {name: store.scan_history(name, limit=history_limit) for name in latest}
-    return ReportInput(latest=latest, histories=histories)
+    jobs = {name: store.jobs(instance=name) for name in latest}
+    return ReportInput(latest=latest, histories=histories, jobs=jobs)
 
 
 def build_report(
@@ -75,7 +78,9 @@ def build_report(
     if fmt == "csv":
         return _csv_files(latest, instance, stamp)
     histories = {name: data.histories.get(name, ()) for name in latest}
-    document = report_document(latest, histories, now=now, instance=instance, group=group)
+    document = report_document(
+        latest, histories, now=now, instance=instance, group=group, jobs=data.jobs
+    )
     suffix = f"-{_safe(instance)}" if instance else ""
     if fmt == "json":
         text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
@@ -125,8 +130,10 @@ def report_document(
     now: datetime,
     instance: str | None = None,
     group: str | None = None,
+    jobs: Mapping[str, Sequence[JobRecord]] | None = None,
 ) -> dict[str, Any]:
-    """The ComplianceReportData document: the JSON report, and what the dashboard draws."""
+    """The ComplianceReportData document: the JSON report, and what the dashboard draws;
+    ``jobs`` (each instance's) add what hooks and health checks did to the history."""
     rows = compliance.instances(latest)
     every_patch = instance is not None
     return {
@@ -141,7 +148,10 @@ def report_document(
         "worstInstances": [r["instanceId"] for r in worst(rows)],
         "patchesIncluded": "all" if every_patch else "nonCompliant",
         "patches": {name: _patches(scan, every_patch) for name, scan in sorted(latest.items())},
-        "history": {name: compliance.history(histories.get(name, ())) for name in sorted(latest)},
+        "history": {
+            name: compliance.history(histories.get(name, ()), (jobs or {}).get(name, ()))
+            for name in sorted(latest)
+        },
         "trend": trend(histories, now=now),
     }
 

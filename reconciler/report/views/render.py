@@ -28,7 +28,7 @@ from rich.text import Text
 from reconciler.api.enums import PatchState
 from reconciler.evaluation.resolve import Resolution
 from reconciler.evaluation.results import InstanceEvaluation, PatchResult
-from reconciler.plan import Plan
+from reconciler.plan import OneOffProgress, Plan
 from reconciler.report.views import csvreport
 
 QUIET_STATES = frozenset({PatchState.INSTALLED, PatchState.INSTALLED_OTHER})
@@ -293,6 +293,7 @@ def plan(current: Plan, fmt: str, out: IO[str]) -> None:
                 "now": current.now.isoformat(),
                 "actions": actions,
                 "waits": waits,
+                "oneOffs": [_one_off_row(p) for p in current.one_offs],
             },
             fmt,
             out,
@@ -309,7 +310,7 @@ def plan(current: Plan, fmt: str, out: IO[str]) -> None:
         table.add_row(
             a.instance,
             a.operation,
-            f"{a.window}/{a.task}" if a.window else "-",
+            f"{a.window}/{a.task}" if a.window else a.opening or "-",  # one-off: its id
             str(len(a.pins)) if a.pins else "-",
             a.reason,
         )
@@ -321,6 +322,21 @@ def plan(current: Plan, fmt: str, out: IO[str]) -> None:
         for w in current.waits:
             table.add_row(w.instance, w.reason, w.until.isoformat() if w.until else "-")
         console.print(table)
+    if current.one_offs:
+        rows([_one_off_row(p) for p in current.one_offs], fmt, out, title="Patch now")
+
+
+def _one_off_row(progress: OneOffProgress) -> dict[str, Any]:
+    """A one-off opening pending or running, as ``patchctl plan`` shows it."""
+    return {
+        "id": progress.id,
+        "targets": len(progress.targets),
+        "running": progress.running,
+        "done": progress.done,
+        "failed": progress.failed,
+        "ends": str(progress.outcome) if progress.outcome else None,
+        "why": progress.reason,
+    }
 
 
 @contextlib.contextmanager
