@@ -8,7 +8,7 @@ The same on real machines over real SSH (the multi-host fleet) is in tests/test_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from reconciler.api.enums import JobStatus
+from reconciler.api.hooks import HookCommand, StageRun
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
 from reconciler.api.resources import ManagedInstance
@@ -64,6 +65,7 @@ class Machine:
     """The connection drops as the reboot is asked for (sshd stopped before the answer left)."""
     installs: list[tuple[str, ...]] = field(default_factory=list)
     reboots: list[str] = field(default_factory=list)
+    stages: list[tuple[str, int]] = field(default_factory=list)
     on_read: Callable[[], None] = lambda: None
 
     def scan(
@@ -94,6 +96,13 @@ class Machine:
         patch = {"name": "pwtest-lib", "version": NEW, "result": "INSTALLED", "changed": True}
         reboot = {"required": True, "performed": False, "why": "pwtest-lib", "reason": "..."}
         return InstallResult.model_validate({"changed": True, "patches": [patch], "reboot": reboot})
+
+    def run_stage(self, stage: str, commands: Sequence[HookCommand]) -> StageRun:
+        """A hook stage or a command health check: ok, and which boot it ran in."""
+        self._up()
+        self.stages.append((stage, self.boot))
+        runs = [{"argv": list(c.argv), "exitCode": 0} for c in commands]
+        return StageRun.model_validate({"stage": stage, "ok": True, "commands": runs})
 
     def boot_id(self) -> str:
         self.on_read()
@@ -529,3 +538,42 @@ def test_a_job_whose_instance_left_the_configuration_during_its_reboot_fails_say
             "message": "web-1 is no longer in the configuration in force: its reboot was not "
             "awaited and nothing was rescanned",
         }
+
+
+HOOKED = """\
+      hooks:
+        onExit: [{argv: [/usr/bin/systemctl, start, app]}]
+      healthChecks:
+        - {name: app, command: {argv: [/usr/bin/curl, -fsS, "http://localhost:8080/ready"]}}
+"""
+
+
+def test_health_checks_run_after_the_install_and_again_after_the_reboot_then_on_exit(
+    tmp_path: Path, store: StateStore
+) -> None:
+    machine = Machine()
+    fleet = _one(tmp_path, machine, task_fields=HOOKED)
+    fleet.loop(store).reconcile()
+
+    # Boot 1: the check after the install; boot 2: the check after the reboot, then onExit.
+    assert machine.stages == [("healthCheck", 1), ("healthCheck", 2), ("onExit", 2)]
+    job = _install(store, "web-1")
+    assert job.status == JobStatus.SUCCEEDED
+    hooks = [(h["stage"], h.get("after")) for h in job.result["hooks"]]
+    assert hooks == [("healthCheck", "install"), ("healthCheck", "reboot"), ("onExit", None)]
+
+
+def test_a_resumed_reboot_runs_the_checks_after_the_reboot_and_on_exit(tmp_path: Path) -> None:
+    machine = Machine(down_for=3)
+    fleet = _one(tmp_path, machine, task_fields=HOOKED)
+    fleet.stop_at_pause = 1
+    with StateStore(fleet.path) as store:
+        fleet.loop(store).reconcile()
+    assert machine.stages == [("healthCheck", 1)]
+    fleet.stop_at_pause = None
+    with StateStore(fleet.path) as store:
+        fleet.loop(store).reconcile()
+        job = _install(store, "web-1")
+        assert job.status == JobStatus.SUCCEEDED
+    assert machine.stages == [("healthCheck", 1), ("healthCheck", 2), ("onExit", 2)]
+    assert len(machine.installs) == 1
