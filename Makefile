@@ -86,6 +86,7 @@ bench: install ## benchmarks (not part of make test); results go to docs/benchma
 	$(PY) bench/scan_apt.py
 	$(PY) bench/scan_rpm.py
 	$(PY) bench/uu_oracle.py
+	$(PY) bench/ssh_fleet.py
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -76,6 +76,7 @@ from reconciler.evaluation import (
 from reconciler.loop import Clock, Reconciler, TransportFor, configure_logging, serve, utc_now
 from reconciler.loop.common import Emitter, InForce
 from reconciler.loop.endpoints import ListenError, parse_listen
+from reconciler.loop.reboots import RebootSettings
 from reconciler.paths import control_character
 from reconciler.plan import Settings
 from reconciler.redaction import redacted
@@ -290,6 +291,7 @@ def _parser() -> argparse.ArgumentParser:
         "--once", action="store_true", help="stop when converged or only waiting (the default)"
     )
     p.add_argument("--workers", type=_positive_int, default=10, help="jobs run at once, at most")
+    _reboot_args(p)
     _output_arg(p, "table", "json", "yaml")
     _audit_log_arg(p)
     _events_args(p)
@@ -300,6 +302,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _loop_args(p)
     p.add_argument("--workers", type=_positive_int, default=10, help="jobs run at once, at most")
+    _reboot_args(p)
     p.add_argument(
         "--interval", type=_seconds, default=60.0, help="seconds between passes / Git polls"
     )
@@ -318,6 +321,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the Kubernetes controller: the loop on a namespace's resources, status, leader lease",
     )
     _controller_args(p)
+    _reboot_args(p)
     _audit_log_arg(p)
     _events_args(p)
     p.set_defaults(handler=_controller)
@@ -535,6 +539,22 @@ def _loop_args(p: argparse.ArgumentParser, *, source_required: bool = True) -> N
     )
     _s3_endpoint_arg(p)
     _resource_file_args(p)
+
+
+def _reboot_args(p: argparse.ArgumentParser) -> None:
+    """How long an SSH machine the loop rebooted may take to come back (docs/reboots.md)."""
+    p.add_argument(
+        "--reboot-timeout",
+        type=_seconds,
+        default=RebootSettings().timeout.total_seconds(),
+        help="seconds an SSH machine may take to come back with a new boot id after the loop "
+        "rebooted it; then its job fails (RebootTimeout)",
+    )
+
+
+def _reboot_settings(args: argparse.Namespace) -> RebootSettings:
+    default = RebootSettings().timeout.total_seconds()
+    return RebootSettings(timeout=timedelta(seconds=getattr(args, "reboot_timeout", default)))
 
 
 def _resource_file_args(p: argparse.ArgumentParser) -> None:
@@ -1126,6 +1146,7 @@ def _reconciler(
         clock=clock,
         observers=observers,
         on_job_done=on_job_done,
+        reboot_settings=_reboot_settings(args),
     )
 
 
@@ -1356,6 +1377,7 @@ def _controller_reconciler(
         workers=args.workers,
         report_dir=args.report_dir,
         observers=[events, *observers],
+        reboot_settings=_reboot_settings(args),
     )
     return reconciler, events
 

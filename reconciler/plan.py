@@ -46,6 +46,7 @@ from reconciler.api.resources import (
     MaintenanceWindow,
     ManagedInstance,
     PatchBaseline,
+    SshConnection,
     WindowTask,
 )
 from reconciler.api.snapshot import Snapshot, group_selects
@@ -68,6 +69,8 @@ class ObservedScan:
     non_compliant: bool = False
     inventory: Mapping[str, Any] | None = None
     """The scan's inventory document, read only for tasks with an override."""
+    pending_reboot: int = 0
+    """Patches INSTALLED_PENDING_REBOOT: installed, waiting for the machine to boot."""
 
     def parsed_inventory(self) -> Inventory | None:
         """The inventory as a model; None when absent or unreadable (then nothing is pinned)."""
@@ -160,6 +163,14 @@ class Plan:
     def converged(self) -> bool:
         """Nothing to start, and every instance waits only because it is compliant."""
         return self.idle and all(w.compliant for w in self.waits)
+
+
+def rebooted_by_loop(instance: ManagedInstance) -> bool:
+    """Whether the loop reboots this machine itself, and waits for it (docs/reboots.md): an SSH
+    machine patched at its own ``/`` (a directory root is data on a host, never a reason to
+    reboot that host; a Node's transport reboots it; this host is never rebooted)."""
+    connection = instance.spec.connection
+    return isinstance(connection, SshConnection) and connection.root in (None, "/")
 
 
 def baseline_digest(baseline: PatchBaseline) -> str:
@@ -294,6 +305,8 @@ class _State:
         if self.window_scan(name, instance, group, scan, baseline, digest):
             return
         if not scan.pins and not self.overriding_tasks(instance, group):
+            if self.reboot(name, group, scan, baseline):
+                return
             self.wait(
                 name,
                 "compliant: no approved patch is missing"
@@ -447,6 +460,46 @@ class _State:
             self.actions.append(_install_action(name, key, window, task, opening, chosen))
             return
         self.wait(name, "; ".join(reasons))
+
+    def reboot(
+        self, name: str, group: str | None, scan: ObservedScan, baseline: PatchBaseline
+    ) -> bool:
+        """A machine whose only work is a pending reboot is rebooted by an open Install task
+        under RebootIfNeeded (SSM does), once per opening: an Install action with nothing to
+        install. Only machines the loop reboots (:func:`rebooted_by_loop`)."""
+        instance = self.snapshot.instances[name]
+        if not scan.pending_reboot or not rebooted_by_loop(instance):
+            return False
+        for window, task, opening in self.open_tasks(instance, group, INSTALL):
+            key = f"{name}:Reboot:{window.metadata.name}:{opening.id}"
+            if (
+                task.reboot_option != "RebootIfNeeded"
+                or key in self.keys
+                or not self.priority_turn(window, task, opening)
+                or not self.budget.allows(window, task, opening, self.targets(window))
+            ):
+                continue
+            self.budget.take(window, task, opening)
+            reason = (
+                f"reboot pending: {scan.pending_reboot} patch(es) installed pending reboot; "
+                f"{task.name} of window {window.metadata.name} is open (RebootIfNeeded)"
+            )
+            self.actions.append(
+                Action(
+                    INSTALL,
+                    name,
+                    key,
+                    reason,
+                    baseline.metadata.name,
+                    self.digest(baseline),
+                    window.metadata.name,
+                    task.name,
+                    opening.id,
+                    reboot_option=str(task.reboot_option),
+                )
+            )
+            return True
+        return False
 
     def overriding_tasks(self, instance: ManagedInstance, group: str | None) -> bool:
         """Whether an open Install task installs something other than the baseline's approvals

@@ -87,3 +87,28 @@ def test_the_noreboot_record_keeps_what_was_installed_since_the_last_boot(tmp_pa
     assert noreboot.read(str(tmp_path))["time"] == "2026-11-28T03:00:00Z"  # type: ignore[index]
     (tmp_path / "var/lib/patchwarden/no-reboot-install.json").write_text("{not json")
     assert noreboot.read(str(tmp_path)) is None  # a damaged record never stops a scan
+
+
+def _run_agent(*args: str) -> tuple[int, dict[str, Any]]:
+    run = subprocess.run(
+        [sys.executable, "-m", "reconciler.agent", *args],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    return run.returncode, json.loads(run.stdout)
+
+
+def test_boot_id_and_a_reboot_that_the_machine_has_already_done(tmp_path: Path) -> None:
+    """The loop's awaited reboot (docs/reboots.md): ``boot-id`` is the kernel's; ``reboot`` with
+    an older ``--if-boot-id`` does nothing (the machine booted since), and a directory root is
+    never a reason to reboot the host. (The reboot itself runs on the test fleet's machines,
+    tests/test_fleet_reboots.py, never on this host.)"""
+    kernel = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert _run_agent("boot-id") == (
+        0,
+        {"apiVersion": "patchwarden.io/v1alpha1", "kind": "Boot", "bootId": kernel},
+    )
+    rc, document = _run_agent("reboot", "--if-boot-id=an-earlier-boot")
+    assert (rc, document["started"], document["bootId"]) == (0, False, kernel)
+    assert document["reason"] == "already booted since boot id an-earlier-boot"
+    rc, document = _run_agent("reboot", "--root", str(tmp_path), f"--if-boot-id={kernel}")
+    assert rc == 1 and document["error"]["code"] == "NotTheHost"

@@ -116,8 +116,7 @@ def store(tmp_path: Path) -> Any:
 def test_new_file_is_created_in_wal_mode_at_the_latest_version(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "dir" / "state.db"
     with StateStore(path) as store:
-        # Migration 8 (one-off openings) without the reboot branch's 7: 8 once both are merged.
-        assert store.schema_version() == SCHEMA_VERSION == 7
+        assert store.schema_version() == SCHEMA_VERSION
     assert path.is_file()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -413,6 +412,31 @@ def test_abandon_running_jobs(store: StateStore) -> None:
     assert store.jobs(status="running") == []
     assert store.abandon_running_jobs(at(11)) == []
     assert claim(store, "a") is None  # abandoned keys stay taken
+
+
+def test_a_job_waiting_for_its_reboot_is_not_abandoned_and_is_found_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The phase is written before the reboot is asked for (state migration 7): a new process
+    finds the job running in it, with the boot id before and the install's outcome."""
+    with StateStore(tmp_path / "state.db") as store:
+        rebooting, other = claim(store, "a", now=at(0)), claim(store, "b", "web-2", now=at(1))
+        detail = {"install": {"changed": True}}
+        store.record_phase(rebooting.id, phase="rebooting", boot_id="b-1", detail=detail, now=at(2))
+    with StateStore(tmp_path / "state.db") as store:
+        assert [job.id for job in store.abandon_running_jobs(at(3))] == [other.id]
+        [(job, phase)] = store.rebooting_jobs()
+        assert (job.id, job.status) == (rebooting.id, "running")
+        assert (phase.phase, phase.boot_id, phase.detail, phase.since) == (
+            "rebooting",
+            "b-1",
+            detail,
+            at(2),
+        )
+        store.finish_job(job.id, status="succeeded", result={}, now=at(4))
+        assert store.rebooting_jobs() == []
+        with pytest.raises(JobNotRunning):
+            store.record_phase(job.id, phase="rebooting", boot_id="b-2", detail={}, now=at(5))
 
 
 def test_planning_jobs_reads_only_what_the_planner_can_act_on(store: StateStore) -> None:

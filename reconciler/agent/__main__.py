@@ -15,7 +15,7 @@ import importlib
 import sys
 from typing import Any, Dict, List, Optional
 
-from reconciler.agent import AGENT_VERSION, hooks, sources
+from reconciler.agent import AGENT_VERSION, hooks, reboot, sources
 from reconciler.agent.errors import AgentError, InternalError, UnsupportedSystem
 from reconciler.agent.facts import operating_system, product, read_os_release
 from reconciler.agent.runner import dumps
@@ -154,7 +154,19 @@ def _parser() -> argparse.ArgumentParser:
         help="base64 of a JSON list of commands {argv, timeoutSeconds}, run in order until one "
         "fails",
     )
+    _reboot_commands(sub)
     return parser
+
+
+def _reboot_commands(sub: Any) -> None:
+    """The loop's awaited reboot (reconciler/agent/reboot.py)."""
+    p = sub.add_parser("boot-id", help="print this machine's boot id")
+    p.add_argument("--root", default="/")
+    p = sub.add_parser("reboot", help="print the boot id and reboot this host, detached")
+    p.add_argument("--root", default="/")
+    p.add_argument(
+        "--if-boot-id", metavar="ID", help="only if the boot id is still ID (not booted since)"
+    )
 
 
 def _sources_option(parser: argparse.ArgumentParser) -> None:
@@ -168,6 +180,10 @@ def _sources_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> Dict[str, object]:
+    if args.command == "boot-id":
+        return reboot.boot_document()
+    if args.command == "reboot":
+        return reboot.reboot(args.root, args.if_boot_id)
     if args.command == "hooks":
         commands = hooks.commands_of(hooks.decode(args.commands, "--commands"), "--commands")
         return hooks.run_stage(args.stage, commands, args.root)

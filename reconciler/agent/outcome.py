@@ -37,6 +37,7 @@ def reboot(needed: bool, why: str, option: str, is_host: bool, allow: bool) -> D
             "reason": "reboot needed ({}); pass --allow-reboot to let the agent reboot it".format(
                 why
             ),
+            "why": why,  # the reconcile loop reboots SSH machines itself, saying why
         }
     done = run(["/sbin/shutdown", "-r", "+1", "patchwarden: reboot after patching"], timeout=60)
     return {"required": True, "performed": done.rc == 0, "reason": why}

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
@@ -209,6 +210,33 @@ class Transport(Protocol):
         ...
 
 
+@runtime_checkable
+class Rebooting(Protocol):
+    """A transport that can reboot its machine for the loop and read its boot id (ssh), so that
+    the loop, not the agent, reboots and waits (docs/reboots.md)."""
+
+    def boot_id(self) -> str:
+        """The machine's current boot id (raises AgentFailed, SshUnreachable while it is down)."""
+        ...
+
+    def reboot(self, if_boot_id: str) -> bool:
+        """Start a reboot, detached, unless the machine booted since ``if_boot_id``; whether it
+        was started (raises AgentFailed)."""
+        ...
+
+
+_BOOT_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
+
+
+def boot_id_of(document: dict[str, Any]) -> str:
+    """The boot id in the agent's ``boot-id`` or ``reboot`` document, or AgentFailed."""
+    found = document.get("bootId")
+    # The kernel's is a UUID; anything else (a machine that lies) never reaches a record.
+    if not isinstance(found, str) or not _BOOT_ID.fullmatch(found):
+        raise AgentFailed("BadBootId", "the agent's answer has no bootId of letters, digits and -")
+    return found
+
+
 class AgentCommand(ABC):
     """A transport that runs the agent as one command and gets its JSON document back (local,
     ssh): scan and install are the same for each, only how the command runs differs.
@@ -233,6 +261,14 @@ class AgentCommand(ABC):
             self._may_run_hooks()
         args = install_args(request, trust_root_scripts=self.trust_root_scripts)
         return install_result_of(self._run(args))
+
+    def boot_id(self) -> str:
+        return boot_id_of(self._run(["boot-id"]))
+
+    def reboot(self, if_boot_id: str) -> bool:
+        document = self._run(["reboot", option("--if-boot-id", if_boot_id)])
+        boot_id_of(document)
+        return document.get("started") is True
 
     def run_stage(self, stage: str, commands: Sequence[HookCommand]) -> StageRun:
         self._may_run_hooks()

@@ -33,14 +33,40 @@ from reconciler.loop.executions import WindowExecutions
 from reconciler.loop.failures import job_error
 from reconciler.loop.hooks import JobHooks, Wait, task_of
 from reconciler.loop.oneoffs import OneOffOpenings, is_one_off
+from reconciler.loop.reboots import (
+    RebootJob,
+    Reboots,
+    RebootSettings,
+    RebootStopped,
+    awaited,
+    pending_reboot_outcome,
+    reboot_only,
+    resumed_outcome,
+    with_awaited,
+)
 from reconciler.plan import INSTALL, Action, baseline_digest
 from reconciler.report.notify.occurrences import Kind
 from reconciler.schedule import open_openings
-from reconciler.state import JobRecord, StateStore, StoreWriteFailed
+from reconciler.state import JobPhase, JobRecord, StateStore, StoreWriteFailed
 
 JobDone = Callable[[JobRecord], None]
 Result = tuple[JobStatus, dict[str, Any]]
 """A job's status and its result document."""
+
+
+@dataclass(frozen=True)
+class Resumption:
+    """A job left running in a phase (``rebooting``) by an earlier run, and its action."""
+
+    job: JobRecord
+    phase: JobPhase
+    action: Action
+
+
+_GONE = (
+    "{} is no longer in the configuration in force: its reboot was not awaited and nothing "
+    "was rescanned"
+)
 
 
 @dataclass(frozen=True)
@@ -71,22 +97,76 @@ class JobRunner:
         on_job_done: JobDone | None = None,
         wait: Wait = time.sleep,
         one_offs: OneOffOpenings | None = None,
+        reboot_settings: RebootSettings = RebootSettings(),  # noqa: B008 - frozen value
     ) -> None:
         """``on_job_done`` is called with each finished job (the CLI's progress); ``wait``
-        waits between a health check's attempts; ``one_offs`` keeps the one-off openings'
-        statuses (patch now)."""
+        waits between a health check's attempts and between reads of a rebooting machine's
+        boot id; ``one_offs`` keeps the one-off openings' statuses (patch now);
+        ``reboot_settings`` bound the wait for an SSH machine's reboot (docs/reboots.md)."""
         self.store, self.in_force, self.transport_for = store, in_force, transport_for
         self.executions, self.clock, self.log, self.emit = executions, clock, log, emit
         self.on_job_done, self.wait = on_job_done, wait
         self.one_offs = one_offs or OneOffOpenings(store, clock, emit)
+        self.reboots = Reboots(store, clock, wait, reboot_settings)
 
     def execute(self, action: Action) -> JobRecord | None:
         """Run one action: claim it (exactly once), run it on the machine, record the result."""
         claimed = self._claim(action)
         if claimed is None:
             return None  # another pass or process already owns this key
+        return self._complete(claimed, lambda: self._run(claimed))
+
+    def resumable(self) -> list[Resumption]:
+        """Jobs a stopped or killed run left waiting for their machine's reboot (running, in
+        phase ``rebooting``): this process finishes them (:meth:`resume`)."""
+        return [
+            Resumption(job, phase, action_of(job.payload))
+            for job, phase in self.store.rebooting_jobs()
+        ]
+
+    def resume(self, resumption: Resumption) -> JobRecord | None:
+        """Finish a job left waiting for its machine's reboot: wait for the new boot id (or see
+        it has changed already), rescan, record, finish; never install again."""
+        claimed = self._reclaim(resumption)
+        if claimed is None:
+            return None
+        claimed.log.info("job resumed", phase=resumption.phase.phase)
+
+        def run() -> Result:
+            transport = self.transport_for(claimed.instance)
+            hooks = self._hooks(claimed, transport)
+            job = self._reboot_job(claimed)
+            try:
+                back = self.reboots.wait(job, transport, resumption.phase, asked=False)
+            except AgentFailed as exc:
+                return _failed(hooks, exc)
+            outcome = with_awaited(resumed_outcome(resumption.phase), back)
+            return self._exit(claimed, transport, hooks, outcome)
+
+        return self._complete(claimed, run)
+
+    def _reclaim(self, resumption: Resumption) -> Claimed | None:
+        job, action = resumption.job, resumption.action
+        snapshot, revision = self.in_force.snapshot, self.in_force.revision
+        if snapshot is None or revision is None:
+            return None  # no revision in force yet: a later pass resumes it
+        log = self.log.bind(
+            instance=job.instance, revision=revision, job=job.id, operation=job.operation
+        )
+        instance = snapshot.instances.get(job.instance)
+        if instance is None:
+            claimed = Claimed(action, job, _unknown(job.instance), revision, job.created_at, log)
+            error = {"code": "InstanceGone", "message": _GONE.format(job.instance)}
+            self._finish(claimed, JobStatus.FAILED, {"error": error})
+            return None
+        return Claimed(action, job, instance, revision, job.created_at, log)
+
+    def _complete(self, claimed: Claimed, run: Callable[[], Result]) -> JobRecord | None:
         try:
-            status, result = self._run(claimed)
+            status, result = run()
+        except RebootStopped:  # the loop stops: the job stays running in phase rebooting
+            claimed.log.info("job left waiting for its reboot; the next start resumes it")
+            return None
         except AgentFailed as exc:  # the agent (or the loop) refused: the job fails with its code
             status, result = JobStatus.FAILED, {"error": job_error(exc)}
         except StoreWriteFailed:  # cannot be recorded now: the job stays running in the store,
@@ -207,42 +287,72 @@ class JobRunner:
         return task_of(snapshot, action)
 
     def _install(self, claimed: Claimed, transport: Transport) -> Result:
-        task = self._task(claimed.action)
-        hooks = JobHooks(
-            task, claimed.instance, transport, job=claimed.job.id, emit=self.emit, wait=self.wait
-        )
+        hooks = self._hooks(claimed, transport)
         try:
             hooks.refuse_unsupported()
-            status, result = self._install_patches(claimed, transport, hooks)
+            if reboot_only(claimed.action):
+                outcome = pending_reboot_outcome(claimed.action.reason)
+            else:
+                outcome = self._install_patches(claimed, transport, hooks)
             hooks.after_install()
-        except AgentFailed as exc:  # the install did not run (a failed preInstall), or broke
-            hooks.install_failed(exc)
-            status, result = JobStatus.FAILED, {"error": job_error(exc)}
-        hooks.at_exit(rebooted=False)  # after the reboot, once the loop waits for it
+            outcome = self.reboots.after_install(
+                self._reboot_job(claimed), self.in_force.snapshot, transport, outcome
+            )
+        except AgentFailed as exc:  # the install did not run (a failed preInstall), broke, or
+            return _failed(hooks, exc)  # the machine did not come back from its reboot
+        return self._exit(claimed, transport, hooks, outcome)
+
+    def _exit(
+        self, claimed: Claimed, transport: Transport, hooks: JobHooks, outcome: InstallResult
+    ) -> Result:
+        """After the install and its reboot: the health checks again when the machine rebooted,
+        onExit, then the rescan that records the install."""
+        hooks.at_exit(rebooted=awaited(outcome))
+        sources = self._sources(claimed)
+        status, result = self._rescan_after_install(claimed, transport, outcome, sources)
         failed, result = hooks.result(result)
         return (JobStatus.FAILED if failed else status), result
 
-    def _install_patches(self, claimed: Claimed, transport: Transport, hooks: JobHooks) -> Result:
-        instance, action = claimed.instance, claimed.action
-        # Machines of their own may reboot; this host (local) never reboots under the loop. A
-        # node's transport drains it first and waits for it to come back.
+    def _hooks(self, claimed: Claimed, transport: Transport) -> JobHooks:
+        task = self._task(claimed.action)
+        return JobHooks(
+            task, claimed.instance, transport, job=claimed.job.id, emit=self.emit, wait=self.wait
+        )
+
+    def _install_patches(
+        self, claimed: Claimed, transport: Transport, hooks: JobHooks
+    ) -> InstallResult:
+        action = claimed.action
+        # A node's transport drains it, lets its agent reboot it and waits for it to come back;
+        # an SSH machine is rebooted by the loop (reboots.py); this host (local) never reboots
+        # under the loop.
         allow_reboot = (
-            instance.spec.connection.type in ("ssh", "kubernetes")
+            claimed.instance.spec.connection.type == "kubernetes"
             and action.reboot_option == "RebootIfNeeded"
         )
-        sources = self._sources(claimed)
         outcome = transport.install(
             InstallRequest(
                 action.pins,
                 blocked=action.blocked,
                 reboot_option=action.reboot_option,
                 allow_reboot=allow_reboot,
-                sources=sources,
+                sources=self._sources(claimed),
                 pre_install=hooks.pre_install,
                 post_install=hooks.post_install,
             )
         )
         hooks.installed(outcome)
+        return outcome
+
+    def _rescan_after_install(
+        self,
+        claimed: Claimed,
+        transport: Transport,
+        outcome: InstallResult,
+        sources: tuple[BaselineSource, ...],
+    ) -> Result:
+        """Rescan, then record the install's outcome (after the reboot, when there was one)."""
+        instance = claimed.instance
         before = self.store.latest_scan(instance.metadata.name)
         rescanned = transport.scan(
             instance_id=instance.metadata.name, refresh=False, sources=sources
@@ -255,6 +365,9 @@ class JobRunner:
         self._report_install(instance.metadata.name, claimed.job.id, outcome)
         status = JobStatus.FAILED if install_failed(outcome) else JobStatus.SUCCEEDED
         return status, {"install": outcome.stored(), "summary": evaluation.summary.to_dict()}
+
+    def _reboot_job(self, claimed: Claimed) -> RebootJob:
+        return RebootJob(claimed.job.id, claimed.instance, claimed.action, claimed.log)
 
     def _report_install(self, instance: str, job: str, outcome: InstallResult) -> None:
         stored = outcome.stored()
@@ -318,6 +431,36 @@ class JobRunner:
                 summary=summary,
             )
         return result
+
+
+def _failed(hooks: JobHooks, exc: AgentFailed) -> Result:
+    """A job that failed before its rescan: what the hooks ran, then onExit (which always
+    runs), and the failure."""
+    hooks.install_failed(exc)
+    hooks.at_exit(rebooted=False)
+    _, result = hooks.result({"error": job_error(exc)})
+    return JobStatus.FAILED, result
+
+
+def action_of(payload: dict[str, Any]) -> Action:
+    """The action a job was claimed for, from its stored payload (``asdict(action)``)."""
+    fields = {**payload, "operation": Operation(payload["operation"])}
+    fields.update(
+        pins=tuple(payload.get("pins") or ()), blocked=tuple(payload.get("blocked") or ())
+    )
+    return Action(**fields)
+
+
+def _unknown(name: str) -> ManagedInstance:
+    """A stand-in for an instance no longer configured, to name it in the job's record."""
+    return ManagedInstance.model_validate(
+        {
+            "apiVersion": "patchwarden.io/v1alpha1",
+            "kind": "ManagedInstance",
+            "metadata": {"name": name},
+            "spec": {"connection": {"type": "local"}},
+        }
+    )
 
 
 def _may_start(snapshot: Snapshot, action: Action, now: datetime) -> bool:

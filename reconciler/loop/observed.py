@@ -99,6 +99,7 @@ def _observed_scan(record: ScanRecord) -> ObservedScan | None:
         pins=record.pins,
         non_compliant=record.compliance_status == ComplianceStatus.NON_COMPLIANT,
         inventory=record.inventory,
+        pending_reboot=record.count("installedPendingRebootCount"),
     )
 
 

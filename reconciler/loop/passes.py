@@ -74,6 +74,7 @@ def dispatch(context: PassContext) -> None:
     running: Running = {}
     try:
         with ThreadPoolExecutor(max_workers=parts.workers, thread_name_prefix="job") as pool:
+            _resume(context, pool, running)
             started = 0
             while not parts.stopping.is_set():
                 current = parts.observation.plan()
@@ -127,6 +128,15 @@ def _submit(
         running[pool.submit(parts.jobs.execute, action)] = action
         count += 1
     return count
+
+
+def _resume(context: PassContext, pool: ThreadPoolExecutor, running: Running) -> None:
+    """Finish the jobs an earlier run left waiting for a reboot: they are still running in the
+    store (their machine busy, their concurrency slot taken) until their worker here ends."""
+    if context.parts.stopping.is_set():
+        return
+    for resumption in context.parts.jobs.resumable():
+        running[pool.submit(context.parts.jobs.resume, resumption)] = resumption.action
 
 
 def _collect(context: PassContext, running: Running) -> None:

@@ -23,6 +23,7 @@ from reconciler.loop.hooks import Wait
 from reconciler.loop.jobs import JobDone, JobRunner
 from reconciler.loop.observed import Observation
 from reconciler.loop.passes import STEPS, LoopParts, PassContext, Step
+from reconciler.loop.reboots import RebootSettings
 from reconciler.plan import Action, Observed, Plan, Settings
 from reconciler.report.notify.occurrences import Observer
 from reconciler.sources.base import Source
@@ -47,6 +48,7 @@ class LoopOptions(TypedDict, total=False):
     s3_endpoint_url: str | None
     report_dir: Path | None
     export_grace: float
+    reboot_settings: RebootSettings
 
 
 class Reconciler:
@@ -70,15 +72,15 @@ class Reconciler:
         export_grace: float = EXPORT_GRACE,
         steps: Sequence[Step] = STEPS,
         wait: Wait | None = None,
+        reboot_settings: RebootSettings = RebootSettings(),  # noqa: B008 - frozen value
     ) -> None:
         """``pinned(revision)`` is a source reading exactly that earlier revision (a Git commit):
         after a restart, it brings back the last good revision when the current one is refused.
-        ``observers`` receive every Occurrence (audit log, events, metrics); ``on_job_done``
-        each finished job; ``s3_endpoint_url`` is where scheduled reports to s3:// go when not
-        the configured endpoint; ``report_dir`` the directory scheduled reports' directory
-        destinations must be in (default: ``reports/`` beside the store); ``steps`` are the
-        steps of a pass, in order; ``wait`` waits between health check attempts (default: until
-        the loop stops or the time passes)."""
+        ``observers`` receive every Occurrence (audit log, events, metrics); ``on_job_done`` each
+        finished job; ``s3_endpoint_url`` is where reports to s3:// go when not the configured
+        endpoint; ``report_dir`` the directory reports' directory destinations must be in
+        (default: ``reports/`` beside the store); ``steps`` are a pass's steps, in order; ``wait``
+        waits between health check attempts and boot id reads (default: until the loop stops)."""
         self.source, self.store, self.settings, self.clock = source, store, settings, clock
         self.log: Log = log or structlog.get_logger("patchwarden")
         self.stopping = threading.Event()
@@ -99,6 +101,7 @@ class Reconciler:
             emit=self.emit,
             on_job_done=on_job_done,
             wait=wait or self.stopping.wait,
+            reboot_settings=reboot_settings,
         )
         self.parts = LoopParts(
             in_force=in_force,

@@ -295,6 +295,25 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class JobPhase:
+    """Where a running job waits for something that outlives a process (``rebooting``): the
+    machine's boot id before, what the job did so far, and since when."""
+
+    job_id: str
+    phase: str
+    boot_id: str
+    detail: dict[str, Any]
+    since: datetime
+
+    COLUMNS: ClassVar[str] = "job_id, phase, boot_id, detail, since"
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> JobPhase:
+        job_id, phase, boot_id, detail, since = row
+        return cls(job_id, phase, boot_id, from_json(detail), from_text(since))
+
+
+@dataclass(frozen=True)
 class RevisionRecord:
     """A source revision the loop saw, and whether its snapshot was accepted."""
 

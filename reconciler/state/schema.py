@@ -364,6 +364,26 @@ def record_first_seen(
     )
 
 
+def _v7_job_phases(conn: sqlite3.Connection) -> None:
+    """Where a running job is, when it waits for something that outlives a process: today
+    ``rebooting`` (the loop rebooted the machine after an install and waits for a new boot id).
+    Recorded before the reboot is asked for, so a restarted loop finds the job there, does not
+    abandon it, and finishes it (docs/reboots.md). ``boot_id`` is the machine's boot id before
+    the reboot; ``detail`` what the job did so far (the install's outcome, as JSON)."""
+    _run(
+        conn,
+        [
+            """CREATE TABLE job_phases (
+                job_id TEXT PRIMARY KEY REFERENCES jobs (id),
+                phase TEXT NOT NULL CHECK (phase IN ('rebooting')),
+                boot_id TEXT NOT NULL,
+                detail TEXT NOT NULL,
+                since TEXT NOT NULL
+            )""",
+        ],
+    )
+
+
 def _v8_one_off_openings(conn: sqlite3.Connection) -> None:
     """Patch now's one-off openings (``patchctl patch-now``): the document (targets, task, who
     asked, until when it may start) never changes; the status moves from PENDING or IN_PROGRESS
@@ -399,7 +419,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v4_planning_indexes,
     _v5_execution_statuses,
     _v6_package_first_seen,
-    # 7 is the reboot branch's (issue 14): ordered by number, the gap closes at the merge.
+    _v7_job_phases,
     _v8_one_off_openings,
 )
 LATEST = len(MIGRATIONS)

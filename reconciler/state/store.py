@@ -55,6 +55,7 @@ from reconciler.state.records import (
     WINDOW_STATUSES,
     InstanceRecord,
     JobNotRunning,
+    JobPhase,
     JobRecord,
     PatchStateRecord,
     ReportRunRecord,
@@ -429,13 +430,16 @@ class StateStore:
         the holder of the writer lock, between passes.
         """
         finished = to_text(now)
+        # A job waiting for its machine's reboot is not lost: the loop resumes it (rebooting_jobs).
+        resumable = "id NOT IN (SELECT job_id FROM job_phases WHERE phase = 'rebooting')"
         with self._write() as conn:
             rows = conn.execute(
-                f"SELECT {JobRecord.COLUMNS} FROM jobs WHERE status = 'running'"
+                f"SELECT {JobRecord.COLUMNS} FROM jobs WHERE status = 'running' AND {resumable}"
                 " ORDER BY created_at, rowid"
             ).fetchall()
             conn.execute(
-                "UPDATE jobs SET status = 'abandoned', finished_at = ? WHERE status = 'running'",
+                "UPDATE jobs SET status = 'abandoned', finished_at = ?"
+                f" WHERE status = 'running' AND {resumable}",
                 (finished,),
             )
         # The write lock was held from the SELECT to the UPDATE: these are exactly the rows.
@@ -445,6 +449,40 @@ class StateStore:
             )
             for row in rows
         ]
+
+    def record_phase(
+        self, job_id: str, *, phase: str, boot_id: str, detail: dict[str, Any], now: datetime
+    ) -> JobPhase:
+        """Record that the running job ``job_id`` is now in ``phase`` (before it starts it)."""
+        row = (job_id, phase, boot_id, to_json(detail), to_text(now))
+        with self._write() as conn:
+            status = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if status is None:
+                raise UnknownJob(f"no job has id {job_id!r}")
+            if status[0] != JobStatus.RUNNING:
+                raise JobNotRunning(f"job {job_id} already finished as {status[0]!r}")
+            conn.execute(
+                f"INSERT INTO job_phases ({JobPhase.COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (job_id) DO UPDATE SET phase = excluded.phase,"
+                " boot_id = excluded.boot_id, detail = excluded.detail, since = excluded.since",
+                row,
+            )
+        return JobPhase.from_row(row)
+
+    def rebooting_jobs(self) -> list[tuple[JobRecord, JobPhase]]:
+        """Running jobs whose machine was asked to reboot, oldest first: what a restarted loop
+        resumes (waits for the new boot id, rescans, finishes) instead of abandoning."""
+        columns = ", ".join(f"jobs.{c.strip()}" for c in JobRecord.COLUMNS.split(","))
+        phase = ", ".join(f"job_phases.{c.strip()}" for c in JobPhase.COLUMNS.split(","))
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {columns}, {phase} FROM jobs"
+                " JOIN job_phases ON job_phases.job_id = jobs.id"
+                " WHERE jobs.status = 'running' AND job_phases.phase = 'rebooting'"
+                " ORDER BY jobs.created_at, jobs.rowid"
+            ).fetchall()
+        width = len(JobRecord.COLUMNS.split(","))
+        return [(JobRecord.from_row(r[:width]), JobPhase.from_row(r[width:])) for r in rows]
 
     # Patch now's one-off openings (state.oneoffs).
 

@@ -228,6 +228,8 @@ def describe(entry: Mapping[str, Any]) -> str:
         return ", ".join(_patch(p) for p in d.get("patches") or []) or "-"
     if kind == Kind.REBOOT:
         done = "performed" if d.get("performed") else "not performed"
+        if d.get("awaited"):  # the loop rebooted the machine and saw it come back
+            done += f" and awaited (back after {d.get('seconds')} s with a new boot id)"
         return f"reboot required, {done}" + (f": {d['reason']}" if d.get("reason") else "")
     if kind == Kind.COMPLIANCE_CHANGED:
         return f"{d.get('previous') or 'unknown'} -> {d.get('status')} ({d.get('operation')})"

@@ -132,6 +132,13 @@ class LoopMetrics:
             ["performed"],
             registry=r,
         )
+        self.reboot_seconds = Histogram(
+            "patchwarden_reboot_wait_seconds",
+            "Reboots the loop did and awaited: seconds from asking for the reboot to the new "
+            "boot id.",
+            registry=r,
+            buckets=(15, 30, 60, 120, 300, 600, 1800),
+        )
 
     def _declare_fleet_metrics(self, r: CollectorRegistry) -> None:
         """The fleet as its latest scans show it."""
@@ -174,6 +181,9 @@ class LoopMetrics:
         elif occurrence.kind is Kind.REBOOT:
             performed = "true" if detail.get("performed") else "false"
             self.reboots.labels(performed=performed).inc()
+            seconds = detail.get("seconds")
+            if detail.get("awaited") and isinstance(seconds, int | float):
+                self.reboot_seconds.observe(seconds)
 
     def track_event_sinks(self, sinks: Sequence[DeliveryCounts]) -> None:
         """Export the event sinks' own counters (read at scrape time, so the sinks stay free of

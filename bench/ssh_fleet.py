@@ -1,0 +1,248 @@
+"""Benchmark: the reconcile loop over SSH on the multi-host test fleet, against the ideal and
+against Ansible doing the same work on the same machines in the same run (issue 14 item 7).
+
+The fleet (tests/netfleet.py, docs/test-fleet.md): ``--machines`` Debian 12 machines, each with its
+own network namespace, sshd and root, logged into as root with a key; each has ``--packages``
+packages installed with a newer version waiting in the security suite. Measured, in this order:
+
+1. **Patchwarden scan**: one reconcile pass (no window open) scans every machine over SSH (the
+   agent is copied once per machine, refreshes apt's lists and reports the inventory).
+2. **Ansible scan**: ``ansible all -m package_facts``, forks = the same concurrency.
+3. **Patchwarden install**: a window open now, one Install task with ``maxConcurrency`` = the
+   concurrency; the pass installs every approved update (the agent's install plus its rescan).
+4. The machines are reset to their starting packages (not timed).
+5. **Ansible install**: ``ansible all -m ansible.builtin.apt -a 'upgrade=dist update_cache=yes'``.
+
+Overhead = wall ÷ (Σ job time ÷ concurrency), job times measured by the store from claim to
+finish (1.0: the slots never idle). Targets: overhead ≤ 1.15; Patchwarden's wall time ≤ half of Ansible's.
+Both sides end with every machine at the same package versions (checked). Results go to
+docs/benchmarks.md. Needs root (the fleet does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._report import record  # noqa: E402
+from bench.fleet_convergence import FLEET_YAML, WINDOW_YAML, _Quiet  # noqa: E402
+from reconciler.api.enums import JobStatus  # noqa: E402
+from reconciler.api.resources import ManagedInstance  # noqa: E402
+from reconciler.dispatch import SshPool, Transport, transport_for  # noqa: E402
+from reconciler.loop import Reconciler  # noqa: E402
+from reconciler.sources import DirectorySource  # noqa: E402
+from reconciler.state import StateStore  # noqa: E402
+from reconciler.state.records import JobRecord  # noqa: E402
+from tests.aptlab import Pkg, Repo  # noqa: E402
+from tests.netfleet import FLEET_SKIP, Fleet, ansible_environment  # noqa: E402
+
+OVERHEAD_TARGET = 1.15
+ANSIBLE_TARGET = 0.5
+CONCURRENCY = 10
+"""fleet_convergence's window: maxConcurrency 10 (and so 10 workers, 10 Ansible forks)."""
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One reconcile pass: its wall time and the store's job times (claim to finish)."""
+
+    wall: float
+    busy: float
+    jobs: int
+    slots: int
+    """How many jobs could run at once: the concurrency, or fewer machines."""
+
+    @property
+    def overhead(self) -> float:
+        return self.wall / (self.busy / self.slots)
+
+
+def packages(count: int) -> tuple[list[Pkg], list[Pkg]]:
+    old = [Pkg(f"pwtest-bench{i:02d}", "1.0-1", section="libs") for i in range(count)]
+    new = [Pkg(f"pwtest-bench{i:02d}", "1.0-2", section="libs") for i in range(count)]
+    return old, new
+
+
+def repository(directory: Path, old: list[Pkg], new: list[Pkg]) -> Repo:
+    repo = Repo(directory)
+    repo.add("stable", *old, origin="Debian", label="Debian", codename="bookworm")
+    repo.add(
+        "stable-security",
+        *new,
+        origin="Debian",
+        label="Debian-Security",
+        codename="bookworm-security",
+    )
+    return repo.publish()
+
+
+def configuration(directory: Path, fleet: Fleet) -> Path:
+    directory.mkdir()
+    (directory / "fleet.yaml").write_text(FLEET_YAML)
+    (directory / "instances.yaml").write_text(
+        "---\n".join(fleet.instance_yaml(m, labels={"app": "bench"}) for m in fleet.machines)
+    )
+    return directory
+
+
+def reconcile(config: Path, store: StateStore, fleet: Fleet, pool: SshPool) -> Pass:
+    def transport(instance: ManagedInstance) -> Transport:
+        return transport_for(
+            instance.spec.connection,
+            pool=pool,
+            ssh_dir=fleet.directory,
+            name=instance.metadata.name,
+        )
+
+    before = {j.id for j in store.jobs()}
+    reconciler = Reconciler(
+        DirectorySource(config), store, transport, workers=CONCURRENCY, log=_Quiet()
+    )
+    start = time.perf_counter()
+    summary = reconciler.reconcile(until_idle=True)
+    wall = time.perf_counter() - start
+    jobs = [j for j in store.jobs() if j.id not in before]
+    failed = [j for j in jobs if j.status != JobStatus.SUCCEEDED]
+    assert jobs and not failed, (summary, [_why(j) for j in failed])
+    slots = min(CONCURRENCY, len(fleet.machines))
+    return Pass(wall, sum(_seconds(j) for j in jobs), len(jobs), slots)
+
+
+def _seconds(job: JobRecord) -> float:
+    assert job.finished_at is not None
+    return (job.finished_at - job.created_at).total_seconds()
+
+
+def _why(job: JobRecord) -> str:
+    return f"{job.instance} {job.operation} {job.status}: {job.result}"
+
+
+def ansible(inventory: Path, work: Path, module: str, args: str = "") -> float:
+    argv = [str(Path(sys.executable).with_name("ansible")), "all", "-i", str(inventory)]
+    argv += ["-f", str(CONCURRENCY), "-m", module, *(["-a", args] if args else []), "-o"]
+    env = {**os.environ, **ansible_environment(work)}
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"ansible {module} failed: {done.stdout[-3000:]}{done.stderr[-2000:]}")
+    return wall
+
+
+def converged(fleet: Fleet, new: list[Pkg]) -> bool:
+    want = {p.name: p.version for p in new}
+    return all(want.items() <= m.versions().items() for m in fleet.machines)
+
+
+@dataclass(frozen=True)
+class Figures:
+    scan: Pass
+    install: Pass
+    ansible_scan: float
+    ansible_install: float
+
+
+def measure(base: Path, machines: int, count: int) -> Figures:
+    old, new = packages(count)
+    repo = repository(base / "repo", old, new)
+    with Fleet(base / "fleet", machines, repo=repo, installed=old) as fleet:
+        config = configuration(base / "config", fleet)
+        inventory = fleet.ansible_inventory(base / "hosts.ini")
+        with StateStore(base / "state.db") as store, SshPool() as pool:
+            scan = reconcile(config, store, fleet, pool)
+            ansible_scan = ansible(inventory, base, "ansible.builtin.package_facts")
+            (config / "window.yaml").write_text(WINDOW_YAML)
+            install = reconcile(config, store, fleet, pool)
+        assert converged(fleet, new), "Patchwarden left machines behind"
+        fleet.reset()
+        assert not converged(fleet, new)
+        ansible_install = ansible(
+            inventory, base, "ansible.builtin.apt", "upgrade=dist update_cache=yes"
+        )
+        assert converged(fleet, new), "Ansible left machines behind"
+    return Figures(scan, install, ansible_scan, ansible_install)
+
+
+def verdict(figures: Figures) -> tuple[str, list[str]]:
+    checks = [
+        figures.scan.overhead <= OVERHEAD_TARGET,
+        figures.install.overhead <= OVERHEAD_TARGET,
+        figures.scan.wall <= ANSIBLE_TARGET * figures.ansible_scan,
+        figures.install.wall <= ANSIBLE_TARGET * figures.ansible_install,
+    ]
+    return ("PASS" if all(checks) else "FAIL"), ["met" if c else "**not met**" for c in checks]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--machines", type=int, default=20)
+    parser.add_argument("--packages", type=int, default=10)
+    args = parser.parse_args()
+    if FLEET_SKIP:
+        print(f"ssh fleet: skipped: {FLEET_SKIP}")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = measure(Path(tmp), args.machines, args.packages)
+    result, checks = verdict(figures)
+    scan, install = figures.scan, figures.install
+    print(
+        f"ssh fleet: {args.machines} machines; scan {scan.wall:.1f} s (overhead {scan.overhead:.2f}, "
+        f"ansible {figures.ansible_scan:.1f} s, ratio {scan.wall / figures.ansible_scan:.2f}); "
+        f"install {install.wall:.1f} s (overhead {install.overhead:.2f}, ansible "
+        f"{figures.ansible_install:.1f} s, ratio {install.wall / figures.ansible_install:.2f}) {result}"
+    )
+    record(
+        "ssh fleet",
+        f"{args.machines} machines of the multi-host test fleet (docs/test-fleet.md: own netns, sshd and "
+        f"Debian 12 root each, root login by key), {args.packages} packages with a security update on "
+        f"each; concurrency {CONCURRENCY} (workers and maxConcurrency; Ansible forks). Scan: one pass "
+        "with no window (agent copied, apt lists refreshed, inventory) against `ansible all -m "
+        "package_facts`. Install: a window open now (agent install + rescan per machine) against "
+        "`ansible all -m ansible.builtin.apt -a 'upgrade=dist update_cache=yes'` on the same machines "
+        "reset to their starting packages. Overhead = wall ÷ (Σ job time ÷ concurrency), job times "
+        "from the store. Targets: overhead ≤ 1.15, wall ≤ half of Ansible's.",
+        [
+            "date",
+            "scan (s)",
+            "overhead",
+            "Ansible scan (s)",
+            "ratio",
+            "install (s)",
+            "overhead",
+            "Ansible install (s)",
+            "ratio",
+            "targets",
+            "result",
+            "machine",
+        ],
+        [
+            datetime.now(UTC).strftime("%Y-%m-%d"),
+            f"{scan.wall:.1f}",
+            f"{scan.overhead:.2f}",
+            f"{figures.ansible_scan:.1f}",
+            f"{scan.wall / figures.ansible_scan:.2f}",
+            f"{install.wall:.1f}",
+            f"{install.overhead:.2f}",
+            f"{figures.ansible_install:.1f}",
+            f"{install.wall / figures.ansible_install:.2f}",
+            " / ".join(checks),
+            result,
+            f"{os.cpu_count()} cores, Python {platform.python_version()}",
+        ],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
