@@ -366,3 +366,29 @@ def test_a_source_that_fails_keeps_its_last_good_list_across_a_restart_and_says_
         assert listed.detail["removed"] == ["web2"] and listed.detail["added"] == []
         assert store.source_failures() == {}
         again.enrolment.close()
+
+
+def test_plan_and_compliance_say_where_a_generated_instance_comes_from(tmp_path: Path) -> None:
+    """``plan`` names the source and host of each generated instance; ``sources`` lists what
+    each source enrolled; a machine dropped from its source is no longer planned, and its
+    compliance history still says where it came from."""
+    fleet, state = tmp_path / "fleet", str(tmp_path / "state.db")
+    fleet.mkdir()
+    (fleet / "fleet.yaml").write_text(source_yaml("lab", STATIC))
+    plan = patchctl("plan", "--source", str(fleet), "--state", state, "-o", "json")
+    assert plan.returncode == 0, plan.stderr
+    actions = {a["instance"]: a for a in json.loads(plan.stdout)["actions"]}
+    assert actions["web-2"]["enrolled"] == "from InstanceSource lab, host Web_2"
+    assert actions["web-1"]["enrolled"] == "from InstanceSource lab, host web-1"
+    (fleet / "fleet.yaml").write_text(source_yaml("lab", STATIC.split("      - name: Web_2")[0]))
+    plan = patchctl("plan", "--source", str(fleet), "--state", state, "-o", "json")
+    assert [a["instance"] for a in json.loads(plan.stdout)["actions"]] == ["web-1"]
+    sources = patchctl("sources", "--state", state, "-o", "json")
+    assert sources.returncode == 0, sources.stderr
+    (row,) = json.loads(sources.stdout)
+    assert (row["source"], row["machines"], row["instances"], row["error"]) == ("lab", 1, 1, None)
+    history = patchctl("compliance", "web-2", "--history", "--state", state)
+    assert history.returncode == 0, history.stderr
+    assert history.stdout.startswith(
+        "Compliance history of web-2 (from InstanceSource lab, host Web_2; no longer listed there)"
+    )

@@ -27,7 +27,9 @@ from reconciler.api.enrolment import (
     DiscoveredHost,
     Enrolled,
     Listed,
+    Provenance,
     enrol,
+    provenance,
     with_enrolled,
 )
 from reconciler.api.resources import InstanceSource
@@ -76,6 +78,8 @@ class SourceLists(Protocol):
 
     def record_source_failure(self, source: str, kind: str, error: str, now: datetime) -> None: ...
 
+    def record_enrolled(self, enrolled: Mapping[str, Provenance], now: datetime) -> None: ...
+
 
 @dataclass
 class _Attempt:
@@ -95,6 +99,7 @@ class _State:
     listed: dict[str, Listed] = field(default_factory=dict)
     status: dict[str, SourceStatus] = field(default_factory=dict)
     attempts: dict[str, _Attempt] = field(default_factory=dict)
+    recorded: dict[str, Provenance] | None = None
 
 
 class Enrolment:
@@ -127,7 +132,19 @@ class Enrolment:
             enrolled = [self._enrolled(name, src) for name, src in sorted(sources.items())]
             merged, notes = with_enrolled(snapshot, [e for e in enrolled if e is not None])
             self._settle_status(sources, merged, notes)
+            self._remember(merged)
             return merged
+
+    def _remember(self, merged: Snapshot) -> None:
+        """Record which instances are generated, when that changed (history keeps provenance)."""
+        enrolled = {
+            name: origin
+            for name, instance in merged.instances.items()
+            if (origin := provenance(instance)) is not None
+        }
+        if self.lists is not None and enrolled != self._state.recorded:
+            self.lists.record_enrolled(enrolled, self.clock())
+            self._state.recorded = enrolled
 
     def statuses(self) -> list[SourceStatus]:
         """Each InstanceSource of the last snapshot applied, by name."""
