@@ -30,6 +30,7 @@ import yaml
 
 from reconciler import __version__
 from reconciler.api.crd import custom_resource_definitions
+from reconciler.api.enrolment import provenance
 from reconciler.api.enums import ComplianceStatus, RejectedPatchesAction
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
@@ -85,6 +86,7 @@ from reconciler.report.notify.metrics import LoopMetrics
 from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.report.publish import PublishError, publish
 from reconciler.report.views import compliance, export, findings, patchnow, render
+from reconciler.report.views.enrolment import enrolment_lines, status_document
 from reconciler.schedule import describe, openings
 from reconciler.sources import (
     DirectorySource,
@@ -95,6 +97,7 @@ from reconciler.sources import (
     read_inventories,
     read_snapshot,
 )
+from reconciler.sources.enrol import enrol_once
 from reconciler.state import Holder, OneOffRecord, StateStore, StoreUnusable, StoreWriteFailed
 
 if TYPE_CHECKING:
@@ -355,6 +358,14 @@ def _parser() -> argparse.ArgumentParser:
     _state_arg(p)
     _output_arg(p, "table", "json", "yaml", "csv")
     p.set_defaults(handler=_compliance)
+
+    p = sub.add_parser(
+        "sources",
+        help="the InstanceSources the loop read: machines listed, last refresh, last error",
+    )
+    _state_arg(p)
+    _output_arg(p, "table", "json", "yaml", "csv")
+    p.set_defaults(handler=_sources_status)
 
     p = sub.add_parser(
         "report",
@@ -812,21 +823,26 @@ def _format(args: argparse.Namespace) -> str:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    snapshot = read_snapshot(args.path)
+    written = read_snapshot(args.path)
+    enrolled = enrol_once(args.path, written, utc_now)
+    snapshot, statuses = enrolled.snapshot, enrolled.statuses
     counts = {
         "PatchBaseline": len(snapshot.baselines),
         "PatchGroup": len(snapshot.groups),
         "MaintenanceWindow": len(snapshot.windows),
-        "ManagedInstance": len(snapshot.instances),
+        "ManagedInstance": len(written.instances),
         "ComplianceReport": len(snapshot.reports),
+        "InstanceSource": len(snapshot.instance_sources),
     }
     if (args.output or "table") == "table":
         listed = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
         print(f"{args.path}: valid ({listed or 'no resources'})")
+        for line in enrolment_lines(statuses):
+            print(line)
     else:
-        render.dump(
-            {"path": str(args.path), "valid": True, "resources": counts}, args.output, sys.stdout
-        )
+        document = {"path": str(args.path), "valid": True, "resources": counts}
+        document["enrolled"] = [status_document(status) for status in statuses]
+        render.dump(document, args.output, sys.stdout)
     return EXIT_OK
 
 
@@ -843,7 +859,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             _check_os(baseline, inventory)
             results.append(evaluate(baseline, inventory, now, cache=cache))
     else:
-        snapshot = read_snapshot(args.source)
+        snapshot = _desired(args.source)
         for inventory in inventories:
             results.append(_evaluate_in_snapshot(snapshot, inventory, now, cache)[0])
     render.evaluations(results, _format(args), sys.stdout, show_all=args.all)
@@ -852,7 +868,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     now = args.now or datetime.now(UTC)
-    snapshot = read_snapshot(args.source)
+    snapshot = _desired(args.source)
     inventories = [i for i in read_inventories(args.inventory) if i.instance_id == args.instance]
     if not inventories:
         raise UserError(f"no inventory for instance {args.instance!r} under {args.inventory}")
@@ -860,8 +876,16 @@ def _explain(args: argparse.Namespace) -> int:
     if args.state:
         inventory = _recorded_first_seen(args, inventory)
     result, resolution = _evaluate_in_snapshot(snapshot, inventory, now, DecisionCache())
-    render.explanation(result, resolution, args.patch, _format(args), sys.stdout)
+    instance = snapshot.instances.get(args.instance)
+    origin = provenance(instance) if instance else None
+    text = str(origin) if origin else None
+    render.explanation(result, resolution, args.patch, _format(args), sys.stdout, text)
     return EXIT_OK
+
+
+def _desired(path: Path) -> Snapshot:
+    """A directory's snapshot with the machines its InstanceSources list, enrolled now."""
+    return enrol_once(path, read_snapshot(path), utc_now).snapshot
 
 
 def _recorded_first_seen(args: argparse.Namespace, inventory: Inventory) -> Inventory:
@@ -913,7 +937,7 @@ def _sources(args: argparse.Namespace) -> tuple[BaselineSource, ...]:
         return tuple(BaselineSource(system, s) for s in baseline.spec.sources)
     if not args.source:
         return ()
-    snapshot = read_snapshot(args.source)
+    snapshot = _desired(args.source)
     instance = snapshot.instances.get(args.instance or "")
     return baseline_sources(snapshot, dict(instance.metadata.labels) if instance else {})
 
@@ -999,9 +1023,7 @@ def _baseline_of(
         baseline = _single_baseline(args.baseline)
         _check_os(baseline, inventory)
         return baseline, None
-    snapshot = (
-        read_snapshot(args.source) if args.source else Snapshot(predefined=predefined_baselines())
-    )
+    snapshot = _desired(args.source) if args.source else Snapshot(predefined=predefined_baselines())
     instance = snapshot.instances.get(inventory.instance_id)
     labels = dict(instance.metadata.labels) if instance else {}
     resolution = resolve(snapshot, labels, inventory.facts.operating_system)
@@ -1162,10 +1184,20 @@ def _plan(args: argparse.Namespace) -> int:
         )
         reconciler.refresh()
         current = reconciler.plan()
-        if current is None:
+        if current is None or reconciler.snapshot is None:
             raise UserError("no valid snapshot: nothing to plan (see the refusal above)")
-        render.plan(current, _format(args), sys.stdout)
+        render.plan(current, _format(args), sys.stdout, _origins(reconciler.snapshot))
+        reconciler.enrolment.close()
     return EXIT_OK
+
+
+def _origins(snapshot: Snapshot) -> dict[str, str]:
+    """instance -> ``from InstanceSource S, host H``, for the generated ones."""
+    return {
+        name: str(origin)
+        for name, instance in snapshot.instances.items()
+        if (origin := provenance(instance)) is not None
+    }
 
 
 @contextlib.contextmanager
@@ -1586,7 +1618,8 @@ def _compliance(args: argparse.Namespace) -> int:
                 ),
                 fmt,
                 sys.stdout,
-                title=f"Compliance history of {args.instance}",
+                title=f"Compliance history of {args.instance}"
+                f"{_enrolled_from(store, args.instance)}",
             )
         elif args.instance:
             scan = latest.get(args.instance)
@@ -1596,12 +1629,43 @@ def _compliance(args: argparse.Namespace) -> int:
                 compliance.patches(scan),
                 fmt,
                 sys.stdout,
-                title=f"{args.instance}: {scan.operation} under {scan.baseline} at {scan.revision}",
+                title=f"{args.instance}: {scan.operation} under {scan.baseline} at {scan.revision}"
+                f"{_enrolled_from(store, args.instance)}",
             )
         elif args.history:
             raise UserError("--history needs an instance: patchctl compliance INSTANCE --history")
         else:
             render.rows(compliance.instances(latest), fmt, sys.stdout, title="Compliance")
+    return EXIT_OK
+
+
+def _enrolled_from(store: StateStore, instance: str) -> str:
+    """`` (from InstanceSource S, host H)`` for a generated instance, empty for a written one."""
+    found = store.enrolled().get(instance)
+    if found is None:
+        return ""
+    origin, listed = found
+    return f" ({origin})" if listed else f" ({origin}; no longer listed there)"
+
+
+def _sources_status(args: argparse.Namespace) -> int:
+    """Each InstanceSource the loop has read: what it lists, and whether it can be read now."""
+    with _store(args) as store:
+        lists, failures, enrolled = store.source_lists(), store.source_failures(), store.enrolled()
+    rows = []
+    for name in sorted({*lists, *failures}):
+        listed, failed = lists.get(name), failures.get(name)
+        rows.append(
+            {
+                "source": name,
+                "machines": len(listed.hosts) if listed else 0,
+                "listedAt": listed.at.isoformat() if listed else None,
+                "instances": sum(1 for p, on in enrolled.values() if on and p.source == name),
+                "error": failed[0] if failed else None,
+                "failedAt": failed[1].isoformat() if failed else None,
+            }
+        )
+    render.rows(rows, _format(args), sys.stdout, title="Instance sources")
     return EXIT_OK
 
 

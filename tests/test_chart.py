@@ -82,6 +82,7 @@ def test_chart_ships_the_crds(chart: helm.Chart) -> None:
         "MaintenanceWindow",
         "ManagedInstance",
         "ComplianceReport",
+        "InstanceSource",
     }
 
 
@@ -635,6 +636,7 @@ def _custom_read(c: Cluster) -> None:
         "maintenancewindows",
         "managedinstances",
         "compliancereports",
+        "instancesources",
     ):
         custom.list_namespaced_custom_object(GROUP, VERSION, c.ns, plural)
     custom.get_namespaced_custom_object(GROUP, VERSION, c.ns, "patchbaselines", c.baseline)

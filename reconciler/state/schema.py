@@ -412,6 +412,37 @@ def _v8_one_off_openings(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v9_instance_source_lists(conn: sqlite3.Connection) -> None:
+    """Each InstanceSource's last good list of machines (JSON), so a restart keeps enrolling them
+    while the source cannot be read; the last refresh's error, for ``patchctl sources``; and
+    which source generated each instance (``listed`` 0 once its machine left the source).
+    One row per source, replaced on each refresh: a list is state, not history (the instances'
+    history is in scans and jobs)."""
+    _run(
+        conn,
+        [
+            """CREATE TABLE instance_source_lists (
+                source TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                spec TEXT NOT NULL,
+                hosts TEXT NOT NULL,
+                listed_at TEXT,
+                error TEXT,
+                failed_at TEXT
+            )""",
+            # Every instance ever generated, with where from: a machine gone from its source
+            # keeps its history, and its history still says where it came from.
+            """CREATE TABLE enrolled_instances (
+                instance TEXT PRIMARY KEY,
+                source TEXT NOT NULL,
+                host TEXT NOT NULL,
+                listed INTEGER NOT NULL CHECK (listed IN (0, 1)),
+                changed_at TEXT NOT NULL
+            )""",
+        ],
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_history,
     _v2_patches_and_instances,
@@ -421,6 +452,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v6_package_first_seen,
     _v7_job_phases,
     _v8_one_off_openings,
+    _v9_instance_source_lists,
 )
 LATEST = len(MIGRATIONS)
 

@@ -44,6 +44,12 @@ class Kind(StrEnum):
     """``patchctl patch-now`` recorded a one-off opening; ``author`` is who asked."""
     PATCH_NOW_CHANGED = "patchnow.status"
     """A one-off opening started, ended or was cancelled (``author``: who cancelled it)."""
+    INSTANCE_SOURCE_LISTED = "instancesource.listed"
+    """An InstanceSource's list changed: ``detail.added``/``removed`` machines, ``hosts``,
+    ``sourceKind``."""
+    INSTANCE_SOURCE_FAILED = "instancesource.failed"
+    """An InstanceSource could not be refreshed; ``detail.keptFrom`` says since when the list
+    in use dates (null: nothing is enrolled from it)."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,12 @@ class Occurrence:
 
 
 _TRANSITIONS = frozenset(
-    {Kind.SNAPSHOT_REFUSED, Kind.COMPLIANCE_CHANGED, Kind.WINDOW_EXECUTION_CHANGED}
+    {
+        Kind.SNAPSHOT_REFUSED,
+        Kind.COMPLIANCE_CHANGED,
+        Kind.WINDOW_EXECUTION_CHANGED,
+        Kind.INSTANCE_SOURCE_FAILED,
+    }
 )
 
 Observer = Callable[[Occurrence], None]
