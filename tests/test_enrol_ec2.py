@@ -1,0 +1,336 @@
+"""Enrolment from EC2: the ``ec2`` kind of InstanceSource lists instances by region and filters,
+connects to the address asked for, and turns tags into labels (SSM's ``Patch Group`` tag into the
+patch-group label).
+
+EC2 is moto's server (``ThreadedMotoServer``): an EMULATOR of the EC2 API, not EC2 itself, used
+because no real AWS account is reachable from the tests; boto3 talks to it over HTTP exactly as to
+AWS (SigV4, the region from the credential scope, DescribeInstances' pagination). With moto's IAM
+checks switched on it refuses a user without ec2:DescribeInstances as AWS does. Throttling cannot be
+provoked in moto, so it is not tested here.
+
+The AWS configuration of the host (``~/.aws``, instance metadata) is never read: every test gets
+its own environment, with the endpoint given the standard way (``AWS_ENDPOINT_URL_EC2``).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from pydantic import ValidationError
+
+from reconciler.api.ec2 import Ec2Spec
+from reconciler.api.resources import GROUP_LABEL
+from reconciler.sources.ec2 import Ec2Listing, Ec2RefreshFailed, list_ec2
+from tests import awslab
+
+SOURCE = "ec2-prod"
+IMAGE = "ami-12c6146b"  # in moto's catalogue of every region
+KEYS = {"AWS_ACCESS_KEY_ID": "moto-key", "AWS_SECRET_ACCESS_KEY": "moto-secret"}
+
+
+@pytest.fixture(scope="module")
+def moto_server() -> Iterator[str]:
+    with awslab.moto_server() as url:
+        yield url
+
+
+@dataclass
+class Ec2Lab:
+    """An emptied moto account, and the instances a test launches in it."""
+
+    url: str
+
+    def client(self, region: str) -> Any:
+        return boto3.client("ec2", region_name=region, endpoint_url=self.url)
+
+    def vpc(self, region: str) -> tuple[str, str]:
+        """A new VPC and a subnet of it that gives instances no public address."""
+        ec2 = self.client(region)
+        vpc = ec2.create_vpc(CidrBlock="10.1.0.0/16")["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.1.1.0/24")["Subnet"]["SubnetId"]
+        return vpc, subnet
+
+    def launch(
+        self, region: str, tags: Mapping[str, str] | None = None, subnet: str | None = None
+    ) -> str:
+        """One instance (in the default VPC, with a public address, unless ``subnet``)."""
+        options: dict[str, Any] = {"SubnetId": subnet} if subnet else {}
+        if tags:
+            pairs = [{"Key": k, "Value": v} for k, v in tags.items()]
+            options["TagSpecifications"] = [{"ResourceType": "instance", "Tags": pairs}]
+        reply = self.client(region).run_instances(ImageId=IMAGE, MinCount=1, MaxCount=1, **options)
+        return str(reply["Instances"][0]["InstanceId"])
+
+    def describe(self, region: str, instance: str) -> dict[str, Any]:
+        reply = self.client(region).describe_instances(InstanceIds=[instance])
+        return dict(reply["Reservations"][0]["Instances"][0])
+
+
+@pytest.fixture
+def ec2(moto_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ec2Lab:
+    awslab.isolated_aws(monkeypatch, tmp_path)
+    for name, value in {**KEYS, "AWS_ENDPOINT_URL_EC2": moto_server}.items():
+        monkeypatch.setenv(name, value)
+    return Ec2Lab(awslab.moto_reset(moto_server))
+
+
+def spec(**fields: Any) -> Ec2Spec:
+    return Ec2Spec.model_validate({"regions": ["eu-west-1"], **fields})
+
+
+def by_id(listing: Ec2Listing) -> dict[str, Any]:
+    return {m.instance_id: m for m in listing.machines}
+
+
+# --- what is listed ------------------------------------------------------------------------------
+
+
+def test_instances_of_every_region_are_enrolled_with_their_patch_group(ec2: Ec2Lab) -> None:
+    web = ec2.launch("eu-west-1", {"Name": "web-1", "Patch Group": "web"})
+    db = ec2.launch("us-east-1", {"Name": "DB server", "PatchGroup": "db"})
+    ec2.launch("ap-southeast-2", {"Name": "elsewhere"})
+
+    listing = list_ec2(SOURCE, spec(regions=["eu-west-1", "us-east-1"]))
+
+    machines = by_id(listing)
+    assert set(machines) == {web, db}
+    assert machines[web].name == "web-1"
+    # "DB server" cannot name a resource: the instance id does.
+    assert machines[db].name == db
+    assert machines[web].labels == {GROUP_LABEL: "web"}
+    assert machines[db].labels == {GROUP_LABEL: "db"}
+    assert machines[web].host == ec2.describe("eu-west-1", web)["PrivateIpAddress"]
+    assert machines[db].region == "us-east-1"
+    assert machines[db].provenance == f"instance {db} (us-east-1)"
+    assert listing.skipped == ()
+
+
+def test_tag_filters_select_instances_by_any_of_their_values(ec2: Ec2Lab) -> None:
+    web = ec2.launch("eu-west-1", {"Patch Group": "web-eu", "Environment": "prod"})
+    db = ec2.launch("eu-west-1", {"Patch Group": "db", "Environment": "prod"})
+    ec2.launch("eu-west-1", {"Patch Group": "web-eu", "Environment": "test"})
+    ec2.launch("eu-west-1", {"Patch Group": "cache", "Environment": "prod"})
+
+    filters = {"tag:Environment": ["prod"], "tag:Patch Group": ["web*", "db"]}
+    listing = list_ec2(SOURCE, spec(filters=filters))
+
+    assert set(by_id(listing)) == {web, db}
+
+
+def test_a_stopped_instance_is_not_enrolled_unless_its_state_is_asked_for(ec2: Ec2Lab) -> None:
+    running = ec2.launch("eu-west-1")
+    stopped = ec2.launch("eu-west-1")
+    ec2.client("eu-west-1").stop_instances(InstanceIds=[stopped])
+
+    assert set(by_id(list_ec2(SOURCE, spec()))) == {running}
+    asked = spec(filters={"instanceState": ["stopped"]})
+    assert set(by_id(list_ec2(SOURCE, asked))) == {stopped}
+
+
+def test_a_vpc_filter_keeps_the_instances_of_that_vpc(ec2: Ec2Lab) -> None:
+    vpc, subnet = ec2.vpc("eu-west-1")
+    inside = ec2.launch("eu-west-1", subnet=subnet)
+    ec2.launch("eu-west-1")  # the default VPC
+
+    assert set(by_id(list_ec2(SOURCE, spec(filters={"vpcId": [vpc]})))) == {inside}
+
+
+@pytest.mark.parametrize(
+    ("address", "field"),
+    [
+        ("privateIp", "PrivateIpAddress"),
+        ("publicIp", "PublicIpAddress"),
+        ("privateDns", "PrivateDnsName"),
+        ("publicDns", "PublicDnsName"),
+    ],
+)
+def test_the_address_asked_for_is_the_host_and_an_instance_without_one_is_reported(
+    ec2: Ec2Lab, address: str, field: str
+) -> None:
+    public = ec2.launch("eu-west-1")
+    _, subnet = ec2.vpc("eu-west-1")
+    private = ec2.launch("eu-west-1", subnet=subnet)
+
+    listing = list_ec2(SOURCE, spec(address=address))
+
+    machines = by_id(listing)
+    assert machines[public].host == ec2.describe("eu-west-1", public)[field]
+    if address.startswith("public"):
+        # Never enrolled with an empty host: skipped, and the refresh says which and why.
+        assert private not in machines
+        assert listing.skipped == (
+            f"instance {private} (eu-west-1): has no {address} address; not enrolled",
+        )
+    else:
+        assert machines[private].host == ec2.describe("eu-west-1", private)[field]
+
+
+def test_tag_labels_map_tags_and_the_patch_group_tag_unless_named(ec2: Ec2Lab) -> None:
+    team = ec2.launch("eu-west-1", {"Environment": "prod", "Patch Group": "web", "Team": "a"})
+    mapping = {"Environment": "example.com/environment", "Team": "team"}
+
+    machines = by_id(list_ec2(SOURCE, spec(tagLabels=mapping)))
+    assert machines[team].labels == {
+        "example.com/environment": "prod",
+        "team": "a",
+        GROUP_LABEL: "web",
+    }
+    # Named in tagLabels, Patch Group goes where it says (and nowhere else).
+    moved = by_id(list_ec2(SOURCE, spec(tagLabels={"Patch Group": "ssm/patch-group"})))
+    assert moved[team].labels == {"ssm/patch-group": "web"}
+
+
+def test_a_tag_that_cannot_be_a_label_keeps_its_instance_out_and_says_why(ec2: Ec2Lab) -> None:
+    odd = ec2.launch("eu-west-1", {"Patch Group": "Web Servers"})
+    ok = ec2.launch("eu-west-1", {"Patch Group": "web"})
+
+    listing = list_ec2(SOURCE, spec())
+
+    assert set(by_id(listing)) == {ok}
+    assert listing.skipped == (
+        f"instance {odd} (eu-west-1): its tag 'Patch Group' is 'Web Servers', which cannot be "
+        f"the value of label {GROUP_LABEL} (at most 63 letters, digits, '-', '_' or '.', "
+        "starting and ending with a letter or digit): change the tag; not enrolled",
+    )
+
+
+def test_instances_sharing_a_name_tag_are_named_by_their_ids(ec2: Ec2Lab) -> None:
+    first = ec2.launch("eu-west-1", {"Name": "web"})
+    second = ec2.launch("us-east-1", {"Name": "web"})
+
+    listing = list_ec2(SOURCE, spec(regions=["eu-west-1", "us-east-1"]))
+
+    assert sorted(m.name for m in listing.machines) == sorted([first, second])
+    assert listing.skipped == (
+        "the Name tag 'web' is on several instances: each is named by its id",
+    )
+
+
+def test_every_page_of_instances_is_read(ec2: Ec2Lab) -> None:
+    # moto pages by reservation, and each launch is one.
+    launched = {ec2.launch("eu-west-1") for _ in range(7)}
+
+    assert set(by_id(list_ec2(SOURCE, spec(), page_size=5))) == launched
+
+
+# --- failures ------------------------------------------------------------------------------------
+
+
+def test_no_credentials_fail_the_refresh_with_a_line_per_region(
+    ec2: Ec2Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in KEYS:
+        monkeypatch.delenv(name)
+    with pytest.raises(Ec2RefreshFailed) as refused:
+        list_ec2(SOURCE, spec(regions=["eu-west-1", "us-east-1"]))
+    assert refused.value.reasons() == [
+        f"InstanceSource ec2-prod, region {region}: no usable AWS credentials (Unable to locate "
+        "credentials): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run "
+        "with an instance or container role"
+        for region in ("eu-west-1", "us-east-1")
+    ]
+
+
+def test_credentials_without_describe_instances_are_refused_by_name(
+    ec2: Ec2Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ec2.launch("eu-west-1")
+    awslab.moto_api(ec2.url, "reset-auth", b"2")  # moto checks IAM after the next two requests
+    try:
+        iam = boto3.client("iam", region_name="us-east-1", endpoint_url=ec2.url)
+        iam.create_user(UserName="auditor")
+        key = iam.create_access_key(UserName="auditor")["AccessKey"]
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        with pytest.raises(Ec2RefreshFailed) as refused:
+            list_ec2(SOURCE, spec())
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNUNKNOWN00")
+        with pytest.raises(Ec2RefreshFailed) as unknown:
+            list_ec2(SOURCE, spec())
+    finally:
+        awslab.moto_api(ec2.url, "reset-auth", b"inf")
+    assert refused.value.reasons() == [
+        "InstanceSource ec2-prod, region eu-west-1: access denied (User: "
+        "arn:aws:iam::123456789012:user/auditor is not authorized to perform: "
+        "ec2:DescribeInstances): the credentials need ec2:DescribeInstances"
+    ]
+    assert unknown.value.reasons() == [
+        "InstanceSource ec2-prod, region eu-west-1: the credentials were refused (AuthFailure): "
+        "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or the role) for "
+        "this region"
+    ]
+
+
+def test_an_endpoint_that_does_not_answer_fails_the_refresh_whole(
+    ec2: Ec2Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ec2.launch("eu-west-1")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    with pytest.raises(Ec2RefreshFailed) as failed:
+        list_ec2(SOURCE, spec(regions=["eu-west-1"]), endpoint_url=dead)
+    assert failed.value.reasons() == [
+        f"InstanceSource ec2-prod, region eu-west-1: cannot reach the EC2 endpoint {dead}: check "
+        "the network, and --ec2-endpoint-url / AWS_ENDPOINT_URL_EC2 / AWS_ENDPOINT_URL if you set "
+        "one"
+    ]
+
+
+def test_one_failing_region_fails_the_refresh_whole(ec2: Ec2Lab) -> None:
+    """The instances of the regions that answered are not returned alone: the caller keeps its
+    last good list rather than dropping the machines of the region it could not read."""
+    ec2.launch("eu-west-1")
+    # moto has no backend for a region it does not know: it answers with an HTML error page,
+    # as a misconfigured proxy would.
+    with pytest.raises(Ec2RefreshFailed) as failed:
+        list_ec2(SOURCE, spec(regions=["eu-west-1", "xx-nowhere-1"]))
+    assert failed.value.reasons() == [
+        f"InstanceSource ec2-prod, region xx-nowhere-1: the EC2 endpoint {ec2.url} did not "
+        "answer as EC2 does: check that it is EC2's (--ec2-endpoint-url / AWS_ENDPOINT_URL_EC2 "
+        "/ AWS_ENDPOINT_URL if you set one)"
+    ]
+
+
+# --- the spec ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"filters": {"Environment": ["prod"]}},
+            "unknown filter 'Environment': give tag:<Key> (for example 'tag:Patch Group'), vpcId "
+            "or instanceState (did you mean 'tag:Environment'?)",
+        ),
+        (
+            {"filters": {"instanceState": ["runing"]}},
+            "instanceState 'runing' is not an EC2 state: one of pending, running, shutting-down, "
+            "terminated, stopping, stopped (did you mean 'running'?)",
+        ),
+        (
+            {"filters": {"vpcId": ["default"]}},
+            "vpcId 'default' is not a VPC id: give vpc- and 8-17 hex digits",
+        ),
+        ({"filters": {"tag:Team": []}}, "filter 'tag:Team' needs at least one value"),
+        (
+            {"tagLabels": {"Team": "Team Name"}},
+            "tag 'Team' maps to 'Team Name', which is not a label key",
+        ),
+        ({"address": "ipv6"}, "Input should be 'privateIp', 'publicIp', 'privateDns'"),
+        ({"regions": ["Europe"]}, "String should match pattern"),
+        ({"endpointUrl": "http://localhost"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_a_spec_that_cannot_be_listed_is_refused_with_what_to_do(
+    fields: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError) as refused:
+        spec(**fields)
+    assert message in str(refused.value)
