@@ -325,6 +325,7 @@ def test_one_failing_region_fails_the_refresh_whole(ec2: Ec2Lab) -> None:
         ),
         ({"address": "ipv6"}, "Input should be 'privateIp', 'publicIp', 'privateDns'"),
         ({"regions": ["Europe"]}, "String should match pattern"),
+        ({"regions": ["eu-west-1", "eu-west-1"]}, "eu-west-1 is listed twice: name each region"),
         ({"endpointUrl": "http://localhost"}, "Extra inputs are not permitted"),
     ],
 )

@@ -76,6 +76,14 @@ class Ec2Spec(Model):
     """EC2 tag -> label of the generated ManagedInstance. ``Patch Group`` (or ``PatchGroup``)
     maps to patchwarden.io/patch-group unless named here."""
 
+    @field_validator("regions")
+    @classmethod
+    def _once_each(cls, regions: list[str]) -> list[str]:
+        twice = sorted({r for r in regions if regions.count(r) > 1})
+        if twice:
+            raise ValueError(f"{twice[0]} is listed twice: name each region once")
+        return regions
+
     @field_validator("filters")
     @classmethod
     def _known_filters(cls, filters: dict[str, list[str]]) -> dict[str, list[str]]:
