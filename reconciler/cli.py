@@ -64,6 +64,7 @@ from reconciler.report.notify import audit
 from reconciler.report.notify.metrics import LoopMetrics
 from reconciler.report.publish import PublishError, publish
 from reconciler.report.views import compliance, export, findings, render
+from reconciler.report.views.enrolment import enrolment_lines, status_document
 from reconciler.schedule import describe, openings
 from reconciler.sources import (
     DirectorySource,
@@ -74,6 +75,7 @@ from reconciler.sources import (
     read_inventories,
     read_snapshot,
 )
+from reconciler.sources.enrol import enrol_once
 from reconciler.state import Holder, StateStore, StoreUnusable, StoreWriteFailed
 
 if TYPE_CHECKING:
@@ -763,21 +765,26 @@ def _format(args: argparse.Namespace) -> str:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    snapshot = read_snapshot(args.path)
+    written = read_snapshot(args.path)
+    enrolled = enrol_once(args.path, written, utc_now)
+    snapshot, statuses = enrolled.snapshot, enrolled.statuses
     counts = {
         "PatchBaseline": len(snapshot.baselines),
         "PatchGroup": len(snapshot.groups),
         "MaintenanceWindow": len(snapshot.windows),
-        "ManagedInstance": len(snapshot.instances),
+        "ManagedInstance": len(written.instances),
         "ComplianceReport": len(snapshot.reports),
+        "InstanceSource": len(snapshot.instance_sources),
     }
     if (args.output or "table") == "table":
         listed = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
         print(f"{args.path}: valid ({listed or 'no resources'})")
+        for line in enrolment_lines(statuses):
+            print(line)
     else:
-        render.dump(
-            {"path": str(args.path), "valid": True, "resources": counts}, args.output, sys.stdout
-        )
+        document = {"path": str(args.path), "valid": True, "resources": counts}
+        document["enrolled"] = [status_document(status) for status in statuses]
+        render.dump(document, args.output, sys.stdout)
     return EXIT_OK
 
 

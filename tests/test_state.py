@@ -26,7 +26,7 @@ from reconciler.state import (
     UnknownJob,
     lock_path,
 )
-from reconciler.state.schema import migrate
+from reconciler.state.schema import LATEST, migrate
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -116,7 +116,7 @@ def store(tmp_path: Path) -> Any:
 def test_new_file_is_created_in_wal_mode_at_the_latest_version(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "dir" / "state.db"
     with StateStore(path) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 6
+        assert store.schema_version() == SCHEMA_VERSION == LATEST
     assert path.is_file()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

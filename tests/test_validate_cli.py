@@ -133,6 +133,15 @@ def example_counts() -> Counter[str]:
     return counts
 
 
+def example_names(kind: str) -> list[str]:
+    return [
+        document["metadata"]["name"]
+        for path in EXAMPLE_FILES
+        for document in yaml.safe_load_all(path.read_text(encoding="utf-8"))
+        if document is not None and document["kind"] == kind
+    ]
+
+
 def test_examples_validate() -> None:
     run = validate(EXAMPLES)
     assert run.code == 0, run.stderr
@@ -146,10 +155,16 @@ def test_examples_validate() -> None:
             "MaintenanceWindow",
             "ManagedInstance",
             "ComplianceReport",
+            "InstanceSource",
         )
         if counts[kind]
     )
-    assert run.stdout == f"{EXAMPLES}: valid ({listed})\n"
+    first, *enrolled = run.stdout.splitlines()
+    assert first == f"{EXAMPLES}: valid ({listed})"
+    # Then what each InstanceSource enrols (docs/enrolment.md).
+    assert [line.split(" (")[0] for line in enrolled if not line.startswith(" ")] == [
+        f"InstanceSource {name}" for name in sorted(example_names("InstanceSource"))
+    ]
 
 
 def test_examples_validate_from_a_relative_path_with_json_output() -> None:
@@ -339,13 +354,13 @@ def test_a_broken_file_does_not_hide_the_problems_of_the_others(tmp_path: Path) 
             "apiVersion: patchwarden.io/v1alpha1\nmetadata: {name: x}\n",
             1,
             "kind: missing; one of PatchBaseline, PatchGroup, MaintenanceWindow, ManagedInstance, "
-            "ComplianceReport",
+            "ComplianceReport, InstanceSource",
         ),
         (
             "apiVersion: patchwarden.io/v1alpha1\nkind: MaintenanceWindo\n",
             2,
             "kind: unknown kind 'MaintenanceWindo'; one of PatchBaseline, PatchGroup, "
-            "MaintenanceWindow, ManagedInstance, ComplianceReport (did you mean "
+            "MaintenanceWindow, ManagedInstance, ComplianceReport, InstanceSource (did you mean "
             "'MaintenanceWindow'?)",
         ),
     ],

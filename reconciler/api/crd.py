@@ -45,6 +45,11 @@ PRINTER_COLUMNS: dict[str, list[dict[str, str]]] = {
         {"name": "Missing", "type": "integer", "jsonPath": ".status.missingCount"},
         _AGE,
     ],
+    "InstanceSource": [
+        {"name": "Machines", "type": "integer", "jsonPath": ".status.machines"},
+        {"name": "Error", "type": "string", "jsonPath": ".status.error"},
+        _AGE,
+    ],
     "ComplianceReport": [
         {"name": "Format", "type": "string", "jsonPath": ".spec.format"},
         {"name": "Destination", "type": "string", "jsonPath": ".spec.destination"},

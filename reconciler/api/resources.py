@@ -1,4 +1,4 @@
-"""Stage: api (the schema). The five resource kinds users write, once for Git and Kubernetes alike.
+"""Stage: api (the schema). The six resource kinds users write, once for Git and Kubernetes alike.
 
 Documents are Kubernetes-shaped (``apiVersion``, ``kind``, ``metadata``, ``spec``, ``status``) and
 their ``spec`` uses SSM's field names in camelCase with SSM's enums and limits
@@ -14,6 +14,7 @@ import difflib
 import functools
 import re
 from datetime import date, datetime
+from string import Formatter
 from typing import Annotated, Any, Literal
 from zoneinfo import available_timezones
 
@@ -25,6 +26,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from reconciler.api._base import Model
@@ -569,6 +571,157 @@ class ManagedInstance(Model):
 
 
 # ---------------------------------------------------------------------------------------------
+# InstanceSource (enrolment: docs/enrolment.md). Each kind of source is one spec model below,
+# a subclass of DiscoverySpec, plus one optional field of InstanceSourceSpec named after it, plus
+# one discovery function registered in reconciler/sources/enrol/ (DISCOVERERS).
+
+
+class DiscoverySpec(Model):
+    """The base of each kind's spec: InstanceSourceSpec takes exactly one field of this type."""
+
+
+class StaticHost(Model):
+    """One machine of a static list."""
+
+    name: Annotated[PlainText, StringConstraints(min_length=1, max_length=253)]
+    """The machine's id in this source; the generated ManagedInstance's name comes from it
+    (spec.nameTemplate)."""
+    address: Annotated[PlainText, StringConstraints(min_length=1, max_length=253)]
+    """Host name or address to connect to."""
+    port: int | None = Field(default=None, ge=1, le=65535, strict=True)
+    """SSH port, instead of the connection template's."""
+    user: PlainText | None = None
+    """Login user, instead of the connection template's."""
+    labels: dict[str, LabelValue] = Field(default_factory=dict)
+    """Labels of this machine, added to the source's."""
+
+
+class StaticHosts(DiscoverySpec):
+    """A plain list of hosts."""
+
+    hosts: list[StaticHost] = Field(min_length=1, max_length=10_000)
+    """The machines, each with a name and an address."""
+
+
+class AnsibleInventory(DiscoverySpec):
+    """An Ansible inventory (INI or YAML) in the same repository, read with ansible-core's own
+    inventory code (the optional extra ``patchwarden[ansible]``)."""
+
+    path: Annotated[NamedFile, StringConstraints(min_length=1, max_length=1024)]
+    """The inventory file's path relative to the repository (or directory) root."""
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        if value.startswith("/"):
+            raise ValueError("must be a path relative to the repository root, without a leading /")
+        return value
+
+
+class ConnectionTemplate(SshConnection):
+    """How every machine of the source is reached: an SSH connection without ``host`` (each
+    machine's address comes from the source). A host's own port, user, key or become (a static
+    host's fields, Ansible's host variables) override the template's."""
+
+    type: Literal["ssh"] = "ssh"
+    """Always ``ssh``; may be left out."""
+    # Each machine's address comes from the source; a template that names one is refused below.
+    host: SkipJsonSchema[None] = None  # type: ignore[assignment]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_host(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "host" in data:
+            raise conflict(
+                "host",
+                "a connection template has no host: each machine's address comes from the source",
+            )
+        return data
+
+
+NAME_FIELDS = ("source", "name")
+"""What spec.nameTemplate may use: the InstanceSource's name and the machine's id in it."""
+
+
+def _name_template(value: str) -> str:
+    try:
+        fields = [f for _, f, spec, conv in Formatter().parse(value) if f is not None]
+        bad = [f for f in fields if f not in NAME_FIELDS]
+    except ValueError as exc:
+        raise ValueError(f"not a name template: {exc}") from None
+    if bad or "{name}" not in value:
+        raise ValueError(
+            "use {name} (the machine's id in the source) and optionally {source} (this "
+            f"InstanceSource's name), as in '{{source}}-{{name}}'; got {value!r}"
+        )
+    return value
+
+
+class InstanceSourceSpec(Model):
+    """Where machines are listed, and how the ManagedInstances generated for them look."""
+
+    static: StaticHosts | None = None
+    """A plain list of hosts."""
+    ansible_inventory: AnsibleInventory | None = None
+    """An Ansible inventory file in the repository."""
+    connection: ConnectionTemplate = Field(default_factory=lambda: ConnectionTemplate())
+    """The SSH connection of every machine, without host (SshConnection's other fields)."""
+    labels: dict[str, LabelValue] = Field(default_factory=dict)
+    """Labels added to every generated ManagedInstance (a machine's own labels win)."""
+    refresh_minutes: int = Field(default=5, ge=1, le=1440, strict=True)
+    """How often the list is read again (1-1440 minutes)."""
+    name_template: Annotated[
+        str, StringConstraints(min_length=1, max_length=253), AfterValidator(_name_template)
+    ] = "{name}"
+    """The generated ManagedInstance's name: {name} is the machine's id in the source, {source}
+    this InstanceSource's name. Lowercased, and any character a resource name cannot hold
+    becomes '-' (web_01 -> web-01)."""
+
+    def discovery(self) -> tuple[str, DiscoverySpec]:
+        """(field name on the wire, spec) of the one kind given."""
+        given = self._kinds()
+        return given[0]
+
+    def _kinds(self) -> list[tuple[str, DiscoverySpec]]:
+        return [
+            (type(self).model_fields[name].alias or name, value)
+            for name in type(self).model_fields
+            if isinstance(value := getattr(self, name), DiscoverySpec)
+        ]
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> InstanceSourceSpec:
+        kinds = [
+            info.alias or name
+            for name, info in type(self).model_fields.items()
+            if _is_discovery(info.annotation)
+        ]
+        given = [name for name, _ in self._kinds()]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of {', '.join(kinds)} (got "
+                f"{', '.join(given) if given else 'none'})"
+            )
+        return self
+
+
+def _is_discovery(annotation: Any) -> bool:
+    args = getattr(annotation, "__args__", (annotation,))
+    return any(isinstance(a, type) and issubclass(a, DiscoverySpec) for a in args)
+
+
+class InstanceSource(Model):
+    """Enrolment: generates one ManagedInstance per machine listed by a source (a static list,
+    an Ansible inventory, EC2), refreshed on an interval."""
+
+    api_version: Literal["patchwarden.io/v1alpha1"]
+    kind: Literal["InstanceSource"]
+    metadata: ObjectMeta
+    spec: InstanceSourceSpec
+    status: dict[str, Any] | None = None
+
+
+# ---------------------------------------------------------------------------------------------
 # ComplianceReport
 
 
@@ -629,7 +782,14 @@ class ComplianceReport(Model):
     status: dict[str, Any] | None = None
 
 
-Resource = PatchBaseline | PatchGroup | MaintenanceWindow | ManagedInstance | ComplianceReport
+Resource = (
+    PatchBaseline
+    | PatchGroup
+    | MaintenanceWindow
+    | ManagedInstance
+    | ComplianceReport
+    | InstanceSource
+)
 
 KINDS: dict[str, type[Resource]] = {
     "PatchBaseline": PatchBaseline,
@@ -637,6 +797,7 @@ KINDS: dict[str, type[Resource]] = {
     "MaintenanceWindow": MaintenanceWindow,
     "ManagedInstance": ManagedInstance,
     "ComplianceReport": ComplianceReport,
+    "InstanceSource": InstanceSource,
 }
 
 # Plural and short names, used for the CRDs and by kubectl.
@@ -646,6 +807,7 @@ NAMES: dict[str, tuple[str, list[str]]] = {
     "MaintenanceWindow": ("maintenancewindows", ["mw"]),
     "ManagedInstance": ("managedinstances", ["mi"]),
     "ComplianceReport": ("compliancereports", ["creport"]),
+    "InstanceSource": ("instancesources", ["isrc"]),
 }
 
 GROUP_LABEL = "patchwarden.io/patch-group"

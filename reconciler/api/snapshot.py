@@ -27,6 +27,7 @@ from reconciler.api.resources import (
     KINDS,
     PATTERN_HELP,
     ComplianceReport,
+    InstanceSource,
     MaintenanceWindow,
     ManagedInstance,
     PatchBaseline,
@@ -84,6 +85,9 @@ class Snapshot:
     windows: Mapping[str, MaintenanceWindow] = field(default_factory=dict)
     instances: Mapping[str, ManagedInstance] = field(default_factory=dict)
     reports: Mapping[str, ComplianceReport] = field(default_factory=dict)
+    instance_sources: Mapping[str, InstanceSource] = field(default_factory=dict)
+    """Enrolment: where machines are listed (their ManagedInstances join ``instances`` once
+    discovered, see :mod:`reconciler.api.enrolment`)."""
     predefined: Mapping[str, PatchBaseline] = field(default_factory=dict)
     """The shipped default baselines, available by name to every group."""
     locations: Mapping[tuple[str, str], Located] = field(default_factory=dict)
@@ -127,7 +131,11 @@ def build_snapshot(
     parsed: list[tuple[str, Document, Resource]] = []
     invalid: set[tuple[str, str]] = set()
     count = 0
+    files = list(files)
+    ansible = ansible_files(files)
     for relpath, raw in files:
+        if relpath in ansible:
+            continue
         try:
             docs = list(documents(decode(raw)))
         except YamlError as exc:
@@ -150,6 +158,39 @@ def build_snapshot(
     if problems:
         raise SnapshotInvalid(problems)
     return snapshot
+
+
+def ansible_files(files: Iterable[tuple[str, bytes]]) -> frozenset[str]:
+    """The YAML files that are an InstanceSource's Ansible inventory or its group_vars/host_vars:
+    Ansible's files, read by enrolment, not resources (a YAML inventory has no apiVersion)."""
+    paths: set[str] = set()
+    for _, raw in files:
+        if b"ansibleInventory" not in raw:
+            continue
+        try:
+            docs = list(documents(decode(raw)))
+        except YamlError:
+            continue  # reported when the file is read as resources
+        for doc in docs:
+            data = doc.data
+            if not isinstance(data, dict) or data.get("kind") != "InstanceSource":
+                continue
+            spec = data.get("spec")
+            given = spec.get("ansibleInventory") if isinstance(spec, dict) else None
+            path = given.get("path") if isinstance(given, dict) else None
+            if isinstance(path, str):
+                paths.add(path)
+    return frozenset(
+        relpath
+        for relpath, _ in files
+        if relpath in paths or any(_in_vars(relpath, path) for path in paths)
+    )
+
+
+def _in_vars(relpath: str, inventory: str) -> bool:
+    folder = inventory.rpartition("/")[0]
+    prefix = f"{folder}/" if folder else ""
+    return relpath.startswith((f"{prefix}group_vars/", f"{prefix}host_vars/"))
 
 
 def _validate_document(relpath: str, doc: Document, problems: list[Problem]) -> Resource | None:
@@ -222,6 +263,7 @@ def _assemble(
         windows=tables["MaintenanceWindow"],
         instances=tables["ManagedInstance"],
         reports=tables["ComplianceReport"],
+        instance_sources=tables["InstanceSource"],
         predefined=predefined,
         locations=locations,
         documents=docs,

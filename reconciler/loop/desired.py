@@ -8,6 +8,7 @@ the store; may not plan, dispatch or touch transports.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from reconciler.api.snapshot import Snapshot
 from reconciler.errors import RefusedInput, TemporaryError
@@ -15,6 +16,7 @@ from reconciler.loop.common import Clock, Emitter, InForce, Log, PassSummary
 from reconciler.loop.failures import Refusal, refusal
 from reconciler.report.notify.occurrences import Kind
 from reconciler.sources.base import Revision, Source
+from reconciler.sources.enrol import Enrolment, Refreshed
 from reconciler.state import StateStore
 
 Pinned = Callable[[str], Source]
@@ -34,11 +36,13 @@ class Refresher:
         clock: Clock,
         log: Log,
         emit: Emitter,
+        enrolment: Enrolment | None = None,
     ) -> None:
         """``pinned(revision)``: after a restart, it brings back the last good revision when the
-        current one is refused."""
+        current one is refused. ``enrolment`` adds the machines of InstanceSources."""
         self.source, self.store, self.in_force, self.pinned = source, store, in_force, pinned
         self.clock, self.log, self.emit = clock, log, emit
+        self.enrolment = enrolment
 
     def refresh(self, summary: PassSummary | None = None) -> None:
         """Fetch the source; accept the new revision whole or keep the last good one."""
@@ -48,6 +52,7 @@ class Refresher:
             self._restore_last_good()
             self._refuse(refusal(exc), summary)
             return
+        snapshot = self._enrolled(revision, snapshot)
         in_force = self.in_force
         if str(revision) != in_force.revision and not self._already_accepted(str(revision)):
             self._accept(revision, snapshot)
@@ -95,8 +100,12 @@ class Refresher:
                 "last good revision unavailable", revision=good.revision, got=str(revision)
             )
             return
-        self.in_force.revision, self.in_force.snapshot = good.revision, snapshot
+        self.in_force.revision = good.revision
+        self.in_force.snapshot = self._enrolled(revision, snapshot)
         self.log.info("last good revision restored", revision=good.revision)
+
+    def _enrolled(self, revision: Revision, snapshot: Snapshot) -> Snapshot:
+        return snapshot if self.enrolment is None else self.enrolment.apply(revision, snapshot)
 
     def _refuse(self, refused: Refusal, summary: PassSummary | None) -> None:
         revision, problems = refused.revision, list(refused.problems)
@@ -119,3 +128,29 @@ class Refresher:
         )
         if summary is not None:
             summary.refused.append(revision)
+
+
+def enrolment_report(emit: Emitter, log: Log) -> Callable[[Refreshed], None]:
+    """What the loop says about each InstanceSource refresh: a failure is logged and is an
+    event (the last good list stays in use); a changed list is audited."""
+
+    def report(refreshed: Refreshed) -> None:
+        detail: dict[str, Any] = {
+            "source": refreshed.source,
+            "kind": refreshed.kind,
+            "hosts": refreshed.hosts,
+        }
+        if refreshed.error is not None:
+            kept = refreshed.kept_from.isoformat() if refreshed.kept_from else None
+            log.warning("instance source refresh failed", error=refreshed.error, **detail)
+            emit(Kind.INSTANCE_SOURCE_FAILED, error=refreshed.error, keptFrom=kept, **detail)
+        elif refreshed.added or refreshed.removed:
+            log.info("instance source listed", added=len(refreshed.added), **detail)
+            emit(
+                Kind.INSTANCE_SOURCE_LISTED,
+                added=list(refreshed.added),
+                removed=list(refreshed.removed),
+                **detail,
+            )
+
+    return report

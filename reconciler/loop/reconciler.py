@@ -16,7 +16,7 @@ import structlog
 
 from reconciler.api.snapshot import Snapshot
 from reconciler.loop.common import Clock, Emitter, InForce, Log, PassSummary, TransportFor, utc_now
-from reconciler.loop.desired import Pinned, Refresher
+from reconciler.loop.desired import Pinned, Refresher, enrolment_report
 from reconciler.loop.executions import WindowExecutions
 from reconciler.loop.exports import ReportExporter
 from reconciler.loop.jobs import JobDone, JobRunner
@@ -24,7 +24,8 @@ from reconciler.loop.observed import Observation
 from reconciler.loop.passes import STEPS, LoopParts, PassContext, Step
 from reconciler.plan import Action, Observed, Plan, Settings
 from reconciler.report.notify.occurrences import Observer
-from reconciler.sources.base import Source
+from reconciler.sources.base import HasRepository, Source
+from reconciler.sources.enrol import DISCOVERERS, Enrolment
 from reconciler.state import JobRecord, StateStore
 
 EXPORT_GRACE = 5.0
@@ -83,9 +84,11 @@ class Reconciler:
         in_force = InForce()
         self.emit = Emitter(observers, clock, self.log, in_force)
         executions = WindowExecutions(store, in_force, clock, self.emit)
+        self.enrolment = _enrolment(source, store, clock, self.emit, self.log)
         refresher = Refresher(
             source, store, in_force, pinned=pinned, clock=clock, log=self.log, emit=self.emit
         )
+        refresher.enrolment = self.enrolment
         jobs = JobRunner(
             store,
             in_force,
@@ -183,3 +186,18 @@ class Reconciler:
         for step in self.steps:
             step(context)
         return summary
+
+
+def _enrolment(
+    source: Source, store: StateStore, clock: Clock, emit: Emitter, log: Log
+) -> Enrolment:
+    """The InstanceSources' machines: their files are the source's own (a directory, a Git
+    commit), their last good lists are kept in the store, and what happens is told through
+    ``emit``."""
+    return Enrolment(
+        DISCOVERERS,
+        clock=clock,
+        repository=source.repository if isinstance(source, HasRepository) else None,
+        lists=store,
+        report=enrolment_report(emit, log),
+    )

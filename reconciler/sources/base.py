@@ -12,12 +12,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import PurePosixPath
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot, format_path
 from reconciler.defaults import predefined_baselines
 from reconciler.errors import RefusedInput, TemporaryError
 from reconciler.schedule import parse_schedule, parse_window_schedule
+
+if TYPE_CHECKING:
+    from reconciler.sources.enrol.base import Repository
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -95,6 +98,16 @@ class Source(Protocol):
     def watch(self, on_change: Callable[[], None]) -> Callable[[], None]:
         """Call ``on_change`` when the current revision may have changed; returns ``stop()``.
         A source that cannot tell (Git: it is fetched on every pass) never calls it."""
+        ...
+
+
+@runtime_checkable
+class HasRepository(Protocol):
+    """A source whose revisions are a repository's files (a directory, Git): enrolment reads an
+    InstanceSource's Ansible inventory there. Kubernetes resources have none."""
+
+    def repository(self, revision: Revision) -> Repository:
+        """The files of ``revision``."""
         ...
 
 

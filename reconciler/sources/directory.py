@@ -39,6 +39,7 @@ from reconciler.sources.base import (
     validated,
     walk_order,
 )
+from reconciler.sources.enrol.base import DirectoryFiles
 
 log = structlog.get_logger("patchwarden")
 
@@ -154,6 +155,10 @@ class DirectorySource:
     def snapshot(self) -> tuple[Revision, Snapshot]:
         """The validated snapshot of the directory now; RevisionInvalid when it is refused."""
         return validated(*self.fetch())
+
+    def repository(self, revision: Revision) -> DirectoryFiles:
+        """The directory's files, for enrolment (an Ansible inventory): as they are now."""
+        return DirectoryFiles(self.path)
 
     def watch(self, on_change: Callable[[], None], debounce: float = 0.5) -> Callable[[], None]:
         """Call ``on_change`` once per burst of edits to resource files; returns ``stop()``.

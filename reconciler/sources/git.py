@@ -38,6 +38,7 @@ from reconciler.sources.base import (
     validated,
     walk_order,
 )
+from reconciler.sources.enrol.base import DiscoveryRefused
 from reconciler.sources.gitcmd import init_bare, run_git
 from reconciler.sources.signatures import SignatureVerification, check_signature
 
@@ -109,6 +110,10 @@ class GitSource:
     def snapshot(self) -> tuple[Revision, Snapshot]:
         """The validated snapshot of the current revision; RevisionInvalid when it is refused."""
         return validated(*self.fetch())
+
+    def repository(self, revision: Revision) -> CommitFiles:
+        """The files of ``revision``'s commit, for enrolment (an Ansible inventory)."""
+        return CommitFiles(self._open().commit(revision.sha))
 
     def watch(self, on_change: Callable[[], None]) -> Callable[[], None]:
         """Never calls ``on_change``: a remote repository says nothing when it changes, so the
@@ -234,6 +239,35 @@ def files_at(commit: Commit) -> Files:
         if is_resource(relpath):
             files.append((relpath, item.data_stream.read(MAX_BYTES + 1)))
     return sorted(files, key=lambda file: walk_order(file[0]))
+
+
+class CommitFiles:
+    """A commit's tree as enrolment's Repository: regular files only (no links, no submodules)."""
+
+    def __init__(self, commit: Commit) -> None:
+        self.commit = commit
+
+    def read(self, relpath: str) -> bytes:
+        try:
+            item = self.commit.tree / relpath
+        except KeyError:
+            item = None
+        if not isinstance(item, Blob) or item.mode & 0o170000 != _REGULAR_FILE:
+            raise DiscoveryRefused(f"{relpath}: no such file in commit {self.commit.hexsha[:12]}")
+        return bytes(item.data_stream.read(MAX_BYTES + 1))
+
+    def files_under(self, folder: str) -> list[str]:
+        try:
+            tree = self.commit.tree / folder
+        except KeyError:
+            return []
+        if not isinstance(tree, Tree):
+            return []
+        return sorted(
+            str(item.path)
+            for item in tree.traverse()
+            if isinstance(item, Blob) and item.mode & 0o170000 == _REGULAR_FILE
+        )
 
 
 def _split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:

@@ -364,6 +364,29 @@ def record_first_seen(
     )
 
 
+def _v9_instance_source_lists(conn: sqlite3.Connection) -> None:
+    """Each InstanceSource's last good list of machines (JSON), so a restart keeps enrolling them
+    while the source cannot be read; and the last refresh's error, for ``patchctl sources``.
+    One row per source, replaced on each refresh: a list is state, not history (the instances'
+    history is in scans and jobs)."""
+    _run(
+        conn,
+        [
+            """CREATE TABLE instance_source_lists (
+                source TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                spec TEXT NOT NULL,
+                hosts TEXT NOT NULL,
+                listed_at TEXT,
+                error TEXT,
+                failed_at TEXT
+            )""",
+        ],
+    )
+
+
+# Numbered in advance across branches (issue 14): 7 and 8 come with other branches, so this one is
+# at position 7 until they are merged; the function's name keeps its number.
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_history,
     _v2_patches_and_instances,
@@ -371,6 +394,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v4_planning_indexes,
     _v5_execution_statuses,
     _v6_package_first_seen,
+    _v9_instance_source_lists,
 )
 LATEST = len(MIGRATIONS)
 

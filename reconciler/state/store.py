@@ -36,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from reconciler.api.enrolment import DiscoveredHost, Listed
 from reconciler.api.enums import ExecutionStatus, JobStatus, Operation, ReportRunStatus
 from reconciler.api.inventory import (
     FirstSeenKey,
@@ -62,6 +63,7 @@ from reconciler.state.records import (
     StoreWriteFailed,
     UnknownJob,
     WindowExecution,
+    from_json,
     from_text,
     to_json,
     to_text,
@@ -602,6 +604,54 @@ class StateStore:
                 " GROUP BY report"
             ).fetchall()
         return {report: opening for report, opening in rows}
+
+    # Enrolment: each InstanceSource's last good list, replaced on each refresh.
+
+    def source_lists(self) -> dict[str, Listed]:
+        """source -> its last good list (sources that never listed anything are left out)."""
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT source, kind, spec, hosts, listed_at FROM instance_source_lists"
+                " WHERE listed_at IS NOT NULL"
+            ).fetchall()
+        return {
+            source: Listed(
+                kind,
+                spec,
+                tuple(DiscoveredHost.from_json(h) for h in from_json(hosts)),
+                from_text(listed_at),
+            )
+            for source, kind, spec, hosts, listed_at in rows
+        }
+
+    def save_source_list(self, source: str, listed: Listed) -> None:
+        """Keep ``listed`` as ``source``'s last good list; its last error is cleared."""
+        hosts = to_json([host.to_json() for host in listed.hosts])
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO instance_source_lists"
+                " (source, kind, spec, hosts, listed_at, error, failed_at)"
+                " VALUES (?, ?, ?, ?, ?, NULL, NULL)",
+                (source, listed.kind, listed.spec, hosts, to_text(listed.at)),
+            )
+
+    def record_source_failure(self, source: str, kind: str, error: str, now: datetime) -> None:
+        """A refresh of ``source`` failed; its last good list (if any) is kept."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO instance_source_lists (source, kind, spec, hosts, error, failed_at)"
+                " VALUES (?, ?, '', '[]', ?, ?) ON CONFLICT (source)"
+                " DO UPDATE SET error = excluded.error, failed_at = excluded.failed_at",
+                (source, kind, error, to_text(now)),
+            )
+
+    def source_failures(self) -> dict[str, tuple[str, datetime]]:
+        """source -> (the last refresh's error, when), for sources whose last refresh failed."""
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT source, error, failed_at FROM instance_source_lists WHERE error IS NOT NULL"
+            ).fetchall()
+        return {source: (error, from_text(at)) for source, error, at in rows}
 
 
 TRANSIENT = frozenset(

@@ -48,6 +48,7 @@ class LoopMetrics:
         self._declare_pass_metrics(self.registry)
         self._declare_job_metrics(self.registry)
         self._declare_fleet_metrics(self.registry)
+        self._declare_enrolment_metrics(self.registry)
         self._deliveries = _Deliveries()
         self.registry.register(self._deliveries)
         self._start_at_zero()
@@ -133,6 +134,28 @@ class LoopMetrics:
             registry=r,
         )
 
+    def _declare_enrolment_metrics(self, r: CollectorRegistry) -> None:
+        """InstanceSources: what they list and whether they can be read."""
+        self.source_hosts = Gauge(
+            "patchwarden_instance_source_hosts",
+            "Machines an InstanceSource lists (its last good list while refreshes fail).",
+            ["source"],
+            registry=r,
+        )
+        self.source_up = Gauge(
+            "patchwarden_instance_source_up",
+            "1 when the InstanceSource's last refresh worked, 0 while it fails (the last good "
+            "list stays in use).",
+            ["source"],
+            registry=r,
+        )
+        self.source_failures = Counter(
+            "patchwarden_instance_source_refresh_failures",
+            "InstanceSource refreshes that failed.",
+            ["source"],
+            registry=r,
+        )
+
     def _declare_fleet_metrics(self, r: CollectorRegistry) -> None:
         """The fleet as its latest scans show it."""
         self.instances = Gauge(
@@ -174,6 +197,18 @@ class LoopMetrics:
         elif occurrence.kind is Kind.REBOOT:
             performed = "true" if detail.get("performed") else "false"
             self.reboots.labels(performed=performed).inc()
+        elif occurrence.kind in (Kind.INSTANCE_SOURCE_LISTED, Kind.INSTANCE_SOURCE_FAILED):
+            self._instance_source(occurrence)
+
+    def _instance_source(self, occurrence: Occurrence) -> None:
+        """Enrolment: each InstanceSource's machines, and whether its last refresh worked."""
+        source = str(occurrence.detail.get("source"))
+        failed = occurrence.kind is Kind.INSTANCE_SOURCE_FAILED
+        hosts = occurrence.detail.get("hosts")
+        self.source_hosts.labels(source=source).set(hosts if isinstance(hosts, int) else 0)
+        self.source_up.labels(source=source).set(0 if failed else 1)
+        if failed:
+            self.source_failures.labels(source=source).inc()
 
     def track_event_sinks(self, sinks: Sequence[DeliveryCounts]) -> None:
         """Export the event sinks' own counters (read at scrape time, so the sinks stay free of

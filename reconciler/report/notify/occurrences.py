@@ -37,6 +37,11 @@ class Kind(StrEnum):
     """An instance's compliance status differs from its previous scan (or it had none)."""
     WINDOW_EXECUTION_CHANGED = "window.execution"
     """A window opening's execution started (IN_PROGRESS) or ended (SUCCESS, FAILED)."""
+    INSTANCE_SOURCE_LISTED = "instancesource.listed"
+    """An InstanceSource's list changed: ``detail.added``/``removed`` machines, ``hosts``."""
+    INSTANCE_SOURCE_FAILED = "instancesource.failed"
+    """An InstanceSource could not be refreshed; ``detail.keptFrom`` says since when the list
+    in use dates (null: nothing is enrolled from it)."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,12 @@ class Occurrence:
 
 
 _TRANSITIONS = frozenset(
-    {Kind.SNAPSHOT_REFUSED, Kind.COMPLIANCE_CHANGED, Kind.WINDOW_EXECUTION_CHANGED}
+    {
+        Kind.SNAPSHOT_REFUSED,
+        Kind.COMPLIANCE_CHANGED,
+        Kind.WINDOW_EXECUTION_CHANGED,
+        Kind.INSTANCE_SOURCE_FAILED,
+    }
 )
 
 Observer = Callable[[Occurrence], None]
