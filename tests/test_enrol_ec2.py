@@ -24,9 +24,10 @@ import boto3
 import pytest
 from pydantic import ValidationError
 
-from reconciler.api.ec2 import Ec2Spec
-from reconciler.api.resources import GROUP_LABEL
-from reconciler.sources.ec2 import Ec2Listing, Ec2RefreshFailed, list_ec2
+from reconciler.api.enrolment import DiscoveredHost
+from reconciler.api.resources import GROUP_LABEL, Ec2Instances
+from reconciler.sources.enrol import Context
+from reconciler.sources.enrol.ec2 import Ec2RefreshFailed, discover
 from tests import awslab
 
 SOURCE = "ec2-prod"
@@ -80,35 +81,43 @@ def ec2(moto_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ec
     return Ec2Lab(awslab.moto_reset(moto_server))
 
 
-def spec(**fields: Any) -> Ec2Spec:
-    return Ec2Spec.model_validate({"regions": ["eu-west-1"], **fields})
+def spec(**fields: Any) -> Ec2Instances:
+    return Ec2Instances.model_validate({"regions": ["eu-west-1"], **fields})
 
 
-def by_id(listing: Ec2Listing) -> dict[str, Any]:
-    return {m.instance_id: m for m in listing.machines}
+def list_ec2(source: str, given: Ec2Instances, **options: Any) -> list[DiscoveredHost]:
+    return discover(given, Context(source, None), **options)
+
+
+def by_id(hosts: list[DiscoveredHost]) -> dict[str, DiscoveredHost]:
+    """The hosts enrolled (those left out are not), by instance id."""
+    return {h.id: h for h in hosts if h.left_out is None}
+
+
+def left_out(hosts: list[DiscoveredHost]) -> dict[str, str]:
+    return {h.id: h.left_out for h in hosts if h.left_out is not None}
 
 
 # --- what is listed ------------------------------------------------------------------------------
 
 
-def test_instances_of_every_region_are_enrolled_with_their_patch_group(ec2: Ec2Lab) -> None:
+def test_instances_of_every_region_are_listed_with_their_patch_group(ec2: Ec2Lab) -> None:
     web = ec2.launch("eu-west-1", {"Name": "web-1", "Patch Group": "web"})
     db = ec2.launch("us-east-1", {"Name": "DB server", "PatchGroup": "db"})
     ec2.launch("ap-southeast-2", {"Name": "elsewhere"})
 
-    listing = list_ec2(SOURCE, spec(regions=["eu-west-1", "us-east-1"]))
+    hosts = list_ec2(SOURCE, spec(regions=["eu-west-1", "us-east-1"]))
 
-    machines = by_id(listing)
+    machines = by_id(hosts)
     assert set(machines) == {web, db}
-    assert machines[web].name == "web-1"
-    # "DB server" cannot name a resource: the instance id does.
-    assert machines[db].name == db
+    # The id is the instance id (provenance); the name comes from the Name tag, made a
+    # resource name as the framework makes every name.
+    assert (machines[web].name, machines[db].name) == ("web-1", "db-server")
     assert machines[web].labels == {GROUP_LABEL: "web"}
     assert machines[db].labels == {GROUP_LABEL: "db"}
-    assert machines[web].host == ec2.describe("eu-west-1", web)["PrivateIpAddress"]
-    assert machines[db].region == "us-east-1"
-    assert machines[db].provenance == f"instance {db} (us-east-1)"
-    assert listing.skipped == ()
+    assert machines[web].address == ec2.describe("eu-west-1", web)["PrivateIpAddress"]
+    assert machines[db].address == ec2.describe("us-east-1", db)["PrivateIpAddress"]
+    assert left_out(hosts) == {}
 
 
 def test_tag_filters_select_instances_by_any_of_their_values(ec2: Ec2Lab) -> None:
@@ -118,9 +127,8 @@ def test_tag_filters_select_instances_by_any_of_their_values(ec2: Ec2Lab) -> Non
     ec2.launch("eu-west-1", {"Patch Group": "cache", "Environment": "prod"})
 
     filters = {"tag:Environment": ["prod"], "tag:Patch Group": ["web*", "db"]}
-    listing = list_ec2(SOURCE, spec(filters=filters))
 
-    assert set(by_id(listing)) == {web, db}
+    assert set(by_id(list_ec2(SOURCE, spec(filters=filters)))) == {web, db}
 
 
 def test_a_stopped_instance_is_not_enrolled_unless_its_state_is_asked_for(ec2: Ec2Lab) -> None:
@@ -150,25 +158,25 @@ def test_a_vpc_filter_keeps_the_instances_of_that_vpc(ec2: Ec2Lab) -> None:
         ("publicDns", "PublicDnsName"),
     ],
 )
-def test_the_address_asked_for_is_the_host_and_an_instance_without_one_is_reported(
+def test_the_address_asked_for_is_the_host_and_an_instance_without_one_is_left_out(
     ec2: Ec2Lab, address: str, field: str
 ) -> None:
     public = ec2.launch("eu-west-1")
     _, subnet = ec2.vpc("eu-west-1")
     private = ec2.launch("eu-west-1", subnet=subnet)
 
-    listing = list_ec2(SOURCE, spec(address=address))
+    hosts = list_ec2(SOURCE, spec(address=address))
 
-    machines = by_id(listing)
-    assert machines[public].host == ec2.describe("eu-west-1", public)[field]
+    machines = by_id(hosts)
+    assert machines[public].address == ec2.describe("eu-west-1", public)[field]
     if address.startswith("public"):
-        # Never enrolled with an empty host: skipped, and the refresh says which and why.
+        # Never enrolled with an empty host: left out, and the refresh says which and why.
         assert private not in machines
-        assert listing.skipped == (
-            f"instance {private} (eu-west-1): has no {address} address; not enrolled",
-        )
+        assert left_out(hosts) == {
+            private: f"has no {address} address (spec.ec2.address): not enrolled"
+        }
     else:
-        assert machines[private].host == ec2.describe("eu-west-1", private)[field]
+        assert machines[private].address == ec2.describe("eu-west-1", private)[field]
 
 
 def test_tag_labels_map_tags_and_the_patch_group_tag_unless_named(ec2: Ec2Lab) -> None:
@@ -186,30 +194,16 @@ def test_tag_labels_map_tags_and_the_patch_group_tag_unless_named(ec2: Ec2Lab) -
     assert moved[team].labels == {"ssm/patch-group": "web"}
 
 
-def test_a_tag_that_cannot_be_a_label_keeps_its_instance_out_and_says_why(ec2: Ec2Lab) -> None:
-    odd = ec2.launch("eu-west-1", {"Patch Group": "Web Servers"})
-    ok = ec2.launch("eu-west-1", {"Patch Group": "web"})
-
-    listing = list_ec2(SOURCE, spec())
-
-    assert set(by_id(listing)) == {ok}
-    assert listing.skipped == (
-        f"instance {odd} (eu-west-1): its tag 'Patch Group' is 'Web Servers', which cannot be "
-        f"the value of label {GROUP_LABEL} (at most 63 letters, digits, '-', '_' or '.', "
-        "starting and ending with a letter or digit): change the tag; not enrolled",
-    )
-
-
 def test_instances_sharing_a_name_tag_are_named_by_their_ids(ec2: Ec2Lab) -> None:
     first = ec2.launch("eu-west-1", {"Name": "web"})
-    second = ec2.launch("us-east-1", {"Name": "web"})
+    second = ec2.launch("us-east-1", {"Name": "WEB"})  # the same resource name
+    other = ec2.launch("us-east-1", {"Name": "db"})
+    unnamed = ec2.launch("us-east-1", {"Name": "--"})
 
-    listing = list_ec2(SOURCE, spec(regions=["eu-west-1", "us-east-1"]))
+    machines = by_id(list_ec2(SOURCE, spec(regions=["eu-west-1", "us-east-1"])))
 
-    assert sorted(m.name for m in listing.machines) == sorted([first, second])
-    assert listing.skipped == (
-        "the Name tag 'web' is on several instances: each is named by its id",
-    )
+    names = {i: h.name for i, h in machines.items()}
+    assert names == {first: None, second: None, other: "db", unnamed: None}
 
 
 def test_every_page_of_instances_is_read(ec2: Ec2Lab) -> None:
@@ -267,19 +261,19 @@ def test_credentials_without_describe_instances_are_refused_by_name(
     ]
 
 
-def test_an_endpoint_that_does_not_answer_fails_the_refresh_whole(
+def test_an_endpoint_that_does_not_answer_fails_the_refresh(
     ec2: Ec2Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ec2.launch("eu-west-1")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", dead)
     with pytest.raises(Ec2RefreshFailed) as failed:
-        list_ec2(SOURCE, spec(regions=["eu-west-1"]), endpoint_url=dead)
+        list_ec2(SOURCE, spec())
     assert failed.value.reasons() == [
         f"InstanceSource ec2-prod, region eu-west-1: cannot reach the EC2 endpoint {dead}: check "
-        "the network, and --ec2-endpoint-url / AWS_ENDPOINT_URL_EC2 / AWS_ENDPOINT_URL if you set "
-        "one"
+        "the network, and AWS_ENDPOINT_URL_EC2 / AWS_ENDPOINT_URL if you set one"
     ]
 
 
@@ -293,8 +287,8 @@ def test_one_failing_region_fails_the_refresh_whole(ec2: Ec2Lab) -> None:
         list_ec2(SOURCE, spec(regions=["eu-west-1", "xx-nowhere-1"]))
     assert failed.value.reasons() == [
         f"InstanceSource ec2-prod, region xx-nowhere-1: the EC2 endpoint {ec2.url} did not "
-        "answer as EC2 does: check that it is EC2's (--ec2-endpoint-url / AWS_ENDPOINT_URL_EC2 "
-        "/ AWS_ENDPOINT_URL if you set one)"
+        "answer as EC2 does: check that it is EC2's (AWS_ENDPOINT_URL_EC2 / AWS_ENDPOINT_URL if "
+        "you set one)"
     ]
 
 
