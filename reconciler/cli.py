@@ -27,6 +27,7 @@ import yaml
 
 from reconciler import __version__
 from reconciler.api.crd import custom_resource_definitions
+from reconciler.api.enrolment import provenance
 from reconciler.api.enums import ComplianceStatus, RejectedPatchesAction
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
@@ -330,6 +331,14 @@ def _parser() -> argparse.ArgumentParser:
     _state_arg(p)
     _output_arg(p, "table", "json", "yaml", "csv")
     p.set_defaults(handler=_compliance)
+
+    p = sub.add_parser(
+        "sources",
+        help="the InstanceSources the loop read: machines listed, last refresh, last error",
+    )
+    _state_arg(p)
+    _output_arg(p, "table", "json", "yaml", "csv")
+    p.set_defaults(handler=_sources_status)
 
     p = sub.add_parser(
         "report",
@@ -801,7 +810,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             _check_os(baseline, inventory)
             results.append(evaluate(baseline, inventory, now, cache=cache))
     else:
-        snapshot = read_snapshot(args.source)
+        snapshot = _desired(args.source)
         for inventory in inventories:
             results.append(_evaluate_in_snapshot(snapshot, inventory, now, cache)[0])
     render.evaluations(results, _format(args), sys.stdout, show_all=args.all)
@@ -810,7 +819,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     now = args.now or datetime.now(UTC)
-    snapshot = read_snapshot(args.source)
+    snapshot = _desired(args.source)
     inventories = [i for i in read_inventories(args.inventory) if i.instance_id == args.instance]
     if not inventories:
         raise UserError(f"no inventory for instance {args.instance!r} under {args.inventory}")
@@ -818,8 +827,16 @@ def _explain(args: argparse.Namespace) -> int:
     if args.state:
         inventory = _recorded_first_seen(args, inventory)
     result, resolution = _evaluate_in_snapshot(snapshot, inventory, now, DecisionCache())
-    render.explanation(result, resolution, args.patch, _format(args), sys.stdout)
+    instance = snapshot.instances.get(args.instance)
+    origin = provenance(instance) if instance else None
+    text = str(origin) if origin else None
+    render.explanation(result, resolution, args.patch, _format(args), sys.stdout, text)
     return EXIT_OK
+
+
+def _desired(path: Path) -> Snapshot:
+    """A directory's snapshot with the machines its InstanceSources list, enrolled now."""
+    return enrol_once(path, read_snapshot(path), utc_now).snapshot
 
 
 def _recorded_first_seen(args: argparse.Namespace, inventory: Inventory) -> Inventory:
@@ -871,7 +888,7 @@ def _sources(args: argparse.Namespace) -> tuple[BaselineSource, ...]:
         return tuple(BaselineSource(system, s) for s in baseline.spec.sources)
     if not args.source:
         return ()
-    snapshot = read_snapshot(args.source)
+    snapshot = _desired(args.source)
     instance = snapshot.instances.get(args.instance or "")
     return baseline_sources(snapshot, dict(instance.metadata.labels) if instance else {})
 
@@ -957,9 +974,7 @@ def _baseline_of(
         baseline = _single_baseline(args.baseline)
         _check_os(baseline, inventory)
         return baseline, None
-    snapshot = (
-        read_snapshot(args.source) if args.source else Snapshot(predefined=predefined_baselines())
-    )
+    snapshot = _desired(args.source) if args.source else Snapshot(predefined=predefined_baselines())
     instance = snapshot.instances.get(inventory.instance_id)
     labels = dict(instance.metadata.labels) if instance else {}
     resolution = resolve(snapshot, labels, inventory.facts.operating_system)
@@ -1106,10 +1121,20 @@ def _plan(args: argparse.Namespace) -> int:
         )
         reconciler.refresh()
         current = reconciler.plan()
-        if current is None:
+        if current is None or reconciler.snapshot is None:
             raise UserError("no valid snapshot: nothing to plan (see the refusal above)")
-        render.plan(current, _format(args), sys.stdout)
+        render.plan(current, _format(args), sys.stdout, _origins(reconciler.snapshot))
+        reconciler.enrolment.close()
     return EXIT_OK
+
+
+def _origins(snapshot: Snapshot) -> dict[str, str]:
+    """instance -> ``from InstanceSource S, host H``, for the generated ones."""
+    return {
+        name: str(origin)
+        for name, instance in snapshot.instances.items()
+        if (origin := provenance(instance)) is not None
+    }
 
 
 @contextlib.contextmanager
@@ -1526,7 +1551,8 @@ def _compliance(args: argparse.Namespace) -> int:
                 compliance.history(store.scan_history(args.instance, limit=1000)),
                 fmt,
                 sys.stdout,
-                title=f"Compliance history of {args.instance}",
+                title=f"Compliance history of {args.instance}"
+                f"{_enrolled_from(store, args.instance)}",
             )
         elif args.instance:
             scan = latest.get(args.instance)
@@ -1536,12 +1562,43 @@ def _compliance(args: argparse.Namespace) -> int:
                 compliance.patches(scan),
                 fmt,
                 sys.stdout,
-                title=f"{args.instance}: {scan.operation} under {scan.baseline} at {scan.revision}",
+                title=f"{args.instance}: {scan.operation} under {scan.baseline} at {scan.revision}"
+                f"{_enrolled_from(store, args.instance)}",
             )
         elif args.history:
             raise UserError("--history needs an instance: patchctl compliance INSTANCE --history")
         else:
             render.rows(compliance.instances(latest), fmt, sys.stdout, title="Compliance")
+    return EXIT_OK
+
+
+def _enrolled_from(store: StateStore, instance: str) -> str:
+    """`` (from InstanceSource S, host H)`` for a generated instance, empty for a written one."""
+    found = store.enrolled().get(instance)
+    if found is None:
+        return ""
+    origin, listed = found
+    return f" ({origin})" if listed else f" ({origin}; no longer listed there)"
+
+
+def _sources_status(args: argparse.Namespace) -> int:
+    """Each InstanceSource the loop has read: what it lists, and whether it can be read now."""
+    with _store(args) as store:
+        lists, failures, enrolled = store.source_lists(), store.source_failures(), store.enrolled()
+    rows = []
+    for name in sorted({*lists, *failures}):
+        listed, failed = lists.get(name), failures.get(name)
+        rows.append(
+            {
+                "source": name,
+                "machines": len(listed.hosts) if listed else 0,
+                "listedAt": listed.at.isoformat() if listed else None,
+                "instances": sum(1 for p, on in enrolled.values() if on and p.source == name),
+                "error": failed[0] if failed else None,
+                "failedAt": failed[1].isoformat() if failed else None,
+            }
+        )
+    render.rows(rows, _format(args), sys.stdout, title="Instance sources")
     return EXIT_OK
 
 

@@ -635,6 +635,7 @@ def _custom_read(c: Cluster) -> None:
         "maintenancewindows",
         "managedinstances",
         "compliancereports",
+        "instancesources",
     ):
         custom.list_namespaced_custom_object(GROUP, VERSION, c.ns, plural)
     custom.get_namespaced_custom_object(GROUP, VERSION, c.ns, "patchbaselines", c.baseline)

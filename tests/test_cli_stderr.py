@@ -172,3 +172,28 @@ def test_schema_output_is_still_json_on_stdout() -> None:
     run = patchctl("schema", "inventory")
     assert run.returncode == 0
     assert json.loads(run.stdout)["title"]
+
+
+def test_ansible_says_nothing_on_stdout_or_stderr(tmp_path: Path) -> None:
+    """Enrolment from an Ansible inventory imports ansible-core, which warns on import
+    (cryptography's DSA) and prints its own warnings through its Display: here, "Found both
+    group and host with same name", which ``ansible-inventory`` itself shows. None of that may
+    reach patchctl's stderr, nor stdout, which must stay the JSON document asked for."""
+    (tmp_path / "hosts.ini").write_text("[web]\nweb\nweb2\n", encoding="utf-8")
+    (tmp_path / "fleet.yaml").write_text(
+        "apiVersion: patchwarden.io/v1alpha1\nkind: InstanceSource\nmetadata:\n  name: inv\n"
+        "spec:\n  ansibleInventory:\n    path: hosts.ini\n",
+        encoding="utf-8",
+    )
+    ansible = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-inventory"), "-i", "hosts.ini", "--list"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "Found both group and host with same name: web" in ansible.stderr  # it does warn
+    run = patchctl("validate", str(tmp_path), "-o", "json")
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""
+    assert json.loads(run.stdout)["enrolled"][0]["instances"] == ["web", "web2"]

@@ -56,6 +56,7 @@ PLURAL = {
     "MaintenanceWindow": "maintenancewindows",
     "ManagedInstance": "managedinstances",
     "ComplianceReport": "compliancereports",
+    "InstanceSource": "instancesources",
 }
 # The fleet's baseline changed so that it approves nothing these systems have: compliant.
 NOTHING_APPROVED = BASELINE_YAML.replace(
@@ -1032,3 +1033,60 @@ def test_a_known_hosts_file_outside_the_ssh_dir_reaches_no_status(
     assert "not an OpenSSH known_hosts file" in garbage["message"]
     for name in ("outside", "garbage"):
         assert "pw-status-secret" not in str(get(kube_api, ns, "ManagedInstance", name))
+
+
+@pytest.mark.apiserver
+def test_an_instance_source_reports_what_it_enrols_and_why_it_cannot(
+    kube_api: KubeApi, controllers: Callable[..., Controller]
+) -> None:
+    """Enrolment in Kubernetes: a static InstanceSource's status counts its machines and names
+    the ManagedInstances it generates; an ansibleInventory has no repository to be read from
+    here, so its status says RefreshFailed with the reason, and one Event says so."""
+    ns = kube_api.namespace()
+    apply(
+        kube_api,
+        ns,
+        f"""\
+apiVersion: {G}/{V}
+kind: InstanceSource
+metadata:
+  name: lab
+spec:
+  static:
+    hosts:
+      - {{name: lab-1, address: 127.0.0.1, port: 1}}
+      - {{name: lab-2, address: 127.0.0.1, port: 1}}
+---
+apiVersion: {G}/{V}
+kind: InstanceSource
+metadata:
+  name: inv
+spec:
+  ansibleInventory: {{path: hosts.ini}}
+""",
+    )
+    controllers(ns, "one", "--interval", "600")
+
+    def listed(name: str, key: str) -> Callable[[], dict[str, Any] | None]:
+        def check() -> dict[str, Any] | None:
+            obj = get(kube_api, ns, "InstanceSource", name)
+            return obj if key in obj.get("status", {}) else None
+
+        return check
+
+    lab = wait_for("lab's status", listed("lab", "machines"))
+    status = lab["status"]
+    assert (status["kind"], status["machines"], status["instances"]) == (
+        "static",
+        2,
+        ["lab-1", "lab-2"],
+    )
+    assert conditions(lab)["RefreshFailed"]["status"] == "False"
+    inv = wait_for("inv's status", listed("inv", "error"))
+    assert "needs a Git or directory source" in inv["status"]["error"]
+    failed = conditions(inv)["RefreshFailed"]
+    assert failed["status"] == "True" and "nothing listed" in failed["message"]
+    wait_for(
+        "a RefreshFailed event",
+        lambda: ("InstanceSource/inv", "RefreshFailed", "Warning") in events(kube_api, ns),
+    )

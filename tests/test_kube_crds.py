@@ -28,6 +28,7 @@ PLURALS = {
     "MaintenanceWindow": "maintenancewindows",
     "ManagedInstance": "managedinstances",
     "ComplianceReport": "compliancereports",
+    "InstanceSource": "instancesources",
 }
 
 

@@ -611,6 +611,11 @@ class AnsibleInventory(DiscoverySpec):
     path: Annotated[NamedFile, StringConstraints(min_length=1, max_length=1024)]
     """The inventory file's path relative to the repository (or directory) root."""
 
+    groups: list[Annotated[str, StringConstraints(min_length=1, max_length=255)]] = Field(
+        default_factory=list
+    )
+    """Only the hosts of these groups (directly or through children); every host when empty."""
+
     @field_validator("path")
     @classmethod
     def _relative(cls, value: str) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -110,6 +110,21 @@ def notices(
         )
     elif occurrence.kind is Kind.SNAPSHOT_REFUSED:
         yield from _refusal(occurrence, object_of)
+    elif occurrence.kind is Kind.INSTANCE_SOURCE_FAILED and detail.get("source"):
+        yield _refresh_failed(detail, at)
+
+
+def _refresh_failed(detail: Mapping[str, Any], at: str) -> Notice:
+    """An InstanceSource whose list could not be read again (its last good list stays)."""
+    kept = detail.get("keptFrom")
+    keeping = f"keeping the list of {kept}" if kept else "nothing listed yet"
+    return Notice(
+        "InstanceSource",
+        str(detail["source"]),
+        "Warning",
+        "RefreshFailed",
+        f"{detail.get('error')}; {keeping} ({detail.get('hosts')} machine(s)){at}",
+    )
 
 
 def _refusal(

@@ -36,6 +36,7 @@ from reconciler.loop import (
 )
 from reconciler.loop.reconciler import LoopOptions
 from reconciler.report.notify.metrics import LoopMetrics
+from reconciler.report.views.enrolment import status_document
 from reconciler.sources.kubernetes import KubernetesSource
 from reconciler.state import StateStore
 from reconciler.state.kubernetes import StatusWriter, Written
@@ -123,6 +124,7 @@ class ControllerReconciler(Reconciler):
             executions=executions,
             waits=dict(summary.waits),
             report_runs=runs,
+            sources={s.source: status_document(s) for s in self.enrolment.statuses()},
         )
 
     def write_status(self, summary: PassSummary) -> dict[str, int]:

@@ -64,6 +64,8 @@ class Seen:
     report_runs: Mapping[str, Sequence[ReportRunRecord]] = field(default_factory=dict)
     """Each report's recorded export attempts, newest first (the newest and the newest
     successful one are enough)."""
+    sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Each InstanceSource's enrolment status (``report.views.enrolment.status_document``)."""
 
 
 def condition(
@@ -340,10 +342,26 @@ def _members(seen: Seen) -> dict[str, ScanRecord]:
     return {name: scan for name, scan in seen.scans.items() if name in instances}
 
 
+def _instance_source(seen: Seen, name: str, generation: int) -> Built:
+    """What the source lists and generates; RefreshFailed while its last good list is kept."""
+    document = dict(seen.sources.get(name, {}))
+    document.pop("source", None)
+    error = document.get("error")
+    conditions = _accepted(seen, generation)
+    message = ""
+    if error:
+        kept = document.get("listedAt")
+        message = f"{error} (keeping the list of {kept})" if kept else f"{error} (nothing listed)"
+    reason = "RefreshFailed" if error else "NoFailure"
+    conditions.append(condition("RefreshFailed", bool(error), reason, message, generation))
+    return {"revision": seen.revision, **document}, conditions
+
+
 _BUILDERS = {
     "PatchBaseline": _baseline,
     "PatchGroup": _group,
     "MaintenanceWindow": _window,
     "ManagedInstance": _instance,
     "ComplianceReport": _report,
+    "InstanceSource": _instance_source,
 }

@@ -137,7 +137,7 @@ def enrolment_report(emit: Emitter, log: Log) -> Callable[[Refreshed], None]:
     def report(refreshed: Refreshed) -> None:
         detail: dict[str, Any] = {
             "source": refreshed.source,
-            "kind": refreshed.kind,
+            "sourceKind": refreshed.kind,
             "hosts": refreshed.hosts,
         }
         if refreshed.error is not None:

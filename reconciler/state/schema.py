@@ -366,7 +366,8 @@ def record_first_seen(
 
 def _v9_instance_source_lists(conn: sqlite3.Connection) -> None:
     """Each InstanceSource's last good list of machines (JSON), so a restart keeps enrolling them
-    while the source cannot be read; and the last refresh's error, for ``patchctl sources``.
+    while the source cannot be read; the last refresh's error, for ``patchctl sources``; and
+    which source generated each instance (``listed`` 0 once its machine left the source).
     One row per source, replaced on each refresh: a list is state, not history (the instances'
     history is in scans and jobs)."""
     _run(
@@ -380,6 +381,15 @@ def _v9_instance_source_lists(conn: sqlite3.Connection) -> None:
                 listed_at TEXT,
                 error TEXT,
                 failed_at TEXT
+            )""",
+            # Every instance ever generated, with where from: a machine gone from its source
+            # keeps its history, and its history still says where it came from.
+            """CREATE TABLE enrolled_instances (
+                instance TEXT PRIMARY KEY,
+                source TEXT NOT NULL,
+                host TEXT NOT NULL,
+                listed INTEGER NOT NULL CHECK (listed IN (0, 1)),
+                changed_at TEXT NOT NULL
             )""",
         ],
     )

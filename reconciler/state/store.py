@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import datetime
@@ -36,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from reconciler.api.enrolment import DiscoveredHost, Listed
+from reconciler.api.enrolment import DiscoveredHost, Listed, Provenance
 from reconciler.api.enums import ExecutionStatus, JobStatus, Operation, ReportRunStatus
 from reconciler.api.inventory import (
     FirstSeenKey,
@@ -644,6 +644,36 @@ class StateStore:
                 " DO UPDATE SET error = excluded.error, failed_at = excluded.failed_at",
                 (source, kind, error, to_text(now)),
             )
+
+    def record_enrolled(self, enrolled: Mapping[str, Provenance], now: datetime) -> None:
+        """``enrolled`` (instance -> where from) are the generated instances now; any other
+        instance recorded before is marked no longer listed (its history stays)."""
+        rows = [(name, p.source, p.host, to_text(now)) for name, p in enrolled.items()]
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO enrolled_instances (instance, source, host, listed, changed_at)"
+                " VALUES (?, ?, ?, 1, ?) ON CONFLICT (instance) DO UPDATE SET"
+                " source = excluded.source, host = excluded.host, listed = 1,"
+                " changed_at = excluded.changed_at"
+                " WHERE (source, host, listed) != (excluded.source, excluded.host, 1)",
+                rows,
+            )
+            marks = ",".join("?" * len(rows))
+            conn.execute(
+                "UPDATE enrolled_instances SET listed = 0, changed_at = ?"
+                f" WHERE listed = 1 AND instance NOT IN ({marks})",
+                (to_text(now), *enrolled),
+            )
+
+    def enrolled(self) -> dict[str, tuple[Provenance, bool]]:
+        """instance -> (where it was generated from, whether its source still lists it)."""
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT instance, source, host, listed FROM enrolled_instances"
+            ).fetchall()
+        return {
+            name: (Provenance(source, host), bool(listed)) for name, source, host, listed in rows
+        }
 
     def source_failures(self) -> dict[str, tuple[str, datetime]]:
         """source -> (the last refresh's error, when), for sources whose last refresh failed."""

@@ -38,7 +38,8 @@ class Kind(StrEnum):
     WINDOW_EXECUTION_CHANGED = "window.execution"
     """A window opening's execution started (IN_PROGRESS) or ended (SUCCESS, FAILED)."""
     INSTANCE_SOURCE_LISTED = "instancesource.listed"
-    """An InstanceSource's list changed: ``detail.added``/``removed`` machines, ``hosts``."""
+    """An InstanceSource's list changed: ``detail.added``/``removed`` machines, ``hosts``,
+    ``sourceKind``."""
     INSTANCE_SOURCE_FAILED = "instancesource.failed"
     """An InstanceSource could not be refreshed; ``detail.keptFrom`` says since when the list
     in use dates (null: nothing is enrolled from it)."""

@@ -28,7 +28,7 @@ from rich.text import Text
 from reconciler.api.enums import PatchState
 from reconciler.evaluation.resolve import Resolution
 from reconciler.evaluation.results import InstanceEvaluation, PatchResult
-from reconciler.plan import Plan
+from reconciler.plan import Plan, Wait
 from reconciler.report.views import csvreport
 
 QUIET_STATES = frozenset({PatchState.INSTALLED, PatchState.INSTALLED_OTHER})
@@ -180,9 +180,15 @@ def _patch_table(result: InstanceEvaluation, rows: Sequence[PatchResult]) -> Tab
 
 
 def explanation(
-    result: InstanceEvaluation, resolution: Resolution, patch: str | None, fmt: str, out: IO[str]
+    result: InstanceEvaluation,
+    resolution: Resolution,
+    patch: str | None,
+    fmt: str,
+    out: IO[str],
+    origin: str | None = None,
 ) -> None:
-    """Why a group and baseline apply to an instance, and the reason behind each patch's state."""
+    """Why a group and baseline apply to an instance, and the reason behind each patch's state;
+    ``origin``: where a generated instance comes from."""
     patches = [p for p in result.patches if patch is None or p.name == patch]
     skipped = [n for n in result.not_approved if patch is None or n.name == patch]
     if fmt != "table":
@@ -191,10 +197,14 @@ def explanation(
         data["notApproved"] = [n.to_dict() for n in skipped]
         data["patchGroupReason"] = resolution.group_reason
         data["baselineReason"] = resolution.baseline_reason
+        if origin is not None:
+            data["enrolled"] = origin
         dump(data, fmt, out)
         return
     console = _console(out)
     console.print(styled(result.instance_id, "bold"), f"({result.operating_system})")
+    if origin is not None:
+        console.print(f"  enrolled:    {origin}")
     console.print(f"  patch group: {result.patch_group or '-'} — {resolution.group_reason}")
     console.print(f"  baseline:    {result.baseline} — {resolution.baseline_reason}")
     console.print(f"  status:      {result.summary.compliance_status}")
@@ -264,11 +274,14 @@ def installation(
     evaluations([result], fmt, out)
 
 
-def plan(current: Plan, fmt: str, out: IO[str]) -> None:
-    """What the next reconcile would do now, and why every other instance waits."""
+def plan(current: Plan, fmt: str, out: IO[str], origins: Mapping[str, str] | None = None) -> None:
+    """What the next reconcile would do now, and why every other instance waits; ``origins``
+    says where generated instances come from (``from InstanceSource S, host H``)."""
+    origins = origins or {}
     actions = [
         {
             "instance": a.instance,
+            **({"enrolled": origins[a.instance]} if a.instance in origins else {}),
             "operation": a.operation,
             "reason": a.reason,
             "window": a.window,
@@ -278,14 +291,7 @@ def plan(current: Plan, fmt: str, out: IO[str]) -> None:
         }
         for a in current.actions
     ]
-    waits = [
-        {
-            "instance": w.instance,
-            "reason": w.reason,
-            "until": w.until.isoformat() if w.until else None,
-        }
-        for w in current.waits
-    ]
+    waits = [_wait_row(w, origins) for w in current.waits]
     if fmt != "table":
         dump(
             {
@@ -307,7 +313,7 @@ def plan(current: Plan, fmt: str, out: IO[str]) -> None:
         table.add_column(column, overflow="fold")
     for a in current.actions:
         table.add_row(
-            a.instance,
+            _with_origin(a.instance, origins),
             a.operation,
             f"{a.window}/{a.task}" if a.window else "-",
             str(len(a.pins)) if a.pins else "-",
@@ -319,8 +325,22 @@ def plan(current: Plan, fmt: str, out: IO[str]) -> None:
         for column in ("Instance", "Why", "Until"):
             table.add_column(column, overflow="fold")
         for w in current.waits:
-            table.add_row(w.instance, w.reason, w.until.isoformat() if w.until else "-")
+            until = w.until.isoformat() if w.until else "-"
+            table.add_row(_with_origin(w.instance, origins), w.reason, until)
         console.print(table)
+
+
+def _wait_row(wait: Wait, origins: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "instance": wait.instance,
+        **({"enrolled": origins[wait.instance]} if wait.instance in origins else {}),
+        "reason": wait.reason,
+        "until": wait.until.isoformat() if wait.until else None,
+    }
+
+
+def _with_origin(instance: str, origins: Mapping[str, str]) -> str:
+    return f"{instance} ({origins[instance]})" if instance in origins else instance
 
 
 @contextlib.contextmanager

@@ -27,7 +27,9 @@ from reconciler.api.enrolment import (
     DiscoveredHost,
     Enrolled,
     Listed,
+    Provenance,
     enrol,
+    provenance,
     with_enrolled,
 )
 from reconciler.api.resources import InstanceSource
@@ -76,12 +78,20 @@ class SourceLists(Protocol):
 
     def record_source_failure(self, source: str, kind: str, error: str, now: datetime) -> None: ...
 
+    def record_enrolled(self, enrolled: Mapping[str, Provenance], now: datetime) -> None: ...
+
 
 @dataclass
 class _Attempt:
     spec: str
+    revision: str
     at: datetime
     future: Future[list[DiscoveredHost]]
+    awaited: bool
+    """Started for new content (a first list, a changed spec or revision), not for the
+    interval: the snapshot waits for it, so what it shows matches its revision."""
+    taken: bool = False
+    """Its result was taken in; its time still says when the next one is due."""
 
 
 @dataclass
@@ -89,6 +99,7 @@ class _State:
     listed: dict[str, Listed] = field(default_factory=dict)
     status: dict[str, SourceStatus] = field(default_factory=dict)
     attempts: dict[str, _Attempt] = field(default_factory=dict)
+    recorded: dict[str, Provenance] | None = None
 
 
 class Enrolment:
@@ -121,7 +132,19 @@ class Enrolment:
             enrolled = [self._enrolled(name, src) for name, src in sorted(sources.items())]
             merged, notes = with_enrolled(snapshot, [e for e in enrolled if e is not None])
             self._settle_status(sources, merged, notes)
+            self._remember(merged)
             return merged
+
+    def _remember(self, merged: Snapshot) -> None:
+        """Record which instances are generated, when that changed (history keeps provenance)."""
+        enrolled = {
+            name: origin
+            for name, instance in merged.instances.items()
+            if (origin := provenance(instance)) is not None
+        }
+        if self.lists is not None and enrolled != self._state.recorded:
+            self.lists.record_enrolled(enrolled, self.clock())
+            self._state.recorded = enrolled
 
     def statuses(self) -> list[SourceStatus]:
         """Each InstanceSource of the last snapshot applied, by name."""
@@ -136,7 +159,9 @@ class Enrolment:
         if attempt is not None and not attempt.future.done():
             return
         interval = timedelta(minutes=source.spec.refresh_minutes)
-        if attempt is not None and attempt.spec == spec and now < attempt.at + interval:
+        # A new revision may change what the source reads (an inventory file): listed again.
+        same = attempt is not None and (attempt.spec, attempt.revision) == (spec, str(revision))
+        if attempt is not None and same and now < attempt.at + interval:
             return
         listed = self._state.listed.get(name)
         restored = attempt is None and listed is not None and listed.spec == spec
@@ -149,23 +174,23 @@ class Enrolment:
         repository = self.repository(revision) if self.repository else None
         context = Context(source=name, repository=repository)
         future = self._pool.submit(discover, given, context)
-        self._state.attempts[name] = _Attempt(spec, now, future)
+        listed_now = listed is not None and listed.spec == spec
+        awaited = not listed_now or (attempt is not None and not same)
+        self._state.attempts[name] = _Attempt(spec, str(revision), now, future, awaited)
 
     def _wait_for_new(self, sources: Mapping[str, InstanceSource]) -> None:
-        """Wait for the sources that have no list for their current spec."""
+        """Wait (at most ``first_wait``) for the listings of new content."""
         pending = [
             attempt.future
             for name, attempt in self._state.attempts.items()
-            if name in sources
-            and not attempt.future.done()
-            and (name not in self._state.listed or self._state.listed[name].spec != attempt.spec)
+            if name in sources and attempt.awaited and not attempt.future.done()
         ]
         if pending:
             wait_for(pending, timeout=self.first_wait)
 
     def _take_finished(self, sources: Mapping[str, InstanceSource]) -> None:
         for name, attempt in list(self._state.attempts.items()):
-            if not attempt.future.done() or name not in sources:
+            if attempt.taken or not attempt.future.done() or name not in sources:
                 continue
             kind = sources[name].spec.discovery()[0]
             try:
@@ -176,8 +201,7 @@ class Enrolment:
                 self._failed(name, kind, f"{type(exc).__name__}: {exc}")
             else:
                 self._listed(name, Listed(kind, attempt.spec, tuple(hosts), attempt.at))
-            # Keep the attempt (its time says when the next is due) but mark it taken.
-            self._state.attempts[name] = replace(attempt, future=_done())
+            attempt.taken = True
 
     def _listed(self, name: str, listed: Listed) -> None:
         before = self._state.listed.get(name)
@@ -246,12 +270,6 @@ def fingerprint(source: InstanceSource) -> str:
     """The spec's digest: a changed spec is listed again at once."""
     text = json.dumps(source.spec.to_wire(), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _done() -> Future[list[DiscoveredHost]]:
-    future: Future[list[DiscoveredHost]] = Future()
-    future.set_result([])
-    return future
 
 
 def enrol_once(root: Path, snapshot: Snapshot, clock: Callable[[], datetime]) -> EnrolledOnce:

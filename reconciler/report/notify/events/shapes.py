@@ -33,7 +33,16 @@ COMMAND_INVOCATION = "EC2 Command Invocation Status-change Notification"
 SNAPSHOT_REFUSED = "Snapshot Refused Notification"
 """SSM has no counterpart (its configuration is not versioned); named in SSM's manner."""
 
-DETAIL_TYPES = (COMPLIANCE, WINDOW_EXECUTION, COMMAND_INVOCATION, SNAPSHOT_REFUSED)
+INSTANCE_SOURCE_FAILED = "Instance Source Refresh Failed Notification"
+"""Enrolment (docs/enrolment.md); SSM has no counterpart. Named in SSM's manner."""
+
+DETAIL_TYPES = (
+    COMPLIANCE,
+    WINDOW_EXECUTION,
+    COMMAND_INVOCATION,
+    SNAPSHOT_REFUSED,
+    INSTANCE_SOURCE_FAILED,
+)
 
 _ENDED = frozenset({"SUCCESS", "FAILED", "TIMED_OUT", "CANCELLED", "SKIPPED_OVERLAPPING"})
 # Event ids are name-based UUIDs (v5) under this namespace: stable across retries and restarts.
@@ -194,6 +203,21 @@ def _snapshot_refused(o: Occurrence) -> Shape:
     )
 
 
+def _instance_source_failed(o: Occurrence) -> Shape:
+    return (
+        "instancesource.failed",
+        INSTANCE_SOURCE_FAILED,
+        str(o.detail.get("source")),
+        {
+            "source": o.detail.get("source"),
+            "source-kind": o.detail.get("sourceKind"),
+            "error": o.detail.get("error"),
+            "kept-from": o.detail.get("keptFrom"),
+            "machines": o.detail.get("hosts"),
+        },
+    )
+
+
 def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
@@ -203,4 +227,5 @@ _SHAPES = {
     Kind.WINDOW_EXECUTION_CHANGED: _window_execution,
     Kind.JOB_FINISHED: _job_failed,
     Kind.SNAPSHOT_REFUSED: _snapshot_refused,
+    Kind.INSTANCE_SOURCE_FAILED: _instance_source_failed,
 }
