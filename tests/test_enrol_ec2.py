@@ -14,9 +14,13 @@ its own environment, with the endpoint given the standard way (``AWS_ENDPOINT_UR
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +29,21 @@ import pytest
 from pydantic import ValidationError
 
 from reconciler.api.enrolment import DiscoveredHost
-from reconciler.api.resources import GROUP_LABEL, Ec2Instances
+from reconciler.api.resources import GROUP_LABEL, Ec2Instances, LocalConnection, ManagedInstance
+from reconciler.dispatch import transport_for
+from reconciler.loop import Reconciler
+from reconciler.report.notify.occurrences import Kind, Occurrence
+from reconciler.sources import DirectorySource
 from reconciler.sources.enrol import Context
 from reconciler.sources.enrol.ec2 import Ec2RefreshFailed, discover
+from reconciler.state import StateStore
 from tests import awslab
+from tests.aptlab import Repo
+from tests.conftest import INSTALLED, needs_apt
+from tests.fleet import BASELINE_YAML, ManualClock, documents, make_fleet, versions, window_yaml
+from tests.waiting import wait_until
 
+ROOT = Path(__file__).resolve().parent.parent
 SOURCE = "ec2-prod"
 IMAGE = "ami-12c6146b"  # in moto's catalogue of every region
 KEYS = {"AWS_ACCESS_KEY_ID": "moto-key", "AWS_SECRET_ACCESS_KEY": "moto-secret"}
@@ -329,3 +343,141 @@ def test_a_spec_that_cannot_be_listed_is_refused_with_what_to_do(
     with pytest.raises(ValidationError) as refused:
         spec(**fields)
     assert message in str(refused.value)
+
+
+# --- enrolled: patchctl and the loop -------------------------------------------------------------
+
+INSTANCE_SOURCE = f"""\
+apiVersion: patchwarden.io/v1alpha1
+kind: InstanceSource
+metadata:
+  name: {SOURCE}
+spec:
+  ec2:
+    regions: [eu-west-1]
+    filters:
+      tag:Environment: [prod]
+  refreshMinutes: 5
+"""
+
+
+def test_patchctl_validate_enrols_ec2_instances_and_refuses_an_unknown_filter(
+    ec2: Ec2Lab, tmp_path: Path
+) -> None:
+    ec2.launch("eu-west-1", {"Name": "web-1", "Environment": "prod", "Patch Group": "web"})
+    ec2.launch("eu-west-1", {"Name": "test-1", "Environment": "test"})
+    (tmp_path / "fleet").mkdir()
+    (tmp_path / "fleet" / "sources.yaml").write_text(INSTANCE_SOURCE)
+
+    valid = patchctl("validate", str(tmp_path / "fleet"), "-o", "json")
+    assert valid.returncode == 0, valid.stderr
+    [listed] = json.loads(valid.stdout)["enrolled"]
+    assert {k: v for k, v in listed.items() if k != "listedAt"} == {
+        "source": SOURCE,
+        "kind": "ec2",
+        "machines": 1,
+        "instances": ["web-1"],
+        "error": None,
+        "failedAt": None,
+        "notes": [],
+    }
+
+    bad = INSTANCE_SOURCE.replace("tag:Environment", "Environment")
+    (tmp_path / "fleet" / "sources.yaml").write_text(bad)
+    refused = patchctl("validate", str(tmp_path / "fleet"))
+    assert refused.returncode != 0
+    assert refused.stdout + refused.stderr == (
+        "sources.yaml:8: spec.ec2.filters: unknown filter 'Environment': give tag:<Key> (for "
+        "example 'tag:Patch Group'), vpcId or instanceState (did you mean 'tag:Environment'?)\n"
+        "refused: 1 problem(s); nothing was applied\n"
+    )
+
+
+def patchctl(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "reconciler", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@dataclass
+class Heard:
+    """The occurrences of a loop, as an observer hears them."""
+
+    occurrences: list[Occurrence] = field(default_factory=list)
+
+    def __call__(self, occurrence: Occurrence) -> None:
+        self.occurrences.append(occurrence)
+
+    def of(self, kind: Kind) -> list[Occurrence]:
+        return [o for o in self.occurrences if o.kind is kind]
+
+
+@needs_apt
+def test_the_loop_patches_ec2_instances_drops_a_terminated_one_and_keeps_the_list_on_failure(
+    ec2: Ec2Lab, apt_repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The machines behind the EC2 instances are Debian roots in directories (real apt and
+    dpkg): the test routes each generated instance's connection to its root, since moto's
+    instances run nothing."""
+    tags = {"Environment": "prod", "Patch Group": "fleet"}
+    ids = {name: ec2.launch("eu-west-1", {**tags, "Name": name}) for name in ("web-1", "web-2")}
+    roots = make_fleet(tmp_path / "machines", apt_repo, list(ids), INSTALLED)
+    # The fleet's group selects by its own label; here the Patch Group tag puts instances in it.
+    baseline = BASELINE_YAML.split("---")[0]
+    group = "apiVersion: patchwarden.io/v1alpha1\nkind: PatchGroup\nmetadata: {name: fleet}\n"
+    group += "spec: {baselines: {DEBIAN: debian-security}}\n"
+    window = window_yaml("noon", "cron(0 12 * * ? *)")
+    (tmp_path / "fleet").mkdir()
+    (tmp_path / "fleet" / "all.yaml").write_text(
+        documents(baseline, group, window, INSTANCE_SOURCE)
+    )
+    clock = ManualClock(datetime(2026, 11, 28, 12, 30, tzinfo=UTC))
+    heard = Heard()
+    store = StateStore(tmp_path / "state.db")
+
+    def machine(instance: ManagedInstance) -> Any:
+        local = LocalConnection(type="local", root=str(roots[instance.metadata.name]))
+        return transport_for(local, trust_root_scripts=True)
+
+    loop = Reconciler(
+        DirectorySource(tmp_path / "fleet"), store, machine, clock=clock, observers=[heard]
+    )
+    loop.reconcile()
+    assert {n: versions(r)["pwtest-lib"] for n, r in roots.items()} == {
+        "web-1": "1.0-2",
+        "web-2": "1.0-2",
+    }
+    generated = loop.snapshot.instances["web-2"] if loop.snapshot else None
+    assert (
+        generated is not None
+        and generated.metadata.annotations["patchwarden.io/instance-source-host"] == ids["web-2"]
+    )
+
+    # Terminated: at the next refresh it is no longer enrolled, and its history stays.
+    ec2.client("eu-west-1").terminate_instances(InstanceIds=[ids["web-2"]])
+    clock.advance_to(clock.now + timedelta(minutes=10))
+    wait_until("web-2 no longer enrolled", lambda: instances_after_refresh(loop) == {"web-1"})
+    plan = loop.plan()
+    assert plan is not None and all(a.instance == "web-1" for a in plan.actions)
+    assert store.scan_history("web-2")
+
+    # EC2 unreachable: the refresh fails, says so, and the last good list stays in force.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", f"http://127.0.0.1:{probe.getsockname()[1]}")
+    clock.advance_to(clock.now + timedelta(minutes=10))
+    wait_until(
+        "a failed refresh",
+        lambda: instances_after_refresh(loop) and heard.of(Kind.INSTANCE_SOURCE_FAILED),
+    )
+    assert instances_after_refresh(loop) == {"web-1"}
+    [failed] = heard.of(Kind.INSTANCE_SOURCE_FAILED)
+    assert failed.detail["error"].startswith(
+        "InstanceSource ec2-prod, region eu-west-1: cannot reach the EC2 endpoint"
+    )
+    [status] = loop.enrolment.statuses()
+    assert status.error == failed.detail["error"] and status.instances == ("web-1",)
+
+
+def instances_after_refresh(loop: Reconciler) -> set[str]:
+    loop.refresh()
+    return set(loop.snapshot.instances) if loop.snapshot else set()
