@@ -82,6 +82,7 @@ def test_chart_ships_the_crds(chart: helm.Chart) -> None:
         "MaintenanceWindow",
         "ManagedInstance",
         "ComplianceReport",
+        "InstanceSource",
     }
 
 

@@ -124,6 +124,7 @@ def commands(work: Path) -> list[tuple[list[str], int]]:
         (["schema", "inventory"], 0),
         (["scan", "--root", str(work / "no-root")], 1),
         (["no-such-verb"], 2),
+        (["sources", "--state", state], 0),
     ]
 
 

@@ -8,6 +8,7 @@ compare with; the loop's state in a real SQLite store; no clock but the injected
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -391,4 +392,32 @@ def test_plan_and_compliance_say_where_a_generated_instance_comes_from(tmp_path:
     assert history.returncode == 0, history.stderr
     assert history.stdout.startswith(
         "Compliance history of web-2 (from InstanceSource lab, host Web_2; no longer listed there)"
+    )
+
+
+def test_without_ansible_core_the_error_says_what_to_install(tmp_path: Path) -> None:
+    """ansible-core is an optional extra: where it cannot be imported, the source's error says
+    which extra to install (an ``ansible`` package that fails to import stands in for none)."""
+    fake = tmp_path / "site" / "ansible"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('not installed here')\n")
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    (fleet / "hosts.ini").write_text("[web]\nweb1\n")
+    (fleet / "fleet.yaml").write_text(
+        source_yaml("inv", "  ansibleInventory:\n    path: hosts.ini\n")
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "reconciler", "validate", str(fleet)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}:{ROOT}"},
+    )
+    assert run.returncode == 1
+    assert run.stderr.splitlines()[0] == (
+        "fleet.yaml:6: spec.ansibleInventory: ansibleInventory needs ansible-core: "
+        "pip install 'patchwarden[ansible]'"
     )

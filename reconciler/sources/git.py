@@ -112,8 +112,9 @@ class GitSource:
         return validated(*self.fetch())
 
     def repository(self, revision: Revision) -> CommitFiles:
-        """The files of ``revision``'s commit, for enrolment (an Ansible inventory)."""
-        return CommitFiles(self._open().commit(revision.sha))
+        """The files of ``revision``'s commit, for enrolment (an Ansible inventory). Read-only:
+        the clone is not configured again (a fetch may be writing to it meanwhile)."""
+        return CommitFiles(Repo(self.workdir).commit(revision.sha))
 
     def watch(self, on_change: Callable[[], None]) -> Callable[[], None]:
         """Never calls ``on_change``: a remote repository says nothing when it changes, so the

@@ -171,12 +171,17 @@ class Enrolment:
         discover = self.discoverers.get(type(given))
         if discover is None:
             raise NotImplementedError(f"no discovery function for InstanceSource kind {kind}")
-        repository = self.repository(revision) if self.repository else None
-        context = Context(source=name, repository=repository)
-        future = self._pool.submit(discover, given, context)
+        future = self._pool.submit(self._discover, discover, given, name, revision)
         listed_now = listed is not None and listed.spec == spec
         awaited = not listed_now or (attempt is not None and not same)
         self._state.attempts[name] = _Attempt(spec, str(revision), now, future, awaited)
+
+    def _discover(
+        self, discover: Discover, given: object, name: str, revision: Revision
+    ) -> list[DiscoveredHost]:
+        """On a discovery thread: even opening the revision's files (a Git clone) is I/O."""
+        repository = self.repository(revision) if self.repository else None
+        return discover(given, Context(source=name, repository=repository))
 
     def _wait_for_new(self, sources: Mapping[str, InstanceSource]) -> None:
         """Wait (at most ``first_wait``) for the listings of new content."""
