@@ -263,9 +263,9 @@ def test_validate_shows_what_a_static_source_enrols_and_which_instance_wins(
     [
         (
             "  static:\n    hosts: [{name: a, address: b}]\n  ansibleInventory: {path: h.ini}\n",
-            "spec: give exactly one of static, ansibleInventory (got static, ansibleInventory)",
+            "spec: give exactly one of static, ansibleInventory, ec2 (got static, ansibleInventory)",
         ),
-        ("  labels: {}\n", "spec: give exactly one of static, ansibleInventory (got none)"),
+        ("  labels: {}\n", "spec: give exactly one of static, ansibleInventory, ec2 (got none)"),
         (
             "  static:\n    hosts: [{name: a, address: b}]\n  connection: {host: x}\n",
             "spec.connection.host: a connection template has no host: each machine's address "

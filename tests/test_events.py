@@ -44,6 +44,7 @@ from reconciler.report.notify.events.shapes import (
 from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.sources import DirectorySource
 from reconciler.state import StateStore
+from tests import awslab
 from tests.aptlab import Repo
 from tests.conftest import INSTALLED, needs_apt
 from tests.fleet import (
@@ -116,11 +117,8 @@ class Warnings:
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with awslab.moto_server() as url:
+        yield url
 
 
 @dataclass

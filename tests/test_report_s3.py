@@ -18,7 +18,6 @@ import os
 import re
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,13 +26,13 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
-from moto.server import ThreadedMotoServer
 
 from reconciler.loop import Reconciler
 from reconciler.plan import Settings
 from reconciler.report.publish import PublishError, make_s3_client, publish
 from reconciler.sources import DirectorySource
 from reconciler.state import StateStore
+from tests import awslab
 from tests.swift import ACCESS_KEY, HAVE_SWIFT, SECRET_KEY, Swift, start_swift
 
 T0 = datetime(2026, 11, 28, 10, tzinfo=UTC)
@@ -47,18 +46,14 @@ MOTO_KEYS = {"AWS_ACCESS_KEY_ID": "moto-key", "AWS_SECRET_ACCESS_KEY": "moto-sec
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with awslab.moto_server() as url:
+        yield url
 
 
 @pytest.fixture
 def moto(moto_server: str) -> str:
     """moto's endpoint, emptied: no bucket from another test survives."""
-    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"))
-    return moto_server
+    return awslab.moto_reset(moto_server)
 
 
 @pytest.fixture(scope="session")
@@ -85,17 +80,8 @@ def client(endpoint: str, key: str, secret: str) -> Any:
 @pytest.fixture
 def aws_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """An environment with no AWS configuration from the host: no ~/.aws, no instance role."""
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    isolated = {
-        "AWS_CONFIG_FILE": str(tmp_path / "aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    for name, value in isolated.items():
-        monkeypatch.setenv(name, value)
+    awslab.isolated_aws(monkeypatch, tmp_path)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     return dict(os.environ)
 
 

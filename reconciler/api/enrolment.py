@@ -51,6 +51,12 @@ class DiscoveredHost:
     become: str | None = None
     """``sudo``, or None to keep the template's."""
     become_user: str | None = None
+    name: str | None = None
+    """The name the source gives the machine when that is not its id (EC2's Name tag): {name}
+    in spec.nameTemplate is this, else the id."""
+    left_out: str | None = None
+    """Why the source lists the machine but it cannot be enrolled (an EC2 instance without the
+    address asked for); reported with the machines left out."""
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready, to keep the last good list in the state store."""
@@ -119,6 +125,9 @@ def enrol(source: InstanceSource, hosts: Iterable[DiscoveredHost]) -> Enrolled:
     origin: dict[str, str] = {}
     problems: list[str] = []
     for host in hosts:
+        if host.left_out is not None:
+            problems.append(f"host {host.id}: {host.left_out}")
+            continue
         try:
             instance = _instance(source, host)
         except ValueError as exc:
@@ -138,7 +147,7 @@ def enrol(source: InstanceSource, hosts: Iterable[DiscoveredHost]) -> Enrolled:
 def _instance(source: InstanceSource, host: DiscoveredHost) -> ManagedInstance:
     spec = source.spec
     sname = source.metadata.name
-    name = instance_name(spec.name_template, sname, host.id)
+    name = instance_name(spec.name_template, sname, host.name or host.id)
     overrides = {
         "port": host.port,
         "user": host.user,

@@ -30,6 +30,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from reconciler.api._base import Model
+from reconciler.api.ec2 import DEFAULT_STATES, PATCH_GROUP_TAGS, check_filter, check_label_key
 from reconciler.api.enums import (
     ApproveAfterDaysFrom,
     ComplianceLevel,
@@ -672,6 +673,62 @@ class AnsibleInventory(DiscoverySpec):
         return value
 
 
+Ec2Region = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")]
+"""An AWS region name, for example eu-west-1 or us-gov-west-1."""
+Ec2FilterValues = list[Annotated[str, StringConstraints(min_length=1, max_length=255)]]
+
+
+class Ec2Instances(DiscoverySpec):
+    """EC2 instances: those DescribeInstances lists in these regions with these filters.
+    Credentials and endpoint come from the standard AWS configuration, never from here."""
+
+    regions: list[Ec2Region] = Field(min_length=1, max_length=40)
+    """The AWS regions to list instances in, for example [eu-west-1, us-east-1]."""
+    filters: dict[str, Ec2FilterValues] = Field(default_factory=dict)
+    """DescribeInstances filters, all of which must hold (each matches any of its values, EC2's
+    wildcards * and ? allowed): ``tag:<Key>: [values]``, ``vpcId: [vpc-...]`` and
+    ``instanceState: [states]`` (default [running])."""
+    address: Literal["privateIp", "publicIp", "privateDns", "publicDns"] = "privateIp"
+    """Which address SSH connects to; an instance without one is left out and reported."""
+    tag_labels: dict[Annotated[str, StringConstraints(min_length=1, max_length=128)], str] = Field(
+        default_factory=dict
+    )
+    """EC2 tag -> label of the generated ManagedInstance. SSM's ``Patch Group`` (or
+    ``PatchGroup``) tag becomes patchwarden.io/patch-group unless named here."""
+
+    @field_validator("regions")
+    @classmethod
+    def _once_each(cls, regions: list[str]) -> list[str]:
+        twice = sorted({r for r in regions if regions.count(r) > 1})
+        if twice:
+            raise ValueError(f"{twice[0]} is listed twice: name each region once")
+        return regions
+
+    @field_validator("filters")
+    @classmethod
+    def _known_filters(cls, filters: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, values in filters.items():
+            check_filter(name, values)
+        return filters
+
+    @field_validator("tag_labels")
+    @classmethod
+    def _label_keys(cls, mapping: dict[str, str]) -> dict[str, str]:
+        for tag, label in mapping.items():
+            check_label_key(tag, label)
+        return mapping
+
+    def label_of_tag(self) -> dict[str, str]:
+        """Every tag that becomes a label, in the order they are read: ``tagLabels`` first, then
+        SSM's patch-group tags unless ``tagLabels`` names them."""
+        defaults = {t: GROUP_LABEL for t in PATCH_GROUP_TAGS if t not in self.tag_labels}
+        return {**self.tag_labels, **defaults}
+
+    def states(self) -> tuple[str, ...]:
+        """The instance states enrolled."""
+        return tuple(self.filters.get("instanceState", DEFAULT_STATES))
+
+
 class ConnectionTemplate(SshConnection):
     """How every machine of the source is reached: an SSH connection without ``host`` (each
     machine's address comes from the source). A host's own port, user, key or become (a static
@@ -718,6 +775,8 @@ class InstanceSourceSpec(Model):
     """A plain list of hosts."""
     ansible_inventory: AnsibleInventory | None = None
     """An Ansible inventory file in the repository."""
+    ec2: Ec2Instances | None = None
+    """EC2 instances, by region and filters."""
     connection: ConnectionTemplate = Field(default_factory=lambda: ConnectionTemplate())
     """The SSH connection of every machine, without host (SshConnection's other fields)."""
     labels: dict[str, LabelValue] = Field(default_factory=dict)

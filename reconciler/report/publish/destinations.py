@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reconciler.aws import credentials_problem
 from reconciler.errors import TemporaryError
 from reconciler.paths import OutsideDirectory, confine
 from reconciler.report.files import sync_directory
@@ -252,16 +253,12 @@ def _s3_problem(exc: Exception, location: S3Location, endpoint: str) -> str:
     from botocore.exceptions import (
         ClientError,
         EndpointConnectionError,
-        NoCredentialsError,
         ParamValidationError,
-        PartialCredentialsError,
     )
 
-    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-        return (
-            f"no usable AWS credentials ({exc}): set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an instance or container role"
-        )
+    missing = credentials_problem(exc)
+    if missing is not None:
+        return missing
     if isinstance(exc, EndpointConnectionError):
         return (
             f"cannot reach the S3 endpoint {endpoint}: check that it is up, and "

@@ -9,8 +9,8 @@ returns ``list[DiscoveredHost]`` and raises :class:`DiscoveryFailed` (temporary:
 template, last good list, refresh interval, events) is common to every kind. May import ``api``.
 """
 
-from reconciler.api.resources import AnsibleInventory, StaticHosts
-from reconciler.sources.enrol import ansible, static
+from reconciler.api.resources import AnsibleInventory, Ec2Instances, StaticHosts
+from reconciler.sources.enrol import ansible, ec2, static
 from reconciler.sources.enrol.base import (
     Context,
     DirectoryFiles,
@@ -30,6 +30,7 @@ from reconciler.sources.enrol.runner import (
 DISCOVERERS: dict[type, Discover] = {
     StaticHosts: static.discover,
     AnsibleInventory: ansible.discover,
+    Ec2Instances: ec2.discover,
 }
 """Spec model -> its discovery function: one entry per kind of InstanceSource."""
 
