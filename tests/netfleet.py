@@ -197,13 +197,19 @@ REBOOTING = Pkg(
 """A security update whose postinst asks for a reboot, as a kernel's does (add it to a repo)."""
 
 
-def default_repo(directory: Path, extra_security: Sequence[Pkg] = ()) -> Repo:
+def default_repo(
+    directory: Path,
+    extra_security: Sequence[Pkg] = (),
+    *,
+    stable: Sequence[Pkg] = tuple(STABLE),
+    security: Sequence[Pkg] = tuple(SECURITY),
+) -> Repo:
     """stable + stable-security, labelled like Debian's (the security baselines' implicit rule)."""
     repo = Repo(directory)
-    repo.add("stable", *STABLE, origin="Debian", label="Debian", codename=SUITE)
+    repo.add("stable", *stable, origin="Debian", label="Debian", codename=SUITE)
     repo.add(
         "stable-security",
-        *SECURITY,
+        *security,
         *extra_security,
         origin="Debian",
         label="Debian-Security",
@@ -597,6 +603,13 @@ class Machine:
             process.kill()  # unshare --kill-child: PID 1 of the machine follows, then the rest
             process.wait()
         _kill_netns(self.netns)
+        # A process leaves its namespaces before its files are closed: the old sshd's socket
+        # may still listen for a moment after the last process is gone.
+        wait_until(f"{self.name}'s port 22 to be free", lambda: not self._listening(), timeout=30)
+
+    def _listening(self) -> bool:
+        argv = ["ip", "netns", "exec", self.netns, "ss", "-H", "-l", "-t", "-n", "sport = :22"]
+        return bool(_run(*argv).stdout.strip())
 
     def tick(self, now: float) -> None:
         """One look by the supervisor: take a reboot request, carry out a due one, boot a machine
