@@ -52,7 +52,7 @@ import asyncssh
 
 from tests.aptlab import Pkg, Repo, build_deb, dpkg_state
 from tests.sshd import write_key
-from tests.waiting import wait_until
+from tests.waiting import tail_of, wait_until
 
 CACHE = Path("/var/cache/patchwarden")
 REGISTRY = Path("/run/patchwarden-fleet")
@@ -514,7 +514,12 @@ class Machine:
                 self._held -= 1
 
     def wait_up(self, timeout: float = 60.0) -> None:
-        wait_until(f"{self.name} to be up", lambda: self.up, timeout=timeout)
+        wait_until(
+            f"{self.name} to be up",
+            lambda: self.up,
+            timeout=timeout,
+            detail=tail_of(self.directory / "supervisor.log"),
+        )
 
     def wait_boots(self, count: int, timeout: float = 60.0) -> None:
         """Until the machine has booted ``count`` times in all (the first boot is 1) and is up."""
@@ -759,7 +764,11 @@ class Fleet:
     def _supervise(self) -> None:
         while not self._stop.wait(0.05):
             for machine in self.machines:
-                machine.tick(time.monotonic())
+                try:
+                    machine.tick(time.monotonic())
+                except Exception as exc:  # one machine that fails to boot must not stop the rest
+                    with (machine.directory / "supervisor.log").open("a") as log:
+                        log.write(f"{exc}\n")
 
     def reset(self) -> None:
         """Every machine back to how the fleet started it (:meth:`Machine.reset`)."""
