@@ -308,7 +308,10 @@ def main() -> int:
         rounds, single = measure(Path(tmp), args.machines, args.packages, args.rounds)
     figures = median(rounds)
     result, checks = verdict(figures)
-    report(args, figures, result, checks, load, single)
+    # Other work on the host slows every machine: say how busy it was, at the start and the end.
+    report(
+        args, figures, result, checks, f"{load:.1f}, {os.getloadavg()[0]:.1f} at the end", single
+    )
     return 0
 
 
@@ -317,7 +320,7 @@ def report(
     figures: Round,
     result: str,
     checks: list[str],
-    load: float,
+    load: str,
     single: Alone,
 ) -> None:
     scan, install = figures.scan, figures.install
@@ -381,7 +384,7 @@ def report(
             f"{install.wall / a_install.wall:.2f}",
             " / ".join(checks),
             result,
-            f"{os.cpu_count()} cores (load {load:.1f} at start), Python {platform.python_version()}",
+            f"{os.cpu_count()} cores (load {load}), Python {platform.python_version()}",
         ],
     )
 

@@ -203,7 +203,37 @@ def test_closing_the_fleet_removes_its_namespaces_links_and_mounts(tmp_path: Pat
     with Fleet(tmp_path / "small", 1) as small:
         prefix, root = small.prefix, small["m01"].root
         assert small["m01"].up
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    assert prefix not in netns and prefix not in links
+    assert prefix not in _names()
     assert str(root) not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_a_new_fleet_removes_what_a_killed_run_left(tmp_path: Path) -> None:
+    """A pytest killed with SIGKILL leaves its machines running; the next fleet removes them,
+    their namespaces, links and mounts (and leaves live fleets alone: the module's keeps working)."""
+    script = (
+        "import sys; from pathlib import Path; from tests.netfleet import Fleet\n"
+        f"fleet = Fleet(Path({str(tmp_path / 'killed')!r}), 1)\n"
+        "print(fleet.prefix, fleet['m01'].root, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    prefix, root = child.stdout.readline().split()
+    child.kill()
+    child.wait()
+    assert prefix in _names() and root in Path("/proc/self/mountinfo").read_text()
+
+    with Fleet(tmp_path / "next", 1) as after:
+        assert prefix not in _names() and after.prefix in _names()
+        assert root not in Path("/proc/self/mountinfo").read_text()
+
+
+def _names() -> str:
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return netns + subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
