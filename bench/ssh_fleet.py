@@ -25,6 +25,7 @@ import argparse
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,7 +49,7 @@ from reconciler.sources import DirectorySource  # noqa: E402
 from reconciler.state import StateStore  # noqa: E402
 from reconciler.state.records import JobRecord  # noqa: E402
 from tests.aptlab import Pkg  # noqa: E402
-from tests.netfleet import FLEET_SKIP, Fleet, ansible_environment, default_repo  # noqa: E402
+from tests.netfleet import FLEET_SKIP, Fleet, Machine, ansible_environment, default_repo  # noqa: E402
 
 OVERHEAD_TARGET = 1.15
 ANSIBLE_TARGET = 0.5
@@ -219,7 +220,7 @@ def one_round(base: Path, fleet: Fleet, new: list[Pkg], ansible_first: bool) -> 
 
 @dataclass(frozen=True)
 class Alone:
-    """One machine's install with the rest of the fleet idle, three ways (seconds)."""
+    """One machine's install with the rest of the fleet idle, three ways (seconds, medians)."""
 
     agent: float
     """The loop's Install job: the agent's install, then its rescan."""
@@ -229,36 +230,51 @@ class Alone:
     """``ansible m01 -m ansible.builtin.apt -a 'upgrade=dist update_cache=yes'``."""
 
 
-def alone(base: Path, fleet: Fleet, new: list[Pkg]) -> Alone:
-    """Where an install's time goes when the machine has the host to itself."""
+def alone(base: Path, fleet: Fleet, new: list[Pkg], repeats: int = 3) -> Alone:
+    """Where an install's time goes when the machine has the host to itself (medians)."""
     machine = fleet.machines[0]
+    runs = [
+        (
+            _agent_alone(fleet, machine, new),
+            _apt_alone(machine),
+            _ansible_alone(base, fleet, machine),
+        )
+        for _ in range(repeats)
+    ]
+    assert {p.name: p.version for p in new}.items() <= machine.versions().items()
+    agent, apt, their = (statistics.median(column) for column in zip(*runs, strict=True))
+    return Alone(agent, apt, their)
+
+
+def _agent_alone(fleet: Fleet, machine: Machine, new: list[Pkg]) -> float:
     machine.reset()
     pins = tuple(f"{p.name}={p.version}" for p in new)
+    connection = SshConnection(
+        type="ssh",
+        host=machine.address,
+        identityFile=str(fleet.key_file),
+        knownHostsFile=str(fleet.known_hosts_file),
+    )
     with SshPool() as pool:
-        remote = transport_for(
-            SshConnection(
-                type="ssh",
-                host=machine.address,
-                identityFile=str(fleet.key_file),
-                knownHostsFile=str(fleet.known_hosts_file),
-            ),
-            pool=pool,
-            ssh_dir=fleet.directory,
-        )
+        remote = transport_for(connection, pool=pool, ssh_dir=fleet.directory)
         remote.scan()  # as the scan pass before it: agent copied, lists refreshed, connection open
         start = time.perf_counter()
         remote.install(InstallRequest(pins, reboot_option="NoReboot"))
         remote.scan(refresh=False)
-        agent = time.perf_counter() - start
+        return time.perf_counter() - start
+
+
+def _apt_alone(machine: Machine) -> float:
     machine.reset()
     start = time.perf_counter()
     machine.ssh("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get dist-upgrade -y -qq")
-    apt = time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def _ansible_alone(base: Path, fleet: Fleet, machine: Machine) -> float:
     machine.reset()
     inventory = fleet.ansible_inventory(base / "alone.ini", {"alone": [machine]})
-    their = ansible(inventory, base, "ansible.builtin.apt", "upgrade=dist update_cache=yes")
-    assert {p.name: p.version for p in new}.items() <= machine.versions().items()
-    return Alone(agent, apt, their.wall)
+    return ansible(inventory, base, "ansible.builtin.apt", "upgrade=dist update_cache=yes").wall
 
 
 def measure(base: Path, machines: int, count: int, rounds: int) -> tuple[list[Round], Alone]:
