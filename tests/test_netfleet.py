@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -78,6 +79,22 @@ def test_each_machine_has_its_own_address_and_hostname(fleet: Fleet) -> None:
     assert len({m.address for m in fleet.machines}) == 3
     # The machines' sshd is the root's own, not the host's: it runs chrooted in the machine.
     assert fleet["m02"].ssh("readlink /proc/1/root") == "/\n"
+
+
+def test_a_machine_is_a_bastion_for_the_others(fleet: Fleet) -> None:
+    """The machines share the bridge, so one can carry an SSH connection to another (what a
+    connection's proxyJump does): here OpenSSH's client through m01 to m02, as admin both ways."""
+    ssh = shlex.join(fleet.ssh_argv(ADMIN))
+    jump = f"ProxyCommand={ssh} -W %h:%p {fleet['m01'].address}"
+    done = subprocess.run(
+        [*fleet.ssh_argv(ADMIN), "-o", jump, fleet["m02"].address, "hostname"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "m02\n"), done.stderr
+    assert f"from {fleet['m01'].address}" in (fleet["m02"].directory / "sshd.log").read_text()
 
 
 def test_each_machine_has_its_own_dpkg_database(fleet: Fleet) -> None:
