@@ -167,6 +167,12 @@ def ansible(inventory: Path, work: Path, module: str, args: str = "") -> Timed:
     return Timed(wall, cpu)
 
 
+def _ansible_version() -> str:
+    argv = [str(Path(sys.executable).with_name("ansible")), "--version"]
+    first = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.splitlines()[0]
+    return first.replace("ansible [core ", "ansible-core ").rstrip("]")
+
+
 def converged(fleet: Fleet, new: list[Pkg]) -> bool:
     want = {p.name: p.version for p in new}
     return all(want.items() <= m.versions().items() for m in fleet.machines)
@@ -355,6 +361,7 @@ def report(
         f"Debian 12 root each, root login by key), {args.packages} packages with a security update on "
         f"each; concurrency {CONCURRENCY} (workers and maxConcurrency; Ansible forks); median of "
         f"{args.rounds} rounds, each tool starting from reset machines, the first tool alternating. "
+        f"Ansible: {_ansible_version()} with its defaults (SSH ControlPersist on, pipelining off). "
         "Scan: one pass with no window (agent copied, apt lists refreshed, inventory) against `ansible "
         "all -m package_facts`. Install: a window open now (agent install + rescan per machine) "
         "against `ansible all -m ansible.builtin.apt -a 'upgrade=dist update_cache=yes'`. Overhead = "
