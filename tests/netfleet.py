@@ -798,9 +798,15 @@ class Fleet:
         ]  # fmt: skip
 
     def instance_yaml(
-        self, machine: Machine, *, user: str = "root", labels: Mapping[str, str] | None = None
+        self,
+        machine: Machine,
+        *,
+        user: str = "root",
+        labels: Mapping[str, str] | None = None,
+        become: bool = False,
     ) -> str:
-        """A ManagedInstance for ``machine``, reached over SSH as ``user`` (root by default)."""
+        """A ManagedInstance for ``machine``, reached over SSH as ``user`` (root by default),
+        with ``become: sudo`` when ``become`` (``user=ADMIN, become=True``: the sudo login)."""
         labels = dict(labels or {"fleet": "e2e"})
         return (
             "apiVersion: patchwarden.io/v1alpha1\nkind: ManagedInstance\n"
@@ -808,6 +814,7 @@ class Fleet:
             "spec:\n  connection:\n    type: ssh\n"
             f"    host: {machine.address}\n    port: 22\n    user: {user}\n"
             f"    identityFile: {self.key_file}\n    knownHostsFile: {self.known_hosts_file}\n"
+            + ("    become: sudo\n" if become else "")
         )
 
     def ansible_inventory(

@@ -17,7 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
+from reconciler.api.resources import ManagedInstance, SshConnection
 from reconciler.dispatch import AgentFailed, InstallRequest, SshPool, SshTransport
 from reconciler.dispatch.agent_bundle import build_agent
 from tests.netfleet import ADMIN, FLEET_SKIP, INSTALLED, Fleet, ansible_environment
@@ -202,6 +204,22 @@ def test_ansible_reaches_the_machines_through_the_inventory(fleet: Fleet, tmp_pa
     lines = sorted(done.stdout.splitlines())
     assert [line.split(" |")[0] for line in lines] == ["m01", "m02"]
     assert all(line.endswith("(stdout) 0") for line in lines), lines  # admin became root
+
+
+def test_a_machines_managed_instance_reaches_it_as_root_or_as_admin_with_sudo(
+    fleet: Fleet,
+) -> None:
+    machine = fleet["m02"]
+    as_root = ManagedInstance.model_validate(yaml.safe_load(fleet.instance_yaml(machine)))
+    connection = as_root.spec.connection
+    assert isinstance(connection, SshConnection)
+    assert (connection.host, connection.user, connection.become) == (machine.address, "root", None)
+    assert connection.known_hosts_file == str(fleet.known_hosts_file)
+    text = fleet.instance_yaml(machine, user=ADMIN, become=True, labels={"tier": "web"})
+    as_admin = ManagedInstance.model_validate(yaml.safe_load(text))
+    assert as_admin.metadata.labels == {"tier": "web"}
+    assert isinstance(as_admin.spec.connection, SshConnection)
+    assert (as_admin.spec.connection.user, as_admin.spec.connection.become) == (ADMIN, "sudo")
 
 
 def test_the_hosts_packages_are_untouched(fleet: Fleet, host_dpkg: str) -> None:
