@@ -15,12 +15,14 @@ Each :class:`Machine` is a Debian 12 system of its own, reached over the network
 - **its own boot**: ``/proc/sys/kernel/random/boot_id`` is a file bind-mounted per boot, and
   ``reboot``, ``shutdown -r`` and ``systemctl reboot`` inside the machine ask the fleet's
   supervisor thread to kill the machine (sshd, every session, every process: connections drop)
-  and boot it again with a new boot id and a fresh /run. ``shutdown -r +N`` is honoured after
-  :attr:`Machine.scheduled_delay` seconds (a test-sized minute); :meth:`Machine.held_down` keeps a
-  machine down until the test lets it come back, so no test needs to sleep.
+  and boot it again with a new boot id and a fresh /run. ``shutdown -r`` with a later time (the
+  agent's ``+1``) happens after :attr:`Machine.scheduled_delay` seconds (a test-sized minute);
+  :meth:`Machine.held_down` keeps a machine down until the test lets it come back, so no test
+  needs to sleep.
 
 Packages come from a repository built with tests/aptlab.py, bind-mounted read-only into every
-machine at /srv/patchwarden-repo and listed in /etc/apt/sources.list.d/patchwarden-fleet.list.
+machine at /srv/patchwarden-repo and listed in /etc/apt/sources.list.d/patchwarden-fleet.sources.
+:meth:`Machine.reset` takes a machine back to the packages the fleet started it with.
 
 Nothing touches the host's packages, apt configuration, users or sshd. Every netns, link, mount and
 process is named with a per-fleet prefix (``pwf<sid>``) and registered under
