@@ -15,12 +15,14 @@ Each :class:`Machine` is a Debian 12 system of its own, reached over the network
 - **its own boot**: ``/proc/sys/kernel/random/boot_id`` is a file bind-mounted per boot, and
   ``reboot``, ``shutdown -r`` and ``systemctl reboot`` inside the machine ask the fleet's
   supervisor thread to kill the machine (sshd, every session, every process: connections drop)
-  and boot it again with a new boot id and a fresh /run. ``shutdown -r +N`` is honoured after
-  :attr:`Machine.scheduled_delay` seconds (a test-sized minute); :meth:`Machine.held_down` keeps a
-  machine down until the test lets it come back, so no test needs to sleep.
+  and boot it again with a new boot id and a fresh /run. ``shutdown -r`` with a later time (the
+  agent's ``+1``) happens after :attr:`Machine.scheduled_delay` seconds (a test-sized minute);
+  :meth:`Machine.held_down` keeps a machine down until the test lets it come back, so no test
+  needs to sleep.
 
 Packages come from a repository built with tests/aptlab.py, bind-mounted read-only into every
-machine at /srv/patchwarden-repo and listed in /etc/apt/sources.list.d/patchwarden-fleet.list.
+machine at /srv/patchwarden-repo and listed in /etc/apt/sources.list.d/patchwarden-fleet.sources.
+:meth:`Machine.reset` takes a machine back to the packages the fleet started it with.
 
 Nothing touches the host's packages, apt configuration, users or sshd. Every netns, link, mount and
 process is named with a per-fleet prefix (``pwf<sid>``) and registered under
@@ -52,7 +54,7 @@ import asyncssh
 
 from tests.aptlab import Pkg, Repo, build_deb, dpkg_state
 from tests.sshd import write_key
-from tests.waiting import wait_until
+from tests.waiting import tail_of, wait_until
 
 CACHE = Path("/var/cache/patchwarden")
 REGISTRY = Path("/run/patchwarden-fleet")
@@ -197,13 +199,19 @@ REBOOTING = Pkg(
 """A security update whose postinst asks for a reboot, as a kernel's does (add it to a repo)."""
 
 
-def default_repo(directory: Path, extra_security: Sequence[Pkg] = ()) -> Repo:
+def default_repo(
+    directory: Path,
+    extra_security: Sequence[Pkg] = (),
+    *,
+    stable: Sequence[Pkg] = tuple(STABLE),
+    security: Sequence[Pkg] = tuple(SECURITY),
+) -> Repo:
     """stable + stable-security, labelled like Debian's (the security baselines' implicit rule)."""
     repo = Repo(directory)
-    repo.add("stable", *STABLE, origin="Debian", label="Debian", codename=SUITE)
+    repo.add("stable", *stable, origin="Debian", label="Debian", codename=SUITE)
     repo.add(
         "stable-security",
-        *SECURITY,
+        *security,
         *extra_security,
         origin="Debian",
         label="Debian-Security",
@@ -508,7 +516,12 @@ class Machine:
                 self._held -= 1
 
     def wait_up(self, timeout: float = 60.0) -> None:
-        wait_until(f"{self.name} to be up", lambda: self.up, timeout=timeout)
+        wait_until(
+            f"{self.name} to be up",
+            lambda: self.up,
+            timeout=timeout,
+            detail=tail_of(self.directory / "supervisor.log"),
+        )
 
     def wait_boots(self, count: int, timeout: float = 60.0) -> None:
         """Until the machine has booted ``count`` times in all (the first boot is 1) and is up."""
@@ -597,6 +610,13 @@ class Machine:
             process.kill()  # unshare --kill-child: PID 1 of the machine follows, then the rest
             process.wait()
         _kill_netns(self.netns)
+        # A process leaves its namespaces before its files are closed: the old sshd's socket
+        # may still listen for a moment after the last process is gone.
+        wait_until(f"{self.name}'s port 22 to be free", lambda: not self._listening(), timeout=30)
+
+    def _listening(self) -> bool:
+        argv = ["ip", "netns", "exec", self.netns, "ss", "-H", "-l", "-t", "-n", "sport = :22"]
+        return bool(_run(*argv).stdout.strip())
 
     def tick(self, now: float) -> None:
         """One look by the supervisor: take a reboot request, carry out a due one, boot a machine
@@ -746,7 +766,11 @@ class Fleet:
     def _supervise(self) -> None:
         while not self._stop.wait(0.05):
             for machine in self.machines:
-                machine.tick(time.monotonic())
+                try:
+                    machine.tick(time.monotonic())
+                except Exception as exc:  # one machine that fails to boot must not stop the rest
+                    with (machine.directory / "supervisor.log").open("a") as log:
+                        log.write(f"{exc}\n")
 
     def reset(self) -> None:
         """Every machine back to how the fleet started it (:meth:`Machine.reset`)."""
@@ -776,9 +800,15 @@ class Fleet:
         ]  # fmt: skip
 
     def instance_yaml(
-        self, machine: Machine, *, user: str = "root", labels: Mapping[str, str] | None = None
+        self,
+        machine: Machine,
+        *,
+        user: str = "root",
+        labels: Mapping[str, str] | None = None,
+        become: bool = False,
     ) -> str:
-        """A ManagedInstance for ``machine``, reached over SSH as ``user`` (root by default)."""
+        """A ManagedInstance for ``machine``, reached over SSH as ``user`` (root by default),
+        with ``become: sudo`` when ``become`` (``user=ADMIN, become=True``: the sudo login)."""
         labels = dict(labels or {"fleet": "e2e"})
         return (
             "apiVersion: patchwarden.io/v1alpha1\nkind: ManagedInstance\n"
@@ -786,6 +816,7 @@ class Fleet:
             "spec:\n  connection:\n    type: ssh\n"
             f"    host: {machine.address}\n    port: 22\n    user: {user}\n"
             f"    identityFile: {self.key_file}\n    knownHostsFile: {self.known_hosts_file}\n"
+            + ("    become: sudo\n" if become else "")
         )
 
     def ansible_inventory(

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
+from reconciler.api.resources import ManagedInstance, SshConnection
 from reconciler.dispatch import AgentFailed, InstallRequest, SshPool, SshTransport
 from reconciler.dispatch.agent_bundle import build_agent
 from tests.netfleet import ADMIN, FLEET_SKIP, INSTALLED, Fleet, ansible_environment
@@ -78,6 +81,22 @@ def test_each_machine_has_its_own_address_and_hostname(fleet: Fleet) -> None:
     assert len({m.address for m in fleet.machines}) == 3
     # The machines' sshd is the root's own, not the host's: it runs chrooted in the machine.
     assert fleet["m02"].ssh("readlink /proc/1/root") == "/\n"
+
+
+def test_a_machine_is_a_bastion_for_the_others(fleet: Fleet) -> None:
+    """The machines share the bridge, so one can carry an SSH connection to another (what a
+    connection's proxyJump does): here OpenSSH's client through m01 to m02, as admin both ways."""
+    ssh = shlex.join(fleet.ssh_argv(ADMIN))
+    jump = f"ProxyCommand={ssh} -W %h:%p {fleet['m01'].address}"
+    done = subprocess.run(
+        [*fleet.ssh_argv(ADMIN), "-o", jump, fleet["m02"].address, "hostname"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "m02\n"), done.stderr
+    assert f"from {fleet['m01'].address}" in (fleet["m02"].directory / "sshd.log").read_text()
 
 
 def test_each_machine_has_its_own_dpkg_database(fleet: Fleet) -> None:
@@ -187,6 +206,22 @@ def test_ansible_reaches_the_machines_through_the_inventory(fleet: Fleet, tmp_pa
     assert all(line.endswith("(stdout) 0") for line in lines), lines  # admin became root
 
 
+def test_a_machines_managed_instance_reaches_it_as_root_or_as_admin_with_sudo(
+    fleet: Fleet,
+) -> None:
+    machine = fleet["m02"]
+    as_root = ManagedInstance.model_validate(yaml.safe_load(fleet.instance_yaml(machine)))
+    connection = as_root.spec.connection
+    assert isinstance(connection, SshConnection)
+    assert (connection.host, connection.user, connection.become) == (machine.address, "root", None)
+    assert connection.known_hosts_file == str(fleet.known_hosts_file)
+    text = fleet.instance_yaml(machine, user=ADMIN, become=True, labels={"tier": "web"})
+    as_admin = ManagedInstance.model_validate(yaml.safe_load(text))
+    assert as_admin.metadata.labels == {"tier": "web"}
+    assert isinstance(as_admin.spec.connection, SshConnection)
+    assert (as_admin.spec.connection.user, as_admin.spec.connection.become) == (ADMIN, "sudo")
+
+
 def test_the_hosts_packages_are_untouched(fleet: Fleet, host_dpkg: str) -> None:
     fleet["m02"].ssh("apt-get update -qq && apt-get install -y -qq pwtest-tool=2.1-1 >/dev/null")
     assert fleet["m02"].versions()["pwtest-tool"] == "2.1-1"
@@ -203,7 +238,37 @@ def test_closing_the_fleet_removes_its_namespaces_links_and_mounts(tmp_path: Pat
     with Fleet(tmp_path / "small", 1) as small:
         prefix, root = small.prefix, small["m01"].root
         assert small["m01"].up
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    assert prefix not in netns and prefix not in links
+    assert prefix not in _names()
     assert str(root) not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_a_new_fleet_removes_what_a_killed_run_left(tmp_path: Path) -> None:
+    """A pytest killed with SIGKILL leaves its machines running; the next fleet removes them,
+    their namespaces, links and mounts (and leaves live fleets alone: the module's keeps working)."""
+    script = (
+        "import sys; from pathlib import Path; from tests.netfleet import Fleet\n"
+        f"fleet = Fleet(Path({str(tmp_path / 'killed')!r}), 1)\n"
+        "print(fleet.prefix, fleet['m01'].root, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    prefix, root = child.stdout.readline().split()
+    child.kill()
+    child.wait()
+    assert prefix in _names() and root in Path("/proc/self/mountinfo").read_text()
+
+    with Fleet(tmp_path / "next", 1) as after:
+        assert prefix not in _names() and after.prefix in _names()
+        assert root not in Path("/proc/self/mountinfo").read_text()
+
+
+def _names() -> str:
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return netns + subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
