@@ -826,11 +826,12 @@ class Fleet:
         *,
         user: str = "root",
         become: bool = False,
+        children: Mapping[str, Sequence[str]] | None = None,
     ) -> Path:
         """Write an INI Ansible inventory listing the machines (``groups``: name -> machines;
         default one group ``fleet`` with all) with ``ansible_host``, ``ansible_user``,
         ``ansible_become`` and ``ansible_ssh_private_key_file``; host keys are checked against
-        the fleet's known_hosts."""
+        the fleet's known_hosts. ``children``: parent group -> its child groups."""
         groups = groups if groups is not None else {"fleet": self.machines}
         lines = []
         for group, members in groups.items():
@@ -842,6 +843,8 @@ class Fleet:
                 for m in members
             ]
             lines.append("")
+        for parent, kids in (children or {}).items():
+            lines += [f"[{parent}:children]", *kids, ""]
         common = (
             f"-F none -o UserKnownHostsFile={self.known_hosts_file} -o StrictHostKeyChecking=yes"
         )

@@ -133,14 +133,11 @@ def _patchctl(*args: str) -> list[str]:
     return [sys.executable, "-m", "reconciler", *args]
 
 
-def test_a_controller_killed_mid_reboot_is_restarted_and_finishes_without_a_second_install(
-    tmp_path: Path, fleet: Fleet, machines: list[Machine]
-) -> None:
-    config = _config(tmp_path / "config", fleet)
-    state = tmp_path / "state.db"
-    common = ["--source", str(config), "--state", str(state), "--ssh-dir", str(fleet.directory)]
-    log = tmp_path / "run.log"
-    first = machines[0]
+def kill_run_mid_reboot(
+    fleet: Fleet, machines: list[Machine], common: list[str], state: Path, log: Path
+) -> str:
+    """Start ``patchctl run *common`` with ``machines`` held down, SIGKILL it once a machine is
+    down for the reboot its job waits for, and release them; the instance of that job."""
     with contextlib.ExitStack() as stack:
         _held(stack, machines)
         with log.open("wb") as err:
@@ -165,8 +162,19 @@ def test_a_controller_killed_mid_reboot_is_restarted_and_finishes_without_a_seco
         finally:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
+    return in_flight[0]
+
+
+def test_a_controller_killed_mid_reboot_is_restarted_and_finishes_without_a_second_install(
+    tmp_path: Path, fleet: Fleet, machines: list[Machine]
+) -> None:
+    config = _config(tmp_path / "config", fleet)
+    state = tmp_path / "state.db"
+    common = ["--source", str(config), "--state", str(state), "--ssh-dir", str(fleet.directory)]
+    first = machines[0]
+    down = kill_run_mid_reboot(fleet, machines, common, state, tmp_path / "run.log")
     # Released: the machine boots again while no controller runs.
-    rebooted = fleet[in_flight[0]]
+    rebooted = fleet[down]
     rebooted.wait_up()
     with StateStore(state) as store:
         [left] = [j for j in store.jobs() if j.operation == "Install"]
