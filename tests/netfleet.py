@@ -827,21 +827,31 @@ class Fleet:
         user: str = "root",
         become: bool = False,
         children: Mapping[str, Sequence[str]] | None = None,
+        ranges: bool = False,
     ) -> Path:
         """Write an INI Ansible inventory listing the machines (``groups``: name -> machines;
         default one group ``fleet`` with all) with ``ansible_host``, ``ansible_user``,
         ``ansible_become`` and ``ansible_ssh_private_key_file``; host keys are checked against
-        the fleet's known_hosts. ``children``: parent group -> its child groups."""
+        the fleet's known_hosts. ``children``: parent group -> its child groups. ``ranges``:
+        each group is one host range (``m[01:05]``: its machines' names must run on without a
+        gap), each machine's ``ansible_host`` in ``host_vars/<name>.yml`` beside the file."""
         groups = groups if groups is not None else {"fleet": self.machines}
+        shared = (
+            f"ansible_user={user} ansible_become={'true' if become else 'false'} "
+            f"ansible_ssh_private_key_file={self.key_file}"
+        )
         lines = []
         for group, members in groups.items():
             lines.append(f"[{group}]")
-            lines += [
-                f"{m.name} ansible_host={m.address} ansible_user={user} "
-                f"ansible_become={'true' if become else 'false'} "
-                f"ansible_ssh_private_key_file={self.key_file}"
-                for m in members
-            ]
+            if ranges:
+                lines.append(f"{_host_range(members)} {shared}")
+                (path.parent / "host_vars").mkdir(exist_ok=True)
+                for m in members:
+                    (path.parent / "host_vars" / f"{m.name}.yml").write_text(
+                        f"ansible_host: {m.address}\n"
+                    )
+            else:
+                lines += [f"{m.name} ansible_host={m.address} {shared}" for m in members]
             lines.append("")
         for parent, kids in (children or {}).items():
             lines += [f"[{parent}:children]", *kids, ""]
@@ -856,6 +866,17 @@ class Fleet:
         ]
         path.write_text("\n".join(lines))
         return path
+
+
+def _host_range(machines: Sequence[Machine]) -> str:
+    """``m[01:05]`` for m01…m05: Ansible's range pattern, leading zeros kept."""
+    stem = machines[0].name.rstrip("0123456789")
+    digits = [m.name[len(stem) :] for m in machines]
+    first = int(digits[0])
+    wanted = [f"{stem}{first + i:0{len(digits[0])}d}" for i in range(len(machines))]
+    if [m.name for m in machines] != wanted:
+        raise ValueError(f"{[m.name for m in machines]}: not one run of names for a host range")
+    return f"{stem}[{digits[0]}:{digits[-1]}]"
 
 
 def ansible_environment(directory: Path) -> dict[str, str]:

@@ -122,7 +122,8 @@ def enrolled_fleet(
     tmp_path: Path, fleet: Fleet, group: str, task_fields: str, **window: str
 ) -> str:
     """A Git repository whose InstanceSource enrols the fleet from an Ansible inventory (groups
-    ``web`` m01-m05, ``db`` m06-m08 and ``cache`` m09-m10, all children of ``fleet``; admin
+    ``web`` m[01:05], ``db`` m[06:08] and ``cache`` m[09:10] as host ranges with host_vars, all
+    children of ``fleet``; admin
     with become), enrolling only ``group``'s hosts, a patch group selecting them by their label
     ``ansible.group/<group>`` and an open Install window; its URL."""
     upstream = Upstream.create(tmp_path / "srv", "fleet", tmp_path / "scratch")
@@ -133,6 +134,7 @@ def enrolled_fleet(
         user=ADMIN,
         become=True,
         children={"fleet": ["web", "db", "cache"]},
+        ranges=True,
     )
     source = (
         f"{API}\nkind: InstanceSource\nmetadata:\n  name: {SOURCE}\nspec:\n"
