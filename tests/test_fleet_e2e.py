@@ -101,6 +101,7 @@ def test_one_reconcile_scans_installs_and_converges_ten_machines_over_ssh(
 
 SOURCE = "lab"
 HOOK_LOG = "var/log/patchwarden-e2e-hooks.log"
+WEB_PORT = 8080
 # Each hook appends its stage and the user it ran as: root (uid 0) only through sudo.
 RECORD = json.dumps(["/bin/sh", "-c", f'echo "$PATCHWARDEN_STAGE $(id -un)" >> /{HOOK_LOG}'])
 HOOKS = f"""\
@@ -241,8 +242,26 @@ def test_a_health_check_failing_on_enrolled_machines_halts_the_window_once_max_e
         "-c",
         'case "$(hostname)" in m01) ;; *) echo "app down on $(hostname)" >&2; exit 1;; esac',
     ]
+    # The machine's own web server, started before the install, answers the controller's GET
+    # (an HTTP check reaching the enrolled machine's address, {host}).
+    serve = [
+        "/bin/sh",
+        "-c",
+        f"setsid python3 -m http.server {WEB_PORT} --directory /srv >/dev/null 2>&1 </dev/null &",
+    ]
+    web_check = (
+        f'        - {{name: web, http: {{url: "http://{{host}}:{WEB_PORT}/"}}, '
+        "retries: 5, intervalSeconds: 1}\n"
+    )
     url = enrolled_fleet(
-        tmp_path, fleet, "web", health_check(check), max_concurrency="1", max_errors="1"
+        tmp_path,
+        fleet,
+        "web",
+        f"      hooks:\n        preInstall: [{{argv: {json.dumps(serve)}}}]\n"
+        + health_check(check)
+        + web_check,
+        max_concurrency="1",
+        max_errors="1",
     )
     state = tmp_path / "state" / "state.db"
 
@@ -261,6 +280,10 @@ def test_a_health_check_failing_on_enrolled_machines_halts_the_window_once_max_e
         patched = machine.versions()["pwtest-lib"] == "1.0-2"
         assert patched is (machine.name in started), machine.name
     assert len(started) <= 3  # two or more machines were never started
+    for job in installs:  # every started machine's web server answered the controller
+        assert job.result is not None
+        gets = [h for h in job.result["hooks"] if h.get("name") == "web"]
+        assert [(h["ok"], h["http"]["status"]) for h in gets] == [(True, 200)]
     for job in (j for j in installs if j.status == JobStatus.FAILED):
         name = job.instance
         assert job.result is not None
