@@ -221,6 +221,32 @@ def test_validate_names_the_source_line_of_an_inventory_ansible_cannot_read(
     ]
 
 
+@pytest.mark.parametrize(
+    ("variable", "says"),
+    [
+        ("ansible_ssh_common_args='-o ProxyJump=bastion'", "OpenSSH options are not passed on"),
+        ("ansible_password=hunter2", "passwords are not taken from inventories"),
+        ("ansible_become_flags=-H", "sudo runs as `sudo -n`"),
+    ],
+)
+def test_inventory_variables_enrolment_cannot_carry_over_are_refused_not_ignored(
+    tmp_path: Path, variable: str, says: str
+) -> None:
+    """An inventory that reaches or elevates on a machine in a way a ManagedInstance cannot say is
+    refused, naming the host and the variable, never enrolled as if the variable were absent."""
+    (tmp_path / "hosts.ini").write_text(f"[web]\nweb1 {variable}\n")
+    (tmp_path / "fleet.yaml").write_text(
+        source_yaml("inv", "  ansibleInventory:\n    path: hosts.ini\n")
+    )
+    run = patchctl("validate", str(tmp_path))
+    assert run.returncode == 1
+    name = variable.split("=")[0]
+    assert run.stderr.splitlines()[0].startswith(
+        f"fleet.yaml:6: spec.ansibleInventory: host web1: {name}: {says}"
+    )
+    assert "hunter2" not in run.stderr
+
+
 STATIC = """\
   static:
     hosts:

@@ -112,12 +112,37 @@ def _selected(
     ]
 
 
+_EXTRA_ARGS = (
+    "OpenSSH options are not passed on: write them as the InstanceSource's connection fields "
+    "(knownHostsFile, proxyJump) or in <--ssh-dir>/config"
+)
+_SECRET = (
+    "passwords are not taken from inventories: log in with a key and give sudo a NOPASSWD rule"
+)
+_UNMAPPED: Mapping[str, str] = {
+    # Variables that change how Ansible reaches or elevates on the machine, which enrolment cannot
+    # carry over: refused, so an inventory never means something other than what it says.
+    "ansible_ssh_common_args": _EXTRA_ARGS,
+    "ansible_ssh_extra_args": _EXTRA_ARGS,
+    "ansible_ssh_args": _EXTRA_ARGS,
+    "ansible_password": _SECRET,
+    "ansible_ssh_pass": _SECRET,
+    "ansible_ssh_password": _SECRET,
+    "ansible_become_password": _SECRET,
+    "ansible_become_pass": _SECRET,
+    "ansible_become_flags": "sudo runs as `sudo -n`; other flags are not supported",
+}
+
+
 def _host(name: str, groups: list[str], variables: Mapping[str, Any]) -> DiscoveredHost:
     """One host, from the variables ansible gives it (see docs/enrolment.md for which)."""
     read = _Reader(name, variables)
     connection = read.text("ansible_connection")
     if connection not in (None, "ssh", "smart", "paramiko"):
         read.refuse("ansible_connection", f"{connection!r}: only SSH machines can be enrolled")
+    for variable in _UNMAPPED:
+        if read.text(variable) is not None:
+            read.refuse(variable, _UNMAPPED[variable])
     become = read.flag("ansible_become")
     method = read.text("ansible_become_method")
     if become and method not in (None, "sudo"):
