@@ -92,18 +92,3 @@ def test_a_slot_freed_by_an_install_starts_the_next_queued_install_without_a_new
     assert [versions(root)["pwtest-lib"] for root in roots.values()] == ["1.0-2"] * 4
     assert len(plans) >= 2
     loop.store.close()
-
-
-@needs_apt
-def test_the_plan_queues_installs_held_back_by_max_concurrency_alone(
-    tmp_path: Path, apt_repo: Repo
-) -> None:
-    loop, _ = _loop(tmp_path, apt_repo, Spy(lambda i: transport_for(i.spec.connection)))
-
-    current = loop.plan()
-
-    assert current is not None
-    assert [a.instance for a in current.actions] == ["a", "b"]
-    assert [a.instance for a in current.queued] == ["c", "d"]  # in the order they would start
-    assert {a.operation for a in current.queued} == {"Install"}
-    loop.store.close()
