@@ -5,9 +5,15 @@ stay exact. Real apt and dpkg on directory roots; real SQLite store; a clock the
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.api.install import InstallResult
+from reconciler.api.inventory import Inventory
 from reconciler.dispatch import transport_for
+from reconciler.dispatch.base import BaselineSource, InstallRequest, Transport
 from reconciler.loop import Reconciler
 from reconciler.plan import Plan
 from reconciler.sources import DirectorySource
@@ -51,38 +57,66 @@ def _loop(tmp_path: Path, apt_repo: Repo, spy: Spy) -> tuple[Reconciler, dict[st
     return loop, roots
 
 
-def _plans_wait_for_refills(loop: Reconciler) -> list[int]:
-    """Make every plan after the pass's first wait until each slot an install freed by
-    succeeding is taken again: the refill must not need that plan. Returns the plans' count."""
+@dataclass
+class _Held:
+    """A machine's transport whose install, once done, returns only when the test releases it:
+    installs end one at a time, in the order the test chooses."""
+
+    inner: Transport
+    release: threading.Event
+
+    def scan(
+        self,
+        *,
+        instance_id: str | None = None,
+        refresh: bool = True,
+        sources: Sequence[BaselineSource] = (),
+    ) -> Inventory:
+        return self.inner.scan(instance_id=instance_id, refresh=refresh, sources=sources)
+
+    def install(self, request: InstallRequest) -> InstallResult:
+        result = self.inner.install(request)
+        wait_until("the test to release the install", self.release.is_set)
+        return result
+
+
+def _one_install_ends_per_plan(loop: Reconciler, releases: dict[str, threading.Event]) -> list[int]:
+    """Plan n releases the n-th machine's install, after waiting until n + 2 installs have
+    started: the install queued behind the one that ended before this plan must already run,
+    started in the freed slot without this plan. Returns the plans made."""
     plans: list[int] = []
     plan = loop.parts.observation.plan
 
     def held() -> Plan | None:
-        if plans:
-            wait_until("the freed slots taken again before the next plan", _slots_refilled(loop))
-        plans.append(len(plans))
+        n = len(plans)
+        if n:
+            wanted = min(len(NAMES), n + 2)
+            wait_until(
+                f"{wanted} installs started before plan {n}",
+                lambda: len(loop.store.jobs(window="noon")) >= wanted,
+            )
+        if n < len(NAMES):
+            releases[NAMES[n]].set()
+        plans.append(n)
         return plan()
 
     loop.parts.observation.plan = held  # type: ignore[method-assign]
     return plans
 
 
-def _slots_refilled(loop: Reconciler):  # type: ignore[no-untyped-def]
-    def check() -> bool:
-        jobs = loop.store.jobs(window="noon")
-        succeeded = sum(job.status == "succeeded" for job in jobs)
-        return len(jobs) >= min(len(NAMES), succeeded + 2)
-
-    return check
-
-
 @needs_apt
 def test_a_slot_freed_by_an_install_starts_the_next_queued_install_without_a_new_plan(
     tmp_path: Path, apt_repo: Repo
 ) -> None:
-    spy = Spy(lambda instance: transport_for(instance.spec.connection, trust_root_scripts=True))
+    releases = {name: threading.Event() for name in NAMES}
+    spy = Spy(
+        lambda instance: _Held(
+            transport_for(instance.spec.connection, trust_root_scripts=True),
+            releases[instance.metadata.name],
+        )
+    )
     loop, roots = _loop(tmp_path, apt_repo, spy)
-    plans = _plans_wait_for_refills(loop)
+    plans = _one_install_ends_per_plan(loop, releases)
 
     summary = loop.reconcile()
 
@@ -90,5 +124,5 @@ def test_a_slot_freed_by_an_install_starts_the_next_queued_install_without_a_new
     assert spy.peak == 2  # maxConcurrency held as the machines saw it
     assert sorted(spy.installs) == NAMES
     assert [versions(root)["pwtest-lib"] for root in roots.values()] == ["1.0-2"] * 4
-    assert len(plans) >= 2
+    assert len(plans) > len(NAMES)  # one plan per completion, and the first
     loop.store.close()
