@@ -76,8 +76,8 @@ class Pass(Timed):
     """How many jobs could run at once: the concurrency, or fewer machines."""
     plans: int
     planning: float
-    """Seconds spent planning inside the pass: the dispatcher re-plans after each completion,
-    and a freed slot waits for it."""
+    """Seconds spent planning inside the pass: the dispatcher re-plans after each completion
+    (a slot freed by a succeeding install is refilled from the plan's queue without waiting)."""
 
     @property
     def overhead(self) -> float:
@@ -370,7 +370,8 @@ def report(
         f"Where the time goes: one machine's install with the rest idle takes {single.agent:.2f} s as "
         f"the loop's job (agent install + rescan), {single.apt:.2f} s as `apt-get update && apt-get "
         f"dist-upgrade -y` over ssh and {single.ansible:.2f} s with Ansible's apt module. The "
-        "dispatcher re-plans after each completion while the freed slot waits: planning took "
+        "dispatcher re-plans after each completion; a slot freed by a succeeding install takes "
+        "the install the plan queued behind it at once, without waiting for that plan: planning took "
         f"{figures.scan.planning:.2f} s ({figures.scan.plans} plans) of the scan pass, "
         f"{install.planning:.2f} s ({install.plans} plans) of the install pass.",
         [

@@ -153,6 +153,13 @@ class Plan:
     started: the execution is CANCELLED."""
     one_offs: tuple[OneOffProgress, ...] = ()
     """Where each active one-off opening stands, in ``Observed.one_offs``'s order."""
+    queued: tuple[Action, ...] = ()
+    """Installs held back only by their task's ``maxConcurrency``, in the order they would
+    start: each may start in the slot a job counted in ``running`` of the same (window, task,
+    opening) frees by succeeding, without planning again (one slot freed, one taken, no error
+    added: the budgets this plan checked still hold)."""
+    running: frozenset[str] = frozenset()
+    """Keys of the jobs this plan counted as running (holding their budget slots)."""
 
     @property
     def idle(self) -> bool:
@@ -239,6 +246,8 @@ def plan(
         tuple(sorted(state.skipped)),
         tuple(sorted(state.cancelled)),
         progress,
+        tuple(state.queued),
+        frozenset(job.key for job in state.running_jobs),
     )
 
 
@@ -251,6 +260,7 @@ class _State:
         self.snapshot, self.observed, self.now, self.settings = snapshot, observed, now, settings
         self.actions: list[Action] = []
         self.waits: list[Wait] = []
+        self.queued: list[Action] = []
         self.keys = {job.key for job in observed.jobs}
         self.running = {job.instance for job in observed.jobs if job.status == JobStatus.RUNNING}
         self.scans_planned = 0
@@ -433,7 +443,8 @@ class _State:
             # The key a cut-off install of the baseline's approvals would have had.
             self.wait_for_window(name, instance, group, snapshot_digest(scan.pins, digest))
             return
-        reasons = []
+        reasons: list[str] = []
+        queued: Action | None = None  # the first task whose maxConcurrency alone holds it back
         for window, task, opening in candidates:
             chosen = self.task_install(task, scan, baseline)
             if not chosen.pins:
@@ -452,13 +463,19 @@ class _State:
                     f"task {task.name} waits for lower-priority tasks of {window.metadata.name}"
                 )
                 continue
+            action = _install_action(name, key, window, task, opening, chosen)
             verdict = self.budget.verdict(window, task, opening, self.targets(window))
             if verdict:
                 reasons.append(verdict)
+                if queued is None and not self.budget.halted(
+                    window, task, opening, self.targets(window)
+                ):
+                    queued = action
                 continue
             self.budget.take(window, task, opening)
-            self.actions.append(_install_action(name, key, window, task, opening, chosen))
+            self.actions.append(action)
             return
+        self.queued += [queued] if queued else []
         self.wait(name, "; ".join(reasons))
 
     def reboot(
@@ -779,6 +796,13 @@ class _Budgets:
                 f"maxConcurrency {task.max_concurrency} of {task.name} reached; waiting for a slot"
             )
         return ""
+
+    def halted(
+        self, window: MaintenanceWindow, task: WindowTask, opening: Opening, targets: int
+    ) -> bool:
+        """More jobs failed than ``maxErrors`` allows: nothing more starts in this opening."""
+        errors = self.errors.get((window.metadata.name, task.name, opening.id), 0)
+        return errors > _amount(task.max_errors, targets, minimum=0)
 
     def allows(
         self, window: MaintenanceWindow, task: WindowTask, opening: Opening, targets: int

@@ -232,6 +232,28 @@ def test_running_jobs_hold_their_slots() -> None:
     assert reasons(result)["node-1"] == "a job is running on it"
 
 
+def test_installs_held_back_by_max_concurrency_alone_are_queued_in_start_order() -> None:
+    snapshot = snap(BASELINE, window(concurrency="2"), instances(5))
+    running = ObservedJob("k1", "node-1", "Install", "running", NOON, "noon", "install", OPENING)
+    result = plan(snapshot, "r1", Observed(scans=all_scanned(snapshot), jobs=[running]), NOON)
+    assert [a.instance for a in result.actions] == ["node-2"]
+    # What a slot freed by node-1 or node-2 succeeding may start without planning again.
+    assert [a.instance for a in result.queued] == ["node-3", "node-4", "node-5"]
+    assert {(a.window, a.task, a.opening) for a in result.queued} == {("noon", "install", OPENING)}
+    assert result.running == frozenset({"k1"})
+
+
+@pytest.mark.parametrize(("failed", "queued"), [(1, ["node-2", "node-3", "node-4"]), (2, [])])
+def test_a_halted_rollout_queues_nothing(failed: int, queued: list[str]) -> None:
+    snapshot = snap(BASELINE, window(concurrency="1", errors="1"), instances(4))
+    jobs = [
+        ObservedJob(f"k{i}", f"node-{i}", "Install", "failed", NOON, "noon", "install", OPENING)
+        for i in range(1, failed + 1)
+    ]
+    result = plan(snapshot, "r1", Observed(scans=all_scanned(snapshot), jobs=jobs), NOON)
+    assert [a.instance for a in result.queued] == queued
+
+
 @pytest.mark.parametrize(("failed", "halted"), [(1, False), (2, True)])
 def test_max_errors_halts_the_rollout(failed: int, halted: bool) -> None:
     snapshot = snap(BASELINE, window(errors="1"), instances(4))

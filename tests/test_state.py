@@ -281,6 +281,23 @@ def test_latest_scans_picks_the_newest_per_instance(store: StateStore) -> None:
     assert list(store.latest_scans()) == ["db-1", "web-1", "web-2"]
 
 
+def test_latest_scans_read_again_see_every_scan_recorded_since(
+    store: StateStore, tmp_path: Path
+) -> None:
+    """latest_scans keeps the records it decoded: read between scans recorded here, by another
+    writer of the same file, and late (finished earlier), it stays what a fresh read gives."""
+    scan(store, "web-1", minutes=10)
+    scan(store, "db-1", minutes=10)
+    assert set(store.latest_scans()) == {"db-1", "web-1"}
+    with StateStore(tmp_path / "state.db") as other:
+        newer = scan(other, "web-1", minutes=20)
+    scan(store, "db-1", minutes=5)  # recorded later, finished earlier: not the newest
+    scan(store, "web-2", minutes=1)
+    with StateStore(tmp_path / "state.db") as fresh:
+        assert store.latest_scans() == fresh.latest_scans()
+    assert store.latest_scans()["web-1"] == newer
+
+
 def test_scan_history_is_newest_first_and_limited(store: StateStore) -> None:
     records = [scan(store, minutes=m) for m in range(5)]
     scan(store, "other", minutes=100)

@@ -1,7 +1,8 @@
 """Stage: loop. One pass is an ordered tuple of small steps (:data:`STEPS`) over an explicit
 :class:`PassContext`: ``refresh`` (the revision in force), ``close_executions`` (openings that
-ended), ``dispatch`` (plan, run jobs concurrently, re-plan on each completion), ``export``
-(scheduled reports). Another loop (the controller's) adds its own steps around these.
+ended), ``dispatch`` (plan, run jobs concurrently, refill freed slots from the plan's queue and
+re-plan on each completion), ``export`` (scheduled reports). Another loop (the controller's)
+adds its own steps around these.
 
 Calls the loop's parts in order; may not touch the source, the store or transports itself.
 """
@@ -9,10 +10,12 @@ Calls the loop's parts in order; may not touch the source, the store or transpor
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+from reconciler.api.enums import JobStatus
 from reconciler.loop.common import InForce, PassSummary
 from reconciler.loop.desired import Refresher
 from reconciler.loop.executions import WindowExecutions
@@ -23,6 +26,7 @@ from reconciler.plan import Action, Plan
 from reconciler.state import JobRecord
 
 Running = dict[Future[JobRecord | None], Action]
+Finished = tuple[Action, JobRecord | None]
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,9 @@ def close_executions(context: PassContext) -> None:
 
 def dispatch(context: PassContext) -> None:
     """Plan and start jobs until nothing more can start now (``until_idle``), or one planning
-    round otherwise. Each completion triggers a re-plan, so budgets refill as soon as a slot
-    frees; each plan's skipped and cancelled openings are recorded."""
+    round otherwise. A slot freed by a succeeding job starts the install the plan queued behind
+    it at once (:func:`_refill`); each completion also triggers a re-plan, for the rest; each
+    plan's skipped and cancelled openings are recorded."""
     parts = context.parts
     running: Running = {}
     try:
@@ -84,7 +89,8 @@ def dispatch(context: PassContext) -> None:
                 if not running:
                     _settle(context.summary, current)
                     break
-                _collect(context, running)
+                finished = _collect(context, running)
+                started += _refill(context, pool, running, current, finished, started)
                 if not context.until_idle and not running:
                     break
     finally:
@@ -115,7 +121,7 @@ def _submit(
     started: int,
 ) -> int:
     """Start the plan's actions; how many were started."""
-    parts, max_jobs = context.parts, context.max_jobs
+    max_jobs = context.max_jobs
     # One job per machine at a time: a submitted job may not have claimed its key yet, so the
     # planner cannot see it; skip its machine here.
     busy = {action.instance for action in running.values()}
@@ -124,10 +130,54 @@ def _submit(
     for action in fresh:
         if max_jobs is not None and started + count >= max_jobs:
             break
-        parts.observation.submitted[action.key] = action
-        running[pool.submit(parts.jobs.execute, action)] = action
+        _start(context, pool, running, action)
         count += 1
     return count
+
+
+def _refill(
+    context: PassContext,
+    pool: ThreadPoolExecutor,
+    running: Running,
+    current: Plan | None,
+    finished: list[Finished],
+    started: int,
+) -> int:
+    """Start at once, in each slot a job freed by succeeding, the next install the plan queued
+    behind it (``Plan.queued``), instead of leaving the slot idle while the next plan is made
+    (a plan of a fleet takes a while; the next plan counts these as running). Only a job the
+    plan counted as running, or planned itself, frees one of its slots; an opening with a job
+    that did not succeed in this batch waits for the next plan (its maxErrors may be spent).
+    The cutoff is checked when the job claims its key, as for every job. How many started."""
+    if current is None or context.parts.stopping.is_set():
+        return 0
+    unsure = {_slot(a) for a, job in finished if job is None or job.status != JobStatus.SUCCEEDED}
+    # The plan's budgets counted its running jobs and its own actions as holding slots.
+    held = current.running | {action.key for action in current.actions}
+    freed = Counter(_slot(a) for a, _ in finished if a.key in held and _slot(a) not in unsure)
+    busy = {action.instance for action in running.values()}
+    count = 0
+    for action in current.queued:
+        if context.max_jobs is not None and started + count >= context.max_jobs:
+            break
+        if freed[_slot(action)] > 0 and action.instance not in busy:
+            freed[_slot(action)] -= 1
+            _start(context, pool, running, action)
+            count += 1
+    return count
+
+
+def _slot(action: Action) -> tuple[str | None, str | None, str | None]:
+    """The budgets an action counts against: its (window, task, opening)."""
+    return action.window, action.task, action.opening
+
+
+def _start(
+    context: PassContext, pool: ThreadPoolExecutor, running: Running, action: Action
+) -> None:
+    """Hand ``action`` to a worker; it holds its budget slot until its job is claimed."""
+    context.parts.observation.submitted[action.key] = action
+    running[pool.submit(context.parts.jobs.execute, action)] = action
 
 
 def _resume(context: PassContext, pool: ThreadPoolExecutor, running: Running) -> None:
@@ -139,15 +189,18 @@ def _resume(context: PassContext, pool: ThreadPoolExecutor, running: Running) ->
         running[pool.submit(context.parts.jobs.resume, resumption)] = resumption.action
 
 
-def _collect(context: PassContext, running: Running) -> None:
-    """Wait for at least one job to finish and count the finished ones."""
+def _collect(context: PassContext, running: Running) -> list[Finished]:
+    """Wait for at least one job to finish; count the finished ones and return them."""
     done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+    finished: list[Finished] = []
     for future in done:
         action = running.pop(future)
         context.parts.observation.submitted.pop(action.key, None)
         job = future.result()
         if job is not None:
             context.summary.count(action.operation, job.status)
+        finished.append((action, job))
+    return finished
 
 
 def _settle(summary: PassSummary, current: Plan | None) -> None:

@@ -97,6 +97,8 @@ class StateStore:
         is refused with :class:`StoreLocked`. Readers pass None and read beside the writer."""
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._latest_scans: dict[int, ScanRecord] = {}
+        """The instances' newest scans as last read, by id (:meth:`latest_scans`)."""
         self._writer: WriterLock | None = None
         _check_place(self.path)
         if writer is not None:
@@ -239,11 +241,22 @@ class StateStore:
         reads one scan per instance instead of ranking the whole history (observe() runs it
         after every job)."""
         with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {ScanRecord.COLUMNS} FROM scans"
+            latest = conn.execute(
+                "SELECT instance, id FROM scans"
                 " WHERE id IN (SELECT last_scan_id FROM instances) ORDER BY instance"
             ).fetchall()
-        return {row[1]: ScanRecord.from_row(row) for row in rows}
+            # Scans are append-only with ever-growing ids, and a scan becomes an instance's
+            # newest only when it is recorded: the ones not decoded yet are those above the
+            # highest decoded, and decoding their JSON was most of every plan's time.
+            known = self._latest_scans
+            rows = conn.execute(
+                f"SELECT {ScanRecord.COLUMNS} FROM scans"
+                " WHERE id IN (SELECT last_scan_id FROM instances) AND id > ?",
+                (max(known, default=0),),
+            ).fetchall()
+            known |= {row[0]: ScanRecord.from_row(row) for row in rows}
+            self._latest_scans = {scan_id: known[scan_id] for _, scan_id in latest}
+            return {instance: known[scan_id] for instance, scan_id in latest}
 
     def scan_history(self, instance: str, limit: int = 100) -> list[ScanRecord]:
         """The instance's scans and installs, newest first."""
