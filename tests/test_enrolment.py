@@ -247,6 +247,29 @@ def test_inventory_variables_enrolment_cannot_carry_over_are_refused_not_ignored
     assert "hunter2" not in run.stderr
 
 
+def test_ignore_variables_lets_an_inventory_keep_its_openssh_options_for_ansible(
+    tmp_path: Path,
+) -> None:
+    """Named in ignoreVariables, an inventory's OpenSSH options are ignored (they stay for
+    Ansible's own runs); a password stays refused whatever the list says."""
+    (tmp_path / "hosts.ini").write_text(
+        "[web]\nweb1 ansible_host=192.0.2.7\n\n[all:vars]\n"
+        "ansible_ssh_common_args='-o StrictHostKeyChecking=yes'\n"
+    )
+    spec = (
+        "  ansibleInventory:\n    path: hosts.ini\n    ignoreVariables: [ansible_ssh_common_args]\n"
+    )
+    (tmp_path / "fleet.yaml").write_text(source_yaml("inv", spec))
+    run = patchctl("validate", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    assert "1 ManagedInstance(s) generated" in run.stdout
+    bad = spec.replace("ansible_ssh_common_args]", "ansible_password]")
+    (tmp_path / "fleet.yaml").write_text(source_yaml("inv", bad))
+    refused = patchctl("validate", str(tmp_path))
+    assert refused.returncode == 1
+    assert "ignoreVariables" in refused.stderr
+
+
 STATIC = """\
   static:
     hosts:

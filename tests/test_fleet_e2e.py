@@ -140,7 +140,10 @@ def enrolled_fleet(
     )
     source = (
         f"{API}\nkind: InstanceSource\nmetadata:\n  name: {SOURCE}\nspec:\n"
+        # The inventory keeps its OpenSSH options for Ansible's own runs; enrolment takes the
+        # known_hosts file from the connection template instead.
         f"  ansibleInventory:\n    path: hosts.ini\n    groups: [{group}]\n"
+        "    ignoreVariables: [ansible_ssh_common_args]\n"
         f"  connection:\n    knownHostsFile: {fleet.known_hosts_file}\n"
     )
     selected = BASELINE_YAML.replace(

@@ -665,6 +665,18 @@ class AnsibleInventory(DiscoverySpec):
     )
     """Only the hosts of these groups (directly or through children); every host when empty."""
 
+    ignore_variables: list[
+        Literal[
+            "ansible_ssh_common_args",
+            "ansible_ssh_extra_args",
+            "ansible_ssh_args",
+            "ansible_become_flags",
+        ]
+    ] = Field(default_factory=list)
+    """Inventory variables that enrolment cannot carry over, to ignore instead of refuse (an
+    inventory Ansible also uses keeps its OpenSSH options for Ansible's own runs); passwords are
+    always refused."""
+
     @field_validator("path")
     @classmethod
     def _relative(cls, value: str) -> str:

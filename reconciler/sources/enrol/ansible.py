@@ -55,7 +55,7 @@ def discover(spec: AnsibleInventory, context: Context) -> list[DiscoveredHost]:
         )
     with _ONE_AT_A_TIME, _copied(context.repository, spec.path) as path:
         hosts = _parsed(path)
-    return _selected(hosts, spec.groups)
+    return _selected(hosts, spec.groups, frozenset(spec.ignore_variables))
 
 
 @contextmanager
@@ -99,14 +99,16 @@ def _parsed(path: Path) -> list[tuple[str, list[str], dict[str, Any]]]:
 
 
 def _selected(
-    parsed: list[tuple[str, list[str], dict[str, Any]]], groups: list[str]
+    parsed: list[tuple[str, list[str], dict[str, Any]]],
+    groups: list[str],
+    ignored: frozenset[str],
 ) -> list[DiscoveredHost]:
     known = {group for _, member_of, _ in parsed for group in member_of}
     unknown = sorted(set(groups) - known)
     if unknown:
         raise DiscoveryRefused(f"groups: no group {', '.join(unknown)} in the inventory")
     return [
-        _host(name, member_of, variables)
+        _host(name, member_of, variables, ignored)
         for name, member_of, variables in parsed
         if not groups or set(groups) & set(member_of)
     ]
@@ -114,7 +116,8 @@ def _selected(
 
 _EXTRA_ARGS = (
     "OpenSSH options are not passed on: write them as the InstanceSource's connection fields "
-    "(knownHostsFile, proxyJump) or in <--ssh-dir>/config"
+    "(knownHostsFile, proxyJump) or in <--ssh-dir>/config, and name the variable in "
+    "ignoreVariables"
 )
 _SECRET = (
     "passwords are not taken from inventories: log in with a key and give sudo a NOPASSWD rule"
@@ -122,6 +125,7 @@ _SECRET = (
 _UNMAPPED: Mapping[str, str] = {
     # Variables that change how Ansible reaches or elevates on the machine, which enrolment cannot
     # carry over: refused, so an inventory never means something other than what it says.
+    # (ansibleInventory.ignoreVariables may name the non-secret ones to ignore instead.)
     "ansible_ssh_common_args": _EXTRA_ARGS,
     "ansible_ssh_extra_args": _EXTRA_ARGS,
     "ansible_ssh_args": _EXTRA_ARGS,
@@ -134,13 +138,15 @@ _UNMAPPED: Mapping[str, str] = {
 }
 
 
-def _host(name: str, groups: list[str], variables: Mapping[str, Any]) -> DiscoveredHost:
+def _host(
+    name: str, groups: list[str], variables: Mapping[str, Any], ignored: frozenset[str]
+) -> DiscoveredHost:
     """One host, from the variables ansible gives it (see docs/enrolment.md for which)."""
     read = _Reader(name, variables)
     connection = read.text("ansible_connection")
     if connection not in (None, "ssh", "smart", "paramiko"):
         read.refuse("ansible_connection", f"{connection!r}: only SSH machines can be enrolled")
-    for variable in _UNMAPPED:
+    for variable in sorted(_UNMAPPED.keys() - ignored):
         if read.text(variable) is not None:
             read.refuse(variable, _UNMAPPED[variable])
     become = read.flag("ansible_become")
