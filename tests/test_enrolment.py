@@ -225,6 +225,23 @@ def test_validate_names_the_source_line_of_an_inventory_ansible_cannot_read(
     ]
 
 
+def test_an_inventory_template_is_refused_not_rendered(tmp_path: Path) -> None:
+    """Jinja in a variable enrolment reads (here a lookup that would run a command) is refused:
+    enrolment takes values, and ansible never renders it."""
+    (tmp_path / "hosts.ini").write_text(
+        "[web]\nweb1 ansible_host=\"{{ lookup('pipe', 'touch /tmp/rendered') }}\"\n"
+    )
+    (tmp_path / "fleet.yaml").write_text(
+        source_yaml("inv", "  ansibleInventory:\n    path: hosts.ini\n")
+    )
+    run = patchctl("validate", str(tmp_path))
+    assert run.returncode == 1
+    assert run.stderr.splitlines()[0] == (
+        "fleet.yaml:6: spec.ansibleInventory: host web1: ansible_host: \"{{ lookup('pipe', "
+        "'touch /tmp/rendered') }}\" is a template; enrolment takes values, not templates"
+    )
+
+
 @pytest.mark.parametrize(
     ("inventory", "line", "this_line"),
     [

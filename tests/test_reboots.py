@@ -21,7 +21,7 @@ from reconciler.api.hooks import HookCommand, StageRun
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
 from reconciler.api.resources import ManagedInstance
-from reconciler.dispatch.base import AgentFailed, BaselineSource, InstallRequest
+from reconciler.dispatch.base import AgentFailed, BaselineSource, InstallRequest, boot_id_of
 from reconciler.loop import Reconciler
 from reconciler.loop.reboots import RebootSettings
 from reconciler.plan import Observed, ObservedJob, ObservedScan, baseline_digest, plan
@@ -626,3 +626,14 @@ def test_a_resumed_reboot_runs_the_checks_after_the_reboot_and_on_exit(tmp_path:
         assert hooks == [("healthCheck", "install"), ("healthCheck", "reboot"), ("onExit", None)]
     assert machine.stages == [("healthCheck", 1), ("healthCheck", 2), ("onExit", 2)]
     assert len(machine.installs) == 1
+
+
+@pytest.mark.parametrize(
+    "said", ["\x1b]8;;http://x\x07boot\x1b]8;;\x07", "a" * 65, "", "../boot", 42, None]
+)
+def test_a_boot_id_that_is_not_letters_digits_and_dashes_reaches_no_record(said: object) -> None:
+    """A machine's root may answer anything: only 1-64 letters, digits and '-' is a boot id."""
+    with pytest.raises(AgentFailed) as refused:
+        boot_id_of({"bootId": said})
+    assert refused.value.code == "BadBootId"
+    assert boot_id_of({"bootId": "3f2c-9a"}) == "3f2c-9a"
