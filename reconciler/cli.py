@@ -1635,7 +1635,10 @@ def _compliance(args: argparse.Namespace) -> int:
         elif args.history:
             raise UserError("--history needs an instance: patchctl compliance INSTANCE --history")
         else:
-            render.rows(compliance.instances(latest), fmt, sys.stdout, title="Compliance")
+            rows = compliance.with_provenance(
+                compliance.instances(latest), store.enrolled(), column=fmt in ("table", "csv")
+            )
+            render.rows(rows, fmt, sys.stdout, title="Compliance")
     return EXIT_OK
 
 

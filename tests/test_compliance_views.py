@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from reconciler.api.enrolment import Provenance
 from reconciler.state import StateStore
 
 T0 = datetime(2026, 11, 28, 10, tzinfo=UTC)
@@ -140,6 +141,52 @@ def test_csv_has_a_header_and_one_line_per_instance(state: Path) -> None:
     rows = list(csv.DictReader(io.StringIO(run.stdout)))
     assert [r["instanceId"] for r in rows] == ["db-1", "web-1", "web-2"]
     assert rows[2]["missingCount"] == "1" and rows[2]["complianceSeverity"] == "HIGH"
+
+
+def test_the_fleet_table_says_which_source_each_generated_instance_comes_from(
+    state: Path,
+) -> None:
+    """With any instance enrolled, the fleet-wide view gets a short ``from`` column (table and
+    CSV) and an ``enrolled`` field on generated instances (JSON), as ``plan`` has."""
+    with StateStore(state) as store:
+        store.record_enrolled({"web-2": Provenance("ec2-prod", "i-0abc")}, T0)
+    table = patchctl("compliance", "--state", str(state))
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    # The table is wider than a terminal: rich folds each heading and cell over several lines.
+    header = [line.split("┃")[1:3] for line in lines if line.startswith("┃")]
+    columns = ["".join(cell.strip() for cell in column) for column in zip(*header, strict=True)]
+    assert columns == ["instanceId", "from"]
+    shown: list[list[str]] = []
+    for line in lines:
+        if line.startswith("│"):
+            first, second = (cell.strip() for cell in line.split("│")[1:3])
+            if first:
+                shown.append([first, second])
+            else:
+                shown[-1][1] += second
+    assert shown == [["db-1", "-"], ["web-1", "-"], ["web-2", "ec2-prod"]]
+    rows = list(
+        csv.DictReader(
+            io.StringIO(patchctl("compliance", "--state", str(state), "-o", "csv").stdout)
+        )
+    )
+    assert [r["from"] for r in rows] == ["", "", "ec2-prod"]
+    data = json.loads(patchctl("compliance", "--state", str(state), "-o", "json").stdout)
+    assert {r["instanceId"]: r.get("enrolled") for r in data} == {
+        "db-1": None,
+        "web-1": None,
+        "web-2": "from InstanceSource ec2-prod, host i-0abc",
+    }
+
+
+def test_without_enrolled_instances_the_fleet_table_has_no_from_column(state: Path) -> None:
+    run = patchctl("compliance", "--state", str(state), "-o", "csv")
+    assert "from" not in next(csv.reader(io.StringIO(run.stdout)))
+    assert all(
+        "enrolled" not in r
+        for r in json.loads(patchctl("compliance", "--state", str(state), "-o", "json").stdout)
+    )
 
 
 def test_one_instance_lists_every_patch_with_cves_and_installed_time(state: Path) -> None:

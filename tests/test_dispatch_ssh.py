@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -364,6 +365,69 @@ def test_transport_for_picks_the_transport(sshd: Sshd, agent: Path, pool: SshPoo
     assert isinstance(remote, SshTransport)
     assert remote.pool is pool and remote.root == "/srv/node" and remote.connect_timeout == 3
     assert (remote.endpoint.port, remote.endpoint.user) == (sshd.port, "root")
+
+
+@pytest.fixture
+def home_with_the_key(
+    sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """HOME holding the key sshd authorises as ``~/.ssh/id_ed25519``, and a running ssh-agent
+    (SSH_AUTH_SOCK) holding it too: where asyncssh looks for keys on its own."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    shutil.copy(sshd.client_key_file, home / ".ssh" / "id_ed25519")
+    monkeypatch.setenv("HOME", str(home))
+    socket = tmp_path / "agent.sock"
+    ssh_agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket)], stdout=subprocess.DEVNULL)
+    try:
+        wait_until("ssh-agent to listen", socket.exists)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(socket)}
+        subprocess.run(["ssh-add", "-q", str(sshd.client_key_file)], env=env, check=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(socket))
+        yield home
+    finally:
+        ssh_agent.terminate()
+        ssh_agent.wait()
+
+
+def test_without_an_identity_only_the_ssh_dirs_default_keys_are_offered(
+    sshd: Sshd,
+    agent: Path,
+    pool: SshPool,
+    remote_dir: str,
+    system_root: Path,
+    tmp_path: Path,
+    home_with_the_key: Path,
+) -> None:
+    """docs/security.md: nothing is read outside --ssh-dir. asyncssh by itself offers
+    ``~/.ssh/id_*`` and the ssh-agent's keys; the transport offers only the default key names
+    inside the SSH directory, and never asks an ssh-agent."""
+    ssh_dir = tmp_path / "ssh"
+    ssh_dir.mkdir()
+    shutil.copy(sshd.known_hosts_file, ssh_dir / "known_hosts")
+    connection = SshConnection(
+        type="ssh",
+        host="127.0.0.1",
+        port=sshd.port,
+        known_hosts_file=str(ssh_dir / "known_hosts"),
+        root=str(system_root),
+    )
+
+    def scan() -> Inventory:
+        remote = transport_for(connection, pool=pool, agent=agent, ssh_dir=ssh_dir)
+        assert isinstance(remote, SshTransport)
+        remote.remote_dir, remote.python = remote_dir, "/usr/bin/python3"
+        return remote.scan(refresh=False)
+
+    logins = sshd.accepted_logins()
+    with pytest.raises(AgentFailed) as refused:
+        scan()
+    assert refused.value.code == "SshAuthFailed"
+    assert "no key was offered: set identityFile, or put a key" in refused.value.message
+    assert sshd.accepted_logins() == logins
+    shutil.copy(sshd.client_key_file, ssh_dir / "id_ed25519")
+    assert scan().updates
+    assert sshd.accepted_logins() == logins + 1
 
 
 def test_defaults_build_the_agent_and_own_a_pool(

@@ -16,8 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.api.enrolment import HOST_ANNOTATION, SOURCE_ANNOTATION
-from reconciler.api.resources import ManagedInstance, SshConnection
+from reconciler.api.resources import (
+    HOST_ANNOTATION,
+    SOURCE_ANNOTATION,
+    ManagedInstance,
+    SshConnection,
+)
 from reconciler.loop import Reconciler
 from reconciler.report.notify.metrics import LoopMetrics
 from reconciler.report.notify.occurrences import Kind, Occurrence
@@ -270,6 +274,50 @@ def test_ignore_variables_lets_an_inventory_keep_its_openssh_options_for_ansible
     assert "ignoreVariables" in refused.stderr
 
 
+def test_an_inventory_template_is_refused_not_rendered(tmp_path: Path) -> None:
+    """Jinja in a variable enrolment reads (here a lookup that would run a command) is refused:
+    enrolment takes values, and ansible never renders it."""
+    (tmp_path / "hosts.ini").write_text(
+        "[web]\nweb1 ansible_host=\"{{ lookup('pipe', 'touch /tmp/rendered') }}\"\n"
+    )
+    (tmp_path / "fleet.yaml").write_text(
+        source_yaml("inv", "  ansibleInventory:\n    path: hosts.ini\n")
+    )
+    run = patchctl("validate", str(tmp_path))
+    assert run.returncode == 1
+    assert run.stderr.splitlines()[0] == (
+        "fleet.yaml:6: spec.ansibleInventory: host web1: ansible_host: \"{{ lookup('pipe', "
+        "'touch /tmp/rendered') }}\" is a template; enrolment takes values, not templates"
+    )
+
+
+@pytest.mark.parametrize(
+    ("inventory", "line", "this_line"),
+    [
+        ("[web]\nweb1\nh[0:99999999]\n", 3, "100,000,000"),
+        ("all:\n  hosts:\n    'a[0:99]-[0:99]':\n    'b[a:z]':\n", 4, "26"),
+    ],
+    ids=["ini", "yaml, two ranges in one pattern"],
+)
+def test_an_inventory_whose_ranges_would_give_too_many_hosts_is_refused_before_ansible_reads_it(
+    tmp_path: Path, inventory: str, line: int, this_line: str
+) -> None:
+    """ansible expands a range eagerly, so ``h[0:99999999]`` would exhaust the controller's
+    memory: the inventory is refused first, naming its file and line."""
+    name = "hosts.ini" if inventory.startswith("[") else "hosts.yaml"
+    (tmp_path / name).write_text(inventory)
+    (tmp_path / "fleet.yaml").write_text(
+        source_yaml("inv", f"  ansibleInventory:\n    path: {name}\n")
+    )
+    run = patchctl("validate", str(tmp_path))
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [
+        f"fleet.yaml:6: spec.ansibleInventory: {name}:{line}: host ranges would give more than "
+        f"10,000 hosts (this line: {this_line}); list fewer hosts or split the inventory",
+        "refused: 1 problem(s); nothing was applied",
+    ]
+
+
 STATIC = """\
   static:
     hosts:
@@ -340,6 +388,26 @@ def test_a_malformed_instance_source_is_refused_with_file_line_and_field(
     assert problem.split(": ", 1)[1] == message
     assert problem.startswith("fleet.yaml:")
     assert summary == "refused: 1 problem(s); nothing was applied"
+
+
+def test_a_hand_written_instance_may_not_claim_to_come_from_a_source(tmp_path: Path) -> None:
+    """The provenance annotations are the loop's to set: on an instance written by hand they
+    would fake its origin in plan and compliance, so validate refuses them, naming each line."""
+    (tmp_path / "web-1.yaml").write_text(
+        f"{API}\nkind: ManagedInstance\nmetadata:\n  name: web-1\n  annotations:\n"
+        f"    {SOURCE_ANNOTATION}: ec2-prod\n    {HOST_ANNOTATION}: i-0abc\n"
+        "spec:\n  connection: {type: ssh, host: web-1.internal}\n"
+    )
+    run = patchctl("validate", str(tmp_path))
+    assert run.returncode == 1
+    fix = "only an InstanceSource sets this annotation, on the instances it generates; remove it"
+    assert run.stderr.splitlines() == [
+        f"web-1.yaml:6: metadata.annotations.{SOURCE_ANNOTATION}: {fix} from this hand-written "
+        "instance",
+        f"web-1.yaml:7: metadata.annotations.{HOST_ANNOTATION}: {fix} from this hand-written "
+        "instance",
+        "refused: 2 problem(s); nothing was applied",
+    ]
 
 
 def refreshed_until(loop: Reconciler, heard: list[Occurrence], kind: Kind) -> Occurrence:

@@ -21,7 +21,7 @@ from reconciler.api.hooks import HookCommand, StageRun
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
 from reconciler.api.resources import ManagedInstance
-from reconciler.dispatch.base import AgentFailed, BaselineSource, InstallRequest
+from reconciler.dispatch.base import AgentFailed, BaselineSource, InstallRequest, boot_id_of
 from reconciler.loop import Reconciler
 from reconciler.loop.reboots import RebootSettings
 from reconciler.plan import Observed, ObservedJob, ObservedScan, baseline_digest, plan
@@ -275,6 +275,52 @@ def test_a_machine_that_does_not_come_back_fails_its_job_which_counts_against_ma
     assert machines["web-2"].installs == []
     waits = dict(summary.waits)
     assert "rollout halted: 1 failed job(s)" in waits["web-2"]
+
+
+def test_a_job_whose_machine_did_not_come_back_keeps_what_it_installed_pending_the_reboot(
+    tmp_path: Path, store: StateStore
+) -> None:
+    """RebootTimeout fails the job, but the install happened: its result keeps the install's
+    outcome, and compliance shows the installed patch pending the reboot (the machine does not
+    answer, so from the last scan with the outcome applied)."""
+    fleet = _one(tmp_path, Machine(comes_back=False), max_errors="0")
+    fleet.loop(store).reconcile()
+
+    job = _install(store, "web-1")
+    assert job.status == JobStatus.FAILED and job.error is not None
+    assert job.error["code"] == "RebootTimeout"
+    assert [p["name"] for p in job.result["install"]["patches"]] == ["pwtest-lib"]
+    assert job.result["install"]["reboot"]["performed"] is False
+    assert job.result["install"]["reboot"]["reason"].startswith("RebootTimeout: web-1 did not")
+    latest = store.latest_scan("web-1")
+    assert latest is not None and latest.job_id == job.id and latest.operation == "Install"
+    assert latest.count("installedPendingRebootCount") == 1
+    assert latest.count("missingCount") == 0
+    assert job.result["summary"]["installedPendingRebootCount"] == 1
+
+
+def test_a_boot_id_unreadable_right_after_the_install_still_records_the_install(
+    tmp_path: Path, store: StateStore
+) -> None:
+    """The boot id cannot be read after the install: the job fails with that error, and the
+    machine, which answers a rescan, is recorded as it is: the patch pending its reboot."""
+    machine = Machine()
+
+    def no_boot_id() -> None:
+        raise AgentFailed("BootIdUnreadable", "no /proc/sys/kernel/random/boot_id")
+
+    machine.on_read = no_boot_id
+    fleet = _one(tmp_path, machine, max_errors="0")
+    fleet.loop(store).reconcile()
+
+    job = _install(store, "web-1")
+    assert job.status == JobStatus.FAILED and job.error is not None
+    assert job.error["code"] == "BootIdUnreadable"
+    assert job.result["install"]["patches"][0]["result"] == "INSTALLED"
+    latest = store.latest_scan("web-1")
+    assert latest is not None and latest.job_id == job.id
+    assert latest.count("installedPendingRebootCount") == 1
+    assert machine.reboots == []
 
 
 def test_no_reboot_starts_after_the_window_end_the_job_says_it_is_left_pending(
@@ -575,5 +621,19 @@ def test_a_resumed_reboot_runs_the_checks_after_the_reboot_and_on_exit(tmp_path:
         fleet.loop(store).reconcile()
         job = _install(store, "web-1")
         assert job.status == JobStatus.SUCCEEDED
+        # The check run before the restart is still in the job's result.
+        hooks = [(h["stage"], h.get("after")) for h in job.result["hooks"]]
+        assert hooks == [("healthCheck", "install"), ("healthCheck", "reboot"), ("onExit", None)]
     assert machine.stages == [("healthCheck", 1), ("healthCheck", 2), ("onExit", 2)]
     assert len(machine.installs) == 1
+
+
+@pytest.mark.parametrize(
+    "said", ["\x1b]8;;http://x\x07boot\x1b]8;;\x07", "a" * 65, "", "../boot", 42, None]
+)
+def test_a_boot_id_that_is_not_letters_digits_and_dashes_reaches_no_record(said: object) -> None:
+    """A machine's root may answer anything: only 1-64 letters, digits and '-' is a boot id."""
+    with pytest.raises(AgentFailed) as refused:
+        boot_id_of({"bootId": said})
+    assert refused.value.code == "BadBootId"
+    assert boot_id_of({"bootId": "3f2c-9a"}) == "3f2c-9a"

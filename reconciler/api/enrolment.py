@@ -20,17 +20,13 @@ from pydantic import ValidationError
 
 from reconciler.api.resources import (
     API_VERSION,
+    HOST_ANNOTATION,
+    SOURCE_ANNOTATION,
     InstanceSource,
     ManagedInstance,
     SshConnection,
 )
 from reconciler.api.snapshot import Snapshot, format_path
-
-SOURCE_ANNOTATION = "patchwarden.io/instance-source"
-"""On a generated ManagedInstance: the InstanceSource that listed the machine."""
-HOST_ANNOTATION = "patchwarden.io/instance-source-host"
-"""On a generated ManagedInstance: the machine's id in that source (a static host's name, an
-Ansible inventory hostname, an EC2 instance id)."""
 
 _NOT_IN_NAME = re.compile(r"[^a-z0-9.-]+")
 _MAX_NAME = 253

@@ -25,6 +25,8 @@ from reconciler.api._base import Model
 
 FAILED = "FAILED"
 """A patch's ``result`` when it could not be installed."""
+INSTALLED = "INSTALLED"
+"""A patch's ``result`` when the install put it on the machine."""
 STORED = ("changed", "patches", "dependencies", "recovery", "reboot")
 """The parts of an install result a job's result keeps."""
 

@@ -937,3 +937,9 @@ NAMES: dict[str, tuple[str, list[str]]] = {
 
 GROUP_LABEL = "patchwarden.io/patch-group"
 """The label that puts an instance in a group whose selector is omitted."""
+SOURCE_ANNOTATION = "patchwarden.io/instance-source"
+"""On a generated ManagedInstance only (validation refuses it on one written by hand): the
+InstanceSource that listed the machine."""
+HOST_ANNOTATION = "patchwarden.io/instance-source-host"
+"""On a generated ManagedInstance: the machine's id in that source (a static host's name, an
+Ansible inventory hostname, an EC2 instance id)."""

@@ -24,8 +24,10 @@ from reconciler.api.enums import OperatingSystem, Operation
 from reconciler.api.resources import (
     API_VERSION,
     GROUP_LABEL,
+    HOST_ANNOTATION,
     KINDS,
     PATTERN_HELP,
+    SOURCE_ANNOTATION,
     ComplianceReport,
     InstanceSource,
     MaintenanceWindow,
@@ -454,6 +456,21 @@ def _installs_run_as_root(snap: Snapshot, invalid: Refused) -> Iterator[_Finding
                 break
 
 
+def _provenance_only_on_generated(snap: Snapshot, invalid: Refused) -> Iterator[_Finding]:
+    """Every instance here is written by hand (generated ones join after validation), so a
+    provenance annotation would only fake an origin in plan, explain and compliance."""
+    for iname, instance in snap.instances.items():
+        for key in (SOURCE_ANNOTATION, HOST_ANNOTATION):
+            if key in instance.metadata.annotations:
+                yield _Finding(
+                    "ManagedInstance",
+                    iname,
+                    ("metadata", "annotations", key),
+                    "only an InstanceSource sets this annotation, on the instances it "
+                    "generates; remove it from this hand-written instance",
+                )
+
+
 _REFERENCE_RULES: tuple[Callable[[Snapshot, Refused], Iterable[_Finding]], ...] = (
     _no_predefined_baseline_name,
     _group_baselines_exist_for_their_os,
@@ -463,6 +480,7 @@ _REFERENCE_RULES: tuple[Callable[[Snapshot, Refused], Iterable[_Finding]], ...] 
     _report_scope_groups_exist,
     _one_default_baseline_per_os,
     _installs_run_as_root,
+    _provenance_only_on_generated,
 )
 
 

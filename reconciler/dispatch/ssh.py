@@ -477,10 +477,10 @@ async def _open(
             x509_trusted_certs=None,  # trust comes from known_hosts only
             # asyncssh would read ~/.ssh/config itself: sshconfig.py has read <--ssh-dir>/config.
             config=None,
-            client_keys=keys,
-            # An explicit identity is the only key offered (IdentitiesOnly); without one,
-            # asyncssh's defaults apply (~/.ssh/id_* and the ssh-agent).
-            agent_path=None if endpoint.identity_files else (),
+            client_keys=keys or None,  # None: no key at all ([] would be ~/.ssh/id_*)
+            # Only the endpoint's keys, all from the SSH directory (IdentitiesOnly): never
+            # asyncssh's ~/.ssh/id_* nor an ssh-agent, whose keys nobody confined there.
+            agent_path=None,
             password_auth=False,  # unattended: nobody is there to type a password
             kbdint_auth=False,
             connect_timeout=connect_timeout,
@@ -492,7 +492,8 @@ async def _open(
             f"{endpoint}: host key not in {endpoint.known_hosts_file}: {_reason(exc)}",
         ) from None
     except asyncssh.PermissionDenied as exc:
-        raise AgentFailed("SshAuthFailed", f"{endpoint}: {_reason(exc)}") from None
+        hint = "" if keys else _NO_KEY
+        raise AgentFailed("SshAuthFailed", f"{endpoint}: {_reason(exc)}{hint}") from None
     except TimeoutError:
         raise AgentFailed(
             "SshUnreachable", f"{endpoint}: no SSH handshake within {connect_timeout:.0f}s"
@@ -501,9 +502,14 @@ async def _open(
         raise AgentFailed("SshUnreachable", f"{endpoint}: {_reason(exc)}") from None
 
 
-def _client_keys(endpoint: Endpoint) -> Sequence[asyncssh.SSHKey] | tuple[()]:
-    """The endpoint's identity files read as keys, offered in order (``()``: asyncssh's
-    defaults)."""
+_NO_KEY = (
+    "; no key was offered: set identityFile, or put a key under a default name (id_ed25519, "
+    "id_ecdsa, id_rsa) in the SSH directory (--ssh-dir); an ssh-agent is never used"
+)
+
+
+def _client_keys(endpoint: Endpoint) -> Sequence[asyncssh.SSHKey]:
+    """The endpoint's identity files read as keys, offered in order."""
     keys = []
     for path in endpoint.identity_files:
         try:
@@ -513,7 +519,7 @@ def _client_keys(endpoint: Endpoint) -> Sequence[asyncssh.SSHKey] | tuple[()]:
                 "SshAuthFailed",
                 _unreadable(endpoint, "identityFile", path, exc, "unencrypted private key"),
             ) from None
-    return keys or ()
+    return keys
 
 
 async def _finish(

@@ -28,6 +28,10 @@ from reconciler.paths import OutsideDirectory, confine
 
 CONFIG = "config"
 """The configuration's name inside the SSH directory, as OpenSSH names ``~/.ssh/config``."""
+DEFAULT_KEYS = ("id_ed25519_sk", "id_ecdsa_sk", "id_ed448", "id_ed25519", "id_ecdsa", "id_rsa")
+"""The key files offered, in this order, when neither the connection nor the configuration
+names one: OpenSSH's and asyncssh's default names, but inside the SSH directory (asyncssh itself
+would read them in ``~/.ssh`` whatever ``--ssh-dir`` says)."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ def reach(connection: SshConnection, ssh_dir: Path, name: str | None) -> Reach:
         where = f" in {ssh_dir / CONFIG} (Host {connection.host})"
         keys = tuple(
             in_ssh_dir(path, "IdentityFile", ssh_dir, name, where) for path in entry.identity_files
-        )
+        ) or default_keys(ssh_dir)
     known = connection.known_hosts_file
     return Reach(
         host=entry.hostname or connection.host,
@@ -80,6 +84,19 @@ def reach(connection: SshConnection, ssh_dir: Path, name: str | None) -> Reach:
         else None,
         jump=_jump(connection.proxy_jump or entry.proxy_jump, user, ssh_dir, name),
     )
+
+
+def default_keys(ssh_dir: Path) -> tuple[str, ...]:
+    """The DEFAULT_KEYS present in ``ssh_dir`` (regular files, symlinks kept inside it)."""
+    found = []
+    for key in DEFAULT_KEYS:
+        path = ssh_dir / key
+        try:
+            if path.is_file():
+                found.append(str(confine(str(path), ssh_dir)))
+        except OutsideDirectory:
+            continue  # a link out of the directory is not read; asked for by name it is refused
+    return tuple(found)
 
 
 def _jump(spec: str | None, user: str, ssh_dir: Path, name: str | None) -> JumpHost | None:

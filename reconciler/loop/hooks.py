@@ -10,7 +10,7 @@ Touches the job's transport and the HTTP check edge; decides nothing beyond the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from reconciler.api.hooks import CommandRun, HealthCheck, HookCommand, StageRun
@@ -141,6 +141,17 @@ class JobHooks:
         if self.error is not None and "error" not in result:
             result = {**result, "error": self.error}
         return self.error is not None, result
+
+    def kept(self) -> dict[str, Any]:
+        """What ran so far and the first failure, to keep with a job's phase (a reboot a
+        restart may resume): :meth:`restore` puts them back."""
+        return {"entries": list(self.entries), "error": self.error}
+
+    def restore(self, kept: Mapping[str, Any]) -> None:
+        """Continue from what :meth:`kept` said (a resumed job), without announcing it again."""
+        self.entries = [dict(entry) for entry in kept.get("entries") or []]
+        error = kept.get("error")
+        self.error = dict(error) if isinstance(error, Mapping) else None
 
     # -- each step ---------------------------------------------------------------------------
 

@@ -26,7 +26,12 @@ from reconciler.dispatch.base import (
     Transport,
     baseline_sources,
 )
-from reconciler.dispatch.outcomes import after_install, install_failed, pins_for
+from reconciler.dispatch.outcomes import (
+    after_install,
+    assumed_installed,
+    install_failed,
+    pins_for,
+)
 from reconciler.evaluation import InstanceEvaluation, evaluate, resolve
 from reconciler.loop.common import Clock, Emitter, InForce, Log, TransportFor
 from reconciler.loop.executions import WindowExecutions
@@ -39,8 +44,10 @@ from reconciler.loop.reboots import (
     RebootSettings,
     RebootStopped,
     awaited,
+    not_back,
     pending_reboot_outcome,
     reboot_only,
+    resumed_hooks,
     resumed_outcome,
     with_awaited,
 )
@@ -135,13 +142,14 @@ class JobRunner:
         def run() -> Result:
             transport = self.transport_for(claimed.instance)
             hooks = self._hooks(claimed, transport)
-            job = self._reboot_job(claimed)
+            hooks.restore(resumed_hooks(resumption.phase))
+            job = self._reboot_job(claimed, hooks)
+            installed = resumed_outcome(resumption.phase)
             try:
                 back = self.reboots.wait(job, transport, resumption.phase, asked=False)
             except AgentFailed as exc:
-                return _failed(hooks, exc)
-            outcome = with_awaited(resumed_outcome(resumption.phase), back)
-            return self._exit(claimed, transport, hooks, outcome)
+                return self._not_back(claimed, transport, hooks, installed, exc)
+            return self._exit(claimed, transport, hooks, with_awaited(installed, back))
 
         return self._complete(claimed, run)
 
@@ -294,13 +302,39 @@ class JobRunner:
                 outcome = pending_reboot_outcome(claimed.action.reason)
             else:
                 outcome = self._install_patches(claimed, transport, hooks)
-            hooks.after_install()
-            outcome = self.reboots.after_install(
-                self._reboot_job(claimed), self.in_force.snapshot, transport, outcome
+        except AgentFailed as exc:  # the install did not run (a failed preInstall) or broke
+            return _failed(hooks, exc)
+        hooks.after_install()
+        try:
+            rebooted = self.reboots.after_install(
+                self._reboot_job(claimed, hooks), self.in_force.snapshot, transport, outcome
             )
-        except AgentFailed as exc:  # the install did not run (a failed preInstall), broke, or
-            return _failed(hooks, exc)  # the machine did not come back from its reboot
-        return self._exit(claimed, transport, hooks, outcome)
+        except AgentFailed as exc:  # no boot id, or the machine did not come back in time
+            return self._not_back(claimed, transport, hooks, outcome, exc)
+        return self._exit(claimed, transport, hooks, rebooted)
+
+    def _not_back(
+        self,
+        claimed: Claimed,
+        transport: Transport,
+        hooks: JobHooks,
+        outcome: InstallResult,
+        exc: AgentFailed,
+    ) -> Result:
+        """The install ran but its reboot failed or was not seen: the job fails with that
+        error and keeps the install's outcome; what was installed is recorded, pending the
+        reboot (from a rescan when the machine answers, else from the outcome itself)."""
+        hooks.at_exit(rebooted=False)
+        outcome = not_back(outcome, exc)
+        try:
+            _, result = self._rescan_after_install(
+                claimed, transport, outcome, self._sources(claimed)
+            )
+        except AgentFailed as unreached:
+            claimed.log.warning("no rescan after the reboot failed", error=unreached.message)
+            result = self._assume_installed(claimed, outcome)
+        _, result = hooks.result({**result, "error": job_error(exc)})
+        return JobStatus.FAILED, result
 
     def _exit(
         self, claimed: Claimed, transport: Transport, hooks: JobHooks, outcome: InstallResult
@@ -352,22 +386,40 @@ class JobRunner:
         sources: tuple[BaselineSource, ...],
     ) -> Result:
         """Rescan, then record the install's outcome (after the reboot, when there was one)."""
-        instance = claimed.instance
-        before = self.store.latest_scan(instance.metadata.name)
-        rescanned = transport.scan(
-            instance_id=instance.metadata.name, refresh=False, sources=sources
+        name = claimed.instance.metadata.name
+        rescanned = transport.scan(instance_id=name, refresh=False, sources=sources)
+        status = JobStatus.FAILED if install_failed(outcome) else JobStatus.SUCCEEDED
+        return status, self._record_install(claimed, rescanned, outcome)
+
+    def _assume_installed(self, claimed: Claimed, outcome: InstallResult) -> dict[str, Any]:
+        """For a machine that cannot be rescanned: its last scan with the outcome applied."""
+        before = self.store.latest_scan(claimed.instance.metadata.name)
+        if before is None or not outcome.changed:  # nothing new to record (a reboot-only job)
+            return {"install": outcome.stored()}
+        last = Inventory.model_validate(before.inventory)
+        return self._record_install(
+            claimed, assumed_installed(last, outcome, self.clock()), outcome
         )
+
+    def _record_install(
+        self, claimed: Claimed, inventory: Inventory, outcome: InstallResult
+    ) -> dict[str, Any]:
+        """Record ``inventory`` as the install's scan; the job result's install and summary."""
+        name = claimed.instance.metadata.name
+        before = self.store.latest_scan(name)
         arch = {
             (p["name"], p["version"]): p.get("arch", "") for p in (before.patches if before else [])
         }
-        inventory = after_install(rescanned, outcome, arch)
-        evaluation = self._record(claimed, inventory, Operation.INSTALL)
-        self._report_install(instance.metadata.name, claimed.job.id, outcome)
-        status = JobStatus.FAILED if install_failed(outcome) else JobStatus.SUCCEEDED
-        return status, {"install": outcome.stored(), "summary": evaluation.summary.to_dict()}
+        evaluation = self._record(
+            claimed, after_install(inventory, outcome, arch), Operation.INSTALL
+        )
+        self._report_install(name, claimed.job.id, outcome)
+        return {"install": outcome.stored(), "summary": evaluation.summary.to_dict()}
 
-    def _reboot_job(self, claimed: Claimed) -> RebootJob:
-        return RebootJob(claimed.job.id, claimed.instance, claimed.action, claimed.log)
+    def _reboot_job(self, claimed: Claimed, hooks: JobHooks) -> RebootJob:
+        return RebootJob(
+            claimed.job.id, claimed.instance, claimed.action, claimed.log, hooks.kept()
+        )
 
     def _report_install(self, instance: str, job: str, outcome: InstallResult) -> None:
         stored = outcome.stored()

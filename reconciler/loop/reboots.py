@@ -12,8 +12,8 @@ may not rescan, record scans or finish the job (the job runner does).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -56,6 +56,9 @@ class RebootJob:
     instance: ManagedInstance
     action: Action
     log: Log
+    hooks: Mapping[str, Any] = field(default_factory=dict)
+    """What the job's hooks and checks did before the reboot (JobHooks.kept): kept with the
+    phase, so a job a restart resumes still reports them."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,11 @@ class Reboots:
             job.job,
             phase=REBOOTING,
             boot_id=before,
-            detail={"install": outcome.document(), "reason": f"reboot needed ({needed})"},
+            detail={
+                "install": outcome.document(),
+                "reason": f"reboot needed ({needed})",
+                "hooks": dict(job.hooks),
+            },
             now=self.clock(),
         )
         job.log.info("rebooting", boot_id=before)
@@ -230,6 +237,18 @@ def awaited(outcome: InstallResult) -> bool:
 def resumed_outcome(phase: JobPhase) -> InstallResult:
     """The install's outcome a job recorded with its phase, as it was before the reboot."""
     return InstallResult.model_validate(phase.detail.get("install") or {})
+
+
+def resumed_hooks(phase: JobPhase) -> Mapping[str, Any]:
+    """What the job's hooks had done when it recorded its phase (JobHooks.restore takes it)."""
+    kept = phase.detail.get("hooks")
+    return kept if isinstance(kept, Mapping) else {}
+
+
+def not_back(outcome: InstallResult, exc: AgentFailed) -> InstallResult:
+    """``outcome`` with its ``reboot`` part saying the reboot failed or was not seen (``exc``):
+    the install stays recorded, its patches pending that reboot."""
+    return with_awaited(outcome, Awaited(True, reason=f"{exc.code}: {exc.message}"))
 
 
 def pending_reboot_outcome(why: str) -> InstallResult:

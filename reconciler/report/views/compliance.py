@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from reconciler.api.enrolment import Provenance
 from reconciler.report.views import hooks
 from reconciler.state import JobRecord, ScanRecord
 
@@ -56,6 +57,31 @@ def instances(scans: Mapping[str, Scan]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def with_provenance(
+    rows: Sequence[Mapping[str, Any]],
+    enrolled: Mapping[str, tuple[Provenance, bool]],
+    *,
+    column: bool,
+) -> list[dict[str, Any]]:
+    """``instances`` rows saying where generated instances come from, when any of them is
+    generated: for a table or CSV a short ``from`` column (the InstanceSource, ``-`` for one
+    written by hand); for JSON and YAML an ``enrolled`` field on generated ones, as ``plan``."""
+    if not any(row["instanceId"] in enrolled for row in rows):
+        return [dict(row) for row in rows]
+    out = []
+    for row in rows:
+        found = enrolled.get(row["instanceId"])
+        if column:
+            source = found[0].source if found else None
+            out.append({"instanceId": row["instanceId"], "from": source, **row})
+        elif found is not None:
+            origin, listed = found
+            out.append({**row, "enrolled": f"{origin}" + ("" if listed else "; no longer listed")})
+        else:
+            out.append(dict(row))
+    return out
 
 
 def patches(scan: Scan) -> list[dict[str, Any]]:

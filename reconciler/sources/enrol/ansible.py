@@ -24,6 +24,7 @@ from typing import Any
 from reconciler.api.enrolment import DiscoveredHost
 from reconciler.api.resources import AnsibleInventory
 from reconciler.sources.enrol.base import Context, DiscoveryRefused, Repository
+from reconciler.sources.enrol.ranges import refuse_huge_ranges
 
 GROUP_LABEL_PREFIX = "ansible.group/"
 """Each group a host belongs to (directly or through ``children``) becomes the label
@@ -53,6 +54,8 @@ def discover(spec: AnsibleInventory, context: Context) -> list[DiscoveredHost]:
             "ansibleInventory needs a Git or directory source to read the inventory from; "
             "resources from Kubernetes have no repository (use static or ec2 there)"
         )
+    content = context.repository.read(spec.path)
+    refuse_huge_ranges(spec.path, content.decode("utf-8", errors="replace"))
     with _ONE_AT_A_TIME, _copied(context.repository, spec.path) as path:
         hosts = _parsed(path)
     return _selected(hosts, spec.groups, frozenset(spec.ignore_variables))

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Protocol
 
 from reconciler.api.enrolment import (
-    SOURCE_ANNOTATION,
     DiscoveredHost,
     Enrolled,
     Listed,
@@ -32,7 +31,7 @@ from reconciler.api.enrolment import (
     provenance,
     with_enrolled,
 )
-from reconciler.api.resources import InstanceSource
+from reconciler.api.resources import SOURCE_ANNOTATION, InstanceSource
 from reconciler.api.snapshot import Located, Problem, Snapshot, SnapshotInvalid, format_path
 from reconciler.errors import PatchwardenError
 from reconciler.sources.base import Revision
