@@ -35,6 +35,7 @@ from reconciler.api.resources import (
     PatchBaseline,
     PatchGroup,
     Resource,
+    Rollout,
     SshConnection,
 )
 from reconciler.api.yamldocs import Document, Path, YamlError, decode, documents
@@ -91,6 +92,8 @@ class Snapshot:
     instance_sources: Mapping[str, InstanceSource] = field(default_factory=dict)
     """Enrolment: where machines are listed (their ManagedInstances join ``instances`` once
     discovered, see :mod:`reconciler.api.enrolment`)."""
+    rollouts: Mapping[str, Rollout] = field(default_factory=dict)
+    """Progressive rollouts (issue 15 groundwork; validation still refuses every one)."""
     predefined: Mapping[str, PatchBaseline] = field(default_factory=dict)
     """The shipped default baselines, available by name to every group."""
     locations: Mapping[tuple[str, str], Located] = field(default_factory=dict)
@@ -267,6 +270,7 @@ def _assemble(
         instances=tables["ManagedInstance"],
         reports=tables["ComplianceReport"],
         instance_sources=tables["InstanceSource"],
+        rollouts=tables["Rollout"],
         predefined=predefined,
         locations=locations,
         documents=docs,
@@ -388,6 +392,26 @@ def _report_scope_groups_exist(snap: Snapshot, invalid: Refused) -> Iterator[_Fi
         )
 
 
+def _rollout_stage_groups_exist(snap: Snapshot, invalid: Refused) -> Iterator[_Finding]:
+    for rname, rollout in snap.rollouts.items():
+        for index, stage in enumerate(rollout.spec.stages):
+            path: Path = ("spec", "stages", index, "patchGroups")
+            yield from _groups_exist(snap, invalid, "Rollout", rname, path, stage.patch_groups)
+
+
+def _rollouts_not_applied_yet(snap: Snapshot, invalid: Refused) -> Iterator[_Finding]:
+    # The model and the planner's decisions exist (reconciler.rollout); the loop does not drive
+    # them yet. Accepting the document would promise stages that nothing enforces.
+    for rname in snap.rollouts:
+        yield _Finding(
+            "Rollout",
+            rname,
+            ("kind",),
+            "Rollout is not applied yet (progressive rollouts are in progress, see "
+            "docs/rollouts.md); remove this document",
+        )
+
+
 def _groups_exist(
     snap: Snapshot, invalid: Refused, kind: str, name: str, path: Path, groups: Iterable[str]
 ) -> Iterator[_Finding]:
@@ -481,6 +505,8 @@ _REFERENCE_RULES: tuple[Callable[[Snapshot, Refused], Iterable[_Finding]], ...] 
     _one_default_baseline_per_os,
     _installs_run_as_root,
     _provenance_only_on_generated,
+    _rollout_stage_groups_exist,
+    _rollouts_not_applied_yet,
 )
 
 
