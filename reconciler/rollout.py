@@ -153,25 +153,20 @@ class RolloutDecision:
 
 
 def stage_members(rollout: Rollout, snapshot: Snapshot) -> tuple[tuple[str, ...], ...]:
-    """Each stage's instances, sorted. An instance selected by several stages is in the first
-    of them only, so no machine installs twice in one cycle."""
+    """Each stage's instances, sorted. Validation refuses an instance that several stages
+    select; should one get here, it is in the first of them only, so it installs once a cycle."""
     taken: set[str] = set()
     members: list[tuple[str, ...]] = []
     for stage in rollout.spec.stages:
         mine = tuple(
             name
             for name, instance in sorted(snapshot.instances.items())
-            if name not in taken and _selects(stage, snapshot, instance.metadata.labels)
+            if name not in taken
+            and snapshot.selected_by(stage.patch_groups, stage.selector, instance.metadata.labels)
         )
         taken.update(mine)
         members.append(mine)
     return tuple(members)
-
-
-def _selects(stage: RolloutStage, snapshot: Snapshot, labels: dict[str, str]) -> bool:
-    if stage.selector is not None and stage.selector.matches(labels):
-        return True
-    return any(g.metadata.name in stage.patch_groups for g in snapshot.groups_of(labels))
 
 
 def decide(

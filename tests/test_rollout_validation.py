@@ -89,3 +89,21 @@ def test_a_valid_rollout_is_refused_as_not_applied_yet() -> None:
 def test_a_wrong_field_is_named_with_its_line(old: str, new: str, expected: str) -> None:
     found = problems(ROLLOUT.replace(old, new))
     assert expected in found, found
+
+
+def test_an_instance_two_stages_select_is_named() -> None:
+    instance = """\
+---
+apiVersion: patchwarden.io/v1alpha1
+kind: ManagedInstance
+metadata:
+  name: web-1
+  labels: {patchwarden.io/patch-group: dev}
+spec:
+  connection: {type: local}
+"""
+    found = problems(ROLLOUT.replace("patchGroups: [prod]", "patchGroups: [prod, dev]") + instance)
+    assert (
+        "rollout.yaml:11: spec.stages[1].name: instance 'web-1' is selected by stages dev, prod; "
+        "a machine belongs to one stage: change the stages' patch groups or selectors"
+    ) in found, found
