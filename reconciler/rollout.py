@@ -70,6 +70,7 @@ class Outcome(StrEnum):
 
 
 FAILURES = frozenset({Outcome.FAILED, Outcome.HEALTH_CHECK_FAILED})
+INSTALLED = Outcome.INSTALLED
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +131,9 @@ class StageDecision:
     verdict: Verdict
     reason: str
     members: tuple[str, ...]
+    to_install: tuple[str, ...] = ()
+    """With verdict Install: the members not on the snapshot yet (never installed, failed, or
+    still non-compliant); those on it are left alone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,13 +147,8 @@ class RolloutDecision:
 
     @property
     def installing(self) -> frozenset[str]:
-        """The instances that may install the snapshot now."""
-        return frozenset(
-            member
-            for stage in self.stages
-            if stage.verdict is Verdict.INSTALL
-            for member in stage.members
-        )
+        """The instances that install the snapshot now."""
+        return frozenset(member for stage in self.stages for member in stage.to_install)
 
 
 def stage_members(rollout: Rollout, snapshot: Snapshot) -> tuple[tuple[str, ...], ...]:
@@ -194,7 +193,8 @@ def decide(
             decided.append(StageDecision(stage.name, Verdict.WAITING, why, mine))
             continue
         verdict, reason = _progress(stage, mine, record, now)
-        decided.append(StageDecision(stage.name, verdict, reason, mine))
+        pending = _not_on_snapshot(mine, record) if verdict is Verdict.INSTALL else ()
+        decided.append(StageDecision(stage.name, verdict, reason, mine, pending))
         if verdict is not Verdict.BAKED:
             waits = reason
     return RolloutDecision(name, tuple(decided))
@@ -260,6 +260,12 @@ def _failed_beyond_limit(
     )
 
 
+def _not_on_snapshot(mine: tuple[str, ...], record: RolloutRecord) -> tuple[str, ...]:
+    return tuple(
+        m for m in mine if m not in record.results or record.results[m].outcome is not INSTALLED
+    )
+
+
 def _progress(
     stage: RolloutStage, mine: tuple[str, ...], record: RolloutRecord, now: datetime
 ) -> tuple[Verdict, str]:
@@ -268,7 +274,7 @@ def _progress(
         # Nothing can bake the snapshot: later stages must not take it unproven.
         return Verdict.WAITING, f"stage {stage.name} has no machines"
     on = [record.results[m] for m in mine if m in record.results]
-    installed = [r for r in on if r.outcome is Outcome.INSTALLED]
+    installed = [r for r in on if r.outcome is INSTALLED]
     if len(installed) < len(mine):
         return Verdict.INSTALL, (
             f"stage {stage.name} has {len(installed)} of {len(mine)} machines on the snapshot"
