@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.rollout import MachineResult, Outcome, RolloutRecord, freeze
+from reconciler.rollout import MachineResult, Outcome, RolloutRecord, decide, freeze
 from reconciler.state import StateStore, StoreUnusable
+from tests.test_rollout import rollout, stage
 
 T0 = datetime(2030, 3, 4, 2, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
+DEV_PROD = rollout(stage("dev", "48h"), stage("prod"))
 SNAPSHOT = freeze({"debian": ["openssl=3.0.2-2", "curl=7.81-1"]}, T0)
 
 
@@ -35,6 +37,14 @@ def test_a_restart_in_the_middle_of_a_bake_continues_from_the_recorded_state(
     assert record.snapshot == SNAPSHOT and record.snapshot.digest == SNAPSHOT.digest
     assert dict(record.results) == {"dev-1": installed, "dev-2": installed}
     assert record.halted is None
+    # The planner, given the record read back, measures the bake from the recorded finish.
+    members = (("dev-1", "dev-2"), ("prod-1",))
+    baking = decide(DEV_PROD, members, record, False, T0 + 32 * HOUR)
+    assert [s.reason for s in baking.stages] == [
+        "stage dev baked 31 h of 48 h",
+        "stage prod waits: stage dev baked 31 h of 48 h",
+    ]
+    assert decide(DEV_PROD, members, record, False, T0 + 49 * HOUR).installing == {"prod-1"}
 
 
 def test_a_new_cycle_forgets_the_last_ones_results_and_halt(tmp_path: Path) -> None:
