@@ -85,7 +85,8 @@ from reconciler.report.notify import audit
 from reconciler.report.notify.metrics import LoopMetrics
 from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.report.publish import PublishError, publish
-from reconciler.report.views import compliance, export, findings, patchnow, render
+from reconciler.report.views import compliance, diffrender, export, findings, patchnow, render
+from reconciler.report.views.diff import compare
 from reconciler.report.views.enrolment import enrolment_lines, status_document
 from reconciler.schedule import describe, openings
 from reconciler.sources import (
@@ -110,6 +111,7 @@ if TYPE_CHECKING:
     from reconciler.state import JobRecord
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_NONCOMPLIANT = 0, 1, 2, 3
+EXIT_CHANGES = 3  # patchctl diff: the change does something (like diff(1)'s 1, kept off 1: errors)
 
 
 class UserError(Exception):
@@ -346,6 +348,14 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_windows)
 
     p = sub.add_parser(
+        "diff",
+        help="what a change of desired state would do to the fleet: approvals, compliance, "
+        "windows and next installs (exit 3 when something changes)",
+    )
+    _diff_args(p)
+    p.set_defaults(handler=_diff)
+
+    p = sub.add_parser(
         "compliance", help="compliance per instance, per patch, per group, or its history"
     )
     p.add_argument(
@@ -487,6 +497,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check", type=Path, help="fail when this file differs from the schema")
     p.set_defaults(handler=_schema)
     return parser
+
+
+def _diff_args(p: argparse.ArgumentParser) -> None:
+    """``patchctl diff`` (docs/diff.md)."""
+    p.add_argument(
+        "--source",
+        help="the Git repository: a URL (file://, https://, ssh://...) or a local clone",
+    )
+    p.add_argument("--from", dest="from_rev", metavar="REV", help="the revision before (main)")
+    p.add_argument("--to", dest="to_rev", metavar="REV", help="the revision after the change")
+    p.add_argument(
+        "--against",
+        type=Path,
+        metavar="DIR",
+        help="instead of --to: a directory (a working tree, or Kubernetes custom resources)",
+    )
+    _state_arg(p)
+    p.add_argument("--now", type=_timestamp, default=None, help="compare as of this ISO-8601 time")
+    p.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=diffrender.LIMIT,
+        help=f"markdown: rows per section, the rest counted (default {diffrender.LIMIT})",
+    )
+    _output_arg(p, "table", "json", "markdown")
 
 
 def _common_evaluation_args(p: argparse.ArgumentParser) -> None:
@@ -1566,6 +1601,85 @@ def _findings(args: argparse.Namespace) -> int:
     else:
         render.dump(found, fmt, sys.stdout)
     return EXIT_OK
+
+
+def _diff(args: argparse.Namespace) -> int:
+    """Both revisions judged against the recorded inventories; exit 3 when anything differs."""
+    if (args.to_rev is None) == (args.against is None):
+        raise UserError("diff: give --to REV (with --source) or --against DIR, not both")
+    inventories = _recorded_inventories(args)
+    before_name, before = _diff_side(args, "--from", args.from_rev or "main")
+    if args.against is not None:
+        after_name, after = str(args.against), _diff_directory("--against", args.against)
+    else:
+        after_name, after = _diff_side(args, "--to", args.to_rev)
+    result = compare(before, after, inventories, args.now or datetime.now(UTC))
+    title = f"patchctl diff: {before_name} → {after_name}"
+    diffrender.diff(result, _format(args), sys.stdout, title=title, limit=args.limit)
+    return EXIT_CHANGES if result.changed else EXIT_OK
+
+
+def _recorded_inventories(args: argparse.Namespace) -> list[Inventory]:
+    """The latest recorded inventory of every instance, with its recorded first-seen times."""
+    path = _state_path(args)
+    if not path.is_file():  # never create an empty store for a mistyped path
+        raise UserError(f"--state {path}: no such file (the state database with the scans)")
+    with StateStore(path) as store:
+        inventories = []
+        for name, scan in store.latest_scans().items():
+            try:
+                inventory = Inventory.model_validate(scan.inventory)
+            except ValueError as exc:
+                raise UserError(
+                    f"--state {path}: the scan of {name!r} is unreadable: {exc}"
+                ) from None
+            inventories.append(store.with_first_seen(inventory, None))
+    return inventories
+
+
+def _diff_side(args: argparse.Namespace, option: str, rev: str) -> tuple[str, Snapshot]:
+    """The snapshot of ``--source`` at ``rev`` (Git), or of ``--source`` itself (a directory
+    that is no Git clone, only with --against); bad input as one line naming ``option``."""
+    if not args.source:
+        raise UserError(f"diff: {option} {rev} needs --source (a Git URL or clone)")
+    text = str(args.source)
+    local = Path(text)
+    if "://" not in text and local.is_dir() and not _git_repository(local):
+        if args.from_rev is not None or args.to_rev is not None:
+            raise UserError(f"--source {text}: not a Git repository, so it has no {option} {rev}")
+        return text, _diff_directory("--source", local)
+    url = text if "://" in text else f"file://{local.resolve()}"
+    source = _source(argparse.Namespace(source=url, ref=rev), _state_path(args))
+    try:
+        revision, snapshot = source.snapshot()
+    except SnapshotInvalid as exc:
+        raise UserError(f"{option} {rev}: {_first_problem(exc)}") from None
+    except SourceError as exc:
+        raise UserError(f"{option} {rev}: {exc}") from None
+    short = revision.sha[:12]
+    return (short if revision.sha.startswith(rev) else f"{rev} ({short})"), snapshot
+
+
+def _git_repository(path: Path) -> bool:
+    """A work tree with its .git, or a bare repository."""
+    return (path / ".git").exists() or ((path / "HEAD").is_file() and (path / "objects").is_dir())
+
+
+def _diff_directory(option: str, path: Path) -> Snapshot:
+    if not path.exists():
+        raise UserError(f"{option} {path}: no such directory")
+    try:
+        return read_snapshot(path)
+    except SnapshotInvalid as exc:
+        raise UserError(f"{option} {path}: {_first_problem(exc)}") from None
+
+
+def _first_problem(exc: SnapshotInvalid) -> str:
+    """A refused revision in one line: its first problem (file:line: field: message), and how
+    many more `patchctl validate` would list."""
+    more = len(exc.problems) - 1
+    first = str(exc.problems[0]) if exc.problems else "invalid"
+    return first + (f" (and {more} more problem(s): run patchctl validate)" if more else "")
 
 
 def _windows(args: argparse.Namespace) -> int:

@@ -1,0 +1,345 @@
+"""Stage: report — views. ``patchctl diff``: what changing the desired state from one revision
+to another does to the fleet, before it merges.
+
+Both snapshots are judged against the same inventories (the latest recorded scans) at the same
+``now``: per instance, which package versions become approved, stop being approved or become
+rejected, and whether its compliance status changes; per window, whether it was added, removed or
+rescheduled, and what its next opening would install on each instance it targets. The per
+baseline and per group views are sums of the instances'. Pure: no I/O, no clock (``now`` is
+given); may not read the store, a source or a transport (the CLI hands everything in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from reconciler.api.enums import Operation
+from reconciler.api.inventory import Inventory, PackageFacts
+from reconciler.api.resources import MaintenanceWindow
+from reconciler.api.snapshot import Snapshot
+from reconciler.evaluation import DecisionCache, evaluate, resolve
+from reconciler.evaluation.pins import pins_for
+from reconciler.schedule import describe, openings
+from reconciler.schedule.windows import Opening, current_opening
+
+ABSENT = "ABSENT"
+"""The status of an instance a revision does not list (it is not managed there)."""
+
+
+@dataclass(frozen=True)
+class Side:
+    """One instance under one revision."""
+
+    group: str | None = None
+    baseline: str | None = None
+    status: str = ABSENT
+    """COMPLIANT, NON_COMPLIANT, ABSENT, or why no baseline applies."""
+    approved: frozenset[str] = frozenset()
+    rejected: frozenset[str] = frozenset()
+    pins: tuple[str, ...] = ()
+    """What an Install would send: the approved missing patches (``name[:arch]=version``)."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InstanceChange:
+    """How one instance's verdicts differ between the two revisions."""
+
+    instance: str
+    before: Side
+    after: Side
+
+    @property
+    def newly_approved(self) -> tuple[str, ...]:
+        return tuple(sorted(self.after.approved - self.before.approved))
+
+    @property
+    def no_longer_approved(self) -> tuple[str, ...]:
+        return tuple(sorted(self.before.approved - self.after.approved))
+
+    @property
+    def newly_rejected(self) -> tuple[str, ...]:
+        return tuple(sorted(self.after.rejected - self.before.rejected))
+
+    @property
+    def status_changed(self) -> bool:
+        return self.before.status != self.after.status
+
+    @property
+    def changed(self) -> bool:
+        b, a = self.before, self.after
+        return (b.group, b.baseline, b.status) != (a.group, a.baseline, a.status) or bool(
+            self.newly_approved or self.no_longer_approved or self.newly_rejected
+        )
+
+    def document(self) -> dict[str, Any]:
+        b, a = self.before, self.after
+        return {
+            "instance": self.instance,
+            "group": {"before": b.group, "after": a.group},
+            "baseline": {"before": b.baseline, "after": a.baseline},
+            "compliance": {"before": b.status, "after": a.status},
+            "newlyApproved": list(self.newly_approved),
+            "noLongerApproved": list(self.no_longer_approved),
+            "newlyRejected": list(self.newly_rejected),
+        }
+
+
+@dataclass(frozen=True)
+class WindowChange:
+    """A window added, removed or rescheduled, with its next opening under each revision."""
+
+    window: str
+    change: str
+    """added, removed or rescheduled."""
+    schedule_before: str | None
+    schedule_after: str | None
+    next_before: Opening | None
+    next_after: Opening | None
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "change": self.change,
+            "schedule": {"before": self.schedule_before, "after": self.schedule_after},
+            "nextOpening": {"before": _when(self.next_before), "after": _when(self.next_after)},
+        }
+
+
+@dataclass(frozen=True)
+class NextInstall:
+    """What the next opening of a window with an Install task would install, per instance
+    (under the new revision), beside what it would have installed under the old one."""
+
+    window: str
+    opening: Opening | None
+    instances: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]
+    """(instance, pins before, pins after) for every instance targeted under either revision."""
+
+    @property
+    def changed(self) -> bool:
+        return any(before != after for _, before, after in self.instances)
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "opening": _when(self.opening),
+            "changed": self.changed,
+            "instances": [
+                {"instance": name, "before": list(before), "after": list(after)}
+                for name, before, after in self.instances
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Diff:
+    """Everything that differs; empty tuples when the change does nothing to the fleet."""
+
+    instances: tuple[InstanceChange, ...]
+    windows: tuple[WindowChange, ...]
+    installs: tuple[NextInstall, ...]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.instances or self.windows or any(i.changed for i in self.installs))
+
+    def totals(self) -> dict[str, int]:
+        changes = self.instances
+        return {
+            "instances": len(changes),
+            "newlyApproved": sum(len(c.newly_approved) for c in changes),
+            "noLongerApproved": sum(len(c.no_longer_approved) for c in changes),
+            "newlyRejected": sum(len(c.newly_rejected) for c in changes),
+            "complianceChanges": sum(c.status_changed for c in changes),
+            "windowsAdded": sum(w.change == "added" for w in self.windows),
+            "windowsRemoved": sum(w.change == "removed" for w in self.windows),
+            "windowsRescheduled": sum(w.change == "rescheduled" for w in self.windows),
+            "installsChanged": sum(i.changed for i in self.installs),
+        }
+
+    def document(self) -> dict[str, Any]:
+        """The JSON shape of docs/diff.md."""
+        return {
+            "changed": self.changed,
+            "totals": self.totals(),
+            "baselines": by_key(self.instances, lambda side: side.baseline),
+            "groups": by_key(self.instances, lambda side: side.group),
+            "instances": [c.document() for c in self.instances],
+            "windows": [w.document() for w in self.windows],
+            "nextInstalls": [i.document() for i in self.installs],
+        }
+
+
+def compare(
+    before: Snapshot, after: Snapshot, inventories: Iterable[Inventory], now: datetime
+) -> Diff:
+    """How ``after`` differs from ``before`` for the machines of ``inventories`` at ``now``."""
+    cache = DecisionCache()
+    sides = {
+        inventory.instance_id: (
+            side_of(before, inventory, now, cache),
+            side_of(after, inventory, now, cache),
+        )
+        for inventory in sorted(inventories, key=lambda i: i.instance_id)
+    }
+    changes = tuple(
+        change
+        for name, (old, new) in sides.items()
+        if (change := InstanceChange(name, old, new)).changed
+    )
+    return Diff(
+        changes, window_changes(before, after, now), next_installs(before, after, sides, now)
+    )
+
+
+def side_of(snapshot: Snapshot, inventory: Inventory, now: datetime, cache: DecisionCache) -> Side:
+    """The instance's group, baseline, verdicts and compliance under ``snapshot``."""
+    instance = snapshot.instances.get(inventory.instance_id)
+    if instance is None:
+        return Side()
+    labels = dict(instance.metadata.labels)
+    resolution = resolve(snapshot, labels, inventory.facts.operating_system)
+    group = resolution.group.metadata.name if resolution.group else None
+    baseline = resolution.baseline
+    if baseline is None:
+        return Side(group=group, status=resolution.baseline_reason, labels=labels)
+    result = evaluate(baseline, inventory, now, patch_group=group, cache=cache)
+    decider = cache.decider(baseline, inventory.facts.effective_product(), now)
+    approved, rejected = set(), set()
+    native = inventory.facts.arch
+    for package in (*inventory.updates, *inventory.installed):
+        approval = decider.decide(package)
+        if approval.approved:
+            approved.add(_key(package, native))
+        if approval.rejected:
+            rejected.add(_key(package, native))
+    return Side(
+        group=group,
+        baseline=baseline.metadata.name,
+        status=str(result.summary.compliance_status),
+        approved=frozenset(approved),
+        rejected=frozenset(rejected),
+        pins=pins_for(result, inventory.facts.arch),
+        labels=labels,
+    )
+
+
+def _key(package: PackageFacts, native_arch: str) -> str:
+    """``name[:arch]=version``, as pins name it: the architecture only when not the machine's."""
+    arch = "" if package.arch in ("", "all", "noarch", native_arch) else f":{package.arch}"
+    return f"{package.name}{arch}={package.version}"
+
+
+def window_changes(before: Snapshot, after: Snapshot, now: datetime) -> tuple[WindowChange, ...]:
+    """Windows added, removed, or whose schedule or next opening moved."""
+    out = []
+    for name in sorted({*before.windows, *after.windows}):
+        old, new = before.windows.get(name), after.windows.get(name)
+        old_text, new_text = _schedule(old), _schedule(new)
+        old_next, new_next = next_opening(old, now), next_opening(new, now)
+        if old is None or new is None:
+            change = "added" if old is None else "removed"
+        elif (old_text, old_next) != (new_text, new_next):
+            change = "rescheduled"
+        else:
+            continue
+        out.append(WindowChange(name, change, old_text, new_text, old_next, new_next))
+    return tuple(out)
+
+
+def _schedule(window: MaintenanceWindow | None) -> str | None:
+    return describe(window.spec) if window is not None else None
+
+
+def next_opening(window: MaintenanceWindow | None, now: datetime) -> Opening | None:
+    """The opening that would run the window's next new task: the current one while it still
+    accepts tasks, else the next to start. None for no window, or one that never opens again."""
+    if window is None:
+        return None
+    current = current_opening(window.spec, now)
+    if current is not None and current.accepts_new_tasks(now):
+        return current
+    upcoming = openings(window.spec, now, limit=1)
+    return upcoming[0] if upcoming else None
+
+
+def next_installs(
+    before: Snapshot,
+    after: Snapshot,
+    sides: Mapping[str, tuple[Side, Side]],
+    now: datetime,
+) -> tuple[NextInstall, ...]:
+    """Per window with an enabled Install task under the new revision: what its next opening
+    would install on each instance it targets, then and now."""
+    out = []
+    for name in sorted(after.windows):
+        window = after.windows[name]
+        if not _installs(window):
+            continue
+        old_window = before.windows.get(name)
+        rows = []
+        for instance, (old, new) in sides.items():
+            then = (
+                old.pins
+                if old_window and _installs(old_window) and _targets(old_window, old)
+                else ()
+            )
+            later = new.pins if _targets(window, new) else ()
+            if then or later or _targets(window, new):
+                rows.append((instance, then, later))
+        out.append(NextInstall(name, next_opening(window, now), tuple(rows)))
+    return tuple(out)
+
+
+def _installs(window: MaintenanceWindow) -> bool:
+    return window.spec.enabled and any(t.operation is Operation.INSTALL for t in window.spec.tasks)
+
+
+def _targets(window: MaintenanceWindow, side: Side) -> bool:
+    """The window's targets select the instance: by its patch group, or by its labels."""
+    targets = window.spec.targets
+    if side.status == ABSENT:
+        return False
+    by_label = targets.selector is not None and targets.selector.matches(dict(side.labels))
+    return by_label or (side.group is not None and side.group in targets.patch_groups)
+
+
+def by_key(
+    changes: Sequence[InstanceChange], key: Callable[[Side], str | None]
+) -> list[dict[str, Any]]:
+    """Instance changes summed per baseline (or group): ``key(side)`` names it, the new
+    revision's name first, the old one's for an instance the new revision no longer manages."""
+    found: dict[str, dict[str, Any]] = {}
+    for change in changes:
+        name = key(change.after) or key(change.before) or "(none)"
+        entry = found.setdefault(
+            name,
+            {
+                "name": name,
+                "instances": 0,
+                "newlyApproved": set(),
+                "noLongerApproved": set(),
+                "newlyRejected": set(),
+                "nowNonCompliant": 0,
+                "nowCompliant": 0,
+            },
+        )
+        entry["instances"] += 1
+        entry["newlyApproved"].update(change.newly_approved)
+        entry["noLongerApproved"].update(change.no_longer_approved)
+        entry["newlyRejected"].update(change.newly_rejected)
+        if change.status_changed:
+            entry["nowNonCompliant"] += change.after.status == "NON_COMPLIANT"
+            entry["nowCompliant"] += change.after.status == "COMPLIANT"
+    for entry in found.values():
+        for words in ("newlyApproved", "noLongerApproved", "newlyRejected"):
+            entry[words] = sorted(entry[words])
+    return [found[name] for name in sorted(found)]
+
+
+def _when(opening: Opening | None) -> str | None:
+    return opening.start.isoformat() if opening is not None else None
