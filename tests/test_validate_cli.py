@@ -22,10 +22,17 @@ import yaml
 from reconciler.api.snapshot import build_snapshot
 from reconciler.api.yamldocs import MAX_BYTES, MAX_DEPTH, MAX_NODES
 from reconciler.defaults import predefined_baselines
+from reconciler.sources.base import is_resource
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-EXAMPLE_FILES = sorted(p for p in EXAMPLES.rglob("*") if p.suffix in (".yaml", ".yml"))
+# The files a snapshot of examples/ reads, by the sources' own rule: the CI templates under
+# examples/ci/ sit in hidden paths (.github/, .gitlab-ci.yml), as in a repository, and are none.
+EXAMPLE_FILES = sorted(
+    p
+    for p in EXAMPLES.rglob("*")
+    if p.is_file() and is_resource(p.relative_to(EXAMPLES).as_posix())
+)
 PROBLEM = re.compile(
     r"^(?P<file>[^:\s]+):(?P<line>[1-9][0-9]*): (?:(?P<path>[\w.\[\]/-]+): )?(?P<message>.+)$"
 )
