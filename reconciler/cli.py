@@ -98,7 +98,7 @@ from reconciler.sources import (
     read_inventories,
     read_snapshot,
 )
-from reconciler.sources.enrol import enrol_once
+from reconciler.sources.enrol import enrol_once, enrol_revision
 from reconciler.state import Holder, OneOffRecord, StateStore, StoreUnusable, StoreWriteFailed
 
 if TYPE_CHECKING:
@@ -506,8 +506,9 @@ def _diff_args(p: argparse.ArgumentParser) -> None:
         help="the Git repository: a URL (file://, https://, ssh://...) or a local clone",
     )
     p.add_argument("--from", dest="from_rev", metavar="REV", help="the revision before (main)")
-    p.add_argument("--to", dest="to_rev", metavar="REV", help="the revision after the change")
-    p.add_argument(
+    after = p.add_mutually_exclusive_group(required=True)
+    after.add_argument("--to", dest="to_rev", metavar="REV", help="the revision after the change")
+    after.add_argument(
         "--against",
         type=Path,
         metavar="DIR",
@@ -1605,8 +1606,6 @@ def _findings(args: argparse.Namespace) -> int:
 
 def _diff(args: argparse.Namespace) -> int:
     """Both revisions judged against the recorded inventories; exit 3 when anything differs."""
-    if (args.to_rev is None) == (args.against is None):
-        raise UserError("diff: give --to REV (with --source) or --against DIR, not both")
     inventories = _recorded_inventories(args)
     before_name, before = _diff_side(args, "--from", args.from_rev or "main")
     if args.against is not None:
@@ -1650,8 +1649,11 @@ def _diff_side(args: argparse.Namespace, option: str, rev: str) -> tuple[str, Sn
         return text, _diff_directory("--source", local)
     url = text if "://" in text else f"file://{local.resolve()}"
     source = _source(argparse.Namespace(source=url, ref=rev), _state_path(args))
+    assert isinstance(source, GitSource)  # a URL: _source gives a directory only for a path
     try:
-        revision, snapshot = source.snapshot()
+        revision, written = source.snapshot()
+        # The machines the revision's InstanceSources list (an Ansible inventory in the commit)
+        snapshot = enrol_revision(revision, written, source.repository, utc_now).snapshot
     except SnapshotInvalid as exc:
         raise UserError(f"{option} {rev}: {_first_problem(exc)}") from None
     except SourceError as exc:
@@ -1669,7 +1671,7 @@ def _diff_directory(option: str, path: Path) -> Snapshot:
     if not path.exists():
         raise UserError(f"{option} {path}: no such directory")
     try:
-        return read_snapshot(path)
+        return _desired(path)
     except SnapshotInvalid as exc:
         raise UserError(f"{option} {path}: {_first_problem(exc)}") from None
 

@@ -115,11 +115,11 @@ def fleet(tmp_path: Path) -> Fleet:
     return Fleet(upstream, before, after, record_scans(tmp_path / "state.db"))
 
 
-def record_scans(path: Path) -> Path:
-    """web-1, web-2 and db-1 scanned: curl and openssl each have a security update."""
+def record_scans(path: Path, names: tuple[str, ...] = ("web-1", "web-2", "db-1")) -> Path:
+    """The machines scanned: curl and openssl each have a security update."""
     judge = baseline("UBUNTU", rule(("PRIORITY", ["Important"])))
     with StateStore(path) as store:
-        for name in ("web-1", "web-2", "db-1"):
+        for name in names:
             scanned = inventory(
                 "UBUNTU",
                 [{**CURL, "version": "7.81.0-1"}, {**SSL, "version": "3.0.2-1"}],

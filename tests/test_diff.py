@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.difflab import AFTER, Fleet, fleet, patchctl, write
+from reconciler.report.views.diff import Diff, InstanceChange, Side
+from reconciler.report.views.diffrender import markdown
+from tests.difflab import AFTER, HEADER, Fleet, fleet, patchctl, record_scans, write
 
 NOW = "2026-11-28T12:00:00Z"  # a Saturday: web-sunday opened on the 29th, now on Dec 5th
 
@@ -206,3 +208,42 @@ def test_missing_state_is_one_line(lab: Fleet, tmp_path: Path) -> None:
         err
         == f"patchctl: --state {tmp_path / 'none.db'}: no such file (the state database with the scans)\n"
     )
+
+
+def test_machines_an_instance_source_lists_at_a_revision_are_judged(
+    lab: Fleet, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.db"
+    shutil.copy(lab.state, state)
+    record_scans(state, ("app-1",))
+    write(lab.upstream, AFTER)
+    lab.upstream.write(
+        "enrol.yaml",
+        f"{HEADER}kind: InstanceSource\nmetadata:\n  name: apps\nspec:\n"
+        "  static:\n    hosts: [{name: app-1, address: 10.0.1.11}]\n"
+        "  connection: {user: admin}\n  labels: {role: web}\n",
+    )
+    enrolled = lab.upstream.commit("enrol app-1")
+    (lab.upstream.work / "enrol.yaml").unlink()
+    lab.upstream.commit("enrol nothing")
+    done = patchctl(
+        "diff", "--source", f"file://{lab.upstream.bare}", "--state", str(state), "--now", NOW,
+        "--from", lab.after, "--to", enrolled, "-o", "json",
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    (app,) = json.loads(done.stdout)["instances"]
+    assert (app["instance"], app["group"], app["compliance"]) == (
+        "app-1",
+        {"before": None, "after": "web"},
+        {"before": "ABSENT", "after": "NON_COMPLIANT"},
+    )
+
+
+def test_markdown_shows_names_from_machines_as_text() -> None:
+    hostile = "<img src=x onerror=alert(1)>|x"
+    change = InstanceChange("web-1", Side(), Side(baseline="b", status="COMPLIANT",
+                            approved=frozenset({hostile + "=1"})))  # fmt: skip
+    text = markdown(Diff((change,), (), ()), "patchctl diff: a → b")
+    (row,) = [ln for ln in text.splitlines() if ln.startswith("| web-1")]
+    assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt;\\|x=1" in row
+    assert row.count(" | ") == 6  # the | inside the name is escaped: still seven cells

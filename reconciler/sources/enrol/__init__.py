@@ -25,6 +25,7 @@ from reconciler.sources.enrol.runner import (
     SourceLists,
     SourceStatus,
     enrol_once,
+    enrol_revision,
 )
 
 DISCOVERERS: dict[type, Discover] = {
@@ -47,4 +48,5 @@ __all__ = [
     "SourceLists",
     "SourceStatus",
     "enrol_once",
+    "enrol_revision",
 ]

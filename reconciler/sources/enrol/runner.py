@@ -280,15 +280,25 @@ def enrol_once(root: Path, snapshot: Snapshot, clock: Callable[[], datetime]) ->
     """Every InstanceSource of a directory's ``snapshot`` listed now, once (``patchctl validate``
     and the other one-shot commands that read a directory): SnapshotInvalid names the sources
     that could not be listed and the machines left out, at the InstanceSource's line."""
+    folder = root if root.is_dir() else root.parent
+    revision = Revision(str(root), "dir", "")
+    return enrol_revision(revision, snapshot, lambda _revision: DirectoryFiles(folder), clock)
+
+
+def enrol_revision(
+    revision: Revision,
+    snapshot: Snapshot,
+    repository: Callable[[Revision], Repository],
+    clock: Callable[[], datetime],
+) -> EnrolledOnce:
+    """:func:`enrol_once` for any revision whose files ``repository`` reads (a Git commit:
+    ``patchctl diff``)."""
     # Local import: the registry imports this module.
     from reconciler.sources.enrol import DISCOVERERS
 
-    folder = root if root.is_dir() else root.parent
-    enrolment = Enrolment(
-        DISCOVERERS, clock=clock, repository=lambda _revision: DirectoryFiles(folder)
-    )
+    enrolment = Enrolment(DISCOVERERS, clock=clock, repository=repository)
     try:
-        merged = enrolment.apply(Revision(str(root), "dir", ""), snapshot)
+        merged = enrolment.apply(revision, snapshot)
     finally:
         enrolment.close()
     statuses = enrolment.statuses()
