@@ -42,6 +42,7 @@ OPTIONS = [
     (["controller"], "--reboot-timeout", "0.5"),
     (["windows", *LOOP], "--count", "1"),
     (["report", "--runs"], "--limit", "1"),
+    (["diff", "--against", str(EXAMPLES)], "--limit", "1"),
     (["patch-now", "--list"], "--workers", "1"),
     (["patch-now", "--list"], "--stale-after", "0.5"),
     (["patch-now", "--list"], "--events-queue-size", "1"),
