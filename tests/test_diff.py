@@ -4,6 +4,7 @@ on a real Git repository (tests/difflab.py): each kind of change, exit codes, ea
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -247,3 +248,15 @@ def test_markdown_shows_names_from_machines_as_text() -> None:
     (row,) = [ln for ln in text.splitlines() if ln.startswith("| web-1")]
     assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt;\\|x=1" in row
     assert row.count(" | ") == 6  # the | inside the name is escaped: still seven cells
+
+
+def test_markdown_of_a_large_change_fits_in_one_comment() -> None:
+    approved = frozenset(f"package-with-a-long-name-{n}=1.0.{n}" for n in range(300))
+    changes = tuple(
+        InstanceChange(f"web-{n:04}", Side(), Side(baseline="b", status="NON_COMPLIANT", approved=approved))
+        for n in range(2000)
+    )  # fmt: skip
+    text = markdown(Diff(changes, (), ()), "patchctl diff: a → b")
+    assert len(text) <= 60_000
+    assert "<summary>Instances (2000)</summary>" in text
+    assert "(+295 more)" in text and re.search(r"… and \d+ more", text)

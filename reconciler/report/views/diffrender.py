@@ -17,7 +17,12 @@ from reconciler.report.views.diff import Diff
 from reconciler.report.views.render import dump, rows, visible
 
 LIMIT = 50
-"""Rows per Markdown section: GitHub refuses comments over 65,536 characters."""
+"""Rows per Markdown section."""
+MOST_CHARACTERS = 60_000
+"""GitHub refuses comments over 65,536 characters (GitLab's notes allow 1,000,000): fewer rows
+per section until the comment fits."""
+LISTED = 5
+"""Versions named per table cell; the rest are counted (``-o json`` names every one)."""
 
 
 def diff(result: Diff, fmt: str, out: IO[str], *, title: str, limit: int = LIMIT) -> None:
@@ -51,9 +56,9 @@ def _instance_rows(result: Diff) -> list[dict[str, Any]]:
             "group": _arrow(c.before.group, c.after.group),
             "baseline": _arrow(c.before.baseline, c.after.baseline),
             "compliance": _arrow(c.before.status, c.after.status),
-            "newly approved": ", ".join(c.newly_approved),
-            "no longer approved": ", ".join(c.no_longer_approved),
-            "newly rejected": ", ".join(c.newly_rejected),
+            "newly approved": _listed(c.newly_approved),
+            "no longer approved": _listed(c.no_longer_approved),
+            "newly rejected": _listed(c.newly_rejected),
         }
         for c in result.instances
     ]
@@ -77,8 +82,8 @@ def _install_rows(result: Diff) -> list[dict[str, Any]]:
             "window": install.window,
             "next opening": install.opening.start.isoformat() if install.opening else "never",
             "instance": name,
-            "before the change": ", ".join(before) or "-",
-            "after the change": ", ".join(after) or "-",
+            "before the change": _listed(before) or "-",
+            "after the change": _listed(after) or "-",
         }
         for install in result.installs
         for name, before, after in install.instances
@@ -119,7 +124,16 @@ def _tables(result: Diff, title: str, out: IO[str]) -> None:
 
 
 def markdown(result: Diff, title: str, limit: int = LIMIT) -> str:
-    """A pull-request comment: a heading, the totals, then one folded section per kind."""
+    """A pull-request comment: a heading, the totals, then one folded section per kind, with
+    at most ``limit`` rows each, fewer when the comment would not fit in one."""
+    text = _markdown(result, title, limit)
+    while len(text) > MOST_CHARACTERS and limit > 1:
+        limit //= 2
+        text = _markdown(result, title, limit)
+    return text
+
+
+def _markdown(result: Diff, title: str, limit: int) -> str:
     lines = [f"### {_cell(title)}", "", _cell(summary_line(result)), ""]
     for heading, data in _sections(result):
         if not data:
@@ -143,6 +157,11 @@ def _markdown_table(data: Sequence[dict[str, Any]]) -> list[str]:
 def _cell(text: str) -> str:
     """Text from a commit or a machine, shown as text in a Markdown table cell."""
     return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+def _listed(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:LISTED])
+    return shown + (f" (+{len(items) - LISTED} more)" if len(items) > LISTED else "")
 
 
 def _arrow(before: str | None, after: str | None) -> str:
