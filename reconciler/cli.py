@@ -1648,7 +1648,8 @@ def _diff_side(args: argparse.Namespace, option: str, rev: str) -> tuple[str, Sn
             raise UserError(f"--source {text}: not a Git repository, so it has no {option} {rev}")
         return text, _diff_directory("--source", local)
     url = text if "://" in text else f"file://{local.resolve()}"
-    source = _source(argparse.Namespace(source=url, ref=rev), _state_path(args))
+    # One clone for both revisions (named by the URL and "diff"): the second only resolves.
+    source = _source(argparse.Namespace(source=url, ref="diff"), _state_path(args), ref=rev)
     assert isinstance(source, GitSource)  # a URL: _source gives a directory only for a path
     try:
         revision, written = source.snapshot()

@@ -260,3 +260,21 @@ def test_markdown_of_a_large_change_fits_in_one_comment() -> None:
     assert len(text) <= 60_000
     assert "<summary>Instances (2000)</summary>" in text
     assert "(+295 more)" in text and re.search(r"… and \d+ more", text)
+
+
+@pytest.mark.parametrize("after", [[], ["--to", "main", "--against", "."]])
+def test_to_or_against_exactly_one_is_a_usage_error(lab: Fleet, after: list[str]) -> None:
+    code, out, err = diff(lab, "--from", lab.before, *after)
+    assert (code, out) == (2, "")
+    assert "--to" in err.splitlines()[-1] and "--against" in err.splitlines()[-1]
+
+
+def test_both_revisions_share_one_clone(lab: Fleet, tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    shutil.copy(lab.state, state)
+    done = patchctl(
+        "diff", "--source", f"file://{lab.upstream.bare}", "--state", str(state),
+        "--from", lab.before, "--to", lab.after,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert len(list((tmp_path / "git").iterdir())) == 1  # the clone lives beside the state
