@@ -1629,8 +1629,9 @@ def _recorded_inventories(args: argparse.Namespace) -> list[Inventory]:
             try:
                 inventory = Inventory.model_validate(scan.inventory)
             except ValueError as exc:
+                words = " ".join(str(exc).split())  # pydantic's message spans lines
                 raise UserError(
-                    f"--state {path}: the scan of {name!r} is unreadable: {exc}"
+                    f"--state {path}: the scan of {name!r} is unreadable: {words}"
                 ) from None
             inventories.append(store.with_first_seen(inventory, None))
     return inventories
