@@ -96,7 +96,7 @@ def decide_and_record(
     steps = _Steps(store, snapshot, rollout, members, now, write)
     record = steps.results(store.rollout_record(rollout.metadata.name), _finished_installs)
     decision = steps.decide(record)
-    if decision.freeze:
+    if decision.freeze and _first_stage_scanned(store, members):
         frozen = freeze(approved_versions(store, snapshot, members, now), now)
         if write:
             store.record_rollout_cycle(rollout.metadata.name, frozen, now=now)
@@ -110,6 +110,13 @@ def decide_and_record(
             store.record_rollout_halt(rollout.metadata.name, decision.halt, now=now)
         record = record.halt(decision.halt)
     return decision, record
+
+
+def _first_stage_scanned(store: StateStore, members: Members) -> bool:
+    """A freeze waits until every machine of the first stage was scanned: the snapshot is made
+    of what their scans approve, and an unscanned machine's versions would be missing from it."""
+    scanned = store.latest_scans()
+    return all(member in scanned for member in (members[0] if members else ()))
 
 
 Finder = Callable[[StateStore, str, RolloutRecord], MachineResult | None]
