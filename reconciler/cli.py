@@ -853,6 +853,7 @@ def _validate(args: argparse.Namespace) -> int:
         "ManagedInstance": len(written.instances),
         "ComplianceReport": len(snapshot.reports),
         "InstanceSource": len(snapshot.instance_sources),
+        "Rollout": len(snapshot.rollouts),
     }
     if (args.output or "table") == "table":
         listed = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
