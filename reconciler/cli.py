@@ -78,6 +78,7 @@ from reconciler.loop import Clock, Reconciler, TransportFor, configure_logging, 
 from reconciler.loop.common import Emitter, InForce
 from reconciler.loop.endpoints import ListenError, parse_listen
 from reconciler.loop.reboots import RebootSettings
+from reconciler.loop.rollouts import status as rollout_status
 from reconciler.paths import control_character
 from reconciler.plan import Settings
 from reconciler.redaction import redacted
@@ -88,6 +89,7 @@ from reconciler.report.publish import PublishError, publish
 from reconciler.report.views import compliance, diffrender, export, findings, patchnow, render
 from reconciler.report.views.diff import compare
 from reconciler.report.views.enrolment import enrolment_lines, status_document
+from reconciler.rollout import stage_members
 from reconciler.schedule import describe, openings
 from reconciler.sources import (
     DirectorySource,
@@ -496,6 +498,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("document", choices=("inventory",))
     p.add_argument("--check", type=Path, help="fail when this file differs from the schema")
     p.set_defaults(handler=_schema)
+    _rollout_parser(sub)
     return parser
 
 
@@ -523,6 +526,24 @@ def _diff_args(p: argparse.ArgumentParser) -> None:
         help=f"markdown: rows per section, the rest counted (default {diffrender.LIMIT})",
     )
     _output_arg(p, "table", "json", "markdown")
+
+
+def _rollout_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``patchctl rollout VERB``: progressive rollouts (docs/rollouts.md); one verb a function."""
+    p = sub.add_parser("rollout", help="progressive rollouts: where each stage stands")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _rollout_status_parser(verbs)
+
+
+def _rollout_status_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = verbs.add_parser(
+        "status", help="each stage's verdict and reason, the snapshot digest and frozen time"
+    )
+    p.add_argument("name", nargs="?", help="one Rollout (default: every one in force)")
+    _loop_args(p)
+    p.add_argument("--now", type=_timestamp, default=None, help="as of this ISO-8601 time")
+    _output_arg(p, "table", "json")
+    p.set_defaults(handler=_rollout_status)
 
 
 def _common_evaluation_args(p: argparse.ArgumentParser) -> None:
@@ -869,6 +890,7 @@ def _validate(args: argparse.Namespace) -> int:
         "ManagedInstance": len(written.instances),
         "ComplianceReport": len(snapshot.reports),
         "InstanceSource": len(snapshot.instance_sources),
+        "Rollout": len(snapshot.rollouts),
     }
     if (args.output or "table") == "table":
         listed = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
@@ -915,8 +937,33 @@ def _explain(args: argparse.Namespace) -> int:
     instance = snapshot.instances.get(args.instance)
     origin = provenance(instance) if instance else None
     text = str(origin) if origin else None
-    render.explanation(result, resolution, args.patch, _format(args), sys.stdout, text)
+    place = _rollout_place(args, snapshot, args.instance)
+    render.explanation(result, resolution, args.patch, _format(args), sys.stdout, text, place)
     return EXIT_OK
+
+
+def _rollout_place(
+    args: argparse.Namespace, snapshot: Snapshot, instance: str
+) -> render.RolloutPlace | None:
+    """The instance's rollout and stage, and with ``--state`` its current cycle's snapshot."""
+    for name, rollout in sorted(snapshot.rollouts.items()):
+        for stage, members in zip(
+            rollout.spec.stages, stage_members(rollout, snapshot), strict=True
+        ):
+            if instance in members:
+                return render.RolloutPlace(name, stage.name, _frozen_digest(args, name))
+    return None
+
+
+def _frozen_digest(args: argparse.Namespace, rollout: str) -> str | None:
+    if not args.state:
+        return None
+    path = _state_path(args)
+    if not path.is_file():  # never create an empty store for a mistyped path
+        raise UserError(f"--state {path}: no such file")
+    with StateStore(path) as store:
+        frozen = store.rollout_record(rollout).snapshot
+    return frozen.digest if frozen else None
 
 
 def _desired(path: Path) -> Snapshot:
@@ -1219,11 +1266,36 @@ def _plan(args: argparse.Namespace) -> int:
             clock=clock,
         )
         reconciler.refresh()
+        # What the next pass's rollouts step would decide, recorded nowhere (plan writes nothing).
+        reconciler.parts.observation.gates = reconciler.parts.rollouts.steer(write=False).gates
         current = reconciler.plan()
         if current is None or reconciler.snapshot is None:
             raise UserError("no valid snapshot: nothing to plan (see the refusal above)")
         render.plan(current, _format(args), sys.stdout, _origins(reconciler.snapshot))
         reconciler.enrolment.close()
+    return EXIT_OK
+
+
+def _rollout_status(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        now = args.now or utc_now()
+        reconciler = _reconciler(
+            args,
+            store,
+            _transports(_ssh_pool(), args.ssh_dir, args.trust_root_scripts),
+            clock=lambda: now,
+        )
+        reconciler.refresh()
+        reconciler.enrolment.close()
+        snapshot = reconciler.snapshot
+        if snapshot is None:
+            raise UserError("no valid snapshot: no rollout to show (see the refusal above)")
+        names = sorted(snapshot.rollouts) if args.name is None else [args.name]
+        if args.name is not None and args.name not in snapshot.rollouts:
+            known = ", ".join(sorted(snapshot.rollouts)) or "none"
+            raise UserError(f"no Rollout named {args.name!r} in force (Rollouts: {known})")
+        found = [rollout_status(store, snapshot, snapshot.rollouts[n], now) for n in names]
+        render.rollout_status(found, _format(args), sys.stdout)
     return EXIT_OK
 
 

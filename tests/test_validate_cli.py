@@ -163,6 +163,7 @@ def test_examples_validate() -> None:
             "ManagedInstance",
             "ComplianceReport",
             "InstanceSource",
+            "Rollout",
         )
         if counts[kind]
     )
