@@ -51,6 +51,10 @@ NOT_YET = (
 
 def test_a_valid_rollout_is_refused_as_not_applied_yet() -> None:
     assert problems(ROLLOUT) == [NOT_YET]
+    # Manual approval is implemented (the planner waits for it), so only the kind is refused.
+    gated = "      patchGroups: [prod]\n      requiresApproval: true\n"
+    gated += "      approvedSnapshot: 3f9c1a2\n"
+    assert problems(ROLLOUT.replace("      patchGroups: [prod]\n", gated)) == [NOT_YET]
 
 
 @pytest.mark.parametrize(
@@ -58,9 +62,22 @@ def test_a_valid_rollout_is_refused_as_not_applied_yet() -> None:
     [
         (
             "      maxFailedPercent: 10\n",
-            "      maxFailedPercent: 10\n      requiresApproval: true\n",
-            "rollout.yaml:11: spec.stages[0].requiresApproval: manual approval is not "
-            "implemented yet; remove it (or set it to false)",
+            "      maxFailedPercent: 10\n      approvedSnapshot: 3f9c1a2\n",
+            "rollout.yaml:11: spec.stages[0].approvedSnapshot: only a stage with "
+            "requiresApproval: true takes an approval",
+        ),
+        (
+            "      maxFailedPercent: 10\n",
+            "      maxFailedPercent: 10\n      requiresApproval: true\n"
+            "      approvedSnapshot: 3f9c\n",
+            "rollout.yaml:12: spec.stages[0].approvedSnapshot: '3f9c' is not valid: give a "
+            "snapshot's digest (sha256:…) or its first 7+ hex digits",
+        ),
+        (
+            "  stages:\n",
+            "  resumeToken: 'two words'\n  stages:\n",
+            "rollout.yaml:6: spec.resumeToken: 'two words' is not valid: give 1 to 64 letters, "
+            "digits, '.', '_', ':' or '-'",
         ),
         (
             "bakeTime: 48h",
