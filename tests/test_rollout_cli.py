@@ -12,9 +12,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from reconciler.api.snapshot import SnapshotInvalid, build_snapshot
 from reconciler.report.notify import audit
 from reconciler.rollout import MachineResult, Outcome, freeze, short_digest
 from reconciler.state import StateStore
@@ -26,21 +23,6 @@ SNAPSHOT = freeze({"debian": ["openssl=3.0.2-2"]}, T0)
 SHORT = short_digest(SNAPSHOT.digest)
 GATED = ROLLOUT.replace(
     "      patchGroups: [prod]\n", "      patchGroups: [prod]\n      requiresApproval: true\n"
-)
-
-
-def _rollouts_applied() -> bool:
-    try:
-        build_snapshot([("r.yaml", (GROUPS + "---\n" + GATED).encode())], predefined={})
-    except SnapshotInvalid:
-        return False
-    return True
-
-
-# The loop applies Rollouts on branch rl-loop; until then every source refuses them, so approve
-# (which reads the Rollout from --source) can only be driven end to end once they are accepted.
-needs_applied_rollouts = pytest.mark.skipif(
-    not _rollouts_applied(), reason="Rollouts are refused by validation until the loop applies them"
 )
 
 
@@ -134,7 +116,6 @@ def source(tmp_path: Path, rollout: str) -> Path:
     return directory
 
 
-@needs_applied_rollouts
 def test_approve_records_an_approval_of_the_current_snapshot_only(tmp_path: Path) -> None:
     state, config = seeded(tmp_path), source(tmp_path, GATED)
     common = ("--source", str(config), "--state", str(state))
