@@ -119,6 +119,8 @@ class RolloutRecord:
     """Stages approved by hand (``patchctl rollout approve``) for this cycle's snapshot."""
     aborted_at: datetime | None = None
     """When the cycle was ended by hand: no stage installs its snapshot any more."""
+    resumed_at: datetime | None = None
+    """When it was last resumed: what finished before (the failures) is not folded again."""
 
     def start_cycle(self, snapshot: RolloutSnapshot) -> RolloutRecord:
         # A new snapshot: approvals, halts and an abort were of the last one.
@@ -130,10 +132,13 @@ class RolloutRecord:
     def halt(self, reason: str, resume_token: str | None = None) -> RolloutRecord:
         return replace(self, halted=reason, resume_token=resume_token)
 
-    def resume(self) -> RolloutRecord:
-        """Resumed: halted no more, and the failures that halted it forgotten (tried again)."""
+    def resume(self, at: datetime | None = None) -> RolloutRecord:
+        """Resumed (at ``at``): halted no more, and the failures that halted it forgotten
+        (tried again)."""
         kept = {i: r for i, r in self.results.items() if r.outcome not in FAILURES}
-        return replace(self, halted=None, resume_token=None, results=MappingProxyType(kept))
+        resumed_at = at or self.resumed_at
+        results = MappingProxyType(kept)
+        return replace(self, halted=None, resume_token=None, results=results, resumed_at=resumed_at)
 
     def approve(self, stage: str) -> RolloutRecord:
         return replace(self, approvals=self.approvals | {stage})

@@ -104,7 +104,7 @@ def _fold(
         return record.approve(document["stage"]) if same else record
     if event is RolloutEvent.ABORTED:
         return record.abort(at)
-    return record.resume()
+    return record.resume(at)
 
 
 def _snapshot(rollout: str, document: dict[str, Any]) -> RolloutSnapshot:
