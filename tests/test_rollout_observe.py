@@ -18,6 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.controller.events import EventSink, notices
 from reconciler.controller.status import Seen, statuses
+from reconciler.dispatch import transport_for
+from reconciler.loop import Reconciler
 from reconciler.report.notify.events.shapes import ROLLOUT, cloud_event, to_event
 from reconciler.report.notify.metrics import LoopMetrics
 from reconciler.report.notify.occurrences import Occurrence
@@ -26,11 +28,16 @@ from reconciler.report.views import dashboard
 from reconciler.report.views.export import report_document
 from reconciler.report.views.rollouts import RolloutView, view
 from reconciler.rollout import MachineResult, Outcome, RolloutRecord, decide, freeze
+from reconciler.sources.directory import DirectorySource
 from reconciler.sources.kubernetes import ObjectInfo
+from reconciler.state import StateStore
 from reconciler.state.kubernetes import StatusWriter
+from tests.conftest import needs_apt
 from tests.kubeapi import KubeApi
 from tests.test_controller import apply, events, get, wait_for
+from tests.test_report_schedule import report_yaml
 from tests.test_rollout import machines, rollout, stage
+from tests.test_rollout_loop import DAY1, Fleet, at
 from tests.test_rollout_validation import ROLLOUT as ROLLOUT_YAML
 
 T0 = datetime(2030, 3, 4, 2, 0, tzinfo=UTC)
@@ -298,3 +305,46 @@ def test_the_api_server_keeps_the_rollout_status_and_its_events(
     core = kubernetes.client.CoreV1Api(api)
     posted = core.list_namespaced_event(ns).items
     assert all(e.involved_object.uid == info.uid for e in posted)
+
+
+@needs_apt
+def test_the_loop_announces_its_rollout_steps_and_feeds_the_metrics(tmp_path: Path) -> None:
+    """The real loop on apt roots (tests/test_rollout_loop.py's fleet): dev's health check
+    fails, and the audit/event stream hears the freeze, dev's promotion and the halt, once; the
+    metrics and the scheduled dashboard show the halt."""
+    failing = "      healthChecks: [{name: app, command: {argv: [/bin/false]}}]\n"
+    fleet = Fleet(tmp_path, dev_task_fields=failing)
+    out = tmp_path / "reports"
+    dashboard_yaml = report_yaml("fleet", out, "cron(0 13 * * ? *)", format="html")
+    (fleet.config / "report.yaml").write_text(dashboard_yaml)
+    heard: list[Occurrence] = []
+    metrics = LoopMetrics()
+    reconciler = Reconciler(
+        DirectorySource(fleet.config),
+        StateStore(fleet.state),
+        lambda instance: transport_for(instance.spec.connection, trust_root_scripts=True),
+        clock=fleet.clock,
+        wait=lambda seconds: None,
+        observers=[heard.append],
+        report_dir=tmp_path,
+        export_grace=60,
+    )
+    for moment in (DAY1, at(1, 12), at(1, 13), at(2, 13)):
+        fleet.clock.advance_to(moment)
+        summary = reconciler.reconcile()
+    steps = [(str(o.kind), o.detail.get("stage")) for o in heard if o.kind.startswith("rollout.")]
+    assert steps == [
+        ("rollout.cycle.started", None),
+        ("rollout.stage.installing", "dev"),
+        ("rollout.halted", None),
+    ]
+    halted = next(o for o in heard if o.kind == "rollout.halted")
+    assert halted.detail["reason"] == "halted: 1 of 1 dev machines failed health checks, limit 0%"
+    assert halted.revision is not None  # provenance: the revision in force
+    metrics.observe_rollouts(summary.rollout_views)
+    got = samples(metrics)
+    assert got[("patchwarden_rollout_halted", (("rollout", "web"),))] == 1
+    failed = (("rollout", "web"), ("stage", "dev"))
+    assert got[("patchwarden_rollout_stage_failed_machines", failed)] == 1
+    panel = max(out.glob("*.html")).read_text()  # the latest pass's export
+    assert 'id="rollouts"' in panel and '<span class="badge halted">Halted</span>' in panel

@@ -45,6 +45,8 @@ class ReportInput:
     histories: Mapping[str, Sequence[ScanRecord]]
     jobs: Mapping[str, Sequence[JobRecord]] = field(default_factory=dict)
     """Each instance's jobs, for what their hooks and health checks did (JSON and HTML)."""
+    rollouts: Sequence[RolloutView] = ()
+    """Progressive rollouts as the latest pass saw them (JSON and HTML)."""
 
 
 def read_input(store: StateStore, fmt: str, *, history_limit: int = HISTORY_LIMIT) -> ReportInput:
@@ -80,7 +82,13 @@ def build_report(
         return _csv_files(latest, instance, stamp)
     histories = {name: data.histories.get(name, ()) for name in latest}
     document = report_document(
-        latest, histories, now=now, instance=instance, group=group, jobs=data.jobs
+        latest,
+        histories,
+        now=now,
+        instance=instance,
+        group=group,
+        jobs=data.jobs,
+        rollouts=data.rollouts,
     )
     suffix = f"-{_safe(instance)}" if instance else ""
     if fmt == "json":
