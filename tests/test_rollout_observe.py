@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.controller.events import EventSink, notices
+from reconciler.controller.run import ControllerReconciler
 from reconciler.controller.status import Seen, statuses
 from reconciler.dispatch import transport_for
 from reconciler.loop import Reconciler
@@ -29,12 +30,13 @@ from reconciler.report.views.export import report_document
 from reconciler.report.views.rollouts import RolloutView, view
 from reconciler.rollout import MachineResult, Outcome, RolloutRecord, decide, freeze
 from reconciler.sources.directory import DirectorySource
-from reconciler.sources.kubernetes import ObjectInfo
+from reconciler.sources.kubernetes import KubernetesSource, ObjectInfo
 from reconciler.state import StateStore
 from reconciler.state.kubernetes import StatusWriter
 from tests.conftest import needs_apt
+from tests.fleet import GROUP
 from tests.kubeapi import KubeApi
-from tests.test_controller import apply, events, get, wait_for
+from tests.test_controller import apply, events, fleet_yaml, get, wait_for
 from tests.test_report_schedule import report_yaml
 from tests.test_rollout import machines, rollout, stage
 from tests.test_rollout_loop import DAY1, Fleet, at
@@ -348,3 +350,43 @@ def test_the_loop_announces_its_rollout_steps_and_feeds_the_metrics(tmp_path: Pa
     assert got[("patchwarden_rollout_stage_failed_machines", failed)] == 1
     panel = max(out.glob("*.html")).read_text()  # the latest pass's export
     assert 'id="rollouts"' in panel and '<span class="badge halted">Halted</span>' in panel
+
+
+@pytest.mark.apiserver
+@needs_apt
+def test_the_controller_writes_the_rollout_status_each_pass(
+    kube_api: KubeApi, system_root: Path, tmp_path: Path
+) -> None:
+    """A Rollout applied in the cluster: the controller's pass writes its stages and
+    conditions (no window yet: Waiting, Ready), and a second pass changes nothing."""
+    ns = kube_api.namespace()
+    one_stage = f"""\
+apiVersion: patchwarden.io/v1alpha1
+kind: Rollout
+metadata:
+  name: web
+spec:
+  stages:
+    - {{name: only, patchGroups: [{GROUP}], bakeTime: 1d}}
+"""
+    apply(kube_api, ns, fleet_yaml(system_root) + "---\n" + one_stage)
+    api = kube_api.client()
+    with StateStore(tmp_path / "state.db") as store:
+        reconciler = ControllerReconciler(
+            KubernetesSource(api, ns, watch_nodes=False),
+            store,
+            lambda instance: transport_for(instance.spec.connection, trust_root_scripts=True),
+            writer=StatusWriter(api, ns),
+        )
+        reconciler.reconcile()
+        status = get(kube_api, ns, "Rollout", "web")["status"]
+        assert status["stage"] == "only" and status["cycle"] == 0
+        assert status.get("snapshot") is None  # null: absent, as the writer merges
+        (only,) = status["stages"]
+        assert (only["verdict"], only["machines"]) == ("Waiting", 1)
+        assert only["reason"] == "no snapshot yet: frozen when stage only's window opens"
+        ready = {c["type"]: c for c in status["conditions"]}["Ready"]
+        assert (ready["status"], ready["reason"]) == ("True", "Waiting")
+        version = get(kube_api, ns, "Rollout", "web")["metadata"]["resourceVersion"]
+        reconciler.reconcile()
+        assert get(kube_api, ns, "Rollout", "web")["metadata"]["resourceVersion"] == version
