@@ -14,10 +14,10 @@ from pathlib import Path
 
 import kubernetes
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.controller.events import EventSink, notices
-from reconciler.controller.run import ControllerReconciler
 from reconciler.controller.status import Seen, statuses
 from reconciler.dispatch import transport_for
 from reconciler.loop import Reconciler
@@ -30,13 +30,13 @@ from reconciler.report.views.export import report_document
 from reconciler.report.views.rollouts import RolloutView, view
 from reconciler.rollout import MachineResult, Outcome, RolloutRecord, decide, freeze
 from reconciler.sources.directory import DirectorySource
-from reconciler.sources.kubernetes import KubernetesSource, ObjectInfo
+from reconciler.sources.kubernetes import ObjectInfo
 from reconciler.state import StateStore
 from reconciler.state.kubernetes import StatusWriter
 from tests.conftest import needs_apt
 from tests.fleet import GROUP
 from tests.kubeapi import KubeApi
-from tests.test_controller import apply, events, fleet_yaml, get, wait_for
+from tests.test_controller import apply, events, fleet_yaml, get, in_process, wait_for
 from tests.test_report_schedule import report_yaml
 from tests.test_rollout import machines, rollout, stage
 from tests.test_rollout_loop import DAY1, Fleet, at
@@ -360,24 +360,13 @@ def test_the_controller_writes_the_rollout_status_each_pass(
     """A Rollout applied in the cluster: the controller's pass writes its stages and
     conditions (no window yet: Waiting, Ready), and a second pass changes nothing."""
     ns = kube_api.namespace()
-    one_stage = f"""\
-apiVersion: patchwarden.io/v1alpha1
-kind: Rollout
-metadata:
-  name: web
-spec:
-  stages:
-    - {{name: only, patchGroups: [{GROUP}], bakeTime: 1d}}
-"""
+    stages = [{"name": "only", "patchGroups": [GROUP], "bakeTime": "1d"}]
+    spec = {"kind": "Rollout", "metadata": {"name": "web"}, "spec": {"stages": stages}}
+    one_stage = yaml.safe_dump({"apiVersion": "patchwarden.io/v1alpha1", **spec})
     apply(kube_api, ns, fleet_yaml(system_root) + "---\n" + one_stage)
     api = kube_api.client()
     with StateStore(tmp_path / "state.db") as store:
-        reconciler = ControllerReconciler(
-            KubernetesSource(api, ns, watch_nodes=False),
-            store,
-            lambda instance: transport_for(instance.spec.connection, trust_root_scripts=True),
-            writer=StatusWriter(api, ns),
-        )
+        reconciler = in_process(api, ns, store)
         reconciler.reconcile()
         status = get(kube_api, ns, "Rollout", "web")["status"]
         assert status["stage"] == "only" and status["cycle"] == 0
