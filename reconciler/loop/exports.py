@@ -11,8 +11,8 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from datetime import datetime
 from dataclasses import replace
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 
