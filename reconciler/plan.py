@@ -35,7 +35,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -53,6 +53,7 @@ from reconciler.api.snapshot import Snapshot, group_selects
 from reconciler.evaluation.engine import evaluate
 from reconciler.evaluation.pins import override_pins, pins_for
 from reconciler.evaluation.resolve import resolve
+from reconciler.rollout import RolloutSnapshot
 from reconciler.schedule import Opening, open_openings, openings
 
 SCAN, INSTALL = Operation.SCAN, Operation.INSTALL  # the names the planner and its tests use
@@ -94,6 +95,23 @@ class ObservedJob:
     opening: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RolloutGate:
+    """Where an instance stands in a progressive rollout (docs/rollouts.md), as the loop's
+    rollout step decided this pass: its stage installs the snapshot now, or waits, and why."""
+
+    rollout: str
+    stage: str
+    installing: bool
+    reason: str
+    snapshot: RolloutSnapshot | None = None
+    """The cycle's frozen snapshot: an installing member installs only its pins."""
+
+    @property
+    def digest(self) -> str:
+        return self.snapshot.digest if self.snapshot is not None else ""
+
+
 @dataclass(frozen=True)
 class Observed:
     scans: Mapping[str, ObservedScan] = field(default_factory=dict)
@@ -103,6 +121,8 @@ class Observed:
     even after the execution it overlapped has ended."""
     one_offs: Sequence[OneOffOpening] = ()
     """One-off openings PENDING or IN_PROGRESS, oldest first (``jobs`` holds all their jobs)."""
+    gates: Mapping[str, RolloutGate] = field(default_factory=dict)
+    """Instance -> its rollout stage's gate; instances in no rollout stage are not here."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +180,8 @@ class Plan:
     added: the budgets this plan checked still hold)."""
     running: frozenset[str] = frozenset()
     """Keys of the jobs this plan counted as running (holding their budget slots)."""
+    gates: Mapping[str, RolloutGate] = field(default_factory=dict)
+    """Each instance's rollout, stage and snapshot (``Observed.gates``), for plan and explain."""
 
     @property
     def idle(self) -> bool:
@@ -248,6 +270,7 @@ def plan(
         progress,
         tuple(state.queued),
         frozenset(job.key for job in state.running_jobs),
+        observed.gates,
     )
 
 
@@ -325,7 +348,29 @@ class _State:
                 compliant=not scan.non_compliant,
             )
             return
-        self.install(name, instance, group, scan, baseline, digest)
+        gated = self.gated(name, scan, baseline)
+        if gated is not None:
+            self.install(name, instance, group, gated, baseline, digest)
+
+    def gated(self, name: str, scan: ObservedScan, baseline: PatchBaseline) -> ObservedScan | None:
+        """The scan whose pins ``name`` may install: all of them outside a rollout; inside one,
+        only while its stage installs, and only the pins the cycle's snapshot holds for its
+        baseline (a version approved after the freeze waits for the next cycle). None: it waits."""
+        gate = self.observed.gates.get(name)
+        if gate is None:
+            return scan
+        if not gate.installing or gate.snapshot is None:
+            self.wait(name, f"rollout {gate.rollout}: {gate.reason}")
+            return None
+        held, later = gate.snapshot.confine(baseline.metadata.name, scan.pins)
+        if not held:
+            self.wait(
+                name,
+                f"rollout {gate.rollout}: stage {gate.stage} is on snapshot {gate.digest[:19]}; "
+                f"{len(later)} version(s) approved after it wait for the next cycle",
+            )
+            return None
+        return replace(scan, pins=held)
 
     # -- scans --------------------------------------------------------------------------------
 

@@ -1,6 +1,5 @@
-"""The Rollout kind at validation (issue 15, groundwork): its fields are checked like any other
-kind's, and since the loop does not apply rollouts yet, a valid Rollout is refused too, on its
-``kind`` line, instead of being accepted and ignored."""
+"""The Rollout kind at validation (issue 15): its fields are checked like any other kind's, and a
+valid Rollout is accepted (the loop steers installs by it, docs/rollouts.md)."""
 
 from __future__ import annotations
 
@@ -43,14 +42,11 @@ def problems(rollout: str) -> list[str]:
     return [str(p) for p in caught.value.problems]
 
 
-NOT_YET = (
-    "rollout.yaml:2: kind: Rollout is not applied yet (progressive rollouts are in progress, "
-    "see docs/rollouts.md); remove this document"
-)
-
-
-def test_a_valid_rollout_is_refused_as_not_applied_yet() -> None:
-    assert problems(ROLLOUT) == [NOT_YET]
+def test_a_valid_rollout_is_accepted() -> None:
+    # Refused as "not applied yet" until the loop steered installs by it (issue 15).
+    files = [("groups.yaml", GROUPS.encode()), ("rollout.yaml", ROLLOUT.encode())]
+    snapshot = build_snapshot(files, predefined={})
+    assert [stage.name for stage in snapshot.rollouts["web"].spec.stages] == ["dev", "prod"]
 
 
 @pytest.mark.parametrize(

@@ -94,7 +94,7 @@ class Snapshot:
     """Enrolment: where machines are listed (their ManagedInstances join ``instances`` once
     discovered, see :mod:`reconciler.api.enrolment`)."""
     rollouts: Mapping[str, Rollout] = field(default_factory=dict)
-    """Progressive rollouts (issue 15 groundwork; validation still refuses every one)."""
+    """Progressive rollouts (docs/rollouts.md): the loop steers installs by them."""
     predefined: Mapping[str, PatchBaseline] = field(default_factory=dict)
     """The shipped default baselines, available by name to every group."""
     locations: Mapping[tuple[str, str], Located] = field(default_factory=dict)
@@ -430,19 +430,6 @@ def _instance_in_one_stage_at_most(snap: Snapshot, invalid: Refused) -> Iterator
                 )
 
 
-def _rollouts_not_applied_yet(snap: Snapshot, invalid: Refused) -> Iterator[_Finding]:
-    # The model and the planner's decisions exist (reconciler.rollout); the loop does not drive
-    # them yet. Accepting the document would promise stages that nothing enforces.
-    for rname in snap.rollouts:
-        yield _Finding(
-            "Rollout",
-            rname,
-            ("kind",),
-            "Rollout is not applied yet (progressive rollouts are in progress, see "
-            "docs/rollouts.md); remove this document",
-        )
-
-
 def _groups_exist(
     snap: Snapshot, invalid: Refused, kind: str, name: str, path: Path, groups: Iterable[str]
 ) -> Iterator[_Finding]:
@@ -538,7 +525,6 @@ _REFERENCE_RULES: tuple[Callable[[Snapshot, Refused], Iterable[_Finding]], ...] 
     _provenance_only_on_generated,
     _rollout_stage_groups_exist,
     _instance_in_one_stage_at_most,
-    _rollouts_not_applied_yet,
 )
 
 

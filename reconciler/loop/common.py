@@ -15,6 +15,7 @@ from reconciler.api.resources import ManagedInstance
 from reconciler.api.snapshot import Snapshot
 from reconciler.dispatch.base import Transport
 from reconciler.report.notify.occurrences import Kind, Observer, Occurrence
+from reconciler.rollout import RolloutDecision
 
 Clock = Callable[[], datetime]
 TransportFor = Callable[[ManagedInstance], Transport]
@@ -47,6 +48,8 @@ class PassSummary:
     jobs: dict[str, int] = field(default_factory=dict)  # "Scan succeeded" -> count
     waits: list[tuple[str, str]] = field(default_factory=list)
     converged: bool = False
+    rollouts: tuple[RolloutDecision, ...] = ()
+    """Each Rollout's stages as this pass decided them (docs/rollouts.md)."""
 
     def count(self, operation: str, status: str) -> None:
         key = f"{operation} {status}"

@@ -6,6 +6,7 @@ Reads the store; may not write it, nor touch the source or transports.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from reconciler.api.enums import ComplianceStatus, ExecutionStatus, JobStatus
@@ -17,6 +18,7 @@ from reconciler.plan import (
     ObservedJob,
     ObservedScan,
     Plan,
+    RolloutGate,
     Settings,
     history_scope,
     plan,
@@ -33,6 +35,8 @@ class Observation:
         self.store, self.in_force, self.settings, self.clock = store, in_force, settings, clock
         self.submitted: dict[str, Action] = {}
         """Actions handed to a worker, by key: they hold their budget slot until claimed."""
+        self.gates: Mapping[str, RolloutGate] = {}
+        """Each rollout member's gate, as the pass's ``rollouts`` step decided it."""
 
     def observe(self, now: datetime | None = None) -> Observed:
         """Observed state for a plan at ``now``: the latest scans, and only the jobs the planner
@@ -69,6 +73,7 @@ class Observation:
             jobs=jobs,
             skipped=self._skipped(openings),
             one_offs=one_offs,
+            gates=self.gates,
         )
 
     def _skipped(self, openings: tuple[tuple[str, str], ...]) -> frozenset[tuple[str, str]]:

@@ -1,8 +1,8 @@
 """Stage: loop. One pass is an ordered tuple of small steps (:data:`STEPS`) over an explicit
 :class:`PassContext`: ``refresh`` (the revision in force), ``close_executions`` (openings that
-ended), ``dispatch`` (plan, run jobs concurrently, refill freed slots from the plan's queue and
-re-plan on each completion), ``export`` (scheduled reports). Another loop (the controller's)
-adds its own steps around these.
+ended), ``rollouts`` (progressive rollouts' decisions, docs/rollouts.md), ``dispatch`` (plan, run
+jobs concurrently, refill freed slots from the plan's queue and re-plan on each completion),
+``export`` (scheduled reports). Another loop (the controller's) adds its own steps around these.
 
 Calls the loop's parts in order; may not touch the source, the store or transports itself.
 """
@@ -22,6 +22,7 @@ from reconciler.loop.executions import WindowExecutions
 from reconciler.loop.exports import ReportExporter
 from reconciler.loop.jobs import JobRunner
 from reconciler.loop.observed import Observation
+from reconciler.loop.rollouts import RolloutSteering
 from reconciler.plan import Action, Plan
 from reconciler.state import JobRecord
 
@@ -39,6 +40,7 @@ class LoopParts:
     jobs: JobRunner
     executions: WindowExecutions
     exporter: ReportExporter
+    rollouts: RolloutSteering
     stopping: threading.Event
     """Set to stop: running jobs finish, nothing new starts, no report is started."""
     workers: int
@@ -68,6 +70,14 @@ def refresh(context: PassContext) -> None:
 def close_executions(context: PassContext) -> None:
     """Window executions whose opening has ended: SUCCESS, or TIMED_OUT while a job of it runs."""
     context.parts.executions.close()
+
+
+def rollouts(context: PassContext) -> None:
+    """Steer every Rollout in force (fold its members' results, decide, record a freeze or a
+    halt) and hand each member's gate to the planner, before dispatch plans with it."""
+    steered = context.parts.rollouts.steer()
+    context.parts.observation.gates = steered.gates
+    context.summary.rollouts = steered.decisions
 
 
 def dispatch(context: PassContext) -> None:
@@ -110,7 +120,7 @@ def export(context: PassContext) -> None:
         parts.exporter.wait(parts.export_grace)
 
 
-STEPS: tuple[Step, ...] = (refresh, close_executions, dispatch, export)
+STEPS: tuple[Step, ...] = (refresh, close_executions, rollouts, dispatch, export)
 
 
 def _submit(

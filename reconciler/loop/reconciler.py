@@ -24,6 +24,7 @@ from reconciler.loop.jobs import JobDone, JobRunner
 from reconciler.loop.observed import Observation
 from reconciler.loop.passes import STEPS, LoopParts, PassContext, Step
 from reconciler.loop.reboots import RebootSettings
+from reconciler.loop.rollouts import RolloutSteering
 from reconciler.plan import Action, Observed, Plan, Settings
 from reconciler.report.notify.occurrences import Observer
 from reconciler.sources.base import HasRepository, Source
@@ -110,6 +111,7 @@ class Reconciler:
             jobs=jobs,
             executions=executions,
             exporter=ReportExporter(store, clock, self.log, s3_endpoint_url, report_dir),
+            rollouts=RolloutSteering(store, in_force, clock),
             stopping=self.stopping,
             workers=workers,
             export_grace=export_grace,

@@ -1,0 +1,272 @@
+"""Stage: loop, step ``rollouts``. Progressive rollouts (docs/rollouts.md) steered each pass: for
+every Rollout in force, the finished install jobs of its members are folded into the store (once
+per job), the pure planner :func:`reconciler.rollout.decide` decides with the injected clock, a
+freeze (the approved versions per baseline at that moment) and a halt are recorded, and each
+member's :class:`~reconciler.plan.RolloutGate` is handed to the planner.
+
+Reads the store's scans and jobs and writes only rollout history; may not plan installs,
+dispatch, or touch the source or transports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from reconciler.api.enums import JobStatus, Operation
+from reconciler.api.inventory import Inventory
+from reconciler.api.resources import Rollout
+from reconciler.api.snapshot import Snapshot
+from reconciler.evaluation.engine import evaluate
+from reconciler.evaluation.pins import approved_pins
+from reconciler.evaluation.resolve import resolve
+from reconciler.loop.common import Clock, InForce
+from reconciler.plan import RolloutGate
+from reconciler.rollout import (
+    INSTALLED,
+    MachineResult,
+    RolloutDecision,
+    RolloutRecord,
+    RolloutSnapshot,
+    Verdict,
+    decide,
+    freeze,
+    result_of_job,
+    stage_members,
+)
+from reconciler.schedule import open_openings
+from reconciler.state import JobRecord, ScanRecord, StateStore
+
+FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED})
+Members = tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class Steered:
+    """One pass's rollout decisions, and each member's gate for the planner."""
+
+    decisions: tuple[RolloutDecision, ...] = ()
+    gates: Mapping[str, RolloutGate] = field(default_factory=dict)
+
+
+class RolloutSteering:
+    """The loop's part for the ``rollouts`` step: steers the Rollouts of the revision in force."""
+
+    def __init__(self, store: StateStore, in_force: InForce, clock: Clock) -> None:
+        self.store, self.in_force, self.clock = store, in_force, clock
+
+    def steer(self) -> Steered:
+        snapshot = self.in_force.snapshot
+        if snapshot is None or not snapshot.rollouts:
+            return Steered()
+        return steer(self.store, snapshot, self.clock())
+
+
+def steer(store: StateStore, snapshot: Snapshot, now: datetime) -> Steered:
+    """Every Rollout of ``snapshot`` steered at ``now`` (records what it decides)."""
+    decisions: list[RolloutDecision] = []
+    gates: dict[str, RolloutGate] = {}
+    for name in sorted(snapshot.rollouts):
+        rollout = snapshot.rollouts[name]
+        members = stage_members(rollout, snapshot)
+        decision, record = decide_and_record(store, snapshot, rollout, members, now)
+        decisions.append(decision)
+        gates.update(gates_of(decision, record.snapshot))
+    return Steered(tuple(decisions), gates)
+
+
+def status(
+    store: StateStore, snapshot: Snapshot, rollout: Rollout, now: datetime
+) -> tuple[RolloutDecision, RolloutRecord]:
+    """Where ``rollout`` stands at ``now`` from the store as it is, recording nothing (``patchctl
+    rollout status``): the same folding and decision the loop makes."""
+    return decide_and_record(store, snapshot, rollout, stage_members(rollout, snapshot), now, False)
+
+
+def decide_and_record(
+    store: StateStore,
+    snapshot: Snapshot,
+    rollout: Rollout,
+    members: Members,
+    now: datetime,
+    write: bool = True,
+) -> tuple[RolloutDecision, RolloutRecord]:
+    """Fold the members' new results, decide, and record (``write``) a freeze and a halt."""
+    steps = _Steps(store, snapshot, rollout, members, now, write)
+    record = steps.results(store.rollout_record(rollout.metadata.name), _finished_installs)
+    decision = steps.decide(record)
+    if decision.freeze and _first_stage_scanned(store, members):
+        frozen = freeze(approved_versions(store, snapshot, members, now), now)
+        if write:
+            store.record_rollout_cycle(rollout.metadata.name, frozen, now=now)
+        record = record.start_cycle(frozen)
+        decision = steps.decide(record)
+    on = steps.results(record, _on_snapshot(decision, snapshot, store.latest_scans()))
+    if on is not record:
+        record, decision = on, steps.decide(on)
+    if decision.halt is not None:
+        if write:
+            store.record_rollout_halt(rollout.metadata.name, decision.halt, now=now)
+        record = record.halt(decision.halt)
+    return decision, record
+
+
+def _first_stage_scanned(store: StateStore, members: Members) -> bool:
+    """A freeze waits until every machine of the first stage was scanned: the snapshot is made
+    of what their scans approve, and an unscanned machine's versions would be missing from it."""
+    scanned = store.latest_scans()
+    return all(member in scanned for member in (members[0] if members else ()))
+
+
+Finder = Callable[[StateStore, str, RolloutRecord], MachineResult | None]
+"""A member's new result for the current cycle, if any."""
+
+
+@dataclass(frozen=True)
+class _Steps:
+    store: StateStore
+    snapshot: Snapshot
+    rollout: Rollout
+    members: Members
+    now: datetime
+    write: bool
+
+    def decide(self, record: RolloutRecord) -> RolloutDecision:
+        first_open = first_window_open(self.snapshot, self.members, self.now)
+        return decide(self.rollout, self.members, record, first_open, self.now)
+
+    def results(self, record: RolloutRecord, find: Finder) -> RolloutRecord:
+        """``record`` with each member's new result ``find`` gives (recorded when writing)."""
+        if record.snapshot is None:
+            return record
+        for member in (m for stage in self.members for m in stage):
+            result = find(self.store, member, record)
+            if result is None:
+                continue
+            if self.write:
+                name = self.rollout.metadata.name
+                self.store.record_rollout_result(name, member, result, now=self.now)
+            record = record.with_result(member, result)
+        return record
+
+
+def _finished_installs(
+    store: StateStore, member: str, record: RolloutRecord
+) -> MachineResult | None:
+    """The member's latest install job finished since the freeze and newer than its recorded
+    result: each job is folded once."""
+    assert record.snapshot is not None
+    known = record.results.get(member)
+    since = known.finished_at if known is not None else None
+    return _latest_install(store.jobs(instance=member), record.snapshot.frozen_at, since)
+
+
+def _latest_install(
+    jobs: Iterable[JobRecord], frozen_at: datetime, since: datetime | None
+) -> MachineResult | None:
+    newest: MachineResult | None = None
+    for job in jobs:
+        if job.operation != Operation.INSTALL or job.status not in FINISHED:
+            continue
+        if job.finished_at is None or job.created_at < frozen_at:
+            continue
+        if since is not None and job.finished_at <= since:
+            continue
+        error = (job.result or {}).get("error")
+        newest = result_of_job(job.status, error["code"] if error else None, job.finished_at)
+    return newest
+
+
+def _on_snapshot(
+    decision: RolloutDecision, snapshot: Snapshot, scans: Mapping[str, ScanRecord]
+) -> Finder:
+    """Members of an installing stage whose latest scan has nothing of the snapshot left to
+    install are on it (the planner would never install them). A later stage's scan counts only
+    from the freeze on: an older one may predate the versions the snapshot holds."""
+    first = decision.stages[0].stage if decision.stages else ""
+    pending = {
+        member: stage.stage == first
+        for stage in decision.stages
+        if stage.verdict is Verdict.INSTALL
+        for member in stage.to_install
+    }
+
+    def find(store: StateStore, member: str, record: RolloutRecord) -> MachineResult | None:
+        scan, frozen = scans.get(member), record.snapshot
+        if member not in pending or scan is None or frozen is None:
+            return None
+        if member not in snapshot.instances or record.results.get(member) is not None:
+            return None
+        if frozen.confine(scan.baseline, scan.pins)[0]:
+            return None
+        if not pending[member] and scan.finished_at < frozen.frozen_at:
+            return None
+        return MachineResult(INSTALLED, max(scan.finished_at, frozen.frozen_at))
+
+    return find
+
+
+def approved_versions(
+    store: StateStore, snapshot: Snapshot, members: Members, now: datetime
+) -> dict[str, set[str]]:
+    """Per baseline, the union over the rollout's scanned members of the versions it approves
+    there at ``now`` (installed or to install): what a freeze holds."""
+    scans = store.latest_scans()
+    approved: dict[str, set[str]] = {}
+    for member in (m for stage in members for m in stage):
+        scan = scans.get(member)
+        if scan is None:
+            continue
+        inventory = Inventory.model_validate(scan.inventory)
+        labels = snapshot.instances[member].metadata.labels
+        resolution = resolve(snapshot, labels, inventory.facts.operating_system)
+        if resolution.baseline is None:
+            continue
+        if resolution.baseline.spec.approve_after_days_from is not None:
+            inventory = store.with_first_seen(inventory, None)
+        group = resolution.group.metadata.name if resolution.group else None
+        result = evaluate(resolution.baseline, inventory, now, patch_group=group)
+        pins = approved_pins(result, inventory.facts.arch)
+        approved.setdefault(resolution.baseline.metadata.name, set()).update(pins)
+    return approved
+
+
+def first_window_open(
+    snapshot: Snapshot, members: Sequence[tuple[str, ...]], now: datetime
+) -> bool:
+    """Whether a window with an Install task that targets a machine of the first stage accepts
+    new tasks now: the moment a cycle's snapshot is frozen."""
+    first = members[0] if members else ()
+    for window in snapshot.windows.values():
+        spec = window.spec
+        if not spec.enabled or not any(t.operation == Operation.INSTALL for t in spec.tasks):
+            continue
+        targeted = any(
+            snapshot.selected_by(
+                spec.targets.patch_groups,
+                spec.targets.selector,
+                snapshot.instances[m].metadata.labels,
+            )
+            for m in first
+        )
+        if targeted and any(o.accepts_new_tasks(now) for o in open_openings(spec, now)):
+            return True
+    return False
+
+
+def gates_of(decision: RolloutDecision, frozen: RolloutSnapshot | None) -> dict[str, RolloutGate]:
+    """Each member's gate: installing when its stage installs and it is not on the snapshot."""
+    gates: dict[str, RolloutGate] = {}
+    for stage in decision.stages:
+        installing = stage.verdict is Verdict.INSTALL
+        for member in stage.members:
+            gate = RolloutGate(
+                decision.rollout,
+                stage.stage,
+                installing and member in stage.to_install,
+                stage.reason,
+                frozen,
+            )
+            gates[member] = gate
+    return gates
