@@ -78,6 +78,7 @@ from reconciler.loop import Clock, Reconciler, TransportFor, configure_logging, 
 from reconciler.loop.common import Emitter, InForce
 from reconciler.loop.endpoints import ListenError, parse_listen
 from reconciler.loop.reboots import RebootSettings
+from reconciler.loop.rollouts import status as rollout_status
 from reconciler.paths import control_character
 from reconciler.plan import Settings
 from reconciler.redaction import redacted
@@ -488,7 +489,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("document", choices=("inventory",))
     p.add_argument("--check", type=Path, help="fail when this file differs from the schema")
     p.set_defaults(handler=_schema)
+    _rollout_parser(sub)
     return parser
+
+
+def _rollout_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``patchctl rollout VERB``: progressive rollouts (docs/rollouts.md); one verb a function."""
+    p = sub.add_parser("rollout", help="progressive rollouts: where each stage stands")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _rollout_status_parser(verbs)
+
+
+def _rollout_status_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = verbs.add_parser(
+        "status", help="each stage's verdict and reason, the snapshot digest and frozen time"
+    )
+    p.add_argument("name", nargs="?", help="one Rollout (default: every one in force)")
+    _loop_args(p)
+    p.add_argument("--now", type=_timestamp, default=None, help="as of this ISO-8601 time")
+    _output_arg(p, "table", "json")
+    p.set_defaults(handler=_rollout_status)
 
 
 def _common_evaluation_args(p: argparse.ArgumentParser) -> None:
@@ -1207,11 +1227,36 @@ def _plan(args: argparse.Namespace) -> int:
             clock=clock,
         )
         reconciler.refresh()
+        # What the next pass's rollouts step would decide, recorded nowhere (plan writes nothing).
+        reconciler.parts.observation.gates = reconciler.parts.rollouts.steer(write=False).gates
         current = reconciler.plan()
         if current is None or reconciler.snapshot is None:
             raise UserError("no valid snapshot: nothing to plan (see the refusal above)")
         render.plan(current, _format(args), sys.stdout, _origins(reconciler.snapshot))
         reconciler.enrolment.close()
+    return EXIT_OK
+
+
+def _rollout_status(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        now = args.now or utc_now()
+        reconciler = _reconciler(
+            args,
+            store,
+            _transports(_ssh_pool(), args.ssh_dir, args.trust_root_scripts),
+            clock=lambda: now,
+        )
+        reconciler.refresh()
+        reconciler.enrolment.close()
+        snapshot = reconciler.snapshot
+        if snapshot is None:
+            raise UserError("no valid snapshot: no rollout to show (see the refusal above)")
+        names = sorted(snapshot.rollouts) if args.name is None else [args.name]
+        if args.name is not None and args.name not in snapshot.rollouts:
+            known = ", ".join(sorted(snapshot.rollouts)) or "none"
+            raise UserError(f"no Rollout named {args.name!r} in force (Rollouts: {known})")
+        found = [rollout_status(store, snapshot, snapshot.rollouts[n], now) for n in names]
+        render.rollout_status(found, _format(args), sys.stdout)
     return EXIT_OK
 
 

@@ -5,6 +5,9 @@ plan says a waiting machine waits for, and the stages' verdicts on the pass summ
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -239,3 +242,58 @@ def test_no_stage_installs_outside_its_own_window(tmp_path: Path) -> None:
     run(reconciler, fleet.clock, at(3, 18))  # prod's turn, but its window closed at 16:00
     assert fleet.patched()["prod"] is False
     assert fleet.patched()["staging"] is True
+
+
+def patchctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", *args],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_rollout_status_and_plan_show_stages_and_the_snapshot(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path)
+    reconciler = fleet.loop()
+    run(reconciler, fleet.clock, DAY1)
+    run(reconciler, fleet.clock, at(1, 12))
+    where = ["--source", str(fleet.config), "--state", str(fleet.state)]
+    when = ["--now", at(2, 8, 0).isoformat()]  # staging's scan not stale yet
+
+    shown = patchctl("rollout", "status", "web", *where, *when, "-o", "json")
+    assert shown.returncode == 0, shown.stderr
+    (web,) = json.loads(shown.stdout)
+    assert web["snapshot"].startswith("sha256:") and web["cycle"] == 1
+    assert web["frozenAt"] == at(1, 12).isoformat()
+    assert [(s["stage"], s["verdict"], s["reason"]) for s in web["stages"]] == [
+        ("dev", "Baking", "stage dev baked 19 h of 24 h"),
+        ("staging", "Waiting", "stage staging waits: stage dev baked 19 h of 24 h"),
+        ("prod", "Waiting", "stage prod waits: stage dev baked 19 h of 24 h"),
+    ]
+    table = patchctl("rollout", "status", *where, *when)
+    assert table.returncode == 0, table.stderr
+    assert f"Rollout web: cycle 1, snapshot {web['snapshot']}" in table.stdout
+    assert "Baking" in table.stdout
+
+    planned = patchctl("plan", *where, *when, "-o", "json")
+    assert planned.returncode == 0, planned.stderr
+    waits = {w["instance"]: w for w in json.loads(planned.stdout)["waits"]}
+    assert waits["staging-1"]["rollout"] == {
+        "name": "web",
+        "stage": "staging",
+        "snapshot": web["snapshot"],
+    }
+    assert waits["staging-1"]["reason"] == (
+        "rollout web: stage staging waits: stage dev baked 19 h of 24 h"
+    )
+    # plan and status record nothing: the store's rollout history is the loop's alone.
+    assert fleet.patched() == {"dev": True, "staging": False, "prod": False}
+
+    unknown = patchctl("rollout", "status", "db", *where, *when)
+    assert unknown.returncode != 0
+    assert unknown.stderr.strip().splitlines() == [
+        "patchctl: no Rollout named 'db' in force (Rollouts: web)"
+    ]

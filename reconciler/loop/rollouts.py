@@ -56,21 +56,23 @@ class RolloutSteering:
     def __init__(self, store: StateStore, in_force: InForce, clock: Clock) -> None:
         self.store, self.in_force, self.clock = store, in_force, clock
 
-    def steer(self) -> Steered:
+    def steer(self, *, write: bool = True) -> Steered:
+        """This pass's decisions; ``write=False`` records nothing (``patchctl plan`` shows what
+        the next pass would do, a freeze included)."""
         snapshot = self.in_force.snapshot
         if snapshot is None or not snapshot.rollouts:
             return Steered()
-        return steer(self.store, snapshot, self.clock())
+        return steer(self.store, snapshot, self.clock(), write=write)
 
 
-def steer(store: StateStore, snapshot: Snapshot, now: datetime) -> Steered:
-    """Every Rollout of ``snapshot`` steered at ``now`` (records what it decides)."""
+def steer(store: StateStore, snapshot: Snapshot, now: datetime, *, write: bool = True) -> Steered:
+    """Every Rollout of ``snapshot`` steered at ``now`` (recording what it decides: ``write``)."""
     decisions: list[RolloutDecision] = []
     gates: dict[str, RolloutGate] = {}
     for name in sorted(snapshot.rollouts):
         rollout = snapshot.rollouts[name]
         members = stage_members(rollout, snapshot)
-        decision, record = decide_and_record(store, snapshot, rollout, members, now)
+        decision, record = decide_and_record(store, snapshot, rollout, members, now, write)
         decisions.append(decision)
         gates.update(gates_of(decision, record.snapshot))
     return Steered(tuple(decisions), gates)

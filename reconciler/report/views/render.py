@@ -28,8 +28,9 @@ from rich.text import Text
 from reconciler.api.enums import PatchState
 from reconciler.evaluation.resolve import Resolution
 from reconciler.evaluation.results import InstanceEvaluation, PatchResult
-from reconciler.plan import OneOffProgress, Plan, Wait
+from reconciler.plan import OneOffProgress, Plan, RolloutGate, Wait
 from reconciler.report.views import csvreport
+from reconciler.rollout import RolloutDecision, RolloutRecord
 
 QUIET_STATES = frozenset({PatchState.INSTALLED, PatchState.INSTALLED_OTHER})
 _STATE_STYLE = {
@@ -288,10 +289,11 @@ def plan(current: Plan, fmt: str, out: IO[str], origins: Mapping[str, str] | Non
             "task": a.task,
             "baseline": a.baseline,
             "pins": list(a.pins),
+            **_rollout_of(current.gates, a.instance),
         }
         for a in current.actions
     ]
-    waits = [_wait_row(w, origins) for w in current.waits]
+    waits = [_wait_row(w, origins, current.gates) for w in current.waits]
     if fmt != "table":
         dump(
             {
@@ -329,8 +331,72 @@ def plan(current: Plan, fmt: str, out: IO[str], origins: Mapping[str, str] | Non
             until = w.until.isoformat() if w.until else "-"
             table.add_row(_with_origin(w.instance, origins), w.reason, until)
         console.print(table)
+    _plan_rollouts(current, out)
     if current.one_offs:
         rows([_one_off_row(p) for p in current.one_offs], fmt, out, title="Patch now")
+
+
+def _plan_rollouts(current: Plan, out: IO[str]) -> None:
+    """The plan's table of each rollout member's rollout, stage and snapshot digest."""
+    if current.gates:
+        gates = [
+            {"instance": name, **_rollout_of(current.gates, name)["rollout"]}
+            for name in sorted(current.gates)
+        ]
+        rows(gates, "table", out, title="Rollouts")
+
+
+def rollout_status(
+    found: Sequence[tuple[RolloutDecision, RolloutRecord]], fmt: str, out: IO[str]
+) -> None:
+    """``patchctl rollout status``: each Rollout's cycle and snapshot, each stage's verdict."""
+    documents = [_rollout_document(decision, record) for decision, record in found]
+    if fmt != "table":
+        dump(documents, fmt, out)
+        return
+    console = _console(out)
+    for document in documents:
+        frozen = document["frozenAt"] or "not frozen yet"
+        console.print(
+            f"Rollout {document['rollout']}: cycle {document['cycle']}, "
+            f"snapshot {document['snapshot'] or '-'} ({frozen})"
+        )
+        table = Table()
+        for column in ("Stage", "Verdict", "Machines", "Why"):
+            table.add_column(column, overflow="fold")
+        for stage in document["stages"]:
+            machines = ", ".join(stage["members"]) or "-"
+            table.add_row(stage["stage"], stage["verdict"], machines, stage["reason"])
+        console.print(table)
+
+
+def _rollout_document(decision: RolloutDecision, record: RolloutRecord) -> dict[str, Any]:
+    frozen = record.snapshot
+    return {
+        "rollout": decision.rollout,
+        "cycle": record.cycle,
+        "snapshot": frozen.digest if frozen else None,
+        "frozenAt": frozen.frozen_at.isoformat() if frozen else None,
+        "halted": record.halted,
+        "stages": [
+            {
+                "stage": stage.stage,
+                "verdict": str(stage.verdict),
+                "reason": stage.reason,
+                "members": list(stage.members),
+                "toInstall": list(stage.to_install),
+            }
+            for stage in decision.stages
+        ],
+    }
+
+
+def _rollout_of(gates: Mapping[str, RolloutGate], instance: str) -> dict[str, Any]:
+    """An instance's rollout, stage and snapshot digest (docs/rollouts.md); {} outside one."""
+    gate = gates.get(instance)
+    if gate is None:
+        return {}
+    return {"rollout": {"name": gate.rollout, "stage": gate.stage, "snapshot": gate.digest or None}}
 
 
 def _one_off_row(progress: OneOffProgress) -> dict[str, Any]:
@@ -346,12 +412,15 @@ def _one_off_row(progress: OneOffProgress) -> dict[str, Any]:
     }
 
 
-def _wait_row(wait: Wait, origins: Mapping[str, str]) -> dict[str, Any]:
+def _wait_row(
+    wait: Wait, origins: Mapping[str, str], gates: Mapping[str, RolloutGate]
+) -> dict[str, Any]:
     return {
         "instance": wait.instance,
         **({"enrolled": origins[wait.instance]} if wait.instance in origins else {}),
         "reason": wait.reason,
         "until": wait.until.isoformat() if wait.until else None,
+        **_rollout_of(gates, wait.instance),
     }
 
 
