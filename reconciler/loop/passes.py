@@ -83,8 +83,9 @@ def rollouts(context: PassContext) -> None:
 def dispatch(context: PassContext) -> None:
     """Plan and start jobs until nothing more can start now (``until_idle``), or one planning
     round otherwise. A slot freed by a succeeding job starts the install the plan queued behind
-    it at once (:func:`_refill`); each completion also triggers a re-plan, for the rest; each
-    plan's skipped and cancelled openings are recorded."""
+    it at once (:func:`_refill`); each completion also triggers a re-plan, for the rest (and
+    steers the rollouts again while a freeze waits for scans); each plan's skipped and cancelled
+    openings are recorded."""
     parts = context.parts
     running: Running = {}
     try:
@@ -100,6 +101,10 @@ def dispatch(context: PassContext) -> None:
                     _settle(context.summary, current)
                     break
                 finished = _collect(context, running)
+                if any(decision.freeze for decision in context.summary.rollouts):
+                    # The freeze waited for the first stage's scans: once they are in, freeze
+                    # and let that stage install in this pass, not in a later run.
+                    rollouts(context)
                 started += _refill(context, pool, running, current, finished, started)
                 if not context.until_idle and not running:
                     break
