@@ -88,6 +88,7 @@ from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.report.publish import PublishError, publish
 from reconciler.report.views import compliance, export, findings, patchnow, render
 from reconciler.report.views.enrolment import enrolment_lines, status_document
+from reconciler.rollout import stage_members
 from reconciler.schedule import describe, openings
 from reconciler.sources import (
     DirectorySource,
@@ -877,6 +878,7 @@ def _validate(args: argparse.Namespace) -> int:
         "ManagedInstance": len(written.instances),
         "ComplianceReport": len(snapshot.reports),
         "InstanceSource": len(snapshot.instance_sources),
+        "Rollout": len(snapshot.rollouts),
     }
     if (args.output or "table") == "table":
         listed = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
@@ -923,8 +925,33 @@ def _explain(args: argparse.Namespace) -> int:
     instance = snapshot.instances.get(args.instance)
     origin = provenance(instance) if instance else None
     text = str(origin) if origin else None
-    render.explanation(result, resolution, args.patch, _format(args), sys.stdout, text)
+    place = _rollout_place(args, snapshot, args.instance)
+    render.explanation(result, resolution, args.patch, _format(args), sys.stdout, text, place)
     return EXIT_OK
+
+
+def _rollout_place(
+    args: argparse.Namespace, snapshot: Snapshot, instance: str
+) -> render.RolloutPlace | None:
+    """The instance's rollout and stage, and with ``--state`` its current cycle's snapshot."""
+    for name, rollout in sorted(snapshot.rollouts.items()):
+        for stage, members in zip(
+            rollout.spec.stages, stage_members(rollout, snapshot), strict=True
+        ):
+            if instance in members:
+                return render.RolloutPlace(name, stage.name, _frozen_digest(args, name))
+    return None
+
+
+def _frozen_digest(args: argparse.Namespace, rollout: str) -> str | None:
+    if not args.state:
+        return None
+    path = _state_path(args)
+    if not path.is_file():  # never create an empty store for a mistyped path
+        raise UserError(f"--state {path}: no such file")
+    with StateStore(path) as store:
+        frozen = store.rollout_record(rollout).snapshot
+    return frozen.digest if frozen else None
 
 
 def _desired(path: Path) -> Snapshot:

@@ -285,9 +285,7 @@ EXAMPLE_DOCS = list(cv.resources(_example_files()))
 
 
 def test_examples_cover_every_kind() -> None:
-    # Validation refuses a Rollout until the loop applies it (issue 15 groundwork), and
-    # examples/ is a source other tests and the docs validate whole: its example comes then.
-    assert {doc["kind"] for _, doc in EXAMPLE_DOCS} == set(KINDS) - {"Rollout"}
+    assert {doc["kind"] for _, doc in EXAMPLE_DOCS} == set(KINDS)
     assert all(doc["apiVersion"] == f"{GROUP}/{VERSION}" for _, doc in EXAMPLE_DOCS)
 
 

@@ -289,6 +289,20 @@ def test_rollout_status_and_plan_show_stages_and_the_snapshot(tmp_path: Path) ->
     assert waits["staging-1"]["reason"] == (
         "rollout web: stage staging waits: stage dev baked 19 h of 24 h"
     )
+    with StateStore(fleet.state) as store:
+        scan = store.latest_scan("dev-1")
+    assert scan is not None
+    inventory = tmp_path / "dev-1.json"
+    inventory.write_text(json.dumps(scan.inventory))
+    explained = patchctl("explain", "dev-1", *where, "--inventory", str(inventory), "-o", "json")
+    assert explained.returncode == 0, explained.stderr
+    assert json.loads(explained.stdout)["rollout"] == {
+        "name": "web",
+        "stage": "dev",
+        "snapshot": web["snapshot"],
+    }
+    table = patchctl("explain", "dev-1", *where, "--inventory", str(inventory))
+    assert f"rollout:     web, stage dev, snapshot {web['snapshot']}" in table.stdout
     # plan and status record nothing: the store's rollout history is the loop's alone.
     assert fleet.patched() == {"dev": True, "staging": False, "prod": False}
 

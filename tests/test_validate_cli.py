@@ -156,6 +156,7 @@ def test_examples_validate() -> None:
             "ManagedInstance",
             "ComplianceReport",
             "InstanceSource",
+            "Rollout",
         )
         if counts[kind]
     )

@@ -17,6 +17,7 @@ import contextlib
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import IO, Any
 
 import yaml
@@ -187,9 +188,10 @@ def explanation(
     fmt: str,
     out: IO[str],
     origin: str | None = None,
+    place: RolloutPlace | None = None,
 ) -> None:
     """Why a group and baseline apply to an instance, and the reason behind each patch's state;
-    ``origin``: where a generated instance comes from."""
+    ``origin``: where a generated instance comes from; ``place``: its rollout stage, if any."""
     patches = [p for p in result.patches if patch is None or p.name == patch]
     skipped = [n for n in result.not_approved if patch is None or n.name == patch]
     if fmt != "table":
@@ -200,6 +202,8 @@ def explanation(
         data["baselineReason"] = resolution.baseline_reason
         if origin is not None:
             data["enrolled"] = origin
+        if place is not None:
+            data["rollout"] = place.document()
         dump(data, fmt, out)
         return
     console = _console(out)
@@ -209,6 +213,8 @@ def explanation(
     console.print(f"  patch group: {result.patch_group or '-'} — {resolution.group_reason}")
     console.print(f"  baseline:    {result.baseline} — {resolution.baseline_reason}")
     console.print(f"  status:      {result.summary.compliance_status}")
+    if place is not None:
+        console.print(f"  rollout:     {place}")
     if patches:
         console.print(_patch_table(result, patches))
     if skipped:
@@ -389,6 +395,22 @@ def _rollout_document(decision: RolloutDecision, record: RolloutRecord) -> dict[
             for stage in decision.stages
         ],
     }
+
+
+@dataclass(frozen=True)
+class RolloutPlace:
+    """An instance's place in a rollout, as ``explain`` shows it."""
+
+    rollout: str
+    stage: str
+    snapshot: str | None
+    """The current cycle's snapshot digest (None: not frozen yet, or no state read)."""
+
+    def document(self) -> dict[str, Any]:
+        return {"name": self.rollout, "stage": self.stage, "snapshot": self.snapshot}
+
+    def __str__(self) -> str:
+        return f"{self.rollout}, stage {self.stage}, snapshot {self.snapshot or '-'}"
 
 
 def _rollout_of(gates: Mapping[str, RolloutGate], instance: str) -> dict[str, Any]:
