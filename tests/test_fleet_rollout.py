@@ -13,6 +13,7 @@ the next run without a reinstall and without restarting the bake.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -31,7 +32,7 @@ from tests.fleet import API, BASELINE, BASELINE_YAML, documents, dpkg_installs, 
 from tests.git_servers import free_port
 from tests.netfleet import FLEET_SKIP, SECURITY, Fleet, Machine
 from tests.test_fleet_e2e import health_check
-from tests.test_loop_e2e import PATCHCTL, ROOT, reconcile_cli
+from tests.test_loop_e2e import PATCHCTL, ROOT, patchctl, reconcile_cli
 from tests.test_rollout_loop_gaps import NEWER_LIB
 from tests.waiting import tail_of, wait_until
 
@@ -123,6 +124,17 @@ def reconcile_at(
     return reconcile_cli(
         str(config), state, "--ssh-dir", str(fleet.directory), "--now", now.isoformat(), *extra
     )
+
+
+def status(config: Path, state: Path, fleet: Fleet, now: datetime) -> list[tuple[str, str, str]]:
+    """``patchctl rollout status`` as of ``now``: each stage's (name, verdict, reason)."""
+    shown = patchctl(
+        "rollout", "status", ROLLOUT, "--source", str(config), "--state", str(state),
+        "--ssh-dir", str(fleet.directory), "--now", now.isoformat(), "-o", "json",
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    (rollout,) = json.loads(shown.stdout)
+    return [(s["stage"], s["verdict"], s["reason"]) for s in rollout["stages"]]
 
 
 def on(machines: dict[str, Machine], versions: dict[str, str]) -> list[str]:
@@ -219,7 +231,11 @@ def test_a_health_check_failing_on_one_dev_machine_halts_the_rollout_before_stag
     with StateStore(state) as store:
         record = store.rollout_record(ROLLOUT)
         assert {j.instance for j in store.jobs() if j.operation == "Install"} == {"m01", "m02"}
-    assert record.halted == "halted: 1 of 2 dev machines failed health checks, limit 40%"
+    halted = "halted: 1 of 2 dev machines failed health checks, limit 40%"
+    assert record.halted == halted
+    assert status(config, state, fleet, T0 + timedelta(hours=5)) == [
+        (ring, "Halted", halted) for ring in RINGS
+    ]
 
 
 def test_a_run_killed_in_the_middle_of_a_bake_continues_it_without_a_reinstall(
@@ -250,9 +266,13 @@ def test_a_run_killed_in_the_middle_of_a_bake_continues_it_without_a_reinstall(
     with StateStore(state) as store:
         finished = {n: r.finished_at for n, r in store.rollout_record(ROLLOUT).results.items()}
 
-    # An hour into dev's bake of two: the restart neither reinstalls dev nor promotes.
-    reconcile_at(config, state, fleet, T0 + timedelta(hours=1))
+    # An hour into dev's bake of two: the restart neither reinstalls dev nor promotes, and the
+    # operator sees the bake where it was.
+    restart = max(finished.values()) + timedelta(hours=1, minutes=5)
+    reconcile_at(config, state, fleet, restart)
     assert on(machines, SNAPSHOT) == list(dev)
+    dev_status = status(config, state, fleet, restart)[0]
+    assert dev_status == ("dev", "Baking", "stage dev baked 1 h of 2 h")
     # Two hours after dev's installs finished (not after the restart): staging installs.
     reconcile_at(config, state, fleet, max(finished.values()) + timedelta(hours=2, minutes=1))
     assert on(machines, SNAPSHOT) == [*dev, *RINGS["staging"]]
