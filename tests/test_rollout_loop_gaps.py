@@ -1,5 +1,6 @@
 """Gaps of the rollout loop found while putting it on the SSH test fleet
-(tests/test_fleet_rollout.py), held here on real apt roots (tests/test_rollout_loop.py's three stages, a clock the test sets):
+(tests/test_fleet_rollout.py), held here on real apt roots (tests/test_rollout_loop.py's three
+stages, a clock the test sets):
 
 - the loop first meets its machines inside the first stage's window: the freeze waits for the
   first stage's scans, and once they are in, the same pass freezes and installs (a single
