@@ -47,7 +47,7 @@ from reconciler.api.oneoff import (
     targeted,
 )
 from reconciler.api.overrides import read_install_override_list
-from reconciler.api.resources import ManagedInstance, PatchBaseline, WindowTask
+from reconciler.api.resources import ManagedInstance, PatchBaseline, RolloutStage, WindowTask
 from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot
 from reconciler.defaults import predefined_baselines
 from reconciler.dispatch import (
@@ -88,7 +88,13 @@ from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.report.publish import PublishError, publish
 from reconciler.report.views import compliance, export, findings, patchnow, render
 from reconciler.report.views.enrolment import enrolment_lines, status_document
-from reconciler.rollout import stage_members
+from reconciler.rollout import (
+    RolloutRecord,
+    approved,
+    digest_matches,
+    short_digest,
+    stage_members,
+)
 from reconciler.schedule import describe, openings
 from reconciler.sources import (
     DirectorySource,
@@ -496,9 +502,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _rollout_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``patchctl rollout VERB``: progressive rollouts (docs/rollouts.md); one verb a function."""
-    p = sub.add_parser("rollout", help="progressive rollouts: where each stage stands")
+    p = sub.add_parser(
+        "rollout", help="progressive rollouts: where each stage stands; approve, resume, abort"
+    )
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     _rollout_status_parser(verbs)
+    _rollout_operator_parsers(verbs)
 
 
 def _rollout_status_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -546,6 +555,16 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
 
 
 def _loop_args(p: argparse.ArgumentParser, *, source_required: bool = True) -> None:
+    _source_args(p, source_required=source_required)
+    _state_arg(p)
+    p.add_argument(
+        "--stale-after", type=_hours, default=24.0, help="hours after which a scan is redone"
+    )
+    _s3_endpoint_arg(p)
+    _resource_file_args(p)
+
+
+def _source_args(p: argparse.ArgumentParser, *, source_required: bool = True) -> None:
     p.add_argument(
         "--source",
         required=source_required,
@@ -567,12 +586,6 @@ def _loop_args(p: argparse.ArgumentParser, *, source_required: bool = True) -> N
         metavar="ALLOWED_SIGNERS",
         help="refuse revisions whose head commit is not SSH-signed by an allowed signer",
     )
-    _state_arg(p)
-    p.add_argument(
-        "--stale-after", type=_hours, default=24.0, help="hours after which a scan is redone"
-    )
-    _s3_endpoint_arg(p)
-    _resource_file_args(p)
 
 
 def _clock_start_arg(p: argparse.ArgumentParser) -> None:
@@ -1959,17 +1972,21 @@ def _patch_now_task_args(p: argparse.ArgumentParser) -> None:
         help="copy the hooks and health checks of this window's task",
     )
     p.add_argument("--note", metavar="TEXT", help="why (kept with the request and audited)")
-    p.add_argument(
-        "--requested-by",
-        metavar="NAME",
-        help="who asks, when not the operating-system user (both are recorded)",
-    )
+    _requested_by_arg(p)
     p.add_argument(
         "--start-within",
         type=_minutes,
         default=START_WITHIN_MINUTES,
         metavar="MINUTES",
         help=f"drop the request if no job of it started by then (default {START_WITHIN_MINUTES})",
+    )
+
+
+def _requested_by_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--requested-by",
+        metavar="NAME",
+        help="who asks, when not the operating-system user (both are recorded)",
     )
 
 
@@ -2200,4 +2217,177 @@ def _patch_now_cancel(args: argparse.Namespace) -> int:
         )
         final = store.one_off(record.id) or record
         patchnow.outcome(final, store.one_off_jobs([record.id]), _format(args), sys.stdout)
+    return EXIT_OK
+
+
+# -- rollout operator controls (docs/rollouts.md "Manual approval", "Resume and abort") ---------
+
+
+def _rollout_operator_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``approve``, ``resume`` and ``abort`` under ``patchctl rollout``."""
+    p = verbs.add_parser(
+        "approve", help="approve the current cycle's snapshot for a stage that requires approval"
+    )
+    p.add_argument("name", help="the Rollout")
+    p.add_argument("--stage", required=True, help="the stage with requiresApproval: true")
+    p.add_argument(
+        "--snapshot",
+        metavar="DIGEST",
+        help="refuse unless this is the current snapshot (its digest or first 7+ hex digits)",
+    )
+    _source_args(p)
+    _rollout_operator_args(p, handler=_rollout_approve)
+    p = verbs.add_parser("resume", help="a halted rollout continues; its failures are tried again")
+    p.add_argument("name", help="the Rollout")
+    _rollout_operator_args(p, handler=_rollout_resume)
+    p = verbs.add_parser(
+        "abort", help="end the current cycle: no stage installs more of its snapshot"
+    )
+    p.add_argument("name", help="the Rollout")
+    _rollout_operator_args(p, handler=_rollout_abort)
+
+
+def _rollout_operator_args(
+    p: argparse.ArgumentParser, handler: Callable[[argparse.Namespace], int]
+) -> None:
+    p.add_argument("--reason", metavar="TEXT", help="why (recorded and audited)")
+    _requested_by_arg(p)
+    _state_arg(p)
+    _audit_log_arg(p)
+    _output_arg(p, "table", "json")
+    p.set_defaults(handler=handler)
+
+
+def _rollout_approve(args: argparse.Namespace) -> int:
+    with _store(args) as store, _audit_log(args, store) as log:
+        record = _rollout_in_cycle(store, args.name, "approve")
+        in_force = _current_snapshot(args, store)
+        assert in_force.snapshot is not None and record.snapshot is not None
+        stage = _approval_stage(in_force.snapshot, args.name, args.stage, record)
+        digest = record.snapshot.digest
+        if args.snapshot is not None and not digest_matches(digest, args.snapshot):
+            raise UserError(
+                f"rollout {args.name}: snapshot {args.snapshot} is not the current one (cycle "
+                f"{record.cycle}'s is {short_digest(digest)}); nothing recorded"
+            )
+        who, now = _rollout_who(args), utc_now()
+        store.record_rollout_approval(args.name, stage.name, digest, now=now, by=who)
+        change = _rollout_change(args, "approve", record, who, stage=stage.name)
+        _rollout_audit(log, now, in_force.revision, change)
+    return _rollout_print(
+        args, change, f"stage {stage.name} approved for snapshot {short_digest(digest)}"
+    )
+
+
+def _approval_stage(
+    snapshot: Snapshot, name: str, stage_name: str, record: RolloutRecord
+) -> RolloutStage:
+    """The stage ``patchctl rollout approve`` names, when approving it makes sense."""
+    rollout = snapshot.rollouts.get(name)
+    if rollout is None:
+        known = ", ".join(sorted(snapshot.rollouts)) or "none"
+        raise UserError(f"--source has no Rollout {name} (it has: {known}); nothing recorded")
+    stages = {stage.name: stage for stage in rollout.spec.stages}
+    stage = stages.get(stage_name)
+    if stage is None:
+        raise UserError(
+            f"rollout {name} has no stage {stage_name} (stages: {', '.join(stages)}); "
+            "nothing recorded"
+        )
+    if not stage.requires_approval:
+        raise UserError(
+            f"stage {stage_name} of rollout {name} needs no approval (it has no "
+            "requiresApproval: true); nothing recorded"
+        )
+    if approved(stage, record):
+        raise UserError(
+            f"stage {stage_name} is already approved for snapshot "
+            f"{short_digest(record.snapshot.digest if record.snapshot else '')}; nothing recorded"
+        )
+    return stage
+
+
+def _rollout_resume(args: argparse.Namespace) -> int:
+    with _store(args) as store, _audit_log(args, store) as log:
+        record = _rollout_in_cycle(store, args.name, "resume")
+        if record.halted is None:
+            raise UserError(f"rollout {args.name} is not halted: nothing to resume")
+        who, now = _rollout_who(args), utc_now()
+        store.record_rollout_resume(args.name, now=now, by=who)
+        change = {**_rollout_change(args, "resume", record, who), "halted": record.halted}
+        _rollout_audit(log, now, None, change)
+    return _rollout_print(
+        args, change, f"resumed; its failures are tried again (was {record.halted})"
+    )
+
+
+def _rollout_abort(args: argparse.Namespace) -> int:
+    with _store(args) as store, _audit_log(args, store) as log:
+        record = _rollout_in_cycle(store, args.name, "abort")
+        who, now = _rollout_who(args), utc_now()
+        store.record_rollout_abort(args.name, now=now, by=who)
+        change = _rollout_change(args, "abort", record, who)
+        _rollout_audit(log, now, None, change)
+    then = "the next freezes when the first stage's window next opens"
+    return _rollout_print(args, change, f"cycle {record.cycle} aborted; {then}")
+
+
+def _rollout_in_cycle(store: StateStore, name: str, action: str) -> RolloutRecord:
+    """The rollout's record, when it has a cycle in progress that ``action`` can change."""
+    known = store.rollouts_known()
+    if name not in known:
+        raise UserError(
+            f"no rollout {name} in the state store (rollouts with a cycle: "
+            f"{', '.join(known) or 'none'}); nothing to {action}"
+        )
+    record = store.rollout_record(name)
+    if record.aborted_at is not None:
+        raise UserError(
+            f"rollout {name}'s cycle {record.cycle} was aborted: nothing to {action} until the "
+            "next cycle freezes"
+        )
+    return record
+
+
+def _rollout_who(args: argparse.Namespace) -> dict[str, Any]:
+    os_user = _os_user()
+    return {
+        "by": _words("--requested-by", args.requested_by, 128) or os_user,
+        "osUser": os_user,
+        "reason": _words("--reason", args.reason, 500),
+    }
+
+
+def _rollout_change(
+    args: argparse.Namespace,
+    action: str,
+    record: RolloutRecord,
+    who: dict[str, Any],
+    stage: str | None = None,
+) -> dict[str, Any]:
+    digest = record.snapshot.digest if record.snapshot else None
+    return {
+        "rollout": args.name,
+        "action": action,
+        "cycle": record.cycle,
+        "snapshot": digest,
+        **({"stage": stage} if stage else {}),
+        **who,
+    }
+
+
+def _rollout_audit(
+    log: audit.AuditLog, now: datetime, revision: str | None, change: dict[str, Any]
+) -> None:
+    occurrence = Occurrence(
+        kind=Kind.ROLLOUT_OPERATOR, time=now, revision=revision, author=change["by"], detail=change
+    )
+    log(occurrence)
+
+
+def _rollout_print(args: argparse.Namespace, change: dict[str, Any], what: str) -> int:
+    if _format(args) == "json":
+        print(json.dumps(change, indent=2))
+    else:
+        print(f"rollout {args.name}: {what} (by {change['by']})")
     return EXIT_OK

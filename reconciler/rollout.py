@@ -65,6 +65,18 @@ class RolloutSnapshot:
         return held, later
 
 
+def short_digest(digest: str) -> str:
+    """``3f9c1a2``: the first 7 hex digits, as people quote a snapshot."""
+    return digest.removeprefix("sha256:")[:7]
+
+
+def digest_matches(digest: str, given: str) -> bool:
+    """Whether ``given`` (a digest, or a prefix of at least 7 hex digits, with or without
+    ``sha256:``) names the snapshot ``digest``."""
+    wanted = given.lower().removeprefix("sha256:")
+    return len(wanted) >= 7 and digest.removeprefix("sha256:").startswith(wanted)
+
+
 def freeze(approved: Mapping[str, Iterable[str]], at: datetime) -> RolloutSnapshot:
     """The snapshot of ``approved`` (baseline -> pins, the union of
     :func:`reconciler.evaluation.pins.approved_pins` over the baseline's instances) at ``at``."""
@@ -113,20 +125,45 @@ class RolloutRecord:
     """Instance name -> its latest result in this cycle."""
     halted: str | None = None
     """Why the rollout halted; it stays halted until resumed."""
+    resume_token: str | None = None
+    """The Rollout's ``resumeToken`` when it halted ("" for none; None: not recorded, so only
+    ``patchctl rollout resume`` resumes it)."""
+    approvals: frozenset[str] = frozenset()
+    """Stages approved by hand (``patchctl rollout approve``) for this cycle's snapshot."""
+    aborted_at: datetime | None = None
+    """When the cycle was ended by hand: no stage installs its snapshot any more."""
+    resumed_at: datetime | None = None
+    """When it was last resumed: what finished before (the failures) is not folded again."""
 
     def start_cycle(self, snapshot: RolloutSnapshot) -> RolloutRecord:
+        # A new snapshot: approvals, halts and an abort were of the last one.
         return RolloutRecord(self.cycle + 1, snapshot)
 
     def with_result(self, instance: str, result: MachineResult) -> RolloutRecord:
         return replace(self, results=MappingProxyType({**self.results, instance: result}))
 
-    def halt(self, reason: str) -> RolloutRecord:
-        return replace(self, halted=reason)
+    def halt(self, reason: str, resume_token: str | None = None) -> RolloutRecord:
+        return replace(self, halted=reason, resume_token=resume_token)
 
-    def resume(self) -> RolloutRecord:
-        """Resumed: halted no more, and the failures that halted it forgotten (tried again)."""
+    def resume(self, at: datetime | None = None) -> RolloutRecord:
+        """Resumed (at ``at``): halted no more, and the failures that halted it forgotten
+        (tried again)."""
         kept = {i: r for i, r in self.results.items() if r.outcome not in FAILURES}
-        return replace(self, halted=None, results=MappingProxyType(kept))
+        resumed_at = at or self.resumed_at
+        results = MappingProxyType(kept)
+        return replace(self, halted=None, resume_token=None, results=results, resumed_at=resumed_at)
+
+    def approve(self, stage: str) -> RolloutRecord:
+        return replace(self, approvals=self.approvals | {stage})
+
+    def abort(self, at: datetime) -> RolloutRecord:
+        return replace(self, aborted_at=at)
+
+    def resumed_by(self, token: str | None) -> bool:
+        """Whether a Rollout whose ``resumeToken`` is ``token`` resumes this halted record: the
+        token changed since the halt (a commit that says "resume", reviewable in Git)."""
+        known = self.halted is not None and self.resume_token is not None
+        return known and (token or "") != self.resume_token
 
 
 class Verdict(StrEnum):
@@ -135,6 +172,8 @@ class Verdict(StrEnum):
     BAKING = "Baking"
     BAKED = "Baked"
     WAITING = "Waiting"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    """Its turn, but a person has not approved this cycle's snapshot for it yet."""
     HALTED = "Halted"
 
 
@@ -156,7 +195,10 @@ class RolloutDecision:
     freeze: bool = False
     """Freeze a new snapshot now (the first stage's window opened, no cycle in progress)."""
     halt: str | None = None
-    """A new halt to record, with its reason."""
+    """A new halt to record, with its reason (and ``resume_token``, the Rollout's token now)."""
+    resume_token: str = ""
+    resume: bool = False
+    """Record a resume: the Rollout's ``resumeToken`` changed since the halt."""
 
     @property
     def installing(self) -> frozenset[str]:
@@ -187,13 +229,34 @@ def decide(
     record: RolloutRecord,
     first_window_open: bool,
     now: datetime,
+    opened_at: datetime | None = None,
 ) -> RolloutDecision:
-    """What each stage does now, and why the others wait."""
+    """What each stage does now, and why the others wait. ``opened_at``: when the first stage's
+    open window opened; after an abort only an opening later than the abort freezes again."""
     name, stages = rollout.metadata.name, rollout.spec.stages
-    if record.snapshot is None or _complete(stages, members, record, now):
+    if record.snapshot is None or record.aborted_at is not None:
+        if record.aborted_at is not None:
+            first_window_open = first_window_open and _after(opened_at, record.aborted_at)
         return _between_cycles(rollout, members, record, first_window_open)
+    if _complete(stages, members, record, now):
+        return _between_cycles(rollout, members, record, first_window_open)
+    token = rollout.spec.resume_token or ""
+    if record.resumed_by(rollout.spec.resume_token):
+        return replace(decide(rollout, members, record.resume(), False, now), resume=True)
     if record.halted is not None:
         return RolloutDecision(name, _all(stages, members, Verdict.HALTED, record.halted))
+    return replace(_stages(rollout, members, record, now), resume_token=token)
+
+
+def _after(opened_at: datetime | None, aborted_at: datetime) -> bool:
+    # Unknown opening: wait, rather than re-freeze at once what was just aborted.
+    return opened_at is not None and opened_at > aborted_at
+
+
+def _stages(
+    rollout: Rollout, members: Sequence[tuple[str, ...]], record: RolloutRecord, now: datetime
+) -> RolloutDecision:
+    name, stages = rollout.metadata.name, rollout.spec.stages
     decided: list[StageDecision] = []
     waits: str | None = None  # why the stages after an unbaked one wait
     for stage, mine in zip(stages, members, strict=True):
@@ -205,7 +268,7 @@ def decide(
             why = f"stage {stage.name} waits: {waits}"
             decided.append(StageDecision(stage.name, Verdict.WAITING, why, mine))
             continue
-        verdict, reason = _progress(stage, mine, record, now)
+        verdict, reason = _approval(rollout, stage, record) or _progress(stage, mine, record, now)
         pending = _not_on_snapshot(mine, record) if verdict is Verdict.INSTALL else ()
         decided.append(StageDecision(stage.name, verdict, reason, mine, pending))
         if verdict is not Verdict.BAKED:
@@ -227,8 +290,36 @@ def _between_cycles(
     if record.snapshot is None:
         why = f"no snapshot yet: frozen when stage {first}'s window opens"
         return RolloutDecision(name, _all(stages, members, Verdict.WAITING, why))
+    if record.aborted_at is not None:
+        why = f"cycle {record.cycle} aborted; the next freezes when stage {first}'s window "
+        why += "next opens"
+        return RolloutDecision(name, _all(stages, members, Verdict.WAITING, why))
     done = f"cycle {record.cycle} done; the next freezes when stage {first}'s window opens"
     return RolloutDecision(name, _all(stages, members, Verdict.BAKED, done))
+
+
+def approved(stage: RolloutStage, record: RolloutRecord) -> bool:
+    """Whether ``stage`` may install the cycle's snapshot as far as approval goes: it needs
+    none, a commit names the snapshot (``approvedSnapshot``), or it was approved by hand in
+    this cycle."""
+    if not stage.requires_approval or stage.name in record.approvals:
+        return True
+    given, snapshot = stage.approved_snapshot, record.snapshot
+    return given is not None and snapshot is not None and digest_matches(snapshot.digest, given)
+
+
+def _approval(
+    rollout: Rollout, stage: RolloutStage, record: RolloutRecord
+) -> tuple[Verdict, str] | None:
+    # Asked only once the stages before are baked: an approval never shortens their bake.
+    if approved(stage, record):
+        return None
+    assert record.snapshot is not None
+    return Verdict.AWAITING_APPROVAL, (
+        f"stage {stage.name} awaits approval of snapshot {short_digest(record.snapshot.digest)}: "
+        f"`patchctl rollout approve {rollout.metadata.name} --stage {stage.name}` or "
+        "approvedSnapshot in Git"
+    )
 
 
 def _all(

@@ -322,3 +322,109 @@ def test_a_snapshot_freezes_installed_and_missing_approved_versions() -> None:
     assert pins_for(result, "amd64") == ("openssl=3.0.2-2",)
     # curl is on the machine already: a later stage without it still gets exactly this version.
     assert sorted(approved_pins(result, "amd64")) == ["curl=7.81-1", "openssl=3.0.2-2"]
+
+
+# -- operator controls: manual approval, resume, abort -------------------------------------------
+
+
+def gated(bake: str = "48h", approved: str | None = None) -> Rollout:
+    prod = {**stage("prod"), "requiresApproval": True}
+    if approved is not None:
+        prod["approvedSnapshot"] = approved
+    return rollout(stage("dev", bake), prod)
+
+
+def test_a_stage_that_requires_approval_waits_for_it_after_the_bake_then_installs() -> None:
+    dev, prod = machines("dev", 2), machines("prod", 2)
+    record = on_snapshot(started(), dev, T0 + HOUR)
+    short = record.snapshot.digest.removeprefix("sha256:")[:7] if record.snapshot else ""
+    # Approved early, by hand: the approval does not shorten dev's bake.
+    early = decide(gated(), (dev, prod), record.approve("prod"), False, T0 + 32 * HOUR)
+    assert early.installing == frozenset()
+    assert verdicts(early)["prod"][1] == "stage prod waits: stage dev baked 31 h of 48 h"
+    waiting = decide(gated(), (dev, prod), record, False, T0 + 49 * HOUR)
+    assert waiting.installing == frozenset()
+    assert verdicts(waiting)["prod"] == (
+        Verdict.AWAITING_APPROVAL,
+        f"stage prod awaits approval of snapshot {short}: "
+        "`patchctl rollout approve web --stage prod` or approvedSnapshot in Git",
+    )
+    by_hand = decide(gated(), (dev, prod), record.approve("prod"), False, T0 + 49 * HOUR)
+    assert by_hand.installing == frozenset(prod)
+    by_commit = decide(gated(approved=short), (dev, prod), record, False, T0 + 49 * HOUR)
+    assert by_commit.installing == frozenset(prod)
+    other = decide(gated(approved="0123456789"), (dev, prod), record, False, T0 + 49 * HOUR)
+    assert other.installing == frozenset()
+
+
+def test_an_approval_by_hand_is_for_its_cycle_only() -> None:
+    dev, prod = machines("dev", 1), machines("prod", 1)
+    approved = on_snapshot(started().approve("prod"), dev, T0 + HOUR)
+    newer = freeze({"debian": ["openssl=3.0.2"]}, T0 + 90 * HOUR)
+    record = on_snapshot(approved.start_cycle(newer), dev, T0 + 91 * HOUR)
+    decision = decide(gated("0m"), (dev, prod), record, False, T0 + 92 * HOUR)
+    assert verdicts(decision)["prod"][0] is Verdict.AWAITING_APPROVAL
+    assert decision.installing == frozenset()
+
+
+def test_an_abort_ends_the_cycle_until_the_first_stage_window_opens_again() -> None:
+    dev, prod = machines("dev", 2), machines("prod", 2)
+    aborted = started().abort(T0 + HOUR)
+    during = decide(DEV_PROD, (dev, prod), aborted, True, T0 + 2 * HOUR, opened_at=T0)
+    assert during.installing == frozenset() and not during.freeze
+    assert verdicts(during)["dev"] == (
+        Verdict.WAITING,
+        "cycle 1 aborted; the next freezes when stage dev's window next opens",
+    )
+    unknown = decide(DEV_PROD, (dev, prod), aborted, True, T0 + 2 * HOUR)
+    assert not unknown.freeze  # an opening of unknown start could be the aborted one's
+    again = decide(DEV_PROD, (dev, prod), aborted, True, T0 + 25 * HOUR, opened_at=T0 + 24 * HOUR)
+    assert again.freeze
+    assert RolloutRecord().start_cycle(freeze({}, T0)).start_cycle(freeze({}, T0)).cycle == 2
+
+
+def test_a_commit_that_changes_the_resume_token_resumes_a_halted_rollout() -> None:
+    dev, prod = machines("dev", 1), machines("prod", 1)
+    failed = started().with_result(dev[0], MachineResult(Outcome.FAILED, T0 + HOUR))
+    plain = rollout(stage("dev"), stage("prod"))
+    halting = decide(plain, (dev, prod), failed, False, T0 + 2 * HOUR)
+    assert halting.halt is not None and halting.resume_token == ""
+    halted = failed.halt(halting.halt, halting.resume_token)
+    assert decide(plain, (dev, prod), halted, False, T0 + 3 * HOUR).installing == frozenset()
+    tokened = Rollout.model_validate(
+        {**plain.to_wire(), "spec": {**plain.to_wire()["spec"], "resumeToken": "INC-42"}}
+    )
+    resumed = decide(tokened, (dev, prod), halted, False, T0 + 3 * HOUR)
+    assert resumed.resume and resumed.installing == frozenset(dev)  # the failure is tried again
+    # A halt recorded without the token (by hand only) is not resumed by a commit.
+    untold = failed.halt(halting.halt)
+    assert not decide(tokened, (dev, prod), untold, False, T0 + 3 * HOUR).resume
+
+
+APPROVE = st.one_of(st.none(), st.integers(min_value=0, max_value=3))
+ABORT = st.sampled_from([False] * 19 + [True])  # rare, so cycles run on before one
+
+
+@settings(max_examples=200, deadline=None)
+@given(fleets(), st.lists(st.tuples(STEP, APPROVE, ABORT), min_size=1, max_size=60))
+def test_approvals_never_skip_a_bake_and_an_abort_stops_all_installs(
+    fleet: Fleet, steps: list[tuple[tuple[int, bool, bool, list[Outcome]], int | None, bool]]
+) -> None:
+    wire = fleet.plan.to_wire()
+    for index in range(1, len(wire["spec"]["stages"])):
+        wire["spec"]["stages"][index]["requiresApproval"] = index % 2 == 1
+    fleet.plan = Rollout.model_validate(wire)
+    aborted: dict[int, int] = {}  # cycle -> installs started before its abort
+    for (hours, window, release, outcomes), approve, abort in steps:
+        if approve is not None and approve < len(fleet.members):
+            fleet.record = fleet.record.approve(f"s{approve}")
+        if abort and fleet.record.snapshot is not None and fleet.record.cycle not in aborted:
+            aborted[fleet.record.cycle] = len(fleet.installs)
+            fleet.record = fleet.record.abort(fleet.now)
+        step(fleet, hours, window, release, outcomes)
+    check(fleet)
+    for place, (_when, _index, _machine, _pins, cycle) in enumerate(fleet.installs):
+        assert cycle not in aborted or place < aborted[cycle], "installed after the abort"
+    approved_installed = any(index % 2 == 1 for _, index, *_ in fleet.installs)
+    event(f"a stage that requires approval installed: {approved_installed}")
+    event(f"aborted: {bool(aborted)}")

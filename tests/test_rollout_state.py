@@ -84,3 +84,32 @@ def test_the_history_is_append_only_and_an_edited_snapshot_is_refused(tmp_path: 
     # ...and then the store says so instead of handing the planner versions nobody baked.
     with StateStore(path) as store, pytest.raises(StoreUnusable, match="does not match"):
         store.rollout_record("web")
+
+
+def test_approvals_aborts_and_halt_tokens_fold_into_their_cycle_only(tmp_path: Path) -> None:
+    by = {"by": "alice", "osUser": "root", "reason": "CAB-7"}
+    with StateStore(tmp_path / "state.db") as store:
+        store.record_rollout_cycle("web", SNAPSHOT, now=T0)
+        store.record_rollout_approval("web", "prod", SNAPSHOT.digest, now=T0 + HOUR, by=by)
+        store.record_rollout_approval("web", "qa", "sha256:0000000", now=T0 + HOUR, by=by)
+        store.record_rollout_halt("web", "halted: x", now=T0 + 2 * HOUR, resume_token="INC-1")
+        record = store.rollout_record("web")
+        assert record.approvals == {"prod"}  # the row naming another snapshot does not count
+        assert (record.halted, record.resume_token) == ("halted: x", "INC-1")
+        store.record_rollout_resume("web", now=T0 + 3 * HOUR, by=by)
+        store.record_rollout_abort("web", now=T0 + 4 * HOUR, by=by)
+        aborted = store.rollout_record("web")
+        assert aborted.aborted_at == T0 + 4 * HOUR and aborted.halted is None
+        assert decide(DEV_PROD, (("dev-1",), ()), aborted, False, T0 + 5 * HOUR).installing == (
+            frozenset()
+        )
+        later = freeze({"debian": ["openssl=3.0.2-3"]}, T0 + 9 * HOUR)
+        store.record_rollout_cycle("web", later, now=T0 + 9 * HOUR)
+        assert store.rollout_record("web") == RolloutRecord(2, later)
+        assert store.rollouts_known() == ["web"]
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        events = [e for (e,) in conn.execute("SELECT event FROM rollout_history ORDER BY id")]
+    assert events == [
+        *("CycleStarted", "Approved", "Approved", "Halted", "Resumed", "Aborted"),
+        "CycleStarted",
+    ]

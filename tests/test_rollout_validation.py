@@ -47,6 +47,15 @@ def test_a_valid_rollout_is_accepted() -> None:
     files = [("groups.yaml", GROUPS.encode()), ("rollout.yaml", ROLLOUT.encode())]
     snapshot = build_snapshot(files, predefined={})
     assert [stage.name for stage in snapshot.rollouts["web"].spec.stages] == ["dev", "prod"]
+    # Manual approval too: the planner waits for it (docs/rollouts.md "Manual approval").
+    gated = "      patchGroups: [prod]\n      requiresApproval: true\n"
+    gated += "      approvedSnapshot: 3f9c1a2\n"
+    files = [
+        ("groups.yaml", GROUPS.encode()),
+        ("rollout.yaml", ROLLOUT.replace("      patchGroups: [prod]\n", gated).encode()),
+    ]
+    prod = build_snapshot(files, predefined={}).rollouts["web"].spec.stages[1]
+    assert prod.requires_approval and prod.approved_snapshot == "3f9c1a2"
 
 
 @pytest.mark.parametrize(
@@ -54,9 +63,22 @@ def test_a_valid_rollout_is_accepted() -> None:
     [
         (
             "      maxFailedPercent: 10\n",
-            "      maxFailedPercent: 10\n      requiresApproval: true\n",
-            "rollout.yaml:11: spec.stages[0].requiresApproval: manual approval is not "
-            "implemented yet; remove it (or set it to false)",
+            "      maxFailedPercent: 10\n      approvedSnapshot: 3f9c1a2\n",
+            "rollout.yaml:11: spec.stages[0].approvedSnapshot: only a stage with "
+            "requiresApproval: true takes an approval",
+        ),
+        (
+            "      maxFailedPercent: 10\n",
+            "      maxFailedPercent: 10\n      requiresApproval: true\n"
+            "      approvedSnapshot: 3f9c\n",
+            "rollout.yaml:12: spec.stages[0].approvedSnapshot: '3f9c' is not valid: give a "
+            "snapshot's digest (sha256:…) or its first 7+ hex digits",
+        ),
+        (
+            "  stages:\n",
+            "  resumeToken: 'two words'\n  stages:\n",
+            "rollout.yaml:6: spec.resumeToken: 'two words' is not valid: give 1 to 64 letters, "
+            "digits, '.', '_', ':' or '-'",
         ),
         (
             "bakeTime: 48h",

@@ -915,6 +915,10 @@ _BAKE_TIME = r"^(0|[1-9][0-9]{0,3})[mhd]$"
 PATTERN_HELP[_BAKE_TIME] = 'give minutes, hours or days: "30m", "48h", "2d"'
 _BAKE_UNITS = {"m": 60, "h": 3600, "d": 86400}
 MAX_BAKE_SECONDS = 90 * 86400
+_SNAPSHOT_PREFIX = r"^(sha256:)?[0-9a-f]{7,64}$"
+PATTERN_HELP[_SNAPSHOT_PREFIX] = "give a snapshot's digest (sha256:…) or its first 7+ hex digits"
+_TOKEN = r"^[A-Za-z0-9._:-]{1,64}$"
+PATTERN_HELP[_TOKEN] = "give 1 to 64 letters, digits, '.', '_', ':' or '-'"
 
 
 def bake_seconds(value: str) -> int:
@@ -938,7 +942,11 @@ class RolloutStage(Model):
     """The rollout halts once more than this percentage of the stage's machines failed (an
     install FAILED, or a health check failed: HealthCheckFailed)."""
     requires_approval: bool = False
-    """A person approves promotion into this stage (not implemented yet: must be false)."""
+    """A person approves each cycle's snapshot for this stage before it installs it: by
+    ``approvedSnapshot`` in Git or ``patchctl rollout approve`` (docs/rollouts.md)."""
+    approved_snapshot: Annotated[str, StringConstraints(pattern=_SNAPSHOT_PREFIX)] | None = None
+    """The snapshot approved for this stage by a commit: its digest (``sha256:…``) or a prefix of
+    at least 7 hex digits; only with ``requiresApproval``."""
 
     @model_validator(mode="after")
     def _members_and_limits(self) -> RolloutStage:
@@ -946,10 +954,10 @@ class RolloutStage(Model):
             raise ValueError("name at least one patch group or give a selector")
         if bake_seconds(self.bake_time) > MAX_BAKE_SECONDS:
             raise conflict("bakeTime", "at most 90 days (90d)")
-        if self.requires_approval:
+        if self.approved_snapshot is not None and not self.requires_approval:
+            # An approval of a stage that needs none would be accepted and ignored.
             raise conflict(
-                "requiresApproval",
-                "manual approval is not implemented yet; remove it (or set it to false)",
+                "approvedSnapshot", "only a stage with requiresApproval: true takes an approval"
             )
         return self
 
@@ -959,6 +967,9 @@ class RolloutSpec(Model):
 
     stages: list[RolloutStage] = Field(min_length=1, max_length=10)
     """The rings, first to last (at most 10)."""
+    resume_token: Annotated[str, StringConstraints(pattern=_TOKEN)] | None = None
+    """Resume by a commit: a halted rollout continues once this differs from its value when
+    the rollout halted (set or change it, e.g. to the ticket that fixed the cause)."""
 
     @field_validator("stages")
     @classmethod

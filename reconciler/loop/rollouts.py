@@ -108,10 +108,16 @@ def decide_and_record(
     on = steps.results(record, _on_snapshot(decision, snapshot, store.latest_scans()))
     if on is not record:
         record, decision = on, steps.decide(on)
+    if decision.resume:  # the Rollout's resumeToken changed since the halt (a commit)
+        if write:
+            token = {"resumeToken": rollout.spec.resume_token}
+            store.record_rollout_resume(rollout.metadata.name, now=now, by=token)
+        record = record.resume(now)
     if decision.halt is not None:
         if write:
-            store.record_rollout_halt(rollout.metadata.name, decision.halt, now=now)
-        record = record.halt(decision.halt)
+            name, token_then = rollout.metadata.name, decision.resume_token
+            store.record_rollout_halt(name, decision.halt, now=now, resume_token=token_then)
+        record = record.halt(decision.halt, decision.resume_token)
     return decision, record
 
 
@@ -136,8 +142,9 @@ class _Steps:
     write: bool
 
     def decide(self, record: RolloutRecord) -> RolloutDecision:
-        first_open = first_window_open(self.snapshot, self.members, self.now)
-        return decide(self.rollout, self.members, record, first_open, self.now)
+        opened_at = first_window_opened_at(self.snapshot, self.members, self.now)
+        first_open = opened_at is not None
+        return decide(self.rollout, self.members, record, first_open, self.now, opened_at)
 
     def results(self, record: RolloutRecord, find: Finder) -> RolloutRecord:
         """``record`` with each member's new result ``find`` gives (recorded when writing)."""
@@ -158,10 +165,13 @@ def _finished_installs(
     store: StateStore, member: str, record: RolloutRecord
 ) -> MachineResult | None:
     """The member's latest install job finished since the freeze and newer than its recorded
-    result: each job is folded once."""
+    result and the last resume: each job is folded once, and a failure a resume forgot stays
+    forgotten."""
     assert record.snapshot is not None
     known = record.results.get(member)
-    since = known.finished_at if known is not None else None
+    finished = known.finished_at if known is not None else None
+    times = [t for t in (finished, record.resumed_at) if t is not None]
+    since = max(times) if times else None
     return _latest_install(store.jobs(instance=member), record.snapshot.frozen_at, since)
 
 
@@ -236,12 +246,14 @@ def approved_versions(
     return approved
 
 
-def first_window_open(
+def first_window_opened_at(
     snapshot: Snapshot, members: Sequence[tuple[str, ...]], now: datetime
-) -> bool:
-    """Whether a window with an Install task that targets a machine of the first stage accepts
-    new tasks now: the moment a cycle's snapshot is frozen."""
+) -> datetime | None:
+    """When the latest opening began of a window with an Install task that targets a machine of
+    the first stage and accepts new tasks now (a cycle's snapshot freezes then; after an abort,
+    only at an opening that began later); None when none does."""
     first = members[0] if members else ()
+    latest: datetime | None = None
     for window in snapshot.windows.values():
         spec = window.spec
         if not spec.enabled or not any(t.operation == Operation.INSTALL for t in spec.tasks):
@@ -254,9 +266,10 @@ def first_window_open(
             )
             for m in first
         )
-        if targeted and any(o.accepts_new_tasks(now) for o in open_openings(spec, now)):
-            return True
-    return False
+        starts = [o.start for o in open_openings(spec, now) if o.accepts_new_tasks(now)]
+        if targeted and starts:
+            latest = max(starts) if latest is None else max(latest, *starts)
+    return latest
 
 
 def gates_of(decision: RolloutDecision, frozen: RolloutSnapshot | None) -> dict[str, RolloutGate]:

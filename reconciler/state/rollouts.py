@@ -25,9 +25,10 @@ class RolloutEvent(StrEnum):
     HALTED = "Halted"
     RESUMED = "Resumed"
     APPROVED = "Approved"
-    """A stage with requiresApproval was approved for the cycle's snapshot (not folded yet)."""
+    """A stage with requiresApproval was approved by hand for the cycle's snapshot (``stage``,
+    ``snapshot``, ``by``); it folds into the cycle it was recorded in only."""
     ABORTED = "Aborted"
-    """The cycle was ended by hand (not folded yet)."""
+    """The cycle was ended by hand (``by``): no stage installs its snapshot any more."""
 
 
 def append(
@@ -59,6 +60,12 @@ def result_document(instance: str, result: MachineResult) -> dict[str, Any]:
     }
 
 
+def known(conn: sqlite3.Connection) -> list[str]:
+    """The rollouts with any history, sorted."""
+    rows = conn.execute("SELECT DISTINCT rollout FROM rollout_history ORDER BY rollout")
+    return [name for (name,) in rows.fetchall()]
+
+
 def record_of(conn: sqlite3.Connection, rollout: str) -> RolloutRecord:
     """The rollout's state: its cycle count, and the rows since its latest cycle start."""
     (cycles,) = conn.execute(
@@ -66,19 +73,23 @@ def record_of(conn: sqlite3.Connection, rollout: str) -> RolloutRecord:
         (rollout,),
     ).fetchone()
     rows = conn.execute(
-        "SELECT event, document FROM rollout_history WHERE rollout = ? AND id >= COALESCE("
+        "SELECT event, document, at FROM rollout_history WHERE rollout = ? AND id >= COALESCE("
         " (SELECT MAX(id) FROM rollout_history WHERE rollout = ? AND event = 'CycleStarted'), 0)"
         " ORDER BY id",
         (rollout, rollout),
     ).fetchall()
     record = RolloutRecord(cycle=max(0, cycles - 1))
-    for event, text in rows:
-        record = _fold(record, rollout, RolloutEvent(event), from_json(text))
+    for event, text, at in rows:
+        record = _fold(record, rollout, RolloutEvent(event), from_json(text), from_text(at))
     return record
 
 
 def _fold(
-    record: RolloutRecord, rollout: str, event: RolloutEvent, document: dict[str, Any]
+    record: RolloutRecord,
+    rollout: str,
+    event: RolloutEvent,
+    document: dict[str, Any],
+    at: datetime,
 ) -> RolloutRecord:
     if event is RolloutEvent.CYCLE_STARTED:
         return record.start_cycle(_snapshot(rollout, document))
@@ -86,8 +97,14 @@ def _fold(
         result = MachineResult(Outcome(document["outcome"]), from_text(document["finishedAt"]))
         return record.with_result(document["instance"], result)
     if event is RolloutEvent.HALTED:
-        return record.halt(document["reason"])
-    return record.resume()
+        return record.halt(document["reason"], document.get("resumeToken"))
+    if event is RolloutEvent.APPROVED:
+        # Only an approval of this cycle's snapshot counts (the CLI checks; a row says which).
+        same = record.snapshot is not None and record.snapshot.digest == document["snapshot"]
+        return record.approve(document["stage"]) if same else record
+    if event is RolloutEvent.ABORTED:
+        return record.abort(at)
+    return record.resume(at)
 
 
 def _snapshot(rollout: str, document: dict[str, Any]) -> RolloutSnapshot:

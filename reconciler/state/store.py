@@ -558,11 +558,33 @@ class StateStore:
         document = rollouts.result_document(instance, result)
         self._append_rollout(rollout, RolloutEvent.MACHINE_RESULT, document, now)
 
-    def record_rollout_halt(self, rollout: str, reason: str, *, now: datetime) -> None:
-        self._append_rollout(rollout, RolloutEvent.HALTED, {"reason": reason}, now)
+    def record_rollout_halt(
+        self, rollout: str, reason: str, *, now: datetime, resume_token: str | None = None
+    ) -> None:
+        """``resume_token``: the decision's (the Rollout's ``resumeToken`` then, "" for none), so
+        a commit that changes it resumes; without it only ``patchctl rollout resume`` does."""
+        document = {"reason": reason, "resumeToken": resume_token}
+        self._append_rollout(rollout, RolloutEvent.HALTED, document, now)
 
-    def record_rollout_resume(self, rollout: str, *, now: datetime) -> None:
-        self._append_rollout(rollout, RolloutEvent.RESUMED, {}, now)
+    def record_rollout_resume(
+        self, rollout: str, *, now: datetime, by: dict[str, Any] | None = None
+    ) -> None:
+        self._append_rollout(rollout, RolloutEvent.RESUMED, by or {}, now)
+
+    def record_rollout_approval(
+        self, rollout: str, stage: str, digest: str, *, now: datetime, by: dict[str, Any]
+    ) -> None:
+        """A stage approved by hand for the snapshot ``digest`` (this cycle's only)."""
+        document = {"stage": stage, "snapshot": digest, **by}
+        self._append_rollout(rollout, RolloutEvent.APPROVED, document, now)
+
+    def record_rollout_abort(self, rollout: str, *, now: datetime, by: dict[str, Any]) -> None:
+        self._append_rollout(rollout, RolloutEvent.ABORTED, by, now)
+
+    def rollouts_known(self) -> list[str]:
+        """The rollouts the store has history of."""
+        with self._use() as conn:
+            return rollouts.known(conn)
 
     def _append_rollout(
         self, rollout: str, event: RolloutEvent, document: dict[str, Any], now: datetime

@@ -241,6 +241,10 @@ def describe(entry: Mapping[str, Any]) -> str:
         return f"{d.get('id')}: {d.get('status')}" + (
             f" ({d['reason']})" if d.get("reason") else ""
         )
+    if kind == Kind.ROLLOUT_OPERATOR:
+        stage = f" stage {d['stage']}" if d.get("stage") else ""
+        why = f" ({d['reason']})" if d.get("reason") else ""
+        return f"{d.get('rollout')}: {d.get('action')}{stage}, cycle {d.get('cycle')}{why}"
     return json.dumps(d, default=str)[:200]
 
 

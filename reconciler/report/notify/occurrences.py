@@ -44,6 +44,9 @@ class Kind(StrEnum):
     """``patchctl patch-now`` recorded a one-off opening; ``author`` is who asked."""
     PATCH_NOW_CHANGED = "patchnow.status"
     """A one-off opening started, ended or was cancelled (``author``: who cancelled it)."""
+    ROLLOUT_OPERATOR = "rollout.operator"
+    """A person approved a stage, resumed or aborted a rollout (``patchctl rollout``):
+    ``detail.action``, ``rollout``, ``cycle``, ``snapshot``, ``stage``, ``reason``, ``osUser``."""
     INSTANCE_SOURCE_LISTED = "instancesource.listed"
     """An InstanceSource's list changed: ``detail.added``/``removed`` machines, ``hosts``,
     ``sourceKind``."""
