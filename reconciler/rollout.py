@@ -377,16 +377,29 @@ def _progress(
     if not mine:
         # Nothing can bake the snapshot: later stages must not take it unproven.
         return Verdict.WAITING, f"stage {stage.name} has no machines"
-    on = [record.results[m] for m in mine if m in record.results]
-    installed = [r for r in on if r.outcome is INSTALLED]
-    if len(installed) < len(mine):
+    since = on_snapshot_since(mine, record)
+    if since is None:
+        installed = len(mine) - len(_not_on_snapshot(mine, record))
         return Verdict.INSTALL, (
-            f"stage {stage.name} has {len(installed)} of {len(mine)} machines on the snapshot"
+            f"stage {stage.name} has {installed} of {len(mine)} machines on the snapshot"
         )
     bake = timedelta(seconds=bake_seconds(stage.bake_time))
-    baked = now - max(r.finished_at for r in installed)
+    baked = now - since
     reason = f"stage {stage.name} baked {_span(baked, bake)}"
     return (Verdict.BAKED if baked >= bake else Verdict.BAKING), reason
+
+
+def on_snapshot_since(mine: tuple[str, ...], record: RolloutRecord) -> datetime | None:
+    """When the last of a stage's machines finished installing the snapshot (its bake starts
+    then); None while one is not on it, or the stage has none."""
+    if not mine or _not_on_snapshot(mine, record):
+        return None
+    return max(record.results[m].finished_at for m in mine)
+
+
+def failed_machines(mine: tuple[str, ...], record: RolloutRecord) -> int:
+    """How many of a stage's machines failed the snapshot (install or health check)."""
+    return sum(1 for m in mine if m in record.results and record.results[m].outcome in FAILURES)
 
 
 def _span(baked: timedelta, bake: timedelta) -> str:

@@ -438,6 +438,18 @@ def fleet_yaml(root: Path, name: str = "web-1") -> str:
     return BASELINE_YAML + "---\n" + local_instance_yaml(name, root)
 
 
+def in_process(
+    api: Any, ns: str, store: StateStore, writer: StatusWriter | None = None
+) -> ControllerReconciler:
+    """The controller's reconciler in this process, local connections, writing status."""
+    return ControllerReconciler(
+        KubernetesSource(api, ns, watch_nodes=False),
+        store,
+        lambda instance: transport_for(instance.spec.connection, trust_root_scripts=True),
+        writer=writer or StatusWriter(api, ns),
+    )
+
+
 @pytest.mark.apiserver
 @needs_apt
 def test_the_controller_reconciles_resources_and_reports_on_them(
@@ -555,12 +567,7 @@ def test_status_is_written_once_and_left_alone_when_nothing_changed(
     apply(kube_api, ns, fleet_yaml(system_root))
     api = kube_api.client()
     with StateStore(tmp_path / "state.db") as store:
-        reconciler = ControllerReconciler(
-            KubernetesSource(api, ns, watch_nodes=False),
-            store,
-            lambda instance: transport_for(instance.spec.connection, trust_root_scripts=True),
-            writer=StatusWriter(api, ns),
-        )
+        reconciler = in_process(api, ns, store)
         reconciler.reconcile()
         assert reconciler.written == {"written": 3}
         versions = {
@@ -600,12 +607,7 @@ def test_one_object_whose_status_is_refused_does_not_cost_the_others_theirs(
     apply(kube_api, ns, fleet_yaml(system_root))
     api = kube_api.client()
     with StateStore(tmp_path / "state.db") as store:
-        reconciler = ControllerReconciler(
-            KubernetesSource(api, ns, watch_nodes=False),
-            store,
-            lambda instance: transport_for(instance.spec.connection, trust_root_scripts=True),
-            writer=_RefusingBaselines(api, ns),
-        )
+        reconciler = in_process(api, ns, store, _RefusingBaselines(api, ns))
         reconciler.reconcile()
     assert reconciler.written == {"failed": 1, "written": 2}
     assert "status" not in get(kube_api, ns, "PatchBaseline", BASELINE)

@@ -15,7 +15,9 @@ What each becomes (core/v1 Event, ``reason`` in CamelCase, type Normal or Warnin
 - ``job.finished`` with status failed, on the ManagedInstance: ``ScanFailed`` or ``InstallFailed``
   (Warning);
 - ``window.execution`` on the MaintenanceWindow: ``ExecutionInProgress``, ``ExecutionSucceeded``
-  (Normal) or ``ExecutionFailed`` (Warning).
+  (Normal) or ``ExecutionFailed`` (Warning);
+- ``rollout.*`` on the Rollout: ``CycleStarted``, ``Promoted`` (a stage started installing),
+  ``StageBaked``, ``Resumed``, ``CycleCompleted`` (Normal) or ``Halted`` (Warning).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import structlog
 
 from reconciler.api.resources import API_VERSION
 from reconciler.kube import ApiClient, Kube
-from reconciler.report.notify.occurrences import Kind, Occurrence
+from reconciler.report.notify.occurrences import ROLLOUT_KINDS, Kind, Occurrence
 from reconciler.state.kubernetes import timestamp
 
 log = structlog.get_logger("patchwarden")
@@ -112,6 +114,39 @@ def notices(
         yield from _refusal(occurrence, object_of)
     elif occurrence.kind is Kind.INSTANCE_SOURCE_FAILED and detail.get("source"):
         yield _refresh_failed(detail, at)
+    elif occurrence.kind in ROLLOUT_KINDS and detail.get("rollout"):
+        yield _rollout(occurrence.kind, detail, at)
+
+
+_ROLLOUT_REASONS = {
+    Kind.ROLLOUT_CYCLE_STARTED: "CycleStarted",
+    Kind.ROLLOUT_STAGE_INSTALLING: "Promoted",
+    Kind.ROLLOUT_STAGE_BAKED: "StageBaked",
+    Kind.ROLLOUT_HALTED: "Halted",
+    Kind.ROLLOUT_RESUMED: "Resumed",
+    Kind.ROLLOUT_CYCLE_COMPLETED: "CycleCompleted",
+}
+
+
+def _rollout(kind: Kind, detail: Mapping[str, Any], at: str) -> Notice:
+    """A rollout's step on its Rollout: the planner's reason, the cycle and its snapshot."""
+    cycle = f"cycle {detail.get('cycle')}, snapshot {detail.get('digest')}"
+    if kind is Kind.ROLLOUT_CYCLE_STARTED:
+        message = f"{cycle} frozen at {detail.get('frozenAt')}"
+    elif kind is Kind.ROLLOUT_RESUMED:
+        message = f"resumed ({cycle}); it was {detail.get('previousReason')}"
+    elif kind is Kind.ROLLOUT_CYCLE_COMPLETED:
+        message = f"every stage baked the snapshot ({cycle})"
+    else:
+        message = f"{detail.get('reason')} ({cycle})"
+    warning = kind is Kind.ROLLOUT_HALTED
+    return Notice(
+        "Rollout",
+        str(detail["rollout"]),
+        "Warning" if warning else "Normal",
+        _ROLLOUT_REASONS[kind],
+        message + at,
+    )
 
 
 def _refresh_failed(detail: Mapping[str, Any], at: str) -> Notice:

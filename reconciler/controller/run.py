@@ -125,6 +125,7 @@ class ControllerReconciler(Reconciler):
             waits=dict(summary.waits),
             report_runs=runs,
             sources={s.source: status_document(s) for s in self.enrolment.statuses()},
+            rollouts={view.rollout: view for view in summary.rollout_views},
         )
 
     def write_status(self, summary: PassSummary) -> dict[str, int]:

@@ -8,7 +8,8 @@ Every status has ``observedGeneration`` (the generation this pass read) and the 
 ``Ready``, ``Reconciling`` and ``Stalled``; negative-polarity domain conditions where they mean
 something: ``NonCompliant`` (ManagedInstance, PatchGroup), ``PatchFailed`` (ManagedInstance),
 ``ExecutionFailed`` (MaintenanceWindow), ``ExportFailed`` (ComplianceReport). Values are SSM's
-names and counts.
+names and counts. A Rollout's status is its stages' verdicts under the cycle's snapshot, Stalled
+while it is halted.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from reconciler.api.snapshot import Problem, Snapshot
 from reconciler.evaluation import resolve
 from reconciler.plan import baseline_digest
 from reconciler.report.views import compliance
+from reconciler.report.views.rollouts import RolloutView
+from reconciler.rollout import Verdict
 from reconciler.schedule import current_opening, openings
 from reconciler.sources.kubernetes import ObjectInfo
 from reconciler.state import JobRecord, ReportRunRecord, ScanRecord
@@ -66,6 +69,8 @@ class Seen:
     successful one are enough)."""
     sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Each InstanceSource's enrolment status (``report.views.enrolment.status_document``)."""
+    rollouts: Mapping[str, RolloutView] = field(default_factory=dict)
+    """Each Rollout as the pass's planner decided it (``report.views.rollouts.view``)."""
 
 
 def condition(
@@ -357,6 +362,40 @@ def _instance_source(seen: Seen, name: str, generation: int) -> Built:
     return {"revision": seen.revision, **document}, conditions
 
 
+def _rollout(seen: Seen, name: str, generation: int) -> Built:
+    """The stages' verdicts under the cycle's snapshot; Stalled while halted (only a commit or
+    ``resume`` moves it), Reconciling while a stage installs or bakes."""
+    rollout = seen.rollouts.get(name)
+    if rollout is None:
+        message = "no pass has decided it yet"
+        fields: dict[str, Any] = {"revision": seen.revision, "stage": None, "stages": []}
+        return fields, _rollout_conditions("NotDecided", message, False, False, generation)
+    document = rollout.to_dict()
+    del document["rollout"]
+    current = next((s for s in rollout.stages if s.verdict is not Verdict.BAKED), None)
+    stage = current or rollout.stages[-1]
+    fields = {"revision": seen.revision, "stage": stage.name, **document}
+    if rollout.halted is not None:
+        return fields, _rollout_conditions("Halted", rollout.halted, False, True, generation)
+    if rollout.complete:
+        message = f"cycle {rollout.cycle} done: every stage baked {rollout.digest}"
+        return fields, _rollout_conditions("CycleCompleted", message, True, False, generation)
+    if rollout.digest is None:
+        return fields, _rollout_conditions("Waiting", stage.reason, True, False, generation)
+    return fields, _rollout_conditions("Progressing", stage.reason, False, False, generation)
+
+
+def _rollout_conditions(
+    reason: str, message: str, ready: bool, stalled: bool, generation: int
+) -> list[dict[str, Any]]:
+    reconciling = not ready and not stalled
+    return [
+        condition("Ready", ready, reason, message, generation),
+        condition("Reconciling", reconciling, reason, message if reconciling else "", generation),
+        condition("Stalled", stalled, reason, message if stalled else "", generation),
+    ]
+
+
 _BUILDERS = {
     "PatchBaseline": _baseline,
     "PatchGroup": _group,
@@ -364,4 +403,5 @@ _BUILDERS = {
     "ManagedInstance": _instance,
     "ComplianceReport": _report,
     "InstanceSource": _instance_source,
+    "Rollout": _rollout,
 }

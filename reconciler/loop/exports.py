@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -24,6 +25,7 @@ from reconciler.loop.failures import export_error
 from reconciler.report.publish import publish
 from reconciler.report.publish.scheduled import report_files, reports_due, scope_instances
 from reconciler.report.views import export
+from reconciler.report.views.rollouts import RolloutView
 from reconciler.state import StateStore, StoreWriteFailed
 
 EXPORTER_IDLE = 60.0
@@ -52,6 +54,9 @@ class ReportExporter:
         :func:`default_report_dir` of the store)."""
         self.store, self.clock, self.log = store, clock, log
         self.s3_endpoint_url = s3_endpoint_url
+        self.rollouts: tuple[RolloutView, ...] = ()
+        """The latest pass's rollout views (the ``rollouts`` step sets them): the dashboard's
+        rollout panel and the JSON report's ``rollouts``."""
         self.report_dir = report_dir or default_report_dir(Path(store.path))
         self._queue: queue.SimpleQueue[tuple[str, Callable[[], None]]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -135,7 +140,7 @@ class ReportExporter:
         locations: list[str] = []
         error: str | None = None
         try:
-            data = export.read_input(self.store, spec.format)
+            data = replace(export.read_input(self.store, spec.format), rollouts=self.rollouts)
             scope = scope_instances(snapshot, spec.scope)
             files = export.build_report(data, spec.format, now=now, instances=scope)
             locations = publish(

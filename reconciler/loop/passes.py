@@ -78,6 +78,7 @@ def rollouts(context: PassContext) -> None:
     steered = context.parts.rollouts.steer()
     context.parts.observation.gates = steered.gates
     context.summary.rollouts = steered.decisions
+    context.summary.rollout_views = context.parts.exporter.rollouts = steered.views
 
 
 def dispatch(context: PassContext) -> None:

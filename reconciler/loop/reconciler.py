@@ -111,7 +111,7 @@ class Reconciler:
             jobs=jobs,
             executions=executions,
             exporter=ReportExporter(store, clock, self.log, s3_endpoint_url, report_dir),
-            rollouts=RolloutSteering(store, in_force, clock),
+            rollouts=RolloutSteering(store, in_force, clock, self.emit),
             stopping=self.stopping,
             workers=workers,
             export_grace=export_grace,

@@ -2,7 +2,9 @@
 every Rollout in force, the finished install jobs of its members are folded into the store (once
 per job), the pure planner :func:`reconciler.rollout.decide` decides with the injected clock, a
 freeze (the approved versions per baseline at that moment) and a halt are recorded, and each
-member's :class:`~reconciler.plan.RolloutGate` is handed to the planner.
+member's :class:`~reconciler.plan.RolloutGate` is handed to the planner. Each rollout's view
+(``report.views.rollouts``) goes on the pass summary, and what changed since the previous pass
+is emitted as ``rollout.*`` occurrences.
 
 Reads the store's scans and jobs and writes only rollout history; may not plan installs,
 dispatch, or touch the source or transports.
@@ -22,8 +24,10 @@ from reconciler.api.snapshot import Snapshot
 from reconciler.evaluation.engine import evaluate
 from reconciler.evaluation.pins import approved_pins
 from reconciler.evaluation.resolve import resolve
-from reconciler.loop.common import Clock, InForce
+from reconciler.loop.common import Clock, Emitter, InForce
 from reconciler.plan import RolloutGate
+from reconciler.report.notify.rollouts import transitions
+from reconciler.report.views.rollouts import RolloutView, view
 from reconciler.rollout import (
     INSTALLED,
     MachineResult,
@@ -49,34 +53,52 @@ class Steered:
 
     decisions: tuple[RolloutDecision, ...] = ()
     gates: Mapping[str, RolloutGate] = field(default_factory=dict)
+    views: tuple[RolloutView, ...] = ()
+    """What the observers read (occurrences, metrics, status, dashboard)."""
 
 
 class RolloutSteering:
     """The loop's part for the ``rollouts`` step: steers the Rollouts of the revision in force."""
 
-    def __init__(self, store: StateStore, in_force: InForce, clock: Clock) -> None:
-        self.store, self.in_force, self.clock = store, in_force, clock
+    def __init__(
+        self, store: StateStore, in_force: InForce, clock: Clock, emit: Emitter | None = None
+    ) -> None:
+        self.store, self.in_force, self.clock, self.emit = store, in_force, clock, emit
+        self.previous: dict[str, RolloutView] = {}
+        """The last written pass's views: its rollout.* occurrences are what changed since."""
 
     def steer(self, *, write: bool = True) -> Steered:
         """This pass's decisions; ``write=False`` records nothing (``patchctl plan`` shows what
         the next pass would do, a freeze included)."""
         snapshot = self.in_force.snapshot
-        if snapshot is None or not snapshot.rollouts:
-            return Steered()
-        return steer(self.store, snapshot, self.clock(), write=write)
+        steered = Steered()
+        if snapshot is not None and snapshot.rollouts:
+            steered = steer(self.store, snapshot, self.clock(), write=write)
+        if write:
+            self._announce(steered.views)
+        return steered
+
+    def _announce(self, views: tuple[RolloutView, ...]) -> None:
+        for current in views:
+            for kind, detail in transitions(self.previous.get(current.rollout), current):
+                if self.emit is not None:
+                    self.emit(kind, **detail)
+        self.previous = {current.rollout: current for current in views}
 
 
 def steer(store: StateStore, snapshot: Snapshot, now: datetime, *, write: bool = True) -> Steered:
     """Every Rollout of ``snapshot`` steered at ``now`` (recording what it decides: ``write``)."""
     decisions: list[RolloutDecision] = []
     gates: dict[str, RolloutGate] = {}
+    views: list[RolloutView] = []
     for name in sorted(snapshot.rollouts):
         rollout = snapshot.rollouts[name]
         members = stage_members(rollout, snapshot)
         decision, record = decide_and_record(store, snapshot, rollout, members, now, write)
         decisions.append(decision)
         gates.update(gates_of(decision, record.snapshot))
-    return Steered(tuple(decisions), gates)
+        views.append(view(rollout, decision, record, now))
+    return Steered(tuple(decisions), gates, tuple(views))
 
 
 def status(

@@ -158,6 +158,7 @@ class Service:
         metrics.passes.inc()
         metrics.reconcile_seconds.observe(time.monotonic() - started)
         metrics.refresh()
+        metrics.observe_rollouts(summary.rollout_views)
         if summary.revision is not None:
             metrics.last_success.set_to_current_time()
             self.last_pass = time.time()

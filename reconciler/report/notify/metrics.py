@@ -2,9 +2,10 @@
 
 ``LoopMetrics`` is an observer of the loop's occurrence stream (jobs, refusals, installs,
 reboots) and reads the observed-state store for the fleet's compliance (instances by status and
-patch group, missing patches by severity); ``serve()`` adds pass durations and the last
-successful reconcile, and serves ``/metrics``. Reads results; decides nothing. Names follow
-Prometheus' conventions: units in the name, ``_total`` added by the client to counters.
+patch group, missing patches by severity); ``observe_rollouts`` takes each pass's rollout views;
+``serve()`` adds pass durations and the last successful reconcile, and serves ``/metrics``.
+Reads results; decides nothing. Names follow Prometheus' conventions: units in the name,
+``_total`` added by the client to counters.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from prometheus_client.registry import Collector
 from reconciler.api.enums import JobStatus, Operation
 from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.report.views.csvreport import LEVELS
+from reconciler.report.views.rollouts import RolloutView, StageView
+from reconciler.rollout import Verdict
 from reconciler.state import ScanRecord, StateStore
 
 STATUSES = ("COMPLIANT", "NON_COMPLIANT")
@@ -49,6 +52,8 @@ class LoopMetrics:
         self._declare_job_metrics(self.registry)
         self._declare_fleet_metrics(self.registry)
         self._declare_enrolment_metrics(self.registry)
+        self._declare_rollout_metrics(self.registry)
+        self._rollout_series: set[tuple[str, ...]] = set()
         self._deliveries = _Deliveries()
         self.registry.register(self._deliveries)
         self._start_at_zero()
@@ -163,6 +168,38 @@ class LoopMetrics:
             registry=r,
         )
 
+    def _declare_rollout_metrics(self, r: CollectorRegistry) -> None:
+        """Progressive rollouts (docs/rollouts.md), per rollout and stage, after each pass."""
+        stage = ["rollout", "stage"]
+        self.rollout_verdict = Gauge(
+            "patchwarden_rollout_stage_verdict",
+            "1 for the stage's verdict this pass (Install, Baking, Baked, Waiting, Halted), "
+            "0 for the others.",
+            [*stage, "verdict"],
+            registry=r,
+        )
+        self.rollout_baked = Gauge(
+            "patchwarden_rollout_stage_baked_seconds",
+            "Seconds since the stage's last machine installed the snapshot (0 before).",
+            stage,
+            registry=r,
+        )
+        self.rollout_failed = Gauge(
+            "patchwarden_rollout_stage_failed_machines",
+            "The stage's machines that failed the cycle's snapshot (install or health check).",
+            stage,
+            registry=r,
+        )
+        self.rollout_halted = Gauge(
+            "patchwarden_rollout_halted", "1 while the rollout is halted.", ["rollout"], registry=r
+        )
+        self.rollout_cycle = Gauge(
+            "patchwarden_rollout_cycle",
+            "The rollout's current cycle number (0 before its first snapshot).",
+            ["rollout"],
+            registry=r,
+        )
+
     def _declare_fleet_metrics(self, r: CollectorRegistry) -> None:
         """The fleet as its latest scans show it."""
         self.instances = Gauge(
@@ -224,6 +261,41 @@ class LoopMetrics:
         """Export the event sinks' own counters (read at scrape time, so the sinks stay free of
         metrics code)."""
         self._deliveries.sinks = list(sinks)
+
+    # -- rollouts, from the pass's views ------------------------------------------------------
+
+    def observe_rollouts(self, views: Sequence[RolloutView]) -> None:
+        """Every rollout's stages after a pass; a rollout or stage no longer there is removed
+        (not left at its last value)."""
+        with self._lock:
+            series: set[tuple[str, ...]] = set()
+            for view in views:
+                series.add((view.rollout,))
+                self.rollout_halted.labels(view.rollout).set(1 if view.halted else 0)
+                self.rollout_cycle.labels(view.rollout).set(view.cycle)
+                for stage in view.stages:
+                    series.add((view.rollout, stage.name))
+                    self._stage(view.rollout, stage)
+            for gone in self._rollout_series - series:
+                self._forget(gone)
+            self._rollout_series = series
+
+    def _stage(self, rollout: str, stage: StageView) -> None:
+        for verdict in Verdict:
+            value = 1 if stage.verdict is verdict else 0
+            self.rollout_verdict.labels(rollout, stage.name, str(verdict)).set(value)
+        self.rollout_baked.labels(rollout, stage.name).set(stage.baked_seconds)
+        self.rollout_failed.labels(rollout, stage.name).set(stage.failed)
+
+    def _forget(self, labels: tuple[str, ...]) -> None:
+        if len(labels) == 1:
+            self.rollout_halted.remove(*labels)
+            self.rollout_cycle.remove(*labels)
+            return
+        for verdict in Verdict:
+            self.rollout_verdict.remove(*labels, str(verdict))
+        self.rollout_baked.remove(*labels)
+        self.rollout_failed.remove(*labels)
 
     # -- the fleet, from the store ------------------------------------------------------------
 

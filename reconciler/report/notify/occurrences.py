@@ -53,6 +53,32 @@ class Kind(StrEnum):
     INSTANCE_SOURCE_FAILED = "instancesource.failed"
     """An InstanceSource could not be refreshed; ``detail.keptFrom`` says since when the list
     in use dates (null: nothing is enrolled from it)."""
+    ROLLOUT_CYCLE_STARTED = "rollout.cycle.started"
+    """A progressive rollout froze its snapshot (``detail.digest``, ``frozenAt``) and started
+    cycle ``detail.cycle`` (docs/rollouts.md; every rollout kind carries ``rollout``, ``cycle``,
+    ``digest`` and ``frozenAt``)."""
+    ROLLOUT_STAGE_INSTALLING = "rollout.stage.installing"
+    """A stage started installing the snapshot (a promotion): ``detail.stage``, ``reason``."""
+    ROLLOUT_STAGE_BAKED = "rollout.stage.baked"
+    """A stage ran the snapshot healthy for its bake time: ``detail.stage``, ``bakedSeconds``."""
+    ROLLOUT_HALTED = "rollout.halted"
+    """A rollout halted: ``detail.reason``; it stays halted until resumed."""
+    ROLLOUT_RESUMED = "rollout.resumed"
+    """A halted rollout was resumed: ``detail.previousReason``."""
+    ROLLOUT_CYCLE_COMPLETED = "rollout.cycle.completed"
+    """Every stage baked the cycle's snapshot."""
+
+
+ROLLOUT_KINDS = frozenset(
+    {
+        Kind.ROLLOUT_CYCLE_STARTED,
+        Kind.ROLLOUT_STAGE_INSTALLING,
+        Kind.ROLLOUT_STAGE_BAKED,
+        Kind.ROLLOUT_HALTED,
+        Kind.ROLLOUT_RESUMED,
+        Kind.ROLLOUT_CYCLE_COMPLETED,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -74,7 +100,8 @@ class Occurrence:
     @property
     def transition(self) -> bool:
         """State changes worth telling people about (events): compliance and window execution
-        changes, failed jobs, refused snapshots. Everything is audited; only these are events."""
+        changes, failed jobs, refused snapshots, rollouts' steps. Everything is audited; only
+        these are events."""
         if self.kind is Kind.JOB_FINISHED:
             return self.detail.get("status") == JobStatus.FAILED
         return self.kind in _TRANSITIONS
@@ -98,6 +125,7 @@ _TRANSITIONS = frozenset(
         Kind.COMPLIANCE_CHANGED,
         Kind.WINDOW_EXECUTION_CHANGED,
         Kind.INSTANCE_SOURCE_FAILED,
+        *ROLLOUT_KINDS,
     }
 )
 

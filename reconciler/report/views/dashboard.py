@@ -48,6 +48,7 @@ def render(document: Mapping[str, Any]) -> str:
             "over-time", "Missing and failed patches over time", *_trend_chart(document["trend"])
         ),
         "</div>",
+        _rollouts_section(document.get("rollouts") or ()),
         _worst_section(document),
         _revisions_section(document["revisions"]),
         _patches_section(document),
@@ -411,6 +412,51 @@ def _worst_section(document: Mapping[str, Any]) -> str:
     return f'<section class="wide" id="worst"><h2>Instances needing attention</h2>{table}</section>'
 
 
+ROLLOUT_COLUMNS = ("Stage", "Verdict", "Reason", "Machines", "On snapshot", "Failed", "Baked")
+
+
+def _rollouts_section(rollouts: Sequence[Mapping[str, Any]]) -> str:
+    """Progressive rollouts (docs/rollouts.md): each one's stages in order, with the planner's
+    verdict and reason, bake progress and failures, under its cycle's snapshot."""
+    if not rollouts:
+        return ""
+    parts = [_rollout_table(rollout) for rollout in rollouts]
+    return '<section class="wide" id="rollouts"><h2>Rollouts</h2>' + "".join(parts) + "</section>"
+
+
+def _rollout_table(rollout: Mapping[str, Any]) -> str:
+    snapshot = rollout["snapshot"]
+    cycle = (
+        f"cycle {rollout['cycle']}, snapshot {snapshot['digest'][:19]}… frozen "
+        f"{_when(snapshot['frozenAt'])}"
+        if snapshot
+        else "no snapshot yet"
+    )
+    halted = f"; {rollout['halted']}" if rollout["halted"] else ""
+    rows = [
+        (
+            stage["name"],
+            Badge(stage["verdict"]),
+            stage["reason"],
+            stage["machines"],
+            stage["onSnapshot"],
+            stage["failedMachines"],
+            f"{_hours(stage['bakedSeconds'])} of {_hours(stage['bakeSeconds'])}",
+        )
+        for stage in rollout["stages"]
+    ]
+    caption = f"Rollout {rollout['rollout']}: {cycle}{halted}"
+    return _table(caption, ROLLOUT_COLUMNS, rows)
+
+
+def _hours(seconds: int) -> str:
+    """Bake times for people: ``31 h 20 min``, ``45 min``."""
+    hours, minutes = divmod(seconds // 60, 60)
+    if hours and minutes:
+        return f"{hours} h {minutes} min"
+    return f"{hours} h" if hours else f"{minutes} min"
+
+
 def _revisions_section(revisions: Sequence[Mapping[str, Any]]) -> str:
     table = _table(
         "The revision each instance's latest result was decided under",
@@ -499,6 +545,10 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .badge.missing, .badge.failed, .badge.installed_rejected { background: var(--bad); }
 .badge.installed_pending_reboot { background: var(--warn); }
 .badge.installed, .badge.installed_other { background: var(--ok); }
+.badge.halted { background: var(--bad); }
+.badge.install, .badge.baking { background: var(--warn); }
+.badge.baked { background: var(--ok); }
+#rollouts table + table { margin-top: 12px; }
 footer { margin-top: 20px; font-size: 12px; }
 @media (max-width: 1000px) {
   .cards { grid-template-columns: repeat(4, 1fr); }

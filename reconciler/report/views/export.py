@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from reconciler.errors import PermanentError
 from reconciler.report.views import compliance, csvreport, dashboard
+from reconciler.report.views.rollouts import RolloutView
 from reconciler.state import JobRecord, ScanRecord, StateStore
 
 Format = Literal["csv", "json", "html"]
@@ -44,6 +45,8 @@ class ReportInput:
     histories: Mapping[str, Sequence[ScanRecord]]
     jobs: Mapping[str, Sequence[JobRecord]] = field(default_factory=dict)
     """Each instance's jobs, for what their hooks and health checks did (JSON and HTML)."""
+    rollouts: Sequence[RolloutView] = ()
+    """Progressive rollouts as the latest pass saw them (JSON and HTML)."""
 
 
 def read_input(store: StateStore, fmt: str, *, history_limit: int = HISTORY_LIMIT) -> ReportInput:
@@ -79,7 +82,13 @@ def build_report(
         return _csv_files(latest, instance, stamp)
     histories = {name: data.histories.get(name, ()) for name in latest}
     document = report_document(
-        latest, histories, now=now, instance=instance, group=group, jobs=data.jobs
+        latest,
+        histories,
+        now=now,
+        instance=instance,
+        group=group,
+        jobs=data.jobs,
+        rollouts=data.rollouts,
     )
     suffix = f"-{_safe(instance)}" if instance else ""
     if fmt == "json":
@@ -131,12 +140,14 @@ def report_document(
     instance: str | None = None,
     group: str | None = None,
     jobs: Mapping[str, Sequence[JobRecord]] | None = None,
+    rollouts: Sequence[RolloutView] = (),
 ) -> dict[str, Any]:
     """The ComplianceReportData document: the JSON report, and what the dashboard draws;
-    ``jobs`` (each instance's) add what hooks and health checks did to the history."""
+    ``jobs`` (each instance's) add what hooks and health checks did to the history; with
+    ``rollouts`` (progressive rollouts' views after the latest pass) it has ``rollouts``."""
     rows = compliance.instances(latest)
     every_patch = instance is not None
-    return {
+    document: dict[str, Any] = {
         "apiVersion": API_VERSION,
         "kind": "ComplianceReportData",
         "generatedAt": now.astimezone(UTC).isoformat(timespec="seconds"),
@@ -154,6 +165,9 @@ def report_document(
         },
         "trend": trend(histories, now=now),
     }
+    if rollouts:  # only with rollouts in force, so reports without them keep their shape
+        document["rollouts"] = [view.to_dict() for view in rollouts]
+    return document
 
 
 def fleet_summary(

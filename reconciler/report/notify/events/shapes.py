@@ -21,7 +21,7 @@ from typing import Any
 from cloudevents.core.bindings.http import HTTPMessage, to_structured_event
 from cloudevents.core.v1.event import CloudEvent
 
-from reconciler.report.notify.occurrences import Kind, Occurrence
+from reconciler.report.notify.occurrences import ROLLOUT_KINDS, Kind, Occurrence
 
 SOURCE = "patchwarden"
 """EventBridge ``Source`` and CloudEvents ``source`` (SSM's is ``aws.ssm``; EventBridge refuses
@@ -36,12 +36,17 @@ SNAPSHOT_REFUSED = "Snapshot Refused Notification"
 INSTANCE_SOURCE_FAILED = "Instance Source Refresh Failed Notification"
 """Enrolment (docs/enrolment.md); SSM has no counterpart. Named in SSM's manner."""
 
+ROLLOUT = "Rollout State-change Notification"
+"""Progressive rollouts (docs/rollouts.md); SSM has no counterpart. ``detail.state`` says which
+step: the CloudEvents type's last part."""
+
 DETAIL_TYPES = (
     COMPLIANCE,
     WINDOW_EXECUTION,
     COMMAND_INVOCATION,
     SNAPSHOT_REFUSED,
     INSTANCE_SOURCE_FAILED,
+    ROLLOUT,
 )
 
 _ENDED = frozenset({"SUCCESS", "FAILED", "TIMED_OUT", "CANCELLED", "SKIPPED_OVERLAPPING"})
@@ -218,6 +223,19 @@ def _instance_source_failed(o: Occurrence) -> Shape:
     )
 
 
+def _rollout(o: Occurrence) -> Shape:
+    """Every rollout kind: one detail-type, the step in ``state`` (``cycle.started``,
+    ``stage.installing``, ``stage.baked``, ``halted``, ``resumed``, ``cycle.completed``)."""
+    detail = {_kebab(key): value for key, value in o.detail.items()}
+    state = str(o.kind).removeprefix("rollout.")
+    return str(o.kind), ROLLOUT, str(o.detail.get("rollout")), {"state": state, **detail}
+
+
+def _kebab(key: str) -> str:
+    """``frozenAt`` -> ``frozen-at``: SSM's manner in an event's detail."""
+    return "".join(f"-{c.lower()}" if c.isupper() else c for c in key)
+
+
 def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
@@ -228,4 +246,5 @@ _SHAPES = {
     Kind.JOB_FINISHED: _job_failed,
     Kind.SNAPSHOT_REFUSED: _snapshot_refused,
     Kind.INSTANCE_SOURCE_FAILED: _instance_source_failed,
+    **dict.fromkeys(ROLLOUT_KINDS, _rollout),
 }
