@@ -303,6 +303,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--once", action="store_true", help="stop when converged or only waiting (the default)"
     )
+    _clock_start_arg(p)
     p.add_argument("--workers", type=_positive_int, default=10, help="jobs run at once, at most")
     _reboot_args(p)
     _output_arg(p, "table", "json", "yaml")
@@ -319,6 +320,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--interval", type=_seconds, default=60.0, help="seconds between passes / Git polls"
     )
+    _clock_start_arg(p)
     p.add_argument(
         "--listen",
         type=_listen,
@@ -620,6 +622,28 @@ def _source_args(p: argparse.ArgumentParser, *, source_required: bool = True) ->
         metavar="ALLOWED_SIGNERS",
         help="refuse revisions whose head commit is not SSH-signed by an allowed signer",
     )
+
+
+def _clock_start_arg(p: argparse.ArgumentParser) -> None:
+    # Bake times and windows span hours: a rehearsal (or a test) moves through them by starting
+    # the loop again at a later --now, never by waiting.
+    p.add_argument(
+        "--now",
+        type=_timestamp,
+        default=None,
+        help="start the loop's clock at this ISO-8601 time; it runs on from there "
+        "(rehearsals and tests)",
+    )
+
+
+def _loop_clock(args: argparse.Namespace) -> Clock:
+    """The wall clock, or one that starts at ``--now`` and runs at the wall clock's pace, so a
+    reboot's timeout still expires and a bake still passes while the loop runs."""
+    start: datetime | None = getattr(args, "now", None)  # patch-now --wait has none
+    if start is None:
+        return utc_now
+    offset = start - utc_now()
+    return lambda: utc_now() + offset
 
 
 def _reboot_args(p: argparse.ArgumentParser) -> None:
@@ -1351,6 +1375,7 @@ def _observed_loop(
             args,
             store,
             _transports(pool, args.ssh_dir, args.trust_root_scripts),
+            clock=_loop_clock(args),
             observers=observers,
             on_job_done=on_job_done,
         )

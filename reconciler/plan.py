@@ -362,7 +362,9 @@ class _State:
         if not gate.installing or gate.snapshot is None:
             self.wait(name, f"rollout {gate.rollout}: {gate.reason}")
             return None
-        held, later = gate.snapshot.confine(baseline.metadata.name, scan.pins)
+        held, later = gate.snapshot.confine(
+            baseline.metadata.name, scan.pins, scan.parsed_inventory
+        )
         if not held:
             self.wait(
                 name,

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
 
 from reconciler.api.enums import JobStatus
+from reconciler.api.inventory import Inventory
 from reconciler.api.resources import Rollout, RolloutStage, bake_seconds
 from reconciler.api.snapshot import Snapshot
+from reconciler.evaluation.pins import frozen_in_place
 
 Pins = tuple[str, ...]
 """``name[:arch]=version`` strings, as the agent installs them."""
@@ -44,12 +46,23 @@ class RolloutSnapshot:
         encoded = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
         return "sha256:" + hashlib.sha256(encoded).hexdigest()
 
-    def confine(self, baseline: str, pins: Iterable[str]) -> tuple[Pins, Pins]:
+    def confine(
+        self,
+        baseline: str,
+        pins: Iterable[str],
+        inventory: Callable[[], Inventory | None] | None = None,
+    ) -> tuple[Pins, Pins]:
         """``pins`` split into those this snapshot holds for ``baseline`` and those it does not
-        (approved since the freeze: they wait for the next cycle)."""
+        (approved since the freeze: they wait for the next cycle). With the machine's
+        ``inventory``, held also has the frozen version of each package whose later version
+        waits, where the machine's is older (``evaluation.pins.frozen_in_place``)."""
         frozen, pins = self.versions.get(baseline, frozenset()), tuple(pins)
         held = tuple(pin for pin in pins if pin in frozen)
-        return held, tuple(pin for pin in pins if pin not in frozen)
+        later = tuple(pin for pin in pins if pin not in frozen)
+        machine = inventory() if later and inventory is not None else None
+        if machine is not None:
+            held += frozen_in_place(machine, later, frozen)
+        return held, later
 
 
 def short_digest(digest: str) -> str:

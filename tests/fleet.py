@@ -64,11 +64,12 @@ def window_yaml(
     cutoff_behavior: str = "CONTINUE_TASK",
     reboot_option: str = "RebootIfNeeded",
     task_fields: str = "",
+    group: str = GROUP,
 ) -> str:
-    """A window with one Install task targeting the fleet's patch group. The loop never reboots
-    a local root, and RebootIfNeeded reboots only a machine that needs it, so the fleet converges;
-    with NoReboot its patches stay INSTALLED_PENDING_REBOOT (SSM's rule). ``task_fields`` are
-    further YAML lines of the task."""
+    """A window with one Install task targeting the patch group ``group`` (the fleet's). The
+    loop never reboots a local root, and RebootIfNeeded reboots only a machine that needs it, so
+    the fleet converges; with NoReboot its patches stay INSTALLED_PENDING_REBOOT (SSM's rule).
+    ``task_fields`` are further YAML lines of the task."""
     return f"""\
 {API}
 kind: MaintenanceWindow
@@ -79,7 +80,7 @@ spec:
   duration: {duration}
   cutoff: {cutoff}
   targets:
-    patchGroups: [{GROUP}]
+    patchGroups: [{group}]
   tasks:
     - name: install-security
       operation: Install

@@ -352,6 +352,29 @@ def test_no_job_starts_after_the_window_cutoff_and_the_plan_says_why(
     reconciler.store.close()
 
 
+def test_reconcile_now_acts_as_of_that_time_on_a_clock_that_runs_on_from_it(
+    tmp_path: Path, apt_repo: Repo, upstream: Upstream
+) -> None:
+    """``--now`` moves a rehearsal through days of windows without waiting for them."""
+    roots = make_fleet(tmp_path / "fleet", apt_repo, ["web-1"], BEFORE)
+    commit_fleet(upstream, roots, window_yaml("noon", NOON_WINDOW))
+    state = tmp_path / "state" / "state.db"
+
+    early = reconcile_cli(file_url(upstream), state, "--now", BEFORE_NOON.isoformat())
+    assert early["jobs"] == {"Scan succeeded": 1}
+    assert [w["reason"] for w in early["waits"]] == [
+        "window noon closed until 2026-11-28T12:00:00+00:00"
+    ]
+    assert versions(roots["web-1"]) == UNPATCHED
+
+    inside = reconcile_cli(file_url(upstream), state, "--now", IN_WINDOW.isoformat())
+    assert inside["jobs"] == {"Install succeeded": 1}
+    assert versions(roots["web-1"]) == AFTER
+    with StateStore(state) as store:
+        (job,) = installs(store)
+    assert IN_WINDOW <= job.created_at < IN_WINDOW + timedelta(minutes=10)
+
+
 # --- 4. the error budget ---------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ Pure: no I/O, no clock. May import ``reconciler.api`` and the engine's own modul
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from reconciler.api.enums import Family, PatchState, family_of
 from reconciler.api.inventory import AvailableUpdate, Inventory
@@ -37,6 +37,29 @@ def approved_pins(result: InstanceEvaluation, native_arch: str) -> tuple[str, ..
     return tuple(
         _pin(p, native_arch) for p in result.patches if p.state in APPROVED_STATES and p.installable
     )
+
+
+def frozen_in_place(
+    inventory: Inventory, later: Sequence[str], frozen: Iterable[str]
+) -> tuple[str, ...]:
+    """For each pin of ``later`` (approved after a rollout's snapshot was frozen), the frozen pin
+    of the same package when the machine has an older version than it. Without it, the other
+    frozen pins pull the later version in as a dependency (apt resolves one to its candidate,
+    the newest): a library's update released mid-cycle would reach a later stage unbaked."""
+    newer = comparator(family_of(inventory.facts.operating_system))
+    installed = {
+        _pin(update, inventory.facts.arch).partition("=")[0]: update.installed_version
+        for update in inventory.updates
+        if update.installed_version is not None
+    }
+    waiting = {pin.partition("=")[0] for pin in later}
+    in_place = []
+    for pin in sorted(frozen):
+        name, _, version = pin.partition("=")
+        have = installed.get(name)
+        if name in waiting and have is not None and newer(have, version) < 0:
+            in_place.append(pin)
+    return tuple(in_place)
 
 
 def _pin(patch: PatchResult | AvailableUpdate, native_arch: str) -> str:

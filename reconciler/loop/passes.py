@@ -84,8 +84,9 @@ def rollouts(context: PassContext) -> None:
 def dispatch(context: PassContext) -> None:
     """Plan and start jobs until nothing more can start now (``until_idle``), or one planning
     round otherwise. A slot freed by a succeeding job starts the install the plan queued behind
-    it at once (:func:`_refill`); each completion also triggers a re-plan, for the rest; each
-    plan's skipped and cancelled openings are recorded."""
+    it at once (:func:`_refill`); each completion also triggers a re-plan, for the rest (after
+    steering the rollouts again when :func:`_steer_again`); each plan's skipped and cancelled
+    openings are recorded."""
     parts = context.parts
     running: Running = {}
     try:
@@ -101,6 +102,8 @@ def dispatch(context: PassContext) -> None:
                     _settle(context.summary, current)
                     break
                 finished = _collect(context, running)
+                if _steer_again(context.summary, finished):
+                    rollouts(context)
                 started += _refill(context, pool, running, current, finished, started)
                 if not context.until_idle and not running:
                     break
@@ -109,6 +112,16 @@ def dispatch(context: PassContext) -> None:
         # and an action that never claimed its key must not hold its budget slot forever.
         for action in running.values():
             parts.observation.submitted.pop(action.key, None)
+
+
+def _steer_again(summary: PassSummary, finished: list[Finished]) -> bool:
+    """Whether the rollouts must be steered again before the next plan of this pass: a freeze
+    waited for the first stage's scans (once they are in, that stage installs in this pass, not
+    in a later run), or an install failed (a halt stops its stage's other machines now)."""
+    if not summary.rollouts:
+        return False
+    failed = any(job is not None and job.status == JobStatus.FAILED for _, job in finished)
+    return failed or any(decision.freeze for decision in summary.rollouts)
 
 
 def export(context: PassContext) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 
 from reconciler.api.enums import JobStatus, Operation
 from reconciler.api.inventory import Inventory
@@ -232,7 +233,8 @@ def _on_snapshot(
             return None
         if member not in snapshot.instances or record.results.get(member) is not None:
             return None
-        if frozen.confine(scan.baseline, scan.pins)[0]:
+        machine = partial(Inventory.model_validate, scan.inventory)
+        if frozen.confine(scan.baseline, scan.pins, machine)[0]:
             return None
         if not pending[member] and scan.finished_at < frozen.frozen_at:
             return None
