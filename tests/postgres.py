@@ -1,0 +1,162 @@
+"""A real PostgreSQL 15 for tests (Debian's ``postgresql-15``): one server per test session on
+127.0.0.1, an ephemeral port, its cluster and socket in a scratch directory, and a fresh database
+per test, copied from an empty template (``CREATE DATABASE … TEMPLATE`` copies files: fast).
+
+``initdb`` refuses to run as root, so the cluster belongs to the ``postgres`` user the package
+creates; the tests (root) reach it over TCP as the ``postgres`` superuser, trust authentication on
+loopback only. fsync is off: the server is thrown away at session end, its durability is not under
+test. Recipe: shared/testbeds/README.md (PostgreSQL 15).
+
+Skips (with the reason) when not root, or when the package or psycopg is missing; a server that is
+installed but does not start fails loudly with its log, never skips.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.waiting import wait_until
+
+BIN = Path("/usr/lib/postgresql/15/bin")
+USER = "postgres"
+TEMPLATE = "patchwarden_template"
+
+
+def unavailable() -> str | None:
+    """Why a PostgreSQL server cannot be started here, or None when it can."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "PostgreSQL tests run as root (the cluster is started as the postgres user)"
+    if not (BIN / "initdb").exists() or not (BIN / "pg_ctl").exists():
+        return "PostgreSQL 15 is not installed (Debian package postgresql-15; make install)"
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        return "there is no postgres user (Debian package postgresql-15 creates it)"
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg is not installed (scripts/bootstrap)"
+    return None
+
+
+@dataclass
+class Postgres:
+    """A running server: ``url(database)`` names a database on it."""
+
+    directory: Path
+    port: int
+    _names: Iterator[int]
+
+    def url(self, database: str) -> str:
+        return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
+
+    def fresh_database(self) -> str:
+        """A new, empty database (from the template); returns its URL."""
+        name = f"test_{next(self._names)}"
+        self.execute(f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE}')
+        return self.url(name)
+
+    def execute(self, statement: str) -> None:
+        """One statement on the ``postgres`` database, outside a transaction (as CREATE DATABASE
+        must be)."""
+        import psycopg
+
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            conn.execute(statement.encode())
+
+    def stop(self) -> None:
+        _as_postgres(BIN / "pg_ctl", "stop", "-D", self.directory / "data", "-m", "immediate")
+
+    def log(self) -> str:
+        path = self.directory / "server.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else "(no log)"
+
+
+def _as_postgres(*argv: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["runuser", "-u", USER, "--", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _ready(server: Postgres) -> bool:
+    import psycopg
+
+    try:
+        psycopg.connect(server.url("postgres"), connect_timeout=2).close()
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+def start_postgres(directory: Path) -> Postgres:
+    """initdb a cluster in ``directory`` (made the postgres user's), start it, make the template.
+
+    Raises RuntimeError with the server's words when it does not come up."""
+    entry = pwd.getpwnam(USER)
+    os.chown(directory, entry.pw_uid, entry.pw_gid)
+    data = directory / "data"
+    done = _as_postgres(BIN / "initdb", "-D", data, "-A", "trust", "-U", USER, "-E", "UTF8")
+    if done.returncode != 0:
+        raise RuntimeError(f"initdb failed: {done.stderr[-2000:]}")
+    server = Postgres(directory, _free_port(), itertools.count(1))
+    options = (
+        f"-p {server.port} -k {directory} -c listen_addresses=127.0.0.1"
+        " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    )
+    done = _as_postgres(
+        BIN / "pg_ctl", "start", "-D", data, "-l", directory / "server.log", "-o", options
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"pg_ctl start failed: {done.stderr[-2000:]}\n{server.log()}")
+    try:
+        wait_until("PostgreSQL accepts connections", lambda: _ready(server), detail=server.log)
+        server.execute(f"CREATE DATABASE {TEMPLATE}")
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    """One PostgreSQL 15 for the session, stopped (and its directory removed) at the end."""
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    # Not under pytest's tmp_path: that directory is root's 0700, which postgres cannot enter.
+    directory = Path(tempfile.mkdtemp(prefix="patchwarden-pg-"))
+    try:
+        server = start_postgres(directory)
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Postgres) -> str:
+    """The URL of a fresh, empty database of the session's server, for this test alone."""
+    return postgres_server.fresh_database()

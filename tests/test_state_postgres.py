@@ -1,0 +1,96 @@
+"""The PostgreSQL state store's parts on a real PostgreSQL 15 (tests/postgres.py): the writer lock
+as an advisory lock. The store's own tests run on both backends as the backend grows
+(docs/state.md, "PostgreSQL")."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reconciler.state import Holder, StoreLocked, StoreUnusable
+from reconciler.state.postgres import AdvisoryLock
+from tests.postgres import Postgres
+from tests.waiting import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRST = Holder(pid=4242, host="ctl-1", command="patchctl run")
+
+
+def test_one_writer_at_a_time_and_the_refusal_names_the_holder(postgres_url: str) -> None:
+    first = AdvisoryLock(postgres_url, "pg-state")
+    first.acquire(FIRST)
+    try:
+        with pytest.raises(StoreLocked, match=r"pg-state is in use by patchctl run \(pid 4242 on"):
+            AdvisoryLock(postgres_url, "pg-state").acquire(Holder(7, "ctl-2", "patchctl run"))
+    finally:
+        first.release()
+    second = AdvisoryLock(postgres_url, "pg-state")
+    second.acquire(Holder(7, "ctl-2", "patchctl controller"))  # released: the next one gets in
+    second.release()
+    second.release()  # idempotent
+
+
+def test_a_killed_holder_leaves_no_stale_lock(postgres_url: str) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from reconciler.state import Holder;"
+            " from reconciler.state.postgres import AdvisoryLock;"
+            " lock = AdvisoryLock(sys.argv[1], 's');"
+            " lock.acquire(Holder(1, 'h', 'patchctl run'));"
+            " print('held', flush=True); sys.stdin.read()",
+            postgres_url,
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(StoreLocked, match=r"patchctl run \(pid 1 on h\)"):
+            AdvisoryLock(postgres_url, "s").acquire(FIRST)
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = AdvisoryLock(postgres_url, "s")
+    # The server notices the closed socket by itself; no timeout to wait out, only its reaction.
+    wait_until("the killed holder's lock is free", lambda: _takes(lock), ignore=(StoreLocked,))
+    lock.release()
+
+
+def test_two_stores_on_one_server_do_not_exclude_each_other(postgres_server: Postgres) -> None:
+    one = AdvisoryLock(postgres_server.fresh_database(), "one")
+    other = AdvisoryLock(postgres_server.fresh_database(), "other")
+    one.acquire(FIRST)
+    try:
+        other.acquire(FIRST)
+        other.release()
+    finally:
+        one.release()
+
+
+def test_an_unreachable_server_is_one_line_without_the_password(postgres_server: Postgres) -> None:
+    url = f"postgresql://patchwarden:s3cret@127.0.0.1:{_closed_port()}/state?connect_timeout=5"
+    with pytest.raises(StoreUnusable) as refused:
+        AdvisoryLock(url, "postgresql://***@127.0.0.1/state").acquire(FIRST)
+    message = str(refused.value)
+    assert "s3cret" not in message and "\n" not in message
+    assert message.startswith("cannot reach the state store postgresql://***@127.0.0.1/state")
+
+
+def _takes(lock: AdvisoryLock) -> bool:
+    lock.acquire(FIRST)
+    return True
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # closed again when the probe is
