@@ -1,22 +1,57 @@
-"""The PostgreSQL state store's parts on a real PostgreSQL 15 (tests/postgres.py): the writer lock
-as an advisory lock. The store's own tests run on both backends as the backend grows
-(docs/state.md, "PostgreSQL")."""
+"""What only the PostgreSQL state store has, on a real PostgreSQL 15 (tests/postgres.py): its
+migrations and the writer lock as an advisory lock. The store's behaviour is tested on both
+backends by tests/test_state.py (docs/state.md, "PostgreSQL")."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from reconciler.state import Holder, StoreLocked, StoreUnusable
+from reconciler.state import SCHEMA_VERSION, Holder, StoreLocked, StoreUnusable
 from reconciler.state.postgres import AdvisoryLock
+from reconciler.state.postgres.schema import LATEST
+from reconciler.state.postgres.store import PostgresStore
 from tests.postgres import Postgres
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST = Holder(pid=4242, host="ctl-1", command="patchctl run")
+_T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def test_both_backends_are_at_one_schema_version() -> None:
+    assert LATEST == SCHEMA_VERSION
+
+
+def test_a_new_database_is_migrated_once_by_any_number_of_openers(postgres_url: str) -> None:
+    opened: list[int] = []
+
+    def open_one() -> None:
+        with PostgresStore(postgres_url) as store:
+            opened.append(store.schema_version())
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert opened == [SCHEMA_VERSION] * 4
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (1,)
+
+
+def test_a_database_from_a_newer_program_is_refused(postgres_url: str) -> None:
+    PostgresStore(postgres_url).close()
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("UPDATE schema_version SET version = version + 1")
+    with pytest.raises(StoreUnusable, match=f"schema version {SCHEMA_VERSION + 1}, newer"):
+        PostgresStore(postgres_url)
 
 
 def test_one_writer_at_a_time_and_the_refusal_names_the_holder(postgres_url: str) -> None:
@@ -94,3 +129,14 @@ def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])  # closed again when the probe is
+
+
+def test_a_writer_store_holds_the_lock_and_readers_open_beside_it(postgres_url: str) -> None:
+    with PostgresStore(postgres_url, writer=FIRST) as writer:
+        with pytest.raises(StoreLocked, match=r"patchctl run \(pid 4242 on ctl-1\)"):
+            PostgresStore(postgres_url, writer=Holder(7, "ctl-2", "patchctl reconcile"))
+        with PostgresStore(postgres_url) as reader:  # readers take no lock
+            writer.record_revision(revision="a", accepted=True, problems=[], now=_T0)
+            assert [r.revision for r in reader.revisions()] == ["a"]
+    with PostgresStore(postgres_url, writer=Holder(7, "ctl-2", "patchctl reconcile")):
+        pass  # closed: the lock is free for the next writer

@@ -26,6 +26,20 @@ from reconciler.errors import PermanentError, TemporaryError
 
 JOB_STATUSES = tuple(status.value for status in JobStatus)
 FINISHED_STATUSES = tuple(s.value for s in JobStatus if s is not JobStatus.RUNNING)
+
+
+def check_finish_status(status: str) -> None:
+    """A job finishes as one of :data:`FINISHED_STATUSES`: every backend refuses another alike."""
+    if status not in FINISHED_STATUSES:
+        raise ValueError(f"status {status!r}: a job finishes as one of {FINISHED_STATUSES}")
+
+
+def check_job_status(status: str | None) -> None:
+    """A filter on jobs' status names one of :data:`JOB_STATUSES` (or None: any)."""
+    if status is not None and status not in JOB_STATUSES:
+        raise ValueError(f"status {status!r}: one of {JOB_STATUSES}")
+
+
 WINDOW_STATUSES = tuple(status.value for status in ExecutionStatus)
 REPORT_RUN_STATUSES = tuple(status.value for status in ReportRunStatus)
 

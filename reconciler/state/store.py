@@ -50,8 +50,6 @@ from reconciler.state import oneoffs
 from reconciler.state.lock import FileLock, Holder, WriterLock, lock_path
 from reconciler.state.oneoffs import OneOffRecord
 from reconciler.state.records import (
-    FINISHED_STATUSES,
-    JOB_STATUSES,
     REPORT_RUN_STATUSES,
     WINDOW_STATUSES,
     InstanceRecord,
@@ -67,6 +65,8 @@ from reconciler.state.records import (
     StoreWriteFailed,
     UnknownJob,
     WindowExecution,
+    check_finish_status,
+    check_job_status,
     from_json,
     from_text,
     to_json,
@@ -331,8 +331,7 @@ class StateStore:
         self, job_id: str, *, status: JobStatus, result: dict[str, Any], now: datetime
     ) -> JobRecord:
         """Record a running job's outcome; a finished job's outcome is never replaced."""
-        if status not in FINISHED_STATUSES:
-            raise ValueError(f"status {status!r}: a job finishes as one of {FINISHED_STATUSES}")
+        check_finish_status(status)
         result_text, finished = to_json(result), to_text(now)
         with self._write() as conn:
             changed = conn.execute(
@@ -372,8 +371,7 @@ class StateStore:
         opening: str | None = None,
     ) -> list[JobRecord]:
         """Jobs matching every given filter, oldest first."""
-        if status is not None and status not in JOB_STATUSES:
-            raise ValueError(f"status {status!r}: one of {JOB_STATUSES}")
+        check_job_status(status)
         given = dict(zip(JOB_FILTERS, (status, instance, window, task, opening), strict=True))
         wanted = {column: value for column, value in given.items() if value is not None}
         # Column names come from JOB_FILTERS, never from the caller; values are parameters.

@@ -1,0 +1,300 @@
+"""Stage: state. :class:`PostgresStore`, the observed state in a PostgreSQL database (issue 16),
+being built to be a whole :class:`~reconciler.state.backend.StateBackend`. Done: opening
+(migrations, the writer lock), jobs with idempotency keys, source revisions. Next: scans, window
+executions, one-off openings, report runs, enrolment (docs/state.md, "PostgreSQL").
+
+An I/O edge: it talks to its one database and nothing else; it decides nothing (callers pass
+``now`` and every value). Rows are SQLite's (same text times and JSON), decoded by the same
+records (``state.records``), so both backends return equal values.
+
+Concurrency. One connection per store, serialised by a lock, as SQLite's store does. Between
+processes, PostgreSQL's own transactions: a claim is ``INSERT … ON CONFLICT (key) DO NOTHING``,
+decided by the UNIQUE key inside the server; a read-then-write runs in one transaction under a
+row or table lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+import psycopg
+
+from reconciler.api.enums import JobStatus, Operation
+from reconciler.redaction import redacted
+from reconciler.state.lock import Holder
+from reconciler.state.postgres.lock import AdvisoryLock
+from reconciler.state.postgres.schema import migrate, schema_version
+from reconciler.state.records import (
+    JobNotRunning,
+    JobRecord,
+    RevisionRecord,
+    StateError,
+    StoreUnusable,
+    StoreWriteFailed,
+    UnknownJob,
+    check_finish_status,
+    check_job_status,
+    to_json,
+    to_text,
+)
+from reconciler.state.store import JOB_FILTERS
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+# WINDOW is a reserved word in PostgreSQL (SQLite lets it pass): quoted in every statement.
+JOB_COLUMNS = JobRecord.COLUMNS.replace("window", '"window"')
+
+
+class PostgresStore:
+    """The observed-state store on PostgreSQL. Safe to share between the threads of a process."""
+
+    def __init__(self, conninfo: str, *, writer: Holder | None = None) -> None:
+        """``conninfo``: a libpq URL or key=value string; its credentials are never shown.
+        ``writer``: as for SQLite's store, this process writes and dispatches, so it holds the
+        store's writer lock (an advisory lock) until :meth:`close`."""
+        self.name = redacted(conninfo) if "://" in conninfo else "the PostgreSQL state store"
+        self._lock = threading.Lock()
+        self._writer: AdvisoryLock | None = None
+        if writer is not None:
+            self._writer = AdvisoryLock(conninfo, self.name)
+            self._writer.acquire(writer)
+        try:
+            self._conn: Connection | None = _open(conninfo, self.name)
+        except BaseException:
+            self._release_writer()
+            raise
+
+    def schema_version(self) -> int:
+        with self._use() as conn:
+            return schema_version(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self._release_writer()
+
+    def _release_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def _use(self) -> Iterator[Connection]:
+        """The connection, in one transaction: committed when the block ends, rolled back (and
+        nothing of it kept) when it raises."""
+        with self._lock:
+            if self._conn is None:
+                raise StateError(f"the state store {self.name} is closed")
+            try:
+                with self._conn.transaction():
+                    yield self._conn
+            except psycopg.OperationalError as exc:
+                # The server gone, the network cut, the disk full: a write that may pass later.
+                raise StoreWriteFailed(
+                    f"cannot use the state store {self.name}:"
+                    f" {' '.join(redacted(str(exc)).split())} (a running service retries by"
+                    " itself)"
+                ) from exc
+
+    # Jobs, with idempotency keys.
+
+    def claim_job(
+        self,
+        *,
+        key: str,
+        instance: str,
+        operation: Operation,
+        window: str | None,
+        task: str | None,
+        opening: str | None,
+        revision: str,
+        payload: dict[str, Any],
+        now: datetime,
+    ) -> JobRecord | None:
+        """Insert a running job for ``key``, or return None when the key was ever claimed: the
+        UNIQUE key decides inside the server, across processes and hosts alike."""
+        job_id, created, payload_text = uuid.uuid4().hex, to_text(now), to_json(payload)
+        row = (job_id, key, instance, operation, window, task, opening, revision, JobStatus.RUNNING)
+        with self._use() as conn:
+            inserted = conn.execute(
+                f"INSERT INTO jobs ({JOB_COLUMNS})"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (key) DO NOTHING",
+                (*row, payload_text, None, created, None),
+            ).rowcount
+        if inserted != 1:
+            return None
+        return JobRecord.from_row((*row, payload_text, None, created, None))
+
+    def finish_job(
+        self, job_id: str, *, status: JobStatus, result: dict[str, Any], now: datetime
+    ) -> JobRecord:
+        """Record a running job's outcome; a finished job's outcome is never replaced."""
+        check_finish_status(status)
+        with self._use() as conn:
+            changed = conn.execute(
+                "UPDATE jobs SET status = %s, result = %s, finished_at = %s"
+                " WHERE id = %s AND status = 'running'",
+                (status, to_json(result), to_text(now), job_id),
+            ).rowcount
+            row = conn.execute(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,)
+            ).fetchone()
+        if row is None:
+            raise UnknownJob(f"no job has id {job_id!r}")
+        if changed != 1:
+            raise JobNotRunning(f"job {job_id} already finished as {row[8]!r}")
+        return JobRecord.from_row(row)
+
+    def job(self, job_id: str) -> JobRecord | None:
+        return self._one_job("id", job_id)
+
+    def job_by_key(self, key: str) -> JobRecord | None:
+        return self._one_job("key", key)
+
+    def _one_job(self, column: str, value: str) -> JobRecord | None:
+        with self._use() as conn:
+            row = conn.execute(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE {column} = %s", (value,)
+            ).fetchone()
+        return None if row is None else JobRecord.from_row(row)
+
+    def jobs(
+        self,
+        *,
+        status: str | None = None,
+        instance: str | None = None,
+        window: str | None = None,
+        task: str | None = None,
+        opening: str | None = None,
+    ) -> list[JobRecord]:
+        """Jobs matching every given filter, oldest first (ties in claim order)."""
+        check_job_status(status)
+        given = dict(zip(JOB_FILTERS, (status, instance, window, task, opening), strict=True))
+        wanted = {column: value for column, value in given.items() if value is not None}
+        # Column names come from JOB_FILTERS, never from the caller; values are parameters.
+        where = " AND ".join(f'"{column}" = %s' for column in wanted) or "TRUE"
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY created_at, seq",
+                tuple(wanted.values()),
+            ).fetchall()
+        return [JobRecord.from_row(row) for row in rows]
+
+    def latest_jobs(self) -> dict[str, JobRecord]:
+        """The newest job of each instance (by creation, then claim order, as :meth:`jobs`)."""
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT DISTINCT ON (instance) {JOB_COLUMNS} FROM jobs"
+                " ORDER BY instance, created_at DESC, seq DESC"
+            ).fetchall()
+        return {record.instance: record for record in map(JobRecord.from_row, rows)}
+
+    def claimed_keys(self, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` were ever claimed, checked in SQL (the UNIQUE index on ``key``)."""
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT key FROM jobs WHERE key = ANY(%s)", (list(keys),)
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def abandon_running_jobs(self, now: datetime) -> list[JobRecord]:
+        """Mark every running job abandoned and return them (oldest first); as SQLite's store,
+        only for the writer-lock holder between passes. A job waiting for its machine's reboot
+        is not lost: the loop resumes it."""
+        finished = to_text(now)
+        with self._use() as conn:
+            rows = conn.execute(
+                f"UPDATE jobs SET status = 'abandoned', finished_at = %s"
+                " WHERE status = 'running' AND id NOT IN"
+                "   (SELECT job_id FROM job_phases WHERE phase = 'rebooting')"
+                f" RETURNING {JOB_COLUMNS}, seq",
+                (finished,),
+            ).fetchall()
+        rows.sort(key=lambda row: (row[11], row[13]))
+        # RETURNING gives the rows as updated: abandoned, finished now.
+        return [JobRecord.from_row(row[:13]) for row in rows]
+
+    # Source revisions.
+
+    def record_revision(
+        self, *, revision: str, accepted: bool, problems: list[str], now: datetime
+    ) -> None:
+        """Append the verdict on a revision, unless it repeats the newest one."""
+        entry = (revision, int(accepted), to_json(list(problems)))
+        with self._use() as conn:
+            # Two writers would both see the same newest row and both append: one at a time.
+            conn.execute("LOCK TABLE revisions IN SHARE ROW EXCLUSIVE MODE")
+            newest = conn.execute(
+                "SELECT revision, accepted, problems FROM revisions"
+                " ORDER BY seen_at DESC, id DESC LIMIT 1"
+            ).fetchone()
+            if newest != entry:
+                conn.execute(
+                    "INSERT INTO revisions (revision, accepted, problems, seen_at)"
+                    " VALUES (%s, %s, %s, %s)",
+                    (*entry, to_text(now)),
+                )
+
+    def last_good_revision(self) -> RevisionRecord | None:
+        """The newest accepted revision: the one the loop acts on while newer ones are refused."""
+        with self._use() as conn:
+            row = conn.execute(
+                f"SELECT {RevisionRecord.COLUMNS} FROM revisions WHERE accepted = 1"
+                " ORDER BY seen_at DESC, id DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else RevisionRecord.from_row(row)
+
+    def revisions(self, limit: int = 50) -> list[RevisionRecord]:
+        """Revisions seen, newest first."""
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {RevisionRecord.COLUMNS} FROM revisions"
+                " ORDER BY seen_at DESC, id DESC LIMIT %s",
+                (limit,),
+            ).fetchall()
+        return [RevisionRecord.from_row(row) for row in rows]
+
+
+def _open(conninfo: str, name: str) -> Connection:
+    """A connection to the migrated database, or :class:`StoreUnusable` saying what to do."""
+    try:
+        conn: Connection = psycopg.connect(conninfo, autocommit=True)
+    except psycopg.Error as exc:
+        raise StoreUnusable(
+            f"cannot reach the state store {name}: {' '.join(redacted(str(exc)).split())}"
+        ) from None
+    try:
+        migrate(conn)
+    except StoreUnusable as exc:  # a newer schema: name the database
+        conn.close()
+        raise StoreUnusable(f"{name}: {exc}") from None
+    except psycopg.Error as exc:
+        conn.close()
+        raise StoreUnusable(
+            f"cannot set up the state store {name}: {' '.join(redacted(str(exc)).split())}"
+            " (the user needs CREATE on the database's schema)"
+        ) from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
