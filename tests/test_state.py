@@ -128,6 +128,14 @@ def pending(methods: str) -> pytest.MarkDecorator:
     return pytest.mark.postgres_pending(methods)
 
 
+def another(store: Any, tmp_path: Path) -> Any:
+    """A second store on the same database (as another process would open it)."""
+    if isinstance(store, PostgresStore):
+        assert store._conn is not None
+        return PostgresStore(store._conn.info.dsn)
+    return StateStore(tmp_path / "state.db")
+
+
 @contextmanager
 def raw_sql(store: Any, tmp_path: Path) -> Iterator[tuple[Any, type[Exception]]]:
     """A connection of its own to the store's database and the error its triggers raise: what
@@ -154,9 +162,8 @@ def test_new_file_is_created_in_wal_mode_at_the_latest_version(tmp_path: Path) -
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
-@pending("record_scan")
 def test_foreign_keys_are_enforced(store: StateStore) -> None:
-    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError), match=r"(?i)foreign key"):
         scan(store, job_id="no-such-job")
     assert store.latest_scan("web-1") is None
 
@@ -210,7 +217,6 @@ def test_reopening_keeps_everything(tmp_path: Path) -> None:
 # Scans and installs
 
 
-@pending("record_scan, scan_history, latest_scan(s), patch_states, instance(s)")
 def test_record_scan_round_trip(store: StateStore) -> None:
     recorded = scan(store, operation="Install", baseline_hash="sha256:bb")
     assert recorded.id > 0
@@ -222,7 +228,6 @@ def test_record_scan_round_trip(store: StateStore) -> None:
     assert store.latest_scan("db-1") is None
 
 
-@pending("record_scan, scan_history, latest_scan(s), patch_states, instance(s)")
 def test_record_scan_stores_one_row_per_patch(store: StateStore) -> None:
     recorded = scan(store, evaluation=evaluation("web-1", "MISSING", "INSTALLED", "FAILED"))
     rows = store.patch_states(recorded.id)
@@ -240,7 +245,6 @@ def test_record_scan_stores_one_row_per_patch(store: StateStore) -> None:
     assert first.cves == ["CVE-2024-0000"] and first.instance == "web-1"
 
 
-@pending("record_scan, first_seen")
 def test_first_seen_is_the_earliest_scan_of_any_instance_per_archive(store: StateStore) -> None:
     security = ("Debian", "bookworm-security")
     updates = ("Debian", "bookworm-updates")
@@ -259,7 +263,6 @@ def test_first_seen_is_the_earliest_scan_of_any_instance_per_archive(store: Stat
     }
 
 
-@pending("record_scan, scan_history, latest_scan(s), patch_states, instance(s)")
 def test_record_scan_keeps_latest_facts_and_first_seen(store: StateStore) -> None:
     scan(store, minutes=0)
     newest = scan(store, minutes=10, inventory={"facts": facts(kernel="6.1.0-20")}, evaluation={})
@@ -277,7 +280,6 @@ def test_record_scan_keeps_latest_facts_and_first_seen(store: StateStore) -> Non
     assert store.instance("db-1") is None
 
 
-@pending("record_scan, scan_history, latest_scan(s), patch_states, instance(s)")
 def test_facts_may_come_with_the_evaluation(store: StateStore) -> None:
     doc = {**evaluation("web-1"), "facts": facts(hostname="from-evaluation")}
     scan(store, inventory={}, evaluation=doc)
@@ -285,25 +287,23 @@ def test_facts_may_come_with_the_evaluation(store: StateStore) -> None:
     assert instance is not None and instance.facts["hostname"] == "from-evaluation"
 
 
-@pending("record_scan, scan_history, latest_scan(s), patch_states, instance(s)")
 def test_history_is_append_only(store: StateStore, tmp_path: Path) -> None:
     first = scan(store, minutes=0)
     second = scan(store, minutes=60, revision="rev-b")
     assert store.scan_history("web-1") == [second, first]
     assert store.latest_scan("web-1") == second
-    with sqlite3.connect(tmp_path / "state.db") as conn:
+    with raw_sql(store, tmp_path) as (conn, refused):
         for statement in (
             "UPDATE scans SET revision = 'forged'",
             "DELETE FROM scans",
             "UPDATE patch_states SET state = 'INSTALLED'",
             "DELETE FROM patch_states",
         ):
-            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            with pytest.raises(refused, match="append-only"):
                 conn.execute(statement)
     assert store.scan_history("web-1") == [second, first]
 
 
-@pending("record_scan, scan_history, latest_scan(s), patch_states, instance(s)")
 def test_latest_is_decided_by_finish_time_not_arrival(store: StateStore) -> None:
     newer = scan(store, minutes=60)
     scan(store, minutes=0)
@@ -311,7 +311,6 @@ def test_latest_is_decided_by_finish_time_not_arrival(store: StateStore) -> None
     assert store.latest_scans()["web-1"] == newer
 
 
-@pending("record_scan, scan_history, latest_scan(s), patch_states, instance(s)")
 def test_latest_scans_picks_the_newest_per_instance(store: StateStore) -> None:
     expected = {}
     for instance, finishes in {"web-1": [5, 50, 20], "db-1": [30], "web-2": [1, 2]}.items():
@@ -321,7 +320,6 @@ def test_latest_scans_picks_the_newest_per_instance(store: StateStore) -> None:
     assert list(store.latest_scans()) == ["db-1", "web-1", "web-2"]
 
 
-@pending("record_scan, scan_history, latest_scan(s), patch_states, instance(s)")
 def test_latest_scans_read_again_see_every_scan_recorded_since(
     store: StateStore, tmp_path: Path
 ) -> None:
@@ -330,16 +328,15 @@ def test_latest_scans_read_again_see_every_scan_recorded_since(
     scan(store, "web-1", minutes=10)
     scan(store, "db-1", minutes=10)
     assert set(store.latest_scans()) == {"db-1", "web-1"}
-    with StateStore(tmp_path / "state.db") as other:
+    with another(store, tmp_path) as other:
         newer = scan(other, "web-1", minutes=20)
     scan(store, "db-1", minutes=5)  # recorded later, finished earlier: not the newest
     scan(store, "web-2", minutes=1)
-    with StateStore(tmp_path / "state.db") as fresh:
+    with another(store, tmp_path) as fresh:
         assert store.latest_scans() == fresh.latest_scans()
     assert store.latest_scans()["web-1"] == newer
 
 
-@pending("record_scan, scan_history, latest_scan(s), patch_states, instance(s)")
 def test_scan_history_is_newest_first_and_limited(store: StateStore) -> None:
     records = [scan(store, minutes=m) for m in range(5)]
     scan(store, "other", minutes=100)
@@ -357,7 +354,6 @@ def test_scan_history_is_newest_first_and_limited(store: StateStore) -> None:
         ({"evaluation": {"patches": [{"name": "pkg"}]}}, ValueError),
     ],
 )
-@pending("record_scan, scan_history, latest_scan(s), patch_states, instance(s)")
 def test_bad_scans_are_refused_and_nothing_is_written(
     store: StateStore, overrides: dict[str, Any], error: type[Exception]
 ) -> None:
@@ -367,7 +363,6 @@ def test_bad_scans_are_refused_and_nothing_is_written(
     assert store.instances() == []
 
 
-@pending("record_scan, scan_history, latest_scan(s), patch_states, instance(s)")
 def test_times_are_stored_in_utc(store: StateStore) -> None:
     paris = timezone(timedelta(hours=2))
     recorded = scan(store, finished_at=datetime(2024, 5, 1, 14, 0, tzinfo=paris))
@@ -375,7 +370,6 @@ def test_times_are_stored_in_utc(store: StateStore) -> None:
     assert recorded.finished_at.utcoffset() == timedelta(0)
 
 
-@pending("record_scan, scan_history, latest_scan(s), patch_states, instance(s)")
 def test_scan_links_to_its_job(store: StateStore) -> None:
     job = claim(store, "k1")
     assert job is not None
@@ -501,7 +495,7 @@ def test_a_job_waiting_for_its_reboot_is_not_abandoned_and_is_found_after_a_rest
             store.record_phase(job.id, phase="rebooting", boot_id="b-2", detail={}, now=at(5))
 
 
-@pending("planning_jobs, record_scan, record_phase")
+@pending("planning_jobs, record_phase")
 def test_planning_jobs_reads_only_what_the_planner_can_act_on(store: StateStore) -> None:
     """Running jobs, jobs of the openings given, recent failed Scans, and abandoned jobs not
     followed by a scan of their machine; oldest first, like jobs()."""
@@ -823,7 +817,6 @@ def test_one_writer_at_a_time_and_readers_beside_it(tmp_path: Path) -> None:
         assert second.latest_scan("web-1") is not None
 
 
-@pending("record_scan, with_first_seen")
 def test_with_first_seen_gives_recorded_times_and_now_for_versions_not_recorded_yet(
     store: StateStore,
 ) -> None:

@@ -212,15 +212,21 @@ def _patch_row(patch: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def insert_patch_states(
-    conn: sqlite3.Connection, scan_id: int, instance: str, evaluation: dict[str, Any]
-) -> None:
-    """One patch_states row per entry of ``evaluation["patches"]``."""
+def patch_rows(scan_id: int, instance: str, evaluation: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The patch_states rows (``scan_id, instance, *PATCH_COLUMNS``) of ``evaluation["patches"]``,
+    every backend's; ValueError for a patch without a name or a state."""
     patches = evaluation.get("patches") or []
     for index, patch in enumerate(patches):
         if not isinstance(patch, dict) or "name" not in patch or "state" not in patch:
             raise ValueError(f"evaluation.patches[{index}] needs at least a name and a state")
-    rows = [(scan_id, instance, *_patch_row(patch)) for patch in patches]
+    return [(scan_id, instance, *_patch_row(patch)) for patch in patches]
+
+
+def insert_patch_states(
+    conn: sqlite3.Connection, scan_id: int, instance: str, evaluation: dict[str, Any]
+) -> None:
+    """One patch_states row per entry of ``evaluation["patches"]``."""
+    rows = patch_rows(scan_id, instance, evaluation)
     placeholders = ", ".join("?" * (len(PATCH_COLUMNS) + 2))
     conn.executemany(
         f"INSERT INTO patch_states (scan_id, instance, {', '.join(PATCH_COLUMNS)})"

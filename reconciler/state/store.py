@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import datetime
@@ -196,7 +196,7 @@ class StateStore:
             assert scan_id is not None  # an INSERT into a rowid table always has one
             insert_patch_states(conn, scan_id, instance, evaluation)
             upsert_instance(conn, scan_id, instance, finished, facts_of(inventory, evaluation))
-            record_first_seen(conn, _offered(inventory), finished)
+            record_first_seen(conn, offered(inventory), finished)
         # Built from the stored text, so the record equals what a later read returns.
         row = (scan_id, *identity, started, finished, inventory_text, evaluation_text)
         return ScanRecord.from_row(row)
@@ -223,12 +223,7 @@ class StateStore:
         """``inventory`` with each version's recorded first-seen time. A scan being recorded at
         ``now`` gives ``now`` to the offered versions no scan recorded yet (it records them);
         a reader (``now`` None) leaves them without one."""
-        packages = (*inventory.updates, *inventory.installed)
-        found = self.first_seen(key for pkg in packages for key in package_first_seen_keys(pkg))
-        if now is None:
-            return with_first_seen(inventory, found)
-        offered = {key for pkg in inventory.updates for key in package_first_seen_keys(pkg)}
-        return with_first_seen(inventory, {k: found.get(k, now) for k in offered} | found)
+        return merged_first_seen(inventory, now, self.first_seen)
 
     def latest_scan(self, instance: str) -> ScanRecord | None:
         history = self.scan_history(instance, limit=1)
@@ -779,7 +774,21 @@ TRANSIENT = frozenset(
 I/O error, a file system remounted read-only, another process's write lock held too long."""
 
 
-def _offered(inventory: dict[str, Any]) -> list[FirstSeenKey]:
+def merged_first_seen(
+    inventory: Inventory,
+    now: datetime | None,
+    lookup: Callable[[Iterable[FirstSeenKey]], dict[FirstSeenKey, datetime]],
+) -> Inventory:
+    """``with_first_seen`` of every backend, given its ``first_seen`` as ``lookup``."""
+    packages = (*inventory.updates, *inventory.installed)
+    found = lookup(key for pkg in packages for key in package_first_seen_keys(pkg))
+    if now is None:
+        return with_first_seen(inventory, found)
+    offered = {key for pkg in inventory.updates for key in package_first_seen_keys(pkg)}
+    return with_first_seen(inventory, {k: found.get(k, now) for k in offered} | found)
+
+
+def offered(inventory: dict[str, Any]) -> list[FirstSeenKey]:
     """The (name, arch, version, archive) keys of the updates an inventory document offers."""
     keys: list[FirstSeenKey] = []
     for update in inventory.get("updates") or []:

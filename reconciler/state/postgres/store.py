@@ -1,7 +1,8 @@
 """Stage: state. :class:`PostgresStore`, the observed state in a PostgreSQL database (issue 16),
 being built to be a whole :class:`~reconciler.state.backend.StateBackend`. Done: opening
-(migrations, the writer lock), jobs with idempotency keys, source revisions. Next: scans, window
-executions, one-off openings, report runs, enrolment (docs/state.md, "PostgreSQL").
+(migrations, the writer lock), scans and installs, jobs with idempotency keys, source
+revisions. Next: planning_jobs, job phases, window executions, one-off openings, report runs,
+enrolment (docs/state.md, "PostgreSQL").
 
 An I/O edge: it talks to its one database and nothing else; it decides nothing (callers pass
 ``now`` and every value). Rows are SQLite's (same text times and JSON), decoded by the same
@@ -26,24 +27,31 @@ from typing import Any, Self
 import psycopg
 
 from reconciler.api.enums import JobStatus, Operation
+from reconciler.api.inventory import FirstSeenKey, Inventory
 from reconciler.redaction import redacted
 from reconciler.state.lock import Holder
+from reconciler.state.postgres import history
 from reconciler.state.postgres.lock import AdvisoryLock
 from reconciler.state.postgres.schema import migrate, schema_version
 from reconciler.state.records import (
+    InstanceRecord,
     JobNotRunning,
     JobRecord,
+    PatchStateRecord,
     RevisionRecord,
+    ScanRecord,
     StateError,
     StoreUnusable,
     StoreWriteFailed,
     UnknownJob,
     check_finish_status,
     check_job_status,
+    from_text,
     to_json,
     to_text,
 )
-from reconciler.state.store import JOB_FILTERS
+from reconciler.state.schema import facts_of, patch_rows
+from reconciler.state.store import JOB_FILTERS, merged_first_seen, offered
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -114,6 +122,107 @@ class PostgresStore:
                     f" {' '.join(redacted(str(exc)).split())} (a running service retries by"
                     " itself)"
                 ) from exc
+
+    # Scans and installs: append-only history.
+
+    def record_scan(
+        self,
+        *,
+        instance: str,
+        operation: Operation,
+        revision: str,
+        baseline: str,
+        baseline_hash: str,
+        job_id: str | None,
+        started_at: datetime,
+        finished_at: datetime,
+        inventory: dict[str, Any],
+        evaluation: dict[str, Any],
+    ) -> ScanRecord:
+        """Append one scan or install, its per-patch states, and the instance's latest facts."""
+        operation = Operation(operation)  # callers outside the loop give the value as text
+        started, finished = to_text(started_at), to_text(finished_at)
+        documents = (to_json(inventory), to_json(evaluation))
+        identity = (instance, operation, revision, baseline, baseline_hash, job_id)
+        facts = facts_of(inventory, evaluation)
+        with self._use() as conn:
+            found = conn.execute(
+                "INSERT INTO scans (instance, operation, revision, baseline, baseline_hash,"
+                " job_id, started_at, finished_at, inventory, evaluation)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                (*identity, started, finished, *documents),
+            ).fetchone()
+            assert found is not None  # INSERT … RETURNING returns the row it inserted
+            scan_id = int(found[0])
+            history.insert_patch_states(conn, patch_rows(scan_id, instance, evaluation))
+            history.upsert_instance(conn, scan_id, instance, finished, facts)
+            history.record_first_seen(conn, offered(inventory), finished)
+        return ScanRecord.from_row((scan_id, *identity, started, finished, *documents))
+
+    def first_seen(self, keys: Iterable[FirstSeenKey]) -> dict[FirstSeenKey, datetime]:
+        """The recorded first-seen time of each of ``keys`` that has one."""
+        wanted = list(dict.fromkeys(keys))
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT f.name, f.arch, f.version, f.archive, f.first_seen"
+                " FROM package_first_seen AS f JOIN unnest(%s::text[], %s::text[], %s::text[],"
+                " %s::text[]) AS k (name, arch, version, archive) USING (name, arch, version,"
+                " archive)",
+                [list(column) for column in zip(*wanted, strict=True)] or [[], [], [], []],
+            ).fetchall()
+        return {tuple(row[:4]): from_text(row[4]) for row in rows}
+
+    def with_first_seen(self, inventory: Inventory, now: datetime | None) -> Inventory:
+        """As SQLite's store: recorded first-seen times, ``now`` for new offers when recording."""
+        return merged_first_seen(inventory, now, self.first_seen)
+
+    def latest_scan(self, instance: str) -> ScanRecord | None:
+        history = self.scan_history(instance, limit=1)
+        return history[0] if history else None
+
+    def latest_scans(self) -> dict[str, ScanRecord]:
+        """The newest scan (by ``finished_at``, then id) of every instance: the ones
+        ``instances.last_scan_id`` names, kept on that rule as scans are recorded."""
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {ScanRecord.COLUMNS} FROM scans"
+                " WHERE id IN (SELECT last_scan_id FROM instances) ORDER BY instance"
+            ).fetchall()
+        return {record.instance: record for record in map(ScanRecord.from_row, rows)}
+
+    def scan_history(self, instance: str, limit: int = 100) -> list[ScanRecord]:
+        """The instance's scans and installs, newest first."""
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {ScanRecord.COLUMNS} FROM scans WHERE instance = %s"
+                " ORDER BY finished_at DESC, id DESC LIMIT %s",
+                (instance, limit),
+            ).fetchall()
+        return [ScanRecord.from_row(row) for row in rows]
+
+    def patch_states(self, scan_id: int) -> list[PatchStateRecord]:
+        """The per-patch rows stored with one scan, in the evaluation's order."""
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {PatchStateRecord.COLUMNS} FROM patch_states WHERE scan_id = %s"
+                " ORDER BY seq",
+                (scan_id,),
+            ).fetchall()
+        return [PatchStateRecord.from_row(row) for row in rows]
+
+    def instance(self, instance: str) -> InstanceRecord | None:
+        with self._use() as conn:
+            row = conn.execute(
+                f"SELECT {InstanceRecord.COLUMNS} FROM instances WHERE instance = %s", (instance,)
+            ).fetchone()
+        return None if row is None else InstanceRecord.from_row(row)
+
+    def instances(self) -> list[InstanceRecord]:
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {InstanceRecord.COLUMNS} FROM instances ORDER BY instance"
+            ).fetchall()
+        return [InstanceRecord.from_row(row) for row in rows]
 
     # Jobs, with idempotency keys.
 
