@@ -111,21 +111,21 @@ def claim(store: StateStore, key: str, instance: str = "web-1", **overrides: Any
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     """The store on each backend: a SQLite file, and a fresh database of the session's
-    PostgreSQL (tests/postgres.py). A test marked ``postgres_pending`` needs methods the
-    PostgreSQL store does not have yet, which its skip names."""
+    PostgreSQL (tests/postgres.py). A test marked ``postgres_pending`` cannot run there yet;
+    its skip says why."""
     if request.param == "sqlite":
         with StateStore(tmp_path / "state.db") as opened:
             yield opened
         return
     pending = request.node.get_closest_marker("postgres_pending")
     if pending is not None:
-        pytest.skip(f"PostgresStore lacks {pending.args[0]} yet (issue 16)")
+        pytest.skip(f"not on PostgreSQL yet (issue 16): {pending.args[0]}")
     with PostgresStore(request.getfixturevalue("postgres_url")) as opened:
         yield opened
 
 
-def pending(methods: str) -> pytest.MarkDecorator:
-    return pytest.mark.postgres_pending(methods)
+def pending(why: str) -> pytest.MarkDecorator:
+    return pytest.mark.postgres_pending(why)
 
 
 def another(store: Any, tmp_path: Path) -> Any:
@@ -495,7 +495,6 @@ def test_a_job_waiting_for_its_reboot_is_not_abandoned_and_is_found_after_a_rest
             store.record_phase(job.id, phase="rebooting", boot_id="b-2", detail={}, now=at(5))
 
 
-@pending("planning_jobs, record_phase")
 def test_planning_jobs_reads_only_what_the_planner_can_act_on(store: StateStore) -> None:
     """Running jobs, jobs of the openings given, recent failed Scans, and abandoned jobs not
     followed by a scan of their machine; oldest first, like jobs()."""
@@ -563,7 +562,7 @@ def test_claimed_keys_checks_existence_in_sql(store: StateStore) -> None:
     assert store.claimed_keys([]) == set()
 
 
-@pending("planning_jobs (and an EXPLAIN-based form of this check)")
+@pending("reads SQLite's EXPLAIN QUERY PLAN; PostgreSQL needs its own EXPLAIN check")
 def test_planning_jobs_use_indexes_not_a_scan_of_the_history(store: StateStore) -> None:
     """The planner's read must not grow with the history: every part is an index search."""
     statements: list[str] = []
@@ -670,7 +669,6 @@ def test_claim_is_exclusive_across_processes(tmp_path: Path) -> None:
 # Window executions
 
 
-@pending("record_window_execution, window_executions")
 def test_window_executions_upsert_keeps_start_time(store: StateStore) -> None:
     store.record_window_execution(window="nightly", opening="o1", status="PENDING", now=at(0))
     store.record_window_execution(window="weekly", opening="w1", status="IN_PROGRESS", now=at(1))

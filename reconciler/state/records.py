@@ -172,6 +172,23 @@ class WindowExecution(TypedDict):
     updated_at: datetime
 
 
+def window_execution(row: tuple[Any, ...]) -> WindowExecution:
+    """A ``window_executions`` row (window, opening, status, started_at, updated_at), decoded."""
+    return WindowExecution(
+        window=row[0],
+        opening=row[1],
+        status=ExecutionStatus(row[2]),
+        started_at=from_text(row[3]),
+        updated_at=from_text(row[4]),
+    )
+
+
+def check_window_status(status: str) -> None:
+    """A window execution's status is one of :data:`WINDOW_STATUSES`, on every backend."""
+    if status not in WINDOW_STATUSES:
+        raise ValueError(f"status {status!r}: one of {WINDOW_STATUSES}")
+
+
 @dataclass(frozen=True)
 class ScanRecord:
     """One scan or install of one instance, as evaluated: a row of append-only history."""

@@ -51,7 +51,6 @@ from reconciler.state.lock import FileLock, Holder, WriterLock, lock_path
 from reconciler.state.oneoffs import OneOffRecord
 from reconciler.state.records import (
     REPORT_RUN_STATUSES,
-    WINDOW_STATUSES,
     InstanceRecord,
     JobNotRunning,
     JobPhase,
@@ -67,10 +66,12 @@ from reconciler.state.records import (
     WindowExecution,
     check_finish_status,
     check_job_status,
+    check_window_status,
     from_json,
     from_text,
     to_json,
     to_text,
+    window_execution,
 )
 from reconciler.state.schema import (
     facts_of,
@@ -534,8 +535,7 @@ class StateStore:
         self, *, window: str, opening: str, status: ExecutionStatus, now: datetime
     ) -> None:
         """Set the status of one opening of a window; the first record's time stays its start."""
-        if status not in WINDOW_STATUSES:
-            raise ValueError(f"status {status!r}: one of {WINDOW_STATUSES}")
+        check_window_status(status)
         moment = to_text(now)
         with self._use() as conn:
             conn.execute(
@@ -554,16 +554,7 @@ class StateStore:
                 f" {where} ORDER BY started_at, window, opening",
                 params,
             ).fetchall()
-        return [
-            WindowExecution(
-                window=row[0],
-                opening=row[1],
-                status=ExecutionStatus(row[2]),
-                started_at=from_text(row[3]),
-                updated_at=from_text(row[4]),
-            )
-            for row in rows
-        ]
+        return [window_execution(row) for row in rows]
 
     def execution_statuses(
         self, openings: Iterable[tuple[str, str]]

@@ -1,8 +1,8 @@
 """Stage: state. :class:`PostgresStore`, the observed state in a PostgreSQL database (issue 16),
 being built to be a whole :class:`~reconciler.state.backend.StateBackend`. Done: opening
 (migrations, the writer lock), scans and installs, jobs with idempotency keys, source
-revisions. Next: planning_jobs, job phases, window executions, one-off openings, report runs,
-enrolment (docs/state.md, "PostgreSQL").
+revisions, job phases, window executions. Next: one-off openings, report runs, enrolment
+(docs/state.md, "PostgreSQL").
 
 An I/O edge: it talks to its one database and nothing else; it decides nothing (callers pass
 ``now`` and every value). Rows are SQLite's (same text times and JSON), decoded by the same
@@ -26,7 +26,7 @@ from typing import Any, Self
 
 import psycopg
 
-from reconciler.api.enums import JobStatus, Operation
+from reconciler.api.enums import ExecutionStatus, JobStatus, Operation
 from reconciler.api.inventory import FirstSeenKey, Inventory
 from reconciler.redaction import redacted
 from reconciler.state.lock import Holder
@@ -36,6 +36,7 @@ from reconciler.state.postgres.schema import migrate, schema_version
 from reconciler.state.records import (
     InstanceRecord,
     JobNotRunning,
+    JobPhase,
     JobRecord,
     PatchStateRecord,
     RevisionRecord,
@@ -44,11 +45,14 @@ from reconciler.state.records import (
     StoreUnusable,
     StoreWriteFailed,
     UnknownJob,
+    WindowExecution,
     check_finish_status,
     check_job_status,
+    check_window_status,
     from_text,
     to_json,
     to_text,
+    window_execution,
 )
 from reconciler.state.schema import facts_of, patch_rows
 from reconciler.state.store import JOB_FILTERS, merged_first_seen, offered
@@ -343,6 +347,107 @@ class PostgresStore:
         # RETURNING gives the rows as updated: abandoned, finished now.
         return [JobRecord.from_row(row[:13]) for row in rows]
 
+    def planning_jobs(
+        self, *, openings: Iterable[tuple[str, str]], failed_scans_since: datetime
+    ) -> list[JobRecord]:
+        """The jobs the planner can still act on, oldest first (the order of :meth:`jobs`):
+        running jobs, jobs of the given (window, opening) pairs, failed Scans created after
+        ``failed_scans_since``, abandoned jobs created at or after their instance's latest scan;
+        each part an index lookup, as in SQLite's store."""
+        windows, opening_list = _columns(openings)
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE seq IN ("
+                "  SELECT seq FROM jobs WHERE status = 'running'"
+                "  UNION SELECT seq FROM jobs"
+                "    WHERE status = 'failed' AND created_at > %s AND operation = 'Scan'"
+                "  UNION SELECT jobs.seq FROM unnest(%s::text[], %s::text[]) AS pair (w, o)"
+                '    JOIN jobs ON jobs."window" = pair.w AND jobs.opening = pair.o'
+                "  UNION SELECT seq FROM jobs WHERE status = 'abandoned' AND created_at >="
+                "    coalesce((SELECT scans.finished_at FROM instances JOIN scans"
+                "      ON scans.id = instances.last_scan_id"
+                "      WHERE instances.instance = jobs.instance), '')"
+                ") ORDER BY created_at, seq",
+                (to_text(failed_scans_since), windows, opening_list),
+            ).fetchall()
+        return [JobRecord.from_row(row) for row in rows]
+
+    def record_phase(
+        self, job_id: str, *, phase: str, boot_id: str, detail: dict[str, Any], now: datetime
+    ) -> JobPhase:
+        """Record that the running job ``job_id`` is now in ``phase`` (before it starts it)."""
+        row = (job_id, phase, boot_id, to_json(detail), to_text(now))
+        with self._use() as conn:
+            # FOR UPDATE: the job cannot finish between this check and the insert.
+            status = conn.execute(
+                "SELECT status FROM jobs WHERE id = %s FOR UPDATE", (job_id,)
+            ).fetchone()
+            if status is None:
+                raise UnknownJob(f"no job has id {job_id!r}")
+            if status[0] != JobStatus.RUNNING:
+                raise JobNotRunning(f"job {job_id} already finished as {status[0]!r}")
+            conn.execute(
+                f"INSERT INTO job_phases ({JobPhase.COLUMNS}) VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (job_id) DO UPDATE SET phase = excluded.phase,"
+                " boot_id = excluded.boot_id, detail = excluded.detail, since = excluded.since",
+                row,
+            )
+        return JobPhase.from_row(row)
+
+    def rebooting_jobs(self) -> list[tuple[JobRecord, JobPhase]]:
+        """Running jobs whose machine was asked to reboot, oldest first."""
+        columns = ", ".join(f"jobs.{c.strip()}" for c in JOB_COLUMNS.split(","))
+        phase = ", ".join(f"job_phases.{c.strip()}" for c in JobPhase.COLUMNS.split(","))
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {columns}, {phase} FROM jobs"
+                " JOIN job_phases ON job_phases.job_id = jobs.id"
+                " WHERE jobs.status = 'running' AND job_phases.phase = 'rebooting'"
+                " ORDER BY jobs.created_at, jobs.seq"
+            ).fetchall()
+        width = len(JOB_COLUMNS.split(","))
+        return [(JobRecord.from_row(r[:width]), JobPhase.from_row(r[width:])) for r in rows]
+
+    # Maintenance window executions.
+
+    def record_window_execution(
+        self, *, window: str, opening: str, status: ExecutionStatus, now: datetime
+    ) -> None:
+        """Set the status of one opening of a window; the first record's time stays its start."""
+        check_window_status(status)
+        moment = to_text(now)
+        with self._use() as conn:
+            conn.execute(
+                'INSERT INTO window_executions ("window", opening, status, started_at,'
+                ' updated_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT ("window", opening)'
+                " DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
+                (window, opening, status, moment, moment),
+            )
+
+    def window_executions(self, window: str | None = None) -> list[WindowExecution]:
+        """Every execution (of ``window``), oldest first."""
+        where, params = ('WHERE "window" = %s', (window,)) if window is not None else ("", ())
+        with self._use() as conn:
+            rows = conn.execute(
+                'SELECT "window", opening, status, started_at, updated_at FROM window_executions'
+                f' {where} ORDER BY started_at, "window", opening',
+                params,
+            ).fetchall()
+        return [window_execution(row) for row in rows]
+
+    def execution_statuses(
+        self, openings: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], ExecutionStatus]:
+        """The status of each given (window, opening) that has an execution."""
+        with self._use() as conn:
+            rows = conn.execute(
+                'SELECT e."window", e.opening, e.status FROM unnest(%s::text[], %s::text[])'
+                ' AS pair (w, o) JOIN window_executions AS e ON e."window" = pair.w'
+                " AND e.opening = pair.o",
+                _columns(openings),
+            ).fetchall()
+        return {(row[0], row[1]): ExecutionStatus(row[2]) for row in rows}
+
     # Source revisions.
 
     def record_revision(
@@ -382,6 +487,12 @@ class PostgresStore:
                 (limit,),
             ).fetchall()
         return [RevisionRecord.from_row(row) for row in rows]
+
+
+def _columns(pairs: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """(window, opening) pairs as two arrays, for ``unnest`` (JSON's role in SQLite's store)."""
+    listed = list(pairs)
+    return [window for window, _ in listed], [opening for _, opening in listed]
 
 
 def _open(conninfo: str, name: str) -> Connection:
