@@ -8,8 +8,6 @@ import multiprocessing
 import sqlite3
 import threading
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -18,7 +16,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from reconciler.api.enrolment import DiscoveredHost, Listed, Provenance
 from reconciler.api.inventory import Inventory
+from reconciler.api.oneoff import OneOffOpening, OneOffStatus, OneOffTargets
+from reconciler.api.resources import WindowTask
 from reconciler.state import (
     SCHEMA_VERSION,
     Holder,
@@ -29,8 +30,8 @@ from reconciler.state import (
     UnknownJob,
     lock_path,
 )
-from reconciler.state.postgres.store import PostgresStore
 from reconciler.state.schema import LATEST, migrate
+from tests.postgres import another, pending, raw_sql
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -108,45 +109,10 @@ def claim(store: StateStore, key: str, instance: str = "web-1", **overrides: Any
     return store.claim_job(**{**fields, **overrides})
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    """The store on each backend: a SQLite file, and a fresh database of the session's
-    PostgreSQL (tests/postgres.py). A test marked ``postgres_pending`` cannot run there yet;
-    its skip says why."""
-    if request.param == "sqlite":
-        with StateStore(tmp_path / "state.db") as opened:
-            yield opened
-        return
-    pending = request.node.get_closest_marker("postgres_pending")
-    if pending is not None:
-        pytest.skip(f"not on PostgreSQL yet (issue 16): {pending.args[0]}")
-    with PostgresStore(request.getfixturevalue("postgres_url")) as opened:
-        yield opened
-
-
-def pending(why: str) -> pytest.MarkDecorator:
-    return pytest.mark.postgres_pending(why)
-
-
-def another(store: Any, tmp_path: Path) -> Any:
-    """A second store on the same database (as another process would open it)."""
-    if isinstance(store, PostgresStore):
-        assert store._conn is not None
-        return PostgresStore(store._conn.info.dsn)
-    return StateStore(tmp_path / "state.db")
-
-
-@contextmanager
-def raw_sql(store: Any, tmp_path: Path) -> Iterator[tuple[Any, type[Exception]]]:
-    """A connection of its own to the store's database and the error its triggers raise: what
-    anyone with SQL access could try, beside the store."""
-    if isinstance(store, PostgresStore):
-        assert store._conn is not None
-        with psycopg.connect(store._conn.info.dsn, autocommit=True) as conn:
-            yield conn, psycopg.IntegrityError
-        return
-    with sqlite3.connect(tmp_path / "state.db") as conn:
-        yield conn, sqlite3.IntegrityError
+@pytest.fixture
+def store(state_store: Any) -> Any:
+    """Each test on both backends (tests/postgres.py, ``state_store``)."""
+    return state_store
 
 
 # The file
@@ -828,3 +794,55 @@ def test_with_first_seen_gives_recorded_times_and_now_for_versions_not_recorded_
     )
     merged = store.with_first_seen(Inventory.model_validate(document), at(60))
     assert [u.first_seen for u in merged.updates] == [at(10), at(60)]
+
+
+# One-off openings and enrolment
+
+
+def test_one_off_openings_end_once_and_keep_their_jobs(store: StateStore, tmp_path: Path) -> None:
+    task = WindowTask.model_validate({"name": "patch-now", "operation": "Install"})
+    opening = OneOffOpening(
+        id="pn-0123456789",
+        targets=OneOffTargets(instances=["web-1"]),
+        task=task,
+        requested_by="alice",
+        os_user="alice",
+        created_at=T0,
+        expires_at=at(60),
+    )
+    assert store.record_one_off(opening, now=T0).status is OneOffStatus.PENDING
+    claim(store, "pn/web-1", window=None, task="patch-now", opening=opening.id)
+    claim(store, "nightly/web-1")
+    live = (OneOffStatus.PENDING, OneOffStatus.IN_PROGRESS)
+    assert store.change_one_off(
+        opening.id, status=OneOffStatus.CANCELLED, now=at(1), only_from=live
+    )
+    assert not store.change_one_off(
+        opening.id, status=OneOffStatus.SUCCESS, now=at(2), only_from=live
+    )
+    (record,) = store.one_offs([OneOffStatus.CANCELLED])
+    assert record == store.one_off(opening.id) and record.status is OneOffStatus.CANCELLED
+    assert store.one_offs([OneOffStatus.PENDING]) == [] and store.one_off("pn-none") is None
+    assert [job.key for job in store.one_off_jobs([opening.id])] == ["pn/web-1"]
+    with raw_sql(store, tmp_path) as (conn, refused), pytest.raises(refused, match="ends once"):
+        conn.execute("UPDATE one_off_openings SET status = 'PENDING'")
+
+
+def test_enrolment_keeps_last_good_lists_failures_and_provenance(store: StateStore) -> None:
+    hosts = (DiscoveredHost(id="h1", address="10.0.0.1"), DiscoveredHost(id="h2", address="h2"))
+    store.record_source_failure("lab", "static", "unreadable", at(0))
+    assert store.source_lists() == {} and store.source_failures() == {"lab": ("unreadable", at(0))}
+    store.save_source_list("lab", Listed("static", "spec-1", hosts, at(1)))
+    assert store.source_lists() == {"lab": Listed("static", "spec-1", hosts, at(1))}
+    assert store.source_failures() == {}
+    store.record_source_failure("lab", "static", "timeout", at(2))  # the good list stays
+    assert store.source_lists()["lab"].hosts == hosts
+    assert store.source_failures() == {"lab": ("timeout", at(2))}
+    store.record_enrolled(
+        {"lab-h1": Provenance("lab", "h1"), "lab-h2": Provenance("lab", "h2")}, at(3)
+    )
+    store.record_enrolled({"lab-h2": Provenance("lab", "h2")}, at(4))
+    assert store.enrolled() == {
+        "lab-h1": (Provenance("lab", "h1"), False),
+        "lab-h2": (Provenance("lab", "h2"), True),
+    }

@@ -34,6 +34,12 @@ def check_finish_status(status: str) -> None:
         raise ValueError(f"status {status!r}: a job finishes as one of {FINISHED_STATUSES}")
 
 
+def check_report_run_status(status: str) -> None:
+    """An export attempt is one of :data:`REPORT_RUN_STATUSES`, on every backend."""
+    if status not in REPORT_RUN_STATUSES:
+        raise ValueError(f"status {status!r}: one of {REPORT_RUN_STATUSES}")
+
+
 def check_job_status(status: str | None) -> None:
     """A filter on jobs' status names one of :data:`JOB_STATUSES` (or None: any)."""
     if status is not None and status not in JOB_STATUSES:

@@ -50,7 +50,6 @@ from reconciler.state import oneoffs
 from reconciler.state.lock import FileLock, Holder, WriterLock, lock_path
 from reconciler.state.oneoffs import OneOffRecord
 from reconciler.state.records import (
-    REPORT_RUN_STATUSES,
     InstanceRecord,
     JobNotRunning,
     JobPhase,
@@ -66,6 +65,7 @@ from reconciler.state.records import (
     WindowExecution,
     check_finish_status,
     check_job_status,
+    check_report_run_status,
     check_window_status,
     from_json,
     from_text,
@@ -636,8 +636,7 @@ class StateStore:
         newest row exactly (same opening, destination and error): the loop retries every pass,
         and copies of one failure would bury the history, as with revisions.
         """
-        if status not in REPORT_RUN_STATUSES:
-            raise ValueError(f"status {status!r}: one of {REPORT_RUN_STATUSES}")
+        check_report_run_status(status)
         entry = (report, opening, destination, format, revision, status, to_json(list(locations)))
         times = (to_text(started_at), to_text(finished_at))
         with self._write() as conn:
@@ -688,15 +687,7 @@ class StateStore:
                 "SELECT source, kind, spec, hosts, listed_at FROM instance_source_lists"
                 " WHERE listed_at IS NOT NULL"
             ).fetchall()
-        return {
-            source: Listed(
-                kind,
-                spec,
-                tuple(DiscoveredHost.from_json(h) for h in from_json(hosts)),
-                from_text(listed_at),
-            )
-            for source, kind, spec, hosts, listed_at in rows
-        }
+        return {row[0]: listed(row) for row in rows}
 
     def save_source_list(self, source: str, listed: Listed) -> None:
         """Keep ``listed`` as ``source``'s last good list; its last error is cleared."""
@@ -763,6 +754,17 @@ TRANSIENT = frozenset(
 )
 """SQLite's primary result codes for a write that may succeed later, unchanged: a full disk, an
 I/O error, a file system remounted read-only, another process's write lock held too long."""
+
+
+def listed(row: tuple[Any, ...]) -> Listed:
+    """An ``instance_source_lists`` row (source, kind, spec, hosts, listed_at) as its list."""
+    _, kind, spec, hosts, listed_at = row
+    return Listed(
+        kind,
+        spec,
+        tuple(DiscoveredHost.from_json(h) for h in from_json(hosts)),
+        from_text(listed_at),
+    )
 
 
 def merged_first_seen(

@@ -1,6 +1,6 @@
-"""Stage: state. The PostgreSQL side of the state store (issue 16), built up in steps: today the
-writer lock (:class:`AdvisoryLock`, :mod:`reconciler.state.postgres.lock`); the store itself comes
-next (docs/state.md, "PostgreSQL").
+"""Stage: state. The PostgreSQL side of the state store (issue 16): ``store.PostgresStore``
+(its schema and migrator in ``schema``, its dialect's writes in ``history`` and ``oneoffs``)
+and its writer lock (:class:`AdvisoryLock`, ``lock``); docs/state.md, "PostgreSQL".
 
 An I/O edge: it talks to the one database it is given and nothing else; the only package of the
 project that imports ``psycopg``. It decides nothing.

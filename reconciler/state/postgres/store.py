@@ -1,8 +1,7 @@
-"""Stage: state. :class:`PostgresStore`, the observed state in a PostgreSQL database (issue 16),
-being built to be a whole :class:`~reconciler.state.backend.StateBackend`. Done: opening
-(migrations, the writer lock), scans and installs, jobs with idempotency keys, source
-revisions, job phases, window executions. Next: one-off openings, report runs, enrolment
-(docs/state.md, "PostgreSQL").
+"""Stage: state. :class:`PostgresStore`, the observed state in a PostgreSQL database (issue 16):
+a whole :class:`~reconciler.state.backend.StateBackend`, method for method what SQLite's
+:class:`~reconciler.state.store.StateStore` does (tests/test_state.py runs on both). Not chosen
+by ``patchctl`` yet (docs/state.md, "PostgreSQL").
 
 An I/O edge: it talks to its one database and nothing else; it decides nothing (callers pass
 ``now`` and every value). Rows are SQLite's (same text times and JSON), decoded by the same
@@ -18,19 +17,24 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import psycopg
 
-from reconciler.api.enums import ExecutionStatus, JobStatus, Operation
+from reconciler.api.enrolment import Listed, Provenance
+from reconciler.api.enums import ExecutionStatus, JobStatus, Operation, ReportRunStatus
 from reconciler.api.inventory import FirstSeenKey, Inventory
+from reconciler.api.oneoff import OneOffOpening, OneOffStatus
 from reconciler.redaction import redacted
+from reconciler.state.backend import StateBackend
 from reconciler.state.lock import Holder
-from reconciler.state.postgres import history
+from reconciler.state.oneoffs import OneOffRecord
+from reconciler.state.postgres import history, oneoffs
 from reconciler.state.postgres.lock import AdvisoryLock
 from reconciler.state.postgres.schema import migrate, schema_version
 from reconciler.state.records import (
@@ -39,6 +43,7 @@ from reconciler.state.records import (
     JobPhase,
     JobRecord,
     PatchStateRecord,
+    ReportRunRecord,
     RevisionRecord,
     ScanRecord,
     StateError,
@@ -48,6 +53,7 @@ from reconciler.state.records import (
     WindowExecution,
     check_finish_status,
     check_job_status,
+    check_report_run_status,
     check_window_status,
     from_text,
     to_json,
@@ -55,21 +61,35 @@ from reconciler.state.records import (
     window_execution,
 )
 from reconciler.state.schema import facts_of, patch_rows
-from reconciler.state.store import JOB_FILTERS, merged_first_seen, offered
+from reconciler.state.store import (
+    JOB_FILTERS,
+    StateStore,
+    listed,
+    merged_first_seen,
+    offered,
+)
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 # WINDOW is a reserved word in PostgreSQL (SQLite lets it pass): quoted in every statement.
-JOB_COLUMNS = JobRecord.COLUMNS.replace("window", '"window"')
+JOB_COLUMNS = oneoffs.JOB_COLUMNS
+
+REPORT_LOCK = 0x50575270
+"""First key of the transaction-scoped advisory lock on one report's export rows ("PWRp")."""
 
 
 class PostgresStore:
     """The observed-state store on PostgreSQL. Safe to share between the threads of a process."""
 
-    def __init__(self, conninfo: str, *, writer: Holder | None = None) -> None:
+    def __init__(
+        self, conninfo: str, *, writer: Holder | None = None, home: Path | None = None
+    ) -> None:
         """``conninfo``: a libpq URL or key=value string; its credentials are never shown.
         ``writer``: as for SQLite's store, this process writes and dispatches, so it holds the
-        store's writer lock (an advisory lock) until :meth:`close`."""
+        store's writer lock (an advisory lock) until :meth:`close`. ``home``: this machine's
+        directory for what lives beside a store (reports, audit log, Git clones); by default
+        SQLite's default directory."""
+        self.home = home or StateStore.default_path().parent
         self.name = redacted(conninfo) if "://" in conninfo else "the PostgreSQL state store"
         self._lock = threading.Lock()
         self._writer: AdvisoryLock | None = None
@@ -81,6 +101,11 @@ class PostgresStore:
         except BaseException:
             self._release_writer()
             raise
+
+    @property
+    def path(self) -> Path:
+        """A name in :attr:`home`: what lives beside the store goes beside it (``path.parent``)."""
+        return self.home / "postgresql"
 
     def schema_version(self) -> int:
         with self._use() as conn:
@@ -448,6 +473,41 @@ class PostgresStore:
             ).fetchall()
         return {(row[0], row[1]): ExecutionStatus(row[2]) for row in rows}
 
+    # Patch now's one-off openings (state.postgres.oneoffs).
+
+    def record_one_off(self, opening: OneOffOpening, *, now: datetime) -> OneOffRecord:
+        """Record a new one-off opening, PENDING; its id must be new."""
+        with self._use() as conn:
+            return oneoffs.insert(conn, opening, now)
+
+    def one_offs(
+        self, statuses: Iterable[OneOffStatus] | None = None, limit: int = 100
+    ) -> list[OneOffRecord]:
+        """One-off openings (in ``statuses``, when given), newest first."""
+        with self._use() as conn:
+            return oneoffs.select(conn, statuses, limit)
+
+    def one_off(self, opening_id: str) -> OneOffRecord | None:
+        with self._use() as conn:
+            return oneoffs.select_one(conn, opening_id)
+
+    def change_one_off(
+        self,
+        opening_id: str,
+        *,
+        status: OneOffStatus,
+        now: datetime,
+        only_from: Iterable[OneOffStatus],
+    ) -> bool:
+        """Move a one-off opening to ``status`` when it is in one of ``only_from``."""
+        with self._use() as conn:
+            return oneoffs.change(conn, opening_id, status, now, tuple(only_from))
+
+    def one_off_jobs(self, opening_ids: Iterable[str]) -> list[JobRecord]:
+        """Every job of these one-off openings, oldest first."""
+        with self._use() as conn:
+            return oneoffs.jobs_of(conn, opening_ids)
+
     # Source revisions.
 
     def record_revision(
@@ -487,6 +547,142 @@ class PostgresStore:
                 (limit,),
             ).fetchall()
         return [RevisionRecord.from_row(row) for row in rows]
+
+    # Scheduled report exports: append-only history.
+
+    def record_report_run(
+        self,
+        *,
+        report: str,
+        opening: str,
+        destination: str,
+        format: str,
+        revision: str | None,
+        status: ReportRunStatus,
+        locations: list[str],
+        error: str | None,
+        started_at: datetime,
+        finished_at: datetime,
+    ) -> ReportRunRecord | None:
+        """Append one export attempt; None when nothing was appended (a second SUCCESS of the
+        same opening, or a failure repeating the report's newest row), as SQLite's store."""
+        check_report_run_status(status)
+        entry = (report, opening, destination, format, revision, status, to_json(list(locations)))
+        times = (to_text(started_at), to_text(finished_at))
+        with self._use() as conn:
+            # One report's rows at a time: two writers must not both see the same newest row.
+            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (REPORT_LOCK, report))
+            newest = conn.execute(
+                "SELECT opening, destination, status, error FROM report_runs WHERE report = %s"
+                " ORDER BY finished_at DESC, id DESC LIMIT 1",
+                (report,),
+            ).fetchone()
+            if status == "FAILED" and newest == (opening, destination, status, error):
+                return None
+            row = conn.execute(
+                "INSERT INTO report_runs (report, opening, destination, format, revision,"
+                " status, locations, error, started_at, finished_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+                " RETURNING id",
+                (*entry, error, *times),
+            ).fetchone()
+        return None if row is None else ReportRunRecord.from_row((row[0], *entry, error, *times))
+
+    def report_runs(self, report: str | None = None, limit: int = 100) -> list[ReportRunRecord]:
+        """Export attempts (of one report, or all), newest first."""
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {ReportRunRecord.COLUMNS} FROM report_runs"
+                " WHERE %s::text IS NULL OR report = %s"
+                " ORDER BY finished_at DESC, id DESC LIMIT %s",
+                (report, report, limit),
+            ).fetchall()
+        return [ReportRunRecord.from_row(row) for row in rows]
+
+    def last_exported_openings(self) -> dict[str, str]:
+        """Per report, the latest opening exported successfully."""
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT report, max(opening) FROM report_runs WHERE status = 'SUCCESS'"
+                " GROUP BY report"
+            ).fetchall()
+        return {report: opening for report, opening in rows}
+
+    # Enrolment: each InstanceSource's last good list, replaced on each refresh.
+
+    def source_lists(self) -> dict[str, Listed]:
+        """source -> its last good list (sources that never listed anything are left out)."""
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT source, kind, spec, hosts, listed_at FROM instance_source_lists"
+                " WHERE listed_at IS NOT NULL"
+            ).fetchall()
+        return {row[0]: listed(row) for row in rows}
+
+    def save_source_list(self, source: str, listed: Listed) -> None:
+        """Keep ``listed`` as ``source``'s last good list; its last error is cleared."""
+        hosts = to_json([host.to_json() for host in listed.hosts])
+        with self._use() as conn:
+            conn.execute(
+                "INSERT INTO instance_source_lists"
+                " (source, kind, spec, hosts, listed_at, error, failed_at)"
+                " VALUES (%s, %s, %s, %s, %s, NULL, NULL) ON CONFLICT (source) DO UPDATE SET"
+                " kind = excluded.kind, spec = excluded.spec, hosts = excluded.hosts,"
+                " listed_at = excluded.listed_at, error = NULL, failed_at = NULL",
+                (source, listed.kind, listed.spec, hosts, to_text(listed.at)),
+            )
+
+    def record_source_failure(self, source: str, kind: str, error: str, now: datetime) -> None:
+        """A refresh of ``source`` failed; its last good list (if any) is kept."""
+        with self._use() as conn:
+            conn.execute(
+                "INSERT INTO instance_source_lists (source, kind, spec, hosts, error, failed_at)"
+                " VALUES (%s, %s, '', '[]', %s, %s) ON CONFLICT (source)"
+                " DO UPDATE SET error = excluded.error, failed_at = excluded.failed_at",
+                (source, kind, error, to_text(now)),
+            )
+
+    def record_enrolled(self, enrolled: Mapping[str, Provenance], now: datetime) -> None:
+        """``enrolled`` (instance -> where from) are the generated instances now; any other
+        instance recorded before is marked no longer listed (its history stays)."""
+        rows = [(name, p.source, p.host, to_text(now)) for name, p in enrolled.items()]
+        with self._use() as conn, conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO enrolled_instances AS e (instance, source, host, listed, changed_at)"
+                " VALUES (%s, %s, %s, 1, %s) ON CONFLICT (instance) DO UPDATE SET"
+                " source = excluded.source, host = excluded.host, listed = 1,"
+                " changed_at = excluded.changed_at"
+                " WHERE (e.source, e.host, e.listed) <> (excluded.source, excluded.host, 1)",
+                rows,
+            )
+            cursor.execute(
+                "UPDATE enrolled_instances SET listed = 0, changed_at = %s"
+                " WHERE listed = 1 AND NOT (instance = ANY(%s::text[]))",
+                (to_text(now), list(enrolled)),
+            )
+
+    def enrolled(self) -> dict[str, tuple[Provenance, bool]]:
+        """instance -> (where it was generated from, whether its source still lists it)."""
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT instance, source, host, listed FROM enrolled_instances"
+            ).fetchall()
+        return {
+            name: (Provenance(source, host), bool(listed)) for name, source, host, listed in rows
+        }
+
+    def source_failures(self) -> dict[str, tuple[str, datetime]]:
+        """source -> (the last refresh's error, when), for sources whose last refresh failed."""
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT source, error, failed_at FROM instance_source_lists WHERE error IS NOT NULL"
+            ).fetchall()
+        return {source: (error, from_text(at)) for source, error, at in rows}
+
+
+def _is_a_backend(store: PostgresStore) -> StateBackend:
+    """Never called: mypy checks here that PostgresStore is a whole StateBackend."""
+    return store
 
 
 def _columns(pairs: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
