@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.state import StateStore
+from reconciler.state.postgres.store import PostgresStore
 from tests.filesystems import fill, remount_read_only, tmpfs
 from tests.git_servers import free_port
 from tests.waiting import accepting, tail_of, wait_until
@@ -178,8 +179,6 @@ def test_a_store_on_a_full_file_system_is_one_line_asking_for_space(work: Path) 
 @pytest.mark.parametrize(
     ("given", "said"),
     [
-        ("postgresql://patchwarden@db/patchwarden", "PostgreSQL state is not supported yet"),
-        ("postgres://db/patchwarden", "PostgreSQL state is not supported yet"),
         ("mysql://db/patchwarden", "mysql:// is not a state store"),
         ("sqlite://state.db", "a SQLite URL names an absolute file"),
         ("sqlite:///state.db?mode=ro", "a SQLite URL names an absolute file"),
@@ -190,6 +189,33 @@ def test_a_state_url_never_becomes_a_relative_path(work: Path, given: str, said:
     line = one_line_error(patchctl("reconcile", "--source", "empty", "--state", given, cwd=work))
     assert said in line and "sqlite:///" in line  # what to give instead
     assert sorted(work.iterdir()) == before  # no "postgresql:" directory, no file
+
+
+def test_a_postgresql_url_is_the_state_store(
+    work: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole URL goes to libpq (options such as connect_timeout and sslmode pass through);
+    nothing is made of it in the working directory, and local files go to the state directory."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(work / "xdg"))
+    before = sorted(work.iterdir())
+    url = f"{postgres_url}?connect_timeout=10&sslmode=disable"
+    done = patchctl("reconcile", "--source", "empty", "--state", url, cwd=work)
+    assert done.returncode == 0, done.stderr
+    with PostgresStore(postgres_url) as store:
+        assert len(store.revisions()) == 1
+    assert sorted(work.iterdir()) == sorted([*before, work / "xdg"])
+
+
+@pytest.mark.parametrize(
+    "options", ["", "?sslmode=bogus", "?no_such_option=1"], ids=["unreachable", "bad", "unknown"]
+)
+def test_a_postgresql_url_that_cannot_be_used_is_one_line_without_its_password(
+    work: Path, options: str
+) -> None:
+    url = f"postgresql://patchwarden:s3cret@127.0.0.1:{free_port()}/state{options}"
+    line = one_line_error(patchctl("reconcile", "--source", "empty", "--state", url, cwd=work))
+    assert "s3cret" not in line
+    assert "the state store postgresql://***@127.0.0.1:" in line
 
 
 def test_a_sqlite_url_names_the_same_file_as_its_path(work: Path) -> None:
