@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from reconciler.state import SCHEMA_VERSION, Holder, StoreLocked, StoreUnusable
+from reconciler.state import SCHEMA_VERSION, Holder, StoreLocked, StoreUnusable, StoreWriteFailed
 from reconciler.state.postgres import AdvisoryLock
 from reconciler.state.postgres.schema import LATEST
 from reconciler.state.postgres.store import PostgresStore
@@ -140,3 +140,20 @@ def test_a_writer_store_holds_the_lock_and_readers_open_beside_it(postgres_url: 
             assert [r.revision for r in reader.revisions()] == ["a"]
     with PostgresStore(postgres_url, writer=Holder(7, "ctl-2", "patchctl reconcile")):
         pass  # closed: the lock is free for the next writer
+
+
+def test_a_lost_session_fails_one_call_and_the_next_one_reconnects(postgres_url: str) -> None:
+    """The server ends the store's session (a restart, a cut network, an administrator): the
+    call that finds out fails as a write that may pass later, nothing of it kept; the next one
+    works on a new session, as a running service's next pass would."""
+    with PostgresStore(postgres_url) as store:
+        store.record_revision(revision="a", accepted=True, problems=[], now=_T0)
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(StoreWriteFailed, match="cannot use the state store"):
+            store.record_revision(revision="b", accepted=True, problems=[], now=_T0)
+        store.record_revision(revision="c", accepted=True, problems=[], now=_T0)
+        assert [r.revision for r in store.revisions()] == ["c", "a"]

@@ -90,6 +90,7 @@ class PostgresStore:
         directory for what lives beside a store (reports, audit log, Git clones); by default
         SQLite's default directory."""
         self.home = home or StateStore.default_path().parent
+        self._conninfo = conninfo  # to reconnect after the server or the network was lost
         self.name = redacted(conninfo) if "://" in conninfo else "the PostgreSQL state store"
         self._lock = threading.Lock()
         self._writer: AdvisoryLock | None = None
@@ -142,8 +143,14 @@ class PostgresStore:
             if self._conn is None:
                 raise StateError(f"the state store {self.name} is closed")
             try:
+                if self._conn.broken:
+                    # A lost session (server restarted, network cut) failed the call that found
+                    # it; the next call tries a new one, so a running service recovers by itself.
+                    self._conn = _open(self._conninfo, self.name)
                 with self._conn.transaction():
                     yield self._conn
+            except StoreUnusable as exc:
+                raise StoreWriteFailed(str(exc)) from exc
             except psycopg.OperationalError as exc:
                 # The server gone, the network cut, the disk full: a write that may pass later.
                 raise StoreWriteFailed(
