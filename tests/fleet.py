@@ -202,7 +202,7 @@ class Spy:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self, instance: ManagedInstance) -> Transport:
-        return _SpyTransport(self, instance.metadata.name, self.inner(instance))
+        return _SpyTransport(self.inner(instance), self, instance.metadata.name)
 
     def enter(self, name: str) -> None:
         with self._lock:
@@ -216,9 +216,10 @@ class Spy:
 
 
 @dataclass
-class _SpyTransport:
-    spy: Spy
-    name: str
+class Wrapped:
+    """A machine's real transport with a test's behaviour around it: a subclass overrides what
+    it changes, everything else goes to ``inner`` unchanged."""
+
     inner: Transport
 
     def scan(
@@ -229,6 +230,15 @@ class _SpyTransport:
         sources: Sequence[BaselineSource] = (),
     ) -> Inventory:
         return self.inner.scan(instance_id=instance_id, refresh=refresh, sources=sources)
+
+    def install(self, request: InstallRequest) -> InstallResult:
+        return self.inner.install(request)
+
+
+@dataclass
+class _SpyTransport(Wrapped):
+    spy: Spy
+    name: str
 
     def install(self, request: InstallRequest) -> InstallResult:
         self.spy.enter(self.name)

@@ -83,6 +83,7 @@ def test_chart_ships_the_crds(chart: helm.Chart) -> None:
         "ManagedInstance",
         "ComplianceReport",
         "InstanceSource",
+        "Rollout",
     }
 
 
@@ -637,6 +638,7 @@ def _custom_read(c: Cluster) -> None:
         "managedinstances",
         "compliancereports",
         "instancesources",
+        "rollouts",
     ):
         custom.list_namespaced_custom_object(GROUP, VERSION, c.ns, plural)
     custom.get_namespaced_custom_object(GROUP, VERSION, c.ns, "patchbaselines", c.baseline)

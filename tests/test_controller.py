@@ -57,6 +57,7 @@ PLURAL = {
     "ManagedInstance": "managedinstances",
     "ComplianceReport": "compliancereports",
     "InstanceSource": "instancesources",
+    "Rollout": "rollouts",
 }
 # The fleet's baseline changed so that it approves nothing these systems have: compliant.
 NOTHING_APPROVED = BASELINE_YAML.replace(

@@ -52,7 +52,7 @@ def _node(kind: str, path: str) -> Doc:
 
 
 def test_one_crd_per_kind() -> None:
-    assert len(_crd_files()) == len(KINDS) == 6
+    assert len(_crd_files()) == len(KINDS) == 7  # Rollout: issue 15
     assert set(CRDS) == set(KINDS)
     for kind, crd in CRDS.items():
         plural, _ = NAMES[kind]
@@ -285,7 +285,9 @@ EXAMPLE_DOCS = list(cv.resources(_example_files()))
 
 
 def test_examples_cover_every_kind() -> None:
-    assert {doc["kind"] for _, doc in EXAMPLE_DOCS} == set(KINDS)
+    # Validation refuses a Rollout until the loop applies it (issue 15 groundwork), and
+    # examples/ is a source other tests and the docs validate whole: its example comes then.
+    assert {doc["kind"] for _, doc in EXAMPLE_DOCS} == set(KINDS) - {"Rollout"}
     assert all(doc["apiVersion"] == f"{GROUP}/{VERSION}" for _, doc in EXAMPLE_DOCS)
 
 
@@ -624,7 +626,7 @@ def test_generate_writes_the_committed_files(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     written = sorted(p.name for p in out.iterdir())
     assert written == [p.name for p in _crd_files()]
-    assert len(written) == 6
+    assert len(written) == 7
     match, mismatch, errors = filecmp.cmpfiles(out, CRD_DIR, written, shallow=False)
     assert (mismatch, errors) == ([], [])
-    assert len(match) == 6
+    assert len(match) == 7

@@ -29,6 +29,7 @@ PLURALS = {
     "ManagedInstance": "managedinstances",
     "ComplianceReport": "compliancereports",
     "InstanceSource": "instancesources",
+    "Rollout": "rollouts",
 }
 
 

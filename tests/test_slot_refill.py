@@ -6,14 +6,12 @@ stay exact. Real apt and dpkg on directory roots; real SQLite store; a clock the
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.api.install import InstallResult
-from reconciler.api.inventory import Inventory
 from reconciler.dispatch import transport_for
-from reconciler.dispatch.base import BaselineSource, InstallRequest, Transport
+from reconciler.dispatch.base import InstallRequest
 from reconciler.loop import Reconciler
 from reconciler.plan import Plan
 from reconciler.sources import DirectorySource
@@ -24,6 +22,7 @@ from tests.fleet import (
     BASELINE_YAML,
     ManualClock,
     Spy,
+    Wrapped,
     documents,
     local_instance_yaml,
     make_fleet,
@@ -58,21 +57,11 @@ def _loop(tmp_path: Path, apt_repo: Repo, spy: Spy) -> tuple[Reconciler, dict[st
 
 
 @dataclass
-class _Held:
+class _Held(Wrapped):
     """A machine's transport whose install, once done, returns only when the test releases it:
     installs end one at a time, in the order the test chooses."""
 
-    inner: Transport
     release: threading.Event
-
-    def scan(
-        self,
-        *,
-        instance_id: str | None = None,
-        refresh: bool = True,
-        sources: Sequence[BaselineSource] = (),
-    ) -> Inventory:
-        return self.inner.scan(instance_id=instance_id, refresh=refresh, sources=sources)
 
     def install(self, request: InstallRequest) -> InstallResult:
         result = self.inner.install(request)

@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
 from reconciler.dispatch import transport_for
-from reconciler.dispatch.base import BaselineSource, InstallRequest, Transport
+from reconciler.dispatch.base import BaselineSource
 from reconciler.loop import Reconciler, Service
 from reconciler.loop.service import STORE_RETRY_FIRST, store_backoff
 from reconciler.report.notify.metrics import LoopMetrics
@@ -34,7 +33,7 @@ from reconciler.state import StateStore
 from tests.aptlab import Repo
 from tests.conftest import INSTALLED, needs_apt
 from tests.filesystems import fill, tmpfs
-from tests.fleet import BASELINE_YAML, documents, local_instance_yaml, make_fleet
+from tests.fleet import BASELINE_YAML, Wrapped, documents, local_instance_yaml, make_fleet
 from tests.git_servers import free_port
 from tests.waiting import wait_until
 
@@ -55,11 +54,10 @@ class RecordingLog:
 
 
 @dataclass
-class FillsTheDisk:
+class FillsTheDisk(Wrapped):
     """A machine whose first scan ends as the state store's disk fills up (another program's
     log growing meanwhile): the scan's result cannot be recorded."""
 
-    inner: Transport
     mount: Path
     ballast: list[Path]
 
@@ -74,9 +72,6 @@ class FillsTheDisk:
         if not self.ballast:
             self.ballast.append(fill(self.mount))
         return inventory
-
-    def install(self, request: InstallRequest) -> InstallResult:
-        return self.inner.install(request)
 
 
 def get(url: str) -> tuple[int, str]:

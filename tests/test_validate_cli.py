@@ -354,14 +354,14 @@ def test_a_broken_file_does_not_hide_the_problems_of_the_others(tmp_path: Path) 
             "apiVersion: patchwarden.io/v1alpha1\nmetadata: {name: x}\n",
             1,
             "kind: missing; one of PatchBaseline, PatchGroup, MaintenanceWindow, ManagedInstance, "
-            "ComplianceReport, InstanceSource",
+            "ComplianceReport, InstanceSource, Rollout",
         ),
         (
             "apiVersion: patchwarden.io/v1alpha1\nkind: MaintenanceWindo\n",
             2,
             "kind: unknown kind 'MaintenanceWindo'; one of PatchBaseline, PatchGroup, "
-            "MaintenanceWindow, ManagedInstance, ComplianceReport, InstanceSource (did you mean "
-            "'MaintenanceWindow'?)",
+            "MaintenanceWindow, ManagedInstance, ComplianceReport, InstanceSource, Rollout "
+            "(did you mean 'MaintenanceWindow'?)",
         ),
     ],
     ids=["no apiVersion", "wrong apiVersion", "no kind", "misspelt kind"],

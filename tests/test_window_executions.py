@@ -6,7 +6,7 @@ store; real apt and dpkg on directory roots)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 
 from reconciler.api.install import InstallResult
-from reconciler.api.inventory import Inventory
 from reconciler.api.resources import ManagedInstance
 from reconciler.dispatch import transport_for
-from reconciler.dispatch.base import BaselineSource, InstallRequest, Transport
+from reconciler.dispatch.base import InstallRequest, Transport
 from reconciler.loop import Reconciler
 from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.sources import DirectorySource
@@ -28,6 +27,7 @@ from tests.conftest import INSTALLED, needs_apt
 from tests.fleet import (
     BASELINE_YAML,
     ManualClock,
+    Wrapped,
     documents,
     local_instance_yaml,
     make_fleet,
@@ -140,18 +140,8 @@ class LongInstalls:
 
 
 @dataclass
-class _Long:
-    inner: Transport
+class _Long(Wrapped):
     done: Callable[[], object]
-
-    def scan(
-        self,
-        *,
-        instance_id: str | None = None,
-        refresh: bool = True,
-        sources: Sequence[BaselineSource] = (),
-    ) -> Inventory:
-        return self.inner.scan(instance_id=instance_id, refresh=refresh, sources=sources)
 
     def install(self, request: InstallRequest) -> InstallResult:
         result = self.inner.install(request)

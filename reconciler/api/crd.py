@@ -56,6 +56,12 @@ PRINTER_COLUMNS: dict[str, list[dict[str, str]]] = {
         {"name": "Last export", "type": "date", "jsonPath": ".status.lastExportTime"},
         _AGE,
     ],
+    "Rollout": [
+        # Written once the loop drives rollouts (issue 15 groundwork: empty until then).
+        {"name": "Stage", "type": "string", "jsonPath": ".status.stage"},
+        {"name": "Ready", "type": "string", "jsonPath": _READY},
+        _AGE,
+    ],
 }
 
 # Value validations copied as they are; the structure (properties, items, ...) is rebuilt, and every

@@ -1,4 +1,4 @@
-"""Stage: api (the schema). The six resource kinds users write, once for Git and Kubernetes alike.
+"""Stage: api (the schema). The seven resource kinds users write, once for Git and Kubernetes alike.
 
 Documents are Kubernetes-shaped (``apiVersion``, ``kind``, ``metadata``, ``spec``, ``status``) and
 their ``spec`` uses SSM's field names in camelCase with SSM's enums and limits
@@ -907,6 +907,80 @@ class ComplianceReport(Model):
     status: dict[str, Any] | None = None
 
 
+# ---------------------------------------------------------------------------------------------
+# Rollout (issue 15, groundwork: validated here and planned by reconciler.rollout; the loop does
+# not apply it yet, so validation refuses every Rollout rather than accept and ignore it)
+
+_BAKE_TIME = r"^(0|[1-9][0-9]{0,3})[mhd]$"
+PATTERN_HELP[_BAKE_TIME] = 'give minutes, hours or days: "30m", "48h", "2d"'
+_BAKE_UNITS = {"m": 60, "h": 3600, "d": 86400}
+MAX_BAKE_SECONDS = 90 * 86400
+
+
+def bake_seconds(value: str) -> int:
+    """Seconds in a bakeTime such as ``48h`` (the pattern was checked by the model)."""
+    return int(value[:-1]) * _BAKE_UNITS[value[-1]]
+
+
+class RolloutStage(Model):
+    """One ring of a rollout: its machines install the rollout's snapshot, then bake."""
+
+    name: Name
+    """The stage's name, used in reasons ("stage prod waits: stage dev baked 31 h of 48 h")."""
+    patch_groups: list[Name] = Field(default_factory=list)
+    """Members of these PatchGroups are in the stage."""
+    selector: LabelSelector | None = None
+    """Instances whose labels match are in the stage too."""
+    bake_time: Annotated[str, StringConstraints(pattern=_BAKE_TIME)] = "0m"
+    """How long every machine of the stage must run the snapshot healthy before the next stage
+    may install it: minutes, hours or days ("30m", "48h", "2d"), at most 90 days."""
+    max_failed_percent: int = Field(default=0, ge=0, le=100, strict=True)
+    """The rollout halts once more than this percentage of the stage's machines failed (an
+    install FAILED, or a health check failed: HealthCheckFailed)."""
+    requires_approval: bool = False
+    """A person approves promotion into this stage (not implemented yet: must be false)."""
+
+    @model_validator(mode="after")
+    def _members_and_limits(self) -> RolloutStage:
+        if not self.patch_groups and self.selector is None:
+            raise ValueError("name at least one patch group or give a selector")
+        if bake_seconds(self.bake_time) > MAX_BAKE_SECONDS:
+            raise conflict("bakeTime", "at most 90 days (90d)")
+        if self.requires_approval:
+            raise conflict(
+                "requiresApproval",
+                "manual approval is not implemented yet; remove it (or set it to false)",
+            )
+        return self
+
+
+class RolloutSpec(Model):
+    """Stages in order: each installs the same frozen snapshot after its predecessor baked it."""
+
+    stages: list[RolloutStage] = Field(min_length=1, max_length=10)
+    """The rings, first to last (at most 10)."""
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_stage_names(cls, stages: list[RolloutStage]) -> list[RolloutStage]:
+        names = [stage.name for stage in stages]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"stage names must be unique; repeated: {', '.join(twice)}")
+        return stages
+
+
+class Rollout(Model):
+    """A progressive rollout: the approved versions frozen when the first stage's window opens
+    move stage by stage, after bake time and health (docs/rollouts.md)."""
+
+    api_version: Literal["patchwarden.io/v1alpha1"]
+    kind: Literal["Rollout"]
+    metadata: ObjectMeta
+    spec: RolloutSpec
+    status: dict[str, Any] | None = None
+
+
 Resource = (
     PatchBaseline
     | PatchGroup
@@ -914,6 +988,7 @@ Resource = (
     | ManagedInstance
     | ComplianceReport
     | InstanceSource
+    | Rollout
 )
 
 KINDS: dict[str, type[Resource]] = {
@@ -923,6 +998,7 @@ KINDS: dict[str, type[Resource]] = {
     "ManagedInstance": ManagedInstance,
     "ComplianceReport": ComplianceReport,
     "InstanceSource": InstanceSource,
+    "Rollout": Rollout,
 }
 
 # Plural and short names, used for the CRDs and by kubectl.
@@ -933,6 +1009,7 @@ NAMES: dict[str, tuple[str, list[str]]] = {
     "ManagedInstance": ("managedinstances", ["mi"]),
     "ComplianceReport": ("compliancereports", ["creport"]),
     "InstanceSource": ("instancesources", ["isrc"]),
+    "Rollout": ("rollouts", ["ro"]),
 }
 
 GROUP_LABEL = "patchwarden.io/patch-group"

@@ -30,11 +30,13 @@ from reconciler.api.resources import (
     SOURCE_ANNOTATION,
     ComplianceReport,
     InstanceSource,
+    LabelSelector,
     MaintenanceWindow,
     ManagedInstance,
     PatchBaseline,
     PatchGroup,
     Resource,
+    Rollout,
     SshConnection,
 )
 from reconciler.api.yamldocs import Document, Path, YamlError, decode, documents
@@ -91,6 +93,8 @@ class Snapshot:
     instance_sources: Mapping[str, InstanceSource] = field(default_factory=dict)
     """Enrolment: where machines are listed (their ManagedInstances join ``instances`` once
     discovered, see :mod:`reconciler.api.enrolment`)."""
+    rollouts: Mapping[str, Rollout] = field(default_factory=dict)
+    """Progressive rollouts (issue 15 groundwork; validation still refuses every one)."""
     predefined: Mapping[str, PatchBaseline] = field(default_factory=dict)
     """The shipped default baselines, available by name to every group."""
     locations: Mapping[tuple[str, str], Located] = field(default_factory=dict)
@@ -116,6 +120,15 @@ class Snapshot:
     def groups_of(self, labels: Mapping[str, str]) -> list[PatchGroup]:
         """Every group whose selector matches ``labels`` (valid snapshots give at most one)."""
         return [g for g in self.groups.values() if group_selects(g, labels)]
+
+    def selected_by(
+        self, patch_groups: Iterable[str], selector: LabelSelector | None, labels: Mapping[str, str]
+    ) -> bool:
+        """Whether targets written as ``patchGroups`` and/or ``selector`` (a rollout stage's)
+        select an instance with ``labels``: a member of one of the groups, or matching."""
+        if selector is not None and selector.matches(dict(labels)):
+            return True
+        return any(g.metadata.name in set(patch_groups) for g in self.groups_of(labels))
 
 
 def group_selects(group: PatchGroup, labels: Mapping[str, str]) -> bool:
@@ -267,6 +280,7 @@ def _assemble(
         instances=tables["ManagedInstance"],
         reports=tables["ComplianceReport"],
         instance_sources=tables["InstanceSource"],
+        rollouts=tables["Rollout"],
         predefined=predefined,
         locations=locations,
         documents=docs,
@@ -388,6 +402,47 @@ def _report_scope_groups_exist(snap: Snapshot, invalid: Refused) -> Iterator[_Fi
         )
 
 
+def _rollout_stage_groups_exist(snap: Snapshot, invalid: Refused) -> Iterator[_Finding]:
+    for rname, rollout in snap.rollouts.items():
+        for index, stage in enumerate(rollout.spec.stages):
+            path: Path = ("spec", "stages", index, "patchGroups")
+            yield from _groups_exist(snap, invalid, "Rollout", rname, path, stage.patch_groups)
+
+
+def _instance_in_one_stage_at_most(snap: Snapshot, invalid: Refused) -> Iterator[_Finding]:
+    # One stage per machine: a stage that selects a machine an earlier stage took would be
+    # accepted and ignored for it.
+    for rname, rollout in snap.rollouts.items():
+        for iname, instance in sorted(snap.instances.items()):
+            labels = instance.metadata.labels
+            stages = [
+                (index, stage.name)
+                for index, stage in enumerate(rollout.spec.stages)
+                if snap.selected_by(stage.patch_groups, stage.selector, labels)
+            ]
+            if len(stages) > 1:
+                yield _Finding(
+                    "Rollout",
+                    rname,
+                    ("spec", "stages", stages[1][0], "name"),
+                    f"instance {iname!r} is selected by stages {', '.join(n for _, n in stages)}; "
+                    "a machine belongs to one stage: change the stages' patch groups or selectors",
+                )
+
+
+def _rollouts_not_applied_yet(snap: Snapshot, invalid: Refused) -> Iterator[_Finding]:
+    # The model and the planner's decisions exist (reconciler.rollout); the loop does not drive
+    # them yet. Accepting the document would promise stages that nothing enforces.
+    for rname in snap.rollouts:
+        yield _Finding(
+            "Rollout",
+            rname,
+            ("kind",),
+            "Rollout is not applied yet (progressive rollouts are in progress, see "
+            "docs/rollouts.md); remove this document",
+        )
+
+
 def _groups_exist(
     snap: Snapshot, invalid: Refused, kind: str, name: str, path: Path, groups: Iterable[str]
 ) -> Iterator[_Finding]:
@@ -481,6 +536,9 @@ _REFERENCE_RULES: tuple[Callable[[Snapshot, Refused], Iterable[_Finding]], ...] 
     _one_default_baseline_per_os,
     _installs_run_as_root,
     _provenance_only_on_generated,
+    _rollout_stage_groups_exist,
+    _instance_in_one_stage_at_most,
+    _rollouts_not_applied_yet,
 )
 
 

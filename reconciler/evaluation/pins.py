@@ -16,6 +16,8 @@ from reconciler.evaluation.results import InstanceEvaluation, PatchResult
 from reconciler.evaluation.versions import comparator
 
 INSTALLABLE_STATES = frozenset({PatchState.MISSING, PatchState.FAILED})
+APPROVED_STATES = INSTALLABLE_STATES | {PatchState.INSTALLED, PatchState.INSTALLED_PENDING_REBOOT}
+"""States of a version the baseline approves (installed or to install): what a rollout freezes."""
 
 
 def pins_for(result: InstanceEvaluation, native_arch: str) -> tuple[str, ...]:
@@ -25,6 +27,15 @@ def pins_for(result: InstanceEvaluation, native_arch: str) -> tuple[str, ...]:
         _pin(p, native_arch)
         for p in result.patches
         if p.state in INSTALLABLE_STATES and p.installable
+    )
+
+
+def approved_pins(result: InstanceEvaluation, native_arch: str) -> tuple[str, ...]:
+    """``name[:arch]=version`` of every version the baseline approves on this instance, installed
+    or to install: a rollout snapshot is the union of these over a baseline's instances, so a
+    later stage may install a version an earlier stage already had."""
+    return tuple(
+        _pin(p, native_arch) for p in result.patches if p.state in APPROVED_STATES and p.installable
     )
 
 

@@ -449,6 +449,27 @@ def _v9_instance_source_lists(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v10_rollout_history(conn: sqlite3.Connection) -> None:
+    """Progressive rollouts' recorded state as history (issue 15): a row per change (a cycle
+    started with its frozen snapshot, a machine's result, a halt, a resume), never updated or
+    deleted; the state the planner takes is the rows since the rollout's latest cycle start."""
+    _run(
+        conn,
+        [
+            """CREATE TABLE rollout_history (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                rollout TEXT NOT NULL,
+                event TEXT NOT NULL CHECK (event IN ('CycleStarted', 'MachineResult', 'Halted',
+                    'Resumed')),
+                document TEXT NOT NULL,
+                at TEXT NOT NULL
+            )""",
+            "CREATE INDEX rollout_history_by_rollout ON rollout_history (rollout, event, id)",
+            *_append_only("rollout_history"),
+        ],
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_history,
     _v2_patches_and_instances,
@@ -459,6 +480,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v7_job_phases,
     _v8_one_off_openings,
     _v9_instance_source_lists,
+    _v10_rollout_history,
 )
 LATEST = len(MIGRATIONS)
 

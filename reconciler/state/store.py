@@ -2,7 +2,8 @@
 history, jobs with idempotency keys, window executions and source revisions.
 
 An I/O edge: it reads and writes its own file and nothing else. It decides nothing (callers pass
-``now`` and every value) and imports only ``reconciler.api`` from the rest of the project.
+``now`` and every value) and imports only ``reconciler.api`` and the rollout planner's value
+types (``reconciler.rollout``, which it stores) from the rest of the project.
 
 Concurrency. One connection per store, shared by the threads of the process and serialised by a
 lock: SQLite serialises writers anyway, the store's calls are short, and one connection is one
@@ -46,7 +47,8 @@ from reconciler.api.inventory import (
     with_first_seen,
 )
 from reconciler.api.oneoff import OneOffOpening, OneOffStatus
-from reconciler.state import oneoffs
+from reconciler.rollout import MachineResult, RolloutRecord, RolloutSnapshot
+from reconciler.state import oneoffs, rollouts
 from reconciler.state.lock import FileLock, Holder, WriterLock, lock_path
 from reconciler.state.oneoffs import OneOffRecord
 from reconciler.state.records import (
@@ -73,6 +75,7 @@ from reconciler.state.records import (
     to_text,
     window_execution,
 )
+from reconciler.state.rollouts import RolloutEvent
 from reconciler.state.schema import (
     facts_of,
     immediate,
@@ -528,6 +531,38 @@ class StateStore:
         """Every job of these one-off openings, oldest first."""
         with self._use() as conn:
             return oneoffs.jobs_of(conn, opening_ids)
+
+    # Progressive rollouts' recorded state (state.rollouts): history, folded on read.
+
+    def rollout_record(self, rollout: str) -> RolloutRecord:
+        """What the rollout planner takes: the current cycle's snapshot, results and halt."""
+        with self._use() as conn:
+            return rollouts.record_of(conn, rollout)
+
+    def record_rollout_cycle(
+        self, rollout: str, snapshot: RolloutSnapshot, *, now: datetime
+    ) -> None:
+        """A new cycle with its frozen snapshot: earlier results and halts no longer count."""
+        document = rollouts.snapshot_document(snapshot)
+        self._append_rollout(rollout, RolloutEvent.CYCLE_STARTED, document, now)
+
+    def record_rollout_result(
+        self, rollout: str, instance: str, result: MachineResult, *, now: datetime
+    ) -> None:
+        document = rollouts.result_document(instance, result)
+        self._append_rollout(rollout, RolloutEvent.MACHINE_RESULT, document, now)
+
+    def record_rollout_halt(self, rollout: str, reason: str, *, now: datetime) -> None:
+        self._append_rollout(rollout, RolloutEvent.HALTED, {"reason": reason}, now)
+
+    def record_rollout_resume(self, rollout: str, *, now: datetime) -> None:
+        self._append_rollout(rollout, RolloutEvent.RESUMED, {}, now)
+
+    def _append_rollout(
+        self, rollout: str, event: RolloutEvent, document: dict[str, Any], now: datetime
+    ) -> None:
+        with self._write() as conn:
+            rollouts.append(conn, rollout, event, document, now)
 
     # Maintenance window executions.
 
