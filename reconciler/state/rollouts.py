@@ -24,6 +24,10 @@ class RolloutEvent(StrEnum):
     MACHINE_RESULT = "MachineResult"
     HALTED = "Halted"
     RESUMED = "Resumed"
+    APPROVED = "Approved"
+    """A stage with requiresApproval was approved for the cycle's snapshot (not folded yet)."""
+    ABORTED = "Aborted"
+    """The cycle was ended by hand (not folded yet)."""
 
 
 def append(

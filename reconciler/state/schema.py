@@ -451,8 +451,8 @@ def _v9_instance_source_lists(conn: sqlite3.Connection) -> None:
 
 def _v10_rollout_history(conn: sqlite3.Connection) -> None:
     """Progressive rollouts' recorded state as history (issue 15): a row per change (a cycle
-    started with its frozen snapshot, a machine's result, a halt, a resume), never updated or
-    deleted; the state the planner takes is the rows since the rollout's latest cycle start."""
+    started with its frozen snapshot, a machine's result, a halt, a resume, a stage's manual
+    approval, an abort), never updated or deleted; the state the planner takes is the rows since the rollout's latest cycle start."""
     _run(
         conn,
         [
@@ -460,7 +460,7 @@ def _v10_rollout_history(conn: sqlite3.Connection) -> None:
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
                 rollout TEXT NOT NULL,
                 event TEXT NOT NULL CHECK (event IN ('CycleStarted', 'MachineResult', 'Halted',
-                    'Resumed')),
+                    'Resumed', 'Approved', 'Aborted')),
                 document TEXT NOT NULL,
                 at TEXT NOT NULL
             )""",
