@@ -81,7 +81,25 @@ class Postgres:
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
             conn.execute(statement.encode())
 
+    def start(self) -> None:
+        """Start the server on its cluster and port (again, after :meth:`stop`); returns when it
+        accepts connections. Raises RuntimeError with the server's words when it does not."""
+        options = (
+            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
+            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        data, log = self.directory / "data", self.directory / "server.log"
+        done = _as_postgres(BIN / "pg_ctl", "start", "-D", data, "-l", log, "-o", options)
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {done.stderr[-2000:]}\n{self.log()}")
+        try:
+            wait_until("PostgreSQL accepts connections", lambda: accepting(self), detail=self.log)
+        except BaseException:
+            self.stop()
+            raise
+
     def stop(self) -> None:
+        """Stop at once (``-m immediate``): sessions are cut as by a crash or a partition."""
         _as_postgres(BIN / "pg_ctl", "stop", "-D", self.directory / "data", "-m", "immediate")
 
     def log(self) -> str:
@@ -105,7 +123,8 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _ready(server: Postgres) -> bool:
+def accepting(server: Postgres) -> bool:
+    """Whether the server accepts connections now."""
     import psycopg
 
     try:
@@ -126,17 +145,8 @@ def start_postgres(directory: Path) -> Postgres:
     if done.returncode != 0:
         raise RuntimeError(f"initdb failed: {done.stderr[-2000:]}")
     server = Postgres(directory, _free_port(), itertools.count(1))
-    options = (
-        f"-p {server.port} -k {directory} -c listen_addresses=127.0.0.1"
-        " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-    )
-    done = _as_postgres(
-        BIN / "pg_ctl", "start", "-D", data, "-l", directory / "server.log", "-o", options
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"pg_ctl start failed: {done.stderr[-2000:]}\n{server.log()}")
+    server.start()
     try:
-        wait_until("PostgreSQL accepts connections", lambda: _ready(server), detail=server.log)
         server.execute(f"CREATE DATABASE {TEMPLATE}")
     except BaseException:
         server.stop()

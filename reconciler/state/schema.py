@@ -452,7 +452,8 @@ def _v9_instance_source_lists(conn: sqlite3.Connection) -> None:
 def _v10_rollout_history(conn: sqlite3.Connection) -> None:
     """Progressive rollouts' recorded state as history (issue 15): a row per change (a cycle
     started with its frozen snapshot, a machine's result, a halt, a resume, a stage's manual
-    approval, an abort), never updated or deleted; the state the planner takes is the rows since the rollout's latest cycle start."""
+    approval, an abort), never updated or deleted; the state the planner takes is the rows
+    since the rollout's latest cycle start."""
     _run(
         conn,
         [
@@ -470,6 +471,12 @@ def _v10_rollout_history(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v11_job_queue(conn: sqlite3.Connection) -> None:
+    """Nothing in SQLite: version 11 is PostgreSQL's job queue for many workers (issue 16,
+    ``state.postgres.queue``), and a SQLite store has one process, which runs its own jobs.
+    The number is taken here too, so both backends keep one version sequence."""
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1_history,
     _v2_patches_and_instances,
@@ -481,6 +488,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v8_one_off_openings,
     _v9_instance_source_lists,
     _v10_rollout_history,
+    _v11_job_queue,
 )
 LATEST = len(MIGRATIONS)
 

@@ -224,7 +224,28 @@ def _v9_whole(conn: psycopg.Connection[tuple[object, ...]]) -> None:
         conn.execute(statement.encode())
 
 
-MIGRATIONS: dict[int, Migration] = {9: _v9_whole}
+def _v11_job_queue(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """The job queue of many workers (``state.postgres.queue``; docs/state.md, "Workers"): a
+    work list updated in place, not history (what ran stays in ``jobs``). The partial indexes
+    keep a claim and a reclaim one index step however many entries are done."""
+    for statement in (
+        """CREATE TABLE job_queue (
+            key TEXT PRIMARY KEY,
+            payload TEXT NOT NULL,
+            enqueued_at TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'claimed', 'done')),
+            worker TEXT,
+            heartbeat_at TEXT,
+            claims INTEGER NOT NULL DEFAULT 0,
+            seq BIGSERIAL NOT NULL UNIQUE
+        )""",
+        "CREATE INDEX job_queue_queued ON job_queue (seq) WHERE state = 'queued'",
+        "CREATE INDEX job_queue_claimed ON job_queue (heartbeat_at) WHERE state = 'claimed'",
+    ):
+        conn.execute(statement.encode())
+
+
+MIGRATIONS: dict[int, Migration] = {9: _v9_whole, 11: _v11_job_queue}
 LATEST = max(MIGRATIONS)
 
 

@@ -19,7 +19,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -34,8 +34,9 @@ from reconciler.redaction import redacted
 from reconciler.state.backend import StateBackend
 from reconciler.state.lock import Holder
 from reconciler.state.oneoffs import OneOffRecord
-from reconciler.state.postgres import history, oneoffs
+from reconciler.state.postgres import history, oneoffs, queue
 from reconciler.state.postgres.lock import AdvisoryLock
+from reconciler.state.postgres.queue import QueuedJob
 from reconciler.state.postgres.schema import migrate, schema_version
 from reconciler.state.records import (
     InstanceRecord,
@@ -361,6 +362,35 @@ class PostgresStore:
                 "SELECT key FROM jobs WHERE key = ANY(%s)", (list(keys),)
             ).fetchall()
         return {row[0] for row in rows}
+
+    # The job queue of many workers (``queue``; docs/state.md, "Workers").
+
+    def enqueue_jobs(self, entries: Iterable[tuple[str, dict[str, Any]]], now: datetime) -> int:
+        """Queue each planned action (key, ``asdict(action)``) not queued before; how many."""
+        with self._use() as conn:
+            return queue.enqueue(conn, entries, now)
+
+    def claim_queued(self, worker: str, *, limit: int, now: datetime) -> list[QueuedJob]:
+        """Up to ``limit`` queued entries for ``worker`` (``FOR UPDATE SKIP LOCKED``)."""
+        with self._use() as conn:
+            return queue.claim(conn, worker, limit, now)
+
+    def reclaim_lapsed(
+        self, worker: str, *, lease: timedelta, limit: int, now: datetime
+    ) -> list[QueuedJob]:
+        """Entries whose worker stopped heartbeating for ``lease``, each for one reclaimer."""
+        with self._use() as conn:
+            return queue.reclaim(conn, worker, lease, limit, now)
+
+    def heartbeat_queued(self, worker: str, keys: Iterable[str], now: datetime) -> set[str]:
+        """Renew ``worker``'s lease on ``keys``; the ones it still holds."""
+        with self._use() as conn:
+            return queue.heartbeat(conn, worker, keys, now)
+
+    def finish_queued(self, worker: str, key: str, now: datetime) -> bool:
+        """``key`` done by ``worker``; False when it was reclaimed from it."""
+        with self._use() as conn:
+            return queue.done(conn, worker, key, now)
 
     def abandon_running_jobs(self, now: datetime) -> list[JobRecord]:
         """Mark every running job abandoned and return them (oldest first); as SQLite's store,
