@@ -193,12 +193,26 @@ def pending(why: str) -> pytest.MarkDecorator:
 
 def another(store: Any, tmp_path: Path) -> Any:
     """A second store on the same database (as another process would open it)."""
+    return opened_at(location(store, tmp_path))
+
+
+def location(store: Any, tmp_path: Path) -> str:
+    """Where ``store`` keeps its state, as text another process can open (``opened_at``)."""
     from reconciler.state.postgres.store import PostgresStore
 
     if isinstance(store, PostgresStore):
         assert store._conn is not None
-        return PostgresStore(store._conn.info.dsn)
-    return StateStore(tmp_path / "state.db")
+        return store._conn.info.dsn
+    return str(tmp_path / "state.db")
+
+
+def opened_at(where: str, **options: Any) -> Any:
+    """A store on ``where`` (a :func:`location`): a libpq string or a SQLite file's path."""
+    if where.endswith(".db"):
+        return StateStore(where, **options)
+    from reconciler.state.postgres.store import PostgresStore
+
+    return PostgresStore(where, **options)
 
 
 @contextmanager

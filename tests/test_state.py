@@ -31,7 +31,7 @@ from reconciler.state import (
     lock_path,
 )
 from reconciler.state.schema import LATEST, migrate
-from tests.postgres import another, pending, raw_sql
+from tests.postgres import another, location, opened_at, pending, raw_sql
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -154,25 +154,24 @@ def test_default_path_falls_back_to_local_state(
     assert StateStore.default_path() == expected
 
 
-def test_closed_store_refuses_use(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state.db")
+def test_closed_store_refuses_use(store: StateStore) -> None:
     store.close()
     store.close()  # closing twice is harmless
     with pytest.raises(StateError, match="closed"):
         store.latest_scans()
 
 
-def test_reopening_keeps_everything(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    with StateStore(path) as store:
-        recorded = scan(store)
-        job = claim(store, "k1")
-        assert job is not None
-        finished = store.finish_job(job.id, status="succeeded", result={"ok": True}, now=at(5))
-        store.record_window_execution(window="nightly", opening="o1", status="SUCCESS", now=T0)
-        store.record_revision(revision="rev-a", accepted=True, problems=[], now=T0)
-        executions = store.window_executions()
-    with StateStore(path) as store:
+def test_reopening_keeps_everything(store: StateStore, tmp_path: Path) -> None:
+    recorded = scan(store)
+    job = claim(store, "k1")
+    assert job is not None
+    finished = store.finish_job(job.id, status="succeeded", result={"ok": True}, now=at(5))
+    store.record_window_execution(window="nightly", opening="o1", status="SUCCESS", now=T0)
+    store.record_revision(revision="rev-a", accepted=True, problems=[], now=T0)
+    executions = store.window_executions()
+    where = location(store, tmp_path)
+    store.close()
+    with opened_at(where) as store:
         assert store.latest_scan("web-1") == recorded
         assert store.job(job.id) == finished
         assert claim(store, "k1") is None
@@ -437,15 +436,16 @@ def test_abandon_running_jobs(store: StateStore) -> None:
 
 
 def test_a_job_waiting_for_its_reboot_is_not_abandoned_and_is_found_after_a_restart(
-    tmp_path: Path,
+    store: StateStore, tmp_path: Path
 ) -> None:
     """The phase is written before the reboot is asked for (state migration 7): a new process
     finds the job running in it, with the boot id before and the install's outcome."""
-    with StateStore(tmp_path / "state.db") as store:
-        rebooting, other = claim(store, "a", now=at(0)), claim(store, "b", "web-2", now=at(1))
-        detail = {"install": {"changed": True}}
-        store.record_phase(rebooting.id, phase="rebooting", boot_id="b-1", detail=detail, now=at(2))
-    with StateStore(tmp_path / "state.db") as store:
+    rebooting, other = claim(store, "a", now=at(0)), claim(store, "b", "web-2", now=at(1))
+    detail = {"install": {"changed": True}}
+    store.record_phase(rebooting.id, phase="rebooting", boot_id="b-1", detail=detail, now=at(2))
+    where = location(store, tmp_path)
+    store.close()
+    with opened_at(where) as store:
         assert [job.id for job in store.abandon_running_jobs(at(3))] == [other.id]
         [(job, phase)] = store.rebooting_jobs()
         assert (job.id, job.status) == (rebooting.id, "running")
@@ -575,8 +575,10 @@ def test_claim_is_exclusive_across_threads_sharing_a_store(store: StateStore) ->
     assert len(store.jobs()) == 25
 
 
-def test_claim_is_exclusive_across_threads_with_their_own_stores(tmp_path: Path) -> None:
-    stores = [StateStore(tmp_path / "state.db") for _ in range(8)]
+def test_claim_is_exclusive_across_threads_with_their_own_stores(
+    store: StateStore, tmp_path: Path
+) -> None:
+    stores = [another(store, tmp_path) for _ in range(8)]
     try:
         keys = [f"key-{i}" for i in range(25)]
         assert _claim_from_threads(stores, keys) == dict.fromkeys(keys, 1)
@@ -591,7 +593,7 @@ def _claim_in_process(path: str, keys: list[str], barrier: Any, won: Any) -> Non
     # go back as text, so that a failing child fails the test instead of hanging it.
     try:
         barrier.wait()
-        with StateStore(path) as store:
+        with opened_at(path) as store:
             wins = []
             for key in keys:
                 barrier.wait()
@@ -603,13 +605,16 @@ def _claim_in_process(path: str, keys: list[str], barrier: Any, won: Any) -> Non
         won.put(traceback.format_exc())
 
 
-def test_claim_is_exclusive_across_processes(tmp_path: Path) -> None:
+def test_claim_is_exclusive_across_processes(store: StateStore, tmp_path: Path) -> None:
     # spawn, not fork: a fresh interpreter per process, as separate controllers would be.
     # The processes also race to create the file (which found SQLite's WAL switch not waiting).
     context = multiprocessing.get_context("spawn")
     processes, keys = 4, [f"key-{i}" for i in range(20)]
     barrier, won = context.Barrier(processes, timeout=60), context.Queue()
-    path = str(tmp_path / "state.db")
+    path = location(store, tmp_path)
+    store.close()
+    if isinstance(store, StateStore):  # the processes race to create the file
+        (tmp_path / "state.db").unlink()
     workers = [
         context.Process(target=_claim_in_process, args=(path, keys, barrier, won), daemon=True)
         for _ in range(processes)
@@ -627,7 +632,7 @@ def test_claim_is_exclusive_across_processes(tmp_path: Path) -> None:
     assert not failures, "\n".join(failures)
     assert sorted(key for result in results for key in result) == sorted(keys)
     assert [worker.exitcode for worker in workers] == [0] * processes
-    with StateStore(path) as store:
+    with opened_at(path) as store:
         assert len(store.jobs()) == len(keys)
         assert store.schema_version() == SCHEMA_VERSION
 
