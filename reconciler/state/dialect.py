@@ -13,6 +13,9 @@ from typing import Any, Protocol
 
 
 class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
     def fetchone(self) -> Any: ...
 
     def fetchall(self) -> list[Any]: ...
@@ -31,6 +34,9 @@ class Dialect:
     name: str
     placeholder: str
     """What stands for a parameter: SQLite's ``?``, psycopg's ``%s``."""
+    arrival: str
+    """The column that orders a table's rows as they were inserted, for ties: SQLite's
+    ``rowid``, the ``seq`` column PostgreSQL's tables carry for it."""
 
     def sql(self, statement: str) -> str:
         """``statement``, written with ``?`` for its parameters, in this dialect. The shared
@@ -41,5 +47,5 @@ class Dialect:
         return conn.execute(self.sql(statement), params)
 
 
-SQLITE = Dialect("sqlite", "?")
-POSTGRESQL = Dialect("postgresql", "%s")
+SQLITE = Dialect("sqlite", "?", "rowid")
+POSTGRESQL = Dialect("postgresql", "%s", "seq")
