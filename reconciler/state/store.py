@@ -34,10 +34,9 @@ from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-from reconciler.api.enrolment import DiscoveredHost, Listed, Provenance
+from reconciler.api.enrolment import Listed, Provenance
 from reconciler.api.enums import ExecutionStatus, JobStatus, Operation, ReportRunStatus
 from reconciler.api.inventory import (
     FirstSeenKey,
@@ -47,35 +46,25 @@ from reconciler.api.inventory import (
     with_first_seen,
 )
 from reconciler.api.oneoff import OneOffOpening, OneOffStatus
-from reconciler.rollout import MachineResult, RolloutRecord, RolloutSnapshot
-from reconciler.state import oneoffs, rollouts
+from reconciler.state import oneoffs
+from reconciler.state.dialect import SQLITE
 from reconciler.state.lock import FileLock, Holder, WriterLock, lock_path
 from reconciler.state.oneoffs import OneOffRecord
 from reconciler.state.records import (
-    InstanceRecord,
     JobNotRunning,
     JobPhase,
     JobRecord,
-    PatchStateRecord,
     ReportRunRecord,
-    RevisionRecord,
     ScanRecord,
     StateError,
     StoreUnusable,
     StoreWriteFailed,
     UnknownJob,
-    WindowExecution,
-    check_finish_status,
-    check_job_status,
     check_report_run_status,
-    check_window_status,
-    from_json,
     from_text,
     to_json,
     to_text,
-    window_execution,
 )
-from reconciler.state.rollouts import RolloutEvent
 from reconciler.state.schema import (
     facts_of,
     immediate,
@@ -85,15 +74,16 @@ from reconciler.state.schema import (
     upsert_instance,
     user_version,
 )
+from reconciler.state.shared import SqlStore
 
 BUSY_TIMEOUT = 30.0
 """Seconds a write waits for another process's write lock before giving up."""
 
-JOB_FILTERS = ("status", "instance", "window", "task", "opening")
 
-
-class StateStore:
+class StateStore(SqlStore):
     """The observed-state store. Safe to share between the threads of one process."""
+
+    dialect = SQLITE
 
     def __init__(self, path: str | Path, *, writer: Holder | None = None) -> None:
         """``writer``: this process writes and dispatches, so it takes the store's writer lock
@@ -125,29 +115,6 @@ class StateStore:
     def schema_version(self) -> int:
         with self._use() as conn:
             return user_version(conn)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-            self._release_writer()
-
-    def _release_writer(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @contextmanager
     def _use(self) -> Iterator[sqlite3.Connection]:
@@ -229,10 +196,6 @@ class StateStore:
         a reader (``now`` None) leaves them without one."""
         return merged_first_seen(inventory, now, self.first_seen)
 
-    def latest_scan(self, instance: str) -> ScanRecord | None:
-        history = self.scan_history(instance, limit=1)
-        return history[0] if history else None
-
     def latest_scans(self) -> dict[str, ScanRecord]:
         """The newest scan (by ``finished_at``, then id) of every instance, in one query.
 
@@ -256,40 +219,6 @@ class StateStore:
             known |= {row[0]: ScanRecord.from_row(row) for row in rows}
             self._latest_scans = {scan_id: known[scan_id] for _, scan_id in latest}
             return {instance: known[scan_id] for instance, scan_id in latest}
-
-    def scan_history(self, instance: str, limit: int = 100) -> list[ScanRecord]:
-        """The instance's scans and installs, newest first."""
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {ScanRecord.COLUMNS} FROM scans WHERE instance = ?"
-                " ORDER BY finished_at DESC, id DESC LIMIT ?",
-                (instance, limit),
-            ).fetchall()
-        return [ScanRecord.from_row(row) for row in rows]
-
-    def patch_states(self, scan_id: int) -> list[PatchStateRecord]:
-        """The per-patch rows stored with one scan, in the evaluation's order."""
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {PatchStateRecord.COLUMNS} FROM patch_states WHERE scan_id = ?"
-                " ORDER BY rowid",
-                (scan_id,),
-            ).fetchall()
-        return [PatchStateRecord.from_row(row) for row in rows]
-
-    def instance(self, instance: str) -> InstanceRecord | None:
-        with self._use() as conn:
-            row = conn.execute(
-                f"SELECT {InstanceRecord.COLUMNS} FROM instances WHERE instance = ?", (instance,)
-            ).fetchone()
-        return None if row is None else InstanceRecord.from_row(row)
-
-    def instances(self) -> list[InstanceRecord]:
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {InstanceRecord.COLUMNS} FROM instances ORDER BY instance"
-            ).fetchall()
-        return [InstanceRecord.from_row(row) for row in rows]
 
     # Jobs, with idempotency keys.
 
@@ -325,62 +254,6 @@ class StateStore:
         if inserted != 1:
             return None
         return JobRecord.from_row((*row, payload_text, None, created, None))
-
-    def finish_job(
-        self, job_id: str, *, status: JobStatus, result: dict[str, Any], now: datetime
-    ) -> JobRecord:
-        """Record a running job's outcome; a finished job's outcome is never replaced."""
-        check_finish_status(status)
-        result_text, finished = to_json(result), to_text(now)
-        with self._write() as conn:
-            changed = conn.execute(
-                "UPDATE jobs SET status = ?, result = ?, finished_at = ?"
-                " WHERE id = ? AND status = 'running'",
-                (status, result_text, finished, job_id),
-            ).rowcount
-            row = conn.execute(
-                f"SELECT {JobRecord.COLUMNS} FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
-        if row is None:
-            raise UnknownJob(f"no job has id {job_id!r}")
-        if changed != 1:
-            raise JobNotRunning(f"job {job_id} already finished as {row[8]!r}")
-        return JobRecord.from_row(row)
-
-    def job(self, job_id: str) -> JobRecord | None:
-        return self._one_job("id", job_id)
-
-    def job_by_key(self, key: str) -> JobRecord | None:
-        return self._one_job("key", key)
-
-    def _one_job(self, column: str, value: str) -> JobRecord | None:
-        with self._use() as conn:
-            row = conn.execute(
-                f"SELECT {JobRecord.COLUMNS} FROM jobs WHERE {column} = ?", (value,)
-            ).fetchone()
-        return None if row is None else JobRecord.from_row(row)
-
-    def jobs(
-        self,
-        *,
-        status: str | None = None,
-        instance: str | None = None,
-        window: str | None = None,
-        task: str | None = None,
-        opening: str | None = None,
-    ) -> list[JobRecord]:
-        """Jobs matching every given filter, oldest first."""
-        check_job_status(status)
-        given = dict(zip(JOB_FILTERS, (status, instance, window, task, opening), strict=True))
-        wanted = {column: value for column, value in given.items() if value is not None}
-        # Column names come from JOB_FILTERS, never from the caller; values are parameters.
-        where = " AND ".join(f"{column} = ?" for column in wanted) or "1"
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {JobRecord.COLUMNS} FROM jobs WHERE {where} ORDER BY created_at, rowid",
-                tuple(wanted.values()),
-            ).fetchall()
-        return [JobRecord.from_row(row) for row in rows]
 
     def planning_jobs(
         self, *, openings: Iterable[tuple[str, str]], failed_scans_since: datetime
@@ -532,64 +405,7 @@ class StateStore:
         with self._use() as conn:
             return oneoffs.jobs_of(conn, opening_ids)
 
-    # Progressive rollouts' recorded state (state.rollouts): history, folded on read.
-
-    def rollout_record(self, rollout: str) -> RolloutRecord:
-        """What the rollout planner takes: the current cycle's snapshot, results and halt."""
-        with self._use() as conn:
-            return rollouts.record_of(conn, rollout)
-
-    def record_rollout_cycle(
-        self, rollout: str, snapshot: RolloutSnapshot, *, now: datetime
-    ) -> None:
-        """A new cycle with its frozen snapshot: earlier results and halts no longer count."""
-        document = rollouts.snapshot_document(snapshot)
-        self._append_rollout(rollout, RolloutEvent.CYCLE_STARTED, document, now)
-
-    def record_rollout_result(
-        self, rollout: str, instance: str, result: MachineResult, *, now: datetime
-    ) -> None:
-        document = rollouts.result_document(instance, result)
-        self._append_rollout(rollout, RolloutEvent.MACHINE_RESULT, document, now)
-
-    def record_rollout_halt(self, rollout: str, reason: str, *, now: datetime) -> None:
-        self._append_rollout(rollout, RolloutEvent.HALTED, {"reason": reason}, now)
-
-    def record_rollout_resume(self, rollout: str, *, now: datetime) -> None:
-        self._append_rollout(rollout, RolloutEvent.RESUMED, {}, now)
-
-    def _append_rollout(
-        self, rollout: str, event: RolloutEvent, document: dict[str, Any], now: datetime
-    ) -> None:
-        with self._write() as conn:
-            rollouts.append(conn, rollout, event, document, now)
-
     # Maintenance window executions.
-
-    def record_window_execution(
-        self, *, window: str, opening: str, status: ExecutionStatus, now: datetime
-    ) -> None:
-        """Set the status of one opening of a window; the first record's time stays its start."""
-        check_window_status(status)
-        moment = to_text(now)
-        with self._use() as conn:
-            conn.execute(
-                "INSERT INTO window_executions (window, opening, status, started_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (window, opening) DO UPDATE SET"
-                " status = excluded.status, updated_at = excluded.updated_at",
-                (window, opening, status, moment, moment),
-            )
-
-    def window_executions(self, window: str | None = None) -> list[WindowExecution]:
-        """Every execution (of ``window``), oldest first."""
-        where, params = ("WHERE window = ?", (window,)) if window is not None else ("", ())
-        with self._use() as conn:
-            rows = conn.execute(
-                "SELECT window, opening, status, started_at, updated_at FROM window_executions"
-                f" {where} ORDER BY started_at, window, opening",
-                params,
-            ).fetchall()
-        return [window_execution(row) for row in rows]
 
     def execution_statuses(
         self, openings: Iterable[tuple[str, str]]
@@ -628,25 +444,6 @@ class StateStore:
                     " VALUES (?, ?, ?, ?)",
                     (*entry, to_text(now)),
                 )
-
-    def last_good_revision(self) -> RevisionRecord | None:
-        """The newest accepted revision: the one the loop acts on while newer ones are refused."""
-        with self._use() as conn:
-            row = conn.execute(
-                f"SELECT {RevisionRecord.COLUMNS} FROM revisions WHERE accepted = 1"
-                " ORDER BY seen_at DESC, id DESC LIMIT 1"
-            ).fetchone()
-        return None if row is None else RevisionRecord.from_row(row)
-
-    def revisions(self, limit: int = 50) -> list[RevisionRecord]:
-        """Revisions seen, newest first."""
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {RevisionRecord.COLUMNS} FROM revisions"
-                " ORDER BY seen_at DESC, id DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
-        return [RevisionRecord.from_row(row) for row in rows]
 
     # Scheduled report exports: append-only history.
 
@@ -693,36 +490,7 @@ class StateStore:
             return None
         return ReportRunRecord.from_row((row_id, *entry, error, *times))
 
-    def report_runs(self, report: str | None = None, limit: int = 100) -> list[ReportRunRecord]:
-        """Export attempts (of one report, or all), newest first."""
-        where, params = ("WHERE report = ?", (report,)) if report is not None else ("", ())
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {ReportRunRecord.COLUMNS} FROM report_runs {where}"
-                " ORDER BY finished_at DESC, id DESC LIMIT ?",
-                (*params, limit),
-            ).fetchall()
-        return [ReportRunRecord.from_row(row) for row in rows]
-
-    def last_exported_openings(self) -> dict[str, str]:
-        """Per report, the latest opening exported successfully."""
-        with self._use() as conn:
-            rows = conn.execute(
-                "SELECT report, max(opening) FROM report_runs WHERE status = 'SUCCESS'"
-                " GROUP BY report"
-            ).fetchall()
-        return {report: opening for report, opening in rows}
-
     # Enrolment: each InstanceSource's last good list, replaced on each refresh.
-
-    def source_lists(self) -> dict[str, Listed]:
-        """source -> its last good list (sources that never listed anything are left out)."""
-        with self._use() as conn:
-            rows = conn.execute(
-                "SELECT source, kind, spec, hosts, listed_at FROM instance_source_lists"
-                " WHERE listed_at IS NOT NULL"
-            ).fetchall()
-        return {row[0]: listed(row) for row in rows}
 
     def save_source_list(self, source: str, listed: Listed) -> None:
         """Keep ``listed`` as ``source``'s last good list; its last error is cleared."""
@@ -733,16 +501,6 @@ class StateStore:
                 " (source, kind, spec, hosts, listed_at, error, failed_at)"
                 " VALUES (?, ?, ?, ?, ?, NULL, NULL)",
                 (source, listed.kind, listed.spec, hosts, to_text(listed.at)),
-            )
-
-    def record_source_failure(self, source: str, kind: str, error: str, now: datetime) -> None:
-        """A refresh of ``source`` failed; its last good list (if any) is kept."""
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO instance_source_lists (source, kind, spec, hosts, error, failed_at)"
-                " VALUES (?, ?, '', '[]', ?, ?) ON CONFLICT (source)"
-                " DO UPDATE SET error = excluded.error, failed_at = excluded.failed_at",
-                (source, kind, error, to_text(now)),
             )
 
     def record_enrolled(self, enrolled: Mapping[str, Provenance], now: datetime) -> None:
@@ -765,41 +523,12 @@ class StateStore:
                 (to_text(now), *enrolled),
             )
 
-    def enrolled(self) -> dict[str, tuple[Provenance, bool]]:
-        """instance -> (where it was generated from, whether its source still lists it)."""
-        with self._use() as conn:
-            rows = conn.execute(
-                "SELECT instance, source, host, listed FROM enrolled_instances"
-            ).fetchall()
-        return {
-            name: (Provenance(source, host), bool(listed)) for name, source, host, listed in rows
-        }
-
-    def source_failures(self) -> dict[str, tuple[str, datetime]]:
-        """source -> (the last refresh's error, when), for sources whose last refresh failed."""
-        with self._use() as conn:
-            rows = conn.execute(
-                "SELECT source, error, failed_at FROM instance_source_lists WHERE error IS NOT NULL"
-            ).fetchall()
-        return {source: (error, from_text(at)) for source, error, at in rows}
-
 
 TRANSIENT = frozenset(
     {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_BUSY}
 )
 """SQLite's primary result codes for a write that may succeed later, unchanged: a full disk, an
 I/O error, a file system remounted read-only, another process's write lock held too long."""
-
-
-def listed(row: tuple[Any, ...]) -> Listed:
-    """An ``instance_source_lists`` row (source, kind, spec, hosts, listed_at) as its list."""
-    _, kind, spec, hosts, listed_at = row
-    return Listed(
-        kind,
-        spec,
-        tuple(DiscoveredHost.from_json(h) for h in from_json(hosts)),
-        from_text(listed_at),
-    )
 
 
 def merged_first_seen(

@@ -14,9 +14,9 @@ import psycopg
 from reconciler.api.oneoff import OneOffOpening, OneOffStatus
 from reconciler.state.oneoffs import OneOffRecord
 from reconciler.state.records import JobRecord, to_json, to_text
+from reconciler.state.shared import JOB_COLUMNS
 
 Connection = psycopg.Connection[tuple[Any, ...]]
-JOB_COLUMNS = JobRecord.COLUMNS.replace("window", '"window"')
 
 
 def insert(conn: Connection, opening: OneOffOpening, now: datetime) -> OneOffRecord:

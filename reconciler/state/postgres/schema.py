@@ -17,6 +17,7 @@ from collections.abc import Callable
 import psycopg
 
 from reconciler.state.records import StoreUnusable
+from reconciler.state.schema import ROLLOUT_HISTORY, ROLLOUT_HISTORY_INDEX
 
 Migration = Callable[[psycopg.Connection[tuple[object, ...]]], None]
 
@@ -224,6 +225,17 @@ def _v9_whole(conn: psycopg.Connection[tuple[object, ...]]) -> None:
         conn.execute(statement.encode())
 
 
+def _v10_rollout_history(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """SQLite's migration 10: progressive rollouts' recorded state, a row per change, never
+    updated or deleted (``state.rollouts`` writes and folds it for both backends)."""
+    for statement in (
+        ROLLOUT_HISTORY.format(key="BIGSERIAL PRIMARY KEY"),
+        ROLLOUT_HISTORY_INDEX,
+        *_append_only("rollout_history", "rollout_history is append-only history"),
+    ):
+        conn.execute(statement.encode())
+
+
 def _v11_job_queue(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     """The job queue of many workers (``state.postgres.queue``; docs/state.md, "Workers"): a
     work list updated in place, not history (what ran stays in ``jobs``). The partial indexes
@@ -245,7 +257,7 @@ def _v11_job_queue(conn: psycopg.Connection[tuple[object, ...]]) -> None:
         conn.execute(statement.encode())
 
 
-MIGRATIONS: dict[int, Migration] = {9: _v9_whole, 11: _v11_job_queue}
+MIGRATIONS: dict[int, Migration] = {9: _v9_whole, 10: _v10_rollout_history, 11: _v11_job_queue}
 LATEST = max(MIGRATIONS)
 
 

@@ -18,11 +18,10 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import psycopg
 
@@ -32,6 +31,7 @@ from reconciler.api.inventory import FirstSeenKey, Inventory
 from reconciler.api.oneoff import OneOffOpening, OneOffStatus
 from reconciler.redaction import redacted
 from reconciler.state.backend import StateBackend
+from reconciler.state.dialect import POSTGRESQL
 from reconciler.state.lock import Holder
 from reconciler.state.oneoffs import OneOffRecord
 from reconciler.state.postgres import history, oneoffs, queue
@@ -39,48 +39,35 @@ from reconciler.state.postgres.lock import AdvisoryLock
 from reconciler.state.postgres.queue import QueuedJob
 from reconciler.state.postgres.schema import migrate, schema_version
 from reconciler.state.records import (
-    InstanceRecord,
     JobNotRunning,
     JobPhase,
     JobRecord,
-    PatchStateRecord,
     ReportRunRecord,
-    RevisionRecord,
     ScanRecord,
     StateError,
     StoreUnusable,
     StoreWriteFailed,
     UnknownJob,
-    WindowExecution,
-    check_finish_status,
-    check_job_status,
     check_report_run_status,
-    check_window_status,
     from_text,
     to_json,
     to_text,
-    window_execution,
 )
 from reconciler.state.schema import facts_of, patch_rows
-from reconciler.state.store import (
-    JOB_FILTERS,
-    StateStore,
-    listed,
-    merged_first_seen,
-    offered,
-)
+from reconciler.state.shared import JOB_COLUMNS, SqlStore
+from reconciler.state.store import StateStore, merged_first_seen, offered
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
-# WINDOW is a reserved word in PostgreSQL (SQLite lets it pass): quoted in every statement.
-JOB_COLUMNS = oneoffs.JOB_COLUMNS
 
 REPORT_LOCK = 0x50575270
 """First key of the transaction-scoped advisory lock on one report's export rows ("PWRp")."""
 
 
-class PostgresStore:
+class PostgresStore(SqlStore):
     """The observed-state store on PostgreSQL. Safe to share between the threads of a process."""
+
+    dialect = POSTGRESQL
 
     def __init__(
         self, conninfo: str, *, writer: Holder | None = None, home: Path | None = None
@@ -113,29 +100,6 @@ class PostgresStore:
         with self._use() as conn:
             return schema_version(conn)
 
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-            self._release_writer()
-
-    def _release_writer(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
     @contextmanager
     def _use(self) -> Iterator[Connection]:
         """The connection, in one transaction: committed when the block ends, rolled back (and
@@ -143,15 +107,16 @@ class PostgresStore:
         with self._lock:
             if self._conn is None:
                 raise StateError(f"the state store {self.name} is closed")
-            try:
-                if self._conn.broken:
-                    # A lost session (server restarted, network cut) failed the call that found
-                    # it; the next call tries a new one, so a running service recovers by itself.
+            if self._conn.broken:
+                # A lost session (server restarted, network cut) failed the call that found
+                # it; the next call tries a new one, so a running service recovers by itself.
+                try:
                     self._conn = _open(self._conninfo, self.name)
+                except StoreUnusable as exc:
+                    raise StoreWriteFailed(str(exc)) from exc
+            try:
                 with self._conn.transaction():
                     yield self._conn
-            except StoreUnusable as exc:
-                raise StoreWriteFailed(str(exc)) from exc
             except psycopg.OperationalError as exc:
                 # The server gone, the network cut, the disk full: a write that may pass later.
                 raise StoreWriteFailed(
@@ -159,6 +124,11 @@ class PostgresStore:
                     f" {' '.join(redacted(str(exc)).split())} (a running service retries by"
                     " itself)"
                 ) from exc
+
+    def _write(self) -> AbstractContextManager[Connection]:
+        """Every :meth:`_use` is one transaction already; a read-then-write takes its own row
+        or table lock (SQLite's ``BEGIN IMMEDIATE`` locks the whole file)."""
+        return self._use()
 
     # Scans and installs: append-only history.
 
@@ -213,10 +183,6 @@ class PostgresStore:
         """As SQLite's store: recorded first-seen times, ``now`` for new offers when recording."""
         return merged_first_seen(inventory, now, self.first_seen)
 
-    def latest_scan(self, instance: str) -> ScanRecord | None:
-        history = self.scan_history(instance, limit=1)
-        return history[0] if history else None
-
     def latest_scans(self) -> dict[str, ScanRecord]:
         """The newest scan (by ``finished_at``, then id) of every instance: the ones
         ``instances.last_scan_id`` names, kept on that rule as scans are recorded."""
@@ -226,40 +192,6 @@ class PostgresStore:
                 " WHERE id IN (SELECT last_scan_id FROM instances) ORDER BY instance"
             ).fetchall()
         return {record.instance: record for record in map(ScanRecord.from_row, rows)}
-
-    def scan_history(self, instance: str, limit: int = 100) -> list[ScanRecord]:
-        """The instance's scans and installs, newest first."""
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {ScanRecord.COLUMNS} FROM scans WHERE instance = %s"
-                " ORDER BY finished_at DESC, id DESC LIMIT %s",
-                (instance, limit),
-            ).fetchall()
-        return [ScanRecord.from_row(row) for row in rows]
-
-    def patch_states(self, scan_id: int) -> list[PatchStateRecord]:
-        """The per-patch rows stored with one scan, in the evaluation's order."""
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {PatchStateRecord.COLUMNS} FROM patch_states WHERE scan_id = %s"
-                " ORDER BY seq",
-                (scan_id,),
-            ).fetchall()
-        return [PatchStateRecord.from_row(row) for row in rows]
-
-    def instance(self, instance: str) -> InstanceRecord | None:
-        with self._use() as conn:
-            row = conn.execute(
-                f"SELECT {InstanceRecord.COLUMNS} FROM instances WHERE instance = %s", (instance,)
-            ).fetchone()
-        return None if row is None else InstanceRecord.from_row(row)
-
-    def instances(self) -> list[InstanceRecord]:
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {InstanceRecord.COLUMNS} FROM instances ORDER BY instance"
-            ).fetchall()
-        return [InstanceRecord.from_row(row) for row in rows]
 
     # Jobs, with idempotency keys.
 
@@ -290,61 +222,6 @@ class PostgresStore:
         if inserted != 1:
             return None
         return JobRecord.from_row((*row, payload_text, None, created, None))
-
-    def finish_job(
-        self, job_id: str, *, status: JobStatus, result: dict[str, Any], now: datetime
-    ) -> JobRecord:
-        """Record a running job's outcome; a finished job's outcome is never replaced."""
-        check_finish_status(status)
-        with self._use() as conn:
-            changed = conn.execute(
-                "UPDATE jobs SET status = %s, result = %s, finished_at = %s"
-                " WHERE id = %s AND status = 'running'",
-                (status, to_json(result), to_text(now), job_id),
-            ).rowcount
-            row = conn.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,)
-            ).fetchone()
-        if row is None:
-            raise UnknownJob(f"no job has id {job_id!r}")
-        if changed != 1:
-            raise JobNotRunning(f"job {job_id} already finished as {row[8]!r}")
-        return JobRecord.from_row(row)
-
-    def job(self, job_id: str) -> JobRecord | None:
-        return self._one_job("id", job_id)
-
-    def job_by_key(self, key: str) -> JobRecord | None:
-        return self._one_job("key", key)
-
-    def _one_job(self, column: str, value: str) -> JobRecord | None:
-        with self._use() as conn:
-            row = conn.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE {column} = %s", (value,)
-            ).fetchone()
-        return None if row is None else JobRecord.from_row(row)
-
-    def jobs(
-        self,
-        *,
-        status: str | None = None,
-        instance: str | None = None,
-        window: str | None = None,
-        task: str | None = None,
-        opening: str | None = None,
-    ) -> list[JobRecord]:
-        """Jobs matching every given filter, oldest first (ties in claim order)."""
-        check_job_status(status)
-        given = dict(zip(JOB_FILTERS, (status, instance, window, task, opening), strict=True))
-        wanted = {column: value for column, value in given.items() if value is not None}
-        # Column names come from JOB_FILTERS, never from the caller; values are parameters.
-        where = " AND ".join(f'"{column}" = %s' for column in wanted) or "TRUE"
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY created_at, seq",
-                tuple(wanted.values()),
-            ).fetchall()
-        return [JobRecord.from_row(row) for row in rows]
 
     def latest_jobs(self) -> dict[str, JobRecord]:
         """The newest job of each instance (by creation, then claim order, as :meth:`jobs`)."""
@@ -472,31 +349,6 @@ class PostgresStore:
 
     # Maintenance window executions.
 
-    def record_window_execution(
-        self, *, window: str, opening: str, status: ExecutionStatus, now: datetime
-    ) -> None:
-        """Set the status of one opening of a window; the first record's time stays its start."""
-        check_window_status(status)
-        moment = to_text(now)
-        with self._use() as conn:
-            conn.execute(
-                'INSERT INTO window_executions ("window", opening, status, started_at,'
-                ' updated_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT ("window", opening)'
-                " DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
-                (window, opening, status, moment, moment),
-            )
-
-    def window_executions(self, window: str | None = None) -> list[WindowExecution]:
-        """Every execution (of ``window``), oldest first."""
-        where, params = ('WHERE "window" = %s', (window,)) if window is not None else ("", ())
-        with self._use() as conn:
-            rows = conn.execute(
-                'SELECT "window", opening, status, started_at, updated_at FROM window_executions'
-                f' {where} ORDER BY started_at, "window", opening',
-                params,
-            ).fetchall()
-        return [window_execution(row) for row in rows]
-
     def execution_statuses(
         self, openings: Iterable[tuple[str, str]]
     ) -> dict[tuple[str, str], ExecutionStatus]:
@@ -566,25 +418,6 @@ class PostgresStore:
                     (*entry, to_text(now)),
                 )
 
-    def last_good_revision(self) -> RevisionRecord | None:
-        """The newest accepted revision: the one the loop acts on while newer ones are refused."""
-        with self._use() as conn:
-            row = conn.execute(
-                f"SELECT {RevisionRecord.COLUMNS} FROM revisions WHERE accepted = 1"
-                " ORDER BY seen_at DESC, id DESC LIMIT 1"
-            ).fetchone()
-        return None if row is None else RevisionRecord.from_row(row)
-
-    def revisions(self, limit: int = 50) -> list[RevisionRecord]:
-        """Revisions seen, newest first."""
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {RevisionRecord.COLUMNS} FROM revisions"
-                " ORDER BY seen_at DESC, id DESC LIMIT %s",
-                (limit,),
-            ).fetchall()
-        return [RevisionRecord.from_row(row) for row in rows]
-
     # Scheduled report exports: append-only history.
 
     def record_report_run(
@@ -625,36 +458,7 @@ class PostgresStore:
             ).fetchone()
         return None if row is None else ReportRunRecord.from_row((row[0], *entry, error, *times))
 
-    def report_runs(self, report: str | None = None, limit: int = 100) -> list[ReportRunRecord]:
-        """Export attempts (of one report, or all), newest first."""
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {ReportRunRecord.COLUMNS} FROM report_runs"
-                " WHERE %s::text IS NULL OR report = %s"
-                " ORDER BY finished_at DESC, id DESC LIMIT %s",
-                (report, report, limit),
-            ).fetchall()
-        return [ReportRunRecord.from_row(row) for row in rows]
-
-    def last_exported_openings(self) -> dict[str, str]:
-        """Per report, the latest opening exported successfully."""
-        with self._use() as conn:
-            rows = conn.execute(
-                "SELECT report, max(opening) FROM report_runs WHERE status = 'SUCCESS'"
-                " GROUP BY report"
-            ).fetchall()
-        return {report: opening for report, opening in rows}
-
     # Enrolment: each InstanceSource's last good list, replaced on each refresh.
-
-    def source_lists(self) -> dict[str, Listed]:
-        """source -> its last good list (sources that never listed anything are left out)."""
-        with self._use() as conn:
-            rows = conn.execute(
-                "SELECT source, kind, spec, hosts, listed_at FROM instance_source_lists"
-                " WHERE listed_at IS NOT NULL"
-            ).fetchall()
-        return {row[0]: listed(row) for row in rows}
 
     def save_source_list(self, source: str, listed: Listed) -> None:
         """Keep ``listed`` as ``source``'s last good list; its last error is cleared."""
@@ -667,16 +471,6 @@ class PostgresStore:
                 " kind = excluded.kind, spec = excluded.spec, hosts = excluded.hosts,"
                 " listed_at = excluded.listed_at, error = NULL, failed_at = NULL",
                 (source, listed.kind, listed.spec, hosts, to_text(listed.at)),
-            )
-
-    def record_source_failure(self, source: str, kind: str, error: str, now: datetime) -> None:
-        """A refresh of ``source`` failed; its last good list (if any) is kept."""
-        with self._use() as conn:
-            conn.execute(
-                "INSERT INTO instance_source_lists (source, kind, spec, hosts, error, failed_at)"
-                " VALUES (%s, %s, '', '[]', %s, %s) ON CONFLICT (source)"
-                " DO UPDATE SET error = excluded.error, failed_at = excluded.failed_at",
-                (source, kind, error, to_text(now)),
             )
 
     def record_enrolled(self, enrolled: Mapping[str, Provenance], now: datetime) -> None:
@@ -697,24 +491,6 @@ class PostgresStore:
                 " WHERE listed = 1 AND NOT (instance = ANY(%s::text[]))",
                 (to_text(now), list(enrolled)),
             )
-
-    def enrolled(self) -> dict[str, tuple[Provenance, bool]]:
-        """instance -> (where it was generated from, whether its source still lists it)."""
-        with self._use() as conn:
-            rows = conn.execute(
-                "SELECT instance, source, host, listed FROM enrolled_instances"
-            ).fetchall()
-        return {
-            name: (Provenance(source, host), bool(listed)) for name, source, host, listed in rows
-        }
-
-    def source_failures(self) -> dict[str, tuple[str, datetime]]:
-        """source -> (the last refresh's error, when), for sources whose last refresh failed."""
-        with self._use() as conn:
-            rows = conn.execute(
-                "SELECT source, error, failed_at FROM instance_source_lists WHERE error IS NOT NULL"
-            ).fetchall()
-        return {source: (error, from_text(at)) for source, error, at in rows}
 
 
 def _is_a_backend(store: PostgresStore) -> StateBackend:

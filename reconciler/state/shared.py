@@ -1,0 +1,352 @@
+"""Stage: state. :class:`SqlStore`, the methods whose logic is the same on SQLite and
+PostgreSQL, written once with ``?`` placeholders and run in the store's dialect
+(:class:`~reconciler.state.dialect.Dialect`; docs/state.md, "Two backends, one store").
+
+Touches only the connection a store gives it; decides nothing; imports no database driver (each
+store brings its own connection) and of the project only the state package's own modules and the
+rollout planner's value types.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import AbstractContextManager
+from datetime import datetime
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+from reconciler.api.enrolment import DiscoveredHost, Listed, Provenance
+from reconciler.api.enums import ExecutionStatus, JobStatus
+from reconciler.rollout import MachineResult, RolloutRecord, RolloutSnapshot
+from reconciler.state import rollouts
+from reconciler.state.dialect import Dialect
+from reconciler.state.lock import WriterLock
+from reconciler.state.records import (
+    InstanceRecord,
+    JobNotRunning,
+    JobRecord,
+    PatchStateRecord,
+    ReportRunRecord,
+    RevisionRecord,
+    ScanRecord,
+    UnknownJob,
+    WindowExecution,
+    check_finish_status,
+    check_job_status,
+    check_window_status,
+    from_json,
+    from_text,
+    to_json,
+    to_text,
+    window_execution,
+)
+from reconciler.state.rollouts import RolloutEvent
+
+JOB_FILTERS = ("status", "instance", "window", "task", "opening")
+JOB_COLUMNS = JobRecord.COLUMNS.replace("window", '"window"')
+"""The jobs' columns, ``window`` quoted: a reserved word in PostgreSQL (SQLite lets it pass)."""
+
+
+class SqlStore:
+    """The methods both stores share. A store names its :attr:`dialect` and gives ``_use`` (one
+    connection for a read or a single write) and ``_write`` (a read-then-write in one
+    transaction that holds the write lock)."""
+
+    dialect: ClassVar[Dialect]
+
+    def _use(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _write(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    # Lifetime: both stores hold one connection and, as writer, one writer lock.
+
+    _lock: threading.Lock
+    _conn: Any
+    _writer: WriterLock | None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self._release_writer()
+
+    def _release_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # Scans and installs: reads.
+
+    def latest_scan(self, instance: str) -> ScanRecord | None:
+        history = self.scan_history(instance, limit=1)
+        return history[0] if history else None
+
+    def scan_history(self, instance: str, limit: int = 100) -> list[ScanRecord]:
+        """The instance's scans and installs, newest first."""
+        with self._use() as conn:
+            rows = self.dialect.run(
+                conn,
+                f"SELECT {ScanRecord.COLUMNS} FROM scans WHERE instance = ?"
+                " ORDER BY finished_at DESC, id DESC LIMIT ?",
+                (instance, limit),
+            ).fetchall()
+        return [ScanRecord.from_row(row) for row in rows]
+
+    def patch_states(self, scan_id: int) -> list[PatchStateRecord]:
+        """The per-patch rows stored with one scan, in the evaluation's order."""
+        with self._use() as conn:
+            rows = self.dialect.run(
+                conn,
+                f"SELECT {PatchStateRecord.COLUMNS} FROM patch_states WHERE scan_id = ?"
+                f" ORDER BY {self.dialect.arrival}",
+                (scan_id,),
+            ).fetchall()
+        return [PatchStateRecord.from_row(row) for row in rows]
+
+    def instance(self, instance: str) -> InstanceRecord | None:
+        with self._use() as conn:
+            row = self.dialect.run(
+                conn,
+                f"SELECT {InstanceRecord.COLUMNS} FROM instances WHERE instance = ?",
+                (instance,),
+            ).fetchone()
+        return None if row is None else InstanceRecord.from_row(row)
+
+    def instances(self) -> list[InstanceRecord]:
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {InstanceRecord.COLUMNS} FROM instances ORDER BY instance"
+            ).fetchall()
+        return [InstanceRecord.from_row(row) for row in rows]
+
+    # Jobs.
+
+    def finish_job(
+        self, job_id: str, *, status: JobStatus, result: dict[str, Any], now: datetime
+    ) -> JobRecord:
+        """Record a running job's outcome; a finished job's outcome is never replaced."""
+        check_finish_status(status)
+        result_text, finished = to_json(result), to_text(now)
+        with self._write() as conn:
+            changed = self.dialect.run(
+                conn,
+                "UPDATE jobs SET status = ?, result = ?, finished_at = ?"
+                " WHERE id = ? AND status = 'running'",
+                (status, result_text, finished, job_id),
+            ).rowcount
+            row = self.dialect.run(
+                conn, f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        if row is None:
+            raise UnknownJob(f"no job has id {job_id!r}")
+        if changed != 1:
+            raise JobNotRunning(f"job {job_id} already finished as {row[8]!r}")
+        return JobRecord.from_row(row)
+
+    def job(self, job_id: str) -> JobRecord | None:
+        return self._one_job("id", job_id)
+
+    def job_by_key(self, key: str) -> JobRecord | None:
+        return self._one_job("key", key)
+
+    def _one_job(self, column: str, value: str) -> JobRecord | None:
+        with self._use() as conn:
+            row = self.dialect.run(
+                conn, f"SELECT {JOB_COLUMNS} FROM jobs WHERE {column} = ?", (value,)
+            ).fetchone()
+        return None if row is None else JobRecord.from_row(row)
+
+    def jobs(
+        self,
+        *,
+        status: str | None = None,
+        instance: str | None = None,
+        window: str | None = None,
+        task: str | None = None,
+        opening: str | None = None,
+    ) -> list[JobRecord]:
+        """Jobs matching every given filter, oldest first (ties in claim order)."""
+        check_job_status(status)
+        given = dict(zip(JOB_FILTERS, (status, instance, window, task, opening), strict=True))
+        wanted = {column: value for column, value in given.items() if value is not None}
+        # Column names come from JOB_FILTERS, never from the caller; values are parameters.
+        where = " AND ".join(f'"{column}" = ?' for column in wanted) or "TRUE"
+        with self._use() as conn:
+            rows = self.dialect.run(
+                conn,
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where}"
+                f" ORDER BY created_at, {self.dialect.arrival}",
+                tuple(wanted.values()),
+            ).fetchall()
+        return [JobRecord.from_row(row) for row in rows]
+
+    # Maintenance window executions.
+
+    def record_window_execution(
+        self, *, window: str, opening: str, status: ExecutionStatus, now: datetime
+    ) -> None:
+        """Set the status of one opening of a window; the first record's time stays its start."""
+        check_window_status(status)
+        moment = to_text(now)
+        with self._use() as conn:
+            self.dialect.run(
+                conn,
+                'INSERT INTO window_executions ("window", opening, status, started_at,'
+                ' updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT ("window", opening)'
+                " DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
+                (window, opening, status, moment, moment),
+            )
+
+    def window_executions(self, window: str | None = None) -> list[WindowExecution]:
+        """Every execution (of ``window``), oldest first."""
+        where, params = ('WHERE "window" = ?', (window,)) if window is not None else ("", ())
+        with self._use() as conn:
+            rows = self.dialect.run(
+                conn,
+                'SELECT "window", opening, status, started_at, updated_at FROM window_executions'
+                f' {where} ORDER BY started_at, "window", opening',
+                params,
+            ).fetchall()
+        return [window_execution(row) for row in rows]
+
+    # Source revisions: reads.
+
+    def last_good_revision(self) -> RevisionRecord | None:
+        """The newest accepted revision: the one the loop acts on while newer ones are refused."""
+        with self._use() as conn:
+            row = conn.execute(
+                f"SELECT {RevisionRecord.COLUMNS} FROM revisions WHERE accepted = 1"
+                " ORDER BY seen_at DESC, id DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else RevisionRecord.from_row(row)
+
+    def revisions(self, limit: int = 50) -> list[RevisionRecord]:
+        """Revisions seen, newest first."""
+        with self._use() as conn:
+            rows = self.dialect.run(
+                conn,
+                f"SELECT {RevisionRecord.COLUMNS} FROM revisions"
+                " ORDER BY seen_at DESC, id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [RevisionRecord.from_row(row) for row in rows]
+
+    # Scheduled report exports: reads.
+
+    def report_runs(self, report: str | None = None, limit: int = 100) -> list[ReportRunRecord]:
+        """Export attempts (of one report, or all), newest first."""
+        where, params = ("WHERE report = ?", (report,)) if report is not None else ("", ())
+        with self._use() as conn:
+            rows = self.dialect.run(
+                conn,
+                f"SELECT {ReportRunRecord.COLUMNS} FROM report_runs {where}"
+                " ORDER BY finished_at DESC, id DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        return [ReportRunRecord.from_row(row) for row in rows]
+
+    def last_exported_openings(self) -> dict[str, str]:
+        """Per report, the latest opening exported successfully."""
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT report, max(opening) FROM report_runs WHERE status = 'SUCCESS'"
+                " GROUP BY report"
+            ).fetchall()
+        return {report: opening for report, opening in rows}
+
+    # Enrolment: each InstanceSource's last good list.
+
+    def source_lists(self) -> dict[str, Listed]:
+        """source -> its last good list (sources that never listed anything are left out)."""
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT source, kind, spec, hosts, listed_at FROM instance_source_lists"
+                " WHERE listed_at IS NOT NULL"
+            ).fetchall()
+        return {row[0]: listed(row) for row in rows}
+
+    def record_source_failure(self, source: str, kind: str, error: str, now: datetime) -> None:
+        """A refresh of ``source`` failed; its last good list (if any) is kept."""
+        with self._write() as conn:
+            self.dialect.run(
+                conn,
+                "INSERT INTO instance_source_lists (source, kind, spec, hosts, error, failed_at)"
+                " VALUES (?, ?, '', '[]', ?, ?) ON CONFLICT (source)"
+                " DO UPDATE SET error = excluded.error, failed_at = excluded.failed_at",
+                (source, kind, error, to_text(now)),
+            )
+
+    def enrolled(self) -> dict[str, tuple[Provenance, bool]]:
+        """instance -> (where it was generated from, whether its source still lists it)."""
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT instance, source, host, listed FROM enrolled_instances"
+            ).fetchall()
+        return {
+            name: (Provenance(source, host), bool(listed)) for name, source, host, listed in rows
+        }
+
+    def source_failures(self) -> dict[str, tuple[str, datetime]]:
+        """source -> (the last refresh's error, when), for sources whose last refresh failed."""
+        with self._use() as conn:
+            rows = conn.execute(
+                "SELECT source, error, failed_at FROM instance_source_lists WHERE error IS NOT NULL"
+            ).fetchall()
+        return {source: (error, from_text(at)) for source, error, at in rows}
+
+    # Progressive rollouts' recorded state (state.rollouts): history, folded on read.
+
+    def rollout_record(self, rollout: str) -> RolloutRecord:
+        """What the rollout planner takes: the current cycle's snapshot, results and halt."""
+        with self._use() as conn:
+            return rollouts.record_of(conn, self.dialect, rollout)
+
+    def record_rollout_cycle(
+        self, rollout: str, snapshot: RolloutSnapshot, *, now: datetime
+    ) -> None:
+        """A new cycle with its frozen snapshot: earlier results and halts no longer count."""
+        document = rollouts.snapshot_document(snapshot)
+        self._append_rollout(rollout, RolloutEvent.CYCLE_STARTED, document, now)
+
+    def record_rollout_result(
+        self, rollout: str, instance: str, result: MachineResult, *, now: datetime
+    ) -> None:
+        document = rollouts.result_document(instance, result)
+        self._append_rollout(rollout, RolloutEvent.MACHINE_RESULT, document, now)
+
+    def record_rollout_halt(self, rollout: str, reason: str, *, now: datetime) -> None:
+        self._append_rollout(rollout, RolloutEvent.HALTED, {"reason": reason}, now)
+
+    def record_rollout_resume(self, rollout: str, *, now: datetime) -> None:
+        self._append_rollout(rollout, RolloutEvent.RESUMED, {}, now)
+
+    def _append_rollout(
+        self, rollout: str, event: RolloutEvent, document: dict[str, Any], now: datetime
+    ) -> None:
+        with self._write() as conn:
+            rollouts.append(conn, self.dialect, rollout, event, document, now)
+
+
+def listed(row: tuple[Any, ...]) -> Listed:
+    """An ``instance_source_lists`` row (source, kind, spec, hosts, listed_at) as its list."""
+    _, kind, spec, hosts, listed_at = row
+    return Listed(
+        kind,
+        spec,
+        tuple(DiscoveredHost.from_json(h) for h in from_json(hosts)),
+        from_text(listed_at),
+    )
