@@ -7,7 +7,8 @@ Touches only the connection it is given; imports nothing of the project and no d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,6 +39,18 @@ class Dialect:
     """The column that orders a table's rows as they were inserted, for ties: SQLite's
     ``rowid``, the ``seq`` column PostgreSQL's tables carry for it."""
 
+    member: str
+    """``{column}`` is one of a list given as one parameter (:meth:`in_list`, :meth:`listed`):
+    SQLite reads a JSON array with ``json_each``, PostgreSQL takes an array."""
+
+    def in_list(self, column: str) -> str:
+        return self.member.format(column=column)
+
+    def listed(self, values: Iterable[str]) -> Any:
+        """``values`` as the one parameter :meth:`in_list` takes."""
+        items = [str(value) for value in values]
+        return json.dumps(items) if self.name == "sqlite" else items
+
     def sql(self, statement: str) -> str:
         """``statement``, written with ``?`` for its parameters, in this dialect. The shared
         statements hold no ``?`` or ``%`` in literals, so the substitution is exact."""
@@ -47,5 +60,5 @@ class Dialect:
         return conn.execute(self.sql(statement), params)
 
 
-SQLITE = Dialect("sqlite", "?", "rowid")
-POSTGRESQL = Dialect("postgresql", "%s", "seq")
+SQLITE = Dialect("sqlite", "?", "rowid", "{column} IN (SELECT value FROM json_each(?))")
+POSTGRESQL = Dialect("postgresql", "%s", "seq", "{column} = ANY(?::text[])")

@@ -302,7 +302,8 @@ class JobRecord:
     finished_at: datetime | None
 
     COLUMNS: ClassVar[str] = (
-        "id, key, instance, operation, window, task, opening, revision, status,"
+        # "window" quoted: a reserved word in PostgreSQL (SQLite takes it either way).
+        'id, key, instance, operation, "window", task, opening, revision, status,'
         " payload, result, created_at, finished_at"
     )
 

@@ -10,6 +10,7 @@ rollout planner's value types.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from datetime import datetime
 from types import TracebackType
@@ -17,10 +18,12 @@ from typing import Any, ClassVar, Self
 
 from reconciler.api.enrolment import DiscoveredHost, Listed, Provenance
 from reconciler.api.enums import ExecutionStatus, JobStatus
+from reconciler.api.oneoff import OneOffOpening, OneOffStatus
 from reconciler.rollout import MachineResult, RolloutRecord, RolloutSnapshot
-from reconciler.state import rollouts
+from reconciler.state import oneoffs, rollouts
 from reconciler.state.dialect import Dialect
 from reconciler.state.lock import WriterLock
+from reconciler.state.oneoffs import OneOffRecord
 from reconciler.state.records import (
     InstanceRecord,
     JobNotRunning,
@@ -43,8 +46,6 @@ from reconciler.state.records import (
 from reconciler.state.rollouts import RolloutEvent
 
 JOB_FILTERS = ("status", "instance", "window", "task", "opening")
-JOB_COLUMNS = JobRecord.COLUMNS.replace("window", '"window"')
-"""The jobs' columns, ``window`` quoted: a reserved word in PostgreSQL (SQLite lets it pass)."""
 
 
 class SqlStore:
@@ -149,7 +150,7 @@ class SqlStore:
                 (status, result_text, finished, job_id),
             ).rowcount
             row = self.dialect.run(
-                conn, f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
+                conn, f"SELECT {JobRecord.COLUMNS} FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
         if row is None:
             raise UnknownJob(f"no job has id {job_id!r}")
@@ -166,7 +167,7 @@ class SqlStore:
     def _one_job(self, column: str, value: str) -> JobRecord | None:
         with self._use() as conn:
             row = self.dialect.run(
-                conn, f"SELECT {JOB_COLUMNS} FROM jobs WHERE {column} = ?", (value,)
+                conn, f"SELECT {JobRecord.COLUMNS} FROM jobs WHERE {column} = ?", (value,)
             ).fetchone()
         return None if row is None else JobRecord.from_row(row)
 
@@ -188,11 +189,47 @@ class SqlStore:
         with self._use() as conn:
             rows = self.dialect.run(
                 conn,
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where}"
+                f"SELECT {JobRecord.COLUMNS} FROM jobs WHERE {where}"
                 f" ORDER BY created_at, {self.dialect.arrival}",
                 tuple(wanted.values()),
             ).fetchall()
         return [JobRecord.from_row(row) for row in rows]
+
+    # Patch now's one-off openings (state.oneoffs).
+
+    def record_one_off(self, opening: OneOffOpening, *, now: datetime) -> OneOffRecord:
+        """Record a new one-off opening, PENDING; its id must be new."""
+        with self._write() as conn:
+            return oneoffs.insert(conn, self.dialect, opening, now)
+
+    def one_offs(
+        self, statuses: Iterable[OneOffStatus] | None = None, limit: int = 100
+    ) -> list[OneOffRecord]:
+        """One-off openings (in ``statuses``, when given), newest first."""
+        with self._use() as conn:
+            return oneoffs.select(conn, self.dialect, statuses, limit)
+
+    def one_off(self, opening_id: str) -> OneOffRecord | None:
+        with self._use() as conn:
+            return oneoffs.select_one(conn, self.dialect, opening_id)
+
+    def change_one_off(
+        self,
+        opening_id: str,
+        *,
+        status: OneOffStatus,
+        now: datetime,
+        only_from: Iterable[OneOffStatus],
+    ) -> bool:
+        """Move a one-off opening to ``status`` when it is in one of ``only_from`` (checked and
+        written in one transaction); whether it moved."""
+        with self._write() as conn:
+            return oneoffs.change(conn, self.dialect, opening_id, status, now, tuple(only_from))
+
+    def one_off_jobs(self, opening_ids: Iterable[str]) -> list[JobRecord]:
+        """Every job of these one-off openings, oldest first."""
+        with self._use() as conn:
+            return oneoffs.jobs_of(conn, self.dialect, opening_ids)
 
     # Maintenance window executions.
 

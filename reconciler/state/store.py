@@ -45,11 +45,8 @@ from reconciler.api.inventory import (
     package_first_seen_keys,
     with_first_seen,
 )
-from reconciler.api.oneoff import OneOffOpening, OneOffStatus
-from reconciler.state import oneoffs
 from reconciler.state.dialect import SQLITE
 from reconciler.state.lock import FileLock, Holder, WriterLock, lock_path
-from reconciler.state.oneoffs import OneOffRecord
 from reconciler.state.records import (
     JobNotRunning,
     JobPhase,
@@ -368,42 +365,6 @@ class StateStore(SqlStore):
             ).fetchall()
         width = len(JobRecord.COLUMNS.split(","))
         return [(JobRecord.from_row(r[:width]), JobPhase.from_row(r[width:])) for r in rows]
-
-    # Patch now's one-off openings (state.oneoffs).
-
-    def record_one_off(self, opening: OneOffOpening, *, now: datetime) -> OneOffRecord:
-        """Record a new one-off opening, PENDING; its id must be new."""
-        with self._write() as conn:
-            return oneoffs.insert(conn, opening, now)
-
-    def one_offs(
-        self, statuses: Iterable[OneOffStatus] | None = None, limit: int = 100
-    ) -> list[OneOffRecord]:
-        """One-off openings (in ``statuses``, when given), newest first."""
-        with self._use() as conn:
-            return oneoffs.select(conn, statuses, limit)
-
-    def one_off(self, opening_id: str) -> OneOffRecord | None:
-        with self._use() as conn:
-            return oneoffs.select_one(conn, opening_id)
-
-    def change_one_off(
-        self,
-        opening_id: str,
-        *,
-        status: OneOffStatus,
-        now: datetime,
-        only_from: Iterable[OneOffStatus],
-    ) -> bool:
-        """Move a one-off opening to ``status`` when it is in one of ``only_from`` (checked and
-        written in one transaction); whether it moved."""
-        with self._write() as conn:
-            return oneoffs.change(conn, opening_id, status, now, tuple(only_from))
-
-    def one_off_jobs(self, opening_ids: Iterable[str]) -> list[JobRecord]:
-        """Every job of these one-off openings, oldest first."""
-        with self._use() as conn:
-            return oneoffs.jobs_of(conn, opening_ids)
 
     # Maintenance window executions.
 

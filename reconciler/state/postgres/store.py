@@ -28,13 +28,11 @@ import psycopg
 from reconciler.api.enrolment import Listed, Provenance
 from reconciler.api.enums import ExecutionStatus, JobStatus, Operation, ReportRunStatus
 from reconciler.api.inventory import FirstSeenKey, Inventory
-from reconciler.api.oneoff import OneOffOpening, OneOffStatus
 from reconciler.redaction import redacted
 from reconciler.state.backend import StateBackend
 from reconciler.state.dialect import POSTGRESQL
 from reconciler.state.lock import Holder
-from reconciler.state.oneoffs import OneOffRecord
-from reconciler.state.postgres import history, oneoffs, queue
+from reconciler.state.postgres import history, queue
 from reconciler.state.postgres.lock import AdvisoryLock
 from reconciler.state.postgres.queue import QueuedJob
 from reconciler.state.postgres.schema import migrate, schema_version
@@ -54,7 +52,7 @@ from reconciler.state.records import (
     to_text,
 )
 from reconciler.state.schema import facts_of, patch_rows
-from reconciler.state.shared import JOB_COLUMNS, SqlStore
+from reconciler.state.shared import SqlStore
 from reconciler.state.store import StateStore, merged_first_seen, offered
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -214,7 +212,7 @@ class PostgresStore(SqlStore):
         row = (job_id, key, instance, operation, window, task, opening, revision, JobStatus.RUNNING)
         with self._use() as conn:
             inserted = conn.execute(
-                f"INSERT INTO jobs ({JOB_COLUMNS})"
+                f"INSERT INTO jobs ({JobRecord.COLUMNS})"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (key) DO NOTHING",
                 (*row, payload_text, None, created, None),
@@ -227,7 +225,7 @@ class PostgresStore(SqlStore):
         """The newest job of each instance (by creation, then claim order, as :meth:`jobs`)."""
         with self._use() as conn:
             rows = conn.execute(
-                f"SELECT DISTINCT ON (instance) {JOB_COLUMNS} FROM jobs"
+                f"SELECT DISTINCT ON (instance) {JobRecord.COLUMNS} FROM jobs"
                 " ORDER BY instance, created_at DESC, seq DESC"
             ).fetchall()
         return {record.instance: record for record in map(JobRecord.from_row, rows)}
@@ -279,7 +277,7 @@ class PostgresStore(SqlStore):
                 f"UPDATE jobs SET status = 'abandoned', finished_at = %s"
                 " WHERE status = 'running' AND id NOT IN"
                 "   (SELECT job_id FROM job_phases WHERE phase = 'rebooting')"
-                f" RETURNING {JOB_COLUMNS}, seq",
+                f" RETURNING {JobRecord.COLUMNS}, seq",
                 (finished,),
             ).fetchall()
         rows.sort(key=lambda row: (row[11], row[13]))
@@ -296,7 +294,7 @@ class PostgresStore(SqlStore):
         windows, opening_list = _columns(openings)
         with self._use() as conn:
             rows = conn.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE seq IN ("
+                f"SELECT {JobRecord.COLUMNS} FROM jobs WHERE seq IN ("
                 "  SELECT seq FROM jobs WHERE status = 'running'"
                 "  UNION SELECT seq FROM jobs"
                 "    WHERE status = 'failed' AND created_at > %s AND operation = 'Scan'"
@@ -335,7 +333,7 @@ class PostgresStore(SqlStore):
 
     def rebooting_jobs(self) -> list[tuple[JobRecord, JobPhase]]:
         """Running jobs whose machine was asked to reboot, oldest first."""
-        columns = ", ".join(f"jobs.{c.strip()}" for c in JOB_COLUMNS.split(","))
+        columns = ", ".join(f"jobs.{c.strip()}" for c in JobRecord.COLUMNS.split(","))
         phase = ", ".join(f"job_phases.{c.strip()}" for c in JobPhase.COLUMNS.split(","))
         with self._use() as conn:
             rows = conn.execute(
@@ -344,7 +342,7 @@ class PostgresStore(SqlStore):
                 " WHERE jobs.status = 'running' AND job_phases.phase = 'rebooting'"
                 " ORDER BY jobs.created_at, jobs.seq"
             ).fetchall()
-        width = len(JOB_COLUMNS.split(","))
+        width = len(JobRecord.COLUMNS.split(","))
         return [(JobRecord.from_row(r[:width]), JobPhase.from_row(r[width:])) for r in rows]
 
     # Maintenance window executions.
@@ -361,41 +359,6 @@ class PostgresStore(SqlStore):
                 _columns(openings),
             ).fetchall()
         return {(row[0], row[1]): ExecutionStatus(row[2]) for row in rows}
-
-    # Patch now's one-off openings (state.postgres.oneoffs).
-
-    def record_one_off(self, opening: OneOffOpening, *, now: datetime) -> OneOffRecord:
-        """Record a new one-off opening, PENDING; its id must be new."""
-        with self._use() as conn:
-            return oneoffs.insert(conn, opening, now)
-
-    def one_offs(
-        self, statuses: Iterable[OneOffStatus] | None = None, limit: int = 100
-    ) -> list[OneOffRecord]:
-        """One-off openings (in ``statuses``, when given), newest first."""
-        with self._use() as conn:
-            return oneoffs.select(conn, statuses, limit)
-
-    def one_off(self, opening_id: str) -> OneOffRecord | None:
-        with self._use() as conn:
-            return oneoffs.select_one(conn, opening_id)
-
-    def change_one_off(
-        self,
-        opening_id: str,
-        *,
-        status: OneOffStatus,
-        now: datetime,
-        only_from: Iterable[OneOffStatus],
-    ) -> bool:
-        """Move a one-off opening to ``status`` when it is in one of ``only_from``."""
-        with self._use() as conn:
-            return oneoffs.change(conn, opening_id, status, now, tuple(only_from))
-
-    def one_off_jobs(self, opening_ids: Iterable[str]) -> list[JobRecord]:
-        """Every job of these one-off openings, oldest first."""
-        with self._use() as conn:
-            return oneoffs.jobs_of(conn, opening_ids)
 
     # Source revisions.
 
