@@ -215,6 +215,22 @@ def opened_at(where: str, **options: Any) -> Any:
     return PostgresStore(where, **options)
 
 
+def terminate_lock_session(url: str) -> None:
+    """What an administrator (or a failover) does: end the session holding the writer lock."""
+    import psycopg
+
+    from reconciler.state.postgres.lock import LOCK_KEY
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        (ended,) = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND granted AND objid = %s AND database = (SELECT oid FROM pg_database"
+            " WHERE datname = current_database())",
+            (LOCK_KEY,),
+        ).fetchone()
+        assert ended
+
+
 @contextmanager
 def raw_sql(store: Any) -> Iterator[tuple[Any, type[Exception]]]:
     """A connection of its own to the store's database and the error its triggers raise: what
