@@ -98,9 +98,11 @@ class Postgres:
             self.stop()
             raise
 
-    def stop(self) -> None:
-        """Stop at once (``-m immediate``): sessions are cut as by a crash or a partition."""
-        _as_postgres(BIN / "pg_ctl", "stop", "-D", self.directory / "data", "-m", "immediate")
+    def stop(self, mode: str = "immediate") -> None:
+        """Stop: ``immediate`` as by a crash (with fsync and synchronous commit off, the last
+        commits may be lost), ``fast`` cuts every session but keeps what was committed, as a
+        network partition does from the clients' side."""
+        _as_postgres(BIN / "pg_ctl", "stop", "-D", self.directory / "data", "-m", mode)
 
     def log(self) -> str:
         path = self.directory / "server.log"
@@ -223,6 +225,22 @@ def opened_at(where: str, **options: Any) -> Any:
     from reconciler.state.postgres.store import PostgresStore
 
     return PostgresStore(where, **options)
+
+
+def terminate_lock_session(url: str) -> None:
+    """What an administrator (or a failover) does: end the session holding the writer lock."""
+    import psycopg
+
+    from reconciler.state.postgres.lock import LOCK_KEY
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        (ended,) = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND granted AND objid = %s AND database = (SELECT oid FROM pg_database"
+            " WHERE datname = current_database())",
+            (LOCK_KEY,),
+        ).fetchone()
+        assert ended
 
 
 @contextmanager

@@ -1,7 +1,7 @@
 """A full disk under the state store (issue 12, item 6), and a PostgreSQL state database lost
-mid-pass (issue 16, item 5: its server stopped at once, as a partition cuts it): the service keeps
-running, says so on /healthz, /metrics and in one log line, retries, and once space or the
-database returns the job left ``running`` is settled and its machine scanned again.
+mid-pass (issue 16, item 5: its server stopped, every session cut, as a partition cuts them):
+the service keeps running, says so on /healthz, /metrics and in one log line, retries, and once
+space or the database returns the job left ``running`` is settled and its machine scanned again.
 
 Real parts throughout: the store on a real tmpfs filled to its last page by a ballast file (SQLite
 then fails with SQLITE_FULL, "database or disk is full", as on a full disk), a real Debian root
@@ -218,8 +218,8 @@ def test_a_database_lost_mid_pass_fails_the_pass_in_one_line_and_the_loop_recove
     from reconciler.state.postgres.store import PostgresStore
 
     with PostgresStore(postgres_url) as store:
-        # The server stopped at once, as a crash or a network partition cuts the database.
-        broken = breaking_service(tmp_path, apt_repo, store, postgres_server.stop)
+        # Every session cut, what was committed kept: a partition, as the service sees it.
+        broken = breaking_service(tmp_path, apt_repo, store, lambda: postgres_server.stop("fast"))
         service, base, log = broken.service, broken.base, broken.log
         seen: dict[str, Any] = {}
 

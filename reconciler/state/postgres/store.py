@@ -105,6 +105,8 @@ class PostgresStore(SqlStore):
         with self._lock:
             if self._conn is None:
                 raise StateError(f"the state store {self.name} is closed")
+            if self._writer is not None:
+                self._writer.check()  # no write, nor a read to act on, without the lock
             if self._conn.broken:
                 # A lost session (server restarted, network cut) failed the call that found
                 # it; the next call tries a new one, so a running service recovers by itself.
