@@ -43,6 +43,10 @@ class Dialect:
     """``{column}`` is one of a list given as one parameter (:meth:`in_list`, :meth:`listed`):
     SQLite reads a JSON array with ``json_each``, PostgreSQL takes an array."""
 
+    lock_rows: str
+    """What a read-then-write's read ends with to keep its rows until the write: PostgreSQL's
+    ``FOR UPDATE``; nothing in SQLite, whose ``BEGIN IMMEDIATE`` holds the whole file."""
+
     def in_list(self, column: str) -> str:
         return self.member.format(column=column)
 
@@ -60,5 +64,5 @@ class Dialect:
         return conn.execute(self.sql(statement), params)
 
 
-SQLITE = Dialect("sqlite", "?", "rowid", "{column} IN (SELECT value FROM json_each(?))")
-POSTGRESQL = Dialect("postgresql", "%s", "seq", "{column} = ANY(?::text[])")
+SQLITE = Dialect("sqlite", "?", "rowid", "{column} IN (SELECT value FROM json_each(?))", "")
+POSTGRESQL = Dialect("postgresql", "%s", "seq", "{column} = ANY(?::text[])", " FOR UPDATE")

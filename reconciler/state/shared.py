@@ -27,6 +27,7 @@ from reconciler.state.oneoffs import OneOffRecord
 from reconciler.state.records import (
     InstanceRecord,
     JobNotRunning,
+    JobPhase,
     JobRecord,
     PatchStateRecord,
     ReportRunRecord,
@@ -195,6 +196,56 @@ class SqlStore:
             ).fetchall()
         return [JobRecord.from_row(row) for row in rows]
 
+    def claimed_keys(self, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` were ever claimed, checked in SQL (the UNIQUE index on ``key``)."""
+        with self._use() as conn:
+            rows = self.dialect.run(
+                conn,
+                f"SELECT key FROM jobs WHERE {self.dialect.in_list('key')}",
+                (self.dialect.listed(keys),),
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    # Job phases: a running job waiting for its machine's reboot.
+
+    def record_phase(
+        self, job_id: str, *, phase: str, boot_id: str, detail: dict[str, Any], now: datetime
+    ) -> JobPhase:
+        """Record that the running job ``job_id`` is now in ``phase`` (before it starts it)."""
+        row = (job_id, phase, boot_id, to_json(detail), to_text(now))
+        with self._write() as conn:
+            # The job cannot finish between this check and the insert (lock_rows).
+            status = self.dialect.run(
+                conn, f"SELECT status FROM jobs WHERE id = ?{self.dialect.lock_rows}", (job_id,)
+            ).fetchone()
+            if status is None:
+                raise UnknownJob(f"no job has id {job_id!r}")
+            if status[0] != JobStatus.RUNNING:
+                raise JobNotRunning(f"job {job_id} already finished as {status[0]!r}")
+            self.dialect.run(
+                conn,
+                f"INSERT INTO job_phases ({JobPhase.COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (job_id) DO UPDATE SET phase = excluded.phase,"
+                " boot_id = excluded.boot_id, detail = excluded.detail, since = excluded.since",
+                row,
+            )
+        return JobPhase.from_row(row)
+
+    def rebooting_jobs(self) -> list[tuple[JobRecord, JobPhase]]:
+        """Running jobs whose machine was asked to reboot, oldest first: what a restarted loop
+        resumes (waits for the new boot id, rescans, finishes) instead of abandoning."""
+        columns = ", ".join(f"jobs.{c.strip()}" for c in JobRecord.COLUMNS.split(","))
+        phase = ", ".join(f"job_phases.{c.strip()}" for c in JobPhase.COLUMNS.split(","))
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {columns}, {phase} FROM jobs"
+                " JOIN job_phases ON job_phases.job_id = jobs.id"
+                " WHERE jobs.status = 'running' AND job_phases.phase = 'rebooting'"
+                f" ORDER BY jobs.created_at, jobs.{self.dialect.arrival}"
+            ).fetchall()
+        width = len(JobRecord.COLUMNS.split(","))
+        return [(JobRecord.from_row(r[:width]), JobPhase.from_row(r[width:])) for r in rows]
+
     # Patch now's one-off openings (state.oneoffs).
 
     def record_one_off(self, opening: OneOffOpening, *, now: datetime) -> OneOffRecord:
@@ -315,6 +366,20 @@ class SqlStore:
                 " WHERE listed_at IS NOT NULL"
             ).fetchall()
         return {row[0]: listed(row) for row in rows}
+
+    def save_source_list(self, source: str, listed: Listed) -> None:
+        """Keep ``listed`` as ``source``'s last good list; its last error is cleared."""
+        hosts = to_json([host.to_json() for host in listed.hosts])
+        with self._write() as conn:
+            self.dialect.run(
+                conn,
+                "INSERT INTO instance_source_lists"
+                " (source, kind, spec, hosts, listed_at, error, failed_at)"
+                " VALUES (?, ?, ?, ?, ?, NULL, NULL) ON CONFLICT (source) DO UPDATE SET"
+                " kind = excluded.kind, spec = excluded.spec, hosts = excluded.hosts,"
+                " listed_at = excluded.listed_at, error = NULL, failed_at = NULL",
+                (source, listed.kind, listed.spec, hosts, to_text(listed.at)),
+            )
 
     def record_source_failure(self, source: str, kind: str, error: str, now: datetime) -> None:
         """A refresh of ``source`` failed; its last good list (if any) is kept."""

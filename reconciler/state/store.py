@@ -36,7 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler.api.enrolment import Listed, Provenance
+from reconciler.api.enrolment import Provenance
 from reconciler.api.enums import ExecutionStatus, JobStatus, Operation, ReportRunStatus
 from reconciler.api.inventory import (
     FirstSeenKey,
@@ -48,15 +48,12 @@ from reconciler.api.inventory import (
 from reconciler.state.dialect import SQLITE
 from reconciler.state.lock import FileLock, Holder, WriterLock, lock_path
 from reconciler.state.records import (
-    JobNotRunning,
-    JobPhase,
     JobRecord,
     ReportRunRecord,
     ScanRecord,
     StateError,
     StoreUnusable,
     StoreWriteFailed,
-    UnknownJob,
     check_report_run_status,
     from_text,
     to_json,
@@ -294,15 +291,6 @@ class StateStore(SqlStore):
             ).fetchall()
         return {record.instance: record for record in map(JobRecord.from_row, rows)}
 
-    def claimed_keys(self, keys: Iterable[str]) -> set[str]:
-        """Which of ``keys`` were ever claimed, checked in SQL (the UNIQUE index on ``key``)."""
-        with self._use() as conn:
-            rows = conn.execute(
-                "SELECT key FROM jobs WHERE key IN (SELECT value FROM json_each(?))",
-                (json.dumps(list(keys)),),
-            ).fetchall()
-        return {row[0] for row in rows}
-
     def abandon_running_jobs(self, now: datetime) -> list[JobRecord]:
         """Mark every running job abandoned and return them (oldest first).
 
@@ -331,40 +319,6 @@ class StateStore(SqlStore):
             )
             for row in rows
         ]
-
-    def record_phase(
-        self, job_id: str, *, phase: str, boot_id: str, detail: dict[str, Any], now: datetime
-    ) -> JobPhase:
-        """Record that the running job ``job_id`` is now in ``phase`` (before it starts it)."""
-        row = (job_id, phase, boot_id, to_json(detail), to_text(now))
-        with self._write() as conn:
-            status = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if status is None:
-                raise UnknownJob(f"no job has id {job_id!r}")
-            if status[0] != JobStatus.RUNNING:
-                raise JobNotRunning(f"job {job_id} already finished as {status[0]!r}")
-            conn.execute(
-                f"INSERT INTO job_phases ({JobPhase.COLUMNS}) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (job_id) DO UPDATE SET phase = excluded.phase,"
-                " boot_id = excluded.boot_id, detail = excluded.detail, since = excluded.since",
-                row,
-            )
-        return JobPhase.from_row(row)
-
-    def rebooting_jobs(self) -> list[tuple[JobRecord, JobPhase]]:
-        """Running jobs whose machine was asked to reboot, oldest first: what a restarted loop
-        resumes (waits for the new boot id, rescans, finishes) instead of abandoning."""
-        columns = ", ".join(f"jobs.{c.strip()}" for c in JobRecord.COLUMNS.split(","))
-        phase = ", ".join(f"job_phases.{c.strip()}" for c in JobPhase.COLUMNS.split(","))
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {columns}, {phase} FROM jobs"
-                " JOIN job_phases ON job_phases.job_id = jobs.id"
-                " WHERE jobs.status = 'running' AND job_phases.phase = 'rebooting'"
-                " ORDER BY jobs.created_at, jobs.rowid"
-            ).fetchall()
-        width = len(JobRecord.COLUMNS.split(","))
-        return [(JobRecord.from_row(r[:width]), JobPhase.from_row(r[width:])) for r in rows]
 
     # Maintenance window executions.
 
@@ -452,17 +406,6 @@ class StateStore(SqlStore):
         return ReportRunRecord.from_row((row_id, *entry, error, *times))
 
     # Enrolment: each InstanceSource's last good list, replaced on each refresh.
-
-    def save_source_list(self, source: str, listed: Listed) -> None:
-        """Keep ``listed`` as ``source``'s last good list; its last error is cleared."""
-        hosts = to_json([host.to_json() for host in listed.hosts])
-        with self._write() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO instance_source_lists"
-                " (source, kind, spec, hosts, listed_at, error, failed_at)"
-                " VALUES (?, ?, ?, ?, ?, NULL, NULL)",
-                (source, listed.kind, listed.spec, hosts, to_text(listed.at)),
-            )
 
     def record_enrolled(self, enrolled: Mapping[str, Provenance], now: datetime) -> None:
         """``enrolled`` (instance -> where from) are the generated instances now; any other
