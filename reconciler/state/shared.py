@@ -10,6 +10,7 @@ rollout planner's value types.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -17,7 +18,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from reconciler.api.enrolment import DiscoveredHost, Listed, Provenance
-from reconciler.api.enums import ExecutionStatus, JobStatus
+from reconciler.api.enums import ExecutionStatus, JobStatus, Operation
 from reconciler.api.oneoff import OneOffOpening, OneOffStatus
 from reconciler.rollout import MachineResult, RolloutRecord, RolloutSnapshot
 from reconciler.state import oneoffs, rollouts
@@ -136,6 +137,40 @@ class SqlStore:
         return [InstanceRecord.from_row(row) for row in rows]
 
     # Jobs.
+
+    def claim_job(
+        self,
+        *,
+        key: str,
+        instance: str,
+        operation: Operation,
+        window: str | None,
+        task: str | None,
+        opening: str | None,
+        revision: str,
+        payload: dict[str, Any],
+        now: datetime,
+    ) -> JobRecord | None:
+        """Insert a running job for ``key``, or return None when the key was ever claimed.
+
+        The UNIQUE constraint on ``key`` decides, inside the database: of any number of
+        threads, processes or hosts claiming one key, exactly one inserts. A key stays taken
+        whatever becomes of its job (even abandoned), so a job is never dispatched twice for
+        it; retrying means a new key.
+        """
+        job_id, created, payload_text = uuid.uuid4().hex, to_text(now), to_json(payload)
+        row = (job_id, key, instance, operation, window, task, opening, revision, JobStatus.RUNNING)
+        with self._use() as conn:
+            inserted = self.dialect.run(
+                conn,
+                f"INSERT INTO jobs ({JobRecord.COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (key) DO NOTHING",
+                (*row, payload_text, None, created, None),
+            ).rowcount
+        if inserted != 1:
+            return None
+        return JobRecord.from_row((*row, payload_text, None, created, None))
 
     def finish_job(
         self, job_id: str, *, status: JobStatus, result: dict[str, Any], now: datetime
@@ -312,6 +347,31 @@ class SqlStore:
         return [window_execution(row) for row in rows]
 
     # Source revisions: reads.
+
+    def record_revision(
+        self, *, revision: str, accepted: bool, problems: list[str], now: datetime
+    ) -> None:
+        """Append the verdict on a revision, unless it repeats the newest one.
+
+        The loop re-reads its source every tick; repeating the same verdict would bury the
+        history in copies, so ``seen_at`` is when the revision became current.
+        """
+        entry = (revision, int(accepted), to_json(list(problems)))
+        with self._write() as conn:
+            # Two writers would both see the same newest row and both append: one at a time.
+            if self.dialect.lock_table:
+                conn.execute(self.dialect.lock_table.format(table="revisions"))
+            newest = conn.execute(
+                "SELECT revision, accepted, problems FROM revisions"
+                " ORDER BY seen_at DESC, id DESC LIMIT 1"
+            ).fetchone()
+            if newest != entry:
+                self.dialect.run(
+                    conn,
+                    "INSERT INTO revisions (revision, accepted, problems, seen_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (*entry, to_text(now)),
+                )
 
     def last_good_revision(self) -> RevisionRecord | None:
         """The newest accepted revision: the one the loop acts on while newer ones are refused."""

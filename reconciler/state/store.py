@@ -28,7 +28,6 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import replace
@@ -216,39 +215,6 @@ class StateStore(SqlStore):
 
     # Jobs, with idempotency keys.
 
-    def claim_job(
-        self,
-        *,
-        key: str,
-        instance: str,
-        operation: Operation,
-        window: str | None,
-        task: str | None,
-        opening: str | None,
-        revision: str,
-        payload: dict[str, Any],
-        now: datetime,
-    ) -> JobRecord | None:
-        """Insert a running job for ``key``, or return None when the key was ever claimed.
-
-        The UNIQUE constraint on ``key`` decides, inside SQLite: of any number of threads or
-        processes claiming one key, exactly one inserts. A key stays taken whatever becomes of
-        its job (even abandoned), so a job is never dispatched twice for it; retrying means a
-        new key.
-        """
-        job_id, created, payload_text = uuid.uuid4().hex, to_text(now), to_json(payload)
-        row = (job_id, key, instance, operation, window, task, opening, revision, JobStatus.RUNNING)
-        with self._use() as conn:
-            inserted = conn.execute(
-                f"INSERT INTO jobs ({JobRecord.COLUMNS})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (key) DO NOTHING",
-                (*row, payload_text, None, created, None),
-            ).rowcount
-        if inserted != 1:
-            return None
-        return JobRecord.from_row((*row, payload_text, None, created, None))
-
     def planning_jobs(
         self, *, openings: Iterable[tuple[str, str]], failed_scans_since: datetime
     ) -> list[JobRecord]:
@@ -338,27 +304,6 @@ class StateStore(SqlStore):
         return {(row[0], row[1]): ExecutionStatus(row[2]) for row in rows}
 
     # Source revisions.
-
-    def record_revision(
-        self, *, revision: str, accepted: bool, problems: list[str], now: datetime
-    ) -> None:
-        """Append the verdict on a revision, unless it repeats the newest one.
-
-        The loop re-reads its source every tick; repeating the same verdict would bury the
-        history in copies, so ``seen_at`` is when the revision became current.
-        """
-        entry = (revision, int(accepted), to_json(list(problems)))
-        with self._write() as conn:
-            newest = conn.execute(
-                "SELECT revision, accepted, problems FROM revisions"
-                " ORDER BY seen_at DESC, id DESC LIMIT 1"
-            ).fetchone()
-            if newest != entry:
-                conn.execute(
-                    "INSERT INTO revisions (revision, accepted, problems, seen_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (*entry, to_text(now)),
-                )
 
     # Scheduled report exports: append-only history.
 

@@ -16,7 +16,6 @@ row or table lock.
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
@@ -26,7 +25,7 @@ from typing import Any
 import psycopg
 
 from reconciler.api.enrolment import Provenance
-from reconciler.api.enums import ExecutionStatus, JobStatus, Operation, ReportRunStatus
+from reconciler.api.enums import ExecutionStatus, Operation, ReportRunStatus
 from reconciler.api.inventory import FirstSeenKey, Inventory
 from reconciler.redaction import redacted
 from reconciler.state.backend import StateBackend
@@ -191,34 +190,6 @@ class PostgresStore(SqlStore):
 
     # Jobs, with idempotency keys.
 
-    def claim_job(
-        self,
-        *,
-        key: str,
-        instance: str,
-        operation: Operation,
-        window: str | None,
-        task: str | None,
-        opening: str | None,
-        revision: str,
-        payload: dict[str, Any],
-        now: datetime,
-    ) -> JobRecord | None:
-        """Insert a running job for ``key``, or return None when the key was ever claimed: the
-        UNIQUE key decides inside the server, across processes and hosts alike."""
-        job_id, created, payload_text = uuid.uuid4().hex, to_text(now), to_json(payload)
-        row = (job_id, key, instance, operation, window, task, opening, revision, JobStatus.RUNNING)
-        with self._use() as conn:
-            inserted = conn.execute(
-                f"INSERT INTO jobs ({JobRecord.COLUMNS})"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (key) DO NOTHING",
-                (*row, payload_text, None, created, None),
-            ).rowcount
-        if inserted != 1:
-            return None
-        return JobRecord.from_row((*row, payload_text, None, created, None))
-
     def latest_jobs(self) -> dict[str, JobRecord]:
         """The newest job of each instance (by creation, then claim order, as :meth:`jobs`)."""
         with self._use() as conn:
@@ -286,25 +257,6 @@ class PostgresStore(SqlStore):
         return {(row[0], row[1]): ExecutionStatus(row[2]) for row in rows}
 
     # Source revisions.
-
-    def record_revision(
-        self, *, revision: str, accepted: bool, problems: list[str], now: datetime
-    ) -> None:
-        """Append the verdict on a revision, unless it repeats the newest one."""
-        entry = (revision, int(accepted), to_json(list(problems)))
-        with self._use() as conn:
-            # Two writers would both see the same newest row and both append: one at a time.
-            conn.execute("LOCK TABLE revisions IN SHARE ROW EXCLUSIVE MODE")
-            newest = conn.execute(
-                "SELECT revision, accepted, problems FROM revisions"
-                " ORDER BY seen_at DESC, id DESC LIMIT 1"
-            ).fetchone()
-            if newest != entry:
-                conn.execute(
-                    "INSERT INTO revisions (revision, accepted, problems, seen_at)"
-                    " VALUES (%s, %s, %s, %s)",
-                    (*entry, to_text(now)),
-                )
 
     # Scheduled report exports: append-only history.
 
