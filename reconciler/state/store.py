@@ -1,5 +1,7 @@
 """Stage: state. :class:`StateStore`, the observed state in one SQLite file: scan and install
-history, jobs with idempotency keys, window executions and source revisions.
+history, jobs with idempotency keys, window executions and source revisions. What it does as
+the PostgreSQL store does is written once in their base (``state.shared.SqlStore``, run in
+:data:`~reconciler.state.dialect.SQLITE`); this class keeps what is SQLite's own.
 
 An I/O edge: it reads and writes its own file and nothing else. It decides nothing (callers pass
 ``now`` and every value) and imports only ``reconciler.api`` and the rollout planner's value

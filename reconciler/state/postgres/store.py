@@ -1,7 +1,10 @@
 """Stage: state. :class:`PostgresStore`, the observed state in a PostgreSQL database (issue 16):
 a whole :class:`~reconciler.state.backend.StateBackend`, method for method what SQLite's
-:class:`~reconciler.state.store.StateStore` does (tests/test_state.py runs on both). Not chosen
-by ``patchctl`` yet (docs/state.md, "PostgreSQL").
+:class:`~reconciler.state.store.StateStore` does (tests/test_state.py runs on both). What both
+do alike is written once in their base, :class:`~reconciler.state.shared.SqlStore`, run in
+PostgreSQL's :data:`~reconciler.state.dialect.POSTGRESQL`; this class keeps what differs
+(docs/state.md, "Two backends, one store"). ``patchctl`` chooses it for a ``postgresql://``
+``--state``.
 
 An I/O edge: it talks to its one database and nothing else; it decides nothing (callers pass
 ``now`` and every value). Rows are SQLite's (same text times and JSON), decoded by the same
