@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from reconciler.api.enrolment import DiscoveredHost, Listed, Provenance
-from reconciler.api.enums import ExecutionStatus, JobStatus, Operation
+from reconciler.api.enums import ExecutionStatus, JobStatus, Operation, ReportRunStatus
 from reconciler.api.oneoff import OneOffOpening, OneOffStatus
 from reconciler.rollout import MachineResult, RolloutRecord, RolloutSnapshot
 from reconciler.state import oneoffs, rollouts
@@ -38,6 +38,7 @@ from reconciler.state.records import (
     WindowExecution,
     check_finish_status,
     check_job_status,
+    check_report_run_status,
     check_window_status,
     from_json,
     from_text,
@@ -394,6 +395,62 @@ class SqlStore:
         return [RevisionRecord.from_row(row) for row in rows]
 
     # Scheduled report exports: reads.
+
+    def record_report_run(
+        self,
+        *,
+        report: str,
+        opening: str,
+        destination: str,
+        format: str,
+        revision: str | None,
+        status: ReportRunStatus,
+        locations: list[str],
+        error: str | None,
+        started_at: datetime,
+        finished_at: datetime,
+    ) -> ReportRunRecord | None:
+        """Append one export attempt; returns None when nothing was appended.
+
+        A second SUCCESS for the same (report, opening) is not appended (another process
+        exported that opening already), and neither is a failure that repeats the report's
+        newest row exactly (same opening, destination and error): the loop retries every pass,
+        and copies of one failure would bury the history, as with revisions.
+        """
+        check_report_run_status(status)
+        entry = (report, opening, destination, format, revision, status, to_json(list(locations)))
+        times = (to_text(started_at), to_text(finished_at))
+        with self._write() as conn:
+            self._hold_report(conn, report)
+            newest = self.dialect.run(
+                conn,
+                "SELECT opening, destination, status, error FROM report_runs WHERE report = ?"
+                " ORDER BY finished_at DESC, id DESC LIMIT 1",
+                (report,),
+            ).fetchone()
+            if status == "FAILED" and newest == (opening, destination, status, error):
+                return None
+            row_id = self._insert_id(
+                conn,
+                self.dialect.sql(
+                    "INSERT INTO report_runs (report, opening, destination, format, revision,"
+                    " status, locations, error, started_at, finished_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+                ),
+                (*entry, error, *times),
+            )
+        if row_id is None:
+            return None
+        return ReportRunRecord.from_row((row_id, *entry, error, *times))
+
+    def _hold_report(self, conn: Any, report: str) -> None:
+        """Keep other writers from ``report``'s rows until the transaction ends."""
+        raise NotImplementedError
+
+    def _insert_id(self, conn: Any, statement: str, params: Any) -> int | None:
+        """Run ``statement`` (an INSERT of one row that may do nothing on a conflict); the new
+        row's id, or None when nothing was inserted."""
+        raise NotImplementedError
 
     def report_runs(self, report: str | None = None, limit: int = 100) -> list[ReportRunRecord]:
         """Export attempts (of one report, or all), newest first."""

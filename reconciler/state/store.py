@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.api.enrolment import Provenance
-from reconciler.api.enums import ExecutionStatus, JobStatus, Operation, ReportRunStatus
+from reconciler.api.enums import ExecutionStatus, JobStatus, Operation
 from reconciler.api.inventory import (
     FirstSeenKey,
     Inventory,
@@ -50,12 +50,10 @@ from reconciler.state.dialect import SQLITE
 from reconciler.state.lock import FileLock, Holder, WriterLock, lock_path
 from reconciler.state.records import (
     JobRecord,
-    ReportRunRecord,
     ScanRecord,
     StateError,
     StoreUnusable,
     StoreWriteFailed,
-    check_report_run_status,
     from_text,
     to_json,
     to_text,
@@ -305,52 +303,16 @@ class StateStore(SqlStore):
             ).fetchall()
         return {(row[0], row[1]): ExecutionStatus(row[2]) for row in rows}
 
-    # Source revisions.
+    # Scheduled report exports (record_report_run in SqlStore): SQLite's own steps.
 
-    # Scheduled report exports: append-only history.
+    def _hold_report(self, conn: sqlite3.Connection, report: str) -> None:
+        """Nothing: ``_write``'s ``BEGIN IMMEDIATE`` holds the whole file already."""
 
-    def record_report_run(
-        self,
-        *,
-        report: str,
-        opening: str,
-        destination: str,
-        format: str,
-        revision: str | None,
-        status: ReportRunStatus,
-        locations: list[str],
-        error: str | None,
-        started_at: datetime,
-        finished_at: datetime,
-    ) -> ReportRunRecord | None:
-        """Append one export attempt; returns None when nothing was appended.
-
-        A second SUCCESS for the same (report, opening) is not appended (another process
-        exported that opening already), and neither is a failure that repeats the report's
-        newest row exactly (same opening, destination and error): the loop retries every pass,
-        and copies of one failure would bury the history, as with revisions.
-        """
-        check_report_run_status(status)
-        entry = (report, opening, destination, format, revision, status, to_json(list(locations)))
-        times = (to_text(started_at), to_text(finished_at))
-        with self._write() as conn:
-            newest = conn.execute(
-                "SELECT opening, destination, status, error FROM report_runs WHERE report = ?"
-                " ORDER BY finished_at DESC, id DESC LIMIT 1",
-                (report,),
-            ).fetchone()
-            if status == "FAILED" and newest == (opening, destination, status, error):
-                return None
-            cursor = conn.execute(
-                "INSERT INTO report_runs (report, opening, destination, format, revision,"
-                " status, locations, error, started_at, finished_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (*entry, error, *times),
-            )
-            row_id = cursor.lastrowid if cursor.rowcount == 1 else None
-        if row_id is None:
-            return None
-        return ReportRunRecord.from_row((row_id, *entry, error, *times))
+    def _insert_id(self, conn: sqlite3.Connection, statement: str, params: Any) -> int | None:
+        # lastrowid, not RETURNING: SQLite before 3.35 (still shipped by some distributions)
+        # has no RETURNING.
+        cursor = conn.execute(statement, params)
+        return cursor.lastrowid if cursor.rowcount == 1 else None
 
     # Enrolment: each InstanceSource's last good list, replaced on each refresh.
 

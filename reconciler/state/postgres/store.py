@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 
 from reconciler.api.enrolment import Provenance
-from reconciler.api.enums import ExecutionStatus, Operation, ReportRunStatus
+from reconciler.api.enums import ExecutionStatus, Operation
 from reconciler.api.inventory import FirstSeenKey, Inventory
 from reconciler.redaction import redacted
 from reconciler.state.backend import StateBackend
@@ -39,12 +39,10 @@ from reconciler.state.postgres.lock import AdvisoryLock
 from reconciler.state.postgres.schema import migrate, schema_version
 from reconciler.state.records import (
     JobRecord,
-    ReportRunRecord,
     ScanRecord,
     StateError,
     StoreUnusable,
     StoreWriteFailed,
-    check_report_run_status,
     from_text,
     to_json,
     to_text,
@@ -259,47 +257,15 @@ class PostgresStore(SqlStore):
             ).fetchall()
         return {(row[0], row[1]): ExecutionStatus(row[2]) for row in rows}
 
-    # Source revisions.
+    # Scheduled report exports (record_report_run in SqlStore): PostgreSQL's own steps.
 
-    # Scheduled report exports: append-only history.
+    def _hold_report(self, conn: Connection, report: str) -> None:
+        """One report's rows at a time: two writers must not both see the same newest row."""
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (REPORT_LOCK, report))
 
-    def record_report_run(
-        self,
-        *,
-        report: str,
-        opening: str,
-        destination: str,
-        format: str,
-        revision: str | None,
-        status: ReportRunStatus,
-        locations: list[str],
-        error: str | None,
-        started_at: datetime,
-        finished_at: datetime,
-    ) -> ReportRunRecord | None:
-        """Append one export attempt; None when nothing was appended (a second SUCCESS of the
-        same opening, or a failure repeating the report's newest row), as SQLite's store."""
-        check_report_run_status(status)
-        entry = (report, opening, destination, format, revision, status, to_json(list(locations)))
-        times = (to_text(started_at), to_text(finished_at))
-        with self._use() as conn:
-            # One report's rows at a time: two writers must not both see the same newest row.
-            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (REPORT_LOCK, report))
-            newest = conn.execute(
-                "SELECT opening, destination, status, error FROM report_runs WHERE report = %s"
-                " ORDER BY finished_at DESC, id DESC LIMIT 1",
-                (report,),
-            ).fetchone()
-            if status == "FAILED" and newest == (opening, destination, status, error):
-                return None
-            row = conn.execute(
-                "INSERT INTO report_runs (report, opening, destination, format, revision,"
-                " status, locations, error, started_at, finished_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
-                " RETURNING id",
-                (*entry, error, *times),
-            ).fetchone()
-        return None if row is None else ReportRunRecord.from_row((row[0], *entry, error, *times))
+    def _insert_id(self, conn: Connection, statement: str, params: Any) -> int | None:
+        row = conn.execute(f"{statement} RETURNING id", params).fetchone()
+        return None if row is None else int(row[0])
 
     # Enrolment: each InstanceSource's last good list, replaced on each refresh.
 
