@@ -43,6 +43,14 @@ class Dialect:
     """``{column}`` is one of a list given as one parameter (:meth:`in_list`, :meth:`listed`):
     SQLite reads a JSON array with ``json_each``, PostgreSQL takes an array."""
 
+    lock_rows: str
+    """What a read-then-write's read ends with to keep its rows until the write: PostgreSQL's
+    ``FOR UPDATE``; nothing in SQLite, whose ``BEGIN IMMEDIATE`` holds the whole file."""
+
+    lock_table: str
+    """A statement that holds ``{table}`` against other writers until the transaction ends,
+    for a read-then-write that adds rows; empty for SQLite, as :attr:`lock_rows`."""
+
     def in_list(self, column: str) -> str:
         return self.member.format(column=column)
 
@@ -60,5 +68,19 @@ class Dialect:
         return conn.execute(self.sql(statement), params)
 
 
-SQLITE = Dialect("sqlite", "?", "rowid", "{column} IN (SELECT value FROM json_each(?))")
-POSTGRESQL = Dialect("postgresql", "%s", "seq", "{column} = ANY(?::text[])")
+SQLITE = Dialect(
+    name="sqlite",
+    placeholder="?",
+    arrival="rowid",
+    member="{column} IN (SELECT value FROM json_each(?))",
+    lock_rows="",
+    lock_table="",
+)
+POSTGRESQL = Dialect(
+    name="postgresql",
+    placeholder="%s",
+    arrival="seq",
+    member="{column} = ANY(?::text[])",
+    lock_rows=" FOR UPDATE",
+    lock_table="LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE",
+)

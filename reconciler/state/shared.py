@@ -10,6 +10,7 @@ rollout planner's value types.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -17,7 +18,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from reconciler.api.enrolment import DiscoveredHost, Listed, Provenance
-from reconciler.api.enums import ExecutionStatus, JobStatus
+from reconciler.api.enums import ExecutionStatus, JobStatus, Operation, ReportRunStatus
 from reconciler.api.oneoff import OneOffOpening, OneOffStatus
 from reconciler.rollout import MachineResult, RolloutRecord, RolloutSnapshot
 from reconciler.state import oneoffs, rollouts
@@ -27,6 +28,7 @@ from reconciler.state.oneoffs import OneOffRecord
 from reconciler.state.records import (
     InstanceRecord,
     JobNotRunning,
+    JobPhase,
     JobRecord,
     PatchStateRecord,
     ReportRunRecord,
@@ -36,6 +38,7 @@ from reconciler.state.records import (
     WindowExecution,
     check_finish_status,
     check_job_status,
+    check_report_run_status,
     check_window_status,
     from_json,
     from_text,
@@ -136,6 +139,40 @@ class SqlStore:
 
     # Jobs.
 
+    def claim_job(
+        self,
+        *,
+        key: str,
+        instance: str,
+        operation: Operation,
+        window: str | None,
+        task: str | None,
+        opening: str | None,
+        revision: str,
+        payload: dict[str, Any],
+        now: datetime,
+    ) -> JobRecord | None:
+        """Insert a running job for ``key``, or return None when the key was ever claimed.
+
+        The UNIQUE constraint on ``key`` decides, inside the database: of any number of
+        threads, processes or hosts claiming one key, exactly one inserts. A key stays taken
+        whatever becomes of its job (even abandoned), so a job is never dispatched twice for
+        it; retrying means a new key.
+        """
+        job_id, created, payload_text = uuid.uuid4().hex, to_text(now), to_json(payload)
+        row = (job_id, key, instance, operation, window, task, opening, revision, JobStatus.RUNNING)
+        with self._use() as conn:
+            inserted = self.dialect.run(
+                conn,
+                f"INSERT INTO jobs ({JobRecord.COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (key) DO NOTHING",
+                (*row, payload_text, None, created, None),
+            ).rowcount
+        if inserted != 1:
+            return None
+        return JobRecord.from_row((*row, payload_text, None, created, None))
+
     def finish_job(
         self, job_id: str, *, status: JobStatus, result: dict[str, Any], now: datetime
     ) -> JobRecord:
@@ -194,6 +231,56 @@ class SqlStore:
                 tuple(wanted.values()),
             ).fetchall()
         return [JobRecord.from_row(row) for row in rows]
+
+    def claimed_keys(self, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` were ever claimed, checked in SQL (the UNIQUE index on ``key``)."""
+        with self._use() as conn:
+            rows = self.dialect.run(
+                conn,
+                f"SELECT key FROM jobs WHERE {self.dialect.in_list('key')}",
+                (self.dialect.listed(keys),),
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    # Job phases: a running job waiting for its machine's reboot.
+
+    def record_phase(
+        self, job_id: str, *, phase: str, boot_id: str, detail: dict[str, Any], now: datetime
+    ) -> JobPhase:
+        """Record that the running job ``job_id`` is now in ``phase`` (before it starts it)."""
+        row = (job_id, phase, boot_id, to_json(detail), to_text(now))
+        with self._write() as conn:
+            # The job cannot finish between this check and the insert (lock_rows).
+            status = self.dialect.run(
+                conn, f"SELECT status FROM jobs WHERE id = ?{self.dialect.lock_rows}", (job_id,)
+            ).fetchone()
+            if status is None:
+                raise UnknownJob(f"no job has id {job_id!r}")
+            if status[0] != JobStatus.RUNNING:
+                raise JobNotRunning(f"job {job_id} already finished as {status[0]!r}")
+            self.dialect.run(
+                conn,
+                f"INSERT INTO job_phases ({JobPhase.COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (job_id) DO UPDATE SET phase = excluded.phase,"
+                " boot_id = excluded.boot_id, detail = excluded.detail, since = excluded.since",
+                row,
+            )
+        return JobPhase.from_row(row)
+
+    def rebooting_jobs(self) -> list[tuple[JobRecord, JobPhase]]:
+        """Running jobs whose machine was asked to reboot, oldest first: what a restarted loop
+        resumes (waits for the new boot id, rescans, finishes) instead of abandoning."""
+        columns = ", ".join(f"jobs.{c.strip()}" for c in JobRecord.COLUMNS.split(","))
+        phase = ", ".join(f"job_phases.{c.strip()}" for c in JobPhase.COLUMNS.split(","))
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {columns}, {phase} FROM jobs"
+                " JOIN job_phases ON job_phases.job_id = jobs.id"
+                " WHERE jobs.status = 'running' AND job_phases.phase = 'rebooting'"
+                f" ORDER BY jobs.created_at, jobs.{self.dialect.arrival}"
+            ).fetchall()
+        width = len(JobRecord.COLUMNS.split(","))
+        return [(JobRecord.from_row(r[:width]), JobPhase.from_row(r[width:])) for r in rows]
 
     # Patch now's one-off openings (state.oneoffs).
 
@@ -262,6 +349,31 @@ class SqlStore:
 
     # Source revisions: reads.
 
+    def record_revision(
+        self, *, revision: str, accepted: bool, problems: list[str], now: datetime
+    ) -> None:
+        """Append the verdict on a revision, unless it repeats the newest one.
+
+        The loop re-reads its source every tick; repeating the same verdict would bury the
+        history in copies, so ``seen_at`` is when the revision became current.
+        """
+        entry = (revision, int(accepted), to_json(list(problems)))
+        with self._write() as conn:
+            # Two writers would both see the same newest row and both append: one at a time.
+            if self.dialect.lock_table:
+                conn.execute(self.dialect.lock_table.format(table="revisions"))
+            newest = conn.execute(
+                "SELECT revision, accepted, problems FROM revisions"
+                " ORDER BY seen_at DESC, id DESC LIMIT 1"
+            ).fetchone()
+            if newest != entry:
+                self.dialect.run(
+                    conn,
+                    "INSERT INTO revisions (revision, accepted, problems, seen_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (*entry, to_text(now)),
+                )
+
     def last_good_revision(self) -> RevisionRecord | None:
         """The newest accepted revision: the one the loop acts on while newer ones are refused."""
         with self._use() as conn:
@@ -283,6 +395,62 @@ class SqlStore:
         return [RevisionRecord.from_row(row) for row in rows]
 
     # Scheduled report exports: reads.
+
+    def record_report_run(
+        self,
+        *,
+        report: str,
+        opening: str,
+        destination: str,
+        format: str,
+        revision: str | None,
+        status: ReportRunStatus,
+        locations: list[str],
+        error: str | None,
+        started_at: datetime,
+        finished_at: datetime,
+    ) -> ReportRunRecord | None:
+        """Append one export attempt; returns None when nothing was appended.
+
+        A second SUCCESS for the same (report, opening) is not appended (another process
+        exported that opening already), and neither is a failure that repeats the report's
+        newest row exactly (same opening, destination and error): the loop retries every pass,
+        and copies of one failure would bury the history, as with revisions.
+        """
+        check_report_run_status(status)
+        entry = (report, opening, destination, format, revision, status, to_json(list(locations)))
+        times = (to_text(started_at), to_text(finished_at))
+        with self._write() as conn:
+            self._hold_report(conn, report)
+            newest = self.dialect.run(
+                conn,
+                "SELECT opening, destination, status, error FROM report_runs WHERE report = ?"
+                " ORDER BY finished_at DESC, id DESC LIMIT 1",
+                (report,),
+            ).fetchone()
+            if status == "FAILED" and newest == (opening, destination, status, error):
+                return None
+            row_id = self._insert_id(
+                conn,
+                self.dialect.sql(
+                    "INSERT INTO report_runs (report, opening, destination, format, revision,"
+                    " status, locations, error, started_at, finished_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+                ),
+                (*entry, error, *times),
+            )
+        if row_id is None:
+            return None
+        return ReportRunRecord.from_row((row_id, *entry, error, *times))
+
+    def _hold_report(self, conn: Any, report: str) -> None:
+        """Keep other writers from ``report``'s rows until the transaction ends."""
+        raise NotImplementedError
+
+    def _insert_id(self, conn: Any, statement: str, params: Any) -> int | None:
+        """Run ``statement`` (an INSERT of one row that may do nothing on a conflict); the new
+        row's id, or None when nothing was inserted."""
+        raise NotImplementedError
 
     def report_runs(self, report: str | None = None, limit: int = 100) -> list[ReportRunRecord]:
         """Export attempts (of one report, or all), newest first."""
@@ -315,6 +483,20 @@ class SqlStore:
                 " WHERE listed_at IS NOT NULL"
             ).fetchall()
         return {row[0]: listed(row) for row in rows}
+
+    def save_source_list(self, source: str, listed: Listed) -> None:
+        """Keep ``listed`` as ``source``'s last good list; its last error is cleared."""
+        hosts = to_json([host.to_json() for host in listed.hosts])
+        with self._write() as conn:
+            self.dialect.run(
+                conn,
+                "INSERT INTO instance_source_lists"
+                " (source, kind, spec, hosts, listed_at, error, failed_at)"
+                " VALUES (?, ?, ?, ?, ?, NULL, NULL) ON CONFLICT (source) DO UPDATE SET"
+                " kind = excluded.kind, spec = excluded.spec, hosts = excluded.hosts,"
+                " listed_at = excluded.listed_at, error = NULL, failed_at = NULL",
+                (source, listed.kind, listed.spec, hosts, to_text(listed.at)),
+            )
 
     def record_source_failure(self, source: str, kind: str, error: str, now: datetime) -> None:
         """A refresh of ``source`` failed; its last good list (if any) is kept."""

@@ -1,5 +1,7 @@
 """Stage: state. :class:`StateStore`, the observed state in one SQLite file: scan and install
-history, jobs with idempotency keys, window executions and source revisions.
+history, jobs with idempotency keys, window executions and source revisions. What it does as
+the PostgreSQL store does is written once in their base (``state.shared.SqlStore``, run in
+:data:`~reconciler.state.dialect.SQLITE`); this class keeps what is SQLite's own.
 
 An I/O edge: it reads and writes its own file and nothing else. It decides nothing (callers pass
 ``now`` and every value) and imports only ``reconciler.api`` and the rollout planner's value
@@ -28,7 +30,6 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import replace
@@ -36,8 +37,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler.api.enrolment import Listed, Provenance
-from reconciler.api.enums import ExecutionStatus, JobStatus, Operation, ReportRunStatus
+from reconciler.api.enrolment import Provenance
+from reconciler.api.enums import ExecutionStatus, JobStatus, Operation
 from reconciler.api.inventory import (
     FirstSeenKey,
     Inventory,
@@ -48,16 +49,11 @@ from reconciler.api.inventory import (
 from reconciler.state.dialect import SQLITE
 from reconciler.state.lock import FileLock, Holder, WriterLock, lock_path
 from reconciler.state.records import (
-    JobNotRunning,
-    JobPhase,
     JobRecord,
-    ReportRunRecord,
     ScanRecord,
     StateError,
     StoreUnusable,
     StoreWriteFailed,
-    UnknownJob,
-    check_report_run_status,
     from_text,
     to_json,
     to_text,
@@ -219,39 +215,6 @@ class StateStore(SqlStore):
 
     # Jobs, with idempotency keys.
 
-    def claim_job(
-        self,
-        *,
-        key: str,
-        instance: str,
-        operation: Operation,
-        window: str | None,
-        task: str | None,
-        opening: str | None,
-        revision: str,
-        payload: dict[str, Any],
-        now: datetime,
-    ) -> JobRecord | None:
-        """Insert a running job for ``key``, or return None when the key was ever claimed.
-
-        The UNIQUE constraint on ``key`` decides, inside SQLite: of any number of threads or
-        processes claiming one key, exactly one inserts. A key stays taken whatever becomes of
-        its job (even abandoned), so a job is never dispatched twice for it; retrying means a
-        new key.
-        """
-        job_id, created, payload_text = uuid.uuid4().hex, to_text(now), to_json(payload)
-        row = (job_id, key, instance, operation, window, task, opening, revision, JobStatus.RUNNING)
-        with self._use() as conn:
-            inserted = conn.execute(
-                f"INSERT INTO jobs ({JobRecord.COLUMNS})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (key) DO NOTHING",
-                (*row, payload_text, None, created, None),
-            ).rowcount
-        if inserted != 1:
-            return None
-        return JobRecord.from_row((*row, payload_text, None, created, None))
-
     def planning_jobs(
         self, *, openings: Iterable[tuple[str, str]], failed_scans_since: datetime
     ) -> list[JobRecord]:
@@ -294,15 +257,6 @@ class StateStore(SqlStore):
             ).fetchall()
         return {record.instance: record for record in map(JobRecord.from_row, rows)}
 
-    def claimed_keys(self, keys: Iterable[str]) -> set[str]:
-        """Which of ``keys`` were ever claimed, checked in SQL (the UNIQUE index on ``key``)."""
-        with self._use() as conn:
-            rows = conn.execute(
-                "SELECT key FROM jobs WHERE key IN (SELECT value FROM json_each(?))",
-                (json.dumps(list(keys)),),
-            ).fetchall()
-        return {row[0] for row in rows}
-
     def abandon_running_jobs(self, now: datetime) -> list[JobRecord]:
         """Mark every running job abandoned and return them (oldest first).
 
@@ -332,40 +286,6 @@ class StateStore(SqlStore):
             for row in rows
         ]
 
-    def record_phase(
-        self, job_id: str, *, phase: str, boot_id: str, detail: dict[str, Any], now: datetime
-    ) -> JobPhase:
-        """Record that the running job ``job_id`` is now in ``phase`` (before it starts it)."""
-        row = (job_id, phase, boot_id, to_json(detail), to_text(now))
-        with self._write() as conn:
-            status = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if status is None:
-                raise UnknownJob(f"no job has id {job_id!r}")
-            if status[0] != JobStatus.RUNNING:
-                raise JobNotRunning(f"job {job_id} already finished as {status[0]!r}")
-            conn.execute(
-                f"INSERT INTO job_phases ({JobPhase.COLUMNS}) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (job_id) DO UPDATE SET phase = excluded.phase,"
-                " boot_id = excluded.boot_id, detail = excluded.detail, since = excluded.since",
-                row,
-            )
-        return JobPhase.from_row(row)
-
-    def rebooting_jobs(self) -> list[tuple[JobRecord, JobPhase]]:
-        """Running jobs whose machine was asked to reboot, oldest first: what a restarted loop
-        resumes (waits for the new boot id, rescans, finishes) instead of abandoning."""
-        columns = ", ".join(f"jobs.{c.strip()}" for c in JobRecord.COLUMNS.split(","))
-        phase = ", ".join(f"job_phases.{c.strip()}" for c in JobPhase.COLUMNS.split(","))
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {columns}, {phase} FROM jobs"
-                " JOIN job_phases ON job_phases.job_id = jobs.id"
-                " WHERE jobs.status = 'running' AND job_phases.phase = 'rebooting'"
-                " ORDER BY jobs.created_at, jobs.rowid"
-            ).fetchall()
-        width = len(JobRecord.COLUMNS.split(","))
-        return [(JobRecord.from_row(r[:width]), JobPhase.from_row(r[width:])) for r in rows]
-
     # Maintenance window executions.
 
     def execution_statuses(
@@ -383,86 +303,18 @@ class StateStore(SqlStore):
             ).fetchall()
         return {(row[0], row[1]): ExecutionStatus(row[2]) for row in rows}
 
-    # Source revisions.
+    # Scheduled report exports (record_report_run in SqlStore): SQLite's own steps.
 
-    def record_revision(
-        self, *, revision: str, accepted: bool, problems: list[str], now: datetime
-    ) -> None:
-        """Append the verdict on a revision, unless it repeats the newest one.
+    def _hold_report(self, conn: sqlite3.Connection, report: str) -> None:
+        """Nothing: ``_write``'s ``BEGIN IMMEDIATE`` holds the whole file already."""
 
-        The loop re-reads its source every tick; repeating the same verdict would bury the
-        history in copies, so ``seen_at`` is when the revision became current.
-        """
-        entry = (revision, int(accepted), to_json(list(problems)))
-        with self._write() as conn:
-            newest = conn.execute(
-                "SELECT revision, accepted, problems FROM revisions"
-                " ORDER BY seen_at DESC, id DESC LIMIT 1"
-            ).fetchone()
-            if newest != entry:
-                conn.execute(
-                    "INSERT INTO revisions (revision, accepted, problems, seen_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (*entry, to_text(now)),
-                )
-
-    # Scheduled report exports: append-only history.
-
-    def record_report_run(
-        self,
-        *,
-        report: str,
-        opening: str,
-        destination: str,
-        format: str,
-        revision: str | None,
-        status: ReportRunStatus,
-        locations: list[str],
-        error: str | None,
-        started_at: datetime,
-        finished_at: datetime,
-    ) -> ReportRunRecord | None:
-        """Append one export attempt; returns None when nothing was appended.
-
-        A second SUCCESS for the same (report, opening) is not appended (another process
-        exported that opening already), and neither is a failure that repeats the report's
-        newest row exactly (same opening, destination and error): the loop retries every pass,
-        and copies of one failure would bury the history, as with revisions.
-        """
-        check_report_run_status(status)
-        entry = (report, opening, destination, format, revision, status, to_json(list(locations)))
-        times = (to_text(started_at), to_text(finished_at))
-        with self._write() as conn:
-            newest = conn.execute(
-                "SELECT opening, destination, status, error FROM report_runs WHERE report = ?"
-                " ORDER BY finished_at DESC, id DESC LIMIT 1",
-                (report,),
-            ).fetchone()
-            if status == "FAILED" and newest == (opening, destination, status, error):
-                return None
-            cursor = conn.execute(
-                "INSERT INTO report_runs (report, opening, destination, format, revision,"
-                " status, locations, error, started_at, finished_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (*entry, error, *times),
-            )
-            row_id = cursor.lastrowid if cursor.rowcount == 1 else None
-        if row_id is None:
-            return None
-        return ReportRunRecord.from_row((row_id, *entry, error, *times))
+    def _insert_id(self, conn: sqlite3.Connection, statement: str, params: Any) -> int | None:
+        # lastrowid, not RETURNING: SQLite before 3.35 (still shipped by some distributions)
+        # has no RETURNING.
+        cursor = conn.execute(statement, params)
+        return cursor.lastrowid if cursor.rowcount == 1 else None
 
     # Enrolment: each InstanceSource's last good list, replaced on each refresh.
-
-    def save_source_list(self, source: str, listed: Listed) -> None:
-        """Keep ``listed`` as ``source``'s last good list; its last error is cleared."""
-        hosts = to_json([host.to_json() for host in listed.hosts])
-        with self._write() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO instance_source_lists"
-                " (source, kind, spec, hosts, listed_at, error, failed_at)"
-                " VALUES (?, ?, ?, ?, ?, NULL, NULL)",
-                (source, listed.kind, listed.spec, hosts, to_text(listed.at)),
-            )
 
     def record_enrolled(self, enrolled: Mapping[str, Provenance], now: datetime) -> None:
         """``enrolled`` (instance -> where from) are the generated instances now; any other

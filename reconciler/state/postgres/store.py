@@ -1,7 +1,10 @@
 """Stage: state. :class:`PostgresStore`, the observed state in a PostgreSQL database (issue 16):
 a whole :class:`~reconciler.state.backend.StateBackend`, method for method what SQLite's
-:class:`~reconciler.state.store.StateStore` does (tests/test_state.py runs on both). Not chosen
-by ``patchctl`` yet (docs/state.md, "PostgreSQL").
+:class:`~reconciler.state.store.StateStore` does (tests/test_state.py runs on both). What both
+do alike is written once in their base, :class:`~reconciler.state.shared.SqlStore`, run in
+PostgreSQL's :data:`~reconciler.state.dialect.POSTGRESQL`; this class keeps what differs
+(docs/state.md, "Two backends, one store"). ``patchctl`` chooses it for a ``postgresql://``
+``--state``.
 
 An I/O edge: it talks to its one database and nothing else; it decides nothing (callers pass
 ``now`` and every value). Rows are SQLite's (same text times and JSON), decoded by the same
@@ -16,7 +19,6 @@ row or table lock.
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
@@ -25,8 +27,8 @@ from typing import Any
 
 import psycopg
 
-from reconciler.api.enrolment import Listed, Provenance
-from reconciler.api.enums import ExecutionStatus, JobStatus, Operation, ReportRunStatus
+from reconciler.api.enrolment import Provenance
+from reconciler.api.enums import ExecutionStatus, Operation
 from reconciler.api.inventory import FirstSeenKey, Inventory
 from reconciler.redaction import redacted
 from reconciler.state.backend import StateBackend
@@ -37,16 +39,11 @@ from reconciler.state.postgres.lock import AdvisoryLock
 from reconciler.state.postgres.queue import QueuedJob
 from reconciler.state.postgres.schema import migrate, schema_version
 from reconciler.state.records import (
-    JobNotRunning,
-    JobPhase,
     JobRecord,
-    ReportRunRecord,
     ScanRecord,
     StateError,
     StoreUnusable,
     StoreWriteFailed,
-    UnknownJob,
-    check_report_run_status,
     from_text,
     to_json,
     to_text,
@@ -195,34 +192,6 @@ class PostgresStore(SqlStore):
 
     # Jobs, with idempotency keys.
 
-    def claim_job(
-        self,
-        *,
-        key: str,
-        instance: str,
-        operation: Operation,
-        window: str | None,
-        task: str | None,
-        opening: str | None,
-        revision: str,
-        payload: dict[str, Any],
-        now: datetime,
-    ) -> JobRecord | None:
-        """Insert a running job for ``key``, or return None when the key was ever claimed: the
-        UNIQUE key decides inside the server, across processes and hosts alike."""
-        job_id, created, payload_text = uuid.uuid4().hex, to_text(now), to_json(payload)
-        row = (job_id, key, instance, operation, window, task, opening, revision, JobStatus.RUNNING)
-        with self._use() as conn:
-            inserted = conn.execute(
-                f"INSERT INTO jobs ({JobRecord.COLUMNS})"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (key) DO NOTHING",
-                (*row, payload_text, None, created, None),
-            ).rowcount
-        if inserted != 1:
-            return None
-        return JobRecord.from_row((*row, payload_text, None, created, None))
-
     def latest_jobs(self) -> dict[str, JobRecord]:
         """The newest job of each instance (by creation, then claim order, as :meth:`jobs`)."""
         with self._use() as conn:
@@ -231,14 +200,6 @@ class PostgresStore(SqlStore):
                 " ORDER BY instance, created_at DESC, seq DESC"
             ).fetchall()
         return {record.instance: record for record in map(JobRecord.from_row, rows)}
-
-    def claimed_keys(self, keys: Iterable[str]) -> set[str]:
-        """Which of ``keys`` were ever claimed, checked in SQL (the UNIQUE index on ``key``)."""
-        with self._use() as conn:
-            rows = conn.execute(
-                "SELECT key FROM jobs WHERE key = ANY(%s)", (list(keys),)
-            ).fetchall()
-        return {row[0] for row in rows}
 
     # The job queue of many workers (``queue``; docs/state.md, "Workers").
 
@@ -311,42 +272,6 @@ class PostgresStore(SqlStore):
             ).fetchall()
         return [JobRecord.from_row(row) for row in rows]
 
-    def record_phase(
-        self, job_id: str, *, phase: str, boot_id: str, detail: dict[str, Any], now: datetime
-    ) -> JobPhase:
-        """Record that the running job ``job_id`` is now in ``phase`` (before it starts it)."""
-        row = (job_id, phase, boot_id, to_json(detail), to_text(now))
-        with self._use() as conn:
-            # FOR UPDATE: the job cannot finish between this check and the insert.
-            status = conn.execute(
-                "SELECT status FROM jobs WHERE id = %s FOR UPDATE", (job_id,)
-            ).fetchone()
-            if status is None:
-                raise UnknownJob(f"no job has id {job_id!r}")
-            if status[0] != JobStatus.RUNNING:
-                raise JobNotRunning(f"job {job_id} already finished as {status[0]!r}")
-            conn.execute(
-                f"INSERT INTO job_phases ({JobPhase.COLUMNS}) VALUES (%s, %s, %s, %s, %s)"
-                " ON CONFLICT (job_id) DO UPDATE SET phase = excluded.phase,"
-                " boot_id = excluded.boot_id, detail = excluded.detail, since = excluded.since",
-                row,
-            )
-        return JobPhase.from_row(row)
-
-    def rebooting_jobs(self) -> list[tuple[JobRecord, JobPhase]]:
-        """Running jobs whose machine was asked to reboot, oldest first."""
-        columns = ", ".join(f"jobs.{c.strip()}" for c in JobRecord.COLUMNS.split(","))
-        phase = ", ".join(f"job_phases.{c.strip()}" for c in JobPhase.COLUMNS.split(","))
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {columns}, {phase} FROM jobs"
-                " JOIN job_phases ON job_phases.job_id = jobs.id"
-                " WHERE jobs.status = 'running' AND job_phases.phase = 'rebooting'"
-                " ORDER BY jobs.created_at, jobs.seq"
-            ).fetchall()
-        width = len(JobRecord.COLUMNS.split(","))
-        return [(JobRecord.from_row(r[:width]), JobPhase.from_row(r[width:])) for r in rows]
-
     # Maintenance window executions.
 
     def execution_statuses(
@@ -362,81 +287,17 @@ class PostgresStore(SqlStore):
             ).fetchall()
         return {(row[0], row[1]): ExecutionStatus(row[2]) for row in rows}
 
-    # Source revisions.
+    # Scheduled report exports (record_report_run in SqlStore): PostgreSQL's own steps.
 
-    def record_revision(
-        self, *, revision: str, accepted: bool, problems: list[str], now: datetime
-    ) -> None:
-        """Append the verdict on a revision, unless it repeats the newest one."""
-        entry = (revision, int(accepted), to_json(list(problems)))
-        with self._use() as conn:
-            # Two writers would both see the same newest row and both append: one at a time.
-            conn.execute("LOCK TABLE revisions IN SHARE ROW EXCLUSIVE MODE")
-            newest = conn.execute(
-                "SELECT revision, accepted, problems FROM revisions"
-                " ORDER BY seen_at DESC, id DESC LIMIT 1"
-            ).fetchone()
-            if newest != entry:
-                conn.execute(
-                    "INSERT INTO revisions (revision, accepted, problems, seen_at)"
-                    " VALUES (%s, %s, %s, %s)",
-                    (*entry, to_text(now)),
-                )
+    def _hold_report(self, conn: Connection, report: str) -> None:
+        """One report's rows at a time: two writers must not both see the same newest row."""
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (REPORT_LOCK, report))
 
-    # Scheduled report exports: append-only history.
-
-    def record_report_run(
-        self,
-        *,
-        report: str,
-        opening: str,
-        destination: str,
-        format: str,
-        revision: str | None,
-        status: ReportRunStatus,
-        locations: list[str],
-        error: str | None,
-        started_at: datetime,
-        finished_at: datetime,
-    ) -> ReportRunRecord | None:
-        """Append one export attempt; None when nothing was appended (a second SUCCESS of the
-        same opening, or a failure repeating the report's newest row), as SQLite's store."""
-        check_report_run_status(status)
-        entry = (report, opening, destination, format, revision, status, to_json(list(locations)))
-        times = (to_text(started_at), to_text(finished_at))
-        with self._use() as conn:
-            # One report's rows at a time: two writers must not both see the same newest row.
-            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (REPORT_LOCK, report))
-            newest = conn.execute(
-                "SELECT opening, destination, status, error FROM report_runs WHERE report = %s"
-                " ORDER BY finished_at DESC, id DESC LIMIT 1",
-                (report,),
-            ).fetchone()
-            if status == "FAILED" and newest == (opening, destination, status, error):
-                return None
-            row = conn.execute(
-                "INSERT INTO report_runs (report, opening, destination, format, revision,"
-                " status, locations, error, started_at, finished_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
-                " RETURNING id",
-                (*entry, error, *times),
-            ).fetchone()
-        return None if row is None else ReportRunRecord.from_row((row[0], *entry, error, *times))
+    def _insert_id(self, conn: Connection, statement: str, params: Any) -> int | None:
+        row = conn.execute(f"{statement} RETURNING id", params).fetchone()
+        return None if row is None else int(row[0])
 
     # Enrolment: each InstanceSource's last good list, replaced on each refresh.
-
-    def save_source_list(self, source: str, listed: Listed) -> None:
-        """Keep ``listed`` as ``source``'s last good list; its last error is cleared."""
-        hosts = to_json([host.to_json() for host in listed.hosts])
-        with self._use() as conn:
-            conn.execute(
-                "INSERT INTO instance_source_lists"
-                " (source, kind, spec, hosts, listed_at, error, failed_at)"
-                " VALUES (%s, %s, %s, %s, %s, NULL, NULL) ON CONFLICT (source) DO UPDATE SET"
-                " kind = excluded.kind, spec = excluded.spec, hosts = excluded.hosts,"
-                " listed_at = excluded.listed_at, error = NULL, failed_at = NULL",
-                (source, listed.kind, listed.spec, hosts, to_text(listed.at)),
-            )
 
     def record_enrolled(self, enrolled: Mapping[str, Provenance], now: datetime) -> None:
         """``enrolled`` (instance -> where from) are the generated instances now; any other
