@@ -107,7 +107,14 @@ from reconciler.sources import (
     read_snapshot,
 )
 from reconciler.sources.enrol import enrol_once, enrol_revision
-from reconciler.state import Holder, OneOffRecord, StateStore, StoreUnusable, StoreWriteFailed
+from reconciler.state import (
+    Holder,
+    OneOffRecord,
+    StateBackend,
+    StateStore,
+    StoreUnusable,
+    StoreWriteFailed,
+)
 
 if TYPE_CHECKING:
     from reconciler.controller import EventSink, LeaseConfig
@@ -685,8 +692,9 @@ def _resource_file_args(p: argparse.ArgumentParser) -> None:
 def _state_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--state",
-        metavar="PATH|sqlite:///PATH",
-        help="the observed-state database (default: the user's state dir)",
+        metavar="PATH|sqlite:///PATH|postgresql://URL",
+        help="the observed-state database (default: the user's state dir); PostgreSQL is"
+        " experimental (docs/state.md)",
     )
 
 
@@ -1012,9 +1020,9 @@ def _recorded_first_seen(args: argparse.Namespace, inventory: Inventory) -> Inve
     """``inventory`` with the first-seen times the state store recorded (versions it never
     recorded stay without one: explain records nothing)."""
     path = _state_path(args)
-    if not path.is_file():  # never create an empty store for a mistyped path
+    if _postgres_url(args) is None and not path.is_file():  # no empty store for a typo
         raise UserError(f"--state {path}: no such file")
-    with StateStore(path) as store:
+    with _store(args) as store:
         return store.with_first_seen(inventory, None)
 
 
@@ -1166,31 +1174,45 @@ def _ssh_pool() -> SshPool:
     return SshPool()
 
 
-def _store(args: argparse.Namespace, *, writer: bool = False) -> StateStore:
+def _store(args: argparse.Namespace, *, writer: bool = False) -> StateBackend:
     """The state store of ``--state``; a ``writer`` (a verb that writes and dispatches) holds
     its writer lock until it closes it, and is refused while another process holds it."""
     holder = Holder.this_process(f"patchctl {args.command}") if writer else None
+    url = _postgres_url(args)
+    if url is not None:
+        # Imported only for PostgreSQL state: every other command is spared loading psycopg.
+        from reconciler.state.postgres.store import PostgresStore
+
+        return PostgresStore(url, writer=holder, home=StateStore.default_path().parent)
     return StateStore(_state_path(args), writer=holder)
 
 
+def _postgres_url(args: argparse.Namespace) -> str | None:
+    """``--state postgresql://…`` (or ``postgres://``), given whole to libpq: user, password,
+    host, database and options such as ``sslmode``; a password may also come from PGPASSWORD,
+    PGPASSFILE or ``?passfile=``. None for SQLite state."""
+    text: str | None = args.state
+    scheme = (text or "").partition("://")[0].lower()
+    return text if text and "://" in text and scheme in ("postgresql", "postgres") else None
+
+
 def _state_path(args: argparse.Namespace) -> Path:
-    """``--state`` as a file: a path, or ``sqlite:///ABSOLUTE/PATH``. Another URL is refused,
-    never taken for a relative path (``postgresql://h/db`` would be ``postgresql:/h/db``)."""
+    """``--state`` as a file: a path, or ``sqlite:///ABSOLUTE/PATH``; for PostgreSQL state, the
+    name in this machine's state directory beside which its local files live (as
+    ``PostgresStore.path``). Another URL is refused, never taken for a relative path
+    (``postgresql://h/db`` would be ``postgresql:/h/db``)."""
     text: str | None = args.state
     if not text:
         return StateStore.default_path()
     if "://" not in text:
         return Path(text)
     scheme, _, rest = text.partition("://")
-    if scheme.lower() in ("postgresql", "postgres"):
-        raise UserError(
-            f"--state {scheme}://...: PostgreSQL state is not supported yet (issue 16); give"
-            " a file path or sqlite:///ABSOLUTE/PATH"
-        )
+    if _postgres_url(args) is not None:
+        return StateStore.default_path().parent / "postgresql"
     if scheme.lower() != "sqlite":
         raise UserError(
-            f"--state {text}: {scheme}:// is not a state store; give a file path or"
-            " sqlite:///ABSOLUTE/PATH"
+            f"--state {redacted(text)}: {scheme}:// is not a state store; give a file path,"
+            " sqlite:///ABSOLUTE/PATH or postgresql://USER@HOST/DATABASE"
         )
     if not rest.startswith("/") or "?" in rest or "#" in rest:
         raise UserError(
@@ -1260,7 +1282,7 @@ def _switch(name: str, what: str) -> bool:
 
 def _reconciler(
     args: argparse.Namespace,
-    store: StateStore,
+    store: StateBackend,
     transports: TransportFor,
     *,
     clock: Clock = utc_now,
@@ -1348,7 +1370,7 @@ def _origins(snapshot: Snapshot) -> dict[str, str]:
 @contextlib.contextmanager
 def _observed_store(
     args: argparse.Namespace, *, serving: bool
-) -> Iterator[tuple[StateStore, list[Observer], LoopMetrics]]:
+) -> Iterator[tuple[StateBackend, list[Observer], LoopMetrics]]:
     """The state store and the loop's observers: the audit log, the event sinks and, when
     ``serving``, the metrics served (a one-shot run serves none)."""
     with (
@@ -1368,7 +1390,7 @@ def _observed_loop(
     *,
     serving: bool = False,
     on_job_done: Callable[[JobRecord], None] | None = None,
-) -> Iterator[tuple[Reconciler, StateStore, LoopMetrics]]:
+) -> Iterator[tuple[Reconciler, StateBackend, LoopMetrics]]:
     """The loop of `reconcile` and `run` with its state store and observers."""
     with _observed_store(args, serving=serving) as (store, observers, metrics):
         reconciler = _reconciler(
@@ -1521,7 +1543,7 @@ def _controller_reconciler(
     args: argparse.Namespace,
     api: Any,
     namespace: str,
-    store: StateStore,
+    store: StateBackend,
     transports: TransportFor,
     *,
     observers: list[Observer],
@@ -1587,7 +1609,7 @@ def _audit_path(args: argparse.Namespace) -> Path:
     return audit.default_path(_state_path(args))
 
 
-def _audit_log(args: argparse.Namespace, store: StateStore) -> audit.AuditLog:
+def _audit_log(args: argparse.Namespace, store: StateBackend) -> audit.AuditLog:
     path = args.audit_log or audit.default_path(Path(store.path))
     try:
         return audit.AuditLog(path)
@@ -1870,7 +1892,7 @@ def _compliance(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _enrolled_from(store: StateStore, instance: str) -> str:
+def _enrolled_from(store: StateBackend, instance: str) -> str:
     """`` (from InstanceSource S, host H)`` for a generated instance, empty for a written one."""
     found = store.enrolled().get(instance)
     if found is None:
@@ -2175,7 +2197,7 @@ def _patch_now(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _current_snapshot(args: argparse.Namespace, store: StateStore) -> InForce:
+def _current_snapshot(args: argparse.Namespace, store: StateBackend) -> InForce:
     """The source's current revision, validated, without the loop: a request only reads it (a
     refused one is reported, as by ``validate``, and nothing is recorded)."""
     try:
@@ -2204,7 +2226,7 @@ def _patch_now_wait(args: argparse.Namespace) -> int:
     return EXIT_OK if final.status is OneOffStatus.SUCCESS else EXIT_INVALID
 
 
-def _run_one_off(loop: Reconciler, store: StateStore, opening_id: str) -> OneOffRecord:
+def _run_one_off(loop: Reconciler, store: StateBackend, opening_id: str) -> OneOffRecord:
     """Passes until the opening has ended. A pass runs until nothing more can start, so one
     that starts no job and leaves it active means it waits on what no pass here changes."""
     while True:
@@ -2227,7 +2249,7 @@ def _run_one_off(loop: Reconciler, store: StateStore, opening_id: str) -> OneOff
 
 
 def _record_one_off(
-    args: argparse.Namespace, snapshot: Snapshot, store: StateStore, emit: Emitter
+    args: argparse.Namespace, snapshot: Snapshot, store: StateBackend, emit: Emitter
 ) -> tuple[OneOffRecord, list[str]]:
     """Check the request against ``snapshot``, record it and audit it; nothing is recorded
     when anything is wrong."""
@@ -2450,7 +2472,7 @@ def _rollout_abort(args: argparse.Namespace) -> int:
     return _rollout_print(args, change, f"cycle {record.cycle} aborted; {then}")
 
 
-def _rollout_in_cycle(store: StateStore, name: str, action: str) -> RolloutRecord:
+def _rollout_in_cycle(store: StateBackend, name: str, action: str) -> RolloutRecord:
     """The rollout's record, when it has a cycle in progress that ``action`` can change."""
     known = store.rollouts_known()
     if name not in known:

@@ -11,6 +11,11 @@ import pytest
 from reconciler.agent.apt import Apt
 from tests.aptlab import HttpRepo, Pkg, Repo, make_root
 from tests.kubeapi import kube_api  # noqa: F401  (session fixture: the real kube-apiserver)
+from tests.postgres import (  # noqa: F401  (a real PostgreSQL 15; state stores on both backends)
+    postgres_server,
+    postgres_url,
+    state_store,
+)
 
 # The labs' roots have no /bin/sh (tests/aptlab.py), so dpkg runs their maintainer scripts on
 # this host, which patchctl refuses unless the operator trusts the roots. The suite builds them

@@ -26,6 +26,7 @@ from reconciler.plan import Settings, baseline_digest
 from reconciler.report.publish.scheduled import latest_opening, reports_due, scope_instances
 from reconciler.sources import DirectorySource, read_snapshot
 from reconciler.state import StateStore
+from tests.postgres import raw_sql
 
 FLEET = """\
 apiVersion: patchwarden.io/v1alpha1
@@ -271,34 +272,32 @@ def test_due_is_decided_from_the_last_exported_opening_only(tmp_path: Path) -> N
     ]
 
 
-def test_report_runs_are_history_with_one_success_per_opening(tmp_path: Path) -> None:
-    import sqlite3
-
-    with StateStore(tmp_path / "state.db") as store:
-        run: dict[str, Any] = {
-            "report": "daily",
-            "opening": "2026-11-28T06:00:00Z",
-            "destination": "s3://b/p",
-            "format": "csv",
-            "revision": "main@sha1:aaa",
-            "locations": [],
-            "started_at": at("2026-11-28T06:01:00"),
-            "finished_at": at("2026-11-28T06:01:01"),
-        }
-        assert store.record_report_run(**run, status="FAILED", error="down") is not None
-        assert store.record_report_run(**run, status="FAILED", error="down") is None  # a repeat
-        assert store.record_report_run(**run, status="FAILED", error="other") is not None
-        done = {**run, "locations": ["s3://b/p/x.csv"]}
-        assert store.record_report_run(**done, status="SUCCESS", error=None) is not None
-        # Another process exporting the same opening again is not recorded as a second success.
-        assert store.record_report_run(**done, status="SUCCESS", error=None) is None
-        assert store.last_exported_openings() == {"daily": "2026-11-28T06:00:00Z"}
-        assert [(r.status, r.error) for r in store.report_runs("daily")] == [
-            ("SUCCESS", None),
-            ("FAILED", "other"),
-            ("FAILED", "down"),
-        ]
-    with sqlite3.connect(tmp_path / "state.db") as conn, pytest.raises(sqlite3.IntegrityError):
+def test_report_runs_are_history_with_one_success_per_opening(state_store: Any) -> None:
+    store = state_store  # on both backends
+    run: dict[str, Any] = {
+        "report": "daily",
+        "opening": "2026-11-28T06:00:00Z",
+        "destination": "s3://b/p",
+        "format": "csv",
+        "revision": "main@sha1:aaa",
+        "locations": [],
+        "started_at": at("2026-11-28T06:01:00"),
+        "finished_at": at("2026-11-28T06:01:01"),
+    }
+    assert store.record_report_run(**run, status="FAILED", error="down") is not None
+    assert store.record_report_run(**run, status="FAILED", error="down") is None  # a repeat
+    assert store.record_report_run(**run, status="FAILED", error="other") is not None
+    done = {**run, "locations": ["s3://b/p/x.csv"]}
+    assert store.record_report_run(**done, status="SUCCESS", error=None) is not None
+    # Another process exporting the same opening again is not recorded as a second success.
+    assert store.record_report_run(**done, status="SUCCESS", error=None) is None
+    assert store.last_exported_openings() == {"daily": "2026-11-28T06:00:00Z"}
+    assert [(r.status, r.error) for r in store.report_runs("daily")] == [
+        ("SUCCESS", None),
+        ("FAILED", "other"),
+        ("FAILED", "down"),
+    ]
+    with raw_sql(store) as (conn, refused), pytest.raises(refused):
         conn.execute("DELETE FROM report_runs")
 
 

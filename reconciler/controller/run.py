@@ -38,7 +38,7 @@ from reconciler.loop.reconciler import LoopOptions
 from reconciler.report.notify.metrics import LoopMetrics
 from reconciler.report.views.enrolment import status_document
 from reconciler.sources.kubernetes import KubernetesSource
-from reconciler.state import StateStore
+from reconciler.state import StateBackend
 from reconciler.state.kubernetes import StatusWriter, Written
 
 EXIT_OK, EXIT_LOST_LEASE = 0, 1
@@ -55,7 +55,7 @@ class ControllerReconciler(Reconciler):
     def __init__(
         self,
         source: KubernetesSource,
-        store: StateStore,
+        store: StateBackend,
         transport_for: TransportFor,
         *,
         writer: StatusWriter,

@@ -17,7 +17,7 @@ from reconciler.loop.failures import Refusal, refusal
 from reconciler.report.notify.occurrences import Kind
 from reconciler.sources.base import Revision, Source
 from reconciler.sources.enrol import Enrolment, Refreshed
-from reconciler.state import StateStore
+from reconciler.state import StateBackend
 
 Pinned = Callable[[str], Source]
 """A source reading exactly one earlier revision (a Git commit)."""
@@ -29,7 +29,7 @@ class Refresher:
     def __init__(
         self,
         source: Source,
-        store: StateStore,
+        store: StateBackend,
         in_force: InForce,
         *,
         pinned: Pinned | None,

@@ -20,7 +20,7 @@ from reconciler.api.resources import MaintenanceWindow
 from reconciler.loop.common import Clock, Emitter, InForce
 from reconciler.plan import Plan
 from reconciler.report.notify.occurrences import Kind
-from reconciler.state import StateStore
+from reconciler.state import StateBackend
 
 # An execution shows the most serious thing that happened to it: a status only ever moves up
 # this ladder (a job that fails after the cutoff cancelled the rest leaves it FAILED).
@@ -35,7 +35,7 @@ _RANK = {
 class WindowExecutions:
     """The executions of window openings, as the jobs of each opening start and finish."""
 
-    def __init__(self, store: StateStore, in_force: InForce, clock: Clock, emit: Emitter) -> None:
+    def __init__(self, store: StateBackend, in_force: InForce, clock: Clock, emit: Emitter) -> None:
         self.store, self.in_force, self.clock, self.emit = store, in_force, clock, emit
         # Jobs of one opening run concurrently: its execution status is read, then written and
         # announced, one job at a time (else two jobs both announce IN_PROGRESS, or a job that

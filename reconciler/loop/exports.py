@@ -26,7 +26,7 @@ from reconciler.report.publish import publish
 from reconciler.report.publish.scheduled import report_files, reports_due, scope_instances
 from reconciler.report.views import export
 from reconciler.report.views.rollouts import RolloutView
-from reconciler.state import StateStore, StoreWriteFailed
+from reconciler.state import StateBackend, StoreWriteFailed
 
 EXPORTER_IDLE = 60.0
 """Seconds the export thread waits for work before it ends (a new one starts when needed)."""
@@ -43,7 +43,7 @@ class ReportExporter:
 
     def __init__(
         self,
-        store: StateStore,
+        store: StateBackend,
         clock: Clock,
         log: Log,
         s3_endpoint_url: str | None = None,

@@ -54,7 +54,7 @@ from reconciler.loop.reboots import (
 from reconciler.plan import INSTALL, Action, baseline_digest
 from reconciler.report.notify.occurrences import Kind
 from reconciler.schedule import open_openings
-from reconciler.state import JobPhase, JobRecord, StateStore, StoreWriteFailed
+from reconciler.state import JobPhase, JobRecord, StateBackend, StoreWriteFailed
 
 JobDone = Callable[[JobRecord], None]
 Result = tuple[JobStatus, dict[str, Any]]
@@ -93,7 +93,7 @@ class JobRunner:
 
     def __init__(
         self,
-        store: StateStore,
+        store: StateBackend,
         in_force: InForce,
         transport_for: TransportFor,
         executions: WindowExecutions,

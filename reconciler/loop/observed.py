@@ -23,14 +23,14 @@ from reconciler.plan import (
     history_scope,
     plan,
 )
-from reconciler.state import JobRecord, ScanRecord, StateStore
+from reconciler.state import JobRecord, ScanRecord, StateBackend
 
 
 class Observation:
     """Reads observed state and plans from it with the revision in force."""
 
     def __init__(
-        self, store: StateStore, in_force: InForce, settings: Settings, clock: Clock
+        self, store: StateBackend, in_force: InForce, settings: Settings, clock: Clock
     ) -> None:
         self.store, self.in_force, self.settings, self.clock = store, in_force, settings, clock
         self.submitted: dict[str, Action] = {}

@@ -17,7 +17,7 @@ from reconciler.dispatch import AgentFailed
 from reconciler.loop.common import Clock, Emitter
 from reconciler.plan import Action, Plan
 from reconciler.report.notify.occurrences import Kind
-from reconciler.state import StateStore
+from reconciler.state import StateBackend
 
 
 def is_one_off(action: Action) -> bool:
@@ -28,7 +28,7 @@ def is_one_off(action: Action) -> bool:
 class OneOffOpenings:
     """The statuses of one-off openings, as their jobs start and the planner sees them end."""
 
-    def __init__(self, store: StateStore, clock: Clock, emit: Emitter) -> None:
+    def __init__(self, store: StateBackend, clock: Clock, emit: Emitter) -> None:
         self.store, self.clock, self.emit = store, clock, emit
 
     def may_start(self, action: Action, now: datetime) -> bool:

@@ -24,7 +24,7 @@ from reconciler.dispatch.base import AgentFailed, Rebooting, Transport
 from reconciler.loop.common import Clock, Log
 from reconciler.plan import Action, rebooted_by_loop
 from reconciler.schedule import open_openings
-from reconciler.state import JobPhase, StateStore
+from reconciler.state import JobPhase, StateBackend
 
 REBOOTING = "rebooting"
 
@@ -121,7 +121,7 @@ class Reboots:
 
     def __init__(
         self,
-        store: StateStore,
+        store: StateBackend,
         clock: Clock,
         pause: Pause,
         settings: RebootSettings = RebootSettings(),

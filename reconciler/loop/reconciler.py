@@ -29,7 +29,7 @@ from reconciler.plan import Action, Observed, Plan, Settings
 from reconciler.report.notify.occurrences import Observer
 from reconciler.sources.base import HasRepository, Source
 from reconciler.sources.enrol import DISCOVERERS, Enrolment
-from reconciler.state import JobRecord, StateStore
+from reconciler.state import JobRecord, StateBackend
 
 EXPORT_GRACE = 5.0
 """Seconds a pass waits for the report exports it started: a directory or a reachable bucket
@@ -59,7 +59,7 @@ class Reconciler:
     def __init__(
         self,
         source: Source,
-        store: StateStore,
+        store: StateBackend,
         transport_for: TransportFor,
         *,
         settings: Settings = Settings(),  # noqa: B008 - frozen value
@@ -204,7 +204,7 @@ class Reconciler:
 
 
 def _enrolment(
-    source: Source, store: StateStore, clock: Clock, emit: Emitter, log: Log
+    source: Source, store: StateBackend, clock: Clock, emit: Emitter, log: Log
 ) -> Enrolment:
     """The InstanceSources' machines: their files are the source's own (a directory, a Git
     commit), their last good lists are kept in the store, and what happens is told through

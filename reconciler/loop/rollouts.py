@@ -41,7 +41,7 @@ from reconciler.rollout import (
     stage_members,
 )
 from reconciler.schedule import open_openings
-from reconciler.state import JobRecord, ScanRecord, StateStore
+from reconciler.state import JobRecord, ScanRecord, StateBackend
 
 FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED})
 Members = tuple[tuple[str, ...], ...]
@@ -61,7 +61,7 @@ class RolloutSteering:
     """The loop's part for the ``rollouts`` step: steers the Rollouts of the revision in force."""
 
     def __init__(
-        self, store: StateStore, in_force: InForce, clock: Clock, emit: Emitter | None = None
+        self, store: StateBackend, in_force: InForce, clock: Clock, emit: Emitter | None = None
     ) -> None:
         self.store, self.in_force, self.clock, self.emit = store, in_force, clock, emit
         self.previous: dict[str, RolloutView] = {}
@@ -86,7 +86,7 @@ class RolloutSteering:
         self.previous = {current.rollout: current for current in views}
 
 
-def steer(store: StateStore, snapshot: Snapshot, now: datetime, *, write: bool = True) -> Steered:
+def steer(store: StateBackend, snapshot: Snapshot, now: datetime, *, write: bool = True) -> Steered:
     """Every Rollout of ``snapshot`` steered at ``now`` (recording what it decides: ``write``)."""
     decisions: list[RolloutDecision] = []
     gates: dict[str, RolloutGate] = {}
@@ -102,7 +102,7 @@ def steer(store: StateStore, snapshot: Snapshot, now: datetime, *, write: bool =
 
 
 def status(
-    store: StateStore, snapshot: Snapshot, rollout: Rollout, now: datetime
+    store: StateBackend, snapshot: Snapshot, rollout: Rollout, now: datetime
 ) -> tuple[RolloutDecision, RolloutRecord]:
     """Where ``rollout`` stands at ``now`` from the store as it is, recording nothing (``patchctl
     rollout status``): the same folding and decision the loop makes."""
@@ -110,7 +110,7 @@ def status(
 
 
 def decide_and_record(
-    store: StateStore,
+    store: StateBackend,
     snapshot: Snapshot,
     rollout: Rollout,
     members: Members,
@@ -143,20 +143,20 @@ def decide_and_record(
     return decision, record
 
 
-def _first_stage_scanned(store: StateStore, members: Members) -> bool:
+def _first_stage_scanned(store: StateBackend, members: Members) -> bool:
     """A freeze waits until every machine of the first stage was scanned: the snapshot is made
     of what their scans approve, and an unscanned machine's versions would be missing from it."""
     scanned = store.latest_scans()
     return all(member in scanned for member in (members[0] if members else ()))
 
 
-Finder = Callable[[StateStore, str, RolloutRecord], MachineResult | None]
+Finder = Callable[[StateBackend, str, RolloutRecord], MachineResult | None]
 """A member's new result for the current cycle, if any."""
 
 
 @dataclass(frozen=True)
 class _Steps:
-    store: StateStore
+    store: StateBackend
     snapshot: Snapshot
     rollout: Rollout
     members: Members
@@ -184,7 +184,7 @@ class _Steps:
 
 
 def _finished_installs(
-    store: StateStore, member: str, record: RolloutRecord
+    store: StateBackend, member: str, record: RolloutRecord
 ) -> MachineResult | None:
     """The member's latest install job finished since the freeze and newer than its recorded
     result and the last resume: each job is folded once, and a failure a resume forgot stays
@@ -227,7 +227,7 @@ def _on_snapshot(
         for member in stage.to_install
     }
 
-    def find(store: StateStore, member: str, record: RolloutRecord) -> MachineResult | None:
+    def find(store: StateBackend, member: str, record: RolloutRecord) -> MachineResult | None:
         scan, frozen = scans.get(member), record.snapshot
         if member not in pending or scan is None or frozen is None:
             return None
@@ -244,7 +244,7 @@ def _on_snapshot(
 
 
 def approved_versions(
-    store: StateStore, snapshot: Snapshot, members: Members, now: datetime
+    store: StateBackend, snapshot: Snapshot, members: Members, now: datetime
 ) -> dict[str, set[str]]:
     """Per baseline, the union over the rollout's scanned members of the versions it approves
     there at ``now`` (installed or to install): what a freeze holds."""

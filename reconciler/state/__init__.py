@@ -10,8 +10,12 @@ nothing else; ``state.kubernetes`` writes the same observed state into the custo
 One process writes and dispatches from a store at a time: ``state.lock`` is that lock's interface
 (:class:`WriterLock`) and SQLite's implementation (:class:`FileLock`, ``flock`` on
 ``<state>.lock``); readers take none.
+
+Callers type a store as :class:`StateBackend` (``state.backend``), the interface every backend
+implements; only ``reconciler/cli.py`` chooses :class:`StateStore` (SQLite).
 """
 
+from reconciler.state.backend import StateBackend
 from reconciler.state.lock import FileLock, Holder, WriterLock, lock_path
 from reconciler.state.oneoffs import OneOffRecord
 from reconciler.state.records import (
@@ -34,6 +38,7 @@ from reconciler.state.records import (
     StoreWriteFailed,
     UnknownJob,
     WindowExecution,
+    WriterLost,
 )
 from reconciler.state.schema import LATEST as SCHEMA_VERSION
 from reconciler.state.store import StateStore
@@ -53,6 +58,7 @@ __all__ = [
     "ReportRunRecord",
     "RevisionRecord",
     "ScanRecord",
+    "StateBackend",
     "StateError",
     "StateStore",
     "StoreLocked",
@@ -64,5 +70,6 @@ __all__ = [
     "UnknownJob",
     "WindowExecution",
     "WriterLock",
+    "WriterLost",
     "lock_path",
 ]

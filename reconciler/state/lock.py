@@ -68,7 +68,7 @@ class FileLock:
         except BlockingIOError:
             current = _read_holder(fd)
             os.close(fd)
-            raise StoreLocked(self._refusal(current)) from None
+            raise StoreLocked(refusal(self.store, current)) from None
         except BaseException:
             os.close(fd)
             raise
@@ -92,13 +92,14 @@ class FileLock:
                 " (patchctl needs write access to the directory of the state file)"
             ) from None
 
-    def _refusal(self, current: Holder | None) -> str:
-        who = current.describe() if current else "another process"
-        return (
-            f"the state store {self.store} is in use by {who}: stop it first, or give this"
-            " command another --state; compliance, report, plan and findings read it"
-            " meanwhile"
-        )
+
+def refusal(store: str, current: Holder | None) -> str:
+    """What a second writer is told, for every kind of store: who holds it, and what to do."""
+    who = current.describe() if current else "another process"
+    return (
+        f"the state store {store} is in use by {who}: stop it first, or give this command"
+        " another --state; compliance, report, plan and findings read it meanwhile"
+    )
 
 
 def _read_holder(fd: int) -> Holder | None:

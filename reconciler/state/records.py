@@ -26,6 +26,26 @@ from reconciler.errors import PermanentError, TemporaryError
 
 JOB_STATUSES = tuple(status.value for status in JobStatus)
 FINISHED_STATUSES = tuple(s.value for s in JobStatus if s is not JobStatus.RUNNING)
+
+
+def check_finish_status(status: str) -> None:
+    """A job finishes as one of :data:`FINISHED_STATUSES`: every backend refuses another alike."""
+    if status not in FINISHED_STATUSES:
+        raise ValueError(f"status {status!r}: a job finishes as one of {FINISHED_STATUSES}")
+
+
+def check_report_run_status(status: str) -> None:
+    """An export attempt is one of :data:`REPORT_RUN_STATUSES`, on every backend."""
+    if status not in REPORT_RUN_STATUSES:
+        raise ValueError(f"status {status!r}: one of {REPORT_RUN_STATUSES}")
+
+
+def check_job_status(status: str | None) -> None:
+    """A filter on jobs' status names one of :data:`JOB_STATUSES` (or None: any)."""
+    if status is not None and status not in JOB_STATUSES:
+        raise ValueError(f"status {status!r}: one of {JOB_STATUSES}")
+
+
 WINDOW_STATUSES = tuple(status.value for status in ExecutionStatus)
 REPORT_RUN_STATUSES = tuple(status.value for status in ReportRunStatus)
 
@@ -41,6 +61,11 @@ class StoreUnusable(StateError, PermanentError):
 
 class StoreLocked(StoreUnusable):
     """Another process holds the store's writer lock (:mod:`reconciler.state.lock`)."""
+
+
+class WriterLost(StoreUnusable):
+    """This process held the store's writer lock and lost it (PostgreSQL ended the lock's
+    session): another process may be the writer now, so this one writes no more and stops."""
 
 
 class StoreWriteFailed(StateError, TemporaryError):
@@ -158,6 +183,23 @@ class WindowExecution(TypedDict):
     updated_at: datetime
 
 
+def window_execution(row: tuple[Any, ...]) -> WindowExecution:
+    """A ``window_executions`` row (window, opening, status, started_at, updated_at), decoded."""
+    return WindowExecution(
+        window=row[0],
+        opening=row[1],
+        status=ExecutionStatus(row[2]),
+        started_at=from_text(row[3]),
+        updated_at=from_text(row[4]),
+    )
+
+
+def check_window_status(status: str) -> None:
+    """A window execution's status is one of :data:`WINDOW_STATUSES`, on every backend."""
+    if status not in WINDOW_STATUSES:
+        raise ValueError(f"status {status!r}: one of {WINDOW_STATUSES}")
+
+
 @dataclass(frozen=True)
 class ScanRecord:
     """One scan or install of one instance, as evaluated: a row of append-only history."""
@@ -265,7 +307,8 @@ class JobRecord:
     finished_at: datetime | None
 
     COLUMNS: ClassVar[str] = (
-        "id, key, instance, operation, window, task, opening, revision, status,"
+        # "window" quoted: a reserved word in PostgreSQL (SQLite takes it either way).
+        'id, key, instance, operation, "window", task, opening, revision, status,'
         " payload, result, created_at, finished_at"
     )
 

@@ -212,15 +212,21 @@ def _patch_row(patch: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def insert_patch_states(
-    conn: sqlite3.Connection, scan_id: int, instance: str, evaluation: dict[str, Any]
-) -> None:
-    """One patch_states row per entry of ``evaluation["patches"]``."""
+def patch_rows(scan_id: int, instance: str, evaluation: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The patch_states rows (``scan_id, instance, *PATCH_COLUMNS``) of ``evaluation["patches"]``,
+    every backend's; ValueError for a patch without a name or a state."""
     patches = evaluation.get("patches") or []
     for index, patch in enumerate(patches):
         if not isinstance(patch, dict) or "name" not in patch or "state" not in patch:
             raise ValueError(f"evaluation.patches[{index}] needs at least a name and a state")
-    rows = [(scan_id, instance, *_patch_row(patch)) for patch in patches]
+    return [(scan_id, instance, *_patch_row(patch)) for patch in patches]
+
+
+def insert_patch_states(
+    conn: sqlite3.Connection, scan_id: int, instance: str, evaluation: dict[str, Any]
+) -> None:
+    """One patch_states row per entry of ``evaluation["patches"]``."""
+    rows = patch_rows(scan_id, instance, evaluation)
     placeholders = ", ".join("?" * (len(PATCH_COLUMNS) + 2))
     conn.executemany(
         f"INSERT INTO patch_states (scan_id, instance, {', '.join(PATCH_COLUMNS)})"
@@ -443,26 +449,39 @@ def _v9_instance_source_lists(conn: sqlite3.Connection) -> None:
     )
 
 
+ROLLOUT_HISTORY = """CREATE TABLE rollout_history (
+    id {key},
+    rollout TEXT NOT NULL,
+    event TEXT NOT NULL CHECK (event IN ('CycleStarted', 'MachineResult', 'Halted',
+        'Resumed', 'Approved', 'Aborted')),
+    document TEXT NOT NULL,
+    at TEXT NOT NULL
+)"""
+"""Migration 10's table in both dialects (PostgreSQL's migration 10 fills ``key`` its way)."""
+ROLLOUT_HISTORY_INDEX = (
+    "CREATE INDEX rollout_history_by_rollout ON rollout_history (rollout, event, id)"
+)
+
+
 def _v10_rollout_history(conn: sqlite3.Connection) -> None:
     """Progressive rollouts' recorded state as history (issue 15): a row per change (a cycle
     started with its frozen snapshot, a machine's result, a halt, a resume, a stage's manual
-    approval, an abort), never updated or deleted; the state the planner takes is the rows
-    since the rollout's latest cycle start."""
+    approval, an abort), never updated or deleted; the state the planner takes is the rows since
+    the rollout's latest cycle start."""
     _run(
         conn,
         [
-            """CREATE TABLE rollout_history (
-                id INTEGER PRIMARY KEY AUTOINCREMENT,
-                rollout TEXT NOT NULL,
-                event TEXT NOT NULL CHECK (event IN ('CycleStarted', 'MachineResult', 'Halted',
-                    'Resumed', 'Approved', 'Aborted')),
-                document TEXT NOT NULL,
-                at TEXT NOT NULL
-            )""",
-            "CREATE INDEX rollout_history_by_rollout ON rollout_history (rollout, event, id)",
+            ROLLOUT_HISTORY.format(key="INTEGER PRIMARY KEY AUTOINCREMENT"),
+            ROLLOUT_HISTORY_INDEX,
             *_append_only("rollout_history"),
         ],
     )
+
+
+def _v11_job_queue(conn: sqlite3.Connection) -> None:
+    """Nothing in SQLite: version 11 is PostgreSQL's job queue for many workers (issue 16,
+    ``state.postgres.queue``), and a SQLite store has one process, which runs its own jobs.
+    The number is taken here too, so both backends keep one version sequence."""
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -476,6 +495,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v8_one_off_openings,
     _v9_instance_source_lists,
     _v10_rollout_history,
+    _v11_job_queue,
 )
 LATEST = len(MIGRATIONS)
 

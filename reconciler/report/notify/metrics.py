@@ -24,7 +24,7 @@ from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.report.views.csvreport import LEVELS
 from reconciler.report.views.rollouts import RolloutView, StageView
 from reconciler.rollout import Verdict
-from reconciler.state import ScanRecord, StateStore
+from reconciler.state import ScanRecord, StateBackend
 
 STATUSES = ("COMPLIANT", "NON_COMPLIANT")
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED)
@@ -41,7 +41,7 @@ class LoopMetrics:
     instead of pass by pass; ``observe_scans`` refreshes the whole fleet (serve() does it after
     each pass)."""
 
-    def __init__(self, store: StateStore | None = None) -> None:
+    def __init__(self, store: StateBackend | None = None) -> None:
         self.store = store
         self.registry = CollectorRegistry()
         self._lock = threading.Lock()

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from reconciler.errors import PermanentError
 from reconciler.report.views import compliance, csvreport, dashboard
 from reconciler.report.views.rollouts import RolloutView
-from reconciler.state import JobRecord, ScanRecord, StateStore
+from reconciler.state import JobRecord, ScanRecord, StateBackend
 
 Format = Literal["csv", "json", "html"]
 FORMATS: tuple[Format, ...] = ("csv", "json", "html")
@@ -49,7 +49,7 @@ class ReportInput:
     """Progressive rollouts as the latest pass saw them (JSON and HTML)."""
 
 
-def read_input(store: StateStore, fmt: str, *, history_limit: int = HISTORY_LIMIT) -> ReportInput:
+def read_input(store: StateBackend, fmt: str, *, history_limit: int = HISTORY_LIMIT) -> ReportInput:
     """What a report in ``fmt`` needs, read from the store (the one I/O step): CSV needs no
     history, JSON and HTML need each instance's recent scans for the trend."""
     latest = store.latest_scans()
