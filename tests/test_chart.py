@@ -20,7 +20,7 @@ import yaml
 from kubernetes.client import ApiException
 
 from reconciler.api.resources import GROUP, VERSION
-from reconciler.cli import _parser, _state_path
+from reconciler.cli import _parser, _postgres_url, _state_path
 from reconciler.dispatch.nodes import NodeSettings
 from tests.kubeapi import KubeApi
 
@@ -87,8 +87,29 @@ def test_chart_ships_the_crds(chart: helm.Chart) -> None:
     }
 
 
-def test_lints_clean() -> None:
-    report = helm.lint(str(CHART), strict=True)
+PG_SECRET = {"existingSecret": "pw-state"}
+POSTGRESQL: Doc = {
+    "persistence": {"enabled": False},
+    "state": {"postgresql": {**PG_SECRET, "ca": {"secret": "pw-db-ca"}}},
+}
+LINTED: dict[str, Doc] = {
+    "defaults": {},
+    "postgresql": POSTGRESQL,
+    "postgresql-replicas-ca-configmap": {
+        "replicaCount": 3,
+        "persistence": {"enabled": False},
+        "state": {"postgresql": {**PG_SECRET, "ca": {"configMap": "db-ca", "key": "root.pem"}}},
+    },
+    "postgresql-require": {
+        "persistence": {"enabled": False},
+        "state": {"postgresql": {**PG_SECRET, "urlKey": "dsn", "sslmode": "require"}},
+    },
+}
+
+
+@pytest.mark.parametrize("values", LINTED.values(), ids=LINTED.keys())
+def test_lints_clean(values: Doc) -> None:
+    report = helm.lint(str(CHART), values, strict=True)
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert report["errors"] == [] and problems == [], report
 
@@ -378,6 +399,110 @@ def test_several_replicas_cannot_share_the_persisted_state(
     assert "Set replicaCount: 1" in message and "persistence.enabled: false" in message
 
 
+# --- PostgreSQL state: replicas share it --------------------------------------------------------
+
+
+def _pg_env(container: Doc) -> dict[str, Any]:
+    return {
+        e["name"]: e.get("value", e.get("valueFrom"))
+        for e in container["env"]
+        if e["name"] == "PATCHWARDEN_STATE" or e["name"].startswith("PG")
+    }
+
+
+def test_postgresql_url_comes_from_a_secret_through_the_environment(
+    chart: helm.Chart, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The URL (password included) is never in the pod's args; patchctl takes it from
+    $PATCHWARDEN_STATE, and libpq verifies the server against the CA mounted read-only."""
+    docs = render(chart, POSTGRESQL)
+    container = controller(docs)
+    assert _pg_env(container) == {
+        "PATCHWARDEN_STATE": {"secretKeyRef": {"name": "pw-state", "key": "url"}},
+        "PGSSLMODE": "verify-full",
+        "PGSSLROOTCERT": "/etc/patchwarden/postgresql/ca.crt",
+    }
+    assert not any(a.startswith("--state") for a in container["args"])
+    url = "postgresql://pw:s3cret@db.example/patchwarden"
+    monkeypatch.setenv("PATCHWARDEN_STATE", url)
+    args = [a.replace("$(POD_NAMESPACE)", NAMESPACE) for a in container["args"]]
+    parsed = _parser().parse_args(args)
+    assert parsed.state == url and _postgres_url(parsed) == url
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "postgresql-ca"]
+    assert (mount["mountPath"], mount["readOnly"]) == ("/etc/patchwarden/postgresql", True)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "postgresql-ca"]
+    assert volume["secret"] == {
+        "secretName": "pw-db-ca",
+        "defaultMode": 0o440,
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
+
+
+def test_postgresql_ca_from_a_configmap_and_another_url_key(chart: helm.Chart) -> None:
+    values = LINTED["postgresql-replicas-ca-configmap"]
+    docs = render(chart, values)
+    env = _pg_env(controller(docs))
+    assert env["PGSSLROOTCERT"] == "/etc/patchwarden/postgresql/root.pem"
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "postgresql-ca"]
+    assert volume["configMap"]["name"] == "db-ca"
+    required = controller(render(chart, LINTED["postgresql-require"]))
+    assert _pg_env(required) == {
+        "PATCHWARDEN_STATE": {"secretKeyRef": {"name": "pw-state", "key": "dsn"}},
+        "PGSSLMODE": "require",
+    }, "no CA: nothing mounted, libpq's PGSSLROOTCERT unset"
+    assert not any(m["name"] == "postgresql-ca" for m in required["volumeMounts"])
+
+
+def test_replicas_share_postgresql_state(chart: helm.Chart) -> None:
+    """With PostgreSQL more than one replica is allowed: no claim, no Recreate (standbys roll)."""
+    docs = render(chart, LINTED["postgresql-replicas-ca-configmap"])
+    assert [d for d in docs if d["kind"] == "PersistentVolumeClaim"] == []
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert "strategy" not in deployment["spec"]
+    assert _state_volume(docs) == {"name": "state", "emptyDir": {}}, "reports only"
+
+
+PG_REFUSED: dict[str, tuple[Doc, str]] = {
+    "persistence-too": (
+        {"state": {"postgresql": {**PG_SECRET, "sslmode": "require"}}},
+        "state.postgresql.existingSecret is set but persistence.enabled is true",
+    ),
+    "ca-without-url": (
+        {"persistence": {"enabled": False}, "state": {"postgresql": {"ca": {"secret": "x"}}}},
+        "state.postgresql.ca is set but state.postgresql.existingSecret is empty",
+    ),
+    "two-cas": (
+        {
+            "persistence": {"enabled": False},
+            "state": {"postgresql": {**PG_SECRET, "ca": {"secret": "x", "configMap": "y"}}},
+        },
+        "names both a secret and a configMap",
+    ),
+    "verify-without-ca": (
+        {"persistence": {"enabled": False}, "state": {"postgresql": PG_SECRET}},
+        "state.postgresql.sslmode is verify-full but no CA is given",
+    ),
+}
+
+
+@pytest.mark.parametrize(("values", "said"), PG_REFUSED.values(), ids=PG_REFUSED.keys())
+def test_postgresql_settings_that_would_be_ignored_are_refused(
+    chart: helm.Chart, values: Doc, said: str
+) -> None:
+    with pytest.raises(helm.HelmError) as refused:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    assert said in str(refused.value)
+
+
+def test_the_replica_refusal_names_postgresql(chart: helm.Chart) -> None:
+    with pytest.raises(helm.HelmError) as refused:
+        chart.render({"replicaCount": 2}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    assert "state.postgresql.existingSecret (with persistence.enabled: false)" in str(refused.value)
+
+
 BAD_VALUES: list[tuple[Doc, str]] = [
     ({"logLevel": "loud"}, "/logLevel"),
     ({"metrics": {"port": 80}}, "/metrics/port"),
@@ -400,6 +525,9 @@ BAD_VALUES: list[tuple[Doc, str]] = [
     ({"persistence": {"size": "lots"}}, "/persistence/size"),
     ({"persistence": {"existingClaim": "Bad_Claim"}}, "/persistence/existingClaim"),
     ({"persistence": {"enabled": "yes"}}, "/persistence/enabled"),
+    ({"state": {"postgresql": {"sslmode": "on"}}}, "/state/postgresql/sslmode"),
+    ({"state": {"postgresql": {"existingSecret": "Bad_Name"}}}, "/state/postgresql/existingSecret"),
+    ({"state": {"postgresql": {"url": "postgresql://h/db"}}}, "url"),
 ]
 
 
