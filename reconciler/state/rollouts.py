@@ -2,20 +2,21 @@
 ``rollout_history``, migration 10): one row per change, and the :class:`RolloutRecord` the
 planner takes, folded from the rows since the rollout's latest cycle start.
 
-Touches only the connection it is given; decides nothing (the planner in
-:mod:`reconciler.rollout` decides, the loop records); imports only ``reconciler.rollout`` and
-``state.records``.
+Touches only the connection it is given, in the store's SQL dialect (SQLite or PostgreSQL, the
+same statements: ``state.dialect``); decides nothing (the planner in :mod:`reconciler.rollout`
+decides, the loop records); imports only ``reconciler.rollout``, ``state.records`` and
+``state.dialect``.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
 from reconciler.rollout import MachineResult, Outcome, RolloutRecord, RolloutSnapshot
+from reconciler.state.dialect import Connection, Dialect
 from reconciler.state.records import StoreUnusable, from_json, from_text, to_json, to_text
 
 
@@ -31,13 +32,15 @@ class RolloutEvent(StrEnum):
 
 
 def append(
-    conn: sqlite3.Connection,
+    conn: Connection,
+    dialect: Dialect,
     rollout: str,
     event: RolloutEvent,
     document: dict[str, Any],
     now: datetime,
 ) -> None:
-    conn.execute(
+    dialect.run(
+        conn,
         "INSERT INTO rollout_history (rollout, event, document, at) VALUES (?, ?, ?, ?)",
         (rollout, str(event), to_json(document), to_text(now)),
     )
@@ -59,13 +62,15 @@ def result_document(instance: str, result: MachineResult) -> dict[str, Any]:
     }
 
 
-def record_of(conn: sqlite3.Connection, rollout: str) -> RolloutRecord:
+def record_of(conn: Connection, dialect: Dialect, rollout: str) -> RolloutRecord:
     """The rollout's state: its cycle count, and the rows since its latest cycle start."""
-    (cycles,) = conn.execute(
+    (cycles,) = dialect.run(
+        conn,
         "SELECT COUNT(*) FROM rollout_history WHERE rollout = ? AND event = 'CycleStarted'",
         (rollout,),
     ).fetchone()
-    rows = conn.execute(
+    rows = dialect.run(
+        conn,
         "SELECT event, document FROM rollout_history WHERE rollout = ? AND id >= COALESCE("
         " (SELECT MAX(id) FROM rollout_history WHERE rollout = ? AND event = 'CycleStarted'), 0)"
         " ORDER BY id",

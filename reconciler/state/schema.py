@@ -449,22 +449,30 @@ def _v9_instance_source_lists(conn: sqlite3.Connection) -> None:
     )
 
 
+ROLLOUT_HISTORY = """CREATE TABLE rollout_history (
+    id {key},
+    rollout TEXT NOT NULL,
+    event TEXT NOT NULL CHECK (event IN ('CycleStarted', 'MachineResult', 'Halted',
+        'Resumed', 'Approved', 'Aborted')),
+    document TEXT NOT NULL,
+    at TEXT NOT NULL
+)"""
+"""Migration 10's table in both dialects (PostgreSQL's migration 10 fills ``key`` its way)."""
+ROLLOUT_HISTORY_INDEX = (
+    "CREATE INDEX rollout_history_by_rollout ON rollout_history (rollout, event, id)"
+)
+
+
 def _v10_rollout_history(conn: sqlite3.Connection) -> None:
     """Progressive rollouts' recorded state as history (issue 15): a row per change (a cycle
     started with its frozen snapshot, a machine's result, a halt, a resume, a stage's manual
-    approval, an abort), never updated or deleted; the state the planner takes is the rows since the rollout's latest cycle start."""
+    approval, an abort), never updated or deleted; the state the planner takes is the rows since
+    the rollout's latest cycle start."""
     _run(
         conn,
         [
-            """CREATE TABLE rollout_history (
-                id INTEGER PRIMARY KEY AUTOINCREMENT,
-                rollout TEXT NOT NULL,
-                event TEXT NOT NULL CHECK (event IN ('CycleStarted', 'MachineResult', 'Halted',
-                    'Resumed', 'Approved', 'Aborted')),
-                document TEXT NOT NULL,
-                at TEXT NOT NULL
-            )""",
-            "CREATE INDEX rollout_history_by_rollout ON rollout_history (rollout, event, id)",
+            ROLLOUT_HISTORY.format(key="INTEGER PRIMARY KEY AUTOINCREMENT"),
+            ROLLOUT_HISTORY_INDEX,
             *_append_only("rollout_history"),
         ],
     )

@@ -47,8 +47,8 @@ from reconciler.api.inventory import (
     with_first_seen,
 )
 from reconciler.api.oneoff import OneOffOpening, OneOffStatus
-from reconciler.rollout import MachineResult, RolloutRecord, RolloutSnapshot
-from reconciler.state import oneoffs, rollouts
+from reconciler.state import oneoffs
+from reconciler.state.dialect import SQLITE
 from reconciler.state.lock import FileLock, Holder, WriterLock, lock_path
 from reconciler.state.oneoffs import OneOffRecord
 from reconciler.state.records import (
@@ -75,7 +75,6 @@ from reconciler.state.records import (
     to_text,
     window_execution,
 )
-from reconciler.state.rollouts import RolloutEvent
 from reconciler.state.schema import (
     facts_of,
     immediate,
@@ -85,6 +84,7 @@ from reconciler.state.schema import (
     upsert_instance,
     user_version,
 )
+from reconciler.state.shared import SqlStore
 
 BUSY_TIMEOUT = 30.0
 """Seconds a write waits for another process's write lock before giving up."""
@@ -92,8 +92,10 @@ BUSY_TIMEOUT = 30.0
 JOB_FILTERS = ("status", "instance", "window", "task", "opening")
 
 
-class StateStore:
+class StateStore(SqlStore):
     """The observed-state store. Safe to share between the threads of one process."""
+
+    dialect = SQLITE
 
     def __init__(self, path: str | Path, *, writer: Holder | None = None) -> None:
         """``writer``: this process writes and dispatches, so it takes the store's writer lock
@@ -531,38 +533,6 @@ class StateStore:
         """Every job of these one-off openings, oldest first."""
         with self._use() as conn:
             return oneoffs.jobs_of(conn, opening_ids)
-
-    # Progressive rollouts' recorded state (state.rollouts): history, folded on read.
-
-    def rollout_record(self, rollout: str) -> RolloutRecord:
-        """What the rollout planner takes: the current cycle's snapshot, results and halt."""
-        with self._use() as conn:
-            return rollouts.record_of(conn, rollout)
-
-    def record_rollout_cycle(
-        self, rollout: str, snapshot: RolloutSnapshot, *, now: datetime
-    ) -> None:
-        """A new cycle with its frozen snapshot: earlier results and halts no longer count."""
-        document = rollouts.snapshot_document(snapshot)
-        self._append_rollout(rollout, RolloutEvent.CYCLE_STARTED, document, now)
-
-    def record_rollout_result(
-        self, rollout: str, instance: str, result: MachineResult, *, now: datetime
-    ) -> None:
-        document = rollouts.result_document(instance, result)
-        self._append_rollout(rollout, RolloutEvent.MACHINE_RESULT, document, now)
-
-    def record_rollout_halt(self, rollout: str, reason: str, *, now: datetime) -> None:
-        self._append_rollout(rollout, RolloutEvent.HALTED, {"reason": reason}, now)
-
-    def record_rollout_resume(self, rollout: str, *, now: datetime) -> None:
-        self._append_rollout(rollout, RolloutEvent.RESUMED, {}, now)
-
-    def _append_rollout(
-        self, rollout: str, event: RolloutEvent, document: dict[str, Any], now: datetime
-    ) -> None:
-        with self._write() as conn:
-            rollouts.append(conn, rollout, event, document, now)
 
     # Maintenance window executions.
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import psycopg
 
 from reconciler.state.records import StoreUnusable
+from reconciler.state.schema import ROLLOUT_HISTORY, ROLLOUT_HISTORY_INDEX
 
 Migration = Callable[[psycopg.Connection[tuple[object, ...]]], None]
 
@@ -224,7 +225,19 @@ def _v9_whole(conn: psycopg.Connection[tuple[object, ...]]) -> None:
         conn.execute(statement.encode())
 
 
-MIGRATIONS: dict[int, Migration] = {9: _v9_whole}
+def _v10_rollout_history(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """SQLite's migration 10: progressive rollouts' recorded state, a row per change, never
+    updated or deleted (``state.rollouts`` writes and folds it for both backends)."""
+    for statement in (
+        ROLLOUT_HISTORY.format(key="BIGSERIAL PRIMARY KEY"),
+        ROLLOUT_HISTORY_INDEX,
+        *_append_only("rollout_history", "rollout_history is append-only history"),
+    ):
+        conn.execute(statement.encode())
+
+
+# 11 is reserved for job claims (branch pg-workers).
+MIGRATIONS: dict[int, Migration] = {9: _v9_whole, 10: _v10_rollout_history}
 LATEST = max(MIGRATIONS)
 
 

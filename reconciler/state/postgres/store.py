@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -32,6 +32,7 @@ from reconciler.api.inventory import FirstSeenKey, Inventory
 from reconciler.api.oneoff import OneOffOpening, OneOffStatus
 from reconciler.redaction import redacted
 from reconciler.state.backend import StateBackend
+from reconciler.state.dialect import POSTGRESQL
 from reconciler.state.lock import Holder
 from reconciler.state.oneoffs import OneOffRecord
 from reconciler.state.postgres import history, oneoffs
@@ -61,6 +62,7 @@ from reconciler.state.records import (
     window_execution,
 )
 from reconciler.state.schema import facts_of, patch_rows
+from reconciler.state.shared import SqlStore
 from reconciler.state.store import (
     JOB_FILTERS,
     StateStore,
@@ -78,8 +80,10 @@ REPORT_LOCK = 0x50575270
 """First key of the transaction-scoped advisory lock on one report's export rows ("PWRp")."""
 
 
-class PostgresStore:
+class PostgresStore(SqlStore):
     """The observed-state store on PostgreSQL. Safe to share between the threads of a process."""
+
+    dialect = POSTGRESQL
 
     def __init__(
         self, conninfo: str, *, writer: Holder | None = None, home: Path | None = None
@@ -142,15 +146,16 @@ class PostgresStore:
         with self._lock:
             if self._conn is None:
                 raise StateError(f"the state store {self.name} is closed")
-            try:
-                if self._conn.broken:
-                    # A lost session (server restarted, network cut) failed the call that found
-                    # it; the next call tries a new one, so a running service recovers by itself.
+            if self._conn.broken:
+                # A lost session (server restarted, network cut) failed the call that found
+                # it; the next call tries a new one, so a running service recovers by itself.
+                try:
                     self._conn = _open(self._conninfo, self.name)
+                except StoreUnusable as exc:
+                    raise StoreWriteFailed(str(exc)) from exc
+            try:
                 with self._conn.transaction():
                     yield self._conn
-            except StoreUnusable as exc:
-                raise StoreWriteFailed(str(exc)) from exc
             except psycopg.OperationalError as exc:
                 # The server gone, the network cut, the disk full: a write that may pass later.
                 raise StoreWriteFailed(
@@ -158,6 +163,11 @@ class PostgresStore:
                     f" {' '.join(redacted(str(exc)).split())} (a running service retries by"
                     " itself)"
                 ) from exc
+
+    def _write(self) -> AbstractContextManager[Connection]:
+        """Every :meth:`_use` is one transaction already; a read-then-write takes its own row
+        or table lock (SQLite's ``BEGIN IMMEDIATE`` locks the whole file)."""
+        return self._use()
 
     # Scans and installs: append-only history.
 
