@@ -163,3 +163,25 @@ tolerations:
         path: {{ $ca.key }}
 {{- end }}
 {{- end }}
+
+{{/* Every pod of the chart (controller, workers): non-root, no privilege, RuntimeDefault seccomp,
+     a read-only root filesystem. */}}
+{{- define "patchwarden.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "patchwarden.containerSecurityContext" -}}
+runAsNonRoot: true
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
