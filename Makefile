@@ -82,6 +82,7 @@ bench: install ## benchmarks (not part of make test); results go to docs/benchma
 	$(PY) bench/evaluate_fleet.py
 	$(PY) bench/plan_fleet.py
 	$(PY) bench/observe_history.py
+	$(PY) bench/observe_history.py --backend postgresql
 	$(PY) bench/fleet_convergence.py
 	$(PY) bench/scan_apt.py
 	$(PY) bench/scan_rpm.py
