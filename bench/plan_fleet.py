@@ -77,7 +77,13 @@ spec: {{connection: {{type: local, root: /srv/fleet/node-{i:05d}}}}}
 def planning_inputs(count: int) -> tuple[Snapshot, Observed]:
     """The snapshot of ``count`` instances and what was observed of them (bench/fleet_scale.py
     plans over 100,000 of these)."""
-    snapshot = build_snapshot([("fleet.yaml", fleet_yaml(count))], predefined_baselines())
+    # A source file may hold at most 4 MiB (snapshot.py): 10,000 instances a file stays below.
+    docs = fleet_yaml(count).split(b"---\n")
+    files = [
+        (f"fleet-{n}.yaml", b"---\n".join(docs[start : start + 10_000]))
+        for n, start in enumerate(range(0, len(docs), 10_000))
+    ]
+    snapshot = build_snapshot(files, predefined_baselines())
     digests = {name: baseline_digest(b) for name, b in snapshot.baselines.items()}
     groups = ("web", "db", "cache", "batch")
     scans, jobs = {}, []
