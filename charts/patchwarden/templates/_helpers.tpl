@@ -107,6 +107,9 @@ tolerations:
 {{- if and (not $pg.existingSecret) (or $pg.ca.secret $pg.ca.configMap) }}
 {{- fail "state.postgresql.ca is set but state.postgresql.existingSecret is empty: the CA is for a PostgreSQL state store. Set state.postgresql.existingSecret (the Secret holding its URL), or remove state.postgresql.ca." }}
 {{- end }}
+{{- if and (gt (int .Values.workers.replicas) 0) (not $pg.existingSecret) }}
+{{- fail (printf "workers.replicas is %d but state.postgresql.existingSecret is empty: workers claim their jobs from a PostgreSQL state every process shares, which SQLite cannot be. Set state.postgresql.existingSecret (with persistence.enabled: false), or workers.replicas: 0 (the controller runs the jobs itself)." (int .Values.workers.replicas)) }}
+{{- end }}
 {{- if and $pg.ca.secret $pg.ca.configMap }}
 {{- fail "state.postgresql.ca names both a secret and a configMap: give the CA certificate in one of them." }}
 {{- end }}
@@ -184,4 +187,23 @@ capabilities:
   drop: ["ALL"]
 seccompProfile:
   type: RuntimeDefault
+{{- end }}
+
+{{/* Workers' pods carry their own name, so neither the controller's Deployment nor its metrics
+     Service (both select patchwarden.selectorLabels) ever picks them up. */}}
+{{- define "patchwarden.workerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "patchwarden.name" . }}-worker
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: worker
+{{- end }}
+
+{{- define "patchwarden.workerLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "patchwarden.workerSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "patchwarden.workerServiceAccountName" -}}
+{{- printf "%s-worker" (include "patchwarden.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
