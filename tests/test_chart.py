@@ -441,6 +441,14 @@ def test_postgresql_url_comes_from_a_secret_through_the_environment(
     }
 
 
+def test_notes_name_the_postgresql_state(chart: helm.Chart) -> None:
+    notes = chart.render(
+        LINTED["postgresql-workers"], name=RELEASE, namespace=NAMESPACE, is_install=True
+    )["patchwarden/templates/NOTES.txt"]
+    assert "PostgreSQL, its URL in Secret pw-state" in notes and "4 worker(s)" in notes
+    assert "emptyDir" not in notes
+
+
 def test_postgresql_ca_from_a_configmap_and_another_url_key(chart: helm.Chart) -> None:
     values = LINTED["postgresql-replicas-ca-configmap"]
     docs = render(chart, values)
