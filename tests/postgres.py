@@ -191,30 +191,58 @@ def pending(why: str) -> pytest.MarkDecorator:
     return pytest.mark.postgres_pending(why)
 
 
-def another(store: Any, tmp_path: Path) -> Any:
+def another(store: Any) -> Any:
     """A second store on the same database (as another process would open it)."""
+    return opened_at(location(store))
+
+
+def location(store: Any) -> str:
+    """Where ``store`` keeps its state, as text another process can open (``opened_at``)."""
     from reconciler.state.postgres.store import PostgresStore
 
     if isinstance(store, PostgresStore):
         assert store._conn is not None
-        return PostgresStore(store._conn.info.dsn)
-    return StateStore(tmp_path / "state.db")
+        return store._conn.info.dsn
+    return str(store.path)
+
+
+def opened_at(where: str, **options: Any) -> Any:
+    """A store on ``where`` (a :func:`location`): a libpq string or a SQLite file's path."""
+    if where.endswith(".db"):
+        return StateStore(where, **options)
+    from reconciler.state.postgres.store import PostgresStore
+
+    return PostgresStore(where, **options)
+
+
+def terminate_lock_session(url: str) -> None:
+    """What an administrator (or a failover) does: end the session holding the writer lock."""
+    import psycopg
+
+    from reconciler.state.postgres.lock import LOCK_KEY
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        (ended,) = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND granted AND objid = %s AND database = (SELECT oid FROM pg_database"
+            " WHERE datname = current_database())",
+            (LOCK_KEY,),
+        ).fetchone()
+        assert ended
 
 
 @contextmanager
-def raw_sql(store: Any, tmp_path: Path) -> Iterator[tuple[Any, type[Exception]]]:
+def raw_sql(store: Any) -> Iterator[tuple[Any, type[Exception]]]:
     """A connection of its own to the store's database and the error its triggers raise: what
     anyone with SQL access could try, beside the store."""
     import sqlite3
 
     import psycopg
 
-    from reconciler.state.postgres.store import PostgresStore
-
-    if isinstance(store, PostgresStore):
-        assert store._conn is not None
-        with psycopg.connect(store._conn.info.dsn, autocommit=True) as conn:
-            yield conn, psycopg.IntegrityError
+    where = location(store)
+    if isinstance(store, StateStore):
+        with sqlite3.connect(where) as conn:
+            yield conn, sqlite3.IntegrityError
         return
-    with sqlite3.connect(tmp_path / "state.db") as conn:
-        yield conn, sqlite3.IntegrityError
+    with psycopg.connect(where, autocommit=True) as conn:
+        yield conn, psycopg.IntegrityError

@@ -1,6 +1,6 @@
 """observe() reads only the jobs the planner can still act on, and the plans are unchanged.
 
-A real StateStore (SQLite file) is filled with weeks of history by running the pure planner
+A real state store (a SQLite file, then a PostgreSQL database: both backends) is filled with weeks of history by running the pure planner
 against it: every action is claimed with ``claim_job`` and finished with ``finish_job`` (some
 fail, some stay running for a while, a restart abandons what was running), and every scan or
 install is recorded with ``record_scan``. At every step, and at arbitrary clocks afterwards, the
@@ -11,11 +11,9 @@ history (``store.jobs()``), as the planner saw it before the reduction.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -36,6 +34,7 @@ from reconciler.plan import (
     plan,
 )
 from reconciler.state import JobRecord, StateStore
+from tests.postgres import opened_at, raw_sql
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
 DAYS = 14
@@ -160,64 +159,71 @@ def record(
     )
 
 
-def simulate(path: Path) -> Iterator[History]:
+def simulate(store: StateStore) -> Iterator[History]:
     """Run the planner over DAYS days of STEP ticks, acting on its plans through the store, and
     check at every tick that both reads of the history give the same plan."""
     snapshot = fleet()
-    with StateStore(path) as store:
-        reconciler = Reconciler(
-            None,  # type: ignore[arg-type]  # observe() reads only the store
-            store,
-            lambda _: None,  # type: ignore[arg-type,return-value]
-            settings=SETTINGS,
-        )
-        reconciler.snapshot, reconciler.revision = snapshot, REVISION
-        history = History(store, reconciler, snapshot)
-        running: dict[str, tuple[JobRecord, int]] = {}  # job id -> (job, ticks left)
-        now = START
-        while now < START + timedelta(days=DAYS):
-            full, reduced, _ = history.plans_at(now)
-            assert reduced == full, f"plans differ at {now.isoformat()}"
-            history.steps += 1
-            history.reasons.update(w.reason for w in full.waits)
-            for action in full.actions:
-                history.actions.add(f"{action.operation} {action.window}")
-                job = store.claim_job(
-                    key=action.key,
-                    instance=action.instance,
-                    operation=action.operation,
-                    window=action.window,
-                    task=action.task,
-                    opening=action.opening,
-                    revision=REVISION,
-                    payload={"baseline_hash": action.baseline_hash},
-                    now=now,
-                )
-                assert job is not None
-                running[job.id] = (job, roll(job.key, "ticks") % 3)
-            for job_id, (job, left) in list(running.items()):
-                if left > 0:
-                    running[job_id] = (job, left - 1)
-                    continue
-                del running[job_id]
-                failed = roll(job.key, "fails") < 25
-                done = now + timedelta(minutes=5)
-                if not failed or job.operation == INSTALL:
-                    record(store, job.instance, job.operation, job, done, failed)
-                store.finish_job(
-                    job_id, status="failed" if failed else "succeeded", result={}, now=done
-                )
-            if now.hour == 3 and now.minute < 45 and now.day % 4 == 0:
-                # A crash and restart: what ran is abandoned, its machines rescanned.
-                store.abandon_running_jobs(now)
-                running.clear()
-            now += STEP
-        yield history
+    reconciler = Reconciler(
+        None,  # type: ignore[arg-type]  # observe() reads only the store
+        store,
+        lambda _: None,  # type: ignore[arg-type,return-value]
+        settings=SETTINGS,
+    )
+    reconciler.snapshot, reconciler.revision = snapshot, REVISION
+    history = History(store, reconciler, snapshot)
+    running: dict[str, tuple[JobRecord, int]] = {}  # job id -> (job, ticks left)
+    now = START
+    while now < START + timedelta(days=DAYS):
+        full, reduced, _ = history.plans_at(now)
+        assert reduced == full, f"plans differ at {now.isoformat()}"
+        history.steps += 1
+        history.reasons.update(w.reason for w in full.waits)
+        for action in full.actions:
+            history.actions.add(f"{action.operation} {action.window}")
+            job = store.claim_job(
+                key=action.key,
+                instance=action.instance,
+                operation=action.operation,
+                window=action.window,
+                task=action.task,
+                opening=action.opening,
+                revision=REVISION,
+                payload={"baseline_hash": action.baseline_hash},
+                now=now,
+            )
+            assert job is not None
+            running[job.id] = (job, roll(job.key, "ticks") % 3)
+        for job_id, (job, left) in list(running.items()):
+            if left > 0:
+                running[job_id] = (job, left - 1)
+                continue
+            del running[job_id]
+            failed = roll(job.key, "fails") < 25
+            done = now + timedelta(minutes=5)
+            if not failed or job.operation == INSTALL:
+                record(store, job.instance, job.operation, job, done, failed)
+            store.finish_job(
+                job_id, status="failed" if failed else "succeeded", result={}, now=done
+            )
+        if now.hour == 3 and now.minute < 45 and now.day % 4 == 0:
+            # A crash and restart: what ran is abandoned, its machines rescanned.
+            store.abandon_running_jobs(now)
+            running.clear()
+        now += STEP
+    yield history
 
 
-@pytest.fixture(scope="module")
-def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
-    yield from simulate(tmp_path_factory.mktemp("history") / "state.db")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def history(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[History]:
+    """One long history per backend, shared by this module's tests."""
+    if request.param == "sqlite":
+        where = str(tmp_path_factory.mktemp("history") / "state.db")
+    else:
+        where = request.getfixturevalue("postgres_server").fresh_database()
+    with opened_at(where) as store:
+        yield from simulate(store)
 
 
 def test_every_tick_of_a_long_history_plans_the_same_from_the_reduced_read(
@@ -265,12 +271,12 @@ def test_any_clock_plans_the_same_from_the_reduced_read(
 
 def test_latest_scans_are_the_newest_by_finish_time_then_id(history: History) -> None:
     """latest_scans() reads instances.last_scan_id; it must pick what ranking every scan picks."""
-    with sqlite3.connect(history.store.path) as conn:
+    with raw_sql(history.store) as (conn, _):
         ranked = dict(
             conn.execute(
                 "SELECT instance, id FROM (SELECT instance, id, row_number() OVER ("
                 " PARTITION BY instance ORDER BY finished_at DESC, id DESC) AS n FROM scans)"
-                " WHERE n = 1"
+                " AS ranked WHERE n = 1"
             ).fetchall()
         )
     assert {name: scan.id for name, scan in history.store.latest_scans().items()} == ranked

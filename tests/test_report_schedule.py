@@ -272,9 +272,7 @@ def test_due_is_decided_from_the_last_exported_opening_only(tmp_path: Path) -> N
     ]
 
 
-def test_report_runs_are_history_with_one_success_per_opening(
-    state_store: Any, tmp_path: Path
-) -> None:
+def test_report_runs_are_history_with_one_success_per_opening(state_store: Any) -> None:
     store = state_store  # on both backends
     run: dict[str, Any] = {
         "report": "daily",
@@ -299,7 +297,7 @@ def test_report_runs_are_history_with_one_success_per_opening(
         ("FAILED", "other"),
         ("FAILED", "down"),
     ]
-    with raw_sql(store, tmp_path) as (conn, refused), pytest.raises(refused):
+    with raw_sql(store) as (conn, refused), pytest.raises(refused):
         conn.execute("DELETE FROM report_runs")
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +24,7 @@ SNAPSHOT = freeze({"debian": ["openssl=3.0.2-2", "curl=7.81-1"]}, T0)
 
 
 def test_a_restart_in_the_middle_of_a_bake_continues_from_the_recorded_state(
-    state_store: Any, tmp_path: Path
+    state_store: Any,
 ) -> None:
     store = state_store
     assert store.rollout_record("web") == RolloutRecord()
@@ -33,7 +32,7 @@ def test_a_restart_in_the_middle_of_a_bake_continues_from_the_recorded_state(
     installed = MachineResult(Outcome.INSTALLED, T0 + HOUR)
     store.record_rollout_result("web", "dev-1", installed, now=T0 + HOUR)
     store.record_rollout_result("web", "dev-2", installed, now=T0 + HOUR)
-    with another(store, tmp_path) as reopened:  # as the next process opens it
+    with another(store) as reopened:  # as the next process opens it
         record = reopened.rollout_record("web")
     assert record.cycle == 1
     assert record.snapshot == SNAPSHOT and record.snapshot.digest == SNAPSHOT.digest
@@ -66,12 +65,10 @@ def test_a_new_cycle_forgets_the_last_ones_results_and_halt(state_store: Any) ->
     assert store.rollout_record("api") == RolloutRecord(1, SNAPSHOT)
 
 
-def test_the_history_is_append_only_and_an_edited_snapshot_is_refused(
-    state_store: Any, tmp_path: Path
-) -> None:
+def test_the_history_is_append_only_and_an_edited_snapshot_is_refused(state_store: Any) -> None:
     store = state_store
     store.record_rollout_cycle("web", SNAPSHOT, now=T0)
-    with raw_sql(store, tmp_path) as (conn, refused):
+    with raw_sql(store) as (conn, refused):
         for statement in (
             "UPDATE rollout_history SET rollout = 'x'",
             "DELETE FROM rollout_history",

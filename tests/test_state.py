@@ -31,7 +31,7 @@ from reconciler.state import (
     lock_path,
 )
 from reconciler.state.schema import LATEST, migrate
-from tests.postgres import another, pending, raw_sql
+from tests.postgres import another, location, opened_at, pending, raw_sql
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -154,25 +154,24 @@ def test_default_path_falls_back_to_local_state(
     assert StateStore.default_path() == expected
 
 
-def test_closed_store_refuses_use(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state.db")
+def test_closed_store_refuses_use(store: StateStore) -> None:
     store.close()
     store.close()  # closing twice is harmless
     with pytest.raises(StateError, match="closed"):
         store.latest_scans()
 
 
-def test_reopening_keeps_everything(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    with StateStore(path) as store:
-        recorded = scan(store)
-        job = claim(store, "k1")
-        assert job is not None
-        finished = store.finish_job(job.id, status="succeeded", result={"ok": True}, now=at(5))
-        store.record_window_execution(window="nightly", opening="o1", status="SUCCESS", now=T0)
-        store.record_revision(revision="rev-a", accepted=True, problems=[], now=T0)
-        executions = store.window_executions()
-    with StateStore(path) as store:
+def test_reopening_keeps_everything(store: StateStore) -> None:
+    recorded = scan(store)
+    job = claim(store, "k1")
+    assert job is not None
+    finished = store.finish_job(job.id, status="succeeded", result={"ok": True}, now=at(5))
+    store.record_window_execution(window="nightly", opening="o1", status="SUCCESS", now=T0)
+    store.record_revision(revision="rev-a", accepted=True, problems=[], now=T0)
+    executions = store.window_executions()
+    where = location(store)
+    store.close()
+    with opened_at(where) as store:
         assert store.latest_scan("web-1") == recorded
         assert store.job(job.id) == finished
         assert claim(store, "k1") is None
@@ -253,12 +252,12 @@ def test_facts_may_come_with_the_evaluation(store: StateStore) -> None:
     assert instance is not None and instance.facts["hostname"] == "from-evaluation"
 
 
-def test_history_is_append_only(store: StateStore, tmp_path: Path) -> None:
+def test_history_is_append_only(store: StateStore) -> None:
     first = scan(store, minutes=0)
     second = scan(store, minutes=60, revision="rev-b")
     assert store.scan_history("web-1") == [second, first]
     assert store.latest_scan("web-1") == second
-    with raw_sql(store, tmp_path) as (conn, refused):
+    with raw_sql(store) as (conn, refused):
         for statement in (
             "UPDATE scans SET revision = 'forged'",
             "DELETE FROM scans",
@@ -286,19 +285,17 @@ def test_latest_scans_picks_the_newest_per_instance(store: StateStore) -> None:
     assert list(store.latest_scans()) == ["db-1", "web-1", "web-2"]
 
 
-def test_latest_scans_read_again_see_every_scan_recorded_since(
-    store: StateStore, tmp_path: Path
-) -> None:
+def test_latest_scans_read_again_see_every_scan_recorded_since(store: StateStore) -> None:
     """latest_scans keeps the records it decoded: read between scans recorded here, by another
     writer of the same file, and late (finished earlier), it stays what a fresh read gives."""
     scan(store, "web-1", minutes=10)
     scan(store, "db-1", minutes=10)
     assert set(store.latest_scans()) == {"db-1", "web-1"}
-    with another(store, tmp_path) as other:
+    with another(store) as other:
         newer = scan(other, "web-1", minutes=20)
     scan(store, "db-1", minutes=5)  # recorded later, finished earlier: not the newest
     scan(store, "web-2", minutes=1)
-    with another(store, tmp_path) as fresh:
+    with another(store) as fresh:
         assert store.latest_scans() == fresh.latest_scans()
     assert store.latest_scans()["web-1"] == newer
 
@@ -378,13 +375,13 @@ def test_finish_job(store: StateStore) -> None:
     assert store.job(job.id) == done
 
 
-def test_finished_jobs_are_not_overwritten(store: StateStore, tmp_path: Path) -> None:
+def test_finished_jobs_are_not_overwritten(store: StateStore) -> None:
     job = claim(store, "k")
     assert job is not None
     done = store.finish_job(job.id, status="succeeded", result={"n": 1}, now=at(1))
     with pytest.raises(JobNotRunning, match="succeeded"):
         store.finish_job(job.id, status="failed", result={"n": 2}, now=at(2))
-    with raw_sql(store, tmp_path) as (conn, refused):
+    with raw_sql(store) as (conn, refused):
         with pytest.raises(refused, match="finished once"):
             conn.execute("UPDATE jobs SET status = 'running'")
         with pytest.raises(refused, match="history"):
@@ -437,15 +434,16 @@ def test_abandon_running_jobs(store: StateStore) -> None:
 
 
 def test_a_job_waiting_for_its_reboot_is_not_abandoned_and_is_found_after_a_restart(
-    tmp_path: Path,
+    store: StateStore,
 ) -> None:
     """The phase is written before the reboot is asked for (state migration 7): a new process
     finds the job running in it, with the boot id before and the install's outcome."""
-    with StateStore(tmp_path / "state.db") as store:
-        rebooting, other = claim(store, "a", now=at(0)), claim(store, "b", "web-2", now=at(1))
-        detail = {"install": {"changed": True}}
-        store.record_phase(rebooting.id, phase="rebooting", boot_id="b-1", detail=detail, now=at(2))
-    with StateStore(tmp_path / "state.db") as store:
+    rebooting, other = claim(store, "a", now=at(0)), claim(store, "b", "web-2", now=at(1))
+    detail = {"install": {"changed": True}}
+    store.record_phase(rebooting.id, phase="rebooting", boot_id="b-1", detail=detail, now=at(2))
+    where = location(store)
+    store.close()
+    with opened_at(where) as store:
         assert [job.id for job in store.abandon_running_jobs(at(3))] == [other.id]
         [(job, phase)] = store.rebooting_jobs()
         assert (job.id, job.status) == (rebooting.id, "running")
@@ -575,8 +573,8 @@ def test_claim_is_exclusive_across_threads_sharing_a_store(store: StateStore) ->
     assert len(store.jobs()) == 25
 
 
-def test_claim_is_exclusive_across_threads_with_their_own_stores(tmp_path: Path) -> None:
-    stores = [StateStore(tmp_path / "state.db") for _ in range(8)]
+def test_claim_is_exclusive_across_threads_with_their_own_stores(store: StateStore) -> None:
+    stores = [another(store) for _ in range(8)]
     try:
         keys = [f"key-{i}" for i in range(25)]
         assert _claim_from_threads(stores, keys) == dict.fromkeys(keys, 1)
@@ -591,7 +589,7 @@ def _claim_in_process(path: str, keys: list[str], barrier: Any, won: Any) -> Non
     # go back as text, so that a failing child fails the test instead of hanging it.
     try:
         barrier.wait()
-        with StateStore(path) as store:
+        with opened_at(path) as store:
             wins = []
             for key in keys:
                 barrier.wait()
@@ -603,13 +601,16 @@ def _claim_in_process(path: str, keys: list[str], barrier: Any, won: Any) -> Non
         won.put(traceback.format_exc())
 
 
-def test_claim_is_exclusive_across_processes(tmp_path: Path) -> None:
+def test_claim_is_exclusive_across_processes(store: StateStore, tmp_path: Path) -> None:
     # spawn, not fork: a fresh interpreter per process, as separate controllers would be.
     # The processes also race to create the file (which found SQLite's WAL switch not waiting).
     context = multiprocessing.get_context("spawn")
     processes, keys = 4, [f"key-{i}" for i in range(20)]
     barrier, won = context.Barrier(processes, timeout=60), context.Queue()
-    path = str(tmp_path / "state.db")
+    path = location(store)
+    store.close()
+    if isinstance(store, StateStore):  # the processes race to create the file
+        (tmp_path / "state.db").unlink()
     workers = [
         context.Process(target=_claim_in_process, args=(path, keys, barrier, won), daemon=True)
         for _ in range(processes)
@@ -627,7 +628,7 @@ def test_claim_is_exclusive_across_processes(tmp_path: Path) -> None:
     assert not failures, "\n".join(failures)
     assert sorted(key for result in results for key in result) == sorted(keys)
     assert [worker.exitcode for worker in workers] == [0] * processes
-    with StateStore(path) as store:
+    with opened_at(path) as store:
         assert len(store.jobs()) == len(keys)
         assert store.schema_version() == SCHEMA_VERSION
 
@@ -799,7 +800,7 @@ def test_with_first_seen_gives_recorded_times_and_now_for_versions_not_recorded_
 # One-off openings and enrolment
 
 
-def test_one_off_openings_end_once_and_keep_their_jobs(store: StateStore, tmp_path: Path) -> None:
+def test_one_off_openings_end_once_and_keep_their_jobs(store: StateStore) -> None:
     task = WindowTask.model_validate({"name": "patch-now", "operation": "Install"})
     opening = OneOffOpening(
         id="pn-0123456789",
@@ -824,7 +825,7 @@ def test_one_off_openings_end_once_and_keep_their_jobs(store: StateStore, tmp_pa
     assert record == store.one_off(opening.id) and record.status is OneOffStatus.CANCELLED
     assert store.one_offs([OneOffStatus.PENDING]) == [] and store.one_off("pn-none") is None
     assert [job.key for job in store.one_off_jobs([opening.id])] == ["pn/web-1"]
-    with raw_sql(store, tmp_path) as (conn, refused), pytest.raises(refused, match="ends once"):
+    with raw_sql(store) as (conn, refused), pytest.raises(refused, match="ends once"):
         conn.execute("UPDATE one_off_openings SET status = 'PENDING'")
 
 

@@ -15,14 +15,16 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from reconciler.state import StateStore
+from reconciler.state import Holder, StateStore
 from reconciler.state.postgres.store import PostgresStore
 from tests.filesystems import fill, remount_read_only, tmpfs
 from tests.git_servers import free_port
+from tests.postgres import terminate_lock_session
 from tests.waiting import accepting, tail_of, wait_until
 
 PATCHCTL = [sys.executable, "-m", "reconciler"]
@@ -51,11 +53,12 @@ def work(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def service(work: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``patchctl run`` on ``state.db``, once it has taken the store and finished a pass."""
+@contextmanager
+def running(work: Path, state: str, interval: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``patchctl run`` on ``state``, once it has taken the store and finished a pass; its
+    stderr in ``work / "run.log"``; killed at the end if still running."""
     port, log = free_port(), work / "run.log"
-    argv = ["run", "--source", "empty", "--state", "state.db", "--interval", "3600"]
+    argv = ["run", "--source", "empty", "--state", state, "--interval", interval]
     with log.open("wb") as err:
         process = subprocess.Popen(
             [*PATCHCTL, *argv, "--listen", f"127.0.0.1:{port}"],
@@ -72,6 +75,13 @@ def service(work: Path) -> Iterator[subprocess.Popen[bytes]]:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@pytest.fixture
+def service(work: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``patchctl run`` on ``state.db``, once it has taken the store and finished a pass."""
+    with running(work, "state.db", "3600") as process:
+        yield process
 
 
 # --- item 3: one writer, readers beside it ---------------------------------------------------
@@ -284,3 +294,20 @@ def test_a_new_store_is_private_whatever_the_umask(work: Path) -> None:
     }
     assert modes and all(mode == 0o600 for mode in modes.values()), modes
     assert (work / "new").stat().st_mode & 0o077 == 0
+
+
+def test_a_service_whose_postgresql_lock_session_is_cut_stops_with_one_line(
+    work: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``patchctl run`` on PostgreSQL: an administrator ends the session of its writer lock.
+    The service does not go on without the lock: its next pass stops it, exit 1, saying why."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(work / "xdg"))
+    with running(work, postgres_url, "1") as process:
+        terminate_lock_session(postgres_url)
+        assert process.wait(timeout=60) == 1, tail_of(work / "run.log")()
+    log = work / "run.log"
+    last = log.read_text().splitlines()[-1]
+    assert last.startswith("patchctl: lost the writer lock of the state store postgresql://")
+    assert "stopping as writer" in last and "Traceback" not in log.read_text()
+    with PostgresStore(postgres_url, writer=Holder(7, "ctl-2", "patchctl run")) as next_writer:
+        assert len(next_writer.revisions()) == 1  # the next writer takes over the same history

@@ -13,11 +13,18 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from reconciler.state import SCHEMA_VERSION, Holder, StoreLocked, StoreUnusable, StoreWriteFailed
+from reconciler.state import (
+    SCHEMA_VERSION,
+    Holder,
+    StoreLocked,
+    StoreUnusable,
+    StoreWriteFailed,
+    WriterLost,
+)
 from reconciler.state.postgres import AdvisoryLock
 from reconciler.state.postgres.schema import LATEST
 from reconciler.state.postgres.store import PostgresStore
-from tests.postgres import Postgres
+from tests.postgres import Postgres, terminate_lock_session
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,3 +164,30 @@ def test_a_lost_session_fails_one_call_and_the_next_one_reconnects(postgres_url:
             store.record_revision(revision="b", accepted=True, problems=[], now=_T0)
         store.record_revision(revision="c", accepted=True, problems=[], now=_T0)
         assert [r.revision for r in store.revisions()] == ["c", "a"]
+
+
+def _refused(store: PostgresStore) -> str | None:
+    try:
+        store.record_revision(revision="after", accepted=True, problems=[], now=_T0)
+    except WriterLost as exc:
+        return str(exc)
+    return None
+
+
+def test_a_writer_whose_lock_session_is_cut_stops_writing_and_another_takes_over(
+    postgres_url: str,
+) -> None:
+    """The lock's session is ended under a living writer: it notices before its next write and
+    refuses every write after (another process may be the writer now), and the lock is free for
+    the next writer."""
+    with PostgresStore(postgres_url, writer=FIRST) as writer:
+        writer.record_revision(revision="before", accepted=True, problems=[], now=_T0)
+        terminate_lock_session(postgres_url)
+        said = wait_until("the writer notices", lambda: _refused(writer))
+        assert "lost the writer lock of the state store" in said and "stopping as writer" in said
+        assert "Start this command again" in said and "\n" not in said
+        with PostgresStore(postgres_url, writer=Holder(7, "ctl-2", "patchctl run")) as second:
+            second.record_revision(revision="second", accepted=True, problems=[], now=_T0)
+            with pytest.raises(WriterLost):  # still refused: the lock is not its own any more
+                writer.revisions()
+            assert second.revisions()[0].revision == "second"

@@ -2,7 +2,7 @@
 FAILED when a job of it fails, SUCCESS once the opening has ended without a failure; CANCELLED
 when a CANCEL_TASK cutoff leaves installs unstarted, TIMED_OUT when a job outlasts the opening,
 SKIPPED_OVERLAPPING for an opening that begins while the previous execution runs (real SQLite
-store; real apt and dpkg on directory roots)."""
+store, and PostgreSQL for the tests without machines; real apt and dpkg on directory roots)."""
 
 from __future__ import annotations
 
@@ -54,25 +54,26 @@ spec: {}
 
 
 @contextmanager
-def _noon_window(tmp_path: Path, now: list[datetime]) -> Iterator[tuple[StateStore, Reconciler]]:
-    """The WINDOW snapshot refreshed into a fresh store, under the clock ``now[0]``; no jobs
-    run (no transport)."""
+def _noon_window(
+    tmp_path: Path, now: list[datetime], store: StateStore
+) -> Iterator[tuple[StateStore, Reconciler]]:
+    """The WINDOW snapshot refreshed into a fresh store (either backend), under the clock
+    ``now[0]``; no jobs run (no transport)."""
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "fleet.yaml").write_text(WINDOW)
-    with StateStore(tmp_path / "state.db") as store:
-        loop = Reconciler(
-            DirectorySource(tmp_path / "config"),
-            store,
-            lambda i: None,  # type: ignore[arg-type,return-value]
-            clock=lambda: now[0],
-        )
-        loop.refresh()
-        yield store, loop
+    loop = Reconciler(
+        DirectorySource(tmp_path / "config"),
+        store,
+        lambda i: None,  # type: ignore[arg-type,return-value]
+        clock=lambda: now[0],
+    )
+    loop.refresh()
+    yield store, loop
 
 
-def test_window_executions_follow_their_openings(tmp_path: Path) -> None:
+def test_window_executions_follow_their_openings(tmp_path: Path, state_store: StateStore) -> None:
     now = [datetime(2026, 11, 28, 12, 30, tzinfo=UTC)]
-    with _noon_window(tmp_path, now) as (store, loop):
+    with _noon_window(tmp_path, now, state_store) as (store, loop):
         loop.parts.executions.started("noon", "2026-11-28T12:00:00Z")
         loop.parts.executions.started("noon", "2026-11-27T12:00:00Z")
         store.record_window_execution(
@@ -88,11 +89,11 @@ def test_window_executions_follow_their_openings(tmp_path: Path) -> None:
 
 
 def test_an_execution_whose_job_still_runs_when_the_opening_ends_is_timed_out(
-    tmp_path: Path,
+    tmp_path: Path, state_store: StateStore
 ) -> None:
     """Another process's job (or one this process lost track of) still running at the end."""
     now = [datetime(2026, 11, 28, 12, 30, tzinfo=UTC)]
-    with _noon_window(tmp_path, now) as (store, loop):
+    with _noon_window(tmp_path, now, state_store) as (store, loop):
         for opening in ("2026-11-28T12:00:00Z", "2026-11-27T12:00:00Z"):
             loop.parts.executions.started("noon", opening)
         store.claim_job(

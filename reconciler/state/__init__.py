@@ -38,6 +38,7 @@ from reconciler.state.records import (
     StoreWriteFailed,
     UnknownJob,
     WindowExecution,
+    WriterLost,
 )
 from reconciler.state.schema import LATEST as SCHEMA_VERSION
 from reconciler.state.store import StateStore
@@ -69,5 +70,6 @@ __all__ = [
     "UnknownJob",
     "WindowExecution",
     "WriterLock",
+    "WriterLost",
     "lock_path",
 ]

@@ -7,12 +7,16 @@ Touches only the connection it is given; imports nothing of the project and no d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 
 class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
     def fetchone(self) -> Any: ...
 
     def fetchall(self) -> list[Any]: ...
@@ -31,6 +35,29 @@ class Dialect:
     name: str
     placeholder: str
     """What stands for a parameter: SQLite's ``?``, psycopg's ``%s``."""
+    arrival: str
+    """The column that orders a table's rows as they were inserted, for ties: SQLite's
+    ``rowid``, the ``seq`` column PostgreSQL's tables carry for it."""
+
+    member: str
+    """``{column}`` is one of a list given as one parameter (:meth:`in_list`, :meth:`listed`):
+    SQLite reads a JSON array with ``json_each``, PostgreSQL takes an array."""
+
+    lock_rows: str
+    """What a read-then-write's read ends with to keep its rows until the write: PostgreSQL's
+    ``FOR UPDATE``; nothing in SQLite, whose ``BEGIN IMMEDIATE`` holds the whole file."""
+
+    lock_table: str
+    """A statement that holds ``{table}`` against other writers until the transaction ends,
+    for a read-then-write that adds rows; empty for SQLite, as :attr:`lock_rows`."""
+
+    def in_list(self, column: str) -> str:
+        return self.member.format(column=column)
+
+    def listed(self, values: Iterable[str]) -> Any:
+        """``values`` as the one parameter :meth:`in_list` takes."""
+        items = [str(value) for value in values]
+        return json.dumps(items) if self.name == "sqlite" else items
 
     def sql(self, statement: str) -> str:
         """``statement``, written with ``?`` for its parameters, in this dialect. The shared
@@ -41,5 +68,19 @@ class Dialect:
         return conn.execute(self.sql(statement), params)
 
 
-SQLITE = Dialect("sqlite", "?")
-POSTGRESQL = Dialect("postgresql", "%s")
+SQLITE = Dialect(
+    name="sqlite",
+    placeholder="?",
+    arrival="rowid",
+    member="{column} IN (SELECT value FROM json_each(?))",
+    lock_rows="",
+    lock_table="",
+)
+POSTGRESQL = Dialect(
+    name="postgresql",
+    placeholder="%s",
+    arrival="seq",
+    member="{column} = ANY(?::text[])",
+    lock_rows=" FOR UPDATE",
+    lock_table="LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE",
+)

@@ -63,6 +63,11 @@ class StoreLocked(StoreUnusable):
     """Another process holds the store's writer lock (:mod:`reconciler.state.lock`)."""
 
 
+class WriterLost(StoreUnusable):
+    """This process held the store's writer lock and lost it (PostgreSQL ended the lock's
+    session): another process may be the writer now, so this one writes no more and stops."""
+
+
 class StoreWriteFailed(StateError, TemporaryError):
     """A write failed for a reason that passes (a full disk, an I/O error): nothing of it was
     written, and the same write may succeed later. The service backs off and retries."""
@@ -302,7 +307,8 @@ class JobRecord:
     finished_at: datetime | None
 
     COLUMNS: ClassVar[str] = (
-        "id, key, instance, operation, window, task, opening, revision, status,"
+        # "window" quoted: a reserved word in PostgreSQL (SQLite takes it either way).
+        'id, key, instance, operation, "window", task, opening, revision, status,'
         " payload, result, created_at, finished_at"
     )
 

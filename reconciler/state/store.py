@@ -1,5 +1,7 @@
 """Stage: state. :class:`StateStore`, the observed state in one SQLite file: scan and install
-history, jobs with idempotency keys, window executions and source revisions.
+history, jobs with idempotency keys, window executions and source revisions. What it does as
+the PostgreSQL store does is written once in their base (``state.shared.SqlStore``, run in
+:data:`~reconciler.state.dialect.SQLITE`); this class keeps what is SQLite's own.
 
 An I/O edge: it reads and writes its own file and nothing else. It decides nothing (callers pass
 ``now`` and every value) and imports only ``reconciler.api`` and the rollout planner's value
@@ -28,17 +30,15 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-from reconciler.api.enrolment import DiscoveredHost, Listed, Provenance
-from reconciler.api.enums import ExecutionStatus, JobStatus, Operation, ReportRunStatus
+from reconciler.api.enrolment import Provenance
+from reconciler.api.enums import ExecutionStatus, JobStatus, Operation
 from reconciler.api.inventory import (
     FirstSeenKey,
     Inventory,
@@ -46,34 +46,17 @@ from reconciler.api.inventory import (
     package_first_seen_keys,
     with_first_seen,
 )
-from reconciler.api.oneoff import OneOffOpening, OneOffStatus
-from reconciler.state import oneoffs
 from reconciler.state.dialect import SQLITE
 from reconciler.state.lock import FileLock, Holder, WriterLock, lock_path
-from reconciler.state.oneoffs import OneOffRecord
 from reconciler.state.records import (
-    InstanceRecord,
-    JobNotRunning,
-    JobPhase,
     JobRecord,
-    PatchStateRecord,
-    ReportRunRecord,
-    RevisionRecord,
     ScanRecord,
     StateError,
     StoreUnusable,
     StoreWriteFailed,
-    UnknownJob,
-    WindowExecution,
-    check_finish_status,
-    check_job_status,
-    check_report_run_status,
-    check_window_status,
-    from_json,
     from_text,
     to_json,
     to_text,
-    window_execution,
 )
 from reconciler.state.schema import (
     facts_of,
@@ -88,8 +71,6 @@ from reconciler.state.shared import SqlStore
 
 BUSY_TIMEOUT = 30.0
 """Seconds a write waits for another process's write lock before giving up."""
-
-JOB_FILTERS = ("status", "instance", "window", "task", "opening")
 
 
 class StateStore(SqlStore):
@@ -127,29 +108,6 @@ class StateStore(SqlStore):
     def schema_version(self) -> int:
         with self._use() as conn:
             return user_version(conn)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-            self._release_writer()
-
-    def _release_writer(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @contextmanager
     def _use(self) -> Iterator[sqlite3.Connection]:
@@ -231,10 +189,6 @@ class StateStore(SqlStore):
         a reader (``now`` None) leaves them without one."""
         return merged_first_seen(inventory, now, self.first_seen)
 
-    def latest_scan(self, instance: str) -> ScanRecord | None:
-        history = self.scan_history(instance, limit=1)
-        return history[0] if history else None
-
     def latest_scans(self) -> dict[str, ScanRecord]:
         """The newest scan (by ``finished_at``, then id) of every instance, in one query.
 
@@ -259,130 +213,7 @@ class StateStore(SqlStore):
             self._latest_scans = {scan_id: known[scan_id] for _, scan_id in latest}
             return {instance: known[scan_id] for instance, scan_id in latest}
 
-    def scan_history(self, instance: str, limit: int = 100) -> list[ScanRecord]:
-        """The instance's scans and installs, newest first."""
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {ScanRecord.COLUMNS} FROM scans WHERE instance = ?"
-                " ORDER BY finished_at DESC, id DESC LIMIT ?",
-                (instance, limit),
-            ).fetchall()
-        return [ScanRecord.from_row(row) for row in rows]
-
-    def patch_states(self, scan_id: int) -> list[PatchStateRecord]:
-        """The per-patch rows stored with one scan, in the evaluation's order."""
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {PatchStateRecord.COLUMNS} FROM patch_states WHERE scan_id = ?"
-                " ORDER BY rowid",
-                (scan_id,),
-            ).fetchall()
-        return [PatchStateRecord.from_row(row) for row in rows]
-
-    def instance(self, instance: str) -> InstanceRecord | None:
-        with self._use() as conn:
-            row = conn.execute(
-                f"SELECT {InstanceRecord.COLUMNS} FROM instances WHERE instance = ?", (instance,)
-            ).fetchone()
-        return None if row is None else InstanceRecord.from_row(row)
-
-    def instances(self) -> list[InstanceRecord]:
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {InstanceRecord.COLUMNS} FROM instances ORDER BY instance"
-            ).fetchall()
-        return [InstanceRecord.from_row(row) for row in rows]
-
     # Jobs, with idempotency keys.
-
-    def claim_job(
-        self,
-        *,
-        key: str,
-        instance: str,
-        operation: Operation,
-        window: str | None,
-        task: str | None,
-        opening: str | None,
-        revision: str,
-        payload: dict[str, Any],
-        now: datetime,
-    ) -> JobRecord | None:
-        """Insert a running job for ``key``, or return None when the key was ever claimed.
-
-        The UNIQUE constraint on ``key`` decides, inside SQLite: of any number of threads or
-        processes claiming one key, exactly one inserts. A key stays taken whatever becomes of
-        its job (even abandoned), so a job is never dispatched twice for it; retrying means a
-        new key.
-        """
-        job_id, created, payload_text = uuid.uuid4().hex, to_text(now), to_json(payload)
-        row = (job_id, key, instance, operation, window, task, opening, revision, JobStatus.RUNNING)
-        with self._use() as conn:
-            inserted = conn.execute(
-                f"INSERT INTO jobs ({JobRecord.COLUMNS})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (key) DO NOTHING",
-                (*row, payload_text, None, created, None),
-            ).rowcount
-        if inserted != 1:
-            return None
-        return JobRecord.from_row((*row, payload_text, None, created, None))
-
-    def finish_job(
-        self, job_id: str, *, status: JobStatus, result: dict[str, Any], now: datetime
-    ) -> JobRecord:
-        """Record a running job's outcome; a finished job's outcome is never replaced."""
-        check_finish_status(status)
-        result_text, finished = to_json(result), to_text(now)
-        with self._write() as conn:
-            changed = conn.execute(
-                "UPDATE jobs SET status = ?, result = ?, finished_at = ?"
-                " WHERE id = ? AND status = 'running'",
-                (status, result_text, finished, job_id),
-            ).rowcount
-            row = conn.execute(
-                f"SELECT {JobRecord.COLUMNS} FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
-        if row is None:
-            raise UnknownJob(f"no job has id {job_id!r}")
-        if changed != 1:
-            raise JobNotRunning(f"job {job_id} already finished as {row[8]!r}")
-        return JobRecord.from_row(row)
-
-    def job(self, job_id: str) -> JobRecord | None:
-        return self._one_job("id", job_id)
-
-    def job_by_key(self, key: str) -> JobRecord | None:
-        return self._one_job("key", key)
-
-    def _one_job(self, column: str, value: str) -> JobRecord | None:
-        with self._use() as conn:
-            row = conn.execute(
-                f"SELECT {JobRecord.COLUMNS} FROM jobs WHERE {column} = ?", (value,)
-            ).fetchone()
-        return None if row is None else JobRecord.from_row(row)
-
-    def jobs(
-        self,
-        *,
-        status: str | None = None,
-        instance: str | None = None,
-        window: str | None = None,
-        task: str | None = None,
-        opening: str | None = None,
-    ) -> list[JobRecord]:
-        """Jobs matching every given filter, oldest first."""
-        check_job_status(status)
-        given = dict(zip(JOB_FILTERS, (status, instance, window, task, opening), strict=True))
-        wanted = {column: value for column, value in given.items() if value is not None}
-        # Column names come from JOB_FILTERS, never from the caller; values are parameters.
-        where = " AND ".join(f"{column} = ?" for column in wanted) or "1"
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {JobRecord.COLUMNS} FROM jobs WHERE {where} ORDER BY created_at, rowid",
-                tuple(wanted.values()),
-            ).fetchall()
-        return [JobRecord.from_row(row) for row in rows]
 
     def planning_jobs(
         self, *, openings: Iterable[tuple[str, str]], failed_scans_since: datetime
@@ -426,15 +257,6 @@ class StateStore(SqlStore):
             ).fetchall()
         return {record.instance: record for record in map(JobRecord.from_row, rows)}
 
-    def claimed_keys(self, keys: Iterable[str]) -> set[str]:
-        """Which of ``keys`` were ever claimed, checked in SQL (the UNIQUE index on ``key``)."""
-        with self._use() as conn:
-            rows = conn.execute(
-                "SELECT key FROM jobs WHERE key IN (SELECT value FROM json_each(?))",
-                (json.dumps(list(keys)),),
-            ).fetchall()
-        return {row[0] for row in rows}
-
     def abandon_running_jobs(self, now: datetime) -> list[JobRecord]:
         """Mark every running job abandoned and return them (oldest first).
 
@@ -464,102 +286,7 @@ class StateStore(SqlStore):
             for row in rows
         ]
 
-    def record_phase(
-        self, job_id: str, *, phase: str, boot_id: str, detail: dict[str, Any], now: datetime
-    ) -> JobPhase:
-        """Record that the running job ``job_id`` is now in ``phase`` (before it starts it)."""
-        row = (job_id, phase, boot_id, to_json(detail), to_text(now))
-        with self._write() as conn:
-            status = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if status is None:
-                raise UnknownJob(f"no job has id {job_id!r}")
-            if status[0] != JobStatus.RUNNING:
-                raise JobNotRunning(f"job {job_id} already finished as {status[0]!r}")
-            conn.execute(
-                f"INSERT INTO job_phases ({JobPhase.COLUMNS}) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (job_id) DO UPDATE SET phase = excluded.phase,"
-                " boot_id = excluded.boot_id, detail = excluded.detail, since = excluded.since",
-                row,
-            )
-        return JobPhase.from_row(row)
-
-    def rebooting_jobs(self) -> list[tuple[JobRecord, JobPhase]]:
-        """Running jobs whose machine was asked to reboot, oldest first: what a restarted loop
-        resumes (waits for the new boot id, rescans, finishes) instead of abandoning."""
-        columns = ", ".join(f"jobs.{c.strip()}" for c in JobRecord.COLUMNS.split(","))
-        phase = ", ".join(f"job_phases.{c.strip()}" for c in JobPhase.COLUMNS.split(","))
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {columns}, {phase} FROM jobs"
-                " JOIN job_phases ON job_phases.job_id = jobs.id"
-                " WHERE jobs.status = 'running' AND job_phases.phase = 'rebooting'"
-                " ORDER BY jobs.created_at, jobs.rowid"
-            ).fetchall()
-        width = len(JobRecord.COLUMNS.split(","))
-        return [(JobRecord.from_row(r[:width]), JobPhase.from_row(r[width:])) for r in rows]
-
-    # Patch now's one-off openings (state.oneoffs).
-
-    def record_one_off(self, opening: OneOffOpening, *, now: datetime) -> OneOffRecord:
-        """Record a new one-off opening, PENDING; its id must be new."""
-        with self._write() as conn:
-            return oneoffs.insert(conn, opening, now)
-
-    def one_offs(
-        self, statuses: Iterable[OneOffStatus] | None = None, limit: int = 100
-    ) -> list[OneOffRecord]:
-        """One-off openings (in ``statuses``, when given), newest first."""
-        with self._use() as conn:
-            return oneoffs.select(conn, statuses, limit)
-
-    def one_off(self, opening_id: str) -> OneOffRecord | None:
-        with self._use() as conn:
-            return oneoffs.select_one(conn, opening_id)
-
-    def change_one_off(
-        self,
-        opening_id: str,
-        *,
-        status: OneOffStatus,
-        now: datetime,
-        only_from: Iterable[OneOffStatus],
-    ) -> bool:
-        """Move a one-off opening to ``status`` when it is in one of ``only_from`` (checked and
-        written in one transaction); whether it moved."""
-        with self._write() as conn:
-            return oneoffs.change(conn, opening_id, status, now, tuple(only_from))
-
-    def one_off_jobs(self, opening_ids: Iterable[str]) -> list[JobRecord]:
-        """Every job of these one-off openings, oldest first."""
-        with self._use() as conn:
-            return oneoffs.jobs_of(conn, opening_ids)
-
     # Maintenance window executions.
-
-    def record_window_execution(
-        self, *, window: str, opening: str, status: ExecutionStatus, now: datetime
-    ) -> None:
-        """Set the status of one opening of a window; the first record's time stays its start."""
-        check_window_status(status)
-        moment = to_text(now)
-        with self._use() as conn:
-            conn.execute(
-                "INSERT INTO window_executions (window, opening, status, started_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (window, opening) DO UPDATE SET"
-                " status = excluded.status, updated_at = excluded.updated_at",
-                (window, opening, status, moment, moment),
-            )
-
-    def window_executions(self, window: str | None = None) -> list[WindowExecution]:
-        """Every execution (of ``window``), oldest first."""
-        where, params = ("WHERE window = ?", (window,)) if window is not None else ("", ())
-        with self._use() as conn:
-            rows = conn.execute(
-                "SELECT window, opening, status, started_at, updated_at FROM window_executions"
-                f" {where} ORDER BY started_at, window, opening",
-                params,
-            ).fetchall()
-        return [window_execution(row) for row in rows]
 
     def execution_statuses(
         self, openings: Iterable[tuple[str, str]]
@@ -576,144 +303,18 @@ class StateStore(SqlStore):
             ).fetchall()
         return {(row[0], row[1]): ExecutionStatus(row[2]) for row in rows}
 
-    # Source revisions.
+    # Scheduled report exports (record_report_run in SqlStore): SQLite's own steps.
 
-    def record_revision(
-        self, *, revision: str, accepted: bool, problems: list[str], now: datetime
-    ) -> None:
-        """Append the verdict on a revision, unless it repeats the newest one.
+    def _hold_report(self, conn: sqlite3.Connection, report: str) -> None:
+        """Nothing: ``_write``'s ``BEGIN IMMEDIATE`` holds the whole file already."""
 
-        The loop re-reads its source every tick; repeating the same verdict would bury the
-        history in copies, so ``seen_at`` is when the revision became current.
-        """
-        entry = (revision, int(accepted), to_json(list(problems)))
-        with self._write() as conn:
-            newest = conn.execute(
-                "SELECT revision, accepted, problems FROM revisions"
-                " ORDER BY seen_at DESC, id DESC LIMIT 1"
-            ).fetchone()
-            if newest != entry:
-                conn.execute(
-                    "INSERT INTO revisions (revision, accepted, problems, seen_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (*entry, to_text(now)),
-                )
-
-    def last_good_revision(self) -> RevisionRecord | None:
-        """The newest accepted revision: the one the loop acts on while newer ones are refused."""
-        with self._use() as conn:
-            row = conn.execute(
-                f"SELECT {RevisionRecord.COLUMNS} FROM revisions WHERE accepted = 1"
-                " ORDER BY seen_at DESC, id DESC LIMIT 1"
-            ).fetchone()
-        return None if row is None else RevisionRecord.from_row(row)
-
-    def revisions(self, limit: int = 50) -> list[RevisionRecord]:
-        """Revisions seen, newest first."""
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {RevisionRecord.COLUMNS} FROM revisions"
-                " ORDER BY seen_at DESC, id DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
-        return [RevisionRecord.from_row(row) for row in rows]
-
-    # Scheduled report exports: append-only history.
-
-    def record_report_run(
-        self,
-        *,
-        report: str,
-        opening: str,
-        destination: str,
-        format: str,
-        revision: str | None,
-        status: ReportRunStatus,
-        locations: list[str],
-        error: str | None,
-        started_at: datetime,
-        finished_at: datetime,
-    ) -> ReportRunRecord | None:
-        """Append one export attempt; returns None when nothing was appended.
-
-        A second SUCCESS for the same (report, opening) is not appended (another process
-        exported that opening already), and neither is a failure that repeats the report's
-        newest row exactly (same opening, destination and error): the loop retries every pass,
-        and copies of one failure would bury the history, as with revisions.
-        """
-        check_report_run_status(status)
-        entry = (report, opening, destination, format, revision, status, to_json(list(locations)))
-        times = (to_text(started_at), to_text(finished_at))
-        with self._write() as conn:
-            newest = conn.execute(
-                "SELECT opening, destination, status, error FROM report_runs WHERE report = ?"
-                " ORDER BY finished_at DESC, id DESC LIMIT 1",
-                (report,),
-            ).fetchone()
-            if status == "FAILED" and newest == (opening, destination, status, error):
-                return None
-            cursor = conn.execute(
-                "INSERT INTO report_runs (report, opening, destination, format, revision,"
-                " status, locations, error, started_at, finished_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (*entry, error, *times),
-            )
-            row_id = cursor.lastrowid if cursor.rowcount == 1 else None
-        if row_id is None:
-            return None
-        return ReportRunRecord.from_row((row_id, *entry, error, *times))
-
-    def report_runs(self, report: str | None = None, limit: int = 100) -> list[ReportRunRecord]:
-        """Export attempts (of one report, or all), newest first."""
-        where, params = ("WHERE report = ?", (report,)) if report is not None else ("", ())
-        with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {ReportRunRecord.COLUMNS} FROM report_runs {where}"
-                " ORDER BY finished_at DESC, id DESC LIMIT ?",
-                (*params, limit),
-            ).fetchall()
-        return [ReportRunRecord.from_row(row) for row in rows]
-
-    def last_exported_openings(self) -> dict[str, str]:
-        """Per report, the latest opening exported successfully."""
-        with self._use() as conn:
-            rows = conn.execute(
-                "SELECT report, max(opening) FROM report_runs WHERE status = 'SUCCESS'"
-                " GROUP BY report"
-            ).fetchall()
-        return {report: opening for report, opening in rows}
+    def _insert_id(self, conn: sqlite3.Connection, statement: str, params: Any) -> int | None:
+        # lastrowid, not RETURNING: SQLite before 3.35 (still shipped by some distributions)
+        # has no RETURNING.
+        cursor = conn.execute(statement, params)
+        return cursor.lastrowid if cursor.rowcount == 1 else None
 
     # Enrolment: each InstanceSource's last good list, replaced on each refresh.
-
-    def source_lists(self) -> dict[str, Listed]:
-        """source -> its last good list (sources that never listed anything are left out)."""
-        with self._use() as conn:
-            rows = conn.execute(
-                "SELECT source, kind, spec, hosts, listed_at FROM instance_source_lists"
-                " WHERE listed_at IS NOT NULL"
-            ).fetchall()
-        return {row[0]: listed(row) for row in rows}
-
-    def save_source_list(self, source: str, listed: Listed) -> None:
-        """Keep ``listed`` as ``source``'s last good list; its last error is cleared."""
-        hosts = to_json([host.to_json() for host in listed.hosts])
-        with self._write() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO instance_source_lists"
-                " (source, kind, spec, hosts, listed_at, error, failed_at)"
-                " VALUES (?, ?, ?, ?, ?, NULL, NULL)",
-                (source, listed.kind, listed.spec, hosts, to_text(listed.at)),
-            )
-
-    def record_source_failure(self, source: str, kind: str, error: str, now: datetime) -> None:
-        """A refresh of ``source`` failed; its last good list (if any) is kept."""
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO instance_source_lists (source, kind, spec, hosts, error, failed_at)"
-                " VALUES (?, ?, '', '[]', ?, ?) ON CONFLICT (source)"
-                " DO UPDATE SET error = excluded.error, failed_at = excluded.failed_at",
-                (source, kind, error, to_text(now)),
-            )
 
     def record_enrolled(self, enrolled: Mapping[str, Provenance], now: datetime) -> None:
         """``enrolled`` (instance -> where from) are the generated instances now; any other
@@ -735,41 +336,12 @@ class StateStore(SqlStore):
                 (to_text(now), *enrolled),
             )
 
-    def enrolled(self) -> dict[str, tuple[Provenance, bool]]:
-        """instance -> (where it was generated from, whether its source still lists it)."""
-        with self._use() as conn:
-            rows = conn.execute(
-                "SELECT instance, source, host, listed FROM enrolled_instances"
-            ).fetchall()
-        return {
-            name: (Provenance(source, host), bool(listed)) for name, source, host, listed in rows
-        }
-
-    def source_failures(self) -> dict[str, tuple[str, datetime]]:
-        """source -> (the last refresh's error, when), for sources whose last refresh failed."""
-        with self._use() as conn:
-            rows = conn.execute(
-                "SELECT source, error, failed_at FROM instance_source_lists WHERE error IS NOT NULL"
-            ).fetchall()
-        return {source: (error, from_text(at)) for source, error, at in rows}
-
 
 TRANSIENT = frozenset(
     {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_BUSY}
 )
 """SQLite's primary result codes for a write that may succeed later, unchanged: a full disk, an
 I/O error, a file system remounted read-only, another process's write lock held too long."""
-
-
-def listed(row: tuple[Any, ...]) -> Listed:
-    """An ``instance_source_lists`` row (source, kind, spec, hosts, listed_at) as its list."""
-    _, kind, spec, hosts, listed_at = row
-    return Listed(
-        kind,
-        spec,
-        tuple(DiscoveredHost.from_json(h) for h in from_json(hosts)),
-        from_text(listed_at),
-    )
 
 
 def merged_first_seen(

@@ -8,16 +8,24 @@ SQLite. Advisory locks belong to one database: two stores on one server do not e
 other. The holder's pid, host and command travel in the session's ``application_name``, which
 ``pg_stat_activity`` shows the next writer for its refusal.
 
+A session can also end under a living holder (``pg_terminate_backend``, a server restart, a cut
+connection): the lock is gone with it, and another process may take it. :meth:`AdvisoryLock.check`
+notices (the server's goodbye makes the socket readable; a cheap poll, a query only then) and
+raises :class:`WriterLost`; the store checks before every transaction, so a writer that lost its
+lock writes nothing more and the process stops with that one line.
+
 Touches only its own session; imports only the store's errors and the lock interface.
 """
 
 from __future__ import annotations
 
+import select
+
 import psycopg
 
 from reconciler.redaction import redacted
 from reconciler.state.lock import Holder, refusal
-from reconciler.state.records import StoreLocked, StoreUnusable
+from reconciler.state.records import StoreLocked, StoreUnusable, WriterLost
 
 LOCK_KEY = 0x50775772
 """The advisory lock's key ("PwWr"): below 2**31, so pg_locks shows it as ``objid`` with
@@ -42,6 +50,8 @@ class AdvisoryLock:
         ``store`` names the store in messages, already without credentials."""
         self.conninfo, self.store = conninfo, store
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self._lost: str | None = None
+        """Why the lock's session ended under its holder; None while held (or never taken)."""
 
     def acquire(self, holder: Holder) -> None:
         conn = self._connect(holder)
@@ -54,6 +64,19 @@ class AdvisoryLock:
             conn.close()
             raise
         self._conn = conn
+
+    def check(self) -> None:
+        """Raise :class:`WriterLost` if the lock's session has ended; cheap while it lives."""
+        if self._lost is None and self._conn is not None and _ended(self._conn):
+            self._conn.close()
+            self._conn = None
+            self._lost = "its database session ended"
+        if self._lost is not None:
+            raise WriterLost(
+                f"lost the writer lock of the state store {self.store}: {self._lost} (ended by"
+                " the server, an administrator or the network); stopping as writer, since"
+                " another process may write now. Start this command again to take the lock anew"
+            )
 
     def release(self) -> None:
         if self._conn is not None:
@@ -70,6 +93,22 @@ class AdvisoryLock:
                 f"cannot reach the state store {self.store} to take its writer lock:"
                 f" {' '.join(redacted(str(exc)).split())}"
             ) from None
+
+
+def _ended(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+    """Whether the session is gone. An idle session's socket has nothing to read until the
+    server says something, such as "terminating connection" before it closes; only then is a
+    query sent, which fails on an ended session and answers on a living one."""
+    if conn.closed or conn.broken:
+        return True
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if not readable:
+        return False
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.Error:
+        return True
+    return False
 
 
 def application_name(holder: Holder) -> str:
