@@ -82,11 +82,14 @@ bench: install ## benchmarks (not part of make test); results go to docs/benchma
 	$(PY) bench/evaluate_fleet.py
 	$(PY) bench/plan_fleet.py
 	$(PY) bench/observe_history.py
+	$(PY) bench/observe_history.py --backend postgresql
 	$(PY) bench/fleet_convergence.py
 	$(PY) bench/scan_apt.py
 	$(PY) bench/scan_rpm.py
 	$(PY) bench/uu_oracle.py
 	$(PY) bench/ssh_fleet.py
+	$(PY) bench/fleet_scale.py
+	$(PY) bench/fleet_scale.py --backend sqlite
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

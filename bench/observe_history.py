@@ -6,7 +6,9 @@ failed), each with its recorded scan, about 146,000 jobs and scans in all. Today
 latest scan of every instance, from yesterday or tonight, and tonight's jobs, some still
 running) is the same in both files; the "empty" file has nothing older than yesterday. Timed: ``Reconciler.plan()`` (observe the store, then plan),
 median of 7 alternating rounds. Target: history / empty ≤ 2. For comparison, the same plan from the
-whole job history (``store.jobs()``, what observe() read before) is timed too.
+whole job history (``store.jobs()``, what observe() read before) is timed too. ``--backend
+postgresql`` copies both files into a real PostgreSQL 15 (tests/postgres.py, as root) and times
+the same on PostgresStore (issue 16).
 
 The history is written straight into the file in one transaction through a second sqlite3
 connection (the store's ``claim_job``/``record_scan`` commit with ``synchronous = FULL`` each
@@ -19,12 +21,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,7 +42,8 @@ from reconciler.api.snapshot import Snapshot, build_snapshot  # noqa: E402
 from reconciler.defaults import predefined_baselines  # noqa: E402
 from reconciler.loop import Reconciler  # noqa: E402
 from reconciler.plan import Observed, ObservedJob, baseline_digest, plan, snapshot_digest  # noqa: E402
-from reconciler.state import StateStore  # noqa: E402
+from reconciler.state import StateBackend, StateStore  # noqa: E402
+from reconciler.state.postgres.store import PostgresStore  # noqa: E402
 from reconciler.state.records import to_json, to_text  # noqa: E402
 from reconciler.state.schema import upsert_instance  # noqa: E402
 
@@ -198,6 +204,59 @@ def fill(path: Path, snapshot: Snapshot, days: int) -> int:
     return len(jobs)
 
 
+TABLES = {
+    "jobs": "id, key, instance, operation, window, task, opening, revision, status, payload,"
+    " result, created_at, finished_at",
+    "scans": "id, instance, operation, revision, baseline, baseline_hash, job_id, started_at,"
+    " finished_at, inventory, evaluation",
+    "instances": "instance, facts, first_seen, last_seen, last_scan_id",
+}
+
+
+def to_postgres(path: Path, url: str) -> None:
+    """The SQLite file's history copied into a new PostgreSQL state database (the columns are
+    the same, ``window`` quoted there), in rowid order so PostgreSQL's ``seq`` keeps the order."""
+    import psycopg
+
+    PostgresStore(url).close()  # creates the schema at the current version
+    source = sqlite3.connect(path)
+    try:
+        with psycopg.connect(url) as conn, conn.cursor() as cursor:
+            for table, columns in TABLES.items():
+                quoted = columns.replace("window", '"window"')
+                rows = source.execute(f"SELECT {columns} FROM {table} ORDER BY rowid")
+                with cursor.copy(f"COPY {table} ({quoted}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            cursor.execute(
+                "SELECT setval(pg_get_serial_sequence('scans', 'id'), max(id)) FROM scans"
+            )
+            cursor.execute("ANALYZE")
+    finally:
+        source.close()
+
+
+@contextmanager
+def opened(path: Path, backend: str) -> Iterator[StateBackend]:
+    """The store on ``path`` itself (SQLite), or on a PostgreSQL copy of it."""
+    if backend == "sqlite":
+        with StateStore(path) as store:
+            yield store
+        return
+    from tests.postgres import start_postgres
+
+    directory = Path(tempfile.mkdtemp(prefix="patchwarden-pg-"))  # postgres cannot enter /tmp's
+    server = start_postgres(directory)
+    try:
+        url = server.fresh_database()
+        to_postgres(path, url)
+        with PostgresStore(url) as store:
+            yield store
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def timed(reconciler: Reconciler, rounds: int, full: bool) -> tuple[float, Any]:
     times, result = [], None
     for _ in range(rounds):
@@ -231,7 +290,7 @@ def timed(reconciler: Reconciler, rounds: int, full: bool) -> tuple[float, Any]:
     return statistics.median(times), result
 
 
-def reconciler_on(store: StateStore, snapshot: Snapshot) -> Reconciler:
+def reconciler_on(store: StateBackend, snapshot: Snapshot) -> Reconciler:
     reconciler = Reconciler(
         None,  # type: ignore[arg-type]  # only observe() and plan() run: no source, no transport
         store,
@@ -247,6 +306,7 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=200)
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
     args = parser.parse_args()
     snapshot = build_snapshot([("fleet.yaml", fleet_yaml(args.instances))], predefined_baselines())
     with tempfile.TemporaryDirectory(prefix="observe-history-") as tmp:
@@ -255,8 +315,8 @@ def main() -> int:
         empty_total = fill(Path(tmp) / "empty.db", snapshot, 1)
         setup = time.perf_counter() - setup
         with (
-            StateStore(Path(tmp) / "history.db") as big,
-            StateStore(Path(tmp) / "empty.db") as small,
+            opened(Path(tmp) / "history.db", args.backend) as big,
+            opened(Path(tmp) / "empty.db", args.backend) as small,
         ):
             on_big, on_small = reconciler_on(big, snapshot), reconciler_on(small, snapshot)
             timed(on_big, 1, False)  # warm the page cache of both files alike
@@ -279,9 +339,10 @@ def main() -> int:
         f"(target <= {TARGET}) {verdict}; whole-history read {before * 1000:.0f} ms; "
         f"same plan: {same}; setup {setup:.0f} s"
     )
+    suffix = "" if args.backend == "sqlite" else f" ({args.backend})"
     record(
-        "observe with a year of history",
-        f"`Reconciler.plan()` (observe the store, then plan) for {args.instances} instances and one "
+        f"observe with a year of history{suffix}",
+        f"`Reconciler.plan()` (observe the {'' if args.backend == 'sqlite' else 'PostgreSQL '}store, then plan) for {args.instances} instances and one "
         f"daily window open now, median of {args.rounds} alternating rounds: on a state file with {args.days} days of "
         f"history ({total} jobs, each with its scan) vs one holding only today's state "
         f"({empty_total} jobs: yesterday and tonight). Both plans are equal, and equal to the plan from the whole job "

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench._report import record  # noqa: E402
 from reconciler.api.enums import OperatingSystem  # noqa: E402
-from reconciler.api.snapshot import build_snapshot  # noqa: E402
+from reconciler.api.snapshot import Snapshot, build_snapshot  # noqa: E402
 from reconciler.defaults import predefined_baselines  # noqa: E402
 from reconciler.plan import Observed, ObservedJob, ObservedScan, baseline_digest, plan  # noqa: E402
 
@@ -74,12 +74,16 @@ spec: {{connection: {{type: local, root: /srv/fleet/node-{i:05d}}}}}
     return "---\n".join(docs).encode()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--instances", type=int, default=10_000)
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    snapshot = build_snapshot([("fleet.yaml", fleet_yaml(args.instances))], predefined_baselines())
+def planning_inputs(count: int) -> tuple[Snapshot, Observed]:
+    """The snapshot of ``count`` instances and what was observed of them (bench/fleet_scale.py
+    plans over 100,000 of these)."""
+    # A source file may hold at most 4 MiB (snapshot.py): 10,000 instances a file stays below.
+    docs = fleet_yaml(count).split(b"---\n")
+    files = [
+        (f"fleet-{n}.yaml", b"---\n".join(docs[start : start + 10_000]))
+        for n, start in enumerate(range(0, len(docs), 10_000))
+    ]
+    snapshot = build_snapshot(files, predefined_baselines())
     digests = {name: baseline_digest(b) for name, b in snapshot.baselines.items()}
     groups = ("web", "db", "cache", "batch")
     scans, jobs = {}, []
@@ -92,7 +96,16 @@ def main() -> int:
             jobs.append(
                 ObservedJob(f"{name}:Scan:old", name, "Scan", "succeeded", NOW - timedelta(days=1))
             )
-    observed = Observed(scans=scans, jobs=jobs)
+    return snapshot, Observed(scans=scans, jobs=jobs)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--instances", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    snapshot, observed = planning_inputs(args.instances)
+    scans = observed.scans
     times = []
     for _ in range(args.rounds):
         start = time.perf_counter()

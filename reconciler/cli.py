@@ -689,12 +689,18 @@ def _resource_file_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+STATE_ENV = "PATCHWARDEN_STATE"
+
+
 def _state_arg(p: argparse.ArgumentParser) -> None:
+    # The environment carries a PostgreSQL URL with its password (the Helm chart sets it from a
+    # Secret): a process's arguments are readable by every user of its host, its environment not.
     p.add_argument(
         "--state",
         metavar="PATH|sqlite:///PATH|postgresql://URL",
-        help="the observed-state database (default: the user's state dir); PostgreSQL is"
-        " experimental (docs/state.md)",
+        default=os.environ.get(STATE_ENV) or None,
+        help=f"the observed-state database (default: ${STATE_ENV}, else the user's state dir);"
+        " PostgreSQL is experimental (docs/state.md)",
     )
 
 

@@ -6,6 +6,7 @@ controller needs: every call it makes succeeds, and the rest is refused with 403
 
 from __future__ import annotations
 
+import argparse
 import filecmp
 import secrets
 import shlex
@@ -20,7 +21,7 @@ import yaml
 from kubernetes.client import ApiException
 
 from reconciler.api.resources import GROUP, VERSION
-from reconciler.cli import _parser, _state_path
+from reconciler.cli import _parser, _postgres_url, _state_path
 from reconciler.dispatch.nodes import NodeSettings
 from tests.kubeapi import KubeApi
 
@@ -56,7 +57,7 @@ def one(docs: list[Doc], kind: str, name: str | None = None) -> Doc:
 
 
 def controller(docs: list[Doc]) -> Doc:
-    container: Doc = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    container: Doc = one(docs, "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0]
     return container
 
 
@@ -87,8 +88,30 @@ def test_chart_ships_the_crds(chart: helm.Chart) -> None:
     }
 
 
-def test_lints_clean() -> None:
-    report = helm.lint(str(CHART), strict=True)
+PG_SECRET = {"existingSecret": "pw-state"}
+POSTGRESQL: Doc = {
+    "persistence": {"enabled": False},
+    "state": {"postgresql": {**PG_SECRET, "ca": {"secret": "pw-db-ca"}}},
+}
+LINTED: dict[str, Doc] = {
+    "defaults": {},
+    "postgresql": POSTGRESQL,
+    "postgresql-replicas-ca-configmap": {
+        "replicaCount": 3,
+        "persistence": {"enabled": False},
+        "state": {"postgresql": {**PG_SECRET, "ca": {"configMap": "db-ca", "key": "root.pem"}}},
+    },
+    "postgresql-workers": {**POSTGRESQL, "workers": {"replicas": 4, "concurrency": 25}},
+    "postgresql-require": {
+        "persistence": {"enabled": False},
+        "state": {"postgresql": {**PG_SECRET, "urlKey": "dsn", "sslmode": "require"}},
+    },
+}
+
+
+@pytest.mark.parametrize("values", LINTED.values(), ids=LINTED.keys())
+def test_lints_clean(values: Doc) -> None:
+    report = helm.lint(str(CHART), values, strict=True)
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert report["errors"] == [] and problems == [], report
 
@@ -378,6 +401,194 @@ def test_several_replicas_cannot_share_the_persisted_state(
     assert "Set replicaCount: 1" in message and "persistence.enabled: false" in message
 
 
+# --- PostgreSQL state: replicas share it --------------------------------------------------------
+
+
+def _pg_env(container: Doc) -> dict[str, Any]:
+    return {
+        e["name"]: e.get("value", e.get("valueFrom"))
+        for e in container["env"]
+        if e["name"] == "PATCHWARDEN_STATE" or e["name"].startswith("PG")
+    }
+
+
+def test_postgresql_url_comes_from_a_secret_through_the_environment(
+    chart: helm.Chart, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The URL (password included) is never in the pod's args; patchctl takes it from
+    $PATCHWARDEN_STATE, and libpq verifies the server against the CA mounted read-only."""
+    docs = render(chart, POSTGRESQL)
+    container = controller(docs)
+    assert _pg_env(container) == {
+        "PATCHWARDEN_STATE": {"secretKeyRef": {"name": "pw-state", "key": "url"}},
+        "PGSSLMODE": "verify-full",
+        "PGSSLROOTCERT": "/etc/patchwarden/postgresql/ca.crt",
+    }
+    assert not any(a.startswith("--state") for a in container["args"])
+    url = "postgresql://pw:s3cret@db.example/patchwarden"
+    monkeypatch.setenv("PATCHWARDEN_STATE", url)
+    args = [a.replace("$(POD_NAMESPACE)", NAMESPACE) for a in container["args"]]
+    parsed = _parser().parse_args(args)
+    assert parsed.state == url and _postgres_url(parsed) == url
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "postgresql-ca"]
+    assert (mount["mountPath"], mount["readOnly"]) == ("/etc/patchwarden/postgresql", True)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "postgresql-ca"]
+    assert volume["secret"] == {
+        "secretName": "pw-db-ca",
+        "defaultMode": 0o440,
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
+
+
+def test_notes_name_the_postgresql_state(chart: helm.Chart) -> None:
+    notes = chart.render(
+        LINTED["postgresql-workers"], name=RELEASE, namespace=NAMESPACE, is_install=True
+    )["patchwarden/templates/NOTES.txt"]
+    assert "PostgreSQL, its URL in Secret pw-state" in notes and "4 worker(s)" in notes
+    assert "emptyDir" not in notes
+
+
+def test_postgresql_ca_from_a_configmap_and_another_url_key(chart: helm.Chart) -> None:
+    values = LINTED["postgresql-replicas-ca-configmap"]
+    docs = render(chart, values)
+    env = _pg_env(controller(docs))
+    assert env["PGSSLROOTCERT"] == "/etc/patchwarden/postgresql/root.pem"
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "postgresql-ca"]
+    assert volume["configMap"]["name"] == "db-ca"
+    required = controller(render(chart, LINTED["postgresql-require"]))
+    assert _pg_env(required) == {
+        "PATCHWARDEN_STATE": {"secretKeyRef": {"name": "pw-state", "key": "dsn"}},
+        "PGSSLMODE": "require",
+    }, "no CA: nothing mounted, libpq's PGSSLROOTCERT unset"
+    assert not any(m["name"] == "postgresql-ca" for m in required["volumeMounts"])
+
+
+def test_replicas_share_postgresql_state(chart: helm.Chart) -> None:
+    """With PostgreSQL more than one replica is allowed: no claim, no Recreate (standbys roll)."""
+    docs = render(chart, LINTED["postgresql-replicas-ca-configmap"])
+    assert [d for d in docs if d["kind"] == "PersistentVolumeClaim"] == []
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert "strategy" not in deployment["spec"]
+    assert _state_volume(docs) == {"name": "state", "emptyDir": {}}, "reports only"
+
+
+def _worker(docs: list[Doc]) -> Doc:
+    return one(docs, "Deployment", f"{FULLNAME}-worker")
+
+
+def test_workers_scale_apart_from_the_controller_on_postgresql(chart: helm.Chart) -> None:
+    """The worker Deployment has its own replicas and resources, reaches the same database the
+    same way (URL from the Secret, TLS), and is picked up by neither the controller's Deployment
+    nor its metrics Service."""
+    docs = render(chart, {**LINTED["postgresql-workers"], "ssh": {"existingSecret": "fleet-ssh"}})
+    worker = _worker(docs)
+    assert worker["spec"]["replicas"] == 4
+    pod = worker["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"][:2] == ["worker", "--workers=25"]
+    assert _pg_env(container) == _pg_env(controller(docs))
+    assert container["resources"]["limits"] == {"memory": "512Mi"}
+    mounts = {m["mountPath"]: m.get("readOnly", False) for m in container["volumeMounts"]}
+    assert mounts == {
+        "/tmp": False,
+        "/etc/patchwarden/ssh": True,
+        "/etc/patchwarden/postgresql": True,
+    }, "no state volume: the state is in PostgreSQL"
+    assert container["securityContext"] == controller(docs)["securityContext"]
+    assert (
+        pod["securityContext"]
+        == one(docs, "Deployment", FULLNAME)["spec"]["template"]["spec"]["securityContext"]
+    )
+    labels = worker["spec"]["template"]["metadata"]["labels"]
+    for selector in (
+        one(docs, "Deployment", FULLNAME)["spec"]["selector"]["matchLabels"],
+        one(docs, "Service")["spec"]["selector"],
+    ):
+        assert not selector.items() <= labels.items(), selector
+    assert [d for d in render(chart, POSTGRESQL) if d["metadata"]["name"].endswith("-worker")] == []
+
+
+def test_worker_args_are_what_patchctl_parses(
+    chart: helm.Chart, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker pod's command is patchctl's `worker` verb (branch pg-workers, issue 16 item 2):
+    skipped, saying so, until that verb is in patchctl; then its args must parse."""
+    verbs = next(a.choices for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    if "worker" not in verbs:
+        pytest.skip("patchctl worker is not in this tree yet (issue 16 item 2, branch pg-workers)")
+    url = "postgresql://pw:s3cret@db.example/patchwarden"
+    monkeypatch.setenv("PATCHWARDEN_STATE", url)
+    container = _worker(render(chart, LINTED["postgresql-workers"]))["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    parsed = _parser().parse_args(container["args"])
+    assert (parsed.command, parsed.workers, parsed.state) == ("worker", 25, url)
+    assert str(parsed.ssh_dir) == "/etc/patchwarden/ssh"
+
+
+def test_workers_have_no_kubernetes_api_access(chart: helm.Chart) -> None:
+    """Workers reach PostgreSQL and the machines only: their ServiceAccount is bound to no role
+    and no token is mounted (node Jobs stay with the controller)."""
+    docs = render(chart, LINTED["postgresql-workers"])
+    pod = _worker(docs)["spec"]["template"]["spec"]
+    account = one(docs, "ServiceAccount", f"{FULLNAME}-worker")
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert pod["automountServiceAccountToken"] is False
+    assert account["automountServiceAccountToken"] is False
+    bound = {
+        subject["name"]
+        for doc in docs
+        if doc["kind"] in ("RoleBinding", "ClusterRoleBinding")
+        for subject in doc["subjects"]
+    }
+    assert f"{FULLNAME}-worker" not in bound and FULLNAME in bound
+
+
+PG_REFUSED: dict[str, tuple[Doc, str]] = {
+    "workers-without-postgresql": (
+        {"workers": {"replicas": 2}},
+        "workers.replicas is 2 but state.postgresql.existingSecret is empty",
+    ),
+    "persistence-too": (
+        {"state": {"postgresql": {**PG_SECRET, "sslmode": "require"}}},
+        "state.postgresql.existingSecret is set but persistence.enabled is true",
+    ),
+    "ca-without-url": (
+        {"persistence": {"enabled": False}, "state": {"postgresql": {"ca": {"secret": "x"}}}},
+        "state.postgresql.ca is set but state.postgresql.existingSecret is empty",
+    ),
+    "two-cas": (
+        {
+            "persistence": {"enabled": False},
+            "state": {"postgresql": {**PG_SECRET, "ca": {"secret": "x", "configMap": "y"}}},
+        },
+        "names both a secret and a configMap",
+    ),
+    "verify-without-ca": (
+        {"persistence": {"enabled": False}, "state": {"postgresql": PG_SECRET}},
+        "state.postgresql.sslmode is verify-full but no CA is given",
+    ),
+}
+
+
+@pytest.mark.parametrize(("values", "said"), PG_REFUSED.values(), ids=PG_REFUSED.keys())
+def test_postgresql_settings_that_would_be_ignored_are_refused(
+    chart: helm.Chart, values: Doc, said: str
+) -> None:
+    with pytest.raises(helm.HelmError) as refused:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    assert said in str(refused.value)
+
+
+def test_the_replica_refusal_names_postgresql(chart: helm.Chart) -> None:
+    with pytest.raises(helm.HelmError) as refused:
+        chart.render({"replicaCount": 2}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    assert "state.postgresql.existingSecret (with persistence.enabled: false)" in str(refused.value)
+
+
 BAD_VALUES: list[tuple[Doc, str]] = [
     ({"logLevel": "loud"}, "/logLevel"),
     ({"metrics": {"port": 80}}, "/metrics/port"),
@@ -400,6 +611,11 @@ BAD_VALUES: list[tuple[Doc, str]] = [
     ({"persistence": {"size": "lots"}}, "/persistence/size"),
     ({"persistence": {"existingClaim": "Bad_Claim"}}, "/persistence/existingClaim"),
     ({"persistence": {"enabled": "yes"}}, "/persistence/enabled"),
+    ({"state": {"postgresql": {"sslmode": "on"}}}, "/state/postgresql/sslmode"),
+    ({"state": {"postgresql": {"existingSecret": "Bad_Name"}}}, "/state/postgresql/existingSecret"),
+    ({"state": {"postgresql": {"url": "postgresql://h/db"}}}, "url"),
+    ({"workers": {"replicas": -1}}, "/workers/replicas"),
+    ({"workers": {"concurrency": 0}}, "/workers/concurrency"),
 ]
 
 
@@ -779,3 +995,26 @@ def test_chart_and_dockerfile_agree(chart: helm.Chart) -> None:
     agent_path = _node_settings(docs).agent_path
     assert any(line.endswith(f" {agent_path}") for line in by_name["COPY"]), by_name["COPY"]
     assert len(by_name["FROM"]) == 2, "multi-stage: build, then a runtime without the build tools"
+
+
+@pytest.mark.apiserver
+def test_workers_are_refused_the_kubernetes_api(kube_api: KubeApi, chart: helm.Chart) -> None:
+    """Installed with PostgreSQL state and workers on a real server, the workers' ServiceAccount
+    may do nothing: it reads no Secret, Node, pod, ConfigMap or custom resource, creates no Job."""
+    ns = kube_api.namespace("workers")
+    with helm.Config(kubeconfig_path=str(kube_api.kubeconfig), namespace=ns) as config:
+        config.install(chart, "pwk", LINTED["postgresql-workers"], namespace=ns, timeout=60)
+    worker = kube_api.client(f"system:serviceaccount:{ns}:pwk-patchwarden-worker")
+    core, custom = kubernetes.client.CoreV1Api(worker), kubernetes.client.CustomObjectsApi(worker)
+    attempts: list[Callable[[], Any]] = [
+        lambda: core.list_namespaced_secret(ns),
+        lambda: core.list_node(),
+        lambda: core.list_namespaced_pod(ns),
+        lambda: core.list_namespaced_config_map(ns),
+        lambda: custom.list_namespaced_custom_object(GROUP, VERSION, ns, "patchbaselines"),
+        lambda: kubernetes.client.BatchV1Api(worker).create_namespaced_job(ns, _job("w")),
+    ]
+    for attempt in attempts:
+        with pytest.raises(ApiException) as refused:
+            attempt()
+        assert refused.value.status == 403, refused.value.body

@@ -216,6 +216,35 @@ def test_a_postgresql_url_is_the_state_store(
     assert sorted(work.iterdir()) == sorted([*before, work / "xdg"])
 
 
+def test_the_state_url_may_come_from_the_environment(
+    work: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$PATCHWARDEN_STATE (the Helm chart sets it from a Secret) is --state when none is given,
+    so a password never has to be in a process's arguments; --state still wins."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(work / "xdg"))
+    monkeypatch.setenv("PATCHWARDEN_STATE", postgres_url)
+    done = patchctl("reconcile", "--source", "empty", cwd=work)
+    assert done.returncode == 0, done.stderr
+    with PostgresStore(postgres_url) as store:
+        assert len(store.revisions()) == 1
+    given = patchctl("reconcile", "--source", "empty", "--state", "given.db", cwd=work)
+    assert given.returncode == 0, given.stderr
+    assert (work / "given.db").exists()
+
+
+def test_libpq_tls_settings_from_the_environment_are_obeyed(
+    work: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart sets PGSSLMODE and PGSSLROOTCERT: libpq obeys them, so a server that cannot
+    prove itself is refused (the test server has no TLS), in one line."""
+    monkeypatch.setenv("PATCHWARDEN_STATE", postgres_url)
+    monkeypatch.setenv("PGSSLMODE", "verify-full")
+    monkeypatch.setenv("PGSSLROOTCERT", str(work / "ca.crt"))
+    line = one_line_error(patchctl("reconcile", "--source", "empty", cwd=work))
+    assert "the state store postgresql://***@127.0.0.1" in line
+    assert "SSL" in line or "ca.crt" in line, line
+
+
 @pytest.mark.parametrize(
     "options", ["", "?sslmode=bogus", "?no_such_option=1"], ids=["unreachable", "bad", "unknown"]
 )

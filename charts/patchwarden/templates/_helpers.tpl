@@ -94,9 +94,116 @@ tolerations:
 
 {{/* Value combinations values.schema.json cannot say clearly. SQLite's WAL (the store's journal)
      works only when every process using the file is on one host, so a persisted store is never
-     shared between replicas (https://www.sqlite.org/wal.html). */}}
+     shared between replicas (https://www.sqlite.org/wal.html); PostgreSQL state is shared by
+     design. A setting that would be ignored is refused, never accepted. */}}
 {{- define "patchwarden.validate" -}}
+{{- $pg := .Values.state.postgresql }}
 {{- if and .Values.persistence.enabled (gt (int .Values.replicaCount) 1) }}
-{{- fail (printf "replicaCount is %d but persistence.enabled is true: the controller's SQLite state cannot be shared between replicas (its WAL journal needs every process on one host, even on a ReadWriteMany volume). Set replicaCount: 1 (a restarted pod keeps its history on the volume), or persistence.enabled: false for standby replicas that start without history." (int .Values.replicaCount)) }}
+{{- fail (printf "replicaCount is %d but persistence.enabled is true: the controller's SQLite state cannot be shared between replicas (its WAL journal needs every process on one host, even on a ReadWriteMany volume). Set replicaCount: 1 (a restarted pod keeps its history on the volume), persistence.enabled: false for standby replicas that start without history, or state.postgresql.existingSecret (with persistence.enabled: false) for standbys sharing one PostgreSQL database (docs/scaling.md)." (int .Values.replicaCount)) }}
 {{- end }}
+{{- if and $pg.existingSecret .Values.persistence.enabled }}
+{{- fail "state.postgresql.existingSecret is set but persistence.enabled is true: the state lives in PostgreSQL, so the volume would hold nothing. Set persistence.enabled: false." }}
+{{- end }}
+{{- if and (not $pg.existingSecret) (or $pg.ca.secret $pg.ca.configMap) }}
+{{- fail "state.postgresql.ca is set but state.postgresql.existingSecret is empty: the CA is for a PostgreSQL state store. Set state.postgresql.existingSecret (the Secret holding its URL), or remove state.postgresql.ca." }}
+{{- end }}
+{{- if and (gt (int .Values.workers.replicas) 0) (not $pg.existingSecret) }}
+{{- fail (printf "workers.replicas is %d but state.postgresql.existingSecret is empty: workers claim their jobs from a PostgreSQL state every process shares, which SQLite cannot be. Set state.postgresql.existingSecret (with persistence.enabled: false), or workers.replicas: 0 (the controller runs the jobs itself)." (int .Values.workers.replicas)) }}
+{{- end }}
+{{- if and $pg.ca.secret $pg.ca.configMap }}
+{{- fail "state.postgresql.ca names both a secret and a configMap: give the CA certificate in one of them." }}
+{{- end }}
+{{- if and $pg.existingSecret (hasPrefix "verify-" $pg.sslmode) (not (or $pg.ca.secret $pg.ca.configMap)) }}
+{{- fail (printf "state.postgresql.sslmode is %s but no CA is given to verify the server with: set state.postgresql.ca.secret or state.postgresql.ca.configMap (a key %s holding the CA certificate), or sslmode: require (encrypted, the server not authenticated)." $pg.sslmode $pg.ca.key) }}
+{{- end }}
+{{- end }}
+
+{{/* How patchctl reaches the PostgreSQL state (controller and workers alike): the URL and its
+     password through the environment from the user's Secret (never args, which every user of the
+     node can read in /proc), TLS through libpq's own variables. */}}
+{{- define "patchwarden.postgresqlEnv" -}}
+{{- $pg := .Values.state.postgresql }}
+{{- if $pg.existingSecret }}
+- name: PATCHWARDEN_STATE
+  valueFrom:
+    secretKeyRef:
+      name: {{ $pg.existingSecret }}
+      key: {{ $pg.urlKey }}
+- name: PGSSLMODE
+  value: {{ $pg.sslmode }}
+{{- if or $pg.ca.secret $pg.ca.configMap }}
+- name: PGSSLROOTCERT
+  value: /etc/patchwarden/postgresql/{{ $pg.ca.key }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "patchwarden.postgresqlMounts" -}}
+{{- if or .Values.state.postgresql.ca.secret .Values.state.postgresql.ca.configMap }}
+- name: postgresql-ca
+  mountPath: /etc/patchwarden/postgresql
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "patchwarden.postgresqlVolumes" -}}
+{{- $ca := .Values.state.postgresql.ca }}
+{{- if $ca.secret }}
+- name: postgresql-ca
+  secret:
+    secretName: {{ $ca.secret }}
+    defaultMode: 0440
+    items:
+      - key: {{ $ca.key }}
+        path: {{ $ca.key }}
+{{- else if $ca.configMap }}
+- name: postgresql-ca
+  configMap:
+    name: {{ $ca.configMap }}
+    defaultMode: 0440
+    items:
+      - key: {{ $ca.key }}
+        path: {{ $ca.key }}
+{{- end }}
+{{- end }}
+
+{{/* Every pod of the chart (controller, workers): non-root, no privilege, RuntimeDefault seccomp,
+     a read-only root filesystem. */}}
+{{- define "patchwarden.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "patchwarden.containerSecurityContext" -}}
+runAsNonRoot: true
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Workers' pods carry their own name, so neither the controller's Deployment nor its metrics
+     Service (both select patchwarden.selectorLabels) ever picks them up. */}}
+{{- define "patchwarden.workerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "patchwarden.name" . }}-worker
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: worker
+{{- end }}
+
+{{- define "patchwarden.workerLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "patchwarden.workerSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "patchwarden.workerServiceAccountName" -}}
+{{- printf "%s-worker" (include "patchwarden.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
