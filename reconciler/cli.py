@@ -82,6 +82,7 @@ from reconciler.loop.common import Emitter, InForce
 from reconciler.loop.endpoints import ListenError, parse_listen
 from reconciler.loop.reboots import RebootSettings
 from reconciler.loop.rollouts import status as rollout_status
+from reconciler.loop.workers import POLL as WORKER_POLL
 from reconciler.loop.workers import JobQueue, Worker, WorkerSettings, runners
 from reconciler.paths import control_character
 from reconciler.plan import Settings
@@ -1378,6 +1379,9 @@ def _require_postgres(args: argparse.Namespace, what: str) -> None:
 def _worker(args: argparse.Namespace) -> int:
     """``patchctl worker``: claim and run queued jobs until SIGTERM (running ones finish)."""
     _require_postgres(args, "patchctl worker")
+    if args.lease < 4 * WORKER_POLL:
+        # A lease shorter than a few heartbeats lets another worker reclaim a live one's job.
+        raise UserError(f"--lease {args.lease:g}: give at least {4 * WORKER_POLL:g} seconds")
     configure_logging()
     log = structlog.get_logger("patchwarden")
     stopping = threading.Event()
