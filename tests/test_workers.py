@@ -166,7 +166,9 @@ def test_a_killed_workers_job_is_reclaimed_once_and_its_machine_rescanned_not_re
         assert rescans, f"{interrupted} was not rescanned after its worker was killed"
 
 
-def test_sqlite_state_and_a_lease_of_less_than_a_few_heartbeats_are_refused_in_one_line(tmp_path: Path) -> None:
+def test_sqlite_state_and_a_lease_of_less_than_a_few_heartbeats_are_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
     state = str(tmp_path / "state.db")
     worker = patchctl("worker", "--state", state)
     assert worker.returncode != 0
