@@ -19,14 +19,29 @@ from pathlib import Path
 
 import structlog
 
+from reconciler.api.enums import OperatingSystem, Operation
+from reconciler.api.snapshot import build_snapshot
+from reconciler.defaults import predefined_baselines
+from reconciler.evaluation import resolve
 from reconciler.loop.common import InForce
 from reconciler.loop.jobs import JobRunner
-from reconciler.loop.workers import Worker, WorkerSettings
+from reconciler.loop.workers import Worker, WorkerSettings, decode, job_payload
+from reconciler.plan import Action
 from reconciler.state import JobRecord
 from reconciler.state.postgres.store import PostgresStore
 from tests.aptlab import Repo
 from tests.conftest import needs_apt
-from tests.fleet import dpkg_installs, make_fleet, open_window_yaml, versions
+from tests.fleet import (
+    BASELINE,
+    BASELINE_YAML,
+    documents,
+    dpkg_installs,
+    local_instance_yaml,
+    make_fleet,
+    open_window_yaml,
+    versions,
+    window_yaml,
+)
 from tests.git_servers import Upstream
 from tests.test_loop_e2e import (
     AFTER,
@@ -226,3 +241,35 @@ def test_a_payload_a_worker_cannot_decode_fails_its_job_with_the_reason(
     assert garbled_job.result["error"]["code"] == "PayloadRefused"
     assert "cannot decode the queued job" in garbled_job.result["error"]["message"]
     assert future_job.result["error"]["message"].startswith("payload format 99 is not 1")
+
+
+def test_a_queued_payload_carries_what_its_job_reads_and_nothing_is_lost_on_the_way() -> None:
+    text = documents(
+        BASELINE_YAML,
+        window_yaml("noon", "cron(0 12 * * ? *)"),
+        window_yaml("night", "cron(0 1 * * ? *)"),
+        local_instance_yaml("web-1", Path("/srv/web-1")),
+        local_instance_yaml("web-2", Path("/srv/web-2")),
+    )
+    snapshot = build_snapshot([("fleet.yaml", text.encode())], predefined_baselines())
+    in_force = InForce(snapshot=snapshot, revision="main@sha1:abc")
+    windowed = Action(
+        Operation.INSTALL, "web-1", "k1", "missing", BASELINE, "h", "noon", "install-security",
+        "2026-11-28T12:00:00Z", pins=("pwtest-lib=1.0-2",),
+    )  # fmt: skip
+    one_off = Action(Operation.SCAN, "web-2", "k2", "now", BASELINE, "h", opening="oneoff-1")
+
+    for action, windows in ((windowed, ["noon"]), (one_off, ["night", "noon"])):
+        payload = json.loads(json.dumps(job_payload(action, in_force)))  # as the queue keeps it
+        decoded, carried = decode(payload)
+        assert decoded == action
+        assert carried.revision == "main@sha1:abc" and carried.snapshot is not None
+        assert list(carried.snapshot.instances) == [action.instance]
+        assert sorted(carried.snapshot.windows) == windows
+        labels = snapshot.instances[action.instance].metadata.labels
+        for system in OperatingSystem:
+            here, there = (
+                resolve(snapshot, labels, system),
+                resolve(carried.snapshot, labels, system),
+            )
+            assert (here.baseline, here.group) == (there.baseline, there.group), system

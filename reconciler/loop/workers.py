@@ -31,6 +31,7 @@ from reconciler.evaluation import resolve
 from reconciler.loop.common import Clock, Emitter, InForce, Log, TransportFor
 from reconciler.loop.executions import WindowExecutions
 from reconciler.loop.jobs import JobRunner, action_of
+from reconciler.loop.oneoffs import is_one_off
 from reconciler.loop.reboots import RebootSettings
 from reconciler.plan import Action
 from reconciler.state import JobRecord, StateBackend, StoreWriteFailed
@@ -76,13 +77,12 @@ def job_payload(action: Action, in_force: InForce) -> dict[str, Any]:
     instance = snapshot.instances[action.instance]
     found = [resolve(snapshot, instance.metadata.labels, system) for system in OperatingSystem]
     baselines = {r.baseline.metadata.name: r.baseline for r in found if r.baseline is not None}
-    window = snapshot.windows.get(action.window) if action.window else None
     return {
         "format": PAYLOAD_FORMAT,
         "revision": revision,
         "action": asdict(action),
         "instance": _document(instance),
-        "window": None if window is None else _document(window),
+        "windows": [_document(window) for window in _windows(snapshot, action)],
         "groups": [_document(r.group) for r in found[:1] if r.group is not None],
         "baselines": [_document(b) for n, b in baselines.items() if n in snapshot.baselines],
         "predefined": [_document(b) for n, b in baselines.items() if n not in snapshot.baselines],
@@ -99,10 +99,9 @@ def decode(payload: Mapping[str, Any]) -> tuple[Action, InForce]:
             )
         action = action_of(payload["action"])
         instance = ManagedInstance.model_validate(payload["instance"])
-        window = payload["window"]
         snapshot = Snapshot(
             instances={instance.metadata.name: instance},
-            windows=_named(MaintenanceWindow, [window] if window is not None else []),
+            windows=_named(MaintenanceWindow, payload["windows"]),
             groups=_named(PatchGroup, payload["groups"]),
             baselines=_named(PatchBaseline, payload["baselines"]),
             predefined=_named(PatchBaseline, payload["predefined"]),
@@ -115,6 +114,15 @@ def decode(payload: Mapping[str, Any]) -> tuple[Action, InForce]:
     if action.instance != instance.metadata.name:
         raise PayloadRefused(f"the queued job is for {action.instance}, its instance is another")
     return action, InForce(snapshot=snapshot, revision=revision)
+
+
+def _windows(snapshot: Snapshot, action: Action) -> list[MaintenanceWindow]:
+    """The windows a job reads: its own (cutoff, task, hooks); for a one-off job (patch now)
+    every window, as its ``--hooks-from`` may name any window's task."""
+    if is_one_off(action):
+        return list(snapshot.windows.values())
+    window = snapshot.windows.get(action.window) if action.window else None
+    return [] if window is None else [window]
 
 
 Resource = TypeVar("Resource", bound=BaseModel)
