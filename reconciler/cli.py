@@ -16,14 +16,17 @@ import json
 import logging
 import math
 import os
+import signal
+import socket
 import sys
+import threading
 import traceback
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 import yaml
@@ -79,6 +82,8 @@ from reconciler.loop.common import Emitter, InForce
 from reconciler.loop.endpoints import ListenError, parse_listen
 from reconciler.loop.reboots import RebootSettings
 from reconciler.loop.rollouts import status as rollout_status
+from reconciler.loop.workers import POLL as WORKER_POLL
+from reconciler.loop.workers import JobQueue, Worker, WorkerSettings, runners
 from reconciler.paths import control_character
 from reconciler.plan import Settings
 from reconciler.redaction import redacted
@@ -312,6 +317,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _clock_start_arg(p)
     p.add_argument("--workers", type=_positive_int, default=10, help="jobs run at once, at most")
+    _external_workers_arg(p)
     _reboot_args(p)
     _output_arg(p, "table", "json", "yaml")
     _audit_log_arg(p)
@@ -323,6 +329,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _loop_args(p)
     p.add_argument("--workers", type=_positive_int, default=10, help="jobs run at once, at most")
+    _external_workers_arg(p)
     _reboot_args(p)
     p.add_argument(
         "--interval", type=_seconds, default=60.0, help="seconds between passes / Git polls"
@@ -337,6 +344,8 @@ def _parser() -> argparse.ArgumentParser:
     _audit_log_arg(p)
     _events_args(p)
     p.set_defaults(handler=_run)
+
+    _worker_parser(sub)
 
     p = sub.add_parser(
         "controller",
@@ -631,6 +640,38 @@ def _source_args(p: argparse.ArgumentParser, *, source_required: bool = True) ->
     )
 
 
+def _external_workers_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--external-workers",
+        action="store_true",
+        help="queue each planned job for `patchctl worker` processes instead of running it here"
+        " (PostgreSQL state only; --workers still bounds how many are queued or running)",
+    )
+
+
+def _worker_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "worker",
+        help="run the jobs a leader with --external-workers queued in PostgreSQL state",
+    )
+    _state_arg(p)
+    p.add_argument("--workers", type=_positive_int, default=10, help="jobs run at once, at most")
+    p.add_argument(
+        "--worker-id",
+        default=f"{socket.gethostname()}-{os.getpid()}",
+        help="this worker's name in the job queue (default: HOST-PID)",
+    )
+    p.add_argument(
+        "--lease",
+        type=_seconds,
+        default=60.0,
+        help="seconds without a heartbeat after which another worker reclaims this one's jobs",
+    )
+    _ssh_dir_arg(p)
+    _reboot_args(p)
+    p.set_defaults(handler=_worker)
+
+
 def _clock_start_arg(p: argparse.ArgumentParser) -> None:
     # Bake times and windows span hours: a rehearsal (or a test) moves through them by starting
     # the loop again at a later --now, never by waiting.
@@ -671,6 +712,17 @@ def _reboot_settings(args: argparse.Namespace) -> RebootSettings:
 
 def _resource_file_args(p: argparse.ArgumentParser) -> None:
     """The directories files named by resources must be in (docs/loop.md)."""
+    _ssh_dir_arg(p)
+    p.add_argument(
+        "--report-dir",
+        type=Path,
+        metavar="DIR",
+        help="ComplianceReports' directory destinations are written only inside this directory "
+        "(relative names are written in it; default: reports/ beside the state database)",
+    )
+
+
+def _ssh_dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ssh-dir",
         type=Path,
@@ -679,13 +731,6 @@ def _resource_file_args(p: argparse.ArgumentParser) -> None:
         help="ManagedInstances' identityFile and knownHostsFile, and the SSH client "
         "configuration DIR/config (Host aliases), are read only inside this directory "
         "(relative names are read in it; default: ~/.ssh of this user)",
-    )
-    p.add_argument(
-        "--report-dir",
-        type=Path,
-        metavar="DIR",
-        help="ComplianceReports' directory destinations are written only inside this directory "
-        "(relative names are written in it; default: reports/ beside the state database)",
     )
 
 
@@ -1317,7 +1362,50 @@ def _reconciler(
         observers=observers,
         on_job_done=on_job_done,
         reboot_settings=_reboot_settings(args),
+        job_queue=_job_queue(args, store),
     )
+
+
+def _job_queue(args: argparse.Namespace, store: StateBackend) -> JobQueue | None:
+    """The store's job queue with ``--external-workers`` (PostgreSQL state only), else None."""
+    if not getattr(args, "external_workers", False):
+        return None
+    _require_postgres(args, "--external-workers")
+    return cast(JobQueue, store)  # PostgresStore: the queue's methods beside the backend's
+
+
+def _require_postgres(args: argparse.Namespace, what: str) -> None:
+    if _postgres_url(args) is None:
+        raise UserError(
+            f"{what} needs PostgreSQL state (--state postgresql://USER@HOST/DATABASE): the job"
+            " queue workers claim from is in PostgreSQL; SQLite state runs jobs in one process"
+        )
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """``patchctl worker``: claim and run queued jobs until SIGTERM (running ones finish)."""
+    _require_postgres(args, "patchctl worker")
+    if args.lease < 4 * WORKER_POLL:
+        # A lease shorter than a few heartbeats lets another worker reclaim a live one's job.
+        raise UserError(f"--lease {args.lease:g}: give at least {4 * WORKER_POLL:g} seconds")
+    configure_logging()
+    log = structlog.get_logger("patchwarden")
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    pool = _ssh_pool()
+    with _store(args) as store:
+        transports = _transports(pool, args.ssh_dir, args.trust_root_scripts)
+        runner_for = runners(
+            store, transports, clock=utc_now, log=log, stopping=stopping,
+            reboot_settings=_reboot_settings(args),
+        )  # fmt: skip
+        settings = WorkerSettings(args.worker_id, args.workers, timedelta(seconds=args.lease))
+        queue = cast(JobQueue, store)
+        log.info("worker started", worker=args.worker_id, slots=args.workers)
+        Worker(queue, store, runner_for, settings, clock=utc_now, log=log, stopping=stopping).run()
+    pool.close()
+    return EXIT_OK
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -47,6 +47,9 @@ OPTIONS = [
     (["patch-now", "--list"], "--stale-after", "0.5"),
     (["patch-now", "--list"], "--events-queue-size", "1"),
     (["patch-now", "--list"], "--start-within", "1"),
+    (["worker"], "--workers", "1"),
+    (["worker"], "--lease", "2"),
+    (["worker"], "--reboot-timeout", "0.5"),
 ]
 # Below the smallest, not a number, not finite, absurdly large (timers and timedelta overflow).
 BAD = ["-1", "0", "", "ten", "nan", "inf", "1e300"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from reconciler.api.enums import JobStatus
@@ -28,6 +28,14 @@ from reconciler.state import JobRecord
 
 Running = dict[Future[JobRecord | None], Action]
 Finished = tuple[Action, JobRecord | None]
+PoolFactory = Callable[[int], Executor]
+"""Where a pass's jobs run, given the number of workers: threads here (:func:`job_threads`), or
+the job queue of ``patchctl worker`` processes (``reconciler.loop.workers``)."""
+
+
+def job_threads(workers: int) -> Executor:
+    """This process runs each job on a thread of its own."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class LoopParts:
     workers: int
     export_grace: float
     """Seconds a pass waits for the report exports it started (see :func:`export`)."""
+    pool: PoolFactory = job_threads
 
 
 @dataclass(frozen=True)
@@ -90,7 +99,7 @@ def dispatch(context: PassContext) -> None:
     parts = context.parts
     running: Running = {}
     try:
-        with ThreadPoolExecutor(max_workers=parts.workers, thread_name_prefix="job") as pool:
+        with parts.pool(parts.workers) as pool:
             _resume(context, pool, running)
             started = 0
             while not parts.stopping.is_set():
@@ -139,7 +148,7 @@ STEPS: tuple[Step, ...] = (refresh, close_executions, rollouts, dispatch, export
 
 def _submit(
     context: PassContext,
-    pool: ThreadPoolExecutor,
+    pool: Executor,
     running: Running,
     current: Plan | None,
     started: int,
@@ -161,7 +170,7 @@ def _submit(
 
 def _refill(
     context: PassContext,
-    pool: ThreadPoolExecutor,
+    pool: Executor,
     running: Running,
     current: Plan | None,
     finished: list[Finished],
@@ -196,15 +205,13 @@ def _slot(action: Action) -> tuple[str | None, str | None, str | None]:
     return action.window, action.task, action.opening
 
 
-def _start(
-    context: PassContext, pool: ThreadPoolExecutor, running: Running, action: Action
-) -> None:
+def _start(context: PassContext, pool: Executor, running: Running, action: Action) -> None:
     """Hand ``action`` to a worker; it holds its budget slot until its job is claimed."""
     context.parts.observation.submitted[action.key] = action
     running[pool.submit(context.parts.jobs.execute, action)] = action
 
 
-def _resume(context: PassContext, pool: ThreadPoolExecutor, running: Running) -> None:
+def _resume(context: PassContext, pool: Executor, running: Running) -> None:
     """Finish the jobs an earlier run left waiting for a reboot: they are still running in the
     store (their machine busy, their concurrency slot taken) until their worker here ends."""
     if context.parts.stopping.is_set():

@@ -22,9 +22,10 @@ from reconciler.loop.exports import ReportExporter
 from reconciler.loop.hooks import Wait
 from reconciler.loop.jobs import JobDone, JobRunner
 from reconciler.loop.observed import Observation
-from reconciler.loop.passes import STEPS, LoopParts, PassContext, Step
+from reconciler.loop.passes import STEPS, LoopParts, PassContext, Step, job_threads
 from reconciler.loop.reboots import RebootSettings
 from reconciler.loop.rollouts import RolloutSteering
+from reconciler.loop.workers import JobQueue, queue_pool
 from reconciler.plan import Action, Observed, Plan, Settings
 from reconciler.report.notify.occurrences import Observer
 from reconciler.sources.base import HasRepository, Source
@@ -75,6 +76,7 @@ class Reconciler:
         steps: Sequence[Step] = STEPS,
         wait: Wait | None = None,
         reboot_settings: RebootSettings = RebootSettings(),  # noqa: B008 - frozen value
+        job_queue: JobQueue | None = None,
     ) -> None:
         """``pinned(revision)`` is a source reading exactly that earlier revision (a Git commit):
         after a restart, it brings back the last good revision when the current one is refused.
@@ -82,7 +84,8 @@ class Reconciler:
         finished job; ``s3_endpoint_url`` is where reports to s3:// go when not the configured
         endpoint; ``report_dir`` the directory reports' directory destinations must be in
         (default: ``reports/`` beside the store); ``steps`` are a pass's steps, in order; ``wait``
-        waits between health check attempts and boot id reads (default: until the loop stops)."""
+        waits between health check attempts and boot id reads (default: until the loop stops);
+        ``job_queue``: jobs are queued there for ``patchctl worker`` processes, not run here."""
         self.source, self.store, self.settings, self.clock = source, store, settings, clock
         self.log: Log = log or structlog.get_logger("patchwarden")
         self.stopping = threading.Event()
@@ -93,17 +96,10 @@ class Reconciler:
         self.enrolment = _enrolment(source, store, clock, self.emit, self.log)
         refresher = self._refresher(in_force, pinned)
         jobs = JobRunner(
-            store,
-            in_force,
-            transport_for,
-            executions,
-            clock=clock,
-            log=self.log,
-            emit=self.emit,
-            on_job_done=on_job_done,
-            wait=wait or self.stopping.wait,
+            store, in_force, transport_for, executions, clock=clock, log=self.log, emit=self.emit,
+            on_job_done=on_job_done, wait=wait or self.stopping.wait,
             reboot_settings=reboot_settings,
-        )
+        )  # fmt: skip
         self.parts = LoopParts(
             in_force=in_force,
             refresher=refresher,
@@ -115,6 +111,7 @@ class Reconciler:
             stopping=self.stopping,
             workers=workers,
             export_grace=export_grace,
+            pool=job_threads if job_queue is None else queue_pool(job_queue, in_force, jobs, clock),
         )
 
     def _refresher(self, in_force: InForce, pinned: Pinned | None) -> Refresher:

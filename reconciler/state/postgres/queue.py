@@ -116,5 +116,13 @@ def done(conn: Connection, worker: str, key: str, now: datetime) -> bool:
     )
 
 
+def states(conn: Connection, keys: Iterable[str]) -> dict[str, str]:
+    """Each queued key's state (queued, claimed or done); a key never queued is absent."""
+    rows = conn.execute(
+        "SELECT key, state FROM job_queue WHERE key = ANY(%s)", (list(keys),)
+    ).fetchall()
+    return {str(key): str(state) for key, state in rows}
+
+
 def _held(rows: list[tuple[Any, ...]]) -> list[QueuedJob]:
     return [QueuedJob(str(key), from_json(payload), int(claims)) for key, payload, claims in rows]

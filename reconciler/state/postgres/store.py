@@ -230,16 +230,23 @@ class PostgresStore(SqlStore):
         with self._use() as conn:
             return queue.done(conn, worker, key, now)
 
+    def queued_states(self, keys: Iterable[str]) -> dict[str, str]:
+        """Each queued key's state: the leader's pass sees its entries through to ``done``."""
+        with self._use() as conn:
+            return queue.states(conn, keys)
+
     def abandon_running_jobs(self, now: datetime) -> list[JobRecord]:
         """Mark every running job abandoned and return them (oldest first); as SQLite's store,
         only for the writer-lock holder between passes. A job waiting for its machine's reboot
-        is not lost: the loop resumes it."""
+        is not lost: the loop resumes it. Nor is a job a worker holds by its queue entry (``patchctl
+        worker``): that worker is alive or its lease lapses and another worker reclaims it."""
         finished = to_text(now)
         with self._use() as conn:
             rows = conn.execute(
                 f"UPDATE jobs SET status = 'abandoned', finished_at = %s"
                 " WHERE status = 'running' AND id NOT IN"
                 "   (SELECT job_id FROM job_phases WHERE phase = 'rebooting')"
+                " AND key NOT IN (SELECT key FROM job_queue WHERE state = 'claimed')"
                 f" RETURNING {JobRecord.COLUMNS}, seq",
                 (finished,),
             ).fetchall()
