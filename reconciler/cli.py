@@ -861,6 +861,7 @@ def _controller_args(p: argparse.ArgumentParser) -> None:
         "--stale-after", type=_hours, default=24.0, help="hours after which a scan is redone"
     )
     p.add_argument("--workers", type=_positive_int, default=10, help="jobs run at once, at most")
+    _external_workers_arg(p)
     _resource_file_args(p)
     p.add_argument(
         "--interval",
@@ -1672,6 +1673,7 @@ def _controller_reconciler(
         report_dir=args.report_dir,
         observers=[events, *observers],
         reboot_settings=_reboot_settings(args),
+        job_queue=_job_queue(args, store),
     )
     return reconciler, events
 

@@ -6,7 +6,6 @@ controller needs: every call it makes succeeds, and the rest is refused with 403
 
 from __future__ import annotations
 
-import argparse
 import filecmp
 import secrets
 import shlex
@@ -511,22 +510,22 @@ def test_workers_scale_apart_from_the_controller_on_postgresql(chart: helm.Chart
     assert [d for d in render(chart, POSTGRESQL) if d["metadata"]["name"].endswith("-worker")] == []
 
 
-def test_worker_args_are_what_patchctl_parses(
+def test_worker_args_are_what_patchctl_parses_and_the_controller_queues_for_them(
     chart: helm.Chart, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The worker pod's command is patchctl's `worker` verb (branch pg-workers, issue 16 item 2):
-    skipped, saying so, until that verb is in patchctl; then its args must parse."""
-    verbs = next(a.choices for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
-    if "worker" not in verbs:
-        pytest.skip("patchctl worker is not in this tree yet (issue 16 item 2, branch pg-workers)")
+    """The worker pod's command is patchctl's `worker` verb and its args parse; with workers the
+    controller is started with --external-workers (it plans and queues, they run the jobs),
+    without them it runs its jobs itself."""
     url = "postgresql://pw:s3cret@db.example/patchwarden"
     monkeypatch.setenv("PATCHWARDEN_STATE", url)
-    container = _worker(render(chart, LINTED["postgresql-workers"]))["spec"]["template"]["spec"][
-        "containers"
-    ][0]
+    docs = render(chart, LINTED["postgresql-workers"])
+    container = _worker(docs)["spec"]["template"]["spec"]["containers"][0]
     parsed = _parser().parse_args(container["args"])
     assert (parsed.command, parsed.workers, parsed.state) == ("worker", 25, url)
     assert str(parsed.ssh_dir) == "/etc/patchwarden/ssh"
+    for values, queued in ((LINTED["postgresql-workers"], True), (POSTGRESQL, False)):
+        parsed = _parser().parse_args(controller(render(chart, values))["args"])
+        assert (parsed.command, parsed.external_workers) == ("controller", queued)
 
 
 def test_workers_have_no_kubernetes_api_access(chart: helm.Chart) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import structlog
 
@@ -25,13 +26,14 @@ from reconciler.defaults import predefined_baselines
 from reconciler.evaluation import resolve
 from reconciler.loop.common import InForce
 from reconciler.loop.jobs import JobRunner
-from reconciler.loop.workers import Worker, WorkerSettings, decode, job_payload
+from reconciler.loop.workers import QueueExecutor, Worker, WorkerSettings, decode, job_payload
 from reconciler.plan import Action
 from reconciler.state import JobRecord
 from reconciler.state.postgres.store import PostgresStore
 from tests.aptlab import Repo
 from tests.conftest import needs_apt
 from tests.fleet import (
+    API,
     BASELINE,
     BASELINE_YAML,
     documents,
@@ -273,3 +275,53 @@ def test_a_queued_payload_carries_what_its_job_reads_and_nothing_is_lost_on_the_
                 resolve(carried.snapshot, labels, system),
             )
             assert (here.baseline, here.group) == (there.baseline, there.group), system
+
+
+class _RecordingQueue:
+    """The store's job queue as the leader sees it (enqueue only): what was queued."""
+
+    def __init__(self) -> None:
+        self.queued: list[str] = []
+
+    def enqueue_jobs(self, entries: Any, now: datetime) -> int:
+        self.queued.extend(key for key, _ in entries)
+        return len(self.queued)
+
+    def queued_states(self, keys: Any) -> dict[str, str]:
+        return {}
+
+
+class _Runner:
+    """Stands for the leader's JobRunner: which actions ran in this process."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    def execute(self, action: Action) -> None:
+        self.ran.append(action.key)
+
+
+def test_a_kubernetes_nodes_job_runs_on_the_leader_never_in_the_queue() -> None:
+    """Workers have no Kubernetes API access (the chart binds their account to nothing), so a
+    Node's job (node Job, cordon, drain) stays with the controller; other jobs are queued."""
+    node = f"{API}\nkind: ManagedInstance\nmetadata:\n  name: node-1\n  labels: {{fleet: e2e}}\n"
+    node += "spec:\n  connection: {type: kubernetes, node: node-1}\n"
+    text = documents(
+        BASELINE_YAML, window_yaml("noon", "cron(0 12 * * ? *)"), node,
+        local_instance_yaml("web-1", Path("/srv/web-1")),
+    )  # fmt: skip
+    snapshot = build_snapshot([("fleet.yaml", text.encode())], predefined_baselines())
+    queue, runner = _RecordingQueue(), _Runner()
+    clock = lambda: datetime(2030, 1, 1, tzinfo=UTC)  # noqa: E731
+    pool = QueueExecutor(
+        cast(Any, queue), InForce(snapshot=snapshot, revision="main@sha1:abc"),
+        cast(Any, runner), 2, clock,
+    )  # fmt: skip
+    try:
+        on_node = Action(Operation.SCAN, "node-1", "k-node", "now", BASELINE, "h", "noon")
+        on_root = Action(Operation.SCAN, "web-1", "k-root", "now", BASELINE, "h", "noon")
+        pool.submit(runner.execute, on_node).result(timeout=30)
+        pool.submit(runner.execute, on_root)
+        assert (runner.ran, queue.queued) == (["k-node"], ["k-root"])
+    finally:
+        pool.shutdown(wait=True)

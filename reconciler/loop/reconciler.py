@@ -52,6 +52,7 @@ class LoopOptions(TypedDict, total=False):
     report_dir: Path | None
     export_grace: float
     reboot_settings: RebootSettings
+    job_queue: JobQueue | None
 
 
 class Reconciler:

@@ -149,7 +149,8 @@ class QueueExecutor(Executor):
     """The leader's pool with external workers: :meth:`submit` of ``runner.execute`` enqueues
     the action; its future completes when a worker marked the entry done, with the key's job
     (None when none ran). The slot the action holds stays held until then. Anything else
-    submitted (resuming a job left waiting for a reboot) runs on this process's threads."""
+    submitted (resuming a job left waiting for a reboot), and a Kubernetes Node's job, runs on
+    this process's threads."""
 
     def __init__(
         self, queue: JobQueue, in_force: InForce, runner: JobRunner, workers: int, clock: Clock
@@ -163,7 +164,7 @@ class QueueExecutor(Executor):
         self._poller.start()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        if fn != self.runner.execute or kwargs or len(args) != 1:
+        if fn != self.runner.execute or kwargs or len(args) != 1 or self._on_node(args[0]):
             return self._local.submit(fn, *args, **kwargs)
         action: Action = args[0]
         future: Future[JobRecord | None] = Future()
@@ -173,6 +174,13 @@ class QueueExecutor(Executor):
         with self._lock:
             self._pending[action.key] = future
         return future
+
+    def _on_node(self, action: Action) -> bool:
+        """A Kubernetes Node's job runs here: its node Job, cordon and drain need the
+        controller's API access, which workers are never given (docs/kubernetes.md)."""
+        snapshot = self.in_force.snapshot
+        instance = None if snapshot is None else snapshot.instances.get(action.instance)
+        return instance is not None and instance.spec.connection.type == "kubernetes"
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop following the queue: entries queued or claimed go on in the workers, and the
