@@ -232,13 +232,16 @@ def decide(
     opened_at: datetime | None = None,
 ) -> RolloutDecision:
     """What each stage does now, and why the others wait. ``opened_at``: when the first stage's
-    open window opened; after an abort only an opening later than the abort freezes again."""
+    open window opened; after an abort or a completed cycle only an opening later than that
+    freezes again (a long window must not restart the cycle it just completed)."""
     name, stages = rollout.metadata.name, rollout.spec.stages
     if record.snapshot is None or record.aborted_at is not None:
         if record.aborted_at is not None:
             first_window_open = first_window_open and _after(opened_at, record.aborted_at)
         return _between_cycles(rollout, members, record, first_window_open)
     if _complete(stages, members, record, now):
+        done_at = completed_at(stages, members, record)
+        first_window_open = first_window_open and _after(opened_at, done_at)
         return _between_cycles(rollout, members, record, first_window_open)
     token = rollout.spec.resume_token or ""
     if record.resumed_by(rollout.spec.resume_token):
@@ -248,9 +251,22 @@ def decide(
     return replace(_stages(rollout, members, record, now), resume_token=token)
 
 
-def _after(opened_at: datetime | None, aborted_at: datetime) -> bool:
-    # Unknown opening: wait, rather than re-freeze at once what was just aborted.
-    return opened_at is not None and opened_at > aborted_at
+def _after(opened_at: datetime | None, ended_at: datetime) -> bool:
+    # Unknown opening: wait, rather than re-freeze at once what was just aborted or completed.
+    return opened_at is not None and opened_at > ended_at
+
+
+def completed_at(
+    stages: Sequence[RolloutStage], members: Sequence[tuple[str, ...]], record: RolloutRecord
+) -> datetime:
+    """When a completed cycle's last stage finished its bake (its last machine's install plus
+    its bake time): the next cycle freezes only at an opening that began after it."""
+    ends = []
+    for stage, mine in zip(stages, members, strict=True):
+        since = on_snapshot_since(mine, record)
+        assert since is not None  # complete: every stage has machines, all on the snapshot
+        ends.append(since + timedelta(seconds=bake_seconds(stage.bake_time)))
+    return max(ends)
 
 
 def _stages(
@@ -294,8 +310,20 @@ def _between_cycles(
         why = f"cycle {record.cycle} aborted; the next freezes when stage {first}'s window "
         why += "next opens"
         return RolloutDecision(name, _all(stages, members, Verdict.WAITING, why))
-    done = f"cycle {record.cycle} done; the next freezes when stage {first}'s window opens"
+    done = f"cycle {record.cycle} done; the next freezes when stage {first}'s window next opens"
     return RolloutDecision(name, _all(stages, members, Verdict.BAKED, done))
+
+
+def freeze_waits(decision: RolloutDecision, unscanned: Mapping[str, int]) -> RolloutDecision:
+    """``decision`` (a freeze) held back while stages have machines never scanned (stage ->
+    how many): every stage's baseline gets its versions frozen at the same moment, so the
+    freeze waits for all of them, and says for what."""
+    what = ", ".join(
+        f"{count} machine{'s' if count > 1 else ''} of stage {stage}"
+        for stage, count in unscanned.items()
+    )
+    why = f"freeze waits: {what} not scanned yet"
+    return replace(decision, stages=tuple(replace(s, reason=why) for s in decision.stages))
 
 
 def approved(stage: RolloutStage, record: RolloutRecord) -> bool:

@@ -231,7 +231,10 @@ def step(
     fleet.now += timedelta(hours=hours)
     if release:
         fleet.released += 1
-    decision = decide(fleet.plan, fleet.members, fleet.record, window, fleet.now)
+    # Each step with the window open is a new opening, so a completed cycle restarts (an
+    # aborted one stays ended: the halt and abort checks count installs across cycles).
+    opened_at = fleet.now if window and fleet.record.aborted_at is None else None
+    decision = decide(fleet.plan, fleet.members, fleet.record, window, fleet.now, opened_at)
     if decision.freeze:
         pins = [f"pkg={v}" for v in range(1, fleet.released + 1)]
         fleet.record = fleet.record.start_cycle(freeze({"debian": pins}, fleet.now))
@@ -381,6 +384,26 @@ def test_an_abort_ends_the_cycle_until_the_first_stage_window_opens_again() -> N
     again = decide(DEV_PROD, (dev, prod), aborted, True, T0 + 25 * HOUR, opened_at=T0 + 24 * HOUR)
     assert again.freeze
     assert RolloutRecord().start_cycle(freeze({}, T0)).start_cycle(freeze({}, T0)).cycle == 2
+
+
+def test_a_completed_cycle_waits_for_an_opening_that_began_after_it() -> None:
+    """A long first-stage window (open for days) must not restart the cycle it just completed:
+    the next freezes only at an opening that began after the last stage's bake ended."""
+    dev, prod = machines("dev", 1), machines("prod", 1)
+    record = on_snapshot(on_snapshot(started(), dev, T0 + HOUR), prod, T0 + 50 * HOUR)
+    done_at = T0 + 50 * HOUR  # prod bakes 0m: the cycle completed with its install
+
+    same = decide(DEV_PROD, (dev, prod), record, True, T0 + 51 * HOUR, opened_at=T0)
+    assert not same.freeze and same.installing == frozenset()
+    assert verdicts(same)["dev"] == (
+        Verdict.BAKED,
+        "cycle 1 done; the next freezes when stage dev's window next opens",
+    )
+    assert not decide(DEV_PROD, (dev, prod), record, True, T0 + 51 * HOUR).freeze
+    at_the_end = decide(DEV_PROD, (dev, prod), record, True, T0 + 51 * HOUR, opened_at=done_at)
+    assert not at_the_end.freeze
+    later = done_at + timedelta(minutes=1)
+    assert decide(DEV_PROD, (dev, prod), record, True, later, opened_at=later).freeze
 
 
 def test_a_commit_that_changes_the_resume_token_resumes_a_halted_rollout() -> None:

@@ -11,7 +11,11 @@ stages, a clock the test sets):
   other updates, nor is a machine counted on the snapshot because only the newer version is
   missing there;
 - a stage's failures go beyond its maxFailedPercent: the halt stops the stage's other machines
-  in the same pass, not after all of them installed.
+  in the same pass, not after all of them installed;
+- a later stage runs another baseline and its machine was not scanned yet when the first
+  stage's window opened: the freeze waits for it, so that baseline's versions are frozen too;
+- a long first-stage window is still open when the cycle completes: the next cycle waits for
+  the window's next opening.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from tests.aptlab import Pkg, make_root
 from tests.conftest import INSTALLED, needs_apt
 from tests.fleet import (
     API,
+    BASELINE,
     BASELINE_YAML,
     ManualClock,
     documents,
@@ -139,3 +144,86 @@ def test_a_halt_stops_the_stage_in_the_same_pass(tmp_path: Path) -> None:
     assert decision.stages[0].verdict is Verdict.HALTED
     patched = [n for n in roots if versions(roots[n])["pwtest-lib"] == PATCHED["pwtest-lib"]]
     assert len(patched) == 1
+
+
+PROD_GROUP = "  name: prod\nspec:\n  selector:\n    matchLabels: {ring: prod}\n  baselines:\n"
+# The fleets' baseline with other approval rules: Important updates only (the library).
+IMPORTANT_ONLY = (
+    BASELINE_YAML.split("---\n")[0]
+    .replace(f"name: {BASELINE}", "name: debian-important")
+    .replace("[Required, Important, Standard, Optional, Extra]", "[Important]")
+)
+
+
+def test_the_freeze_waits_for_a_later_stage_on_another_baseline_and_freezes_it_too(
+    tmp_path: Path,
+) -> None:
+    """prod runs a baseline that approves Important updates only (the library, not the tool),
+    and its machine cannot be scanned when dev's window opens."""
+    fleet = Fleet(tmp_path)
+    config = fleet.config / "fleet.yaml"
+    text = config.read_text().replace(
+        PROD_GROUP + f"    DEBIAN: {BASELINE}", PROD_GROUP + "    DEBIAN: debian-important"
+    )
+    config.write_text(documents(text, IMPORTANT_ONLY))
+    away = tmp_path / "prod-away"
+    fleet.roots["prod"].rename(away)  # unreachable: its scan fails
+    reconciler = fleet.loop()
+
+    fleet.clock.advance_to(at(1, 12))
+    summary = reconciler.reconcile()
+    (decision,) = summary.rollouts
+    assert {s.reason for s in decision.stages} == {
+        "freeze waits: 1 machine of stage prod not scanned yet"
+    }
+    assert fleet.versions("dev")["pwtest-lib"] == "1.0-1"  # nothing installed
+
+    away.rename(fleet.roots["prod"])
+    run(reconciler, fleet.clock, at(1, 12, 45))  # prod scanned: frozen, dev installs
+    with StateStore(fleet.state) as store:  # another reader: the loop's stays open
+        record = store.rollout_record("web")
+    assert record.snapshot is not None
+    assert set(record.snapshot.versions) == {BASELINE, "debian-important"}
+    assert record.snapshot.versions["debian-important"] == {"pwtest-lib=1.0-2"}
+    run(reconciler, fleet.clock, at(2, 13, 0))  # dev baked 1 d: staging installs
+    run(reconciler, fleet.clock, at(3, 13, 30))  # staging baked 1 d: prod installs
+
+    assert {k: fleet.versions("staging")[k] for k in PATCHED} == PATCHED
+    assert {k: fleet.versions("prod")[k] for k in PATCHED} == {
+        "pwtest-lib": "1.0-2",
+        "pwtest-tool": "2.0-1",
+    }
+
+
+def test_a_cycle_completed_inside_a_long_window_waits_for_its_next_opening(
+    tmp_path: Path,
+) -> None:
+    """Every stage's window is open 20 h a day and no stage bakes: the cycle completes early in
+    the afternoon while dev's window stays open until the next morning; the next cycle freezes
+    at the next opening (12:00 the next day), not at the next pass."""
+    fleet = Fleet(tmp_path)
+    config = fleet.config / "fleet.yaml"
+    config.write_text(
+        config.read_text()
+        .replace("  duration: 4\n  cutoff: 1\n", "  duration: 20\n  cutoff: 1\n")
+        .replace("bakeTime: 1d", "bakeTime: 0m")
+    )
+    reconciler = fleet.loop()
+    run(reconciler, fleet.clock, DAY1)
+    run(reconciler, fleet.clock, at(1, 12))  # frozen; dev installs
+    run(reconciler, fleet.clock, at(1, 13))  # staging installs
+    run(reconciler, fleet.clock, at(1, 14))  # prod installs: the cycle is done
+    assert fleet.patched() == {"dev": True, "staging": True, "prod": True}
+
+    fleet.clock.advance_to(at(1, 20))  # dev's window is still open
+    summary = reconciler.reconcile()
+    (decision,) = summary.rollouts
+    assert {(s.verdict, s.reason) for s in decision.stages} == {
+        (Verdict.BAKED, "cycle 1 done; the next freezes when stage dev's window next opens")
+    }
+    with StateStore(fleet.state) as store:  # another reader: the loop's stays open
+        assert store.rollout_record("web").cycle == 1
+
+    run(reconciler, fleet.clock, at(2, 12))  # the next opening
+    with StateStore(fleet.state) as store:  # another reader: the loop's stays open
+        assert store.rollout_record("web").cycle == 2

@@ -61,7 +61,8 @@ class Loop:
     def run(
         self, at: datetime, *, window: bool = False, approved: Mapping[str, list[str]] = RELEASE_1
     ) -> None:
-        decision = decide(WEB, MEMBERS, self.record, window, at)
+        # A window given here opens at that moment: a new opening, as a new cycle needs.
+        decision = decide(WEB, MEMBERS, self.record, window, at, opened_at=at if window else None)
         if decision.freeze:
             self.record = self.record.start_cycle(freeze(approved, at))
         if decision.halt is not None:

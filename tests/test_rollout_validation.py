@@ -125,3 +125,75 @@ spec:
         "rollout.yaml:11: spec.stages[1].name: instance 'web-1' is selected by stages dev, prod; "
         "a machine belongs to one stage: change the stages' patch groups or selectors"
     ) in found, found
+
+
+INSTANCES = """\
+---
+apiVersion: patchwarden.io/v1alpha1
+kind: ManagedInstance
+metadata:
+  name: prod-1
+  labels: {patchwarden.io/patch-group: prod}
+spec:
+  connection: {type: local}
+---
+apiVersion: patchwarden.io/v1alpha1
+kind: PatchGroup
+metadata:
+  name: db
+---
+apiVersion: patchwarden.io/v1alpha1
+kind: ManagedInstance
+metadata:
+  name: db-1
+  labels: {patchwarden.io/patch-group: db}
+spec:
+  connection: {type: local}
+"""
+
+
+def window(group: str, override: str) -> str:
+    return f"""\
+---
+apiVersion: patchwarden.io/v1alpha1
+kind: MaintenanceWindow
+metadata:
+  name: {group}-noon
+spec:
+  schedule: cron(0 12 * * ? *)
+  duration: 4
+  cutoff: 1
+  targets:
+    patchGroups: [{group}]
+  tasks:
+    - name: install
+      operation: Install
+      {override}
+"""
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("installOverrideList: [curl]", "installOverrideList"),
+        ("baselineOverride: b", "baselineOverride"),
+    ],
+)
+def test_an_install_override_on_a_rollout_stage_is_refused(override: str, field: str) -> None:
+    """Not confined to the frozen snapshot, so refused rather than accepted and ignored; the
+    same task on machines in no rollout stage stays valid."""
+    baseline = (
+        "---\napiVersion: patchwarden.io/v1alpha1\nkind: PatchBaseline\nmetadata:\n  name: b\n"
+        "spec:\n  operatingSystem: DEBIAN\n"
+    )
+    found = problems(ROLLOUT + INSTANCES + baseline + window("prod", override))
+    assert found == [
+        f"rollout.yaml:55: spec.tasks[0].{field}: targets instance 'prod-1' of Rollout 'web' "
+        "(stage prod), whose stages install only the snapshot frozen from their baselines; "
+        f"remove {field}, or move the task to a window that targets no rollout stage"
+    ], found
+    files = [
+        ("groups.yaml", GROUPS.encode()),
+        ("rollout.yaml", (ROLLOUT + INSTANCES + baseline + window("db", override)).encode()),
+    ]
+    assert build_snapshot(files, predefined={}).windows["db-noon"].spec.tasks[0]

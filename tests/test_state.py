@@ -8,6 +8,7 @@ import multiprocessing
 import sqlite3
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -17,6 +18,7 @@ import psycopg
 import pytest
 
 from reconciler.api.enrolment import DiscoveredHost, Listed, Provenance
+from reconciler.api.enums import JobStatus
 from reconciler.api.inventory import Inventory
 from reconciler.api.oneoff import OneOffOpening, OneOffStatus, OneOffTargets
 from reconciler.api.resources import WindowTask
@@ -529,21 +531,62 @@ def test_claimed_keys_checks_existence_in_sql(store: StateStore) -> None:
 @pending("reads SQLite's EXPLAIN QUERY PLAN; PostgreSQL needs its own EXPLAIN check")
 def test_planning_jobs_use_indexes_not_a_scan_of_the_history(store: StateStore) -> None:
     """The planner's read must not grow with the history: every part is an index search."""
+    plan = _query_plan(
+        store, lambda: store.planning_jobs(openings=[("nightly", "o")], failed_scans_since=T0)
+    )
+    scans = [step for step in plan if step.startswith("SCAN") and "json_each" not in step]
+    assert not [s for s in scans if "jobs" in s and "USING" not in s], plan
+    assert any("jobs_by_status_time" in step for step in plan), plan
+    assert any("jobs_by_window" in step for step in plan), plan
+
+
+def test_install_jobs_since_reads_the_finished_installs_of_a_cycle_only(store: StateStore) -> None:
+    """The rollout step's read: finished Install jobs of the given instances created since the
+    freeze, oldest first; older ones, scans, running jobs and other instances are not read."""
+    freeze = T0 + timedelta(days=365)  # a year of history before the cycle
+
+    def finished(key: str, instance: str, at: datetime, status: JobStatus, **kw: Any) -> None:
+        job = claim(store, key, instance=instance, now=at, **kw)
+        store.finish_job(job.id, status=status, result={}, now=at + timedelta(minutes=5))
+
+    finished("old", "dev-1", T0, JobStatus.SUCCEEDED)
+    finished("scan", "dev-1", freeze, JobStatus.SUCCEEDED, operation="Scan")
+    finished("ok", "dev-1", freeze + timedelta(hours=1), JobStatus.SUCCEEDED)
+    finished("bad", "dev-2", freeze, JobStatus.FAILED)
+    finished("other", "db-1", freeze, JobStatus.SUCCEEDED)
+    claim(store, "running", instance="dev-2", now=freeze + timedelta(hours=2))
+
+    read = store.install_jobs_since(["dev-1", "dev-2"], freeze)
+
+    assert [(job.key, job.status) for job in read] == [
+        ("bad", JobStatus.FAILED),
+        ("ok", JobStatus.SUCCEEDED),
+    ]
+    assert store.install_jobs_since([], freeze) == []
+
+
+@pending("reads SQLite's EXPLAIN QUERY PLAN; PostgreSQL needs its own EXPLAIN check")
+def test_install_jobs_since_is_an_index_range_not_a_scan_of_the_history(store: StateStore) -> None:
+    plan = _query_plan(store, lambda: store.install_jobs_since(["dev-1", "dev-2"], T0))
+    # A range on created_at (by instance or by status, as SQLite's planner prefers): nothing
+    # created before the freeze is read.
+    assert not [step for step in plan if step.startswith("SCAN jobs")], plan
+    assert any(s.startswith("SEARCH jobs") and s.endswith("created_at>?)") for s in plan), plan
+
+
+def _query_plan(store: StateStore, read: Callable[[], object]) -> list[str]:
+    """SQLite's EXPLAIN QUERY PLAN steps of the one statement on ``jobs`` that ``read`` runs."""
     statements: list[str] = []
     with store._use() as conn:
         conn.set_trace_callback(statements.append)
     try:
-        store.planning_jobs(openings=[("nightly", "o")], failed_scans_since=T0)
+        read()
     finally:
         with store._use() as conn:
             conn.set_trace_callback(None)
     (query,) = [s for s in statements if "FROM jobs" in s]
     with store._use() as conn:
-        plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + query)]
-    scans = [step for step in plan if step.startswith("SCAN") and "json_each" not in step]
-    assert not [s for s in scans if "jobs" in s and "USING" not in s], plan
-    assert any("jobs_by_status_time" in step for step in plan), plan
-    assert any("jobs_by_window" in step for step in plan), plan
+        return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + query)]
 
 
 def _claim_from_threads(stores: list[StateStore], keys: list[str]) -> dict[str, int]:

@@ -38,6 +38,8 @@ from reconciler.api.resources import (
     Resource,
     Rollout,
     SshConnection,
+    WindowTargets,
+    WindowTask,
 )
 from reconciler.api.yamldocs import Document, Path, YamlError, decode, documents
 from reconciler.errors import RefusedInput
@@ -430,6 +432,50 @@ def _instance_in_one_stage_at_most(snap: Snapshot, invalid: Refused) -> Iterator
                 )
 
 
+def _no_override_on_rollout_members(snap: Snapshot, invalid: Refused) -> Iterator[_Finding]:
+    # Refused rather than confined: an override installs versions no frozen baseline approved
+    # (installOverrideList: each named package's newest update, whatever it is then), so a
+    # stage would install what its predecessor never baked. Accepting it would ignore either
+    # the override or the rollout.
+    for wname, window in sorted(snap.windows.items()):
+        for index, task in enumerate(window.spec.tasks):
+            override = _override_field(task)
+            member = _rollout_member(snap, window.spec.targets) if override else None
+            if override is None or member is None:
+                continue
+            yield _Finding(
+                "MaintenanceWindow",
+                wname,
+                ("spec", "tasks", index, override),
+                f"targets {member}, whose stages install only the snapshot frozen from their "
+                f"baselines; remove {override}, or move the task to a window that targets no "
+                "rollout stage",
+            )
+
+
+def _override_field(task: WindowTask) -> str | None:
+    """The override an Install task carries (``installOverrideList``, ``baselineOverride``)."""
+    if task.operation != Operation.INSTALL:
+        return None
+    if task.install_override_list is not None:
+        return "installOverrideList"
+    return "baselineOverride" if task.baseline_override is not None else None
+
+
+def _rollout_member(snap: Snapshot, targets: WindowTargets) -> str | None:
+    """``instance 'prod-1' of Rollout 'web' (stage prod)``: the first instance ``targets``
+    select that a rollout stage selects too; None when there is none."""
+    for iname, instance in sorted(snap.instances.items()):
+        labels = instance.metadata.labels
+        if not snap.selected_by(targets.patch_groups, targets.selector, labels):
+            continue
+        for rname, rollout in sorted(snap.rollouts.items()):
+            for stage in rollout.spec.stages:
+                if snap.selected_by(stage.patch_groups, stage.selector, labels):
+                    return f"instance {iname!r} of Rollout {rname!r} (stage {stage.name})"
+    return None
+
+
 def _groups_exist(
     snap: Snapshot, invalid: Refused, kind: str, name: str, path: Path, groups: Iterable[str]
 ) -> Iterator[_Finding]:
@@ -525,6 +571,7 @@ _REFERENCE_RULES: tuple[Callable[[Snapshot, Refused], Iterable[_Finding]], ...] 
     _provenance_only_on_generated,
     _rollout_stage_groups_exist,
     _instance_in_one_stage_at_most,
+    _no_override_on_rollout_members,
 )
 
 

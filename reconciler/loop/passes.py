@@ -125,7 +125,7 @@ def dispatch(context: PassContext) -> None:
 
 def _steer_again(summary: PassSummary, finished: list[Finished]) -> bool:
     """Whether the rollouts must be steered again before the next plan of this pass: a freeze
-    waited for the first stage's scans (once they are in, that stage installs in this pass, not
+    waited for the stages' scans (once they are in, the first stage installs in this pass, not
     in a later run), or an install failed (a halt stops its stage's other machines now)."""
     if not summary.rollouts:
         return False

@@ -37,6 +37,7 @@ from reconciler.rollout import (
     Verdict,
     decide,
     freeze,
+    freeze_waits,
     result_of_job,
     stage_members,
 )
@@ -119,9 +120,13 @@ def decide_and_record(
 ) -> tuple[RolloutDecision, RolloutRecord]:
     """Fold the members' new results, decide, and record (``write``) a freeze and a halt."""
     steps = _Steps(store, snapshot, rollout, members, now, write)
-    record = steps.results(store.rollout_record(rollout.metadata.name), _finished_installs)
+    record = store.rollout_record(rollout.metadata.name)
+    record = steps.results(record, _finished_installs(store, members, record))
     decision = steps.decide(record)
-    if decision.freeze and _first_stage_scanned(store, members):
+    unscanned = _unscanned(store, rollout, members) if decision.freeze else {}
+    if unscanned:
+        decision = freeze_waits(decision, unscanned)
+    elif decision.freeze:
         frozen = freeze(approved_versions(store, snapshot, members, now), now)
         if write:
             store.record_rollout_cycle(rollout.metadata.name, frozen, now=now)
@@ -143,11 +148,16 @@ def decide_and_record(
     return decision, record
 
 
-def _first_stage_scanned(store: StateBackend, members: Members) -> bool:
-    """A freeze waits until every machine of the first stage was scanned: the snapshot is made
-    of what their scans approve, and an unscanned machine's versions would be missing from it."""
+def _unscanned(store: StateBackend, rollout: Rollout, members: Members) -> dict[str, int]:
+    """Stage -> how many of its machines were never scanned. A freeze waits for every stage's:
+    the snapshot holds each baseline's versions at one moment, made of what the scans approve,
+    and an unscanned machine's baseline (a later stage's, too) would be missing from it."""
     scanned = store.latest_scans()
-    return all(member in scanned for member in (members[0] if members else ()))
+    counts = {
+        stage.name: sum(1 for member in mine if member not in scanned)
+        for stage, mine in zip(rollout.spec.stages, members, strict=True)
+    }
+    return {stage: count for stage, count in counts.items() if count}
 
 
 Finder = Callable[[StateBackend, str, RolloutRecord], MachineResult | None]
@@ -183,18 +193,25 @@ class _Steps:
         return record
 
 
-def _finished_installs(
-    store: StateBackend, member: str, record: RolloutRecord
-) -> MachineResult | None:
-    """The member's latest install job finished since the freeze and newer than its recorded
+def _finished_installs(store: StateBackend, members: Members, record: RolloutRecord) -> Finder:
+    """Each member's latest install job finished since the freeze and newer than its recorded
     result and the last resume: each job is folded once, and a failure a resume forgot stays
-    forgotten."""
-    assert record.snapshot is not None
-    known = record.results.get(member)
-    finished = known.finished_at if known is not None else None
-    times = [t for t in (finished, record.resumed_at) if t is not None]
-    since = max(times) if times else None
-    return _latest_install(store.jobs(instance=member), record.snapshot.frozen_at, since)
+    forgotten. One read, bounded by the freeze (``install_jobs_since``), for all members."""
+    by_member: dict[str, list[JobRecord]] = {}
+    if record.snapshot is not None:
+        everyone = [m for stage in members for m in stage]
+        for job in store.install_jobs_since(everyone, record.snapshot.frozen_at):
+            by_member.setdefault(job.instance, []).append(job)
+
+    def find(store: StateBackend, member: str, record: RolloutRecord) -> MachineResult | None:
+        assert record.snapshot is not None
+        known = record.results.get(member)
+        finished = known.finished_at if known is not None else None
+        times = [t for t in (finished, record.resumed_at) if t is not None]
+        since = max(times) if times else None
+        return _latest_install(by_member.get(member, ()), record.snapshot.frozen_at, since)
+
+    return find
 
 
 def _latest_install(

@@ -140,6 +140,10 @@ class StateBackend(Protocol):
         """The newest job of each instance (by creation, as :meth:`jobs` orders them), without
         reading the history: one ``jobs_by_instance_time`` step per instance."""
 
+    def install_jobs_since(self, instances: Iterable[str], since: datetime) -> list[JobRecord]:
+        """The finished Install jobs of ``instances`` created at or after ``since``, oldest first
+        (an index range per instance: the rollout step's read of a cycle's results)."""
+
     def claimed_keys(self, keys: Iterable[str]) -> set[str]:
         """Which of ``keys`` were ever claimed, checked in SQL (the UNIQUE index on ``key``)."""
 

@@ -232,6 +232,21 @@ class SqlStore:
             ).fetchall()
         return [JobRecord.from_row(row) for row in rows]
 
+    def install_jobs_since(self, instances: Iterable[str], since: datetime) -> list[JobRecord]:
+        """The finished Install jobs of ``instances`` created at or after ``since``, oldest first:
+        a ``jobs_by_instance_time`` range per instance, so a rollout pass reads its cycle's jobs
+        only, however long the history."""
+        with self._use() as conn:
+            rows = self.dialect.run(
+                conn,
+                f"SELECT {JobRecord.COLUMNS} FROM jobs WHERE {self.dialect.in_list('instance')}"
+                " AND created_at >= ? AND operation = 'Install'"
+                " AND status IN ('succeeded', 'failed')"
+                f" ORDER BY created_at, {self.dialect.arrival}",
+                (self.dialect.listed(instances), to_text(since)),
+            ).fetchall()
+        return [JobRecord.from_row(row) for row in rows]
+
     def claimed_keys(self, keys: Iterable[str]) -> set[str]:
         """Which of ``keys`` were ever claimed, checked in SQL (the UNIQUE index on ``key``)."""
         with self._use() as conn:
