@@ -45,6 +45,7 @@ from reconciler.state.kubernetes import StatusWriter, Written, merge_conditions,
 from tests.conftest import needs_apt
 from tests.fleet import BASELINE, BASELINE_YAML, GROUP, local_instance_yaml, window_yaml
 from tests.kubeapi import KubeApi, free_port
+from tests.postgres import terminate_lock_session
 from tests.test_metrics import scrape
 from tests.waiting import wait_until
 
@@ -1093,3 +1094,29 @@ spec:
         "a RefreshFailed event",
         lambda: ("InstanceSource/inv", "RefreshFailed", "Warning") in events(kube_api, ns),
     )
+
+
+@pytest.mark.apiserver
+def test_a_controller_whose_postgresql_lock_session_is_cut_stops_with_one_line(
+    kube_api: KubeApi,
+    controllers: Callable[..., Controller],
+    postgres_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As ``patchctl run`` does (tests/test_state_cli.py): the leader's writer lock session is
+    ended by an administrator; it writes nothing more and exits 1 with one line, so its Pod
+    restarts and waits its turn."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))  # beside-the-store files
+    ns = kube_api.namespace()
+    # The fixture's own --state is a file; the later option wins.
+    controller = controllers(ns, "alpha", "--interval", "1", "--state", postgres_url)
+    wait_for("alpha leads", lambda: lease_holder(kube_api, ns) == "alpha")
+    terminate_lock_session(postgres_url)
+    assert controller.process.wait(timeout=60) == 1, controller.logs()
+    logs = controller.logs()
+    assert logs.splitlines()[-1].startswith(
+        "patchctl: lost the writer lock of the state store postgresql://"
+    ), logs
+    assert "Traceback" not in logs
+    assert lease_holder(kube_api, ns) == ""  # released: a standby need not wait it out
