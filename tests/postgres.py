@@ -260,6 +260,12 @@ def opened_at(where: str, **options: Any) -> Any:
     return PostgresStore(where, **options)
 
 
+_LOCK_SESSION = (
+    "SELECT {} FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = %s"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
 def terminate_lock_session(url: str) -> None:
     """What an administrator (or a failover) does: end the session holding the writer lock."""
     import psycopg
@@ -268,12 +274,19 @@ def terminate_lock_session(url: str) -> None:
 
     with psycopg.connect(url, autocommit=True) as admin:
         (ended,) = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
-            " AND granted AND objid = %s AND database = (SELECT oid FROM pg_database"
-            " WHERE datname = current_database())",
-            (LOCK_KEY,),
+            _LOCK_SESSION.format("pg_terminate_backend(pid)"), (LOCK_KEY,)
         ).fetchone()
         assert ended
+
+
+def writer_lock_held(url: str) -> bool:
+    """Whether some session holds the writer lock of the database at ``url`` now."""
+    import psycopg
+
+    from reconciler.state.postgres.lock import LOCK_KEY
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        return admin.execute(_LOCK_SESSION.format("pid"), (LOCK_KEY,)).fetchone() is not None
 
 
 @contextmanager

@@ -113,6 +113,16 @@ class PostgresStore(SqlStore):
         """A name in :attr:`home`: what lives beside the store goes beside it (``path.parent``)."""
         return self.home / "postgresql"
 
+    def take_writer(self, writer: Holder) -> None:
+        """Become the writer of a store opened as a reader: a controller replica that shares
+        the database with others and has just won the leader Lease (it waited as a standby
+        without the lock). :class:`StoreLocked` while another process still holds it."""
+        lock = AdvisoryLock(self._conninfo, self.name)
+        lock.acquire(writer)
+        with self._lock:
+            self._release_writer()  # held already: the new session's lock is the one kept
+            self._writer = lock
+
     def schema_version(self) -> int:
         with self._use() as conn:
             return schema_version(conn)
