@@ -1464,12 +1464,13 @@ def _origins(snapshot: Snapshot) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _observed_store(
-    args: argparse.Namespace, *, serving: bool
+    args: argparse.Namespace, *, serving: bool, writer: bool = True
 ) -> Iterator[tuple[StateBackend, list[Observer], LoopMetrics]]:
     """The state store and the loop's observers: the audit log, the event sinks and, when
-    ``serving``, the metrics served (a one-shot run serves none)."""
+    ``serving``, the metrics served (a one-shot run serves none). ``writer``: take the store's
+    writer lock now (a controller on PostgreSQL takes it once it leads)."""
     with (
-        _store(args, writer=True) as store,
+        _store(args, writer=writer) as store,
         _audit_log(args, store) as audit_log,
         _event_sinks(args) as sinks,
     ):
@@ -1536,7 +1537,10 @@ def _controller(args: argparse.Namespace) -> int:
         api, node_settings, pool, args.ssh_dir, args.trust_root_scripts
     )
     elector = LeaderElector(api, lease)
-    with _observed_store(args, serving=True) as (store, observers, metrics):
+    # Replicas sharing a PostgreSQL store wait for the Lease as standbys without its writer
+    # lock (taken at start, it would refuse them), and take the lock once they lead.
+    shared = _postgres_url(args) is not None
+    with _observed_store(args, serving=True, writer=not shared) as (store, observers, metrics):
         if args.source == "kubernetes":
             reconciler, events = _controller_reconciler(
                 args,
@@ -1561,9 +1565,20 @@ def _controller(args: argparse.Namespace) -> int:
                 metrics=metrics,
                 events=events,
                 resume=resume,
+                on_leading=_writer_once_leading(args, store) if shared else lambda: None,
             )
     pool.close()
     return code
+
+
+def _writer_once_leading(args: argparse.Namespace, store: StateBackend) -> Callable[[], None]:
+    """What a controller on PostgreSQL state does once it leads: take the writer lock
+    (``StoreLocked``, one line and exit 1, while a former leader's session still holds it)."""
+    from reconciler.state.postgres.store import PostgresStore
+
+    assert isinstance(store, PostgresStore)  # _store's choice for a postgresql:// --state
+    holder = Holder.this_process(f"patchctl {args.command}")
+    return lambda: store.take_writer(holder)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from tests.postgres import (  # noqa: F401  (a real PostgreSQL 15; state stores 
     postgres_server,
     postgres_url,
     state_store,
+    tls_postgres_server,
 )
 
 # The labs' roots have no /bin/sh (tests/aptlab.py), so dpkg runs their maintainer scripts on

@@ -125,12 +125,12 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def accepting(server: Postgres) -> bool:
-    """Whether the server accepts connections now."""
+def accepting(server: Postgres, options: str = "") -> bool:
+    """Whether the server accepts connections now (with these URL ``options``)."""
     import psycopg
 
     try:
-        psycopg.connect(server.url("postgres"), connect_timeout=2).close()
+        psycopg.connect(server.url("postgres") + options, connect_timeout=2).close()
     except psycopg.OperationalError:
         return False
     return True
@@ -156,9 +156,8 @@ def start_postgres(directory: Path) -> Postgres:
     return server
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[Postgres]:
-    """One PostgreSQL 15 for the session, stopped (and its directory removed) at the end."""
+@contextmanager
+def _session_server() -> Iterator[Postgres]:
     reason = unavailable()
     if reason is not None:
         pytest.skip(reason)
@@ -172,6 +171,40 @@ def postgres_server() -> Iterator[Postgres]:
             server.stop()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    """One PostgreSQL 15 for the session, stopped (and its directory removed) at the end."""
+    with _session_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tls_postgres_server() -> Iterator[Postgres]:
+    """A second server, for the few tests of TLS: it also speaks TLS, with a self-signed
+    certificate for 127.0.0.1 (``directory / "server.crt"``, the CA a client is to trust)."""
+    with _session_server() as server:
+        enable_tls(server)
+        yield server
+
+
+def enable_tls(server: Postgres) -> None:
+    """Make a key and a self-signed certificate for 127.0.0.1 (openssl, in the server's
+    directory, the postgres user's: the server refuses a key others can read) and turn on TLS;
+    returns when a TLS session can be made."""
+    key, cert = server.directory / "server.key", server.directory / "server.crt"
+    made = _as_postgres(
+        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out",
+        cert, "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+    )  # fmt: skip
+    if made.returncode != 0:
+        raise RuntimeError(f"openssl failed: {made.stderr[-2000:]}")
+    key.chmod(0o600)
+    for setting in (f"ssl_cert_file = '{cert}'", f"ssl_key_file = '{key}'", "ssl = on"):
+        server.execute(f"ALTER SYSTEM SET {setting}")
+    server.execute("SELECT pg_reload_conf()")
+    wait_until("PostgreSQL speaks TLS", lambda: accepting(server, "?sslmode=require"))
 
 
 @pytest.fixture
@@ -227,6 +260,12 @@ def opened_at(where: str, **options: Any) -> Any:
     return PostgresStore(where, **options)
 
 
+_LOCK_SESSION = (
+    "SELECT {} FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = %s"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
 def terminate_lock_session(url: str) -> None:
     """What an administrator (or a failover) does: end the session holding the writer lock."""
     import psycopg
@@ -235,12 +274,19 @@ def terminate_lock_session(url: str) -> None:
 
     with psycopg.connect(url, autocommit=True) as admin:
         (ended,) = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
-            " AND granted AND objid = %s AND database = (SELECT oid FROM pg_database"
-            " WHERE datname = current_database())",
-            (LOCK_KEY,),
+            _LOCK_SESSION.format("pg_terminate_backend(pid)"), (LOCK_KEY,)
         ).fetchone()
         assert ended
+
+
+def writer_lock_held(url: str) -> bool:
+    """Whether some session holds the writer lock of the database at ``url`` now."""
+    import psycopg
+
+    from reconciler.state.postgres.lock import LOCK_KEY
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        return admin.execute(_LOCK_SESSION.format("pid"), (LOCK_KEY,)).fetchone() is not None
 
 
 @contextmanager

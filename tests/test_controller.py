@@ -45,6 +45,7 @@ from reconciler.state.kubernetes import StatusWriter, Written, merge_conditions,
 from tests.conftest import needs_apt
 from tests.fleet import BASELINE, BASELINE_YAML, GROUP, local_instance_yaml, window_yaml
 from tests.kubeapi import KubeApi, free_port
+from tests.postgres import terminate_lock_session, writer_lock_held
 from tests.test_metrics import scrape
 from tests.waiting import wait_until
 
@@ -1093,3 +1094,82 @@ spec:
         "a RefreshFailed event",
         lambda: ("InstanceSource/inv", "RefreshFailed", "Warning") in events(kube_api, ns),
     )
+
+
+@pytest.mark.apiserver
+def test_a_controller_whose_postgresql_lock_session_is_cut_stops_with_one_line(
+    kube_api: KubeApi,
+    controllers: Callable[..., Controller],
+    postgres_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As ``patchctl run`` does (tests/test_state_cli.py): the leader's writer lock session is
+    ended by an administrator; it writes nothing more and exits 1 with one line, so its Pod
+    restarts and waits its turn."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))  # beside-the-store files
+    ns = kube_api.namespace()
+    # The fixture's own --state is a file; the later option wins.
+    controller = controllers(ns, "alpha", "--interval", "1", "--state", postgres_url)
+    wait_for("alpha leads", lambda: lease_holder(kube_api, ns) == "alpha")
+    wait_for("alpha takes the writer lock", lambda: writer_lock_held(postgres_url))
+    terminate_lock_session(postgres_url)
+    assert controller.process.wait(timeout=60) == 1, controller.logs()
+    logs = controller.logs()
+    assert logs.splitlines()[-1].startswith(
+        "patchctl: lost the writer lock of the state store postgresql://"
+    ), logs
+    assert "Traceback" not in logs
+    assert lease_holder(kube_api, ns) == ""  # released: a standby need not wait it out
+
+
+def _jobs_in(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM jobs").fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.mark.apiserver
+@needs_apt
+def test_a_standby_sharing_postgresql_state_takes_over_without_rescanning(
+    kube_api: KubeApi,
+    controllers: Callable[..., Controller],
+    system_root: Path,
+    postgres_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two controller processes share one PostgreSQL store: the second waits as a standby
+    (before, the writer lock refused it at start, exit 1); SIGKILL the leader and the standby
+    leads, continuing from the shared state: web-1, scanned within staleAfter, is not scanned
+    again."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    ns = kube_api.namespace()
+    apply(kube_api, ns, fleet_yaml(system_root))
+    first = controllers(ns, "alpha", "--interval", "1", "--state", postgres_url)
+    wait_for("alpha leads", lambda: lease_holder(kube_api, ns) == "alpha")
+    second = controllers(ns, "beta", "--interval", "1", "--state", postgres_url)
+    wait_for("web-1 scanned", ready_instance(kube_api, ns, "web-1", "NON_COMPLIANT"))
+    jobs = _jobs_in(postgres_url)
+    assert jobs >= 1
+    beta = f"http://127.0.0.1:{second.port}"
+    # A standby serves its endpoints while it waits (one refused at start never does).
+    wait_until(
+        "beta waits as a standby", lambda: scrape(beta), ignore=(OSError,), detail=second.logs
+    )
+    assert second.process.poll() is None, second.logs()
+    assert lease_holder(kube_api, ns) == "alpha"
+
+    first.stop(signal.SIGKILL)
+    wait_for("beta leads", lambda: lease_holder(kube_api, ns) == "beta", timeout=30)
+    wait_until(
+        "two passes of beta",
+        lambda: scrape(beta).value("patchwarden_reconcile_passes_total") >= 2,
+        timeout=60,
+        every=0.3,
+        ignore=(OSError,),  # its standby endpoint gives way to the leader's
+    )
+    assert _jobs_in(postgres_url) == jobs, second.logs()  # nothing scanned (or installed) again
+    assert second.stop() == 0, second.logs()

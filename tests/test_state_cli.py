@@ -24,7 +24,7 @@ from reconciler.state import Holder, StateStore
 from reconciler.state.postgres.store import PostgresStore
 from tests.filesystems import fill, remount_read_only, tmpfs
 from tests.git_servers import free_port
-from tests.postgres import terminate_lock_session
+from tests.postgres import Postgres, terminate_lock_session
 from tests.waiting import accepting, tail_of, wait_until
 
 PATCHCTL = [sys.executable, "-m", "reconciler"]
@@ -255,6 +255,42 @@ def test_a_postgresql_url_that_cannot_be_used_is_one_line_without_its_password(
     line = one_line_error(patchctl("reconcile", "--source", "empty", "--state", url, cwd=work))
     assert "s3cret" not in line
     assert "the state store postgresql://***@127.0.0.1:" in line
+
+
+def test_tls_options_in_the_url_reach_libpq(
+    work: Path, postgres_url: str, tls_postgres_server: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sslmode`` and ``sslrootcert`` are libpq's: a server without TLS is refused when the URL
+    requires it, and a TLS server is used when its certificate verifies, refused when not."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(work / "xdg"))
+    plain = one_line_error(
+        patchctl(
+            "reconcile", "--source", "empty", "--state", f"{postgres_url}?sslmode=require", cwd=work
+        )
+    )
+    assert "server does not support SSL, but SSL was required" in plain
+    url = tls_postgres_server.fresh_database()
+    trusted = tls_postgres_server.directory / "server.crt"
+    verified = f"{url}?sslmode=verify-full&sslrootcert={trusted}"
+    done = patchctl("reconcile", "--source", "empty", "--state", verified, cwd=work)
+    assert done.returncode == 0, done.stderr
+    other = work / "other.crt"  # a certificate of no one the server knows
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", work / "other.key",
+         "-out", other, "-days", "2", "-subj", "/CN=127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    refused = one_line_error(
+        patchctl(
+            "reconcile",
+            "--source",
+            "empty",
+            "--state",
+            f"{url}?sslmode=verify-full&sslrootcert={other}",
+            cwd=work,
+        )
+    )
+    assert "certificate verify failed" in refused
 
 
 def test_a_sqlite_url_names_the_same_file_as_its_path(work: Path) -> None:

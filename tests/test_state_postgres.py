@@ -4,11 +4,15 @@ backends by tests/test_state.py (docs/state.md, "PostgreSQL")."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -23,7 +27,7 @@ from reconciler.state import (
 )
 from reconciler.state.postgres import AdvisoryLock
 from reconciler.state.postgres.schema import LATEST
-from reconciler.state.postgres.store import PostgresStore
+from reconciler.state.postgres.store import PLANNING_JOBS, PostgresStore
 from tests.postgres import Postgres, terminate_lock_session
 from tests.waiting import wait_until
 
@@ -191,3 +195,69 @@ def test_a_writer_whose_lock_session_is_cut_stops_writing_and_another_takes_over
             with pytest.raises(WriterLost):  # still refused: the lock is not its own any more
                 writer.revisions()
             assert second.revisions()[0].revision == "second"
+
+
+def _keepalive(conn: psycopg.Connection[tuple[object, ...]]) -> tuple[int, int, int, int]:
+    """The kernel's keepalive settings of a session's socket: on, idle, interval, count."""
+    probe = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        return (
+            probe.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+            probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+        )
+    finally:
+        probe.close()  # the duplicate only
+
+
+def test_the_store_and_its_lock_notice_a_silent_peer_within_a_minute(postgres_url: str) -> None:
+    """A partition that sends nothing must not leave the lock's idle session open for the
+    kernel's default two hours: both sessions probe the server after 30 s of silence."""
+    with PostgresStore(postgres_url, writer=FIRST) as store:
+        assert store._conn is not None and store._writer is not None
+        assert store._writer._conn is not None
+        assert _keepalive(store._conn) == (1, 30, 10, 3)
+        assert _keepalive(store._writer._conn) == (1, 30, 10, 3)
+
+
+def test_keepalives_set_in_the_url_are_kept(postgres_url: str) -> None:
+    with PostgresStore(f"{postgres_url}?keepalives_idle=5&keepalives_count=9") as store:
+        assert store._conn is not None
+        assert _keepalive(store._conn) == (1, 5, 10, 9)
+
+
+def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+def test_planning_jobs_use_indexes_not_a_scan_of_the_history(postgres_url: str) -> None:
+    """PostgreSQL's counterpart of tests/test_state.py's EXPLAIN QUERY PLAN check (it failed
+    before the query returned whole rows per part: a hash join over a scan of all jobs): over a long
+    history (analysed, so the planner knows its size) every part of the planner's read is an
+    index search, none a scan of all jobs."""
+    with (
+        PostgresStore(postgres_url) as store,
+        psycopg.connect(postgres_url, autocommit=True) as conn,
+    ):
+        conn.execute(
+            'INSERT INTO jobs (id, key, instance, operation, "window", task, opening,'
+            " revision, status, payload, created_at)"
+            " SELECT 'j' || n, 'k' || n, 'web-' || (n % 500), 'Install', 'nightly',"
+            " 'patch', 'o' || (n / 500), 'r', CASE WHEN n % 1000 = 0 THEN 'running'"
+            " ELSE 'succeeded' END, '{}', to_char(timestamp '2024-01-01' + n * interval"
+            " '1 minute', 'YYYY-MM-DD\"T\"HH24:MI:SS.US+00:00')"
+            " FROM generate_series(1, 50000) AS n"
+        )
+        conn.execute("ANALYZE")
+        params = ("2024-02-01T00:00:00.000000+00:00", ["nightly"], ["o7"])
+        ((plan,),) = conn.execute("EXPLAIN (FORMAT JSON) " + PLANNING_JOBS, params).fetchall()
+        text = "\n".join(r[0] for r in conn.execute("EXPLAIN " + PLANNING_JOBS, params))
+        assert len(store.planning_jobs(openings=[("nightly", "o7")], failed_scans_since=_T0))
+    nodes = list(_plan_nodes(plan[0]["Plan"]))
+    scans = [n for n in nodes if n.get("Relation Name") == "jobs"]
+    assert scans and not [n for n in scans if n["Node Type"] == "Seq Scan"], text
+    used = {n.get("Index Name") for n in scans}
+    assert {"jobs_by_status_time", "jobs_by_window"} <= used, used

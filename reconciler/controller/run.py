@@ -167,13 +167,21 @@ def run(
     metrics: LoopMetrics,
     events: EventSink | None = None,
     resume: Callable[[], object] = lambda: None,
+    on_leading: Callable[[], object] = lambda: None,
 ) -> int:
     """Wait for the Lease, then reconcile until SIGTERM (exit 0, Lease released) or until the
     Lease is lost (exit 1: no new job starts; running ones finish). ``metrics`` observes the
     reconciler's occurrences; ``reconciler`` was built with ``leading=elector.leading.is_set``
-    (a :class:`ControllerReconciler`) so that only the leader writes."""
+    (a :class:`ControllerReconciler`) so that only the leader writes. ``on_leading`` runs once
+    the Lease is won, before anything else: a store shared by the replicas takes its writer
+    lock there; if it raises, the Lease is released for another replica."""
     if not _standby(elector, host, port, metrics):
         return EXIT_OK
+    try:
+        on_leading()
+    except BaseException:
+        elector.release()
+        raise
     service = Service(reconciler, metrics, interval=interval, host=host, port=port)
     elector.keep(on_lost=service.stop)  # no new job once the Lease is lost; wake the loop now
     try:

@@ -25,6 +25,7 @@ import psycopg
 
 from reconciler.redaction import redacted
 from reconciler.state.lock import Holder, refusal
+from reconciler.state.postgres.session import connect
 from reconciler.state.records import StoreLocked, StoreUnusable, WriterLost
 
 LOCK_KEY = 0x50775772
@@ -85,9 +86,7 @@ class AdvisoryLock:
 
     def _connect(self, holder: Holder) -> psycopg.Connection[tuple[object, ...]]:
         try:
-            return psycopg.connect(
-                self.conninfo, autocommit=True, application_name=application_name(holder)
-            )
+            return connect(self.conninfo, application_name=application_name(holder))
         except psycopg.Error as exc:
             raise StoreUnusable(
                 f"cannot reach the state store {self.store} to take its writer lock:"

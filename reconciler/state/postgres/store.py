@@ -34,7 +34,7 @@ from reconciler.redaction import redacted
 from reconciler.state.backend import StateBackend
 from reconciler.state.dialect import POSTGRESQL
 from reconciler.state.lock import Holder
-from reconciler.state.postgres import history, queue
+from reconciler.state.postgres import history, queue, session
 from reconciler.state.postgres.lock import AdvisoryLock
 from reconciler.state.postgres.queue import QueuedJob
 from reconciler.state.postgres.schema import migrate, schema_version
@@ -57,6 +57,28 @@ Connection = psycopg.Connection[tuple[Any, ...]]
 
 REPORT_LOCK = 0x50575270
 """First key of the transaction-scoped advisory lock on one report's export rows ("PWRp")."""
+
+
+PLANNING_JOBS = (
+    # Whole rows from each part, not their seq matched against the table afterwards: PostgreSQL
+    # may hash-join such a list against a scan of every job once the list is a fair share of
+    # the history, and the read would grow with it. The rows carry seq, so UNION drops only a
+    # job found by two parts.
+    f"SELECT {JobRecord.COLUMNS} FROM ("
+    "  SELECT * FROM jobs WHERE status = 'running'"
+    "  UNION SELECT * FROM jobs"
+    "    WHERE status = 'failed' AND created_at > %s AND operation = 'Scan'"
+    "  UNION SELECT jobs.* FROM unnest(%s::text[], %s::text[]) AS pair (w, o)"
+    '    JOIN jobs ON jobs."window" = pair.w AND jobs.opening = pair.o'
+    "  UNION SELECT * FROM jobs WHERE status = 'abandoned' AND created_at >="
+    "    coalesce((SELECT scans.finished_at FROM instances JOIN scans"
+    "      ON scans.id = instances.last_scan_id"
+    "      WHERE instances.instance = jobs.instance), '')"
+    ") AS jobs ORDER BY created_at, seq"
+)
+"""The planner's read of the jobs (:meth:`PostgresStore.planning_jobs`), parameters: failed
+Scans since, windows, openings. Each part an index search (tests/test_state_postgres.py EXPLAINs
+it over a long history)."""
 
 
 class PostgresStore(SqlStore):
@@ -90,6 +112,16 @@ class PostgresStore(SqlStore):
     def path(self) -> Path:
         """A name in :attr:`home`: what lives beside the store goes beside it (``path.parent``)."""
         return self.home / "postgresql"
+
+    def take_writer(self, writer: Holder) -> None:
+        """Become the writer of a store opened as a reader: a controller replica that shares
+        the database with others and has just won the leader Lease (it waited as a standby
+        without the lock). :class:`StoreLocked` while another process still holds it."""
+        lock = AdvisoryLock(self._conninfo, self.name)
+        lock.acquire(writer)
+        with self._lock:
+            self._release_writer()  # held already: the new session's lock is the one kept
+            self._writer = lock
 
     def schema_version(self) -> int:
         with self._use() as conn:
@@ -264,18 +296,7 @@ class PostgresStore(SqlStore):
         windows, opening_list = _columns(openings)
         with self._use() as conn:
             rows = conn.execute(
-                f"SELECT {JobRecord.COLUMNS} FROM jobs WHERE seq IN ("
-                "  SELECT seq FROM jobs WHERE status = 'running'"
-                "  UNION SELECT seq FROM jobs"
-                "    WHERE status = 'failed' AND created_at > %s AND operation = 'Scan'"
-                "  UNION SELECT jobs.seq FROM unnest(%s::text[], %s::text[]) AS pair (w, o)"
-                '    JOIN jobs ON jobs."window" = pair.w AND jobs.opening = pair.o'
-                "  UNION SELECT seq FROM jobs WHERE status = 'abandoned' AND created_at >="
-                "    coalesce((SELECT scans.finished_at FROM instances JOIN scans"
-                "      ON scans.id = instances.last_scan_id"
-                "      WHERE instances.instance = jobs.instance), '')"
-                ") ORDER BY created_at, seq",
-                (to_text(failed_scans_since), windows, opening_list),
+                PLANNING_JOBS, (to_text(failed_scans_since), windows, opening_list)
             ).fetchall()
         return [JobRecord.from_row(row) for row in rows]
 
@@ -340,7 +361,7 @@ def _columns(pairs: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
 def _open(conninfo: str, name: str) -> Connection:
     """A connection to the migrated database, or :class:`StoreUnusable` saying what to do."""
     try:
-        conn: Connection = psycopg.connect(conninfo, autocommit=True)
+        conn: Connection = session.connect(conninfo)
     except psycopg.Error as exc:
         raise StoreUnusable(
             f"cannot reach the state store {name}: {' '.join(redacted(str(exc)).split())}"
