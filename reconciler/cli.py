@@ -86,7 +86,15 @@ from reconciler.report.notify import audit
 from reconciler.report.notify.metrics import LoopMetrics
 from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.report.publish import PublishError, publish
-from reconciler.report.views import compliance, diffrender, export, findings, patchnow, render
+from reconciler.report.views import (
+    compliance,
+    diffrender,
+    export,
+    findings,
+    patchnow,
+    render,
+    ssmimport,
+)
 from reconciler.report.views.diff import compare
 from reconciler.report.views.enrolment import enrolment_lines, status_document
 from reconciler.rollout import (
@@ -106,7 +114,11 @@ from reconciler.sources import (
     read_inventories,
     read_snapshot,
 )
+from reconciler.sources.base import snapshot_of
 from reconciler.sources.enrol import enrol_once, enrol_revision
+from reconciler.sources.ssm import convert
+from reconciler.sources.ssm.client import SsmReadFailed, read_account, read_files
+from reconciler.sources.ssm.convert import SSM_NAME
 from reconciler.state import (
     Holder,
     OneOffRecord,
@@ -514,6 +526,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check", type=Path, help="fail when this file differs from the schema")
     p.set_defaults(handler=_schema)
     _rollout_parser(sub)
+    _import_parser(sub)
     return parser
 
 
@@ -551,6 +564,32 @@ def _rollout_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     _rollout_status_parser(verbs)
     _rollout_operator_parsers(verbs)
+
+
+def _import_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``patchctl import ssm``: resources from AWS Systems Manager (docs/ssm-import.md)."""
+    p = sub.add_parser("import", help="write resources from another patch manager's settings")
+    systems = p.add_subparsers(dest="system", required=True, metavar="SYSTEM")
+    p = systems.add_parser(
+        "ssm",
+        help="custom baselines, patch groups and maintenance windows from AWS Systems Manager",
+    )
+    p.add_argument("--region", help="the AWS region (default: the AWS configuration's)")
+    p.add_argument("--profile", help="a named profile of the AWS configuration")
+    p.add_argument(
+        "--from-files",
+        type=Path,
+        metavar="DIR",
+        help="read the JSON saved with the AWS CLI in DIR instead of calling SSM",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("ssm-import"),
+        help="write the YAML here (default: %(default)s)",
+    )
+    _output_arg(p, "table", "json")
+    p.set_defaults(handler=_import_ssm)
 
 
 def _rollout_status_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -946,6 +985,31 @@ def _validate(args: argparse.Namespace) -> int:
         document = {"path": str(args.path), "valid": True, "resources": counts}
         document["enrolled"] = [status_document(status) for status in statuses]
         render.dump(document, args.output, sys.stdout)
+    return EXIT_OK
+
+
+def _import_ssm(args: argparse.Namespace) -> int:
+    try:
+        if args.from_files is not None:
+            account = read_files(args.from_files)
+        else:
+            account = read_account(args.region, args.profile)
+    except SsmReadFailed as exc:
+        raise UserError(str(exc)) from None
+    predefined = {
+        baseline.metadata.annotations[SSM_NAME]: name
+        for name, baseline in predefined_baselines().items()
+        if SSM_NAME in baseline.metadata.annotations
+    }
+    imported = convert(account, predefined)
+    files = ssmimport.yaml_files(imported)
+    # What we write must be what `patchctl validate` accepts: checked before anything is written.
+    snapshot_of([(str(args.out / name), text.encode()) for name, text in files.items()])
+    written = {name: args.out / name for name in files}
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        written[name].write_text(text, encoding="utf-8")
+    ssmimport.report(imported, written, _format(args), sys.stdout)
     return EXIT_OK
 
 
