@@ -54,7 +54,8 @@ def report(imported: Imported, written: Mapping[str, Path], fmt: str, out: IO[st
     if not imported.not_carried:
         out.write("everything was carried over\n")
         return
-    table = Table(title="Not carried over", title_justify="left")
+    out.write("not carried over:\n")
+    table = Table()
     for column in ("KIND", "SSM NAME", "WHY"):
         table.add_column(column)
     for note in imported.not_carried:
