@@ -117,8 +117,9 @@ from reconciler.sources import (
 from reconciler.sources.base import snapshot_of
 from reconciler.sources.enrol import enrol_once, enrol_revision
 from reconciler.sources.ssm import convert
-from reconciler.sources.ssm.client import SsmReadFailed, read_account, read_files
+from reconciler.sources.ssm.client import SsmReadFailed, export_account, read_account, read_files
 from reconciler.sources.ssm.convert import SSM_NAME
+from reconciler.sources.ssm.outbound import to_ssm
 from reconciler.state import (
     Holder,
     OneOffRecord,
@@ -527,6 +528,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_schema)
     _rollout_parser(sub)
     _import_parser(sub)
+    _export_parser(sub)
     return parser
 
 
@@ -590,6 +592,23 @@ def _import_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     _output_arg(p, "table", "json")
     p.set_defaults(handler=_import_ssm)
+
+
+def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``patchctl export ssm``: our resources created or updated in SSM (docs/ssm-import.md)."""
+    p = sub.add_parser("export", help="create or update resources in another patch manager")
+    systems = p.add_subparsers(dest="system", required=True, metavar="SYSTEM")
+    p = systems.add_parser(
+        "ssm", help="baselines, patch groups and maintenance windows into AWS Systems Manager"
+    )
+    p.add_argument("path", nargs="?", default=".", type=Path, help="resources (default: .)")
+    p.add_argument("--region", help="the AWS region (default: the AWS configuration's)")
+    p.add_argument("--profile", help="a named profile of the AWS configuration")
+    p.add_argument(
+        "--apply", action="store_true", help="do it (default: only say what it would do)"
+    )
+    _output_arg(p, "table", "json")
+    p.set_defaults(handler=_export_ssm)
 
 
 def _rollout_status_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -1010,6 +1029,22 @@ def _import_ssm(args: argparse.Namespace) -> int:
     for name, text in files.items():
         written[name].write_text(text, encoding="utf-8")
     ssmimport.report(imported, written, _format(args), sys.stdout)
+    return EXIT_OK
+
+
+def _export_ssm(args: argparse.Namespace) -> int:
+    outbound = to_ssm(read_snapshot(args.path))
+    try:
+        actions = export_account(outbound, args.region, args.profile, apply=args.apply)
+    except SsmReadFailed as exc:
+        raise UserError(str(exc)) from None
+    if _format(args) == "json":
+        render.dump({"applied": args.apply, "actions": actions}, "json", sys.stdout)
+        return EXIT_OK
+    for line in actions or ["SSM already holds these resources"]:
+        print(line if args.apply else f"would {line}")
+    if not args.apply and actions:
+        print("dry run: nothing was changed in SSM; --apply does it")
     return EXIT_OK
 
 

@@ -1,43 +1,54 @@
-"""Stage: sources (SSM import), the I/O part. Reads an account's custom patch baselines, patch-group
-registrations and maintenance windows through boto3 (read-only calls: Describe*/Get*), or from the
-JSON the AWS CLI saved, into an :class:`SsmAccount` for :func:`convert`.
+"""Stage: sources (SSM import and export), the I/O part. Reads an account's custom patch
+baselines, patch-group registrations and maintenance windows through boto3 (Describe*/Get*), or
+from the JSON the AWS CLI saved, into an :class:`SsmAccount` for :func:`convert`; and sends what
+:mod:`.outbound` made of a snapshot, creating what SSM lacks and replacing what it has by name,
+only with ``apply`` (a dry run makes read calls only).
 
 Credentials come from boto3's standard chain (environment, shared files, ``--profile``, roles),
 never from the repository; the endpoint is AWS's unless the AWS configuration names another
-(``AWS_ENDPOINT_URL_SSM``, ``AWS_ENDPOINT_URL``). Writes nothing, in AWS or here.
+(``AWS_ENDPOINT_URL_SSM``, ``AWS_ENDPOINT_URL``). Writes nothing here; decides nothing about
+what the resources mean (that is :mod:`.convert` and :mod:`.outbound`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from reconciler.aws import credentials_problem
 from reconciler.errors import RefusedInput
 from reconciler.sources.ssm.convert import SsmAccount, SsmWindow
+from reconciler.sources.ssm.outbound import Outbound, SsmWindowRequests
 
 
 class SsmReadFailed(RefusedInput):
-    """SSM could not be read (credentials, endpoint, permissions), or a saved file is not one of
-    the responses we read; the message says which and what to do, in one line."""
+    """SSM could not be read or written (credentials, endpoint, permissions, a request its API
+    refuses), or a saved file is not one of the responses we read; the message says which and
+    what to do, in one line."""
 
 
 def read_account(region: str | None, profile: str | None, *, timeout: float = 10.0) -> SsmAccount:
     """Everything :func:`convert` needs, read through the SSM API."""
+    with _aws_errors("cannot read SSM"):
+        return _read(ssm_client(region, profile, timeout=timeout))
+
+
+@contextmanager
+def _aws_errors(doing: str) -> Iterator[None]:
+    """botocore's errors as one line starting with ``doing``, saying what to do."""
     from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 
     try:
-        client = ssm_client(region, profile, timeout=timeout)
-        return _read(client)
+        yield
     except NoRegionError:
         raise SsmReadFailed(
-            "cannot read SSM: no AWS region: give --region, or set AWS_REGION or a profile's region"
+            f"{doing}: no AWS region: give --region, or set AWS_REGION or a profile's region"
         ) from None
     except (BotoCoreError, ClientError, ValueError) as exc:
-        missing = credentials_problem(exc)
-        raise SsmReadFailed(f"cannot read SSM: {missing or exc}") from None
+        raise SsmReadFailed(f"{doing}: {credentials_problem(exc) or exc}") from None
 
 
 def ssm_client(region: str | None, profile: str | None, *, timeout: float = 10.0) -> Any:
@@ -177,3 +188,160 @@ def _windows(
         )
         for wid, window in windows.items()
     )
+
+
+# -- export ------------------------------------------------------------------------------------
+
+
+def export_account(
+    outbound: Outbound, region: str | None, profile: str | None, *, apply: bool
+) -> list[str]:
+    """What exporting ``outbound`` does in the account, one line per object; done when
+    ``apply``, else only read calls are made (a dry run)."""
+    with _aws_errors("cannot export to SSM"):
+        return _Export(ssm_client(region, profile), apply).run(outbound)
+
+
+def _check(client: Any, outbound: Outbound) -> None:
+    """Every create request checked against SSM's API model before the first write, so a
+    request SSM's client would refuse cannot leave the account half exported."""
+    from botocore.validate import ParamValidator
+
+    model = client.meta.service_model
+    requests: list[tuple[str, dict[str, Any]]] = [
+        ("CreatePatchBaseline", b) for b in outbound.baselines
+    ]
+    for window in outbound.windows:
+        requests.append(("CreateMaintenanceWindow", window.window))
+        requests.extend(
+            ("RegisterTargetWithMaintenanceWindow", {"WindowId": "mw-0123456789abcdef0", **t})
+            for t in window.targets
+        )
+        requests.extend(
+            ("RegisterTaskWithMaintenanceWindow", {"WindowId": "mw-0123456789abcdef0", **t})
+            for t in window.tasks
+        )
+    for operation, params in requests:
+        report = ParamValidator().validate(params, model.operation_model(operation).input_shape)
+        if report.has_errors():
+            raise ValueError(f"{operation} {params.get('Name')}: {report.generate_report()}")
+
+
+class _Export:
+    """Creates what SSM lacks and replaces what it has, matched by name."""
+
+    def __init__(self, client: Any, apply: bool) -> None:
+        self.client, self.apply, self.lines = client, apply, list[str]()
+        self.baselines = self._named(
+            "describe_patch_baselines",
+            "BaselineIdentities",
+            "BaselineName",
+            "BaselineId",
+            Filters=[{"Key": "OWNER", "Values": ["Self"]}],
+        )
+        self.windows = self._named(
+            "describe_maintenance_windows", "WindowIdentities", "Name", "WindowId"
+        )
+
+    def _named(
+        self, operation: str, key: str, name: str, ident: str, **kwargs: Any
+    ) -> dict[str, str]:
+        return {item[name]: item[ident] for item in _pages(self.client, operation, key, **kwargs)}
+
+    def run(self, outbound: Outbound) -> list[str]:
+        _check(self.client, outbound)
+        for request in outbound.baselines:
+            self._baseline(request)
+        for group, baseline, system in outbound.registrations:
+            self._registration(group, baseline, system)
+        for window in outbound.windows:
+            self._window(window)
+        return self.lines
+
+    def _baseline(self, request: dict[str, Any]) -> None:
+        name = request["Name"]
+        known = self.baselines.get(name)
+        self.lines.append(f"{'update' if known else 'create'} patch baseline {name}")
+        if self.apply and known:
+            # The operating system of a baseline cannot change in SSM; the rest is replaced.
+            fields = {k: v for k, v in request.items() if k != "OperatingSystem"}
+            self.client.update_patch_baseline(BaselineId=known, Replace=True, **fields)
+        elif self.apply:
+            self.baselines[name] = self.client.create_patch_baseline(**request)["BaselineId"]
+
+    def _registration(self, group: str, baseline: str, system: str) -> None:
+        from botocore.exceptions import ClientError
+
+        ident = self.baselines.get(baseline) or self._predefined(baseline)
+        # Without a registration SSM answers with the account's default for the OS.
+        current = self.client.get_patch_baseline_for_patch_group(
+            PatchGroup=group, OperatingSystem=system
+        ).get("BaselineId")
+        if current == ident:
+            return
+        self.lines.append(f"register patch group {group} with {baseline} for {system}")
+        if not self.apply:
+            return
+        try:
+            self.client.register_patch_baseline_for_patch_group(BaselineId=ident, PatchGroup=group)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "AlreadyExistsException":
+                raise
+            # One baseline per operating system and group: the registered one makes way.
+            self.client.deregister_patch_baseline_for_patch_group(
+                BaselineId=current, PatchGroup=group
+            )
+            self.client.register_patch_baseline_for_patch_group(BaselineId=ident, PatchGroup=group)
+
+    def _predefined(self, name: str) -> str:
+        found = self._named(
+            "describe_patch_baselines",
+            "BaselineIdentities",
+            "BaselineName",
+            "BaselineId",
+            Filters=[{"Key": "NAME_PREFIX", "Values": [name]}],
+        )
+        return found.get(name, name)
+
+    def _window(self, window: SsmWindowRequests) -> None:
+        name = window.window["Name"]
+        known = self.windows.get(name)
+        self.lines.append(
+            f"{'update' if known else 'create'} maintenance window {name}: "
+            f"{len(window.targets)} target(s), {len(window.tasks)} AWS-RunPatchBaseline task(s)"
+        )
+        if not self.apply:
+            return
+        if known:
+            self.client.update_maintenance_window(
+                WindowId=known, Replace=True, Enabled=window.enabled, **window.window
+            )
+            self._clear(known)
+        else:
+            known = self.client.create_maintenance_window(**window.window)["WindowId"]
+            if not window.enabled:
+                self.client.update_maintenance_window(WindowId=known, Enabled=False)
+        targets = [
+            self.client.register_target_with_maintenance_window(WindowId=known, **target)[
+                "WindowTargetId"
+            ]
+            for target in window.targets
+        ]
+        for task in window.tasks:
+            placed = {**task, "Targets": [{"Key": "WindowTargetIds", "Values": targets}]}
+            self.client.register_task_with_maintenance_window(WindowId=known, **placed)
+
+    def _clear(self, window: str) -> None:
+        """The window's tasks and targets go before ours are registered: ours replace them."""
+        for task in _pages(
+            self.client, "describe_maintenance_window_tasks", "Tasks", WindowId=window
+        ):
+            self.client.deregister_task_from_maintenance_window(
+                WindowId=window, WindowTaskId=task["WindowTaskId"]
+            )
+        for target in _pages(
+            self.client, "describe_maintenance_window_targets", "Targets", WindowId=window
+        ):
+            self.client.deregister_target_from_maintenance_window(
+                WindowId=window, WindowTargetId=target["WindowTargetId"]
+            )
