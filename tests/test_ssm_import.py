@@ -166,6 +166,21 @@ def test_a_custom_baseline_named_as_a_predefined_one_is_reported(tmp_path: Path)
     assert patchctl("validate", str(tmp_path / "out")).returncode == 0
 
 
+def test_a_tag_that_cannot_be_a_label_key_is_reported(tmp_path: Path) -> None:
+    saved = tmp_path / "saved"
+    shutil.copytree(ACCOUNT, saved)
+    raw = json.loads((saved / "window-targets.json").read_text())
+    raw["Targets"][1]["Targets"] = [{"Key": "tag:Cost Center", "Values": ["42"]}]
+    (saved / "window-targets.json").write_text(json.dumps(raw))
+    report = imported(tmp_path / "out", "--from-files", str(saved))
+    (note,) = [n for n in report["notCarried"] if n["name"] == "Prod-Tuesday-Night/tagged"]
+    assert note["reason"].startswith(
+        "tag 'Cost Center' maps to 'Cost Center', which is not a label key"
+    )
+    window = documents(tmp_path / "out")[("MaintenanceWindow", "prod-tuesday-night")]
+    assert window["spec"]["targets"] == {"patchGroups": ["prod"]}
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

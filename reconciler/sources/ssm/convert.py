@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from reconciler.api.ec2 import PATCH_GROUP_TAGS
+from reconciler.api.ec2 import PATCH_GROUP_TAGS, check_label_key
 from reconciler.api.resources import (
     API_VERSION,
     GROUP_LABEL,
@@ -311,25 +311,32 @@ def _target(
     expressions = []
     for key, values in pairs:
         expression = _expression(key, values)
-        if expression is None:
-            work.note("WindowTarget", label, f"{key}: only tag:KEY and tag-key targets carry over")
+        if isinstance(expression, str):
+            work.note("WindowTarget", label, expression)
             return None
         expressions.append(expression)
     return {"matchExpressions": expressions} if expressions else None
 
 
-def _expression(key: str, values: list[str]) -> dict[str, Any] | None:
-    if key == "tag-key":
-        return {"key": values[0], "operator": "Exists"} if len(values) == 1 else None
+def _expression(key: str, values: list[str]) -> dict[str, Any] | str:
+    """The selector requirement for one SSM target pair, or why there is none."""
+    if key == "tag-key" and len(values) == 1:
+        return _requirement(values[0], {"operator": "Exists"})
     if not key.startswith("tag:"):
-        return None
+        return f"{key}: only tag:KEY and tag-key targets carry over"
     tag = key.removeprefix("tag:")
     # Instances carry their Patch Group tag as our group label (docs/enrolment.md).
-    return {
-        "key": GROUP_LABEL if tag in PATCH_GROUP_TAGS else tag,
-        "operator": "In",
-        "values": values,
-    }
+    label = GROUP_LABEL if tag in PATCH_GROUP_TAGS else tag
+    return _requirement(label, {"operator": "In", "values": values})
+
+
+def _requirement(label: str, rest: dict[str, Any]) -> dict[str, Any] | str:
+    try:
+        check_label_key(label, label)
+    except ValueError as exc:
+        # No instance can carry it as a label: the target would select nothing.
+        return f"{exc}; map the tag to a label in the InstanceSource and add the target by hand"
+    return {"key": label, **rest}
 
 
 def _task(window: str, raw: Mapping[str, Any], work: _Work) -> dict[str, Any] | None:
