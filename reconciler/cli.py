@@ -91,7 +91,15 @@ from reconciler.report.notify import audit
 from reconciler.report.notify.metrics import LoopMetrics
 from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.report.publish import PublishError, publish
-from reconciler.report.views import compliance, diffrender, export, findings, patchnow, render
+from reconciler.report.views import (
+    compliance,
+    diffrender,
+    export,
+    findings,
+    patchnow,
+    render,
+    ssmimport,
+)
 from reconciler.report.views.diff import compare
 from reconciler.report.views.enrolment import enrolment_lines, status_document
 from reconciler.rollout import (
@@ -111,7 +119,12 @@ from reconciler.sources import (
     read_inventories,
     read_snapshot,
 )
+from reconciler.sources.base import snapshot_of
 from reconciler.sources.enrol import enrol_once, enrol_revision
+from reconciler.sources.ssm import convert
+from reconciler.sources.ssm.client import SsmReadFailed, export_account, read_account, read_files
+from reconciler.sources.ssm.convert import SSM_NAME
+from reconciler.sources.ssm.outbound import to_ssm
 from reconciler.state import (
     Holder,
     OneOffRecord,
@@ -523,6 +536,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check", type=Path, help="fail when this file differs from the schema")
     p.set_defaults(handler=_schema)
     _rollout_parser(sub)
+    _import_parser(sub)
+    _export_parser(sub)
     return parser
 
 
@@ -560,6 +575,49 @@ def _rollout_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     _rollout_status_parser(verbs)
     _rollout_operator_parsers(verbs)
+
+
+def _import_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``patchctl import ssm``: resources from AWS Systems Manager (docs/ssm-import.md)."""
+    p = sub.add_parser("import", help="write resources from another patch manager's settings")
+    systems = p.add_subparsers(dest="system", required=True, metavar="SYSTEM")
+    p = systems.add_parser(
+        "ssm",
+        help="custom baselines, patch groups and maintenance windows from AWS Systems Manager",
+    )
+    p.add_argument("--region", help="the AWS region (default: the AWS configuration's)")
+    p.add_argument("--profile", help="a named profile of the AWS configuration")
+    p.add_argument(
+        "--from-files",
+        type=Path,
+        metavar="DIR",
+        help="read the JSON saved with the AWS CLI in DIR instead of calling SSM",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("ssm-import"),
+        help="write the YAML here (default: %(default)s)",
+    )
+    _output_arg(p, "table", "json")
+    p.set_defaults(handler=_import_ssm)
+
+
+def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``patchctl export ssm``: our resources created or updated in SSM (docs/ssm-import.md)."""
+    p = sub.add_parser("export", help="create or update resources in another patch manager")
+    systems = p.add_subparsers(dest="system", required=True, metavar="SYSTEM")
+    p = systems.add_parser(
+        "ssm", help="baselines, patch groups and maintenance windows into AWS Systems Manager"
+    )
+    p.add_argument("path", nargs="?", default=".", type=Path, help="resources (default: .)")
+    p.add_argument("--region", help="the AWS region (default: the AWS configuration's)")
+    p.add_argument("--profile", help="a named profile of the AWS configuration")
+    p.add_argument(
+        "--apply", action="store_true", help="do it (default: only say what it would do)"
+    )
+    _output_arg(p, "table", "json")
+    p.set_defaults(handler=_export_ssm)
 
 
 def _rollout_status_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -998,6 +1056,47 @@ def _validate(args: argparse.Namespace) -> int:
         document = {"path": str(args.path), "valid": True, "resources": counts}
         document["enrolled"] = [status_document(status) for status in statuses]
         render.dump(document, args.output, sys.stdout)
+    return EXIT_OK
+
+
+def _import_ssm(args: argparse.Namespace) -> int:
+    try:
+        if args.from_files is not None:
+            account = read_files(args.from_files)
+        else:
+            account = read_account(args.region, args.profile)
+    except SsmReadFailed as exc:
+        raise UserError(str(exc)) from None
+    predefined = {
+        baseline.metadata.annotations[SSM_NAME]: name
+        for name, baseline in predefined_baselines().items()
+        if SSM_NAME in baseline.metadata.annotations
+    }
+    imported = convert(account, predefined)
+    files = ssmimport.yaml_files(imported)
+    # What we write must be what `patchctl validate` accepts: checked before anything is written.
+    snapshot_of([(str(args.out / name), text.encode()) for name, text in files.items()])
+    written = {name: args.out / name for name in files}
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        written[name].write_text(text, encoding="utf-8")
+    ssmimport.report(imported, written, _format(args), sys.stdout)
+    return EXIT_OK
+
+
+def _export_ssm(args: argparse.Namespace) -> int:
+    outbound = to_ssm(read_snapshot(args.path))
+    try:
+        actions = export_account(outbound, args.region, args.profile, apply=args.apply)
+    except SsmReadFailed as exc:
+        raise UserError(str(exc)) from None
+    if _format(args) == "json":
+        render.dump({"applied": args.apply, "actions": actions}, "json", sys.stdout)
+        return EXIT_OK
+    for line in actions or ["SSM already holds these resources"]:
+        print(line if args.apply else f"would {line}")
+    if not args.apply and actions:
+        print("dry run: nothing was changed in SSM; --apply does it")
     return EXIT_OK
 
 
