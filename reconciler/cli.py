@@ -735,6 +735,12 @@ def _events_args(p: argparse.ArgumentParser) -> None:
         help="send events to this EventBridge bus (name or ARN; 'default' is the account's)",
     )
     p.add_argument(
+        "--events-securityhub",
+        action="store_true",
+        help="import non-compliant instances into AWS Security Hub as findings, archived when "
+        "compliant again (the credentials' account; region and endpoint: the AWS configuration)",
+    )
+    p.add_argument(
         "--events-webhook",
         metavar="URL",
         action="append",
@@ -1648,6 +1654,8 @@ def _event_sinks(args: argparse.Namespace) -> Iterator[list[Sink]]:
             sinks.append(
                 events.EventBridgeSink(_events_client(args), bus=args.events_eventbridge, **options)
             )
+        if args.events_securityhub:
+            sinks.append(events.SecurityHubSink(*_securityhub_clients(), **options))
         for url in args.events_webhook:
             if not url.startswith(("http://", "https://")) or not _has_host(url):
                 raise UserError(f"--events-webhook {url}: give an http:// or https:// URL")
@@ -1685,6 +1693,19 @@ def _events_client(args: argparse.Namespace) -> object:
     except ValueError as exc:  # botocore: "Invalid endpoint: ..."
         raise UserError(
             f"--events-endpoint-url: {exc}: give the endpoint as http(s)://host[:port]"
+        ) from None
+
+
+def _securityhub_clients() -> tuple[object, object]:
+    from botocore.exceptions import BotoCoreError
+
+    from reconciler.report.notify.events import securityhub_clients
+
+    try:
+        return securityhub_clients()
+    except BotoCoreError as exc:
+        raise UserError(
+            f"--events-securityhub: {exc} (set AWS_REGION, or a region in the AWS profile)"
         ) from None
 
 
@@ -2191,7 +2212,7 @@ _REQUEST_OPTIONS = (
 _WAIT_OPTIONS = (
     *("workers", "stale_after", "s3_endpoint_url", "ssh_dir", "report_dir"),
     *("events_eventbridge", "events_webhook", "events_webhook_header", "events_queue_size"),
-    "events_endpoint_url",
+    *("events_endpoint_url", "events_securityhub"),
 )
 
 
