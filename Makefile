@@ -69,13 +69,15 @@ lint: install ## the house rules: lock agrees, ruff, mypy --strict, import-linte
 agent: install ## build/patchwarden-agent.pyz: the agent as one file for any python3 >= 3.6
 	$(PY) scripts/build-agent build/patchwarden-agent.pyz
 
-crds: install ## regenerate crds/ (and the Helm chart's copy) from reconciler/api
+crds: install ## regenerate crds/ (and the Helm chart's copy) and schemas/ from reconciler/api
 	$(PATCHCTL) crds --out crds/
 	$(PATCHCTL) crds --out charts/patchwarden/crds/
+	$(PATCHCTL) schema --out schemas/
 
-verify: install ## fail when crds/ or docs/inventory.schema.json are stale
+verify: install ## fail when crds/, schemas/ or docs/inventory.schema.json are stale
 	$(PATCHCTL) crds --out crds/ --check
 	$(PATCHCTL) crds --out charts/patchwarden/crds/ --check
+	$(PATCHCTL) schema --check schemas/
 	$(PATCHCTL) schema inventory --check docs/inventory.schema.json
 
 bench: install ## benchmarks (not part of make test); results go to docs/benchmarks.md

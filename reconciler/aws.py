@@ -19,3 +19,13 @@ def credentials_problem(exc: Exception) -> str | None:
         f"no usable AWS credentials ({exc}): set AWS_ACCESS_KEY_ID and "
         "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an instance or container role"
     )
+
+
+def partition(region: str) -> str:
+    """The ARN partition of ``region``: ``aws-cn`` for China (cn-north-1), ``aws-us-gov`` for
+    GovCloud (us-gov-west-1), ``aws`` for the rest."""
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"

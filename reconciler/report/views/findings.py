@@ -9,7 +9,8 @@ severity (the most severe compliance level among its non-compliant patches). Unl
 finding's Id is stable per instance, so importing again updates the finding instead of adding
 one per scan; and its ProductFields say which revision and baseline decided it.
 
-Pure: findings from the store's scan records; writing or sending them is the caller's business.
+Pure: findings from the store's scan records (or, for the Security Hub event sink, from what a
+compliance event says: an ``Observation``); writing or sending them is the caller's business.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from reconciler.aws import partition as partition_of
 from reconciler.state import ScanRecord
 
 SCHEMA_VERSION = "2018-10-08"
@@ -51,17 +53,59 @@ class Settings:
 
     account: str = DEFAULT_ACCOUNT
     region: str = DEFAULT_REGION
-    partition: str = "aws"
+    partition: str = ""
+    """Default: the region's (``aws``, ``aws-cn``, ``aws-us-gov``)."""
     product_arn: str | None = None
     """Default: the account's own product for custom findings,
     ``arn:<partition>:securityhub:<region>:<account>:product/<account>/default``."""
 
     @property
+    def arn_partition(self) -> str:
+        return self.partition or partition_of(self.region)
+
+    @property
     def product(self) -> str:
         return self.product_arn or (
-            f"arn:{self.partition}:securityhub:{self.region}:{self.account}"
+            f"arn:{self.arn_partition}:securityhub:{self.region}:{self.account}"
             f":product/{self.account}/default"
         )
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a finding says about one scan: a stored ``ScanRecord``'s facts, or a compliance
+    event's (which carries no baseline hash, operating system or start time)."""
+
+    instance: str
+    baseline: str
+    revision: str
+    operation: str
+    group: str | None
+    summary: Mapping[str, Any]
+    started_at: datetime
+    finished_at: datetime
+    job_id: str | None = None
+    baseline_hash: str = ""
+    operating_system: str = ""
+
+    def count(self, name: str) -> int:
+        return int(self.summary.get(name) or 0)
+
+
+def observation(scan: ScanRecord) -> Observation:
+    return Observation(
+        instance=scan.instance,
+        baseline=scan.baseline,
+        revision=scan.revision,
+        operation=str(scan.operation),
+        group=scan.patch_group,
+        summary=dict(scan.summary),
+        started_at=scan.started_at,
+        finished_at=scan.finished_at,
+        job_id=scan.job_id,
+        baseline_hash=scan.baseline_hash,
+        operating_system=str(scan.evaluation.get("operatingSystem") or ""),
+    )
 
 
 def findings(
@@ -93,19 +137,44 @@ def noncompliant_since(latest: ScanRecord, history: Sequence[ScanRecord]) -> dat
 
 def finding(scan: ScanRecord, since: datetime, settings: Settings) -> dict[str, Any]:
     """The ASFF finding of one non-compliant instance."""
+    return observed(observation(scan), since, settings)
+
+
+def finding_id(instance: str, settings: Settings) -> str:
+    return f"patchwarden/{settings.account}/{settings.region}/instance/{instance}"
+
+
+def resolved(scan: Observation, since: datetime, settings: Settings) -> dict[str, Any]:
+    """The finding of an instance compliant again: the same Id, archived, compliance PASSED
+    (the fields a finding provider may change with ``BatchImportFindings``)."""
+    return {
+        **observed(scan, since, settings),
+        "Title": f"Patchwarden patch compliance - {scan.instance} compliant again",
+        "Description": (
+            f"{scan.instance} is compliant with patch baseline {scan.baseline} again, as of its "
+            f"{scan.operation.lower()} at {_time(scan.finished_at)} under revision "
+            f"{scan.revision}."
+        )[:1024],
+        "Compliance": {"Status": "PASSED"},
+        "RecordState": "ARCHIVED",
+    }
+
+
+def observed(scan: Observation, since: datetime, settings: Settings) -> dict[str, Any]:
+    """The ASFF finding of one non-compliant instance, from an ``Observation``."""
     severity = str(scan.summary.get("complianceSeverity") or "UNSPECIFIED")
-    group = scan.patch_group
+    group = scan.group
     missing, failed = scan.count("missingCount"), scan.count("failedCount")
     ec2 = bool(_EC2_ID.fullmatch(scan.instance))
     resource = {
         "Type": "AwsEc2Instance" if ec2 else "Other",
         "Id": scan.instance,
-        "Partition": settings.partition,
+        "Partition": settings.arn_partition,
         "Region": settings.region,
     }
     return {
         "SchemaVersion": SCHEMA_VERSION,
-        "Id": f"patchwarden/{settings.account}/{settings.region}/instance/{scan.instance}",
+        "Id": finding_id(scan.instance, settings),
         "ProductArn": settings.product,
         "GeneratorId": f"patchwarden/baseline/{scan.baseline}",
         "AwsAccountId": settings.account,
@@ -156,7 +225,7 @@ def rows(found: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _product_fields(scan: ScanRecord, group: Any) -> dict[str, str]:
+def _product_fields(scan: Observation, group: Any) -> dict[str, str]:
     fields = {
         "patchwarden/revision": scan.revision,
         "patchwarden/baseline": scan.baseline,
@@ -164,12 +233,12 @@ def _product_fields(scan: ScanRecord, group: Any) -> dict[str, str]:
         "patchwarden/patchGroup": str(group or ""),
         "patchwarden/operation": scan.operation,
         "patchwarden/jobId": scan.job_id or "",
-        "patchwarden/operatingSystem": str(scan.evaluation.get("operatingSystem") or ""),
+        "patchwarden/operatingSystem": scan.operating_system,
     }
     return {key: value for key, value in fields.items() if value}
 
 
-def _patch_summary(scan: ScanRecord) -> dict[str, Any]:
+def _patch_summary(scan: Observation) -> dict[str, Any]:
     counts = {
         "InstalledCount": "installedCount",
         "MissingCount": "missingCount",

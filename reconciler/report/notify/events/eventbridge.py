@@ -35,8 +35,13 @@ PERMANENT_ERRORS = frozenset(
 
 
 def events_client(*, endpoint_url: str | None = None, timeout: float = 10.0) -> Any:
-    """A boto3 EventBridge client. botocore's own retries are off: the sink retries, with its
-    own bounded backoff, and must not multiply them."""
+    """A boto3 EventBridge client."""
+    return sink_client("events", endpoint_url=endpoint_url, timeout=timeout)
+
+
+def sink_client(service: str, *, endpoint_url: str | None = None, timeout: float = 10.0) -> Any:
+    """A boto3 client for a sink, from the standard AWS configuration. botocore's own retries
+    are off: the sink retries, with its own bounded backoff, and must not multiply them."""
     config = Config(
         connect_timeout=timeout,
         read_timeout=timeout,
@@ -45,7 +50,8 @@ def events_client(*, endpoint_url: str | None = None, timeout: float = 10.0) -> 
     session = boto3.session.Session()
     # botocore reads AWS_DEFAULT_REGION; the other AWS SDKs (and Lambda, ECS) set AWS_REGION.
     region = session.region_name or os.environ.get("AWS_REGION") or None
-    return session.client("events", region_name=region, endpoint_url=endpoint_url, config=config)
+    make: Any = session.client  # its stubs take each service's name as a literal, not a str
+    return make(service, region_name=region, endpoint_url=endpoint_url, config=config)
 
 
 def failed_entries(batch: Sequence[Event], response: Mapping[str, Any]) -> list[Failure]:
