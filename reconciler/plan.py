@@ -174,10 +174,11 @@ class Plan:
     one_offs: tuple[OneOffProgress, ...] = ()
     """Where each active one-off opening stands, in ``Observed.one_offs``'s order."""
     queued: tuple[Action, ...] = ()
-    """Installs held back only by their task's ``maxConcurrency``, in the order they would
-    start: each may start in the slot a job counted in ``running`` of the same (window, task,
-    opening) frees by succeeding, without planning again (one slot freed, one taken, no error
-    added: the budgets this plan checked still hold)."""
+    """Installs held back only by their task's ``maxConcurrency``, and scans outside any window
+    held back only by ``Settings.max_scans``, in the order they would start: each may start in
+    the slot a job counted in ``running`` of the same (window, task, opening) frees by
+    succeeding, without planning again (one slot freed, one taken, no error added: the budgets
+    this plan checked still hold; a scan outside any window takes a scan's turn)."""
     running: frozenset[str] = frozenset()
     """Keys of the jobs this plan counted as running (holding their budget slots)."""
     gates: Mapping[str, RolloutGate] = field(default_factory=dict)
@@ -430,18 +431,19 @@ class _State:
         task: str | None = None,
         opening: str | None = None,
     ) -> None:
-        if window is None and self.scans_planned >= self.settings.max_scans:
-            self.wait(name, f"needs a scan ({reason}); other scans go first")
-            return
         key = (
             f"{name}:Scan:{window}:{opening}"
             if window
             else f"{name}:Scan:{digest}:{self.now.isoformat()}"
         )
+        action = Action(SCAN, name, key, reason, baseline, digest, window, task, opening)
+        if window is None and self.scans_planned >= self.settings.max_scans:
+            self.wait(name, f"needs a scan ({reason}); other scans go first")
+            # Queued as a window's install is: a scan of this plan that ends frees its turn.
+            self.queued.append(action)
+            return
         self.scans_planned += window is None
-        self.actions.append(
-            Action(SCAN, name, key, reason, baseline, digest, window, task, opening)
-        )
+        self.actions.append(action)
 
     def window_scan(
         self,
