@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -52,7 +52,7 @@ from reconciler.api.resources import (
 from reconciler.api.snapshot import Snapshot, group_selects
 from reconciler.evaluation.engine import evaluate
 from reconciler.evaluation.pins import override_pins, pins_for
-from reconciler.evaluation.resolve import resolve
+from reconciler.evaluation.resolve import Resolution, resolve
 from reconciler.rollout import RolloutSnapshot
 from reconciler.schedule import Opening, open_openings, openings
 
@@ -174,10 +174,11 @@ class Plan:
     one_offs: tuple[OneOffProgress, ...] = ()
     """Where each active one-off opening stands, in ``Observed.one_offs``'s order."""
     queued: tuple[Action, ...] = ()
-    """Installs held back only by their task's ``maxConcurrency``, in the order they would
-    start: each may start in the slot a job counted in ``running`` of the same (window, task,
-    opening) frees by succeeding, without planning again (one slot freed, one taken, no error
-    added: the budgets this plan checked still hold)."""
+    """Installs held back only by their task's ``maxConcurrency``, and scans outside any window
+    held back only by ``Settings.max_scans``, in the order they would start: each may start in
+    the slot a job counted in ``running`` of the same (window, task, opening) frees by
+    succeeding, without planning again (one slot freed, one taken, no error added: the budgets
+    this plan checked still hold; a scan outside any window takes a scan's turn)."""
     running: frozenset[str] = frozenset()
     """Keys of the jobs this plan counted as running (holding their budget slots)."""
     gates: Mapping[str, RolloutGate] = field(default_factory=dict)
@@ -305,6 +306,20 @@ class _State:
         ] = {}
         self.one_off_held: set[str] = set()
         """Instances a one-off opening started a job on or holds for its next one."""
+        self.resolutions: dict[tuple[frozenset[tuple[str, str]], OperatingSystem], Resolution] = {}
+        self.tasks_open: dict[
+            tuple[str | None, frozenset[tuple[str, str]], Operation],
+            tuple[tuple[MaintenanceWindow, WindowTask, Opening], ...],
+        ] = {}
+        self.groups_named: dict[frozenset[tuple[str, str]], frozenset[str]] = {}
+
+    def resolve(self, instance: ManagedInstance, os: OperatingSystem) -> Resolution:
+        """``evaluation.resolve`` once per label set and OS: a fleet shares a few of each, and
+        resolving matches every group's selector."""
+        key = (frozenset(instance.metadata.labels.items()), os)
+        if key not in self.resolutions:
+            self.resolutions[key] = resolve(self.snapshot, instance.metadata.labels, os)
+        return self.resolutions[key]
 
     def consider(self, name: str) -> None:
         instance = self.snapshot.instances[name]
@@ -324,7 +339,7 @@ class _State:
         if scan is None:
             self.scan(name, "never scanned", "", "")
             return
-        resolution = resolve(self.snapshot, instance.metadata.labels, scan.operating_system)
+        resolution = self.resolve(instance, scan.operating_system)
         baseline = resolution.baseline
         if baseline is None:
             self.wait(name, f"no baseline: {resolution.baseline_reason}")
@@ -416,18 +431,19 @@ class _State:
         task: str | None = None,
         opening: str | None = None,
     ) -> None:
-        if window is None and self.scans_planned >= self.settings.max_scans:
-            self.wait(name, f"needs a scan ({reason}); other scans go first")
-            return
         key = (
             f"{name}:Scan:{window}:{opening}"
             if window
             else f"{name}:Scan:{digest}:{self.now.isoformat()}"
         )
+        action = Action(SCAN, name, key, reason, baseline, digest, window, task, opening)
+        if window is None and self.scans_planned >= self.settings.max_scans:
+            self.wait(name, f"needs a scan ({reason}); other scans go first")
+            # Queued as a window's install is: a scan of this plan that ends frees its turn.
+            self.queued.append(action)
+            return
         self.scans_planned += window is None
-        self.actions.append(
-            Action(SCAN, name, key, reason, baseline, digest, window, task, opening)
-        )
+        self.actions.append(action)
 
     def window_scan(
         self,
@@ -510,7 +526,7 @@ class _State:
                     f"task {task.name} waits for lower-priority tasks of {window.metadata.name}"
                 )
                 continue
-            action = _install_action(name, key, window, task, opening, chosen)
+            action = _install_action(name, key, window, task, opening, chosen, self.digest)
             verdict = self.budget.verdict(window, task, opening, self.targets(window))
             if verdict:
                 reasons.append(verdict)
@@ -714,6 +730,16 @@ class _State:
 
     def open_tasks(
         self, instance: ManagedInstance, group: str | None, operation: Operation
+    ) -> tuple[tuple[MaintenanceWindow, WindowTask, Opening], ...]:
+        """The tasks of ``operation`` open now in windows targeting the instance; once per
+        (group, label set): the openings in force and ``now`` are the pass's."""
+        key = (group, frozenset(instance.metadata.labels.items()), operation)
+        if key not in self.tasks_open:
+            self.tasks_open[key] = tuple(self.find_open_tasks(instance, group, operation))
+        return self.tasks_open[key]
+
+    def find_open_tasks(
+        self, instance: ManagedInstance, group: str | None, operation: Operation
     ) -> list[tuple[MaintenanceWindow, WindowTask, Opening]]:
         out = []
         for window in self.targeting(instance, group):
@@ -735,11 +761,7 @@ class _State:
     def count_targets(self, window: MaintenanceWindow) -> int:
         count = 0
         for instance in self.snapshot.instances.values():
-            groups = [
-                g.metadata.name
-                for g in self.snapshot.groups.values()
-                if group_selects(g, instance.metadata.labels)
-            ]
+            groups = self.groups_selecting(instance)
             targets = window.spec.targets
             if any(g in targets.patch_groups for g in groups) or (
                 targets.selector is not None
@@ -747,6 +769,16 @@ class _State:
             ):
                 count += 1
         return count
+
+    def groups_selecting(self, instance: ManagedInstance) -> frozenset[str]:
+        """The names of the groups that select the instance, once per label set."""
+        labels = instance.metadata.labels
+        key = frozenset(labels.items())
+        if key not in self.groups_named:
+            self.groups_named[key] = frozenset(
+                g.metadata.name for g in self.snapshot.groups.values() if group_selects(g, labels)
+            )
+        return self.groups_named[key]
 
     def priority_turn(self, window: MaintenanceWindow, task: WindowTask, opening: Opening) -> bool:
         """Lower priority numbers run first: a task starts only when no task of its window with a
@@ -780,6 +812,7 @@ def _install_action(
     task: WindowTask,
     opening: Opening,
     chosen: _TaskInstall,
+    digest: Callable[[PatchBaseline], str],
 ) -> Action:
     blocked = _blocked(chosen.baseline)
     what = (
@@ -793,7 +826,7 @@ def _install_action(
         key,
         f"{what}; {task.name} of window {window.metadata.name} is open",
         chosen.baseline.metadata.name,
-        baseline_digest(chosen.baseline),
+        digest(chosen.baseline),
         window.metadata.name,
         task.name,
         opening.id,
@@ -950,7 +983,7 @@ class _OneOffs:
 
     def install_step(self, name: str, scan: ObservedScan) -> _Step:
         instance = self.state.snapshot.instances[name]
-        resolution = resolve(self.state.snapshot, instance.metadata.labels, scan.operating_system)
+        resolution = self.state.resolve(instance, scan.operating_system)
         if resolution.baseline is None:
             return _Step("done", f"no baseline: {resolution.baseline_reason}")
         if not scan.pins:

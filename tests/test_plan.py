@@ -108,6 +108,19 @@ def test_never_scanned_instances_are_scanned_first_within_the_scan_budget() -> N
     assert reasons(result) == {"node-4": "needs a scan (never scanned); other scans go first"}
 
 
+def test_scans_held_back_by_the_scan_budget_are_queued_for_the_slots_scans_free() -> None:
+    """The loop starts a queued scan in the slot a finished scan of this plan frees, without
+    planning the fleet again (issue 16 item 6); its key is the one the plan would have given."""
+    snapshot = snap(BASELINE, window(), instances(5))
+    result = plan(snapshot, "r1", Observed(), NOON, Settings(max_scans=3))
+    assert [(a.operation, a.instance, a.window) for a in result.queued] == [
+        ("Scan", "node-4", None),
+        ("Scan", "node-5", None),
+    ]
+    assert result.queued[0].key.startswith("node-4:Scan:")
+    assert result.queued[0].key.endswith(NOON.isoformat())
+
+
 def test_missing_patches_in_an_open_window_are_installed_with_exactly_the_scanned_pins() -> None:
     snapshot = snap(BASELINE, window(), instances(1))
     scan = scanned(snapshot, pins=("openssl=3.0.15-1~deb12u2", "libc6=2.36-9+deb12u9"))

@@ -37,13 +37,15 @@ class Observation:
         """Actions handed to a worker, by key: they hold their budget slot until claimed."""
         self.gates: Mapping[str, RolloutGate] = {}
         """Each rollout member's gate, as the pass's ``rollouts`` step decided it."""
+        self._scans: dict[int, ObservedScan | None] = {}
+        """The latest scans as the planner sees them, by scan id, as last observed."""
 
     def observe(self, now: datetime | None = None) -> Observed:
         """Observed state for a plan at ``now``: the latest scans, and only the jobs the planner
         can still act on (``plan.history_scope``), never the whole history: this runs after
         every job completion, and a fleet accumulates a year of jobs."""
         now = self.clock() if now is None else now
-        scans = {name: _observed_scan(record) for name, record in self.store.latest_scans().items()}
+        scans = self._latest_scans()
         openings: tuple[tuple[str, str], ...] = ()
         failed_since = now - self.settings.retry_after
         if self.in_force.snapshot is not None:
@@ -75,6 +77,16 @@ class Observation:
             one_offs=one_offs,
             gates=self.gates,
         )
+
+    def _latest_scans(self) -> dict[str, ObservedScan | None]:
+        """The latest scans, each converted once (a scan never changes; a new one has a new id)."""
+        latest = self.store.latest_scans()
+        known = self._scans
+        self._scans = {
+            record.id: known[record.id] if record.id in known else _observed_scan(record)
+            for record in latest.values()
+        }
+        return {name: self._scans[record.id] for name, record in latest.items()}
 
     def _skipped(self, openings: tuple[tuple[str, str], ...]) -> frozenset[tuple[str, str]]:
         """The openings open now already recorded SKIPPED_OVERLAPPING (they stay skipped)."""

@@ -1,7 +1,7 @@
 """Stage: loop. One pass is an ordered tuple of small steps (:data:`STEPS`) over an explicit
 :class:`PassContext`: ``refresh`` (the revision in force), ``close_executions`` (openings that
 ended), ``rollouts`` (progressive rollouts' decisions, docs/rollouts.md), ``dispatch`` (plan, run
-jobs concurrently, refill freed slots from the plan's queue and re-plan on each completion),
+jobs concurrently, refill freed slots from the plan's queue and re-plan as slots free),
 ``export`` (scheduled reports). Another loop (the controller's) adds its own steps around these.
 
 Calls the loop's parts in order; may not touch the source, the store or transports itself.
@@ -92,10 +92,10 @@ def rollouts(context: PassContext) -> None:
 
 def dispatch(context: PassContext) -> None:
     """Plan and start jobs until nothing more can start now (``until_idle``), or one planning
-    round otherwise. A slot freed by a succeeding job starts the install the plan queued behind
-    it at once (:func:`_refill`); each completion also triggers a re-plan, for the rest (after
-    steering the rollouts again when :func:`_steer_again`); each plan's skipped and cancelled
-    openings are recorded."""
+    round otherwise. A slot freed by a succeeding job starts the install (or scan) the plan queued
+    behind it at once (:func:`_refill`); completions also trigger a re-plan (:func:`_replan_due`),
+    for the rest (after steering the rollouts again when :func:`_steer_again`); each plan's
+    skipped and cancelled openings are recorded."""
     parts = context.parts
     running: Running = {}
     try:
@@ -110,10 +110,13 @@ def dispatch(context: PassContext) -> None:
                 if not running:
                     _settle(context.summary, current)
                     break
-                finished = _collect(context, running)
-                if _steer_again(context.summary, finished):
-                    rollouts(context)
-                started += _refill(context, pool, running, current, finished, started)
+                # Collect and refill from the plan's queue until a re-plan is due.
+                finished: list[Finished] = []
+                while not _replan_due(context, running, finished):
+                    finished = _collect(context, running)
+                    if _steer_again(context.summary, finished):
+                        rollouts(context)
+                    started += _refill(context, pool, running, current, finished, started)
                 if not context.until_idle and not running:
                     break
     finally:
@@ -121,6 +124,25 @@ def dispatch(context: PassContext) -> None:
         # and an action that never claimed its key must not hold its budget slot forever.
         for action in running.values():
             parts.observation.submitted.pop(action.key, None)
+
+
+def _replan_due(context: PassContext, running: Running, finished: list[Finished]) -> bool:
+    """Whether to plan again now rather than wait for more completions. A plan reads the
+    fleet's state and weighs every machine, so one per completion made a pass quadratic in the
+    fleet; the plan's queue keeps slots busy meanwhile. Now: when nothing runs, when a job did
+    not succeed (a budget's maxErrors, a retry or a halt may change), when the rollouts were
+    steered again, or when an eighth of the
+    workers is free (every completion with fewer than 16 workers, as before). At least one
+    completion is collected first (``finished`` empty: none yet)."""
+    if not finished:
+        return False
+    if not running or context.parts.stopping.is_set():
+        return True
+    if any(job is None or job.status != JobStatus.SUCCEEDED for _, job in finished):
+        return True
+    if _steer_again(context.summary, finished):
+        return True  # the rollouts' gates were decided again: the queue may be out of date
+    return context.parts.workers - len(running) >= max(1, context.parts.workers // 8)
 
 
 def _steer_again(summary: PassSummary, finished: list[Finished]) -> bool:
@@ -176,9 +198,10 @@ def _refill(
     finished: list[Finished],
     started: int,
 ) -> int:
-    """Start at once, in each slot a job freed by succeeding, the next install the plan queued
-    behind it (``Plan.queued``), instead of leaving the slot idle while the next plan is made
-    (a plan of a fleet takes a while; the next plan counts these as running). Only a job the
+    """Start at once, in each slot a job freed by succeeding, the next install (or scan outside
+    any window) the plan queued behind it (``Plan.queued``), instead of leaving the slot idle
+    while the next plan is made (a plan of a fleet takes a while; the next plan counts these as
+    running). Only a job the
     plan counted as running, or planned itself, frees one of its slots; an opening with a job
     that did not succeed in this batch waits for the next plan (its maxErrors may be spent).
     The cutoff is checked when the job claims its key, as for every job. How many started."""

@@ -69,6 +69,8 @@ class SqlStore:
     _lock: threading.Lock
     _conn: Any
     _writer: WriterLock | None
+    _planning_rows: dict[tuple[Any, ...], JobRecord]
+    """The last planning read's rows and their records (:meth:`_planning_records`)."""
 
     def close(self) -> None:
         with self._lock:
@@ -92,6 +94,16 @@ class SqlStore:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+    def _planning_records(self, rows: Iterable[tuple[Any, ...]]) -> list[JobRecord]:
+        """``rows`` (``JobRecord.COLUMNS``) as records, reusing the previous planning read's
+        record of a row whose every column is unchanged: observe() reads after each completion
+        and a window's jobs stay in that read until its opening ends, so decoding their JSON
+        again was most of a plan's read. Only the last read's rows are kept."""
+        known = self._planning_rows
+        fresh = {row: known.get(row) or JobRecord.from_row(row) for row in map(tuple, rows)}
+        self._planning_rows = fresh
+        return list(fresh.values())
 
     # Scans and installs: reads.
 

@@ -86,6 +86,7 @@ class StateStore(SqlStore):
         self._lock = threading.Lock()
         self._latest_scans: dict[int, ScanRecord] = {}
         """The instances' newest scans as last read, by id (:meth:`latest_scans`)."""
+        self._planning_rows = {}
         self._writer: WriterLock | None = None
         _check_place(self.path)
         if writer is not None:
@@ -242,7 +243,7 @@ class StateStore(SqlStore):
                 ") ORDER BY created_at, rowid",
                 (to_text(failed_scans_since), pairs),
             ).fetchall()
-        return [JobRecord.from_row(row) for row in rows]
+            return self._planning_records(rows)
 
     def latest_jobs(self) -> dict[str, JobRecord]:
         """The newest job of each instance (by creation, as :meth:`jobs` orders them), without

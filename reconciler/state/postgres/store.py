@@ -98,6 +98,9 @@ class PostgresStore(SqlStore):
         self._conninfo = conninfo  # to reconnect after the server or the network was lost
         self.name = redacted(conninfo) if "://" in conninfo else "the PostgreSQL state store"
         self._lock = threading.Lock()
+        self._latest_scans: dict[int, ScanRecord] = {}
+        """The instances' newest scans as last read, by id (:meth:`latest_scans`)."""
+        self._planning_rows = {}
         self._writer: AdvisoryLock | None = None
         if writer is not None:
             self._writer = AdvisoryLock(conninfo, self.name)
@@ -216,11 +219,20 @@ class PostgresStore(SqlStore):
         """The newest scan (by ``finished_at``, then id) of every instance: the ones
         ``instances.last_scan_id`` names, kept on that rule as scans are recorded."""
         with self._use() as conn:
-            rows = conn.execute(
-                f"SELECT {ScanRecord.COLUMNS} FROM scans"
+            latest = conn.execute(
+                "SELECT instance, id FROM scans"
                 " WHERE id IN (SELECT last_scan_id FROM instances) ORDER BY instance"
             ).fetchall()
-        return {record.instance: record for record in map(ScanRecord.from_row, rows)}
+            # observe() runs this after every job: only scans not read before are fetched and
+            # decoded (their inventories were most of a plan's time). By id, not "above the
+            # highest read" as in SQLite: other processes' scans may commit out of id order.
+            known = self._latest_scans
+            missing = [scan_id for _, scan_id in latest if scan_id not in known]
+            select = f"SELECT {ScanRecord.COLUMNS} FROM scans WHERE id = ANY(%s)"
+            rows = conn.execute(select, (missing,)).fetchall() if missing else []
+            known |= {row[0]: ScanRecord.from_row(row) for row in rows}
+            self._latest_scans = {scan_id: known[scan_id] for _, scan_id in latest}
+            return {instance: known[scan_id] for instance, scan_id in latest}
 
     # Jobs, with idempotency keys.
 
@@ -298,7 +310,7 @@ class PostgresStore(SqlStore):
             rows = conn.execute(
                 PLANNING_JOBS, (to_text(failed_scans_since), windows, opening_list)
             ).fetchall()
-        return [JobRecord.from_row(row) for row in rows]
+            return self._planning_records(rows)
 
     # Maintenance window executions.
 
