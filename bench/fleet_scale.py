@@ -16,7 +16,10 @@
    worker``), each with its own PostgresStore connection, its own copy of the simulated fleet
    (same seed and profile) and ``--concurrency`` ÷ N slots. Also reported there: per-claim
    latency (a queued entry's ``enqueued_at`` to its job's claim by a worker) and the workers'
-   peak RSS. The wall time starts once every worker is connected.
+   peak RSS. The wall time starts once every worker is connected. ``--queue-poll S`` sets
+   ``reconciler.loop.workers.POLL`` (how often the leader reads the queue for finished entries,
+   and an idle worker for new ones; 0.5 s as shipped) in every process: a diagnosis knob, to
+   tell the polling interval's share of the overhead from the rest of the protocol.
 2. **Planning at 100,000**: one ``plan()`` over ``--plan-instances`` instances (bench/plan_fleet.py's
    fleet; 99,990 by default, the most a snapshot's 100,000 documents hold beside its baselines,
    groups and windows), median of 3. Target < 2 s.
@@ -46,6 +49,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import reconciler.loop.workers as job_queue  # noqa: E402
 from bench._report import record  # noqa: E402
 from bench.fleet_convergence import _Quiet  # noqa: E402
 from bench.plan_fleet import NOW as PLAN_NOW  # noqa: E402
@@ -186,13 +190,14 @@ class WorkerRun:
 
 
 def worker_process(
-    url: str, home: str, fleet: tuple[int, int], slots: int, index: int, stop: Any, out: Any
+    url: str, home: str, fleet: tuple[int, int, float], slots: int, index: int, stop: Any, out: Any
 ) -> None:
     """One ``patchctl worker`` as the CLI builds it, on the simulated fleet: runs in its own
     (spawned) process until ``stop`` is set, then sends the machines it patched and its RSS."""
     from reconciler.state.postgres.store import PostgresStore
 
     machines = SimulatedFleet(fleet[0], seed=fleet[1])
+    job_queue.POLL = fleet[2]  # a spawned process starts from the shipped value
     stopping = threading.Event()  # the Worker's waits are a threading.Event's
     threading.Thread(target=lambda: (stop.wait(), stopping.set()), daemon=True).start()
     with PostgresStore(url, home=Path(home)) as store:
@@ -222,26 +227,27 @@ def claim_latencies(url: str) -> tuple[float, ...]:
 
 
 def with_workers(
-    count: int, concurrency: int, seed: int, processes: int
+    count: int, concurrency: int, seed: int, processes: int, poll: float
 ) -> tuple[Convergence, WorkerRun]:
     """The leader here with the job queue, ``processes`` spawned workers sharing the slots."""
     from reconciler.state.postgres.store import PostgresStore
 
     fleet, slots = SimulatedFleet(count, seed=seed), math.ceil(concurrency / processes)
     spawn = multiprocessing.get_context("spawn")
+    job_queue.POLL = poll
     stop, out = spawn.Event(), spawn.Queue()
     with tempfile.TemporaryDirectory() as tmp, postgres_url() as url:
         with PostgresStore(url, home=Path(tmp)) as store:
             config = write_config(Path(tmp), fleet, concurrency)
-            workers = [
+            spawned = [
                 spawn.Process(
-                    target=worker_process, args=(url, tmp, (count, seed), slots, i, stop, out)
+                    target=worker_process, args=(url, tmp, (count, seed, poll), slots, i, stop, out)
                 )
                 for i in range(processes)
             ]
-            for process in workers:
+            for process in spawned:
                 process.start()
-            for _ in workers:
+            for _ in spawned:
                 assert out.get(timeout=300)[0] == "ready"
             loop = Reconciler(
                 DirectorySource(config), store, fleet.transport, workers=concurrency,
@@ -251,8 +257,8 @@ def with_workers(
             loop.reconcile(until_idle=True)
             wall = time.perf_counter() - start
             stop.set()
-            finished = [out.get(timeout=300) for _ in workers]
-            for process in workers:
+            finished = [out.get(timeout=300) for _ in spawned]
+            for process in spawned:
                 process.join()
             busy, jobs = busy_seconds(store), len(store.jobs())
         latencies = claim_latencies(url)
@@ -328,8 +334,8 @@ def report_workers(args: argparse.Namespace, run: Convergence, workers: WorkerRu
     median, p95 = workers.latency_ms(0.5), workers.latency_ms(0.95)
     worker_rss = "/".join(f"{rss:.0f}" for rss in workers.worker_rss)
     print(
-        f"fleet scale (postgresql, 1 leader + {workers.processes} worker processes): "
-        f"{run.instances} simulated machines, {run.jobs} jobs in {run.wall:.1f} s, overhead "
+        f"fleet scale (postgresql, 1 leader + {workers.processes} worker processes, queue poll "
+        f"{args.queue_poll:g} s): {run.instances} simulated machines, {run.jobs} jobs in {run.wall:.1f} s, overhead "
         f"{run.overhead:.2f} (target <= {TARGET_OVERHEAD}) {verdict}; "
         f"{run.jobs / run.wall:.0f} claims/s; enqueue → claim median {median:.0f} ms, p95 "
         f"{p95:.0f} ms; peak RSS leader {peak_rss_mib():.0f} MiB, workers {worker_rss} MiB; "
@@ -350,6 +356,7 @@ def report_workers(args: argparse.Namespace, run: Convergence, workers: WorkerRu
             "date",
             "machines",
             "workers x slots",
+            "queue poll (s)",
             "jobs",
             "wall (s)",
             "overhead",
@@ -364,6 +371,7 @@ def report_workers(args: argparse.Namespace, run: Convergence, workers: WorkerRu
             datetime.now(UTC).strftime("%Y-%m-%d"),
             str(run.instances),
             f"{workers.processes} x {run.concurrency // workers.processes}",
+            f"{args.queue_poll:g}",
             str(run.jobs),
             f"{run.wall:.1f}",
             f"{run.overhead:.2f}",
@@ -392,6 +400,13 @@ def main() -> int:
         help="run the jobs in N worker processes over the PostgreSQL job queue (planning is "
         "not measured then: it is the leader's alone, as in one process)",
     )
+    parser.add_argument(
+        "--queue-poll",
+        type=float,
+        default=job_queue.POLL,
+        metavar="SECONDS",
+        help="with --external-workers: the queue's polling interval in every process (diagnosis)",
+    )
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
@@ -400,7 +415,9 @@ def main() -> int:
             parser.error("--external-workers N needs --backend postgresql and N >= 1")
         report_workers(
             args,
-            *with_workers(args.instances, args.concurrency, args.seed, args.external_workers),
+            *with_workers(
+                args.instances, args.concurrency, args.seed, args.external_workers, args.queue_poll
+            ),
         )
         return 0
     run = convergence(args.backend, args.instances, args.concurrency, args.seed)
