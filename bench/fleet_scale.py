@@ -159,8 +159,8 @@ def convergence(backend: str, count: int, concurrency: int, seed: int) -> Conver
         start = time.perf_counter()
         loop.reconcile(until_idle=True)
         wall = time.perf_counter() - start
-        busy = busy_seconds(store)
-    return Convergence(count, len(store.jobs()), wall, busy, concurrency, fleet.patched())
+        busy, jobs = busy_seconds(store), len(store.jobs())
+    return Convergence(count, jobs, wall, busy, concurrency, fleet.patched())
 
 
 def busy_seconds(store: Any) -> float:
