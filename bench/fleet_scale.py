@@ -346,7 +346,7 @@ def report_workers(args: argparse.Namespace, run: Convergence, workers: WorkerRu
     record(
         "fleet scale (postgresql, worker processes)",
         "`bench/fleet_scale.py --backend postgresql --external-workers N`: the simulated fleet "
-        "of the sections below, the leader with the job queue (as `patchctl run "
+        "of *fleet scale (postgresql)*, the leader with the job queue (as `patchctl run "
         "--external-workers`) and N `Worker` processes (as `patchctl worker`, spawned), each "
         "with its own PostgreSQL connection, its own copy of the seeded fleet and "
         "concurrency ÷ N slots; all on the same 2 cores as PostgreSQL. overhead = wall ÷ (Σ job "
