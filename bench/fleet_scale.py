@@ -226,6 +226,36 @@ def claim_latencies(url: str) -> tuple[float, ...]:
     return tuple(sorted((from_text(c) - from_text(e)).total_seconds() for e, c in rows))
 
 
+@contextmanager
+def worker_processes(
+    url: str, home: str, fleet: tuple[int, int, float], slots: int, processes: int
+) -> Iterator[list[Any]]:
+    """Start ``processes`` workers and return once each is connected; when the block ends
+    without error, stop them and fill the list given with what each sent back (the machines it
+    patched, its peak RSS). Daemons: a failed run leaves none behind."""
+    spawn = multiprocessing.get_context("spawn")
+    stop, out = spawn.Event(), spawn.Queue()
+    spawned = [
+        spawn.Process(
+            target=worker_process, args=(url, home, fleet, slots, i, stop, out), daemon=True
+        )
+        for i in range(processes)
+    ]
+    finished: list[Any] = []
+    for process in spawned:
+        process.start()
+    try:
+        for _ in spawned:
+            out.get(timeout=300)  # ("ready", index): the wall time starts with every worker in
+        yield finished
+        stop.set()
+        finished.extend(out.get(timeout=300) for _ in spawned)
+    finally:
+        stop.set()
+        for process in spawned:
+            process.join(timeout=60)
+
+
 def with_workers(
     count: int, concurrency: int, seed: int, processes: int, poll: float
 ) -> tuple[Convergence, WorkerRun]:
@@ -233,33 +263,18 @@ def with_workers(
     from reconciler.state.postgres.store import PostgresStore
 
     fleet, slots = SimulatedFleet(count, seed=seed), math.ceil(concurrency / processes)
-    spawn = multiprocessing.get_context("spawn")
     job_queue.POLL = poll
-    stop, out = spawn.Event(), spawn.Queue()
     with tempfile.TemporaryDirectory() as tmp, postgres_url() as url:
         with PostgresStore(url, home=Path(tmp)) as store:
             config = write_config(Path(tmp), fleet, concurrency)
-            spawned = [
-                spawn.Process(
-                    target=worker_process, args=(url, tmp, (count, seed, poll), slots, i, stop, out)
-                )
-                for i in range(processes)
-            ]
-            for process in spawned:
-                process.start()
-            for _ in spawned:
-                assert out.get(timeout=300)[0] == "ready"
-            loop = Reconciler(
-                DirectorySource(config), store, fleet.transport, workers=concurrency,
-                log=_Quiet(), job_queue=store,
-            )  # fmt: skip
-            start = time.perf_counter()
-            loop.reconcile(until_idle=True)
-            wall = time.perf_counter() - start
-            stop.set()
-            finished = [out.get(timeout=300) for _ in spawned]
-            for process in spawned:
-                process.join()
+            with worker_processes(url, tmp, (count, seed, poll), slots, processes) as finished:
+                loop = Reconciler(
+                    DirectorySource(config), store, fleet.transport, workers=concurrency,
+                    log=_Quiet(), job_queue=store,
+                )  # fmt: skip
+                start = time.perf_counter()
+                loop.reconcile(until_idle=True)
+                wall = time.perf_counter() - start
             busy, jobs = busy_seconds(store), len(store.jobs())
         latencies = claim_latencies(url)
     patched = {name for _, names, _ in finished for name in names}
