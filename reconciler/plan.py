@@ -40,6 +40,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from reconciler.api.enums import JobStatus, OperatingSystem, Operation, RejectedPatchesAction
+from reconciler.api.gates import Gate
 from reconciler.api.inventory import Inventory
 from reconciler.api.oneoff import TASK_NAME, OneOffOpening, OneOffStatus, targeted
 from reconciler.api.resources import (
@@ -112,6 +113,27 @@ class RolloutGate:
         return self.snapshot.digest if self.snapshot is not None else ""
 
 
+@dataclass(frozen=True, slots=True)
+class GateReading:
+    """What a safety gate (docs/guardrails.md) said this pass, as the loop read it once for
+    every task and stage that names it: it blocks or not, and why (a gate that could not be
+    read blocks, with the error as its reason)."""
+
+    blocking: bool
+    reason: str
+
+
+def gate_verdict(gates: Sequence[Gate], readings: Mapping[str, GateReading], whose: str) -> str:
+    """Why ``whose`` (a task or a stage) may not start anything now: the first of its gates
+    that blocks, by name and reason; "" when every gate is open. A gate with no reading this
+    pass blocks: nothing says it is open."""
+    for gate in gates:
+        reading = readings.get(gate.key, GateReading(True, "not read this pass"))
+        if reading.blocking:
+            return f"gate {gate.name} of {whose} blocks: {reading.reason}"
+    return ""
+
+
 @dataclass(frozen=True)
 class Observed:
     scans: Mapping[str, ObservedScan] = field(default_factory=dict)
@@ -123,6 +145,8 @@ class Observed:
     """One-off openings PENDING or IN_PROGRESS, oldest first (``jobs`` holds all their jobs)."""
     gates: Mapping[str, RolloutGate] = field(default_factory=dict)
     """Instance -> its rollout stage's gate; instances in no rollout stage are not here."""
+    readings: Mapping[str, GateReading] = field(default_factory=dict)
+    """Safety gate key (:attr:`Gate.key`) -> its reading this pass."""
 
 
 @dataclass(frozen=True)
@@ -380,6 +404,10 @@ class _State:
         held, later = gate.snapshot.confine(
             baseline.metadata.name, scan.pins, scan.parsed_inventory
         )
+        blocked = self.stage_gate_verdict(gate)
+        if blocked:
+            self.wait(name, f"rollout {gate.rollout}: {blocked}")
+            return None
         if not held:
             self.wait(
                 name,
@@ -388,6 +416,14 @@ class _State:
             )
             return None
         return replace(scan, pins=held)
+
+    def stage_gate_verdict(self, gate: RolloutGate) -> str:
+        """Why the rollout stage ``gate`` names may not install now: one of its safety gates
+        blocks ("" when none does)."""
+        rollout = self.snapshot.rollouts.get(gate.rollout)
+        stages = [s for s in rollout.spec.stages if s.name == gate.stage] if rollout else []
+        gates = stages[0].gates if stages else []
+        return gate_verdict(gates, self.observed.readings, f"stage {gate.stage}")
 
     # -- scans --------------------------------------------------------------------------------
 
@@ -526,6 +562,10 @@ class _State:
                     f"task {task.name} waits for lower-priority tasks of {window.metadata.name}"
                 )
                 continue
+            blocked = self.gate_verdict(window, task)
+            if blocked:
+                reasons.append(blocked)
+                continue
             action = _install_action(name, key, window, task, opening, chosen, self.digest)
             verdict = self.budget.verdict(window, task, opening, self.targets(window))
             if verdict:
@@ -550,6 +590,7 @@ class _State:
         instance = self.snapshot.instances[name]
         if not scan.pending_reboot or not rebooted_by_loop(instance):
             return False
+        blocked = ""
         for window, task, opening in self.open_tasks(instance, group, INSTALL):
             key = f"{name}:Reboot:{window.metadata.name}:{opening.id}"
             if (
@@ -558,6 +599,10 @@ class _State:
                 or not self.priority_turn(window, task, opening)
                 or not self.budget.allows(window, task, opening, self.targets(window))
             ):
+                continue
+            why = self.gate_verdict(window, task)
+            if why:
+                blocked = blocked or why
                 continue
             self.budget.take(window, task, opening)
             reason = (
@@ -579,7 +624,13 @@ class _State:
                 )
             )
             return True
-        return False
+        if blocked:
+            self.wait(name, f"reboot pending; {blocked}")
+        return bool(blocked)
+
+    def gate_verdict(self, window: MaintenanceWindow, task: WindowTask) -> str:
+        whose = f"task {task.name} of {window.metadata.name}"
+        return gate_verdict(task.gates, self.observed.readings, whose)
 
     def overriding_tasks(self, instance: ManagedInstance, group: str | None) -> bool:
         """Whether an open Install task installs something other than the baseline's approvals

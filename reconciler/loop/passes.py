@@ -1,7 +1,8 @@
 """Stage: loop. One pass is an ordered tuple of small steps (:data:`STEPS`) over an explicit
 :class:`PassContext`: ``refresh`` (the revision in force), ``close_executions`` (openings that
-ended), ``rollouts`` (progressive rollouts' decisions, docs/rollouts.md), ``dispatch`` (plan, run
-jobs concurrently, refill freed slots from the plan's queue and re-plan as slots free),
+ended), ``rollouts`` (progressive rollouts' decisions, docs/rollouts.md), ``gates`` (each safety
+gate read once, docs/guardrails.md), ``dispatch`` (plan, run jobs concurrently, refill freed
+slots from the plan's queue and re-plan as slots free),
 ``export`` (scheduled reports). Another loop (the controller's) adds its own steps around these.
 
 Calls the loop's parts in order; may not touch the source, the store or transports itself.
@@ -16,6 +17,9 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExec
 from dataclasses import dataclass
 
 from reconciler.api.enums import JobStatus
+from reconciler.api.gates import Gate
+from reconciler.api.snapshot import Snapshot
+from reconciler.dispatch.gates import read_gates
 from reconciler.loop.common import InForce, PassSummary
 from reconciler.loop.desired import Refresher
 from reconciler.loop.executions import WindowExecutions
@@ -88,6 +92,20 @@ def rollouts(context: PassContext) -> None:
     context.parts.observation.gates = steered.gates
     context.summary.rollouts = steered.decisions
     context.summary.rollout_views = context.parts.exporter.rollouts = steered.views
+
+
+def gates(context: PassContext) -> None:
+    """Read every safety gate of the revision in force once (docs/guardrails.md), before
+    dispatch plans with the readings; a gate that cannot be read blocks."""
+    snapshot = context.parts.in_force.snapshot
+    found = _gates_of(snapshot) if snapshot is not None else []
+    context.parts.observation.readings = read_gates(found)
+
+
+def _gates_of(snapshot: Snapshot) -> list[Gate]:
+    tasks = [task.gates for window in snapshot.windows.values() for task in window.spec.tasks]
+    stages = [stage.gates for r in snapshot.rollouts.values() for stage in r.spec.stages]
+    return [gate for listed in (*tasks, *stages) for gate in listed]
 
 
 def dispatch(context: PassContext) -> None:
@@ -165,7 +183,7 @@ def export(context: PassContext) -> None:
         parts.exporter.wait(parts.export_grace)
 
 
-STEPS: tuple[Step, ...] = (refresh, close_executions, rollouts, dispatch, export)
+STEPS: tuple[Step, ...] = (refresh, close_executions, rollouts, gates, dispatch, export)
 
 
 def _submit(

@@ -143,6 +143,10 @@ class Reboots:
         if job.action.reboot_option != "RebootIfNeeded" or not rebooted_by_loop(job.instance):
             return outcome
         needed = str(reboot.document().get("why") or job.action.reason)
+        # Next (issue 20 item 1, docs/guardrails.md): the task's gates are read again here,
+        # fresh (``dispatch.gates.read_gates`` over the task's ``gates``, judged by
+        # ``plan.gate_verdict``), and a blocking one leaves the reboot pending like a refusal:
+        # the install may have run for minutes since the pass that dispatched it read them.
         refusal = window_refusal(snapshot, job.action, self.clock())
         if refusal:
             why = f"reboot needed ({needed}); {refusal}: left pending for the next opening"
