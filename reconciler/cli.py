@@ -81,6 +81,7 @@ from reconciler.evaluation import (
 from reconciler.loop import Clock, Reconciler, TransportFor, configure_logging, serve, utc_now
 from reconciler.loop.common import Emitter, InForce
 from reconciler.loop.endpoints import ListenError, parse_listen
+from reconciler.loop.passes import gate_readings
 from reconciler.loop.reboots import RebootSettings
 from reconciler.loop.rollouts import status as rollout_status
 from reconciler.loop.workers import POLL as WORKER_POLL
@@ -1538,6 +1539,7 @@ def _plan(args: argparse.Namespace) -> int:
         reconciler.refresh()
         # What the next pass's rollouts step would decide, recorded nowhere (plan writes nothing).
         reconciler.parts.observation.gates = reconciler.parts.rollouts.steer(write=False).gates
+        reconciler.parts.observation.readings = gate_readings(reconciler.snapshot)
         current = reconciler.plan()
         if current is None or reconciler.snapshot is None:
             raise UserError("no valid snapshot: nothing to plan (see the refusal above)")

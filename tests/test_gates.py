@@ -15,7 +15,10 @@ from reconciler.api.snapshot import SnapshotInvalid, build_snapshot
 from reconciler.defaults import predefined_baselines
 from reconciler.dispatch.gates import read_gate, read_gates, selector_text
 from reconciler.plan import GateReading, Observed, plan
-from tests.git_servers import free_port
+from tests.aptlab import Repo
+from tests.conftest import needs_apt
+from tests.fleet import dpkg_installs, make_fleet, open_window_yaml
+from tests.git_servers import Upstream, free_port
 from tests.promlab import (
     METRIC,
     Alertmanager,
@@ -24,6 +27,13 @@ from tests.promlab import (
     running_prometheus,
 )
 from tests.test_hooks import TASK
+from tests.test_loop_e2e import (
+    BEFORE,
+    commit_fleet,
+    file_url,
+    patchctl,
+    reconcile_cli,
+)
 from tests.test_plan import BASELINE, NOON, all_scanned, instances, reasons, snap
 
 ALERTS = """\
@@ -249,3 +259,40 @@ def test_a_selector_is_sent_in_the_api_label_selector_syntax() -> None:
     )
     assert gate.kubernetes is not None
     assert selector_text(gate.kubernetes.selector) == "app=backup,tier in (db,cache),!paused"
+
+
+# --- the loop, end to end -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def fleet_repo(tmp_path: Path) -> Upstream:
+    return Upstream.create(tmp_path / "srv", "fleet", tmp_path / "scratch")
+
+
+@needs_apt
+def test_the_loop_installs_nothing_while_an_alert_fires_and_everything_once_it_is_silenced(
+    tmp_path: Path, apt_repo: Repo, fleet_repo: Upstream, alertmanager: Alertmanager
+) -> None:
+    roots = make_fleet(tmp_path / "fleet", apt_repo, ["web-1", "web-2"], BEFORE)
+    gate = (
+        "      gates:\n        - name: no-critical-alerts\n"
+        f"          alertmanager: {{url: '{alertmanager.url}', matchers: ['severity=\"critical\"']}}\n"
+    )
+    commit_fleet(fleet_repo, roots, open_window_yaml(task_fields=gate))
+    state = tmp_path / "state" / "state.db"
+    alertmanager.fire(alertname="DiskFull", severity="critical")
+
+    held = reconcile_cli(file_url(fleet_repo), state)
+    assert held["jobs"] == {"Scan succeeded": 2}
+    assert all(dpkg_installs(root)[("pwtest-lib", "1.0-2")] == 0 for root in roots.values())
+    shown = patchctl("plan", "--source", file_url(fleet_repo), "--state", str(state))
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        "gate no-critical-alerts of task install-security of open-now blocks: 1 alert(s) "
+        "firing: DiskFull" in " ".join(shown.stdout.split())
+    )
+
+    alertmanager.silence(alertname="DiskFull")
+    released = reconcile_cli(file_url(fleet_repo), state)
+    assert released["jobs"] == {"Install succeeded": 2}
+    assert all(dpkg_installs(root)[("pwtest-lib", "1.0-2")] == 1 for root in roots.values())

@@ -27,7 +27,7 @@ from reconciler.loop.exports import ReportExporter
 from reconciler.loop.jobs import JobRunner
 from reconciler.loop.observed import Observation
 from reconciler.loop.rollouts import RolloutSteering
-from reconciler.plan import Action, Plan
+from reconciler.plan import Action, GateReading, Plan
 from reconciler.state import JobRecord
 
 Running = dict[Future[JobRecord | None], Action]
@@ -97,9 +97,12 @@ def rollouts(context: PassContext) -> None:
 def gates(context: PassContext) -> None:
     """Read every safety gate of the revision in force once (docs/guardrails.md), before
     dispatch plans with the readings; a gate that cannot be read blocks."""
-    snapshot = context.parts.in_force.snapshot
-    found = _gates_of(snapshot) if snapshot is not None else []
-    context.parts.observation.readings = read_gates(found)
+    context.parts.observation.readings = gate_readings(context.parts.in_force.snapshot)
+
+
+def gate_readings(snapshot: Snapshot | None) -> dict[str, GateReading]:
+    """Every safety gate of ``snapshot`` read once (``patchctl plan`` shows the same)."""
+    return read_gates(_gates_of(snapshot)) if snapshot is not None else {}
 
 
 def _gates_of(snapshot: Snapshot) -> list[Gate]:
