@@ -391,6 +391,12 @@ def check_timezone(value: str) -> str:
     return value
 
 
+SSM_MAX_SCHEDULE_OFFSET = 6
+"""SSM's largest ScheduleOffset (CreateMaintenanceWindow)."""
+MAX_SCHEDULE_OFFSET = 27
+"""Ours: any offset keeps a monthly cron's openings in order (28 days is February's length)."""
+
+
 class MaintenanceWindowSpec(Model):
     """When patching may happen (SSM CreateMaintenanceWindow fields) and what runs then."""
 
@@ -399,8 +405,10 @@ class MaintenanceWindowSpec(Model):
     rate(N unit) or at(YYYY-MM-DDThh:mm:ss)."""
     schedule_timezone: str = "UTC"
     """IANA time zone the schedule is read in, for example America/Los_Angeles."""
-    schedule_offset: int | None = Field(default=None, ge=1, le=6, strict=True)
-    """Days (1-6) to wait after each cron match, for example Patch Tuesday + 3."""
+    schedule_offset: int | None = Field(default=None, ge=1, le=MAX_SCHEDULE_OFFSET, strict=True)
+    """Days (1-27) to wait after each cron match, for example Patch Tuesday + 3. SSM allows
+    1-6; 7-27 ("Patch Tuesday + 2 weeks") is a Patchwarden extension that export to SSM
+    refuses."""
     start_date: datetime | None = None
     """The window does not run before this ISO-8601 time."""
     end_date: datetime | None = None
