@@ -62,6 +62,7 @@ from reconciler.dispatch import (
     transport_for,
 )
 from reconciler.dispatch.base import BaselineSource, baseline_sources
+from reconciler.dispatch.gates import read_gates
 from reconciler.dispatch.local import TRUST_HOOKS_ENV
 from reconciler.dispatch.outcomes import (
     after_install,
@@ -87,7 +88,7 @@ from reconciler.loop.rollouts import status as rollout_status
 from reconciler.loop.workers import POLL as WORKER_POLL
 from reconciler.loop.workers import JobQueue, Worker, WorkerSettings, runners
 from reconciler.paths import control_character
-from reconciler.plan import Settings
+from reconciler.plan import Settings, gates_guarding
 from reconciler.redaction import redacted
 from reconciler.report.notify import audit
 from reconciler.report.notify.metrics import LoopMetrics
@@ -1152,8 +1153,26 @@ def _explain(args: argparse.Namespace) -> int:
     origin = provenance(instance) if instance else None
     text = str(origin) if origin else None
     place = _rollout_place(args, snapshot, args.instance)
-    render.explanation(result, resolution, args.patch, _format(args), sys.stdout, text, place)
+    gates = _gates_shown(snapshot, args.instance, result.patch_group, place)
+    render.explanation(
+        result, resolution, args.patch, _format(args), sys.stdout, text, place, gates
+    )
     return EXIT_OK
+
+
+def _gates_shown(
+    snapshot: Snapshot, instance: str, group: str | None, place: render.RolloutPlace | None
+) -> list[render.GateShown]:
+    """The gates guarding the instance's installs, each read now (as the loop reads them)."""
+    if instance not in snapshot.instances:
+        return []
+    stage = (place.rollout, place.stage) if place else None
+    guarding = gates_guarding(snapshot, instance, group, stage)
+    readings = read_gates(gate for _, gate in guarding)
+    return [
+        render.GateShown(gate.name, whose, readings[gate.key].blocking, readings[gate.key].reason)
+        for whose, gate in guarding
+    ]
 
 
 def _rollout_place(

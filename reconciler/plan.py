@@ -219,6 +219,42 @@ class Plan:
         return self.idle and all(w.compliant for w in self.waits)
 
 
+def windows_targeting(
+    snapshot: Snapshot, instance: ManagedInstance, group: str | None
+) -> list[MaintenanceWindow]:
+    """The enabled windows whose targets name the instance's patch group or match its labels,
+    by name."""
+    out = []
+    for window in sorted(snapshot.windows.values(), key=lambda w: w.metadata.name):
+        targets = window.spec.targets
+        by_group = group is not None and group in targets.patch_groups
+        by_label = targets.selector is not None and targets.selector.matches(
+            dict(instance.metadata.labels)
+        )
+        if window.spec.enabled and (by_group or by_label):
+            out.append(window)
+    return out
+
+
+def gates_guarding(
+    snapshot: Snapshot, instance: str, group: str | None, stage: tuple[str, str] | None
+) -> list[tuple[str, Gate]]:
+    """The safety gates that guard the instance's installs, each with whose it is ("task T of
+    W", "stage S of rollout R"): its targeting windows' Install tasks' and its rollout stage's
+    (``stage``: rollout and stage name)."""
+    found = [
+        (f"task {task.name} of {window.metadata.name}", gate)
+        for window in windows_targeting(snapshot, snapshot.instances[instance], group)
+        for task in window.spec.tasks
+        for gate in task.gates
+    ]
+    if stage is None or stage[0] not in snapshot.rollouts:
+        return found
+    rollout, name = snapshot.rollouts[stage[0]], stage[1]
+    rings = [ring for ring in rollout.spec.stages if ring.name == name]
+    return found + [(f"stage {name} of rollout {stage[0]}", g) for r in rings for g in r.gates]
+
+
 def rebooted_by_loop(instance: ManagedInstance) -> bool:
     """Whether the loop reboots this machine itself, and waits for it (docs/reboots.md): an SSH
     machine patched at its own ``/`` (a directory root is data on a host, never a reason to
@@ -768,16 +804,7 @@ class _State:
     def find_targeting(
         self, instance: ManagedInstance, group: str | None
     ) -> list[MaintenanceWindow]:
-        out = []
-        for window in sorted(self.snapshot.windows.values(), key=lambda w: w.metadata.name):
-            targets = window.spec.targets
-            by_group = group is not None and group in targets.patch_groups
-            by_label = targets.selector is not None and targets.selector.matches(
-                dict(instance.metadata.labels)
-            )
-            if window.spec.enabled and (by_group or by_label):
-                out.append(window)
-        return out
+        return windows_targeting(self.snapshot, instance, group)
 
     def open_tasks(
         self, instance: ManagedInstance, group: str | None, operation: Operation

@@ -5,6 +5,8 @@ blocks, naming the gate and its reason; the reader asks a real Prometheus and a 
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from tests.promlab import (
 from tests.test_hooks import TASK
 from tests.test_loop_e2e import (
     BEFORE,
+    ROOT,
     commit_fleet,
     file_url,
     patchctl,
@@ -296,3 +299,25 @@ def test_the_loop_installs_nothing_while_an_alert_fires_and_everything_once_it_i
     released = reconcile_cli(file_url(fleet_repo), state)
     assert released["jobs"] == {"Install succeeded": 2}
     assert all(dpkg_installs(root)[("pwtest-lib", "1.0-2")] == 1 for root in roots.values())
+
+
+def test_explain_names_each_gate_guarding_the_instance_and_what_it_says_now(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "examples", source)
+    url = f"http://127.0.0.1:{free_port()}"
+    (source / "gated.yaml").write_text(
+        TASK.replace("OPERATION", "Install").replace(
+            "targets: {selector: {matchLabels: {role: web}}}", "targets: {patchGroups: [web]}"
+        )
+        + f"      gates: [{{name: quiet, prometheus: {{url: '{url}', query: up}}}}]\n"
+    )
+    args = ["explain", "web-1", "--source", str(source), "--inventory", "examples/inventories"]
+    shown = patchctl(*args, "-o", "json")
+    assert shown.returncode == 0, shown.stderr
+    (gate,) = json.loads(shown.stdout)["gates"]
+    assert (gate["gate"], gate["of"], gate["blocking"]) == ("quiet", "task patch of noon", True)
+    assert gate["reason"].startswith("cannot be read: ConnectError")
+    table = patchctl(*args)
+    assert "gate:        quiet of task patch of noon — blocks: cannot be read:" in table.stdout
