@@ -13,13 +13,16 @@ from pathlib import Path
 import pytest
 
 from reconciler.api.gates import Gate
+from reconciler.api.install import InstallResult
 from reconciler.api.snapshot import SnapshotInvalid, build_snapshot
 from reconciler.defaults import predefined_baselines
+from reconciler.dispatch.base import InstallRequest
 from reconciler.dispatch.gates import read_gate, read_gates, selector_text
 from reconciler.plan import GateReading, Observed, plan
+from reconciler.state import StateStore
 from tests.aptlab import Repo
 from tests.conftest import needs_apt
-from tests.fleet import dpkg_installs, make_fleet, open_window_yaml
+from tests.fleet import dpkg_installs, make_fleet, open_window_yaml, window_yaml
 from tests.git_servers import Upstream, free_port
 from tests.promlab import (
     METRIC,
@@ -38,6 +41,7 @@ from tests.test_loop_e2e import (
     reconcile_cli,
 )
 from tests.test_plan import BASELINE, NOON, all_scanned, instances, reasons, snap
+from tests.test_reboots import Fleet, Machine, ssh_instance
 
 ALERTS = """\
       gates:
@@ -321,3 +325,38 @@ def test_explain_names_each_gate_guarding_the_instance_and_what_it_says_now(
     assert gate["reason"].startswith("cannot be read: ConnectError")
     table = patchctl(*args)
     assert "gate:        quiet of task patch of noon — blocks: cannot be read:" in table.stdout
+
+
+def test_a_gate_that_closes_during_the_install_leaves_the_reboot_pending(
+    tmp_path: Path, alertmanager: Alertmanager
+) -> None:
+    """The gates are read again right before the reboot: an alert that began firing while the
+    install ran keeps the machine up, and the job says why."""
+    machine = Machine()
+    gate = (
+        "      gates:\n        - name: quiet\n"
+        f"          alertmanager: {{url: '{alertmanager.url}', matchers: ['severity=\"page\"']}}\n"
+    )
+    fleet = Fleet(
+        tmp_path,
+        {"web-1": machine},
+        window_yaml("noon", "cron(0 12 * * ? *)", task_fields=gate),
+        ssh_instance("web-1"),
+    )
+    original = machine.install
+
+    def install_while_paged(request: InstallRequest) -> InstallResult:
+        alertmanager.fire(alertname="LatencyHigh", severity="page")
+        return original(request)
+
+    machine.install = install_while_paged  # type: ignore[method-assign]
+    with StateStore(tmp_path / "state.db") as store:
+        fleet.loop(store).reconcile()
+        job = next(j for j in store.jobs(instance="web-1") if j.operation == "Install")
+    assert machine.installs and machine.reboots == []
+    reboot = job.result["install"]["reboot"]
+    assert (reboot["required"], reboot["performed"]) == (True, False)
+    assert reboot["reason"] == (
+        "reboot needed (pwtest-lib); gate quiet of task install-security of noon blocks: "
+        "1 alert(s) firing: LatencyHigh: left pending until the gate opens"
+    )
