@@ -18,12 +18,14 @@ from reconciler.api.snapshot import SnapshotInvalid, build_snapshot
 from reconciler.defaults import predefined_baselines
 from reconciler.dispatch.base import InstallRequest
 from reconciler.dispatch.gates import read_gate, read_gates, selector_text
+from reconciler.kube.rest import Kube
 from reconciler.plan import GateReading, Observed, plan
 from reconciler.state import StateStore
 from tests.aptlab import Repo
 from tests.conftest import needs_apt
 from tests.fleet import dpkg_installs, make_fleet, open_window_yaml, window_yaml
 from tests.git_servers import Upstream, free_port
+from tests.kubeapi import KubeApi
 from tests.promlab import (
     METRIC,
     Alertmanager,
@@ -360,3 +362,37 @@ def test_a_gate_that_closes_during_the_install_leaves_the_reboot_pending(
         "reboot needed (pwtest-lib); gate quiet of task install-security of noon blocks: "
         "1 alert(s) firing: LatencyHigh: left pending until the gate opens"
     )
+
+
+@pytest.mark.apiserver
+def test_a_kubernetes_gate_blocks_while_a_matching_pod_or_node_exists(kube_api: KubeApi) -> None:
+    namespace = kube_api.namespace("gates")
+    kube = Kube(kube_api.client())
+    node_label = f"maintenance-{namespace}"
+
+    def gate(resource: str, selector: dict[str, object], where: str | None = None) -> Gate:
+        spec = {"resource": resource, "selector": selector}
+        return Gate.model_validate(
+            {"name": "k", "kubernetes": {**spec, **({"namespace": where} if where else {})}}
+        )
+
+    pods = gate(
+        "Pod",
+        {"matchExpressions": [{"key": "job", "operator": "In", "values": ["backup", "fsck"]}]},
+        namespace,
+    )
+    nodes = gate("Node", {"matchLabels": {node_label: "true"}})
+    assert read_gate(pods, kube) == GateReading(False, "no pod matches the selector")
+    assert read_gate(nodes, kube) == GateReading(False, "no node matches the selector")
+    container = {"name": "c", "image": "busybox"}
+    for name, job in (("nightly", "backup"), ("web", "serve")):
+        kube.create(
+            f"/api/v1/namespaces/{namespace}/pods",
+            {
+                "metadata": {"name": name, "labels": {"job": job}},
+                "spec": {"containers": [container]},
+            },
+        )
+    kube.create("/api/v1/nodes", {"metadata": {"name": namespace, "labels": {node_label: "true"}}})
+    assert read_gate(pods, kube) == GateReading(True, f"1 pod(s) match: {namespace}/nightly")
+    assert read_gate(nodes, kube) == GateReading(True, f"1 node(s) match: {namespace}")
