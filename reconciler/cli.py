@@ -1799,6 +1799,7 @@ def _controller_reconciler(
 ) -> tuple[Reconciler, EventSink]:
     """The controller's loop on the namespace's custom resources, with its Kubernetes Events."""
     from reconciler.controller import ControllerReconciler, EventSink, NodeMirror
+    from reconciler.kube.rest import Kube
     from reconciler.sources.kubernetes import KubernetesSource
     from reconciler.state.kubernetes import StatusWriter
 
@@ -1820,6 +1821,7 @@ def _controller_reconciler(
         mirror=NodeMirror(api, namespace, args.node_selector) if args.nodes else None,
         leading=leading,
         resume=resume,
+        gate_api=Kube(api),
         settings=Settings(stale_after=timedelta(hours=args.stale_after)),
         workers=args.workers,
         report_dir=args.report_dir,

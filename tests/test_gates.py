@@ -33,6 +33,7 @@ from tests.promlab import (
     running_alertmanager,
     running_prometheus,
 )
+from tests.test_controller import apply, fleet_yaml, in_process
 from tests.test_hooks import TASK
 from tests.test_loop_e2e import (
     BEFORE,
@@ -396,3 +397,32 @@ def test_a_kubernetes_gate_blocks_while_a_matching_pod_or_node_exists(kube_api: 
     kube.create("/api/v1/nodes", {"metadata": {"name": namespace, "labels": {node_label: "true"}}})
     assert read_gate(pods, kube) == GateReading(True, f"1 pod(s) match: {namespace}/nightly")
     assert read_gate(nodes, kube) == GateReading(True, f"1 node(s) match: {namespace}")
+
+
+@pytest.mark.apiserver
+@needs_apt
+def test_the_controller_reads_kubernetes_gates_from_its_api(
+    kube_api: KubeApi, system_root: Path, tmp_path: Path
+) -> None:
+    """A backup pod in the namespace holds the controller's installs; once it is gone they go."""
+    ns = kube_api.namespace()
+    gate = (
+        "      gates:\n        - name: no-backup\n"
+        f"          kubernetes: {{resource: Pod, namespace: {ns}, selector: "
+        "{matchLabels: {job: backup}}}\n"
+    )
+    apply(kube_api, ns, fleet_yaml(system_root) + "---\n" + open_window_yaml(task_fields=gate))
+    api = kube_api.client()
+    kube = Kube(api)
+    pod = {"name": "nightly", "labels": {"job": "backup"}}
+    spec = {"containers": [{"name": "c", "image": "busybox"}]}
+    kube.create(f"/api/v1/namespaces/{ns}/pods", {"metadata": pod, "spec": spec})
+    with StateStore(tmp_path / "state.db") as store:
+        reconciler = in_process(api, ns, store, gate_api=kube)
+        reconciler.reconcile()
+        assert [j.operation for j in store.jobs(instance="web-1")] == ["Scan"]
+        (reading,) = reconciler.parts.observation.readings.values()
+        assert reading == GateReading(True, f"1 pod(s) match: {ns}/nightly")
+        kube.delete(f"/api/v1/namespaces/{ns}/pods/nightly")
+        reconciler.reconcile()
+        assert "Install" in [j.operation for j in store.jobs(instance="web-1")]

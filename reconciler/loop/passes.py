@@ -20,6 +20,7 @@ from reconciler.api.enums import JobStatus
 from reconciler.api.gates import Gate
 from reconciler.api.snapshot import Snapshot
 from reconciler.dispatch.gates import read_gates
+from reconciler.kube.rest import Kube
 from reconciler.loop.common import InForce, PassSummary
 from reconciler.loop.desired import Refresher
 from reconciler.loop.executions import WindowExecutions
@@ -100,9 +101,10 @@ def gates(context: PassContext) -> None:
     context.parts.observation.readings = gate_readings(context.parts.in_force.snapshot)
 
 
-def gate_readings(snapshot: Snapshot | None) -> dict[str, GateReading]:
-    """Every safety gate of ``snapshot`` read once (``patchctl plan`` shows the same)."""
-    return read_gates(_gates_of(snapshot)) if snapshot is not None else {}
+def gate_readings(snapshot: Snapshot | None, kube: Kube | None = None) -> dict[str, GateReading]:
+    """Every safety gate of ``snapshot`` read once (``patchctl plan`` shows the same);
+    ``kube``: the API Kubernetes gates are read from (without one they block)."""
+    return read_gates(_gates_of(snapshot), kube) if snapshot is not None else {}
 
 
 def _gates_of(snapshot: Snapshot) -> list[Gate]:
