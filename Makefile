@@ -14,7 +14,8 @@ SYSTEM_PACKAGES ?= git gnupg openssh-server openssh-client \
 	rpm dnf python3-dnf zypper createrepo-c libsolv-tools busybox-static \
 	chromium swift swift-proxy swift-account swift-container swift-object \
 	etcd-server golang-1.19-go rsync golang-github-modern-go-reflect2-dev dpkg-dev \
-	faketime sudo mmdebstrap iproute2 uidmap postgresql-15
+	faketime sudo mmdebstrap iproute2 uidmap postgresql-15 \
+	prometheus prometheus-alertmanager
 
 # patchctl lives in the virtualenv, which a new shell does not have on PATH: say how to get it,
 # as the last line of the targets a newcomer runs first (absolute, so it works from anywhere).

@@ -62,6 +62,7 @@ from reconciler.dispatch import (
     transport_for,
 )
 from reconciler.dispatch.base import BaselineSource, baseline_sources
+from reconciler.dispatch.gates import read_gates
 from reconciler.dispatch.local import TRUST_HOOKS_ENV
 from reconciler.dispatch.outcomes import (
     after_install,
@@ -81,12 +82,13 @@ from reconciler.evaluation import (
 from reconciler.loop import Clock, Reconciler, TransportFor, configure_logging, serve, utc_now
 from reconciler.loop.common import Emitter, InForce
 from reconciler.loop.endpoints import ListenError, parse_listen
+from reconciler.loop.passes import gate_readings
 from reconciler.loop.reboots import RebootSettings
 from reconciler.loop.rollouts import status as rollout_status
 from reconciler.loop.workers import POLL as WORKER_POLL
 from reconciler.loop.workers import JobQueue, Worker, WorkerSettings, runners
 from reconciler.paths import control_character
-from reconciler.plan import Settings
+from reconciler.plan import Settings, gates_guarding
 from reconciler.redaction import redacted
 from reconciler.report.notify import audit
 from reconciler.report.notify.metrics import LoopMetrics
@@ -1151,8 +1153,26 @@ def _explain(args: argparse.Namespace) -> int:
     origin = provenance(instance) if instance else None
     text = str(origin) if origin else None
     place = _rollout_place(args, snapshot, args.instance)
-    render.explanation(result, resolution, args.patch, _format(args), sys.stdout, text, place)
+    gates = _gates_shown(snapshot, args.instance, result.patch_group, place)
+    render.explanation(
+        result, resolution, args.patch, _format(args), sys.stdout, text, place, gates
+    )
     return EXIT_OK
+
+
+def _gates_shown(
+    snapshot: Snapshot, instance: str, group: str | None, place: render.RolloutPlace | None
+) -> list[render.GateShown]:
+    """The gates guarding the instance's installs, each read now (as the loop reads them)."""
+    if instance not in snapshot.instances:
+        return []
+    stage = (place.rollout, place.stage) if place else None
+    guarding = gates_guarding(snapshot, instance, group, stage)
+    readings = read_gates(gate for _, gate in guarding)
+    return [
+        render.GateShown(gate.name, whose, readings[gate.key].blocking, readings[gate.key].reason)
+        for whose, gate in guarding
+    ]
 
 
 def _rollout_place(
@@ -1538,6 +1558,7 @@ def _plan(args: argparse.Namespace) -> int:
         reconciler.refresh()
         # What the next pass's rollouts step would decide, recorded nowhere (plan writes nothing).
         reconciler.parts.observation.gates = reconciler.parts.rollouts.steer(write=False).gates
+        reconciler.parts.observation.readings = gate_readings(reconciler.snapshot)
         current = reconciler.plan()
         if current is None or reconciler.snapshot is None:
             raise UserError("no valid snapshot: nothing to plan (see the refusal above)")
@@ -1778,6 +1799,7 @@ def _controller_reconciler(
 ) -> tuple[Reconciler, EventSink]:
     """The controller's loop on the namespace's custom resources, with its Kubernetes Events."""
     from reconciler.controller import ControllerReconciler, EventSink, NodeMirror
+    from reconciler.kube.rest import Kube
     from reconciler.sources.kubernetes import KubernetesSource
     from reconciler.state.kubernetes import StatusWriter
 
@@ -1799,6 +1821,7 @@ def _controller_reconciler(
         mirror=NodeMirror(api, namespace, args.node_selector) if args.nodes else None,
         leading=leading,
         resume=resume,
+        gate_api=Kube(api),
         settings=Settings(stale_after=timedelta(hours=args.stale_after)),
         workers=args.workers,
         report_dir=args.report_dir,

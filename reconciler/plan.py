@@ -40,6 +40,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from reconciler.api.enums import JobStatus, OperatingSystem, Operation, RejectedPatchesAction
+from reconciler.api.gates import Gate
 from reconciler.api.inventory import Inventory
 from reconciler.api.oneoff import TASK_NAME, OneOffOpening, OneOffStatus, targeted
 from reconciler.api.resources import (
@@ -112,6 +113,27 @@ class RolloutGate:
         return self.snapshot.digest if self.snapshot is not None else ""
 
 
+@dataclass(frozen=True, slots=True)
+class GateReading:
+    """What a safety gate (docs/guardrails.md) said this pass, as the loop read it once for
+    every task and stage that names it: it blocks or not, and why (a gate that could not be
+    read blocks, with the error as its reason)."""
+
+    blocking: bool
+    reason: str
+
+
+def gate_verdict(gates: Sequence[Gate], readings: Mapping[str, GateReading], whose: str) -> str:
+    """Why ``whose`` (a task or a stage) may not start anything now: the first of its gates
+    that blocks, by name and reason; "" when every gate is open. A gate with no reading this
+    pass blocks: nothing says it is open."""
+    for gate in gates:
+        reading = readings.get(gate.key, GateReading(True, "not read this pass"))
+        if reading.blocking:
+            return f"gate {gate.name} of {whose} blocks: {reading.reason}"
+    return ""
+
+
 @dataclass(frozen=True)
 class Observed:
     scans: Mapping[str, ObservedScan] = field(default_factory=dict)
@@ -123,6 +145,8 @@ class Observed:
     """One-off openings PENDING or IN_PROGRESS, oldest first (``jobs`` holds all their jobs)."""
     gates: Mapping[str, RolloutGate] = field(default_factory=dict)
     """Instance -> its rollout stage's gate; instances in no rollout stage are not here."""
+    readings: Mapping[str, GateReading] = field(default_factory=dict)
+    """Safety gate key (:attr:`Gate.key`) -> its reading this pass."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +217,42 @@ class Plan:
     def converged(self) -> bool:
         """Nothing to start, and every instance waits only because it is compliant."""
         return self.idle and all(w.compliant for w in self.waits)
+
+
+def windows_targeting(
+    snapshot: Snapshot, instance: ManagedInstance, group: str | None
+) -> list[MaintenanceWindow]:
+    """The enabled windows whose targets name the instance's patch group or match its labels,
+    by name."""
+    out = []
+    for window in sorted(snapshot.windows.values(), key=lambda w: w.metadata.name):
+        targets = window.spec.targets
+        by_group = group is not None and group in targets.patch_groups
+        by_label = targets.selector is not None and targets.selector.matches(
+            dict(instance.metadata.labels)
+        )
+        if window.spec.enabled and (by_group or by_label):
+            out.append(window)
+    return out
+
+
+def gates_guarding(
+    snapshot: Snapshot, instance: str, group: str | None, stage: tuple[str, str] | None
+) -> list[tuple[str, Gate]]:
+    """The safety gates that guard the instance's installs, each with whose it is ("task T of
+    W", "stage S of rollout R"): its targeting windows' Install tasks' and its rollout stage's
+    (``stage``: rollout and stage name)."""
+    found = [
+        (f"task {task.name} of {window.metadata.name}", gate)
+        for window in windows_targeting(snapshot, snapshot.instances[instance], group)
+        for task in window.spec.tasks
+        for gate in task.gates
+    ]
+    if stage is None or stage[0] not in snapshot.rollouts:
+        return found
+    rollout, name = snapshot.rollouts[stage[0]], stage[1]
+    rings = [ring for ring in rollout.spec.stages if ring.name == name]
+    return found + [(f"stage {name} of rollout {stage[0]}", g) for r in rings for g in r.gates]
 
 
 def rebooted_by_loop(instance: ManagedInstance) -> bool:
@@ -380,6 +440,10 @@ class _State:
         held, later = gate.snapshot.confine(
             baseline.metadata.name, scan.pins, scan.parsed_inventory
         )
+        blocked = self.stage_gate_verdict(gate)
+        if blocked:
+            self.wait(name, f"rollout {gate.rollout}: {blocked}")
+            return None
         if not held:
             self.wait(
                 name,
@@ -388,6 +452,14 @@ class _State:
             )
             return None
         return replace(scan, pins=held)
+
+    def stage_gate_verdict(self, gate: RolloutGate) -> str:
+        """Why the rollout stage ``gate`` names may not install now: one of its safety gates
+        blocks ("" when none does)."""
+        rollout = self.snapshot.rollouts.get(gate.rollout)
+        stages = [s for s in rollout.spec.stages if s.name == gate.stage] if rollout else []
+        gates = stages[0].gates if stages else []
+        return gate_verdict(gates, self.observed.readings, f"stage {gate.stage}")
 
     # -- scans --------------------------------------------------------------------------------
 
@@ -526,6 +598,10 @@ class _State:
                     f"task {task.name} waits for lower-priority tasks of {window.metadata.name}"
                 )
                 continue
+            blocked = self.gate_verdict(window, task)
+            if blocked:
+                reasons.append(blocked)
+                continue
             action = _install_action(name, key, window, task, opening, chosen, self.digest)
             verdict = self.budget.verdict(window, task, opening, self.targets(window))
             if verdict:
@@ -550,6 +626,7 @@ class _State:
         instance = self.snapshot.instances[name]
         if not scan.pending_reboot or not rebooted_by_loop(instance):
             return False
+        blocked = ""
         for window, task, opening in self.open_tasks(instance, group, INSTALL):
             key = f"{name}:Reboot:{window.metadata.name}:{opening.id}"
             if (
@@ -558,6 +635,10 @@ class _State:
                 or not self.priority_turn(window, task, opening)
                 or not self.budget.allows(window, task, opening, self.targets(window))
             ):
+                continue
+            why = self.gate_verdict(window, task)
+            if why:
+                blocked = blocked or why
                 continue
             self.budget.take(window, task, opening)
             reason = (
@@ -579,7 +660,13 @@ class _State:
                 )
             )
             return True
-        return False
+        if blocked:
+            self.wait(name, f"reboot pending; {blocked}")
+        return bool(blocked)
+
+    def gate_verdict(self, window: MaintenanceWindow, task: WindowTask) -> str:
+        whose = f"task {task.name} of {window.metadata.name}"
+        return gate_verdict(task.gates, self.observed.readings, whose)
 
     def overriding_tasks(self, instance: ManagedInstance, group: str | None) -> bool:
         """Whether an open Install task installs something other than the baseline's approvals
@@ -717,16 +804,7 @@ class _State:
     def find_targeting(
         self, instance: ManagedInstance, group: str | None
     ) -> list[MaintenanceWindow]:
-        out = []
-        for window in sorted(self.snapshot.windows.values(), key=lambda w: w.metadata.name):
-            targets = window.spec.targets
-            by_group = group is not None and group in targets.patch_groups
-            by_label = targets.selector is not None and targets.selector.matches(
-                dict(instance.metadata.labels)
-            )
-            if window.spec.enabled and (by_group or by_label):
-                out.append(window)
-        return out
+        return windows_targeting(self.snapshot, instance, group)
 
     def open_tasks(
         self, instance: ManagedInstance, group: str | None, operation: Operation

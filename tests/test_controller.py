@@ -38,6 +38,7 @@ from reconciler.controller.nodes import NodeMirror, changes, mirror_of
 from reconciler.controller.run import ControllerReconciler
 from reconciler.controller.status import Seen, statuses
 from reconciler.dispatch import transport_for
+from reconciler.kube.rest import Kube
 from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.sources.kubernetes import NODE_LABEL, KubernetesSource, ObjectInfo, _Watcher
 from reconciler.state import StateStore
@@ -440,7 +441,11 @@ def fleet_yaml(root: Path, name: str = "web-1") -> str:
 
 
 def in_process(
-    api: Any, ns: str, store: StateStore, writer: StatusWriter | None = None
+    api: Any,
+    ns: str,
+    store: StateStore,
+    writer: StatusWriter | None = None,
+    gate_api: Kube | None = None,
 ) -> ControllerReconciler:
     """The controller's reconciler in this process, local connections, writing status."""
     return ControllerReconciler(
@@ -448,6 +453,7 @@ def in_process(
         store,
         lambda instance: transport_for(instance.spec.connection, trust_root_scripts=True),
         writer=writer or StatusWriter(api, ns),
+        gate_api=gate_api,
     )
 
 

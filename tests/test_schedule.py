@@ -326,6 +326,13 @@ def test_offset_keeps_the_wall_clock_time_across_dst() -> None:
     assert ids(win, "2026-03-20T00:00:00", 2) == ["2026-03-23T22:00:00Z", "2026-03-30T21:00:00Z"]
 
 
+def test_an_offset_of_up_to_27_days_gives_patch_tuesday_plus_n_weeks() -> None:
+    # A Patchwarden extension (SSM stops at 6 days): Patch Tuesday 2026-12-08 + 27 days is
+    # 2027-01-04, before January's Patch Tuesday (the 12th), whose period opens 2027-02-08.
+    win = window("cron(0 2 ? * TUE#2 *)", scheduleOffset=27)
+    assert ids(win, "2026-12-10T00:00:00", 2) == ["2027-01-04T02:00:00Z", "2027-02-08T02:00:00Z"]
+
+
 def test_offset_onto_a_time_that_does_not_exist_is_skipped() -> None:
     # Saturday 02:30 + 1 day lands on 2026-03-29 02:30 in Berlin, which does not exist.
     win = window("cron(30 2 ? * SAT *)", scheduleTimezone="Europe/Berlin", scheduleOffset=1)

@@ -147,6 +147,27 @@ def test_apply_creates_the_baseline_registration_window_targets_and_task(
     ("edit", "field", "message"),
     [
         (
+            (
+                "MaintenanceWindow",
+                "tasks",
+                [
+                    {
+                        "name": "gated",
+                        "operation": "Install",
+                        "gates": [{"name": "g", "prometheus": {"url": "http://p", "query": "up"}}],
+                    }
+                ],
+            ),
+            "spec.tasks.0.gates",
+            "gates has no AWS-RunPatchBaseline parameter of this form: remove it to export",
+        ),
+        (
+            ("MaintenanceWindow", "scheduleOffset", 14),
+            "spec.scheduleOffset",
+            "SSM allows 1-6 days (got 14, a Patchwarden extension): lower it or move the cron "
+            "expression to export",
+        ),
+        (
             ("PatchBaseline", "approveAfterDaysFrom", "FirstSeen"),
             "spec.approveAfterDaysFrom",
             "SSM has no approveAfterDaysFrom (a Patchwarden extension): remove it to export",

@@ -791,12 +791,12 @@ ERRORS = [
         at="cutoff:",
     ),
     Edit(
-        "scheduleOffset 7",
+        "scheduleOffset 28",
         WINDOW,
         "scheduleOffset: 3",
-        "scheduleOffset: 7",
+        "scheduleOffset: 28",
         "spec.scheduleOffset",
-        ("must be ≤ 6 (got 7)",),
+        ("must be ≤ 27 (got 28)",),
     ),
     Edit(
         "scheduleOffset 0",
@@ -1244,6 +1244,7 @@ BOUNDARIES = [
     ),
     Edit("scheduleOffset 1", WINDOW, "scheduleOffset: 3", "scheduleOffset: 1"),
     Edit("scheduleOffset 6", WINDOW, "scheduleOffset: 3", "scheduleOffset: 6"),
+    Edit("scheduleOffset 27 (an extension)", WINDOW, "scheduleOffset: 3", "scheduleOffset: 27"),
     Edit(
         "rate(1 day)",
         WINDOW,

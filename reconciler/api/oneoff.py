@@ -24,11 +24,11 @@ from reconciler.api.enums import Operation
 from reconciler.api.resources import (
     PATTERN_HELP,
     LabelSelector,
-    LabelSelectorRequirement,
     ManagedInstance,
     Name,
     WindowTask,
 )
+from reconciler.api.selectors import LabelSelectorRequirement
 from reconciler.api.snapshot import Snapshot, group_selects
 
 TASK_NAME = "patch-now"

@@ -41,7 +41,10 @@ from reconciler.api.enums import (
     RebootOption,
     RejectedPatchesAction,
 )
+from reconciler.api.gates import Gates
 from reconciler.api.hooks import HealthCheck, Hooks
+from reconciler.api.selectors import LabelSelector as LabelSelector  # re-exported: it lived here
+from reconciler.api.selectors import LabelValue
 from reconciler.paths import climbs, control_character
 
 API_VERSION = "patchwarden.io/v1alpha1"
@@ -61,7 +64,6 @@ PatchId = Annotated[
     StringConstraints(min_length=1, max_length=100),
 ]
 FilterValue = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-LabelValue = Annotated[str, StringConstraints(max_length=63)]
 
 
 class ObjectMeta(Model):
@@ -84,47 +86,6 @@ class ObjectMeta(Model):
     managed_fields: list[dict[str, Any]] | None = None
     finalizers: list[str] | None = None
     owner_references: list[dict[str, Any]] | None = None
-
-
-class LabelSelectorRequirement(Model):
-    key: str
-    """The label key the requirement applies to."""
-    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
-    """How the key relates to the values."""
-    values: list[str] = Field(default_factory=list)
-    """Values for In and NotIn; must be empty for Exists and DoesNotExist."""
-
-    @model_validator(mode="after")
-    def _values_match_operator(self) -> LabelSelectorRequirement:
-        if self.operator in ("In", "NotIn") and not self.values:
-            raise ValueError(f"operator {self.operator} needs at least one value")
-        if self.operator in ("Exists", "DoesNotExist") and self.values:
-            raise ValueError(f"operator {self.operator} takes no values")
-        return self
-
-
-class LabelSelector(Model):
-    """A Kubernetes label selector: all matchLabels and all matchExpressions must hold."""
-
-    match_labels: dict[str, LabelValue] = Field(default_factory=dict)
-    """Labels the instance must carry with exactly these values."""
-    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
-    """Set-based requirements, all of which must hold."""
-
-    def matches(self, labels: dict[str, str]) -> bool:
-        if any(labels.get(k) != v for k, v in self.match_labels.items()):
-            return False
-        for req in self.match_expressions:
-            present = req.key in labels
-            if req.operator == "Exists" and not present:
-                return False
-            if req.operator == "DoesNotExist" and present:
-                return False
-            if req.operator == "In" and labels.get(req.key) not in req.values:
-                return False
-            if req.operator == "NotIn" and present and labels[req.key] in req.values:
-                return False
-        return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,6 +292,10 @@ class WindowTask(Model):
     health_checks: list[HealthCheck] = Field(default_factory=list, max_length=10)
     """Install tasks only: up to 10 checks run after the install and again after a reboot; a
     failed one fails the job, which counts against maxErrors (docs/hooks.md)."""
+    gates: Gates
+    """Install tasks only: up to 10 safety gates (Prometheus, Alertmanager, Kubernetes); while
+    one blocks or cannot be read, the task starts no install and no reboot
+    (docs/guardrails.md)."""
 
     @field_validator("max_concurrency", "max_errors", mode="before")
     @classmethod
@@ -357,7 +322,11 @@ class WindowTask(Model):
 
     @model_validator(mode="after")
     def _hooks_on_install(self) -> WindowTask:
-        given = (("hooks", self.hooks is not None), ("healthChecks", bool(self.health_checks)))
+        given = (
+            ("hooks", self.hooks is not None),
+            ("healthChecks", bool(self.health_checks)),
+            ("gates", bool(self.gates)),
+        )
         for field, present in given:
             if present and self.operation is not Operation.INSTALL:
                 raise conflict(
@@ -422,6 +391,12 @@ def check_timezone(value: str) -> str:
     return value
 
 
+SSM_MAX_SCHEDULE_OFFSET = 6
+"""SSM's largest ScheduleOffset (CreateMaintenanceWindow)."""
+MAX_SCHEDULE_OFFSET = 27
+"""Ours: any offset keeps a monthly cron's openings in order (28 days is February's length)."""
+
+
 class MaintenanceWindowSpec(Model):
     """When patching may happen (SSM CreateMaintenanceWindow fields) and what runs then."""
 
@@ -430,8 +405,10 @@ class MaintenanceWindowSpec(Model):
     rate(N unit) or at(YYYY-MM-DDThh:mm:ss)."""
     schedule_timezone: str = "UTC"
     """IANA time zone the schedule is read in, for example America/Los_Angeles."""
-    schedule_offset: int | None = Field(default=None, ge=1, le=6, strict=True)
-    """Days (1-6) to wait after each cron match, for example Patch Tuesday + 3."""
+    schedule_offset: int | None = Field(default=None, ge=1, le=MAX_SCHEDULE_OFFSET, strict=True)
+    """Days (1-27) to wait after each cron match, for example Patch Tuesday + 3. SSM allows
+    1-6; 7-27 ("Patch Tuesday + 2 weeks") is a Patchwarden extension that export to SSM
+    refuses."""
     start_date: datetime | None = None
     """The window does not run before this ISO-8601 time."""
     end_date: datetime | None = None
@@ -947,6 +924,9 @@ class RolloutStage(Model):
     approved_snapshot: Annotated[str, StringConstraints(pattern=_SNAPSHOT_PREFIX)] | None = None
     """The snapshot approved for this stage by a commit: its digest (``sha256:…``) or a prefix of
     at least 7 hex digits; only with ``requiresApproval``."""
+    gates: Gates
+    """Up to 10 safety gates (Prometheus, Alertmanager, Kubernetes); while one blocks or cannot
+    be read, no member of the stage starts an install (docs/guardrails.md)."""
 
     @model_validator(mode="after")
     def _members_and_limits(self) -> RolloutStage:

@@ -25,6 +25,7 @@ from reconciler.controller.leader import LeaderElector
 from reconciler.controller.nodes import NodeMirror
 from reconciler.controller.status import Seen, statuses
 from reconciler.kube import API_FAILURES
+from reconciler.kube.rest import Kube
 from reconciler.loop import (
     STEPS,
     PassContext,
@@ -34,6 +35,7 @@ from reconciler.loop import (
     TransportFor,
     http_endpoints,
 )
+from reconciler.loop.passes import gate_readings, gates
 from reconciler.loop.reconciler import LoopOptions
 from reconciler.report.notify.metrics import LoopMetrics
 from reconciler.report.views.enrolment import status_document
@@ -62,17 +64,22 @@ class ControllerReconciler(Reconciler):
         mirror: NodeMirror | None = None,
         leading: Callable[[], bool] = lambda: True,
         resume: Callable[[], object] | None = None,
+        gate_api: Kube | None = None,
         **options: Unpack[LoopOptions],
     ) -> None:
         """``resume`` finishes node operations left half-done (``resume_nodes``); it runs at the
         start of every pass, when no job of this process is in flight, so a node that came back
         late from a reboot is uncordoned without waiting for a restart. ``leading`` says whether
-        this replica holds the leader Lease (only a leader changes Nodes and writes status)."""
+        this replica holds the leader Lease (only a leader changes Nodes and writes status);
+        ``gate_api``: the API its Kubernetes safety gates are read from (docs/guardrails.md)."""
         self.writer, self.mirror, self.leading = writer, mirror, leading
         self.resume = resume
         self.written: dict[str, int] = {}
         """How the last pass's status updates went, by :class:`Written` value."""
-        steps = (self._resume_nodes, self._mirror_nodes, *STEPS, self._write_status)
+        self.gate_api = gate_api
+        # The loop's own gates step reads no Kubernetes gate (it has no API): this one does.
+        own = tuple(self._read_gates if step is gates else step for step in STEPS)
+        steps = (self._resume_nodes, self._mirror_nodes, *own, self._write_status)
         super().__init__(source, store, transport_for, steps=steps, **options)
 
     def _resume_nodes(self, context: PassContext) -> None:
@@ -82,6 +89,10 @@ class ControllerReconciler(Reconciler):
             self.resume()
         except Exception:  # an API failure or a bug: logged loudly; the other machines go on
             self.log.exception("resuming interrupted node operations failed")
+
+    def _read_gates(self, context: PassContext) -> None:
+        snapshot = context.parts.in_force.snapshot
+        context.parts.observation.readings = gate_readings(snapshot, self.gate_api)
 
     def _mirror_nodes(self, context: PassContext) -> None:
         if self.mirror is None or not self.leading():

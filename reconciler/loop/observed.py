@@ -14,6 +14,7 @@ from reconciler.api.oneoff import ACTIVE
 from reconciler.loop.common import Clock, InForce
 from reconciler.plan import (
     Action,
+    GateReading,
     Observed,
     ObservedJob,
     ObservedScan,
@@ -37,6 +38,8 @@ class Observation:
         """Actions handed to a worker, by key: they hold their budget slot until claimed."""
         self.gates: Mapping[str, RolloutGate] = {}
         """Each rollout member's gate, as the pass's ``rollouts`` step decided it."""
+        self.readings: Mapping[str, GateReading] = {}
+        """Each safety gate's reading, by key, as the pass's ``gates`` step read it."""
         self._scans: dict[int, ObservedScan | None] = {}
         """The latest scans as the planner sees them, by scan id, as last observed."""
 
@@ -76,6 +79,7 @@ class Observation:
             skipped=self._skipped(openings),
             one_offs=one_offs,
             gates=self.gates,
+            readings=self.readings,
         )
 
     def _latest_scans(self) -> dict[str, ObservedScan | None]:

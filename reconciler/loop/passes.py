@@ -1,7 +1,8 @@
 """Stage: loop. One pass is an ordered tuple of small steps (:data:`STEPS`) over an explicit
 :class:`PassContext`: ``refresh`` (the revision in force), ``close_executions`` (openings that
-ended), ``rollouts`` (progressive rollouts' decisions, docs/rollouts.md), ``dispatch`` (plan, run
-jobs concurrently, refill freed slots from the plan's queue and re-plan as slots free),
+ended), ``rollouts`` (progressive rollouts' decisions, docs/rollouts.md), ``gates`` (each safety
+gate read once, docs/guardrails.md), ``dispatch`` (plan, run jobs concurrently, refill freed
+slots from the plan's queue and re-plan as slots free),
 ``export`` (scheduled reports). Another loop (the controller's) adds its own steps around these.
 
 Calls the loop's parts in order; may not touch the source, the store or transports itself.
@@ -16,6 +17,10 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExec
 from dataclasses import dataclass
 
 from reconciler.api.enums import JobStatus
+from reconciler.api.gates import Gate
+from reconciler.api.snapshot import Snapshot
+from reconciler.dispatch.gates import read_gates
+from reconciler.kube.rest import Kube
 from reconciler.loop.common import InForce, PassSummary
 from reconciler.loop.desired import Refresher
 from reconciler.loop.executions import WindowExecutions
@@ -23,7 +28,7 @@ from reconciler.loop.exports import ReportExporter
 from reconciler.loop.jobs import JobRunner
 from reconciler.loop.observed import Observation
 from reconciler.loop.rollouts import RolloutSteering
-from reconciler.plan import Action, Plan
+from reconciler.plan import Action, GateReading, Plan
 from reconciler.state import JobRecord
 
 Running = dict[Future[JobRecord | None], Action]
@@ -88,6 +93,24 @@ def rollouts(context: PassContext) -> None:
     context.parts.observation.gates = steered.gates
     context.summary.rollouts = steered.decisions
     context.summary.rollout_views = context.parts.exporter.rollouts = steered.views
+
+
+def gates(context: PassContext) -> None:
+    """Read every safety gate of the revision in force once (docs/guardrails.md), before
+    dispatch plans with the readings; a gate that cannot be read blocks."""
+    context.parts.observation.readings = gate_readings(context.parts.in_force.snapshot)
+
+
+def gate_readings(snapshot: Snapshot | None, kube: Kube | None = None) -> dict[str, GateReading]:
+    """Every safety gate of ``snapshot`` read once (``patchctl plan`` shows the same);
+    ``kube``: the API Kubernetes gates are read from (without one they block)."""
+    return read_gates(_gates_of(snapshot), kube) if snapshot is not None else {}
+
+
+def _gates_of(snapshot: Snapshot) -> list[Gate]:
+    tasks = [task.gates for window in snapshot.windows.values() for task in window.spec.tasks]
+    stages = [stage.gates for r in snapshot.rollouts.values() for stage in r.spec.stages]
+    return [gate for listed in (*tasks, *stages) for gate in listed]
 
 
 def dispatch(context: PassContext) -> None:
@@ -165,7 +188,7 @@ def export(context: PassContext) -> None:
         parts.exporter.wait(parts.export_grace)
 
 
-STEPS: tuple[Step, ...] = (refresh, close_executions, rollouts, dispatch, export)
+STEPS: tuple[Step, ...] = (refresh, close_executions, rollouts, gates, dispatch, export)
 
 
 def _submit(

@@ -6,7 +6,8 @@ stays taken) and poll until the boot id changes, reconnecting; connection failur
 down are expected. A restarted loop finds the job in its phase and resumes the wait.
 
 Touches the transport (boot id, reboot) and the store's job phases; decides only whether this
-install's reboot may start now (the task's rebootOption, the window's end, a CANCEL_TASK cutoff);
+install's reboot may start now (the task's rebootOption, the window's end, a CANCEL_TASK cutoff,
+the task's safety gates read again);
 may not rescan, record scans or finish the job (the job runner does).
 """
 
@@ -21,8 +22,9 @@ from reconciler.api.install import InstallResult, Reboot
 from reconciler.api.resources import ManagedInstance
 from reconciler.api.snapshot import Snapshot
 from reconciler.dispatch.base import AgentFailed, Rebooting, Transport
+from reconciler.dispatch.gates import read_gates
 from reconciler.loop.common import Clock, Log
-from reconciler.plan import Action, rebooted_by_loop
+from reconciler.plan import Action, gate_verdict, rebooted_by_loop
 from reconciler.schedule import open_openings
 from reconciler.state import JobPhase, StateBackend
 
@@ -116,6 +118,17 @@ def window_refusal(snapshot: Snapshot | None, action: Action, now: datetime) -> 
     return ""
 
 
+def gate_refusal(snapshot: Snapshot | None, action: Action) -> str:
+    """Why no reboot may start now by the safety gates of the action's task (docs/guardrails.md),
+    read now; empty when every gate is open or the task has none."""
+    window = snapshot.windows.get(action.window) if snapshot and action.window else None
+    task = next((t for t in window.spec.tasks if t.name == action.task), None) if window else None
+    if window is None or task is None or not task.gates:
+        return ""
+    whose = f"task {task.name} of {window.metadata.name}"
+    return gate_verdict(task.gates, read_gates(task.gates), whose)
+
+
 class Reboots:
     """Reboots machines after installs and waits for them; resumes the waits a restart left."""
 
@@ -144,8 +157,11 @@ class Reboots:
             return outcome
         needed = str(reboot.document().get("why") or job.action.reason)
         refusal = window_refusal(snapshot, job.action, self.clock())
-        if refusal:
-            why = f"reboot needed ({needed}); {refusal}: left pending for the next opening"
+        # Read the gates again: the install may have run for minutes since the pass read them.
+        gated = "" if refusal else gate_refusal(snapshot, job.action)
+        if refusal or gated:
+            later = "for the next opening" if refusal else "until the gate opens"
+            why = f"reboot needed ({needed}); {refusal or gated}: left pending {later}"
             job.log.warning("reboot left pending", reason=why)
             return with_awaited(outcome, Awaited(True, reason=why))
         if not isinstance(transport, Rebooting):

@@ -189,9 +189,11 @@ def explanation(
     out: IO[str],
     origin: str | None = None,
     place: RolloutPlace | None = None,
+    gates: Sequence[GateShown] = (),
 ) -> None:
     """Why a group and baseline apply to an instance, and the reason behind each patch's state;
-    ``origin``: where a generated instance comes from; ``place``: its rollout stage, if any."""
+    ``origin``: where a generated instance comes from; ``place``: its rollout stage, if any;
+    ``gates``: the safety gates guarding its installs, as read now."""
     patches = [p for p in result.patches if patch is None or p.name == patch]
     skipped = [n for n in result.not_approved if patch is None or n.name == patch]
     if fmt != "table":
@@ -204,6 +206,7 @@ def explanation(
             data["enrolled"] = origin
         if place is not None:
             data["rollout"] = place.document()
+        data["gates"] = [gate.document() for gate in gates]
         dump(data, fmt, out)
         return
     console = _console(out)
@@ -215,6 +218,8 @@ def explanation(
     console.print(f"  status:      {result.summary.compliance_status}")
     if place is not None:
         console.print(f"  rollout:     {place}")
+    for gate in gates:
+        console.print(f"  gate:        {gate}")
     if patches:
         console.print(_patch_table(result, patches))
     if skipped:
@@ -395,6 +400,24 @@ def _rollout_document(decision: RolloutDecision, record: RolloutRecord) -> dict[
             for stage in decision.stages
         ],
     }
+
+
+@dataclass(frozen=True)
+class GateShown:
+    """A safety gate guarding an instance's installs, as ``explain`` read it."""
+
+    gate: str
+    of: str
+    """Whose gate it is: "task T of W" or "stage S of rollout R"."""
+    blocking: bool
+    reason: str
+
+    def document(self) -> dict[str, Any]:
+        return {"gate": self.gate, "of": self.of, "blocking": self.blocking, "reason": self.reason}
+
+    def __str__(self) -> str:
+        verdict = "blocks" if self.blocking else "open"
+        return f"{self.gate} of {self.of} — {verdict}: {self.reason}"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any
 from reconciler.api.ec2 import PATCH_GROUP_TAGS
 from reconciler.api.resources import (
     GROUP_LABEL,
+    SSM_MAX_SCHEDULE_OFFSET,
     LabelSelector,
     MaintenanceWindow,
     PatchBaseline,
@@ -252,9 +253,20 @@ def _window_problems(snapshot: Snapshot, window: MaintenanceWindow) -> Iterator[
                     f"spec.targets.selector.matchExpressions.{i}.operator",
                     f"SSM targets tags that are present: {requirement.operator} has no form there",
                 )
+    offset = window.spec.schedule_offset
+    if offset is not None and offset > SSM_MAX_SCHEDULE_OFFSET:
+        yield _at(
+            snapshot,
+            "MaintenanceWindow",
+            name,
+            "spec.scheduleOffset",
+            f"SSM allows 1-{SSM_MAX_SCHEDULE_OFFSET} days (got {offset}, a Patchwarden "
+            "extension): lower it or move the cron expression to export",
+        )
     for i, task in enumerate(window.spec.tasks):
         for field, given in (
             ("hooks", task.hooks is not None),
+            ("gates", bool(task.gates)),
             ("healthChecks", bool(task.health_checks)),
             ("installOverrideList", task.install_override_list is not None),
             ("baselineOverride", task.baseline_override is not None),
