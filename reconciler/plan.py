@@ -51,6 +51,7 @@ from reconciler.api.resources import (
 )
 from reconciler.api.snapshot import Snapshot, group_selects
 from reconciler.evaluation.engine import evaluate
+from reconciler.evaluation.holds import declared_holds
 from reconciler.evaluation.pins import override_pins, pins_for
 from reconciler.evaluation.resolve import Resolution, resolve
 from reconciler.rollout import RolloutSnapshot
@@ -509,7 +510,7 @@ class _State:
         reasons: list[str] = []
         queued: Action | None = None  # the first task whose maxConcurrency alone holds it back
         for window, task, opening in candidates:
-            chosen = self.task_install(task, scan, baseline)
+            chosen = self.task_install(task, scan, baseline, instance)
             if not chosen.pins:
                 reasons.append(f"task {task.name} of {window.metadata.name}: {chosen.nothing}")
                 continue
@@ -590,7 +591,11 @@ class _State:
         )
 
     def task_install(
-        self, task: WindowTask, scan: ObservedScan, baseline: PatchBaseline
+        self,
+        task: WindowTask,
+        scan: ObservedScan,
+        baseline: PatchBaseline,
+        instance: ManagedInstance,
     ) -> _TaskInstall:
         """What ``task`` installs on the scanned machine: the approved missing patches of its
         baseline, of the task's baselineOverride (for machines running that baseline's OS), or
@@ -601,14 +606,15 @@ class _State:
         ):
             return _TaskInstall(scan.pins, baseline, "", "no approved patch is missing")
         inventory = scan.parsed_inventory()
+        holds = declared_holds(self.resolve(instance, scan.operating_system).group, instance)
         if task.install_override_list is not None:
             ids = task.install_override_list
-            pins = override_pins(ids, inventory) if inventory else ()
+            pins = override_pins(ids, inventory, holds) if inventory else ()
             nothing = "its installOverrideList names no package with an update"
             return _TaskInstall(pins, baseline, "\n".join(ids), nothing)
         assert override is not None
         pins = (
-            pins_for(evaluate(override, inventory, self.now), inventory.facts.arch)
+            pins_for(evaluate(override, inventory, self.now, holds=holds), inventory.facts.arch)
             if inventory
             else ()
         )

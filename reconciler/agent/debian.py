@@ -30,6 +30,9 @@ def scan(
     installed, updates, broken = system.inventory()
     machine = facts(root, system.architecture())
     document = inventory(root, instance_id, operation, machine, installed, updates)
+    held = system.holds()
+    if held:
+        document["held"] = [{"name": name, "tool": "apt-mark"} for name in held]
     if broken:
         document["failed"] = [
             {
