@@ -406,7 +406,7 @@ class Apt:
             abbrev, _, name = line.partition("\t")
             if abbrev.startswith("h") and name:
                 held.append(name)
-        return sorted(set(held))
+        return held
 
     def _installed(self) -> Tuple[List[Dict[str, object]], List[Dict[str, str]]]:
         stdout = self._dpkg_query(_QUERY_FORMAT)

@@ -5,6 +5,7 @@ operations on top of :mod:`reconciler.agent.apt`. Standard library only.
 import functools
 from typing import Dict, List, Optional, Tuple
 
+from reconciler.agent import holds
 from reconciler.agent import install as flow
 from reconciler.agent.apt import Apt, check_scripts_trusted, parse_pin
 from reconciler.agent.facts import facts
@@ -30,9 +31,7 @@ def scan(
     installed, updates, broken = system.inventory()
     machine = facts(root, system.architecture())
     document = inventory(root, instance_id, operation, machine, installed, updates)
-    held = system.holds()
-    if held:
-        document["held"] = [{"name": name, "tool": "apt-mark"} for name in held]
+    holds.report(document, system.holds(), "apt-mark")
     if broken:
         document["failed"] = [
             {

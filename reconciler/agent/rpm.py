@@ -11,6 +11,7 @@ import os
 import platform
 from typing import Dict, List, Optional, Tuple
 
+from reconciler.agent import holds
 from reconciler.agent import install as flow
 from reconciler.agent.dnf import CORE_PACKAGES, Dnf, Key, Pin, parse_pin
 from reconciler.agent.facts import facts, operating_system, read_os_release
@@ -72,7 +73,8 @@ def scan(
     if pending:
         machine["rebootRequired"] = True
         machine["rebootRequiredPackages"] = pending
-    return inventory(root, instance_id, operation, machine, installed, updates)
+    document = inventory(root, instance_id, operation, machine, installed, updates)
+    return holds.report(document, holds.dnf_versionlocks(root), "dnf-versionlock")
 
 
 # Install exact pins; the result says what changed, per package (install.py has the flow).
