@@ -1,8 +1,13 @@
 """Package holds (issue 20 item 3): what PatchGroups and ManagedInstances hold, and what the
 machine's own package manager holds, is never pinned for install and is reported as held, not
-missing (docs/guardrails.md). Pure: the engine and the planner's pins, with injected times."""
+missing (docs/guardrails.md): the engine and the planner's pins with injected times, then
+`patchctl explain` and `validate` on a copy of examples/."""
 
 from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -13,6 +18,8 @@ from reconciler.evaluation import declared_holds, evaluate
 from reconciler.evaluation.pins import override_pins, pins_for
 from reconciler.evaluation.summary import evaluate_summary
 from tests.factories import NOW, baseline, inventory, rule, states
+from tests.test_cli_evaluate import NOW as EXAMPLE_NOW
+from tests.test_cli_evaluate import ROOT, patchctl
 
 ALL = baseline("DEBIAN", rule(("PRIORITY", ["*"]), non_security=True))
 
@@ -115,3 +122,49 @@ def test_a_bad_hold_pattern_is_refused(pattern: str) -> None:
     with pytest.raises(ValidationError) as caught:
         _group(pattern)
     assert "holds" in str(caught.value)
+
+
+def _examples_holding(tmp_path: Path, holds: str) -> Path:
+    """A copy of examples/ whose web group has ``holds: HOLDS`` (YAML flow text)."""
+    source = tmp_path / "examples"
+    shutil.copytree(ROOT / "examples", source)
+    groups = source / "groups.yaml"
+    text = groups.read_text().replace(
+        "  baselines:\n    UBUNTU", f"  holds: {holds}\n  baselines:\n    UBUNTU", 1
+    )
+    groups.write_text(text)
+    return source
+
+
+def test_explain_shows_the_hold_and_evaluate_keeps_the_held_update_out_of_missing(
+    tmp_path: Path,
+) -> None:
+    source = _examples_holding(tmp_path, "[openssl]")
+    args = (
+        "--source",
+        str(source),
+        "--inventory",
+        str(source / "inventories"),
+        "--now",
+        EXAMPLE_NOW,
+    )
+    run = patchctl("explain", "web-1", "openssl", *args, "-o", "json")
+    assert run.returncode == 0, run.stderr
+    data = json.loads(run.stdout)
+    # the installed version stays and is judged by the baseline; the update is not MISSING
+    assert [(p["version"], p["state"]) for p in data["patches"]] == [
+        ("3.0.2-0ubuntu1.15", "INSTALLED")
+    ]
+    [held] = data["held"]
+    assert held["state"] == "HELD" and "'openssl' (patch group 'web')" in held["reason"]
+    table = patchctl("explain", "web-1", "openssl", *args)
+    assert "Held: never installed" in table.stdout and "patch group 'web'" in table.stdout
+
+
+def test_a_bad_hold_in_a_file_names_file_line_and_field(tmp_path: Path) -> None:
+    source = _examples_holding(tmp_path, "['open ssl']")
+    run = patchctl("validate", str(source))
+    assert run.returncode != 0
+    assert run.stderr.startswith(
+        "groups.yaml:12: spec.holds[0]: 'open ssl' is not a package-name pattern: use letters,"
+    ), run.stderr

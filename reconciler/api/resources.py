@@ -64,8 +64,23 @@ FilterValue = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 LabelValue = Annotated[str, StringConstraints(max_length=63)]
 # A package-name pattern (shell wildcards * ? [..]) a hold names: the characters Debian and RPM
 # package names use, plus the wildcards, so a typo such as a space or a comma is refused.
-_HOLD = r"^[A-Za-z0-9*?\[][A-Za-z0-9.+_~*?\[\]-]*$"
-HoldPattern = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_HOLD)]
+_HOLD = re.compile(r"[A-Za-z0-9*?\[][A-Za-z0-9.+_~*?\[\]-]*")
+
+
+def _hold_pattern(value: str) -> str:
+    if not _HOLD.fullmatch(value):
+        raise PydanticCustomError(
+            "hold_pattern",
+            "{value} is not a package-name pattern: use letters, digits, . + _ ~ - and the "
+            "wildcards * ? [ ], starting with a letter, a digit or a wildcard",
+            {"value": repr(value)},
+        )
+    return value
+
+
+HoldPattern = Annotated[
+    str, StringConstraints(min_length=1, max_length=128), AfterValidator(_hold_pattern)
+]
 
 
 class ObjectMeta(Model):
