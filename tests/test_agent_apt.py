@@ -107,6 +107,20 @@ def test_apt_mark_holds_are_reported_held_never_pinned_nor_failed(system_root: P
     assert states(result)["pwtest-lib"] == "INSTALLED"
 
 
+def test_a_pin_of_a_package_held_on_the_machine_is_held_not_failed(system_root: Path) -> None:
+    # A hold made after the scan the pins came from: apt would refuse the pin.
+    hold(system_root, "pwtest-lib")
+    pins = ["pwtest-lib=1.0-2", "pwtest-other=1.1-1"]
+    result = install(str(system_root), pins, [], False, "NoReboot", False, 5)
+    outcomes = {p["name"]: p for p in result["patches"]}
+    assert outcomes["pwtest-lib"]["result"] == "HELD"
+    assert "apt-mark hold pwtest-lib" in outcomes["pwtest-lib"]["message"]
+    assert outcomes["pwtest-other"]["result"] == "INSTALLED"
+    assert dpkg_state(system_root)["pwtest-lib"] == ("1.0-1", "hold ok installed")
+    alone = install(str(system_root), ["pwtest-lib=1.0-2"], [], False, "NoReboot", False, 5)
+    assert [p["result"] for p in alone["patches"]] == ["HELD"] and alone["changed"] is False
+
+
 def test_scan_without_refresh_uses_existing_lists(system_root: Path) -> None:
     assert scan(str(system_root), "n", refresh=True)["updates"]
     assert scan(str(system_root), "n", refresh=False)["updates"]

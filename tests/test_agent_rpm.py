@@ -592,3 +592,7 @@ def test_dnf_versionlocks_are_reported_held_and_never_pinned(fresh: Path) -> Non
     assert [h.name for h in result.held] == ["demo-lib"]
     assert "dnf versionlock on the machine" in result.held[0].reason
     assert not [pin for pin in pins_for(result, "x86_64") if pin.startswith("demo-lib")]
+    # a pin made before the lock is reported HELD by the install, never FAILED
+    outcome = install(str(fresh), ["demo-lib:noarch=1.0-2"], [], False, "NoReboot", False, 30)
+    assert [p["result"] for p in outcome["patches"]] == ["HELD"]
+    assert "dnf versionlock demo-lib" in outcome["patches"][0]["message"]

@@ -71,6 +71,9 @@ class AptInstall(Backend):
         found = _lookup(table, pin[0], pin[1])
         return list(found) if found else []
 
+    def holds(self) -> Tuple[str, List[str]]:
+        return "apt-mark hold", self.system.holds()
+
     def recover(self) -> List[Dict[str, object]]:
         return self.system.recover()
 

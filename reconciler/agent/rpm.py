@@ -91,6 +91,9 @@ class DnfInstall(VersionRollback):
 
     system: Dnf  # the driver Backend.__init__ keeps, typed
 
+    def holds(self) -> Tuple[str, List[str]]:
+        return "dnf versionlock", holds.dnf_versionlocks(self.system.root)
+
     def versions_now(self, names: List[str]) -> Versions:
         return self.system.versions_now(names)
 

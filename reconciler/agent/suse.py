@@ -155,6 +155,9 @@ class ZypperInstall(VersionRollback):
 
     system: Zypper  # the driver Backend.__init__ keeps, typed
 
+    def holds(self) -> Tuple[str, List[str]]:
+        return "zypper lock", holds.zypper_locks(self.system.root)
+
     def versions_now(self, names: List[str]) -> Versions:
         return self.system.rpm_versions(names)
 
