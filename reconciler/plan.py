@@ -73,6 +73,8 @@ class ObservedScan:
     """The scan's inventory document, read only for tasks with an override."""
     pending_reboot: int = 0
     """Patches INSTALLED_PENDING_REBOOT: installed, waiting for the machine to boot."""
+    held: tuple[str, ...] = ()
+    """Packages whose updates a hold keeps off the machine (the evaluation's HELD list)."""
 
     def parsed_inventory(self) -> Inventory | None:
         """The inventory as a model; None when absent or unreadable (then nothing is pinned)."""
@@ -356,13 +358,13 @@ class _State:
         if not scan.pins and not self.overriding_tasks(instance, group):
             if self.reboot(name, group, scan, baseline):
                 return
-            self.wait(
-                name,
+            why = (
                 "compliant: no approved patch is missing"
                 if not scan.non_compliant
-                else "nothing installable: the remaining violations need a reboot or a decision",
-                compliant=not scan.non_compliant,
+                else "nothing installable: the remaining violations need a reboot or a decision"
             )
+            held = f"; held, never installed: {', '.join(scan.held)}" if scan.held else ""
+            self.wait(name, why + held, compliant=not scan.non_compliant)
             return
         gated = self.gated(name, scan, baseline)
         if gated is not None:
