@@ -76,6 +76,7 @@ from reconciler.evaluation import (
     DecisionCache,
     InstanceEvaluation,
     Resolution,
+    declared_holds,
     evaluate,
     resolve,
 )
@@ -1223,7 +1224,11 @@ def _evaluate_in_snapshot(
     if resolution.baseline is None:
         raise UserError(f"{inventory.instance_id}: {resolution.baseline_reason}")
     group = resolution.group.metadata.name if resolution.group else None
-    return evaluate(resolution.baseline, inventory, now, patch_group=group, cache=cache), resolution
+    holds = declared_holds(resolution.group, instance)
+    result = evaluate(
+        resolution.baseline, inventory, now, patch_group=group, cache=cache, holds=holds
+    )
+    return result, resolution
 
 
 def _single_baseline(path: Path) -> PatchBaseline:

@@ -52,6 +52,7 @@ from reconciler.api.resources import (
 )
 from reconciler.api.snapshot import Snapshot, group_selects
 from reconciler.evaluation.engine import evaluate
+from reconciler.evaluation.holds import declared_holds
 from reconciler.evaluation.pins import override_pins, pins_for
 from reconciler.evaluation.resolve import Resolution, resolve
 from reconciler.rollout import RolloutSnapshot
@@ -73,6 +74,8 @@ class ObservedScan:
     """The scan's inventory document, read only for tasks with an override."""
     pending_reboot: int = 0
     """Patches INSTALLED_PENDING_REBOOT: installed, waiting for the machine to boot."""
+    held: tuple[str, ...] = ()
+    """Packages whose updates a hold keeps off the machine (the evaluation's HELD list)."""
 
     def parsed_inventory(self) -> Inventory | None:
         """The inventory as a model; None when absent or unreadable (then nothing is pinned)."""
@@ -415,13 +418,13 @@ class _State:
         if not scan.pins and not self.overriding_tasks(instance, group):
             if self.reboot(name, group, scan, baseline):
                 return
-            self.wait(
-                name,
+            why = (
                 "compliant: no approved patch is missing"
                 if not scan.non_compliant
-                else "nothing installable: the remaining violations need a reboot or a decision",
-                compliant=not scan.non_compliant,
+                else "nothing installable: the remaining violations need a reboot or a decision"
             )
+            held = f"; held, never installed: {', '.join(scan.held)}" if scan.held else ""
+            self.wait(name, why + held, compliant=not scan.non_compliant)
             return
         gated = self.gated(name, scan, baseline)
         if gated is not None:
@@ -581,7 +584,7 @@ class _State:
         reasons: list[str] = []
         queued: Action | None = None  # the first task whose maxConcurrency alone holds it back
         for window, task, opening in candidates:
-            chosen = self.task_install(task, scan, baseline)
+            chosen = self.task_install(task, scan, baseline, instance)
             if not chosen.pins:
                 reasons.append(f"task {task.name} of {window.metadata.name}: {chosen.nothing}")
                 continue
@@ -677,7 +680,11 @@ class _State:
         )
 
     def task_install(
-        self, task: WindowTask, scan: ObservedScan, baseline: PatchBaseline
+        self,
+        task: WindowTask,
+        scan: ObservedScan,
+        baseline: PatchBaseline,
+        instance: ManagedInstance,
     ) -> _TaskInstall:
         """What ``task`` installs on the scanned machine: the approved missing patches of its
         baseline, of the task's baselineOverride (for machines running that baseline's OS), or
@@ -688,14 +695,15 @@ class _State:
         ):
             return _TaskInstall(scan.pins, baseline, "", "no approved patch is missing")
         inventory = scan.parsed_inventory()
+        holds = declared_holds(self.resolve(instance, scan.operating_system).group, instance)
         if task.install_override_list is not None:
             ids = task.install_override_list
-            pins = override_pins(ids, inventory) if inventory else ()
+            pins = override_pins(ids, inventory, holds) if inventory else ()
             nothing = "its installOverrideList names no package with an update"
             return _TaskInstall(pins, baseline, "\n".join(ids), nothing)
         assert override is not None
         pins = (
-            pins_for(evaluate(override, inventory, self.now), inventory.facts.arch)
+            pins_for(evaluate(override, inventory, self.now, holds=holds), inventory.facts.arch)
             if inventory
             else ()
         )

@@ -268,3 +268,18 @@ def plant_hooks(root: Path, marker: Path) -> None:
     home = root / "var/lib/patchwarden"
     home.mkdir(parents=True, exist_ok=True)
     (home / ".dpkg.cfg").write_text(f'pre-invoke="echo .dpkg.cfg >> {marker}"\n')
+
+
+def hold(root: Path, *names: str) -> None:
+    """``apt-mark hold NAME...`` on ``root``: apt-mark records a hold as dpkg's selection "hold",
+    which is what this writes, through the root's own dpkg database (never the host's)."""
+    import subprocess
+
+    selections = "".join(f"{name} hold\n" for name in names)
+    subprocess.run(
+        ["dpkg", f"--root={root}", "--set-selections"],
+        input=selections,
+        text=True,
+        check=True,
+        capture_output=True,
+    )

@@ -26,8 +26,12 @@ from reconciler.agent.errors import (
     PackageManagerBusy,
     RepositoryError,
 )
-from tests.aptlab import HttpRepo, Pkg, Repo, dpkg_state, make_root, plant_hooks, seed
+from reconciler.api.inventory import Inventory
+from reconciler.evaluation import evaluate
+from reconciler.evaluation.pins import pins_for
+from tests.aptlab import HttpRepo, Pkg, Repo, dpkg_state, hold, make_root, plant_hooks, seed
 from tests.conftest import INSTALLED, needs_apt
+from tests.factories import NOW, baseline, rule, states
 
 pytestmark = needs_apt
 
@@ -86,6 +90,35 @@ def test_scan_respects_apt_pinning(system_root: Path) -> None:
     prefs.write_text("Package: pwtest-pinned\nPin: version 1.0-1\nPin-Priority: 1001\n")
     document = scan(str(system_root), "node-1", refresh=True)
     assert not [u for u in document["updates"] if u["name"] == "pwtest-pinned"]
+
+
+def test_apt_mark_holds_are_reported_held_never_pinned_nor_failed(system_root: Path) -> None:
+    hold(system_root, "pwtest-lib")
+    document = scan(str(system_root), "node-1", refresh=True)
+    assert document["held"] == [{"name": "pwtest-lib", "tool": "apt-mark"}]
+    machine = Inventory.model_validate(document)
+    result = evaluate(
+        baseline("DEBIAN", rule(("PRIORITY", ["*"]), non_security=True)), machine, NOW
+    )
+    assert [(h.name, h.version) for h in result.held] == [("pwtest-lib", "1.0-2")]
+    assert "apt-mark hold on the machine" in result.held[0].reason
+    assert not [pin for pin in pins_for(result, "amd64") if pin.startswith("pwtest-lib")]
+    # the installed version stays, judged by the baseline; the held update is not MISSING
+    assert states(result)["pwtest-lib"] == "INSTALLED"
+
+
+def test_a_pin_of_a_package_held_on_the_machine_is_held_not_failed(system_root: Path) -> None:
+    # A hold made after the scan the pins came from: apt would refuse the pin.
+    hold(system_root, "pwtest-lib")
+    pins = ["pwtest-lib=1.0-2", "pwtest-other=1.1-1"]
+    result = install(str(system_root), pins, [], False, "NoReboot", False, 5)
+    outcomes = {p["name"]: p for p in result["patches"]}
+    assert outcomes["pwtest-lib"]["result"] == "HELD"
+    assert "apt-mark hold pwtest-lib" in outcomes["pwtest-lib"]["message"]
+    assert outcomes["pwtest-other"]["result"] == "INSTALLED"
+    assert dpkg_state(system_root)["pwtest-lib"] == ("1.0-1", "hold ok installed")
+    alone = install(str(system_root), ["pwtest-lib=1.0-2"], [], False, "NoReboot", False, 5)
+    assert [p["result"] for p in alone["patches"]] == ["HELD"] and alone["changed"] is False
 
 
 def test_scan_without_refresh_uses_existing_lists(system_root: Path) -> None:

@@ -29,7 +29,8 @@ from reconciler.agent.errors import (
 from reconciler.agent.rpmvercmp import compare_evr
 from reconciler.api.inventory import Inventory
 from reconciler.evaluation import evaluate
-from tests.factories import baseline, rule, states
+from reconciler.evaluation.pins import pins_for
+from tests.factories import NOW, baseline, rule, states
 from tests.rpmlab import (
     Notice,
     Rpm,
@@ -570,3 +571,28 @@ def test_parsers_handle_wrapped_and_obsoleting_output() -> None:
         ("demo-lib", "upgrade"),
         ("old-thing", "remove"),
     ]
+
+
+def test_dnf_versionlocks_are_reported_held_and_never_pinned(fresh: Path) -> None:
+    # The list as `dnf versionlock add demo-lib` writes it. The plugin itself is not run: it
+    # writes the host's /etc/dnf/plugins/versionlock.list whatever --installroot says, and
+    # Debian's dnf-plugins-core conflicts with zypper. A `!` line excludes one version only.
+    locks = fresh / "etc/dnf/plugins/versionlock.list"
+    locks.parent.mkdir(parents=True, exist_ok=True)
+    locks.write_text("# Added lock on Mon Dec  7\ndemo-lib-0:1.0-1.*\n!demo-net-0:1.0-2.*\n")
+    document = scan(str(fresh), "rhel-1", refresh=True)
+    assert document["held"] == [{"name": "demo-lib", "tool": "dnf-versionlock"}]
+    result = evaluate(
+        baseline(
+            "REDHAT_ENTERPRISE_LINUX", rule(("CLASSIFICATION", ["*"]), days=0, non_security=True)
+        ),
+        Inventory.model_validate(document),
+        NOW,
+    )
+    assert [h.name for h in result.held] == ["demo-lib"]
+    assert "dnf versionlock on the machine" in result.held[0].reason
+    assert not [pin for pin in pins_for(result, "x86_64") if pin.startswith("demo-lib")]
+    # a pin made before the lock is reported HELD by the install, never FAILED
+    outcome = install(str(fresh), ["demo-lib:noarch=1.0-2"], [], False, "NoReboot", False, 30)
+    assert [p["result"] for p in outcome["patches"]] == ["HELD"]
+    assert "dnf versionlock demo-lib" in outcome["patches"][0]["message"]

@@ -23,6 +23,7 @@ from reconciler.agent.errors import (
 )
 from reconciler.api.inventory import Inventory
 from reconciler.evaluation import evaluate
+from reconciler.evaluation.pins import pins_for
 from tests.factories import NOW, baseline, rule, states
 from tests.rpmlab import (
     SUSE_PACKAGES,
@@ -305,3 +306,17 @@ def test_held_lock_waits_then_fails(root: Path) -> None:
         holder.kill()
         holder.wait()
     assert rpm_q(root, "demo-net") == {"demo-net": "1.0-1"}
+
+
+def test_zypper_locks_are_reported_held_and_never_pinned(root: Path) -> None:
+    locked = zypper(root, "addlock", "demo-util")
+    assert locked.returncode == 0, locked.stderr
+    doc = agent.scan(str(root), "i-suse", refresh=True)
+    assert doc["held"] == [{"name": "demo-util", "tool": "zypper-locks"}]
+    result = evaluate(
+        baseline("SUSE", rule(("CLASSIFICATION", ["*"]), days=0, non_security=True)),
+        Inventory.model_validate(doc),
+        NOW,
+    )
+    assert "demo-util" not in {p.name for p in result.patches if str(p.state) == "MISSING"}
+    assert "demo-util" not in {pin.partition("=")[0] for pin in pins_for(result, "x86_64")}

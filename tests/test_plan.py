@@ -144,6 +144,17 @@ def test_compliant_instances_wait() -> None:
     assert reasons(result) == {"node-1": "compliant: no approved patch is missing"}
 
 
+def test_a_compliant_instance_with_held_updates_says_which_are_held() -> None:
+    snapshot = snap(BASELINE, window(), instances(1))
+    scan = replace(scanned(snapshot, pins=()), held=("openssl", "postgresql-15"))
+    result = plan(snapshot, "r1", Observed(scans={"node-1": scan}), NOON)
+    assert result.idle
+    assert reasons(result) == {
+        "node-1": "compliant: no approved patch is missing; held, never installed: openssl, "
+        "postgresql-15"
+    }
+
+
 def test_closed_window_says_when_it_opens() -> None:
     snapshot = snap(BASELINE, window(), instances(1))
     result = plan(snapshot, "r1", Observed(scans=all_scanned(snapshot)), NOON - timedelta(hours=3))

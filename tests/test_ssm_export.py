@@ -185,6 +185,13 @@ def test_apply_creates_the_baseline_registration_window_targets_and_task(
             "spec.targets.selector.matchExpressions.0.operator",
             "SSM targets tags that are present: NotIn has no form there",
         ),
+        (
+            ("PatchGroup", "holds", ["postgresql-*"]),
+            "spec.holds",
+            "SSM has no package holds (a Patchwarden extension): remove them to export, or list "
+            "the packages in the baselines' rejectedPatches (counted alike with "
+            "ALLOW_AS_DEPENDENCY)",
+        ),
     ],
 )
 def test_what_ssm_cannot_hold_is_refused_before_any_call(

@@ -382,8 +382,7 @@ class Apt:
         ]
         return [_clean(p) for p in installed], updates, broken
 
-    def _installed(self) -> Tuple[List[Dict[str, object]], List[Dict[str, str]]]:
-        fmt = _QUERY_FORMAT
+    def _dpkg_query(self, fmt: str) -> str:
         result = run(
             [
                 DPKG_QUERY,
@@ -397,9 +396,23 @@ class Apt:
         )
         if result.rc not in (0, 1):
             raise CommandFailed("dpkg-query failed: " + _last_error(result))
+        return result.stdout
+
+    def holds(self) -> List[str]:
+        """The packages held with ``apt-mark hold`` (dpkg's selection "hold"), which apt never
+        upgrades: the inventory reports them so that they are never counted as failures."""
+        held = []
+        for line in self._dpkg_query("${db:Status-Abbrev}\\t${Package}\\n").splitlines():
+            abbrev, _, name = line.partition("\t")
+            if abbrev.startswith("h") and name:
+                held.append(name)
+        return held
+
+    def _installed(self) -> Tuple[List[Dict[str, object]], List[Dict[str, str]]]:
+        stdout = self._dpkg_query(_QUERY_FORMAT)
         info = below(self.root, "/var/lib/dpkg/info")
         installed, broken = [], []  # type: List[Dict[str, object]], List[Dict[str, str]]
-        for line in result.stdout.splitlines():
+        for line in stdout.splitlines():
             fields = line.split("\t")
             if len(fields) < 7 or len(fields[3]) < 2:
                 continue

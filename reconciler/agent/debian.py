@@ -5,6 +5,7 @@ operations on top of :mod:`reconciler.agent.apt`. Standard library only.
 import functools
 from typing import Dict, List, Optional, Tuple
 
+from reconciler.agent import holds
 from reconciler.agent import install as flow
 from reconciler.agent.apt import Apt, check_scripts_trusted, parse_pin
 from reconciler.agent.facts import facts
@@ -30,6 +31,7 @@ def scan(
     installed, updates, broken = system.inventory()
     machine = facts(root, system.architecture())
     document = inventory(root, instance_id, operation, machine, installed, updates)
+    holds.report(document, system.holds(), "apt-mark")
     if broken:
         document["failed"] = [
             {
@@ -68,6 +70,9 @@ class AptInstall(Backend):
     def state(self, table: Versions, pin: Pin) -> List[str]:
         found = _lookup(table, pin[0], pin[1])
         return list(found) if found else []
+
+    def holds(self) -> Tuple[str, List[str]]:
+        return "apt-mark hold", self.system.holds()
 
     def recover(self) -> List[Dict[str, object]]:
         return self.system.recover()

@@ -13,6 +13,7 @@ method of the backend (:class:`Backend`), which holds only what its package mana
 way. The result's fields are those of docs/agent.md, in one order for every backend.
 """
 
+import fnmatch
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Sequence, Tuple
 
 from reconciler.agent import noreboot
@@ -67,6 +68,11 @@ class Backend:
         """Repair what an interrupted run left; the actions taken."""
         return []
 
+    def holds(self) -> Tuple[str, List[str]]:
+        """(tool, names or globs) the package manager holds on the machine: pins of those are
+        reported HELD and never sent to it (docs/guardrails.md)."""
+        return "", []
+
     def plan(self, pins: List[Pin], blocked: List[str], before: Dict[Key, Any]) -> Plan:
         """Simulate the install; InstallRefused for a BLOCKed package or a removal."""
         raise NotImplementedError
@@ -109,13 +115,20 @@ def install(
     pins = [parse_pin(p) for p in pin_texts]  # refuses invalid pins before anything runs
     backend = open_backend(root, lock_timeout, trust_root_scripts)
     result = install_result(simulate)
+    # A hold made on the machine after the scan the pins came from: the package manager would
+    # refuse the pin (apt) or skip it (dnf, zypper), which the flow would report FAILED.
+    held, pins = _without_held(pins, *backend.holds())
+    if not pins:
+        result.update(patches=held, dependencies=[], recovery=[], changed=False)
+        result["reboot"] = reboot(False, "", reboot_option, backend.is_host, allow_reboot)
+        return _in_order(result)
     before = backend.versions_now([p[0] for p in pins])
     result["recovery"] = [] if simulate else backend.recover()
     plan = backend.plan(pins, blocked, before)
     result["dependencies"] = plan.dependencies
     result.update(plan.fields)
     if simulate:
-        result["patches"] = [_planned(backend, p, before) for p in pins]
+        result["patches"] = held + [_planned(backend, p, before) for p in pins]
         result["changed"] = False
         result["reboot"] = backend.simulated_reboot(plan)
         return _in_order(result)
@@ -126,7 +139,7 @@ def install(
     if failed:
         backend.roll_back(failed, before)
     result.update(applied.fields)
-    result["patches"] = patches
+    result["patches"] = held + patches
     result["changed"] = any(p["changed"] for p in patches) or bool(result["recovery"])
     needed, why = backend.reboot_needed(plan, applied)
     result["reboot"] = reboot(needed, why, reboot_option, backend.is_host, allow_reboot)
@@ -134,6 +147,27 @@ def install(
     if reboot_option == "NoReboot":  # what it installed awaits a boot (SSM's pending reboot)
         noreboot.record(root, str(result["finishedAt"]), boot_time(root), patches)
     return _in_order(result)
+
+
+def _without_held(pins: List[Pin], tool: str, names: List[str]) -> Tuple[List[Patch], List[Pin]]:
+    """(the HELD outcomes of the pins ``names`` hold, the other pins)."""
+    held, kept = [], []  # type: List[Patch], List[Pin]
+    for pin in pins:
+        hold = next((n for n in names if fnmatch.fnmatchcase(pin[0], n)), None)
+        if hold is None:
+            kept.append(pin)
+            continue
+        held.append(
+            {
+                "name": pin[0],
+                "arch": pin[1],
+                "version": pin[2],
+                "result": "HELD",
+                "changed": False,
+                "message": "held on the machine ({} {}): not installed".format(tool, hold),
+            }
+        )
+    return held, kept
 
 
 def _in_order(result: Dict[str, object]) -> Dict[str, object]:

@@ -11,6 +11,7 @@ import os
 import platform
 from typing import Dict, List, Optional, Tuple
 
+from reconciler.agent import holds
 from reconciler.agent import install as flow
 from reconciler.agent.dnf import CORE_PACKAGES, Dnf, Key, Pin, parse_pin
 from reconciler.agent.facts import facts, operating_system, read_os_release
@@ -72,7 +73,8 @@ def scan(
     if pending:
         machine["rebootRequired"] = True
         machine["rebootRequiredPackages"] = pending
-    return inventory(root, instance_id, operation, machine, installed, updates)
+    document = inventory(root, instance_id, operation, machine, installed, updates)
+    return holds.report(document, holds.dnf_versionlocks(root), "dnf-versionlock")
 
 
 # Install exact pins; the result says what changed, per package (install.py has the flow).
@@ -88,6 +90,9 @@ class DnfInstall(VersionRollback):
     history of the transaction, and rollback with ``downgrade``."""
 
     system: Dnf  # the driver Backend.__init__ keeps, typed
+
+    def holds(self) -> Tuple[str, List[str]]:
+        return "dnf versionlock", holds.dnf_versionlocks(self.system.root)
 
     def versions_now(self, names: List[str]) -> Versions:
         return self.system.versions_now(names)

@@ -11,6 +11,7 @@ import platform
 import re
 from typing import Dict, List, Optional, Tuple
 
+from reconciler.agent import holds
 from reconciler.agent import install as flow
 from reconciler.agent.errors import InstallRefused
 from reconciler.agent.facts import facts
@@ -58,7 +59,7 @@ def scan(
     machine = facts(root, platform.machine() or "x86_64")
     if system.reboot_pending():
         machine["rebootRequired"] = True
-    return inventory(
+    document = inventory(
         root,
         instance_id,
         operation,
@@ -66,6 +67,7 @@ def scan(
         installed,
         _updates(installed, candidates, patches, contents),
     )
+    return holds.report(document, holds.zypper_locks(root), "zypper-locks")
 
 
 def _updates(
@@ -152,6 +154,9 @@ class ZypperInstall(VersionRollback):
     zypper's exit codes, and rollback with ``install --oldpackage``."""
 
     system: Zypper  # the driver Backend.__init__ keeps, typed
+
+    def holds(self) -> Tuple[str, List[str]]:
+        return "zypper lock", holds.zypper_locks(self.system.root)
 
     def versions_now(self, names: List[str]) -> Versions:
         return self.system.rpm_versions(names)

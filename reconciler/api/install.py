@@ -65,7 +65,8 @@ class PatchOutcome(_AgentDocument):
     version: str
     arch: str | None = None
     result: str = ""
-    """INSTALLED, UNCHANGED, WOULD_INSTALL or FAILED."""
+    """INSTALLED, UNCHANGED, WOULD_INSTALL, HELD (held on the machine, not sent to its package
+    manager) or FAILED."""
     message: str = ""
     rollback: str = ""
 

@@ -220,6 +220,15 @@ class NoRebootInstall(Model):
     after ``time``."""
 
 
+class MachineHold(Model):
+    """One hold the machine's package manager keeps."""
+
+    name: str = Field(min_length=1)
+    """The package name or name pattern held."""
+    tool: Literal["apt-mark", "dnf-versionlock", "zypper-locks"]
+    """Which tool recorded it."""
+
+
 class Inventory(Model):
     """Everything an agent reports for one machine: facts, installed packages, available updates."""
 
@@ -243,6 +252,9 @@ class Inventory(Model):
     """Patches the last Install could not install."""
     no_reboot_install: NoRebootInstall | None = None
     """The NoReboot Installs since the last boot, when there were any."""
+    held: tuple[MachineHold, ...] = ()
+    """Packages the machine's own package manager holds (apt-mark hold, dnf versionlock, zypper
+    locks): never installed, reported as held (docs/guardrails.md)."""
 
 
 _P = TypeVar("_P", bound=PackageFacts)

@@ -64,6 +64,25 @@ PatchId = Annotated[
     StringConstraints(min_length=1, max_length=100),
 ]
 FilterValue = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+# A package-name pattern (shell wildcards * ? [..]) a hold names: the characters Debian and RPM
+# package names use, plus the wildcards, so a typo such as a space or a comma is refused.
+_HOLD = re.compile(r"[A-Za-z0-9*?\[][A-Za-z0-9.+_~*?\[\]-]*")
+
+
+def _hold_pattern(value: str) -> str:
+    if not _HOLD.fullmatch(value):
+        raise PydanticCustomError(
+            "hold_pattern",
+            "{value} is not a package-name pattern: use letters, digits, . + _ ~ - and the "
+            "wildcards * ? [ ], starting with a letter, a digit or a wildcard",
+            {"value": repr(value)},
+        )
+    return value
+
+
+HoldPattern = Annotated[
+    str, StringConstraints(min_length=1, max_length=128), AfterValidator(_hold_pattern)
+]
 
 
 class ObjectMeta(Model):
@@ -200,6 +219,9 @@ class PatchGroupSpec(Model):
     patchwarden.io/patch-group=<group name>."""
     baselines: dict[OperatingSystem, Name] = Field(default_factory=dict)
     """operatingSystem -> PatchBaseline name; one baseline per operating system."""
+    holds: list[HoldPattern] = Field(default_factory=list, max_length=100)
+    """Package-name patterns (shell wildcards) never installed on the group's instances: their
+    updates are reported as held, not missing (docs/guardrails.md)."""
     description: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
     """Free text."""
 
@@ -583,6 +605,9 @@ class ManagedInstanceSpec(Model):
     connection: LocalConnection | SshConnection | KubernetesConnection = Field(discriminator="type")
     """How the agent reaches the machine: {type: local[, root]}, {type: ssh, host, ...} or
     {type: kubernetes, node}."""
+    holds: list[HoldPattern] = Field(default_factory=list, max_length=100)
+    """Package-name patterns (shell wildcards) never installed on this machine, besides its
+    group's holds (docs/guardrails.md)."""
     description: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
     """Free text."""
 

@@ -8,9 +8,11 @@ labels, os)`` says which group and baseline apply. No I/O and no clock of its ow
 
 from reconciler.evaluation.counts import summarize
 from reconciler.evaluation.engine import Decider, DecisionCache, evaluate
+from reconciler.evaluation.holds import Hold, declared_holds
 from reconciler.evaluation.resolve import Resolution, resolve
 from reconciler.evaluation.results import (
     Approval,
+    HeldPatch,
     InstanceEvaluation,
     NotApproved,
     PatchResult,
@@ -22,11 +24,14 @@ __all__ = [
     "Approval",
     "Decider",
     "DecisionCache",
+    "HeldPatch",
+    "Hold",
     "InstanceEvaluation",
     "NotApproved",
     "PatchResult",
     "Resolution",
     "Summary",
+    "declared_holds",
     "evaluate",
     "evaluate_summary",
     "resolve",

@@ -49,6 +49,7 @@ from reconciler.api.inventory import (
 )
 from reconciler.api.resources import PatchBaseline, PatchFilterGroup
 from reconciler.evaluation import counts
+from reconciler.evaluation.holds import Hold, machine_holds, split_held
 from reconciler.evaluation.matching import (
     FilterMatcher,
     IdMatcher,
@@ -62,6 +63,7 @@ from reconciler.evaluation.matching import (
 )
 from reconciler.evaluation.results import (
     Approval,
+    HeldPatch,
     InstanceEvaluation,
     NotApproved,
     PatchResult,
@@ -542,8 +544,11 @@ def evaluate(
     *,
     patch_group: str | None = None,
     cache: DecisionCache | None = None,
+    holds: Sequence[Hold] = (),
 ) -> InstanceEvaluation:
-    """Every patch's state on ``inventory``'s machine under ``baseline`` at ``now``."""
+    """Every patch's state on ``inventory``'s machine under ``baseline`` at ``now``; updates
+    ``holds`` or the machine's own holds name are listed as held instead."""
+    inventory, held = without_held(inventory, holds)
     facts = inventory.facts
     product = facts.effective_product()
     decider = (cache or DecisionCache()).decider(baseline, product, now)
@@ -569,10 +574,22 @@ def evaluate(
         patches=patches,
         summary=summary,
         not_approved=tuple(map(NOT_APPROVED, missed)),  # set on every entry not approved
+        held=held,
         last_no_reboot_install_time=(
             _utc(inventory.no_reboot_install.time) if inventory.no_reboot_install else None
         ),
     )
+
+
+def without_held(
+    inventory: Inventory, holds: Sequence[Hold]
+) -> tuple[Inventory, tuple[HeldPatch, ...]]:
+    """``inventory`` without the updates a hold names, and those updates."""
+    every = (*holds, *machine_holds(inventory))
+    if not every:
+        return inventory, ()
+    kept, held = split_held(inventory.updates, every)
+    return inventory.model_copy(update={"updates": kept}), held
 
 
 # Getters of the entries' fields, for map()/filter(): as attrgetters they run in C. They are

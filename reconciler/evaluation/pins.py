@@ -11,6 +11,8 @@ from collections.abc import Iterable, Sequence
 
 from reconciler.api.enums import Family, PatchState, family_of
 from reconciler.api.inventory import AvailableUpdate, Inventory
+from reconciler.evaluation.engine import without_held
+from reconciler.evaluation.holds import Hold
 from reconciler.evaluation.matching import compile_id, package_names
 from reconciler.evaluation.results import InstanceEvaluation, PatchResult
 from reconciler.evaluation.versions import comparator
@@ -69,10 +71,14 @@ def _pin(patch: PatchResult | AvailableUpdate, native_arch: str) -> str:
     return f"{qualified}={patch.version}"
 
 
-def override_pins(patch_ids: Sequence[str], inventory: Inventory) -> tuple[str, ...]:
+def override_pins(
+    patch_ids: Sequence[str], inventory: Inventory, holds: Sequence[Hold] = ()
+) -> tuple[str, ...]:
     """SSM's InstallOverrideList: pins of the newest update of each installed package that one
     of ``patch_ids`` names (in the approvedPatches forms), whatever the baseline approves.
-    Packages not installed are left alone, as a baseline's approvals leave them."""
+    Packages not installed are left alone, as a baseline's approvals leave them, and so are
+    held packages: a hold wins over the override list too."""
+    inventory, _ = without_held(inventory, holds)
     family = family_of(inventory.facts.operating_system)
     matchers = [compile_id(patch_id, family) for patch_id in patch_ids]
     newer = comparator(family)

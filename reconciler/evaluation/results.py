@@ -77,6 +77,24 @@ class NotApproved:
         }
 
 
+HELD = "HELD"
+"""The state a held update is reported in (a Patchwarden state; SSM has none for it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeldPatch(NotApproved):
+    """An available update a hold keeps off the machine (reconciler.evaluation.holds)."""
+
+    installed_version: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **NotApproved.to_dict(self),
+            "installedVersion": self.installed_version,
+            "state": HELD,
+        }
+
+
 NON_COMPLIANT_STATES = frozenset(
     {
         PatchState.MISSING,
@@ -157,6 +175,8 @@ class InstanceEvaluation:
     not_approved: tuple[NotApproved, ...] = ()
     last_no_reboot_install_time: datetime | None = None
     """SSM's LastNoRebootInstallOperationTime: the latest Install with NoReboot (UTC)."""
+    held: tuple[HeldPatch, ...] = ()
+    """Updates a hold keeps off the machine (reconciler.evaluation.holds): state HELD."""
 
     def to_dict(self, *, explain: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -171,6 +191,8 @@ class InstanceEvaluation:
         }
         if self.last_no_reboot_install_time is not None:
             out["lastNoRebootInstallOperationTime"] = self.last_no_reboot_install_time.isoformat()
+        if self.held:
+            out["held"] = [h.to_dict() for h in self.held]
         if explain:
             out["notApproved"] = [n.to_dict() for n in self.not_approved]
         return out

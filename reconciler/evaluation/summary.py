@@ -13,6 +13,7 @@ May import ``reconciler.api`` only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from itertools import compress, filterfalse
 
@@ -33,7 +34,9 @@ from reconciler.evaluation.engine import (
     available_security_rows,
     evaluate,
     pending_reboot,
+    without_held,
 )
+from reconciler.evaluation.holds import Hold
 from reconciler.evaluation.results import Summary
 
 
@@ -43,11 +46,13 @@ def evaluate_summary(
     now: datetime,
     *,
     cache: DecisionCache | None = None,
+    holds: Sequence[Hold] = (),
 ) -> Summary:
     """``evaluate(baseline, inventory, now, cache=cache).summary``, without the rows: for callers
     that keep only the counts. Most instances are counted from the cached entries at C speed
     (fast_summary); the others take the full path."""
     cache = cache or DecisionCache()
+    inventory, _ = without_held(inventory, holds)
     decider = cache.decider(baseline, inventory.facts.effective_product(), now)
     found = fast_summary(decider, inventory)
     if found is None:

@@ -32,7 +32,7 @@ from reconciler.dispatch.outcomes import (
     install_failed,
     pins_for,
 )
-from reconciler.evaluation import InstanceEvaluation, evaluate, resolve
+from reconciler.evaluation import InstanceEvaluation, declared_holds, evaluate, resolve
 from reconciler.loop.common import Clock, Emitter, InForce, Log, TransportFor
 from reconciler.loop.executions import WindowExecutions
 from reconciler.loop.failures import job_error
@@ -452,7 +452,8 @@ class JobRunner:
         now = self.clock()
         if resolution.baseline.spec.approve_after_days_from is not None:
             inventory = self.store.with_first_seen(inventory, now)
-        result = evaluate(resolution.baseline, inventory, now, patch_group=group)
+        holds = declared_holds(resolution.group, instance)
+        result = evaluate(resolution.baseline, inventory, now, patch_group=group, holds=holds)
         evaluation = result.to_dict()
         evaluation["pins"] = list(pins_for(result, inventory.facts.arch))
         previous = self.store.latest_scan(instance.metadata.name)

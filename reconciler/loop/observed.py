@@ -121,6 +121,7 @@ def _observed_scan(record: ScanRecord) -> ObservedScan | None:
         non_compliant=record.compliance_status == ComplianceStatus.NON_COMPLIANT,
         inventory=record.inventory,
         pending_reboot=record.count("installedPendingRebootCount"),
+        held=record.held,
     )
 
 

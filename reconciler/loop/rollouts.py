@@ -22,6 +22,7 @@ from reconciler.api.inventory import Inventory
 from reconciler.api.resources import Rollout
 from reconciler.api.snapshot import Snapshot
 from reconciler.evaluation.engine import evaluate
+from reconciler.evaluation.holds import declared_holds
 from reconciler.evaluation.pins import approved_pins
 from reconciler.evaluation.resolve import resolve
 from reconciler.loop.common import Clock, Emitter, InForce
@@ -272,14 +273,15 @@ def approved_versions(
         if scan is None:
             continue
         inventory = Inventory.model_validate(scan.inventory)
-        labels = snapshot.instances[member].metadata.labels
-        resolution = resolve(snapshot, labels, inventory.facts.operating_system)
+        instance = snapshot.instances[member]
+        resolution = resolve(snapshot, instance.metadata.labels, inventory.facts.operating_system)
         if resolution.baseline is None:
             continue
         if resolution.baseline.spec.approve_after_days_from is not None:
             inventory = store.with_first_seen(inventory, None)
         group = resolution.group.metadata.name if resolution.group else None
-        result = evaluate(resolution.baseline, inventory, now, patch_group=group)
+        holds = declared_holds(resolution.group, instance)
+        result = evaluate(resolution.baseline, inventory, now, patch_group=group, holds=holds)
         pins = approved_pins(result, inventory.facts.arch)
         approved.setdefault(resolution.baseline.metadata.name, set()).update(pins)
     return approved

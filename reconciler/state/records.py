@@ -152,6 +152,8 @@ class StoredEvaluation(TypedDict, total=False):
     summary: StoredSummary
     pins: list[str]
     lastNoRebootInstallOperationTime: str
+    held: list[dict[str, Any]]
+    """HeldPatch.to_dict() of each held update; absent when nothing is held."""
 
 
 class JobError(TypedDict):
@@ -258,6 +260,11 @@ class ScanRecord:
     def pins(self) -> tuple[str, ...]:
         """What an install after this scan would pin (``name[:arch]=version``)."""
         return tuple(self.evaluation.get("pins", ()))
+
+    @property
+    def held(self) -> tuple[str, ...]:
+        """The packages whose updates a hold kept out of ``pins`` (docs/guardrails.md)."""
+        return tuple(sorted({str(h.get("name")) for h in self.evaluation.get("held", [])}))
 
     def count(self, name: str) -> int:
         """One of the summary's counts by its stored name (0 when absent)."""

@@ -20,7 +20,7 @@ from reconciler.api.enums import Operation
 from reconciler.api.inventory import Inventory, PackageFacts
 from reconciler.api.resources import MaintenanceWindow
 from reconciler.api.snapshot import Snapshot
-from reconciler.evaluation import DecisionCache, evaluate, resolve
+from reconciler.evaluation import DecisionCache, declared_holds, evaluate, resolve
 from reconciler.evaluation.pins import pins_for
 from reconciler.schedule import describe, openings
 from reconciler.schedule.windows import Opening, current_opening
@@ -207,7 +207,8 @@ def side_of(snapshot: Snapshot, inventory: Inventory, now: datetime, cache: Deci
     baseline = resolution.baseline
     if baseline is None:
         return Side(group=group, status=resolution.baseline_reason, labels=labels)
-    result = evaluate(baseline, inventory, now, patch_group=group, cache=cache)
+    holds = declared_holds(resolution.group, instance)
+    result = evaluate(baseline, inventory, now, patch_group=group, cache=cache, holds=holds)
     decider = cache.decider(baseline, inventory.facts.effective_product(), now)
     approved, rejected = set(), set()
     native = inventory.facts.arch

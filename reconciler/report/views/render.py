@@ -28,7 +28,7 @@ from rich.text import Text
 
 from reconciler.api.enums import PatchState
 from reconciler.evaluation.resolve import Resolution
-from reconciler.evaluation.results import InstanceEvaluation, PatchResult
+from reconciler.evaluation.results import InstanceEvaluation, NotApproved, PatchResult
 from reconciler.plan import OneOffProgress, Plan, RolloutGate, Wait
 from reconciler.report.views import csvreport
 from reconciler.rollout import RolloutDecision, RolloutRecord
@@ -196,10 +196,14 @@ def explanation(
     ``gates``: the safety gates guarding its installs, as read now."""
     patches = [p for p in result.patches if patch is None or p.name == patch]
     skipped = [n for n in result.not_approved if patch is None or n.name == patch]
+    held = [h for h in result.held if patch is None or h.name == patch]
     if fmt != "table":
         data = result.to_dict(explain=True)
         data["patches"] = [p.to_dict() for p in patches]
         data["notApproved"] = [n.to_dict() for n in skipped]
+        data.pop("held", None)  # only the named patch's holds, and no empty list without any
+        if held:
+            data["held"] = [h.to_dict() for h in held]
         data["patchGroupReason"] = resolution.group_reason
         data["baselineReason"] = resolution.baseline_reason
         if origin is not None:
@@ -222,15 +226,20 @@ def explanation(
         console.print(f"  gate:        {gate}")
     if patches:
         console.print(_patch_table(result, patches))
-    if skipped:
-        table = Table(title="Available but not approved", title_justify="left")
-        for column in ("Patch", "Version", "Reason"):
-            table.add_column(column, overflow="fold")
-        for n in skipped:
-            table.add_row(f"{n.name}.{n.arch}" if n.arch else n.name, n.version, n.reason)
-        console.print(table)
-    if not patches and not skipped:
+    for title, rows in (("Available but not approved", skipped), ("Held: never installed", held)):
+        if rows:
+            console.print(_reasons_table(title, rows))
+    if not patches and not skipped and not held:
         console.print(f"  no patch named {patch!r} on this instance")
+
+
+def _reasons_table(title: str, rows: Sequence[NotApproved]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("Patch", "Version", "Reason"):
+        table.add_column(column, overflow="fold")
+    for n in rows:
+        table.add_row(f"{n.name}.{n.arch}" if n.arch else n.name, n.version, n.reason)
+    return table
 
 
 @contextlib.contextmanager

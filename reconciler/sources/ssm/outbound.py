@@ -162,6 +162,16 @@ def _baseline_problems(snapshot: Snapshot) -> Iterator[Problem]:
 
 
 def _group_problems(snapshot: Snapshot, group: PatchGroup) -> Iterator[Problem]:
+    if group.spec.holds:
+        yield _at(
+            snapshot,
+            "PatchGroup",
+            group.metadata.name,
+            "spec.holds",
+            "SSM has no package holds (a Patchwarden extension): remove them to export, or list "
+            "the packages in the baselines' rejectedPatches (counted alike with "
+            "ALLOW_AS_DEPENDENCY)",
+        )
     selector = group.spec.selector
     if selector is None or (
         not selector.match_expressions and set(selector.match_labels) == {GROUP_LABEL}
