@@ -67,6 +67,10 @@ class Kind(StrEnum):
     """A halted rollout was resumed: ``detail.previousReason``."""
     ROLLOUT_CYCLE_COMPLETED = "rollout.cycle.completed"
     """Every stage baked the cycle's snapshot."""
+    GATE_BLOCKED = "gate.blocked"
+    """A gate has blocked a task or a rollout stage longer than its threshold (docs/guardrails.md):
+    ``detail.gate``, ``scope`` (e.g. "task patch of window noon", "stage prod of rollout web"),
+    ``since``, ``blockedSeconds`` and ``reason``; once per blocking spell."""
 
 
 ROLLOUT_KINDS = frozenset(
@@ -125,6 +129,7 @@ _TRANSITIONS = frozenset(
         Kind.COMPLIANCE_CHANGED,
         Kind.WINDOW_EXECUTION_CHANGED,
         Kind.INSTANCE_SOURCE_FAILED,
+        Kind.GATE_BLOCKED,
         *ROLLOUT_KINDS,
     }
 )
