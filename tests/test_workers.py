@@ -277,6 +277,53 @@ def test_a_queued_payload_carries_what_its_job_reads_and_nothing_is_lost_on_the_
             assert (here.baseline, here.group) == (there.baseline, there.group), system
 
 
+def test_a_leader_whose_queued_jobs_no_worker_claims_says_so_once() -> None:
+    """With ``--external-workers`` and no ``patchctl worker`` running, the leader's pass waits
+    for its queued jobs; after UNCLAIMED_WARNING it tells the operator what to start, once."""
+    text = documents(BASELINE_YAML, window_yaml("noon", "cron(0 12 * * ? *)"))
+    text = documents(text, local_instance_yaml("web-1", Path("/srv/web-1")))
+    snapshot = build_snapshot([("fleet.yaml", text.encode())], predefined_baselines())
+    queue, runner = _UnclaimedQueue(), _Runner()
+    now = [datetime(2030, 1, 1, tzinfo=UTC)]
+    with structlog.testing.capture_logs() as logs:
+        pool = QueueExecutor(
+            cast(Any, queue), InForce(snapshot=snapshot, revision="main@sha1:abc"),
+            cast(Any, runner), 2, lambda: now[0],
+        )  # fmt: skip
+        try:
+            action = Action(Operation.SCAN, "web-1", "k-root", "now", BASELINE, "h", "noon")
+            pool.submit(runner.execute, action)
+            wait_until("the leader polls the queue", lambda: queue.asked >= 2)
+            assert not [line for line in logs if "wait for a worker" in line["event"]]
+            now[0] += timedelta(minutes=3)
+            wait_until(
+                "the warning", lambda: any("wait for a worker" in line["event"] for line in logs)
+            )
+            asked = queue.asked
+            wait_until("two more polls", lambda: queue.asked >= asked + 2)
+        finally:
+            pool.shutdown(wait=True)
+    warned = [line for line in logs if "wait for a worker" in line["event"]]
+    assert len(warned) == 1 and "patchctl worker" in warned[0]["event"]
+    assert (warned[0]["queued"], warned[0]["waiting_seconds"]) == (1, 180)
+
+
+class _UnclaimedQueue:
+    """A queue whose entries no worker ever claims."""
+
+    def __init__(self) -> None:
+        self.queued: list[str] = []
+        self.asked = 0
+
+    def enqueue_jobs(self, entries: Any, now: datetime) -> int:
+        self.queued.extend(key for key, _ in entries)
+        return len(self.queued)
+
+    def queued_states(self, keys: Any) -> dict[str, str]:
+        self.asked += 1
+        return {key: "queued" for key in keys}
+
+
 class _RecordingQueue:
     """The store's job queue as the leader sees it (enqueue only): what was queued."""
 
@@ -296,6 +343,7 @@ class _Runner:
 
     def __init__(self) -> None:
         self.ran: list[str] = []
+        self.log = structlog.get_logger()
 
     def execute(self, action: Action) -> None:
         self.ran.append(action.key)

@@ -40,6 +40,10 @@ Held = dict[Future[None], str]
 PAYLOAD_FORMAT = 1
 POLL = 0.5
 """Seconds between the leader's (and an idle worker's) reads of the queue."""
+UNCLAIMED_WARNING = timedelta(minutes=2)
+"""How long an entry may stay queued, claimed by no worker, before the leader says so: with
+``--external-workers`` and no ``patchctl worker`` running, the pass would otherwise wait in
+silence."""
 
 
 class QueuedEntry(Protocol):
@@ -158,6 +162,8 @@ class QueueExecutor(Executor):
         self.queue, self.in_force, self.runner, self.clock = queue, in_force, runner, clock
         self._local = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
         self._pending: dict[str, Future[JobRecord | None]] = {}
+        self._queued_at: dict[str, datetime] = {}
+        self._warned = False
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="job-queue", daemon=True)
@@ -173,6 +179,7 @@ class QueueExecutor(Executor):
         self.queue.enqueue_jobs([(action.key, payload)], self.clock())
         with self._lock:
             self._pending[action.key] = future
+            self._queued_at[action.key] = self.clock()
         return future
 
     def _on_node(self, action: Action) -> bool:
@@ -209,7 +216,24 @@ class QueueExecutor(Executor):
             job = self.queue.job_by_key(key)
             with self._lock:
                 future = self._pending.pop(key)
+                self._queued_at.pop(key, None)
             future.set_result(job if job is not None and job.finished_at is not None else None)
+        self._warn_unclaimed([k for k in keys if states.get(k) == "queued"])
+
+    def _warn_unclaimed(self, queued: list[str]) -> None:
+        """Say once per pass when entries wait unclaimed past :data:`UNCLAIMED_WARNING`: the
+        usual cause is that no ``patchctl worker`` is running against this database."""
+        with self._lock:
+            waiting = [self._queued_at[k] for k in queued if k in self._queued_at]
+        if self._warned or not waiting or self.clock() - min(waiting) < UNCLAIMED_WARNING:
+            return
+        self._warned = True
+        self.runner.log.warning(
+            "queued jobs wait for a worker: start `patchctl worker` against this state database"
+            " (the leader runs with --external-workers and runs no job itself)",
+            queued=len(waiting),
+            waiting_seconds=int((self.clock() - min(waiting)).total_seconds()),
+        )
 
 
 def queue_pool(
