@@ -13,9 +13,12 @@ threads are scheduled: it evicts nothing more, records nothing on the Node and e
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
+import kubernetes
 import pytest
 import yaml
 
@@ -24,6 +27,7 @@ from reconciler.dispatch.nodes import NodeLocks
 from reconciler.dispatch.nodes.model import ANNOTATION_PHASE, NotLeading
 from tests import test_controller, test_node_patching
 from tests.fleet import BASELINE_YAML, documents, dpkg_installs, open_window_yaml
+from tests.kubeapi import KubeApi
 from tests.test_controller import Controller, lease_holder
 from tests.test_node_patching import Cluster, Kubelet, PhaseLog, _annotations
 from tests.waiting import wait_until
@@ -58,6 +62,29 @@ def test_a_leader_may_act_only_within_the_renew_deadline_of_its_last_renewal() -
     locks = NodeLocks(may_act=elector.may_act)
     with pytest.raises(NotLeading, match="lost the leader Lease before draining"):
         locks.fence("n1", "draining")
+
+
+@pytest.mark.apiserver
+def test_a_leader_that_sees_another_holder_stops_leading_at_once(kube_api: KubeApi) -> None:
+    """Another holder in the Lease (a standby that took over while this one stalled, or an
+    administrator) ends leading at the next renewal, not after the renew deadline."""
+    ns = kube_api.namespace()
+    config = LeaseConfig("l", ns, "alpha", lease_duration=60, renew_deadline=40, retry_period=0.2)
+    elector = LeaderElector(kube_api.client(), config)
+    lost = threading.Event()
+    assert elector.acquire(threading.Event())
+    elector.keep(on_lost=lost.set)
+    try:
+        coordination = kubernetes.client.CoordinationV1Api(kube_api.client())
+        lease = coordination.read_namespaced_lease("l", ns)
+        lease.spec.holder_identity = "intruder"
+        lease.spec.renew_time = datetime.now(UTC)
+        coordination.replace_namespaced_lease("l", ns, lease)
+        assert lost.wait(timeout=20), "still leading after another holder took the Lease"
+        assert not elector.may_act()
+    finally:
+        elector.release()
+    assert lease_holder(kube_api, ns, "l") == "intruder"  # not released: it is not ours
 
 
 def _kubernetes_fleet(directory: Path, node: str) -> Path:

@@ -150,6 +150,7 @@ class NodeTransport:
         name = job_name(Operation.SCAN, self.node, args)
         with _api_errors(self.node), self.locks.holding(self.node):
             self._require_ready(drain.read_node(self.kube, self.node))
+            self._fence("creating the scan Job")
             document = jobs.run(self.kube, Operation.SCAN, self.node, args, self.settings, name)
             return inventory_of(document)
 
@@ -161,6 +162,7 @@ class NodeTransport:
         with _api_errors(self.node), self.locks.holding(self.node):
             if request.simulate:  # changes nothing: no reason to disturb the node's pods
                 self._require_ready(drain.read_node(self.kube, self.node))
+                self._fence("creating the simulated install Job")
                 document = jobs.run(
                     self.kube, Operation.INSTALL, self.node, args, self.settings, name
                 )
