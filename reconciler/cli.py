@@ -1675,10 +1675,10 @@ def _controller(args: argparse.Namespace) -> int:
     host, port = args.listen
     lease, node_settings = _controller_settings(args, namespace)
     pool = _ssh_pool()
-    transports, resume = _node_access(
-        api, node_settings, pool, args.ssh_dir, args.trust_root_scripts
-    )
     elector = LeaderElector(api, lease)
+    transports, resume = _node_access(
+        api, node_settings, pool, args.ssh_dir, args.trust_root_scripts, elector.may_act
+    )
     # Replicas sharing a PostgreSQL store wait for the Lease as standbys without its writer
     # lock (taken at start, it would refuse them), and take the lock once they lead.
     shared = _postgres_url(args) is not None
@@ -1691,7 +1691,7 @@ def _controller(args: argparse.Namespace) -> int:
                 store,
                 transports,
                 observers=observers,
-                leading=elector.leading.is_set,
+                leading=elector.may_act,
                 resume=resume,
             )
         else:
@@ -1765,13 +1765,19 @@ def _controller_settings(
 
 
 def _node_access(
-    api: Any, node_settings: NodeSettings, pool: SshPool, ssh_dir: Path, trust_root_scripts: bool
+    api: Any,
+    node_settings: NodeSettings,
+    pool: SshPool,
+    ssh_dir: Path,
+    trust_root_scripts: bool,
+    leading: Callable[[], bool],
 ) -> tuple[TransportFor, Callable[[], object]]:
     """The controller's transports and its ``resume_nodes``, sharing one set of node locks (a
-    node a transport works on is left alone by resume)."""
+    node a transport works on is left alone by resume), fenced by ``leading`` (a replica that
+    lost the Lease starts no step on a node)."""
     from reconciler.dispatch.nodes import NodeLocks, resume_nodes
 
-    locks = NodeLocks()
+    locks = NodeLocks(may_act=leading)
 
     def transports(instance: ManagedInstance) -> Transport:
         return transport_for(

@@ -112,6 +112,10 @@ class LeaderElector:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pending: threading.Thread | None = None
+        self._renewed_at: float | None = None
+        """When (this process's monotonic clock) the last successful attempt began."""
+        self._other = ""
+        """The other holder the last attempt found in the Lease ("" when none)."""
 
     # -- one attempt ------------------------------------------------------------------------
 
@@ -127,10 +131,11 @@ class LeaderElector:
         key = (holder.identity, holder.renew_time)
         if key != self._observed:
             self._observed, self._observed_at = key, self.clock()
+        mine = holder.identity == config.identity
+        self._other = "" if mine or not holder.identity else holder.identity
         if not may_acquire(holder, config.identity, self._observed_at, self.clock()):
             return False
         now = micro_time(self.wall())
-        mine = holder.identity == config.identity
         spec = {
             "holderIdentity": config.identity,
             "leaseDurationSeconds": math.ceil(config.lease_duration),
@@ -227,32 +232,38 @@ class LeaderElector:
     def acquire(self, stop: threading.Event) -> bool:
         """Block until this process leads (True) or ``stop`` is set (False)."""
         while not stop.is_set():
+            started = self.clock()
             if self._attempt():
+                self._renewed_at = started
                 self.leading.set()
                 return True
             stop.wait(self.config.retry_period)
         return False
 
+    def may_act(self) -> bool:
+        """Whether this process may still start a step that must happen under one leader (a
+        cordon, a drain, a node Job): it leads, and its last renewal began less than the renew
+        deadline ago. The second half does not wait for the renewing thread to notice: a process
+        that was frozen (SIGSTOP, a stalled VM) past the deadline refuses the moment it runs
+        again, even if its first thread to run is the one about to drain a node."""
+        renewed = self._renewed_at
+        return (
+            self.leading.is_set()
+            and renewed is not None
+            and self.clock() - renewed < self.config.renew_deadline
+        )
+
     def keep(self, on_lost: Callable[[], None]) -> None:
         """Renew in the background; call ``on_lost`` once when renewing failed for the renew
-        deadline (or another holder took over)."""
+        deadline, or at once when another holder is seen in the Lease."""
 
         def renew() -> None:
-            last = self.clock()
+            if self._renewed_at is None:
+                self._renewed_at = self.clock()
             while not self._stop.wait(self.config.retry_period):
-                # An attempt may hang far longer than the lease lasts (the request timeout, and
-                # urllib3's retries of it): wait for it only until the renew deadline, so this
-                # leader stops before a standby may take over. A renewal counts from when its
-                # attempt began (the server may have written it any time after that).
-                started = self.clock()
-                if self._attempt_within(last + self.config.renew_deadline - started):
-                    last = started
-                elif self.clock() - last >= self.config.renew_deadline:
-                    log.error(
-                        "lost lease: not renewed within the renew deadline",
-                        lease=self.config.name,
-                        seconds=self.config.renew_deadline,
-                    )
+                why = self._renew_once(self._renewed_at)
+                if why is not None:
+                    log.error(f"lost lease: {why}", lease=self.config.name)
                     self.leading.clear()
                     self.lost.set()
                     on_lost()
@@ -260,6 +271,25 @@ class LeaderElector:
 
         self._thread = threading.Thread(target=renew, name="lease", daemon=True)
         self._thread.start()
+
+    def _renew_once(self, last: float) -> str | None:
+        """One renewal; why leading is over (None: it is not)."""
+        # An attempt may hang far longer than the lease lasts (the request timeout, and urllib3's
+        # retries of it): wait for it only until the renew deadline, so this leader stops before
+        # a standby may take over. A renewal counts from when its attempt began (the server may
+        # have written it any time after that).
+        started = self.clock()
+        self._other = ""
+        if self._attempt_within(last + self.config.renew_deadline - started):
+            self._renewed_at = started
+            return None
+        if self._other:
+            # Someone else holds it now (taken over after this process stalled, or by hand):
+            # waiting out the deadline would let two leaders act meanwhile.
+            return f"now held by {self._other}"
+        if self.clock() - last >= self.config.renew_deadline:
+            return f"not renewed within the renew deadline ({self.config.renew_deadline:g} s)"
+        return None
 
     def release(self) -> None:
         """Stop renewing and, when still the holder, free the Lease for a standby."""

@@ -9,8 +9,9 @@ mirror, whether this replica leads) come through its constructor.
 
 :func:`run` waits for the Lease (answering ``/healthz`` as a standby meanwhile), then runs the
 loop's :class:`~reconciler.loop.Service` (watch wakes, interval, ``/metrics``, SIGTERM) while
-renewing the Lease; losing the Lease stops new jobs at once and makes :func:`run` return non-zero
-so the Pod restarts as a follower.
+renewing the Lease; losing the Lease stops new jobs at once, fences node work (no further cordon,
+drain, node Job or uncordon: the node transports share the elector's ``may_act``) and makes
+:func:`run` return non-zero so the Pod restarts as a follower.
 """
 
 from __future__ import annotations
@@ -181,9 +182,10 @@ def run(
     on_leading: Callable[[], object] = lambda: None,
 ) -> int:
     """Wait for the Lease, then reconcile until SIGTERM (exit 0, Lease released) or until the
-    Lease is lost (exit 1: no new job starts; running ones finish). ``metrics`` observes the
-    reconciler's occurrences; ``reconciler`` was built with ``leading=elector.leading.is_set``
-    (a :class:`ControllerReconciler`) so that only the leader writes. ``on_leading`` runs once
+    Lease is lost (exit 1: no new job starts; running node jobs stop at their next step, the
+    fence of ``elector.may_act``). ``metrics`` observes the reconciler's occurrences;
+    ``reconciler`` was built with ``leading=elector.may_act`` (a :class:`ControllerReconciler`)
+    so that only the leader writes. ``on_leading`` runs once
     the Lease is won, before anything else: a store shared by the replicas takes its writer
     lock there; if it raises, the Lease is released for another replica."""
     if not _standby(elector, host, port, metrics):

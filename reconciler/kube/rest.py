@@ -17,6 +17,7 @@ from urllib.parse import quote
 from kubernetes.client import ApiClient
 
 from reconciler.api.resources import GROUP, NAMES, VERSION
+from reconciler.kube.backoff import Backoff
 from reconciler.kube.errors import ApiException, watch_error
 
 REQUEST_TIMEOUT = 30.0
@@ -123,9 +124,14 @@ class Kube:
         name: str,
         done: Callable[[JsonObject | None], bool],
         deadline: float,
+        *,
+        backoff: Backoff | None = None,
     ) -> JsonObject | None:
         """Watch the object ``name`` of ``collection`` until ``done(object)`` (None: it does not
-        exist) or the monotonic ``deadline``; returns the last state seen either way."""
+        exist) or the monotonic ``deadline``; returns the last state seen either way. A watch
+        that ends early (an error, a proxy closing it) is watched again after ``backoff``'s
+        pause."""
+        backoff = backoff or Backoff()
         selector = [("fieldSelector", f"metadata.name={name}")]
         while True:
             current = self.get(f"{collection}/{quote(name)}")
@@ -137,6 +143,7 @@ class Kube:
                     "resourceVersion"
                 ]
             seconds = max(1, min(WATCH_SECONDS, int(deadline - time.monotonic()) + 1))
+            started = backoff.clock()
             for kind, obj in self.events(collection, selector, str(version), seconds):
                 if kind == "ERROR":
                     break  # e.g. 410 Gone: read again and watch from there
@@ -144,6 +151,7 @@ class Kube:
                     return None if kind == "DELETED" else obj
                 if time.monotonic() >= deadline:
                     break
+            backoff.pause(started, enough=seconds, limit=deadline - time.monotonic())
 
     def events(
         self,

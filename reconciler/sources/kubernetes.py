@@ -29,6 +29,7 @@ import yaml
 from reconciler.api.resources import API_VERSION, KINDS, NAMES
 from reconciler.api.snapshot import Problem, Snapshot
 from reconciler.kube import API_FAILURES, ApiClient, ApiException, Collection, Kube, resource_path
+from reconciler.kube.backoff import Backoff
 from reconciler.sources.base import Files, Revision, RevisionInvalid, SourceError, validated
 from reconciler.sources.directory import content_digest
 
@@ -40,7 +41,6 @@ NODE_LABEL = "patchwarden.io/node"
 # kubectl apply keeps the whole previous object here: it repeats the spec and only adds noise.
 _LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 _WATCH_SECONDS = 300  # a watch is re-opened this often (from the last resourceVersion)
-_MAX_BACKOFF = 30.0
 _READS = 3  # a refused set is read again (up to this often) until two reads agree
 
 
@@ -216,8 +216,10 @@ def _significant(item: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 class _Watcher:
-    """List, then watch from the list's resourceVersion; re-list on 410 Gone or an error (with
-    backoff). Each relevant change calls ``on_change``."""
+    """List, then watch from the list's resourceVersion; list and watch again when the watch
+    ends, normally (the server's timeout, a proxy closing it) or not (410 Gone, an error), after
+    ``backoff``'s pause (reconciler/kube/backoff.py: none after a watch that lasted). Each
+    relevant change calls ``on_change``."""
 
     def __init__(
         self,
@@ -226,8 +228,11 @@ class _Watcher:
         stop: threading.Event,
         *,
         name: str,
+        backoff: Backoff | None = None,
     ) -> None:
         self.lister, self.on_change, self.stopped = lister, on_change, stop
+        # The pause ends at once when the watchers are stopped.
+        self.backoff = backoff or Backoff(sleep=stop.wait)
         self.known: dict[str, tuple[Any, ...]] = {}
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -239,25 +244,22 @@ class _Watcher:
         self.thread.join(timeout=2)
 
     def _run(self) -> None:
-        backoff = 1.0
         first = True
         while not self.stopped.is_set():
+            started = self.backoff.clock()
             try:
                 version = self._relist(wake=not first)
                 first = False
                 self._follow(version)  # returns when the server ends the watch: list again
-                backoff = 1.0
             except Exception as exc:  # the API is away or the watch expired: never end the watch
                 if self.stopped.is_set():
                     return
                 if isinstance(exc, ApiException) and exc.status == 410:
                     log.info("watch expired (410 Gone); listing again", watch=self.thread.name)
-                    continue
-                log.warning(
-                    "watch failed", watch=self.thread.name, error=str(exc), retry_in=backoff
-                )
-                self.stopped.wait(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                else:
+                    log.warning("watch failed", watch=self.thread.name, error=str(exc))
+            if not self.stopped.is_set():
+                self.backoff.pause(started)
 
     def _relist(self, *, wake: bool) -> str:
         body = self.lister.list()

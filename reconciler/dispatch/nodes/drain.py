@@ -16,23 +16,28 @@ from urllib.parse import quote
 
 from reconciler.dispatch.base import AgentFailed
 from reconciler.dispatch.nodes.model import (
+    ANNOTATION_AGENT_BOOT_ID,
     ANNOTATION_BOOT_ID,
     ANNOTATION_CORDONED,
     ANNOTATION_JOB,
     ANNOTATION_PHASE,
+    ANNOTATION_SEEN_DOWN,
     ANNOTATION_SINCE,
     EVICT,
     REFUSE,
     WAIT,
+    Fence,
     NodeSettings,
     NodeState,
     boot_id,
     clear_state_patch,
     drain_disposition,
     eviction_body,
+    node_ready,
     node_state,
     pod_key,
     rebooted,
+    unfenced,
     unschedulable,
 )
 from reconciler.kube import ApiException, JsonObject, Kube, status_message
@@ -100,7 +105,7 @@ def set_phase(kube: Kube, name: str, phase: str, **notes: str) -> JsonObject:
     return update_node(kube, name, lambda _node: {"metadata": {"annotations": dict(notes_now)}})
 
 
-def start_patching(kube: Kube, name: str, job: str) -> JsonObject:
+def start_patching(kube: Kube, name: str, job: str, agent_boot_id: str = "") -> JsonObject:
     """Record phase ``patching`` (the Job, and the boot ID before it), only if the node is still
     cordoned and draining as this drain left it. Someone who uncordoned it meanwhile (an
     administrator, or a new leader's resume_nodes after this replica lost its Lease) must not
@@ -119,6 +124,8 @@ def start_patching(kube: Kube, name: str, job: str) -> JsonObject:
             ANNOTATION_JOB: job,
             ANNOTATION_BOOT_ID: boot_id(node),
         }
+        if agent_boot_id:  # a node without bootID: the agent's own, read just before
+            notes[ANNOTATION_AGENT_BOOT_ID] = agent_boot_id
         return {"metadata": {"annotations": notes}}
 
     return update_node(kube, name, change)
@@ -189,10 +196,11 @@ def _refusal(exc: ApiException) -> str:
     return "; ".join([message, *reasons])
 
 
-def drain(kube: Kube, name: str, settings: NodeSettings) -> list[str]:
+def drain(kube: Kube, name: str, settings: NodeSettings, *, fence: Fence = unfenced) -> list[str]:
     """Evict every pod the drain concerns and wait until they are gone; returns the evicted
     pods (namespace/name). AgentFailed (DrainRefused, DrainTimeout) names the pods that stopped
-    it and why; the caller puts the node back."""
+    it and why; the caller puts the node back. ``fence(step)`` runs before every round of
+    evictions and of waiting (it raises once this process may not act any more)."""
     deadline = time.monotonic() + settings.drain_timeout
     keep = frozenset(settings.keep_pods)
     pending: dict[str, JsonObject] = {}
@@ -215,6 +223,7 @@ def drain(kube: Kube, name: str, settings: NodeSettings) -> list[str]:
     delay = settings.poll_seconds
     blocked: dict[str, str] = {}
     while pending:
+        fence("evicting pods")
         for key, pod in list(pending.items()):
             refusal = _evict(kube, pod, settings)
             if refusal is None:
@@ -235,15 +244,21 @@ def drain(kube: Kube, name: str, settings: NodeSettings) -> list[str]:
             )
         time.sleep(delay)
         delay = min(delay * 2, MAX_BACKOFF)
-    _wait_gone(kube, name, leaving, deadline, settings)
+    _wait_gone(kube, name, leaving, deadline, settings, fence)
     return sorted(leaving)
 
 
 def _wait_gone(
-    kube: Kube, name: str, leaving: Mapping[str, str], deadline: float, settings: NodeSettings
+    kube: Kube,
+    name: str,
+    leaving: Mapping[str, str],
+    deadline: float,
+    settings: NodeSettings,
+    fence: Fence,
 ) -> None:
     """Wait until none of ``leaving`` (the same pod, by UID) is on the node any more."""
     while True:
+        fence("waiting for evicted pods")
         present = {pod_key(p): str(p["metadata"].get("uid")) for p in _pods_on(kube, name)}
         still = sorted(key for key, uid in leaving.items() if present.get(key) == uid)
         if not still:
@@ -261,9 +276,47 @@ def _wait_gone(
 # --- reboot ------------------------------------------------------------------------------------
 
 
-def wait_rebooted(kube: Kube, name: str, before: str | None, timeout: float) -> bool:
+def wait_rebooted(
+    kube: Kube, name: str, before: str | None, timeout: float, *, fence: Fence = unfenced
+) -> bool:
     """Wait until the node is Ready with a boot ID other than ``before``."""
-    node = kube.wait(
-        NODES, name, lambda n: rebooted(n, before), time.monotonic() + max(0.0, timeout)
-    )
+
+    def back(node: JsonObject | None) -> bool:
+        fence("waiting for the reboot")
+        return rebooted(node, before)
+
+    node = kube.wait(NODES, name, back, time.monotonic() + max(0.0, timeout))
     return rebooted(node, before)
+
+
+def mark_down(kube: Kube, name: str) -> None:
+    """Record that a rebooting node without bootID was seen NotReady (the first half of seeing
+    it reboot; a new leader reads it from here)."""
+
+    def change(node: JsonObject) -> dict[str, Any] | None:
+        if node_state(node).phase != "rebooting":
+            return None  # finished or rolled back meanwhile: nothing to note
+        return {"metadata": {"annotations": {ANNOTATION_SEEN_DOWN: "true"}}}
+
+    update_node(kube, name, change)
+
+
+def wait_down_and_up(
+    kube: Kube, name: str, seen_down: bool, deadline: float, *, fence: Fence = unfenced
+) -> bool:
+    """Wait (until the monotonic ``deadline``) for a node without bootID to go NotReady, which
+    is recorded, unless ``seen_down`` already, and then Ready again; whether it did."""
+
+    def down(node: JsonObject | None) -> bool:
+        fence("waiting for the reboot")
+        return node is not None and not node_ready(node)
+
+    def up(node: JsonObject | None) -> bool:
+        fence("waiting for the reboot")
+        return node is not None and node_ready(node)
+
+    if not seen_down:
+        if not down(kube.wait(NODES, name, down, deadline)):
+            return False
+        mark_down(kube, name)
+    return up(kube.wait(NODES, name, up, deadline))

@@ -13,17 +13,21 @@ from urllib.parse import quote
 
 from reconciler.dispatch.base import AgentFailed
 from reconciler.dispatch.nodes.model import (
+    Fence,
     NodeSettings,
     document_of,
     job_failure,
     job_finished,
     job_manifest,
+    unfenced,
 )
 from reconciler.kube import ApiException, JsonObject, Kube
 
 RESULT_GRACE = 30.0
 """Seconds a finished Job's ConfigMap may lag behind it (the wrapper writes it before exiting,
 so this only covers a slow API)."""
+FRESH = ("scan", "bootid")
+"""Operations whose finished Job is stale: what they read must be read now."""
 DEADLINE_GRACE = 60.0
 """Seconds we wait beyond the Job's own activeDeadlineSeconds for the Job controller to fail
 it, before giving up ourselves."""
@@ -46,11 +50,11 @@ def start(
     settings: NodeSettings,
 ) -> bool:
     """Make sure the Job ``name`` exists; True when we created it, False when we attach to one
-    already there (an install is never started twice). A scan Job found finished is stale (its
-    result would be old) and is run again."""
+    already there (an install is never started twice). A scan or boot-id Job found finished is
+    stale (its result would be old) and is run again."""
     collection = jobs_path(settings.namespace)
     existing = kube.get(f"{collection}/{quote(name)}")
-    if existing is not None and operation.lower() == "scan" and job_finished(existing):
+    if existing is not None and operation.lower() in FRESH and job_finished(existing):
         remove(kube, name, settings)
         existing = None
     if existing is not None:
@@ -66,12 +70,25 @@ def start(
     return True
 
 
-def collect(kube: Kube, name: str, node: str, settings: NodeSettings) -> dict[str, Any]:
+def collect(
+    kube: Kube,
+    name: str,
+    node: str,
+    settings: NodeSettings,
+    *,
+    fence: Fence = unfenced,
+) -> dict[str, Any]:
     """Wait for the Job to finish and return the agent's document (AgentFailed: the agent's
-    error, a failed or vanished Job, or no result within the Job's deadline)."""
+    error, a failed or vanished Job, or no result within the Job's deadline). ``fence(step)``
+    runs at every change seen, and ends the wait by raising."""
     collection = jobs_path(settings.namespace)
     deadline = time.monotonic() + settings.job_timeout + DEADLINE_GRACE
-    job = kube.wait(collection, name, lambda j: j is None or job_finished(j) is not None, deadline)
+
+    def finished(job: JsonObject | None) -> bool:
+        fence("waiting for the install Job")
+        return job is None or job_finished(job) is not None
+
+    job = kube.wait(collection, name, finished, deadline)
     if job is not None and job_finished(job) is None:
         raise AgentFailed(
             "Timeout", f"node {node}: Job {name} did not finish within {settings.job_timeout:.0f}s"

@@ -10,7 +10,7 @@ import gzip
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -26,13 +26,22 @@ ANNOTATION_BOOT_ID = "patchwarden.io/boot-id"
 """status.nodeInfo.bootID before patching: a different one means the node has rebooted."""
 ANNOTATION_SINCE = "patchwarden.io/phase-since"
 """When the current phase began (RFC 3339, UTC)."""
+ANNOTATION_AGENT_BOOT_ID = "patchwarden.io/agent-boot-id"
+"""On a node whose status.nodeInfo.bootID is empty: the boot id the agent read on the host
+(/proc/sys/kernel/random/boot_id) before patching."""
+ANNOTATION_SEEN_DOWN = "patchwarden.io/seen-not-ready"
+""""true" once such a node was seen NotReady after its reboot started."""
 STATE_ANNOTATIONS = (
     ANNOTATION_PHASE,
     ANNOTATION_JOB,
     ANNOTATION_CORDONED,
     ANNOTATION_BOOT_ID,
     ANNOTATION_SINCE,
+    ANNOTATION_AGENT_BOOT_ID,
+    ANNOTATION_SEEN_DOWN,
 )
+BOOT_ID_OPERATION = "BootId"
+"""The node Job that runs the agent's ``boot-id`` (nodes without a bootID)."""
 PHASES = ("cordoned", "draining", "patching", "rebooting")
 
 LABEL_COMPONENT = "app.kubernetes.io/component"
@@ -116,9 +125,9 @@ class NodeSettings:
             "ttlSecondsAfterFinished": "job_ttl_seconds",
             "pollSeconds": "poll_seconds",
         }
-        known.update(renamed)
         for name in renamed.values():
             known.pop(_camel(name), None)
+        known.update(renamed)  # after: pollSeconds is both a field's camelCase and a new name
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(
@@ -340,6 +349,27 @@ def document_of(configmap: Mapping[str, Any], node: str) -> dict[str, Any]:
 # --- Nodes --------------------------------------------------------------------------------------
 
 
+Fence = Callable[[str], None]
+"""Called with the next step on a node before it starts; raises NotLeading when this process
+may not start it (it lost the leader Lease)."""
+
+
+def unfenced(step: str) -> None:
+    """The fence of a caller without a leader Lease: every step may start."""
+
+
+class NotLeading(AgentFailed):
+    """This process lost the leader Lease: it starts no further step on the node and undoes
+    nothing; the new leader resumes or rolls back the node from its annotations."""
+
+    def __init__(self, node: str, step: str) -> None:
+        super().__init__(
+            "LeaseLost",
+            f"node {node}: this controller lost the leader Lease before {step}; the node is left "
+            "as its annotations say, for the new leader to resume or roll back",
+        )
+
+
 @dataclass(frozen=True)
 class NodeState:
     """What the annotations on a Node say about the patching in progress there."""
@@ -349,6 +379,8 @@ class NodeState:
     cordoned_by_us: bool
     boot_id: str | None
     since: str | None
+    agent_boot_id: str | None = None
+    seen_down: bool = False
 
 
 def node_state(node: Mapping[str, Any]) -> NodeState:
@@ -359,6 +391,8 @@ def node_state(node: Mapping[str, Any]) -> NodeState:
         cordoned_by_us=notes.get(ANNOTATION_CORDONED) == "true",
         boot_id=notes.get(ANNOTATION_BOOT_ID),
         since=notes.get(ANNOTATION_SINCE),
+        agent_boot_id=notes.get(ANNOTATION_AGENT_BOOT_ID),
+        seen_down=notes.get(ANNOTATION_SEEN_DOWN) == "true",
     )
 
 
@@ -380,6 +414,19 @@ def node_ready(node: Mapping[str, Any]) -> bool:
 def rebooted(node: Mapping[str, Any] | None, before: str | None) -> bool:
     """The node is back: Ready, with a boot ID other than the one recorded before the reboot."""
     return node is not None and node_ready(node) and boot_id(node) not in ("", before)
+
+
+def back_without_boot_id(node: Mapping[str, Any] | None, state: NodeState, agent_now: str) -> bool:
+    """Whether a node whose kubelet reports no bootID is back from the reboot recorded in
+    ``state``: seen NotReady since the reboot started, Ready now, and the agent's boot id now
+    (``agent_now``) is not the one it read before patching. The transition alone could be a
+    network blip; the boot id alone cannot be read while the node is down."""
+    return (
+        node is not None
+        and state.seen_down
+        and node_ready(node)
+        and agent_now not in ("", state.agent_boot_id or "")
+    )
 
 
 def clear_state_patch() -> dict[str, Any]:

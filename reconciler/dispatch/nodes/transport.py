@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -23,6 +24,7 @@ from reconciler.dispatch.base import (
     AgentFailed,
     BaselineSource,
     InstallRequest,
+    boot_id_of,
     install_args,
     install_result_of,
     inventory_of,
@@ -31,11 +33,14 @@ from reconciler.dispatch.base import (
 from reconciler.dispatch.nodes import drain, jobs
 from reconciler.dispatch.nodes.model import (
     ANNOTATION_NODE,
+    BOOT_ID_OPERATION,
     COMPONENT,
     LABEL_COMPONENT,
     LABEL_MANAGED_BY,
     NodeSettings,
     NodeState,
+    NotLeading,
+    back_without_boot_id,
     boot_id,
     document_of,
     job_finished,
@@ -52,15 +57,25 @@ _REFUSED = (400, 403, 422)
 
 
 class NodeLocks:
-    """One operation per node at a time, and which nodes are being worked on. Every transport
-    of a process and its ``resume_nodes`` must share one (the loop never asks for two operations
-    on a node; this keeps two callers from reading and removing each other's Job, and resume
-    from rolling back a node a transport is patching)."""
+    """One operation per node at a time, which nodes are being worked on, and whether this
+    process may still act on nodes at all. Every transport of a process and its
+    ``resume_nodes`` must share one (the loop never asks for two operations on a node; this
+    keeps two callers from reading and removing each other's Job, and resume from rolling back
+    a node a transport is patching)."""
 
-    def __init__(self) -> None:
+    def __init__(self, may_act: Callable[[], bool] = lambda: True) -> None:
+        """``may_act``: whether this process still leads (the controller's Lease); checked
+        before every step on a node, so that a replica that lost the Lease starts none."""
         self._locks: dict[str, threading.Lock] = {}
         self._active: set[str] = set()
         self._registry = threading.Lock()
+        self.may_act = may_act
+
+    def fence(self, node: str, step: str) -> None:
+        """Raise NotLeading, before ``step`` on ``node``, once this process may not act."""
+        if not self.may_act():
+            _log.warning("not leading: leaving the node to the new leader", node=node, before=step)
+            raise NotLeading(node, step)
 
     @contextlib.contextmanager
     def holding(self, node: str) -> Iterator[None]:
@@ -135,6 +150,7 @@ class NodeTransport:
         name = job_name(Operation.SCAN, self.node, args)
         with _api_errors(self.node), self.locks.holding(self.node):
             self._require_ready(drain.read_node(self.kube, self.node))
+            self._fence("creating the scan Job")
             document = jobs.run(self.kube, Operation.SCAN, self.node, args, self.settings, name)
             return inventory_of(document)
 
@@ -146,6 +162,7 @@ class NodeTransport:
         with _api_errors(self.node), self.locks.holding(self.node):
             if request.simulate:  # changes nothing: no reason to disturb the node's pods
                 self._require_ready(drain.read_node(self.kube, self.node))
+                self._fence("creating the simulated install Job")
                 document = jobs.run(
                     self.kube, Operation.INSTALL, self.node, args, self.settings, name
                 )
@@ -174,6 +191,7 @@ class NodeTransport:
             self._require_ready(current)
             self._prepare(name)
         try:
+            self._fence("creating the install Job")
             try:
                 jobs.start(kube, name, Operation.INSTALL, node, args, settings)
             except ApiException as exc:
@@ -182,14 +200,39 @@ class NodeTransport:
                         "KubernetesApiError", f"node {node}: {exc.status}: {status_message(exc)}"
                     ) from None
                 raise  # the Job may exist: resume_nodes finds out
-            document = jobs.collect(kube, name, node, settings)
+            document = jobs.collect(kube, name, node, settings, fence=self._fence)
         except AgentFailed:
             # Nothing more will run on the node: put it back as it was, unless another run
-            # (a new leader attached to the same Job) has moved it on to rebooting meanwhile.
+            # (a new leader attached to the same Job) has moved it on to rebooting meanwhile,
+            # or this process no longer leads (the new leader's resume_nodes does it then).
+            self._fence("rolling back")
             jobs.remove(kube, name, settings)
             drain.uncordon(kube, node, job=name)
             raise
         return self._after(name, document)
+
+    def _back(self, before: NodeState) -> bool:
+        """Wait for the node to come back from the reboot ``before`` recorded: Ready with a new
+        bootID, or, where the kubelet reports none, NotReady then Ready and the agent's boot id
+        changed (a NotReady that was no reboot is waited past)."""
+        kube, node, timeout = self.kube, self.node, self.settings.reboot_timeout
+        if before.boot_id:
+            return drain.wait_rebooted(kube, node, before.boot_id, timeout, fence=self._fence)
+        deadline = time.monotonic() + max(0.0, timeout)
+        seen_down = before.seen_down
+        while drain.wait_down_and_up(kube, node, seen_down, deadline, fence=self._fence):
+            current = drain.read_node(kube, node)
+            if back_without_boot_id(current, node_state(current), self._agent_boot_id()):
+                return True
+            seen_down = False  # Ready again without a reboot: wait for the real one
+        return False
+
+    def _agent_boot_id(self) -> str:
+        return agent_boot_id(self.kube, self.node, self.settings)
+
+    def _fence(self, step: str) -> None:
+        """NotLeading before ``step`` once this process lost the leader Lease."""
+        self.locks.fence(self.node, step)
 
     def _require_ready(self, node: JsonObject) -> None:
         """A node that is not Ready would never run the Job: say so now, before disturbing it,
@@ -201,24 +244,29 @@ class NodeTransport:
         """Cordon, drain, and record the boot ID and the Job before it is created: the agent may
         reboot the host any time after it starts."""
         kube, node, settings = self.kube, self.node, self.settings
+        self._fence("cordoning")
         drain.cordon(kube, node)
         try:
+            self._fence("draining")
             drain.set_phase(kube, node, "draining")
-            drain.drain(kube, node, settings)
-            drain.start_patching(kube, node, name)
+            drain.drain(kube, node, settings, fence=self._fence)
+            # Without a bootID from the kubelet, the agent's own boot id tells a reboot apart.
+            agent_boot = "" if boot_id(drain.read_node(kube, node)) else self._agent_boot_id()
+            self._fence("recording the install Job")
+            drain.start_patching(kube, node, name, agent_boot)
         except BaseException:
+            self._fence("rolling back the cordon")  # a new leader rolls it back then
             drain.uncordon(kube, node)  # no Job was created: roll back
             raise
 
     def _after(self, name: str, document: dict[str, Any]) -> dict[str, Any]:
         kube, node, settings = self.kube, self.node, self.settings
         reboot = document.get("reboot") or {}
+        self._fence("finishing the install")  # the new leader reads the Job's result itself
         if reboot.get("performed"):
-            before = drain.set_phase(kube, node, "rebooting")
+            before = node_state(drain.set_phase(kube, node, "rebooting"))
             jobs.remove(kube, name, settings)
-            if not drain.wait_rebooted(
-                kube, node, node_state(before).boot_id, settings.reboot_timeout
-            ):
+            if not self._back(before):
                 # Left cordoned and recorded: resume_nodes uncordons it once it is back.
                 raise AgentFailed(
                     "RebootTimeout",
@@ -228,6 +276,7 @@ class NodeTransport:
                 )
         else:
             jobs.remove(kube, name, settings)
+        self._fence("uncordoning")
         drain.uncordon(kube, node)
         return document
 
@@ -253,6 +302,8 @@ def resume_nodes(
     kube = Kube(api_client)
     locks = locks or PROCESS_LOCKS
     finished: list[str] = []
+    if not locks.may_act():
+        return finished  # a replica that lost the Lease leaves the nodes to the new leader
     listing = kube.request("GET", drain.NODES)
     nodes = {str(node["metadata"]["name"]) for node in listing.get("items") or []}
     try:
@@ -310,9 +361,31 @@ def _resume(kube: Kube, node: JsonObject, state: NodeState, settings: NodeSettin
         if performed or (configmap is None and boot_id(node) not in ("", state.boot_id)):
             drain.set_phase(kube, name, "rebooting")
             state = NodeState("rebooting", state.job, state.cordoned_by_us, state.boot_id, None)
-    if state.phase == "rebooting" and not rebooted(node, state.boot_id):
+    if state.phase == "rebooting" and not _back_now(kube, node, state, settings):
         return False
     if state.job:
         jobs.remove(kube, state.job, settings)
     drain.uncordon(kube, name)
     return True
+
+
+def _back_now(kube: Kube, node: JsonObject, state: NodeState, settings: NodeSettings) -> bool:
+    """Whether the rebooting ``node`` is back now; for a node without bootID, a NotReady seen
+    is recorded, and once it is Ready again the agent's boot id is read (a Job)."""
+    if state.boot_id:
+        return rebooted(node, state.boot_id)
+    name = str(node["metadata"]["name"])
+    if not node_ready(node):
+        if not state.seen_down:
+            drain.mark_down(kube, name)
+        return False
+    return state.seen_down and back_without_boot_id(
+        node, state, agent_boot_id(kube, name, settings)
+    )
+
+
+def agent_boot_id(kube: Kube, node: str, settings: NodeSettings) -> str:
+    """The boot id the agent reads on the node's host (a short Job running ``boot-id``)."""
+    args = ["boot-id"]
+    name = job_name(BOOT_ID_OPERATION, node, args)
+    return boot_id_of(jobs.run(kube, BOOT_ID_OPERATION, node, args, settings, name))
