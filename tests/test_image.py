@@ -17,12 +17,14 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reconciler import __version__
+from tests.waiting import tail_of, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = f"patchwarden.io/patchwarden:{__version__}"
@@ -231,3 +233,65 @@ def test_the_dockerfile_and_the_image_describe_the_same_container(oci: dict[str,
 def test_the_dockerfile_installs_the_same_locked_requirements() -> None:
     runs = " ".join(rest for stage in _instructions() for word, rest in stage if word == "RUN")
     assert "scripts/image requirements" in runs and "--require-hashes" in runs
+
+
+# --- containerd imports and runs it --------------------------------------------------------------
+
+CONTAINERD_SKIP = next(
+    (f"needs {tool} (Debian's containerd and runc)" for tool in ("containerd", "ctr", "runc")
+     if shutil.which(tool) is None),
+    "",
+)  # fmt: skip
+
+
+@pytest.fixture
+def containerd(tmp_path: Path) -> Iterator[list[str]]:
+    """A containerd of the test's own (its root, state and socket in tmp_path; no CRI plugin),
+    never the host's: the ``ctr`` command line that talks to it."""
+    sock = tmp_path / "containerd.sock"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'version = 2\nroot = "{tmp_path / "root"}"\nstate = "{tmp_path / "state"}"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{sock}"\n[ttrpc]\n  address = "{sock}.ttrpc"\n'
+    )
+    log = tmp_path / "containerd.log"
+    with log.open("w") as out:
+        daemon = subprocess.Popen(["containerd", "--config", config], stdout=out, stderr=out)
+    ctr = ["ctr", "--address", str(sock), "--namespace", "k8s.io"]
+    try:
+        wait_until(
+            "containerd answers",
+            lambda: subprocess.run([*ctr, "version"], capture_output=True).returncode == 0,
+            detail=tail_of(log),
+        )
+        yield ctr
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=60)
+
+
+@pytest.mark.skipif(bool(CONTAINERD_SKIP), reason=CONTAINERD_SKIP or "-")
+def test_ctr_images_import_names_it_and_runc_runs_it_as_the_image_user(
+    built: tuple[Path, list[str]], containerd: list[str]
+) -> None:
+    """What the kubelet's node does with the archive (docs/kubernetes.md "Build the image")."""
+    imported = subprocess.run(
+        [*containerd, "images", "import", built[0]], capture_output=True, text=True, check=False
+    )
+    assert imported.returncode == 0, imported.stderr
+    listed = subprocess.run(
+        [*containerd, "images", "ls", "--quiet"], capture_output=True, text=True, check=True
+    )
+    assert listed.stdout.split() == [NAME]
+
+    def run(name: str, *argv: str) -> str:
+        done = subprocess.run(
+            [*containerd, "run", "--rm", NAME, name, *argv],
+            capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert run("pw-version", "patchctl", "--version").split() == ["patchctl", __version__]
+    assert run("pw-user", "id", "-u").strip() == "65532"
