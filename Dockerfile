@@ -2,6 +2,8 @@
 # The Patchwarden image: `patchctl` (the controller, and `patchctl node-agent` in node Jobs) plus
 # the stdlib-only agent zipapp at /opt/patchwarden/agent.pyz.
 #   docker build -t ghcr.io/patchwarden/patchwarden:0.1.0 .
+# Without a registry, `make image` (scripts/image) builds the same container from Debian's packages;
+# tests/test_image.py keeps the two saying the same (entrypoint, user, workdir, env, ports, pins).
 # The controller runs as uid 65532 with a read-only root filesystem (charts/patchwarden); node
 # Jobs run the same image as root on the host they patch (set by the controller's Job manifest).
 
@@ -11,10 +13,14 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE requirements.txt ./
 COPY reconciler ./reconciler
-COPY scripts/build-agent ./scripts/build-agent
-RUN pip wheel --wheel-dir /wheels . \
+COPY scripts/build-agent scripts/image ./scripts/
+# The runtime closure of the lock, hashed (the dev tools it also pins stay out): the same
+# pins `make image` installs.
+RUN python3 scripts/image requirements > /runtime.txt \
+ && pip wheel --require-hashes --wheel-dir /wheels -r /runtime.txt \
+ && pip wheel --no-deps --wheel-dir /wheels . \
  && python3 scripts/build-agent /out/agent.pyz
 
 # --- runtime --------------------------------------------------------------------------------
