@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ from reconciler.report.notify.events import Retry
 from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.report.views.render import short_revision
 from tests.aptlab import Repo
-from tests.conftest import needs_apt
+from tests.conftest import INSTALLED, needs_apt
 from tests.fleet import (
     BASELINE_YAML,
     documents,
@@ -492,6 +493,44 @@ def test_a_reconcile_of_a_debian_root_tells_slack_the_window_started_and_ended(
         "*Failed:* 0\n*Pending reboot:* 0",
     ]
     assert all(footer in t for t in texts)
+
+
+@needs_apt
+def test_a_failed_install_on_a_debian_root_is_mailed_with_the_end_of_its_output(
+    tmp_path: Path, apt_repo: Repo, mailbox: tuple[Mailbox, int]
+) -> None:
+    """pwtest-fail's postinst exits 1: the machine's failure and the window's are mailed."""
+    box, port = mailbox
+    failing = [p for p in INSTALLED if p.name in ("pwtest-lib", "pwtest-fail")]
+    roots = make_fleet(tmp_path / "fleet", apt_repo, ["db-1"], failing)
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "fleet.yaml").write_text(
+        documents(BASELINE_YAML, window_yaml("noon", "cron(0 12 * * ? *)"))
+    )
+    (config / "instances.yaml").write_text(local_instance_yaml("db-1", roots["db-1"]))
+    run = patchctl(
+        *("reconcile", "--source", str(config), *state_args(tmp_path)),
+        *("--now", "2026-11-28T12:30:00Z", "--events-email", "ops@example.invalid"),
+        *("--events-smtp", f"127.0.0.1:{port}", "--events-smtp-from", "pw@example.invalid"),
+        PATCHWARDEN_TRUST_ROOT_SCRIPTS="1",
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    subjects = [mail["Subject"] for _, mail in box.mails]
+    # The loop records the execution's failure, then announces the job's; it tries the install
+    # once more in the pass (a mail per failed job).
+    assert subjects[:2] == [
+        "[patchwarden] Window noon started",
+        "[patchwarden] Window noon ended: FAILED",
+    ]
+    assert set(subjects[2:]) == {"[patchwarden] Machine db-1 failed: Install in window noon"}
+    failed = box.mails[2][1].get_payload(decode=True).decode()
+    assert "Last output:\n" in failed.replace("\r\n", "\n")
+    said = "    pwtest-fail 1.0-2: dpkg: error processing package pwtest-fail (--configure)"
+    assert said in failed
+    assert re.search(r" · 2026-11-28T12:30:\d\dZ\r?\n$", failed)  # to the second
+    ended = box.mails[1][1].get_payload(decode=True).decode().replace("\r\n", "\n")
+    assert "Installed: 0\nFailed: 1\nPending reboot: 0\n" in ended
 
 
 def state_args(tmp_path: Path) -> list[str]:

@@ -184,7 +184,8 @@ def _footer(o: Occurrence) -> str:
     revision = short_revision(o.revision) if o.revision else "no revision"
     author = o.author.partition(" <")[0]  # the name; the address stays in the audit log
     by = f" by {author}" if author else ""
-    return f"{revision}{by} · {o.time.isoformat().replace('+00:00', 'Z')}"
+    when = o.time.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return f"{revision}{by} · {when}"
 
 
 # --- the payloads ----------------------------------------------------------------------------
