@@ -34,7 +34,7 @@ from reconciler.report.notify.chat.sinks import EmailSink, SlackSink, Smtp, Team
 from reconciler.report.notify.events import Retry
 from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.report.views.render import short_revision
-from tests.aptlab import Repo
+from tests.aptlab import Pkg, Repo
 from tests.conftest import INSTALLED, needs_apt
 from tests.fleet import (
     BASELINE_YAML,
@@ -464,17 +464,23 @@ def test_mail_over_starttls_with_a_login(tmp_path: Path) -> None:
 # --- 4. end to end -----------------------------------------------------------------------------
 
 
-@needs_apt
-def test_a_reconcile_of_a_debian_root_tells_slack_the_window_started_and_ended(
-    tmp_path: Path, apt_repo: Repo, receiver: Receiver
-) -> None:
-    roots = make_fleet(tmp_path / "fleet", apt_repo, ["web-1"], BEFORE)
+def noon_window(tmp_path: Path, apt_repo: Repo, name: str, installed: list[Pkg]) -> Path:
+    """A directory source: one Debian root with ``installed``, window noon (daily, 12:00-16:00)."""
+    roots = make_fleet(tmp_path / "fleet", apt_repo, [name], installed)
     config = tmp_path / "config"
     config.mkdir()
     (config / "fleet.yaml").write_text(
         documents(BASELINE_YAML, window_yaml("noon", "cron(0 12 * * ? *)"))
     )
-    (config / "instances.yaml").write_text(local_instance_yaml("web-1", roots["web-1"]))
+    (config / "instances.yaml").write_text(local_instance_yaml(name, roots[name]))
+    return config
+
+
+@needs_apt
+def test_a_reconcile_of_a_debian_root_tells_slack_the_window_started_and_ended(
+    tmp_path: Path, apt_repo: Repo, receiver: Receiver
+) -> None:
+    config = noon_window(tmp_path, apt_repo, "web-1", BEFORE)
     revisions = []
     for now in ("2026-11-28T12:30:00Z", "2026-11-28T16:30:00Z"):  # in the window, then after
         run = patchctl(
@@ -502,13 +508,7 @@ def test_a_failed_install_on_a_debian_root_is_mailed_with_the_end_of_its_output(
     """pwtest-fail's postinst exits 1: the machine's failure and the window's are mailed."""
     box, port = mailbox
     failing = [p for p in INSTALLED if p.name in ("pwtest-lib", "pwtest-fail")]
-    roots = make_fleet(tmp_path / "fleet", apt_repo, ["db-1"], failing)
-    config = tmp_path / "config"
-    config.mkdir()
-    (config / "fleet.yaml").write_text(
-        documents(BASELINE_YAML, window_yaml("noon", "cron(0 12 * * ? *)"))
-    )
-    (config / "instances.yaml").write_text(local_instance_yaml("db-1", roots["db-1"]))
+    config = noon_window(tmp_path, apt_repo, "db-1", failing)
     run = patchctl(
         *("reconcile", "--source", str(config), *state_args(tmp_path)),
         *("--now", "2026-11-28T12:30:00Z", "--events-email", "ops@example.invalid"),
