@@ -880,6 +880,80 @@ def _events_args(p: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="EventBridge endpoint (an emulator, a VPC endpoint); default: the AWS configuration",
     )
+    _chat_args(p)
+
+
+def _chat_args(p: argparse.ArgumentParser) -> None:
+    """Notices to people: Slack, Teams, mail (docs/notifications.md)."""
+    from reconciler.report.notify.chat.messages import DEFAULT_KINDS
+
+    secret = (
+        "env:NAME or file:PATH holding the webhook URL, a secret never given on the command line"
+    )
+    for chat, what in (
+        ("slack", "a Slack incoming webhook"),
+        ("teams", "a Teams workflow webhook"),
+    ):
+        p.add_argument(
+            f"--events-{chat}",
+            metavar="env:NAME|file:PATH",
+            action="append",
+            default=[],
+            type=_secret_ref,
+            help=f"send notices to {what} (repeatable): {secret}",
+        )
+    p.add_argument(
+        "--events-email",
+        metavar="ADDRESS",
+        action="append",
+        default=[],
+        help="mail notices to this address (repeatable; with --events-smtp, --events-smtp-from)",
+    )
+    for chat in ("slack", "teams", "email"):
+        p.add_argument(
+            f"--events-{chat}-kinds",
+            metavar="KIND,...",
+            type=_chat_kinds,
+            help=f"the kinds --events-{chat} sends (default: {','.join(sorted(DEFAULT_KINDS))})",
+        )
+    p.add_argument(
+        "--events-smtp", metavar="HOST[:PORT]", help="the mail server (port 25 unless given)"
+    )
+    p.add_argument("--events-smtp-from", metavar="ADDRESS", help="the notices' From address")
+    p.add_argument(
+        "--events-smtp-starttls",
+        action="store_true",
+        help="STARTTLS before sending, the server's certificate checked against the system's CAs",
+    )
+    p.add_argument(
+        "--events-smtp-login",
+        metavar="env:NAME|file:PATH",
+        type=_secret_ref,
+        help="USER:PASSWORD for the mail server, from the environment or a file (needs STARTTLS "
+        "unless the server is this host)",
+    )
+
+
+def _secret_ref(text: str) -> tuple[str, str]:
+    """``env:NAME`` or ``file:PATH``: where a secret is read, never the secret itself."""
+    where, sep, name = text.partition(":")
+    if not sep or where not in ("env", "file") or not name:
+        from reconciler.redaction import secret_url
+
+        shown = secret_url(text) if "://" in text else repr(text)
+        raise argparse.ArgumentTypeError(
+            f"{shown} is not env:NAME or file:PATH (a secret is read from there, never given here)"
+        )
+    return where, name
+
+
+def _chat_kinds(text: str) -> frozenset[str]:
+    from reconciler.report.notify.chat.messages import parse_kinds
+
+    try:
+        return frozenset(parse_kinds(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 WEBHOOK_TOKEN_ENV = "PATCHWARDEN_WEBHOOK_TOKEN"
@@ -1904,6 +1978,7 @@ def _event_sinks(args: argparse.Namespace) -> Iterator[list[Sink]]:
             if not url.startswith(("http://", "https://")) or not _has_host(url):
                 raise UserError(f"--events-webhook {url}: give an http:// or https:// URL")
             sinks.append(events.WebhookSink(url, headers=headers, **options))
+        sinks.extend(_chat_sinks(args, options))
         yield sinks
     finally:
         for sink in sinks:
@@ -1911,6 +1986,105 @@ def _event_sinks(args: argparse.Namespace) -> Iterator[list[Sink]]:
 
 
 EVENTS_FLUSH_SECONDS = 10.0
+
+
+def _chat_sinks(args: argparse.Namespace, options: dict[str, Any]) -> Iterator[Sink]:
+    """Slack, Teams and mail sinks, each with its kinds; their options given alone are refused."""
+    from reconciler.report.notify.chat import sinks as chat
+
+    _chat_options_alone(args)
+    for ref in args.events_slack:
+        url = _webhook_url("--events-slack", ref)
+        yield chat.SlackSink(url, kinds=_kinds_of(args.events_slack_kinds), **options)
+    for ref in args.events_teams:
+        url = _webhook_url("--events-teams", ref)
+        yield chat.TeamsSink(url, kinds=_kinds_of(args.events_teams_kinds), **options)
+    if args.events_email:
+        kinds = _kinds_of(args.events_email_kinds)
+        yield chat.EmailSink(_smtp(args), args.events_email, kinds=kinds, **options)
+
+
+def _kinds_of(given: frozenset[str] | None) -> frozenset[Any]:
+    from reconciler.report.notify.chat.messages import DEFAULT_KINDS
+
+    return DEFAULT_KINDS if given is None else given
+
+
+def _chat_options_alone(args: argparse.Namespace) -> None:
+    """An option of a sink not asked for would be accepted and ignored: refused."""
+    needs = {
+        "--events-slack-kinds": (args.events_slack_kinds, args.events_slack, "--events-slack"),
+        "--events-teams-kinds": (args.events_teams_kinds, args.events_teams, "--events-teams"),
+        "--events-email-kinds": (args.events_email_kinds, args.events_email, "--events-email"),
+        "--events-smtp": (args.events_smtp, args.events_email, "--events-email"),
+        "--events-smtp-from": (args.events_smtp_from, args.events_email, "--events-email"),
+        "--events-smtp-starttls": (args.events_smtp_starttls, args.events_email, "--events-email"),
+        "--events-smtp-login": (args.events_smtp_login, args.events_email, "--events-email"),
+        "--events-email": (args.events_email, args.events_smtp, "--events-smtp HOST[:PORT]"),
+    }
+    for option, (given, needed, other) in needs.items():
+        if given and not needed:
+            raise UserError(f"{option} needs {other}")
+    if args.events_email and not args.events_smtp_from:
+        raise UserError("--events-email needs --events-smtp-from ADDRESS (the notices' sender)")
+
+
+def _secret(option: str, ref: tuple[str, str]) -> str:
+    """The secret ``ref`` names: an environment variable's value or a file's content."""
+    where, name = ref
+    if where == "env":
+        value = os.environ.get(name, "").strip()
+        if not value:
+            raise UserError(f"{option} env:{name}: the environment has no {name} (or it is empty)")
+        return value
+    try:
+        value = Path(name).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        raise UserError(f"{option} file:{name}: cannot read it: {why}") from None
+    if not value:
+        raise UserError(f"{option} file:{name}: the file is empty")
+    return value
+
+
+def _webhook_url(option: str, ref: tuple[str, str]) -> str:
+    from reconciler.redaction import secret_url
+
+    url = _secret(option, ref)
+    if not url.startswith(("http://", "https://")) or not _has_host(url):
+        raise UserError(
+            f"{option} {':'.join(ref)}: holds {secret_url(url)}, not an http:// or https:// URL"
+        )
+    return url
+
+
+def _smtp(args: argparse.Namespace) -> Any:
+    from reconciler.report.notify.chat.sinks import Smtp
+
+    host, port = _host_port("--events-smtp", args.events_smtp, 25)
+    login = None
+    if args.events_smtp_login:
+        user, sep, password = _secret("--events-smtp-login", args.events_smtp_login).partition(":")
+        if not sep or not user:
+            where = ":".join(args.events_smtp_login)
+            raise UserError(f"--events-smtp-login {where}: holds no USER:PASSWORD")
+        if not args.events_smtp_starttls and host not in ("localhost", "127.0.0.1", "::1"):
+            raise UserError(
+                "--events-smtp-login needs --events-smtp-starttls: a password is never sent in "
+                f"the clear to {host}"
+            )
+        login = (user, password)
+    return Smtp(host, args.events_smtp_from, port, starttls=args.events_smtp_starttls, login=login)
+
+
+def _host_port(option: str, text: str, default: int) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":") if not text.endswith("]") else (text, "", "")
+    if not sep:
+        host, port = text, str(default)
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"{option} {text}: give HOST or HOST:PORT (e.g. mail.example.com:587)")
+    return host, int(port)
 
 
 def _has_host(url: str) -> bool:
@@ -2457,6 +2631,9 @@ _WAIT_OPTIONS = (
     *("workers", "stale_after", "s3_endpoint_url", "ssh_dir", "report_dir"),
     *("events_eventbridge", "events_webhook", "events_webhook_header", "events_queue_size"),
     *("events_endpoint_url", "events_securityhub"),
+    *("events_slack", "events_teams", "events_email", "events_slack_kinds", "events_teams_kinds"),
+    *("events_email_kinds", "events_smtp", "events_smtp_from", "events_smtp_starttls"),
+    "events_smtp_login",
 )
 
 

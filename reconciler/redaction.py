@@ -2,7 +2,8 @@
 messages, the state store, the audit log, events.
 
 The one redaction function, :func:`redacted`, for URLs and for free text holding URLs (git's
-stderr, an exception's message). Pure: imports nothing from ``reconciler`` and does no I/O.
+stderr, an exception's message); and :func:`secret_url` for a URL that is a secret whole (a chat
+webhook's). Pure: imports nothing from ``reconciler`` and does no I/O.
 """
 
 from __future__ import annotations
@@ -42,3 +43,13 @@ def _masked(match: re.Match[str]) -> str:
     path, question, _ = path.partition("?")
     tail = path + (f"?{MASK}" if question else "") + (f"#{MASK}" if hashmark else "")
     return f"{scheme}://{authority}{tail}"
+
+
+def secret_url(url: str) -> str:
+    """A URL that is itself the credential (a Slack or Teams webhook: whoever has it may post),
+    shown as its scheme and host only: ``https://hooks.slack.com/***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return MASK
+    host = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rpartition("@")[2]
+    return f"{scheme}://{host}/{MASK}"

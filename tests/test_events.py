@@ -203,6 +203,13 @@ class Receiver:
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
+    with serving() as state:
+        yield state
+
+
+@contextlib.contextmanager
+def serving() -> Iterator[Receiver]:
+    """A Receiver listening on loopback until the block ends (also tests/test_notifications.py)."""
     state = Receiver()
     lock = threading.Lock()
 

@@ -7,20 +7,22 @@ SKIPPED_OVERLAPPING and runs nothing (the planner decides both CANCELLED and SKI
 see ``reconciler.plan``).
 
 Reads the store's jobs, reads and writes its window executions, and announces changes; may not
-write jobs' records, nor touch the source or transports.
+write jobs' records, nor touch the source or transports. Every change past IN_PROGRESS carries
+the opening's job counts so far (``counts``: what a window summary in chat or mail shows).
 """
 
 from __future__ import annotations
 
 import threading
 from datetime import datetime, timedelta
+from typing import Any
 
-from reconciler.api.enums import ExecutionStatus, JobStatus
+from reconciler.api.enums import ExecutionStatus, JobStatus, Operation
 from reconciler.api.resources import MaintenanceWindow
 from reconciler.loop.common import Clock, Emitter, InForce
 from reconciler.plan import Plan
 from reconciler.report.notify.occurrences import Kind
-from reconciler.state import StateBackend
+from reconciler.state import JobRecord, StateBackend
 
 # An execution shows the most serious thing that happened to it: a status only ever moves up
 # this ladder (a job that fails after the cutoff cancelled the rest leaves it FAILED).
@@ -110,11 +112,35 @@ class WindowExecutions:
         self.store.record_window_execution(
             window=window, opening=opening, status=status, now=self.clock()
         )
-        if status != before:
-            self.emit(
-                Kind.WINDOW_EXECUTION_CHANGED,
-                window=window,
-                opening=opening,
-                status=status,
-                previous=before,
-            )
+        if status == before:
+            return
+        counted: dict[str, Any] = {}
+        if status != ExecutionStatus.IN_PROGRESS:
+            counted["counts"] = counts(self.store.jobs(window=window, opening=opening))
+        self.emit(
+            Kind.WINDOW_EXECUTION_CHANGED,
+            window=window,
+            opening=opening,
+            status=status,
+            previous=before,
+            **counted,
+        )
+
+
+def counts(jobs: list[JobRecord]) -> dict[str, int]:
+    """An opening's jobs so far: machines ``installed`` (Install jobs that succeeded), jobs
+    ``failed``, installs whose reboot is ``pendingReboot`` (required, not performed) and jobs
+    still ``running`` (a FAILED execution is announced at its first failure, while others run)."""
+    installs = [j for j in jobs if j.operation == Operation.INSTALL]
+    return {
+        "jobs": len(jobs),
+        "installed": sum(j.status == JobStatus.SUCCEEDED for j in installs),
+        "failed": sum(j.status == JobStatus.FAILED for j in jobs),
+        "pendingReboot": sum(_reboot_pending(j.result) for j in installs),
+        "running": sum(j.status == JobStatus.RUNNING for j in jobs),
+    }
+
+
+def _reboot_pending(result: Any) -> bool:
+    reboot = ((result or {}).get("install") or {}).get("reboot") or {}
+    return bool(reboot.get("required")) and not reboot.get("performed")

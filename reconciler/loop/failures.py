@@ -1,5 +1,6 @@
 """Stage: loop. The one place where errors become outcomes (see :mod:`reconciler.errors` for the
-taxonomy): a refused revision, the error of a failed job, the error of a failed export.
+taxonomy): a refused revision, the error of a failed job (and the end of its output), the error of a
+failed export.
 
 Pure: reads an exception, returns what is recorded; may not touch the store, a source or a
 transport, and decides no policy (the ``except`` clauses that call it say theirs).
@@ -7,8 +8,11 @@ transport, and decides no policy (the ``except`` clauses that call it say theirs
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from reconciler.api.install import FAILED
 from reconciler.api.snapshot import SnapshotInvalid
 from reconciler.dispatch.base import AgentFailed
 from reconciler.errors import PatchwardenError, RefusedInput, TemporaryError
@@ -45,3 +49,18 @@ def export_error(exc: Exception) -> str:
     if isinstance(exc, PatchwardenError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+OUTPUT_LINES, OUTPUT_CHARS = 15, 2000
+"""How much of a failed job's output its announcement carries (a chat message stays readable)."""
+
+
+def failure_output(result: Mapping[str, Any]) -> str:
+    """The end of what a failed job said: its error's message, then each patch the install
+    could not put on the machine with the package manager's words; the last lines only."""
+    error = result.get("error") or {}
+    lines = str(error.get("message") or "").splitlines()
+    for patch in (result.get("install") or {}).get("patches") or ():
+        if patch.get("result") == FAILED:
+            lines.append(f"{patch.get('name')} {patch.get('version')}: {patch.get('message')}")
+    return "\n".join(lines[-OUTPUT_LINES:])[-OUTPUT_CHARS:]

@@ -35,7 +35,7 @@ from reconciler.dispatch.outcomes import (
 from reconciler.evaluation import InstanceEvaluation, declared_holds, evaluate, resolve
 from reconciler.loop.common import Clock, Emitter, InForce, Log, TransportFor
 from reconciler.loop.executions import WindowExecutions
-from reconciler.loop.failures import job_error
+from reconciler.loop.failures import failure_output, job_error
 from reconciler.loop.hooks import JobHooks, Wait, task_of
 from reconciler.loop.oneoffs import OneOffOpenings, is_one_off
 from reconciler.loop.reboots import (
@@ -274,6 +274,7 @@ class JobRunner:
             seconds=(finished.finished_at - finished.created_at).total_seconds()
             if finished.finished_at
             else None,
+            **({"output": failure_output(result)} if status == JobStatus.FAILED else {}),
         )
         if self.on_job_done is not None:
             self.on_job_done(finished)

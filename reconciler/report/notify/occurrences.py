@@ -133,6 +133,9 @@ _TRANSITIONS = frozenset(
         *ROLLOUT_KINDS,
     }
 )
+ANNOUNCED = _TRANSITIONS | {Kind.JOB_FINISHED}
+"""The kinds a transition can be (a job's finish only when it failed): what an announcing
+sink may be asked to send."""
 
 Observer = Callable[[Occurrence], None]
 """A subscriber. It must return quickly (queue slow work) and should not raise; the loop logs and

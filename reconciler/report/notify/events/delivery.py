@@ -99,7 +99,7 @@ class Sink:
 
     def __call__(self, occurrence: Occurrence) -> None:
         try:
-            event = to_event(occurrence)
+            event = self.event_for(occurrence)
         except Exception as exc:  # a malformed occurrence must not reach the loop as an error
             with self._lock:
                 self.failed += 1
@@ -107,6 +107,11 @@ class Sink:
             return
         if event is not None:
             self.offer(event)
+
+    def event_for(self, occurrence: Occurrence) -> Event | None:
+        """What this sink queues for ``occurrence`` (None: nothing); on the loop's thread, so
+        quick. Transitions as events, unless a subclass (the chat sinks) says otherwise."""
+        return to_event(occurrence)
 
     def offer(self, event: Event) -> None:
         with self._lock:

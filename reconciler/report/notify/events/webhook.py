@@ -5,7 +5,7 @@ is final (the receiver said no). Decides nothing about what an event says (that 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -15,6 +15,25 @@ from reconciler.report.notify.events.delivery import Failure, Sink
 from reconciler.report.notify.events.shapes import SOURCE, Event, structured
 
 RETRYABLE_STATUS = frozenset({408, 425, 429})
+
+
+def post_each(batch: Sequence[Event], post: Callable[[Event], httpx.Response]) -> list[Failure]:
+    """``post`` each event of ``batch``; the ones the receiver did not take."""
+    failures = []
+    for event in batch:
+        failure = http_failure(event, post(event))
+        if failure is not None:
+            failures.append(failure)
+    return failures
+
+
+def http_failure(event: Event, response: httpx.Response) -> Failure | None:
+    """None for a 2xx answer; else the failure, retryable for 408, 425, 429 and 5xx."""
+    if response.is_success:
+        return None
+    status = response.status_code
+    retryable = status in RETRYABLE_STATUS or status >= 500
+    return Failure(event, f"HTTP {status}", retryable=retryable)
 
 
 class WebhookSink(Sink):
@@ -37,15 +56,11 @@ class WebhookSink(Sink):
         super().__init__(f"webhook:{redacted(url)}", **options)
 
     def deliver(self, batch: Sequence[Event]) -> Sequence[Failure]:
-        failures = []
-        for event in batch:
-            message = structured(event, source=self.source)
-            response = self.client.post(self.url, content=message.body, headers=message.headers)
-            if not response.is_success:
-                status = response.status_code
-                retryable = status in RETRYABLE_STATUS or status >= 500
-                failures.append(Failure(event, f"HTTP {status}", retryable=retryable))
-        return failures
+        return post_each(batch, self._post)
+
+    def _post(self, event: Event) -> httpx.Response:
+        message = structured(event, source=self.source)
+        return self.client.post(self.url, content=message.body, headers=message.headers)
 
     def _close(self) -> None:
         self.client.close()
