@@ -423,8 +423,7 @@ class _State:
                 if not scan.non_compliant
                 else "nothing installable: the remaining violations need a reboot or a decision"
             )
-            held = f"; held, never installed: {', '.join(scan.held)}" if scan.held else ""
-            self.wait(name, why + held, compliant=not scan.non_compliant)
+            self.wait(name, why + _held_note(scan), compliant=not scan.non_compliant)
             return
         gated = self.gated(name, scan, baseline)
         if gated is not None:
@@ -606,6 +605,7 @@ class _State:
                 reasons.append(blocked)
                 continue
             action = _install_action(name, key, window, task, opening, chosen, self.digest)
+            action = replace(action, reason=action.reason + _held_note(scan))
             verdict = self.budget.verdict(window, task, opening, self.targets(window))
             if verdict:
                 reasons.append(verdict)
@@ -920,6 +920,11 @@ def _install_action(
         blocked,
         str(task.reboot_option),
     )
+
+
+def _held_note(scan: ObservedScan) -> str:
+    """What a reason adds for the packages a hold keeps off the machine (none: nothing)."""
+    return f"; held, never installed: {', '.join(scan.held)}" if scan.held else ""
 
 
 def _blocked(baseline: PatchBaseline) -> tuple[str, ...]:
