@@ -42,7 +42,7 @@ from typing import Any
 from reconciler.api.enums import JobStatus, OperatingSystem, Operation, RejectedPatchesAction
 from reconciler.api.gates import Gate
 from reconciler.api.inventory import Inventory
-from reconciler.api.oneoff import TASK_NAME, OneOffOpening, OneOffStatus, targeted
+from reconciler.api.oneoff import TASK_NAME, OneOffOpening, OneOffStatus, gating_task, targeted
 from reconciler.api.resources import (
     MaintenanceWindow,
     ManagedInstance,
@@ -1087,7 +1087,7 @@ class _OneOffs:
         if name in state.running or any(a.instance == name for a in state.actions):
             state.wait(name, f"patch now {opening.id} waits: a job is running on it")
             return
-        verdict = budget.verdict()
+        verdict = (self.gate_verdict(opening) if step.kind == INSTALL else "") or budget.verdict()
         if verdict:
             state.wait(name, f"patch now {opening.id}: {verdict}")
             return
@@ -1110,6 +1110,18 @@ class _OneOffs:
                 str(opening.task.reboot_option),
             )
         )
+
+    def gate_verdict(self, opening: OneOffOpening) -> str:
+        """Why the opening's installs may not start now: a gate of its ``--gates-from`` task
+        blocks, or that task is gone (what guarded it can no longer say it is open)."""
+        if opening.gates_from is None:
+            return ""
+        try:
+            named, task = gating_task(self.state.snapshot, opening.gates_from)
+        except ValueError as exc:
+            return f"--gates-from {opening.gates_from}: {exc}"
+        whose = f"task {task.name} of {named.partition('/')[0]}"
+        return gate_verdict(task.gates, self.state.observed.readings, whose)
 
     def progress(
         self,

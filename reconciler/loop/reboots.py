@@ -20,6 +20,7 @@ from typing import Any
 
 from reconciler.api.gates import Gate
 from reconciler.api.install import InstallResult, Reboot
+from reconciler.api.oneoff import gating_task
 from reconciler.api.resources import ManagedInstance
 from reconciler.api.snapshot import Snapshot
 from reconciler.dispatch.base import AgentFailed, Rebooting, Transport
@@ -120,10 +121,21 @@ def window_refusal(snapshot: Snapshot | None, action: Action, now: datetime) -> 
     return ""
 
 
-def gate_refusal(snapshot: Snapshot | None, action: Action) -> str:
+def gate_refusal(snapshot: Snapshot | None, action: Action, gates_from: str | None = None) -> str:
     """Why no reboot may start now by the safety gates of the action's task and of the rollout
-    stage its machine is in (docs/guardrails.md), read now; empty when every gate is open."""
-    for whose, gates in reboot_gates(snapshot, action) if snapshot is not None else ():
+    stage its machine is in (docs/guardrails.md), read now; empty when every gate is open.
+    ``gates_from``: a one-off opening's ``--gates-from`` task (docs/patch-now.md); one that is
+    gone refuses (nothing says its gates are open)."""
+    if snapshot is None:
+        return ""
+    guards = reboot_gates(snapshot, action)
+    if gates_from is not None:
+        try:
+            named, task = gating_task(snapshot, gates_from)
+        except ValueError as exc:
+            return f"--gates-from {gates_from}: {exc}"
+        guards.append((f"task {task.name} of {named.partition('/')[0]}", task.gates))
+    for whose, gates in guards:
         verdict = gate_verdict(gates, read_gates(gates), whose)
         if verdict:
             return verdict
@@ -177,7 +189,8 @@ class Reboots:
         needed = str(reboot.document().get("why") or job.action.reason)
         refusal = window_refusal(snapshot, job.action, self.clock())
         # Read the gates again: the install may have run for minutes since the pass read them.
-        gated = "" if refusal else gate_refusal(snapshot, job.action)
+        gates_from = self.gates_from(job.action)
+        gated = "" if refusal else gate_refusal(snapshot, job.action, gates_from)
         if refusal or gated:
             later = "for the next opening" if refusal else "until the gate opens"
             why = f"reboot needed ({needed}); {refusal or gated}: left pending {later}"
@@ -200,6 +213,13 @@ class Reboots:
         job.log.info("rebooting", boot_id=before)
         _ask(transport, before)
         return with_awaited(outcome, self.wait(job, transport, phase, asked=True))
+
+    def gates_from(self, action: Action) -> str | None:
+        """The ``--gates-from`` task of the one-off opening ``action`` is a job of, if any."""
+        if action.window is not None or action.opening is None:
+            return None
+        record = self.store.one_off(action.opening)
+        return record.opening.gates_from if record is not None else None
 
     def wait(
         self, job: RebootJob, transport: Transport, phase: JobPhase, *, asked: bool
