@@ -15,23 +15,15 @@ from reconciler.plan import Action, GateReading, Observed, plan
 from tests.git_servers import free_port
 from tests.test_loop_e2e import patchctl
 from tests.test_patch_now import one_off
-from tests.test_plan import BASELINE, NOON, instances, reasons, scanned, snap
+from tests.test_plan import BASELINE, NOON, instances, reasons, scanned, snap, window
 
-WINDOW = """
-apiVersion: patchwarden.io/v1alpha1
-kind: MaintenanceWindow
-metadata: {name: noon}
-spec:
-  schedule: cron(0 3 * * ? *)
-  duration: 3
-  cutoff: 1
-  targets: {patchGroups: [web]}
-  tasks:
-    - name: install
-      operation: Install
-      gates: [{name: quiet, prometheus: {url: 'http://prometheus:9090', query: up}}]
-    - {name: scan, operation: Scan}
-"""
+# test_plan's window, closed at NOON, its Install task gated, and a Scan task.
+WINDOW = window(
+    schedule="cron(0 3 * * ? *)", extra_tasks="    - {name: scan, operation: Scan}\n"
+).replace(
+    "priority: 2,",
+    "priority: 2, gates: [{name: quiet, prometheus: {url: 'http://prometheus:9090', query: up}}],",
+)
 
 
 def test_a_gate_of_the_named_task_holds_the_requests_installs_not_its_scans() -> None:
