@@ -17,6 +17,7 @@ metadata: {name: monthly}
 spec: {stages: [{name: canary, patchGroups: [web], gates: [{name: calm, alertmanager: {url: 'http://am:9093', matchers: ['a="b"']}}]}]}
 """
 
+
 def test_gates_added_removed_and_changed_are_reported_per_task_and_stage() -> None:
     before = snap(BASELINE, WINDOW, instances(1))
     after = snap(
