@@ -45,6 +45,7 @@ from reconciler.api.oneoff import (
     OneOffStatus,
     OneOffTargets,
     check_budget,
+    gating_task,
     hook_fields,
     parse_selector,
     refused_targets,
@@ -2594,6 +2595,11 @@ def _patch_now_task_args(p: argparse.ArgumentParser) -> None:
         metavar="WINDOW[/TASK]",
         help="copy the hooks and health checks of this window's task",
     )
+    p.add_argument(
+        "--gates-from",
+        metavar="WINDOW[/TASK]",
+        help="Install only: this window task's safety gates guard the request's installs",
+    )
     p.add_argument("--note", metavar="TEXT", help="why (kept with the request and audited)")
     _requested_by_arg(p)
     p.add_argument(
@@ -2625,6 +2631,7 @@ def _budget(field: str, text: str) -> str:
 _SOURCE_OPTIONS = ("source", "ref", "identity_file", "known_hosts", "verify_gpg", "verify_ssh")
 _REQUEST_OPTIONS = (
     *("operation", "reboot_option", "max_concurrency", "max_errors", "hooks_from", "note"),
+    "gates_from",
     *("start_within", "wait", *_SOURCE_OPTIONS),
 )
 _WAIT_OPTIONS = (
@@ -2782,12 +2789,25 @@ def _one_off_opening(args: argparse.Namespace, snapshot: Snapshot, now: datetime
         targets=targets,
         task=task,
         hooks_from=hooks_from,
+        gates_from=_gates_from(args, snapshot),
         requested_by=_words("--requested-by", args.requested_by, 128) or os_user,
         os_user=os_user,
         note=_words("--note", args.note, 500),
         created_at=now,
         expires_at=now + timedelta(minutes=args.start_within),
     )
+
+
+def _gates_from(args: argparse.Namespace, snapshot: Snapshot) -> str | None:
+    """``--gates-from``'s ``WINDOW/TASK``, checked against the snapshot (None without it)."""
+    if not args.gates_from:
+        return None
+    if args.operation != "Install":
+        raise UserError("--gates-from: a Scan changes nothing and takes no gates; nothing recorded")
+    try:
+        return gating_task(snapshot, args.gates_from)[0]
+    except ValueError as exc:
+        raise UserError(f"--gates-from {args.gates_from}: {exc}; nothing recorded") from None
 
 
 def _one_off_targets(args: argparse.Namespace) -> OneOffTargets:

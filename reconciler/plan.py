@@ -42,7 +42,7 @@ from typing import Any
 from reconciler.api.enums import JobStatus, OperatingSystem, Operation, RejectedPatchesAction
 from reconciler.api.gates import Gate
 from reconciler.api.inventory import Inventory
-from reconciler.api.oneoff import TASK_NAME, OneOffOpening, OneOffStatus, targeted
+from reconciler.api.oneoff import TASK_NAME, OneOffOpening, OneOffStatus, gating_task, targeted
 from reconciler.api.resources import (
     MaintenanceWindow,
     ManagedInstance,
@@ -423,8 +423,7 @@ class _State:
                 if not scan.non_compliant
                 else "nothing installable: the remaining violations need a reboot or a decision"
             )
-            held = f"; held, never installed: {', '.join(scan.held)}" if scan.held else ""
-            self.wait(name, why + held, compliant=not scan.non_compliant)
+            self.wait(name, why + _held_note(scan), compliant=not scan.non_compliant)
             return
         gated = self.gated(name, scan, baseline)
         if gated is not None:
@@ -606,6 +605,7 @@ class _State:
                 reasons.append(blocked)
                 continue
             action = _install_action(name, key, window, task, opening, chosen, self.digest)
+            action = replace(action, reason=action.reason + _held_note(scan))
             verdict = self.budget.verdict(window, task, opening, self.targets(window))
             if verdict:
                 reasons.append(verdict)
@@ -922,6 +922,11 @@ def _install_action(
     )
 
 
+def _held_note(scan: ObservedScan) -> str:
+    """What a reason adds for the packages a hold keeps off the machine (none: nothing)."""
+    return f"; held, never installed: {', '.join(scan.held)}" if scan.held else ""
+
+
 def _blocked(baseline: PatchBaseline) -> tuple[str, ...]:
     """The rejected patches an install must not bring in (SSM's BLOCK)."""
     spec = baseline.spec
@@ -1082,7 +1087,7 @@ class _OneOffs:
         if name in state.running or any(a.instance == name for a in state.actions):
             state.wait(name, f"patch now {opening.id} waits: a job is running on it")
             return
-        verdict = budget.verdict()
+        verdict = (self.gate_verdict(opening) if step.kind == INSTALL else "") or budget.verdict()
         if verdict:
             state.wait(name, f"patch now {opening.id}: {verdict}")
             return
@@ -1105,6 +1110,18 @@ class _OneOffs:
                 str(opening.task.reboot_option),
             )
         )
+
+    def gate_verdict(self, opening: OneOffOpening) -> str:
+        """Why the opening's installs may not start now: a gate of its ``--gates-from`` task
+        blocks, or that task is gone (what guarded it can no longer say it is open)."""
+        if opening.gates_from is None:
+            return ""
+        try:
+            named, task = gating_task(self.state.snapshot, opening.gates_from)
+        except ValueError as exc:
+            return f"--gates-from {opening.gates_from}: {exc}"
+        whose = f"task {task.name} of {named.partition('/')[0]}"
+        return gate_verdict(task.gates, self.state.observed.readings, whose)
 
     def progress(
         self,

@@ -17,6 +17,7 @@ from tests.postgres import (  # noqa: F401  (a real PostgreSQL 15; state stores 
     state_store,
     tls_postgres_server,
 )
+from tests.promlab import alertmanager, prometheus  # noqa: F401  (real Prometheus, Alertmanager)
 
 # The labs' roots have no /bin/sh (tests/aptlab.py), so dpkg runs their maintainer scripts on
 # this host, which patchctl refuses unless the operator trusts the roots. The suite builds them

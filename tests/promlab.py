@@ -21,6 +21,8 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
 from tests.git_servers import free_port
 from tests.waiting import tail_of, wait_until
 
@@ -202,3 +204,15 @@ def running_alertmanager(tmp: Path) -> Iterator[Alertmanager]:
         yield Alertmanager(f"http://127.0.0.1:{port}")
     finally:
         _stop(process)
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
+    """A running Prometheus scraping the test's exporter (the gates' tests)."""
+    yield from running_prometheus(tmp_path)
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
+    """A running Alertmanager (the gates' tests)."""
+    yield from running_alertmanager(tmp_path)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,13 +25,7 @@ from tests.conftest import needs_apt
 from tests.fleet import dpkg_installs, make_fleet, open_window_yaml, window_yaml
 from tests.git_servers import Upstream, free_port
 from tests.kubeapi import KubeApi
-from tests.promlab import (
-    METRIC,
-    Alertmanager,
-    Prometheus,
-    running_alertmanager,
-    running_prometheus,
-)
+from tests.promlab import METRIC, Alertmanager, Prometheus
 from tests.test_controller import apply, fleet_yaml, in_process
 from tests.test_hooks import TASK
 from tests.test_loop_e2e import (
@@ -191,16 +184,6 @@ def test_a_gate_with_no_reading_this_pass_blocks() -> None:
 
 
 # --- reading gates from a real Prometheus and Alertmanager --------------------------------------
-
-
-@pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
-    yield from running_prometheus(tmp_path)
-
-
-@pytest.fixture
-def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
-    yield from running_alertmanager(tmp_path)
 
 
 def prometheus_gate(url: str, query: str) -> Gate:

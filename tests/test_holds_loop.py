@@ -4,26 +4,28 @@ evaluation lists the held update as HELD (docs/guardrails.md)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from reconciler.state import StateStore
 from tests import fleet
-from tests.aptlab import Repo
+from tests.aptlab import Pkg, Repo
 from tests.conftest import INSTALLED, needs_apt
 from tests.test_cli_evaluate import patchctl
 
 WITH_KERNEL = [p for p in INSTALLED if p.name in ("pwtest-lib", "pwtest-kernel")]
 
 
-@needs_apt
-@pytest.mark.slow
-def test_reconcile_never_installs_what_the_group_holds(tmp_path: Path, apt_repo: Repo) -> None:
-    roots = fleet.make_fleet(tmp_path / "fleet", apt_repo, ["web-1"], WITH_KERNEL)
-    held = fleet.BASELINE_YAML.replace(
-        "  baselines:\n", "  holds: [pwtest-kern*]\n  baselines:\n", 1
-    )
+def reconcile_held(
+    tmp_path: Path, apt_repo: Repo, installed: list[Pkg], holds: str
+) -> tuple[Path, Path, dict[str, Any]]:
+    """web-1 with ``installed``, its group holding ``holds``, through `patchctl reconcile` in an
+    open window: its root, the state database and the run's JSON summary."""
+    roots = fleet.make_fleet(tmp_path / "fleet", apt_repo, ["web-1"], installed)
+    held = fleet.BASELINE_YAML.replace("  baselines:\n", f"  holds: {holds}\n  baselines:\n", 1)
     source = tmp_path / "source"
     source.mkdir()
     (source / "fleet.yaml").write_text(fleet.documents(held, fleet.open_window_yaml()))
@@ -31,6 +33,14 @@ def test_reconcile_never_installs_what_the_group_holds(tmp_path: Path, apt_repo:
     state = tmp_path / "state.db"
     run = patchctl("reconcile", "--source", str(source), "--state", str(state), "-o", "json")
     assert run.returncode == 0, run.stderr
+    return roots["web-1"], state, json.loads(run.stdout)
+
+
+@needs_apt
+@pytest.mark.slow
+def test_reconcile_never_installs_what_the_group_holds(tmp_path: Path, apt_repo: Repo) -> None:
+    root, state, _ = reconcile_held(tmp_path, apt_repo, WITH_KERNEL, "[pwtest-kern*]")
+    roots = {"web-1": root}
     assert fleet.versions(roots["web-1"]) == {"pwtest-lib": "1.0-2", "pwtest-kernel": "1.0-1"}
     with StateStore(state) as store:
         record = store.latest_scan("web-1")

@@ -13,7 +13,7 @@ exit 1), never a traceback. Standard library only.
 import argparse
 import importlib
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from reconciler.agent import AGENT_VERSION, hooks, reboot, sources
 from reconciler.agent.errors import AgentError, InternalError, UnsupportedSystem
@@ -77,10 +77,12 @@ def install(
     lock_timeout: int,
     trust_root_scripts: bool = False,
     stages: Optional[Dict[str, object]] = None,
+    holds: Sequence[str] = (),
 ) -> Dict[str, object]:
     """Install exact pins; the result says what changed, per package. A root whose packages'
     maintainer scripts would run on this host is refused unless ``trust_root_scripts``.
-    ``stages`` (preInstall, postInstall commands) run around it (:mod:`hooks`)."""
+    ``stages`` (preInstall, postInstall commands) run around it (:mod:`hooks`). ``holds``:
+    package-name patterns held besides the machine's own (its patch group's and instance's)."""
 
     def run(may_reboot: bool) -> Dict[str, object]:
         return dict(
@@ -93,6 +95,7 @@ def install(
                 may_reboot,
                 lock_timeout,
                 trust_root_scripts,
+                declared=holds,
             )
         )
 
@@ -124,6 +127,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pin", action="append", default=[], required=True)
     p.add_argument(
         "--block", action="append", default=[], help="package name patterns rejected with BLOCK"
+    )
+    p.add_argument(
+        "--hold",
+        action="append",
+        default=[],
+        help="package name patterns held (never installed; updates needing them left out)",
     )
     p.add_argument("--simulate", action="store_true")
     p.add_argument(
@@ -210,6 +219,7 @@ def _run(args: argparse.Namespace) -> Dict[str, object]:
         args.lock_timeout,
         args.trust_root_scripts,
         hooks.decode(args.hooks, "--hooks") if args.hooks else None,
+        args.hold,
     )
 
 

@@ -10,6 +10,7 @@ preferences, keyrings, dpkg's status): never its apt.conf(.d), whose hooks would
 (:func:`hardened_config`), nor a download method that is a path (``Apt._check_methods``).
 """
 
+import fnmatch
 import os
 import re
 import time
@@ -517,6 +518,34 @@ class Apt:
 
     # -- install ----------------------------------------------------------------------------
 
+    def needs_held(self, pins: List[Tuple[str, str, str]], holds: List[str]) -> Dict[str, str]:
+        """Pin name -> a held package (a name ``holds`` matches, not a pin) that installing the
+        pin would have to change. One simulation of them all; only when it needs a held package
+        (apt refuses with "held broken packages" for an apt-mark hold, or would upgrade a
+        declared one), one per pin to tell which."""
+        changed = self._held_changed(pins, holds)
+        if len(pins) == 1 and changed:
+            return {pins[0][0]: changed[0]}
+        needs = {}  # type: Dict[str, str]
+        for pin in pins if changed else []:
+            alone = self._held_changed([pin], holds)
+            if alone:
+                needs[pin[0]] = alone[0]
+        return needs
+
+    def _held_changed(self, pins: List[Tuple[str, str, str]], holds: List[str]) -> List[str]:
+        """The held packages (not pins) a simulated install of ``pins`` would upgrade, or that
+        apt names as the unmet dependency it refused on."""
+        result = self.apt_get("-s", "-y", "--no-install-recommends", "install", *_pin_args(pins))
+        if result.rc != 0:
+            names = unmet_dependencies(result.stdout)
+        else:
+            actions = parse_simulation(result.stdout)
+            names = [str(a["name"]) for a in actions if a["action"] == "Inst"]
+        pinned = {p[0] for p in pins}
+        held = {n for n in names if any(fnmatch.fnmatchcase(n, h) for h in holds)}
+        return sorted(held - pinned)
+
     def simulate(self, pins: List[Tuple[str, str, str]], blocked: List[str]) -> "Plan":
         """What installing ``pins`` would do, refused when it would install a BLOCKed package or
         remove anything."""
@@ -762,6 +791,13 @@ def parse_simulation(text: str) -> List[Dict[str, object]]:
             }
         )
     return actions
+
+
+def unmet_dependencies(text: str) -> List[str]:
+    """The packages apt names in "The following packages have unmet dependencies" (`` x :
+    Depends: y (>= 2) but 1 is to be installed``, further lines without `` x :``)."""
+    pattern = re.compile(r"^\s+(?:\S+ :\s+)?(?:Pre-)?Depends: ([^\s:]+)")
+    return [m.group(1) for m in (pattern.match(line) for line in text.splitlines()) if m]
 
 
 def dependency_names(stanza: Dict[str, str]) -> List[str]:

@@ -77,6 +77,9 @@ class AptInstall(Backend):
     def recover(self) -> List[Dict[str, object]]:
         return self.system.recover()
 
+    def needs_held(self, pins: List[Pin], holds: List[str]) -> Dict[str, str]:
+        return self.system.needs_held(pins, holds)
+
     def plan(self, pins: List[Pin], blocked: List[str], before: Versions) -> Plan:
         plan = self.system.simulate(pins, blocked)
         return Plan(plan.dependencies, {}, plan)

@@ -73,6 +73,12 @@ class Backend:
         reported HELD and never sent to it (docs/guardrails.md)."""
         return "", []
 
+    def needs_held(self, pins: List[Pin], holds: List[str]) -> Dict[str, str]:
+        """Pin name -> the held package (a name ``holds`` matches) that installing it would have
+        to change: such a pin is left out, HELD, so the others still install. apt only so far:
+        the others answer nothing (docs/agent.md says what that leaves)."""
+        return {}
+
     def plan(self, pins: List[Pin], blocked: List[str], before: Dict[Key, Any]) -> Plan:
         """Simulate the install; InstallRefused for a BLOCKed package or a removal."""
         raise NotImplementedError
@@ -107,17 +113,24 @@ def install(
     allow_reboot: bool,
     lock_timeout: int,
     trust_root_scripts: bool = False,
+    declared: Sequence[str] = (),
 ) -> Dict[str, object]:
     """Install exact pins; the result says what changed, per package. A backend module's
     ``install`` is this with its ``parse_pin`` and ``open_backend(root, lock_timeout,
     trust_root_scripts)``; the backend refuses a root whose maintainer scripts would run on this
-    host unless ``trust_root_scripts`` (the operator's ``--trust-root-scripts``)."""
+    host unless ``trust_root_scripts`` (the operator's ``--trust-root-scripts``). ``declared``:
+    the hold patterns of the machine's patch group and instance (``--hold``)."""
     pins = [parse_pin(p) for p in pin_texts]  # refuses invalid pins before anything runs
     backend = open_backend(root, lock_timeout, trust_root_scripts)
     result = install_result(simulate)
     # A hold made on the machine after the scan the pins came from: the package manager would
     # refuse the pin (apt) or skip it (dnf, zypper), which the flow would report FAILED.
-    held, pins = _without_held(pins, *backend.holds())
+    holds = _hold_sources(*backend.holds(), declared)
+    held, pins = _without_held(pins, holds)
+    # An update that needs a held package at a newer version: left out like SSM's BLOCK leaves
+    # out a rejected package's dependants, so that the other pins still install.
+    dependants, pins = _needing_held(backend, pins, holds)
+    held += dependants
     if not pins:
         result.update(patches=held, dependencies=[], recovery=[], changed=False)
         result["reboot"] = reboot(False, "", reboot_option, backend.is_host, allow_reboot)
@@ -149,25 +162,48 @@ def install(
     return _in_order(result)
 
 
-def _without_held(pins: List[Pin], tool: str, names: List[str]) -> Tuple[List[Patch], List[Pin]]:
-    """(the HELD outcomes of the pins ``names`` hold, the other pins)."""
+def _hold_sources(tool: str, names: List[str], declared: Sequence[str]) -> Dict[str, str]:
+    """Each hold pattern -> who holds it, as messages say it: the machine's own first."""
+    holds = {name: "on the machine ({} {})".format(tool, name) for name in names}
+    for pattern in declared:
+        holds.setdefault(pattern, "by the patch group or instance ({!r})".format(pattern))
+    return holds
+
+
+def _without_held(pins: List[Pin], holds: Dict[str, str]) -> Tuple[List[Patch], List[Pin]]:
+    """(the HELD outcomes of the pins ``holds`` hold, the other pins)."""
     held, kept = [], []  # type: List[Patch], List[Pin]
     for pin in pins:
-        hold = next((n for n in names if fnmatch.fnmatchcase(pin[0], n)), None)
+        hold = next((n for n in holds if fnmatch.fnmatchcase(pin[0], n)), None)
         if hold is None:
             kept.append(pin)
             continue
-        held.append(
-            {
-                "name": pin[0],
-                "arch": pin[1],
-                "version": pin[2],
-                "result": "HELD",
-                "changed": False,
-                "message": "held on the machine ({} {}): not installed".format(tool, hold),
-            }
-        )
+        held.append(_held(pin, "held {}: not installed".format(holds[hold])))
     return held, kept
+
+
+def _needing_held(
+    backend: Backend, pins: List[Pin], holds: Dict[str, str]
+) -> Tuple[List[Patch], List[Pin]]:
+    """(the HELD outcomes of the pins that need a held package changed, the other pins)."""
+    needs = backend.needs_held(pins, list(holds)) if pins and holds else {}
+    held = []  # type: List[Patch]
+    for pin in (p for p in pins if p[0] in needs):
+        name = needs[pin[0]]
+        hold = next(n for n in holds if fnmatch.fnmatchcase(name, n))
+        held.append(_held(pin, "needs {}, held {}: not installed".format(name, holds[hold])))
+    return held, [p for p in pins if p[0] not in needs]
+
+
+def _held(pin: Pin, message: str) -> Patch:
+    return {
+        "name": pin[0],
+        "arch": pin[1],
+        "version": pin[2],
+        "result": "HELD",
+        "changed": False,
+        "message": message,
+    }
 
 
 def _in_order(result: Dict[str, object]) -> Dict[str, object]:

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, StringConstraints, field_validator, model_validator
 
 from reconciler.api._base import Model
+from reconciler.api.durations import DURATION, duration_seconds
 from reconciler.api.hooks import HOST, check_url
 from reconciler.api.selectors import LabelSelector
 
@@ -35,6 +36,7 @@ def _gate_url(value: str) -> str:
 
 Url = Annotated[str, StringConstraints(min_length=1, max_length=2048), AfterValidator(_gate_url)]
 Timeout = Annotated[int, Field(ge=1, le=60, strict=True)]
+MAX_THRESHOLD_SECONDS = 7 * 86400
 
 
 class PrometheusGate(Model):
@@ -108,6 +110,10 @@ class Gate(Model):
     """Alertmanager matchers: a matching alert that is not silenced blocks."""
     kubernetes: KubernetesGate | None = None
     """A pod or node label selector: any match blocks."""
+    blocked_threshold: Annotated[str, StringConstraints(pattern=DURATION)] = "30m"
+    """How long the gate may block its task or stage before the loop says so (a
+    ``gate.blocked`` event, once per blocking spell): minutes, hours or days ("30m", "2h"),
+    at most 7 days; "0m" says so at once."""
 
     @model_validator(mode="after")
     def _one_kind(self) -> Gate:
@@ -116,12 +122,25 @@ class Gate(Model):
             raise ValueError("give exactly one of prometheus, alertmanager or kubernetes")
         return self
 
+    @field_validator("blocked_threshold")
+    @classmethod
+    def _at_most_a_week(cls, value: str) -> str:
+        if duration_seconds(value) > MAX_THRESHOLD_SECONDS:
+            raise ValueError("at most 7 days (7d)")
+        return value
+
+    @property
+    def threshold_seconds(self) -> int:
+        """``blockedThreshold`` in seconds."""
+        return duration_seconds(self.blocked_threshold)
+
     @property
     def key(self) -> str:
         """What the gate reads, as text: gates asking the same question share one reading
         per pass, whatever their names."""
         wire = self.to_wire()
         wire.pop("name")
+        wire.pop("blockedThreshold")  # when to tell people, not what is read
         return json.dumps(wire, sort_keys=True)
 
 

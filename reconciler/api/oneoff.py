@@ -90,6 +90,9 @@ class OneOffOpening(Model):
     task: WindowTask
     hooks_from: str | None = None
     """``WINDOW/TASK`` whose hooks and health checks the task carries (provenance)."""
+    gates_from: str | None = None
+    """``WINDOW/TASK`` whose safety gates guard the opening's installs (``--gates-from``): the
+    task's gates in the revision in force at each plan, never a copy (docs/patch-now.md)."""
     requested_by: str
     """Who asked: ``--requested-by``, else the operating-system user."""
     os_user: str
@@ -156,10 +159,9 @@ def _listing(names: Iterable[str]) -> str:
     return ", ".join(sorted(names)) or "none"
 
 
-def hook_fields(snapshot: Snapshot, reference: str) -> tuple[str, dict[str, Any]]:
-    """The hook and health-check fields (wire names) of the window task ``WINDOW[/TASK]``, and
-    the task's ``WINDOW/TASK``. ValueError says what is wrong: an unknown window or task, a
-    window with several tasks and no TASK, or a task with nothing to copy."""
+def window_task(snapshot: Snapshot, reference: str) -> tuple[str, WindowTask]:
+    """The window task ``WINDOW[/TASK]`` names, and its ``WINDOW/TASK``. ValueError says what
+    is wrong: an unknown window or task, or a window with several tasks and no TASK."""
     window_name, _, task_name = reference.partition("/")
     window = snapshot.windows.get(window_name)
     if window is None:
@@ -170,12 +172,30 @@ def hook_fields(snapshot: Snapshot, reference: str) -> tuple[str, dict[str, Any]
     task = tasks.get(task_name) if task_name else next(iter(tasks.values()))
     if task is None:
         raise ValueError(f"window {window_name} has no task {task_name!r}; {_listing(tasks)}")
+    return f"{window_name}/{task.name}", task
+
+
+def hook_fields(snapshot: Snapshot, reference: str) -> tuple[str, dict[str, Any]]:
+    """The hook and health-check fields (wire names) of the window task ``WINDOW[/TASK]``, and
+    the task's ``WINDOW/TASK``. ValueError says what is wrong (:func:`window_task`, or a task
+    with nothing to copy)."""
+    named, task = window_task(snapshot, reference)
     copied = task_hooks(task)
     if not copied:
+        window_name = named.partition("/")[0]
         raise ValueError(
             f"task {task.name} of window {window_name} has no hooks or health checks to copy"
         )
-    return f"{window_name}/{task.name}", copied
+    return named, copied
+
+
+def gating_task(snapshot: Snapshot, reference: str) -> tuple[str, WindowTask]:
+    """The window task ``WINDOW[/TASK]`` whose gates ``--gates-from`` names, and its
+    ``WINDOW/TASK``; ValueError also when it has no gates (nothing would guard the opening)."""
+    named, task = window_task(snapshot, reference)
+    if not task.gates:
+        raise ValueError(f"task {task.name} of window {named.partition('/')[0]} has no gates")
+    return named, task
 
 
 def task_hooks(task: WindowTask) -> dict[str, Any]:

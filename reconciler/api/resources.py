@@ -30,6 +30,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from reconciler.api._base import Model
+from reconciler.api.durations import DURATION, DURATION_HELP, duration_seconds
 from reconciler.api.ec2 import DEFAULT_STATES, PATCH_GROUP_TAGS, check_filter, check_label_key
 from reconciler.api.enums import (
     ApproveAfterDaysFrom,
@@ -913,9 +914,8 @@ class ComplianceReport(Model):
 # Rollout (issue 15, groundwork: validated here and planned by reconciler.rollout; the loop does
 # not apply it yet, so validation refuses every Rollout rather than accept and ignore it)
 
-_BAKE_TIME = r"^(0|[1-9][0-9]{0,3})[mhd]$"
-PATTERN_HELP[_BAKE_TIME] = 'give minutes, hours or days: "30m", "48h", "2d"'
-_BAKE_UNITS = {"m": 60, "h": 3600, "d": 86400}
+_BAKE_TIME = DURATION
+PATTERN_HELP[_BAKE_TIME] = DURATION_HELP
 MAX_BAKE_SECONDS = 90 * 86400
 _SNAPSHOT_PREFIX = r"^(sha256:)?[0-9a-f]{7,64}$"
 PATTERN_HELP[_SNAPSHOT_PREFIX] = "give a snapshot's digest (sha256:…) or its first 7+ hex digits"
@@ -925,7 +925,7 @@ PATTERN_HELP[_TOKEN] = "give 1 to 64 letters, digits, '.', '_', ':' or '-'"
 
 def bake_seconds(value: str) -> int:
     """Seconds in a bakeTime such as ``48h`` (the pattern was checked by the model)."""
-    return int(value[:-1]) * _BAKE_UNITS[value[-1]]
+    return duration_seconds(value)
 
 
 class RolloutStage(Model):

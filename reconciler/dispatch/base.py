@@ -100,6 +100,9 @@ class InstallRequest:
     """``name[:arch]=version`` of each patch to install."""
     blocked: tuple[str, ...] = ()
     """Package name patterns the install may not touch (not even as a dependency)."""
+    holds: tuple[str, ...] = ()
+    """The machine's patch group's and instance's hold patterns (docs/guardrails.md): never
+    installed, and an update that needs one at a newer version is left out, HELD."""
     simulate: bool = False
     reboot_option: str = "RebootIfNeeded"
     allow_reboot: bool = False
@@ -130,6 +133,7 @@ def install_args(request: InstallRequest, *, trust_root_scripts: bool = False) -
         option("--lock-timeout", str(request.lock_timeout)),
         *(option("--pin", pin) for pin in request.pins),
         *(option("--block", pattern) for pattern in request.blocked),
+        *(option("--hold", pattern) for pattern in request.holds),
         *(["--simulate"] if request.simulate else []),
         *(["--allow-reboot"] if request.allow_reboot else []),
         *sources_args(request.sources),

@@ -15,6 +15,7 @@ from reconciler.api.resources import ManagedInstance
 from reconciler.api.snapshot import Snapshot
 from reconciler.dispatch.base import Transport
 from reconciler.report.notify.occurrences import Kind, Observer, Occurrence
+from reconciler.report.views.gates import GateStanding
 from reconciler.report.views.rollouts import RolloutView
 from reconciler.rollout import RolloutDecision
 
@@ -53,6 +54,8 @@ class PassSummary:
     """Each Rollout's stages as this pass decided them (docs/rollouts.md)."""
     rollout_views: tuple[RolloutView, ...] = ()
     """The same as the observers read them (metrics, the controller's status)."""
+    gates: tuple[GateStanding, ...] = ()
+    """Each safety gate of each task and stage, and since when it blocks (the metrics)."""
 
     def count(self, operation: str, status: str) -> None:
         key = f"{operation} {status}"

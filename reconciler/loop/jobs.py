@@ -369,6 +369,7 @@ class JobRunner:
             InstallRequest(
                 action.pins,
                 blocked=action.blocked,
+                holds=self._holds(claimed),
                 reboot_option=action.reboot_option,
                 allow_reboot=allow_reboot,
                 sources=self._sources(claimed),
@@ -439,6 +440,13 @@ class JobRunner:
         snapshot = self.in_force.snapshot
         labels = claimed.instance.metadata.labels
         return baseline_sources(snapshot, labels) if snapshot is not None else ()
+
+    def _holds(self, claimed: Claimed) -> tuple[str, ...]:
+        """The hold patterns the instance's patch group and the instance itself declare."""
+        snapshot, instance = self.in_force.snapshot, claimed.instance
+        groups = snapshot.groups_of(instance.metadata.labels) if snapshot is not None else []
+        holds = declared_holds(groups[0] if groups else None, instance)
+        return tuple(dict.fromkeys(hold.pattern for hold in holds))
 
     def _record(
         self, claimed: Claimed, inventory: Inventory, operation: Operation

@@ -1,9 +1,10 @@
 """Stage: loop. One pass is an ordered tuple of small steps (:data:`STEPS`) over an explicit
 :class:`PassContext`: ``refresh`` (the revision in force), ``close_executions`` (openings that
 ended), ``rollouts`` (progressive rollouts' decisions, docs/rollouts.md), ``gates`` (each safety
-gate read once, docs/guardrails.md), ``dispatch`` (plan, run jobs concurrently, refill freed
-slots from the plan's queue and re-plan as slots free),
-``export`` (scheduled reports). Another loop (the controller's) adds its own steps around these.
+gate read once, docs/guardrails.md), ``gate_spells`` (how long each has blocked), ``dispatch``
+(plan, run jobs concurrently, refill freed slots from the plan's queue and re-plan as slots
+free), ``export`` (scheduled reports). Another loop (the controller's) adds its own steps
+around these.
 
 Calls the loop's parts in order; may not touch the source, the store or transports itself.
 """
@@ -25,10 +26,12 @@ from reconciler.loop.common import InForce, PassSummary
 from reconciler.loop.desired import Refresher
 from reconciler.loop.executions import WindowExecutions
 from reconciler.loop.exports import ReportExporter
+from reconciler.loop.gatespells import GateSpells
 from reconciler.loop.jobs import JobRunner
 from reconciler.loop.observed import Observation
 from reconciler.loop.rollouts import RolloutSteering
 from reconciler.plan import Action, GateReading, Plan
+from reconciler.report.views.gates import guarded
 from reconciler.state import JobRecord
 
 Running = dict[Future[JobRecord | None], Action]
@@ -54,6 +57,7 @@ class LoopParts:
     executions: WindowExecutions
     exporter: ReportExporter
     rollouts: RolloutSteering
+    spells: GateSpells
     stopping: threading.Event
     """Set to stop: running jobs finish, nothing new starts, no report is started."""
     workers: int
@@ -108,9 +112,15 @@ def gate_readings(snapshot: Snapshot | None, kube: Kube | None = None) -> dict[s
 
 
 def _gates_of(snapshot: Snapshot) -> list[Gate]:
-    tasks = [task.gates for window in snapshot.windows.values() for task in window.spec.tasks]
-    stages = [stage.gates for r in snapshot.rollouts.values() for stage in r.spec.stages]
-    return [gate for listed in (*tasks, *stages) for gate in listed]
+    return [gate for _, gate in guarded(snapshot)]
+
+
+def gate_spells(context: PassContext) -> None:
+    """How long each gate has blocked each task and stage it guards (the metrics read it), and
+    ``gate.blocked`` once a spell outlasts the gate's blockedThreshold."""
+    parts = context.parts
+    readings = parts.observation.readings
+    context.summary.gates = parts.spells.follow(parts.in_force.snapshot, readings)
 
 
 def dispatch(context: PassContext) -> None:
@@ -188,7 +198,15 @@ def export(context: PassContext) -> None:
         parts.exporter.wait(parts.export_grace)
 
 
-STEPS: tuple[Step, ...] = (refresh, close_executions, rollouts, gates, dispatch, export)
+STEPS: tuple[Step, ...] = (
+    refresh,
+    close_executions,
+    rollouts,
+    gates,
+    gate_spells,
+    dispatch,
+    export,
+)
 
 
 def _submit(

@@ -7,24 +7,27 @@ down are expected. A restarted loop finds the job in its phase and resumes the w
 
 Touches the transport (boot id, reboot) and the store's job phases; decides only whether this
 install's reboot may start now (the task's rebootOption, the window's end, a CANCEL_TASK cutoff,
-the task's safety gates read again);
+the task's and the machine's rollout stage's safety gates read again);
 may not rescan, record scans or finish the job (the job runner does).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from reconciler.api.gates import Gate
 from reconciler.api.install import InstallResult, Reboot
+from reconciler.api.oneoff import gating_task
 from reconciler.api.resources import ManagedInstance
 from reconciler.api.snapshot import Snapshot
 from reconciler.dispatch.base import AgentFailed, Rebooting, Transport
 from reconciler.dispatch.gates import read_gates
 from reconciler.loop.common import Clock, Log
 from reconciler.plan import Action, gate_verdict, rebooted_by_loop
+from reconciler.rollout import stage_members
 from reconciler.schedule import open_openings
 from reconciler.state import JobPhase, StateBackend
 
@@ -118,15 +121,43 @@ def window_refusal(snapshot: Snapshot | None, action: Action, now: datetime) -> 
     return ""
 
 
-def gate_refusal(snapshot: Snapshot | None, action: Action) -> str:
-    """Why no reboot may start now by the safety gates of the action's task (docs/guardrails.md),
-    read now; empty when every gate is open or the task has none."""
-    window = snapshot.windows.get(action.window) if snapshot and action.window else None
-    task = next((t for t in window.spec.tasks if t.name == action.task), None) if window else None
-    if window is None or task is None or not task.gates:
+def gate_refusal(snapshot: Snapshot | None, action: Action, gates_from: str | None = None) -> str:
+    """Why no reboot may start now by the safety gates of the action's task and of the rollout
+    stage its machine is in (docs/guardrails.md), read now; empty when every gate is open.
+    ``gates_from``: a one-off opening's ``--gates-from`` task (docs/patch-now.md); one that is
+    gone refuses (nothing says its gates are open)."""
+    if snapshot is None:
         return ""
-    whose = f"task {task.name} of {window.metadata.name}"
-    return gate_verdict(task.gates, read_gates(task.gates), whose)
+    guards = reboot_gates(snapshot, action)
+    if gates_from is not None:
+        try:
+            named, task = gating_task(snapshot, gates_from)
+        except ValueError as exc:
+            return f"--gates-from {gates_from}: {exc}"
+        guards.append((f"task {task.name} of {named.partition('/')[0]}", task.gates))
+    for whose, gates in guards:
+        verdict = gate_verdict(gates, read_gates(gates), whose)
+        if verdict:
+            return verdict
+    return ""
+
+
+def reboot_gates(snapshot: Snapshot, action: Action) -> list[tuple[str, Sequence[Gate]]]:
+    """The gates guarding the action's reboot, with whose they are: its window task's, and its
+    machine's rollout stage's (a stage's gates guard its members' reboots as their installs)."""
+    found: list[tuple[str, Sequence[Gate]]] = []
+    window = snapshot.windows.get(action.window) if action.window else None
+    tasks = window.spec.tasks if window is not None else []
+    for task in (t for t in tasks if t.name == action.task and t.gates):
+        found.append((f"task {task.name} of {action.window}", task.gates))
+    for rollout in snapshot.rollouts.values():
+        members = stage_members(rollout, snapshot)
+        for stage, names in zip(rollout.spec.stages, members, strict=True):
+            if action.instance in names and stage.gates:
+                found.append(
+                    (f"stage {stage.name} of rollout {rollout.metadata.name}", stage.gates)
+                )
+    return found
 
 
 class Reboots:
@@ -158,7 +189,8 @@ class Reboots:
         needed = str(reboot.document().get("why") or job.action.reason)
         refusal = window_refusal(snapshot, job.action, self.clock())
         # Read the gates again: the install may have run for minutes since the pass read them.
-        gated = "" if refusal else gate_refusal(snapshot, job.action)
+        gates_from = self.gates_from(job.action)
+        gated = "" if refusal else gate_refusal(snapshot, job.action, gates_from)
         if refusal or gated:
             later = "for the next opening" if refusal else "until the gate opens"
             why = f"reboot needed ({needed}); {refusal or gated}: left pending {later}"
@@ -181,6 +213,13 @@ class Reboots:
         job.log.info("rebooting", boot_id=before)
         _ask(transport, before)
         return with_awaited(outcome, self.wait(job, transport, phase, asked=True))
+
+    def gates_from(self, action: Action) -> str | None:
+        """The ``--gates-from`` task of the one-off opening ``action`` is a job of, if any."""
+        if action.window is not None or action.opening is None:
+            return None
+        record = self.store.one_off(action.opening)
+        return record.opening.gates_from if record is not None else None
 
     def wait(
         self, job: RebootJob, transport: Transport, phase: JobPhase, *, asked: bool

@@ -19,6 +19,7 @@ from reconciler.loop.common import Clock, Emitter, InForce, Log, PassSummary, Tr
 from reconciler.loop.desired import Pinned, Refresher, enrolment_report
 from reconciler.loop.executions import WindowExecutions
 from reconciler.loop.exports import ReportExporter
+from reconciler.loop.gatespells import GateSpells
 from reconciler.loop.hooks import Wait
 from reconciler.loop.jobs import JobDone, JobRunner
 from reconciler.loop.observed import Observation
@@ -109,6 +110,7 @@ class Reconciler:
             executions=executions,
             exporter=ReportExporter(store, clock, self.log, s3_endpoint_url, report_dir),
             rollouts=RolloutSteering(store, in_force, clock, self.emit),
+            spells=GateSpells(clock, self.emit),
             stopping=self.stopping,
             workers=workers,
             export_grace=export_grace,

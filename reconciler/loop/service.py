@@ -159,6 +159,7 @@ class Service:
         metrics.reconcile_seconds.observe(time.monotonic() - started)
         metrics.refresh()
         metrics.observe_rollouts(summary.rollout_views)
+        metrics.observe_gates(summary.gates)
         if summary.revision is not None:
             metrics.last_success.set_to_current_time()
             self.last_pass = time.time()

@@ -2,7 +2,8 @@
 
 ``LoopMetrics`` is an observer of the loop's occurrence stream (jobs, refusals, installs,
 reboots) and reads the observed-state store for the fleet's compliance (instances by status and
-patch group, missing patches by severity); ``observe_rollouts`` takes each pass's rollout views;
+patch group, missing patches by severity); ``observe_rollouts`` takes each pass's rollout views,
+``observe_gates`` its safety gates' standings;
 ``serve()`` adds pass durations and the last successful reconcile, and serves ``/metrics``.
 Reads results; decides nothing. Names follow Prometheus' conventions: units in the name,
 ``_total`` added by the client to counters.
@@ -22,6 +23,7 @@ from prometheus_client.registry import Collector
 from reconciler.api.enums import JobStatus, Operation
 from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.report.views.csvreport import LEVELS
+from reconciler.report.views.gates import GateStanding
 from reconciler.report.views.rollouts import RolloutView, StageView
 from reconciler.rollout import Verdict
 from reconciler.state import ScanRecord, StateBackend
@@ -54,6 +56,8 @@ class LoopMetrics:
         self._declare_enrolment_metrics(self.registry)
         self._declare_rollout_metrics(self.registry)
         self._rollout_series: set[tuple[str, ...]] = set()
+        self._declare_gate_metrics(self.registry)
+        self._gate_series: set[tuple[str, str]] = set()
         self._deliveries = _Deliveries()
         self.registry.register(self._deliveries)
         self._start_at_zero()
@@ -200,6 +204,22 @@ class LoopMetrics:
             registry=r,
         )
 
+    def _declare_gate_metrics(self, r: CollectorRegistry) -> None:
+        """Safety gates (docs/guardrails.md), per gate and the task or stage it guards."""
+        labels = ["gate", "scope"]
+        self.gate_blocked = Gauge(
+            "patchwarden_gate_blocked",
+            "1 while the gate blocks the task or rollout stage (scope), 0 while it is open.",
+            labels,
+            registry=r,
+        )
+        self.gate_blocked_seconds = Gauge(
+            "patchwarden_gate_blocked_seconds",
+            "Seconds the gate has blocked the scope in this spell (0 while it is open).",
+            labels,
+            registry=r,
+        )
+
     def _declare_fleet_metrics(self, r: CollectorRegistry) -> None:
         """The fleet as its latest scans show it."""
         self.instances = Gauge(
@@ -296,6 +316,22 @@ class LoopMetrics:
             self.rollout_verdict.remove(*labels, str(verdict))
         self.rollout_baked.remove(*labels)
         self.rollout_failed.remove(*labels)
+
+    # -- safety gates, from the pass's standings ---------------------------------------------
+
+    def observe_gates(self, standings: Sequence[GateStanding]) -> None:
+        """Every gate of every task and stage after a pass; a gate no longer there is removed."""
+        with self._lock:
+            series = set()
+            for standing in standings:
+                labels = (standing.gate, standing.scope)
+                series.add(labels)
+                self.gate_blocked.labels(*labels).set(1 if standing.blocking else 0)
+                self.gate_blocked_seconds.labels(*labels).set(standing.blocked_seconds)
+            for gone in self._gate_series - series:
+                self.gate_blocked.remove(*gone)
+                self.gate_blocked_seconds.remove(*gone)
+            self._gate_series = series
 
     # -- the fleet, from the store ------------------------------------------------------------
 

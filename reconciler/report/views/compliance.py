@@ -34,7 +34,8 @@ Scan = ScanRecord
 
 
 def instances(scans: Mapping[str, Scan]) -> list[dict[str, Any]]:
-    """One row per instance: group, baseline, status, severity, SSM counts, last operation, the
+    """One row per instance: group, baseline, status, severity, SSM counts, held packages
+    (``heldCount``), last operation, the
     last Install with NoReboot (SSM's LastNoRebootInstallOperationTime) and the revision."""
     rows = []
     for name in sorted(scans):
@@ -48,6 +49,8 @@ def instances(scans: Mapping[str, Scan]) -> list[dict[str, Any]]:
                 "complianceStatus": summary.get("complianceStatus"),
                 "complianceSeverity": summary.get("complianceSeverity"),
                 **{key: summary.get(key, 0) for key in COUNTS},
+                # Not one of SSM's counts: packages a hold keeps off (docs/guardrails.md).
+                "heldCount": len(scan.held),
                 "operation": scan.operation,
                 "operationEndTime": scan.finished_at.isoformat(timespec="seconds"),
                 "lastNoRebootInstallOperationTime": scan.evaluation.get(

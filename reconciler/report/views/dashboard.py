@@ -101,6 +101,7 @@ def _cards(summary: Mapping[str, Any]) -> str:
         ("Failed patches", summary["failedCount"], "bad"),
         ("Critical non-compliant", summary["criticalNonCompliantCount"], "bad"),
         ("Pending reboot", summary["installedPendingRebootCount"], ""),
+        ("Held packages", summary.get("heldCount", 0), ""),
     ]
     items = "".join(
         f'<div class="card {kind}"><div class="value">{escape(str(value))}</div>'
@@ -386,6 +387,7 @@ WORST_COLUMNS = {
     "Missing": "missingCount",
     "Failed": "failedCount",
     "Pending reboot": "installedPendingRebootCount",
+    "Held": "heldCount",
 }
 
 
@@ -402,7 +404,7 @@ def _worst_section(document: Mapping[str, Any]) -> str:
         (*WORST_COLUMNS, "Last operation", "Revision"),
         [
             (
-                *(r[key] for key in WORST_COLUMNS.values()),
+                *(r.get(key) for key in WORST_COLUMNS.values()),
                 f"{r['operation']} {_when(r['operationEndTime'])}",
                 short_revision(r["revision"]),
             )

@@ -22,6 +22,7 @@ from reconciler.api.resources import MaintenanceWindow
 from reconciler.api.snapshot import Snapshot
 from reconciler.evaluation import DecisionCache, declared_holds, evaluate, resolve
 from reconciler.evaluation.pins import pins_for
+from reconciler.report.views.gates import guarded
 from reconciler.schedule import describe, openings
 from reconciler.schedule.windows import Opening, current_opening
 
@@ -136,16 +137,34 @@ class NextInstall:
 
 
 @dataclass(frozen=True)
+class GateChange:
+    """A safety gate of a window task or rollout stage added, removed or changed (what it reads
+    or its blockedThreshold); the gate itself is not read."""
+
+    scope: str
+    """Whose gate: "task patch of window noon", "stage prod of rollout web"."""
+    gate: str
+    change: str
+    """added, removed or changed."""
+
+    def document(self) -> dict[str, Any]:
+        return {"scope": self.scope, "gate": self.gate, "change": self.change}
+
+
+@dataclass(frozen=True)
 class Diff:
     """Everything that differs; empty tuples when the change does nothing to the fleet."""
 
     instances: tuple[InstanceChange, ...]
     windows: tuple[WindowChange, ...]
     installs: tuple[NextInstall, ...]
+    gates: tuple[GateChange, ...] = ()
 
     @property
     def changed(self) -> bool:
-        return bool(self.instances or self.windows or any(i.changed for i in self.installs))
+        return bool(
+            self.instances or self.windows or self.gates or any(i.changed for i in self.installs)
+        )
 
     def totals(self) -> dict[str, int]:
         changes = self.instances
@@ -171,6 +190,7 @@ class Diff:
             "instances": [c.document() for c in self.instances],
             "windows": [w.document() for w in self.windows],
             "nextInstalls": [i.document() for i in self.installs],
+            "gates": [g.document() for g in self.gates],
         }
 
 
@@ -192,7 +212,10 @@ def compare(
         if (change := InstanceChange(name, old, new)).changed
     )
     return Diff(
-        changes, window_changes(before, after, now), next_installs(before, after, sides, now)
+        changes,
+        window_changes(before, after, now),
+        next_installs(before, after, sides, now),
+        gate_changes(before, after),
     )
 
 
@@ -249,6 +272,19 @@ def window_changes(before: Snapshot, after: Snapshot, now: datetime) -> tuple[Wi
         else:
             continue
         out.append(WindowChange(name, change, old_text, new_text, old_next, new_next))
+    return tuple(out)
+
+
+def gate_changes(before: Snapshot, after: Snapshot) -> tuple[GateChange, ...]:
+    """Gates added, removed or changed, per window task and rollout stage, by name."""
+    old = {(scope, gate.name): gate.to_wire() for scope, gate in guarded(before)}
+    new = {(scope, gate.name): gate.to_wire() for scope, gate in guarded(after)}
+    out = []
+    for scope, name in sorted(old.keys() | new.keys()):
+        was, now = old.get((scope, name)), new.get((scope, name))
+        if was != now:
+            change = "added" if was is None else "removed" if now is None else "changed"
+            out.append(GateChange(scope, name, change))
     return tuple(out)
 
 

@@ -46,6 +46,7 @@ def summary_line(result: Diff) -> str:
         f"{t['complianceChanges']} compliance change(s); windows: {t['windowsAdded']} added, "
         f"{t['windowsRemoved']} removed, {t['windowsRescheduled']} rescheduled; "
         f"{t['installsChanged']} window(s) would install something else."
+        + (f" Gates: {len(result.gates)} added, removed or changed." if result.gates else "")
     )
 
 
@@ -113,6 +114,7 @@ def _sections(result: Diff) -> list[tuple[str, list[dict[str, Any]]]]:
         ("Instances", _instance_rows(result)),
         ("Windows", _window_rows(result)),
         ("Next openings: what each would install", _install_rows(result)),
+        ("Gates", [change.document() for change in result.gates]),
     ]
 
 

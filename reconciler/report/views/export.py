@@ -188,6 +188,7 @@ def fleet_summary(
         "unspecified": len(rows) - compliant - statuses.count("NON_COMPLIANT"),
         "compliantPercent": round(100 * compliant / len(rows), 1) if rows else None,
         **{key: sum(r[key] or 0 for r in rows) for key in compliance.COUNTS},
+        "heldCount": sum(r["heldCount"] for r in rows),
         "nonCompliantByComplianceLevel": levels,
     }
 

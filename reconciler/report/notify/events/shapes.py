@@ -40,6 +40,10 @@ ROLLOUT = "Rollout State-change Notification"
 """Progressive rollouts (docs/rollouts.md); SSM has no counterpart. ``detail.state`` says which
 step: the CloudEvents type's last part."""
 
+GATE_BLOCKED = "Gate Blocked Notification"
+"""A safety gate blocked a task or stage longer than its threshold (docs/guardrails.md); SSM has
+no counterpart. Named in SSM's manner."""
+
 DETAIL_TYPES = (
     COMPLIANCE,
     WINDOW_EXECUTION,
@@ -47,6 +51,7 @@ DETAIL_TYPES = (
     SNAPSHOT_REFUSED,
     INSTANCE_SOURCE_FAILED,
     ROLLOUT,
+    GATE_BLOCKED,
 )
 
 _ENDED = frozenset({"SUCCESS", "FAILED", "TIMED_OUT", "CANCELLED", "SKIPPED_OVERLAPPING"})
@@ -231,6 +236,13 @@ def _rollout(o: Occurrence) -> Shape:
     return str(o.kind), ROLLOUT, str(o.detail.get("rollout")), {"state": state, **detail}
 
 
+def _gate_blocked(o: Occurrence) -> Shape:
+    """Subject: the gate and whose it is ("quiet of task patch of window noon")."""
+    detail = {_kebab(key): value for key, value in o.detail.items()}
+    subject = f"{o.detail.get('gate')} of {o.detail.get('scope')}"
+    return str(o.kind), GATE_BLOCKED, subject, detail
+
+
 def _kebab(key: str) -> str:
     """``frozenAt`` -> ``frozen-at``: SSM's manner in an event's detail."""
     return "".join(f"-{c.lower()}" if c.isupper() else c for c in key)
@@ -247,4 +259,5 @@ _SHAPES = {
     Kind.SNAPSHOT_REFUSED: _snapshot_refused,
     Kind.INSTANCE_SOURCE_FAILED: _instance_source_failed,
     **dict.fromkeys(ROLLOUT_KINDS, _rollout),
+    Kind.GATE_BLOCKED: _gate_blocked,
 }
