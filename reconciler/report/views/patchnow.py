@@ -26,7 +26,8 @@ def summary_row(record: OneOffRecord) -> dict[str, Any]:
     return {
         "id": opening.id,
         "status": str(record.status),
-        "operation": str(opening.task.operation),
+        "operation": str(opening.task.operation)
+        + (f" {opening.emergency.cve}" if opening.emergency else ""),
         "targets": opening.targets.describe(),
         "requested by": asked,
         "created": _time(opening.created_at),
