@@ -28,11 +28,22 @@ from reconciler.evaluation.emergency import affected, cve_fixes
 from reconciler.evaluation.holds import Hold
 from reconciler.loop import Reconciler
 from reconciler.plan import emergency_fix
+from reconciler.report.notify.events.shapes import to_event
+from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.sources import DirectorySource
 from reconciler.state import StateStore
 from tests.factories import baseline, inventory
 from tests.fleet import ManualClock, Spy, window_yaml
-from tests.rpmlab import Notice, Rpm, base_and_updates, build_rpms, rpm_q, seed_rpm_root
+from tests.rpmlab import (
+    Notice,
+    Rpm,
+    base_and_updates,
+    build_rpms,
+    build_suse_repos,
+    make_suse_root,
+    rpm_q,
+    seed_rpm_root,
+)
 
 CVE = "CVE-2026-1111"
 NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
@@ -188,7 +199,9 @@ def _loop(config: Path, store: StateStore, clock: ManualClock, spy: Spy) -> Reco
     return Reconciler(DirectorySource(config), store, spy, clock=clock)
 
 
-def _request(store: StateStore, config: Path, concurrency: str = "3") -> OneOffOpening:
+def _request(
+    store: StateStore, config: Path, concurrency: str = "3", cve: str = CVE, errors: str = "1"
+) -> OneOffOpening:
     """What ``patchctl emergency --cve CVE`` records, at the injected NOW."""
     snapshot = DirectorySource(config).snapshot()[1]
     latest = store.latest_scans()
@@ -196,12 +209,17 @@ def _request(store: StateStore, config: Path, concurrency: str = "3") -> OneOffO
         name: _inventory(latest[name].inventory) if name in latest else None
         for name in sorted(snapshot.instances)
     }
-    fix, targets = emergency_fix(CVE, snapshot, sorted(snapshot.instances), scans, NOW, "INC-7")
+    fix, targets = emergency_fix(cve, snapshot, sorted(snapshot.instances), scans, NOW, "INC-7")
     opening = OneOffOpening(
         id="em-test",
         targets=OneOffTargets(instances=list(targets)),
         task=WindowTask.model_validate(
-            {"name": "patch-now", "operation": "Install", "maxConcurrency": concurrency}
+            {
+                "name": "patch-now",
+                "operation": "Install",
+                "maxConcurrency": concurrency,
+                "maxErrors": errors,
+            }
         ),
         requested_by="alice",
         os_user="alice",
@@ -273,6 +291,97 @@ def test_a_blocking_gate_keeps_its_machines_waiting_and_the_budget_caps_the_rest
     )
     assert _versions(tmp_path / "prod-1") == BEFORE
     assert _versions(tmp_path / "dev-1") == FIXED
+
+
+# The same baseline, groups and rings for SLES machines.
+SUSE_FLEET = FLEET.replace("REDHAT_ENTERPRISE_LINUX", "SUSE").replace("rhel-security", "suse")
+
+needs_zypper = pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("zypper", "rpmbuild")), reason="zypper, rpmbuild needed"
+)
+
+
+@pytest.fixture(scope="module")
+def suse_repos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_suse_repos(tmp_path_factory.mktemp("emsuse"))
+
+
+def _suse_fleet(tmp_path: Path, repos: Path, rings: dict[str, str], installed: list[str]) -> Path:
+    config = tmp_path / "config"
+    config.mkdir()
+    machines = "".join(
+        f"---\napiVersion: patchwarden.io/v1alpha1\nkind: ManagedInstance\n"
+        f"metadata: {{name: {name}, labels: {{ring: {ring}}}}}\nspec: {{connection: "
+        f"{{type: local, root: {make_suse_root(tmp_path / name, repos, installed, with_shell=True)}}}}}\n"
+        for name, ring in rings.items()
+    )
+    (config / "fleet.yaml").write_text(SUSE_FLEET + machines)
+    return config
+
+
+def _run(config: Path, tmp_path: Path, cve: str, errors: str = "1") -> tuple[Any, Spy]:
+    """Scan, request an emergency run of ``cve`` at NOW, run it; its record and the spy."""
+    spy = Spy(lambda instance: transport_for(instance.spec.connection, trust_root_scripts=True))
+    clock = ManualClock(NOW - timedelta(minutes=5))
+    with StateStore(tmp_path / "state.db") as store:
+        loop = _loop(config, store, clock, spy)
+        loop.reconcile()  # no window: the security patches stay missing
+        opening = _request(store, config, cve=cve, errors=errors)
+        clock.advance_to(NOW + timedelta(minutes=1))
+        loop.reconcile()
+        (record,) = store.one_offs()
+    assert record.opening == opening
+    return record, spy
+
+
+@needs_zypper
+def test_a_suse_machine_installs_only_the_patch_that_fixes_the_cve(
+    tmp_path: Path, suse_repos: Path
+) -> None:
+    """SUSE's patches name their CVEs as issues: CVE-2024-1002 is patch 2's, demo-net only."""
+    old = ["demo-lib-1.0-1", "demo-net-1.0-1", "demo-web-1.0-1"]
+    config = _suse_fleet(tmp_path, suse_repos, {"sles-1": "dev"}, old)
+    record, _ = _run(config, tmp_path, "CVE-2024-1002")
+    assert record.opening.emergency.versions == {"suse": ["demo-net:noarch=1.0-2"]}
+    assert record.status is OneOffStatus.SUCCESS
+    assert rpm_q(tmp_path / "sles-1", "demo-lib", "demo-net", "demo-web") == {
+        "demo-lib": "1.0-1",
+        "demo-net": "1.0-2",
+        "demo-web": "1.0-1",
+    }
+
+
+@needs_zypper
+def test_a_failure_in_an_earlier_ring_stops_the_later_rings(
+    tmp_path: Path, suse_repos: Path
+) -> None:
+    """demo-bad's %post fails: dev-1's install fails, prod-1 never installs (maxErrors allows
+    more failures: the ring order, not the budget, stops it) and the run ends FAILED."""
+    config = _suse_fleet(
+        tmp_path, suse_repos, {"dev-1": "dev", "prod-1": "prod"}, ["demo-bad-1.0-1"]
+    )
+    record, spy = _run(config, tmp_path, "CVE-2024-1008", errors="5")
+    assert record.status is OneOffStatus.FAILED
+    assert spy.installs == ["dev-1"]
+    assert rpm_q(tmp_path / "prod-1", "demo-bad") == {"demo-bad": "1.0-1"}
+
+
+def test_emergency_occurrences_are_events_without_the_whole_document() -> None:
+    occurrence = Occurrence(
+        Kind.EMERGENCY_REQUESTED,
+        NOW,
+        "main@sha1:abc",
+        author="alice",
+        detail={"id": "em-1", "cve": CVE, "instances": ["dev-1"], "document": {"id": "em-1"}},
+    )
+    event = to_event(occurrence)
+    assert event is not None
+    assert (event.type, event.detail_type, event.subject) == (
+        "io.patchwarden.emergency.requested",
+        "Emergency CVE Run State-change Notification",
+        "em-1",
+    )
+    assert event.detail["state"] == "requested" and "document" not in event.detail
 
 
 # --- through patchctl ----------------------------------------------------------------------------

@@ -69,7 +69,9 @@ def cve_fixes(
     each installed package, unless held (declared ``holds`` or the machine's own) or rejected by
     ``baseline`` (whatever its rejectedPatchesAction)."""
     family = family_of(inventory.facts.operating_system)
-    fixes = compile_id(cve, family)
+    # Matched by the update's CVE ids on every family: SSM takes no CVE ids in SUSE's patch
+    # lists (so compile_id reads one as a name there), but SUSE's patches carry them.
+    fixes = compile_id(cve, Family.RPM)
     fixing = [u for u in inventory.updates if fixes.matches(u, family, package_names(u, family))]
     kept, held = split_held(fixing, (*holds, *machine_holds(inventory)))
     rejections = [compile_id(entry, family) for entry in baseline.spec.rejected_patches]
@@ -79,7 +81,9 @@ def cve_fixes(
             rejected.add(update.name)
         else:
             allowed.append(update)
-    pins = override_pins([cve], inventory.model_copy(update={"updates": tuple(allowed)}))
+    # "*" names every package left: the newest installable version of each, as the override
+    # list picks one.
+    pins = override_pins(["*"], inventory.model_copy(update={"updates": tuple(allowed)}))
     return CveFixes(
         tuple(sorted(pins)), tuple(sorted({h.name for h in held})), tuple(sorted(rejected))
     )

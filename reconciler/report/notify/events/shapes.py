@@ -40,6 +40,10 @@ ROLLOUT = "Rollout State-change Notification"
 """Progressive rollouts (docs/rollouts.md); SSM has no counterpart. ``detail.state`` says which
 step: the CloudEvents type's last part."""
 
+EMERGENCY = "Emergency CVE Run State-change Notification"
+"""Emergency CVE runs (docs/guardrails.md); SSM has no counterpart. ``detail.state`` is
+``requested`` or ``status`` (then ``detail.status`` says which)."""
+
 DETAIL_TYPES = (
     COMPLIANCE,
     WINDOW_EXECUTION,
@@ -47,6 +51,7 @@ DETAIL_TYPES = (
     SNAPSHOT_REFUSED,
     INSTANCE_SOURCE_FAILED,
     ROLLOUT,
+    EMERGENCY,
 )
 
 _ENDED = frozenset({"SUCCESS", "FAILED", "TIMED_OUT", "CANCELLED", "SKIPPED_OVERLAPPING"})
@@ -231,6 +236,14 @@ def _rollout(o: Occurrence) -> Shape:
     return str(o.kind), ROLLOUT, str(o.detail.get("rollout")), {"state": state, **detail}
 
 
+def _emergency(o: Occurrence) -> Shape:
+    """A run requested or changing status: its id, CVE, and what changed (the whole request
+    document stays in the audit log)."""
+    detail = {_kebab(key): value for key, value in o.detail.items() if key != "document"}
+    state = str(o.kind).removeprefix("emergency.")
+    return str(o.kind), EMERGENCY, str(o.detail.get("id")), {"state": state, **detail}
+
+
 def _kebab(key: str) -> str:
     """``frozenAt`` -> ``frozen-at``: SSM's manner in an event's detail."""
     return "".join(f"-{c.lower()}" if c.isupper() else c for c in key)
@@ -247,4 +260,6 @@ _SHAPES = {
     Kind.SNAPSHOT_REFUSED: _snapshot_refused,
     Kind.INSTANCE_SOURCE_FAILED: _instance_source_failed,
     **dict.fromkeys(ROLLOUT_KINDS, _rollout),
+    Kind.EMERGENCY_REQUESTED: _emergency,
+    Kind.EMERGENCY_CHANGED: _emergency,
 }
