@@ -27,6 +27,9 @@ Rules (issue "reconcile loop" §4):
   since the request); targets it has not reached wait for it. It is listed in
   ``Plan.one_offs`` with its outcome once nothing of it runs or can start, or EXPIRED when no
   job of it started before its ``expiresAt``.
+- An emergency CVE run (a one-off opening with ``emergency``) installs only the frozen fixes of
+  its CVE (:func:`emergency_step`), its targets in their rollout rings' order and only while
+  the gates guarding them are open (:class:`_Rails`).
 """
 
 from __future__ import annotations

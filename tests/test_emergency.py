@@ -421,3 +421,13 @@ def test_patchctl_records_audits_runs_and_lists_an_emergency_run(
     assert [r["id"] for r in json.loads(listed.stdout)] == [outcome["id"]]
     extra = patchctl("emergency", "list", "--cve", CVE, "--state", state)
     assert extra.stderr == "patchctl: emergency list takes no --cve\n"
+    asked = patchctl("emergency", "--cve", CVE, "--group", "prod", *common)
+    assert asked.returncode == 0, asked.stderr
+    assert f"Emergency {CVE}, snapshot sha256:" in asked.stdout
+    assert "em-lib:noarch=1.0-2" in asked.stdout
+    run_id = asked.stdout.split()[1].rstrip(":")
+    cancelled = patchctl("emergency", "cancel", run_id, *common[2:], "-o", "json")
+    assert json.loads(cancelled.stdout)["status"] == "CANCELLED", cancelled.stderr
+    shown = patchctl("emergency", "status", run_id, "--state", state, "-o", "json")
+    assert json.loads(shown.stdout)["status"] == "CANCELLED"
+    assert _versions(tmp_path / "prod-1") == BEFORE
