@@ -33,6 +33,7 @@ import yaml
 
 from reconciler import __version__
 from reconciler.api import editor
+from reconciler.api.checks import CVE_ID
 from reconciler.api.crd import custom_resource_definitions
 from reconciler.api.enrolment import provenance
 from reconciler.api.enums import ComplianceStatus, RejectedPatchesAction
@@ -90,7 +91,7 @@ from reconciler.loop.rollouts import status as rollout_status
 from reconciler.loop.workers import POLL as WORKER_POLL
 from reconciler.loop.workers import JobQueue, Worker, WorkerSettings, runners
 from reconciler.paths import control_character
-from reconciler.plan import Settings, gates_guarding
+from reconciler.plan import Settings, emergency_fix, gates_guarding
 from reconciler.redaction import redacted
 from reconciler.report.notify import audit
 from reconciler.report.notify.metrics import LoopMetrics
@@ -382,6 +383,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     _patch_now_args(p)
     p.set_defaults(handler=_patch_now)
+
+    p = sub.add_parser(
+        "emergency",
+        help="install only the fixes of one CVE now, through rings, gates and budgets (an "
+        "emergency run the loop runs), or list, show or cancel such runs",
+    )
+    _emergency_args(p)
+    p.set_defaults(handler=_emergency)
 
     p = sub.add_parser("windows", help="the next openings of each maintenance window, per target")
     p.add_argument("--source", required=True, help="a snapshot directory or Git URL")
@@ -2573,6 +2582,24 @@ def _patch_now_args(p: argparse.ArgumentParser) -> None:
 
 def _patch_now_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--operation", choices=("Scan", "Install"), default="Install")
+    _one_off_budget_args(p)
+    p.add_argument(
+        "--hooks-from",
+        metavar="WINDOW[/TASK]",
+        help="copy the hooks and health checks of this window's task",
+    )
+    p.add_argument(
+        "--gates-from",
+        metavar="WINDOW[/TASK]",
+        help="Install only: this window task's safety gates guard the request's installs",
+    )
+    p.add_argument("--note", metavar="TEXT", help="why (kept with the request and audited)")
+    _requested_by_arg(p)
+    _start_within_arg(p)
+
+
+def _one_off_budget_args(p: argparse.ArgumentParser) -> None:
+    """A one-off opening's task: its reboot option and budgets (patch-now, emergency)."""
     p.add_argument(
         "--reboot-option", choices=("RebootIfNeeded", "NoReboot"), default="RebootIfNeeded"
     )
@@ -2590,18 +2617,9 @@ def _patch_now_task_args(p: argparse.ArgumentParser) -> None:
         metavar="N|N%",
         help="failed targets after which no new target starts (default 1), as maxErrors",
     )
-    p.add_argument(
-        "--hooks-from",
-        metavar="WINDOW[/TASK]",
-        help="copy the hooks and health checks of this window's task",
-    )
-    p.add_argument(
-        "--gates-from",
-        metavar="WINDOW[/TASK]",
-        help="Install only: this window task's safety gates guard the request's installs",
-    )
-    p.add_argument("--note", metavar="TEXT", help="why (kept with the request and audited)")
-    _requested_by_arg(p)
+
+
+def _start_within_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--start-within",
         type=_minutes,
@@ -2702,7 +2720,13 @@ def _current_snapshot(args: argparse.Namespace, store: StateBackend) -> InForce:
     return InForce(snapshot, str(revision), revision.author)
 
 
-def _patch_now_wait(args: argparse.Namespace) -> int:
+Recorder = Callable[
+    [argparse.Namespace, Snapshot, StateBackend, Emitter], tuple[OneOffRecord, list[str]]
+]
+"""Checks and records a one-off opening (patch-now's, or an emergency run's)."""
+
+
+def _patch_now_wait(args: argparse.Namespace, record_with: Recorder | None = None) -> int:
     pool = _ssh_pool()
     with (
         render.job_progress() as progress,
@@ -2711,7 +2735,7 @@ def _patch_now_wait(args: argparse.Namespace) -> int:
         loop.refresh()
         if loop.snapshot is None:
             raise UserError("no valid snapshot: nothing recorded (see the refusal above)")
-        record, _ = _record_one_off(args, loop.snapshot, store, loop.emit)
+        record, _ = (record_with or _record_one_off)(args, loop.snapshot, store, loop.emit)
         loop.recover()  # this process holds the writer lock: what runs was left by a crash
         final = _run_one_off(loop, store, record.id)
         patchnow.outcome(final, store.one_off_jobs([record.id]), _format(args), sys.stdout)
@@ -2852,13 +2876,15 @@ def _patch_now_cancel(args: argparse.Namespace) -> int:
         ):
             ended = store.one_off(record.id) or record
             raise UserError(f"{record.id} already ended {ended.status}: nothing to cancel")
+        fix = record.opening.emergency
+        detail = {"id": record.id, "status": "CANCELLED", "reason": f"cancelled by {who}"}
         log(
             Occurrence(
-                kind=Kind.PATCH_NOW_CHANGED,
+                kind=Kind.EMERGENCY_CHANGED if fix else Kind.PATCH_NOW_CHANGED,
                 time=now,
                 revision=None,
                 author=who,
-                detail={"id": record.id, "status": "CANCELLED", "reason": f"cancelled by {who}"},
+                detail={**detail, "cve": fix.cve} if fix else detail,
             )
         )
         final = store.one_off(record.id) or record
@@ -3037,3 +3063,170 @@ def _rollout_print(args: argparse.Namespace, change: dict[str, Any], what: str) 
     else:
         print(f"rollout {args.name}: {what} (by {change['by']})")
     return EXIT_OK
+
+
+# -- emergency CVE runs (docs/guardrails.md "Emergency CVE runs") --------------------------------
+
+_EMERGENCY_REQUEST = (
+    *("cve", "group", "reason", "reboot_option", "max_concurrency", "max_errors"),
+    *("start_within", "wait", *_SOURCE_OPTIONS, *_WAIT_OPTIONS),
+)
+"""Options only a new run reads: list, status and cancel refuse them rather than ignore them."""
+
+
+def _emergency_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "verb",
+        nargs="?",
+        choices=("list", "status", "cancel"),
+        help="list the emergency runs, show one (status ID) or cancel one (cancel ID); "
+        "without it, --cve asks for a new run",
+    )
+    p.add_argument("id", nargs="?", help="the run, for status and cancel")
+    p.add_argument("--cve", metavar="CVE-YYYY-NNNN", help="the CVE whose fixes to install now")
+    p.add_argument(
+        "--group",
+        metavar="G",
+        action="append",
+        default=[],
+        help="only machines of this patch group (repeat for several; default: the whole fleet)",
+    )
+    p.add_argument("--reason", metavar="TEXT", help="why (kept with the run and audited)")
+    _one_off_budget_args(p)
+    _requested_by_arg(p)
+    _start_within_arg(p)
+    p.add_argument("--wait", action="store_true", help="run the loop here until the run has ended")
+    p.add_argument("--workers", type=_positive_int, default=10, help="with --wait: jobs at once")
+    _loop_args(p, source_required=False)
+    _output_arg(p, "table", "json", "yaml")
+    _audit_log_arg(p)
+    _events_args(p)
+
+
+def _emergency(args: argparse.Namespace) -> int:
+    probe = argparse.ArgumentParser()
+    _emergency_args(probe)
+    given = [
+        "--" + dest.replace("_", "-")
+        for dest in _EMERGENCY_REQUEST
+        if getattr(args, dest) != probe.get_default(dest)
+    ]
+    if args.verb is not None:
+        if given:
+            raise UserError(f"emergency {args.verb} takes no {', '.join(given)}")
+        if (args.id is None) != (args.verb == "list"):
+            raise UserError(
+                f"emergency {args.verb}: "
+                + ("give the run's id" if args.verb != "list" else "takes no id")
+            )
+        return _emergency_view(args)
+    if args.id is not None or not args.cve or not args.source:
+        raise UserError(
+            "emergency: give --cve CVE-YYYY-NNNN and --source (or list, status ID, cancel ID); "
+            "nothing recorded"
+        )
+    if args.wait:
+        return _patch_now_wait(args, _record_emergency)
+    with _store(args) as store, _audit_log(args, store) as log:
+        in_force = _current_snapshot(args, store)
+        emit = Emitter([log], utc_now, structlog.get_logger("patchwarden"), in_force)
+        assert in_force.snapshot is not None
+        record, instances = _record_emergency(args, in_force.snapshot, store, emit)
+    patchnow.recorded(record, instances, _format(args), sys.stdout)
+    return EXIT_OK
+
+
+def _emergency_view(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        runs = [r for r in store.one_offs() if r.opening.emergency is not None]
+        if args.verb == "list":
+            patchnow.listing(runs, _format(args), sys.stdout)
+            return EXIT_OK
+        record = next((r for r in runs if r.id == args.id), None)
+        if record is None:
+            known = ", ".join(r.id for r in runs) or "none"
+            raise UserError(f"no emergency run {args.id}; emergency runs: {known}")
+        if args.verb == "status":
+            patchnow.outcome(record, store.one_off_jobs([record.id]), _format(args), sys.stdout)
+            return EXIT_OK
+    args.cancel = record.id
+    return _patch_now_cancel(args)
+
+
+def _record_emergency(
+    args: argparse.Namespace, snapshot: Snapshot, store: StateBackend, emit: Emitter
+) -> tuple[OneOffRecord, list[str]]:
+    """Freeze the CVE's fixes over the selected machines' latest scans, record the run as a
+    one-off opening confined to them, and audit it; nothing is recorded when anything is wrong."""
+    now = utc_now()
+    opening = _emergency_opening(args, snapshot, store, now)
+    record = store.record_one_off(opening, now=now)
+    fix = opening.emergency
+    assert fix is not None
+    instances = list(opening.targets.instances)
+    emit(
+        Kind.EMERGENCY_REQUESTED,
+        author=opening.requested_by,
+        id=opening.id,
+        cve=fix.cve,
+        reason=fix.reason,
+        groups=fix.groups,
+        instances=instances,
+        digest=fix.digest,
+        versions=fix.versions,
+        document=dict(opening.to_wire()),
+    )
+    return record, instances
+
+
+def _emergency_opening(
+    args: argparse.Namespace, snapshot: Snapshot, store: StateBackend, now: datetime
+) -> OneOffOpening:
+    cve = str(args.cve).upper()
+    if not CVE_ID.match(cve):
+        raise UserError(f"--cve {args.cve}: give a CVE id such as CVE-2024-3094; nothing recorded")
+    selected = sorted(snapshot.instances)
+    if args.group:
+        targets = OneOffTargets(patch_groups=list(args.group))
+        refused = refused_targets(targets, snapshot)
+        if refused:
+            raise UserError(f"emergency: {refused}; nothing recorded")
+        selected = targeted(targets, snapshot)
+    latest = store.latest_scans()
+    scans = {
+        name: _scan_inventory(latest[name].inventory) if name in latest else None
+        for name in selected
+    }
+    reason = _words("--reason", args.reason, 500)
+    try:
+        fix, instances = emergency_fix(cve, snapshot, selected, scans, now, reason, args.group)
+    except ValueError as exc:
+        raise UserError(f"emergency {cve}: {exc}; nothing recorded") from None
+    task = WindowTask.model_validate(
+        {
+            "name": ONE_OFF_TASK,
+            "operation": "Install",
+            "rebootOption": args.reboot_option,
+            "maxConcurrency": args.max_concurrency,
+            "maxErrors": args.max_errors,
+        }
+    )
+    os_user = _os_user()
+    return OneOffOpening(
+        id=f"em-{uuid.uuid4().hex[:10]}",
+        targets=OneOffTargets(instances=list(instances)),
+        task=task,
+        requested_by=_words("--requested-by", args.requested_by, 128) or os_user,
+        os_user=os_user,
+        note=fix.reason,
+        created_at=now,
+        expires_at=now + timedelta(minutes=args.start_within),
+        emergency=fix,
+    )
+
+
+def _scan_inventory(document: Any) -> Inventory | None:
+    try:
+        return Inventory.model_validate(document) if document is not None else None
+    except ValueError:
+        return None

@@ -27,6 +27,9 @@ Rules (issue "reconcile loop" §4):
   since the request); targets it has not reached wait for it. It is listed in
   ``Plan.one_offs`` with its outcome once nothing of it runs or can start, or EXPIRED when no
   job of it started before its ``expiresAt``.
+- An emergency CVE run (a one-off opening with ``emergency``) installs only the frozen fixes of
+  its CVE (:func:`emergency_step`), its targets in their rollout rings' order and only while
+  the gates guarding them are open (:class:`_Rails`).
 """
 
 from __future__ import annotations
@@ -42,7 +45,14 @@ from typing import Any
 from reconciler.api.enums import JobStatus, OperatingSystem, Operation, RejectedPatchesAction
 from reconciler.api.gates import Gate
 from reconciler.api.inventory import Inventory
-from reconciler.api.oneoff import TASK_NAME, OneOffOpening, OneOffStatus, gating_task, targeted
+from reconciler.api.oneoff import (
+    TASK_NAME,
+    EmergencyFix,
+    OneOffOpening,
+    OneOffStatus,
+    gating_task,
+    targeted,
+)
 from reconciler.api.resources import (
     MaintenanceWindow,
     ManagedInstance,
@@ -51,11 +61,12 @@ from reconciler.api.resources import (
     WindowTask,
 )
 from reconciler.api.snapshot import Snapshot, group_selects
+from reconciler.evaluation.emergency import affected, cve_fixes, unreadable
 from reconciler.evaluation.engine import evaluate
-from reconciler.evaluation.holds import declared_holds
+from reconciler.evaluation.holds import Hold, declared_holds
 from reconciler.evaluation.pins import override_pins, pins_for
 from reconciler.evaluation.resolve import Resolution, resolve
-from reconciler.rollout import RolloutSnapshot
+from reconciler.rollout import RolloutSnapshot, freeze, short_digest
 from reconciler.schedule import Opening, open_openings, openings
 
 SCAN, INSTALL = Operation.SCAN, Operation.INSTALL  # the names the planner and its tests use
@@ -1024,6 +1035,7 @@ class _Step:
     ``scan`` or ``install`` (then with the baseline and pins)."""
 
     kind: str
+    """``held`` too: an emergency run's target that its rails keep waiting."""
     why: str = ""
     baseline: PatchBaseline | None = None
     pins: tuple[str, ...] = ()
@@ -1046,11 +1058,16 @@ class _OneOffs:
             why = f"no job started before it expired at {opening.expires_at.isoformat()}"
             return OneOffProgress(opening.id, names, 0, 0, 0, OneOffStatus.EXPIRED, why)
         steps = {name: self.step(opening, name, jobs) for name in names}
+        if opening.emergency is not None:
+            steps = _Rails(self.state, opening).apply(steps)
         budget = _OneOffBudget(opening, len(names), jobs.values())
         # A target between its scan and its install goes first: SSM's budgets count targets.
         for name in sorted(names, key=lambda n: (steps[n].kind != INSTALL, n)):
             if steps[name].kind in (SCAN, INSTALL):
                 self.start(opening, name, steps[name], budget)
+            elif steps[name].kind == "held":
+                self.state.one_off_held.add(name)
+                self.state.wait(name, f"emergency {opening.id}: {steps[name].why}")
         return self.progress(opening, names, steps, budget)
 
     def step(self, opening: OneOffOpening, name: str, jobs: Mapping[str, ObservedJob]) -> _Step:
@@ -1070,13 +1087,16 @@ class _OneOffs:
             if scan_key in jobs:
                 return _Step("failed", "its scan recorded no result")
             return _Step(SCAN)
-        return self.install_step(name, scan)
+        return self.install_step(opening, name, scan)
 
-    def install_step(self, name: str, scan: ObservedScan) -> _Step:
+    def install_step(self, opening: OneOffOpening, name: str, scan: ObservedScan) -> _Step:
         instance = self.state.snapshot.instances[name]
         resolution = self.state.resolve(instance, scan.operating_system)
         if resolution.baseline is None:
             return _Step("done", f"no baseline: {resolution.baseline_reason}")
+        if opening.emergency is not None:
+            holds = declared_holds(resolution.group, instance)
+            return emergency_step(opening.emergency, scan, resolution.baseline, holds)
         if not scan.pins:
             return _Step("done", "no approved patch is missing")
         return _Step(INSTALL, baseline=resolution.baseline, pins=scan.pins)
@@ -1099,7 +1119,8 @@ class _OneOffs:
                 operation,
                 name,
                 one_off_key(name, operation, opening.id),
-                f"patch now {opening.id} asked by {opening.requested_by}: {operation}",
+                f"{_asked(opening)} {opening.id} asked by {opening.requested_by}: "
+                f"{step.why or operation}",
                 baseline.metadata.name if baseline else "",
                 state.digest(baseline) if baseline else "",
                 None,
@@ -1140,6 +1161,10 @@ class _OneOffs:
         return OneOffProgress(opening.id, names, budget.running, done, failed, outcome, reason)
 
 
+def _asked(opening: OneOffOpening) -> str:
+    return "emergency" if opening.emergency is not None else "patch now"
+
+
 class _OneOffBudget:
     """maxConcurrency and maxErrors of a one-off opening's task, over its targets."""
 
@@ -1160,3 +1185,136 @@ class _OneOffBudget:
         if not self.halted() and self.running >= concurrency:
             return f"maxConcurrency {self.task.max_concurrency} reached; waiting for a slot"
         return self.halted()
+
+
+# -- emergency CVE runs (patchctl emergency; docs/guardrails.md "Emergency CVE runs") ------------
+
+
+def emergency_fix(
+    cve: str,
+    snapshot: Snapshot,
+    selected: Sequence[str],
+    scans: Mapping[str, Inventory | None],
+    now: datetime,
+    reason: str | None = None,
+    groups: Sequence[str] = (),
+) -> tuple[EmergencyFix, tuple[str, ...]]:
+    """The fix an emergency run of ``cve`` over ``selected`` freezes at ``now`` (their latest
+    scans' fixes per baseline, content-addressed as a rollout's snapshot) and the machines it
+    targets (those with a fix). ValueError (``evaluation.emergency.affected``) when it cannot."""
+    found = affected(cve, snapshot, selected, scans)
+    versions = {name: list(pins) for name, pins in found.versions.items()}
+    fix = EmergencyFix(
+        cve=cve,
+        reason=reason,
+        groups=list(groups),
+        frozen_at=now,
+        versions=versions,
+        digest=freeze(versions, now).digest,
+    )
+    return fix, found.instances
+
+
+def emergency_snapshot(fix: EmergencyFix) -> RolloutSnapshot | None:
+    """The fix's frozen versions as a snapshot; None when they no longer match its digest (the
+    state was edited): such a run installs nothing, as a rollout's edited snapshot does not."""
+    snapshot = freeze(fix.versions, fix.frozen_at)
+    return snapshot if snapshot.digest == fix.digest else None
+
+
+def emergency_step(
+    fix: EmergencyFix, scan: ObservedScan, baseline: PatchBaseline, holds: Sequence[Hold]
+) -> _Step:
+    """What an emergency run installs on a scanned target: the fixes of its scan that the
+    run's snapshot holds for its baseline (or, where the machine has an older version, the
+    frozen one), never a held or rejected package; whatever approveAfterDays says."""
+    inventory = scan.parsed_inventory()
+    cannot = unreadable(scan.operating_system)
+    if inventory is None or cannot:
+        return _Step("failed", cannot or "its scan has no inventory to read CVE ids from")
+    frozen = emergency_snapshot(fix)
+    if frozen is None:
+        return _Step("failed", f"its snapshot no longer matches {fix.digest}: the state was edited")
+    fixes = cve_fixes(fix.cve, baseline, inventory, holds)
+    pins, _ = frozen.confine(baseline.metadata.name, fixes.pins, lambda: inventory)
+    left_out = f" ({fixes.refused()})" if fixes.refused() else ""
+    if not pins:
+        return _Step("done", f"no fix of {fix.cve} to install{left_out}")
+    why = f"{fix.cve}: {len(pins)} fix(es) of snapshot {short_digest(fix.digest)}{left_out}"
+    return _Step(INSTALL, why, baseline, tuple(sorted(pins)))
+
+
+class _Rails:
+    """The safety rails an emergency run's installs still go through: the rollout rings in
+    their order (bake times skipped: a ring installs once every target of the rings before it
+    is done) and the safety gates guarding each target (its windows' Install tasks' and its
+    stage's). A target they stop waits (``held``); after a failure in an earlier ring the later
+    rings' targets fail without installing, as a halted rollout stops its later stages."""
+
+    def __init__(self, state: _State, opening: OneOffOpening) -> None:
+        self.state, self.opening = state, opening
+
+    def apply(self, steps: Mapping[str, _Step]) -> dict[str, _Step]:
+        rings = {name: self.ring(name) for name in steps}
+        out = dict(steps)
+        for name, step in steps.items():
+            if step.kind != INSTALL:
+                continue
+            why = self.ring_verdict(name, rings, steps)
+            if why.startswith("failed:"):
+                out[name] = _Step("failed", why.removeprefix("failed: "))
+            elif why or (why := self.gate_verdict(name)):
+                out[name] = _Step("held", why)
+        return out
+
+    def ring(self, name: str) -> tuple[str, int, str] | None:
+        """(rollout, stage index, stage name) of the target's rollout stage, if it has one."""
+        gate = self.state.observed.gates.get(name)
+        rollout = self.state.snapshot.rollouts.get(gate.rollout) if gate else None
+        if gate is None or rollout is None:
+            return None
+        names = [stage.name for stage in rollout.spec.stages]
+        return (gate.rollout, names.index(gate.stage), gate.stage) if gate.stage in names else None
+
+    def ring_verdict(
+        self,
+        name: str,
+        rings: Mapping[str, tuple[str, int, str] | None],
+        steps: Mapping[str, _Step],
+    ) -> str:
+        mine = rings[name]
+        if mine is None:
+            return ""
+        earlier = sorted(
+            (ring[1], other)
+            for other, ring in rings.items()
+            if ring is not None and ring[0] == mine[0] and ring[1] < mine[1]
+        )
+        failed = [other for _, other in earlier if steps[other].kind == "failed"]
+        if failed:
+            return f"failed: ring {mine[2]} of rollout {mine[0]} stops: {', '.join(failed)} failed"
+        waiting = [other for _, other in earlier if steps[other].kind != "done"]
+        if waiting:
+            first = rings[waiting[0]]
+            assert first is not None
+            return (
+                f"ring {mine[2]} of rollout {mine[0]} waits for ring {first[2]}: "
+                f"{', '.join(waiting)} not done yet (no bake time in an emergency run)"
+            )
+        return ""
+
+    def gate_verdict(self, name: str) -> str:
+        state = self.state
+        instance = state.snapshot.instances[name]
+        scan = state.observed.scans.get(name)
+        group = None
+        if scan is not None:
+            resolved = state.resolve(instance, scan.operating_system).group
+            group = resolved.metadata.name if resolved else None
+        gate = state.observed.gates.get(name)
+        stage = (gate.rollout, gate.stage) if gate else None
+        for whose, guard in gates_guarding(state.snapshot, name, group, stage):
+            blocked = gate_verdict([guard], state.observed.readings, whose)
+            if blocked:
+                return blocked
+        return ""

@@ -81,6 +81,22 @@ class OneOffTargets(Model):
         return "selector " + selector_text(self.selector)
 
 
+class EmergencyFix(Model):
+    """What makes a one-off opening an emergency CVE run (``patchctl emergency``): the CVE, why,
+    and the versions that fix it, frozen when it was asked as a rollout's snapshot is (per
+    baseline, content-addressed: ``digest`` is ``reconciler.rollout.RolloutSnapshot.digest``)."""
+
+    cve: str = Field(pattern=r"^CVE-\d{4}-\d{4,}$")
+    reason: str | None = None
+    groups: list[Name] = Field(default_factory=list)
+    """The patch groups asked for (none: the whole fleet); the targets are those of their
+    machines whose scan offered a fix."""
+    frozen_at: datetime
+    versions: dict[str, list[str]]
+    """Baseline name -> the ``name[:arch]=version`` pins that fix the CVE there."""
+    digest: str
+
+
 class OneOffOpening(Model):
     """A one-off opening recorded by ``patchctl patch-now``: a task-like document the loop runs
     through the same planner and budgets as a window's task."""
@@ -101,6 +117,8 @@ class OneOffOpening(Model):
     created_at: datetime
     expires_at: datetime
     """No job starts at or after this instant; an opening that started none by then EXPIRES."""
+    emergency: EmergencyFix | None = None
+    """Set for an emergency CVE run: its installs are confined to these fixes."""
 
 
 def check_budget(field: str, value: str) -> str:

@@ -69,5 +69,13 @@ class OneOffOpenings:
         reason: str,
     ) -> None:
         now = self.clock()
-        if self.store.change_one_off(opening, status=status, now=now, only_from=only_from):
+        if not self.store.change_one_off(opening, status=status, now=now, only_from=only_from):
+            return
+        record = self.store.one_off(opening)
+        fix = record.opening.emergency if record else None
+        if fix is None:
             self.emit(Kind.PATCH_NOW_CHANGED, id=opening, status=str(status), reason=reason)
+        else:
+            self.emit(
+                Kind.EMERGENCY_CHANGED, id=opening, cve=fix.cve, status=str(status), reason=reason
+            )

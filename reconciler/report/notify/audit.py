@@ -241,6 +241,12 @@ def describe(entry: Mapping[str, Any]) -> str:
         return f"{d.get('id')}: {d.get('status')}" + (
             f" ({d['reason']})" if d.get("reason") else ""
         )
+    if kind == Kind.EMERGENCY_REQUESTED:
+        return f"{d.get('id')}: {d.get('cve')} on {', '.join(d.get('instances') or ())}"
+    if kind == Kind.EMERGENCY_CHANGED:
+        return f"{d.get('id')} ({d.get('cve')}): {d.get('status')}" + (
+            f" ({d['reason']})" if d.get("reason") else ""
+        )
     if kind == Kind.ROLLOUT_OPERATOR:
         stage = f" stage {d['stage']}" if d.get("stage") else ""
         why = f" ({d['reason']})" if d.get("reason") else ""

@@ -44,6 +44,12 @@ class Kind(StrEnum):
     """``patchctl patch-now`` recorded a one-off opening; ``author`` is who asked."""
     PATCH_NOW_CHANGED = "patchnow.status"
     """A one-off opening started, ended or was cancelled (``author``: who cancelled it)."""
+    EMERGENCY_REQUESTED = "emergency.requested"
+    """``patchctl emergency`` recorded an emergency CVE run (a one-off opening confined to the
+    CVE's fixes): ``detail.id``, ``cve``, ``reason``, ``instances``, ``digest``, ``versions``."""
+    EMERGENCY_CHANGED = "emergency.status"
+    """An emergency CVE run started, ended or was cancelled: ``detail.id``, ``cve``,
+    ``status``, ``reason`` (its patch-now ``patchnow.status`` is not emitted as well)."""
     ROLLOUT_OPERATOR = "rollout.operator"
     """A person approved a stage, resumed or aborted a rollout (``patchctl rollout``):
     ``detail.action``, ``rollout``, ``cycle``, ``snapshot``, ``stage``, ``reason``, ``osUser``."""
@@ -130,6 +136,8 @@ _TRANSITIONS = frozenset(
         Kind.WINDOW_EXECUTION_CHANGED,
         Kind.INSTANCE_SOURCE_FAILED,
         Kind.GATE_BLOCKED,
+        Kind.EMERGENCY_REQUESTED,
+        Kind.EMERGENCY_CHANGED,
         *ROLLOUT_KINDS,
     }
 )

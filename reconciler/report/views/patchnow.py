@@ -26,7 +26,8 @@ def summary_row(record: OneOffRecord) -> dict[str, Any]:
     return {
         "id": opening.id,
         "status": str(record.status),
-        "operation": str(opening.task.operation),
+        "operation": str(opening.task.operation)
+        + (f" {opening.emergency.cve}" if opening.emergency else ""),
         "targets": opening.targets.describe(),
         "requested by": asked,
         "created": _time(opening.created_at),
@@ -53,11 +54,21 @@ def recorded(record: OneOffRecord, instances: Sequence[str], fmt: str, out: IO[s
         render.visible(
             f"Recorded {opening.id}: {opening.task.operation} on {opening.targets.describe()} "
             f"({len(instances)} instance(s): {', '.join(instances)}), asked by "
-            f"{opening.requested_by}.\nThe loop starts it by {_time(opening.expires_at)} or "
+            f"{opening.requested_by}.{_fixes(record)}\nThe loop starts it by "
+            f"{_time(opening.expires_at)} or "
             f"drops it; cancel it with: patchctl patch-now --cancel {opening.id}"
         )
         + "\n"
     )
+
+
+def _fixes(record: OneOffRecord) -> str:
+    """An emergency run's CVE and frozen versions (empty for patch-now's openings)."""
+    fix = record.opening.emergency
+    if fix is None:
+        return ""
+    pins = sorted({pin for listed in fix.versions.values() for pin in listed})
+    return f"\nEmergency {fix.cve}, snapshot {fix.digest[:19]}: {', '.join(pins)}"
 
 
 def outcome(record: OneOffRecord, jobs: Sequence[JobRecord], fmt: str, out: IO[str]) -> None:

@@ -44,6 +44,10 @@ GATE_BLOCKED = "Gate Blocked Notification"
 """A safety gate blocked a task or stage longer than its threshold (docs/guardrails.md); SSM has
 no counterpart. Named in SSM's manner."""
 
+EMERGENCY = "Emergency CVE Run State-change Notification"
+"""Emergency CVE runs (docs/guardrails.md); SSM has no counterpart. ``detail.state`` is
+``requested`` or ``status`` (then ``detail.status`` says which)."""
+
 DETAIL_TYPES = (
     COMPLIANCE,
     WINDOW_EXECUTION,
@@ -52,6 +56,7 @@ DETAIL_TYPES = (
     INSTANCE_SOURCE_FAILED,
     ROLLOUT,
     GATE_BLOCKED,
+    EMERGENCY,
 )
 
 _ENDED = frozenset({"SUCCESS", "FAILED", "TIMED_OUT", "CANCELLED", "SKIPPED_OVERLAPPING"})
@@ -243,6 +248,14 @@ def _gate_blocked(o: Occurrence) -> Shape:
     return str(o.kind), GATE_BLOCKED, subject, detail
 
 
+def _emergency(o: Occurrence) -> Shape:
+    """A run requested or changing status: its id, CVE, and what changed (the whole request
+    document stays in the audit log)."""
+    detail = {_kebab(key): value for key, value in o.detail.items() if key != "document"}
+    state = str(o.kind).removeprefix("emergency.")
+    return str(o.kind), EMERGENCY, str(o.detail.get("id")), {"state": state, **detail}
+
+
 def _kebab(key: str) -> str:
     """``frozenAt`` -> ``frozen-at``: SSM's manner in an event's detail."""
     return "".join(f"-{c.lower()}" if c.isupper() else c for c in key)
@@ -260,4 +273,6 @@ _SHAPES = {
     Kind.INSTANCE_SOURCE_FAILED: _instance_source_failed,
     **dict.fromkeys(ROLLOUT_KINDS, _rollout),
     Kind.GATE_BLOCKED: _gate_blocked,
+    Kind.EMERGENCY_REQUESTED: _emergency,
+    Kind.EMERGENCY_CHANGED: _emergency,
 }
