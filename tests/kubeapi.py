@@ -385,8 +385,17 @@ def _write_secrets(directory: Path, ca: _Ca) -> dict[str, Path]:
     return files
 
 
+NO_TOKEN_CONTROLLER = ("--disable-admission-plugins=ServiceAccount",)
+"""No token controller runs beside this server, so the ServiceAccount plugin would refuse every
+pod; a cluster with a controller-manager (tests/kubenode.py) passes its own flags instead."""
+
+
 def _start_apiserver(
-    binary: Path, directory: Path, etcd: str, files: dict[str, Path]
+    binary: Path,
+    directory: Path,
+    etcd: str,
+    files: dict[str, Path],
+    extra: Sequence[str] = NO_TOKEN_CONTROLLER,
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     log = directory / "kube-apiserver.log"
@@ -412,8 +421,7 @@ def _start_apiserver(
             # As in every real cluster (kubeadm, kind, k3s, managed): node install Jobs are
             # privileged, and the default (false) refuses them at admission.
             "--allow-privileged=true",
-            # No token controller runs, so the ServiceAccount plugin would refuse every pod.
-            "--disable-admission-plugins=ServiceAccount",
+            *extra,
         ],
     )
     server = f"https://127.0.0.1:{port}"
