@@ -385,9 +385,10 @@ def _write_secrets(directory: Path, ca: _Ca) -> dict[str, Path]:
     return files
 
 
-NO_TOKEN_CONTROLLER = ("--disable-admission-plugins=ServiceAccount",)
-"""No token controller runs beside this server, so the ServiceAccount plugin would refuse every
-pod; a cluster with a controller-manager (tests/kubenode.py) passes its own flags instead."""
+API_ONLY = ("--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount")
+"""The flags for a server alone: no token controller runs beside it, so the ServiceAccount plugin
+would refuse every pod. A cluster with a controller-manager and a kubelet (tests/kubenode.py)
+passes its own instead."""
 
 
 def _start_apiserver(
@@ -395,7 +396,7 @@ def _start_apiserver(
     directory: Path,
     etcd: str,
     files: dict[str, Path],
-    extra: Sequence[str] = NO_TOKEN_CONTROLLER,
+    extra: Sequence[str] = API_ONLY,
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     log = directory / "kube-apiserver.log"
@@ -412,7 +413,6 @@ def _start_apiserver(
             f"--tls-private-key-file={files['tls_key']}",
             f"--client-ca-file={files['ca']}",
             f"--token-auth-file={files['tokens']}",
-            "--authorization-mode=RBAC",
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={files['sa_pub']}",
             f"--service-account-signing-key-file={files['sa_key']}",
