@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PATCHCTL := $(VENV)/bin/patchctl
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock kube-apiserver image test test-clock lint crds verify bench demo agent clean
+.PHONY: help install lock kube-apiserver kube-node image test test-clock lint crds verify bench demo agent clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -15,7 +15,8 @@ SYSTEM_PACKAGES ?= git gnupg openssh-server openssh-client \
 	chromium swift swift-proxy swift-account swift-container swift-object \
 	etcd-server golang-1.19-go rsync golang-github-modern-go-reflect2-dev dpkg-dev \
 	faketime sudo mmdebstrap iproute2 uidmap postgresql-15 \
-	prometheus prometheus-alertmanager umoci python3-pip-whl
+	prometheus prometheus-alertmanager \
+	containerd runc containernetworking-plugins umoci python3-pip-whl
 
 # patchctl lives in the virtualenv, which a new shell does not have on PATH: say how to get it,
 # as the last line of the targets a newcomer runs first (absolute, so it works from anywhere).
@@ -35,7 +36,10 @@ kube-apiserver: install ## build (once, ~4 min; cached) the real kube-apiserver 
 image: install ## the controller/agent image, dist/patchwarden-<version>.oci.tar (root; Debian root cached)
 	$(PY) scripts/image build
 
-test: install kube-apiserver lint verify test-clock ## lint, verify, the clock a year ahead, then the whole suite (CI)
+kube-node: install ## build (once, ~15 min; cached) the kubelet, controller-manager, scheduler and pause of the real node
+	nice -n 10 scripts/kube-apiserver build kubelet kube-controller-manager kube-scheduler pause
+
+test: install kube-apiserver kube-node lint verify test-clock ## lint, verify, the clock a year ahead, then the whole suite (CI)
 	$(PY) -m pytest -q
 
 # The date-sensitive tests, run a year ahead by Debian's libfaketime: each must take its time from

@@ -11,6 +11,7 @@ import pytest
 from reconciler.agent.apt import Apt
 from tests.aptlab import HttpRepo, Pkg, Repo, make_root
 from tests.kubeapi import kube_api  # noqa: F401  (session fixture: the real kube-apiserver)
+from tests.kubenode import kube_node  # noqa: F401  (session fixture: a real node)
 from tests.postgres import (  # noqa: F401  (a real PostgreSQL 15; state stores on both backends)
     postgres_server,
     postgres_url,

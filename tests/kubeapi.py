@@ -385,8 +385,18 @@ def _write_secrets(directory: Path, ca: _Ca) -> dict[str, Path]:
     return files
 
 
+API_ONLY = ("--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount")
+"""The flags for a server alone: no token controller runs beside it, so the ServiceAccount plugin
+would refuse every pod. A cluster with a controller-manager and a kubelet (tests/kubenode.py)
+passes its own instead."""
+
+
 def _start_apiserver(
-    binary: Path, directory: Path, etcd: str, files: dict[str, Path]
+    binary: Path,
+    directory: Path,
+    etcd: str,
+    files: dict[str, Path],
+    extra: Sequence[str] = API_ONLY,
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     log = directory / "kube-apiserver.log"
@@ -403,7 +413,6 @@ def _start_apiserver(
             f"--tls-private-key-file={files['tls_key']}",
             f"--client-ca-file={files['ca']}",
             f"--token-auth-file={files['tokens']}",
-            "--authorization-mode=RBAC",
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={files['sa_pub']}",
             f"--service-account-signing-key-file={files['sa_key']}",
@@ -412,8 +421,7 @@ def _start_apiserver(
             # As in every real cluster (kubeadm, kind, k3s, managed): node install Jobs are
             # privileged, and the default (false) refuses them at admission.
             "--allow-privileged=true",
-            # No token controller runs, so the ServiceAccount plugin would refuse every pod.
-            "--disable-admission-plugins=ServiceAccount",
+            *extra,
         ],
     )
     server = f"https://127.0.0.1:{port}"
