@@ -40,6 +40,10 @@ ROLLOUT = "Rollout State-change Notification"
 """Progressive rollouts (docs/rollouts.md); SSM has no counterpart. ``detail.state`` says which
 step: the CloudEvents type's last part."""
 
+CALENDAR_OVERRIDDEN = "Change Calendar Override Notification"
+"""A run started although a change calendar guarding it was closed (docs/guardrails.md); SSM
+has no counterpart. Named in SSM's manner."""
+
 DETAIL_TYPES = (
     COMPLIANCE,
     WINDOW_EXECUTION,
@@ -47,6 +51,7 @@ DETAIL_TYPES = (
     SNAPSHOT_REFUSED,
     INSTANCE_SOURCE_FAILED,
     ROLLOUT,
+    CALENDAR_OVERRIDDEN,
 )
 
 _ENDED = frozenset({"SUCCESS", "FAILED", "TIMED_OUT", "CANCELLED", "SKIPPED_OVERLAPPING"})
@@ -223,6 +228,11 @@ def _instance_source_failed(o: Occurrence) -> Shape:
     )
 
 
+def _calendar_overridden(o: Occurrence) -> Shape:
+    detail = {_kebab(key): value for key, value in o.detail.items()}
+    return "calendar.overridden", CALENDAR_OVERRIDDEN, str(o.detail.get("id")), detail
+
+
 def _rollout(o: Occurrence) -> Shape:
     """Every rollout kind: one detail-type, the step in ``state`` (``cycle.started``,
     ``stage.installing``, ``stage.baked``, ``halted``, ``resumed``, ``cycle.completed``)."""
@@ -247,4 +257,5 @@ _SHAPES = {
     Kind.SNAPSHOT_REFUSED: _snapshot_refused,
     Kind.INSTANCE_SOURCE_FAILED: _instance_source_failed,
     **dict.fromkeys(ROLLOUT_KINDS, _rollout),
+    Kind.CALENDAR_OVERRIDDEN: _calendar_overridden,
 }
