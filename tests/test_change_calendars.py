@@ -7,6 +7,7 @@ patch-now unless it is overridden (audited)."""
 from __future__ import annotations
 
 import json
+import shutil
 import ssl
 import subprocess
 import threading
@@ -34,7 +35,8 @@ from tests.fleet import (
     window_yaml,
 )
 from tests.test_cli_evaluate import patchctl
-from tests.test_loop_e2e import BEFORE, reconcile_cli
+from tests.test_hooks import TASK
+from tests.test_loop_e2e import BEFORE, ROOT, reconcile_cli
 from tests.test_plan import BASELINE, NOON, all_scanned, instances, reasons, snap, window
 from tests.test_plan_rollouts import FROZEN
 
@@ -490,3 +492,29 @@ def test_reconcile_installs_nothing_while_the_calendar_is_closed_and_installs_on
     released = reconcile_cli(str(source), state, "--now", "2030-01-01T07:00:00Z")
     assert released["jobs"] == {"Install succeeded": 1}
     assert dpkg_installs(roots["web-1"])[("pwtest-lib", "1.0-2")] == 1
+
+
+def test_explain_lists_the_calendars_guarding_the_instance_read_at_now(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "examples", source)
+    noon = TASK.replace("OPERATION", "Install").replace(
+        "targets: {selector:", "changeCalendars: [prod-freeze]\n  targets: {selector:"
+    )
+    (source / "guarded.yaml").write_text(noon)
+    args = ["explain", "web-1", "--source", str(source), "--inventory", "examples/inventories"]
+    at = ["--now", "2026-12-24T10:00:00Z"]
+    shown = patchctl(*args, *at, "-o", "json")
+    assert shown.returncode == 0, shown.stderr
+    (guard,) = json.loads(shown.stdout)["calendars"]
+    assert guard == {
+        "calendar": "prod-freeze",
+        "of": "window noon",
+        "closed": True,
+        "reason": "change calendar 'prod-freeze' is closed: year-end freeze, Friday evening "
+        "until 2027-01-04T08:00:00+01:00",
+    }
+    table = patchctl(*args, "--now", "2026-10-06T10:00:00Z")
+    assert (
+        "calendar:    prod-freeze of window noon — open: change calendar 'prod-freeze' is open"
+        in table.stdout
+    )
