@@ -22,6 +22,9 @@ Rules (issue "reconcile loop" §4):
 - One execution of a window at a time (SSM): the opening in force is the oldest open one that
   has jobs; an opening that began while an earlier one ran (open with jobs, or a job of it still
   running) is listed in ``Plan.skipped`` (SKIPPED_OVERLAPPING) and never runs anything.
+- A window whose ChangeCalendar is closed (``calendar_verdict``, at ``now``, from the pass's
+  readings; unread or unreadable is closed) starts no scan, install or reboot of its opening, and
+  a rollout whose calendar is closed installs nothing on its members; running jobs finish.
 - A one-off opening (``patchctl patch-now``) goes first: its targets get its task's jobs under
   its task's budgets, as a window's (an Install scans each target first unless it was scanned
   since the request); targets it has not reached wait for it. It is listed in
