@@ -64,6 +64,7 @@ from reconciler.dispatch import (
     transport_for,
 )
 from reconciler.dispatch.base import BaselineSource, baseline_sources
+from reconciler.dispatch.calendars import calendar_refusal, read_calendars
 from reconciler.dispatch.gates import read_gates
 from reconciler.dispatch.local import TRUST_HOOKS_ENV
 from reconciler.dispatch.outcomes import (
@@ -91,7 +92,7 @@ from reconciler.loop.rollouts import status as rollout_status
 from reconciler.loop.workers import POLL as WORKER_POLL
 from reconciler.loop.workers import JobQueue, Worker, WorkerSettings, runners
 from reconciler.paths import control_character
-from reconciler.plan import Settings, emergency_fix, gates_guarding
+from reconciler.plan import Settings, calendars_guarding, emergency_fix, gates_guarding
 from reconciler.redaction import redacted
 from reconciler.report.notify import audit
 from reconciler.report.notify.metrics import LoopMetrics
@@ -116,6 +117,7 @@ from reconciler.rollout import (
     stage_members,
 )
 from reconciler.schedule import describe, openings
+from reconciler.schedule.ical import reading_state
 from reconciler.sources import (
     DirectorySource,
     GitSource,
@@ -399,6 +401,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--now", type=_timestamp, default=None)
     _output_arg(p, "table", "json", "yaml")
     p.set_defaults(handler=_windows)
+
+    p = sub.add_parser("calendar", help="change calendars: whether one is open or closed")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    p = verbs.add_parser("state", help="whether a ChangeCalendar is open or closed, and until when")
+    p.add_argument("name", help="the ChangeCalendar")
+    p.add_argument("--source", required=True, help="a snapshot directory or Git URL")
+    p.add_argument("--ref", default="main", help="Git branch, tag or commit (default main)")
+    p.add_argument("--at", type=_timestamp, default=None, help="as of this ISO-8601 time")
+    _output_arg(p, "table", "json", "yaml")
+    p.set_defaults(handler=_calendar_state)
 
     p = sub.add_parser(
         "diff",
@@ -1150,6 +1162,7 @@ def _validate(args: argparse.Namespace) -> int:
         "ComplianceReport": len(snapshot.reports),
         "InstanceSource": len(snapshot.instance_sources),
         "Rollout": len(snapshot.rollouts),
+        "ChangeCalendar": len(snapshot.calendars),
     }
     if (args.output or "table") == "table":
         listed = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
@@ -1239,8 +1252,9 @@ def _explain(args: argparse.Namespace) -> int:
     text = str(origin) if origin else None
     place = _rollout_place(args, snapshot, args.instance)
     gates = _gates_shown(snapshot, args.instance, result.patch_group, place)
+    calendars = _calendars_shown(snapshot, args.instance, result.patch_group, place, now)
     render.explanation(
-        result, resolution, args.patch, _format(args), sys.stdout, text, place, gates
+        result, resolution, args.patch, _format(args), sys.stdout, text, place, gates, calendars
     )
     return EXIT_OK
 
@@ -1258,6 +1272,25 @@ def _gates_shown(
         render.GateShown(gate.name, whose, readings[gate.key].blocking, readings[gate.key].reason)
         for whose, gate in guarding
     ]
+
+
+def _calendars_shown(
+    snapshot: Snapshot,
+    instance: str,
+    group: str | None,
+    place: render.RolloutPlace | None,
+    now: datetime,
+) -> list[render.CalendarShown]:
+    """The change calendars guarding the instance, each read at ``now`` (--now, else now)."""
+    if instance not in snapshot.instances:
+        return []
+    guarding = calendars_guarding(snapshot, instance, group, place.rollout if place else None)
+    readings = read_calendars(snapshot, now, (name for _, name in guarding))
+    shown = []
+    for whose, name in guarding:
+        state = reading_state(name, snapshot.calendars[name], readings.get(name), now)
+        shown.append(render.CalendarShown(name, whose, state.closed, state.reason))
+    return shown
 
 
 def _rollout_place(
@@ -1648,6 +1681,8 @@ def _plan(args: argparse.Namespace) -> int:
         # What the next pass's rollouts step would decide, recorded nowhere (plan writes nothing).
         reconciler.parts.observation.gates = reconciler.parts.rollouts.steer(write=False).gates
         reconciler.parts.observation.readings = gate_readings(reconciler.snapshot)
+        if reconciler.snapshot is not None:
+            reconciler.parts.observation.calendars = read_calendars(reconciler.snapshot, clock())
         current = reconciler.plan()
         if current is None or reconciler.snapshot is None:
             raise UserError("no valid snapshot: nothing to plan (see the refusal above)")
@@ -2278,11 +2313,42 @@ def _first_problem(exc: SnapshotInvalid) -> str:
     return first + (f" (and {more} more problem(s): run patchctl validate)" if more else "")
 
 
-def _windows(args: argparse.Namespace) -> int:
+def _read_source(args: argparse.Namespace) -> Snapshot:
+    """The snapshot of ``--source`` (a directory, or a Git URL at ``--ref``), nothing recorded."""
     snapshot = read_snapshot(Path(args.source)) if "://" not in args.source else None
     if snapshot is None:
         with _store(argparse.Namespace(state=None)) as store:
             _, snapshot = _source(args, Path(store.path)).snapshot()
+    return snapshot
+
+
+def _calendar_state(args: argparse.Namespace) -> int:
+    snapshot = _read_source(args)
+    calendar = snapshot.calendars.get(args.name)
+    if calendar is None:
+        known = ", ".join(sorted(snapshot.calendars)) or "none"
+        raise UserError(f"no ChangeCalendar named {args.name!r} in {args.source}; known: {known}")
+    at = args.at or utc_now()
+    reading = read_calendars(snapshot, at, [args.name]).get(args.name)
+    state = reading_state(args.name, calendar, reading, at)
+    document = {
+        "calendar": args.name,
+        "type": calendar.spec.type,
+        "at": at.isoformat(),
+        "state": "CLOSED" if state.closed else "OPEN",
+        "until": state.until.isoformat() if state.until else None,
+        "reason": state.reason,
+    }
+    if _format(args) == "table":
+        ahead = state.until is not None and "until" not in state.reason  # open until an event
+        print(state.reason + (f" until {state.until.isoformat()}" if ahead and state.until else ""))
+    else:
+        render.dump(document, _format(args), sys.stdout)
+    return EXIT_OK
+
+
+def _windows(args: argparse.Namespace) -> int:
+    snapshot = _read_source(args)
     now = args.now or datetime.now(UTC)
     rows = []
     for name in sorted(snapshot.windows):
@@ -2594,6 +2660,7 @@ def _patch_now_task_args(p: argparse.ArgumentParser) -> None:
         help="Install only: this window task's safety gates guard the request's installs",
     )
     p.add_argument("--note", metavar="TEXT", help="why (kept with the request and audited)")
+    _override_calendar_arg(p)
     _requested_by_arg(p)
     _start_within_arg(p)
 
@@ -2629,6 +2696,15 @@ def _start_within_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _override_calendar_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--override-calendar",
+        metavar="REASON",
+        help="patch although a change calendar guarding the targets is closed; the reason, "
+        "who asked and the calendars are audited (refused when none is closed)",
+    )
+
+
 def _requested_by_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--requested-by",
@@ -2650,6 +2726,7 @@ _SOURCE_OPTIONS = ("source", "ref", "identity_file", "known_hosts", "verify_gpg"
 _REQUEST_OPTIONS = (
     *("operation", "reboot_option", "max_concurrency", "max_errors", "hooks_from", "note"),
     "gates_from",
+    "override_calendar",
     *("start_within", "wait", *_SOURCE_OPTIONS),
 )
 _WAIT_OPTIONS = (
@@ -2771,8 +2848,19 @@ def _record_one_off(
     """Check the request against ``snapshot``, record it and audit it; nothing is recorded
     when anything is wrong."""
     opening = _one_off_opening(args, snapshot, utc_now())
-    record = store.record_one_off(opening, now=opening.created_at)
     instances = targeted(opening.targets, snapshot)
+    override = _calendar_override(args, snapshot, instances, opening.created_at)
+    record = store.record_one_off(opening, now=opening.created_at)
+    if override:
+        emit(
+            Kind.CALENDAR_OVERRIDDEN,
+            author=opening.requested_by,
+            id=opening.id,
+            run="patch-now",
+            instances=instances,
+            osUser=opening.os_user,
+            **override,
+        )
     emit(
         Kind.PATCH_NOW_REQUESTED,
         author=opening.requested_by,
@@ -2783,6 +2871,27 @@ def _record_one_off(
         document=dict(opening.to_wire()),
     )
     return record, instances
+
+
+def _calendar_override(
+    args: argparse.Namespace, snapshot: Snapshot, instances: list[str], now: datetime
+) -> dict[str, Any]:
+    """The closed change calendars a request overrides, with its reason ({} when every
+    calendar guarding ``instances`` is open); UserError when one is closed and the request
+    gives no --override-calendar, or gives one that would override nothing."""
+    reason = _words("--override-calendar", args.override_calendar, 500)
+    closed = calendar_refusal(snapshot, instances, now)
+    if closed and reason is None:
+        raise UserError(
+            f"patch-now: {'; '.join(closed)}; give --override-calendar REASON to patch anyway; "
+            "nothing recorded"
+        )
+    if reason is not None and not closed:
+        raise UserError(
+            "patch-now: --override-calendar: no change calendar guarding the targets is "
+            "closed; nothing recorded"
+        )
+    return {"calendars": closed, "reason": reason} if closed else {}
 
 
 def _one_off_opening(args: argparse.Namespace, snapshot: Snapshot, now: datetime) -> OneOffOpening:

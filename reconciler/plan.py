@@ -22,6 +22,9 @@ Rules (issue "reconcile loop" §4):
 - One execution of a window at a time (SSM): the opening in force is the oldest open one that
   has jobs; an opening that began while an earlier one ran (open with jobs, or a job of it still
   running) is listed in ``Plan.skipped`` (SKIPPED_OVERLAPPING) and never runs anything.
+- A window whose ChangeCalendar is closed (``calendar_verdict``, at ``now``, from the pass's
+  readings; unread or unreadable is closed) starts no scan, install or reboot of its opening, and
+  a rollout whose calendar is closed installs nothing on its members; running jobs finish.
 - A one-off opening (``patchctl patch-now``) goes first: its targets get its task's jobs under
   its task's budgets, as a window's (an Install scans each target first unless it was scanned
   since the request); targets it has not reached wait for it. It is listed in
@@ -68,6 +71,7 @@ from reconciler.evaluation.pins import override_pins, pins_for
 from reconciler.evaluation.resolve import Resolution, resolve
 from reconciler.rollout import RolloutSnapshot, freeze, short_digest
 from reconciler.schedule import Opening, open_openings, openings
+from reconciler.schedule.ical import CalendarReading, reading_state
 
 SCAN, INSTALL = Operation.SCAN, Operation.INSTALL  # the names the planner and its tests use
 
@@ -161,6 +165,8 @@ class Observed:
     """Instance -> its rollout stage's gate; instances in no rollout stage are not here."""
     readings: Mapping[str, GateReading] = field(default_factory=dict)
     """Safety gate key (:attr:`Gate.key`) -> its reading this pass."""
+    calendars: Mapping[str, CalendarReading] = field(default_factory=dict)
+    """ChangeCalendar name -> its periods as read this pass (docs/guardrails.md)."""
 
 
 @dataclass(frozen=True)
@@ -267,6 +273,46 @@ def gates_guarding(
     rollout, name = snapshot.rollouts[stage[0]], stage[1]
     rings = [ring for ring in rollout.spec.stages if ring.name == name]
     return found + [(f"stage {name} of rollout {stage[0]}", g) for r in rings for g in r.gates]
+
+
+def calendars_guarding(
+    snapshot: Snapshot, instance: str, group: str | None, rollout: str | None
+) -> list[tuple[str, str]]:
+    """The ChangeCalendars that guard the instance, each with whose it is ("window W",
+    "rollout R"): those of its targeting windows and of its rollout, by name, once each."""
+    found = [
+        (f"window {window.metadata.name}", name)
+        for window in windows_targeting(snapshot, snapshot.instances[instance], group)
+        for name in window.spec.change_calendars
+    ]
+    if rollout is not None and rollout in snapshot.rollouts:
+        found += [
+            (f"rollout {rollout}", n) for n in snapshot.rollouts[rollout].spec.change_calendars
+        ]
+    first: dict[str, str] = {}
+    for whose, name in found:
+        first.setdefault(name, whose)
+    return [(whose, name) for name, whose in first.items()]
+
+
+def calendar_verdict(
+    snapshot: Snapshot,
+    names: Iterable[str],
+    readings: Mapping[str, CalendarReading],
+    now: datetime,
+) -> str:
+    """Why nothing guarded by the calendars ``names`` may start at ``now``: the first closed
+    one's reason ("change calendar 'prod' is closed: year-end freeze until …"); "" when every
+    one is open. A calendar not read, or that cannot be read, is closed. The one check of
+    scheduled openings, rollout stages and patch-now (``dispatch.calendars.calendar_refusal``)."""
+    for name in names:
+        calendar = snapshot.calendars.get(name)
+        if calendar is None:
+            return f"change calendar {name!r} is closed: it is not in this revision"
+        state = reading_state(name, calendar, readings.get(name), now)
+        if state.closed:
+            return state.reason
+    return ""
 
 
 def rebooted_by_loop(instance: ManagedInstance) -> bool:
@@ -386,6 +432,7 @@ class _State:
             tuple[tuple[MaintenanceWindow, WindowTask, Opening], ...],
         ] = {}
         self.groups_named: dict[frozenset[tuple[str, str]], frozenset[str]] = {}
+        self.calendar_verdicts: dict[tuple[str, ...], str] = {}
 
     def resolve(self, instance: ManagedInstance, os: OperatingSystem) -> Resolution:
         """``evaluation.resolve`` once per label set and OS: a fleet shares a few of each, and
@@ -453,7 +500,8 @@ class _State:
         held, later = gate.snapshot.confine(
             baseline.metadata.name, scan.pins, scan.parsed_inventory
         )
-        blocked = self.stage_gate_verdict(gate)
+        blocked = self.calendar_verdict(self.rollout_calendars(gate.rollout))
+        blocked = blocked or self.stage_gate_verdict(gate)
         if blocked:
             self.wait(name, f"rollout {gate.rollout}: {blocked}")
             return None
@@ -465,6 +513,19 @@ class _State:
             )
             return None
         return replace(scan, pins=held)
+
+    def rollout_calendars(self, rollout: str) -> list[str]:
+        found = self.snapshot.rollouts.get(rollout)
+        return found.spec.change_calendars if found is not None else []
+
+    def calendar_verdict(self, names: Sequence[str]) -> str:
+        """Why ``names``' calendars let nothing start now (once per calendar set and pass)."""
+        key = tuple(names)
+        if key not in self.calendar_verdicts:
+            self.calendar_verdicts[key] = calendar_verdict(
+                self.snapshot, names, self.observed.calendars, self.now
+            )
+        return self.calendar_verdicts[key]
 
     def stage_gate_verdict(self, gate: RolloutGate) -> str:
         """Why the rollout stage ``gate`` names may not install now: one of its safety gates
@@ -543,6 +604,8 @@ class _State:
             key = f"{name}:Scan:{window.metadata.name}:{opening.id}"
             if scan.finished_at >= opening.start or key in self.keys:
                 continue
+            if self.calendar_verdict(window.spec.change_calendars):
+                continue  # the install path says why the instance waits
             if not self.budget.allows(window, task, opening, self.targets(window)):
                 continue
             self.budget.take(window, task, opening)
@@ -679,6 +742,11 @@ class _State:
         return bool(blocked)
 
     def gate_verdict(self, window: MaintenanceWindow, task: WindowTask) -> str:
+        """Why ``task`` of ``window`` starts nothing now: a closed change calendar of the
+        window, else a blocking gate of the task ("" when neither)."""
+        closed = self.calendar_verdict(window.spec.change_calendars)
+        if closed:
+            return f"window {window.metadata.name}: {closed}"
         whose = f"task {task.name} of {window.metadata.name}"
         return gate_verdict(task.gates, self.observed.readings, whose)
 

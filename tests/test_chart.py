@@ -854,6 +854,7 @@ def _custom_read(c: Cluster) -> None:
         "compliancereports",
         "instancesources",
         "rollouts",
+        "changecalendars",
     ):
         custom.list_namespaced_custom_object(GROUP, VERSION, c.ns, plural)
     custom.get_namespaced_custom_object(GROUP, VERSION, c.ns, "patchbaselines", c.baseline)

@@ -60,6 +60,7 @@ PLURAL = {
     "ComplianceReport": "compliancereports",
     "InstanceSource": "instancesources",
     "Rollout": "rollouts",
+    "ChangeCalendar": "changecalendars",
 }
 # The fleet's baseline changed so that it approves nothing these systems have: compliant.
 NOTHING_APPROVED = BASELINE_YAML.replace(

@@ -52,7 +52,7 @@ def _node(kind: str, path: str) -> Doc:
 
 
 def test_one_crd_per_kind() -> None:
-    assert len(_crd_files()) == len(KINDS) == 7  # Rollout: issue 15
+    assert len(_crd_files()) == len(KINDS) == 8  # Rollout: issue 15; ChangeCalendar: issue 20
     assert set(CRDS) == set(KINDS)
     for kind, crd in CRDS.items():
         plural, _ = NAMES[kind]
@@ -624,7 +624,7 @@ def test_generate_writes_the_committed_files(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     written = sorted(p.name for p in out.iterdir())
     assert written == [p.name for p in _crd_files()]
-    assert len(written) == 7
+    assert len(written) == 8
     match, mismatch, errors = filecmp.cmpfiles(out, CRD_DIR, written, shallow=False)
     assert (mismatch, errors) == ([], [])
-    assert len(match) == 7
+    assert len(match) == 8

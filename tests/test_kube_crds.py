@@ -30,6 +30,7 @@ PLURALS = {
     "ComplianceReport": "compliancereports",
     "InstanceSource": "instancesources",
     "Rollout": "rollouts",
+    "ChangeCalendar": "changecalendars",
 }
 
 

@@ -225,6 +225,30 @@ def test_what_ssm_cannot_hold_is_refused_before_any_call(
     assert windows(client) == []
 
 
+def test_a_window_guarded_by_a_change_calendar_is_refused_before_any_call(
+    ssm: tuple[Any, dict[str, str]], tmp_path: Path
+) -> None:
+    client, env = ssm
+    docs = list(yaml.safe_load_all((RESOURCES / "fleet.yaml").read_text()))
+    for doc in docs:
+        if doc["kind"] == "MaintenanceWindow":
+            doc["spec"]["changeCalendars"] = ["freeze"]
+    calendar = {"kind": "ChangeCalendar", "metadata": {"name": "freeze"}}
+    docs.append({"apiVersion": docs[0]["apiVersion"], **calendar, "spec": {"type": "DEFAULT_OPEN"}})
+    path = tmp_path / "resources"
+    path.mkdir()
+    (path / "fleet.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    done = export(env, "--apply", path=path)
+    assert done.returncode == 1
+    first = done.stderr.splitlines()[0]
+    assert first.endswith(
+        ": spec.changeCalendars: SSM maintenance windows take no change calendar (SSM checks one "
+        "only in State Manager associations and Automation runbooks): remove changeCalendars to "
+        "export"
+    ), first
+    assert windows(client) == []
+
+
 def test_without_credentials_it_says_how_to_give_them(ssm: tuple[Any, dict[str, str]]) -> None:
     _, env = ssm
     del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]

@@ -22,17 +22,19 @@ import yaml
 from reconciler.api.snapshot import build_snapshot
 from reconciler.api.yamldocs import MAX_BYTES, MAX_DEPTH, MAX_NODES
 from reconciler.defaults import predefined_baselines
-from reconciler.sources.base import is_resource
+from reconciler.sources.base import YAML_SUFFIXES, is_resource
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 # The files a snapshot of examples/ reads, by the sources' own rule: the CI templates under
 # examples/ci/ sit in hidden paths (.github/, .gitlab-ci.yml), as in a repository, and are none.
-EXAMPLE_FILES = sorted(
+SNAPSHOT_FILES = sorted(
     p
     for p in EXAMPLES.rglob("*")
     if p.is_file() and is_resource(p.relative_to(EXAMPLES).as_posix())
 )
+"""What a source reads: resources, and the iCalendar files a ChangeCalendar names."""
+EXAMPLE_FILES = [p for p in SNAPSHOT_FILES if p.suffix in YAML_SUFFIXES]
 PROBLEM = re.compile(
     r"^(?P<file>[^:\s]+):(?P<line>[1-9][0-9]*): (?:(?P<path>[\w.\[\]/-]+): )?(?P<message>.+)$"
 )
@@ -164,6 +166,7 @@ def test_examples_validate() -> None:
             "ComplianceReport",
             "InstanceSource",
             "Rollout",
+            "ChangeCalendar",
         )
         if counts[kind]
     )
@@ -185,7 +188,7 @@ def test_examples_validate_from_a_relative_path_with_json_output() -> None:
 
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.relative_to(EXAMPLES).as_posix())
 def test_every_example_file_is_part_of_the_valid_snapshot(path: Path) -> None:
-    files = [(p.relative_to(EXAMPLES).as_posix(), p.read_bytes()) for p in EXAMPLE_FILES]
+    files = [(p.relative_to(EXAMPLES).as_posix(), p.read_bytes()) for p in SNAPSHOT_FILES]
     snapshot = build_snapshot(files, predefined_baselines())
     relpath = path.relative_to(EXAMPLES).as_posix()
     documents = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
@@ -362,14 +365,14 @@ def test_a_broken_file_does_not_hide_the_problems_of_the_others(tmp_path: Path) 
             "apiVersion: patchwarden.io/v1alpha1\nmetadata: {name: x}\n",
             1,
             "kind: missing; one of PatchBaseline, PatchGroup, MaintenanceWindow, ManagedInstance, "
-            "ComplianceReport, InstanceSource, Rollout",
+            "ComplianceReport, InstanceSource, Rollout, ChangeCalendar",
         ),
         (
             "apiVersion: patchwarden.io/v1alpha1\nkind: MaintenanceWindo\n",
             2,
             "kind: unknown kind 'MaintenanceWindo'; one of PatchBaseline, PatchGroup, "
-            "MaintenanceWindow, ManagedInstance, ComplianceReport, InstanceSource, Rollout "
-            "(did you mean 'MaintenanceWindow'?)",
+            "MaintenanceWindow, ManagedInstance, ComplianceReport, InstanceSource, Rollout, "
+            "ChangeCalendar (did you mean 'MaintenanceWindow'?)",
         ),
     ],
     ids=["no apiVersion", "wrong apiVersion", "no kind", "misspelt kind"],

@@ -62,6 +62,12 @@ PRINTER_COLUMNS: dict[str, list[dict[str, str]]] = {
         {"name": "Ready", "type": "string", "jsonPath": _READY},
         _AGE,
     ],
+    "ChangeCalendar": [
+        # Open or closed changes with the clock, not with a pass: `patchctl calendar state`.
+        {"name": "Type", "type": "string", "jsonPath": ".spec.type"},
+        {"name": "Ready", "type": "string", "jsonPath": _READY},
+        _AGE,
+    ],
 }
 
 # Value validations copied as they are; the structure (properties, items, ...) is rebuilt, and every

@@ -1,4 +1,4 @@
-"""Stage: api (the schema). The seven resource kinds users write, once for Git and Kubernetes alike.
+"""Stage: api (the schema). The eight resource kinds users write, once for Git and Kubernetes alike.
 
 Documents are Kubernetes-shaped (``apiVersion``, ``kind``, ``metadata``, ``spec``, ``status``) and
 their ``spec`` uses SSM's field names in camelCase with SSM's enums and limits
@@ -16,8 +16,9 @@ import re
 from datetime import date, datetime
 from string import Formatter
 from typing import Annotated, Any, Literal
-from zoneinfo import available_timezones
+from zoneinfo import ZoneInfo, available_timezones
 
+from dateutil.rrule import rrulestr
 from pydantic import (
     AfterValidator,
     BeforeValidator,
@@ -26,7 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.json_schema import SkipJsonSchema
+from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from reconciler.api._base import Model
@@ -43,7 +44,7 @@ from reconciler.api.enums import (
     RejectedPatchesAction,
 )
 from reconciler.api.gates import Gates
-from reconciler.api.hooks import HealthCheck, Hooks
+from reconciler.api.hooks import HOST, HealthCheck, Hooks, check_url
 from reconciler.api.selectors import LabelSelector as LabelSelector  # re-exported: it lived here
 from reconciler.api.selectors import LabelValue
 from reconciler.paths import climbs, control_character
@@ -65,6 +66,8 @@ PatchId = Annotated[
     StringConstraints(min_length=1, max_length=100),
 ]
 FilterValue = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+CalendarNames = Annotated[list[Name], Field(default_factory=list, max_length=10)]
+"""ChangeCalendars guarding a window or a rollout (SSM's association ``CalendarNames``)."""
 # A package-name pattern (shell wildcards * ? [..]) a hold names: the characters Debian and RPM
 # package names use, plus the wildcards, so a typo such as a space or a comma is refused.
 _HOLD = re.compile(r"[A-Za-z0-9*?\[][A-Za-z0-9.+_~*?\[\]-]*")
@@ -448,6 +451,9 @@ class MaintenanceWindowSpec(Model):
     """Which instances the tasks run on."""
     tasks: list[WindowTask] = Field(min_length=1)
     """What runs in the window."""
+    change_calendars: CalendarNames
+    """Up to 10 ChangeCalendars: while any of them is closed, an opening starts no task (scan,
+    install or reboot); jobs already running finish (docs/guardrails.md)."""
 
     @field_validator("schedule")
     @classmethod
@@ -972,6 +978,9 @@ class RolloutSpec(Model):
 
     stages: list[RolloutStage] = Field(min_length=1, max_length=10)
     """The rings, first to last (at most 10)."""
+    change_calendars: CalendarNames
+    """Up to 10 ChangeCalendars: while any of them is closed, no stage's member starts an
+    install, so no stage completes or promotes the next (docs/guardrails.md)."""
     resume_token: Annotated[str, StringConstraints(pattern=_TOKEN)] | None = None
     """Resume by a commit: a halted rollout continues once this differs from its value when
     the rollout halted (set or change it, e.g. to the ticket that fixed the cause)."""
@@ -997,6 +1006,172 @@ class Rollout(Model):
     status: dict[str, Any] | None = None
 
 
+# ---------------------------------------------------------------------------------------------
+# ChangeCalendar (docs/guardrails.md "Change calendars"): SSM Change Calendar's open and closed
+# periods, as events written here (one-off, or recurring by an iCalendar RRULE) and an optional
+# iCalendar file of the repository or https URL; windows and rollouts name the calendars that
+# guard them in ``changeCalendars``. Periods at an instant: reconciler.schedule.calendar.
+
+CalendarType = Literal["DEFAULT_OPEN", "DEFAULT_CLOSED"]
+MAX_ICALENDAR_BYTES = 1024 * 1024
+"""An iCalendar file or URL larger than this is refused (a file) or cannot be read (a URL)."""
+# Recurrences finer than a day would make a horizon's expansion huge and are not what a change
+# freeze looks like; SSM's own calendars take daily, weekly, monthly and yearly recurrences.
+_FREQUENCIES = ("DAILY", "WEEKLY", "MONTHLY", "YEARLY")
+_RRULE_FREQ = re.compile(r"(?:^|;)FREQ=([A-Z]+)(?:;|$)")
+
+
+def _calendar_url(value: str) -> str:
+    check_url(value)
+    if not value.startswith("https://"):
+        raise ValueError("an iCalendar URL must be https:// (the calendar decides what may patch)")
+    if HOST in value:
+        raise ValueError("an iCalendar URL takes no {host}: it is read once, not per machine")
+    return value
+
+
+def _repository_file(value: str) -> str:
+    bad = control_character(value)
+    if bad is not None:
+        raise ValueError(f"must not contain control characters (found {bad})")
+    if value.startswith("/") or climbs(value):
+        raise ValueError(
+            "give a path relative to this YAML file, inside the repository (no leading / and no ..)"
+        )
+    if not value.endswith(".ics"):
+        raise ValueError("an iCalendar file's name ends in .ics (the sources read only those)")
+    return value
+
+
+class ICalendarSource(Model):
+    """Where more events come from: exactly one of a file of the repository or an https URL."""
+
+    file: (
+        Annotated[
+            str, StringConstraints(min_length=5, max_length=1024), AfterValidator(_repository_file)
+        ]
+        | None
+    ) = None
+    """An ``.ics`` file of the same repository, relative to this YAML file (for example
+    ``holidays.ics`` or ``calendars/freeze.ics``); it may not climb out with ``..``."""
+    url: (
+        Annotated[
+            str, StringConstraints(min_length=9, max_length=2048), AfterValidator(_calendar_url)
+        ]
+        | None
+    ) = None
+    """An https URL the controller reads on each pass (at most 1 MiB, no credentials in it,
+    redirects not followed); a calendar that cannot be read counts as closed."""
+    timeout_seconds: Annotated[int, Field(ge=1, le=60, strict=True)] | None = None
+    """With ``url``: seconds (1-60, default 10) for the request."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ICalendarSource:
+        if (self.file is None) == (self.url is None):
+            raise ValueError("give exactly one of file or url")
+        if self.timeout_seconds is not None and self.url is None:
+            raise ValueError("timeoutSeconds applies to url only")
+        return self
+
+
+TimeZone = Annotated[str, AfterValidator(check_timezone)]
+
+
+_EVENT_TIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$"
+# Text in the CRD and the editor schemas: a wall-clock time without an offset is not an RFC 3339
+# date-time, which Kubernetes would refuse under format: date-time.
+EventTime = Annotated[datetime, WithJsonSchema({"type": "string", "pattern": _EVENT_TIME})]
+
+
+class CalendarEvent(Model):
+    """One event: a closed period of a DEFAULT_OPEN calendar, an open one of a DEFAULT_CLOSED
+    calendar. ``start`` and ``end`` are half-open, ``[start, end)``."""
+
+    summary: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    """What the period is ("year-end freeze"); ``plan`` and ``explain`` give it as the reason."""
+    start: EventTime
+    """ISO 8601. With a UTC offset (``2026-12-20T00:00:00+00:00``) it is that instant; without
+    one it is a wall-clock time in ``timeZone``. With ``rrule``: the first occurrence."""
+    end: EventTime
+    """ISO 8601, after ``start``, written like it; with ``rrule`` each occurrence lasts
+    ``end - start``."""
+    time_zone: TimeZone | None = None
+    """IANA time zone of ``start`` and ``end`` written without an offset (default: the
+    calendar's ``timeZone``)."""
+    rrule: Annotated[str, StringConstraints(min_length=6, max_length=512)] | None = None
+    """An iCalendar (RFC 5545) recurrence rule without ``RRULE:``, for example
+    ``FREQ=WEEKLY;BYDAY=SA`` or ``FREQ=MONTHLY;BYDAY=-1FR;COUNT=12``; DAILY or coarser."""
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _iso_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted timestamp itself; a date alone would be midnight, say so.
+        if isinstance(value, str) and not re.match(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}", value):
+            raise ValueError("write a date and time, YYYY-MM-DDThh:mm[:ss][+hh:mm]")
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> CalendarEvent:
+        if (self.start.tzinfo is None) != (self.end.tzinfo is None):
+            raise conflict("end", "write start and end alike: both with a UTC offset or neither")
+        if self.time_zone is not None and self.start.tzinfo is not None:
+            raise conflict("timeZone", "start and end carry a UTC offset; remove timeZone")
+        if self.end <= self.start:
+            raise conflict("end", f"must be after start ({self.start.isoformat()})")
+        if self.rrule is not None:
+            problem = rrule_problem(self.rrule, self.start)
+            if problem:
+                raise conflict("rrule", problem)
+        return self
+
+
+def rrule_problem(text: str, start: datetime) -> str:
+    """Why ``text`` is not a recurrence rule a calendar event takes ("" when it is)."""
+    upper = text.upper()
+    if upper.startswith(("RRULE:", "DTSTART")) or "\n" in text:
+        return "give the rule alone, without RRULE: or DTSTART (start is the first occurrence)"
+    freq = _RRULE_FREQ.search(upper)
+    if freq is None or freq.group(1) not in _FREQUENCIES:
+        return f"give FREQ={', FREQ='.join(_FREQUENCIES)} (for example FREQ=WEEKLY;BYDAY=SA)"
+    try:
+        rrulestr(text, dtstart=start)
+    except (ValueError, TypeError) as exc:
+        return f"not an iCalendar RRULE: {exc}"
+    return ""
+
+
+class ChangeCalendarSpec(Model):
+    """SSM Change Calendar: a DEFAULT_OPEN calendar is closed inside its events, a
+    DEFAULT_CLOSED one is open only inside them."""
+
+    type: CalendarType
+    """DEFAULT_OPEN (events are closed periods, such as freezes) or DEFAULT_CLOSED (events are
+    the only open periods; without any event the calendar is always closed)."""
+    description: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
+    """Free text."""
+    time_zone: TimeZone = "UTC"
+    """IANA time zone of events written without a UTC offset, for example Europe/Berlin."""
+    events: list[CalendarEvent] = Field(default_factory=list, max_length=500)
+    """Up to 500 events written here."""
+    icalendar: ICalendarSource | None = None
+    """More events from an iCalendar file or URL (their recurrences and time zones included)."""
+
+    def zone(self, event: CalendarEvent) -> ZoneInfo:
+        """The time zone ``event``'s wall-clock times are read in."""
+        return ZoneInfo(event.time_zone or self.time_zone)
+
+
+class ChangeCalendar(Model):
+    """Open and closed periods that guard the windows and rollouts naming the calendar in
+    ``changeCalendars`` (docs/guardrails.md)."""
+
+    api_version: Literal["patchwarden.io/v1alpha1"]
+    kind: Literal["ChangeCalendar"]
+    metadata: ObjectMeta
+    spec: ChangeCalendarSpec
+    status: dict[str, Any] | None = None
+
+
 Resource = (
     PatchBaseline
     | PatchGroup
@@ -1005,6 +1180,7 @@ Resource = (
     | ComplianceReport
     | InstanceSource
     | Rollout
+    | ChangeCalendar
 )
 
 KINDS: dict[str, type[Resource]] = {
@@ -1015,6 +1191,7 @@ KINDS: dict[str, type[Resource]] = {
     "ComplianceReport": ComplianceReport,
     "InstanceSource": InstanceSource,
     "Rollout": Rollout,
+    "ChangeCalendar": ChangeCalendar,
 }
 
 # Plural and short names, used for the CRDs and by kubectl.
@@ -1026,6 +1203,7 @@ NAMES: dict[str, tuple[str, list[str]]] = {
     "ComplianceReport": ("compliancereports", ["creport"]),
     "InstanceSource": ("instancesources", ["isrc"]),
     "Rollout": ("rollouts", ["ro"]),
+    "ChangeCalendar": ("changecalendars", ["ccal"]),
 }
 
 GROUP_LABEL = "patchwarden.io/patch-group"

@@ -10,10 +10,11 @@ sources' job.
 from __future__ import annotations
 
 import functools
+import posixpath
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,8 +27,10 @@ from reconciler.api.resources import (
     GROUP_LABEL,
     HOST_ANNOTATION,
     KINDS,
+    MAX_ICALENDAR_BYTES,
     PATTERN_HELP,
     SOURCE_ANNOTATION,
+    ChangeCalendar,
     ComplianceReport,
     InstanceSource,
     LabelSelector,
@@ -45,6 +48,8 @@ from reconciler.api.yamldocs import Document, Path, YamlError, decode, documents
 from reconciler.errors import RefusedInput
 
 MAX_DOCUMENTS = 100_000
+ICALENDAR_SUFFIX = ".ics"
+"""Files of a revision that are not resources but iCalendar files a ChangeCalendar may name."""
 
 
 @dataclass(frozen=True, order=True)
@@ -97,6 +102,10 @@ class Snapshot:
     discovered, see :mod:`reconciler.api.enrolment`)."""
     rollouts: Mapping[str, Rollout] = field(default_factory=dict)
     """Progressive rollouts (docs/rollouts.md): the loop steers installs by them."""
+    calendars: Mapping[str, ChangeCalendar] = field(default_factory=dict)
+    """Change calendars (docs/guardrails.md): windows and rollouts name them."""
+    icalendar_files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    """The revision's ``.ics`` files by relative path, for calendars naming one."""
     predefined: Mapping[str, PatchBaseline] = field(default_factory=dict)
     """The shipped default baselines, available by name to every group."""
     locations: Mapping[tuple[str, str], Located] = field(default_factory=dict)
@@ -118,6 +127,17 @@ class Snapshot:
             if baseline.spec.operating_system is os and baseline.spec.default_baseline:
                 return baseline
         return None
+
+    def calendar_file(self, name: str) -> str | None:
+        """The relative path of the iCalendar file calendar ``name`` reads (relative to its
+        YAML file's folder), or None when it names none."""
+        calendar = self.calendars.get(name)
+        source = calendar.spec.icalendar if calendar is not None else None
+        if source is None or source.file is None:
+            return None
+        where = self.locations.get(("ChangeCalendar", name))
+        folder = posixpath.dirname(where.file) if where is not None else ""
+        return posixpath.normpath(posixpath.join(folder, source.file))
 
     def groups_of(self, labels: Mapping[str, str]) -> list[PatchGroup]:
         """Every group whose selector matches ``labels`` (valid snapshots give at most one)."""
@@ -151,8 +171,9 @@ def build_snapshot(
     count = 0
     files = list(files)
     ansible = ansible_files(files)
+    icalendars = {path: raw for path, raw in files if path.endswith(ICALENDAR_SUFFIX)}
     for relpath, raw in files:
-        if relpath in ansible:
+        if relpath in ansible or relpath in icalendars:
             continue
         try:
             docs = list(documents(decode(raw)))
@@ -171,7 +192,9 @@ def build_snapshot(
                 parsed.append((relpath, doc, resource))
             elif (named := _kind_and_name(doc.data)) is not None:
                 invalid.add(named)
-    snapshot = _assemble(parsed, dict(predefined or {}), problems)
+    snapshot = replace(
+        _assemble(parsed, dict(predefined or {}), problems), icalendar_files=icalendars
+    )
     _check_references(snapshot, invalid, problems)
     if problems:
         raise SnapshotInvalid(problems)
@@ -283,6 +306,7 @@ def _assemble(
         reports=tables["ComplianceReport"],
         instance_sources=tables["InstanceSource"],
         rollouts=tables["Rollout"],
+        calendars=tables["ChangeCalendar"],
         predefined=predefined,
         locations=locations,
         documents=docs,
@@ -476,6 +500,39 @@ def _rollout_member(snap: Snapshot, targets: WindowTargets) -> str | None:
     return None
 
 
+def _calendars_exist(snap: Snapshot, invalid: Refused) -> Iterator[_Finding]:
+    named: list[tuple[str, str, list[str]]] = [
+        ("MaintenanceWindow", name, w.spec.change_calendars) for name, w in snap.windows.items()
+    ]
+    named += [("Rollout", name, r.spec.change_calendars) for name, r in snap.rollouts.items()]
+    known = list(snap.calendars)
+    for kind, name, calendars in named:
+        for index, cname in enumerate(calendars):
+            if cname not in snap.calendars and ("ChangeCalendar", cname) not in invalid:
+                yield _Finding(
+                    kind,
+                    name,
+                    ("spec", "changeCalendars", index),
+                    f"no ChangeCalendar named {cname!r}" + did_you_mean(cname, known),
+                )
+
+
+def _calendar_files_exist(snap: Snapshot, invalid: Refused) -> Iterator[_Finding]:
+    for cname in sorted(snap.calendars):
+        path = snap.calendar_file(cname)
+        raw = snap.icalendar_files.get(path) if path is not None else None
+        message = ""
+        if path is not None and (path == ".." or path.startswith("../")):
+            message = "climbs out of the repository; name a file inside it"
+        elif path is not None and raw is None:
+            message = f"no file {path} in this revision (the path is relative to this YAML file)"
+        elif raw is not None and len(raw) > MAX_ICALENDAR_BYTES:
+            message = f"{path} is larger than {MAX_ICALENDAR_BYTES} bytes"
+        if message:
+            path_to: Path = ("spec", "icalendar", "file")
+            yield _Finding("ChangeCalendar", cname, path_to, message)
+
+
 def _groups_exist(
     snap: Snapshot, invalid: Refused, kind: str, name: str, path: Path, groups: Iterable[str]
 ) -> Iterator[_Finding]:
@@ -572,6 +629,8 @@ _REFERENCE_RULES: tuple[Callable[[Snapshot, Refused], Iterable[_Finding]], ...] 
     _rollout_stage_groups_exist,
     _instance_in_one_stage_at_most,
     _no_override_on_rollout_members,
+    _calendars_exist,
+    _calendar_files_exist,
 )
 
 

@@ -149,6 +149,12 @@ def _baseline(seen: Seen, name: str, generation: int) -> Built:
     return {"revision": seen.revision, "instances": using}, _accepted(seen, generation)
 
 
+def _calendar(seen: Seen, name: str, generation: int) -> Built:
+    # Its open or closed state changes with the clock, not with a pass: `patchctl calendar
+    # state` and plan/explain read it; the status says only whether the spec is in force.
+    return {"revision": seen.revision}, _accepted(seen, generation)
+
+
 def _report(seen: Seen, name: str, generation: int) -> Built:
     runs = seen.report_runs.get(name, ())
     newest = runs[0] if runs else None
@@ -404,4 +410,5 @@ _BUILDERS = {
     "ComplianceReport": _report,
     "InstanceSource": _instance_source,
     "Rollout": _rollout,
+    "ChangeCalendar": _calendar,
 }

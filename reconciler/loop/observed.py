@@ -24,6 +24,7 @@ from reconciler.plan import (
     history_scope,
     plan,
 )
+from reconciler.schedule.ical import CalendarReading
 from reconciler.state import JobRecord, ScanRecord, StateBackend
 
 
@@ -40,6 +41,8 @@ class Observation:
         """Each rollout member's gate, as the pass's ``rollouts`` step decided it."""
         self.readings: Mapping[str, GateReading] = {}
         """Each safety gate's reading, by key, as the pass's ``gates`` step read it."""
+        self.calendars: Mapping[str, CalendarReading] = {}
+        """Each ChangeCalendar's periods, by name, as the pass's ``calendars`` step read them."""
         self._scans: dict[int, ObservedScan | None] = {}
         """The latest scans as the planner sees them, by scan id, as last observed."""
 
@@ -80,6 +83,7 @@ class Observation:
             one_offs=one_offs,
             gates=self.gates,
             readings=self.readings,
+            calendars=self.calendars,
         )
 
     def _latest_scans(self) -> dict[str, ObservedScan | None]:

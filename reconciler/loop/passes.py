@@ -1,7 +1,8 @@
 """Stage: loop. One pass is an ordered tuple of small steps (:data:`STEPS`) over an explicit
 :class:`PassContext`: ``refresh`` (the revision in force), ``close_executions`` (openings that
 ended), ``rollouts`` (progressive rollouts' decisions, docs/rollouts.md), ``gates`` (each safety
-gate read once, docs/guardrails.md), ``gate_spells`` (how long each has blocked), ``dispatch``
+gate read once, docs/guardrails.md), ``gate_spells`` (how long each has blocked), ``calendars``
+(each ChangeCalendar read at the loop's clock), ``dispatch``
 (plan, run jobs concurrently, refill freed slots from the plan's queue and re-plan as slots
 free), ``export`` (scheduled reports). Another loop (the controller's) adds its own steps
 around these.
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from reconciler.api.enums import JobStatus
 from reconciler.api.gates import Gate
 from reconciler.api.snapshot import Snapshot
+from reconciler.dispatch.calendars import read_calendars
 from reconciler.dispatch.gates import read_gates
 from reconciler.kube.rest import Kube
 from reconciler.loop.common import InForce, PassSummary
@@ -109,6 +111,15 @@ def gate_readings(snapshot: Snapshot | None, kube: Kube | None = None) -> dict[s
     """Every safety gate of ``snapshot`` read once (``patchctl plan`` shows the same);
     ``kube``: the API Kubernetes gates are read from (without one they block)."""
     return read_gates(_gates_of(snapshot), kube) if snapshot is not None else {}
+
+
+def calendars(context: PassContext) -> None:
+    """Read every ChangeCalendar of the revision in force at the loop's clock (its iCalendar
+    URLs fetched once), before dispatch plans with them; one that cannot be read is closed."""
+    observation = context.parts.observation
+    snapshot = context.parts.in_force.snapshot
+    now = observation.clock()
+    observation.calendars = read_calendars(snapshot, now) if snapshot is not None else {}
 
 
 def _gates_of(snapshot: Snapshot) -> list[Gate]:
@@ -204,6 +215,7 @@ STEPS: tuple[Step, ...] = (
     rollouts,
     gates,
     gate_spells,
+    calendars,
     dispatch,
     export,
 )

@@ -1,10 +1,10 @@
-"""Stage: schedule. Whether a change calendar is closed at an instant (issue 20 item 2,
-groundwork): SSM Change Calendar's two types — ``DEFAULT_OPEN``, whose events are the closed
-periods, and ``DEFAULT_CLOSED``, whose events are the only open ones
+"""Stage: schedule. Whether a change calendar is closed at an instant (issue 20 item 2): SSM
+Change Calendar's two types — ``DEFAULT_OPEN``, whose events are the closed periods, and
+``DEFAULT_CLOSED``, whose events are the only open ones
 (https://docs.aws.amazon.com/systems-manager/latest/userguide/systems-manager-change-calendar.html).
 Periods are half-open, ``[start, end)``; overlapping or touching periods count as one, so the
-state says until when it lasts. Not yet a resource kind: the ChangeCalendar kind, its iCalendar
-file and the loop's blocking build on this (docs/guardrails.md).
+state says until when it lasts. The ChangeCalendar kind's periods come from
+:mod:`reconciler.schedule.ical`; the planner blocks on them (docs/guardrails.md).
 
 Pure: no clock of its own (the caller passes ``now``), no I/O. May import ``reconciler.api`` only.
 """
@@ -72,7 +72,9 @@ def _merged(periods: Sequence[Period]) -> list[tuple[datetime, datetime, str]]:
     for period in periods:
         if spans and period.start <= spans[-1][1]:
             start, end, summary = spans[-1]
-            names = f"{summary}, {period.summary}" if period.summary else summary
+            # A recurring event's occurrences touching one another are one period, one name.
+            again = not period.summary or period.summary in summary.split(", ")
+            names = summary if again else f"{summary}, {period.summary}"
             spans[-1] = (start, max(end, period.end), names)
         else:
             spans.append((period.start, period.end, period.summary or "an event"))

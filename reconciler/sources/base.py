@@ -14,15 +14,25 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot, format_path
+from reconciler.api.snapshot import (
+    ICALENDAR_SUFFIX,
+    Problem,
+    Snapshot,
+    SnapshotInvalid,
+    build_snapshot,
+    format_path,
+)
 from reconciler.defaults import predefined_baselines
 from reconciler.errors import RefusedInput, TemporaryError
 from reconciler.schedule import parse_schedule, parse_window_schedule
+from reconciler.schedule.ical import parse_icalendar
 
 if TYPE_CHECKING:
     from reconciler.sources.enrol.base import Repository
 
 YAML_SUFFIXES = (".yaml", ".yml")
+SNAPSHOT_SUFFIXES = (*YAML_SUFFIXES, ICALENDAR_SUFFIX)
+"""What a revision's snapshot is built from: resources, and the iCalendar files calendars name."""
 
 Files = list[tuple[str, bytes]]
 """(relative posix path, content) of every resource file of one revision, in walk order."""
@@ -111,7 +121,7 @@ class HasRepository(Protocol):
         ...
 
 
-def is_resource(relpath: str, suffixes: tuple[str, ...] = YAML_SUFFIXES) -> bool:
+def is_resource(relpath: str, suffixes: tuple[str, ...] = SNAPSHOT_SUFFIXES) -> bool:
     """Whether a file at ``relpath`` (posix, relative to the source root) belongs to a snapshot.
 
     The one rule for every source: the suffix matches, and no part is hidden, so ``.git``,
@@ -145,10 +155,30 @@ def snapshot_of(files: Iterable[tuple[str, bytes]]) -> Snapshot:
     problems = [
         *_schedule_problems(snapshot, "MaintenanceWindow", snapshot.windows, parse_window_schedule),
         *_schedule_problems(snapshot, "ComplianceReport", snapshot.reports, parse_schedule),
+        *_icalendar_problems(snapshot),
     ]
     if problems:
         raise SnapshotInvalid(problems)
     return snapshot
+
+
+def _icalendar_problems(snapshot: Snapshot) -> list[Problem]:
+    """Each calendar's iCalendar file parsed by the iCalendar library now, so a broken file is
+    refused with the revision rather than closing the calendar later."""
+    problems = []
+    for name in sorted(snapshot.calendars):
+        path = snapshot.calendar_file(name)
+        data = snapshot.icalendar_files.get(path) if path is not None else None
+        if data is None:
+            continue  # none named, or a missing file the api's checks reported
+        try:
+            parse_icalendar(data)
+        except ValueError as exc:
+            where = snapshot.locations[("ChangeCalendar", name)]
+            field_path = ("spec", "icalendar", "file")
+            line = snapshot.documents[("ChangeCalendar", name)].line_of(field_path)
+            problems.append(Problem(where.file, line, format_path(field_path), f"{path}: {exc}"))
+    return problems
 
 
 def _schedule_problems(

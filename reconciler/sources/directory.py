@@ -1,6 +1,7 @@
 """Stage: sources. Snapshots and inventory documents from a directory (or one file).
 
-Every ``*.yaml``/``*.yml`` file under the directory is part of the snapshot (hidden directories such
+Every ``*.yaml``/``*.yml`` file under the directory is part of the snapshot (and every ``*.ics``
+file, which a ChangeCalendar may name) (hidden directories such
 as ``.git`` are skipped, see :func:`reconciler.sources.base.is_resource`); paths in errors are
 relative to the directory given. Nothing outside the directory is read: a symbolic link to a file
 outside it is skipped with a warning naming the link. Inventories are JSON files (``*.json``).
@@ -30,7 +31,7 @@ from reconciler.api.inventory import Inventory
 from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid
 from reconciler.api.yamldocs import MAX_BYTES
 from reconciler.sources.base import (
-    YAML_SUFFIXES,
+    SNAPSHOT_SUFFIXES,
     Files,
     Revision,
     SourceError,
@@ -49,7 +50,7 @@ _CHANGES = frozenset({"created", "modified", "deleted", "moved"})
 
 def read_snapshot(path: Path) -> Snapshot:
     """The validated snapshot of a directory (or one YAML file); SnapshotInvalid lists problems."""
-    return snapshot_of(walk(path, YAML_SUFFIXES))
+    return snapshot_of(walk(path, SNAPSHOT_SUFFIXES))
 
 
 def read_inventories(path: Path) -> list[Inventory]:
@@ -146,7 +147,7 @@ class DirectorySource:
         if not self.path.is_dir():
             raise SourceError(f"{self.path}: not a directory")
         try:
-            files = list(walk(self.path, YAML_SUFFIXES))
+            files = list(walk(self.path, SNAPSHOT_SUFFIXES))
         except OSError as exc:
             # Typically a file replaced mid-read by an editor's save; the watch fires again.
             raise SourceError(f"{self.path}: changed while reading, retry: {exc}") from exc

@@ -73,6 +73,10 @@ class Kind(StrEnum):
     """A halted rollout was resumed: ``detail.previousReason``."""
     ROLLOUT_CYCLE_COMPLETED = "rollout.cycle.completed"
     """Every stage baked the cycle's snapshot."""
+    CALENDAR_OVERRIDDEN = "calendar.overridden"
+    """A person started a run although a change calendar guarding it is closed
+    (``patch-now --override-calendar``): ``detail.run``, ``id``, ``calendars`` (each closed
+    calendar's reason), ``reason`` (theirs), ``instances``, ``osUser``; ``author`` asked."""
     GATE_BLOCKED = "gate.blocked"
     """A gate has blocked a task or a rollout stage longer than its threshold (docs/guardrails.md):
     ``detail.gate``, ``scope`` (e.g. "task patch of window noon", "stage prod of rollout web"),
@@ -138,6 +142,7 @@ _TRANSITIONS = frozenset(
         Kind.GATE_BLOCKED,
         Kind.EMERGENCY_REQUESTED,
         Kind.EMERGENCY_CHANGED,
+        Kind.CALENDAR_OVERRIDDEN,
         *ROLLOUT_KINDS,
     }
 )

@@ -190,10 +190,12 @@ def explanation(
     origin: str | None = None,
     place: RolloutPlace | None = None,
     gates: Sequence[GateShown] = (),
+    calendars: Sequence[CalendarShown] = (),
 ) -> None:
     """Why a group and baseline apply to an instance, and the reason behind each patch's state;
     ``origin``: where a generated instance comes from; ``place``: its rollout stage, if any;
-    ``gates``: the safety gates guarding its installs, as read now."""
+    ``gates``: the safety gates guarding its installs, as read now; ``calendars``: the change
+    calendars guarding it, as read now."""
     patches = [p for p in result.patches if patch is None or p.name == patch]
     skipped = [n for n in result.not_approved if patch is None or n.name == patch]
     held = [h for h in result.held if patch is None or h.name == patch]
@@ -211,6 +213,7 @@ def explanation(
         if place is not None:
             data["rollout"] = place.document()
         data["gates"] = [gate.document() for gate in gates]
+        data["calendars"] = [calendar.document() for calendar in calendars]
         dump(data, fmt, out)
         return
     console = _console(out)
@@ -224,6 +227,8 @@ def explanation(
         console.print(f"  rollout:     {place}")
     for gate in gates:
         console.print(f"  gate:        {gate}")
+    for calendar in calendars:
+        console.print(f"  calendar:    {calendar}")
     if patches:
         console.print(_patch_table(result, patches))
     for title, rows in (("Available but not approved", skipped), ("Held: never installed", held)):
@@ -427,6 +432,23 @@ class GateShown:
     def __str__(self) -> str:
         verdict = "blocks" if self.blocking else "open"
         return f"{self.gate} of {self.of} — {verdict}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class CalendarShown(GateShown):
+    """A change calendar guarding an instance, as ``explain`` read it: ``gate`` is its name,
+    ``of`` "window W" or "rollout R", ``blocking`` whether it is closed."""
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "calendar": self.gate,
+            "of": self.of,
+            "closed": self.blocking,
+            "reason": self.reason,
+        }
+
+    def __str__(self) -> str:
+        return f"{self.gate} of {self.of} — {'closed' if self.blocking else 'open'}: {self.reason}"
 
 
 @dataclass(frozen=True)

@@ -273,6 +273,16 @@ def _window_problems(snapshot: Snapshot, window: MaintenanceWindow) -> Iterator[
             f"SSM allows 1-{SSM_MAX_SCHEDULE_OFFSET} days (got {offset}, a Patchwarden "
             "extension): lower it or move the cron expression to export",
         )
+    if window.spec.change_calendars:
+        # SSM's windows have no calendar field (only associations and Automation read one).
+        yield _at(
+            snapshot,
+            "MaintenanceWindow",
+            name,
+            "spec.changeCalendars",
+            "SSM maintenance windows take no change calendar (SSM checks one only in State "
+            "Manager associations and Automation runbooks): remove changeCalendars to export",
+        )
     for i, task in enumerate(window.spec.tasks):
         for field, given in (
             ("hooks", task.hooks is not None),

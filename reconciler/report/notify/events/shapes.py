@@ -48,6 +48,10 @@ EMERGENCY = "Emergency CVE Run State-change Notification"
 """Emergency CVE runs (docs/guardrails.md); SSM has no counterpart. ``detail.state`` is
 ``requested`` or ``status`` (then ``detail.status`` says which)."""
 
+CALENDAR_OVERRIDDEN = "Change Calendar Override Notification"
+"""A run started although a change calendar guarding it was closed (docs/guardrails.md); SSM
+has no counterpart. Named in SSM's manner."""
+
 DETAIL_TYPES = (
     COMPLIANCE,
     WINDOW_EXECUTION,
@@ -57,6 +61,7 @@ DETAIL_TYPES = (
     ROLLOUT,
     GATE_BLOCKED,
     EMERGENCY,
+    CALENDAR_OVERRIDDEN,
 )
 
 _ENDED = frozenset({"SUCCESS", "FAILED", "TIMED_OUT", "CANCELLED", "SKIPPED_OVERLAPPING"})
@@ -233,6 +238,11 @@ def _instance_source_failed(o: Occurrence) -> Shape:
     )
 
 
+def _calendar_overridden(o: Occurrence) -> Shape:
+    detail = {_kebab(key): value for key, value in o.detail.items()}
+    return "calendar.overridden", CALENDAR_OVERRIDDEN, str(o.detail.get("id")), detail
+
+
 def _rollout(o: Occurrence) -> Shape:
     """Every rollout kind: one detail-type, the step in ``state`` (``cycle.started``,
     ``stage.installing``, ``stage.baked``, ``halted``, ``resumed``, ``cycle.completed``)."""
@@ -275,4 +285,5 @@ _SHAPES = {
     Kind.GATE_BLOCKED: _gate_blocked,
     Kind.EMERGENCY_REQUESTED: _emergency,
     Kind.EMERGENCY_CHANGED: _emergency,
+    Kind.CALENDAR_OVERRIDDEN: _calendar_overridden,
 }
