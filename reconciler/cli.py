@@ -2849,18 +2849,9 @@ def _record_one_off(
     when anything is wrong."""
     opening = _one_off_opening(args, snapshot, utc_now())
     instances = targeted(opening.targets, snapshot)
-    override = _calendar_override(args, snapshot, instances, opening.created_at)
+    override = _calendar_override(args, snapshot, instances, opening.created_at, "patch-now")
     record = store.record_one_off(opening, now=opening.created_at)
-    if override:
-        emit(
-            Kind.CALENDAR_OVERRIDDEN,
-            author=opening.requested_by,
-            id=opening.id,
-            run="patch-now",
-            instances=instances,
-            osUser=opening.os_user,
-            **override,
-        )
+    _emit_override(emit, override, opening, instances, "patch-now")
     emit(
         Kind.PATCH_NOW_REQUESTED,
         author=opening.requested_by,
@@ -2873,8 +2864,28 @@ def _record_one_off(
     return record, instances
 
 
+def _emit_override(
+    emit: Emitter, override: dict[str, Any], opening: OneOffOpening, instances: list[str], run: str
+) -> None:
+    """Audit (and announce) a run started although a change calendar guarding it is closed."""
+    if override:
+        emit(
+            Kind.CALENDAR_OVERRIDDEN,
+            author=opening.requested_by,
+            id=opening.id,
+            run=run,
+            instances=instances,
+            osUser=opening.os_user,
+            **override,
+        )
+
+
 def _calendar_override(
-    args: argparse.Namespace, snapshot: Snapshot, instances: list[str], now: datetime
+    args: argparse.Namespace,
+    snapshot: Snapshot,
+    instances: list[str],
+    now: datetime,
+    command: str,
 ) -> dict[str, Any]:
     """The closed change calendars a request overrides, with its reason ({} when every
     calendar guarding ``instances`` is open); UserError when one is closed and the request
@@ -2883,12 +2894,12 @@ def _calendar_override(
     closed = calendar_refusal(snapshot, instances, now)
     if closed and reason is None:
         raise UserError(
-            f"patch-now: {'; '.join(closed)}; give --override-calendar REASON to patch anyway; "
+            f"{command}: {'; '.join(closed)}; give --override-calendar REASON to patch anyway; "
             "nothing recorded"
         )
     if reason is not None and not closed:
         raise UserError(
-            "patch-now: --override-calendar: no change calendar guarding the targets is "
+            f"{command}: --override-calendar: no change calendar guarding the targets is "
             "closed; nothing recorded"
         )
     return {"calendars": closed, "reason": reason} if closed else {}
@@ -3178,6 +3189,7 @@ def _rollout_print(args: argparse.Namespace, change: dict[str, Any], what: str) 
 
 _EMERGENCY_REQUEST = (
     *("cve", "group", "reason", "reboot_option", "max_concurrency", "max_errors"),
+    "override_calendar",
     *("start_within", "wait", *_SOURCE_OPTIONS, *_WAIT_OPTIONS),
 )
 """Options only a new run reads: list, status and cancel refuse them rather than ignore them."""
@@ -3202,6 +3214,7 @@ def _emergency_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--reason", metavar="TEXT", help="why (kept with the run and audited)")
     _one_off_budget_args(p)
+    _override_calendar_arg(p)
     _requested_by_arg(p)
     _start_within_arg(p)
     p.add_argument("--wait", action="store_true", help="run the loop here until the run has ended")
@@ -3269,10 +3282,12 @@ def _record_emergency(
     one-off opening confined to them, and audit it; nothing is recorded when anything is wrong."""
     now = utc_now()
     opening = _emergency_opening(args, snapshot, store, now)
+    instances = list(opening.targets.instances)
+    override = _calendar_override(args, snapshot, instances, now, "emergency")
     record = store.record_one_off(opening, now=now)
+    _emit_override(emit, override, opening, instances, "emergency")
     fix = opening.emergency
     assert fix is not None
-    instances = list(opening.targets.instances)
     emit(
         Kind.EMERGENCY_REQUESTED,
         author=opening.requested_by,

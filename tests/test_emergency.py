@@ -431,3 +431,51 @@ def test_patchctl_records_audits_runs_and_lists_an_emergency_run(
     shown = patchctl("emergency", "status", run_id, "--state", state, "-o", "json")
     assert json.loads(shown.stdout)["status"] == "CANCELLED"
     assert _versions(tmp_path / "prod-1") == BEFORE
+
+
+# A window over the prod ring naming a change calendar that is always closed (DEFAULT_CLOSED
+# with no open period): a kill switch for prod only.
+FROZEN_PROD = (
+    "---\n"
+    + window_yaml("new-year", "cron(0 0 1 1 ? *)", group="prod").replace(
+        "\nspec:\n", "\nspec:\n  changeCalendars: [freeze]\n", 1
+    )
+    + "---\napiVersion: patchwarden.io/v1alpha1\nkind: ChangeCalendar\n"
+    "metadata: {name: freeze}\nspec: {type: DEFAULT_CLOSED}\n"
+)
+
+
+def test_a_closed_change_calendar_refuses_an_emergency_run_unless_overridden_and_audited(
+    tmp_path: Path, repos: dict[str, str]
+) -> None:
+    """Change calendars guard emergency runs as they guard patch-now (docs/guardrails.md): a
+    closed one refuses the run with nothing recorded; --override-calendar REASON records it and
+    audits the override, naming the calendar; a ring no calendar guards needs no override."""
+    config = _fleet(tmp_path, repos, {"dev-1": "dev", "prod-1": "prod"}, FROZEN_PROD)
+    state, audit = str(tmp_path / "state.db"), tmp_path / "audit.jsonl"
+    common = ("--source", str(config), "--state", state, "--audit-log", str(audit))
+    assert patchctl("reconcile", "--source", str(config), "--state", state).returncode == 0
+    refused = patchctl("emergency", "--cve", CVE, "--group", "prod", *common)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("patchctl: emergency: change calendar 'freeze' is closed"), (
+        refused.stderr
+    )
+    assert refused.stderr.rstrip().endswith(
+        "give --override-calendar REASON to patch anyway; nothing recorded"
+    )
+    assert "em-" not in patchctl("emergency", "list", "--state", state).stdout
+    needless = patchctl("emergency", "--cve", CVE, "--group", "dev", "--override-calendar", "x",
+                        *common)  # fmt: skip
+    assert needless.returncode == 1 and "no change calendar guarding" in needless.stderr
+    overridden = patchctl(
+        "emergency", "--cve", CVE, "--group", "prod", "--override-calendar", "CAB-1234 exploited",
+        *common,
+    )  # fmt: skip
+    assert overridden.returncode == 0, overridden.stderr
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    [override] = [line for line in lines if line["kind"] == "calendar.overridden"]
+    assert override["detail"]["run"] == "emergency"
+    assert override["detail"]["reason"] == "CAB-1234 exploited"
+    assert override["detail"]["instances"] == ["prod-1"]
+    assert override["detail"]["calendars"][0].startswith("change calendar 'freeze' is closed")
+    assert [line["kind"] for line in lines].count("emergency.requested") == 1
