@@ -210,6 +210,35 @@ def test_teams_gets_one_adaptive_card() -> None:
     }
 
 
+HOSTILE = "**URGENT** [click here](https://evil.example/x) _now_ <at>Ada</at>\n- 1. # > `x`"
+ESCAPED = (
+    "\\*\\*URGENT\\*\\* \\[click here\\](https://evil.example/x) \\_now\\_ "
+    "\\<at>Ada\\</at>\n\\- 1. # > \\`x\\`"
+)
+
+
+def test_teams_shows_text_from_machines_as_it_is_not_as_markdown() -> None:
+    """Adaptive Card TextBlocks and facts render markdown: what a machine or a repository said
+    is escaped, so it can neither format the card, nor hide behind a link, nor mention anyone."""
+    hostile = occurrence(
+        Kind.ROLLOUT_HALTED, rollout="web", cycle=1, stage="canary_1", reason="2 of 4 *failed*"
+    )
+    card = teams(message(hostile))["attachments"][0]["content"]["body"]
+    assert card[0]["text"] == "Rollout web halted: 2 of 4 \\*failed\\*"
+    facts = {f["title"]: f["value"] for f in card[1]["facts"]}
+    assert (facts["Stage"], facts["Reason"]) == ("canary\\_1", "2 of 4 \\*failed\\*")
+    said = occurrence(Kind.JOB_FINISHED, "web-1", operation="Install", status="failed",
+                      output=HOSTILE)  # fmt: skip
+    (output,) = [b for b in teams(message(said))["attachments"][0]["content"]["body"]
+                 if b.get("fontType") == "Monospace"]  # fmt: skip
+    assert output["text"] == ESCAPED
+    numbered = teams(message(occurrence(Kind.ROLLOUT_HALTED, rollout="web", reason="x\n1. y")))
+    facts = {
+        f["title"]: f["value"] for f in numbered["attachments"][0]["content"]["body"][1]["facts"]
+    }
+    assert facts["Reason"] == "x\n1\\. y", "no numbered list"
+
+
 def test_credentials_in_what_a_machine_said_are_masked() -> None:
     leaky = occurrence(
         Kind.ROLLOUT_HALTED, rollout="web", cycle=1, reason="https://bob:hunter2@git.example/x"
@@ -543,6 +572,37 @@ def test_a_failed_install_on_a_debian_root_is_mailed_with_the_end_of_its_output(
     assert attempts[1]["detail"]["retryOf"] == attempts[0]["job"]
     events = [body["type"] for body in bodies(receiver)]
     assert events.count("io.patchwarden.job.failed") == 1, events
+
+
+@needs_apt
+def test_a_hostile_package_output_reaches_teams_escaped(tmp_path: Path, receiver: Receiver) -> None:
+    """A package whose version has two tildes (as backports' do: ``1.2~bpo12+1``) and whose
+    postinst fails: Teams gets dpkg's words as they are, the tildes escaped rather than read as
+    strikethrough. (The agent forwards dpkg's error lines, not the script's own output.)"""
+    evil = "echo '**URGENT** [click](https://evil.example/x)' >&2; exit 1"
+    repo = Repo(tmp_path / "repo")
+    repo.add("stable", Pkg("pwtest-evil", "1.0-1"), origin="Debian", codename="bookworm")
+    repo.add(
+        "stable-security",
+        Pkg("pwtest-evil", "1.0-2~rc1~b2", scripts={"postinst": evil}),
+        origin="Debian",
+        label="Debian-Security",
+        codename="bookworm-security",
+    )
+    config = noon_window(tmp_path, repo.publish(), "db-1", [Pkg("pwtest-evil", "1.0-1")])
+    run = patchctl(
+        *("reconcile", "--source", str(config), *state_args(tmp_path)),
+        *("--now", "2026-11-28T12:30:00Z", "--events-teams", "env:TEAMS_URL"),
+        *("--events-teams-kinds", "job.finished"),
+        TEAMS_URL=receiver.url,
+        PATCHWARDEN_TRUST_ROOT_SCRIPTS="1",
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    (card,) = [b["attachments"][0]["content"]["body"] for b in bodies(receiver)]
+    (output,) = [block["text"] for block in card if block.get("fontType") == "Monospace"]
+    assert output.startswith("pwtest-evil 1.0-2\\~rc1\\~b2: dpkg: error processing package")
+    assert "**" not in json.dumps(card), "nothing the package said is bold"
+    assert card[0]["text"] == "Machine db-1 failed: Install in window noon"
 
 
 def state_args(tmp_path: Path) -> list[str]:
