@@ -2997,14 +2997,20 @@ def _patch_now_cancel(args: argparse.Namespace) -> int:
             ended = store.one_off(record.id) or record
             raise UserError(f"{record.id} already ended {ended.status}: nothing to cancel")
         fix = record.opening.emergency
-        detail = {"id": record.id, "status": "CANCELLED", "reason": f"cancelled by {who}"}
+        detail: dict[str, Any] = {
+            "id": record.id,
+            "status": "CANCELLED",
+            "reason": f"cancelled by {who}",
+        }
+        if fix:
+            detail.update(cve=fix.cve, instances=list(record.opening.targets.instances))
         log(
             Occurrence(
                 kind=Kind.EMERGENCY_CHANGED if fix else Kind.PATCH_NOW_CHANGED,
                 time=now,
                 revision=None,
                 author=who,
-                detail={**detail, "cve": fix.cve} if fix else detail,
+                detail=detail,
             )
         )
         final = store.one_off(record.id) or record

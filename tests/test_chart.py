@@ -20,7 +20,7 @@ import yaml
 from kubernetes.client import ApiException
 
 from reconciler.api.resources import GROUP, VERSION
-from reconciler.cli import _parser, _postgres_url, _state_path
+from reconciler.cli import _parser, _postgres_url, _smtp, _state_path, _webhook_url
 from reconciler.dispatch.nodes import NodeSettings
 from tests.kubeapi import KubeApi
 
@@ -105,6 +105,15 @@ LINTED: dict[str, Doc] = {
         "persistence": {"enabled": False},
         "state": {"postgresql": {**PG_SECRET, "urlKey": "dsn", "sslmode": "require"}},
     },
+}
+
+
+LINTED["notifications"] = {
+    "notifications": {
+        "existingSecret": "pw-notify",
+        "slack": {"urlKeys": ["slack"]},
+        "email": {"to": ["ops@example.com"], "from": "pw@example.com", "smtp": {"host": "mail"}},
+    }
 }
 
 
@@ -268,6 +277,140 @@ def test_the_ssh_secret_is_mounted_as_the_ssh_dir(chart: helm.Chart) -> None:
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     (volume,) = [v for v in pod["volumes"] if v["name"] == "ssh"]
     assert volume["secret"]["secretName"] == "fleet-ssh"
+
+
+NOTIFY: Doc = {
+    "notifications": {
+        "existingSecret": "pw-notify",
+        "slack": {"urlKeys": ["slack-ops", "slack-dev"], "kinds": ["job.finished", "gate.blocked"]},
+        "teams": {"urlKeys": ["teams"]},
+        "email": {
+            "to": ["ops@example.com", "oncall@example.com"],
+            "from": "pw@example.com",
+            "kinds": ["window.execution"],
+            "smtp": {
+                "host": "mail.example.com",
+                "port": 587,
+                "starttls": True,
+                "loginKey": "smtp-login",
+            },
+        },
+    }
+}
+NOTIFY_DIR = "/etc/patchwarden/notify"
+
+
+def test_notices_read_their_secrets_from_the_mounted_secret(
+    chart: helm.Chart, tmp_path: Path
+) -> None:
+    """Slack, Teams and mail are configured by values; patchctl is given `file:` paths into the
+    Secret mounted read-only (only the keys it reads), and reads them as the controller would."""
+    docs = render(chart, NOTIFY)
+    container = controller(docs)
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "notify"]
+    assert (mount["mountPath"], mount["readOnly"]) == (NOTIFY_DIR, True)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "notify"]
+    keys = ["slack-ops", "slack-dev", "teams", "smtp-login"]
+    assert volume["secret"] == {
+        "secretName": "pw-notify",
+        "defaultMode": 0o440,
+        "items": [{"key": key, "path": key} for key in keys],
+    }
+    # What the Secret would hold, where the pod would see it.
+    secrets_held = {
+        "slack-ops": "https://hooks.slack.com/services/T0/B0/ops-secret",
+        "slack-dev": "https://hooks.slack.com/services/T0/B1/dev-secret",
+        "teams": "https://example.webhook.office.com/workflows/teams-secret",
+        "smtp-login": "patchwarden:smtp-secret",
+    }
+    for key, value in secrets_held.items():
+        (tmp_path / key).write_text(value + "\n")
+    args = [
+        a.replace("$(POD_NAMESPACE)", NAMESPACE).replace(NOTIFY_DIR, str(tmp_path))
+        for a in container["args"]
+    ]
+    parsed = _parser().parse_args(args)
+    assert [_webhook_url("--events-slack", ref) for ref in parsed.events_slack] == [
+        secrets_held["slack-ops"],
+        secrets_held["slack-dev"],
+    ]
+    assert [_webhook_url("--events-teams", ref) for ref in parsed.events_teams] == [
+        secrets_held["teams"]
+    ]
+    assert parsed.events_slack_kinds == {"job.finished", "gate.blocked"}
+    assert parsed.events_teams_kinds is None, "Teams gets the default kinds"
+    assert parsed.events_email == ["ops@example.com", "oncall@example.com"]
+    assert parsed.events_email_kinds == {"window.execution"}
+    smtp = _smtp(parsed)
+    assert (smtp.host, smtp.port, smtp.sender, smtp.starttls, smtp.login) == (
+        "mail.example.com",
+        587,
+        "pw@example.com",
+        True,
+        ("patchwarden", "smtp-secret"),
+    )
+
+
+def test_no_notification_secret_lands_in_the_rendered_manifests(chart: helm.Chart) -> None:
+    """The chart never sees the secrets; the Secret is named only by the pod's volume, and no
+    notification setting reaches the environment."""
+    out = chart.render(NOTIFY, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    text = "\n".join(out.values())
+    assert "hooks.slack.com" not in text and "smtp-secret" not in text
+    assert text.count("pw-notify") == 1, "named only as the volume's secretName"
+    container = controller(render(chart, NOTIFY))
+    assert not any("notify" in str(e).lower() for e in container["env"])
+    assert all(a.startswith(f"--events-{k}=file:{NOTIFY_DIR}/") for k, a in _secret_args(container))
+    plain = controller(render(chart))
+    assert not any(a.startswith("--events") for a in plain["args"])
+    assert not any(m["name"] == "notify" for m in plain["volumeMounts"])
+
+
+def _secret_args(container: Doc) -> list[tuple[str, str]]:
+    return [
+        (kind, arg)
+        for arg in container["args"]
+        for kind in ("slack", "teams", "smtp-login")
+        if arg.startswith(f"--events-{kind}=")
+    ]
+
+
+NOTIFY_REFUSED: dict[str, tuple[Doc, str]] = {
+    "keys-without-secret": (
+        {"notifications": {"slack": {"urlKeys": ["url"]}}},
+        "notifications names the keys url but notifications.existingSecret is empty",
+    ),
+    "secret-unused": (
+        {"notifications": {"existingSecret": "pw-notify"}},
+        "notifications.existingSecret is set but no key of it is used",
+    ),
+    "kinds-without-teams": (
+        {"notifications": {"teams": {"kinds": ["gate.blocked"]}}},
+        "notifications.teams.kinds is set but notifications.teams.urlKeys is empty",
+    ),
+    "smtp-without-to": (
+        {"notifications": {"email": {"smtp": {"host": "mail.example.com"}}}},
+        "notifications.email.to is empty",
+    ),
+    "to-without-server": (
+        {"notifications": {"email": {"to": ["ops@example.com"], "from": "pw@example.com"}}},
+        "notifications.email.smtp.host or notifications.email.from is empty",
+    ),
+    "login-in-the-clear": (
+        {
+            "notifications": {
+                "existingSecret": "pw-notify",
+                "email": {
+                    "to": ["ops@example.com"],
+                    "from": "pw@example.com",
+                    "smtp": {"host": "mail.example.com", "loginKey": "login"},
+                },
+            }
+        },
+        "a password is never sent in the clear to mail.example.com",
+    ),
+}
 
 
 def test_deployment_is_hardened(chart: helm.Chart) -> None:
@@ -573,8 +716,11 @@ PG_REFUSED: dict[str, tuple[Doc, str]] = {
 }
 
 
-@pytest.mark.parametrize(("values", "said"), PG_REFUSED.values(), ids=PG_REFUSED.keys())
-def test_postgresql_settings_that_would_be_ignored_are_refused(
+REFUSED_RENDERS = {**PG_REFUSED, **NOTIFY_REFUSED}
+
+
+@pytest.mark.parametrize(("values", "said"), REFUSED_RENDERS.values(), ids=REFUSED_RENDERS.keys())
+def test_settings_that_would_be_ignored_or_refused_fail_the_render(
     chart: helm.Chart, values: Doc, said: str
 ) -> None:
     with pytest.raises(helm.HelmError) as refused:
@@ -615,6 +761,12 @@ BAD_VALUES: list[tuple[Doc, str]] = [
     ({"state": {"postgresql": {"url": "postgresql://h/db"}}}, "url"),
     ({"workers": {"replicas": -1}}, "/workers/replicas"),
     ({"workers": {"concurrency": 0}}, "/workers/concurrency"),
+    ({"notifications": {"slack": {"kinds": ["job.started"]}}}, "/notifications/slack/kinds/0"),
+    ({"notifications": {"slack": {"urlKeys": ["a/b"]}}}, "/notifications/slack/urlKeys/0"),
+    ({"notifications": {"email": {"to": ["not an address"]}}}, "/notifications/email/to/0"),
+    ({"notifications": {"email": {"smtp": {"port": 0}}}}, "/notifications/email/smtp/port"),
+    ({"notifications": {"email": {"smtp": {"host": "mail:25"}}}}, "/notifications/email/smtp/host"),
+    ({"notifications": {"webhook": "https://x"}}, "webhook"),
 ]
 
 

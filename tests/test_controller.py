@@ -32,7 +32,7 @@ import yaml
 
 from reconciler.api.resources import KINDS
 from reconciler.api.snapshot import Problem
-from reconciler.controller.events import notices
+from reconciler.controller.events import EventSink, notices
 from reconciler.controller.leader import Holder, LeaderElector, LeaseConfig, may_acquire
 from reconciler.controller.nodes import NodeMirror, changes, mirror_of
 from reconciler.controller.run import ControllerReconciler
@@ -235,6 +235,71 @@ def test_only_transitions_become_events_on_the_object_they_concern() -> None:
         "SnapshotRefused",
     )
     assert "spec.cutoff" in refused.message
+
+
+GATE_BLOCKED = {
+    "gate": "quiet",
+    "scope": "task patch of window noon",
+    "since": "2026-11-28T08:15:00Z",
+    "blockedSeconds": 2700,
+    "reason": "alertmanager: 1 alert firing (HighErrorRate)",
+}
+EMERGENCY = {"id": "em-1", "cve": "CVE-2026-1234", "instances": ["web-2", "web-1"]}
+
+
+def gate_and_emergency_occurrences() -> list[Occurrence]:
+    return [
+        occurrence(Kind.GATE_BLOCKED, **GATE_BLOCKED),
+        occurrence(Kind.GATE_BLOCKED, **{**GATE_BLOCKED, "scope": "stage prod of rollout web"}),
+        occurrence(Kind.EMERGENCY_REQUESTED, **EMERGENCY, reason="INC-7", digest="sha256:ab"),
+        occurrence(Kind.EMERGENCY_CHANGED, **EMERGENCY, status="SUCCESS", reason="all done"),
+        occurrence(Kind.EMERGENCY_CHANGED, **EMERGENCY, status="CANCELLED", reason="by ada"),
+    ]
+
+
+def test_gates_blocked_and_emergency_runs_are_events_on_what_they_concern() -> None:
+    """A gate blocking too long on the window (or rollout) whose task (or stage) it guards; an
+    emergency run on each machine it targets, a cancelled one a Warning."""
+    posted = [n for o in gate_and_emergency_occurrences() for n in notices(o, lambda _: None)]
+    assert [(n.kind, n.name, n.reason, n.type) for n in posted] == [
+        ("MaintenanceWindow", "noon", "GateBlocked", "Warning"),
+        ("Rollout", "web", "GateBlocked", "Warning"),
+        ("ManagedInstance", "web-1", "EmergencyRequested", "Normal"),
+        ("ManagedInstance", "web-2", "EmergencyRequested", "Normal"),
+        ("ManagedInstance", "web-1", "EmergencySucceeded", "Normal"),
+        ("ManagedInstance", "web-2", "EmergencySucceeded", "Normal"),
+        ("ManagedInstance", "web-1", "EmergencyCancelled", "Warning"),
+        ("ManagedInstance", "web-2", "EmergencyCancelled", "Warning"),
+    ]
+    assert posted[0].message.startswith(
+        "gate quiet has blocked task patch of window noon since 2026-11-28T08:15:00Z (2700 s): "
+        "alertmanager: 1 alert firing (HighErrorRate) (revision "
+    )
+    assert posted[2].message.startswith(
+        "emergency run em-1 for CVE-2026-1234 requested: INC-7; snapshot sha256:ab"
+    )
+    assert posted[6].message.startswith("emergency run em-1 for CVE-2026-1234: CANCELLED: by ada")
+    odd = occurrence(Kind.GATE_BLOCKED, **{**GATE_BLOCKED, "scope": "something else"})
+    assert list(notices(odd, lambda _: None)) == [], "no object to post it on"
+
+
+@pytest.mark.apiserver
+def test_the_api_server_takes_gate_and_emergency_events(kube_api: KubeApi) -> None:
+    """Posted through the controller's EventSink to the real kube-apiserver, as the loop's
+    observer would: each on its object, in order."""
+    ns = kube_api.namespace()
+    sink = EventSink(kube_api.client(), ns, uid_of=lambda _k, _n: None, object_of=lambda _: None)
+    for each in gate_and_emergency_occurrences():
+        sink(each)
+    sink.close()
+    expected = [
+        ("MaintenanceWindow/noon", "GateBlocked", "Warning"),
+        ("Rollout/web", "GateBlocked", "Warning"),
+        *[(f"ManagedInstance/{m}", "EmergencyRequested", "Normal") for m in ("web-1", "web-2")],
+        *[(f"ManagedInstance/{m}", "EmergencySucceeded", "Normal") for m in ("web-1", "web-2")],
+        *[(f"ManagedInstance/{m}", "EmergencyCancelled", "Warning") for m in ("web-1", "web-2")],
+    ]
+    wait_for("the gate and emergency Events", lambda: events(kube_api, ns) == expected)
 
 
 def test_only_objects_whose_current_spec_is_not_in_force_are_stalled() -> None:

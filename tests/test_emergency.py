@@ -415,8 +415,12 @@ def test_patchctl_records_audits_runs_and_lists_an_emergency_run(
     assert outcome["status"] == "SUCCESS"
     assert outcome["emergency"]["cve"] == CVE and outcome["targets"]["instances"] == ["dev-1"]
     assert _versions(tmp_path / "dev-1") == FIXED and _versions(tmp_path / "prod-1") == BEFORE
-    kinds = [json.loads(line)["kind"] for line in audit.read_text().splitlines()]
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    kinds = [line["kind"] for line in lines]
     assert "emergency.requested" in kinds and "emergency.status" in kinds
+    # Its targets, for the controller's Events on each ManagedInstance.
+    statuses = [line["detail"] for line in lines if line["kind"] == "emergency.status"]
+    assert all(detail["instances"] == ["dev-1"] for detail in statuses), statuses
     listed = patchctl("emergency", "list", "--state", state, "-o", "json")
     assert [r["id"] for r in json.loads(listed.stdout)] == [outcome["id"]]
     extra = patchctl("emergency", "list", "--cve", CVE, "--state", state)

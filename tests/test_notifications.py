@@ -210,6 +210,35 @@ def test_teams_gets_one_adaptive_card() -> None:
     }
 
 
+HOSTILE = "**URGENT** [click here](https://evil.example/x) _now_ <at>Ada</at>\n- 1. # > `x`"
+ESCAPED = (
+    "\\*\\*URGENT\\*\\* \\[click here\\](https://evil.example/x) \\_now\\_ "
+    "\\<at>Ada\\</at>\n\\- 1. # > \\`x\\`"
+)
+
+
+def test_teams_shows_text_from_machines_as_it_is_not_as_markdown() -> None:
+    """Adaptive Card TextBlocks and facts render markdown: what a machine or a repository said
+    is escaped, so it can neither format the card, nor hide behind a link, nor mention anyone."""
+    hostile = occurrence(
+        Kind.ROLLOUT_HALTED, rollout="web", cycle=1, stage="canary_1", reason="2 of 4 *failed*"
+    )
+    card = teams(message(hostile))["attachments"][0]["content"]["body"]
+    assert card[0]["text"] == "Rollout web halted: 2 of 4 \\*failed\\*"
+    facts = {f["title"]: f["value"] for f in card[1]["facts"]}
+    assert (facts["Stage"], facts["Reason"]) == ("canary\\_1", "2 of 4 \\*failed\\*")
+    said = occurrence(Kind.JOB_FINISHED, "web-1", operation="Install", status="failed",
+                      output=HOSTILE)  # fmt: skip
+    (output,) = [b for b in teams(message(said))["attachments"][0]["content"]["body"]
+                 if b.get("fontType") == "Monospace"]  # fmt: skip
+    assert output["text"] == ESCAPED
+    numbered = teams(message(occurrence(Kind.ROLLOUT_HALTED, rollout="web", reason="x\n1. y")))
+    facts = {
+        f["title"]: f["value"] for f in numbered["attachments"][0]["content"]["body"][1]["facts"]
+    }
+    assert facts["Reason"] == "x\n1\\. y", "no numbered list"
+
+
 def test_credentials_in_what_a_machine_said_are_masked() -> None:
     leaky = occurrence(
         Kind.ROLLOUT_HALTED, rollout="web", cycle=1, reason="https://bob:hunter2@git.example/x"
@@ -503,34 +532,77 @@ def test_a_reconcile_of_a_debian_root_tells_slack_the_window_started_and_ended(
 
 @needs_apt
 def test_a_failed_install_on_a_debian_root_is_mailed_with_the_end_of_its_output(
-    tmp_path: Path, apt_repo: Repo, mailbox: tuple[Mailbox, int]
+    tmp_path: Path, apt_repo: Repo, mailbox: tuple[Mailbox, int], receiver: Receiver
 ) -> None:
-    """pwtest-fail's postinst exits 1: the machine's failure and the window's are mailed."""
+    """pwtest-fail's postinst exits 1: the machine's failure, then the window's, are mailed
+    once each, though the loop tries the install again in the pass (pwtest-lib went in, so the
+    rescan leaves other pins): the second attempt is audited, neither mailed nor an event."""
     box, port = mailbox
     failing = [p for p in INSTALLED if p.name in ("pwtest-lib", "pwtest-fail")]
     config = noon_window(tmp_path, apt_repo, "db-1", failing)
+    audit = tmp_path / "audit.jsonl"
     run = patchctl(
         *("reconcile", "--source", str(config), *state_args(tmp_path)),
         *("--now", "2026-11-28T12:30:00Z", "--events-email", "ops@example.invalid"),
         *("--events-smtp", f"127.0.0.1:{port}", "--events-smtp-from", "pw@example.invalid"),
+        *("--events-webhook", receiver.url, "--audit-log", str(audit)),
         PATCHWARDEN_TRUST_ROOT_SCRIPTS="1",
     )
     assert run.returncode == 0, run.stdout + run.stderr
     subjects = [mail["Subject"] for _, mail in box.mails]
-    # The loop records the execution's failure, then announces the job's; it tries the install
-    # once more in the pass (a mail per failed job).
-    assert subjects[:2] == [
+    assert subjects == [
         "[patchwarden] Window noon started",
+        "[patchwarden] Machine db-1 failed: Install in window noon",
         "[patchwarden] Window noon ended: FAILED",
     ]
-    assert set(subjects[2:]) == {"[patchwarden] Machine db-1 failed: Install in window noon"}
-    failed = box.mails[2][1].get_payload(decode=True).decode()
+    failed = box.mails[1][1].get_payload(decode=True).decode()
     assert "Last output:\n" in failed.replace("\r\n", "\n")
     said = "    pwtest-fail 1.0-2: dpkg: error processing package pwtest-fail (--configure)"
     assert said in failed
     assert re.search(r" · 2026-11-28T12:30:\d\dZ\r?\n$", failed)  # to the second
-    ended = box.mails[1][1].get_payload(decode=True).decode().replace("\r\n", "\n")
+    ended = box.mails[2][1].get_payload(decode=True).decode().replace("\r\n", "\n")
     assert "Installed: 0\nFailed: 1\nPending reboot: 0\n" in ended
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    attempts = [
+        line
+        for line in lines
+        if line["kind"] == "job.finished" and line["detail"]["status"] == "failed"
+    ]
+    assert len(attempts) == 2, "every attempt is audited"
+    assert attempts[1]["detail"]["retryOf"] == attempts[0]["job"]
+    events = [body["type"] for body in bodies(receiver)]
+    assert events.count("io.patchwarden.job.failed") == 1, events
+
+
+@needs_apt
+def test_a_hostile_package_output_reaches_teams_escaped(tmp_path: Path, receiver: Receiver) -> None:
+    """A package whose version has two tildes (as backports' do: ``1.2~bpo12+1``) and whose
+    postinst fails: Teams gets dpkg's words as they are, the tildes escaped rather than read as
+    strikethrough. (The agent forwards dpkg's error lines, not the script's own output.)"""
+    evil = "echo '**URGENT** [click](https://evil.example/x)' >&2; exit 1"
+    repo = Repo(tmp_path / "repo")
+    repo.add("stable", Pkg("pwtest-evil", "1.0-1"), origin="Debian", codename="bookworm")
+    repo.add(
+        "stable-security",
+        Pkg("pwtest-evil", "1.0-2~rc1~b2", scripts={"postinst": evil}),
+        origin="Debian",
+        label="Debian-Security",
+        codename="bookworm-security",
+    )
+    config = noon_window(tmp_path, repo.publish(), "db-1", [Pkg("pwtest-evil", "1.0-1")])
+    run = patchctl(
+        *("reconcile", "--source", str(config), *state_args(tmp_path)),
+        *("--now", "2026-11-28T12:30:00Z", "--events-teams", "env:TEAMS_URL"),
+        *("--events-teams-kinds", "job.finished"),
+        TEAMS_URL=receiver.url,
+        PATCHWARDEN_TRUST_ROOT_SCRIPTS="1",
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    (card,) = [b["attachments"][0]["content"]["body"] for b in bodies(receiver)]
+    (output,) = [block["text"] for block in card if block.get("fontType") == "Monospace"]
+    assert output.startswith("pwtest-evil 1.0-2\\~rc1\\~b2: dpkg: error processing package")
+    assert "**" not in json.dumps(card), "nothing the package said is bold"
+    assert card[0]["text"] == "Machine db-1 failed: Install in window noon"
 
 
 def state_args(tmp_path: Path) -> list[str]:

@@ -17,7 +17,14 @@ What each becomes (core/v1 Event, ``reason`` in CamelCase, type Normal or Warnin
 - ``window.execution`` on the MaintenanceWindow: ``ExecutionInProgress``, ``ExecutionSucceeded``
   (Normal) or ``ExecutionFailed`` (Warning);
 - ``rollout.*`` on the Rollout: ``CycleStarted``, ``Promoted`` (a stage started installing),
-  ``StageBaked``, ``Resumed``, ``CycleCompleted`` (Normal) or ``Halted`` (Warning).
+  ``StageBaked``, ``Resumed``, ``CycleCompleted`` (Normal) or ``Halted`` (Warning);
+- ``gate.blocked`` on the MaintenanceWindow of the task, or the Rollout of the stage, the gate
+  guards: ``GateBlocked`` (Warning);
+- ``emergency.requested`` and ``emergency.status`` on each ManagedInstance the run targets (at
+  most ``MAX_OBJECTS``): ``EmergencyRequested``, ``EmergencyInProgress``, ``EmergencySucceeded``
+  (Normal), ``EmergencyFailed``, ``EmergencyCancelled``, ``EmergencyExpired`` (Warning). A run
+  is requested by ``patchctl emergency``, whose own process emits ``emergency.requested``: the
+  controller posts the statuses its loop changes.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from urllib.parse import quote
 
 import structlog
 
+from reconciler.api.oneoff import OneOffStatus
 from reconciler.api.resources import API_VERSION
 from reconciler.kube import ApiClient, Kube
 from reconciler.report.notify.occurrences import ROLLOUT_KINDS, Kind, Occurrence
@@ -91,31 +99,85 @@ def notices(
             f"{error.get('message')}{at}",
         )
     elif occurrence.kind is Kind.WINDOW_EXECUTION_CHANGED and detail.get("window"):
-        status = str(detail.get("status"))
-        reason = {
-            "IN_PROGRESS": "ExecutionInProgress",
-            "SUCCESS": "ExecutionSucceeded",
-            "FAILED": "ExecutionFailed",
-            "TIMED_OUT": "ExecutionTimedOut",
-            "CANCELLED": "ExecutionCancelled",
-            "SKIPPED_OVERLAPPING": "ExecutionSkipped",
-        }.get(status, "ExecutionChanged")
-        # A timed-out or cancelled execution left work undone or running past the window.
-        warning = status in ("FAILED", "TIMED_OUT", "CANCELLED")
-        yield Notice(
-            "MaintenanceWindow",
-            str(detail["window"]),
-            "Warning" if warning else "Normal",
-            reason,
-            f"execution of the opening {detail.get('opening')}: "
-            f"{detail.get('previous') or 'none'} -> {status}{at}",
-        )
+        yield _execution(detail, at)
     elif occurrence.kind is Kind.SNAPSHOT_REFUSED:
         yield from _refusal(occurrence, object_of)
     elif occurrence.kind is Kind.INSTANCE_SOURCE_FAILED and detail.get("source"):
         yield _refresh_failed(detail, at)
     elif occurrence.kind in ROLLOUT_KINDS and detail.get("rollout"):
         yield _rollout(occurrence.kind, detail, at)
+    elif occurrence.kind is Kind.GATE_BLOCKED:
+        yield from _gate_blocked(detail, at)
+    elif occurrence.kind in (Kind.EMERGENCY_REQUESTED, Kind.EMERGENCY_CHANGED):
+        yield from _emergency(occurrence, at)
+
+
+def _execution(detail: Mapping[str, Any], at: str) -> Notice:
+    status = str(detail.get("status"))
+    reason = {
+        "IN_PROGRESS": "ExecutionInProgress",
+        "SUCCESS": "ExecutionSucceeded",
+        "FAILED": "ExecutionFailed",
+        "TIMED_OUT": "ExecutionTimedOut",
+        "CANCELLED": "ExecutionCancelled",
+        "SKIPPED_OVERLAPPING": "ExecutionSkipped",
+    }.get(status, "ExecutionChanged")
+    # A timed-out or cancelled execution left work undone or running past the window.
+    warning = status in ("FAILED", "TIMED_OUT", "CANCELLED")
+    return Notice(
+        "MaintenanceWindow",
+        str(detail["window"]),
+        "Warning" if warning else "Normal",
+        reason,
+        f"execution of the opening {detail.get('opening')}: "
+        f"{detail.get('previous') or 'none'} -> {status}{at}",
+    )
+
+
+_GUARDED = {"window": "MaintenanceWindow", "rollout": "Rollout"}
+"""A gate's scope ("task patch of window noon", "stage prod of rollout web", as
+``report.views.gates.guarded`` names it) ends with the kind and name of the object it guards."""
+
+
+def _gate_blocked(detail: Mapping[str, Any], at: str) -> Iterator[Notice]:
+    scope = str(detail.get("scope") or "")
+    kind, _, name = scope.rpartition(" of ")[2].partition(" ")
+    if kind not in _GUARDED or not name:
+        return
+    yield Notice(
+        _GUARDED[kind],
+        name,
+        "Warning",
+        "GateBlocked",
+        f"gate {detail.get('gate')} has blocked {scope} since {detail.get('since')} "
+        f"({detail.get('blockedSeconds')} s): {detail.get('reason')}{at}",
+    )
+
+
+_EMERGENCY_REASONS: dict[str, tuple[str, str]] = {
+    OneOffStatus.IN_PROGRESS: ("EmergencyInProgress", "Normal"),
+    OneOffStatus.SUCCESS: ("EmergencySucceeded", "Normal"),
+    OneOffStatus.FAILED: ("EmergencyFailed", "Warning"),
+    OneOffStatus.CANCELLED: ("EmergencyCancelled", "Warning"),
+    OneOffStatus.EXPIRED: ("EmergencyExpired", "Warning"),
+}
+
+
+def _emergency(occurrence: Occurrence, at: str) -> Iterator[Notice]:
+    """An emergency CVE run, on each machine it targets: requested (by whom, for which CVE,
+    which snapshot), then each status the loop gives it with its reason."""
+    detail = occurrence.detail
+    run = f"emergency run {detail.get('id')} for {detail.get('cve')}"
+    if occurrence.kind is Kind.EMERGENCY_REQUESTED:
+        reason, kind = "EmergencyRequested", "Normal"
+        by = f" by {occurrence.author}" if occurrence.author else ""
+        message = f"{run} requested{by}: {detail.get('reason')}; snapshot {detail.get('digest')}"
+    else:
+        status = str(detail.get("status"))
+        reason, kind = _EMERGENCY_REASONS.get(status, ("EmergencyChanged", "Normal"))
+        message = f"{run}: {status}: {detail.get('reason')}"
+    for instance in sorted(str(i) for i in detail.get("instances") or ())[:MAX_OBJECTS]:
+        yield Notice("ManagedInstance", instance, kind, reason, message + at)
 
 
 _ROLLOUT_REASONS = {

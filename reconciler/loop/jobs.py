@@ -256,13 +256,11 @@ class JobRunner:
     def _finish(self, claimed: Claimed, status: JobStatus, result: dict[str, Any]) -> JobRecord:
         action, job = claimed.action, claimed.job
         finished = self.store.finish_job(job.id, status=status, result=result, now=self.clock())
-        if action.window and action.opening:
-            if status == JobStatus.FAILED:
-                self.executions.failed(action.window, action.opening)
-            self.executions.finished(
-                action.window, action.opening, finished.finished_at or self.clock()
-            )
         claimed.log.info("job finished", status=status, error=result.get("error"))
+        failed = status == JobStatus.FAILED
+        retry_of = self._earlier_failure(action, job.id) if failed else None
+        # Emitted before the execution changes: a machine's failure is told before the window's
+        # FAILED it causes.
         self.emit(
             Kind.JOB_FINISHED,
             instance=action.instance,
@@ -274,11 +272,30 @@ class JobRunner:
             seconds=(finished.finished_at - finished.created_at).total_seconds()
             if finished.finished_at
             else None,
-            **({"output": failure_output(result)} if status == JobStatus.FAILED else {}),
+            **({"output": failure_output(result)} if failed else {}),
+            **({"retryOf": retry_of} if retry_of else {}),
         )
+        if action.window and action.opening:
+            if failed:
+                self.executions.failed(action.window, action.opening)
+            self.executions.finished(
+                action.window, action.opening, finished.finished_at or self.clock()
+            )
         if self.on_job_done is not None:
             self.on_job_done(finished)
         return finished
+
+    def _earlier_failure(self, action: Action, job_id: str) -> str | None:
+        """The first failed job of this machine's operation in this opening, when this one is
+        a further attempt (the plan retries an install whose rescan left other pins): it is
+        audited, but only the first failure is announced (``Occurrence.transition``)."""
+        if not action.opening:
+            return None
+        where = {"instance": action.instance, "window": action.window, "opening": action.opening}
+        earlier = self.store.jobs(status=JobStatus.FAILED, **where)
+        return next(
+            (j.id for j in earlier if j.id != job_id and j.operation == action.operation), None
+        )
 
     def _scan(self, claimed: Claimed, transport: Transport) -> Result:
         name = claimed.instance.metadata.name

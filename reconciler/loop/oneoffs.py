@@ -76,6 +76,12 @@ class OneOffOpenings:
         if fix is None:
             self.emit(Kind.PATCH_NOW_CHANGED, id=opening, status=str(status), reason=reason)
         else:
+            assert record is not None  # an emergency fix is read from the record
             self.emit(
-                Kind.EMERGENCY_CHANGED, id=opening, cve=fix.cve, status=str(status), reason=reason
+                Kind.EMERGENCY_CHANGED,
+                id=opening,
+                cve=fix.cve,
+                status=str(status),
+                reason=reason,
+                instances=list(record.opening.targets.instances),
             )

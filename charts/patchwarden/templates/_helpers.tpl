@@ -116,6 +116,7 @@ tolerations:
 {{- if and $pg.existingSecret (hasPrefix "verify-" $pg.sslmode) (not (or $pg.ca.secret $pg.ca.configMap)) }}
 {{- fail (printf "state.postgresql.sslmode is %s but no CA is given to verify the server with: set state.postgresql.ca.secret or state.postgresql.ca.configMap (a key %s holding the CA certificate), or sslmode: require (encrypted, the server not authenticated)." $pg.sslmode $pg.ca.key) }}
 {{- end }}
+{{- include "patchwarden.validateNotify" . }}
 {{- end }}
 
 {{/* How patchctl reaches the PostgreSQL state (controller and workers alike): the URL and its
@@ -206,4 +207,104 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{- define "patchwarden.workerServiceAccountName" -}}
 {{- printf "%s-worker" (include "patchwarden.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Notices to people (docs/notifications.md). The webhook URLs and the SMTP login are read by
+     patchctl from files (`file:PATH`) of the user's Secret mounted read-only, so no secret is in
+     the pod's args, its environment or anything the chart renders. */}}
+{{- define "patchwarden.notifyDir" -}}
+/etc/patchwarden/notify
+{{- end }}
+
+{{/* The Secret's keys the controller reads: only these are mounted. */}}
+{{- define "patchwarden.notifyKeys" -}}
+{{- $n := .Values.notifications }}
+{{- $keys := concat $n.slack.urlKeys $n.teams.urlKeys }}
+{{- with $n.email.smtp.loginKey }}
+{{- $keys = append $keys . }}
+{{- end }}
+{{- $keys | uniq | toJson }}
+{{- end }}
+
+{{- define "patchwarden.notifyArgs" -}}
+{{- $n := .Values.notifications }}
+{{- $dir := include "patchwarden.notifyDir" . }}
+{{- range $chat := list "slack" "teams" }}
+{{- $sink := get $n $chat }}
+{{- range $sink.urlKeys }}
+- {{ printf "--events-%s=file:%s/%s" $chat $dir . | quote }}
+{{- end }}
+{{- with $sink.kinds }}
+- {{ printf "--events-%s-kinds=%s" $chat (join "," .) | quote }}
+{{- end }}
+{{- end }}
+{{- $mail := $n.email }}
+{{- if $mail.to }}
+{{- range $mail.to }}
+- {{ printf "--events-email=%s" . | quote }}
+{{- end }}
+- {{ printf "--events-smtp=%s:%d" $mail.smtp.host (int $mail.smtp.port) | quote }}
+- {{ printf "--events-smtp-from=%s" $mail.from | quote }}
+{{- if $mail.smtp.starttls }}
+- --events-smtp-starttls
+{{- end }}
+{{- with $mail.smtp.loginKey }}
+- {{ printf "--events-smtp-login=file:%s/%s" $dir . | quote }}
+{{- end }}
+{{- with $mail.kinds }}
+- {{ printf "--events-email-kinds=%s" (join "," .) | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "patchwarden.notifyMounts" -}}
+{{- if (include "patchwarden.notifyKeys" . | fromJsonArray) }}
+- name: notify
+  mountPath: {{ include "patchwarden.notifyDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "patchwarden.notifyVolumes" -}}
+{{- $keys := include "patchwarden.notifyKeys" . | fromJsonArray }}
+{{- if $keys }}
+- name: notify
+  secret:
+    secretName: {{ .Values.notifications.existingSecret }}
+    defaultMode: 0440
+    items:
+      {{- range $keys }}
+      - key: {{ . }}
+        path: {{ . }}
+      {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Notification values that would be ignored, or that patchctl would refuse at start (a pod
+     in CrashLoopBackOff says it later and less clearly), are refused here. */}}
+{{- define "patchwarden.validateNotify" -}}
+{{- $n := .Values.notifications }}
+{{- $keys := include "patchwarden.notifyKeys" . | fromJsonArray }}
+{{- if and $keys (not $n.existingSecret) }}
+{{- fail (printf "notifications names the keys %s but notifications.existingSecret is empty: set it to the Secret (in the release namespace) that holds the webhook URLs and the SMTP login." (join ", " $keys)) }}
+{{- end }}
+{{- if and $n.existingSecret (not $keys) }}
+{{- fail "notifications.existingSecret is set but no key of it is used: name them in notifications.slack.urlKeys, notifications.teams.urlKeys or notifications.email.smtp.loginKey, or remove notifications.existingSecret." }}
+{{- end }}
+{{- range $chat := list "slack" "teams" }}
+{{- $sink := get $n $chat }}
+{{- if and $sink.kinds (not $sink.urlKeys) }}
+{{- fail (printf "notifications.%s.kinds is set but notifications.%s.urlKeys is empty: name the Secret's keys holding the webhook URLs, or remove the kinds." $chat $chat) }}
+{{- end }}
+{{- end }}
+{{- $mail := $n.email }}
+{{- if and (not $mail.to) (or $mail.from $mail.kinds $mail.smtp.host $mail.smtp.loginKey $mail.smtp.starttls) }}
+{{- fail "notifications.email is configured but notifications.email.to is empty: give the addresses to mail, or remove the other notifications.email values." }}
+{{- end }}
+{{- if and $mail.to (not (and $mail.smtp.host $mail.from)) }}
+{{- fail "notifications.email.to is set but notifications.email.smtp.host or notifications.email.from is empty: mail needs a server and a sender." }}
+{{- end }}
+{{- if and $mail.smtp.loginKey (not $mail.smtp.starttls) (not (has $mail.smtp.host (list "localhost" "127.0.0.1" "::1" "[::1]"))) }}
+{{- fail (printf "notifications.email.smtp.loginKey is set but starttls is false: a password is never sent in the clear to %s. Set notifications.email.smtp.starttls: true (port 587 for submission)." $mail.smtp.host) }}
+{{- end }}
 {{- end }}

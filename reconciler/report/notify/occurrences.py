@@ -28,7 +28,9 @@ class Kind(StrEnum):
     JOB_DISPATCHED = "job.dispatched"
     """A scan or install was claimed and sent to a machine."""
     JOB_FINISHED = "job.finished"
-    """A job ended; ``detail.status`` is ``succeeded`` or ``failed``."""
+    """A job ended; ``detail.status`` is ``succeeded`` or ``failed``. A failed job that is a
+    further attempt of the same machine's operation in the same opening names the first failed
+    one in ``detail.retryOf`` (audited, not announced again)."""
     HOOK_RAN = "job.hook"
     """A window task's hook stage or health check ran for a job; ``detail.ok`` says whether it
     passed, with the end of its output (docs/hooks.md)."""
@@ -49,7 +51,8 @@ class Kind(StrEnum):
     CVE's fixes): ``detail.id``, ``cve``, ``reason``, ``instances``, ``digest``, ``versions``."""
     EMERGENCY_CHANGED = "emergency.status"
     """An emergency CVE run started, ended or was cancelled: ``detail.id``, ``cve``,
-    ``status``, ``reason`` (its patch-now ``patchnow.status`` is not emitted as well)."""
+    ``status``, ``reason``, ``instances`` (its patch-now ``patchnow.status`` is not emitted as
+    well)."""
     ROLLOUT_OPERATOR = "rollout.operator"
     """A person approved a stage, resumed or aborted a rollout (``patchctl rollout``):
     ``detail.action``, ``rollout``, ``cycle``, ``snapshot``, ``stage``, ``reason``, ``osUser``."""
@@ -115,9 +118,10 @@ class Occurrence:
     def transition(self) -> bool:
         """State changes worth telling people about (events): compliance and window execution
         changes, failed jobs, refused snapshots, rollouts' steps. Everything is audited; only
-        these are events."""
+        these are events. A machine's failure is told once per opening: its first failed job,
+        the one that fails the window's execution, not the loop's further attempts."""
         if self.kind is Kind.JOB_FINISHED:
-            return self.detail.get("status") == JobStatus.FAILED
+            return self.detail.get("status") == JobStatus.FAILED and not self.detail.get("retryOf")
         return self.kind in _TRANSITIONS
 
     def to_dict(self) -> dict[str, Any]:

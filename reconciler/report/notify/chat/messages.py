@@ -10,6 +10,7 @@ in an error message keeps no credentials). May not import the sinks beside it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -222,12 +223,14 @@ ADAPTIVE_CARD = "application/vnd.microsoft.card.adaptive"
 
 def teams(m: Message) -> dict[str, Any]:
     """A Teams workflow webhook's payload ("Post to a channel when a webhook request is
-    received"): a message with one Adaptive Card 1.4 attachment."""
+    received"): a message with one Adaptive Card 1.4 attachment, every text escaped."""
     body: list[dict[str, Any]] = [
         _text(m.title, weight="Bolder", size="Medium", color=_COLOURS[m.tone]),
     ]
     if m.facts:
-        facts = [{"title": name, "value": value} for name, value in m.facts]
+        facts = [
+            {"title": _teams_escape(name), "value": _teams_escape(value)} for name, value in m.facts
+        ]
         body.append({"type": "FactSet", "facts": facts})
     if m.output:
         body.append(_text(m.output, fontType="Monospace", separator=True))
@@ -248,4 +251,28 @@ _COLOURS = {GOOD: "Good", ATTENTION: "Attention", WARNING: "Warning", DEFAULT: "
 
 
 def _text(text: str, **style: Any) -> dict[str, Any]:
-    return {"type": "TextBlock", "text": text, "wrap": True, **style}
+    return {"type": "TextBlock", "text": _teams_escape(text), "wrap": True, **style}
+
+
+_TEAMS_INLINE = re.compile(r"([\\`*_~\[\]<])")
+"""What Adaptive Card markdown (TextBlock text, Fact title and value: Teams' "Format cards"
+page) reads inline: emphasis, code, strikethrough, links ``[text](url)``, and the ``<`` that
+opens Teams' ``<at>`` mentions and autolinks (a ``>`` matters only at a line's start, so an
+arrow ``->`` stays as it is)."""
+_TEAMS_LINE_START = re.compile(r"^(\s*)([-+#>|]|\d+(?=[.)]))", re.MULTILINE)
+"""A line that starts a list (``- ``, ``+ ``, ``1. ``), a heading or a quote."""
+
+
+def _teams_escape(text: str) -> str:
+    """Text from machines and repositories (package output, reasons, names, an author) shown
+    as it is: each markdown-significant character backslash-escaped (CommonMark's escapes, which
+    Teams' renderer honours), as Slack's three characters are for mrkdwn."""
+    text = _TEAMS_INLINE.sub(r"\\\1", text)
+    return _TEAMS_LINE_START.sub(_escape_line_start, text)
+
+
+def _escape_line_start(match: re.Match[str]) -> str:
+    indent, marker = match.group(1), match.group(2)
+    if marker.isdigit():  # "1." or "1)": the number stays, its dot or bracket is escaped
+        return f"{indent}{marker}\\"
+    return f"{indent}\\{marker}"
