@@ -16,7 +16,7 @@ SYSTEM_PACKAGES ?= git gnupg openssh-server openssh-client \
 	etcd-server golang-1.19-go rsync golang-github-modern-go-reflect2-dev dpkg-dev \
 	faketime sudo mmdebstrap iproute2 uidmap postgresql-15 \
 	prometheus prometheus-alertmanager \
-	containerd runc containernetworking-plugins umoci python3-pip-whl
+	containerd runc containernetworking-plugins umoci python3-pip-whl conntrack
 
 # patchctl lives in the virtualenv, which a new shell does not have on PATH: say how to get it,
 # as the last line of the targets a newcomer runs first (absolute, so it works from anywhere).
@@ -36,8 +36,8 @@ kube-apiserver: install ## build (once, ~4 min; cached) the real kube-apiserver 
 image: install ## the controller/agent image, dist/patchwarden-<version>.oci.tar (root; Debian root cached)
 	$(PY) scripts/image build
 
-kube-node: install ## build (once, ~15 min; cached) the kubelet, controller-manager, scheduler and pause of the real node
-	nice -n 10 scripts/kube-apiserver build kubelet kube-controller-manager kube-scheduler pause
+kube-node: install ## build (once, ~15 min; cached) the kubelet, controller-manager, scheduler, kube-proxy and pause of the real node
+	nice -n 10 scripts/kube-apiserver build kubelet kube-controller-manager kube-scheduler kube-proxy pause
 
 test: install kube-apiserver kube-node lint verify test-clock ## lint, verify, the clock a year ahead, then the whole suite (CI)
 	$(PY) -m pytest -q

@@ -132,8 +132,10 @@ class _Ca:
         organizations: Sequence[str] = (),
         *,
         server: bool = False,
+        addresses: Sequence[str] = (),
     ) -> tuple[bytes, bytes]:
-        """(certificate PEM, key PEM) for a client (CN = user, O = groups) or the server."""
+        """(certificate PEM, key PEM) for a client (CN = user, O = groups) or the server (valid
+        for localhost and 127.0.0.1, and ``addresses`` too)."""
         key = ec.generate_private_key(ec.SECP256R1())
         attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
         attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
@@ -159,6 +161,7 @@ class _Ca:
                     [
                         x509.DNSName("localhost"),
                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                        *(x509.IPAddress(ipaddress.ip_address(a)) for a in addresses),
                     ]
                 ),
                 critical=False,
@@ -359,7 +362,9 @@ def _start_etcd(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
     return process, url
 
 
-def _write_secrets(directory: Path, ca: _Ca) -> dict[str, Path]:
+def _write_secrets(directory: Path, ca: _Ca, addresses: Sequence[str] = ()) -> dict[str, Path]:
+    """The API server's certificates and keys; its serving certificate is valid for ``addresses``
+    too (a server pods reach)."""
     files = {
         "ca": directory / "ca.crt",
         "tls_cert": directory / "apiserver.crt",
@@ -369,7 +374,7 @@ def _write_secrets(directory: Path, ca: _Ca) -> dict[str, Path]:
         "tokens": directory / "tokens.csv",
     }
     files["ca"].write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
-    cert, key = ca.issue("kube-apiserver", server=True)
+    cert, key = ca.issue("kube-apiserver", server=True, addresses=addresses)
     files["tls_cert"].write_bytes(cert)
     files["tls_key"].write_bytes(key)
     signing = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -397,7 +402,9 @@ def _start_apiserver(
     etcd: str,
     files: dict[str, Path],
     extra: Sequence[str] = API_ONLY,
+    address: str = "127.0.0.1",
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """The API server on ``address`` (it serves and advertises there); waits until ready."""
     port = free_port()
     log = directory / "kube-apiserver.log"
     process = _spawn(
@@ -405,8 +412,8 @@ def _start_apiserver(
         [
             str(binary),
             f"--etcd-servers={etcd}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={address}",
+            f"--advertise-address={address}",
             f"--secure-port={port}",
             f"--cert-dir={directory / 'certs'}",
             f"--tls-cert-file={files['tls_cert']}",
@@ -424,7 +431,7 @@ def _start_apiserver(
             *extra,
         ],
     )
-    server = f"https://127.0.0.1:{port}"
+    server = f"https://{address}:{port}"
     context = ssl.create_default_context(cafile=str(files["ca"]))
     try:
         _wait_ready(f"{server}/readyz", context, process, log)

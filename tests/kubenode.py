@@ -13,12 +13,17 @@ run are OCI archives made here with ``umoci`` and imported with ``ctr -n k8s.io 
 
 Both archives are cached under /var/cache/patchwarden, keyed by what they are made of.
 
-Layout: every server listens on 127.0.0.1 (free ports) but the kubelet, which listens on the node's
-address :data:`NODE_IP` on the pod bridge; all state (etcd, certificates,
+Layout: every server listens on 127.0.0.1 (free ports) but the API server and the kubelet, which
+listen on the node's address :data:`NODE_IP` on the pod bridge; all state (etcd, certificates,
 containerd's root and state, the kubelet's root dir, CNI's IPAM) lives in one pytest temp dir.
-Pods get addresses from a bridge (``pwk<id>``, 10.214.0.0/24, no masquerade, no iptables rule) that
-only this machine's own network namespaces are on. There is no kube-proxy: a Service is reached
-through the API server's service proxy, which follows its Endpoints to the pod's address.
+Pods get addresses from a bridge (``pwk<id>``, 10.214.0.0/24, no masquerade) that only this
+machine's own network namespaces are on. kube-proxy (built like the others) runs in iptables mode
+with ``--cluster-cidr`` the pod subnet and NodePorts on the node address only, so a pod's
+in-cluster client reaches the API server at the ``kubernetes`` Service's ClusterIP
+(:data:`KUBERNETES_SERVICE_IP`, which the API server's certificate names); the tests themselves
+reach a Service through the API server's service proxy. At the end ``kube-proxy --cleanup``
+removes its chains, the kubelet's ``KUBE-`` chains that were not there before are removed, and the
+fixture fails if ``iptables-save`` still shows a ``KUBE-`` line it did not find at the start.
 
 Authentication is the real one: the kubelet is ``system:node:pw-node`` in ``system:nodes`` under
 ``--authorization-mode=Node,RBAC``, the controller-manager signs ServiceAccount tokens (so the
@@ -26,7 +31,8 @@ ServiceAccount admission plugin stays on), the API server talks to the kubelet w
 certificate the kubelet checks.
 
 The kubelet sets three kernel settings as every kubelet does (``vm.overcommit_memory``,
-``kernel.panic``, ``kernel.panic_on_oops``): the fixture puts back what it found. At the end
+``kernel.panic``, ``kernel.panic_on_oops``), kube-proxy one (``net.ipv4.conf.all.route_localnet``):
+the fixture puts back what it found. At the end
 every pod is deleted, the kubelet, containerd, its shims, the controllers, the API server and etcd
 are stopped by PID, whatever is mounted under the temp dir is unmounted, and the bridge, the
 pods' network namespaces and the kubelet's cgroups are removed.
@@ -43,6 +49,7 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -69,10 +76,21 @@ POD_SUBNET = "10.214.0.0/24"
 NODE_IP = "10.214.0.1"
 """The node's address: the bridge's own (a kubelet refuses a loopback node IP). The kubelet
 listens there, the API server reaches it there, and pods reach the host there."""
+SERVICE_SUBNET = "10.96.0.0/24"
+"""The API server's --service-cluster-ip-range (tests/kubeapi.py)."""
+KUBERNETES_SERVICE_IP = "10.96.0.1"
+"""The ``kubernetes`` Service's ClusterIP (first of the API server's service range): where a pod's
+in-cluster client goes; kube-proxy routes it to the API server on :data:`NODE_IP`."""
 CNI_BIN = Path("/usr/lib/cni")
 POD_LOG_DIRS = (Path("/var/log/pods"), Path("/var/log/containers"))
-KERNEL_SETTINGS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops")
-"""What every kubelet sets at start (kubelet's setupKernelTunables); put back at the end."""
+KERNEL_SETTINGS = (
+    "vm/overcommit_memory",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "net/ipv4/conf/all/route_localnet",
+)
+"""What every kubelet sets at start (kubelet's setupKernelTunables) and kube-proxy 1.20's iptables
+mode sets (route_localnet, for NodePorts on 127.0.0.1); put back at the end."""
 START_TIMEOUT = 120.0
 TOOLS = {
     "containerd": "containerd",
@@ -80,6 +98,8 @@ TOOLS = {
     "runc": "runc",
     "umoci": "umoci",
     "iptables": "iptables",
+    "iptables-save": "iptables",
+    "conntrack": "conntrack",
 }
 """Command -> the Debian package (in the Makefile's SYSTEM_PACKAGES) that brings it."""
 
@@ -290,7 +310,8 @@ class _Processes:
 def _node_secrets(directory: Path, ca: _Ca) -> dict[str, Path]:
     """The API server's files (tests/kubeapi.py), the kubelet's serving certificate and the client
     certificate the API server shows the kubelet (logs, exec)."""
-    files = kubeapi._write_secrets(directory, ca)
+    # Pods reach the API server at the Service's ClusterIP (kube-proxy) on the node's address.
+    files = kubeapi._write_secrets(directory, ca, (NODE_IP, KUBERNETES_SERVICE_IP))
     for name, (common_name, groups, server) in {
         "kubelet": ("pw-node", (), True),
         "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", ("system:masters",), False),
@@ -312,6 +333,9 @@ def _apiserver_flags(files: dict[str, Path]) -> list[str]:
         f"--kubelet-client-certificate={files['apiserver-kubelet-client_cert']}",
         f"--kubelet-client-key={files['apiserver-kubelet-client_key']}",
         "--kubelet-preferred-address-types=InternalIP",
+        # The `kubernetes` Service's Endpoints name the API server (tests/kubeapi.py's lone
+        # server writes none): kube-proxy sends the ClusterIP there, for pods' in-cluster clients.
+        "--endpoint-reconciler-type=lease",
     ]
 
 
@@ -364,6 +388,8 @@ def _containerd_config(directory: Path, bridge: str) -> Path:
                         "ipam": {
                             "type": "host-local",
                             "ranges": [[{"subnet": POD_SUBNET}]],
+                            # Service ClusterIPs through the node (kube-proxy); nothing else.
+                            "routes": [{"dst": SERVICE_SUBNET}],
                             "dataDir": str(directory / "cni-ipam"),
                         },
                     }
@@ -402,14 +428,17 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     return config
 
 
-def _start_containerd(processes: _Processes, directory: Path, bridge: str) -> Path:
-    config = _containerd_config(directory, bridge)
-    socket = directory / "containerd.sock"
-    # The CNI bridge plugin takes the bridge as it finds it; made first, so the kubelet has its
-    # node address before any pod exists.
+def _make_bridge(bridge: str) -> None:
+    """The CNI bridge plugin takes the bridge as it finds it; made first, so the API server can
+    listen on the node address and the kubelet has it before any pod exists."""
     _run("ip", "link", "add", bridge, "type", "bridge")
     _run("ip", "addr", "add", f"{NODE_IP}/{POD_SUBNET.split('/')[1]}", "dev", bridge)
     _run("ip", "link", "set", bridge, "up")
+
+
+def _start_containerd(processes: _Processes, directory: Path, bridge: str) -> Path:
+    config = _containerd_config(directory, bridge)
+    socket = directory / "containerd.sock"
     processes.start(directory, "containerd", ["containerd", "--config", str(config)])
 
     def answers() -> bool:
@@ -483,6 +512,68 @@ def _start_kubelet(
     )
 
 
+def _start_kube_proxy(processes: _Processes, directory: Path, api: KubeApi) -> None:
+    """kube-proxy in iptables mode (real authentication: ``system:kube-proxy``, which the
+    bootstrap RBAC binds to ``system:node-proxier``), confined to what the test owns: the pod
+    CIDR, NodePorts on the node address only, conntrack limits and timeouts left as they are."""
+    kubeconfig = api.kubeconfig_for("system:kube-proxy")
+    processes.start(
+        directory,
+        "kube-proxy",
+        [
+            str(binary("kube-proxy")),
+            f"--kubeconfig={kubeconfig}",
+            "--proxy-mode=iptables",
+            f"--cluster-cidr={POD_SUBNET}",
+            f"--hostname-override={NODE_NAME}",
+            f"--bind-address={NODE_IP}",
+            f"--nodeport-addresses={NODE_IP}/32",
+            f"--healthz-bind-address=127.0.0.1:{free_port()}",
+            f"--metrics-bind-address=127.0.0.1:{free_port()}",
+            "--conntrack-max-per-core=0",
+            "--conntrack-tcp-timeout-established=0",
+            "--conntrack-tcp-timeout-close-wait=0",
+            "--v=2",
+        ],
+    )
+
+
+def _kube_rules() -> set[str]:
+    """The iptables lines (all tables, counters dropped) that name a ``KUBE-`` chain."""
+    out = _run("iptables-save").stdout
+    return {
+        f"{table} {line.split(' [')[0]}"
+        for table, line in _tabled(out.splitlines())
+        if "KUBE-" in line
+    }
+
+
+def _tabled(lines: Sequence[str]) -> Iterator[tuple[str, str]]:
+    table = ""
+    for line in lines:
+        if line.startswith("*"):
+            table = line[1:]
+        elif line and not line.startswith(("#", "COMMIT")):
+            yield table, line
+
+
+def _remove_kube_rules(before: set[str]) -> None:
+    """After ``kube-proxy --cleanup`` (its own chains): the chains the kubelet makes
+    (KUBE-FIREWALL, KUBE-MARK-DROP, KUBE-KUBELET-CANARY...) that were not there before; then
+    fail, naming them, if any line is left over."""
+    new = sorted(_kube_rules() - before)
+    for entry in (e for e in new if " -A " in f" {e.split(' ', 1)[1]}"):
+        table, rule = entry.split(" ", 1)
+        _run("iptables", "-t", table, "-D", *shlex.split(rule)[1:], check=False)
+    for entry in (e for e in new if e.split(" ", 1)[1].startswith(":")):
+        table, chain = entry.split(" ", 1)
+        _run("iptables", "-t", table, "-F", chain[1:].split()[0], check=False)
+        _run("iptables", "-t", table, "-X", chain[1:].split()[0], check=False)
+    left = sorted(_kube_rules() - before)
+    if left:
+        raise RuntimeError("iptables rules left behind:\n" + "\n".join(left))
+
+
 def _node_ready(api: KubeApi) -> bool:
     core = kubernetes.client.CoreV1Api(api._admin())
     try:
@@ -523,16 +614,18 @@ def running_node(directory: Path) -> Iterator[KubeNode]:
     _require_tools()
     images = {PAUSE_IMAGE: pause_archive(), DEBIAN_IMAGE: debian_archive()}
     kernel, netns_before, logs_before = _kernel_settings(), _netns(), _pod_logs()
+    rules_before = _kube_rules()
     bridge = f"pwk{secrets.token_hex(3)}"
     processes = _Processes()
     ca = _Ca.create()
     files = _node_secrets(directory, ca)
     node: KubeNode | None = None
     try:
+        _make_bridge(bridge)
         etcd, etcd_url = kubeapi._start_etcd(directory)
         processes.running.append(("etcd", etcd))
         apiserver, server = kubeapi._start_apiserver(
-            binary("kube-apiserver"), directory, etcd_url, files, _apiserver_flags(files)
+            binary("kube-apiserver"), directory, etcd_url, files, _apiserver_flags(files), NODE_IP
         )
         processes.running.append(("kube-apiserver", apiserver))
         admin = kubeapi._admin_kubeconfig(directory, server, files["ca"])
@@ -544,6 +637,7 @@ def running_node(directory: Path) -> Iterator[KubeNode]:
             # The layout names the tag only; --base-name makes it the full name pods use.
             node.ctr("images", "import", "--base-name", image.rsplit(":", 1)[0], str(archive))
         _start_kubelet(processes, directory, api, files, socket)
+        _start_kube_proxy(processes, directory, api)
         wait_until(
             f"node {NODE_NAME} Ready",
             lambda: processes.check(directory) or _node_ready(api),
@@ -559,10 +653,12 @@ def running_node(directory: Path) -> Iterator[KubeNode]:
             processes.stop(down_to="containerd")
             _kill_tasks(node)
         processes.stop()
+        _run(str(binary("kube-proxy")), "--cleanup", check=False)
         _clean_runtime(directory, bridge, netns_before)
         _remove_pod_logs(logs_before)
         for name, value in kernel.items():
             (Path("/proc/sys") / name).write_text(value)
+        _remove_kube_rules(rules_before)
 
 
 @pytest.fixture(scope="session")

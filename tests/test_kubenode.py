@@ -4,6 +4,7 @@ to a pod's address on the node's bridge."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import kubernetes
@@ -13,7 +14,7 @@ from reconciler.dispatch import AgentFailed
 from reconciler.dispatch.nodes import drain
 from reconciler.dispatch.nodes.model import NodeSettings
 from reconciler.kube import Kube
-from tests.kubenode import DEBIAN_IMAGE, NODE_NAME, KubeNode
+from tests.kubenode import DEBIAN_IMAGE, KUBERNETES_SERVICE_IP, NODE_NAME, KubeNode
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.slow]
@@ -91,6 +92,21 @@ def test_a_service_leads_to_a_ready_pod_on_the_node_bridge(kube_node: KubeNode, 
         detail=lambda: kube_node.describe(ns, "web"),
     )
     assert body == f"served by web at {pod_ip}\n"
+
+
+def test_a_pods_in_cluster_client_reaches_the_api_at_the_kubernetes_service_cluster_ip(
+    kube_node: KubeNode, ns: str
+) -> None:
+    """What the chart's controller pod does first: kube-proxy routes the ClusterIP the kubelet
+    puts in the pod's environment to the API server, whose certificate is valid for it."""
+    kube_node.core().create_namespaced_pod(ns, _pod("client", ["python3", "-c", _IN_CLUSTER]))
+
+    assert kube_node.wait_pod(ns, "client", ["Succeeded", "Failed"]) == "Succeeded", (
+        kube_node.kubectl("logs", "-n", ns, "client", check=False).stdout
+    )
+    host, version = kube_node.kubectl("logs", "-n", ns, "client").stdout.split(" ", 1)
+    assert host == KUBERNETES_SERVICE_IP
+    assert json.loads(version) == json.loads(kube_node.kubectl("get", "--raw", "/version").stdout)
 
 
 def _deployment(name: str) -> dict[str, object]:
@@ -186,6 +202,17 @@ def test_a_drain_evicts_within_each_budget_and_uncordon_brings_the_pod_back(
         every=0.5,
     )
 
+
+_IN_CLUSTER = """
+import json, os, ssl, urllib.request
+d = '/var/run/secrets/kubernetes.io/serviceaccount/'
+host = os.environ['KUBERNETES_SERVICE_HOST']
+url = 'https://%s:%s/version' % (host, os.environ['KUBERNETES_SERVICE_PORT'])
+token = open(d + 'token').read()
+request = urllib.request.Request(url, headers={'Authorization': 'Bearer ' + token})
+answer = urllib.request.urlopen(request, context=ssl.create_default_context(cafile=d + 'ca.crt'))
+print(host, json.dumps(json.load(answer)))
+"""
 
 _SERVER = """
 import http.server, socket
