@@ -84,6 +84,7 @@ def test_chart_ships_the_crds(chart: helm.Chart) -> None:
         "ComplianceReport",
         "InstanceSource",
         "Rollout",
+        "ChangeCalendar",
     }
 
 
