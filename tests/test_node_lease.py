@@ -15,7 +15,6 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import kubernetes
@@ -78,7 +77,7 @@ def test_a_leader_that_sees_another_holder_stops_leading_at_once(kube_api: KubeA
         coordination = kubernetes.client.CoordinationV1Api(kube_api.client())
         lease = coordination.read_namespaced_lease("l", ns)
         lease.spec.holder_identity = "intruder"
-        lease.spec.renew_time = datetime.now(UTC)
+        lease.spec.renew_time = elector.wall()  # the elector's own clock, as a standby's
         coordination.replace_namespaced_lease("l", ns, lease)
         assert lost.wait(timeout=20), "still leading after another holder took the Lease"
         assert not elector.may_act()
