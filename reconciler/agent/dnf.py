@@ -399,6 +399,18 @@ class Dnf:
                 )
         return Plan(packages, text)
 
+    def held_dependants(self, pins: List[Pin], holds: List[str]) -> Dict[str, List[str]]:
+        """Pin name -> the packages an exclusion of ``holds`` kept from the pin's dependencies.
+        One dry run with the held names excluded (``--exclude``, what the versionlock plugin
+        does: the agent runs the tool without plugins) and ``--skip-broken``: the tool's own
+        depsolve skips each pin that needs an excluded package, and its problems name the pin
+        and each provider the exclusion filtered out."""
+        self.wait_for_locks()
+        excluded = ["--exclude=" + pattern for pattern in holds]
+        argv = excluded + ["--skip-broken", "--assumeno", "install"] + [nevra(p) for p in pins]
+        result = self.command(*argv)
+        return parse_filtered_out(result.stdout + "\n" + result.stderr)
+
     def install(self, pins: List[Pin]) -> Result:
         self.wait_for_locks()
         return self.command("-y", "install", *[nevra(p) for p in pins])
@@ -635,6 +647,31 @@ def parse_transaction(text: str) -> List[Dict[str, str]]:
                         "action": "obsolete"})  # fmt: skip
             continue
         out.append({"name": fields[0], "arch": fields[1], "version": fields[2], "action": action})
+    return out
+
+
+# "Problem 2: package demo-tool-1.1-1.noarch requires demo-lib >= 1.0-2, but none of the
+# providers can be installed", then "  - package demo-lib-1.0-2.noarch is filtered out by exclude
+# filtering" for each provider an exclusion hid (dnf 4's wording).
+_PROBLEM = re.compile(r"^\s*Problem(?: \d+)?: package (\S+) requires ")
+_FILTERED = re.compile(r"^\s*- package (\S+) is filtered out by exclude filtering")
+
+
+def parse_filtered_out(text: str) -> Dict[str, List[str]]:
+    """Name of the package each depsolve problem is about -> the names of the packages an
+    exclusion filtered out of its dependencies (an indirect dependency counts too)."""
+    out = {}  # type: Dict[str, List[str]]
+    subject = None  # type: Optional[str]
+    for line in text.splitlines():
+        problem = _PROBLEM.match(line)
+        if problem or line.strip().startswith("Problem"):
+            parsed = split_nevra(problem.group(1)) if problem else None
+            subject = parsed[0] if parsed else None
+            continue
+        filtered = _FILTERED.match(line)
+        parsed = split_nevra(filtered.group(1)) if filtered else None
+        if subject and parsed and parsed[0] not in out.get(subject, []):
+            out.setdefault(subject, []).append(parsed[0])
     return out
 
 

@@ -75,8 +75,8 @@ class Backend:
 
     def needs_held(self, pins: List[Pin], holds: List[str]) -> Dict[str, str]:
         """Pin name -> the held package (a name ``holds`` matches) that installing it would have
-        to change: such a pin is left out, HELD, so the others still install. apt only so far:
-        the others answer nothing (docs/agent.md says what that leaves)."""
+        to change: such a pin is left out, HELD, so the others still install. Each backend asks
+        its package manager's own depsolve (apt, dnf and zypper; docs/agent.md)."""
         return {}
 
     def plan(self, pins: List[Pin], blocked: List[str], before: Dict[Key, Any]) -> Plan:
@@ -193,6 +193,24 @@ def _needing_held(
         hold = next(n for n in holds if fnmatch.fnmatchcase(name, n))
         held.append(_held(pin, "needs {}, held {}: not installed".format(name, holds[hold])))
     return held, [p for p in pins if p[0] not in needs]
+
+
+def held_needed(
+    pins: List[Pin], holds: List[str], needed: Mapping[str, List[str]]
+) -> Dict[str, str]:
+    """Pin name -> the first held package (not itself a pin) of those ``needed`` names for it:
+    what a backend's ``needs_held`` answers from its package manager's depsolve."""
+    pinned = {p[0] for p in pins}
+    out = {}  # type: Dict[str, str]
+    for name in sorted(pinned & set(needed)):
+        held = [n for n in needed[name] if n not in pinned and _matches(n, holds)]
+        if held:
+            out[name] = sorted(held)[0]
+    return out
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def _held(pin: Pin, message: str) -> Patch:

@@ -94,6 +94,9 @@ class DnfInstall(VersionRollback):
     def holds(self) -> Tuple[str, List[str]]:
         return "dnf versionlock", holds.dnf_versionlocks(self.system.root)
 
+    def needs_held(self, pins: List[Pin], holds: List[str]) -> Dict[str, str]:
+        return flow.held_needed(pins, holds, self.system.held_dependants(pins, holds))
+
     def versions_now(self, names: List[str]) -> Versions:
         return self.system.versions_now(names)
 

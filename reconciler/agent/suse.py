@@ -32,6 +32,7 @@ from reconciler.agent.zypper import (
     parse_pin,
     parse_rpm_query,
     refuse_unknown,
+    solver_problem_providers,
     zypper_spec,
 )
 
@@ -178,11 +179,28 @@ class ZypperInstall(VersionRollback):
         _refuse_blocked(summary, blocked)
         dependencies = [
             {"name": s.get("name", ""), "arch": s.get("arch", ""), "version": s.get("edition", "")}
-            for kind in ("to-install", "to-upgrade", "to-downgrade")
-            for s in summary.get(kind, [])
-            if s.get("type", "package") == "package" and s.get("name") not in names
+            for s in _changed(summary)
+            if s.get("name") not in names
         ]
         return Plan(dependencies, {"includedPatches": [p.name for p in patches]}, (specs, patches))
+
+    def needs_held(self, pins: List[Pin], holds: List[str]) -> Dict[str, str]:
+        """A dry run of all the pins; only when it changes or needs a held package, one per pin
+        to tell which. A lock on the machine stops zypper's solver with a problem naming the
+        providers the lock keeps out; a declared hold it would upgrade as a dependency."""
+        together = self._needs(pins)
+        if not flow.held_needed(pins, holds, {p[0]: together for p in pins}):
+            return {}
+        if len(pins) == 1:
+            return flow.held_needed(pins, holds, {pins[0][0]: together})
+        return flow.held_needed(pins, holds, {p[0]: self._needs([p]) for p in pins})
+
+    def _needs(self, pins: List[Pin]) -> List[str]:
+        """The packages a dry run of ``pins`` would change, or names as the providers it
+        cannot install (a solver problem)."""
+        plan = self.system.install([zypper_spec(p) for p in pins], dry_run=True)
+        summary = parse_install_summary(plan.stdout)
+        return [s.get("name", "") for s in _changed(summary)] + solver_problem_providers(plan)
 
     def simulated_reboot(self, plan: Plan) -> Dict[str, object]:
         _, patches = plan.detail
@@ -269,6 +287,16 @@ def _completed_patches(
         if relevant and all(item in pinned for item in relevant):
             chosen.append(patch)
     return chosen
+
+
+def _changed(summary: Dict[str, List[Dict[str, str]]]) -> List[Dict[str, str]]:
+    """The packages (not patches) a dry run's summary installs, upgrades or downgrades."""
+    return [
+        s
+        for kind in ("to-install", "to-upgrade", "to-downgrade")
+        for s in summary.get(kind, [])
+        if s.get("type", "package") == "package"
+    ]
 
 
 def _refuse_blocked(summary: Dict[str, List[Dict[str, str]]], blocked: List[str]) -> None:

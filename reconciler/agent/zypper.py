@@ -440,6 +440,29 @@ def parse_install_summary(text: str) -> Dict[str, List[Dict[str, str]]]:
     return out
 
 
+# "not installable providers: demo-lib-1.0-2.noarch[demo-updates]": a solvable and its repository.
+_PROVIDER = re.compile(r"(" + _NAME + r")-[^\s\[-]+-[^\s\[-]+\.[A-Za-z0-9_]+\[")
+
+
+def solver_problem_providers(result: Result) -> List[str]:
+    """The names of the providers a solver problem says cannot be installed: zypper
+    --non-interactive cancels at a problem (exit 4) and tells it in a prompt's description
+    ("Problem: X requires Y, but this requirement cannot be provided / not installable
+    providers: ..."), whose solutions are left out."""
+    start = result.stdout.find("<?xml")
+    try:
+        root = ET.fromstring(result.stdout[start:]) if start >= 0 else None
+    except ET.ParseError:
+        return []
+    names = []  # type: List[str]
+    for prompt in root.iter("prompt") if root is not None else []:
+        problem = (prompt.findtext("description") or "").split(" Solution ")[0]
+        for line in problem.splitlines():
+            if "providers:" in line or (line.startswith("   ") and "[" in line):
+                names.extend(n for n in _PROVIDER.findall(line) if n not in names)
+    return names
+
+
 def errors(result: Result) -> List[str]:
     """zypper's error messages."""
     found = []  # type: List[str]
