@@ -199,17 +199,22 @@ def _loop(config: Path, store: StateStore, clock: ManualClock, spy: Spy) -> Reco
     return Reconciler(DirectorySource(config), store, spy, clock=clock)
 
 
-def _request(
-    store: StateStore, config: Path, concurrency: str = "3", cve: str = CVE, errors: str = "1"
+def request_emergency(
+    store: StateStore,
+    config: Path,
+    concurrency: str = "3",
+    cve: str = CVE,
+    errors: str = "1",
+    now: datetime = NOW,
 ) -> OneOffOpening:
-    """What ``patchctl emergency --cve CVE`` records, at the injected NOW."""
+    """What ``patchctl emergency --cve CVE`` records, at ``now`` (the injected NOW)."""
     snapshot = DirectorySource(config).snapshot()[1]
     latest = store.latest_scans()
     scans = {
         name: _inventory(latest[name].inventory) if name in latest else None
         for name in sorted(snapshot.instances)
     }
-    fix, targets = emergency_fix(cve, snapshot, sorted(snapshot.instances), scans, NOW, "INC-7")
+    fix, targets = emergency_fix(cve, snapshot, sorted(snapshot.instances), scans, now, "INC-7")
     opening = OneOffOpening(
         id="em-test",
         targets=OneOffTargets(instances=list(targets)),
@@ -223,11 +228,11 @@ def _request(
         ),
         requested_by="alice",
         os_user="alice",
-        created_at=NOW,
-        expires_at=NOW + timedelta(minutes=60),
+        created_at=now,
+        expires_at=now + timedelta(minutes=60),
         emergency=fix,
     )
-    store.record_one_off(opening, now=NOW)
+    store.record_one_off(opening, now=now)
     return opening
 
 
@@ -248,7 +253,7 @@ def test_the_fix_goes_out_now_ring_by_ring_and_nothing_else(
         loop = _loop(config, store, clock, spy)
         loop.reconcile()  # scans only: no window is open and approveAfterDays holds both back
         assert spy.installs == []
-        opening = _request(store, config)
+        opening = request_emergency(store, config)
         assert opening.emergency is not None
         assert opening.emergency.versions == {"rhel-security": ["em-lib:noarch=1.0-2"]}
         clock.advance_to(NOW + timedelta(minutes=1))
@@ -276,7 +281,7 @@ def test_a_blocking_gate_keeps_its_machines_waiting_and_the_budget_caps_the_rest
     with StateStore(tmp_path / "state.db") as store:
         loop = _loop(config, store, clock, spy)
         loop.reconcile()
-        opening = _request(store, config, concurrency="1")
+        opening = request_emergency(store, config, concurrency="1")
         clock.advance_to(NOW + timedelta(minutes=1))
         loop.reconcile()
         (record,) = store.one_offs()
@@ -326,7 +331,7 @@ def _run(config: Path, tmp_path: Path, cve: str, errors: str = "1") -> tuple[Any
     with StateStore(tmp_path / "state.db") as store:
         loop = _loop(config, store, clock, spy)
         loop.reconcile()  # no window: the security patches stay missing
-        opening = _request(store, config, cve=cve, errors=errors)
+        opening = request_emergency(store, config, cve=cve, errors=errors)
         clock.advance_to(NOW + timedelta(minutes=1))
         loop.reconcile()
         (record,) = store.one_offs()

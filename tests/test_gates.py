@@ -313,6 +313,17 @@ def test_explain_names_each_gate_guarding_the_instance_and_what_it_says_now(
     assert "gate:        quiet of task patch of noon — blocks: cannot be read:" in table.stdout
 
 
+def paged_during_install(machine: Machine, alertmanager: Alertmanager) -> None:
+    """An alert that pages begins firing while ``machine`` installs."""
+    original = machine.install
+
+    def install_while_paged(request: InstallRequest) -> InstallResult:
+        alertmanager.fire(alertname="LatencyHigh", severity="page")
+        return original(request)
+
+    machine.install = install_while_paged  # type: ignore[method-assign]
+
+
 def test_a_gate_that_closes_during_the_install_leaves_the_reboot_pending(
     tmp_path: Path, alertmanager: Alertmanager
 ) -> None:
@@ -329,13 +340,7 @@ def test_a_gate_that_closes_during_the_install_leaves_the_reboot_pending(
         window_yaml("noon", "cron(0 12 * * ? *)", task_fields=gate),
         ssh_instance("web-1"),
     )
-    original = machine.install
-
-    def install_while_paged(request: InstallRequest) -> InstallResult:
-        alertmanager.fire(alertname="LatencyHigh", severity="page")
-        return original(request)
-
-    machine.install = install_while_paged  # type: ignore[method-assign]
+    paged_during_install(machine, alertmanager)
     with StateStore(tmp_path / "state.db") as store:
         fleet.loop(store).reconcile()
         job = next(j for j in store.jobs(instance="web-1") if j.operation == "Install")

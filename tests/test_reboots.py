@@ -67,6 +67,12 @@ class Machine:
     reboots: list[str] = field(default_factory=list)
     stages: list[tuple[str, int]] = field(default_factory=list)
     on_read: Callable[[], None] = lambda: None
+    package: str = "pwtest-lib"
+    operating_system: str = "DEBIAN"
+    notice: dict[str, Any] = field(
+        default_factory=lambda: {"priority": "optional", "security": True}
+    )
+    """What the package's update says besides its versions (an RPM machine: its CVEs)."""
 
     def scan(
         self,
@@ -76,16 +82,16 @@ class Machine:
         sources: tuple[BaselineSource, ...] = (),
     ) -> Inventory:
         self._up()
-        package = {"name": "pwtest-lib", "priority": "optional", "security": True}
+        package = {"name": self.package, **self.notice}
         updates = (
             [] if self.version == NEW else [{**package, "version": NEW, "installedVersion": OLD}]
         )
         return inventory(
-            "DEBIAN",
+            self.operating_system,
             [{**package, "version": self.version}],
             updates,
             rebootRequired=self.pending,
-            rebootRequiredPackages=["pwtest-lib"] if self.pending else [],
+            rebootRequiredPackages=[self.package] if self.pending else [],
         )
 
     def install(self, request: InstallRequest) -> InstallResult:
@@ -93,8 +99,8 @@ class Machine:
         assert not request.allow_reboot, "the loop, not the agent, reboots an SSH machine"
         self.installs.append(request.pins)
         self.version, self.pending = NEW, True
-        patch = {"name": "pwtest-lib", "version": NEW, "result": "INSTALLED", "changed": True}
-        reboot = {"required": True, "performed": False, "why": "pwtest-lib", "reason": "..."}
+        patch = {"name": self.package, "version": NEW, "result": "INSTALLED", "changed": True}
+        reboot = {"required": True, "performed": False, "why": self.package, "reason": "..."}
         return InstallResult.model_validate({"changed": True, "patches": [patch], "reboot": reboot})
 
     def run_stage(self, stage: str, commands: Sequence[HookCommand]) -> StageRun:

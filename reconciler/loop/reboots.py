@@ -7,7 +7,8 @@ down are expected. A restarted loop finds the job in its phase and resumes the w
 
 Touches the transport (boot id, reboot) and the store's job phases; decides only whether this
 install's reboot may start now (the task's rebootOption, the window's end, a CANCEL_TASK cutoff,
-the task's and the machine's rollout stage's safety gates read again);
+the task's and the machine's rollout stage's safety gates read again, and for an emergency
+run the gates of its windows' Install tasks);
 may not rescan, record scans or finish the job (the job runner does).
 """
 
@@ -20,13 +21,13 @@ from typing import Any
 
 from reconciler.api.gates import Gate
 from reconciler.api.install import InstallResult, Reboot
-from reconciler.api.oneoff import gating_task
+from reconciler.api.oneoff import OneOffOpening, gating_task
 from reconciler.api.resources import ManagedInstance
 from reconciler.api.snapshot import Snapshot
 from reconciler.dispatch.base import AgentFailed, Rebooting, Transport
 from reconciler.dispatch.gates import read_gates
 from reconciler.loop.common import Clock, Log
-from reconciler.plan import Action, gate_verdict, rebooted_by_loop
+from reconciler.plan import Action, gate_verdict, gates_guarding, rebooted_by_loop
 from reconciler.rollout import stage_members
 from reconciler.schedule import open_openings
 from reconciler.state import JobPhase, StateBackend
@@ -121,14 +122,22 @@ def window_refusal(snapshot: Snapshot | None, action: Action, now: datetime) -> 
     return ""
 
 
-def gate_refusal(snapshot: Snapshot | None, action: Action, gates_from: str | None = None) -> str:
+def gate_refusal(
+    snapshot: Snapshot | None,
+    action: Action,
+    gates_from: str | None = None,
+    emergency: bool = False,
+) -> str:
     """Why no reboot may start now by the safety gates of the action's task and of the rollout
     stage its machine is in (docs/guardrails.md), read now; empty when every gate is open.
     ``gates_from``: a one-off opening's ``--gates-from`` task (docs/patch-now.md); one that is
-    gone refuses (nothing says its gates are open)."""
+    gone refuses (nothing says its gates are open). ``emergency``: the action is an emergency
+    run's, whose installs the gates of the machine's windows' Install tasks guard too."""
     if snapshot is None:
         return ""
     guards = reboot_gates(snapshot, action)
+    if emergency:
+        guards += emergency_gates(snapshot, action.instance)
     if gates_from is not None:
         try:
             named, task = gating_task(snapshot, gates_from)
@@ -160,6 +169,18 @@ def reboot_gates(snapshot: Snapshot, action: Action) -> list[tuple[str, Sequence
     return found
 
 
+def emergency_gates(snapshot: Snapshot, name: str) -> list[tuple[str, Sequence[Gate]]]:
+    """The gates of the Install tasks of the windows targeting the machine: an emergency run
+    needs no window, yet they guard its installs (the planner's ``gates_guarding``), so they
+    guard its reboots as well."""
+    instance = snapshot.instances.get(name)
+    if instance is None:
+        return []
+    groups = snapshot.groups_of(instance.metadata.labels)
+    group = groups[0].metadata.name if groups else None
+    return [(whose, (gate,)) for whose, gate in gates_guarding(snapshot, name, group, None)]
+
+
 class Reboots:
     """Reboots machines after installs and waits for them; resumes the waits a restart left."""
 
@@ -189,8 +210,10 @@ class Reboots:
         needed = str(reboot.document().get("why") or job.action.reason)
         refusal = window_refusal(snapshot, job.action, self.clock())
         # Read the gates again: the install may have run for minutes since the pass read them.
-        gates_from = self.gates_from(job.action)
-        gated = "" if refusal else gate_refusal(snapshot, job.action, gates_from)
+        opening = self.one_off(job.action)
+        gates_from = opening.gates_from if opening is not None else None
+        emergency = opening is not None and opening.emergency is not None
+        gated = "" if refusal else gate_refusal(snapshot, job.action, gates_from, emergency)
         if refusal or gated:
             later = "for the next opening" if refusal else "until the gate opens"
             why = f"reboot needed ({needed}); {refusal or gated}: left pending {later}"
@@ -214,12 +237,12 @@ class Reboots:
         _ask(transport, before)
         return with_awaited(outcome, self.wait(job, transport, phase, asked=True))
 
-    def gates_from(self, action: Action) -> str | None:
-        """The ``--gates-from`` task of the one-off opening ``action`` is a job of, if any."""
+    def one_off(self, action: Action) -> OneOffOpening | None:
+        """The one-off opening (patch now, emergency run) ``action`` is a job of, if any."""
         if action.window is not None or action.opening is None:
             return None
         record = self.store.one_off(action.opening)
-        return record.opening.gates_from if record is not None else None
+        return record.opening if record is not None else None
 
     def wait(
         self, job: RebootJob, transport: Transport, phase: JobPhase, *, asked: bool
