@@ -2890,19 +2890,27 @@ def _calendar_override(
     """The closed change calendars a request overrides, with its reason ({} when every
     calendar guarding ``instances`` is open); UserError when one is closed and the request
     gives no --override-calendar, or gives one that would override nothing."""
-    reason = _words("--override-calendar", args.override_calendar, 500)
     closed = calendar_refusal(snapshot, instances, now)
-    if closed and reason is None:
+    nothing = "no change calendar guarding the targets is closed"
+    reason = _override(command, "--override-calendar", args.override_calendar, closed, nothing)
+    return {"calendars": closed, "reason": reason} if closed else {}
+
+
+def _override(
+    command: str, option: str, given: str | None, refusals: list[str], nothing: str
+) -> str | None:
+    """The reason of an override ``option`` (None when nothing needs one); UserError when a
+    rail refuses (``refusals``) and the request gives no override, or gives one that would
+    override nothing (it would be audited and mean nothing)."""
+    reason = _words(option, given, 500)
+    if refusals and reason is None:
         raise UserError(
-            f"{command}: {'; '.join(closed)}; give --override-calendar REASON to patch anyway; "
+            f"{command}: {'; '.join(refusals)}; give {option} REASON to patch anyway; "
             "nothing recorded"
         )
-    if reason is not None and not closed:
-        raise UserError(
-            f"{command}: --override-calendar: no change calendar guarding the targets is "
-            "closed; nothing recorded"
-        )
-    return {"calendars": closed, "reason": reason} if closed else {}
+    if reason is not None and not refusals:
+        raise UserError(f"{command}: {option}: {nothing}; nothing recorded")
+    return reason if refusals else None
 
 
 def _one_off_opening(args: argparse.Namespace, snapshot: Snapshot, now: datetime) -> OneOffOpening:
@@ -3195,7 +3203,7 @@ def _rollout_print(args: argparse.Namespace, change: dict[str, Any], what: str) 
 
 _EMERGENCY_REQUEST = (
     *("cve", "group", "reason", "reboot_option", "max_concurrency", "max_errors"),
-    "override_calendar",
+    *("override_calendar", "override_halt"),
     *("start_within", "wait", *_SOURCE_OPTIONS, *_WAIT_OPTIONS),
 )
 """Options only a new run reads: list, status and cancel refuse them rather than ignore them."""
@@ -3221,6 +3229,12 @@ def _emergency_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reason", metavar="TEXT", help="why (kept with the run and audited)")
     _one_off_budget_args(p)
     _override_calendar_arg(p)
+    p.add_argument(
+        "--override-halt",
+        metavar="REASON",
+        help="patch machines of a halted rollout too; the reason, who asked and the rollouts "
+        "are audited (refused when none is halted)",
+    )
     _requested_by_arg(p)
     _start_within_arg(p)
     p.add_argument("--wait", action="store_true", help="run the loop here until the run has ended")
@@ -3290,10 +3304,27 @@ def _record_emergency(
     opening = _emergency_opening(args, snapshot, store, now)
     instances = list(opening.targets.instances)
     override = _calendar_override(args, snapshot, instances, now, "emergency")
-    record = store.record_one_off(opening, now=now)
-    _emit_override(emit, override, opening, instances, "emergency")
+    halted = _halted_rollouts(store, snapshot, instances)
+    nothing = "no rollout of the targets is halted"
+    reason = _override("emergency", "--override-halt", args.override_halt, halted, nothing)
     fix = opening.emergency
     assert fix is not None
+    if reason is not None:
+        fix = fix.model_copy(update={"override_halt": reason})
+        opening = opening.model_copy(update={"emergency": fix})
+    record = store.record_one_off(opening, now=now)
+    _emit_override(emit, override, opening, instances, "emergency")
+    if reason is not None:
+        emit(
+            Kind.HALT_OVERRIDDEN,
+            author=opening.requested_by,
+            id=opening.id,
+            run="emergency",
+            instances=instances,
+            osUser=opening.os_user,
+            rollouts=halted,
+            reason=reason,
+        )
     emit(
         Kind.EMERGENCY_REQUESTED,
         author=opening.requested_by,
@@ -3307,6 +3338,23 @@ def _record_emergency(
         document=dict(opening.to_wire()),
     )
     return record, instances
+
+
+def _halted_rollouts(store: StateBackend, snapshot: Snapshot, instances: list[str]) -> list[str]:
+    """Each halted rollout (as the loop decides it: a cycle in progress, halted, not resumed
+    by its resumeToken) with the targets among its members, said for a refusal."""
+    known, targets = set(store.rollouts_known()), set(instances)
+    found = []
+    for name, rollout in sorted(snapshot.rollouts.items()):
+        record = store.rollout_record(name) if name in known else None
+        if record is None or record.halted is None or record.snapshot is None:
+            continue
+        if record.aborted_at is not None or record.resumed_by(rollout.spec.resume_token):
+            continue
+        mine = sorted(targets & {m for stage in stage_members(rollout, snapshot) for m in stage})
+        if mine:
+            found.append(f"rollout {name} is halted ({record.halted}): {', '.join(mine)}")
+    return found
 
 
 def _emergency_opening(

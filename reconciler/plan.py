@@ -125,6 +125,8 @@ class RolloutGate:
     reason: str
     snapshot: RolloutSnapshot | None = None
     """The cycle's frozen snapshot: an installing member installs only its pins."""
+    halted: bool = False
+    """The rollout is halted (``reason`` says why) until it is resumed."""
 
     @property
     def digest(self) -> str:
@@ -1313,11 +1315,12 @@ def emergency_step(
 
 
 class _Rails:
-    """The safety rails an emergency run's installs still go through: the rollout rings in
-    their order (bake times skipped: a ring installs once every target of the rings before it
-    is done) and the safety gates guarding each target (its windows' Install tasks' and its
-    stage's). A target they stop waits (``held``); after a failure in an earlier ring the later
-    rings' targets fail without installing, as a halted rollout stops its later stages."""
+    """The safety rails an emergency run's installs still go through: a halted rollout (its
+    targets wait unless the run overrides the halt), the rollout rings in their order (bake
+    times skipped: a ring installs once every target of the rings before it is done) and the
+    safety gates guarding each target (its windows' Install tasks' and its stage's). A target
+    they stop waits (``held``); after a failure in an earlier ring the later rings' targets
+    fail without installing, as a halted rollout stops its later stages."""
 
     def __init__(self, state: _State, opening: OneOffOpening) -> None:
         self.state, self.opening = state, opening
@@ -1328,7 +1331,7 @@ class _Rails:
         for name, step in steps.items():
             if step.kind != INSTALL:
                 continue
-            why = self.ring_verdict(name, rings, steps)
+            why = self.halt_verdict(name) or self.ring_verdict(name, rings, steps)
             if why.startswith("failed:"):
                 out[name] = _Step("failed", why.removeprefix("failed: "))
             elif why or (why := self.gate_verdict(name)):
@@ -1343,6 +1346,18 @@ class _Rails:
             return None
         names = [stage.name for stage in rollout.spec.stages]
         return (gate.rollout, names.index(gate.stage), gate.stage) if gate.stage in names else None
+
+    def halt_verdict(self, name: str) -> str:
+        """Why the target waits for its rollout's halt: a halt stops every stage of it, and
+        an emergency run goes on there only with ``--override-halt`` (docs/guardrails.md)."""
+        gate = self.state.observed.gates.get(name)
+        fix = self.opening.emergency
+        if gate is None or not gate.halted or fix is None or fix.override_halt is not None:
+            return ""
+        return (
+            f"rollout {gate.rollout} is halted ({gate.reason}): waits until it is resumed; "
+            "ask again with --override-halt REASON to patch its machines anyway"
+        )
 
     def ring_verdict(
         self,

@@ -30,6 +30,7 @@ from reconciler.loop import Reconciler
 from reconciler.plan import emergency_fix
 from reconciler.report.notify.events.shapes import to_event
 from reconciler.report.notify.occurrences import Kind, Occurrence
+from reconciler.rollout import freeze
 from reconciler.sources import DirectorySource
 from reconciler.state import StateStore
 from tests.factories import baseline, inventory
@@ -206,8 +207,10 @@ def request_emergency(
     cve: str = CVE,
     errors: str = "1",
     now: datetime = NOW,
+    override_halt: str | None = None,
 ) -> OneOffOpening:
-    """What ``patchctl emergency --cve CVE`` records, at ``now`` (the injected NOW)."""
+    """What ``patchctl emergency --cve CVE`` records, at ``now`` (the injected NOW), with
+    ``--override-halt override_halt`` when given."""
     snapshot = DirectorySource(config).snapshot()[1]
     latest = store.latest_scans()
     scans = {
@@ -215,6 +218,7 @@ def request_emergency(
         for name in sorted(snapshot.instances)
     }
     fix, targets = emergency_fix(cve, snapshot, sorted(snapshot.instances), scans, now, "INC-7")
+    fix = fix.model_copy(update={"override_halt": override_halt})
     opening = OneOffOpening(
         id="em-test",
         targets=OneOffTargets(instances=list(targets)),
@@ -488,3 +492,47 @@ def test_a_closed_change_calendar_refuses_an_emergency_run_unless_overridden_and
     assert override["detail"]["instances"] == ["prod-1"]
     assert override["detail"]["calendars"][0].startswith("change calendar 'freeze' is closed")
     assert [line["kind"] for line in lines].count("emergency.requested") == 1
+
+
+HALT = "halted: 1 of 1 dev machines failed health checks, limit 0%"
+
+
+@needs_rpm
+def test_patchctl_refuses_a_halted_rollouts_machines_unless_the_halt_is_overridden_and_audited(
+    tmp_path: Path, repos: dict[str, str]
+) -> None:
+    """As --override-calendar: refused with nothing recorded, naming the rollout, its halt and
+    the targets in it; an override that overrides nothing is refused; one given is kept with
+    the run and audited (an event), and the rollout stays halted."""
+    config = _fleet(tmp_path, repos, {"dev-1": "dev", "prod-1": "prod"})
+    state, audit = str(tmp_path / "state.db"), tmp_path / "audit.jsonl"
+    common = ("--cve", CVE, "--source", str(config), "--state", state, "--audit-log", str(audit))
+    assert patchctl("reconcile", "--source", str(config), "--state", state).returncode == 0
+    needless = patchctl("emergency", "--group", "dev", "--override-halt", "x", *common)
+    assert needless.stderr == (
+        "patchctl: emergency: --override-halt: no rollout of the targets is halted; nothing "
+        "recorded\n"
+    )
+    with StateStore(Path(state)) as store:
+        store.record_rollout_cycle("rings", freeze({"other": ["x=1"]}, NOW), now=NOW)
+        store.record_rollout_halt("rings", HALT, now=NOW)
+    refused = patchctl("emergency", *common)
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        f"patchctl: emergency: rollout rings is halted ({HALT}): dev-1, prod-1; give "
+        "--override-halt REASON to patch anyway; nothing recorded\n",
+    )
+    assert "em-" not in patchctl("emergency", "list", "--state", state).stdout
+    asked = patchctl("emergency", *common, "--override-halt", "INC-9: exploited", "-o", "json")
+    assert asked.returncode == 0, asked.stderr
+    assert json.loads(asked.stdout)["emergency"]["overrideHalt"] == "INC-9: exploited"
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    [override] = [line for line in lines if line["kind"] == "rollout.halt.overridden"]
+    assert override["detail"] == {
+        "id": json.loads(asked.stdout)["id"],
+        "run": "emergency",
+        "instances": ["dev-1", "prod-1"],
+        "osUser": override["detail"]["osUser"],
+        "rollouts": [f"rollout rings is halted ({HALT}): dev-1, prod-1"],
+        "reason": "INC-9: exploited",
+    }

@@ -1,17 +1,20 @@
 """Emergency CVE runs and the rails that were not asked yet (docs/guardrails.md, "Emergency CVE
 runs"): the gates guarding a target are read again before its reboot, as for window tasks and
-rollout stages. The loop runs in-process on a real store, with the scripted SSH machine of
-tests/test_reboots.py (as a RHEL one whose update fixes the CVE) and a real Alertmanager."""
+rollout stages; a target in a halted rollout waits until it is resumed, unless the run was asked
+with ``--override-halt REASON`` (audited). The loop runs in-process on a real store, with the
+scripted SSH machine of tests/test_reboots.py (as a RHEL one whose update fixes the CVE) and a
+real Alertmanager (the request through patchctl: tests/test_emergency.py)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
 
+from reconciler.rollout import freeze
 from reconciler.state import StateStore
-from tests.fleet import window_yaml
+from tests.fleet import GROUP, window_yaml
 from tests.promlab import Alertmanager
-from tests.test_emergency import CVE, request_emergency
+from tests.test_emergency import CVE, HALT, request_emergency
 from tests.test_gates import paged_during_install
 from tests.test_reboots import IN_WINDOW, Fleet, Machine, ssh_instance
 
@@ -58,3 +61,56 @@ def test_a_gate_that_closes_during_an_emergency_install_leaves_the_reboot_pendin
         "reboot needed (em-lib); gate quiet of task install-security of new-year blocks: "
         "1 alert(s) firing: LatencyHigh: left pending until the gate opens"
     )
+
+
+ROLLOUT = f"""\
+apiVersion: patchwarden.io/v1alpha1
+kind: Rollout
+metadata: {{name: rings}}
+spec:
+  stages:
+    - {{name: dev, patchGroups: [{GROUP}]}}
+"""
+
+
+def halted_fleet(tmp_path: Path, store: StateStore, machine: Machine) -> Fleet:
+    """web-1 (``machine``), scanned, in the dev stage of rollout rings, which halted."""
+    window = window_yaml("new-year", "cron(0 0 1 1 ? *)")
+    fleet = Fleet(tmp_path, {"web-1": machine}, window, ssh_instance("web-1"), ROLLOUT)
+    fleet.loop(store).reconcile()  # the scan: no window is open
+    now = fleet.clock.now
+    store.record_rollout_cycle("rings", freeze({"other": ["x=1"]}, now), now=now)
+    store.record_rollout_halt("rings", HALT, now=now)
+    return fleet
+
+
+def test_an_emergency_run_waits_for_a_halted_rollout_until_it_is_resumed(tmp_path: Path) -> None:
+    machine = rhel_machine()
+    with StateStore(tmp_path / "state.db") as store:
+        fleet = halted_fleet(tmp_path, store, machine)
+        opening = request_emergency(store, fleet.config, now=fleet.clock.now)
+        loop = fleet.loop(store)
+        loop.reconcile()
+        plan = loop.plan()
+        assert plan is not None and machine.installs == []
+        (wait,) = [w for w in plan.waits if w.instance == "web-1"]
+        assert wait.reason == (
+            f"emergency {opening.id}: rollout rings is halted ({HALT}): waits until it is "
+            "resumed; ask again with --override-halt REASON to patch its machines anyway"
+        )
+        store.record_rollout_resume("rings", now=fleet.clock.now)
+        loop.reconcile()
+    assert machine.installs == [("em-lib=1.0-2",)]
+
+
+def test_an_emergency_run_with_the_halt_overridden_installs_in_the_halted_rollout(
+    tmp_path: Path,
+) -> None:
+    machine = rhel_machine()
+    with StateStore(tmp_path / "state.db") as store:
+        fleet = halted_fleet(tmp_path, store, machine)
+        now = fleet.clock.now
+        request_emergency(store, fleet.config, now=now, override_halt="INC-9: exploited")
+        fleet.loop(store).reconcile()
+        assert store.rollout_record("rings").halted == HALT  # the rollout itself stays halted
+    assert machine.installs == [("em-lib=1.0-2",)]

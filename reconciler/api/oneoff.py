@@ -95,6 +95,9 @@ class EmergencyFix(Model):
     versions: dict[str, list[str]]
     """Baseline name -> the ``name[:arch]=version`` pins that fix the CVE there."""
     digest: str
+    override_halt: str | None = None
+    """Why the run installs on machines of a halted rollout (``--override-halt REASON``,
+    audited); without it such a machine waits until the rollout is resumed."""
 
 
 class OneOffOpening(Model):

@@ -325,6 +325,7 @@ def gates_of(decision: RolloutDecision, frozen: RolloutSnapshot | None) -> dict[
                 installing and member in stage.to_install,
                 stage.reason,
                 frozen,
+                halted=stage.verdict is Verdict.HALTED,
             )
             gates[member] = gate
     return gates

@@ -80,6 +80,10 @@ class Kind(StrEnum):
     """A person started a run although a change calendar guarding it is closed
     (``patch-now --override-calendar``): ``detail.run``, ``id``, ``calendars`` (each closed
     calendar's reason), ``reason`` (theirs), ``instances``, ``osUser``; ``author`` asked."""
+    HALT_OVERRIDDEN = "rollout.halt.overridden"
+    """A person started an emergency run on machines of a halted rollout (``patchctl emergency
+    --override-halt``): ``detail.run``, ``id``, ``rollouts`` (each halted rollout, its halt and
+    the targets in it), ``reason`` (theirs), ``instances``, ``osUser``; ``author`` asked."""
     GATE_BLOCKED = "gate.blocked"
     """A gate has blocked a task or a rollout stage longer than its threshold (docs/guardrails.md):
     ``detail.gate``, ``scope`` (e.g. "task patch of window noon", "stage prod of rollout web"),
@@ -147,6 +151,7 @@ _TRANSITIONS = frozenset(
         Kind.EMERGENCY_REQUESTED,
         Kind.EMERGENCY_CHANGED,
         Kind.CALENDAR_OVERRIDDEN,
+        Kind.HALT_OVERRIDDEN,
         *ROLLOUT_KINDS,
     }
 )

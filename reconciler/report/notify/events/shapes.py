@@ -52,6 +52,10 @@ CALENDAR_OVERRIDDEN = "Change Calendar Override Notification"
 """A run started although a change calendar guarding it was closed (docs/guardrails.md); SSM
 has no counterpart. Named in SSM's manner."""
 
+HALT_OVERRIDDEN = "Rollout Halt Override Notification"
+"""An emergency run started on machines of a halted rollout (docs/guardrails.md); SSM has no
+counterpart. Named in SSM's manner."""
+
 DETAIL_TYPES = (
     COMPLIANCE,
     WINDOW_EXECUTION,
@@ -62,6 +66,7 @@ DETAIL_TYPES = (
     GATE_BLOCKED,
     EMERGENCY,
     CALENDAR_OVERRIDDEN,
+    HALT_OVERRIDDEN,
 )
 
 _ENDED = frozenset({"SUCCESS", "FAILED", "TIMED_OUT", "CANCELLED", "SKIPPED_OVERLAPPING"})
@@ -238,9 +243,11 @@ def _instance_source_failed(o: Occurrence) -> Shape:
     )
 
 
-def _calendar_overridden(o: Occurrence) -> Shape:
+def _overridden(o: Occurrence) -> Shape:
+    """A rail a person overrode (a closed change calendar, a rollout's halt): the run's id."""
     detail = {_kebab(key): value for key, value in o.detail.items()}
-    return "calendar.overridden", CALENDAR_OVERRIDDEN, str(o.detail.get("id")), detail
+    kind = CALENDAR_OVERRIDDEN if o.kind is Kind.CALENDAR_OVERRIDDEN else HALT_OVERRIDDEN
+    return str(o.kind), kind, str(o.detail.get("id")), detail
 
 
 def _rollout(o: Occurrence) -> Shape:
@@ -285,5 +292,6 @@ _SHAPES = {
     Kind.GATE_BLOCKED: _gate_blocked,
     Kind.EMERGENCY_REQUESTED: _emergency,
     Kind.EMERGENCY_CHANGED: _emergency,
-    Kind.CALENDAR_OVERRIDDEN: _calendar_overridden,
+    Kind.CALENDAR_OVERRIDDEN: _overridden,
+    Kind.HALT_OVERRIDDEN: _overridden,
 }
