@@ -549,6 +549,12 @@ def _parser() -> argparse.ArgumentParser:
         help="host directory mounted at the same path, where the agent is put for the host",
     )
     p.add_argument(
+        "--host-pid",
+        type=_positive_int,
+        default=1,
+        help="the host process whose namespaces the agent enters (nsenter -t): its init",
+    )
+    p.add_argument(
         "--no-nsenter",
         action="store_true",
         help="run the agent in this container instead of in the host's namespaces",
@@ -2570,6 +2576,7 @@ def _node_agent(args: argparse.Namespace) -> int:
             agent=args.agent,
             host_dir=args.host_dir,
             agent_args=agent_args,
+            host_pid=args.host_pid,
             nsenter=not args.no_nsenter,
             kubeconfig=args.kubeconfig,
         )

@@ -22,6 +22,7 @@ from kubernetes.client import ApiException
 from reconciler.api.resources import GROUP, VERSION
 from reconciler.cli import _parser, _postgres_url, _smtp, _state_path, _webhook_url
 from reconciler.dispatch.nodes import NodeSettings
+from reconciler.dispatch.nodes.model import job_manifest
 from tests.kubeapi import KubeApi
 
 REPO = Path(__file__).resolve().parent.parent
@@ -244,6 +245,20 @@ def test_node_job_config_is_what_the_controller_reads(chart: helm.Chart) -> None
     assert settings.agent_path == "/opt/patchwarden/agent.pyz"
     assert settings.tolerations == ({"operator": "Exists"},)
     assert settings.drain_timeout == 600
+    assert (settings.agent_root, settings.host_pid) == ("", 1)  # the host's own / and init
+
+
+def test_an_agent_root_reaches_every_node_jobs_agent_as_its_root(chart: helm.Chart) -> None:
+    """nodeJobs.agentRoot: the Job's agent patches that tree on the host (nsenter kept)."""
+    values = {"nodeJobs": {"agentRoot": "/srv/image root", "hostPid": 4242}}
+    settings = _node_settings(render(chart, values))
+    assert (settings.agent_root, settings.host_pid) == ("/srv/image root", 4242)
+    command = job_manifest("pw-scan-n1-x", "Scan", "n1", ["scan"], settings)["spec"]["template"][
+        "spec"
+    ]["containers"][0]["command"]
+    parsed = _parser().parse_args(command[1:])
+    assert parsed.host_pid == 4242 and not parsed.no_nsenter
+    assert parsed.agent_args == ["--", "scan", "--root=/srv/image root"]
 
 
 def test_controller_args_are_what_patchctl_parses(chart: helm.Chart) -> None:
@@ -740,6 +755,8 @@ BAD_VALUES: list[tuple[Doc, str]] = [
     ({"metrics": {"port": 80}}, "/metrics/port"),
     ({"nodeJobs": {"drainTimeoutSeconds": 0}}, "/nodeJobs/drainTimeoutSeconds"),
     ({"nodeJobs": {"namespace": "Not_A_Namespace"}}, "/nodeJobs/namespace"),
+    ({"nodeJobs": {"agentRoot": "srv/root"}}, "/nodeJobs/agentRoot"),
+    ({"nodeJobs": {"hostPid": 0}}, "/nodeJobs/hostPid"),
     (
         {"nodeJobs": {"tolerations": [{"operator": "Sometimes"}]}},
         "/nodeJobs/tolerations/0/operator",
