@@ -1794,11 +1794,16 @@ def _run(args: argparse.Namespace) -> int:
 
 def _controller(args: argparse.Namespace) -> int:
     # The Kubernetes client costs every other command ~0.5 s to import.
-    from reconciler.controller import LeaderElector, run
+    import dataclasses
+
+    from reconciler.controller import LeaderElector, own_deployment, run
 
     api, namespace = _kubernetes(args)
     host, port = args.listen
     lease, node_settings = _controller_settings(args, namespace)
+    # What the controller creates (its Lease, the Node mirrors) goes with its Deployment.
+    owner = own_deployment(api, namespace)
+    lease = dataclasses.replace(lease, owners=(owner,) if owner else ())
     pool = _ssh_pool()
     elector = LeaderElector(api, lease)
     transports, resume = _node_access(
@@ -1818,6 +1823,7 @@ def _controller(args: argparse.Namespace) -> int:
                 observers=observers,
                 leading=elector.may_act,
                 resume=resume,
+                owner=owner,
             )
         else:
             reconciler, events = _reconciler(args, store, transports, observers=observers), None
@@ -1932,8 +1938,10 @@ def _controller_reconciler(
     observers: list[Observer],
     leading: Callable[[], bool],
     resume: Callable[[], object],
+    owner: dict[str, Any] | None = None,
 ) -> tuple[Reconciler, EventSink]:
-    """The controller's loop on the namespace's custom resources, with its Kubernetes Events."""
+    """The controller's loop on the namespace's custom resources, with its Kubernetes Events;
+    ``owner``: the Node mirrors' ownerReference (the controller's Deployment)."""
     from reconciler.controller import ControllerReconciler, EventSink, NodeMirror
     from reconciler.kube.rest import Kube
     from reconciler.sources.kubernetes import KubernetesSource
@@ -1954,7 +1962,7 @@ def _controller_reconciler(
         store,
         transports,
         writer=StatusWriter(api, namespace),
-        mirror=NodeMirror(api, namespace, args.node_selector) if args.nodes else None,
+        mirror=NodeMirror(api, namespace, args.node_selector, owner) if args.nodes else None,
         leading=leading,
         resume=resume,
         gate_api=Kube(api),

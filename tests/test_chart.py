@@ -961,6 +961,9 @@ ALLOWED: dict[str, Callable[[Cluster], Any]] = {
     "create, get, list, watch, delete a job in its namespace": lambda c: _job_lifecycle(c),
     "list, read and delete result configmaps": lambda c: _configmap_read_delete(c),
     "take and renew the lease": lambda c: _lease_lifecycle(c),
+    "read its own pod and ReplicaSet (the Deployment owning its objects)": lambda c: _owner_reads(
+        c
+    ),
     "list and watch its custom resources": lambda c: _custom_read(c),
     "patch a custom resource's status": lambda c: kubernetes.client.CustomObjectsApi(
         c.controller
@@ -1046,6 +1049,29 @@ def _mirror_lifecycle(c: Cluster) -> None:
     custom.delete_namespaced_custom_object(GROUP, VERSION, c.ns, "managedinstances", c.node)
 
 
+def _owner_reads(c: Cluster) -> None:
+    """What own_deployment reads at start: its pod, then that pod's ReplicaSet."""
+    admin_apps = kubernetes.client.AppsV1Api(c.admin)
+    labels = {"app": f"pw-{c.suffix}"}
+    template = {
+        "metadata": {"labels": labels},
+        "spec": {"containers": [{"name": "c", "image": "x"}]},
+    }
+    name = f"pw-{c.suffix}"
+    admin_apps.create_namespaced_replica_set(
+        c.ns,
+        {
+            "metadata": {"name": name},
+            "spec": {"selector": {"matchLabels": labels}, "template": template},
+        },
+    )
+    kubernetes.client.CoreV1Api(c.admin).create_namespaced_pod(
+        c.ns, {**template, "metadata": {"name": name, "labels": labels}}
+    )
+    kubernetes.client.CoreV1Api(c.controller).read_namespaced_pod(name, c.ns)
+    kubernetes.client.AppsV1Api(c.controller).read_namespaced_replica_set(name, c.ns)
+
+
 def _agent_result(c: Cluster) -> None:
     core = kubernetes.client.CoreV1Api(c.agent)
     name = f"agent-{c.suffix}"
@@ -1106,6 +1132,12 @@ REFUSED: dict[str, Callable[[Cluster], Any]] = {
     "rewrite an event (it only creates them)": lambda c: kubernetes.client.CoreV1Api(
         c.controller
     ).patch_namespaced_event(f"ev-{c.suffix}", c.ns, {"message": "rewritten"}),
+    "read a pod in another namespace": lambda c: kubernetes.client.CoreV1Api(
+        c.controller
+    ).read_namespaced_pod(c.pod, c.other_ns),
+    "list replicasets": lambda c: kubernetes.client.AppsV1Api(
+        c.controller
+    ).list_namespaced_replica_set(c.ns),
     "delete the lease": lambda c: kubernetes.client.CoordinationV1Api(
         c.controller
     ).delete_namespaced_lease(FULLNAME, c.ns),
