@@ -549,6 +549,12 @@ def _parser() -> argparse.ArgumentParser:
         help="host directory mounted at the same path, where the agent is put for the host",
     )
     p.add_argument(
+        "--host-pid",
+        type=_positive_int,
+        default=1,
+        help="the host process whose namespaces the agent enters (nsenter -t): its init",
+    )
+    p.add_argument(
         "--no-nsenter",
         action="store_true",
         help="run the agent in this container instead of in the host's namespaces",
@@ -1788,11 +1794,16 @@ def _run(args: argparse.Namespace) -> int:
 
 def _controller(args: argparse.Namespace) -> int:
     # The Kubernetes client costs every other command ~0.5 s to import.
-    from reconciler.controller import LeaderElector, run
+    import dataclasses
+
+    from reconciler.controller import LeaderElector, own_deployment, run
 
     api, namespace = _kubernetes(args)
     host, port = args.listen
     lease, node_settings = _controller_settings(args, namespace)
+    # What the controller creates (its Lease, the Node mirrors) goes with its Deployment.
+    owner = own_deployment(api, namespace)
+    lease = dataclasses.replace(lease, owners=(owner,) if owner else ())
     pool = _ssh_pool()
     elector = LeaderElector(api, lease)
     transports, resume = _node_access(
@@ -1812,6 +1823,7 @@ def _controller(args: argparse.Namespace) -> int:
                 observers=observers,
                 leading=elector.may_act,
                 resume=resume,
+                owner=owner,
             )
         else:
             reconciler, events = _reconciler(args, store, transports, observers=observers), None
@@ -1926,8 +1938,10 @@ def _controller_reconciler(
     observers: list[Observer],
     leading: Callable[[], bool],
     resume: Callable[[], object],
+    owner: dict[str, Any] | None = None,
 ) -> tuple[Reconciler, EventSink]:
-    """The controller's loop on the namespace's custom resources, with its Kubernetes Events."""
+    """The controller's loop on the namespace's custom resources, with its Kubernetes Events;
+    ``owner``: the Node mirrors' ownerReference (the controller's Deployment)."""
     from reconciler.controller import ControllerReconciler, EventSink, NodeMirror
     from reconciler.kube.rest import Kube
     from reconciler.sources.kubernetes import KubernetesSource
@@ -1948,7 +1962,7 @@ def _controller_reconciler(
         store,
         transports,
         writer=StatusWriter(api, namespace),
-        mirror=NodeMirror(api, namespace, args.node_selector) if args.nodes else None,
+        mirror=NodeMirror(api, namespace, args.node_selector, owner) if args.nodes else None,
         leading=leading,
         resume=resume,
         gate_api=Kube(api),
@@ -2570,6 +2584,7 @@ def _node_agent(args: argparse.Namespace) -> int:
             agent=args.agent,
             host_dir=args.host_dir,
             agent_args=agent_args,
+            host_pid=args.host_pid,
             nsenter=not args.no_nsenter,
             kubeconfig=args.kubeconfig,
         )

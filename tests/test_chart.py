@@ -22,6 +22,7 @@ from kubernetes.client import ApiException
 from reconciler.api.resources import GROUP, VERSION
 from reconciler.cli import _parser, _postgres_url, _smtp, _state_path, _webhook_url
 from reconciler.dispatch.nodes import NodeSettings
+from reconciler.dispatch.nodes.model import job_manifest
 from tests.kubeapi import KubeApi
 
 REPO = Path(__file__).resolve().parent.parent
@@ -244,6 +245,20 @@ def test_node_job_config_is_what_the_controller_reads(chart: helm.Chart) -> None
     assert settings.agent_path == "/opt/patchwarden/agent.pyz"
     assert settings.tolerations == ({"operator": "Exists"},)
     assert settings.drain_timeout == 600
+    assert (settings.agent_root, settings.host_pid) == ("", 1)  # the host's own / and init
+
+
+def test_an_agent_root_reaches_every_node_jobs_agent_as_its_root(chart: helm.Chart) -> None:
+    """nodeJobs.agentRoot: the Job's agent patches that tree on the host (nsenter kept)."""
+    values = {"nodeJobs": {"agentRoot": "/srv/image root", "hostPid": 4242}}
+    settings = _node_settings(render(chart, values))
+    assert (settings.agent_root, settings.host_pid) == ("/srv/image root", 4242)
+    command = job_manifest("pw-scan-n1-x", "Scan", "n1", ["scan"], settings)["spec"]["template"][
+        "spec"
+    ]["containers"][0]["command"]
+    parsed = _parser().parse_args(command[1:])
+    assert parsed.host_pid == 4242 and not parsed.no_nsenter
+    assert parsed.agent_args == ["--", "scan", "--root=/srv/image root"]
 
 
 def test_controller_args_are_what_patchctl_parses(chart: helm.Chart) -> None:
@@ -740,6 +755,8 @@ BAD_VALUES: list[tuple[Doc, str]] = [
     ({"metrics": {"port": 80}}, "/metrics/port"),
     ({"nodeJobs": {"drainTimeoutSeconds": 0}}, "/nodeJobs/drainTimeoutSeconds"),
     ({"nodeJobs": {"namespace": "Not_A_Namespace"}}, "/nodeJobs/namespace"),
+    ({"nodeJobs": {"agentRoot": "srv/root"}}, "/nodeJobs/agentRoot"),
+    ({"nodeJobs": {"hostPid": 0}}, "/nodeJobs/hostPid"),
     (
         {"nodeJobs": {"tolerations": [{"operator": "Sometimes"}]}},
         "/nodeJobs/tolerations/0/operator",
@@ -944,6 +961,9 @@ ALLOWED: dict[str, Callable[[Cluster], Any]] = {
     "create, get, list, watch, delete a job in its namespace": lambda c: _job_lifecycle(c),
     "list, read and delete result configmaps": lambda c: _configmap_read_delete(c),
     "take and renew the lease": lambda c: _lease_lifecycle(c),
+    "read its own pod and ReplicaSet (the Deployment owning its objects)": lambda c: _owner_reads(
+        c
+    ),
     "list and watch its custom resources": lambda c: _custom_read(c),
     "patch a custom resource's status": lambda c: kubernetes.client.CustomObjectsApi(
         c.controller
@@ -1029,6 +1049,29 @@ def _mirror_lifecycle(c: Cluster) -> None:
     custom.delete_namespaced_custom_object(GROUP, VERSION, c.ns, "managedinstances", c.node)
 
 
+def _owner_reads(c: Cluster) -> None:
+    """What own_deployment reads at start: its pod, then that pod's ReplicaSet."""
+    admin_apps = kubernetes.client.AppsV1Api(c.admin)
+    labels = {"app": f"pw-{c.suffix}"}
+    template = {
+        "metadata": {"labels": labels},
+        "spec": {"containers": [{"name": "c", "image": "x"}]},
+    }
+    name = f"pw-{c.suffix}"
+    admin_apps.create_namespaced_replica_set(
+        c.ns,
+        {
+            "metadata": {"name": name},
+            "spec": {"selector": {"matchLabels": labels}, "template": template},
+        },
+    )
+    kubernetes.client.CoreV1Api(c.admin).create_namespaced_pod(
+        c.ns, {**template, "metadata": {"name": name, "labels": labels}}
+    )
+    kubernetes.client.CoreV1Api(c.controller).read_namespaced_pod(name, c.ns)
+    kubernetes.client.AppsV1Api(c.controller).read_namespaced_replica_set(name, c.ns)
+
+
 def _agent_result(c: Cluster) -> None:
     core = kubernetes.client.CoreV1Api(c.agent)
     name = f"agent-{c.suffix}"
@@ -1089,6 +1132,12 @@ REFUSED: dict[str, Callable[[Cluster], Any]] = {
     "rewrite an event (it only creates them)": lambda c: kubernetes.client.CoreV1Api(
         c.controller
     ).patch_namespaced_event(f"ev-{c.suffix}", c.ns, {"message": "rewritten"}),
+    "read a pod in another namespace": lambda c: kubernetes.client.CoreV1Api(
+        c.controller
+    ).read_namespaced_pod(c.pod, c.other_ns),
+    "list replicasets": lambda c: kubernetes.client.AppsV1Api(
+        c.controller
+    ).list_namespaced_replica_set(c.ns),
     "delete the lease": lambda c: kubernetes.client.CoordinationV1Api(
         c.controller
     ).delete_namespaced_lease(FULLNAME, c.ns),

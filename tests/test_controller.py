@@ -35,6 +35,7 @@ from reconciler.api.snapshot import Problem
 from reconciler.controller.events import EventSink, notices
 from reconciler.controller.leader import Holder, LeaderElector, LeaseConfig, may_acquire
 from reconciler.controller.nodes import NodeMirror, changes, mirror_of
+from reconciler.controller.owner import own_deployment
 from reconciler.controller.run import ControllerReconciler
 from reconciler.controller.status import Seen, statuses
 from reconciler.dispatch import transport_for
@@ -356,7 +357,87 @@ def test_a_node_mirror_carries_the_nodes_labels_connection_and_owner() -> None:
     assert todo.skipped == ["n3"]
 
 
+def test_a_mirror_is_owned_by_the_controllers_deployment_when_it_has_one() -> None:
+    """With the Deployment as owner the garbage collector takes the mirror with the release
+    (an object goes only when every owner has: the Node is then not one); an older mirror,
+    owned by its Node, is re-owned; a user's instance under a Node's name is left alone."""
+    owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "pw", "uid": "d-1"}
+    assert mirror_of(node("n1", {}), "ns", owner)["metadata"]["ownerReferences"] == [owner]
+    older = mirror_of(node("n1", {}), "ns")
+    older["metadata"]["resourceVersion"] = "7"
+    users = {"metadata": {"name": "n3", "labels": {}}}
+    todo = changes([node("n1", {}), node("n3", {})], [older, users], "ns", owner)
+    assert todo.reown == [("n1", [owner], "7")]
+    assert (todo.create, todo.relabel, todo.delete, todo.skipped) == ([], [], [], ["n3"])
+    served = {**owner, "controller": False}  # as the API may return it: still the same owner
+    current = mirror_of(node("n1", {}), "ns", served)
+    assert changes([node("n1", {})], [current], "ns", owner).reown == []
+
+
 # --- with the API server -----------------------------------------------------------------------
+
+
+def _deployment_chain(kube_api: KubeApi, ns: str) -> tuple[str, dict[str, Any]]:
+    """A Deployment, its ReplicaSet and their pod, as the controllers would make them (no
+    controller-manager runs here, so the test writes the owner references): the pod's name and
+    the ownerReference to the Deployment."""
+    admin = kube_api.client()
+    apps = kubernetes.client.AppsV1Api(admin)
+    labels = {"app": "pw"}
+    template = {
+        "metadata": {"labels": labels},
+        "spec": {"containers": [{"name": "c", "image": "pw"}]},
+    }
+    spec = {"selector": {"matchLabels": labels}, "template": template}
+    deployment = apps.create_namespaced_deployment(ns, {"metadata": {"name": "pw"}, "spec": spec})
+    ref = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "pw"}
+    ref["uid"] = deployment.metadata.uid
+    replica_set = apps.create_namespaced_replica_set(
+        ns,
+        {
+            "metadata": {"name": "pw-1", "ownerReferences": [{**ref, "controller": True}]},
+            "spec": spec,
+        },
+    )
+    rs_ref = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "pw-1"}
+    rs_ref["uid"] = replica_set.metadata.uid
+    pod = {**template, "metadata": {"name": "pw-1-x", "labels": labels}}
+    pod["metadata"]["ownerReferences"] = [{**rs_ref, "controller": True}]
+    kubernetes.client.CoreV1Api(admin).create_namespaced_pod(ns, pod)
+    return "pw-1-x", ref
+
+
+@pytest.mark.apiserver
+def test_the_lease_and_mirrors_are_owned_by_the_deployment_found_from_the_pod(
+    kube_api: KubeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pod -> ReplicaSet -> Deployment; the Lease keeps its owner across renewals (a PUT
+    without it would drop it). Outside a pod, or in another namespace's pod, no owner."""
+    ns = kube_api.namespace()
+    pod, ref = _deployment_chain(kube_api, ns)
+    api = kube_api.client()
+    monkeypatch.delenv("POD_NAME", raising=False)
+    assert own_deployment(api, ns) is None  # not in a pod
+    monkeypatch.setenv("POD_NAME", pod)
+    monkeypatch.setenv("POD_NAMESPACE", "elsewhere")
+    assert own_deployment(api, ns) is None  # an owner in another namespace would be "gone"
+    monkeypatch.setenv("POD_NAMESPACE", ns)
+    assert own_deployment(api, ns) == ref
+    elector = LeaderElector(api, LeaseConfig("pw", ns, "me", owners=(ref,)))
+    assert elector.try_acquire_or_renew() and elector.try_acquire_or_renew()
+    coordination = kubernetes.client.CoordinationV1Api(api)
+    owners = coordination.read_namespaced_lease("pw", ns).metadata.owner_references
+    assert [(o.kind, o.name, o.uid) for o in owners] == [("Deployment", "pw", ref["uid"])]
+    name = f"node-{ns}"
+    core = kubernetes.client.CoreV1Api(api)
+    core.create_node({"metadata": {"name": name, "labels": {"pw-test": ns}}})
+    try:
+        NodeMirror(api, ns, f"pw-test={ns}").sync()  # an older controller's: owned by the Node
+        assert NodeMirror(api, ns, f"pw-test={ns}", ref).sync().reown
+        owners = get(kube_api, ns, "ManagedInstance", name)["metadata"]["ownerReferences"]
+        assert [(o["kind"], o["uid"]) for o in owners] == [("Deployment", ref["uid"])]
+    finally:
+        core.delete_node(name)
 
 
 def custom(kube_api: KubeApi) -> Any:

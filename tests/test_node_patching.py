@@ -24,6 +24,7 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -110,6 +111,35 @@ def test_job_manifest_pins_the_node_never_retries_and_grants_installs_privilege(
     assert scan_context["privileged"] is False
     assert set(scan_context["capabilities"]["add"]) == {"SYS_ADMIN", "SYS_CHROOT", "SYS_PTRACE"}
     assert pod["volumes"][0]["hostPath"]["path"] == "/var/lib/patchwarden"  # not the whole /
+
+
+@pytest.mark.parametrize(
+    ("values", "said"),
+    [
+        ({"agentRoot": "srv/root"}, "nodeJobs.agentRoot 'srv/root': must be an absolute path"),
+        ({"agentRoot": "/srv/../etc"}, "nodeJobs.agentRoot '/srv/../etc': must be an absolute"),
+        ({"hostPid": 0}, "nodeJobs.hostPid 0: must be a process id"),
+        ({"hostPid": "1"}, "nodeJobs.hostPid '1': must be a process id"),
+    ],
+)
+def test_node_settings_refuse_a_root_or_host_process_the_agent_cannot_be_given(
+    values: dict[str, Any], said: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(said)):
+        NodeSettings.from_values(values)
+
+
+def test_an_agent_root_is_every_agent_commands_root_and_the_host_is_still_entered(
+    tmp_path: Path,
+) -> None:
+    settings = NodeSettings(agent_root="/srv/image", host_pid=77)
+    for operation, args in (("Install", ["install", "--pin=a=1"]), ("BootId", ["boot-id"])):
+        pod = job_manifest("pw-x", operation, "n1", args, settings)["spec"]["template"]["spec"]
+        command = pod["containers"][0]["command"]
+        assert command[command.index("--") + 1 :] == [*args, "--root=/srv/image"]
+        assert command[command.index("--host-pid") + 1] == "77" and "--no-nsenter" not in command
+    call = NodeAgentCall("cm", "ops", "n1", agent_zipapp(), tmp_path / "host", ("scan",), 77)
+    assert agent_argv(call)[0][:3] == ["nsenter", "-t", "77"]
 
 
 def _pod(name: str, *, owner: str | None = "ReplicaSet", **extra: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ and reaches the API server only through :mod:`reconciler.kube`.
 from reconciler.controller.events import EventSink
 from reconciler.controller.leader import LeaderElector, LeaseConfig, default_identity
 from reconciler.controller.nodes import NodeMirror
+from reconciler.controller.owner import own_deployment
 from reconciler.controller.run import ControllerReconciler, run
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "LeaseConfig",
     "NodeMirror",
     "default_identity",
+    "own_deployment",
     "run",
 ]

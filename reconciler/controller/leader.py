@@ -52,6 +52,8 @@ class LeaseConfig:
     """Seconds the leader keeps trying to renew before it stops leading (< lease_duration)."""
     retry_period: float = 2.0
     """Seconds between attempts (to acquire, or to renew)."""
+    owners: tuple[dict[str, Any], ...] = ()
+    """ownerReferences the Lease carries (the controller's Deployment: removed with it)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
@@ -171,7 +173,7 @@ class LeaderElector:
         body = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
-            "metadata": {"name": self.config.name, "namespace": self.config.namespace},
+            "metadata": self._metadata(),
             "spec": {
                 "holderIdentity": self.config.identity,
                 "leaseDurationSeconds": math.ceil(self.config.lease_duration),
@@ -196,14 +198,18 @@ class LeaderElector:
         body = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
-            "metadata": {
-                "name": self.config.name,
-                "namespace": self.config.namespace,
-                "resourceVersion": resource_version,
-            },
+            "metadata": {**self._metadata(), "resourceVersion": resource_version},
             "spec": spec,
         }
         self.kube.request("PUT", self.path, body=body)
+
+    def _metadata(self) -> dict[str, Any]:
+        """Every write carries the owners: a PUT without them would drop them (and a Lease an
+        older controller made gets them at its next renewal)."""
+        metadata: dict[str, Any] = {"name": self.config.name, "namespace": self.config.namespace}
+        if self.config.owners:
+            metadata["ownerReferences"] = [dict(o) for o in self.config.owners]
+        return metadata
 
     def _attempt(self) -> bool:
         """An attempt where the API being away counts as a failure, not a crash."""

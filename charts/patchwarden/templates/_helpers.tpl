@@ -68,6 +68,10 @@ image: {{ include "patchwarden.agentImage" . }}
 imagePullPolicy: {{ .Values.nodeJobs.image.pullPolicy }}
 serviceAccountName: {{ include "patchwarden.nodeAgentServiceAccountName" . }}
 agentPath: {{ .Values.nodeJobs.agentPath }}
+{{- with .Values.nodeJobs.agentRoot }}
+agentRoot: {{ . | quote }}
+{{- end }}
+hostPid: {{ int .Values.nodeJobs.hostPid }}
 jobTimeoutSeconds: {{ .Values.nodeJobs.jobTimeoutSeconds }}
 drainTimeoutSeconds: {{ .Values.nodeJobs.drainTimeoutSeconds }}
 rebootTimeoutSeconds: {{ .Values.nodeJobs.rebootTimeoutSeconds }}

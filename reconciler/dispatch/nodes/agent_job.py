@@ -5,9 +5,10 @@ connection and more permissions, a ConfigMap only ``create`` and ``update`` in o
 
 On the host: the agent zipapp is copied into the host directory mounted into the container
 (once per version, under its SHA-256), then run by the host's own ``python3`` inside the host's
-mount, UTS, IPC, network and PID namespaces (``nsenter -t 1``), so it uses the host's apt, dnf
-or zypper and their configuration exactly as on a machine reached over SSH. ``--no-nsenter``
-runs it in this container instead (with the agent's own ``--root`` to pick a system).
+mount, UTS, IPC, network and PID namespaces (``nsenter -t 1``, or ``--host-pid``), so it uses
+the host's apt, dnf or zypper and their configuration exactly as on a machine reached over SSH
+(against the node setting ``agentRoot``'s tree when one is set, the agent's ``--root``).
+``--no-nsenter`` runs it in this container instead (with the agent's own ``--root``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from reconciler.kube import (
     api_client,
 )
 
-NSENTER = ("nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--")
+NAMESPACES = ("-m", "-u", "-i", "-n", "-p")
+"""nsenter's options for the host's mount, UTS, IPC, network and PID namespaces."""
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STORE_DELAYS = (1.0, 2.0, 4.0, 8.0)
 """Seconds between attempts to store the result: the install has happened (and a reboot may be
@@ -49,6 +51,8 @@ class NodeAgentCall:
     agent: Path
     host_dir: Path
     agent_args: tuple[str, ...]
+    host_pid: int = 1
+    """The host process whose namespaces are entered: the host's init, unless it cannot be."""
     nsenter: bool = True
     kubeconfig: str | None = None
 
@@ -78,7 +82,19 @@ def agent_argv(call: NodeAgentCall) -> tuple[list[str], dict[str, str] | None]:
     path = _on_host(call.agent, call.host_dir)
     # -I -S: none of the host's PYTHON* variables or site-packages reach the agent; a minimal
     # environment keeps the container's variables off the host.
-    argv = [*NSENTER, "/usr/bin/env", "python3", "-I", "-S", str(path), *call.agent_args]
+    argv = [
+        "nsenter",
+        "-t",
+        str(call.host_pid),
+        *NAMESPACES,
+        "--",
+        "/usr/bin/env",
+        "python3",
+        "-I",
+        "-S",
+        str(path),
+        *call.agent_args,
+    ]
     return argv, {"PATH": HOST_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
 
 

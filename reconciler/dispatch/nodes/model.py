@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from reconciler.dispatch.base import AgentFailed
+from reconciler.dispatch.base import AgentFailed, root_args
+from reconciler.paths import climbs, control_character
 
 ANNOTATION_PHASE = "patchwarden.io/phase"
 """cordoned | draining | patching | rebooting: the step a node is in (recorded before it starts)."""
@@ -92,6 +93,15 @@ class NodeSettings:
     host's python3."""
     agent_path: str = "/opt/patchwarden/agent.pyz"
     """The agent zipapp inside the image."""
+    agent_root: str = ""
+    """The system the agent patches, as a directory on the node's host (its ``--root``); empty
+    is the host itself (``/``). For image-based hosts whose packages live in a chroot, and for
+    tests: the agent still runs on the host (``nsenter``) with the host's package manager
+    against that tree, and never reboots the host for it."""
+    host_pid: int = 1
+    """The host process whose namespaces the agent enters (``nsenter -t``): the host's init.
+    Only where PID 1 cannot be entered (a microVM's init holding capabilities no container
+    gets) name another process of the host, such as the kubelet's."""
     job_timeout: float = 3600.0
     """Seconds a node Job may run (its activeDeadlineSeconds)."""
     drain_timeout: float = 600.0
@@ -110,6 +120,24 @@ class NodeSettings:
     """ttlSecondsAfterFinished: a safety net for Jobs a crashed controller left behind."""
     poll_seconds: float = 2.0
     """First backoff between eviction retries (doubles up to 30 s); waits for pods to go."""
+
+    def __post_init__(self) -> None:
+        """ValueError naming the value, for a root or process the agent could not be given."""
+        root = self.agent_root
+        if root and (not root.startswith("/") or climbs(root) or control_character(root)):
+            raise ValueError(
+                f"nodeJobs.agentRoot {root!r}: must be an absolute path on the node without "
+                "'..' or control characters (or empty for the host's /)"
+            )
+        if (
+            isinstance(self.host_pid, bool)
+            or not isinstance(self.host_pid, int)
+            or self.host_pid < 1
+        ):
+            raise ValueError(
+                f"nodeJobs.hostPid {self.host_pid!r}: must be a process id (a whole number, 1 or "
+                "more; 1 is the host's init)"
+            )
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> NodeSettings:
@@ -188,8 +216,11 @@ def agent_command(
         settings.agent_path,
         "--host-dir",
         settings.host_dir,
+        *(["--host-pid", str(settings.host_pid)] if settings.host_pid != 1 else []),
         "--",
         *agent_args,
+        # Every agent command takes --root; the host's / is its default, so left out then.
+        *(root_args(settings.agent_root) if settings.agent_root else []),
     ]
 
 
