@@ -33,6 +33,11 @@ OPTIONS = [
     (["run", *LOOP], "--events-queue-size", "1"),
     (["run", *LOOP], "--reboot-timeout", "0.5"),
     (["controller"], "--workers", "1"),
+    (
+        ["node-agent", "--result-configmap", "c", "--namespace", "n", "--node", "x"],
+        "--host-pid",
+        "1",
+    ),
     (["controller"], "--interval", "0.5"),
     (["controller"], "--stale-after", "0.5"),
     (["controller"], "--lease-duration", "0.5"),
