@@ -83,7 +83,15 @@ from reconciler.evaluation import (
     evaluate,
     resolve,
 )
-from reconciler.loop import Clock, Reconciler, TransportFor, configure_logging, serve, utc_now
+from reconciler.loop import (
+    Clock,
+    Reconciler,
+    TransportFor,
+    clock_from,
+    configure_logging,
+    serve,
+    utc_now,
+)
 from reconciler.loop.common import Emitter, InForce
 from reconciler.loop.endpoints import ListenError, parse_listen
 from reconciler.loop.passes import gate_readings
@@ -779,13 +787,9 @@ def _clock_start_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _loop_clock(args: argparse.Namespace) -> Clock:
-    """The wall clock, or one that starts at ``--now`` and runs at the wall clock's pace, so a
-    reboot's timeout still expires and a bake still passes while the loop runs."""
+    """The wall clock, or one that starts at ``--now`` (:func:`clock_from`)."""
     start: datetime | None = getattr(args, "now", None)  # patch-now --wait has none
-    if start is None:
-        return utc_now
-    offset = start - utc_now()
-    return lambda: utc_now() + offset
+    return utc_now if start is None else clock_from(start)
 
 
 def _reboot_args(p: argparse.ArgumentParser) -> None:

@@ -31,7 +31,8 @@ def reconcile_held(
     (source / "fleet.yaml").write_text(fleet.documents(held, fleet.open_window_yaml()))
     (source / "instances.yaml").write_text(fleet.local_instance_yaml("web-1", roots["web-1"]))
     state = tmp_path / "state.db"
-    run = patchctl("reconcile", "--source", str(source), "--state", str(state), "-o", "json")
+    argv = ["reconcile", "--source", str(source), "--state", str(state), *fleet.AT_NOW]
+    run = patchctl(*argv, "-o", "json")
     assert run.returncode == 0, run.stderr
     return roots["web-1"], state, json.loads(run.stdout)
 
