@@ -242,6 +242,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="validate a directory of resources (or one file)")
     p.add_argument("path", nargs="?", default=".", type=Path)
+    _ec2_endpoint_arg(p)
     _output_arg(p, "table", "json", "yaml")
     p.set_defaults(handler=_validate)
 
@@ -715,6 +716,7 @@ def _loop_args(p: argparse.ArgumentParser, *, source_required: bool = True) -> N
         "--stale-after", type=_hours, default=24.0, help="hours after which a scan is redone"
     )
     _s3_endpoint_arg(p)
+    _ec2_endpoint_arg(p)
     _resource_file_args(p)
 
 
@@ -853,6 +855,15 @@ def _s3_endpoint_arg(p: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="S3 endpoint for s3:// reports (Swift, MinIO...; path-style addressing); "
         "default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or AWS's own",
+    )
+
+
+def _ec2_endpoint_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ec2-endpoint-url",
+        metavar="URL",
+        help="EC2 endpoint for ec2 InstanceSources (an emulator, a VPC endpoint); "
+        "default: AWS_ENDPOINT_URL_EC2, AWS_ENDPOINT_URL or AWS's own",
     )
 
 
@@ -1156,7 +1167,7 @@ def _format(args: argparse.Namespace) -> str:
 
 def _validate(args: argparse.Namespace) -> int:
     written = read_snapshot(args.path)
-    enrolled = enrol_once(args.path, written, utc_now)
+    enrolled = enrol_once(args.path, written, utc_now, ec2_endpoint_url=args.ec2_endpoint_url)
     snapshot, statuses = enrolled.snapshot, enrolled.statuses
     counts = {
         "PatchBaseline": len(snapshot.baselines),
@@ -1620,6 +1631,7 @@ def _reconciler(
             else None
         ),
         s3_endpoint_url=getattr(args, "s3_endpoint_url", None),
+        ec2_endpoint_url=getattr(args, "ec2_endpoint_url", None),
         report_dir=args.report_dir,
         clock=clock,
         observers=observers,
