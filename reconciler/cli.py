@@ -36,7 +36,7 @@ from reconciler.api import editor
 from reconciler.api.checks import CVE_ID
 from reconciler.api.crd import custom_resource_definitions
 from reconciler.api.enrolment import provenance
-from reconciler.api.enums import ComplianceStatus, RejectedPatchesAction
+from reconciler.api.enums import ComplianceStatus
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
 from reconciler.api.oneoff import ACTIVE as ONE_OFF_ACTIVE
@@ -55,6 +55,7 @@ from reconciler.api.oneoff import (
 from reconciler.api.overrides import read_install_override_list
 from reconciler.api.resources import ManagedInstance, PatchBaseline, RolloutStage, WindowTask
 from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot
+from reconciler.api.times import utc_stamp
 from reconciler.defaults import predefined_baselines
 from reconciler.dispatch import (
     AgentFailed,
@@ -1418,11 +1419,7 @@ def _install(args: argparse.Namespace) -> int:
     before = _evaluate_machine(args, inventory)
     baseline = _baseline_of(args, inventory)[0]
     pins = _pins_to_install(args, before, inventory)
-    blocked = (
-        tuple(baseline.spec.rejected_patches)
-        if baseline.spec.rejected_patches_action is RejectedPatchesAction.BLOCK
-        else ()
-    )
+    blocked = baseline.spec.blocked()
     result = InstallResult(changed=False, patches=(), dependencies=())
     if pins:
         with render.progress(f"Installing {len(pins)} patch(es)"):
@@ -2526,7 +2523,7 @@ def _report_runs(args: argparse.Namespace) -> int:
                 "locations": "\n".join(run.locations) or None,
                 "error": run.error,
                 "revision": run.revision,
-                "finished": run.finished_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "finished": utc_stamp(run.finished_at),
             }
             for run in runs
         ]
