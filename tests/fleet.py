@@ -8,6 +8,7 @@ Nothing here decides anything for the tests: it builds inputs and reads outputs.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,9 +25,17 @@ from tests.factories import NOW
 
 API = "apiVersion: patchwarden.io/v1alpha1"
 GROUP = "fleet"
-# patchctl's options that start the loop's clock at NOW (it runs on from there at the wall
-# clock's pace), the instant open_window_yaml's windows are open at.
-AT_NOW = ("--now", NOW.strftime("%Y-%m-%dT%H:%M:%SZ"))
+_SESSION = time.monotonic()
+
+
+def at_now() -> tuple[str, str]:
+    """patchctl's ``--now`` for a run of the loop: NOW (open_window_yaml's windows are open
+    then) plus the time this test session has run. Its clock runs on at the wall clock's pace,
+    so a later run (a restart after a kill, a second pass) never starts behind what an earlier
+    one recorded; the host's date is never read."""
+    return ("--now", (NOW + timedelta(seconds=time.monotonic() - _SESSION)).isoformat())
+
+
 BASELINE = "debian-security"
 
 # The security baseline every test fleet uses: every priority, security updates only (the
@@ -97,7 +106,7 @@ spec:
 
 def open_window_yaml(name: str = "open-now", *, now: datetime = NOW, **options: Any) -> str:
     """A window that opened an hour before ``now`` and stays open a day. The loop under test
-    runs on a clock that starts at ``now`` (``AT_NOW`` for patchctl, ``clock_from(NOW)``
+    runs on a clock that starts at ``now`` (``at_now()`` for patchctl, ``clock_from(NOW)``
     in-process), never on today's date, so its opening id does not change during a test."""
     start = (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
     options.setdefault("duration", 24)

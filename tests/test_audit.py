@@ -24,8 +24,8 @@ from reconciler.state import StateStore
 from tests.aptlab import Repo
 from tests.conftest import INSTALLED, needs_apt
 from tests.fleet import (
-    AT_NOW,
     BASELINE_YAML,
+    at_now,
     documents,
     local_instance_yaml,
     make_fleet,
@@ -78,7 +78,7 @@ def test_the_audit_log_records_what_the_loop_did_with_revision_author_instance_a
     state, log = tmp_path / "state" / "state.db", tmp_path / "audit" / "audit.jsonl"
     url = f"file://{upstream.bare}"
     reconcile = ["reconcile", "--source", url, "--state", str(state), "--audit-log", str(log)]
-    reconcile += AT_NOW
+    reconcile += at_now()
 
     first = patchctl(*reconcile, "-o", "json")
     assert first.returncode == 0, first.stderr
@@ -163,7 +163,7 @@ def test_the_audit_log_records_what_the_loop_did_with_revision_author_instance_a
     assert audit_json("--audit-log", str(log), "--revision", good) == [
         e for e in entries if e is not refused
     ]
-    # The loop ran at AT_NOW: an hour before it takes every entry (a duration such as 1h counts
+    # The loop ran from NOW on (at_now()): an hour before it takes every entry (a duration such as 1h counts
     # back from the host's clock, which the entries do not follow).
     assert audit_json("--audit-log", str(log), "--since", "2026-11-28T11:00:00Z") == entries
     assert audit_json("--audit-log", str(log), "--since", "2999-01-01T00:00:00Z") == []

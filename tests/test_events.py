@@ -48,11 +48,11 @@ from tests import awslab
 from tests.aptlab import Repo
 from tests.conftest import INSTALLED, needs_apt
 from tests.fleet import (
-    AT_NOW,
     BASELINE,
     BASELINE_YAML,
     GROUP,
     ManualClock,
+    at_now,
     documents,
     local_instance_yaml,
     make_fleet,
@@ -796,7 +796,7 @@ def test_patchctl_reconcile_announces_to_eventbridge_and_a_webhook(
             receiver.url,
             "--events-webhook-header",
             "X-Team=ops",
-            *AT_NOW,
+            *at_now(),
         ],
         cwd=ROOT,
         env=env,

@@ -27,7 +27,7 @@ from reconciler.sources import DirectorySource
 from reconciler.state import StateStore
 from tests.aptlab import Pkg
 from tests.factories import NOW
-from tests.fleet import AT_NOW, BASELINE_YAML, documents, dpkg_installs, open_window_yaml
+from tests.fleet import BASELINE_YAML, at_now, documents, dpkg_installs, open_window_yaml
 from tests.git_servers import free_port
 from tests.netfleet import FLEET_SKIP, INSTALLED, REBOOTING, Fleet, Machine, default_repo
 from tests.test_loop_e2e import reconcile_cli
@@ -144,7 +144,7 @@ def kill_run_mid_reboot(
         _held(stack, machines)
         with log.open("wb") as err:
             process = subprocess.Popen(
-                _patchctl("run", *common, *AT_NOW, "--listen", f"127.0.0.1:{free_port()}"),
+                _patchctl("run", *common, *at_now(), "--listen", f"127.0.0.1:{free_port()}"),
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
                 stderr=err,

@@ -24,7 +24,7 @@ from reconciler.state import StateStore
 from tests.aptlab import Repo
 from tests.conftest import needs_apt
 from tests.factories import NOW
-from tests.fleet import AT_NOW, dpkg_installs, make_fleet, open_window_yaml, window_yaml
+from tests.fleet import at_now, dpkg_installs, make_fleet, open_window_yaml, window_yaml
 from tests.git_servers import Upstream, free_port
 from tests.kubeapi import KubeApi
 from tests.promlab import METRIC, Alertmanager, Prometheus
@@ -280,7 +280,7 @@ def test_the_loop_installs_nothing_while_an_alert_fires_and_everything_once_it_i
     held = reconcile_cli(file_url(fleet_repo), state)
     assert held["jobs"] == {"Scan succeeded": 2}
     assert all(dpkg_installs(root)[("pwtest-lib", "1.0-2")] == 0 for root in roots.values())
-    shown = patchctl("plan", "--source", file_url(fleet_repo), "--state", str(state), *AT_NOW)
+    shown = patchctl("plan", "--source", file_url(fleet_repo), "--state", str(state), *at_now())
     assert shown.returncode == 0, shown.stderr
     assert (
         "gate no-critical-alerts of task install-security of open-now blocks: 1 alert(s) "
