@@ -36,7 +36,7 @@ from reconciler.api import editor
 from reconciler.api.checks import CVE_ID
 from reconciler.api.crd import custom_resource_definitions
 from reconciler.api.enrolment import provenance
-from reconciler.api.enums import ComplianceStatus, RejectedPatchesAction
+from reconciler.api.enums import ComplianceStatus
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory
 from reconciler.api.oneoff import ACTIVE as ONE_OFF_ACTIVE
@@ -55,6 +55,7 @@ from reconciler.api.oneoff import (
 from reconciler.api.overrides import read_install_override_list
 from reconciler.api.resources import ManagedInstance, PatchBaseline, RolloutStage, WindowTask
 from reconciler.api.snapshot import Problem, Snapshot, SnapshotInvalid, build_snapshot
+from reconciler.api.times import utc_stamp
 from reconciler.defaults import predefined_baselines
 from reconciler.dispatch import (
     AgentFailed,
@@ -83,7 +84,15 @@ from reconciler.evaluation import (
     evaluate,
     resolve,
 )
-from reconciler.loop import Clock, Reconciler, TransportFor, configure_logging, serve, utc_now
+from reconciler.loop import (
+    Clock,
+    Reconciler,
+    TransportFor,
+    clock_from,
+    configure_logging,
+    serve,
+    utc_now,
+)
 from reconciler.loop.common import Emitter, InForce
 from reconciler.loop.endpoints import ListenError, parse_listen
 from reconciler.loop.passes import gate_readings
@@ -234,6 +243,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="validate a directory of resources (or one file)")
     p.add_argument("path", nargs="?", default=".", type=Path)
+    _ec2_endpoint_arg(p)
     _output_arg(p, "table", "json", "yaml")
     p.set_defaults(handler=_validate)
 
@@ -713,6 +723,7 @@ def _loop_args(p: argparse.ArgumentParser, *, source_required: bool = True) -> N
         "--stale-after", type=_hours, default=24.0, help="hours after which a scan is redone"
     )
     _s3_endpoint_arg(p)
+    _ec2_endpoint_arg(p)
     _resource_file_args(p)
 
 
@@ -785,13 +796,9 @@ def _clock_start_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _loop_clock(args: argparse.Namespace) -> Clock:
-    """The wall clock, or one that starts at ``--now`` and runs at the wall clock's pace, so a
-    reboot's timeout still expires and a bake still passes while the loop runs."""
+    """The wall clock, or one that starts at ``--now`` (:func:`clock_from`)."""
     start: datetime | None = getattr(args, "now", None)  # patch-now --wait has none
-    if start is None:
-        return utc_now
-    offset = start - utc_now()
-    return lambda: utc_now() + offset
+    return utc_now if start is None else clock_from(start)
 
 
 def _reboot_args(p: argparse.ArgumentParser) -> None:
@@ -855,6 +862,15 @@ def _s3_endpoint_arg(p: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="S3 endpoint for s3:// reports (Swift, MinIO...; path-style addressing); "
         "default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or AWS's own",
+    )
+
+
+def _ec2_endpoint_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ec2-endpoint-url",
+        metavar="URL",
+        help="EC2 endpoint for ec2 InstanceSources (an emulator, a VPC endpoint); "
+        "default: AWS_ENDPOINT_URL_EC2, AWS_ENDPOINT_URL or AWS's own",
     )
 
 
@@ -1158,7 +1174,7 @@ def _format(args: argparse.Namespace) -> str:
 
 def _validate(args: argparse.Namespace) -> int:
     written = read_snapshot(args.path)
-    enrolled = enrol_once(args.path, written, utc_now)
+    enrolled = enrol_once(args.path, written, utc_now, ec2_endpoint_url=args.ec2_endpoint_url)
     snapshot, statuses = enrolled.snapshot, enrolled.statuses
     counts = {
         "PatchBaseline": len(snapshot.baselines),
@@ -1409,11 +1425,7 @@ def _install(args: argparse.Namespace) -> int:
     before = _evaluate_machine(args, inventory)
     baseline = _baseline_of(args, inventory)[0]
     pins = _pins_to_install(args, before, inventory)
-    blocked = (
-        tuple(baseline.spec.rejected_patches)
-        if baseline.spec.rejected_patches_action is RejectedPatchesAction.BLOCK
-        else ()
-    )
+    blocked = baseline.spec.blocked()
     result = InstallResult(changed=False, patches=(), dependencies=())
     if pins:
         with render.progress(f"Installing {len(pins)} patch(es)"):
@@ -1622,6 +1634,7 @@ def _reconciler(
             else None
         ),
         s3_endpoint_url=getattr(args, "s3_endpoint_url", None),
+        ec2_endpoint_url=getattr(args, "ec2_endpoint_url", None),
         report_dir=args.report_dir,
         clock=clock,
         observers=observers,
@@ -2524,7 +2537,7 @@ def _report_runs(args: argparse.Namespace) -> int:
                 "locations": "\n".join(run.locations) or None,
                 "error": run.error,
                 "revision": run.revision,
-                "finished": run.finished_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "finished": utc_stamp(run.finished_at),
             }
             for run in runs
         ]

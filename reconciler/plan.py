@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from reconciler.api.enums import JobStatus, OperatingSystem, Operation, RejectedPatchesAction
+from reconciler.api.enums import JobStatus, OperatingSystem, Operation
 from reconciler.api.gates import Gate
 from reconciler.api.inventory import Inventory
 from reconciler.api.oneoff import (
@@ -981,7 +981,7 @@ def _install_action(
     chosen: _TaskInstall,
     digest: Callable[[PatchBaseline], str],
 ) -> Action:
-    blocked = _blocked(chosen.baseline)
+    blocked = chosen.baseline.spec.blocked()
     what = (
         f"{len(chosen.pins)} patch(es) of its installOverrideList"
         if task.install_override_list is not None
@@ -1006,14 +1006,6 @@ def _install_action(
 def _held_note(scan: ObservedScan) -> str:
     """What a reason adds for the packages a hold keeps off the machine (none: nothing)."""
     return f"; held, never installed: {', '.join(scan.held)}" if scan.held else ""
-
-
-def _blocked(baseline: PatchBaseline) -> tuple[str, ...]:
-    """The rejected patches an install must not bring in (SSM's BLOCK)."""
-    spec = baseline.spec
-    if spec.rejected_patches_action is RejectedPatchesAction.BLOCK:
-        return tuple(spec.rejected_patches)
-    return ()
 
 
 class _Budgets:
@@ -1197,7 +1189,7 @@ class _OneOffs:
                 opening.task.name,
                 opening.id,
                 step.pins,
-                _blocked(baseline) if baseline else (),
+                baseline.spec.blocked() if baseline else (),
                 str(opening.task.reboot_option),
             )
         )

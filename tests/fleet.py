@@ -8,10 +8,11 @@ Nothing here decides anything for the tests: it builds inputs and reads outputs.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,21 @@ from reconciler.api.inventory import Inventory
 from reconciler.api.resources import ManagedInstance
 from reconciler.dispatch.base import BaselineSource, InstallRequest, Transport
 from tests.aptlab import Pkg, Repo, dpkg_state, make_root
+from tests.factories import NOW
 
 API = "apiVersion: patchwarden.io/v1alpha1"
 GROUP = "fleet"
+_SESSION = time.monotonic()
+
+
+def at_now() -> tuple[str, str]:
+    """patchctl's ``--now`` for a run of the loop: NOW (open_window_yaml's windows are open
+    then) plus the time this test session has run. Its clock runs on at the wall clock's pace,
+    so a later run (a restart after a kill, a second pass) never starts behind what an earlier
+    one recorded; the host's date is never read."""
+    return ("--now", (NOW + timedelta(seconds=time.monotonic() - _SESSION)).isoformat())
+
+
 BASELINE = "debian-security"
 
 # The security baseline every test fleet uses: every priority, security updates only (the
@@ -91,10 +104,11 @@ spec:
 {task_fields}"""
 
 
-def open_window_yaml(name: str = "open-now", **options: Any) -> str:
-    """A window that opened an hour ago (real time) and stays open a day: for runs on the wall
-    clock (the CLI), whose opening id does not change in the middle of a test."""
-    start = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
+def open_window_yaml(name: str = "open-now", *, now: datetime = NOW, **options: Any) -> str:
+    """A window that opened an hour before ``now`` and stays open a day. The loop under test
+    runs on a clock that starts at ``now`` (``at_now()`` for patchctl, ``clock_from(NOW)``
+    in-process), never on today's date, so its opening id does not change during a test."""
+    start = (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
     options.setdefault("duration", 24)
     options.setdefault("cutoff", 0)
     return window_yaml(name, f"at({start})", **options)

@@ -25,6 +25,7 @@ from tests.aptlab import Repo
 from tests.conftest import INSTALLED, needs_apt
 from tests.fleet import (
     BASELINE_YAML,
+    at_now,
     documents,
     local_instance_yaml,
     make_fleet,
@@ -77,6 +78,7 @@ def test_the_audit_log_records_what_the_loop_did_with_revision_author_instance_a
     state, log = tmp_path / "state" / "state.db", tmp_path / "audit" / "audit.jsonl"
     url = f"file://{upstream.bare}"
     reconcile = ["reconcile", "--source", url, "--state", str(state), "--audit-log", str(log)]
+    reconcile += at_now()
 
     first = patchctl(*reconcile, "-o", "json")
     assert first.returncode == 0, first.stderr
@@ -161,7 +163,9 @@ def test_the_audit_log_records_what_the_loop_did_with_revision_author_instance_a
     assert audit_json("--audit-log", str(log), "--revision", good) == [
         e for e in entries if e is not refused
     ]
-    assert audit_json("--audit-log", str(log), "--since", "1h") == entries
+    # The loop ran from NOW on (at_now()): an hour before it takes every entry (a duration such as 1h counts
+    # back from the host's clock, which the entries do not follow).
+    assert audit_json("--audit-log", str(log), "--since", "2026-11-28T11:00:00Z") == entries
     assert audit_json("--audit-log", str(log), "--since", "2999-01-01T00:00:00Z") == []
 
     # JSON lines for pipes, a table for people.

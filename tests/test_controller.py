@@ -40,6 +40,7 @@ from reconciler.controller.run import ControllerReconciler
 from reconciler.controller.status import Seen, statuses
 from reconciler.dispatch import transport_for
 from reconciler.kube.rest import Kube
+from reconciler.loop import Clock, utc_now
 from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.sources.kubernetes import NODE_LABEL, KubernetesSource, ObjectInfo, _Watcher
 from reconciler.state import StateStore
@@ -593,14 +594,17 @@ def in_process(
     store: StateStore,
     writer: StatusWriter | None = None,
     gate_api: Kube | None = None,
+    clock: Clock = utc_now,
 ) -> ControllerReconciler:
-    """The controller's reconciler in this process, local connections, writing status."""
+    """The controller's reconciler in this process, local connections, writing status, on
+    ``clock``."""
     return ControllerReconciler(
         KubernetesSource(api, ns, watch_nodes=False),
         store,
         lambda instance: transport_for(instance.spec.connection, trust_root_scripts=True),
         writer=writer or StatusWriter(api, ns),
         gate_api=gate_api,
+        clock=clock,
     )
 
 
@@ -1115,7 +1119,7 @@ def test_a_failed_export_sets_export_failed_until_an_export_succeeds(
     blocker.write_text("a file where the report directory should be")
     apply(kube_api, ns, report_yaml("hourly", blocker / "reports"))
     api = kube_api.client()
-    clock = [datetime.now(UTC)]
+    clock = [T0]  # the status writer's: the conditions' transition times
     with StateStore(tmp_path / "state.db") as store:
         reconciler = ControllerReconciler(
             KubernetesSource(api, ns, watch_nodes=False),

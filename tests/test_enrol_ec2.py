@@ -287,7 +287,8 @@ def test_an_endpoint_that_does_not_answer_fails_the_refresh(
         list_ec2(SOURCE, spec())
     assert failed.value.reasons() == [
         f"InstanceSource ec2-prod, region eu-west-1: cannot reach the EC2 endpoint {dead}: check "
-        "the network, and AWS_ENDPOINT_URL_EC2 / AWS_ENDPOINT_URL if you set one"
+        "the network, and --ec2-endpoint-url / AWS_ENDPOINT_URL_EC2 / AWS_ENDPOINT_URL if you set "
+        "one"
     ]
 
 
@@ -301,8 +302,8 @@ def test_one_failing_region_fails_the_refresh_whole(ec2: Ec2Lab) -> None:
         list_ec2(SOURCE, spec(regions=["eu-west-1", "xx-nowhere-1"]))
     assert failed.value.reasons() == [
         f"InstanceSource ec2-prod, region xx-nowhere-1: the EC2 endpoint {ec2.url} did not "
-        "answer as EC2 does: check that it is EC2's (AWS_ENDPOINT_URL_EC2 / AWS_ENDPOINT_URL if "
-        "you set one)"
+        "answer as EC2 does: check that it is EC2's (--ec2-endpoint-url / AWS_ENDPOINT_URL_EC2 / "
+        "AWS_ENDPOINT_URL if you set one)"
     ]
 
 
@@ -391,6 +392,35 @@ def test_patchctl_validate_enrols_ec2_instances_and_refuses_an_unknown_filter(
         "example 'tag:Patch Group'), vpcId or instanceState (did you mean 'tag:Environment'?)\n"
         "refused: 1 problem(s); nothing was applied\n"
     )
+
+
+def test_ec2_endpoint_url_lists_instances_where_the_aws_configuration_names_no_endpoint(
+    ec2: Ec2Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As --s3-endpoint-url for S3: the option alone reaches the EC2 endpoint (moto's emulator
+    here), for the one-shot validate and the loop's commands (plan), and a bad one is refused
+    in one line naming the option."""
+    web = ec2.launch("eu-west-1", {"Name": "web-1", "Environment": "prod"})
+    monkeypatch.delenv("AWS_ENDPOINT_URL_EC2")
+    (tmp_path / "fleet").mkdir()
+    (tmp_path / "fleet" / "sources.yaml").write_text(INSTANCE_SOURCE)
+    endpoint = ("--ec2-endpoint-url", ec2.url)
+
+    valid = patchctl("validate", str(tmp_path / "fleet"), *endpoint, "-o", "json")
+    assert valid.returncode == 0, valid.stderr
+    assert [e["instances"] for e in json.loads(valid.stdout)["enrolled"]] == [["web-1"]]
+
+    args = ["plan", "--source", str(tmp_path / "fleet"), "--state", str(tmp_path / "state.db")]
+    planned = patchctl(*args, *endpoint, "-o", "json")
+    assert planned.returncode == 0, planned.stderr
+    actions = json.loads(planned.stdout)["actions"]
+    assert [(a["instance"], a["enrolled"]) for a in actions] == [
+        ("web-1", f"from InstanceSource {SOURCE}, host {web}")
+    ]
+
+    bad = patchctl("validate", str(tmp_path / "fleet"), "--ec2-endpoint-url", "not a url")
+    assert bad.returncode != 0
+    assert "--ec2-endpoint-url" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
 
 
 def patchctl(*args: str) -> subprocess.CompletedProcess[str]:

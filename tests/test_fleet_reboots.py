@@ -22,11 +22,12 @@ import pytest
 
 from reconciler.api.enums import JobStatus
 from reconciler.dispatch import SshPool, transport_for
-from reconciler.loop import Reconciler
+from reconciler.loop import Reconciler, clock_from
 from reconciler.sources import DirectorySource
 from reconciler.state import StateStore
 from tests.aptlab import Pkg
-from tests.fleet import BASELINE_YAML, documents, dpkg_installs, open_window_yaml
+from tests.factories import NOW
+from tests.fleet import BASELINE_YAML, at_now, documents, dpkg_installs, open_window_yaml
 from tests.git_servers import free_port
 from tests.netfleet import FLEET_SKIP, INSTALLED, REBOOTING, Fleet, Machine, default_repo
 from tests.test_loop_e2e import reconcile_cli
@@ -103,6 +104,7 @@ def test_the_loop_reboots_each_machine_holds_its_slot_and_rescans_after_the_new_
             lambda i: transport_for(i.spec.connection, pool=pool, ssh_dir=fleet.directory),
             wait=pause,
             workers=1,  # the second machine's scan is done before the first one's install
+            clock=clock_from(NOW),
         )
         summary = reconciler.reconcile()
 
@@ -142,7 +144,7 @@ def kill_run_mid_reboot(
         _held(stack, machines)
         with log.open("wb") as err:
             process = subprocess.Popen(
-                _patchctl("run", *common, "--listen", f"127.0.0.1:{free_port()}"),
+                _patchctl("run", *common, *at_now(), "--listen", f"127.0.0.1:{free_port()}"),
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
                 stderr=err,

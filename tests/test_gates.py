@@ -18,11 +18,13 @@ from reconciler.defaults import predefined_baselines
 from reconciler.dispatch.base import InstallRequest
 from reconciler.dispatch.gates import read_gate, read_gates, selector_text
 from reconciler.kube.rest import Kube
+from reconciler.loop import clock_from
 from reconciler.plan import GateReading, Observed, plan
 from reconciler.state import StateStore
 from tests.aptlab import Repo
 from tests.conftest import needs_apt
-from tests.fleet import dpkg_installs, make_fleet, open_window_yaml, window_yaml
+from tests.factories import NOW
+from tests.fleet import at_now, dpkg_installs, make_fleet, open_window_yaml, window_yaml
 from tests.git_servers import Upstream, free_port
 from tests.kubeapi import KubeApi
 from tests.promlab import METRIC, Alertmanager, Prometheus
@@ -278,7 +280,7 @@ def test_the_loop_installs_nothing_while_an_alert_fires_and_everything_once_it_i
     held = reconcile_cli(file_url(fleet_repo), state)
     assert held["jobs"] == {"Scan succeeded": 2}
     assert all(dpkg_installs(root)[("pwtest-lib", "1.0-2")] == 0 for root in roots.values())
-    shown = patchctl("plan", "--source", file_url(fleet_repo), "--state", str(state))
+    shown = patchctl("plan", "--source", file_url(fleet_repo), "--state", str(state), *at_now())
     assert shown.returncode == 0, shown.stderr
     assert (
         "gate no-critical-alerts of task install-security of open-now blocks: 1 alert(s) "
@@ -406,7 +408,7 @@ def test_the_controller_reads_kubernetes_gates_from_its_api(
     spec = {"containers": [{"name": "c", "image": "busybox"}]}
     kube.create(f"/api/v1/namespaces/{ns}/pods", {"metadata": pod, "spec": spec})
     with StateStore(tmp_path / "state.db") as store:
-        reconciler = in_process(api, ns, store, gate_api=kube)
+        reconciler = in_process(api, ns, store, gate_api=kube, clock=clock_from(NOW))
         reconciler.reconcile()
         assert [j.operation for j in store.jobs(instance="web-1")] == ["Scan"]
         (reading,) = reconciler.parts.observation.readings.values()

@@ -31,7 +31,8 @@ def reconcile_held(
     (source / "fleet.yaml").write_text(fleet.documents(held, fleet.open_window_yaml()))
     (source / "instances.yaml").write_text(fleet.local_instance_yaml("web-1", roots["web-1"]))
     state = tmp_path / "state.db"
-    run = patchctl("reconcile", "--source", str(source), "--state", str(state), "-o", "json")
+    argv = ["reconcile", "--source", str(source), "--state", str(state), *fleet.at_now()]
+    run = patchctl(*argv, "-o", "json")
     assert run.returncode == 0, run.stderr
     return roots["web-1"], state, json.loads(run.stdout)
 
@@ -39,8 +40,16 @@ def reconcile_held(
 @needs_apt
 @pytest.mark.slow
 def test_reconcile_never_installs_what_the_group_holds(tmp_path: Path, apt_repo: Repo) -> None:
-    root, state, _ = reconcile_held(tmp_path, apt_repo, WITH_KERNEL, "[pwtest-kern*]")
+    root, state, summary = reconcile_held(tmp_path, apt_repo, WITH_KERNEL, "[pwtest-kern*]")
     roots = {"web-1": root}
+    # The run's summary counts what the hold kept off, as `patchctl compliance` does.
+    assert [(r["instance"], r["heldCount"]) for r in summary["instances"]] == [("web-1", 1)]
+    argv = ["reconcile", "--source", str(tmp_path / "source"), "--state", str(state)]
+    table = patchctl(*argv, *fleet.at_now()).stdout.splitlines()
+    header = next(line for line in table if line.startswith("┃"))
+    row = next(line for line in table if line.startswith("│ web-1"))
+    cells = dict(zip(header.split("┃")[1:-1], row.split("│")[1:-1], strict=True))
+    assert {k.strip(): v.strip() for k, v in cells.items()}["Held"] == "1"
     assert fleet.versions(roots["web-1"]) == {"pwtest-lib": "1.0-2", "pwtest-kernel": "1.0-1"}
     with StateStore(state) as store:
         record = store.latest_scan("web-1")

@@ -36,6 +36,7 @@ from tests.fleet import (
     BASELINE_YAML,
     ManualClock,
     Spy,
+    at_now,
     documents,
     dpkg_installs,
     local_instance_yaml,
@@ -121,8 +122,10 @@ def patchctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
 
 
 def reconcile_cli(url: str, state: Path, *extra: str) -> dict[str, Any]:
-    """``patchctl reconcile -o json``; its JSON report (the command must succeed)."""
-    run = patchctl("reconcile", "--source", url, "--state", str(state), "-o", "json", *extra)
+    """``patchctl reconcile -o json`` at ``at_now()`` (a ``--now`` in ``extra`` comes later, so it
+    wins); its JSON report (the command must succeed)."""
+    argv = ["reconcile", "--source", url, "--state", str(state), "-o", "json", *at_now(), *extra]
+    run = patchctl(*argv)
     assert run.returncode == 0, run.stdout + run.stderr
     report: dict[str, Any] = json.loads(run.stdout)
     return report
@@ -458,6 +461,7 @@ def test_a_killed_reconcile_resumes_without_installing_twice_or_losing_results(
     sha = commit_fleet(upstream, roots, open_window_yaml(max_concurrency="1"))
     state = tmp_path / "state" / "state.db"
     command = [*PATCHCTL, "reconcile", "--source", file_url(upstream), "--state", str(state)]
+    command += at_now()
 
     interrupted = _kill_at_first_install(command, tmp_path / "killed.log")
 
@@ -531,6 +535,7 @@ def test_a_machine_left_half_configured_by_a_killed_reconcile_is_not_reported_co
     commit_fleet(upstream, roots, open_window_yaml())
     state, log = tmp_path / "state" / "state.db", roots["web-1"] / "var/log/dpkg.log"
     command = [*PATCHCTL, "reconcile", "--source", file_url(upstream), "--state", str(state)]
+    command += at_now()
     process = subprocess.Popen(
         command,
         cwd=ROOT,
@@ -636,7 +641,7 @@ def test_patchctl_run_serves_health_and_metrics_follows_commits_and_stops_gracef
     state, log = tmp_path / "state" / "state.db", tmp_path / "run.log"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    argv = ["run", "--source", url, "--state", str(state), "--interval", "1"]
+    argv = ["run", "--source", url, "--state", str(state), "--interval", "1", *at_now()]
     with log.open("wb") as err:
         process = subprocess.Popen(
             [*PATCHCTL, *argv, "--listen", f"127.0.0.1:{port}"],

@@ -12,7 +12,15 @@ from pathlib import Path
 from reconciler.state import StateStore
 from tests.aptlab import Pkg, Repo, make_root
 from tests.conftest import needs_apt
-from tests.fleet import API, GROUP, documents, local_instance_yaml, open_window_yaml, versions
+from tests.fleet import (
+    API,
+    GROUP,
+    at_now,
+    documents,
+    local_instance_yaml,
+    open_window_yaml,
+    versions,
+)
 from tests.git_servers import Upstream
 
 pytestmark = needs_apt
@@ -64,7 +72,7 @@ def test_reconcile_scans_and_installs_from_the_baseline_source(tmp_path: Path) -
     upstream.commit("fleet")
     state = tmp_path / "state" / "state.db"
     url = f"file://{upstream.bare}"
-    args = ["reconcile", "--source", url, "--state", str(state), "-o", "json"]
+    args = ["reconcile", "--source", url, "--state", str(state), "-o", "json", *at_now()]
     run = subprocess.run(
         [sys.executable, "-m", "reconciler", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,

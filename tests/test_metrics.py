@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -29,7 +28,8 @@ from reconciler.report.views.csvreport import LEVELS
 from reconciler.state import StateStore
 from tests.aptlab import Pkg, Repo, make_root
 from tests.conftest import INSTALLED, needs_apt
-from tests.fleet import API, documents, open_window_yaml, versions
+from tests.factories import NOW
+from tests.fleet import API, at_now, documents, open_window_yaml, versions
 from tests.git_servers import free_port
 from tests.waiting import healthy, tail_of, wait_until
 
@@ -174,7 +174,7 @@ def served(tmp_path: Path, apt_repo: Repo) -> Iterator[tuple[str, Path, Path, di
     )
     state, log = tmp_path / "state" / "state.db", tmp_path / "run.log"
     port = free_port()
-    argv = ["run", "--source", str(source), "--state", str(state), "--interval", "1"]
+    argv = ["run", "--source", str(source), "--state", str(state), "--interval", "1", *at_now()]
     with log.open("wb") as err:
         process = subprocess.Popen(
             [*PATCHCTL, *argv, "--listen", f"127.0.0.1:{port}"],
@@ -199,7 +199,6 @@ def test_metrics_of_patchctl_run_equal_the_fleets_real_state(
 ) -> None:
     base, source, state, roots = served
     log = tmp_path / "run.log"
-    started = time.time()
 
     # 1. The first pass scans everyone; no window, so nothing is installed.
     wait_until("/healthz", lambda: healthy(base), timeout=60, detail=tail_of(log))
@@ -214,7 +213,9 @@ def test_metrics_of_patchctl_run_equal_the_fleets_real_state(
     assert first.value("patchwarden_reconcile_passes_total") >= 1
     assert first.value("patchwarden_reconcile_duration_seconds_count") >= 1
     last = first.value("patchwarden_last_successful_reconcile_timestamp_seconds")
-    assert started <= last <= time.time()
+    # The loop's clock (started at --now: NOW plus the time the test session has run), never
+    # the host's date.
+    assert NOW.timestamp() <= last <= NOW.timestamp() + 86400
     # The fleet, as the user sees it, and as /metrics says it.
     assert first.value("patchwarden_instances", status="NON_COMPLIANT", group="web") == 2
     assert first.value("patchwarden_instances", status="COMPLIANT", group="web") == 1

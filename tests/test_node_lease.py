@@ -24,6 +24,7 @@ import yaml
 from reconciler.controller.leader import LeaderElector, LeaseConfig
 from reconciler.dispatch.nodes import NodeLocks
 from reconciler.dispatch.nodes.model import ANNOTATION_PHASE, NotLeading
+from reconciler.loop import utc_now
 from tests import test_controller, test_node_patching
 from tests.fleet import BASELINE_YAML, documents, dpkg_installs, open_window_yaml
 from tests.kubeapi import KubeApi
@@ -93,7 +94,10 @@ def _kubernetes_fleet(directory: Path, node: str) -> Path:
         f"metadata:\n  name: {node}\n  labels: {{fleet: e2e}}\n"
         f"spec:\n  connection: {{type: kubernetes, node: {node}}}\n"
     )
-    (directory / "fleet.yaml").write_text(documents(BASELINE_YAML, open_window_yaml(), instance))
+    # patchctl controller has no --now (its Lease runs on the wall clock as the API server's
+    # does), so this window alone is open at the host's time.
+    window = open_window_yaml(now=utc_now())
+    (directory / "fleet.yaml").write_text(documents(BASELINE_YAML, window, instance))
     return directory
 
 

@@ -69,11 +69,12 @@ from reconciler.dispatch.nodes.model import (
     result_configmap,
 )
 from reconciler.kube import Kube
-from reconciler.loop import Reconciler
+from reconciler.loop import Reconciler, clock_from
 from reconciler.sources import DirectorySource
 from reconciler.state import StateStore
 from tests.aptlab import dpkg_state, environ_without_apt, make_root
 from tests.conftest import INSTALLED
+from tests.factories import NOW
 from tests.fleet import BASELINE_YAML, documents, dpkg_installs, open_window_yaml
 from tests.waiting import wait_until
 
@@ -1354,6 +1355,7 @@ def test_the_reconcile_loop_patches_a_node_and_lets_it_reboot(
             lambda i: transport_for(
                 i.spec.connection, kubernetes=cluster.controller, node_settings=settings
             ),
+            clock=clock_from(NOW),
         )
         summary = reconciler.reconcile()
         installs = [job for job in store.jobs() if job.operation == "Install"]

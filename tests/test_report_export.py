@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.api.enrolment import Provenance
 from reconciler.report.views import export
 from reconciler.state import StateStore
 from tests.test_compliance_views import T0, _evaluation, _inventory, patchctl
@@ -134,6 +135,20 @@ def test_json_report_says_what_patchctl_compliance_says(state: Path, tmp_path: P
     assert document["patchesIncluded"] == "nonCompliant"
     assert [p["name"] for p in document["patches"]["web-2"]] == ["pkg0"]
     assert document["patches"]["db-1"] == []
+
+
+def test_json_report_says_where_each_generated_instance_was_enrolled_from(
+    state: Path, tmp_path: Path
+) -> None:
+    """As ``patchctl compliance -o json``: an ``enrolled`` field on generated instances only."""
+    with StateStore(state) as store:
+        store.record_enrolled({"web-2": Provenance("ec2-prod", "i-0abc")}, T0)
+    (path,) = _report(state, tmp_path / "out", "--format", "json")
+    rows = json.loads(path.read_text())["instances"]
+    assert rows == _compliance(state)
+    assert {r["instanceId"]: r.get("enrolled") for r in rows if "enrolled" in r} == {
+        "web-2": "from InstanceSource ec2-prod, host i-0abc"
+    }
 
 
 def test_json_for_one_instance_has_every_patch_and_its_history(state: Path, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from reconciler.state import StateStore
 from tests import test_dispatch_ssh
 from tests.aptlab import Repo, dpkg_state, make_root
 from tests.conftest import INSTALLED, needs_apt
-from tests.fleet import API, BASELINE_YAML, documents, open_window_yaml, versions
+from tests.fleet import API, BASELINE_YAML, at_now, documents, open_window_yaml, versions
 from tests.sshd import have_sshd
 from tests.sudolab import (
     LOGIN,
@@ -376,6 +376,7 @@ def test_patchctl_reconcile_installs_through_sudo_on_an_ssh_config_alias(
     (source / "fleet.yaml").write_text(documents(BASELINE_YAML, open_window_yaml(), instance))
     state = tmp_path / "state.db"
     argv = ["reconcile", "--source", str(source), "--state", str(state), "--ssh-dir", str(ssh_dir)]
+    argv += at_now()
     run = subprocess.run(
         [sys.executable, "-m", "reconciler", *argv],
         capture_output=True,

@@ -3,6 +3,7 @@ claims across threads and processes, reopening, and schema migrations."""
 
 from __future__ import annotations
 
+import copy
 import json
 import multiprocessing
 import sqlite3
@@ -300,6 +301,28 @@ def test_latest_scans_read_again_see_every_scan_recorded_since(store: StateStore
     with another(store) as fresh:
         assert store.latest_scans() == fresh.latest_scans()
     assert store.latest_scans()["web-1"] == newer
+
+
+def test_latest_scans_cannot_be_changed_by_a_caller(store: StateStore) -> None:
+    """The store keeps the records latest_scans decoded and hands the same ones to the next
+    caller (the planner, the views, the metrics): one caller's change would be everyone's."""
+    recorded = scan(store, "web-1")
+    first = store.latest_scans()["web-1"]
+    changes: list[Callable[[], object]] = [
+        lambda: first.evaluation["summary"].update(missingCount=0),
+        lambda: first.evaluation["patches"].append({"name": "forged"}),
+        lambda: first.evaluation["patches"][0].__setitem__("state", "INSTALLED"),
+        lambda: first.inventory.pop("facts"),
+    ]
+    for change in changes:
+        with pytest.raises(TypeError, match="read-only"):
+            change()
+    assert store.latest_scans()["web-1"] == recorded
+    # Read as before: equal to plain documents, JSON as before, and a copy is the caller's own.
+    assert json.loads(json.dumps(first.evaluation)) == recorded.evaluation
+    own = copy.deepcopy(first.evaluation)
+    own["patches"].clear()
+    assert store.latest_scans()["web-1"].evaluation["patches"] == recorded.evaluation["patches"]
 
 
 def test_scan_history_is_newest_first_and_limited(store: StateStore) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from reconciler.state.postgres.store import PostgresStore
 from tests.aptlab import Repo
 from tests.conftest import needs_apt
-from tests.fleet import make_fleet, open_window_yaml
+from tests.fleet import at_now, make_fleet, open_window_yaml
 from tests.git_servers import Upstream
 from tests.test_loop_e2e import (
     BEFORE,
@@ -34,7 +34,7 @@ pytestmark = needs_apt
 
 
 def _reconcile(url: str, state: str) -> dict[str, Any]:
-    run = patchctl("reconcile", "--source", url, "--state", state, "-o", "json")
+    run = patchctl("reconcile", "--source", url, "--state", state, "-o", "json", *at_now())
     assert run.returncode == 0, run.stdout + run.stderr
     report: dict[str, Any] = json.loads(run.stdout)
     return report
@@ -55,7 +55,7 @@ def test_a_standby_takes_over_a_killed_leader_without_installing_or_scanning_twi
     commit_fleet(upstream, roots)
     _reconcile(source, postgres_url)  # the leader's earlier pass: every machine scanned
     commit_fleet(upstream, roots, open_window_yaml(max_concurrency="1"))
-    leader = [*PATCHCTL, "reconcile", "--source", source, "--state", postgres_url]
+    leader = [*PATCHCTL, "reconcile", "--source", source, "--state", postgres_url, *at_now()]
 
     interrupted = _kill_at_first_install(leader, tmp_path / "leader.log")
 

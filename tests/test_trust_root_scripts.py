@@ -22,7 +22,7 @@ from reconciler.dispatch import LocalTransport, transport_for
 from reconciler.state import StateStore
 from tests.aptlab import Pkg, Repo, dpkg_state, make_root
 from tests.conftest import needs_apt
-from tests.fleet import BASELINE_YAML, documents, local_instance_yaml, open_window_yaml
+from tests.fleet import BASELINE_YAML, at_now, documents, local_instance_yaml, open_window_yaml
 
 pytestmark = needs_apt
 
@@ -129,7 +129,9 @@ def test_a_reconcile_without_the_opt_in_fails_the_install_job_and_installs_nothi
     (source / "fleet.yaml").write_text(documents(BASELINE_YAML, open_window_yaml()))
     (source / "instances.yaml").write_text(local_instance_yaml("web-1", hostile_root))
     state = tmp_path / "state.db"
-    run = patchctl("reconcile", "--source", str(source), "--state", str(state), "-o", "json")
+    run = patchctl(
+        "reconcile", "--source", str(source), "--state", str(state), "-o", "json", *at_now()
+    )
     assert run.returncode == 0, run.stderr
     with StateStore(state) as store:
         jobs = {job.operation: job for job in store.jobs()}

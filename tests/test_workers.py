@@ -24,7 +24,7 @@ from reconciler.api.enums import OperatingSystem, Operation
 from reconciler.api.snapshot import build_snapshot
 from reconciler.defaults import predefined_baselines
 from reconciler.evaluation import resolve
-from reconciler.loop.common import InForce
+from reconciler.loop.common import InForce, utc_now
 from reconciler.loop.jobs import JobRunner
 from reconciler.loop.workers import QueueExecutor, Worker, WorkerSettings, decode, job_payload
 from reconciler.plan import Action
@@ -90,7 +90,10 @@ def _fleet(
 ) -> dict[str, Path]:
     """``count`` unpatched Debian roots, committed with a window open now."""
     roots = make_fleet(tmp_path / "fleet", repo, [f"web-{i}" for i in range(1, count + 1)], BEFORE)
-    commit_fleet(git, roots, open_window_yaml(max_concurrency=str(max_concurrency)))
+    # patchctl worker has no --now (its jobs check their window's cutoff on the wall clock), so
+    # this window alone is open at the host's time: the leader runs on the same clock.
+    window = open_window_yaml(now=utc_now(), max_concurrency=str(max_concurrency))
+    commit_fleet(git, roots, window)
     return roots
 
 

@@ -200,6 +200,13 @@ class PatchBaselineSpec(Model):
     """Use this baseline for instances whose group names no baseline for their OS, replacing the
     predefined default (at most one per operatingSystem)."""
 
+    def blocked(self) -> tuple[str, ...]:
+        """The rejected patches an install must not bring in, not even as a dependency (SSM's
+        BLOCK); none under ALLOW_AS_DEPENDENCY."""
+        if self.rejected_patches_action is RejectedPatchesAction.BLOCK:
+            return tuple(self.rejected_patches)
+        return ()
+
 
 class PatchBaseline(Model):
     """A patch baseline (SSM PatchBaseline): approval rules and lists for one operating system."""

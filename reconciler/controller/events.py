@@ -42,9 +42,9 @@ import structlog
 
 from reconciler.api.oneoff import OneOffStatus
 from reconciler.api.resources import API_VERSION
+from reconciler.api.times import utc_stamp
 from reconciler.kube import ApiClient, Kube
 from reconciler.report.notify.occurrences import ROLLOUT_KINDS, Kind, Occurrence
-from reconciler.state.kubernetes import timestamp
 
 log = structlog.get_logger("patchwarden")
 
@@ -289,7 +289,7 @@ class EventSink:
                 )
 
     def _post(self, notice: Notice) -> None:
-        now = timestamp(self.clock())
+        now = utc_stamp(self.clock())
         involved: dict[str, Any] = {
             "apiVersion": API_VERSION,
             "kind": notice.kind,

@@ -27,6 +27,7 @@ from reconciler.api.enums import (
     ReportRunStatus,
 )
 from reconciler.api.snapshot import Problem, Snapshot
+from reconciler.api.times import utc_stamp
 from reconciler.evaluation import resolve
 from reconciler.plan import baseline_digest
 from reconciler.report.views import compliance
@@ -35,7 +36,6 @@ from reconciler.rollout import Verdict
 from reconciler.schedule import current_opening, openings
 from reconciler.sources.kubernetes import ObjectInfo
 from reconciler.state import JobRecord, ReportRunRecord, ScanRecord
-from reconciler.state.kubernetes import timestamp
 
 Key = tuple[str, str]
 """(kind, name)."""
@@ -163,7 +163,7 @@ def _report(seen: Seen, name: str, generation: int) -> Built:
         "revision": seen.revision,
         "lastExport": _export(newest) if newest else None,
         # The CRD's "Last export" column: the newest export that was written.
-        "lastExportTime": timestamp(exported.finished_at) if exported else None,
+        "lastExportTime": utc_stamp(exported.finished_at) if exported else None,
     }
     failed = newest is not None and newest.status == "FAILED"
     message = ""
@@ -188,7 +188,7 @@ def _export(run: ReportRunRecord) -> dict[str, Any]:
     so a fixed destination leaves no stale error behind."""
     return {
         "opening": run.opening,
-        "time": timestamp(run.finished_at),
+        "time": utc_stamp(run.finished_at),
         "status": run.status.value,
         "locations": list(run.locations),
         "error": run.error,
@@ -225,7 +225,7 @@ def _window(seen: Seen, name: str, generation: int) -> Built:
     execution = seen.executions.get(name)
     fields: dict[str, Any] = {
         "revision": seen.revision,
-        "nextExecutionTime": timestamp(upcoming[0].start) if upcoming else None,
+        "nextExecutionTime": utc_stamp(upcoming[0].start) if upcoming else None,
         "currentOpening": now_open.id if now_open else None,
         "lastExecution": dict(execution) if execution else None,
     }
@@ -274,7 +274,7 @@ def _instance_fields(scan: ScanRecord | None, name: str, waiting: str | None) ->
         fields.update(row)
         facts = scan.facts
         fields["operatingSystem"] = facts.get("operatingSystem")
-        fields["operationEndTime"] = timestamp(scan.finished_at)
+        fields["operationEndTime"] = utc_stamp(scan.finished_at)
     return fields
 
 
@@ -294,7 +294,7 @@ def _readiness(seen: Seen, name: str, generation: int) -> tuple[dict[str, Any], 
         message = waiting or "a scan is due"
         return condition("Ready", False, reason, message, generation), reconciling
     status = scan.compliance_status
-    at = timestamp(scan.finished_at)
+    at = utc_stamp(scan.finished_at)
     message = f"{status} under baseline {scan.baseline} ({scan.operation} at {at})"
     return condition("Ready", True, "Scanned", message, generation), reconciling
 

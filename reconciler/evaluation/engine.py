@@ -48,6 +48,7 @@ from reconciler.api.inventory import (
     PackageFacts,
 )
 from reconciler.api.resources import PatchBaseline, PatchFilterGroup
+from reconciler.api.times import utc_stamp
 from reconciler.evaluation import counts
 from reconciler.evaluation.holds import Hold, machine_holds, split_held
 from reconciler.evaluation.matching import (
@@ -59,7 +60,6 @@ from reconciler.evaluation.matching import (
     package_names,
     properties,
     release_time,
-    stamp,
 )
 from reconciler.evaluation.results import (
     Approval,
@@ -264,24 +264,24 @@ class Decider:
             approve_at = released + timedelta(days=rule.approve_after_days)
             if self.now >= approve_at:
                 return True, (
-                    f"approved by {name} ({criteria}; {source} {stamp(released)}, "
-                    f"approved since {stamp(approve_at)})"
+                    f"approved by {name} ({criteria}; {source} {utc_stamp(released)}, "
+                    f"approved since {utc_stamp(approve_at)})"
                 )
             return (
                 False,
-                f"{name} approves it from {stamp(approve_at)} "
-                f"({source} {stamp(released)} + {rule.approve_after_days} days)",
+                f"{name} approves it from {utc_stamp(approve_at)} "
+                f"({source} {utc_stamp(released)} + {rule.approve_after_days} days)",
             )
         if rule.approve_until_date is not None and released is not None:
             if released.date() <= rule.approve_until_date:  # release_time() gives UTC
                 return True, (
-                    f"approved by {name} ({criteria}; {source} {stamp(released)}, "
+                    f"approved by {name} ({criteria}; {source} {utc_stamp(released)}, "
                     f"on or before {rule.approve_until_date})"
                 )
             return (
                 False,
                 f"{name} approves patches released until {rule.approve_until_date}; "
-                f"{source} {stamp(released)}",
+                f"{source} {utc_stamp(released)}",
             )
         return True, f"approved by {name} ({criteria})"
 

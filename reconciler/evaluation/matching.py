@@ -259,11 +259,6 @@ def release_time(pkg: PackageFacts, os: OperatingSystem) -> tuple[datetime | Non
     return None, "no release date"
 
 
-def stamp(moment: datetime) -> str:
-    """``moment`` as reasons show it: 2025-11-09T18:00:00Z."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def utc_day(moment: datetime) -> date:
     """The UTC calendar day of ``moment`` (naive times are taken as UTC)."""
     if moment.tzinfo is None:

@@ -15,7 +15,7 @@ The loop is where I/O meets the pure stages; it decides nothing itself. It may i
 stage below it, never ``controller`` or ``cli``.
 """
 
-from reconciler.loop.common import Clock, InForce, PassSummary, TransportFor, utc_now
+from reconciler.loop.common import Clock, InForce, PassSummary, TransportFor, clock_from, utc_now
 from reconciler.loop.passes import STEPS, PassContext, Step
 from reconciler.loop.reconciler import EXPORT_GRACE, Reconciler
 from reconciler.loop.service import Service, configure_logging, http_endpoints, serve
@@ -31,6 +31,7 @@ __all__ = [
     "Service",
     "Step",
     "TransportFor",
+    "clock_from",
     "configure_logging",
     "http_endpoints",
     "serve",

@@ -29,6 +29,13 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def clock_from(start: datetime) -> Clock:
+    """A clock that starts at ``start`` and runs on at the wall clock's pace (``--now``): a
+    reboot's timeout still expires and a bake still passes while the loop runs."""
+    offset = start - utc_now()
+    return lambda: utc_now() + offset
+
+
 @dataclass
 class InForce:
     """The revision in force and its snapshot. Mutable on purpose: each pass's refresh replaces

@@ -50,6 +50,7 @@ class LoopOptions(TypedDict, total=False):
     observers: Sequence[Observer]
     on_job_done: JobDone | None
     s3_endpoint_url: str | None
+    ec2_endpoint_url: str | None
     report_dir: Path | None
     export_grace: float
     reboot_settings: RebootSettings
@@ -73,6 +74,7 @@ class Reconciler:
         observers: Sequence[Observer] = (),
         on_job_done: JobDone | None = None,
         s3_endpoint_url: str | None = None,
+        ec2_endpoint_url: str | None = None,
         report_dir: Path | None = None,
         export_grace: float = EXPORT_GRACE,
         steps: Sequence[Step] = STEPS,
@@ -84,8 +86,9 @@ class Reconciler:
         after a restart, it brings back the last good revision when the current one is refused.
         ``observers`` receive every Occurrence (audit log, events, metrics); ``on_job_done`` each
         finished job; ``s3_endpoint_url`` is where reports to s3:// go when not the configured
-        endpoint; ``report_dir`` the directory reports' directory destinations must be in
-        (default: ``reports/`` beside the store); ``steps`` are a pass's steps, in order; ``wait``
+        endpoint, ``ec2_endpoint_url`` where ec2 InstanceSources are listed; ``report_dir`` the
+        directory reports' directory destinations must be in (default: ``reports/`` beside the
+        store); ``steps`` are a pass's steps, in order; ``wait``
         waits between health check attempts and boot id reads (default: until the loop stops);
         ``job_queue``: jobs are queued there for ``patchctl worker`` processes, not run here."""
         self.source, self.store, self.settings, self.clock = source, store, settings, clock
@@ -95,7 +98,7 @@ class Reconciler:
         in_force = InForce()
         self.emit = Emitter(observers, clock, self.log, in_force)
         executions = WindowExecutions(store, in_force, clock, self.emit)
-        self.enrolment = _enrolment(source, store, clock, self.emit, self.log)
+        self.enrolment = _enrolment(source, store, clock, self.emit, self.log, ec2_endpoint_url)
         refresher = self._refresher(in_force, pinned)
         jobs = JobRunner(
             store, in_force, transport_for, executions, clock=clock, log=self.log, emit=self.emit,
@@ -204,7 +207,12 @@ class Reconciler:
 
 
 def _enrolment(
-    source: Source, store: StateBackend, clock: Clock, emit: Emitter, log: Log
+    source: Source,
+    store: StateBackend,
+    clock: Clock,
+    emit: Emitter,
+    log: Log,
+    ec2_endpoint_url: str | None,
 ) -> Enrolment:
     """The InstanceSources' machines: their files are the source's own (a directory, a Git
     commit), their last good lists are kept in the store, and what happens is told through
@@ -215,4 +223,5 @@ def _enrolment(
         repository=source.repository if isinstance(source, HasRepository) else None,
         lists=store,
         report=enrolment_report(emit, log),
+        ec2_endpoint_url=ec2_endpoint_url,
     )

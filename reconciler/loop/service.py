@@ -161,7 +161,9 @@ class Service:
         metrics.observe_rollouts(summary.rollout_views)
         metrics.observe_gates(summary.gates)
         if summary.revision is not None:
-            metrics.last_success.set_to_current_time()
+            # The loop's clock, not the host's: under --now the gauge tells the time the pass
+            # decided at, as its records do.
+            metrics.last_success.set(self.reconciler.clock().timestamp())
             self.last_pass = time.time()
 
 

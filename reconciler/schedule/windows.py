@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from reconciler.api.resources import MaintenanceWindowSpec
+from reconciler.api.times import utc_stamp
 from reconciler.schedule.cron import CronSchedule
 from reconciler.schedule.expressions import AtSchedule, RateSchedule, parse_schedule
 
@@ -103,9 +104,9 @@ def describe(window: MaintenanceWindowSpec) -> str:
         parts.append(f"no new tasks in the last {window.cutoff} h")
     start_date, end_date = _as_utc(window.start_date), _as_utc(window.end_date)
     if start_date:
-        parts.append(f"from {_iso(start_date)}")
+        parts.append(f"from {utc_stamp(start_date)}")
     if end_date:
-        parts.append(f"until {_iso(end_date)}")
+        parts.append(f"until {utc_stamp(end_date)}")
     if not window.enabled:
         parts.append("disabled")
     return ", ".join(parts)
@@ -186,7 +187,3 @@ def _opening(window: MaintenanceWindowSpec, start: datetime) -> Opening:
 def _require_aware(moment: datetime, name: str) -> None:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"{name} must be a timezone-aware datetime, got {moment.isoformat()}")
-
-
-def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

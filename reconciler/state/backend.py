@@ -84,7 +84,9 @@ class StateBackend(Protocol):
     def latest_scan(self, instance: str) -> ScanRecord | None: ...
 
     def latest_scans(self) -> dict[str, ScanRecord]:
-        """The newest scan (by ``finished_at``, then id) of every instance, in one query."""
+        """The newest scan (by ``finished_at``, then id) of every instance, in one query. The
+        records are kept and shared between calls, so their documents are read-only (a change
+        raises TypeError; ``copy.deepcopy`` gives a mutable copy)."""
 
     def scan_history(self, instance: str, limit: int = 100) -> list[ScanRecord]:
         """The instance's scans and installs, newest first."""

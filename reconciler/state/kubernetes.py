@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from reconciler.api.times import utc_stamp
 from reconciler.kube import ApiClient, ApiException, Kube, resource_path
 
 log = structlog.get_logger("patchwarden")
@@ -37,11 +38,6 @@ class Written(StrEnum):
     """It changed again between the re-read and the retry; the next pass writes it."""
 
 
-def timestamp(moment: datetime) -> str:
-    """Kubernetes' metav1.Time: RFC 3339 in UTC, whole seconds."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def merge_conditions(
     old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]], now: datetime
 ) -> list[dict[str, Any]]:
@@ -53,7 +49,7 @@ def merge_conditions(
         previous = before.get(condition["type"])
         same = previous is not None and previous.get("status") == condition["status"]
         since = previous.get("lastTransitionTime") if same and previous else None
-        merged.append({**condition, "lastTransitionTime": since or timestamp(now)})
+        merged.append({**condition, "lastTransitionTime": since or utc_stamp(now)})
     return merged
 
 

@@ -9,11 +9,14 @@ every value has the same width, so SQLite's text order is time order and ``ORDER
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypedDict, cast
+from typing import Any, ClassVar, NoReturn, TypedDict, cast
+
+import yaml
 
 from reconciler.api.enums import (
     ExecutionStatus,
@@ -103,6 +106,65 @@ def to_json(document: Any) -> str:
 
 def from_json(text: str) -> Any:
     return json.loads(text)
+
+
+def _read_only(*_args: object, **_kwargs: object) -> NoReturn:
+    raise TypeError(
+        "a stored record is read-only (the store hands the same one to every reader): "
+        "change a copy (dict(x), list(x), copy.deepcopy(x))"
+    )
+
+
+class FrozenDict(dict[str, Any]):
+    """A decoded JSON object no reader can change: the stores share the records they hand out
+    (``latest_scans`` keeps them between calls), so a change by one caller would be what every
+    later caller reads. Reads, ``==`` and ``json.dumps`` work as on a dict; ``dict(x)``,
+    ``{**x}`` and ``copy.deepcopy(x)`` are mutable copies."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return {key: copy.deepcopy(value, memo) for key, value in self.items()}
+
+    def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[dict[str, Any]]]:
+        return dict, (dict(self),)
+
+
+class FrozenList(list[Any]):
+    """A decoded JSON array no reader can change (see :class:`FrozenDict`); ``list(x)`` and
+    ``copy.deepcopy(x)`` are mutable copies."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+    append = extend = insert = pop = remove = clear = sort = reverse = _read_only
+
+    def __copy__(self) -> list[Any]:
+        return list(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return [copy.deepcopy(value, memo) for value in self]
+
+    def __reduce__(self) -> tuple[type[list[Any]], tuple[list[Any]]]:
+        return list, (list(self),)
+
+
+# YAML output (-o yaml) writes them as the dict and list they are.
+yaml.SafeDumper.add_representer(FrozenDict, yaml.SafeDumper.represent_dict)
+yaml.SafeDumper.add_representer(FrozenList, yaml.SafeDumper.represent_list)
+
+
+def frozen(value: Any) -> Any:
+    """``value`` (decoded JSON) with every object and array read-only, all the way down."""
+    if isinstance(value, dict):
+        return FrozenDict({key: frozen(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return FrozenList([frozen(item) for item in value])
+    return value
 
 
 class StoredSummary(TypedDict, total=False):
@@ -224,8 +286,12 @@ class ScanRecord:
     )
 
     @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> ScanRecord:
+    def from_row(cls, row: tuple[Any, ...], *, shared: bool = False) -> ScanRecord:
+        """A ``scans`` row, decoded. ``shared``: the store keeps the record and hands it to every
+        caller (``latest_scans``), so its documents are made read-only all the way down (the
+        others are the caller's own, and freezing doubles the decoding time)."""
         scan_id, instance, operation, revision, baseline, baseline_hash, job_id = row[:7]
+        decode = (lambda text: frozen(from_json(text))) if shared else from_json
         return cls(
             id=scan_id,
             instance=instance,
@@ -236,8 +302,8 @@ class ScanRecord:
             job_id=job_id,
             started_at=from_text(row[7]),
             finished_at=from_text(row[8]),
-            inventory=from_json(row[9]),
-            evaluation=from_json(row[10]),
+            inventory=decode(row[9]),
+            evaluation=decode(row[10]),
         )
 
     @property

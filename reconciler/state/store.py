@@ -210,7 +210,7 @@ class StateStore(SqlStore):
                 " WHERE id IN (SELECT last_scan_id FROM instances) AND id > ?",
                 (max(known, default=0),),
             ).fetchall()
-            known |= {row[0]: ScanRecord.from_row(row) for row in rows}
+            known |= {row[0]: ScanRecord.from_row(row, shared=True) for row in rows}
             self._latest_scans = {scan_id: known[scan_id] for _, scan_id in latest}
             return {instance: known[scan_id] for instance, scan_id in latest}
 

@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 from reconciler.api.resources import ComplianceReport, MaintenanceWindowSpec, ReportScope
 from reconciler.api.snapshot import Snapshot
+from reconciler.api.times import utc_stamp
 from reconciler.schedule import openings
 
 LOOKBACKS = (
@@ -62,7 +63,7 @@ def reports_due(
         latest = latest_opening(report, now)
         if latest is None:
             continue
-        opening = latest.strftime("%Y-%m-%dT%H:%M:%SZ")
+        opening = utc_stamp(latest)
         # Opening ids are fixed-width UTC text: their text order is time order.
         if name in exported and exported[name] >= opening:
             continue

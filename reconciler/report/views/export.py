@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
+from reconciler.api.enrolment import Provenance
 from reconciler.errors import PermanentError
 from reconciler.report.views import compliance, csvreport, dashboard
 from reconciler.report.views.rollouts import RolloutView
@@ -47,6 +48,8 @@ class ReportInput:
     """Each instance's jobs, for what their hooks and health checks did (JSON and HTML)."""
     rollouts: Sequence[RolloutView] = ()
     """Progressive rollouts as the latest pass saw them (JSON and HTML)."""
+    enrolled: Mapping[str, tuple[Provenance, bool]] = field(default_factory=dict)
+    """Generated instances' provenance (``StateBackend.enrolled``): JSON rows say ``enrolled``."""
 
 
 def read_input(store: StateBackend, fmt: str, *, history_limit: int = HISTORY_LIMIT) -> ReportInput:
@@ -57,7 +60,7 @@ def read_input(store: StateBackend, fmt: str, *, history_limit: int = HISTORY_LI
         return ReportInput(latest=latest, histories={})
     histories = {name: store.scan_history(name, limit=history_limit) for name in latest}
     jobs = {name: store.jobs(instance=name) for name in latest}
-    return ReportInput(latest=latest, histories=histories, jobs=jobs)
+    return ReportInput(latest, histories, jobs, enrolled=store.enrolled())
 
 
 def build_report(
@@ -89,6 +92,7 @@ def build_report(
         group=group,
         jobs=data.jobs,
         rollouts=data.rollouts,
+        enrolled=data.enrolled,
     )
     suffix = f"-{_safe(instance)}" if instance else ""
     if fmt == "json":
@@ -141,11 +145,13 @@ def report_document(
     group: str | None = None,
     jobs: Mapping[str, Sequence[JobRecord]] | None = None,
     rollouts: Sequence[RolloutView] = (),
+    enrolled: Mapping[str, tuple[Provenance, bool]] | None = None,
 ) -> dict[str, Any]:
     """The ComplianceReportData document: the JSON report, and what the dashboard draws;
     ``jobs`` (each instance's) add what hooks and health checks did to the history; with
-    ``rollouts`` (progressive rollouts' views after the latest pass) it has ``rollouts``."""
-    rows = compliance.instances(latest)
+    ``rollouts`` (progressive rollouts' views after the latest pass) it has ``rollouts``;
+    ``enrolled`` gives generated instances' rows an ``enrolled`` field, as ``compliance``."""
+    rows = compliance.with_provenance(compliance.instances(latest), enrolled or {}, column=False)
     every_patch = instance is not None
     document: dict[str, Any] = {
         "apiVersion": API_VERSION,

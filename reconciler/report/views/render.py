@@ -148,7 +148,7 @@ def _summary_table(results: Sequence[InstanceEvaluation]) -> Table:
     return table
 
 
-_NUMERIC = {"Missing", "Failed", "Pending reboot", "Rejected", "Installed", "Other", "N/A"}
+_NUMERIC = {"Missing", "Failed", "Pending reboot", "Rejected", "Installed", "Other", "N/A", "Held"}
 
 
 def _patch_table(result: InstanceEvaluation, rows: Sequence[PatchResult]) -> Table:
@@ -563,6 +563,7 @@ def reconcile_summary(summary: Any, scans: Mapping[str, Any], fmt: str, out: IO[
         "Failed",
         "Pending reboot",
         "Installed",
+        "Held",
         "Last operation",
         "Revision",
     ):
@@ -578,6 +579,7 @@ def reconcile_summary(summary: Any, scans: Mapping[str, Any], fmt: str, out: IO[
             str(row["failedCount"]),
             str(row["installedPendingRebootCount"]),
             str(row["installedCount"]),
+            str(row["heldCount"]),
             f"{row['operation']} {row['finishedAt']}",
             short_revision(row["revision"]),
         )
@@ -614,6 +616,8 @@ def _compliance_row(name: str, record: Any) -> dict[str, Any]:
                 "installedCount",
             )
         },
+        # As `patchctl compliance`: packages a hold keeps off (docs/guardrails.md).
+        "heldCount": len(record.held),
     }
 
 

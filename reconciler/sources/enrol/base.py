@@ -50,6 +50,8 @@ class Context:
     """The InstanceSource's name, for messages."""
     repository: Repository | None
     """None when the resources come from Kubernetes: there is no repository to read files in."""
+    ec2_endpoint_url: str | None = None
+    """``--ec2-endpoint-url``: EC2's endpoint when not the AWS configuration's (an emulator)."""
 
 
 Discover = Callable[[Any, Context], list[DiscoveredHost]]

@@ -5,9 +5,9 @@ instance id, named by its Name tag, labelled from its tags.
 An I/O edge: it reads EC2 and writes nothing, in AWS or here; turning hosts into ManagedInstances
 is :mod:`reconciler.api.enrolment`'s job. Credentials come from boto3's standard chain
 (environment, shared files, ``AWS_PROFILE``, container and instance roles), never from the
-repository; the endpoint is AWS's unless the AWS configuration names another
-(``AWS_ENDPOINT_URL_EC2``, ``AWS_ENDPOINT_URL``, a profile's ``endpoint_url``), which botocore
-itself reads.
+repository; the endpoint is AWS's unless ``--ec2-endpoint-url`` (``Context.ec2_endpoint_url``) or
+the AWS configuration names another (``AWS_ENDPOINT_URL_EC2``, ``AWS_ENDPOINT_URL``, a profile's
+``endpoint_url``, which botocore itself reads), as ``--s3-endpoint-url`` does for S3.
 
 A refresh is whole or nothing: when any region fails, :class:`Ec2RefreshFailed` says why in one
 line per region (naming the source and the region) and nothing of the others is returned, so the
@@ -28,7 +28,7 @@ from reconciler.aws import credentials_problem
 from reconciler.sources.enrol.base import Context, DiscoveryFailed
 
 _NAME_TAG = "Name"
-_ENDPOINT_HELP = "AWS_ENDPOINT_URL_EC2 / AWS_ENDPOINT_URL if you set one"
+_ENDPOINT_HELP = "--ec2-endpoint-url / AWS_ENDPOINT_URL_EC2 / AWS_ENDPOINT_URL if you set one"
 
 
 class Ec2RefreshFailed(DiscoveryFailed):
@@ -51,7 +51,8 @@ def discover(
     found: list[Mapping[str, Any]] = []
     for region in spec.regions:
         try:
-            found.extend(_region(region, spec, page_size, timeout))
+            client = _client(region, context.ec2_endpoint_url, timeout)
+            found.extend(_describe_in(client, spec, page_size))
         except _RegionFailed as exc:
             failures.append(f"InstanceSource {context.source}, region {region}: {exc}")
     if failures:
@@ -63,35 +64,36 @@ class _RegionFailed(Exception):
     """What went wrong in one region, in our words."""
 
 
-def _region(
-    region: str, spec: Ec2Instances, page_size: int | None, timeout: float
-) -> list[Mapping[str, Any]]:
+def _client(region: str, endpoint_url: str | None, timeout: float) -> Any:
+    try:
+        return ec2_client(region, endpoint_url=endpoint_url, timeout=timeout)
+    except ValueError as exc:  # botocore: "Invalid endpoint: ..."
+        raise _RegionFailed(
+            f"{exc}: give the EC2 endpoint as http(s)://host[:port] in --ec2-endpoint-url, "
+            "AWS_ENDPOINT_URL_EC2 or AWS_ENDPOINT_URL"
+        ) from None
+
+
+def _describe_in(client: Any, spec: Ec2Instances, page_size: int | None) -> list[Mapping[str, Any]]:
     from botocore.exceptions import BotoCoreError, ClientError
     from botocore.parsers import ResponseParserError
 
-    try:
-        client = ec2_client(region, timeout=timeout)
-    except ValueError as exc:  # botocore: "Invalid endpoint: ..."
-        raise _RegionFailed(
-            f"{exc}: give the EC2 endpoint as http(s)://host[:port] in AWS_ENDPOINT_URL_EC2 "
-            "or AWS_ENDPOINT_URL"
-        ) from None
     try:
         return _describe(client, spec, page_size)
     except (BotoCoreError, ClientError, ResponseParserError) as exc:
         raise _RegionFailed(_problem(exc, client.meta.endpoint_url)) from None
 
 
-def ec2_client(region: str, *, timeout: float = 10.0) -> Any:
-    """An EC2 client for ``region`` from the standard AWS configuration (see the module
-    docstring); botocore's standard retries back off on throttling."""
+def ec2_client(region: str, *, endpoint_url: str | None = None, timeout: float = 10.0) -> Any:
+    """An EC2 client for ``region`` from the standard AWS configuration, at ``endpoint_url``
+    when given (see the module docstring); botocore's standard retries back off on throttling."""
     import boto3
     from botocore.config import Config
 
     retries: Any = {"mode": "standard", "max_attempts": 3}
     config = Config(connect_timeout=timeout, read_timeout=3 * timeout, retries=retries)
     session = boto3.session.Session()
-    return session.client("ec2", region_name=region, config=config)
+    return session.client("ec2", region_name=region, endpoint_url=endpoint_url, config=config)
 
 
 def ec2_filters(spec: Ec2Instances) -> list[dict[str, Any]]:

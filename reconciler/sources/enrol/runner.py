@@ -113,9 +113,11 @@ class Enrolment:
         lists: SourceLists | None = None,
         report: Callable[[Refreshed], None] = lambda _: None,
         first_wait: float = 120.0,
+        ec2_endpoint_url: str | None = None,
     ) -> None:
         self.discoverers, self.clock, self.repository = discoverers, clock, repository
         self.lists, self.report, self.first_wait = lists, report, first_wait
+        self.ec2_endpoint_url = ec2_endpoint_url
         self._state = _State(listed=dict(lists.source_lists()) if lists else {})
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="enrol")
         self._lock = threading.Lock()
@@ -180,7 +182,7 @@ class Enrolment:
     ) -> list[DiscoveredHost]:
         """On a discovery thread: even opening the revision's files (a Git clone) is I/O."""
         repository = self.repository(revision) if self.repository else None
-        return discover(given, Context(source=name, repository=repository))
+        return discover(given, Context(name, repository, self.ec2_endpoint_url))
 
     def _wait_for_new(self, sources: Mapping[str, InstanceSource]) -> None:
         """Wait (at most ``first_wait``) for the listings of new content."""
@@ -276,13 +278,25 @@ def fingerprint(source: InstanceSource) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def enrol_once(root: Path, snapshot: Snapshot, clock: Callable[[], datetime]) -> EnrolledOnce:
+def enrol_once(
+    root: Path,
+    snapshot: Snapshot,
+    clock: Callable[[], datetime],
+    *,
+    ec2_endpoint_url: str | None = None,
+) -> EnrolledOnce:
     """Every InstanceSource of a directory's ``snapshot`` listed now, once (``patchctl validate``
     and the other one-shot commands that read a directory): SnapshotInvalid names the sources
     that could not be listed and the machines left out, at the InstanceSource's line."""
     folder = root if root.is_dir() else root.parent
     revision = Revision(str(root), "dir", "")
-    return enrol_revision(revision, snapshot, lambda _revision: DirectoryFiles(folder), clock)
+    return enrol_revision(
+        revision,
+        snapshot,
+        lambda _revision: DirectoryFiles(folder),
+        clock,
+        ec2_endpoint_url=ec2_endpoint_url,
+    )
 
 
 def enrol_revision(
@@ -290,13 +304,17 @@ def enrol_revision(
     snapshot: Snapshot,
     repository: Callable[[Revision], Repository],
     clock: Callable[[], datetime],
+    *,
+    ec2_endpoint_url: str | None = None,
 ) -> EnrolledOnce:
     """:func:`enrol_once` for any revision whose files ``repository`` reads (a Git commit:
     ``patchctl diff``)."""
     # Local import: the registry imports this module.
     from reconciler.sources.enrol import DISCOVERERS
 
-    enrolment = Enrolment(DISCOVERERS, clock=clock, repository=repository)
+    enrolment = Enrolment(
+        DISCOVERERS, clock=clock, repository=repository, ec2_endpoint_url=ec2_endpoint_url
+    )
     try:
         merged = enrolment.apply(revision, snapshot)
     finally:

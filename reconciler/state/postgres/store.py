@@ -230,7 +230,7 @@ class PostgresStore(SqlStore):
             missing = [scan_id for _, scan_id in latest if scan_id not in known]
             select = f"SELECT {ScanRecord.COLUMNS} FROM scans WHERE id = ANY(%s)"
             rows = conn.execute(select, (missing,)).fetchall() if missing else []
-            known |= {row[0]: ScanRecord.from_row(row) for row in rows}
+            known |= {row[0]: ScanRecord.from_row(row, shared=True) for row in rows}
             self._latest_scans = {scan_id: known[scan_id] for _, scan_id in latest}
             return {instance: known[scan_id] for instance, scan_id in latest}
 
