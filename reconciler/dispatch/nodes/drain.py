@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+from reconciler.api.times import utc_stamp
 from reconciler.dispatch.base import AgentFailed
 from reconciler.dispatch.nodes.model import (
     ANNOTATION_AGENT_BOOT_ID,
@@ -52,7 +53,7 @@ def node_path(name: str) -> str:
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_stamp(datetime.now(UTC))
 
 
 def read_node(kube: Kube, name: str) -> JsonObject:
