@@ -288,7 +288,7 @@ def test_a_leader_whose_queued_jobs_no_worker_claims_says_so_once() -> None:
     with structlog.testing.capture_logs() as logs:
         pool = QueueExecutor(
             cast(Any, queue), InForce(snapshot=snapshot, revision="main@sha1:abc"),
-            cast(Any, runner), 2, lambda: now[0],
+            cast(Any, runner), 2, lambda: now[0], poll=0.05,
         )  # fmt: skip
         try:
             action = Action(Operation.SCAN, "web-1", "k-root", "now", BASELINE, "h", "noon")
@@ -323,6 +323,9 @@ class _UnclaimedQueue:
         self.asked += 1
         return {key: "queued" for key in keys}
 
+    def listen_queue(self, event: str, wake: Any) -> Any:
+        return _NotListening()
+
 
 class _RecordingQueue:
     """The store's job queue as the leader sees it (enqueue only): what was queued."""
@@ -336,6 +339,16 @@ class _RecordingQueue:
 
     def queued_states(self, keys: Any) -> dict[str, str]:
         return {}
+
+    def listen_queue(self, event: str, wake: Any) -> Any:
+        return _NotListening()
+
+
+class _NotListening:
+    """A queue no notification comes from: the leader reads it on its poll alone."""
+
+    def close(self) -> None:
+        pass
 
 
 class _Runner:
