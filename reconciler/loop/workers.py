@@ -95,8 +95,13 @@ class Wakeup:
 
     def __init__(self) -> None:
         self._event = threading.Event()
-        self.asleep = False
-        """Whether the reader is waiting now (it read the queue and found nothing to do)."""
+        self._waiting = False
+
+    @property
+    def asleep(self) -> bool:
+        """Whether the reader waits now with no wake-up pending: it has read the queue since
+        the last wake-up, and waits for the next."""
+        return self._waiting and not self._event.is_set()
 
     def set(self) -> None:
         self._event.set()
@@ -104,9 +109,9 @@ class Wakeup:
     def wait(self, timeout: float) -> None:
         """Sleep until set or ``timeout`` seconds; the caller reads the queue next, so a wake-up
         that comes between this return and that read is not lost."""
-        self.asleep = True
+        self._waiting = True
         self._event.wait(timeout)
-        self.asleep = False
+        self._waiting = False
         self._event.clear()
 
 
@@ -228,10 +233,18 @@ class QueueExecutor(Executor):
         future: Future[JobRecord | None] = Future()
         future.set_running_or_notify_cancel()
         payload = job_payload(action, self.in_force)
-        self.queue.enqueue_jobs([(action.key, payload)], self.clock())
+        # Followed before it is queued: a worker may finish it, and the queue announce it done,
+        # before enqueue_jobs returns; that announcement must find the key pending.
         with self._lock:
             self._pending[action.key] = future
             self._queued_at[action.key] = self.clock()
+        try:
+            self.queue.enqueue_jobs([(action.key, payload)], self.clock())
+        except BaseException:
+            with self._lock:
+                self._pending.pop(action.key, None)
+                self._queued_at.pop(action.key, None)
+            raise
         return future
 
     def _on_node(self, action: Action) -> bool:
@@ -357,9 +370,10 @@ class Worker:
         self.log = log.bind(worker=settings.worker_id)
         self.poll = POLL if settings.poll is None else settings.poll
         self.wakeup = Wakeup()
-        self._beat_every = settings.lease.total_seconds() / HEARTBEATS
+        self._beat_every = min(self.poll, settings.lease.total_seconds() / HEARTBEATS)
         self._beat_due = 0.0
-        """When (``time.monotonic``) the held entries' leases are next renewed."""
+        """When (``time.monotonic``) the held entries' leases are next renewed and lapsed
+        entries looked for: on this beat, not at every wake-up (no notice announces a lapse)."""
 
     def run(self) -> None:
         running: Held = {}
@@ -373,7 +387,7 @@ class Worker:
                         self._round(pool, running)
                     except StoreWriteFailed as exc:  # the database is away: held jobs go on,
                         self.log.warning("job queue unreachable", error=str(exc))  # and so do we
-                    wakeup.wait(self._pause(running))
+                    wakeup.wait(self._pause())
         finally:
             listener.close()
 
@@ -382,11 +396,9 @@ class Worker:
         self.stopping.wait()
         self.wakeup.set()
 
-    def _pause(self, running: Held) -> float:
-        """How long to sleep unless woken: the fallback poll, or less when a heartbeat is due."""
-        if not running:
-            return self.poll
-        return max(0.0, min(self.poll, self._beat_due - time.monotonic()))
+    def _pause(self) -> float:
+        """How long to sleep unless woken: until the next beat (at most the fallback poll)."""
+        return max(0.0, self._beat_due - time.monotonic())
 
     def _round(self, pool: Executor, running: Held) -> None:
         """Forget the finished jobs, renew the lease on the others, take what slots are free."""
@@ -395,27 +407,33 @@ class Worker:
             if exc is not None:  # not recorded (the store failed): the entry lapses, and its
                 # job is abandoned by the reclaim and its machine rescanned by the plan.
                 self.log.error("job not recorded", key=key, error=_first_line(exc))
-        self._beat(running.values())
+        beat = self._beat(running.values())
         if not self.stopping.is_set():
-            for entry in self._take(self.settings.slots - len(running)):
+            for entry in self._take(self.settings.slots - len(running), reclaim=beat):
                 future = pool.submit(self._execute, entry)
                 future.add_done_callback(lambda _: self.wakeup.set())  # its slot is free
                 running[future] = entry.key
 
-    def _beat(self, keys: Iterable[str]) -> None:
-        """Renew the held entries' leases when due (a round may come at every notification)."""
+    def _beat(self, keys: Iterable[str]) -> bool:
+        """On the beat (rounds come at every wake-up): renew the held entries' leases; whether
+        it was the beat's turn."""
+        if time.monotonic() < self._beat_due:
+            return False
+        self._beat_due = time.monotonic() + self._beat_every
         held = list(keys)
-        if held and time.monotonic() >= self._beat_due:
-            self._beat_due = time.monotonic() + self._beat_every
+        if held:
             kept = self.queue.heartbeat_queued(self.settings.worker_id, held, self.clock())
             for key in set(held) - kept:
                 self.log.warning("job reclaimed by another worker: its lease lapsed", key=key)
+        return True
 
-    def _take(self, free: int) -> list[QueuedEntry]:
+    def _take(self, free: int, *, reclaim: bool) -> list[QueuedEntry]:
+        """Up to ``free`` entries: lapsed ones first when ``reclaim`` (on the beat), then queued."""
         if free <= 0:
             return []
-        me, now = self.settings.worker_id, self.clock()
-        taken = list(self.queue.reclaim_lapsed(me, lease=self.settings.lease, limit=free, now=now))
+        me, now, lease = self.settings.worker_id, self.clock(), self.settings.lease
+        lapsed = self.queue.reclaim_lapsed(me, lease=lease, limit=free, now=now) if reclaim else []
+        taken = list(lapsed)
         for entry in taken:
             self.log.warning("job reclaimed: its worker stopped heartbeating", key=entry.key)
         left = free - len(taken)
