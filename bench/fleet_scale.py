@@ -365,7 +365,10 @@ def report_workers(args: argparse.Namespace, run: Convergence, workers: WorkerRu
         "--external-workers`) and N `Worker` processes (as `patchctl worker`, spawned), each "
         "with its own PostgreSQL connection, its own copy of the seeded fleet and "
         "concurrency ÷ N slots; all on the same 2 cores as PostgreSQL. overhead = wall ÷ (Σ job "
-        "time ÷ total slots); claim latency = a queued entry's enqueue to its job's claim; peak "
+        "time ÷ total slots); claim latency = a queued entry's enqueue to its job's claim; "
+        "queue poll: the interval the leader and the workers read the queue at (before "
+        'LISTEN/NOTIFY), or "NOTIFY, 5 fallback" (they wake on the queue\'s notifications and '
+        "poll every 5 s only as a fallback); peak "
         "RSS of the leader and of each worker.",
         [
             "date",
