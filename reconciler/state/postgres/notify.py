@@ -58,8 +58,6 @@ class Listener:
 
     def __init__(self, conninfo: str, channel: str, wake: Callable[[], None]) -> None:
         self.conninfo, self.channel, self.wake = conninfo, channel, wake
-        self.sessions = 0
-        """How many sessions listened so far: 1, and one more after each reconnection."""
         self._closed = threading.Event()
 
     def start(self) -> Listener:
@@ -89,7 +87,6 @@ class Listener:
         except psycopg.Error:
             conn.close()
             return None
-        self.sessions += 1
         return conn
 
     def _follow(self, conn: Connection | None) -> None:
