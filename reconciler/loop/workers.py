@@ -106,13 +106,14 @@ class Wakeup:
     def set(self) -> None:
         self._event.set()
 
-    def wait(self, timeout: float) -> None:
-        """Sleep until set or ``timeout`` seconds; the caller reads the queue next, so a wake-up
-        that comes between this return and that read is not lost."""
+    def wait(self, timeout: float) -> bool:
+        """Sleep until set (True) or ``timeout`` seconds (False); the caller reads the queue
+        next, so a wake-up that comes between this return and that read is not lost."""
         self._waiting = True
-        self._event.wait(timeout)
+        woken = self._event.wait(timeout)
         self._waiting = False
         self._event.clear()
+        return woken
 
 
 class PayloadRefused(ValueError):
@@ -370,24 +371,27 @@ class Worker:
         self.log = log.bind(worker=settings.worker_id)
         self.poll = POLL if settings.poll is None else settings.poll
         self.wakeup = Wakeup()
-        self._beat_every = min(self.poll, settings.lease.total_seconds() / HEARTBEATS)
+        self._beat_every = settings.lease.total_seconds() / HEARTBEATS
         self._beat_due = 0.0
         """When (``time.monotonic``) the held entries' leases are next renewed and lapsed
         entries looked for: on this beat, not at every wake-up (no notice announces a lapse)."""
+        self._poll_due = 0.0
+        """When queued entries are next looked for if nothing wakes the worker before."""
 
     def run(self) -> None:
         running: Held = {}
         wakeup = self.wakeup
         threading.Thread(target=self._wake_on_stop, daemon=True).start()
         listener = self.queue.listen_queue("queued", wakeup.set)
+        woken = True  # the first round reads the queue
         try:
             with ThreadPoolExecutor(self.settings.slots, thread_name_prefix="job") as pool:
                 while running or not self.stopping.is_set():
                     try:
-                        self._round(pool, running)
+                        self._round(pool, running, woken=woken)
                     except StoreWriteFailed as exc:  # the database is away: held jobs go on,
                         self.log.warning("job queue unreachable", error=str(exc))  # and so do we
-                    wakeup.wait(self._pause())
+                    woken = wakeup.wait(self._pause())
         finally:
             listener.close()
 
@@ -397,19 +401,24 @@ class Worker:
         self.wakeup.set()
 
     def _pause(self) -> float:
-        """How long to sleep unless woken: until the next beat (at most the fallback poll)."""
-        return max(0.0, self._beat_due - time.monotonic())
+        """How long to sleep unless woken: until the next beat or fallback poll."""
+        return max(0.0, min(self._beat_due, self._poll_due) - time.monotonic())
 
-    def _round(self, pool: Executor, running: Held) -> None:
-        """Forget the finished jobs, renew the lease on the others, take what slots are free."""
+    def _round(self, pool: Executor, running: Held, *, woken: bool) -> None:
+        """Forget the finished jobs, renew the lease on the others, take what slots are free:
+        queued entries when woken (or on the fallback poll), lapsed ones on the beat."""
         for future in [f for f in running if f.done()]:
             key, exc = running.pop(future), future.exception()
             if exc is not None:  # not recorded (the store failed): the entry lapses, and its
                 # job is abandoned by the reclaim and its machine rescanned by the plan.
                 self.log.error("job not recorded", key=key, error=_first_line(exc))
         beat = self._beat(running.values())
+        read = woken or time.monotonic() >= self._poll_due
+        if read:
+            self._poll_due = time.monotonic() + self.poll
         if not self.stopping.is_set():
-            for entry in self._take(self.settings.slots - len(running), reclaim=beat):
+            free = self.settings.slots - len(running)
+            for entry in self._take(free, reclaim=beat, claim=read):
                 future = pool.submit(self._execute, entry)
                 future.add_done_callback(lambda _: self.wakeup.set())  # its slot is free
                 running[future] = entry.key
@@ -427,8 +436,8 @@ class Worker:
                 self.log.warning("job reclaimed by another worker: its lease lapsed", key=key)
         return True
 
-    def _take(self, free: int, *, reclaim: bool) -> list[QueuedEntry]:
-        """Up to ``free`` entries: lapsed ones first when ``reclaim`` (on the beat), then queued."""
+    def _take(self, free: int, *, reclaim: bool, claim: bool) -> list[QueuedEntry]:
+        """Up to ``free`` entries: lapsed ones when ``reclaim``, then queued ones when ``claim``."""
         if free <= 0:
             return []
         me, now, lease = self.settings.worker_id, self.clock(), self.settings.lease
@@ -437,7 +446,8 @@ class Worker:
         for entry in taken:
             self.log.warning("job reclaimed: its worker stopped heartbeating", key=entry.key)
         left = free - len(taken)
-        return taken + list(self.queue.claim_queued(me, limit=left, now=now) if left else [])
+        queued = self.queue.claim_queued(me, limit=left, now=now) if claim and left else []
+        return taken + list(queued)
 
     def _execute(self, entry: QueuedEntry) -> None:
         try:
