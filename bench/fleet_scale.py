@@ -16,10 +16,10 @@
    worker``), each with its own PostgresStore connection, its own copy of the simulated fleet
    (same seed and profile) and ``--concurrency`` ÷ N slots. Also reported there: per-claim
    latency (a queued entry's ``enqueued_at`` to its job's claim by a worker) and the workers'
-   peak RSS. The wall time starts once every worker is connected. ``--queue-poll S`` sets
-   ``reconciler.loop.workers.POLL`` (how often the leader reads the queue for finished entries,
-   and an idle worker for new ones; 0.5 s as shipped) in every process: a diagnosis knob, to
-   tell the polling interval's share of the overhead from the rest of the protocol.
+   peak RSS. The wall time starts once every worker is connected. The leader and the workers
+   wake on the queue's LISTEN/NOTIFY; ``--queue-poll S`` sets ``reconciler.loop.workers.POLL``
+   (their fallback poll when no notification came, 5 s as shipped; it was the only wake-up,
+   every 0.5 s, before LISTEN/NOTIFY) in every process: a diagnosis knob.
 2. **Planning at 100,000**: one ``plan()`` over ``--plan-instances`` instances (bench/plan_fleet.py's
    fleet; 99,990 by default, the most a snapshot's 100,000 documents hold beside its baselines,
    groups and windows), median of 3. Target < 2 s.
@@ -349,8 +349,8 @@ def report_workers(args: argparse.Namespace, run: Convergence, workers: WorkerRu
     median, p95 = workers.latency_ms(0.5), workers.latency_ms(0.95)
     worker_rss = "/".join(f"{rss:.0f}" for rss in workers.worker_rss)
     print(
-        f"fleet scale (postgresql, 1 leader + {workers.processes} worker processes, queue poll "
-        f"{args.queue_poll:g} s): {run.instances} simulated machines, {run.jobs} jobs in {run.wall:.1f} s, overhead "
+        f"fleet scale (postgresql, 1 leader + {workers.processes} worker processes, LISTEN/NOTIFY,"
+        f" fallback poll {args.queue_poll:g} s): {run.instances} simulated machines, {run.jobs} jobs in {run.wall:.1f} s, overhead "
         f"{run.overhead:.2f} (target <= {TARGET_OVERHEAD}) {verdict}; "
         f"{run.jobs / run.wall:.0f} claims/s; enqueue → claim median {median:.0f} ms, p95 "
         f"{p95:.0f} ms; peak RSS leader {peak_rss_mib():.0f} MiB, workers {worker_rss} MiB; "
@@ -365,7 +365,10 @@ def report_workers(args: argparse.Namespace, run: Convergence, workers: WorkerRu
         "--external-workers`) and N `Worker` processes (as `patchctl worker`, spawned), each "
         "with its own PostgreSQL connection, its own copy of the seeded fleet and "
         "concurrency ÷ N slots; all on the same 2 cores as PostgreSQL. overhead = wall ÷ (Σ job "
-        "time ÷ total slots); claim latency = a queued entry's enqueue to its job's claim; peak "
+        "time ÷ total slots); claim latency = a queued entry's enqueue to its job's claim; "
+        "queue poll: the interval the leader and the workers read the queue at (before "
+        'LISTEN/NOTIFY), or "NOTIFY, 5 fallback" (they wake on the queue\'s notifications and '
+        "poll every 5 s only as a fallback); peak "
         "RSS of the leader and of each worker.",
         [
             "date",
@@ -386,7 +389,7 @@ def report_workers(args: argparse.Namespace, run: Convergence, workers: WorkerRu
             datetime.now(UTC).strftime("%Y-%m-%d"),
             str(run.instances),
             f"{workers.processes} x {run.concurrency // workers.processes}",
-            f"{args.queue_poll:g}",
+            f"NOTIFY, {args.queue_poll:g} fallback",
             str(run.jobs),
             f"{run.wall:.1f}",
             f"{run.overhead:.2f}",
@@ -420,7 +423,7 @@ def main() -> int:
         type=float,
         default=job_queue.POLL,
         metavar="SECONDS",
-        help="with --external-workers: the queue's polling interval in every process (diagnosis)",
+        help="with --external-workers: the queue's fallback poll in every process (diagnosis)",
     )
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--no-record", action="store_true")

@@ -98,8 +98,7 @@ from reconciler.loop.endpoints import ListenError, parse_listen
 from reconciler.loop.passes import gate_readings
 from reconciler.loop.reboots import RebootSettings
 from reconciler.loop.rollouts import status as rollout_status
-from reconciler.loop.workers import POLL as WORKER_POLL
-from reconciler.loop.workers import JobQueue, Worker, WorkerSettings, runners
+from reconciler.loop.workers import MIN_LEASE, JobQueue, Worker, WorkerSettings, runners
 from reconciler.paths import control_character
 from reconciler.plan import Settings, calendars_guarding, emergency_fix, gates_guarding
 from reconciler.redaction import redacted
@@ -1663,9 +1662,9 @@ def _require_postgres(args: argparse.Namespace, what: str) -> None:
 def _worker(args: argparse.Namespace) -> int:
     """``patchctl worker``: claim and run queued jobs until SIGTERM (running ones finish)."""
     _require_postgres(args, "patchctl worker")
-    if args.lease < 4 * WORKER_POLL:
+    if args.lease < MIN_LEASE:
         # A lease shorter than a few heartbeats lets another worker reclaim a live one's job.
-        raise UserError(f"--lease {args.lease:g}: give at least {4 * WORKER_POLL:g} seconds")
+        raise UserError(f"--lease {args.lease:g}: give at least {MIN_LEASE:g} seconds")
     configure_logging()
     log = structlog.get_logger("patchwarden")
     stopping = threading.Event()

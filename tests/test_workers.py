@@ -291,7 +291,7 @@ def test_a_leader_whose_queued_jobs_no_worker_claims_says_so_once() -> None:
     with structlog.testing.capture_logs() as logs:
         pool = QueueExecutor(
             cast(Any, queue), InForce(snapshot=snapshot, revision="main@sha1:abc"),
-            cast(Any, runner), 2, lambda: now[0],
+            cast(Any, runner), 2, lambda: now[0], poll=0.05,
         )  # fmt: skip
         try:
             action = Action(Operation.SCAN, "web-1", "k-root", "now", BASELINE, "h", "noon")
@@ -326,6 +326,9 @@ class _UnclaimedQueue:
         self.asked += 1
         return {key: "queued" for key in keys}
 
+    def listen_queue(self, event: str, wake: Any) -> Any:
+        return _NotListening()
+
 
 class _RecordingQueue:
     """The store's job queue as the leader sees it (enqueue only): what was queued."""
@@ -339,6 +342,16 @@ class _RecordingQueue:
 
     def queued_states(self, keys: Any) -> dict[str, str]:
         return {}
+
+    def listen_queue(self, event: str, wake: Any) -> Any:
+        return _NotListening()
+
+
+class _NotListening:
+    """A queue no notification comes from: the leader reads it on its poll alone."""
+
+    def close(self) -> None:
+        pass
 
 
 class _Runner:
@@ -374,5 +387,49 @@ def test_a_kubernetes_nodes_job_runs_on_the_leader_never_in_the_queue() -> None:
         pool.submit(runner.execute, on_node).result(timeout=30)
         pool.submit(runner.execute, on_root)
         assert (runner.ran, queue.queued) == (["k-node"], ["k-root"])
+    finally:
+        pool.shutdown(wait=True)
+
+
+class _InstantQueue:
+    """A queue whose worker is faster than the leader: the entry is done, and the queue says
+    so, before ``enqueue_jobs`` has returned (a 50 ms job on a loaded host)."""
+
+    def __init__(self) -> None:
+        self.wake: Any = None
+        self.leader: QueueExecutor | None = None
+
+    def listen_queue(self, event: str, wake: Any) -> Any:
+        assert event == "done"
+        self.wake = wake
+        return _NotListening()
+
+    def enqueue_jobs(self, entries: Any, now: datetime) -> int:
+        self.wake()
+        assert self.leader is not None
+        leader = self.leader
+        wait_until("the leader read the queue and waits again", lambda: leader.wakeup.asleep)
+        return 1
+
+    def queued_states(self, keys: Any) -> dict[str, str]:
+        return {key: "done" for key in keys}
+
+    def job_by_key(self, key: str) -> None:
+        return None
+
+
+def test_a_job_done_before_its_enqueue_returns_completes_on_that_announcement() -> None:
+    """The leader follows a key before queuing it, so an announcement that beats the enqueue's
+    return finds it; with the fallback poll at an hour, nothing else could complete it."""
+    text = documents(BASELINE_YAML, local_instance_yaml("web-1", Path("/srv/web-1")))
+    snapshot = build_snapshot([("fleet.yaml", text.encode())], predefined_baselines())
+    runner, queue = _Runner(), _InstantQueue()
+    pool = queue.leader = QueueExecutor(
+        cast(Any, queue), InForce(snapshot=snapshot, revision="main@sha1:abc"),
+        cast(Any, runner), 2, lambda: datetime(2030, 1, 1, tzinfo=UTC), poll=3600,
+    )  # fmt: skip
+    try:
+        action = Action(Operation.SCAN, "web-1", "k-fast", "never scanned", BASELINE, "h")
+        assert pool.submit(runner.execute, action).result(timeout=30) is None
     finally:
         pool.shutdown(wait=True)

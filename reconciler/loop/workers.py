@@ -7,6 +7,11 @@ processes (:class:`Worker`) claim the entries, run each through the same :class:
 the leader's threads (claim by key, hooks, reboots, record), heartbeat them while they run,
 mark them done, and reclaim the entries of a worker that stopped heartbeating.
 
+Both wait on the queue's notifications (PostgreSQL ``LISTEN``/``NOTIFY``, the store's
+``listen_queue``): a worker wakes when entries are queued, the leader when one is done, each
+also when one of its own jobs ends; the queue is read on a slow beat (:data:`POLL`) only as the
+fallback for a notification that cannot arrive.
+
 A queued payload (:func:`job_payload`) is the whole job: the action, the revision and the
 resources the job reads (its instance, its window, the groups and baselines it resolves to), so
 a worker needs nothing from the source. Touches the store's queue and what a JobRunner touches;
@@ -16,8 +21,9 @@ may not read the source or plan.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -38,12 +44,25 @@ from reconciler.state import JobRecord, StateBackend, StoreWriteFailed
 
 Held = dict[Future[None], str]
 PAYLOAD_FORMAT = 1
-POLL = 0.5
-"""Seconds between the leader's (and an idle worker's) reads of the queue."""
+POLL = 5.0
+"""Seconds between reads of the queue when nothing woke the reader: the fallback for a lost
+notification (the listening session being made anew, a restarted server). The leader and the
+workers otherwise read the queue when it announces a change (:class:`Wakeup`)."""
+HEARTBEATS = 4
+"""Heartbeats per lease: a worker renews the entries it holds every lease ÷ HEARTBEATS."""
+MIN_LEASE = 2.0
+"""The shortest lease ``patchctl worker`` accepts, in seconds: shorter, a heartbeat delayed by a
+busy host would let another worker reclaim a live one's job."""
 UNCLAIMED_WARNING = timedelta(minutes=2)
 """How long an entry may stay queued, claimed by no worker, before the leader says so: with
 ``--external-workers`` and no ``patchctl worker`` running, the pass would otherwise wait in
 silence."""
+
+
+class Listening(Protocol):
+    """A started listener on the queue's notifications (``reconciler.state.postgres.notify``)."""
+
+    def close(self) -> None: ...
 
 
 class QueuedEntry(Protocol):
@@ -67,6 +86,34 @@ class JobQueue(Protocol):
     def finish_queued(self, worker: str, key: str, now: datetime) -> bool: ...
     def queued_states(self, keys: Iterable[str]) -> dict[str, str]: ...
     def job_by_key(self, key: str) -> JobRecord | None: ...
+    def listen_queue(self, event: str, wake: Callable[[], None]) -> Listening: ...
+
+
+class Wakeup:
+    """What a waiting leader or worker sleeps on: set by a notification of the queue, by one of
+    its own jobs ending, or by stopping; a wait that nothing ends lasts the fallback poll."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._waiting = False
+
+    @property
+    def asleep(self) -> bool:
+        """Whether the reader waits now with no wake-up pending: it has read the queue since
+        the last wake-up, and waits for the next."""
+        return self._waiting and not self._event.is_set()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until set (True) or ``timeout`` seconds (False); the caller reads the queue
+        next, so a wake-up that comes between this return and that read is not lost."""
+        self._waiting = True
+        woken = self._event.wait(timeout)
+        self._waiting = False
+        self._event.clear()
+        return woken
 
 
 class PayloadRefused(ValueError):
@@ -154,18 +201,29 @@ class QueueExecutor(Executor):
     the action; its future completes when a worker marked the entry done, with the key's job
     (None when none ran). The slot the action holds stays held until then. Anything else
     submitted (resuming a job left waiting for a reboot), and a Kubernetes Node's job, runs on
-    this process's threads."""
+    this process's threads. The queue is read when it announces an entry done, and every
+    ``poll`` seconds (default :data:`POLL`) when nothing was announced."""
 
     def __init__(
-        self, queue: JobQueue, in_force: InForce, runner: JobRunner, workers: int, clock: Clock
+        self,
+        queue: JobQueue,
+        in_force: InForce,
+        runner: JobRunner,
+        workers: int,
+        clock: Clock,
+        *,
+        poll: float | None = None,
     ) -> None:
         self.queue, self.in_force, self.runner, self.clock = queue, in_force, runner, clock
+        self.poll = POLL if poll is None else poll
         self._local = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
         self._pending: dict[str, Future[JobRecord | None]] = {}
         self._queued_at: dict[str, datetime] = {}
         self._warned = False
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self.wakeup = Wakeup()
+        self._listener = queue.listen_queue("done", self.wakeup.set)
         self._poller = threading.Thread(target=self._poll, name="job-queue", daemon=True)
         self._poller.start()
 
@@ -176,10 +234,18 @@ class QueueExecutor(Executor):
         future: Future[JobRecord | None] = Future()
         future.set_running_or_notify_cancel()
         payload = job_payload(action, self.in_force)
-        self.queue.enqueue_jobs([(action.key, payload)], self.clock())
+        # Followed before it is queued: a worker may finish it, and the queue announce it done,
+        # before enqueue_jobs returns; that announcement must find the key pending.
         with self._lock:
             self._pending[action.key] = future
             self._queued_at[action.key] = self.clock()
+        try:
+            self.queue.enqueue_jobs([(action.key, payload)], self.clock())
+        except BaseException:
+            with self._lock:
+                self._pending.pop(action.key, None)
+                self._queued_at.pop(action.key, None)
+            raise
         return future
 
     def _on_node(self, action: Action) -> bool:
@@ -193,14 +259,19 @@ class QueueExecutor(Executor):
         """Stop following the queue: entries queued or claimed go on in the workers, and the
         next pass follows them again by their keys (a key is queued once)."""
         self._closed.set()
+        self.wakeup.set()
         self._poller.join()
+        self._listener.close()
         self._local.shutdown(wait=wait, cancel_futures=cancel_futures)
         with self._lock:
             for future in self._pending.values():
                 future.cancel()
 
     def _poll(self) -> None:
-        while not self._closed.wait(POLL):
+        while not self._closed.is_set():
+            self.wakeup.wait(self.poll)
+            if self._closed.is_set():
+                break
             try:
                 self._complete_done()
             except StoreWriteFailed:  # the database is away: the next poll tries again
@@ -275,6 +346,8 @@ class WorkerSettings:
     worker_id: str
     slots: int
     lease: timedelta
+    poll: float | None = None
+    """Seconds between reads of the queue when nothing woke the worker (default :data:`POLL`)."""
 
 
 class Worker:
@@ -296,48 +369,85 @@ class Worker:
         self.queue, self.store, self.runner_for = queue, store, runner_for
         self.settings, self.clock, self.stopping = settings, clock, stopping
         self.log = log.bind(worker=settings.worker_id)
+        self.poll = POLL if settings.poll is None else settings.poll
+        self.wakeup = Wakeup()
+        self._beat_every = settings.lease.total_seconds() / HEARTBEATS
+        self._beat_due = 0.0
+        """When (``time.monotonic``) the held entries' leases are next renewed and lapsed
+        entries looked for: on this beat, not at every wake-up (no notice announces a lapse)."""
+        self._poll_due = 0.0
+        """When queued entries are next looked for if nothing wakes the worker before."""
 
     def run(self) -> None:
         running: Held = {}
-        with ThreadPoolExecutor(self.settings.slots, thread_name_prefix="job") as pool:
-            while running or not self.stopping.is_set():
-                try:
-                    self._round(pool, running)
-                except StoreWriteFailed as exc:  # the database is away: held jobs go on, and
-                    self.log.warning("job queue unreachable", error=str(exc))  # so do we
-                if running:
-                    wait(list(running), timeout=POLL, return_when=FIRST_COMPLETED)
-                else:
-                    self.stopping.wait(POLL)
+        wakeup = self.wakeup
+        threading.Thread(target=self._wake_on_stop, daemon=True).start()
+        listener = self.queue.listen_queue("queued", wakeup.set)
+        woken = True  # the first round reads the queue
+        try:
+            with ThreadPoolExecutor(self.settings.slots, thread_name_prefix="job") as pool:
+                while running or not self.stopping.is_set():
+                    try:
+                        self._round(pool, running, woken=woken)
+                    except StoreWriteFailed as exc:  # the database is away: held jobs go on,
+                        self.log.warning("job queue unreachable", error=str(exc))  # and so do we
+                    woken = wakeup.wait(self._pause())
+        finally:
+            listener.close()
 
-    def _round(self, pool: Executor, running: Held) -> None:
-        """Forget the finished jobs, renew the lease on the others, take what slots are free."""
+    def _wake_on_stop(self) -> None:
+        """A stop ends the wait at once, however long the fallback poll."""
+        self.stopping.wait()
+        self.wakeup.set()
+
+    def _pause(self) -> float:
+        """How long to sleep unless woken: until the next beat or fallback poll."""
+        return max(0.0, min(self._beat_due, self._poll_due) - time.monotonic())
+
+    def _round(self, pool: Executor, running: Held, *, woken: bool) -> None:
+        """Forget the finished jobs, renew the lease on the others, take what slots are free:
+        queued entries when woken (or on the fallback poll), lapsed ones on the beat."""
         for future in [f for f in running if f.done()]:
             key, exc = running.pop(future), future.exception()
             if exc is not None:  # not recorded (the store failed): the entry lapses, and its
                 # job is abandoned by the reclaim and its machine rescanned by the plan.
                 self.log.error("job not recorded", key=key, error=_first_line(exc))
-        self._beat(running.values())
+        beat = self._beat(running.values())
+        read = woken or time.monotonic() >= self._poll_due
+        if read:
+            self._poll_due = time.monotonic() + self.poll
         if not self.stopping.is_set():
-            for entry in self._take(self.settings.slots - len(running)):
-                running[pool.submit(self._execute, entry)] = entry.key
+            free = self.settings.slots - len(running)
+            for entry in self._take(free, reclaim=beat, claim=read):
+                future = pool.submit(self._execute, entry)
+                future.add_done_callback(lambda _: self.wakeup.set())  # its slot is free
+                running[future] = entry.key
 
-    def _beat(self, keys: Iterable[str]) -> None:
+    def _beat(self, keys: Iterable[str]) -> bool:
+        """On the beat (rounds come at every wake-up): renew the held entries' leases; whether
+        it was the beat's turn."""
+        if time.monotonic() < self._beat_due:
+            return False
+        self._beat_due = time.monotonic() + self._beat_every
         held = list(keys)
         if held:
             kept = self.queue.heartbeat_queued(self.settings.worker_id, held, self.clock())
             for key in set(held) - kept:
                 self.log.warning("job reclaimed by another worker: its lease lapsed", key=key)
+        return True
 
-    def _take(self, free: int) -> list[QueuedEntry]:
+    def _take(self, free: int, *, reclaim: bool, claim: bool) -> list[QueuedEntry]:
+        """Up to ``free`` entries: lapsed ones when ``reclaim``, then queued ones when ``claim``."""
         if free <= 0:
             return []
-        me, now = self.settings.worker_id, self.clock()
-        taken = list(self.queue.reclaim_lapsed(me, lease=self.settings.lease, limit=free, now=now))
+        me, now, lease = self.settings.worker_id, self.clock(), self.settings.lease
+        lapsed = self.queue.reclaim_lapsed(me, lease=lease, limit=free, now=now) if reclaim else []
+        taken = list(lapsed)
         for entry in taken:
             self.log.warning("job reclaimed: its worker stopped heartbeating", key=entry.key)
         left = free - len(taken)
-        return taken + list(self.queue.claim_queued(me, limit=left, now=now) if left else [])
+        queued = self.queue.claim_queued(me, limit=left, now=now) if claim and left else []
+        return taken + list(queued)
 
     def _execute(self, entry: QueuedEntry) -> None:
         try:

@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 
+from reconciler.state.postgres.notify import DONE, QUEUED, notify
 from reconciler.state.records import from_json, to_json, to_text
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -41,16 +42,21 @@ class QueuedJob:
 
 def enqueue(conn: Connection, entries: Iterable[tuple[str, dict[str, Any]]], now: datetime) -> int:
     """Queue each (key, payload) not queued before; how many were new. A key queued again (the
-    leader re-plans every pass) is left as it is, whatever its state."""
+    leader re-plans every pass) is left as it is, whatever its state. New entries are announced
+    on :data:`~reconciler.state.postgres.notify.QUEUED` when the caller's transaction commits."""
     listed = list(entries)
     if not listed:
         return 0
+    # The arrays go in binary (%b): as text, psycopg escapes every quote of every JSON payload
+    # with a regular expression, most of the leader's time per queued job (bench/fleet_scale.py).
     cursor = conn.execute(
         "INSERT INTO job_queue (key, payload, enqueued_at)"
-        " SELECT e.key, e.payload, %s FROM unnest(%s::text[], %s::text[])"
+        " SELECT e.key, e.payload, %s FROM unnest(%b::text[], %b::text[])"
         " WITH ORDINALITY AS e (key, payload, n) ORDER BY e.n ON CONFLICT (key) DO NOTHING",
         (to_text(now), [key for key, _ in listed], [to_json(doc) for _, doc in listed]),
     )
+    if cursor.rowcount > 0:
+        notify(conn, QUEUED)
     return cursor.rowcount
 
 
@@ -105,8 +111,10 @@ def heartbeat(conn: Connection, worker: str, keys: Iterable[str], now: datetime)
 
 
 def done(conn: Connection, worker: str, key: str, now: datetime) -> bool:
-    """Mark ``key`` done by ``worker``; False when the entry is no longer its own."""
-    return (
+    """Mark ``key`` done by ``worker``, announced on
+    :data:`~reconciler.state.postgres.notify.DONE` at commit; False when the entry is no longer
+    its own."""
+    marked = (
         conn.execute(
             "UPDATE job_queue SET state = 'done', heartbeat_at = %s"
             " WHERE key = %s AND worker = %s AND state = 'claimed'",
@@ -114,6 +122,9 @@ def done(conn: Connection, worker: str, key: str, now: datetime) -> bool:
         ).rowcount
         == 1
     )
+    if marked:
+        notify(conn, DONE)
+    return marked
 
 
 def states(conn: Connection, keys: Iterable[str]) -> dict[str, str]:

@@ -19,7 +19,7 @@ row or table lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -36,6 +36,7 @@ from reconciler.state.dialect import POSTGRESQL
 from reconciler.state.lock import Holder
 from reconciler.state.postgres import history, queue, session
 from reconciler.state.postgres.lock import AdvisoryLock
+from reconciler.state.postgres.notify import CHANNELS, Listener
 from reconciler.state.postgres.queue import QueuedJob
 from reconciler.state.postgres.schema import migrate, schema_version
 from reconciler.state.records import (
@@ -278,6 +279,11 @@ class PostgresStore(SqlStore):
         """Each queued key's state: the leader's pass sees its entries through to ``done``."""
         with self._use() as conn:
             return queue.states(conn, keys)
+
+    def listen_queue(self, event: str, wake: Callable[[], None]) -> Listener:
+        """A started :class:`Listener` calling ``wake`` when the queue announces ``event``
+        (``queued``: entries to claim; ``done``: an entry finished), on a session of its own."""
+        return Listener(self._conninfo, CHANNELS[event], wake).start()
 
     def abandon_running_jobs(self, now: datetime) -> list[JobRecord]:
         """Mark every running job abandoned and return them (oldest first); as SQLite's store,
