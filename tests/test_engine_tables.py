@@ -20,7 +20,7 @@ from bench.synthetic_fleet import Member
 from reconciler.api.inventory import Inventory
 from reconciler.api.resources import PatchBaseline
 from reconciler.evaluation import evaluate
-from reconciler.evaluation.tables import FleetTables, VersionIndex, table_summary
+from reconciler.evaluation.tables import FleetTables, VersionIndex, table_summaries
 from tests.test_engine_properties import NOW, apt_cases
 from tests.test_engine_summary import FLEET_CLOCKS, fleet, varied_cases
 
@@ -33,7 +33,9 @@ def _check(cases: list[tuple[PatchBaseline, Inventory]], now: datetime) -> int:
     got = tables.summaries(members, now)
     for (baseline, item), summary in zip(members, got, strict=True):
         assert summary == evaluate(baseline, item.inventory, now).summary, item.inventory
-    return sum(table_summary(tables.table(b, i.inventory, now), i) is None for b, i in members)
+    return sum(
+        table_summaries(tables.table(b, i.inventory, now), [i]) == [None] for b, i in members
+    )
 
 
 @pytest.mark.parametrize("now", FLEET_CLOCKS)

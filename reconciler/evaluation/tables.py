@@ -18,23 +18,24 @@ May import ``reconciler.api`` and numpy only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cmp_to_key
 from operator import mul
 from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from reconciler.api.enums import Operation, PatchState
+from reconciler.api.enums import ComplianceLevel, Family, Operation, PatchState
 from reconciler.api.inventory import AvailableUpdate, Inventory, PackageFacts
 from reconciler.api.resources import PatchBaseline
 from reconciler.evaluation import counts
 from reconciler.evaluation.engine import Decider, DecisionCache, installed_state, not_applicable
-from reconciler.evaluation.results import Summary
+from reconciler.evaluation.results import Approval, Summary
 from reconciler.evaluation.summary import evaluate_summary
+from reconciler.evaluation.versions import VersionKey, sort_key
 
 Ids = npt.NDArray[np.int32]
 _Classes = npt.NDArray[np.int16]
@@ -63,6 +64,7 @@ class VersionIndex:
         self._package: list[int] = []
         self._name: list[int] = []
         self._installed_at: list[int] = []  # microseconds since the epoch, UTC
+        self._keys: dict[Family, Callable[[str], VersionKey]] = {}
         self.package: Ids = np.zeros(0, np.int32)
         self.name: Ids = np.zeros(0, np.int32)
         self.installed_at: npt.NDArray[np.int64] = np.zeros(0, np.int64)
@@ -106,6 +108,14 @@ class VersionIndex:
     def packages(self) -> int:
         return len(self._packages)
 
+    def version_key(self, family: Family) -> Callable[[str], VersionKey]:
+        """``family``'s sort key, cached per version string: shared by every table of the
+        family, so each distinct version is parsed once."""
+        found = self._keys.get(family)
+        if found is None:
+            found = self._keys[family] = functools.cache(sort_key(family))
+        return found
+
 
 def micros(moment: datetime) -> int:
     """``moment`` (naive means UTC, as the engine reads it) in microseconds since the epoch."""
@@ -122,7 +132,7 @@ class DecisionTable:
         self.decider = decider
         self.index = index
         self.weights: list[int] = [0]
-        self._classes: dict[int, int] = {0: 0}
+        self._classes: dict[tuple[PatchState, ComplianceLevel, bool, bool], int] = {}
         self._filled = np.zeros(0, np.bool_)
         self.approved = np.zeros(0, np.bool_)
         self.rank = np.zeros(0, np.int32)
@@ -132,6 +142,7 @@ class DecisionTable:
         self.installed = np.zeros(0, np.int16)  # an installed package's row
         self.pending = np.zeros(0, np.int16)  # the same when the machine awaits its reboot
         self._members: dict[int, list[int]] = {}  # per package: its updates' ints
+        self._version_key = index.version_key(decider.family)
 
     def fill(self, items: Sequence[IndexedInventory]) -> None:
         """Decide every version ``items`` use that the table has not decided yet."""
@@ -141,13 +152,15 @@ class DecisionTable:
             used[item.updates] = True
             used[item.installed] = True
         touched: set[int] = set()
+        decide = self.decider.decide
         for number in np.flatnonzero(used & ~self._filled).tolist():
             pkg = self.index.versions[number]
+            approval = decide(pkg)  # once per version: every class below reads it
             if isinstance(pkg, AvailableUpdate):
-                self._decide_update(number, pkg)
+                self._decide_update(number, pkg, approval)
                 touched.add(int(self.index.package[number]))
             else:
-                self._decide_installed(number, pkg)
+                self._decide_installed(number, approval)
         self._filled |= used
         for package in touched:
             self._rerank(package)
@@ -165,30 +178,28 @@ class DecisionTable:
         self.installed = _padded(self.installed, extra)
         self.pending = _padded(self.pending, extra)
 
-    def _class(self, state: PatchState | None, number: int, asu_non_compliant: bool) -> int:
-        """The weight class of version ``number``'s row in ``state`` (None: no row)."""
+    def _class(self, state: PatchState | None, approval: Approval, asu_non_compliant: bool) -> int:
+        """The weight class of a row in ``state`` (None: no row) of a version so approved."""
         if state is None:
             return 0
-        approval = self.decider.decide(self.index.versions[number])
-        weight = counts.weight_of(
-            state, approval.compliance_level, approval.security, asu_non_compliant
-        )
-        found = self._classes.get(weight)
+        key = (state, approval.compliance_level, approval.security, asu_non_compliant)
+        found = self._classes.get(key)
         if found is None:
-            found = self._classes[weight] = len(self.weights)
-            self.weights.append(weight)
+            weight = counts.weight_of(*key)
+            if weight not in self.weights:
+                self.weights.append(weight)
+            found = self._classes[key] = self.weights.index(weight)
         return found
 
-    def _decide_update(self, number: int, update: AvailableUpdate) -> None:
+    def _decide_update(self, number: int, update: AvailableUpdate, approval: Approval) -> None:
         decider = self.decider
-        approval = decider.decide(update)
         self.approved[number] = approval.approved
         package = int(self.index.package[number])
         self._members.setdefault(package, []).append(number)
         if not approval.approved:
             security = decider.asu and approval.security and not approval.rejected
             state = PatchState.AVAILABLE_SECURITY_UPDATE if security else None
-            self.asu[number] = self._class(state, number, decider.asu_non_compliant)
+            self.asu[number] = self._class(state, approval, decider.asu_non_compliant)
             return
         # the engine's _update_row without a failure: only a blocked update depends on the
         # operation
@@ -198,31 +209,30 @@ class DecisionTable:
             scan = install = PatchState.NOT_APPLICABLE
         else:
             scan = install = PatchState.MISSING
-        self.scan[number] = self._class(scan, number, False)
-        self.install[number] = self._class(install, number, False)
+        self.scan[number] = self._class(scan, approval, False)
+        self.install[number] = self._class(install, approval, False)
 
-    def _decide_installed(self, number: int, pkg: PackageFacts) -> None:
-        state = installed_state(self.decider, self.decider.decide(pkg))
-        self.installed[number] = self._class(state, number, False)
+    def _decide_installed(self, number: int, approval: Approval) -> None:
+        state = installed_state(self.decider, approval)
+        self.installed[number] = self._class(state, approval, False)
         if state is PatchState.INSTALLED:
-            self.pending[number] = self._class(PatchState.INSTALLED_PENDING_REBOOT, number, False)
+            pending = PatchState.INSTALLED_PENDING_REBOOT
+            self.pending[number] = self._class(pending, approval, False)
 
     def _rerank(self, package: int) -> None:
         """Rank the package's update versions in the family's order (equal versions share a
-        rank, so that the instances holding both go through the engine)."""
+        rank, so that the instances holding both go through the engine). Each version's sort
+        key is computed once per family (versions.sort_key orders as the comparator does)."""
         members = self._members[package]
-        newer = self.decider.is_newer
-
-        def order(a: str, b: str) -> int:
-            return 1 if newer(a, b) else -1 if newer(b, a) else 0
-
-        versions = sorted({self.index.versions[m].version for m in members}, key=cmp_to_key(order))
+        versions = self.index.versions
+        key = self._version_key
+        ordered = sorted({versions[m].version for m in members}, key=key)
         rank: dict[str, int] = {}
-        for position, version in enumerate(versions):
-            same = position and not newer(version, versions[position - 1])
-            rank[version] = rank[versions[position - 1]] if same else position
+        for position, version in enumerate(ordered):
+            same = position and key(version) == key(ordered[position - 1])
+            rank[version] = rank[ordered[position - 1]] if same else position
         for m in members:
-            self.rank[m] = rank[self.index.versions[m].version]
+            self.rank[m] = rank[versions[m].version]
 
 
 _A = TypeVar("_A", bound=np.generic)
@@ -232,74 +242,151 @@ def _padded(array: npt.NDArray[_A], extra: int) -> npt.NDArray[_A]:
     return np.concatenate([array, np.zeros(extra, array.dtype)])
 
 
-def table_summary(table: DecisionTable, item: IndexedInventory) -> Summary | None:
-    """``evaluate(...).summary`` of ``item`` from ``table`` (filled for it), or None when the
-    instance needs the engine (a failed or NoReboot Install, two updates of one package with
-    equal versions, too many rows for the packed counts)."""
-    inventory = item.inventory
-    if inventory.failed or inventory.no_reboot_install is not None:
-        return None
-    package = table.index.package
-    chosen = _chosen(table, item.updates)
-    if chosen is None:
-        return None
-    # the installed packages an update row reports instead are not shown
-    reported = np.zeros(table.index.packages, np.bool_)
-    reported[package[chosen]] = True
-    shown = item.installed[~reported[package[item.installed]]]
-    weights = table.install if inventory.operation is Operation.INSTALL else table.scan
-    classes = [weights[chosen], _installed_classes(table, shown, inventory)]
-    if table.decider.asu:
-        classes.append(_asu_classes(table, item.updates, reported))
-    rows = sum(map(len, classes))
-    if rows >= counts.FIELD_LIMIT:
-        return None
-    found = np.bincount(np.concatenate(classes), minlength=len(table.weights)).tolist()
-    return counts.unpack(sum(map(mul, found, table.weights)), rows)
+_CHUNK = 512  # instances counted together: bounds the (instances x packages) bitmaps
 
 
-def _chosen(table: DecisionTable, updates: Ids) -> Ids | None:
-    """Decider.select()'s winners: the approved update of highest rank per package; None when
-    two approved updates of one package share a rank."""
-    approved = updates[table.approved[updates]]
-    packages = table.index.package[approved]
-    ranks = table.rank[approved]
-    order = np.lexsort((ranks, packages))
-    packages, ranks = packages[order], ranks[order]
-    same = packages[1:] == packages[:-1]
-    if not same.any():
-        return approved
-    if (same & (ranks[1:] <= ranks[:-1])).any():
-        return None
-    winners: Ids = approved[order][np.append(~same, True)]
-    return winners
-
-
-def _installed_classes(table: DecisionTable, shown: Ids, inventory: Inventory) -> _Classes:
-    """The shown installed packages' weight classes, INSTALLED_PENDING_REBOOT for those the
-    machine awaits a reboot for (the engine's pending_reboot without a NoReboot Install)."""
-    found = table.installed[shown]
-    facts = inventory.facts
-    if not facts.reboot_required:
-        return found
-    index = table.index
-    awaits = np.isin(index.name[shown], index.name_ids(facts.reboot_required_packages))
-    if facts.boot_time is not None:
-        awaits |= index.installed_at[shown] > micros(facts.boot_time)
-    pending = table.pending[shown]
-    return np.where(awaits & (pending != 0), pending, found)
-
-
-def _asu_classes(table: DecisionTable, updates: Ids, reported: npt.NDArray[np.bool_]) -> _Classes:
-    """One AVAILABLE_SECURITY_UPDATE row per package no update row reports: its first security
-    update not approved (available_security_rows)."""
-    missed = updates[table.asu[updates] != 0]
-    packages = table.index.package[missed]
-    keep = ~reported[packages]
-    missed, packages = missed[keep], packages[keep]
-    _, first = np.unique(packages, return_index=True)
-    found: _Classes = table.asu[missed[first]]
+def table_summaries(
+    table: DecisionTable, items: Sequence[IndexedInventory]
+) -> list[Summary | None]:
+    """``evaluate(...).summary`` of each of ``items`` from ``table`` (filled for them), or None
+    for an instance that needs the engine (a failed or NoReboot Install, two approved updates of
+    one package with equal versions, too many rows for the packed counts). Counted a chunk of
+    instances at a time with whole-array operations: no Python step per package."""
+    found: list[Summary | None] = []
+    for start in range(0, len(items), _CHUNK):
+        found.extend(_chunk_summaries(table, items[start : start + _CHUNK]))
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """Package versions of a chunk of instances, concatenated: ``ids`` and each one's instance
+    (its position in the chunk)."""
+
+    ids: Ids
+    owner: Ids
+
+    @classmethod
+    def of(cls, arrays: Sequence[Ids]) -> _Rows:
+        sizes = [len(a) for a in arrays]
+        owner = np.repeat(np.arange(len(arrays), dtype=np.int32), sizes)
+        ids = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
+        return cls(ids.astype(np.int32, copy=False), owner)
+
+
+def _chunk_summaries(
+    table: DecisionTable, items: Sequence[IndexedInventory]
+) -> list[Summary | None]:
+    index = table.index
+    updates = _Rows.of([i.updates for i in items])
+    installed = _Rows.of([i.installed for i in items])
+    install = np.array([i.inventory.operation is Operation.INSTALL for i in items], np.bool_)
+    winners, owners, tied = _winners(table, updates)
+    # (instance, package) pairs an update row reports: their installed packages are not shown
+    reported = np.zeros((len(items), index.packages), np.bool_)
+    reported[owners, index.package[winners]] = True
+    shown = ~reported[installed.owner, index.package[installed.ids]]
+    classes = [
+        (np.where(install[owners], table.install[winners], table.scan[winners]), owners),
+        (_installed_classes(table, installed, shown, items), installed.owner[shown]),
+    ]
+    if table.decider.asu:
+        classes.append(_asu_classes(table, updates, reported))
+    width = len(table.weights)
+    counted = np.zeros(len(items) * width, np.int64)
+    for found, owner in classes:
+        counted += np.bincount(owner.astype(np.int64) * width + found, minlength=len(counted))
+    per_instance = counted.reshape(len(items), width).tolist()
+    declined = np.zeros(len(items), np.bool_)
+    declined[tied] = True
+    return [
+        None
+        if declined[position] or _needs_engine(item.inventory, sum(row))
+        else counts.unpack(sum(map(mul, row, table.weights)), sum(row))
+        for position, (item, row) in enumerate(zip(items, per_instance, strict=True))
+    ]
+
+
+def _needs_engine(inventory: Inventory, rows: int) -> bool:
+    """A failed or NoReboot Install (rows the tables do not hold), or too many rows for the
+    packed counts."""
+    return (
+        bool(inventory.failed)
+        or inventory.no_reboot_install is not None
+        or (rows >= counts.FIELD_LIMIT)
+    )
+
+
+def _winners(table: DecisionTable, updates: _Rows) -> tuple[Ids, Ids, Ids]:
+    """Decider.select()'s winners: per instance and package the approved update of highest
+    rank, with their instances, and the instances where two approved updates of one package
+    share a rank (the engine orders those)."""
+    approved = table.approved[updates.ids]
+    ids, owner = updates.ids[approved], updates.owner[approved]
+    package, rank = table.index.package[ids], table.rank[ids]
+    # one int64 sort key, (instance, package, rank): an argsort, cheaper than a lexsort
+    ranks = int(rank.max(initial=0)) + 1
+    key = (owner.astype(np.int64) * table.index.packages + package) * ranks + rank
+    order = np.argsort(key, kind="stable")
+    key, ids, owner, rank = key[order], ids[order], owner[order], rank[order]
+    same = key[1:] // ranks == key[:-1] // ranks  # same instance and package
+    tied: Ids = owner[1:][same & (rank[1:] <= rank[:-1])]
+    last = np.ones(len(ids), np.bool_)  # the last of each (instance, package): the highest rank
+    last[:-1] = ~same
+    return ids[last], owner[last], tied
+
+
+def _installed_classes(
+    table: DecisionTable,
+    installed: _Rows,
+    shown: npt.NDArray[np.bool_],
+    items: Sequence[IndexedInventory],
+) -> _Classes:
+    """The shown installed packages' weight classes, INSTALLED_PENDING_REBOOT for those their
+    machine awaits a reboot for (the engine's pending_reboot without a NoReboot Install): it
+    needs a reboot, and the package asked for it or was installed after the last boot."""
+    ids, owner = installed.ids[shown], installed.owner[shown]
+    found = table.installed[ids]
+    facts = [i.inventory.facts for i in items]
+    rebooting = np.array([f.reboot_required for f in facts], np.bool_)
+    if not rebooting.any():
+        return found
+    rows = np.flatnonzero(rebooting[owner] & (table.pending[ids] != 0))  # could be pending
+    ids, owner = ids[rows], owner[rows]
+    index = table.index
+    boot = np.array(
+        [_LATEST if f.boot_time is None else micros(f.boot_time) for f in facts], np.int64
+    )
+    awaits = index.installed_at[ids] > boot[owner]
+    named = [
+        (position, name)
+        for position, f in enumerate(facts)
+        if f.reboot_required
+        for name in index.name_ids(f.reboot_required_packages).tolist()
+    ]
+    if named:
+        width = max(len(index.versions), 1)
+        keys = np.array([p * width + n for p, n in named], np.int64)
+        awaits |= np.isin(owner.astype(np.int64) * width + index.name[ids], keys)
+    found[rows[awaits]] = table.pending[ids[awaits]]
+    return found
+
+
+_LATEST = np.iinfo(np.int64).max  # the boot time of a machine that reports none: nothing after it
+
+
+def _asu_classes(
+    table: DecisionTable, updates: _Rows, reported: npt.NDArray[np.bool_]
+) -> tuple[_Classes, Ids]:
+    """One AVAILABLE_SECURITY_UPDATE row per instance and package no update row reports: its
+    first security update not approved (available_security_rows); with their instances."""
+    asu = table.asu[updates.ids]
+    package = table.index.package[updates.ids]
+    missed = (asu != 0) & ~reported[updates.owner, package]
+    owner = updates.owner[missed]
+    keys = owner.astype(np.int64) * table.index.packages + package[missed]
+    _, first = np.unique(keys, return_index=True)
+    return asu[missed][first], owner[first]
 
 
 class FleetTables:
@@ -321,9 +408,13 @@ class FleetTables:
             by_table.setdefault(id(table), []).append(item)
         for table in {id(t): t for t in tables}.values():
             table.fill(by_table[id(table)])
+        counted: dict[int, Iterator[Summary | None]] = {
+            key: iter(table_summaries(table, by_table[key]))
+            for key, table in {id(t): t for t in tables}.items()
+        }
         found = []
         for table, (baseline, item) in zip(tables, members, strict=True):
-            summary = table_summary(table, item)
+            summary = next(counted[id(table)])
             if summary is None:
                 summary = evaluate_summary(baseline, item.inventory, now, cache=self.cache)
             found.append(summary)
