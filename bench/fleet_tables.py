@@ -49,8 +49,9 @@ DESCRIPTION = f"""`bench/fleet_tables.py`: the fleet of *Fleet evaluation* above
 (`reconciler/evaluation/tables.py`) counts every instance's SSM summary from numpy arrays: package
 versions interned to ints (`VersionIndex`, two int arrays per instance), and per Decider (baseline,
 product, moment) a table of what each version contributes (approved, rank among its package's
-versions, weight class of each row it can give); instances it cannot count exactly (an Install
-with a failed patch: 2 % here) go through `evaluate_summary`. *decisions/s* is one pass with a
+versions, weight class of each row it can give, FAILED included), counting 512 instances per
+array pass; instances it cannot count exactly (a NoReboot Install, two approved updates of one
+package with equal versions: none here) go through `evaluate_summary`. *decisions/s* is one pass with a
 fresh `DecisionCache` (deciding every distinct version once per baseline included), wall time,
 pinned to one CPU; *warm* a second pass with the same tables. *interning* is building the index
 from the fleet's objects (paid once per inventory when it is read; not in decisions/s). The

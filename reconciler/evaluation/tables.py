@@ -5,11 +5,11 @@ distinct package-version object gets an int, and an instance becomes two int arr
 its installed packages: :class:`IndexedInventory`). Per Decider (one baseline, product and moment)
 a :class:`DecisionTable` holds, in numpy arrays indexed by those ints, what each version
 contributes to the counts (whether it is approved, its rank among its package's versions, the
-weight class of each row it can give). An instance's Summary is then a few array operations
-over its two arrays, not a Python step per package. The decisions are the engine's own
-(``Decider.decide`` and the engine's state rules); instances the tables cannot count exactly (a
-failed Install, a NoReboot Install, two updates of one package with equal versions) go through
-``evaluate_summary``. Either way each Summary is ``evaluate(...).summary``
+weight class of each row it can give, FAILED when its install failed). The instances of a table
+are then counted 512 at a time with whole-array operations, not a Python step per package. The
+decisions are the engine's own (``Decider.decide`` and the engine's state rules); instances the
+tables cannot count exactly (a NoReboot Install, two updates of one package with equal versions)
+go through ``evaluate_summary``. Either way each Summary is ``evaluate(...).summary``
 (tests/test_engine_tables.py), and ``evaluate`` stays the reference.
 
 Pure: no I/O, and the clock is an argument. Decides nothing itself: the rules are the engine's.
@@ -63,6 +63,7 @@ class VersionIndex:
         self._names: dict[str, int] = {}
         self._package: list[int] = []
         self._name: list[int] = []
+        self._same: dict[tuple[str, str, str], list[int]] = {}  # (name, arch, version) -> ints
         self._installed_at: list[int] = []  # microseconds since the epoch, UTC
         self._keys: dict[Family, Callable[[str], VersionKey]] = {}
         self.package: Ids = np.zeros(0, np.int32)
@@ -98,7 +99,12 @@ class VersionIndex:
         self._name.append(self._names.setdefault(pkg.name, len(self._names)))
         when = getattr(pkg, "installed_time", None)
         self._installed_at.append(_NEVER if when is None else micros(when))
+        self._same.setdefault((pkg.name, pkg.arch, pkg.version), []).append(number)
         return number
+
+    def numbers_of(self, name: str, arch: str, version: str) -> list[int]:
+        """The ints of every version object with this name, architecture and version."""
+        return self._same.get((name, arch, version), [])
 
     def name_ids(self, names: Iterable[str]) -> Ids:
         """The ints of these package names (names no version carries have none)."""
@@ -141,6 +147,8 @@ class DecisionTable:
         self.asu = np.zeros(0, np.int16)  # an update not approved, AVAILABLE_SECURITY_UPDATE
         self.installed = np.zeros(0, np.int16)  # an installed package's row
         self.pending = np.zeros(0, np.int16)  # the same when the machine awaits its reboot
+        self.failed = np.zeros(0, np.int16)  # an approved version's row when its install failed
+        self.blocked = np.zeros(0, np.bool_)  # an approved update needs a package BLOCK rejects
         self._members: dict[int, list[int]] = {}  # per package: its updates' ints
         self._version_key = index.version_key(decider.family)
 
@@ -177,6 +185,8 @@ class DecisionTable:
         self.asu = _padded(self.asu, extra)
         self.installed = _padded(self.installed, extra)
         self.pending = _padded(self.pending, extra)
+        self.failed = _padded(self.failed, extra)
+        self.blocked = _padded(self.blocked, extra)
 
     def _class(self, state: PatchState | None, approval: Approval, asu_non_compliant: bool) -> int:
         """The weight class of a row in ``state`` (None: no row) of a version so approved."""
@@ -203,7 +213,9 @@ class DecisionTable:
             return
         # the engine's _update_row without a failure: only a blocked update depends on the
         # operation
+        self.failed[number] = self._class(PatchState.FAILED, approval, False)
         if decider.blocked_dependency(update) is not None:
+            self.blocked[number] = True
             scan, install = PatchState.MISSING, PatchState.FAILED
         elif not_applicable(decider, update) is not None:
             scan = install = PatchState.NOT_APPLICABLE
@@ -218,6 +230,7 @@ class DecisionTable:
         if state is PatchState.INSTALLED:
             pending = PatchState.INSTALLED_PENDING_REBOOT
             self.pending[number] = self._class(pending, approval, False)
+            self.failed[number] = self._class(PatchState.FAILED, approval, False)
 
     def _rerank(self, package: int) -> None:
         """Rank the package's update versions in the family's order (equal versions share a
@@ -249,8 +262,8 @@ def table_summaries(
     table: DecisionTable, items: Sequence[IndexedInventory]
 ) -> list[Summary | None]:
     """``evaluate(...).summary`` of each of ``items`` from ``table`` (filled for them), or None
-    for an instance that needs the engine (a failed or NoReboot Install, two approved updates of
-    one package with equal versions, too many rows for the packed counts). Counted a chunk of
+    for an instance that needs the engine (a NoReboot Install, two approved updates of one
+    package with equal versions, too many rows for the packed counts). Counted a chunk of
     instances at a time with whole-array operations: no Python step per package."""
     found: list[Summary | None] = []
     for start in range(0, len(items), _CHUNK):
@@ -286,10 +299,14 @@ def _chunk_summaries(
     reported = np.zeros((len(items), index.packages), np.bool_)
     reported[owners, index.package[winners]] = True
     shown = ~reported[installed.owner, index.package[installed.ids]]
-    classes = [
-        (np.where(install[owners], table.install[winners], table.scan[winners]), owners),
-        (_installed_classes(table, installed, shown, items), installed.owner[shown]),
-    ]
+    chosen = np.where(install[owners], table.install[winners], table.scan[winners])
+    listed = _installed_classes(table, installed, shown, items)
+    failures = _failures(index, items)
+    if len(failures):
+        _mark_failed(table, chosen, winners, owners, failures, installable=True)
+        shown_ids, shown_owner = installed.ids[shown], installed.owner[shown]
+        _mark_failed(table, listed, shown_ids, shown_owner, failures, installable=False)
+    classes = [(chosen, owners), (listed, installed.owner[shown])]
     if table.decider.asu:
         classes.append(_asu_classes(table, updates, reported))
     width = len(table.weights)
@@ -308,13 +325,47 @@ def _chunk_summaries(
 
 
 def _needs_engine(inventory: Inventory, rows: int) -> bool:
-    """A failed or NoReboot Install (rows the tables do not hold), or too many rows for the
-    packed counts."""
-    return (
-        bool(inventory.failed)
-        or inventory.no_reboot_install is not None
-        or (rows >= counts.FIELD_LIMIT)
+    """A NoReboot Install (the patches it installed are named, not interned), or too many rows
+    for the packed counts."""
+    return inventory.no_reboot_install is not None or rows >= counts.FIELD_LIMIT
+
+
+def _failures(index: VersionIndex, items: Sequence[IndexedInventory]) -> npt.NDArray[np.int64]:
+    """(instance, version) keys of the versions each instance's last Install failed on."""
+    width = max(len(index.versions), 1)
+    return np.array(
+        [
+            position * width + number
+            for position, item in enumerate(items)
+            for f in item.inventory.failed
+            for number in index.numbers_of(f.name, f.arch, f.version)
+        ],
+        np.int64,
     )
+
+
+def _mark_failed(
+    table: DecisionTable,
+    classes: _Classes,
+    ids: Ids,
+    owner: Ids,
+    failures: npt.NDArray[np.int64],
+    *,
+    installable: bool,
+) -> None:
+    """Rows of versions whose install failed become FAILED, in place: the chosen updates that
+    can be installed (a blocked one cannot: the engine's _update_row) and the approved installed
+    versions (INSTALLED or pending: _failed_installed). Only the rows of the few instances with
+    a failure are looked at."""
+    width = max(len(table.index.versions), 1)
+    positions = failures // width
+    failing = np.zeros(max(int(owner.max(initial=0)), int(positions.max())) + 1, np.bool_)
+    failing[positions] = True
+    rows = np.flatnonzero(failing[owner])
+    keys = owner[rows].astype(np.int64) * width + ids[rows]
+    hit = rows[np.isin(keys, failures)]
+    hit = hit[~table.blocked[ids[hit]]] if installable else hit[table.pending[ids[hit]] != 0]
+    classes[hit] = table.failed[ids[hit]]
 
 
 def _winners(table: DecisionTable, updates: _Rows) -> tuple[Ids, Ids, Ids]:
