@@ -1,0 +1,206 @@
+"""Benchmark: ``patchctl diff`` over a whole fleet (``make bench``; issue 17 items 1 and 3).
+
+The fleet of bench/synthetic_fleet.py (default 10,000 instances x 300 available updates, 2,000
+installed packages each, 5 baselines), each instance a ManagedInstance of its baseline's patch
+group, and two revisions of the desired state that differ as a reviewed change would: one
+approval rule's approveAfterDays (al2023-prod: 7 -> 10 days), a rejected pattern added
+(ubuntu-prod: ``pkg-ubuntu-03*``), a rule's classification list changed (rhel-prod: Bugfix and
+Enhancement -> Bugfix), and one window rescheduled; two Install windows and a Scan window
+target the groups. Pinned to one CPU:
+
+1. times ``compare`` (reconciler/report/views/diff.py: both sides, every instance, windows and
+   what each next opening would install) over the whole fleet, fresh (no cache shared with
+   anything before): the headline, target <= 2 s;
+2. times the reference in the same run: the per-instance path ``compare`` had before the tables
+   (``diff.reference_compare``: ``evaluate`` and string sets per instance and side), on
+   ``--reference-instances`` instances (it takes minutes for the whole fleet), extrapolated
+   linearly to the fleet, and checks both give the same Diff on those instances.
+
+The result replaces this benchmark's section of docs/benchmarks.md (bench/_report.py). Exit 0
+unless the two paths disagree: speed is recorded, not tested.
+
+    .venv/bin/python bench/diff_fleet.py [--instances N] [--reference-instances N] [--no-record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from _report import record  # noqa: E402
+from evaluate_fleet import _max_rss, _mib, _pin_one_cpu  # noqa: E402
+from synthetic_fleet import BASELINES_YAML, NOW, PROFILES, Member, build_fleet  # noqa: E402
+
+from reconciler.api.snapshot import Snapshot, build_snapshot  # noqa: E402
+from reconciler.report.views.diff import compare, reference_compare  # noqa: E402
+
+TARGET = 2.0  # seconds, the whole diff of the default fleet on one core
+T = TypeVar("T")
+
+HEADER = "apiVersion: patchwarden.io/v1alpha1\n"
+
+# The reviewed change: each edit is one line of the baselines' YAML.
+CHANGES = (
+    ("      approveAfterDays: 7\n", "      approveAfterDays: 10\n"),
+    (
+        "pkg-ubuntu-0666]\n  rejectedPatchesAction",
+        'pkg-ubuntu-0666, "pkg-ubuntu-03*"]\n  rejectedPatchesAction',
+    ),
+    (
+        "patchFilters: [{key: CLASSIFICATION, values: [Bugfix, Enhancement]}]",
+        "patchFilters: [{key: CLASSIFICATION, values: [Bugfix]}]",
+    ),
+)
+
+DESCRIPTION = f"""`bench/diff_fleet.py`: `compare` (`reconciler/report/views/diff.py`, what `patchctl
+diff` computes before rendering) over the fleet of *Fleet evaluation* (10,000 instances x 300
+updates, 2,000 installed packages each, 5 baselines), each instance a ManagedInstance in its
+baseline's patch group, two Install windows and a Scan window. The two revisions differ as a
+reviewed change would: al2023-prod's first rule approveAfterDays 7 -> 10, ubuntu-prod rejects
+`pkg-ubuntu-03*` too, rhel-prod's second rule approves Bugfix only (was Bugfix and Enhancement),
+and one Install window moves from Sunday to Saturday. *diff* is one `compare` call, wall time,
+pinned to one CPU, fresh (the tables and decisions are built inside it: deciding every distinct
+package version once per changed baseline and side, and once for the unchanged ones, is
+included); interning the inventories' versions is included too. The *reference* is the
+per-instance path `compare` had before (`reference_compare`: `evaluate` and string sets per
+instance and side), timed in the same run on the first *reference instances* and extrapolated
+linearly to the fleet; the bench stops with an error unless both give the same Diff there.
+Target: ≤ {TARGET:.0f} s for 10,000 instances."""
+
+COLUMNS = [
+    "date (UTC)",
+    "instances",
+    "diff (s)",
+    "target",
+    "result",
+    "instances changed",
+    "reference instances",
+    "reference (s)",
+    "reference extrapolated (s)",
+    "speed-up",
+    "peak RSS",
+    "machine",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    cpu = _pin_one_cpu()
+    print(f"building {args.instances:,} instances and two revisions (untimed)...", flush=True)
+    fleet = build_fleet(args.instances)
+    before, after = revisions(fleet)
+    inventories = [m.inventory for m in fleet]
+    gc.collect()
+    gc.freeze()  # the static fleet out of the collector's way, as evaluate_fleet.py does
+    fast, found = _timed(lambda: compare(before, after, inventories, NOW))
+    print(f"compare: {fast:.2f} s, {len(found.instances):,} instances changed", flush=True)
+    some = inventories[: args.reference_instances]
+    slow, expected = _timed(lambda: reference_compare(before, after, some, NOW))
+    if compare(before, after, some, NOW).document() != expected.document():
+        print("ERROR: compare and the reference path disagree", file=sys.stderr)
+        return 1
+    extrapolated = slow * len(inventories) / max(len(some), 1)
+    row = [
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M}",
+        f"{args.instances:,}",
+        f"{fast:.2f}",
+        f"≤ {TARGET:.0f} s",
+        "PASS" if fast <= TARGET else "**FAIL**",
+        f"{len(found.instances):,}",
+        f"{len(some):,}",
+        f"{slow:.2f}",
+        f"{extrapolated:,.0f}",
+        f"{extrapolated / fast:,.0f}x",
+        _mib(_max_rss()),
+        f"{cpu=}, Python {platform.python_version()}",
+    ]
+    print("\n".join(f"{c}: {v}" for c, v in zip(COLUMNS, row, strict=True)))
+    if not args.no_record:
+        record("diff fleet", DESCRIPTION, COLUMNS, row)
+    return 0
+
+
+def revisions(fleet: list[Member]) -> tuple[Snapshot, Snapshot]:
+    """The fleet's desired state before and after the reviewed change."""
+    changed = BASELINES_YAML
+    for old, new in CHANGES:
+        assert old in changed, old
+        changed = changed.replace(old, new, 1)
+    common = [("groups.yaml", _groups().encode()), ("instances.yaml", _instances(fleet).encode())]
+    return (
+        build_snapshot([("baselines.yaml", BASELINES_YAML.encode()), *common, _windows("SUN")]),
+        build_snapshot([("baselines.yaml", changed.encode()), *common, _windows("SAT")]),
+    )
+
+
+def _groups() -> str:
+    names = sorted({(b, p.operating_system) for p in PROFILES for b in p.baselines})
+    return "---\n".join(
+        f"{HEADER}kind: PatchGroup\nmetadata: {{name: {b}-group}}\n"
+        f"spec: {{baselines: {{{os}: {b}}}}}\n"
+        for b, os in names
+    )
+
+
+def _instances(fleet: list[Member]) -> str:
+    return "---\n".join(
+        f"{HEADER}kind: ManagedInstance\nmetadata: {{name: {m.inventory.instance_id}, "
+        f"labels: {{patchwarden.io/patch-group: {m.patch_group}}}}}\n"
+        "spec: {connection: {type: local}}\n"
+        for m in fleet
+    )
+
+
+def _windows(day: str) -> tuple[str, bytes]:
+    def window(name: str, schedule: str, groups: str, operation: str) -> str:
+        return (
+            f"{HEADER}kind: MaintenanceWindow\nmetadata: {{name: {name}}}\nspec:\n"
+            f"  schedule: {schedule}\n  duration: 3\n  cutoff: 1\n"
+            f"  targets: {{patchGroups: [{groups}]}}\n"
+            f"  tasks: [{{name: {operation.lower()}, operation: {operation}, "
+            "maxConcurrency: '10%', maxErrors: '1'}]\n"
+        )
+
+    text = "---\n".join(
+        (
+            window(
+                "prod", f"cron(0 3 ? * {day} *)", "ubuntu-prod-group, al2023-prod-group", "Install"
+            ),
+            window("rest", "cron(0 4 ? * WED *)", "rhel-prod-group, suse-prod-group", "Install"),
+            window("scan", "cron(0 1 * * ? *)", "ubuntu-dev-group", "Scan"),
+        )
+    )
+    return "windows.yaml", text.encode()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--instances", type=int, default=10_000, help="fleet size (10000)")
+    parser.add_argument(
+        "--reference-instances",
+        type=int,
+        default=200,
+        help="instances the reference path is timed on, then extrapolated (200)",
+    )
+    parser.add_argument("--no-record", action="store_true", help="print only")
+    return parser
+
+
+def _timed(run: Callable[[], T]) -> tuple[float, T]:
+    started = time.perf_counter()
+    found = run()
+    return time.perf_counter() - started, found
+
+
+if __name__ == "__main__":
+    sys.exit(main())
