@@ -39,28 +39,18 @@ sys.path.insert(0, str(ROOT))
 
 from _report import record  # noqa: E402
 from evaluate_fleet import _max_rss, _mib, _pin_one_cpu  # noqa: E402
-from synthetic_fleet import BASELINES_YAML, NOW, PROFILES, Member, build_fleet  # noqa: E402
 
-from reconciler.api.snapshot import Snapshot, build_snapshot  # noqa: E402
+from bench.synthetic_fleet import NOW, Member, build_fleet  # noqa: E402
+from bench.synthetic_revisions import revisions  # noqa: E402
+from reconciler.api.inventory import Inventory, PackageFacts  # noqa: E402
+from reconciler.api.resources import PatchBaseline  # noqa: E402
+from reconciler.api.snapshot import Snapshot  # noqa: E402
+from reconciler.evaluation import DecisionCache  # noqa: E402
+from reconciler.evaluation.tables import VersionIndex  # noqa: E402
 from reconciler.report.views.diff import compare, reference_compare  # noqa: E402
 
 TARGET = 2.0  # seconds, the whole diff of the default fleet on one core
 T = TypeVar("T")
-
-HEADER = "apiVersion: patchwarden.io/v1alpha1\n"
-
-# The reviewed change: each edit is one line of the baselines' YAML.
-CHANGES = (
-    ("      approveAfterDays: 7\n", "      approveAfterDays: 10\n"),
-    (
-        "pkg-ubuntu-0666]\n  rejectedPatchesAction",
-        'pkg-ubuntu-0666, "pkg-ubuntu-03*"]\n  rejectedPatchesAction',
-    ),
-    (
-        "patchFilters: [{key: CLASSIFICATION, values: [Bugfix, Enhancement]}]",
-        "patchFilters: [{key: CLASSIFICATION, values: [Bugfix]}]",
-    ),
-)
 
 DESCRIPTION = f"""`bench/diff_fleet.py`: `compare` (`reconciler/report/views/diff.py`, what `patchctl
 diff` computes before rendering) over the fleet of *Fleet evaluation* (10,000 instances x 300
@@ -84,6 +74,8 @@ COLUMNS = [
     "target",
     "result",
     "instances changed",
+    "deciding alone (s)",
+    "interning alone (s)",
     "reference instances",
     "reference (s)",
     "reference extrapolated (s)",
@@ -110,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         print("ERROR: compare and the reference path disagree", file=sys.stderr)
         return 1
     extrapolated = slow * len(inventories) / max(len(some), 1)
+    deciding = _deciding(fleet, before, after)
+    interning, _ = _timed(lambda: _intern(inventories))
     row = [
         f"{datetime.now(UTC):%Y-%m-%d %H:%M}",
         f"{args.instances:,}",
@@ -117,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         f"≤ {TARGET:.0f} s",
         "PASS" if fast <= TARGET else "**FAIL**",
         f"{len(found.instances):,}",
+        f"{deciding:.2f}",
+        f"{interning:.2f}",
         f"{len(some):,}",
         f"{slow:.2f}",
         f"{extrapolated:,.0f}",
@@ -130,57 +126,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def revisions(fleet: list[Member]) -> tuple[Snapshot, Snapshot]:
-    """The fleet's desired state before and after the reviewed change."""
-    changed = BASELINES_YAML
-    for old, new in CHANGES:
-        assert old in changed, old
-        changed = changed.replace(old, new, 1)
-    common = [("groups.yaml", _groups().encode()), ("instances.yaml", _instances(fleet).encode())]
-    return (
-        build_snapshot([("baselines.yaml", BASELINES_YAML.encode()), *common, _windows("SUN")]),
-        build_snapshot([("baselines.yaml", changed.encode()), *common, _windows("SAT")]),
-    )
+def _deciding(fleet: list[Member], before: Snapshot, after: Snapshot) -> float:
+    """The floor of a fresh diff: deciding every distinct version the instances use, once per
+    baseline the diff needs (one equal in both revisions once), with a fresh DecisionCache."""
+    work: dict[int, tuple[PatchBaseline, str, dict[int, PackageFacts]]] = {}
+    for m in fleet:
+        name, product = m.baseline.metadata.name, m.inventory.facts.effective_product()
+        old, new = before.baselines[name], after.baselines[name]
+        for baseline in (old, old if new == old else new):
+            versions = work.setdefault(id(baseline), (baseline, product, {}))[2]
+            versions.update((id(p), p) for p in (*m.inventory.updates, *m.inventory.installed))
+    cache = DecisionCache()
+    started = time.perf_counter()
+    for baseline, product, versions in work.values():
+        decide = cache.decider(baseline, product, NOW).decide
+        for pkg in versions.values():
+            decide(pkg)
+    return time.perf_counter() - started
 
 
-def _groups() -> str:
-    names = sorted({(b, p.operating_system) for p in PROFILES for b in p.baselines})
-    return "---\n".join(
-        f"{HEADER}kind: PatchGroup\nmetadata: {{name: {b}-group}}\n"
-        f"spec: {{baselines: {{{os}: {b}}}}}\n"
-        for b, os in names
-    )
-
-
-def _instances(fleet: list[Member]) -> str:
-    return "---\n".join(
-        f"{HEADER}kind: ManagedInstance\nmetadata: {{name: {m.inventory.instance_id}, "
-        f"labels: {{patchwarden.io/patch-group: {m.patch_group}}}}}\n"
-        "spec: {connection: {type: local}}\n"
-        for m in fleet
-    )
-
-
-def _windows(day: str) -> tuple[str, bytes]:
-    def window(name: str, schedule: str, groups: str, operation: str) -> str:
-        return (
-            f"{HEADER}kind: MaintenanceWindow\nmetadata: {{name: {name}}}\nspec:\n"
-            f"  schedule: {schedule}\n  duration: 3\n  cutoff: 1\n"
-            f"  targets: {{patchGroups: [{groups}]}}\n"
-            f"  tasks: [{{name: {operation.lower()}, operation: {operation}, "
-            "maxConcurrency: '10%', maxErrors: '1'}]\n"
-        )
-
-    text = "---\n".join(
-        (
-            window(
-                "prod", f"cron(0 3 ? * {day} *)", "ubuntu-prod-group, al2023-prod-group", "Install"
-            ),
-            window("rest", "cron(0 4 ? * WED *)", "rhel-prod-group, suse-prod-group", "Install"),
-            window("scan", "cron(0 1 * * ? *)", "ubuntu-dev-group", "Scan"),
-        )
-    )
-    return "windows.yaml", text.encode()
+def _intern(inventories: list[Inventory]) -> VersionIndex:
+    """What compare does first: every inventory's versions interned in a fresh index."""
+    index = VersionIndex()
+    for inventory in inventories:
+        index.index(inventory)
+    return index
 
 
 def _parser() -> argparse.ArgumentParser:

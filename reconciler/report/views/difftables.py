@@ -234,6 +234,8 @@ def _winning_pins(d: _Decisions, rows: _Rows) -> list[tuple[int, list[int]]]:
     first = np.minimum.reduceat(position, starts)
     winners, owners = ids[starts], owner[starts]
     keep = d.pinned[winners]
+    if not keep.any():
+        return []
     winners, owners, first = winners[keep], owners[keep], first[keep]
     order = np.lexsort((first, owners))
     winners, owners = winners[order], owners[order]
@@ -303,6 +305,8 @@ def _chunk_lists(
     hit = names[index.name[rows.ids]]
     ids, owner = rows.ids[hit], rows.owner[hit]
     found: dict[int, _Lists] = {}
+    if not len(ids):
+        return found
     cut = _starts(owner)
     for s, part in zip(cut.tolist(), np.split(ids, cut[1:]), strict=True):
         n = chunk[int(owner[s])]
