@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _report import record  # noqa: E402
-from evaluate_fleet import _max_rss, _mib, _pin_one_cpu  # noqa: E402
+from evaluate_fleet import _max_rss, _mib, _pin_one_cpu, _reference  # noqa: E402
 
 from bench.synthetic_fleet import NOW, Member, build_fleet  # noqa: E402
 from bench.synthetic_revisions import revisions  # noqa: E402
@@ -55,17 +55,21 @@ T = TypeVar("T")
 DESCRIPTION = f"""`bench/diff_fleet.py`: `compare` (`reconciler/report/views/diff.py`, what `patchctl
 diff` computes before rendering) over the fleet of *Fleet evaluation* (10,000 instances x 300
 updates, 2,000 installed packages each, 5 baselines), each instance a ManagedInstance in its
-baseline's patch group, two Install windows and a Scan window. The two revisions differ as a
-reviewed change would: al2023-prod's first rule approveAfterDays 7 -> 10, ubuntu-prod rejects
-`pkg-ubuntu-03*` too, rhel-prod's second rule approves Bugfix only (was Bugfix and Enhancement),
-and one Install window moves from Sunday to Saturday. *diff* is one `compare` call, wall time,
-pinned to one CPU, fresh (the tables and decisions are built inside it: deciding every distinct
-package version once per changed baseline and side, and once for the unchanged ones, is
-included); interning the inventories' versions is included too. The *reference* is the
-per-instance path `compare` had before (`reference_compare`: `evaluate` and string sets per
-instance and side), timed in the same run on the first *reference instances* and extrapolated
-linearly to the fleet; the bench stops with an error unless both give the same Diff there.
-Target: ≤ {TARGET:.0f} s for 10,000 instances."""
+baseline's patch group, two Install windows and a Scan window (`bench/synthetic_revisions.py`).
+The two revisions differ as a reviewed change would: al2023-prod's first rule approveAfterDays
+7 -> 10, ubuntu-prod rejects `pkg-ubuntu-03*` too, rhel-prod's second rule approves Bugfix only
+(was Bugfix and Enhancement), and one Install window moves from Sunday to Saturday. *diff* is
+one `compare` call, wall time, pinned to one CPU, fresh: interning every inventory's versions,
+deciding every distinct version once per Decider (5 baselines before, the 3 changed ones
+after), the tables, the verdict lists, statuses, pins and windows are all inside it. Measured
+apart in the same run: *deciding alone* (every distinct version the fleet uses decided once per
+baseline the diff needs, fresh `DecisionCache`), *interning alone* (a fresh `VersionIndex` over
+every inventory), and the *floor* of evaluate_fleet.py (one dict lookup per update and
+installed package of every instance: any path that reads each package once pays it). The
+*reference* is the per-instance path `compare` had before (`reference_compare`: `evaluate` and
+string sets per instance and side), timed on the first *reference instances* and extrapolated
+linearly (an overestimate: deciding is shared across instances); the bench stops with an error
+unless both give the same Diff there. Target: ≤ {TARGET:.0f} s for 10,000 instances."""
 
 COLUMNS = [
     "date (UTC)",
@@ -76,6 +80,7 @@ COLUMNS = [
     "instances changed",
     "deciding alone (s)",
     "interning alone (s)",
+    "floor: one dict lookup per package (s)",
     "reference instances",
     "reference (s)",
     "reference extrapolated (s)",
@@ -104,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     extrapolated = slow * len(inventories) / max(len(some), 1)
     deciding = _deciding(fleet, before, after)
     interning, _ = _timed(lambda: _intern(inventories))
+    floor = _reference(fleet, installed=True)  # type: ignore[arg-type]
     row = [
         f"{datetime.now(UTC):%Y-%m-%d %H:%M}",
         f"{args.instances:,}",
@@ -113,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(found.instances):,}",
         f"{deciding:.2f}",
         f"{interning:.2f}",
+        f"{floor:.2f}",
         f"{len(some):,}",
         f"{slow:.2f}",
         f"{extrapolated:,.0f}",

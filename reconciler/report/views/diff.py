@@ -221,8 +221,8 @@ def compare(
     places = [(_place(before, i, same), _place(after, i, same)) for i in ordered]
     tabled = [n for n, (old, new) in enumerate(places) if _tabled(ordered[n], old, new)]
     members = [Member(ordered[n], places[n][0].baseline, places[n][1].baseline) for n in tabled]  # type: ignore[arg-type]
-    judged = dict(zip(tabled, judge(members, now), strict=True))
-    cache = DecisionCache()
+    cache = DecisionCache()  # one Decider per baseline for the tables and the others alike
+    judged = dict(zip(tabled, judge(members, now, cache), strict=True))
     sides: dict[str, tuple[Side, Side]] = {}
     changes = []
     for n, inventory in enumerate(ordered):

@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from reconciler.api.inventory import AvailableUpdate, Inventory, PackageFacts
 from reconciler.api.resources import PatchBaseline
-from reconciler.evaluation.engine import Decider, not_applicable
+from reconciler.evaluation.engine import Decider, DecisionCache, not_applicable
 from reconciler.evaluation.pins import _pin
 from reconciler.evaluation.tables import (
     DecisionTable,
@@ -117,14 +117,15 @@ class _Strings:
         return found
 
 
-def judge(members: Sequence[Member], now: datetime) -> list[Judged]:
-    """Each member's statuses, pins and verdict lists under both revisions, from the tables.
-    An instance whose two revisions give it one Decider (its baseline unchanged) is counted
-    and pinned once."""
+def judge(members: Sequence[Member], now: datetime, cache: DecisionCache) -> list[Judged]:
+    """Each member's statuses, pins and verdict lists under both revisions, from the tables
+    (their Deciders from ``cache``, shared with the instances judged one by one). An instance
+    whose two revisions give it one Decider (its baseline unchanged) is counted and pinned
+    once."""
     index = VersionIndex()
     items = [index.index(m.inventory) for m in members]
     index.sync()
-    tables = FleetTables(index)
+    tables = FleetTables(index, cache)
     pairs = [
         (tables.table(m.before, m.inventory, now), tables.table(m.after, m.inventory, now))
         for m in members
