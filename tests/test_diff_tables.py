@@ -59,7 +59,7 @@ __all__ = ["fleet"]  # the fixture, used by name
 @st.composite
 def revised_fleets(draw: st.DrawFn) -> tuple[Snapshot, Snapshot, list[Inventory]]:
     """Instances in groups of their own, each group naming one of a few baselines for the
-    instance's OS; the after revision changes some baselines (or keeps an equal copy), moves
+    instance's OS (some listing another's version objects in another order); the after revision changes some baselines (or keeps an equal copy), moves
     some instances out, adds holds; an Install window targets every instance by label."""
     pool = draw(st.lists(cases(), min_size=1, max_size=3))
     before = {f"b{n}": _named(b, f"b{n}") for n, (b, _, _) in enumerate(pool)}
@@ -71,6 +71,9 @@ def revised_fleets(draw: st.DrawFn) -> tuple[Snapshot, Snapshot, list[Inventory]
     }
     inventories, old, new = [], [], []
     for n, (_, inventory) in enumerate(draw(st.lists(varied_cases(), min_size=1, max_size=5))):
+        if inventories and draw(st.booleans()):  # the same version objects in another order
+            first = inventories[0]
+            inventory = first.model_copy(update={"updates": first.updates[::-1]})
         inventories.append(_varied(draw, inventory, f"i-{n}"))
         name = draw(st.sampled_from(sorted(before)))
         os = str(inventory.facts.operating_system)
