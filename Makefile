@@ -92,6 +92,8 @@ verify: install ## fail when crds/, schemas/ or docs/inventory.schema.json are s
 
 bench: install ## benchmarks (not part of make test); results go to docs/benchmarks.md
 	$(PY) bench/evaluate_fleet.py
+	$(PY) bench/fleet_tables.py
+	$(PY) bench/diff_fleet.py
 	$(PY) bench/plan_fleet.py
 	$(PY) bench/observe_history.py
 	$(PY) bench/observe_history.py --backend postgresql

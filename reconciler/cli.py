@@ -38,7 +38,7 @@ from reconciler.api.crd import custom_resource_definitions
 from reconciler.api.enrolment import provenance
 from reconciler.api.enums import ComplianceStatus
 from reconciler.api.install import InstallResult
-from reconciler.api.inventory import Inventory
+from reconciler.api.inventory import Inventory, PackageFacts
 from reconciler.api.oneoff import ACTIVE as ONE_OFF_ACTIVE
 from reconciler.api.oneoff import TASK_NAME as ONE_OFF_TASK
 from reconciler.api.oneoff import (
@@ -2276,6 +2276,7 @@ def _recorded_inventories(args: argparse.Namespace) -> list[Inventory]:
     path = _state_path(args)
     if not path.is_file():  # never create an empty store for a mistyped path
         raise UserError(f"--state {path}: no such file (the state database with the scans)")
+    shared: dict[PackageFacts, PackageFacts] = {}
     with StateStore(path) as store:
         inventories = []
         for name, scan in store.latest_scans().items():
@@ -2286,8 +2287,17 @@ def _recorded_inventories(args: argparse.Namespace) -> list[Inventory]:
                 raise UserError(
                     f"--state {path}: the scan of {name!r} is unreadable: {words}"
                 ) from None
-            inventories.append(store.with_first_seen(inventory, None))
+            inventories.append(_shared(store.with_first_seen(inventory, None), shared))
     return inventories
+
+
+def _shared(inventory: Inventory, seen: dict[PackageFacts, PackageFacts]) -> Inventory:
+    """``inventory`` with each package version an inventory read before has (equal in every
+    field) as that one's object: the diff's tables intern versions by identity, so a fleet's
+    repeated versions are then decided and stored once, not once per machine (docs/diff.md)."""
+    installed = tuple(seen.setdefault(p, p) for p in inventory.installed)
+    updates = tuple(seen.setdefault(p, p) for p in inventory.updates)
+    return inventory.model_copy(update={"installed": installed, "updates": updates})
 
 
 def _diff_side(args: argparse.Namespace, option: str, rev: str) -> tuple[str, Snapshot]:

@@ -83,15 +83,15 @@ def fleet() -> list[Member]:
     return build_fleet(300)
 
 
-@pytest.mark.parametrize(
-    "now",
-    [
-        FLEET_NOW,
-        FLEET_NOW - timedelta(days=30),  # approve-after-days rules approve less
-        FLEET_NOW + timedelta(days=365),
-        datetime(2026, 11, 28, 23, 59, 59, tzinfo=UTC),  # same UTC day, other time
-    ],
-)
+FLEET_CLOCKS = [
+    FLEET_NOW,
+    FLEET_NOW - timedelta(days=30),  # approve-after-days rules approve less
+    FLEET_NOW + timedelta(days=365),
+    datetime(2026, 11, 28, 23, 59, 59, tzinfo=UTC),  # same UTC day, other time
+]
+
+
+@pytest.mark.parametrize("now", FLEET_CLOCKS)
 def test_summary_equals_full_evaluation_on_the_synthetic_fleet(
     fleet: list[Member], now: datetime
 ) -> None:

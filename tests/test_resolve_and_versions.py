@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from reconciler.api.enums import OperatingSystem
+from reconciler.api.enums import Family, OperatingSystem
 from reconciler.api.snapshot import build_snapshot
 from reconciler.defaults import predefined_baselines
 from reconciler.evaluation import resolve
-from reconciler.evaluation.versions import dpkg_compare, rpm_compare, rpmvercmp
+from reconciler.evaluation.versions import (
+    comparator,
+    dpkg_compare,
+    dpkg_key,
+    rpm_compare,
+    rpmvercmp,
+    sort_key,
+)
 
 SNAPSHOT = b"""
 apiVersion: patchwarden.io/v1alpha1
@@ -130,3 +139,56 @@ def test_rpm_evr_comparison(a: str, b: str, expected: int) -> None:
 )
 def test_dpkg_comparison(a: str, b: str, expected: int) -> None:
     assert dpkg_compare(a, b) == expected
+
+
+# Versions built from the pieces the comparators treat specially (separators, '~', '^', leading
+# zeros, letters against digits, epochs, revisions), so that close calls come up often.
+_PIECES = st.sampled_from(["0", "00", "1", "01", "2", "10", "9", "a", "b", "Z", "rc", ".", "+"])
+_DPKG_TAIL = st.sampled_from(["~", "-", ":", "~~"])
+
+
+def _joined(pieces: st.SearchStrategy[str], size: int) -> st.SearchStrategy[str]:
+    return st.lists(pieces, min_size=1, max_size=size).map("".join)
+
+
+@st.composite
+def _dpkg_versions(draw: st.DrawFn) -> str:
+    epoch = draw(st.sampled_from(["", "0:", "1:", "2:"]))
+    upstream = draw(_joined(st.one_of(_PIECES, _DPKG_TAIL), 6))
+    if not upstream[0].isdigit():
+        upstream = "1" + upstream  # python-debian wants an upstream version starting with a digit
+    revision = draw(st.sampled_from(["", "-"]))
+    if revision:
+        revision += draw(_joined(st.one_of(_PIECES, st.just("~")), 4))
+    version = f"{epoch}{upstream}{revision}"
+    if ":" in upstream and not epoch:
+        version = "0:" + version
+    return version
+
+
+_RPM_VERSIONS = st.tuples(
+    st.sampled_from(["", "0:", "1:", "12:"]),
+    _joined(st.one_of(_PIECES, st.sampled_from(["~", "^", "_"])), 6),
+    st.sampled_from(["", "-"]),
+    _joined(st.one_of(_PIECES, st.sampled_from(["~", "^", "el9"])), 4),
+).map(lambda p: f"{p[0]}{p[1]}{p[2]}{p[3] if p[2] else ''}")
+
+
+@settings(max_examples=1000, deadline=None, derandomize=True)
+@given(st.data())
+@pytest.mark.parametrize("family", [Family.APT, Family.RPM])
+def test_sort_key_orders_like_the_comparator(family: Family, data: st.DataObject) -> None:
+    """Sorting by a version's key (computed once per version, as the fleet tables do) gives the
+    comparator's order: every pair compares the same both ways."""
+    versions = _dpkg_versions() if family is Family.APT else _RPM_VERSIONS
+    a, b = data.draw(versions), data.draw(versions)
+    compare, key = comparator(family), sort_key(family)
+    ka, kb = key(a), key(b)
+    assert ((ka > kb) - (ka < kb)) == compare(a, b), (a, b)
+
+
+def test_dpkg_key_refuses_what_the_comparator_refuses() -> None:
+    with pytest.raises(ValueError, match="Invalid version"):
+        dpkg_compare("1.0 beta", "1.0")
+    with pytest.raises(ValueError, match="Invalid version"):
+        dpkg_key("1.0 beta")

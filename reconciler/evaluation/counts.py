@@ -104,14 +104,23 @@ def weight(row: PatchResult | None, asu_non_compliant: bool) -> int:
     """``row``'s share of the counts (0 for no row): 1 in each field it counts in."""
     if row is None:
         return 0
-    fields = [_STATE_FIELD[row.state]]
-    if row.state in NON_COMPLIANT_STATES or (
-        asu_non_compliant and row.state is PatchState.AVAILABLE_SECURITY_UPDATE
+    return weight_of(row.state, row.compliance_level, row.security, asu_non_compliant)
+
+
+def weight_of(
+    state: PatchState, level: ComplianceLevel, security: bool, asu_non_compliant: bool
+) -> int:
+    """The weight of a row with this state, compliance level and security flag (the only fields
+    counted): the decision tables (:mod:`reconciler.evaluation.tables`) weigh rows they never
+    build."""
+    fields = [_STATE_FIELD[state]]
+    if state in NON_COMPLIANT_STATES or (
+        asu_non_compliant and state is PatchState.AVAILABLE_SECURITY_UPDATE
     ):
-        fields.append(_LEVEL_FIELD[row.compliance_level])
-        if row.security:
+        fields.append(_LEVEL_FIELD[level])
+        if security:
             fields.append(_SECURITY_FIELD)
-            if row.compliance_level is ComplianceLevel.CRITICAL:
+            if level is ComplianceLevel.CRITICAL:
                 fields.append(_CRITICAL_SECURITY_FIELD)
     packed = sum(1 << (field * _BITS) for field in fields if field is not None)
     return _WEIGHTS.setdefault(packed, packed)

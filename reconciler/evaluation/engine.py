@@ -462,12 +462,8 @@ class InstalledEntry:
     def of(cls, decider: Decider, pkg: InstalledPackage) -> InstalledEntry:
         approval = decider.decide(pkg)
         pending = None
-        if approval.rejected:
-            state = PatchState.INSTALLED_REJECTED if decider.block else PatchState.INSTALLED_OTHER
-        elif not approval.approved:
-            state = PatchState.INSTALLED_OTHER
-        else:
-            state = PatchState.INSTALLED
+        state = installed_state(decider, approval)
+        if state is PatchState.INSTALLED:
             why = f"{approval.reason}; installed, the machine needs a reboot to use it"
             pending = _row(pkg, PatchState.INSTALLED_PENDING_REBOOT, approval, why)
         row = _row(pkg, state, approval, approval.reason)
@@ -481,6 +477,13 @@ class InstalledEntry:
             pending_weight=counts.weight(pending, False),
             installed_at=None if pkg.installed_time is None else _utc(pkg.installed_time),
         )
+
+
+def installed_state(decider: Decider, approval: Approval) -> PatchState:
+    """An installed package's state, unless the machine awaits a reboot because of it."""
+    if approval.rejected:
+        return PatchState.INSTALLED_REJECTED if decider.block else PatchState.INSTALLED_OTHER
+    return PatchState.INSTALLED if approval.approved else PatchState.INSTALLED_OTHER
 
 
 def _first(
@@ -727,16 +730,20 @@ def _update_row(
         return _row(
             update, PatchState.FAILED, approval, f"{approval.reason}; install failed: {failure}"
         )
-    if not update.applicable or (
-        update.installed_version is None and decider.family is not Family.WINDOWS
-    ):
-        why = (
-            "does not apply to this machine"
-            if not update.applicable
-            else "package is not installed"
-        )
+    why = not_applicable(decider, update)
+    if why is not None:
         return _row(update, PatchState.NOT_APPLICABLE, approval, f"{approval.reason}; {why}")
     return _row(update, PatchState.MISSING, approval, approval.reason)
+
+
+def not_applicable(decider: Decider, update: AvailableUpdate) -> str | None:
+    """Why an approved update that can be installed and did not fail is NOT_APPLICABLE (else
+    None, and it is MISSING)."""
+    if not update.applicable:
+        return "does not apply to this machine"
+    if update.installed_version is None and decider.family is not Family.WINDOWS:
+        return "package is not installed"
+    return None
 
 
 def _utc(moment: datetime) -> datetime:

@@ -3,6 +3,12 @@
 Debian versions are compared by python-debian (dpkg's algorithm). RPM has no well-kept pure-Python
 implementation on PyPI, so rpm's ``rpmvercmp`` (with ``~`` and ``^``) and EVR comparison are written
 here from its specification; tests check it against known orderings. Pure.
+
+:func:`sort_key` gives, per family, a key function ordering versions exactly as
+:func:`comparator` does (a hypothesis property in tests/test_resolve_and_versions.py proves it):
+whole-fleet code (:mod:`reconciler.evaluation.tables`) computes each distinct version's key once
+and sorts, instead of comparing pairs of strings again and again. The comparators stay the
+reference.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from debian.debian_support import version_compare
+from debian.debian_support import BaseVersion, version_compare
 
 from reconciler.api.enums import Family
 
@@ -85,3 +91,84 @@ def dpkg_compare(a: str, b: str) -> int:
 def comparator(family: Family) -> Callable[[str, str], int]:
     """The version comparison for ``family`` (-1, 0, 1)."""
     return dpkg_compare if family is Family.APT else rpm_compare
+
+
+VersionKey = tuple[object, ...]
+"""A version's sort key: keys compare as :func:`comparator` compares their versions."""
+
+
+def sort_key(family: Family) -> Callable[[str], VersionKey]:
+    """The key function ordering ``family``'s versions as :func:`comparator` does."""
+    return dpkg_key if family is Family.APT else rpm_key
+
+
+def rpm_key(evr: str) -> VersionKey:
+    """rpm_compare as a key: (epoch, version's segments, release's segments)."""
+    epoch, version, release = split_evr(evr)
+    return (epoch, _rpm_segments_key(version), _rpm_segments_key(release))
+
+
+# rpmvercmp's segment classes in its order: '~' sorts before the end of the string, '^' after
+# it but before any other segment, letters before numbers.
+_TILDE, _END, _CARET, _ALPHA, _NUMBER = range(5)
+
+
+def _rpm_segments_key(value: str) -> VersionKey:
+    key: list[tuple[object, ...]] = []
+    for segment in _segments(value):
+        if segment == "~":
+            key.append((_TILDE,))
+        elif segment == "^":
+            key.append((_CARET,))
+        elif segment.isdigit():
+            key.append((_NUMBER, int(segment)))
+        else:
+            key.append((_ALPHA, segment))
+    key.append((_END,))  # the end meets the other's next segment as rpmvercmp's rest rule says
+    return tuple(key)
+
+
+def dpkg_key(version: str) -> VersionKey:
+    """dpkg_compare as a key. python-debian (without apt_pkg) compares the epoch, then the
+    upstream version and the revision ("0" when absent) token by token (runs of digits or of
+    other characters), padding the shorter list with "0" tokens; the key encodes exactly that."""
+    parsed = BaseVersion(version)  # refuses what version_compare refuses, with its ValueError
+    return (
+        int(parsed.epoch or "0"),
+        _dpkg_part_key(parsed.upstream_version or "0"),
+        _dpkg_part_key(parsed.debian_revision or "0"),
+    )
+
+
+_DPKG_TOKEN = re.compile(r"\d+|\D+")
+_PAD = (1, 0)  # the key of the "0" token python-debian pads the shorter list with
+
+
+def _dpkg_part_key(part: str) -> VersionKey:
+    """Tokens compare position by position against the other list padded with "0" tokens, which
+    tuple comparison cannot do: a run of k padding-equal tokens and the token x after it become
+    one group (side, +-k, x), side saying whether x sorts after the padding. Two groups then
+    compare as their positions would (a shorter run meets x against padding), and the end of the
+    list, (0,), as padding meets the other's next group."""
+    tokens = [_dpkg_token_key(token) for token in _DPKG_TOKEN.findall(part)]
+    groups: list[tuple[object, ...]] = []
+    run = 0
+    for token in tokens:
+        if token == _PAD:
+            run += 1
+            continue
+        side = 1 if token > _PAD else -1
+        groups.append((side, -run if side > 0 else run, token))
+        run = 0
+    groups.append((0,))  # trailing padding-equal tokens compare like the padding itself
+    return tuple(groups)
+
+
+def _dpkg_token_key(token: str) -> tuple[int, object]:
+    """A digit token compares as a number with another digit token, and as characters (each
+    digit ranked 1-10, below every letter and symbol, above '~') with any other token, where its
+    first character already decides."""
+    if token[0].isdigit():
+        return (1, int(token))
+    orders = tuple(-1 if c == "~" else ord(c) if c.isalpha() else ord(c) + 256 for c in token)
+    return (0 if token[0] == "~" else 2, (*orders, 0))  # 0: the shorter string's padding

@@ -12,16 +12,17 @@ given); may not read the store, a source or a transport (the CLI hands everythin
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from reconciler.api.enums import Operation
-from reconciler.api.inventory import Inventory, PackageFacts
-from reconciler.api.resources import MaintenanceWindow
+from reconciler.api.inventory import Inventory
+from reconciler.api.resources import MaintenanceWindow, PatchBaseline
 from reconciler.api.snapshot import Snapshot
-from reconciler.evaluation import DecisionCache, declared_holds, evaluate, resolve
+from reconciler.evaluation import DecisionCache, Hold, declared_holds, evaluate, resolve
 from reconciler.evaluation.pins import pins_for
+from reconciler.report.views.difftables import Judged, Member, judge, version_key
 from reconciler.report.views.gates import guarded
 from reconciler.schedule import describe, openings
 from reconciler.schedule.windows import Opening, current_opening
@@ -40,9 +41,15 @@ class Side:
     """COMPLIANT, NON_COMPLIANT, ABSENT, or why no baseline applies."""
     approved: frozenset[str] = frozenset()
     rejected: frozenset[str] = frozenset()
+    """Every version approved (rejected) on the instance: the reference path's. The table path
+    leaves both empty and gives InstanceChange its lists instead (strings only for those)."""
     pins: tuple[str, ...] = ()
     """What an Install would send: the approved missing patches (``name[:arch]=version``)."""
     labels: Mapping[str, str] = field(default_factory=dict)
+
+
+Lists = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+"""Newly approved, no longer approved, newly rejected: sorted ``name[:arch]=version``."""
 
 
 @dataclass(frozen=True)
@@ -52,17 +59,25 @@ class InstanceChange:
     instance: str
     before: Side
     after: Side
+    lists: Lists | None = None
+    """The verdict lists when the tables worked them out; else the sides' sets give them."""
 
     @property
     def newly_approved(self) -> tuple[str, ...]:
+        if self.lists is not None:
+            return self.lists[0]
         return tuple(sorted(self.after.approved - self.before.approved))
 
     @property
     def no_longer_approved(self) -> tuple[str, ...]:
+        if self.lists is not None:
+            return self.lists[1]
         return tuple(sorted(self.before.approved - self.after.approved))
 
     @property
     def newly_rejected(self) -> tuple[str, ...]:
+        if self.lists is not None:
+            return self.lists[2]
         return tuple(sorted(self.after.rejected - self.before.rejected))
 
     @property
@@ -197,7 +212,40 @@ class Diff:
 def compare(
     before: Snapshot, after: Snapshot, inventories: Iterable[Inventory], now: datetime
 ) -> Diff:
-    """How ``after`` differs from ``before`` for the machines of ``inventories`` at ``now``."""
+    """How ``after`` differs from ``before`` for the machines of ``inventories`` at ``now``.
+    Instances with a baseline under both revisions and nothing the tables do not count (a
+    hold, a failed or NoReboot Install) are judged together from the engine's tables
+    (difftables.py); the others one by one, as reference_compare judges all."""
+    ordered = sorted(inventories, key=lambda i: i.instance_id)
+    same = _SameBaselines()
+    places = [(_place(before, i, same), _place(after, i, same)) for i in ordered]
+    tabled = [n for n, (old, new) in enumerate(places) if _tabled(ordered[n], old, new)]
+    members = [Member(ordered[n], places[n][0].baseline, places[n][1].baseline) for n in tabled]  # type: ignore[arg-type]
+    cache = DecisionCache()  # one Decider per baseline for the tables and the others alike
+    judged = dict(zip(tabled, judge(members, now, cache), strict=True))
+    sides: dict[str, tuple[Side, Side]] = {}
+    changes = []
+    for n, inventory in enumerate(ordered):
+        old, new = places[n]
+        found = judged.get(n)
+        if found is None:
+            pair = (_side(old, inventory, now, cache), _side(new, inventory, now, cache))
+            change = InstanceChange(inventory.instance_id, *pair)
+        else:
+            pair = (old.judged(found, 0), new.judged(found, 1))
+            lists = (found.newly_approved, found.no_longer_approved, found.newly_rejected)
+            change = InstanceChange(inventory.instance_id, *pair, lists=lists)
+        sides[inventory.instance_id] = pair
+        if change.changed:
+            changes.append(change)
+    return _diff(before, after, tuple(changes), sides, now)
+
+
+def reference_compare(
+    before: Snapshot, after: Snapshot, inventories: Iterable[Inventory], now: datetime
+) -> Diff:
+    """``compare`` judging every instance one by one through ``evaluate`` and string sets: the
+    reference the table path is proven equal to (tests/test_diff_tables.py)."""
     cache = DecisionCache()
     sides = {
         inventory.instance_id: (
@@ -211,6 +259,16 @@ def compare(
         for name, (old, new) in sides.items()
         if (change := InstanceChange(name, old, new)).changed
     )
+    return _diff(before, after, changes, sides, now)
+
+
+def _diff(
+    before: Snapshot,
+    after: Snapshot,
+    changes: tuple[InstanceChange, ...],
+    sides: Mapping[str, tuple[Side, Side]],
+    now: datetime,
+) -> Diff:
     return Diff(
         changes,
         window_changes(before, after, now),
@@ -219,43 +277,88 @@ def compare(
     )
 
 
-def side_of(snapshot: Snapshot, inventory: Inventory, now: datetime, cache: DecisionCache) -> Side:
-    """The instance's group, baseline, verdicts and compliance under ``snapshot``."""
+@dataclass(frozen=True)
+class _Place:
+    """Where one instance stands under one revision before it is judged: its group, labels and
+    baseline (or the Side of an instance with none)."""
+
+    side: Side
+    baseline: PatchBaseline | None = None
+    holds: tuple[Hold, ...] = ()
+
+    def judged(self, found: Judged, side: int) -> Side:
+        return replace(self.side, status=found.status[side], pins=found.pins[side])
+
+
+class _SameBaselines:
+    """One object per baseline content: a baseline the change leaves alone is the same object
+    in both revisions, so its Decider and table are built once."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, list[PatchBaseline]] = {}
+
+    def of(self, baseline: PatchBaseline) -> PatchBaseline:
+        seen = self._seen.setdefault(baseline.metadata.name, [])
+        found = next((b for b in seen if b is baseline or b == baseline), None)
+        if found is None:
+            seen.append(baseline)
+            found = baseline
+        return found
+
+
+def _place(snapshot: Snapshot, inventory: Inventory, same: _SameBaselines | None = None) -> _Place:
     instance = snapshot.instances.get(inventory.instance_id)
     if instance is None:
-        return Side()
+        return _Place(Side())
     labels = dict(instance.metadata.labels)
     resolution = resolve(snapshot, labels, inventory.facts.operating_system)
     group = resolution.group.metadata.name if resolution.group else None
     baseline = resolution.baseline
     if baseline is None:
-        return Side(group=group, status=resolution.baseline_reason, labels=labels)
+        return _Place(Side(group=group, status=resolution.baseline_reason, labels=labels))
+    baseline = same.of(baseline) if same is not None else baseline
     holds = declared_holds(resolution.group, instance)
-    result = evaluate(baseline, inventory, now, patch_group=group, cache=cache, holds=holds)
+    return _Place(Side(group, baseline.metadata.name, labels=labels), baseline, holds)
+
+
+def _tabled(inventory: Inventory, old: _Place, new: _Place) -> bool:
+    """Whether the tables judge this instance exactly: a baseline under both revisions, and no
+    hold, failed Install or NoReboot Install (the engine's per-instance rules)."""
+    return (
+        old.baseline is not None
+        and new.baseline is not None
+        and not (old.holds or new.holds or inventory.held or inventory.failed)
+        and inventory.no_reboot_install is None
+    )
+
+
+def side_of(snapshot: Snapshot, inventory: Inventory, now: datetime, cache: DecisionCache) -> Side:
+    """The instance's group, baseline, verdicts and compliance under ``snapshot``."""
+    return _side(_place(snapshot, inventory), inventory, now, cache)
+
+
+def _side(place: _Place, inventory: Inventory, now: datetime, cache: DecisionCache) -> Side:
+    baseline = place.baseline
+    if baseline is None:
+        return place.side
+    group = place.side.group
+    result = evaluate(baseline, inventory, now, patch_group=group, cache=cache, holds=place.holds)
     decider = cache.decider(baseline, inventory.facts.effective_product(), now)
     approved, rejected = set(), set()
     native = inventory.facts.arch
     for package in (*inventory.updates, *inventory.installed):
         approval = decider.decide(package)
         if approval.approved:
-            approved.add(_key(package, native))
+            approved.add(version_key(package, native))
         if approval.rejected:
-            rejected.add(_key(package, native))
-    return Side(
-        group=group,
-        baseline=baseline.metadata.name,
+            rejected.add(version_key(package, native))
+    return replace(
+        place.side,
         status=str(result.summary.compliance_status),
         approved=frozenset(approved),
         rejected=frozenset(rejected),
         pins=pins_for(result, inventory.facts.arch),
-        labels=labels,
     )
-
-
-def _key(package: PackageFacts, native_arch: str) -> str:
-    """``name[:arch]=version``, as pins name it: the architecture only when not the machine's."""
-    arch = "" if package.arch in ("", "all", "noarch", native_arch) else f":{package.arch}"
-    return f"{package.name}{arch}={package.version}"
 
 
 def window_changes(before: Snapshot, after: Snapshot, now: datetime) -> tuple[WindowChange, ...]:

@@ -1,0 +1,480 @@
+"""Stage: evaluation. Whole-fleet summaries from tables: SSM's counts for many instances at once.
+
+A fleet reports the same package versions over and over. :class:`VersionIndex` interns them: each
+distinct package-version object gets an int, and an instance becomes two int arrays (its updates,
+its installed packages: :class:`IndexedInventory`). Per Decider (one baseline, product and moment)
+a :class:`DecisionTable` holds, in numpy arrays indexed by those ints, what each version
+contributes to the counts (whether it is approved, its rank among its package's versions, the
+weight class of each row it can give, FAILED when its install failed). The instances of a table
+are then counted 512 at a time with whole-array operations, not a Python step per package. The
+decisions are the engine's own (``Decider.decide`` and the engine's state rules); instances the
+tables cannot count exactly (a NoReboot Install, two updates of one package with equal versions)
+go through ``evaluate_summary``. Either way each Summary is ``evaluate(...).summary``
+(tests/test_engine_tables.py), and ``evaluate`` stays the reference.
+
+Pure: no I/O, and the clock is an argument. Decides nothing itself: the rules are the engine's.
+May import ``reconciler.api`` and numpy only.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from operator import mul
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from reconciler.api.enums import ComplianceLevel, Family, Operation, PatchState
+from reconciler.api.inventory import AvailableUpdate, Inventory, PackageFacts
+from reconciler.api.resources import PatchBaseline
+from reconciler.evaluation import counts
+from reconciler.evaluation.engine import Decider, DecisionCache, installed_state, not_applicable
+from reconciler.evaluation.results import Approval, Summary
+from reconciler.evaluation.summary import evaluate_summary
+from reconciler.evaluation.versions import VersionKey, sort_key
+
+Ids = npt.NDArray[np.int32]
+_Classes = npt.NDArray[np.int16]
+_NEVER = np.iinfo(np.int64).min  # the installed time of a package that reports none
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class IndexedInventory:
+    """One inventory with its package versions as ints of a VersionIndex."""
+
+    inventory: Inventory
+    updates: Ids  # inventory.updates, in order
+    installed: Ids  # inventory.installed, in order
+
+
+class VersionIndex:
+    """Interned package versions: an int per distinct package-version object (by identity, kept
+    alive), and per int what does not depend on a baseline (its package, name, installed time)."""
+
+    def __init__(self) -> None:
+        self.versions: list[PackageFacts] = []
+        self._ids: dict[int, int] = {}
+        self._packages: dict[tuple[str, str], int] = {}
+        self._names: dict[str, int] = {}
+        self._package: list[int] = []
+        self._name: list[int] = []
+        self._same: dict[tuple[str, str, str], list[int]] = {}  # (name, arch, version) -> ints
+        self._installed_at: list[int] = []  # microseconds since the epoch, UTC
+        self._keys: dict[Family, Callable[[str], VersionKey]] = {}
+        self.package: Ids = np.zeros(0, np.int32)
+        self.name: Ids = np.zeros(0, np.int32)
+        self.installed_at: npt.NDArray[np.int64] = np.zeros(0, np.int64)
+
+    def index(self, inventory: Inventory) -> IndexedInventory:
+        """``inventory`` with its versions interned (new versions get new ints)."""
+        return IndexedInventory(
+            inventory, self._intern(inventory.updates), self._intern(inventory.installed)
+        )
+
+    def sync(self) -> None:
+        """Bring the arrays up to the versions interned so far (once per batch, not per
+        inventory: each rebuild copies every column)."""
+        if len(self.package) != len(self.versions):
+            self.package = np.array(self._package, np.int32)
+            self.name = np.array(self._name, np.int32)
+            self.installed_at = np.array(self._installed_at, np.int64)
+
+    def _intern(self, packages: Sequence[PackageFacts]) -> Ids:
+        ids = self._ids
+        try:  # the common case, every object seen before, without a Python loop
+            return np.fromiter(map(ids.__getitem__, map(id, packages)), np.int32, len(packages))
+        except KeyError:
+            numbers = [ids[id(p)] if id(p) in ids else self._add(p) for p in packages]
+            return np.array(numbers, np.int32)
+
+    def _add(self, pkg: PackageFacts) -> int:
+        number = self._ids[id(pkg)] = len(self.versions)
+        self.versions.append(pkg)
+        self._package.append(self._packages.setdefault((pkg.name, pkg.arch), len(self._packages)))
+        self._name.append(self._names.setdefault(pkg.name, len(self._names)))
+        when = getattr(pkg, "installed_time", None)
+        self._installed_at.append(_NEVER if when is None else micros(when))
+        self._same.setdefault((pkg.name, pkg.arch, pkg.version), []).append(number)
+        return number
+
+    def numbers_of(self, name: str, arch: str, version: str) -> list[int]:
+        """The ints of every version object with this name, architecture and version."""
+        return self._same.get((name, arch, version), [])
+
+    def name_ids(self, names: Iterable[str]) -> Ids:
+        """The ints of these package names (names no version carries have none)."""
+        return np.array([self._names[n] for n in names if n in self._names], np.int32)
+
+    @property
+    def packages(self) -> int:
+        return len(self._packages)
+
+    def version_key(self, family: Family) -> Callable[[str], VersionKey]:
+        """``family``'s sort key, cached per version string: shared by every table of the
+        family, so each distinct version is parsed once."""
+        found = self._keys.get(family)
+        if found is None:
+            found = self._keys[family] = functools.cache(sort_key(family))
+        return found
+
+
+def micros(moment: datetime) -> int:
+    """``moment`` (naive means UTC, as the engine reads it) in microseconds since the epoch."""
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+class DecisionTable:
+    """One Decider's decisions over a VersionIndex, as arrays: per version int, whether an update
+    is approved, its rank among its package's versions, and the weight class of each row it can
+    give (0: no row or weight 0; ``weights[c]`` is class c's packed counts)."""
+
+    def __init__(self, decider: Decider, index: VersionIndex) -> None:
+        self.decider = decider
+        self.index = index
+        self.weights: list[int] = [0]
+        self._classes: dict[tuple[PatchState, ComplianceLevel, bool, bool], int] = {}
+        self._filled = np.zeros(0, np.bool_)
+        self.approved = np.zeros(0, np.bool_)
+        self.rank = np.zeros(0, np.int32)
+        self.scan = np.zeros(0, np.int16)  # an approved update's row, on a Scan
+        self.install = np.zeros(0, np.int16)  # the same on an Install
+        self.asu = np.zeros(0, np.int16)  # an update not approved, AVAILABLE_SECURITY_UPDATE
+        self.installed = np.zeros(0, np.int16)  # an installed package's row
+        self.pending = np.zeros(0, np.int16)  # the same when the machine awaits its reboot
+        self.failed = np.zeros(0, np.int16)  # an approved version's row when its install failed
+        self.blocked = np.zeros(0, np.bool_)  # an approved update needs a package BLOCK rejects
+        self._members: dict[int, list[int]] = {}  # per package: its updates' ints
+        self._version_key = index.version_key(decider.family)
+
+    def fill(self, items: Sequence[IndexedInventory]) -> None:
+        """Decide every version ``items`` use that the table has not decided yet."""
+        self._grow(len(self.index.versions))
+        used = np.zeros(len(self.index.versions), np.bool_)
+        for item in items:
+            used[item.updates] = True
+            used[item.installed] = True
+        touched: set[int] = set()
+        decide = self.decider.decide
+        for number in np.flatnonzero(used & ~self._filled).tolist():
+            pkg = self.index.versions[number]
+            approval = decide(pkg)  # once per version: every class below reads it
+            if isinstance(pkg, AvailableUpdate):
+                self._decide_update(number, pkg, approval)
+                touched.add(int(self.index.package[number]))
+            else:
+                self._decide_installed(number, approval)
+        self._filled |= used
+        for package in touched:
+            self._rerank(package)
+
+    def _grow(self, size: int) -> None:
+        extra = size - len(self._filled)
+        if extra <= 0:
+            return
+        self._filled = _padded(self._filled, extra)
+        self.approved = _padded(self.approved, extra)
+        self.rank = _padded(self.rank, extra)
+        self.scan = _padded(self.scan, extra)
+        self.install = _padded(self.install, extra)
+        self.asu = _padded(self.asu, extra)
+        self.installed = _padded(self.installed, extra)
+        self.pending = _padded(self.pending, extra)
+        self.failed = _padded(self.failed, extra)
+        self.blocked = _padded(self.blocked, extra)
+
+    def _class(self, state: PatchState | None, approval: Approval, asu_non_compliant: bool) -> int:
+        """The weight class of a row in ``state`` (None: no row) of a version so approved."""
+        if state is None:
+            return 0
+        key = (state, approval.compliance_level, approval.security, asu_non_compliant)
+        found = self._classes.get(key)
+        if found is None:
+            weight = counts.weight_of(*key)
+            if weight not in self.weights:
+                self.weights.append(weight)
+            found = self._classes[key] = self.weights.index(weight)
+        return found
+
+    def _decide_update(self, number: int, update: AvailableUpdate, approval: Approval) -> None:
+        decider = self.decider
+        self.approved[number] = approval.approved
+        package = int(self.index.package[number])
+        self._members.setdefault(package, []).append(number)
+        if not approval.approved:
+            security = decider.asu and approval.security and not approval.rejected
+            state = PatchState.AVAILABLE_SECURITY_UPDATE if security else None
+            self.asu[number] = self._class(state, approval, decider.asu_non_compliant)
+            return
+        # the engine's _update_row without a failure: only a blocked update depends on the
+        # operation
+        self.failed[number] = self._class(PatchState.FAILED, approval, False)
+        if decider.blocked_dependency(update) is not None:
+            self.blocked[number] = True
+            scan, install = PatchState.MISSING, PatchState.FAILED
+        elif not_applicable(decider, update) is not None:
+            scan = install = PatchState.NOT_APPLICABLE
+        else:
+            scan = install = PatchState.MISSING
+        self.scan[number] = self._class(scan, approval, False)
+        self.install[number] = self._class(install, approval, False)
+
+    def _decide_installed(self, number: int, approval: Approval) -> None:
+        state = installed_state(self.decider, approval)
+        self.installed[number] = self._class(state, approval, False)
+        if state is PatchState.INSTALLED:
+            pending = PatchState.INSTALLED_PENDING_REBOOT
+            self.pending[number] = self._class(pending, approval, False)
+            self.failed[number] = self._class(PatchState.FAILED, approval, False)
+
+    def _rerank(self, package: int) -> None:
+        """Rank the package's update versions in the family's order (equal versions share a
+        rank, so that the instances holding both go through the engine). Each version's sort
+        key is computed once per family (versions.sort_key orders as the comparator does)."""
+        members = self._members[package]
+        versions = self.index.versions
+        key = self._version_key
+        ordered = sorted({versions[m].version for m in members}, key=key)
+        rank: dict[str, int] = {}
+        for position, version in enumerate(ordered):
+            same = position and key(version) == key(ordered[position - 1])
+            rank[version] = rank[ordered[position - 1]] if same else position
+        for m in members:
+            self.rank[m] = rank[versions[m].version]
+
+
+_A = TypeVar("_A", bound=np.generic)
+
+
+def _padded(array: npt.NDArray[_A], extra: int) -> npt.NDArray[_A]:
+    return np.concatenate([array, np.zeros(extra, array.dtype)])
+
+
+_CHUNK = 512  # instances counted together: bounds the (instances x packages) bitmaps
+
+
+def table_summaries(
+    table: DecisionTable, items: Sequence[IndexedInventory]
+) -> list[Summary | None]:
+    """``evaluate(...).summary`` of each of ``items`` from ``table`` (filled for them), or None
+    for an instance that needs the engine (a NoReboot Install, two approved updates of one
+    package with equal versions, too many rows for the packed counts). Counted a chunk of
+    instances at a time with whole-array operations: no Python step per package."""
+    found: list[Summary | None] = []
+    for start in range(0, len(items), _CHUNK):
+        found.extend(_chunk_summaries(table, items[start : start + _CHUNK]))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """Package versions of a chunk of instances, concatenated: ``ids`` and each one's instance
+    (its position in the chunk)."""
+
+    ids: Ids
+    owner: Ids
+
+    @classmethod
+    def of(cls, arrays: Sequence[Ids]) -> _Rows:
+        sizes = [len(a) for a in arrays]
+        owner = np.repeat(np.arange(len(arrays), dtype=np.int32), sizes)
+        ids = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
+        return cls(ids.astype(np.int32, copy=False), owner)
+
+
+def _chunk_summaries(
+    table: DecisionTable, items: Sequence[IndexedInventory]
+) -> list[Summary | None]:
+    index = table.index
+    updates = _Rows.of([i.updates for i in items])
+    installed = _Rows.of([i.installed for i in items])
+    install = np.array([i.inventory.operation is Operation.INSTALL for i in items], np.bool_)
+    winners, owners, tied = _winners(table, updates)
+    # (instance, package) pairs an update row reports: their installed packages are not shown
+    reported = np.zeros((len(items), index.packages), np.bool_)
+    reported[owners, index.package[winners]] = True
+    shown = ~reported[installed.owner, index.package[installed.ids]]
+    chosen = np.where(install[owners], table.install[winners], table.scan[winners])
+    listed = _installed_classes(table, installed, shown, items)
+    failures = _failures(index, items)
+    if len(failures):
+        _mark_failed(table, chosen, winners, owners, failures, installable=True)
+        shown_ids, shown_owner = installed.ids[shown], installed.owner[shown]
+        _mark_failed(table, listed, shown_ids, shown_owner, failures, installable=False)
+    classes = [(chosen, owners), (listed, installed.owner[shown])]
+    if table.decider.asu:
+        classes.append(_asu_classes(table, updates, reported))
+    width = len(table.weights)
+    counted = np.zeros(len(items) * width, np.int64)
+    for found, owner in classes:
+        counted += np.bincount(owner.astype(np.int64) * width + found, minlength=len(counted))
+    per_instance = counted.reshape(len(items), width).tolist()
+    declined = np.zeros(len(items), np.bool_)
+    declined[tied] = True
+    return [
+        None
+        if declined[position] or _needs_engine(item.inventory, sum(row))
+        else counts.unpack(sum(map(mul, row, table.weights)), sum(row))
+        for position, (item, row) in enumerate(zip(items, per_instance, strict=True))
+    ]
+
+
+def _needs_engine(inventory: Inventory, rows: int) -> bool:
+    """A NoReboot Install (the patches it installed are named, not interned), or too many rows
+    for the packed counts."""
+    return inventory.no_reboot_install is not None or rows >= counts.FIELD_LIMIT
+
+
+def _failures(index: VersionIndex, items: Sequence[IndexedInventory]) -> npt.NDArray[np.int64]:
+    """(instance, version) keys of the versions each instance's last Install failed on."""
+    width = max(len(index.versions), 1)
+    return np.array(
+        [
+            position * width + number
+            for position, item in enumerate(items)
+            for f in item.inventory.failed
+            for number in index.numbers_of(f.name, f.arch, f.version)
+        ],
+        np.int64,
+    )
+
+
+def _mark_failed(
+    table: DecisionTable,
+    classes: _Classes,
+    ids: Ids,
+    owner: Ids,
+    failures: npt.NDArray[np.int64],
+    *,
+    installable: bool,
+) -> None:
+    """Rows of versions whose install failed become FAILED, in place: the chosen updates that
+    can be installed (a blocked one cannot: the engine's _update_row) and the approved installed
+    versions (INSTALLED or pending: _failed_installed). Only the rows of the few instances with
+    a failure are looked at."""
+    width = max(len(table.index.versions), 1)
+    positions = failures // width
+    failing = np.zeros(max(int(owner.max(initial=0)), int(positions.max())) + 1, np.bool_)
+    failing[positions] = True
+    rows = np.flatnonzero(failing[owner])
+    keys = owner[rows].astype(np.int64) * width + ids[rows]
+    hit = rows[np.isin(keys, failures)]
+    hit = hit[~table.blocked[ids[hit]]] if installable else hit[table.pending[ids[hit]] != 0]
+    classes[hit] = table.failed[ids[hit]]
+
+
+def _winners(table: DecisionTable, updates: _Rows) -> tuple[Ids, Ids, Ids]:
+    """Decider.select()'s winners: per instance and package the approved update of highest
+    rank, with their instances, and the instances where two approved updates of one package
+    share a rank (the engine orders those)."""
+    approved = table.approved[updates.ids]
+    ids, owner = updates.ids[approved], updates.owner[approved]
+    package, rank = table.index.package[ids], table.rank[ids]
+    # one int64 sort key, (instance, package, rank): an argsort, cheaper than a lexsort
+    ranks = int(rank.max(initial=0)) + 1
+    key = (owner.astype(np.int64) * table.index.packages + package) * ranks + rank
+    order = np.argsort(key, kind="stable")
+    key, ids, owner, rank = key[order], ids[order], owner[order], rank[order]
+    same = key[1:] // ranks == key[:-1] // ranks  # same instance and package
+    tied: Ids = owner[1:][same & (rank[1:] <= rank[:-1])]
+    last = np.ones(len(ids), np.bool_)  # the last of each (instance, package): the highest rank
+    last[:-1] = ~same
+    return ids[last], owner[last], tied
+
+
+def _installed_classes(
+    table: DecisionTable,
+    installed: _Rows,
+    shown: npt.NDArray[np.bool_],
+    items: Sequence[IndexedInventory],
+) -> _Classes:
+    """The shown installed packages' weight classes, INSTALLED_PENDING_REBOOT for those their
+    machine awaits a reboot for (the engine's pending_reboot without a NoReboot Install): it
+    needs a reboot, and the package asked for it or was installed after the last boot."""
+    ids, owner = installed.ids[shown], installed.owner[shown]
+    found = table.installed[ids]
+    facts = [i.inventory.facts for i in items]
+    rebooting = np.array([f.reboot_required for f in facts], np.bool_)
+    if not rebooting.any():
+        return found
+    rows = np.flatnonzero(rebooting[owner] & (table.pending[ids] != 0))  # could be pending
+    ids, owner = ids[rows], owner[rows]
+    index = table.index
+    boot = np.array(
+        [_LATEST if f.boot_time is None else micros(f.boot_time) for f in facts], np.int64
+    )
+    awaits = index.installed_at[ids] > boot[owner]
+    named = [
+        (position, name)
+        for position, f in enumerate(facts)
+        if f.reboot_required
+        for name in index.name_ids(f.reboot_required_packages).tolist()
+    ]
+    if named:
+        width = max(len(index.versions), 1)
+        keys = np.array([p * width + n for p, n in named], np.int64)
+        awaits |= np.isin(owner.astype(np.int64) * width + index.name[ids], keys)
+    found[rows[awaits]] = table.pending[ids[awaits]]
+    return found
+
+
+_LATEST = np.iinfo(np.int64).max  # the boot time of a machine that reports none: nothing after it
+
+
+def _asu_classes(
+    table: DecisionTable, updates: _Rows, reported: npt.NDArray[np.bool_]
+) -> tuple[_Classes, Ids]:
+    """One AVAILABLE_SECURITY_UPDATE row per instance and package no update row reports: its
+    first security update not approved (available_security_rows); with their instances."""
+    asu = table.asu[updates.ids]
+    package = table.index.package[updates.ids]
+    missed = (asu != 0) & ~reported[updates.owner, package]
+    owner = updates.owner[missed]
+    keys = owner.astype(np.int64) * table.index.packages + package[missed]
+    _, first = np.unique(keys, return_index=True)
+    return asu[missed][first], owner[first]
+
+
+class FleetTables:
+    """The decision tables of a fleet over one VersionIndex, one per Decider of ``cache``."""
+
+    def __init__(self, index: VersionIndex, cache: DecisionCache | None = None) -> None:
+        self.index = index
+        self.cache = cache or DecisionCache()
+        self._tables: dict[int, DecisionTable] = {}
+
+    def summaries(
+        self, members: Sequence[tuple[PatchBaseline, IndexedInventory]], now: datetime
+    ) -> list[Summary]:
+        """Each member's ``evaluate(baseline, inventory, now).summary``, in order."""
+        self.index.sync()
+        tables = [self.table(b, i.inventory, now) for b, i in members]
+        by_table: dict[int, list[IndexedInventory]] = {}
+        for table, (_, item) in zip(tables, members, strict=True):
+            by_table.setdefault(id(table), []).append(item)
+        for table in {id(t): t for t in tables}.values():
+            table.fill(by_table[id(table)])
+        counted: dict[int, Iterator[Summary | None]] = {
+            key: iter(table_summaries(table, by_table[key]))
+            for key, table in {id(t): t for t in tables}.items()
+        }
+        found = []
+        for table, (baseline, item) in zip(tables, members, strict=True):
+            summary = next(counted[id(table)])
+            if summary is None:
+                summary = evaluate_summary(baseline, item.inventory, now, cache=self.cache)
+            found.append(summary)
+        return found
+
+    def table(self, baseline: PatchBaseline, inventory: Inventory, now: datetime) -> DecisionTable:
+        """The table of the Decider that judges ``inventory`` under ``baseline`` at ``now``."""
+        decider = self.cache.decider(baseline, inventory.facts.effective_product(), now)
+        found = self._tables.get(id(decider))
+        if found is None:
+            found = self._tables[id(decider)] = DecisionTable(decider, self.index)
+        return found
