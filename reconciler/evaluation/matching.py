@@ -103,6 +103,32 @@ _PROPERTY: dict[PatchFilterKey, Callable[[PackageFacts, str], tuple[str | None, 
     PatchFilterKey.SECURITY: lambda p, _: ("yes" if p.security else "no",),
 }
 
+# The PackageFacts fields each key's properties read (beside the machine's product and OS): two
+# versions equal on them match every filter on that key alike, so bulk deciding
+# (reconciler.evaluation.verdicts) evaluates a filter once per distinct value of these fields
+# (tests/test_engine_verdicts.py checks the table against _PROPERTY).
+PROPERTY_FIELDS: dict[PatchFilterKey, tuple[str, ...]] = {
+    PatchFilterKey.PRODUCT: ("product",),
+    PatchFilterKey.PRODUCT_FAMILY: ("product_family",),
+    PatchFilterKey.PATCH_SET: ("patch_set",),
+    PatchFilterKey.CLASSIFICATION: ("classification",),
+    PatchFilterKey.SEVERITY: ("severity",),
+    PatchFilterKey.MSRC_SEVERITY: ("severity",),
+    PatchFilterKey.PRIORITY: ("priority",),
+    PatchFilterKey.SECTION: ("section",),
+    PatchFilterKey.NAME: ("name",),
+    PatchFilterKey.ARCH: ("arch",),
+    PatchFilterKey.REPOSITORY: ("repository",),
+    PatchFilterKey.ADVISORY_ID: ("advisory_ids",),
+    PatchFilterKey.CVE_ID: ("cves",),
+    PatchFilterKey.BUGZILLA_ID: ("bugzilla_ids",),
+    PatchFilterKey.PATCH_ID: ("kb_id", "name"),
+    PatchFilterKey.VERSION: ("version",),
+    PatchFilterKey.RELEASE: ("version",),
+    PatchFilterKey.EPOCH: ("version",),
+    PatchFilterKey.SECURITY: ("security",),
+}
+
 
 # ---------------------------------------------------------------------------------------------
 # Patch ids (approvedPatches / rejectedPatches)
@@ -136,6 +162,24 @@ class IdMatcher:
     def matches_name(self, name: str) -> bool:
         """Whether the id names the package ``name`` (for dependencies known by name only)."""
         return self.kind == "name" and bool(self.pattern.match(name))
+
+
+def id_fields(matcher: IdMatcher, family: Family) -> tuple[str, ...]:
+    """The PackageFacts fields ``matcher.matches`` reads in ``family``: two versions equal on them
+    are named alike (name ids read package_names' components: the name alone on apt)."""
+    if matcher.kind != "name":
+        return _ID_FIELDS[matcher.kind]
+    if family is not Family.RPM and family is not Family.SUSE:
+        return ("name",)
+    return ("name", "arch", "version", "advisory_ids")
+
+
+_ID_FIELDS = {
+    "cve": ("cves",),
+    "bugzilla": ("bugzilla_ids",),
+    "advisory": ("advisory_ids",),
+    "kb": ("kb_id", "name", "advisory_ids"),
+}
 
 
 def compile_id(patch_id: str, family: Family) -> IdMatcher:
