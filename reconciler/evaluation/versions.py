@@ -114,6 +114,13 @@ def rpm_key(evr: str) -> VersionKey:
 _TILDE, _END, _CARET, _ALPHA, _NUMBER = range(5)
 
 
+# Versions share most of their parts (releases such as "1.el9", upstream versions across
+# architectures, dpkg tokens such as "." and "ubuntu"): the part keys are cached, bounded so that
+# a long-running controller does not keep every part it ever saw.
+_PART_CACHE = 1 << 16
+
+
+@functools.lru_cache(maxsize=_PART_CACHE)
 def _rpm_segments_key(value: str) -> VersionKey:
     # _END closes the key: the end meets the other's next segment as rpmvercmp's rest rule says.
     # map(), no appends: the fleet tables compute this for every distinct version.
@@ -152,6 +159,7 @@ _DPKG_TOKEN = re.compile(r"\d+|\D+")
 _PAD = (1, 0)  # the key of the "0" token python-debian pads the shorter list with
 
 
+@functools.lru_cache(maxsize=_PART_CACHE)
 def _dpkg_part_key(part: str) -> VersionKey:
     """Tokens compare position by position against the other list padded with "0" tokens, which
     tuple comparison cannot do: a run of k padding-equal tokens and the token x after it become
@@ -172,6 +180,7 @@ def _dpkg_part_key(part: str) -> VersionKey:
     return tuple(groups)
 
 
+@functools.lru_cache(maxsize=_PART_CACHE)
 def _dpkg_token_key(token: str) -> tuple[int, object]:
     """A digit token compares as a number with another digit token, and as characters (each
     digit ranked 1-10, below every letter and symbol, above '~') with any other token, where its
