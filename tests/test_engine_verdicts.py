@@ -221,3 +221,16 @@ def test_dates_that_are_not_release_dates() -> None:
             ]
             assert decider.verdicts(pkgs).approved.any()
             _assert_agree(decider, pkgs)
+
+
+def test_a_name_holding_a_newline_is_matched_form_by_form() -> None:
+    """The id lists search a version's name forms joined by newlines; a name holding one would
+    let an id match part of it, so such a version is matched form by form, as decide does."""
+    spec = {"operatingSystem": "REDHAT_ENTERPRISE_LINUX", "rejectedPatches": ["kernel"]}
+    decider = Decider(_baseline(spec), "RedhatEnterpriseLinux9.4", NOW)
+    pkgs: list[PackageFacts] = [
+        InstalledPackage(name=name, arch="x86_64", version="1-1")
+        for name in ("x\nkernel", "kernel")
+    ]
+    assert decider.verdicts(pkgs).rejected.tolist() == [False, True]
+    _assert_agree(decider, pkgs)

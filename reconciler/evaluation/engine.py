@@ -57,6 +57,8 @@ from reconciler.evaluation.matching import (
     compile_filter,
     compile_id,
     id_fields,
+    lines_pattern,
+    named,
     names_pattern,
     package_names,
     properties,
@@ -120,6 +122,7 @@ class Decider:
         self._approved_names = names_pattern(self._approved)
         self._rejected_names = names_pattern(self._rejected)
         self._named = bool(self._approved or self._rejected)
+        self._lines = (lines_pattern(self._rejected), lines_pattern(self._approved))  # listed()
         self._approved_level = spec.approved_patches_compliance_level
         self._approved_non_security = spec.approved_patches_enable_non_security
         # Patchwarden extension: apt archives carry no release dates, so an opted-in baseline
@@ -224,11 +227,12 @@ class Decider:
         return tuple(sorted({f for m in every for f in id_fields(m, self.family)}))
 
     def listed(self, pkg: PackageFacts) -> tuple[bool, bool]:
-        """Whether rejectedPatches, and approvedPatches, name ``pkg``."""
+        """Whether rejectedPatches, and approvedPatches, name ``pkg`` (as ``_decide`` finds
+        them, without which id: one regex search per list for the name ids)."""
         names = package_names(pkg, self.family) if self._named else ()
-        rejected = _first(self._rejected, self._rejected_names, pkg, self.family, names)
-        approved = _first(self._approved, self._approved_names, pkg, self.family, names)
-        return rejected is not None, approved is not None
+        rejected = named(self._rejected, self._lines[0], pkg, self.family, names)
+        approved = named(self._approved, self._lines[1], pkg, self.family, names)
+        return rejected, approved
 
     @property
     def approved_list(self) -> tuple[ComplianceLevel, bool]:

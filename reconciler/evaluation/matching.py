@@ -206,6 +206,35 @@ def names_pattern(matchers: tuple[IdMatcher, ...]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{m.pattern.pattern})" for m in matchers), re.IGNORECASE)
 
 
+def lines_pattern(matchers: tuple[IdMatcher, ...]) -> re.Pattern[str] | None:
+    """One pattern finding a line that a name id of ``matchers`` matches whole: :func:`named`
+    searches the package_names() of a version joined by newlines, one search for every form and
+    id instead of one match per form and id."""
+    by_name = [m.pattern.pattern for m in matchers if m.kind == "name"]
+    if not by_name:
+        return None
+    return re.compile("|".join(f"(?:{p})" for p in by_name), re.IGNORECASE | re.MULTILINE)
+
+
+def named(
+    matchers: tuple[IdMatcher, ...],
+    lines: re.Pattern[str] | None,
+    pkg: PackageFacts,
+    family: Family,
+    names: tuple[str, ...],
+) -> bool:
+    """Whether any of ``matchers`` names ``pkg``: ``lines`` is their lines_pattern(), ``names``
+    the package_names() of ``pkg``."""
+    if any(m.kind != "name" and m.matches(pkg, family, names) for m in matchers):
+        return True
+    if lines is None:
+        return False
+    joined = "\n".join(names)
+    if joined.count("\n") != len(names) - 1:  # a name holding a newline: form by form
+        return any(m.matches(pkg, family, names) for m in matchers)
+    return lines.search(joined) is not None
+
+
 def _looks_like_advisory(patch_id: str) -> bool:
     return bool(re.match(r"^[A-Z][A-Z0-9]*-\d{4}[:-][0-9A-Za-z]+$", patch_id))
 
