@@ -57,7 +57,7 @@ from reconciler.evaluation.matching import (
     compile_filter,
     compile_id,
     id_fields,
-    lines_pattern,
+    id_list,
     named,
     names_pattern,
     package_names,
@@ -122,7 +122,7 @@ class Decider:
         self._approved_names = names_pattern(self._approved)
         self._rejected_names = names_pattern(self._rejected)
         self._named = bool(self._approved or self._rejected)
-        self._lines = (lines_pattern(self._rejected), lines_pattern(self._approved))  # listed()
+        self._lists = (id_list(self._rejected), id_list(self._approved))  # for listed()
         self._approved_level = spec.approved_patches_compliance_level
         self._approved_non_security = spec.approved_patches_enable_non_security
         # Patchwarden extension: apt archives carry no release dates, so an opted-in baseline
@@ -230,9 +230,8 @@ class Decider:
         """Whether rejectedPatches, and approvedPatches, name ``pkg`` (as ``_decide`` finds
         them, without which id: one regex search per list for the name ids)."""
         names = package_names(pkg, self.family) if self._named else ()
-        rejected = named(self._rejected, self._lines[0], pkg, self.family, names)
-        approved = named(self._approved, self._lines[1], pkg, self.family, names)
-        return rejected, approved
+        rejected, approved = self._lists
+        return named(rejected, pkg, self.family, names), named(approved, pkg, self.family, names)
 
     @property
     def approved_list(self) -> tuple[ComplianceLevel, bool]:

@@ -206,25 +206,22 @@ def names_pattern(matchers: tuple[IdMatcher, ...]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{m.pattern.pattern})" for m in matchers), re.IGNORECASE)
 
 
-def lines_pattern(matchers: tuple[IdMatcher, ...]) -> re.Pattern[str] | None:
-    """One pattern finding a line that a name id of ``matchers`` matches whole: :func:`named`
-    searches the package_names() of a version joined by newlines, one search for every form and
-    id instead of one match per form and id."""
+IdList = tuple[tuple[IdMatcher, ...], re.Pattern[str] | None]
+"""A list's ids, and one pattern finding a line that a name id of the list matches whole."""
+
+
+def id_list(matchers: tuple[IdMatcher, ...]) -> IdList:
+    """``matchers`` with their lines pattern: :func:`named` searches the package_names() of a
+    version joined by newlines, one search for every form and id instead of one match each."""
     by_name = [m.pattern.pattern for m in matchers if m.kind == "name"]
     if not by_name:
-        return None
-    return re.compile("|".join(f"(?:{p})" for p in by_name), re.IGNORECASE | re.MULTILINE)
+        return matchers, None
+    return matchers, re.compile("|".join(f"(?:{p})" for p in by_name), re.I | re.M)
 
 
-def named(
-    matchers: tuple[IdMatcher, ...],
-    lines: re.Pattern[str] | None,
-    pkg: PackageFacts,
-    family: Family,
-    names: tuple[str, ...],
-) -> bool:
-    """Whether any of ``matchers`` names ``pkg``: ``lines`` is their lines_pattern(), ``names``
-    the package_names() of ``pkg``."""
+def named(ids: IdList, pkg: PackageFacts, family: Family, names: tuple[str, ...]) -> bool:
+    """Whether any id of ``ids`` names ``pkg`` (``names``: its package_names())."""
+    matchers, lines = ids
     if any(m.kind != "name" and m.matches(pkg, family, names) for m in matchers):
         return True
     if lines is None:
