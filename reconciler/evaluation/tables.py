@@ -258,7 +258,9 @@ class DecisionTable:
         members = self._members[package]
         versions = self.index.versions
         key = self._version_key
-        ordered = sorted({versions[m].version for m in members}, key=key)
+        distinct = {versions[m].version for m in members}
+        # a package offering one version needs no sort key (a key costs a parse of the version)
+        ordered = sorted(distinct, key=key) if len(distinct) > 1 else list(distinct)
         rank: dict[str, int] = {}
         for position, version in enumerate(ordered):
             same = position and key(version) == key(ordered[position - 1])
