@@ -52,10 +52,14 @@ from reconciler.api.times import utc_stamp
 from reconciler.evaluation import counts
 from reconciler.evaluation.holds import Hold, machine_holds, split_held
 from reconciler.evaluation.matching import (
+    PROPERTY_FIELDS,
     FilterMatcher,
     IdMatcher,
     compile_filter,
     compile_id,
+    id_fields,
+    id_list,
+    named,
     names_pattern,
     package_names,
     properties,
@@ -68,6 +72,7 @@ from reconciler.evaluation.results import (
     NotApproved,
     PatchResult,
 )
+from reconciler.evaluation.verdicts import Profile, Verdicts, decide_many
 from reconciler.evaluation.versions import comparator
 
 # Microsoft's CriticalUpdates fix critical *non-security* bugs, so they are not security updates
@@ -117,6 +122,7 @@ class Decider:
         self._approved_names = names_pattern(self._approved)
         self._rejected_names = names_pattern(self._rejected)
         self._named = bool(self._approved or self._rejected)
+        self._lists = (id_list(self._rejected), id_list(self._approved))  # for listed()
         self._approved_level = spec.approved_patches_compliance_level
         self._approved_non_security = spec.approved_patches_enable_non_security
         # Patchwarden extension: apt archives carry no release dates, so an opted-in baseline
@@ -172,6 +178,72 @@ class Decider:
             and not pkg.candidate
             and pkg.security
         )
+
+    # -- many package versions at once (reconciler.evaluation.verdicts) ------------------------
+
+    def verdicts(self, pkgs: Sequence[PackageFacts]) -> Verdicts:
+        """``decide``'s verdicts (approved, rejected, compliance level, security) on ``pkgs``, as
+        arrays, without reasons: each filter and id list judged once per distinct value of the
+        fields it reads (tests/test_engine_verdicts.py proves them equal to ``decide``)."""
+        return decide_many(self, pkgs)
+
+    @property
+    def rules(self) -> tuple[_Rule, ...]:
+        return self._rules
+
+    @property
+    def first_seen(self) -> bool:
+        """Approve-after-days counts from first_seen (apt, approveAfterDaysFrom: FirstSeen)."""
+        return self._first_seen
+
+    @property
+    def sourced(self) -> bool:
+        return self._sourced
+
+    @property
+    def linux(self) -> bool:
+        return self._linux
+
+    def profile_fields(self) -> tuple[str, ...]:
+        """The PackageFacts fields :meth:`profile` reads, beside whether the version is shadowed
+        and whether it has advisory ids (the implicit rule reads no more of them)."""
+        keys = {f.key for f in self._global} | {f.key for r in self._rules for f in r.filters}
+        fields = {field for key in keys for field in PROPERTY_FIELDS[key]}
+        return tuple(sorted({*fields, "security", "classification"}))
+
+    def profile(self, pkg: PackageFacts, shadowed: bool) -> Profile:
+        """What ``_decide`` reads of ``pkg`` before dates and id lists: security, eligibility for
+        the implicit security rule, the global filters, and which rules' filters match."""
+        return Profile(
+            security=self._is_security_advisory(pkg),
+            eligible=self._security_eligible(pkg) and not shadowed,
+            excluded=self._failed_filter(self._global, pkg) is not None,
+            matched=tuple(self._failed_filter(r.filters, pkg) is None for r in self._rules),
+        )
+
+    def list_fields(self) -> tuple[str, ...]:
+        """The PackageFacts fields :meth:`listed` reads."""
+        every = (*self._rejected, *self._approved)
+        return tuple(sorted({f for m in every for f in id_fields(m, self.family)}))
+
+    def listed(self, pkg: PackageFacts) -> tuple[bool, bool]:
+        """Whether rejectedPatches, and approvedPatches, name ``pkg`` (as ``_decide`` finds
+        them, without which id: one regex search per list for the name ids)."""
+        names = package_names(pkg, self.family) if self._named else ()
+        rejected, approved = self._lists
+        return named(rejected, pkg, self.family, names), named(approved, pkg, self.family, names)
+
+    @property
+    def approved_list(self) -> tuple[ComplianceLevel, bool]:
+        """approvedPatches' compliance level, and whether it approves non-security versions."""
+        return self._approved_level, self._approved_non_security
+
+    def shadowed(self, pkg: PackageFacts) -> bool:
+        return self._shadowed(pkg)
+
+    def release(self, pkg: PackageFacts) -> tuple[datetime | None, str]:
+        """The moment approve-after-days counts from, and its source (as in reasons)."""
+        return self._release_time(pkg)
 
     def _decide(self, pkg: PackageFacts, shadowed: bool) -> Approval:
         security = self._is_security_advisory(pkg)

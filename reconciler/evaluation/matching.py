@@ -103,6 +103,32 @@ _PROPERTY: dict[PatchFilterKey, Callable[[PackageFacts, str], tuple[str | None, 
     PatchFilterKey.SECURITY: lambda p, _: ("yes" if p.security else "no",),
 }
 
+# The PackageFacts fields each key's properties read (beside the machine's product and OS): two
+# versions equal on them match every filter on that key alike, so bulk deciding
+# (reconciler.evaluation.verdicts) evaluates a filter once per distinct value of these fields
+# (tests/test_engine_verdicts.py checks the table against _PROPERTY).
+PROPERTY_FIELDS: dict[PatchFilterKey, tuple[str, ...]] = {
+    PatchFilterKey.PRODUCT: ("product",),
+    PatchFilterKey.PRODUCT_FAMILY: ("product_family",),
+    PatchFilterKey.PATCH_SET: ("patch_set",),
+    PatchFilterKey.CLASSIFICATION: ("classification",),
+    PatchFilterKey.SEVERITY: ("severity",),
+    PatchFilterKey.MSRC_SEVERITY: ("severity",),
+    PatchFilterKey.PRIORITY: ("priority",),
+    PatchFilterKey.SECTION: ("section",),
+    PatchFilterKey.NAME: ("name",),
+    PatchFilterKey.ARCH: ("arch",),
+    PatchFilterKey.REPOSITORY: ("repository",),
+    PatchFilterKey.ADVISORY_ID: ("advisory_ids",),
+    PatchFilterKey.CVE_ID: ("cves",),
+    PatchFilterKey.BUGZILLA_ID: ("bugzilla_ids",),
+    PatchFilterKey.PATCH_ID: ("kb_id", "name"),
+    PatchFilterKey.VERSION: ("version",),
+    PatchFilterKey.RELEASE: ("version",),
+    PatchFilterKey.EPOCH: ("version",),
+    PatchFilterKey.SECURITY: ("security",),
+}
+
 
 # ---------------------------------------------------------------------------------------------
 # Patch ids (approvedPatches / rejectedPatches)
@@ -138,6 +164,24 @@ class IdMatcher:
         return self.kind == "name" and bool(self.pattern.match(name))
 
 
+def id_fields(matcher: IdMatcher, family: Family) -> tuple[str, ...]:
+    """The PackageFacts fields ``matcher.matches`` reads in ``family``: two versions equal on them
+    are named alike (name ids read package_names' components: the name alone on apt)."""
+    if matcher.kind != "name":
+        return _ID_FIELDS[matcher.kind]
+    if family is not Family.RPM and family is not Family.SUSE:
+        return ("name",)
+    return ("name", "arch", "version", "advisory_ids")
+
+
+_ID_FIELDS = {
+    "cve": ("cves",),
+    "bugzilla": ("bugzilla_ids",),
+    "advisory": ("advisory_ids",),
+    "kb": ("kb_id", "name", "advisory_ids"),
+}
+
+
 def compile_id(patch_id: str, family: Family) -> IdMatcher:
     pattern = re.compile(
         "^" + ".*".join(re.escape(part) for part in patch_id.split("*")) + "$", re.IGNORECASE
@@ -160,6 +204,32 @@ def names_pattern(matchers: tuple[IdMatcher, ...]) -> re.Pattern[str] | None:
     if not matchers or any(m.kind != "name" for m in matchers):
         return None
     return re.compile("|".join(f"(?:{m.pattern.pattern})" for m in matchers), re.IGNORECASE)
+
+
+IdList = tuple[tuple[IdMatcher, ...], re.Pattern[str] | None]
+"""A list's ids, and one pattern finding a line that a name id of the list matches whole."""
+
+
+def id_list(matchers: tuple[IdMatcher, ...]) -> IdList:
+    """``matchers`` with their lines pattern: :func:`named` searches the package_names() of a
+    version joined by newlines, one search for every form and id instead of one match each."""
+    by_name = [m.pattern.pattern for m in matchers if m.kind == "name"]
+    if not by_name:
+        return matchers, None
+    return matchers, re.compile("|".join(f"(?:{p})" for p in by_name), re.I | re.M)
+
+
+def named(ids: IdList, pkg: PackageFacts, family: Family, names: tuple[str, ...]) -> bool:
+    """Whether any id of ``ids`` names ``pkg`` (``names``: its package_names())."""
+    matchers, lines = ids
+    if any(m.kind != "name" and m.matches(pkg, family, names) for m in matchers):
+        return True
+    if lines is None:
+        return False
+    joined = "\n".join(names)
+    if joined.count("\n") != len(names) - 1:  # a name holding a newline: form by form
+        return any(m.matches(pkg, family, names) for m in matchers)
+    return lines.search(joined) is not None
 
 
 def _looks_like_advisory(patch_id: str) -> bool:

@@ -13,7 +13,7 @@ go through ``evaluate_summary``. Either way each Summary is ``evaluate(...).summ
 (tests/test_engine_tables.py), and ``evaluate`` stays the reference.
 
 Pure: no I/O, and the clock is an argument. Decides nothing itself: the rules are the engine's.
-May import ``reconciler.api`` and numpy only.
+May import ``reconciler.api`` and numpy only; decides through ``Decider.verdicts``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from operator import mul
 from typing import TypeVar
 
@@ -35,6 +35,7 @@ from reconciler.evaluation import counts
 from reconciler.evaluation.engine import Decider, DecisionCache, installed_state, not_applicable
 from reconciler.evaluation.results import Approval, Summary
 from reconciler.evaluation.summary import evaluate_summary
+from reconciler.evaluation.verdicts import LEVELS, Verdicts, micros
 from reconciler.evaluation.versions import VersionKey, sort_key
 
 Ids = npt.NDArray[np.int32]
@@ -123,12 +124,6 @@ class VersionIndex:
         return found
 
 
-def micros(moment: datetime) -> int:
-    """``moment`` (naive means UTC, as the engine reads it) in microseconds since the epoch."""
-    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
 class DecisionTable:
     """One Decider's decisions over a VersionIndex, as arrays: per version int, whether an update
     is approved, its rank among its package's versions, and the weight class of each row it can
@@ -153,25 +148,80 @@ class DecisionTable:
         self._version_key = index.version_key(decider.family)
 
     def fill(self, items: Sequence[IndexedInventory]) -> None:
-        """Decide every version ``items`` use that the table has not decided yet."""
+        """Decide every version ``items`` use that the table has not decided yet: their
+        verdicts in bulk (``Decider.verdicts``), then each row's weight class once per distinct
+        (kind, verdict, blocked, not applicable), not once per version."""
         self._grow(len(self.index.versions))
         used = np.zeros(len(self.index.versions), np.bool_)
         for item in items:
             used[item.updates] = True
             used[item.installed] = True
-        touched: set[int] = set()
-        decide = self.decider.decide
-        for number in np.flatnonzero(used & ~self._filled).tolist():
-            pkg = self.index.versions[number]
-            approval = decide(pkg)  # once per version: every class below reads it
-            if isinstance(pkg, AvailableUpdate):
-                self._decide_update(number, pkg, approval)
-                touched.add(int(self.index.package[number]))
-            else:
-                self._decide_installed(number, approval)
+        new = np.flatnonzero(used & ~self._filled)
         self._filled |= used
-        for package in touched:
+        if not len(new):
+            return
+        pkgs = list(map(self.index.versions.__getitem__, new.tolist()))
+        verdicts = self.decider.verdicts(pkgs)
+        update = np.fromiter((isinstance(p, AvailableUpdate) for p in pkgs), np.bool_, len(pkgs))
+        self.approved[new] = verdicts.approved & update
+        codes = self._kinds(pkgs, verdicts, update)
+        distinct, group = np.unique(codes, return_inverse=True)
+        for kind, code in enumerate(distinct.tolist()):  # a few dozen kinds
+            self._classify(new[group == kind], _kind(code))
+        packages = self.index.package[new[update]].tolist()
+        for package, number in zip(packages, new[update].tolist(), strict=True):
+            self._members.setdefault(package, []).append(number)
+        for package in set(packages):
             self._rerank(package)
+
+    def _kinds(
+        self, pkgs: Sequence[PackageFacts], verdicts: Verdicts, update: npt.NDArray[np.bool_]
+    ) -> npt.NDArray[np.int64]:
+        """Per version what its rows depend on, as one int (_kind reads it): whether it is an
+        update, its verdict, and for an approved update whether it is blocked and whether it is
+        not applicable (the engine's blocked_dependency and not_applicable, asked only about
+        approved updates)."""
+        decider = self.decider
+        approved_updates = np.flatnonzero(update & verdicts.approved)
+        blocked = np.zeros(len(pkgs), np.bool_)
+        inapplicable = np.zeros(len(pkgs), np.bool_)
+        for position in approved_updates.tolist():
+            pkg = pkgs[position]
+            assert isinstance(pkg, AvailableUpdate)
+            blocked[position] = decider.blocked_dependency(pkg) is not None
+            inapplicable[position] = not_applicable(decider, pkg) is not None
+        flags = (update, verdicts.approved, verdicts.rejected, verdicts.security, blocked)
+        code = verdicts.level.astype(np.int64) * 64 + inapplicable * 32
+        for bit, flag in enumerate(flags):
+            code += flag.astype(np.int64) << bit
+        return code
+
+    def _classify(self, numbers: npt.NDArray[np.intp], kind: _Kind) -> None:
+        """The weight classes of versions of one kind: the engine's _update_row without a failure
+        (only a blocked update depends on the operation), installed_state, the
+        AVAILABLE_SECURITY_UPDATE row of an update not approved."""
+        is_update, (approved, rejected, level, security), blocked, inapplicable = kind
+        approval = Approval(approved, rejected, level, "", security)
+        decider = self.decider
+        if is_update and not approved:
+            asu = decider.asu and security and not rejected
+            state = PatchState.AVAILABLE_SECURITY_UPDATE if asu else None
+            self.asu[numbers] = self._class(state, approval, decider.asu_non_compliant)
+        elif is_update:
+            self.failed[numbers] = self._class(PatchState.FAILED, approval, False)
+            self.blocked[numbers] = blocked
+            scan = PatchState.NOT_APPLICABLE if inapplicable else PatchState.MISSING
+            install = PatchState.FAILED if blocked else scan
+            scan = PatchState.MISSING if blocked else scan
+            self.scan[numbers] = self._class(scan, approval, False)
+            self.install[numbers] = self._class(install, approval, False)
+        else:
+            state = installed_state(decider, approval)
+            self.installed[numbers] = self._class(state, approval, False)
+            if state is PatchState.INSTALLED:
+                pending = PatchState.INSTALLED_PENDING_REBOOT
+                self.pending[numbers] = self._class(pending, approval, False)
+                self.failed[numbers] = self._class(PatchState.FAILED, approval, False)
 
     def _grow(self, size: int) -> None:
         extra = size - len(self._filled)
@@ -201,37 +251,6 @@ class DecisionTable:
             found = self._classes[key] = self.weights.index(weight)
         return found
 
-    def _decide_update(self, number: int, update: AvailableUpdate, approval: Approval) -> None:
-        decider = self.decider
-        self.approved[number] = approval.approved
-        package = int(self.index.package[number])
-        self._members.setdefault(package, []).append(number)
-        if not approval.approved:
-            security = decider.asu and approval.security and not approval.rejected
-            state = PatchState.AVAILABLE_SECURITY_UPDATE if security else None
-            self.asu[number] = self._class(state, approval, decider.asu_non_compliant)
-            return
-        # the engine's _update_row without a failure: only a blocked update depends on the
-        # operation
-        self.failed[number] = self._class(PatchState.FAILED, approval, False)
-        if decider.blocked_dependency(update) is not None:
-            self.blocked[number] = True
-            scan, install = PatchState.MISSING, PatchState.FAILED
-        elif not_applicable(decider, update) is not None:
-            scan = install = PatchState.NOT_APPLICABLE
-        else:
-            scan = install = PatchState.MISSING
-        self.scan[number] = self._class(scan, approval, False)
-        self.install[number] = self._class(install, approval, False)
-
-    def _decide_installed(self, number: int, approval: Approval) -> None:
-        state = installed_state(self.decider, approval)
-        self.installed[number] = self._class(state, approval, False)
-        if state is PatchState.INSTALLED:
-            pending = PatchState.INSTALLED_PENDING_REBOOT
-            self.pending[number] = self._class(pending, approval, False)
-            self.failed[number] = self._class(PatchState.FAILED, approval, False)
-
     def _rerank(self, package: int) -> None:
         """Rank the package's update versions in the family's order (equal versions share a
         rank, so that the instances holding both go through the engine). Each version's sort
@@ -239,13 +258,28 @@ class DecisionTable:
         members = self._members[package]
         versions = self.index.versions
         key = self._version_key
-        ordered = sorted({versions[m].version for m in members}, key=key)
+        distinct = {versions[m].version for m in members}
+        # a package offering one version needs no sort key (a key costs a parse of the version)
+        ordered = sorted(distinct, key=key) if len(distinct) > 1 else list(distinct)
         rank: dict[str, int] = {}
         for position, version in enumerate(ordered):
             same = position and key(version) == key(ordered[position - 1])
             rank[version] = rank[ordered[position - 1]] if same else position
         for m in members:
             self.rank[m] = rank[versions[m].version]
+
+
+# What a version's rows depend on: is an update, (approved, rejected, level, security), blocked,
+# not applicable.
+_Kind = tuple[bool, tuple[bool, bool, ComplianceLevel, bool], bool, bool]
+
+
+def _kind(code: int) -> _Kind:
+    """DecisionTable._kinds' int as a _Kind."""
+    update, approved, rejected, security, blocked, inapplicable = (
+        bool(code >> bit & 1) for bit in range(6)
+    )
+    return update, (approved, rejected, LEVELS[code >> 6], security), blocked, inapplicable
 
 
 _A = TypeVar("_A", bound=np.generic)

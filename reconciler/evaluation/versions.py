@@ -13,6 +13,7 @@ reference.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -113,37 +114,52 @@ def rpm_key(evr: str) -> VersionKey:
 _TILDE, _END, _CARET, _ALPHA, _NUMBER = range(5)
 
 
+# Versions share most of their parts (releases such as "1.el9", upstream versions across
+# architectures, dpkg tokens such as "." and "ubuntu"): the part keys are cached, bounded so that
+# a long-running controller does not keep every part it ever saw.
+_PART_CACHE = 1 << 16
+
+
+@functools.lru_cache(maxsize=_PART_CACHE)
 def _rpm_segments_key(value: str) -> VersionKey:
-    key: list[tuple[object, ...]] = []
-    for segment in _segments(value):
-        if segment == "~":
-            key.append((_TILDE,))
-        elif segment == "^":
-            key.append((_CARET,))
-        elif segment.isdigit():
-            key.append((_NUMBER, int(segment)))
-        else:
-            key.append((_ALPHA, segment))
-    key.append((_END,))  # the end meets the other's next segment as rpmvercmp's rest rule says
-    return tuple(key)
+    # _END closes the key: the end meets the other's next segment as rpmvercmp's rest rule says.
+    # map(), no appends: the fleet tables compute this for every distinct version.
+    return (*map(_rpm_segment_key, _segments(value)), (_END,))
+
+
+def _rpm_segment_key(segment: str) -> tuple[object, ...]:
+    found = _RPM_MARKS.get(segment)
+    if found is not None:
+        return found
+    return (_NUMBER, int(segment)) if segment.isdigit() else (_ALPHA, segment)
+
+
+_RPM_MARKS: dict[str, tuple[object, ...]] = {"~": (_TILDE,), "^": (_CARET,)}
 
 
 def dpkg_key(version: str) -> VersionKey:
     """dpkg_compare as a key. python-debian (without apt_pkg) compares the epoch, then the
     upstream version and the revision ("0" when absent) token by token (runs of digits or of
-    other characters), padding the shorter list with "0" tokens; the key encodes exactly that."""
-    parsed = BaseVersion(version)  # refuses what version_compare refuses, with its ValueError
+    other characters), padding the shorter list with "0" tokens; the key encodes exactly that.
+    The version is split with python-debian's own pattern and checks (BaseVersion's), without
+    building its object: this runs once per distinct version of a fleet."""
+    parsed = _DPKG_VERSION.match(version)
+    epoch = parsed and parsed.group("epoch")
+    if not parsed or (epoch is None and ":" in parsed.group("upstream_version")):
+        raise ValueError(f"Invalid version string {version!r}")  # BaseVersion's words
     return (
-        int(parsed.epoch or "0"),
-        _dpkg_part_key(parsed.upstream_version or "0"),
-        _dpkg_part_key(parsed.debian_revision or "0"),
+        int(epoch or "0"),
+        _dpkg_part_key(parsed.group("upstream_version") or "0"),
+        _dpkg_part_key(parsed.group("debian_revision") or "0"),
     )
 
 
+_DPKG_VERSION = BaseVersion.re_valid_version
 _DPKG_TOKEN = re.compile(r"\d+|\D+")
 _PAD = (1, 0)  # the key of the "0" token python-debian pads the shorter list with
 
 
+@functools.lru_cache(maxsize=_PART_CACHE)
 def _dpkg_part_key(part: str) -> VersionKey:
     """Tokens compare position by position against the other list padded with "0" tokens, which
     tuple comparison cannot do: a run of k padding-equal tokens and the token x after it become
@@ -164,11 +180,18 @@ def _dpkg_part_key(part: str) -> VersionKey:
     return tuple(groups)
 
 
+@functools.lru_cache(maxsize=_PART_CACHE)
 def _dpkg_token_key(token: str) -> tuple[int, object]:
     """A digit token compares as a number with another digit token, and as characters (each
     digit ranked 1-10, below every letter and symbol, above '~') with any other token, where its
     first character already decides."""
     if token[0].isdigit():
         return (1, int(token))
-    orders = tuple(-1 if c == "~" else ord(c) if c.isalpha() else ord(c) + 256 for c in token)
+    orders = tuple(map(_char_order, token))
     return (0 if token[0] == "~" else 2, (*orders, 0))  # 0: the shorter string's padding
+
+
+@functools.cache
+def _char_order(char: str) -> int:
+    """A character's rank in python-debian's order: '~' first, then letters, then the rest."""
+    return -1 if char == "~" else ord(char) if char.isalpha() else ord(char) + 256
