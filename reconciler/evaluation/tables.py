@@ -124,6 +124,17 @@ class VersionIndex:
         return found
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Decided:
+    """A DecisionTable's verdicts per version int: ``decide``'s approved and rejected (installed
+    versions too), and whether the version is an approved update the engine finds applicable
+    (``not_applicable`` gives nothing: it is pinned when it wins, unless blocked)."""
+
+    approved: npt.NDArray[np.bool_]
+    rejected: npt.NDArray[np.bool_]
+    applicable: npt.NDArray[np.bool_]
+
+
 class DecisionTable:
     """One Decider's decisions over a VersionIndex, as arrays: per version int, whether an update
     is approved, its rank among its package's versions, and the weight class of each row it can
@@ -146,6 +157,9 @@ class DecisionTable:
         self.blocked = np.zeros(0, np.bool_)  # an approved update needs a package BLOCK rejects
         self._members: dict[int, list[int]] = {}  # per package: its updates' ints
         self._version_key = index.version_key(decider.family)
+        # each fill's new version ints, their bulk verdicts and kind codes, kept for decided():
+        # patchctl diff's comparison reads them instead of deciding every version again
+        self._decided: list[tuple[npt.NDArray[np.intp], Verdicts, npt.NDArray[np.int64]]] = []
 
     def fill(self, items: Sequence[IndexedInventory]) -> None:
         """Decide every version ``items`` use that the table has not decided yet: their
@@ -165,6 +179,7 @@ class DecisionTable:
         update = np.fromiter((isinstance(p, AvailableUpdate) for p in pkgs), np.bool_, len(pkgs))
         self.approved[new] = verdicts.approved & update
         codes = self._kinds(pkgs, verdicts, update)
+        self._decided.append((new, verdicts, codes))
         distinct, group = np.unique(codes, return_inverse=True)
         for kind, code in enumerate(distinct.tolist()):  # a few dozen kinds
             self._classify(new[group == kind], _kind(code))
@@ -173,6 +188,18 @@ class DecisionTable:
             self._members.setdefault(package, []).append(number)
         for package in set(packages):
             self._rerank(package)
+
+    def decided(self) -> Decided:
+        """The verdicts ``fill`` computed, per version int of the index (False for a version no
+        filled instance uses): nothing is decided again."""
+        size = len(self.index.versions)
+        found = Decided(*(np.zeros(size, np.bool_) for _ in range(3)))
+        for new, verdicts, codes in self._decided:
+            found.approved[new] = verdicts.approved
+            found.rejected[new] = verdicts.rejected
+            # bit 0: an update, bit 5: not applicable (_kinds)
+            found.applicable[new] = verdicts.approved & ((codes & 1) == 1) & ((codes & 32) == 0)
+        return found
 
     def _kinds(
         self, pkgs: Sequence[PackageFacts], verdicts: Verdicts, update: npt.NDArray[np.bool_]

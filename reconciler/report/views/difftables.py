@@ -25,9 +25,9 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
-from reconciler.api.inventory import AvailableUpdate, Inventory, PackageFacts
+from reconciler.api.inventory import Inventory, PackageFacts
 from reconciler.api.resources import PatchBaseline
-from reconciler.evaluation.engine import Decider, DecisionCache, not_applicable
+from reconciler.evaluation.engine import DecisionCache
 from reconciler.evaluation.pins import _pin
 from reconciler.evaluation.tables import (
     DecisionTable,
@@ -69,31 +69,16 @@ class Judged:
 
 
 class _Decisions:
-    """One Decider's verdicts per version int: approved, rejected, and (updates) whether it would
-    be pinned when it wins (approved, not blocked, applicable)."""
+    """One table's verdicts per version int, as ``DecisionTable.fill`` computed them (no version
+    is decided again): approved, rejected, and (updates) whether it would be pinned when it wins
+    (approved, not blocked, applicable)."""
 
     def __init__(self, table: DecisionTable) -> None:
         self.table = table
-        size = len(table.index.versions)
-        self.approved = np.zeros(size, np.bool_)
-        self.rejected = np.zeros(size, np.bool_)
-        self.pinned = np.zeros(size, np.bool_)
-
-    def fill(self, items: Sequence[tuple[Ids, Ids]]) -> None:
-        used = np.zeros(len(self.approved), np.bool_)
-        for updates, installed in items:
-            used[updates] = True
-            used[installed] = True
-        decider: Decider = self.table.decider
-        versions = self.table.index.versions
-        for number in np.flatnonzero(used).tolist():
-            pkg = versions[number]
-            approval = decider.decide(pkg)
-            self.approved[number] = approval.approved
-            self.rejected[number] = approval.rejected
-            if approval.approved and isinstance(pkg, AvailableUpdate):
-                self.pinned[number] = not_applicable(decider, pkg) is None
-        self.pinned &= ~self.table.blocked[: len(self.pinned)]
+        decided = table.decided()
+        self.approved = decided.approved
+        self.rejected = decided.rejected
+        self.pinned = decided.applicable & ~table.blocked[: len(decided.applicable)]
 
 
 class _Strings:
@@ -133,7 +118,7 @@ def judge(members: Sequence[Member], now: datetime, cache: DecisionCache) -> lis
     moved = [n for n, (old, new) in enumerate(pairs) if old is not new]
     status = [str(s.compliance_status) for s in tables.summaries(_side(members, items, 0), now)]
     after = tables.summaries(_side([members[n] for n in moved], [items[n] for n in moved], 1), now)
-    decisions = _decisions(pairs, items)
+    decisions = _decisions(pairs)
     strings = _Strings(index)
     natives = [m.inventory.facts.arch for m in members]
     pins = _pins([decisions[id(p[0])] for p in pairs], items, natives, strings)
@@ -160,19 +145,11 @@ def _side(
     return [(m.after if side else m.before, item) for m, item in zip(members, items, strict=True)]
 
 
-def _decisions(
-    pairs: Sequence[tuple[DecisionTable, DecisionTable]], items: Sequence[IndexedInventory]
-) -> dict[int, _Decisions]:
-    """Per table (by id), its verdicts for every version its instances use."""
-    by_table: dict[int, tuple[DecisionTable, list[tuple[Ids, Ids]]]] = {}
-    for pair, item in zip(pairs, items, strict=True):
-        for table in {id(t): t for t in pair}.values():
-            by_table.setdefault(id(table), (table, []))[1].append((item.updates, item.installed))
-    found = {}
-    for key, (table, used) in by_table.items():
-        found[key] = _Decisions(table)
-        found[key].fill(used)
-    return found
+def _decisions(pairs: Sequence[tuple[DecisionTable, DecisionTable]]) -> dict[int, _Decisions]:
+    """Per table (by id), its verdicts for every version its instances use (the summaries
+    passes filled each table for its instances)."""
+    tables = {id(t): t for pair in pairs for t in pair}
+    return {key: _Decisions(table) for key, table in tables.items()}
 
 
 @dataclass(frozen=True, slots=True)
