@@ -405,7 +405,7 @@ def _hidden(
     up in the flattened bitmap: nearly every installed package of a fleet has some update, so
     narrowing the rows first costs more than it saves."""
     packages = table.index.packages
-    start = np.repeat(np.arange(0, len(installed.sizes) * packages, packages), installed.sizes)
+    start = np.repeat(np.arange(len(installed.sizes), dtype=np.int64) * packages, installed.sizes)
     found: npt.NDArray[np.bool_] = reported.ravel()[start + table.index.package[installed.ids]]
     return found
 
