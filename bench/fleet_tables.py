@@ -49,7 +49,7 @@ DESCRIPTION = f"""`bench/fleet_tables.py`: the fleet of *Fleet evaluation* above
 (`reconciler/evaluation/tables.py`) counts every instance's SSM summary from numpy arrays: package
 versions interned to ints (`VersionIndex`, two int arrays per instance), and per Decider (baseline,
 product, moment) a table of what each version contributes (approved, rank among its package's
-versions, weight class of each row it can give, FAILED included), counting 512 instances per
+versions, weight class of each row it can give, FAILED included), counting 256 instances per
 array pass; instances it cannot count exactly (a NoReboot Install, two approved updates of one
 package with equal versions: none here) go through `evaluate_summary`. *decisions/s* is one pass with a
 fresh `DecisionCache` (deciding every distinct version once per baseline included), wall time,

@@ -11,7 +11,7 @@ baselines, inventories or decisions.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from reconciler.api.enums import (
     COMPLIANCE_LEVEL_ORDER,
@@ -134,7 +134,19 @@ _WEIGHTS: dict[int, int] = {}
 def unpack(packed: int, rows: int) -> Summary:
     """The Summary of ``rows`` rows (fewer than FIELD_LIMIT) whose weights sum to ``packed``;
     the same as summarize() over those rows."""
-    count = [(packed >> (field * _BITS)) & (FIELD_LIMIT - 1) for field in range(_FIELDS)]
+    return from_fields(fields(packed), rows)
+
+
+def fields(packed: int) -> list[int]:
+    """The counts in ``packed`` (a weight, or a sum of fewer than FIELD_LIMIT), one per field:
+    the fields of a sum are the sums of the fields, so the decision tables add them up for
+    many instances at once as a matrix product."""
+    return [(packed >> (field * _BITS)) & (FIELD_LIMIT - 1) for field in range(_FIELDS)]
+
+
+def from_fields(count: Sequence[int], rows: int) -> Summary:
+    """The Summary of ``rows`` rows (fewer than FIELD_LIMIT) whose weights' fields() sum to
+    ``count``."""
     states = {state: count[f] for state, f in _STATE_FIELD.items() if f is not None}
     by_level = [count[_LEVEL_FIELD[level]] for level in COMPLIANCE_LEVEL_ORDER]
     worst = next((index for index, n in enumerate(by_level) if n), None)
