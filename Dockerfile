@@ -28,9 +28,9 @@ FROM ${PYTHON_IMAGE}
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     LC_ALL=C.UTF-8
-# git + ssh for Git sources; util-linux (nsenter) is already in the base image for node Jobs.
+# git + ssh for Git sources; libstdc++6 for numpy's wheels; util-linux (nsenter) is already in the base image for node Jobs.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git openssh-client ca-certificates \
+ && apt-get install -y --no-install-recommends git openssh-client ca-certificates libstdc++6 \
  && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels patchwarden
