@@ -382,6 +382,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the Kubernetes controller: the loop on a namespace's resources, status, leader lease",
     )
     _controller_args(p)
+    _clock_start_arg(p)
     _reboot_args(p)
     _audit_log_arg(p)
     _events_args(p)
@@ -1838,7 +1839,10 @@ def _controller(args: argparse.Namespace) -> int:
                 owner=owner,
             )
         else:
-            reconciler, events = _reconciler(args, store, transports, observers=observers), None
+            reconciler = _reconciler(
+                args, store, transports, clock=_loop_clock(args), observers=observers
+            )
+            events = None
         _log_level(args.log_level)
         with _listening():
             code = run(
@@ -1984,6 +1988,7 @@ def _controller_reconciler(
         observers=[events, *observers],
         reboot_settings=_reboot_settings(args),
         job_queue=_job_queue(args, store),
+        clock=_loop_clock(args),
     )
     return reconciler, events
 

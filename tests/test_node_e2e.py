@@ -31,7 +31,7 @@ from reconciler.api.resources import GROUP, VERSION
 from reconciler.dispatch.nodes import NodeSettings
 from reconciler.kube import Kube
 from tests.aptlab import seed
-from tests.fleet import BASELINE_YAML, documents, open_window_yaml, versions
+from tests.fleet import BASELINE_YAML, at_now, documents, open_window_yaml, versions
 from tests.kubenode import NODE_NAME, KubeNode
 from tests.netfleet import INSTALLED, _mount_overlay, base_root, default_repo
 from tests.test_image import NAME, _build
@@ -314,11 +314,6 @@ def _events(kube_node: KubeNode, namespace: str) -> set[tuple[str, str, str]]:
 
 @on_the_node[0]
 @on_the_node[1]
-@pytest.mark.xfail(
-    reason="fails on main since the stop-26 merges (passed on its branch): the installed "
-    "controller only scans; under investigation, see the stop-26 note (issue 18 stays open)",
-    strict=False,
-)
 def test_applied_resources_patch_the_node_through_the_installed_controller(
     kube_node: KubeNode, image: str, debian_root: Path, host_dir: Path, tmp_path: Path
 ) -> None:
@@ -338,6 +333,9 @@ def test_applied_resources_patch_the_node_through_the_installed_controller(
             # host's namespaces, as the kubelet is.
             "hostPid": os.getpid(),
         },
+        # The controller's loop runs on the tests' clock (`patchctl controller --now`), never
+        # on today's date: open_window_yaml's window is open at its start.
+        "extraArgs": list(at_now()),
     }
     kubeconfig = str(kube_node.api.kubeconfig)
     with (
@@ -366,8 +364,8 @@ def _patch_the_node(kube_node: KubeNode, ns: str, apps: str, root: Path, tmp_pat
         _watching(core.list_namespaced_pod, apps) as app,
     ):
         # What docs/kubernetes.md says a user applies: a baseline, a group selecting nodes by
-        # label, a window (open now, from the clock the controller reads: no clock is injected
-        # into a pod); the Node's ManagedInstance is the controller's mirror.
+        # label, a window (open on the controller's --now clock); the Node's ManagedInstance is
+        # the controller's mirror.
         window = open_window_yaml("now", reboot_option="NoReboot", max_concurrency="1")
         _apply(kube_node, ns, tmp_path / "patching.yaml", documents(BASELINE_YAML, window))
         kube_node.kubectl("label", "node", NODE_NAME, "fleet=e2e")
