@@ -27,6 +27,20 @@ from tests.promlab import alertmanager, prometheus  # noqa: F401  (real Promethe
 # remove the variable.
 os.environ["PATCHWARDEN_TRUST_ROOT_SCRIPTS"] = "1"
 
+# `make test` runs the suite on every core (pytest-xdist, --dist loadgroup). Each test file is one
+# group, so a module's fixtures (a fleet, a built image, a server) are built once; the tests that
+# use the one real node this machine can run (its address, bridge, iptables chains and kernel
+# settings are fixed: tests/kubenode.py) are one group, so they run on one worker, one at a time.
+ONE_PER_MACHINE = frozenset({"kube_node"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        uses = ONE_PER_MACHINE.intersection(getattr(item, "fixturenames", ()))
+        group = "kube-node" if uses else item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 HAVE_APT = all(shutil.which(tool) for tool in ("apt-get", "apt-cache", "dpkg", "dpkg-query"))
 needs_apt = pytest.mark.skipif(not HAVE_APT, reason="apt and dpkg are not installed")
 
