@@ -62,14 +62,16 @@ The two revisions differ as a reviewed change would: al2023-prod's first rule ap
 one `compare` call, wall time, pinned to one CPU, fresh: interning every inventory's versions,
 deciding every distinct version once per Decider (5 baselines before, the 3 changed ones
 after), the tables, the verdict lists, statuses, pins and windows are all inside it. Measured
-apart in the same run: *deciding alone* (every distinct version the fleet uses decided once per
-baseline the diff needs, fresh `DecisionCache`), *interning alone* (a fresh `VersionIndex` over
-every inventory), and the *floor* of evaluate_fleet.py (one dict lookup per update and
-installed package of every instance: any path that reads each package once pays it). The
-*reference* is the per-instance path `compare` had before (`reference_compare`: `evaluate` and
-string sets per instance and side), timed on the first *reference instances* and extrapolated
-linearly (an overestimate: deciding is shared across instances); the bench stops with an error
-unless both give the same Diff there. Target: ≤ {TARGET:.0f} s for 10,000 instances."""
+apart in the same run: *deciding alone, bulk verdicts* (how `compare` decides: every distinct
+version the fleet uses judged by `Decider.verdicts`, one call per baseline the diff needs, as
+`DecisionTable.fill` calls it, fresh `DecisionCache`, no reasons built), *interning alone* (a
+fresh `VersionIndex` over every inventory), and the *floor* of evaluate_fleet.py (one dict
+lookup per update and installed package of every instance: any path that reads each package
+once pays it). The *reference* is the per-instance path `compare` had before
+(`reference_compare`: `evaluate` and string sets per instance and side), timed on the first
+*reference instances* and extrapolated linearly (an overestimate: deciding is shared across
+instances); the bench stops with an error unless both give the same Diff there. Target:
+≤ {TARGET:.0f} s for 10,000 instances."""
 
 COLUMNS = [
     "date (UTC)",
@@ -78,7 +80,7 @@ COLUMNS = [
     "target",
     "result",
     "instances changed",
-    "deciding alone (s)",
+    "deciding alone, bulk verdicts (s)",
     "interning alone (s)",
     "floor: one dict lookup per package (s)",
     "reference instances",
@@ -134,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _deciding(fleet: list[Member], before: Snapshot, after: Snapshot) -> float:
-    """The floor of a fresh diff: deciding every distinct version the instances use, once per
-    baseline the diff needs (one equal in both revisions once), with a fresh DecisionCache."""
+    """The floor of a fresh diff: every distinct version the instances use judged in bulk
+    (``Decider.verdicts``, what ``DecisionTable.fill`` calls in ``compare``), once per baseline
+    the diff needs (one equal in both revisions once), with a fresh DecisionCache."""
     work: dict[int, tuple[PatchBaseline, str, dict[int, PackageFacts]]] = {}
     for m in fleet:
         name, product = m.baseline.metadata.name, m.inventory.facts.effective_product()
@@ -143,12 +146,14 @@ def _deciding(fleet: list[Member], before: Snapshot, after: Snapshot) -> float:
         for baseline in (old, old if new == old else new):
             versions = work.setdefault(id(baseline), (baseline, product, {}))[2]
             versions.update((id(p), p) for p in (*m.inventory.updates, *m.inventory.installed))
+    batches = [
+        (baseline, product, list(versions.values()))
+        for baseline, product, versions in work.values()
+    ]
     cache = DecisionCache()
     started = time.perf_counter()
-    for baseline, product, versions in work.values():
-        decide = cache.decider(baseline, product, NOW).decide
-        for pkg in versions.values():
-            decide(pkg)
+    for baseline, product, pkgs in batches:
+        cache.decider(baseline, product, NOW).verdicts(pkgs)
     return time.perf_counter() - started
 
 

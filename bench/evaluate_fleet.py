@@ -12,7 +12,10 @@ Builds the fleet of bench/synthetic_fleet.py (default 10,000 instances x 300 ava
    counts would: the headline; then again with the same cache (warm);
 3. times ``evaluate`` (every row built, then dropped) the same two ways, reported in its own
    column, and checks that both paths give the same summaries (same digest);
-4. measures memory: the process's peak RSS, and with tracemalloc (a separate, untimed pass of
+4. times the fleet tables (``FleetTables.summaries``, the whole-fleet path ``patchctl diff``
+   counts with; bench/fleet_tables.py details it) the same two ways, after interning the fleet's
+   versions (timed apart), and checks their summaries have the same digest too;
+5. measures memory: the process's peak RSS, and with tracemalloc (a separate, untimed pass of
    ``evaluate_summary`` with a fresh cache) the peak allocated by the evaluation phase alone.
 
 Results are printed and a row is added to docs/benchmarks.md. The target (2,000,000 instance x
@@ -43,12 +46,14 @@ sys.path.insert(0, str(ROOT))
 
 from synthetic_fleet import NOW, Member, build_fleet  # noqa: E402
 
+from reconciler.api.resources import PatchBaseline  # noqa: E402
 from reconciler.evaluation import (  # noqa: E402
     DecisionCache,
     Summary,
     evaluate,
     evaluate_summary,
 )
+from reconciler.evaluation.tables import FleetTables, IndexedInventory, VersionIndex  # noqa: E402
 
 TARGET = 2_000_000  # instance x update decisions per second, on one core
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -95,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     full_warm = _time_engine(fleet, cache, rows=True)
     del cache
     rss_peak = _max_rss()
-    if len({cold.digest, warm.digest, full_cold.digest, full_warm.digest}) != 1:
-        print("ERROR: evaluate_summary and evaluate disagree on some summary", file=sys.stderr)
+    print("fleet tables (FleetTables.summaries), fresh DecisionCache, then warm...", flush=True)
+    tables = _time_tables(fleet)
+    if len({cold.digest, warm.digest, full_cold.digest, full_warm.digest, tables.digest}) != 1:
+        print("ERROR: evaluate_summary, evaluate and the tables disagree", file=sys.stderr)
         return 1
     traced = None if args.no_tracemalloc else _traced_peak(fleet)
     result = Result(
@@ -105,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         warm,
         full_cold,
         full_warm,
+        tables,
         ref_updates,
         ref_all,
         rss_fleet,
@@ -126,6 +134,7 @@ class Result:
     warm: EngineRun  # the same fleet again with the same cache (a re-evaluation the same day)
     full_cold: EngineRun  # evaluate (rows built), fresh DecisionCache, as `patchctl evaluate` runs
     full_warm: EngineRun
+    tables: TablesRun  # FleetTables.summaries, as patchctl diff counts a fleet
     ref_updates: float
     ref_all: float
     rss_fleet: int
@@ -160,6 +169,7 @@ class Result:
             f"full evaluate: fresh cache {self.full_cold.wall:.3f} s, "
             f"{_rate(self.full_cold):,.0f} decisions/s; warm cache {self.full_warm.wall:.3f} s, "
             f"{_rate(self.full_warm):,.0f} decisions/s; {self.full_cold.patches:,} patch rows",
+            f"fleet tables: {self.tables.cell(cold.decisions)}",
             f"peak RSS {_mib(self.rss_peak)} (fleet alone {_mib(self.rss_fleet)})",
         ]
         if self.traced is not None:
@@ -243,8 +253,61 @@ def _time_engine(fleet: list[Member], cache: DecisionCache, *, rows: bool) -> En
         patches=patches if rows else sum(s.total for s in summaries),
         noncompliant=sum(s.compliance_status == "NON_COMPLIANT" for s in summaries),
         gc_collections=collections,
-        digest=hashlib.sha256(repr([s.to_dict() for s in summaries]).encode()).hexdigest()[:16],
+        digest=_digest(summaries),
     )
+
+
+@dataclass(frozen=True)
+class TablesRun:
+    """The fleet tables' passes (``FleetTables.summaries``, the path ``patchctl diff`` counts
+    a fleet with), and their summaries' digest."""
+
+    interning: float  # a fresh VersionIndex over every inventory, apart from the passes
+    fresh: float  # FleetTables.summaries over the fleet, fresh DecisionCache
+    warm: float  # the same again, same tables
+    digest: str
+
+    def cell(self, decisions: int) -> str:
+        return (
+            f"{decisions / self.fresh:,.0f} ({decisions / self.warm:,.0f}); "
+            f"interning {self.interning:.1f} s"
+        )
+
+
+def _time_tables(fleet: list[Member]) -> TablesRun:
+    """The whole-fleet path: the versions interned, then two ``FleetTables.summaries`` passes
+    (fresh DecisionCache, then the same tables)."""
+    interning, index, members = _interned(fleet)
+    fresh, warm, summaries = _tables_passes(index, members)
+    return TablesRun(interning, fresh, warm, _digest(summaries))
+
+
+def _interned(
+    fleet: list[Member],
+) -> tuple[float, VersionIndex, list[tuple[PatchBaseline, IndexedInventory]]]:
+    """Seconds to intern every inventory's versions in a fresh index, the index, the members."""
+    started = time.perf_counter()
+    index = VersionIndex()
+    members = [(m.baseline, index.index(m.inventory)) for m in fleet]
+    return time.perf_counter() - started, index, members
+
+
+def _tables_passes(
+    index: VersionIndex, members: list[tuple[PatchBaseline, IndexedInventory]]
+) -> tuple[float, float, list[Summary]]:
+    """Seconds of a fresh ``FleetTables.summaries`` pass (deciding included) and of a warm one
+    with the same tables, and the fresh pass's summaries."""
+    tables = FleetTables(index)
+    started = time.perf_counter()
+    summaries = tables.summaries(members, NOW)
+    fresh = time.perf_counter() - started
+    started = time.perf_counter()
+    tables.summaries(members, NOW)
+    return fresh, time.perf_counter() - started, summaries
+
+
+def _digest(summaries: list[Summary]) -> str:
+    return hashlib.sha256(repr([s.to_dict() for s in summaries]).encode()).hexdigest()[:16]
 
 
 def _traced_peak(fleet: list[Member]) -> int:
@@ -291,7 +354,8 @@ END = "<!-- /bench:evaluate fleet -->"
 HEADER = (
     "| date (UTC) | commit | instances | decisions/s | target | result "
     "| reference floor, decisions/s | decisions/s, warm cache "
-    "| full evaluate: decisions/s (warm cache) | wall (CPU) "
+    "| full evaluate: decisions/s (warm cache) "
+    "| fleet tables: decisions/s (warm), interning apart | wall (CPU) "
     "| engine / reference: updates "
     "| engine / reference: updates + installed | peak RSS (fleet alone) | evaluation peak "
     "| machine | digest | note |"
@@ -321,11 +385,17 @@ that keep only each instance's SSM counts (it counts from the cached per-version
 `map`/`filter`/`sum` instead of building rows; instances it cannot count exactly, such as one
 whose last Install failed, go through `evaluate`), `time.perf_counter` wall time, pinned to one
 CPU, each instance's summary kept; it includes deciding every distinct package version once per
-baseline. *warm cache* is a second pass with the same cache (a re-evaluation the same UTC day).
+baseline. *warm cache* is a second pass with the same cache (a re-evaluation at the same `now`).
 *full evaluate* is the same two passes through `evaluate`, which builds every row (each instance's
-summary kept, its rows dropped), as `patchctl evaluate` and the reconcile loop run; the bench
-stops with an error unless both paths give the same summaries (the digest). Rows recorded before
-`evaluate_summary` existed measured `evaluate` alone: their decisions/s are full evaluations. The
+summary kept, its rows dropped), as `patchctl evaluate` and the reconcile loop run. *fleet
+tables* is the whole-fleet path `patchctl diff` counts with (`FleetTables.summaries`,
+`reconciler/evaluation/tables.py`; *fleet tables* below details it): a pass with a fresh
+`DecisionCache` (deciding every distinct version once per baseline included), then with the same
+tables (warm), after interning every inventory's versions in a fresh `VersionIndex`, which is
+timed apart (paid once per inventory when it is read) and not in its decisions/s; it runs after
+the peak RSS is read. The bench stops with an error unless all paths give the same summaries (the
+digest). Rows recorded before `evaluate_summary` existed measured `evaluate` alone: their
+decisions/s are full evaluations; rows before the fleet tables column say "not measured". The
 *reference* runs in the same process on the same fleet: a loop doing one dict lookup per available
 update in a per-baseline table (the floor any engine pays), and the same per update and installed
 package; the ratios are engine (summary path) time / reference time, and the *reference floor* is
@@ -361,12 +431,17 @@ def _record(result: Result) -> None:
 
 
 def _migrated(row: str) -> str:
-    """A row recorded before the summary path existed (one column fewer): its decisions/s were
-    full evaluations, so they fill the full-evaluate column too."""
+    """A row recorded under fewer columns, filled in: before the summary path existed (two
+    columns fewer) its decisions/s were full evaluations, so they fill the full-evaluate column
+    too; before the fleet tables column (one fewer) the tables were not measured."""
     cells = [cell.strip() for cell in row.strip().strip("|").split(" | ")]
-    if len(cells) != HEADER.count(" | "):
+    columns = HEADER.count(" | ") + 1
+    if len(cells) >= columns:
         return row
-    cells.insert(8, f"{cells[3]} ({cells[7]})")
+    if len(cells) == columns - 2:
+        cells.insert(8, f"{cells[3]} ({cells[7]})")
+    if len(cells) == columns - 1:
+        cells.insert(9, "not measured")
     return "| " + " | ".join(cells) + " |"
 
 
@@ -383,6 +458,7 @@ def _row(result: Result) -> str:
         f"{cold.decisions / result.ref_updates:,.0f}",
         f"{warm.decisions / warm.wall:,.0f}",
         f"{_rate(result.full_cold):,.0f} ({_rate(result.full_warm):,.0f})",
+        result.tables.cell(cold.decisions),
         f"{cold.wall:.1f} s ({cold.cpu:.1f} s)",
         f"{cold.wall / result.ref_updates:.1f}x",
         f"{cold.wall / result.ref_all:.1f}x",

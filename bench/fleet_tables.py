@@ -36,7 +36,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _report import record  # noqa: E402
-from evaluate_fleet import _best_of, _max_rss, _mib, _pin_one_cpu, _reference  # noqa: E402
+from evaluate_fleet import (  # noqa: E402
+    _best_of,
+    _interned,
+    _max_rss,
+    _mib,
+    _pin_one_cpu,
+    _reference,
+    _tables_passes,
+)
 from synthetic_fleet import NOW, Member, build_fleet  # noqa: E402
 
 from reconciler.evaluation import DecisionCache, Summary, evaluate_summary  # noqa: E402
@@ -89,15 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     fleet = build_fleet(args.instances)
     gc.collect()
     gc.freeze()  # the static fleet out of the collector's way, as evaluate_fleet.py does
-    started = time.perf_counter()
-    index = VersionIndex()
-    members = [(m.baseline, index.index(m.inventory)) for m in fleet]
-    interning = time.perf_counter() - started
+    interning, index, members = _interned(fleet)
     ref_updates = _best_of(3, lambda: _reference(fleet, installed=False))
     ref_all = _best_of(3, lambda: _reference(fleet, installed=True))
-    tables = FleetTables(index)
-    fresh, got = _timed(lambda: tables.summaries(members, NOW))
-    warm, _ = _timed(lambda: tables.summaries(members, NOW))
+    fresh, warm, got = _tables_passes(index, members)
     print("evaluate_summary per instance, fresh cache...", flush=True)
     slow, expected = _timed(lambda: _per_instance(fleet))
     if got != expected:

@@ -5,7 +5,9 @@ each) in a private ``_topdir``; ``make_repo`` runs createrepo_c and attaches an 
 with modifyrepo_c; ``make_rpm_root`` creates an empty system root with an os-release, a repo
 configuration inside the root (dnf: ``etc/yum.repos.d`` + ``etc/dnf/dnf.conf``; zypper:
 ``etc/zypp/repos.d``) and, optionally, a static ``/bin/sh`` (busybox) so ``%post`` scriptlets run;
-``rpm_q`` says what a root has installed.
+``rpm_q`` says what a root has installed; ``needs`` skips a test module unless its tools are
+on PATH; ``dnf_versionlock`` writes a root's versionlock list and ``zypper_lock`` locks a package
+(the holds a machine's administrator makes).
 
 The zypper tests' SUSE 15 SP5 systems are built from the same pieces: ``build_suse_repos`` makes
 ``base`` (the -1 versions), ``updates`` (the new ones, with SUSE patches of every category and
@@ -27,6 +29,8 @@ import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
 
 SPEC = """\
 Name: %{pkgname}
@@ -278,6 +282,24 @@ def seed_rpm_root(
     return make_rpm_root(path, os_release, repos)
 
 
+def needs(*tools: str) -> pytest.MarkDecorator:
+    """Skip the test (or module, as ``pytestmark``) unless every one of ``tools`` is on PATH."""
+    listed = ", ".join(tools[:-1]) + " and " + tools[-1] if len(tools) > 1 else tools[0]
+    return pytest.mark.skipif(
+        not all(shutil.which(tool) for tool in tools), reason=f"needs {listed}"
+    )
+
+
+def dnf_versionlock(root: Path, *entries: str) -> None:
+    """The root's versionlock list as `dnf versionlock add` writes it: ``entries`` are its lines
+    (``NAME-EPOCH:VERSION-RELEASE.*``; a ``!`` line excludes one version). The plugin itself is
+    not run: it writes the host's list whatever --installroot says, and Debian's
+    dnf-plugins-core conflicts with zypper."""
+    locks = root / "etc/dnf/plugins/versionlock.list"
+    locks.parent.mkdir(parents=True, exist_ok=True)
+    locks.write_text("".join(f"{entry}\n" for entry in entries))
+
+
 def dnf_argv(root: Path) -> list[str]:
     """dnf on ``root`` the way the recipe runs it (for seeding and oracles)."""
     release = (root / "etc/os-release").read_text()
@@ -402,6 +424,12 @@ def zypper(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run zypper on ``root`` the way the tests' oracle does."""
     argv = ["zypper", "--non-interactive", "--root", str(root), *args]
     return subprocess.run(argv, env=zypper_env(root), capture_output=True, text=True, check=False)
+
+
+def zypper_lock(root: Path, name: str) -> None:
+    """Lock ``name`` on the root as its administrator would (`zypper addlock`)."""
+    locked = zypper(root, "addlock", name)
+    assert locked.returncode == 0, locked.stdout + locked.stderr
 
 
 def make_suse_root(

@@ -37,16 +37,15 @@ from tests.rpmlab import (
     base_and_updates,
     build_rpms,
     dnf_argv,
+    dnf_versionlock,
+    needs,
     plant_hooks,
     rpm_env,
     rpm_q,
     seed_rpm_root,
 )
 
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(t) for t in ("rpm", "rpmbuild", "dnf", "createrepo_c", "modifyrepo_c")),
-    reason="needs rpm, rpmbuild, dnf and createrepo_c",
-)
+pytestmark = needs("rpm", "rpmbuild", "dnf", "createrepo_c", "modifyrepo_c")
 
 NAMES = [
     "demo-lib", "demo-net", "demo-web", "demo-doc", "demo-util", "demo-tool", "demo-plain",
@@ -574,12 +573,10 @@ def test_parsers_handle_wrapped_and_obsoleting_output() -> None:
 
 
 def test_dnf_versionlocks_are_reported_held_and_never_pinned(fresh: Path) -> None:
-    # The list as `dnf versionlock add demo-lib` writes it. The plugin itself is not run: it
-    # writes the host's /etc/dnf/plugins/versionlock.list whatever --installroot says, and
-    # Debian's dnf-plugins-core conflicts with zypper. A `!` line excludes one version only.
-    locks = fresh / "etc/dnf/plugins/versionlock.list"
-    locks.parent.mkdir(parents=True, exist_ok=True)
-    locks.write_text("# Added lock on Mon Dec  7\ndemo-lib-0:1.0-1.*\n!demo-net-0:1.0-2.*\n")
+    # A `!` line excludes one version only: demo-net stays free
+    dnf_versionlock(
+        fresh, "# Added lock on Mon Dec  7", "demo-lib-0:1.0-1.*", "!demo-net-0:1.0-2.*"
+    )
     document = scan(str(fresh), "rhel-1", refresh=True)
     assert document["held"] == [{"name": "demo-lib", "tool": "dnf-versionlock"}]
     result = evaluate(

@@ -30,16 +30,14 @@ from tests.rpmlab import (
     SUSE_PREFIX,
     build_suse_repos,
     make_suse_root,
+    needs,
     plant_hooks,
     rpm_q,
     zypper,
+    zypper_lock,
 )
 
-pytestmark = pytest.mark.skipif(
-    subprocess.run(["which", "zypper", "rpmbuild", "createrepo_c"], capture_output=True).returncode
-    != 0,
-    reason="needs zypper, rpmbuild and createrepo_c",
-)
+pytestmark = needs("zypper", "rpmbuild", "createrepo_c")
 
 OLD = [f"{name}-{old}" for name, old, _ in SUSE_PACKAGES if name != "demo-bad"]
 
@@ -309,8 +307,7 @@ def test_held_lock_waits_then_fails(root: Path) -> None:
 
 
 def test_zypper_locks_are_reported_held_and_never_pinned(root: Path) -> None:
-    locked = zypper(root, "addlock", "demo-util")
-    assert locked.returncode == 0, locked.stderr
+    zypper_lock(root, "demo-util")
     doc = agent.scan(str(root), "i-suse", refresh=True)
     assert doc["held"] == [{"name": "demo-util", "tool": "zypper-locks"}]
     result = evaluate(

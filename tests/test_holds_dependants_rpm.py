@@ -7,7 +7,6 @@ demo-libx 2.0-1 provides."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,17 +17,14 @@ from tests.rpmlab import (
     Rpm,
     base_and_updates,
     build_rpms,
-    make_repo,
-    make_rpm_root,
+    dnf_versionlock,
+    needs,
     rpm_q,
     seed_rpm_root,
-    zypper,
+    zypper_lock,
 )
 
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(t) for t in ("rpm", "rpmbuild", "dnf", "zypper", "createrepo_c")),
-    reason="needs rpm, rpmbuild, dnf, zypper and createrepo_c",
-)
+pytestmark = needs("rpm", "rpmbuild", "dnf", "zypper", "createrepo_c")
 
 NAMES = ["demo-lib", "demo-tool", "demo-util", "demo-app", "demo-libx"]
 OLD = [
@@ -55,48 +51,31 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
     return {"old": [rpms[r] for r in OLD], "new": [rpms[r] for r in NEW]}
 
 
-def rhel(built: dict[str, list[Path]], tmp_path: Path) -> Path:
-    repos = base_and_updates(tmp_path / "repos", built["old"], built["new"], [])
-    return seed_rpm_root(tmp_path / "root", "rhel9", repos, NAMES)
-
-
-def sles(built: dict[str, list[Path]], tmp_path: Path) -> Path:
-    root = make_rpm_root(tmp_path / "root", "sles15sp5", {})
-    for alias, rpms in (("demo-base", built["old"]), ("demo-updates", built["new"])):
-        repo = make_repo(tmp_path / alias, rpms)
-        added = zypper(root, "ar", "-G", f"file://{repo}", alias)
-        assert added.returncode == 0, added.stderr
-        if alias == "demo-base":
-            done = zypper(root, "in", "--no-recommends", *NAMES)
-            assert done.returncode == 0, done.stdout + done.stderr
-    assert zypper(root, "refresh").returncode == 0
-    return root
-
-
 def versionlock(root: Path, name: str) -> str:
-    """Lock ``name`` as `dnf versionlock add` writes it (the plugin is not run: it writes the
-    host's list whatever --installroot says); the hold as the agent's messages name it."""
-    locks = root / "etc/dnf/plugins/versionlock.list"
-    locks.parent.mkdir(parents=True, exist_ok=True)
-    locks.write_text(f"{name}-0:1.0-1.*\n")
+    """Lock ``name`` at its installed version; the hold as the agent's messages name it."""
+    dnf_versionlock(root, f"{name}-0:1.0-1.*")
     return f"dnf versionlock {name}"
 
 
-def zypper_lock(root: Path, name: str) -> str:
-    assert zypper(root, "addlock", name).returncode == 0
+def zypper_locks(root: Path, name: str) -> str:
+    zypper_lock(root, name)
     return f"zypper lock {name}"
 
 
-MACHINES = {"dnf": (rhel, versionlock), "zypper": (sles, zypper_lock)}
+# the root's os-release, and how its administrator locks a package
+MACHINES = {"dnf": ("rhel9", versionlock), "zypper": ("sles15sp5", zypper_locks)}
 
 
 @pytest.fixture(params=sorted(MACHINES))
 def machine(
     request: pytest.FixtureRequest, built: dict[str, list[Path]], tmp_path: Path
 ) -> tuple[Path, Callable[[Path, str], str]]:
-    """A root of each package manager with the old versions installed, and how it locks."""
-    make, lock = MACHINES[request.param]
-    return make(built, tmp_path), lock
+    """A root of each package manager with the old versions installed (by dnf, as a RHEL root:
+    rpm's database is the same for zypper), and how it locks."""
+    os_release, lock = MACHINES[request.param]
+    repos = base_and_updates(tmp_path / "repos", built["old"], built["new"], [])
+    root = seed_rpm_root(tmp_path / "root", os_release, repos, NAMES, seed_release="rhel9")
+    return root, lock
 
 
 def install(root: Path, pins: list[str], **kw: object) -> dict[str, tuple[object, object]]:

@@ -13,7 +13,6 @@ preferences, keyrings, dpkg's status): never its apt.conf(.d), whose hooks would
 import fnmatch
 import os
 import re
-import time
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from reconciler.agent.errors import (
@@ -29,6 +28,7 @@ from reconciler.agent.facts import below, reboot_required
 from reconciler.agent.patchnames import blocked_by
 from reconciler.agent.runner import Result, Running, empty_dir, note, private_dir, run
 from reconciler.agent.sources import write_apt_parts
+from reconciler.agent.stamps import utc_stamp
 
 APT_GET = "/usr/bin/apt-get"
 APT_CACHE = "/usr/bin/apt-cache"
@@ -903,7 +903,7 @@ def _installed_time(info_dir: str, name: str, arch: str) -> Optional[str]:
             mtime = os.stat(os.path.join(info_dir, candidate)).st_mtime
         except OSError:
             continue
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime))
+        return utc_stamp(mtime)
     return None
 
 

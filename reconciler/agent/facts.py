@@ -8,10 +8,10 @@ import os
 import platform
 import re
 import shlex
-import time
 from typing import Dict, List, Optional
 
 from reconciler.agent.errors import UnsupportedSystem
+from reconciler.agent.stamps import utc_stamp
 
 # /etc/os-release ID -> SSM operatingSystem. ID_LIKE is consulted for derivatives.
 OS_BY_ID = {
@@ -124,7 +124,7 @@ def boot_time(root: str) -> Optional[str]:
             for line in handle:
                 if line.startswith("btime "):
                     seconds = int(line.split()[1])
-                    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+                    return utc_stamp(seconds)
     except OSError:
         return None
     return None

@@ -9,11 +9,11 @@ adds the patches it changed, a scan reports the file as the inventory's ``noRebo
 the engine compares its time with the boot time. Writes only that file; standard library only.
 """
 
-import calendar
 import json
 import os
-import time
 from typing import Dict, List, Optional
+
+from reconciler.agent.stamps import stamp_seconds
 
 RECORD = "/var/lib/patchwarden/no-reboot-install.json"
 
@@ -51,7 +51,9 @@ def record(
         return
     previous = read(root)
     kept = []  # type: List[object]
-    if previous is not None and (boot is None or _seconds(str(previous["time"])) > _seconds(boot)):
+    if previous is not None and (
+        boot is None or stamp_seconds(str(previous["time"])) > stamp_seconds(boot)
+    ):
         earlier = previous["patches"]
         kept = [p for p in earlier if p not in changed] if isinstance(earlier, list) else []
     path = _path(root)
@@ -60,7 +62,3 @@ def record(
     with open(temporary, "w", encoding="utf-8") as handle:
         json.dump({"time": finished_at, "patches": kept + changed}, handle, indent=1)
     os.replace(temporary, path)  # a reader never sees half a record
-
-
-def _seconds(stamp: str) -> float:
-    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))  # UTC, not local time

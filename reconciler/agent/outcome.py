@@ -5,18 +5,18 @@
 only.
 """
 
-import time
 from typing import Dict, List, Optional
 
 from reconciler.agent import AGENT_VERSION, noreboot
 from reconciler.agent.runner import run
+from reconciler.agent.stamps import utc_stamp
 
 API_VERSION = "patchwarden.io/v1alpha1"
 
 
 def now() -> str:
     """The current time, UTC, as the documents write it."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return utc_stamp()
 
 
 def reboot(needed: bool, why: str, option: str, is_host: bool, allow: bool) -> Dict[str, object]:

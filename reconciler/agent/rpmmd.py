@@ -8,11 +8,11 @@ import gzip
 import lzma
 import os
 import re
-import time
 import xml.etree.ElementTree as ET
 from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from reconciler.agent.rpmvercmp import evr_text
+from reconciler.agent.stamps import utc_stamp
 
 _NS = {
     "repo": "http://linux.duke.edu/metadata/repo",
@@ -191,7 +191,7 @@ def iso_time(seconds: str) -> Optional[str]:
         value = int(seconds)
     except ValueError:
         return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value)) if value > 0 else None
+    return utc_stamp(value) if value > 0 else None
 
 
 def _moment(text: str) -> Optional[str]:
