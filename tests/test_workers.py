@@ -90,8 +90,10 @@ def _fleet(
 ) -> dict[str, Path]:
     """``count`` unpatched Debian roots, committed with a window open now."""
     roots = make_fleet(tmp_path / "fleet", repo, [f"web-{i}" for i in range(1, count + 1)], BEFORE)
-    # patchctl worker has no --now (its jobs check their window's cutoff on the wall clock), so
-    # this window alone is open at the host's time: the leader runs on the same clock.
+    # patchctl worker has no --now: a leader and its workers write one job's times (queued,
+    # claimed, finished) from different processes, and each process would start a --now clock
+    # when it parses it, so they would disagree by their start-up times. They share the wall
+    # clock, so this window alone is open at the host's time.
     window = open_window_yaml(now=utc_now(), max_concurrency=str(max_concurrency))
     commit_fleet(git, roots, window)
     return roots
