@@ -262,7 +262,7 @@ def _overridden(entry: Mapping[str, Any], d: Mapping[str, Any]) -> str:
     who = str(entry.get("author") or "?").partition(" <")[0]
     os_user = f" (OS user {d['osUser']})" if d.get("osUser") not in (None, who) else ""
     refusals = "; ".join(str(r) for r in d.get("calendars") or d.get("rollouts") or ()) or "?"
-    on = ", ".join(d.get("instances") or ()) or "?"
+    on = ", ".join(str(i) for i in d.get("instances") or ()) or "?"
     return (
         f"{d.get('run')} {d.get('id')} on {on} asked by {who}{os_user} although {refusals}; "
         f"reason: {d.get('reason')}"
