@@ -36,7 +36,7 @@ from reconciler.api import editor
 from reconciler.api.checks import CVE_ID
 from reconciler.api.crd import custom_resource_definitions
 from reconciler.api.enrolment import provenance
-from reconciler.api.enums import ComplianceStatus
+from reconciler.api.enums import ComplianceStatus, Operation
 from reconciler.api.install import InstallResult
 from reconciler.api.inventory import Inventory, PackageFacts
 from reconciler.api.oneoff import ACTIVE as ONE_OFF_ACTIVE
@@ -2703,6 +2703,7 @@ def _patch_now_task_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--note", metavar="TEXT", help="why (kept with the request and audited)")
     _override_calendar_arg(p)
+    _override_halt_arg(p)
     _requested_by_arg(p)
     _start_within_arg(p)
 
@@ -2747,6 +2748,15 @@ def _override_calendar_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _override_halt_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--override-halt",
+        metavar="REASON",
+        help="patch machines of a halted rollout too; the reason, who asked and the rollouts "
+        "are audited (refused when none is halted)",
+    )
+
+
 def _requested_by_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--requested-by",
@@ -2768,7 +2778,7 @@ _SOURCE_OPTIONS = ("source", "ref", "identity_file", "known_hosts", "verify_gpg"
 _REQUEST_OPTIONS = (
     *("operation", "reboot_option", "max_concurrency", "max_errors", "hooks_from", "note"),
     "gates_from",
-    "override_calendar",
+    *("override_calendar", "override_halt"),
     *("start_within", "wait", *_SOURCE_OPTIONS),
 )
 _WAIT_OPTIONS = (
@@ -2891,9 +2901,9 @@ def _record_one_off(
     when anything is wrong."""
     opening = _one_off_opening(args, snapshot, utc_now())
     instances = targeted(opening.targets, snapshot)
-    override = _calendar_override(args, snapshot, instances, opening.created_at, "patch-now")
+    opening, overrides = _overrides(args, snapshot, store, opening, instances, "patch-now")
     record = store.record_one_off(opening, now=opening.created_at)
-    _emit_override(emit, override, opening, instances, "patch-now")
+    _emit_overrides(emit, overrides, opening, instances, "patch-now")
     emit(
         Kind.PATCH_NOW_REQUESTED,
         author=opening.requested_by,
@@ -2906,36 +2916,58 @@ def _record_one_off(
     return record, instances
 
 
-def _emit_override(
-    emit: Emitter, override: dict[str, Any], opening: OneOffOpening, instances: list[str], run: str
+def _emit_overrides(
+    emit: Emitter,
+    overrides: dict[Kind, dict[str, Any]],
+    opening: OneOffOpening,
+    instances: list[str],
+    run: str,
 ) -> None:
-    """Audit (and announce) a run started although a change calendar guarding it is closed."""
-    if override:
+    """Audit (and announce) each rail a recorded request overrode (:func:`_overrides`)."""
+    for kind, detail in overrides.items():
         emit(
-            Kind.CALENDAR_OVERRIDDEN,
+            kind,
             author=opening.requested_by,
             id=opening.id,
             run=run,
             instances=instances,
             osUser=opening.os_user,
-            **override,
+            **detail,
         )
 
 
-def _calendar_override(
+def _overrides(
     args: argparse.Namespace,
     snapshot: Snapshot,
+    store: StateBackend,
+    opening: OneOffOpening,
     instances: list[str],
-    now: datetime,
     command: str,
-) -> dict[str, Any]:
-    """The closed change calendars a request overrides, with its reason ({} when every
-    calendar guarding ``instances`` is open); UserError when one is closed and the request
-    gives no --override-calendar, or gives one that would override nothing."""
-    closed = calendar_refusal(snapshot, instances, now)
+) -> tuple[OneOffOpening, dict[Kind, dict[str, Any]]]:
+    """The rails a person may override, checked for a request on ``instances``: closed change
+    calendars (--override-calendar) and, for installs, halted rollouts (--override-halt, whose
+    reason the opening keeps for the planner). Returns the opening and what to audit once it
+    is recorded; UserError when a rail refuses and the request gives no override, or gives one
+    that would override nothing."""
+    closed = calendar_refusal(snapshot, instances, opening.created_at)
     nothing = "no change calendar guarding the targets is closed"
-    reason = _override(command, "--override-calendar", args.override_calendar, closed, nothing)
-    return {"calendars": closed, "reason": reason} if closed else {}
+    calendar = _override(command, "--override-calendar", args.override_calendar, closed, nothing)
+    installs = opening.task.operation == Operation.INSTALL
+    if not installs and args.override_halt is not None:
+        raise UserError(
+            f"{command}: --override-halt: a Scan installs nothing and a halt stops only "
+            "installs; nothing recorded"
+        )
+    halted = _halted_rollouts(store, snapshot, instances) if installs else []
+    nothing = "no rollout of the targets is halted"
+    halt = _override(command, "--override-halt", args.override_halt, halted, nothing)
+    overrides: dict[Kind, dict[str, Any]] = {}
+    if calendar is not None:
+        overrides[Kind.CALENDAR_OVERRIDDEN] = {"calendars": closed, "reason": calendar}
+    if halt is not None:
+        overrides[Kind.HALT_OVERRIDDEN] = {"rollouts": halted, "reason": halt}
+        opening = opening.model_copy(update={"override_halt": halt})
+    return opening, overrides
 
 
 def _override(
@@ -3271,12 +3303,7 @@ def _emergency_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reason", metavar="TEXT", help="why (kept with the run and audited)")
     _one_off_budget_args(p)
     _override_calendar_arg(p)
-    p.add_argument(
-        "--override-halt",
-        metavar="REASON",
-        help="patch machines of a halted rollout too; the reason, who asked and the rollouts "
-        "are audited (refused when none is halted)",
-    )
+    _override_halt_arg(p)
     _requested_by_arg(p)
     _start_within_arg(p)
     p.add_argument("--wait", action="store_true", help="run the loop here until the run has ended")
@@ -3345,28 +3372,11 @@ def _record_emergency(
     now = utc_now()
     opening = _emergency_opening(args, snapshot, store, now)
     instances = list(opening.targets.instances)
-    override = _calendar_override(args, snapshot, instances, now, "emergency")
-    halted = _halted_rollouts(store, snapshot, instances)
-    nothing = "no rollout of the targets is halted"
-    reason = _override("emergency", "--override-halt", args.override_halt, halted, nothing)
+    opening, overrides = _overrides(args, snapshot, store, opening, instances, "emergency")
     fix = opening.emergency
     assert fix is not None
-    if reason is not None:
-        fix = fix.model_copy(update={"override_halt": reason})
-        opening = opening.model_copy(update={"emergency": fix})
     record = store.record_one_off(opening, now=now)
-    _emit_override(emit, override, opening, instances, "emergency")
-    if reason is not None:
-        emit(
-            Kind.HALT_OVERRIDDEN,
-            author=opening.requested_by,
-            id=opening.id,
-            run="emergency",
-            instances=instances,
-            osUser=opening.os_user,
-            rollouts=halted,
-            reason=reason,
-        )
+    _emit_overrides(emit, overrides, opening, instances, "emergency")
     emit(
         Kind.EMERGENCY_REQUESTED,
         author=opening.requested_by,

@@ -1097,7 +1097,7 @@ class _Step:
     ``scan`` or ``install`` (then with the baseline and pins)."""
 
     kind: str
-    """``held`` too: an emergency run's target that its rails keep waiting."""
+    """``held`` too: a target the rails keep waiting (:class:`_Rails`)."""
     why: str = ""
     baseline: PatchBaseline | None = None
     pins: tuple[str, ...] = ()
@@ -1119,9 +1119,9 @@ class _OneOffs:
         if not jobs and state.now >= opening.expires_at:
             why = f"no job started before it expired at {opening.expires_at.isoformat()}"
             return OneOffProgress(opening.id, names, 0, 0, 0, OneOffStatus.EXPIRED, why)
-        steps = {name: self.step(opening, name, jobs) for name in names}
-        if opening.emergency is not None:
-            steps = _Rails(self.state, opening).apply(steps)
+        steps = _Rails(self.state, opening).apply(
+            {name: self.step(opening, name, jobs) for name in names}
+        )
         budget = _OneOffBudget(opening, len(names), jobs.values())
         # A target between its scan and its install goes first: SSM's budgets count targets.
         for name in sorted(names, key=lambda n: (steps[n].kind != INSTALL, n)):
@@ -1129,7 +1129,7 @@ class _OneOffs:
                 self.start(opening, name, steps[name], budget)
             elif steps[name].kind == "held":
                 self.state.one_off_held.add(name)
-                self.state.wait(name, f"emergency {opening.id}: {steps[name].why}")
+                self.state.wait(name, f"{_asked(opening)} {opening.id}: {steps[name].why}")
         return self.progress(opening, names, steps, budget)
 
     def step(self, opening: OneOffOpening, name: str, jobs: Mapping[str, ObservedJob]) -> _Step:
@@ -1307,26 +1307,31 @@ def emergency_step(
 
 
 class _Rails:
-    """The safety rails an emergency run's installs still go through: a halted rollout (its
-    targets wait unless the run overrides the halt), the rollout rings in their order (bake
-    times skipped: a ring installs once every target of the rings before it is done) and the
-    safety gates guarding each target (its windows' Install tasks' and its stage's). A target
-    they stop waits (``held``); after a failure in an earlier ring the later rings' targets
-    fail without installing, as a halted rollout stops its later stages."""
+    """The safety rails a one-off opening's installs still go through. For every one (patch
+    now and emergency runs): a halted rollout, whose targets wait unless the opening overrides
+    the halt. For an emergency run also the rollout rings in their order (bake times skipped:
+    a ring installs once every target of the rings before it is done) and the safety gates
+    guarding each target (its windows' Install tasks' and its stage's; patch now's gates are
+    its ``--gates-from`` task's, :meth:`_OneOffs.gate_verdict`). A target they stop waits
+    (``held``); after a failure in an earlier ring the later rings' targets fail without
+    installing, as a halted rollout stops its later stages."""
 
     def __init__(self, state: _State, opening: OneOffOpening) -> None:
         self.state, self.opening = state, opening
 
     def apply(self, steps: Mapping[str, _Step]) -> dict[str, _Step]:
-        rings = {name: self.ring(name) for name in steps}
+        emergency = self.opening.emergency is not None
+        rings = {name: self.ring(name) for name in steps} if emergency else {}
         out = dict(steps)
         for name, step in steps.items():
             if step.kind != INSTALL:
                 continue
-            why = self.halt_verdict(name) or self.ring_verdict(name, rings, steps)
+            why = self.halt_verdict(name)
+            if emergency and not why:
+                why = self.ring_verdict(name, rings, steps) or self.gate_verdict(name)
             if why.startswith("failed:"):
                 out[name] = _Step("failed", why.removeprefix("failed: "))
-            elif why or (why := self.gate_verdict(name)):
+            elif why:
                 out[name] = _Step("held", why)
         return out
 
@@ -1340,11 +1345,11 @@ class _Rails:
         return (gate.rollout, names.index(gate.stage), gate.stage) if gate.stage in names else None
 
     def halt_verdict(self, name: str) -> str:
-        """Why the target waits for its rollout's halt: a halt stops every stage of it, and
-        an emergency run goes on there only with ``--override-halt`` (docs/guardrails.md)."""
+        """Why the target waits for its rollout's halt: a halt stops every stage of it, and a
+        one-off opening goes on there only with ``--override-halt`` (docs/guardrails.md), even
+        when the rollout halted after the request."""
         gate = self.state.observed.gates.get(name)
-        fix = self.opening.emergency
-        if gate is None or not gate.halted or fix is None or fix.override_halt is not None:
+        if gate is None or not gate.halted or self.opening.override_halt is not None:
             return ""
         return (
             f"rollout {gate.rollout} is halted ({gate.reason}): waits until it is resumed; "

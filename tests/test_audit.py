@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.report.notify.audit import AuditLog, read
+from reconciler.report.notify.audit import AuditLog, read, table_rows
 from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.state import StateStore
 from tests.aptlab import Repo
@@ -300,3 +300,51 @@ def test_a_rotated_log_is_followed_by_a_new_file_at_once(tmp_path: Path) -> None
     assert [e["job"] for e in read(rotated)[0]] == ["job-1"]
     assert [e["job"] for e in read(log)[0]] == ["job-2"]
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
+
+
+def test_overrides_read_as_who_overrode_which_rail_for_which_run_and_why(tmp_path: Path) -> None:
+    """A run started although a change calendar was closed or a rollout halted (docs/
+    guardrails.md) reads, in ``patchctl audit``'s table, as one line: who (and the
+    operating-system user when another), the rail as it refused, the run and its machines, and
+    the reason they gave."""
+    log = tmp_path / "audit.jsonl"
+    calendar = "change calendar 'freeze' is closed (DEFAULT_CLOSED, no open period ahead)"
+    with AuditLog(log) as audit:
+        for kind, rail in (
+            (Kind.CALENDAR_OVERRIDDEN, "calendars"),
+            (Kind.HALT_OVERRIDDEN, "rollouts"),
+        ):
+            audit(
+                Occurrence(
+                    kind=kind,
+                    time=datetime(2026, 11, 28, 12, 0, tzinfo=UTC),
+                    revision="main@sha1:" + "ab" * 20,
+                    author="alice",
+                    detail={
+                        "id": "em-0123456789",
+                        "run": "emergency",
+                        "instances": ["web-1", "web-2"],
+                        "osUser": "ops",
+                        rail: [
+                            calendar
+                            if rail == "calendars"
+                            else "rollout rings is halted "
+                            "(halted: 1 of 1 dev machines failed health checks): web-2"
+                        ],
+                        "reason": "INC-9: exploited",
+                    },
+                )
+            )
+
+    table = patchctl("audit", "--audit-log", str(log), "-o", "table")
+
+    assert table.returncode == 0, table.stderr
+    what = [row["what"] for row in table_rows(read(log)[0])]
+    assert what == [
+        "emergency em-0123456789 on web-1, web-2 asked by alice (OS user ops) although "
+        f"{calendar}; reason: INC-9: exploited",
+        "emergency em-0123456789 on web-1, web-2 asked by alice (OS user ops) although rollout "
+        "rings is halted (halted: 1 of 1 dev machines failed health checks): web-2; reason: "
+        "INC-9: exploited",
+    ]
+    assert "emergency em-0123456789 on web-1, web-2 asked by alice (OS user ops)" in table.stdout

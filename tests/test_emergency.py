@@ -218,7 +218,6 @@ def request_emergency(
         for name in sorted(snapshot.instances)
     }
     fix, targets = emergency_fix(cve, snapshot, sorted(snapshot.instances), scans, now, "INC-7")
-    fix = fix.model_copy(update={"override_halt": override_halt})
     opening = OneOffOpening(
         id="em-test",
         targets=OneOffTargets(instances=list(targets)),
@@ -235,6 +234,7 @@ def request_emergency(
         created_at=now,
         expires_at=now + timedelta(minutes=60),
         emergency=fix,
+        override_halt=override_halt,
     )
     store.record_one_off(opening, now=now)
     return opening
@@ -525,7 +525,7 @@ def test_patchctl_refuses_a_halted_rollouts_machines_unless_the_halt_is_overridd
     assert "em-" not in patchctl("emergency", "list", "--state", state).stdout
     asked = patchctl("emergency", *common, "--override-halt", "INC-9: exploited", "-o", "json")
     assert asked.returncode == 0, asked.stderr
-    assert json.loads(asked.stdout)["emergency"]["overrideHalt"] == "INC-9: exploited"
+    assert json.loads(asked.stdout)["overrideHalt"] == "INC-9: exploited"
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
     [override] = [line for line in lines if line["kind"] == "rollout.halt.overridden"]
     assert override["detail"] == {

@@ -95,9 +95,6 @@ class EmergencyFix(Model):
     versions: dict[str, list[str]]
     """Baseline name -> the ``name[:arch]=version`` pins that fix the CVE there."""
     digest: str
-    override_halt: str | None = None
-    """Why the run installs on machines of a halted rollout (``--override-halt REASON``,
-    audited); without it such a machine waits until the rollout is resumed."""
 
 
 class OneOffOpening(Model):
@@ -122,6 +119,10 @@ class OneOffOpening(Model):
     """No job starts at or after this instant; an opening that started none by then EXPIRES."""
     emergency: EmergencyFix | None = None
     """Set for an emergency CVE run: its installs are confined to these fixes."""
+    override_halt: str | None = None
+    """Why its installs go on machines of a halted rollout (``--override-halt REASON`` of
+    ``patch-now`` or ``emergency``, audited); without it such a machine waits until the
+    rollout is resumed."""
 
 
 def check_budget(field: str, value: str) -> str:

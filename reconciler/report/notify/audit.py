@@ -247,11 +247,26 @@ def describe(entry: Mapping[str, Any]) -> str:
         return f"{d.get('id')} ({d.get('cve')}): {d.get('status')}" + (
             f" ({d['reason']})" if d.get("reason") else ""
         )
+    if kind in (Kind.CALENDAR_OVERRIDDEN, Kind.HALT_OVERRIDDEN):
+        return _overridden(entry, d)
     if kind == Kind.ROLLOUT_OPERATOR:
         stage = f" stage {d['stage']}" if d.get("stage") else ""
         why = f" ({d['reason']})" if d.get("reason") else ""
         return f"{d.get('rollout')}: {d.get('action')}{stage}, cycle {d.get('cycle')}{why}"
     return json.dumps(d, default=str)[:200]
+
+
+def _overridden(entry: Mapping[str, Any], d: Mapping[str, Any]) -> str:
+    """Who started which run on which machines although a rail said no, which rail (the closed
+    calendars, the halted rollouts: each said whole) and why."""
+    who = str(entry.get("author") or "?").partition(" <")[0]
+    os_user = f" (OS user {d['osUser']})" if d.get("osUser") not in (None, who) else ""
+    refusals = "; ".join(str(r) for r in d.get("calendars") or d.get("rollouts") or ()) or "?"
+    on = ", ".join(str(i) for i in d.get("instances") or ()) or "?"
+    return (
+        f"{d.get('run')} {d.get('id')} on {on} asked by {who}{os_user} although {refusals}; "
+        f"reason: {d.get('reason')}"
+    )
 
 
 def _patch(patch: Any) -> str:

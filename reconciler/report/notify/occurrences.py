@@ -81,9 +81,9 @@ class Kind(StrEnum):
     (``patch-now --override-calendar``): ``detail.run``, ``id``, ``calendars`` (each closed
     calendar's reason), ``reason`` (theirs), ``instances``, ``osUser``; ``author`` asked."""
     HALT_OVERRIDDEN = "rollout.halt.overridden"
-    """A person started an emergency run on machines of a halted rollout (``patchctl emergency
-    --override-halt``): ``detail.run``, ``id``, ``rollouts`` (each halted rollout, its halt and
-    the targets in it), ``reason`` (theirs), ``instances``, ``osUser``; ``author`` asked."""
+    """A person started a run (patch now or emergency) on machines of a halted rollout
+    (``--override-halt``): ``detail.run``, ``id``, ``rollouts`` (each halted rollout, its halt
+    and the targets in it), ``reason`` (theirs), ``instances``, ``osUser``; ``author`` asked."""
     GATE_BLOCKED = "gate.blocked"
     """A gate has blocked a task or a rollout stage longer than its threshold (docs/guardrails.md):
     ``detail.gate``, ``scope`` (e.g. "task patch of window noon", "stage prod of rollout web"),

@@ -53,8 +53,8 @@ CALENDAR_OVERRIDDEN = "Change Calendar Override Notification"
 has no counterpart. Named in SSM's manner."""
 
 HALT_OVERRIDDEN = "Rollout Halt Override Notification"
-"""An emergency run started on machines of a halted rollout (docs/guardrails.md); SSM has no
-counterpart. Named in SSM's manner."""
+"""A run (patch now or emergency) started on machines of a halted rollout (docs/guardrails.md);
+SSM has no counterpart. Named in SSM's manner."""
 
 DETAIL_TYPES = (
     COMPLIANCE,
