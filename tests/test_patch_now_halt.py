@@ -12,9 +12,13 @@ processes for the request; the loop runs in-process on an injected clock where t
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
-from reconciler.api.oneoff import OneOffOpening, OneOffTargets
+import pytest
+from pydantic import ValidationError
+
+from reconciler.api.oneoff import EmergencyFix, OneOffOpening, OneOffTargets
 from reconciler.report.notify.audit import read, table_rows
 from reconciler.rollout import freeze
 from reconciler.state import StateStore
@@ -137,3 +141,34 @@ def test_a_request_made_before_the_halt_waits_until_it_is_resumed_unless_it_over
         store.record_rollout_resume("rings", now=NOW)
         reconciler.reconcile()
     assert versions(roots["web-1"]) == AFTER
+
+
+def test_an_emergency_run_recorded_with_the_override_on_its_fix_still_loads(
+    tmp_path: Path,
+) -> None:
+    """Emergency runs recorded before patch-now took --override-halt kept the reason on their
+    fix (``emergency.overrideHalt``); a store holding one still lists it, override and all (an
+    unknown field would make every listing fail)."""
+    fix = EmergencyFix(
+        cve="CVE-2026-1234", frozen_at=NOW, versions={"base": ["pwtest-lib=1.0-2"]}, digest="d"
+    )
+    opening = one_off(OneOffTargets(instances=["web-1"]), NOW).model_copy(
+        update={"id": "em-earlier", "emergency": fix}
+    )
+    earlier = opening.to_wire()
+    earlier["emergency"] = {**earlier["emergency"], "overrideHalt": "INC-9: exploited"}  # type: ignore[dict-item]
+    with StateStore(tmp_path / "state.db") as store:
+        store.record_one_off(opening.model_copy(update={"id": "em-seed"}), now=NOW)
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        conn.execute(
+            "INSERT INTO one_off_openings SELECT 'em-earlier', ?, status, created_at, expires_at,"
+            " updated_at FROM one_off_openings WHERE id = 'em-seed'",
+            (json.dumps(earlier),),
+        )
+    with StateStore(tmp_path / "state.db") as store:
+        record = store.one_off("em-earlier")
+    assert record is not None
+    assert (record.opening.override_halt, record.opening.emergency) == ("INC-9: exploited", fix)
+    both = {**earlier, "overrideHalt": "INC-9"}
+    with pytest.raises(ValidationError, match="overrideHalt"):
+        OneOffOpening.model_validate(both)

@@ -124,6 +124,20 @@ class OneOffOpening(Model):
     ``patch-now`` or ``emergency``, audited); without it such a machine waits until the
     rollout is resumed."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _override_halt_on_the_fix(cls, data: Any) -> Any:
+        """Emergency runs recorded before patch-now took ``--override-halt`` kept the reason on
+        their fix (``emergency.overrideHalt``): read it where it is now kept. Given in both
+        places, the fix's stays and is refused as an unknown field."""
+        if not isinstance(data, dict) or "overrideHalt" in data:
+            return data
+        fix = data.get("emergency")
+        if not isinstance(fix, dict) or "overrideHalt" not in fix:
+            return data
+        fix = dict(fix)
+        return {**data, "emergency": fix, "overrideHalt": fix.pop("overrideHalt")}
+
 
 def check_budget(field: str, value: str) -> str:
     """``value`` if a WindowTask takes it as ``field`` (``max_concurrency``, ``max_errors``),
