@@ -866,6 +866,57 @@ def test_nodes_are_mirrored_and_their_heartbeats_change_nothing(
     assert gone.value.status == 404
 
 
+def instances_gauge(base: str) -> dict[tuple[str, str], float] | None:
+    """``patchwarden_instances`` by (status, group), non-zero series only, once a pass is done
+    (None before, or while nothing answers)."""
+    try:
+        metrics = scrape(base)
+    except OSError:
+        return None
+    if metrics.value("patchwarden_reconcile_passes_total") < 1:
+        return None
+    samples = metrics.samples.get("patchwarden_instances", [])
+    return {(got["status"], got["group"]): v for got, v in samples if v}
+
+
+@pytest.mark.apiserver
+def test_mirrored_nodes_are_counted_on_metrics_before_their_scans_report(
+    kube_api: KubeApi, controllers: Callable[..., Controller]
+) -> None:
+    """patchwarden_instances counts the instances in force, not only those with a scan in the
+    store (it read 0 on the real node): a mirrored Node whose scan has not reported (never, here:
+    no kubelet runs it, NodeNotReady) counts as NOT_SCANNED in the group its labels select, and
+    once the Node and its mirror are gone it no longer counts."""
+    ns = kube_api.namespace()
+    core = kubernetes.client.CoreV1Api(kube_api.client())
+    name = f"node-{ns}"
+    core.create_node({"metadata": {"name": name, "labels": {"pw-test": ns, "fleet": "e2e"}}})
+    try:
+        apply(kube_api, ns, BASELINE_YAML)  # its PatchGroup selects fleet=e2e
+        selector = ("--nodes", "--node-selector", f"pw-test={ns}", "--interval", "1")
+        controller = controllers(ns, "one", *selector)
+        base = f"http://127.0.0.1:{controller.port}"
+        counted = wait_until(
+            "the mirrored Node counted",
+            lambda: instances_gauge(base),
+            timeout=60,
+            every=0.3,
+            detail=controller.logs,
+        )
+        assert counted == {("NOT_SCANNED", GROUP): 1}
+        assert "NodeNotReady" in controller.logs()  # its scan failed: nothing in the store
+    finally:
+        core.delete_node(name)
+    wait_until(
+        "the deleted Node no longer counted",
+        lambda: instances_gauge(base) == {},
+        timeout=60,
+        every=0.3,
+        detail=controller.logs,
+    )
+    assert controller.stop() == 0, controller.logs()
+
+
 @pytest.mark.apiserver
 def test_the_watch_wakes_on_changes_but_not_on_status_writes(
     kube_api: KubeApi, system_root: Path, monkeypatch: pytest.MonkeyPatch
