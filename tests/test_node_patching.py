@@ -123,6 +123,7 @@ def test_job_manifest_pins_the_node_never_retries_and_grants_installs_privilege(
         ({"hostDir": "var/pw"}, "nodeJobs.hostDir 'var/pw': must be an absolute path on the"),
         ({"hostDir": "/var/../etc"}, "nodeJobs.hostDir '/var/../etc': must be an absolute"),
         ({"hostDir": "/var/pw\n"}, "nodeJobs.hostDir '/var/pw\\n': must be an absolute"),
+        ({"hostDir": 5}, "nodeJobs.hostDir 5: must be an absolute path"),
         ({"hostPid": "1"}, "nodeJobs.hostPid '1': must be a process id"),
     ],
 )

@@ -172,10 +172,11 @@ class NodeSettings:
         return cls(**kwargs)
 
 
-def _host_path(key: str, path: str, otherwise: str) -> None:
+def _host_path(key: str, path: object, otherwise: str) -> None:
     """ValueError naming ``nodeJobs.KEY`` unless ``path`` is absolute on the node, without
-    ``..`` or control characters."""
-    if not path.startswith("/") or climbs(path) or control_character(path):
+    ``..`` or control characters (a number from the YAML too, not an AttributeError)."""
+    absolute = isinstance(path, str) and path.startswith("/")
+    if not absolute or climbs(str(path)) or control_character(str(path)):
         raise ValueError(
             f"nodeJobs.{key} {path!r}: must be an absolute path on the node without "
             f"'..' or control characters{otherwise}"
