@@ -1058,6 +1058,8 @@ def _controller_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--workers", type=_positive_int, default=10, help="jobs run at once, at most")
     _external_workers_arg(p)
+    _s3_endpoint_arg(p)
+    _ec2_endpoint_arg(p)
     _resource_file_args(p)
     p.add_argument(
         "--interval",
@@ -1984,6 +1986,8 @@ def _controller_reconciler(
         gate_api=Kube(api),
         settings=Settings(stale_after=timedelta(hours=args.stale_after)),
         workers=args.workers,
+        s3_endpoint_url=args.s3_endpoint_url,
+        ec2_endpoint_url=args.ec2_endpoint_url,
         report_dir=args.report_dir,
         observers=[events, *observers],
         reboot_settings=_reboot_settings(args),

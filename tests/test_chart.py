@@ -261,6 +261,19 @@ def test_an_agent_root_reaches_every_node_jobs_agent_as_its_root(chart: helm.Cha
     assert parsed.agent_args == ["--", "scan", "--root=/srv/image root"]
 
 
+def test_a_host_dir_is_where_every_node_job_mounts_and_puts_the_agent(chart: helm.Chart) -> None:
+    """nodeJobs.hostDir: the Job's hostPath, mounted at the same path, is the node-agent's
+    --host-dir (where it copies the agent for the host's python3)."""
+    assert _node_settings(render(chart)).host_dir == "/var/lib/patchwarden"
+    settings = _node_settings(render(chart, {"nodeJobs": {"hostDir": "/opt/pw state"}}))
+    assert settings.host_dir == "/opt/pw state"
+    pod = job_manifest("pw-scan-n1-x", "Scan", "n1", ["scan"], settings)["spec"]["template"]["spec"]
+    assert pod["volumes"][0]["hostPath"]["path"] == "/opt/pw state"
+    assert pod["containers"][0]["volumeMounts"][0]["mountPath"] == "/opt/pw state"
+    parsed = _parser().parse_args(pod["containers"][0]["command"][1:])
+    assert str(parsed.host_dir) == "/opt/pw state"
+
+
 def test_controller_args_are_what_patchctl_parses(chart: helm.Chart) -> None:
     container = controller(
         render(chart, {"git": {"url": "https://git.example/fleet.git"}, "nodes": {"mirror": False}})
@@ -282,6 +295,19 @@ def test_controller_args_are_what_patchctl_parses(chart: helm.Chart) -> None:
     # Files named by resources: the ssh Secret's mount, reports on the state volume.
     assert str(parsed.ssh_dir) == "/etc/patchwarden/ssh"
     assert parsed.report_dir.parent == state.parent
+
+
+def test_aws_endpoints_are_the_controllers_endpoint_options(chart: helm.Chart) -> None:
+    """aws.ec2EndpointUrl and aws.s3EndpointUrl: the controller's --ec2-endpoint-url and
+    --s3-endpoint-url, as patchctl parses them; unset, neither option is given."""
+    endpoints = {"ec2EndpointUrl": "http://ec2.lab:5000", "s3EndpointUrl": "https://minio.lab"}
+    parsed = _parser().parse_args(controller(render(chart, {"aws": endpoints}))["args"])
+    assert (parsed.ec2_endpoint_url, parsed.s3_endpoint_url) == (
+        "http://ec2.lab:5000",
+        "https://minio.lab",
+    )
+    default = _parser().parse_args(controller(render(chart))["args"])
+    assert (default.ec2_endpoint_url, default.s3_endpoint_url) == (None, None)
 
 
 def test_the_ssh_secret_is_mounted_as_the_ssh_dir(chart: helm.Chart) -> None:
@@ -757,6 +783,10 @@ BAD_VALUES: list[tuple[Doc, str]] = [
     ({"nodeJobs": {"namespace": "Not_A_Namespace"}}, "/nodeJobs/namespace"),
     ({"nodeJobs": {"agentRoot": "srv/root"}}, "/nodeJobs/agentRoot"),
     ({"nodeJobs": {"hostPid": 0}}, "/nodeJobs/hostPid"),
+    ({"nodeJobs": {"hostDir": "var/lib/pw"}}, "/nodeJobs/hostDir"),
+    ({"nodeJobs": {"hostDir": "/var/lib/../../etc"}}, "/nodeJobs/hostDir"),
+    ({"nodeJobs": {"hostDir": "/var/lib/pw\x1b"}}, "/nodeJobs/hostDir"),
+    ({"nodeJobs": {"hostDir": ""}}, "/nodeJobs/hostDir"),
     (
         {"nodeJobs": {"tolerations": [{"operator": "Sometimes"}]}},
         "/nodeJobs/tolerations/0/operator",
@@ -766,6 +796,9 @@ BAD_VALUES: list[tuple[Doc, str]] = [
         "/nodeJobs/resources/limits/memory",
     ),
     ({"git": {"url": "not a url"}}, "/git/url"),
+    ({"aws": {"ec2EndpointUrl": "ec2.lab:5000"}}, "/aws/ec2EndpointUrl"),
+    ({"aws": {"s3EndpointUrl": "http://minio lab"}}, "/aws/s3EndpointUrl"),
+    ({"aws": {"region": "eu-west-1"}}, "region"),
     ({"intervals": {"resyncSeconds": "often"}}, "/intervals/resyncSeconds"),
     ({"serviceMonitor": {"enabled": "yes"}}, "/serviceMonitor/enabled"),
     ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),

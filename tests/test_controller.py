@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import kubernetes
 import pytest
 import yaml
@@ -45,10 +46,15 @@ from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.sources.kubernetes import NODE_LABEL, KubernetesSource, ObjectInfo, _Watcher
 from reconciler.state import StateStore
 from reconciler.state.kubernetes import StatusWriter, Written, merge_conditions, unchanged
+from tests import awslab
 from tests.conftest import needs_apt
 from tests.fleet import BASELINE, BASELINE_YAML, GROUP, local_instance_yaml, window_yaml
 from tests.kubeapi import KubeApi, free_port
 from tests.postgres import terminate_lock_session, writer_lock_held
+from tests.test_enrol_ec2 import IMAGE as EC2_IMAGE
+from tests.test_enrol_ec2 import INSTANCE_SOURCE
+from tests.test_enrol_ec2 import KEYS as EC2_KEYS
+from tests.test_enrol_ec2 import SOURCE as EC2_SOURCE
 from tests.test_metrics import scrape
 from tests.waiting import wait_until
 
@@ -860,6 +866,57 @@ def test_nodes_are_mirrored_and_their_heartbeats_change_nothing(
     assert gone.value.status == 404
 
 
+def instances_gauge(base: str) -> dict[tuple[str, str], float] | None:
+    """``patchwarden_instances`` by (status, group), non-zero series only, once a pass is done
+    (None before, or while nothing answers)."""
+    try:
+        metrics = scrape(base)
+    except OSError:
+        return None
+    if metrics.value("patchwarden_reconcile_passes_total") < 1:
+        return None
+    samples = metrics.samples.get("patchwarden_instances", [])
+    return {(got["status"], got["group"]): v for got, v in samples if v}
+
+
+@pytest.mark.apiserver
+def test_mirrored_nodes_are_counted_on_metrics_before_their_scans_report(
+    kube_api: KubeApi, controllers: Callable[..., Controller]
+) -> None:
+    """patchwarden_instances counts the instances in force, not only those with a scan in the
+    store (it read 0 on the real node): a mirrored Node whose scan has not reported (never, here:
+    no kubelet runs it, NodeNotReady) counts as NOT_SCANNED in the group its labels select, and
+    once the Node and its mirror are gone it no longer counts."""
+    ns = kube_api.namespace()
+    core = kubernetes.client.CoreV1Api(kube_api.client())
+    name = f"node-{ns}"
+    core.create_node({"metadata": {"name": name, "labels": {"pw-test": ns, "fleet": "e2e"}}})
+    try:
+        apply(kube_api, ns, BASELINE_YAML)  # its PatchGroup selects fleet=e2e
+        selector = ("--nodes", "--node-selector", f"pw-test={ns}", "--interval", "1")
+        controller = controllers(ns, "one", *selector)
+        base = f"http://127.0.0.1:{controller.port}"
+        counted = wait_until(
+            "the mirrored Node counted",
+            lambda: instances_gauge(base),
+            timeout=60,
+            every=0.3,
+            detail=controller.logs,
+        )
+        assert counted == {("NOT_SCANNED", GROUP): 1}
+        assert "NodeNotReady" in controller.logs()  # its scan failed: nothing in the store
+    finally:
+        core.delete_node(name)
+    wait_until(
+        "the deleted Node no longer counted",
+        lambda: instances_gauge(base) == {},
+        timeout=60,
+        every=0.3,
+        detail=controller.logs,
+    )
+    assert controller.stop() == 0, controller.logs()
+
+
 @pytest.mark.apiserver
 def test_the_watch_wakes_on_changes_but_not_on_status_writes(
     kube_api: KubeApi, system_root: Path, monkeypatch: pytest.MonkeyPatch
@@ -1059,7 +1116,7 @@ def test_with_a_directory_or_git_source_it_still_leads_and_reconciles(
     assert controller.stop() == 0, controller.logs()
 
 
-def report_yaml(name: str, destination: Path) -> str:
+def report_yaml(name: str, destination: Path | str) -> str:
     return (
         "apiVersion: patchwarden.io/v1alpha1\nkind: ComplianceReport\n"
         f"metadata: {{name: {name}}}\n"
@@ -1155,6 +1212,55 @@ def test_a_failed_export_sets_export_failed_until_an_export_succeeds(
         assert (ok["status"], ok["message"]) == ("False", "")
         assert ok["lastTransitionTime"] != failed["lastTransitionTime"]
         assert report["status"]["lastExportTime"] == last["time"]
+
+
+@pytest.fixture
+def moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """moto's server, an EMULATOR of EC2 and S3 on loopback; the AWS configuration (which the
+    controllers started by the test inherit) has its keys and names no endpoint."""
+    awslab.isolated_aws(monkeypatch, tmp_path)
+    for name, value in {**EC2_KEYS, "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    with awslab.moto_server() as url:
+        yield url
+
+
+@pytest.mark.apiserver
+def test_the_controller_reaches_ec2_and_s3_at_the_endpoints_it_is_given(
+    kube_api: KubeApi, controllers: Callable[..., Controller], moto: str
+) -> None:
+    """As for run and reconcile: with no endpoint in the AWS configuration, --ec2-endpoint-url
+    alone reaches the EC2 an ec2 InstanceSource lists, and --s3-endpoint-url alone the bucket a
+    ComplianceReport is exported to (moto's emulator for both)."""
+    ec2 = boto3.client("ec2", region_name="eu-west-1", endpoint_url=moto)
+    tags = [{"Key": "Name", "Value": "web-1"}, {"Key": "Environment", "Value": "prod"}]
+    ec2.run_instances(
+        ImageId=EC2_IMAGE,
+        MinCount=1,
+        MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+    )
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=moto)
+    s3.create_bucket(Bucket="compliance")
+    ns = kube_api.namespace()
+    apply(kube_api, ns, INSTANCE_SOURCE + "---\n" + report_yaml("fleet", "s3://compliance/fleet"))
+    controllers(ns, "one", "--ec2-endpoint-url", moto, "--s3-endpoint-url", moto)
+
+    def enrolled() -> Any:
+        return (get(kube_api, ns, "InstanceSource", EC2_SOURCE).get("status") or {}).get(
+            "instances"
+        )
+
+    assert wait_for("the EC2 instance enrolled", enrolled) == ["web-1"]
+    last = wait_for(
+        "the report exported",
+        lambda: (get(kube_api, ns, "ComplianceReport", "fleet").get("status") or {}).get(
+            "lastExport"
+        ),
+    )
+    assert last["status"] == "SUCCESS", last
+    listed = s3.list_objects_v2(Bucket="compliance")["Contents"]
+    assert [f"s3://compliance/{o['Key']}" for o in listed] == last["locations"]
 
 
 @pytest.mark.apiserver

@@ -23,14 +23,25 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from reconciler.api.snapshot import build_snapshot
 from reconciler.report.notify.metrics import LoopMetrics
 from reconciler.report.views.csvreport import LEVELS
 from reconciler.state import StateStore
 from tests.aptlab import Pkg, Repo, make_root
 from tests.conftest import INSTALLED, needs_apt
 from tests.factories import NOW
-from tests.fleet import API, at_now, documents, open_window_yaml, versions
+from tests.fleet import (
+    API,
+    BASELINE_YAML,
+    GROUP,
+    at_now,
+    documents,
+    local_instance_yaml,
+    open_window_yaml,
+    versions,
+)
 from tests.git_servers import free_port
+from tests.test_report_s3 import record_scans
 from tests.waiting import healthy, tail_of, wait_until
 
 pytestmark = needs_apt
@@ -108,7 +119,11 @@ class Scrape:
 def scrape(base: str) -> Scrape:
     with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
         assert response.status == 200
-        text = response.read().decode()
+        return parsed(response.read().decode())
+
+
+def parsed(text: str) -> Scrape:
+    """Prometheus' text format as a :class:`Scrape`."""
     samples: dict[str, list[tuple[dict[str, str], float]]] = {}
     families = {}
     for family in text_string_to_metric_families(text):
@@ -316,6 +331,36 @@ def test_every_labelled_counter_is_served_at_zero_before_its_first_event(tmp_pat
     assert metrics.by("patchwarden_reboots_total", "performed") == {"true": 0, "false": 0}
     assert metrics.value("patchwarden_patches_installed_total") == 0
     assert metrics.by("patchwarden_missing_patches", "severity") == dict.fromkeys(LEVELS, 0.0)
+
+
+def test_the_instance_gauge_counts_the_instances_in_force_scanned_or_not(tmp_path: Path) -> None:
+    """After a pass the fleet is the snapshot's instances: web-1 by its scan, web-2 (no scan
+    yet: a Node whose scan Job has not reported) NOT_SCANNED in the group its labels select;
+    old-1, deleted from the configuration, is no longer counted though its scan stays stored."""
+    snapshot = build_snapshot(
+        [
+            ("group.yaml", BASELINE_YAML.encode()),
+            ("web-1.yaml", local_instance_yaml("web-1", tmp_path).encode()),
+            ("web-2.yaml", local_instance_yaml("web-2", tmp_path).encode()),
+        ]
+    )
+    with StateStore(tmp_path / "state.db") as store:
+        record_scans(store, {"web-1": (GROUP, 0), "old-1": (GROUP, 0)})
+        metrics = LoopMetrics(store)
+        metrics.refresh()  # before a first pass: what the store holds
+        assert parsed(metrics.render().decode()).by("patchwarden_instances", "status") == {
+            "COMPLIANT": 2.0,
+            "NON_COMPLIANT": 0.0,
+            "NOT_SCANNED": 0.0,
+        }
+        metrics.refresh(snapshot)
+        after = parsed(metrics.render().decode())
+    assert after.by("patchwarden_instances", "status") == {
+        "COMPLIANT": 1.0,
+        "NON_COMPLIANT": 0.0,
+        "NOT_SCANNED": 1.0,
+    }
+    assert {labels["group"] for labels, _ in after.samples["patchwarden_instances"]} == {GROUP}
 
 
 # --- the Grafana dashboard ---------------------------------------------------------------------

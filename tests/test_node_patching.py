@@ -120,10 +120,14 @@ def test_job_manifest_pins_the_node_never_retries_and_grants_installs_privilege(
         ({"agentRoot": "srv/root"}, "nodeJobs.agentRoot 'srv/root': must be an absolute path"),
         ({"agentRoot": "/srv/../etc"}, "nodeJobs.agentRoot '/srv/../etc': must be an absolute"),
         ({"hostPid": 0}, "nodeJobs.hostPid 0: must be a process id"),
+        ({"hostDir": "var/pw"}, "nodeJobs.hostDir 'var/pw': must be an absolute path on the"),
+        ({"hostDir": "/var/../etc"}, "nodeJobs.hostDir '/var/../etc': must be an absolute"),
+        ({"hostDir": "/var/pw\n"}, "nodeJobs.hostDir '/var/pw\\n': must be an absolute"),
+        ({"hostDir": 5}, "nodeJobs.hostDir 5: must be an absolute path"),
         ({"hostPid": "1"}, "nodeJobs.hostPid '1': must be a process id"),
     ],
 )
-def test_node_settings_refuse_a_root_or_host_process_the_agent_cannot_be_given(
+def test_node_settings_refuse_a_root_directory_or_host_process_the_agent_cannot_be_given(
     values: dict[str, Any], said: str
 ) -> None:
     with pytest.raises(ValueError, match=re.escape(said)):

@@ -157,7 +157,9 @@ class Service:
         summary = self.reconciler.reconcile(until_idle=True)
         metrics.passes.inc()
         metrics.reconcile_seconds.observe(time.monotonic() - started)
-        metrics.refresh()
+        # The instances in force, not only those with a scan: a controller's Nodes are mirrored
+        # and in force passes before their scan Jobs report (and an SSH machine may not answer).
+        metrics.refresh(self.reconciler.snapshot)
         metrics.observe_rollouts(summary.rollout_views)
         metrics.observe_gates(summary.gates)
         if summary.revision is not None:

@@ -71,6 +71,7 @@ agentPath: {{ .Values.nodeJobs.agentPath }}
 {{- with .Values.nodeJobs.agentRoot }}
 agentRoot: {{ . | quote }}
 {{- end }}
+hostDir: {{ .Values.nodeJobs.hostDir | quote }}
 hostPid: {{ int .Values.nodeJobs.hostPid }}
 jobTimeoutSeconds: {{ .Values.nodeJobs.jobTimeoutSeconds }}
 drainTimeoutSeconds: {{ .Values.nodeJobs.drainTimeoutSeconds }}

@@ -122,13 +122,13 @@ class NodeSettings:
     """First backoff between eviction retries (doubles up to 30 s); waits for pods to go."""
 
     def __post_init__(self) -> None:
-        """ValueError naming the value, for a root or process the agent could not be given."""
-        root = self.agent_root
-        if root and (not root.startswith("/") or climbs(root) or control_character(root)):
-            raise ValueError(
-                f"nodeJobs.agentRoot {root!r}: must be an absolute path on the node without "
-                "'..' or control characters (or empty for the host's /)"
-            )
+        """ValueError naming the value, for a root, directory or process the agent could not
+        be given."""
+        if self.agent_root:
+            _host_path("agentRoot", self.agent_root, " (or empty for the host's /)")
+        # The hostPath the agent is copied into and run from: a relative or climbing path would
+        # name another host directory than the one the operator wrote.
+        _host_path("hostDir", self.host_dir, "")
         if (
             isinstance(self.host_pid, bool)
             or not isinstance(self.host_pid, int)
@@ -170,6 +170,17 @@ class NodeSettings:
                 value = tuple(value)
             kwargs[name] = value
         return cls(**kwargs)
+
+
+def _host_path(key: str, path: object, otherwise: str) -> None:
+    """ValueError naming ``nodeJobs.KEY`` unless ``path`` is absolute on the node, without
+    ``..`` or control characters (a number from the YAML too, not an AttributeError)."""
+    absolute = isinstance(path, str) and path.startswith("/")
+    if not absolute or climbs(str(path)) or control_character(str(path)):
+        raise ValueError(
+            f"nodeJobs.{key} {path!r}: must be an absolute path on the node without "
+            f"'..' or control characters{otherwise}"
+        )
 
 
 def _camel(name: str) -> str:

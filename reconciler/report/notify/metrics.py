@@ -2,8 +2,9 @@
 
 ``LoopMetrics`` is an observer of the loop's occurrence stream (jobs, refusals, installs,
 reboots) and reads the observed-state store for the fleet's compliance (instances by status and
-patch group, missing patches by severity); ``observe_rollouts`` takes each pass's rollout views,
-``observe_gates`` its safety gates' standings;
+patch group, missing patches by severity; with the snapshot in force, exactly its instances);
+``observe_rollouts`` takes each pass's rollout views, ``observe_gates`` its safety gates'
+standings;
 ``serve()`` adds pass durations and the last successful reconcile, and serves ``/metrics``.
 Reads results; decides nothing. Names follow Prometheus' conventions: units in the name,
 ``_total`` added by the client to counters.
@@ -21,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from reconciler.api.enums import JobStatus, Operation
+from reconciler.api.snapshot import Snapshot
 from reconciler.report.notify.occurrences import Kind, Occurrence
 from reconciler.report.views.csvreport import LEVELS
 from reconciler.report.views.gates import GateStanding
@@ -28,7 +30,9 @@ from reconciler.report.views.rollouts import RolloutView, StageView
 from reconciler.rollout import Verdict
 from reconciler.state import ScanRecord, StateBackend
 
-STATUSES = ("COMPLIANT", "NON_COMPLIANT")
+NOT_SCANNED = "NOT_SCANNED"
+"""``patchwarden_instances``' status of an instance in force without a scan yet."""
+STATUSES = ("COMPLIANT", "NON_COMPLIANT", NOT_SCANNED)
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED)
 """The statuses a job finishes with (``Kind.JOB_FINISHED``)."""
 OUTSTANDING = frozenset({"MISSING", "FAILED"})
@@ -224,7 +228,8 @@ class LoopMetrics:
         """The fleet as its latest scans show it."""
         self.instances = Gauge(
             "patchwarden_instances",
-            "Instances by compliance status and patch group (latest scan; group empty if none).",
+            "Instances by compliance status (of the latest scan; NOT_SCANNED before one) and "
+            "patch group (empty if none).",
             ["status", "group"],
             registry=r,
         )
@@ -343,10 +348,24 @@ class LoopMetrics:
             self._fleet = fleet
             self._publish()
 
-    def refresh(self) -> None:
-        """Re-read the whole fleet from the store."""
-        if self.store is not None:
-            self.observe_scans({k: v.evaluation for k, v in self.store.latest_scans().items()})
+    def refresh(self, in_force: Snapshot | None = None) -> None:
+        """Re-read the whole fleet from the store. With ``in_force`` (the snapshot in force) the
+        fleet is its instances: one not scanned yet (a Node mirrored while its scan Job waits
+        for a pod, a machine not reachable yet) counts as NOT_SCANNED in its patch group, and one
+        no longer in force is not counted, though its history stays in the store."""
+        if self.store is None:
+            return
+        latest = {name: scan.evaluation for name, scan in self.store.latest_scans().items()}
+        if in_force is None:
+            self.observe_scans(latest)
+            return
+        fleet = {
+            name: _standing(latest[name]) if name in latest else _not_scanned(in_force, name)
+            for name in in_force.instances
+        }
+        with self._lock:
+            self._fleet = fleet
+            self._publish()
 
     def _refresh_instance(self, instance: str) -> None:
         assert self.store is not None
@@ -389,6 +408,11 @@ def _standing(evaluation: Mapping[str, Any]) -> tuple[str, str, Tally[str]]:
         str(evaluation.get("patchGroup") or ""),
         outstanding,
     )
+
+
+def _not_scanned(snapshot: Snapshot, name: str) -> tuple[str, str, Tally[str]]:
+    groups = snapshot.groups_of(snapshot.instances[name].metadata.labels)
+    return NOT_SCANNED, groups[0].metadata.name if groups else "", Tally()
 
 
 def _installed(patch: Any) -> bool:
