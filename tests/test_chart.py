@@ -782,6 +782,8 @@ BAD_VALUES: list[tuple[Doc, str]] = [
     ({"nodeJobs": {"drainTimeoutSeconds": 0}}, "/nodeJobs/drainTimeoutSeconds"),
     ({"nodeJobs": {"namespace": "Not_A_Namespace"}}, "/nodeJobs/namespace"),
     ({"nodeJobs": {"agentRoot": "srv/root"}}, "/nodeJobs/agentRoot"),
+    ({"nodeJobs": {"agentRoot": "/srv/../etc"}}, "/nodeJobs/agentRoot"),
+    ({"nodeJobs": {"agentRoot": "/srv/root\n"}}, "/nodeJobs/agentRoot"),
     ({"nodeJobs": {"hostPid": 0}}, "/nodeJobs/hostPid"),
     ({"nodeJobs": {"hostDir": "var/lib/pw"}}, "/nodeJobs/hostDir"),
     ({"nodeJobs": {"hostDir": "/var/lib/../../etc"}}, "/nodeJobs/hostDir"),
