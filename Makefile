@@ -41,11 +41,11 @@ image: install ## the controller/agent image, dist/patchwarden-<version>.oci.tar
 kube-node: install ## build (once, ~15 min; cached) the apiserver, kubelet, controller-manager, scheduler, kube-proxy and pause of the real node
 	nice -n 10 scripts/kube-apiserver build kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy pause
 
-# The suite runs on every core: pytest-xdist, one group per test file (tests/conftest.py).
+# The suite runs on every core: pytest-xdist, each test file on one worker (tests/conftest.py).
 TEST_WORKERS ?= auto
 
 test: install kube-node lint verify test-clock ## lint, verify, the clock a year ahead, then the whole suite on every core (CI)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The date-sensitive tests, run a year ahead by Debian's libfaketime: each must take its time from
 # an injected clock (--now, clock=...), never from the calendar. libfaketime follows the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,18 +28,58 @@ from tests.promlab import alertmanager, prometheus  # noqa: F401  (real Promethe
 # remove the variable.
 os.environ["PATCHWARDEN_TRUST_ROOT_SCRIPTS"] = "1"
 
-# `make test` runs the suite on every core (pytest-xdist, --dist loadgroup). Each test file is one
-# group, so a module's fixtures (a fleet, a built image, a server) are built once; the tests that
-# use the one real node this machine can run (its address, bridge, iptables chains and kernel
-# settings are fixed: tests/kubenode.py) are one group, so they run on one worker, one at a time.
+# `make test` runs the suite on every core (pytest-xdist, --dist loadfile): each test file runs on
+# one worker, so a module's fixtures (a fleet, a built image, a server) are built once. The files
+# that use the one real node this machine can run (its address, bridge, iptables chains and kernel
+# settings are fixed: tests/kubenode.py) are one unit, so they run on one worker, one at a time.
+# (xdist's own --dist loadgroup cannot do this on pytest 9.2: pytest-dev/pytest-xdist#1386.)
 ONE_PER_MACHINE = frozenset({"kube_node"})
+ONE_PER_MACHINE_FILES = frozenset({"tests/test_kubenode.py", "tests/test_node_e2e.py"})
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class OneNodePerMachine(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "the real node" if path in ONE_PER_MACHINE_FILES else path
+
+    return OneNodePerMachine(config, log)
+
+
+# The longest units first (minutes each, from a run's --durations), so no worker is left with one
+# of them at the end while the other idles; the rest in file order (make test: no reordering).
+LONGEST_FIRST = (
+    *sorted(ONE_PER_MACHINE_FILES, reverse=True),
+    "tests/test_image.py",
+    "tests/test_controller.py",
+    "tests/test_engine_summary.py",
+    "tests/test_emergency.py",
+    "tests/test_fleet_e2e.py",
+    "tests/test_audit.py",
+    "tests/test_diff_tables.py",
+    "tests/test_docs.py",
+    "tests/test_fleet_rollout.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest files first (:data:`LONGEST_FIRST`). A test file that uses the real node
+    must be in ONE_PER_MACHINE_FILES, or two workers would each start a node: the run stops at
+    collection, saying so."""
+    rank = {path: index for index, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
     for item in items:
+        path = item.nodeid.split("::", 1)[0]
         uses = ONE_PER_MACHINE.intersection(getattr(item, "fixturenames", ()))
-        group = "kube-node" if uses else item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        if uses and path not in ONE_PER_MACHINE_FILES:
+            raise pytest.UsageError(
+                f"{path} uses {', '.join(sorted(uses))}: add it to ONE_PER_MACHINE_FILES in"
+                " tests/conftest.py (one node per machine: its tests run on one worker)"
+            )
 
 
 HAVE_APT = all(shutil.which(tool) for tool in ("apt-get", "apt-cache", "dpkg", "dpkg-query"))
