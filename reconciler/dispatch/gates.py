@@ -65,7 +65,7 @@ def _get(url: str, params: list[tuple[str, str]], timeout: int) -> Any:
             answer = client.get(url, params=tuple(params))
             answer.raise_for_status()
             return answer.json()
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, OSError) as exc:  # OSError: what httpx may leave unwrapped
         raise _Unreachable(f"{type(exc).__name__}: {exc}") from exc
 
 
