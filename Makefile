@@ -107,6 +107,7 @@ bench: install ## benchmarks (not part of make test); results go to docs/benchma
 	$(PY) bench/ssh_fleet.py
 	$(PY) bench/fleet_scale.py
 	$(PY) bench/fleet_scale.py --backend sqlite
+	$(PY) bench/startup.py
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

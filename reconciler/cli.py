@@ -128,7 +128,6 @@ from reconciler.schedule import describe, openings
 from reconciler.schedule.ical import reading_state
 from reconciler.sources import (
     DirectorySource,
-    GitSource,
     SignatureVerification,
     Source,
     SourceError,
@@ -1571,6 +1570,9 @@ def _source(args: argparse.Namespace, store_path: Path, ref: str | None = None) 
     key = f"{redacted(text)}#{args.ref}"
     workdir = store_path.parent / "git" / hashlib.sha256(key.encode()).hexdigest()[:16]
     username = os.environ.get(GIT_USERNAME_ENV)
+    # GitPython costs every command that reads no Git repository its import (test_startup.py).
+    from reconciler.sources.git import GitSource
+
     try:
         return GitSource(
             text,
@@ -2323,6 +2325,8 @@ def _diff_side(args: argparse.Namespace, option: str, rev: str) -> tuple[str, Sn
     url = text if "://" in text else f"file://{local.resolve()}"
     # One clone for both revisions (named by the URL and "diff"): the second only resolves.
     source = _source(argparse.Namespace(source=url, ref="diff"), _state_path(args), ref=rev)
+    from reconciler.sources.git import GitSource  # GitPython: see _source
+
     assert isinstance(source, GitSource)  # a URL: _source gives a directory only for a path
     try:
         revision, written = source.snapshot()

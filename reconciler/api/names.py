@@ -11,6 +11,7 @@ disagree. Pure data and regular expressions; may not import anything outside ``r
 
 from __future__ import annotations
 
+import functools
 import re
 
 from reconciler.api.enums import Family
@@ -94,18 +95,20 @@ def _form_patterns(form: str) -> tuple[str, str]:
     return whole, "|".join(f"(?:{s})" for s in starred)
 
 
-def _family_pattern(forms: tuple[str, ...]) -> re.Pattern[str]:
-    alternatives = [p for form in forms for p in _form_patterns(form)]
+@functools.cache
+def _family_pattern(family: Family) -> re.Pattern[str] | None:
+    # Compiled on first use, not at import: the alternation is large and every patchctl command
+    # imports this module, most without a baseline that names an rpm package.
+    if family not in (Family.RPM, Family.SUSE):
+        return None
+    alternatives = [p for form in FORMS[family] for p in _form_patterns(form)]
     return re.compile("|".join(f"(?:{a})" for a in alternatives))
-
-
-_PATTERNS = {family: _family_pattern(FORMS[family]) for family in (Family.RPM, Family.SUSE)}
 
 
 def fits_a_form(entry: str, family: Family) -> bool:
     """Whether ``entry`` (with at most one '*', checked before) names a package in one of
     ``family``'s forms (notice and KB ids aside)."""
-    pattern = _PATTERNS.get(family)
+    pattern = _family_pattern(family)
     if pattern is not None:
         return bool(pattern.fullmatch(entry))
     if family is Family.APT:

@@ -14,8 +14,6 @@ import ssl
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
-import httpx
-
 from reconciler.api.resources import MAX_ICALENDAR_BYTES, ChangeCalendar
 from reconciler.api.snapshot import Snapshot
 from reconciler.plan import calendar_verdict, calendars_guarding
@@ -94,6 +92,9 @@ def _icalendar_data(
 
 def fetch_icalendar(url: str, timeout: int) -> bytes | str:
     """The body at ``url`` (at most ``MAX_ICALENDAR_BYTES``), or why it could not be read."""
+    # Imported here: every patchctl command imports this module, few fetch a calendar.
+    import httpx
+
     try:
         with (
             httpx.Client(

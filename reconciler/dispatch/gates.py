@@ -9,16 +9,15 @@ something wrong. Decides nothing else; answers' bodies are read only for the fie
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from reconciler.api.gates import AlertmanagerGate, Gate, KubernetesGate, PrometheusGate
 from reconciler.api.selectors import LabelSelector
-from reconciler.kube.errors import API_FAILURES, ApiException, status_message
-from reconciler.kube.rest import Kube
 from reconciler.plan import GateReading
 from reconciler.redaction import redacted
+
+if TYPE_CHECKING:
+    from reconciler.kube.rest import Kube
 
 SHOWN = 3
 """How many blocking series, alerts or objects a reason names (the rest are counted)."""
@@ -41,12 +40,8 @@ def read_gate(gate: Gate, kube: Kube | None) -> GateReading:
             return _alertmanager(gate.alertmanager)
         assert gate.kubernetes is not None
         return _kubernetes(gate.kubernetes, kube)
-    except httpx.HTTPError as exc:
-        return _unreadable(f"{type(exc).__name__}: {exc}")
-    except ApiException as exc:
-        return _unreadable(f"Kubernetes API: {status_message(exc)}")
-    except API_FAILURES as exc:
-        return _unreadable(f"Kubernetes API: {type(exc).__name__}: {exc}")
+    except _Unreachable as exc:
+        return _unreadable(str(exc))
     except (ValueError, KeyError, TypeError) as exc:
         return _unreadable(f"unexpected answer: {exc}")
 
@@ -55,12 +50,23 @@ def _unreadable(error: str) -> GateReading:
     return GateReading(True, redacted(f"cannot be read: {error}"))
 
 
+class _Unreachable(Exception):
+    """The gate's system could not be asked, or refused: the message says why."""
+
+
 def _get(url: str, params: list[tuple[str, str]], timeout: int) -> Any:
-    client = httpx.Client(timeout=float(timeout), follow_redirects=False, trust_env=False)
-    with client:
-        answer = client.get(url, params=tuple(params))
-        answer.raise_for_status()
-        return answer.json()
+    # Imported here, as are the Kubernetes client's errors below: every patchctl command imports
+    # this module, and only a pass that reads a gate needs them (docs/architecture.md).
+    import httpx
+
+    try:
+        client = httpx.Client(timeout=float(timeout), follow_redirects=False, trust_env=False)
+        with client:
+            answer = client.get(url, params=tuple(params))
+            answer.raise_for_status()
+            return answer.json()
+    except (httpx.HTTPError, OSError) as exc:  # OSError: what httpx may leave unwrapped
+        raise _Unreachable(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _prometheus(gate: PrometheusGate) -> GateReading:
@@ -108,7 +114,14 @@ def _kubernetes(gate: KubernetesGate, kube: Kube | None) -> GateReading:
     else:
         path = f"/api/v1/namespaces/{gate.namespace}/pods"
     query = [("labelSelector", selector_text(gate.selector))]
-    items = kube.request("GET", path, query=query).get("items", [])
+    from reconciler.kube.errors import API_FAILURES, ApiException, status_message
+
+    try:
+        items = kube.request("GET", path, query=query).get("items", [])
+    except ApiException as exc:
+        raise _Unreachable(f"Kubernetes API: {status_message(exc)}") from exc
+    except API_FAILURES as exc:
+        raise _Unreachable(f"Kubernetes API: {type(exc).__name__}: {exc}") from exc
     if not items:
         return GateReading(False, f"no {gate.resource.lower()} matches the selector")
     shown = [_object_name(item) for item in items[:SHOWN]]

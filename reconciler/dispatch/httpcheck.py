@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx
-
 from reconciler.api.hooks import HOST, HttpCheck
 from reconciler.redaction import redacted
 
@@ -38,6 +36,9 @@ def url_for(check: HttpCheck, address: str) -> str:
 def http_get(check: HttpCheck, address: str) -> HttpAttempt:
     """GET the check's URL for the machine at ``address``; never raises for a network error."""
     url = url_for(check, address)
+    # Imported here: every patchctl command imports this module, only hooks' checks use it.
+    import httpx
+
     try:
         client = httpx.Client(
             verify=not check.insecure_skip_tls_verify,

@@ -24,7 +24,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from operator import attrgetter
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from reconciler.api.enums import (
     LINUX_SYSTEMS,
@@ -72,8 +72,10 @@ from reconciler.evaluation.results import (
     NotApproved,
     PatchResult,
 )
-from reconciler.evaluation.verdicts import Profile, Verdicts, decide_many
 from reconciler.evaluation.versions import comparator
+
+if TYPE_CHECKING:
+    from reconciler.evaluation.verdicts import Profile, Verdicts
 
 # Microsoft's CriticalUpdates fix critical *non-security* bugs, so they are not security updates
 # (https://learn.microsoft.com/en-us/troubleshoot/windows-client/installing-updates-features-roles/standard-terminology-software-updates);
@@ -185,6 +187,10 @@ class Decider:
         """``decide``'s verdicts (approved, rejected, compliance level, security) on ``pkgs``, as
         arrays, without reasons: each filter and id list judged once per distinct value of the
         fields it reads (tests/test_engine_verdicts.py proves them equal to ``decide``)."""
+        # numpy is imported only by the bulk paths (patchctl diff, bench/): every other command
+        # would pay for it at start-up (tests/test_startup.py).
+        from reconciler.evaluation.verdicts import decide_many
+
         return decide_many(self, pkgs)
 
     @property
@@ -214,6 +220,8 @@ class Decider:
     def profile(self, pkg: PackageFacts, shadowed: bool) -> Profile:
         """What ``_decide`` reads of ``pkg`` before dates and id lists: security, eligibility for
         the implicit security rule, the global filters, and which rules' filters match."""
+        from reconciler.evaluation.verdicts import Profile  # numpy: see verdicts()
+
         return Profile(
             security=self._is_security_advisory(pkg),
             eligible=self._security_eligible(pkg) and not shadowed,

@@ -17,13 +17,13 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from reconciler.api.enums import JobStatus
 from reconciler.api.gates import Gate
 from reconciler.api.snapshot import Snapshot
 from reconciler.dispatch.calendars import read_calendars
 from reconciler.dispatch.gates import read_gates
-from reconciler.kube.rest import Kube
 from reconciler.loop.common import InForce, PassSummary
 from reconciler.loop.desired import Refresher
 from reconciler.loop.executions import WindowExecutions
@@ -35,6 +35,9 @@ from reconciler.loop.rollouts import RolloutSteering
 from reconciler.plan import Action, GateReading, Plan
 from reconciler.report.views.gates import guarded
 from reconciler.state import JobRecord
+
+if TYPE_CHECKING:
+    from reconciler.kube.rest import Kube
 
 Running = dict[Future[JobRecord | None], Action]
 Finished = tuple[Action, JobRecord | None]

@@ -16,14 +16,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from itertools import islice
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-import icalendar
-import recurring_ical_events
 from dateutil.rrule import rrulestr
 
 from reconciler.api.resources import CalendarEvent, ChangeCalendar, ChangeCalendarSpec
 from reconciler.schedule.calendar import CalendarState, Period, calendar_state
+
+if TYPE_CHECKING:
+    import icalendar
 
 HORIZON = timedelta(days=400)
 """How far ahead of ``now`` recurrences are expanded: a year and a bit, so a yearly freeze and
@@ -102,6 +104,10 @@ def _recurrences(
 
 def parse_icalendar(data: bytes) -> icalendar.Calendar:
     """The iCalendar document in ``data``, or ValueError saying why it is not one."""
+    # Imported on first use: the planner imports this module for every patchctl command, and
+    # only a ChangeCalendar with an iCalendar source needs the library.
+    import icalendar
+
     try:
         parsed = icalendar.Calendar.from_ical(data)
     except (ValueError, IndexError, KeyError, TypeError) as exc:
@@ -115,6 +121,8 @@ def ical_periods(
     data: bytes, spec: ChangeCalendarSpec, start: datetime, end: datetime
 ) -> Iterator[Period]:
     """The VEVENTs of the iCalendar document ``data`` overlapping ``[start, end)``."""
+    import recurring_ical_events  # see parse_icalendar
+
     calendar = parse_icalendar(data)
     zone = ZoneInfo(spec.time_zone)
     # Floating times and all-day dates are placed by the library in no zone: ask a little

@@ -5,6 +5,8 @@ A source reads files and hands them to :func:`reconciler.api.build_snapshot`; it
 them itself. I/O lives here. May import ``api`` and ``defaults``.
 """
 
+from typing import TYPE_CHECKING
+
 from reconciler.sources.base import (
     Refusal,
     Revision,
@@ -14,8 +16,21 @@ from reconciler.sources.base import (
     SourceError,
 )
 from reconciler.sources.directory import DirectorySource, read_inventories, read_snapshot
-from reconciler.sources.git import GitSource
 from reconciler.sources.signatures import SignatureVerification
+
+if TYPE_CHECKING:
+    from reconciler.sources.git import GitSource
+
+
+def __getattr__(name: str) -> object:
+    # GitSource on first use: GitPython costs every command that reads no repository its import
+    # (tests/test_startup.py), and every command imports this package.
+    if name == "GitSource":
+        from reconciler.sources.git import GitSource
+
+        return GitSource
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DirectorySource",

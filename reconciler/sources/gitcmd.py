@@ -8,8 +8,10 @@ directories 0700. May not decide what is fetched or read.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from git import Git, Repo
+if TYPE_CHECKING:  # GitPython at run time only where a repository is read: see init_bare
+    from git import Git, Repo
 
 PRIVATE_UMASK = 0o077
 
@@ -24,6 +26,9 @@ def run_git(
 
 def init_bare(path: Path, *, timeout: float) -> tuple[int, str, str]:
     """``git init --bare`` in the existing directory ``path``; (status, stdout, stderr)."""
+    # reconciler.sources imports this module for every command (tests/test_startup.py).
+    from git import Git
+
     return _execute(Git(str(path)), ("init", "--quiet", "--bare"), None, timeout)
 
 

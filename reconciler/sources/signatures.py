@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-from git import Commit, Repo
+from typing import TYPE_CHECKING, Literal
 
 from reconciler.sources.base import Refusal, Revision, SignatureRefused, SourceError
 from reconciler.sources.gitcmd import run_git
+
+if TYPE_CHECKING:  # GitPython only for the types: reconciler.sources imports this module
+    from git import Commit, Repo
 
 # The armour header of each signature format, as stored in the commit's gpgsig header.
 _HEADERS = {"gpg": "-----BEGIN PGP SIGNATURE-----", "ssh": "-----BEGIN SSH SIGNATURE-----"}

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.api.enums import Operation
 from reconciler.api.inventory import Inventory
@@ -22,10 +22,12 @@ from reconciler.api.resources import MaintenanceWindow, PatchBaseline
 from reconciler.api.snapshot import Snapshot
 from reconciler.evaluation import DecisionCache, Hold, declared_holds, evaluate, resolve
 from reconciler.evaluation.pins import pins_for
-from reconciler.report.views.difftables import Judged, Member, judge, version_key
 from reconciler.report.views.gates import guarded
 from reconciler.schedule import describe, openings
 from reconciler.schedule.windows import Opening, current_opening
+
+if TYPE_CHECKING:
+    from reconciler.report.views.difftables import Judged
 
 ABSENT = "ABSENT"
 """The status of an instance a revision does not list (it is not managed there)."""
@@ -216,6 +218,9 @@ def compare(
     Instances with a baseline under both revisions and nothing the tables do not count (a
     hold, a failed or NoReboot Install) are judged together from the engine's tables
     (difftables.py); the others one by one, as reference_compare judges all."""
+    # The tables need numpy, which no other command may pay for at start-up (test_startup.py).
+    from reconciler.report.views.difftables import Member, judge
+
     ordered = sorted(inventories, key=lambda i: i.instance_id)
     same = _SameBaselines()
     places = [(_place(before, i, same), _place(after, i, same)) for i in ordered]
@@ -338,6 +343,8 @@ def side_of(snapshot: Snapshot, inventory: Inventory, now: datetime, cache: Deci
 
 
 def _side(place: _Place, inventory: Inventory, now: datetime, cache: DecisionCache) -> Side:
+    from reconciler.report.views.difftables import version_key  # numpy: see compare()
+
     baseline = place.baseline
     if baseline is None:
         return place.side
