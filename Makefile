@@ -41,6 +41,11 @@ image: install ## the controller/agent image, dist/patchwarden-<version>.oci.tar
 kube-node: install ## build (once, ~15 min; cached) the apiserver, kubelet, controller-manager, scheduler, kube-proxy and pause of the real node
 	nice -n 10 scripts/kube-apiserver build kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy pause
 
+# The suite starts patchctl thousands of times: where the environment says not to write bytecode
+# (PYTHONDONTWRITEBYTECODE), each start would compile the package again. The agent bundle and the
+# image leave __pycache__ out.
+unexport PYTHONDONTWRITEBYTECODE
+
 # The suite runs on every core: pytest-xdist, each test file on one worker (tests/conftest.py).
 TEST_WORKERS ?= auto
 
