@@ -32,11 +32,21 @@ def test_each_run_appends_its_row_newest_last_and_other_sections_stay(tmp_path: 
     assert text.index("bench:planning") < text.index("bench:scan")  # each keeps its place
 
 
-def test_rows_under_other_columns_are_not_carried_into_the_new_table(tmp_path: Path) -> None:
+def test_rows_under_other_columns_stay_below_the_new_table_as_they_were(tmp_path: Path) -> None:
+    """A benchmark that measures something else now starts a new table; what was measured
+    before is kept, never merged into it (its rows would not fit) nor dropped (it is the
+    record), and stays through later runs."""
     doc = tmp_path / "benchmarks.md"
     record("planning", "Plans a fleet.", ["date", "ms"], ["2026-11-28", "261"], doc=doc)
+    record("planning", "Plans a fleet.", ["date", "ms"], ["2026-11-29", "250"], doc=doc)
     record("planning", "Plans a fleet.", COLUMNS, ["2026-12-07", "0.3", "PASS"], doc=doc)
+    record("planning", "Plans a fleet.", COLUMNS, ["2026-12-08", "0.2", "PASS"], doc=doc)
     assert _table(doc, "planning") == [
         "| date | wall (s) | result |",
         "| 2026-12-07 | 0.3 | PASS |",
+        "| 2026-12-08 | 0.2 | PASS |",
+        "| date | ms |",
+        "| 2026-11-28 | 261 |",
+        "| 2026-11-29 | 250 |",
     ]
+    assert doc.read_text().count("Earlier rows, measured under other columns:") == 1
