@@ -10,8 +10,10 @@ stopped by their own PID; nothing here touches the host's Git, SSH or GnuPG conf
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -157,13 +159,18 @@ class Daemon:
 
     def __enter__(self) -> Daemon:
         with self.log.open("wb") as log:
-            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         wait_listening(self.port, self.process, self.log)
         return self
 
     def __exit__(self, *_: object) -> None:
         assert self.process is not None
-        self.process.kill()
+        # The whole group: `git daemon` runs git-daemon as its child, which outlived a kill of
+        # the wrapper alone (left listening after the suite).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
 
 
