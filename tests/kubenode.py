@@ -255,7 +255,11 @@ class KubeNode:
                 raise
             return False
 
-        wait_until(f"namespace {name} deleted", gone, timeout=timeout, every=0.5)
+        def left() -> str:
+            pods = self.core().list_namespaced_pod(name).items
+            return ", ".join(f"{p.metadata.name} {p.status.phase}" for p in pods) or "no pod"
+
+        wait_until(f"namespace {name} deleted", gone, timeout=timeout, every=0.5, detail=left)
 
     def core(self) -> Any:
         return kubernetes.client.CoreV1Api(self.api._admin())
